@@ -1,0 +1,86 @@
+"""peft_core: PEFT methods on plain transformers models.
+
+    import peft_core as pc
+    pc.add_adapter(model, "sst2", pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
+    ...train...
+    pc.save_adapter(model, "sst2", "out/sst2")                  # our format
+    pc.save_adapter(model, "sst2", "out/sst2-peft", format="peft")  # HF PEFT layout (LoRA)
+    pc.load_adapter(other_model, "out/sst2", name="sst2")       # refuses a different base model
+
+The adapted model stays a ``PreTrainedModel``: ``Trainer``, ``generate`` and ``save_pretrained``
+keep working. This package imports neither Prefect, SQLAlchemy, boto3 nor MLflow.
+"""
+
+__version__ = "0.1.0"
+
+from .config import (
+    BitFit,
+    FullFineTune,
+    Houlsby,
+    LoRA,
+    MethodConfig,
+    Pfeiffer,
+    config_from_dict,
+    config_to_dict,
+)
+from .errors import (
+    AdapterExistsError,
+    AdapterFormatError,
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    ConfigError,
+    NotMergeableError,
+    PeftCoreError,
+    TargetError,
+)
+from .fingerprint import Fingerprint, fingerprint
+from .heads import HeadKind, detect_head
+from .inject import add_adapter, delete_adapter, list_adapters, set_active, set_trainable
+from .io import adapter_state_dict, read_metadata
+from .merge import merge, merged_state_dict, unmerge
+from .plan import Plan, build_on_meta, plan
+from .roles import ROLES
+from .serialization import load_adapter, save_adapter
+from .training import TrainResult, train
+
+__all__ = [
+    "ROLES",
+    "AdapterExistsError",
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "BaseModelMismatchError",
+    "BitFit",
+    "ConfigError",
+    "Fingerprint",
+    "FullFineTune",
+    "HeadKind",
+    "Houlsby",
+    "LoRA",
+    "MethodConfig",
+    "NotMergeableError",
+    "PeftCoreError",
+    "Pfeiffer",
+    "Plan",
+    "TargetError",
+    "TrainResult",
+    "__version__",
+    "adapter_state_dict",
+    "add_adapter",
+    "build_on_meta",
+    "config_from_dict",
+    "config_to_dict",
+    "delete_adapter",
+    "detect_head",
+    "fingerprint",
+    "list_adapters",
+    "load_adapter",
+    "merge",
+    "merged_state_dict",
+    "plan",
+    "read_metadata",
+    "save_adapter",
+    "set_active",
+    "set_trainable",
+    "train",
+    "unmerge",
+]

@@ -1,0 +1,53 @@
+"""The errors peft_core raises for user mistakes.
+
+Every message says what was given, what was expected and what to do. Callers (the CLI, the flows)
+catch :class:`PeftCoreError` and print the message; nothing else should escape for bad input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterExistsError",
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "BaseModelMismatchError",
+    "ConfigError",
+    "NotMergeableError",
+    "PeftCoreError",
+    "TargetError",
+]
+
+
+class PeftCoreError(Exception):
+    """Base class of every error peft_core raises on purpose."""
+
+
+class ConfigError(PeftCoreError, ValueError):
+    """A method configuration is invalid (checked on construction)."""
+
+
+class TargetError(PeftCoreError):
+    """Targets matched nothing, or matched a module type the method cannot adapt."""
+
+
+class AdapterExistsError(PeftCoreError):
+    """An adapter of that name is already in the model."""
+
+
+class AdapterNotFoundError(PeftCoreError, KeyError):
+    """No adapter of that name is in the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotMergeableError(PeftCoreError):
+    """The method has no weight delta (bottleneck adapters, full fine-tuning)."""
+
+
+class AdapterFormatError(PeftCoreError):
+    """A saved adapter folder is missing files, has unexpected tensors or unreadable metadata."""
+
+
+class BaseModelMismatchError(PeftCoreError):
+    """The adapter was trained on a different base model than the one it is loaded onto."""

@@ -1,0 +1,261 @@
+"""Our adapter file format, and the checks every loader shares.
+
+Our format is a folder with two files:
+
+- ``adapter.safetensors``: the adapter's tensors, keyed ``<module name>.<parameter>`` (plus the
+  head's parameters under their model names when the head is new);
+- ``adapter.json``: method configuration, exact targets, head, base-model fingerprint, versions.
+
+Loading validates everything (metadata, fingerprint, tensor names and shapes) before the model is
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import transformers
+from torch import Tensor, nn
+
+from . import __version__
+from .config import FullFineTune, config_from_dict, config_to_dict
+from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
+from .fingerprint import Fingerprint, fingerprint
+from .heads import HeadInfo
+from .inject import PreparedAdapter, attach_adapter, prepare_adapter
+from .layer import base_state_dict
+from .roles import Target
+from .state import AdapterRecord, adapter_layers, get_record
+
+__all__ = [
+    "ADAPTER_META",
+    "ADAPTER_WEIGHTS",
+    "adapter_state_dict",
+    "check_fingerprint",
+    "load_into_prepared",
+    "metadata",
+    "read_metadata",
+    "read_ours",
+    "write_ours",
+]
+
+ADAPTER_META = "adapter.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+FORMAT_NAME = "adapterops.adapter"
+FORMAT_VERSION = 1
+
+
+def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
+    """Adapter ``name``'s tensors (and its new head's), keyed as in our file format."""
+    record = get_record(model, name)
+    if isinstance(record.config, FullFineTune):
+        return _unique_tensors(base_state_dict(model))
+    state: dict[str, Tensor] = {}
+    for module_name, layer in adapter_layers(model, name):
+        for key, value in layer.adapters[name].state_dict().items():
+            state[f"{module_name}.{key}"] = value
+    state.update(_head_state(model, record.head))
+    return state
+
+
+def write_ours(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict[str, Any]) -> None:
+    """Write ``record`` in our format into ``folder``."""
+    name = record.name
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, name).items()}
+    safetensors.torch.save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def metadata(model: nn.Module, record: AdapterRecord, tokenizer: Any = None) -> dict[str, Any]:
+    """The JSON metadata we store beside an adapter's tensors."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": record.name,
+        "method": config_to_dict(record.config),
+        "targets": [
+            [t.module_name, list(t.out_slice) if t.out_slice else None, t.role]
+            for t in record.targets
+        ],
+        "lora_overrides": {k: list(v) for k, v in record.lora_overrides.items()},
+        "head": {
+            "kind": record.head.kind,
+            "modules": list(record.head.modules),
+            "trainable": record.head.trainable,
+        },
+        "fingerprint": fingerprint(model, tokenizer).to_dict(),
+        "versions": {
+            "peft_core": __version__,
+            "torch": torch.__version__,
+            "transformers": _transformers_version(),
+        },
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a saved adapter folder (our format or our PEFT export)."""
+    folder = Path(path)
+    for file_name in (ADAPTER_META, "adapterops.json"):
+        if (folder / file_name).is_file():
+            try:
+                data: dict[str, Any] = json.loads((folder / file_name).read_text())
+            except json.JSONDecodeError as exc:
+                raise AdapterFormatError(f"{folder / file_name} is not valid JSON: {exc}") from exc
+            return data
+    raise AdapterFormatError(f"{folder} has no {ADAPTER_META}: not an adapter saved by peft_core")
+
+
+def read_ours(
+    model: nn.Module,
+    folder: Path,
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    force: bool = False,
+) -> AdapterRecord:
+    """Load an adapter saved in our format; everything is checked before the model changes."""
+    meta = read_metadata(folder)
+    check_fingerprint(model, meta, tokenizer=tokenizer, force=force)
+    tensors = _read_tensors(folder / ADAPTER_WEIGHTS, model)
+    prepared = _prepare_from_meta(model, meta, name or str(meta.get("name") or folder.name))
+    if isinstance(prepared.record.config, FullFineTune):
+        _load_full(model, tensors, folder)
+        attach_adapter(model, prepared)
+        return prepared.record
+    load_into_prepared(model, prepared, tensors, source=folder)
+    return prepared.record
+
+
+def check_fingerprint(
+    model: nn.Module, meta: dict[str, Any], *, tokenizer: Any = None, force: bool = False
+) -> None:
+    """Raise :class:`BaseModelMismatchError` when ``meta``'s base model is not ``model``."""
+    if "fingerprint" not in meta or force:
+        return
+    saved = Fingerprint.from_dict(meta["fingerprint"])
+    current = fingerprint(model, tokenizer)
+    differences = saved.differences(current)
+    if differences:
+        raise BaseModelMismatchError(
+            f"adapter {meta.get('name')!r} was trained on base model "
+            f"{saved.name_or_path or saved.model_type!r} (fingerprint {saved.digest[:12]}), "
+            f"but this model is {current.name_or_path or current.model_type!r} (fingerprint "
+            f"{current.digest[:12]}): {'; '.join(differences[:5])}. Load it onto its own base "
+            "model, or pass force=True if you know the weights are compatible."
+        )
+
+
+def load_into_prepared(
+    model: nn.Module,
+    prepared: PreparedAdapter,
+    tensors: dict[str, Tensor],
+    *,
+    source: Path,
+) -> None:
+    """Fill a prepared adapter and the head from ``tensors``, check everything, then attach."""
+    expected: dict[str, Tensor] = {}
+    for module_name, module in prepared.modules.items():
+        for key, value in module.state_dict().items():
+            expected[f"{module_name}.{key}"] = value
+    head = _head_state(model, prepared.record.head)
+    expected.update(head)
+    _check_keys_and_shapes(expected, tensors, source)
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key])  # adapter tensors: not yet in the model; head: validated
+    attach_adapter(model, prepared)
+
+
+def _prepare_from_meta(model: nn.Module, meta: dict[str, Any], name: str) -> PreparedAdapter:
+    try:
+        config = config_from_dict(meta["method"])
+        targets = [
+            Target(module, (int(sl[0]), int(sl[1])) if sl else None, role)
+            for module, sl, role in meta.get("targets", [])
+        ]
+        overrides = {k: (int(v[0]), float(v[1])) for k, v in meta.get("lora_overrides", {}).items()}
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise AdapterFormatError(f"adapter metadata is malformed: {exc}") from exc
+    try:
+        return prepare_adapter(model, name, config, targets=targets, lora_overrides=overrides)
+    except PeftCoreError:
+        raise
+    except (AttributeError, KeyError) as exc:
+        raise AdapterFormatError(f"adapter does not fit this model: {exc}") from exc
+
+
+def _read_tensors(path: Path, model: nn.Module) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise AdapterFormatError(f"missing {path.name} in {path.parent}")
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise AdapterFormatError(f"cannot read {path}: {exc}") from exc
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def _check_keys_and_shapes(
+    expected: dict[str, Tensor], tensors: dict[str, Tensor], source: Path
+) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise AdapterFormatError(
+            f"adapter files in {source} do not match the adapter they describe: "
+            f"{len(missing)} missing tensor(s) {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
+        )
+    wrong = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise AdapterFormatError(f"tensor shapes in {source} do not fit this model: {wrong[:3]}")
+
+
+def _load_full(model: nn.Module, tensors: dict[str, Tensor], source: Path) -> None:
+    current = base_state_dict(model)
+    unknown = sorted(set(tensors) - set(current))
+    wrong = [k for k in tensors if k in current and tensors[k].shape != current[k].shape]
+    if unknown or wrong:
+        raise AdapterFormatError(
+            f"full fine-tune in {source} does not fit this model: unknown {unknown[:3]}, "
+            f"wrong shapes {wrong[:3]}"
+        )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            current[key].copy_(value)
+
+
+def _head_state(model: nn.Module, head: HeadInfo) -> dict[str, Tensor]:
+    if not head.trainable:
+        return {}
+    return {
+        f"{module_name}.{key}": value
+        for module_name in head.modules
+        for key, value in model.get_submodule(module_name).state_dict().items()
+    }
+
+
+def _unique_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop tied duplicates (safetensors refuses tensors that share memory).
+
+    Tied weights are one ``Parameter`` object under two names, so identity finds them, on the meta
+    device too (where every ``data_ptr()`` is 0).
+    """
+    seen: set[int] = set()
+    unique = {}
+    for key, value in state.items():
+        if id(value) not in seen:
+            seen.add(id(value))
+            unique[key] = value
+    return unique
+
+
+def _transformers_version() -> str:
+    return str(transformers.__version__)

@@ -1,0 +1,176 @@
+"""The one wrapper every method injects: a base layer plus named adapters.
+
+``AdaptedLayer`` holds the original module as ``base_layer`` and calls its forward (so it composes
+with any layer that keeps the ``nn.Linear`` interface), then lets each active adapter transform the
+output. Adapters are self-contained modules in one ``ModuleDict``; the wrapper holds no per-adapter
+state of its own.
+
+The kinds of base layer we can adapt live in one table, :data:`LAYER_KINDS`; anything else is a
+clear error at injection time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, cast, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+__all__ = [
+    "LAYER_KINDS",
+    "AdaptedLayer",
+    "AdapterModule",
+    "LayerKind",
+    "ParamDelta",
+    "base_named_parameters",
+    "base_state_dict",
+    "layer_kind",
+    "named_base_modules",
+]
+
+
+@dataclass(frozen=True)
+class ParamDelta:
+    """What merging an adapter adds to its base layer, in ``nn.Linear`` orientation (out, in)."""
+
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+
+
+@runtime_checkable
+class AdapterModule(Protocol):
+    """What an adapter placed in an :class:`AdaptedLayer` provides.
+
+    ``forward(x, y)`` takes the layer input ``x`` and the output so far ``y`` and returns the new
+    output. ``delta()`` returns the equivalent change of the base parameters, or ``None`` when the
+    method is not linear in the layer's parameters (bottlenecks) and cannot be merged.
+    """
+
+    merged: bool
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor: ...
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor: ...
+
+    def delta(self) -> ParamDelta | None: ...
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """How to read the geometry of one supported base-layer type."""
+
+    name: str
+    in_features: Callable[[nn.Module], int]
+    out_features: Callable[[nn.Module], int]
+    has_weight_matrix: bool  # LayerNorm has a bias to offset but no matrix for LoRA
+    transposed: bool = False  # Conv1D stores its weight as (in, out)
+
+
+def _weight_dim(dim: int) -> Callable[[nn.Module], int]:
+    def read(module: nn.Module) -> int:
+        return int(cast(Tensor, module.weight).shape[dim])
+
+    return read
+
+
+def _ln_features(module: nn.Module) -> int:
+    return int(cast(nn.LayerNorm, module).normalized_shape[-1])
+
+
+LAYER_KINDS: dict[type[nn.Module], LayerKind] = {
+    nn.Linear: LayerKind("Linear", _weight_dim(1), _weight_dim(0), True),  # weight (out, in)
+    Conv1D: LayerKind("Conv1D (GPT-2)", _weight_dim(0), _weight_dim(1), True, transposed=True),
+    nn.LayerNorm: LayerKind("LayerNorm", _ln_features, _ln_features, False),
+}
+
+
+def layer_kind(module: nn.Module) -> LayerKind | None:
+    """The table entry for ``module``'s exact type, or ``None`` when it is not supported."""
+    return LAYER_KINDS.get(type(module))
+
+
+class AdaptedLayer(nn.Module):
+    """``base_layer`` followed by the active adapters, in the order they are active."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        for name in self.active:
+            adapter = self.adapter(name)
+            if not adapter.merged:  # a merged adapter already lives in the base weights
+                y = adapter(x, y)
+        return y
+
+    def adapter(self, name: str) -> AdapterModule:
+        """The adapter ``name`` held by this layer."""
+        return cast(AdapterModule, self.adapters[name])
+
+    @property
+    def kind(self) -> LayerKind:
+        """The geometry of the wrapped layer."""
+        kind = layer_kind(self.base_layer)
+        assert kind is not None, "AdaptedLayer is only built around supported layers"
+        return kind
+
+    @torch.no_grad()
+    def apply_delta(self, delta: ParamDelta, *, sign: float) -> None:
+        """Add (``sign=1``) or subtract (``sign=-1``) a delta to the base parameters."""
+        if delta.weight is not None:
+            base_weight = cast(Tensor, self.base_layer.weight)
+            weight = delta.weight.T if self.kind.transposed else delta.weight
+            base_weight.add_(weight.to(base_weight.dtype), alpha=sign)
+        if delta.bias is not None:
+            base_bias = cast(Tensor, self.base_layer.bias)
+            base_bias.add_(delta.bias.to(base_bias.dtype), alpha=sign)
+
+    def extra_repr(self) -> str:
+        return f"active={list(self.active)}"
+
+
+def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Named modules of the *base* model: adapter wrappers are seen through, adapters skipped.
+
+    After injection ``...query`` is a wrapper holding ``base_layer``; this yields
+    ``("...query", <the original Linear>)`` so names are the same before and after injection.
+    """
+
+    def walk(prefix: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+        for child_name, child in module.named_children():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            if isinstance(child, AdaptedLayer):
+                yield name, child.base_layer
+                yield from walk(name, child.base_layer)
+            else:
+                yield name, child
+                yield from walk(name, child)
+
+    yield from walk("", model)
+
+
+def base_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The base model's parameters under their original names (no adapters, no ``base_layer``)."""
+    yield from model.named_parameters(recurse=False)
+    for module_name, module in named_base_modules(model):
+        for param_name, param in module.named_parameters(recurse=False):
+            yield f"{module_name}.{param_name}", param
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers of the base model under their original names (not copied)."""
+    state: dict[str, Tensor] = dict(model.named_parameters(recurse=False))
+    state.update(model.named_buffers(recurse=False))
+    for module_name, module in named_base_modules(model):
+        for key, value in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]:
+            state[f"{module_name}.{key}"] = value
+    return state

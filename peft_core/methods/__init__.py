@@ -1,0 +1,1 @@
+"""One module per PEFT method; each builds the adapter placed in an ``AdaptedLayer``."""

@@ -1,0 +1,66 @@
+"""``save_adapter`` / ``load_adapter``: one entry point for both file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from .errors import AdapterFormatError, ConfigError
+from .io import ADAPTER_META, metadata, read_ours, write_ours
+from .peft_format import PEFT_CONFIG, read_peft, write_peft
+from .state import AdapterRecord, get_record
+
+__all__ = ["load_adapter", "save_adapter"]
+
+
+def save_adapter(
+    model: nn.Module,
+    name: str,
+    path: str | Path,
+    *,
+    format: Literal["adapterops", "peft"] = "adapterops",
+    tokenizer: Any = None,
+) -> Path:
+    """Write adapter ``name`` to folder ``path`` (created if needed) and return the folder.
+
+    ``format="adapterops"`` (default) writes ``adapter.safetensors`` + ``adapter.json`` for any
+    method. ``format="peft"`` (LoRA only) writes ``adapter_config.json`` +
+    ``adapter_model.safetensors`` as peft, vLLM and LoRAX read them, and our metadata in a separate
+    ``adapterops.json``. Give ``tokenizer`` to include its vocabulary in the base-model fingerprint.
+    """
+    if format not in ("adapterops", "peft"):
+        raise ConfigError(f"unknown adapter format {format!r}; expected 'adapterops' or 'peft'")
+    record = get_record(model, name)
+    folder = Path(path)
+    meta = metadata(model, record, tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    (write_peft if format == "peft" else write_ours)(model, record, folder, meta)
+    return folder
+
+
+def load_adapter(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    force: bool = False,
+) -> AdapterRecord:
+    """Load a saved adapter (our format, or LoRA in PEFT layout) into ``model`` and activate it.
+
+    Refuses, before changing the model, an adapter whose base-model fingerprint differs from
+    ``model``'s (``force=True`` loads it anyway), and a folder with missing or unexpected tensors.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AdapterFormatError(f"adapter folder {folder} does not exist")
+    if (folder / ADAPTER_META).is_file():
+        return read_ours(model, folder, name=name, tokenizer=tokenizer, force=force)
+    if (folder / PEFT_CONFIG).is_file():
+        return read_peft(model, folder, name=name, tokenizer=tokenizer, force=force)
+    raise AdapterFormatError(
+        f"{folder} is not an adapter folder: expected {ADAPTER_META} (peft_core) or "
+        f"{PEFT_CONFIG} (PEFT LoRA)"
+    )

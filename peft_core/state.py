@@ -1,0 +1,63 @@
+"""What peft_core remembers about the adapters inside one model.
+
+The record lives on the model object itself (``model.peft_core_adapters``), so a model carries its
+adapters' configurations wherever it goes; the weights live in the injected modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import MethodConfig
+from .errors import AdapterNotFoundError
+from .heads import HeadInfo
+from .layer import AdaptedLayer
+from .roles import Target
+
+__all__ = ["AdapterRecord", "adapter_layers", "adapter_records", "get_record"]
+
+_ATTRIBUTE = "peft_core_adapters"
+
+
+@dataclass
+class AdapterRecord:
+    """One adapter in a model: its method, where it sits, and its head."""
+
+    name: str
+    config: MethodConfig
+    targets: list[Target]
+    head: HeadInfo
+    # Per-module (rank, alpha) that differ from the config: PEFT files with rank_pattern, and our
+    # export of fused GPT-2 projections. Keys are module names.
+    lora_overrides: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def adapter_records(model: nn.Module) -> dict[str, AdapterRecord]:
+    """The model's adapters by name (created empty on first use)."""
+    records: dict[str, AdapterRecord] | None = model.__dict__.get(_ATTRIBUTE)
+    if records is None:
+        records = {}
+        model.__dict__[_ATTRIBUTE] = records
+    return records
+
+
+def get_record(model: nn.Module, name: str) -> AdapterRecord:
+    """The record of adapter ``name``, or an error listing the adapters that exist."""
+    records = adapter_records(model)
+    if name not in records:
+        known = ", ".join(sorted(records)) or "none"
+        raise AdapterNotFoundError(
+            f"model has no adapter {name!r}; adapters in this model: {known}. "
+            "Add one with peft_core.add_adapter or load one with peft_core.load_adapter."
+        )
+    return records[name]
+
+
+def adapter_layers(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, AdaptedLayer]]:
+    """``(module name, wrapper)`` for every wrapper, or only those holding adapter ``name``."""
+    for module_name, module in model.named_modules():
+        if isinstance(module, AdaptedLayer) and (name is None or name in module.adapters):
+            yield module_name, module
