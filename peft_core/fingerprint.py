@@ -47,6 +47,11 @@ SHAPE_FIELDS: tuple[str, ...] = (
 )
 
 
+# Body modules that only some head classes build (BertForMaskedLM has no pooler) and no adapter
+# targets: leaving them out lets a language adapter trained with an MLM head load into a classifier.
+_OPTIONAL_BODY_MODULES = ("pooler",)
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """The parts of a base model an adapter depends on, and their digest."""
@@ -93,7 +98,11 @@ def fingerprint(model: nn.Module, tokenizer: Any = None) -> Fingerprint:
     fields = {k: _jsonable(getattr(config, k)) for k in SHAPE_FIELDS if hasattr(config, k)}
     prefix = body_prefix(model)
     body = getattr(model, prefix) if prefix else model
-    shapes = sorted((name, list(p.shape)) for name, p in base_named_parameters(body))
+    shapes = sorted(
+        (name, list(p.shape))
+        for name, p in base_named_parameters(body)
+        if name.split(".")[0] not in _OPTIONAL_BODY_MODULES
+    )
     weights = _sha256(shapes)
     vocab = _sha256(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else None
     digest = _sha256(

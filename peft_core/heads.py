@@ -1,17 +1,29 @@
-"""Which part of a transformers model is the task head, and whether it trains.
+"""Which part of a transformers model is the task head, and whose head is in use.
 
-A new head (sequence classification) is part of the adapter: it trains and is saved with it. A
-pre-trained head (masked-LM, causal-LM; usually tied to the input embeddings) stays frozen.
+A new head (sequence classification) belongs to the adapter: each adapter gets its own copy of the
+head (a :class:`HeadSwitch` holds them), trains it and saves it. The model's original head serves
+when no adapter with a head is active. A pre-trained head (masked-LM, causal-LM; usually tied to the
+input embeddings) is shared and stays frozen.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["HeadInfo", "HeadKind", "body_prefix", "detect_head"]
+__all__ = [
+    "HeadInfo",
+    "HeadKind",
+    "HeadSwitch",
+    "adapter_head",
+    "body_prefix",
+    "detect_head",
+    "head_state",
+    "original_head_state",
+]
 
 HeadKind = Literal["classification", "masked-lm", "causal-lm", "none"]
 
@@ -32,6 +44,27 @@ class HeadInfo:
     trainable: bool
 
 
+class HeadSwitch(nn.Module):
+    """A head with one copy per adapter; ``active`` picks the copy (``None``: the original)."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.original = original
+        self.heads = nn.ModuleDict()
+        self.active: str | None = None
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        head = self.heads[self.active] if self.active is not None else self.original
+        out: Tensor = head(*args, **kwargs)
+        return out
+
+    def add(self, name: str) -> nn.Module:
+        """A new copy of the original head for adapter ``name``."""
+        head = copy.deepcopy(self.original)
+        self.heads[name] = head
+        return head
+
+
 def body_prefix(model: nn.Module) -> str:
     """The attribute holding the model body (``"bert"``, ``"transformer"``), or ``""`` if none."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -49,3 +82,34 @@ def detect_head(model: nn.Module) -> HeadInfo:
         if prefix and name != prefix and any(True for _ in child.parameters())
     )
     return HeadInfo(kind=kind, modules=modules, trainable=kind == "classification")
+
+
+def adapter_head(model: nn.Module, module_name: str, name: str) -> nn.Module:
+    """Adapter ``name``'s copy of head module ``module_name``."""
+    switch = model.get_submodule(module_name)
+    assert isinstance(switch, HeadSwitch), f"{module_name} holds no per-adapter heads"
+    return switch.heads[name]
+
+
+def head_state(model: nn.Module, head: HeadInfo, name: str) -> dict[str, Tensor]:
+    """Adapter ``name``'s head tensors under the plain model's names (``classifier.weight``)."""
+    if not head.trainable:
+        return {}
+    return {
+        f"{module_name}.{key}": value
+        for module_name in head.modules
+        for key, value in adapter_head(model, module_name, name).state_dict().items()
+    }
+
+
+def original_head_state(model: nn.Module, head: HeadInfo) -> dict[str, Tensor]:
+    """The model's own head tensors: what a saved head is checked against before loading."""
+    if not head.trainable:
+        return {}
+    state = {}
+    for module_name in head.modules:
+        module = model.get_submodule(module_name)
+        original = module.original if isinstance(module, HeadSwitch) else module
+        for key, value in original.state_dict().items():
+            state[f"{module_name}.{key}"] = value
+    return state

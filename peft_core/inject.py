@@ -7,6 +7,7 @@ model.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from torch import nn
 
 from .config import BitFit, FullFineTune, Houlsby, LoRA, MethodConfig, Pfeiffer
 from .errors import AdapterExistsError, TargetError
-from .heads import body_prefix, detect_head
+from .heads import HeadSwitch, adapter_head, body_prefix, detect_head
 from .layer import AdaptedLayer, layer_kind, named_base_modules
 from .methods.bitfit import BiasOffset
 from .methods.bottleneck import Bottleneck
@@ -81,7 +82,11 @@ def prepare_adapter(
     overrides = dict(lora_overrides or {})
     resolved = targets if targets is not None else _resolve(model, config)
     modules = _build_modules(model, config, resolved, overrides)
-    record = AdapterRecord(name, config, resolved, detect_head(model), overrides)
+    head = detect_head(model)
+    if isinstance(config, FullFineTune):
+        # A full fine-tune owns every weight, the head included: no per-adapter head copy.
+        head = dataclasses.replace(head, trainable=False)
+    record = AdapterRecord(name, config, resolved, head, overrides)
     return PreparedAdapter(record, modules)
 
 
@@ -90,6 +95,9 @@ def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> None:
     name = prepared.record.name
     for module_name, adapter in prepared.modules.items():
         _wrap(model, module_name).adapters[name] = adapter
+    if prepared.record.head.trainable:
+        for module_name in prepared.record.head.modules:
+            _head_switch(model, module_name).add(name)
     adapter_records(model)[name] = prepared.record
     set_active(model, name)
     set_trainable(model, name)
@@ -102,6 +110,9 @@ def set_active(model: nn.Module, names: str | Iterable[str] | None) -> None:
         get_record(model, name)  # unknown names are an error, before any change
     for _, layer in adapter_layers(model):
         layer.active = tuple(n for n in active if n in layer.adapters)
+    for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
+        # the head of the last active adapter that has one answers; otherwise the original head
+        switch.active = next((n for n in reversed(active) if n in switch.heads), None)
 
 
 def set_trainable(model: nn.Module, name: str) -> None:
@@ -115,7 +126,7 @@ def set_trainable(model: nn.Module, name: str) -> None:
         layer.adapters[name].requires_grad_(True)
     if record.head.trainable:
         for module_name in record.head.modules:
-            model.get_submodule(module_name).requires_grad_(True)
+            adapter_head(model, module_name, name).requires_grad_(True)
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
@@ -127,6 +138,13 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         if len(layer.adapters) == 0:
             parent_name, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, layer.base_layer)
+    for module_name, switch in list(_head_switches(model)):
+        if name in switch.heads:
+            del switch.heads[name]
+            switch.active = None if switch.active == name else switch.active
+        if len(switch.heads) == 0:
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, switch.original)
     del adapter_records(model)[name]
 
 
@@ -310,6 +328,20 @@ def _wrap(model: nn.Module, module_name: str) -> AdaptedLayer:
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, wrapper)
     return wrapper
+
+
+def _head_switch(model: nn.Module, module_name: str) -> HeadSwitch:
+    module = model.get_submodule(module_name)
+    if isinstance(module, HeadSwitch):
+        return module
+    switch = HeadSwitch(module)
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, switch)
+    return switch
+
+
+def _head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, HeadSwitch)]
 
 
 def _device_of(module: nn.Module) -> torch.device:

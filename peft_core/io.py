@@ -25,7 +25,7 @@ from . import __version__
 from .config import FullFineTune, config_from_dict, config_to_dict
 from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
 from .fingerprint import Fingerprint, fingerprint
-from .heads import HeadInfo
+from .heads import head_state, original_head_state
 from .inject import PreparedAdapter, attach_adapter, prepare_adapter
 from .layer import base_state_dict
 from .roles import Target
@@ -58,7 +58,7 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     for module_name, layer in adapter_layers(model, name):
         for key, value in layer.adapters[name].state_dict().items():
             state[f"{module_name}.{key}"] = value
-    state.update(_head_state(model, record.head))
+    state.update(head_state(model, record.head, record.name))
     return state
 
 
@@ -161,13 +161,15 @@ def load_into_prepared(
     for module_name, module in prepared.modules.items():
         for key, value in module.state_dict().items():
             expected[f"{module_name}.{key}"] = value
-    head = _head_state(model, prepared.record.head)
-    expected.update(head)
-    _check_keys_and_shapes(expected, tensors, source)
+    head = original_head_state(model, prepared.record.head)
+    _check_keys_and_shapes(expected | head, tensors, source)
     with torch.no_grad():
         for key, target in expected.items():
-            target.copy_(tensors[key])  # adapter tensors: not yet in the model; head: validated
-    attach_adapter(model, prepared)
+            target.copy_(tensors[key])
+    attach_adapter(model, prepared)  # everything is checked: only now does the model change
+    with torch.no_grad():
+        for key, target in head_state(model, prepared.record.head, prepared.record.name).items():
+            target.copy_(tensors[key])
 
 
 def _prepare_from_meta(model: nn.Module, meta: dict[str, Any], name: str) -> PreparedAdapter:
@@ -230,16 +232,6 @@ def _load_full(model: nn.Module, tensors: dict[str, Tensor], source: Path) -> No
     with torch.no_grad():
         for key, value in tensors.items():
             current[key].copy_(value)
-
-
-def _head_state(model: nn.Module, head: HeadInfo) -> dict[str, Tensor]:
-    if not head.trainable:
-        return {}
-    return {
-        f"{module_name}.{key}": value
-        for module_name in head.modules
-        for key, value in model.get_submodule(module_name).state_dict().items()
-    }
 
 
 def _unique_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from .heads import HeadSwitch
+
 __all__ = [
     "LAYER_KINDS",
     "AdaptedLayer",
@@ -140,14 +142,16 @@ def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
     After injection ``...query`` is a wrapper holding ``base_layer``; this yields
     ``("...query", <the original Linear>)`` so names are the same before and after injection.
+    Per-adapter head copies are skipped the same way (the original head is seen).
     """
 
     def walk(prefix: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if isinstance(child, AdaptedLayer):
-                yield name, child.base_layer
-                yield from walk(name, child.base_layer)
+            if isinstance(child, AdaptedLayer | HeadSwitch):
+                original = child.base_layer if isinstance(child, AdaptedLayer) else child.original
+                yield name, original
+                yield from walk(name, original)
             else:
                 yield name, child
                 yield from walk(name, child)
@@ -164,13 +168,16 @@ def base_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]
 
 
 def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Parameters and buffers of the base model under their original names (not copied)."""
-    state: dict[str, Tensor] = dict(model.named_parameters(recurse=False))
-    state.update(model.named_buffers(recurse=False))
+    """The base model's state (as ``state_dict`` saves it) under its original names, not copied."""
+    state: dict[str, Tensor] = dict(_own_state(model))
     for module_name, module in named_base_modules(model):
-        for key, value in [
-            *module.named_parameters(recurse=False),
-            *module.named_buffers(recurse=False),
-        ]:
+        for key, value in _own_state(module):
             state[f"{module_name}.{key}"] = value
     return state
+
+
+def _own_state(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """A module's direct parameters and persistent buffers (what ``state_dict`` would save)."""
+    transient = module._non_persistent_buffers_set
+    buffers = [(k, v) for k, v in module.named_buffers(recurse=False) if k not in transient]
+    return [*module.named_parameters(recurse=False), *buffers]

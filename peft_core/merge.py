@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .config import FullFineTune, Houlsby, Pfeiffer
 from .errors import NotMergeableError
+from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
 from .state import adapter_layers, get_record
 
@@ -43,8 +44,10 @@ def merged_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     """The plain model's state dict with adapter ``name`` merged; ``model`` is not modified.
 
     Keys are those of the model before injection, so the result loads into a fresh instance of the
-    same transformers class (``load_state_dict``) or saves as a standalone checkpoint.
+    same transformers class (``load_state_dict``) or saves as a standalone checkpoint. A new head
+    is the adapter's own.
     """
+    record = get_record(model, name)
     _check_mergeable(model, name)
     wrappers = {
         module_name: layer
@@ -54,6 +57,8 @@ def merged_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     state = {key: value.detach().clone() for key, value in base_state_dict(model).items()}
     for module_name, layer in wrappers.items():
         _add_delta(state, module_name, layer, name)
+    for key, value in head_state(model, record.head, name).items():
+        state[key] = value.detach().clone()
     return state
 
 

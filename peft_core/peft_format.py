@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .config import LoRA
 from .errors import AdapterFormatError, ConfigError
+from .heads import adapter_head
 from .inject import prepare_adapter
 from .io import check_fingerprint, load_into_prepared
 from .layer import AdaptedLayer
@@ -63,7 +64,7 @@ def write_peft(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict
         ranks[module_name] = (rank, scaling * (rank**0.5 if config.use_rslora else rank))
         conv1d = conv1d or layer.kind.transposed
     for module_name in record.head.modules if record.head.trainable else ():
-        for key, value in model.get_submodule(module_name).state_dict().items():
+        for key, value in adapter_head(model, module_name, record.name).state_dict().items():
             tensors[f"{PEFT_PREFIX}{module_name}.{key}"] = value
     (default_rank, default_alpha), _ = Counter(ranks.values()).most_common(1)[0]
     peft_config = {

