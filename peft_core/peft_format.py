@@ -27,7 +27,7 @@ from .errors import AdapterFormatError, ConfigError
 from .heads import adapter_head
 from .inject import prepare_adapter
 from .io import check_fingerprint, load_into_prepared
-from .layer import AdaptedLayer
+from .layer import named_base_modules
 from .methods.lora import LoRAModule
 from .methods.parts import SliceParts
 from .roles import Target
@@ -115,13 +115,8 @@ def _as_single_lora(adapter: nn.Module) -> tuple[Tensor, Tensor, float]:
 def _target_modules(model: nn.Module, modules: list[str]) -> list[str]:
     """Leaf names (``["query", "value"]``) if they select exactly these modules, else full names."""
     leaves = {m.rsplit(".", 1)[-1] for m in modules}
-    candidates = {
-        name
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] in leaves
-        and (isinstance(module, AdaptedLayer) or name in modules)
-    }
-    return sorted(leaves) if candidates == set(modules) else sorted(modules)
+    same_leaf = {name for name, _ in named_base_modules(model) if name.rsplit(".", 1)[-1] in leaves}
+    return sorted(leaves) if same_leaf == set(modules) else sorted(modules)
 
 
 def read_peft(
