@@ -43,31 +43,40 @@ def train(
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.06,
     max_grad_norm: float = 1.0,
+    gradient_accumulation_steps: int = 1,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimiser steps over ``batches`` (cycled if shorter).
 
     Each batch is a mapping of model inputs including ``labels``; the model returns the loss.
+    With ``gradient_accumulation_steps`` = k, each optimiser step averages the gradients of k
+    batches. Batches move to the model's device.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * max_steps), max_steps)
+    device = params[0].device
     result = TrainResult()
+    stream = _cycle(batches)
     model.train()
-    for step, batch in zip(range(max_steps), _cycle(batches), strict=False):
+    for step in range(max_steps):
         started = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
+        step_loss = 0.0
+        for _ in range(gradient_accumulation_steps):
+            batch = {k: v.to(device) for k, v in next(stream).items()}
+            loss = model(**batch).loss / gradient_accumulation_steps
+            loss.backward()
+            step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(float(loss.detach()))
+        result.losses.append(step_loss)
         result.step_seconds.append(time.perf_counter() - started)
         if on_step is not None:
-            on_step(step, result.losses[-1])
+            on_step(step, step_loss)
     model.eval()
     return result
 

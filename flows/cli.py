@@ -1,0 +1,201 @@
+"""The ``adapterops`` command line.
+
+Exit codes: 0 success; 2 bad input (spec, data, base model, adapter files: the message says what to
+fix); 1 an unexpected failure. Every command takes ``--json`` for scripts and CI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from transformers import AutoConfig
+
+import peft_core as pc
+
+from .data import DataError
+from .models import BaseModelNotFound, resolve_base_model
+from .quickstart import quickstart_specs
+from .spec import AdapterSpec, SpecError, load_spec
+from .train_job import train_from_spec
+
+app = typer.Typer(
+    name="adapterops",
+    help="Train, evaluate, register and promote PEFT adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+USER_ERRORS = (SpecError, DataError, BaseModelNotFound, pc.PeftCoreError)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a spec field: --set train.max_steps=50 (repeatable)."),
+]
+
+
+@contextmanager
+def user_errors(as_json: bool) -> Iterator[None]:
+    """Turn bad input into one clear message and exit code 2, never a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc), "kind": type(exc).__name__}))
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def plan(
+    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Trainable and total parameters and adapter size, from the base model's config.json only."""
+    with user_errors(as_json):
+        spec = load_spec(spec_file, overrides)
+        result = plan_spec(spec)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}")
+    for column in ("trainable params", "total params", "trainable", "adapter size"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result.trainable_params:,}",
+        f"{result.total_params:,}",
+        f"{100 * result.trainable_fraction:.3f}%",
+        _bytes(result.adapter_bytes),
+    )
+    console.print(table)
+
+
+def plan_spec(spec: AdapterSpec) -> pc.Plan:
+    """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
+    path = resolve_base_model(spec.base_model)
+    options: dict[str, Any] = {}
+    if spec.head.type == "classification":
+        options["num_labels"] = spec.head.num_labels
+    config = AutoConfig.from_pretrained(path, **options)
+    return pc.plan(config, spec.method.to_config(), head=spec.head.type)
+
+
+@app.command()
+def train(
+    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")
+    ] = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train, evaluate and save one adapter from a spec (no registry yet)."""
+    with user_errors(as_json):
+        spec = load_spec(spec_file, overrides)
+        with _progress(spec.name, enabled=not as_json) as on_step:
+            report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
+    if as_json:
+        print(json.dumps({"ok": True, **report.to_dict()}))
+        return
+    _report_table([report.to_dict()])
+
+
+@app.command()
+def quickstart(
+    data: Annotated[
+        Path, typer.Option(help="Folder with train.tsv and validation.tsv (sentence, label).")
+    ] = Path("../shared/data/sst2/en"),
+    steps: Annotated[int, typer.Option(help="Training steps per method.")] = 150,
+    as_json: JsonOption = False,
+) -> None:
+    """Train LoRA, BitFit and Pfeiffer adapters on MiniLM and compare them in one table."""
+    reports = []
+    with user_errors(as_json):
+        for spec in quickstart_specs(data, steps=steps):
+            with _progress(spec.name, enabled=not as_json) as on_step:
+                report = train_from_spec(spec, Path("out") / spec.name, on_step=on_step)
+            reports.append(report.to_dict())
+    if as_json:
+        print(json.dumps({"ok": True, "adapters": reports}))
+        return
+    _report_table(reports)
+    console.print("Adapters are in [bold]out/[/]; each folder has adapter.json and report.json.")
+
+
+@contextmanager
+def _progress(label: str, *, enabled: bool) -> Iterator[Callable[[int, int, float], None] | None]:
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=errors, transient=False) as bar:
+        task = bar.add_task(label, total=None, loss=float("nan"))
+
+        def update(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step + 1, total=total, loss=loss)
+
+        yield update
+
+
+def _report_table(reports: list[dict[str, Any]]) -> None:
+    table = Table(title="Trained adapters")
+    for column in (
+        "adapter",
+        "method",
+        "trainable params",
+        "adapter size",
+        "metric",
+        "steps",
+        "time",
+    ):
+        table.add_column(column, justify="left" if column in ("adapter", "method") else "right")
+    for r in reports:
+        metrics = r["metrics"]
+        metric = (
+            f"accuracy {metrics['accuracy']:.3f}"
+            if "accuracy" in metrics
+            else f"perplexity {metrics['perplexity']:.1f}"
+        )
+        table.add_row(
+            r["name"],
+            r["method"],
+            f"{r['trainable_params']:,}",
+            _bytes(r["adapter_bytes"]),
+            metric,
+            str(r["steps"]),
+            f"{r['train_seconds']:.0f} s",
+        )
+    console.print(table)
+
+
+def _bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

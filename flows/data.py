@@ -1,0 +1,148 @@
+"""Loading, checking and batching examples for training and evaluation.
+
+Data comes from local TSV/CSV/JSON/Parquet files (read with ``datasets``). Every problem a user can
+cause (a missing file, a missing column, labels outside ``num_labels``, an empty split) is a
+:class:`DataError` raised before training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+)
+
+from .spec import AdapterSpec
+
+__all__ = ["DataError", "PreparedData", "load_split", "make_loader", "prepare"]
+
+_BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(Exception):
+    """The data named by a spec cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class PreparedData:
+    """Tokenised train and validation splits, ready for :func:`make_loader`."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    head: str
+
+
+def load_split(path: str, *, max_samples: int | None = None, seed: int = 0) -> datasets.Dataset:
+    """Read one split from a local file; ``max_samples`` takes a seeded random subset."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data file {file} does not exist")
+    builder = _BUILDERS.get(file.suffix)
+    if builder is None:
+        raise DataError(f"{file}: unsupported file type {file.suffix!r}; use {sorted(_BUILDERS)}")
+    options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise DataError(f"cannot read {file}: {exc}") from exc
+    if len(dataset) == 0:
+        raise DataError(f"{file} has no rows")
+    if max_samples is not None and max_samples < len(dataset):
+        dataset = dataset.shuffle(seed=seed).select(range(max_samples))
+    return dataset
+
+
+def prepare(spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    """Load, check and tokenise the spec's train and validation splits."""
+    data = spec.data
+    train = load_split(data.train, max_samples=data.max_train_samples, seed=spec.train.seed)
+    if data.validation is not None:
+        validation = load_split(
+            data.validation, max_samples=data.max_eval_samples, seed=spec.train.seed
+        )
+    else:  # no validation split: hold out 10% of train
+        split = train.train_test_split(test_size=0.1, seed=spec.train.seed)
+        train, validation = split["train"], split["test"]
+    for name, split_data in (("train", train), ("validation", validation)):
+        _check_columns(spec, split_data, name)
+    return PreparedData(
+        train=_tokenize(train, spec, tokenizer),
+        validation=_tokenize(validation, spec, tokenizer),
+        head=spec.head.type,
+    )
+
+
+def make_loader(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    head: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> DataLoader[Any]:
+    """Batches padded to their longest row (dynamic padding keeps CPU steps short)."""
+    collator: Any
+    if head == "masked-lm":
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+    elif head == "causal-lm":
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collator,
+        generator=generator,
+    )
+
+
+def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+    data = spec.data
+    wanted = [c for c in (data.text, data.text_pair) if c]
+    if spec.head.type == "classification" and data.label:
+        wanted.append(data.label)
+    missing = [c for c in wanted if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
+            "Set data.text / data.label in the spec."
+        )
+    if spec.head.type == "classification" and data.label:
+        num_labels = spec.head.num_labels or 0
+        labels = set(dataset[data.label])
+        bad = sorted(str(x) for x in labels if not isinstance(x, int) or not 0 <= x < num_labels)
+        if bad:
+            raise DataError(
+                f"{split} split: label values {bad[:5]} are outside 0..{num_labels - 1} "
+                f"(head.num_labels = {num_labels})"
+            )
+
+
+def _tokenize(
+    dataset: datasets.Dataset, spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
+) -> datasets.Dataset:
+    data = spec.data
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts: Iterable[Any] = [str(t) for t in batch[data.text]]
+        pairs = [str(t) for t in batch[data.text_pair]] if data.text_pair else None
+        encoded: dict[str, Any] = dict(
+            tokenizer(texts, pairs, truncation=True, max_length=spec.train.max_length)
+        )
+        if spec.head.type == "classification" and data.label:
+            encoded["labels"] = batch[data.label]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)

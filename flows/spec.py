@@ -1,0 +1,259 @@
+"""The adapter spec: one YAML file that every command reads.
+
+Validated with pydantic at the boundary; every problem is reported with its YAML path
+(``method.rank: must be >= 1``) before any work starts. Method fields are checked by the
+``peft_core`` configuration classes themselves, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import peft_core as pc
+
+__all__ = ["AdapterSpec", "SpecError", "apply_overrides", "load_spec", "parse_spec"]
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HeadSpec(_Strict):
+    """The task head: a new classifier, or the model's pre-trained LM head."""
+
+    type: Literal["classification", "masked-lm", "causal-lm"]
+    num_labels: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> HeadSpec:
+        if self.type == "classification" and self.num_labels is None:
+            raise ValueError("a classification head needs num_labels (>= 2)")
+        if self.type != "classification" and self.num_labels is not None:
+            raise ValueError(f"num_labels applies to classification heads, not {self.type}")
+        return self
+
+
+class _MethodSpec(_Strict):
+    def to_config(self) -> pc.MethodConfig:
+        """The peft_core configuration this spec describes."""
+        fields = self.model_dump()
+        targets = fields.get("targets")
+        if isinstance(targets, list):
+            fields["targets"] = tuple(targets)
+        return pc.config_from_dict(fields)
+
+    @model_validator(mode="after")
+    def _valid_for_peft_core(self) -> _MethodSpec:
+        try:
+            self.to_config()
+        except pc.ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+
+class LoRASpec(_MethodSpec):
+    type: Literal["lora"]
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = ["q", "v"]
+    use_rslora: bool = False
+
+
+class BitFitSpec(_MethodSpec):
+    type: Literal["bitfit"]
+    targets: list[str] | None = None
+
+
+class _BottleneckSpec(_MethodSpec):
+    reduction_factor: int | None = None
+    bottleneck: int | None = None
+
+
+class HoulsbySpec(_BottleneckSpec):
+    type: Literal["houlsby"]
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "gelu"
+
+
+class PfeifferSpec(_BottleneckSpec):
+    type: Literal["pfeiffer"]
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+class FullSpec(_MethodSpec):
+    type: Literal["full"]
+
+
+MethodSpec = Annotated[
+    LoRASpec | BitFitSpec | HoulsbySpec | PfeifferSpec | FullSpec, Field(discriminator="type")
+]
+
+
+class DataSpec(_Strict):
+    """Where the examples are and which columns hold text and labels."""
+
+    train: str
+    validation: str | None = None
+    text: str = "sentence"
+    text_pair: str | None = None
+    label: str | None = "label"
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+
+
+class TrainSpec(_Strict):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    max_length: int = Field(default=128, ge=8)
+    seed: int = 0
+
+
+class EvaluateSpec(_Strict):
+    metric: Literal["accuracy", "macro_f1", "perplexity"] = "accuracy"
+
+
+class PromoteSpec(_Strict):
+    alias: str = Field(default="champion", pattern=_NAME_PATTERN)
+    min_delta: float = 0.0
+
+
+class ScheduleSpec(_Strict):
+    cron: str | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(
+                f"cron must have 5 fields (minute hour day month weekday), got {value!r}"
+            )
+        return value
+
+
+class AdapterSpec(_Strict):
+    """Everything needed to build, evaluate, register and promote one adapter."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    base_model: str
+    task: str = Field(pattern=_NAME_PATTERN)
+    language: str = Field(pattern=r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$")
+    description: str = ""
+    head: HeadSpec
+    method: MethodSpec
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    promote: PromoteSpec = PromoteSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+
+    @model_validator(mode="after")
+    def _metric_fits_head(self) -> AdapterSpec:
+        lm = self.head.type != "classification"
+        if lm != (self.evaluate.metric == "perplexity"):
+            raise ValueError(
+                f"evaluate.metric {self.evaluate.metric!r} does not fit a {self.head.type} head "
+                "(classification: accuracy or macro_f1; language models: perplexity)"
+            )
+        if not lm and self.data.label is None:
+            raise ValueError("a classification head needs data.label (the label column)")
+        return self
+
+
+class SpecError(Exception):
+    """A spec file is unreadable or invalid; ``problems`` lists ``(path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> AdapterSpec:
+    """Validate a parsed YAML document; data paths become relative to ``base_dir``."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [("(top)", "the spec must be a mapping of fields")])
+    try:
+        spec = AdapterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, [_problem(error) for error in exc.errors()]) from None
+    if base_dir is None:
+        return spec
+    return spec.model_copy(update={"data": _resolve_paths(spec.data, base_dir)})
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec:
+    """Read, override (``key.sub=value``) and validate a spec file."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(str(file), [("(file)", "no such file")])
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(str(file), [("(yaml)", str(exc).replace("\n", " "))]) from None
+    if overrides:
+        data = apply_overrides(data if isinstance(data, dict) else {}, overrides, source=str(file))
+    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML: numbers, booleans, lists)."""
+    problems = []
+    result = yaml.safe_load(yaml.safe_dump(data))  # a deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append((item, "an override is written key.sub=value"))
+            continue
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append((key, f"{part} is not a mapping"))
+                break
+        else:
+            node[leaf] = yaml.safe_load(raw)
+    if problems:
+        raise SpecError(source, problems)
+    return dict(result)
+
+
+def _problem(error: Any) -> tuple[str, str]:
+    # Discriminated unions put the tag in the location ("method.lora.rank"): drop it.
+    location = [
+        str(p) for p in error["loc"] if p not in ("lora", "bitfit", "houlsby", "pfeiffer", "full")
+    ]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    return ".".join(location) or "(top)", message
+
+
+_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
+
+
+def _resolve_paths(data: DataSpec, base_dir: Path) -> DataSpec:
+    """Relative file paths are relative to the spec file; dataset ids are left as they are."""
+
+    def resolve(value: str | None) -> str | None:
+        if value is None or Path(value).is_absolute():
+            return value
+        local = base_dir / value
+        if local.exists() or value.endswith(_DATA_SUFFIXES):
+            return str(local.resolve())
+        return value
+
+    update = {"train": resolve(data.train), "validation": resolve(data.validation)}
+    return data.model_copy(update=update)
