@@ -1,0 +1,120 @@
+"""The ``adapterops`` CLI, run as a user runs it: a real subprocess of the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
+
+
+def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("adapterops")
+    assert executable, "the console script must be installed (make setup)"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+        check=False,
+    )
+
+
+class TestPlan:
+    def test_json_output(self):
+        result = adapterops("plan", str(EXAMPLE), "--json")
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert set(data) == {
+            "trainable_params",
+            "total_params",
+            "trainable_fraction",
+            "adapter_bytes",
+        }
+        assert data["trainable_params"] == 74_498
+        assert data["adapter_bytes"] == 4 * 74_498
+
+    def test_table_output(self):
+        result = adapterops("plan", str(EXAMPLE))
+        assert result.returncode == 0, result.stderr
+        assert "74,498" in result.stdout and "0.327%" in result.stdout
+
+    def test_invalid_spec_lists_every_problem_without_traceback(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["method"]["rank"] = -1
+        document["train"]["batch_size"] = "many"
+        document["langauge"] = "en"
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("plan", str(tmp_path / "bad.yaml"))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        for expected in (
+            "method: LoRA rank must be >= 1",
+            "train.batch_size",
+            "langauge: unknown field",
+        ):
+            assert expected in result.stderr
+
+    def test_unknown_base_model(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["base_model"] = "nobody/no-such-model"
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("plan", str(tmp_path / "spec.yaml"), "--json")
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        error = json.loads(result.stdout)
+        assert (
+            error["ok"] is False and "unknown base model 'nobody/no-such-model'" in error["error"]
+        )
+
+
+class TestTrain:
+    def test_bad_data_is_reported_before_training(self, tmp_path):
+        (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["data"] = {"train": "train.tsv", "validation": "missing.tsv"}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("train", str(tmp_path / "spec.yaml"), "--json", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "missing.tsv does not exist" in json.loads(result.stdout)["error"]
+
+        document["data"]["validation"] = "train.tsv"
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("train", str(tmp_path / "spec.yaml"), "--json", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
+        assert not (tmp_path / "out").exists()
+
+    def test_a_short_run_writes_an_adapter_that_loads(self, tmp_path):
+        import transformers as T
+
+        import peft_core as pc
+        from tests.helpers import minilm_path
+
+        result = adapterops(
+            "train",
+            str(EXAMPLE),
+            "--json",
+            "--out",
+            str(tmp_path / "a"),
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "data.max_train_samples=64",
+            "--set",
+            "data.max_eval_samples=64",
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["steps"] == 3 and report["metrics"]["examples"] == 64
+        model = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        record = pc.load_adapter(model, tmp_path / "a")
+        assert record.name == "minilm-sst2-en-lora"
