@@ -16,7 +16,12 @@ from torch import nn
 
 from tests.helpers import TINY_CONFIGS, minilm_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data beside the repository (CI lays it there); ADAPTEROPS_SHARED_DATA overrides.
+SHARED_DATA = Path(
+    os.environ.get(
+        "ADAPTEROPS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
 
 
 @pytest.fixture(autouse=True)

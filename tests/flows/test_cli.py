@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -14,11 +14,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lor
 
 
 def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("adapterops")
-    assert executable, "the console script must be installed (make setup)"
+    # the console script installed beside this interpreter (make setup), as a user runs it
+    executable = Path(sys.executable).parent / "adapterops"
+    assert executable.is_file(), f"{executable} missing: run make setup"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [executable, *args],
+        [str(executable), *args],
         capture_output=True,
         text=True,
         env=env,
