@@ -67,7 +67,7 @@ class TestInjectionErrors:
     def test_unsupported_module_type_is_refused(self, tiny_model):
         model = tiny_model("bert", "classification")
         before, modules = snapshot(model), [type(m) for m in model.modules()]
-        with pytest.raises(pc.TargetError, match="Embedding, which lora cannot adapt"):
+        with pytest.raises(pc.TargetError, match=r"Embedding, which lora cannot adapt"):
             pc.add_adapter(model, "a", pc.LoRA(targets=("q", "word_embeddings")))
         assert_untouched(model, before, modules)
 
@@ -75,7 +75,7 @@ class TestInjectionErrors:
         model = tiny_model("llama", "causal-lm")
         with pytest.raises(pc.TargetError, match=r"BitFit needs bias terms.*has none"):
             pc.add_adapter(model, "a", pc.BitFit())
-        with pytest.raises(pc.TargetError, match="has no bias term"):
+        with pytest.raises(pc.TargetError, match=r"has no bias term"):
             pc.add_adapter(model, "a", pc.BitFit(targets=("q",)))
 
     def test_bitfit_subset_by_role(self, tiny_model):
@@ -88,7 +88,7 @@ class TestInjectionErrors:
     def test_duplicate_and_invalid_names(self, tiny_model):
         model = tiny_model("bert", "classification")
         pc.add_adapter(model, "a", pc.LoRA())
-        with pytest.raises(pc.AdapterExistsError, match="already has an adapter 'a'"):
+        with pytest.raises(pc.AdapterExistsError, match=r"already has an adapter 'a'"):
             pc.add_adapter(model, "a", pc.BitFit())
         with pytest.raises(pc.TargetError, match=r"invalid adapter name 'x.y'"):
             pc.add_adapter(model, "x.y", pc.BitFit())
@@ -98,7 +98,7 @@ class TestInjectionErrors:
         pc.add_adapter(model, "sst2", pc.LoRA())
         with pytest.raises(pc.AdapterNotFoundError, match=r"no adapter 'imdb'.*sst2"):
             pc.set_active(model, "imdb")
-        with pytest.raises(pc.AdapterNotFoundError, match="no adapter 'imdb'"):
+        with pytest.raises(pc.AdapterNotFoundError, match=r"no adapter 'imdb'"):
             pc.merge(model, "imdb")
 
 
@@ -109,11 +109,11 @@ class TestMergeSafety:
         perturb_adapter(model, "a")
         pc.merge(model, "a")
         merged = snapshot(model)
-        with pytest.warns(UserWarning, match="already merged"):
+        with pytest.warns(UserWarning, match=r"already merged"):
             pc.merge(model, "a")
         assert all(torch.equal(v, merged[k]) for k, v in model.state_dict().items())
         pc.unmerge(model, "a")
-        with pytest.warns(UserWarning, match="not merged"):
+        with pytest.warns(UserWarning, match=r"not merged"):
             pc.unmerge(model, "a")
 
     def test_non_finite_adapter_is_not_merged(self, tiny_model):
@@ -124,7 +124,7 @@ class TestMergeSafety:
                 float("nan")
             )
         before = snapshot(model)
-        with pytest.raises(pc.NotMergeableError, match="non-finite"):
+        with pytest.raises(pc.NotMergeableError, match=r"non-finite"):
             pc.merge(model, "a")
         after = model.state_dict()
         assert all(torch.equal(after[k], before[k]) or torch.isnan(before[k]).any() for k in after)
@@ -193,10 +193,10 @@ class TestLoadErrors:
 
     def test_missing_folder_and_not_an_adapter(self, tiny_model, tmp_path):
         model = tiny_model("bert", "classification")
-        with pytest.raises(pc.AdapterFormatError, match="does not exist"):
+        with pytest.raises(pc.AdapterFormatError, match=r"does not exist"):
             pc.load_adapter(model, tmp_path / "nowhere")
         (tmp_path / "empty").mkdir()
-        with pytest.raises(pc.AdapterFormatError, match="not an adapter folder"):
+        with pytest.raises(pc.AdapterFormatError, match=r"not an adapter folder"):
             pc.load_adapter(model, tmp_path / "empty")
 
     def test_missing_weights_file(self, tiny_model, saved):
@@ -226,14 +226,14 @@ class TestLoadErrors:
         data = (saved / "adapter.safetensors").read_bytes()
         (saved / "adapter.safetensors").write_bytes(data[: len(data) // 2])
         model, before, modules, load = self.load_fresh(tiny_model, saved)
-        with pytest.raises(pc.AdapterFormatError, match="cannot read"):
+        with pytest.raises(pc.AdapterFormatError, match=r"cannot read"):
             load()
         assert_untouched(model, before, modules)
 
     def test_broken_metadata(self, tiny_model, saved):
         (saved / "adapter.json").write_text("{not json")
         _, _, _, load = self.load_fresh(tiny_model, saved)
-        with pytest.raises(pc.AdapterFormatError, match="not valid JSON"):
+        with pytest.raises(pc.AdapterFormatError, match=r"not valid JSON"):
             load()
 
     def test_force_loads_onto_a_compatible_but_different_base(self, tiny_model, saved):
@@ -244,7 +244,7 @@ class TestLoadErrors:
         config = TINY_CONFIGS["bert"]()
         config.vocab_size = 200  # another tokenizer: same layer shapes, different fingerprint
         other = T.AutoModelForSequenceClassification.from_config(config)
-        with pytest.raises(pc.BaseModelMismatchError, match="vocab_size: 101 vs 200"):
+        with pytest.raises(pc.BaseModelMismatchError, match=r"vocab_size: 101 vs 200"):
             pc.load_adapter(other, saved)
         pc.load_adapter(other, saved, force=True)
         assert pc.list_adapters(other) == ["a"]

@@ -121,7 +121,7 @@ class TestInvariants:
         inputs = batch(model)
         pc.add_adapter(model, "a", spec.config)
         if not spec.mergeable:
-            with pytest.raises(pc.NotMergeableError, match="merge"):
+            with pytest.raises(pc.NotMergeableError, match=r"merge"):
                 pc.merge(model, "a")
             return
         perturb_adapter(model, "a")
@@ -159,7 +159,7 @@ class TestInvariants:
         other_family = "gpt2" if family != "gpt2" else "bert"
         other = model_for(other_family, "classification")
         state_before = {k: v.clone() for k, v in other.state_dict().items()}
-        with pytest.raises(pc.BaseModelMismatchError, match="fingerprint"):
+        with pytest.raises(pc.BaseModelMismatchError, match=r"fingerprint"):
             pc.load_adapter(other, tmp_path / "a")
         assert pc.list_adapters(other) == []
         after = other.state_dict()

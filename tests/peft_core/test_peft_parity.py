@@ -116,7 +116,7 @@ class TestOurFilesLoadInPeft:
     def test_non_lora_methods_cannot_use_the_peft_format(self, tmp_path):
         model = minilm()
         pc.add_adapter(model, "a", pc.Pfeiffer())
-        with pytest.raises(pc.ConfigError, match="PEFT format holds LoRA adapters only"):
+        with pytest.raises(pc.ConfigError, match=r"PEFT format holds LoRA adapters only"):
             pc.save_adapter(model, "a", tmp_path, format="peft")
         assert not any(tmp_path.iterdir())
 

@@ -1,0 +1,46 @@
+"""Loopback ports: is one taken, find free ones, wait for a server to listen."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+__all__ = ["free_port", "port_in_use", "wait_until"]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or holds) ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(*, also_free_at: tuple[int, ...] = ()) -> int:
+    """A free loopback port ``p`` such that ``p + offset`` is free too for each offset given.
+
+    SeaweedFS puts gRPC on port + 10000, so its ports need that room.
+    """
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if all(port + o < 65536 and not port_in_use(port + o) for o in also_free_at):
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: str = "") -> None:
+    """Poll ``check`` until it is true; a clear error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(
+        f"{what} did not come up within {timeout:.0f} s{f'; see {log}' if log else ''}"
+    )

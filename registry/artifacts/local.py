@@ -1,0 +1,68 @@
+"""Artifacts in a local folder: the embedded default."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..errors import StorageUnavailableError
+from .base import BlobInfo, blob_key
+
+__all__ = ["LocalStore"]
+
+
+class LocalStore:
+    """Blobs under ``<root>/blobs/sha256/``; writes are atomic (temporary file, then rename)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.root = Path(unquote(urlparse(url).path))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot use artifact folder {self.root}: {exc}"
+            ) from None
+
+    def _path(self, digest: str) -> Path:
+        return self.root / blob_key(digest)
+
+    def has(self, digest: str) -> bool:
+        return self._path(digest).is_file()
+
+    def put_file(self, digest: str, source: Path) -> None:
+        target = self._path(digest)
+        if target.is_file():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        os.close(handle)
+        try:
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+    def get_file(self, digest: str, destination: Path) -> None:
+        source = self._path(digest)
+        if not source.is_file():
+            raise FileNotFoundError(self.uri(digest))
+        shutil.copyfile(source, destination)
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        for path in (self.root / "blobs" / "sha256").glob("*/*"):
+            if path.name.startswith("."):
+                continue
+            stat = path.stat()
+            yield BlobInfo(path.name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def delete(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+    def uri(self, digest: str) -> str:
+        return f"{self.url}/{blob_key(digest)}"

@@ -1,0 +1,121 @@
+"""Artifacts on S3 (AWS, SeaweedFS, MinIO...) through boto3.
+
+Endpoint and credentials come from the usual AWS variables (``AWS_ENDPOINT_URL_S3``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``). ``upload_file`` and
+``download_file`` switch to multipart transfers above 8 MiB. botocore errors are translated into
+:class:`~registry.errors.StorageUnavailableError` here and never leave the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import StorageUnavailableError
+from .base import BlobInfo, blob_key
+
+__all__ = ["S3Store"]
+
+T = TypeVar("T")
+MULTIPART = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024)
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store:
+    """Blobs under ``s3://bucket/prefix/blobs/sha256/``."""
+
+    def __init__(self, url: str, *, client: Any = None) -> None:
+        parsed = urlparse(url)
+        if not parsed.netloc:
+            raise StorageUnavailableError(f"S3 URL {url!r} names no bucket: use s3://bucket/prefix")
+        self.url = url.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = client or boto3.client(
+            "s3",
+            config=Config(
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 3, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def _key(self, digest: str) -> str:
+        return f"{self.prefix}/{blob_key(digest)}" if self.prefix else blob_key(digest)
+
+    def _call(self, action: str, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in _MISSING:
+                raise FileNotFoundError(action) from None
+            hint = " (create the bucket first)" if code == "NoSuchBucket" else ""
+            raise StorageUnavailableError(
+                f"S3 refused to {action} in bucket {self.bucket!r}: {code} {exc}{hint}"
+            ) from None
+        except BotoCoreError as exc:
+            endpoint = self.client.meta.endpoint_url
+            raise StorageUnavailableError(
+                f"cannot reach S3 at {endpoint} to {action}: {exc}. Check AWS_ENDPOINT_URL_S3 "
+                "and the credentials."
+            ) from None
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist (for local stacks and tests)."""
+        try:
+            self._call("look up the bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+        except FileNotFoundError:
+            self._call("create the bucket", lambda: self.client.create_bucket(Bucket=self.bucket))
+
+    def has(self, digest: str) -> bool:
+        key = self._key(digest)
+        try:
+            self._call(
+                f"look up {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+            )
+        except FileNotFoundError:
+            return False
+        return True
+
+    def put_file(self, digest: str, source: Path) -> None:
+        if self.has(digest):
+            return
+        key = self._key(digest)
+        self._call(
+            f"upload {key}",
+            lambda: self.client.upload_file(str(source), self.bucket, key, Config=MULTIPART),
+        )
+
+    def get_file(self, digest: str, destination: Path) -> None:
+        key = self._key(digest)
+        self._call(
+            f"download {key}",
+            lambda: self.client.download_file(self.bucket, key, str(destination), Config=MULTIPART),
+        )
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        prefix = self._key("00")[: -len("00/00")]  # ".../blobs/sha256/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(
+            "list blobs", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                digest = item["Key"].rsplit("/", 1)[-1]
+                yield BlobInfo(digest, int(item["Size"]), item["LastModified"])
+
+    def delete(self, digest: str) -> None:
+        key = self._key(digest)
+        self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def uri(self, digest: str) -> str:
+        return f"s3://{self.bucket}/{self._key(digest)}"

@@ -1,0 +1,180 @@
+"""An adapter folder as a set of content-addressed blobs plus a manifest.
+
+A folder to register must be exactly an adapter written by ``peft_core.save_adapter``: our format
+(``adapter.json`` + ``adapter.safetensors``) or the PEFT layout (``adapter_config.json`` +
+``adapter_model.safetensors``, optionally ``adapterops.json``), plus optional ``README.md`` and
+``report.json``. Each file is stored under its sha256; the manifest (file names, digests, sizes)
+is stored the same way, and its digest is the version's digest.
+
+Downloads are verified file by file: a corrupted or truncated blob is never handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifacts import ArtifactStore
+from .errors import AdapterFolderError, IntegrityError, StorageUnavailableError
+
+__all__ = ["Bundle", "Manifest", "download", "inspect_folder", "upload"]
+
+OURS = ({"adapter.json", "adapter.safetensors"}, "adapter.json")
+PEFT = ({"adapter_config.json", "adapter_model.safetensors"}, "adapterops.json")
+OPTIONAL = {"README.md", "report.json", "adapterops.json"}
+MANIFEST_FORMAT = "adapterops.manifest/1"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The files of one version: ``(relative path, sha256, size)`` sorted by path."""
+
+    files: tuple[tuple[str, str, int], ...]
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: the same files always give the same bytes, hence the same digest."""
+        entries = [{"path": p, "sha256": d, "size": s} for p, d, s in self.files]
+        return json.dumps({"format": MANIFEST_FORMAT, "files": entries}, sort_keys=True).encode()
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical manifest: the version's content digest."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        """Total bytes of the files."""
+        return sum(s for _, _, s in self.files)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Inverse of :meth:`to_bytes`."""
+        document = json.loads(data)
+        return cls(tuple((f["path"], f["sha256"], int(f["size"])) for f in document["files"]))
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated adapter folder: its files, manifest and what its metadata says."""
+
+    folder: Path
+    manifest: Manifest
+    method: str
+    head: str
+    fingerprint: str | None
+    metadata: dict[str, Any]
+
+
+def inspect_folder(folder: str | Path) -> Bundle:
+    """Validate an adapter folder and hash its files (nothing is stored yet)."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise AdapterFolderError(
+            f"{path} is not a folder: give the folder peft_core.save_adapter wrote"
+        )
+    present = {p.name for p in path.iterdir()}
+    required, metadata_file = OURS if "adapter.json" in present else PEFT
+    missing = sorted(required - present)
+    extra = sorted(present - required - OPTIONAL)
+    subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if missing or extra or subfolders:
+        raise AdapterFolderError(
+            f"{path} is not a complete adapter folder: missing {missing or 'nothing'}, unexpected "
+            f"{sorted(set(extra) | set(subfolders)) or 'nothing'}. Expected {sorted(OURS[0])} "
+            f"(peft_core format) or {sorted(PEFT[0])} (PEFT), plus optional {sorted(OPTIONAL)}."
+        )
+    metadata = _read_metadata(path / metadata_file)
+    files = tuple(
+        sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)
+    )
+    method = str(
+        metadata.get("method", {}).get("type") or ("lora" if metadata_file == PEFT[1] else "")
+    )
+    if not method:
+        raise AdapterFolderError(
+            f"{path / metadata_file} does not say which method the adapter uses"
+        )
+    fingerprint = metadata.get("fingerprint", {}).get("digest")
+    head = str(metadata.get("head", {}).get("kind", "none"))
+    return Bundle(path, Manifest(files), method, head, fingerprint, metadata)
+
+
+def upload(store: ArtifactStore, bundle: Bundle) -> str:
+    """Store the bundle's files, then its manifest; returns the manifest's URI."""
+    for name, digest, _ in bundle.manifest.files:
+        store.put_file(digest, bundle.folder / name)
+    with tempfile.TemporaryDirectory() as scratch:
+        manifest_file = Path(scratch) / "manifest.json"
+        manifest_file.write_bytes(bundle.manifest.to_bytes())
+        store.put_file(bundle.manifest.digest, manifest_file)
+    return store.uri(bundle.manifest.digest)
+
+
+def download(store: ArtifactStore, digest: str, destination: Path, *, label: str) -> Path:
+    """Fetch version ``label``'s files into ``destination``, verifying every digest.
+
+    Files land in a temporary folder first and move into place only when all are verified, so a
+    failed download leaves ``destination`` as it was.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination) as scratch:
+        staging = Path(scratch)
+        manifest_path = staging / ".manifest"
+        _fetch(store, digest, manifest_path, label=label, what="manifest")
+        _verify(manifest_path, digest, label=label, what="manifest")
+        manifest = Manifest.from_bytes(manifest_path.read_bytes())
+        for name, file_digest, size in manifest.files:
+            target = staging / name
+            _fetch(store, file_digest, target, label=label, what=name)
+            _verify(target, file_digest, label=label, what=name, size=size)
+        for name, _, _ in manifest.files:
+            shutil.move(str(staging / name), destination / name)
+    return destination
+
+
+def _fetch(store: ArtifactStore, digest: str, target: Path, *, label: str, what: str) -> None:
+    try:
+        store.get_file(digest, target)
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"{label}: {what} is missing from the artifact store (expected sha256 {digest} at "
+            f"{store.uri(digest)})"
+        ) from None
+    except StorageUnavailableError:
+        raise
+
+
+def _verify(path: Path, digest: str, *, label: str, what: str, size: int | None = None) -> None:
+    actual_size = path.stat().st_size
+    actual = _sha256(path)
+    if actual != digest or (size is not None and actual_size != size):
+        raise IntegrityError(
+            f"{label}: {what} is corrupted or truncated: expected sha256 {digest}"
+            f"{f' ({size} bytes)' if size is not None else ''}, got {actual} "
+            f"({actual_size} bytes). It was not loaded; re-register the adapter from its source."
+        )
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterFolderError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdapterFolderError(f"{path} must hold a JSON object")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,259 @@
+"""``Registry``: the registry's Python API in a few obvious calls.
+
+    from registry import Registry
+    reg = Registry()                                    # embedded: SQLite + a local folder
+    v = reg.register("out/sst2", name="minilm-sst2-en-lora", task="sst2", language="en",
+                     base_model="sentence-transformers/all-MiniLM-L6-v2",
+                     metrics={"accuracy": 0.81})
+    reg.set_alias("minilm-sst2-en-lora@1", "champion")
+    reg.get("minilm-sst2-en-lora@champion")
+    reg.find(task="sst2", language="en", order_by="accuracy")
+    reg.resolve(base_model=..., task="sst2", language="pt")   # MAD-X stack if no pt adapter
+    reg.fetch("minilm-sst2-en-lora@champion", "here/")       # verified download
+    reg.load_into(model, "minilm-sst2-en-lora@champion")      # through peft_core
+
+Bytes are written before the record that points at them is committed: a crash in between leaves only
+unreferenced blobs, which :meth:`gc` removes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
+
+from . import store
+from .artifacts import ArtifactStore, open_store
+from .bundles import Manifest, download, inspect_folder, upload
+from .db import Database, translate_db_errors
+from .entities import AdapterVersion, Composition, Event, Resolution
+from .errors import RegistryError
+from .names import check_name, parse_ref
+from .settings import Settings
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+_RETRIES = 8
+
+
+class _Conflict(RegistryError):
+    """A concurrent writer won a unique constraint: retry the whole transaction."""
+
+
+class Registry:
+    """Records in a SQL database, bytes in an artifact store."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        artifacts_url: str | None = None,
+        *,
+        auto_migrate: bool | None = None,
+    ) -> None:
+        defaults = Settings.from_env()
+        self.database = Database(database_url or defaults.database_url, auto_migrate=auto_migrate)
+        self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        folder: str | Path,
+        *,
+        name: str,
+        base_model: str,
+        task: str,
+        language: str,
+        metrics: dict[str, float] | None = None,
+        lineage: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
+        description: str = "",
+        origin: str = "registry",
+    ) -> AdapterVersion:
+        """Register a saved adapter folder as the adapter's next version.
+
+        Registering the same bytes again returns the existing version (idempotent re-runs).
+        """
+        check_name(name)
+        check_name(task, "task")
+        check_name(language, "language")
+        if not base_model or len(base_model) > 256:
+            raise RegistryError(f"invalid base model name {base_model!r}")
+        bundle = inspect_folder(folder)
+        artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
+
+        def write(session: Session) -> AdapterVersion:
+            version, _ = store.register_version(
+                session,
+                name=name,
+                base_model=base_model,
+                task=task,
+                language=language,
+                bundle=bundle,
+                artifact_uri=artifact_uri,
+                metrics=dict(metrics or {}),
+                lineage=dict(lineage or {}),
+                spec=dict(spec or {}),
+                description=description,
+                origin=origin,
+            )
+            return version
+
+        return self._write(write)
+
+    def set_alias(self, ref: str, alias: str, *, origin: str = "registry") -> AdapterVersion:
+        """Point ``alias`` at the version ``ref`` names (``name@3``), moving it if needed."""
+        return self._write(lambda s: store.set_alias(s, ref, alias, origin=origin))
+
+    def remove_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
+        """Remove an alias."""
+        self._write(lambda s: store.remove_alias(s, name, alias, origin=origin))
+
+    def delete(self, ref: str) -> AdapterVersion:
+        """Delete a version no alias or composition refers to (``gc`` then frees its bytes)."""
+        return self._write(lambda s: store.delete_version(s, ref))
+
+    def register_composition(
+        self,
+        name: str,
+        definition: dict[str, Any],
+        members: Sequence[str],
+        *,
+        description: str = "",
+    ) -> Composition:
+        """Save a composition (a stack, a weighted merge...) over exact member versions."""
+        check_name(name, "composition name")
+        return self._write(
+            lambda s: store.register_composition(
+                s, name, definition, members, description=description
+            )
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> AdapterVersion:
+        """The version ``name``, ``name@3`` or ``name@champion`` names."""
+        parsed = parse_ref(ref)
+        return self._read(lambda s: store.get_version(s, parsed))
+
+    def find(
+        self,
+        *,
+        base_model: str | None = None,
+        task: str | None = None,
+        language: str | None = None,
+        method: str | None = None,
+        alias: str | None = None,
+        name: str | None = None,
+        order_by: str | None = None,
+        descending: bool = True,
+        limit: int | None = None,
+    ) -> list[AdapterVersion]:
+        """Versions matching every given filter, optionally ordered by a metric."""
+        return self._read(
+            lambda s: store.find_versions(
+                s,
+                base_model=base_model,
+                task=task,
+                language=language,
+                method=method,
+                alias=alias,
+                name=name,
+                order_by=order_by,
+                descending=descending,
+                limit=limit,
+            )
+        )
+
+    def resolve(
+        self, *, base_model: str, task: str, language: str, metric: str | None = None
+    ) -> Resolution:
+        """The best adapter (or MAD-X stack) for (base model, task, language), with the reason."""
+        return self._read(
+            lambda s: store.resolve(
+                s, base_model=base_model, task=task, language=language, metric=metric
+            )
+        )
+
+    def history(self, name: str) -> list[Event]:
+        """The adapter's event log: registrations, alias moves, deletions, with their origin."""
+        return self._read(lambda s: store.history(s, name))
+
+    def composition(self, name: str, version: int | None = None) -> Composition:
+        """A saved composition (the newest version unless one is named)."""
+        return self._read(lambda s: store.get_composition(s, name, version))
+
+    # --- bytes --------------------------------------------------------------------------------
+
+    def fetch(self, ref: str, destination: str | Path) -> Path:
+        """Download the version's files into ``destination``, verified against their digests."""
+        version = self.get(ref)
+        return download(self.artifacts, version.digest, Path(destination), label=version.ref)
+
+    def load_into(
+        self, model: Any, ref: str, *, name: str | None = None, force: bool = False
+    ) -> AdapterVersion:
+        """Fetch a version and load it into ``model`` through peft_core (which checks the base)."""
+        import peft_core  # noqa: PLC0415 - imported here so reading the registry needs no torch
+
+        version = self.get(ref)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = download(
+                self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
+            )
+            peft_core.load_adapter(model, folder, name=name or version.name, force=force)
+        return version
+
+    def gc(self, *, older_than: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
+        """Delete blobs no version refers to, written more than ``older_than`` ago.
+
+        The grace period protects the blobs of a registration that is uploading right now (bytes
+        are written before their record).
+        """
+        keep: set[str] = set()
+        for manifest_digest in self._read(store.referenced_digests):
+            keep.add(manifest_digest)
+            with tempfile.TemporaryDirectory() as scratch:
+                path = Path(scratch) / "manifest"
+                try:
+                    self.artifacts.get_file(manifest_digest, path)
+                except FileNotFoundError:
+                    continue
+                keep.update(d for _, d, _ in Manifest.from_bytes(path.read_bytes()).files)
+        cutoff = datetime.now(UTC) - older_than
+        doomed = [
+            b.digest
+            for b in self.artifacts.blobs()
+            if b.digest not in keep and b.modified <= cutoff
+        ]
+        if not dry_run:
+            for digest in doomed:
+                self.artifacts.delete(digest)
+        return doomed
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.database.dispose()
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def _read(self, operation: Callable[[Session], T]) -> T:
+        with self.database.session() as session:
+            return operation(session)
+
+    def _write(self, operation: Callable[[Session], T]) -> T:
+        """Run a write in its own transaction, retrying when a concurrent writer won a race."""
+        with translate_db_errors(self.database.url):
+            for _ in range(_RETRIES):
+                try:
+                    with self.database.sessions.begin() as session:
+                        return operation(session)
+                except SAIntegrityError:
+                    continue  # e.g. two processes created the same adapter: the loser retries
+        raise _Conflict(f"gave up after {_RETRIES} conflicting concurrent writes; try again")

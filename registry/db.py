@@ -1,0 +1,124 @@
+"""Engines, sessions and schema migrations for SQLite and PostgreSQL.
+
+SQLite (the embedded default) is created and migrated on first use. A server database is migrated
+explicitly (``adapterops db upgrade``); opening one that is behind is a clear error.
+
+SQLite writers take the database lock when their transaction begins (``BEGIN IMMEDIATE``), so
+concurrent processes that register versions queue instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import DatabaseUnavailableError, NotMigratedError, RegistryError
+
+__all__ = ["Database"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Database:
+    """One registry database: an engine, a session factory and its migrations."""
+
+    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise DatabaseUnavailableError(f"invalid database URL {url!r}: {exc}") from None
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if auto_migrate if auto_migrate is not None else self.is_sqlite:
+            self.upgrade()
+        else:
+            self.check_current()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with translate_db_errors(self.url), self.sessions.begin() as session:
+            yield session
+
+    def upgrade(self) -> None:
+        """Migrate the schema to the newest revision (idempotent)."""
+        with translate_db_errors(self.url), self.engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def check_current(self) -> None:
+        """Raise :class:`NotMigratedError` unless the schema is at the newest revision."""
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        with translate_db_errors(self.url), self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        if current != head:
+            raise NotMigratedError(
+                f"registry database {_safe(self.url)} is at schema {current or 'empty'}, this code "
+                f"needs {head}: run `adapterops db upgrade` (with ADAPTEROPS_REGISTRY_URL set)"
+            )
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+@contextmanager
+def translate_db_errors(url: str) -> Iterator[None]:
+    """SQLAlchemy errors leave the registry as :class:`RegistryError` subclasses."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot use the registry database {_safe(url)}: {exc.orig}. Check that the server "
+            "runs and ADAPTEROPS_REGISTRY_URL is right."
+        ) from None
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"registry database error on {_safe(url)}: {exc}") from None
+
+
+def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:
+    if not sqlite:
+        return create_engine(url, pool_pre_ping=True)
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid URL>"

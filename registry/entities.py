@@ -1,0 +1,133 @@
+"""Plain, immutable values the registry hands out (never ORM rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = ["AdapterVersion", "Composition", "Event", "Resolution"]
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One immutable version of an adapter and everything known about it."""
+
+    name: str
+    version: int
+    base_model: str
+    task: str
+    language: str
+    method: str
+    head: str
+    digest: str
+    size: int
+    artifact_uri: str
+    created_at: datetime
+    description: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    base_model_fingerprint: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``adapterops show --json``)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "base_model": self.base_model,
+            "base_model_fingerprint": self.base_model_fingerprint,
+            "task": self.task,
+            "language": self.language,
+            "method": self.method,
+            "head": self.head,
+            "digest": self.digest,
+            "size": self.size,
+            "artifact_uri": self.artifact_uri,
+            "aliases": list(self.aliases),
+            "metrics": dict(self.metrics),
+            "lineage": dict(self.lineage),
+            "spec": dict(self.spec),
+            "description": self.description,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the append-only event log."""
+
+    at: datetime
+    kind: str
+    adapter: str
+    version: int | None
+    alias: str | None
+    origin: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "adapter": self.adapter,
+            "version": self.version,
+            "alias": self.alias,
+            "origin": self.origin,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A named, versioned composition over exact adapter versions."""
+
+    name: str
+    version: int
+    definition: dict[str, Any]
+    members: tuple[str, ...]
+    description: str
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "definition": self.definition,
+            "members": list(self.members),
+            "description": self.description,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The best answer for (base model, task, language), and why it was chosen."""
+
+    kind: Literal["promoted", "latest", "stack"]
+    versions: tuple[AdapterVersion, ...]
+    explanation: str
+
+    @property
+    def composition(self) -> dict[str, Any] | None:
+        """For a stack: the composition to activate (language adapter first, then the task)."""
+        if self.kind != "stack":
+            return None
+        return {"type": "stack", "members": [v.ref for v in self.versions]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``adapterops resolve --json``)."""
+        return {
+            "kind": self.kind,
+            "versions": [v.to_dict() for v in self.versions],
+            "composition": self.composition,
+            "explanation": self.explanation,
+        }

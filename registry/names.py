@@ -1,0 +1,61 @@
+"""Names and references: ``name``, ``name@3``, ``name@champion``.
+
+Names become file names, S3 keys and MLflow model names, so they are restricted to letters, digits,
+``_`` and ``-`` (no ``/``, no ``..``). Aliases may not be all digits (``name@3`` is version 3).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidNameError
+
+__all__ = ["Ref", "check_alias", "check_name", "parse_ref"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+
+
+def check_name(value: str, what: str = "adapter name") -> str:
+    """Return ``value`` if it is a valid name, else raise :class:`InvalidNameError`."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidNameError(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-', starting with a "
+            "letter or digit (no '/', '.' or spaces)"
+        )
+    return value
+
+
+def check_alias(value: str) -> str:
+    """Return ``value`` if it is a valid alias (a name that is not a number)."""
+    check_name(value, "alias")
+    if value.isdigit():
+        raise InvalidNameError(f"invalid alias {value!r}: an alias cannot be a number")
+    return value
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed reference: exactly one of ``version`` and ``alias`` is set, or neither (latest)."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        suffix = self.version if self.version is not None else self.alias
+        return f"{self.name}@{suffix}" if suffix is not None else self.name
+
+
+def parse_ref(text: str) -> Ref:
+    """Parse ``name``, ``name@<version>`` or ``name@<alias>``."""
+    name, sep, suffix = str(text).partition("@")
+    check_name(name)
+    if not sep:
+        return Ref(name)
+    if suffix.isdigit():
+        version = int(suffix)
+        if version < 1:
+            raise InvalidNameError(f"invalid reference {text!r}: versions start at 1")
+        return Ref(name, version=version)
+    return Ref(name, alias=check_alias(suffix))

@@ -1,0 +1,36 @@
+"""Where the registry keeps its records and bytes, from the environment.
+
+- ``ADAPTEROPS_HOME``: the embedded defaults' folder (default ``./.adapterops``);
+- ``ADAPTEROPS_REGISTRY_URL``: SQLAlchemy URL (default ``sqlite:///$ADAPTEROPS_HOME/registry.db``;
+  production: ``postgresql+psycopg://user:password@host/db``);
+- ``ADAPTEROPS_ARTIFACTS_URL``: ``file:///path`` or ``s3://bucket/prefix`` (default
+  ``file://$ADAPTEROPS_HOME/artifacts``). S3 endpoint and credentials come from the usual AWS
+  variables (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The registry's two locations."""
+
+    database_url: str
+    artifacts_url: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the environment, falling back to the embedded defaults under ``ADAPTEROPS_HOME``."""
+        home = Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
+        return cls(
+            database_url=os.environ.get("ADAPTEROPS_REGISTRY_URL")
+            or f"sqlite:///{home / 'registry.db'}",
+            artifacts_url=os.environ.get("ADAPTEROPS_ARTIFACTS_URL")
+            or (home / "artifacts").as_uri(),
+        )

@@ -1,0 +1,589 @@
+"""Registry operations: plain functions that take a session and return entities.
+
+Validation happens before the session is touched; rows never leave this module (they become
+:mod:`registry.entities`). The facade (:class:`registry.Registry`) owns sessions, retries and the
+artifact store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from .bundles import Bundle
+from .entities import AdapterVersion, Composition, Event, Resolution
+from .errors import BaseModelConflictError, InUseError, InvalidNameError, NotFoundError
+from .names import Ref, check_alias, parse_ref
+from .orm import (
+    AdapterRow,
+    AliasRow,
+    BaseModelRow,
+    CompositionMemberRow,
+    CompositionRow,
+    EventRow,
+    MetricRow,
+    VersionRow,
+)
+
+__all__ = [
+    "delete_version",
+    "find_versions",
+    "get_composition",
+    "get_version",
+    "history",
+    "referenced_digests",
+    "register_composition",
+    "register_version",
+    "remove_alias",
+    "resolve",
+    "set_alias",
+]
+
+CHAMPION = "champion"
+LANGUAGE_HEADS = ("masked-lm", "causal-lm")
+_Row = tuple[VersionRow, AdapterRow, BaseModelRow]
+
+
+def register_version(
+    session: Session,
+    *,
+    name: str,
+    base_model: str,
+    task: str,
+    language: str,
+    bundle: Bundle,
+    artifact_uri: str,
+    metrics: dict[str, float],
+    lineage: dict[str, Any],
+    spec: dict[str, Any],
+    description: str = "",
+    origin: str = "registry",
+) -> tuple[AdapterVersion, bool]:
+    """Record a new version (the bytes are already stored); ``(version, created)``.
+
+    The same bytes registered again under the same adapter return the existing version
+    (``created`` False): a version is identified by its content digest.
+    """
+    base = _base_model(session, base_model, bundle.fingerprint)
+    adapter = _adapter(
+        session,
+        name,
+        base=base,
+        task=task,
+        language=language,
+        bundle=bundle,
+        description=description,
+    )
+    # Serialise registrations of one adapter: a row lock on PostgreSQL (SQLite already holds the
+    # database lock from BEGIN IMMEDIATE), then the next number is max + 1.
+    session.execute(select(AdapterRow.id).where(AdapterRow.id == adapter.id).with_for_update())
+    existing = session.scalars(
+        select(VersionRow).where(
+            VersionRow.adapter_id == adapter.id, VersionRow.digest == bundle.manifest.digest
+        )
+    ).first()
+    if existing is not None:
+        return _entities(session, [(existing, adapter, base)])[0], False
+    latest = session.scalar(
+        select(func.max(VersionRow.version)).where(VersionRow.adapter_id == adapter.id)
+    )
+    row = VersionRow(
+        adapter_id=adapter.id,
+        version=(latest or 0) + 1,
+        digest=bundle.manifest.digest,
+        size=bundle.manifest.size,
+        artifact_uri=artifact_uri,
+        spec=spec,
+        lineage=lineage,
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(MetricRow(version_id=row.id, key=k, value=float(v)) for k, v in metrics.items())
+    _log(session, "registered", name, row.version, origin=origin, detail={"digest": row.digest})
+    session.flush()
+    return _entities(session, [(row, adapter, base)])[0], True
+
+
+def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
+    """The version a reference names (``name`` alone: the newest version)."""
+    parsed = parse_ref(ref) if isinstance(ref, str) else ref
+    adapter = _adapter_named(session, parsed.name)
+    query = _versions_query().where(VersionRow.adapter_id == adapter.id)
+    if parsed.version is not None:
+        query = query.where(VersionRow.version == parsed.version)
+    elif parsed.alias is not None:
+        query = query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
+            AliasRow.alias == parsed.alias
+        )
+    else:
+        query = query.order_by(VersionRow.version.desc()).limit(1)
+    row = session.execute(query).first()
+    if row is None:
+        raise NotFoundError(_missing_message(session, adapter, parsed))
+    return _entities(session, [row])[0]
+
+
+def find_versions(
+    session: Session,
+    *,
+    base_model: str | None = None,
+    task: str | None = None,
+    language: str | None = None,
+    method: str | None = None,
+    alias: str | None = None,
+    name: str | None = None,
+    order_by: str | None = None,
+    descending: bool = True,
+    limit: int | None = None,
+) -> list[AdapterVersion]:
+    """Versions matching every given filter; ``order_by`` names a metric (missing values last)."""
+    query = _versions_query()
+    filters = {
+        BaseModelRow.name: base_model,
+        AdapterRow.task: task,
+        AdapterRow.language: language,
+        AdapterRow.method: method,
+        AdapterRow.name: name,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(column == value)
+    if alias is not None:
+        query = query.join(AliasRow, AliasRow.version_id == VersionRow.id).where(
+            AliasRow.alias == alias
+        )
+    if order_by is not None:
+        metric = (
+            select(MetricRow.version_id, MetricRow.value)
+            .where(MetricRow.key == order_by)
+            .subquery()
+        )
+        query = query.outerjoin(metric, metric.c.version_id == VersionRow.id)
+        direction = metric.c.value.desc() if descending else metric.c.value.asc()
+        query = query.order_by(direction.nulls_last(), VersionRow.id.desc())
+    else:
+        query = query.order_by(AdapterRow.name, VersionRow.version)
+    if limit is not None:
+        query = query.limit(limit)
+    return _entities(session, list(session.execute(query)))
+
+
+def set_alias(
+    session: Session, ref: Ref | str, alias: str, *, origin: str = "registry"
+) -> AdapterVersion:
+    """Point ``alias`` of the referenced adapter at the referenced version (moving it if set)."""
+    check_alias(alias)
+    target = get_version(session, ref)
+    adapter = _adapter_named(session, target.name)
+    version_id = session.scalar(
+        select(VersionRow.id).where(
+            VersionRow.adapter_id == adapter.id, VersionRow.version == target.version
+        )
+    )
+    assert version_id is not None
+    row = session.scalars(
+        select(AliasRow).where(AliasRow.adapter_id == adapter.id, AliasRow.alias == alias)
+    ).first()
+    previous = None
+    if row is None:
+        session.add(AliasRow(adapter_id=adapter.id, alias=alias, version_id=version_id))
+    elif row.version_id != version_id:
+        previous = session.scalar(select(VersionRow.version).where(VersionRow.id == row.version_id))
+        row.version_id = version_id
+    else:
+        return target  # already there: nothing to record
+    _log(
+        session,
+        "alias_set",
+        target.name,
+        target.version,
+        alias=alias,
+        origin=origin,
+        detail={"previous": previous},
+    )
+    session.flush()
+    return get_version(session, Ref(target.name, version=target.version))
+
+
+def remove_alias(session: Session, name: str, alias: str, *, origin: str = "registry") -> None:
+    """Remove ``alias`` from adapter ``name``."""
+    adapter = _adapter_named(session, name)
+    row = session.scalars(
+        select(AliasRow).where(AliasRow.adapter_id == adapter.id, AliasRow.alias == alias)
+    ).first()
+    if row is None:
+        raise NotFoundError(
+            f"adapter {name!r} has no alias {alias!r}; aliases: {_aliases_of(session, adapter)}"
+        )
+    version = session.scalar(select(VersionRow.version).where(VersionRow.id == row.version_id))
+    session.delete(row)
+    _log(session, "alias_removed", name, version, alias=alias, origin=origin)
+
+
+def history(session: Session, name: str) -> list[Event]:
+    """Every event of adapter ``name``, oldest first."""
+    _adapter_named(session, name)
+    rows = session.scalars(
+        select(EventRow).where(EventRow.adapter_name == name).order_by(EventRow.id)
+    )
+    return [
+        Event(r.at, r.kind, r.adapter_name, r.version, r.alias, r.origin, dict(r.detail))
+        for r in rows
+    ]
+
+
+def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry") -> AdapterVersion:
+    """Delete a version that no alias and no composition refers to (its bytes stay until gc)."""
+    target = get_version(session, ref)
+    adapter = _adapter_named(session, target.name)
+    row = session.scalars(
+        select(VersionRow).where(
+            VersionRow.adapter_id == adapter.id, VersionRow.version == target.version
+        )
+    ).one()
+    users = list(
+        session.scalars(
+            select(CompositionRow)
+            .join(CompositionMemberRow, CompositionMemberRow.composition_id == CompositionRow.id)
+            .where(CompositionMemberRow.version_id == row.id)
+        )
+    )
+    if target.aliases or users:
+        referents = [f"alias {a!r}" for a in target.aliases] + [
+            f"composition {c.name}@{c.version}" for c in users
+        ]
+        raise InUseError(f"cannot delete {target.ref}: still referred to by {', '.join(referents)}")
+    session.delete(row)
+    _log(
+        session,
+        "deleted",
+        target.name,
+        target.version,
+        origin=origin,
+        detail={"digest": target.digest},
+    )
+    return target
+
+
+def register_composition(
+    session: Session,
+    name: str,
+    definition: dict[str, Any],
+    members: Sequence[str],
+    *,
+    description: str = "",
+) -> Composition:
+    """A new version of composition ``name`` over the exact versions ``members`` resolve to."""
+    resolved = [get_version(session, member) for member in members]
+    version_ids = [
+        session.scalar(
+            select(VersionRow.id)
+            .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
+            .where(AdapterRow.name == v.name, VersionRow.version == v.version)
+        )
+        for v in resolved
+    ]
+    latest = session.scalar(
+        select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
+    )
+    row = CompositionRow(
+        name=name, version=(latest or 0) + 1, definition=definition, description=description
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(
+        CompositionMemberRow(composition_id=row.id, position=position, version_id=version_id)
+        for position, version_id in enumerate(version_ids)
+        if version_id is not None
+    )
+    _log(session, "composition", name, row.version, detail={"members": [v.ref for v in resolved]})
+    return Composition(
+        name, row.version, definition, tuple(v.ref for v in resolved), description, row.created_at
+    )
+
+
+def get_composition(session: Session, name: str, version: int | None = None) -> Composition:
+    """A composition version (``None``: the newest)."""
+    query = select(CompositionRow).where(CompositionRow.name == name)
+    query = (
+        query.where(CompositionRow.version == version)
+        if version
+        else query.order_by(CompositionRow.version.desc())
+    )
+    row = session.scalars(query.limit(1)).first()
+    if row is None:
+        raise NotFoundError(f"no composition {name!r}{f' version {version}' if version else ''}")
+    members = session.execute(
+        select(AdapterRow.name, VersionRow.version)
+        .join(VersionRow, VersionRow.adapter_id == AdapterRow.id)
+        .join(CompositionMemberRow, CompositionMemberRow.version_id == VersionRow.id)
+        .where(CompositionMemberRow.composition_id == row.id)
+        .order_by(CompositionMemberRow.position)
+    )
+    refs = tuple(f"{n}@{v}" for n, v in members)
+    return Composition(
+        row.name, row.version, dict(row.definition), refs, row.description, row.created_at
+    )
+
+
+def resolve(
+    session: Session, *, base_model: str, task: str, language: str, metric: str | None = None
+) -> Resolution:
+    """The best adapter for (base model, task, language), MAD-X style when there is none.
+
+    1. a version promoted to ``champion`` for exactly this triple (best ``metric`` first);
+    2. otherwise the newest version for the triple;
+    3. otherwise a stack: the language's language adapter (a masked- or causal-LM adapter for this
+       base model and language), then the task adapter trained in another language.
+    """
+    champions = find_versions(
+        session,
+        base_model=base_model,
+        task=task,
+        language=language,
+        alias=CHAMPION,
+        order_by=metric,
+    )
+    if champions:
+        others = (
+            f"; other champions: {', '.join(v.ref for v in champions[1:])}" if champions[1:] else ""
+        )
+        return Resolution(
+            "promoted",
+            (champions[0],),
+            f"{champions[0].ref} is the champion for {task}/{language}{others}",
+        )
+    candidates = find_versions(session, base_model=base_model, task=task, language=language)
+    if candidates:
+        newest = max(candidates, key=lambda v: v.created_at)
+        return Resolution(
+            "latest",
+            (newest,),
+            f"no version for {task}/{language} is promoted; {newest.ref} is the newest",
+        )
+    language_adapter = _best(
+        [
+            v
+            for v in find_versions(session, base_model=base_model, language=language)
+            if v.head in LANGUAGE_HEADS
+        ],
+        metric,
+    )
+    task_adapter = _best(
+        [
+            v
+            for v in find_versions(session, base_model=base_model, task=task)
+            if v.language != language
+        ],
+        metric,
+    )
+    if language_adapter is not None and task_adapter is not None:
+        return Resolution(
+            "stack",
+            (language_adapter, task_adapter),
+            f"no {task} adapter for {language}: stacking language adapter "
+            f"{language_adapter.ref} under task adapter {task_adapter.ref} (trained on "
+            f"{task_adapter.language}), MAD-X style",
+        )
+    missing = []
+    if language_adapter is None:
+        missing.append(f"no language adapter for {language!r}")
+    if task_adapter is None:
+        missing.append(f"no {task!r} adapter in another language")
+    raise NotFoundError(
+        f"nothing serves base model {base_model!r}, task {task!r}, language {language!r}: no "
+        f"adapter for that triple, and no stack either ({'; '.join(missing)})"
+    )
+
+
+def referenced_digests(session: Session) -> set[str]:
+    """Manifest digests of every version (what garbage collection must keep)."""
+    return set(session.scalars(select(VersionRow.digest)))
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _best(versions: list[AdapterVersion], metric: str | None) -> AdapterVersion | None:
+    """Champions first, then the best ``metric``, then the newest."""
+    if not versions:
+        return None
+
+    def rank(v: AdapterVersion) -> tuple[bool, float, Any]:
+        return (
+            CHAMPION in v.aliases,
+            v.metrics.get(metric, float("-inf")) if metric else 0.0,
+            v.created_at,
+        )
+
+    return max(versions, key=rank)
+
+
+def _base_model(session: Session, name: str, fingerprint: str | None) -> BaseModelRow:
+    row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).first()
+    if row is None:
+        row = BaseModelRow(name=name, fingerprint=fingerprint)
+        session.add(row)
+        session.flush()
+    elif fingerprint and row.fingerprint and row.fingerprint != fingerprint:
+        raise BaseModelConflictError(
+            f"this adapter was trained on a base model with fingerprint {fingerprint[:12]}, but "
+            f"{name!r} is registered with fingerprint {row.fingerprint[:12]}: wrong base model. "
+            "Register it under the base model it was trained on."
+        )
+    elif fingerprint and not row.fingerprint:
+        row.fingerprint = fingerprint
+    return row
+
+
+def _adapter(
+    session: Session,
+    name: str,
+    *,
+    base: BaseModelRow,
+    task: str,
+    language: str,
+    bundle: Bundle,
+    description: str,
+) -> AdapterRow:
+    row = session.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
+    if row is None:
+        row = AdapterRow(
+            name=name,
+            base_model_id=base.id,
+            task=task,
+            language=language,
+            method=bundle.method,
+            head=bundle.head,
+            description=description,
+        )
+        session.add(row)
+        session.flush()
+        return row
+    registered = (row.base_model_id, row.task, row.language, row.method)
+    if registered != (base.id, task, language, bundle.method):
+        registered_base = session.scalar(
+            select(BaseModelRow.name).where(BaseModelRow.id == row.base_model_id)
+        )
+        raise InvalidNameError(
+            f"adapter {name!r} is registered for base model {registered_base!r}, task "
+            f"{row.task!r}, language {row.language!r}, method {row.method!r}; this folder is for "
+            f"{base.name!r}, "
+            f"{task!r}, {language!r}, {bundle.method!r}. Use another adapter name."
+        )
+    return row
+
+
+def _adapter_named(session: Session, name: str) -> AdapterRow:
+    row = session.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
+    if row is None:
+        similar = session.scalars(
+            select(AdapterRow.name).where(AdapterRow.name.like(f"%{name[:4]}%")).limit(5)
+        ).all()
+        hint = f"; similar names: {', '.join(similar)}" if similar else ""
+        raise NotFoundError(f"no adapter named {name!r}{hint}")
+    return row
+
+
+def _missing_message(session: Session, adapter: AdapterRow, ref: Ref) -> str:
+    if ref.version is not None:
+        known = session.scalars(
+            select(VersionRow.version)
+            .where(VersionRow.adapter_id == adapter.id)
+            .order_by(VersionRow.version)
+        ).all()
+        listing = _listing(known)
+        return f"adapter {adapter.name!r} has no version {ref.version}; known versions: {listing}"
+    if ref.alias is not None:
+        aliases = _aliases_of(session, adapter)
+        return f"adapter {adapter.name!r} has no alias {ref.alias!r}; aliases: {aliases}"
+    return f"adapter {adapter.name!r} has no versions"
+
+
+def _aliases_of(session: Session, adapter: AdapterRow) -> str:
+    aliases = session.scalars(select(AliasRow.alias).where(AliasRow.adapter_id == adapter.id)).all()
+    return _listing(sorted(aliases))
+
+
+def _listing(values: Iterable[object]) -> str:
+    items = [str(v) for v in values]
+    return ", ".join(items) if items else "none"
+
+
+def _versions_query() -> Select[VersionRow, AdapterRow, BaseModelRow]:
+    return (
+        select(VersionRow, AdapterRow, BaseModelRow)
+        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
+        .join(BaseModelRow, BaseModelRow.id == AdapterRow.base_model_id)
+    )
+
+
+def _entities(session: Session, rows: list[_Row]) -> list[AdapterVersion]:
+    """Entities for rows, loading aliases and metrics in two queries (no N+1)."""
+    ids = [version.id for version, _, _ in rows]
+    aliases: dict[int, list[str]] = defaultdict(list)
+    metrics: dict[int, dict[str, float]] = defaultdict(dict)
+    for chunk in _chunks(ids, 500):
+        for version_id, alias in session.execute(
+            select(AliasRow.version_id, AliasRow.alias).where(AliasRow.version_id.in_(chunk))
+        ):
+            aliases[version_id].append(alias)
+        for version_id, key, value in session.execute(
+            select(MetricRow.version_id, MetricRow.key, MetricRow.value).where(
+                MetricRow.version_id.in_(chunk)
+            )
+        ):
+            metrics[version_id][key] = value
+    return [
+        AdapterVersion(
+            name=adapter.name,
+            version=version.version,
+            base_model=base.name,
+            task=adapter.task,
+            language=adapter.language,
+            method=adapter.method,
+            head=adapter.head,
+            digest=version.digest,
+            size=version.size,
+            artifact_uri=version.artifact_uri,
+            created_at=version.created_at,
+            description=adapter.description,
+            metrics=metrics[version.id],
+            spec=dict(version.spec),
+            lineage=dict(version.lineage),
+            aliases=tuple(sorted(aliases[version.id])),
+            base_model_fingerprint=base.fingerprint,
+        )
+        for version, adapter, base in rows
+    ]
+
+
+def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _log(
+    session: Session,
+    kind: str,
+    adapter: str,
+    version: int | None,
+    *,
+    alias: str | None = None,
+    origin: str = "registry",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        EventRow(
+            kind=kind,
+            adapter_name=adapter,
+            version=version,
+            alias=alias,
+            origin=origin,
+            detail=detail or {},
+        )
+    )

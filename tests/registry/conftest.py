@@ -1,0 +1,126 @@
+"""Real services for the registry tests: a throwaway PostgreSQL cluster and a SeaweedFS S3 server.
+
+Both start once per test session on free loopback ports; every test gets its own database and its
+own bucket, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.stack import PostgresServer, SeaweedS3, free_port
+from registry import Registry
+from registry.artifacts import S3Store
+from registry.db import Database
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def service_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: the postgres user must be able to enter it.
+    path = Path(tempfile.mkdtemp(prefix="adapterops-services-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(service_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(service_dir / "postgres", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
+    def port() -> int:
+        return free_port(also_free_at=(10000,))
+
+    server = SeaweedS3(
+        service_dir / "seaweedfs",
+        s3_port=port(),
+        master_port=port(),
+        volume_port=port(),
+        filer_port=port(),
+    )
+    server.start()
+    previous = {k: os.environ.get(k) for k in _AWS}
+    os.environ.update(
+        AWS_ENDPOINT_URL_S3=server.endpoint,
+        AWS_ACCESS_KEY_ID="adapterops",
+        AWS_SECRET_ACCESS_KEY="adapterops-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield server
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop(grace=5)
+
+
+_AWS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def fresh_postgres_url(postgres: PostgresServer) -> str:
+    name = f"registry_{os.getpid()}_{next(_counter)}"
+    postgres.create_database(name)
+    url = postgres.url(name)
+    Database(url, auto_migrate=True).dispose()  # as `adapterops db upgrade` does
+    return url
+
+
+def fresh_bucket_url() -> str:
+    url = f"s3://test-{os.getpid()}-{next(_counter)}/adapters"
+    S3Store(url).ensure_bucket()
+    return url
+
+
+@pytest.fixture(params=["sqlite+folder", "postgres+s3"])
+def locations(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(database URL, artifacts URL)`` for each supported backend pair."""
+    if request.param == "sqlite+folder":
+        return f"sqlite:///{tmp_path / 'registry.db'}", (tmp_path / "artifacts").as_uri()
+    postgres = request.getfixturevalue("postgres")
+    request.getfixturevalue("seaweed")
+    return fresh_postgres_url(postgres), fresh_bucket_url()
+
+
+@pytest.fixture
+def registry(locations: tuple[str, str]) -> Iterator[Registry]:
+    reg = Registry(*locations)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def make_adapter(tmp_path: Path) -> Callable[..., Path]:
+    """Write an adapter folder in our format with distinct bytes (the registry stores bytes)."""
+
+    def make(
+        seed: int = 0,
+        *,
+        method: str = "lora",
+        head: str = "classification",
+        fingerprint: str = "f" * 64,
+        extra: dict[str, str] | None = None,
+    ) -> Path:
+        from tests.registry.workers import write_fake_adapter
+
+        folder = tmp_path / f"adapter-{seed}-{method}-{next(_counter)}"
+        write_fake_adapter(folder, seed, method=method, head=head, fingerprint=fingerprint)
+        for name, text in (extra or {}).items():
+            (folder / name).write_text(text)
+        return folder
+
+    return make

@@ -1,0 +1,295 @@
+"""The registry's Python API on both backends: SQLite + a local folder, PostgreSQL + SeaweedFS S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import registry as rg
+from registry import Registry
+from registry.bundles import Manifest
+
+BASE = "tiny-bert"
+
+
+def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **overrides):
+    fields = {"base_model": BASE, "task": "sst2", "language": "en"} | overrides
+    return reg.register(folder, name=name, **fields)
+
+
+class TestRegister:
+    def test_first_version_and_its_record(self, registry, make_adapter):
+        folder = make_adapter(1)
+        version = register(registry, folder, metrics={"accuracy": 0.81}, lineage={"dataset": "d1"})
+        assert (version.name, version.version, version.method, version.head) == (
+            "tiny-sst2-en-lora",
+            1,
+            "lora",
+            "classification",
+        )
+        files = tuple(
+            sorted(
+                (p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+                for p in folder.iterdir()
+            )
+        )
+        assert version.digest == Manifest(files).digest
+        assert version.size == sum(p.stat().st_size for p in folder.iterdir())
+        assert version.metrics == {"accuracy": 0.81}
+        assert version.lineage == {"dataset": "d1"}
+        data = version.to_dict()
+        for key in (
+            "name",
+            "version",
+            "base_model",
+            "task",
+            "language",
+            "method",
+            "digest",
+            "aliases",
+        ):
+            assert key in data
+        json.dumps(data)
+
+    def test_versions_count_up_and_same_bytes_are_the_same_version(self, registry, make_adapter):
+        first = register(registry, make_adapter(1))
+        second = register(registry, make_adapter(2))
+        again = register(registry, make_adapter(1))  # identical bytes: no new version
+        assert (first.version, second.version, again.version) == (1, 2, 1)
+        assert again.digest == first.digest
+        assert [e.kind for e in registry.history("tiny-sst2-en-lora")] == [
+            "registered",
+            "registered",
+        ]
+
+    def test_identical_files_are_stored_once(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="one")
+        register(registry, make_adapter(1), name="two")
+        blobs = list(registry.artifacts.blobs())
+        assert len(blobs) == 3  # adapter.json, adapter.safetensors, manifest: shared by both
+
+    def test_an_adapter_keeps_its_base_model_task_language_and_method(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        with pytest.raises(
+            rg.InvalidNameError,
+            match=r"registered for base model 'tiny-bert'.*Use another adapter name",
+        ):
+            register(registry, make_adapter(2), language="pt")
+        with pytest.raises(rg.InvalidNameError):
+            register(registry, make_adapter(3, method="bitfit"))
+
+    def test_wrong_base_model_is_refused(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        with pytest.raises(rg.BaseModelConflictError, match=r"wrong base model"):
+            register(registry, make_adapter(2, fingerprint="0" * 64), name="other")
+        assert registry.find(name="other") == []
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("name", ["a/b", "..", "../x", "", "with space", "x" * 200])
+    def test_bad_names(self, registry, make_adapter, name):
+        with pytest.raises(rg.InvalidNameError, match=r"invalid adapter name"):
+            register(registry, make_adapter(1), name=name)
+
+    def test_missing_and_extra_files_store_nothing(self, registry, make_adapter):
+        folder = make_adapter(1)
+        (folder / "adapter.safetensors").unlink()
+        with pytest.raises(rg.AdapterFolderError, match=r"missing \['adapter.safetensors'\]"):
+            register(registry, folder)
+        folder = make_adapter(2, extra={"notes.txt": "hi"})
+        with pytest.raises(rg.AdapterFolderError, match=r"unexpected \['notes.txt'\]"):
+            register(registry, folder)
+        assert list(registry.artifacts.blobs()) == []
+        assert registry.find() == []
+
+    def test_unknown_references_name_what_exists(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        register(registry, make_adapter(2))
+        with pytest.raises(rg.NotFoundError, match=r"no adapter named 'nope'"):
+            registry.get("nope")
+        with pytest.raises(rg.NotFoundError, match=r"has no version 7; known versions: 1, 2"):
+            registry.get("tiny-sst2-en-lora@7")
+        with pytest.raises(rg.NotFoundError, match=r"has no alias 'champion'; aliases: none"):
+            registry.get("tiny-sst2-en-lora@champion")
+        with pytest.raises(rg.InvalidNameError):
+            registry.get("tiny-sst2-en-lora@0")
+
+
+class TestLookups:
+    def test_get_by_name_version_and_alias(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        register(registry, make_adapter(2))
+        registry.set_alias("tiny-sst2-en-lora@1", "champion")
+        assert registry.get("tiny-sst2-en-lora").version == 2  # newest
+        assert registry.get("tiny-sst2-en-lora@2").version == 2
+        champion = registry.get("tiny-sst2-en-lora@champion")
+        assert champion.version == 1 and champion.aliases == ("champion",)
+
+    def test_find_filters_and_orders_by_metric(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="en-lora", metrics={"accuracy": 0.80})
+        register(registry, make_adapter(2), name="en-lora", metrics={"accuracy": 0.85})
+        register(
+            registry, make_adapter(3, method="bitfit"), name="en-bitfit", metrics={"accuracy": 0.78}
+        )
+        register(
+            registry, make_adapter(4), name="pt-lora", language="pt", metrics={"accuracy": 0.70}
+        )
+        register(
+            registry,
+            make_adapter(5, fingerprint="e" * 64),
+            name="other-base",
+            base_model="tiny-gpt2",
+        )
+        assert [
+            v.ref for v in registry.find(base_model=BASE, language="en", order_by="accuracy")
+        ] == [
+            "en-lora@2",
+            "en-lora@1",
+            "en-bitfit@1",
+        ]
+        assert [v.ref for v in registry.find(method="bitfit")] == ["en-bitfit@1"]
+        assert [v.ref for v in registry.find(base_model="tiny-gpt2")] == ["other-base@1"]
+        assert [
+            v.ref
+            for v in registry.find(
+                base_model=BASE, language="en", order_by="accuracy", descending=False, limit=1
+            )
+        ] == ["en-bitfit@1"]
+        registry.set_alias("en-lora@1", "champion")
+        assert [v.ref for v in registry.find(alias="champion")] == ["en-lora@1"]
+
+
+class TestAliasesAndHistory:
+    def test_move_alias_and_history_with_origin(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        register(registry, make_adapter(2))
+        registry.set_alias("tiny-sst2-en-lora@1", "champion")
+        registry.set_alias("tiny-sst2-en-lora@2", "champion", origin="mlflow-ui")
+        registry.set_alias("tiny-sst2-en-lora@2", "champion")  # no move: no event
+        assert registry.get("tiny-sst2-en-lora@champion").version == 2
+        events = [
+            (e.kind, e.version, e.alias, e.origin) for e in registry.history("tiny-sst2-en-lora")
+        ]
+        assert events == [
+            ("registered", 1, None, "registry"),
+            ("registered", 2, None, "registry"),
+            ("alias_set", 1, "champion", "registry"),
+            ("alias_set", 2, "champion", "mlflow-ui"),
+        ]
+        registry.remove_alias("tiny-sst2-en-lora", "champion")
+        assert registry.get("tiny-sst2-en-lora@2").aliases == ()
+
+    def test_numeric_alias_is_refused(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        with pytest.raises(rg.InvalidNameError, match=r"cannot be a number"):
+            registry.set_alias("tiny-sst2-en-lora@1", "3")
+
+
+class TestResolve:
+    def test_promoted_then_latest_then_madx_stack(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="sst2-en", metrics={"accuracy": 0.8})
+        register(
+            registry,
+            make_adapter(2, method="pfeiffer", head="masked-lm"),
+            name="lang-pt",
+            task="mlm",
+            language="pt",
+        )
+        stack = registry.resolve(base_model=BASE, task="sst2", language="pt")
+        assert stack.kind == "stack"
+        assert [v.ref for v in stack.versions] == ["lang-pt@1", "sst2-en@1"]
+        assert stack.composition == {"type": "stack", "members": ["lang-pt@1", "sst2-en@1"]}
+        assert "MAD-X" in stack.explanation
+
+        register(registry, make_adapter(3), name="sst2-pt", language="pt")
+        latest = registry.resolve(base_model=BASE, task="sst2", language="pt")
+        assert (latest.kind, latest.versions[0].ref) == ("latest", "sst2-pt@1")
+        assert "no version for sst2/pt is promoted" in latest.explanation
+
+        register(registry, make_adapter(4), name="sst2-pt", language="pt")
+        registry.set_alias("sst2-pt@1", "champion")
+        promoted = registry.resolve(base_model=BASE, task="sst2", language="pt")
+        assert (promoted.kind, promoted.versions[0].ref) == ("promoted", "sst2-pt@1")
+
+    def test_nothing_to_resolve_explains_why(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="sst2-en")
+        with pytest.raises(rg.NotFoundError, match=r"no language adapter for 'de'"):
+            registry.resolve(base_model=BASE, task="sst2", language="de")
+
+
+class TestBytes:
+    def test_fetch_verifies_and_corruption_is_caught(self, registry, make_adapter, tmp_path):
+        folder = make_adapter(1)
+        version = register(registry, folder)
+        pulled = registry.fetch(version.ref, tmp_path / "pulled")
+        assert sorted(p.name for p in pulled.iterdir()) == ["adapter.json", "adapter.safetensors"]
+        assert (pulled / "adapter.safetensors").read_bytes() == (
+            folder / "adapter.safetensors"
+        ).read_bytes()
+
+        tensors_digest = hashlib.sha256((folder / "adapter.safetensors").read_bytes()).hexdigest()
+        truncated = tmp_path / "truncated"
+        truncated.write_bytes((folder / "adapter.safetensors").read_bytes()[:100])
+        registry.artifacts.delete(tensors_digest)
+        registry.artifacts.put_file(tensors_digest, truncated)  # damage the stored blob
+        with pytest.raises(
+            rg.IntegrityError,
+            match=rf"tiny-sst2-en-lora@1: adapter.safetensors is corrupted.*{tensors_digest}",
+        ):
+            registry.fetch(version.ref, tmp_path / "second")
+        assert not (tmp_path / "second" / "adapter.safetensors").exists()
+
+    def test_delete_refuses_referenced_versions_then_gc_frees_bytes(
+        self, registry, make_adapter, tmp_path
+    ):
+        register(registry, make_adapter(1))
+        register(registry, make_adapter(2))
+        registry.set_alias("tiny-sst2-en-lora@1", "champion")
+        with pytest.raises(rg.InUseError, match=r"alias 'champion'"):
+            registry.delete("tiny-sst2-en-lora@1")
+        before = {b.digest for b in registry.artifacts.blobs()}
+        deleted = registry.delete("tiny-sst2-en-lora@2")
+        removed = registry.gc(older_than=timedelta(0))
+        assert deleted.digest in removed
+        assert len(removed) == 2  # its manifest and tensors; adapter.json is shared with version 1
+        assert {b.digest for b in registry.artifacts.blobs()} == before - set(removed)
+        registry.fetch(
+            "tiny-sst2-en-lora@1", tmp_path / "still-whole"
+        )  # the kept version is intact
+
+    def test_gc_removes_bytes_left_by_a_crash_but_spares_recent_uploads(
+        self, registry, make_adapter, tmp_path
+    ):
+        from registry.bundles import inspect_folder, upload
+
+        register(registry, make_adapter(1))
+        upload(registry.artifacts, inspect_folder(make_adapter(2)))  # a crash before the record
+        assert registry.gc() == []  # within the grace period: maybe an upload in flight
+        orphans = registry.gc(older_than=timedelta(0))
+        assert len(orphans) == 2  # the orphan's tensors and manifest (adapter.json is shared)
+        assert registry.gc(older_than=timedelta(0)) == []
+        registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
+
+
+class TestCompositions:
+    def test_versioned_compositions_over_exact_members(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="sst2-en")
+        register(
+            registry,
+            make_adapter(2, method="pfeiffer", head="masked-lm"),
+            name="lang-pt",
+            task="mlm",
+            language="pt",
+        )
+        first = registry.register_composition("pt-sst2", {"type": "stack"}, ["lang-pt", "sst2-en"])
+        register(registry, make_adapter(3), name="sst2-en")
+        second = registry.register_composition("pt-sst2", {"type": "stack"}, ["lang-pt", "sst2-en"])
+        assert (first.version, first.members) == (1, ("lang-pt@1", "sst2-en@1"))
+        assert (second.version, second.members) == (2, ("lang-pt@1", "sst2-en@2"))
+        assert registry.composition("pt-sst2", 1).members == ("lang-pt@1", "sst2-en@1")
+        with pytest.raises(rg.InUseError, match=r"composition pt-sst2@1"):
+            registry.delete("sst2-en@1")

@@ -1,0 +1,47 @@
+"""Code that runs in separate processes during the concurrency tests (importable, no fixtures)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+
+def write_fake_adapter(
+    folder: Path,
+    seed: int,
+    *,
+    method: str = "lora",
+    head: str = "classification",
+    fingerprint: str = "f" * 64,
+) -> Path:
+    """An adapter folder in our format whose tensor file holds seeded random bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "adapterops.adapter",
+        "format_version": 1,
+        "method": {"type": method},
+        "head": {"kind": head},
+        "fingerprint": {"digest": fingerprint},
+    }
+    (folder / "adapter.json").write_text(json.dumps(meta))
+    (folder / "adapter.safetensors").write_bytes(random.Random(seed).randbytes(2048))
+    return folder
+
+
+def register_many(
+    database_url: str, artifacts_url: str, folders: list[str], name: str
+) -> list[int]:
+    """Register each folder as a version of ``name``; returns the version numbers obtained."""
+    from registry import Registry
+
+    registry = Registry(database_url, artifacts_url)
+    try:
+        return [
+            registry.register(
+                folder, name=name, base_model="tiny-bert", task="sst2", language="en"
+            ).version
+            for folder in folders
+        ]
+    finally:
+        registry.close()
