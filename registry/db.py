@@ -85,8 +85,9 @@ def translate_db_errors(url: str) -> Iterator[None]:
     except RegistryError:
         raise
     except OperationalError as exc:
+        reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
         raise DatabaseUnavailableError(
-            f"cannot use the registry database {_safe(url)}: {exc.orig}. Check that the server "
+            f"cannot use the registry database {_safe(url)}: {reason} Check that the server "
             "runs and ADAPTEROPS_REGISTRY_URL is right."
         ) from None
     except SQLAlchemyError as exc:

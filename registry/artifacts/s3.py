@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,6 +39,7 @@ class S3Store:
         self.url = url.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
+        self._bucket_checked = False
         self.client = client or boto3.client(
             "s3",
             config=Config(
@@ -62,12 +64,25 @@ class S3Store:
             raise StorageUnavailableError(
                 f"S3 refused to {action} in bucket {self.bucket!r}: {code} {exc}{hint}"
             ) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, Boto3Error) as exc:
             endpoint = self.client.meta.endpoint_url
             raise StorageUnavailableError(
                 f"cannot reach S3 at {endpoint} to {action}: {exc}. Check AWS_ENDPOINT_URL_S3 "
                 "and the credentials."
             ) from None
+
+    def _check_bucket(self) -> None:
+        """Once per store: a missing bucket is one clear error, not a puzzling AccessDenied."""
+        if self._bucket_checked:
+            return
+        try:
+            self._call("look up the bucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+        except FileNotFoundError:
+            raise StorageUnavailableError(
+                f"bucket {self.bucket!r} does not exist at {self.client.meta.endpoint_url}: create "
+                "it (`adapterops stack up` does) or fix ADAPTEROPS_ARTIFACTS_URL"
+            ) from None
+        self._bucket_checked = True
 
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (for local stacks and tests)."""
@@ -77,6 +92,7 @@ class S3Store:
             self._call("create the bucket", lambda: self.client.create_bucket(Bucket=self.bucket))
 
     def has(self, digest: str) -> bool:
+        self._check_bucket()
         key = self._key(digest)
         try:
             self._call(
@@ -87,6 +103,7 @@ class S3Store:
         return True
 
     def put_file(self, digest: str, source: Path) -> None:
+        self._check_bucket()
         if self.has(digest):
             return
         key = self._key(digest)
@@ -96,6 +113,7 @@ class S3Store:
         )
 
     def get_file(self, digest: str, destination: Path) -> None:
+        self._check_bucket()
         key = self._key(digest)
         self._call(
             f"download {key}",
@@ -103,6 +121,7 @@ class S3Store:
         )
 
     def blobs(self) -> Iterator[BlobInfo]:
+        self._check_bucket()
         prefix = self._key("00")[: -len("00/00")]  # ".../blobs/sha256/"
         paginator = self.client.get_paginator("list_objects_v2")
         pages = self._call(

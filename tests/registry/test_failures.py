@@ -1,0 +1,98 @@
+"""Unreachable services, unmigrated databases and the real adapter path through peft_core."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers as T
+
+import peft_core as pc
+import registry as rg
+from flows.stack import free_port
+from registry import Registry
+from registry.db import Database
+from tests.helpers import TINY_CONFIGS, batch, logits, perturb_adapter
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/registry"
+    with pytest.raises(
+        rg.DatabaseUnavailableError,
+        match=r"cannot use the registry database.*ADAPTEROPS_REGISTRY_URL",
+    ):
+        Registry(url, (tmp_path / "a").as_uri())
+
+
+def test_invalid_urls(tmp_path):
+    with pytest.raises(rg.DatabaseUnavailableError, match="invalid database URL"):
+        Registry("not a url", (tmp_path / "a").as_uri())
+    with pytest.raises(rg.StorageUnavailableError, match="unsupported artifacts URL"):
+        Registry(f"sqlite:///{tmp_path}/r.db", "ftp://x/y")
+
+
+def test_unreachable_s3_stores_no_record(tmp_path, make_adapter, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    registry = Registry(f"sqlite:///{tmp_path}/r.db", "s3://bucket/prefix")
+    with pytest.raises(rg.StorageUnavailableError, match="cannot reach S3"):
+        registry.register(make_adapter(1), name="a", base_model="b", task="t", language="en")
+    assert registry.find() == []
+
+
+def test_missing_bucket_says_so(seaweed, tmp_path, make_adapter):
+    registry = Registry(f"sqlite:///{tmp_path}/r.db", f"s3://no-such-bucket-{os.getpid()}/x")
+    with pytest.raises(rg.StorageUnavailableError, match=r"does not exist.*create it"):
+        registry.register(make_adapter(1), name="a", base_model="b", task="t", language="en")
+    assert registry.find() == []
+
+
+def test_server_database_must_be_migrated(postgres, tmp_path):
+    postgres.create_database("unmigrated")
+    url = postgres.url("unmigrated")
+    with pytest.raises(rg.NotMigratedError, match="adapterops db upgrade"):
+        Registry(url, (tmp_path / "a").as_uri())
+    Database(url, auto_migrate=True).dispose()
+    Registry(url, (tmp_path / "a").as_uri()).close()
+
+
+class TestRealAdapters:
+    def test_register_fetch_and_load_a_peft_core_adapter(self, registry, tmp_path):
+        model = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS["bert"]()).eval()
+        pristine = {k: v.clone() for k, v in model.state_dict().items()}
+        pc.add_adapter(model, "sst2", pc.LoRA(rank=4))
+        perturb_adapter(model, "sst2")
+        inputs = batch(model)
+        expected = logits(model, inputs)
+        pc.save_adapter(model, "sst2", tmp_path / "sst2")
+        version = registry.register(
+            tmp_path / "sst2", name="tiny-sst2", base_model="tiny-bert", task="sst2", language="en"
+        )
+        assert version.base_model_fingerprint == pc.fingerprint(model).digest
+
+        fresh = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS["bert"]()).eval()
+        fresh.load_state_dict(pristine)
+        registry.load_into(fresh, "tiny-sst2@1")
+        torch.testing.assert_close(logits(fresh, inputs), expected, rtol=0, atol=0)
+
+        other = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS["gpt2"]())
+        with pytest.raises(pc.BaseModelMismatchError):
+            registry.load_into(other, "tiny-sst2@1")
+
+    def test_peft_format_folders_register_too(self, registry, tmp_path):
+        model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS["gpt2"]())
+        pc.add_adapter(model, "lm", pc.LoRA(rank=2))
+        pc.save_adapter(model, "lm", tmp_path / "lm", format="peft")
+        version = registry.register(
+            tmp_path / "lm", name="tiny-lm", base_model="tiny-gpt2", task="lm", language="en"
+        )
+        assert (version.method, version.head) == ("lora", "causal-lm")
+        pulled = registry.fetch("tiny-lm", tmp_path / "pulled")
+        assert sorted(p.name for p in pulled.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "adapterops.json",
+        ]
