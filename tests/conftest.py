@@ -9,11 +9,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+
 import pytest
 import torch
 import transformers as T
 from torch import nn
 
+from flows.stack import PostgresServer, SeaweedS3, free_port
 from tests.helpers import TINY_CONFIGS, minilm_path
 
 # ../shared/data beside the repository (CI lays it there); ADAPTEROPS_SHARED_DATA overrides.
@@ -57,3 +62,55 @@ def tiny_model() -> Callable[[str, str], nn.Module]:
         return auto.from_config(config).eval()
 
     return build
+
+
+# --- real services, started once per session on free loopback ports ------------------------
+
+
+@pytest.fixture(scope="session")
+def service_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: the postgres user must be able to enter it.
+    path = Path(tempfile.mkdtemp(prefix="adapterops-services-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(service_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(service_dir / "postgres", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
+    def port() -> int:
+        return free_port(also_free_at=(10000,))
+
+    server = SeaweedS3(
+        service_dir / "seaweedfs",
+        s3_port=port(),
+        master_port=port(),
+        volume_port=port(),
+        filer_port=port(),
+    )
+    server.start()
+    previous = {k: os.environ.get(k) for k in _AWS}
+    os.environ.update(
+        AWS_ENDPOINT_URL_S3=server.endpoint,
+        AWS_ACCESS_KEY_ID="adapterops",
+        AWS_SECRET_ACCESS_KEY="adapterops-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield server
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop(grace=5)
+
+
+_AWS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")

@@ -8,68 +8,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from flows.stack import PostgresServer, SeaweedS3, free_port
+from flows.stack import PostgresServer
 from registry import Registry
 from registry.artifacts import S3Store
 from registry.db import Database
 
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def service_dir() -> Iterator[Path]:
-    # Not under pytest's tmp_path: the postgres user must be able to enter it.
-    path = Path(tempfile.mkdtemp(prefix="adapterops-services-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres(service_dir: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(service_dir / "postgres", free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
-    def port() -> int:
-        return free_port(also_free_at=(10000,))
-
-    server = SeaweedS3(
-        service_dir / "seaweedfs",
-        s3_port=port(),
-        master_port=port(),
-        volume_port=port(),
-        filer_port=port(),
-    )
-    server.start()
-    previous = {k: os.environ.get(k) for k in _AWS}
-    os.environ.update(
-        AWS_ENDPOINT_URL_S3=server.endpoint,
-        AWS_ACCESS_KEY_ID="adapterops",
-        AWS_SECRET_ACCESS_KEY="adapterops-secret",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    yield server
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop(grace=5)
-
-
-_AWS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
 def fresh_postgres_url(postgres: PostgresServer) -> str:

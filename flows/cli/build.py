@@ -1,62 +1,35 @@
-"""The ``adapterops`` command line.
-
-Exit codes: 0 success; 2 bad input (spec, data, base model, adapter files: the message says what to
-fix); 1 an unexpected failure. Every command takes ``--json`` for scripts and CI.
-"""
+"""Commands that build adapters from specs: ``plan``, ``train``, ``quickstart``."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from transformers import AutoConfig
 
-import peft_core as pc
+if TYPE_CHECKING:
+    import peft_core as pc
 
-from .data import DataError
-from .models import BaseModelNotFound, resolve_base_model
-from .quickstart import quickstart_specs
-from .spec import AdapterSpec, SpecError, load_spec
-from .train_job import train_from_spec
+    from ..spec import AdapterSpec
 
-app = typer.Typer(
-    name="adapterops",
-    help="Train, evaluate, register and promote PEFT adapters.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-console = Console()
-errors = Console(stderr=True)
+from .common import JsonOption, console, emit_json, errors, human_bytes, user_errors
 
-EXIT_BAD_INPUT = 2
-USER_ERRORS = (SpecError, DataError, BaseModelNotFound, pc.PeftCoreError)
+# torch, transformers and datasets load inside the commands that need them (marked noqa below), so
+# that registry commands start in a fraction of a second.
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
+__all__ = ["app", "plan_spec"]
+
+app = typer.Typer()
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a spec field: --set train.max_steps=50 (repeatable)."),
 ]
-
-
-@contextmanager
-def user_errors(as_json: bool) -> Iterator[None]:
-    """Turn bad input into one clear message and exit code 2, never a traceback."""
-    try:
-        yield
-    except USER_ERRORS as exc:
-        if as_json:
-            print(json.dumps({"ok": False, "error": str(exc), "kind": type(exc).__name__}))
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 @app.command()
@@ -66,11 +39,13 @@ def plan(
     as_json: JsonOption = False,
 ) -> None:
     """Trainable and total parameters and adapter size, from the base model's config.json only."""
+    from ..spec import load_spec  # noqa: PLC0415
+
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
         result = plan_spec(spec)
     if as_json:
-        print(json.dumps(result.to_dict()))
+        emit_json(result.to_dict())
         return
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}")
     for column in ("trainable params", "total params", "trainable", "adapter size"):
@@ -79,13 +54,19 @@ def plan(
         f"{result.trainable_params:,}",
         f"{result.total_params:,}",
         f"{100 * result.trainable_fraction:.3f}%",
-        _bytes(result.adapter_bytes),
+        human_bytes(result.adapter_bytes),
     )
     console.print(table)
 
 
 def plan_spec(spec: AdapterSpec) -> pc.Plan:
     """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    import peft_core as pc  # noqa: PLC0415
+
+    from ..models import resolve_base_model  # noqa: PLC0415
+
     path = resolve_base_model(spec.base_model)
     options: dict[str, Any] = {}
     if spec.head.type == "classification":
@@ -104,12 +85,15 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
+    from ..spec import load_spec  # noqa: PLC0415
+    from ..train_job import train_from_spec  # noqa: PLC0415
+
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
         with _progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if as_json:
-        print(json.dumps({"ok": True, **report.to_dict()}))
+        emit_json({"ok": True, **report.to_dict()})
         return
     _report_table([report.to_dict()])
 
@@ -123,6 +107,9 @@ def quickstart(
     as_json: JsonOption = False,
 ) -> None:
     """Train LoRA, BitFit and Pfeiffer adapters on MiniLM and compare them in one table."""
+    from ..quickstart import quickstart_specs  # noqa: PLC0415
+    from ..train_job import train_from_spec  # noqa: PLC0415
+
     reports = []
     with user_errors(as_json):
         for spec in quickstart_specs(data, steps=steps):
@@ -130,7 +117,7 @@ def quickstart(
                 report = train_from_spec(spec, Path("out") / spec.name, on_step=on_step)
             reports.append(report.to_dict())
     if as_json:
-        print(json.dumps({"ok": True, "adapters": reports}))
+        emit_json({"ok": True, "adapters": reports})
         return
     _report_table(reports)
     console.print("Adapters are in [bold]out/[/]; each folder has adapter.json and report.json.")
@@ -179,23 +166,9 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
             r["name"],
             r["method"],
             f"{r['trainable_params']:,}",
-            _bytes(r["adapter_bytes"]),
+            human_bytes(r["adapter_bytes"]),
             metric,
             str(r["steps"]),
             f"{r['train_seconds']:.0f} s",
         )
     console.print(table)
-
-
-def _bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def main() -> None:
-    """Entry point of the console script."""
-    app()

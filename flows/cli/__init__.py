@@ -1,0 +1,29 @@
+"""The ``adapterops`` command line.
+
+Exit codes: 0 success; 2 bad input (spec, data, base model, adapter files, references: the message
+says what to fix); 1 an unexpected failure. Every command takes ``--json`` for scripts and CI.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import build, registry
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="adapterops",
+    help="Train, evaluate, register and promote PEFT adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for commands in (build.app, registry.app):
+    app.registered_commands.extend(commands.registered_commands)
+app.add_typer(registry.db_app, name="db")
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

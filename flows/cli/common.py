@@ -1,0 +1,73 @@
+"""What every command shares: consoles, ``--json``, exit codes, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+import registry as rg
+
+from ..errors import BaseModelNotFound, DataError
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "JsonOption",
+    "console",
+    "emit_json",
+    "errors",
+    "human_bytes",
+    "user_errors",
+]
+
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def _user_error_types() -> tuple[type[Exception], ...]:
+    """Exception types that mean bad input. peft_core and the spec module are heavy (torch), so
+    registry commands never import them; an error of theirs can only exist once they are loaded."""
+    types: list[type[Exception]] = [DataError, BaseModelNotFound, rg.RegistryError]
+    for module, name in (("peft_core", "PeftCoreError"), ("flows.spec", "SpecError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
+
+
+@contextmanager
+def user_errors(as_json: bool) -> Iterator[None]:
+    """Turn bad input into one clear message and exit code 2, never a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, _user_error_types()):
+            raise
+        if as_json:
+            emit_json({"ok": False, "error": str(exc), "kind": type(exc).__name__})
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def emit_json(document: Any) -> None:
+    """One JSON document on stdout (plain print: no wrapping, no colour)."""
+    print(json.dumps(document, default=str))
+
+
+def human_bytes(size: int) -> str:
+    """``297992`` -> ``291.0 KB``."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

@@ -1,0 +1,264 @@
+"""Registry commands: ``push``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``, ``history``,
+``rm``, ``gc`` and ``db upgrade``. The registry's location comes from ``ADAPTEROPS_REGISTRY_URL``
+and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under ``./.adapterops``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from registry import AdapterVersion, Registry, Settings
+from registry.db import Database
+
+from .common import JsonOption, console, emit_json, human_bytes, user_errors
+
+__all__ = ["app", "db_app"]
+
+app = typer.Typer()
+db_app = typer.Typer(help="Registry database maintenance.", no_args_is_help=True)
+
+RefArgument = Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")]
+
+
+@app.command()
+def push(
+    folder: Annotated[
+        Path, typer.Argument(help="Adapter folder written by peft_core.save_adapter.")
+    ],
+    name: Annotated[str, typer.Option(help="Adapter name.")],
+    base_model: Annotated[str, typer.Option(help="Base model it was trained on.")],
+    task: Annotated[str, typer.Option(help="Task, e.g. sst2.")],
+    language: Annotated[str, typer.Option(help="Language code, e.g. en.")],
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Metric as key=value (repeatable).")
+    ] = None,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register an adapter folder as the adapter's next version (same bytes: same version)."""
+    with user_errors(as_json):
+        metrics = _metrics(metric or [])
+        version = _registry().register(
+            folder,
+            name=name,
+            base_model=base_model,
+            task=task,
+            language=language,
+            metrics=metrics,
+            description=description,
+            origin="cli",
+        )
+    _print_versions([version], as_json, single=True)
+
+
+@app.command("ls")
+def list_versions(
+    base_model: Annotated[str | None, typer.Option(help="Only this base model.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    language: Annotated[str | None, typer.Option(help="Only this language.")] = None,
+    method: Annotated[str | None, typer.Option(help="Only this method.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Only versions holding this alias.")] = None,
+    order_by: Annotated[str | None, typer.Option(help="Order by this metric, best first.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List versions, filtered by base model, task, language, method or alias."""
+    with user_errors(as_json):
+        versions = _registry().find(
+            base_model=base_model,
+            task=task,
+            language=language,
+            method=method,
+            alias=alias,
+            order_by=order_by,
+            limit=limit,
+        )
+    if as_json:
+        emit_json([v.to_dict() for v in versions])
+        return
+    _print_versions(versions, False)
+
+
+@app.command()
+def show(ref: RefArgument, as_json: JsonOption = False) -> None:
+    """Everything about one version."""
+    with user_errors(as_json):
+        version = _registry().get(ref)
+    if as_json:
+        emit_json(version.to_dict())
+        return
+    console.print_json(json.dumps(version.to_dict(), default=str))
+
+
+@app.command()
+def pull(
+    ref: RefArgument,
+    destination: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Download a version's files, verified against their digests."""
+    with user_errors(as_json):
+        registry = _registry()
+        version = registry.get(ref)
+        folder = registry.fetch(version.ref, destination)
+    if as_json:
+        emit_json({"ok": True, **version.to_dict(), "path": str(folder)})
+        return
+    console.print(f"{version.ref} ({version.digest[:12]}) -> {folder}")
+
+
+@app.command()
+def resolve(
+    base_model: Annotated[str, typer.Option(help="Base model.")],
+    task: Annotated[str, typer.Option(help="Task.")],
+    language: Annotated[str, typer.Option(help="Language code.")],
+    metric: Annotated[
+        str | None, typer.Option(help="Prefer the best value of this metric.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The adapter to use for (base model, task, language): promoted, newest, or a MAD-X stack."""
+    with user_errors(as_json):
+        resolution = _registry().resolve(
+            base_model=base_model, task=task, language=language, metric=metric
+        )
+    if as_json:
+        emit_json(resolution.to_dict())
+        return
+    console.print(f"[bold]{resolution.kind}[/]: {' + '.join(v.ref for v in resolution.versions)}")
+    console.print(resolution.explanation)
+
+
+@app.command()
+def alias(
+    ref: RefArgument,
+    name: Annotated[str, typer.Argument(help="Alias to set or move, e.g. champion.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Point an alias at a version (moving it from another version if needed)."""
+    with user_errors(as_json):
+        version = _registry().set_alias(ref, name, origin="cli")
+    _print_versions([version], as_json, single=True)
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOption = False
+) -> None:
+    """The adapter's event log: registrations and alias moves with their origin."""
+    with user_errors(as_json):
+        events = _registry().history(name)
+    if as_json:
+        emit_json([e.to_dict() for e in events])
+        return
+    table = Table(title=f"history of {name}")
+    for column in ("at", "event", "version", "alias", "origin"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.kind,
+            str(e.version or ""),
+            e.alias or "",
+            e.origin,
+        )
+    console.print(table)
+
+
+@app.command("rm")
+def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
+    """Delete a version that no alias or composition refers to."""
+    with user_errors(as_json):
+        version = _registry().delete(ref)
+    if as_json:
+        emit_json({"ok": True, "deleted": version.ref})
+        return
+    console.print(f"deleted {version.ref}; run `adapterops gc` to free its bytes")
+
+
+@app.command()
+def gc(
+    older_than_minutes: Annotated[
+        float, typer.Option(help="Spare blobs younger than this (uploads in flight).")
+    ] = 60.0,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete stored blobs that no version refers to (left by crashes or deletions)."""
+    with user_errors(as_json):
+        removed = _registry().gc(older_than=timedelta(minutes=older_than_minutes), dry_run=dry_run)
+    if as_json:
+        emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(f"{verb} {len(removed)} unreferenced blob(s)")
+
+
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOption = False) -> None:
+    """Create or migrate the registry database at ADAPTEROPS_REGISTRY_URL."""
+    with user_errors(as_json):
+        url = Settings.from_env().database_url
+        Database(url, auto_migrate=True).dispose()
+    if as_json:
+        emit_json({"ok": True})
+        return
+    console.print("registry database is up to date")
+
+
+def _registry() -> Registry:
+    return Registry()
+
+
+def _metrics(pairs: list[str]) -> dict[str, float]:
+    metrics = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise typer.BadParameter(f"--metric {pair!r}: write key=number, e.g. accuracy=0.91")
+    return metrics
+
+
+def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bool = False) -> None:
+    if as_json:
+        emit_json(versions[0].to_dict() if single else [v.to_dict() for v in versions])
+        return
+    table = Table()
+    for column in (
+        "ref",
+        "base model",
+        "task",
+        "lang",
+        "method",
+        "aliases",
+        "metrics",
+        "size",
+        "digest",
+    ):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            v.ref,
+            v.base_model,
+            v.task,
+            v.language,
+            v.method,
+            ", ".join(v.aliases),
+            _metrics_text(v.metrics),
+            human_bytes(v.size),
+            v.digest[:12],
+        )
+    console.print(table)
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,13 @@
+"""Errors the flows raise for bad input (a light module: the CLI imports it at start-up)."""
+
+from __future__ import annotations
+
+__all__ = ["BaseModelNotFound", "DataError"]
+
+
+class DataError(Exception):
+    """The data named by a spec cannot be used; the message says why and what to do."""
+
+
+class BaseModelNotFound(Exception):
+    """The base model is neither a local folder, a packaged model, nor in the local HF cache."""

@@ -1,0 +1,178 @@
+"""Registry commands as users and CI run them: real subprocesses, ``--json`` output, exit codes.
+
+Once on the embedded defaults (SQLite and a folder under ADAPTEROPS_HOME), once against the real
+PostgreSQL and SeaweedFS servers through the environment variables production uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
+from tests.registry.workers import write_fake_adapter
+
+REQUIRED = {"name", "version", "base_model", "task", "language", "method", "digest", "aliases"}
+
+
+@pytest.fixture(params=["embedded", "postgres+s3"])
+def environment(request, tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    if request.param == "postgres+s3":
+        postgres = request.getfixturevalue("postgres")
+        request.getfixturevalue("seaweed")  # sets the AWS_* variables
+        env |= {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        env |= {
+            "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
+            "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
+        }
+    return env
+
+
+def run(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    executable = Path(sys.executable).parent / "adapterops"
+    return subprocess.run(
+        [str(executable), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+def ok_json(result: subprocess.CompletedProcess[str]):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_registry_commands_end_to_end(environment, tmp_path):
+    env = environment
+    common = ["--base-model", "tiny-bert", "--task", "sst2", "--language", "en"]
+    first = write_fake_adapter(tmp_path / "v1", seed=1)
+    second = write_fake_adapter(tmp_path / "v2", seed=2)
+
+    pushed = ok_json(
+        run(
+            env,
+            "push",
+            str(first),
+            "--name",
+            "sst2-en",
+            *common,
+            "--metric",
+            "accuracy=0.8",
+            "--json",
+        )
+    )
+    assert set(pushed) >= REQUIRED and pushed["version"] == 1 and len(pushed["digest"]) == 64
+    pushed = ok_json(
+        run(
+            env,
+            "push",
+            str(second),
+            "--name",
+            "sst2-en",
+            *common,
+            "--metric",
+            "accuracy=0.9",
+            "--json",
+        )
+    )
+    assert pushed["version"] == 2
+
+    assert ok_json(run(env, "alias", "sst2-en@1", "champion", "--json"))["aliases"] == ["champion"]
+    listed = ok_json(run(env, "ls", "--task", "sst2", "--order-by", "accuracy", "--json"))
+    assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
+    assert all(set(v) >= REQUIRED for v in listed)
+    assert ok_json(run(env, "ls", "--alias", "champion", "--json"))[0]["version"] == 1
+
+    shown = ok_json(run(env, "show", "sst2-en@champion", "--json"))
+    assert shown["version"] == 1 and shown["metrics"] == {"accuracy": 0.8}
+    pulled = ok_json(run(env, "pull", "sst2-en@2", str(tmp_path / "pulled"), "--json"))
+    assert (Path(pulled["path"]) / "adapter.safetensors").read_bytes() == (
+        second / "adapter.safetensors"
+    ).read_bytes()
+
+    resolved = ok_json(run(env, "resolve", *common, "--json"))
+    assert resolved["kind"] == "promoted" and resolved["versions"][0]["version"] == 1
+
+    events = ok_json(run(env, "history", "sst2-en", "--json"))
+    assert [(e["kind"], e["origin"]) for e in events] == [
+        ("registered", "cli"),
+        ("registered", "cli"),
+        ("alias_set", "cli"),
+    ]
+
+    assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
+    assert len(ok_json(run(env, "gc", "--older-than-minutes", "0", "--json"))["removed"]) == 2
+
+    human = run(env, "ls")
+    assert human.returncode == 0 and "sst2-en@1" in human.stdout and "champion" in human.stdout
+
+
+def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
+    env = environment
+    missing = run(env, "show", "nothing@3", "--json")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "no adapter named 'nothing'" in json.loads(missing.stdout)["error"]
+
+    bad_name = run(
+        env,
+        "push",
+        str(write_fake_adapter(tmp_path / "a", 1)),
+        "--name",
+        "../etc",
+        "--base-model",
+        "b",
+        "--task",
+        "t",
+        "--language",
+        "en",
+    )
+    assert bad_name.returncode == 2 and "invalid adapter name '../etc'" in bad_name.stderr
+
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "adapter.json").write_text("{}")
+    result = run(
+        env,
+        "push",
+        str(incomplete),
+        "--name",
+        "x",
+        "--base-model",
+        "b",
+        "--task",
+        "t",
+        "--language",
+        "en",
+        "--json",
+    )
+    assert (
+        result.returncode == 2
+        and "missing ['adapter.safetensors']" in json.loads(result.stdout)["error"]
+    )
+    assert ok_json(run(env, "ls", "--json")) == []
+
+
+def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
+    postgres.create_database("cli_upgrade")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    env |= {
+        "ADAPTEROPS_REGISTRY_URL": postgres.url("cli_upgrade"),
+        "ADAPTEROPS_ARTIFACTS_URL": (tmp_path / "a").as_uri(),
+    }
+    before = run(env, "ls", "--json")
+    assert before.returncode == 2 and "adapterops db upgrade" in json.loads(before.stdout)["error"]
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
+    assert ok_json(run(env, "ls", "--json")) == []
