@@ -222,14 +222,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="adapterops-bench-"))
     work.chmod(0o755)
     postgres = PostgresServer(work / "postgres", free_port())
-    port = lambda: free_port(also_free_at=(10000,))  # noqa: E731
-    seaweed = SeaweedS3(
-        work / "seaweedfs",
-        s3_port=port(),
-        master_port=port(),
-        volume_port=port(),
-        filer_port=port(),
-    )
+    seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
     try:
         postgres.start()
         postgres.create_database("bench")

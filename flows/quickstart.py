@@ -1,4 +1,4 @@
-"""The specs behind ``adapterops quickstart``: a few methods on MiniLM, same data and budget."""
+"""The specs behind ``adapterops quickstart``: several methods on MiniLM, same data and budget."""
 
 from __future__ import annotations
 
@@ -7,38 +7,59 @@ from typing import Any
 
 from .spec import AdapterSpec, parse_spec
 
-__all__ = ["QUICKSTART_METHODS", "quickstart_specs"]
+__all__ = ["METHOD_RECIPES", "QUICKSTART_METHODS", "minilm_sst2_spec", "quickstart_specs"]
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Each method at a learning rate that suits it (small adapters and biases need larger steps).
-QUICKSTART_METHODS: dict[str, tuple[dict[str, Any], float]] = {
+METHOD_RECIPES: dict[str, tuple[dict[str, Any], float]] = {
     "lora": ({"type": "lora", "rank": 8, "alpha": 16, "targets": ["q", "v"]}, 1e-3),
     "bitfit": ({"type": "bitfit"}, 5e-3),
+    "houlsby": ({"type": "houlsby", "reduction_factor": 16}, 1e-3),
     "pfeiffer": ({"type": "pfeiffer", "reduction_factor": 16}, 1e-3),
+    "full": ({"type": "full"}, 1e-4),
 }
+QUICKSTART_METHODS = ("lora", "bitfit", "pfeiffer")
+
+
+def minilm_sst2_spec(
+    method: str,
+    data: Path,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    name: str | None = None,
+    language: str = "en",
+    seed: int = 0,
+) -> AdapterSpec:
+    """SST-2 on MiniLM with one of :data:`METHOD_RECIPES`, ``steps`` x ``batch_size`` examples."""
+    fields, learning_rate = METHOD_RECIPES[method]
+    document = {
+        "name": name or f"minilm-sst2-{language}-{method}",
+        "base_model": MINILM,
+        "task": "sst2",
+        "language": language,
+        "head": {"type": "classification", "num_labels": 2},
+        "method": fields,
+        "data": {
+            "train": str((data / "train.tsv").resolve()),
+            "validation": str((data / "validation.tsv").resolve()),
+            "max_train_samples": steps * batch_size,
+        },
+        "train": {
+            "max_steps": steps,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "max_length": 64,
+            "seed": seed,
+        },
+    }
+    return parse_spec(document, source=f"{method} on {data}")
 
 
 def quickstart_specs(data: Path, *, steps: int) -> list[AdapterSpec]:
     """One spec per quickstart method over ``data/{train,validation}.tsv``."""
-    specs = []
-    for method, (fields, learning_rate) in QUICKSTART_METHODS.items():
-        document = {
-            "name": f"quickstart-sst2-en-{method}",
-            "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-            "task": "sst2",
-            "language": "en",
-            "head": {"type": "classification", "num_labels": 2},
-            "method": fields,
-            "data": {
-                "train": str((data / "train.tsv").resolve()),
-                "validation": str((data / "validation.tsv").resolve()),
-                "max_train_samples": steps * 16,
-            },
-            "train": {
-                "max_steps": steps,
-                "batch_size": 16,
-                "learning_rate": learning_rate,
-                "max_length": 64,
-            },
-        }
-        specs.append(parse_spec(document, source=f"quickstart:{method}"))
-    return specs
+    return [
+        minilm_sst2_spec(method, data, steps=steps, name=f"quickstart-sst2-en-{method}")
+        for method in QUICKSTART_METHODS
+    ]

@@ -86,16 +86,7 @@ def postgres(service_dir: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
-    def port() -> int:
-        return free_port(also_free_at=(10000,))
-
-    server = SeaweedS3(
-        service_dir / "seaweedfs",
-        s3_port=port(),
-        master_port=port(),
-        volume_port=port(),
-        filer_port=port(),
-    )
+    server = SeaweedS3.on_free_ports(service_dir / "seaweedfs")
     server.start()
     previous = {k: os.environ.get(k) for k in _AWS}
     os.environ.update(

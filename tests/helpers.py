@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +68,24 @@ TINY_CONFIGS: dict[str, Callable[[], T.PretrainedConfig]] = {
     "mistral": _llama(T.MistralConfig),
     "qwen2": _llama(T.Qwen2Config),
 }
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``adapterops`` script (beside this interpreter) as a user would."""
+    executable = Path(sys.executable).parent / "adapterops"
+    assert executable.is_file(), f"{executable} missing: run make setup"
+    environment = env if env is not None else {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(executable), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=600,
+        check=False,
+    )
 
 
 def minilm_path() -> Path:

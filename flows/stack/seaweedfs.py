@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .ports import wait_until
+from .ports import free_port, wait_until
 
 __all__ = ["SeaweedS3", "weed_binary"]
 
@@ -50,6 +50,17 @@ class SeaweedS3:
         self.filer_port = filer_port
         self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path) -> SeaweedS3:
+        """A server whose four ports (and their gRPC ports, +10000) are free now."""
+
+        def port() -> int:
+            return free_port(also_free_at=(10000,))
+
+        return cls(
+            data_dir, s3_port=port(), master_port=port(), volume_port=port(), filer_port=port()
+        )
 
     @property
     def endpoint(self) -> str:

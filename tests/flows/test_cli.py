@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from tests.helpers import run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
 
 def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    # the console script installed beside this interpreter (make setup), as a user runs it
-    executable = Path(sys.executable).parent / "adapterops"
-    assert executable.is_file(), f"{executable} missing: run make setup"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [str(executable), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 class TestPlan:
