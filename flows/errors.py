@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BaseModelNotFound", "DataError"]
+__all__ = ["BaseModelNotFound", "DataError", "TrackingUnavailableError"]
 
 
 class DataError(Exception):
@@ -11,3 +11,7 @@ class DataError(Exception):
 
 class BaseModelNotFound(Exception):
     """The base model is neither a local folder, a packaged model, nor in the local HF cache."""
+
+
+class TrackingUnavailableError(Exception):
+    """MLflow cannot be reached or refused a request (after retries)."""

@@ -10,9 +10,9 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,7 +31,10 @@ from .evaluation import evaluate
 from .models import resolve_base_model
 from .spec import AdapterSpec
 
-__all__ = ["TrainReport", "load_base_model", "train_from_spec"]
+if TYPE_CHECKING:
+    from registry import Registry
+
+__all__ = ["TrainReport", "evaluate_registered", "load_base_model", "train_from_spec"]
 
 _AUTO = {
     "classification": AutoModelForSequenceClassification,
@@ -55,10 +58,14 @@ class TrainReport:
     final_loss: float
     metrics: dict[str, Any]
     output: str
+    losses: list[float] = field(default_factory=list, repr=False)
+    learning_rates: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form (without the per-step curves)."""
+        data = asdict(self)
+        del data["losses"], data["learning_rates"]
+        return data
 
 
 def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -80,11 +87,12 @@ def train_from_spec(
     spec: AdapterSpec,
     output: str | Path,
     *,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
 ) -> TrainReport:
     """Train, evaluate and save ``spec``'s adapter into ``output``; returns the report.
 
-    ``on_step(step, total_steps, loss)`` is called after every optimiser step (progress bars).
+    ``on_step(step, total_steps, loss, learning_rate)`` is called after every optimiser step
+    (progress bars, experiment tracking).
     """
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
@@ -114,7 +122,7 @@ def train_from_spec(
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        on_step=(lambda step, loss: on_step(step, steps, loss)) if on_step else None,
+        on_step=(lambda step, loss, lr: on_step(step, steps, loss, lr)) if on_step else None,
     )
     seconds = time.perf_counter() - started
     eval_loader = make_loader(
@@ -135,6 +143,18 @@ def train_from_spec(
         final_loss=result.losses[-1],
         metrics=metrics,
         output=str(folder),
+        losses=result.losses,
+        learning_rates=result.learning_rates,
     )
     (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
+
+
+def evaluate_registered(spec: AdapterSpec, ref: str, registry: Registry) -> dict[str, Any]:
+    """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
+    model, tokenizer = load_base_model(spec)
+    version = registry.load_into(model, ref)
+    pc.set_active(model, version.name)
+    validation = prepare(spec, tokenizer).validation
+    loader = make_loader(validation, tokenizer, head=spec.head.type, batch_size=64, shuffle=False)
+    return evaluate(model, loader, head=spec.head.type)

@@ -22,9 +22,10 @@ Batch = Mapping[str, Tensor]
 
 @dataclass
 class TrainResult:
-    """Loss and wall time of every optimiser step."""
+    """Loss, learning rate and wall time of every optimiser step."""
 
     losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
 
     @property
@@ -44,13 +45,14 @@ def train(
     warmup_ratio: float = 0.06,
     max_grad_norm: float = 1.0,
     gradient_accumulation_steps: int = 1,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimiser steps over ``batches`` (cycled if shorter).
 
     Each batch is a mapping of model inputs including ``labels``; the model returns the loss.
     With ``gradient_accumulation_steps`` = k, each optimiser step averages the gradients of k
-    batches. Batches move to the model's device.
+    batches. Batches move to the model's device. ``on_step(step, loss, learning_rate)`` is called
+    after every optimiser step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -70,13 +72,15 @@ def train(
             loss.backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        learning_rate_used = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(step_loss)
+        result.learning_rates.append(learning_rate_used)
         result.step_seconds.append(time.perf_counter() - started)
         if on_step is not None:
-            on_step(step, step_loss)
+            on_step(step, step_loss, learning_rate_used)
     model.eval()
     return result
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import build, registry
+from . import build, lifecycle, registry
 
 __all__ = ["app", "main"]
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for commands in (build.app, registry.app):
+for commands in (build.app, lifecycle.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(registry.db_app, name="db")
 

@@ -22,7 +22,7 @@ from .common import JsonOption, console, emit_json, errors, human_bytes, user_er
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.
 
-__all__ = ["app", "plan_spec"]
+__all__ = ["SetOption", "app", "plan_spec", "progress"]
 
 app = typer.Typer()
 
@@ -90,7 +90,7 @@ def train(
 
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
-        with _progress(spec.name, enabled=not as_json) as on_step:
+        with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if as_json:
         emit_json({"ok": True, **report.to_dict()})
@@ -113,7 +113,7 @@ def quickstart(
     reports = []
     with user_errors(as_json):
         for spec in quickstart_specs(data, steps=steps):
-            with _progress(spec.name, enabled=not as_json) as on_step:
+            with progress(spec.name, enabled=not as_json) as on_step:
                 report = train_from_spec(spec, Path("out") / spec.name, on_step=on_step)
             reports.append(report.to_dict())
     if as_json:
@@ -124,7 +124,9 @@ def quickstart(
 
 
 @contextmanager
-def _progress(label: str, *, enabled: bool) -> Iterator[Callable[[int, int, float], None] | None]:
+def progress(
+    label: str, *, enabled: bool
+) -> Iterator[Callable[[int, int, float, float], None] | None]:
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -137,7 +139,7 @@ def _progress(label: str, *, enabled: bool) -> Iterator[Callable[[int, int, floa
     with Progress(*columns, console=errors, transient=False) as bar:
         task = bar.add_task(label, total=None, loss=float("nan"))
 
-        def update(step: int, total: int, loss: float) -> None:
+        def update(step: int, total: int, loss: float, learning_rate: float) -> None:
             bar.update(task, completed=step + 1, total=total, loss=loss)
 
         yield update

@@ -13,7 +13,7 @@ from rich.console import Console
 
 import registry as rg
 
-from ..errors import BaseModelNotFound, DataError
+from ..errors import BaseModelNotFound, DataError, TrackingUnavailableError
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -34,7 +34,12 @@ EXIT_BAD_INPUT = 2
 def _user_error_types() -> tuple[type[Exception], ...]:
     """Exception types that mean bad input. peft_core and the spec module are heavy (torch), so
     registry commands never import them; an error of theirs can only exist once they are loaded."""
-    types: list[type[Exception]] = [DataError, BaseModelNotFound, rg.RegistryError]
+    types: list[type[Exception]] = [
+        DataError,
+        BaseModelNotFound,
+        TrackingUnavailableError,
+        rg.RegistryError,
+    ]
     for module, name in (("peft_core", "PeftCoreError"), ("flows.spec", "SpecError")):
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))

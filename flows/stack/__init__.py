@@ -6,6 +6,7 @@ data). Every server binds to 127.0.0.1 only.
 
 from .ports import free_port, port_in_use
 from .postgres import PostgresServer
+from .mlflow_server import MlflowServer
 from .seaweedfs import SeaweedS3
 
-__all__ = ["PostgresServer", "SeaweedS3", "free_port", "port_in_use"]
+__all__ = ["MlflowServer", "PostgresServer", "SeaweedS3", "free_port", "port_in_use"]

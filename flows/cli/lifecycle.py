@@ -1,0 +1,120 @@
+"""Lifecycle commands: ``build`` (train, register, gate, promote), ``promote``, ``rollback`` and
+``sync`` (bring alias moves made in the MLflow UI into the registry).
+
+Alias moves go to MLflow first, then to the registry; MLflow wins conflicts. ``build``,
+``promote`` and ``rollback`` sync before they read any alias, so a reviewer's move in the UI is
+never overwritten by stale registry state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .build import SetOption, progress
+from .common import JsonOption, console, emit_json, user_errors
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+
+@app.command()
+def build(
+    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")
+    ] = None,
+    overrides: SetOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train, evaluate, register and (if it beats the champion) promote one adapter. For CI:
+    exit 0 whether promoted or not (the JSON says which), 2 on bad input, 1 on failure."""
+    from registry import Registry  # noqa: PLC0415 - heavy imports only for this command
+
+    from .. import tracking  # noqa: PLC0415
+    from ..build_job import build_from_spec  # noqa: PLC0415
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    from ..spec import load_spec  # noqa: PLC0415
+
+    with user_errors(as_json):
+        spec = load_spec(spec_file, overrides)
+        registry = Registry()
+        sync_aliases(registry, tracking.client(), [spec.name])
+        with progress(spec.name, enabled=not as_json) as on_step:
+            result = build_from_spec(
+                spec, registry, out or Path("out") / spec.name, on_step=on_step
+            )
+    if as_json:
+        emit_json({"ok": True, **result.to_dict()})
+        return
+    verdict = "promoted to" if result.promoted else "registered as"
+    console.print(f"{result.ref} {verdict} [bold]{result.alias}[/]: {result.decision}")
+
+
+@app.command("promote")
+def promote_command(
+    ref: Annotated[str, typer.Argument(help="name@VERSION to promote", metavar="REF")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    as_json: JsonOption = False,
+) -> None:
+    """Move an alias to a version by hand (through MLflow, recorded in the registry)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from .. import tracking  # noqa: PLC0415
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    from ..promotion import promote  # noqa: PLC0415
+
+    with user_errors(as_json):
+        registry, client = Registry(), tracking.client()
+        sync_aliases(registry, client, [ref.partition("@")[0]])
+        version = promote(registry, client, ref, alias, origin="cli")
+    if as_json:
+        emit_json({"ok": True, **version.to_dict()})
+        return
+    console.print(f"{version.ref} is now {alias} (aliases: {', '.join(version.aliases)})")
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOption = False
+) -> None:
+    """Move ``champion`` back to the ``previous`` version."""
+    from registry import Registry  # noqa: PLC0415
+
+    from .. import tracking  # noqa: PLC0415
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    from ..promotion import rollback as roll_back  # noqa: PLC0415
+
+    with user_errors(as_json):
+        registry, client = Registry(), tracking.client()
+        sync_aliases(registry, client, [name])
+        version = roll_back(registry, client, name, origin="cli")
+    if as_json:
+        emit_json({"ok": True, **version.to_dict()})
+        return
+    console.print(f"champion of {name} is {version.ref} again")
+
+
+@app.command()
+def sync(
+    name: Annotated[list[str] | None, typer.Argument(help="Adapters (default: all).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Copy alias moves made in the MLflow UI into the registry (MLflow wins)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from .. import tracking  # noqa: PLC0415
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+
+    with user_errors(as_json):
+        changes = sync_aliases(Registry(), tracking.client(), name or None)
+    if as_json:
+        emit_json({"ok": True, "changes": [c.to_dict() for c in changes]})
+        return
+    for change in changes:
+        where = f"version {change.version}" if change.version is not None else "removed"
+        console.print(f"{change.adapter}@{change.alias}: {where}")
+    console.print(f"{len(changes)} alias change(s) taken from MLflow")

@@ -1,0 +1,151 @@
+"""Registry versions mirrored as MLflow registered models, versions and aliases.
+
+Naming scheme: the registry adapter ``minilm-sst2-en-lora`` is the MLflow registered model of the
+same name, and registry version N is MLflow model version N of it (created in order, so the numbers
+agree; the tag ``adapterops.version`` on the MLflow version always states the registry number). The
+model version's source is the training run's ``adapter`` artifacts, its description the model
+card, and it carries the same tags as the registry record.
+
+Aliases live in both places. MLflow is where reviewers move them, so MLflow wins: every alias move
+made by AdapterOps goes to MLflow first and then to the registry, and :func:`sync_aliases` copies
+moves made in the MLflow UI into the registry (origin ``mlflow-ui``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from registry import AdapterVersion, Registry
+
+from .tracking import mlflow_errors
+
+__all__ = [
+    "AliasChange",
+    "ensure_model_version",
+    "mlflow_aliases",
+    "set_mlflow_alias",
+    "sync_aliases",
+]
+
+VERSION_TAG = "adapterops.version"
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """One alias difference found by :func:`sync_aliases` and applied to the registry."""
+
+    adapter: str
+    alias: str
+    version: int | None  # None: the alias was removed in MLflow
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"adapter": self.adapter, "alias": self.alias, "version": self.version}
+
+
+def ensure_model_version(
+    client: MlflowClient, version: AdapterVersion, *, run_id: str | None, description: str
+) -> int:
+    """The MLflow model version mirroring registry ``version``, created if missing (idempotent).
+
+    Missing earlier versions are created first, in order, so that the numbers agree.
+    """
+    with mlflow_errors(f"register {version.ref}"):
+        _ensure_registered_model(client, version)
+        existing = _mlflow_version_of(client, version.name, version.version)
+        if existing is not None:
+            return existing
+        tags = {
+            VERSION_TAG: str(version.version),
+            "adapterops.digest": version.digest,
+            "adapterops.base_model": version.base_model,
+            "adapterops.base_model_fingerprint": version.base_model_fingerprint or "",
+            "adapterops.task": version.task,
+            "adapterops.language": version.language,
+            "adapterops.method": version.method,
+        }
+        source = f"runs:/{run_id}/adapter" if run_id else version.artifact_uri
+        created = client.create_model_version(
+            version.name, source=source, run_id=run_id, tags=tags, description=description
+        )
+        return int(created.version)
+
+
+def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:
+    """Point MLflow alias ``alias`` of ``name`` at the version mirroring registry ``version``."""
+    with mlflow_errors(f"set alias {alias} of {name}"):
+        mlflow_version = _mlflow_version_of(client, name, version)
+        if mlflow_version is None:
+            raise MlflowException(f"{name} version {version} is not registered in MLflow yet")
+        client.set_registered_model_alias(name, alias, str(mlflow_version))
+
+
+def delete_mlflow_alias(client: MlflowClient, name: str, alias: str) -> None:
+    """Remove an alias in MLflow (no error when absent)."""
+    with mlflow_errors(f"remove alias {alias} of {name}"):
+        if alias in client.get_registered_model(name).aliases:
+            client.delete_registered_model_alias(name, alias)
+
+
+def mlflow_aliases(client: MlflowClient, name: str) -> dict[str, int]:
+    """``{alias: registry version}`` as MLflow has them."""
+    with mlflow_errors(f"read the aliases of {name}"):
+        model = client.get_registered_model(name)
+        result = {}
+        for alias, mlflow_version in model.aliases.items():
+            tags = client.get_model_version(name, str(mlflow_version)).tags
+            result[alias] = int(tags.get(VERSION_TAG, mlflow_version))
+        return result
+
+
+def sync_aliases(
+    registry: Registry, client: MlflowClient, names: list[str] | None = None
+) -> list[AliasChange]:
+    """Copy alias moves made in MLflow (the UI) into the registry; returns what changed.
+
+    Rule: MLflow wins. An alias set in MLflow is set in the registry; an alias the registry has but
+    MLflow does not (for an adapter MLflow knows) is removed. Each change is logged with origin
+    ``mlflow-ui``.
+    """
+    with mlflow_errors("list registered models"):
+        known = {m.name for m in client.search_registered_models()}
+    changes: list[AliasChange] = []
+    for name in sorted(known if names is None else set(names) & known):
+        remote = mlflow_aliases(client, name)
+        local = {alias: v.version for v in registry.find(name=name) for alias in v.aliases}
+        for alias, version in sorted(remote.items()):
+            if local.get(alias) != version:
+                registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")
+                changes.append(AliasChange(name, alias, version))
+        for alias in sorted(set(local) - set(remote)):
+            registry.remove_alias(name, alias, origin="mlflow-ui")
+            changes.append(AliasChange(name, alias, None))
+    return changes
+
+
+def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> None:
+    try:
+        client.get_registered_model(version.name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        tags = {
+            "adapterops.base_model": version.base_model,
+            "adapterops.task": version.task,
+            "adapterops.language": version.language,
+            "adapterops.method": version.method,
+        }
+        what = f"{version.method} adapter for {version.task} ({version.language})"
+        client.create_registered_model(
+            version.name, tags=tags, description=f"{what} on {version.base_model}"
+        )
+
+
+def _mlflow_version_of(client: MlflowClient, name: str, registry_version: int) -> int | None:
+    found = client.search_model_versions(
+        f"name='{name}' and tag.`{VERSION_TAG}`='{registry_version}'"
+    )
+    return int(found[0].version) if found else None

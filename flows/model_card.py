@@ -1,0 +1,56 @@
+"""The model card (README.md) that travels with every tracked run and registered version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .spec import AdapterSpec
+
+__all__ = ["model_card"]
+
+
+def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, Any]) -> str:
+    """Markdown: what the adapter is, how it was trained, how well it does, how to load it."""
+    method = spec.method.model_dump()
+    metrics = report["metrics"]
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    trainable = f"{report['trainable_params']:,} of {report['total_params']:,}"
+    budget = f"{report['steps']} (batch {spec.train.batch_size}, lr {spec.train.learning_rate})"
+    lines = [
+        f"# {spec.name}",
+        "",
+        spec.description or f"A {method['type']} adapter for {spec.task} ({spec.language}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{spec.base_model}` |",
+        f"| task / language | {spec.task} / {spec.language} |",
+        f"| head | {spec.head.type} |",
+        f"| method | {', '.join(f'{k}={v}' for k, v in method.items())} |",
+        f"| trainable parameters | {trainable} |",
+        f"| adapter size | {report['adapter_bytes']:,} bytes |",
+        f"| steps | {budget} |",
+        f"| dataset fingerprint | `{lineage.get('dataset_fingerprint', '?')}` |",
+        f"| code version | `{lineage.get('code_version', '?')}` |",
+        "",
+        "## Evaluation (validation split)",
+        "",
+        *(f"- {k}: {v:.4f}" for k, v in sorted(shown.items())),
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import peft_core as pc",
+        "from registry import Registry",
+        f"model = ...  # {spec.base_model} with a {spec.head.type} head",
+        f'Registry().load_into(model, "{spec.name}@champion")  # or pc.load_adapter(model, folder)',
+        "```",
+    ]
+    if method["type"] == "lora":
+        lines += [
+            "",
+            "As LoRA it can also be saved in the Hugging Face PEFT layout",
+            '(`pc.save_adapter(model, name, folder, format="peft")`) and loaded with',
+            "`peft.PeftModel.from_pretrained(base_model, folder)`, vLLM or LoRAX.",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""Promotion: a pure decision, then one side effect (moving aliases, MLflow first).
+
+``decide`` is pure and exhaustively tested. ``promote`` moves an alias in MLflow and records the
+move in the registry; promoting to ``champion`` makes the old champion ``previous``; ``rollback``
+swaps them back. Deprecated MLflow stages are never used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from mlflow.tracking import MlflowClient
+
+from registry import AdapterVersion, NotFoundError, Registry
+
+from .mlflow_models import delete_mlflow_alias, set_mlflow_alias
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "PREVIOUS",
+    "Decision",
+    "Policy",
+    "decide",
+    "promote",
+    "rollback",
+]
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The gate: ``metric`` must beat the champion's by at least ``min_delta``."""
+
+    metric: str = "accuracy"
+    min_delta: float = 0.0
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether the candidate becomes champion, and why (for people and the event log)."""
+
+    promote: bool
+    reason: str
+    candidate: float
+    champion: float | None
+    outcome: Literal["no-champion", "better", "not-better"]
+
+
+def decide(candidate: float, champion: float | None, policy: Policy) -> Decision:
+    """Promote when there is no champion, or when the candidate beats it by ``min_delta``.
+
+    Both numbers must be measured on the same evaluation set. With ``min_delta`` 0 a tie promotes
+    the candidate (the newer version wins ties); a positive ``min_delta`` demands a real gain.
+    """
+    if math.isnan(candidate):  # a broken evaluation never promotes
+        return Decision(
+            False, f"candidate {policy.metric} is NaN", candidate, champion, "not-better"
+        )
+    if champion is None or math.isnan(champion):
+        return Decision(
+            True,
+            f"no champion yet; candidate {policy.metric} {candidate:.4f}",
+            candidate,
+            champion,
+            "no-champion",
+        )
+    gain = candidate - champion if policy.higher_is_better else champion - candidate
+    verdict = gain >= policy.min_delta
+    comparison = (
+        f"{policy.metric} {candidate:.4f} vs champion {champion:.4f} "
+        f"(gain {gain:+.4f}, required {policy.min_delta:+.4f})"
+    )
+    return Decision(verdict, comparison, candidate, champion, "better" if verdict else "not-better")
+
+
+def promote(
+    registry: Registry,
+    client: MlflowClient,
+    ref: str,
+    alias: str = CHAMPION,
+    *,
+    origin: str = "cli",
+) -> AdapterVersion:
+    """Point ``alias`` at ``ref`` in MLflow, then in the registry.
+
+    A new champion demotes the old one to ``previous``.
+    """
+    target = registry.get(ref)
+    if alias == CHAMPION:
+        current = _holder(registry, target.name, CHAMPION)
+        if current is not None and current.version != target.version:
+            set_mlflow_alias(client, target.name, PREVIOUS, current.version)
+            registry.set_alias(current.ref, PREVIOUS, origin=origin)
+    set_mlflow_alias(client, target.name, alias, target.version)
+    return registry.set_alias(target.ref, alias, origin=origin)
+
+
+def rollback(
+    registry: Registry, client: MlflowClient, name: str, *, origin: str = "cli"
+) -> AdapterVersion:
+    """Move ``champion`` back to the ``previous`` version (the two swap)."""
+    previous = _holder(registry, name, PREVIOUS)
+    if previous is None:
+        raise NotFoundError(f"adapter {name!r} has no 'previous' version to roll back to")
+    champion = _holder(registry, name, CHAMPION)
+    set_mlflow_alias(client, name, CHAMPION, previous.version)
+    if champion is not None:
+        set_mlflow_alias(client, name, PREVIOUS, champion.version)
+    else:
+        delete_mlflow_alias(client, name, PREVIOUS)
+    restored = registry.set_alias(previous.ref, CHAMPION, origin=origin)
+    if champion is not None:
+        registry.set_alias(champion.ref, PREVIOUS, origin=origin)
+    else:
+        registry.remove_alias(name, PREVIOUS, origin=origin)
+    return restored
+
+
+def _holder(registry: Registry, name: str, alias: str) -> AdapterVersion | None:
+    try:
+        return registry.get(f"{name}@{alias}")
+    except NotFoundError:
+        return None

@@ -1,0 +1,203 @@
+"""Every training run is an MLflow run: spec as params, loss and learning rate per step, metrics,
+tags, and artifacts (adapter files, model card, evaluation report, plots).
+
+The tracking location is ``MLFLOW_TRACKING_URI`` (a server: ``http://host:5000``) or, by default,
+an embedded store under ``ADAPTEROPS_HOME`` (``mlflow.db`` + ``mlartifacts/``) that
+``mlflow ui --backend-store-uri sqlite:///.adapterops/mlflow.db`` opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from .errors import TrackingUnavailableError
+from .model_card import model_card
+from .plots import confusion_matrix_plot, loss_curve_plot
+from .spec import AdapterSpec
+
+__all__ = [
+    "EXPERIMENT",
+    "RunTracker",
+    "client",
+    "configure",
+    "flatten",
+    "mlflow_errors",
+    "tracking_uri",
+]
+
+EXPERIMENT = "adapterops"
+_FLUSH_EVERY = 25  # steps per batch of metrics sent to the server
+
+
+def home() -> Path:
+    """``ADAPTEROPS_HOME`` (the embedded defaults' folder)."""
+    return Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the embedded SQLite store under ``ADAPTEROPS_HOME``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def configure() -> str:
+    """Point MLflow at the tracking location and return the experiment id."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        home().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with mlflow_errors("find the experiment"):
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        # Embedded: artifacts next to the database; a server decides its own artifact location.
+        location = (home() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+
+
+def client() -> MlflowClient:
+    """A client for the configured location."""
+    configure()
+    return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+
+
+@contextmanager
+def mlflow_errors(action: str) -> Iterator[None]:
+    """MLflow and connection failures become :class:`TrackingUnavailableError` with the location."""
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        reason = " ".join(str(exc).split())[:400]
+        raise TrackingUnavailableError(
+            f"MLflow at {tracking_uri()} could not {action}: {reason}. Check MLFLOW_TRACKING_URI "
+            "and that the server runs; re-running the command completes the work."
+        ) from None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"batch_size": 32}}`` -> ``{"train.batch_size": "32"}`` (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+class RunTracker:
+    """One MLflow run around one training: open it, feed it steps, close it with the results."""
+
+    def __init__(self, spec: AdapterSpec, *, tags: dict[str, str] | None = None) -> None:
+        self.spec = spec
+        self.extra_tags = tags or {}
+        self.run_id = ""
+        self._pending: list[Metric] = []
+
+    @contextmanager
+    def run(self) -> Iterator[RunTracker]:
+        """Start the run (params and tags now), end it FINISHED or FAILED."""
+        experiment_id = configure()
+        with mlflow_errors("start a run"):
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.spec.name)
+        self.run_id = active.info.run_id
+        status = "FAILED"
+        try:
+            with mlflow_errors("log parameters"):
+                mlflow.log_params(flatten(self.spec.model_dump(mode="json")))
+                mlflow.set_tags(
+                    {
+                        "adapterops.name": self.spec.name,
+                        "adapterops.base_model": self.spec.base_model,
+                        "adapterops.task": self.spec.task,
+                        "adapterops.language": self.spec.language,
+                        "adapterops.method": self.spec.method.type,
+                        **self.extra_tags,
+                    }
+                )
+            yield self
+            status = "FINISHED"
+        finally:
+            self._flush()
+            mlflow.end_run(status=status)
+
+    def on_step(self, step: int, total: int, loss: float, learning_rate: float) -> None:
+        """Record one optimiser step (sent in batches)."""
+        del total
+        timestamp = _now_ms()
+        self._pending += [
+            Metric("train_loss", loss, timestamp, step),
+            Metric("learning_rate", learning_rate, timestamp, step),
+        ]
+        if len(self._pending) >= 2 * _FLUSH_EVERY:
+            self._flush()
+
+    def finish(
+        self,
+        report: dict[str, Any],
+        adapter_folder: Path,
+        *,
+        losses: list[float],
+        learning_rates: list[float],
+        lineage: dict[str, Any],
+    ) -> str:
+        """Log metrics, lineage tags and artifacts; returns the model card's text."""
+        card = model_card(self.spec, report, lineage=lineage)
+        numeric = {
+            f"eval_{k}": float(v)
+            for k, v in report["metrics"].items()
+            if isinstance(v, int | float)
+        }
+        with mlflow_errors("log results"), tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            mlflow.log_metrics(
+                numeric
+                | {
+                    "trainable_params": report["trainable_params"],
+                    "adapter_bytes": report["adapter_bytes"],
+                }
+            )
+            mlflow.set_tags(
+                {f"adapterops.{k}": str(v) for k, v in lineage.items() if v is not None}
+            )
+            mlflow.log_artifacts(str(adapter_folder), artifact_path="adapter")
+            (folder / "README.md").write_text(card)
+            (folder / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
+            loss_curve_plot(
+                losses,
+                learning_rates,
+                folder / "loss_curve.png",
+                title=f"{self.spec.name}: training loss",
+            )
+            if "confusion_matrix" in report["metrics"]:
+                confusion_matrix_plot(
+                    report["metrics"]["confusion_matrix"],
+                    folder / "confusion_matrix.png",
+                    title=f"{self.spec.name}: validation",
+                )
+            mlflow.log_artifacts(str(folder))
+        return card
+
+    def _flush(self) -> None:
+        if not self._pending or not self.run_id:
+            return
+        batch, self._pending = self._pending, []
+        with mlflow_errors("log training metrics"):
+            MlflowClient(tracking_uri()).log_batch(self.run_id, metrics=batch)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
