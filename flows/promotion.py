@@ -96,6 +96,10 @@ def promote(
         if current is not None and current.version != target.version:
             set_mlflow_alias(client, target.name, PREVIOUS, current.version)
             registry.set_alias(current.ref, PREVIOUS, origin=origin)
+        challenger = _holder(registry, target.name, CHALLENGER)
+        if challenger is not None and challenger.version == target.version:
+            delete_mlflow_alias(client, target.name, CHALLENGER)  # it won: no longer a challenger
+            registry.remove_alias(target.name, CHALLENGER, origin=origin)
     set_mlflow_alias(client, target.name, alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from typing import Annotated, Any
 
 import typer
@@ -51,9 +51,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 @contextmanager
 def user_errors(as_json: bool) -> Iterator[None]:
-    """Turn bad input into one clear message and exit code 2, never a traceback."""
+    """Turn bad input into one clear message and exit code 2, never a traceback.
+
+    With ``--json``, whatever libraries print while the command works (MLflow prints run links)
+    goes to stderr, so stdout carries exactly one JSON document.
+    """
     try:
-        yield
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            yield
     except Exception as exc:
         if not isinstance(exc, _user_error_types()):
             raise

