@@ -13,6 +13,17 @@ keep working. This package imports neither Prefect, SQLAlchemy, boto3 nor MLflow
 
 __version__ = "0.1.0"
 
+from .combine import MergeReport, merge_adapters
+from .composition import (
+    Average,
+    Block,
+    CompositionError,
+    Fuse,
+    Parallel,
+    Stack,
+    block_from_dict,
+    block_to_dict,
+)
 from .config import (
     BitFit,
     FullFineTune,
@@ -35,11 +46,19 @@ from .errors import (
 )
 from .fingerprint import Fingerprint, fingerprint
 from .heads import HeadKind, detect_head
-from .inject import add_adapter, delete_adapter, list_adapters, set_active, set_trainable
+from .inject import (
+    active_adapters,
+    add_adapter,
+    delete_adapter,
+    list_adapters,
+    set_active,
+    set_trainable,
+)
 from .io import adapter_state_dict, read_metadata
 from .merge import merge, merged_state_dict, unmerge
 from .plan import Plan, build_on_meta, plan
 from .roles import ROLES
+from .routing import per_row
 from .serialization import load_adapter, save_adapter
 from .training import TrainResult, train
 
@@ -48,24 +67,34 @@ __all__ = [
     "AdapterExistsError",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "Average",
     "BaseModelMismatchError",
     "BitFit",
+    "Block",
+    "CompositionError",
     "ConfigError",
     "Fingerprint",
     "FullFineTune",
+    "Fuse",
     "HeadKind",
     "Houlsby",
     "LoRA",
+    "MergeReport",
     "MethodConfig",
     "NotMergeableError",
+    "Parallel",
     "PeftCoreError",
     "Pfeiffer",
     "Plan",
+    "Stack",
     "TargetError",
     "TrainResult",
     "__version__",
+    "active_adapters",
     "adapter_state_dict",
     "add_adapter",
+    "block_from_dict",
+    "block_to_dict",
     "build_on_meta",
     "config_from_dict",
     "config_to_dict",
@@ -75,7 +104,9 @@ __all__ = [
     "list_adapters",
     "load_adapter",
     "merge",
+    "merge_adapters",
     "merged_state_dict",
+    "per_row",
     "plan",
     "read_metadata",
     "save_adapter",

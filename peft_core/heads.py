@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -52,10 +53,22 @@ class HeadSwitch(nn.Module):
         self.original = original
         self.heads = nn.ModuleDict()
         self.active: str | None = None
+        self.rows: list[str | None] | None = None  # per-row heads, set by peft_core.per_row
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        if self.rows is not None:
+            return self._per_row(self.rows, *args, **kwargs)
         head = self.heads[self.active] if self.active is not None else self.original
         out: Tensor = head(*args, **kwargs)
+        return out
+
+    def _per_row(self, rows: list[str | None], *args: Tensor, **kwargs: Tensor) -> Tensor:
+        """Each row through its adapter's head (heads are small: one pass per distinct head)."""
+        out: Tensor = self.original(*args, **kwargs)
+        for name in sorted({r for r in rows if r is not None and r in self.heads}):
+            mask = torch.tensor([r == name for r in rows], device=out.device)
+            mask = mask.reshape(-1, *([1] * (out.dim() - 1)))
+            out = torch.where(mask, self.heads[name](*args, **kwargs), out)
         return out
 
     def add(self, name: str) -> nn.Module:

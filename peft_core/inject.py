@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
 from .config import BitFit, FullFineTune, Houlsby, LoRA, MethodConfig, Pfeiffer
 from .errors import AdapterExistsError, TargetError
 from .heads import HeadSwitch, adapter_head, body_prefix, detect_head
@@ -29,6 +30,7 @@ from .state import AdapterRecord, adapter_layers, adapter_records, get_record
 
 __all__ = [
     "PreparedAdapter",
+    "active_adapters",
     "add_adapter",
     "attach_adapter",
     "delete_adapter",
@@ -103,16 +105,34 @@ def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> None:
     set_trainable(model, name)
 
 
-def set_active(model: nn.Module, names: str | Iterable[str] | None) -> None:
-    """Make ``names`` the active adapters (applied in that order), or none (the base model)."""
-    active = (names,) if isinstance(names, str) else tuple(names or ())
-    for name in active:
-        get_record(model, name)  # unknown names are an error, before any change
+def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
+    """Make one adapter or composition active (``None``: the base model).
+
+    ``active`` is a name, a ``Stack`` or an ``Average`` (a list of names means ``Stack``). Exactly
+    one adapter or composition is active at a time. A head follows the last adapter in the
+    composition that has one.
+    """
+    block = _as_block(active)
+    if block is not None:
+        validate(block)
+        for name in leaves(block):
+            get_record(model, name)  # unknown names: the same error as everywhere else
+        if any(isinstance(b, Parallel | Fuse) for b in _blocks(block)):
+            raise CompositionError(
+                "Parallel and Fuse compositions can be stored and validated but not activated yet"
+            )
+    names = leaves(block)
     for _, layer in adapter_layers(model):
-        layer.active = tuple(n for n in active if n in layer.adapters)
+        layer.active = _prune(block, set(layer.adapters))
     for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
-        # the head of the last active adapter that has one answers; otherwise the original head
-        switch.active = next((n for n in reversed(active) if n in switch.heads), None)
+        switch.active = next((n for n in reversed(names) if n in switch.heads), None)
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters taking part in the active composition, in order."""
+    return list(
+        dict.fromkeys(n for _, layer in adapter_layers(model) for n in leaves(layer.active))
+    )
 
 
 def set_trainable(model: nn.Module, name: str) -> None:
@@ -134,7 +154,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     get_record(model, name)
     for module_name, layer in list(adapter_layers(model, name)):
         del layer.adapters[name]
-        layer.active = tuple(n for n in layer.active if n != name)
+        layer.active = _prune(layer.active, set(layer.adapters))
         if len(layer.adapters) == 0:
             parent_name, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, layer.base_layer)
@@ -151,6 +171,37 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 def list_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters in ``model``, in the order they were added."""
     return list(adapter_records(model))
+
+
+def _as_block(active: Block | Iterable[str] | None) -> Block | None:
+    if active is None or isinstance(active, str | Stack | Parallel | Fuse | Average):
+        return active
+    names = tuple(active)
+    return Stack(*names) if names else None
+
+
+def _blocks(block: Block) -> list[Block]:
+    if isinstance(block, str):
+        return [block]
+    return [block, *(b for child in block.children for b in _blocks(child))]
+
+
+def _prune(block: Block | None, present: set[str]) -> Block | None:
+    """This layer's share of a composition: adapters it does not hold act as the identity."""
+    if block is None or isinstance(block, str):
+        return block if block in present else None
+    kept = [
+        (child, i)
+        for i, c in enumerate(block.children)
+        if (child := _prune(c, present)) is not None
+    ]
+    if not kept:
+        return None
+    if isinstance(block, Average):
+        return Average(*(c for c, _ in kept), weights=[block.weights[i] for _, i in kept])
+    if len(kept) == 1:
+        return kept[0][0]
+    return type(block)(*(c for c, _ in kept))
 
 
 def _check_new_name(model: nn.Module, name: str) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from .composition import Average, Block, Stack
 from .heads import HeadSwitch
 
 __all__ = [
@@ -95,21 +96,39 @@ def layer_kind(module: nn.Module) -> LayerKind | None:
 
 
 class AdaptedLayer(nn.Module):
-    """``base_layer`` followed by the active adapters, in the order they are active."""
+    """``base_layer`` followed by the active adapters or composition.
+
+    ``active`` is this layer's share of the model's active composition (a name, a ``Stack``, an
+    ``Average``; adapters absent from this layer pruned away). ``rows``, when set by
+    ``peft_core.per_row``, routes each row of the batch through its own adapter instead.
+    """
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
-        self.active: tuple[str, ...] = ()
+        self.active: Block | None = None
+        self.rows: Tensor | None = None  # per-row adapter slot; see peft_core.routing
+        self.row_names: tuple[str, ...] = ()
 
     def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
         y = self.base_layer(x, *args, **kwargs)
-        for name in self.active:
-            adapter = self.adapter(name)
-            if not adapter.merged:  # a merged adapter already lives in the base weights
-                y = adapter(x, y)
-        return y
+        if self.rows is not None:
+            return route_rows(self, x, y)
+        return self._run(self.active, x, y) if self.active is not None else y
+
+    def _run(self, block: Block, x: Tensor, y: Tensor) -> Tensor:
+        if isinstance(block, str):
+            adapter = self.adapter(block)
+            return y if adapter.merged else adapter(x, y)  # merged: already in the base weights
+        if isinstance(block, Stack):
+            for child in block.children:
+                y = self._run(child, x, y)
+            return y
+        if isinstance(block, Average):
+            outputs = [self._run(child, x, y) for child in block.children]
+            return y + sum(w * (out - y) for w, out in zip(block.weights, outputs, strict=True))
+        raise TypeError(f"{type(block).__name__} compositions cannot run inside a layer")
 
     def adapter(self, name: str) -> AdapterModule:
         """The adapter ``name`` held by this layer."""
@@ -134,7 +153,14 @@ class AdaptedLayer(nn.Module):
             base_bias.add_(delta.bias.to(base_bias.dtype), alpha=sign)
 
     def extra_repr(self) -> str:
-        return f"active={list(self.active)}"
+        return f"active={self.active!r}"
+
+
+def route_rows(layer: AdaptedLayer, x: Tensor, y: Tensor) -> Tensor:
+    """Per-row adapters (defined in :mod:`peft_core.routing`, which imports this module)."""
+    from .routing import route  # noqa: PLC0415 - routing builds on the classes defined here
+
+    return route(layer, x, y)
 
 
 def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -1,0 +1,181 @@
+"""Composition blocks, per-row routing and weighted merges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peft_core as pc
+from tests.helpers import batch, logits, perturb_adapter
+
+
+def with_adapters(model, configs: dict[str, pc.MethodConfig]):
+    for name, config in configs.items():
+        pc.add_adapter(model, name, config)
+        perturb_adapter(model, name)
+    return model
+
+
+class TestBlocks:
+    def test_round_trip_and_nesting_rules(self):
+        block = pc.Stack("pt", pc.Average("a", pc.Stack("b", "c"), weights=(0.5, 0.5)))
+        assert pc.block_from_dict(pc.block_to_dict(block)) == block
+        with pytest.raises(pc.CompositionError, match="Stack cannot be nested inside Fuse"):
+            pc.block_from_dict({"type": "fuse", "children": [{"type": "stack", "children": ["a"]}]})
+        with pytest.raises(pc.CompositionError, match="Parallel cannot be nested inside Parallel"):
+            pc.block_from_dict(pc.block_to_dict(pc.Parallel("a", pc.Parallel("b"))))
+        with pytest.raises(pc.CompositionError, match="2 adapters but 3 weights"):
+            pc.Average("a", "b", weights=(1, 2, 3))
+
+    def test_set_active_validates_before_changing_anything(self, tiny_model):
+        model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
+        inputs = batch(model)
+        before = logits(model, inputs)
+        with pytest.raises(pc.AdapterNotFoundError, match="no adapter 'zz'; adapters in this model: a"):
+            pc.set_active(model, pc.Stack("a", "zz"))
+        with pytest.raises(pc.CompositionError, match="not activated yet"):
+            pc.set_active(model, pc.Parallel("a"))
+        torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+
+
+class TestStackAndAverage:
+    def test_stack_of_bottlenecks_applies_one_after_the_other(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "masked-lm"),
+            {"lang": pc.Pfeiffer(bottleneck=4), "task": pc.Pfeiffer(bottleneck=6)},
+        )
+        pc.set_active(model, pc.Stack("lang", "task"))
+        layer = model.bert.encoder.layer[0].output.dense
+        x = torch.randn(2, 5, 64)
+        base = layer.base_layer(x)
+        expected = layer.adapters["task"](x, layer.adapters["lang"](x, base))
+        torch.testing.assert_close(layer(x), expected)
+        assert pc.active_adapters(model) == ["lang", "task"]
+
+    def test_lora_stack_adds_deltas_and_average_weighs_them(self, tiny_model):
+        model = with_adapters(
+            tiny_model("gpt2", "causal-lm"), {"a": pc.LoRA(rank=2), "b": pc.LoRA(rank=3)}
+        )
+        inputs = batch(model)
+        pc.set_active(model, pc.Stack("a", "b"))
+        stacked = logits(model, inputs)
+        pc.set_active(model, pc.Average("a", "b", weights=(1.0, 1.0)))
+        torch.testing.assert_close(logits(model, inputs), stacked, atol=1e-5, rtol=1e-5)
+        pc.set_active(model, pc.Average("a", "b", weights=(1.0, 0.0)))
+        averaged = logits(model, inputs)
+        pc.set_active(model, "a")
+        torch.testing.assert_close(averaged, logits(model, inputs), atol=1e-5, rtol=1e-5)
+
+    def test_the_head_follows_the_last_adapter_with_one(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "classification"), {"lang": pc.Pfeiffer(), "task": pc.LoRA()}
+        )
+        pc.set_active(model, pc.Stack("lang", "task"))
+        assert model.classifier.active == "task"
+        pc.set_active(model, None)
+        assert model.classifier.active is None
+
+
+ROUTED = {
+    "lora": pc.LoRA(rank=2, targets=("q", "v")),
+    "lora-wide": pc.LoRA(rank=5, targets=("q", "v")),
+    "bitfit": pc.BitFit(),
+    "pfeiffer": pc.Pfeiffer(bottleneck=3),
+    "houlsby": pc.Houlsby(bottleneck=7),
+}
+
+
+class TestPerRow:
+    @pytest.mark.parametrize(
+        ("family", "head"),
+        [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")],
+    )
+    def test_each_row_equals_running_it_alone(self, tiny_model, family, head):
+        configs = dict(ROUTED)
+        if family == "llama":
+            del configs["bitfit"]  # no biases
+        model = with_adapters(tiny_model(family, head), configs)
+        names = [*configs, None, "lora"]
+        inputs = batch(model, rows=len(names))
+        with pc.per_row(model, names):
+            routed = logits(model, inputs)
+        for row, name in enumerate(names):
+            pc.set_active(model, name)
+            alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
+            torch.testing.assert_close(
+                routed[row : row + 1], alone, atol=1e-5, rtol=1e-4, msg=f"row {row} ({name})"
+            )
+        assert pc.list_adapters(model)  # routing left the adapters in place
+
+    def test_many_loras_in_one_batch(self, tiny_model):
+        model = tiny_model("bert", "classification")
+        names = [f"a{i}" for i in range(8)]
+        with_adapters(model, {n: pc.LoRA(rank=2 + i % 3) for i, n in enumerate(names)})
+        rows = [names[i % 8] for i in range(16)]
+        inputs = batch(model, rows=16)
+        with pc.per_row(model, rows):
+            routed = logits(model, inputs)
+        for row in (0, 5, 11):
+            pc.set_active(model, rows[row])
+            alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
+            torch.testing.assert_close(routed[row : row + 1], alone, atol=1e-5, rtol=1e-4)
+
+    def test_bad_routing(self, tiny_model):
+        model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
+        with (
+            pytest.raises(pc.AdapterNotFoundError, match="no adapter 'b'"),
+            pc.per_row(model, ["a", "b"]),
+        ):
+            pass
+        with (
+            pytest.raises(pc.ConfigError, match="2 row names for a batch of 3 rows"),
+            pc.per_row(model, ["a", None]),
+        ):
+            logits(model, batch(model, rows=3))
+        pc.merge(model, "a")
+        with pytest.raises(pc.ConfigError, match="unmerge"), pc.per_row(model, ["a"]):
+            pass
+
+
+class TestMergeAdapters:
+    def test_lora_concatenation_is_exact(self, tiny_model):
+        model = with_adapters(
+            tiny_model("gpt2", "causal-lm"), {"a": pc.LoRA(rank=2), "b": pc.LoRA(rank=3)}
+        )
+        inputs = batch(model)
+        pc.set_active(model, pc.Average("a", "b", weights=(0.7, 0.3)))
+        expected = logits(model, inputs)
+        report = pc.merge_adapters(model, {"a": 0.7, "b": 0.3}, name="ab")
+        assert (report.exact, report.relative_error) == (True, 0.0)
+        pc.set_active(model, "ab")
+        torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
+
+    def test_lora_svd_reports_its_loss(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "classification"), {"a": pc.LoRA(rank=4), "b": pc.LoRA(rank=4)}
+        )
+        full = pc.merge_adapters(model, {"a": 0.5, "b": 0.5}, name="svd8", how="svd", rank=8)
+        small = pc.merge_adapters(model, {"a": 0.5, "b": 0.5}, name="svd2", how="svd", rank=2)
+        assert full.relative_error < 1e-5  # rank 8 holds a sum of two rank-4 deltas
+        assert 0.05 < small.relative_error < 1.0 and not small.exact
+        inputs = batch(model)
+        pc.set_active(model, pc.Average("a", "b", weights=(0.5, 0.5)))
+        expected = logits(model, inputs)
+        pc.set_active(model, "svd8")
+        torch.testing.assert_close(logits(model, inputs), expected, atol=1e-4, rtol=1e-4)
+        pc.set_active(model, "svd2")
+        assert not torch.allclose(logits(model, inputs), expected, atol=1e-4)
+
+    def test_bitfit_is_exact_and_mixed_methods_are_refused(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "masked-lm"), {"a": pc.BitFit(), "b": pc.BitFit(), "c": pc.LoRA()}
+        )
+        inputs = batch(model)
+        pc.set_active(model, pc.Average("a", "b", weights=(0.25, 0.75)))
+        expected = logits(model, inputs)
+        assert pc.merge_adapters(model, {"a": 0.25, "b": 0.75}, name="ab").exact
+        pc.set_active(model, "ab")
+        torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
+        with pytest.raises(pc.ConfigError, match="same method"):
+            pc.merge_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
+        assert "bad" not in pc.list_adapters(model)
