@@ -99,8 +99,8 @@ class AdaptedLayer(nn.Module):
     """``base_layer`` followed by the active adapters or composition.
 
     ``active`` is this layer's share of the model's active composition (a name, a ``Stack``, an
-    ``Average``; adapters absent from this layer pruned away). ``rows``, when set by
-    ``peft_core.per_row``, routes each row of the batch through its own adapter instead.
+    ``Average``; adapters absent from this layer pruned away). ``routing``, set inside
+    ``peft_core.per_row``, sends each row of the batch through its own adapter instead.
     """
 
     def __init__(self, base_layer: nn.Module) -> None:
@@ -108,12 +108,11 @@ class AdaptedLayer(nn.Module):
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
         self.active: Block | None = None
-        self.rows: Tensor | None = None  # per-row adapter slot; see peft_core.routing
-        self.row_names: tuple[str, ...] = ()
+        self.routing: object | None = None  # set inside peft_core.per_row; see routing.py
 
     def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
         y = self.base_layer(x, *args, **kwargs)
-        if self.rows is not None:
+        if self.routing is not None:
             return route_rows(self, x, y)
         return self._run(self.active, x, y) if self.active is not None else y
 

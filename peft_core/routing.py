@@ -5,9 +5,10 @@
 
 In every adapted layer each adapter type is computed once for the whole batch: the adapters'
 weights are stacked (slot 0 is all zeros, for rows without an adapter there), each row gathers its
-own, and batched matrix products do the rest. The cost stays nearly flat as the number of distinct
-adapters grows — no loop over adapters, no sub-batches (peft's ``adapter_names`` runs one
-sub-batch per adapter). LoRAs of different ranks are zero-padded to the largest rank and
+own, and batched matrix products do the rest. The per-row weights are gathered once, when the
+``per_row`` block is entered, so each forward pass costs two batched products per LoRA layer. The
+cost stays nearly flat as the number of distinct adapters grows: no loop over adapters, no
+sub-batches (peft's ``adapter_names`` runs one sub-batch per adapter). LoRAs of different ranks are zero-padded to the largest rank and
 bottlenecks to the widest bottleneck: zero rows and columns add exactly nothing.
 
 Routing is for inference: dropout is not applied, and merged adapters are refused.
@@ -16,7 +17,7 @@ Routing is for inference: dropout is not applied, and merged adapters are refuse
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -36,6 +37,9 @@ from .state import adapter_layers, get_record
 __all__ = ["per_row", "route"]
 
 
+Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) -> new y
+
+
 @contextmanager
 def per_row(model: nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
     """Within the block, batch row ``i`` runs through adapter ``rows[i]`` (``None``: the base)."""
@@ -50,50 +54,65 @@ def per_row(model: nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
         raise ConfigError(f"per_row needs unmerged adapters; unmerge {merged} first")
     switches = [m for m in model.modules() if isinstance(m, HeadSwitch)]
     device = next(model.parameters()).device
-    for layer in layers:
-        present = tuple(n for n in names if n in layer.adapters)
-        layer.row_names = present
-        layer.rows = torch.tensor(
-            [present.index(n) + 1 if n in present else 0 for n in rows], device=device
-        )
+    with torch.no_grad():
+        for layer in layers:
+            present = [n for n in names if n in layer.adapters]
+            index = torch.tensor(
+                [present.index(n) + 1 if n in present else 0 for n in rows], device=device
+            )
+            layer.routing = RowRouting(
+                len(rows), _plan([layer.adapters[n] for n in present], index)
+            )
     for switch in switches:
         switch.rows = list(rows)
     try:
         yield
     finally:
         for layer in layers:
-            layer.rows, layer.row_names = None, ()
+            layer.routing = None
         for switch in switches:
             switch.rows = None
 
 
+class RowRouting:
+    """One layer's prepared per-row computation."""
+
+    def __init__(self, rows: int, steps: list[Step]) -> None:
+        self.rows = rows
+        self.steps = steps
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        if y.shape[0] != self.rows:
+            raise ConfigError(
+                f"per_row was given {self.rows} row names for a batch of {y.shape[0]} rows"
+            )
+        for step in self.steps:
+            y = step(x, y)
+        return y
+
+
 def route(layer: AdaptedLayer, x: Tensor, y: Tensor) -> Tensor:
     """Add every row's own adapter to ``y`` (called by ``AdaptedLayer.forward``)."""
-    index = layer.rows
-    assert index is not None
-    if index.shape[0] != y.shape[0]:
-        raise ConfigError(
-            f"per_row was given {index.shape[0]} row names for a batch of {y.shape[0]} rows"
-        )
-    modules = [layer.adapters[name] for name in layer.row_names]
-    return _route_modules(modules, index, x, y)
+    assert layer.routing is not None
+    return cast(RowRouting, layer.routing)(x, y)
 
 
-def _route_modules(modules: list[nn.Module], index: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """Group the layer's adapters by type; each group runs once, batched over the rows."""
+def _plan(modules: list[nn.Module], index: Tensor) -> list[Step]:
+    """Group the layer's adapters by type; each group becomes one batched step."""
     groups: dict[type, list[int]] = defaultdict(list)
     for slot, module in enumerate(modules, start=1):
         groups[type(module)].append(slot)
+    steps: list[Step] = []
     for kind, slots in groups.items():
         group_index = _remap(index, slots)
         members = [modules[s - 1] for s in slots]
         if kind is SliceParts:
             fused = [cast(SliceParts, m) for m in members]
             for part in fused[0].parts:  # the same targets give the same parts
-                y = _route_modules([m.parts[part] for m in fused], group_index, x, y)
+                steps += _plan([m.parts[part] for m in fused], group_index)
         else:
-            y = _BATCHED[kind](members, group_index, x, y)
-    return y
+            steps.append(_STEPS[kind](members, group_index))
+    return steps
 
 
 def _remap(index: Tensor, slots: list[int]) -> Tensor:
@@ -112,62 +131,86 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-def _lora(modules: list[LoRAModule], index: Tensor, x: Tensor, y: Tensor) -> Tensor:
+def _lora_step(modules: list[LoRAModule], index: Tensor) -> Step:
     first = modules[0]
     rank = max(m.rank for m in modules)
-    width = first.lora_B.weight.shape[0]
-    a = x.new_zeros(
-        len(modules) + 1, rank, first.lora_A.weight.shape[1], dtype=first.lora_A.weight.dtype
-    )
-    b = x.new_zeros(len(modules) + 1, width, rank, dtype=first.lora_B.weight.dtype)
+    weight_a, weight_b = first.lora_A.weight, first.lora_B.weight
+    a = weight_a.new_zeros(len(modules) + 1, rank, weight_a.shape[1])
+    b = weight_b.new_zeros(len(modules) + 1, weight_b.shape[0], rank)
     for slot, m in enumerate(modules, start=1):
         a[slot, : m.rank] = m.lora_A.weight
         b[slot, :, : m.rank] = m.lora_B.weight * m.scaling
-    x3 = _rows(x).to(a.dtype)
-    update = torch.bmm(
-        torch.bmm(x3, a[index].transpose(1, 2)), b[index].transpose(1, 2)
-    )  # (B, T, w)
-    if first.out_slice is not None:
-        start, stop = first.out_slice
-        update = F.pad(update, (start, first.total_out - stop))
-    return y + update.reshape(y.shape).to(y.dtype)
+    a_rows = a[index].transpose(1, 2).contiguous()  # (B, in, r): each row's own A
+    b_rows = b[index].transpose(1, 2).contiguous()  # (B, r, out_slice)
+    padding = (
+        (first.out_slice[0], first.total_out - first.out_slice[1]) if first.out_slice else None
+    )
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        update = torch.bmm(torch.bmm(_rows(x).to(a_rows.dtype), a_rows), b_rows)  # (B, T, w)
+        if padding is not None:
+            update = F.pad(update, padding)
+        return y + update.reshape(y.shape).to(y.dtype)
+
+    return step
 
 
-def _bias(modules: list[BiasOffset], index: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    del x
+def _bias_step(modules: list[BiasOffset], index: Tensor) -> Step:
     offsets = torch.stack(
         [torch.zeros_like(modules[0]._full_offset()), *(m._full_offset() for m in modules)]
     )
-    y3 = _rows(y)
-    return (y3 + offsets[index].unsqueeze(1).to(y.dtype)).reshape(y.shape)
+    per_row = offsets[index].unsqueeze(1)  # (B, 1, features)
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        return (_rows(y) + per_row.to(y.dtype)).reshape(y.shape)
+
+    return step
 
 
-def _bottleneck(modules: list[Bottleneck], index: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    del x
+def _bottleneck_step(modules: list[Bottleneck], index: Tensor) -> Step:
     by_activation: dict[type, list[int]] = defaultdict(list)
     for slot, m in enumerate(modules, start=1):
         by_activation[type(m.act)].append(slot)
-    for slots in by_activation.values():  # usually one group: all adapters share an activation
-        members = [modules[s - 1] for s in slots]
-        group = _remap(index, slots)
-        width = max(m.down.weight.shape[0] for m in members)
-        features = members[0].up.weight.shape[0]
-        dtype = members[0].down.weight.dtype
-        down_w = y.new_zeros(len(members) + 1, width, features, dtype=dtype)
-        down_b = y.new_zeros(len(members) + 1, width, dtype=dtype)
-        up_w = y.new_zeros(len(members) + 1, features, width, dtype=dtype)
-        up_b = y.new_zeros(len(members) + 1, features, dtype=dtype)
-        for slot, m in enumerate(members, start=1):
-            size = m.down.weight.shape[0]
-            down_w[slot, :size], down_b[slot, :size] = m.down.weight, m.down.bias
-            up_w[slot, :, :size], up_b[slot] = m.up.weight, m.up.bias
-        y3 = _rows(y).to(dtype)
-        hidden = members[0].act(
-            torch.bmm(y3, down_w[group].transpose(1, 2)) + down_b[group].unsqueeze(1)
-        )
-        update = torch.bmm(hidden, up_w[group].transpose(1, 2)) + up_b[group].unsqueeze(1)
-        y = y + update.reshape(y.shape).to(y.dtype)  # slot 0: act(0) = 0, so exactly nothing
-    return y
+    steps = [
+        _bottleneck_group([modules[s - 1] for s in slots], _remap(index, slots))
+        for slots in by_activation.values()
+    ]
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        for group in steps:  # usually one: all adapters share an activation
+            y = group(x, y)
+        return y
+
+    return step
 
 
-_BATCHED: dict[type, Any] = {LoRAModule: _lora, BiasOffset: _bias, Bottleneck: _bottleneck}
+def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Step:
+    width = max(m.down.weight.shape[0] for m in members)
+    down = members[0].down.weight
+    features = members[0].up.weight.shape[0]
+    down_w = down.new_zeros(len(members) + 1, width, features)
+    down_b = down.new_zeros(len(members) + 1, width)
+    up_w = down.new_zeros(len(members) + 1, features, width)
+    up_b = down.new_zeros(len(members) + 1, features)
+    for slot, m in enumerate(members, start=1):
+        size = m.down.weight.shape[0]
+        down_w[slot, :size], down_b[slot, :size] = m.down.weight, m.down.bias
+        up_w[slot, :, :size], up_b[slot] = m.up.weight, m.up.bias
+    down_rows, down_bias = down_w[index].transpose(1, 2).contiguous(), down_b[index].unsqueeze(1)
+    up_rows, up_bias = up_w[index].transpose(1, 2).contiguous(), up_b[index].unsqueeze(1)
+    activation = members[0].act
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        y3 = _rows(y).to(down_rows.dtype)
+        hidden = activation(torch.bmm(y3, down_rows) + down_bias)  # zero slots: act(0) = 0
+        update = torch.bmm(hidden, up_rows) + up_bias
+        return y + update.reshape(y.shape).to(y.dtype)
+
+    return step
+
+
+_STEPS: dict[type, Any] = {
+    LoRAModule: _lora_step,
+    BiasOffset: _bias_step,
+    Bottleneck: _bottleneck_step,
+}
