@@ -8,8 +8,9 @@ weights are stacked (slot 0 is all zeros, for rows without an adapter there), ea
 own, and batched matrix products do the rest. The per-row weights are gathered once, when the
 ``per_row`` block is entered, so each forward pass costs two batched products per LoRA layer. The
 cost stays nearly flat as the number of distinct adapters grows: no loop over adapters, no
-sub-batches (peft's ``adapter_names`` runs one sub-batch per adapter). LoRAs of different ranks are zero-padded to the largest rank and
-bottlenecks to the widest bottleneck: zero rows and columns add exactly nothing.
+sub-batches (peft's ``adapter_names`` runs one sub-batch per adapter). LoRAs of different ranks
+are zero-padded to the largest rank and bottlenecks to the widest bottleneck: zero rows and
+columns add exactly nothing.
 
 Routing is for inference: dropout is not applied, and merged adapters are refused.
 """

@@ -31,7 +31,9 @@ class TestBlocks:
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
         inputs = batch(model)
         before = logits(model, inputs)
-        with pytest.raises(pc.AdapterNotFoundError, match="no adapter 'zz'; adapters in this model: a"):
+        with pytest.raises(
+            pc.AdapterNotFoundError, match="no adapter 'zz'; adapters in this model: a"
+        ):
             pc.set_active(model, pc.Stack("a", "zz"))
         with pytest.raises(pc.CompositionError, match="not activated yet"):
             pc.set_active(model, pc.Parallel("a"))
