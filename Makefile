@@ -40,9 +40,13 @@ test: setup services lint
 
 bench: setup services
 	$(PY) -m bench.registry_bench
+	$(PY) -m bench.composition_bench
+	$(PY) -m bench.madx_demo
 
 bench-quick: setup services
 	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.composition_bench --quick
+	$(PY) -m bench.madx_demo --steps 100
 
 clean:
 	rm -rf $(VENV) .adapterops .pytest_cache .mypy_cache .ruff_cache
