@@ -56,6 +56,7 @@ from .inject import (
 )
 from .io import adapter_state_dict, read_metadata
 from .merge import merge, merged_state_dict, unmerge
+from .parallel import parallel_outputs
 from .plan import Plan, build_on_meta, plan
 from .roles import ROLES
 from .routing import per_row
@@ -106,6 +107,7 @@ __all__ = [
     "merge",
     "merge_adapters",
     "merged_state_dict",
+    "parallel_outputs",
     "per_row",
     "plan",
     "read_metadata",

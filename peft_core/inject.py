@@ -25,6 +25,7 @@ from .methods.bitfit import BiasOffset
 from .methods.bottleneck import Bottleneck
 from .methods.lora import LoRAModule
 from .methods.parts import SliceParts
+from .parallel import activate_parallel, deactivate_parallel
 from .roles import ROLES, Target, family_of, find_targets
 from .state import AdapterRecord, adapter_layers, adapter_records, get_record
 
@@ -117,10 +118,14 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
         validate(block)
         for name in leaves(block):
             get_record(model, name)  # unknown names: the same error as everywhere else
-        if any(isinstance(b, Parallel | Fuse) for b in _blocks(block)):
-            raise CompositionError(
-                "Parallel and Fuse compositions can be stored and validated but not activated yet"
-            )
+        if any(isinstance(b, Fuse) for b in _blocks(block)):
+            raise CompositionError("Fuse compositions can be stored and validated but not run yet")
+        if any(isinstance(b, Parallel) for b in _blocks(block)) and not isinstance(block, Parallel):
+            raise CompositionError("Parallel must be the outermost block")
+    deactivate_parallel(model)
+    if isinstance(block, Parallel):
+        activate_parallel(model, block)
+        block = None  # the layers run through per-row routing, set on each forward pass
     names = leaves(block)
     for _, layer in adapter_layers(model):
         layer.active = _prune(block, set(layer.adapters))

@@ -35,7 +35,7 @@ from .methods.lora import LoRAModule
 from .methods.parts import SliceParts
 from .state import adapter_layers, get_record
 
-__all__ = ["per_row", "route"]
+__all__ = ["install_routing", "per_row", "remove_routing", "route"]
 
 
 Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) -> new y
@@ -44,6 +44,15 @@ Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) ->
 @contextmanager
 def per_row(model: nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
     """Within the block, batch row ``i`` runs through adapter ``rows[i]`` (``None``: the base)."""
+    install_routing(model, rows)
+    try:
+        yield
+    finally:
+        remove_routing(model)
+
+
+def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
+    """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
     names = sorted({name for name in rows if name is not None})
     for name in names:
         get_record(model, name)  # unknown names fail before anything changes
@@ -66,13 +75,14 @@ def per_row(model: nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
             )
     for switch in switches:
         switch.rows = list(rows)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.routing = None
-        for switch in switches:
-            switch.rows = None
+
+
+def remove_routing(model: nn.Module) -> None:
+    """Back to the active adapter or composition."""
+    for _, layer in adapter_layers(model):
+        layer.routing = None
+    for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
+        switch.rows = None
 
 
 class RowRouting:

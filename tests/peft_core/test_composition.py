@@ -35,8 +35,10 @@ class TestBlocks:
             pc.AdapterNotFoundError, match="no adapter 'zz'; adapters in this model: a"
         ):
             pc.set_active(model, pc.Stack("a", "zz"))
-        with pytest.raises(pc.CompositionError, match="not activated yet"):
-            pc.set_active(model, pc.Parallel("a"))
+        with pytest.raises(pc.CompositionError, match="not run yet"):
+            pc.set_active(model, pc.Fuse("a"))
+        with pytest.raises(pc.CompositionError, match="outermost"):
+            pc.set_active(model, pc.Stack("a", pc.Parallel("a")))
         torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
 
 
@@ -76,6 +78,24 @@ class TestStackAndAverage:
         assert model.classifier.active == "task"
         pc.set_active(model, None)
         assert model.classifier.active is None
+
+
+class TestParallel:
+    def test_one_output_per_adapter_in_one_pass(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "classification"),
+            {"a": pc.LoRA(rank=2), "b": pc.Pfeiffer(bottleneck=3), "c": pc.BitFit()},
+        )
+        inputs = batch(model, rows=3)
+        pc.set_active(model, pc.Parallel("a", "b", "c"))
+        out = logits(model, inputs)
+        assert out.shape[0] == 9
+        split = pc.parallel_outputs(model, out)
+        for name in ("a", "b", "c"):
+            pc.set_active(model, name)
+            torch.testing.assert_close(split[name], logits(model, inputs), atol=1e-5, rtol=1e-4)
+        pc.set_active(model, None)  # leaves no hook behind
+        assert logits(model, inputs).shape[0] == 3
 
 
 ROUTED = {
