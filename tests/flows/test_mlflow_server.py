@@ -90,7 +90,8 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert "champion" in json.loads(promoted.stdout)["aliases"]
 
-    client = MlflowClient(mlflow_server.url)
+    # both URIs explicit: earlier tests in this process set MLflow's global registry URI
+    client = MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)
     model = client.get_registered_model(NAME)
     assert model.aliases["champion"] == "2" and model.aliases["previous"] == "1"
     assert "challenger" not in model.aliases  # a promoted challenger stops being one
