@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
     from ..spec import AdapterSpec
 
-from .common import JsonOption, console, emit_json, errors, human_bytes, user_errors
+from .common import (
+    JsonOption,
+    console,
+    emit_json,
+    errors,
+    human_bytes,
+    quiet_libraries,
+    user_errors,
+)
 
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.
@@ -88,6 +96,7 @@ def train(
     from ..spec import load_spec  # noqa: PLC0415
     from ..train_job import train_from_spec  # noqa: PLC0415
 
+    quiet_libraries()
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
         with progress(spec.name, enabled=not as_json) as on_step:
@@ -111,6 +120,7 @@ def quickstart(
     from ..train_job import train_from_spec  # noqa: PLC0415
 
     reports = []
+    quiet_libraries()
     with user_errors(as_json):
         for spec in quickstart_specs(data, steps=steps):
             with progress(spec.name, enabled=not as_json) as on_step:

@@ -22,6 +22,7 @@ __all__ = [
     "emit_json",
     "errors",
     "human_bytes",
+    "quiet_libraries",
     "user_errors",
 ]
 
@@ -66,6 +67,19 @@ def user_errors(as_json: bool) -> Iterator[None]:
             emit_json({"ok": False, "error": str(exc), "kind": type(exc).__name__})
         errors.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress and results: no load reports, no per-map bars.
+
+    transformers reports that a new classification head was initialised (expected here) and
+    datasets draws a bar for every small map; both drown the output people read.
+    """
+    import datasets  # noqa: PLC0415 - heavy: only commands that train call this
+    import transformers  # noqa: PLC0415
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
 
 
 def emit_json(document: Any) -> None:

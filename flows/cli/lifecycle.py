@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .build import SetOption, progress
-from .common import JsonOption, console, emit_json, user_errors
+from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
 
 __all__ = ["app"]
 
@@ -39,6 +39,7 @@ def build(
     from ..mlflow_models import sync_aliases  # noqa: PLC0415
     from ..spec import load_spec  # noqa: PLC0415
 
+    quiet_libraries()
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
         registry = Registry()
