@@ -27,6 +27,7 @@ from .composition import (
 from .config import (
     BitFit,
     FullFineTune,
+    Fusion,
     Houlsby,
     LoRA,
     MethodConfig,
@@ -77,6 +78,7 @@ __all__ = [
     "Fingerprint",
     "FullFineTune",
     "Fuse",
+    "Fusion",
     "HeadKind",
     "Houlsby",
     "LoRA",

@@ -16,6 +16,7 @@ from .errors import ConfigError
 __all__ = [
     "BitFit",
     "FullFineTune",
+    "Fusion",
     "Houlsby",
     "LoRA",
     "MethodConfig",
@@ -133,7 +134,28 @@ class FullFineTune:
     type: Literal["full"] = dataclasses.field(default="full", init=False)
 
 
-MethodConfig = LoRA | BitFit | Houlsby | Pfeiffer | FullFineTune
+@dataclass(frozen=True)
+class Fusion:
+    """AdapterFusion (Pfeiffer et al. 2020a) over frozen bottleneck adapters ``members``.
+
+    In every layer that holds all members: the ``softmax_i(Q y . K o_i / temperature)``-weighted
+    sum of ``V o_i``, where ``o_i`` is member i's output. ``V`` starts as the identity and ``Q`` at
+    zero, so a fresh fusion returns the plain average of its members' outputs.
+    """
+
+    members: tuple[str, ...] = ()
+    temperature: float = 1.0
+    type: Literal["fusion"] = dataclasses.field(default="fusion", init=False)
+
+    def __post_init__(self) -> None:
+        _require(len(self.members) >= 1, "a Fusion needs at least one member adapter")
+        _require(
+            len(set(self.members)) == len(self.members), f"duplicate members in {self.members}"
+        )
+        _require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+
+
+MethodConfig = LoRA | BitFit | Houlsby | Pfeiffer | FullFineTune | Fusion
 
 _BY_TYPE: dict[str, type[MethodConfig]] = {
     "lora": LoRA,
@@ -141,6 +163,7 @@ _BY_TYPE: dict[str, type[MethodConfig]] = {
     "houlsby": Houlsby,
     "pfeiffer": Pfeiffer,
     "full": FullFineTune,
+    "fusion": Fusion,
 }
 
 
@@ -161,8 +184,9 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"{kind}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-    if isinstance(fields.get("targets"), list):
-        fields["targets"] = tuple(fields["targets"])
+    for key in ("targets", "members"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
     return cls(**fields)
 
 

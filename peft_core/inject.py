@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
-from .config import BitFit, FullFineTune, Houlsby, LoRA, MethodConfig, Pfeiffer
+from .config import BitFit, FullFineTune, Fusion, Houlsby, LoRA, MethodConfig, Pfeiffer
 from .errors import AdapterExistsError, TargetError
 from .heads import HeadSwitch, adapter_head, body_prefix, detect_head
 from .layer import AdaptedLayer, layer_kind, named_base_modules
 from .methods.bitfit import BiasOffset
 from .methods.bottleneck import Bottleneck
+from .methods.fusion import FusionModule
 from .methods.lora import LoRAModule
 from .methods.parts import SliceParts
 from .parallel import activate_parallel, deactivate_parallel
@@ -82,6 +83,9 @@ def prepare_adapter(
 ) -> PreparedAdapter:
     """Validate and build everything :func:`add_adapter` needs, without changing ``model``."""
     _check_new_name(model, name)
+    if isinstance(config, Fusion):
+        for member in config.members:
+            get_record(model, member)  # a fusion needs its members in the model first
     overrides = dict(lora_overrides or {})
     resolved = targets if targets is not None else _resolve(model, config)
     modules = _build_modules(model, config, resolved, overrides)
@@ -118,8 +122,7 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
         validate(block)
         for name in leaves(block):
             get_record(model, name)  # unknown names: the same error as everywhere else
-        if any(isinstance(b, Fuse) for b in _blocks(block)):
-            raise CompositionError("Fuse compositions can be stored and validated but not run yet")
+        block = _with_fusions(model, block)
         if any(isinstance(b, Parallel) for b in _blocks(block)) and not isinstance(block, Parallel):
             raise CompositionError("Parallel must be the outermost block")
     deactivate_parallel(model)
@@ -185,6 +188,25 @@ def _as_block(active: Block | Iterable[str] | None) -> Block | None:
     return Stack(*names) if names else None
 
 
+def _with_fusions(model: nn.Module, block: Block) -> Block:
+    """Replace each ``Fuse(a, b)`` by the Fusion adapter trained over exactly ``a, b``."""
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Fuse):
+        members = tuple(leaves(block))
+        for record in adapter_records(model).values():
+            if isinstance(record.config, Fusion) and record.config.members == members:
+                return record.name
+        raise CompositionError(
+            f"{block!r}: no Fusion adapter over {list(members)} in the model; add one with "
+            f"pc.add_adapter(model, NAME, pc.Fusion(members={members}))"
+        )
+    children = [_with_fusions(model, child) for child in block.children]
+    if isinstance(block, Average):
+        return Average(*children, weights=block.weights)
+    return type(block)(*children)
+
+
 def _blocks(block: Block) -> list[Block]:
     if isinstance(block, str):
         return [block]
@@ -225,6 +247,8 @@ def _resolve(model: nn.Module, config: MethodConfig) -> list[Target]:
     """Turn the config's roles/patterns into module targets inside the model body."""
     if isinstance(config, FullFineTune):
         return []
+    if isinstance(config, Fusion):
+        return _fusion_targets(model, config)
     if isinstance(config, BitFit) and config.targets is None:
         return _all_biases(model)
     requested = config.placements if isinstance(config, Houlsby | Pfeiffer) else config.targets
@@ -241,6 +265,20 @@ def _resolve(model: nn.Module, config: MethodConfig) -> list[Target]:
     if unmatched:
         raise TargetError(_unmatched_message(body, requested, unmatched, model_type))
     return [_prefixed(prefix, t) for t in found]
+
+
+def _fusion_targets(model: nn.Module, config: Fusion) -> list[Target]:
+    """The layers that hold every member; members must be bottleneck adapters."""
+    records = [get_record(model, member) for member in config.members]
+    wrong = [r.name for r in records if not isinstance(r.config, Houlsby | Pfeiffer)]
+    if wrong:
+        raise TargetError(
+            f"Fusion combines bottleneck adapters (Houlsby, Pfeiffer); {wrong} are not"
+        )
+    shared = set.intersection(*({t.module_name for t in r.targets} for r in records))
+    if not shared:
+        raise TargetError(f"members {list(config.members)} share no layer: nothing to fuse")
+    return [t for t in records[0].targets if t.module_name in shared]
 
 
 def _all_biases(model: nn.Module) -> list[Target]:
@@ -336,6 +374,11 @@ def _build_one(
             )
 
         return _one_or_parts(targets, offset)
+    if isinstance(config, Fusion):
+        out = kind.out_features(base)
+        return FusionModule(
+            out, config.members, temperature=config.temperature, device=device, dtype=dtype
+        )
     if not kind.has_weight_matrix:
         raise TargetError(
             f"{config.type} cannot adapt {module_name} ({kind.name}): no weight matrix"

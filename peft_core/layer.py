@@ -119,6 +119,9 @@ class AdaptedLayer(nn.Module):
     def _run(self, block: Block, x: Tensor, y: Tensor) -> Tensor:
         if isinstance(block, str):
             adapter = self.adapter(block)
+            members = getattr(adapter, "members", None)
+            if members is not None:  # a fusion: attention over its members' outputs
+                return adapter.fuse(y, [self._run(m, x, y) for m in members])  # type: ignore[attr-defined]
             return y if adapter.merged else adapter(x, y)  # merged: already in the base weights
         if isinstance(block, Stack):
             for child in block.children:

@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .config import FullFineTune, Houlsby, Pfeiffer
+from .config import FullFineTune, Fusion, Houlsby, Pfeiffer
 from .errors import NotMergeableError
 from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
@@ -79,6 +79,8 @@ def _check_mergeable(model: nn.Module, name: str) -> None:
         raise NotMergeableError(
             f"adapter {name!r} is a full fine-tune: its weights are the model's; nothing to merge"
         )
+    if isinstance(config, Fusion):
+        raise NotMergeableError(f"adapter {name!r} is an AdapterFusion: it has no weight delta")
     if isinstance(config, Houlsby | Pfeiffer):
         raise NotMergeableError(
             f"adapter {name!r} is a {config.type} bottleneck adapter: its non-linear bottleneck "

@@ -121,8 +121,10 @@ def _plan(modules: list[nn.Module], index: Tensor) -> list[Step]:
             fused = [cast(SliceParts, m) for m in members]
             for part in fused[0].parts:  # the same targets give the same parts
                 steps += _plan([m.parts[part] for m in fused], group_index)
-        else:
+        elif kind in _STEPS:
             steps.append(_STEPS[kind](members, group_index))
+        else:
+            raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
     return steps
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -35,7 +37,7 @@ class TestBlocks:
             pc.AdapterNotFoundError, match="no adapter 'zz'; adapters in this model: a"
         ):
             pc.set_active(model, pc.Stack("a", "zz"))
-        with pytest.raises(pc.CompositionError, match="not run yet"):
+        with pytest.raises(pc.CompositionError, match=r"no Fusion adapter over \['a'\]"):
             pc.set_active(model, pc.Fuse("a"))
         with pytest.raises(pc.CompositionError, match="outermost"):
             pc.set_active(model, pc.Stack("a", pc.Parallel("a")))
@@ -96,6 +98,72 @@ class TestParallel:
             torch.testing.assert_close(split[name], logits(model, inputs), atol=1e-5, rtol=1e-4)
         pc.set_active(model, None)  # leaves no hook behind
         assert logits(model, inputs).shape[0] == 3
+
+
+class TestFusion:
+    @pytest.fixture
+    def model(self, tiny_model):
+        return with_adapters(
+            tiny_model("bert", "classification"),
+            {"a": pc.Pfeiffer(bottleneck=3), "b": pc.Pfeiffer(bottleneck=5)},
+        )
+
+    def test_a_fresh_fusion_is_the_average_and_of_one_member_that_member(self, model):
+        inputs = batch(model)
+        pc.set_active(model, pc.Average("a", "b"))
+        with torch.no_grad():
+            average = model.bert(**inputs).last_hidden_state
+        pc.add_adapter(model, "ab", pc.Fusion(members=("a", "b")))
+        with torch.no_grad():
+            fused = model.bert(**inputs).last_hidden_state
+        torch.testing.assert_close(fused, average, atol=1e-5, rtol=1e-4)
+        pc.set_active(model, pc.Fuse("a", "b"))  # the block finds the fusion over a, b
+        assert model.classifier.active == "ab"
+        pc.set_active(model, "ab")
+        layer = model.bert.encoder.layer[0].output.dense
+        x = torch.randn(2, 4, 64)
+        y = layer.base_layer(x)
+        fused = layer(x)
+        expected = 0.5 * (layer.adapters["a"](x, y) + layer.adapters["b"](x, y))
+        torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+        pc.add_adapter(model, "only-a", pc.Fusion(members=("a",)))
+        pc.set_active(model, "only-a")
+        torch.testing.assert_close(layer(x), layer.adapters["a"](x, y), atol=1e-6, rtol=1e-6)
+
+    def test_only_the_fusion_trains_and_it_round_trips(self, tiny_model, tmp_path):
+        base = tiny_model("bert", "classification")
+        pristine = copy.deepcopy(base)
+        model = with_adapters(
+            base, {"a": pc.Pfeiffer(bottleneck=3), "b": pc.Pfeiffer(bottleneck=5)}
+        )
+        pc.add_adapter(model, "ab", pc.Fusion(members=("a", "b")))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(".adapters.ab." in n or ".heads.ab." in n for n in trainable)
+        perturb_adapter(model, "ab")
+        inputs = batch(model)
+        expected = logits(model, inputs)
+        for name in ("a", "b", "ab"):
+            pc.save_adapter(model, name, tmp_path / name)
+        with pytest.raises(pc.AdapterNotFoundError, match="no adapter 'a'"):
+            pc.load_adapter(pristine, tmp_path / "ab")  # members first
+        for name in ("a", "b", "ab"):
+            pc.load_adapter(pristine, tmp_path / name)
+        torch.testing.assert_close(logits(pristine, inputs), expected, rtol=0, atol=0)
+
+    def test_bad_fusions(self, model):
+        pc.add_adapter(model, "lora", pc.LoRA())
+        with pytest.raises(pc.TargetError, match="bottleneck adapters"):
+            pc.add_adapter(model, "bad", pc.Fusion(members=("a", "lora")))
+        with pytest.raises(pc.CompositionError, match=r"no Fusion adapter over \['a', 'b'\]"):
+            pc.set_active(model, pc.Fuse("a", "b"))
+        pc.add_adapter(model, "ab", pc.Fusion(members=("a", "b")))
+        with pytest.raises(pc.NotMergeableError, match="AdapterFusion"):
+            pc.merge(model, "ab")
+        with (
+            pytest.raises(pc.ConfigError, match="cannot route FusionModule"),
+            pc.per_row(model, ["ab"]),
+        ):
+            pass
 
 
 ROUTED = {
