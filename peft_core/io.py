@@ -12,6 +12,7 @@ touched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,30 @@ def _prepare_from_meta(model: nn.Module, meta: dict[str, Any], name: str) -> Pre
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise AdapterFormatError(f"adapter metadata is malformed: {exc}") from exc
     try:
-        return prepare_adapter(model, name, config, targets=targets, lora_overrides=overrides)
+        prepared = prepare_adapter(model, name, config, targets=targets, lora_overrides=overrides)
     except PeftCoreError:
         raise
     except (AttributeError, KeyError) as exc:
         raise AdapterFormatError(f"adapter does not fit this model: {exc}") from exc
+    return _with_saved_head(prepared, meta.get("head", {}))
+
+
+def _with_saved_head(prepared: PreparedAdapter, saved: dict[str, Any]) -> PreparedAdapter:
+    """The adapter brings a head only if it was saved with one.
+
+    A language adapter trained with a (frozen) masked-LM head loads into a classifier without a
+    head of its own; an adapter with a trained classification head needs a model with that head.
+    """
+    head = prepared.record.head
+    if not saved.get("trainable", head.trainable):
+        prepared.record.head = dataclasses.replace(head, trainable=False)
+    elif not head.trainable:
+        kind = saved.get("kind")
+        raise AdapterFormatError(
+            f"adapter {prepared.record.name!r} carries a trained {kind} head, but this model's "
+            f"head is {head.kind}: load it into a model with a {kind} head"
+        )
+    return prepared
 
 
 def _read_tensors(path: Path, model: nn.Module) -> dict[str, Tensor]:

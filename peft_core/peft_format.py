@@ -12,6 +12,7 @@ block-structured (zero rows for k): the same delta, exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -155,6 +156,8 @@ def read_peft(
         targets=[Target(m) for m in modules],
         lora_overrides=overrides,
     )
+    if not head:  # saved without modules_to_save: the adapter brings no head of its own
+        prepared.record.head = dataclasses.replace(prepared.record.head, trainable=False)
     tensors = {f"{m}.lora_{ab}.weight": t for (m, ab), t in lora.items()} | head
     load_into_prepared(model, prepared, tensors, source=folder)
     return prepared.record

@@ -72,6 +72,23 @@ class TestStackAndAverage:
         pc.set_active(model, "a")
         torch.testing.assert_close(averaged, logits(model, inputs), atol=1e-5, rtol=1e-5)
 
+    def test_a_language_adapter_from_an_mlm_model_stacks_under_a_task_adapter(
+        self, tiny_model, tmp_path
+    ):
+        mlm = with_adapters(tiny_model("bert", "masked-lm"), {"lang": pc.Pfeiffer(bottleneck=4)})
+        pc.save_adapter(mlm, "lang", tmp_path / "lang")
+        classifier = with_adapters(
+            tiny_model("bert", "classification"), {"task": pc.Pfeiffer(bottleneck=4)}
+        )
+        pc.save_adapter(classifier, "task", tmp_path / "task")
+        record = pc.load_adapter(classifier, tmp_path / "lang")
+        assert not record.head.trainable  # no head of its own: the task adapter's head answers
+        pc.set_active(classifier, pc.Stack("lang", "task"))
+        assert classifier.classifier.active == "task"
+        with pytest.raises(pc.AdapterFormatError, match="carries a trained classification head"):
+            pc.load_adapter(mlm, tmp_path / "task")
+        assert pc.list_adapters(mlm) == ["lang"]
+
     def test_the_head_follows_the_last_adapter_with_one(self, tiny_model):
         model = with_adapters(
             tiny_model("bert", "classification"), {"lang": pc.Pfeiffer(), "task": pc.LoRA()}

@@ -174,6 +174,18 @@ class TestPeftFilesLoadInOurs:
         assert record.name == "from_peft"
         torch.testing.assert_close(logits(pristine, inputs), expected, atol=ATOL, rtol=1e-5)
 
+    def test_a_peft_lora_without_head_loads_into_a_classifier(self, tiny_model, tmp_path):
+        model = tiny_model("bert", "classification")
+        pristine = copy.deepcopy(model)
+        inputs = batch(model)
+        reference = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query"]))
+        train_peft_a_little(reference, inputs)
+        expected = logits(reference, inputs)  # the base model's own classifier
+        reference.save_pretrained(tmp_path)
+        record = pc.load_adapter(pristine, tmp_path, name="nohead")
+        assert not record.head.trainable
+        torch.testing.assert_close(logits(pristine, inputs), expected, atol=ATOL, rtol=1e-5)
+
     def test_dora_is_refused_clearly(self, tiny_model, tmp_path):
         model = tiny_model("bert", "classification")
         pristine = copy.deepcopy(model)
