@@ -127,17 +127,19 @@ def latencies(repeats: int) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for rows in (1, 32):
         batch = inputs(rows)
-        timings = {}
+        samples: dict[str, list[float]] = {label: [] for label in variants}
         with torch.no_grad():
-            for label, active in variants.items():
-                pc.set_active(model, active)
-                if label == "lora_merged":
-                    pc.merge(model, "lora")
-                timings[label] = median_seconds(
-                    model, **batch, repeats=repeats * (4 if rows == 1 else 1)
-                )
-                if label == "lora_merged":
-                    pc.unmerge(model, "lora")
+            # Interleaved rounds: every variant once per round, so drift in the machine's speed
+            # (other load, clocks) spreads over all variants instead of biasing the first.
+            for _ in range(2 + repeats * (4 if rows == 1 else 1)):
+                for label, active in variants.items():
+                    pc.set_active(model, active)
+                    if label == "lora_merged":
+                        pc.merge(model, "lora")
+                    samples[label].append(median_seconds(model, **batch, repeats=1, warmup=0))
+                    if label == "lora_merged":
+                        pc.unmerge(model, "lora")
+        timings = {label: statistics.median(values[2:]) for label, values in samples.items()}
         base = timings["base"]
         results[f"batch_{rows}"] = {f"{k}_ms": 1000 * v for k, v in timings.items()} | {
             f"{k}_over_base": v / base for k, v in timings.items() if k != "base"
