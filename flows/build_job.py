@@ -16,7 +16,7 @@ from registry import AdapterVersion, NotFoundError, Registry
 
 from . import tracking
 from .lineage import code_version, dataset_fingerprint
-from .mlflow_models import ensure_model_version
+from .mlflow_models import ensure_model_version, tag_run
 from .promotion import CHALLENGER, Decision, Policy, decide, promote
 from .spec import AdapterSpec
 from .train_job import TrainReport, evaluate_registered, train_from_spec
@@ -100,6 +100,8 @@ def register_and_gate(
         origin="build",
     )
     client = tracking.client()
+    if run_id:
+        tag_run(client, run_id, version)
     mlflow_version = ensure_model_version(client, version, run_id=run_id, description=card)
     policy = Policy(
         metric=spec.evaluate.metric,

@@ -28,6 +28,7 @@ __all__ = [
     "mlflow_aliases",
     "set_mlflow_alias",
     "sync_aliases",
+    "tag_run",
 ]
 
 VERSION_TAG = "adapterops.version"
@@ -72,6 +73,16 @@ def ensure_model_version(
             version.name, source=source, run_id=run_id, tags=tags, description=description
         )
         return int(created.version)
+
+
+def tag_run(client: MlflowClient, run_id: str, version: AdapterVersion) -> None:
+    """Tag the training run with what registration added: registry version, base fingerprint."""
+    with mlflow_errors(f"tag run {run_id}"):
+        client.set_tag(run_id, "adapterops.registry_version", str(version.version))
+        client.set_tag(run_id, "adapterops.digest", version.digest)
+        client.set_tag(
+            run_id, "adapterops.base_model_fingerprint", version.base_model_fingerprint or ""
+        )
 
 
 def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:

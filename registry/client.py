@@ -75,6 +75,7 @@ class Registry:
         spec: dict[str, Any] | None = None,
         description: str = "",
         origin: str = "registry",
+        base_model_revision: str | None = None,
     ) -> AdapterVersion:
         """Register a saved adapter folder as the adapter's next version.
 
@@ -102,6 +103,7 @@ class Registry:
                 spec=dict(spec or {}),
                 description=description,
                 origin=origin,
+                base_model_revision=base_model_revision,
             )
             return version
 

@@ -30,6 +30,7 @@ class AdapterVersion:
     lineage: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     base_model_fingerprint: str | None = None
+    base_model_revision: str | None = None
 
     @property
     def ref(self) -> str:
@@ -44,6 +45,7 @@ class AdapterVersion:
             "ref": self.ref,
             "base_model": self.base_model,
             "base_model_fingerprint": self.base_model_fingerprint,
+            "base_model_revision": self.base_model_revision,
             "task": self.task,
             "language": self.language,
             "method": self.method,

@@ -62,13 +62,14 @@ def register_version(
     spec: dict[str, Any],
     description: str = "",
     origin: str = "registry",
+    base_model_revision: str | None = None,
 ) -> tuple[AdapterVersion, bool]:
     """Record a new version (the bytes are already stored); ``(version, created)``.
 
     The same bytes registered again under the same adapter return the existing version
     (``created`` False): a version is identified by its content digest.
     """
-    base = _base_model(session, base_model, bundle.fingerprint)
+    base = _base_model(session, base_model, bundle.fingerprint, base_model_revision)
     adapter = _adapter(
         session,
         name,
@@ -422,10 +423,12 @@ def _best(versions: list[AdapterVersion], metric: str | None) -> AdapterVersion 
     return max(versions, key=rank)
 
 
-def _base_model(session: Session, name: str, fingerprint: str | None) -> BaseModelRow:
+def _base_model(
+    session: Session, name: str, fingerprint: str | None, revision: str | None
+) -> BaseModelRow:
     row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).first()
     if row is None:
-        row = BaseModelRow(name=name, fingerprint=fingerprint)
+        row = BaseModelRow(name=name, fingerprint=fingerprint, revision=revision)
         session.add(row)
         session.flush()
     elif fingerprint and row.fingerprint and row.fingerprint != fingerprint:
@@ -556,6 +559,7 @@ def _entities(session: Session, rows: list[_Row]) -> list[AdapterVersion]:
             lineage=dict(version.lineage),
             aliases=tuple(sorted(aliases[version.id])),
             base_model_fingerprint=base.fingerprint,
+            base_model_revision=base.revision,
         )
         for version, adapter, base in rows
     ]

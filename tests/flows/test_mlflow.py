@@ -60,6 +60,8 @@ class TestBuildIsTrackedAndMirrored:
         )
         assert len(run.data.tags["adapterops.dataset_fingerprint"]) == 64
         assert run.data.tags["adapterops.code_version"]
+        assert run.data.tags["adapterops.registry_version"] == "2"
+        assert len(run.data.tags["adapterops.base_model_fingerprint"]) == 64
         assert "eval_accuracy" in run.data.metrics and "eval_macro_f1" in run.data.metrics
         assert len(client.get_metric_history(second.run_id, "train_loss")) == STEPS
         assert len(client.get_metric_history(second.run_id, "learning_rate")) == STEPS

@@ -24,7 +24,14 @@ def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **ove
 class TestRegister:
     def test_first_version_and_its_record(self, registry, make_adapter):
         folder = make_adapter(1)
-        version = register(registry, folder, metrics={"accuracy": 0.81}, lineage={"dataset": "d1"})
+        version = register(
+            registry,
+            folder,
+            metrics={"accuracy": 0.81},
+            lineage={"dataset": "d1"},
+            base_model_revision="abc123",
+        )
+        assert version.base_model_revision == "abc123"
         assert (version.name, version.version, version.method, version.head) == (
             "tiny-sst2-en-lora",
             1,
