@@ -4,13 +4,12 @@ or a folder. It takes about 20 s to start."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from .ports import wait_until
+from .ports import stop_process_group, wait_until
 
 __all__ = ["MlflowServer"]
 
@@ -79,11 +78,4 @@ class MlflowServer:
 
     def stop(self, *, grace: float = 15) -> None:
         """SIGTERM the server's process group; SIGKILL after ``grace`` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process, grace=grace)

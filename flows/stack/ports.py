@@ -1,12 +1,16 @@
-"""Loopback ports: is one taken, find free ones, wait for a server to listen."""
+"""Loopback ports and server processes: is a port taken, find free ones, wait for a server,
+stop one."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["free_port", "port_in_use", "wait_until"]
+__all__ = ["free_port", "port_in_use", "stop_process_group", "wait_until"]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -44,3 +48,15 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: str
     raise TimeoutError(
         f"{what} did not come up within {timeout:.0f} s{f'; see {log}' if log else ''}"
     )
+
+
+def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float) -> None:
+    """SIGTERM a server started with ``start_new_session=True``; SIGKILL after ``grace`` s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -7,16 +7,14 @@ run side by side. SeaweedFS can take over 15 s to stop after SIGTERM.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .ports import free_port, wait_until
+from .ports import free_port, stop_process_group, wait_until
 
 __all__ = ["SeaweedS3", "weed_binary"]
 
@@ -114,11 +112,4 @@ class SeaweedS3:
 
     def stop(self, *, grace: float = 20) -> None:
         """SIGTERM the process group; SIGKILL after ``grace`` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process, grace=grace)
