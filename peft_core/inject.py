@@ -164,15 +164,13 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         del layer.adapters[name]
         layer.active = _prune(layer.active, set(layer.adapters))
         if len(layer.adapters) == 0:
-            parent_name, _, child = module_name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, layer.base_layer)
+            _replace_module(model, module_name, layer.base_layer)
     for module_name, switch in list(_head_switches(model)):
         if name in switch.heads:
             del switch.heads[name]
             switch.active = None if switch.active == name else switch.active
         if len(switch.heads) == 0:
-            parent_name, _, child = module_name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, switch.original)
+            _replace_module(model, module_name, switch.original)
     del adapter_records(model)[name]
 
 
@@ -424,8 +422,7 @@ def _wrap(model: nn.Module, module_name: str) -> AdaptedLayer:
     if isinstance(module, AdaptedLayer):
         return module
     wrapper = AdaptedLayer(module)
-    parent_name, _, child = module_name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, wrapper)
+    _replace_module(model, module_name, wrapper)
     return wrapper
 
 
@@ -434,9 +431,14 @@ def _head_switch(model: nn.Module, module_name: str) -> HeadSwitch:
     if isinstance(module, HeadSwitch):
         return module
     switch = HeadSwitch(module)
-    parent_name, _, child = module_name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, switch)
+    _replace_module(model, module_name, switch)
     return switch
+
+
+def _replace_module(model: nn.Module, module_name: str, replacement: nn.Module) -> None:
+    """Put ``replacement`` where ``module_name`` is (wrapping or unwrapping a layer or head)."""
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, replacement)
 
 
 def _head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:

@@ -30,10 +30,12 @@ from .common import (
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.
 
-__all__ = ["SetOption", "app", "plan_spec", "progress"]
+__all__ = ["OutOption", "SetOption", "SpecArgument", "app", "plan_spec", "progress"]
 
 app = typer.Typer()
 
+SpecArgument = Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")]
+OutOption = Annotated[Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a spec field: --set train.max_steps=50 (repeatable)."),
@@ -42,7 +44,7 @@ SetOption = Annotated[
 
 @app.command()
 def plan(
-    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
+    spec_file: SpecArgument,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -85,10 +87,8 @@ def plan_spec(spec: AdapterSpec) -> pc.Plan:
 
 @app.command()
 def train(
-    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")
-    ] = None,
+    spec_file: SpecArgument,
+    out: OutOption = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from .build import SetOption, progress
+from .build import OutOption, SetOption, SpecArgument, progress
 from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
 
 __all__ = ["app"]
@@ -23,10 +23,8 @@ app = typer.Typer()
 
 @app.command()
 def build(
-    spec_file: Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metavar="SPEC")],
-    out: Annotated[
-        Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")
-    ] = None,
+    spec_file: SpecArgument,
+    out: OutOption = None,
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
