@@ -24,7 +24,7 @@ from transformers import (
 from .errors import DataError
 from .spec import AdapterSpec
 
-__all__ = ["DataError", "PreparedData", "load_split", "make_loader", "prepare"]
+__all__ = ["DataError", "PreparedData", "load_raw", "load_split", "make_loader", "prepare"]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -58,24 +58,74 @@ def load_split(path: str, *, max_samples: int | None = None, seed: int = 0) -> d
     return dataset
 
 
-def prepare(spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, check and tokenise the spec's train and validation splits."""
+def load_raw(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The untokenised train and validation splits, checked (columns, labels, emptiness)."""
     data = spec.data
-    train = load_split(data.train, max_samples=data.max_train_samples, seed=spec.train.seed)
-    if data.validation is not None:
-        validation = load_split(
-            data.validation, max_samples=data.max_eval_samples, seed=spec.train.seed
+    seed = spec.train.seed
+    if data.dataset is not None:
+        train, validation = _from_dataset_id(spec)
+    else:
+        assert data.train is not None  # the spec guarantees one source
+        train = load_split(data.train, max_samples=data.max_train_samples, seed=seed)
+        validation = (
+            load_split(data.validation, max_samples=data.max_eval_samples, seed=seed)
+            if data.validation is not None
+            else None
         )
-    else:  # no validation split: hold out 10% of train
-        split = train.train_test_split(test_size=0.1, seed=spec.train.seed)
+    if validation is None:  # no validation split: hold out 10% of train
+        if len(train) < 2:
+            raise DataError("the train split has fewer than 2 rows: nothing to hold out")
+        split = train.train_test_split(test_size=0.1, seed=seed)
         train, validation = split["train"], split["test"]
     for name, split_data in (("train", train), ("validation", validation)):
         _check_columns(spec, split_data, name)
+    return train, validation
+
+
+def prepare(spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    """Load, check and tokenise the spec's train and validation splits."""
+    train, validation = load_raw(spec)
     return PreparedData(
         train=_tokenize(train, spec, tokenizer),
         validation=_tokenize(validation, spec, tokenizer),
         head=spec.head.type,
     )
+
+
+def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Splits of a Hugging Face datasets id (from the local cache when offline) or local folder."""
+    data = spec.data
+    try:
+        loaded = datasets.load_dataset(data.dataset, data.subset)
+    except Exception as exc:  # network, missing cache, bad folder: all one message for users
+        reason = " ".join(str(exc).split())[:300]
+        raise DataError(
+            f"cannot load dataset {data.dataset!r}"
+            f"{f' (subset {data.subset!r})' if data.subset else ''}: {reason}. Offline, only "
+            "datasets in the local Hugging Face cache or local folders can be read."
+        ) from None
+    splits = list(loaded)
+    wanted = [data.train_split, *([data.validation_split] if data.validation_split else [])]
+    missing = [s for s in wanted if s not in loaded]
+    if missing:
+        raise DataError(
+            f"dataset {data.dataset!r} has no split(s) {missing}; its splits are {splits}. "
+            "Set data.train_split / data.validation_split (or validation_split: null)."
+        )
+    seed = spec.train.seed
+
+    def take(split: str, limit: int | None) -> datasets.Dataset:
+        dataset = loaded[split]
+        if len(dataset) == 0:
+            raise DataError(f"dataset {data.dataset!r}: split {split!r} has no rows")
+        if limit is not None and limit < len(dataset):
+            dataset = dataset.shuffle(seed=seed).select(range(limit))
+        return dataset
+
+    train = take(data.train_split, data.max_train_samples)
+    if data.validation_split is None:
+        return train, None
+    return train, take(data.validation_split, data.max_eval_samples)
 
 
 def make_loader(

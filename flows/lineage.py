@@ -23,6 +23,12 @@ def dataset_fingerprint(spec: AdapterSpec) -> str:
             sort_keys=True,
         ).encode()
     )
+    if spec.data.dataset is not None:
+        from .data import load_raw  # noqa: PLC0415 - datasets loads only when a dataset id is used
+
+        for split in load_raw(spec):  # datasets' own content fingerprints of the selected rows
+            digest.update(split._fingerprint.encode())
+        return digest.hexdigest()
     for location in (spec.data.train, spec.data.validation):
         if location is None:
             continue

@@ -96,15 +96,34 @@ MethodSpec = Annotated[
 
 
 class DataSpec(_Strict):
-    """Where the examples are and which columns hold text and labels."""
+    """Where the examples are and which columns hold text and labels.
 
-    train: str
+    Either local files (``train``, optional ``validation``: TSV, CSV, JSON lines or Parquet) or a
+    Hugging Face datasets id / local dataset folder (``dataset``, optional ``subset``, and split
+    names). Without a validation split, 10% of train is held out (seeded).
+    """
+
+    train: str | None = None
     validation: str | None = None
+    dataset: str | None = None
+    subset: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = "validation"
     text: str = "sentence"
     text_pair: str | None = None
     label: str | None = "label"
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.train is None) == (self.dataset is None):
+            raise ValueError(
+                "give either data.train (a local file) or data.dataset (a datasets id or folder)"
+            )
+        if self.dataset is not None and self.validation is not None:
+            raise ValueError("data.validation is a file; with data.dataset use validation_split")
+        return self
 
 
 class TrainSpec(_Strict):
@@ -117,6 +136,9 @@ class TrainSpec(_Strict):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     max_length: int = Field(default=128, ge=8)
     seed: int = 0
+    # auto: bf16 autocast on a CUDA GPU that supports it, fp32 otherwise.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=50, ge=1)
 
 
 class EvaluateSpec(_Strict):
@@ -255,5 +277,13 @@ def _resolve_paths(data: DataSpec, base_dir: Path) -> DataSpec:
             return str(local.resolve())
         return value
 
-    update = {"train": resolve(data.train), "validation": resolve(data.validation)}
+    def resolve_folder(value: str | None) -> str | None:
+        local = base_dir / value if value is not None else None
+        return str(local.resolve()) if local is not None and local.is_dir() else value
+
+    update = {
+        "train": resolve(data.train),
+        "validation": resolve(data.validation),
+        "dataset": resolve_folder(data.dataset),
+    }
     return data.model_copy(update=update)

@@ -22,6 +22,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from registry.settings import adapterops_home
+
 from .errors import TrackingUnavailableError
 from .model_card import model_card
 from .plots import confusion_matrix_plot, loss_curve_plot
@@ -43,7 +45,7 @@ _FLUSH_EVERY = 25  # steps per batch of metrics sent to the server
 
 def home() -> Path:
     """``ADAPTEROPS_HOME`` (the embedded defaults' folder)."""
-    return Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
+    return adapterops_home()
 
 
 def tracking_uri() -> str:
@@ -108,11 +110,16 @@ class RunTracker:
         self._pending: list[Metric] = []
 
     @contextmanager
-    def run(self) -> Iterator[RunTracker]:
-        """Start the run (params and tags now), end it FINISHED or FAILED."""
+    def run(self, *, resume: str | None = None) -> Iterator[RunTracker]:
+        """Start the run (params and tags now), or reopen run ``resume`` (a later step of the same
+        build); end it FINISHED or FAILED."""
         experiment_id = configure()
         with mlflow_errors("start a run"):
-            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.spec.name)
+            active = mlflow.start_run(
+                run_id=resume,
+                experiment_id=experiment_id,
+                run_name=None if resume else self.spec.name,
+            )
         self.run_id = active.info.run_id
         status = "FAILED"
         try:

@@ -26,15 +26,27 @@ from transformers import (
 
 import peft_core as pc
 
-from .data import make_loader, prepare
+from .data import PreparedData, make_loader
+from .distributed import Placement, placement, replicas_agree, wrap
 from .evaluation import evaluate
 from .models import resolve_base_model
+from .prepare_job import prepare_cached
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
     from registry import Registry
 
-__all__ = ["TrainReport", "evaluate_registered", "load_base_model", "train_from_spec"]
+__all__ = [
+    "TrainReport",
+    "evaluate_folder",
+    "evaluate_model",
+    "evaluate_registered",
+    "load_base_model",
+    "load_tokenizer",
+    "train_from_spec",
+    "training_precision",
+    "write_report",
+]
 
 _AUTO = {
     "classification": AutoModelForSequenceClassification,
@@ -60,6 +72,10 @@ class TrainReport:
     output: str
     losses: list[float] = field(default_factory=list, repr=False)
     learning_rates: list[float] = field(default_factory=list, repr=False)
+    world_size: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    resumed_from_step: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (without the per-step curves)."""
@@ -68,12 +84,18 @@ class TrainReport:
         return data
 
 
+def load_tokenizer(spec: AdapterSpec) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, with a padding token (GPT-2 and Llama ship without one)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(spec.base_model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The spec's base model with its head, and its tokenizer (from local files only)."""
     path = resolve_base_model(spec.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(spec)
     options: dict[str, Any] = {}
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
@@ -88,48 +110,56 @@ def train_from_spec(
     output: str | Path,
     *,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    evaluate_after: bool = True,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainReport:
-    """Train, evaluate and save ``spec``'s adapter into ``output``; returns the report.
+    """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
     ``on_step(step, total_steps, loss, learning_rate)`` is called after every optimiser step
-    (progress bars, experiment tracking).
+    (progress bars, experiment tracking). With ``checkpoint_dir`` a crashed run resumes from its
+    last checkpoint. Under ``torchrun`` every process trains its shard of each batch (DDP); rank 0
+    evaluates and saves, the other ranks return a report with an empty ``output``.
     """
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
-    model, tokenizer = load_base_model(spec)
-    data = prepare(spec, tokenizer)
-    config = spec.method.to_config()
-    pc.add_adapter(model, spec.name, config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    cfg = spec.train
-    train_loader = make_loader(
-        data.train,
-        tokenizer,
-        head=data.head,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
+    with placement() as where:
+        model, tokenizer = load_base_model(spec)
+        data = _prepared_on_every_rank(spec, tokenizer, where)
+        config = spec.method.to_config()
+        pc.add_adapter(model, spec.name, config)
+        model.to(where.device)
+        cfg = spec.train
+        rows = data.train.shard(where.world_size, where.rank) if where.distributed else data.train
+        train_loader = make_loader(
+            rows, tokenizer, head=data.head, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed
+        )
+        per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+        steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+        report_step = on_step if on_step is not None and where.is_main else None
+        started = time.perf_counter()
+        result = pc.train(
+            wrap(model, where),
+            train_loader,
+            max_steps=steps,
+            learning_rate=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            warmup_ratio=cfg.warmup_ratio,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            precision=training_precision(spec, where.device),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=cfg.checkpoint_every,
+            on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))
+            if report_step
+            else None,
+        )
+        seconds = time.perf_counter() - started
+        if not replicas_agree(model, where):
+            raise RuntimeError("DDP replicas disagree after training: gradients were not synced")
+    metrics = (
+        evaluate_model(model, data.validation, tokenizer, head=data.head)
+        if (evaluate_after and where.is_main)
+        else {}
     )
-    per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
-    started = time.perf_counter()
-    result = pc.train(
-        model,
-        train_loader,
-        max_steps=steps,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        on_step=(lambda step, loss, lr: on_step(step, steps, loss, lr)) if on_step else None,
-    )
-    seconds = time.perf_counter() - started
-    eval_loader = make_loader(
-        data.validation, tokenizer, head=data.head, batch_size=64, shuffle=False
-    )
-    metrics = evaluate(model, eval_loader, head=data.head)
-    folder = pc.save_adapter(model, spec.name, output, tokenizer=tokenizer)
     costs = pc.plan(model, config)
     report = TrainReport(
         name=spec.name,
@@ -142,12 +172,66 @@ def train_from_spec(
         median_step_seconds=result.median_step_seconds,
         final_loss=result.losses[-1],
         metrics=metrics,
-        output=str(folder),
+        output="",
         losses=result.losses,
         learning_rates=result.learning_rates,
+        world_size=where.world_size,
+        device=str(where.device),
+        precision=training_precision(spec, where.device),
+        resumed_from_step=result.resumed_from,
     )
-    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not where.is_main:
+        return report
+    folder = pc.save_adapter(model, spec.name, output, tokenizer=tokenizer)
+    report.output = str(folder)
+    write_report(report)
     return report
+
+
+def write_report(report: TrainReport) -> None:
+    """``report.json`` beside the adapter files."""
+    (Path(report.output) / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def training_precision(spec: AdapterSpec, device: torch.device) -> pc.Precision:
+    """``auto`` means bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere."""
+    wanted = spec.train.precision
+    if wanted != "auto":
+        return wanted
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return "bf16" if cuda_bf16 else "fp32"
+
+
+def evaluate_model(
+    model: nn.Module, validation: Any, tokenizer: PreTrainedTokenizerBase, *, head: str
+) -> dict[str, Any]:
+    """Metrics of ``model`` (its active adapter) on a tokenised validation split."""
+    loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
+    return evaluate(model, loader, head=head)
+
+
+def evaluate_folder(spec: AdapterSpec, folder: str | Path) -> dict[str, Any]:
+    """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
+    evaluate step: a fresh base model, the saved files, the cached prepared data)."""
+    model, tokenizer = load_base_model(spec)
+    pc.load_adapter(model, folder, name=spec.name)
+    pc.set_active(model, spec.name)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    data, _ = prepare_cached(spec, tokenizer)
+    return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
+
+
+def _prepared_on_every_rank(
+    spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase, where: Placement
+) -> PreparedData:
+    """Rank 0 prepares (or finds the cache entry) first; the others then read the cache."""
+    if where.is_main:
+        data, _ = prepare_cached(spec, tokenizer)
+    if where.distributed:
+        torch.distributed.barrier()
+    if not where.is_main:
+        data, _ = prepare_cached(spec, tokenizer)
+    return data
 
 
 def evaluate_registered(spec: AdapterSpec, ref: str, registry: Registry) -> dict[str, Any]:
@@ -155,6 +239,5 @@ def evaluate_registered(spec: AdapterSpec, ref: str, registry: Registry) -> dict
     model, tokenizer = load_base_model(spec)
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)
-    validation = prepare(spec, tokenizer).validation
-    loader = make_loader(validation, tokenizer, head=spec.head.type, batch_size=64, shuffle=False)
-    return evaluate(model, loader, head=spec.head.type)
+    data, _ = prepare_cached(spec, tokenizer)
+    return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)

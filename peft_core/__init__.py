@@ -62,7 +62,7 @@ from .plan import Plan, build_on_meta, plan
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
-from .training import TrainResult, train
+from .training import Precision, TrainResult, train
 
 __all__ = [
     "ROLES",
@@ -89,6 +89,7 @@ __all__ = [
     "PeftCoreError",
     "Pfeiffer",
     "Plan",
+    "Precision",
     "Stack",
     "TargetError",
     "TrainResult",

@@ -1,23 +1,39 @@
 """A small, explicit training loop for adapters (AdamW, linear warm-up and decay).
 
 Only parameters with ``requires_grad`` are optimised, so after ``add_adapter`` this trains the
-adapter (and a new head) and nothing else. The flows add data preparation, checkpoints, devices and
-tracking around it.
+adapter (and a new head) and nothing else. The loop also knows the three things a long run needs:
+
+- **checkpoints and resume**: every ``checkpoint_every`` steps the trainable weights, optimiser,
+  scheduler, RNG states and the curves so far are written atomically to ``checkpoint_dir``; a new
+  call with the same folder continues from the last one and ends with the same weights an
+  uninterrupted run would have (batches are replayed from the seeded loader, not re-shuffled);
+- **bf16**: ``precision="bf16"`` runs forward and loss under ``torch.autocast`` (weights and
+  optimiser stay fp32, as mixed precision should);
+- **DDP**: pass a ``DistributedDataParallel``-wrapped model; gradients are all-reduced by DDP and
+  only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import get_linear_schedule_with_warmup
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
 
 Batch = Mapping[str, Tensor]
+Precision = Literal["fp32", "bf16"]
+CHECKPOINT_FILE = "checkpoint.pt"
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass
@@ -27,6 +43,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
+    resumed_from: int = 0  # the step a checkpoint put us at (0: a fresh start)
 
     @property
     def median_step_seconds(self) -> float:
@@ -45,6 +62,9 @@ def train(
     warmup_ratio: float = 0.06,
     max_grad_norm: float = 1.0,
     gradient_accumulation_steps: int = 1,
+    precision: Precision = "fp32",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimiser steps over ``batches`` (cycled if shorter).
@@ -52,7 +72,8 @@ def train(
     Each batch is a mapping of model inputs including ``labels``; the model returns the loss.
     With ``gradient_accumulation_steps`` = k, each optimiser step averages the gradients of k
     batches. Batches move to the model's device. ``on_step(step, loss, learning_rate)`` is called
-    after every optimiser step.
+    after every optimiser step. ``batches`` must yield the same sequence each time it is iterated
+    (a DataLoader with a seeded generator does) for a resumed run to equal an uninterrupted one.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -61,14 +82,27 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * max_steps), max_steps)
     device = params[0].device
     result = TrainResult()
+    checkpoints = _Checkpoints(checkpoint_dir, model) if checkpoint_dir is not None else None
     stream = _cycle(batches)
+    if checkpoints is not None:
+        result = checkpoints.restore(
+            optimizer,
+            scheduler,
+            max_steps=max_steps,
+            replay=stream,
+            per_step=gradient_accumulation_steps,
+        )
     model.train()
-    for step in range(max_steps):
+    for step in range(result.resumed_from, max_steps):
         started = time.perf_counter()
         step_loss = 0.0
-        for _ in range(gradient_accumulation_steps):
+        for micro in range(gradient_accumulation_steps):
             batch = {k: v.to(device) for k, v in next(stream).items()}
-            loss = model(**batch).loss / gradient_accumulation_steps
+            # DDP all-reduces on the last micro-batch only (no_sync skips the others).
+            last = micro == gradient_accumulation_steps - 1
+            sync = model.no_sync() if isinstance(model, DDP) and not last else _NO_CONTEXT
+            with sync, _autocast(device, precision):
+                loss = model(**batch).loss / gradient_accumulation_steps
             loss.backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -81,8 +115,95 @@ def train(
         result.step_seconds.append(time.perf_counter() - started)
         if on_step is not None:
             on_step(step, step_loss, learning_rate_used)
+        done = step + 1
+        if checkpoints is not None and (done % checkpoint_every == 0 or done == max_steps):
+            checkpoints.save(optimizer, scheduler, result, step=done)
     model.eval()
     return result
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class _Checkpoints:
+    """One rolling checkpoint file (write to a temporary name, then rename: never half-written)."""
+
+    def __init__(self, folder: str | Path, model: nn.Module) -> None:
+        self.file = Path(folder) / CHECKPOINT_FILE
+        self.model = model
+        rank = int(os.environ.get("RANK", "0"))
+        self.writer = rank == 0 and (
+            not torch.distributed.is_available()
+            or not torch.distributed.is_initialized()
+            or torch.distributed.get_rank() == 0
+        )
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {
+            name: param.detach().cpu().clone()
+            for name, param in self.model.named_parameters()
+            if param.requires_grad
+        }
+
+    def save(self, optimizer: Any, scheduler: Any, result: TrainResult, *, step: int) -> None:
+        if not self.writer:
+            return
+        state = {
+            "step": step,
+            "weights": self.trainable_state(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "losses": result.losses,
+            "learning_rates": result.learning_rates,
+            "step_seconds": result.step_seconds,
+        }
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.file.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self.file)
+
+    def restore(
+        self,
+        optimizer: Any,
+        scheduler: Any,
+        *,
+        max_steps: int,
+        replay: Iterator[Batch],
+        per_step: int,
+    ) -> TrainResult:
+        """Load the last checkpoint (if any) and advance ``replay`` past the batches it used."""
+        if not self.file.is_file():
+            return TrainResult()
+        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        expected = set(self.trainable_state())
+        if set(state["weights"]) != expected or state["step"] > max_steps:
+            raise ValueError(
+                f"checkpoint {self.file} does not belong to this run (different trainable "
+                f"parameters or more steps than {max_steps}); delete it to start afresh"
+            )
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        # Replay first: collators draw from the global RNG (masking), which is restored after.
+        for _ in range(int(state["step"]) * per_step):
+            next(replay)
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return TrainResult(
+            losses=list(state["losses"]),
+            learning_rates=list(state["learning_rates"]),
+            step_seconds=list(state["step_seconds"]),
+            resumed_from=int(state["step"]),
+        )
 
 
 def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:

@@ -14,7 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "adapterops_home"]
+
+
+def adapterops_home() -> Path:
+    """``ADAPTEROPS_HOME`` (default ``./.adapterops``), resolved: the embedded defaults' folder."""
+    return Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Read the environment, falling back to the embedded defaults under ``ADAPTEROPS_HOME``."""
-        home = Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
+        home = adapterops_home()
         return cls(
             database_url=os.environ.get("ADAPTEROPS_REGISTRY_URL")
             or f"sqlite:///{home / 'registry.db'}",

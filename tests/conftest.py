@@ -18,7 +18,8 @@ import torch
 import transformers as T
 from torch import nn
 
-from flows.stack import PostgresServer, SeaweedS3, free_port
+from flows.stack import PostgresServer, PrefectServer, SeaweedS3, free_port
+from flows.stack.prefect_server import prefect_environment
 from tests.helpers import TINY_CONFIGS, minilm_path
 
 # ../shared/data beside the repository (CI lays it there); ADAPTEROPS_SHARED_DATA overrides.
@@ -105,3 +106,25 @@ def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
 
 
 _AWS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(service_dir: Path) -> Iterator[PrefectServer]:
+    """A real Prefect server (SQLite) for the session; flows in tests and CLI runs report to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = PrefectServer(
+        port=free_port(), home=service_dir / "prefect", log=service_dir / "prefect.log", ui=False
+    )
+    server.start()
+    environment = prefect_environment(server.home, server.api_url)
+    previous = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()

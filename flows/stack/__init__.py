@@ -1,4 +1,4 @@
-"""Real services on this machine, without Docker: PostgreSQL and SeaweedFS (S3).
+"""Real services on this machine, without Docker: PostgreSQL, SeaweedFS (S3), MLflow and Prefect.
 
 Used by the tests (throwaway servers) and by ``adapterops stack`` (a local stack that keeps its
 data). Every server binds to 127.0.0.1 only.
@@ -7,6 +7,15 @@ data). Every server binds to 127.0.0.1 only.
 from .mlflow_server import MlflowServer
 from .ports import free_port, port_in_use
 from .postgres import PostgresServer
+from .prefect_server import PrefectServer, PrefectWorker
 from .seaweedfs import SeaweedS3
 
-__all__ = ["MlflowServer", "PostgresServer", "SeaweedS3", "free_port", "port_in_use"]
+__all__ = [
+    "MlflowServer",
+    "PostgresServer",
+    "PrefectServer",
+    "PrefectWorker",
+    "SeaweedS3",
+    "free_port",
+    "port_in_use",
+]

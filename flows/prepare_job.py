@@ -1,0 +1,94 @@
+"""Prepared (tokenised) data, cached by fingerprint: an unchanged dataset is prepared once.
+
+The cache key is the dataset fingerprint (the data files' bytes and the settings that select
+them) plus everything that changes tokenisation: base model, head type and columns. A cache entry
+is written to a temporary folder and renamed into place, so a crash never leaves a half entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from registry.settings import adapterops_home
+
+from .data import PreparedData, prepare
+from .lineage import dataset_fingerprint
+from .spec import AdapterSpec
+
+__all__ = ["PreparedInfo", "cache_root", "preparation_key", "prepare_cached"]
+
+
+@dataclass(frozen=True)
+class PreparedInfo:
+    """What the prepare step hands on: small values, never the data itself."""
+
+    dataset_fingerprint: str
+    key: str
+    path: str
+    train_rows: int
+    validation_rows: int
+    cached: bool  # True when this call found the entry already prepared
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def cache_root() -> Path:
+    """``$ADAPTEROPS_HOME/cache/prepared``."""
+    return adapterops_home() / "cache" / "prepared"
+
+
+def preparation_key(spec: AdapterSpec, fingerprint: str) -> str:
+    """sha256 of the dataset fingerprint and the settings that change tokenisation."""
+    settings = {
+        "dataset": fingerprint,
+        "base_model": spec.base_model,
+        "head": spec.head.type,
+        "columns": [spec.data.text, spec.data.text_pair, spec.data.label],
+        "max_length": spec.train.max_length,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_cached(
+    spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreparedData, PreparedInfo]:
+    """The spec's tokenised splits, from the cache when this exact preparation was done before."""
+    fingerprint = dataset_fingerprint(spec)
+    key = preparation_key(spec, fingerprint)
+    folder = cache_root() / key
+    cached = (folder / "train").is_dir() and (folder / "validation").is_dir()
+    if not cached:
+        prepared = prepare(spec, tokenizer)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=folder.parent))
+        prepared.train.save_to_disk(str(scratch / "train"))
+        prepared.validation.save_to_disk(str(scratch / "validation"))
+        try:
+            scratch.rename(folder)
+        except OSError:  # another process prepared the same data first: use theirs
+            shutil.rmtree(scratch, ignore_errors=True)
+    data = PreparedData(
+        train=datasets.load_from_disk(str(folder / "train")),
+        validation=datasets.load_from_disk(str(folder / "validation")),
+        head=spec.head.type,
+    )
+    info = PreparedInfo(
+        dataset_fingerprint=fingerprint,
+        key=key,
+        path=str(folder),
+        train_rows=len(data.train),
+        validation_rows=len(data.validation),
+        cached=cached,
+    )
+    return data, info

@@ -1,0 +1,64 @@
+"""Which specs a scheduled retraining run rebuilds, and how each one ended.
+
+A spec is due when it was never built, when its data changed (the dataset fingerprint differs from
+the newest version's), when the spec itself changed, or when its ``schedule.cron`` fired since the
+newest version was registered. Code changes alone do not retrain everything: a build's identity
+includes the code version, so ``adapterops build`` is the way to rebuild on new code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cronsim import CronSim
+
+from registry import Registry
+
+from .lineage import dataset_fingerprint
+from .spec import AdapterSpec
+
+__all__ = ["RetrainOutcome", "due_reason", "last_fire"]
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """One spec's line in a retraining report."""
+
+    spec: str
+    name: str
+    status: str  # "built", "up to date" or "failed"
+    reason: str
+    ref: str = ""
+    promoted: bool = False
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def last_fire(cron: str, now: datetime) -> datetime:
+    """The latest time at or before ``now`` (UTC) when ``cron`` fired."""
+    return next(CronSim(cron, now.astimezone(UTC), reverse=True))
+
+
+def due_reason(spec: AdapterSpec, registry: Registry, *, now: datetime | None = None) -> str | None:
+    """Why ``spec`` should be rebuilt now, or None when its newest version is current."""
+    versions = registry.find(name=spec.name)
+    if not versions:
+        return "never built"
+    newest = max(versions, key=lambda v: v.version)
+    if newest.lineage.get("dataset_fingerprint") != dataset_fingerprint(spec):
+        return "data changed"
+    if newest.spec and newest.spec != spec.model_dump(mode="json"):
+        return "spec changed"
+    if spec.schedule.cron:
+        fired = last_fire(spec.schedule.cron, now or datetime.now(UTC))
+        built = (
+            newest.created_at if newest.created_at.tzinfo else newest.created_at.replace(tzinfo=UTC)
+        )
+        if built < fired:
+            return f"schedule {spec.schedule.cron!r} fired at {fired:%Y-%m-%d %H:%M} UTC"
+    return None

@@ -1,0 +1,130 @@
+"""A Prefect server (``prefect server start``) and a process worker, on loopback. The server
+takes 10-15 s to start; SQLite under its home by default, PostgreSQL when given a URL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from .ports import stop_process_group, wait_until
+
+__all__ = ["PrefectServer", "PrefectWorker", "prefect_environment"]
+
+
+def prefect_environment(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Variables every Prefect process of a stack shares (offline: no analytics)."""
+    environment = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+    }
+    if api_url:
+        environment["PREFECT_API_URL"] = api_url
+    return environment
+
+
+class PrefectServer:
+    """``prefect server start --host 127.0.0.1 --port PORT``."""
+
+    def __init__(
+        self, *, port: int, home: Path, log: Path, database_url: str | None = None, ui: bool = True
+    ) -> None:
+        self.port = port
+        self.home = home
+        self.log = log
+        self.database_url = database_url
+        self.ui = ui
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        """``PREFECT_API_URL`` for clients and workers."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def environment(self) -> dict[str, str]:
+        """The server's own environment additions."""
+        environment = prefect_environment(self.home)
+        environment["PREFECT_UI_ENABLED"] = "true" if self.ui else "false"
+        if self.database_url:
+            environment["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        return environment
+
+    def start(self, *, timeout: float = 120) -> None:
+        """Start the server and wait until ``/api/health`` answers."""
+        command = [
+            sys.executable, "-m", "prefect", "server", "start",
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, **self.environment()}
+        environment.pop("PREFECT_API_URL", None)  # the server must not talk to another server
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_until(
+            self.healthy,
+            timeout=timeout,
+            what=f"Prefect server on {self.api_url}",
+            log=str(self.log),
+        )
+
+    def healthy(self) -> bool:
+        """Whether ``/api/health`` answers OK."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"Prefect server exited with {self.process.returncode}; see {self.log}"
+            )
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, *, grace: float = 15) -> None:
+        """SIGTERM the server's process group; SIGKILL after ``grace`` seconds."""
+        stop_process_group(self.process, grace=grace)
+
+
+class PrefectWorker:
+    """``prefect worker start --pool POOL --type process``: runs deployments' flow runs as
+    subprocesses with the worker's environment (the stack's URLs and credentials)."""
+
+    def __init__(
+        self, *, pool: str, api_url: str, home: Path, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.pool = pool
+        self.api_url = api_url
+        self.home = home
+        self.log = log
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start polling the pool (the pool is created if missing)."""
+        command = [
+            sys.executable, "-m", "prefect", "worker", "start",
+            "--pool", self.pool, "--type", "process",
+        ]  # fmt: skip
+        environment = {**os.environ, **prefect_environment(self.home, self.api_url), **self.env}
+        # Flow runs start `python -m ...` from this interpreter's folder.
+        environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def running(self) -> bool:
+        """Whether the worker process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, grace: float = 15) -> None:
+        """SIGTERM the worker (it finishes cleanly); SIGKILL after ``grace`` seconds."""
+        stop_process_group(self.process, grace=grace)

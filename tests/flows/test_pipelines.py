@@ -1,0 +1,185 @@
+"""The Prefect flows on a real Prefect server: build (idempotent, resumable), prepare (cached),
+retrain (one failure does not stop the others)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+
+from flows import pipelines
+from flows.prepare_job import prepare_cached
+from flows.retrain import due_reason, last_fire
+from flows.spec import load_spec
+from flows.train_job import load_tokenizer
+from registry import Registry
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "embedded_home")
+
+
+def write_spec(folder: Path, sst2: Path, *, name: str = "flow-sst2", **changes: object) -> Path:
+    """A MiniLM SST-2 LoRA spec small enough to build in seconds."""
+    document: dict = {
+        "name": name,
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "task": "sst2",
+        "language": "en",
+        "head": {"type": "classification", "num_labels": 2},
+        "method": {"type": "lora", "rank": 4},
+        "data": {
+            "train": str(sst2 / "en" / "train.tsv"),
+            "validation": str(sst2 / "en" / "validation.tsv"),
+            "max_train_samples": 48,
+            "max_eval_samples": 48,
+        },
+        "train": {"max_steps": 6, "batch_size": 8, "max_length": 32, "checkpoint_every": 2},
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        document[section] = {**document[section], field: value} if field else value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def flow_runs(flow_name: str) -> list:
+    with get_client(sync_client=True) as client:
+        return [r for r in client.read_flow_runs() if r.name and flow_name in r.name]
+
+
+class TestBuild:
+    def test_builds_registers_promotes_and_then_reuses(self, tmp_path: Path, sst2_dir: Path):
+        spec_path = write_spec(tmp_path, sst2_dir)
+        first = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert (first["version"], first["alias"], first["promoted"]) == (1, "champion", True)
+        assert first["reused"] is False and 0.0 <= first["metrics"]["accuracy"] <= 1.0
+
+        again = pipelines.build(str(spec_path), output=str(tmp_path / "out-again"))
+        assert again["reused"] is True and again["version"] == 1
+        assert not (tmp_path / "out-again").exists()  # nothing was trained
+        assert [v.version for v in Registry().find(name="flow-sst2")] == [1]
+
+        runs = flow_runs(f"build {spec_path}")
+        assert len(runs) == 2 and all(r.state.is_completed() for r in runs)
+
+        changed = pipelines.build(str(spec_path), ["train.seed=1"], output=str(tmp_path / "o2"))
+        assert changed["version"] == 2 and changed["reused"] is False
+
+    def test_a_crashed_build_leaves_no_version_and_resumes_on_rerun(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        spec_path = write_spec(tmp_path, sst2_dir, name="crashy")
+
+        def crash(step: int, total: int, loss: float, learning_rate: float) -> None:
+            if step == 4:
+                raise RuntimeError("power cut")
+
+        pipelines.set_progress(crash)
+        try:
+            with pytest.raises(RuntimeError, match="power cut"):
+                pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        finally:
+            pipelines.set_progress(None)
+        assert Registry().find(name="crashy") == []
+
+        result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert result["version"] == 1
+        report = yaml.safe_load((tmp_path / "out" / "report.json").read_text())
+        assert report["resumed_from_step"] == 4  # the checkpoint at step 4, not a fresh start
+        assert report["steps"] == 6
+
+
+class TestPrepare:
+    def test_an_unchanged_dataset_is_prepared_once(self, tmp_path: Path, sst2_dir: Path):
+        spec = load_spec(write_spec(tmp_path, sst2_dir))
+        tokenizer = load_tokenizer(spec)
+        _, first = prepare_cached(spec, tokenizer)
+        _, second = prepare_cached(spec, tokenizer)
+        assert (first.cached, second.cached) == (False, True)
+        assert first.key == second.key and first.train_rows == 48
+
+        other = load_spec(write_spec(tmp_path, sst2_dir, data__max_train_samples=40))
+        _, third = prepare_cached(other, tokenizer)
+        assert third.cached is False and third.key != first.key and third.train_rows == 40
+
+    def test_the_prepare_flow_reports_the_cache_entry(self, tmp_path: Path, sst2_dir: Path):
+        info = pipelines.prepare(str(write_spec(tmp_path, sst2_dir)))
+        assert Path(info["path"]).is_dir() and len(info["dataset_fingerprint"]) == 64
+
+    def test_a_datasets_folder_with_splits_is_read(self, tmp_path: Path, sst2_dir: Path):
+        folder = tmp_path / "my-dataset"
+        folder.mkdir()
+        lines = (sst2_dir / "en" / "validation.tsv").read_text().splitlines()
+        header, rows = lines[0], lines[1:]
+        (folder / "train.csv").write_text(
+            "\n".join(
+                [
+                    header.replace("\t", ","),
+                    *[r.replace(",", " ").replace("\t", ",") for r in rows[:60]],
+                ]
+            )
+        )
+        (folder / "test.csv").write_text(
+            "\n".join([header.replace("\t", ","), *[r.replace(",", " ").replace("\t", ",") for r in rows[60:90]]])
+        )  # fmt: skip
+        spec = load_spec(
+            write_spec(
+                tmp_path, sst2_dir, data={"dataset": str(folder), "validation_split": "test"}
+            )
+        )
+        data, info = prepare_cached(spec, load_tokenizer(spec))
+        assert (info.train_rows, info.validation_rows) == (60, 30)
+        assert "labels" in data.train.column_names
+
+
+class TestRetrain:
+    def test_builds_what_is_due_and_reports_every_outcome(self, tmp_path: Path, sst2_dir: Path):
+        current = write_spec(tmp_path, sst2_dir, name="current")
+        pipelines.build(str(current), output=str(tmp_path / "o-current"))
+        fresh = write_spec(tmp_path, sst2_dir, name="fresh")
+        broken = write_spec(tmp_path, sst2_dir, name="broken", data__train="/nowhere/x.tsv")
+
+        outcomes = pipelines.retrain([str(broken), str(current), str(fresh)], output=str(tmp_path))
+        by_spec = {Path(o["spec"]).stem: o for o in outcomes}
+        assert by_spec["broken"]["status"] == "failed"
+        assert "does not exist" in by_spec["broken"]["reason"]
+        assert by_spec["current"]["status"] == "up to date"
+        assert by_spec["fresh"] == {**by_spec["fresh"], "status": "built", "reason": "never built"}
+        assert by_spec["fresh"]["ref"] == "fresh@1"
+
+    def test_changed_data_makes_a_spec_due(self, tmp_path: Path, sst2_dir: Path):
+        data = tmp_path / "data"
+        data.mkdir()
+        source = (sst2_dir / "en" / "validation.tsv").read_text().splitlines()
+        (data / "train.tsv").write_text("\n".join(source[:80]) + "\n")
+        spec_path = write_spec(
+            tmp_path, sst2_dir, name="drift",
+            data={"train": str(data / "train.tsv"), "max_eval_samples": 20},
+        )  # fmt: skip
+        pipelines.build(str(spec_path), output=str(tmp_path / "o1"))
+        registry = Registry()
+        assert due_reason(load_spec(spec_path), registry) is None
+        (data / "train.tsv").write_text("\n".join(source[:100]) + "\n")
+        assert due_reason(load_spec(spec_path), registry) == "data changed"
+        outcome = pipelines.retrain([str(spec_path)], output=str(tmp_path))[0]
+        assert (outcome["status"], outcome["ref"]) == ("built", "drift@2")
+
+
+class TestSchedule:
+    def test_last_fire_walks_the_cron_backwards(self):
+        now = datetime(2026, 11, 29, 17, 30, tzinfo=UTC)
+        assert last_fire("0 3 * * *", now) == datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+        assert last_fire("0 3 * * 1", now) == datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+
+    def test_a_schedule_that_fired_since_the_last_build_is_due(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        spec_path = write_spec(tmp_path, sst2_dir, name="nightly", schedule={"cron": "0 3 * * *"})
+        pipelines.build(str(spec_path), output=str(tmp_path / "o"))
+        spec, registry = load_spec(spec_path), Registry()
+        assert due_reason(spec, registry) is None
+        tomorrow = datetime.now(UTC) + timedelta(days=1, hours=1)
+        assert "fired at" in (due_reason(spec, registry, now=tomorrow) or "")

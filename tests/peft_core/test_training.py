@@ -1,0 +1,111 @@
+"""The training loop: a resumed run ends where an uninterrupted one does; bf16 autocast trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import peft_core as pc
+from tests.helpers import TINY_CONFIGS
+
+
+class Crash(Exception):
+    pass
+
+
+def model_with_lora() -> torch.nn.Module:
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = TINY_CONFIGS["bert"]()
+    model = T.AutoModelForSequenceClassification.from_config(config)
+    pc.add_adapter(model, "a", pc.LoRA(rank=4, dropout=0.1))  # dropout: the RNG state matters
+    return model
+
+
+def batches(count: int = 5) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(7)
+    return [
+        {
+            "input_ids": torch.randint(5, 90, (4, 9), generator=generator),
+            "attention_mask": torch.ones(4, 9, dtype=torch.long),
+            "labels": torch.randint(0, 3, (4,), generator=generator),
+        }
+        for _ in range(count)
+    ]
+
+
+def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+OPTIONS = {"max_steps": 8, "learning_rate": 1e-2, "gradient_accumulation_steps": 2}
+
+
+class TestCheckpoints:
+    def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(self, tmp_path: Path):
+        whole = model_with_lora()
+        torch.manual_seed(123)
+        expected = pc.train(whole, batches(), **OPTIONS)
+
+        crashed = model_with_lora()
+        torch.manual_seed(123)
+
+        def crash_at_step_5(step: int, loss: float, lr: float) -> None:
+            if step == 5:
+                raise Crash
+
+        with pytest.raises(Crash):
+            pc.train(
+                crashed, batches(), checkpoint_dir=tmp_path, checkpoint_every=3,
+                on_step=crash_at_step_5, **OPTIONS,
+            )  # fmt: skip
+        assert (tmp_path / pc.training.CHECKPOINT_FILE).is_file()
+
+        resumed = model_with_lora()
+        with torch.no_grad():  # a different adapter start: the checkpoint must overwrite it
+            for param in trainable_params(resumed):
+                param.add_(torch.randn_like(param))
+        result = pc.train(
+            resumed, batches(), checkpoint_dir=tmp_path, checkpoint_every=3, **OPTIONS
+        )
+        assert result.resumed_from == 3
+        assert result.losses == pytest.approx(expected.losses, rel=1e-5)
+        for name, value in trainable(whole).items():
+            torch.testing.assert_close(trainable(resumed)[name], value)
+
+    def test_a_checkpoint_of_another_model_is_refused(self, tmp_path: Path):
+        model = model_with_lora()
+        pc.train(model, batches(), max_steps=2, learning_rate=1e-3, checkpoint_dir=tmp_path)
+        other = model_with_lora()
+        pc.add_adapter(other, "b", pc.BitFit())
+        with pytest.raises(ValueError, match="does not belong to this run"):
+            pc.train(other, batches(), max_steps=4, learning_rate=1e-3, checkpoint_dir=tmp_path)
+
+    def test_a_finished_checkpoint_is_not_trained_again(self, tmp_path: Path):
+        model = model_with_lora()
+        pc.train(model, batches(), max_steps=4, learning_rate=1e-3, checkpoint_dir=tmp_path)
+        again = pc.train(
+            model_with_lora(), batches(), max_steps=4, learning_rate=1e-3, checkpoint_dir=tmp_path
+        )
+        assert again.resumed_from == 4
+        assert len(again.losses) == 4
+
+
+class TestPrecision:
+    def test_bf16_autocast_trains_and_keeps_fp32_weights(self):
+        model = model_with_lora()
+        before = trainable(model)
+        result = pc.train(
+            model, batches(), max_steps=6, learning_rate=1e-2, precision="bf16", warmup_ratio=0
+        )
+        assert all(torch.isfinite(torch.tensor(result.losses)))
+        after = trainable(model)
+        assert all(value.dtype == torch.float32 for value in after.values())
+        assert any(not torch.equal(after[n], before[n]) for n in before)
