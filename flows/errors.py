@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BaseModelNotFound", "DataError", "TrackingUnavailableError"]
+__all__ = ["BaseModelNotFound", "DataError", "OrchestrationError", "TrackingUnavailableError"]
 
 
 class DataError(Exception):
@@ -15,3 +15,7 @@ class BaseModelNotFound(Exception):
 
 class TrackingUnavailableError(Exception):
     """MLflow cannot be reached or refused a request (after retries)."""
+
+
+class OrchestrationError(Exception):
+    """The Prefect server cannot be reached, or refused a deployment or a run."""

@@ -20,8 +20,9 @@ from transformers import PreTrainedTokenizerBase
 
 from registry.settings import adapterops_home
 
-from .data import PreparedData, prepare
+from .data import PreparedData, load_raw, prepare
 from .lineage import dataset_fingerprint
+from .models import resolve_base_model
 from .spec import AdapterSpec
 
 __all__ = ["PreparedInfo", "cache_root", "preparation_key", "prepare_cached"]
@@ -92,3 +93,10 @@ def prepare_cached(
         cached=cached,
     )
     return data, info
+
+
+def check_inputs(spec: AdapterSpec) -> None:
+    """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
+    missing data file or split, missing columns, labels outside ``num_labels``, no rows."""
+    resolve_base_model(spec.base_model)
+    load_raw(spec)

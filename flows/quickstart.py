@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .spec import AdapterSpec, parse_spec
 
-__all__ = ["METHOD_RECIPES", "QUICKSTART_METHODS", "minilm_sst2_spec", "quickstart_specs"]
+__all__ = [
+    "METHOD_RECIPES",
+    "QUICKSTART_METHODS",
+    "minilm_sst2_spec",
+    "quickstart_specs",
+    "write_spec_file",
+]
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -37,7 +45,7 @@ def minilm_sst2_spec(
     document = {
         "name": name or f"minilm-sst2-{language}-{method}",
         "base_model": MINILM,
-        "task": "sst2",
+        "task": "sst2" if name is None else name.split("-")[1],
         "language": language,
         "head": {"type": "classification", "num_labels": 2},
         "method": fields,
@@ -57,9 +65,17 @@ def minilm_sst2_spec(
     return parse_spec(document, source=f"{method} on {data}")
 
 
-def quickstart_specs(data: Path, *, steps: int) -> list[AdapterSpec]:
+def quickstart_specs(data: Path, *, steps: int, task: str = "sentiment") -> list[AdapterSpec]:
     """One spec per quickstart method over ``data/{train,validation}.tsv``."""
     return [
-        minilm_sst2_spec(method, data, steps=steps, name=f"quickstart-sst2-en-{method}")
+        minilm_sst2_spec(method, data, steps=steps, name=f"quickstart-{task}-en-{method}")
         for method in QUICKSTART_METHODS
     ]
+
+
+def write_spec_file(spec: AdapterSpec, folder: Path) -> Path:
+    """``spec`` as ``folder/NAME.yaml`` (flows and deployments take spec files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.name}.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    return path

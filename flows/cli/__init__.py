@@ -6,9 +6,11 @@ says what to fix); 1 an unexpected failure. Every command takes ``--json`` for s
 
 from __future__ import annotations
 
+import os
+
 import typer
 
-from . import build, lifecycle, registry
+from . import build, lifecycle, operate, registry
 
 __all__ = ["app", "main"]
 
@@ -19,11 +21,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for commands in (build.app, lifecycle.app, registry.app):
+for commands in (build.app, lifecycle.app, operate.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(registry.db_app, name="db")
 
 
 def main() -> None:
     """Entry point of the console script."""
+    # Flow and task state lines would bury the progress bar and results; warnings still show.
+    # PREFECT_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,6 +102,8 @@ def train(
         spec = load_spec(spec_file, overrides)
         with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
+    if not report.output:  # a torchrun worker other than rank 0: rank 0 reports
+        return
     if as_json:
         emit_json({"ok": True, **report.to_dict()})
         return
@@ -110,27 +113,42 @@ def train(
 @app.command()
 def quickstart(
     data: Annotated[
-        Path, typer.Option(help="Folder with train.tsv and validation.tsv (sentence, label).")
-    ] = Path("../shared/data/sst2/en"),
-    steps: Annotated[int, typer.Option(help="Training steps per method.")] = 150,
+        Path | None,
+        typer.Option(
+            help="Folder with train.tsv and validation.tsv (sentence, label), e.g. "
+            "../shared/data/sst2/en. Default: a small sentiment set the quickstart writes itself."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per method.", min=1)] = 150,
     as_json: JsonOption = False,
 ) -> None:
-    """Train LoRA, BitFit and Pfeiffer adapters on MiniLM and compare them in one table."""
-    from ..quickstart import quickstart_specs  # noqa: PLC0415
-    from ..train_job import train_from_spec  # noqa: PLC0415
+    """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
+    as Prefect flow runs on the embedded defaults) and compare them in one table."""
+    from registry.settings import adapterops_home  # noqa: PLC0415
 
-    reports = []
+    from .. import pipelines  # noqa: PLC0415
+    from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415
+    from ..quickstart_data import write_sentiment_data  # noqa: PLC0415
+
     quiet_libraries()
-    with user_errors(as_json):
-        for spec in quickstart_specs(data, steps=steps):
+    rows = []
+    with user_errors(as_json, one_line_failures=True):
+        home = adapterops_home() / "quickstart"
+        folder = data if data is not None else write_sentiment_data(home / "data")
+        task = "sst2" if data is not None else "sentiment"
+        for spec in quickstart_specs(folder, steps=steps, task=task):
+            spec_path = write_spec_file(spec, home / "specs")
+            output = Path("out") / spec.name
             with progress(spec.name, enabled=not as_json) as on_step:
-                report = train_from_spec(spec, Path("out") / spec.name, on_step=on_step)
-            reports.append(report.to_dict())
+                pipelines.set_progress(on_step)
+                result = pipelines.build(str(spec_path), output=str(output))
+            report = _built_report(result["ref"], output)
+            rows.append({**report, **result, "spec": str(spec_path), "data": str(folder)})
     if as_json:
-        emit_json({"ok": True, "adapters": reports})
+        emit_json({"ok": True, "adapters": rows})
         return
-    _report_table(reports)
-    console.print("Adapters are in [bold]out/[/]; each folder has adapter.json and report.json.")
+    _report_table(rows)
+    _next_steps(rows)
 
 
 @contextmanager
@@ -155,32 +173,53 @@ def progress(
         yield update
 
 
+def _built_report(ref: str, output: Path) -> dict[str, Any]:
+    """The training report of a build (fetched from the registry when this run reused it)."""
+    if not (output / "report.json").is_file():
+        from registry import Registry  # noqa: PLC0415
+
+        Registry().fetch(ref, output)
+    report: dict[str, Any] = json.loads((output / "report.json").read_text())
+    return report
+
+
+def _next_steps(rows: list[dict[str, Any]]) -> None:
+    from ..tracking import tracking_uri  # noqa: PLC0415
+
+    champion = next((r for r in rows if r.get("alias") == "champion"), rows[0])
+    name = champion["name"]
+    lines = [
+        f"Data: {rows[0]['data']}   Specs: {Path(rows[0]['spec']).parent}   Adapters: out/",
+        f"Review runs and versions:  mlflow ui --backend-store-uri {tracking_uri()}",
+        "The registry:              adapterops ls   |   adapterops show " + f"{name}@champion",
+        f"Try the champion:          adapterops predict {name}@champion "
+        '--text "the plot is not dull"',
+        f"Build your own:            adapterops build {Path(rows[0]['spec'])}",
+    ]
+    console.print("\n".join(lines), highlight=False)
+
+
 def _report_table(reports: list[dict[str, Any]]) -> None:
-    table = Table(title="Trained adapters")
-    for column in (
-        "adapter",
-        "method",
-        "trainable params",
-        "adapter size",
-        "metric",
-        "steps",
-        "time",
-    ):
-        table.add_column(column, justify="left" if column in ("adapter", "method") else "right")
+    table = Table(title="Adapters")
+    versioned = all("ref" in r for r in reports)
+    columns = ["version" if versioned else "adapter", "method", "trainable", "size", "metric"]
+    for column in [*columns, "steps", "time", *(["alias"] if versioned else [])]:
+        table.add_column(column, justify="left" if column in ("version", "adapter") else "right")
     for r in reports:
         metrics = r["metrics"]
         metric = (
-            f"accuracy {metrics['accuracy']:.3f}"
+            f"acc {metrics['accuracy']:.3f}"
             if "accuracy" in metrics
-            else f"perplexity {metrics['perplexity']:.1f}"
+            else f"ppl {metrics['perplexity']:.1f}"
         )
         table.add_row(
-            r["name"],
+            r["ref"] if versioned else r["name"],
             r["method"],
             f"{r['trainable_params']:,}",
             human_bytes(r["adapter_bytes"]),
             metric,
             str(r["steps"]),
             f"{r['train_seconds']:.0f} s",
+            *([r["alias"]] if versioned else []),
         )
     console.print(table)

@@ -13,7 +13,12 @@ from rich.console import Console
 
 import registry as rg
 
-from ..errors import BaseModelNotFound, DataError, TrackingUnavailableError
+from ..errors import (
+    BaseModelNotFound,
+    DataError,
+    OrchestrationError,
+    TrackingUnavailableError,
+)
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -39,6 +44,7 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         DataError,
         BaseModelNotFound,
         TrackingUnavailableError,
+        OrchestrationError,
         rg.RegistryError,
     ]
     for module, name in (("peft_core", "PeftCoreError"), ("flows.spec", "SpecError")):
@@ -50,23 +56,29 @@ def _user_error_types() -> tuple[type[Exception], ...]:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
 
 
+EXIT_FAILURE = 1
+
+
 @contextmanager
-def user_errors(as_json: bool) -> Iterator[None]:
+def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[None]:
     """Turn bad input into one clear message and exit code 2, never a traceback.
 
     With ``--json``, whatever libraries print while the command works (MLflow prints run links)
-    goes to stderr, so stdout carries exactly one JSON document.
+    goes to stderr, so stdout carries exactly one JSON document. With ``one_line_failures``
+    (commands CI runs), any other failure is one line and exit code 1 instead of a traceback.
     """
     try:
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             yield
     except Exception as exc:
-        if not isinstance(exc, _user_error_types()):
+        bad_input = isinstance(exc, _user_error_types())
+        if not bad_input and not one_line_failures:
             raise
+        message = str(exc) if bad_input else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if as_json:
-            emit_json({"ok": False, "error": str(exc), "kind": type(exc).__name__})
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+            emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
+        errors.print(f"[bold red]error:[/] {message}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILURE) from None
 
 
 def quiet_libraries() -> None:
@@ -79,6 +91,7 @@ def quiet_libraries() -> None:
     import transformers  # noqa: PLC0415
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
 

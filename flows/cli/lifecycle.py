@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from .build import OutOption, SetOption, SpecArgument, progress
 from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
@@ -28,29 +29,57 @@ def build(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train, evaluate, register and (if it beats the champion) promote one adapter. For CI:
-    exit 0 whether promoted or not (the JSON says which), 2 on bad input, 1 on failure."""
-    from registry import Registry  # noqa: PLC0415 - heavy imports only for this command
-
-    from .. import tracking  # noqa: PLC0415
-    from ..build_job import build_from_spec  # noqa: PLC0415
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    """Train, evaluate, register and (if it beats the champion) promote one adapter, as a Prefect
+    flow run. The same spec, data and code return the version built before. For CI: exit 0
+    whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
+    from .. import pipelines  # noqa: PLC0415 - heavy imports only for this command
+    from ..prepare_job import check_inputs  # noqa: PLC0415
     from ..spec import load_spec  # noqa: PLC0415
 
     quiet_libraries()
-    with user_errors(as_json):
+    with user_errors(as_json, one_line_failures=True):
         spec = load_spec(spec_file, overrides)
-        registry = Registry()
-        sync_aliases(registry, tracking.client(), [spec.name])
+        check_inputs(spec)  # bad input fails here, before a flow run exists
         with progress(spec.name, enabled=not as_json) as on_step:
-            result = build_from_spec(
-                spec, registry, out or Path("out") / spec.name, on_step=on_step
+            pipelines.set_progress(on_step)
+            result = pipelines.build(
+                str(spec_file.resolve()), overrides, str(out or Path("out") / spec.name)
             )
     if as_json:
-        emit_json({"ok": True, **result.to_dict()})
+        emit_json({"ok": True, **result})
         return
-    verdict = "promoted to" if result.promoted else "registered as"
-    console.print(f"{result.ref} {verdict} [bold]{result.alias}[/]: {result.decision}")
+    if result["reused"]:
+        console.print(f"{result['ref']}: {result['decision']}")
+        return
+    verdict = "promoted to" if result["promoted"] else "registered as"
+    console.print(f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {result['decision']}")
+
+
+@app.command()
+def retrain(
+    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    out: Annotated[Path, typer.Option(help="Folder for the adapters.")] = Path("out"),
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild the specs whose data or spec changed or whose schedule fired since their last
+    build. One failing spec does not stop the others; exit 1 if any failed."""
+    from .. import pipelines  # noqa: PLC0415
+
+    quiet_libraries()
+    with user_errors(as_json, one_line_failures=True):
+        outcomes = pipelines.retrain([str(p.resolve()) for p in spec_files], str(out))
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    if as_json:
+        emit_json({"ok": not failed, "outcomes": outcomes})
+    else:
+        table = Table(title="Retraining")
+        for column in ("spec", "status", "reason", "version"):
+            table.add_column(column)
+        for o in outcomes:
+            table.add_row(Path(o["spec"]).name, o["status"], o["reason"], o["ref"])
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("promote")

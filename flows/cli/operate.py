@@ -1,0 +1,70 @@
+"""Commands that put adapters to work: ``deploy`` (scheduled builds on a Prefect server) and
+``predict`` (run a registered adapter on text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+
+@app.command()
+def deploy(
+    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    pool: Annotated[str, typer.Option(help="Prefect work pool (process type).")] = "adapterops",
+    as_json: JsonOption = False,
+) -> None:
+    """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``;
+    a worker on POOL runs them (``prefect worker start --pool POOL``)."""
+    from ..deploy_job import deploy_specs  # noqa: PLC0415
+
+    with user_errors(as_json, one_line_failures=True):
+        deployed = deploy_specs(spec_files, pool=pool)
+    if as_json:
+        emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
+        return
+    table = Table(title=f"Deployments on work pool {pool}")
+    for column in ("deployment", "schedule", "spec"):
+        table.add_column(column)
+    for d in deployed:
+        table.add_row(d.name, d.cron or "(on demand)", d.spec)
+    console.print(table)
+    console.print(f"Run one now: prefect deployment run '{deployed[0].name}'")
+
+
+@app.command()
+def predict(
+    ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
+    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Run a registered adapter on text: label and probabilities (classification), top tokens
+    for the mask (masked LM) or a continuation (causal LM)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from ..predict_job import predict as run_prediction  # noqa: PLC0415
+
+    quiet_libraries()
+    with user_errors(as_json):
+        resolved, predictions = run_prediction(Registry(), ref, text)
+    if as_json:
+        emit_json({"ok": True, "ref": resolved, "predictions": [p.to_dict() for p in predictions]})
+        return
+    table = Table(title=resolved)
+    table.add_column("text")
+    table.add_column("prediction")
+    for p in predictions:
+        if p.label is not None:
+            answer = f"label {p.label} ({max(p.probabilities):.1%})"
+        else:
+            answer = ", ".join(p.tokens) or p.continuation
+        table.add_row(p.text, answer)
+    console.print(table)

@@ -1,0 +1,93 @@
+"""Prefect deployments of the build flow, one per spec, on a cron from the spec's ``schedule``.
+
+A worker polling the work pool runs them (``prefect worker start --pool POOL``; the local stack
+starts one). The worker's environment decides where runs write: registry, artifacts and MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import OrchestrationError
+from .spec import load_spec
+
+__all__ = ["DEFAULT_POOL", "DeploymentInfo", "deploy_specs", "ensure_pool"]
+
+DEFAULT_POOL = "adapterops"
+ENTRYPOINT = "flows/entrypoints.py:build"  # loaded by path on the worker
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployment ``adapterops deploy`` created or updated."""
+
+    spec: str
+    name: str  # "build/<spec name>", as `prefect deployment run` takes it
+    id: str
+    pool: str
+    cron: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - prefect loads when used
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise OrchestrationError(
+            "deployments live on a Prefect server: set PREFECT_API_URL (for example "
+            "http://127.0.0.1:4200/api; `adapterops stack up` starts one and writes it)"
+        )
+    return str(url)
+
+
+def ensure_pool(pool: str) -> None:
+    """Create the ``process`` work pool ``pool`` unless it exists."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    url = _api_url()
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    except OSError as exc:
+        raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+
+
+def deploy_specs(spec_paths: list[Path], *, pool: str = DEFAULT_POOL) -> list[DeploymentInfo]:
+    """Validate every spec first, then create (or update) one deployment per spec."""
+    from .pipelines import build  # noqa: PLC0415
+
+    specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
+    ensure_pool(pool)
+    deployed = []
+    for path, spec in specs:
+        deployment_id = build.from_source(source=str(_ROOT), entrypoint=ENTRYPOINT).deploy(
+            name=spec.name,
+            work_pool_name=pool,
+            cron=spec.schedule.cron,
+            parameters={"spec_path": str(path)},
+            description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) from {path}",
+            tags=["adapterops", spec.task, spec.language],
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
+        info = DeploymentInfo(
+            spec=str(path),
+            name=f"build/{spec.name}",
+            id=str(deployment_id),
+            pool=pool,
+            cron=spec.schedule.cron,
+        )
+        deployed.append(info)
+    return deployed

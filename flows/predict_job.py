@@ -1,0 +1,100 @@
+"""Run a registered adapter on text: ``adapterops predict REF --text ...``.
+
+Classification adapters return the label and its probabilities; masked-LM adapters the most
+likely tokens for each mask; causal-LM adapters a greedy continuation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+import peft_core as pc
+from registry import Registry
+
+from .errors import DataError
+from .spec import AdapterSpec, parse_spec
+from .train_job import load_base_model
+
+__all__ = ["Prediction", "predict"]
+
+_TOP_TOKENS = 5
+_NEW_TOKENS = 20
+
+
+@dataclass
+class Prediction:
+    """One text's answer."""
+
+    text: str
+    label: int | None = None
+    probabilities: list[float] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # masked LM: top tokens of the first mask
+    continuation: str = ""  # causal LM
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (empty fields dropped)."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, [], "")}
+
+
+def predict(registry: Registry, ref: str, texts: list[str]) -> tuple[str, list[Prediction]]:
+    """The version ``ref`` resolves to, and its prediction for each text."""
+    if not texts:
+        raise DataError("give at least one --text")
+    version = registry.get(ref)
+    if not version.spec:
+        raise DataError(
+            f"{version.ref} was pushed without a spec, so its head and base model settings are "
+            "unknown; predict works on versions built by adapterops build"
+        )
+    spec = parse_spec(version.spec, source=f"{version.ref} spec")
+    model, tokenizer = load_base_model(spec)
+    registry.load_into(model, version.ref, name=spec.name)
+    pc.set_active(model, spec.name)
+    model.eval()
+    run = {"classification": _classify, "masked-lm": _fill_mask, "causal-lm": _continue}
+    return version.ref, run[spec.head.type](model, tokenizer, texts, spec)
+
+
+@torch.no_grad()
+def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    encoded = tokenizer(
+        texts, padding=True, truncation=True, max_length=spec.train.max_length, return_tensors="pt"
+    )
+    probabilities = model(**encoded).logits.softmax(-1)  # (texts, labels)
+    return [
+        Prediction(text=t, label=int(p.argmax()), probabilities=[round(float(x), 4) for x in p])
+        for t, p in zip(texts, probabilities, strict=True)
+    ]
+
+
+@torch.no_grad()
+def _fill_mask(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    mask = tokenizer.mask_token
+    missing = [t for t in texts if mask not in t]
+    if missing:
+        raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing[0]!r})")
+    results = []
+    for text in texts:
+        encoded = tokenizer(text, return_tensors="pt")
+        position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
+        logits = model(**encoded).logits[0, position]  # (vocab,)
+        top = logits.topk(_TOP_TOKENS).indices.tolist()
+        results.append(Prediction(text=text, tokens=[tokenizer.decode([i]).strip() for i in top]))
+    return results
+
+
+@torch.no_grad()
+def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    results = []
+    for text in texts:
+        encoded = tokenizer(text, return_tensors="pt")
+        output = model.generate(
+            **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+        new = output[0, encoded["input_ids"].shape[1] :]
+        results.append(Prediction(text=text, continuation=tokenizer.decode(new)))
+    return results

@@ -1,0 +1,162 @@
+"""The flow commands as users run them: quickstart (offline, Prefect's temporary server), build,
+retrain, deploy (a real Prefect server and a worker), predict, and training under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.stack import PrefectServer, PrefectWorker
+from tests.flows.test_pipelines import write_spec
+from tests.helpers import run_cli
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The user's environment with embedded defaults under ``home`` and no Prefect server."""
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_TRACKING", "ADAPTEROPS_"))
+    }
+    return {
+        **environment,
+        "HF_HUB_OFFLINE": "1",
+        "ADAPTEROPS_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **extra,
+    }
+
+
+class TestQuickstart:
+    def test_builds_three_methods_on_its_own_data_then_predicts(self, tmp_path: Path):
+        env = clean_env(tmp_path / "home")
+        result = run_cli("quickstart", "--steps", "3", "--json", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        adapters = json.loads(result.stdout)["adapters"]
+        assert [a["method"] for a in adapters] == ["lora", "bitfit", "pfeiffer"]
+        assert all(a["alias"] == "champion" and a["version"] == 1 for a in adapters)
+        assert all(Path(a["data"]) == tmp_path / "home" / "quickstart" / "data" for a in adapters)
+        assert all(0.0 <= a["metrics"]["accuracy"] <= 1.0 and a["steps"] == 3 for a in adapters)
+        assert "Traceback" not in result.stderr and "LOAD REPORT" not in result.stderr
+
+        listed = run_cli("ls", "--json", env=env, cwd=tmp_path)
+        assert {v["name"] for v in json.loads(listed.stdout)} == {a["name"] for a in adapters}
+
+        champion = f"{adapters[0]['name']}@champion"
+        predicted = run_cli(
+            "predict", champion, "--text", "the plot is superb", "--text", "the cast is dull",
+            "--json", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert predicted.returncode == 0, predicted.stderr[-2000:]
+        answers = json.loads(predicted.stdout)
+        assert answers["ref"] == f"{adapters[0]['name']}@1"
+        for answer in answers["predictions"]:
+            assert answer["label"] in (0, 1)
+            assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.usefixtures("prefect_server")
+class TestBuildCommand:
+    def test_bad_data_fails_before_any_flow_run(self, tmp_path: Path, sst2_dir: Path):
+        bad = tmp_path / "bad.tsv"
+        bad.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+        spec = write_spec(tmp_path, sst2_dir, data__train=str(bad))
+        result = run_cli("build", str(spec), "--json", env=clean_env(tmp_path / "h", PREFECT_API_URL="http://127.0.0.1:9/api"))  # fmt: skip
+        assert result.returncode == 2  # the unreachable Prefect server was never needed
+        assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
+        assert "Traceback" not in result.stderr
+
+    def test_second_build_reuses_the_version(self, tmp_path: Path, sst2_dir: Path):
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
+        spec = write_spec(tmp_path, sst2_dir, name="cli-build")
+        first = run_cli("build", str(spec), "--json", env=env, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = run_cli("build", str(spec), "--json", env=env, cwd=tmp_path)
+        assert second.returncode == 0, second.stderr[-3000:]
+        one, two = json.loads(first.stdout), json.loads(second.stdout)
+        assert (one["reused"], two["reused"]) == (False, True)
+        assert one["ref"] == two["ref"] == "cli-build@1"
+
+    def test_retrain_reports_each_spec_and_exits_1_if_one_failed(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
+        good = write_spec(tmp_path, sst2_dir, name="good")
+        broken = write_spec(tmp_path, sst2_dir, name="broken", base_model="no/such-model")
+        result = run_cli("retrain", str(broken), str(good), "--json", env=env, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr[-3000:]
+        outcomes = {Path(o["spec"]).stem: o for o in json.loads(result.stdout)["outcomes"]}
+        assert outcomes["broken"]["status"] == "failed"
+        assert "unknown base model 'no/such-model'" in outcomes["broken"]["reason"]
+        assert (outcomes["good"]["status"], outcomes["good"]["ref"]) == ("built", "good@1")
+
+
+class TestDeploy:
+    def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):
+        spec = write_spec(tmp_path, sst2_dir)
+        result = run_cli("deploy", str(spec), env=clean_env(tmp_path / "h"))
+        assert result.returncode == 2
+        assert "set PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
+
+    def test_a_worker_runs_the_scheduled_deployment(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        home = tmp_path / "worker-home"
+        env = {**clean_env(home), "PREFECT_API_URL": prefect_server.api_url}
+        spec = write_spec(tmp_path, sst2_dir, name="nightly-en", schedule={"cron": "0 3 * * *"})
+        result = run_cli("deploy", str(spec), "--pool", "test-pool", "--json", env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (deployment,) = json.loads(result.stdout)["deployments"]
+        assert deployment["name"] == "build/nightly-en"
+
+        with get_client(sync_client=True) as client:
+            stored = client.read_deployment_by_name("build/nightly-en")
+            assert stored.work_pool_name == "test-pool"
+            assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+
+        worker = PrefectWorker(
+            pool="test-pool", api_url=prefect_server.api_url, home=home / "prefect",
+            log=tmp_path / "worker.log", env={"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        worker.start()
+        try:
+            run = run_deployment("build/nightly-en", timeout=300)
+        finally:
+            worker.stop()
+        assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+        listed = run_cli("ls", "--json", env=clean_env(home))
+        assert [v["ref"] for v in json.loads(listed.stdout)] == ["nightly-en@1"]
+
+
+class TestTorchrun:
+    def test_two_processes_train_one_adapter_with_ddp(self, tmp_path: Path, sst2_dir: Path):
+        spec = write_spec(tmp_path, sst2_dir, name="ddp")
+        command = [
+            str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+            str(Path(sys.executable).parent / "adapterops"),
+            "train", str(spec), "--out", str(tmp_path / "out"), "--json",
+        ]  # fmt: skip
+        started = time.monotonic()
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, check=False,
+            env={**clean_env(tmp_path / "h"), "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # rank 0 reports, rank 1 stays quiet
+        report = json.loads(lines[0])
+        assert (report["world_size"], report["device"], report["steps"]) == (2, "cpu", 6)
+        saved = yaml.safe_load((tmp_path / "out" / "report.json").read_text())
+        assert saved["world_size"] == 2 and time.monotonic() - started < 300
