@@ -20,6 +20,7 @@ from registry.settings import adapterops_home
 
 from . import tracking
 from .lineage import code_version, dataset_fingerprint
+from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import ensure_model_version, tag_run
 from .promotion import CHALLENGER, Decision, Policy, decide, promote
 from .spec import AdapterSpec
@@ -69,7 +70,11 @@ class BuildResult:
 def build_lineage(spec: AdapterSpec) -> dict[str, str]:
     """Dataset fingerprint, code version and the build key they make with the spec."""
     lineage = {"dataset_fingerprint": dataset_fingerprint(spec), "code_version": code_version()}
-    material = json.dumps([spec.model_dump(mode="json"), lineage], sort_keys=True)
+    members = members_of_spec(spec)
+    if members:  # a fusion over name@champion means different things as the champion moves
+        registry = Registry()
+        members = [registry.get(ref).ref for ref in members]
+    material = json.dumps([spec.model_dump(mode="json"), lineage, members], sort_keys=True)
     return {**lineage, "build_key": hashlib.sha256(material.encode()).hexdigest()}
 
 
@@ -136,7 +141,7 @@ def evaluate_tracked(
 ) -> tuple[TrainReport, str]:
     """Evaluate the saved adapter, log metrics and artifacts to its run; returns the completed
     report and the model card (also written to the adapter folder as README.md)."""
-    report.metrics = evaluate_folder(spec, report.output)
+    report.metrics = evaluate_folder(spec, report.output, members=report.members)
     write_report(report)
     tracker = tracking.RunTracker(spec)
     with tracker.run(resume=run_id):
@@ -191,7 +196,11 @@ def register_and_gate(
         task=spec.task,
         language=spec.language,
         metrics=numeric,
-        lineage={**lineage, "run_id": run_id},
+        lineage={
+            **lineage,
+            "run_id": run_id,
+            **({LINEAGE_KEY: report.members} if report.members else {}),
+        },
         spec=spec.model_dump(mode="json"),
         description=spec.description,
         origin="build",

@@ -15,6 +15,7 @@ import peft_core as pc
 from registry import Registry
 
 from .errors import DataError
+from .members import load_members, members_of_version
 from .spec import AdapterSpec, parse_spec
 from .train_job import load_base_model
 
@@ -51,6 +52,7 @@ def predict(registry: Registry, ref: str, texts: list[str]) -> tuple[str, list[P
         )
     spec = parse_spec(version.spec, source=f"{version.ref} spec")
     model, tokenizer = load_base_model(spec)
+    load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name)
     pc.set_active(model, spec.name)
     model.eval()

@@ -21,7 +21,9 @@ from transformers import PreTrainedTokenizerBase
 from registry.settings import adapterops_home
 
 from .data import PreparedData, load_raw, prepare
+from .errors import DataError
 from .lineage import dataset_fingerprint
+from .members import members_of_spec
 from .models import resolve_base_model
 from .spec import AdapterSpec
 
@@ -99,4 +101,26 @@ def check_inputs(spec: AdapterSpec) -> None:
     """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
     missing data file or split, missing columns, labels outside ``num_labels``, no rows."""
     resolve_base_model(spec.base_model)
+    _check_members(spec)
     load_raw(spec)
+
+
+def _check_members(spec: AdapterSpec) -> None:
+    """A fusion's members must be registered bottleneck adapters of the same base model."""
+    refs = members_of_spec(spec)
+    if not refs:
+        return
+    from registry import Registry  # noqa: PLC0415 - only fusions need the registry here
+
+    registry = Registry()
+    for ref in refs:
+        version = registry.get(ref)
+        if version.method not in ("houlsby", "pfeiffer"):
+            raise DataError(
+                f"fusion member {ref} is a {version.method} adapter; AdapterFusion combines "
+                "bottleneck adapters (houlsby, pfeiffer)"
+            )
+        if version.base_model != spec.base_model:
+            raise DataError(
+                f"fusion member {ref} was trained on {version.base_model}, not {spec.base_model}"
+            )

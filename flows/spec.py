@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import peft_core as pc
 
-__all__ = ["AdapterSpec", "SpecError", "apply_overrides", "load_spec", "parse_spec"]
+__all__ = [
+    "AdapterSpec",
+    "SpecError",
+    "apply_overrides",
+    "load_spec",
+    "member_name",
+    "parse_spec",
+]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
 
@@ -90,8 +97,29 @@ class FullSpec(_MethodSpec):
     type: Literal["full"]
 
 
+class FusionSpec(_MethodSpec):
+    """AdapterFusion over registered bottleneck adapters: ``members`` are registry references
+    (``name``, ``name@3``, ``name@champion``), loaded frozen before the fusion trains."""
+
+    type: Literal["fusion"]
+    members: list[str] = Field(min_length=1)
+    temperature: float = 1.0
+
+    def to_config(self) -> pc.MethodConfig:
+        """The peft_core Fusion over the members' adapter names."""
+        return pc.Fusion(
+            members=tuple(member_name(ref) for ref in self.members), temperature=self.temperature
+        )
+
+
+def member_name(ref: str) -> str:
+    """The adapter name in a registry reference: ``name@champion`` -> ``name``."""
+    return ref.partition("@")[0]
+
+
 MethodSpec = Annotated[
-    LoRASpec | BitFitSpec | HoulsbySpec | PfeifferSpec | FullSpec, Field(discriminator="type")
+    LoRASpec | BitFitSpec | HoulsbySpec | PfeifferSpec | FullSpec | FusionSpec,
+    Field(discriminator="type"),
 ]
 
 
@@ -255,7 +283,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
 def _problem(error: Any) -> tuple[str, str]:
     # Discriminated unions put the tag in the location ("method.lora.rank"): drop it.
     location = [
-        str(p) for p in error["loc"] if p not in ("lora", "bitfit", "houlsby", "pfeiffer", "full")
+        str(p)
+        for p in error["loc"]
+        if p not in ("lora", "bitfit", "houlsby", "pfeiffer", "full", "fusion")
     ]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

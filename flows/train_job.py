@@ -29,6 +29,7 @@ import peft_core as pc
 from .data import PreparedData, make_loader
 from .distributed import Placement, placement, replicas_agree, wrap
 from .evaluation import evaluate
+from .members import load_members, members_of_spec, members_of_version
 from .models import resolve_base_model
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec
@@ -76,6 +77,7 @@ class TrainReport:
     device: str = "cpu"
     precision: str = "fp32"
     resumed_from_step: int = 0
+    members: list[str] = field(default_factory=list)  # a fusion's exact member versions
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (without the per-step curves)."""
@@ -125,6 +127,7 @@ def train_from_spec(
     with placement() as where:
         model, tokenizer = load_base_model(spec)
         data = _prepared_on_every_rank(spec, tokenizer, where)
+        members = load_members(model, members_of_spec(spec))  # frozen, for a fusion
         config = spec.method.to_config()
         pc.add_adapter(model, spec.name, config)
         model.to(where.device)
@@ -160,7 +163,7 @@ def train_from_spec(
         if (evaluate_after and where.is_main)
         else {}
     )
-    costs = pc.plan(model, config)
+    costs = pc.measure(model, spec.name)
     report = TrainReport(
         name=spec.name,
         method=config.type,
@@ -179,6 +182,7 @@ def train_from_spec(
         device=str(where.device),
         precision=training_precision(spec, where.device),
         resumed_from_step=result.resumed_from,
+        members=members,
     )
     if not where.is_main:
         return report
@@ -210,10 +214,14 @@ def evaluate_model(
     return evaluate(model, loader, head=head)
 
 
-def evaluate_folder(spec: AdapterSpec, folder: str | Path) -> dict[str, Any]:
+def evaluate_folder(
+    spec: AdapterSpec, folder: str | Path, *, members: list[str] | None = None
+) -> dict[str, Any]:
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
-    evaluate step: a fresh base model, the saved files, the cached prepared data)."""
+    evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
+    ``members`` (exact versions) are loaded from the registry first."""
     model, tokenizer = load_base_model(spec)
+    load_members(model, members or [])
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -237,6 +245,7 @@ def _prepared_on_every_rank(
 def evaluate_registered(spec: AdapterSpec, ref: str, registry: Registry) -> dict[str, Any]:
     """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
     model, tokenizer = load_base_model(spec)
+    load_members(model, members_of_version(registry.get(ref)), registry)
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)
     data, _ = prepare_cached(spec, tokenizer)

@@ -58,7 +58,7 @@ from .inject import (
 from .io import adapter_state_dict, read_metadata
 from .merge import merge, merged_state_dict, unmerge
 from .parallel import parallel_outputs
-from .plan import Plan, build_on_meta, plan
+from .plan import Plan, build_on_meta, measure, plan
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
@@ -107,6 +107,7 @@ __all__ = [
     "fingerprint",
     "list_adapters",
     "load_adapter",
+    "measure",
     "merge",
     "merge_adapters",
     "merged_state_dict",

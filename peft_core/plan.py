@@ -24,7 +24,7 @@ from .heads import HeadKind
 from .inject import add_adapter
 from .io import adapter_state_dict
 
-__all__ = ["Plan", "build_on_meta", "plan"]
+__all__ = ["Plan", "build_on_meta", "measure", "plan"]
 
 _AUTO_CLASSES: dict[str, Any] = {
     "classification": AutoModelForSequenceClassification,
@@ -72,8 +72,16 @@ def plan(
         with torch.device("meta"):
             model = type(model_or_config)(model_or_config.config)
     add_adapter(model, "plan", config)
+    return measure(model, "plan")
+
+
+def measure(model: nn.Module, name: str) -> Plan:
+    """The costs of adapter ``name`` as it is in ``model`` (trainable now, total, file bytes).
+
+    Unlike :func:`plan` this needs what the adapter needs in the model, e.g. a Fusion's members.
+    """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    saved = adapter_state_dict(model, "plan")
+    saved = adapter_state_dict(model, name)
     size = sum(t.numel() * t.element_size() for t in saved.values())
     return Plan(trainable, total, trainable / total if total else 0.0, size)

@@ -122,6 +122,9 @@ def prefect_server(service_dir: Path) -> Iterator[PrefectServer]:
     os.environ.update(environment)
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield server
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # send the last flow-run logs while the server still answers
     for key, value in previous.items():
         if value is None:
             os.environ.pop(key, None)

@@ -183,3 +183,39 @@ class TestSchedule:
         assert due_reason(spec, registry) is None
         tomorrow = datetime.now(UTC) + timedelta(days=1, hours=1)
         assert "fired at" in (due_reason(spec, registry, now=tomorrow) or "")
+
+
+class TestLanguageModelTasks:
+    def test_a_masked_lm_language_adapter_builds_with_perplexity(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        spec_path = write_spec(
+            tmp_path, sst2_dir, name="pt-language",
+            language="pt", task="mlm", head={"type": "masked-lm"},
+            method={"type": "pfeiffer", "reduction_factor": 8},
+            data__train=str(sst2_dir / "pt" / "train.tsv"), data__validation=None,
+            data__label=None, evaluate={"metric": "perplexity"},
+        )  # fmt: skip
+        result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert result["alias"] == "champion" and result["metrics"]["perplexity"] > 1.0
+        assert Registry().get("pt-language@1").head == "masked-lm"
+
+    def test_a_causal_lm_adapter_builds_on_a_local_gpt2(self, tmp_path: Path, sst2_dir: Path):
+        import transformers as T
+
+        from tests.helpers import minilm_path
+
+        tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+        config = T.GPT2Config(
+            vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2
+        )
+        folder = tmp_path / "tiny-gpt2"
+        T.GPT2LMHeadModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        spec_path = write_spec(
+            tmp_path, sst2_dir, name="tiny-clm", task="clm", base_model=str(folder),
+            head={"type": "causal-lm"}, method={"type": "lora", "rank": 2},
+            data__label=None, evaluate={"metric": "perplexity"},
+        )  # fmt: skip
+        result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert 1.0 < result["metrics"]["perplexity"] < 2 * len(tokenizer)

@@ -1,0 +1,56 @@
+"""AdapterFusion through the flows: members come from the registry by exact version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows import pipelines
+from flows.errors import DataError
+from flows.predict_job import predict
+from flows.prepare_job import check_inputs
+from flows.spec import load_spec
+from registry import NotFoundError, Registry
+from tests.flows.test_pipelines import write_spec
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "embedded_home")
+
+
+def test_a_fusion_of_registered_adapters_builds_and_predicts(tmp_path: Path, sst2_dir: Path):
+    for language in ("en", "pt"):
+        member = write_spec(
+            tmp_path, sst2_dir, name=f"member-{language}",
+            method={"type": "pfeiffer", "reduction_factor": 32},
+            data__train=str(sst2_dir / language / "train.tsv"),
+        )  # fmt: skip
+        pipelines.build(str(member), output=str(tmp_path / f"out-{language}"))
+    fusion = write_spec(
+        tmp_path, sst2_dir, name="fused",
+        method={"type": "fusion", "members": ["member-en@champion", "member-pt@1"]},
+    )  # fmt: skip
+    check_inputs(load_spec(fusion))
+    result = pipelines.build(str(fusion), output=str(tmp_path / "out-fused"))
+    assert (result["ref"], result["alias"]) == ("fused@1", "champion")
+
+    version = Registry().get("fused@1")
+    assert version.method == "fusion"
+    assert version.lineage["fusion_members"] == ["member-en@1", "member-pt@1"]
+    ref, answers = predict(Registry(), "fused@champion", ["a moving film"])
+    assert ref == "fused@1" and answers[0].label in (0, 1)
+
+
+def test_bad_members_are_refused_before_training(tmp_path: Path, sst2_dir: Path):
+    missing = write_spec(
+        tmp_path, sst2_dir, name="lonely", method={"type": "fusion", "members": ["nobody@1"]}
+    )
+    with pytest.raises(NotFoundError, match="nobody"):
+        check_inputs(load_spec(missing))
+
+    lora = write_spec(tmp_path, sst2_dir, name="a-lora")
+    pipelines.build(str(lora), output=str(tmp_path / "out-lora"))
+    wrong = write_spec(
+        tmp_path, sst2_dir, name="wrong", method={"type": "fusion", "members": ["a-lora"]}
+    )
+    with pytest.raises(DataError, match="a-lora is a lora adapter"):
+        check_inputs(load_spec(wrong))
