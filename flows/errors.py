@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["BaseModelNotFound", "DataError", "OrchestrationError", "TrackingUnavailableError"]
+__all__ = [
+    "BaseModelNotFound",
+    "DataError",
+    "OrchestrationError",
+    "StackError",
+    "TrackingUnavailableError",
+]
 
 
 class DataError(Exception):
@@ -19,3 +25,7 @@ class TrackingUnavailableError(Exception):
 
 class OrchestrationError(Exception):
     """The Prefect server cannot be reached, or refused a deployment or a run."""
+
+
+class StackError(Exception):
+    """The local stack cannot start here: a port in use, a missing binary."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -80,3 +82,112 @@ class TestCiWorkflow:
 
         assert changed(base) == ["examples/a.yaml", "examples/d.yaml"]
         assert changed("0" * 40) == ["examples/a.yaml", "examples/b.yaml", "examples/d.yaml"]
+
+
+INFRA = ROOT / "infra"
+
+
+def client_variables() -> set[str]:
+    """What the code reads to find the stack: the keys `adapterops stack up` writes."""
+    from flows.stack.local import LocalStack
+
+    return set(LocalStack(home=Path("/nonexistent")).client_env())
+
+
+class TestCompose:
+    compose = yaml.safe_load((INFRA / "compose" / "docker-compose.yml").read_text())
+
+    def test_every_service_the_stack_needs_is_there_with_its_port(self):
+        services = self.compose["services"]
+        assert {"postgres", "s3", "buckets", "mlflow", "prefect", "worker"} <= set(services)
+        published = {name: s.get("ports", []) for name, s in services.items()}
+        assert published["postgres"] == ["5432:5432"] and published["s3"] == ["8333:8333"]
+        assert published["mlflow"] == ["5000:5000"] and published["prefect"] == ["4200:4200"]
+
+    def test_dependencies_and_volumes_resolve(self):
+        services = self.compose["services"]
+        for name, service in services.items():
+            depends = service.get("depends_on", [])
+            assert set(depends) <= set(services), f"{name} depends on an unknown service"
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0]
+                if not source.startswith("."):
+                    assert source in self.compose["volumes"], f"{name}: undeclared {source}"
+                else:
+                    assert (INFRA / "compose" / source).exists(), f"{name}: missing {source}"
+
+    def test_the_worker_gets_every_client_variable_and_a_gpu(self):
+        worker = self.compose["services"]["worker"]
+        assert client_variables() <= set(worker["environment"])
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+        assert worker["command"][:4] == ["worker", "start", "--pool", "adapterops"]
+
+    def test_postgres_creates_the_three_databases(self):
+        sql = (INFRA / "compose" / "postgres-init.sql").read_text()
+        for database in ("adapterops_registry", "mlflow", "prefect"):
+            assert f"CREATE DATABASE {database};" in sql
+        urls = " ".join(
+            str(v) for s in self.compose["services"].values() for v in s.get("command", [])
+        ) + str(self.compose["x-client-env"])
+        assert "/mlflow" in urls and "/adapterops_registry" in urls
+
+    def test_variables_used_are_documented_in_the_env_example(self):
+        text = (INFRA / "compose" / "docker-compose.yml").read_text()
+        example = (INFRA / "compose" / ".env.example").read_text()
+        for variable in set(re.findall(r"\$\{(\w+)\}", text)):
+            assert f"{variable}=" in example
+
+
+class TestDockerfile:
+    text = (INFRA / "docker" / "Dockerfile").read_text()
+
+    def test_cuda_base_torch_first_and_the_package_installed(self):
+        lines = [line.strip() for line in self.text.splitlines()]
+        assert any(line.startswith("FROM nvidia/cuda:") for line in lines)
+        torch = next(i for i, line in enumerate(lines) if "pip install torch" in line)
+        package = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install ."))
+        assert torch < package
+        for folder in ("peft_core", "registry", "flows"):
+            assert f"COPY {folder} ./{folder}" in self.text and (ROOT / folder).is_dir()
+        assert 'ENTRYPOINT ["adapterops"]' in self.text
+
+
+K8S_DOCUMENTS = [
+    doc
+    for path in sorted((INFRA / "k8s").glob("*.yaml"))
+    for doc in yaml.safe_load_all(path.read_text())
+    if doc
+]
+
+
+class TestKubernetes:
+    documents = K8S_DOCUMENTS
+    template = json.loads((INFRA / "k8s" / "work-pool-gpu.json").read_text())
+
+    def test_manifests_are_well_formed(self):
+        for doc in self.documents:
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+            assert doc["metadata"]["name"]
+        kinds = {d["kind"] for d in self.documents}
+        assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Role", "RoleBinding"} <= kinds
+
+    def test_pods_get_every_client_variable(self):
+        by_kind = {d["kind"]: d for d in self.documents}
+        provided = set(by_kind["ConfigMap"]["data"]) | set(by_kind["Secret"]["stringData"])
+        assert client_variables() <= provided
+        (container,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
+        sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
+        assert sources == {
+            by_kind["ConfigMap"]["metadata"]["name"],
+            by_kind["Secret"]["metadata"]["name"],
+        }
+
+    def test_training_jobs_request_gpus(self):
+        job = self.template["job_configuration"]["job_manifest"]
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+        assert self.template["variables"]["properties"]["gpu_count"]["default"] == 1
+        # Every {{ placeholder }} in the job is a declared variable.
+        used = set(re.findall(r"\{\{ (\w+) \}\}", str(self.template["job_configuration"])))
+        assert used <= set(self.template["variables"]["properties"])

@@ -11,6 +11,7 @@ import os
 import typer
 
 from . import build, lifecycle, operate, registry
+from .stack import stack_app
 
 __all__ = ["app", "main"]
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 for commands in (build.app, lifecycle.app, operate.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(registry.db_app, name="db")
+app.add_typer(stack_app, name="stack")
 
 
 def main() -> None:
@@ -31,4 +33,17 @@ def main() -> None:
     # Flow and task state lines would bury the progress bar and results; warnings still show.
     # PREFECT_LOGGING_LEVEL=INFO brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    load_stack_env()
     app()
+
+
+def load_stack_env() -> None:
+    """Use the local stack when ``adapterops stack up`` wrote its client configuration;
+    variables already set in the environment win."""
+    from dotenv import load_dotenv  # noqa: PLC0415
+
+    from registry.settings import adapterops_home  # noqa: PLC0415
+
+    path = adapterops_home() / "stack.env"
+    if path.is_file():
+        load_dotenv(path, override=False)

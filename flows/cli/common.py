@@ -17,6 +17,7 @@ from ..errors import (
     BaseModelNotFound,
     DataError,
     OrchestrationError,
+    StackError,
     TrackingUnavailableError,
 )
 
@@ -45,6 +46,7 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         BaseModelNotFound,
         TrackingUnavailableError,
         OrchestrationError,
+        StackError,
         rg.RegistryError,
     ]
     for module, name in (("peft_core", "PeftCoreError"), ("flows.spec", "SpecError")):

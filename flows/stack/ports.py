@@ -3,6 +3,7 @@ stop one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,7 +11,14 @@ import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["free_port", "port_in_use", "stop_process_group", "wait_until"]
+__all__ = [
+    "free_port",
+    "pid_alive",
+    "port_in_use",
+    "stop_pid_group",
+    "stop_process_group",
+    "wait_until",
+]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -60,3 +68,32 @@ def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (and is not a zombie waiting for its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_pid_group(pid: int, *, grace: float) -> None:
+    """Like :func:`stop_process_group` for a server this process did not start (a PID file's)."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

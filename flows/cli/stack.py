@@ -1,0 +1,92 @@
+"""``adapterops stack up | down | status``: the local stack without Docker."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import JsonOption, console, emit_json, errors, user_errors
+
+__all__ = ["stack_app"]
+
+stack_app = typer.Typer(help="Run PostgreSQL, S3, MLflow and Prefect (server + worker) locally.")
+
+_Port = Annotated[int | None, typer.Option(min=1, max=65535)]
+
+
+@stack_app.command()
+def up(
+    postgres_port: _Port = None,
+    s3_port: _Port = None,
+    mlflow_port: _Port = None,
+    prefect_port: _Port = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start every service that is not running and write $ADAPTEROPS_HOME/stack.env, which
+    every adapterops command then reads. Ports given here are remembered."""
+    from ..stack.local import LocalStack  # noqa: PLC0415
+
+    with user_errors(as_json, one_line_failures=True):
+        stack = LocalStack()
+        chosen = {
+            "postgres": postgres_port, "s3": s3_port, "mlflow": mlflow_port,
+            "prefect": prefect_port,
+        }  # fmt: skip
+        given = {k: v for k, v in chosen.items() if v is not None}
+        if given:
+            stack = LocalStack(ports=dataclasses.replace(stack.state.ports, **given))
+        statuses = stack.up(on_service=lambda name: errors.print(f"starting {name} ..."))
+    _show(statuses, as_json, env_file=str(stack.home / "stack.env"))
+
+
+@stack_app.command()
+def down(as_json: JsonOption = False) -> None:
+    """Stop every service; the data stays for the next ``stack up``."""
+    from ..stack.local import LocalStack  # noqa: PLC0415
+
+    with user_errors(as_json, one_line_failures=True):
+        statuses = LocalStack().down()
+    _show(statuses, as_json)
+
+
+@stack_app.command()
+def env() -> None:
+    """Print the stack's client configuration as shell exports, for tools that do not read
+    stack.env themselves: eval "$(adapterops stack env)"; mlflow ui / prefect ... then use it."""
+    import shlex  # noqa: PLC0415
+
+    from ..stack.local import LocalStack  # noqa: PLC0415
+
+    for key, value in LocalStack().client_env().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@stack_app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Each service, its URL and whether it answers; exit 1 unless all run."""
+    from ..stack.local import LocalStack  # noqa: PLC0415
+
+    with user_errors(as_json, one_line_failures=True):
+        statuses = LocalStack().status()
+    _show(statuses, as_json)
+    if not all(s.running for s in statuses):
+        raise typer.Exit(1)
+
+
+def _show(statuses: list, as_json: bool, env_file: str | None = None) -> None:
+    if as_json:
+        document = {"ok": True, "services": [s.to_dict() for s in statuses]}
+        emit_json({**document, **({"env_file": env_file} if env_file else {})})
+        return
+    table = Table(title="AdapterOps local stack")
+    for column in ("service", "url", "state"):
+        table.add_column(column)
+    for s in statuses:
+        state = "[green]running[/]" if s.running else "[red]stopped[/]"
+        table.add_row(s.name, s.url, f"{state} {s.detail}".strip())
+    console.print(table)
+    if env_file:
+        console.print(f"Client configuration: {env_file} (adapterops commands read it)")

@@ -1,0 +1,308 @@
+"""The local stack: every service a team runs, on this machine, without Docker.
+
+``adapterops stack up`` starts, bound to 127.0.0.1:
+
+- PostgreSQL (the machine's server binaries) with databases for the registry, MLflow and Prefect;
+- SeaweedFS as the S3 server, with the buckets created;
+- an MLflow tracking server (PostgreSQL backend, artifacts proxied to S3);
+- a Prefect server (PostgreSQL backend) and a Prefect worker on a process work pool;
+
+then writes the client configuration to ``$ADAPTEROPS_HOME/stack.env``, which every
+``adapterops`` command reads (variables already set in the environment win). ``down`` stops the
+services and keeps their data; ``up`` again finds everything where it was. State (ports, process
+ids) lives in ``$ADAPTEROPS_HOME/stack/stack.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from registry.settings import adapterops_home
+
+from ..errors import StackError
+from .mlflow_server import MlflowServer
+from .ports import pid_alive, port_in_use, stop_pid_group
+from .postgres import PostgresServer
+from .prefect_server import PrefectServer, PrefectWorker
+from .seaweedfs import SeaweedS3
+
+__all__ = ["ENV_FILE", "LocalStack", "ServiceStatus", "StackError", "StackPorts", "env_file"]
+
+ENV_FILE = "stack.env"
+REGISTRY_DB, MLFLOW_DB, PREFECT_DB = "adapterops_registry", "mlflow", "prefect"
+REGISTRY_BUCKET, MLFLOW_BUCKET = "adapterops", "mlflow"
+WORK_POOL = "adapterops"
+# SeaweedFS accepts any key pair when no identities are configured; clients still need one.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "adapterops",
+    "AWS_SECRET_ACCESS_KEY": "adapterops-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Loopback ports. SeaweedFS's master, volume and filer take the three ports after ``s3``,
+    and each of its four ports + 10000 for gRPC."""
+
+    postgres: int = 15432
+    s3: int = 18333
+    mlflow: int = 15000
+    prefect: int = 14200
+
+    @property
+    def seaweed(self) -> dict[str, int]:
+        """SeaweedFS's internal ports, next to the S3 port."""
+        return {"master": self.s3 + 1, "volume": self.s3 + 2, "filer": self.s3 + 3}
+
+    def all(self) -> dict[str, int]:
+        """Every port the stack listens on, by purpose (gRPC ports included)."""
+        ports = asdict(self)
+        internal = {f"s3 {name}": port for name, port in self.seaweed.items()}
+        grpc = {f"{k} grpc": v + 10000 for k, v in {"s3": self.s3, **internal}.items()}
+        return {**ports, **internal, **grpc}
+
+
+@dataclass
+class ServiceStatus:
+    """One line of ``adapterops stack status``."""
+
+    name: str
+    url: str
+    running: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class _State:
+    ports: StackPorts = field(default_factory=StackPorts)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def env_file(home: Path | None = None) -> Path:
+    """``$ADAPTEROPS_HOME/stack.env``: the client configuration ``stack up`` writes."""
+    return (home or adapterops_home()) / ENV_FILE
+
+
+class LocalStack:
+    """The stack under ``$ADAPTEROPS_HOME/stack`` (data, logs, state)."""
+
+    def __init__(self, home: Path | None = None, ports: StackPorts | None = None) -> None:
+        self.home = home or adapterops_home()
+        self.root = self.home / "stack"
+        self.state = self._load_state()
+        if ports is not None:
+            self.state.ports = ports
+        p = self.state.ports
+        self.postgres = PostgresServer(self.root / "postgres", p.postgres)
+        self.seaweed = SeaweedS3(
+            self.root / "seaweedfs", s3_port=p.s3, master_port=p.seaweed["master"],
+            volume_port=p.seaweed["volume"], filer_port=p.seaweed["filer"],
+        )  # fmt: skip
+        self.mlflow = MlflowServer(
+            port=p.mlflow,
+            backend_store_uri=self.postgres.url(MLFLOW_DB),
+            artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
+            log=self.root / "logs" / "mlflow.log",
+            env=self._s3_env(),
+        )
+        self.prefect = PrefectServer(
+            port=p.prefect,
+            home=self.root / "prefect",
+            log=self.root / "logs" / "prefect-server.log",
+            database_url=self.postgres.url(PREFECT_DB).replace("+psycopg", "+asyncpg"),
+        )
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def client_env(self) -> dict[str, str]:
+        """What every client (CLI, worker, Python) needs to use this stack."""
+        return {
+            "ADAPTEROPS_REGISTRY_URL": self.postgres.url(REGISTRY_DB),
+            "ADAPTEROPS_ARTIFACTS_URL": f"s3://{REGISTRY_BUCKET}/registry",
+            **self._s3_env(),
+            "MLFLOW_TRACKING_URI": self.mlflow.url,
+            "PREFECT_API_URL": self.prefect.api_url,
+        }
+
+    def _s3_env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL_S3": self.seaweed.endpoint, **S3_CREDENTIALS}
+
+    # --- up / down / status -------------------------------------------------------------------
+
+    def up(self, *, on_service: Callable[[str], None] | None = None) -> list[ServiceStatus]:
+        """Start whatever is not running (ports checked first), then write the client config."""
+        announce = on_service or (lambda name: None)
+        self._check_ports()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the postgres user must reach its data folder
+        if not self.postgres.running:
+            announce("postgresql")
+            self.postgres.start()
+        for database in (REGISTRY_DB, MLFLOW_DB, PREFECT_DB):
+            self.postgres.create_database(database)
+        self._start_process("seaweedfs", self.seaweed.start, self.seaweed, self._s3_up, announce)
+        self._create_buckets()
+        self._migrate_registry()
+        self._start_process("mlflow", self.mlflow.start, self.mlflow, self._mlflow_up, announce)
+        self._start_process("prefect", self.prefect.start, self.prefect, self._prefect_up, announce)
+        self._start_worker(announce)
+        self._save_state()
+        self._write_env_file()
+        return self.status()
+
+    def down(self) -> list[ServiceStatus]:
+        """Stop every service (worker first, PostgreSQL last); the data stays."""
+        for name in ("worker", "prefect", "mlflow", "seaweedfs"):
+            pid = self.state.pids.pop(name, None)
+            if pid is not None:
+                stop_pid_group(pid, grace=20)
+        self.postgres.stop()
+        self._save_state()
+        return self.status()
+
+    def status(self) -> list[ServiceStatus]:
+        """Each service, its URL and whether it answers."""
+        p = self.state.ports
+        worker = self.state.pids.get("worker")
+        return [
+            ServiceStatus(
+                "postgresql", f"postgresql://127.0.0.1:{p.postgres}", self.postgres.running
+            ),
+            ServiceStatus("s3 (seaweedfs)", self.seaweed.endpoint, self._s3_up()),
+            ServiceStatus("mlflow", self.mlflow.url, self._mlflow_up()),
+            ServiceStatus("prefect", self.prefect.api_url.removesuffix("/api"), self._prefect_up()),
+            ServiceStatus(
+                "prefect worker",
+                f"pool {WORK_POOL}",
+                worker is not None and pid_alive(worker),
+                f"pid {worker}" if worker else "",
+            ),
+        ]
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _check_ports(self) -> None:
+        """A port in use by something other than this stack's own service is an error."""
+        ours = {
+            "postgres": self.postgres.running,
+            "s3": self._s3_up(),
+            "mlflow": self._mlflow_up(),
+            "prefect": self._prefect_up(),
+        }
+        busy = []
+        for purpose, port in self.state.ports.all().items():
+            service = purpose if purpose in ("postgres", "mlflow", "prefect") else "s3"
+            if port_in_use(port) and not ours[service]:
+                busy.append(f"{purpose} port {port}")
+        if busy:
+            raise StackError(
+                f"in use by another program: {', '.join(busy)}. Stop it, or choose other ports "
+                "(see adapterops stack up --help)"
+            )
+
+    def _start_process(
+        self, name: str, start: Callable[[], None], server: Any, up: Callable[[], bool],
+        announce: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        if up():
+            return
+        announce(name)
+        start()
+        self.state.pids[name] = server.process.pid
+        self._save_state()
+
+    def _start_worker(self, announce: Callable[[str], None]) -> None:
+        pid = self.state.pids.get("worker")
+        if pid is not None and pid_alive(pid):
+            return
+        announce("prefect worker")
+        environment = {
+            **self.client_env(),
+            "ADAPTEROPS_HOME": str(self.home),
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        }
+        worker = PrefectWorker(
+            pool=WORK_POOL, api_url=self.prefect.api_url, home=self.root / "prefect",
+            log=self.root / "logs" / "prefect-worker.log", env=environment,
+        )  # fmt: skip
+        worker.start()
+        assert worker.process is not None
+        self.state.pids["worker"] = worker.process.pid
+
+    def _create_buckets(self) -> None:
+        import boto3  # noqa: PLC0415 - only `stack up` needs it here
+        from botocore.exceptions import ClientError  # noqa: PLC0415
+
+        client = boto3.client("s3", endpoint_url=self.seaweed.endpoint, **_boto_credentials())
+        for bucket in (REGISTRY_BUCKET, MLFLOW_BUCKET):
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as exc:  # idempotent: a second `up` finds them
+                if exc.response["Error"]["Code"] not in (
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                ):
+                    raise
+
+    def _migrate_registry(self) -> None:
+        from registry.db import Database  # noqa: PLC0415
+
+        Database(self.postgres.url(REGISTRY_DB), auto_migrate=True).dispose()
+
+    def _s3_up(self) -> bool:
+        return _answers(self.seaweed.endpoint, any_status=True)
+
+    def _mlflow_up(self) -> bool:
+        return _answers(f"{self.mlflow.url}/health")
+
+    def _prefect_up(self) -> bool:
+        return _answers(f"{self.prefect.api_url}/health")
+
+    def _load_state(self) -> _State:
+        path = self.root / "stack.json"
+        if not path.is_file():
+            return _State()
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(StackPorts)}
+        ports = StackPorts(**{k: v for k, v in data["ports"].items() if k in known})
+        return _State(ports=ports, pids=dict(data["pids"]))
+
+    def _save_state(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        document = {"ports": asdict(self.state.ports), "pids": self.state.pids}
+        (self.root / "stack.json").write_text(json.dumps(document, indent=2) + "\n")
+
+    def _write_env_file(self) -> None:
+        lines = [f"{key}={value}" for key, value in self.client_env().items()]
+        header = "# Written by `adapterops stack up`: the local stack's client configuration.\n"
+        env_file(self.home).write_text(header + "\n".join(lines) + "\n")
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def _answers(url: str, *, any_status: bool = False) -> bool:
+    """Whether ``url`` answers HTTP 200 (or any HTTP status with ``any_status``)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        return any_status
+    except OSError:
+        return False

@@ -1,0 +1,160 @@
+"""End to end on the local stack (`adapterops stack up`): PostgreSQL, SeaweedFS, an MLflow server,
+a Prefect server and worker. Two specs are deployed, run by the worker through the Prefect server,
+and checked through each service's own client; then the stack restarts and nothing is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.stack import free_port
+from tests.flows.test_cli_flows import clean_env
+from tests.flows.test_pipelines import write_spec
+from tests.helpers import run_cli
+
+SPECS = {
+    "e2e-sst2-en-lora": ("en", {"type": "lora", "rank": 4}),
+    "e2e-sst2-pt-pfeiffer": ("pt", {"type": "pfeiffer", "reduction_factor": 32}),
+}
+
+
+@pytest.fixture(scope="module")
+def home() -> Iterator[Path]:
+    # Not under pytest's tmp_path (mode 700): the postgres user must enter the stack's folder.
+    path = Path(tempfile.mkdtemp(prefix="adapterops-stack-"))
+    path.chmod(0o755)
+    yield path
+    run_cli("stack", "down", env=clean_env(path))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def port_options() -> list[str]:
+    s3 = free_port(also_free_at=(1, 2, 3, 10000, 10001, 10002, 10003))
+    return [
+        "--postgres-port", str(free_port()), "--s3-port", str(s3),
+        "--mlflow-port", str(free_port()), "--prefect-port", str(free_port()),
+    ]  # fmt: skip
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    lines = (home / "stack.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def spec_for(home: Path, sst2_dir: Path, name: str, language: str, method: dict) -> Path:
+    return write_spec(
+        home, sst2_dir, name=name, language=language, method=method,
+        data__train=str(sst2_dir / language / "train.tsv"),
+        data__validation=str(sst2_dir / language / "validation.tsv"),
+        schedule={"cron": "30 2 * * *"},
+    )  # fmt: skip
+
+
+def up(home: Path, *options: str) -> dict:
+    result = run_cli("stack", "up", *options, "--json", env=clean_env(home))
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert all(s["running"] for s in document["services"]), document
+    return document
+
+
+def test_a_port_in_use_is_a_clear_error_before_anything_starts(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("stack", "up", "--mlflow-port", str(port), env=clean_env(tmp_path))
+    assert result.returncode == 2
+    assert f"mlflow port {port}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "stack" / "postgres").exists()
+
+
+def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2_dir: Path):
+    up(home, *port_options())
+    config = stack_env(home)
+    specs = [spec_for(home, sst2_dir, name, *details) for name, details in SPECS.items()]
+    deployed = run_cli("deploy", *map(str, specs), "--json", env=clean_env(home))
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: config["PREFECT_API_URL"]}):
+        runs = [run_deployment(f"build/{name}", timeout=0) for name in SPECS]
+        deadline = time.monotonic() + 600
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                states = [client.read_flow_run(r.id).state for r in runs]
+                if all(s.is_final() for s in states):
+                    break
+                time.sleep(3)
+        log = (home / "stack" / "logs" / "prefect-worker.log").read_text()[-4000:]
+        assert all(s.is_completed() for s in states), log
+
+    check_everything(home, config)
+
+    result = run_cli("stack", "down", "--json", env=clean_env(home))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(s["running"] for s in json.loads(result.stdout)["services"])
+    stopped = run_cli("stack", "status", env=clean_env(home))
+    assert stopped.returncode == 1
+    up(home)  # the ports were remembered
+    check_everything(home, config)
+
+
+def check_everything(home: Path, config: dict[str, str]) -> None:
+    """Registry (PostgreSQL), artifacts (SeaweedFS), MLflow and Prefect, each by its own client."""
+    saved = dict(os.environ)
+    os.environ.update({**config, "ADAPTEROPS_HOME": str(home)})
+    try:
+        from registry import Registry
+
+        registry = Registry()
+        assert registry.database.url.startswith("postgresql+psycopg://")
+        versions = {v.name: v for v in registry.find()}
+        assert set(versions) == set(SPECS)
+        s3 = boto3.client("s3", endpoint_url=config["AWS_ENDPOINT_URL_S3"])
+        mlflow = MlflowClient(config["MLFLOW_TRACKING_URI"], config["MLFLOW_TRACKING_URI"])
+        for name, version in versions.items():
+            assert version.version == 1 and version.aliases == ("champion",)
+            assert {"dataset_fingerprint", "code_version", "run_id", "build_key"} <= set(
+                version.lineage
+            )
+            bucket, _, key = version.artifact_uri.removeprefix("s3://").partition("/")
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == version.digest  # the manifest's bytes
+
+            run = mlflow.get_run(version.lineage["run_id"])
+            assert run.info.status == "FINISHED" and "eval_accuracy" in run.data.metrics
+            assert mlflow.get_model_version_by_alias(name, "champion").version == "1"
+            assert len(mlflow.search_model_versions(f"name='{name}'")) == 1
+
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: config["PREFECT_API_URL"]}),
+            get_client(sync_client=True) as client,
+        ):
+            for name in SPECS:
+                deployment = client.read_deployment_by_name(f"build/{name}")
+                assert [s.schedule.cron for s in deployment.schedules] == ["30 2 * * *"]
+                assert deployment.work_pool_name == "adapterops"
+            runs = client.read_flow_runs()
+            completed = [r for r in runs if r.deployment_id and r.state.is_completed()]
+            assert len(completed) == len(SPECS)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
