@@ -38,15 +38,26 @@ format: setup
 test: setup services lint
 	$(PY) -m pytest
 
+# Every benchmark, then the README's results section and plots from bench/results/*.json.
 bench: setup services
-	$(PY) -m bench.registry_bench
+	$(PY) -m bench.quality_bench
+	$(PY) -m bench.training_cost_bench
+	$(PY) -m bench.storage_bench
 	$(PY) -m bench.composition_bench
 	$(PY) -m bench.madx_demo
+	$(PY) -m bench.registry_bench
+	$(PY) -m bench.report
 
+# The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
+bench-quick: export ADAPTEROPS_BENCH_RESULTS = $(CURDIR)/bench/results-quick
 bench-quick: setup services
-	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.quality_bench --quick
+	$(PY) -m bench.training_cost_bench --quick
+	$(PY) -m bench.storage_bench
 	$(PY) -m bench.composition_bench --quick
-	$(PY) -m bench.madx_demo --steps 100
+	$(PY) -m bench.madx_demo --steps 30
+	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:
 	rm -rf $(VENV) .adapterops .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+# `make bench-quick` points this elsewhere, so quick numbers never replace the full ones.
+RESULTS = Path(os.environ.get("ADAPTEROPS_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from registry.settings import adapterops_home
 
 from ..errors import StackError
 from .mlflow_server import MlflowServer
-from .ports import pid_alive, port_in_use, stop_pid_group
+from .ports import http_ok, pid_alive, port_in_use, stop_pid_group
 from .postgres import PostgresServer
 from .prefect_server import PrefectServer, PrefectWorker
 from .seaweedfs import SeaweedS3
@@ -261,13 +260,13 @@ class LocalStack:
         Database(self.postgres.url(REGISTRY_DB), auto_migrate=True).dispose()
 
     def _s3_up(self) -> bool:
-        return _answers(self.seaweed.endpoint, any_status=True)
+        return http_ok(self.seaweed.endpoint, any_status=True)
 
     def _mlflow_up(self) -> bool:
-        return _answers(f"{self.mlflow.url}/health")
+        return http_ok(f"{self.mlflow.url}/health")
 
     def _prefect_up(self) -> bool:
-        return _answers(f"{self.prefect.api_url}/health")
+        return http_ok(f"{self.prefect.api_url}/health")
 
     def _load_state(self) -> _State:
         path = self.root / "stack.json"
@@ -295,14 +294,3 @@ def _boto_credentials() -> dict[str, str]:
         "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
     }
-
-
-def _answers(url: str, *, any_status: bool = False) -> bool:
-    """Whether ``url`` answers HTTP 200 (or any HTTP status with ``any_status``)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except urllib.error.HTTPError:
-        return any_status
-    except OSError:
-        return False

@@ -9,12 +9,16 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 __all__ = [
     "free_port",
+    "http_ok",
     "pid_alive",
     "port_in_use",
+    "running_or_raise",
     "stop_pid_group",
     "stop_process_group",
     "wait_until",
@@ -44,6 +48,23 @@ def free_port(*, also_free_at: tuple[int, ...] = ()) -> int:
         if all(port + o < 65536 and not port_in_use(port + o) for o in also_free_at):
             return port
     raise RuntimeError("no free loopback port found")
+
+
+def http_ok(url: str, *, any_status: bool = False) -> bool:
+    """Whether ``url`` answers HTTP 200 (or, with ``any_status``, any HTTP status at all)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError:
+        return any_status
+    except OSError:
+        return False
+
+
+def running_or_raise(process: subprocess.Popen[bytes] | None, what: str, log: object) -> None:
+    """A server process that exited while we wait for it is an error naming its log."""
+    if process is not None and process.poll() is not None:
+        raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: str = "") -> None:

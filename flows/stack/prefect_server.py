@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-from .ports import stop_process_group, wait_until
+from .ports import http_ok, running_or_raise, stop_process_group, wait_until
 
 __all__ = ["PrefectServer", "PrefectWorker", "prefect_environment"]
 
@@ -76,15 +75,8 @@ class PrefectServer:
 
     def healthy(self) -> bool:
         """Whether ``/api/health`` answers OK."""
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(
-                f"Prefect server exited with {self.process.returncode}; see {self.log}"
-            )
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        running_or_raise(self.process, "Prefect server", self.log)
+        return http_ok(f"{self.api_url}/health")
 
     def stop(self, *, grace: float = 15) -> None:
         """SIGTERM the server's process group; SIGKILL after ``grace`` seconds."""

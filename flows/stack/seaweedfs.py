@@ -10,11 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from .ports import free_port, stop_process_group, wait_until
+from .ports import free_port, http_ok, running_or_raise, stop_process_group, wait_until
 
 __all__ = ["SeaweedS3", "weed_binary"]
 
@@ -100,15 +98,8 @@ class SeaweedS3:
 
     def ready(self) -> bool:
         """Whether the S3 gateway answers HTTP (any status means it is up)."""
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with {self.process.returncode}; see {self.log}")
-        try:
-            urllib.request.urlopen(self.endpoint, timeout=2)
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-        return True
+        running_or_raise(self.process, "SeaweedFS", self.log)
+        return http_ok(self.endpoint, any_status=True)
 
     def stop(self, *, grace: float = 20) -> None:
         """SIGTERM the process group; SIGKILL after ``grace`` seconds."""

@@ -1,0 +1,394 @@
+"""Render the README's results section and its plots from ``bench/results/*.json``.
+
+    python -m bench.report [--readme README.md]
+
+Every figure in the section comes from a result file (nothing is typed in by hand); a benchmark
+that has not been run yet is listed as missing. The section lives between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->``; plots go to ``bench/results/*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import RESULTS
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METHOD_LABELS = {
+    "full": "full fine-tuning",
+    "bitfit": "BitFit",
+    "lora": "LoRA r=8 (q, v)",
+    "houlsby": "Houlsby (reduction 16)",
+    "pfeiffer": "Pfeiffer (reduction 16)",
+}
+
+
+def load(name: str, folder: Path = RESULTS) -> dict[str, Any] | None:
+    """``folder/name.json``, or None when that benchmark has not run."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def size(n: float) -> str:
+    """Bytes as KB / MB."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def measured_on(data: dict[str, Any]) -> str:
+    """Where and when: the provenance line under each section."""
+    machine = data["machine"]
+    quick = " (quick mode)" if data.get("quick") else ""
+    torch = machine["packages"].get("torch", "?")
+    return f"_{machine['date'][:10]}, {machine['cpus']} CPUs, torch {torch}{quick}._"
+
+
+def quality_section(data: dict[str, Any], plots: Path) -> str:
+    rows = []
+    for r in data["summary"]:
+        gap = r["gap_to_full_points"]
+        rows.append(
+            [
+                r["language"],
+                METHOD_LABELS[r["method"]],
+                f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}",
+                f"{100 * r['macro_f1_mean']:.1f}",
+                "—" if r["method"] == "full" or gap is None else f"{gap:+.1f}",
+                f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)",
+                size(r["adapter_file_bytes"]),
+                f"{r['train_seconds_mean']:.0f} s",
+            ]
+        )
+    majority = ", ".join(f"{k} {100 * v:.1f}%" for k, v in data["majority_class_accuracy"].items())
+    _quality_plot(data, plots / "quality.png")
+    return "\n\n".join(
+        [
+            f"**Quality on SST-2** (all-MiniLM-L6-v2; {data['steps']} steps x {data['batch_size']} "
+            f"examples, the same sample for every method; {data['seeds']} seed(s); full validation "
+            f"set, majority class {majority}; `python -m bench.quality_bench`):",
+            table(
+                [
+                    "lang",
+                    "method",
+                    "accuracy % (mean ± sd)",
+                    "macro-F1 %",
+                    "vs full (points)",
+                    "trainable params",
+                    "adapter file",
+                    "train time",
+                ],
+                rows,
+            ),
+            "![accuracy against trainable parameters](bench/results/quality.png)",
+            measured_on(data),
+        ]
+    )
+
+
+def _quality_plot(data: dict[str, Any], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    for language, marker in (("en", "o"), ("pt", "s")):
+        rows = [r for r in data["summary"] if r["language"] == language]
+        if not rows:
+            continue
+        axis.errorbar(
+            [r["trainable_percent"] for r in rows],
+            [100 * r["accuracy_mean"] for r in rows],
+            yerr=[100 * r["accuracy_std"] for r in rows],
+            fmt=marker,
+            capsize=3,
+            label=f"SST-2 {language}",
+        )
+        for r in rows:
+            axis.annotate(
+                r["method"],
+                (r["trainable_percent"], 100 * r["accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    axis.set_xscale("log")
+    axis.set_xlabel("trainable parameters (% of the model, log scale)")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.set_title("Accuracy against trainable parameters (MiniLM)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def training_cost_section(data: dict[str, Any], plots: Path) -> str:
+    parts = []
+    for device in data["results"]:
+        rows = [
+            [
+                METHOD_LABELS[m["method"]],
+                f"{1000 * m['median_step_seconds']:.0f} ms",
+                f"{m['tokens_per_second']:,.0f}",
+                f"{m['training_memory_bytes'] / 2**20:,.0f} MiB",
+                f"{100 * m['model_flops_utilisation']:.1f}%",
+            ]
+            for m in device["methods"]
+        ]
+        versus = device["lora_vs_peft"]
+        peak = device["matmul_peak_flops"] / 1e9
+        parts += [
+            f"**Training cost on {device['device']}** (batch {data['batch_size']} x "
+            f"{data['sequence_length']} tokens, AdamW; matmul peak {peak:,.0f} GFLOP/s "
+            f"{device['matmul_dtype']}; `python -m bench.training_cost_bench`):",
+            table(["method", "step", "tokens/s", "memory while training", "MFU"], rows),
+            f"LoRA, ours against HF peft on the same model and batch (interleaved rounds): "
+            f"{1000 * versus['ours_median_step_seconds']:.0f} ms vs "
+            f"{1000 * versus['peft_median_step_seconds']:.0f} ms per step, ratio ours/peft "
+            f"**{versus['ratio_ours_over_peft']:.2f}**.",
+        ]
+    _training_cost_plot(data, plots / "training_cost.png")
+    parts += [
+        "![step time and memory per method](bench/results/training_cost.png)",
+        measured_on(data),
+    ]
+    return "\n\n".join(parts)
+
+
+def _training_cost_plot(data: dict[str, Any], path: Path) -> None:
+    device = data["results"][0]
+    methods = [m["method"] for m in device["methods"]]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.bar(methods, [1000 * m["median_step_seconds"] for m in device["methods"]])
+    left.set_ylabel("ms per step")
+    right.bar(
+        methods, [m["training_memory_bytes"] / 2**20 for m in device["methods"]], color="tab:orange"
+    )
+    right.set_ylabel("MiB above the loaded model")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=30)
+    figure.suptitle(f"Training cost per method ({device['device']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def composition_section(data: dict[str, Any], plots: Path) -> str:
+    mixed = data["mixed_batch"]
+    rows = [
+        [
+            str(m["distinct_adapters"]),
+            f"{m['ours_ms']:.0f} ms",
+            f"{m['peft_adapter_names_ms']:.0f} ms",
+            f"{m['single_adapter_ms']:.0f} ms",
+            f"{m['speedup_vs_peft']:.2f}x",
+        ]
+        for m in mixed
+    ]
+    names = ["lora_merged", "lora_unmerged", "pfeiffer", "houlsby", "stack_of_two_pfeiffer"]
+    latency = [
+        [name.replace("_", " ")]
+        + [
+            f"{100 * (data['latency'][b][f'{name}_over_base'] - 1):+.1f}%"
+            for b in ("batch_1", "batch_32")
+        ]
+        for name in names
+    ]
+    figure, axis = plt.subplots(figsize=(5.6, 3.4))
+    counts = [m["distinct_adapters"] for m in mixed]
+    for key, label in (
+        ("ours_ms", "ours (per_row)"),
+        ("peft_adapter_names_ms", "peft adapter_names"),
+        ("single_adapter_ms", "one adapter for all rows"),
+    ):
+        axis.plot(counts, [m[key] for m in mixed], marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("distinct LoRA adapters in a batch of 32")
+    axis.set_ylabel("ms per forward pass")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plots / "composition.png", dpi=110)
+    plt.close(figure)
+    return "\n\n".join(
+        [
+            f"**Multi-adapter inference** (MiniLM, LoRA r=8 on q, v, 32 rows x "
+            f"{data['sequence_length']} tokens, same weights in both libraries; "
+            "`python -m bench.composition_bench`):",
+            table(
+                [
+                    "distinct adapters",
+                    "ours (per_row)",
+                    "peft (adapter_names)",
+                    "one adapter",
+                    "ours vs peft",
+                ],
+                rows,
+            ),
+            "![time against distinct adapters](bench/results/composition.png)",
+            "Latency over the base model:",
+            table(["adapter", "batch 1", "batch 32"], latency),
+            measured_on(data),
+        ]
+    )
+
+
+def registry_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    queries = data["queries"]
+    rows = [
+        [backend]
+        + [
+            f"{q[k]['p50_ms']:.2f} / {q[k]['p99_ms']:.2f} ms"
+            for k in ("find", "get_by_alias", "resolve")
+        ]
+        for backend, q in queries.items()
+    ]
+    s3 = data["s3"]
+    transfers = [
+        [
+            f"{v['files']} file(s), {v['megabytes']:.0f} MB",
+            f"{v['upload_mb_s']['ratio_ours_over_boto3']:.2f}x",
+            f"{v['download_mb_s']['ratio_ours_over_boto3']:.2f}x",
+        ]
+        for v in s3.values()
+    ]
+    return "\n\n".join(
+        [
+            f"**Registry at {data['versions']:,} versions** ({data['adapters']:,} adapters; "
+            "p50 / p99; "
+            "`python -m bench.registry_bench`):",
+            table(
+                [
+                    "backend",
+                    "find (base, task, language; by accuracy)",
+                    "get name@champion",
+                    "resolve",
+                ],
+                rows,
+            ),
+            "S3 (SeaweedFS) through our store, as a ratio to plain boto3 on the same files:",
+            table(["transfer", "upload ours/boto3", "download ours/boto3"], transfers),
+            measured_on(data),
+        ]
+    )
+
+
+def storage_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    rows = [
+        [
+            r["model"],
+            METHOD_LABELS[r["method"]],
+            size(r["adapter_bytes"]),
+            f"{r['adapter_share_percent']:.2f}%",
+            f"{r['adapters_in_two_full_models']:,}",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            "**Storage** against a fully fine-tuned copy of the model (the seed paper: "
+            "125 adapters "
+            "in the space of 2 fine-tuned models; `python -m bench.storage_bench`):",
+            table(
+                [
+                    "model",
+                    "method",
+                    "adapter",
+                    "share of the model",
+                    "adapters in the space of 2 models",
+                ],
+                rows,
+            ),
+            measured_on(data),
+        ]
+    )
+
+
+def madx_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    rows = [
+        [label, f"{100 * value:.1f}%"] for label, value in data["accuracy_on_pt_validation"].items()
+    ]
+    perplexity = data.get("language_adapter_perplexity")
+    detail = (
+        ", ".join(f"{k} {v:.0f}" for k, v in perplexity.items())
+        if isinstance(perplexity, dict)
+        else f"{perplexity:.0f}"
+    )
+    return "\n\n".join(
+        [
+            f"**MAD-X on real data** (Pfeiffer adapters, {data['steps']} steps x "
+            f"{data['batch_size']} "
+            f"each; accuracy on the Portuguese SST-2 validation set; language adapters' masked-LM "
+            f"perplexity {detail}; `python -m bench.madx_demo`):",
+            table(["adapter", "accuracy"], rows),
+            measured_on(data),
+        ]
+    )
+
+
+SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
+    ("quality", quality_section),
+    ("training_cost", training_cost_section),
+    ("storage", storage_section),
+    ("composition", composition_section),
+    ("madx", madx_section),
+    ("registry", registry_section),
+]
+
+
+def render(results: Path = RESULTS) -> str:
+    """The results section's Markdown (plots are written beside the result files)."""
+    parts, missing = [], []
+    for name, section in SECTIONS:
+        data = load(name, results)
+        if data is None:
+            missing.append(name)
+            continue
+        parts.append(section(data, results))
+    if missing:
+        parts.append(f"_Not run yet: {', '.join(missing)} (`make bench`)._")
+    return "\n\n".join(parts)
+
+
+def update_readme(readme: Path, results: Path = RESULTS) -> None:
+    """Replace the text between the markers with a fresh rendering."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{render(results)}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md"
+    )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="write the section to this file instead"
+    )
+    args = parser.parse_args()
+    if args.markdown is not None:  # beside the plots: link them by file name
+        text = render(RESULTS).replace("](bench/results/", "](")
+        args.markdown.write_text(text + "\n")
+        print(f"wrote {args.markdown}")
+        return
+    update_readme(args.readme)
+    print(f"updated {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The results section is rendered from result files: every number shown comes from them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = {"date": "2026-01-02T03:04:05+00:00", "cpus": 2, "packages": {"torch": "9.9"}}
+
+
+def quality() -> dict:
+    def row(method: str, accuracy: float, share: float) -> dict:
+        return {
+            "language": "en", "method": method, "seeds": 3, "accuracy_mean": accuracy,
+            "accuracy_std": 0.0123, "macro_f1_mean": accuracy - 0.01,
+            "gap_to_full_points": 100 * (accuracy - 0.8111), "trainable_params": 4321,
+            "trainable_percent": share, "adapter_file_bytes": 54321, "train_seconds_mean": 77.0,
+        }  # fmt: skip
+
+    return {
+        "machine": MACHINE, "quick": False, "steps": 123, "batch_size": 16, "seeds": 3,
+        "majority_class_accuracy": {"en": 0.5092},
+        "summary": [row("full", 0.8111, 100.0), row("lora", 0.7987, 0.33)],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    (tmp_path / "quality.json").write_text(json.dumps(quality()))
+    for name in ("composition", "registry", "storage"):
+        shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
+    return tmp_path
+
+
+def test_tables_carry_the_numbers_of_the_result_files(results: Path):
+    text = report.render(results)
+    assert (
+        "| en | LoRA r=8 (q, v) | 79.9 ± 1.2 | 78.9 | -1.2 | 4,321 (0.33%) | 54 KB | 77 s |" in text
+    )
+    assert "123 steps x 16" in text and "majority class en 50.9%" in text
+    composition = json.loads((results / "composition.json").read_text())
+    first = composition["mixed_batch"][0]
+    assert f"| {first['distinct_adapters']} | {first['ours_ms']:.0f} ms |" in text
+    assert "_2026-01-02, 2 CPUs, torch 9.9._" in text
+
+
+def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
+    text = report.render(results)
+    assert (results / "quality.png").stat().st_size > 1000
+    assert (results / "composition.png").stat().st_size > 1000
+    assert "_Not run yet: training_cost, madx (`make bench`)._" in text
+
+
+def test_the_readme_section_is_replaced_between_its_markers(results: Path, tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\nbefore\n\n{report.START}\nold text\n{report.END}\n\nafter\n")
+    report.update_readme(readme, results)
+    text = readme.read_text()
+    assert text.startswith("# T\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert "old text" not in text and "79.9 ± 1.2" in text
+
+
+def test_the_committed_readme_matches_the_committed_results(tmp_path: Path):
+    """Results and README are committed together: re-rendering changes nothing."""
+    copy = tmp_path / "results"
+    shutil.copytree(ROOT / "bench" / "results", copy)
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    report.update_readme(readme, copy)
+    assert readme.read_text() == (ROOT / "README.md").read_text()
