@@ -29,7 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
+import transformers
 from transformers import AutoModelForMaskedLM
 
 import peft_core as pc
@@ -120,6 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     work = Path(tempfile.mkdtemp(prefix="madx-"))
     steps = args.steps
     perplexity = {}
