@@ -96,12 +96,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="60 steps, one seed, English only")
+    parser.add_argument("--quick", action="store_true", help="100 steps, one seed, English only")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--languages", nargs="+", default=None)
     args = parser.parse_args()
-    steps = args.steps or (60 if args.quick else 200)
+    steps = args.steps or (100 if args.quick else 200)
     seeds = args.seeds or (1 if args.quick else 3)
     languages = args.languages or (["en"] if args.quick else ["en", "pt"])
     transformers.logging.set_verbosity_error()
