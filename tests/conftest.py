@@ -120,14 +120,16 @@ def prefect_server(service_dir: Path) -> Iterator[PrefectServer]:
     environment = prefect_environment(server.home, server.api_url)
     previous = {k: os.environ.get(k) for k in environment}
     os.environ.update(environment)
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server
-        from prefect.logging.handlers import APILogHandler
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server
+            from prefect.logging.handlers import APILogHandler
 
-        APILogHandler().flush()  # send the last flow-run logs while the server still answers
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
+            APILogHandler().flush()  # send the last flow-run logs while the server still answers
+    finally:  # whatever happened above, the server must not outlive the session
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
