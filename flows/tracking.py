@@ -66,7 +66,16 @@ def configure() -> str:
             return str(experiment.experiment_id)
         # Embedded: artifacts next to the database; a server decides its own artifact location.
         location = (home() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+        try:
+            return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+        except MlflowException as exc:
+            # Concurrent flow runs on a fresh server: another one created it since our lookup.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            created = mlflow.get_experiment_by_name(EXPERIMENT)
+            if created is None:
+                raise
+            return str(created.experiment_id)
 
 
 def client() -> MlflowClient:
