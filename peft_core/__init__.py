@@ -25,7 +25,9 @@ from .composition import (
     block_to_dict,
 )
 from .config import (
+    IA3,
     BitFit,
+    DoRA,
     FullFineTune,
     Fusion,
     Houlsby,
@@ -57,6 +59,7 @@ from .inject import (
 )
 from .io import adapter_state_dict, read_metadata
 from .merge import merge, merged_state_dict, unmerge
+from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
 from .plan import Plan, build_on_meta, measure, plan
 from .roles import ROLES
@@ -65,6 +68,7 @@ from .serialization import load_adapter, save_adapter
 from .training import Precision, TrainResult, train
 
 __all__ = [
+    "IA3",
     "ROLES",
     "AdapterExistsError",
     "AdapterFormatError",
@@ -75,6 +79,7 @@ __all__ = [
     "Block",
     "CompositionError",
     "ConfigError",
+    "DoRA",
     "Fingerprint",
     "FullFineTune",
     "Fuse",
@@ -83,6 +88,7 @@ __all__ = [
     "Houlsby",
     "LoRA",
     "MergeReport",
+    "Method",
     "MethodConfig",
     "NotMergeableError",
     "Parallel",
@@ -97,6 +103,7 @@ __all__ = [
     "active_adapters",
     "adapter_state_dict",
     "add_adapter",
+    "all_methods",
     "block_from_dict",
     "block_to_dict",
     "build_on_meta",
@@ -111,10 +118,12 @@ __all__ = [
     "merge",
     "merge_adapters",
     "merged_state_dict",
+    "method_of",
     "parallel_outputs",
     "per_row",
     "plan",
     "read_metadata",
+    "register_method",
     "save_adapter",
     "set_active",
     "set_trainable",

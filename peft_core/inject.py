@@ -10,24 +10,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
-from .config import BitFit, FullFineTune, Fusion, Houlsby, LoRA, MethodConfig, Pfeiffer
 from .errors import AdapterExistsError, TargetError
-from .heads import HeadSwitch, adapter_head, body_prefix, detect_head
-from .layer import AdaptedLayer, layer_kind, named_base_modules
-from .methods.bitfit import BiasOffset
-from .methods.bottleneck import Bottleneck
-from .methods.fusion import FusionModule
-from .methods.lora import LoRAModule
-from .methods.parts import SliceParts
+from .heads import HeadSwitch, adapter_head, detect_head
+from .layer import AdaptedLayer, layer_kind
+from .methods import LayerSite, MethodConfig, method_of
+from .methods.fusion import Fusion
 from .parallel import activate_parallel, deactivate_parallel
-from .roles import ROLES, Target, family_of, find_targets
+from .roles import Target
 from .state import AdapterRecord, adapter_layers, adapter_records, get_record
 
 __all__ = [
@@ -83,14 +78,13 @@ def prepare_adapter(
 ) -> PreparedAdapter:
     """Validate and build everything :func:`add_adapter` needs, without changing ``model``."""
     _check_new_name(model, name)
-    if isinstance(config, Fusion):
-        for member in config.members:
-            get_record(model, member)  # a fusion needs its members in the model first
+    method = method_of(config)
+    method.check_model(model, config)
     overrides = dict(lora_overrides or {})
-    resolved = targets if targets is not None else _resolve(model, config)
+    resolved = targets if targets is not None else method.targets(model, config)
     modules = _build_modules(model, config, resolved, overrides)
     head = detect_head(model)
-    if isinstance(config, FullFineTune):
+    if method.trains_whole_model:
         # A full fine-tune owns every weight, the head included: no per-adapter head copy.
         head = dataclasses.replace(head, trainable=False)
     record = AdapterRecord(name, config, resolved, head, overrides)
@@ -146,7 +140,7 @@ def active_adapters(model: nn.Module) -> list[str]:
 def set_trainable(model: nn.Module, name: str) -> None:
     """Freeze everything except adapter ``name`` (and its head when the head is new)."""
     record = get_record(model, name)
-    if isinstance(record.config, FullFineTune):
+    if method_of(record.config).trains_whole_model:
         model.requires_grad_(True)
         return
     model.requires_grad_(False)
@@ -241,82 +235,6 @@ def _check_new_name(model: nn.Module, name: str) -> None:
         )
 
 
-def _resolve(model: nn.Module, config: MethodConfig) -> list[Target]:
-    """Turn the config's roles/patterns into module targets inside the model body."""
-    if isinstance(config, FullFineTune):
-        return []
-    if isinstance(config, Fusion):
-        return _fusion_targets(model, config)
-    if isinstance(config, BitFit) and config.targets is None:
-        return _all_biases(model)
-    requested = config.placements if isinstance(config, Houlsby | Pfeiffer) else config.targets
-    assert requested is not None
-    prefix = body_prefix(model)
-    body = getattr(model, prefix) if prefix else model
-    widths = {
-        name: kind.out_features(module)
-        for name, module in named_base_modules(body)
-        if (kind := layer_kind(module)) is not None
-    }
-    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
-    found, unmatched = find_targets(body, requested, model_type=model_type, out_features=widths)
-    if unmatched:
-        raise TargetError(_unmatched_message(body, requested, unmatched, model_type))
-    return [_prefixed(prefix, t) for t in found]
-
-
-def _fusion_targets(model: nn.Module, config: Fusion) -> list[Target]:
-    """The layers that hold every member; members must be bottleneck adapters."""
-    records = [get_record(model, member) for member in config.members]
-    wrong = [r.name for r in records if not isinstance(r.config, Houlsby | Pfeiffer)]
-    if wrong:
-        raise TargetError(
-            f"Fusion combines bottleneck adapters (Houlsby, Pfeiffer); {wrong} are not"
-        )
-    shared = set.intersection(*({t.module_name for t in r.targets} for r in records))
-    if not shared:
-        raise TargetError(f"members {list(config.members)} share no layer: nothing to fuse")
-    return [t for t in records[0].targets if t.module_name in shared]
-
-
-def _all_biases(model: nn.Module) -> list[Target]:
-    prefix = body_prefix(model)
-    body = getattr(model, prefix) if prefix else model
-    found = [
-        _prefixed(prefix, Target(name))
-        for name, module in named_base_modules(body)
-        if layer_kind(module) is not None and getattr(module, "bias", None) is not None
-    ]
-    if not found:
-        raise TargetError(
-            f"BitFit needs bias terms, but this {type(model).__name__} has none "
-            "(Llama-family models have no biases). Choose LoRA or a bottleneck adapter instead."
-        )
-    return found
-
-
-def _prefixed(prefix: str, target: Target) -> Target:
-    if not prefix:
-        return target
-    return Target(f"{prefix}.{target.module_name}", target.out_slice, target.role)
-
-
-def _unmatched_message(
-    body: nn.Module, requested: Iterable[str], unmatched: list[str], model_type: str
-) -> str:
-    candidates = [n for n, m in named_base_modules(body) if layer_kind(m) is not None]
-    leaf_names = sorted({n.rsplit(".", 1)[-1] for n in candidates})
-    roles = (
-        f"roles known for {model_type!r}: {', '.join(ROLES)}"
-        if family_of(model_type)
-        else f"model type {model_type!r} has no role table; use module-name patterns"
-    )
-    return (
-        f"targets {unmatched} matched no module (asked for {list(requested)}); {roles}. "
-        f"Adaptable module names here include: {', '.join(leaf_names[:12])}"
-    )
-
-
 def _build_modules(
     model: nn.Module,
     config: MethodConfig,
@@ -350,71 +268,13 @@ def _build_one(
     overrides: dict[str, tuple[int, float]],
 ) -> nn.Module:
     kind = layer_kind(base)
-    supported = "Linear, Conv1D (GPT-2) and, for BitFit, LayerNorm"
     if kind is None:
         raise TargetError(
             f"{module_name} is a {type(base).__name__}, which {config.type} cannot adapt; "
-            f"supported module types: {supported}"
+            "supported module types: Linear, Conv1D (GPT-2) and, for BitFit, LayerNorm"
         )
-    device, dtype = _device_of(base), _dtype_of(base)
-    out = kind.out_features(base)
-    if isinstance(config, BitFit):
-        if getattr(base, "bias", None) is None:
-            raise TargetError(f"BitFit target {module_name} has no bias term")
-
-        def offset(target: Target) -> nn.Module:
-            return BiasOffset(
-                _width(target, out),
-                out_slice=target.out_slice,
-                total_out=out,
-                device=device,
-                dtype=dtype,
-            )
-
-        return _one_or_parts(targets, offset)
-    if isinstance(config, Fusion):
-        out = kind.out_features(base)
-        return FusionModule(
-            out, config.members, temperature=config.temperature, device=device, dtype=dtype
-        )
-    if not kind.has_weight_matrix:
-        raise TargetError(
-            f"{config.type} cannot adapt {module_name} ({kind.name}): no weight matrix"
-        )
-    if isinstance(config, Houlsby | Pfeiffer):
-        size = config.bottleneck_size(out)
-        return Bottleneck(out, size, activation=config.activation, device=device, dtype=dtype)
-    assert isinstance(config, LoRA)
-    rank, alpha = overrides.get(module_name, (config.rank, config.alpha))
-    scaling = alpha / (rank**0.5 if config.use_rslora else rank)
-
-    def lora(target: Target) -> nn.Module:
-        return LoRAModule(
-            kind.in_features(base),
-            _width(target, out),
-            rank=rank,
-            scaling=scaling,
-            dropout=config.dropout,
-            out_slice=target.out_slice,
-            total_out=out,
-            device=device,
-            dtype=dtype,
-        )
-
-    return _one_or_parts(targets, lora)
-
-
-def _width(target: Target, out_features: int) -> int:
-    if target.out_slice is None:
-        return out_features
-    return target.out_slice[1] - target.out_slice[0]
-
-
-def _one_or_parts(targets: list[Target], build: Callable[[Target], nn.Module]) -> nn.Module:
-    """One module for a whole layer; a :class:`SliceParts` for slices of a fused layer."""
-    if len(targets) == 1 and targets[0].out_slice is None:
-        return build(targets[0])
-    return SliceParts({t.role or f"part{i}": build(t) for i, t in enumerate(targets)})
+    site = LayerSite(module_name, base, kind, tuple(targets), overrides.get(module_name))
+    return method_of(config).build(site, config)
 
 
 def _wrap(model: nn.Module, module_name: str) -> AdaptedLayer:
@@ -443,14 +303,3 @@ def _replace_module(model: nn.Module, module_name: str, replacement: nn.Module) 
 
 def _head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, HeadSwitch)]
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def _dtype_of(module: nn.Module) -> torch.dtype:
-    # Adapters take the base layer's dtype (mixed precision is the training loop's job);
-    # a quantised integer base gets float32 adapters.
-    dtype = next(module.parameters()).dtype
-    return dtype if dtype.is_floating_point else torch.float32

@@ -23,12 +23,13 @@ import transformers
 from torch import Tensor, nn
 
 from . import __version__
-from .config import FullFineTune, config_from_dict, config_to_dict
+from .config import config_from_dict, config_to_dict
 from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
 from .fingerprint import Fingerprint, fingerprint
 from .heads import head_state, original_head_state
 from .inject import PreparedAdapter, attach_adapter, prepare_adapter
 from .layer import base_state_dict
+from .methods import method_of
 from .roles import Target
 from .state import AdapterRecord, adapter_layers, get_record
 
@@ -53,7 +54,7 @@ FORMAT_VERSION = 1
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     """Adapter ``name``'s tensors (and its new head's), keyed as in our file format."""
     record = get_record(model, name)
-    if isinstance(record.config, FullFineTune):
+    if method_of(record.config).trains_whole_model:
         return _unique_tensors(base_state_dict(model))
     state: dict[str, Tensor] = {}
     for module_name, layer in adapter_layers(model, name):
@@ -123,7 +124,7 @@ def read_ours(
     check_fingerprint(model, meta, tokenizer=tokenizer, force=force)
     tensors = _read_tensors(folder / ADAPTER_WEIGHTS, model)
     prepared = _prepare_from_meta(model, meta, name or str(meta.get("name") or folder.name))
-    if isinstance(prepared.record.config, FullFineTune):
+    if method_of(prepared.record.config).trains_whole_model:
         _load_full(model, tensors, folder)
         attach_adapter(model, prepared)
         return prepared.record

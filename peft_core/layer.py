@@ -108,12 +108,14 @@ class AdaptedLayer(nn.Module):
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
         self.active: Block | None = None
-        self.routing: object | None = None  # set inside peft_core.per_row; see routing.py
+        # Set inside peft_core.per_row (routing.py): a callable (x, y) -> y that adds each row's
+        # own adapter. Typed as a plain callable so this module needs nothing from routing.
+        self.routing: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def forward(self, x: Tensor, *args: object, **kwargs: object) -> Tensor:
         y = self.base_layer(x, *args, **kwargs)
         if self.routing is not None:
-            return route_rows(self, x, y)
+            return self.routing(x, y)
         return self._run(self.active, x, y) if self.active is not None else y
 
     def _run(self, block: Block, x: Tensor, y: Tensor) -> Tensor:
@@ -156,13 +158,6 @@ class AdaptedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active={self.active!r}"
-
-
-def route_rows(layer: AdaptedLayer, x: Tensor, y: Tensor) -> Tensor:
-    """Per-row adapters (defined in :mod:`peft_core.routing`, which imports this module)."""
-    from .routing import route  # noqa: PLC0415 - routing builds on the classes defined here
-
-    return route(layer, x, y)
 
 
 def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -1,8 +1,9 @@
 """Merging an adapter into its base weights, and back.
 
 Everything rests on one ``delta()`` per method (LoRA: ``scaling * B @ A``; BitFit: the bias
-offsets). ``merge`` checks every delta is finite before changing any weight; ``unmerge`` subtracts
-the same deltas, restoring the base weights within float rounding. Both are explicit and
+offsets; DoRA and IA3: a delta computed from the current weight). ``merge`` checks every delta is
+finite before changing any weight and keeps the delta it applied; ``unmerge`` subtracts that same
+delta, restoring the base weights within float rounding. Both are explicit and
 idempotent: a redundant call warns and changes nothing. Nothing merges as a side effect of
 ``.eval()``.
 """
@@ -14,13 +15,15 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .config import FullFineTune, Fusion, Houlsby, Pfeiffer
 from .errors import NotMergeableError
 from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
+from .methods import method_of
 from .state import adapter_layers, get_record
 
 __all__ = ["merge", "merged_state_dict", "unmerge"]
+
+_APPLIED = "applied_delta"  # the delta merge added, on the adapter module
 
 
 def merge(model: nn.Module, name: str) -> None:
@@ -28,7 +31,10 @@ def merge(model: nn.Module, name: str) -> None:
     pending = _deltas(model, name, want_merged=False, verb="merge")
     for layer, delta in pending:
         layer.apply_delta(delta, sign=1.0)
-        layer.adapter(name).merged = True
+        adapter = layer.adapter(name)
+        adapter.merged = True
+        # Kept for unmerge: DoRA's and IA3's deltas depend on the weight they were added to.
+        vars(adapter)[_APPLIED] = delta
 
 
 def unmerge(model: nn.Module, name: str) -> None:
@@ -36,7 +42,9 @@ def unmerge(model: nn.Module, name: str) -> None:
     pending = _deltas(model, name, want_merged=True, verb="unmerge")
     for layer, delta in pending:
         layer.apply_delta(delta, sign=-1.0)
-        layer.adapter(name).merged = False
+        adapter = layer.adapter(name)
+        adapter.merged = False
+        vars(adapter).pop(_APPLIED, None)
 
 
 @torch.no_grad()
@@ -75,17 +83,10 @@ def _add_delta(state: dict[str, Tensor], module_name: str, layer: AdaptedLayer, 
 
 def _check_mergeable(model: nn.Module, name: str) -> None:
     config = get_record(model, name).config
-    if isinstance(config, FullFineTune):
+    method = method_of(config)
+    if not method.mergeable:
         raise NotMergeableError(
-            f"adapter {name!r} is a full fine-tune: its weights are the model's; nothing to merge"
-        )
-    if isinstance(config, Fusion):
-        raise NotMergeableError(f"adapter {name!r} is an AdapterFusion: it has no weight delta")
-    if isinstance(config, Houlsby | Pfeiffer):
-        raise NotMergeableError(
-            f"adapter {name!r} is a {config.type} bottleneck adapter: its non-linear bottleneck "
-            "has no weight delta, so it cannot be merged (LoRA and BitFit merge for zero-cost "
-            "serving)"
+            f"adapter {name!r} is a {config.type} adapter: {method.why_not_mergeable}"
         )
 
 
@@ -104,7 +105,8 @@ def _deltas(
     for layer in layers:
         if layer.adapter(name).merged != want_merged:
             continue
-        delta = _delta_of(layer, name)
+        applied = vars(layer.adapter(name)).get(_APPLIED)
+        delta = applied if want_merged and applied is not None else _delta_of(layer, name)
         for tensor in (delta.weight, delta.bias):
             if tensor is not None and not torch.isfinite(tensor).all():
                 raise NotMergeableError(

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .config import MethodConfig
 from .errors import AdapterNotFoundError
 from .heads import HeadInfo
 from .layer import AdaptedLayer
+from .methods.base import MethodConfig
 from .roles import Target
 
 __all__ = ["AdapterRecord", "adapter_layers", "adapter_records", "get_record"]

@@ -8,16 +8,30 @@ and before the layer norm that follows it:
 ``down`` projects to the bottleneck width, ``up`` back. ``up`` starts at zero (the limit of
 Houlsby's near-identity initialisation), so a fresh adapter returns exactly the base output while
 ``up`` still receives gradients from the first step. The non-linearity makes it impossible to merge.
+The two presets are the same module with different placements and defaults.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..layer import ParamDelta
+from ..roles import Target
+from ..routing import remap_slots
+from ..targeting import resolve_targets
+from .base import LayerSite, Method, MethodConfig, require
 
-__all__ = ["Bottleneck"]
+__all__ = ["METHOD", "Bottleneck", "Houlsby", "Pfeiffer"]
+
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+Step = Callable[[Tensor, Tensor], Tensor]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -25,6 +39,68 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
+
+
+@dataclass(frozen=True)
+class _Bottleneck(MethodConfig):
+    """Shared fields of the bottleneck presets (they differ only in placement)."""
+
+    reduction_factor: int | None = None
+    bottleneck: int | None = None
+    activation: Activation = "relu"
+
+    def __post_init__(self) -> None:
+        require(
+            not (self.reduction_factor is not None and self.bottleneck is not None),
+            "give either reduction_factor or bottleneck, not both",
+        )
+        if self.reduction_factor is not None:
+            require(
+                self.reduction_factor >= 1,
+                f"reduction_factor must be >= 1, got {self.reduction_factor}",
+            )
+        if self.bottleneck is not None:
+            require(self.bottleneck >= 1, f"bottleneck must be >= 1, got {self.bottleneck}")
+        require(
+            self.activation in _ACTIVATIONS,
+            f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}",
+        )
+
+    def bottleneck_size(self, hidden_size: int) -> int:
+        """The bottleneck width for a layer of ``hidden_size`` features (default factor 16)."""
+        if self.bottleneck is not None:
+            return self.bottleneck
+        return max(1, hidden_size // (self.reduction_factor or 16))
+
+    @property
+    def placements(self) -> tuple[str, ...]:
+        """The roles whose outputs pass through a bottleneck."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Houlsby(_Bottleneck):
+    """Houlsby et al. 2019: a bottleneck after the attention output and one after the FFN output."""
+
+    activation: Activation = "gelu"
+    type: Literal["houlsby"] = dataclasses.field(default="houlsby", init=False)
+
+    @property
+    def placements(self) -> tuple[str, ...]:
+        """The roles whose outputs pass through a bottleneck."""
+        return ("o", "ffn_out")
+
+
+@dataclass(frozen=True)
+class Pfeiffer(_Bottleneck):
+    """Pfeiffer et al. 2020: one bottleneck after the FFN output of every layer."""
+
+    type: Literal["pfeiffer"] = dataclasses.field(default="pfeiffer", init=False)
+
+    @property
+    def placements(self) -> tuple[str, ...]:
+        """The roles whose outputs pass through a bottleneck."""
+        return ("ffn_out",)
 
 
 class Bottleneck(nn.Module):
@@ -57,3 +133,90 @@ class Bottleneck(nn.Module):
     def delta(self) -> ParamDelta | None:
         """Not linear in the base parameters: cannot be merged."""
         return None
+
+    @staticmethod
+    def batched(modules: Sequence[Bottleneck], index: Tensor) -> Step:
+        """Per-row bottlenecks, grouped by activation, zero-padded to the widest bottleneck."""
+        by_activation: dict[type, list[int]] = defaultdict(list)
+        for slot, m in enumerate(modules, start=1):
+            by_activation[type(m.act)].append(slot)
+        steps = [
+            _bottleneck_group([modules[s - 1] for s in slots], remap_slots(index, slots))
+            for slots in by_activation.values()
+        ]
+
+        def step(x: Tensor, y: Tensor) -> Tensor:
+            for group in steps:  # usually one: all adapters share an activation
+                y = group(x, y)
+            return y
+
+        return step
+
+
+def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Step:
+    width = max(m.down.weight.shape[0] for m in members)
+    down = members[0].down.weight
+    features = members[0].up.weight.shape[0]
+    down_w = down.new_zeros(len(members) + 1, width, features)
+    down_b = down.new_zeros(len(members) + 1, width)
+    up_w = down.new_zeros(len(members) + 1, features, width)
+    up_b = down.new_zeros(len(members) + 1, features)
+    for slot, m in enumerate(members, start=1):
+        size = m.down.weight.shape[0]
+        down_w[slot, :size], down_b[slot, :size] = m.down.weight, m.down.bias
+        up_w[slot, :, :size], up_b[slot] = m.up.weight, m.up.bias
+    down_rows, down_bias = down_w[index].transpose(1, 2).contiguous(), down_b[index].unsqueeze(1)
+    up_rows, up_bias = up_w[index].transpose(1, 2).contiguous(), up_b[index].unsqueeze(1)
+    activation = members[0].act
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        y3 = y.reshape(y.shape[0], -1, y.shape[-1]).to(down_rows.dtype)
+        hidden = activation(torch.bmm(y3, down_rows) + down_bias)  # zero slots: act(0) = 0
+        update = torch.bmm(hidden, up_rows) + up_bias
+        return y + update.reshape(y.shape).to(y.dtype)
+
+    return step
+
+
+class _BottleneckMethod(Method):
+    mergeable = False
+    why_not_mergeable = (
+        "its non-linear bottleneck has no weight delta, so it cannot be merged (LoRA, DoRA, IA3 "
+        "and BitFit merge for zero-cost serving)"
+    )
+    fusable = True
+    combination = "average"  # approximate: the bottleneck is non-linear
+
+    def targets(self, model: nn.Module, config: Any) -> list[Target]:
+        return resolve_targets(model, cast(_Bottleneck, config).placements)
+
+    def build(self, site: LayerSite, config: Any) -> nn.Module:
+        preset = cast(_Bottleneck, config)
+        site.require_matrix(preset.type)
+        size = preset.bottleneck_size(site.out_features)
+        return Bottleneck(
+            site.out_features,
+            size,
+            activation=preset.activation,
+            device=site.device,
+            dtype=site.dtype,
+        )
+
+
+class HoulsbyMethod(_BottleneckMethod):
+    """Houlsby: bottlenecks after attention and after the FFN."""
+
+    type = "houlsby"
+    config_class = Houlsby
+    summary = "bottlenecks after attention and FFN outputs (Houlsby et al. 2019)"
+
+
+class PfeifferMethod(_BottleneckMethod):
+    """Pfeiffer: one bottleneck after the FFN."""
+
+    type = "pfeiffer"
+    config_class = Pfeiffer
+    summary = "one bottleneck after the FFN output (Pfeiffer et al. 2020)"
+
+
+METHOD = (HoulsbyMethod(), PfeifferMethod())

@@ -9,12 +9,40 @@ the plain average of its members; with one member it is exactly that member.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
 import torch
 from torch import Tensor, nn
 
+from ..errors import TargetError
 from ..layer import ParamDelta
+from ..roles import Target
+from ..state import get_record
+from .base import LayerSite, Method, MethodConfig, finite, require
 
-__all__ = ["FusionModule"]
+__all__ = ["METHOD", "Fusion", "FusionModule"]
+
+
+@dataclass(frozen=True)
+class Fusion(MethodConfig):
+    """AdapterFusion (Pfeiffer et al. 2020a) over frozen bottleneck adapters ``members``.
+
+    In every layer that holds all members: the ``softmax_i(Q y . K o_i / temperature)``-weighted
+    sum of ``V o_i``, where ``o_i`` is member i's output. ``V`` starts as the identity and ``Q`` at
+    zero, so a fresh fusion returns the plain average of its members' outputs.
+    """
+
+    members: tuple[str, ...] = ()
+    temperature: float = 1.0
+    type: Literal["fusion"] = dataclasses.field(default="fusion", init=False)
+
+    def __post_init__(self) -> None:
+        require(len(self.members) >= 1, "a Fusion needs at least one member adapter")
+        require(len(set(self.members)) == len(self.members), f"duplicate members in {self.members}")
+        finite(self.temperature, "temperature")
+        require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
 
 
 class FusionModule(nn.Module):
@@ -58,3 +86,46 @@ class FusionModule(nn.Module):
     def delta(self) -> ParamDelta | None:
         """Not a weight delta: cannot be merged."""
         return None
+
+
+class FusionMethod(Method):
+    """AdapterFusion: placed where all its members are; neither merges nor combines."""
+
+    type = "fusion"
+    config_class = Fusion
+    summary = "attention over frozen bottleneck adapters (Pfeiffer et al. 2020a)"
+    mergeable = False
+    why_not_mergeable = "it is an AdapterFusion: it has no weight delta"
+
+    def check_model(self, model: nn.Module, config: Any) -> None:
+        for member in cast(Fusion, config).members:
+            get_record(model, member)  # a fusion needs its members in the model first
+
+    def targets(self, model: nn.Module, config: Any) -> list[Target]:
+        """The layers that hold every member; members must be fusable (bottleneck) adapters."""
+        from . import method_of  # noqa: PLC0415 - the table imports this module
+
+        fusion = cast(Fusion, config)
+        records = [get_record(model, member) for member in fusion.members]
+        wrong = [r.name for r in records if not method_of(r.config).fusable]
+        if wrong:
+            raise TargetError(
+                f"Fusion combines bottleneck adapters (Houlsby, Pfeiffer); {wrong} are not"
+            )
+        shared = set.intersection(*({t.module_name for t in r.targets} for r in records))
+        if not shared:
+            raise TargetError(f"members {list(fusion.members)} share no layer: nothing to fuse")
+        return [t for t in records[0].targets if t.module_name in shared]
+
+    def build(self, site: LayerSite, config: Any) -> nn.Module:
+        fusion = cast(Fusion, config)
+        return FusionModule(
+            site.out_features,
+            fusion.members,
+            temperature=fusion.temperature,
+            device=site.device,
+            dtype=site.dtype,
+        )
+
+
+METHOD = FusionMethod()

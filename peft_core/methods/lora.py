@@ -10,15 +10,81 @@ GPT-2's ``c_attn``); the delta is then zero outside that slice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layer import ParamDelta
+from ..errors import AdapterFormatError, ConfigError
+from ..layer import AdaptedLayer, ParamDelta
+from ..roles import Target
+from .base import LayerSite, Method, MethodConfig, PeftImport, check_targets, finite, require
+from .parts import SliceParts
 
-__all__ = ["LoRAModule"]
+if TYPE_CHECKING:
+    from ..state import AdapterRecord
+
+__all__ = [
+    "METHOD",
+    "LoRA",
+    "LoRAMethod",
+    "LoRAModule",
+    "LowRankConfig",
+    "lora_parts",
+    "lora_scaling",
+]
+
+Step = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LowRankConfig(MethodConfig):
+    """Fields shared by LoRA and its variants (DoRA)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+    use_rslora: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, f"{type(self).__name__} rank must be >= 1, got {self.rank}")
+        finite(self.alpha, f"{type(self).__name__} alpha")
+        require(self.alpha > 0, f"{type(self).__name__} alpha must be > 0, got {self.alpha}")
+        require(
+            0.0 <= self.dropout < 1.0,
+            f"{type(self).__name__} dropout must be in [0, 1), got {self.dropout}",
+        )
+        check_targets(self.targets)
+
+    @property
+    def scaling(self) -> float:
+        """The factor applied to ``B A x``."""
+        return lora_scaling(self.rank, self.alpha, self.use_rslora)
+
+
+@dataclass(frozen=True)
+class LoRA(LowRankConfig):
+    """Low-rank adaptation (Hu et al. 2021): ``h = W0 x + (alpha / rank) * B A x``.
+
+    ``targets`` are roles (``q``, ``k``, ``v``, ``o``, ``ffn_in``, ``ffn_out``) resolved per model
+    family, or module-name patterns (a suffix such as ``"query"`` or a full regular expression).
+    ``use_rslora`` scales by ``alpha / sqrt(rank)`` instead (Kalajdzievski 2023), as peft does.
+    """
+
+    type: Literal["lora"] = dataclasses.field(default="lora", init=False)
+
+
+def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
+    """``alpha / rank``, or ``alpha / sqrt(rank)`` for rsLoRA."""
+    return alpha / (rank**0.5 if use_rslora else rank)
 
 
 class LoRAModule(nn.Module):
@@ -69,3 +135,256 @@ class LoRAModule(nn.Module):
             start, stop = self.out_slice
             weight = F.pad(weight, (0, 0, start, self.total_out - stop))
         return ParamDelta(weight=weight)
+
+    @staticmethod
+    def batched(modules: Sequence[LoRAModule], index: Tensor) -> Step:
+        """One step for a batch whose row ``i`` uses ``modules[index[i] - 1]`` (0: none).
+
+        The adapters' weights are stacked once (slot 0 all zeros), LoRAs of lower rank
+        zero-padded to the largest rank: zero rows and columns add exactly nothing.
+        """
+        first = modules[0]
+        rank = max(m.rank for m in modules)
+        weight_a, weight_b = first.lora_A.weight, first.lora_B.weight
+        a = weight_a.new_zeros(len(modules) + 1, rank, weight_a.shape[1])
+        b = weight_b.new_zeros(len(modules) + 1, weight_b.shape[0], rank)
+        for slot, m in enumerate(modules, start=1):
+            a[slot, : m.rank] = m.lora_A.weight
+            b[slot, :, : m.rank] = m.lora_B.weight * m.scaling
+        a_rows = a[index].transpose(1, 2).contiguous()  # (B, in, r): each row's own A
+        b_rows = b[index].transpose(1, 2).contiguous()  # (B, r, out_slice)
+        padding = (
+            (first.out_slice[0], first.total_out - first.out_slice[1]) if first.out_slice else None
+        )
+
+        def step(x: Tensor, y: Tensor) -> Tensor:
+            rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(a_rows.dtype)
+            update = torch.bmm(torch.bmm(rows, a_rows), b_rows)  # (B, T, w)
+            if padding is not None:
+                update = F.pad(update, padding)
+            return y + update.reshape(y.shape).to(y.dtype)
+
+        return step
+
+
+def lora_parts(adapter: nn.Module) -> list[LoRAModule]:
+    """The LoRA modules of one layer's adapter (one, or one per slice of a fused layer)."""
+    modules = list(adapter.parts.values()) if isinstance(adapter, SliceParts) else [adapter]
+    return [cast(LoRAModule, m) for m in modules]
+
+
+class LoRAMethod(Method):
+    """LoRA: merges exactly, combines exactly by concatenation, reads and writes PEFT files."""
+
+    config_class: ClassVar[type[Any]] = LoRA
+    type = "lora"
+    summary = "low-rank update B A beside a frozen weight (Hu et al. 2021)"
+    combination: ClassVar[Literal["exact", "average"] | None] = "exact"
+    peft_type = "LORA"
+    # PEFT tensor keys this method owns: <module>.lora_A[.<adapter>].weight and the like.
+    peft_key: ClassVar[re.Pattern[str]] = re.compile(
+        r"^(?P<module>.+)\.(?P<param>lora_[AB])(?:\.[^.]+)?\.weight$"
+    )
+
+    def build(self, site: LayerSite, config: Any) -> nn.Module:
+        lora = cast(LowRankConfig, config)
+        site.require_matrix(lora.type)
+        rank, alpha = site.rank_alpha or (lora.rank, lora.alpha)
+        scaling = lora_scaling(rank, alpha, lora.use_rslora)
+
+        def one(target: Target) -> nn.Module:
+            return LoRAModule(
+                site.in_features,
+                site.width(target),
+                rank=rank,
+                scaling=scaling,
+                dropout=lora.dropout,
+                out_slice=target.out_slice,
+                total_out=site.out_features,
+                device=site.device,
+                dtype=site.dtype,
+            )
+
+        return site.one_or_parts(one)
+
+    # -- merge_adapters ---------------------------------------------------------------------------
+
+    def combined_config(self, configs: Sequence[Any], *, how: str, rank: int | None) -> Any:
+        """``cat``: the sum of ranks, scaling 1 (scalings folded into B); ``svd``: ``rank``."""
+        if how not in ("cat", "svd"):
+            raise ConfigError(f"unknown how={how!r}; expected 'cat' or 'svd'")
+        new_rank = rank if how == "svd" else sum(cast(LowRankConfig, c).rank for c in configs)
+        assert new_rank is not None
+        first = cast(LowRankConfig, configs[0])
+        return dataclasses.replace(first, rank=new_rank, alpha=float(new_rank), use_rslora=False)
+
+    @torch.no_grad()
+    def combine_modules(
+        self, target: nn.Module, sources: Sequence[nn.Module], factors: Sequence[float], how: str
+    ) -> float:
+        """``cat`` (exact): A stacks the A's, B stacks ``w_i * scaling_i * B_i``.
+        ``svd`` (lossy): ``sum_i w_i delta_i`` truncated by SVD; returns the relative error."""
+        worst = 0.0
+        for position, part in enumerate(lora_parts(target)):
+            parts = [lora_parts(s)[position] for s in sources]
+            if how == "cat":
+                part.lora_A.weight.copy_(torch.cat([p.lora_A.weight for p in parts]))
+                part.lora_B.weight.copy_(
+                    torch.cat(
+                        [
+                            w * p.scaling * p.lora_B.weight
+                            for w, p in zip(factors, parts, strict=True)
+                        ],
+                        dim=1,
+                    )
+                )
+                part.scaling = 1.0
+            else:
+                worst = max(worst, _svd_into(part, parts, factors))
+        return worst
+
+    def combination_name(self, how: str, rank: int | None) -> str:
+        return "concatenation" if how == "cat" else f"svd rank {rank}"
+
+    # -- the PEFT layout --------------------------------------------------------------------------
+
+    def reads_peft(self, peft_config: dict[str, Any]) -> bool:
+        return peft_config.get("peft_type") == "LORA" and not peft_config.get("use_dora")
+
+    def owns_peft_key(self, key: str) -> bool:
+        return self.peft_key.match(key) is not None
+
+    def to_peft(
+        self, record: AdapterRecord, layers: dict[str, AdaptedLayer]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """GPT-2's sliced q/v LoRAs become one LoRA of rank ``2r`` on ``c_attn`` whose ``B`` is
+        block-structured (zero rows for k): the same delta, exactly."""
+        config = cast(LowRankConfig, record.config)
+        tensors: dict[str, Tensor] = {}
+        ranks: dict[str, tuple[int, float]] = {}
+        for module_name, layer in layers.items():
+            a, b, scaling = _as_single_lora(layer.adapters[record.name])
+            tensors[f"{module_name}.lora_A.weight"] = a
+            tensors[f"{module_name}.lora_B.weight"] = b
+            rank = int(a.shape[0])
+            ranks[module_name] = (rank, scaling * (rank**0.5 if config.use_rslora else rank))
+        (default_rank, default_alpha), _ = Counter(ranks.values()).most_common(1)[0]
+        fields = {
+            "r": default_rank,
+            "lora_alpha": default_alpha,
+            "lora_dropout": config.dropout,
+            "bias": "none",
+            "use_rslora": config.use_rslora,
+            "use_dora": False,
+            "init_lora_weights": True,
+            "rank_pattern": {re.escape(m): r for m, (r, _) in ranks.items() if r != default_rank},
+            "alpha_pattern": {re.escape(m): a for m, (_, a) in ranks.items() if a != default_alpha},
+            "layers_to_transform": None,
+            "layers_pattern": None,
+        }
+        return fields, tensors
+
+    def from_peft(self, peft_config: dict[str, Any], tensors: dict[str, Tensor]) -> PeftImport:
+        unsupported = [k for k in ("lora_bias",) if peft_config.get(k)]
+        if peft_config.get("bias", "none") != "none":
+            unsupported.append(f"bias={peft_config['bias']!r}")
+        if unsupported:
+            raise AdapterFormatError(f"PEFT LoRA options not supported: {unsupported}")
+        lora: dict[tuple[str, str], Tensor] = {}
+        for key, tensor in tensors.items():
+            match = self.peft_key.match(key)
+            if match:
+                lora[(match["module"], match["param"])] = tensor
+        modules = sorted({m for m, _ in lora})
+        if not modules:
+            raise AdapterFormatError("PEFT file has no lora_A/lora_B tensors")
+        missing = [m for m in modules if (m, "lora_A") not in lora or (m, "lora_B") not in lora]
+        if missing:
+            raise AdapterFormatError(
+                f"PEFT file has lora_A without lora_B (or back) for {missing[:3]}"
+            )
+        config = self.config_class(
+            rank=int(peft_config["r"]),
+            alpha=float(peft_config["lora_alpha"]),
+            dropout=float(peft_config.get("lora_dropout") or 0.0),
+            targets=peft_targets(peft_config.get("target_modules")),
+            use_rslora=bool(peft_config.get("use_rslora", False)),
+        )
+        ours = {f"{m}.{param}.weight": t for (m, param), t in lora.items()}
+        return PeftImport(
+            config, [Target(m) for m in modules], ours, _module_ranks(peft_config, lora)
+        )
+
+
+def _svd_into(target: LoRAModule, parts: list[LoRAModule], factors: Sequence[float]) -> float:
+    delta = sum(
+        w * p.scaling * (p.lora_B.weight @ p.lora_A.weight)
+        for w, p in zip(factors, parts, strict=True)
+    )
+    assert isinstance(delta, Tensor)
+    u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    k = min(target.rank, s.shape[0])
+    b = u[:, :k] * s[:k]  # (out, k)
+    a = vh[:k]  # (k, in)
+    target.lora_B.weight.zero_()
+    target.lora_A.weight.zero_()
+    target.lora_B.weight[:, :k] = b.to(target.lora_B.weight.dtype)
+    target.lora_A.weight[:k] = a.to(target.lora_A.weight.dtype)
+    target.scaling = 1.0
+    norm = float(delta.norm())
+    return float((delta - b @ a).norm()) / norm if norm > 0 else 0.0
+
+
+def _as_single_lora(adapter: nn.Module) -> tuple[Tensor, Tensor, float]:
+    """``(A, B, scaling)`` of one LoRA equal to ``adapter`` (slices become a block-structured B)."""
+    if isinstance(adapter, LoRAModule) and adapter.out_slice is None:
+        return adapter.lora_A.weight, adapter.lora_B.weight, adapter.scaling
+    parts = lora_parts(adapter)
+    first = parts[0]
+    a = torch.cat([p.lora_A.weight for p in parts])  # (n*r, in)
+    b = a.new_zeros(first.total_out, a.shape[0])  # (out, n*r)
+    offset = 0
+    for part in parts:
+        start, stop = part.out_slice or (0, part.total_out)
+        b[start:stop, offset : offset + part.rank] = part.lora_B.weight
+        offset += part.rank
+    return a, b, first.scaling
+
+
+def _module_ranks(
+    config: dict[str, Any], lora: dict[tuple[str, str], Tensor]
+) -> dict[str, tuple[int, float]]:
+    """Per-module ``(rank, alpha)`` where ``rank_pattern``/``alpha_pattern`` set other values."""
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    overrides: dict[str, tuple[int, float]] = {}
+    for module in sorted({m for m, _ in lora}):
+        module_rank = int(_pattern_value(config.get("rank_pattern") or {}, module, rank))
+        module_alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, alpha))
+        if lora[(module, "lora_A")].shape[0] != module_rank:
+            raise AdapterFormatError(
+                f"{module}: lora_A has rank {lora[(module, 'lora_A')].shape[0]} but the config "
+                f"says {module_rank}"
+            )
+        if (module_rank, module_alpha) != (rank, alpha):
+            overrides[module] = (module_rank, module_alpha)
+    return overrides
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """peft's rule: the first pattern ``p`` with ``re.match(rf"(.*\\.)?({p})$", module)``."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def peft_targets(target_modules: Any) -> tuple[str, ...]:
+    """A PEFT ``target_modules`` value as our ``targets`` (informational once loaded)."""
+    if isinstance(target_modules, str):
+        return (target_modules,)
+    if isinstance(target_modules, list | tuple) and target_modules:
+        return tuple(str(t) for t in target_modules)
+    return ("<from file>",)
+
+
+METHOD = LoRAMethod()

@@ -33,7 +33,9 @@ class TestConfigValidation:
             (lambda: pc.LoRA(targets=()), "at least one"),
             (lambda: pc.Houlsby(reduction_factor=4, bottleneck=8), "not both"),
             (lambda: pc.Pfeiffer(bottleneck=0), "bottleneck must be >= 1"),
-            (lambda: pc.config_from_dict({"type": "ia3"}), "unknown method type 'ia3'"),
+            (lambda: pc.config_from_dict({"type": "vera"}), "unknown method type 'vera'"),
+            (lambda: pc.IA3(feedforward=("q",)), r"feedforward \['q'\] must also be listed"),
+            (lambda: pc.DoRA(rank=0), "DoRA rank must be >= 1"),
             (
                 lambda: pc.config_from_dict({"type": "lora", "rnak": 4}),
                 r"unknown field\(s\) \['rnak'\]",

@@ -39,6 +39,9 @@ METHODS = {
         pc.LoRA(rank=2, targets=("q", "k", "v", "o", "ffn_in", "ffn_out")), True, 1e-5
     ),
     "bitfit": Method(pc.BitFit(), True, 1e-5),
+    "ia3": Method(pc.IA3(), True, 1e-5),
+    # DoRA adapts whole layers: GPT-2's q and v are slices of the fused c_attn.
+    "dora": Method(pc.DoRA(rank=4, alpha=8, targets=("o", "ffn_in")), True, 1e-5),
     "houlsby": Method(pc.Houlsby(reduction_factor=4), False, 0.0),
     "pfeiffer": Method(pc.Pfeiffer(bottleneck=5), False, 0.0),
     "full": Method(pc.FullFineTune(), False, 0.0),

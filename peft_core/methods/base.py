@@ -1,0 +1,237 @@
+"""The extension point: what a PEFT method tells peft_core about itself.
+
+A method is one module in ``peft_core/methods/`` that defines its configuration (a frozen
+dataclass), its adapter module (placed in an ``AdaptedLayer``) and a ``METHOD`` object, an
+instance of a :class:`Method` subclass, which answers every question the rest of peft_core asks:
+
+- which modules it adapts (``targets``), and what it builds there (``build``);
+- whether and how it merges (the module's ``delta()``; ``mergeable``);
+- how adapters of the method combine into a new one (``combine_modules``);
+- how its modules run with a different adapter per row (the module class's ``batched``);
+- how it reads and writes the Hugging Face PEFT layout (``to_peft``/``from_peft``).
+
+``peft_core.methods`` finds every such module by itself, and other packages add methods through
+the ``peft_core.methods`` entry-point group or :func:`peft_core.methods.register_method`. Adding a
+method therefore touches one file (plus its tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, TargetError
+from ..layer import AdaptedLayer, LayerKind
+from ..roles import Target
+from ..targeting import resolve_targets
+
+if TYPE_CHECKING:
+    from ..state import AdapterRecord
+
+__all__ = [
+    "LayerSite",
+    "MergeReport",
+    "Method",
+    "MethodConfig",
+    "PeftImport",
+    "check_targets",
+    "finite",
+    "require",
+]
+
+
+class MethodConfig:
+    """Base of every method configuration: a frozen dataclass with a ``type`` tag field."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What ``merge_adapters`` built and how exact it is."""
+
+    name: str
+    algorithm: str
+    exact: bool
+    relative_error: float  # worst relative Frobenius error of a module's delta (0 when exact)
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """One base layer an adapter module is being built for."""
+
+    module_name: str
+    base: nn.Module
+    kind: LayerKind
+    targets: tuple[Target, ...]
+    rank_alpha: tuple[int, float] | None = None  # a per-module (rank, alpha) from a PEFT file
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base layer's weights live (adapters are built there)."""
+        return next(self.base.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base layer's floating dtype (a quantised integer base gets float32 adapters)."""
+        dtype = next(self.base.parameters()).dtype
+        return dtype if dtype.is_floating_point else torch.float32
+
+    @property
+    def in_features(self) -> int:
+        """Input width of the base layer."""
+        return self.kind.in_features(self.base)
+
+    @property
+    def out_features(self) -> int:
+        """Output width of the base layer."""
+        return self.kind.out_features(self.base)
+
+    @property
+    def sliced(self) -> bool:
+        """Whether the targets are slices of a fused projection (GPT-2's ``c_attn``)."""
+        return any(t.out_slice is not None for t in self.targets)
+
+    def width(self, target: Target) -> int:
+        """Output features ``target`` covers."""
+        if target.out_slice is None:
+            return self.out_features
+        return target.out_slice[1] - target.out_slice[0]
+
+    def one_or_parts(self, build: Callable[[Target], nn.Module]) -> nn.Module:
+        """One module for a whole layer; a :class:`SliceParts` for slices of a fused layer."""
+        from .parts import SliceParts  # noqa: PLC0415 - parts.py builds on this module
+
+        if len(self.targets) == 1 and self.targets[0].out_slice is None:
+            return build(self.targets[0])
+        return SliceParts({t.role or f"part{i}": build(t) for i, t in enumerate(self.targets)})
+
+    def require_matrix(self, method: str) -> None:
+        """Refuse a layer without a weight matrix (a LayerNorm) for a matrix method."""
+        if not self.kind.has_weight_matrix:
+            raise TargetError(
+                f"{method} cannot adapt {self.module_name} ({self.kind.name}): no weight matrix"
+            )
+
+    def whole_layer(self, method: str) -> None:
+        """Refuse slices of a fused projection for a method that adapts whole layers only."""
+        if self.sliced:
+            raise TargetError(
+                f"{method} adapts whole layers, but {self.module_name} is a fused projection and "
+                f"the targets ask for slices of it ({[t.role for t in self.targets]}); target the "
+                f"whole module by name (e.g. {self.module_name.rsplit('.', 1)[-1]!r})"
+            )
+
+
+@dataclass
+class PeftImport:
+    """A PEFT adapter translated into peft_core terms, ready to be prepared and loaded."""
+
+    config: MethodConfig
+    targets: list[Target]
+    tensors: dict[str, Tensor]  # keyed "<module>.<parameter>" as our adapter modules name them
+    lora_overrides: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+
+
+class Method:
+    """Everything peft_core needs to know about one method; subclass it once per method.
+
+    The class attributes describe the method; the hooks have defaults that fit most methods.
+    """
+
+    config_class: ClassVar[type[Any]]
+    type: ClassVar[str]  # the tag in configs, specs, files and the registry ("lora")
+    summary: ClassVar[str]  # one line for `adapterops methods` and the README
+    mergeable: ClassVar[bool] = True
+    why_not_mergeable: ClassVar[str] = ""
+    trains_whole_model: ClassVar[bool] = False  # full fine-tuning: no adapter modules, no head copy
+    fusable: ClassVar[bool] = False  # may be a member of an AdapterFusion
+    # merge_adapters over modules of this method: "exact" (a weighted sum equals the weighted sum
+    # of outputs), "average" (a parameter average, approximate) or None (refused).
+    combination: ClassVar[Literal["exact", "average"] | None] = None
+    peft_type: ClassVar[str | None] = None  # the peft_type it reads and writes, if any
+
+    def check_model(self, model: nn.Module, config: Any) -> None:
+        """Anything the model must hold before the adapter can be built (a fusion's members)."""
+
+    def targets(self, model: nn.Module, config: Any) -> list[Target]:
+        """The modules to adapt: by default ``config.targets`` roles and patterns."""
+        return resolve_targets(model, config.targets)
+
+    def build(self, site: LayerSite, config: Any) -> nn.Module:
+        """The adapter module for one base layer (validating the layer first); mutates nothing."""
+        raise NotImplementedError
+
+    def combined_config(self, configs: Sequence[Any], *, how: str, rank: int | None) -> Any:
+        """The configuration of an adapter that combines adapters of ``configs``."""
+        return configs[0]
+
+    def combine_modules(
+        self, target: nn.Module, sources: Sequence[nn.Module], factors: Sequence[float], how: str
+    ) -> float:
+        """Fill ``target`` from ``sources``; returns the relative error (0 when exact)."""
+        average_parameters(target, sources, factors)
+        return 0.0
+
+    def combination_name(self, how: str, rank: int | None) -> str:
+        """How ``merge_adapters`` describes what it did."""
+        return "weighted sum" if self.combination == "exact" else "parameter average"
+
+    def reads_peft(self, peft_config: dict[str, Any]) -> bool:
+        """Whether a PEFT ``adapter_config.json`` is this method's."""
+        return self.peft_type is not None and peft_config.get("peft_type") == self.peft_type
+
+    def owns_peft_key(self, key: str) -> bool:
+        """Whether a PEFT tensor key (prefix removed) is this method's (the rest is the head)."""
+        return False
+
+    def to_peft(
+        self, record: AdapterRecord, layers: dict[str, AdaptedLayer]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """PEFT config fields (beyond the shared ones) and tensors keyed by module name."""
+        raise ConfigError(
+            f"the PEFT format has no {self.type} adapters; save it with format='adapterops'"
+        )
+
+    def from_peft(self, peft_config: dict[str, Any], tensors: dict[str, Tensor]) -> PeftImport:
+        """Translate a PEFT adapter of this method (tensor keys without the PEFT prefix)."""
+        raise ConfigError(f"{self.type} cannot read PEFT files")
+
+
+@torch.no_grad()
+def average_parameters(
+    target: nn.Module, sources: Sequence[nn.Module], factors: Sequence[float]
+) -> None:
+    """``target``'s parameters = the ``factors``-weighted sum of the sources' parameters."""
+    source_params = [dict(s.named_parameters()) for s in sources]
+    for key, param in target.named_parameters():
+        total = sum(w * p[key] for w, p in zip(factors, source_params, strict=True))
+        param.copy_(total)  # type: ignore[arg-type]
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def finite(value: float, name: str) -> None:
+    """Refuse NaN and infinities for a numeric field."""
+    require(
+        isinstance(value, int | float) and math.isfinite(value),
+        f"{name} must be a finite number, got {value}",
+    )
+
+
+def check_targets(targets: tuple[str, ...]) -> None:
+    """Targets are a non-empty tuple of non-empty strings."""
+    require(isinstance(targets, tuple), f"targets must be a tuple of strings, got {targets!r}")
+    require(len(targets) > 0, "targets must name at least one role or module pattern")
+    for target in targets:
+        require(isinstance(target, str) and target != "", f"invalid target {target!r}")
