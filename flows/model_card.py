@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import peft_core as pc
+
 from .spec import AdapterSpec
 
 __all__ = ["model_card"]
@@ -46,10 +48,10 @@ def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, 
         f'Registry().load_into(model, "{spec.name}@champion")  # or pc.load_adapter(model, folder)',
         "```",
     ]
-    if method["type"] == "lora":
+    if pc.method_of(method["type"]).peft_type is not None:
         lines += [
             "",
-            "As LoRA it can also be saved in the Hugging Face PEFT layout",
+            f"As {method['type']} it can also be saved in the Hugging Face PEFT layout",
             '(`pc.save_adapter(model, name, folder, format="peft")`) and loaded with',
             "`peft.PeftModel.from_pretrained(base_model, folder)`, vLLM or LoRAX.",
         ]

@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+import peft_core as pc
 from registry.settings import adapterops_home
 
 from .data import PreparedData, load_raw, prepare
@@ -115,10 +116,11 @@ def _check_members(spec: AdapterSpec) -> None:
     registry = Registry()
     for ref in refs:
         version = registry.get(ref)
-        if version.method not in ("houlsby", "pfeiffer"):
+        fusable = sorted(t for t, m in pc.all_methods().items() if m.fusable)
+        if version.method not in fusable:
             raise DataError(
                 f"fusion member {ref} is a {version.method} adapter; AdapterFusion combines "
-                "bottleneck adapters (houlsby, pfeiffer)"
+                f"bottleneck adapters ({', '.join(fusable)})"
             )
         if version.base_model != spec.base_model:
             raise DataError(

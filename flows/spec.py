@@ -7,15 +7,26 @@ Validated with pydantic at the boundary; every problem is reported with its YAML
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 import peft_core as pc
 
 __all__ = [
+    "METHOD_SPECS",
     "AdapterSpec",
     "SpecError",
     "apply_overrides",
@@ -49,11 +60,7 @@ class HeadSpec(_Strict):
 class _MethodSpec(_Strict):
     def to_config(self) -> pc.MethodConfig:
         """The peft_core configuration this spec describes."""
-        fields = self.model_dump()
-        targets = fields.get("targets")
-        if isinstance(targets, list):
-            fields["targets"] = tuple(targets)
-        return pc.config_from_dict(fields)
+        return pc.config_from_dict(self.model_dump())
 
     @model_validator(mode="after")
     def _valid_for_peft_core(self) -> _MethodSpec:
@@ -62,39 +69,6 @@ class _MethodSpec(_Strict):
         except pc.ConfigError as exc:
             raise ValueError(str(exc)) from exc
         return self
-
-
-class LoRASpec(_MethodSpec):
-    type: Literal["lora"]
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = ["q", "v"]
-    use_rslora: bool = False
-
-
-class BitFitSpec(_MethodSpec):
-    type: Literal["bitfit"]
-    targets: list[str] | None = None
-
-
-class _BottleneckSpec(_MethodSpec):
-    reduction_factor: int | None = None
-    bottleneck: int | None = None
-
-
-class HoulsbySpec(_BottleneckSpec):
-    type: Literal["houlsby"]
-    activation: Literal["relu", "gelu", "silu", "tanh"] = "gelu"
-
-
-class PfeifferSpec(_BottleneckSpec):
-    type: Literal["pfeiffer"]
-    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-
-
-class FullSpec(_MethodSpec):
-    type: Literal["full"]
 
 
 class FusionSpec(_MethodSpec):
@@ -117,8 +91,49 @@ def member_name(ref: str) -> str:
     return ref.partition("@")[0]
 
 
+def _spec_model(method: pc.Method) -> type[_MethodSpec]:
+    """A spec model with the fields and defaults of ``method``'s configuration dataclass.
+
+    Derived, not copied: a method's defaults live in its peft_core configuration only. Tuples
+    are written as YAML lists.
+    """
+    config_class = method.config_class
+    hints = typing.get_type_hints(config_class)
+    fields: dict[str, Any] = {"type": (Literal[method.type], ...)}
+    for field in dataclasses.fields(config_class):
+        if not field.init:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else ...
+        if isinstance(default, tuple):
+            default = list(default)
+        fields[field.name] = (_as_yaml_type(hints[field.name]), default)
+    model = create_model(
+        f"{config_class.__name__}Spec",
+        __base__=_MethodSpec,
+        __doc__=(config_class.__doc__ or "").strip().split("\n")[0],
+        **fields,
+    )
+    return cast(type[_MethodSpec], model)
+
+
+def _as_yaml_type(hint: Any) -> Any:
+    """``tuple[str, ...]`` (frozen configs) -> ``list[str]`` (what a YAML file holds)."""
+    if typing.get_origin(hint) is tuple:
+        return list[typing.get_args(hint)[0]]  # type: ignore[misc]
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:
+        inner = next(a for a in args if a is not type(None))
+        return _as_yaml_type(inner) | None
+    return hint
+
+
+# Specs whose fields differ from the configuration's: a fusion names registry references.
+_HANDWRITTEN: dict[str, type[_MethodSpec]] = {"fusion": FusionSpec}
+METHOD_SPECS: dict[str, type[_MethodSpec]] = {
+    kind: _HANDWRITTEN.get(kind) or _spec_model(method) for kind, method in pc.all_methods().items()
+}
 MethodSpec = Annotated[
-    LoRASpec | BitFitSpec | HoulsbySpec | PfeifferSpec | FullSpec | FusionSpec,
+    Union[tuple(METHOD_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007 - built at run time
     Field(discriminator="type"),
 ]
 
@@ -282,11 +297,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
 
 def _problem(error: Any) -> tuple[str, str]:
     # Discriminated unions put the tag in the location ("method.lora.rank"): drop it.
-    location = [
-        str(p)
-        for p in error["loc"]
-        if p not in ("lora", "bitfit", "houlsby", "pfeiffer", "full", "fusion")
-    ]
+    location = [str(p) for p in error["loc"] if p not in METHOD_SPECS]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling)"

@@ -99,10 +99,12 @@ class Average(_Block):
 
 Block = str | Stack | Parallel | Fuse | Average
 
-# What may appear inside what (adapters library's rules, minus what we do not build).
+# What may appear inside what: the one source of nesting rules (set_active, per-row routing and
+# the registry all validate against it). The adapters library also allows Parallel inside Stack
+# and Stack inside Parallel; peft_core runs Parallel as the outermost block over plain adapters.
 ALLOWED_NESTINGS: dict[type[_Block], tuple[type, ...]] = {
-    Stack: (str, Stack, Parallel, Average, Fuse),
-    Parallel: (str, Stack),
+    Stack: (str, Stack, Average, Fuse),
+    Parallel: (str,),
     Fuse: (str,),
     Average: (str, Stack),
 }

@@ -117,8 +117,6 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
         for name in leaves(block):
             get_record(model, name)  # unknown names: the same error as everywhere else
         block = _with_fusions(model, block)
-        if any(isinstance(b, Parallel) for b in _blocks(block)) and not isinstance(block, Parallel):
-            raise CompositionError("Parallel must be the outermost block")
     deactivate_parallel(model)
     if isinstance(block, Parallel):
         activate_parallel(model, block)
@@ -197,12 +195,6 @@ def _with_fusions(model: nn.Module, block: Block) -> Block:
     if isinstance(block, Average):
         return Average(*children, weights=block.weights)
     return type(block)(*children)
-
-
-def _blocks(block: Block) -> list[Block]:
-    if isinstance(block, str):
-        return [block]
-    return [block, *(b for child in block.children for b in _blocks(child))]
 
 
 def _prune(block: Block | None, present: set[str]) -> Block | None:

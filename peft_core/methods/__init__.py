@@ -43,9 +43,9 @@ def register_method(method: Method) -> Method:
 
 
 def all_methods() -> dict[str, Method]:
-    """Every known method by type tag, built-in ones first."""
+    """Every known method by type tag, in listing order."""
     _discover()
-    return dict(_TABLE)
+    return dict(sorted(_TABLE.items(), key=lambda item: (item[1].order, item[0])))
 
 
 def method_of(config_or_type: Any) -> Method:

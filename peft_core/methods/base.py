@@ -156,6 +156,7 @@ class Method:
     # of outputs), "average" (a parameter average, approximate) or None (refused).
     combination: ClassVar[Literal["exact", "average"] | None] = None
     peft_type: ClassVar[str | None] = None  # the peft_type it reads and writes, if any
+    order: ClassVar[int] = 100  # where it is listed (`adapterops methods`, the README)
 
     def check_model(self, model: nn.Module, config: Any) -> None:
         """Anything the model must hold before the adapter can be built (a fusion's members)."""

@@ -96,6 +96,7 @@ class BitFitMethod(Method):
     """BitFit: linear in its parameters, so it merges and combines exactly."""
 
     type = "bitfit"
+    order = 40
     config_class = BitFit
     summary = "bias offsets only (Ben-Zaken et al. 2022)"
     combination = "exact"

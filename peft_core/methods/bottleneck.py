@@ -207,6 +207,7 @@ class HoulsbyMethod(_BottleneckMethod):
     """Houlsby: bottlenecks after attention and after the FFN."""
 
     type = "houlsby"
+    order = 50
     config_class = Houlsby
     summary = "bottlenecks after attention and FFN outputs (Houlsby et al. 2019)"
 
@@ -215,6 +216,7 @@ class PfeifferMethod(_BottleneckMethod):
     """Pfeiffer: one bottleneck after the FFN."""
 
     type = "pfeiffer"
+    order = 60
     config_class = Pfeiffer
     summary = "one bottleneck after the FFN output (Pfeiffer et al. 2020)"
 

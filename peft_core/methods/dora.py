@@ -133,6 +133,7 @@ class DoRAMethod(LoRAMethod):
 
     config_class: ClassVar[type[Any]] = DoRA
     type = "dora"
+    order = 20
     summary = "LoRA with a learned per-row magnitude (Liu et al. 2024)"
     combination = None  # the magnitude normalisation is not linear in the parameters
 

@@ -28,6 +28,7 @@ class FullFineTuneMethod(Method):
     """No modules to build; the whole model (head included) trains."""
 
     type = "full"
+    order = 80
     config_class = FullFineTune
     summary = "every weight trains (the baseline)"
     mergeable = False

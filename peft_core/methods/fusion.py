@@ -92,6 +92,7 @@ class FusionMethod(Method):
     """AdapterFusion: placed where all its members are; neither merges nor combines."""
 
     type = "fusion"
+    order = 70
     config_class = Fusion
     summary = "attention over frozen bottleneck adapters (Pfeiffer et al. 2020a)"
     mergeable = False

@@ -157,6 +157,7 @@ class IA3Method(Method):
     """(IA)^3: merges (the delta depends on W, so merge records it); reads and writes PEFT."""
 
     type = "ia3"
+    order = 30
     config_class = IA3
     summary = "learned rescaling of keys, values and FFN activations (Liu et al. 2022)"
     combination = "average"  # outputs are products of scales across layers: approximate

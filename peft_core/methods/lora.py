@@ -178,6 +178,7 @@ class LoRAMethod(Method):
 
     config_class: ClassVar[type[Any]] = LoRA
     type = "lora"
+    order = 10
     summary = "low-rank update B A beside a frozen weight (Hu et al. 2021)"
     combination: ClassVar[Literal["exact", "average"] | None] = "exact"
     peft_type = "LORA"

@@ -107,3 +107,31 @@ class TestTrain:
         model = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
         record = pc.load_adapter(model, tmp_path / "a")
         assert record.name == "minilm-sst2-en-lora"
+
+
+class TestMethods:
+    def test_lists_every_method_in_order(self):
+        result = adapterops("methods", "--json")
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        assert [r["type"] for r in rows] == [
+            "lora", "dora", "ia3", "bitfit", "houlsby", "pfeiffer", "fusion", "full",
+        ]  # fmt: skip
+        ia3 = next(r for r in rows if r["type"] == "ia3")
+        assert ia3 == {
+            "type": "ia3",
+            "summary": "learned rescaling of keys, values and FFN activations (Liu et al. 2022)",
+            "module": "peft_core.methods.ia3",
+            "fields": ["targets", "feedforward"],
+            "mergeable": True,
+            "peft_format": "IA3",
+        }
+
+    def test_a_new_method_plans_from_a_spec(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["method"] = {"type": "ia3"}
+        (tmp_path / "ia3.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("plan", str(tmp_path / "ia3.yaml"), "--json")
+        assert result.returncode == 0, result.stderr
+        # 6 layers x (key 384 + value 384 + FFN input 1536) + the classifier (384 x 2 + 2)
+        assert json.loads(result.stdout)["trainable_params"] == 6 * (384 + 384 + 1536) + 770

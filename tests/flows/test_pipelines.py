@@ -185,6 +185,41 @@ class TestSchedule:
         assert "fired at" in (due_reason(spec, registry, now=tomorrow) or "")
 
 
+class TestNewMethodsThroughTheFlow:
+    @pytest.mark.parametrize(
+        "method",
+        [{"type": "ia3"}, {"type": "dora", "rank": 4, "targets": ["q", "v"]}],
+        ids=["ia3", "dora"],
+    )
+    def test_builds_registers_and_loads_back(self, tmp_path: Path, sst2_dir: Path, method):
+        import copy
+
+        import torch
+        import transformers as T
+
+        import peft_core as pc
+        from tests.helpers import minilm_path
+
+        name = f"flow-{method['type']}"
+        spec_path = write_spec(tmp_path, sst2_dir, name=name, method=method)
+        result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert (result["version"], result["alias"]) == (1, "champion")
+        version = Registry().get(f"{name}@champion")
+        assert version.method == method["type"]
+
+        base = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        model = copy.deepcopy(base).eval()
+        Registry().load_into(model, f"{name}@1")
+        record = pc.adapter_state_dict(model, name)
+        trained = [k for k in record if not k.startswith("classifier")]
+        assert trained and all(torch.isfinite(record[k]).all() for k in trained)
+        # the flow trained the method's own parameters away from their no-op start
+        start = copy.deepcopy(base)
+        pc.add_adapter(start, name, pc.config_from_dict(method))
+        fresh = pc.adapter_state_dict(start, name)
+        assert any(not torch.equal(record[k], fresh[k]) for k in trained)
+
+
 class TestLanguageModelTasks:
     def test_a_masked_lm_language_adapter_builds_with_perplexity(
         self, tmp_path: Path, sst2_dir: Path

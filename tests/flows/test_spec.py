@@ -104,8 +104,18 @@ class TestInvalidSpecs:
         assert "unknown field" in found["extra_field"]
 
     def test_unknown_method_type(self):
-        found = problems(with_(method={"type": "ia3"}))
-        assert "method" in found and "lora" in found["method"]
+        found = problems(with_(method={"type": "vera"}))
+        assert "method" in found and "'lora'" in found["method"] and "'ia3'" in found["method"]
+
+    def test_method_fields_and_defaults_come_from_the_peft_core_configs(self):
+        spec = parse_spec(with_(method={"type": "ia3", "targets": ["k", "v"], "feedforward": []}))
+        assert spec.method.to_config() == pc.IA3(targets=("k", "v"), feedforward=())
+        spec = parse_spec(with_(method={"type": "dora", "rank": 4}))
+        assert spec.method.to_config() == pc.DoRA(rank=4)  # alpha, targets: DoRA's own defaults
+        found = problems(with_(method={"type": "dora", "rank": 0}))
+        assert found == {"method": "DoRA rank must be >= 1, got 0"}
+        found = problems(with_(method={"type": "ia3", "feedforward": ["q"]}))
+        assert found == {"method": "feedforward ['q'] must also be listed in targets"}
 
     def test_metric_must_fit_the_head(self):
         found = problems(with_(head={"type": "masked-lm"}))
