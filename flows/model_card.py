@@ -48,7 +48,13 @@ def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, 
         f'Registry().load_into(model, "{spec.name}@champion")  # or pc.load_adapter(model, folder)',
         "```",
     ]
-    if pc.method_of(method["type"]).peft_type is not None:
+    if pc.method_of(method["type"]).places_itself:
+        lines += [
+            "",
+            "Hugging Face peft runs this adapter, and its files are in the PEFT layout: load them",
+            "with `peft.PeftModel.from_pretrained(base_model, folder)` as well.",
+        ]
+    elif pc.method_of(method["type"]).peft_type is not None:
         lines += [
             "",
             f"As {method['type']} it can also be saved in the Hugging Face PEFT layout",

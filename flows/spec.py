@@ -132,6 +132,8 @@ _HANDWRITTEN: dict[str, type[_MethodSpec]] = {"fusion": FusionSpec}
 METHOD_SPECS: dict[str, type[_MethodSpec]] = {
     kind: _HANDWRITTEN.get(kind) or _spec_model(method) for kind, method in pc.all_methods().items()
 }
+# Module attributes under their own names, so pickling (Prefect hashes task inputs) finds them.
+globals().update({model.__name__: model for model in METHOD_SPECS.values()})
 MethodSpec = Annotated[
     Union[tuple(METHOD_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007 - built at run time
     Field(discriminator="type"),

@@ -186,7 +186,9 @@ def train_from_spec(
     )
     if not where.is_main:
         return report
-    folder = pc.save_adapter(model, spec.name, output, tokenizer=tokenizer)
+    # Adapters peft runs are written in its layout, which peft, vLLM and LoRAX read directly.
+    layout = "peft" if pc.method_of(config).places_itself else "adapterops"
+    folder = pc.save_adapter(model, spec.name, output, format=layout, tokenizer=tokenizer)
     report.output = str(folder)
     write_report(report)
     return report

@@ -26,6 +26,7 @@ from .composition import (
 )
 from .config import (
     IA3,
+    AnyPeft,
     BitFit,
     DoRA,
     FullFineTune,
@@ -73,6 +74,7 @@ __all__ = [
     "AdapterExistsError",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "AnyPeft",
     "Average",
     "BaseModelMismatchError",
     "BitFit",

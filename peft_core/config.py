@@ -20,11 +20,13 @@ from .methods.bottleneck import Houlsby, Pfeiffer
 from .methods.dora import DoRA
 from .methods.full import FullFineTune
 from .methods.fusion import Fusion
+from .methods.hf_peft import AnyPeft
 from .methods.ia3 import IA3
 from .methods.lora import LoRA
 
 __all__ = [
     "IA3",
+    "AnyPeft",
     "BitFit",
     "DoRA",
     "FullFineTune",

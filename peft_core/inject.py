@@ -18,8 +18,8 @@ from torch import nn
 from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
 from .errors import AdapterExistsError, TargetError
 from .heads import HeadSwitch, adapter_head, detect_head
-from .layer import AdaptedLayer, layer_kind
-from .methods import LayerSite, MethodConfig, method_of
+from .layer import AdaptedLayer, is_peft_layer, layer_kind
+from .methods import LayerSite, Method, MethodConfig, method_of
 from .methods.fusion import Fusion
 from .parallel import activate_parallel, deactivate_parallel
 from .roles import Target
@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
+_SELF_PLACED_ON = "peft_core_self_placed_on"  # active adapters with no AdaptedLayer (peft-run)
 
 
 @dataclass
@@ -94,6 +95,9 @@ def prepare_adapter(
 def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> None:
     """Place a prepared adapter in the model, activate it and make it the one that trains."""
     name = prepared.record.name
+    method = method_of(prepared.record.config)
+    if method.places_itself:
+        method.place(model, prepared.record)  # may refuse; nothing else has changed yet
     for module_name, adapter in prepared.modules.items():
         _wrap(model, module_name).adapters[name] = adapter
     if prepared.record.head.trainable:
@@ -116,6 +120,7 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
         validate(block)
         for name in leaves(block):
             get_record(model, name)  # unknown names: the same error as everywhere else
+        _check_self_placed(model, block)
         block = _with_fusions(model, block)
     deactivate_parallel(model)
     if isinstance(block, Parallel):
@@ -126,13 +131,15 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
         layer.active = _prune(block, set(layer.adapters))
     for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
         switch.active = next((n for n in reversed(names) if n in switch.heads), None)
+    for method in _self_placing(model):
+        method.switch(model, names)
+    model.__dict__[_SELF_PLACED_ON] = [n for n in names if _places_itself(model, n)]
 
 
 def active_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters taking part in the active composition, in order."""
-    return list(
-        dict.fromkeys(n for _, layer in adapter_layers(model) for n in leaves(layer.active))
-    )
+    in_layers = [n for _, layer in adapter_layers(model) for n in leaves(layer.active)]
+    return list(dict.fromkeys([*in_layers, *model.__dict__.get(_SELF_PLACED_ON, [])]))
 
 
 def set_trainable(model: nn.Module, name: str) -> None:
@@ -144,6 +151,9 @@ def set_trainable(model: nn.Module, name: str) -> None:
     model.requires_grad_(False)
     for _, layer in adapter_layers(model, name):
         layer.adapters[name].requires_grad_(True)
+    if _places_itself(model, name):
+        for param in method_of(record.config).own_parameters(model, name):
+            param.requires_grad_(True)
     if record.head.trainable:
         for module_name in record.head.modules:
             adapter_head(model, module_name, name).requires_grad_(True)
@@ -151,7 +161,12 @@ def set_trainable(model: nn.Module, name: str) -> None:
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; wrappers left empty give their base layer back to the model."""
-    get_record(model, name)
+    record = get_record(model, name)
+    if method_of(record.config).places_itself:
+        method_of(record.config).remove(model, name)
+        model.__dict__[_SELF_PLACED_ON] = [
+            n for n in model.__dict__.get(_SELF_PLACED_ON, []) if n != name
+        ]
     for module_name, layer in list(adapter_layers(model, name)):
         del layer.adapters[name]
         layer.active = _prune(layer.active, set(layer.adapters))
@@ -215,6 +230,30 @@ def _prune(block: Block | None, present: set[str]) -> Block | None:
     return type(block)(*(c for c, _ in kept))
 
 
+def _places_itself(model: nn.Module, name: str) -> bool:
+    return method_of(get_record(model, name).config).places_itself
+
+
+def _self_placing(model: nn.Module) -> list[Method]:
+    """The methods of the model's adapters that place their own modules (peft-run ones)."""
+    methods = {id(m): m for r in adapter_records(model).values() if (m := method_of(r.config))}
+    return [m for m in methods.values() if m.places_itself]
+
+
+def _check_self_placed(model: nn.Module, block: Block) -> None:
+    """Adapters that peft runs can be active alone or in a Stack; nothing else reaches them."""
+    if isinstance(block, str) or (
+        isinstance(block, Stack) and all(isinstance(c, str) for c in block.children)
+    ):
+        return
+    placed = [n for n in leaves(block) if _places_itself(model, n)]
+    if placed:
+        raise CompositionError(
+            f"{block!r}: {placed} run in peft's own layers, which take part in a plain Stack "
+            "of names only (not Parallel, Average or Fuse)"
+        )
+
+
 def _check_new_name(model: nn.Module, name: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise TargetError(
@@ -260,6 +299,11 @@ def _build_one(
     overrides: dict[str, tuple[int, float]],
 ) -> nn.Module:
     kind = layer_kind(base)
+    if kind is None and is_peft_layer(base):
+        raise TargetError(
+            f"{module_name} already runs a peft adapter's layer ({type(base).__module__}); "
+            f"a {config.type} adapter cannot wrap it: target other modules"
+        )
     if kind is None:
         raise TargetError(
             f"{module_name} is a {type(base).__name__}, which {config.type} cannot adapt; "

@@ -27,7 +27,7 @@ from .config import config_from_dict, config_to_dict
 from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
 from .fingerprint import Fingerprint, fingerprint
 from .heads import head_state, original_head_state
-from .inject import PreparedAdapter, attach_adapter, prepare_adapter
+from .inject import PreparedAdapter, attach_adapter, delete_adapter, prepare_adapter
 from .layer import base_state_dict
 from .methods import method_of
 from .roles import Target
@@ -39,6 +39,7 @@ __all__ = [
     "adapter_state_dict",
     "check_fingerprint",
     "load_into_prepared",
+    "load_self_placed",
     "metadata",
     "read_metadata",
     "read_ours",
@@ -57,6 +58,8 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     if method_of(record.config).trains_whole_model:
         return _unique_tensors(base_state_dict(model))
     state: dict[str, Tensor] = {}
+    if method_of(record.config).places_itself:
+        state.update(method_of(record.config).own_state(model, name))
     for module_name, layer in adapter_layers(model, name):
         for key, value in layer.adapters[name].state_dict().items():
             state[f"{module_name}.{key}"] = value
@@ -128,6 +131,9 @@ def read_ours(
         _load_full(model, tensors, folder)
         attach_adapter(model, prepared)
         return prepared.record
+    if method_of(prepared.record.config).places_itself:
+        load_self_placed(model, prepared, tensors, source=folder)
+        return prepared.record
     load_into_prepared(model, prepared, tensors, source=folder)
     return prepared.record
 
@@ -172,6 +178,34 @@ def load_into_prepared(
     with torch.no_grad():
         for key, target in head_state(model, prepared.record.head, prepared.record.name).items():
             target.copy_(tensors[key])
+
+
+def load_self_placed(
+    model: nn.Module,
+    prepared: PreparedAdapter,
+    tensors: dict[str, Tensor],
+    *,
+    source: Path,
+) -> None:
+    """Place a peft-run adapter, then fill it and the head from ``tensors``.
+
+    peft builds the layers, so their shapes are known only once placed: the adapter is placed
+    first and taken out again if the files do not fit, leaving the model as it was.
+    """
+    record = prepared.record
+    method = method_of(record.config)
+    head = original_head_state(model, record.head)
+    attach_adapter(model, prepared)
+    try:
+        expected = method.own_state(model, record.name)
+        _check_keys_and_shapes(expected | head, tensors, source)
+        with torch.no_grad():
+            method.load_own_state(model, record.name, {k: tensors[k] for k in expected})
+            for key, target in head_state(model, record.head, record.name).items():
+                target.copy_(tensors[key])
+    except BaseException:
+        delete_adapter(model, record.name)
+        raise
 
 
 def _prepare_from_meta(model: nn.Module, meta: dict[str, Any], name: str) -> PreparedAdapter:

@@ -160,6 +160,14 @@ class AdaptedLayer(nn.Module):
         return f"active={self.active!r}"
 
 
+SELF_PLACED_CONTAINER = "peft_core_prompts"  # prompts of peft-run prompt-tuning adapters
+
+
+def is_peft_layer(module: nn.Module) -> bool:
+    # Duck-typed so this module does not import peft: peft's BaseTunerLayer API.
+    return hasattr(module, "adapter_layer_names") and hasattr(module, "get_base_layer")
+
+
 def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Named modules of the *base* model: adapter wrappers are seen through, adapters skipped.
 
@@ -175,6 +183,12 @@ def named_base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
                 original = child.base_layer if isinstance(child, AdaptedLayer) else child.original
                 yield name, original
                 yield from walk(name, original)
+            elif is_peft_layer(child):  # a peft-run adapter's layer: only its base is the model
+                inner = cast(nn.Module, child.get_base_layer())  # type: ignore[operator]
+                yield name, inner
+                yield from walk(name, inner)
+            elif child_name == SELF_PLACED_CONTAINER:
+                continue
             else:
                 yield name, child
                 yield from walk(name, child)

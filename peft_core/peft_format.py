@@ -23,7 +23,7 @@ from torch import nn
 from .errors import AdapterFormatError, ConfigError
 from .heads import adapter_head
 from .inject import prepare_adapter
-from .io import check_fingerprint, load_into_prepared
+from .io import check_fingerprint, load_into_prepared, load_self_placed
 from .layer import named_base_modules
 from .methods import Method, all_methods, method_of
 from .state import AdapterRecord, adapter_layers
@@ -33,6 +33,8 @@ __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "read_peft", "write_peft"]
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# A prompt-learning PeftModel holds the model itself as ``base_model`` (no tuner in between).
+PROMPT_PREFIX = "base_model."
 OUR_METADATA = "adapterops.json"
 _TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
@@ -40,19 +42,22 @@ _TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 def write_peft(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict[str, Any]) -> None:
     """Write ``record`` in PEFT layout into ``folder`` (methods with a PEFT counterpart only)."""
     method = method_of(record.config)
-    if method.peft_type is None:
+    if method.peft_type is None and not method.places_itself:
         holds = sorted(t for t, m in all_methods().items() if m.peft_type is not None)
         raise ConfigError(
             f"the PEFT format holds {', '.join(holds)} adapters; {record.name!r} is "
             f"{record.config.type}. Save it with format='adapterops'."
         )
     layers = dict(adapter_layers(model, record.name))
-    fields, tensors = method.to_peft(record, layers)
+    if method.places_itself:  # peft wrote the whole configuration itself
+        fields, tensors = method.peft_files(model, record)
+    else:
+        fields, tensors = method.to_peft(record, layers)
     modules = list(layers)
     for module_name in record.head.modules if record.head.trainable else ():
         for key, value in adapter_head(model, module_name, record.name).state_dict().items():
             tensors[f"{module_name}.{key}"] = value
-    peft_config = {
+    shared = {
         "peft_type": method.peft_type,
         "task_type": _TASK_TYPES.get(record.head.kind),
         "base_model_name_or_path": meta["fingerprint"].get("name_or_path") or None,
@@ -61,9 +66,19 @@ def write_peft(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict
         "modules_to_save": list(record.head.modules) if record.head.trainable else None,
         "inference_mode": True,
         "revision": None,
-        **fields,
     }
-    contiguous = {f"{PEFT_PREFIX}{k}": v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if method.places_itself:  # keep peft's own targets and flags; add what only we know
+        shared = {k: shared[k] for k in ("task_type", "base_model_name_or_path", "modules_to_save")}
+    peft_config = {**shared, **fields} if not method.places_itself else {**fields, **shared}
+    # Module tensors sit under the PEFT prefix; peft's own top-level keys (a prompt tuning's
+    # ``prompt_embeddings``) have no dot and no prefix.
+    prefix = (
+        PROMPT_PREFIX if method.places_itself and "prompt_embeddings" in tensors else PEFT_PREFIX
+    )
+    contiguous = {
+        (f"{prefix}{k}" if "." in k else k): v.detach().contiguous().cpu()
+        for k, v in tensors.items()
+    }
     safetensors.torch.save_file(contiguous, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
     (folder / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (folder / OUR_METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -96,7 +111,7 @@ def read_peft(
         raise AdapterFormatError(f"missing {PEFT_WEIGHTS} in {folder}")
     device = next(model.parameters()).device
     raw = {
-        key.removeprefix(PEFT_PREFIX): value.to(device)
+        _without_prefix(key): value.to(device)
         for key, value in safetensors.torch.load_file(str(weights)).items()
     }
     try:
@@ -119,8 +134,17 @@ def read_peft(
     )
     if not head:  # saved without modules_to_save: the adapter brings no head of its own
         prepared.record.head = dataclasses.replace(prepared.record.head, trainable=False)
+    if method.places_itself:
+        load_self_placed(model, prepared, imported.tensors | head, source=folder)
+        return prepared.record
     load_into_prepared(model, prepared, imported.tensors | head, source=folder)
     return prepared.record
+
+
+def _without_prefix(key: str) -> str:
+    if key.startswith(PEFT_PREFIX):
+        return key.removeprefix(PEFT_PREFIX)
+    return key.removeprefix(PROMPT_PREFIX)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .heads import HeadSwitch
+from .methods import method_of
 from .methods.parts import SliceParts
 from .state import adapter_layers, get_record
 
@@ -51,7 +52,12 @@ def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
     names = sorted({name for name in rows if name is not None})
     for name in names:
-        get_record(model, name)  # unknown names fail before anything changes
+        record = get_record(model, name)  # unknown names fail before anything changes
+        if method_of(record.config).places_itself:
+            raise ConfigError(
+                f"per_row cannot route {name!r}: peft runs its layers, which take one adapter "
+                "per batch; run its rows in a batch of their own"
+            )
     layers = [layer for _, layer in adapter_layers(model)]
     merged = sorted(
         {n for layer in layers for n in names if n in layer.adapters and layer.adapter(n).merged}

@@ -84,7 +84,7 @@ def methods(as_json: JsonOption = False) -> None:
             "module": type(method).__module__,
             "fields": [f.name for f in dataclasses.fields(method.config_class) if f.init],
             "mergeable": method.mergeable,
-            "peft_format": method.peft_type,
+            "peft_format": method.peft_type or ("any" if method.places_itself else None),
         }
         for kind, method in pc.all_methods().items()
     ]

@@ -158,6 +158,41 @@ class Method:
     peft_type: ClassVar[str | None] = None  # the peft_type it reads and writes, if any
     order: ClassVar[int] = 100  # where it is listed (`adapterops methods`, the README)
 
+    # A method that places its own modules in the model (``peft``: Hugging Face peft runs it)
+    # instead of one module per AdaptedLayer. The hooks below then replace the per-layer
+    # machinery; merging, per-row routing and combining are refused for it.
+    places_itself: ClassVar[bool] = False
+
+    def place(self, model: nn.Module, record: AdapterRecord) -> None:
+        """Put adapter ``record`` into ``model`` (``places_itself`` methods only)."""
+        raise NotImplementedError
+
+    def switch(self, model: nn.Module, on: Sequence[str]) -> None:
+        """Turn this method's adapters named in ``on`` on and all others off."""
+        raise NotImplementedError
+
+    def own_parameters(self, model: nn.Module, name: str) -> list[nn.Parameter]:
+        """The trainable parameters of adapter ``name``."""
+        raise NotImplementedError
+
+    def own_state(self, model: nn.Module, name: str) -> dict[str, Tensor]:
+        """Adapter ``name``'s tensors as its files hold them."""
+        raise NotImplementedError
+
+    def load_own_state(self, model: nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
+        """Fill placed adapter ``name`` from ``tensors`` (keys and shapes already checked)."""
+        raise NotImplementedError
+
+    def remove(self, model: nn.Module, name: str) -> None:
+        """Take adapter ``name`` out of ``model``, giving its layers back."""
+        raise NotImplementedError
+
+    def peft_files(
+        self, model: nn.Module, record: AdapterRecord
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """The whole ``adapter_config.json`` and the tensors (no prefix, no head)."""
+        raise NotImplementedError
+
     def check_model(self, model: nn.Module, config: Any) -> None:
         """Anything the model must hold before the adapter can be built (a fusion's members)."""
 

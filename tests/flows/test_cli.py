@@ -115,7 +115,7 @@ class TestMethods:
         assert result.returncode == 0, result.stderr
         rows = json.loads(result.stdout)
         assert [r["type"] for r in rows] == [
-            "lora", "dora", "ia3", "bitfit", "houlsby", "pfeiffer", "fusion", "full",
+            "lora", "dora", "ia3", "bitfit", "houlsby", "pfeiffer", "fusion", "full", "peft",
         ]  # fmt: skip
         ia3 = next(r for r in rows if r["type"] == "ia3")
         assert ia3 == {
@@ -135,3 +135,35 @@ class TestMethods:
         assert result.returncode == 0, result.stderr
         # 6 layers x (key 384 + value 384 + FFN input 1536) + the classifier (384 x 2 + 2)
         assert json.loads(result.stdout)["trainable_params"] == 6 * (384 + 384 + 1536) + 770
+
+    def test_any_peft_method_plans_from_a_spec(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["method"] = {
+            "type": "peft",
+            "config": {"peft_type": "LOHA", "r": 4, "target_modules": ["query", "value"]},
+        }
+        (tmp_path / "loha.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("plan", str(tmp_path / "loha.yaml"), "--json")
+        assert result.returncode == 0, result.stderr
+        # 6 layers x 2 modules x four 384x4 Hadamard factors + the classifier (384 x 2 + 2)
+        assert json.loads(result.stdout)["trainable_params"] == 6 * 2 * 4 * 384 * 4 + 770
+
+    def test_an_invalid_peft_config_is_a_spec_error_before_the_flow(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["method"] = {
+            "type": "peft",
+            "config": {"peft_type": "LOHA", "rank": 4, "target_modules": ["query"]},
+        }
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("build", str(tmp_path / "bad.yaml"), "--json", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        error = json.loads(result.stdout)["error"]
+        assert "method: peft: invalid LOHA config" in error and "'rank'" in error
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out").exists()
+
+        document["method"]["config"] = {"peft_type": "LOHHA"}
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("build", str(tmp_path / "bad.yaml"), "--json", cwd=tmp_path)
+        assert result.returncode == 2
+        assert "peft_type 'LOHHA' is not a peft method" in json.loads(result.stdout)["error"]

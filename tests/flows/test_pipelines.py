@@ -254,3 +254,65 @@ class TestLanguageModelTasks:
         )  # fmt: skip
         result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert 1.0 < result["metrics"]["perplexity"] < 2 * len(tokenizer)
+
+
+class TestAnyPeftMethodThroughTheFlow:
+    """``method: {type: peft, config: ...}``: peft's own methods build, register in the PEFT
+    layout, load back from the registry and predict, like native ones."""
+
+    @pytest.mark.parametrize(
+        "peft_config",
+        [
+            {"peft_type": "LOHA", "r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+            {"peft_type": "OFT", "oft_block_size": 8, "target_modules": ["query", "value"]},
+            {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 6},
+        ],
+        ids=["loha", "oft", "prompt-tuning"],
+    )
+    def test_builds_registers_loads_and_predicts(self, tmp_path: Path, sst2_dir: Path, peft_config):
+        import copy
+
+        import torch
+        import transformers as T
+        from peft import PeftModel
+
+        import peft_core as pc
+        from flows.predict_job import predict
+        from tests.helpers import minilm_path
+
+        name = f"flow-{peft_config['peft_type'].lower().replace('_', '-')}"
+        method = {"type": "peft", "config": peft_config}
+        spec_path = write_spec(tmp_path, sst2_dir, name=name, method=method)
+        result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert (result["version"], result["alias"], result["reused"]) == (1, "champion", False)
+        registry = Registry()
+        version = registry.get(f"{name}@champion")
+        assert version.method == "peft"
+        files = registry.fetch(f"{name}@1", tmp_path / "fetched")
+        assert {p.name for p in files.iterdir()} >= {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        }
+
+        base = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        ours = copy.deepcopy(base).eval()
+        registry.load_into(ours, f"{name}@1")
+        theirs = PeftModel.from_pretrained(copy.deepcopy(base), files).eval()
+        texts = ["a moving film", "dull and far too long"]
+        inputs = T.AutoTokenizer.from_pretrained(minilm_path())(
+            texts, padding=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            expected = theirs(**inputs).logits.softmax(-1)
+            torch.testing.assert_close(ours(**inputs).logits.softmax(-1), expected)
+        trained = pc.adapter_state_dict(ours, name)
+        fresh = copy.deepcopy(base)
+        pc.add_adapter(fresh, name, pc.AnyPeft(peft_config))
+        untrained = pc.adapter_state_dict(fresh, name)
+        assert any(not torch.equal(trained[k], untrained[k]) for k in untrained)
+
+        resolved, answers = predict(registry, f"{name}@champion", texts)
+        assert resolved == f"{name}@1"
+        assert [a.label for a in answers] == expected.argmax(-1).tolist()
+        got = torch.tensor([a.probabilities for a in answers])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)

@@ -1,0 +1,398 @@
+"""Any Hugging Face peft method, run by peft itself: ``AnyPeft({"peft_type": "LOHA", ...})``.
+
+Native methods (LoRA, DoRA, IA3, bottlenecks, ...) build one module per ``AdaptedLayer``. peft has
+dozens more (LoHa, LoKr, OFT, BOFT, AdaLoRA, HRA, FourierFT, prompt tuning, ...); instead of
+re-implementing each, this method lets peft place its own layers in the model and keeps only the
+lifecycle around them: a record, activation, training, saving in the PEFT layout (so peft, vLLM
+and LoRAX read the files), loading back.
+
+Two families:
+
+- **tuners** (peft's in-place layers, ``peft.inject_adapter_in_model``): peft replaces each target
+  with its own layer around the original. Our fingerprint sees through those layers.
+- **prompt learning** (``PROMPT_TUNING``, ``P_TUNING``): learned virtual tokens prepended to the
+  input embeddings by a forward pre-hook on the model, as ``PeftModel`` does, with the attention
+  mask, token types and token labels widened to match. The prompts live in
+  ``model.peft_core_prompts``. Prefix tuning (past key values) is refused.
+
+What peft adapters do not do here: merge (use peft's ``merge_and_unload`` on the loaded adapter),
+run per row (``Parallel``), combine (``merge_adapters``) or join a fusion; each is refused with a
+clear error. The classification head is ours (``HeadSwitch``), so ``modules_to_save`` is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, TargetError
+from ..layer import SELF_PLACED_CONTAINER
+from .base import Method, MethodConfig, PeftImport
+
+if TYPE_CHECKING:
+    from ..roles import Target
+    from ..state import AdapterRecord
+
+__all__ = ["METHOD", "AnyPeft", "PeftRun", "tuner_layers"]
+
+PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
+_HOOK = "peft_core_prompt_hook"
+_PROMPTS_ON = "peft_core_prompts_on"
+_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+_HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
+# Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
+# Methods whose training needs peft's tuner object between steps, which this in-place placement
+# does not keep: AdaLoRA re-allocates its rank budget (``update_and_allocate``) after each step.
+_NEEDS_TUNER_DURING_TRAINING = {
+    "ADALORA": "its rank budget is re-allocated by peft's tuner after every optimiser step "
+    "(update_and_allocate), which peft_core's training loop does not call yet; use LORA or LOHA",
+}
+_REFUSED_FIELDS = {
+    "modules_to_save": "the head is trained by adapterops (the spec's head); leave it out",
+}
+
+
+@dataclass(frozen=True)
+class AnyPeft(MethodConfig):
+    """Any Hugging Face peft method: ``config`` is a peft configuration as a dict with its
+    ``peft_type`` (``{"peft_type": "LOHA", "r": 8, "target_modules": ["query", "value"]}``)."""
+
+    config: dict[str, Any]
+    type: Literal["peft"] = dataclasses.field(default="peft", init=False)
+
+    def __post_init__(self) -> None:
+        peft_config(self)  # every problem is a ConfigError now, before any model is touched
+
+    @property
+    def peft_type(self) -> str:
+        """The peft method's name, upper case (``LOHA``)."""
+        kind = self.config.get("peft_type", "") if isinstance(self.config, Mapping) else ""
+        return str(kind).upper()
+
+    def __hash__(self) -> int:  # the dict field makes the generated hash fail
+        return hash((self.type, repr(sorted(self.config.items()))))
+
+
+def peft_config(config: AnyPeft) -> Any:
+    """The peft configuration object ``config`` describes, or a :class:`ConfigError`."""
+    from peft import mapping  # noqa: PLC0415 - peft loads only when a peft method is used
+
+    configs = {getattr(k, "value", k): v for k, v in mapping.PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    fields = _checked_fields(config, known=configs)
+    kind = fields["peft_type"]
+    try:
+        made: Any = configs[kind](**fields)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"peft: invalid {kind} config: {' '.join(str(exc).split())}") from None
+    if made.is_prompt_learning:
+        if kind not in _PROMPT_TYPES:
+            raise ConfigError(
+                f"peft: {kind} needs peft's own PeftModel wrapper (past key values); the prompt "
+                f"learning methods run here are {', '.join(_PROMPT_TYPES)}"
+            )
+        return made
+    tuners = {getattr(k, "value", k): v for k, v in mapping.PEFT_TYPE_TO_TUNER_MAPPING.items()}
+    tuner = tuners.get(kind)
+    if tuner is None or getattr(tuner, "uses_shared_state", False):
+        raise ConfigError(
+            f"peft: {kind} keeps state shared across layers on peft's tuner object, which "
+            "cannot be placed in a model in place; use another method"
+        )
+    if not made.target_modules and not getattr(made, "target_parameters", None):
+        raise ConfigError(
+            f"peft: {kind} needs config.target_modules (module names such as "
+            '["query", "value"]); peft guesses them only for some model types'
+        )
+    return made
+
+
+def _checked_fields(config: AnyPeft, *, known: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's fields for peft, after the checks that need no peft class."""
+    if not isinstance(config.config, Mapping):
+        raise ConfigError(f"peft: config must be a mapping of peft fields, got {config.config!r}")
+    fields = dict(config.config)
+    kind = config.peft_type
+    if kind not in known:
+        raise ConfigError(
+            f"peft: config.peft_type {fields.get('peft_type')!r} is not a peft method; one of "
+            f"{', '.join(sorted(known))}"
+        )
+    if kind in _NEEDS_TUNER_DURING_TRAINING:
+        raise ConfigError(f"peft: {kind} is not run here: {_NEEDS_TUNER_DURING_TRAINING[kind]}")
+    for key, why in _REFUSED_FIELDS.items():
+        if fields.get(key):
+            raise ConfigError(f"peft: config.{key}: {why}")
+    fields.pop("task_type", None)  # the head decides; peft only needs it for its own wrappers
+    return {**fields, "peft_type": kind}
+
+
+def tuner_layers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """``(name, layer)`` for every peft tuner layer in ``model``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: PLC0415
+
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+class PeftRun(Method):
+    """Hugging Face peft runs the adapter; peft_core keeps its lifecycle."""
+
+    config_class: ClassVar[type[Any]] = AnyPeft
+    type = "peft"
+    summary = (
+        "any Hugging Face peft method (LoHa, LoKr, OFT, BOFT, prompt tuning, ...), run by peft"
+    )
+    mergeable = False
+    why_not_mergeable = (
+        "peft runs this adapter; merge it with peft (PeftModel.from_pretrained(...)"
+        ".merge_and_unload()) on its PEFT files"
+    )
+    places_itself = True
+    order = 1000  # last: a PEFT file goes to a native method first
+
+    def targets(self, model: nn.Module, config: Any) -> list[Target]:
+        return []
+
+    # -- placing, switching, removing --------------------------------------------------------
+
+    def place(self, model: nn.Module, record: AdapterRecord) -> None:
+        made = peft_config(cast(AnyPeft, record.config))
+        if made.is_prompt_learning:
+            _place_prompt(model, record.name, made)
+            return
+        from peft import inject_adapter_in_model  # noqa: PLC0415
+
+        grads = {p: p.requires_grad for p in model.parameters()}
+        try:
+            inject_adapter_in_model(made, model, adapter_name=record.name)
+        except ValueError as exc:  # peft's words for targets that match nothing
+            raise TargetError(f"peft {made.peft_type}: {' '.join(str(exc).split())}") from None
+        for param, wanted in grads.items():  # peft freezes the base; set_trainable decides that
+            param.requires_grad_(wanted)
+
+    def switch(self, model: nn.Module, on: Sequence[str]) -> None:
+        grads = {p: p.requires_grad for p in model.parameters()}  # switching must not (un)freeze
+        for _, layer in tuner_layers(model):
+            present = [n for n in on if n in layer._all_available_adapter_names()]
+            if present:
+                layer.enable_adapters(True)
+                layer.set_adapter(present)
+            else:
+                layer.enable_adapters(False)
+        model.__dict__[_PROMPTS_ON] = [n for n in on if n in _prompts(model)]
+        for param, wanted in grads.items():
+            param.requires_grad_(wanted)
+
+    def remove(self, model: nn.Module, name: str) -> None:
+        prompts = _prompts(model)
+        if name in prompts:
+            del prompts[name]
+            model.__dict__[_PROMPTS_ON] = [n for n in _prompts_on(model) if n != name]
+            return
+        for module_name, layer in list(tuner_layers(model)):
+            if name not in layer._all_available_adapter_names():
+                continue
+            layer.delete_adapter(name)
+            if not layer._all_available_adapter_names():
+                parent_name, _, child = module_name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, layer.get_base_layer())
+        configs = getattr(model, "peft_config", {})
+        configs.pop(name, None)
+        if not configs and hasattr(model, "peft_config"):
+            del model.peft_config
+
+    # -- parameters and files -----------------------------------------------------------------
+
+    def own_parameters(self, model: nn.Module, name: str) -> list[nn.Parameter]:
+        if name in _prompts(model):
+            return list(_prompts(model)[name].parameters())
+        params: list[nn.Parameter] = []
+        for _, layer in tuner_layers(model):
+            for attribute in layer.adapter_layer_names:
+                holder = getattr(layer, attribute)
+                if name in holder:
+                    value = holder[name]
+                    params.extend(
+                        [value] if isinstance(value, nn.Parameter) else list(value.parameters())
+                    )
+        return params
+
+    def own_state(self, model: nn.Module, name: str) -> dict[str, Tensor]:
+        if name in _prompts(model):
+            return {"prompt_embeddings": _prompt(model, name).prompt()}
+        from peft import get_peft_model_state_dict  # noqa: PLC0415
+
+        state: dict[str, Tensor] = get_peft_model_state_dict(model, adapter_name=name)
+        return state
+
+    def load_own_state(self, model: nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
+        if name in _prompts(model):
+            _prompt(model, name).fill(tensors["prompt_embeddings"])
+            return
+        from peft import set_peft_model_state_dict  # noqa: PLC0415
+
+        set_peft_model_state_dict(model, tensors, adapter_name=name)
+
+    def peft_files(
+        self, model: nn.Module, record: AdapterRecord
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        made = _placed_config(model, record)
+        fields = made.to_dict()
+        for key, value in fields.items():
+            if isinstance(value, set):
+                fields[key] = sorted(value)
+        fields["inference_mode"] = True
+        return fields, self.own_state(model, record.name)
+
+    def reads_peft(self, peft_config: dict[str, Any]) -> bool:
+        """Any peft method no native method reads (the table asks natives first)."""
+        try:
+            AnyPeft(_portable(peft_config))
+        except ConfigError:
+            return False
+        return True
+
+    def from_peft(self, peft_config: dict[str, Any], tensors: dict[str, Tensor]) -> PeftImport:
+        head_free = {k: v for k, v in tensors.items() if self.owns_peft_key(k)}
+        return PeftImport(AnyPeft(_portable(peft_config)), [], head_free)
+
+    def owns_peft_key(self, key: str) -> bool:
+        return key == "prompt_embeddings" or (".modules_to_save." not in key and not _is_head(key))
+
+
+def _is_head(key: str) -> bool:
+    # Heads a PEFT file may carry beside the adapter (written by write_peft or by peft itself).
+    return key.split(".", maxsplit=1)[0] in _HEAD_MODULES
+
+
+def _portable(peft_config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a saved ``adapter_config.json`` worth keeping in a spec-like config."""
+    drop = {"task_type", "modules_to_save", "base_model_name_or_path", "revision", "inference_mode"}
+    drop |= {"auto_mapping", "peft_version"}
+    return {k: v for k, v in peft_config.items() if k not in drop}
+
+
+def _placed_config(model: nn.Module, record: AdapterRecord) -> Any:
+    if record.name in _prompts(model):
+        return _prompt(model, record.name).config
+    return cast(Any, model).peft_config[record.name]
+
+
+# -- prompt learning -------------------------------------------------------------------------
+
+
+class Prompt(nn.Module):
+    """The virtual tokens of one prompt adapter; ``prompt()`` is ``(tokens, hidden)``."""
+
+    def __init__(self, config: Any, word_embeddings: nn.Module) -> None:
+        super().__init__()
+        from peft.tuners.p_tuning.model import PromptEncoder  # noqa: PLC0415
+        from peft.tuners.prompt_tuning.model import PromptEmbedding  # noqa: PLC0415
+
+        self.config = config
+        self.tokens = config.num_virtual_tokens * config.num_transformer_submodules
+        if config.peft_type == "P_TUNING":  # reparametrised through peft's MLP/LSTM encoder
+            self.encoder: nn.Module = PromptEncoder(config)
+        else:  # peft's initialisation (random, sampled vocabulary or text)
+            self.encoder = PromptEmbedding(config, word_embeddings)
+        self.register_buffer("indices", torch.arange(self.tokens), persistent=False)
+
+    def prompt(self) -> Tensor:
+        """The prompt embeddings, one row per virtual token."""
+        out: Tensor = self.encoder(self.indices)
+        return out
+
+    @torch.no_grad()
+    def fill(self, embeddings: Tensor) -> None:
+        """Load saved prompt embeddings (a P-tuning prompt is then a fixed table)."""
+        rows, width = embeddings.shape
+        table = nn.Embedding(rows, width, device=embeddings.device, dtype=embeddings.dtype)
+        table.weight.copy_(embeddings)
+        self.encoder = _Table(table)
+
+
+class _Table(nn.Module):
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, indices: Tensor) -> Tensor:
+        out: Tensor = self.embedding(indices)
+        return out
+
+
+def _prompts(model: nn.Module) -> nn.ModuleDict:
+    prompts = getattr(model, PROMPTS, None)
+    if prompts is None:
+        prompts = nn.ModuleDict()
+        model.add_module(PROMPTS, prompts)
+    return prompts
+
+
+def _prompt(model: nn.Module, name: str) -> Prompt:
+    return cast(Prompt, _prompts(model)[name])
+
+
+def _prompts_on(model: nn.Module) -> list[str]:
+    on: list[str] = model.__dict__.get(_PROMPTS_ON, [])
+    return on
+
+
+def _place_prompt(model: Any, name: str, made: Any) -> None:
+    from peft.utils.other import _prepare_prompt_learning_config  # noqa: PLC0415
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise TargetError(
+            f"peft {made.peft_type}: prompts are prepended to decoder-only and encoder-only "
+            "models here; an encoder-decoder model needs peft's PeftModel"
+        )
+    made = _prepare_prompt_learning_config(copy.deepcopy(made), model.config)
+    made.num_transformer_submodules = 1
+    embeddings = model.get_input_embeddings()
+    prompt = Prompt(made, embeddings).to(embeddings.weight.device)
+    _prompts(model)[name] = prompt
+    if _HOOK not in model.__dict__:
+        model.__dict__[_HOOK] = model.register_forward_pre_hook(_prepend_prompts, with_kwargs=True)
+
+
+def _prepend_prompts(
+    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """Prepend the active prompts to the inputs, as peft's ``PeftModel`` forward does."""
+    prompts = _prompts(model)
+    on = [_prompt(model, n) for n in _prompts_on(model) if n in prompts]
+    if not on:
+        return None
+    kwargs = dict(kwargs)
+    if args:
+        kwargs["input_ids"] = args[0]
+    cache = kwargs.get("past_key_values")
+    if cache is not None and getattr(cache, "get_seq_length", lambda: 0)() > 0:
+        raise ConfigError("prompt-tuned adapters do not generate with a key-value cache here")
+    embeds = kwargs.pop("inputs_embeds", None)
+    if embeds is None:
+        embeds = model.get_input_embeddings()(kwargs["input_ids"])
+    kwargs["input_ids"] = None
+    batch = embeds.shape[0]
+    virtual = torch.cat([p.prompt() for p in on]).to(embeds.dtype)
+    count = virtual.shape[0]
+    kwargs["inputs_embeds"] = torch.cat([virtual.expand(batch, -1, -1), embeds], dim=1)
+    widen = {"attention_mask": 1, "token_type_ids": 0, "labels": -100}
+    for key, fill in widen.items():
+        value = kwargs.get(key)
+        if value is not None and value.dim() == 2:  # per-token values (not sequence labels)
+            pad = torch.full((batch, count), fill, dtype=value.dtype, device=value.device)
+            kwargs[key] = torch.cat([pad, value], dim=1)
+    kwargs.pop("position_ids", None)  # positions restart from the virtual tokens
+    return (), kwargs
+
+
+METHOD = PeftRun()

@@ -1,0 +1,250 @@
+"""Any Hugging Face peft method through ``pc.AnyPeft``: peft runs the layers, peft_core keeps the
+lifecycle (activation, training flags, files both ways, removal, refusals)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from peft import PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+import peft_core as pc
+from tests.helpers import TINY_CONFIGS, batch, logits, trainable_names
+
+TARGETS = ["query", "value"]
+# One of each kind: additive low-rank products (LoHa, LoKr), a multiplicative rotation (OFT),
+# Householder reflections (HRA), learned input tokens (prompt tuning, P-tuning).
+KINDS: dict[str, dict[str, object]] = {
+    "LOHA": {"r": 4, "alpha": 8, "target_modules": TARGETS},
+    "LOKR": {"r": 4, "target_modules": TARGETS},
+    "OFT": {"oft_block_size": 8, "target_modules": TARGETS},
+    "HRA": {"r": 4, "target_modules": TARGETS},
+    "PROMPT_TUNING": {"num_virtual_tokens": 5},
+    "P_TUNING": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+}
+
+
+def classifier(seed: int = 0) -> T.BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return T.BertForSequenceClassification(TINY_CONFIGS["bert"]()).eval()
+
+
+def config(kind: str) -> pc.AnyPeft:
+    return pc.AnyPeft({"peft_type": kind, **KINDS[kind]})
+
+
+@torch.no_grad()
+def scramble(model: torch.nn.Module, name: str, seed: int = 5) -> None:
+    """Non-trivial adapter and head weights (many peft methods start as the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in pc.adapter_state_dict(model, name).values():
+        tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+class TestEveryKind:
+    def test_placed_switched_and_removed_cleanly(self, kind: str) -> None:
+        model = classifier()
+        inputs = batch(model)
+        base = logits(model, inputs)
+        before = pc.fingerprint(model).digest
+        pc.add_adapter(model, "a", config(kind))
+        scramble(model, "a")
+        assert not torch.allclose(logits(model, inputs), base, atol=1e-3)
+        assert pc.fingerprint(model).digest == before  # peft's layers are seen through
+        pc.set_active(model, None)
+        torch.testing.assert_close(logits(model, inputs), base)
+        pc.set_active(model, "a")
+        pc.delete_adapter(model, "a")
+        torch.testing.assert_close(logits(model, inputs), base)
+        assert pc.list_adapters(model) == []
+        assert sum(p.numel() for p in model.parameters()) == sum(
+            p.numel() for p in classifier().parameters()
+        )
+
+    @pytest.mark.parametrize("fmt", ["adapterops", "peft"])
+    def test_files_load_back_to_the_same_logits(self, kind: str, fmt: str, tmp_path: Path) -> None:
+        model = classifier()
+        pc.add_adapter(model, "a", config(kind))
+        scramble(model, "a")
+        inputs = batch(model)
+        expected = logits(model, inputs)
+        pc.save_adapter(model, "a", tmp_path, format=fmt)  # type: ignore[arg-type]
+        fresh = classifier()
+        pc.load_adapter(fresh, tmp_path)
+        torch.testing.assert_close(logits(fresh, inputs), expected)
+
+    def test_only_the_adapter_and_its_head_train(self, kind: str) -> None:
+        model = classifier()
+        pc.add_adapter(model, "a", config(kind))
+        names = trainable_names(model)
+        assert names, "nothing trains"
+        assert all(
+            ".classifier." in n or "peft_core_prompts" in n or ".base_layer." not in n
+            for n in names
+        )
+        assert not any(n.startswith("bert.embeddings.word_embeddings") for n in names)
+        assert {n for n in names if "classifier" in n} == {
+            "classifier.heads.a.weight",
+            "classifier.heads.a.bias",
+        }
+
+
+def test_training_lowers_the_loss_of_a_loha_adapter() -> None:
+    model = classifier()
+    pc.add_adapter(model, "a", config("LOHA"))
+    inputs = batch(model, rows=8, length=6)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loader = [{**inputs, "labels": labels}] * 30
+    result = pc.train(model.train(), loader, max_steps=30, learning_rate=5e-2)
+    assert result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_loha_files_match_peft_both_ways(tmp_path: Path) -> None:
+    ours = classifier()
+    pc.add_adapter(ours, "a", config("LOHA"))
+    scramble(ours, "a")
+    inputs = batch(ours)
+    expected = logits(ours, inputs)
+    pc.save_adapter(ours, "a", tmp_path / "ours", format="peft")
+    theirs = PeftModel.from_pretrained(classifier(), tmp_path / "ours").eval()
+    torch.testing.assert_close(logits(theirs, inputs), expected)
+
+    made = get_peft_model(
+        classifier(),
+        PEFT_TYPE_TO_CONFIG_MAPPING["LOHA"](
+            task_type="SEQ_CLS", r=4, alpha=8, target_modules=TARGETS, init_weights=False
+        ),
+    ).eval()
+    made.save_pretrained(tmp_path / "theirs")
+    loaded = classifier()
+    record = pc.load_adapter(loaded, tmp_path / "theirs", name="theirs")
+    assert record.config.type == "peft"
+    torch.testing.assert_close(logits(loaded, inputs), logits(made, inputs))
+
+
+def test_prompt_tuning_on_a_causal_lm_matches_peft(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = T.LlamaForCausalLM(TINY_CONFIGS["llama"]()).eval()
+    ours = copy.deepcopy(base)
+    pc.add_adapter(ours, "p", config("PROMPT_TUNING"))
+    scramble(ours, "p")
+    inputs = batch(ours)
+    labels = inputs["input_ids"].clone()
+    with torch.no_grad():
+        our_out = ours(**inputs, labels=labels)
+    assert our_out.logits.shape[1] == inputs["input_ids"].shape[1] + 5
+    pc.save_adapter(ours, "p", tmp_path, format="peft")
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    with torch.no_grad():
+        their_out = theirs(**inputs, labels=labels)
+    torch.testing.assert_close(our_out.logits, their_out.logits)
+    torch.testing.assert_close(our_out.loss, their_out.loss)
+
+
+def test_two_peft_adapters_switch_and_survive_removal() -> None:
+    model = classifier()
+    pc.add_adapter(model, "loha", config("LOHA"))
+    scramble(model, "loha", seed=1)
+    pc.add_adapter(model, "prompt", config("PROMPT_TUNING"))
+    scramble(model, "prompt", seed=2)
+    inputs = batch(model)
+    pc.set_active(model, "loha")
+    only_loha = logits(model, inputs)
+    assert pc.active_adapters(model) == ["loha"]
+    pc.set_active(model, pc.Stack("loha", "prompt"))
+    assert pc.active_adapters(model) == ["loha", "prompt"]
+    assert not torch.allclose(logits(model, inputs), only_loha, atol=1e-3)
+    pc.delete_adapter(model, "prompt")
+    pc.set_active(model, "loha")
+    torch.testing.assert_close(logits(model, inputs), only_loha)
+
+
+def test_a_native_adapter_cannot_wrap_a_peft_layer() -> None:
+    model = classifier()
+    pc.add_adapter(model, "loha", config("LOHA"))
+    with pytest.raises(pc.TargetError, match="already runs a peft adapter's layer"):
+        pc.add_adapter(model, "native", pc.LoRA(rank=2, targets=("q",)))
+    assert pc.list_adapters(model) == ["loha"]
+
+
+def test_a_native_adapter_stacks_with_a_peft_one() -> None:
+    model = classifier()
+    pc.add_adapter(model, "native", pc.LoRA(rank=2, targets=("ffn_in",)))
+    pc.add_adapter(model, "loha", config("LOHA"))
+    pc.set_active(model, pc.Stack("native", "loha"))
+    assert pc.active_adapters(model) == ["native", "loha"]
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("fields", "words"),
+        [
+            ({"peft_type": "NOPE"}, "'NOPE' is not a peft method"),
+            (["LOHA"], "config must be a mapping"),
+            ({"peft_type": "LOHA", "rank": 4, "target_modules": TARGETS}, "rank"),
+            ({"peft_type": "LOHA", "r": 4}, "needs config.target_modules"),
+            (
+                {"peft_type": "LOHA", "target_modules": TARGETS, "modules_to_save": ["x"]},
+                "config.modules_to_save",
+            ),
+            ({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}, "PeftModel wrapper"),
+            ({"peft_type": "VERA", "target_modules": TARGETS}, "shared across layers"),
+            ({"peft_type": "ADALORA", "total_step": 9, "target_modules": TARGETS}, "rank budget"),
+        ],
+    )
+    def test_bad_configs_fail_when_made(self, fields: dict[str, object], words: str) -> None:
+        with pytest.raises(pc.ConfigError, match=words):
+            pc.AnyPeft(fields)
+
+    def test_targets_that_match_nothing_leave_the_model_alone(self) -> None:
+        model = classifier()
+        inputs = batch(model)
+        base = logits(model, inputs)
+        with pytest.raises(pc.TargetError, match="nowhere"):
+            pc.add_adapter(
+                model, "a", pc.AnyPeft({"peft_type": "LOHA", "target_modules": ["nowhere"]})
+            )
+        assert pc.list_adapters(model) == []
+        torch.testing.assert_close(logits(model, inputs), base)
+
+    def test_merge_per_row_and_average_are_refused(self) -> None:
+        model = classifier()
+        pc.add_adapter(model, "a", config("LOHA"))
+        pc.add_adapter(model, "b", pc.LoRA(rank=2, targets=("ffn_in",)))
+        with pytest.raises(pc.PeftCoreError, match="merge_and_unload"):
+            pc.merge(model, "a")
+        with (
+            pytest.raises(pc.ConfigError, match="per_row cannot route 'a'"),
+            pc.per_row(model, ["a", "b", None]),
+        ):
+            pass
+        with pytest.raises(pc.CompositionError, match="plain Stack"):
+            pc.set_active(model, pc.Average("a", "b"))
+
+    def test_files_that_do_not_fit_leave_the_model_alone(self, tmp_path: Path) -> None:
+        model = classifier()
+        pc.add_adapter(
+            model, "a", pc.AnyPeft({"peft_type": "LOHA", "r": 8, "target_modules": TARGETS})
+        )
+        pc.save_adapter(model, "a", tmp_path)
+        meta = (tmp_path / "adapter.json").read_text().replace('"r": 8', '"r": 4')
+        (tmp_path / "adapter.json").write_text(meta)
+        fresh = classifier()
+        inputs = batch(fresh)
+        base = logits(fresh, inputs)
+        with pytest.raises(pc.AdapterFormatError, match="shapes"):
+            pc.load_adapter(fresh, tmp_path)
+        assert pc.list_adapters(fresh) == []
+        torch.testing.assert_close(logits(fresh, inputs), base)
+
+
+def test_plan_counts_what_training_trains() -> None:
+    model = classifier()
+    planned = pc.plan(model, config("LOHA"))
+    pc.add_adapter(model, "a", config("LOHA"))
+    assert planned.trainable_params == pc.measure(model, "a").trainable_params == 2147
