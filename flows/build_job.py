@@ -1,5 +1,10 @@
-"""The whole chain for one spec: train (tracked in MLflow), register, mirror in MLflow, gate,
-promote. Plain functions: the CLI calls them, the Prefect flows wrap them.
+"""The one build chain for one spec: find an earlier build, or prepare the data, train (tracked
+in MLflow), evaluate, register, mirror in MLflow, gate and promote.
+
+A :class:`Build` is made once per build (spec, lineage with the data fingerprinted once, output
+folder, registry, progress callback) and handed to every step. :func:`run_chain` is the only copy
+of the chain: called plainly it runs each step in turn (``build_from_spec``), and the Prefect flow
+``flows.pipelines.build`` hands it a step runner that makes each step a task.
 
 Re-running after a failure completes the work: registration is idempotent by content digest, the
 MLflow version is created only if missing, and alias moves are idempotent.
@@ -11,9 +16,10 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from registry import AdapterVersion, NotFoundError, Registry
 from registry.settings import adapterops_home
@@ -21,7 +27,8 @@ from registry.settings import adapterops_home
 from . import tracking
 from .lineage import code_version, dataset_fingerprint
 from .members import LINEAGE_KEY, members_of_spec
-from .mlflow_models import ensure_model_version, tag_run
+from .mlflow_models import ensure_model_version, sync_aliases, tag_run
+from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote
 from .spec import AdapterSpec
 from .train_job import (
@@ -33,16 +40,28 @@ from .train_job import (
 )
 
 __all__ = [
+    "Build",
     "BuildResult",
+    "StepCallback",
+    "StepRunner",
     "build_from_spec",
     "build_lineage",
     "checkpoint_folder",
     "evaluate_tracked",
     "find_built",
+    "prepare_data",
     "register_and_gate",
+    "register_and_promote",
     "reused_result",
+    "run_chain",
+    "start_build",
     "train_tracked",
 ]
+
+StepCallback = Callable[[int, int, float, float], None]  # (step, total, loss, learning rate)
+T = TypeVar("T")
+# Runs one named step of the chain: plainly, or as a Prefect task (``flows.pipelines``).
+StepRunner = Callable[..., Any]
 
 
 @dataclass
@@ -67,21 +86,90 @@ class BuildResult:
         return asdict(self)
 
 
-def build_lineage(spec: AdapterSpec) -> dict[str, str]:
+@dataclass
+class Build:
+    """One build, made once by :func:`start_build` and handed to every step."""
+
+    spec: AdapterSpec
+    lineage: dict[str, str]  # dataset_fingerprint, code_version, build_key
+    output: Path  # where the trained adapter folder is written
+    registry: Registry
+    on_step: StepCallback | None = None  # progress: called after every optimiser step
+
+    @property
+    def key(self) -> str:
+        """The build key: the same spec, data and code give the same key."""
+        return self.lineage["build_key"]
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset fingerprint, computed once when the build started."""
+        return self.lineage["dataset_fingerprint"]
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where this build's training checkpoints live until it is registered."""
+        return checkpoint_folder(self.spec, self.key)
+
+
+def start_build(
+    spec: AdapterSpec,
+    output: str | Path,
+    *,
+    registry: Registry | None = None,
+    on_step: StepCallback | None = None,
+) -> Build:
+    """Fingerprint the data, fix the lineage and open the registry: once per build."""
+    registry = registry if registry is not None else Registry()
+    return Build(spec, build_lineage(spec, registry), Path(output), registry, on_step)
+
+
+def run_plainly(name: str, step: Callable[..., T], *args: Any) -> T:
+    """The default step runner: call the step."""
+    return step(*args)
+
+
+def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
+    """The chain: reuse an earlier build, or prepare, train, evaluate, register and promote."""
+    existing = run_step("find earlier build", find_built, build)
+    if existing is not None:
+        return reused_result(existing, build.spec)
+    run_step("prepare data", prepare_data, build)
+    report, run_id = run_step("train", train_tracked, build)
+    report, card = run_step("evaluate", evaluate_tracked, build, report, run_id)
+    result: BuildResult = run_step(
+        "register and promote", register_and_promote, build, report, run_id, card
+    )
+    shutil.rmtree(build.checkpoints, ignore_errors=True)
+    return result
+
+
+def build_from_spec(
+    spec: AdapterSpec,
+    registry: Registry,
+    output: Path,
+    *,
+    on_step: StepCallback | None = None,
+) -> BuildResult:
+    """The whole chain without Prefect (the flow runs the same :func:`run_chain`)."""
+    return run_chain(start_build(spec, output, registry=registry, on_step=on_step))
+
+
+def build_lineage(spec: AdapterSpec, registry: Registry | None = None) -> dict[str, str]:
     """Dataset fingerprint, code version and the build key they make with the spec."""
     lineage = {"dataset_fingerprint": dataset_fingerprint(spec), "code_version": code_version()}
     members = members_of_spec(spec)
     if members:  # a fusion over name@champion means different things as the champion moves
-        registry = Registry()
+        registry = registry if registry is not None else Registry()
         members = [registry.get(ref).ref for ref in members]
     material = json.dumps([spec.model_dump(mode="json"), lineage, members], sort_keys=True)
     return {**lineage, "build_key": hashlib.sha256(material.encode()).hexdigest()}
 
 
-def find_built(registry: Registry, spec: AdapterSpec, build_key: str) -> AdapterVersion | None:
+def find_built(build: Build) -> AdapterVersion | None:
     """The version an earlier build of the same spec, data and code registered, if any."""
-    for version in registry.find(name=spec.name):
-        if version.lineage.get("build_key") == build_key:
+    for version in build.registry.find(name=build.spec.name):
+        if version.lineage.get("build_key") == build.key:
             return version
     return None
 
@@ -110,84 +198,82 @@ def checkpoint_folder(spec: AdapterSpec, build_key: str) -> Path:
     return adapterops_home() / "checkpoints" / f"{spec.name}-{build_key[:16]}"
 
 
-def train_tracked(
-    spec: AdapterSpec,
-    output: Path,
-    lineage: dict[str, str],
-    *,
-    on_step: Any = None,
-) -> tuple[TrainReport, str]:
+def prepare_data(build: Build) -> PreparedInfo:
+    """Tokenise the spec's data into the cache (or find it there)."""
+    return prepare_info(build.spec, fingerprint=build.fingerprint)
+
+
+def train_tracked(build: Build) -> tuple[TrainReport, str]:
     """Train under a new MLflow run (params, tags, per-step curves); returns the report and run id.
 
-    Checkpoints go to :func:`checkpoint_folder`, so re-running a crashed build resumes it.
+    Checkpoints go to ``build.checkpoints``, so re-running a crashed build resumes it.
     """
-    tracker = tracking.RunTracker(spec, tags={f"adapterops.{k}": v for k, v in lineage.items()})
+    spec = build.spec
+    tracker = tracking.RunTracker(
+        spec, tags={f"adapterops.{k}": v for k, v in build.lineage.items()}
+    )
 
     def observe(step: int, total: int, loss: float, learning_rate: float) -> None:
         tracker.on_step(step, total, loss, learning_rate)
-        if on_step is not None:
-            on_step(step, total, loss, learning_rate)
+        if build.on_step is not None:
+            build.on_step(step, total, loss, learning_rate)
 
-    checkpoints = checkpoint_folder(spec, lineage["build_key"])
     with tracker.run():
         report = train_from_spec(
-            spec, output, on_step=observe, evaluate_after=False, checkpoint_dir=checkpoints
+            spec,
+            build.output,
+            on_step=observe,
+            evaluate_after=False,
+            checkpoint_dir=build.checkpoints,
+            fingerprint=build.fingerprint,
+            registry=build.registry,
         )
     return report, tracker.run_id
 
 
-def evaluate_tracked(
-    spec: AdapterSpec, report: TrainReport, run_id: str, lineage: dict[str, str]
-) -> tuple[TrainReport, str]:
+def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[TrainReport, str]:
     """Evaluate the saved adapter, log metrics and artifacts to its run; returns the completed
     report and the model card (also written to the adapter folder as README.md)."""
-    report.metrics = evaluate_folder(spec, report.output, members=report.members)
+    report.metrics = evaluate_folder(
+        build.spec,
+        report.output,
+        members=report.members,
+        fingerprint=build.fingerprint,
+        registry=build.registry,
+    )
     write_report(report)
-    tracker = tracking.RunTracker(spec)
+    tracker = tracking.RunTracker(build.spec)
     with tracker.run(resume=run_id):
         card = tracker.finish(
             report.to_dict(),
             Path(report.output),
             losses=report.losses,
             learning_rates=report.learning_rates,
-            lineage=lineage,
+            lineage=build.lineage,
         )
     (Path(report.output) / "README.md").write_text(card)
     return report, card
 
 
-def build_from_spec(
-    spec: AdapterSpec,
-    registry: Registry,
-    output: Path,
-    *,
-    on_step: Any = None,
-) -> BuildResult:
-    """The whole chain without Prefect: reuse, or train, evaluate, register, gate and promote.
+def register_and_promote(build: Build, report: TrainReport, run_id: str, card: str) -> BuildResult:
+    """Bring alias moves made in the MLflow UI in first, then :func:`register_and_gate`.
 
-    The Prefect flow :func:`flows.pipelines.build` wires the same steps as tasks.
+    Safe to retry: registration is idempotent by digest, MLflow versions and alias moves are
+    created only if missing.
     """
-    lineage = build_lineage(spec)
-    existing = find_built(registry, spec, lineage["build_key"])
-    if existing is not None:
-        return reused_result(existing, spec)
-    report, run_id = train_tracked(spec, output, lineage, on_step=on_step)
-    report, card = evaluate_tracked(spec, report, run_id, lineage)
-    result = register_and_gate(spec, registry, report, run_id=run_id, lineage=lineage, card=card)
-    shutil.rmtree(checkpoint_folder(spec, lineage["build_key"]), ignore_errors=True)
-    return result
+    sync_aliases(build.registry, tracking.client(), [build.spec.name])
+    return register_and_gate(build, report, run_id=run_id, card=card)
 
 
 def register_and_gate(
-    spec: AdapterSpec,
-    registry: Registry,
+    build: Build,
     report: TrainReport,
     *,
     run_id: str,
-    lineage: dict[str, Any],
     card: str,
 ) -> BuildResult:
     """Register the trained folder, mirror it in MLflow, and promote it if it beats the champion."""
+    spec, registry = build.spec, build.registry
     numeric = {k: float(v) for k, v in report.metrics.items() if isinstance(v, int | float)}
     version = registry.register(
         report.output,
@@ -197,7 +283,7 @@ def register_and_gate(
         language=spec.language,
         metrics=numeric,
         lineage={
-            **lineage,
+            **build.lineage,
             "run_id": run_id,
             **({LINEAGE_KEY: report.members} if report.members else {}),
         },
@@ -214,7 +300,7 @@ def register_and_gate(
         min_delta=spec.promote.min_delta,
         higher_is_better=spec.evaluate.metric != "perplexity",
     )
-    decision, champion_metric = _gate(spec, registry, version, numeric, policy)
+    decision, champion_metric = _gate(build, version, numeric, policy)
     alias = spec.promote.alias if decision.promote else CHALLENGER
     if alias not in version.aliases:
         promote(registry, client, version.ref, alias, origin="gate")
@@ -234,19 +320,19 @@ def register_and_gate(
 
 
 def _gate(
-    spec: AdapterSpec,
-    registry: Registry,
-    candidate: AdapterVersion,
-    metrics: dict[str, float],
-    policy: Policy,
+    build: Build, candidate: AdapterVersion, metrics: dict[str, float], policy: Policy
 ) -> tuple[Decision, float | None]:
     """The decision, with the champion re-evaluated on this spec's validation data."""
+    spec = build.spec
     value = metrics.get(policy.metric, math.nan)
     try:
-        champion = registry.get(f"{spec.name}@{spec.promote.alias}")
+        champion = build.registry.get(f"{spec.name}@{spec.promote.alias}")
     except NotFoundError:
         return decide(value, None, policy), None
     if champion.version == candidate.version:  # a re-run of the build that promoted it
         return Decision(True, "already the champion", value, value, "better"), value
-    champion_value = float(evaluate_registered(spec, champion.ref, registry)[policy.metric])
+    measured = evaluate_registered(
+        spec, champion.ref, build.registry, fingerprint=build.fingerprint
+    )
+    champion_value = float(measured[policy.metric])
     return decide(value, champion_value, policy), champion_value

@@ -1,5 +1,7 @@
 """Prefect 3 flows: thin wiring over the plain functions of ``build_job``, ``prepare_job`` and
-``retrain``. Tasks exchange paths, ids and small dataclasses, never models or tensors.
+``retrain``. The build flow runs ``build_job.run_chain`` (the one copy of the chain) with each
+step as a task; tasks exchange the build value, paths, ids and small dataclasses, never models or
+tensors.
 
 - :func:`prepare`: tokenise a spec's data into the fingerprint-keyed cache;
 - :func:`build`: prepare -> train -> evaluate -> register -> gate and promote, for one spec file;
@@ -13,91 +15,72 @@ server (and ``adapterops deploy`` makes them deployments a worker runs on a sche
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from registry import AdapterVersion, Registry
+from registry import Registry
 
-from . import tracking
-from .build_job import (
-    BuildResult,
-    build_lineage,
-    checkpoint_folder,
-    evaluate_tracked,
-    find_built,
-    register_and_gate,
-    reused_result,
-    train_tracked,
-)
-from .mlflow_models import sync_aliases
-from .prepare_job import PreparedInfo, prepare_cached
+from .build_job import StepCallback, run_chain, start_build
+from .prepare_job import prepare_info
 from .retrain import RetrainOutcome, due_reason
-from .spec import AdapterSpec, load_spec
-from .train_job import TrainReport, load_tokenizer
+from .spec import load_spec
 
-__all__ = ["build", "prepare", "retrain", "set_progress"]
+__all__ = ["build", "prepare", "reporting_progress", "retrain", "set_progress"]
 
-# A progress callback for the CLI's bar: flow parameters must be JSON, so it is set here instead.
-_progress: Callable[[int, int, float, float], None] | None = None
+T = TypeVar("T")
+
+# The CLI's progress bar for the build running in this context. Flow parameters must be JSON,
+# so the callback travels in a context variable, read once when the build starts.
+_progress: ContextVar[StepCallback | None] = ContextVar("adapterops_progress", default=None)
+
+# Retries are safe for registration: it is idempotent by digest, and MLflow versions and alias
+# moves are created only if missing.
+_TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "register and promote": {"retries": 2, "retry_delay_seconds": 5},
+}
 
 
-def set_progress(callback: Callable[[int, int, float, float], None] | None) -> None:
-    """Install ``callback(step, total, loss, learning_rate)`` for the next training steps."""
-    global _progress  # noqa: PLW0603 - one process-wide hook, set by the CLI around a flow call
-    _progress = callback
+@contextmanager
+def reporting_progress(callback: StepCallback | None) -> Iterator[None]:
+    """Within the block, builds call ``callback(step, total, loss, learning_rate)``."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
-@task(name="prepare data", cache_policy=NO_CACHE)
-def prepare_task(spec: AdapterSpec) -> PreparedInfo:
-    """Tokenise into the cache (or find it there)."""
-    _, info = prepare_cached(spec, load_tokenizer(spec))
-    get_run_logger().info(
-        "data %s: %d train / %d validation rows (%s)",
-        info.dataset_fingerprint[:12],
-        info.train_rows,
-        info.validation_rows,
-        "cached" if info.cached else "prepared",
+def set_progress(callback: StepCallback | None) -> None:
+    """Deprecated: use ``with reporting_progress(callback):`` around the flow call."""
+    warnings.warn(
+        "flows.pipelines.set_progress is deprecated; use `with reporting_progress(callback):`",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    return info
+    _progress.set(callback)
 
 
-@task(name="find earlier build", cache_policy=NO_CACHE)
-def find_built_task(spec: AdapterSpec, build_key: str) -> AdapterVersion | None:
-    return find_built(Registry(), spec, build_key)
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(spec: AdapterSpec, output: str, lineage: dict[str, str]) -> tuple[TrainReport, str]:
-    return train_tracked(spec, Path(output), lineage, on_step=_progress)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(
-    spec: AdapterSpec, report: TrainReport, run_id: str, lineage: dict[str, str]
-) -> tuple[TrainReport, str]:
-    return evaluate_tracked(spec, report, run_id, lineage)
-
-
-@task(name="register and promote", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def register_task(
-    spec: AdapterSpec, report: TrainReport, run_id: str, lineage: dict[str, str], card: str
-) -> BuildResult:
-    # Retries are safe: registration is idempotent by digest, MLflow versions and alias moves
-    # are created only if missing.
-    registry = Registry()
-    sync_aliases(registry, tracking.client(), [spec.name])
-    return register_and_gate(spec, registry, report, run_id=run_id, lineage=lineage, card=card)
+def run_as_task(name: str, step: Callable[..., T], *args: Any) -> T:
+    """The flow's step runner: each step of the chain is a Prefect task run."""
+    as_task = task(step, name=name, cache_policy=NO_CACHE, **_TASK_OPTIONS.get(name, {}))
+    result: T = as_task(*args)
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        get_run_logger().info("%s", summary())
+    return result
 
 
 @flow(name="prepare")
 def prepare(spec_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Tokenise one spec's data into the cache; returns the cache entry's description."""
-    return prepare_task(load_spec(spec_path, overrides)).to_dict()
+    return run_as_task("prepare data", prepare_info, load_spec(spec_path, overrides)).to_dict()
 
 
 @flow(name="build", flow_run_name="build {spec_path}")
@@ -106,17 +89,8 @@ def build(
 ) -> dict[str, Any]:
     """Build one adapter from a spec file: the result of ``adapterops build --json``."""
     spec = load_spec(spec_path, overrides)
-    lineage = build_lineage(spec)
-    existing = find_built_task(spec, lineage["build_key"])
-    if existing is not None:
-        get_run_logger().info("%s already built from this spec, data and code", existing.ref)
-        return reused_result(existing, spec).to_dict()
-    prepare_task(spec)
-    folder = output or str(Path("out") / spec.name)
-    report, run_id = train_task(spec, folder, lineage)
-    report, card = evaluate_task(spec, report, run_id, lineage)
-    result = register_task(spec, report, run_id, lineage, card)
-    shutil.rmtree(checkpoint_folder(spec, lineage["build_key"]), ignore_errors=True)
+    chain = start_build(spec, output or Path("out") / spec.name, on_step=_progress.get())
+    result = run_chain(chain, run_as_task)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)
     return result.to_dict()
 

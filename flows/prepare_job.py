@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
@@ -28,7 +28,17 @@ from .members import members_of_spec
 from .models import resolve_base_model
 from .spec import AdapterSpec
 
-__all__ = ["PreparedInfo", "cache_root", "preparation_key", "prepare_cached"]
+if TYPE_CHECKING:
+    from registry import Registry
+
+__all__ = [
+    "PreparedInfo",
+    "cache_root",
+    "check_inputs",
+    "preparation_key",
+    "prepare_cached",
+    "prepare_info",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,14 @@ class PreparedInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the flow's log."""
+        state = "cached" if self.cached else "prepared"
+        return (
+            f"data {self.dataset_fingerprint[:12]}: {self.train_rows} train / "
+            f"{self.validation_rows} validation rows ({state})"
+        )
 
 
 def cache_root() -> Path:
@@ -65,10 +83,14 @@ def preparation_key(spec: AdapterSpec, fingerprint: str) -> str:
 
 
 def prepare_cached(
-    spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
+    spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase, *, fingerprint: str | None = None
 ) -> tuple[PreparedData, PreparedInfo]:
-    """The spec's tokenised splits, from the cache when this exact preparation was done before."""
-    fingerprint = dataset_fingerprint(spec)
+    """The spec's tokenised splits, from the cache when this exact preparation was done before.
+
+    A build passes the dataset ``fingerprint`` it computed once; otherwise it is computed here
+    (reading every data file).
+    """
+    fingerprint = fingerprint or dataset_fingerprint(spec)
     key = preparation_key(spec, fingerprint)
     folder = cache_root() / key
     cached = (folder / "train").is_dir() and (folder / "validation").is_dir()
@@ -98,22 +120,32 @@ def prepare_cached(
     return data, info
 
 
-def check_inputs(spec: AdapterSpec) -> None:
+def prepare_info(spec: AdapterSpec, *, fingerprint: str | None = None) -> PreparedInfo:
+    """Tokenise ``spec``'s data into the cache (or find it there): the prepare step."""
+    from .train_job import load_tokenizer  # noqa: PLC0415 - train_job imports this module
+
+    _, info = prepare_cached(spec, load_tokenizer(spec), fingerprint=fingerprint)
+    return info
+
+
+def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
-    missing data file or split, missing columns, labels outside ``num_labels``, no rows."""
+    missing data file or split, missing columns, labels outside ``num_labels``, no rows, fusion
+    members that are not registered bottleneck adapters of the same base model."""
     resolve_base_model(spec.base_model)
-    _check_members(spec)
+    _check_members(spec, registry)
     load_raw(spec)
 
 
-def _check_members(spec: AdapterSpec) -> None:
+def _check_members(spec: AdapterSpec, registry: Registry | None) -> None:
     """A fusion's members must be registered bottleneck adapters of the same base model."""
     refs = members_of_spec(spec)
     if not refs:
         return
-    from registry import Registry  # noqa: PLC0415 - only fusions need the registry here
+    if registry is None:
+        from registry import Registry  # noqa: PLC0415 - only fusions need the registry here
 
-    registry = Registry()
+        registry = Registry()
     for ref in refs:
         version = registry.get(ref)
         fusable = sorted(t for t, m in pc.all_methods().items() if m.fusable)

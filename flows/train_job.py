@@ -114,20 +114,24 @@ def train_from_spec(
     on_step: Callable[[int, int, float, float], None] | None = None,
     evaluate_after: bool = True,
     checkpoint_dir: str | Path | None = None,
+    fingerprint: str | None = None,
+    registry: Registry | None = None,
 ) -> TrainReport:
     """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
     ``on_step(step, total_steps, loss, learning_rate)`` is called after every optimiser step
     (progress bars, experiment tracking). With ``checkpoint_dir`` a crashed run resumes from its
     last checkpoint. Under ``torchrun`` every process trains its shard of each batch (DDP); rank 0
-    evaluates and saves, the other ranks return a report with an empty ``output``.
+    evaluates and saves, the other ranks return a report with an empty ``output``. A build
+    passes the dataset ``fingerprint`` it computed (else it is computed here) and its
+    ``registry`` (a fusion's members are loaded from it).
     """
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
     with placement() as where:
         model, tokenizer = load_base_model(spec)
-        data = _prepared_on_every_rank(spec, tokenizer, where)
-        members = load_members(model, members_of_spec(spec))  # frozen, for a fusion
+        data = _prepared_on_every_rank(spec, tokenizer, where, fingerprint)
+        members = load_members(model, members_of_spec(spec), registry)  # frozen, for a fusion
         config = spec.method.to_config()
         pc.add_adapter(model, spec.name, config)
         model.to(where.device)
@@ -217,38 +221,48 @@ def evaluate_model(
 
 
 def evaluate_folder(
-    spec: AdapterSpec, folder: str | Path, *, members: list[str] | None = None
+    spec: AdapterSpec,
+    folder: str | Path,
+    *,
+    members: list[str] | None = None,
+    fingerprint: str | None = None,
+    registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
     ``members`` (exact versions) are loaded from the registry first."""
     model, tokenizer = load_base_model(spec)
-    load_members(model, members or [])
+    load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    data, _ = prepare_cached(spec, tokenizer)
+    data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
 
 
 def _prepared_on_every_rank(
-    spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase, where: Placement
+    spec: AdapterSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    where: Placement,
+    fingerprint: str | None,
 ) -> PreparedData:
     """Rank 0 prepares (or finds the cache entry) first; the others then read the cache."""
     if where.is_main:
-        data, _ = prepare_cached(spec, tokenizer)
+        data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     if where.distributed:
         torch.distributed.barrier()
     if not where.is_main:
-        data, _ = prepare_cached(spec, tokenizer)
+        data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return data
 
 
-def evaluate_registered(spec: AdapterSpec, ref: str, registry: Registry) -> dict[str, Any]:
+def evaluate_registered(
+    spec: AdapterSpec, ref: str, registry: Registry, *, fingerprint: str | None = None
+) -> dict[str, Any]:
     """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
     model, tokenizer = load_base_model(spec)
     load_members(model, members_of_version(registry.get(ref)), registry)
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)
-    data, _ = prepare_cached(spec, tokenizer)
+    data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)

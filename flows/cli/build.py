@@ -174,8 +174,10 @@ def quickstart(
         for spec in quickstart_specs(folder, steps=steps, task=task):
             spec_path = write_spec_file(spec, home / "specs")
             output = Path("out") / spec.name
-            with progress(spec.name, enabled=not as_json) as on_step:
-                pipelines.set_progress(on_step)
+            with (
+                progress(spec.name, enabled=not as_json) as on_step,
+                pipelines.reporting_progress(on_step),
+            ):
                 result = pipelines.build(str(spec_path), output=str(output))
             report = _built_report(result["ref"], output)
             rows.append({**report, **result, "spec": str(spec_path), "data": str(folder)})

@@ -40,8 +40,10 @@ def build(
     with user_errors(as_json, one_line_failures=True):
         spec = load_spec(spec_file, overrides)
         check_inputs(spec)  # bad input fails here, before a flow run exists
-        with progress(spec.name, enabled=not as_json) as on_step:
-            pipelines.set_progress(on_step)
+        with (
+            progress(spec.name, enabled=not as_json) as on_step,
+            pipelines.reporting_progress(on_step),
+        ):
             result = pipelines.build(
                 str(spec_file.resolve()), overrides, str(out or Path("out") / spec.name)
             )

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from flows import tracking
-from flows.build_job import build_from_spec, register_and_gate
+from flows.build_job import Build, build_from_spec, register_and_gate
 from flows.errors import TrackingUnavailableError
 from flows.mlflow_models import ensure_model_version, mlflow_aliases, sync_aliases
 from flows.promotion import promote, rollback
@@ -172,14 +172,16 @@ class TestMlflowDown:
         with pytest.raises(
             TrackingUnavailableError, match="re-running the command completes the work"
         ):
-            register_and_gate(spec, registry, report, run_id="", lineage={}, card="card")
+            register_and_gate(Build(spec, {}, folder, registry), report, run_id="", card="card")
         assert [v.version for v in registry.find(name="offline-sst2")] == [
             1
         ]  # recorded, not mirrored
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded)
         mlflow.set_tracking_uri(embedded)
-        result = register_and_gate(spec, registry, report, run_id="", lineage={}, card="card")
+        result = register_and_gate(
+            Build(spec, {}, folder, registry), report, run_id="", card="card"
+        )
         assert (result.version, result.mlflow_version, result.alias) == (1, 1, "champion")
         assert [v.version for v in registry.find(name="offline-sst2")] == [1]
         client = tracking.client()

@@ -68,6 +68,25 @@ class TestBuild:
         changed = pipelines.build(str(spec_path), ["train.seed=1"], output=str(tmp_path / "o2"))
         assert changed["version"] == 2 and changed["reused"] is False
 
+    def test_the_data_is_fingerprinted_once_per_build(
+        self, tmp_path: Path, sst2_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        from flows import build_job, lineage, prepare_job
+
+        calls: list[str] = []
+
+        def counting(spec):
+            calls.append(spec.name)
+            return lineage.dataset_fingerprint(spec)
+
+        for module in (build_job, prepare_job):
+            monkeypatch.setattr(module, "dataset_fingerprint", counting)
+        spec_path = write_spec(tmp_path, sst2_dir, name="once")
+        pipelines.build(str(spec_path), output=str(tmp_path / "a"))  # prepare, train, evaluate
+        assert calls == ["once"]
+        pipelines.build(str(spec_path), output=str(tmp_path / "a"), overrides=["train.seed=7"])
+        assert calls == ["once", "once"]  # the second build also gates against the first
+
     def test_a_crashed_build_leaves_no_version_and_resumes_on_rerun(
         self, tmp_path: Path, sst2_dir: Path
     ):
@@ -77,12 +96,8 @@ class TestBuild:
             if step == 4:
                 raise RuntimeError("power cut")
 
-        pipelines.set_progress(crash)
-        try:
-            with pytest.raises(RuntimeError, match="power cut"):
-                pipelines.build(str(spec_path), output=str(tmp_path / "out"))
-        finally:
-            pipelines.set_progress(None)
+        with pipelines.reporting_progress(crash), pytest.raises(RuntimeError, match="power cut"):
+            pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert Registry().find(name="crashy") == []
 
         result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
