@@ -28,7 +28,7 @@ import boto3
 from sqlalchemy import insert
 
 from bench.common import percentiles, timed, write_result
-from flows.stack import PostgresServer, SeaweedS3, free_port
+from infra.stack import PostgresServer, SeaweedS3, free_port
 from registry import Registry
 from registry.artifacts import S3Store
 from registry.artifacts.s3 import MULTIPART

@@ -27,5 +27,5 @@ class OrchestrationError(Exception):
     """The Prefect server cannot be reached, or refused a deployment or a run."""
 
 
-class StackError(Exception):
-    """The local stack cannot start here: a port in use, a missing binary."""
+# The local stack's error lives with the launcher (infra.stack); the CLI treats it as bad input.
+from infra.stack.errors import StackError  # noqa: E402

@@ -13,7 +13,7 @@ keep working. This package imports neither Prefect, SQLAlchemy, boto3 nor MLflow
 
 __version__ = "0.1.0"
 
-from .combine import MergeReport, merge_adapters
+from .combine import CombineReport, MergeReport, combine_adapters, merge_adapters
 from .composition import (
     Average,
     Block,
@@ -79,6 +79,7 @@ __all__ = [
     "BaseModelMismatchError",
     "BitFit",
     "Block",
+    "CombineReport",
     "CompositionError",
     "ConfigError",
     "DoRA",
@@ -109,6 +110,7 @@ __all__ = [
     "block_from_dict",
     "block_to_dict",
     "build_on_meta",
+    "combine_adapters",
     "config_from_dict",
     "config_to_dict",
     "delete_adapter",

@@ -1,4 +1,7 @@
-"""``merge_adapters``: a new adapter from a weighted combination of adapters of one method.
+"""``combine_adapters``: a new adapter from a weighted combination of adapters of one method.
+
+(``merge`` means one thing in peft_core: fold an adapter into the base weights. Making a new
+adapter out of several is *combining*; ``merge_adapters`` is the old, deprecated name.)
 
 Each method says how its modules combine (``Method.combine_modules``), and how exact that is:
 
@@ -17,6 +20,7 @@ A new classification head is the weighted average of the sources' heads (approxi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Literal, cast
 
@@ -27,33 +31,33 @@ from .errors import ConfigError
 from .heads import adapter_head
 from .inject import add_adapter
 from .layer import AdaptedLayer
-from .methods import MergeReport, method_of
+from .methods import CombineReport, MergeReport, method_of
 from .methods.base import average_parameters
 from .state import AdapterRecord, adapter_layers, get_record
 
-__all__ = ["MergeReport", "merge_adapters"]
+__all__ = ["CombineReport", "MergeReport", "combine_adapters", "merge_adapters"]
 
 
 @torch.no_grad()
-def merge_adapters(
+def combine_adapters(
     model: nn.Module,
     weights: Mapping[str, float],
     *,
     name: str,
     how: Literal["cat", "svd"] = "cat",
     rank: int | None = None,
-) -> MergeReport:
+) -> CombineReport:
     """Add adapter ``name`` = the ``weights``-weighted combination of existing adapters."""
     records = [get_record(model, source) for source in weights]
     if not records:
-        raise ConfigError("merge_adapters needs at least one source adapter")
+        raise ConfigError("combine_adapters needs at least one source adapter")
     first = records[0]
     _check_compatible(records)
     if how == "svd" and (rank is None or rank < 1):
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
     method = method_of(first.config)
     if method.combination is None:
-        raise ConfigError(f"{first.config.type} adapters cannot be merged into a new adapter")
+        raise ConfigError(f"{first.config.type} adapters cannot be combined into a new adapter")
     factors = [float(w) for w in weights.values()]
     config = method.combined_config([r.config for r in records], how=how, rank=rank)
     add_adapter(model, name, config, targets=list(first.targets))
@@ -63,7 +67,25 @@ def merge_adapters(
         worst = max(worst, method.combine_modules(layer.adapters[name], sources, factors, how))
     _average_heads(model, records, factors, name)
     exact = method.combination == "exact" and worst == 0.0 and how == "cat"
-    return MergeReport(name, method.combination_name(how, rank), exact, worst)
+    return CombineReport(name, method.combination_name(how, rank), exact, worst)
+
+
+def merge_adapters(
+    model: nn.Module,
+    weights: Mapping[str, float],
+    *,
+    name: str,
+    how: Literal["cat", "svd"] = "cat",
+    rank: int | None = None,
+) -> CombineReport:
+    """Deprecated name of :func:`combine_adapters`."""
+    warnings.warn(
+        "peft_core.merge_adapters is deprecated; use peft_core.combine_adapters "
+        "(merge means folding an adapter into the base weights)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return combine_adapters(model, weights, name=name, how=how, rank=rank)
 
 
 def layer_of(model: nn.Module, module_name: str) -> AdaptedLayer:

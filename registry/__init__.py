@@ -4,32 +4,42 @@ Records live in SQL (SQLite embedded, PostgreSQL in production), bytes in an art
 folder or S3), content-addressed. Start with :class:`Registry`.
 """
 
+from typing import Any
+
 from .client import Registry
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import (
     AdapterFolderError,
-    BaseModelConflictError,
+    BaseModelMismatchError,
+    CorruptArtifactError,
     DatabaseUnavailableError,
-    IntegrityError,
     InUseError,
+    InvalidCompositionError,
     InvalidNameError,
     NotFoundError,
     NotMigratedError,
     RegistryError,
     StorageUnavailableError,
+    renamed,
 )
 from .names import Ref, parse_ref
 from .settings import Settings
 
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name)
+
+
 __all__ = [
     "AdapterFolderError",
     "AdapterVersion",
-    "BaseModelConflictError",
+    "BaseModelMismatchError",
     "Composition",
+    "CorruptArtifactError",
     "DatabaseUnavailableError",
     "Event",
     "InUseError",
-    "IntegrityError",
+    "InvalidCompositionError",
     "InvalidNameError",
     "NotFoundError",
     "NotMigratedError",

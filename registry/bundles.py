@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactStore
-from .errors import AdapterFolderError, IntegrityError, StorageUnavailableError
+from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
 
 __all__ = ["Bundle", "Manifest", "download", "inspect_folder", "upload"]
 
@@ -141,7 +141,7 @@ def _fetch(store: ArtifactStore, digest: str, target: Path, *, label: str, what:
     try:
         store.get_file(digest, target)
     except FileNotFoundError:
-        raise IntegrityError(
+        raise CorruptArtifactError(
             f"{label}: {what} is missing from the artifact store (expected sha256 {digest} at "
             f"{store.uri(digest)})"
         ) from None
@@ -153,7 +153,7 @@ def _verify(path: Path, digest: str, *, label: str, what: str, size: int | None 
     actual_size = path.stat().st_size
     actual = _sha256(path)
     if actual != digest or (size is not None and actual_size != size):
-        raise IntegrityError(
+        raise CorruptArtifactError(
             f"{label}: {what} is corrupted or truncated: expected sha256 {digest}"
             f"{f' ({size} bytes)' if size is not None else ''}, got {actual} "
             f"({actual_size} bytes). It was not loaded; re-register the adapter from its source."

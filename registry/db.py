@@ -53,13 +53,15 @@ class Database:
         with translate_db_errors(self.url), self.sessions.begin() as session:
             yield session
 
-    def upgrade(self) -> None:
-        """Migrate the schema to the newest revision (idempotent)."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema to ``revision``, the newest by default (idempotent)."""
         with translate_db_errors(self.url), self.engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(_alembic_config(connection), revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate the schema back to ``revision`` (data rewritten as each step says)."""
+        with translate_db_errors(self.url), self.engine.begin() as connection:
+            command.downgrade(_alembic_config(connection), revision)
 
     def check_current(self) -> None:
         """Raise :class:`NotMigratedError` unless the schema is at the newest revision."""
@@ -75,6 +77,13 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def _alembic_config(connection: Any) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
 
 
 @contextmanager

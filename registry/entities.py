@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from .compositions import stack_definition
+
 __all__ = ["AdapterVersion", "Composition", "Event", "Resolution"]
 
 
@@ -123,7 +125,7 @@ class Resolution:
         """For a stack: the composition to activate (language adapter first, then the task)."""
         if self.kind != "stack":
             return None
-        return {"type": "stack", "members": [v.ref for v in self.versions]}
+        return stack_definition([v.ref for v in self.versions])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``adapterops resolve --json``)."""

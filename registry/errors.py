@@ -6,12 +6,16 @@ these classes, each with a message that says what was given, what was expected a
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 __all__ = [
     "AdapterFolderError",
-    "BaseModelConflictError",
+    "BaseModelMismatchError",
+    "CorruptArtifactError",
     "DatabaseUnavailableError",
     "InUseError",
-    "IntegrityError",
+    "InvalidCompositionError",
     "InvalidNameError",
     "NotFoundError",
     "NotMigratedError",
@@ -36,15 +40,21 @@ class AdapterFolderError(RegistryError, ValueError):
     """A folder to register is not a complete adapter (missing or extra files, bad metadata)."""
 
 
-class BaseModelConflictError(RegistryError):
-    """The adapter was trained on a different base model than the one it is registered under."""
+class BaseModelMismatchError(RegistryError):
+    """The adapter was trained on a different base model than the one it is registered under
+    (the registry's twin of ``peft_core.BaseModelMismatchError``: the same word, the same
+    meaning)."""
+
+
+class InvalidCompositionError(RegistryError, ValueError):
+    """A composition definition is malformed, breaks a nesting rule or does not fit its members."""
 
 
 class InUseError(RegistryError):
     """A version cannot be deleted: an alias or a composition still refers to it."""
 
 
-class IntegrityError(RegistryError):
+class CorruptArtifactError(RegistryError):
     """Downloaded bytes do not match their recorded digest: corrupted or truncated artifact."""
 
 
@@ -58,3 +68,27 @@ class DatabaseUnavailableError(RegistryError):
 
 class NotMigratedError(RegistryError):
     """The registry database schema is older than this code: run ``adapterops db upgrade``."""
+
+
+# Old names, kept working with a DeprecationWarning: ``IntegrityError`` shadowed SQLAlchemy's, and
+# ``BaseModelConflictError`` meant what peft_core calls ``BaseModelMismatchError``.
+RENAMED = {
+    "IntegrityError": "CorruptArtifactError",
+    "BaseModelConflictError": "BaseModelMismatchError",
+}
+
+
+def renamed(module: str, name: str) -> Any:
+    """The class an old name stands for, with a DeprecationWarning (modules' ``__getattr__``)."""
+    if name not in RENAMED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{module}.{name} is deprecated; use {module}.{RENAMED[name]}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return globals()[RENAMED[name]]
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name)

@@ -15,8 +15,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from .bundles import Bundle
+from .compositions import canonical_definition
 from .entities import AdapterVersion, Composition, Event, Resolution
-from .errors import BaseModelConflictError, InUseError, InvalidNameError, NotFoundError
+from .errors import BaseModelMismatchError, InUseError, InvalidNameError, NotFoundError
 from .names import Ref, check_alias, parse_ref
 from .orm import (
     AdapterRow,
@@ -287,6 +288,7 @@ def register_composition(
         )
         for v in resolved
     ]
+    definition = canonical_definition(definition, [v.ref for v in resolved])
     latest = session.scalar(
         select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
     )
@@ -432,7 +434,7 @@ def _base_model(
         session.add(row)
         session.flush()
     elif fingerprint and row.fingerprint and row.fingerprint != fingerprint:
-        raise BaseModelConflictError(
+        raise BaseModelMismatchError(
             f"this adapter was trained on a base model with fingerprint {fingerprint[:12]}, but "
             f"{name!r} is registered with fingerprint {row.fingerprint[:12]}: wrong base model. "
             "Register it under the base model it was trained on."

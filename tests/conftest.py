@@ -18,8 +18,8 @@ import torch
 import transformers as T
 from torch import nn
 
-from flows.stack import PostgresServer, PrefectServer, SeaweedS3, free_port
-from flows.stack.prefect_server import prefect_environment
+from infra.stack import PostgresServer, PrefectServer, SeaweedS3, free_port
+from infra.stack.prefect_server import prefect_environment
 from tests.helpers import TINY_CONFIGS, minilm_path
 
 # ../shared/data beside the repository (CI lays it there); ADAPTEROPS_SHARED_DATA overrides.

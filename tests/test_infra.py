@@ -89,7 +89,7 @@ INFRA = ROOT / "infra"
 
 def client_variables() -> set[str]:
     """What the code reads to find the stack: the keys `adapterops stack up` writes."""
-    from flows.stack.local import LocalStack
+    from infra.stack.local import LocalStack
 
     return set(LocalStack(home=Path("/nonexistent")).client_env())
 

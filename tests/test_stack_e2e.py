@@ -18,7 +18,7 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.stack import free_port
+from infra.stack import free_port
 from tests.flows.test_cli_flows import clean_env
 from tests.flows.test_pipelines import write_spec
 from tests.helpers import run_cli

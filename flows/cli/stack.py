@@ -27,7 +27,7 @@ def up(
 ) -> None:
     """Start every service that is not running and write $ADAPTEROPS_HOME/stack.env, which
     every adapterops command then reads. Ports given here are remembered."""
-    from ..stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
         stack = LocalStack()
@@ -45,7 +45,7 @@ def up(
 @stack_app.command()
 def down(as_json: JsonOption = False) -> None:
     """Stop every service; the data stays for the next ``stack up``."""
-    from ..stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
         statuses = LocalStack().down()
@@ -58,7 +58,7 @@ def env() -> None:
     stack.env themselves: eval "$(adapterops stack env)"; mlflow ui / prefect ... then use it."""
     import shlex  # noqa: PLC0415
 
-    from ..stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack  # noqa: PLC0415
 
     for key, value in LocalStack().client_env().items():
         print(f"export {key}={shlex.quote(value)}")
@@ -67,7 +67,7 @@ def env() -> None:
 @stack_app.command()
 def status(as_json: JsonOption = False) -> None:
     """Each service, its URL and whether it answers; exit 1 unless all run."""
-    from ..stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
         statuses = LocalStack().status()

@@ -1,21 +1,10 @@
-"""Real services on this machine, without Docker: PostgreSQL, SeaweedFS (S3), MLflow and Prefect.
+"""Deprecated: the local-services launcher moved to :mod:`infra.stack`."""
 
-Used by the tests (throwaway servers) and by ``adapterops stack`` (a local stack that keeps its
-data). Every server binds to 127.0.0.1 only.
-"""
+import warnings
 
-from .mlflow_server import MlflowServer
-from .ports import free_port, port_in_use
-from .postgres import PostgresServer
-from .prefect_server import PrefectServer, PrefectWorker
-from .seaweedfs import SeaweedS3
+from infra.stack import *  # noqa: F403
+from infra.stack import __all__  # noqa: F401
 
-__all__ = [
-    "MlflowServer",
-    "PostgresServer",
-    "PrefectServer",
-    "PrefectWorker",
-    "SeaweedS3",
-    "free_port",
-    "port_in_use",
-]
+warnings.warn(
+    "flows.stack moved to infra.stack; import it from there", DeprecationWarning, stacklevel=2
+)

@@ -17,9 +17,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import ConfigError
-from .base import LayerSite, MergeReport, Method, MethodConfig, PeftImport
+from .base import CombineReport, LayerSite, MergeReport, Method, MethodConfig, PeftImport
 
 __all__ = [
+    "CombineReport",
     "LayerSite",
     "MergeReport",
     "Method",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..state import AdapterRecord
 
 __all__ = [
+    "CombineReport",
     "LayerSite",
     "MergeReport",
     "Method",
@@ -53,13 +54,16 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class MergeReport:
-    """What ``merge_adapters`` built and how exact it is."""
+class CombineReport:
+    """What ``combine_adapters`` built and how exact it is."""
 
     name: str
     algorithm: str
     exact: bool
     relative_error: float  # worst relative Frobenius error of a module's delta (0 when exact)
+
+
+MergeReport = CombineReport  # the old name (combining is not merging into the base)
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ class Method:
     why_not_mergeable: ClassVar[str] = ""
     trains_whole_model: ClassVar[bool] = False  # full fine-tuning: no adapter modules, no head copy
     fusable: ClassVar[bool] = False  # may be a member of an AdapterFusion
-    # merge_adapters over modules of this method: "exact" (a weighted sum equals the weighted sum
+    # combine_adapters over modules of this method: "exact" (a weighted sum equals the weighted sum
     # of outputs), "average" (a parameter average, approximate) or None (refused).
     combination: ClassVar[Literal["exact", "average"] | None] = None
     peft_type: ClassVar[str | None] = None  # the peft_type it reads and writes, if any
@@ -216,7 +220,7 @@ class Method:
         return 0.0
 
     def combination_name(self, how: str, rank: int | None) -> str:
-        """How ``merge_adapters`` describes what it did."""
+        """How ``combine_adapters`` describes what it did."""
         return "weighted sum" if self.combination == "exact" else "parameter average"
 
     def reads_peft(self, peft_config: dict[str, Any]) -> bool:

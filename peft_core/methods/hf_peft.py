@@ -16,7 +16,7 @@ Two families:
   ``model.peft_core_prompts``. Prefix tuning (past key values) is refused.
 
 What peft adapters do not do here: merge (use peft's ``merge_and_unload`` on the loaded adapter),
-run per row (``Parallel``), combine (``merge_adapters``) or join a fusion; each is refused with a
+run per row (``Parallel``), combine (``combine_adapters``) or join a fusion; each is refused with a
 clear error. The classification head is ours (``HeadSwitch``), so ``modules_to_save`` is refused.
 """
 

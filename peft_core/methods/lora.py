@@ -208,7 +208,7 @@ class LoRAMethod(Method):
 
         return site.one_or_parts(one)
 
-    # -- merge_adapters ---------------------------------------------------------------------------
+    # -- combine_adapters -------------------------------------------------------------------------
 
     def combined_config(self, configs: Sequence[Any], *, how: str, rank: int | None) -> Any:
         """``cat``: the sum of ranks, scaling 1 (scalings folded into B); ``svd``: ``rank``."""

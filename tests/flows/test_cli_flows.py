@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.stack import PrefectServer, PrefectWorker
+from infra.stack import PrefectServer, PrefectWorker
 from tests.flows.test_pipelines import write_spec
 from tests.helpers import run_cli
 

@@ -16,8 +16,8 @@ from flows.mlflow_models import ensure_model_version, mlflow_aliases, sync_alias
 from flows.promotion import promote, rollback
 from flows.quickstart import minilm_sst2_spec
 from flows.spec import parse_spec
-from flows.stack import free_port
 from flows.train_job import TrainReport
+from infra.stack import free_port
 from registry import Registry
 from tests.registry.workers import write_fake_adapter
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.stack import MlflowServer, free_port
+from infra.stack import MlflowServer, free_port
 from tests.helpers import run_cli
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 

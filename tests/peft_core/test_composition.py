@@ -252,7 +252,7 @@ class TestMergeAdapters:
         inputs = batch(model)
         pc.set_active(model, pc.Average("a", "b", weights=(0.7, 0.3)))
         expected = logits(model, inputs)
-        report = pc.merge_adapters(model, {"a": 0.7, "b": 0.3}, name="ab")
+        report = pc.combine_adapters(model, {"a": 0.7, "b": 0.3}, name="ab")
         assert (report.exact, report.relative_error) == (True, 0.0)
         pc.set_active(model, "ab")
         torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
@@ -261,8 +261,8 @@ class TestMergeAdapters:
         model = with_adapters(
             tiny_model("bert", "classification"), {"a": pc.LoRA(rank=4), "b": pc.LoRA(rank=4)}
         )
-        full = pc.merge_adapters(model, {"a": 0.5, "b": 0.5}, name="svd8", how="svd", rank=8)
-        small = pc.merge_adapters(model, {"a": 0.5, "b": 0.5}, name="svd2", how="svd", rank=2)
+        full = pc.combine_adapters(model, {"a": 0.5, "b": 0.5}, name="svd8", how="svd", rank=8)
+        small = pc.combine_adapters(model, {"a": 0.5, "b": 0.5}, name="svd2", how="svd", rank=2)
         assert full.relative_error < 1e-5  # rank 8 holds a sum of two rank-4 deltas
         assert 0.05 < small.relative_error < 1.0 and not small.exact
         inputs = batch(model)
@@ -280,9 +280,9 @@ class TestMergeAdapters:
         inputs = batch(model)
         pc.set_active(model, pc.Average("a", "b", weights=(0.25, 0.75)))
         expected = logits(model, inputs)
-        assert pc.merge_adapters(model, {"a": 0.25, "b": 0.75}, name="ab").exact
+        assert pc.combine_adapters(model, {"a": 0.25, "b": 0.75}, name="ab").exact
         pc.set_active(model, "ab")
         torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
         with pytest.raises(pc.ConfigError, match="same method"):
-            pc.merge_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
+            pc.combine_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
         assert "bad" not in pc.list_adapters(model)

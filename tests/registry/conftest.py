@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.stack import PostgresServer
+from infra.stack import PostgresServer
 from registry import Registry
 from registry.artifacts import S3Store
 from registry.db import Database

@@ -10,7 +10,7 @@ import transformers as T
 
 import peft_core as pc
 import registry as rg
-from flows.stack import free_port
+from infra.stack import free_port
 from registry import Registry
 from registry.db import Database
 from tests.helpers import TINY_CONFIGS, batch, logits, perturb_adapter

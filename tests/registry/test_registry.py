@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class TestRegister:
 
     def test_wrong_base_model_is_refused(self, registry, make_adapter):
         register(registry, make_adapter(1))
-        with pytest.raises(rg.BaseModelConflictError, match=r"wrong base model"):
+        with pytest.raises(rg.BaseModelMismatchError, match=r"wrong base model"):
             register(registry, make_adapter(2, fingerprint="0" * 64), name="other")
         assert registry.find(name="other") == []
 
@@ -209,7 +210,7 @@ class TestResolve:
         stack = registry.resolve(base_model=BASE, task="sst2", language="pt")
         assert stack.kind == "stack"
         assert [v.ref for v in stack.versions] == ["lang-pt@1", "sst2-en@1"]
-        assert stack.composition == {"type": "stack", "members": ["lang-pt@1", "sst2-en@1"]}
+        assert stack.composition == {"type": "stack", "children": ["lang-pt@1", "sst2-en@1"]}
         assert "MAD-X" in stack.explanation
 
         register(registry, make_adapter(3), name="sst2-pt", language="pt")
@@ -244,7 +245,7 @@ class TestBytes:
         registry.artifacts.delete(tensors_digest)
         registry.artifacts.put_file(tensors_digest, truncated)  # damage the stored blob
         with pytest.raises(
-            rg.IntegrityError,
+            rg.CorruptArtifactError,
             match=rf"tiny-sst2-en-lora@1: adapter.safetensors is corrupted.*{tensors_digest}",
         ):
             registry.fetch(version.ref, tmp_path / "second")
@@ -298,5 +299,53 @@ class TestCompositions:
         assert (first.version, first.members) == (1, ("lang-pt@1", "sst2-en@1"))
         assert (second.version, second.members) == (2, ("lang-pt@1", "sst2-en@2"))
         assert registry.composition("pt-sst2", 1).members == ("lang-pt@1", "sst2-en@1")
+        # one JSON shape, peft_core's, with the exact versions as leaves
+        assert second.definition == {"type": "stack", "children": ["lang-pt@1", "sst2-en@2"]}
         with pytest.raises(rg.InUseError, match=r"composition pt-sst2@1"):
             registry.delete("sst2-en@1")
+
+    def test_definitions_come_out_in_the_one_shape(self, registry, make_adapter):
+        import peft_core as pc
+
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        register(registry, make_adapter(3), name="c")
+        nested = {
+            "type": "stack",
+            "children": ["a", {"type": "average", "children": ["b", "c"], "weights": [0.5, 0.5]}],
+        }
+        made = registry.register_composition("nested", nested, ["a", "b", "c"])
+        expected = {
+            "type": "stack",
+            "children": [
+                "a@1",
+                {"type": "average", "children": ["b@1", "c@1"], "weights": [0.5, 0.5]},
+            ],
+        }
+        assert made.definition == expected == registry.composition("nested").definition
+        assert pc.block_to_dict(pc.block_from_dict(made.definition)) == expected
+        old_shape = registry.register_composition(
+            "old", {"type": "stack", "members": ["a", "b"]}, ["a", "b"]
+        )
+        assert old_shape.definition == {"type": "stack", "children": ["a@1", "b@1"]}
+
+    @pytest.mark.parametrize(
+        ("definition", "words"),
+        [
+            ({"type": "stack", "children": ["a"]}, "1 adapter(s) but 2 member(s)"),
+            (
+                {"type": "parallel", "children": ["a", {"type": "stack", "children": ["b"]}]},
+                "invalid composition",
+            ),
+            (["a", "b"], "a composition definition is"),
+        ],
+    )
+    def test_bad_definitions_are_refused_and_nothing_is_stored(
+        self, registry, make_adapter, definition, words
+    ):
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        with pytest.raises(rg.InvalidCompositionError, match=re.escape(words)):
+            registry.register_composition("bad", definition, ["a", "b"])
+        with pytest.raises(rg.NotFoundError):
+            registry.composition("bad")

@@ -24,7 +24,7 @@ from typing import Any
 
 from registry.settings import adapterops_home
 
-from ..errors import StackError
+from .errors import StackError
 from .mlflow_server import MlflowServer
 from .ports import http_ok, pid_alive, port_in_use, stop_pid_group
 from .postgres import PostgresServer

@@ -1,0 +1,79 @@
+"""The one JSON shape of a composition: peft_core's ``{"type": ..., "children": [...]}``.
+
+A registered composition's definition is stored in exactly the shape ``peft_core.block_to_dict``
+writes and ``peft_core.block_from_dict`` reads, with every leaf an exact version (``name@3``), so
+a stored definition activates as it is: ``pc.set_active(model, pc.block_from_dict(definition))``
+after loading its members under those names.
+
+Older definitions used ``"members"`` for the children (migration 0002 rewrote stored ones); they
+are still accepted on the way in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidCompositionError
+
+__all__ = ["canonical_definition", "stack_definition"]
+
+CHILDREN = "children"
+_OLD_CHILDREN = "members"
+
+
+def stack_definition(refs: list[str]) -> dict[str, Any]:
+    """A plain stack over ``refs``, in the one shape."""
+    return {"type": "stack", CHILDREN: list(refs)}
+
+
+def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[str, Any]:
+    """``definition`` in the one shape, its leaves replaced in order by the exact ``refs``.
+
+    ``{"type": "stack"}`` alone means that block over every member; a definition with children
+    must name exactly as many leaves as there are members. Nesting rules are peft_core's.
+    """
+    if not isinstance(definition, dict) or not isinstance(definition.get("type"), str):
+        raise InvalidCompositionError(
+            f'a composition definition is {{"type": ..., "children": [...]}}, got {definition!r}'
+        )
+    renamed = _renamed(definition)
+    if CHILDREN not in renamed:
+        renamed = {**renamed, CHILDREN: list(refs)}
+    leaves = iter(refs)
+    count = _count_leaves(renamed)
+    if count != len(refs):
+        raise InvalidCompositionError(
+            f"the definition has {count} adapter(s) but {len(refs)} member(s) were given "
+            f"({', '.join(refs)}); list each member once, in the order of the definition's leaves"
+        )
+    exact = _with_leaves(renamed, leaves)
+    import peft_core as pc  # noqa: PLC0415 - torch only when a composition is written
+
+    try:
+        return dict(pc.block_to_dict(pc.block_from_dict(exact)))  # type: ignore[arg-type]
+    except pc.CompositionError as exc:
+        raise InvalidCompositionError(f"invalid composition: {exc}") from None
+
+
+def _renamed(node: Any) -> Any:
+    """The old ``members`` key as ``children``, at every level."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: v for k, v in node.items() if k != _OLD_CHILDREN}
+    if _OLD_CHILDREN in node and CHILDREN not in node:
+        out[CHILDREN] = node[_OLD_CHILDREN]
+    if isinstance(out.get(CHILDREN), list):
+        out[CHILDREN] = [_renamed(child) for child in out[CHILDREN]]
+    return out
+
+
+def _count_leaves(node: Any) -> int:
+    if isinstance(node, dict):
+        return sum(_count_leaves(child) for child in node.get(CHILDREN) or [])
+    return 1
+
+
+def _with_leaves(node: Any, leaves: Any) -> Any:
+    if isinstance(node, dict):
+        return {**node, CHILDREN: [_with_leaves(c, leaves) for c in node.get(CHILDREN) or []]}
+    return next(leaves)

@@ -1,0 +1,43 @@
+"""Schema migrations rewrite stored data, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from registry import Registry
+from registry.db import Database
+from tests.registry.test_registry import register
+
+
+def definitions(db: Database) -> dict[str, dict]:
+    with db.engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT name, definition FROM compositions"))
+        return {name: d if isinstance(d, dict) else json.loads(d) for name, d in rows}
+
+
+def test_0002_gives_stored_compositions_the_one_shape(locations, make_adapter):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    register(registry, make_adapter(1), name="lang")
+    register(registry, make_adapter(2), name="task")
+    registry.register_composition("flat", {"type": "stack"}, ["lang", "task"])
+    registry.register_composition("named", {"type": "stack"}, ["lang", "task"])
+    registry.close()
+
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0001")  # what a registry written before 0002 held
+    assert definitions(db)["flat"] == {"type": "stack", "members": ["lang@1", "task@1"]}
+    with db.engine.begin() as connection:  # the oldest form: children only in the members table
+        connection.execute(
+            sa.text("UPDATE compositions SET definition = :d WHERE name = 'flat'"),
+            {"d": json.dumps({"type": "stack"})},
+        )
+    db.upgrade()
+    assert definitions(db) == {
+        "flat": {"type": "stack", "children": ["lang@1", "task@1"]},
+        "named": {"type": "stack", "children": ["lang@1", "task@1"]},
+    }
+    db.dispose()
+    assert Registry(url, artifacts).composition("flat").members == ("lang@1", "task@1")
