@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import get_linear_schedule_with_warmup
 
+from .methods import Method, method_of
+from .state import adapter_layers, adapter_records
+
 __all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
 
 Batch = Mapping[str, Tensor]
@@ -92,6 +95,8 @@ def train(
             replay=stream,
             per_step=gradient_accumulation_steps,
         )
+    trained = _trained_adapters(model)
+    forward = _training_forward(model, trained)
     model.train()
     for step in range(result.resumed_from, max_steps):
         started = time.perf_counter()
@@ -102,13 +107,15 @@ def train(
             last = micro == gradient_accumulation_steps - 1
             sync = model.no_sync() if isinstance(model, DDP) and not last else _NO_CONTEXT
             with sync, _autocast(device, precision):
-                loss = model(**batch).loss / gradient_accumulation_steps
+                loss = forward(**batch).loss / gradient_accumulation_steps
             loss.backward()
             step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         learning_rate_used = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
+        for method, name in trained:  # e.g. AdaLoRA's rank allocation, which reads the gradients
+            method.after_optimizer_step(_unwrapped(model), name, step)
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(step_loss)
         result.learning_rates.append(learning_rate_used)
@@ -120,6 +127,41 @@ def train(
             checkpoints.save(optimizer, scheduler, result, step=done)
     model.eval()
     return result
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DDP) else model
+
+
+def _trained_adapters(model: nn.Module) -> list[tuple[Method, str]]:
+    """The adapters whose parameters train now, with their methods (for the training hooks)."""
+    inner = _unwrapped(model)
+    trained = []
+    for name, record in adapter_records(inner).items():
+        method = method_of(record.config)
+        if method.places_itself:
+            params = method.own_parameters(inner, name)
+        else:
+            params = [
+                p
+                for _, layer in adapter_layers(inner, name)
+                for p in layer.adapters[name].parameters()
+            ]
+        if any(p.requires_grad for p in params):
+            trained.append((method, name))
+    return trained
+
+
+def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Callable[..., Any]:
+    """What training batches run through: the model, or a method's own forward (AdaLoRA's
+    tuner adds its regulariser to the loss). Under DDP always the DDP wrapper (it syncs grads)."""
+    if isinstance(model, DDP):
+        return model
+    for method, name in trained:
+        forward = method.training_forward(model, name)
+        if forward is not None:
+            return forward
+    return model
 
 
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:

@@ -197,6 +197,18 @@ class Method:
         """The whole ``adapter_config.json`` and the tensors (no prefix, no head)."""
         raise NotImplementedError
 
+    # Training hooks (any method): how the adapter being trained is run and stepped.
+
+    def training_forward(self, model: nn.Module, name: str) -> Callable[..., Any] | None:
+        """A callable to run training batches through instead of ``model`` (``None``: the model).
+
+        For methods whose loss has a term the model's forward does not compute.
+        """
+        return None
+
+    def after_optimizer_step(self, model: nn.Module, name: str, step: int) -> None:
+        """Called after each optimiser step, before gradients are cleared."""
+
     def check_model(self, model: nn.Module, config: Any) -> None:
         """Anything the model must hold before the adapter can be built (a fusion's members)."""
 

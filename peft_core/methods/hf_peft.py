@@ -8,8 +8,12 @@ and LoRAX read the files), loading back.
 
 Two families:
 
-- **tuners** (peft's in-place layers, ``peft.inject_adapter_in_model``): peft replaces each target
-  with its own layer around the original. Our fingerprint sees through those layers.
+- **tuners** (peft's in-place layers): a ``peft.PeftModel`` is made around the model, which puts
+  peft's layers into the model itself (each target becomes peft's layer around the original), and
+  is kept beside it (``model.peft_core_peft_models``) so peft's own save, load and training
+  hooks apply: AdaLoRA trains through its tuner (orthogonal regulariser) and re-allocates its rank
+  budget after every optimiser step, and its files carry the pruned ranks. Our fingerprint sees
+  through peft's layers.
 - **prompt learning** (``PROMPT_TUNING``, ``P_TUNING``): learned virtual tokens prepended to the
   input embeddings by a forward pre-hook on the model, as ``PeftModel`` does, with the attention
   mask, token types and token labels widened to match. The prompts live in
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
@@ -43,16 +47,12 @@ __all__ = ["METHOD", "AnyPeft", "PeftRun", "tuner_layers"]
 
 PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
 _HOOK = "peft_core_prompt_hook"
+_WRAPPERS = "peft_core_peft_models"
+_WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
 _PROMPTS_ON = "peft_core_prompts_on"
 _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
 # Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
-# Methods whose training needs peft's tuner object between steps, which this in-place placement
-# does not keep: AdaLoRA re-allocates its rank budget (``update_and_allocate``) after each step.
-_NEEDS_TUNER_DURING_TRAINING = {
-    "ADALORA": "its rank budget is re-allocated by peft's tuner after every optimiser step "
-    "(update_and_allocate), which peft_core's training loop does not call yet; use LORA or LOHA",
-}
 _REFUSED_FIELDS = {
     "modules_to_save": "the head is trained by adapterops (the spec's head); leave it out",
 }
@@ -123,8 +123,6 @@ def _checked_fields(config: AnyPeft, *, known: Mapping[str, Any]) -> dict[str, A
             f"peft: config.peft_type {fields.get('peft_type')!r} is not a peft method; one of "
             f"{', '.join(sorted(known))}"
         )
-    if kind in _NEEDS_TUNER_DURING_TRAINING:
-        raise ConfigError(f"peft: {kind} is not run here: {_NEEDS_TUNER_DURING_TRAINING[kind]}")
     for key, why in _REFUSED_FIELDS.items():
         if fields.get(key):
             raise ConfigError(f"peft: config.{key}: {why}")
@@ -147,7 +145,7 @@ class PeftRun(Method):
     config_class: ClassVar[type[Any]] = AnyPeft
     type = "peft"
     summary = (
-        "any Hugging Face peft method (LoHa, LoKr, OFT, BOFT, prompt tuning, ...), run by peft"
+        "any Hugging Face peft method (LoHa, LoKr, OFT, AdaLoRA, prompt tuning, ...), run by peft"
     )
     mergeable = False
     why_not_mergeable = (
@@ -167,13 +165,14 @@ class PeftRun(Method):
         if made.is_prompt_learning:
             _place_prompt(model, record.name, made)
             return
-        from peft import inject_adapter_in_model  # noqa: PLC0415
+        from peft import PeftModel  # noqa: PLC0415
 
         grads = {p: p.requires_grad for p in model.parameters()}
         try:
-            inject_adapter_in_model(made, model, adapter_name=record.name)
+            wrapper = PeftModel(model, made, adapter_name=record.name)
         except ValueError as exc:  # peft's words for targets that match nothing
             raise TargetError(f"peft {made.peft_type}: {' '.join(str(exc).split())}") from None
+        _wrappers(model)[record.name] = wrapper
         for param, wanted in grads.items():  # peft freezes the base; set_trainable decides that
             param.requires_grad_(wanted)
 
@@ -208,6 +207,7 @@ class PeftRun(Method):
         configs.pop(name, None)
         if not configs and hasattr(model, "peft_config"):
             del model.peft_config
+        _wrappers(model).pop(name, None)
 
     # -- parameters and files -----------------------------------------------------------------
 
@@ -230,8 +230,9 @@ class PeftRun(Method):
             return {"prompt_embeddings": _prompt(model, name).prompt()}
         from peft import get_peft_model_state_dict  # noqa: PLC0415
 
-        state: dict[str, Tensor] = get_peft_model_state_dict(model, adapter_name=name)
-        return state
+        # Through the PeftModel: peft's per-method rules apply (AdaLoRA's pruned ranks).
+        state = get_peft_model_state_dict(_wrappers(model)[name], adapter_name=name)
+        return {k.removeprefix(_WRAPPED_PREFIX): v for k, v in state.items()}
 
     def load_own_state(self, model: nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
         if name in _prompts(model):
@@ -239,18 +240,37 @@ class PeftRun(Method):
             return
         from peft import set_peft_model_state_dict  # noqa: PLC0415
 
-        set_peft_model_state_dict(model, tensors, adapter_name=name)
+        wrapped = {f"{_WRAPPED_PREFIX}{k}": v for k, v in tensors.items()}
+        set_peft_model_state_dict(_wrappers(model)[name], wrapped, adapter_name=name)
+
+    def training_forward(self, model: nn.Module, name: str) -> Callable[..., Any] | None:
+        """peft's tuner forward when it adds to the loss (AdaLoRA's orthogonal regulariser)."""
+        from peft.tuners.tuners_utils import BaseTuner  # noqa: PLC0415
+
+        tuner = _wrappers(model)[name].base_model if name in _wrappers(model) else None
+        if tuner is None or type(tuner).forward is BaseTuner.forward:
+            return None
+        return cast(Callable[..., Any], tuner)
+
+    def after_optimizer_step(self, model: nn.Module, name: str, step: int) -> None:
+        """AdaLoRA re-allocates its rank budget here (peft's ``update_and_allocate``)."""
+        tuner = _wrappers(model)[name].base_model if name in _wrappers(model) else None
+        update = getattr(tuner, "update_and_allocate", None)
+        if update is not None:
+            update(step)
 
     def peft_files(
         self, model: nn.Module, record: AdapterRecord
     ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        made = _placed_config(model, record)
-        fields = made.to_dict()
+        # Tensors first: peft rewrites the config while it gathers them (AdaLoRA's rank pattern
+        # loses the adapter name), and the file must hold the rewritten config.
+        tensors = self.own_state(model, record.name)
+        fields = _placed_config(model, record).to_dict()
         for key, value in fields.items():
             if isinstance(value, set):
                 fields[key] = sorted(value)
         fields["inference_mode"] = True
-        return fields, self.own_state(model, record.name)
+        return fields, tensors
 
     def reads_peft(self, peft_config: dict[str, Any]) -> bool:
         """Any peft method no native method reads (the table asks natives first)."""
@@ -283,7 +303,13 @@ def _portable(peft_config: dict[str, Any]) -> dict[str, Any]:
 def _placed_config(model: nn.Module, record: AdapterRecord) -> Any:
     if record.name in _prompts(model):
         return _prompt(model, record.name).config
-    return cast(Any, model).peft_config[record.name]
+    return _wrappers(model)[record.name].peft_config[record.name]
+
+
+def _wrappers(model: nn.Module) -> dict[str, Any]:
+    """The PeftModel kept beside ``model`` for each of its peft tuner adapters."""
+    wrappers: dict[str, Any] = model.__dict__.setdefault(_WRAPPERS, {})
+    return wrappers
 
 
 # -- prompt learning -------------------------------------------------------------------------

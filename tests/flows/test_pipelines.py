@@ -281,8 +281,16 @@ class TestAnyPeftMethodThroughTheFlow:
             {"peft_type": "LOHA", "r": 4, "alpha": 8, "target_modules": ["query", "value"]},
             {"peft_type": "OFT", "oft_block_size": 8, "target_modules": ["query", "value"]},
             {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 6},
+            {
+                "peft_type": "ADALORA",
+                "init_r": 4,
+                "target_r": 2,
+                "total_step": 6,
+                "tfinal": 2,
+                "target_modules": ["query", "value"],
+            },
         ],
-        ids=["loha", "oft", "prompt-tuning"],
+        ids=["loha", "oft", "prompt-tuning", "adalora"],
     )
     def test_builds_registers_loads_and_predicts(self, tmp_path: Path, sst2_dir: Path, peft_config):
         import copy
