@@ -84,6 +84,8 @@ class AdapterRow(Base):
     head: Mapped[str] = mapped_column(String(32))
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The highest version number ever given out: deleting a version never frees its number.
+    last_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     base_model: Mapped[BaseModelRow] = relationship(lazy="raise")
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from .bundles import Bundle
@@ -81,8 +81,11 @@ def register_version(
         description=description,
     )
     # Serialise registrations of one adapter: a row lock on PostgreSQL (SQLite already holds the
-    # database lock from BEGIN IMMEDIATE), then the next number is max + 1.
-    session.execute(select(AdapterRow.id).where(AdapterRow.id == adapter.id).with_for_update())
+    # database lock from BEGIN IMMEDIATE), then the next number is one past the last ever given
+    # out, so a deleted version's number is never reused (name@2 always means the same bytes).
+    last_given = session.scalar(
+        select(AdapterRow.last_version).where(AdapterRow.id == adapter.id).with_for_update()
+    )
     existing = session.scalars(
         select(VersionRow).where(
             VersionRow.adapter_id == adapter.id, VersionRow.digest == bundle.manifest.digest
@@ -93,9 +96,13 @@ def register_version(
     latest = session.scalar(
         select(func.max(VersionRow.version)).where(VersionRow.adapter_id == adapter.id)
     )
+    number = max(last_given or 0, latest or 0) + 1
+    session.execute(
+        update(AdapterRow).where(AdapterRow.id == adapter.id).values(last_version=number)
+    )
     row = VersionRow(
         adapter_id=adapter.id,
-        version=(latest or 0) + 1,
+        version=number,
         digest=bundle.manifest.digest,
         size=bundle.manifest.size,
         artifact_uri=artifact_uri,

@@ -41,3 +41,19 @@ def test_0002_gives_stored_compositions_the_one_shape(locations, make_adapter):
     }
     db.dispose()
     assert Registry(url, artifacts).composition("flat").members == ("lang@1", "task@1")
+
+
+def test_0003_starts_the_version_counter_past_every_number_ever_given(locations, make_adapter):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    for seed in (1, 2, 3):
+        register(registry, make_adapter(seed), name="counted")
+    registry.delete("counted@3")  # before 0003 the next registration would reuse 3
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0002")
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    assert register(registry, make_adapter(4), name="counted").version == 4
+    registry.close()

@@ -74,6 +74,20 @@ class TestRegister:
             "registered",
         ]
 
+    def test_a_deleted_versions_number_is_never_given_again(self, registry, make_adapter):
+        register(registry, make_adapter(1))
+        second = register(registry, make_adapter(2))
+        registry.delete(second.ref)
+        third = register(registry, make_adapter(3))
+        assert third.version == 3  # name@2 keeps meaning the bytes it meant
+        registry.delete(third.ref)
+        registry.delete("tiny-sst2-en-lora@1")
+        assert register(registry, make_adapter(4)).version == 4
+        # the same bytes as a deleted version come back under a new number, never the old one
+        assert register(registry, make_adapter(2)).version == 5
+        with pytest.raises(rg.NotFoundError):
+            registry.get("tiny-sst2-en-lora@2")
+
     def test_identical_files_are_stored_once(self, registry, make_adapter):
         register(registry, make_adapter(1), name="one")
         register(registry, make_adapter(1), name="two")
