@@ -90,6 +90,10 @@ class Registry:
         artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
 
         def write(session: Session) -> AdapterVersion:
+            # Under the blob lock gc cannot be deleting: put back any blob a gc that ran since
+            # the upload took (an old orphan this registration reuses), then record the version.
+            store.lock_blobs(session, exclusive=False)
+            upload(self.artifacts, bundle)
             version, _ = store.register_version(
                 session,
                 name=name,
@@ -218,9 +222,29 @@ class Registry:
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record).
         """
-        keep: set[str] = set()
-        for manifest_digest in self._read(store.referenced_digests):
-            keep.add(manifest_digest)
+        cutoff = datetime.now(UTC) - older_than
+
+        def collect(session: Session) -> list[str]:
+            # The exclusive blob lock: no registration records a version while gc decides and
+            # deletes, and each registration re-checks its blobs under the lock afterwards.
+            store.lock_blobs(session, exclusive=True)
+            keep = self._kept_digests(store.referenced_digests(session))
+            doomed = [
+                b.digest
+                for b in self.artifacts.blobs()
+                if b.digest not in keep and b.modified <= cutoff
+            ]
+            if not dry_run:
+                for digest in doomed:
+                    self.artifacts.delete(digest)
+            return doomed
+
+        return self._write(collect)
+
+    def _kept_digests(self, manifests: set[str]) -> set[str]:
+        """The manifests and every file digest they list."""
+        keep = set(manifests)
+        for manifest_digest in manifests:
             with tempfile.TemporaryDirectory() as scratch:
                 path = Path(scratch) / "manifest"
                 try:
@@ -228,16 +252,7 @@ class Registry:
                 except FileNotFoundError:
                     continue
                 keep.update(d for _, d, _ in Manifest.from_bytes(path.read_bytes()).files)
-        cutoff = datetime.now(UTC) - older_than
-        doomed = [
-            b.digest
-            for b in self.artifacts.blobs()
-            if b.digest not in keep and b.modified <= cutoff
-        ]
-        if not dry_run:
-            for digest in doomed:
-                self.artifacts.delete(digest)
-        return doomed
+        return keep
 
     def close(self) -> None:
         """Release database connections."""

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from .bundles import Bundle
@@ -407,6 +407,20 @@ def resolve(
         f"nothing serves base model {base_model!r}, task {task!r}, language {language!r}: no "
         f"adapter for that triple, and no stack either ({'; '.join(missing)})"
     )
+
+
+# Registrations and garbage collection meet at one lock. PostgreSQL: an advisory lock held to the
+# end of the transaction, shared by registrations, exclusive for gc. SQLite: every write
+# transaction already holds the database lock (BEGIN IMMEDIATE), which serialises them the same.
+_BLOB_LOCK = 0x6164_6F70  # "adop": an arbitrary, fixed advisory-lock key
+
+
+def lock_blobs(session: Session, *, exclusive: bool) -> None:
+    """Hold the blob lock until the transaction ends (gc: ``exclusive``)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    session.execute(text(f"SELECT {function}(:key)"), {"key": _BLOB_LOCK})
 
 
 def referenced_digests(session: Session) -> set[str]:

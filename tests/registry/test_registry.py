@@ -283,6 +283,32 @@ class TestBytes:
             "tiny-sst2-en-lora@1", tmp_path / "still-whole"
         )  # the kept version is intact
 
+    def test_a_gc_between_the_bytes_and_the_record_cannot_strand_a_registration(
+        self, registry, make_adapter, locations, monkeypatch, tmp_path
+    ):
+        import registry.client as client_module
+
+        folder = make_adapter(1)
+        register(registry, folder)
+        register(registry, make_adapter(2))
+        registry.delete("tiny-sst2-en-lora@1")  # its blobs are orphans a gc may take
+        other = Registry(*locations)
+        real_upload = client_module.upload
+        collected: list[list[str]] = []
+
+        def upload_then_gc(store, bundle):  # the forced interleaving: gc right after the upload
+            uri = real_upload(store, bundle)
+            if not collected:
+                collected.append(other.gc(older_than=timedelta(0)))
+            return uri
+
+        monkeypatch.setattr(client_module, "upload", upload_then_gc)
+        again = register(registry, folder)  # the same bytes: put_file found the orphans present
+        assert len(collected[0]) == 2  # the gc did take the reused blobs (manifest and tensors)
+        assert again.version == 3
+        registry.fetch(again.ref, tmp_path / "pulled")  # every file present and verified
+        other.close()
+
     def test_gc_removes_bytes_left_by_a_crash_but_spares_recent_uploads(
         self, registry, make_adapter, tmp_path
     ):
