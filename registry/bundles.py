@@ -118,11 +118,18 @@ def upload(store: ArtifactStore, bundle: Bundle) -> str:
 def download(store: ArtifactStore, digest: str, destination: Path, *, label: str) -> Path:
     """Fetch version ``label``'s files into ``destination``, verifying every digest.
 
-    Files land in a temporary folder first and move into place only when all are verified, so a
-    failed download leaves ``destination`` as it was.
+    Files land in a temporary folder beside ``destination`` (never inside it, so a killed download
+    leaves nothing in it) and move into place only when all are verified, so a failed download
+    leaves ``destination`` as it was.
     """
+    if destination.exists() and not destination.is_dir():
+        raise AdapterFolderError(
+            f"cannot download {label} into {destination}: it is a file; give a folder (new or "
+            "existing) to write the adapter's files into"
+        )
     destination.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination) as scratch:
+    prefix = f".{destination.name}.incoming-"
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=prefix) as scratch:
         staging = Path(scratch)
         manifest_path = staging / ".manifest"
         _fetch(store, digest, manifest_path, label=label, what="manifest")

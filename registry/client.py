@@ -18,8 +18,9 @@ unreferenced blobs, which :meth:`gc` removes.
 
 from __future__ import annotations
 
+import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ from .bundles import Manifest, download, inspect_folder, upload
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import RegistryError
-from .names import check_name, parse_ref
+from .names import check_key, check_name, parse_ref
 from .settings import Settings
 
 __all__ = ["Registry"]
@@ -86,6 +87,7 @@ class Registry:
         check_name(language, "language")
         if not base_model or len(base_model) > 256:
             raise RegistryError(f"invalid base model name {base_model!r}")
+        metrics = _checked_metrics(metrics or {})
         bundle = inspect_folder(folder)
         artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
 
@@ -222,6 +224,8 @@ class Registry:
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record).
         """
+        if older_than < timedelta(0):
+            raise RegistryError(f"gc: older_than must not be negative, got {older_than}")
         cutoff = datetime.now(UTC) - older_than
 
         def collect(session: Session) -> list[str]:
@@ -274,3 +278,18 @@ class Registry:
                 except SAIntegrityError:
                     continue  # e.g. two processes created the same adapter: the loser retries
         raise _Conflict(f"gave up after {_RETRIES} conflicting concurrent writes; try again")
+
+
+def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Metric names of at most 64 characters and finite numbers, checked before anything runs."""
+    checked = {}
+    for key, value in metrics.items():
+        check_key(key)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise RegistryError(f"metric {key}={value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise RegistryError(f"metric {key}={value!r} is not a finite number")
+        checked[key] = number
+    return checked

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 
 from .errors import InvalidNameError
 
-__all__ = ["Ref", "check_alias", "check_name", "parse_ref"]
+__all__ = ["MAX_VERSION", "Ref", "check_alias", "check_key", "check_name", "parse_ref"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails
+MAX_VERSION = 2**31 - 1  # the database column is a 32-bit integer on every backend
+MAX_ALIAS = 64  # the alias and metric-key columns: one limit, checked before any database sees it
 
 
 def check_name(value: str, what: str = "adapter name") -> str:
@@ -27,10 +30,20 @@ def check_name(value: str, what: str = "adapter name") -> str:
 
 
 def check_alias(value: str) -> str:
-    """Return ``value`` if it is a valid alias (a name that is not a number)."""
-    check_name(value, "alias")
-    if value.isdigit():
+    """Return ``value`` if it is a valid alias (a name of at most 64 characters, not a number)."""
+    check_key(value, "alias")
+    if _DIGITS.fullmatch(value):
         raise InvalidNameError(f"invalid alias {value!r}: an alias cannot be a number")
+    return value
+
+
+def check_key(value: str, what: str = "metric name") -> str:
+    """A name of at most 64 characters (aliases, metric names)."""
+    check_name(value, what)
+    if len(value) > MAX_ALIAS:
+        raise InvalidNameError(
+            f"invalid {what} {value[:20]!r}... ({len(value)} characters): at most {MAX_ALIAS}"
+        )
     return value
 
 
@@ -53,9 +66,11 @@ def parse_ref(text: str) -> Ref:
     check_name(name)
     if not sep:
         return Ref(name)
-    if suffix.isdigit():
+    if _DIGITS.fullmatch(suffix):
         version = int(suffix)
-        if version < 1:
-            raise InvalidNameError(f"invalid reference {text!r}: versions start at 1")
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidNameError(
+                f"invalid reference {text!r}: versions are numbered 1 to {MAX_VERSION}"
+            )
         return Ref(name, version=version)
     return Ref(name, alias=check_alias(suffix))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from registry import AdapterVersion, Registry, Settings
+from registry import AdapterVersion, Registry, RegistryError, Settings
 from registry.db import Database
 
 from .common import JsonOption, console, emit_json, human_bytes, user_errors
@@ -181,6 +181,9 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     console.print(f"deleted {version.ref}; run `adapterops gc` to free its bytes")
 
 
+_TEN_YEARS_IN_MINUTES = 10 * 365.25 * 24 * 60
+
+
 @app.command()
 def gc(
     older_than_minutes: Annotated[
@@ -191,7 +194,13 @@ def gc(
 ) -> None:
     """Delete stored blobs that no version refers to (left by crashes or deletions)."""
     with user_errors(as_json):
-        removed = _registry().gc(older_than=timedelta(minutes=older_than_minutes), dry_run=dry_run)
+        if not 0 <= older_than_minutes <= _TEN_YEARS_IN_MINUTES:  # also refuses nan and inf
+            raise RegistryError(
+                f"--older-than-minutes must be a number of minutes from 0 to "
+                f"{_TEN_YEARS_IN_MINUTES:.0f}, got {older_than_minutes}"
+            )
+        grace = timedelta(minutes=older_than_minutes)
+        removed = _registry().gc(older_than=grace, dry_run=dry_run)
     if as_json:
         emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
         return

@@ -153,6 +153,17 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
     )
     assert ok_json(run(env, "ls", "--json")) == []
 
+    # crashing refs and options found by the adversarial trial (#16.5): one line, exit 2
+    for args, words in [
+        (("show", "x@²"), "invalid alias"),
+        (("show", "x@99999999999999999999999"), "versions are numbered 1 to 2147483647"),
+        (("gc", "--older-than-minutes", "inf"), "--older-than-minutes must be a number"),
+        (("gc", "--older-than-minutes", "nan"), "--older-than-minutes must be a number"),
+    ]:
+        result = run(env, *args, "--json")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert words in json.loads(result.stdout)["error"], (args, result.stdout)
+
 
 def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     postgres.create_database("cli_upgrade")

@@ -117,6 +117,64 @@ class TestBadInput:
         with pytest.raises(rg.InvalidNameError, match=r"invalid adapter name"):
             register(registry, make_adapter(1), name=name)
 
+    @pytest.mark.parametrize("ref", ["x@²", "x@99999999999999999999999", "x@0", "x@-1"])
+    def test_bad_references_are_clear_errors_everywhere(
+        self, registry, make_adapter, ref, tmp_path
+    ):
+        register(registry, make_adapter(1), name="x")
+        for call in (
+            lambda: registry.get(ref),
+            lambda: registry.delete(ref),
+            lambda: registry.fetch(ref, tmp_path / "out"),
+            lambda: registry.set_alias(ref, "champion"),
+        ):
+            with pytest.raises(rg.InvalidNameError):
+                call()
+
+    def test_one_length_limit_for_aliases_and_metric_names_on_every_backend(
+        self, registry, make_adapter
+    ):
+        version = register(registry, make_adapter(1))
+        with pytest.raises(
+            rg.InvalidNameError, match=r"invalid alias .*\(65 characters\): at most 64"
+        ):
+            registry.set_alias(version.ref, "a" * 65)
+        registry.set_alias(version.ref, "a" * 64)
+        with pytest.raises(rg.InvalidNameError, match=r"invalid metric name .*: at most 64"):
+            register(registry, make_adapter(2), metrics={"m" * 65: 0.5})
+        assert [v.version for v in registry.find()] == [1]
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), "high"])
+    def test_metrics_must_be_finite_numbers_and_nothing_is_stored(
+        self, registry, make_adapter, value
+    ):
+        blobs = {b.digest for b in registry.artifacts.blobs()}
+        with pytest.raises(rg.RegistryError, match=r"metric accuracy=.* is not a (finite )?number"):
+            register(registry, make_adapter(1), metrics={"accuracy": value})
+        assert registry.find() == [] and {b.digest for b in registry.artifacts.blobs()} == blobs
+
+    def test_fetch_into_a_file_or_a_failed_fetch_leaves_nothing_behind(
+        self, registry, make_adapter, tmp_path
+    ):
+        version = register(registry, make_adapter(1))
+        a_file = tmp_path / "a-file"
+        a_file.write_text("mine")
+        with pytest.raises(rg.AdapterFolderError, match=r"it is a file; give a folder"):
+            registry.fetch(version.ref, a_file)
+        assert a_file.read_text() == "mine"
+        manifest = Manifest.from_bytes(_blob_bytes(registry, version.digest))
+        _, tensor_digest, _ = next(f for f in manifest.files if f[0] == "adapter.safetensors")
+        registry.artifacts.delete(tensor_digest)  # a broken store: the download fails midway
+        destination = tmp_path / "pulled"
+        with pytest.raises(rg.CorruptArtifactError):
+            registry.fetch(version.ref, destination)
+        assert list(destination.iterdir()) == []  # staged beside it, never inside
+        assert [p.name for p in tmp_path.iterdir() if ".incoming-" in p.name] == []
+
+    def test_gc_refuses_a_negative_grace_period(self, registry):
+        with pytest.raises(rg.RegistryError, match="must not be negative"):
+            registry.gc(older_than=timedelta(minutes=-1))
+
     def test_missing_and_extra_files_store_nothing(self, registry, make_adapter):
         folder = make_adapter(1)
         (folder / "adapter.safetensors").unlink()
@@ -389,3 +447,12 @@ class TestCompositions:
             registry.register_composition("bad", definition, ["a", "b"])
         with pytest.raises(rg.NotFoundError):
             registry.composition("bad")
+
+
+def _blob_bytes(reg: Registry, digest: str) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "blob"
+        reg.artifacts.get_file(digest, path)
+        return path.read_bytes()
