@@ -60,7 +60,7 @@ class Fingerprint:
     model_type: str
     config: dict[str, Any]
     weights: str  # sha256 of the body's weight names and shapes
-    vocab: str | None  # sha256 of the tokenizer vocabulary, when one was given
+    vocab: str | None  # sha256 of the tokenizer vocabulary, when one was given (not in the digest)
     name_or_path: str  # informative only: not part of the digest
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,8 +105,10 @@ def fingerprint(model: nn.Module, tokenizer: Any = None) -> Fingerprint:
     )
     weights = _sha256(shapes)
     vocab = _sha256(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else None
+    # The digest names the base model whether or not a tokenizer was given (the registry keys base
+    # models by it); the vocabulary is compared on its own when both sides have one.
     digest = _sha256(
-        {"model_type": model_type, "config": fields, "weights": weights, "vocab": vocab}
+        {"model_type": model_type, "config": fields, "weights": weights, "vocab": None}
     )
     name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", "") or "")
     return Fingerprint(digest, model_type, fields, weights, vocab, name)

@@ -68,6 +68,7 @@ class Bundle:
     head: str
     fingerprint: str | None
     metadata: dict[str, Any]
+    base_digests: tuple[str, ...] = ()  # every digest naming the base model, canonical first
 
 
 def inspect_folder(folder: str | Path) -> Bundle:
@@ -99,9 +100,39 @@ def inspect_folder(folder: str | Path) -> Bundle:
         raise AdapterFolderError(
             f"{path / metadata_file} does not say which method the adapter uses"
         )
-    fingerprint = metadata.get("fingerprint", {}).get("digest")
+    saved = metadata.get("fingerprint") or {}
     head = str(metadata.get("head", {}).get("kind", "none"))
-    return Bundle(path, Manifest(files), method, head, fingerprint, metadata)
+    return Bundle(
+        path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
+    )
+
+
+def base_digests(saved: dict[str, Any]) -> tuple[str, ...]:
+    """Every digest that names this adapter's base model, the tokenizer-free one first.
+
+    peft_core's digest covers model type, shape-relevant config and weight shapes; files written
+    before it left the vocabulary out also carry a digest with the vocabulary in. Both are
+    recomputed here (peft_core's formula; ``tests/registry`` checks they agree), so a base model
+    registered either way is recognised.
+    """
+    if not {"model_type", "config", "weights"} <= set(saved):
+        return (saved["digest"],) if saved.get("digest") else ()
+    parts = {
+        "model_type": saved["model_type"],
+        "config": saved["config"],
+        "weights": saved["weights"],
+    }
+    digests = [_json_sha256({**parts, "vocab": None})]
+    if saved.get("vocab"):
+        digests.append(_json_sha256({**parts, "vocab": saved["vocab"]}))
+    if saved.get("digest") and saved["digest"] not in digests:
+        digests.append(saved["digest"])
+    return tuple(digests)
+
+
+def _json_sha256(value: Any) -> str:
+    payload = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(payload).hexdigest()
 
 
 def upload(store: ArtifactStore, bundle: Bundle) -> str:

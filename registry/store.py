@@ -70,7 +70,7 @@ def register_version(
     The same bytes registered again under the same adapter return the existing version
     (``created`` False): a version is identified by its content digest.
     """
-    base = _base_model(session, base_model, bundle.fingerprint, base_model_revision)
+    base = _base_model(session, base_model, bundle.base_digests, base_model_revision)
     adapter = _adapter(
         session,
         name,
@@ -447,21 +447,27 @@ def _best(versions: list[AdapterVersion], metric: str | None) -> AdapterVersion 
 
 
 def _base_model(
-    session: Session, name: str, fingerprint: str | None, revision: str | None
+    session: Session, name: str, digests: tuple[str, ...], revision: str | None
 ) -> BaseModelRow:
+    """The base model row, checked against the adapter's base digests (canonical first).
+
+    A row recorded with an older form of the digest (the vocabulary in it) is rewritten to the
+    canonical one when an adapter proves they name the same base.
+    """
+    canonical = digests[0] if digests else None
     row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).first()
     if row is None:
-        row = BaseModelRow(name=name, fingerprint=fingerprint, revision=revision)
+        row = BaseModelRow(name=name, fingerprint=canonical, revision=revision)
         session.add(row)
         session.flush()
-    elif fingerprint and row.fingerprint and row.fingerprint != fingerprint:
+    elif canonical and row.fingerprint and row.fingerprint not in digests:
         raise BaseModelMismatchError(
-            f"this adapter was trained on a base model with fingerprint {fingerprint[:12]}, but "
+            f"this adapter was trained on a base model with fingerprint {canonical[:12]}, but "
             f"{name!r} is registered with fingerprint {row.fingerprint[:12]}: wrong base model. "
             "Register it under the base model it was trained on."
         )
-    elif fingerprint and not row.fingerprint:
-        row.fingerprint = fingerprint
+    elif canonical and row.fingerprint != canonical:
+        row.fingerprint = canonical
     return row
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import registry as rg
 from registry import Registry
@@ -174,6 +175,35 @@ class TestBadInput:
     def test_gc_refuses_a_negative_grace_period(self, registry):
         with pytest.raises(rg.RegistryError, match="must not be negative"):
             registry.gc(older_than=timedelta(minutes=-1))
+
+    def test_a_base_saved_with_or_without_a_tokenizer_is_the_same_base(
+        self, registry, tmp_path, minilm_dir
+    ):
+        import transformers as T
+
+        import peft_core as pc
+        from registry.bundles import base_digests
+
+        model = T.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+        tokenizer = T.AutoTokenizer.from_pretrained(minilm_dir)
+        pc.add_adapter(model, "a", pc.LoRA(rank=2))
+        plain = pc.save_adapter(model, "a", tmp_path / "plain")
+        pc.add_adapter(model, "b", pc.LoRA(rank=4))
+        with_vocab = pc.save_adapter(model, "b", tmp_path / "vocab", tokenizer=tokenizer)
+        saved = json.loads((with_vocab / "adapter.json").read_text())["fingerprint"]
+        assert base_digests(saved)[0] == pc.fingerprint(model).digest  # the registry's formula
+        register(registry, plain, name="plain", base_model="minilm")
+        register(
+            registry, with_vocab, name="vocab", base_model="minilm"
+        )  # the README's way, then a build's
+        # a base recorded by older code with the vocabulary in its digest is recognised and healed
+        old_form = base_digests(saved)[1]
+        with registry.database.session() as session:
+            session.execute(sa.text("UPDATE base_models SET fingerprint = :f"), {"f": old_form})
+        register(registry, with_vocab, name="vocab-again", base_model="minilm")
+        with registry.database.session() as session:
+            stored = session.scalar(sa.text("SELECT fingerprint FROM base_models"))
+        assert stored == pc.fingerprint(model).digest
 
     def test_missing_and_extra_files_store_nothing(self, registry, make_adapter):
         folder = make_adapter(1)
