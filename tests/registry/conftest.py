@@ -30,7 +30,9 @@ def fresh_postgres_url(postgres: PostgresServer) -> str:
 
 
 def fresh_bucket_url() -> str:
-    url = f"s3://test-{os.getpid()}-{next(_counter)}/adapters"
+    """A prefix of its own in this process's bucket: isolated like a bucket, but without a new
+    SeaweedFS collection per test (each takes volumes, and the server has a fixed number)."""
+    url = f"s3://test-{os.getpid()}/t{next(_counter)}/adapters"
     S3Store(url).ensure_bucket()
     return url
 
