@@ -274,7 +274,8 @@ def register_and_gate(
 ) -> BuildResult:
     """Register the trained folder, mirror it in MLflow, and promote it if it beats the champion."""
     spec, registry = build.spec, build.registry
-    numeric = {k: float(v) for k, v in report.metrics.items() if isinstance(v, int | float)}
+    measured = {k: float(v) for k, v in report.metrics.items() if isinstance(v, int | float)}
+    numeric = {k: v for k, v in measured.items() if math.isfinite(v)}  # what the registry keeps
     version = registry.register(
         report.output,
         name=spec.name,
@@ -300,7 +301,7 @@ def register_and_gate(
         min_delta=spec.promote.min_delta,
         higher_is_better=spec.evaluate.metric != "perplexity",
     )
-    decision, champion_metric = _gate(build, version, numeric, policy)
+    decision, champion_metric = _gate(build, version, measured, policy, report)
     alias = spec.promote.alias if decision.promote else CHALLENGER
     if alias not in version.aliases:
         promote(registry, client, version.ref, alias, origin="gate")
@@ -320,11 +321,23 @@ def register_and_gate(
 
 
 def _gate(
-    build: Build, candidate: AdapterVersion, metrics: dict[str, float], policy: Policy
+    build: Build,
+    candidate: AdapterVersion,
+    metrics: dict[str, float],
+    policy: Policy,
+    report: TrainReport,
 ) -> tuple[Decision, float | None]:
-    """The decision, with the champion re-evaluated on this spec's validation data."""
+    """The decision, with the champion re-evaluated on this spec's validation data.
+
+    An adapter whose training diverged (a loss that is not a finite number) is never promoted,
+    whatever its metric says: a NaN model predicts one class and can still score 50%.
+    """
     spec = build.spec
     value = metrics.get(policy.metric, math.nan)
+    diverged = [loss for loss in [*report.losses, report.final_loss] if not math.isfinite(loss)]
+    if diverged:
+        reason = f"training diverged (loss {diverged[0]}): not promoted"
+        return Decision(False, reason, value, None, "not-better"), None
     try:
         champion = build.registry.get(f"{spec.name}@{spec.promote.alias}")
     except NotFoundError:

@@ -57,11 +57,15 @@ def decide(candidate: float, champion: float | None, policy: Policy) -> Decision
     Both numbers must be measured on the same evaluation set. With ``min_delta`` 0 a tie promotes
     the candidate (the newer version wins ties); a positive ``min_delta`` demands a real gain.
     """
-    if math.isnan(candidate):  # a broken evaluation never promotes
+    if not math.isfinite(candidate):  # a broken evaluation never promotes
         return Decision(
-            False, f"candidate {policy.metric} is NaN", candidate, champion, "not-better"
+            False,
+            f"candidate {policy.metric} is {candidate}, not a finite number",
+            candidate,
+            champion,
+            "not-better",
         )
-    if champion is None or math.isnan(champion):
+    if champion is None or not math.isfinite(champion):
         return Decision(
             True,
             f"no champion yet; candidate {policy.metric} {candidate:.4f}",

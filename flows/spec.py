@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 import peft_core as pc
+from registry.errors import InvalidNameError
+from registry.names import check_alias
 
 __all__ = [
     "METHOD_SPECS",
@@ -39,14 +41,15 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere in a spec: an infinite learning rate trains a broken adapter.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HeadSpec(_Strict):
     """The task head: a new classifier, or the model's pre-trained LM head."""
 
     type: Literal["classification", "masked-lm", "causal-lm"]
-    num_labels: int | None = Field(default=None, ge=2)
+    num_labels: int | None = Field(default=None, ge=2, le=100_000)
 
     @model_validator(mode="after")
     def _labels_for_classification(self) -> HeadSpec:
@@ -172,18 +175,19 @@ class DataSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float = Field(default=5e-4, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    # Upper bounds are far above any real run and refuse values that would exhaust the machine.
+    epochs: float = Field(default=1.0, gt=0, le=10_000)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=65_536)
+    learning_rate: float = Field(default=5e-4, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    max_length: int = Field(default=128, ge=8)
-    seed: int = 0
+    max_length: int = Field(default=128, ge=8, le=1_048_576)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # auto: bf16 autocast on a CUDA GPU that supports it, fp32 otherwise.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
 
 
 class EvaluateSpec(_Strict):
@@ -191,8 +195,17 @@ class EvaluateSpec(_Strict):
 
 
 class PromoteSpec(_Strict):
-    alias: str = Field(default="champion", pattern=_NAME_PATTERN)
-    min_delta: float = 0.0
+    alias: str = "champion"
+    min_delta: float = Field(default=0.0, ge=-1e6, le=1e6)
+
+    @field_validator("alias")
+    @classmethod
+    def _registry_alias(cls, value: str) -> str:
+        # The registry's own rule, checked now: not after a version was registered and mirrored.
+        try:
+            return check_alias(value)
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ScheduleSpec(_Strict):
@@ -260,13 +273,27 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     return spec.model_copy(update={"data": _resolve_paths(spec.data, base_dir)})
 
 
+MAX_SPEC_BYTES = 1_048_576  # a spec is a page of YAML; a larger file is not one
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec:
     """Read, override (``key.sub=value``) and validate a spec file."""
     file = Path(path)
     if not file.is_file():
         raise SpecError(str(file), [("(file)", "no such file")])
+    size = file.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            str(file), [("(file)", f"{size} bytes; a spec is at most {MAX_SPEC_BYTES}")]
+        )
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.safe_load(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            str(file), [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from None
+    except RecursionError:
+        raise SpecError(str(file), [("(yaml)", "nested too deeply to be a spec")]) from None
     except yaml.YAMLError as exc:
         raise SpecError(str(file), [("(yaml)", str(exc).replace("\n", " "))]) from None
     if overrides:

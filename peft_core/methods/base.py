@@ -42,6 +42,7 @@ __all__ = [
     "MethodConfig",
     "PeftImport",
     "check_targets",
+    "check_width",
     "finite",
     "require",
 ]
@@ -281,9 +282,32 @@ def finite(value: float, name: str) -> None:
     )
 
 
+# Caps on sizes a configuration may ask for: far above any real model (the widest layers have
+# tens of thousands of features), far below what would exhaust the machine a CI build runs on.
+MAX_WIDTH = 65_536  # rank, bottleneck width, reduction factor
+MAX_TARGETS = 256
+MAX_TARGET_LENGTH = 512
+
+
 def check_targets(targets: tuple[str, ...]) -> None:
-    """Targets are a non-empty tuple of non-empty strings."""
-    require(isinstance(targets, tuple), f"targets must be a tuple of strings, got {targets!r}")
+    """Targets are a non-empty tuple of at most 256 non-empty strings (512 characters each)."""
+    require(isinstance(targets, tuple), f"targets must be a tuple of strings, got {targets!r:.80}")
     require(len(targets) > 0, "targets must name at least one role or module pattern")
+    require(
+        len(targets) <= MAX_TARGETS,
+        f"targets lists {len(targets)} entries; at most {MAX_TARGETS} (use a regular expression)",
+    )
     for target in targets:
-        require(isinstance(target, str) and target != "", f"invalid target {target!r}")
+        require(isinstance(target, str) and target != "", f"invalid target {target!r:.80}")
+        require(
+            len(target) <= MAX_TARGET_LENGTH,
+            f"target {target[:40]!r}... is {len(target)} characters; at most {MAX_TARGET_LENGTH}",
+        )
+
+
+def check_width(value: int, name: str) -> None:
+    """An integer size from 1 to :data:`MAX_WIDTH`."""
+    require(
+        isinstance(value, int) and 1 <= value <= MAX_WIDTH,
+        f"{name} must be a whole number from 1 to {MAX_WIDTH}, got {value!r:.40}",
+    )

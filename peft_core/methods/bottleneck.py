@@ -26,7 +26,7 @@ from ..layer import ParamDelta
 from ..roles import Target
 from ..routing import remap_slots
 from ..targeting import resolve_targets
-from .base import LayerSite, Method, MethodConfig, require
+from .base import LayerSite, Method, MethodConfig, check_width, require
 
 __all__ = ["METHOD", "Bottleneck", "Houlsby", "Pfeiffer"]
 
@@ -59,8 +59,10 @@ class _Bottleneck(MethodConfig):
                 self.reduction_factor >= 1,
                 f"reduction_factor must be >= 1, got {self.reduction_factor}",
             )
+            check_width(self.reduction_factor, "reduction_factor")
         if self.bottleneck is not None:
             require(self.bottleneck >= 1, f"bottleneck must be >= 1, got {self.bottleneck}")
+            check_width(self.bottleneck, "bottleneck")
         require(
             self.activation in _ACTIVATIONS,
             f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -51,6 +52,7 @@ _WRAPPERS = "peft_core_peft_models"
 _WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
 _PROMPTS_ON = "peft_core_prompts_on"
 _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+_MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
 # Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
 _REFUSED_FIELDS = {
@@ -115,7 +117,12 @@ def peft_config(config: AnyPeft) -> Any:
 def _checked_fields(config: AnyPeft, *, known: Mapping[str, Any]) -> dict[str, Any]:
     """The config's fields for peft, after the checks that need no peft class."""
     if not isinstance(config.config, Mapping):
-        raise ConfigError(f"peft: config must be a mapping of peft fields, got {config.config!r}")
+        raise ConfigError(
+            f"peft: config must be a mapping of peft fields, got {config.config!r:.80}"
+        )
+    size = len(json.dumps(config.config, default=str))
+    if size > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"peft: config is {size} bytes of JSON; at most {_MAX_CONFIG_BYTES}")
     fields = dict(config.config)
     kind = config.peft_type
     if kind not in known:

@@ -25,7 +25,16 @@ from torch import Tensor, nn
 from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
 from ..roles import Target
-from .base import LayerSite, Method, MethodConfig, PeftImport, check_targets, finite, require
+from .base import (
+    LayerSite,
+    Method,
+    MethodConfig,
+    PeftImport,
+    check_targets,
+    check_width,
+    finite,
+    require,
+)
 from .parts import SliceParts
 
 if TYPE_CHECKING:
@@ -56,6 +65,7 @@ class LowRankConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, f"{type(self).__name__} rank must be >= 1, got {self.rank}")
+        check_width(self.rank, f"{type(self).__name__} rank")
         finite(self.alpha, f"{type(self).__name__} alpha")
         require(self.alpha > 0, f"{type(self).__name__} alpha must be > 0, got {self.alpha}")
         require(

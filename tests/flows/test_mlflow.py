@@ -188,3 +188,25 @@ class TestMlflowDown:
         assert len(client.search_model_versions("name='offline-sst2'")) == 1
         assert mlflow_aliases(client, "offline-sst2") == {"champion": 1}
         json.dumps(result.to_dict())
+
+
+class TestDivergedTraining:
+    def test_a_diverged_adapter_is_registered_but_never_promoted(self, registry, tmp_path):
+        folder = write_fake_adapter(tmp_path / "adapter", 8)
+        spec = parse_spec(
+            {
+                "name": "diverged", "base_model": "b", "task": "sst2", "language": "en",
+                "head": {"type": "classification", "num_labels": 2}, "method": {"type": "lora"},
+                "data": {"train": str(tmp_path / "t.tsv")},
+            }
+        )  # fmt: skip
+        report = TrainReport(
+            name=spec.name, method="lora", trainable_params=1, total_params=2, adapter_bytes=4, steps=2,
+            train_seconds=1.0, median_step_seconds=1.0, final_loss=float("nan"),
+            metrics={"accuracy": 0.5, "loss": float("nan")}, output=str(folder),
+            losses=[0.7, float("nan")],
+        )  # fmt: skip
+        result = register_and_gate(Build(spec, {}, folder, registry), report, run_id="", card="c")
+        assert (result.promoted, result.alias) == (False, "challenger")
+        assert result.decision == "training diverged (loss nan): not promoted"
+        assert registry.get("diverged@1").metrics == {"accuracy": 0.5}  # only finite metrics kept

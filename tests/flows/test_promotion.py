@@ -29,6 +29,8 @@ LOWER = Policy(metric="perplexity", min_delta=0.5, higher_is_better=False)
         (11.0, 10.0, LOWER, False, "not-better"),
         (math.nan, 0.80, HIGHER, False, "not-better"),  # a broken evaluation never promotes
         (math.nan, None, HIGHER, False, "not-better"),
+        (math.inf, None, LOWER, False, "not-better"),  # an infinite perplexity is no result
+        (math.inf, 0.80, HIGHER, False, "not-better"),
         (0.70, math.nan, HIGHER, True, "no-champion"),  # an unusable champion score counts as none
     ],
 )

@@ -127,3 +127,54 @@ class TestInvalidSpecs:
             load_spec(tmp_path / "broken.yaml")
         with pytest.raises(SpecError, match="no such file"):
             load_spec(tmp_path / "missing.yaml")
+
+
+class TestHostileSpecs:
+    """What an adversarial trial fed a CI build (#16.3): each is a clear spec error now."""
+
+    @pytest.mark.parametrize(
+        ("changes", "path", "words"),
+        [
+            (
+                {"head__num_labels": 1_000_000_000},
+                "head.num_labels",
+                "less than or equal to 100000",
+            ),
+            ({"method__rank": 10**30}, "method", "rank must be a whole number from 1 to 65536"),
+            ({"method__alpha": float("inf")}, "method.alpha", "finite number"),
+            ({"method__targets": ["q"] * 300_000}, "method", "at most 256"),
+            ({"method__targets": ["x" * 5_000_000]}, "method", "at most 512"),
+            ({"train__learning_rate": float("inf")}, "train.learning_rate", "finite number"),
+            ({"train__epochs": float("inf")}, "train.epochs", "finite number"),
+            ({"train__batch_size": 10**12}, "train.batch_size", "less than or equal to 65536"),
+            ({"promote__min_delta": float("nan")}, "promote.min_delta", "finite number"),
+            ({"promote__alias": "123"}, "promote.alias", "an alias cannot be a number"),
+            ({"promote__alias": "a" * 65}, "promote.alias", "at most 64"),
+        ],
+    )
+    def test_each_is_refused_by_path(self, changes, path, words):
+        found = problems(with_(**changes))
+        assert path in found, found
+        assert words in found[path], found[path]
+
+    def test_a_huge_reduction_factor_is_refused(self):
+        document = with_(method={"type": "pfeiffer", "reduction_factor": 10**9})
+        assert (
+            "reduction_factor must be a whole number from 1 to 65536"
+            in problems(document)["method"]
+        )
+
+    def test_unreadable_files(self, tmp_path):
+        latin = tmp_path / "latin.yaml"
+        latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+        nested = tmp_path / "nested.yaml"
+        nested.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+        huge = tmp_path / "huge.yaml"
+        huge.write_text("description: " + "x" * 1_100_000 + "\n")
+        for file, words in [
+            (latin, "not UTF-8 text"),
+            (nested, "nested too deeply"),
+            (huge, "a spec is at most 1048576"),
+        ]:
+            with pytest.raises(SpecError, match=words):
+                load_spec(file)
