@@ -219,7 +219,8 @@ class Registry:
         return version
 
     def gc(self, *, older_than: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
-        """Delete blobs no version refers to, written more than ``older_than`` ago.
+        """Delete blobs no version refers to, written more than ``older_than`` ago, and uploads a
+        crash left unfinished; returns the deleted digests, then the unfinished uploads' names.
 
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record).
@@ -241,7 +242,8 @@ class Registry:
             if not dry_run:
                 for digest in doomed:
                     self.artifacts.delete(digest)
-            return doomed
+            # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
+            return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
         return self._write(collect)
 

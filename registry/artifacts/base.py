@@ -54,6 +54,13 @@ class ArtifactStore(Protocol):
         """A URI naming the blob, for records and messages."""
         ...
 
+    def clean_incomplete(self, cutoff: datetime, *, dry_run: bool = False) -> list[str]:
+        """Remove uploads a crash left unfinished, started before ``cutoff``; returns their names.
+
+        (A local copy's temporary file, an S3 multipart upload never completed.)
+        """
+        ...
+
 
 def blob_key(digest: str) -> str:
     """``blobs/sha256/ab/abcdef...``: two-character fan-out keeps folders small."""

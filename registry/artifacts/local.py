@@ -16,6 +16,9 @@ from .base import BlobInfo, blob_key
 __all__ = ["LocalStore"]
 
 
+INCOMING = ".incoming-"  # a blob being copied in; renamed into place when complete
+
+
 class LocalStore:
     """Blobs under ``<root>/blobs/sha256/``; writes are atomic (temporary file, then rename)."""
 
@@ -40,7 +43,7 @@ class LocalStore:
         if target.is_file():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=INCOMING)
         os.close(handle)
         try:
             shutil.copyfile(source, temporary)
@@ -63,6 +66,17 @@ class LocalStore:
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
+
+    def clean_incomplete(self, cutoff: datetime, *, dry_run: bool = False) -> list[str]:
+        stale = [
+            path
+            for path in (self.root / "blobs" / "sha256").glob(f"*/{INCOMING}*")
+            if datetime.fromtimestamp(path.stat().st_mtime, UTC) <= cutoff
+        ]
+        if not dry_run:
+            for path in stale:
+                path.unlink(missing_ok=True)
+        return [str(path.relative_to(self.root)) for path in stale]
 
     def uri(self, digest: str) -> str:
         return f"{self.url}/{blob_key(digest)}"

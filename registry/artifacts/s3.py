@@ -9,6 +9,7 @@ Endpoint and credentials come from the usual AWS variables (``AWS_ENDPOINT_URL_S
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -135,6 +136,33 @@ class S3Store:
     def delete(self, digest: str) -> None:
         key = self._key(digest)
         self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def clean_incomplete(self, cutoff: datetime, *, dry_run: bool = False) -> list[str]:
+        self._check_bucket()
+        prefix = self._key("00")[: -len("00/00")]  # ".../blobs/sha256/"
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        pages = self._call(
+            "list unfinished uploads",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)),
+        )
+        stale = [
+            (item["Key"], item["UploadId"])
+            for page in pages
+            for item in page.get("Uploads", [])
+            if item["Initiated"] <= cutoff
+        ]
+        if not dry_run:
+            for key, upload_id in stale:
+                self._abort(key, upload_id)
+        return [f"multipart:{key}" for key, _ in stale]
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        self._call(
+            f"abort the unfinished upload of {key}",
+            lambda: self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            ),
+        )
 
     def uri(self, digest: str) -> str:
         return f"s3://{self.bucket}/{self._key(digest)}"

@@ -411,6 +411,36 @@ class TestBytes:
         registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
 
 
+class TestLeftovers:
+    def test_gc_takes_what_a_killed_upload_left_after_the_grace_period(
+        self, registry, make_adapter
+    ):
+        from registry.artifacts.local import LocalStore
+        from registry.artifacts.s3 import S3Store
+
+        register(registry, make_adapter(1))
+        store = registry.artifacts
+        if isinstance(store, LocalStore):  # a blob copy killed before its rename
+            leftover = store.root / "blobs" / "sha256" / "ab" / ".incoming-killed"
+            leftover.parent.mkdir(parents=True, exist_ok=True)
+            leftover.write_bytes(b"half a blob")
+            name = "blobs/sha256/ab/.incoming-killed"
+        else:  # an S3 multipart upload killed before it completed
+            assert isinstance(store, S3Store)
+            key = f"{store.prefix}/blobs/sha256/ab/{'ab' * 32}"
+            store.client.create_multipart_upload(Bucket=store.bucket, Key=key)
+            name = f"multipart:{key}"
+        assert registry.gc() == []  # within the grace period: maybe an upload in flight
+        assert registry.gc(older_than=timedelta(0), dry_run=True) == [name]
+        assert registry.gc(older_than=timedelta(0)) == [name]
+        assert registry.gc(older_than=timedelta(0)) == []
+        if isinstance(store, LocalStore):
+            assert not leftover.exists()
+        else:
+            uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+            assert uploads.get("Uploads", []) == []
+
+
 class TestCompositions:
     def test_versioned_compositions_over_exact_members(self, registry, make_adapter):
         register(registry, make_adapter(1), name="sst2-en")
