@@ -26,7 +26,7 @@ from registry.settings import adapterops_home
 
 from .errors import StackError
 from .mlflow_server import MlflowServer
-from .ports import http_ok, pid_alive, port_in_use, stop_pid_group
+from .ports import http_ok, pid_alive, port_in_use, start_time, stop_pid_group
 from .postgres import PostgresServer
 from .prefect_server import PrefectServer, PrefectWorker
 from .seaweedfs import SeaweedS3
@@ -86,6 +86,8 @@ class ServiceStatus:
 class _State:
     ports: StackPorts = field(default_factory=StackPorts)
     pids: dict[str, int] = field(default_factory=dict)
+    # Each PID's start time: a PID from an old stack.json may name another program by now.
+    started: dict[str, int] = field(default_factory=dict)
 
 
 def env_file(home: Path | None = None) -> Path:
@@ -163,9 +165,10 @@ class LocalStack:
     def down(self) -> list[ServiceStatus]:
         """Stop every service (worker first, PostgreSQL last); the data stays."""
         for name in ("worker", "prefect", "mlflow", "seaweedfs"):
-            pid = self.state.pids.pop(name, None)
-            if pid is not None:
-                stop_pid_group(pid, grace=20)
+            if self._ours(name):
+                stop_pid_group(self.state.pids[name], grace=20)
+            self.state.pids.pop(name, None)
+            self.state.started.pop(name, None)
         self.postgres.stop()
         self._save_state()
         return self.status()
@@ -184,7 +187,7 @@ class LocalStack:
             ServiceStatus(
                 "prefect worker",
                 f"pool {WORK_POOL}",
-                worker is not None and pid_alive(worker),
+                worker is not None and self._ours("worker"),
                 f"pid {worker}" if worker else "",
             ),
         ]
@@ -210,6 +213,23 @@ class LocalStack:
                 "(see adapterops stack up --help)"
             )
 
+    def _ours(self, name: str) -> bool:
+        """Whether the recorded PID of ``name`` is still the process this stack started.
+
+        Without a recorded start time (a stack.json of older code) nothing is signalled.
+        """
+        pid = self.state.pids.get(name)
+        if pid is None or not pid_alive(pid):
+            return False
+        recorded = self.state.started.get(name)
+        return recorded is not None and recorded == start_time(pid)
+
+    def _remember(self, name: str, pid: int) -> None:
+        self.state.pids[name] = pid
+        started = start_time(pid)
+        if started is not None:
+            self.state.started[name] = started
+
     def _start_process(
         self, name: str, start: Callable[[], None], server: Any, up: Callable[[], bool],
         announce: Callable[[str], None],
@@ -218,12 +238,11 @@ class LocalStack:
             return
         announce(name)
         start()
-        self.state.pids[name] = server.process.pid
+        self._remember(name, server.process.pid)
         self._save_state()
 
     def _start_worker(self, announce: Callable[[str], None]) -> None:
-        pid = self.state.pids.get("worker")
-        if pid is not None and pid_alive(pid):
+        if self._ours("worker"):
             return
         announce("prefect worker")
         environment = {
@@ -237,7 +256,7 @@ class LocalStack:
         )  # fmt: skip
         worker.start()
         assert worker.process is not None
-        self.state.pids["worker"] = worker.process.pid
+        self._remember("worker", worker.process.pid)
 
     def _create_buckets(self) -> None:
         import boto3  # noqa: PLC0415 - only `stack up` needs it here
@@ -275,17 +294,24 @@ class LocalStack:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(StackPorts)}
         ports = StackPorts(**{k: v for k, v in data["ports"].items() if k in known})
-        return _State(ports=ports, pids=dict(data["pids"]))
+        return _State(ports=ports, pids=dict(data["pids"]), started=dict(data.get("started", {})))
 
     def _save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        document = {"ports": asdict(self.state.ports), "pids": self.state.pids}
+        document = {
+            "ports": asdict(self.state.ports),
+            "pids": self.state.pids,
+            "started": self.state.started,
+        }
         (self.root / "stack.json").write_text(json.dumps(document, indent=2) + "\n")
 
     def _write_env_file(self) -> None:
         lines = [f"{key}={value}" for key, value in self.client_env().items()]
         header = "# Written by `adapterops stack up`: the local stack's client configuration.\n"
-        env_file(self.home).write_text(header + "\n".join(lines) + "\n")
+        path = env_file(self.home)
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # it holds the database password
+        path.write_text(header + "\n".join(lines) + "\n")
 
 
 def _boto_credentials() -> dict[str, str]:

@@ -106,6 +106,18 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` if gone.
+
+    A PID is reused once its process exits; the pair (pid, start time) names one process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[-1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stop_pid_group(pid: int, *, grace: float) -> None:
     """Like :func:`stop_process_group` for a server this process did not start (a PID file's)."""
     if not pid_alive(pid):

@@ -1,13 +1,18 @@
 """A PostgreSQL server in a data folder of our own, run with the machine's PostgreSQL binaries.
 
-PostgreSQL refuses to run as root, so as root every command runs as the ``postgres`` user.
+PostgreSQL refuses to run as root, so as root every command runs as the ``postgres`` user. The
+superuser has a generated password (``scram-sha-256``, loopback only), kept beside the data
+folder in a file only its owner reads; a cluster made by older code with ``trust`` is switched
+to the password on its next start.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 __all__ = ["PostgresServer"]
@@ -22,31 +27,49 @@ class PostgresServer:
         self.superuser = superuser
         self.bin_dir = _bin_dir()
         self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (generated once, mode 0600)."""
+        if not self.password_file.is_file():
+            self.password_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24))
+        return self.password_file.read_text().strip()
 
     def url(self, database: str, *, password: str | None = None, user: str | None = None) -> str:
-        """SQLAlchemy URL (psycopg 3) for ``database``."""
+        """SQLAlchemy URL (psycopg 3) for ``database`` (the superuser's, password included)."""
         login = user or self.superuser
-        secret = f":{password}" if password else ""
-        return f"postgresql+psycopg://{login}{secret}@127.0.0.1:{self.port}/{database}"
+        secret = password if password is not None else (self.password if user is None else "")
+        colon = f":{secret}" if secret else ""
+        return f"postgresql+psycopg://{login}{colon}@127.0.0.1:{self.port}/{database}"
 
     @property
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
 
     def init(self) -> None:
-        """Create the cluster (trust authentication on loopback only)."""
+        """Create the cluster: the superuser logs in with its password, on loopback only."""
         if self.initialised:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._hand_over(self.data_dir)
-        self._run(
-            "initdb",
-            "-D", str(self.data_dir),
-            "-U", self.superuser,
-            "--auth=trust",
-            "-E", "UTF8",
-            "--no-instructions",
-        )  # fmt: skip
+        with tempfile.TemporaryDirectory() as scratch:  # initdb reads the password from a file
+            password_file = Path(scratch) / "pw"
+            password_file.write_text(self.password + "\n")
+            self._hand_over(Path(scratch))
+            self._hand_over(password_file)
+            self._run(
+                "initdb",
+                "-D", str(self.data_dir),
+                "-U", self.superuser,
+                "--auth=scram-sha-256",
+                f"--pwfile={password_file}",
+                "-E", "UTF8",
+                "--no-instructions",
+            )  # fmt: skip
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
@@ -57,6 +80,24 @@ class PostgresServer:
         self._run(
             "pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.log), "-w", "start"
         )
+        self._require_password()
+
+    def _require_password(self) -> None:
+        """A cluster made by older code trusted every local login: give it the password."""
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        if not any(line.split()[-1:] == ["trust"] for line in lines if not line.startswith("#")):
+            return
+        self.psql(f"ALTER USER \"{self.superuser}\" PASSWORD '{self.password}'")
+        rewritten = [
+            " ".join([*line.split()[:-1], "scram-sha-256"])
+            if not line.startswith("#") and line.split()[-1:] == ["trust"]
+            else line
+            for line in lines
+        ]
+        hba.write_text("\n".join(rewritten) + "\n")
+        self._hand_over(hba)
+        self._run("pg_ctl", "-D", str(self.data_dir), "reload")
 
     def stop(self) -> None:
         """Stop the server (fast shutdown); the data stays."""
@@ -89,7 +130,10 @@ class PostgresServer:
         command = [str(self.bin_dir / tool), *args]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        environment = {**os.environ, "PGPASSWORD": self.password} if tool == "psql" else None
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=120, env=environment
+        )
         if check and result.returncode != 0:
             raise RuntimeError(
                 f"{tool} failed ({result.returncode}): {result.stderr.strip() or result.stdout}"

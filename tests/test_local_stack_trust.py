@@ -1,0 +1,75 @@
+"""The local stack's trust (#16.6): a password on its PostgreSQL, and `stack down` signals only
+the processes the stack itself started."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from infra.stack import PostgresServer, free_port
+from infra.stack.local import LocalStack
+from infra.stack.ports import pid_alive, start_time
+
+
+def connect_without_password(server: PostgresServer) -> None:
+    psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres").close()
+
+
+def test_the_superuser_logs_in_with_its_password_only(postgres: PostgresServer):
+    assert postgres.password_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        connect_without_password(postgres)
+    with sa.create_engine(postgres.url("postgres")).connect() as connection:
+        assert connection.execute(sa.text("SELECT current_user")).scalar() == "postgres"
+
+
+def test_a_trust_cluster_from_older_code_gets_the_password(service_dir: Path):
+    server = PostgresServer(service_dir / "legacy", free_port())
+    server.data_dir.mkdir()
+    server._hand_over(server.data_dir)
+    server._run("initdb", "-D", str(server.data_dir), "-U", "postgres", "--auth=trust")
+    server.start()
+    try:
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            connect_without_password(server)
+        with sa.create_engine(server.url("postgres")).connect() as connection:
+            assert connection.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        server.stop()
+
+
+def test_stack_down_leaves_an_unrelated_process_with_a_stale_pid_alone(tmp_path: Path):
+    unrelated = subprocess.Popen(  # stands for whatever reused the PID of a long-gone server
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        stack = tmp_path / "stack"
+        stack.mkdir()
+        started = start_time(unrelated.pid)
+        assert started is not None
+        for state in (
+            {"pids": {"mlflow": unrelated.pid}},  # older code recorded no start time
+            {"pids": {"mlflow": unrelated.pid}, "started": {"mlflow": started - 1}},
+        ):
+            (stack / "stack.json").write_text(json.dumps({"ports": {}, **state}))
+            LocalStack(home=tmp_path).down()
+            assert pid_alive(unrelated.pid)
+            assert json.loads((stack / "stack.json").read_text())["pids"] == {}
+        # the process the stack did start (its start time recorded) is stopped
+        (stack / "stack.json").write_text(
+            json.dumps(
+                {"ports": {}, "pids": {"mlflow": unrelated.pid}, "started": {"mlflow": started}}
+            )
+        )
+        LocalStack(home=tmp_path).down()
+        assert unrelated.wait(timeout=30) is not None
+    finally:
+        if unrelated.poll() is None:
+            unrelated.kill()
+            unrelated.wait()
