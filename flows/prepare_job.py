@@ -134,7 +134,21 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     members that are not registered bottleneck adapters of the same base model."""
     resolve_base_model(spec.base_model)
     _check_members(spec, registry)
+    _check_method_fits(spec)
     load_raw(spec)
+
+
+def _check_method_fits(spec: AdapterSpec) -> None:
+    """Build the adapter on the meta device (no weights, as ``plan`` does): a target that matches
+    nothing or a module the method cannot adapt fails here, not inside the flow."""
+    if members_of_spec(spec):  # a fusion needs its members loaded; _check_members vetted them
+        return
+    from transformers import AutoConfig  # noqa: PLC0415 - transformers is heavy
+
+    config = AutoConfig.from_pretrained(str(resolve_base_model(spec.base_model)))
+    if spec.head.num_labels is not None:
+        config.num_labels = spec.head.num_labels
+    pc.plan(config, spec.method.to_config(), head=spec.head.type)
 
 
 def _check_members(spec: AdapterSpec, registry: Registry | None) -> None:

@@ -191,6 +191,7 @@ class TrainSpec(_Strict):
 
 
 class EvaluateSpec(_Strict):
+    # Left out, the metric follows the head: accuracy for a classifier, perplexity for an LM.
     metric: Literal["accuracy", "macro_f1", "perplexity"] = "accuracy"
 
 
@@ -236,6 +237,18 @@ class AdapterSpec(_Strict):
     evaluate: EvaluateSpec = EvaluateSpec()
     promote: PromoteSpec = PromoteSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_follows_head(cls, data: Any) -> Any:
+        """A spec that names no metric gets the one its head has: perplexity for LM heads."""
+        if not isinstance(data, dict) or not isinstance(data.get("head"), dict):
+            return data
+        evaluate = data.get("evaluate", {})
+        if not isinstance(evaluate, dict) or "metric" in evaluate:
+            return data
+        lm = data["head"].get("type") in ("masked-lm", "causal-lm")
+        return {**data, "evaluate": {**evaluate, "metric": "perplexity" if lm else "accuracy"}}
 
     @model_validator(mode="after")
     def _metric_fits_head(self) -> AdapterSpec:

@@ -37,7 +37,11 @@ def deploy(
     for d in deployed:
         table.add_row(d.name, d.cron or "(on demand)", d.spec)
     console.print(table)
-    console.print(f"Run one now: prefect deployment run '{deployed[0].name}'")
+    # `prefect` reads PREFECT_API_URL; a fresh shell gets it from the stack's configuration.
+    console.print(
+        f'Run one now: eval "$(adapterops stack env)" && '
+        f"prefect deployment run '{deployed[0].name}'"
+    )
 
 
 @app.command()

