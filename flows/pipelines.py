@@ -119,8 +119,9 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
             state.result()  # raises the build's exception
         result = state.result()
         return RetrainOutcome(
-            spec=path, name=spec.name, status="built", reason=reason, ref=result["ref"],
-            promoted=result["promoted"], reused=result["reused"],
+            spec=path, name=spec.name, status="reused" if result["reused"] else "built",
+            reason=reason, ref=result["ref"], promoted=result["promoted"], reused=result["reused"],
+            alias=result["alias"], decision=result["decision"],
         )  # fmt: skip
     except Exception as exc:  # one failing spec must not stop the others
         return RetrainOutcome(spec=path, name="", status="failed", reason=_one_line(exc))

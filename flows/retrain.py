@@ -28,11 +28,13 @@ class RetrainOutcome:
 
     spec: str
     name: str
-    status: str  # "built", "up to date" or "failed"
+    status: str  # "built", "reused" (an earlier build matched), "up to date" or "failed"
     reason: str
     ref: str = ""
     promoted: bool = False
     reused: bool = False
+    alias: str = ""  # where the gate put the version (champion, challenger, ...)
+    decision: str = ""  # the gate's reason
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -75,10 +75,11 @@ def retrain(
         emit_json({"ok": not failed, "outcomes": outcomes})
     else:
         table = Table(title="Retraining")
-        for column in ("spec", "status", "reason", "version"):
+        for column in ("spec", "status", "reason", "version", "gate"):
             table.add_column(column)
         for o in outcomes:
-            table.add_row(Path(o["spec"]).name, o["status"], o["reason"], o["ref"])
+            gate = f"{o['alias']}: {o['decision']}" if o["alias"] else ""
+            table.add_row(Path(o["spec"]).name, o["status"], o["reason"], o["ref"], gate)
         console.print(table)
     if failed:
         raise typer.Exit(1)

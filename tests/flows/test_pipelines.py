@@ -55,7 +55,10 @@ class TestBuild:
         spec_path = write_spec(tmp_path, sst2_dir)
         first = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert (first["version"], first["alias"], first["promoted"]) == (1, "champion", True)
-        assert first["reused"] is False and 0.0 <= first["metrics"]["accuracy"] <= 1.0
+        assert first["reused"] is False
+        accuracy = first["metrics"]["accuracy"]  # right answers out of the 48 validation rows
+        assert accuracy == Registry().get("flow-sst2@1").metrics["accuracy"]
+        assert abs(accuracy * 48 - round(accuracy * 48)) < 1e-9
 
         again = pipelines.build(str(spec_path), output=str(tmp_path / "out-again"))
         assert again["reused"] is True and again["version"] == 1
@@ -67,6 +70,19 @@ class TestBuild:
 
         changed = pipelines.build(str(spec_path), ["train.seed=1"], output=str(tmp_path / "o2"))
         assert changed["version"] == 2 and changed["reused"] is False
+
+        # the newest version came from an override, so the plain spec is due again, and its
+        # build finds version 1: reported as reused (not "built"), with the gate's verdict
+        reason = due_reason(load_spec(spec_path), Registry())
+        assert reason is not None
+        outcome = pipelines.retrain([str(spec_path)], output=str(tmp_path))[0]
+        assert (outcome["status"], outcome["reason"], outcome["ref"]) == (
+            "reused", reason, "flow-sst2@1",
+        )  # fmt: skip
+        first_aliases = Registry().get("flow-sst2@1").aliases
+        expected_alias = "champion" if "champion" in first_aliases else ",".join(first_aliases)
+        assert outcome["reused"] is True and outcome["alias"] == expected_alias
+        assert outcome["decision"] == "already built from this spec, data and code: nothing trained"
 
     def test_the_data_is_fingerprinted_once_per_build(
         self, tmp_path: Path, sst2_dir: Path, monkeypatch: pytest.MonkeyPatch
