@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -70,22 +70,15 @@ def combine_adapters(
     return CombineReport(name, method.combination_name(how, rank), exact, worst)
 
 
-def merge_adapters(
-    model: nn.Module,
-    weights: Mapping[str, float],
-    *,
-    name: str,
-    how: Literal["cat", "svd"] = "cat",
-    rank: int | None = None,
-) -> CombineReport:
-    """Deprecated name of :func:`combine_adapters`."""
+def merge_adapters(*args: Any, **kwargs: Any) -> CombineReport:
+    """Deprecated name of :func:`combine_adapters` (same arguments)."""
     warnings.warn(
         "peft_core.merge_adapters is deprecated; use peft_core.combine_adapters "
         "(merge means folding an adapter into the base weights)",
         DeprecationWarning,
         stacklevel=2,
     )
-    return combine_adapters(model, weights, name=name, how=how, rank=rank)
+    return combine_adapters(*args, **kwargs)
 
 
 def layer_of(model: nn.Module, module_name: str) -> AdaptedLayer:
