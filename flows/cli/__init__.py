@@ -34,7 +34,18 @@ def main() -> None:
     # PREFECT_LOGGING_LEVEL=INFO brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     load_stack_env()
+    use_our_prefect_home()
     app()
+
+
+def use_our_prefect_home() -> None:
+    """Prefect's temporary server (no ``PREFECT_API_URL``) keeps its state under
+    ``$ADAPTEROPS_HOME/prefect``, not ``~/.prefect``, and sends no telemetry: offline machines got
+    a long telemetry traceback on every build. Variables already set win."""
+    from registry.settings import adapterops_home  # noqa: PLC0415
+
+    os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def load_stack_env() -> None:
