@@ -7,6 +7,7 @@ says what to fix); 1 an unexpected failure. Every command takes ``--json`` for s
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import typer
 
@@ -21,7 +22,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from .. import __version__  # noqa: PLC0415
+
+        typer.echo(f"adapterops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Train, evaluate, register and promote PEFT adapters."""
+
+
 for commands in (build.app, lifecycle.app, operate.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(registry.db_app, name="db")

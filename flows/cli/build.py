@@ -192,8 +192,11 @@ def quickstart(
 def progress(
     label: str, *, enabled: bool
 ) -> Iterator[Callable[[int, int, float, float], None] | None]:
-    if not enabled or not sys.stderr.isatty():
+    if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():  # CI logs: a plain line at every tenth of the run, no bar
+        yield _plain_progress(label)
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -208,6 +211,21 @@ def progress(
             bar.update(task, completed=step + 1, total=total, loss=loss)
 
         yield update
+
+
+def _plain_progress(label: str) -> Callable[[int, int, float, float], None]:
+    """Progress as lines a log keeps: ``label: step 30/300 (10%) loss 0.6931``."""
+
+    def report(step: int, total: int, loss: float, learning_rate: float) -> None:
+        done = step + 1
+        if done in (1, total) or done % max(1, total // 10) == 0:
+            errors.print(
+                f"{label}: step {done}/{total} ({100 * done // total}%) loss {loss:.4f}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    return report
 
 
 def _built_report(ref: str, output: Path) -> dict[str, Any]:

@@ -108,6 +108,27 @@ class TestTrain:
         record = pc.load_adapter(model, tmp_path / "a")
         assert record.name == "minilm-sst2-en-lora"
 
+    def test_without_a_terminal_progress_is_plain_lines(self, tmp_path):
+        result = adapterops(
+            "train", str(EXAMPLE), "--out", str(tmp_path / "a"),
+            "--set", "train.max_steps=20", "--set", "data.max_train_samples=64",
+            "--set", "data.max_eval_samples=16",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if ": step " in line]
+        steps = [line.split(": step ")[1].split(" ")[0] for line in lines]
+        assert steps == ["1/20", "2/20", "4/20", "6/20", "8/20", "10/20", "12/20", "14/20",
+                         "16/20", "18/20", "20/20"]  # fmt: skip
+        assert lines[-1].startswith("minilm-sst2-en-lora: step 20/20 (100%) loss ")
+
+
+class TestBasics:
+    def test_version_and_short_help(self):
+        version = adapterops("--version")
+        assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")
+        short = adapterops("-h")
+        assert short.returncode == 0 and "Usage: adapterops" in short.stdout
+
 
 class TestMethods:
     def test_lists_every_method_in_order(self):
