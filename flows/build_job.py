@@ -95,6 +95,7 @@ class Build:
     output: Path  # where the trained adapter folder is written
     registry: Registry
     on_step: StepCallback | None = None  # progress: called after every optimiser step
+    on_phase: Callable[[str], None] | None = None  # told each step's name as it starts
 
     @property
     def key(self) -> str:
@@ -118,10 +119,12 @@ def start_build(
     *,
     registry: Registry | None = None,
     on_step: StepCallback | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Build:
     """Fingerprint the data, fix the lineage and open the registry: once per build."""
     registry = registry if registry is not None else Registry()
-    return Build(spec, build_lineage(spec, registry), Path(output), registry, on_step)
+    lineage = build_lineage(spec, registry)
+    return Build(spec, lineage, Path(output), registry, on_step, on_phase)
 
 
 def run_plainly(name: str, step: Callable[..., T], *args: Any) -> T:
@@ -131,6 +134,13 @@ def run_plainly(name: str, step: Callable[..., T], *args: Any) -> T:
 
 def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
     """The chain: reuse an earlier build, or prepare, train, evaluate, register and promote."""
+    if build.on_phase is not None:
+        announce, inner = build.on_phase, run_step
+
+        def run_step(name: str, step: Callable[..., Any], *args: Any) -> Any:
+            announce(name)
+            return inner(name, step, *args)
+
     existing = run_step("find earlier build", find_built, build)
     if existing is not None:
         return reused_result(existing, build.spec)

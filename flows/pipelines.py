@@ -89,7 +89,13 @@ def build(
 ) -> dict[str, Any]:
     """Build one adapter from a spec file: the result of ``adapterops build --json``."""
     spec = load_spec(spec_path, overrides)
-    chain = start_build(spec, output or Path("out") / spec.name, on_step=_progress.get())
+    report = _progress.get()
+    chain = start_build(
+        spec,
+        output or Path("out") / spec.name,
+        on_step=report,
+        on_phase=getattr(report, "phase", None),  # the CLI's progress also names each phase
+    )
     result = run_chain(chain, run_as_task)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)
     return result.to_dict()

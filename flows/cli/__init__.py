@@ -68,7 +68,10 @@ def use_our_prefect_home() -> None:
     a long telemetry traceback on every build. Variables already set win."""
     from registry.settings import adapterops_home  # noqa: PLC0415
 
-    os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
+    if "PREFECT_HOME" not in os.environ:
+        prefect_home = adapterops_home() / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
+        os.environ["PREFECT_HOME"] = str(prefect_home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

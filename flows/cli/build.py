@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -189,14 +189,14 @@ def quickstart(
 
 
 @contextmanager
-def progress(
-    label: str, *, enabled: bool
-) -> Iterator[Callable[[int, int, float, float], None] | None]:
+def progress(label: str, *, enabled: bool) -> Iterator[StepProgress | None]:
+    """Training progress and the build's phases, for a person: a bar on a terminal, plain lines
+    in a log (CI), nothing with ``--json``."""
     if not enabled:
         yield None
         return
     if not sys.stderr.isatty():  # CI logs: a plain line at every tenth of the run, no bar
-        yield _plain_progress(label)
+        yield LineProgress(label)
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -205,27 +205,50 @@ def progress(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=errors, transient=False) as bar:
-        task = bar.add_task(label, total=None, loss=float("nan"))
-
-        def update(step: int, total: int, loss: float, learning_rate: float) -> None:
-            bar.update(task, completed=step + 1, total=total, loss=loss)
-
-        yield update
+        yield BarProgress(bar, bar.add_task(label, total=None, loss=float("nan")), label)
 
 
-def _plain_progress(label: str) -> Callable[[int, int, float, float], None]:
-    """Progress as lines a log keeps: ``label: step 30/300 (10%) loss 0.6931``."""
+class StepProgress:
+    """Called after every optimiser step; ``phase`` names what the build does now."""
 
-    def report(step: int, total: int, loss: float, learning_rate: float) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
+        raise NotImplementedError
+
+    def phase(self, name: str) -> None:
+        """The build moved on to ``name`` (prepare data, train, evaluate, register and promote)."""
+        raise NotImplementedError
+
+
+class BarProgress(StepProgress):
+    """A rich progress bar whose description says the phase."""
+
+    def __init__(self, bar: Progress, task: Any, label: str) -> None:
+        super().__init__(label)
+        self.bar, self.task = bar, task
+
+    def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
+        self.bar.update(self.task, completed=step + 1, total=total, loss=loss)
+
+    def phase(self, name: str) -> None:
+        self.bar.update(self.task, description=f"{self.label}: {name}")
+
+
+class LineProgress(StepProgress):
+    """Lines a log keeps: ``label: step 30/300 (10%) loss 0.6931`` and ``label: evaluate``."""
+
+    def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
         done = step + 1
         if done in (1, total) or done % max(1, total // 10) == 0:
-            errors.print(
-                f"{label}: step {done}/{total} ({100 * done // total}%) loss {loss:.4f}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            self._line(f"step {done}/{total} ({100 * done // total}%) loss {loss:.4f}")
 
-    return report
+    def phase(self, name: str) -> None:
+        self._line(name)
+
+    def _line(self, text: str) -> None:
+        errors.print(f"{self.label}: {text}", highlight=False, soft_wrap=True)
 
 
 def _built_report(ref: str, output: Path) -> dict[str, Any]:

@@ -54,7 +54,10 @@ def build(
         console.print(f"{result['ref']}: {result['decision']}")
         return
     verdict = "promoted to" if result["promoted"] else "registered as"
-    console.print(f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {result['decision']}")
+    console.print(
+        f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {result['decision']}",
+        soft_wrap=True,  # one line, whatever the width: logs and people read it whole
+    )
 
 
 @app.command()

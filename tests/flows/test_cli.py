@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -128,6 +129,18 @@ class TestBasics:
         assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")
         short = adapterops("-h")
         assert short.returncode == 0 and "Usage: adapterops" in short.stdout
+
+
+def test_prefects_home_is_made_under_a_new_adapterops_home(tmp_path, monkeypatch):
+    from flows.cli import use_our_prefect_home
+
+    monkeypatch.setenv("ADAPTEROPS_HOME", str(tmp_path / "new" / "home"))
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    use_our_prefect_home()
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "new" / "home" / "prefect")
+    assert (tmp_path / "new" / "home" / "prefect").is_dir()  # Prefect makes only the last folder
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
 
 
 class TestMethods:

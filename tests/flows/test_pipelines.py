@@ -84,6 +84,20 @@ class TestBuild:
         assert outcome["reused"] is True and outcome["alias"] == expected_alias
         assert outcome["decision"] == "already built from this spec, data and code: nothing trained"
 
+    def test_the_chain_names_each_phase_as_it_starts(self, tmp_path: Path, sst2_dir: Path):
+        from flows.build_job import run_chain, start_build
+
+        phases: list[str] = []
+        spec = load_spec(write_spec(tmp_path, sst2_dir, name="phases"))
+        result = run_chain(start_build(spec, tmp_path / "out", on_phase=phases.append))
+        assert result.version == 1
+        assert phases == [
+            "find earlier build", "prepare data", "train", "evaluate", "register and promote",
+        ]  # fmt: skip
+        phases.clear()
+        assert run_chain(start_build(spec, tmp_path / "again", on_phase=phases.append)).reused
+        assert phases == ["find earlier build"]
+
     def test_the_data_is_fingerprinted_once_per_build(
         self, tmp_path: Path, sst2_dir: Path, monkeypatch: pytest.MonkeyPatch
     ):
