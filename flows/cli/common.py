@@ -79,7 +79,8 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         message = str(exc) if bad_input else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if as_json:
             emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
-        errors.print(f"[bold red]error:[/] {message}", highlight=False)
+        # soft_wrap: a one-line error stays one line at any terminal width (logs grep it whole)
+        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILURE) from None
 
 

@@ -188,8 +188,10 @@ class TestMethods:
         (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
         result = adapterops("build", str(tmp_path / "spec.yaml"), cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert "targets ['nowhere'] matched no module" in result.stderr
-        assert len(result.stderr.strip().splitlines()) <= 3  # one error, not a flow's tracebacks
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1  # one error, not a flow's tracebacks, not wrapped at 80 columns
+        assert "targets ['nowhere'] matched no module" in errors[0]
+        assert errors[0].endswith("key, query, value")
         assert not (tmp_path / "out").exists()
 
     def test_an_invalid_peft_config_is_a_spec_error_before_the_flow(self, tmp_path):
