@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import Metric
@@ -25,9 +25,9 @@ from mlflow.tracking import MlflowClient
 from registry.settings import adapterops_home
 
 from .errors import TrackingUnavailableError
-from .model_card import model_card
-from .plots import confusion_matrix_plot, loss_curve_plot
-from .spec import AdapterSpec
+
+if TYPE_CHECKING:
+    from .spec import AdapterSpec
 
 __all__ = [
     "EXPERIMENT",
@@ -171,6 +171,10 @@ class RunTracker:
         lineage: dict[str, Any],
     ) -> str:
         """Log metrics, lineage tags and artifacts; returns the model card's text."""
+        # peft_core (torch) and matplotlib load here, not at import: promote needs only the client
+        from .model_card import model_card  # noqa: PLC0415
+        from .plots import confusion_matrix_plot, loss_curve_plot  # noqa: PLC0415
+
         card = model_card(self.spec, report, lineage=lineage)
         numeric = {
             f"eval_{k}": float(v)

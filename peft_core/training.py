@@ -26,7 +26,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from transformers import get_linear_schedule_with_warmup
 
 from .methods import Method, method_of
 from .state import adapter_layers, adapter_records
@@ -82,6 +81,9 @@ def train(
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    # transformers' optimisation module imports peft (~1.5 s): only training pays for it
+    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
+
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * max_steps), max_steps)
     device = params[0].device
     result = TrainResult()

@@ -4,9 +4,8 @@ Records live in SQL (SQLite embedded, PostgreSQL in production), bytes in an art
 folder or S3), content-addressed. Start with :class:`Registry`.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .client import Registry
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import (
     AdapterFolderError,
@@ -25,8 +24,17 @@ from .errors import (
 from .names import Ref, parse_ref
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .client import Registry
+
 
 def __getattr__(name: str) -> Any:
+    # The client pulls in SQLAlchemy, Alembic and boto3 (~0.5 s): load it on first use, so
+    # commands that only need the registry's names and errors (``--help``) start fast.
+    if name == "Registry":
+        from .client import Registry  # noqa: PLC0415
+
+        return Registry
     return renamed(__name__, name)
 
 

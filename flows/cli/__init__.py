@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from . import build, lifecycle, operate, registry
+from .help import plain_value_names
 from .stack import stack_app
 
 __all__ = ["app", "main"]
@@ -21,6 +22,8 @@ app = typer.Typer(
     help="Train, evaluate, register and promote PEFT adapters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # markdown: docstrings' line breaks are not kept, and ``code`` shows as code
+    rich_markup_mode="markdown",
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -59,7 +62,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     load_stack_env()
     use_our_prefect_home()
-    app()
+    plain_value_names(typer.main.get_command(app))()
 
 
 def use_our_prefect_home() -> None:

@@ -39,7 +39,11 @@ SpecArgument = Annotated[Path, typer.Argument(help="Adapter spec (YAML).", metav
 OutOption = Annotated[Path | None, typer.Option(help="Folder for the adapter (default out/NAME).")]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec field: --set train.max_steps=50 (repeatable)."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a spec field: --set train.max_steps=50 (repeatable).",
+    ),
 ]
 
 

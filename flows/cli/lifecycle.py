@@ -62,7 +62,7 @@ def build(
 
 @app.command()
 def retrain(
-    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC")],
     out: Annotated[Path, typer.Option(help="Folder for the adapters.")] = Path("out"),
     as_json: JsonOption = False,
 ) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.measure import Measurement
 from rich.table import Table
 
-from registry import AdapterVersion, Registry, RegistryError, Settings
-from registry.db import Database
+import registry as rg
+from registry import AdapterVersion, RegistryError, Settings
 
 from .common import JsonOption, console, emit_json, human_bytes, user_errors
 
@@ -35,7 +36,8 @@ def push(
     task: Annotated[str, typer.Option(help="Task, e.g. sst2.")],
     language: Annotated[str, typer.Option(help="Language code, e.g. en.")],
     metric: Annotated[
-        list[str] | None, typer.Option(help="Metric as key=value (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Metric, e.g. accuracy=0.91 (repeatable)."),
     ] = None,
     description: Annotated[str, typer.Option(help="Free text.")] = "",
     as_json: JsonOption = False,
@@ -212,6 +214,8 @@ def gc(
 def db_upgrade(as_json: JsonOption = False) -> None:
     """Create or migrate the registry database at ADAPTEROPS_REGISTRY_URL."""
     with user_errors(as_json):
+        from registry.db import Database  # noqa: PLC0415 - SQLAlchemy loads only when used
+
         url = Settings.from_env().database_url
         Database(url, auto_migrate=True).dispose()
     if as_json:
@@ -220,8 +224,8 @@ def db_upgrade(as_json: JsonOption = False) -> None:
     console.print("registry database is up to date")
 
 
-def _registry() -> Registry:
-    return Registry()
+def _registry() -> rg.Registry:
+    return rg.Registry()  # loads SQLAlchemy, Alembic and boto3 only now: ``--help`` stays fast
 
 
 def _metrics(pairs: list[str]) -> dict[str, float]:
@@ -241,33 +245,41 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
     if as_json:
         emit_json(versions[0].to_dict() if single else [v.to_dict() for v in versions])
         return
+    rows = {
+        "ref": [v.ref for v in versions],
+        "aliases": [", ".join(v.aliases) for v in versions],
+        "metrics": [_metrics_text(v.metrics) for v in versions],
+        "task": [v.task for v in versions],
+        "lang": [v.language for v in versions],
+        "method": [v.method for v in versions],
+        "base model": [v.base_model for v in versions],
+        "size": [human_bytes(v.size) for v in versions],
+        "digest": [v.digest[:12] for v in versions],
+    }  # most wanted first: narrow terminals (CI logs at 80 columns) drop from the end
+    shown = list(rows)
+    while len(shown) > 3 and _table_width(rows, shown) > console.width:
+        shown.pop()
+    console.print(_table(rows, shown))
+    if len(shown) < len(rows):
+        hidden = ", ".join(c for c in rows if c not in shown)
+        note = f"[dim]not shown at this width: {hidden} (--json has every field)[/]"
+        console.print(note, soft_wrap=True)
+
+
+def _table(rows: dict[str, list[str]], columns: list[str]) -> Table:
     table = Table()
-    for column in (
-        "ref",
-        "base model",
-        "task",
-        "lang",
-        "method",
-        "aliases",
-        "metrics",
-        "size",
-        "digest",
-    ):
-        table.add_column(column)
-    for v in versions:
-        table.add_row(
-            v.ref,
-            v.base_model,
-            v.task,
-            v.language,
-            v.method,
-            ", ".join(v.aliases),
-            _metrics_text(v.metrics),
-            human_bytes(v.size),
-            v.digest[:12],
-        )
-    console.print(table)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in zip(*(rows[c] for c in columns), strict=True):
+        table.add_row(*row)
+    return table
+
+
+def _table_width(rows: dict[str, list[str]], columns: list[str]) -> int:
+    """Columns of the terminal the table takes without wrapping any cell."""
+    unbounded = console.options.update(max_width=100_000)
+    return Measurement.get(console, unbounded, _table(rows, columns)).maximum
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+    return "\n".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+
+from infra.stack.local import StackPorts
 
 from .common import JsonOption, console, emit_json, errors, user_errors
 
@@ -14,15 +16,19 @@ __all__ = ["stack_app"]
 
 stack_app = typer.Typer(help="Run PostgreSQL, S3, MLflow and Prefect (server + worker) locally.")
 
-_Port = Annotated[int | None, typer.Option(min=1, max=65535)]
+
+def _port(service: str, key: str) -> Any:
+    default = getattr(StackPorts(), key)
+    help_text = f"Port for {service} (default: the last one given, else {default})."
+    return typer.Option(min=1, max=65535, help=help_text)
 
 
 @stack_app.command()
 def up(
-    postgres_port: _Port = None,
-    s3_port: _Port = None,
-    mlflow_port: _Port = None,
-    prefect_port: _Port = None,
+    postgres_port: Annotated[int | None, _port("PostgreSQL", "postgres")] = None,
+    s3_port: Annotated[int | None, _port("the S3 server (SeaweedFS)", "s3")] = None,
+    mlflow_port: Annotated[int | None, _port("the MLflow server and UI", "mlflow")] = None,
+    prefect_port: Annotated[int | None, _port("the Prefect server and UI", "prefect")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start every service that is not running and write $ADAPTEROPS_HOME/stack.env, which

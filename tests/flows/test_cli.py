@@ -130,6 +130,34 @@ class TestBasics:
         short = adapterops("-h")
         assert short.returncode == 0 and "Usage: adapterops" in short.stdout
 
+    def test_help_pages_name_values_as_people_write_them(self):
+        """No Python types (``<list[str]>``, ``<bool>``), no RST markup, no docstring line breaks
+        inside a sentence, arguments in capitals: on every command's page, at 80 columns."""
+        import typer
+
+        from flows.cli import app
+
+        tree = typer.main.get_command(app)
+        pages = [()] + [
+            (name, *([child] if child else []))
+            for name, command in tree.commands.items()
+            for child in [None, *getattr(command, "commands", {})]
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
+        for page in pages:
+            result = run_cli(*page, "--help", env=env)
+            assert result.returncode == 0, (page, result.stderr)
+            shown = result.stdout
+            for leak in ("<bool>", "list[", "<str>", "<path>", "<int", "``", "{name}", "{ref}"):
+                assert leak not in shown, f"{leak!r} on the page of {page}:\n{shown}"
+        build = run_cli("build", "--help", env=env).stdout
+        assert "--set           KEY=VALUE" in build and "{SPEC}" in build
+        assert "Usage: adapterops push [OPTIONS] {FOLDER}" in run_cli("push", "-h", env=env).stdout
+        commands = run_cli("--help", env=env).stdout
+        # the docstring's own line break no longer ends a help line early
+        assert "│ rollback    Move champion back to the previous version." in commands
+        assert "promote,\n" not in commands
+
 
 def test_prefects_home_is_made_under_a_new_adapterops_home(tmp_path, monkeypatch):
     from flows.cli import use_our_prefect_home

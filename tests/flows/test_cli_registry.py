@@ -107,6 +107,13 @@ def test_registry_commands_end_to_end(environment, tmp_path):
 
     human = run(env, "ls")
     assert human.returncode == 0 and "sst2-en@1" in human.stdout and "champion" in human.stdout
+    assert "tiny-bert" in human.stdout and "not shown" not in human.stdout  # 200 columns: all
+
+    # a CI log at 80 columns: whole cells, one metric a line, the columns left out named
+    narrow = run_cli("ls", env={**env, "COLUMNS": "80"}).stdout.splitlines()
+    assert max(len(line) for line in narrow) <= 80
+    assert "│ sst2-en@1 │ champion │ accuracy=0.8 │ sst2 │ en   │ lora   │ tiny-bert  │" in narrow
+    assert narrow[-1] == "not shown at this width: size, digest (--json has every field)"
 
 
 def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
