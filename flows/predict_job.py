@@ -31,6 +31,7 @@ class Prediction:
 
     text: str
     label: int | None = None
+    label_name: str = ""  # the spec's name for the label, when it names them
     probabilities: list[float] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)  # masked LM: top tokens of the first mask
     continuation: str = ""  # causal LM
@@ -66,9 +67,16 @@ def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -
         texts, padding=True, truncation=True, max_length=spec.train.max_length, return_tensors="pt"
     )
     probabilities = model(**encoded).logits.softmax(-1)  # (texts, labels)
+    names = spec.head.label_names or []
+    labels = [int(p.argmax()) for p in probabilities]
     return [
-        Prediction(text=t, label=int(p.argmax()), probabilities=[round(float(x), 4) for x in p])
-        for t, p in zip(texts, probabilities, strict=True)
+        Prediction(
+            text=t,
+            label=label,
+            label_name=names[label] if names else "",
+            probabilities=[round(float(x), 4) for x in p],
+        )
+        for t, p, label in zip(texts, probabilities, labels, strict=True)
     ]
 
 

@@ -47,7 +47,7 @@ def minilm_sst2_spec(
         "base_model": MINILM,
         "task": "sst2" if name is None else name.split("-")[1],
         "language": language,
-        "head": {"type": "classification", "num_labels": 2},
+        "head": {"type": "classification", "label_names": ["negative", "positive"]},
         "method": fields,
         "data": {
             "train": str((data / "train.tsv").resolve()),

@@ -50,13 +50,35 @@ class HeadSpec(_Strict):
 
     type: Literal["classification", "masked-lm", "causal-lm"]
     num_labels: int | None = Field(default=None, ge=2, le=100_000)
+    # label_names[i] names label i (predict says "positive", not "label 1")
+    label_names: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=2, max_length=100_000
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_named_labels(cls, data: Any) -> Any:
+        names = data.get("label_names") if isinstance(data, dict) else None
+        if isinstance(names, list) and data.get("num_labels") is None:
+            return {**data, "num_labels": len(names)}  # naming the labels is enough
+        return data
 
     @model_validator(mode="after")
     def _labels_for_classification(self) -> HeadSpec:
         if self.type == "classification" and self.num_labels is None:
-            raise ValueError("a classification head needs num_labels (>= 2)")
-        if self.type != "classification" and self.num_labels is not None:
-            raise ValueError(f"num_labels applies to classification heads, not {self.type}")
+            raise ValueError("a classification head needs num_labels (>= 2) or label_names")
+        if self.type != "classification" and (self.num_labels, self.label_names) != (None, None):
+            raise ValueError(
+                f"num_labels and label_names apply to classification heads, not {self.type}"
+            )
+        if self.label_names is not None:
+            if len(self.label_names) != self.num_labels:
+                raise ValueError(
+                    f"label_names has {len(self.label_names)} names for {self.num_labels} labels: "
+                    "give one name per label, label 0 first"
+                )
+            if len(set(self.label_names)) != len(self.label_names):
+                raise ValueError("label_names must differ from each other")
         return self
 
 

@@ -206,6 +206,7 @@ class RunTracker:
                 confusion_matrix_plot(
                     report["metrics"]["confusion_matrix"],
                     folder / "confusion_matrix.png",
+                    labels=self.spec.head.label_names,
                     title=f"{self.spec.name}: validation",
                 )
             mlflow.log_artifacts(str(folder))

@@ -101,6 +101,9 @@ def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBa
     options: dict[str, Any] = {}
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
+        if spec.head.label_names:  # the model's config then names them too (pipelines, exports)
+            options["id2label"] = dict(enumerate(spec.head.label_names))
+            options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
     model = _AUTO[spec.head.type].from_pretrained(path, **options)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -67,7 +67,7 @@ def predict(
     table.add_column("prediction")
     for p in predictions:
         if p.label is not None:
-            answer = f"label {p.label} ({max(p.probabilities):.1%})"
+            answer = f"{p.label_name or f'label {p.label}'} ({max(p.probabilities):.1%})"
         else:
             answer = ", ".join(p.tokens) or p.continuation
         table.add_row(p.text, answer)

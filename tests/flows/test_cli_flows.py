@@ -74,6 +74,11 @@ class TestQuickstart:
             probabilities = answer["probabilities"]
             assert len(probabilities) == 2 and sum(probabilities) == pytest.approx(1.0, abs=1e-3)
             assert answer["label"] == probabilities.index(max(probabilities))
+            assert answer["label_name"] == ["negative", "positive"][answer["label"]]
+        table = run_cli("predict", champion, "--text", "the plot is superb", env=env, cwd=tmp_path)
+        answer = answers["predictions"][0]
+        said = f"{answer['label_name']} ({max(answer['probabilities']):.1%})"
+        assert said in table.stdout and "label " not in table.stdout  # the spec named its labels
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -90,6 +90,23 @@ def test_the_default_metric_follows_the_head():
     assert "does not fit a causal-lm head" in problems(wrong)["(top)"]
 
 
+def test_labels_can_be_named():
+    named = parse_spec(with_(head={"type": "classification", "label_names": ["neg", "pos"]}))
+    assert (named.head.num_labels, named.head.label_names) == (2, ["neg", "pos"])
+    both = parse_spec(with_(head__label_names=["neg", "pos"]))  # num_labels 2 as well: agree
+    assert both.head.label_names == ["neg", "pos"]
+    assert problems(with_(head__label_names=["a", "b", "c"]))["head"].startswith(
+        "label_names has 3 names for 2 labels: give one name per label, label 0 first"
+    )
+    assert "must differ" in problems(with_(head__label_names=["a", "a"]))["head"]
+    empty = problems(with_(head__label_names=["a", ""]))
+    assert empty == {"head.label_names.1": "String should have at least 1 character"}
+    lm = with_(
+        head={"type": "masked-lm", "label_names": ["a", "b"]}, evaluate={"metric": "perplexity"}
+    )
+    assert "apply to classification heads, not masked-lm" in problems(lm)["head"]
+
+
 class TestInvalidSpecs:
     def test_every_problem_is_listed_by_path(self):
         found = problems(
