@@ -30,8 +30,10 @@ from registry.names import check_alias
 __all__ = [
     "METHOD_SPECS",
     "AdapterSpec",
+    "PlanSpec",
     "SpecError",
     "apply_overrides",
+    "load_plan_spec",
     "load_spec",
     "member_name",
     "parse_spec",
@@ -295,6 +297,17 @@ class SpecError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+class PlanSpec(_Strict):
+    """The part of a spec ``plan`` needs; other sections may be there and are not checked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(default="adapter", pattern=_NAME_PATTERN)
+    base_model: str
+    head: HeadSpec
+    method: MethodSpec
+
+
 def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> AdapterSpec:
     """Validate a parsed YAML document; data paths become relative to ``base_dir``."""
     if not isinstance(data, dict):
@@ -314,6 +327,26 @@ MAX_SPEC_BYTES = 1_048_576  # a spec is a page of YAML; a larger file is not one
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec:
     """Read, override (``key.sub=value``) and validate a spec file."""
     file = Path(path)
+    data = read_spec_document(file, overrides)
+    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def load_plan_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec | PlanSpec:
+    """What ``plan`` reads: a whole spec, or one that only has its base model, head and method
+    (a method is costed before any data exists). A spec with a data section is checked whole."""
+    file = Path(path)
+    data = read_spec_document(file, overrides)
+    if isinstance(data, dict) and "data" not in data:
+        try:
+            return PlanSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(str(file), [_problem(error) for error in exc.errors()]) from None
+    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def read_spec_document(file: Path, overrides: list[str] | None = None) -> Any:
+    """The spec file's YAML document with ``overrides`` applied; unreadable files are spec
+    errors."""
     if not file.is_file():
         raise SpecError(str(file), [("(file)", "no such file")])
     size = file.stat().st_size
@@ -333,7 +366,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSp
         raise SpecError(str(file), [("(yaml)", str(exc).replace("\n", " "))]) from None
     if overrides:
         data = apply_overrides(data if isinstance(data, dict) else {}, overrides, source=str(file))
-    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+    return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import peft_core as pc
 
-    from ..spec import AdapterSpec
+    from ..spec import AdapterSpec, PlanSpec
 
 from .common import (
     JsonOption,
@@ -53,11 +53,12 @@ def plan(
     overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Trainable and total parameters and adapter size, from the base model's config.json only."""
-    from ..spec import load_spec  # noqa: PLC0415
+    """Trainable and total parameters and adapter size, from the base model's config.json only.
+    The spec needs only base_model, head and method."""
+    from ..spec import load_plan_spec  # noqa: PLC0415
 
     with user_errors(as_json):
-        spec = load_spec(spec_file, overrides)
+        spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
     if as_json:
         emit_json(result.to_dict())
@@ -109,7 +110,7 @@ def methods(as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-def plan_spec(spec: AdapterSpec) -> pc.Plan:
+def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
     from transformers import AutoConfig  # noqa: PLC0415
 

@@ -53,6 +53,18 @@ class TestPlan:
         ):
             assert expected in result.stderr
 
+    def test_base_model_head_and_method_are_enough(self, tmp_path):
+        document = yaml.safe_load(EXAMPLE.read_text())
+        only = {key: document[key] for key in ("base_model", "head", "method")}
+        (tmp_path / "method.yaml").write_text(yaml.safe_dump(only))
+        result = adapterops("plan", str(tmp_path / "method.yaml"), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["trainable_params"] == 74_498  # as with the whole spec
+        del only["method"]
+        (tmp_path / "no-method.yaml").write_text(yaml.safe_dump(only))
+        result = adapterops("plan", str(tmp_path / "no-method.yaml"))
+        assert result.returncode == 2 and "method: Field required" in result.stderr
+
     def test_unknown_base_model(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())
         document["base_model"] = "nobody/no-such-model"
