@@ -306,11 +306,7 @@ def register_and_gate(
     if run_id:
         tag_run(client, run_id, version)
     mlflow_version = ensure_model_version(client, version, run_id=run_id, description=card)
-    policy = Policy(
-        metric=spec.evaluate.metric,
-        min_delta=spec.promote.min_delta,
-        higher_is_better=spec.evaluate.metric != "perplexity",
-    )
+    policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
     decision, champion_metric = _gate(build, version, measured, policy, report)
     alias = spec.promote.alias if decision.promote else CHALLENGER
     if alias not in version.aliases:

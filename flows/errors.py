@@ -6,6 +6,7 @@ __all__ = [
     "BaseModelNotFound",
     "DataError",
     "OrchestrationError",
+    "PromotionRefusedError",
     "StackError",
     "TrackingUnavailableError",
 ]
@@ -25,6 +26,14 @@ class TrackingUnavailableError(Exception):
 
 class OrchestrationError(Exception):
     """The Prefect server cannot be reached, or refused a deployment or a run."""
+
+
+class PromotionRefusedError(Exception):
+    """A promotion by hand would put a worse-scoring version in place (``--force`` overrides)."""
+
+    def __init__(self, comparison: str, alias: str) -> None:
+        super().__init__(f"{comparison}: pass --force to make it {alias} anyway")
+        self.comparison = comparison  # e.g. "x@2 scores accuracy 0.8000, worse than ..."
 
 
 # The local stack's error lives with the launcher (infra.stack); the CLI treats it as bad input.

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from registry import AdapterVersion, NotFoundError, Registry
 
+from .errors import PromotionRefusedError
 from .mlflow_models import delete_mlflow_alias, set_mlflow_alias
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "PREVIOUS",
     "Decision",
     "Policy",
+    "PromotionRefusedError",
+    "check_not_worse",
     "decide",
     "promote",
     "rollback",
@@ -38,6 +41,11 @@ class Policy:
     metric: str = "accuracy"
     min_delta: float = 0.0
     higher_is_better: bool = True
+
+    @classmethod
+    def for_metric(cls, metric: str, min_delta: float = 0.0) -> Policy:
+        """The policy for ``metric``: lower is better for perplexity, higher for the rest."""
+        return cls(metric=metric, min_delta=min_delta, higher_is_better=metric != "perplexity")
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,31 @@ def decide(candidate: float, champion: float | None, policy: Policy) -> Decision
         f"(gain {gain:+.4f}, required {policy.min_delta:+.4f})"
     )
     return Decision(verdict, comparison, candidate, champion, "better" if verdict else "not-better")
+
+
+def check_not_worse(registry: Registry, ref: str, alias: str = CHAMPION) -> str | None:
+    """Refuse moving ``alias`` to ``ref`` when it scores worse than the version holding it now.
+
+    Both scores are the metrics recorded at registration, compared on the metric the version's
+    spec gates on (``accuracy`` for versions pushed without a spec). Returns the comparison when
+    the move is not worse, None when there is nothing to compare.
+    """
+    target = registry.get(ref)
+    holder = _holder(registry, target.name, alias)
+    if holder is None or holder.version == target.version:
+        return None
+    metric = (target.spec or {}).get("evaluate", {}).get("metric", "accuracy")
+    candidate, current = target.metrics.get(metric), holder.metrics.get(metric)
+    if candidate is None or current is None:
+        return None
+    decision = decide(float(candidate), float(current), Policy.for_metric(metric))
+    if not decision.promote:
+        raise PromotionRefusedError(
+            f"{target.ref} scores {metric} {candidate:.4f}, worse than {alias} {holder.ref} "
+            f"({current:.4f})",
+            alias,
+        )
+    return decision.reason
 
 
 def promote(

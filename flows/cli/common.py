@@ -17,6 +17,7 @@ from ..errors import (
     BaseModelNotFound,
     DataError,
     OrchestrationError,
+    PromotionRefusedError,
     StackError,
     TrackingUnavailableError,
 )
@@ -46,6 +47,7 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         BaseModelNotFound,
         TrackingUnavailableError,
         OrchestrationError,
+        PromotionRefusedError,
         StackError,
         rg.RegistryError,
     ]

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from .build import OutOption, SetOption, SpecArgument, progress
-from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
+from .common import JsonOption, console, emit_json, errors, quiet_libraries, user_errors
 
 __all__ = ["app"]
 
@@ -92,18 +92,31 @@ def retrain(
 def promote_command(
     ref: Annotated[str, typer.Argument(help="name@VERSION to promote", metavar="REF")],
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it scores worse than the holder.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Move an alias to a version by hand (through MLflow, recorded in the registry)."""
+    """Move an alias to a version by hand (through MLflow, recorded in the registry). A version
+    that scores worse than the one holding the alias (on the metric its spec gates on) is refused
+    unless --force is given."""
     from registry import Registry  # noqa: PLC0415
 
     from .. import tracking  # noqa: PLC0415
+    from ..errors import PromotionRefusedError  # noqa: PLC0415
     from ..mlflow_models import sync_aliases  # noqa: PLC0415
-    from ..promotion import promote  # noqa: PLC0415
+    from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
     with user_errors(as_json):
         registry, client = Registry(), tracking.client()
         sync_aliases(registry, client, [ref.partition("@")[0]])
+        try:
+            check_not_worse(registry, ref, alias)
+        except PromotionRefusedError as refused:
+            if not force:
+                raise
+            warning = f"[yellow]warning:[/] {refused.comparison}; promoting it because of --force"
+            errors.print(warning, soft_wrap=True, highlight=False)
         version = promote(registry, client, ref, alias, origin="cli")
     if as_json:
         emit_json({"ok": True, **version.to_dict()})

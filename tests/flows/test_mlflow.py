@@ -4,6 +4,7 @@ registration that survives MLflow being down."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ from flows.spec import parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
+from tests.helpers import run_cli
 from tests.registry.workers import write_fake_adapter
 
 STEPS = 6
@@ -140,6 +142,38 @@ class TestAliasesThroughMlflow:
             ("alias_set", "champion", "mlflow-ui"),
             ("alias_removed", "previous", "mlflow-ui"),
         ]
+
+    def test_promoting_a_worse_version_by_hand_needs_force(self, registry, tmp_path):
+        client = tracking.client()
+        for seed, accuracy in ((1, 0.9), (2, 0.8)):
+            folder = write_fake_adapter(tmp_path / f"v{seed}", seed)
+            version = registry.register(
+                folder, name="ranked", base_model="b", task="sst2", language="en",
+                metrics={"accuracy": accuracy},
+            )  # fmt: skip
+            ensure_model_version(client, version, run_id=None, description="card")
+        promote(registry, client, "ranked@1")
+        env = {**os.environ, "COLUMNS": "80"}  # ADAPTEROPS_HOME: this test's embedded home
+
+        refused = run_cli("promote", "ranked@2", env=env)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert refused.stderr == (
+            "error: ranked@2 scores accuracy 0.8000, worse than champion ranked@1 (0.9000): "
+            "pass --force to make it champion anyway\n"
+        )
+        assert registry.get("ranked@champion").version == 1  # nothing moved, here or in MLflow
+        assert mlflow_aliases(client, "ranked") == {"champion": 1}
+
+        forced = run_cli("promote", "ranked@2", "--force", "--json", env=env)
+        assert forced.returncode == 0, forced.stderr
+        assert json.loads(forced.stdout)["aliases"] == ["champion"]
+        assert "warning: ranked@2 scores accuracy 0.8000, worse than champion ranked@1" in (
+            forced.stderr
+        )
+        assert mlflow_aliases(client, "ranked") == {"champion": 2, "previous": 1}
+        better = run_cli("promote", "ranked@1", "--json", env=env)  # better: no --force needed
+        assert better.returncode == 0 and "warning" not in better.stderr
+        assert registry.get("ranked@champion").version == 1
 
     def test_versions_are_created_once(self, registry, two_versions):
         version = registry.get("sst2-en@1")

@@ -86,7 +86,8 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout)["version"] == seed + 1
-    promoted = run_cli("promote", f"{NAME}@2", "--json", env=env)
+    # --force: whether @2 scores above @1 after 4 steps is chance; the guard is tested elsewhere
+    promoted = run_cli("promote", f"{NAME}@2", "--force", "--json", env=env)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert "champion" in json.loads(promoted.stdout)["aliases"]
 
