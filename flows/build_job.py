@@ -27,7 +27,7 @@ from registry.settings import adapterops_home
 from . import tracking
 from .lineage import code_version, dataset_fingerprint
 from .members import LINEAGE_KEY, members_of_spec
-from .mlflow_models import ensure_model_version, sync_aliases, tag_run
+from .mlflow_models import ensure_model_version, sync_aliases, tag_run, version_description
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote
 from .spec import AdapterSpec
@@ -305,7 +305,8 @@ def register_and_gate(
     client = tracking.client()
     if run_id:
         tag_run(client, run_id, version)
-    mlflow_version = ensure_model_version(client, version, run_id=run_id, description=card)
+    description = version_description(version, spec.evaluate.metric, card)
+    mlflow_version = ensure_model_version(client, version, run_id=run_id, description=description)
     policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
     decision, champion_metric = _gate(build, version, measured, policy, report)
     alias = spec.promote.alias if decision.promote else CHALLENGER

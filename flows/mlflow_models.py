@@ -29,6 +29,7 @@ __all__ = [
     "set_mlflow_alias",
     "sync_aliases",
     "tag_run",
+    "version_description",
 ]
 
 VERSION_TAG = "adapterops.version"
@@ -67,6 +68,8 @@ def ensure_model_version(
             "adapterops.task": version.task,
             "adapterops.language": version.language,
             "adapterops.method": version.method,
+            # the versions table has no metric column: the tags column shows them
+            **{f"adapterops.metric.{k}": f"{v:.4f}" for k, v in sorted(version.metrics.items())},
         }
         source = f"runs:/{run_id}/adapter" if run_id else version.artifact_uri
         created = client.create_model_version(
@@ -75,9 +78,21 @@ def ensure_model_version(
         return int(created.version)
 
 
+def version_description(version: AdapterVersion, metric: str, card: str) -> str:
+    """The MLflow version's description: its score first (the versions table shows the first
+    32 characters), then the model card without its title (the page already names the model)."""
+    value = version.metrics.get(metric)
+    score = f"{metric} {value:.4f}" if value is not None else f"no {metric}"
+    summary = f"{score} · {version.method} · {version.task} ({version.language})"
+    body = card.split("\n", 1)[1].lstrip("\n") if card.startswith("# ") else card
+    return f"{summary}\n\n{body}"
+
+
 def tag_run(client: MlflowClient, run_id: str, version: AdapterVersion) -> None:
-    """Tag the training run with what registration added: registry version, base fingerprint."""
+    """Tag the training run with what registration added: registry version, base fingerprint;
+    the run takes the version's name (``name@3``), so the runs list reads like the registry."""
     with mlflow_errors(f"tag run {run_id}"):
+        client.set_tag(run_id, "mlflow.runName", version.ref)
         client.set_tag(run_id, "adapterops.registry_version", str(version.version))
         client.set_tag(run_id, "adapterops.digest", version.digest)
         client.set_tag(

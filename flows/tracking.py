@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 EXPERIMENT = "adapterops"
+# MLflow 3 opens an experiment without this tag on its GenAI overview; ours are training runs.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 _FLUSH_EVERY = 25  # steps per batch of metrics sent to the server
 
 
@@ -63,11 +65,19 @@ def configure() -> str:
     with mlflow_errors("find the experiment"):
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
         if experiment is not None:
+            if experiment.tags.get(KIND_TAG) != KIND:  # made by an earlier version of ours
+                mlflow.MlflowClient(uri).set_experiment_tag(
+                    experiment.experiment_id, KIND_TAG, KIND
+                )
             return str(experiment.experiment_id)
         # Embedded: artifacts next to the database; a server decides its own artifact location.
         location = (home() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
         try:
-            return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+            return str(
+                mlflow.create_experiment(
+                    EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND}
+                )
+            )
         except MlflowException as exc:
             # Concurrent flow runs on a fresh server: another one created it since our lookup.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -123,11 +133,13 @@ class RunTracker:
         """Start the run (params and tags now), or reopen run ``resume`` (a later step of the same
         build); end it FINISHED or FAILED."""
         experiment_id = configure()
+        # renamed name@VERSION once registered; until then, the time it started
+        started = f"{self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         with mlflow_errors("start a run"):
             active = mlflow.start_run(
                 run_id=resume,
                 experiment_id=experiment_id,
-                run_name=None if resume else self.spec.name,
+                run_name=None if resume else started,
             )
         self.run_id = active.info.run_id
         status = "FAILED"

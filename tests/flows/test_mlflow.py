@@ -54,6 +54,8 @@ class TestBuildIsTrackedAndMirrored:
         assert second.alias == ("champion" if second.promoted else "challenger")
 
         client = tracking.client()
+        experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
         run = client.get_run(second.run_id)
         assert run.data.params["method.rank"] == "8" and run.data.params["train.seed"] == "1"
         assert (
@@ -85,7 +87,16 @@ class TestBuildIsTrackedAndMirrored:
             assert mirrored.tags["adapterops.version"] == str(result.version)
             assert mirrored.tags["adapterops.digest"] == result.digest
             assert mirrored.source == f"runs:/{result.run_id}/adapter"
-            assert mirrored.description.startswith("# mini-sst2-en-lora")
+            registered = registry.get(result.ref)
+            # the versions table shows 32 characters of the description: the score comes first
+            score = f"accuracy {registered.metrics['accuracy']:.4f} · lora · sst2 (en)\n\n"
+            assert mirrored.description.startswith(score)
+            assert "# mini-sst2-en-lora" not in mirrored.description  # the page has the title
+            assert mirrored.tags["adapterops.metric.accuracy"] == (
+                f"{registered.metrics['accuracy']:.4f}"
+            )
+            # runs are named as the registry names the versions
+            assert client.get_run(result.run_id).info.run_name == result.ref
             assert (
                 "peft.PeftModel.from_pretrained" in mirrored.description
             )  # LoRA: how to load with peft
