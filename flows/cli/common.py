@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
@@ -98,6 +99,28 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    if "prefect" in sys.modules:  # commands that run flows import it first
+        _run_failures_to_the_run_log()
+
+
+def _run_failures_to_the_run_log() -> None:
+    """A failure inside a flow run makes Prefect print the task's traceback, then the flow's
+    (~100 lines) before our one line. Those records stay in the run's log (Prefect's API
+    handler: the UI and ``prefect flow-run logs``); the terminal keeps warnings and our line."""
+    from prefect.logging.handlers import PrefectConsoleHandler  # noqa: PLC0415
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and _RUN_ERRORS not in handler.filters:
+            handler.addFilter(_RUN_ERRORS)
+
+
+def _is_not_a_run_error(record: logging.LogRecord) -> bool:
+    from_a_run = record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+    return not (from_a_run and record.levelno >= logging.ERROR)
+
+
+_RUN_ERRORS = logging.Filter()
+_RUN_ERRORS.filter = _is_not_a_run_error  # type: ignore[method-assign]
 
 
 def emit_json(document: Any) -> None:

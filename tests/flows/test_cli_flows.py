@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from infra.stack import PrefectServer, PrefectWorker
-from tests.flows.test_pipelines import write_spec
+from tests.flows.test_pipelines import flow_runs, write_spec
 from tests.helpers import run_cli
 
 
@@ -91,6 +91,37 @@ class TestBuildCommand:
         assert result.returncode == 2  # the unreachable Prefect server was never needed
         assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
         assert "Traceback" not in result.stderr
+
+    def test_a_failure_inside_the_flow_is_one_line_and_its_traceback_is_in_the_run_log(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        from infra.stack import free_port
+
+        env = {
+            **clean_env(tmp_path / "h"),
+            "PREFECT_API_URL": os.environ["PREFECT_API_URL"],
+            # only the flow finds out: MLflow is not checked before the flow starts
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        }
+        spec = write_spec(tmp_path, sst2_dir, name="cli-mlflow-down")
+        result = run_cli("build", str(spec), env=env, cwd=tmp_path)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[:3] == [
+            f"cli-mlflow-down: {phase}" for phase in ("find earlier build", "prepare data", "train")
+        ]
+        assert len(lines) == 4 and lines[3].startswith("error: MLflow at http://127.0.0.1:")
+        # Prefect's own account of the failure went to the run's log, not the terminal
+        (run,) = [r for r in flow_runs(str(spec)) if r.state_name == "Failed"]
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        assert any(
+            "Traceback" in log.message and "TrackingUnavailableError" in log.message for log in logs
+        )
 
     def test_second_build_reuses_the_version(self, tmp_path: Path, sst2_dir: Path):
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
