@@ -106,8 +106,12 @@ def retrain(spec_paths: list[str], output: str = "out") -> list[dict[str, Any]]:
     """Rebuild every spec whose data changed or whose schedule is due; report each outcome."""
     outcomes = []
     registry = Registry()
+    report = _progress.get()
     for path in spec_paths:
-        outcomes.append(_retrain_one(path, registry, Path(output)).to_dict())
+        outcome = _retrain_one(path, registry, Path(output))
+        if outcome.name and report is not None and hasattr(report, "phase"):
+            report.phase(outcome.status)
+        outcomes.append(outcome.to_dict())
     failed = [o["spec"] for o in outcomes if o["status"] == "failed"]
     if failed:
         get_run_logger().error("%d of %d specs failed: %s", len(failed), len(outcomes), failed)
@@ -117,6 +121,10 @@ def retrain(spec_paths: list[str], output: str = "out") -> list[dict[str, Any]]:
 def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
     try:
         spec = load_spec(path)
+        report = _progress.get()
+        if report is not None and hasattr(report, "begin"):  # the CLI's progress: per spec
+            report.begin(spec.name)
+            report.phase("check what changed")
         reason = due_reason(spec, registry)
         if reason is None:
             return RetrainOutcome(spec=path, name=spec.name, status="up to date", reason="")

@@ -17,7 +17,7 @@ from cronsim import CronSim
 from registry import Registry
 
 from .lineage import dataset_fingerprint
-from .spec import AdapterSpec
+from .spec import AdapterSpec, SpecError, parse_spec
 
 __all__ = ["RetrainOutcome", "due_reason", "last_fire"]
 
@@ -54,7 +54,7 @@ def due_reason(spec: AdapterSpec, registry: Registry, *, now: datetime | None = 
     newest = max(versions, key=lambda v: v.version)
     if newest.lineage.get("dataset_fingerprint") != dataset_fingerprint(spec):
         return "data changed"
-    if newest.spec and newest.spec != spec.model_dump(mode="json"):
+    if newest.spec and _as_written_now(newest.spec) != spec.model_dump(mode="json"):
         return "spec changed"
     if spec.schedule.cron:
         fired = last_fire(spec.schedule.cron, now or datetime.now(UTC))
@@ -64,3 +64,12 @@ def due_reason(spec: AdapterSpec, registry: Registry, *, now: datetime | None = 
         if built < fired:
             return f"schedule {spec.schedule.cron!r} fired at {fired:%Y-%m-%d %H:%M} UTC"
     return None
+
+
+def _as_written_now(stored: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored spec in today's shape: a field added since it was built (with its default)
+    is not a change the user made."""
+    try:
+        return parse_spec(stored).model_dump(mode="json")
+    except SpecError:
+        return None  # no longer a valid spec: it changed

@@ -226,19 +226,31 @@ class StepProgress:
         """The build moved on to ``name`` (prepare data, train, evaluate, register and promote)."""
         raise NotImplementedError
 
+    def begin(self, label: str) -> None:
+        """Another build starts (``retrain`` runs several): report under ``label`` from now."""
+        self.label = label
+
 
 class BarProgress(StepProgress):
     """A rich progress bar whose description says the phase."""
 
     def __init__(self, bar: Progress, task: Any, label: str) -> None:
         super().__init__(label)
-        self.bar, self.task = bar, task
+        self.bar, self.task, self.used = bar, task, False
 
     def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
         self.bar.update(self.task, completed=step + 1, total=total, loss=loss)
+        self.used = True
 
     def phase(self, name: str) -> None:
         self.bar.update(self.task, description=f"{self.label}: {name}")
+        self.used = True
+
+    def begin(self, label: str) -> None:
+        super().begin(label)
+        if self.used:  # a bar of its own: the finished builds' bars stay on screen
+            self.task = self.bar.add_task(label, total=None, loss=float("nan"))
+        self.bar.update(self.task, description=label)
 
 
 class LineProgress(StepProgress):

@@ -71,7 +71,11 @@ def retrain(
     from .. import pipelines  # noqa: PLC0415
 
     quiet_libraries()
-    with user_errors(as_json, one_line_failures=True):
+    with (
+        user_errors(as_json, one_line_failures=True),
+        progress("retrain", enabled=not as_json) as on_step,
+        pipelines.reporting_progress(on_step),
+    ):
         outcomes = pipelines.retrain([str(p.resolve()) for p in spec_files], str(out))
     failed = [o for o in outcomes if o["status"] == "failed"]
     if as_json:

@@ -147,6 +147,25 @@ class TestBuildCommand:
         assert "unknown base model 'no/such-model'" in outcomes["broken"]["reason"]
         assert (outcomes["good"]["status"], outcomes["good"]["ref"]) == ("built", "good@1")
 
+        # in a log (no terminal): each spec's progress as plain lines, then the table
+        again = run_cli("retrain", str(good), env=env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stderr.splitlines() == ["good: check what changed", "good: up to date"]
+        assert "up to date" in again.stdout
+        document = yaml.safe_load(good.read_text())
+        document["train"]["max_steps"] = 4
+        good.write_text(yaml.safe_dump(document))
+        changed = run_cli("retrain", str(good), env=env, cwd=tmp_path)
+        assert changed.returncode == 0, changed.stderr[-3000:]
+        lines = changed.stderr.splitlines()
+        assert lines[:3] == [
+            "good: check what changed",
+            "good: find earlier build",
+            "good: prepare data",
+        ]
+        assert "good: step 4/4 (100%) loss " in changed.stderr and lines[-1] == "good: built"
+        assert "good@2" in changed.stdout and "spec changed" in changed.stdout
+
 
 class TestDeploy:
     def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):

@@ -213,6 +213,23 @@ class TestRetrain:
         assert (outcome["status"], outcome["ref"]) == ("built", "drift@2")
 
 
+def test_a_spec_field_added_since_the_build_is_not_a_change(tmp_path: Path, sst2_dir: Path):
+    from flows.lineage import dataset_fingerprint
+    from tests.registry.workers import write_fake_adapter
+
+    spec = load_spec(write_spec(tmp_path, sst2_dir, name="older", schedule={"cron": None}))
+    stored = spec.model_dump(mode="json")
+    del stored["head"]["label_names"]  # as a build before label_names existed stored it
+    Registry().register(
+        write_fake_adapter(tmp_path / "v1", 1), name="older", base_model=spec.base_model,
+        task="sst2", language="en", spec=stored,
+        lineage={"dataset_fingerprint": dataset_fingerprint(spec)},
+    )  # fmt: skip
+    assert due_reason(spec, Registry()) is None
+    changed = spec.model_copy(update={"head": spec.head.model_copy(update={"num_labels": 3})})
+    assert due_reason(changed, Registry()) == "spec changed"
+
+
 class TestSchedule:
     def test_last_fire_walks_the_cron_backwards(self):
         now = datetime(2026, 11, 29, 17, 30, tzinfo=UTC)
