@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from registry.redaction import RedactedError  # messages never carry a password or a key
+
 __all__ = [
     "BaseModelNotFound",
     "DataError",
@@ -12,23 +14,23 @@ __all__ = [
 ]
 
 
-class DataError(Exception):
+class DataError(RedactedError):
     """The data named by a spec cannot be used; the message says why and what to do."""
 
 
-class BaseModelNotFound(Exception):
+class BaseModelNotFound(RedactedError):
     """The base model is neither a local folder, a packaged model, nor in the local HF cache."""
 
 
-class TrackingUnavailableError(Exception):
+class TrackingUnavailableError(RedactedError):
     """MLflow cannot be reached or refused a request (after retries)."""
 
 
-class OrchestrationError(Exception):
+class OrchestrationError(RedactedError):
     """The Prefect server cannot be reached, or refused a deployment or a run."""
 
 
-class PromotionRefusedError(Exception):
+class PromotionRefusedError(RedactedError):
     """A promotion by hand would put a worse-scoring version in place (``--force`` overrides)."""
 
     def __init__(self, comparison: str, alias: str) -> None:

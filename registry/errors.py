@@ -9,6 +9,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from .redaction import RedactedError
+
 __all__ = [
     "AdapterFolderError",
     "BaseModelMismatchError",
@@ -24,8 +26,8 @@ __all__ = [
 ]
 
 
-class RegistryError(Exception):
-    """Base class of every error the registry raises on purpose."""
+class RegistryError(RedactedError):
+    """Base class of every error the registry raises on purpose (messages carry no secret)."""
 
 
 class NotFoundError(RegistryError, LookupError):

@@ -7,9 +7,12 @@ says what to fix); 1 an unexpected failure. Every command takes ``--json`` for s
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
+
+from registry.redaction import RedactingStream
 
 from . import build, lifecycle, operate, registry
 from .help import plain_value_names
@@ -62,6 +65,8 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     load_stack_env()
     use_our_prefect_home()
+    # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     plain_value_names(typer.main.get_command(app))()
 
 

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 import registry as rg
+from registry.redaction import redact
 
 from ..errors import (
     BaseModelNotFound,
@@ -80,6 +81,7 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         if not bad_input and not one_line_failures:
             raise
         message = str(exc) if bad_input else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        message = redact(message)  # other libraries' errors may quote a URL with its password
         if as_json:
             emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
         # soft_wrap: a one-line error stays one line at any terminal width (logs grep it whole)

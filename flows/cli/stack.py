@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -66,8 +67,10 @@ def env() -> None:
 
     from infra.stack.local import LocalStack  # noqa: PLC0415
 
+    # the one output that is secrets on purpose: `eval` needs the database password
+    out = getattr(sys.stdout, "unredacted", sys.stdout)
     for key, value in LocalStack().client_env().items():
-        print(f"export {key}={shlex.quote(value)}")
+        print(f"export {key}={shlex.quote(value)}", file=out)
 
 
 @stack_app.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from registry.redaction import RedactedError
+
 __all__ = ["StackError"]
 
 
-class StackError(Exception):
+class StackError(RedactedError):
     """The local stack cannot start here: a port in use, a missing binary."""

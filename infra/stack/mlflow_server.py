@@ -39,15 +39,16 @@ class MlflowServer:
 
     def start(self, *, timeout: float = 120) -> None:
         """Start the server and wait until ``/health`` answers."""
+        # The store URI holds the database password: in the environment, not on the command
+        # line (`ps` shows command lines to every local user).
         command = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",
         ]  # fmt: skip
-        environment = {**os.environ, **self.env}
+        environment = {**os.environ, **self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
         if self.artifacts_destination.startswith("s3://") and "AWS_ENDPOINT_URL_S3" in environment:
             environment.setdefault("MLFLOW_S3_ENDPOINT_URL", environment["AWS_ENDPOINT_URL_S3"])
         self.log.parent.mkdir(parents=True, exist_ok=True)
