@@ -292,9 +292,11 @@ class SpecError(Exception):
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+        # one line whatever the problems say: logs and people read an error whole
+        self.problems = [(path, " ".join(str(message).split())) for path, message in problems]
+        listed = "; ".join(f"{path}: {message}" for path, message in self.problems)
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        super().__init__(f"{source}: {count}{listed}")
 
 
 class PlanSpec(_Strict):
@@ -394,11 +396,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
 
 def _problem(error: Any) -> tuple[str, str]:
     # Discriminated unions put the tag in the location ("method.lora.rank"): drop it.
-    location = [str(p) for p in error["loc"] if p not in METHOD_SPECS]
+    location = [_field_name(p) for p in error["loc"] if p not in METHOD_SPECS]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling)"
     return ".".join(location) or "(top)", message
+
+
+def _field_name(part: Any) -> str:
+    """A field as written, quoted when it is empty or holds spaces, dots or control characters
+    (a field named "\n" must not break the one-line error)."""
+    text = str(part)
+    plain = text and text.isprintable() and not any(c in text for c in " .:;")
+    return text if plain else repr(text)
 
 
 _DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
