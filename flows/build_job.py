@@ -49,6 +49,7 @@ __all__ = [
     "checkpoint_folder",
     "evaluate_tracked",
     "find_built",
+    "find_earlier_build",
     "prepare_data",
     "register_and_gate",
     "register_and_promote",
@@ -120,10 +121,12 @@ def start_build(
     registry: Registry | None = None,
     on_step: StepCallback | None = None,
     on_phase: Callable[[str], None] | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> Build:
-    """Fingerprint the data, fix the lineage and open the registry: once per build."""
+    """Fingerprint the data, fix the lineage and open the registry: once per build
+    (``lineage``: already computed for this spec by the caller, e.g. the CLI's reuse check)."""
     registry = registry if registry is not None else Registry()
-    lineage = build_lineage(spec, registry)
+    lineage = lineage if lineage is not None else build_lineage(spec, registry)
     return Build(spec, lineage, Path(output), registry, on_step, on_phase)
 
 
@@ -182,6 +185,15 @@ def find_built(build: Build) -> AdapterVersion | None:
         if version.lineage.get("build_key") == build.key:
             return version
     return None
+
+
+def find_earlier_build(
+    spec: AdapterSpec, lineage: dict[str, str], registry: Registry | None = None
+) -> BuildResult | None:
+    """The result of the build that registered this spec, data and code before, if any."""
+    registry = registry if registry is not None else Registry()
+    existing = find_built(Build(spec, lineage, Path(), registry))
+    return reused_result(existing, spec) if existing is not None else None
 
 
 def reused_result(version: AdapterVersion, spec: AdapterSpec) -> BuildResult:

@@ -85,9 +85,13 @@ def prepare(spec_path: str, overrides: list[str] | None = None) -> dict[str, Any
 
 @flow(name="build", flow_run_name="build {spec_path}")
 def build(
-    spec_path: str, overrides: list[str] | None = None, output: str | None = None
+    spec_path: str,
+    overrides: list[str] | None = None,
+    output: str | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Build one adapter from a spec file: the result of ``adapterops build --json``."""
+    """Build one adapter from a spec file: the result of ``adapterops build --json``.
+    ``lineage``: the data fingerprint and build key, when the caller computed them already."""
     spec = load_spec(spec_path, overrides)
     report = _progress.get()
     chain = start_build(
@@ -95,6 +99,7 @@ def build(
         output or Path("out") / spec.name,
         on_step=report,
         on_phase=getattr(report, "phase", None),  # the CLI's progress also names each phase
+        lineage=lineage,
     )
     result = run_chain(chain, run_as_task)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)

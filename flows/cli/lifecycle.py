@@ -33,6 +33,7 @@ def build(
     flow run. The same spec, data and code return the version built before. For CI: exit 0
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
     from .. import pipelines  # noqa: PLC0415 - heavy imports only for this command
+    from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
     from ..prepare_job import check_inputs  # noqa: PLC0415
     from ..spec import load_spec  # noqa: PLC0415
 
@@ -40,13 +41,23 @@ def build(
     with user_errors(as_json, one_line_failures=True):
         spec = load_spec(spec_file, overrides)
         check_inputs(spec)  # bad input fails here, before a flow run exists
-        with (
-            progress(spec.name, enabled=not as_json) as on_step,
-            pipelines.reporting_progress(on_step),
-        ):
-            result = pipelines.build(
-                str(spec_file.resolve()), overrides, str(out or Path("out") / spec.name)
-            )
+        lineage = build_lineage(spec)
+        # built before from this spec, data and code: answer now, without a flow run (the
+        # Prefect server alone takes seconds to start); the flow would find the same version
+        earlier = find_earlier_build(spec, lineage)
+        if earlier is not None:
+            result = earlier.to_dict()
+        else:
+            with (
+                progress(spec.name, enabled=not as_json) as on_step,
+                pipelines.reporting_progress(on_step),
+            ):
+                result = pipelines.build(
+                    str(spec_file.resolve()),
+                    overrides,
+                    str(out or Path("out") / spec.name),
+                    lineage=lineage,
+                )
     if as_json:
         emit_json({"ok": True, **result})
         return

@@ -133,6 +133,9 @@ class TestBuildCommand:
         one, two = json.loads(first.stdout), json.loads(second.stdout)
         assert (one["reused"], two["reused"]) == (False, True)
         assert one["ref"] == two["ref"] == "cli-build@1"
+        assert (two["alias"], two["promoted"], two["metrics"]) == ("champion", True, one["metrics"])
+        # the CLI found the earlier build itself: no second flow run (nor a Prefect start-up)
+        assert len(flow_runs(f"build {spec.resolve()}")) == 1
 
     def test_retrain_reports_each_spec_and_exits_1_if_one_failed(
         self, tmp_path: Path, sst2_dir: Path
