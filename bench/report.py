@@ -338,6 +338,36 @@ def madx_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def startup_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    baseline = data.get("baseline")
+    rows = []
+    for r in data["rows"]:
+        target = f"< {r['target_seconds']:.1f} s" if r.get("target_seconds") else "-"
+        before = f"{r['baseline_seconds']:.2f} s ({r['speedup']:.1f}x)" if "speedup" in r else "-"
+        rows.append(
+            [
+                f"`{r['command']}`",
+                f"{r['seconds']:.2f} s",
+                f"{r['floor']} {r['floor_seconds']:.2f} s ({r['over_floor']:.2f}x)",
+                *([before] if baseline else []),
+                target,
+            ]
+        )
+    header = ["command", "time", "floor: what it must import (ratio)"]
+    header += [f"before (`{baseline}`)"] if baseline else []
+    return "\n\n".join(
+        [
+            "**CLI start-up** (median of "
+            f"{data['repeats']} fresh processes on the embedded defaults; each against a bare "
+            "Python that imports what the command cannot avoid, in the same run; "
+            "`python -m bench.startup_bench`):",
+            table([*header, "target"], rows),
+            measured_on(data),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quality", quality_section),
     ("training_cost", training_cost_section),
@@ -345,6 +375,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("composition", composition_section),
     ("madx", madx_section),
     ("registry", registry_section),
+    ("startup", startup_section),
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import JsonOption, console, emit_json, quiet_libraries, user_errors
+from .common import JsonOption, console, emit_json, errors, quiet_libraries, user_errors
 
 __all__ = ["app"]
 
@@ -72,3 +72,38 @@ def predict(
             answer = ", ".join(p.tokens) or p.continuation
         table.add_row(p.text, answer)
     console.print(table)
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
+    engine: Annotated[
+        str,
+        typer.Option("--for", metavar="ENGINE", help="peft, vllm or merged (a full checkpoint)."),
+    ],
+    out: Annotated[Path, typer.Option(help="A new (or empty) folder to write.")],
+    max_lora_rank: Annotated[
+        int, typer.Option(min=1, help="vLLM's --max-lora-rank on the server that will load it.")
+    ] = 16,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write even what the engine would refuse or ignore.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a version for a serving engine, after listing what that engine would refuse or
+    silently ignore (nothing is written then, unless --force)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from ..export_job import export as export_version  # noqa: PLC0415
+
+    quiet_libraries()
+    with user_errors(as_json):
+        result = export_version(
+            Registry(), ref, engine, out, max_lora_rank=max_lora_rank, force=force
+        )
+    if as_json:
+        emit_json({"ok": True, **result.to_dict()})
+        return
+    for finding in result.findings:  # only with --force
+        errors.print(f"[yellow]warning:[/] {finding}", highlight=False, soft_wrap=True)
+    console.print(f"{result.ref} for {engine}: {out} ({', '.join(result.files)})", soft_wrap=True)

@@ -1,0 +1,233 @@
+"""Export a registered version for a serving engine: ``adapterops export REF --for ENGINE``.
+
+Engines and what they read:
+
+- ``peft``: the Hugging Face PEFT layout (``adapter_config.json`` + ``adapter_model.safetensors``)
+  that ``peft.PeftModel.from_pretrained`` loads (LoRA, DoRA, IA³, and every ``type: peft``
+  method);
+- ``vllm``: the same layout, for vLLM's LoRA serving, which accepts less (its ``PEFTHelper``):
+  LoRA only, no DoRA, no ``modules_to_save`` (so no new heads), a rank up to the server's
+  ``--max-lora-rank`` (16 unless raised), no bias unless ``--enable-lora-bias``; it drops
+  ``rank_pattern`` and ``alpha_pattern`` without a word, and it serves generative models;
+- ``merged``: a full checkpoint with the adapter folded into the weights (and its head), for
+  engines without adapters: ``AutoModel*.from_pretrained(folder)`` loads it.
+
+:func:`lint` lists what the engine would refuse or silently get wrong, and :func:`export`
+refuses (before writing anything into the destination) when the list is not empty, unless
+forced. The files are produced in a scratch folder beside the destination and moved into place
+whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import peft_core as pc
+from registry import AdapterVersion, Registry
+
+from .errors import DataError
+from .spec import parse_spec
+
+__all__ = ["ENGINES", "ExportResult", "Finding", "export", "lint"]
+
+ENGINES = ("peft", "vllm", "merged")
+VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the engine would do with this adapter that its user would not expect."""
+
+    engine: str
+    outcome: Literal["refuses", "ignores"]  # fails to load it / loads it and serves it wrong
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.engine} {self.outcome}: {self.message}"
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote (or, on refusal, would have), and why it may not serve as trained."""
+
+    ref: str
+    engine: str
+    folder: str
+    files: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {**asdict(self), "findings": [str(f) for f in self.findings]}
+
+
+def lint(
+    engine: str,
+    method: str,
+    head: str | None,
+    peft_config: dict[str, Any] | None,
+    *,
+    max_lora_rank: int = VLLM_DEFAULT_MAX_LORA_RANK,
+) -> list[Finding]:
+    """What ``engine`` would refuse or silently get wrong for an adapter of ``method`` with a
+    ``head`` (classification, masked-lm, causal-lm or None) whose PEFT configuration (when it
+    has one) is ``peft_config``."""
+    if engine not in ENGINES:
+        raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    kind = pc.method_of(method)
+    if engine == "merged":
+        if not kind.mergeable:
+            return [Finding("merged", "refuses", f"{method}: {kind.why_not_mergeable}")]
+        return []
+    if peft_config is None:
+        return [
+            Finding(
+                engine,
+                "refuses",
+                f"peft has no equivalent of a {method} adapter (exportable: LoRA, DoRA, IA3 and "
+                "type: peft methods); export --for merged if it merges",
+            )
+        ]
+    if engine == "peft":
+        return []
+    return _vllm_findings(head, peft_config, max_lora_rank)
+
+
+def _vllm_findings(head: str | None, config: dict[str, Any], max_lora_rank: int) -> list[Finding]:
+    found = []
+
+    def refuses(message: str) -> None:
+        found.append(Finding("vllm", "refuses", message))
+
+    if config.get("peft_type") != "LORA":
+        refuses(f"it serves LoRA adapters only, not {config.get('peft_type')}")
+    if config.get("use_dora"):
+        refuses("DoRA is not supported (use_dora); export --for merged instead")
+    if config.get("modules_to_save"):
+        refuses(
+            f"modules_to_save must be empty, here {config['modules_to_save']} (a new head cannot "
+            "be served with a LoRA adapter); export --for merged instead"
+        )
+    rank = int(config.get("r") or 0)  # vLLM reads r alone (see the patterns below)
+    if rank > max_lora_rank:
+        refuses(
+            f"rank {rank} is above --max-lora-rank {max_lora_rank}: start vLLM with "
+            f"--max-lora-rank {rank} (and export with the same)"
+        )
+    if config.get("bias", "none") != "none":
+        refuses(f"bias {config['bias']!r} needs vLLM's --enable-lora-bias")
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        if config.get(pattern):
+            message = f"{pattern} (it sizes and scales every module by r and lora_alpha alone)"
+            found.append(Finding("vllm", "ignores", message))
+    if head not in (None, "causal-lm"):
+        refuses(f"it serves LoRA on generative (causal-LM) models; this is a {head} adapter")
+    return found
+
+
+def export(
+    registry: Registry,
+    ref: str,
+    engine: str,
+    destination: str | Path,
+    *,
+    max_lora_rank: int = VLLM_DEFAULT_MAX_LORA_RANK,
+    force: bool = False,
+) -> ExportResult:
+    """Write version ``ref`` into ``destination`` (a new or empty folder) for ``engine``.
+
+    Raises :class:`DataError` before touching ``destination`` when it is not empty, or when
+    :func:`lint` finds something and ``force`` is not given.
+    """
+    target = Path(destination)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target} exists and is not an empty folder: export into a new one")
+    if engine not in ENGINES:
+        raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    version = registry.get(ref)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=target.parent) as scratch:
+        staged = Path(scratch) / "out"
+        stored = registry.fetch(version.ref, Path(scratch) / "stored")
+        meta = pc.read_metadata(stored)
+        head = (meta.get("head") or {}).get("kind")
+        method = str(meta["method"]["type"])
+        peft_config = _peft_config_of(stored, engine, method)
+        findings = lint(engine, method, head, peft_config, max_lora_rank=max_lora_rank)
+        result = ExportResult(version.ref, engine, str(target), findings=findings)
+        if findings and not force:
+            listed = "; ".join(str(f) for f in findings)
+            raise DataError(
+                f"{version.ref} is not exported for {engine}: {listed} (nothing written; "
+                "--force writes it anyway)"
+            )
+        if engine == "merged":
+            _write_merged(registry, version, staged)
+        elif (stored / "adapter_config.json").is_file():
+            shutil.copytree(stored, staged)
+        else:
+            _write_peft(registry, version, staged)
+        result.files = sorted(p.name for p in staged.iterdir())
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        staged.rename(target)  # whole or not at all
+    return result
+
+
+def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | None:
+    """The PEFT configuration the export would carry (None: the method has no PEFT form)."""
+    if engine == "merged":
+        return None
+    config_file = stored / "adapter_config.json"
+    if config_file.is_file():
+        config: dict[str, Any] = json.loads(config_file.read_text())
+        return config
+    kind = pc.method_of(method)
+    if kind.peft_type is None:
+        return None
+    # What write_peft will say, read from our metadata (without loading the base model).
+    meta = pc.read_metadata(stored)
+    options = meta["method"]
+    return {
+        "peft_type": kind.peft_type,
+        "r": options.get("rank"),
+        "lora_alpha": options.get("alpha"),
+        "use_dora": method == "dora",
+        "modules_to_save": (meta.get("head") or {}).get("modules") or None,
+        "rank_pattern": {k: v[0] for k, v in (meta.get("lora_overrides") or {}).items()},
+        "bias": "none",
+    }
+
+
+def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
+    """The version's base model (with its head) and tokenizer, with the adapter loaded."""
+    from .train_job import load_base_model  # noqa: PLC0415 - transformers is heavy
+
+    if not version.spec:
+        raise DataError(
+            f"{version.ref} was pushed without a spec, so its base model settings are unknown; "
+            "export converts versions built by adapterops build"
+        )
+    spec = parse_spec(version.spec, source=f"{version.ref} spec")
+    model, tokenizer = load_base_model(spec)
+    registry.load_into(model, version.ref, name=version.name)
+    return model, tokenizer
+
+
+def _write_peft(registry: Registry, version: AdapterVersion, folder: Path) -> None:
+    model, tokenizer = _load(registry, version)
+    pc.save_adapter(model, version.name, folder, format="peft", tokenizer=tokenizer)
+
+
+def _write_merged(registry: Registry, version: AdapterVersion, folder: Path) -> None:
+    model, tokenizer = _load(registry, version)
+    weights = pc.merged_state_dict(model, version.name)
+    pc.delete_adapter(model, version.name)  # the plain model again, to carry the merged weights
+    model.load_state_dict(weights)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,177 @@
+"""``adapterops export REF --for peft|vllm|merged``: each engine's files load where they should
+with the registry's outputs, and what an engine would refuse or ignore stops the export before
+anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import ClassVar
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
+
+import peft_core as pc
+from flows.build_job import build_from_spec
+from flows.export_job import Finding, lint
+from flows.quickstart import minilm_sst2_spec
+from registry import Registry
+from tests.helpers import TINY_CONFIGS, batch, minilm_path, perturb_adapter, run_cli
+
+TEXTS = ["a gripping, funny film", "dull and far too long"]
+
+
+class TestVllmRules:
+    """vLLM's PEFTHelper checks (as its source documents them), one by one."""
+
+    LORA: ClassVar[dict] = {
+        "peft_type": "LORA",
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj"],
+    }
+
+    def test_a_plain_decoder_lora_passes(self):
+        assert lint("vllm", "lora", "causal-lm", self.LORA) == []
+        assert lint("vllm", "lora", None, {**self.LORA, "use_rslora": True}) == []
+
+    @pytest.mark.parametrize(
+        ("change", "outcome", "words"),
+        [
+            ({"use_dora": True}, "refuses", "DoRA is not supported"),
+            ({"modules_to_save": ["classifier"]}, "refuses", "modules_to_save must be empty"),
+            ({"r": 32}, "refuses", "rank 32 is above --max-lora-rank 16"),
+            ({"rank_pattern": {"layers.0.q_proj": 64}}, "ignores", "rank_pattern (it sizes"),
+            ({"bias": "lora_only"}, "refuses", "needs vLLM's --enable-lora-bias"),
+            ({"alpha_pattern": {"layers.0.q_proj": 4}}, "ignores", "alpha_pattern"),
+            ({"peft_type": "LOHA"}, "refuses", "LoRA adapters only, not LOHA"),
+        ],
+    )
+    def test_each_rule(self, change, outcome, words):
+        (finding,) = lint("vllm", "lora", "causal-lm", {**self.LORA, **change})
+        assert finding.outcome == outcome and words in finding.message
+
+    def test_a_raised_server_rank_admits_it(self):
+        assert lint("vllm", "lora", "causal-lm", {**self.LORA, "r": 32}, max_lora_rank=32) == []
+
+    def test_a_classification_adapter_is_refused_twice_over(self):
+        config = {**self.LORA, "modules_to_save": ["classifier"]}
+        found = lint("vllm", "lora", "classification", config)
+        assert [f.outcome for f in found] == ["refuses", "refuses"]
+        assert str(found[1]) == (
+            "vllm refuses: it serves LoRA on generative (causal-LM) models; this is a "
+            "classification adapter"
+        )
+
+    def test_methods_without_a_peft_form_or_a_delta(self):
+        assert lint("peft", "pfeiffer", "classification", None) == [
+            Finding(
+                "peft", "refuses",
+                "peft has no equivalent of a pfeiffer adapter (exportable: LoRA, DoRA, IA3 and "
+                "type: peft methods); export --for merged if it merges",
+            )
+        ]  # fmt: skip
+        (merged,) = lint("merged", "houlsby", "classification", None)
+        assert "non-linear bottleneck has no weight delta" in merged.message
+        assert lint("merged", "lora", "classification", None) == []
+
+
+@pytest.fixture
+def built(embedded_home, sst2_dir, tmp_path) -> str:
+    """A LoRA SST-2 adapter on MiniLM, built and registered (the embedded defaults)."""
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=4, name="export-sst2-lora")
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": 32})})
+    return build_from_spec(spec, Registry(), tmp_path / "built").ref
+
+
+def registry_probabilities(ref: str) -> torch.Tensor:
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    Registry().load_into(model, ref)
+    return probabilities(model)
+
+
+def probabilities(model) -> torch.Tensor:
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    with torch.no_grad():
+        return model.eval()(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits.softmax(
+            -1
+        )
+
+
+def test_each_engine_loads_its_export_with_the_registrys_outputs(built, tmp_path):
+    expected = registry_probabilities(built)
+    env = {**os.environ, "COLUMNS": "200"}  # ADAPTEROPS_HOME: the fixture's embedded home
+
+    result = run_cli("export", built, "--for", "peft", "--out", str(tmp_path / "peft"), "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(json.loads(result.stdout)["files"]) >= {"adapter_config.json", "adapter_model.safetensors"}  # fmt: skip
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    with_peft = PeftModel.from_pretrained(base, tmp_path / "peft")
+    torch.testing.assert_close(probabilities(with_peft), expected, atol=1e-5, rtol=0)
+
+    result = run_cli("export", built, "--for", "merged", "--out", str(tmp_path / "merged"), env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # a plain model
+    assert merged.config.id2label == {0: "negative", 1: "positive"}
+    torch.testing.assert_close(probabilities(merged), expected, atol=1e-5, rtol=0)
+
+    refused = run_cli("export", built, "--for", "vllm", "--out", str(tmp_path / "vllm"), env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    line = refused.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {built} is not exported for vllm: ")
+    assert "modules_to_save must be empty" in line and "generative (causal-LM) models" in line
+    assert not (tmp_path / "vllm").exists()  # nothing written
+
+    occupied = run_cli("export", built, "--for", "peft", "--out", str(tmp_path / "peft"), env=env)
+    assert occupied.returncode == 2 and "is not an empty folder" in occupied.stderr
+    with_peft = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2),
+        tmp_path / "peft",
+    )  # the earlier export is intact
+    torch.testing.assert_close(probabilities(with_peft), expected, atol=1e-5, rtol=0)
+
+
+def test_a_decoder_lora_in_peft_layout_goes_to_vllm_as_it_is(embedded_home, tmp_path):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pc.add_adapter(model, "chat", pc.LoRA(rank=8, targets=("q_proj", "v_proj")))
+    perturb_adapter(model, "chat")  # a trained adapter: B is not zero
+    pc.save_adapter(model, "chat", tmp_path / "adapter", format="peft")
+    version = Registry().register(
+        tmp_path / "adapter", name="chat-lora", base_model="tiny-llama", task="chat", language="en"
+    )
+    result = run_cli("export", version.ref, "--for", "vllm", "--out", str(tmp_path / "vllm"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["findings"] == []
+    written = json.loads((tmp_path / "vllm" / "adapter_config.json").read_text())
+    assert (written["peft_type"], written["r"], written["modules_to_save"]) == ("LORA", 8, None)
+    # peft reads the exported files to the same outputs; vLLM reads the same two files
+    inputs = batch(model)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        fresh = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+        fresh.load_state_dict(base_weights)
+        reloaded = PeftModel.from_pretrained(fresh, tmp_path / "vllm").eval()
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
+    embedded_home, tmp_path
+):
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    pc.add_adapter(model, "bottleneck", pc.Pfeiffer())
+    pc.save_adapter(model, "bottleneck", tmp_path / "adapter")
+    version = Registry().register(
+        tmp_path / "adapter", name="pfeiffer", base_model="minilm", task="sst2", language="en"
+    )
+    for engine in ("peft", "merged"):
+        result = run_cli("export", version.ref, "--for", engine, "--out", str(tmp_path / engine))
+        assert result.returncode == 2, result.stderr
+        assert f"is not exported for {engine}" in result.stderr
+        assert not (tmp_path / engine).exists()
+    unknown = run_cli("export", version.ref, "--for", "onnx", "--out", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "unknown engine 'onnx'" in unknown.stderr
