@@ -41,8 +41,11 @@ class Prediction:
         return {k: v for k, v in asdict(self).items() if v not in (None, [], "")}
 
 
-def predict(registry: Registry, ref: str, texts: list[str]) -> tuple[str, list[Prediction]]:
-    """The version ``ref`` resolves to, and its prediction for each text."""
+def predict(
+    registry: Registry, ref: str, texts: list[str], *, skip_probe: bool = False
+) -> tuple[str, list[Prediction]]:
+    """The version ``ref`` resolves to, and its prediction for each text (after its golden
+    probes pass on this base model, unless ``skip_probe``)."""
     if not texts:
         raise DataError("give at least one --text")
     version = registry.get(ref)
@@ -54,7 +57,7 @@ def predict(registry: Registry, ref: str, texts: list[str]) -> tuple[str, list[P
     spec = parse_spec(version.spec, source=f"{version.ref} spec")
     model, tokenizer = load_base_model(spec)
     load_members(model, members_of_version(version), registry)
-    registry.load_into(model, version.ref, name=spec.name)
+    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
     model.eval()
     run = {"classification": _classify, "masked-lm": _fill_mask, "causal-lm": _continue}

@@ -196,6 +196,8 @@ def train_from_spec(
     # Adapters peft runs are written in its layout, which peft, vLLM and LoRAX read directly.
     layout = "peft" if pc.method_of(config).places_itself else "adapterops"
     folder = pc.save_adapter(model, spec.name, output, format=layout, tokenizer=tokenizer)
+    if not members:  # golden probes: loading re-runs them to catch other base weights
+        pc.record_probes(model, spec.name, folder)  # (a fusion's outputs need its members)
     report.output = str(folder)
     write_report(report)
     return report

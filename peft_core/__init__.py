@@ -63,6 +63,7 @@ from .merge import merge, merged_state_dict, unmerge
 from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
 from .plan import Plan, build_on_meta, measure, plan
+from .probes import ProbeCheck, ProbeMismatchError, check_probes, record_probes
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
@@ -99,6 +100,8 @@ __all__ = [
     "Pfeiffer",
     "Plan",
     "Precision",
+    "ProbeCheck",
+    "ProbeMismatchError",
     "Stack",
     "TargetError",
     "TrainResult",
@@ -110,6 +113,7 @@ __all__ = [
     "block_from_dict",
     "block_to_dict",
     "build_on_meta",
+    "check_probes",
     "combine_adapters",
     "config_from_dict",
     "config_to_dict",
@@ -127,6 +131,7 @@ __all__ = [
     "per_row",
     "plan",
     "read_metadata",
+    "record_probes",
     "register_method",
     "save_adapter",
     "set_active",

@@ -2,9 +2,10 @@
 
 A folder to register must be exactly an adapter written by ``peft_core.save_adapter``: our format
 (``adapter.json`` + ``adapter.safetensors``) or the PEFT layout (``adapter_config.json`` +
-``adapter_model.safetensors``, optionally ``adapterops.json``), plus optional ``README.md`` and
-``report.json``. Each file is stored under its sha256; the manifest (file names, digests, sizes)
-is stored the same way, and its digest is the version's digest.
+``adapter_model.safetensors``, optionally ``adapterops.json``), plus optional ``README.md``,
+``report.json`` and ``probes.json`` (golden probes, so the digest covers them too). Each file is
+stored under its sha256; the manifest (file names, digests, sizes) is stored the same way, and
+its digest is the version's digest.
 
 Downloads are verified file by file: a corrupted or truncated blob is never handed out.
 """
@@ -26,7 +27,7 @@ __all__ = ["Bundle", "Manifest", "download", "inspect_folder", "upload"]
 
 OURS = ({"adapter.json", "adapter.safetensors"}, "adapter.json")
 PEFT = ({"adapter_config.json", "adapter_model.safetensors"}, "adapterops.json")
-OPTIONAL = {"README.md", "report.json", "adapterops.json"}
+OPTIONAL = {"README.md", "report.json", "adapterops.json", "probes.json"}
 MANIFEST_FORMAT = "adapterops.manifest/1"
 
 

@@ -33,7 +33,7 @@ from .artifacts import ArtifactStore, open_store
 from .bundles import Manifest, download, inspect_folder, upload
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
-from .errors import RegistryError
+from .errors import BaseModelMismatchError, RegistryError
 from .names import check_key, check_name, parse_ref
 from .settings import Settings
 
@@ -205,18 +205,45 @@ class Registry:
         return download(self.artifacts, version.digest, Path(destination), label=version.ref)
 
     def load_into(
-        self, model: Any, ref: str, *, name: str | None = None, force: bool = False
+        self,
+        model: Any,
+        ref: str,
+        *,
+        name: str | None = None,
+        force: bool = False,
+        skip_probe: bool = False,
     ) -> AdapterVersion:
-        """Fetch a version and load it into ``model`` through peft_core (which checks the base)."""
+        """Fetch a version and load it into ``model`` through peft_core (which checks the base's
+        fingerprint), then re-run its golden probes: outputs that left the band recorded at
+        registration mean other base weights, and the adapter is taken out again
+        (:class:`BaseModelMismatchError`). ``skip_probe`` skips them; ``force`` skips both."""
         import peft_core  # noqa: PLC0415 - imported here so reading the registry needs no torch
 
         version = self.get(ref)
+        loaded = name or version.name
         with tempfile.TemporaryDirectory() as scratch:
             folder = download(
                 self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
             )
-            peft_core.load_adapter(model, folder, name=name or version.name, force=force)
+            peft_core.load_adapter(model, folder, name=loaded, force=force)
+            if not (skip_probe or force):
+                self._check_probes(model, loaded, folder, version)
         return version
+
+    @staticmethod
+    def _check_probes(model: Any, name: str, folder: Path, version: AdapterVersion) -> None:
+        import peft_core  # noqa: PLC0415
+
+        check = peft_core.check_probes(model, name, folder)
+        if check is None or check.passed:
+            return
+        peft_core.delete_adapter(model, name)  # leave the model as it was
+        raise BaseModelMismatchError(
+            f"{version.ref} fails its golden probe {check.worst_probe}: the outputs deviate "
+            f"{check.deviation:.1%} from those recorded at registration (band "
+            f"{check.tolerance:.0%}), so these base weights are not the ones it was trained on "
+            f"({version.base_model}); skip_probe=True (CLI: --skip-probe) loads it anyway"
+        )
 
     def gc(self, *, older_than: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
         """Delete blobs no version refers to, written more than ``older_than`` ago, and uploads a

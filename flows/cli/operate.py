@@ -48,6 +48,12 @@ def deploy(
 def predict(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
     text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
+    skip_probe: Annotated[
+        bool,
+        typer.Option(
+            "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a registered adapter on text: label and probabilities (classification), top tokens
@@ -58,7 +64,7 @@ def predict(
 
     quiet_libraries()
     with user_errors(as_json):
-        resolved, predictions = run_prediction(Registry(), ref, text)
+        resolved, predictions = run_prediction(Registry(), ref, text, skip_probe=skip_probe)
     if as_json:
         emit_json({"ok": True, "ref": resolved, "predictions": [p.to_dict() for p in predictions]})
         return

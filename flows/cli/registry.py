@@ -101,17 +101,58 @@ def show(ref: RefArgument, as_json: JsonOption = False) -> None:
 def pull(
     ref: RefArgument,
     destination: Annotated[Path, typer.Argument(help="Folder to write the files into.")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also load it on its base model and re-run its golden probes (loads weights).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Download a version's files, verified against their digests."""
+    """Download a version's files, verified against their digests; with --verify, also checked
+    on its base model against the outputs recorded at registration (nothing is written if not)."""
+    probe: dict[str, Any] = {}
     with user_errors(as_json):
         registry = _registry()
         version = registry.get(ref)
-        folder = registry.fetch(version.ref, destination)
+        if verify:
+            probe = _pull_verified(registry, version, destination)
+            folder = destination
+        else:
+            folder = registry.fetch(version.ref, destination)
     if as_json:
-        emit_json({"ok": True, **version.to_dict(), "path": str(folder)})
+        emit_json({"ok": True, **version.to_dict(), "path": str(folder), **probe})
         return
-    console.print(f"{version.ref} ({version.digest[:12]}) -> {folder}")
+    checked = (
+        f"; probes within {probe['probe_tolerance']:.0%} (worst {probe['probe_deviation']:.2%}, "
+        f"{1000 * probe['probe_seconds']:.0f} ms)"
+        if probe
+        else ""
+    )
+    console.print(f"{version.ref} ({version.digest[:12]}) -> {folder}{checked}", soft_wrap=True)
+
+
+def _pull_verified(registry: Any, version: AdapterVersion, destination: Path) -> dict[str, Any]:
+    """Fetch beside ``destination``, check the probes, then move the files into place."""
+    import tempfile  # noqa: PLC0415
+
+    from ..cli.common import quiet_libraries  # noqa: PLC0415
+    from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
+
+    quiet_libraries()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=destination.parent) as scratch:
+        staged = registry.fetch(version.ref, Path(scratch) / "adapter")
+        check = verify_on_base(version, staged)
+        if destination.exists() and not any(destination.iterdir()):
+            destination.rmdir()
+        staged.rename(destination)
+    return {
+        "probe_deviation": check.deviation,
+        "probe_tolerance": check.tolerance,
+        "probe_seconds": check.seconds,
+    }
 
 
 @app.command()

@@ -1,0 +1,39 @@
+"""``adapterops pull REF DIR --verify``: the files are the registered bytes (digests), and on the
+spec's base model they still compute what they computed at registration (golden probes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peft_core as pc
+from registry import AdapterVersion, BaseModelMismatchError
+
+from .errors import DataError
+from .spec import parse_spec
+from .train_job import load_base_model
+
+__all__ = ["verify_on_base"]
+
+
+def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
+    """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes."""
+    if not version.spec:
+        raise DataError(
+            f"{version.ref} was pushed without a spec, so its base model settings are unknown; "
+            "--verify checks versions built by adapterops build"
+        )
+    model, _ = load_base_model(parse_spec(version.spec, source=f"{version.ref} spec"))
+    pc.load_adapter(model, folder, name=version.name)
+    check = pc.check_probes(model, version.name, folder)
+    if check is None:
+        raise DataError(
+            f"{version.ref} has no golden probes (registered before they existed, or a fusion, "
+            "whose outputs need its members): nothing to verify beyond the digests"
+        )
+    if not check.passed:
+        raise BaseModelMismatchError(
+            f"{version.ref} fails its golden probe {check.worst_probe} on {version.base_model}: "
+            f"the outputs deviate {check.deviation:.1%} from those recorded at registration "
+            f"(band {check.tolerance:.0%}); the base model here is not the one it was trained on"
+        )
+    return check

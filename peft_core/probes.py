@@ -1,0 +1,123 @@
+"""Golden probes: does this base model, with this adapter, still compute what it did in training?
+
+The base-model fingerprint is structural (types, shapes, configuration): a randomly initialised
+model of the same architecture passes it, and so does another checkpoint of the same family. An
+adapter loaded onto the wrong weights then gives wrong outputs without a word. Probes close the
+gap: when the adapter is saved, the model runs a few fixed inputs (token ids from a seeded
+generator) and the adapter keeps a small signature of its body's last hidden states (projected to
+a few dimensions by a seeded random matrix). Loading re-runs them; outputs that leave the
+recorded band mean other weights.
+
+The signature reads the body, not the head, so a language adapter trained under a masked-LM head
+checks the same inside a classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import PeftCoreError
+from .inject import set_active
+
+__all__ = ["PROBES_FILE", "ProbeCheck", "ProbeMismatchError", "check_probes", "record_probes"]
+
+PROBES_FILE = "probes.json"
+PROBES = 4  # inputs
+LENGTH = 16  # tokens each
+DIMENSIONS = 8  # of the projected signature, per token
+# Relative deviation allowed: fp32 on CPU against bf16 on a GPU differs by ~1e-2; other weights
+# (a random model of the same architecture) by ~1.
+TOLERANCE = 0.05
+
+
+class ProbeMismatchError(PeftCoreError):
+    """The model with the adapter no longer computes what it computed when the adapter was saved."""
+
+
+@dataclass(frozen=True)
+class ProbeCheck:
+    """The outcome of re-running the probes: worst probe, its deviation, the band, the cost."""
+
+    worst_probe: int
+    deviation: float  # relative: |now - recorded| / |recorded| of the worst probe
+    tolerance: float
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether every probe stayed within the band."""
+        return self.deviation <= self.tolerance
+
+
+def record_probes(model: nn.Module, name: str, folder: str | Path) -> Path:
+    """Run the probes through ``model`` with adapter ``name`` active; write ``probes.json``."""
+    inputs = _inputs(model)
+    signature = _signature(model, name, inputs)
+    path = Path(folder) / PROBES_FILE
+    document = {
+        "format": 1,
+        "input_ids": inputs.tolist(),
+        "signature": signature.tolist(),
+        "tolerance": TOLERANCE,
+    }
+    path.write_text(json.dumps(document) + "\n")
+    return path
+
+
+def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck | None:
+    """Re-run the recorded probes (None when the folder has none). Does not raise: the caller
+    decides, since it knows which version it is loading."""
+    path = Path(folder) / PROBES_FILE
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    started = time.perf_counter()
+    inputs = torch.tensor(document["input_ids"], dtype=torch.long)
+    recorded = torch.tensor(document["signature"], dtype=torch.float32)
+    now = _signature(model, name, inputs)
+    if now.shape != recorded.shape:
+        raise ProbeMismatchError(f"{path}: signature of shape {tuple(recorded.shape)} expected")
+    deviations = [
+        float((a - b).norm() / b.norm().clamp_min(1e-12))
+        for a, b in zip(now, recorded, strict=True)
+    ]
+    worst = max(range(len(deviations)), key=deviations.__getitem__)
+    seconds = time.perf_counter() - started
+    return ProbeCheck(worst, deviations[worst], float(document["tolerance"]), seconds)
+
+
+def _inputs(model: nn.Module) -> Tensor:
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        raise ProbeMismatchError("the model's config has no vocab_size: probes need token ids")
+    generator = torch.Generator().manual_seed(0)
+    low = min(100, vocab // 2)  # past the special tokens most vocabularies start with
+    return torch.randint(low, vocab, (PROBES, LENGTH), generator=generator)
+
+
+@torch.no_grad()
+def _signature(model: nn.Module, name: str, inputs: Tensor) -> Tensor:
+    """``(probes, tokens x DIMENSIONS)``: the last hidden states, projected."""
+    set_active(model, name)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = inputs.to(device)
+        output: Any = model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
+        )
+    finally:
+        model.train(was_training)
+    hidden = output.hidden_states[-1].float().cpu()  # (probes, tokens, width)
+    generator = torch.Generator().manual_seed(1)
+    width = hidden.shape[-1]
+    projection = torch.randn(width, DIMENSIONS, generator=generator) / width**0.5
+    return (hidden @ projection).reshape(hidden.shape[0], -1)

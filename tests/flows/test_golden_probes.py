@@ -1,0 +1,77 @@
+"""Golden probes through the product: a build records them (digest-covered), and ``predict``,
+``pull --verify`` and ``Registry.load_into`` refuse a base model folder whose weights were
+replaced by another model of the same architecture; ``--skip-probe`` is there for the brave."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+import peft_core as pc
+from flows.build_job import build_from_spec
+from flows.quickstart import minilm_sst2_spec
+from registry import BaseModelMismatchError, Registry
+from tests.helpers import minilm_path, run_cli
+
+
+@pytest.fixture
+def built_on_a_folder(embedded_home, sst2_dir, tmp_path):
+    """A LoRA version built on a base model folder of our own (a copy of MiniLM)."""
+    base = tmp_path / "base-model"
+    shutil.copytree(minilm_path(), base)
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3, name="probed-sst2-lora")
+    spec = spec.model_copy(
+        update={
+            "base_model": str(base),
+            "data": spec.data.model_copy(update={"max_eval_samples": 16}),
+        }
+    )
+    return build_from_spec(spec, Registry(), tmp_path / "built").ref, base
+
+
+def replace_weights_with_random_ones(base):
+    torch.manual_seed(0)
+    impostor = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base))
+    for weights in base.glob("*.safetensors"):
+        weights.unlink()
+    impostor.save_pretrained(base)
+
+
+def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_folder, tmp_path):
+    ref, base = built_on_a_folder
+    registry = Registry()
+    files = {f.name for f in registry.fetch(ref, tmp_path / "fetched").iterdir()}
+    assert "probes.json" in files  # recorded at build time, covered by the version's digest
+    env = {**os.environ, "COLUMNS": "200"}
+
+    verified = run_cli("pull", ref, str(tmp_path / "pulled"), "--verify", "--json", env=env)
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    document = json.loads(verified.stdout)
+    assert document["probe_deviation"] < 1e-4 and document["probe_tolerance"] == 0.05
+    assert (tmp_path / "pulled" / "probes.json").is_file()
+
+    replace_weights_with_random_ones(base)  # same architecture, same fingerprint, other weights
+
+    refused = run_cli("predict", ref, "--text", "a fine film", env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    line = refused.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {ref} fails its golden probe ")
+    assert "recorded at registration (band 5%)" in line and "--skip-probe" in line
+    brave = run_cli("predict", ref, "--text", "a fine film", "--skip-probe", "--json", env=env)
+    assert brave.returncode == 0, brave.stderr[-2000:]
+
+    pulled = run_cli("pull", ref, str(tmp_path / "pulled-again"), "--verify", env=env)
+    assert pulled.returncode == 2 and "fails its golden probe" in pulled.stderr
+    assert not (tmp_path / "pulled-again").exists()  # nothing handed out unverified
+
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    with pytest.raises(BaseModelMismatchError, match=r"deviate \d+\.\d% from those recorded"):
+        registry.load_into(model, ref)
+    assert pc.list_adapters(model) == []  # taken out again: the model is as it was
+    registry.load_into(model, ref, skip_probe=True)
+    assert pc.list_adapters(model) == ["probed-sst2-lora"]

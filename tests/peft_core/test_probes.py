@@ -1,0 +1,77 @@
+"""Golden probes on the real MiniLM: the right base passes, the same architecture with other
+weights does not, and the signature reads the body (a head swap does not matter)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+import peft_core as pc
+from tests.helpers import minilm_path, perturb_adapter
+
+
+def classifier(**options):
+    return AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_labels=2, **options
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = classifier()
+    pc.add_adapter(model, "sst2", pc.LoRA(rank=8, targets=("q", "v")))
+    perturb_adapter(model, "sst2")
+    folder = pc.save_adapter(model, "sst2", tmp_path / "adapter")
+    pc.record_probes(model, "sst2", folder)
+    return folder
+
+
+def test_the_right_base_reproduces_the_recorded_outputs(saved):
+    document = json.loads((saved / pc.probes.PROBES_FILE).read_text())
+    assert len(document["input_ids"]) == 4 and len(document["signature"][0]) == 16 * 8
+    model = classifier()
+    pc.load_adapter(model, saved)
+    check = pc.check_probes(model, "sst2", saved)
+    assert check is not None and check.passed and check.deviation < 1e-6
+
+
+def test_the_same_architecture_with_other_weights_leaves_the_band(saved):
+    torch.manual_seed(0)
+    random_weights = AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(minilm_path(), num_labels=2)
+    )
+    pc.load_adapter(random_weights, saved)  # the structural fingerprint cannot tell
+    check = pc.check_probes(random_weights, "sst2", saved)
+    assert check is not None and not check.passed and check.deviation > 1.0
+
+    # another checkpoint of the family: the real weights, each moved by 5% of its spread
+    nearby = classifier()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in nearby.bert.parameters():
+            parameter.add_(0.05 * parameter.std() * torch.randn_like(parameter))
+    pc.load_adapter(nearby, saved)
+    check = pc.check_probes(nearby, "sst2", saved)
+    assert check is not None and not check.passed
+
+
+def test_the_signature_reads_the_body_not_the_head(tmp_path):
+    masked = AutoModelForMaskedLM.from_pretrained(minilm_path())
+    pc.add_adapter(masked, "pt-lang", pc.Pfeiffer())
+    perturb_adapter(masked, "pt-lang")
+    folder = pc.save_adapter(masked, "pt-lang", tmp_path / "lang")
+    pc.record_probes(masked, "pt-lang", folder)
+    inside_a_classifier = classifier()
+    pc.load_adapter(inside_a_classifier, folder)
+    check = pc.check_probes(inside_a_classifier, "pt-lang", folder)
+    assert check is not None and check.deviation < 1e-5
+
+
+def test_a_folder_without_probes_has_nothing_to_check(tmp_path):
+    model = classifier()
+    pc.add_adapter(model, "plain", pc.BitFit())
+    folder = pc.save_adapter(model, "plain", tmp_path / "plain")
+    assert pc.check_probes(model, "plain", folder) is None
