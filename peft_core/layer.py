@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from .composition import Average, Block, Stack
+from .exact import Undo, add_exactly, take_back
 from .heads import HeadSwitch
 
 __all__ = [
@@ -146,15 +147,21 @@ class AdaptedLayer(nn.Module):
         return kind
 
     @torch.no_grad()
-    def apply_delta(self, delta: ParamDelta, *, sign: float) -> None:
-        """Add (``sign=1``) or subtract (``sign=-1``) a delta to the base parameters."""
+    def apply_delta(self, delta: ParamDelta) -> list[tuple[str, Undo]]:
+        """Add a delta to the base parameters (computed in fp32, rounded once); returns what
+        :meth:`take_back_delta` needs to restore them bit for bit."""
+        undos = []
         if delta.weight is not None:
-            base_weight = cast(Tensor, self.base_layer.weight)
             weight = delta.weight.T if self.kind.transposed else delta.weight
-            base_weight.add_(weight.to(base_weight.dtype), alpha=sign)
+            undos.append(("weight", add_exactly(cast(Tensor, self.base_layer.weight), weight)))
         if delta.bias is not None:
-            base_bias = cast(Tensor, self.base_layer.bias)
-            base_bias.add_(delta.bias.to(base_bias.dtype), alpha=sign)
+            undos.append(("bias", add_exactly(cast(Tensor, self.base_layer.bias), delta.bias)))
+        return undos
+
+    def take_back_delta(self, undos: list[tuple[str, Undo]]) -> None:
+        """Restore the base parameters :meth:`apply_delta` changed, bit for bit."""
+        for parameter, undo in undos:
+            take_back(cast(Tensor, getattr(self.base_layer, parameter)), undo)
 
     def extra_repr(self) -> str:
         return f"active={self.active!r}"

@@ -3,9 +3,10 @@
 Everything rests on one ``delta()`` per method (LoRA: ``scaling * B @ A``; BitFit: the bias
 offsets; DoRA and IA3: a delta computed from the current weight). ``merge`` checks every delta is
 finite before changing any weight and keeps the delta it applied; ``unmerge`` subtracts that same
-delta, restoring the base weights within float rounding. Both are explicit and
+delta. Both are explicit and
 idempotent: a redundant call warns and changes nothing. Nothing merges as a side effect of
-``.eval()``.
+``.eval()``. In every dtype the sum is computed in fp32 and rounded once, and unmerge restores
+the base weights bit for bit (:mod:`peft_core.exact`).
 """
 
 from __future__ import annotations
@@ -23,28 +24,27 @@ from .state import adapter_layers, get_record
 
 __all__ = ["merge", "merged_state_dict", "unmerge"]
 
-_APPLIED = "applied_delta"  # the delta merge added, on the adapter module
+_UNDO = "merge_undo"  # on the adapter module: what merge changed, to take it back exactly
 
 
 def merge(model: nn.Module, name: str) -> None:
     """Add adapter ``name``'s delta to the base weights; it then adds nothing at run time."""
     pending = _deltas(model, name, want_merged=False, verb="merge")
     for layer, delta in pending:
-        layer.apply_delta(delta, sign=1.0)
         adapter = layer.adapter(name)
+        # Kept for unmerge: what each weight received (DoRA's and IA3's deltas depend on the
+        # weight they were added to, and low-precision sums round).
+        vars(adapter)[_UNDO] = layer.apply_delta(delta)
         adapter.merged = True
-        # Kept for unmerge: DoRA's and IA3's deltas depend on the weight they were added to.
-        vars(adapter)[_APPLIED] = delta
 
 
 def unmerge(model: nn.Module, name: str) -> None:
-    """Subtract adapter ``name``'s delta from the base weights (inverse of :func:`merge`)."""
+    """Restore the base weights adapter ``name`` was merged into, bit for bit."""
     pending = _deltas(model, name, want_merged=True, verb="unmerge")
-    for layer, delta in pending:
-        layer.apply_delta(delta, sign=-1.0)
+    for layer, _ in pending:
         adapter = layer.adapter(name)
+        layer.take_back_delta(vars(adapter).pop(_UNDO))
         adapter.merged = False
-        vars(adapter).pop(_APPLIED, None)
 
 
 @torch.no_grad()
@@ -75,10 +75,10 @@ def _add_delta(state: dict[str, Tensor], module_name: str, layer: AdaptedLayer, 
     if delta.weight is not None:
         weight = delta.weight.T if layer.kind.transposed else delta.weight
         key = f"{module_name}.weight"
-        state[key] = state[key] + weight.to(state[key].dtype)
+        state[key] = (state[key].float() + weight.float()).to(state[key].dtype)  # one rounding
     if delta.bias is not None:
         key = f"{module_name}.bias"
-        state[key] = state[key] + delta.bias.to(state[key].dtype)
+        state[key] = (state[key].float() + delta.bias.float()).to(state[key].dtype)
 
 
 def _check_mergeable(model: nn.Module, name: str) -> None:
@@ -105,8 +105,10 @@ def _deltas(
     for layer in layers:
         if layer.adapter(name).merged != want_merged:
             continue
-        applied = vars(layer.adapter(name)).get(_APPLIED)
-        delta = applied if want_merged and applied is not None else _delta_of(layer, name)
+        if want_merged:  # unmerge takes back what merge recorded; nothing to compute
+            pending.append((layer, ParamDelta()))
+            continue
+        delta = _delta_of(layer, name)
         for tensor in (delta.weight, delta.bias):
             if tensor is not None and not torch.isfinite(tensor).all():
                 raise NotMergeableError(

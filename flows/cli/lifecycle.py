@@ -32,7 +32,6 @@ def build(
     """Train, evaluate, register and (if it beats the champion) promote one adapter, as a Prefect
     flow run. The same spec, data and code return the version built before. For CI: exit 0
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
-    from .. import pipelines  # noqa: PLC0415 - heavy imports only for this command
     from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
     from ..prepare_job import check_inputs  # noqa: PLC0415
     from ..spec import load_spec  # noqa: PLC0415
@@ -48,6 +47,8 @@ def build(
         if earlier is not None:
             result = earlier.to_dict()
         else:
+            from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
+
             with (
                 progress(spec.name, enabled=not as_json) as on_step,
                 pipelines.reporting_progress(on_step),
