@@ -49,6 +49,7 @@ def build(
         else:
             from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
+            quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
             with (
                 progress(spec.name, enabled=not as_json) as on_step,
                 pipelines.reporting_progress(on_step),
