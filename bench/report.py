@@ -355,7 +355,7 @@ def startup_section(data: dict[str, Any], plots: Path) -> str:
             ]
         )
     header = ["command", "time", "floor: what it must import (ratio)"]
-    header += [f"before (`{baseline}`)"] if baseline else []
+    header += [f"before (`{baseline}`), speed-up"] if baseline else []
     return "\n\n".join(
         [
             "**CLI start-up** (median of "

@@ -33,7 +33,7 @@ def quality() -> dict:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
-    for name in ("composition", "registry", "storage"):
+    for name in ("composition", "registry", "storage", "startup"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
     return tmp_path
 
@@ -48,6 +48,17 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
     first = composition["mixed_batch"][0]
     assert f"| {first['distinct_adapters']} | {first['ours_ms']:.0f} ms |" in text
     assert "_2026-01-02, 2 CPUs, torch 9.9._" in text
+
+
+def test_the_startup_table_compares_each_command_with_its_floor(results: Path):
+    text = report.render(results)
+    startup = json.loads((results / "startup.json").read_text())
+    first = startup["rows"][0]
+    row = (
+        f"| `{first['command']}` | {first['seconds']:.2f} s | {first['floor']} "
+        f"{first['floor_seconds']:.2f} s ({first['over_floor']:.2f}x) |"
+    )
+    assert row in text
 
 
 def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
