@@ -31,7 +31,7 @@ import peft_core as pc
 from registry import AdapterVersion, Registry
 
 from .errors import DataError
-from .spec import parse_spec
+from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "lint"]
 
@@ -208,13 +208,7 @@ def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
     """The version's base model (with its head) and tokenizer, with the adapter loaded."""
     from .train_job import load_base_model  # noqa: PLC0415 - transformers is heavy
 
-    if not version.spec:
-        raise DataError(
-            f"{version.ref} was pushed without a spec, so its base model settings are unknown; "
-            "export converts versions built by adapterops build"
-        )
-    spec = parse_spec(version.spec, source=f"{version.ref} spec")
-    model, tokenizer = load_base_model(spec)
+    model, tokenizer = load_base_model(spec_of_version(version, "export"))
     registry.load_into(model, version.ref, name=version.name)
     return model, tokenizer
 

@@ -16,7 +16,7 @@ from registry import Registry
 
 from .errors import DataError
 from .members import load_members, members_of_version
-from .spec import AdapterSpec, parse_spec
+from .spec import AdapterSpec, spec_of_version
 from .train_job import load_base_model
 
 __all__ = ["Prediction", "predict"]
@@ -49,12 +49,7 @@ def predict(
     if not texts:
         raise DataError("give at least one --text")
     version = registry.get(ref)
-    if not version.spec:
-        raise DataError(
-            f"{version.ref} was pushed without a spec, so its head and base model settings are "
-            "unknown; predict works on versions built by adapterops build"
-        )
-    spec = parse_spec(version.spec, source=f"{version.ref} spec")
+    spec = spec_of_version(version, "predict")
     model, tokenizer = load_base_model(spec)
     load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)

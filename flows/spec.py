@@ -37,6 +37,7 @@ __all__ = [
     "load_spec",
     "member_name",
     "parse_spec",
+    "spec_of_version",
 ]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
@@ -297,6 +298,23 @@ class SpecError(Exception):
         listed = "; ".join(f"{path}: {message}" for path, message in self.problems)
         count = f"{len(problems)} problems: " if len(problems) > 1 else ""
         super().__init__(f"{source}: {count}{listed}")
+
+
+def spec_of_version(version: Any, command: str) -> AdapterSpec:
+    """The spec a registered version was built from; versions pushed without one cannot tell
+    their base model settings, so ``command`` cannot use them."""
+    if not version.spec:
+        raise SpecError(
+            version.ref,
+            [
+                (
+                    "(spec)",
+                    "pushed without a spec, so its head and base model settings are unknown; "
+                    f"{command} works on versions built by adapterops build",
+                )
+            ],
+        )
+    return parse_spec(version.spec, source=f"{version.ref} spec")
 
 
 class PlanSpec(_Strict):

@@ -9,7 +9,7 @@ import peft_core as pc
 from registry import AdapterVersion, BaseModelMismatchError
 
 from .errors import DataError
-from .spec import parse_spec
+from .spec import spec_of_version
 from .train_job import load_base_model
 
 __all__ = ["verify_on_base"]
@@ -17,12 +17,7 @@ __all__ = ["verify_on_base"]
 
 def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
     """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes."""
-    if not version.spec:
-        raise DataError(
-            f"{version.ref} was pushed without a spec, so its base model settings are unknown; "
-            "--verify checks versions built by adapterops build"
-        )
-    model, _ = load_base_model(parse_spec(version.spec, source=f"{version.ref} spec"))
+    model, _ = load_base_model(spec_of_version(version, "pull --verify"))
     pc.load_adapter(model, folder, name=version.name)
     check = pc.check_probes(model, version.name, folder)
     if check is None:
