@@ -12,11 +12,12 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
 from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
-from .errors import AdapterExistsError, TargetError
+from .errors import AdapterExistsError, ConfigError, TargetError
 from .heads import HeadSwitch, adapter_head, detect_head
 from .layer import AdaptedLayer, is_peft_layer, layer_kind
 from .methods import LayerSite, Method, MethodConfig, method_of
@@ -24,6 +25,9 @@ from .methods.fusion import Fusion
 from .parallel import activate_parallel, deactivate_parallel
 from .roles import Target
 from .state import AdapterRecord, adapter_layers, adapter_records, get_record
+
+# fp32: adapter weights in float32 on a half-precision base (the default); base: the base's dtype
+AdapterDtype = Literal["fp32", "base"]
 
 __all__ = [
     "PreparedAdapter",
@@ -56,15 +60,24 @@ def add_adapter(
     *,
     targets: list[Target] | None = None,
     lora_overrides: dict[str, tuple[int, float]] | None = None,
+    adapter_dtype: AdapterDtype = "fp32",
 ) -> AdapterRecord:
     """Inject adapter ``name`` into ``model``, make it the active one and the only one that trains.
 
     The base model is frozen; the adapter's parameters (and a new classification head) train.
+    On a bf16/fp16 base the adapter's weights are float32 (``adapter_dtype="base"``: the base's).
     ``targets`` overrides role resolution with exact module targets (used when loading a saved
     adapter). Raises :class:`TargetError` before touching the model when a target matches nothing
     or names a module type the method cannot adapt.
     """
-    prepared = prepare_adapter(model, name, config, targets=targets, lora_overrides=lora_overrides)
+    prepared = prepare_adapter(
+        model,
+        name,
+        config,
+        targets=targets,
+        lora_overrides=lora_overrides,
+        adapter_dtype=adapter_dtype,
+    )
     attach_adapter(model, prepared)
     return prepared.record
 
@@ -76,14 +89,17 @@ def prepare_adapter(
     *,
     targets: list[Target] | None = None,
     lora_overrides: dict[str, tuple[int, float]] | None = None,
+    adapter_dtype: AdapterDtype = "fp32",
 ) -> PreparedAdapter:
     """Validate and build everything :func:`add_adapter` needs, without changing ``model``."""
+    if adapter_dtype not in ("fp32", "base"):
+        raise ConfigError(f"adapter_dtype must be 'fp32' or 'base', got {adapter_dtype!r}")
     _check_new_name(model, name)
     method = method_of(config)
     method.check_model(model, config)
     overrides = dict(lora_overrides or {})
     resolved = targets if targets is not None else method.targets(model, config)
-    modules = _build_modules(model, config, resolved, overrides)
+    modules = _build_modules(model, config, resolved, overrides, adapter_dtype == "base")
     head = detect_head(model)
     if method.trains_whole_model:
         # A full fine-tune owns every weight, the head included: no per-adapter head copy.
@@ -271,6 +287,7 @@ def _build_modules(
     config: MethodConfig,
     targets: list[Target],
     overrides: dict[str, tuple[int, float]],
+    keep_base_dtype: bool = False,
 ) -> dict[str, nn.Module]:
     """Build one adapter module per target module, validating each target; mutates nothing."""
     by_module: dict[str, list[Target]] = defaultdict(list)
@@ -279,7 +296,9 @@ def _build_modules(
     built: dict[str, nn.Module] = {}
     for module_name, module_targets in by_module.items():
         base = _base_layer(model, module_name)
-        built[module_name] = _build_one(base, module_name, config, module_targets, overrides)
+        built[module_name] = _build_one(
+            base, module_name, config, module_targets, overrides, keep_base_dtype=keep_base_dtype
+        )
     return built
 
 
@@ -297,6 +316,8 @@ def _build_one(
     config: MethodConfig,
     targets: list[Target],
     overrides: dict[str, tuple[int, float]],
+    *,
+    keep_base_dtype: bool,
 ) -> nn.Module:
     kind = layer_kind(base)
     if kind is None and is_peft_layer(base):
@@ -309,7 +330,9 @@ def _build_one(
             f"{module_name} is a {type(base).__name__}, which {config.type} cannot adapt; "
             "supported module types: Linear, Conv1D (GPT-2) and, for BitFit, LayerNorm"
         )
-    site = LayerSite(module_name, base, kind, tuple(targets), overrides.get(module_name))
+    site = LayerSite(
+        module_name, base, kind, tuple(targets), overrides.get(module_name), keep_base_dtype
+    )
     return method_of(config).build(site, config)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "adapter_state_dict",
     "check_fingerprint",
+    "file_tensors",
     "load_into_prepared",
     "load_self_placed",
     "metadata",
@@ -67,12 +68,26 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     return state
 
 
-def write_ours(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict[str, Any]) -> None:
-    """Write ``record`` in our format into ``folder``."""
-    name = record.name
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, name).items()}
+def write_ours(
+    model: nn.Module,
+    record: AdapterRecord,
+    folder: Path,
+    meta: dict[str, Any],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Write ``record`` in our format into ``folder`` (floating tensors in ``dtype``)."""
+    tensors = file_tensors(adapter_state_dict(model, record.name), dtype)
     safetensors.torch.save_file(tensors, str(folder / ADAPTER_WEIGHTS))
     (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def file_tensors(tensors: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """Tensors as a safetensors file holds them: on the CPU, contiguous, floats in ``dtype``."""
+    return {
+        key: (value.to(dtype) if value.is_floating_point() else value).detach().contiguous().cpu()
+        for key, value in tensors.items()
+    }
 
 
 def metadata(model: nn.Module, record: AdapterRecord, tokenizer: Any = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "AdapterModule",
     "LayerKind",
     "ParamDelta",
+    "base_compute_dtype",
     "base_named_parameters",
     "base_state_dict",
     "layer_kind",
@@ -209,6 +210,15 @@ def base_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]
     for module_name, module in named_base_modules(model):
         for param_name, param in module.named_parameters(recurse=False):
             yield f"{module_name}.{param_name}", param
+
+
+def base_compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the base model computes in: its first floating weight's (float32 when all of its
+    weights are quantised integers)."""
+    for _, parameter in base_named_parameters(model):
+        if parameter.dtype.is_floating_point:
+            return parameter.dtype
+    return torch.float32
 
 
 def base_state_dict(model: nn.Module) -> dict[str, Tensor]:

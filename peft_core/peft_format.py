@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from torch import nn
 
 from .errors import AdapterFormatError, ConfigError
 from .heads import adapter_head
 from .inject import prepare_adapter
-from .io import check_fingerprint, load_into_prepared, load_self_placed
+from .io import check_fingerprint, file_tensors, load_into_prepared, load_self_placed
 from .layer import named_base_modules
 from .methods import Method, all_methods, method_of
 from .state import AdapterRecord, adapter_layers
@@ -39,8 +40,16 @@ OUR_METADATA = "adapterops.json"
 _TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
-def write_peft(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict[str, Any]) -> None:
-    """Write ``record`` in PEFT layout into ``folder`` (methods with a PEFT counterpart only)."""
+def write_peft(
+    model: nn.Module,
+    record: AdapterRecord,
+    folder: Path,
+    meta: dict[str, Any],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Write ``record`` in PEFT layout into ``folder`` (methods with a PEFT counterpart only;
+    floating tensors in ``dtype``)."""
     method = method_of(record.config)
     if method.peft_type is None and not method.places_itself:
         holds = sorted(t for t, m in all_methods().items() if m.peft_type is not None)
@@ -75,10 +84,9 @@ def write_peft(model: nn.Module, record: AdapterRecord, folder: Path, meta: dict
     prefix = (
         PROMPT_PREFIX if method.places_itself and "prompt_embeddings" in tensors else PEFT_PREFIX
     )
-    contiguous = {
-        (f"{prefix}{k}" if "." in k else k): v.detach().contiguous().cpu()
-        for k, v in tensors.items()
-    }
+    contiguous = file_tensors(
+        {(f"{prefix}{k}" if "." in k else k): v for k, v in tensors.items()}, dtype
+    )
     safetensors.torch.save_file(contiguous, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
     (folder / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (folder / OUR_METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from .errors import AdapterFormatError, ConfigError
 from .io import ADAPTER_META, metadata, read_ours, write_ours
+from .layer import base_compute_dtype
 from .peft_format import PEFT_CONFIG, read_peft, write_peft
 from .state import AdapterRecord, get_record
 
@@ -22,6 +24,7 @@ def save_adapter(
     *,
     format: Literal["adapterops", "peft"] = "adapterops",
     tokenizer: Any = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write adapter ``name`` to folder ``path`` (created if needed) and return the folder.
 
@@ -29,6 +32,8 @@ def save_adapter(
     method. ``format="peft"`` (LoRA only) writes ``adapter_config.json`` +
     ``adapter_model.safetensors`` as peft, vLLM and LoRAX read them, and our metadata in a separate
     ``adapterops.json``. Give ``tokenizer`` to include its vocabulary in the base-model fingerprint.
+    Floating tensors are written in ``dtype``, by default the base's compute dtype (as peft does:
+    float32 adapters trained on a bf16 base are saved in bf16).
     """
     if format not in ("adapterops", "peft"):
         raise ConfigError(f"unknown adapter format {format!r}; expected 'adapterops' or 'peft'")
@@ -36,7 +41,8 @@ def save_adapter(
     folder = Path(path)
     meta = metadata(model, record, tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    (write_peft if format == "peft" else write_ours)(model, record, folder, meta)
+    in_file = dtype if dtype is not None else base_compute_dtype(model)
+    (write_peft if format == "peft" else write_ours)(model, record, folder, meta, dtype=in_file)
     return folder
 
 

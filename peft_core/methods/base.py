@@ -76,6 +76,7 @@ class LayerSite:
     kind: LayerKind
     targets: tuple[Target, ...]
     rank_alpha: tuple[int, float] | None = None  # a per-module (rank, alpha) from a PEFT file
+    keep_base_dtype: bool = False  # adapters in the base's dtype, even a half-precision one
 
     @property
     def device(self) -> torch.device:
@@ -84,9 +85,15 @@ class LayerSite:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The base layer's floating dtype (a quantised integer base gets float32 adapters)."""
+        """The adapter's dtype: float32 on a half-precision or quantised base (half-precision
+        trainable weights lose small AdamW updates and over/underflow; peft does the same),
+        else the base layer's; ``keep_base_dtype`` keeps a half-precision base's dtype."""
         dtype = next(self.base.parameters()).dtype
-        return dtype if dtype.is_floating_point else torch.float32
+        if not dtype.is_floating_point:
+            return torch.float32
+        if dtype.itemsize < 4 and not self.keep_base_dtype:
+            return torch.float32
+        return dtype
 
     @property
     def in_features(self) -> int:
