@@ -213,6 +213,8 @@ class TrainSpec(_Strict):
     # auto: bf16 autocast on a CUDA GPU that supports it, fp32 otherwise.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
+    # Recompute each block's activations in the backward pass: less memory, same gradients.
+    gradient_checkpointing: bool = False
 
 
 class EvaluateSpec(_Strict):

@@ -158,6 +158,7 @@ def train_from_spec(
             precision=training_precision(spec, where.device),
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=cfg.checkpoint_every,
+            gradient_checkpointing=cfg.gradient_checkpointing,
             on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))
             if report_step
             else None,

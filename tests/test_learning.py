@@ -46,3 +46,32 @@ def test_method_learns_sst2(method, sst2_dir, tmp_path):
     (ARTIFACTS / "learning.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
     assert report.metrics["examples"] == 872  # the whole validation set
     assert accuracy >= majority + MARGIN, f"{method}: {accuracy:.3f} vs majority {majority:.3f}"
+
+
+def test_gradient_checkpointing_through_the_spec_gives_the_same_run(
+    sst2_dir, tmp_path, monkeypatch
+):
+    """``train.gradient_checkpointing: true`` reaches the training loop and changes nothing but
+    memory: the same losses, step for step, on the real MiniLM."""
+    import peft_core as pc
+
+    asked, real_train = [], pc.train
+
+    def train_and_note(*args, **kwargs):  # the real loop; we only note what it was asked
+        asked.append(kwargs["gradient_checkpointing"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pc, "train", train_and_note)
+    losses = {}
+    for checkpointing in (False, True):
+        spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=4, batch_size=8)
+        spec = spec.model_copy(
+            update={
+                "train": spec.train.model_copy(update={"gradient_checkpointing": checkpointing}),
+                "data": spec.data.model_copy(update={"max_eval_samples": 8}),
+            }
+        )
+        report = train_from_spec(spec, tmp_path / str(checkpointing))
+        losses[checkpointing] = report.losses
+    assert asked == [False, True]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)

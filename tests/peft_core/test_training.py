@@ -109,3 +109,50 @@ class TestPrecision:
         after = trainable(model)
         assert all(value.dtype == torch.float32 for value in after.values())
         assert any(not torch.equal(after[n], before[n]) for n in before)
+
+
+class TestGradientCheckpointing:
+    """Recomputing blocks in the backward pass changes memory, not the numbers."""
+
+    @pytest.mark.parametrize("family", ["bert", "llama"])
+    def test_same_losses_and_weights_and_the_blocks_really_run_twice(self, family):
+        import transformers as T
+
+        runs = {}
+        for checkpointing in (False, True):
+            torch.manual_seed(0)
+            config = TINY_CONFIGS[family]()
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+            model = T.AutoModelForSequenceClassification.from_config(config)
+            pc.add_adapter(model, "a", pc.LoRA(rank=4))
+            # a module inside the first block; its forward runs again when the block is
+            # recomputed (module hooks do not: torch's checkpoint replays forward alone)
+            inner = (
+                model.base_model.encoder.layer[0].intermediate
+                if family == "bert"
+                else model.model.layers[0].mlp
+            )
+            calls: list[int] = []
+            plain_forward = inner.forward
+
+            def counted(*args, seen=calls, run=plain_forward, **kwargs):
+                seen.append(1)
+                return run(*args, **kwargs)
+
+            inner.forward = counted
+            result = pc.train(
+                model, batches(), max_steps=3, learning_rate=1e-2,
+                gradient_checkpointing=checkpointing,
+            )  # fmt: skip
+            runs[checkpointing] = (result.losses, trainable(model), len(calls))
+            assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        (plain_losses, plain, plain_calls), (losses, weights, calls) = runs[False], runs[True]
+        assert losses == pytest.approx(plain_losses, abs=1e-6)
+        assert all(torch.allclose(weights[k], plain[k], atol=1e-6) for k in plain)
+        assert (plain_calls, calls) == (3, 6)  # forward, then again in the backward pass
+
+    def test_a_model_without_it_is_a_clear_error(self):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        model[0].weight.requires_grad_(True)
+        with pytest.raises(pc.ConfigError, match="does not support gradient checkpointing"):
+            pc.train(model, [], max_steps=1, learning_rate=1e-3, gradient_checkpointing=True)
