@@ -170,7 +170,12 @@ def build_from_spec(
 
 def build_lineage(spec: AdapterSpec, registry: Registry | None = None) -> dict[str, str]:
     """Dataset fingerprint, code version and the build key they make with the spec."""
-    lineage = {"dataset_fingerprint": dataset_fingerprint(spec), "code_version": code_version()}
+    lineage = {
+        "dataset_fingerprint": dataset_fingerprint(spec),
+        "code_version": code_version(),
+        # what `load.dtype: auto` became on the machine that trained it
+        "base_dtype": str(spec.load.torch_dtype()).removeprefix("torch."),
+    }
     members = members_of_spec(spec)
     if members:  # a fusion over name@champion means different things as the champion moves
         registry = registry if registry is not None else Registry()

@@ -217,6 +217,23 @@ class TrainSpec(_Strict):
     gradient_checkpointing: bool = False
 
 
+class LoadSpec(_Strict):
+    """How the base model's weights are loaded (for training, evaluation and predict alike)."""
+
+    # auto: bf16 on a CUDA GPU that supports it, fp32 on a CPU. A bf16/fp16 base halves the
+    # memory of its weights; the adapter's own weights stay float32 either way.
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+
+    def torch_dtype(self) -> Any:
+        """The dtype the base model is loaded in here (``auto`` resolved on this machine)."""
+        import torch  # noqa: PLC0415 - the spec module is imported where torch is not wanted
+
+        if self.dtype == "auto":
+            gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if gpu_bf16 else torch.float32
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
+
+
 class EvaluateSpec(_Strict):
     # Left out, the metric follows the head: accuracy for a classifier, perplexity for an LM.
     metric: Literal["accuracy", "macro_f1", "perplexity"] = "accuracy"
@@ -260,6 +277,7 @@ class AdapterSpec(_Strict):
     head: HeadSpec
     method: MethodSpec
     data: DataSpec
+    load: LoadSpec = LoadSpec()
     train: TrainSpec = TrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
     promote: PromoteSpec = PromoteSpec()

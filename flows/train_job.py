@@ -98,7 +98,7 @@ def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBa
     """The spec's base model with its head, and its tokenizer (from local files only)."""
     path = resolve_base_model(spec.base_model)
     tokenizer = load_tokenizer(spec)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"dtype": spec.load.torch_dtype()}
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
         if spec.head.label_names:  # the model's config then names them too (pipelines, exports)

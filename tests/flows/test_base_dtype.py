@@ -1,0 +1,36 @@
+"""The base model's dtype comes from the spec (``load.dtype``)."""
+
+from __future__ import annotations
+
+import safetensors.torch
+import torch
+
+from flows.build_job import build_from_spec
+from flows.quickstart import minilm_sst2_spec
+from registry import Registry
+
+
+def test_a_bf16_base_trains_float32_adapters_and_records_its_dtype(
+    sst2_dir, tmp_path, embedded_home
+):
+    """``load.dtype: bf16`` (on a CPU too): the base computes in bf16, the LoRA weights train in
+    float32, the files hold bf16 (the base's dtype, as peft writes), and the version's lineage
+    and model card say which dtype the base had."""
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=4, batch_size=8, name="bf16-lora")
+    spec = spec.model_copy(
+        update={
+            "load": spec.load.model_copy(update={"dtype": "bf16"}),
+            "data": spec.data.model_copy(update={"max_eval_samples": 16}),
+        }
+    )
+    assert spec.load.torch_dtype() == torch.bfloat16
+    result = build_from_spec(spec, Registry(), tmp_path / "out")
+    version = Registry().get(result.ref)
+    assert version.lineage["base_dtype"] == "bfloat16"
+    files = Registry().fetch(result.ref, tmp_path / "fetched")
+    tensors = safetensors.torch.load_file(files / "adapter.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    assert "(bfloat16)" in (files / "README.md").read_text()
+    assert result.metrics["examples"] == 16
+    default = minilm_sst2_spec("lora", sst2_dir / "en", steps=1)
+    assert default.load.dtype == "auto" and default.load.torch_dtype() == torch.float32  # a CPU
