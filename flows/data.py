@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import (
     DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
 )
@@ -141,6 +142,8 @@ def make_loader(
     collator: Any
     if head == "masked-lm":
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+    elif head == "causal-lm" and "labels" in dataset.column_names:  # instructions: own labels
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     elif head == "causal-lm":
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     else:
@@ -157,6 +160,9 @@ def make_loader(
 
 def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
     data = spec.data
+    if data.instructions:
+        _check_instruction_columns(data, dataset, split)
+        return
     wanted = [c for c in (data.text, data.text_pair) if c]
     if spec.head.type == "classification" and data.label:
         wanted.append(data.label)
@@ -177,10 +183,37 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
             )
 
 
+def _check_instruction_columns(data: Any, dataset: datasets.Dataset, split: str) -> None:
+    wanted = [c for c in (data.prompt, data.response, data.messages) if c]
+    missing = [c for c in wanted if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
+            "Set data.prompt / data.response or data.messages in the spec."
+        )
+    for row, example in enumerate(dataset):
+        where = f"{split} split, row {row + 1}"
+        if data.messages is None:
+            if not str(example[data.response] or "").strip():
+                raise DataError(f"{where}: the response is empty (nothing to learn from)")
+            continue
+        messages = example[data.messages]
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
+        ):
+            raise DataError(f"{where}: {data.messages!r} must be a list of {{role, content}}")
+        if messages[-1]["role"] != "assistant" or not str(messages[-1]["content"]).strip():
+            raise DataError(f"{where}: the last message must be a non-empty assistant answer")
+
+
 def _tokenize(
     dataset: datasets.Dataset, spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
 ) -> datasets.Dataset:
     data = spec.data
+    if data.instructions:
+        return _tokenize_instructions(dataset, spec, tokenizer)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         texts: Iterable[Any] = [str(t) for t in batch[data.text]]
@@ -193,3 +226,41 @@ def _tokenize(
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def _tokenize_instructions(
+    dataset: datasets.Dataset, spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
+) -> datasets.Dataset:
+    """Prompt then response (+ end of sequence); labels -100 on the prompt, so the loss (and
+    the perplexity evaluation reports) covers the response alone."""
+    data, limit = spec.data, spec.train.max_length
+    if data.messages is not None and not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"data.messages needs a chat template, and the tokenizer of {spec.base_model} has "
+            "none: use data.prompt / data.response, or a base model that ships one"
+        )
+
+    def encode(example: dict[str, Any]) -> dict[str, Any]:
+        if data.messages is not None:
+            messages = example[data.messages]
+            prompt = tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            whole = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+            response = list(whole[len(prompt) :])
+        else:
+            prompt = tokenizer(str(example[data.prompt]))["input_ids"]
+            answer = tokenizer(str(example[data.response]), add_special_tokens=False)
+            end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            response = [*answer["input_ids"], *end]  # the model learns to stop
+        prompt = list(prompt)
+        if len(prompt) >= limit:
+            raise DataError(
+                f"a prompt of {len(prompt)} tokens leaves no room for its response within "
+                f"train.max_length {limit}: raise max_length or shorten the prompt"
+            )
+        ids = (prompt + response)[:limit]
+        labels = ([-100] * len(prompt) + response)[:limit]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    return dataset.map(encode, remove_columns=dataset.column_names)

@@ -94,11 +94,25 @@ def _fill_mask(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) 
     return results
 
 
+def _prompt(tokenizer: Any, text: str, spec: AdapterSpec) -> Any:
+    """The model's input for ``text``: as a user turn of the chat template when the adapter was
+    trained on chat messages, else the text itself."""
+    if spec.data.messages is None:
+        encoded = tokenizer(text, return_tensors="pt")
+    else:
+        turn = [{"role": "user", "content": text}]
+        encoded = tokenizer.apply_chat_template(
+            turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    # a decoder reads ids and mask; some tokenizers add segment ids generate() refuses
+    return {k: encoded[k] for k in ("input_ids", "attention_mask") if k in encoded}
+
+
 @torch.no_grad()
 def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
     results = []
     for text in texts:
-        encoded = tokenizer(text, return_tensors="pt")
+        encoded = _prompt(tokenizer, text, spec)
         output = model.generate(
             **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
             pad_token_id=tokenizer.pad_token_id,

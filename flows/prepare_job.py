@@ -77,6 +77,12 @@ def preparation_key(spec: AdapterSpec, fingerprint: str) -> str:
         "base_model": spec.base_model,
         "head": spec.head.type,
         "columns": [spec.data.text, spec.data.text_pair, spec.data.label],
+        # added later: specs without instructions keep their earlier cache keys
+        **(
+            {"instructions": [spec.data.prompt, spec.data.response, spec.data.messages]}
+            if spec.data.instructions
+            else {}
+        ),
         "max_length": spec.train.max_length,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

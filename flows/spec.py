@@ -185,8 +185,26 @@ class DataSpec(_Strict):
     text: str = "sentence"
     text_pair: str | None = None
     label: str | None = "label"
+    # Instruction data for causal LMs: a prompt and a response column, or a column of chat
+    # messages ([{role, content}, ...], the last one the assistant's). Loss on the response only.
+    prompt: str | None = None
+    response: str | None = None
+    messages: str | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
+
+    @property
+    def instructions(self) -> bool:
+        """Whether the examples are instructions (prompt/response or chat messages)."""
+        return self.messages is not None or self.prompt is not None
+
+    @model_validator(mode="after")
+    def _instruction_columns(self) -> DataSpec:
+        if (self.prompt is None) != (self.response is None):
+            raise ValueError("give data.prompt and data.response together (the two columns)")
+        if self.messages is not None and self.prompt is not None:
+            raise ValueError("give data.messages or data.prompt/response, not both")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -305,6 +323,11 @@ class AdapterSpec(_Strict):
             )
         if not lm and self.data.label is None:
             raise ValueError("a classification head needs data.label (the label column)")
+        if self.data.instructions and self.head.type != "causal-lm":
+            raise ValueError(
+                "data.prompt/response and data.messages are instruction data for a causal-lm "
+                f"head, not {self.head.type}"
+            )
         return self
 
 

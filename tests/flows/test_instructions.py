@@ -1,0 +1,170 @@
+"""Instruction data for causal LMs: prompt/response columns or chat messages (through the
+tokenizer's chat template), the loss on response tokens only, bad rows refused before training.
+
+The base is a small Llama-shaped model with random weights and MiniLM's vocabulary (a real
+tokenizer, given a chat template), saved to a local folder as a user's base model would be.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from flows.data import DataError, load_raw, prepare
+from flows.spec import SpecError, parse_spec
+from flows.train_job import load_tokenizer, train_from_spec
+from tests.helpers import minilm_path
+
+TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+ROWS = [
+    ("translate to French: cat", "chat"),
+    ("translate to French: dog", "chien"),
+    ("translate to French: house", "maison"),
+    ("translate to French: water", "eau"),
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("instruct-base")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def spec_for(base: Path, tmp_path: Path, rows: list[dict], **data) -> object:
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    return parse_spec(
+        {
+            "name": "instruct", "base_model": str(base), "task": "translate", "language": "en",
+            "head": {"type": "causal-lm"}, "method": {"type": "lora", "rank": 4},
+            "data": {"train": str(train), "validation": str(train), **data},
+            "train": {"max_steps": 3, "batch_size": 2, "max_length": 32},
+        }
+    )  # fmt: skip
+
+
+def pairs() -> list[dict]:
+    return [{"prompt": p, "response": r} for p, r in ROWS]
+
+
+def chats() -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+        for p, r in ROWS
+    ]
+
+
+def test_prompt_tokens_are_masked_and_the_response_ends_with_eos(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    tokenizer = load_tokenizer(spec)
+    prepared = prepare(spec, tokenizer)
+    for example, (prompt, response) in zip(prepared.train, ROWS, strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+        assert example["input_ids"] == [*prompt_ids, *answer, tokenizer.eos_token_id]
+        assert example["labels"] == [-100] * len(prompt_ids) + [*answer, tokenizer.eos_token_id]
+
+
+def test_chat_messages_go_through_the_chat_template(base, tmp_path):
+    spec = spec_for(base, tmp_path, chats(), messages="messages")
+    tokenizer = load_tokenizer(spec)
+    example = prepare(spec, tokenizer).train[0]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": ROWS[0][0]}], add_generation_prompt=True, tokenize=True,
+        return_dict=False,
+    )  # fmt: skip
+    assert example["input_ids"][: len(prompt)] == list(prompt)
+    assert example["labels"][: len(prompt)] == [-100] * len(prompt)
+    assert tokenizer.decode(example["input_ids"][len(prompt) :]).strip() == ROWS[0][1]
+
+
+def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    report = train_from_spec(spec, tmp_path / "out")
+    tokenizer = load_tokenizer(spec)
+    response_tokens = sum(
+        len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for _, r in ROWS
+    )
+    assert report.metrics["tokens"] == response_tokens  # the prompts are not scored
+    assert report.metrics["perplexity"] == pytest.approx(
+        torch.tensor(report.metrics["eval_loss"]).exp().item(), rel=1e-6
+    )
+
+
+class TestBadRows:
+    def test_an_empty_response(self, base, tmp_path):
+        rows = [*pairs(), {"prompt": "say nothing", "response": " "}]
+        spec = spec_for(base, tmp_path, rows, prompt="prompt", response="response")
+        with pytest.raises(DataError, match="train split, row 5: the response is empty"):
+            load_raw(spec)
+
+    def test_a_chat_that_does_not_end_with_the_assistant(self, base, tmp_path):
+        rows = [*chats(), {"messages": [{"role": "user", "content": "hello?"}]}]
+        spec = spec_for(base, tmp_path, rows, messages="messages")
+        with pytest.raises(
+            DataError, match="row 5: the last message must be a non-empty assistant"
+        ):
+            load_raw(spec)
+
+    def test_a_prompt_longer_than_max_length(self, base, tmp_path):
+        rows = [*pairs(), {"prompt": "word " * 64, "response": "short"}]
+        spec = spec_for(base, tmp_path, rows, prompt="prompt", response="response")
+        with pytest.raises(
+            DataError, match=r"leaves no room for its response within train\.max_length 32"
+        ):
+            prepare(spec, load_tokenizer(spec))
+
+    def test_instructions_need_a_causal_lm_head_and_both_columns(self, base, tmp_path):
+        spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+        document = spec.model_dump(mode="json")
+        with pytest.raises(SpecError, match=r"data\.prompt and data\.response together"):
+            parse_spec({**document, "data": {**document["data"], "response": None}})
+        classifier = {**document, "head": {"type": "classification", "num_labels": 2}}
+        with pytest.raises(SpecError, match="instruction data for a causal-lm head"):
+            parse_spec({**classifier, "evaluate": {"metric": "accuracy"}})
+
+
+def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path, embedded_home):
+    from flows.build_job import build_from_spec
+    from flows.predict_job import predict
+    from flows.train_job import load_base_model
+    from registry import Registry
+
+    spec = spec_for(base, tmp_path, chats(), messages="messages")
+    ref = build_from_spec(spec, Registry(), tmp_path / "built").ref
+    _, (answer,) = predict(Registry(), ref, ["translate to French: cat"])
+
+    model, tokenizer = load_base_model(spec)
+    Registry().load_into(model, ref, name=spec.name)
+    turn = [{"role": "user", "content": "translate to French: cat"}]
+    prompt = tokenizer.apply_chat_template(
+        turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    prompt = {k: prompt[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        output = model.eval().generate(
+            **prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    assert answer.continuation == tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
