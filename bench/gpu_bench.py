@@ -1,0 +1,186 @@
+"""LoRA fine-tuning of a Llama-shaped decoder: ours against Hugging Face peft in the same run.
+
+    python -m bench.gpu_bench                 # on a CUDA GPU: ~1.1B parameters, batch 8 x 1024
+    python -m bench.gpu_bench --quick         # tiny shapes (any device; CI runs it on a CPU)
+
+The base is random-weight (speed and memory do not depend on the values), built directly on the
+device in bf16. LoRA r=16 on every linear layer of the blocks (q, k, v, o, gate, up, down) with
+float32 adapter weights (peft's default and ours), AdamW, one optimiser step per batch. For
+each of {ours, peft} x {plain, gradient checkpointing}: tokens per second (median step after
+warm-up), model FLOPs utilisation on a GPU (6 x parameters x tokens per second over the
+device's bf16 peak, the usual accounting), and peak memory on a GPU. The ratios ours / peft are
+the result that matters: both should be <= 1.0.
+
+Needs only torch, transformers, peft and peft_core (the device machine has no registry stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import peft_core as pc
+from bench.common import write_result
+
+# bf16 dense peak of the GPUs we meet (TFLOP/s); others report no MFU
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # our roles: q/k/v/o + gate/up + down
+PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model and batch one run uses."""
+
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    batch: int
+    seq: int
+    steps: int
+
+
+FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 8, 1024, 12)  # ~1.1B parameters
+QUICK = Shape(64, 2, 128, 4, 2, 512, 2, 64, 4)
+
+
+def build(shape: Shape, device: torch.device) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+        intermediate_size=shape.intermediate, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
+        max_position_embeddings=shape.seq, use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with device:
+        return LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+def with_ours(model: LlamaForCausalLM) -> torch.nn.Module:
+    pc.add_adapter(model, "bench", pc.LoRA(rank=16, alpha=32, targets=TARGETS))
+    return model
+
+
+def with_peft(model: LlamaForCausalLM) -> torch.nn.Module:
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=PEFT_TARGETS, lora_dropout=0.0)
+    return get_peft_model(model, config)  # autocast_adapter_dtype: float32 adapter weights
+
+
+def run(library: str, checkpointing: bool, shape: Shape, device: torch.device) -> dict[str, Any]:
+    """Train ``shape.steps`` steps; the measurements of one configuration."""
+    model = build(shape, device)
+    parameters = sum(p.numel() for p in model.parameters())
+    model = with_ours(model) if library == "ours" else with_peft(model)
+    inner = model if library == "ours" else model.get_base_model()
+    if checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(inner, "activation_checkpointing_enable"):
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.float32}, "both keep float32 adapter weights"
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq), generator=generator).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(shape.steps):
+        started = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    step = statistics.median(times[1:] if len(times) > 1 else times)  # the first one warms up
+    tokens_per_second = shape.batch * shape.seq / step
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    result = {
+        "library": library, "checkpointing": checkpointing, "step_seconds": step,
+        "tokens_per_second": tokens_per_second, "peak_memory_gib": peak,
+        "parameters": parameters, "trainable": sum(p.numel() for p in trainable),
+        "final_loss": float(loss.detach()),
+    }  # fmt: skip
+    del model, optimizer, inner
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def mfu(row: dict[str, Any], device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((tflops for gpu, tflops in PEAK_TFLOPS.items() if gpu in name), None)
+    if peak is None:
+        return None
+    return 6 * row["parameters"] * row["tokens_per_second"] / (peak * 1e12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda and not args.quick:
+        print("no CUDA GPU here: the ~1.1B shapes would take hours on a CPU; running --quick")
+    quick = args.quick or not cuda
+    shape = QUICK if quick else FULL
+    rows = []
+    for checkpointing in (False, True):
+        for library in ("peft", "ours"):
+            row = run(library, checkpointing, shape, device)
+            row["mfu"] = mfu(row, device)
+            rows.append(row)
+            memory = f"{row['peak_memory_gib']:.2f} GiB" if row["peak_memory_gib"] else "-"
+            print(
+                f"{library:5} checkpointing={checkpointing!s:5} "
+                f"{row['tokens_per_second']:10.0f} tokens/s  peak {memory}",
+                flush=True,
+            )
+    ratios = {}
+    for checkpointing in (False, True):
+        ours, theirs = (
+            next(r for r in rows if r["library"] == lib and r["checkpointing"] == checkpointing)
+            for lib in ("ours", "peft")
+        )
+        key = "checkpointing" if checkpointing else "plain"
+        ratios[key] = {
+            "time_ours_over_peft": ours["step_seconds"] / theirs["step_seconds"],
+            "memory_ours_over_peft": (
+                ours["peak_memory_gib"] / theirs["peak_memory_gib"]
+                if ours["peak_memory_gib"]
+                else None
+            ),
+        }
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    name = "gpu_smoke" if quick else "gpu"
+    path = write_result(
+        name,
+        {"device": device_name, "quick": quick, "shape": asdict(shape), "rows": rows,
+         "ratios": ratios},
+    )  # fmt: skip
+    print(f"ratios ours/peft: {ratios}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

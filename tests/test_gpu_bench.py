@@ -1,0 +1,36 @@
+"""``bench/gpu_bench.py`` runs end to end with tiny shapes on a CPU (its real shapes need a GPU):
+ours and peft train the same LoRA (same trainable count, same loss) with and without gradient
+checkpointing, and the ratios are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_quick_run_compares_ours_with_peft(tmp_path):
+    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_bench", "--quick", "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    rows = {(r["library"], r["checkpointing"]): r for r in data["rows"]}
+    assert set(rows) == {(lib, c) for lib in ("ours", "peft") for c in (False, True)}
+    for checkpointing in (False, True):
+        ours, peft = rows["ours", checkpointing], rows["peft", checkpointing]
+        # r=16 on q (64->64), k, v (64->32), o, gate, up (64->128), down (128->64); 2 layers
+        per_layer = 16 * (128 + 96 + 96 + 128 + 192 + 192 + 192)
+        assert ours["trainable"] == peft["trainable"] == 2 * per_layer
+        assert ours["final_loss"] == pytest.approx(peft["final_loss"], abs=1e-3)
+        key = "checkpointing" if checkpointing else "plain"
+        ratio = data["ratios"][key]["time_ours_over_peft"]
+        assert ratio == pytest.approx(ours["step_seconds"] / peft["step_seconds"])
