@@ -5,6 +5,7 @@ and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under ``./.adapte
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from rich.table import Table
 import registry as rg
 from registry import AdapterVersion, RegistryError, Settings
 
-from .common import JsonOption, console, emit_json, human_bytes, user_errors
+from .common import JsonOption, console, emit_json, human_bytes, quiet_libraries, user_errors
 
 __all__ = ["app", "db_app"]
 
@@ -135,9 +136,6 @@ def pull(
 
 def _pull_verified(registry: Any, version: AdapterVersion, destination: Path) -> dict[str, Any]:
     """Fetch beside ``destination``, check the probes, then move the files into place."""
-    import tempfile  # noqa: PLC0415
-
-    from ..cli.common import quiet_libraries  # noqa: PLC0415
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
