@@ -52,6 +52,13 @@ URL_VARIABLES = (
 # A value this short would mask ordinary words (and says little about the secret).
 _SHORTEST_SECRET = 4
 
+
+def _maskable(value: str) -> bool:
+    """Whether a credential's value can be masked wherever it appears. A value made of letters
+    alone (a local test key such as ``adapterops``) would also mask ordinary words, the product's
+    name included; in a URL it is still masked by position."""
+    return len(value) >= _SHORTEST_SECRET and not value.isalpha()
+
 # scheme://user:PASSWORD@host: the password is everything up to the '@' that starts a host
 # (no '@', '/', '?', '#' or space in it) followed by the end of the authority.
 _URL_PASSWORD = re.compile(
@@ -82,7 +89,7 @@ def secrets_in_environment() -> list[str]:
         for match in _URL_PASSWORD.finditer(os.environ.get(name, "")):
             found.add(match["password"])
     values = {form for value in found for form in (value, unquote(value), quote(value, safe=""))}
-    return sorted((v for v in values if len(v) >= _SHORTEST_SECRET), key=len, reverse=True)
+    return sorted(filter(_maskable, values), key=len, reverse=True)
 
 
 class RedactedError(Exception):

@@ -101,6 +101,9 @@ def test_redact_masks_url_passwords_and_the_environments_credentials(monkeypatch
     assert redact(f"key {AWS_SECRET}; password {PG_PASSWORD}") == "key ***; password ***"
     unchanged = "sqlite:////tmp/registry.db, s3://bucket/prefix, write to ops@example.com"
     assert redact(unchanged) == unchanged
+    # a key that is a plain word (the tests' local S3 key) must not mask ordinary text
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "adapterops")
+    assert redact("run adapterops db upgrade") == "run adapterops db upgrade"
 
 
 def test_a_build_on_production_services_leaves_no_secret_anywhere(
