@@ -192,6 +192,13 @@ ROUTED = {
 }
 
 
+ROUTED_FOR_GENERATION = {
+    "lora": pc.LoRA(rank=2, targets=("q", "v")),
+    "lora-wide": pc.LoRA(rank=5, targets=("q", "v")),
+    "pfeiffer": pc.Pfeiffer(bottleneck=3),
+}
+
+
 class TestPerRow:
     @pytest.mark.parametrize(
         ("family", "head"),
@@ -213,6 +220,35 @@ class TestPerRow:
                 routed[row : row + 1], alone, atol=1e-5, rtol=1e-4, msg=f"row {row} ({name})"
             )
         assert pc.list_adapters(model)  # routing left the adapters in place
+
+    def test_generation_with_an_adapter_per_row_equals_each_row_alone(self, tiny_model):
+        """``generate`` under ``per_row``: left-padded prompts of different lengths, a KV cache,
+        greedy decoding; each row's tokens are the ones its adapter gives it alone."""
+        model = tiny_model("llama", "causal-lm")
+        for scale, (name, config) in zip(
+            (0.2, 0.5, 0.8), ROUTED_FOR_GENERATION.items(), strict=True
+        ):
+            pc.add_adapter(model, name, config)
+            perturb_adapter(model, name, scale=scale)  # each adapter its own weights
+        rows = ["lora", "pfeiffer", None, "lora-wide"]
+        prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16], [17, 18]]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+        with torch.no_grad(), pc.per_row(model, rows):
+            together = model.generate(input_ids=ids, attention_mask=mask, **options)
+        differs_from_base = []
+        for row, (prompt, name) in enumerate(zip(prompts, rows, strict=True)):
+            answers = {}
+            for adapter in (name, None):
+                pc.set_active(model, adapter)
+                with torch.no_grad():
+                    alone = model.generate(input_ids=torch.tensor([prompt]), **options)
+                answers[adapter] = alone[0, len(prompt) :].tolist()
+            assert together[row, width:].tolist() == answers[name], name
+            differs_from_base.append(answers[name] != answers[None])
+        assert differs_from_base == [True, True, False, True]  # the adapters change the answer
 
     def test_many_loras_in_one_batch(self, tiny_model):
         model = tiny_model("bert", "classification")
