@@ -12,14 +12,14 @@ from typing import Any
 import torch
 
 import peft_core as pc
-from registry import Registry
+from registry import AdapterVersion, Registry
 
 from .errors import DataError
 from .members import load_members, members_of_version
 from .spec import AdapterSpec, spec_of_version
 from .train_job import load_base_model
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["Prediction", "predict", "predict_many"]
 
 _TOP_TOKENS = 5
 _NEW_TOKENS = 20
@@ -59,6 +59,68 @@ def predict(
     return version.ref, run[spec.head.type](model, tokenizer, texts, spec)
 
 
+def predict_many(
+    registry: Registry, refs: list[str], texts: list[str], *, skip_probe: bool = False
+) -> list[tuple[str, list[Prediction]]]:
+    """Several versions on the same texts, in one batch per text: row ``i`` runs through
+    version ``i`` (``peft_core.per_row``). They must share the base model and head; stacks and
+    fusions (versions over other adapters) are predicted one at a time."""
+    if len(refs) == 1:
+        return [predict(registry, refs[0], texts, skip_probe=skip_probe)]
+    if not texts:
+        raise DataError("give at least one --text")
+    versions = [registry.get(ref) for ref in refs]
+    specs = [spec_of_version(v, "predict") for v in versions]
+    _check_together(versions, specs)
+    model, tokenizer = load_base_model(specs[0])
+    names = [f"{v.name}-v{v.version}" for v in versions]  # two versions of one adapter coexist
+    for version, name in zip(versions, names, strict=True):
+        registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
+    model.eval()
+    answers: list[list[Prediction]] = [[] for _ in versions]
+    with torch.no_grad(), pc.per_row(model, names):
+        for text in texts:
+            rows = _answer_rows(model, tokenizer, text, specs, copies=len(names))
+            for row, prediction in enumerate(rows):
+                answers[row].append(prediction)
+    return [(v.ref, a) for v, a in zip(versions, answers, strict=True)]
+
+
+def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) -> None:
+    first = specs[0]
+    for version, spec in zip(versions, specs, strict=True):
+        if members_of_version(version):
+            raise DataError(
+                f"{version.ref} runs over other adapters (a stack or fusion): predict it alone"
+            )
+        same = (spec.base_model, spec.head.type, spec.head.num_labels, spec.data.messages is None)
+        if same != (first.base_model, first.head.type, first.head.num_labels,
+                    first.data.messages is None):  # fmt: skip
+            raise DataError(
+                f"{version.ref} ({spec.base_model}, {spec.head.type} head) cannot share a batch "
+                f"with {versions[0].ref} ({first.base_model}, {first.head.type} head): predict "
+                "several versions at once over one base model and head"
+            )
+
+
+def _answer_rows(
+    model: Any, tokenizer: Any, text: str, specs: list[AdapterSpec], *, copies: int
+) -> list[Prediction]:
+    """``text`` in ``copies`` rows, each answered by its row's adapter."""
+    head = specs[0].head.type
+    if head == "masked-lm":
+        if tokenizer.mask_token not in text:
+            raise DataError(f"a masked-LM adapter fills {tokenizer.mask_token}: put it in {text!r}")
+        return _fill_one(model, tokenizer, text, copies=copies)
+    if head == "causal-lm":
+        return _continue_one(model, tokenizer, text, specs[0], copies=copies)
+    rows = _classify(model, tokenizer, [text] * copies, specs[0])
+    for prediction, spec in zip(rows, specs, strict=True):  # each version names its own labels
+        names = spec.head.label_names or []
+        prediction.label_name = names[prediction.label or 0] if names else ""
+    return rows
+
+
 @torch.no_grad()
 def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
     encoded = tokenizer(
@@ -84,39 +146,49 @@ def _fill_mask(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) 
     missing = [t for t in texts if mask not in t]
     if missing:
         raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing[0]!r})")
-    results = []
-    for text in texts:
-        encoded = tokenizer(text, return_tensors="pt")
-        position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
-        logits = model(**encoded).logits[0, position]  # (vocab,)
-        top = logits.topk(_TOP_TOKENS).indices.tolist()
-        results.append(Prediction(text=text, tokens=[tokenizer.decode([i]).strip() for i in top]))
-    return results
+    return [p for text in texts for p in _fill_one(model, tokenizer, text, copies=1)]
 
 
-def _prompt(tokenizer: Any, text: str, spec: AdapterSpec) -> Any:
-    """The model's input for ``text``: as a user turn of the chat template when the adapter was
-    trained on chat messages, else the text itself."""
+def _fill_one(model: Any, tokenizer: Any, text: str, *, copies: int) -> list[Prediction]:
+    """The top tokens for the first mask of ``text``, in ``copies`` rows of one batch."""
+    encoded = tokenizer([text] * copies, return_tensors="pt")
+    position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
+    top = model(**encoded).logits[:, position].topk(_TOP_TOKENS).indices  # (copies, k)
+    return [
+        Prediction(text=text, tokens=[tokenizer.decode([i]).strip() for i in row])
+        for row in top.tolist()
+    ]
+
+
+def _prompt(tokenizer: Any, text: str, spec: AdapterSpec, copies: int = 1) -> Any:
+    """The model's input for ``text`` (in ``copies`` rows): as a user turn of the chat template
+    when the adapter was trained on chat messages, else the text itself."""
     if spec.data.messages is None:
-        encoded = tokenizer(text, return_tensors="pt")
+        encoded = tokenizer([text] * copies, return_tensors="pt")
     else:
         turn = [{"role": "user", "content": text}]
         encoded = tokenizer.apply_chat_template(
             turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
     # a decoder reads ids and mask; some tokenizers add segment ids generate() refuses
-    return {k: encoded[k] for k in ("input_ids", "attention_mask") if k in encoded}
+    return {
+        k: encoded[k].expand(copies, -1) for k in ("input_ids", "attention_mask") if k in encoded
+    }
 
 
 @torch.no_grad()
 def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
-    results = []
-    for text in texts:
-        encoded = _prompt(tokenizer, text, spec)
-        output = model.generate(
-            **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-        new = output[0, encoded["input_ids"].shape[1] :]
-        results.append(Prediction(text=text, continuation=tokenizer.decode(new)))
-    return results
+    return [p for text in texts for p in _continue_one(model, tokenizer, text, spec, copies=1)]
+
+
+def _continue_one(
+    model: Any, tokenizer: Any, text: str, spec: AdapterSpec, *, copies: int
+) -> list[Prediction]:
+    """A greedy continuation of ``text`` in ``copies`` rows of one batch."""
+    encoded = _prompt(tokenizer, text, spec, copies)
+    output = model.generate(
+        **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    start = encoded["input_ids"].shape[1]
+    return [Prediction(text=text, continuation=tokenizer.decode(row[start:])) for row in output]

@@ -59,6 +59,7 @@ def _maskable(value: str) -> bool:
     name included; in a URL it is still masked by position."""
     return len(value) >= _SHORTEST_SECRET and not value.isalpha()
 
+
 # scheme://user:PASSWORD@host: the password is everything up to the '@' that starts a host
 # (no '@', '/', '?', '#' or space in it) followed by the end of the authority.
 _URL_PASSWORD = re.compile(

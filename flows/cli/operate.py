@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -46,7 +46,10 @@ def deploy(
 
 @app.command()
 def predict(
-    ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
+    refs: Annotated[
+        list[str],
+        typer.Argument(help="name, name@VERSION or name@ALIAS (several: one batch)", metavar="REF"),
+    ],
     text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
     skip_probe: Annotated[
         bool,
@@ -56,28 +59,38 @@ def predict(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a registered adapter on text: label and probabilities (classification), top tokens
-    for the mask (masked LM) or a continuation (causal LM)."""
+    """Run registered adapters on text: label and probabilities (classification), top tokens
+    for the mask (masked LM) or a continuation (causal LM). Several REFs over one base model
+    answer in one batch per text, each row through its own adapter."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..predict_job import predict as run_prediction  # noqa: PLC0415
+    from ..predict_job import predict_many  # noqa: PLC0415
 
     quiet_libraries()
     with user_errors(as_json):
-        resolved, predictions = run_prediction(Registry(), ref, text, skip_probe=skip_probe)
+        results = predict_many(Registry(), refs, text, skip_probe=skip_probe)
     if as_json:
-        emit_json({"ok": True, "ref": resolved, "predictions": [p.to_dict() for p in predictions]})
+        documents = [
+            {"ref": ref, "predictions": [p.to_dict() for p in predictions]}
+            for ref, predictions in results
+        ]
+        one = documents[0] if len(documents) == 1 else {"results": documents}
+        emit_json({"ok": True, **one})
         return
-    table = Table(title=resolved)
+    table = Table(title=", ".join(ref for ref, _ in results))
     table.add_column("text")
-    table.add_column("prediction")
-    for p in predictions:
-        if p.label is not None:
-            answer = f"{p.label_name or f'label {p.label}'} ({max(p.probabilities):.1%})"
-        else:
-            answer = ", ".join(p.tokens) or p.continuation
-        table.add_row(p.text, answer)
+    for ref, _ in results:
+        table.add_column(ref if len(results) > 1 else "prediction")
+    for row, line in enumerate(text):
+        table.add_row(line, *(_answer(predictions[row]) for _, predictions in results))
     console.print(table)
+
+
+def _answer(prediction: Any) -> str:
+    if prediction.label is not None:
+        name = prediction.label_name or f"label {prediction.label}"
+        return f"{name} ({max(prediction.probabilities):.1%})"
+    return ", ".join(prediction.tokens) or prediction.continuation
 
 
 @app.command()

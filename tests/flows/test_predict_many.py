@@ -1,0 +1,58 @@
+"""``adapterops predict A B C --text ...``: several versions over one base model answer in one
+batch per text (a row per version, ``per_row``), exactly as each answers alone."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from flows.build_job import build_from_spec
+from flows.predict_job import predict, predict_many
+from flows.quickstart import minilm_sst2_spec
+from registry import Registry
+from tests.helpers import run_cli
+
+TEXTS = ["a gripping, funny film", "dull and far too long", "not bad at all"]
+
+
+@pytest.fixture
+def three_versions(embedded_home, sst2_dir, tmp_path) -> list[str]:
+    refs = []
+    for method, seed in (("lora", 0), ("lora", 1), ("pfeiffer", 0)):
+        spec = minilm_sst2_spec(method, sst2_dir / "en", steps=3, seed=seed, name=f"many-{method}")
+        spec = spec.model_copy(
+            update={"data": spec.data.model_copy(update={"max_eval_samples": 8})}
+        )
+        refs.append(build_from_spec(spec, Registry(), tmp_path / f"{method}-{seed}").ref)
+    return refs
+
+
+def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions):
+    assert three_versions == ["many-lora@1", "many-lora@2", "many-pfeiffer@1"]
+    together = predict_many(Registry(), three_versions, TEXTS)
+    assert [ref for ref, _ in together] == three_versions
+    for ref, predictions in together:
+        _, alone = predict(Registry(), ref, TEXTS)
+        for mixed, single in zip(predictions, alone, strict=True):
+            assert mixed.probabilities == pytest.approx(single.probabilities, abs=1e-4)
+            assert (mixed.label, mixed.label_name) == (single.label, single.label_name)
+
+    result = run_cli("predict", *three_versions, *[a for t in TEXTS for a in ("--text", t)], "--json", env={**os.environ})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert [r["ref"] for r in document["results"]] == three_versions
+    assert [len(r["predictions"]) for r in document["results"]] == [3, 3, 3]
+
+
+def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versions, tmp_path):
+    from tests.registry.workers import write_fake_adapter
+
+    pushed = Registry().register(
+        write_fake_adapter(tmp_path / "pushed", 1), name="pushed", base_model="b", task="t",
+        language="en",
+    )  # fmt: skip
+    result = run_cli("predict", three_versions[0], pushed.ref, "--text", "x", env={**os.environ})
+    assert result.returncode == 2
+    assert "pushed@1: (spec): pushed without a spec" in result.stderr
