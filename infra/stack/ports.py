@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = [
     "free_port",
@@ -62,9 +63,18 @@ def http_ok(url: str, *, any_status: bool = False) -> bool:
 
 
 def running_or_raise(process: subprocess.Popen[bytes] | None, what: str, log: object) -> None:
-    """A server process that exited while we wait for it is an error naming its log."""
+    """A server process that exited while we wait for it is an error naming its log and
+    quoting its last line (on one line: logs and people read the error whole)."""
     if process is not None and process.poll() is not None:
-        raise RuntimeError(f"{what} exited with {process.returncode}; see {log}")
+        raise RuntimeError(f"{what} exited with {process.returncode}; see {log}{_last_line(log)}")
+
+
+def _last_line(log: object) -> str:
+    try:
+        lines = [line for line in Path(str(log)).read_text(errors="replace").splitlines() if line]
+    except OSError:
+        return ""
+    return f" (last line: {' '.join(lines[-1].split())[:300]})" if lines else ""
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: str = "") -> None:

@@ -53,8 +53,19 @@ class PrefectServer:
             environment["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return environment
 
-    def start(self, *, timeout: float = 120) -> None:
-        """Start the server and wait until ``/api/health`` answers."""
+    def start(self, *, timeout: float = 120, attempts: int = 2) -> None:
+        """Start the server and wait until ``/api/health`` answers. A server that exits while
+        starting is started once more (a port or database race at start-up has been seen in CI);
+        the second failure is the error."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(timeout)
+                return
+            except RuntimeError:  # exited while starting (a timeout is not retried)
+                if attempt == attempts:
+                    raise
+
+    def _start_once(self, timeout: float) -> None:
         command = [
             sys.executable, "-m", "prefect", "server", "start",
             "--host", "127.0.0.1", "--port", str(self.port),
