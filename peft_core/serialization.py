@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .adapterhub import is_adapterhub_folder, read_adapterhub
 from .errors import AdapterFormatError, ConfigError
 from .io import ADAPTER_META, metadata, read_ours, write_ours
 from .layer import base_compute_dtype
@@ -54,7 +55,8 @@ def load_adapter(
     tokenizer: Any = None,
     force: bool = False,
 ) -> AdapterRecord:
-    """Load a saved adapter (our format, or LoRA in PEFT layout) into ``model`` and activate it.
+    """Load a saved adapter into ``model`` and activate it: our format, the PEFT layout, or an
+    AdapterHub (``adapters`` 1.x) bottleneck adapter (:mod:`peft_core.adapterhub`).
 
     Refuses, before changing the model, an adapter whose base-model fingerprint differs from
     ``model``'s (``force=True`` loads it anyway), and a folder with missing or unexpected tensors.
@@ -64,9 +66,11 @@ def load_adapter(
         raise AdapterFormatError(f"adapter folder {folder} does not exist")
     if (folder / ADAPTER_META).is_file():
         return read_ours(model, folder, name=name, tokenizer=tokenizer, force=force)
+    if is_adapterhub_folder(folder):
+        return read_adapterhub(model, folder, name=name, force=force)
     if (folder / PEFT_CONFIG).is_file():
         return read_peft(model, folder, name=name, tokenizer=tokenizer, force=force)
     raise AdapterFormatError(
         f"{folder} is not an adapter folder: expected {ADAPTER_META} (peft_core) or "
-        f"{PEFT_CONFIG} (PEFT LoRA)"
+        f"{PEFT_CONFIG} (a PEFT or AdapterHub adapter)"
     )

@@ -9,6 +9,14 @@ and before the layer norm that follows it:
 Houlsby's near-identity initialisation), so a fresh adapter returns exactly the base output while
 ``up`` still receives gradients from the first step. The non-linearity makes it impossible to merge.
 The two presets are the same module with different placements and defaults.
+
+``original_ln_before=True`` is the placement AdapterHub's ``adapters`` library uses for its
+``seq_bn`` (Pfeiffer) configuration: the adapter sits on the sub-layer's LayerNorm, reads the
+normalised sum and adds its update before that same LayerNorm runs again,
+
+    s = y + residual;  out = LN(s + up(act(down(LN(s)))))
+
+It exists so adapters trained there load with the same outputs (``peft_core.adapterhub``).
 """
 
 from __future__ import annotations
@@ -22,16 +30,18 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from ..errors import TargetError
 from ..layer import ParamDelta
 from ..roles import Target
 from ..routing import remap_slots
 from ..targeting import resolve_targets
 from .base import LayerSite, Method, MethodConfig, check_width, require
 
-__all__ = ["METHOD", "Bottleneck", "Houlsby", "Pfeiffer"]
+__all__ = ["METHOD", "Bottleneck", "Houlsby", "Pfeiffer", "PostNormBottleneck"]
 
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 Step = Callable[[Tensor, Tensor], Tensor]
+Update = Callable[[Tensor], Tensor]  # y -> the bottleneck's per-row update
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -48,8 +58,14 @@ class _Bottleneck(MethodConfig):
     reduction_factor: int | None = None
     bottleneck: int | None = None
     activation: Activation = "relu"
+    # AdapterHub's placement: on the sub-layer's LayerNorm instead of its output projection.
+    original_ln_before: bool = False
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.original_ln_before, bool),
+            f"original_ln_before must be true or false, got {self.original_ln_before!r:.40}",
+        )
         require(
             not (self.reduction_factor is not None and self.bottleneck is not None),
             "give either reduction_factor or bottleneck, not both",
@@ -129,8 +145,12 @@ class Bottleneck(nn.Module):
             nn.init.zeros_(self.up.bias)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return y + self.update(y)
+
+    def update(self, y: Tensor) -> Tensor:
+        """``up(act(down(y)))`` computed in the adapter's dtype, returned in ``y``'s."""
         h = y.to(self.down.weight.dtype)
-        return y + self.up(self.act(self.down(h))).to(y.dtype)
+        return self.up(self.act(self.down(h))).to(y.dtype)
 
     def delta(self) -> ParamDelta | None:
         """Not linear in the base parameters: cannot be merged."""
@@ -139,23 +159,58 @@ class Bottleneck(nn.Module):
     @staticmethod
     def batched(modules: Sequence[Bottleneck], index: Tensor) -> Step:
         """Per-row bottlenecks, grouped by activation, zero-padded to the widest bottleneck."""
-        by_activation: dict[type, list[int]] = defaultdict(list)
-        for slot, m in enumerate(modules, start=1):
-            by_activation[type(m.act)].append(slot)
-        steps = [
-            _bottleneck_group([modules[s - 1] for s in slots], remap_slots(index, slots))
-            for slots in by_activation.values()
-        ]
+        updates = _per_row_updates(modules, index)
 
         def step(x: Tensor, y: Tensor) -> Tensor:
-            for group in steps:  # usually one: all adapters share an activation
-                y = group(x, y)
+            for update in updates:  # usually one: all adapters share an activation
+                y = y + update(y)
             return y
 
         return step
 
 
-def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Step:
+def _per_row_updates(modules: Sequence[Bottleneck], index: Tensor) -> list[Update]:
+    """One per-row ``update`` function per activation among ``modules``."""
+    by_activation: dict[type, list[int]] = defaultdict(list)
+    for slot, m in enumerate(modules, start=1):
+        by_activation[type(m.act)].append(slot)
+    return [
+        _bottleneck_group([modules[s - 1] for s in slots], remap_slots(index, slots))
+        for slots in by_activation.values()
+    ]
+
+
+class PostNormBottleneck(Bottleneck):
+    """A bottleneck on a LayerNorm (``original_ln_before``): ``LN(s + update(LN(s)))``.
+
+    ``x`` is the LayerNorm's input ``s`` (projection output plus residual), ``y`` its output. The
+    base LayerNorm is referenced, not owned: it stays out of the adapter's parameters and files.
+    """
+
+    def __init__(self, norm: nn.Module, features: int, bottleneck: int, **kwargs: Any) -> None:
+        super().__init__(features, bottleneck, **kwargs)
+        self.__dict__["norm"] = norm  # bypasses nn.Module registration on purpose
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        norm: nn.Module = self.__dict__["norm"]
+        out: Tensor = norm(x + self.update(y))
+        return out
+
+    @staticmethod
+    def batched(modules: Sequence[Bottleneck], index: Tensor) -> Step:
+        """Per-row: rows with an adapter get ``LN(s + update(y))``, the others keep ``y``."""
+        norm: nn.Module = modules[0].__dict__["norm"]
+        updates = _per_row_updates(modules, index)
+
+        def step(x: Tensor, y: Tensor) -> Tensor:
+            total = sum(update(y) for update in updates)
+            rows = (index > 0).reshape(-1, *([1] * (y.dim() - 1)))
+            return torch.where(rows, norm(x + total), y)
+
+        return step
+
+
+def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Update:
     width = max(m.down.weight.shape[0] for m in members)
     down = members[0].down.weight
     features = members[0].up.weight.shape[0]
@@ -171,13 +226,12 @@ def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Step:
     up_rows, up_bias = up_w[index].transpose(1, 2).contiguous(), up_b[index].unsqueeze(1)
     activation = members[0].act
 
-    def step(x: Tensor, y: Tensor) -> Tensor:
+    def update(y: Tensor) -> Tensor:
         y3 = y.reshape(y.shape[0], -1, y.shape[-1]).to(down_rows.dtype)
         hidden = activation(torch.bmm(y3, down_rows) + down_bias)  # zero slots: act(0) = 0
-        update = torch.bmm(hidden, up_rows) + up_bias
-        return y + update.reshape(y.shape).to(y.dtype)
+        return (torch.bmm(hidden, up_rows) + up_bias).reshape(y.shape).to(y.dtype)
 
-    return step
+    return update
 
 
 class _BottleneckMethod(Method):
@@ -190,12 +244,30 @@ class _BottleneckMethod(Method):
     combination = "average"  # approximate: the bottleneck is non-linear
 
     def targets(self, model: nn.Module, config: Any) -> list[Target]:
-        return resolve_targets(model, cast(_Bottleneck, config).placements)
+        preset = cast(_Bottleneck, config)
+        found = resolve_targets(model, preset.placements)
+        if not preset.original_ln_before:
+            return found
+        return [_norm_after(model, target, preset.type) for target in found]
 
     def build(self, site: LayerSite, config: Any) -> nn.Module:
         preset = cast(_Bottleneck, config)
-        site.require_matrix(preset.type)
         size = preset.bottleneck_size(site.out_features)
+        if preset.original_ln_before:
+            if not isinstance(site.base, nn.LayerNorm):
+                raise TargetError(
+                    f"{preset.type} with original_ln_before adapts LayerNorms, but "
+                    f"{site.module_name} is a {site.kind.name}"
+                )
+            return PostNormBottleneck(
+                site.base,
+                site.out_features,
+                size,
+                activation=preset.activation,
+                device=site.device,
+                dtype=site.dtype,
+            )
+        site.require_matrix(preset.type)
         return Bottleneck(
             site.out_features,
             size,
@@ -203,6 +275,24 @@ class _BottleneckMethod(Method):
             device=site.device,
             dtype=site.dtype,
         )
+
+
+def _norm_after(model: nn.Module, projection: Target, method: str) -> Target:
+    """The LayerNorm that follows a sub-layer's output projection (``output.dense`` ->
+    ``output.LayerNorm`` in the BERT family): where ``original_ln_before`` places the adapter."""
+    parent = projection.module_name.rsplit(".", 1)[0]
+    name = f"{parent}.LayerNorm"
+    try:
+        norm = model.get_submodule(name)
+    except AttributeError:
+        norm = None
+    norm = getattr(norm, "base_layer", norm)  # already wrapped by another adapter
+    if not isinstance(norm, nn.LayerNorm):
+        raise TargetError(
+            f"{method} with original_ln_before needs a LayerNorm beside {projection.module_name} "
+            f"(a post-norm block like BERT's); {name} is not one. Use original_ln_before: false"
+        )
+    return Target(name, role=projection.role)
 
 
 class HoulsbyMethod(_BottleneckMethod):
