@@ -7,7 +7,9 @@ tensors.
 - :func:`build`: prepare -> train -> evaluate -> register -> gate and promote, for one spec file;
   the same spec, data and code return the version built before (nothing is trained);
 - :func:`retrain`: rebuild the specs whose data changed or whose schedule is due; one failing spec
-  does not stop the others, and the run reports each outcome.
+  does not stop the others, and the run reports each outcome;
+- :func:`cascade`: after an adapter's champion moved, build a candidate of every fusion over an
+  older version of it (through the same gate); one failing fusion does not stop the others.
 
 Without ``PREFECT_API_URL`` Prefect runs these on a temporary local server; with it, on that
 server (and ``adapterops deploy`` makes them deployments a worker runs on a schedule).
@@ -28,11 +30,18 @@ from prefect.cache_policies import NO_CACHE
 from registry import Registry
 
 from .build_job import StepCallback, run_chain, start_build
+from .cascade import (
+    CascadeOutcome,
+    StaleComposition,
+    find_stale,
+    record_outcome,
+    write_candidate_spec,
+)
 from .prepare_job import prepare_info
 from .retrain import RetrainOutcome, due_reason
 from .spec import load_spec
 
-__all__ = ["build", "prepare", "reporting_progress", "retrain", "set_progress"]
+__all__ = ["build", "cascade", "prepare", "reporting_progress", "retrain", "set_progress"]
 
 T = TypeVar("T")
 
@@ -144,6 +153,48 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
         )  # fmt: skip
     except Exception as exc:  # one failing spec must not stop the others
         return RetrainOutcome(spec=path, name="", status="failed", reason=_one_line(exc))
+
+
+@flow(name="cascade", flow_run_name="cascade {name}")
+def cascade(name: str, output: str = "out") -> list[dict[str, Any]]:
+    """Re-evaluate, through the gate, every composition over an older version of ``name``'s
+    champion (:mod:`flows.cascade`); returns one outcome per stale composition."""
+    registry = Registry()
+    champion, stale = find_stale(registry, name)
+    outcomes = []
+    report = _progress.get()
+    for item in stale:
+        if report is not None and hasattr(report, "begin"):
+            report.begin(item.ref)
+        outcome = _cascade_one(item, registry, Path(output))
+        if item.kind == "fusion":
+            record_outcome(registry, champion, outcome)
+        outcomes.append(outcome.to_dict())
+    failed = [o["composition"] for o in outcomes if o["status"] == "failed"]
+    if failed:
+        get_run_logger().error("%d of %d compositions failed: %s", len(failed), len(stale), failed)
+    return outcomes
+
+
+def _cascade_one(item: StaleComposition, registry: Registry, output: Path) -> CascadeOutcome:
+    if not item.evaluable:
+        return CascadeOutcome(
+            item.ref, "not evaluated", item.reason, members=item.candidate_members
+        )
+    try:
+        fusion = registry.get(item.ref)
+        spec_path = write_candidate_spec(fusion, item.candidate_members, output / "cascade")
+        state = build(str(spec_path), output=str(output / fusion.name), return_state=True)
+        result = state.result()  # raises the build's exception if it failed
+        return CascadeOutcome(
+            item.ref,
+            "promoted" if result["promoted"] else "not promoted",
+            result["decision"],
+            candidate=result["ref"],
+            members=item.candidate_members,
+        )
+    except Exception as exc:  # one failing composition must not stop the others
+        return CascadeOutcome(item.ref, "failed", _one_line(exc), members=item.candidate_members)
 
 
 def _one_line(exc: BaseException) -> str:

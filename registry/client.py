@@ -197,6 +197,26 @@ class Registry:
         """A saved composition (the newest version unless one is named)."""
         return self._read(lambda s: store.get_composition(s, name, version))
 
+    def compositions(self) -> list[Composition]:
+        """The newest version of every saved composition."""
+        return self._read(store.list_compositions)
+
+    def record_event(
+        self,
+        kind: str,
+        name: str,
+        version: int | None,
+        *,
+        origin: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event (``kind`` up to 32 characters) to adapter ``name``'s history."""
+        if not kind or len(kind) > 32:
+            raise RegistryError(f"an event kind is 1 to 32 characters, got {kind!r:.40}")
+        self._write(
+            lambda s: store.log_event(s, kind, name, version, origin=origin, detail=detail or {})
+        )
+
     # --- bytes --------------------------------------------------------------------------------
 
     def fetch(self, ref: str, destination: str | Path) -> Path:

@@ -36,6 +36,8 @@ __all__ = [
     "get_composition",
     "get_version",
     "history",
+    "list_compositions",
+    "log_event",
     "referenced_digests",
     "register_composition",
     "register_version",
@@ -313,6 +315,26 @@ def register_composition(
     return Composition(
         name, row.version, definition, tuple(v.ref for v in resolved), description, row.created_at
     )
+
+
+def list_compositions(session: Session) -> list[Composition]:
+    """The newest version of every composition, by name."""
+    names = session.scalars(select(CompositionRow.name).distinct().order_by(CompositionRow.name))
+    return [get_composition(session, name) for name in names]
+
+
+def log_event(
+    session: Session,
+    kind: str,
+    adapter: str,
+    version: int | None,
+    *,
+    origin: str,
+    detail: dict[str, Any],
+) -> None:
+    """Append an event to adapter ``adapter``'s log (which must exist)."""
+    _adapter_named(session, adapter)
+    _log(session, kind, adapter, version, origin=origin, detail=detail)
 
 
 def get_composition(session: Session, name: str, version: int | None = None) -> Composition:

@@ -1,5 +1,6 @@
-"""Lifecycle commands: ``build`` (train, register, gate, promote), ``promote``, ``rollback`` and
-``sync`` (bring alias moves made in the MLflow UI into the registry).
+"""Lifecycle commands: ``build`` (train, register, gate, promote), ``retrain``, ``cascade``
+(carry a new champion into the fusions over it), ``promote``, ``rollback`` and ``sync`` (bring
+alias moves made in the MLflow UI into the registry).
 
 Alias moves go to MLflow first, then to the registry; MLflow wins conflicts. ``build``,
 ``promote`` and ``rollback`` sync before they read any alias, so a reviewer's move in the UI is
@@ -103,6 +104,67 @@ def retrain(
         console.print(table)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def cascade(
+    name: Annotated[str, typer.Argument(help="The adapter whose champion moved.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be re-evaluated.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Folder for the candidates.")] = Path("out"),
+    as_json: JsonOption = False,
+) -> None:
+    """Build a candidate of every fusion still over an older version of NAME's champion, with
+    the champion in its place, and promote each only through the gate (on the fusion's own
+    validation data). One failing composition does not stop the others; exit 1 if any failed."""
+    from registry import Registry  # noqa: PLC0415
+
+    from ..cascade import find_stale  # noqa: PLC0415
+
+    quiet_libraries()
+    with user_errors(as_json, one_line_failures=True):
+        champion, stale = find_stale(Registry(), name)
+    if dry_run or not stale:
+        _print_stale(champion.ref, [s.to_dict() for s in stale], as_json)
+        return
+    with user_errors(as_json, one_line_failures=True):
+        from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
+
+        with (
+            progress("cascade", enabled=not as_json) as on_step,
+            pipelines.reporting_progress(on_step),
+        ):
+            outcomes = pipelines.cascade(name, str(out))
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    if as_json:
+        emit_json({"ok": not failed, "champion": champion.ref, "outcomes": outcomes})
+    else:
+        table = Table(title=f"Cascade of {champion.ref}")
+        for column in ("composition", "status", "candidate", "members", "reason"):
+            table.add_column(column)
+        for o in outcomes:
+            members = ", ".join(o["members"])
+            table.add_row(o["composition"], o["status"], o["candidate"], members, o["reason"])
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_stale(champion: str, stale: list[dict[str, object]], as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": True, "champion": champion, "dry_run": True, "stale": stale})
+        return
+    if not stale:
+        console.print(f"no composition uses an older version than {champion}")
+        return
+    table = Table(title=f"Would re-evaluate with {champion}")
+    for column in ("composition", "kind", "members now", "candidate members", "note"):
+        table.add_column(column)
+    for s in stale:
+        now, then = ", ".join(s["members"]), ", ".join(s["candidate_members"])  # type: ignore[arg-type]
+        table.add_row(str(s["ref"]), str(s["kind"]), now, then, str(s["reason"]))
+    console.print(table)
 
 
 @app.command("promote")

@@ -1,0 +1,113 @@
+"""The retraining cascade: a member's new champion reaches the fusions built over its old one,
+through the same gate, recorded as events; one failing fusion does not stop the others."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows import pipelines, tracking
+from flows.promotion import promote
+from registry import Registry
+from tests.flows.test_pipelines import write_spec
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "embedded_home")
+
+
+def build(tmp_path: Path, spec: Path) -> dict:
+    return pipelines.build(str(spec), output=str(tmp_path / "out" / spec.stem))
+
+
+def pfeiffer(tmp_path: Path, sst2: Path, name: str, language: str, seed: int = 0) -> Path:
+    return write_spec(
+        tmp_path, sst2, name=name,
+        method={"type": "pfeiffer", "reduction_factor": 32},
+        data__train=str(sst2 / language / "train.tsv"),
+        train__seed=seed, train__max_steps=6, train__batch_size=8, train__max_length=32,
+    )  # fmt: skip
+
+
+def cascade_json(name: str, *flags: str) -> tuple[int, dict]:
+    done = run_cli("cascade", name, "--json", *flags)
+    assert done.stderr == "" or done.returncode != 0, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
+    tmp_path: Path, sst2_dir: Path, embedded_home: Path
+):
+    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en"))
+    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-pt", "pt"))
+    members = ["lang-en@champion", "lang-pt@1"]
+    fused = write_spec(
+        tmp_path, sst2_dir, name="fused", method={"type": "fusion", "members": members}
+    )
+    assert build(tmp_path, fused)["ref"] == "fused@1"
+    # a second fusion whose validation data is gone by the time the cascade runs: it must fail
+    # alone, with its reason, while the first goes through the gate
+    moved = tmp_path / "moved-validation.tsv"
+    shutil.copy(sst2_dir / "en" / "validation.tsv", moved)
+    doomed = write_spec(
+        tmp_path, sst2_dir, name="fused-doomed",
+        method={"type": "fusion", "members": members}, data__validation=str(moved),
+    )  # fmt: skip
+    assert build(tmp_path, doomed)["ref"] == "fused-doomed@1"
+    registry = Registry()
+    registry.register_composition("madx", {"type": "stack"}, ["lang-en@1", "lang-pt@1"])
+
+    code, nothing = cascade_json("lang-en", "--dry-run")
+    assert (code, nothing["champion"], nothing["stale"]) == (0, "lang-en@1", [])
+
+    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en", seed=7))
+    assert registry.get("lang-en@2").ref == "lang-en@2"
+    promote(registry, tracking.client(), "lang-en@2", "champion", origin="test")
+
+    code, planned = cascade_json("lang-en", "--dry-run")
+    assert code == 0 and planned["champion"] == "lang-en@2"
+    by_ref = {s["ref"]: s for s in planned["stale"]}
+    assert set(by_ref) == {"fused@1", "fused-doomed@1", "stack:madx@1"}
+    assert by_ref["fused@1"]["members"] == ["lang-en@1", "lang-pt@1"]
+    assert by_ref["fused@1"]["candidate_members"] == ["lang-en@2", "lang-pt@1"]
+    assert by_ref["stack:madx@1"]["evaluable"] is False
+    assert [v.ref for v in registry.find(name="fused")] == ["fused@1"]  # a dry run builds nothing
+
+    moved.unlink()
+    outcomes = {o["composition"]: o for o in pipelines.cascade("lang-en", str(tmp_path / "c"))}
+    assert outcomes["fused-doomed@1"]["status"] == "failed"
+    assert "moved-validation.tsv" in outcomes["fused-doomed@1"]["reason"]
+    assert outcomes["stack:madx@1"]["status"] == "not evaluated"
+
+    outcome = outcomes["fused@1"]
+    candidate = registry.get("fused@2")
+    assert outcome["candidate"] == "fused@2"
+    assert candidate.lineage["fusion_members"] == ["lang-en@2", "lang-pt@1"]
+    promoted = outcome["status"] == "promoted"
+    assert outcome["status"] in ("promoted", "not promoted")
+    assert registry.get("fused@champion").ref == ("fused@2" if promoted else "fused@1")
+    # the gate compared the candidate with the champion re-evaluated on the same data
+    assert f"vs champion {registry.get('fused@1').metrics['accuracy']:.4f}" in outcome["reason"]
+    events = [e for e in registry.history("fused") if e.kind == "cascade"]
+    assert [(e.version, e.detail["trigger"], e.detail["candidate"]) for e in events] == [
+        (1, "lang-en@2", "fused@2")
+    ]
+    failed = [e for e in registry.history("fused-doomed") if e.kind == "cascade"]
+    assert [e.detail["status"] for e in failed] == ["failed"]
+
+    # from the CLI: the doomed fusion fails again (exit 1, the others still reported); a fused
+    # candidate that lost the gate is still stale and its rebuild reuses fused@2
+    code, again = cascade_json("lang-en")
+    assert (code, again["ok"]) == (1, False)
+    statuses = {o["composition"]: o["status"] for o in again["outcomes"]}
+    assert statuses["fused-doomed@1"] == "failed"
+    assert statuses.get("fused@1") == (None if promoted else "not promoted")
+    assert sorted(v.ref for v in registry.find(name="fused")) == ["fused@1", "fused@2"]
+
+
+def test_an_adapter_without_a_champion_is_one_clear_line(tmp_path: Path):
+    done = run_cli("cascade", "nobody")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "nobody" in done.stderr
