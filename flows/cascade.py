@@ -10,8 +10,12 @@ promoted only through the same gate as any build (it must beat the fusion's cham
 re-evaluated on that data), and is tracked in MLflow like any build. Each outcome is also a
 ``cascade`` event on the fusion in the registry. One failing composition does not stop the others.
 
-Stacks and averages registered with ``Registry.register_composition`` carry no validation data or
-head of their own, so the cascade lists them as stale without evaluating them.
+A stack or an average saved with ``Registry.register_composition(..., evaluation=spec)`` is
+scored instead (nothing in it trains): the current version and the candidate, each loaded from its
+exact member versions onto the spec's base model, on the spec's validation data, through the same
+:func:`~flows.promotion.decide`; a candidate that passes becomes the composition's next version
+(the newest version is the one in use), and both scores go to one MLflow run. Compositions saved
+without an evaluation are listed as stale and not scored.
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ from typing import Any, Literal
 import yaml
 
 from registry import AdapterVersion, Registry
+from registry.compositions import with_leaves
 
 from .members import members_of_version
-from .promotion import CHAMPION
-from .spec import member_name
+from .promotion import CHAMPION, Policy, decide
+from .spec import AdapterSpec, member_name, parse_spec
+from .tracking import log_evaluation_run
 
 __all__ = [
     "CascadeOutcome",
     "StaleComposition",
     "candidate_spec",
     "find_stale",
+    "gate_stack",
     "record_outcome",
+    "score_stack",
     "write_candidate_spec",
 ]
 
@@ -88,8 +96,10 @@ def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[Stal
                     "stack",
                     members,
                     replaced,
-                    evaluable=False,
-                    reason="registered compositions carry no validation data to evaluate on",
+                    evaluable=bool(composition.evaluation),
+                    reason=""
+                    if composition.evaluation
+                    else "saved without an evaluation spec (register_composition(evaluation=))",
                 )
             )
     return champion, stale
@@ -97,6 +107,65 @@ def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[Stal
 
 def _uses_another_version(members: list[str], champion: AdapterVersion) -> bool:
     return any(member_name(m) == champion.name and m != champion.ref for m in members)
+
+
+def score_stack(
+    registry: Registry, spec: AdapterSpec, definition: dict[str, Any], members: list[str]
+) -> float:
+    """``spec``'s metric for the composition ``definition`` over exact versions ``members``, on
+    ``spec``'s base model and validation data."""
+    import peft_core as pc  # noqa: PLC0415 - torch only when a composition is scored
+
+    from .prepare_job import prepare_cached  # noqa: PLC0415
+    from .train_job import evaluate_model, load_base_model  # noqa: PLC0415
+
+    model, tokenizer = load_base_model(spec)
+    for ref in members:
+        registry.load_into(model, ref, name=member_name(ref))
+    pc.set_active(
+        model, pc.block_from_dict(with_leaves(definition, iter(map(member_name, members))))
+    )
+    data, _ = prepare_cached(spec, tokenizer)
+    metrics = evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
+    return float(metrics[spec.evaluate.metric])
+
+
+def gate_stack(
+    registry: Registry, item: StaleComposition, trigger: AdapterVersion
+) -> CascadeOutcome:
+    """Score a stale stack and its candidate; save the candidate as the next version if it
+    passes the gate; one MLflow run holds both scores and the decision."""
+    name, _, version = item.ref.removeprefix("stack:").partition("@")
+    current = registry.composition(name, int(version))
+    spec = parse_spec(current.evaluation, source=f"{item.ref} evaluation")
+    policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
+    before = score_stack(registry, spec, current.definition, item.members)
+    after = score_stack(registry, spec, current.definition, item.candidate_members)
+    decision = decide(after, before, policy)
+    candidate = None
+    if decision.promote:
+        moved = f"{', '.join(item.members)} -> {', '.join(item.candidate_members)}"
+        saved = registry.register_composition(
+            name,
+            current.definition,
+            item.candidate_members,
+            description=f"cascade: {moved}",
+            evaluation=current.evaluation,
+        )
+        candidate = f"stack:{saved.ref}"
+    log_evaluation_run(
+        f"cascade {item.ref} ({trigger.ref})",
+        params={
+            "composition": item.ref,
+            "trigger": trigger.ref,
+            "members": ",".join(item.members),
+            "candidate_members": ",".join(item.candidate_members),
+        },
+        metrics={f"current_{policy.metric}": before, f"candidate_{policy.metric}": after},
+        tags={"adapterops.cascade": trigger.ref, "adapterops.decision": decision.reason},
+    )
+    status = "promoted" if decision.promote else "not promoted"
+    return CascadeOutcome(item.ref, status, decision.reason, candidate, item.candidate_members)
 
 
 def candidate_spec(fusion: AdapterVersion, members: list[str]) -> dict[str, Any]:
@@ -115,12 +184,12 @@ def write_candidate_spec(fusion: AdapterVersion, members: list[str], folder: Pat
 
 
 def record_outcome(registry: Registry, trigger: AdapterVersion, outcome: CascadeOutcome) -> None:
-    """A ``cascade`` event on the fusion's adapter: what moved, what was built, why."""
-    fusion = registry.get(outcome.composition)
-    registry.record_event(
-        "cascade",
-        fusion.name,
-        fusion.version,
-        origin="cascade",
-        detail={"trigger": trigger.ref, **outcome.to_dict()},
-    )
+    """A ``cascade`` event: on the fusion's adapter for a fusion, on the adapter whose champion
+    moved for a stack (compositions have no event log of their own)."""
+    if outcome.composition.startswith("stack:"):
+        name, version = trigger.name, trigger.version
+    else:
+        fusion = registry.get(outcome.composition)
+        name, version = fusion.name, fusion.version
+    detail = {"trigger": trigger.ref, **outcome.to_dict()}
+    registry.record_event("cascade", name, version, origin="cascade", detail=detail)

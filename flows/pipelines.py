@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from registry import Registry
+from registry import AdapterVersion, Registry
 
 from .build_job import StepCallback, run_chain, start_build
 from .cascade import (
     CascadeOutcome,
     StaleComposition,
     find_stale,
+    gate_stack,
     record_outcome,
     write_candidate_spec,
 )
@@ -166,8 +167,8 @@ def cascade(name: str, output: str = "out") -> list[dict[str, Any]]:
     for item in stale:
         if report is not None and hasattr(report, "begin"):
             report.begin(item.ref)
-        outcome = _cascade_one(item, registry, Path(output))
-        if item.kind == "fusion":
+        outcome = _cascade_one(item, champion, registry, Path(output))
+        if outcome.status != "not evaluated":
             record_outcome(registry, champion, outcome)
         outcomes.append(outcome.to_dict())
     failed = [o["composition"] for o in outcomes if o["status"] == "failed"]
@@ -176,12 +177,16 @@ def cascade(name: str, output: str = "out") -> list[dict[str, Any]]:
     return outcomes
 
 
-def _cascade_one(item: StaleComposition, registry: Registry, output: Path) -> CascadeOutcome:
+def _cascade_one(
+    item: StaleComposition, trigger: AdapterVersion, registry: Registry, output: Path
+) -> CascadeOutcome:
     if not item.evaluable:
         return CascadeOutcome(
             item.ref, "not evaluated", item.reason, members=item.candidate_members
         )
     try:
+        if item.kind == "stack":
+            return run_as_task("score stack", gate_stack, registry, item, trigger)
         fusion = registry.get(item.ref)
         spec_path = write_candidate_spec(fusion, item.candidate_members, output / "cascade")
         state = build(str(spec_path), output=str(output / fusion.name), return_state=True)

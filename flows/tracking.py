@@ -119,6 +119,24 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def log_evaluation_run(
+    run_name: str, *, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]
+) -> str:
+    """One finished MLflow run that records an evaluation without training (the cascade's
+    scoring of a composition); returns its id."""
+    experiment_id = configure()
+    tracker = client()
+    with mlflow_errors("record an evaluation run"):
+        run = tracker.create_run(experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        for key, value in params.items():
+            tracker.log_param(run_id, key, value)
+        for key, number in metrics.items():
+            tracker.log_metric(run_id, key, number)
+        tracker.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 class RunTracker:
     """One MLflow run around one training: open it, feed it steps, close it with the results."""
 

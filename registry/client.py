@@ -134,12 +134,18 @@ class Registry:
         members: Sequence[str],
         *,
         description: str = "",
+        evaluation: dict[str, Any] | None = None,
     ) -> Composition:
-        """Save a composition (a stack, a weighted merge...) over exact member versions."""
+        """Save a composition (a stack, a weighted merge...) over exact member versions.
+
+        ``evaluation`` says how to score it when a member gets a new champion (the retraining
+        cascade): a build spec's ``base_model``, ``head``, ``data``, ``evaluate`` and ``promote``
+        (any other spec fields are ignored); without it the cascade lists it but cannot score it.
+        """
         check_name(name, "composition name")
         return self._write(
             lambda s: store.register_composition(
-                s, name, definition, members, description=description
+                s, name, definition, members, description=description, evaluation=evaluation
             )
         )
 

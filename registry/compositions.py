@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import InvalidCompositionError
 
-__all__ = ["canonical_definition", "stack_definition"]
+__all__ = ["canonical_definition", "stack_definition", "with_leaves"]
 
 CHILDREN = "children"
 _OLD_CHILDREN = "members"
@@ -46,7 +46,7 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
             f"the definition has {count} adapter(s) but {len(refs)} member(s) were given "
             f"({', '.join(refs)}); list each member once, in the order of the definition's leaves"
         )
-    exact = _with_leaves(renamed, leaves)
+    exact = with_leaves(renamed, leaves)
     import peft_core as pc  # noqa: PLC0415 - torch only when a composition is written
 
     try:
@@ -73,7 +73,8 @@ def _count_leaves(node: Any) -> int:
     return 1
 
 
-def _with_leaves(node: Any, leaves: Any) -> Any:
+def with_leaves(node: Any, leaves: Any) -> Any:
+    """``node`` with its leaves replaced, in order, by the items of iterator ``leaves``."""
     if isinstance(node, dict):
-        return {**node, CHILDREN: [_with_leaves(c, leaves) for c in node.get(CHILDREN) or []]}
+        return {**node, CHILDREN: [with_leaves(c, leaves) for c in node.get(CHILDREN) or []]}
     return next(leaves)

@@ -99,6 +99,12 @@ class Composition:
     members: tuple[str, ...]
     description: str
     created_at: datetime
+    evaluation: dict[str, Any] = field(default_factory=dict)  # how to score it ({}: not scored)
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -109,6 +115,7 @@ class Composition:
             "members": list(self.members),
             "description": self.description,
             "created_at": self.created_at.isoformat(),
+            "evaluation": self.evaluation,
         }
 
 

@@ -286,6 +286,7 @@ def register_composition(
     members: Sequence[str],
     *,
     description: str = "",
+    evaluation: dict[str, Any] | None = None,
 ) -> Composition:
     """A new version of composition ``name`` over the exact versions ``members`` resolve to."""
     resolved = [get_version(session, member) for member in members]
@@ -302,7 +303,11 @@ def register_composition(
         select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
     )
     row = CompositionRow(
-        name=name, version=(latest or 0) + 1, definition=definition, description=description
+        name=name,
+        version=(latest or 0) + 1,
+        definition=definition,
+        description=description,
+        evaluation=dict(evaluation or {}),
     )
     session.add(row)
     session.flush()
@@ -313,7 +318,13 @@ def register_composition(
     )
     _log(session, "composition", name, row.version, detail={"members": [v.ref for v in resolved]})
     return Composition(
-        name, row.version, definition, tuple(v.ref for v in resolved), description, row.created_at
+        name,
+        row.version,
+        definition,
+        tuple(v.ref for v in resolved),
+        description,
+        row.created_at,
+        dict(row.evaluation),
     )
 
 
@@ -357,7 +368,13 @@ def get_composition(session: Session, name: str, version: int | None = None) -> 
     )
     refs = tuple(f"{n}@{v}" for n, v in members)
     return Composition(
-        row.name, row.version, dict(row.definition), refs, row.description, row.created_at
+        row.name,
+        row.version,
+        dict(row.definition),
+        refs,
+        row.description,
+        row.created_at,
+        dict(row.evaluation or {}),
     )
 
 

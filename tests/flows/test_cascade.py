@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows import pipelines, tracking
 from flows.promotion import promote
@@ -57,7 +58,12 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     )  # fmt: skip
     assert build(tmp_path, doomed)["ref"] == "fused-doomed@1"
     registry = Registry()
-    registry.register_composition("madx", {"type": "stack"}, ["lang-en@1", "lang-pt@1"])
+    scored_on = yaml.safe_load(pfeiffer(tmp_path, sst2_dir, "lang-pt", "pt").read_text())
+    madx = registry.register_composition(
+        "madx", {"type": "stack"}, ["lang-en@1", "lang-pt@1"], evaluation=scored_on
+    )
+    assert madx.evaluation == scored_on
+    registry.register_composition("bare", {"type": "stack"}, ["lang-en@1", "lang-pt@1"])
 
     code, nothing = cascade_json("lang-en", "--dry-run")
     assert (code, nothing["champion"], nothing["stale"]) == (0, "lang-en@1", [])
@@ -69,17 +75,40 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     code, planned = cascade_json("lang-en", "--dry-run")
     assert code == 0 and planned["champion"] == "lang-en@2"
     by_ref = {s["ref"]: s for s in planned["stale"]}
-    assert set(by_ref) == {"fused@1", "fused-doomed@1", "stack:madx@1"}
+    assert set(by_ref) == {"fused@1", "fused-doomed@1", "stack:madx@1", "stack:bare@1"}
     assert by_ref["fused@1"]["members"] == ["lang-en@1", "lang-pt@1"]
     assert by_ref["fused@1"]["candidate_members"] == ["lang-en@2", "lang-pt@1"]
-    assert by_ref["stack:madx@1"]["evaluable"] is False
+    assert by_ref["stack:madx@1"]["evaluable"] is True
+    assert by_ref["stack:bare@1"]["evaluable"] is False
     assert [v.ref for v in registry.find(name="fused")] == ["fused@1"]  # a dry run builds nothing
 
     moved.unlink()
     outcomes = {o["composition"]: o for o in pipelines.cascade("lang-en", str(tmp_path / "c"))}
     assert outcomes["fused-doomed@1"]["status"] == "failed"
     assert "moved-validation.tsv" in outcomes["fused-doomed@1"]["reason"]
-    assert outcomes["stack:madx@1"]["status"] == "not evaluated"
+    assert outcomes["stack:bare@1"]["status"] == "not evaluated"
+    stack = outcomes["stack:madx@1"]
+    assert stack["status"] != "failed", stack["reason"]
+    runs = tracking.client().search_runs(
+        [e.experiment_id for e in tracking.client().search_experiments()],
+        filter_string="tags.`adapterops.cascade` = 'lang-en@2'",
+    )
+    assert len(runs) == 1 and runs[0].data.params["composition"] == "stack:madx@1"
+    current, candidate_score = (
+        runs[0].data.metrics[f"{k}_accuracy"] for k in ("current", "candidate")
+    )
+    madx_promoted = candidate_score >= current  # min_delta 0: ties go to the candidate
+    assert stack["status"] == ("promoted" if madx_promoted else "not promoted")
+    newest = registry.composition("madx")
+    if madx_promoted:
+        assert (newest.version, stack["candidate"]) == (2, "stack:madx@2")
+        assert newest.members == ("lang-en@2", "lang-pt@1") and newest.evaluation == scored_on
+    else:
+        assert (newest.version, stack["candidate"]) == (1, None)
+    trigger_events = [
+        e.detail["composition"] for e in registry.history("lang-en") if e.kind == "cascade"
+    ]
+    assert trigger_events == ["stack:madx@1"]
 
     outcome = outcomes["fused@1"]
     candidate = registry.get("fused@2")
@@ -104,6 +133,7 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     statuses = {o["composition"]: o["status"] for o in again["outcomes"]}
     assert statuses["fused-doomed@1"] == "failed"
     assert statuses.get("fused@1") == (None if promoted else "not promoted")
+    assert statuses.get("stack:madx@1") == (None if madx_promoted else "not promoted")
     assert sorted(v.ref for v in registry.find(name="fused")) == ["fused@1", "fused@2"]
 
 
