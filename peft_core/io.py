@@ -26,7 +26,7 @@ from . import __version__
 from .config import config_from_dict, config_to_dict
 from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
 from .fingerprint import Fingerprint, fingerprint
-from .heads import head_state, original_head_state
+from .heads import body_prefix, head_state, original_head_state
 from .inject import PreparedAdapter, attach_adapter, delete_adapter, prepare_adapter
 from .layer import base_state_dict
 from .methods import method_of
@@ -141,6 +141,7 @@ def read_ours(
     meta = read_metadata(folder)
     check_fingerprint(model, meta, tokenizer=tokenizer, force=force)
     tensors = _read_tensors(folder / ADAPTER_WEIGHTS, model)
+    meta, tensors = _named_as_in(model, meta, tensors)
     prepared = _prepare_from_meta(model, meta, name or str(meta.get("name") or folder.name))
     if method_of(prepared.record.config).trains_whole_model:
         _load_full(model, tensors, folder)
@@ -221,6 +222,47 @@ def load_self_placed(
     except BaseException:
         delete_adapter(model, record.name)
         raise
+
+
+def _named_as_in(
+    model: nn.Module, meta: dict[str, Any], tensors: dict[str, Tensor]
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Target names as ``model`` spells them: an adapter saved on a bare body
+    (``encoder.layer.0...``, e.g. an AdapterHub import) names the same modules as one saved on a
+    model with a head (``bert.encoder.layer.0...``), and loads into either."""
+    targets = meta.get("targets")
+    if not isinstance(targets, list) or not all(isinstance(t, list) and t for t in targets):
+        return meta, tensors  # malformed: _prepare_from_meta says so
+    prefix = body_prefix(model)
+
+    def exists(name: str) -> bool:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            return False
+        return True
+
+    def renamed(name: str) -> str:
+        if not isinstance(name, str) or exists(name):
+            return name
+        if prefix and exists(f"{prefix}.{name}"):
+            return f"{prefix}.{name}"
+        rest = name.partition(".")[2]
+        return rest if rest and exists(rest) else name  # unknown: prepare_adapter reports it
+
+    mapping = {t[0]: renamed(t[0]) for t in targets if renamed(t[0]) != t[0]}
+    if not mapping:
+        return meta, tensors
+    moved = {_renamed_key(key, mapping): value for key, value in tensors.items()}
+    return {**meta, "targets": [[mapping.get(t[0], t[0]), *t[1:]] for t in targets]}, moved
+
+
+def _renamed_key(key: str, mapping: dict[str, str]) -> str:
+    module, _, parameter = key.rpartition(".")
+    while module and module not in mapping:  # parameters of submodules: "<module>.down.weight"
+        module, _, rest = module.rpartition(".")
+        parameter = f"{rest}.{parameter}"
+    return f"{mapping[module]}.{parameter}" if module else key
 
 
 def _prepare_from_meta(model: nn.Module, meta: dict[str, Any], name: str) -> PreparedAdapter:

@@ -80,6 +80,12 @@ def inspect_folder(folder: str | Path) -> Bundle:
             f"{path} is not a folder: give the folder peft_core.save_adapter wrote"
         )
     present = {p.name for p in path.iterdir()}
+    if "adapter.json" not in present and _written_by_adapterhub(path):
+        raise AdapterFolderError(
+            f"{path} is an AdapterHub adapter: register it with `adapterops import {path} "
+            "--base-model ...` (Python: flows.import_job.import_adapterhub), which converts it "
+            "and checks it on the base model"
+        )
     required, metadata_file = OURS if "adapter.json" in present else PEFT
     missing = sorted(required - present)
     extra = sorted(present - required - OPTIONAL)
@@ -106,6 +112,15 @@ def inspect_folder(folder: str | Path) -> Bundle:
     return Bundle(
         path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
     )
+
+
+def _written_by_adapterhub(folder: Path) -> bool:
+    """AdapterHub's ``adapter_config.json`` has a ``config`` object and ``version: adapters.*``."""
+    try:
+        saved = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and str(saved.get("version", "")).startswith("adapters.")
 
 
 def base_digests(saved: dict[str, Any]) -> tuple[str, ...]:

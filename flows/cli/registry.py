@@ -1,6 +1,7 @@
-"""Registry commands: ``push``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``, ``history``,
-``rm``, ``gc`` and ``db upgrade``. The registry's location comes from ``ADAPTEROPS_REGISTRY_URL``
-and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under ``./.adapterops``)."""
+"""Registry commands: ``push``, ``import``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``,
+``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location comes from
+``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under
+``./.adapterops``)."""
 
 from __future__ import annotations
 
@@ -27,20 +28,29 @@ db_app = typer.Typer(help="Registry database maintenance.", no_args_is_help=True
 RefArgument = Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")]
 
 
+# What a new version is registered under (push and import ask the same).
+NameOption = Annotated[str, typer.Option(help="Adapter name.")]
+BaseModelOption = Annotated[str, typer.Option(help="Base model it was trained on.")]
+TaskOption = Annotated[str, typer.Option(help="Task, e.g. sst2.")]
+LanguageOption = Annotated[str, typer.Option(help="Language code, e.g. en.")]
+MetricOption = Annotated[
+    list[str] | None,
+    typer.Option(metavar="KEY=VALUE", help="Metric, e.g. accuracy=0.91 (repeatable)."),
+]
+DescriptionOption = Annotated[str, typer.Option(help="Free text.")]
+
+
 @app.command()
 def push(
     folder: Annotated[
         Path, typer.Argument(help="Adapter folder written by peft_core.save_adapter.")
     ],
-    name: Annotated[str, typer.Option(help="Adapter name.")],
-    base_model: Annotated[str, typer.Option(help="Base model it was trained on.")],
-    task: Annotated[str, typer.Option(help="Task, e.g. sst2.")],
-    language: Annotated[str, typer.Option(help="Language code, e.g. en.")],
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(metavar="KEY=VALUE", help="Metric, e.g. accuracy=0.91 (repeatable)."),
-    ] = None,
-    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    name: NameOption,
+    base_model: BaseModelOption,
+    task: TaskOption,
+    language: LanguageOption,
+    metric: MetricOption = None,
+    description: DescriptionOption = "",
     as_json: JsonOption = False,
 ) -> None:
     """Register an adapter folder as the adapter's next version (same bytes: same version)."""
@@ -55,6 +65,37 @@ def push(
             metrics=metrics,
             description=description,
             origin="cli",
+        )
+    _print_versions([version], as_json, single=True)
+
+
+@app.command("import")
+def import_command(
+    folder: Annotated[Path, typer.Argument(help="Folder written by AdapterHub's save_adapter.")],
+    name: NameOption,
+    base_model: BaseModelOption,
+    task: TaskOption,
+    language: LanguageOption,
+    metric: MetricOption = None,
+    description: DescriptionOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register an AdapterHub (`adapters` 1.x) bottleneck adapter: loaded onto the base model
+    (refused if our modules would not compute what it computes), saved in our format with the
+    base's fingerprint and golden probes, then registered as the adapter's next version."""
+    from ..import_job import import_adapterhub  # noqa: PLC0415 - torch only for this command
+
+    quiet_libraries()
+    with user_errors(as_json):
+        version = import_adapterhub(
+            folder,
+            registry=_registry(),
+            base_model=base_model,
+            name=name,
+            task=task,
+            language=language,
+            metrics=_metrics(metric or []),
+            description=description,
         )
     _print_versions([version], as_json, single=True)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 import peft_core as pc
 from peft_core.adapterhub import is_adapterhub_folder
@@ -173,3 +173,21 @@ def test_a_peft_folder_is_not_mistaken_for_an_adapterhub_one(tmp_path):
     folder = pc.save_adapter(model, "l", tmp_path / "peft", format="peft")
     assert not is_adapterhub_folder(folder)
     assert all(is_adapterhub_folder(FIXTURES / name) for name in NAMES)
+
+
+def test_saved_on_the_bare_body_it_loads_into_models_with_heads_and_back(tmp_path, reference):
+    model = body()
+    pc.load_adapter(model, FIXTURES / "seq_bn", name="lang")
+    on_body = pc.save_adapter(model, "lang", tmp_path / "body")
+    masked = AutoModelForMaskedLM.from_pretrained(minilm_path()).eval()
+    record = pc.load_adapter(masked, on_body)
+    assert record.targets[0].module_name == "bert.encoder.layer.0.output.LayerNorm"
+    torch.testing.assert_close(
+        hidden(masked.bert, reference), reference["seq_bn"], atol=1e-5, rtol=0
+    )
+    on_masked = pc.save_adapter(masked, "lang", tmp_path / "masked")
+    again = body()
+    assert pc.load_adapter(again, on_masked).targets[0].module_name == (
+        "encoder.layer.0.output.LayerNorm"
+    )
+    torch.testing.assert_close(hidden(again, reference), reference["seq_bn"], atol=1e-5, rtol=0)

@@ -1,0 +1,68 @@
+"""``adapterops import``: an AdapterHub adapter becomes a registry version, checked on its base.
+
+The folder is loaded onto the named base model by :mod:`peft_core.adapterhub` (which refuses what
+our modules would not compute the same), saved in our format with the base's fingerprint and
+golden probes, and registered with where it came from in the lineage. From then on it is a
+version like any other: a member of fusions and stacks, verified by its probes when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer
+
+import peft_core as pc
+from peft_core.adapterhub import is_adapterhub_folder
+from registry import AdapterVersion, Registry
+
+from .errors import DataError
+from .models import resolve_base_model
+
+__all__ = ["import_adapterhub"]
+
+
+def import_adapterhub(
+    folder: Path,
+    *,
+    registry: Registry,
+    base_model: str,
+    name: str,
+    task: str,
+    language: str,
+    metrics: dict[str, float] | None = None,
+    description: str = "",
+) -> AdapterVersion:
+    """Register the AdapterHub adapter in ``folder`` as ``name``'s next version."""
+    if not folder.is_dir() or not is_adapterhub_folder(folder):
+        raise DataError(
+            f"{folder} is not an AdapterHub adapter folder (adapter_config.json written by the "
+            "`adapters` library, with its weights); folders written by peft_core or peft are "
+            "registered with `adapterops push`"
+        )
+    path = resolve_base_model(base_model)
+    model = AutoModel.from_pretrained(path).eval()  # the body: AdapterHub heads are not read
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    record = pc.load_adapter(model, folder, name=name)
+    source = json.loads((folder / "adapter_config.json").read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = pc.save_adapter(model, name, Path(scratch) / "adapter", tokenizer=tokenizer)
+        pc.record_probes(model, name, saved)
+        return registry.register(
+            saved,
+            name=name,
+            base_model=base_model,
+            task=task,
+            language=language,
+            metrics=metrics,
+            lineage={
+                "imported_from": "adapterhub",
+                "adapterhub_version": str(source.get("version", "")),
+                "adapterhub_name": str(source.get("name", "")),
+                "method": record.config.type,
+            },
+            description=description,
+            origin="import",
+        )

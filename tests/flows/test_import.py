@@ -1,0 +1,66 @@
+"""``adapterops import``: AdapterHub adapters become registry versions, checked on their base."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from registry import BaseModelMismatchError, Registry
+from tests.helpers import minilm_path, run_cli
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "adapterhub"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+WHERE = ("--base-model", MINILM, "--task", "lm", "--language", "en")
+
+pytestmark = pytest.mark.usefixtures("embedded_home")
+
+
+def test_an_imported_adapter_is_a_version_that_computes_what_adapters_computed(tmp_path: Path):
+    done = run_cli("import", str(FIXTURES / "seq_bn"), "--name", "en-lang", *WHERE, "--json")
+    assert done.returncode == 0, done.stderr
+    version = json.loads(done.stdout)
+    assert (version["name"], version["version"], version["method"]) == ("en-lang", 1, "pfeiffer")
+    stored = Registry().get("en-lang@1")
+    assert stored.lineage["imported_from"] == "adapterhub"
+    assert stored.lineage["adapterhub_version"] == "adapters.1.3.0"
+
+    # loaded through the registry into a classifier (names saved on the bare body are rebased)
+    reference = load_file(str(FIXTURES / "reference.safetensors"))
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    Registry().load_into(model.eval(), "en-lang@1")  # the golden probes pass on MiniLM
+    with torch.no_grad():
+        ids, mask = reference["input_ids"], reference["attention_mask"]
+        hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(hidden, reference["seq_bn"], atol=1e-5, rtol=0)
+
+    # the same architecture with other weights fails the probes recorded at import
+    config = AutoConfig.from_pretrained(minilm_path(), num_labels=2)
+    stranger = AutoModelForSequenceClassification.from_config(config)
+    with pytest.raises(BaseModelMismatchError, match="fails its golden probe"):
+        Registry().load_into(stranger, "en-lang@1")
+
+
+def test_folders_of_the_other_kind_are_sent_to_the_right_command(tmp_path: Path):
+    pushed = run_cli("push", str(FIXTURES / "seq_bn"), "--name", "x", *WHERE)
+    assert pushed.returncode == 2 and pushed.stderr.count("\n") == 1
+    assert "is an AdapterHub adapter: register it with `adapterops import" in pushed.stderr
+    imported = run_cli("import", str(tmp_path), "--name", "x", *WHERE)
+    assert imported.returncode == 2 and imported.stderr.count("\n") == 1
+    assert "not an AdapterHub adapter folder" in imported.stderr
+
+
+def test_an_adapter_our_modules_cannot_compute_is_refused_and_nothing_is_stored(tmp_path: Path):
+    folder = Path(shutil.copytree(FIXTURES / "seq_bn", tmp_path / "gated"))
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    saved["config"]["use_gating"] = True
+    (folder / "adapter_config.json").write_text(json.dumps(saved))
+    done = run_cli("import", str(folder), "--name", "gated", *WHERE)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "use_gating=True" in done.stderr
+    assert json.loads(run_cli("ls", "--json").stdout) == []
