@@ -61,8 +61,9 @@ def build(
                     str(out or Path("out") / spec.name),
                     lineage=lineage,
                 )
+    stale = _stale_after(result["name"]) if result["alias"] == "champion" else []
     if as_json:
-        emit_json({"ok": True, **result})
+        emit_json({"ok": True, **result, "stale_compositions": stale})
         return
     if result["reused"]:
         console.print(f"{result['ref']}: {result['decision']}")
@@ -72,6 +73,26 @@ def build(
         f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {result['decision']}",
         soft_wrap=True,  # one line, whatever the width: logs and people read it whole
     )
+    _print_cascade_hint(result["name"], stale)
+
+
+def _stale_after(name: str) -> list[str]:
+    """The compositions still over an older version of ``name``'s champion (for the hint)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from ..cascade import find_stale  # noqa: PLC0415
+
+    return [s.ref for s in find_stale(Registry(), name)[1]]
+
+
+def _print_cascade_hint(name: str, stale: list[str]) -> None:
+    if stale:
+        console.print(
+            f"{len(stale)} composition(s) use an older version of {name} ({', '.join(stale)}): "
+            f"`adapterops cascade {name}` re-evaluates them with the new champion",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -197,10 +218,12 @@ def promote_command(
             warning = f"[yellow]warning:[/] {refused.comparison}; promoting it because of --force"
             errors.print(warning, soft_wrap=True, highlight=False)
         version = promote(registry, client, ref, alias, origin="cli")
+        stale = _stale_after(version.name) if alias == "champion" else []
     if as_json:
-        emit_json({"ok": True, **version.to_dict()})
+        emit_json({"ok": True, **version.to_dict(), "stale_compositions": stale})
         return
     console.print(f"{version.ref} is now {alias} (aliases: {', '.join(version.aliases)})")
+    _print_cascade_hint(version.name, stale)
 
 
 @app.command()

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from flows import pipelines, tracking
-from flows.promotion import promote
 from registry import Registry
 from tests.flows.test_pipelines import write_spec
 from tests.helpers import run_cli
@@ -70,7 +69,10 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
 
     build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en", seed=7))
     assert registry.get("lang-en@2").ref == "lang-en@2"
-    promote(registry, tracking.client(), "lang-en@2", "champion", origin="test")
+    promoted_now = run_cli("promote", "lang-en@2", "--force", "--json")
+    assert promoted_now.returncode == 0, promoted_now.stderr
+    stale_now = json.loads(promoted_now.stdout)["stale_compositions"]
+    assert sorted(stale_now) == ["fused-doomed@1", "fused@1", "stack:bare@1", "stack:madx@1"]
 
     code, planned = cascade_json("lang-en", "--dry-run")
     assert code == 0 and planned["champion"] == "lang-en@2"
