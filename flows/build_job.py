@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,6 +81,7 @@ class BuildResult:
     metrics: dict[str, Any]
     champion_metric: float | None
     reused: bool = False  # True: this spec, data and code were built before; nothing trained
+    cascade: list[dict[str, Any]] = field(default_factory=list)  # what a new champion re-evaluated
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

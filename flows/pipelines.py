@@ -113,6 +113,10 @@ def build(
     )
     result = run_chain(chain, run_as_task)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)
+    new_champion = result.promoted and not result.reused and result.alias == "champion"
+    if new_champion and spec.promote.cascade and find_stale(Registry(), spec.name)[1]:
+        root = Path(output).parent if output else Path("out")
+        result.cascade = cascade(spec.name, str(root))  # a subflow: one run per composition
     return result.to_dict()
 
 

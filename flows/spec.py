@@ -260,6 +260,8 @@ class EvaluateSpec(_Strict):
 class PromoteSpec(_Strict):
     alias: str = "champion"
     min_delta: float = Field(default=0.0, ge=-1e6, le=1e6)
+    # a new champion re-evaluates the compositions over its old version (flows.cascade)
+    cascade: bool = True
 
     @field_validator("alias")
     @classmethod

@@ -22,12 +22,15 @@ def build(tmp_path: Path, spec: Path) -> dict:
     return pipelines.build(str(spec), output=str(tmp_path / "out" / spec.stem))
 
 
-def pfeiffer(tmp_path: Path, sst2: Path, name: str, language: str, seed: int = 0) -> Path:
+def pfeiffer(
+    tmp_path: Path, sst2: Path, name: str, language: str, seed: int = 0, **promote: object
+) -> Path:
     return write_spec(
         tmp_path, sst2, name=name,
         method={"type": "pfeiffer", "reduction_factor": 32},
         data__train=str(sst2 / language / "train.tsv"),
         train__seed=seed, train__max_steps=6, train__batch_size=8, train__max_length=32,
+        promote=promote or {"alias": "champion"},
     )  # fmt: skip
 
 
@@ -67,7 +70,8 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     code, nothing = cascade_json("lang-en", "--dry-run")
     assert (code, nothing["champion"], nothing["stale"]) == (0, "lang-en@1", [])
 
-    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en", seed=7))
+    # built without the automatic cascade, to look at the stale compositions first
+    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en", seed=7, cascade=False))
     assert registry.get("lang-en@2").ref == "lang-en@2"
     promoted_now = run_cli("promote", "lang-en@2", "--force", "--json")
     assert promoted_now.returncode == 0, promoted_now.stderr
@@ -137,6 +141,21 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     assert statuses.get("fused@1") == (None if promoted else "not promoted")
     assert statuses.get("stack:madx@1") == (None if madx_promoted else "not promoted")
     assert sorted(v.ref for v in registry.find(name="fused")) == ["fused@1", "fused@2"]
+
+
+def test_a_build_that_promotes_cascades_by_itself(tmp_path: Path, sst2_dir: Path):
+    build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en"))
+    fused = write_spec(
+        tmp_path, sst2_dir, name="fused", method={"type": "fusion", "members": ["lang-en"]}
+    )
+    build(tmp_path, fused)
+    # min_delta -1: the new version wins the gate whatever it scores
+    second = build(tmp_path, pfeiffer(tmp_path, sst2_dir, "lang-en", "en", seed=3, min_delta=-1))
+    assert (second["ref"], second["alias"]) == ("lang-en@2", "champion")
+    assert [(o["composition"], o["candidate"]) for o in second["cascade"]] == [
+        ("fused@1", "fused@2")
+    ]
+    assert Registry().get("fused@2").lineage["fusion_members"] == ["lang-en@2"]
 
 
 def test_an_adapter_without_a_champion_is_one_clear_line(tmp_path: Path):
