@@ -2,9 +2,11 @@
 
     python -m bench.composition_bench [--quick]
 
-1. A mixed batch of 32 rows x 64 tokens with 1, 4, 16 and 32 distinct LoRA adapters (r=8 on q, v):
-   our ``per_row`` (one batched pass) vs peft's ``adapter_names`` (one sub-batch per adapter) vs
-   a single-adapter batch; same weights in both libraries, forward passes under ``no_grad``.
+1. A mixed batch of 32 rows x 64 tokens (64 rows for 64 adapters) with 1, 4, 16, 32 and 64
+   distinct LoRA adapters (r=8, on q, v and on every linear layer): our ``per_row`` (one batched
+   pass; one adapter for every row runs as ``set_active`` would) vs peft's ``adapter_names`` (one
+   sub-batch per adapter) vs the same batch through one adapter (``set_active``); same weights in
+   both libraries, forward passes under ``no_grad``; ``per_row`` is entered for every pass.
 2. Latency at batch 1 and 32: the base model vs merged LoRA, unmerged LoRA, Houlsby, Pfeiffer and a
    Stack of two Pfeiffer adapters (ratios to the base model).
 """
@@ -58,18 +60,25 @@ def base_model() -> torch.nn.Module:
     return T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2).eval()
 
 
-def mixed_batches(counts: list[int], repeats: int) -> list[dict[str, float]]:
-    batch = inputs(32)
+# targets: (our roles, peft's target_modules)
+TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "q,v": (("q", "v"), ["query", "value"]),
+    "all linear": (("q", "k", "v", "o", "ffn_in", "ffn_out"), ["query", "key", "value", "dense"]),
+}
+
+
+def mixed_batches(counts: list[int], repeats: int, targets: str) -> list[dict[str, Any]]:
+    roles, modules = TARGETS[targets]
     base = base_model()  # one head for both: a new classifier is randomly initialised per load
     ours = copy.deepcopy(base)
-    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"])
+    lora = peft.LoraConfig(r=8, lora_alpha=16, target_modules=modules)
     reference = peft.get_peft_model(copy.deepcopy(base), lora, adapter_name="a0")
     names = [f"a{i}" for i in range(max(counts))]
     generator = torch.Generator().manual_seed(1)
     for i, name in enumerate(names):
         if i:
             reference.add_adapter(name, lora)
-        pc.add_adapter(ours, name, pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
+        pc.add_adapter(ours, name, pc.LoRA(rank=8, alpha=16, targets=roles))
         with torch.no_grad():  # identical non-zero weights in both libraries
             for module_name, module in reference.named_modules():
                 if hasattr(module, "lora_A") and name in module.lora_A:
@@ -82,7 +91,8 @@ def mixed_batches(counts: list[int], repeats: int) -> list[dict[str, float]]:
     reference.eval()
     results = []
     for count in counts:
-        rows = [names[i % count] for i in range(32)]
+        batch = inputs(max(32, count))
+        rows = [names[i % count] for i in range(max(32, count))]
         with torch.no_grad():
             # same adapters, same rows: the two libraries must agree before we time them
             expected = reference(**batch, adapter_names=rows).logits
@@ -93,11 +103,14 @@ def mixed_batches(counts: list[int], repeats: int) -> list[dict[str, float]]:
             single_s = median_seconds(ours, **batch, repeats=repeats)
         results.append(
             {
+                "targets": targets,
+                "rows": len(rows),
                 "distinct_adapters": count,
                 "ours_ms": 1000 * ours_s,
                 "peft_adapter_names_ms": 1000 * peft_s,
                 "single_adapter_ms": 1000 * single_s,
                 "speedup_vs_peft": peft_s / ours_s,
+                "peft_over_single": peft_s / single_s,
                 "ours_over_single": ours_s / single_s,
             }
         )
@@ -155,8 +168,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     repeats = 5 if args.quick else 15
-    print("mixed batch of 32 rows, LoRA r=8 on q and v:", flush=True)
-    mixed = mixed_batches([1, 4, 16, 32], repeats)
+    mixed = []
+    for targets in TARGETS:
+        print(f"mixed batch of 32 rows, LoRA r=8 on {targets}:", flush=True)
+        mixed += mixed_batches([1, 4, 16, 32, 64], repeats, targets)
     print("latency, ratio to the base model:", flush=True)
     latency = latencies(repeats)
     path = write_result(

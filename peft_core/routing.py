@@ -69,11 +69,10 @@ def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
     with torch.no_grad():
         for layer in layers:
             present = [n for n in names if n in layer.adapters]
-            index = torch.tensor(
-                [present.index(n) + 1 if n in present else 0 for n in rows], device=device
-            )
+            slots = [present.index(n) + 1 if n in present else 0 for n in rows]
+            index = torch.tensor(slots, device=device)
             layer.routing = RowRouting(
-                len(rows), _plan([layer.adapters[n] for n in present], index)
+                len(rows), _plan([layer.adapters[n] for n in present], index, slots)
             )
     for switch in switches:
         switch.rows = list(rows)
@@ -104,23 +103,33 @@ class RowRouting:
         return y
 
 
-def _plan(modules: list[nn.Module], index: Tensor) -> list[Step]:
-    """Group the layer's adapters by module type; each group becomes one batched step."""
+def _plan(modules: list[nn.Module], index: Tensor, slots: list[int]) -> list[Step]:
+    """Group the layer's adapters by module type; each group becomes one batched step.
+
+    ``slots`` is ``index`` as a list (decisions need no device round trip). A group no row uses
+    adds no step; a group whose rows all use one adapter runs that adapter as ``set_active``
+    would, over the whole batch, without stacking anything.
+    """
     groups: dict[type, list[int]] = defaultdict(list)
     for slot, module in enumerate(modules, start=1):
         groups[type(module)].append(slot)
     steps: list[Step] = []
-    for kind, slots in groups.items():
-        group_index = remap_slots(index, slots)
-        members = [modules[s - 1] for s in slots]
+    for kind, kind_slots in groups.items():
+        local = [kind_slots.index(s) + 1 if s in kind_slots else 0 for s in slots]
+        members = [modules[s - 1] for s in kind_slots]
+        if set(local) == {0}:
+            continue  # no row uses an adapter of this kind here
+        group_index = remap_slots(index, kind_slots)
         if kind is SliceParts:
             fused = [cast(SliceParts, m) for m in members]
             for part in fused[0].parts:  # the same targets give the same parts
-                steps += _plan([m.parts[part] for m in fused], group_index)
-        elif hasattr(kind, "batched"):
-            steps.append(kind.batched(members, group_index))
-        else:
+                steps += _plan([m.parts[part] for m in fused], group_index, local)
+        elif not hasattr(kind, "batched"):
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
+        elif len(set(local)) == 1 and not any(m.training for m in members):
+            steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
+        else:
+            steps.append(kind.batched(members, group_index))
     return steps
 
 

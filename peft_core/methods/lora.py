@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
 from ..roles import Target
+from ..stacks import cached_stack
 from .base import (
     LayerSite,
     Method,
@@ -154,13 +155,7 @@ class LoRAModule(nn.Module):
         zero-padded to the largest rank: zero rows and columns add exactly nothing.
         """
         first = modules[0]
-        rank = max(m.rank for m in modules)
-        weight_a, weight_b = first.lora_A.weight, first.lora_B.weight
-        a = weight_a.new_zeros(len(modules) + 1, rank, weight_a.shape[1])
-        b = weight_b.new_zeros(len(modules) + 1, weight_b.shape[0], rank)
-        for slot, m in enumerate(modules, start=1):
-            a[slot, : m.rank] = m.lora_A.weight
-            b[slot, :, : m.rank] = m.lora_B.weight * m.scaling
+        a, b = cached_stack(modules, lambda: _stack(modules))
         a_rows = a[index].transpose(1, 2).contiguous()  # (B, in, r): each row's own A
         b_rows = b[index].transpose(1, 2).contiguous()  # (B, r, out_slice)
         padding = (
@@ -175,6 +170,20 @@ class LoRAModule(nn.Module):
             return y + update.reshape(y.shape).to(y.dtype)
 
         return step
+
+
+@torch.no_grad()
+def _stack(modules: Sequence[LoRAModule]) -> tuple[Tensor, Tensor]:
+    """Every adapter's A and scaled B in one tensor each (slot 0 all zeros), zero-padded to the
+    largest rank."""
+    rank = max(m.rank for m in modules)
+    weight_a, weight_b = modules[0].lora_A.weight, modules[0].lora_B.weight
+    a = weight_a.new_zeros(len(modules) + 1, rank, weight_a.shape[1])
+    b = weight_b.new_zeros(len(modules) + 1, weight_b.shape[0], rank)
+    for slot, m in enumerate(modules, start=1):
+        a[slot, : m.rank] = m.lora_A.weight
+        b[slot, :, : m.rank] = m.lora_B.weight * m.scaling
+    return a, b
 
 
 def lora_parts(adapter: nn.Module) -> list[LoRAModule]:

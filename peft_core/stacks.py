@@ -1,0 +1,43 @@
+"""Stacked adapter weights for per-row routing, kept between ``per_row`` calls.
+
+``per_row`` runs each layer's adapters as one batched product over their weights stacked into one
+tensor. Building that stack copies every adapter's weights, so it is kept on the layer's first
+adapter module and reused until it goes stale: until the set of adapters changes, or any of
+their parameters changes in place (an optimiser step, ``load_adapter``, ``copy_``: the tensor's
+version counter) or is replaced (``.to()``, a new storage). Entering ``per_row`` then costs an
+index computation, not a copy of every adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+from torch import nn
+
+__all__ = ["cached_stack"]
+
+T = TypeVar("T")
+_SLOT = "_peft_core_stacks"
+_KEEP = 4  # stacks kept per first module: a few recent groupings of the same layer
+
+
+def _state(modules: Sequence[nn.Module]) -> Hashable:
+    """Which modules, and the exact state of their parameters."""
+    return tuple(
+        (id(m), *((p._version, p.data_ptr(), p.dtype, p.device) for p in m.parameters()))
+        for m in modules
+    )
+
+
+def cached_stack(modules: Sequence[nn.Module], build: Callable[[], T]) -> T:
+    """``build()``'s result for ``modules``, rebuilt only when they or their parameters change."""
+    kept: dict[Hashable, object] = modules[0].__dict__.setdefault(_SLOT, {})
+    key = _state(modules)
+    if key in kept:
+        return kept[key]  # type: ignore[return-value]
+    value = build()
+    if len(kept) >= _KEEP:
+        kept.pop(next(iter(kept)))  # the oldest
+    kept[key] = value
+    return value
