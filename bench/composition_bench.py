@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from typing import Any
@@ -44,6 +45,21 @@ def median_seconds(
     return statistics.median(samples)
 
 
+def interleaved_medians(functions: list[Any], *, repeats: int, warmup: int = 2) -> list[float]:
+    """Median wall time of each function, timed in turn within every repeat, so that a slow
+    stretch of a noisy machine lands on all of them alike and the ratios stay fair."""
+    for _ in range(warmup):
+        for function in functions:
+            function()
+    samples: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for function, times in zip(functions, samples, strict=True):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+    return [statistics.median(times) for times in samples]
+
+
 def routed(model: torch.nn.Module, rows: list[str], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """One forward pass with a different adapter per row."""
     with pc.per_row(model, rows):
@@ -61,9 +77,13 @@ def base_model() -> torch.nn.Module:
 
 
 # targets: (our roles, peft's target_modules)
-TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+TARGETS: dict[str, tuple[tuple[str, ...], list[str] | str]] = {
     "q,v": (("q", "v"), ["query", "value"]),
-    "all linear": (("q", "k", "v", "o", "ffn_in", "ffn_out"), ["query", "key", "value", "dense"]),
+    # every linear layer of the encoder (not the pooler, which our roles leave out too)
+    "all linear": (
+        ("q", "k", "v", "o", "ffn_in", "ffn_out"),
+        r".*encoder\.layer\.\d+\..*(query|key|value|dense)$",
+    ),
 }
 
 
@@ -97,10 +117,15 @@ def mixed_batches(counts: list[int], repeats: int, targets: str) -> list[dict[st
             # same adapters, same rows: the two libraries must agree before we time them
             expected = reference(**batch, adapter_names=rows).logits
             torch.testing.assert_close(routed(ours, rows, batch), expected, atol=1e-4, rtol=1e-4)
-            ours_s = median_seconds(routed, ours, rows, batch, repeats=repeats)
-            peft_s = median_seconds(reference, **batch, adapter_names=rows, repeats=repeats)
-            pc.set_active(ours, names[0])
-            single_s = median_seconds(ours, **batch, repeats=repeats)
+            pc.set_active(ours, names[0])  # for the single-adapter pass; per_row overrides it
+            ours_s, peft_s, single_s = interleaved_medians(
+                [
+                    functools.partial(routed, ours, rows, batch),
+                    functools.partial(reference, **batch, adapter_names=rows),
+                    functools.partial(ours, **batch),
+                ],
+                repeats=repeats,
+            )
         results.append(
             {
                 "targets": targets,

@@ -24,7 +24,7 @@ from .methods import LayerSite, Method, MethodConfig, method_of
 from .methods.fusion import Fusion
 from .parallel import activate_parallel, deactivate_parallel
 from .roles import Target
-from .state import AdapterRecord, adapter_layers, adapter_records, get_record
+from .state import AdapterRecord, adapter_layers, adapter_records, get_record, head_switches
 
 # fp32: adapter weights in float32 on a half-precision base (the default); base: the base's dtype
 AdapterDtype = Literal["fp32", "base"]
@@ -145,7 +145,7 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
     names = leaves(block)
     for _, layer in adapter_layers(model):
         layer.active = _prune(block, set(layer.adapters))
-    for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
+    for _, switch in head_switches(model):
         switch.active = next((n for n in reversed(names) if n in switch.heads), None)
     for method in _self_placing(model):
         method.switch(model, names)
@@ -361,4 +361,4 @@ def _replace_module(model: nn.Module, module_name: str, replacement: nn.Module) 
 
 
 def _head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, HeadSwitch)]
+    return head_switches(model)

@@ -27,10 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .heads import HeadSwitch
 from .methods import method_of
 from .methods.parts import SliceParts
-from .state import adapter_layers, get_record
+from .state import adapter_layers, get_record, head_switches
 
 __all__ = ["install_routing", "per_row", "remap_slots", "remove_routing"]
 
@@ -64,7 +63,7 @@ def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
     )
     if merged:
         raise ConfigError(f"per_row needs unmerged adapters; unmerge {merged} first")
-    switches = [m for m in model.modules() if isinstance(m, HeadSwitch)]
+    switches = [switch for _, switch in head_switches(model)]
     device = next(model.parameters()).device
     with torch.no_grad():
         for layer in layers:
@@ -82,7 +81,7 @@ def remove_routing(model: nn.Module) -> None:
     """Back to the active adapter or composition."""
     for _, layer in adapter_layers(model):
         layer.routing = None
-    for switch in (m for m in model.modules() if isinstance(m, HeadSwitch)):
+    for _, switch in head_switches(model):
         switch.rows = None
 
 
@@ -126,11 +125,16 @@ def _plan(modules: list[nn.Module], index: Tensor, slots: list[int]) -> list[Ste
                 steps += _plan([m.parts[part] for m in fused], group_index, local)
         elif not hasattr(kind, "batched"):
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
-        elif len(set(local)) == 1 and not any(m.training for m in members):
+        elif len(set(local)) == 1 and not _drops_out(members[local[0] - 1]):
             steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
         else:
             steps.append(kind.batched(members, group_index))
     return steps
+
+
+def _drops_out(module: nn.Module) -> bool:
+    """Whether ``module``'s own forward would apply dropout (routing never does)."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in module.modules())
 
 
 def remap_slots(index: Tensor, slots: list[int]) -> Tensor:

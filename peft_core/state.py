@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .errors import AdapterNotFoundError
-from .heads import HeadInfo
+from .heads import HeadInfo, HeadSwitch
 from .layer import AdaptedLayer
 from .methods.base import MethodConfig
 from .roles import Target
@@ -57,7 +57,26 @@ def get_record(model: nn.Module, name: str) -> AdapterRecord:
 
 
 def adapter_layers(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, AdaptedLayer]]:
-    """``(module name, wrapper)`` for every wrapper, or only those holding adapter ``name``."""
-    for module_name, module in model.named_modules():
+    """``(module name, wrapper)`` for every wrapper, or only those holding adapter ``name``.
+
+    In ``named_modules`` order, but without walking into the wrappers: with many adapters their
+    modules outnumber the model's own many times over (64 LoRAs on every linear layer of MiniLM:
+    ~9,000 modules), and nothing inside a wrapper is another wrapper.
+    """
+    for module_name, module in _outside_wrappers(model, ""):
         if isinstance(module, AdaptedLayer) and (name is None or name in module.adapters):
             yield module_name, module
+
+
+def head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
+    """``(module name, switch)`` for every per-adapter head (walked as :func:`adapter_layers`)."""
+    return [(n, m) for n, m in _outside_wrappers(model, "") if isinstance(m, HeadSwitch)]
+
+
+def _outside_wrappers(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules`` that does not walk into adapter wrappers and per-adapter heads."""
+    yield prefix, module
+    if isinstance(module, AdaptedLayer | HeadSwitch):
+        return
+    for child_name, child in module.named_children():
+        yield from _outside_wrappers(child, f"{prefix}.{child_name}" if prefix else child_name)

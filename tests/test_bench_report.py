@@ -46,7 +46,8 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
     assert "123 steps x 16" in text and "majority class en 50.9%" in text
     composition = json.loads((results / "composition.json").read_text())
     first = composition["mixed_batch"][0]
-    assert f"| {first['distinct_adapters']} | {first['ours_ms']:.0f} ms |" in text
+    distinct = f"{first['distinct_adapters']} ({first.get('rows', 32)} rows)"
+    assert f"| {first.get('targets', 'q,v')} | {distinct} | {first['ours_ms']:.0f} ms |" in text
     assert "_2026-01-02, 2 CPUs, torch 9.9._" in text
 
 
