@@ -176,6 +176,11 @@ def build_lineage(spec: AdapterSpec, registry: Registry | None = None) -> dict[s
         "code_version": code_version(),
         # what `load.dtype: auto` became on the machine that trained it
         "base_dtype": str(spec.load.torch_dtype()).removeprefix("torch."),
+        **(
+            {"base_quantization": spec.load.quantization}
+            if spec.load.quantization != "none"
+            else {}
+        ),
     }
     members = members_of_spec(spec)
     if members:  # a fusion over name@champion means different things as the champion moves

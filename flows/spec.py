@@ -241,6 +241,9 @@ class LoadSpec(_Strict):
     # auto: bf16 on a CUDA GPU that supports it, fp32 on a CPU. A bf16/fp16 base halves the
     # memory of its weights; the adapter's own weights stay float32 either way.
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # nf4: the body's Linear weights in 4-bit NormalFloat (QLoRA; needs adapterops[gpu]). The
+    # adapter trains in float32 on top and can be merged only on an unquantised base.
+    quantization: Literal["none", "nf4"] = "none"
 
     def torch_dtype(self) -> Any:
         """The dtype the base model is loaded in here (``auto`` resolved on this machine)."""

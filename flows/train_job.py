@@ -107,6 +107,7 @@ def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBa
     model = _AUTO[spec.head.type].from_pretrained(path, **options)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    pc.quantize_base(model, spec.load.quantization)  # "none": nothing
     return model, tokenizer
 
 

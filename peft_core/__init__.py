@@ -64,6 +64,7 @@ from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
 from .plan import Plan, build_on_meta, measure, plan
 from .probes import ProbeCheck, ProbeMismatchError, check_probes, record_probes
+from .quantize import is_quantized, quantize_base
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
@@ -120,6 +121,7 @@ __all__ = [
     "delete_adapter",
     "detect_head",
     "fingerprint",
+    "is_quantized",
     "list_adapters",
     "load_adapter",
     "measure",
@@ -130,6 +132,7 @@ __all__ = [
     "parallel_outputs",
     "per_row",
     "plan",
+    "quantize_base",
     "read_metadata",
     "record_probes",
     "register_method",

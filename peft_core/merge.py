@@ -20,6 +20,7 @@ from .errors import NotMergeableError
 from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
 from .methods import method_of
+from .quantize import is_quantized
 from .state import adapter_layers, get_record
 
 __all__ = ["merge", "merged_state_dict", "unmerge"]
@@ -87,6 +88,17 @@ def _check_mergeable(model: nn.Module, name: str) -> None:
     if not method.mergeable:
         raise NotMergeableError(
             f"adapter {name!r} is a {config.type} adapter: {method.why_not_mergeable}"
+        )
+    quantized = [
+        module_name
+        for module_name, layer in adapter_layers(model, name)
+        if is_quantized(getattr(layer.base_layer, "weight", None))
+    ]
+    if quantized:
+        raise NotMergeableError(
+            f"adapter {name!r} sits on 4-bit (nf4) weights ({quantized[0]}, ...): merging would "
+            "re-quantise the sum and lose most of the adapter; load the base unquantised "
+            "(load.quantization: none) to merge or export it merged"
         )
 
 

@@ -19,9 +19,7 @@ def two_loras(tiny_model):
 
 def stacks_of(model) -> list:
     return [
-        stack
-        for module in model.modules()
-        for stack in module.__dict__.get(_SLOT, {}).values()
+        stack for module in model.modules() for stack in module.__dict__.get(_SLOT, {}).values()
     ]
 
 
