@@ -95,6 +95,10 @@ def quiet_libraries() -> None:
     transformers reports that a new classification head was initialised (expected here) and
     datasets draws a bar for every small map; both drown the output people read.
     """
+    # torchao (the QLoRA extra), imported by transformers when installed, logs every optional
+    # CUDA kernel it cannot load on this machine and the torch deprecations it trips: noise.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     import datasets  # noqa: PLC0415 - heavy: only commands that train call this
     import transformers  # noqa: PLC0415
 
