@@ -3,6 +3,13 @@
 ``torchrun --nproc_per_node N`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; each process
 then takes its own GPU (NCCL) or, without GPUs, the CPU (gloo). Rank 0 is the one that evaluates,
 saves, logs to MLflow and registers; the others only train their shard of the batches.
+
+Two ways to spread the model (``train.sharding``): DDP keeps a whole copy in every process and
+all-reduces gradients; FSDP2 (``torch.distributed.fsdp.fully_shard``, per transformer block and
+then the rest) keeps 1/N of every weight in each process, gathers a block's weights just before
+it runs and reduce-scatters its gradients, so a base larger than one GPU trains. The adapter and
+head then live as shards too: :func:`gathered` puts them back together (every process takes part)
+before rank 0 evaluates and saves.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Placement", "placement", "replicas_agree", "wrap"]
+__all__ = ["Placement", "gathered", "is_sharded", "placement", "replicas_agree", "shard", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -61,18 +69,50 @@ def placement() -> Iterator[Placement]:
             dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, where: Placement) -> nn.Module:
-    """``model`` in DistributedDataParallel when there are several processes, else as it is."""
+def wrap(model: nn.Module, where: Placement, sharding: str = "ddp") -> nn.Module:
+    """``model`` in DistributedDataParallel (``sharding="fsdp"``: sharded by FSDP2, in place)
+    when there are several processes, else as it is."""
     if not where.distributed:
         return model
+    if sharding == "fsdp":
+        return shard(model, where)
     device_ids = [where.device.index] if where.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def shard(model: nn.Module, where: Placement) -> nn.Module:
+    """FSDP2 over ``where``'s processes: each transformer block (the classes transformers names in
+    ``_no_split_modules``) is one unit, gathered only while it runs; the root holds the rest."""
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    mesh = init_device_mesh(where.device.type, (where.world_size,))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are FSDP2 shards."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gathered(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Whole tensors for sharded ones (others as they are). A collective: every process must call
+    it, with the same keys in the same order."""
+    return {
+        key: value.full_tensor() if isinstance(value, DTensor) else value
+        for key, value in tensors.items()
+    }
+
+
 def replicas_agree(model: nn.Module, where: Placement) -> bool:
     """Whether every process holds the same trainable weights (DDP kept them in step)."""
-    if not where.distributed:
-        return True
+    if not where.distributed or is_sharded(model):
+        return True  # FSDP2 holds one copy, in shards: nothing to compare
     with torch.no_grad():
         sums = [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
         total = torch.stack(sums).sum().to(where.device)

@@ -233,6 +233,9 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
     # Recompute each block's activations in the backward pass: less memory, same gradients.
     gradient_checkpointing: bool = False
+    # Under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: each holds 1/N
+    # of every weight, for bases beyond one GPU). One process ignores it.
+    sharding: Literal["ddp", "fsdp"] = "ddp"
 
 
 class LoadSpec(_Strict):

@@ -27,7 +27,7 @@ from transformers import (
 import peft_core as pc
 
 from .data import PreparedData, make_loader
-from .distributed import Placement, placement, replicas_agree, wrap
+from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
 from .members import load_members, members_of_spec, members_of_version
 from .models import resolve_base_model
@@ -74,6 +74,7 @@ class TrainReport:
     losses: list[float] = field(default_factory=list, repr=False)
     learning_rates: list[float] = field(default_factory=list, repr=False)
     world_size: int = 1
+    sharding: str = "none"  # across processes: "ddp", "fsdp", or "none" (one process)
     device: str = "cpu"
     precision: str = "fp32"
     resumed_from_step: int = 0
@@ -148,8 +149,9 @@ def train_from_spec(
         steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
         report_step = on_step if on_step is not None and where.is_main else None
         started = time.perf_counter()
+        sharded = where.distributed and cfg.sharding == "fsdp"
         result = pc.train(
-            wrap(model, where),
+            wrap(model, where, cfg.sharding),
             train_loader,
             max_steps=steps,
             learning_rate=cfg.learning_rate,
@@ -157,7 +159,8 @@ def train_from_spec(
             warmup_ratio=cfg.warmup_ratio,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             precision=training_precision(spec, where.device),
-            checkpoint_dir=checkpoint_dir,
+            # FSDP2 runs do not checkpoint yet: the optimiser's state is sharded too
+            checkpoint_dir=None if sharded else checkpoint_dir,
             checkpoint_every=cfg.checkpoint_every,
             gradient_checkpointing=cfg.gradient_checkpointing,
             on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))
@@ -167,6 +170,10 @@ def train_from_spec(
         seconds = time.perf_counter() - started
         if not replicas_agree(model, where):
             raise RuntimeError("DDP replicas disagree after training: gradients were not synced")
+        if sharded:  # every process gathers; rank 0 goes on with a whole, unsharded copy
+            state = gathered(pc.adapter_state_dict(model, spec.name))
+            if where.is_main:
+                model = _unsharded(spec, state, members, registry, where.device)
     metrics = (
         evaluate_model(model, data.validation, tokenizer, head=data.head)
         if (evaluate_after and where.is_main)
@@ -188,6 +195,7 @@ def train_from_spec(
         losses=result.losses,
         learning_rates=result.learning_rates,
         world_size=where.world_size,
+        sharding=cfg.sharding if where.distributed else "none",
         device=str(where.device),
         precision=training_precision(spec, where.device),
         resumed_from_step=result.resumed_from,
@@ -203,6 +211,23 @@ def train_from_spec(
     report.output = str(folder)
     write_report(report)
     return report
+
+
+def _unsharded(
+    spec: AdapterSpec,
+    state: dict[str, torch.Tensor],
+    members: list[str],
+    registry: Registry | None,
+    device: torch.device,
+) -> nn.Module:
+    """A fresh base model holding the trained adapter ``state`` (gathered from FSDP2 shards)."""
+    model, _ = load_base_model(spec)
+    load_members(model, members, registry)
+    pc.add_adapter(model, spec.name, spec.method.to_config())
+    with torch.no_grad():
+        for key, tensor in pc.adapter_state_dict(model, spec.name).items():
+            tensor.copy_(state[key])
+    return model.to(device).eval()
 
 
 def write_report(report: TrainReport) -> None:

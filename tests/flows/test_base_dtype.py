@@ -41,7 +41,7 @@ def test_an_nf4_base_builds_a_qlora_that_records_its_quantization(
 ):
     """``load: {dtype: bf16, quantization: nf4}``: QLoRA through the whole build (train, evaluate
     on the 4-bit base, register); the lineage and the model card say so; files are bf16."""
-    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3, batch_size=8, name="qlora")
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3, batch_size=8, name="qlora-sst2")
     spec = spec.model_copy(
         update={
             "load": spec.load.model_copy(update={"dtype": "bf16", "quantization": "nf4"}),

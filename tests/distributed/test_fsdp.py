@@ -1,0 +1,74 @@
+"""FSDP2 (``train.sharding: fsdp``): two gloo processes on CPU train exactly what one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.flows.test_pipelines import write_spec
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+
+
+def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
+    env["PYTHONPATH"] = str(HERE.parent.parent)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_sharded_processes_train_what_one_process_trains(tmp_path: Path):
+    alone, sharded = tmp_path / "alone", tmp_path / "sharded"
+    alone.mkdir(), sharded.mkdir()
+    worker = str(HERE / "fsdp_worker.py")
+    run([sys.executable, worker, str(alone)], tmp_path)
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    run([*torchrun, worker, str(sharded)], tmp_path)
+    one = torch.load(alone / "rank0.pt")
+    ranks = [torch.load(sharded / f"rank{r}.pt") for r in (0, 1)]
+    assert one["sharded"] is False and all(r["sharded"] for r in ranks)
+    assert [r["local_rows"] for r in ranks] == [one["local_rows"] // 2] * 2  # half each
+    for rank in ranks:
+        torch.testing.assert_close(rank["losses"], one["losses"], atol=1e-6, rtol=0)
+        assert rank["adapter"].keys() == one["adapter"].keys()
+        for key, value in one["adapter"].items():
+            torch.testing.assert_close(rank["adapter"][key], value, atol=1e-6, rtol=0)
+    trained_b = [v for k, v in one["adapter"].items() if "lora_B" in k]
+    assert trained_b and all(float(v.abs().max()) > 0 for v in trained_b)  # it trained
+
+
+def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst2_dir: Path):
+    spec = write_spec(tmp_path, sst2_dir, name="sharded", train__max_steps=4)
+    outputs = {}
+    for sharding in ("fsdp", "ddp"):
+        out = tmp_path / f"out-{sharding}"
+        command = [
+            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+            str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
+            "--set", f"train.sharding={sharding}",
+        ]  # fmt: skip
+        done = run(command, tmp_path)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1  # rank 0 reports
+        outputs[sharding] = (json.loads(lines[0]), load_file(out / "adapter.safetensors"))
+    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = outputs["fsdp"], outputs["ddp"]
+    assert (fsdp["world_size"], fsdp["sharding"], ddp["sharding"]) == (2, "fsdp", "ddp")
+    assert abs(fsdp["final_loss"] - ddp["final_loss"]) < 1e-6
+    assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
+    assert fsdp_tensors.keys() == ddp_tensors.keys()
+    for key, value in ddp_tensors.items():
+        torch.testing.assert_close(fsdp_tensors[key], value, atol=1e-6, rtol=0)
+    saved = yaml.safe_load((tmp_path / "out-fsdp" / "report.json").read_text())
+    assert saved["sharding"] == "fsdp"
