@@ -6,7 +6,8 @@
 The base is random-weight (speed and memory do not depend on the values), built directly on the
 device in bf16. LoRA r=16 on every linear layer of the blocks (q, k, v, o, gate, up, down) with
 float32 adapter weights (peft's default and ours), AdamW, one optimiser step per batch. For
-each of {ours, peft} x {plain, gradient checkpointing}: tokens per second (median step after
+each of {ours, peft, ours on an NF4 base (QLoRA, when torchao is installed)} x {plain, gradient
+checkpointing}: tokens per second (median step after
 warm-up), model FLOPs utilisation on a GPU (6 x parameters x tokens per second over the
 device's bf16 peak, the usual accounting), and peak memory on a GPU. The ratios ours / peft are
 the result that matters: both should be <= 1.0.
@@ -52,7 +53,7 @@ class Shape:
 
 
 FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 8, 1024, 12)  # ~1.1B parameters
-QUICK = Shape(64, 2, 128, 4, 2, 512, 2, 64, 4)
+QUICK = Shape(128, 2, 256, 4, 2, 512, 2, 64, 4)  # NF4 blocks need 64 x 256-weight layers
 
 
 def build(shape: Shape, device: torch.device) -> LlamaForCausalLM:
@@ -72,6 +73,20 @@ def with_ours(model: LlamaForCausalLM) -> torch.nn.Module:
     return model
 
 
+def with_ours_on_nf4(model: LlamaForCausalLM) -> torch.nn.Module:
+    """QLoRA: the blocks' Linear weights in 4-bit NF4 (torchao), then the same LoRA."""
+    pc.quantize_base(model, "nf4")
+    return with_ours(model)
+
+
+def nf4_available() -> bool:
+    try:
+        pc.quantize.nf4_available()
+    except pc.ConfigError:
+        return False
+    return True
+
+
 def with_peft(model: LlamaForCausalLM) -> torch.nn.Module:
     config = LoraConfig(r=16, lora_alpha=32, target_modules=PEFT_TARGETS, lora_dropout=0.0)
     return get_peft_model(model, config)  # autocast_adapter_dtype: float32 adapter weights
@@ -81,8 +96,9 @@ def run(library: str, checkpointing: bool, shape: Shape, device: torch.device) -
     """Train ``shape.steps`` steps; the measurements of one configuration."""
     model = build(shape, device)
     parameters = sum(p.numel() for p in model.parameters())
-    model = with_ours(model) if library == "ours" else with_peft(model)
-    inner = model if library == "ours" else model.get_base_model()
+    wrap = {"ours": with_ours, "ours-nf4": with_ours_on_nf4, "peft": with_peft}[library]
+    model = wrap(model)
+    inner = model.get_base_model() if library == "peft" else model
     if checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(inner, "activation_checkpointing_enable"):
@@ -146,8 +162,9 @@ def main() -> None:
     quick = args.quick or not cuda
     shape = QUICK if quick else FULL
     rows = []
+    libraries = ("peft", "ours", "ours-nf4") if nf4_available() else ("peft", "ours")
     for checkpointing in (False, True):
-        for library in ("peft", "ours"):
+        for library in libraries:
             row = run(library, checkpointing, shape, device)
             row["mfu"] = mfu(row, device)
             rows.append(row)
@@ -172,6 +189,17 @@ def main() -> None:
                 else None
             ),
         }
+        nf4 = next(
+            (r for r in rows if r["library"] == "ours-nf4" and r["checkpointing"] == checkpointing),
+            None,
+        )
+        if nf4 is not None:  # QLoRA against bf16 LoRA, both ours
+            ratios[key]["time_nf4_over_bf16"] = nf4["step_seconds"] / ours["step_seconds"]
+            ratios[key]["memory_nf4_over_bf16"] = (
+                nf4["peak_memory_gib"] / ours["peak_memory_gib"]
+                if ours["peak_memory_gib"]
+                else None
+            )
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     name = "gpu_smoke" if quick else "gpu"
     path = write_result(

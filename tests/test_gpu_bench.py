@@ -24,13 +24,18 @@ def test_the_quick_run_compares_ours_with_peft(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_smoke.json").read_text())
     rows = {(r["library"], r["checkpointing"]): r for r in data["rows"]}
-    assert set(rows) == {(lib, c) for lib in ("ours", "peft") for c in (False, True)}
+    libraries = ("ours", "peft", "ours-nf4")  # torchao is a dev dependency: QLoRA runs too
+    assert set(rows) == {(lib, c) for lib in libraries for c in (False, True)}
     for checkpointing in (False, True):
         ours, peft = rows["ours", checkpointing], rows["peft", checkpointing]
-        # r=16 on q (64->64), k, v (64->32), o, gate, up (64->128), down (128->64); 2 layers
-        per_layer = 16 * (128 + 96 + 96 + 128 + 192 + 192 + 192)
-        assert ours["trainable"] == peft["trainable"] == 2 * per_layer
+        nf4 = rows["ours-nf4", checkpointing]
+        # r=16 on q (128->128), k, v (128->64), o, gate, up (128->256), down (256->128); 2 layers
+        per_layer = 16 * (256 + 192 + 192 + 256 + 384 + 384 + 384)
+        assert ours["trainable"] == peft["trainable"] == nf4["trainable"] == 2 * per_layer
         assert ours["final_loss"] == pytest.approx(peft["final_loss"], abs=1e-3)
+        # the 4-bit base computes close to, not exactly like, the bf16 one
+        assert nf4["final_loss"] == pytest.approx(ours["final_loss"], abs=0.1)
+        assert nf4["final_loss"] != ours["final_loss"]
         key = "checkpointing" if checkpointing else "plain"
         ratio = data["ratios"][key]["time_ours_over_peft"]
         assert ratio == pytest.approx(ours["step_seconds"] / peft["step_seconds"])
