@@ -48,6 +48,7 @@ bench: setup services
 	$(PY) -m bench.registry_bench
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.gpu_bench
+	$(PY) -m bench.multi_lora_bench
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.

@@ -1,0 +1,209 @@
+"""Mixed-adapter batches on a Llama-shaped decoder: prefill and decode, ours against peft.
+
+    python -m bench.multi_lora_bench            # on a CUDA GPU: 16 layers x 2048 (~0.9B), bf16
+    python -m bench.multi_lora_bench --quick    # tiny shapes (any device; CI runs it on a CPU)
+
+A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
+k = 1, 4, 16, 32, 64 distinct adapters (the batch grows to k rows past 32). Four ways run the
+same batch: our ``per_row`` (entered for every call), peft's ``adapter_names``, one adapter
+for every row (``set_active``: the cost to match) and the base model. Prefill: one forward
+pass over the prompts (milliseconds). Decode: ``generate`` of new tokens with the KV cache
+(tokens per second over the batch). Before timing, ours and peft must produce the same logits.
+The base has random weights (speed does not depend on the values) and is built on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import peft
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import peft_core as pc
+from bench.common import write_result
+from bench.composition_bench import interleaved_medians
+
+TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "q,v": (("q", "v"), ["q_proj", "v_proj"]),
+    "all linear": (
+        ("q", "k", "v", "o", "ffn_in", "ffn_out"),
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Model, batch and generation sizes of one run."""
+
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    rows: int
+    prompt: int
+    new_tokens: int
+    counts: tuple[int, ...]
+    repeats: int
+
+
+FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 32, 256, 32, (1, 4, 16, 32, 64), 10)
+QUICK = Shape(64, 2, 128, 4, 2, 512, 4, 16, 4, (1, 2, 4), 2)
+
+
+def build(shape: Shape, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+        intermediate_size=shape.intermediate, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
+        max_position_embeddings=shape.prompt + shape.new_tokens, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with device:
+        return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def with_adapters(
+    base: LlamaForCausalLM, count: int, targets: str
+) -> tuple[torch.nn.Module, Any, list[str]]:
+    """Ours and peft's copies of ``base`` with the same ``count`` non-zero LoRAs."""
+    roles, modules = TARGETS[targets]
+    ours = copy.deepcopy(base)
+    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=modules, lora_dropout=0.0)
+    theirs = peft.get_peft_model(copy.deepcopy(base), config, adapter_name="a0")
+    names = [f"a{i}" for i in range(count)]
+    generator = torch.Generator().manual_seed(1)
+    for i, name in enumerate(names):
+        if i:
+            theirs.add_adapter(name, config)
+        pc.add_adapter(ours, name, pc.LoRA(rank=16, alpha=32, targets=roles))
+        with torch.no_grad():
+            for module_name, module in theirs.named_modules():
+                if hasattr(module, "lora_A") and name in module.lora_A:
+                    target = ours.get_submodule(module_name.removeprefix("base_model.model."))
+                    for which in ("lora_A", "lora_B"):
+                        weight = getattr(module, which)[name].weight
+                        values = torch.randn(weight.shape, generator=generator) * 0.02
+                        weight.copy_(values)
+                        getattr(target.adapters[name], which).weight.copy_(values)
+    return ours.eval(), theirs.eval(), names
+
+
+def routed(model: torch.nn.Module, rows: list[str], call: Any, **inputs: Any) -> Any:
+    with pc.per_row(model, rows):
+        return call(**inputs)
+
+
+def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str) -> list[dict]:
+    base = build(shape, device, dtype)
+    results = []
+    for count in shape.counts:
+        rows_n = max(shape.rows, count)
+        ours, theirs, names = with_adapters(base, count, targets)
+        rows = [names[i % count] for i in range(rows_n)]
+        generator = torch.Generator().manual_seed(2)
+        ids = torch.randint(1, shape.vocab, (rows_n, shape.prompt), generator=generator)
+        inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        decode = {**inputs, "max_new_tokens": shape.new_tokens, "do_sample": False,
+                  "min_new_tokens": shape.new_tokens}  # fmt: skip
+        with torch.no_grad():
+            mine = routed(ours, rows, ours, **inputs).logits.float()
+            peft_logits = theirs(**inputs, adapter_names=rows).logits.float()
+            tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+            torch.testing.assert_close(mine, peft_logits, atol=tolerance, rtol=tolerance)
+            single = copy.deepcopy(ours)
+            pc.set_active(single, names[0])
+            timed = {
+                "ours": functools.partial(routed, ours, rows, ours, **inputs),
+                "peft": functools.partial(theirs, **inputs, adapter_names=rows),
+                "one_adapter": functools.partial(single, **inputs),
+                "base": functools.partial(base, **inputs),
+            }
+            prefill = dict(
+                zip(
+                    timed,
+                    interleaved_medians(
+                        [synced(f, device) for f in timed.values()], repeats=shape.repeats
+                    ),
+                    strict=True,
+                )
+            )
+            generating = {
+                "ours": functools.partial(routed, ours, rows, ours.generate, **decode),
+                "peft": functools.partial(theirs.generate, **decode, adapter_names=rows),
+                "one_adapter": functools.partial(single.generate, **decode),
+                "base": functools.partial(base.generate, **decode),
+            }
+            seconds = interleaved_medians(
+                [synced(f, device) for f in generating.values()], repeats=shape.repeats
+            )
+        tokens = rows_n * shape.new_tokens
+        row: dict[str, Any] = {"targets": targets, "distinct_adapters": count, "rows": rows_n}
+        for key, value in prefill.items():
+            row[f"prefill_{key}_ms"] = 1000 * value
+        for key, value in zip(generating, seconds, strict=True):
+            row[f"decode_{key}_tokens_per_s"] = tokens / value
+        row["prefill_ours_over_one_adapter"] = prefill["ours"] / prefill["one_adapter"]
+        row["prefill_peft_over_ours"] = prefill["peft"] / prefill["ours"]
+        row["decode_one_adapter_over_ours"] = (
+            row["decode_one_adapter_tokens_per_s"] / row["decode_ours_tokens_per_s"]
+        )
+        print(
+            f"  {targets:10} {count:>2} adapters: prefill ours/one "
+            f"{row['prefill_ours_over_one_adapter']:.2f}x, peft/ours "
+            f"{row['prefill_peft_over_ours']:.2f}x; decode ours "
+            f"{row['decode_ours_tokens_per_s']:.0f} tok/s, peft "
+            f"{row['decode_peft_tokens_per_s']:.0f}, one adapter "
+            f"{row['decode_one_adapter_tokens_per_s']:.0f}",
+            flush=True,
+        )
+        results.append(row)
+        del ours, theirs, single
+    return results
+
+
+def synced(function: Any, device: torch.device) -> Any:
+    """``function`` followed by a device synchronisation (GPU timings need it)."""
+
+    def call() -> Any:
+        out = function()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda and not args.quick:
+        print("no CUDA GPU here: the ~0.9B shapes would take hours on a CPU; running --quick")
+    quick = args.quick or not cuda
+    shape = QUICK if quick else FULL
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows = []
+    for targets in TARGETS:
+        rows += measure(shape, device, dtype, targets)
+    name = "multi_lora_smoke" if quick else "multi_lora"
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    path = write_result(
+        name, {"device": device_name, "quick": quick, "dtype": str(dtype), "shape": asdict(shape),
+               "rows": rows},
+    )  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

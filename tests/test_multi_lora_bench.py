@@ -1,0 +1,31 @@
+"""``bench/multi_lora_bench.py`` runs end to end with tiny shapes on a CPU (its real shapes need a
+GPU): ours and peft agree on every mixed batch before anything is timed, and every row holds
+prefill and decode numbers for each way of running the batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_quick_run_measures_prefill_and_decode_for_every_mix(tmp_path):
+    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.multi_lora_bench", "--quick", "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "multi_lora_smoke.json").read_text())
+    assert (data["device"], data["quick"]) == ("cpu", True)
+    mixes = [(r["targets"], r["distinct_adapters"], r["rows"]) for r in data["rows"]]
+    assert mixes == [(t, k, 4) for t in ("q,v", "all linear") for k in (1, 2, 4)]
+    for row in data["rows"]:
+        for way in ("ours", "peft", "one_adapter", "base"):
+            assert row[f"prefill_{way}_ms"] > 0 and row[f"decode_{way}_tokens_per_s"] > 0
+        ratio = row["prefill_ours_ms"] / row["prefill_one_adapter_ms"]
+        assert abs(row["prefill_ours_over_one_adapter"] - ratio) < 1e-9
