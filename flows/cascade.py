@@ -117,7 +117,7 @@ def score_stack(
     import peft_core as pc  # noqa: PLC0415 - torch only when a composition is scored
 
     from .prepare_job import prepare_cached  # noqa: PLC0415
-    from .train_job import evaluate_model, load_base_model  # noqa: PLC0415
+    from .train_job import evaluate_model, generates, load_base_model  # noqa: PLC0415
 
     model, tokenizer = load_base_model(spec)
     for ref in members:
@@ -126,7 +126,9 @@ def score_stack(
         model, pc.block_from_dict(with_leaves(definition, iter(map(member_name, members))))
     )
     data, _ = prepare_cached(spec, tokenizer)
-    metrics = evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
+    metrics = evaluate_model(
+        model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
+    )
     return float(metrics[spec.evaluate.metric])
 
 

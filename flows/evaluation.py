@@ -1,4 +1,6 @@
-"""Evaluation metrics: accuracy and macro-F1 for classification, perplexity for language models."""
+"""Evaluation metrics: accuracy and macro-F1 for classification, perplexity for language models,
+and exact match of greedy generations for instruction data (the response must come out token for
+token, its end-of-sequence included)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["confusion_matrix", "evaluate", "metrics_from_confusion"]
+__all__ = ["confusion_matrix", "evaluate", "exact_match", "metrics_from_confusion"]
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, num_labels: int) -> Tensor:
@@ -33,13 +36,61 @@ def metrics_from_confusion(matrix: Tensor) -> dict[str, float]:
 
 
 def evaluate(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, head: str
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    *,
+    head: str,
+    pad_token_id: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` over ``batches`` (which carry ``labels``)."""
+    """Metrics of ``model`` over ``batches`` (which carry ``labels``). With ``pad_token_id``
+    (instruction data) a causal LM also generates each response: ``exact_match``."""
     model.eval()
     if head == "classification":
         return _classification(model, batches)
-    return _language_model(model, batches)
+    metrics = _language_model(model, batches)
+    if pad_token_id is not None:
+        metrics |= exact_match(model, batches, pad_token_id=pad_token_id)
+    return metrics
+
+
+@torch.no_grad()
+def exact_match(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, pad_token_id: int
+) -> dict[str, Any]:
+    """The share of rows whose greedy continuation of the prompt (the tokens labelled -100
+    before the response) reproduces the response (the labelled tokens) exactly."""
+    hits = rows = 0
+    for batch in _on_device(model, batches):
+        prompts, answers = [], []
+        for row_ids, mask, row_labels in zip(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
+        ):
+            ids, labels = row_ids[mask.bool()], row_labels[mask.bool()]
+            scored = (labels != -100).nonzero()
+            if len(scored) == 0:
+                continue
+            start = int(scored[0])
+            prompts.append(ids[:start])
+            answers.append(ids[start:][labels[start:] != -100])
+        if not prompts:
+            continue
+        generated = _greedy(model, prompts, max(len(a) for a in answers), pad_token_id)
+        for out, answer in zip(generated, answers, strict=True):
+            hits += int(torch.equal(out[: len(answer)], answer))
+            rows += 1
+    return {"exact_match": hits / max(rows, 1), "generated": rows}
+
+
+def _greedy(model: nn.Module, prompts: list[Tensor], new_tokens: int, pad: int) -> list[Tensor]:
+    """Greedy continuations of left-padded ``prompts`` (the new tokens only)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([F.pad(p, (width - len(p), 0), value=pad) for p in prompts])
+    mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0), value=0) for p in prompts])
+    out = model.generate(  # type: ignore[operator]
+        input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=0,
+        do_sample=False, pad_token_id=pad,
+    )  # fmt: skip
+    return list(out[:, width:])
 
 
 @torch.no_grad()

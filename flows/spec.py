@@ -260,7 +260,8 @@ class LoadSpec(_Strict):
 
 class EvaluateSpec(_Strict):
     # Left out, the metric follows the head: accuracy for a classifier, perplexity for an LM.
-    metric: Literal["accuracy", "macro_f1", "perplexity"] = "accuracy"
+    # exact_match (instruction data): greedy generation must reproduce each response.
+    metric: Literal["accuracy", "macro_f1", "perplexity", "exact_match"] = "accuracy"
 
 
 class PromoteSpec(_Strict):
@@ -324,10 +325,16 @@ class AdapterSpec(_Strict):
     @model_validator(mode="after")
     def _metric_fits_head(self) -> AdapterSpec:
         lm = self.head.type != "classification"
-        if lm != (self.evaluate.metric == "perplexity"):
+        if lm != (self.evaluate.metric in ("perplexity", "exact_match")):
             raise ValueError(
                 f"evaluate.metric {self.evaluate.metric!r} does not fit a {self.head.type} head "
-                "(classification: accuracy or macro_f1; language models: perplexity)"
+                "(classification: accuracy or macro_f1; language models: perplexity, or "
+                "exact_match for instruction data)"
+            )
+        if self.evaluate.metric == "exact_match" and not self.data.instructions:
+            raise ValueError(
+                "evaluate.metric exact_match generates responses: it needs instruction data "
+                "(data.prompt/response or data.messages) for a causal-lm head"
             )
         if not lm and self.data.label is None:
             raise ValueError("a classification head needs data.label (the label column)")

@@ -175,7 +175,7 @@ def train_from_spec(
             if where.is_main:
                 model = _unsharded(spec, state, members, registry, where.device)
     metrics = (
-        evaluate_model(model, data.validation, tokenizer, head=data.head)
+        evaluate_model(model, data.validation, tokenizer, head=data.head, generate=generates(spec))
         if (evaluate_after and where.is_main)
         else {}
     )
@@ -230,6 +230,11 @@ def _unsharded(
     return model.to(device).eval()
 
 
+def generates(spec: AdapterSpec) -> bool:
+    """Whether evaluating ``spec`` generates responses (its metric is ``exact_match``)."""
+    return spec.evaluate.metric == "exact_match"
+
+
 def write_report(report: TrainReport) -> None:
     """``report.json`` beside the adapter files."""
     (Path(report.output) / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -245,11 +250,18 @@ def training_precision(spec: AdapterSpec, device: torch.device) -> pc.Precision:
 
 
 def evaluate_model(
-    model: nn.Module, validation: Any, tokenizer: PreTrainedTokenizerBase, *, head: str
+    model: nn.Module,
+    validation: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    head: str,
+    generate: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` (its active adapter) on a tokenised validation split."""
+    """Metrics of ``model`` (its active adapter) on a tokenised validation split; ``generate``
+    (instruction data scored by ``exact_match``) also generates every response."""
     loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
-    return evaluate(model, loader, head=head)
+    pad = tokenizer.pad_token_id if generate else None
+    return evaluate(model, loader, head=head, pad_token_id=pad)
 
 
 def evaluate_folder(
@@ -269,7 +281,9 @@ def evaluate_folder(
     pc.set_active(model, spec.name)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
-    return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
+    return evaluate_model(
+        model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
+    )
 
 
 def _prepared_on_every_rank(
@@ -297,4 +311,6 @@ def evaluate_registered(
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
-    return evaluate_model(model, data.validation, tokenizer, head=spec.head.type)
+    return evaluate_model(
+        model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
+    )

@@ -168,3 +168,67 @@ def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path,
             **prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
     assert answer.continuation == tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
+
+
+class Parrot(torch.nn.Module):
+    """A stand-in causal LM whose greedy continuation of each known prompt is fixed."""
+
+    def __init__(self, continuations: dict[tuple[int, ...], list[int]]) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.continuations = continuations
+        self.calls: list[torch.Tensor] = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **_):
+        self.calls.append(input_ids)
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
+            prompt = tuple(ids[mask.bool()].tolist())
+            new = self.continuations.get(prompt, []) + [pad_token_id] * max_new_tokens
+            rows.append(torch.cat([ids, torch.tensor(new[:max_new_tokens])]))
+        return torch.stack(rows)
+
+
+def test_exact_match_generates_from_the_prompt_and_compares_the_whole_response():
+    from flows.evaluation import exact_match
+
+    pad, eos = 0, 9
+    # rows: prompt tokens (label -100) then the response (labelled), right-padded
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 8, eos], [5, 3, 4, eos, pad], [2, 2, 8, 8, eos]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+        "labels": torch.tensor(
+            [[-100, -100, 7, 8, eos], [-100, 3, 4, eos, -100], [-100, -100, 8, 8, eos]]
+        ),
+    }
+    parrot = Parrot({(5, 6): [7, 8, eos], (5,): [3, 4, 1], (2, 2): [8, 8, eos, 4]})
+    result = exact_match(parrot, [batch], pad_token_id=pad)
+    # row 1 misses the end of sequence; row 3 may run on after its response
+    assert result == {"exact_match": pytest.approx(2 / 3), "generated": 3}
+    prompts = parrot.calls[0]
+    assert prompts.tolist() == [[5, 6], [0, 5], [2, 2]]  # left-padded to one width
+
+
+def test_an_exact_match_spec_needs_instruction_data(base, tmp_path):
+    rows = [{"text": "plain text"}]
+    with pytest.raises(SpecError, match="exact_match generates responses"):
+        parse_spec(
+            {
+                "name": "plain", "base_model": str(base), "task": "lm", "language": "en",
+                "head": {"type": "causal-lm"}, "method": {"type": "lora", "rank": 4},
+                "data": {"train": str(write_jsonl(tmp_path / "t.jsonl", rows)), "text": "text"},
+                "evaluate": {"metric": "exact_match"},
+            }
+        )  # fmt: skip
+
+
+def test_training_with_exact_match_generates_every_validation_response(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    spec = spec.model_copy(
+        update={"evaluate": spec.evaluate.model_copy(update={"metric": "exact_match"})}
+    )
+    report = train_from_spec(spec, tmp_path / "out")
+    assert report.metrics["generated"] == len(ROWS)
+    # a random 2-layer model reproduces none of the French words
+    assert report.metrics["exact_match"] == 0.0
+    assert "perplexity" in report.metrics
