@@ -10,7 +10,9 @@ Engines and what they read:
   ``--max-lora-rank`` (16 unless raised), no bias unless ``--enable-lora-bias``; it drops
   ``rank_pattern`` and ``alpha_pattern`` without a word, and it serves generative models;
 - ``merged``: a full checkpoint with the adapter folded into the weights (and its head), for
-  engines without adapters: ``AutoModel*.from_pretrained(folder)`` loads it.
+  engines without adapters: ``AutoModel*.from_pretrained(folder)`` loads it;
+- ``adapterhub``: AdapterHub's layout (``adapter_config.json`` + ``pytorch_adapter.bin``) that
+  ``adapters``' ``load_adapter`` reads: Houlsby and Pfeiffer adapters, without a head.
 
 :func:`lint` lists what the engine would refuse or silently get wrong, and :func:`export`
 refuses (before writing anything into the destination) when the list is not empty, unless
@@ -35,7 +37,7 @@ from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "lint"]
 
-ENGINES = ("peft", "vllm", "merged")
+ENGINES = ("peft", "vllm", "merged", "adapterhub")
 VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
 
 
@@ -73,10 +75,11 @@ def lint(
     peft_config: dict[str, Any] | None,
     *,
     max_lora_rank: int = VLLM_DEFAULT_MAX_LORA_RANK,
+    trained_head: bool = False,
 ) -> list[Finding]:
     """What ``engine`` would refuse or silently get wrong for an adapter of ``method`` with a
-    ``head`` (classification, masked-lm, causal-lm or None) whose PEFT configuration (when it
-    has one) is ``peft_config``."""
+    ``head`` (classification, masked-lm, causal-lm or None; ``trained_head``: its own, trained
+    with it) whose PEFT configuration (when it has one) is ``peft_config``."""
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     kind = pc.method_of(method)
@@ -84,6 +87,8 @@ def lint(
         if not kind.mergeable:
             return [Finding("merged", "refuses", f"{method}: {kind.why_not_mergeable}")]
         return []
+    if engine == "adapterhub":
+        return _adapterhub_findings(method, head, trained_head)
     if peft_config is None:
         return [
             Finding(
@@ -96,6 +101,19 @@ def lint(
     if engine == "peft":
         return []
     return _vllm_findings(head, peft_config, max_lora_rank)
+
+
+def _adapterhub_findings(method: str, head: str | None, trained_head: bool) -> list[Finding]:
+    if method not in ("houlsby", "pfeiffer"):
+        message = f"its format holds bottleneck adapters (houlsby, pfeiffer), not {method}"
+        return [Finding("adapterhub", "refuses", message)]
+    if trained_head:
+        message = (
+            f"the adapter's trained {head} head is not written (AdapterHub heads pool [CLS] "
+            "themselves): the adapter loads without it"
+        )
+        return [Finding("adapterhub", "ignores", message)]
+    return []
 
 
 def _vllm_findings(head: str | None, config: dict[str, Any], max_lora_rank: int) -> list[Finding]:
@@ -156,9 +174,13 @@ def export(
         stored = registry.fetch(version.ref, Path(scratch) / "stored")
         meta = pc.read_metadata(stored)
         head = (meta.get("head") or {}).get("kind")
+        trained_head = bool((meta.get("head") or {}).get("trainable"))
         method = str(meta["method"]["type"])
         peft_config = _peft_config_of(stored, engine, method)
-        findings = lint(engine, method, head, peft_config, max_lora_rank=max_lora_rank)
+        findings = lint(
+            engine, method, head, peft_config, max_lora_rank=max_lora_rank,
+            trained_head=trained_head,
+        )  # fmt: skip
         result = ExportResult(version.ref, engine, str(target), findings=findings)
         if findings and not force:
             listed = "; ".join(str(f) for f in findings)
@@ -168,6 +190,8 @@ def export(
             )
         if engine == "merged":
             _write_merged(registry, version, staged)
+        elif engine == "adapterhub":
+            _write_adapterhub(registry, version, staged)
         elif (stored / "adapter_config.json").is_file():
             shutil.copytree(stored, staged)
         else:
@@ -181,7 +205,7 @@ def export(
 
 def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | None:
     """The PEFT configuration the export would carry (None: the method has no PEFT form)."""
-    if engine == "merged":
+    if engine in ("merged", "adapterhub"):
         return None
     config_file = stored / "adapter_config.json"
     if config_file.is_file():
@@ -216,6 +240,19 @@ def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
 def _write_peft(registry: Registry, version: AdapterVersion, folder: Path) -> None:
     model, tokenizer = _load(registry, version)
     pc.save_adapter(model, version.name, folder, format="peft", tokenizer=tokenizer)
+
+
+def _write_adapterhub(registry: Registry, version: AdapterVersion, folder: Path) -> None:
+    if version.spec:
+        model, _ = _load(registry, version)
+    else:  # pushed or imported without a spec: its base model's body is enough for a bottleneck
+        from transformers import AutoModel  # noqa: PLC0415
+
+        from .models import resolve_base_model  # noqa: PLC0415
+
+        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
+        registry.load_into(model, version.ref, name=version.name)
+    pc.save_adapter(model, version.name, folder, format="adapterhub")
 
 
 def _write_merged(registry: Registry, version: AdapterVersion, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""Read bottleneck adapters saved by AdapterHub's ``adapters`` library (1.x).
+"""Read (and write) bottleneck adapters in the format of AdapterHub's ``adapters`` library (1.x).
 
 Such a folder holds ``adapter_config.json`` (``{"config": {...}, "model_type", "hidden_size",
 "version": "adapters.1.3.0", ...}``, the same file name as peft's, told apart by its ``config``
@@ -16,6 +16,9 @@ layer norms, parallel adapters, PHM/Compacter, invertible adapters) is refused b
 model changes. AdapterHub prediction heads are not read: they pool the ``[CLS]`` hidden state
 themselves, where ``*ForSequenceClassification`` runs its own pooler, so the adapter loads with
 the model's head.
+
+:func:`write_adapterhub` (``save_adapter(..., format="adapterhub")``) writes our Houlsby and
+Pfeiffer adapters back in that layout, without a head, for ``adapters``' ``load_adapter``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .methods.bottleneck import Houlsby, Pfeiffer
 from .roles import Target
 from .state import AdapterRecord
 
-__all__ = ["is_adapterhub_folder", "read_adapterhub"]
+__all__ = ["is_adapterhub_folder", "read_adapterhub", "write_adapterhub"]
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
@@ -255,3 +258,86 @@ def _translate(
                 value = value * (scaling.reshape(-1, 1) if value.dim() == 2 else scaling)  # noqa: PLW2901
             ours[f"{module}.{_OURS[part]}"] = value
     return ours
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+# Every BnConfig field adapters 1.3.0 writes, at the values that mean "plain bottleneck"; the
+# placement fields are set per adapter below.
+_BN_DEFAULTS: dict[str, Any] = {
+    "adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0,
+    "factorized_phm_W": True, "factorized_phm_rule": False,
+    "hypercomplex_nonlinearity": "glorot-uniform", "init_weights": "bert",
+    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
+    "is_parallel": False, "learn_phm": True, "ln_after": False, "ln_before": False,
+    "original_ln_after": True, "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4,
+    "phm_init_range": 0.0001, "phm_layer": False, "phm_rank": 1, "residual_before_ln": True,
+    "scaling": 1.0, "shared_W_phm": False, "shared_phm_rule": True, "stochastic_depth": 0.0,
+    "use_gating": False,
+}  # fmt: skip
+_THEIR_ACTIVATION = {"relu": "relu", "gelu": "gelu", "silu": "swish", "tanh": "tanh"}
+WRITTEN_VERSION = "adapters.1.3.0"  # the format written: what adapters 1.3.0 reads and writes
+
+
+def write_adapterhub(
+    model: nn.Module, record: AdapterRecord, folder: Path, *, dtype: torch.dtype
+) -> None:
+    """Write Houlsby/Pfeiffer adapter ``record`` as AdapterHub saves it (``adapter_config.json``
+    + ``pytorch_adapter.bin``), for ``adapters``' ``load_adapter``. No head is written."""
+    from .methods.bottleneck import _Bottleneck  # noqa: PLC0415 - the presets' shared base
+    from .state import adapter_layers  # noqa: PLC0415
+
+    config = record.config
+    if not isinstance(config, _Bottleneck):
+        raise AdapterFormatError(
+            f"AdapterHub's format holds bottleneck adapters (houlsby, pfeiffer); {record.name!r} "
+            f"is a {config.type} adapter: save it with format='adapterops' or 'peft'"
+        )
+    model_config: Any = model.config
+    hidden = int(model_config.hidden_size)
+    tensors: dict[str, Tensor] = {}
+    layers: set[int] = set()
+    widths: set[int] = set()
+    for module_name, layer in adapter_layers(model, record.name):
+        match = re.search(r"layer\.(\d+)\.(attention\.output|output)\.", module_name)
+        if match is None:
+            raise AdapterFormatError(
+                f"{module_name} is not in a BERT-style block: AdapterHub's bottleneck layout "
+                "has no place for it"
+            )
+        index, where = int(match.group(1)), match.group(2)
+        layers.add(index)
+        prefix = f"encoder.layer.{index}.{where}.adapters.{record.name}"
+        state = layer.adapters[record.name].state_dict()
+        widths.add(int(state["down.weight"].shape[0]))
+        for theirs, ours in _OURS.items():
+            tensors[f"{prefix}.{theirs}"] = state[ours].detach().to("cpu", dtype).clone()
+    (width,) = widths  # one preset, one width
+    factor = hidden / width
+    if int(hidden // factor) != width:
+        raise AdapterFormatError(
+            f"a bottleneck of {width} on hidden size {hidden} has no reduction factor AdapterHub "
+            "would size it back from"
+        )
+    total = int(model_config.num_hidden_layers)
+    bn = {
+        **_BN_DEFAULTS,
+        "mh_adapter": config.type == "houlsby",
+        "output_adapter": True,
+        "non_linearity": _THEIR_ACTIVATION[config.activation],
+        "original_ln_before": config.original_ln_before,
+        "reduction_factor": factor if factor != int(factor) else int(factor),
+        "leave_out": sorted(set(range(total)) - layers),
+    }
+    saved = {
+        "config": bn,
+        "hidden_size": hidden,
+        "model_class": type(model).__name__,
+        "model_name": str(getattr(model_config, "_name_or_path", "")),
+        "model_type": str(model_config.model_type),
+        "name": record.name,
+        "version": WRITTEN_VERSION,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    torch.save(tensors, folder / WEIGHTS[1])

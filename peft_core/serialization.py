@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .adapterhub import is_adapterhub_folder, read_adapterhub
+from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
 from .errors import AdapterFormatError, ConfigError
 from .io import ADAPTER_META, metadata, read_ours, write_ours
 from .layer import base_compute_dtype
@@ -23,7 +23,7 @@ def save_adapter(
     name: str,
     path: str | Path,
     *,
-    format: Literal["adapterops", "peft"] = "adapterops",
+    format: Literal["adapterops", "peft", "adapterhub"] = "adapterops",
     tokenizer: Any = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -32,17 +32,24 @@ def save_adapter(
     ``format="adapterops"`` (default) writes ``adapter.safetensors`` + ``adapter.json`` for any
     method. ``format="peft"`` (LoRA only) writes ``adapter_config.json`` +
     ``adapter_model.safetensors`` as peft, vLLM and LoRAX read them, and our metadata in a separate
-    ``adapterops.json``. Give ``tokenizer`` to include its vocabulary in the base-model fingerprint.
+    ``adapterops.json``. ``format="adapterhub"`` (Houlsby, Pfeiffer) writes what AdapterHub's
+    ``adapters`` 1.x loads (no head). Give ``tokenizer`` to include its vocabulary in the
+    base-model fingerprint.
     Floating tensors are written in ``dtype``, by default the base's compute dtype (as peft does:
     float32 adapters trained on a bf16 base are saved in bf16).
     """
-    if format not in ("adapterops", "peft"):
-        raise ConfigError(f"unknown adapter format {format!r}; expected 'adapterops' or 'peft'")
+    if format not in ("adapterops", "peft", "adapterhub"):
+        raise ConfigError(
+            f"unknown adapter format {format!r}; expected 'adapterops', 'peft' or 'adapterhub'"
+        )
     record = get_record(model, name)
     folder = Path(path)
+    in_file = dtype if dtype is not None else base_compute_dtype(model)
+    if format == "adapterhub":  # checks the adapter fits the format before creating the folder
+        write_adapterhub(model, record, folder, dtype=in_file)
+        return folder
     meta = metadata(model, record, tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
-    in_file = dtype if dtype is not None else base_compute_dtype(model)
     (write_peft if format == "peft" else write_ours)(model, record, folder, meta, dtype=in_file)
     return folder
 

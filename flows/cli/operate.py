@@ -98,7 +98,9 @@ def export(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
     engine: Annotated[
         str,
-        typer.Option("--for", metavar="ENGINE", help="peft, vllm or merged (a full checkpoint)."),
+        typer.Option(
+            "--for", metavar="ENGINE", help="peft, vllm, merged (a full checkpoint) or adapterhub."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="A new (or empty) folder to write.")],
     max_lora_rank: Annotated[

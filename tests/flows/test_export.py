@@ -73,6 +73,9 @@ class TestVllmRules:
                 "type: peft methods); export --for merged if it merges",
             )
         ]  # fmt: skip
+        (hub,) = lint("adapterhub", "lora", "causal-lm", None)
+        assert (hub.outcome, "holds bottleneck adapters" in hub.message) == ("refuses", True)
+        assert lint("adapterhub", "pfeiffer", "masked-lm", None, trained_head=False) == []
         (merged,) = lint("merged", "houlsby", "classification", None)
         assert "non-linear bottleneck has no weight delta" in merged.message
         assert lint("merged", "lora", "classification", None) == []
@@ -173,5 +176,10 @@ def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
         assert result.returncode == 2, result.stderr
         assert f"is not exported for {engine}" in result.stderr
         assert not (tmp_path / engine).exists()
+    hub = run_cli("export", version.ref, "--for", "adapterhub", "--out", str(tmp_path / "hub"))
+    assert hub.returncode == 2 and not (tmp_path / "hub").exists()
+    assert "adapterhub ignores: the adapter's trained classification head is not written" in (
+        hub.stderr
+    )
     unknown = run_cli("export", version.ref, "--for", "onnx", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown engine 'onnx'" in unknown.stderr

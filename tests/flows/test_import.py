@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+import peft_core as pc
 from registry import BaseModelMismatchError, Registry
 from tests.helpers import minilm_path, run_cli
 
@@ -38,6 +39,17 @@ def test_an_imported_adapter_is_a_version_that_computes_what_adapters_computed(t
         ids, mask = reference["input_ids"], reference["attention_mask"]
         hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(hidden, reference["seq_bn"], atol=1e-5, rtol=0)
+
+    # and back out in AdapterHub's layout (a spec-less version: its base model's body)
+    out = tmp_path / "hub"
+    exported = run_cli("export", "en-lang@1", "--for", "adapterhub", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "pytorch_adapter.bin"]
+    body = AutoModel.from_pretrained(minilm_path()).eval()
+    pc.load_adapter(body, out)
+    with torch.no_grad():
+        again = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(again, reference["seq_bn"], atol=1e-5, rtol=0)
 
     # the same architecture with other weights fails the probes recorded at import
     config = AutoConfig.from_pretrained(minilm_path(), num_labels=2)

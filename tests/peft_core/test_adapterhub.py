@@ -191,3 +191,31 @@ def test_saved_on_the_bare_body_it_loads_into_models_with_heads_and_back(tmp_pat
         "encoder.layer.0.output.LayerNorm"
     )
     torch.testing.assert_close(hidden(again, reference), reference["seq_bn"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["seq_bn", "double_seq_bn"])
+def test_written_back_in_adapterhubs_format_it_reads_the_same(name, tmp_path, reference):
+    """(``check_export.py`` checks the same folders with ``adapters`` 1.3.0 itself: within 2e-6.)"""
+    model = body()
+    pc.load_adapter(model, FIXTURES / name, name="x")
+    folder = pc.save_adapter(model, "x", tmp_path / "hub", format="adapterhub", dtype=torch.float32)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "pytorch_adapter.bin",
+    ]
+    written = json.loads((folder / "adapter_config.json").read_text())
+    original = json.loads((FIXTURES / name / "adapter_config.json").read_text())
+    for key in ("mh_adapter", "output_adapter", "original_ln_before", "leave_out"):
+        assert written["config"][key] == original["config"][key], key
+    assert written["version"] == "adapters.1.3.0" and is_adapterhub_folder(folder)
+    again = body()
+    pc.load_adapter(again, folder)
+    torch.testing.assert_close(hidden(again, reference), reference[name], atol=1e-5, rtol=0)
+
+
+def test_only_bottleneck_adapters_are_written_in_adapterhubs_format(tmp_path):
+    model = body()
+    pc.add_adapter(model, "l", pc.LoRA(rank=2, targets=("q",)))
+    with pytest.raises(pc.AdapterFormatError, match="holds bottleneck adapters"):
+        pc.save_adapter(model, "l", tmp_path / "hub", format="adapterhub")
+    assert not (tmp_path / "hub").exists()
