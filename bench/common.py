@@ -69,3 +69,22 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2, default=str) + "\n")
     return path
+
+
+def gpu_benchmark_options(description: str, full_shapes: str) -> tuple[Any, bool]:
+    """``--quick`` and ``--device`` for a benchmark whose real shapes need a CUDA GPU: the device
+    to run on and whether to use the tiny shapes (always, without a GPU)."""
+    import argparse  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415 - the registry benchmarks do not need it
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    if not cuda and not args.quick:
+        print(
+            f"no CUDA GPU here: the {full_shapes} shapes would take hours on a CPU; running --quick"
+        )
+    return torch.device("cuda" if cuda else "cpu"), bool(args.quick or not cuda)

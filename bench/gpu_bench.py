@@ -17,7 +17,6 @@ Needs only torch, transformers, peft and peft_core (the device machine has no re
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -29,7 +28,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
-from bench.common import write_result
+from bench.common import gpu_benchmark_options, write_result
 
 # bf16 dense peak of the GPUs we meet (TFLOP/s); others report no MFU
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -151,15 +150,8 @@ def mfu(row: dict[str, Any], device: torch.device) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda and not args.quick:
-        print("no CUDA GPU here: the ~1.1B shapes would take hours on a CPU; running --quick")
-    quick = args.quick or not cuda
+    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~1.1B")
+    cuda = device.type == "cuda"
     shape = QUICK if quick else FULL
     rows = []
     libraries = ("peft", "ours", "ours-nf4") if nf4_available() else ("peft", "ours")

@@ -14,7 +14,6 @@ The base has random weights (speed does not depend on the values) and is built o
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
-from bench.common import write_result
+from bench.common import gpu_benchmark_options, write_result
 from bench.composition_bench import interleaved_medians
 
 TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
@@ -182,15 +181,8 @@ def synced(function: Any, device: torch.device) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if cuda else "cpu")
-    if not cuda and not args.quick:
-        print("no CUDA GPU here: the ~0.9B shapes would take hours on a CPU; running --quick")
-    quick = args.quick or not cuda
+    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~0.9B")
+    cuda = device.type == "cuda"
     shape = QUICK if quick else FULL
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
