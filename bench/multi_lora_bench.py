@@ -54,7 +54,7 @@ class Shape:
 
 
 FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 32, 256, 32, (1, 4, 16, 32, 64), 5)
-QUICK = Shape(64, 2, 128, 4, 2, 512, 4, 16, 4, (1, 2, 4), 2)
+QUICK = Shape(64, 2, 128, 4, 2, 512, 4, 16, 4, (1, 4), 2)
 
 
 def build(shape: Shape, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:

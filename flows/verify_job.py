@@ -9,6 +9,7 @@ import peft_core as pc
 from registry import AdapterVersion, BaseModelMismatchError
 
 from .errors import DataError
+from .models import resolve_base_model
 from .spec import spec_of_version
 from .train_job import load_base_model
 
@@ -16,8 +17,16 @@ __all__ = ["verify_on_base"]
 
 
 def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
-    """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes."""
-    model, _ = load_base_model(spec_of_version(version, "pull --verify"))
+    """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes.
+
+    A version registered without a spec (``adapterops import``, or pushed with its probes) is
+    checked on its base model's body: the probes read the body's hidden states, not a head."""
+    if version.spec:
+        model, _ = load_base_model(spec_of_version(version, "pull --verify"))
+    else:
+        from transformers import AutoModel  # noqa: PLC0415 - transformers is heavy
+
+        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
     pc.load_adapter(model, folder, name=version.name)
     check = pc.check_probes(model, version.name, folder)
     if check is None:

@@ -40,6 +40,11 @@ def test_an_imported_adapter_is_a_version_that_computes_what_adapters_computed(t
         hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(hidden, reference["seq_bn"], atol=1e-5, rtol=0)
 
+    # a version without a spec is verified on its base model's body
+    pulled = run_cli("pull", "en-lang@1", str(tmp_path / "pulled"), "--verify", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["probe_deviation"] < 1e-4
+
     # and back out in AdapterHub's layout (a spec-less version: its base model's body)
     out = tmp_path / "hub"
     exported = run_cli("export", "en-lang@1", "--for", "adapterhub", "--out", str(out))
