@@ -188,7 +188,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
         layer.active = _prune(layer.active, set(layer.adapters))
         if len(layer.adapters) == 0:
             _replace_module(model, module_name, layer.base_layer)
-    for module_name, switch in list(_head_switches(model)):
+    for module_name, switch in head_switches(model):
         if name in switch.heads:
             del switch.heads[name]
             switch.active = None if switch.active == name else switch.active
@@ -358,7 +358,3 @@ def _replace_module(model: nn.Module, module_name: str, replacement: nn.Module) 
     """Put ``replacement`` where ``module_name`` is (wrapping or unwrapping a layer or head)."""
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, replacement)
-
-
-def _head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
-    return head_switches(model)

@@ -250,7 +250,7 @@ def _named_as_in(
         rest = name.partition(".")[2]
         return rest if rest and exists(rest) else name  # unknown: prepare_adapter reports it
 
-    mapping = {t[0]: renamed(t[0]) for t in targets if renamed(t[0]) != t[0]}
+    mapping = {t[0]: new for t in targets if (new := renamed(t[0])) != t[0]}
     if not mapping:
         return meta, tensors
     moved = {_renamed_key(key, mapping): value for key, value in tensors.items()}
