@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
 )
@@ -137,10 +138,21 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    packing: bool = False,
 ) -> DataLoader[Any]:
-    """Batches padded to their longest row (dynamic padding keeps CPU steps short)."""
+    """Batches padded to their longest row (dynamic padding keeps CPU steps short).
+
+    ``packing`` (causal LMs): each batch is one row of its examples end to end, with position ids
+    restarting per example; transformers then keeps attention inside each example (a
+    block-diagonal mask, or flash attention's variable-length path), so no compute goes to padding.
+    """
     collator: Any
-    if head == "masked-lm":
+    if packing:
+        if head != "causal-lm":
+            raise ValueError(f"packing is for causal-lm heads, not {head}")
+        # labels: the instructions' own (prompt -100), else the inputs; -100 between examples
+        collator = DataCollatorWithFlattening(return_position_ids=True)
+    elif head == "masked-lm":
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
     elif head == "causal-lm" and "labels" in dataset.column_names:  # instructions: own labels
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)

@@ -64,6 +64,11 @@ def placement() -> Iterator[Placement]:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         yield Placement(dist.get_rank(), dist.get_world_size(), device)
+        if started_here:
+            # Gloo's barrier waits for every earlier collective, so no process tears the group down
+            # while a peer's work is still in flight (which aborted a CPU run at exit in CI:
+            # "terminate called without an active exception").
+            dist.barrier()
     finally:
         if started_here:
             dist.destroy_process_group()

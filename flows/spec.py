@@ -236,6 +236,9 @@ class TrainSpec(_Strict):
     # Under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: each holds 1/N
     # of every weight, for bases beyond one GPU). One process ignores it.
     sharding: Literal["ddp", "fsdp"] = "ddp"
+    # causal-lm: each batch's examples are laid end to end in one row, no padding; position ids
+    # restart per example, so attention stays inside it and the loss is the padded batch's.
+    packing: bool = False
 
 
 class LoadSpec(_Strict):
@@ -338,6 +341,11 @@ class AdapterSpec(_Strict):
             )
         if not lm and self.data.label is None:
             raise ValueError("a classification head needs data.label (the label column)")
+        if self.train.packing and self.head.type != "causal-lm":
+            raise ValueError(
+                f"train.packing lays causal-lm examples end to end; a {self.head.type} head "
+                "trains on padded batches (remove train.packing)"
+            )
         if self.data.instructions and self.head.type != "causal-lm":
             raise ValueError(
                 "data.prompt/response and data.messages are instruction data for a causal-lm "

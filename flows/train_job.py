@@ -143,7 +143,13 @@ def train_from_spec(
         cfg = spec.train
         rows = data.train.shard(where.world_size, where.rank) if where.distributed else data.train
         train_loader = make_loader(
-            rows, tokenizer, head=data.head, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed
+            rows,
+            tokenizer,
+            head=data.head,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            packing=cfg.packing,
         )
         per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
         steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))

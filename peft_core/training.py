@@ -104,7 +104,8 @@ def train(
     trained = _trained_adapters(model)
     forward = _training_forward(model, trained)
     model.train()
-    with _checkpointing(_unwrapped(model), enabled=gradient_checkpointing):
+    inner = _unwrapped(model)
+    with _without_kv_cache(inner), _checkpointing(inner, enabled=gradient_checkpointing):
         for step in range(result.resumed_from, max_steps):
             started = time.perf_counter()
             step_loss = 0.0
@@ -154,15 +155,28 @@ def _checkpointing(model: Any, *, enabled: bool) -> Iterator[None]:
             f"{type(model).__name__} does not support gradient checkpointing (transformers "
             "models whose blocks do: BERT, GPT-2, Llama, ...)"
         )
-    use_cache = getattr(model.config, "use_cache", None)
     enable(**{f"{word}_checkpointing_kwargs": {"use_reentrant": False}})
-    model.config.use_cache = False  # a KV cache is pointless when activations are recomputed
     try:
         yield
     finally:
         getattr(model, f"{word}_checkpointing_disable")()
-        if use_cache is not None:
-            model.config.use_cache = use_cache
+
+
+@contextlib.contextmanager
+def _without_kv_cache(model: Any) -> Iterator[None]:
+    """``config.use_cache`` off while training: no step reads a KV cache, building one costs
+    memory, and transformers recognises packed rows (position ids restarting per example) only
+    when there is none."""
+    config: Any = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if use_cache is None:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = use_cache
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

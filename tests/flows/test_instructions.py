@@ -14,7 +14,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from flows.data import DataError, load_raw, prepare
+import peft_core as pc
+from flows.data import DataError, load_raw, make_loader, prepare
 from flows.spec import SpecError, parse_spec
 from flows.train_job import load_tokenizer, train_from_spec
 from tests.helpers import minilm_path
@@ -111,6 +112,60 @@ def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, t
     assert report.metrics["perplexity"] == pytest.approx(
         torch.tensor(report.metrics["eval_loss"]).exp().item(), rel=1e-6
     )
+
+
+def test_packing_lays_a_batch_end_to_end_and_keeps_its_loss_and_gradients(base, tmp_path):
+    """One row of four examples (no padding), attention kept inside each by the restarting
+    position ids: the loss and every adapter gradient are the padded batch's."""
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    tokenizer = load_tokenizer(spec)
+    prepared = prepare(spec, tokenizer)
+    lengths = [len(example["input_ids"]) for example in prepared.train]
+    assert len(set(lengths)) > 1  # the padded batch has padding to avoid
+    batches = {
+        packing: next(iter(make_loader(prepared.train, tokenizer, head="causal-lm",
+                                       batch_size=4, shuffle=False, packing=packing)))
+        for packing in (False, True)
+    }  # fmt: skip
+    packed = batches[True]
+    assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
+    assert packed["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
+    model = LlamaForCausalLM.from_pretrained(base)
+    pc.add_adapter(model, "l", pc.LoRA(rank=4, targets=("q", "v", "ffn_out")))
+    with torch.no_grad():  # B starts at zero; random values give every weight a gradient
+        for weight in (p for p in model.parameters() if p.requires_grad):
+            weight.normal_(std=0.05)
+    results = {}
+    for packing, batch in batches.items():
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss  # as pc.train runs it
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[packing] = (loss.detach(), grads)
+    (padded_loss, padded_grads), (packed_loss, packed_grads) = results[False], results[True]
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-6, rtol=0)
+    assert packed_grads.keys() == padded_grads.keys() and len(padded_grads) == 12
+    for name, grad in padded_grads.items():
+        assert float(grad.abs().max()) > 0
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-5)
+
+
+def test_packing_trains_through_the_flow_and_is_for_causal_lms_only(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+    packed = parse_spec({**document, "train": {**document["train"], "packing": True}})
+    padded_report = train_from_spec(spec, tmp_path / "padded")
+    packed_report = train_from_spec(packed, tmp_path / "packed")
+    assert packed_report.final_loss == pytest.approx(padded_report.final_loss, abs=1e-5)
+    classifier = {
+        **document,
+        "head": {"type": "classification", "num_labels": 2},
+        "data": {"train": document["data"]["train"], "text": "prompt"},
+        "evaluate": {"metric": "accuracy"},
+        "train": {**document["train"], "packing": True},
+    }
+    with pytest.raises(SpecError, match=r"train\.packing lays causal-lm examples end to end"):
+        parse_spec(classifier)
 
 
 class TestBadRows:
