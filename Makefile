@@ -49,6 +49,7 @@ bench: setup services
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.gpu_bench
 	$(PY) -m bench.multi_lora_bench
+	$(PY) -m bench.packing_bench
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
@@ -60,6 +61,7 @@ bench-quick: setup services
 	$(PY) -m bench.composition_bench --quick
 	$(PY) -m bench.madx_demo --steps 30
 	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.packing_bench --quick
 	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:

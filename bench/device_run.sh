@@ -18,3 +18,4 @@ export ADAPTEROPS_BENCH_RESULTS="${OUT:-bench/results}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -m bench.gpu_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/gpu.log"
 python3 -m bench.multi_lora_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/multi_lora.log"
+python3 -m bench.packing_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/packing.log"

@@ -374,6 +374,33 @@ def startup_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def packing_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    shape = data["shape"]
+    rows = [
+        [
+            r["variant"],
+            f"{r['step_ms_median']:.0f} ms",
+            f"{r['computed_tokens']:,} for {r['real_tokens']:,}",
+            f"{r['tokens_per_second']:,.0f}",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            f"**Packing** (`train.packing`) against padding: LoRA r=16 on every linear layer of a "
+            f"{shape['layers']}-layer, {shape['hidden']}-wide Llama-shaped model ({data['dtype']}, "
+            f"{data['device']}), {shape['batches']} batches of {shape['batch']} rows of lognormal "
+            f"length up to {shape['max_length']} tokens, timed interleaved; "
+            f"{data['padding_share']:.0%} of the padded batches is padding; packed is "
+            f"**{data['speedup_packed_over_padded']:.2f}x** padded "
+            "(`python -m bench.packing_bench`):",
+            table(["batches", "median step", "tokens computed", "real tokens/s"], rows),
+            measured_on(data),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quality", quality_section),
     ("training_cost", training_cost_section),
@@ -382,6 +409,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("madx", madx_section),
     ("registry", registry_section),
     ("startup", startup_section),
+    ("packing", packing_section),
 ]
 
 
