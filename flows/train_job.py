@@ -165,8 +165,7 @@ def train_from_spec(
             warmup_ratio=cfg.warmup_ratio,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             precision=training_precision(spec, where.device),
-            # FSDP2 runs do not checkpoint yet: the optimiser's state is sharded too
-            checkpoint_dir=None if sharded else checkpoint_dir,
+            checkpoint_dir=checkpoint_dir,  # FSDP2: whole tensors, gathered on rank 0
             checkpoint_every=cfg.checkpoint_every,
             gradient_checkpointing=cfg.gradient_checkpointing,
             on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ def train(
     batches. Batches move to the model's device. ``on_step(step, loss, learning_rate)`` is called
     after every optimiser step. ``batches`` must yield the same sequence each time it is iterated
     (a DataLoader with a seeded generator does) for a resumed run to equal an uninterrupted one.
+    Under torchrun each step's loss is the mean over the processes.
     ``gradient_checkpointing`` recomputes each transformer block's activations in the backward
     pass instead of keeping them (less memory, ~30% more compute), with the same gradients.
     """
@@ -118,6 +120,7 @@ def train(
                     loss = forward(**batch).loss / gradient_accumulation_steps
                 loss.backward()
                 step_loss += float(loss.detach())
+            step_loss = _mean_over_processes(step_loss, device)
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             learning_rate_used = float(scheduler.get_last_lr()[0])
             optimizer.step()
@@ -232,21 +235,60 @@ class _Checkpoints:
             or not torch.distributed.is_initialized()
             or torch.distributed.get_rank() == 0
         )
+        # FSDP2 shards: the checkpoint holds whole tensors (gathered on save, re-sharded on
+        # restore), so a run resumes whatever the number of processes.
+        self.sharded = _has_shards(model)
+
+    def trainable_names(self) -> set[str]:
+        return {name for name, param in self.model.named_parameters() if param.requires_grad}
 
     def trainable_state(self) -> dict[str, Tensor]:
+        """The trainable weights, whole, on the CPU (sharded: a collective; only the writer
+        gets the tensors)."""
+        if self.sharded:
+            from torch.distributed.checkpoint import state_dict as dcp  # noqa: PLC0415
+
+            gathered = dcp.get_model_state_dict(self.model, options=_gathered_options())
+            return {name: value for name, value in gathered.items() if isinstance(value, Tensor)}
         return {
             name: param.detach().cpu().clone()
             for name, param in self.model.named_parameters()
             if param.requires_grad
         }
 
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        if self.sharded:  # keyed by parameter name, whole tensors on the writer
+            from torch.distributed.checkpoint import state_dict as dcp  # noqa: PLC0415
+
+            return dcp.get_optimizer_state_dict(self.model, optimizer, options=_gathered_options())
+        return optimizer.state_dict()
+
+    def load(self, optimizer: Any, state: dict[str, Any]) -> None:
+        """Put a checkpoint's weights and optimiser state into this run's model and optimiser."""
+        if self.sharded:
+            from torch.distributed.checkpoint import state_dict as dcp  # noqa: PLC0415
+
+            # every process read the whole tensors; each keeps its shard (strict=False: the
+            # frozen base is not in the checkpoint)
+            whole = dcp.StateDictOptions(full_state_dict=True, strict=False)
+            dcp.set_model_state_dict(self.model, state["weights"], options=whole)
+            dcp.set_optimizer_state_dict(self.model, optimizer, state["optimizer"], options=whole)
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+
     def save(self, optimizer: Any, scheduler: Any, result: TrainResult, *, step: int) -> None:
+        weights, optimizer_state = self.trainable_state(), self.optimizer_state(optimizer)
         if not self.writer:
             return
         state = {
             "step": step,
-            "weights": self.trainable_state(),
-            "optimizer": optimizer.state_dict(),
+            "sharded": self.sharded,
+            "weights": weights,
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -272,17 +314,18 @@ class _Checkpoints:
         if not self.file.is_file():
             return TrainResult()
         state = torch.load(self.file, map_location="cpu", weights_only=False)
-        expected = set(self.trainable_state())
-        if set(state["weights"]) != expected or state["step"] > max_steps:
+        if set(state["weights"]) != self.trainable_names() or state["step"] > max_steps:
             raise ValueError(
                 f"checkpoint {self.file} does not belong to this run (different trainable "
                 f"parameters or more steps than {max_steps}); delete it to start afresh"
             )
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["weights"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
+        if bool(state.get("sharded", False)) != self.sharded:
+            raise ValueError(
+                f"checkpoint {self.file} was written by a "
+                f"{'sharded (FSDP)' if state.get('sharded') else 'replicated'} run: resume it "
+                "with the same train.sharding, or delete it to start afresh"
+            )
+        self.load(optimizer, state)
         scheduler.load_state_dict(state["scheduler"])
         # Replay first: collators draw from the global RNG (masking), which is restored after.
         for _ in range(int(state["step"]) * per_step):
@@ -296,6 +339,35 @@ class _Checkpoints:
             step_seconds=list(state["step_seconds"]),
             resumed_from=int(state["step"]),
         )
+
+
+def _mean_over_processes(loss: float, device: torch.device) -> float:
+    """Under torchrun, the mean of every process's loss (each trains its own rows), so the
+    reported, logged and checkpointed losses are the whole batch's on every rank."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()):
+        return loss
+    if distributed.get_world_size() == 1:
+        return loss
+    total = torch.tensor([loss], dtype=torch.float64, device=device)
+    distributed.all_reduce(total)  # a sum: gloo has no average
+    return float(total) / distributed.get_world_size()
+
+
+def _has_shards(model: nn.Module) -> bool:
+    """Whether any parameter is a DTensor shard (FSDP2). Without torch.distributed.tensor
+    imported there can be none: not importing it keeps ``import peft_core`` fast."""
+    tensor_module = sys.modules.get("torch.distributed.tensor")
+    return tensor_module is not None and any(
+        isinstance(p, tensor_module.DTensor) for p in model.parameters()
+    )
+
+
+def _gathered_options() -> Any:
+    """Whole tensors of the trainable weights only, gathered to the CPU of rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions  # noqa: PLC0415
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
 def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:

@@ -4,6 +4,10 @@ Trains a LoRA on a tiny random Llama for a few steps over fixed batches: alone (
 unset) on each whole batch, or under ``torchrun`` sharded by ``flows.distributed.shard`` with each
 of the N processes taking every N-th row. Writes the losses, the gathered adapter tensors and
 what this process held of one base weight to ``$OUT/rank<r>.pt``.
+
+``python fsdp_worker.py OUT [CHECKPOINTS [CRASH_AT]]``: checkpoint after every step into
+CHECKPOINTS (resuming from what is there); with CRASH_AT the run dies in the step after it
+checkpointed step CRASH_AT, as a crashed one would, and writes only ``$OUT/crashed<r>``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from flows.distributed import gathered, is_sharded, placement, shard
 STEPS, ROWS, LENGTH = 4, 8, 16
 
 
-def main(out: Path) -> None:
+class Crash(Exception):
+    """The simulated crash."""
+
+
+def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None) -> None:
     """Train, then save what the test compares."""
     torch.manual_seed(0)
     config = T.LlamaConfig(
@@ -35,17 +43,26 @@ def main(out: Path) -> None:
         if where.distributed:
             model = shard(model, where)
         mine = [b[where.rank :: where.world_size] for b in batches]
-        result = pc.train(
-            model,
-            [{"input_ids": b, "labels": b} for b in mine],
-            max_steps=STEPS,
-            learning_rate=1e-2,
-            warmup_ratio=0.0,
-        )
-        losses = torch.tensor(result.losses)
-        if where.distributed:  # each process's loss is its half's mean: average them
-            torch.distributed.all_reduce(losses)
-            losses /= where.world_size
+
+        def crash(step: int, loss: float, learning_rate: float) -> None:
+            if step == crash_at:  # zero-based: the step after the checkpoint of step CRASH_AT
+                raise Crash
+
+        try:
+            result = pc.train(
+                model,
+                [{"input_ids": b, "labels": b} for b in mine],
+                max_steps=STEPS,
+                learning_rate=1e-2,
+                warmup_ratio=0.0,
+                checkpoint_dir=checkpoints,
+                checkpoint_every=1,
+                on_step=crash,
+            )
+        except Crash:
+            (out / f"crashed{where.rank}").touch()
+            return
+        losses = torch.tensor(result.losses)  # under torchrun: the mean of the processes'
         adapter = gathered(pc.adapter_state_dict(model, "l"))
         weight = model.model.layers[0].mlp.up_proj.weight
         local = weight.to_local() if is_sharded(model) else weight
@@ -55,10 +72,16 @@ def main(out: Path) -> None:
                 "adapter": {k: v.detach().clone() for k, v in adapter.items()},
                 "sharded": is_sharded(model),
                 "local_rows": int(local.shape[0]),
+                "resumed_from": result.resumed_from,
             },
             out / f"rank{where.rank}.pt",
         )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    arguments = sys.argv[1:]
+    main(
+        Path(arguments[0]),
+        Path(arguments[1]) if len(arguments) > 1 else None,
+        int(arguments[2]) if len(arguments) > 2 else None,
+    )

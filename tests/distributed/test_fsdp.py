@@ -29,15 +29,23 @@ def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def test_two_sharded_processes_train_what_one_process_trains(tmp_path: Path):
-    alone, sharded = tmp_path / "alone", tmp_path / "sharded"
-    alone.mkdir(), sharded.mkdir()
-    worker = str(HERE / "fsdp_worker.py")
+def test_two_sharded_processes_train_what_one_process_trains_across_a_crash(tmp_path: Path):
+    """The sharded run crashes after step 2 and resumes from its checkpoint (whole tensors
+    gathered on save, re-sharded on restore): it still ends where one process does."""
+    alone, crashed, sharded = tmp_path / "alone", tmp_path / "crashed", tmp_path / "sharded"
+    for folder in (alone, crashed, sharded):
+        folder.mkdir()
+    worker, checkpoints = str(HERE / "fsdp_worker.py"), str(tmp_path / "checkpoints")
     run([sys.executable, worker, str(alone)], tmp_path)
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
-    run([*torchrun, worker, str(sharded)], tmp_path)
+    run([*torchrun, worker, str(crashed), checkpoints, "2"], tmp_path)
+    assert sorted(p.name for p in crashed.iterdir()) == ["crashed0", "crashed1"]
+    saved = torch.load(Path(checkpoints) / "checkpoint.pt", weights_only=False)
+    assert (saved["step"], saved["sharded"]) == (2, True)
+    run([*torchrun, worker, str(sharded), checkpoints], tmp_path)
     one = torch.load(alone / "rank0.pt")
     ranks = [torch.load(sharded / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["resumed_from"] for r in ranks] == [2, 2]
     assert one["sharded"] is False and all(r["sharded"] for r in ranks)
     assert [r["local_rows"] for r in ranks] == [one["local_rows"] // 2] * 2  # half each
     for rank in ranks:
