@@ -15,6 +15,7 @@ import typer
 from registry.redaction import RedactingStream
 
 from . import build, lifecycle, operate, registry
+from .common import quiet_optional_kernels
 from .help import plain_value_names
 from .stack import stack_app
 
@@ -65,6 +66,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     load_stack_env()
     use_our_prefect_home()
+    quiet_optional_kernels()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     plain_value_names(typer.main.get_command(app))()

@@ -123,7 +123,23 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
     config = AutoConfig.from_pretrained(path, **options)
-    return pc.plan(config, spec.method.to_config(), head=spec.head.type)
+    if spec.method.type != "fusion":
+        return pc.plan(config, spec.method.to_config(), head=spec.head.type)
+    # A fusion is costed over its members as registered: their configs come from the specs
+    # they were built from (registry metadata only; no weights are read).
+    from registry import Registry  # noqa: PLC0415
+
+    from ..spec import member_name, spec_of_version  # noqa: PLC0415
+
+    model = pc.build_on_meta(config, spec.head.type)
+    registry = Registry()
+    for ref in spec.method.members:
+        member = spec_of_version(registry.get(ref), "planning a fusion over it")
+        pc.add_adapter(model, member_name(ref), member.method.to_config())
+        for param in model.parameters():
+            param.requires_grad_(False)  # members are frozen under a fusion
+    pc.add_adapter(model, spec.name, spec.method.to_config())
+    return pc.measure(model, spec.name)
 
 
 @app.command()

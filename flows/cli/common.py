@@ -89,16 +89,21 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILURE) from None
 
 
+def quiet_optional_kernels() -> None:
+    """torchao (the QLoRA extra), imported by peft and transformers when installed, logs every
+    optional CUDA kernel it cannot load on this machine and the torch deprecations it trips:
+    noise on every command. Cheap (no import): the CLI's entry point calls it."""
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for our progress and results: no load reports, no per-map bars.
 
     transformers reports that a new classification head was initialised (expected here) and
     datasets draws a bar for every small map; both drown the output people read.
     """
-    # torchao (the QLoRA extra), imported by transformers when installed, logs every optional
-    # CUDA kernel it cannot load on this machine and the torch deprecations it trips: noise.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_optional_kernels()
     import datasets  # noqa: PLC0415 - heavy: only commands that train call this
     import transformers  # noqa: PLC0415
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from flows import pipelines
+from flows.cli.build import plan_spec
 from flows.errors import DataError
 from flows.predict_job import predict
 from flows.prepare_job import check_inputs
-from flows.spec import load_spec
+from flows.spec import load_plan_spec, load_spec
 from registry import NotFoundError, Registry
 from tests.flows.test_pipelines import write_spec
 
@@ -32,6 +34,11 @@ def test_a_fusion_of_registered_adapters_builds_and_predicts(tmp_path: Path, sst
     check_inputs(load_spec(fusion))
     result = pipelines.build(str(fusion), output=str(tmp_path / "out-fused"))
     assert (result["ref"], result["alias"]) == ("fused@1", "champion")
+    # plan costs the fusion over its registered members: what the build saved and trained
+    planned = plan_spec(load_plan_spec(fusion))
+    saved = load_file(tmp_path / "out-fused" / "adapter.safetensors")
+    assert planned.adapter_bytes == sum(t.numel() * t.element_size() for t in saved.values())
+    assert planned.trainable_params == sum(t.numel() for t in saved.values())
 
     version = Registry().get("fused@1")
     assert version.method == "fusion"
