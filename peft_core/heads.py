@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -59,8 +59,7 @@ class HeadSwitch(nn.Module):
         if self.rows is not None:
             return self._per_row(self.rows, *args, **kwargs)
         head = self.heads[self.active] if self.active is not None else self.original
-        out: Tensor = head(*args, **kwargs)
-        return out
+        return _in_own_dtype(head, *args, **kwargs)
 
     def _per_row(self, rows: list[str | None], *args: Tensor, **kwargs: Tensor) -> Tensor:
         """Each row through its adapter's head (heads are small: one pass per distinct head)."""
@@ -68,14 +67,34 @@ class HeadSwitch(nn.Module):
         for name in sorted({r for r in rows if r is not None and r in self.heads}):
             mask = torch.tensor([r == name for r in rows], device=out.device)
             mask = mask.reshape(-1, *([1] * (out.dim() - 1)))
-            out = torch.where(mask, self.heads[name](*args, **kwargs), out)
+            out = torch.where(mask, _in_own_dtype(self.heads[name], *args, **kwargs), out)
         return out
 
-    def add(self, name: str) -> nn.Module:
-        """A new copy of the original head for adapter ``name``."""
+    def add(self, name: str, *, float32: bool = False) -> nn.Module:
+        """A new copy of the original head for adapter ``name``; ``float32``: its weights in
+        float32 whatever the base's dtype (it trains with the adapter, like the adapter's own
+        weights: half-precision AdamW updates vanish)."""
         head = copy.deepcopy(self.original)
+        if float32:
+            head.float()
         self.heads[name] = head
         return head
+
+
+def _in_own_dtype(head: nn.Module, *args: Tensor, **kwargs: Tensor) -> Tensor:
+    """``head``'s output, its floating inputs cast to its weights' dtype first (a float32 head
+    on a bf16 body; its logits stay float32, which the loss prefers)."""
+    weight = next(head.parameters(), None)
+    if weight is not None:
+
+        def cast(value: Any) -> Any:  # .to() of the same dtype is free: returns the tensor
+            floating = isinstance(value, Tensor) and value.is_floating_point()
+            return value.to(weight.dtype) if floating else value
+
+        args = tuple(cast(a) for a in args)
+        kwargs = {key: cast(value) for key, value in kwargs.items()}
+    out: Tensor = head(*args, **kwargs)
+    return out
 
 
 def body_prefix(model: nn.Module) -> str:

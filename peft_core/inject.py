@@ -51,6 +51,7 @@ class PreparedAdapter:
 
     record: AdapterRecord
     modules: dict[str, nn.Module]  # module name -> adapter module to place in its wrapper
+    float32_head: bool = False  # the adapter's own head copy trains in float32 (a half base)
 
 
 def add_adapter(
@@ -105,7 +106,7 @@ def prepare_adapter(
         # A full fine-tune owns every weight, the head included: no per-adapter head copy.
         head = dataclasses.replace(head, trainable=False)
     record = AdapterRecord(name, config, resolved, head, overrides)
-    return PreparedAdapter(record, modules)
+    return PreparedAdapter(record, modules, float32_head=adapter_dtype == "fp32")
 
 
 def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> None:
@@ -118,7 +119,7 @@ def attach_adapter(model: nn.Module, prepared: PreparedAdapter) -> None:
         _wrap(model, module_name).adapters[name] = adapter
     if prepared.record.head.trainable:
         for module_name in prepared.record.head.modules:
-            _head_switch(model, module_name).add(name)
+            _head_switch(model, module_name).add(name, float32=prepared.float32_head)
     adapter_records(model)[name] = prepared.record
     set_active(model, name)
     set_trainable(model, name)

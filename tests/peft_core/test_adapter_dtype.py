@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
+import transformers as T
 from transformers import LlamaForCausalLM
 
 import peft_core as pc
@@ -83,3 +84,32 @@ def test_files_hold_the_base_dtype_by_default_and_load_back_into_float32(tmp_pat
     got = pc.adapter_state_dict(reloaded, "a")
     assert {t.dtype for t in got.values()} == {torch.float32}
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "llama"])
+def test_a_new_classification_head_trains_in_float32_and_saves_in_the_base_dtype(tmp_path, family):
+    """The adapter's own head copy is a trainable weight like the adapter's: float32 on a bf16
+    body (its input cast once), bf16 in the file, float32 again after loading."""
+    torch.manual_seed(0)
+    model = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS[family]())
+    model = model.to(torch.bfloat16)
+    pc.add_adapter(model, "a", pc.LoRA(rank=4))
+    head = {k: v for k, v in pc.adapter_state_dict(model, "a").items() if "lora" not in k}
+    assert head and {t.dtype for t in head.values()} == {torch.float32}
+    inputs = batch(model)
+    logits = model(**inputs).logits
+    assert logits.dtype == torch.float32  # the loss reads float32 logits
+    logits.sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    pc.set_active(model, None)  # the original head: untouched, bf16 in and out
+    assert model(**inputs).logits.dtype == torch.bfloat16
+    with pc.per_row(model, ["a", None]):  # one row each way: float32 where they meet
+        mixed = model(**{k: v[:2] for k, v in inputs.items()}).logits
+    assert mixed.dtype == torch.float32
+    folder = pc.save_adapter(model, "a", tmp_path / "a")
+    saved = safetensors.torch.load_file(folder / "adapter.safetensors")
+    assert {saved[k].dtype for k in head} == {torch.bfloat16}
+    reloaded = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS[family]())
+    pc.load_adapter(reloaded.to(torch.bfloat16), folder)
+    again = pc.adapter_state_dict(reloaded, "a")
+    assert all(torch.equal(again[k], head[k].to(torch.bfloat16).float()) for k in head)
