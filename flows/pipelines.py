@@ -9,7 +9,8 @@ tensors.
 - :func:`retrain`: rebuild the specs whose data changed or whose schedule is due; one failing spec
   does not stop the others, and the run reports each outcome;
 - :func:`cascade`: after an adapter's champion moved, build a candidate of every fusion over an
-  older version of it (through the same gate); one failing fusion does not stop the others.
+  older version of it, and score a candidate of every stack or average saved with evaluation
+  data (both through the same gate); one failing composition does not stop the others.
 
 Without ``PREFECT_API_URL`` Prefect runs these on a temporary local server; with it, on that
 server (and ``adapterops deploy`` makes them deployments a worker runs on a schedule).
