@@ -139,8 +139,7 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     missing data file or split, missing columns, labels outside ``num_labels``, no rows, fusion
     members that are not registered bottleneck adapters of the same base model."""
     resolve_base_model(spec.base_model)
-    if spec.load.quantization == "nf4":
-        pc.quantize.nf4_available()  # torchao installed, before a flow starts
+    pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
     load_raw(spec)

@@ -249,7 +249,8 @@ class LoadSpec(_Strict):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # nf4: the body's Linear weights in 4-bit NormalFloat (QLoRA; needs adapterops[gpu]). The
     # adapter trains in float32 on top and can be merged only on an unquantised base.
-    quantization: Literal["none", "nf4"] = "none"
+    # int8: weight-only, one scale per output channel (half of bf16's memory, closer to it).
+    quantization: Literal["none", "nf4", "int8"] = "none"
 
     def torch_dtype(self) -> Any:
         """The dtype the base model is loaded in here (``auto`` resolved on this machine)."""

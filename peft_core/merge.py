@@ -96,7 +96,7 @@ def _check_mergeable(model: nn.Module, name: str) -> None:
     ]
     if quantized:
         raise NotMergeableError(
-            f"adapter {name!r} sits on 4-bit (nf4) weights ({quantized[0]}, ...): merging would "
+            f"adapter {name!r} sits on quantised weights ({quantized[0]}, ...): merging would "
             "re-quantise the sum and lose most of the adapter; load the base unquantised "
             "(load.quantization: none) to merge or export it merged"
         )

@@ -1,6 +1,8 @@
-"""4-bit NF4 base weights for QLoRA (Dettmers et al. 2023), through torchao's ``NF4Tensor``.
+"""Quantised base weights under float32 adapters, through torchao: 4-bit NF4 for QLoRA
+(Dettmers et al. 2023, ``NF4Tensor``) or 8-bit integers (``Int8Tensor``).
 
     pc.quantize_base(model, "nf4")            # every Linear of the body: 4-bit NormalFloat
+    pc.quantize_base(model, "int8")           # or: int8, one scale per output channel
     pc.add_adapter(model, "qlora", pc.LoRA(rank=16, targets=("q", "k", "v", "o")))
 
 The adapter's own weights stay float32 (:class:`~peft_core.methods.base.LayerSite`) and its files
@@ -12,12 +14,14 @@ Why torchao rather than bitsandbytes: ``NF4Tensor`` is plain PyTorch (a tensor s
 ``linear`` dequantises block by block, autograd included), so QLoRA trains and is tested on a CPU
 as on any GPU, and its wheel is 3.4 MB (bitsandbytes: 43 MB, CUDA kernels first). The format is
 the paper's: 64-weight blocks with one absmax each, the absmaxes themselves quantised to 8 bits in
-blocks of 256 ("double quantisation").
+blocks of 256 ("double quantisation"). ``int8`` is weight-only and per output channel (torchao's
+``Int8WeightOnlyConfig``): half of bf16's memory, closer to it than NF4; unlike bitsandbytes'
+LLM.int8 it keeps no outlier columns in 16 bits.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,34 +30,48 @@ from .errors import ConfigError
 from .heads import body_prefix
 from .layer import AdaptedLayer
 
-__all__ = ["Quantization", "is_quantized", "nf4_available", "quantize_base", "quantized_layers"]
+__all__ = [
+    "Quantization",
+    "is_quantized",
+    "nf4_available",
+    "quantization_available",
+    "quantize_base",
+    "quantized_layers",
+]
 
-Quantization = Literal["none", "nf4"]
+Quantization = Literal["none", "nf4", "int8"]
+_QUANTIZED_TYPES = ("NF4Tensor", "Int8Tensor")  # torchao's tensor subclasses, by name: no import
 BLOCK, SCALER_BLOCK = 64, 256  # QLoRA's block sizes (torchao's defaults)
 
 
 def nf4_available() -> None:
     """Raise :class:`ConfigError` (what to install) unless NF4 quantisation can run here."""
-    _nf4_class()
+    quantization_available("nf4")
 
 
-def _nf4_class() -> type[torch.Tensor]:
+def quantization_available(quantization: str) -> None:
+    """Raise :class:`ConfigError` (what to install) unless ``quantization`` can run here."""
+    if quantization != "none":
+        _torchao(quantization)
+
+
+def _torchao(quantization: str) -> Any:
     try:
-        from torchao.quantization import NF4Tensor  # noqa: PLC0415 - an optional extra
+        import torchao.quantization  # noqa: PLC0415 - an optional extra
     except ImportError:
         raise ConfigError(
-            "quantization nf4 needs torchao: pip install 'adapterops[gpu]' (or torchao)"
+            f"quantization {quantization} needs torchao: pip install 'adapterops[gpu]' (or torchao)"
         ) from None
-    return NF4Tensor
+    return torchao.quantization
 
 
 def is_quantized(weight: object) -> bool:
-    """Whether ``weight`` is a 4-bit NF4 tensor."""
-    return type(weight).__name__ == "NF4Tensor"
+    """Whether ``weight`` is a quantised (NF4 or int8) tensor."""
+    return type(weight).__name__ in _QUANTIZED_TYPES
 
 
 def quantized_layers(model: nn.Module) -> list[str]:
-    """The names of the model's Linear layers whose weight is 4-bit."""
+    """The names of the model's Linear layers whose weight is quantised."""
     return [
         name
         for name, module in model.named_modules()
@@ -63,33 +81,39 @@ def quantized_layers(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
-    """Store the weight of every Linear in the model body as 4-bit NF4; returns how many.
+    """Store the weight of every Linear in the model body as 4-bit NF4 or int8; returns how many.
 
     The head (a classifier, an untied LM head) and adapters stay as they are. Call it before
-    adding adapters. A layer whose weight count is not a multiple of 64 x 256 cannot be blocked
-    and is left in its dtype (tiny test models have such layers; real ones do not).
+    adding adapters. For NF4, a layer whose weight count is not a multiple of 64 x 256 cannot be
+    blocked and is left in its dtype (tiny test models have such layers; real ones do not).
     """
     if quantization == "none":
         return 0
-    if quantization != "nf4":
-        raise ConfigError(f"unknown quantization {quantization!r}; expected 'none' or 'nf4'")
+    if quantization not in ("nf4", "int8"):
+        raise ConfigError(
+            f"unknown quantization {quantization!r}; expected 'none', 'nf4' or 'int8'"
+        )
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise ConfigError("quantize the base before adding adapters (its layers hold adapters)")
-    nf4 = _nf4_class()
+    torchao = _torchao(quantization)
     prefix = body_prefix(model)
     body = getattr(model, prefix) if prefix else model
     count = 0
-    for module in body.modules():
+    for module in list(body.modules()):
         if not isinstance(module, nn.Linear) or is_quantized(module.weight):
             continue
-        if module.weight.numel() % (BLOCK * SCALER_BLOCK) != 0:
+        if quantization == "int8":
+            torchao.quantize_(module, torchao.Int8WeightOnlyConfig())
+            module.weight.requires_grad_(False)
+        elif module.weight.numel() % (BLOCK * SCALER_BLOCK) == 0:
+            weight = torchao.NF4Tensor.from_tensor(module.weight.data, BLOCK, SCALER_BLOCK)
+            module.weight = nn.Parameter(weight, requires_grad=False)
+        else:
             continue
-        weight = nf4.from_tensor(module.weight.data, BLOCK, SCALER_BLOCK)  # type: ignore[attr-defined]
-        module.weight = nn.Parameter(weight, requires_grad=False)
         count += 1
     if count == 0:
         raise ConfigError(
-            "no Linear layer of this model can be stored in NF4 (weight counts must be "
-            f"multiples of {BLOCK * SCALER_BLOCK})"
+            f"no Linear layer of this model can be stored in {quantization} (NF4 weight counts "
+            f"must be multiples of {BLOCK * SCALER_BLOCK})"
         )
     return count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -36,15 +37,17 @@ def test_a_bf16_base_trains_float32_adapters_and_records_its_dtype(
     assert default.load.dtype == "auto" and default.load.torch_dtype() == torch.float32  # a CPU
 
 
-def test_an_nf4_base_builds_a_qlora_that_records_its_quantization(
-    sst2_dir, tmp_path, embedded_home
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_a_quantized_base_builds_a_lora_that_records_its_quantization(
+    sst2_dir, tmp_path, embedded_home, quantization
 ):
     """``load: {dtype: bf16, quantization: nf4}``: QLoRA through the whole build (train, evaluate
-    on the 4-bit base, register); the lineage and the model card say so; files are bf16."""
+    on the 4-bit base, register); the lineage and the model card say so; files are bf16. The
+    same with an int8 base."""
     spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3, batch_size=8, name="qlora-sst2")
     spec = spec.model_copy(
         update={
-            "load": spec.load.model_copy(update={"dtype": "bf16", "quantization": "nf4"}),
+            "load": spec.load.model_copy(update={"dtype": "bf16", "quantization": quantization}),
             "data": spec.data.model_copy(update={"max_eval_samples": 16}),
         }
     )
@@ -52,10 +55,10 @@ def test_an_nf4_base_builds_a_qlora_that_records_its_quantization(
     version = Registry().get(result.ref)
     assert (version.lineage["base_dtype"], version.lineage["base_quantization"]) == (
         "bfloat16",
-        "nf4",
+        quantization,
     )
     files = Registry().fetch(result.ref, tmp_path / "fetched")
     tensors = safetensors.torch.load_file(files / "adapter.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
-    assert "(bfloat16, nf4)" in (files / "README.md").read_text()
+    assert f"(bfloat16, {quantization})" in (files / "README.md").read_text()
     assert result.metrics["examples"] == 16
