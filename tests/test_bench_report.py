@@ -33,7 +33,7 @@ def quality() -> dict:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
-    for name in ("composition", "registry", "storage", "startup"):
+    for name in ("composition", "registry", "storage", "startup", "packing"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
     return tmp_path
 
@@ -49,6 +49,13 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
     distinct = f"{first['distinct_adapters']} ({first.get('rows', 32)} rows)"
     assert f"| {first.get('targets', 'q,v')} | {distinct} | {first['ours_ms']:.0f} ms |" in text
     assert "_2026-01-02, 2 CPUs, torch 9.9._" in text
+    packing = json.loads((results / "packing.json").read_text())
+    padded = packing["rows"][0]
+    assert f"packed is **{packing['speedup_packed_over_padded']:.2f}x** padded" in text
+    assert (
+        f"| padded | {padded['step_ms_median']:.0f} ms | {padded['computed_tokens']:,} for "
+        f"{padded['real_tokens']:,} | {padded['tokens_per_second']:,.0f} |"
+    ) in text
 
 
 def test_the_startup_table_compares_each_command_with_its_floor(results: Path):
