@@ -5,7 +5,8 @@
 
 A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
 k = 1, 4, 16, 32, 64 distinct adapters (the batch grows to k rows past 32). Four ways run the
-same batch: our ``per_row`` (entered for every call), peft's ``adapter_names``, one adapter
+same batch: our ``per_row`` (entered for every call; its gather kernel, and the segmented one as
+``ours_segmented``), peft's ``adapter_names``, one adapter
 for every row (``set_active``: the cost to match) and the base model. Prefill: one forward
 pass over the prompts (milliseconds). Decode: ``generate`` of new tokens with the KV cache
 (tokens per second over the batch). Before timing, ours and peft must produce the same logits.
@@ -27,6 +28,8 @@ import peft_core as pc
 from bench.common import gpu_benchmark_options, write_result
 from bench.composition_bench import interleaved_medians
 
+# our two per_row LoRA kernels: BGMV-style gather (the default) and SGMV-style grouped GEMM
+KERNELS: dict[str, pc.routing.Kernel] = {"ours": "gather", "ours_segmented": "segmented"}
 TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "q,v": (("q", "v"), ["q_proj", "v_proj"]),
     "all linear": (
@@ -95,8 +98,10 @@ def with_adapters(
     return ours.eval(), theirs.eval(), names
 
 
-def routed(model: torch.nn.Module, rows: list[str], call: Any, **inputs: Any) -> Any:
-    with pc.per_row(model, rows):
+def routed(
+    model: torch.nn.Module, rows: list[str], call: Any, kernel: pc.routing.Kernel, **inputs: Any
+) -> Any:
+    with pc.per_row(model, rows, kernel=kernel):
         return call(**inputs)
 
 
@@ -113,14 +118,18 @@ def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
         decode = {**inputs, "max_new_tokens": shape.new_tokens, "do_sample": False,
                   "min_new_tokens": shape.new_tokens}  # fmt: skip
         with torch.no_grad():
-            mine = routed(ours, rows, ours, **inputs).logits.float()
             peft_logits = theirs(**inputs, adapter_names=rows).logits.float()
             tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-            torch.testing.assert_close(mine, peft_logits, atol=tolerance, rtol=tolerance)
+            for kernel in KERNELS.values():
+                mine = routed(ours, rows, ours, kernel, **inputs).logits.float()
+                torch.testing.assert_close(mine, peft_logits, atol=tolerance, rtol=tolerance)
             single = copy.deepcopy(ours)
             pc.set_active(single, names[0])
             timed = {
-                "ours": functools.partial(routed, ours, rows, ours, **inputs),
+                **{
+                    way: functools.partial(routed, ours, rows, ours, kernel, **inputs)
+                    for way, kernel in KERNELS.items()
+                },
                 "peft": functools.partial(theirs, **inputs, adapter_names=rows),
                 "one_adapter": functools.partial(single, **inputs),
                 "base": functools.partial(base, **inputs),
@@ -135,7 +144,10 @@ def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
                 )
             )
             generating = {
-                "ours": functools.partial(routed, ours, rows, ours.generate, **decode),
+                **{
+                    way: functools.partial(routed, ours, rows, ours.generate, kernel, **decode)
+                    for way, kernel in KERNELS.items()
+                },
                 "peft": functools.partial(theirs.generate, **decode, adapter_names=rows),
                 "one_adapter": functools.partial(single.generate, **decode),
                 "base": functools.partial(base.generate, **decode),
@@ -150,15 +162,20 @@ def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
         for key, value in zip(generating, seconds, strict=True):
             row[f"decode_{key}_tokens_per_s"] = tokens / value
         row["prefill_ours_over_one_adapter"] = prefill["ours"] / prefill["one_adapter"]
+        row["prefill_segmented_over_one_adapter"] = (
+            prefill["ours_segmented"] / prefill["one_adapter"]
+        )
         row["prefill_peft_over_ours"] = prefill["peft"] / prefill["ours"]
         row["decode_one_adapter_over_ours"] = (
             row["decode_one_adapter_tokens_per_s"] / row["decode_ours_tokens_per_s"]
         )
         print(
             f"  {targets:10} {count:>2} adapters: prefill ours/one "
-            f"{row['prefill_ours_over_one_adapter']:.2f}x, peft/ours "
+            f"{row['prefill_ours_over_one_adapter']:.2f}x (segmented "
+            f"{row['prefill_segmented_over_one_adapter']:.2f}x), peft/ours "
             f"{row['prefill_peft_over_ours']:.2f}x; decode ours "
-            f"{row['decode_ours_tokens_per_s']:.0f} tok/s, peft "
+            f"{row['decode_ours_tokens_per_s']:.0f} tok/s (segmented "
+            f"{row['decode_ours_segmented_tokens_per_s']:.0f}), peft "
             f"{row['decode_peft_tokens_per_s']:.0f}, one adapter "
             f"{row['decode_one_adapter_tokens_per_s']:.0f}",
             flush=True,

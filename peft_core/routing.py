@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,24 +31,38 @@ from .methods import method_of
 from .methods.parts import SliceParts
 from .state import adapter_layers, get_record, head_switches
 
-__all__ = ["install_routing", "per_row", "remap_slots", "remove_routing"]
+__all__ = ["Kernel", "install_routing", "per_row", "remap_slots", "remove_routing"]
 
 
 Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) -> new y
 
 
+Kernel = Literal["gather", "segmented"]
+
+
 @contextmanager
-def per_row(model: nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
-    """Within the block, batch row ``i`` runs through adapter ``rows[i]`` (``None``: the base)."""
-    install_routing(model, rows)
+def per_row(
+    model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
+) -> Iterator[None]:
+    """Within the block, batch row ``i`` runs through adapter ``rows[i]`` (``None``: the base).
+
+    ``kernel`` picks how LoRA layers compute: ``gather`` (BGMV-style: each row gathers its own
+    weights, two batched products) or ``segmented`` (SGMV-style: rows sorted by adapter, one
+    grouped product per adapter, ``torch._grouped_mm``). Both give the same outputs.
+    """
+    install_routing(model, rows, kernel=kernel)
     try:
         yield
     finally:
         remove_routing(model)
 
 
-def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
+def install_routing(
+    model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
+) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
+    if kernel not in ("gather", "segmented"):
+        raise ConfigError(f"per_row kernel must be 'gather' or 'segmented', got {kernel!r}")
     names = sorted({name for name in rows if name is not None})
     for name in names:
         record = get_record(model, name)  # unknown names fail before anything changes
@@ -71,7 +85,7 @@ def install_routing(model: nn.Module, rows: Sequence[str | None]) -> None:
             slots = [present.index(n) + 1 if n in present else 0 for n in rows]
             index = torch.tensor(slots, device=device)
             layer.routing = RowRouting(
-                len(rows), _plan([layer.adapters[n] for n in present], index, slots)
+                len(rows), _plan([layer.adapters[n] for n in present], index, slots, kernel)
             )
     for switch in switches:
         switch.rows = list(rows)
@@ -102,7 +116,9 @@ class RowRouting:
         return y
 
 
-def _plan(modules: list[nn.Module], index: Tensor, slots: list[int]) -> list[Step]:
+def _plan(
+    modules: list[nn.Module], index: Tensor, slots: list[int], kernel: Kernel = "gather"
+) -> list[Step]:
     """Group the layer's adapters by module type; each group becomes one batched step.
 
     ``slots`` is ``index`` as a list (decisions need no device round trip). A group no row uses
@@ -122,14 +138,22 @@ def _plan(modules: list[nn.Module], index: Tensor, slots: list[int]) -> list[Ste
         if kind is SliceParts:
             fused = [cast(SliceParts, m) for m in members]
             for part in fused[0].parts:  # the same targets give the same parts
-                steps += _plan([m.parts[part] for m in fused], group_index, local)
+                steps += _plan([m.parts[part] for m in fused], group_index, local, kernel)
         elif not hasattr(kind, "batched"):
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
         elif len(set(local)) == 1 and not _drops_out(members[local[0] - 1]):
             steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
+        elif kernel == "segmented" and _owner(kind, "segmented") is _owner(kind, "batched"):
+            steps.append(kind.segmented(members, group_index))  # type: ignore[attr-defined]
         else:
             steps.append(kind.batched(members, group_index))
     return steps
+
+
+def _owner(kind: type, attribute: str) -> type | None:
+    """The class in ``kind``'s hierarchy that defines ``attribute`` (a subclass with its own
+    ``batched``, DoRA's, must not inherit LoRA's ``segmented``)."""
+    return next((c for c in kind.__mro__ if attribute in vars(c)), None)
 
 
 def _drops_out(module: nn.Module) -> bool:

@@ -30,10 +30,11 @@ def _state(modules: Sequence[nn.Module]) -> Hashable:
     )
 
 
-def cached_stack(modules: Sequence[nn.Module], build: Callable[[], T]) -> T:
-    """``build()``'s result for ``modules``, rebuilt only when they or their parameters change."""
+def cached_stack(modules: Sequence[nn.Module], build: Callable[[], T], tag: Hashable = None) -> T:
+    """``build()``'s result for ``modules``, rebuilt only when they or their parameters change.
+    ``tag`` tells apart different builds over the same modules (layouts, dtypes)."""
     kept: dict[Hashable, object] = modules[0].__dict__.setdefault(_SLOT, {})
-    key = _state(modules)
+    key = (tag, _state(modules))
     if key in kept:
         return kept[key]  # type: ignore[return-value]
     value = build()

@@ -25,7 +25,7 @@ def test_the_quick_run_measures_prefill_and_decode_for_every_mix(tmp_path):
     mixes = [(r["targets"], r["distinct_adapters"], r["rows"]) for r in data["rows"]]
     assert mixes == [(t, k, 4) for t in ("q,v", "all linear") for k in (1, 4)]
     for row in data["rows"]:
-        for way in ("ours", "peft", "one_adapter", "base"):
+        for way in ("ours", "ours_segmented", "peft", "one_adapter", "base"):
             assert row[f"prefill_{way}_ms"] > 0 and row[f"decode_{way}_tokens_per_s"] > 0
         ratio = row["prefill_ours_ms"] / row["prefill_one_adapter_ms"]
         assert abs(row["prefill_ours_over_one_adapter"] - ratio) < 1e-9

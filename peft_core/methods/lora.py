@@ -171,6 +171,50 @@ class LoRAModule(nn.Module):
 
         return step
 
+    @staticmethod
+    def segmented(modules: Sequence[LoRAModule], index: Tensor) -> Step:
+        """Like :meth:`batched`, SGMV-style: the rows sorted by adapter, and each adapter's rows
+        one matrix product with its own weights (``torch._grouped_mm``: one grouped-GEMM kernel
+        for every adapter on Hopper GPUs). Nothing is gathered per row; on a CUDA device the
+        products run in the activations' half precision (the kernel's inputs; it accumulates
+        in float32), elsewhere in the adapter's dtype.
+        """
+        first = modules[0]
+        order = torch.argsort(index, stable=True)  # rows grouped by slot, slot order
+        inverse = torch.argsort(order)
+        rows_per_slot = torch.bincount(index, minlength=len(modules) + 1)
+        padding = (
+            (first.out_slice[0], first.total_out - first.out_slice[1]) if first.out_slice else None
+        )
+
+        def step(x: Tensor, y: Tensor) -> Tensor:
+            dtype = x.dtype if x.is_cuda and x.dtype != torch.float32 else first.lora_A.weight.dtype
+            a, b = cached_stack(modules, lambda: _grouped_stack(modules, dtype), tag=dtype)
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            tokens = rows.shape[1]
+            sorted_rows = rows[order].reshape(-1, rows.shape[-1]).to(dtype)
+            ends = (rows_per_slot * tokens).cumsum(0).to(torch.int32)
+            low_rank = torch._grouped_mm(sorted_rows, a, offs=ends)  # (N, r)
+            update = torch._grouped_mm(low_rank, b, offs=ends)  # (N, out_slice)
+            update = update.reshape(rows.shape[0], tokens, -1)[inverse]
+            if padding is not None:
+                update = F.pad(update, padding)
+            return y + update.reshape(y.shape).to(y.dtype)
+
+        return step
+
+
+@torch.no_grad()
+def _grouped_stack(modules: Sequence[LoRAModule], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`_stack`'s weights as ``_grouped_mm``'s right-hand sides, (slot, in, r) and
+    (slot, r, out), in ``dtype``: transposed views of the (out, in) stacks, the column-major
+    layout the grouped kernels take (as for MoE experts' weights)."""
+    a, b = _stack(modules)
+    # every stride a multiple of 16 bytes (the kernels' rule): zero ranks pad, adding nothing
+    extra = -a.shape[1] % (16 // a.new_empty((), dtype=dtype).element_size())
+    a, b = F.pad(a, (0, 0, 0, extra)), F.pad(b, (0, extra))
+    return a.to(dtype).transpose(1, 2), b.to(dtype).transpose(1, 2)
+
 
 @torch.no_grad()
 def _stack(modules: Sequence[LoRAModule]) -> tuple[Tensor, Tensor]:

@@ -200,18 +200,19 @@ ROUTED_FOR_GENERATION = {
 
 
 class TestPerRow:
+    @pytest.mark.parametrize("kernel", ["gather", "segmented"])
     @pytest.mark.parametrize(
         ("family", "head"),
         [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")],
     )
-    def test_each_row_equals_running_it_alone(self, tiny_model, family, head):
+    def test_each_row_equals_running_it_alone(self, tiny_model, family, head, kernel):
         configs = dict(ROUTED)
         if family == "llama":
             del configs["bitfit"]  # no biases
         model = with_adapters(tiny_model(family, head), configs)
         names = [*configs, None, "lora"]
         inputs = batch(model, rows=len(names))
-        with pc.per_row(model, names):
+        with pc.per_row(model, names, kernel=kernel):
             routed = logits(model, inputs)
         for row, name in enumerate(names):
             pc.set_active(model, name)
@@ -221,7 +222,8 @@ class TestPerRow:
             )
         assert pc.list_adapters(model)  # routing left the adapters in place
 
-    def test_generation_with_an_adapter_per_row_equals_each_row_alone(self, tiny_model):
+    @pytest.mark.parametrize("kernel", ["gather", "segmented"])
+    def test_generation_with_an_adapter_per_row_equals_each_row_alone(self, tiny_model, kernel):
         """``generate`` under ``per_row``: left-padded prompts of different lengths, a KV cache,
         greedy decoding; each row's tokens are the ones its adapter gives it alone."""
         model = tiny_model("llama", "causal-lm")
@@ -236,7 +238,7 @@ class TestPerRow:
         ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         options = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
-        with torch.no_grad(), pc.per_row(model, rows):
+        with torch.no_grad(), pc.per_row(model, rows, kernel=kernel):
             together = model.generate(input_ids=ids, attention_mask=mask, **options)
         differs_from_base = []
         for row, (prompt, name) in enumerate(zip(prompts, rows, strict=True)):
@@ -258,10 +260,32 @@ class TestPerRow:
         inputs = batch(model, rows=16)
         with pc.per_row(model, rows):
             routed = logits(model, inputs)
+        with pc.per_row(model, rows, kernel="segmented"):
+            segmented = logits(model, inputs)
+        torch.testing.assert_close(segmented, routed, atol=1e-5, rtol=1e-4)
         for row in (0, 5, 11):
             pc.set_active(model, rows[row])
             alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
             torch.testing.assert_close(routed[row : row + 1], alone, atol=1e-5, rtol=1e-4)
+
+    def test_the_segmented_kernel_leaves_dora_to_its_own_step(self, tiny_model):
+        """DoRA's modules are LoRA modules with their own ``batched``: the segmented LoRA step
+        must not replace it (its magnitudes would be lost)."""
+        model = with_adapters(
+            tiny_model("llama", "causal-lm"), {"d": pc.DoRA(rank=4), "l": pc.LoRA(rank=4)}
+        )
+        rows = ["d", "l", None, "d"]
+        inputs = batch(model, rows=4)
+        with pc.per_row(model, rows, kernel="segmented"):
+            segmented = logits(model, inputs)
+        with pc.per_row(model, rows):
+            gathered = logits(model, inputs)
+        torch.testing.assert_close(segmented, gathered, atol=1e-5, rtol=1e-4)
+        with (
+            pytest.raises(pc.ConfigError, match="kernel must be 'gather' or 'segmented'"),
+            pc.per_row(model, rows, kernel="triton"),  # type: ignore[arg-type]
+        ):
+            pass
 
     def test_bad_routing(self, tiny_model):
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
