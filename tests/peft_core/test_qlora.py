@@ -32,18 +32,24 @@ def trained():
     model = minilm_bf16()
     reference = minilm_bf16()
     count = pc.quantize_base(model, "nf4")
+    losses = train_a_lora(model, steps=8)
+    return model.eval(), reference, count, losses
+
+
+def train_a_lora(model, steps: int) -> list[float]:
+    """LoRA r=8 on q, v trained for ``steps`` AdamW steps on one fixed batch; the losses."""
     pc.add_adapter(model, "q", pc.LoRA(rank=8, targets=("q", "v")))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     labels = torch.tensor([0, 1, 1, 0])
     losses = []
     model.train()
-    for _ in range(8):
+    for _ in range(steps):
         loss = model(**tokens(), labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-    return model.eval(), reference, count, losses
+    return losses
 
 
 def test_the_body_is_4_bit_and_only_the_adapter_and_head_train(trained):
@@ -110,17 +116,7 @@ def test_an_int8_base_trains_a_float32_lora_and_stays_closer_to_bf16_than_nf4():
     weight = model.bert.encoder.layer[0].attention.self.query.weight
     assert type(weight).__name__ == "Int8Tensor" and pc.is_quantized(weight)
     assert weight.qdata.dtype == torch.int8 and weight.qdata.numel() == 384 * 384
-    pc.add_adapter(model, "q", pc.LoRA(rank=8, targets=("q", "v")))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    labels = torch.tensor([0, 1, 1, 0])
-    losses = []
-    model.train()
-    for _ in range(6):
-        loss = model(**tokens(), labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
+    losses = train_a_lora(model, steps=6)
     assert losses[-1] < losses[0]
     with pytest.raises(pc.NotMergeableError, match="quantised weights"):
         pc.merge(model, "q")
