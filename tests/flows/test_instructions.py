@@ -8,17 +8,20 @@ tokenizer, given a chat template), saved to a local folder as a user's base mode
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
 from flows.data import DataError, load_raw, make_loader, prepare
 from flows.spec import SpecError, parse_spec
 from flows.train_job import load_tokenizer, train_from_spec
-from tests.helpers import minilm_path
+from tests.helpers import minilm_path, run_cli
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
@@ -166,6 +169,61 @@ def test_packing_trains_through_the_flow_and_is_for_causal_lms_only(base, tmp_pa
     }
     with pytest.raises(SpecError, match=r"train\.packing lays causal-lm examples end to end"):
         parse_spec(classifier)
+
+
+def test_adapterops_build_trains_a_qlora_on_a_bf16_nf4_llama_with_checkpointing_and_packing(
+    tmp_path, prefect_server
+):
+    """The whole GPU recipe, at tiny shapes on a CPU, through the command users run: a bf16
+    Llama-shaped base stored in NF4, float32 LoRA on every linear layer, gradient checkpointing,
+    packed instruction data; registered with what it was trained on."""
+    folder = tmp_path / "llama-base"
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=len(tokenizer), max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip  # every body weight a multiple of NF4's 64 x 256 blocks
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    train = write_jsonl(tmp_path / "train.jsonl", pairs())
+    spec = tmp_path / "qlora.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "llama-qlora", "base_model": str(folder), "task": "translate",
+                "language": "en", "head": {"type": "causal-lm"},
+                "method": {"type": "lora", "rank": 8,
+                           "targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"]},
+                "data": {"train": str(train), "validation": str(train),
+                         "prompt": "prompt", "response": "response"},
+                "load": {"dtype": "bf16", "quantization": "nf4"},
+                "train": {"max_steps": 3, "batch_size": 2, "max_length": 32,
+                          "gradient_checkpointing": True, "packing": True},
+            }
+        )
+    )  # fmt: skip
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+    env |= {"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    result = run_cli("build", str(spec), "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    built = json.loads(result.stdout)
+    assert (built["ref"], built["alias"]) == ("llama-qlora@1", "champion")
+    shown = json.loads(run_cli("show", "llama-qlora@1", "--json", env=env).stdout)
+    assert shown["lineage"]["base_dtype"] == "bfloat16"
+    assert shown["lineage"]["base_quantization"] == "nf4"
+    assert shown["spec"]["train"]["gradient_checkpointing"] is True
+    assert shown["spec"]["train"]["packing"] is True
+    assert shown["metrics"]["perplexity"] > 1
+    pulled = json.loads(
+        run_cli("pull", "llama-qlora@1", str(tmp_path / "got"), "--json", env=env).stdout
+    )
+    tensors = load_file(Path(pulled["path"]) / "adapter.safetensors")
+    assert len(tensors) == 2 * 7 * 2  # A and B on 7 linear layers in 2 blocks
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}  # the base's compute dtype
 
 
 class TestBadRows:
