@@ -6,11 +6,12 @@
 The base is random-weight (speed and memory do not depend on the values), built directly on the
 device in bf16. LoRA r=16 on every linear layer of the blocks (q, k, v, o, gate, up, down) with
 float32 adapter weights (peft's default and ours), AdamW, one optimiser step per batch. For
-each of {ours, peft, ours on an NF4 base (QLoRA, when torchao is installed)} x {plain, gradient
-checkpointing}: tokens per second (median step after
-warm-up), model FLOPs utilisation on a GPU (6 x parameters x tokens per second over the
-device's bf16 peak, the usual accounting), and peak memory on a GPU. The ratios ours / peft are
-the result that matters: both should be <= 1.0.
+each of {ours, peft, ours on an NF4 base (QLoRA, when torchao is installed), peft on
+bitsandbytes' NF4 (when bitsandbytes is installed)} x {plain, gradient checkpointing}: tokens per
+second (median step after warm-up), model FLOPs utilisation on a GPU (6 x parameters x tokens
+per second over the device's bf16 peak, the usual accounting), and peak memory on a GPU. The
+ratios ours / peft are the result that matters: both should be <= 1.0 (and for QLoRA, ours on
+torchao against peft on bitsandbytes).
 
 Needs only torch, transformers, peft and peft_core (the device machine has no registry stack).
 """
@@ -18,7 +19,9 @@ Needs only torch, transformers, peft and peft_core (the device machine has no re
 from __future__ import annotations
 
 import gc
+import importlib.util
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -91,13 +94,41 @@ def with_peft(model: LlamaForCausalLM) -> torch.nn.Module:
     return get_peft_model(model, config)  # autocast_adapter_dtype: float32 adapter weights
 
 
+def with_peft_on_bnb_nf4(model: LlamaForCausalLM) -> torch.nn.Module:
+    """peft's QLoRA as its users run it: the base reloaded through bitsandbytes' 4-bit NF4
+    (double quantisation, bf16 compute), then the same LoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: PLC0415
+
+    device = next(model.parameters()).device
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        del model
+        quantized = AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=quantization, dtype=torch.bfloat16,
+            device_map={"": device},
+        )  # fmt: skip
+    return with_peft(quantized)
+
+
+def bitsandbytes_available() -> bool:
+    """peft's QLoRA row needs bitsandbytes (not a dependency: carried to the GPU machine)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def run(library: str, checkpointing: bool, shape: Shape, device: torch.device) -> dict[str, Any]:
     """Train ``shape.steps`` steps; the measurements of one configuration."""
     model = build(shape, device)
     parameters = sum(p.numel() for p in model.parameters())
-    wrap = {"ours": with_ours, "ours-nf4": with_ours_on_nf4, "peft": with_peft}[library]
+    wrap = {
+        "ours": with_ours, "ours-nf4": with_ours_on_nf4, "peft": with_peft,
+        "peft-nf4": with_peft_on_bnb_nf4,
+    }[library]  # fmt: skip
     model = wrap(model)
-    inner = model.get_base_model() if library == "peft" else model
+    inner = model.get_base_model() if library.startswith("peft") else model
     if checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(inner, "activation_checkpointing_enable"):
@@ -155,6 +186,8 @@ def main() -> None:
     shape = QUICK if quick else FULL
     rows = []
     libraries = ("peft", "ours", "ours-nf4") if nf4_available() else ("peft", "ours")
+    if bitsandbytes_available():
+        libraries += ("peft-nf4",)
     for checkpointing in (False, True):
         for library in libraries:
             row = run(library, checkpointing, shape, device)
@@ -191,6 +224,15 @@ def main() -> None:
                 nf4["peak_memory_gib"] / ours["peak_memory_gib"]
                 if ours["peak_memory_gib"]
                 else None
+            )
+        bnb = next(
+            (r for r in rows if r["library"] == "peft-nf4" and r["checkpointing"] == checkpointing),
+            None,
+        )
+        if nf4 is not None and bnb is not None:  # our QLoRA (torchao) against peft's (bnb)
+            ratios[key]["time_nf4_ours_over_peft"] = nf4["step_seconds"] / bnb["step_seconds"]
+            ratios[key]["memory_nf4_ours_over_peft"] = (
+                nf4["peak_memory_gib"] / bnb["peak_memory_gib"] if bnb["peak_memory_gib"] else None
             )
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     name = "gpu_smoke" if quick else "gpu"
