@@ -71,9 +71,12 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def gpu_benchmark_options(description: str, full_shapes: str) -> tuple[Any, bool]:
+def gpu_benchmark_options(
+    description: str, full_shapes: str, *, cpu_shapes: bool = False
+) -> tuple[Any, bool]:
     """``--quick`` and ``--device`` for a benchmark whose real shapes need a CUDA GPU: the device
-    to run on and whether to use the tiny shapes (always, without a GPU)."""
+    to run on and whether to use the tiny shapes (without a GPU always, unless the benchmark
+    has ``cpu_shapes`` of its own)."""
     import argparse  # noqa: PLC0415
 
     import torch  # noqa: PLC0415 - the registry benchmarks do not need it
@@ -83,8 +86,8 @@ def gpu_benchmark_options(description: str, full_shapes: str) -> tuple[Any, bool
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    if not cuda and not args.quick:
+    if not cuda and not args.quick and not cpu_shapes:
         print(
             f"no CUDA GPU here: the {full_shapes} shapes would take hours on a CPU; running --quick"
         )
-    return torch.device("cuda" if cuda else "cpu"), bool(args.quick or not cuda)
+    return torch.device("cuda" if cuda else "cpu"), bool(args.quick or not (cuda or cpu_shapes))

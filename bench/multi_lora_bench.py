@@ -1,6 +1,7 @@
 """Mixed-adapter batches on a Llama-shaped decoder: prefill and decode, ours against peft.
 
     python -m bench.multi_lora_bench            # on a CUDA GPU: 16 layers x 2048 (~0.9B), bf16
+                                                # on a CPU: 4 layers x 256, fp32
     python -m bench.multi_lora_bench --quick    # tiny shapes (any device; CI runs it on a CPU)
 
 A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
@@ -57,6 +58,7 @@ class Shape:
 
 
 FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 32, 256, 32, (1, 4, 16, 32, 64), 5)
+CPU = Shape(256, 4, 688, 4, 2, 2048, 32, 64, 8, (1, 4, 16, 32, 64), 3)
 QUICK = Shape(64, 2, 128, 4, 2, 512, 4, 16, 4, (1, 4), 2)
 
 
@@ -207,14 +209,14 @@ def synced(function: Any, device: torch.device) -> Any:
 
 
 def main() -> None:
-    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~0.9B")
+    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~0.9B", cpu_shapes=True)
     cuda = device.type == "cuda"
-    shape = QUICK if quick else FULL
+    shape = QUICK if quick else (FULL if cuda else CPU)
     dtype = torch.bfloat16 if cuda else torch.float32
     rows = []
     for targets in TARGETS:
         rows += measure(shape, device, dtype, targets)
-    name = "multi_lora_smoke" if quick else "multi_lora"
+    name = "multi_lora_smoke" if quick else ("multi_lora" if cuda else "multi_lora_cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     path = write_result(
         name, {"device": device_name, "quick": quick, "dtype": str(dtype), "shape": asdict(shape),

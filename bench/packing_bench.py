@@ -19,7 +19,6 @@ Needs only torch, transformers and peft_core (runs on the device machine as it i
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ import torch
 from transformers import DataCollatorWithFlattening, LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
-from bench.common import write_result
+from bench.common import gpu_benchmark_options, write_result
 
 TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 PROMPT_SHARE = 0.4
@@ -126,12 +125,8 @@ class Row:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes (CI)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device, quick = torch.device("cuda" if cuda else "cpu"), args.quick
+    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "GPU", cpu_shapes=True)
+    cuda = device.type == "cuda"
     shape = QUICK if quick else (GPU if cuda else CPU)
     dtype = torch.bfloat16 if cuda else torch.float32
     examples = rows(shape, shape.batch * (shape.batches + 1))

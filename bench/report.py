@@ -374,6 +374,54 @@ def startup_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
+    """Prefill and decode of mixed-adapter batches (``bench.multi_lora_bench``), ours with each
+    kernel against peft and one adapter for every row."""
+    del plots
+    shape = data["shape"]
+
+    def ratio(row: dict[str, Any], phase: str, way: str) -> str:
+        """``way``'s cost over one adapter's: time for prefill, inverse throughput for decode."""
+        if phase == "prefill":
+            value = row.get(f"prefill_{way}_ms")
+            return f"{value / row['prefill_one_adapter_ms']:.2f}x" if value else "-"
+        value = row.get(f"decode_{way}_tokens_per_s")
+        return f"{row['decode_one_adapter_tokens_per_s'] / value:.2f}x" if value else "-"
+
+    rows = [
+        [
+            r["targets"],
+            f"{r['distinct_adapters']} ({r['rows']} rows)",
+            *(ratio(r, "prefill", way) for way in ("ours", "ours_segmented", "peft")),
+            *(ratio(r, "decode", way) for way in ("ours", "ours_segmented", "peft")),
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            f"**Mixed-adapter prefill and decode** ({data['device']}, {data['dtype']}; a "
+            f"{shape['layers']}-layer, {shape['hidden']}-wide Llama-shaped model, LoRA r=16, "
+            f"{shape['prompt']}-token prompts, {shape['new_tokens']} new tokens with the KV "
+            "cache; each cost over one adapter for every row, timed interleaved; "
+            "`python -m bench.multi_lora_bench`):",
+            table(
+                [
+                    "targets",
+                    "distinct adapters",
+                    "prefill: per_row gather",
+                    "per_row segmented",
+                    "peft",
+                    "decode: per_row gather",
+                    "per_row segmented",
+                    "peft",
+                ],
+                rows,
+            ),
+            measured_on(data),
+        ]
+    )
+
+
 def packing_section(data: dict[str, Any], plots: Path) -> str:
     del plots
     shape = data["shape"]
@@ -410,6 +458,8 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("registry", registry_section),
     ("startup", startup_section),
     ("packing", packing_section),
+    ("multi_lora_cpu", multi_lora_section),
+    ("multi_lora", multi_lora_section),
 ]
 
 

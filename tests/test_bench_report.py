@@ -33,7 +33,7 @@ def quality() -> dict:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
-    for name in ("composition", "registry", "storage", "startup", "packing"):
+    for name in ("composition", "registry", "storage", "startup", "packing", "multi_lora_cpu"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
     return tmp_path
 
@@ -58,6 +58,17 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
     ) in text
 
 
+def test_the_multi_lora_table_gives_each_way_over_one_adapter(results: Path):
+    text = report.render(results)
+    row = json.loads((results / "multi_lora_cpu.json").read_text())["rows"][-1]
+    prefill = row["prefill_ours_ms"] / row["prefill_one_adapter_ms"]
+    decode = row["decode_one_adapter_tokens_per_s"] / row["decode_peft_tokens_per_s"]
+    line = (
+        f"| {row['targets']} | {row['distinct_adapters']} ({row['rows']} rows) | {prefill:.2f}x |"
+    )
+    assert line in text and f"| {decode:.2f}x |" in text
+
+
 def test_the_startup_table_compares_each_command_with_its_floor(results: Path):
     text = report.render(results)
     startup = json.loads((results / "startup.json").read_text())
@@ -73,7 +84,7 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     text = report.render(results)
     assert (results / "quality.png").stat().st_size > 1000
     assert (results / "composition.png").stat().st_size > 1000
-    assert "_Not run yet: training_cost, madx (`make bench`)._" in text
+    assert "_Not run yet: training_cost, madx, multi_lora (`make bench`)._" in text
 
 
 def test_the_readme_section_is_replaced_between_its_markers(results: Path, tmp_path: Path):
