@@ -6,7 +6,9 @@
 #       --implementation cp --platform manylinux_2_28_x86_64 -d .whl \
 #       torchao==0.18.0 bitsandbytes==0.50.2
 # then run it with carry [".whl"] (about 47 MB of wheels):
-#   bash bench/device_run.sh      (about 9 minutes on an H200; results land in $OUT)
+#   bash bench/device_run.sh                  all three (results land in $OUT)
+#   bash bench/device_run.sh gpu packing      only these (one device command may run 10 minutes:
+#   bash bench/device_run.sh multi_lora       split the work if all three do not fit)
 # Without torchao our QLoRA rows are skipped, without bitsandbytes peft's. The device machine
 # has torch, transformers and peft but no registry stack: these benchmarks need none of it.
 set -euo pipefail
@@ -17,6 +19,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export ADAPTEROPS_BENCH_RESULTS="${OUT:-bench/results}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
-python3 -m bench.gpu_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/gpu.log"
-python3 -m bench.multi_lora_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/multi_lora.log"
-python3 -m bench.packing_bench 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/packing.log"
+for name in "${@:-gpu packing multi_lora}"; do
+    for bench in $name; do  # "gpu packing" as one word when no arguments were given
+        echo "== $bench ($(date +%T))"
+        python3 -m "bench.${bench}_bench" 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/$bench.log"
+    done
+done
