@@ -22,6 +22,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv
 for name in "${@:-gpu packing multi_lora}"; do
     for bench in $name; do  # "gpu packing" as one word when no arguments were given
         echo "== $bench ($(date +%T))"
-        python3 -m "bench.${bench}_bench" 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/$bench.log"
+        python3 -m "bench.${bench}_bench" 2>&1 | tee "$ADAPTEROPS_BENCH_RESULTS/$bench.log" ||
+            echo "== $bench failed; the others still run"
     done
 done
