@@ -79,7 +79,7 @@ def train(
     batches. Batches move to the model's device. ``on_step(step, loss, learning_rate)`` is called
     after every optimiser step. ``batches`` must yield the same sequence each time it is iterated
     (a DataLoader with a seeded generator does) for a resumed run to equal an uninterrupted one.
-    Under torchrun each step's loss is the mean over the processes.
+    Under DDP or FSDP each step's loss is the mean over the processes.
     ``gradient_checkpointing`` recomputes each transformer block's activations in the backward
     pass instead of keeping them (less memory, ~30% more compute), with the same gradients.
     """
@@ -105,6 +105,9 @@ def train(
         )
     trained = _trained_adapters(model)
     forward = _training_forward(model, trained)
+    # DDP or FSDP: the processes train one model on their shares of each batch (a process
+    # group alone does not say so: separate models per process report their own losses)
+    data_parallel = isinstance(model, DDP) or _has_shards(model)
     model.train()
     inner = _unwrapped(model)
     with _without_kv_cache(inner), _checkpointing(inner, enabled=gradient_checkpointing):
@@ -120,7 +123,8 @@ def train(
                     loss = forward(**batch).loss / gradient_accumulation_steps
                 loss.backward()
                 step_loss += float(loss.detach())
-            step_loss = _mean_over_processes(step_loss, device)
+            if data_parallel:
+                step_loss = _mean_over_processes(step_loss, device)
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             learning_rate_used = float(scheduler.get_last_lr()[0])
             optimizer.step()
@@ -342,7 +346,7 @@ class _Checkpoints:
 
 
 def _mean_over_processes(loss: float, device: torch.device) -> float:
-    """Under torchrun, the mean of every process's loss (each trains its own rows), so the
+    """The mean of every process's loss (each trains its own rows of the batch), so the
     reported, logged and checkpointed losses are the whole batch's on every rank."""
     distributed = torch.distributed
     if not (distributed.is_available() and distributed.is_initialized()):
