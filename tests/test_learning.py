@@ -1,7 +1,7 @@
 """Learning on real data: every method, trained briefly on SST-2 with the real MiniLM, beats the
 majority class on the full validation set by a clear margin.
 
-Same data budget and seed for every method (200 steps x 16 examples); each method at a learning
+Same data budget and seed for every method (150 steps x 16 examples); each method at a learning
 rate that suits it (``flows.quickstart.METHOD_RECIPES``). Results go to
 ``test-artifacts/learning.json``.
 """
@@ -16,7 +16,7 @@ import pytest
 from flows.quickstart import METHOD_RECIPES, minilm_sst2_spec
 from flows.train_job import train_from_spec
 
-STEPS, BATCH = 200, 16
+STEPS, BATCH = 150, 16  # the weakest, BitFit, reaches 0.78 (threshold 0.66); 100 is too few
 MARGIN = 0.15  # over the majority class: a clear margin, far beyond seed noise
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 RESULTS: dict[str, dict[str, float]] = {}
