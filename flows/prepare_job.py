@@ -142,6 +142,7 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
+    _check_attention(spec)
     load_raw(spec)
 
 
@@ -156,6 +157,32 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     if spec.head.num_labels is not None:
         config.num_labels = spec.head.num_labels
     pc.plan(config, spec.method.to_config(), head=spec.head.type)
+
+
+def _check_attention(spec: AdapterSpec) -> None:
+    """The base must run ``load.attention`` here: its architecture supports it and what it needs
+    is installed (flash-attn for flash_attention_2/3, CUDA to train with flex_attention)."""
+    attention = spec.load.attn_implementation()
+    if attention is None:
+        return
+    import torch  # noqa: PLC0415 - torch is heavy
+    from transformers import AutoConfig, AutoModel  # noqa: PLC0415
+
+    if attention == "flex_attention" and not torch.cuda.is_available():
+        raise DataError(
+            "load.attention flex_attention trains on a CUDA GPU only (torch has no backward "
+            "for it on a CPU): use sdpa or eager here"
+        )
+    config = AutoConfig.from_pretrained(str(resolve_base_model(spec.base_model)))
+    try:
+        with torch.device("meta"):  # no weights: transformers checks the kernel at init
+            AutoModel.from_config(config, attn_implementation=attention)
+    except (ImportError, ValueError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")
+        raise DataError(
+            f"load.attention {attention} cannot run on {spec.base_model} here ({reason}); "
+            "leave it out (auto) or choose sdpa or eager"
+        ) from None
 
 
 def _check_members(spec: AdapterSpec, registry: Registry | None) -> None:

@@ -251,6 +251,16 @@ class LoadSpec(_Strict):
     # adapter trains in float32 on top and can be merged only on an unquantised base.
     # int8: weight-only, one scale per output channel (half of bf16's memory, closer to it).
     quantization: Literal["none", "nf4", "int8"] = "none"
+    # The attention kernel transformers runs (auto: its default, sdpa). flash_attention_2/3
+    # (the flash-attn package, CUDA) run packed rows through the variable-length kernel instead
+    # of building a mask; flex_attention has no backward on a CPU in torch, so it trains on CUDA.
+    attention: Literal[
+        "auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
+    ] = "auto"
+
+    def attn_implementation(self) -> str | None:
+        """What to pass transformers as ``attn_implementation`` (None: its own choice)."""
+        return None if self.attention == "auto" else self.attention
 
     def torch_dtype(self) -> Any:
         """The dtype the base model is loaded in here (``auto`` resolved on this machine)."""

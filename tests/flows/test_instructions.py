@@ -7,6 +7,7 @@ tokenizer, given a chat template), saved to a local folder as a user's base mode
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,8 +20,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
 from flows.data import DataError, load_raw, make_loader, prepare
+from flows.prepare_job import check_inputs
 from flows.spec import SpecError, parse_spec
-from flows.train_job import load_tokenizer, train_from_spec
+from flows.train_job import load_base_model, load_tokenizer, train_from_spec
 from tests.helpers import minilm_path, run_cli
 
 TEMPLATE = (
@@ -169,6 +171,34 @@ def test_packing_trains_through_the_flow_and_is_for_causal_lms_only(base, tmp_pa
     }
     with pytest.raises(SpecError, match=r"train\.packing lays causal-lm examples end to end"):
         parse_spec(classifier)
+
+
+def test_the_spec_chooses_the_attention_kernel_and_an_unusable_one_is_refused_first(base, tmp_path):
+    """``load.attention`` reaches transformers (a packed eager run ends where the default sdpa
+    run ends); a kernel this machine or base cannot run is one line from ``check_inputs``."""
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+
+    def with_load(**load) -> object:
+        return parse_spec({**document, "load": {**document["load"], **load},
+                           "train": {**document["train"], "packing": True}})  # fmt: skip
+
+    eager, default = with_load(attention="eager"), with_load()
+    assert load_base_model(eager)[0].config._attn_implementation == "eager"
+    assert load_base_model(default)[0].config._attn_implementation == "sdpa"
+    check_inputs(eager)
+    eager_report = train_from_spec(eager, tmp_path / "eager")
+    default_report = train_from_spec(default, tmp_path / "sdpa")
+    assert eager_report.final_loss == pytest.approx(default_report.final_loss, abs=1e-5)
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(DataError, match=r"load\.attention flash_attention_2 cannot run on .*"
+                           r"FlashAttention2.* choose sdpa or eager"):  # fmt: skip
+            check_inputs(with_load(attention="flash_attention_2"))
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="flex_attention trains on a CUDA GPU only"):
+            check_inputs(with_load(attention="flex_attention"))
+    with pytest.raises(SpecError, match=r"load\.attention.*'sdpa'"):
+        with_load(attention="flash")
 
 
 def test_adapterops_build_trains_a_qlora_on_a_bf16_nf4_llama_with_checkpointing_and_packing(
