@@ -11,6 +11,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "BaseModelMismatchError",
+    "CheckpointMismatchError",
     "ConfigError",
     "NotMergeableError",
     "PeftCoreError",
@@ -51,3 +52,8 @@ class AdapterFormatError(PeftCoreError):
 
 class BaseModelMismatchError(PeftCoreError):
     """The adapter was trained on a different base model than the one it is loaded onto."""
+
+
+class CheckpointMismatchError(PeftCoreError, ValueError):
+    """A resume checkpoint was written by a different run (other trainable parameters, more
+    steps, or another sharding); the run refuses it rather than train from the wrong state."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .errors import ConfigError
+from .errors import CheckpointMismatchError, ConfigError
 from .methods import Method, method_of
 from .state import adapter_layers, adapter_records
 
@@ -319,12 +319,12 @@ class _Checkpoints:
             return TrainResult()
         state = torch.load(self.file, map_location="cpu", weights_only=False)
         if set(state["weights"]) != self.trainable_names() or state["step"] > max_steps:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint {self.file} does not belong to this run (different trainable "
                 f"parameters or more steps than {max_steps}); delete it to start afresh"
             )
         if bool(state.get("sharded", False)) != self.sharded:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint {self.file} was written by a "
                 f"{'sharded (FSDP)' if state.get('sharded') else 'replicated'} run: resume it "
                 "with the same train.sharding, or delete it to start afresh"

@@ -85,8 +85,20 @@ class TestCheckpoints:
         pc.train(model, batches(), max_steps=2, learning_rate=1e-3, checkpoint_dir=tmp_path)
         other = model_with_lora()
         pc.add_adapter(other, "b", pc.BitFit())
-        with pytest.raises(ValueError, match="does not belong to this run"):
+        with pytest.raises(pc.CheckpointMismatchError, match="does not belong to this run"):
             pc.train(other, batches(), max_steps=4, learning_rate=1e-3, checkpoint_dir=tmp_path)
+
+    def test_a_checkpoint_of_a_sharded_run_is_refused_by_a_replicated_one(self, tmp_path: Path):
+        pc.train(model_with_lora(), batches(), max_steps=2, learning_rate=1e-3,
+                 checkpoint_dir=tmp_path)  # fmt: skip
+        (file,) = tmp_path.iterdir()
+        state = torch.load(file, weights_only=False)
+        torch.save({**state, "sharded": True}, file)  # as an FSDP run writes it
+        with pytest.raises(pc.CheckpointMismatchError, match=r"written by a sharded \(FSDP\) "
+                           r"run: resume it with the same train\.sharding"):  # fmt: skip
+            pc.train(model_with_lora(), batches(), max_steps=4, learning_rate=1e-3,
+                     checkpoint_dir=tmp_path)  # fmt: skip
+        assert torch.load(file, weights_only=False)["sharded"] is True  # left as it was
 
     def test_a_finished_checkpoint_is_not_trained_again(self, tmp_path: Path):
         model = model_with_lora()
