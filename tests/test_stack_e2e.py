@@ -125,7 +125,9 @@ def check_everything(home: Path, config: dict[str, str]) -> None:
         assert registry.database.url.startswith("postgresql+psycopg://")
         versions = {v.name: v for v in registry.find()}
         assert set(versions) == set(SPECS)
-        s3 = boto3.client("s3", endpoint_url=config["AWS_ENDPOINT_URL_S3"])
+        # A new session: boto3's default one keeps the first credentials this process resolved
+        # (another test's S3 server, when tests run in another order).
+        s3 = boto3.session.Session().client("s3", endpoint_url=config["AWS_ENDPOINT_URL_S3"])
         mlflow = MlflowClient(config["MLFLOW_TRACKING_URI"], config["MLFLOW_TRACKING_URI"])
         for name, version in versions.items():
             assert version.version == 1 and version.aliases == ("champion",)
