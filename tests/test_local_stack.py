@@ -4,6 +4,7 @@ check (#16.6), the Prefect UI's API address and a missing SeaweedFS (#15)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from infra.stack import PostgresServer, free_port
+from infra.stack import PostgresServer, StackError, free_port
 from infra.stack.local import LocalStack
 from infra.stack.ports import pid_alive, start_time
 
@@ -42,6 +43,24 @@ def test_a_trust_cluster_from_older_code_gets_the_password(service_dir: Path):
             assert connection.execute(sa.text("SELECT 1")).scalar() == 1
     finally:
         server.stop()
+
+
+def test_a_data_folder_the_postgres_user_cannot_enter_is_named_before_initdb(
+    service_dir: Path,
+):
+    """As root the cluster belongs to the postgres user; a home it cannot enter (``mktemp -d``
+    makes 0700 folders) is one clear line naming that folder, and nothing is initialised."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the cluster to another user; as anyone else it is theirs")
+    locked = service_dir / "locked"
+    locked.mkdir(mode=0o700)
+    server = PostgresServer(locked / "stack" / "postgres", free_port())
+    with pytest.raises(StackError, match=rf"cannot enter {locked}: let it \(chmod o\+x {locked}"):
+        server.start()
+    assert not server.initialised
+    locked.chmod(0o755)
+    server.init()  # the same folder, once the postgres user can enter it
+    assert server.initialised
 
 
 def test_stack_down_leaves_an_unrelated_process_with_a_stale_pid_alone(tmp_path: Path):

@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .errors import StackError
+
 __all__ = ["PostgresServer"]
 
 
@@ -56,6 +58,7 @@ class PostgresServer:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._hand_over(self.data_dir)
+        self._check_reachable()
         with tempfile.TemporaryDirectory() as scratch:  # initdb reads the password from a file
             password_file = Path(scratch) / "pw"
             password_file.write_text(self.password + "\n")
@@ -139,6 +142,22 @@ class PostgresServer:
                 f"{tool} failed ({result.returncode}): {result.stderr.strip() or result.stdout}"
             )
         return result
+
+    def _check_reachable(self) -> None:
+        """As root, the ``postgres`` user must be able to enter every folder above the data
+        (a home made by ``mktemp -d`` is 0700): say which one, before initdb fails on it."""
+        if os.geteuid() != 0:
+            return
+        for folder in [*reversed(self.data_dir.parents), self.data_dir]:
+            entered = subprocess.run(
+                ["runuser", "-u", "postgres", "--", "test", "-x", str(folder)], check=False
+            )
+            if entered.returncode != 0:
+                raise StackError(
+                    f"PostgreSQL runs as the postgres user here (we are root), and it cannot "
+                    f"enter {folder}: let it (chmod o+x {folder}) or choose another "
+                    "ADAPTEROPS_HOME"
+                )
 
     def _hand_over(self, path: Path) -> None:
         """As root, the ``postgres`` user must own its files."""
