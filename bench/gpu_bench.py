@@ -170,6 +170,50 @@ def run(library: str, checkpointing: bool, shape: Shape, device: torch.device) -
     return result
 
 
+def run_or_record(
+    library: str, checkpointing: bool, shape: Shape, device: torch.device
+) -> dict[str, Any]:
+    """:func:`run`, or a row naming its error: one configuration that fails on a device (a
+    missing kernel, out of memory) must not cost the others their numbers."""
+    try:
+        return run(library, checkpointing, shape, device)
+    except Exception as exc:
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        print(f"{library} checkpointing={checkpointing} failed: {error}", flush=True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"library": library, "checkpointing": checkpointing, "error": error}
+
+
+def ratios_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Ours over peft (time, memory), QLoRA over bf16 LoRA and our QLoRA over peft's, with
+    and without checkpointing: only between rows that were measured."""
+    measured = {(r["library"], r["checkpointing"]): r for r in rows if "error" not in r}
+
+    def over(numerator: str, denominator: str, checkpointing: bool, field: str) -> float | None:
+        top = measured.get((numerator, checkpointing), {}).get(field)
+        bottom = measured.get((denominator, checkpointing), {}).get(field)
+        return top / bottom if top and bottom else None
+
+    names = {
+        "ours_over_peft": ("ours", "peft"),
+        "nf4_over_bf16": ("ours-nf4", "ours"),  # QLoRA against bf16 LoRA, both ours
+        "nf4_ours_over_peft": ("ours-nf4", "peft-nf4"),  # torchao's NF4 against bitsandbytes'
+    }
+    ratios = {}
+    for checkpointing in (False, True):
+        pairs = {
+            f"{measure}_{name}": over(*libraries, checkpointing, field)
+            for name, libraries in names.items()
+            for measure, field in (("time", "step_seconds"), ("memory", "peak_memory_gib"))
+        }
+        ratios["checkpointing" if checkpointing else "plain"] = {
+            key: value for key, value in pairs.items() if value is not None
+        }
+    return ratios
+
+
 def mfu(row: dict[str, Any], device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -184,64 +228,35 @@ def main() -> None:
     device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~1.1B")
     cuda = device.type == "cuda"
     shape = QUICK if quick else FULL
-    rows = []
+    rows: list[dict[str, Any]] = []
     libraries = ("peft", "ours", "ours-nf4") if nf4_available() else ("peft", "ours")
     if bitsandbytes_available():
         libraries += ("peft-nf4",)
-    for checkpointing in (False, True):
-        for library in libraries:
-            row = run(library, checkpointing, shape, device)
-            row["mfu"] = mfu(row, device)
-            rows.append(row)
-            memory = f"{row['peak_memory_gib']:.2f} GiB" if row["peak_memory_gib"] else "-"
-            print(
-                f"{library:5} checkpointing={checkpointing!s:5} "
-                f"{row['tokens_per_second']:10.0f} tokens/s  peak {memory}",
-                flush=True,
-            )
-    ratios = {}
-    for checkpointing in (False, True):
-        ours, theirs = (
-            next(r for r in rows if r["library"] == lib and r["checkpointing"] == checkpointing)
-            for lib in ("ours", "peft")
-        )
-        key = "checkpointing" if checkpointing else "plain"
-        ratios[key] = {
-            "time_ours_over_peft": ours["step_seconds"] / theirs["step_seconds"],
-            "memory_ours_over_peft": (
-                ours["peak_memory_gib"] / theirs["peak_memory_gib"]
-                if ours["peak_memory_gib"]
-                else None
-            ),
-        }
-        nf4 = next(
-            (r for r in rows if r["library"] == "ours-nf4" and r["checkpointing"] == checkpointing),
-            None,
-        )
-        if nf4 is not None:  # QLoRA against bf16 LoRA, both ours
-            ratios[key]["time_nf4_over_bf16"] = nf4["step_seconds"] / ours["step_seconds"]
-            ratios[key]["memory_nf4_over_bf16"] = (
-                nf4["peak_memory_gib"] / ours["peak_memory_gib"]
-                if ours["peak_memory_gib"]
-                else None
-            )
-        bnb = next(
-            (r for r in rows if r["library"] == "peft-nf4" and r["checkpointing"] == checkpointing),
-            None,
-        )
-        if nf4 is not None and bnb is not None:  # our QLoRA (torchao) against peft's (bnb)
-            ratios[key]["time_nf4_ours_over_peft"] = nf4["step_seconds"] / bnb["step_seconds"]
-            ratios[key]["memory_nf4_ours_over_peft"] = (
-                nf4["peak_memory_gib"] / bnb["peak_memory_gib"] if bnb["peak_memory_gib"] else None
-            )
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     name = "gpu_smoke" if quick else "gpu"
-    path = write_result(
-        name,
-        {"device": device_name, "quick": quick, "shape": asdict(shape), "rows": rows,
-         "ratios": ratios},
-    )  # fmt: skip
-    print(f"ratios ours/peft: {ratios}\nwrote {path}")
+
+    def save(complete: bool) -> Any:  # after every row: a run cut short keeps what it measured
+        return write_result(
+            name,
+            {"device": device_name, "quick": quick, "shape": asdict(shape), "rows": rows,
+             "ratios": ratios_of(rows), "complete": complete},
+        )  # fmt: skip
+
+    for checkpointing in (False, True):
+        for library in libraries:
+            row = run_or_record(library, checkpointing, shape, device)
+            if "error" not in row:
+                row["mfu"] = mfu(row, device)
+                memory = f"{row['peak_memory_gib']:.2f} GiB" if row["peak_memory_gib"] else "-"
+                print(
+                    f"{library:8} checkpointing={checkpointing!s:5} "
+                    f"{row['tokens_per_second']:10.0f} tokens/s  peak {memory}",
+                    flush=True,
+                )
+            rows.append(row)
+            save(complete=False)
+    path = save(complete=True)
+    print(f"ratios: {ratios_of(rows)}\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -107,9 +108,11 @@ def routed(
         return call(**inputs)
 
 
-def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str) -> list[dict]:
+def measure(
+    shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
+) -> Iterator[dict[str, Any]]:
+    """One row per count of distinct adapters, as each is measured."""
     base = build(shape, device, dtype)
-    results = []
     for count in shape.counts:
         rows_n = max(shape.rows, count)
         ours, theirs, names = with_adapters(base, count, targets)
@@ -191,9 +194,8 @@ def measure(shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
             f"{row['decode_one_adapter_tokens_per_s']:.0f}",
             flush=True,
         )
-        results.append(row)
         del ours, theirs, single
-    return results
+        yield row
 
 
 def synced(function: Any, device: torch.device) -> Any:
@@ -213,16 +215,21 @@ def main() -> None:
     cuda = device.type == "cuda"
     shape = QUICK if quick else (FULL if cuda else CPU)
     dtype = torch.bfloat16 if cuda else torch.float32
-    rows = []
-    for targets in TARGETS:
-        rows += measure(shape, device, dtype, targets)
     name = "multi_lora_smoke" if quick else ("multi_lora" if cuda else "multi_lora_cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    path = write_result(
-        name, {"device": device_name, "quick": quick, "dtype": str(dtype), "shape": asdict(shape),
-               "rows": rows},
-    )  # fmt: skip
-    print(f"wrote {path}")
+    rows: list[dict[str, Any]] = []
+
+    def save(complete: bool) -> Any:  # after every row: a run cut short keeps what it measured
+        return write_result(
+            name, {"device": device_name, "quick": quick, "dtype": str(dtype),
+                   "shape": asdict(shape), "rows": rows, "complete": complete},
+        )  # fmt: skip
+
+    for targets in TARGETS:
+        for row in measure(shape, device, dtype, targets):
+            rows.append(row)
+            save(complete=False)
+    print(f"wrote {save(complete=True)}")
 
 
 if __name__ == "__main__":

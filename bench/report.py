@@ -403,7 +403,8 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
             f"{shape['layers']}-layer, {shape['hidden']}-wide Llama-shaped model, LoRA r=16, "
             f"{shape['prompt']}-token prompts, {shape['new_tokens']} new tokens with the KV "
             "cache; each cost over one adapter for every row, timed interleaved; "
-            "`python -m bench.multi_lora_bench`):",
+            "`python -m bench.multi_lora_bench`):"
+            + ("" if data.get("complete", True) else " Cut short: the rows measured in time."),
             table(
                 [
                     "targets",
@@ -449,6 +450,81 @@ def packing_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+GPU_LIBRARIES = {
+    "peft": "peft", "ours": "ours", "ours-nf4": "ours, NF4 base (torchao)",
+    "peft-nf4": "peft, NF4 base (bitsandbytes)",
+}  # fmt: skip
+
+
+def gpu_section(data: dict[str, Any], plots: Path) -> str:
+    """LoRA fine-tuning of a ~1B Llama-shaped model on a GPU (``bench.gpu_bench``): each
+    configuration's speed and memory, then the ratios that decide (ours over peft)."""
+    del plots
+    shape, rows = data["shape"], data["rows"]
+    parameters = next((r["parameters"] for r in rows if "parameters" in r), None)
+    table_rows = []
+    for r in rows:
+        cells = [
+            GPU_LIBRARIES.get(r["library"], r["library"]),
+            "yes" if r["checkpointing"] else "no",
+        ]
+        if "error" in r:
+            table_rows.append([*cells, f"failed: {r['error']}", "", "", ""])
+            continue
+        memory = r.get("peak_memory_gib")
+        table_rows.append(
+            [
+                *cells,
+                f"{r['step_seconds'] * 1000:.0f} ms",
+                f"{r['tokens_per_second']:,.0f}",
+                f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-",
+                f"{memory:.1f} GiB" if memory else "-",
+            ]
+        )
+    labels = {
+        "ours_over_peft": "ours / peft",
+        "nf4_over_bf16": "our QLoRA / our bf16 LoRA",
+        "nf4_ours_over_peft": "our QLoRA / peft's QLoRA",
+    }
+    ratio_rows = [
+        [
+            label,
+            "with checkpointing" if mode == "checkpointing" else "plain",
+            *(
+                f"{value:.2f}x" if (value := data["ratios"][mode].get(f"{what}_{key}")) else "-"
+                for what in ("time", "memory")
+            ),
+        ]
+        for key, label in labels.items()
+        for mode in ("plain", "checkpointing")
+        if any(f"_{key}" in name for name in data["ratios"][mode])
+    ]
+    measured = sum("error" not in r for r in rows)
+    cut_short = "" if data.get("complete", True) else f" Cut short after {len(rows)} rows."
+    size_text = (
+        "a"
+        if not parameters
+        else f"a {parameters / 1e9:.2f}B-parameter"
+        if parameters >= 1e9
+        else f"a {parameters / 1e6:.1f}M-parameter"
+    )
+    return "\n\n".join(
+        [
+            f"**LoRA fine-tuning on {data['device']}** ({size_text} Llama-shaped model, "
+            f"{shape['layers']} layers, {shape['hidden']} wide, random weights, bf16 base; "
+            f"float32 LoRA r=16 on every linear layer; batch {shape['batch']} x {shape['seq']} "
+            f"tokens, AdamW, median of {shape['steps']} steps after the first; MFU = 6 x "
+            f"parameters x tokens/s over the bf16 peak; {measured} of {len(rows)} configurations "
+            f"measured; `python -m bench.gpu_bench`):{cut_short}",
+            table(
+                ["library", "checkpointing", "step", "tokens/s", "MFU", "peak memory"], table_rows
+            ),
+            table(["ratio", "training", "time", "peak memory"], ratio_rows),
+            measured_on(data),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quality", quality_section),
     ("training_cost", training_cost_section),
@@ -457,10 +533,16 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("madx", madx_section),
     ("registry", registry_section),
     ("startup", startup_section),
+    ("gpu", gpu_section),
     ("packing", packing_section),
+    ("packing_cuda", packing_section),
     ("multi_lora_cpu", multi_lora_section),
     ("multi_lora", multi_lora_section),
 ]
+
+
+# Results only a CUDA GPU produces (the same benchmarks write other files on a CPU).
+NEEDS_CUDA = ("gpu", "packing_cuda", "multi_lora")
 
 
 def render(results: Path = RESULTS) -> str:
@@ -472,8 +554,13 @@ def render(results: Path = RESULTS) -> str:
             missing.append(name)
             continue
         parts.append(section(data, results))
-    if missing:
-        parts.append(f"_Not run yet: {', '.join(missing)} (`make bench`)._")
+    here = [name for name in missing if name not in NEEDS_CUDA]
+    if here:
+        parts.append(f"_Not run yet: {', '.join(here)} (`make bench`)._")
+    if gpu := [name for name in missing if name in NEEDS_CUDA]:
+        parts.append(
+            f"_Not run yet on a CUDA GPU: {', '.join(gpu)} (`bash bench/device_run.sh` there)._"
+        )
     return "\n\n".join(parts)
 
 

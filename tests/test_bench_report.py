@@ -84,7 +84,11 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     text = report.render(results)
     assert (results / "quality.png").stat().st_size > 1000
     assert (results / "composition.png").stat().st_size > 1000
-    assert "_Not run yet: training_cost, madx, multi_lora (`make bench`)._" in text
+    assert "_Not run yet: training_cost, madx (`make bench`)._" in text
+    assert (
+        "_Not run yet on a CUDA GPU: gpu, packing_cuda, multi_lora (`bash bench/device_run.sh` "
+        "there)._"
+    ) in text
 
 
 def test_the_readme_section_is_replaced_between_its_markers(results: Path, tmp_path: Path):
@@ -104,3 +108,34 @@ def test_the_committed_readme_matches_the_committed_results(tmp_path: Path):
     readme.write_text((ROOT / "README.md").read_text())
     report.update_readme(readme, copy)
     assert readme.read_text() == (ROOT / "README.md").read_text()
+
+
+def gpu_result() -> dict:
+    def row(library: str, step: float, memory: float, **extra) -> dict:
+        return {"library": library, "checkpointing": False, "step_seconds": step,
+                "tokens_per_second": 8192 / step, "peak_memory_gib": memory, "mfu": 0.25,
+                "parameters": 1_100_048_384, **extra}  # fmt: skip
+
+    return {
+        "machine": MACHINE, "device": "NVIDIA H200", "quick": False, "complete": True,
+        "shape": {"hidden": 2048, "layers": 16, "batch": 8, "seq": 1024, "steps": 12},
+        "rows": [
+            row("peft", 0.5, 40.0), row("ours", 0.45, 36.0), row("ours-nf4", 0.6, 20.0),
+            {"library": "peft-nf4", "checkpointing": False, "error": "OutOfMemoryError: x"},
+        ],
+        "ratios": {"plain": {"time_ours_over_peft": 0.9, "memory_ours_over_peft": 0.9,
+                             "time_nf4_over_bf16": 4 / 3, "memory_nf4_over_bf16": 20 / 36},
+                   "checkpointing": {}},
+    }  # fmt: skip
+
+
+def test_the_gpu_section_shows_each_configuration_its_failures_and_the_ratios(tmp_path: Path):
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu_result()))
+    text = report.render(tmp_path)
+    assert "**LoRA fine-tuning on NVIDIA H200** (a 1.10B-parameter Llama-shaped model" in text
+    assert "3 of 4 configurations measured" in text and "Cut short" not in text
+    assert "| ours | no | 450 ms | 18,204 | 25.0% | 36.0 GiB |" in text
+    assert "| peft, NF4 base (bitsandbytes) | no | failed: OutOfMemoryError: x |  |  |  |" in text
+    assert "| ours / peft | plain | 0.90x | 0.90x |" in text
+    assert "| our QLoRA / our bf16 LoRA | plain | 1.33x | 0.56x |" in text
+    assert "our QLoRA / peft's QLoRA" not in text and "with checkpointing" not in text

@@ -30,3 +30,28 @@ def test_the_quick_run_compares_ours_with_peft(tmp_path):
         key = "checkpointing" if checkpointing else "plain"
         ratio = data["ratios"][key]["time_ours_over_peft"]
         assert ratio == pytest.approx(ours["step_seconds"] / peft["step_seconds"])
+    assert data["complete"] is True
+
+
+def test_a_failing_configuration_is_a_row_with_its_error_and_the_others_keep_their_ratios():
+    """On a lent GPU one configuration may fail (a kernel missing, out of memory): the run
+    records why and goes on, and ratios come only from rows that were measured."""
+    import torch
+
+    from bench import gpu_bench
+
+    failed = gpu_bench.run_or_record("no-such-library", True, gpu_bench.QUICK, torch.device("cpu"))
+    assert failed == {
+        "library": "no-such-library", "checkpointing": True, "error": "KeyError: 'no-such-library'"
+    }  # fmt: skip
+    rows = [
+        {"library": "ours", "checkpointing": False, "step_seconds": 2.0, "peak_memory_gib": 3.0},
+        {"library": "peft", "checkpointing": False, "step_seconds": 4.0, "peak_memory_gib": 4.0},
+        {"library": "ours-nf4", "checkpointing": False, "error": "OutOfMemoryError: ..."},
+        {"library": "ours", "checkpointing": True, "step_seconds": 3.0, "peak_memory_gib": None},
+        {**failed, "library": "peft"},
+    ]
+    assert gpu_bench.ratios_of(rows) == {
+        "plain": {"time_ours_over_peft": 0.5, "memory_ours_over_peft": 0.75},
+        "checkpointing": {},
+    }

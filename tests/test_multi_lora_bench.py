@@ -12,7 +12,7 @@ from tests.helpers import run_quick_bench
 def test_the_quick_run_measures_prefill_and_decode_for_every_mix(tmp_path):
     run_quick_bench("multi_lora_bench", tmp_path)
     data = json.loads((tmp_path / "multi_lora_smoke.json").read_text())
-    assert (data["device"], data["quick"]) == ("cpu", True)
+    assert (data["device"], data["quick"], data["complete"]) == ("cpu", True, True)
     mixes = [(r["targets"], r["distinct_adapters"], r["rows"]) for r in data["rows"]]
     assert mixes == [(t, k, 4) for t in ("q,v", "all linear") for k in (1, 4)]
     for row in data["rows"]:
