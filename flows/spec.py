@@ -403,6 +403,7 @@ class PlanSpec(_Strict):
     base_model: str
     head: HeadSpec
     method: MethodSpec
+    load: LoadSpec = LoadSpec()
 
 
 def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> AdapterSpec:

@@ -23,6 +23,7 @@ from .config import MethodConfig
 from .heads import HeadKind
 from .inject import add_adapter
 from .io import adapter_state_dict
+from .quantize import Quantization, stored_bytes
 
 __all__ = ["Plan", "build_on_meta", "measure", "plan"]
 
@@ -36,22 +37,34 @@ _AUTO_CLASSES: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """Parameter counts and file size of one adapter on one base model."""
+    """Parameter counts, file size and training memory of one adapter on one base model.
+
+    ``base_bytes``: the frozen weights in memory (in the base's dtype, or quantised).
+    ``training_bytes``: the trainable weights with their gradients and AdamW's two moments,
+    each in the weight's dtype (float32 for adapters), as ``torch.optim.AdamW`` keeps them.
+    Activations are not included: they grow with batch x sequence length.
+    """
 
     trainable_params: int
     total_params: int
     trainable_fraction: float
     adapter_bytes: int
+    base_bytes: int = 0
+    training_bytes: int = 0
 
     def to_dict(self) -> dict[str, int | float]:
         """JSON-ready form (the keys of ``adapterops plan --json``)."""
         return asdict(self)
 
 
-def build_on_meta(config: PretrainedConfig, head: HeadKind = "none") -> nn.Module:
-    """A transformers model of ``config`` with ``head``, on the meta device (no memory used)."""
+def build_on_meta(
+    config: PretrainedConfig, head: HeadKind = "none", *, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A transformers model of ``config`` with ``head``, on the meta device (no memory used),
+    its weights in ``dtype`` (default: float32)."""
+    options = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"):
-        model: nn.Module = _AUTO_CLASSES[head].from_config(config)
+        model: nn.Module = _AUTO_CLASSES[head].from_config(config, **options)
     return model
 
 
@@ -60,28 +73,44 @@ def plan(
     config: MethodConfig,
     *,
     head: HeadKind | None = None,
+    dtype: torch.dtype | None = None,
+    quantization: Quantization = "none",
 ) -> Plan:
-    """Trainable and total parameters, the trainable fraction and the adapter's bytes on disk.
+    """Trainable and total parameters, the trainable fraction, the adapter's bytes on disk and
+    the memory its training holds besides activations, for a base loaded in ``dtype`` (default
+    float32) and stored with ``quantization``.
 
     Given a model, its class and configuration are rebuilt on the meta device, so the model itself
     is never modified. ``head`` picks the task head when a bare configuration is given.
     """
     if isinstance(model_or_config, PretrainedConfig):
-        model = build_on_meta(model_or_config, head or "none")
+        model = build_on_meta(model_or_config, head or "none", dtype=dtype)
     else:
         with torch.device("meta"):
             model = type(model_or_config)(model_or_config.config)
+        if dtype is not None:
+            model.to(dtype)
     add_adapter(model, "plan", config)
-    return measure(model, "plan")
+    return measure(model, "plan", quantization=quantization)
 
 
-def measure(model: nn.Module, name: str) -> Plan:
-    """The costs of adapter ``name`` as it is in ``model`` (trainable now, total, file bytes).
+def measure(model: nn.Module, name: str, *, quantization: Quantization = "none") -> Plan:
+    """The costs of adapter ``name`` as it is in ``model`` (trainable now, total, file bytes,
+    the frozen weights as ``quantization`` stores them, the training state).
 
     Unlike :func:`plan` this needs what the adapter needs in the model, e.g. a Fusion's members.
     """
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     saved = adapter_state_dict(model, name)
     size = sum(t.numel() * t.element_size() for t in saved.values())
-    return Plan(trainable, total, trainable / total if total else 0.0, size)
+    count = sum(p.numel() for p in trainable)
+    return Plan(
+        count,
+        total,
+        count / total if total else 0.0,
+        size,
+        base_bytes=stored_bytes(model, quantization),
+        # weight, gradient and AdamW's exp_avg and exp_avg_sq, each like the weight
+        training_bytes=sum(4 * p.numel() * p.element_size() for p in trainable),
+    )

@@ -37,6 +37,7 @@ __all__ = [
     "quantization_available",
     "quantize_base",
     "quantized_layers",
+    "stored_bytes",
 ]
 
 Quantization = Literal["none", "nf4", "int8"]
@@ -117,3 +118,32 @@ def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
             f"must be multiples of {BLOCK * SCALER_BLOCK})"
         )
     return count
+
+
+def stored_bytes(model: nn.Module, quantization: Quantization = "none") -> int:
+    """Bytes the model's frozen parameters take once ``quantize_base(model, quantization)`` has
+    stored them (from shapes and dtypes only, so a model on the meta device answers too)."""
+    prefix = body_prefix(model)
+    body = getattr(model, prefix) if prefix else model
+    body_linears = {id(m.weight) for m in body.modules() if isinstance(m, nn.Linear)}
+    total = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            continue
+        if quantization != "none" and id(parameter) in body_linears:
+            total += _quantized_bytes(parameter, quantization)
+        else:
+            total += parameter.numel() * parameter.element_size()
+    return total
+
+
+def _quantized_bytes(weight: torch.Tensor, quantization: Quantization) -> int:
+    """What torchao stores for one Linear weight (its tensors' sizes, checked by the tests)."""
+    count, size = weight.numel(), weight.element_size()
+    if quantization == "int8":  # int8 values, a float32 scale and an int8 zero point per row
+        return count + weight.shape[0] * (4 + 1)
+    if count % (BLOCK * SCALER_BLOCK):
+        return count * size  # quantize_base leaves it as it is
+    # 4-bit codes, an int8 scale per block of 64 values, one scale (weight dtype) per 256 of
+    # those, their mean and the 16-entry code book
+    return count // 2 + count // BLOCK + count // (BLOCK * SCALER_BLOCK) * size + 17 * size

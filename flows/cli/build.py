@@ -64,15 +64,28 @@ def plan(
         emit_json(result.to_dict())
         return
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}")
-    for column in ("trainable params", "total params", "trainable", "adapter size"):
+    stored = str(spec.load.torch_dtype()).removeprefix("torch.")
+    if spec.load.quantization != "none":
+        stored += f", {spec.load.quantization}"
+    columns = ("trainable params", "total params", "trainable", "adapter size",
+               f"base in memory ({stored})", "training state")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     table.add_row(
         f"{result.trainable_params:,}",
         f"{result.total_params:,}",
         f"{100 * result.trainable_fraction:.3f}%",
         human_bytes(result.adapter_bytes),
+        human_bytes(result.base_bytes),
+        human_bytes(result.training_bytes),
     )
     console.print(table)
+    console.print(
+        "training state: trainable weights, their gradients and AdamW's two moments; "
+        "activations come on top (batch x max_length; gradient checkpointing keeps less)",
+        style="dim",
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -123,15 +136,19 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
     config = AutoConfig.from_pretrained(path, **options)
+    dtype, quantization = spec.load.torch_dtype(), spec.load.quantization
     if spec.method.type != "fusion":
-        return pc.plan(config, spec.method.to_config(), head=spec.head.type)
+        return pc.plan(
+            config, spec.method.to_config(), head=spec.head.type, dtype=dtype,
+            quantization=quantization,
+        )  # fmt: skip
     # A fusion is costed over its members as registered: their configs come from the specs
     # they were built from (registry metadata only; no weights are read).
     from registry import Registry  # noqa: PLC0415
 
     from ..spec import member_name, spec_of_version  # noqa: PLC0415
 
-    model = pc.build_on_meta(config, spec.head.type)
+    model = pc.build_on_meta(config, spec.head.type, dtype=dtype)
     registry = Registry()
     for ref in spec.method.members:
         member = spec_of_version(registry.get(ref), "planning a fusion over it")
@@ -139,7 +156,7 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
         for param in model.parameters():
             param.requires_grad_(False)  # members are frozen under a fusion
     pc.add_adapter(model, spec.name, spec.method.to_config())
-    return pc.measure(model, spec.name)
+    return pc.measure(model, spec.name, quantization=quantization)
 
 
 @app.command()

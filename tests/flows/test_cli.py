@@ -28,9 +28,25 @@ class TestPlan:
             "total_params",
             "trainable_fraction",
             "adapter_bytes",
+            "base_bytes",
+            "training_bytes",
         }
         assert data["trainable_params"] == 74_498
         assert data["adapter_bytes"] == 4 * 74_498
+        assert data["training_bytes"] == 16 * 74_498  # float32 weight, gradient, two moments
+        frozen = data["total_params"] - data["trainable_params"]
+        assert data["base_bytes"] == 4 * frozen  # load.dtype auto: float32 on this CPU
+        nf4 = adapterops(
+            "plan", str(EXAMPLE), "--json", "--set", "load.dtype=bf16",
+            "--set", "load.quantization=nf4",
+        )  # fmt: skip
+        assert nf4.returncode == 0, nf4.stderr
+        # MiniLM in bf16 with its Linear weights in NF4 (~0.52 bytes each): a third of float32's
+        assert (
+            0.3 * data["base_bytes"]
+            < json.loads(nf4.stdout)["base_bytes"]
+            < 0.4 * data["base_bytes"]
+        )
 
     def test_table_output(self):
         result = adapterops("plan", str(EXAMPLE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers as T
 
 import peft_core as pc
@@ -72,3 +73,59 @@ def test_gpt3_175b_lora_matches_the_paper():
     assert result.trainable_params == 96 * 2 * (12288 + 12288)  # 4,718,592
     assert 174e9 < result.total_params < 176e9
     assert result.adapter_bytes == 4 * result.trainable_params
+
+
+def held_bytes(tensor: torch.Tensor) -> int:
+    """The bytes a tensor really holds, through torchao's quantised tensor subclasses."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(held_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
+def test_the_memory_plan_is_what_the_model_and_adamw_hold(quantization):
+    """``base_bytes`` equals the frozen weights as quantize_base stores them; ``training_bytes``
+    equals the trainable weights, their gradients and AdamW's moments after a step."""
+    config = T.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=32, vocab_size=101,
+    )  # fmt: skip  # every body weight a whole number of NF4 blocks
+    lora = pc.LoRA(rank=8, targets=("q", "k", "v", "o", "ffn_in", "ffn_out"))
+    planned = pc.plan(
+        config, lora, head="causal-lm", dtype=torch.bfloat16, quantization=quantization
+    )
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(config).to(torch.bfloat16)
+    pc.quantize_base(model, quantization)
+    pc.add_adapter(model, "l", lora)
+    assert planned.base_bytes == sum(
+        held_bytes(p) for p in model.parameters() if not p.requires_grad
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable)
+    ids = torch.randint(3, 100, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    moments = [v for p in trainable for k, v in optimizer.state[p].items() if k != "step"]
+    held = sum(held_bytes(p) + held_bytes(p.grad) for p in trainable)
+    assert planned.training_bytes == held + sum(held_bytes(m) for m in moments)
+    assert len(moments) == 2 * len(trainable) == 2 * 28
+
+
+def test_a_7b_base_in_bf16_and_in_nf4():
+    """Llama-2-7B's shapes (LlamaConfig's defaults): 6,738,415,616 weights, 2 bytes each in bf16;
+    NF4 keeps the embeddings, norms and LM head in bf16 and the rest in ~0.52 bytes a weight."""
+    config = T.LlamaConfig()
+    lora = pc.LoRA(rank=16, targets=("q", "k", "v", "o", "ffn_in", "ffn_out"))
+    bf16 = pc.plan(config, lora, head="causal-lm", dtype=torch.bfloat16)
+    nf4 = pc.plan(config, lora, head="causal-lm", dtype=torch.bfloat16, quantization="nf4")
+    assert bf16.total_params - bf16.trainable_params == 6_738_415_616
+    assert bf16.base_bytes == 2 * 6_738_415_616
+    linear = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    others = 6_738_415_616 - linear  # embeddings, LM head, norms
+    assert nf4.base_bytes == 2 * others + linear // 2 + linear // 64 + 2 * (linear // 16384) + (
+        32 * 7 * 17 * 2
+    )
+    assert 3.8e9 < nf4.base_bytes < 3.9e9
+    assert bf16.training_bytes == nf4.training_bytes == 16 * bf16.trainable_params
