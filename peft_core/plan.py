@@ -23,6 +23,7 @@ from .config import MethodConfig
 from .heads import HeadKind
 from .inject import add_adapter
 from .io import adapter_state_dict
+from .layer import base_compute_dtype
 from .quantize import Quantization, stored_bytes
 
 __all__ = ["Plan", "build_on_meta", "measure", "plan"]
@@ -95,15 +96,17 @@ def plan(
 
 
 def measure(model: nn.Module, name: str, *, quantization: Quantization = "none") -> Plan:
-    """The costs of adapter ``name`` as it is in ``model`` (trainable now, total, file bytes,
-    the frozen weights as ``quantization`` stores them, the training state).
+    """The costs of adapter ``name`` as it is in ``model``: trainable now, total, its bytes in
+    the file ``save_adapter`` writes by default (in the base's compute dtype), the frozen
+    weights as ``quantization`` stores them, and the training state.
 
     Unlike :func:`plan` this needs what the adapter needs in the model, e.g. a Fusion's members.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
-    saved = adapter_state_dict(model, name)
-    size = sum(t.numel() * t.element_size() for t in saved.values())
+    in_file = base_compute_dtype(model).itemsize  # save_adapter's default for floating tensors
+    saved = adapter_state_dict(model, name).values()
+    size = sum(t.numel() * (in_file if t.is_floating_point() else t.element_size()) for t in saved)
     count = sum(p.numel() for p in trainable)
     return Plan(
         count,

@@ -62,10 +62,29 @@ class TestValidSpecs:
         assert parse_spec(with_(method=method)).method.to_config() == expected
 
     def test_every_example_file_is_valid(self):
-        files = sorted(EXAMPLES.glob("*.yaml"))
-        assert files
+        files = sorted(EXAMPLES.rglob("*.yaml"))
+        assert EXAMPLES / "llm" / "llama-3.2-1b-chat-qlora.yaml" in files and len(files) > 10
         for file in files:
             load_spec(file)
+
+    def test_the_llm_example_plans_its_memory_on_llama_3_2_1b(self, tmp_path):
+        """The QLoRA example on Llama-3.2-1B's shapes (config.json only, as ``plan`` needs):
+        the README's figures."""
+        from transformers import LlamaConfig
+
+        from flows.cli.build import plan_spec
+
+        LlamaConfig(
+            hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+        ).save_pretrained(tmp_path)  # fmt: skip
+        spec = load_spec(EXAMPLES / "llm" / "llama-3.2-1b-chat-qlora.yaml")
+        costs = plan_spec(spec.model_copy(update={"base_model": str(tmp_path)}))
+        assert costs.total_params - costs.trainable_params == 1_235_814_400
+        assert costs.trainable_params == 11_272_192  # r=16 on the 7 linear layers of 16 blocks
+        assert round(costs.base_bytes / 2**30, 2) == 0.96  # NF4 body, bf16 embeddings (tied)
+        assert costs.training_bytes == 16 * costs.trainable_params  # 172 MiB
+        assert costs.adapter_bytes == 2 * costs.trainable_params  # written in bf16: 21.5 MiB
 
     def test_data_paths_are_relative_to_the_spec_file(self, tmp_path):
         (tmp_path / "spec.yaml").write_text(yaml.safe_dump(VALID))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
 import torch
 import transformers as T
 
@@ -84,9 +85,10 @@ def held_bytes(tensor: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4", "int8"])
-def test_the_memory_plan_is_what_the_model_and_adamw_hold(quantization):
+def test_the_memory_plan_is_what_the_model_and_adamw_hold(quantization, tmp_path):
     """``base_bytes`` equals the frozen weights as quantize_base stores them; ``training_bytes``
-    equals the trainable weights, their gradients and AdamW's moments after a step."""
+    equals the trainable weights, their gradients and AdamW's moments after a step;
+    ``adapter_bytes`` the tensors of the file save_adapter writes (bf16, the base's dtype)."""
     config = T.LlamaConfig(
         hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, head_dim=32, vocab_size=101,
@@ -111,6 +113,10 @@ def test_the_memory_plan_is_what_the_model_and_adamw_hold(quantization):
     held = sum(held_bytes(p) + held_bytes(p.grad) for p in trainable)
     assert planned.training_bytes == held + sum(held_bytes(m) for m in moments)
     assert len(moments) == 2 * len(trainable) == 2 * 28
+    pc.save_adapter(model, "l", tmp_path)
+    in_file = safetensors.torch.load_file(tmp_path / "adapter.safetensors")
+    assert {t.dtype for t in in_file.values()} == {torch.bfloat16}
+    assert planned.adapter_bytes == sum(held_bytes(t) for t in in_file.values())
 
 
 def test_a_7b_base_in_bf16_and_in_nf4():
