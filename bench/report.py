@@ -525,6 +525,40 @@ def gpu_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def llm_train_section(data: dict[str, Any], plots: Path) -> str:
+    """``adapterops train`` on a 1B-class base (``bench.llm_train_check``): did each recipe
+    train through the command, and how fast."""
+    del plots
+    rows = []
+    for r in data["rows"]:
+        if not r["ok"]:
+            rows.append([r["variant"], f"failed (exit {r['exit_code']})", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                r["variant"],
+                str(r["steps"]),
+                f"{r['final_loss']:.3f}",
+                f"{r['metrics']['perplexity']:.2f}",
+                f"{r['median_step_seconds'] * 1000:.0f} ms",
+                ", ".join(r["file_dtypes"]),
+            ]
+        )
+    return "\n\n".join(
+        [
+            f"**`adapterops train` on {data['device']}** ({data['parameters']:,}-parameter "
+            f"Llama-shaped base, {data['shape']['num_hidden_layers']} blocks of "
+            f"{data['shape']['hidden_size']}, random weights; the `examples/llm` recipe on chat "
+            "data, each run a fresh process; `python -m bench.llm_train_check`):",
+            table(
+                ["recipe", "steps", "final loss", "perplexity", "median step", "adapter file"],
+                rows,
+            ),
+            measured_on(data),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quality", quality_section),
     ("training_cost", training_cost_section),
@@ -534,6 +568,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("registry", registry_section),
     ("startup", startup_section),
     ("gpu", gpu_section),
+    ("llm_train", llm_train_section),
     ("packing", packing_section),
     ("packing_cuda", packing_section),
     ("multi_lora_cpu", multi_lora_section),
@@ -542,7 +577,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
 
 
 # Results only a CUDA GPU produces (the same benchmarks write other files on a CPU).
-NEEDS_CUDA = ("gpu", "packing_cuda", "multi_lora")
+NEEDS_CUDA = ("gpu", "llm_train", "packing_cuda", "multi_lora")
 
 
 def render(results: Path = RESULTS) -> str:

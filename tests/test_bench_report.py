@@ -86,8 +86,8 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     assert (results / "composition.png").stat().st_size > 1000
     assert "_Not run yet: training_cost, madx (`make bench`)._" in text
     assert (
-        "_Not run yet on a CUDA GPU: gpu, packing_cuda, multi_lora (`bash bench/device_run.sh` "
-        "there)._"
+        "_Not run yet on a CUDA GPU: gpu, llm_train, packing_cuda, multi_lora "
+        "(`bash bench/device_run.sh` there)._"
     ) in text
 
 
@@ -139,3 +139,17 @@ def test_the_gpu_section_shows_each_configuration_its_failures_and_the_ratios(tm
     assert "| ours / peft | plain | 0.90x | 0.90x |" in text
     assert "| our QLoRA / our bf16 LoRA | plain | 1.33x | 0.56x |" in text
     assert "our QLoRA / peft's QLoRA" not in text and "with checkpointing" not in text
+
+
+def test_the_llm_train_section_shows_each_recipe(tmp_path: Path):
+    ok = {"variant": "bf16 base, float32 LoRA", "ok": True, "steps": 20, "final_loss": 1.23456,
+          "metrics": {"perplexity": 3.4567}, "median_step_seconds": 0.0425,
+          "file_dtypes": ["BF16"]}  # fmt: skip
+    failed = {"variant": "NF4 base", "ok": False, "exit_code": 2, "error": "x"}
+    data = {"machine": MACHINE, "device": "NVIDIA H200", "parameters": 968_884_224,
+            "shape": {"num_hidden_layers": 22, "hidden_size": 2048}, "rows": [ok, failed]}  # fmt: skip
+    (tmp_path / "llm_train.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "**`adapterops train` on NVIDIA H200** (968,884,224-parameter" in text
+    assert "| bf16 base, float32 LoRA | 20 | 1.235 | 3.46 | 42 ms | BF16 |" in text
+    assert "| NF4 base | failed (exit 2) |  |  |  |  |" in text
