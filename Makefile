@@ -50,6 +50,7 @@ bench: setup services
 	$(PY) -m bench.gpu_bench
 	$(PY) -m bench.multi_lora_bench
 	$(PY) -m bench.packing_bench
+	$(PY) -m bench.llm_train_check
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
