@@ -228,8 +228,9 @@ class TrainSpec(_Strict):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     max_length: int = Field(default=128, ge=8, le=1_048_576)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    # auto: bf16 autocast on a CUDA GPU that supports it, fp32 otherwise.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: fp16 (with loss scaling) on an fp16 base, else bf16 autocast on a CUDA GPU that
+    # supports it, else fp32. fp16 scales the loss so small gradients survive float16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
     # Recompute each block's activations in the backward pass: less memory, same gradients.
     gradient_checkpointing: bool = False

@@ -248,10 +248,14 @@ def write_report(report: TrainReport) -> None:
 
 
 def training_precision(spec: AdapterSpec, device: torch.device) -> pc.Precision:
-    """``auto`` means bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere."""
+    """``auto``: fp16 with loss scaling on an fp16 base (GPUs without bf16: their gradients
+    would vanish in float16 otherwise), else bf16 autocast on a CUDA GPU that supports it,
+    else fp32."""
     wanted = spec.train.precision
     if wanted != "auto":
         return wanted
+    if spec.load.dtype == "fp16":
+        return "fp16"
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return "bf16" if cuda_bf16 else "fp32"
 

@@ -35,7 +35,7 @@ from .state import adapter_layers, adapter_records
 __all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
 
 Batch = Mapping[str, Tensor]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
 CHECKPOINT_FILE = "checkpoint.pt"
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -82,16 +82,26 @@ def train(
     Under DDP or FSDP each step's loss is the mean over the processes.
     ``gradient_checkpointing`` recomputes each transformer block's activations in the backward
     pass instead of keeping them (less memory, ~30% more compute), with the same gradients.
+    ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
+    ``GradScaler``), without which small gradients vanish in float16 (GPUs without bf16).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
+    if precision == "fp16" and _has_shards(model):
+        raise ConfigError(
+            "fp16 loss scaling is not done for FSDP-sharded models here: train them in bf16 "
+            "(precision bf16) or without sharding"
+        )
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     # transformers' optimisation module imports peft (~1.5 s): only training pays for it
     from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * max_steps), max_steps)
     device = params[0].device
+    # fp16: the loss is scaled up before backward and the gradients down before the step; a
+    # step whose gradients overflowed is skipped and the scale lowered (off: a pass-through)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     result = TrainResult()
     checkpoints = _Checkpoints(checkpoint_dir, model) if checkpoint_dir is not None else None
     stream = _cycle(batches)
@@ -102,6 +112,7 @@ def train(
             max_steps=max_steps,
             replay=stream,
             per_step=gradient_accumulation_steps,
+            scaler=scaler,
         )
     trained = _trained_adapters(model)
     forward = _training_forward(model, trained)
@@ -121,28 +132,42 @@ def train(
                 sync = model.no_sync() if isinstance(model, DDP) and not last else _NO_CONTEXT
                 with sync, _autocast(device, precision):
                     loss = forward(**batch).loss / gradient_accumulation_steps
-                loss.backward()
+                scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
             if data_parallel:
                 step_loss = _mean_over_processes(step_loss, device)
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            learning_rate_used = float(scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
+            lr_used = _optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm)
             # e.g. AdaLoRA's rank allocation, which reads the gradients
             for method, name in trained:
                 method.after_optimizer_step(_unwrapped(model), name, step)
             optimizer.zero_grad(set_to_none=True)
             result.losses.append(step_loss)
-            result.learning_rates.append(learning_rate_used)
+            result.learning_rates.append(lr_used)
             result.step_seconds.append(time.perf_counter() - started)
             if on_step is not None:
-                on_step(step, step_loss, learning_rate_used)
+                on_step(step, step_loss, lr_used)
             done = step + 1
             if checkpoints is not None and (done % checkpoint_every == 0 or done == max_steps):
-                checkpoints.save(optimizer, scheduler, result, step=done)
+                checkpoints.save(optimizer, scheduler, result, step=done, scaler=scaler)
     model.eval()
     return result
+
+
+def _optimizer_step(
+    params: list[nn.Parameter], optimizer: Any, scheduler: Any, scaler: Any, max_norm: float
+) -> float:
+    """Clip, step, schedule; the learning rate the step used. Under fp16 the gradients are
+    unscaled first (clipping and AdaLoRA see the true ones), and a step skipped because they
+    overflowed leaves the schedule where it was."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    learning_rate = float(scheduler.get_last_lr()[0])
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    if not scaler.is_enabled() or scaler.get_scale() >= scale:
+        scheduler.step()
+    return learning_rate
 
 
 @contextlib.contextmanager
@@ -224,7 +249,8 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _Checkpoints:
@@ -284,7 +310,9 @@ class _Checkpoints:
                 params[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
 
-    def save(self, optimizer: Any, scheduler: Any, result: TrainResult, *, step: int) -> None:
+    def save(
+        self, optimizer: Any, scheduler: Any, result: TrainResult, *, step: int, scaler: Any
+    ) -> None:
         weights, optimizer_state = self.trainable_state(), self.optimizer_state(optimizer)
         if not self.writer:
             return
@@ -294,6 +322,7 @@ class _Checkpoints:
             "weights": weights,
             "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),  # fp16's loss scale ({} when not scaling)
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "losses": result.losses,
@@ -313,6 +342,7 @@ class _Checkpoints:
         max_steps: int,
         replay: Iterator[Batch],
         per_step: int,
+        scaler: Any,
     ) -> TrainResult:
         """Load the last checkpoint (if any) and advance ``replay`` past the batches it used."""
         if not self.file.is_file():
@@ -331,6 +361,8 @@ class _Checkpoints:
             )
         self.load(optimizer, state)
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         # Replay first: collators draw from the global RNG (masking), which is restored after.
         for _ in range(int(state["step"]) * per_step):
             next(replay)

@@ -98,6 +98,18 @@ def test_float32_adapters_on_a_bf16_base_train_as_on_a_float32_base(device):
     assert max(abs(a - b) for a, b in zip(exact, half, strict=True)) < 0.03, (exact, half)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_fp16_base_trains_through_pc_train_with_loss_scaling(device):
+    """GPUs without bf16 train on fp16 bases: autocast in fp16 and a GradScaler on the device."""
+    model = llama(device, torch.float16)
+    pc.add_adapter(model, "l", pc.LoRA(rank=8, targets=ALL_LINEAR))
+    ids = tokens(4, 16, device)
+    result = pc.train(model, [{"input_ids": ids, "labels": ids}], max_steps=30,
+                      learning_rate=1e-2, warmup_ratio=0, precision="fp16")  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0] - 0.4, result.losses
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 def test_merge_then_unmerge_gives_back_every_bit(device, dtype):

@@ -62,3 +62,24 @@ def test_a_quantized_base_builds_a_lora_that_records_its_quantization(
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert f"(bfloat16, {quantization})" in (files / "README.md").read_text()
     assert result.metrics["examples"] == 16
+
+
+def test_an_fp16_base_trains_with_loss_scaling_by_default(sst2_dir, tmp_path):
+    """``load.dtype: fp16`` (GPUs without bf16): ``precision: auto`` becomes fp16 autocast with
+    a loss scale, the LoRA stays float32 and learns, and the files are float16."""
+    from flows.train_job import train_from_spec, training_precision
+
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=6, batch_size=8, name="fp16-lora")
+    spec = spec.model_copy(
+        update={
+            "load": spec.load.model_copy(update={"dtype": "fp16"}),
+            "data": spec.data.model_copy(update={"max_eval_samples": 16}),
+        }
+    )
+    assert training_precision(spec, torch.device("cpu")) == "fp16"
+    report = train_from_spec(spec, tmp_path / "out")
+    assert report.precision == "fp16" and report.steps == 6
+    assert all(torch.isfinite(torch.tensor(report.losses)))
+    tensors = safetensors.torch.load_file(tmp_path / "out" / "adapter.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_B" in k)

@@ -122,6 +122,65 @@ class TestPrecision:
         assert all(value.dtype == torch.float32 for value in after.values())
         assert any(not torch.equal(after[n], before[n]) for n in before)
 
+    @staticmethod
+    def fp16_llama_whose_gradients_underflow() -> torch.nn.Module:
+        """A float16 base whose logits are scaled by 1e-6 on the way out: the loss stays
+        readable (float32 in transformers), but its gradients come back into the float16
+        network ~1e-6 times smaller, below float16's smallest number, unless the loss is
+        scaled up first."""
+        import transformers as T
+
+        torch.manual_seed(0)
+        model = T.LlamaForCausalLM(TINY_CONFIGS["llama"]()).to(torch.float16)
+        model.lm_head.register_forward_hook(lambda module, inputs, output: output * 1e-6)
+        pc.add_adapter(model, "a", pc.LoRA(rank=4, targets=("q", "v", "ffn_out")))
+        return model
+
+    # fp32: no autocast, the float16 base backpropagates in float16 and the gradients vanish;
+    # bf16 autocast computes with float32's exponent range; fp16 scales the loss
+    @pytest.mark.parametrize(
+        ("precision", "learns"), [("fp32", False), ("bf16", True), ("fp16", True)]
+    )
+    def test_fp16_scales_the_loss_so_small_gradients_survive(self, precision, learns):
+        model = self.fp16_llama_whose_gradients_underflow()
+        before = trainable(model)
+        ids = torch.randint(3, 100, (4, 12), generator=torch.Generator().manual_seed(1))
+        result = pc.train(model, [{"input_ids": ids, "labels": ids}], max_steps=3,
+                          learning_rate=1e-2, warmup_ratio=0, precision=precision)  # fmt: skip
+        assert all(torch.isfinite(torch.tensor(result.losses)))
+        after = trainable(model)
+        assert all(value.dtype == torch.float32 for value in after.values())
+        changed = [n for n in before if not torch.equal(after[n], before[n])]
+        # lora_B starts at zero: it moves only if a gradient reached it
+        assert bool(changed) is learns, changed
+
+    def test_an_fp16_run_resumes_with_its_loss_scale(self, tmp_path: Path):
+        options = {"max_steps": 6, "learning_rate": 1e-2, "precision": "fp16",
+                   "checkpoint_dir": tmp_path, "checkpoint_every": 3}  # fmt: skip
+        whole = pc.train(self.fp16_llama_whose_gradients_underflow(), self.data(), **options)
+        state = torch.load(tmp_path / pc.training.CHECKPOINT_FILE, weights_only=False)
+        assert state["scaler"]["scale"] > 1.0  # the scale it reached is kept
+        for file in tmp_path.iterdir():
+            file.unlink()
+
+        def crash_at_step_4(step: int, loss: float, lr: float) -> None:
+            if step == 4:
+                raise Crash
+
+        with pytest.raises(Crash):
+            pc.train(self.fp16_llama_whose_gradients_underflow(), self.data(),
+                     on_step=crash_at_step_4, **options)  # fmt: skip
+        model = self.fp16_llama_whose_gradients_underflow()
+        resumed = pc.train(model, self.data(), **options)
+        assert resumed.resumed_from == 3
+        assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+
+    @staticmethod
+    def data() -> list[dict[str, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(3)
+        ids = [torch.randint(3, 100, (2, 10), generator=generator) for _ in range(3)]
+        return [{"input_ids": i, "labels": i} for i in ids]
+
 
 class TestGradientCheckpointing:
     """Recomputing blocks in the backward pass changes memory, not the numbers."""
