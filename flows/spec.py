@@ -363,6 +363,14 @@ class AdapterSpec(_Strict):
                 "data.prompt/response and data.messages are instruction data for a causal-lm "
                 f"head, not {self.head.type}"
             )
+        fp16 = self.train.precision == "fp16" or (
+            self.train.precision == "auto" and self.load.dtype == "fp16"
+        )
+        if fp16 and self.train.sharding == "fsdp":
+            raise ValueError(
+                "train.sharding fsdp trains in bf16 or fp32: fp16 loss scaling is not done for "
+                "sharded models (set train.precision: bf16, or load.dtype: bf16)"
+            )
         return self
 
 

@@ -204,6 +204,16 @@ class TestHostileSpecs:
         assert path in found, found
         assert words in found[path], found[path]
 
+    @pytest.mark.parametrize(
+        "changes",
+        [{"train__sharding": "fsdp", "train__precision": "fp16"},
+         {"train__sharding": "fsdp", "load": {"dtype": "fp16"}}],  # auto: fp16 on an fp16 base
+    )  # fmt: skip
+    def test_fp16_with_fsdp_is_refused(self, changes):
+        (message,) = problems(with_(**changes)).values()
+        assert "fp16 loss scaling is not done for sharded models" in message
+        parse_spec(with_(**{**changes, "train__precision": "bf16"}))  # bf16 autocast shards
+
     def test_a_huge_reduction_factor_is_refused(self):
         document = with_(method={"type": "pfeiffer", "reduction_factor": 10**9})
         assert (
