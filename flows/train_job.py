@@ -100,8 +100,8 @@ def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBa
     path = resolve_base_model(spec.base_model)
     tokenizer = load_tokenizer(spec)
     options: dict[str, Any] = {"dtype": spec.load.torch_dtype()}
-    if spec.load.attn_implementation():
-        options["attn_implementation"] = spec.load.attn_implementation()
+    if attention := spec.load.attn_implementation():
+        options["attn_implementation"] = attention
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
         if spec.head.label_names:  # the model's config then names them too (pipelines, exports)

@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 Quantization = Literal["none", "nf4", "int8"]
-_QUANTIZED_TYPES = ("NF4Tensor", "Int8Tensor")  # torchao's tensor subclasses, by name: no import
+_QUANTIZED_AS: dict[str, Quantization] = {"NF4Tensor": "nf4", "Int8Tensor": "int8"}
+_QUANTIZED_TYPES = tuple(_QUANTIZED_AS)  # torchao's tensor subclasses, by name: no import
 BLOCK, SCALER_BLOCK = 64, 256  # QLoRA's block sizes (torchao's defaults)
 
 
@@ -122,7 +123,8 @@ def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
 
 def stored_bytes(model: nn.Module, quantization: Quantization = "none") -> int:
     """Bytes the model's frozen parameters take once ``quantize_base(model, quantization)`` has
-    stored them (from shapes and dtypes only, so a model on the meta device answers too)."""
+    stored them (from shapes and dtypes only, so a model on the meta device answers too).
+    Weights quantised already count as what they are."""
     prefix = body_prefix(model)
     body = getattr(model, prefix) if prefix else model
     body_linears = {id(m.weight) for m in body.modules() if isinstance(m, nn.Linear)}
@@ -130,8 +132,11 @@ def stored_bytes(model: nn.Module, quantization: Quantization = "none") -> int:
     for parameter in model.parameters():
         if parameter.requires_grad:
             continue
-        if quantization != "none" and id(parameter) in body_linears:
-            total += _quantized_bytes(parameter, quantization)
+        stored_as = _QUANTIZED_AS.get(type(parameter).__name__)
+        if stored_as is None and quantization != "none" and id(parameter) in body_linears:
+            stored_as = quantization
+        if stored_as is not None:
+            total += _quantized_bytes(parameter, stored_as)
         else:
             total += parameter.numel() * parameter.element_size()
     return total
