@@ -167,12 +167,14 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
+    from ..prepare_job import check_inputs  # noqa: PLC0415
     from ..spec import load_spec  # noqa: PLC0415
     from ..train_job import train_from_spec  # noqa: PLC0415
 
     quiet_libraries()
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
+        check_inputs(spec)  # bad input fails here, as in build, before the model is loaded
         with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports

@@ -111,6 +111,16 @@ class TestTrain:
         assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
         assert not (tmp_path / "out").exists()
 
+        result = adapterops(
+            "train", str(EXAMPLE), "--set", "load.attention=flex_attention", cwd=tmp_path
+        )  # on this CPU: refused before the model is loaded, in one line
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "error: load.attention flex_attention trains on a CUDA GPU only (torch has no "
+            "backward for it on a CPU): use sdpa or eager here"
+        ]
+        assert not (tmp_path / "out").exists()
+
     def test_a_short_run_writes_an_adapter_that_loads(self, tmp_path):
         import transformers as T
 
