@@ -51,6 +51,7 @@ bench: setup services
 	$(PY) -m bench.multi_lora_bench
 	$(PY) -m bench.packing_bench
 	$(PY) -m bench.llm_train_check
+	$(PY) -m bench.quantized_load_bench
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
@@ -63,6 +64,7 @@ bench-quick: setup services
 	$(PY) -m bench.madx_demo --steps 30
 	$(PY) -m bench.registry_bench --quick
 	$(PY) -m bench.packing_bench --quick
+	$(PY) -m bench.quantized_load_bench --quick
 	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:

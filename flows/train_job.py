@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -95,23 +96,46 @@ def load_tokenizer(spec: AdapterSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The spec's base model with its head, and its tokenizer (from local files only)."""
+def load_base_model(
+    spec: AdapterSpec, device: torch.device | None = None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The spec's base model with its head, and its tokenizer (from local files only).
+
+    With ``device`` each weight is read from the checkpoint straight onto it, so no whole copy of
+    the base passes through CPU memory. A quantised base (``load.quantization``) is quantised
+    weight by weight as it loads, on that device: CPU memory never holds the bf16 base, and a GPU
+    quantises in seconds what takes a CPU minutes per billion weights.
+    """
     path = resolve_base_model(spec.base_model)
     tokenizer = load_tokenizer(spec)
-    options: dict[str, Any] = {"dtype": spec.load.torch_dtype()}
+    auto = _AUTO[spec.head.type]
+    config = AutoConfig.from_pretrained(path, **_head_options(spec))
+    options: dict[str, Any] = {"config": config, "dtype": spec.load.torch_dtype()}
     if attention := spec.load.attn_implementation():
         options["attn_implementation"] = attention
-    if spec.head.type == "classification":
-        options["num_labels"] = spec.head.num_labels
-        if spec.head.label_names:  # the model's config then names them too (pipelines, exports)
-            options["id2label"] = dict(enumerate(spec.head.label_names))
-            options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
-    model = _AUTO[spec.head.type].from_pretrained(path, **options)
+    if spec.load.quantization != "none":
+        with torch.device("meta"):  # the architecture without weights: which layers to quantise
+            skeleton = auto.from_config(config)
+        options["quantization_config"] = pc.quantize.quantization_config(
+            skeleton, spec.load.quantization
+        )
+    if device is not None:
+        options["device_map"] = {"": device}
+    model = auto.from_pretrained(path, **options)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    pc.quantize_base(model, spec.load.quantization)  # "none": nothing
     return model, tokenizer
+
+
+def _head_options(spec: AdapterSpec) -> dict[str, Any]:
+    """The config fields a classification head sets (its size and, when named, its labels)."""
+    if spec.head.type != "classification":
+        return {}
+    options: dict[str, Any] = {"num_labels": spec.head.num_labels}
+    if spec.head.label_names:  # the model's config then names them too (pipelines, exports)
+        options["id2label"] = dict(enumerate(spec.head.label_names))
+        options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
+    return options
 
 
 def train_from_spec(
@@ -136,7 +160,9 @@ def train_from_spec(
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
     with placement() as where:
-        model, tokenizer = load_base_model(spec)
+        sharded = where.distributed and spec.train.sharding == "fsdp"
+        # FSDP2 shards a model built on the CPU; otherwise the weights load onto the device
+        model, tokenizer = load_base_model(spec, None if sharded else where.device)
         data = _prepared_on_every_rank(spec, tokenizer, where, fingerprint)
         members = load_members(model, members_of_spec(spec), registry)  # frozen, for a fusion
         config = spec.method.to_config()
@@ -157,7 +183,6 @@ def train_from_spec(
         steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
         report_step = on_step if on_step is not None and where.is_main else None
         started = time.perf_counter()
-        sharded = where.distributed and cfg.sharding == "fsdp"
         result = pc.train(
             wrap(model, where, cfg.sharding),
             train_loader,
@@ -228,7 +253,7 @@ def _unsharded(
     device: torch.device,
 ) -> nn.Module:
     """A fresh base model holding the trained adapter ``state`` (gathered from FSDP2 shards)."""
-    model, _ = load_base_model(spec)
+    model, _ = load_base_model(spec, device)
     load_members(model, members, registry)
     pc.add_adapter(model, spec.name, spec.method.to_config())
     with torch.no_grad():
@@ -286,11 +311,12 @@ def evaluate_folder(
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
     ``members`` (exact versions) are loaded from the registry first."""
-    model, tokenizer = load_base_model(spec)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_base_model(spec, device)
     load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)  # the adapter's weights
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)

@@ -34,7 +34,9 @@ __all__ = [
     "Quantization",
     "is_quantized",
     "nf4_available",
+    "quantizable_layers",
     "quantization_available",
+    "quantization_config",
     "quantize_base",
     "quantized_layers",
     "stored_bytes",
@@ -81,6 +83,75 @@ def quantized_layers(model: nn.Module) -> list[str]:
     ]
 
 
+def quantizable_layers(model: nn.Module, quantization: Quantization) -> list[str]:
+    """The names of the Linear layers ``quantize_base(model, quantization)`` stores quantised:
+    those of the model body (not its head), for NF4 only those whose weight count is a multiple
+    of 64 x 256. From shapes only, so a model on the meta device answers too."""
+    if quantization == "none":
+        return []
+    _check_kind(quantization)
+    prefix = body_prefix(model)
+    body = getattr(model, prefix) if prefix else model
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for name, module in body.named_modules()
+        if isinstance(module, nn.Linear)
+        and not is_quantized(module.weight)
+        and (quantization == "int8" or module.weight.numel() % (BLOCK * SCALER_BLOCK) == 0)
+    ]
+
+
+def quantization_config(model: nn.Module, quantization: Quantization) -> Any:
+    """The ``quantization_config`` under which transformers' ``from_pretrained`` stores the same
+    layers as :func:`quantize_base`, with the same codes, as it reads each weight.
+
+    ``model`` is the architecture on the meta device (``from_config`` under
+    ``torch.device("meta")``). Why load this way: with ``device_map`` on a GPU each weight goes
+    from the checkpoint to the GPU and is quantised there, so the CPU neither quantises (minutes
+    per billion weights on a few cores) nor holds the quantised model (~39 GB for a 70B base)
+    before it moves. On a CPU both ways do the same work (``bench/quantized_load_bench.py``).
+
+        skeleton = AutoModelForCausalLM.from_config(config)    # under torch.device("meta")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16, device_map={"": "cuda"},
+            quantization_config=pc.quantize.quantization_config(skeleton, "nf4"))
+    """
+    _check_kind(quantization)
+    torchao = _torchao(quantization)
+    from transformers import TorchAoConfig  # noqa: PLC0415 - only loaders need it
+
+    if quantization == "nf4":
+        from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig  # noqa: PLC0415
+
+        kind: Any = NF4WeightOnlyConfig()  # 64-weight blocks, scales in blocks of 256: ours
+    else:
+        kind = torchao.Int8WeightOnlyConfig()
+    quantized = set(quantizable_layers(model, quantization))
+    if not quantized:
+        raise _nothing_to_quantize(quantization)
+    # Every other Linear by its full name (transformers' own default would skip only lm_head).
+    others = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name not in quantized
+    ]
+    return TorchAoConfig(kind, modules_to_not_convert=others)
+
+
+def _check_kind(quantization: str) -> None:
+    if quantization not in ("none", "nf4", "int8"):
+        raise ConfigError(
+            f"unknown quantization {quantization!r}; expected 'none', 'nf4' or 'int8'"
+        )
+
+
+def _nothing_to_quantize(quantization: str) -> ConfigError:
+    return ConfigError(
+        f"no Linear layer of this model can be stored in {quantization} (NF4 weight counts "
+        f"must be multiples of {BLOCK * SCALER_BLOCK})"
+    )
+
+
 @torch.no_grad()
 def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
     """Store the weight of every Linear in the model body as 4-bit NF4 or int8; returns how many.
@@ -91,34 +162,22 @@ def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
     """
     if quantization == "none":
         return 0
-    if quantization not in ("nf4", "int8"):
-        raise ConfigError(
-            f"unknown quantization {quantization!r}; expected 'none', 'nf4' or 'int8'"
-        )
+    _check_kind(quantization)
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise ConfigError("quantize the base before adding adapters (its layers hold adapters)")
     torchao = _torchao(quantization)
-    prefix = body_prefix(model)
-    body = getattr(model, prefix) if prefix else model
-    count = 0
-    for module in list(body.modules()):
-        if not isinstance(module, nn.Linear) or is_quantized(module.weight):
-            continue
+    names = quantizable_layers(model, quantization)
+    if not names:
+        raise _nothing_to_quantize(quantization)
+    for name in names:
+        module = model.get_submodule(name)
         if quantization == "int8":
             torchao.quantize_(module, torchao.Int8WeightOnlyConfig())
             module.weight.requires_grad_(False)
-        elif module.weight.numel() % (BLOCK * SCALER_BLOCK) == 0:
+        else:
             weight = torchao.NF4Tensor.from_tensor(module.weight.data, BLOCK, SCALER_BLOCK)
             module.weight = nn.Parameter(weight, requires_grad=False)
-        else:
-            continue
-        count += 1
-    if count == 0:
-        raise ConfigError(
-            f"no Linear layer of this model can be stored in {quantization} (NF4 weight counts "
-            f"must be multiples of {BLOCK * SCALER_BLOCK})"
-        )
-    return count
+    return len(names)
 
 
 def stored_bytes(model: nn.Module, quantization: Quantization = "none") -> int:

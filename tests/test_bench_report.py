@@ -33,7 +33,8 @@ def quality() -> dict:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
-    for name in ("composition", "registry", "storage", "startup", "packing", "multi_lora_cpu"):
+    names = ("composition", "registry", "storage", "startup", "packing", "multi_lora_cpu")
+    for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
     return tmp_path
 
@@ -56,6 +57,16 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
         f"| padded | {padded['step_ms_median']:.0f} ms | {padded['computed_tokens']:,} for "
         f"{padded['real_tokens']:,} | {padded['tokens_per_second']:,.0f} |"
     ) in text
+
+
+def test_the_quantized_load_table_gives_both_ways_and_their_ratios(results: Path):
+    text = report.render(results)
+    data = json.loads((results / "quantized_load.json").read_text())
+    whole = data["rows"][0]
+    assert f"takes **{data['time_ratio']:.2f}x** the time" in text
+    assert f"with {data['memory_ratio']:.2f}x its heap peak; the NF4 codes are identical" in text
+    row = f"| whole, then quantised | {whole['seconds']:.1f} s | "
+    assert row + f"{report.size(whole['anonymous_peak_bytes'])} | - |" in text
 
 
 def test_the_multi_lora_table_gives_each_way_over_one_adapter(results: Path):
@@ -86,8 +97,8 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     assert (results / "composition.png").stat().st_size > 1000
     assert "_Not run yet: training_cost, madx (`make bench`)._" in text
     assert (
-        "_Not run yet on a CUDA GPU: gpu, llm_train, packing_cuda, multi_lora "
-        "(`bash bench/device_run.sh` there)._"
+        "_Not run yet on a CUDA GPU: gpu, llm_train, packing_cuda, quantized_load_cuda, "
+        "multi_lora (`bash bench/device_run.sh` there)._"
     ) in text
 
 

@@ -6,8 +6,11 @@ import pytest
 import safetensors.torch
 import torch
 
+import peft_core as pc
 from flows.build_job import build_from_spec
 from flows.quickstart import minilm_sst2_spec
+from flows.train_job import load_base_model
+from peft_core.quantize import quantized_layers
 from registry import Registry
 
 
@@ -83,3 +86,23 @@ def test_an_fp16_base_trains_with_loss_scaling_by_default(sst2_dir, tmp_path):
     tensors = safetensors.torch.load_file(tmp_path / "out" / "adapter.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.float16}
     assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_B" in k)
+
+
+def test_a_quantized_base_is_quantized_weight_by_weight_as_it_loads(sst2_dir):
+    """``load_base_model`` hands transformers a quantisation config, so each weight is quantised
+    as it is read (on the training device): the same NF4 layers and codes as loading the bf16
+    base whole and calling ``quantize_base``, with the classifier head left in bf16."""
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=1)
+    bf16 = spec.model_copy(update={"load": spec.load.model_copy(update={"dtype": "bf16"})})
+    nf4 = bf16.model_copy(update={"load": bf16.load.model_copy(update={"quantization": "nf4"})})
+    streamed, _ = load_base_model(nf4, torch.device("cpu"))
+    whole, _ = load_base_model(bf16)
+    pc.quantize_base(whole, "nf4")
+    layers = quantized_layers(streamed)
+    assert layers == quantized_layers(whole) and len(layers) == 37
+    for name in layers:
+        got, want = streamed.get_submodule(name).weight, whole.get_submodule(name).weight
+        assert torch.equal(got.quantized_data, want.quantized_data), name
+        assert torch.equal(got.quantized_scalers, want.quantized_scalers), name
+    head = streamed.classifier.weight
+    assert not pc.is_quantized(head) and head.dtype == torch.bfloat16 and head.shape == (2, 384)

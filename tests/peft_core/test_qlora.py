@@ -6,10 +6,11 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
+import transformers as T
 from transformers import AutoModelForSequenceClassification
 
 import peft_core as pc
-from peft_core.quantize import quantized_layers
+from peft_core.quantize import quantizable_layers, quantization_config, quantized_layers
 from tests.helpers import minilm_path
 
 
@@ -131,3 +132,58 @@ def test_an_int8_base_trains_a_float32_lora_and_stays_closer_to_bf16_than_nf4():
             want = dense(**tokens()).last_hidden_state.float()
         errors[kind] = float((got - want).abs().mean())
     assert 0 < errors["int8"] < errors["nf4"] / 2
+
+
+def _stored(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors torchao keeps for a quantised weight (codes and scales), or the weight."""
+    if type(weight).__name__ == "NF4Tensor":
+        return [weight.quantized_data, weight.quantized_scalers, weight.scaler_mean]
+    if type(weight).__name__ == "Int8Tensor":
+        return [weight.qdata, weight.scale]
+    return [weight]
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantizing_while_loading_stores_what_quantize_base_stores(tmp_path, quantization):
+    """``quantization_config`` makes ``from_pretrained`` quantise each weight as it reads it (the bf16
+    base is never whole in memory): the same layers, with the same codes and scales, as loading
+    in bf16 and calling ``quantize_base``. A Llama whose k/v weights (64 x 128) are too small for
+    NF4's blocks keeps them in bf16 either way, and the LM head is never quantised."""
+    config = T.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    after = T.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    count = pc.quantize_base(after, quantization)
+    with torch.device("meta"):
+        skeleton = T.AutoModelForCausalLM.from_config(config)
+    streamed = T.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, device_map={"": "cpu"},
+        quantization_config=quantization_config(skeleton, quantization),
+    )  # fmt: skip
+    assert (
+        quantized_layers(streamed)
+        == quantized_layers(after)
+        == quantizable_layers(skeleton, quantization)
+    )
+    assert count == len(quantized_layers(streamed)) == {"nf4": 2 * 5, "int8": 2 * 7}[quantization]
+    assert "lm_head" not in quantized_layers(streamed)
+    for (name, want), got in zip(
+        after.state_dict().items(), streamed.state_dict().values(), strict=True
+    ):
+        assert type(got) is type(want), name
+        assert all(map(torch.equal, _stored(got), _stored(want))), name
+
+
+def test_quantization_config_refuses_a_model_with_nothing_to_quantize():
+    config = T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64,
+    )  # fmt: skip
+    with torch.device("meta"):
+        skeleton = T.AutoModelForCausalLM.from_config(config)
+    assert quantizable_layers(skeleton, "nf4") == []
+    with pytest.raises(pc.ConfigError, match="multiples of 16384"):
+        quantization_config(skeleton, "nf4")
