@@ -413,6 +413,7 @@ class PlanSpec(_Strict):
     head: HeadSpec
     method: MethodSpec
     load: LoadSpec = LoadSpec()
+    train: TrainSpec = TrainSpec()  # batch and length for the step's memory estimate
 
 
 def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> AdapterSpec:

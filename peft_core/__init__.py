@@ -45,6 +45,7 @@ from .errors import (
     BaseModelMismatchError,
     CheckpointMismatchError,
     ConfigError,
+    NotEstimableError,
     NotMergeableError,
     PeftCoreError,
     TargetError,
@@ -60,6 +61,7 @@ from .inject import (
     set_trainable,
 )
 from .io import adapter_state_dict, read_metadata
+from .memory import StepMemory, estimate_step_memory
 from .merge import merge, merged_state_dict, unmerge
 from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
@@ -97,6 +99,7 @@ __all__ = [
     "MergeReport",
     "Method",
     "MethodConfig",
+    "NotEstimableError",
     "NotMergeableError",
     "Parallel",
     "PeftCoreError",
@@ -106,6 +109,7 @@ __all__ = [
     "ProbeCheck",
     "ProbeMismatchError",
     "Stack",
+    "StepMemory",
     "TargetError",
     "TrainResult",
     "__version__",
@@ -122,6 +126,7 @@ __all__ = [
     "config_to_dict",
     "delete_adapter",
     "detect_head",
+    "estimate_step_memory",
     "fingerprint",
     "is_quantized",
     "list_adapters",

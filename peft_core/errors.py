@@ -13,6 +13,7 @@ __all__ = [
     "BaseModelMismatchError",
     "CheckpointMismatchError",
     "ConfigError",
+    "NotEstimableError",
     "NotMergeableError",
     "PeftCoreError",
     "TargetError",
@@ -57,3 +58,8 @@ class BaseModelMismatchError(PeftCoreError):
 class CheckpointMismatchError(PeftCoreError, ValueError):
     """A resume checkpoint was written by a different run (other trainable parameters, more
     steps, or another sharding); the run refuses it rather than train from the wrong state."""
+
+
+class NotEstimableError(PeftCoreError):
+    """A training step's memory cannot be measured on fake tensors: the step reads a tensor's
+    values (some methods' forward does), which fake tensors do not have."""

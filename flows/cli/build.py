@@ -47,42 +47,75 @@ SetOption = Annotated[
 ]
 
 
+StepOption = Annotated[
+    bool,
+    typer.Option(
+        "--step/--no-step",
+        help="Estimate a training step's peak memory too (on fake tensors: seconds, no memory).",
+    ),
+]
+
+
 @app.command()
 def plan(
     spec_file: SpecArgument,
     overrides: SetOption = None,
+    step: StepOption = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Trainable and total parameters and adapter size, from the base model's config.json only.
-    The spec needs only base_model, head and method."""
+    """Parameters, adapter size and memory, from the base model's config.json only: the base
+    and the training state, and the peak of a training step at train.batch_size x
+    train.max_length. The spec needs only base_model, head and method."""
+    import peft_core as pc  # noqa: PLC0415
+
     from ..spec import load_plan_spec  # noqa: PLC0415
 
+    peak, why_not = None, ""
     with user_errors(as_json):
         spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
+        try:
+            peak = plan_step(spec) if step else None
+        except pc.NotEstimableError as exc:  # the rest of the plan stands
+            why_not = str(exc)
     if as_json:
-        emit_json(result.to_dict())
+        document: dict[str, Any] = result.to_dict()
+        if step:
+            document["step"] = peak.to_dict() if peak else {"error": why_not}
+        emit_json(document)
         return
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}")
     stored = str(spec.load.torch_dtype()).removeprefix("torch.")
     if spec.load.quantization != "none":
         stored += f", {spec.load.quantization}"
-    columns = ("trainable params", "total params", "trainable", "adapter size",
-               f"base in memory ({stored})", "training state")  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_row(
+    columns = ["trainable params", "total params", "trainable", "adapter size",
+               f"base in memory ({stored})", "training state"]  # fmt: skip
+    cells = [
         f"{result.trainable_params:,}",
         f"{result.total_params:,}",
         f"{100 * result.trainable_fraction:.3f}%",
         human_bytes(result.adapter_bytes),
         human_bytes(result.base_bytes),
         human_bytes(result.training_bytes),
-    )
+    ]
+    if step:
+        train = spec.train
+        columns.append(f"step peak ({train.batch_size} x {train.max_length})")
+        cells.append(human_bytes(peak.peak_bytes) if peak else "n/a")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*cells)
     console.print(table)
+    if peak is not None:
+        step_note = (
+            "step peak: the weights and the most one training step holds at once (activations, "
+            f"gradients, AdamW) in {planned_precision(spec)} as on a GPU, measured on fake "
+            "tensors; the CUDA context (~0.5 GB) comes on top"
+        )
+    else:
+        step_note = f"step peak: {why_not}" if step else "activations come on top"
     console.print(
-        "training state: trainable weights, their gradients and AdamW's two moments; "
-        "activations come on top (batch x max_length; gradient checkpointing keeps less)",
+        f"training state: trainable weights, their gradients and AdamW's two moments. {step_note}",
         style="dim",
         soft_wrap=True,
     )
@@ -123,11 +156,9 @@ def methods(as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
-    """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
+def _base_config(spec: AdapterSpec | PlanSpec) -> Any:
+    """The base model's configuration (its config.json), with the spec's classifier size."""
     from transformers import AutoConfig  # noqa: PLC0415
-
-    import peft_core as pc  # noqa: PLC0415
 
     from ..models import resolve_base_model  # noqa: PLC0415
 
@@ -135,7 +166,41 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     options: dict[str, Any] = {}
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
-    config = AutoConfig.from_pretrained(path, **options)
+    return AutoConfig.from_pretrained(path, **options)
+
+
+def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
+    """The precision a GPU trains ``spec`` in: ``train.precision``, or for ``auto`` autocast in
+    the base's half dtype (fp32 for a float32 base)."""
+    if spec.train.precision != "auto":
+        return spec.train.precision
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
+        str(spec.load.torch_dtype()), "fp32"
+    )
+
+
+def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
+    """The peak memory of one training step of ``spec``'s adapter over ``train.batch_size``
+    rows of ``train.max_length`` tokens, estimated on fake tensors; None for a fusion (its
+    members' weights come from the registry)."""
+    import peft_core as pc  # noqa: PLC0415
+
+    if spec.method.type == "fusion":
+        return None
+    return pc.estimate_step_memory(
+        _base_config(spec), spec.method.to_config(), head=spec.head.type,
+        batch_size=spec.train.batch_size, sequence_length=spec.train.max_length,
+        dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
+        precision=planned_precision(spec),  # type: ignore[arg-type]
+        gradient_checkpointing=spec.train.gradient_checkpointing,
+    )  # fmt: skip
+
+
+def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
+    """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
+    import peft_core as pc  # noqa: PLC0415
+
+    config = _base_config(spec)
     dtype, quantization = spec.load.torch_dtype(), spec.load.quantization
     if spec.method.type != "fusion":
         return pc.plan(

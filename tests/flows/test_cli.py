@@ -30,14 +30,20 @@ class TestPlan:
             "adapter_bytes",
             "base_bytes",
             "training_bytes",
+            "step",
         }
         assert data["trainable_params"] == 74_498
         assert data["adapter_bytes"] == 4 * 74_498
         assert data["training_bytes"] == 16 * 74_498  # float32 weight, gradient, two moments
         frozen = data["total_params"] - data["trainable_params"]
         assert data["base_bytes"] == 4 * frozen  # load.dtype auto: float32 on this CPU
+        step = data["step"]  # the example's train.batch_size x train.max_length
+        assert (step["batch_size"], step["sequence_length"]) == (32, 64)
+        assert step["weights_bytes"] == data["base_bytes"] + data["training_bytes"] // 4
+        assert step["peak_bytes"] == step["weights_bytes"] + step["step_bytes"]
+        assert 200 * 2**20 < step["step_bytes"] < 800 * 2**20  # 2,048 tokens in float32
         nf4 = adapterops(
-            "plan", str(EXAMPLE), "--json", "--set", "load.dtype=bf16",
+            "plan", str(EXAMPLE), "--json", "--no-step", "--set", "load.dtype=bf16",
             "--set", "load.quantization=nf4",
         )  # fmt: skip
         assert nf4.returncode == 0, nf4.stderr
@@ -52,6 +58,7 @@ class TestPlan:
         result = adapterops("plan", str(EXAMPLE))
         assert result.returncode == 0, result.stderr
         assert "74,498" in result.stdout and "0.327%" in result.stdout
+        assert "step peak" in result.stdout and "fake tensors" in result.stdout
 
     def test_invalid_spec_lists_every_problem_without_traceback(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())
@@ -246,7 +253,10 @@ class TestMethods:
         result = adapterops("plan", str(tmp_path / "loha.yaml"), "--json")
         assert result.returncode == 0, result.stderr
         # 6 layers x 2 modules x four 384x4 Hadamard factors + the classifier (384 x 2 + 2)
-        assert json.loads(result.stdout)["trainable_params"] == 6 * 2 * 4 * 384 * 4 + 770
+        data = json.loads(result.stdout)
+        assert data["trainable_params"] == 6 * 2 * 4 * 384 * 4 + 770
+        # peft's LoHa forward reads a tensor's value: no fake-tensor estimate, the rest stands
+        assert "cannot be measured on fake tensors" in data["step"]["error"]
 
     def test_targets_that_match_nothing_fail_before_the_flow_in_one_line(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())

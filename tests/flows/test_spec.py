@@ -72,19 +72,31 @@ class TestValidSpecs:
         the README's figures."""
         from transformers import LlamaConfig
 
-        from flows.cli.build import plan_spec
+        from flows.cli.build import plan_spec, plan_step
 
         LlamaConfig(
             hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
             num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
         ).save_pretrained(tmp_path)  # fmt: skip
         spec = load_spec(EXAMPLES / "llm" / "llama-3.2-1b-chat-qlora.yaml")
-        costs = plan_spec(spec.model_copy(update={"base_model": str(tmp_path)}))
+        spec = spec.model_copy(update={"base_model": str(tmp_path)})
+        costs = plan_spec(spec)
         assert costs.total_params - costs.trainable_params == 1_235_814_400
         assert costs.trainable_params == 11_272_192  # r=16 on the 7 linear layers of 16 blocks
         assert round(costs.base_bytes / 2**30, 2) == 0.96  # NF4 body, bf16 embeddings (tied)
         assert costs.training_bytes == 16 * costs.trainable_params  # 172 MiB
         assert costs.adapter_bytes == 2 * costs.trainable_params  # written in bf16: 21.5 MiB
+        # one step of 8 x 1024 tokens in bf16 with checkpointing: the 128k-word logits and
+        # their loss hold most of it
+        step = plan_step(spec)
+        assert step is not None and step.weights_bytes == costs.base_bytes + 4 * 11_272_192
+        assert round(step.peak_bytes / 2**30, 1) == 15.7
+        without = plan_step(
+            spec.model_copy(
+                update={"train": spec.train.model_copy(update={"gradient_checkpointing": False})}
+            )
+        )
+        assert without is not None and round(without.peak_bytes / 2**30, 1) == 40.3
 
     def test_data_paths_are_relative_to_the_spec_file(self, tmp_path):
         (tmp_path / "spec.yaml").write_text(yaml.safe_dump(VALID))

@@ -1,0 +1,206 @@
+"""How much memory a training step takes, measured without using any: the step runs on fake
+tensors (PyTorch's ``FakeTensorMode``: shapes, dtypes and devices, no storage) and every tensor
+it creates is counted for as long as it lives.
+
+    memory = pc.estimate_step_memory(
+        config, pc.LoRA(rank=16, targets="all-linear"), head="causal-lm",
+        dtype=torch.bfloat16, batch_size=8, sequence_length=1024, precision="bf16",
+        gradient_checkpointing=True)
+    memory.peak_bytes          # weights + the step's own peak (activations, gradients, AdamW)
+
+The step is ``pc.train``'s: the KV cache off, checkpointing as asked, the method's training
+forward under autocast, backward, gradient clipping and an AdamW step, twice (the second holds
+AdamW's moments from the first). Rows are full ``sequence_length`` (the most a padded batch
+holds; a packed one holds no more). Counted are tensors, as ``torch.cuda.max_memory_allocated``
+counts them; not counted are the CUDA context, kernel workspaces and the caching allocator's
+fragmentation (add ~1 GB on a GPU). A quantised base is estimated on its unquantised layers:
+its stored weights come from :func:`~peft_core.quantize.stored_bytes`, and the one weight it
+dequantises at a time is left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import PretrainedConfig
+
+from .config import MethodConfig
+from .errors import NotEstimableError
+from .heads import HeadKind
+from .inject import add_adapter
+from .plan import build_on_meta
+from .quantize import Quantization, stored_bytes
+from .training import (
+    Precision,
+    _autocast,
+    _checkpointing,
+    _trained_adapters,
+    _training_forward,
+    _without_kv_cache,
+)
+
+__all__ = ["LiveTensorBytes", "StepMemory", "estimate_step_memory"]
+
+# What a step that needs real values (data-dependent control flow or shapes) raises here.
+_FAKE_TENSOR_LIMITS = (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedOperatorException,
+)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """The memory of one training step at its peak, in bytes.
+
+    ``weights_bytes``: the frozen base as stored and the trainable weights. ``step_bytes``: the
+    most the step held on top of them at once (activations, gradients, AdamW's moments,
+    temporaries). ``peak_bytes``: their sum.
+    """
+
+    batch_size: int
+    sequence_length: int
+    weights_bytes: int
+    step_bytes: int
+    peak_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of every tensor storage created while it is active, for as long as the
+    storage lives: ``live`` now, ``peak`` the most at once. Works on real and on fake tensors
+    alike (a fake tensor has a storage of its size on the meta device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._counted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:  # fmt: skip
+        out = func(*args, **(kwargs or {}))
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._count(leaf.untyped_storage())
+        return out
+
+    def _count(self, storage: Any) -> None:
+        if storage in self._counted:  # a view or an in-place result: no new memory
+            return
+        self._counted.add(storage)
+        size = storage.nbytes()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._release, size)
+
+    def _release(self, size: int) -> None:
+        self.live -= size
+
+
+def estimate_step_memory(
+    config: PretrainedConfig,
+    method: MethodConfig,
+    *,
+    head: HeadKind,
+    batch_size: int,
+    sequence_length: int,
+    dtype: torch.dtype = torch.float32,
+    quantization: Quantization = "none",
+    precision: Precision = "fp32",
+    gradient_checkpointing: bool = False,
+) -> StepMemory:
+    """The peak memory of a training step of ``method`` on the base of ``config`` (loaded in
+    ``dtype``, stored with ``quantization``) over ``batch_size`` rows of ``sequence_length``
+    tokens, measured on fake tensors (seconds, whatever the model's size)."""
+    if head not in ("classification", "masked-lm", "causal-lm"):
+        raise ValueError(f"no training step to estimate for head {head!r}")
+    config = copy.deepcopy(config)  # the pad id may be set
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0  # a classifier finds each row's last token by it
+    model = build_on_meta(config, head, dtype=dtype)  # as plan builds it
+    add_adapter(model, "estimate", method)
+    trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)
+    weights = stored_bytes(model, quantization) + trainable_bytes
+    with FakeTensorMode():
+        _fake_weights(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        batch = _batch(head, batch_size, sequence_length)
+        counter = LiveTensorBytes()
+        try:
+            with counter:
+                _two_steps(model, trainable, batch, precision, gradient_checkpointing)
+        except _FAKE_TENSOR_LIMITS as exc:
+            raise NotEstimableError(
+                f"a {type(method).__name__} training step cannot be measured on fake tensors "
+                f"({type(exc).__name__}: it reads tensor values); measure one real step instead"
+            ) from None
+    return StepMemory(batch_size, sequence_length, weights, counter.peak, weights + counter.peak)
+
+
+def _fake_weights(model: nn.Module) -> None:
+    """Every parameter and buffer of ``model`` (on the meta device) replaced by a fake CPU
+    tensor of its shape and dtype, under the active ``FakeTensorMode``; tied weights stay tied."""
+    fakes: dict[int, torch.Tensor] = {}
+
+    def fake(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in fakes:
+            empty = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
+            if isinstance(tensor, nn.Parameter):
+                empty = nn.Parameter(empty, requires_grad=tensor.requires_grad)
+            fakes[id(tensor)] = empty
+        return fakes[id(tensor)]
+
+    for module in model.modules():
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                module._parameters[name] = fake(parameter)  # type: ignore[assignment]
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = fake(buffer)
+
+
+def _batch(head: str, rows: int, length: int) -> dict[str, torch.Tensor]:
+    ids = torch.ones(rows, length, dtype=torch.long)
+    labels = torch.zeros(rows, dtype=torch.long) if head == "classification" else ids
+    return {"input_ids": ids, "labels": labels}
+
+
+def _two_steps(
+    model: nn.Module,
+    trainable: list[nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    precision: Precision,
+    gradient_checkpointing: bool,
+) -> None:
+    """What ``pc.train`` does in two optimiser steps, minus reading the loss (fake tensors have
+    no values) and fp16's loss scaler (a few scalars)."""
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    forward = _training_forward(model, _trained_adapters(model))
+    device = trainable[0].device
+    model.train()
+    with _without_kv_cache(model), _checkpointing(model, enabled=gradient_checkpointing):
+        for _ in range(2):
+            with _autocast(device, precision):
+                loss = forward(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
