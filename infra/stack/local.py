@@ -45,6 +45,14 @@ S3_CREDENTIALS = {
 }
 
 
+# Seconds each service gets to exit after SIGTERM before SIGKILL. SeaweedFS's volume server has
+# written everything within a second of SIGTERM, then idles ~15 s more before it exits. An idle
+# Prefect worker exits in under a second, but after a test session's builds it was seen to wait
+# out the whole grace (20.0 s of a 30 s `stack down`); the state it keeps is the server's, and a
+# flow run it is still running would be cut off either way, so waiting longer saves nothing.
+_STOP_GRACE = {"worker": 5, "prefect": 20, "mlflow": 20, "seaweedfs": 5}
+
+
 @dataclass(frozen=True)
 class StackPorts:
     """Loopback ports. SeaweedFS's master, volume and filer take the three ports after ``s3``,
@@ -166,10 +174,7 @@ class LocalStack:
         """Stop every service (worker first, PostgreSQL last); the data stays."""
         for name in ("worker", "prefect", "mlflow", "seaweedfs"):
             if self._ours(name):
-                # SeaweedFS's volume server has written everything within a second of SIGTERM,
-                # then the process idles ~15 s more before it exits: not worth waiting for.
-                grace = 5 if name == "seaweedfs" else 20
-                stop_pid_group(self.state.pids[name], grace=grace)
+                stop_pid_group(self.state.pids[name], grace=_STOP_GRACE[name])
             self.state.pids.pop(name, None)
             self.state.started.pop(name, None)
         self.postgres.stop()

@@ -236,3 +236,42 @@ def test_a_lora_trained_on_an_nf4_base_loads_onto_the_bf16_base(device, tmp_path
     assert saved.keys() == loaded.keys() and len(saved) == 28
     for key, tensor in saved.items():
         torch.testing.assert_close(loaded[key].float(), tensor.bfloat16().float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_step_memory_estimate_is_what_the_device_holds(device):
+    """``pc.estimate_step_memory`` (fake tensors) against two real ``pc.train`` steps in bf16:
+    on CUDA what the caching allocator reports at the peak, on the CPU every tensor counted."""
+    from peft_core.memory import LiveTensorBytes
+
+    config = T.LlamaConfig(
+        hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=2000, pad_token_id=0,
+    )  # fmt: skip
+    lora = pc.LoRA(rank=16, targets=ALL_LINEAR)
+    estimate = pc.estimate_step_memory(
+        config, lora, head="causal-lm", batch_size=4, sequence_length=256,
+        dtype=torch.bfloat16, precision="bf16",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).to(device)
+    pc.add_adapter(model, "l", lora)
+    ids = tokens(4, 256, device)
+
+    def two_steps() -> None:
+        pc.train(model, [{"input_ids": ids, "labels": ids}], max_steps=2, learning_rate=1e-4,
+                 precision="bf16")  # fmt: skip
+
+    if device == "cuda":
+        two_steps()  # cuBLAS workspaces and kernels: allocated once, before the count
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        two_steps()
+        real = torch.cuda.max_memory_allocated() - held
+    else:
+        counter = LiveTensorBytes()
+        with counter:
+            two_steps()
+        real = counter.peak
+    assert 0.9 < estimate.step_bytes / real < 1.15, (estimate.step_bytes, real)
