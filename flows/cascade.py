@@ -117,9 +117,14 @@ def score_stack(
     import peft_core as pc  # noqa: PLC0415 - torch only when a composition is scored
 
     from .prepare_job import prepare_cached  # noqa: PLC0415
-    from .train_job import evaluate_model, generates, load_base_model  # noqa: PLC0415
+    from .train_job import (  # noqa: PLC0415
+        evaluate_model,
+        generates,
+        inference_device,
+        load_base_model,
+    )
 
-    model, tokenizer = load_base_model(spec)
+    model, tokenizer = load_base_model(spec, inference_device())
     for ref in members:
         registry.load_into(model, ref, name=member_name(ref))
     pc.set_active(

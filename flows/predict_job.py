@@ -17,7 +17,7 @@ from registry import AdapterVersion, Registry
 from .errors import DataError
 from .members import load_members, members_of_version
 from .spec import AdapterSpec, spec_of_version
-from .train_job import load_base_model
+from .train_job import inference_device, load_base_model
 
 __all__ = ["Prediction", "predict", "predict_many"]
 
@@ -50,7 +50,7 @@ def predict(
         raise DataError("give at least one --text")
     version = registry.get(ref)
     spec = spec_of_version(version, "predict")
-    model, tokenizer = load_base_model(spec)
+    model, tokenizer = load_base_model(spec, inference_device())
     load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
@@ -72,7 +72,7 @@ def predict_many(
     versions = [registry.get(ref) for ref in refs]
     specs = [spec_of_version(v, "predict") for v in versions]
     _check_together(versions, specs)
-    model, tokenizer = load_base_model(specs[0])
+    model, tokenizer = load_base_model(specs[0], inference_device())
     names = [f"{v.name}-v{v.version}" for v in versions]  # two versions of one adapter coexist
     for version, name in zip(versions, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
@@ -121,12 +121,18 @@ def _answer_rows(
     return rows
 
 
+def _on(model: Any, encoded: Any) -> dict[str, Any]:
+    """The tokenizer's tensors on the model's device."""
+    device = next(model.parameters()).device
+    return {key: value.to(device) for key, value in encoded.items()}
+
+
 @torch.no_grad()
 def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
     encoded = tokenizer(
         texts, padding=True, truncation=True, max_length=spec.train.max_length, return_tensors="pt"
     )
-    probabilities = model(**encoded).logits.softmax(-1)  # (texts, labels)
+    probabilities = model(**_on(model, encoded)).logits.softmax(-1).cpu()  # (texts, labels)
     names = spec.head.label_names or []
     labels = [int(p.argmax()) for p in probabilities]
     return [
@@ -153,7 +159,7 @@ def _fill_one(model: Any, tokenizer: Any, text: str, *, copies: int) -> list[Pre
     """The top tokens for the first mask of ``text``, in ``copies`` rows of one batch."""
     encoded = tokenizer([text] * copies, return_tensors="pt")
     position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
-    top = model(**encoded).logits[:, position].topk(_TOP_TOKENS).indices  # (copies, k)
+    top = model(**_on(model, encoded)).logits[:, position].topk(_TOP_TOKENS).indices  # (copies, k)
     return [
         Prediction(text=text, tokens=[tokenizer.decode([i]).strip() for i in row])
         for row in top.tolist()
@@ -185,7 +191,7 @@ def _continue_one(
     model: Any, tokenizer: Any, text: str, spec: AdapterSpec, *, copies: int
 ) -> list[Prediction]:
     """A greedy continuation of ``text`` in ``copies`` rows of one batch."""
-    encoded = _prompt(tokenizer, text, spec, copies)
+    encoded = _on(model, _prompt(tokenizer, text, spec, copies))
     output = model.generate(
         **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
         pad_token_id=tokenizer.pad_token_id,

@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_folder",
     "evaluate_model",
     "evaluate_registered",
+    "inference_device",
     "load_base_model",
     "load_tokenizer",
     "train_from_spec",
@@ -94,6 +95,11 @@ def load_tokenizer(spec: AdapterSpec) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def inference_device() -> torch.device:
+    """Where evaluation and prediction run: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_base_model(
@@ -311,12 +317,10 @@ def evaluate_folder(
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
     ``members`` (exact versions) are loaded from the registry first."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_base_model(spec, device)
+    model, tokenizer = load_base_model(spec, inference_device())
     load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
-    model.to(device)  # the adapter's weights
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
@@ -343,7 +347,7 @@ def evaluate_registered(
     spec: AdapterSpec, ref: str, registry: Registry, *, fingerprint: str | None = None
 ) -> dict[str, Any]:
     """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
-    model, tokenizer = load_base_model(spec)
+    model, tokenizer = load_base_model(spec, inference_device())
     load_members(model, members_of_version(registry.get(ref)), registry)
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)
