@@ -582,7 +582,7 @@ def quantized_load_section(data: dict[str, Any], plots: Path) -> str:
             f"{data['memory_ratio']:.2f}x its heap peak; the NF4 codes are {same} "
             "(`python -m bench.quantized_load_bench`)"
             + (
-                ". On a CPU both ways do the same work; the GPU row is where it differs:"
+                ". On a CPU both ways do the same work; they differ on a GPU (quantized_load_cuda):"
                 if data["device"] == "cpu"
                 else ":"
             ),
