@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -144,6 +145,7 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     _check_method_fits(spec)
     _check_attention(spec)
     load_raw(spec)
+    _check_step_fits_the_gpu(spec)
 
 
 def _check_method_fits(spec: AdapterSpec) -> None:
@@ -157,6 +159,22 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     if spec.head.num_labels is not None:
         config.num_labels = spec.head.num_labels
     pc.plan(config, spec.method.to_config(), head=spec.head.type)
+
+
+def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
+    """On a CUDA GPU, a training step that needs more than its free memory fails now, not with
+    out-of-memory after the base has loaded. (FSDP under torchrun holds 1/N of the weights per
+    GPU: not checked there.)"""
+    import torch  # noqa: PLC0415 - torch is heavy
+
+    from .planning import check_step_fits  # noqa: PLC0415
+
+    sharded = spec.train.sharding == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not torch.cuda.is_available() or sharded:
+        return
+    device = int(os.environ.get("LOCAL_RANK", "0"))
+    free, _ = torch.cuda.mem_get_info(device)
+    check_step_fits(spec, free, torch.cuda.get_device_name(device))
 
 
 def _check_attention(spec: AdapterSpec) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli.build import plan_spec
+from flows.planning import plan_spec
 from flows.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

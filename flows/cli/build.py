@@ -7,16 +7,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
-if TYPE_CHECKING:
-    import peft_core as pc
-
-    from ..spec import AdapterSpec, PlanSpec
 
 from .common import (
     JsonOption,
@@ -31,7 +26,7 @@ from .common import (
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.
 
-__all__ = ["OutOption", "SetOption", "SpecArgument", "app", "plan_spec", "progress"]
+__all__ = ["OutOption", "SetOption", "SpecArgument", "app", "progress"]
 
 app = typer.Typer()
 
@@ -68,6 +63,7 @@ def plan(
     train.max_length. The spec needs only base_model, head and method."""
     import peft_core as pc  # noqa: PLC0415
 
+    from ..planning import plan_spec, plan_step, planned_precision  # noqa: PLC0415
     from ..spec import load_plan_spec  # noqa: PLC0415
 
     peak, why_not = None, ""
@@ -154,74 +150,6 @@ def methods(as_json: JsonOption = False) -> None:
             row["peft_format"] or "-",
         )
     console.print(table)
-
-
-def _base_config(spec: AdapterSpec | PlanSpec) -> Any:
-    """The base model's configuration (its config.json), with the spec's classifier size."""
-    from transformers import AutoConfig  # noqa: PLC0415
-
-    from ..models import resolve_base_model  # noqa: PLC0415
-
-    path = resolve_base_model(spec.base_model)
-    options: dict[str, Any] = {}
-    if spec.head.type == "classification":
-        options["num_labels"] = spec.head.num_labels
-    return AutoConfig.from_pretrained(path, **options)
-
-
-def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
-    """The precision a GPU trains ``spec`` in: ``train.precision``, or for ``auto`` autocast in
-    the base's half dtype (fp32 for a float32 base)."""
-    if spec.train.precision != "auto":
-        return spec.train.precision
-    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
-        str(spec.load.torch_dtype()), "fp32"
-    )
-
-
-def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
-    """The peak memory of one training step of ``spec``'s adapter over ``train.batch_size``
-    rows of ``train.max_length`` tokens, estimated on fake tensors; None for a fusion (its
-    members' weights come from the registry)."""
-    import peft_core as pc  # noqa: PLC0415
-
-    if spec.method.type == "fusion":
-        return None
-    return pc.estimate_step_memory(
-        _base_config(spec), spec.method.to_config(), head=spec.head.type,
-        batch_size=spec.train.batch_size, sequence_length=spec.train.max_length,
-        dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
-        precision=planned_precision(spec),  # type: ignore[arg-type]
-        gradient_checkpointing=spec.train.gradient_checkpointing,
-    )  # fmt: skip
-
-
-def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
-    """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
-    import peft_core as pc  # noqa: PLC0415
-
-    config = _base_config(spec)
-    dtype, quantization = spec.load.torch_dtype(), spec.load.quantization
-    if spec.method.type != "fusion":
-        return pc.plan(
-            config, spec.method.to_config(), head=spec.head.type, dtype=dtype,
-            quantization=quantization,
-        )  # fmt: skip
-    # A fusion is costed over its members as registered: their configs come from the specs
-    # they were built from (registry metadata only; no weights are read).
-    from registry import Registry  # noqa: PLC0415
-
-    from ..spec import member_name, spec_of_version  # noqa: PLC0415
-
-    model = pc.build_on_meta(config, spec.head.type, dtype=dtype)
-    registry = Registry()
-    for ref in spec.method.members:
-        member = spec_of_version(registry.get(ref), "planning a fusion over it")
-        pc.add_adapter(model, member_name(ref), member.method.to_config())
-        for param in model.parameters():
-            param.requires_grad_(False)  # members are frozen under a fusion
-    pc.add_adapter(model, spec.name, spec.method.to_config())
-    return pc.measure(model, spec.name, quantization=quantization)
 
 
 @app.command()
@@ -418,3 +346,12 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
             *([r["alias"]] if versioned else []),
         )
     console.print(table)
+
+
+def __getattr__(name: str) -> Any:
+    """``plan_spec`` and ``plan_step`` live in ``flows.planning`` now; imported from here too."""
+    if name in ("plan_spec", "plan_step"):
+        from .. import planning  # noqa: PLC0415 - torch only when a plan is asked for
+
+        return getattr(planning, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

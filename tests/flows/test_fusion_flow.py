@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from flows import pipelines
-from flows.cli.build import plan_spec
 from flows.errors import DataError
+from flows.planning import plan_spec
 from flows.predict_job import predict
 from flows.prepare_job import check_inputs
 from flows.spec import load_plan_spec, load_spec

@@ -72,7 +72,7 @@ class TestValidSpecs:
         the README's figures."""
         from transformers import LlamaConfig
 
-        from flows.cli.build import plan_spec, plan_step
+        from flows.planning import plan_spec, plan_step
 
         LlamaConfig(
             hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,

@@ -1,0 +1,105 @@
+"""What a spec's adapter will cost, before anything is loaded: parameters, file size and memory
+(``adapterops plan``), and whether one training step fits the GPU it is about to run on (checked
+with the other inputs before a build or train loads the model).
+
+Everything here reads the base model's config.json only: models are built on the meta device,
+and the step's memory is measured on fake tensors (``peft_core.memory``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import peft_core as pc
+
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .spec import AdapterSpec, PlanSpec
+
+__all__ = ["check_step_fits", "plan_spec", "plan_step", "planned_precision"]
+
+
+def _base_config(spec: AdapterSpec | PlanSpec) -> Any:
+    """The base model's configuration (its config.json), with the spec's classifier size."""
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    from .models import resolve_base_model  # noqa: PLC0415
+
+    path = resolve_base_model(spec.base_model)
+    options: dict[str, Any] = {}
+    if spec.head.type == "classification":
+        options["num_labels"] = spec.head.num_labels
+    return AutoConfig.from_pretrained(path, **options)
+
+
+def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
+    """The precision a GPU trains ``spec`` in: ``train.precision``, or for ``auto`` autocast in
+    the base's half dtype (fp32 for a float32 base)."""
+    if spec.train.precision != "auto":
+        return spec.train.precision
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
+        str(spec.load.torch_dtype()), "fp32"
+    )
+
+
+def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
+    """The peak memory of one training step of ``spec``'s adapter over ``train.batch_size``
+    rows of ``train.max_length`` tokens, estimated on fake tensors; None for a fusion (its
+    members' weights come from the registry)."""
+    if spec.method.type == "fusion":
+        return None
+    return pc.estimate_step_memory(
+        _base_config(spec), spec.method.to_config(), head=spec.head.type,
+        batch_size=spec.train.batch_size, sequence_length=spec.train.max_length,
+        dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
+        precision=planned_precision(spec),  # type: ignore[arg-type]
+        gradient_checkpointing=spec.train.gradient_checkpointing,
+    )  # fmt: skip
+
+
+def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
+    """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
+    config = _base_config(spec)
+    dtype, quantization = spec.load.torch_dtype(), spec.load.quantization
+    if spec.method.type != "fusion":
+        return pc.plan(
+            config, spec.method.to_config(), head=spec.head.type, dtype=dtype,
+            quantization=quantization,
+        )  # fmt: skip
+    # A fusion is costed over its members as registered: their configs come from the specs
+    # they were built from (registry metadata only; no weights are read).
+    from registry import Registry  # noqa: PLC0415
+
+    from .spec import member_name, spec_of_version  # noqa: PLC0415
+
+    model = pc.build_on_meta(config, spec.head.type, dtype=dtype)
+    registry = Registry()
+    for ref in spec.method.members:
+        member = spec_of_version(registry.get(ref), "planning a fusion over it")
+        pc.add_adapter(model, member_name(ref), member.method.to_config())
+        for param in model.parameters():
+            param.requires_grad_(False)  # members are frozen under a fusion
+    pc.add_adapter(model, spec.name, spec.method.to_config())
+    return pc.measure(model, spec.name, quantization=quantization)
+
+
+def check_step_fits(spec: AdapterSpec, device_bytes: int, device_name: str = "this GPU") -> None:
+    """Refuse, before the model is loaded, a spec whose training step needs more memory than
+    ``device_bytes``: the run would fail with out-of-memory minutes later, after loading the
+    base. A method the estimate cannot measure (``NotEstimableError``) is let through."""
+    try:
+        step = plan_step(spec)
+    except pc.NotEstimableError:
+        return
+    if step is None or step.peak_bytes <= device_bytes:
+        return
+    gib = 2**30
+    raise DataError(
+        f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB "
+        f"({spec.train.batch_size} rows x {spec.train.max_length} tokens, weights "
+        f"{step.weights_bytes / gib:.1f} GiB) but {device_name} has {device_bytes / gib:.1f} GiB "
+        "free: lower train.batch_size (and raise train.gradient_accumulation_steps to keep the "
+        "batch), turn on train.gradient_checkpointing, shorten train.max_length, or load the "
+        "base with load.quantization nf4 (adapterops plan shows the figures)"
+    )
