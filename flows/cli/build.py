@@ -80,41 +80,33 @@ def plan(
             document["step"] = peak.to_dict() if peak else {"error": why_not}
         emit_json(document)
         return
-    table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}")
     stored = str(spec.load.torch_dtype()).removeprefix("torch.")
     if spec.load.quantization != "none":
         stored += f", {spec.load.quantization}"
-    columns = ["trainable params", "total params", "trainable", "adapter size",
-               f"base in memory ({stored})", "training state"]  # fmt: skip
-    cells = [
-        f"{result.trainable_params:,}",
-        f"{result.total_params:,}",
-        f"{100 * result.trainable_fraction:.3f}%",
-        human_bytes(result.adapter_bytes),
-        human_bytes(result.base_bytes),
-        human_bytes(result.training_bytes),
-    ]
+    # One row per figure: seven columns of numbers do not fit an 80-column CI log.
+    rows = [
+        ("trainable params", f"{result.trainable_params:,}",
+         f"{100 * result.trainable_fraction:.3f}% of {result.total_params:,}"),
+        ("adapter file", human_bytes(result.adapter_bytes), "as save_adapter writes it"),
+        ("base in memory", human_bytes(result.base_bytes), stored),
+        ("training state", human_bytes(result.training_bytes),
+         "trainable weights, their gradients, AdamW's two moments"),
+    ]  # fmt: skip
     if step:
-        train = spec.train
-        columns.append(f"step peak ({train.batch_size} x {train.max_length})")
-        cells.append(human_bytes(peak.peak_bytes) if peak else "n/a")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_row(*cells)
+        shape = f"{spec.train.batch_size} rows x {spec.train.max_length} tokens"
+        if peak is not None:
+            rows.append(("step peak", human_bytes(peak.peak_bytes),
+                         f"{shape}, {planned_precision(spec)}: weights, activations, gradients, "
+                         "AdamW (fake tensors; the CUDA context comes on top)"))  # fmt: skip
+        else:
+            rows.append(("step peak", "n/a", why_not))
+    table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_column("", style="dim")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    if peak is not None:
-        step_note = (
-            "step peak: the weights and the most one training step holds at once (activations, "
-            f"gradients, AdamW) in {planned_precision(spec)} as on a GPU, measured on fake "
-            "tensors; the CUDA context (~0.5 GB) comes on top"
-        )
-    else:
-        step_note = f"step peak: {why_not}" if step else "activations come on top"
-    console.print(
-        f"training state: trainable weights, their gradients and AdamW's two moments. {step_note}",
-        style="dim",
-        soft_wrap=True,
-    )
 
 
 @app.command()
