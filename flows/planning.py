@@ -55,6 +55,7 @@ def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
         dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
         precision=planned_precision(spec),  # type: ignore[arg-type]
         gradient_checkpointing=spec.train.gradient_checkpointing,
+        attention=spec.load.attn_implementation(),
     )  # fmt: skip
 
 

@@ -126,16 +126,23 @@ def estimate_step_memory(
     quantization: Quantization = "none",
     precision: Precision = "fp32",
     gradient_checkpointing: bool = False,
+    attention: str | None = None,
 ) -> StepMemory:
     """The peak memory of a training step of ``method`` on the base of ``config`` (loaded in
     ``dtype``, stored with ``quantization``) over ``batch_size`` rows of ``sequence_length``
-    tokens, measured on fake tensors (seconds, whatever the model's size)."""
+    tokens, measured on fake tensors (seconds, whatever the model's size).
+
+    ``attention``: ``eager`` keeps every attention matrix (rows x heads x length squared) for
+    the backward pass; the fused kernels (the default sdpa, flash attention, flex) keep one
+    row of statistics per query, so any of them is measured as sdpa.
+    """
     if head not in ("classification", "masked-lm", "causal-lm"):
         raise ValueError(f"no training step to estimate for head {head!r}")
     config = copy.deepcopy(config)  # the pad id may be set
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0  # a classifier finds each row's last token by it
-    model = build_on_meta(config, head, dtype=dtype)  # as plan builds it
+    kernel = "eager" if attention == "eager" else None  # the others: memory as sdpa's
+    model = build_on_meta(config, head, dtype=dtype, attention=kernel)  # as plan builds it
     add_adapter(model, "estimate", method)
     trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)
     weights = stored_bytes(model, quantization) + trainable_bytes

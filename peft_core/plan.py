@@ -59,11 +59,18 @@ class Plan:
 
 
 def build_on_meta(
-    config: PretrainedConfig, head: HeadKind = "none", *, dtype: torch.dtype | None = None
+    config: PretrainedConfig,
+    head: HeadKind = "none",
+    *,
+    dtype: torch.dtype | None = None,
+    attention: str | None = None,
 ) -> nn.Module:
     """A transformers model of ``config`` with ``head``, on the meta device (no memory used),
-    its weights in ``dtype`` (default: float32)."""
-    options = {"dtype": dtype} if dtype is not None else {}
+    its weights in ``dtype`` (default: float32), its attention kernel ``attention`` (default:
+    transformers' choice)."""
+    options: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if attention is not None:
+        options["attn_implementation"] = attention
     with torch.device("meta"):
         model: nn.Module = _AUTO_CLASSES[head].from_config(config, **options)
     return model

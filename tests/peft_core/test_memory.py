@@ -89,3 +89,18 @@ def test_a_classifier_is_estimated_too():
     assert 0 < memory.step_bytes < 50 * 2**20
     with pytest.raises(ValueError, match="head 'none'"):
         pc.estimate_step_memory(bert, LORA, head="none", batch_size=1, sequence_length=8)
+
+
+def test_eager_attention_keeps_its_attention_matrices():
+    """Eager attention stores rows x heads x length^2 probabilities per layer for the backward
+    pass and sdpa does not: what eager needs beyond sdpa grows with the square of the length,
+    and at 512 tokens is more than two layers of those float32 matrices."""
+
+    def excess(length: int) -> int:
+        options = {"head": "causal-lm", "batch_size": 2, "sequence_length": length}
+        sdpa = pc.estimate_step_memory(LLAMA, LORA, **options).step_bytes
+        return pc.estimate_step_memory(LLAMA, LORA, attention="eager", **options).step_bytes - sdpa
+
+    at_256, at_512 = excess(256), excess(512)
+    assert at_512 / at_256 == pytest.approx(4, rel=0.05)
+    assert at_512 > 2 * (2 * 4 * 512 * 512 * 4)  # two layers of rows x heads x 512^2 x float32
