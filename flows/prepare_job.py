@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,7 +175,17 @@ def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
         return
     device = int(os.environ.get("LOCAL_RANK", "0"))
     free, _ = torch.cuda.mem_get_info(device)
-    check_step_fits(spec, free, torch.cuda.get_device_name(device))
+    try:
+        check_step_fits(spec, free, torch.cuda.get_device_name(device))
+    except DataError:
+        raise
+    except Exception as exc:  # an estimate that fails is no reason to stop: the run goes ahead
+        warnings.warn(
+            f"the training step's memory could not be estimated ({type(exc).__name__}: {exc}); "
+            "training goes ahead unchecked",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _check_attention(spec: AdapterSpec) -> None:
