@@ -85,7 +85,11 @@ class StepMemory:
 class LiveTensorBytes(TorchDispatchMode):
     """Counts the bytes of every tensor storage created while it is active, for as long as the
     storage lives: ``live`` now, ``peak`` the most at once. Works on real and on fake tensors
-    alike (a fake tensor has a storage of its size on the meta device)."""
+    alike (a fake tensor has a storage of its size on the meta device).
+
+    An op's output that shares an input's storage (a view, a transpose, an in-place result) is
+    no new memory: without that rule every ``weight.t()`` of a linear layer counted the frozen
+    weight again, for as long as the weight lived."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,9 +101,16 @@ class LiveTensorBytes(TorchDispatchMode):
         self, func: Any, types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:  # fmt: skip
         out = func(*args, **(kwargs or {}))
+        given = {
+            leaf.untyped_storage()._cdata
+            for leaf in pytree.tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+        }
         for leaf in pytree.tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self._count(leaf.untyped_storage())
+                storage = leaf.untyped_storage()
+                if storage._cdata not in given:
+                    self._count(storage)
         return out
 
     def _count(self, storage: Any) -> None:

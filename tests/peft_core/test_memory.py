@@ -47,8 +47,9 @@ def test_the_estimate_is_what_a_real_training_step_holds(dtype, precision, check
     )  # fmt: skip
     real = counted_real_steps(dtype, precision, checkpointing)
     # never below what the step held; above it by the few kernels whose fake (meta) versions
-    # allocate differently from the CPU's (5.5% in fp32 here, 3.7% in bf16)
-    assert 0.99 < estimate.step_bytes / real < 1.07, (estimate.step_bytes, real)
+    # allocate differently from the CPU's (+6.5% in fp32 here, +4.2% in bf16, +0.7% with
+    # checkpointing: about one megabyte at these shapes)
+    assert 0.99 < estimate.step_bytes / real < 1.08, (estimate.step_bytes, real)
     assert estimate.peak_bytes == estimate.weights_bytes + estimate.step_bytes
 
 
@@ -104,3 +105,22 @@ def test_eager_attention_keeps_its_attention_matrices():
     at_256, at_512 = excess(256), excess(512)
     assert at_512 / at_256 == pytest.approx(4, rel=0.05)
     assert at_512 > 2 * (2 * 4 * 512 * 512 * 4)  # two layers of rows x heads x 512^2 x float32
+
+
+def test_views_of_the_frozen_weights_are_not_counted_as_memory():
+    """A linear layer transposes its weight (a view of memory that exists already): counting it
+    as new memory charged every frozen weight to the step. With gradient checkpointing each
+    extra block adds about its input (rows x length x width in bf16) and its adapter's training
+    state, not its weights."""
+
+    def step(layers: int) -> int:
+        config = T.LlamaConfig(**{**LLAMA.to_dict(), "num_hidden_layers": layers})
+        return pc.estimate_step_memory(
+            config, LORA, head="causal-lm", batch_size=4, sequence_length=256,
+            dtype=torch.bfloat16, precision="bf16", gradient_checkpointing=True,
+        ).step_bytes  # fmt: skip
+
+    per_block = (step(4) - step(2)) / 2
+    block_input = 4 * 256 * 128 * 2
+    block_weights = 2 * (2 * 128 * 128 + 2 * 64 * 128 + 3 * 128 * 344)
+    assert block_input <= per_block < block_input + block_weights / 2
