@@ -58,16 +58,19 @@ FULL = Shape(2048, 16, 5632, 16, 8, 32_000, 8, 1024, 12)  # ~1.1B parameters
 QUICK = Shape(128, 2, 256, 4, 2, 512, 2, 64, 4)  # NF4 blocks need 64 x 256-weight layers
 
 
-def build(shape: Shape, device: torch.device) -> LlamaForCausalLM:
-    config = LlamaConfig(
+def build_config(shape: Shape) -> LlamaConfig:
+    return LlamaConfig(
         hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         intermediate_size=shape.intermediate, num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab,
         max_position_embeddings=shape.seq, use_cache=False,
     )  # fmt: skip
+
+
+def build(shape: Shape, device: torch.device) -> LlamaForCausalLM:
     torch.manual_seed(0)
     with device:
-        return LlamaForCausalLM(config).to(torch.bfloat16)
+        return LlamaForCausalLM(build_config(shape)).to(torch.bfloat16)
 
 
 def with_ours(model: LlamaForCausalLM) -> torch.nn.Module:
@@ -214,6 +217,22 @@ def ratios_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     return ratios
 
 
+def add_estimates(rows: list[dict[str, Any]], shape: Shape) -> None:
+    """``pc.estimate_step_memory`` (``adapterops plan``'s step peak, on fake tensors) beside
+    each of our measured rows: how close the planner comes to the device's own peak."""
+    config = build_config(shape)
+    for row in rows:
+        if "error" in row or not row["library"].startswith("ours"):
+            continue
+        estimate = pc.estimate_step_memory(
+            config, pc.LoRA(rank=16, alpha=32, targets=TARGETS), head="causal-lm",
+            batch_size=shape.batch, sequence_length=shape.seq, dtype=torch.bfloat16,
+            quantization="nf4" if row["library"] == "ours-nf4" else "none",
+            gradient_checkpointing=row["checkpointing"],
+        )  # fmt: skip
+        row["estimated_peak_gib"] = estimate.peak_bytes / 2**30
+
+
 def mfu(row: dict[str, Any], device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -255,6 +274,7 @@ def main() -> None:
                 )
             rows.append(row)
             save(complete=False)
+    add_estimates(rows, shape)  # last: the measured rows never wait for it
     path = save(complete=True)
     print(f"ratios: {ratios_of(rows)}\nwrote {path}")
 

@@ -469,9 +469,9 @@ def gpu_section(data: dict[str, Any], plots: Path) -> str:
             "yes" if r["checkpointing"] else "no",
         ]
         if "error" in r:
-            table_rows.append([*cells, f"failed: {r['error']}", "", "", ""])
+            table_rows.append([*cells, f"failed: {r['error']}", "", "", "", ""])
             continue
-        memory = r.get("peak_memory_gib")
+        memory, estimate = r.get("peak_memory_gib"), r.get("estimated_peak_gib")
         table_rows.append(
             [
                 *cells,
@@ -479,6 +479,7 @@ def gpu_section(data: dict[str, Any], plots: Path) -> str:
                 f"{r['tokens_per_second']:,.0f}",
                 f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-",
                 f"{memory:.1f} GiB" if memory else "-",
+                f"{estimate:.1f} GiB" if estimate else "-",
             ]
         )
     labels = {
@@ -517,7 +518,16 @@ def gpu_section(data: dict[str, Any], plots: Path) -> str:
             f"parameters x tokens/s over the bf16 peak; {measured} of {len(rows)} configurations "
             f"measured; `python -m bench.gpu_bench`):{cut_short}",
             table(
-                ["library", "checkpointing", "step", "tokens/s", "MFU", "peak memory"], table_rows
+                [
+                    "library",
+                    "checkpointing",
+                    "step",
+                    "tokens/s",
+                    "MFU",
+                    "peak memory",
+                    "plan's estimate",
+                ],
+                table_rows,
             ),
             table(["ratio", "training", "time", "peak memory"], ratio_rows),
             measured_on(data),

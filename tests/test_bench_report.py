@@ -131,7 +131,8 @@ def gpu_result() -> dict:
         "machine": MACHINE, "device": "NVIDIA H200", "quick": False, "complete": True,
         "shape": {"hidden": 2048, "layers": 16, "batch": 8, "seq": 1024, "steps": 12},
         "rows": [
-            row("peft", 0.5, 40.0), row("ours", 0.45, 36.0), row("ours-nf4", 0.6, 20.0),
+            row("peft", 0.5, 40.0), row("ours", 0.45, 36.0, estimated_peak_gib=37.25),
+            row("ours-nf4", 0.6, 20.0),
             {"library": "peft-nf4", "checkpointing": False, "error": "OutOfMemoryError: x"},
         ],
         "ratios": {"plain": {"time_ours_over_peft": 0.9, "memory_ours_over_peft": 0.9,
@@ -145,8 +146,11 @@ def test_the_gpu_section_shows_each_configuration_its_failures_and_the_ratios(tm
     text = report.render(tmp_path)
     assert "**LoRA fine-tuning on NVIDIA H200** (a 1.10B-parameter Llama-shaped model" in text
     assert "3 of 4 configurations measured" in text and "Cut short" not in text
-    assert "| ours | no | 450 ms | 18,204 | 25.0% | 36.0 GiB |" in text
-    assert "| peft, NF4 base (bitsandbytes) | no | failed: OutOfMemoryError: x |  |  |  |" in text
+    assert "| ours | no | 450 ms | 18,204 | 25.0% | 36.0 GiB | 37.2 GiB |" in text
+    assert "| peft | no | 500 ms | 16,384 | 25.0% | 40.0 GiB | - |" in text
+    assert (
+        "| peft, NF4 base (bitsandbytes) | no | failed: OutOfMemoryError: x |  |  |  |  |" in text
+    )
     assert "| ours / peft | plain | 0.90x | 0.90x |" in text
     assert "| our QLoRA / our bf16 LoRA | plain | 1.33x | 0.56x |" in text
     assert "our QLoRA / peft's QLoRA" not in text and "with checkpointing" not in text

@@ -27,6 +27,9 @@ def test_the_quick_run_compares_ours_with_peft(tmp_path):
         # the 4-bit base computes close to, not exactly like, the bf16 one
         assert nf4["final_loss"] == pytest.approx(ours["final_loss"], abs=0.1)
         assert nf4["final_loss"] != ours["final_loss"]
+        # the planner's step peak beside ours (QLoRA's weights are smaller; the step is not)
+        assert 0 < nf4["estimated_peak_gib"] < ours["estimated_peak_gib"]
+        assert "estimated_peak_gib" not in peft
         key = "checkpointing" if checkpointing else "plain"
         ratio = data["ratios"][key]["time_ours_over_peft"]
         assert ratio == pytest.approx(ours["step_seconds"] / peft["step_seconds"])
