@@ -3,7 +3,8 @@ tensors (PyTorch's ``FakeTensorMode``: shapes, dtypes and devices, no storage) a
 it creates is counted for as long as it lives.
 
     memory = pc.estimate_step_memory(
-        config, pc.LoRA(rank=16, targets="all-linear"), head="causal-lm",
+        config, pc.LoRA(rank=16, targets=("q", "k", "v", "o", "ffn_in", "ffn_out")),
+        head="causal-lm",
         dtype=torch.bfloat16, batch_size=8, sequence_length=1024, precision="bf16",
         gradient_checkpointing=True)
     memory.peak_bytes          # weights + the step's own peak (activations, gradients, AdamW)
@@ -12,8 +13,8 @@ The step is ``pc.train``'s: the KV cache off, checkpointing as asked, the method
 forward under autocast, backward, gradient clipping and an AdamW step, twice (the second holds
 AdamW's moments from the first). Rows are full ``sequence_length`` (the most a padded batch
 holds; a packed one holds no more). Counted are tensors, as ``torch.cuda.max_memory_allocated``
-counts them; not counted are the CUDA context, kernel workspaces and the caching allocator's
-fragmentation (add ~1 GB on a GPU). A quantised base is estimated on its unquantised layers:
+counts them (views of a tensor that exists are no new memory); not counted are the CUDA context
+(~0.5 GB), kernel workspaces and the caching allocator's fragmentation. A quantised base is estimated on its unquantised layers:
 its stored weights come from :func:`~peft_core.quantize.stored_bytes`, and the one weight it
 dequantises at a time is left out.
 """
