@@ -14,9 +14,10 @@ forward under autocast, backward, gradient clipping and an AdamW step, twice (th
 AdamW's moments from the first). Rows are full ``sequence_length`` (the most a padded batch
 holds; a packed one holds no more). Counted are tensors, as ``torch.cuda.max_memory_allocated``
 counts them (views of a tensor that exists are no new memory); not counted are the CUDA context
-(~0.5 GB), kernel workspaces and the caching allocator's fragmentation. A quantised base is estimated on its unquantised layers:
-its stored weights come from :func:`~peft_core.quantize.stored_bytes`, and the one weight it
-dequantises at a time is left out.
+(~0.5 GB), kernel workspaces and the caching allocator's fragmentation. A quantised base is
+estimated on its unquantised layers: its stored weights come from
+:func:`~peft_core.quantize.stored_bytes`, and the one weight it dequantises at a time is left
+out.
 """
 
 from __future__ import annotations
