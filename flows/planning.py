@@ -8,29 +8,17 @@ and the step's memory is measured on fake tensors (``peft_core.memory``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import peft_core as pc
 
 from .errors import DataError
+from .models import base_config
 
 if TYPE_CHECKING:
     from .spec import AdapterSpec, PlanSpec
 
 __all__ = ["check_step_fits", "plan_spec", "plan_step", "planned_precision"]
-
-
-def _base_config(spec: AdapterSpec | PlanSpec) -> Any:
-    """The base model's configuration (its config.json), with the spec's classifier size."""
-    from transformers import AutoConfig  # noqa: PLC0415
-
-    from .models import resolve_base_model  # noqa: PLC0415
-
-    path = resolve_base_model(spec.base_model)
-    options: dict[str, Any] = {}
-    if spec.head.type == "classification":
-        options["num_labels"] = spec.head.num_labels
-    return AutoConfig.from_pretrained(path, **options)
 
 
 def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
@@ -50,7 +38,7 @@ def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
     if spec.method.type == "fusion":
         return None
     return pc.estimate_step_memory(
-        _base_config(spec), spec.method.to_config(), head=spec.head.type,
+        base_config(spec), spec.method.to_config(), head=spec.head.type,
         batch_size=spec.train.batch_size, sequence_length=spec.train.max_length,
         dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
         precision=planned_precision(spec),  # type: ignore[arg-type]
@@ -61,7 +49,7 @@ def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
 
 def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
-    config = _base_config(spec)
+    config = base_config(spec)
     dtype, quantization = spec.load.torch_dtype(), spec.load.quantization
     if spec.method.type != "fusion":
         return pc.plan(

@@ -27,7 +27,7 @@ from .data import PreparedData, load_raw, prepare
 from .errors import DataError
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
-from .models import resolve_base_model
+from .models import base_config, resolve_base_model
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
@@ -154,12 +154,7 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     nothing or a module the method cannot adapt fails here, not inside the flow."""
     if members_of_spec(spec):  # a fusion needs its members loaded; _check_members vetted them
         return
-    from transformers import AutoConfig  # noqa: PLC0415 - transformers is heavy
-
-    config = AutoConfig.from_pretrained(str(resolve_base_model(spec.base_model)))
-    if spec.head.num_labels is not None:
-        config.num_labels = spec.head.num_labels
-    pc.plan(config, spec.method.to_config(), head=spec.head.type)
+    pc.plan(base_config(spec), spec.method.to_config(), head=spec.head.type)
 
 
 def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -31,7 +30,7 @@ from .data import PreparedData, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
 from .members import load_members, members_of_spec, members_of_version
-from .models import resolve_base_model
+from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec
 
@@ -107,15 +106,15 @@ def load_base_model(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The spec's base model with its head, and its tokenizer (from local files only).
 
-    With ``device`` each weight is read from the checkpoint straight onto it, so no whole copy of
-    the base passes through CPU memory. A quantised base (``load.quantization``) is quantised
-    weight by weight as it loads, on that device: CPU memory never holds the bf16 base, and a GPU
-    quantises in seconds what takes a CPU minutes per billion weights.
+    With ``device`` each weight is read from the checkpoint straight onto it. A quantised base
+    (``load.quantization``) is quantised weight by weight as it loads, on that device: a GPU
+    quantises in seconds what takes a CPU minutes per billion weights, and the CPU never holds
+    the quantised model before it moves.
     """
     path = resolve_base_model(spec.base_model)
     tokenizer = load_tokenizer(spec)
     auto = _AUTO[spec.head.type]
-    config = AutoConfig.from_pretrained(path, **_head_options(spec))
+    config = base_config(spec)
     options: dict[str, Any] = {"config": config, "dtype": spec.load.torch_dtype()}
     if attention := spec.load.attn_implementation():
         options["attn_implementation"] = attention
@@ -131,17 +130,6 @@ def load_base_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def _head_options(spec: AdapterSpec) -> dict[str, Any]:
-    """The config fields a classification head sets (its size and, when named, its labels)."""
-    if spec.head.type != "classification":
-        return {}
-    options: dict[str, Any] = {"num_labels": spec.head.num_labels}
-    if spec.head.label_names:  # the model's config then names them too (pipelines, exports)
-        options["id2label"] = dict(enumerate(spec.head.label_names))
-        options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
-    return options
 
 
 def train_from_spec(
