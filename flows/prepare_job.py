@@ -154,7 +154,11 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     nothing or a module the method cannot adapt fails here, not inside the flow."""
     if members_of_spec(spec):  # a fusion needs its members loaded; _check_members vetted them
         return
-    pc.plan(base_config(spec), spec.method.to_config(), head=spec.head.type)
+    config = base_config(spec)
+    pc.plan(config, spec.method.to_config(), head=spec.head.type)
+    quantization = spec.load.quantization
+    if quantization != "none":  # what load_base_model would refuse, after loading the data
+        pc.quantize.quantization_config(pc.build_on_meta(config, spec.head.type), quantization)
 
 
 def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:

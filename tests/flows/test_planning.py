@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.errors import DataError
 from flows.planning import check_step_fits, plan_step
-from flows.spec import load_spec
+from flows.spec import load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -30,3 +31,27 @@ def test_a_step_that_fits_passes_and_one_that_does_not_says_what_to_change():
     smaller_step = plan_step(smaller)
     assert smaller_step is not None and smaller_step.peak_bytes < step.peak_bytes - 1
     check_step_fits(smaller, step.peak_bytes - 1)
+
+
+def test_a_base_with_nothing_to_quantize_is_refused_with_the_other_inputs(tmp_path):
+    """A base whose Linear layers are all too small for NF4's blocks: check_inputs says so,
+    before any data is read or model loaded (it was an error inside the training step)."""
+    import transformers as T
+
+    import peft_core as pc
+    from flows.prepare_job import _check_method_fits
+
+    T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64,
+    ).save_pretrained(tmp_path)  # fmt: skip
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document.update(base_model=str(tmp_path), head={"type": "causal-lm"})
+    document["method"]["targets"] = ["q_proj", "v_proj"]
+    document.pop("evaluate", None)  # the metric follows the head
+    spec = parse_spec(document, source="spec.yaml")
+    _check_method_fits(spec)  # unquantised: fine
+    document["load"] = {"quantization": "nf4"}
+    nf4 = parse_spec(document, source="spec.yaml")
+    with pytest.raises(pc.ConfigError, match="no Linear layer of this model can be stored in nf4"):
+        _check_method_fits(nf4)
