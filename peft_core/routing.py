@@ -78,15 +78,13 @@ def install_routing(
     if merged:
         raise ConfigError(f"per_row needs unmerged adapters; unmerge {merged} first")
     switches = [switch for _, switch in head_switches(model)]
-    device = next(model.parameters()).device
+    index_of = _IndexTensors(next(model.parameters()).device)
     with torch.no_grad():
         for layer in layers:
             present = [n for n in names if n in layer.adapters]
             slots = [present.index(n) + 1 if n in present else 0 for n in rows]
-            index = torch.tensor(slots, device=device)
-            layer.routing = RowRouting(
-                len(rows), _plan([layer.adapters[n] for n in present], index, slots, kernel)
-            )
+            modules = [layer.adapters[n] for n in present]
+            layer.routing = RowRouting(len(rows), _plan(modules, slots, index_of, kernel))
     for switch in switches:
         switch.rows = list(rows)
 
@@ -116,12 +114,28 @@ class RowRouting:
         return y
 
 
+class _IndexTensors:
+    """Slot lists as device tensors, one per distinct list: the layers of a model mostly share
+    theirs, and every list built on a GPU is a host-to-device copy."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.made: dict[tuple[int, ...], Tensor] = {}
+
+    def __call__(self, slots: list[int]) -> Tensor:
+        key = tuple(slots)
+        if key not in self.made:
+            self.made[key] = torch.tensor(slots, device=self.device)
+        return self.made[key]
+
+
 def _plan(
-    modules: list[nn.Module], index: Tensor, slots: list[int], kernel: Kernel = "gather"
+    modules: list[nn.Module], slots: list[int], index_of: _IndexTensors, kernel: Kernel = "gather"
 ) -> list[Step]:
     """Group the layer's adapters by module type; each group becomes one batched step.
 
-    ``slots`` is ``index`` as a list (decisions need no device round trip). A group no row uses
+    ``slots[i]`` is row ``i``'s adapter, ``modules[slots[i] - 1]`` (0: none). Slots are worked
+    out as lists on the host, so preparing a layer never waits for the GPU. A group no row uses
     adds no step; a group whose rows all use one adapter runs that adapter as ``set_active``
     would, over the whole batch, without stacking anything.
     """
@@ -134,19 +148,18 @@ def _plan(
         members = [modules[s - 1] for s in kind_slots]
         if set(local) == {0}:
             continue  # no row uses an adapter of this kind here
-        group_index = remap_slots(index, kind_slots)
         if kind is SliceParts:
             fused = [cast(SliceParts, m) for m in members]
             for part in fused[0].parts:  # the same targets give the same parts
-                steps += _plan([m.parts[part] for m in fused], group_index, local, kernel)
+                steps += _plan([m.parts[part] for m in fused], local, index_of, kernel)
         elif not hasattr(kind, "batched"):
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
         elif len(set(local)) == 1 and not _drops_out(members[local[0] - 1]):
             steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
         elif kernel == "segmented" and _owner(kind, "segmented") is _owner(kind, "batched"):
-            steps.append(kind.segmented(members, group_index))  # type: ignore[attr-defined]
+            steps.append(kind.segmented(members, index_of(local)))  # type: ignore[attr-defined]
         else:
-            steps.append(kind.batched(members, group_index))
+            steps.append(kind.batched(members, index_of(local)))
     return steps
 
 
