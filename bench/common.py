@@ -71,23 +71,35 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def gpu_benchmark_options(
-    description: str, full_shapes: str, *, cpu_shapes: bool = False
-) -> tuple[Any, bool]:
-    """``--quick`` and ``--device`` for a benchmark whose real shapes need a CUDA GPU: the device
-    to run on and whether to use the tiny shapes (without a GPU always, unless the benchmark
-    has ``cpu_shapes`` of its own)."""
+def gpu_benchmark_parser(description: str) -> Any:
+    """An ``argparse`` parser with ``--quick`` and ``--device``, for a benchmark to add to."""
     import argparse  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415 - the registry benchmarks do not need it
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny shapes (CI, CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    args = parser.parse_args()
+    return parser
+
+
+def gpu_benchmark_device(
+    args: Any, full_shapes: str, *, cpu_shapes: bool = False
+) -> tuple[Any, bool]:
+    """The device to run on and whether to use the tiny shapes (without a GPU always, unless the
+    benchmark has ``cpu_shapes`` of its own), from ``gpu_benchmark_parser``'s arguments."""
+    import torch  # noqa: PLC0415 - the registry benchmarks do not need it
+
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     if not cuda and not args.quick and not cpu_shapes:
         print(
             f"no CUDA GPU here: the {full_shapes} shapes would take hours on a CPU; running --quick"
         )
     return torch.device("cuda" if cuda else "cpu"), bool(args.quick or not (cuda or cpu_shapes))
+
+
+def gpu_benchmark_options(
+    description: str, full_shapes: str, *, cpu_shapes: bool = False
+) -> tuple[Any, bool]:
+    """``--quick`` and ``--device`` for a benchmark whose real shapes need a CUDA GPU: the device
+    to run on and whether to use the tiny shapes."""
+    args = gpu_benchmark_parser(description).parse_args()
+    return gpu_benchmark_device(args, full_shapes, cpu_shapes=cpu_shapes)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # What only a GPU can show, on a lent GPU machine (the session's `device` tool; see
 # /work/.library/device/README.md). The 15 minutes of device time include the machine's start,
-# so the calls go in order of what the open issues need (#13's gpu_bench, #14's multi_lora):
-#   1. bash bench/device_run.sh                 tests/device ("tests"), gpu_bench, multi_lora_bench
-#      carry [".whl"], timeout_s 540            (about 8 minutes)
-#   2. with the time left (`status`): bash bench/device_run.sh llm_train:150 quantized_load:80
-#      carry [".whl-train"]                     (adapterops train on a 1.1B base; NF4 quantised
-#                                               while loading vs after; then packing if time is left)
+# so the calls go in order of what the open issues need (#14's multi_lora rows on every linear
+# layer: the H200 run of 2026-11-30 measured q,v and one all-linear row only):
+#   1. ARGS_multi_lora='--targets "all linear" --counts 4,16,32,64' \
+#          bash bench/device_run.sh tests multi_lora:420 packing:60
+#      carry [".whl-train"], timeout_s 560      (the rows join those already in
+#                                               bench/results/multi_lora.json)
+#   2. with the time left (`status`, 4 minutes to start a machine): bash bench/device_run.sh gpu
+#      carry [".whl"]                           (gpu_bench again, after changes to training)
+# With no names it runs tests, gpu and multi_lora.
 # Prepare the wheels once here, in the repo root (the machine has torch, transformers, peft,
 # pytest, typer, rich, pandas, but none of these):
 #   echo /.whl/ >> .git/info/exclude; echo /.whl-train/ >> .git/info/exclude
@@ -17,7 +20,7 @@
 #   get .whl-train torchao==0.18.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types \
 #       typing-inspection datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 python-dotenv \
 #       pyarrow==25.0.1                                                        # ~58 MB
-# NAME:SECONDS sets a benchmark's time limit (defaults below). Each stops at its limit and keeps
+# NAME:SECONDS sets a benchmark's time limit (defaults below); ARGS_NAME its options. Each stops at its limit and keeps
 # the rows it measured: gpu_bench and multi_lora_bench write their results after every row
 # ("complete": false until the end). Without torchao our QLoRA rows are skipped, without
 # bitsandbytes peft's. Results and logs land in $OUT.
@@ -49,8 +52,10 @@ for entry in "$@"; do
     [[ "$entry" == *:* ]] || seconds="${LIMIT[$bench]:-300}"
     module="bench.${bench}_bench"
     [[ "$bench" == llm_train ]] && module=bench.llm_train_check
-    echo "== $bench, at most ${seconds} s ($(date +%T))"
-    timeout --signal=TERM --kill-after=10 "$seconds" python3 -m "$module" 2>&1 |
+    options="ARGS_$bench"
+    eval "extra=(${!options:-})"  # e.g. ARGS_multi_lora='--targets "all linear" --counts 1,32'
+    echo "== $bench ${extra[*]}, at most ${seconds} s ($(date +%T))"
+    timeout --signal=TERM --kill-after=10 "$seconds" python3 -m "$module" "${extra[@]}" 2>&1 |
         tee "$ADAPTEROPS_BENCH_RESULTS/$bench.log" ||
         echo "== $bench failed or ran out of time; the others still run"
 done

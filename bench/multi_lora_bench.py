@@ -3,6 +3,8 @@
     python -m bench.multi_lora_bench            # on a CUDA GPU: 16 layers x 2048 (~0.9B), bf16
                                                 # on a CPU: 4 layers x 256, fp32
     python -m bench.multi_lora_bench --quick    # tiny shapes (any device; CI runs it on a CPU)
+    python -m bench.multi_lora_bench --targets "all linear" --counts 1,32   # some rows only,
+                                                # added to those measured before on this GPU
 
 A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
 k = 1, 4, 16, 32, 64 distinct adapters (the batch grows to k rows past 32). Four ways run the
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import peft
@@ -27,7 +31,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
-from bench.common import gpu_benchmark_options, write_result
+from bench.common import gpu_benchmark_device, gpu_benchmark_parser, write_result
 from bench.composition_bench import interleaved_medians
 
 # our two per_row LoRA kernels: BGMV-style gather (the default) and SGMV-style grouped GEMM
@@ -214,25 +218,60 @@ def synced(function: Any, device: torch.device) -> Any:
 
 
 def main() -> None:
-    device, quick = gpu_benchmark_options(__doc__.split("\n")[0], "~0.9B", cpu_shapes=True)
+    parser = gpu_benchmark_parser(__doc__.split("\n")[0])
+    parser.add_argument(
+        "--targets",
+        action="append",
+        choices=list(TARGETS),
+        help="only these targets (repeatable; default: all)",
+    )
+    parser.add_argument("--counts", type=lambda text: [int(n) for n in text.split(",")],
+                        help="only these counts of distinct adapters, e.g. 1,32")  # fmt: skip
+    args = parser.parse_args()
+    device, quick = gpu_benchmark_device(args, "~0.9B", cpu_shapes=True)
     cuda = device.type == "cuda"
     shape = QUICK if quick else (FULL if cuda else CPU)
+    if args.counts:
+        shape = replace(shape, counts=tuple(args.counts))
     dtype = torch.bfloat16 if cuda else torch.float32
     name = "multi_lora_smoke" if quick else ("multi_lora" if cuda else "multi_lora_cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    full = FULL if cuda else CPU
+    # a run of some rows adds to the rows an earlier run on this device and shape measured
+    earlier = earlier_rows(name, device_name, replace(shape, counts=full.counts), dtype)
     rows: list[dict[str, Any]] = []
 
     def save(complete: bool) -> Any:  # after every row: a run cut short keeps what it measured
+        measured = {(r["targets"], r["distinct_adapters"]) for r in rows}
+        kept = [r for r in earlier if (r["targets"], r["distinct_adapters"]) not in measured]
+        every = sorted(kept + rows, key=lambda r: (list(TARGETS).index(r["targets"]),
+                                                     r["distinct_adapters"]))  # fmt: skip
+        wanted = {(t, c) for t in TARGETS for c in full.counts}
+        done = complete and wanted <= {(r["targets"], r["distinct_adapters"]) for r in every}
         return write_result(
             name, {"device": device_name, "quick": quick, "dtype": str(dtype),
-                   "shape": asdict(shape), "rows": rows, "complete": complete},
+                   "shape": asdict(replace(shape, counts=full.counts) if not quick else shape),
+                   "rows": every, "complete": done},
         )  # fmt: skip
 
-    for targets in TARGETS:
+    for targets in args.targets or TARGETS:
         for row in measure(shape, device, dtype, targets):
             rows.append(row)
             save(complete=False)
     print(f"wrote {save(complete=True)}")
+
+
+def earlier_rows(name: str, device_name: str, shape: Shape, dtype: torch.dtype) -> list[Any]:
+    """The rows of the committed result ``name`` if it was measured on ``device_name`` with
+    ``shape`` and ``dtype`` (the repository's file: on a lent GPU the results go elsewhere)."""
+    path = Path(__file__).parent / "results" / f"{name}.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    same = (old.get("device"), old.get("shape"), old.get("dtype")) == (
+        device_name, json.loads(json.dumps(asdict(shape))), str(dtype),
+    )  # fmt: skip
+    return list(old["rows"]) if same else []
 
 
 if __name__ == "__main__":
