@@ -230,15 +230,14 @@ def main() -> None:
     args = parser.parse_args()
     device, quick = gpu_benchmark_device(args, "~0.9B", cpu_shapes=True)
     cuda = device.type == "cuda"
-    shape = QUICK if quick else (FULL if cuda else CPU)
-    if args.counts:
-        shape = replace(shape, counts=tuple(args.counts))
+    full = QUICK if quick else (FULL if cuda else CPU)  # every row, when no option narrows it
+    shape = replace(full, counts=tuple(args.counts)) if args.counts else full
     dtype = torch.bfloat16 if cuda else torch.float32
     name = "multi_lora_smoke" if quick else ("multi_lora" if cuda else "multi_lora_cpu")
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    full = FULL if cuda else CPU
     # a run of some rows adds to the rows an earlier run on this device and shape measured
-    earlier = earlier_rows(name, device_name, replace(shape, counts=full.counts), dtype)
+    committed = Path(__file__).parent / "results" / f"{name}.json"  # on a GPU, results go elsewhere
+    earlier = earlier_rows(committed, device_name, full, dtype)
     rows: list[dict[str, Any]] = []
 
     def save(complete: bool) -> Any:  # after every row: a run cut short keeps what it measured
@@ -250,7 +249,7 @@ def main() -> None:
         done = complete and wanted <= {(r["targets"], r["distinct_adapters"]) for r in every}
         return write_result(
             name, {"device": device_name, "quick": quick, "dtype": str(dtype),
-                   "shape": asdict(replace(shape, counts=full.counts) if not quick else shape),
+                   "shape": asdict(full),
                    "rows": every, "complete": done},
         )  # fmt: skip
 
@@ -261,10 +260,9 @@ def main() -> None:
     print(f"wrote {save(complete=True)}")
 
 
-def earlier_rows(name: str, device_name: str, shape: Shape, dtype: torch.dtype) -> list[Any]:
-    """The rows of the committed result ``name`` if it was measured on ``device_name`` with
-    ``shape`` and ``dtype`` (the repository's file: on a lent GPU the results go elsewhere)."""
-    path = Path(__file__).parent / "results" / f"{name}.json"
+def earlier_rows(path: Path, device_name: str, shape: Shape, dtype: torch.dtype) -> list[Any]:
+    """The rows of the result file ``path`` if they were measured on ``device_name`` with
+    ``shape`` and ``dtype``; none otherwise."""
     if not path.exists():
         return []
     old = json.loads(path.read_text())

@@ -5,7 +5,11 @@ prefill and decode numbers for each way of running the batch."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
+import torch
+
+from bench.multi_lora_bench import FULL, earlier_rows
 from tests.helpers import run_quick_bench
 
 
@@ -20,3 +24,15 @@ def test_the_quick_run_measures_prefill_and_decode_for_every_mix(tmp_path):
             assert row[f"prefill_{way}_ms"] > 0 and row[f"decode_{way}_tokens_per_s"] > 0
         ratio = row["prefill_ours_ms"] / row["prefill_one_adapter_ms"]
         assert abs(row["prefill_ours_over_one_adapter"] - ratio) < 1e-9
+
+
+def test_a_partial_run_keeps_only_rows_measured_on_the_same_gpu_and_shape(tmp_path):
+    path = tmp_path / "multi_lora.json"
+    rows = [{"targets": "q,v", "distinct_adapters": 32, "prefill_ours_ms": 59.5}]
+    result = {"device": "NVIDIA H200", "shape": asdict(FULL), "dtype": "torch.bfloat16"}
+    path.write_text(json.dumps({**result, "rows": rows}))
+    assert earlier_rows(path, "NVIDIA H200", FULL, torch.bfloat16) == rows
+    assert earlier_rows(path, "NVIDIA H100", FULL, torch.bfloat16) == []
+    assert earlier_rows(path, "NVIDIA H200", replace(FULL, prompt=512), torch.bfloat16) == []
+    assert earlier_rows(path, "NVIDIA H200", FULL, torch.float16) == []
+    assert earlier_rows(tmp_path / "absent.json", "NVIDIA H200", FULL, torch.bfloat16) == []
