@@ -71,20 +71,22 @@ def install_routing(
                 f"per_row cannot route {name!r}: peft runs its layers, which take one adapter "
                 "per batch; run its rows in a batch of their own"
             )
-    layers = [layer for _, layer in adapter_layers(model)]
-    merged = sorted(
-        {n for layer in layers for n in names if n in layer.adapters and layer.adapter(n).merged}
-    )
+    # (layer, the names it holds, in name order, and their modules); the checks before any change
+    held = [(layer, dict(layer.adapters.items())) for _, layer in adapter_layers(model)]
+    layers = [(layer, [n for n in names if n in own], own) for layer, own in held]
+    merged = sorted({n for _, present, own in layers for n in present if own[n].merged})
     if merged:
         raise ConfigError(f"per_row needs unmerged adapters; unmerge {merged} first")
     switches = [switch for _, switch in head_switches(model)]
     index_of = _IndexTensors(next(model.parameters()).device)
+    slots_of: dict[tuple[str, ...], list[int]] = {}  # layers mostly hold the same adapters
     with torch.no_grad():
-        for layer in layers:
-            present = [n for n in names if n in layer.adapters]
-            slots = [present.index(n) + 1 if n in present else 0 for n in rows]
-            modules = [layer.adapters[n] for n in present]
-            layer.routing = RowRouting(len(rows), _plan(modules, slots, index_of, kernel))
+        for layer, present, own in layers:
+            if (key := tuple(present)) not in slots_of:
+                position = {n: slot for slot, n in enumerate(present, start=1)}
+                slots_of[key] = [position.get(n, 0) if n else 0 for n in rows]
+            modules = [own[n] for n in present]
+            layer.routing = RowRouting(len(rows), _plan(modules, slots_of[key], index_of, kernel))
     for switch in switches:
         switch.rows = list(rows)
 
@@ -144,7 +146,8 @@ def _plan(
         groups[type(module)].append(slot)
     steps: list[Step] = []
     for kind, kind_slots in groups.items():
-        local = [kind_slots.index(s) + 1 if s in kind_slots else 0 for s in slots]
+        position = {slot: local for local, slot in enumerate(kind_slots, start=1)}
+        local = [position.get(s, 0) for s in slots]
         members = [modules[s - 1] for s in kind_slots]
         if set(local) == {0}:
             continue  # no row uses an adapter of this kind here

@@ -10,10 +10,10 @@ index computation, not a copy of every adapter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["cached_stack"]
 
@@ -22,19 +22,29 @@ _SLOT = "_peft_core_stacks"
 _KEEP = 4  # stacks kept per first module: a few recent groupings of the same layer
 
 
-def _state(modules: Sequence[nn.Module]) -> Hashable:
+def _state(
+    modules: Sequence[nn.Module], parameters: Callable[[nn.Module], Iterable[Tensor]]
+) -> Hashable:
     """Which modules, and the exact state of their parameters."""
     return tuple(
-        (id(m), *((p._version, p.data_ptr(), p.dtype, p.device) for p in m.parameters()))
+        (id(m), *((p._version, p.data_ptr(), p.dtype, p.device) for p in parameters(m)))
         for m in modules
     )
 
 
-def cached_stack(modules: Sequence[nn.Module], build: Callable[[], T], tag: Hashable = None) -> T:
+def cached_stack(
+    modules: Sequence[nn.Module],
+    build: Callable[[], T],
+    tag: Hashable = None,
+    parameters: Callable[[nn.Module], Iterable[Tensor]] = nn.Module.parameters,
+) -> T:
     """``build()``'s result for ``modules``, rebuilt only when they or their parameters change.
-    ``tag`` tells apart different builds over the same modules (layouts, dtypes)."""
+    ``tag`` tells apart different builds over the same modules (layouts, dtypes).
+    ``parameters(module)`` gives the tensors ``build`` reads; naming them directly is much
+    quicker than ``nn.Module.parameters``' walk, and this check runs for every layer on every
+    entry into ``per_row``."""
     kept: dict[Hashable, object] = modules[0].__dict__.setdefault(_SLOT, {})
-    key = (tag, _state(modules))
+    key = (tag, _state(modules, parameters))
     if key in kept:
         return kept[key]  # type: ignore[return-value]
     value = build()

@@ -155,9 +155,8 @@ class LoRAModule(nn.Module):
         zero-padded to the largest rank: zero rows and columns add exactly nothing.
         """
         first = modules[0]
-        a, b = cached_stack(modules, lambda: _stack(modules))
-        a_rows = a[index].transpose(1, 2).contiguous()  # (B, in, r): each row's own A
-        b_rows = b[index].transpose(1, 2).contiguous()  # (B, r, out_slice)
+        a, b = cached_stack(modules, lambda: _row_major_stack(modules), parameters=_lora_weights)
+        a_rows, b_rows = a[index], b[index]  # (B, in, r) and (B, r, out_slice): each row's own
         padding = (
             (first.out_slice[0], first.total_out - first.out_slice[1]) if first.out_slice else None
         )
@@ -189,7 +188,9 @@ class LoRAModule(nn.Module):
 
         def step(x: Tensor, y: Tensor) -> Tensor:
             dtype = x.dtype if x.is_cuda and x.dtype != torch.float32 else first.lora_A.weight.dtype
-            a, b = cached_stack(modules, lambda: _grouped_stack(modules, dtype), tag=dtype)
+            a, b = cached_stack(
+                modules, lambda: _grouped_stack(modules, dtype), dtype, _lora_weights
+            )
             rows = x.reshape(x.shape[0], -1, x.shape[-1])
             tokens = rows.shape[1]
             sorted_rows = rows[order].reshape(-1, rows.shape[-1]).to(dtype)
@@ -202,6 +203,22 @@ class LoRAModule(nn.Module):
             return y + update.reshape(y.shape).to(y.dtype)
 
         return step
+
+
+def _lora_weights(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """What :func:`_stack` reads of a LoRA module (its ``scaling`` changes only with them).
+    Plain dict lookups: ``nn.Module`` attributes are a Python call each, and this runs for every
+    adapter of every layer whenever ``per_row`` is entered."""
+    children = module._modules
+    return children["lora_A"]._parameters["weight"], children["lora_B"]._parameters["weight"]  # type: ignore[union-attr,return-value]
+
+
+@torch.no_grad()
+def _row_major_stack(modules: Sequence[LoRAModule]) -> tuple[Tensor, Tensor]:
+    """:func:`_stack` as (slot, in, r) and (slot, r, out), contiguous: a row's gathered weights
+    are then ready for ``bmm`` with no copy of their own."""
+    a, b = _stack(modules)
+    return a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous()
 
 
 @torch.no_grad()

@@ -60,6 +60,21 @@ def test_a_changed_adapter_is_restacked(tiny_model):
     torch.testing.assert_close(mixed[0], alone(model, "a", inputs, 0), atol=1e-5, rtol=0)
 
 
+def test_a_replaced_weight_is_restacked(tiny_model):
+    model = two_loras(tiny_model)
+    inputs = batch(model, rows=2)
+    with pc.per_row(model, ["a", "b"]):
+        logits(model, inputs)
+    for module in model.modules():  # new Parameter objects, as module surgery would leave
+        if isinstance(module, pc.methods.lora.LoRAModule):
+            weight = module.lora_B.weight
+            module.lora_B.weight = torch.nn.Parameter(weight.detach() * 3, weight.requires_grad)
+    with pc.per_row(model, ["a", "b"]):
+        mixed = logits(model, inputs)
+    for row, name in enumerate(["a", "b"]):
+        torch.testing.assert_close(mixed[row], alone(model, name, inputs, row), atol=1e-5, rtol=0)
+
+
 def test_one_adapter_for_every_row_is_exactly_set_active(tiny_model):
     model = two_loras(tiny_model)
     inputs = batch(model, rows=3)
