@@ -31,13 +31,22 @@ from .methods import method_of
 from .methods.parts import SliceParts
 from .state import adapter_layers, get_record, head_switches
 
-__all__ = ["Kernel", "install_routing", "per_row", "remap_slots", "remove_routing"]
+__all__ = [
+    "KERNELS",
+    "Kernel",
+    "install_routing",
+    "per_row",
+    "remap_slots",
+    "remove_routing",
+    "segmented_wins",
+]
 
 
 Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) -> new y
 
 
-Kernel = Literal["gather", "segmented"]
+Kernel = Literal["gather", "segmented", "auto"]
+KERNELS: tuple[Kernel, ...] = ("gather", "segmented", "auto")
 
 
 @contextmanager
@@ -48,7 +57,9 @@ def per_row(
 
     ``kernel`` picks how LoRA layers compute: ``gather`` (BGMV-style: each row gathers its own
     weights, two batched products) or ``segmented`` (SGMV-style: rows sorted by adapter, one
-    grouped product per adapter, ``torch._grouped_mm``). Both give the same outputs.
+    grouped product per adapter, ``torch._grouped_mm``; in half precision on CUDA), or ``auto``:
+    ``segmented`` for a prefill in half precision on CUDA, ``gather`` otherwise (decoding, CPU,
+    float32), as each won on an H200. They give the same outputs, to half precision's rounding.
     """
     install_routing(model, rows, kernel=kernel)
     try:
@@ -61,8 +72,8 @@ def install_routing(
     model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
 ) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
-    if kernel not in ("gather", "segmented"):
-        raise ConfigError(f"per_row kernel must be 'gather' or 'segmented', got {kernel!r}")
+    if kernel not in KERNELS:
+        raise ConfigError(f"per_row kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     names = sorted({name for name in rows if name is not None})
     for name in names:
         record = get_record(model, name)  # unknown names fail before anything changes
@@ -159,11 +170,39 @@ def _plan(
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
         elif len(set(local)) == 1 and not _drops_out(members[local[0] - 1]):
             steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
-        elif kernel == "segmented" and _owner(kind, "segmented") is _owner(kind, "batched"):
-            steps.append(kind.segmented(members, index_of(local)))  # type: ignore[attr-defined]
+        elif kernel != "gather" and _owner(kind, "segmented") is _owner(kind, "batched"):
+            if kernel == "segmented":
+                steps.append(kind.segmented(members, index_of(local)))  # type: ignore[attr-defined]
+            else:
+                steps.append(_ByPhase(kind, members, index_of(local)))
         else:
             steps.append(kind.batched(members, index_of(local)))
     return steps
+
+
+def segmented_wins(x: Tensor) -> bool:
+    """``auto``'s rule for a LoRA layer's input ``x``: the grouped GEMM for a prefill (more than
+    one token a row) in half precision on CUDA. On an H200 (``bench.multi_lora_bench``) it cost
+    1.08-1.14x one adapter where gather cost 1.12-1.39x for 4-64 distinct adapters in a prefill;
+    in decoding gather stayed at 0.9-1.0x where it rose to 1.2-2.5x, and on a CPU gather won."""
+    tokens_per_row = x.numel() // max(1, x.shape[0] * x.shape[-1])
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and tokens_per_row > 1
+
+
+class _ByPhase:
+    """``auto``'s step: ``segmented`` or ``batched`` (gather) by :func:`segmented_wins`, each
+    prepared when first needed (``generate`` runs one prefill, then many decoding steps)."""
+
+    def __init__(self, kind: type, members: list[nn.Module], index: Tensor) -> None:
+        self.kind, self.members, self.index = kind, members, index
+        self.steps: dict[bool, Step] = {}
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        segmented = segmented_wins(x)
+        if segmented not in self.steps:
+            build = self.kind.segmented if segmented else self.kind.batched  # type: ignore[attr-defined]
+            self.steps[segmented] = build(self.members, self.index)
+        return self.steps[segmented](x, y)
 
 
 def _owner(kind: type, attribute: str) -> type | None:

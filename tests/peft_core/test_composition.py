@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import peft_core as pc
 from tests.helpers import batch, logits, perturb_adapter
@@ -282,10 +283,38 @@ class TestPerRow:
             gathered = logits(model, inputs)
         torch.testing.assert_close(segmented, gathered, atol=1e-5, rtol=1e-4)
         with (
-            pytest.raises(pc.ConfigError, match="kernel must be 'gather' or 'segmented'"),
+            pytest.raises(pc.ConfigError, match="kernel must be one of gather, segmented, auto"),
             pc.per_row(model, rows, kernel="triton"),  # type: ignore[arg-type]
         ):
             pass
+
+    def test_auto_takes_the_grouped_gemm_only_for_a_half_precision_prefill_on_cuda(
+        self, tiny_model
+    ):
+        """The rule on fake CUDA tensors (shapes and devices, no GPU needed), then ``auto`` on
+        this CPU: gather's outputs, bit for bit."""
+        with FakeTensorMode():
+            shapes = {"prefill": (4, 9, 16), "decode": (4, 1, 16), "flat": (36, 16)}
+            wins = {
+                (where, dtype, phase): pc.routing.segmented_wins(
+                    torch.empty(shape, device=where, dtype=dtype)
+                )
+                for where in ("cuda", "cpu")
+                for dtype in (torch.bfloat16, torch.float16, torch.float32)
+                for phase, shape in shapes.items()
+            }
+        assert [k for k, won in wins.items() if won] == [
+            ("cuda", torch.bfloat16, "prefill"),
+            ("cuda", torch.float16, "prefill"),
+        ]
+        model = with_adapters(tiny_model("llama", "causal-lm"), {"a": pc.LoRA(), "b": pc.LoRA()})
+        rows = ["a", "b", None, "b"]
+        inputs = batch(model, rows=4)
+        outputs = {}
+        for kernel in ("gather", "auto"):
+            with pc.per_row(model, rows, kernel=kernel):
+                outputs[kernel] = logits(model, inputs)
+        assert torch.equal(outputs["auto"], outputs["gather"])
 
     def test_bad_routing(self, tiny_model):
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
