@@ -41,7 +41,9 @@ class S3Store:
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self._bucket_checked = False
-        self.client = client or boto3.client(
+        # A session of its own: boto3's default session is shared and not thread-safe, and Prefect
+        # runs tasks (each opening a registry) in threads. Clients themselves are thread-safe.
+        self.client = client or boto3.session.Session().client(
             "s3",
             config=Config(
                 connect_timeout=5,
