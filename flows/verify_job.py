@@ -11,7 +11,7 @@ from registry import AdapterVersion, BaseModelMismatchError
 from .errors import DataError
 from .models import resolve_base_model
 from .spec import spec_of_version
-from .train_job import load_base_model
+from .train_job import inference_device, load_base_model
 
 __all__ = ["verify_on_base"]
 
@@ -20,13 +20,15 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
     """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes.
 
     A version registered without a spec (``adapterops import``, or pushed with its probes) is
-    checked on its base model's body: the probes read the body's hidden states, not a head."""
+    checked on its base model's body: the probes read the body's hidden states, not a head.
+    A quantised base is quantised as it loads, on the GPU when there is one."""
+    device = inference_device()  # the probes are forward passes: on a GPU when there is one
     if version.spec:
-        model, _ = load_base_model(spec_of_version(version, "pull --verify"))
+        model, _ = load_base_model(spec_of_version(version, "pull --verify"), device)
     else:
         from transformers import AutoModel  # noqa: PLC0415 - transformers is heavy
 
-        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
+        model = AutoModel.from_pretrained(resolve_base_model(version.base_model)).to(device)
     pc.load_adapter(model, folder, name=version.name)
     check = pc.check_probes(model, version.name, folder)
     if check is None:
