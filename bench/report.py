@@ -376,27 +376,53 @@ def startup_section(data: dict[str, Any], plots: Path) -> str:
 
 def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
     """Prefill and decode of mixed-adapter batches (``bench.multi_lora_bench``), ours with each
-    kernel against peft and one adapter for every row."""
-    del plots
+    kernel against peft and one adapter for every row, with a plot of the same ratios."""
     shape = data["shape"]
 
-    def ratio(row: dict[str, Any], phase: str, way: str) -> str:
+    def cost(row: dict[str, Any], phase: str, way: str) -> float | None:
         """``way``'s cost over one adapter's: time for prefill, inverse throughput for decode."""
         if phase == "prefill":
             value = row.get(f"prefill_{way}_ms")
-            return f"{value / row['prefill_one_adapter_ms']:.2f}x" if value else "-"
+            return value / row["prefill_one_adapter_ms"] if value else None
         value = row.get(f"decode_{way}_tokens_per_s")
-        return f"{row['decode_one_adapter_tokens_per_s'] / value:.2f}x" if value else "-"
+        return row["decode_one_adapter_tokens_per_s"] / value if value else None
 
+    def ratio(row: dict[str, Any], phase: str, way: str) -> str:
+        value = cost(row, phase, way)
+        return f"{value:.2f}x" if value is not None else "-"
+
+    ways = {"ours": "per_row gather", "ours_segmented": "per_row segmented", "peft": "peft"}
     rows = [
         [
             r["targets"],
             f"{r['distinct_adapters']} ({r['rows']} rows)",
-            *(ratio(r, "prefill", way) for way in ("ours", "ours_segmented", "peft")),
-            *(ratio(r, "decode", way) for way in ("ours", "ours_segmented", "peft")),
+            *(ratio(r, "prefill", way) for way in ways),
+            *(ratio(r, "decode", way) for way in ways),
         ]
         for r in data["rows"]
     ]
+    picture = "multi_lora_cpu.png" if data["device"] == "cpu" else "multi_lora.png"
+    figure, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True)
+    for axis, phase in zip(axes, ("prefill", "decode"), strict=True):
+        for targets, style in (("q,v", "--"), ("all linear", "-")):
+            part = [r for r in data["rows"] if r["targets"] == targets]
+            for (way, label), color in zip(ways.items(), ("C0", "C1", "C3"), strict=True):
+                points = [(r["distinct_adapters"], cost(r, phase, way)) for r in part]
+                points = [(x, y) for x, y in points if y is not None]
+                if points:
+                    axis.plot(*zip(*points, strict=True), style, color=color, marker="o",
+                              label=f"{label}, {targets}")  # fmt: skip
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log", base=2)
+        axis.set_xlabel("distinct LoRA adapters in the batch")
+        axis.set_title(phase, fontsize=9)
+    axes[0].set_ylabel("cost / one adapter for every row")
+    axes[1].legend(fontsize=6)
+    figure.suptitle(f"{data['device']}, {data['dtype']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(plots / picture, dpi=110)
+    plt.close(figure)
     return "\n\n".join(
         [
             f"**Mixed-adapter prefill and decode** ({data['device']}, {data['dtype']}; a "
@@ -418,6 +444,7 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
                 ],
                 rows,
             ),
+            f"![cost over one adapter against distinct adapters](bench/results/{picture})",
             measured_on(data),
         ]
     )
