@@ -25,6 +25,8 @@ from transformers import (
 )
 
 import peft_core as pc
+from peft_core.heads import adapter_head
+from peft_core.state import adapter_layers, get_record
 
 from .data import PreparedData, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
@@ -196,15 +198,21 @@ def train_from_spec(
         seconds = time.perf_counter() - started
         if not replicas_agree(model, where):
             raise RuntimeError("DDP replicas disagree after training: gradients were not synced")
-        if sharded:  # every process gathers; rank 0 goes on with a whole, unsharded copy
-            state = gathered(pc.adapter_state_dict(model, spec.name))
-            if where.is_main:
-                model = _unsharded(spec, state, members, registry, where.device)
-    metrics = (
-        evaluate_model(model, data.validation, tokenizer, head=data.head, generate=generates(spec))
-        if (evaluate_after and where.is_main)
-        else {}
-    )
+        metrics: dict[str, Any] | None = None  # evaluated below, unless the shards were
+        probes: dict[str, Any] | None = None
+        if sharded:
+            model, metrics, probes = _after_sharded_training(
+                model, spec, where, data=data, tokenizer=tokenizer, members=members,
+                registry=registry, evaluate_after=evaluate_after,
+            )  # fmt: skip
+    if metrics is None:
+        metrics = (
+            evaluate_model(
+                model, data.validation, tokenizer, head=data.head, generate=generates(spec)
+            )
+            if (evaluate_after and where.is_main)
+            else {}
+        )
     costs = pc.measure(model, spec.name)
     report = TrainReport(
         name=spec.name,
@@ -232,7 +240,9 @@ def train_from_spec(
     # Adapters peft runs are written in its layout, which peft, vLLM and LoRAX read directly.
     layout = "peft" if pc.method_of(config).places_itself else "adapterops"
     folder = pc.save_adapter(model, spec.name, output, format=layout, tokenizer=tokenizer)
-    if not members:  # golden probes: loading re-runs them to catch other base weights
+    if probes is not None:
+        pc.write_probes(probes, folder)
+    elif not members:  # golden probes: loading re-runs them to catch other base weights
         pc.record_probes(model, spec.name, folder)  # (a fusion's outputs need its members)
     report.output = str(folder)
     write_report(report)
@@ -254,6 +264,64 @@ def _unsharded(
         for key, tensor in pc.adapter_state_dict(model, spec.name).items():
             tensor.copy_(state[key])
     return model.to(device).eval()
+
+
+def _after_sharded_training(
+    model: nn.Module,
+    spec: AdapterSpec,
+    where: Placement,
+    *,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    members: list[str],
+    registry: Registry | None,
+    evaluate_after: bool,
+) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
+    """What rank 0 saves after FSDP2 training, and the metrics and golden probes when the shards
+    measured them (None: measure them on the returned model). A collective: every process calls
+    it. Other ranks get their sharded model back."""
+    if not _saved_from_shards(spec, members):  # rank 0 goes on with a whole, unsharded copy
+        state = gathered(pc.adapter_state_dict(model, spec.name))
+        whole = _unsharded(spec, state, members, registry, where.device) if where.is_main else model
+        return whole, None, None
+    # Every process evaluates and runs the probes on the sharded model, in step (each forward
+    # gathers one block at a time): no process ever holds the whole base.
+    metrics = (
+        evaluate_model(model, data.validation, tokenizer, head=data.head, generate=generates(spec))
+        if evaluate_after
+        else {}
+    )
+    probes = pc.probe_document(model, spec.name)
+    state = gathered(pc.adapter_state_dict(model, spec.name))
+    return (_weightless(spec, state) if where.is_main else model), metrics, probes
+
+
+def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:
+    """Whether a sharded run can evaluate, probe and save without a whole copy of the base: not
+    for a fusion (its members load onto a whole model), a method peft runs, or full
+    fine-tuning (its "adapter" is the whole model)."""
+    method = pc.method_of(spec.method.to_config())
+    return not members and not method.places_itself and not method.trains_whole_model
+
+
+def _weightless(spec: AdapterSpec, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The spec's model on the meta device (no memory for the base) with the trained adapter's
+    ``state`` in CPU tensors: all that saving and measuring the adapter read (its tensors and
+    targets, the base's structure and dtype)."""
+    model = pc.build_on_meta(base_config(spec), spec.head.type, dtype=spec.load.torch_dtype())
+    pc.add_adapter(model, spec.name, spec.method.to_config())
+    record = get_record(model, spec.name)
+    owners = [layer.adapters[spec.name] for _, layer in adapter_layers(model, spec.name)]
+    if record.head.trainable:
+        owners += [adapter_head(model, m, spec.name) for m in record.head.modules]
+    for owner in owners:
+        owner.to_empty(device="cpu")
+    with torch.no_grad():
+        for key, tensor in pc.adapter_state_dict(model, spec.name).items():
+            if tensor.is_meta:  # copying into a meta tensor would silently keep nothing
+                raise RuntimeError(f"{key} has no storage in the weightless copy")
+            tensor.copy_(state[key])
+    return model.eval()
 
 
 def generates(spec: AdapterSpec) -> bool:

@@ -66,7 +66,14 @@ from .merge import merge, merged_state_dict, unmerge
 from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
 from .plan import Plan, build_on_meta, measure, plan
-from .probes import ProbeCheck, ProbeMismatchError, check_probes, record_probes
+from .probes import (
+    ProbeCheck,
+    ProbeMismatchError,
+    check_probes,
+    probe_document,
+    record_probes,
+    write_probes,
+)
 from .quantize import is_quantized, quantize_base
 from .roles import ROLES
 from .routing import per_row
@@ -139,6 +146,7 @@ __all__ = [
     "parallel_outputs",
     "per_row",
     "plan",
+    "probe_document",
     "quantize_base",
     "read_metadata",
     "record_probes",
@@ -148,4 +156,5 @@ __all__ = [
     "set_trainable",
     "train",
     "unmerge",
+    "write_probes",
 ]

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from .errors import PeftCoreError
 from .inject import set_active
 
-__all__ = ["PROBES_FILE", "ProbeCheck", "ProbeMismatchError", "check_probes", "record_probes"]
+__all__ = [
+    "PROBES_FILE",
+    "ProbeCheck",
+    "ProbeMismatchError",
+    "check_probes",
+    "probe_document",
+    "record_probes",
+    "write_probes",
+]
 
 PROBES_FILE = "probes.json"
 PROBES = 4  # inputs
@@ -58,15 +66,26 @@ class ProbeCheck:
 
 def record_probes(model: nn.Module, name: str, folder: str | Path) -> Path:
     """Run the probes through ``model`` with adapter ``name`` active; write ``probes.json``."""
+    return write_probes(probe_document(model, name), folder)
+
+
+def probe_document(model: nn.Module, name: str) -> dict[str, Any]:
+    """What :func:`record_probes` writes, without writing it: the probes run through ``model``
+    with adapter ``name`` active. Under FSDP every process runs them (each forward is a
+    collective) and one writes them."""
     inputs = _inputs(model)
     signature = _signature(model, name, inputs)
-    path = Path(folder) / PROBES_FILE
-    document = {
+    return {
         "format": 1,
         "input_ids": inputs.tolist(),
         "signature": signature.tolist(),
         "tolerance": TOLERANCE,
     }
+
+
+def write_probes(document: dict[str, Any], folder: str | Path) -> Path:
+    """``probes.json`` in ``folder`` from :func:`probe_document`'s ``document``."""
+    path = Path(folder) / PROBES_FILE
     path.write_text(json.dumps(document) + "\n")
     return path
 

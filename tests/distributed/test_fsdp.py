@@ -25,7 +25,7 @@ def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=600, check=False
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-12000:]
     return done
 
 
@@ -80,3 +80,19 @@ def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst
         torch.testing.assert_close(fsdp_tensors[key], value, atol=1e-6, rtol=0)
     saved = yaml.safe_load((tmp_path / "out-fsdp" / "report.json").read_text())
     assert saved["sharding"] == "fsdp"
+    # evaluated, probed and saved from the shards (no process held the whole base): the same
+    # counts, base fingerprint and golden probes as DDP's whole model
+    assert [fsdp[k] for k in ("trainable_params", "total_params", "adapter_bytes")] == [
+        ddp[k] for k in ("trainable_params", "total_params", "adapter_bytes")
+    ]
+    files = {s: tmp_path / f"out-{s}" for s in ("fsdp", "ddp")}
+    metas = {s: json.loads((f / "adapter.json").read_text()) for s, f in files.items()}
+    assert metas["fsdp"]["fingerprint"] == metas["ddp"]["fingerprint"]
+    probes = {s: json.loads((f / "probes.json").read_text()) for s, f in files.items()}
+    assert probes["fsdp"]["input_ids"] == probes["ddp"]["input_ids"]
+    torch.testing.assert_close(
+        torch.tensor(probes["fsdp"]["signature"]),
+        torch.tensor(probes["ddp"]["signature"]),
+        atol=1e-5,
+        rtol=1e-4,
+    )
