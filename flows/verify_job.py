@@ -40,6 +40,7 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
         raise BaseModelMismatchError(
             f"{version.ref} fails its golden probe {check.worst_probe} on {version.base_model}: "
             f"the outputs deviate {check.deviation:.1%} from those recorded at registration "
-            f"(band {check.tolerance:.0%}); the base model here is not the one it was trained on"
+            f"(band {check.tolerance:.0%}; {check.precisions}); the base model here is not the "
+            "one it was trained on"
         )
     return check

@@ -57,6 +57,14 @@ class ProbeCheck:
     deviation: float  # relative: |now - recorded| / |recorded| of the worst probe
     tolerance: float
     seconds: float
+    recorded_with: str = "unknown precision"  # "torch.bfloat16 on cuda" (files before: unknown)
+    checked_with: str = ""
+
+    @property
+    def precisions(self) -> str:
+        """Where each side ran, for a message: a deviation near the band between a bf16 GPU and
+        a float32 CPU reads differently from one between two float32 runs."""
+        return f"recorded in {self.recorded_with}, checked in {self.checked_with}"
 
     @property
     def passed(self) -> bool:
@@ -74,12 +82,13 @@ def probe_document(model: nn.Module, name: str) -> dict[str, Any]:
     with adapter ``name`` active. Under FSDP every process runs them (each forward is a
     collective) and one writes them."""
     inputs = _inputs(model)
-    signature = _signature(model, name, inputs)
+    signature, precision = _signature(model, name, inputs)
     return {
         "format": 1,
         "input_ids": inputs.tolist(),
         "signature": signature.tolist(),
         "tolerance": TOLERANCE,
+        "recorded_with": precision,
     }
 
 
@@ -100,7 +109,7 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     started = time.perf_counter()
     inputs = torch.tensor(document["input_ids"], dtype=torch.long)
     recorded = torch.tensor(document["signature"], dtype=torch.float32)
-    now = _signature(model, name, inputs)
+    now, precision = _signature(model, name, inputs)
     if now.shape != recorded.shape:
         raise ProbeMismatchError(f"{path}: signature of shape {tuple(recorded.shape)} expected")
     deviations = [
@@ -109,7 +118,9 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     ]
     worst = max(range(len(deviations)), key=deviations.__getitem__)
     seconds = time.perf_counter() - started
-    return ProbeCheck(worst, deviations[worst], float(document["tolerance"]), seconds)
+    recorded_with = document.get("recorded_with", "unknown precision")
+    tolerance = float(document["tolerance"])
+    return ProbeCheck(worst, deviations[worst], tolerance, seconds, recorded_with, precision)
 
 
 def _inputs(model: nn.Module) -> Tensor:
@@ -122,8 +133,9 @@ def _inputs(model: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def _signature(model: nn.Module, name: str, inputs: Tensor) -> Tensor:
-    """``(probes, tokens x DIMENSIONS)``: the last hidden states, projected."""
+def _signature(model: nn.Module, name: str, inputs: Tensor) -> tuple[Tensor, str]:
+    """``(probes, tokens x DIMENSIONS)``: the last hidden states, projected; and the precision
+    and device they were computed in (``"torch.bfloat16 on cuda"``)."""
     set_active(model, name)
     was_training = model.training
     model.eval()
@@ -135,8 +147,9 @@ def _signature(model: nn.Module, name: str, inputs: Tensor) -> Tensor:
         )
     finally:
         model.train(was_training)
-    hidden = output.hidden_states[-1].float().cpu()  # (probes, tokens, width)
+    last = output.hidden_states[-1]
+    hidden = last.float().cpu()  # (probes, tokens, width)
     generator = torch.Generator().manual_seed(1)
     width = hidden.shape[-1]
     projection = torch.randn(width, DIMENSIONS, generator=generator) / width**0.5
-    return (hidden @ projection).reshape(hidden.shape[0], -1)
+    return (hidden @ projection).reshape(hidden.shape[0], -1), f"{last.dtype} on {device.type}"

@@ -267,8 +267,9 @@ class Registry:
         raise BaseModelMismatchError(
             f"{version.ref} fails its golden probe {check.worst_probe}: the outputs deviate "
             f"{check.deviation:.1%} from those recorded at registration (band "
-            f"{check.tolerance:.0%}), so these base weights are not the ones it was trained on "
-            f"({version.base_model}); skip_probe=True (CLI: --skip-probe) loads it anyway"
+            f"{check.tolerance:.0%}; {check.precisions}), so these base weights are not the "
+            f"ones it was trained on ({version.base_model}); skip_probe=True (CLI: --skip-probe) "
+            "loads it anyway"
         )
 
     def gc(self, *, older_than: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:

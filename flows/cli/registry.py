@@ -191,6 +191,8 @@ def _pull_verified(registry: Any, version: AdapterVersion, destination: Path) ->
         "probe_deviation": check.deviation,
         "probe_tolerance": check.tolerance,
         "probe_seconds": check.seconds,
+        "probe_recorded_with": check.recorded_with,
+        "probe_checked_with": check.checked_with,
     }
 
 

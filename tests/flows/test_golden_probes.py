@@ -53,6 +53,8 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     assert verified.returncode == 0, verified.stderr[-2000:]
     document = json.loads(verified.stdout)
     assert document["probe_deviation"] < 1e-4 and document["probe_tolerance"] == 0.05
+    assert document["probe_recorded_with"] == document["probe_checked_with"]
+    assert document["probe_checked_with"] == "torch.float32 on cpu"
     assert (tmp_path / "pulled" / "probes.json").is_file()
 
     replace_weights_with_random_ones(base)  # same architecture, same fingerprint, other weights
@@ -61,7 +63,10 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     assert refused.returncode == 2 and refused.stdout == ""
     line = refused.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: {ref} fails its golden probe ")
-    assert "recorded at registration (band 5%)" in line and "--skip-probe" in line
+    assert (
+        "recorded at registration (band 5%; recorded in torch.float32 on cpu, checked in " in line
+    )
+    assert "--skip-probe" in line
     brave = run_cli("predict", ref, "--text", "a fine film", "--skip-probe", "--json", env=env)
     assert brave.returncode == 0, brave.stderr[-2000:]
 

@@ -4,6 +4,7 @@ weights does not, and the signature reads the body (a head swap does not matter)
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -36,6 +37,30 @@ def test_the_right_base_reproduces_the_recorded_outputs(saved):
     pc.load_adapter(model, saved)
     check = pc.check_probes(model, "sst2", saved)
     assert check is not None and check.passed and check.deviation < 1e-6
+    assert check.precisions == "recorded in torch.float32 on cpu, checked in torch.float32 on cpu"
+
+
+def test_a_bf16_base_stays_in_the_band_and_each_side_says_its_precision(tmp_path):
+    """Recorded in float32, checked on the same weights in bf16: inside the band for an adapter
+    of a trained one's size (0.05 noise: 1.7% here; the fixture's 0.2 noise, which swamps the
+    body, moves 20% and would not be)."""
+    model = classifier()
+    pc.add_adapter(model, "sst2", pc.LoRA(rank=8, targets=("q", "v")))
+    perturb_adapter(model, "sst2", scale=0.05)
+    saved = pc.save_adapter(model, "sst2", tmp_path / "adapter")
+    pc.record_probes(model, "sst2", saved)
+    half = classifier().to(torch.bfloat16)
+    pc.load_adapter(half, saved)
+    check = pc.check_probes(half, "sst2", saved)
+    assert check is not None and check.passed and 1e-4 < check.deviation < check.tolerance
+    assert check.checked_with == "torch.bfloat16 on cpu"
+    older = tmp_path / "older"  # probes written before the precision was recorded
+    shutil.copytree(saved, older)
+    document = json.loads((older / pc.probes.PROBES_FILE).read_text())
+    del document["recorded_with"]
+    (older / pc.probes.PROBES_FILE).write_text(json.dumps(document))
+    check = pc.check_probes(half, "sst2", older)
+    assert check is not None and check.recorded_with == "unknown precision"
 
 
 def test_the_same_architecture_with_other_weights_leaves_the_band(saved):
