@@ -8,6 +8,7 @@ and the step's memory is measured on fake tensors (``peft_core.memory``).
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import peft_core as pc
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from .spec import AdapterSpec, PlanSpec
 
 __all__ = ["check_step_fits", "plan_spec", "plan_step", "planned_precision"]
+
+# The estimate's own error: on an H200 it was 1.1-1.6% under the measured peak with gradient
+# checkpointing and 3.2-3.3% over without (bench/gpu_bench.py). A step this close is let through
+# with a warning, not refused.
+_MARGIN = 0.03
 
 
 def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
@@ -81,9 +87,19 @@ def check_step_fits(spec: AdapterSpec, device_bytes: int, device_name: str = "th
         step = plan_step(spec)
     except pc.NotEstimableError:
         return
-    if step is None or step.peak_bytes <= device_bytes:
-        return
     gib = 2**30
+    if step is None or step.peak_bytes <= device_bytes * (1 - _MARGIN):
+        return
+    if step.peak_bytes <= device_bytes:
+        warnings.warn(
+            f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB of the "
+            f"{device_bytes / gib:.1f} GiB free on {device_name}: within {_MARGIN:.0%} of the "
+            "limit, where the estimate's own error lies; the run goes ahead, but may run out of "
+            "memory (lower train.batch_size to be safe)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
     raise DataError(
         f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB "
         f"({spec.train.batch_size} rows x {spec.train.max_length} tokens, weights "

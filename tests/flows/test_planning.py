@@ -3,6 +3,7 @@ loaded (``check_inputs`` asks ``check_step_fits`` with the free memory of the GP
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,12 @@ def test_a_step_that_fits_passes_and_one_that_does_not_says_what_to_change():
     spec = load_spec(EXAMPLE)
     step = plan_step(spec)
     assert step is not None
-    check_step_fits(spec, step.peak_bytes)  # exactly enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_step_fits(spec, int(step.peak_bytes / 0.97) + 1)  # enough, with the margin
+    with pytest.warns(RuntimeWarning, match="within 3% of the limit") as close:
+        check_step_fits(spec, step.peak_bytes, "NVIDIA L4")  # exactly enough: a warning
+    assert "of the" in str(close[0].message) and "free on NVIDIA L4" in str(close[0].message)
     with pytest.raises(DataError) as refused:
         check_step_fits(spec, step.peak_bytes - 1, "NVIDIA T4")
     message = str(refused.value)
@@ -30,7 +36,9 @@ def test_a_step_that_fits_passes_and_one_that_does_not_says_what_to_change():
     smaller = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": 16})})
     smaller_step = plan_step(smaller)
     assert smaller_step is not None and smaller_step.peak_bytes < step.peak_bytes - 1
-    check_step_fits(smaller, step.peak_bytes - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # it may be close; it must not refuse
+        check_step_fits(smaller, step.peak_bytes - 1)
 
 
 def test_a_base_with_nothing_to_quantize_is_refused_with_the_other_inputs(tmp_path):
