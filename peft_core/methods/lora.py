@@ -186,15 +186,24 @@ class LoRAModule(nn.Module):
             (first.out_slice[0], first.total_out - first.out_slice[1]) if first.out_slice else None
         )
 
+        # Looked up once per block, not per call: generate calls every layer once per new token,
+        # and gather's per-row weights are likewise fixed when the block is entered.
+        stacks: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        ends_for: dict[int, Tensor] = {}  # tokens per row -> each slot's end row, cumulative
+
         def step(x: Tensor, y: Tensor) -> Tensor:
             dtype = x.dtype if x.is_cuda and x.dtype != torch.float32 else first.lora_A.weight.dtype
-            a, b = cached_stack(
-                modules, lambda: _grouped_stack(modules, dtype), dtype, _lora_weights
-            )
+            if dtype not in stacks:
+                stacks[dtype] = cached_stack(
+                    modules, lambda: _grouped_stack(modules, dtype), dtype, _lora_weights
+                )
+            a, b = stacks[dtype]
             rows = x.reshape(x.shape[0], -1, x.shape[-1])
             tokens = rows.shape[1]
             sorted_rows = rows[order].reshape(-1, rows.shape[-1]).to(dtype)
-            ends = (rows_per_slot * tokens).cumsum(0).to(torch.int32)
+            if tokens not in ends_for:
+                ends_for[tokens] = (rows_per_slot * tokens).cumsum(0).to(torch.int32)
+            ends = ends_for[tokens]
             low_rank = torch._grouped_mm(sorted_rows, a, offs=ends)  # (N, r)
             update = torch._grouped_mm(low_rank, b, offs=ends)  # (N, out_slice)
             update = update.reshape(rows.shape[0], tokens, -1)[inverse]
