@@ -216,12 +216,13 @@ def _drops_out(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in module.modules())
 
 
-def remap_slots(index: Tensor, slots: list[int]) -> Tensor:
-    """Slots of the layer -> slots of one group (others become 0: no adapter of this kind)."""
-    table = torch.zeros(
-        int(index.max().item()) + 1 if index.numel() else 1, dtype=torch.long, device=index.device
-    )
+def remap_slots(index: Tensor, slots: list[int], slot_count: int | None = None) -> Tensor:
+    """Slots of the layer -> slots of one group (others become 0: no adapter of this kind).
+    ``slot_count`` (the layer's adapters + 1) spares a wait for the GPU to read ``index.max()``."""
+    if slot_count is None:
+        slot_count = int(index.max().item()) + 1 if index.numel() else 1
+    table = [0] * slot_count  # built on the host, copied once
     for position, slot in enumerate(slots, start=1):
-        if slot < table.shape[0]:
+        if slot < slot_count:
             table[slot] = position
-    return table[index]
+    return torch.tensor(table, dtype=torch.long, device=index.device)[index]

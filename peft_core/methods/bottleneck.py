@@ -34,6 +34,7 @@ from ..errors import TargetError
 from ..layer import ParamDelta
 from ..roles import Target
 from ..routing import remap_slots
+from ..stacks import cached_stack
 from ..targeting import resolve_targets
 from .base import LayerSite, Method, MethodConfig, check_width, require
 
@@ -175,7 +176,9 @@ def _per_row_updates(modules: Sequence[Bottleneck], index: Tensor) -> list[Updat
     for slot, m in enumerate(modules, start=1):
         by_activation[type(m.act)].append(slot)
     return [
-        _bottleneck_group([modules[s - 1] for s in slots], remap_slots(index, slots))
+        _bottleneck_group(
+            [modules[s - 1] for s in slots], remap_slots(index, slots, slot_count=len(modules) + 1)
+        )
         for slots in by_activation.values()
     ]
 
@@ -211,19 +214,11 @@ class PostNormBottleneck(Bottleneck):
 
 
 def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Update:
-    width = max(m.down.weight.shape[0] for m in members)
-    down = members[0].down.weight
-    features = members[0].up.weight.shape[0]
-    down_w = down.new_zeros(len(members) + 1, width, features)
-    down_b = down.new_zeros(len(members) + 1, width)
-    up_w = down.new_zeros(len(members) + 1, features, width)
-    up_b = down.new_zeros(len(members) + 1, features)
-    for slot, m in enumerate(members, start=1):
-        size = m.down.weight.shape[0]
-        down_w[slot, :size], down_b[slot, :size] = m.down.weight, m.down.bias
-        up_w[slot, :, :size], up_b[slot] = m.up.weight, m.up.bias
-    down_rows, down_bias = down_w[index].transpose(1, 2).contiguous(), down_b[index].unsqueeze(1)
-    up_rows, up_bias = up_w[index].transpose(1, 2).contiguous(), up_b[index].unsqueeze(1)
+    down_w, down_b, up_w, up_b = cached_stack(
+        members, lambda: _bottleneck_stack(members), "bottleneck", _bottleneck_weights
+    )
+    down_rows, down_bias = down_w[index], down_b[index].unsqueeze(1)
+    up_rows, up_bias = up_w[index], up_b[index].unsqueeze(1)
     activation = members[0].act
 
     def update(y: Tensor) -> Tensor:
@@ -232,6 +227,32 @@ def _bottleneck_group(members: list[Bottleneck], index: Tensor) -> Update:
         return (torch.bmm(hidden, up_rows) + up_bias).reshape(y.shape).to(y.dtype)
 
     return update
+
+
+@torch.no_grad()
+def _bottleneck_stack(members: list[Bottleneck]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every member's down and up projections in one tensor each (slot 0 all zeros), zero-padded
+    to the widest bottleneck, row-major: (slot, features, width) and (slot, width, features), so
+    a row's weights are one gather."""
+    width = max(m.down.weight.shape[0] for m in members)
+    down = members[0].down.weight
+    features = members[0].up.weight.shape[0]
+    down_w = down.new_zeros(len(members) + 1, features, width)
+    down_b = down.new_zeros(len(members) + 1, width)
+    up_w = down.new_zeros(len(members) + 1, width, features)
+    up_b = down.new_zeros(len(members) + 1, features)
+    for slot, m in enumerate(members, start=1):
+        size = m.down.weight.shape[0]
+        down_w[slot, :, :size], down_b[slot, :size] = m.down.weight.t(), m.down.bias
+        up_w[slot, :size], up_b[slot] = m.up.weight.t(), m.up.bias
+    return down_w, down_b, up_w, up_b
+
+
+def _bottleneck_weights(module: nn.Module) -> tuple[Tensor, ...]:
+    """What :func:`_bottleneck_stack` reads of a bottleneck (see ``lora._lora_weights``)."""
+    children = module._modules
+    down, up = children["down"]._parameters, children["up"]._parameters  # type: ignore[union-attr]
+    return down["weight"], down["bias"], up["weight"], up["bias"]  # type: ignore[return-value]
 
 
 class _BottleneckMethod(Method):

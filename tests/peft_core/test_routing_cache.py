@@ -60,6 +60,27 @@ def test_a_changed_adapter_is_restacked(tiny_model):
     torch.testing.assert_close(mixed[0], alone(model, "a", inputs, 0), atol=1e-5, rtol=0)
 
 
+def test_bottleneck_stacks_are_kept_and_restacked_when_changed(tiny_model):
+    model = tiny_model("bert", "classification")
+    for name in ("a", "b"):
+        pc.add_adapter(model, name, pc.Pfeiffer(bottleneck=4))
+        perturb_adapter(model, name)
+    model.eval()
+    inputs = batch(model, rows=3)
+    with pc.per_row(model, ["a", "b", None]):
+        logits(model, inputs)
+    built = stacks_of(model)
+    assert len(built) == 2  # one per layer
+    with pc.per_row(model, [None, "b", "a"]):
+        logits(model, inputs)
+    assert all(x is y for x, y in zip(built, stacks_of(model), strict=True))
+    perturb_adapter(model, "a", scale=0.5)
+    with pc.per_row(model, ["a", "b", None]):
+        mixed = logits(model, inputs)
+    for row, name in enumerate(["a", "b"]):
+        torch.testing.assert_close(mixed[row], alone(model, name, inputs, row), atol=1e-5, rtol=0)
+
+
 def test_a_replaced_weight_is_restacked(tiny_model):
     model = two_loras(tiny_model)
     inputs = batch(model, rows=2)
