@@ -28,6 +28,15 @@ def alone(model, name, inputs, row):
     return logits(model, {k: v[row : row + 1] for k, v in inputs.items()})[0]
 
 
+def assert_each_row_is_its_adapter_alone(model, inputs, rows) -> None:
+    with pc.per_row(model, rows):
+        mixed = logits(model, inputs)
+    for row, name in enumerate(rows):
+        if name is not None:
+            expected = alone(model, name, inputs, row)
+            torch.testing.assert_close(mixed[row], expected, atol=1e-5, rtol=0)
+
+
 def test_the_stack_is_built_once_and_reused(tiny_model):
     model = two_loras(tiny_model)
     inputs = batch(model, rows=4)
@@ -75,10 +84,7 @@ def test_bottleneck_stacks_are_kept_and_restacked_when_changed(tiny_model):
         logits(model, inputs)
     assert all(x is y for x, y in zip(built, stacks_of(model), strict=True))
     perturb_adapter(model, "a", scale=0.5)
-    with pc.per_row(model, ["a", "b", None]):
-        mixed = logits(model, inputs)
-    for row, name in enumerate(["a", "b"]):
-        torch.testing.assert_close(mixed[row], alone(model, name, inputs, row), atol=1e-5, rtol=0)
+    assert_each_row_is_its_adapter_alone(model, inputs, ["a", "b", None])
 
 
 def test_a_replaced_weight_is_restacked(tiny_model):
@@ -90,10 +96,7 @@ def test_a_replaced_weight_is_restacked(tiny_model):
         if isinstance(module, pc.methods.lora.LoRAModule):
             weight = module.lora_B.weight
             module.lora_B.weight = torch.nn.Parameter(weight.detach() * 3, weight.requires_grad)
-    with pc.per_row(model, ["a", "b"]):
-        mixed = logits(model, inputs)
-    for row, name in enumerate(["a", "b"]):
-        torch.testing.assert_close(mixed[row], alone(model, name, inputs, row), atol=1e-5, rtol=0)
+    assert_each_row_is_its_adapter_alone(model, inputs, ["a", "b"])
 
 
 def test_one_adapter_for_every_row_is_exactly_set_active(tiny_model):
