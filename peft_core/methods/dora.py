@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import AdapterFormatError
 from ..layer import AdaptedLayer, ParamDelta
+from ..stacks import cached_stack
 from .base import LayerSite, PeftImport
 from .lora import LoRAMethod, LoRAModule, LowRankConfig, lora_scaling
 
@@ -113,8 +114,8 @@ class DoRAModule(LoRAModule):
         """Per-row DoRA: each row's scale and low-rank update, gathered once (slot 0: identity)."""
         doras = [cast(DoRAModule, m) for m in modules]
         lora_step = LoRAModule.batched(doras, index)
-        ones = torch.ones_like(doras[0].lora_magnitude_vector)
-        scales = torch.stack([ones, *(m._scale() for m in doras)])[index].unsqueeze(1)  # (B,1,out)
+        table = cached_stack(doras, lambda: _scale_table(doras), "dora-scales", _dora_tensors)
+        scales = table[index].unsqueeze(1)  # (B, 1, out)
         bias = doras[0]._bias()
 
         def step(x: Tensor, y: Tensor) -> Tensor:
@@ -126,6 +127,23 @@ class DoRAModule(LoRAModule):
             return y + update.reshape(y.shape).to(y.dtype)
 
         return step
+
+
+@torch.no_grad()
+def _scale_table(doras: list[DoRAModule]) -> Tensor:
+    """Each adapter's row scales (a norm over its whole weight each) in one tensor, slot 0 ones."""
+    ones = torch.ones_like(doras[0].lora_magnitude_vector)
+    return torch.stack([ones, *(m._scale() for m in doras)])
+
+
+def _dora_tensors(module: nn.Module) -> tuple[Tensor, ...]:
+    """What a DoRA module's scales read: its own weights and the base weight (which a merge
+    changes in place). A quantised base weight (a tensor subclass without a storage of its own)
+    is left out: nothing merges into it."""
+    dora = cast(DoRAModule, module)
+    own = (dora.lora_A.weight, dora.lora_B.weight, dora.lora_magnitude_vector)
+    base = dora.base_weight()
+    return (*own, base) if type(base) in (Tensor, nn.Parameter) else own
 
 
 class DoRAMethod(LoRAMethod):

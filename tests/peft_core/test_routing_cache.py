@@ -87,6 +87,23 @@ def test_bottleneck_stacks_are_kept_and_restacked_when_changed(tiny_model):
     assert_each_row_is_its_adapter_alone(model, inputs, ["a", "b", None])
 
 
+def test_dora_scales_are_kept_and_follow_a_merge_into_the_base(tiny_model):
+    """DoRA's per-row scales (a norm over each adapter's whole weight) are kept between calls,
+    and rebuilt when another adapter is merged into the base weights they read."""
+    model = tiny_model("llama", "causal-lm")
+    for name, config in (("d", pc.DoRA(rank=4)), ("e", pc.DoRA(rank=2)), ("l", pc.LoRA())):
+        pc.add_adapter(model, name, config)
+        perturb_adapter(model, name)
+    model.eval()
+    inputs = batch(model, rows=3)
+    assert_each_row_is_its_adapter_alone(model, inputs, ["d", "e", None])
+    built = len(stacks_of(model))
+    assert_each_row_is_its_adapter_alone(model, inputs, ["e", None, "d"])
+    assert len(stacks_of(model)) == built  # nothing new stacked
+    pc.merge(model, "l")
+    assert_each_row_is_its_adapter_alone(model, inputs, ["d", "e", None])
+
+
 def test_a_replaced_weight_is_restacked(tiny_model):
     model = two_loras(tiny_model)
     inputs = batch(model, rows=2)
