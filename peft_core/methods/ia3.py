@@ -125,10 +125,11 @@ class IA3Module(nn.Module):
 
         def gather(members: list[IA3Module], vectors: list[Tensor], ones: Tensor) -> Tensor:
             table = torch.stack([ones, *vectors])  # (members + 1, features)
-            position = torch.zeros(len(modules) + 1, dtype=torch.long, device=index.device)
+            position = [0] * (len(modules) + 1)  # on the host: one copy, not one per member
             for i, m in enumerate(members, start=1):
                 position[slots[id(m)]] = i
-            return table[position[index]].unsqueeze(1)  # (B, 1, features)
+            rows = torch.tensor(position, device=index.device)[index]
+            return table[rows].unsqueeze(1)  # (B, 1, features)
 
         out_rows = (
             gather(outputs, [m.output_scale() for m in outputs], ones_out) if outputs else None
