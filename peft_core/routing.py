@@ -18,10 +18,11 @@ Routing is for inference: dropout is not applied, and merged adapters are refuse
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,8 +46,8 @@ __all__ = [
 Step = Callable[[Tensor, Tensor], Tensor]  # (layer input x, output so far y) -> new y
 
 
-Kernel = Literal["gather", "segmented", "auto"]
-KERNELS: tuple[Kernel, ...] = ("gather", "segmented", "auto")
+Kernel = Literal["gather", "segmented", "auto", "triton"]
+KERNELS: tuple[Kernel, ...] = ("gather", "segmented", "auto", "triton")
 
 
 @contextmanager
@@ -59,7 +60,10 @@ def per_row(
     weights, two batched products) or ``segmented`` (SGMV-style: rows sorted by adapter, one
     grouped product per adapter, ``torch._grouped_mm``; in half precision on CUDA), or ``auto``:
     ``segmented`` for a prefill in half precision on CUDA, ``gather`` otherwise (decoding, CPU,
-    float32), as each won on an H200. They give the same outputs, to half precision's rounding.
+    float32), as each won on an H200. ``triton`` (CUDA): SGMV-style shrink and expand in Triton
+    (:mod:`peft_core.lora_triton`) with float32 weights and intermediate, rows left in place.
+    They give the same outputs, to half precision's rounding. Layers of other methods (and
+    DoRA) route with ``gather`` under every kernel.
     """
     install_routing(model, rows, kernel=kernel)
     try:
@@ -74,6 +78,9 @@ def install_routing(
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
     if kernel not in KERNELS:
         raise ConfigError(f"per_row kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    device = next(model.parameters()).device
+    if kernel == "triton":
+        _check_triton(device)
     names = sorted({name for name in rows if name is not None})
     for name in names:
         record = get_record(model, name)  # unknown names fail before anything changes
@@ -89,7 +96,7 @@ def install_routing(
     if merged:
         raise ConfigError(f"per_row needs unmerged adapters; unmerge {merged} first")
     switches = [switch for _, switch in head_switches(model)]
-    index_of = _IndexTensors(next(model.parameters()).device)
+    index_of = _IndexTensors(device)
     slots_of: dict[tuple[str, ...], list[int]] = {}  # layers mostly hold the same adapters
     with torch.no_grad():
         for layer, present, own in layers:
@@ -170,13 +177,8 @@ def _plan(
             raise ConfigError(f"per_row cannot route {kind.__name__} adapters")
         elif len(set(local)) == 1 and not _drops_out(members[local[0] - 1]):
             steps.append(members[local[0] - 1])  # one adapter for every row: its own forward
-        elif kernel != "gather" and _owner(kind, "segmented") is _owner(kind, "batched"):
-            if kernel == "segmented":
-                steps.append(kind.segmented(members, index_of(local)))  # type: ignore[attr-defined]
-            else:
-                steps.append(_ByPhase(kind, members, index_of(local)))
         else:
-            steps.append(kind.batched(members, index_of(local)))
+            steps.append(_kernel_step(kind, members, local, index_of, kernel))
     return steps
 
 
@@ -203,6 +205,40 @@ class _ByPhase:
             build = self.kind.segmented if segmented else self.kind.batched  # type: ignore[attr-defined]
             self.steps[segmented] = build(self.members, self.index)
         return self.steps[segmented](x, y)
+
+
+def _kernel_step(
+    kind: type, members: list[nn.Module], local: list[int], index_of: _IndexTensors, kernel: Kernel
+) -> Step:
+    """One group's step under ``kernel``: the method's own segmented or Triton variant where its
+    class defines one next to ``batched`` (DoRA, a LoRA subclass, must not inherit LoRA's),
+    else ``batched`` (gather)."""
+    routes: Any = kind  # the variants are optional static methods of the module class
+    own = _owner(kind, "batched")
+    if kernel == "triton" and _owner(kind, "triton") is own:
+        return routes.triton(members, local, index_of.device)
+    if kernel == "segmented" and _owner(kind, "segmented") is own:
+        return routes.segmented(members, index_of(local))
+    if kernel == "auto" and _owner(kind, "segmented") is own:
+        return _ByPhase(kind, members, index_of(local))
+    return routes.batched(members, index_of(local))
+
+
+def _check_triton(device: torch.device) -> None:
+    """``triton``'s needs, before any layer changes: the package, and a CUDA device (or Triton's
+    interpreter, which tests use on a CPU)."""
+    try:
+        import triton  # noqa: F401, PLC0415
+    except ImportError:
+        raise ConfigError(
+            "per_row kernel 'triton' needs the triton package (CUDA builds of torch bring it): "
+            "pip install triton, or use kernel='gather'"
+        ) from None
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            f"per_row kernel 'triton' runs on CUDA GPUs and this model is on {device.type}: use "
+            "kernel='gather' (TRITON_INTERPRET=1 runs it, slowly, through Triton's interpreter)"
+        )
 
 
 def _owner(kind: type, attribute: str) -> type | None:

@@ -173,13 +173,18 @@ class LocalStack:
 
     def down(self) -> list[ServiceStatus]:
         """Stop every service (the worker first, PostgreSQL last); the data stays."""
-        self._stop("worker")  # before the server it polls
-        # the servers do not need each other to shut down: each waits out its own grace at once
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            list(pool.map(self._stop, ("prefect", "mlflow", "seaweedfs")))
+        # The worker stops before the server it polls; MLflow and SeaweedFS need neither, so
+        # each waits out its own grace meanwhile.
+        in_order = (("worker", "prefect"), ("mlflow",), ("seaweedfs",))
+        with ThreadPoolExecutor(max_workers=len(in_order)) as pool:
+            list(pool.map(self._stop_in_order, in_order))
         self.postgres.stop()  # MLflow and Prefect keep their state there
         self._save_state()
         return self.status()
+
+    def _stop_in_order(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self._stop(name)
 
     def _stop(self, name: str) -> None:
         if self._ours(name):

@@ -213,6 +213,25 @@ class LoRAModule(nn.Module):
 
         return step
 
+    @staticmethod
+    def triton(modules: Sequence[LoRAModule], slots: list[int], device: torch.device) -> Step:
+        """Like :meth:`segmented`, through :mod:`peft_core.lora_triton`'s kernels: rows stay in
+        place, float32 weights and low-rank intermediate, the update added into ``y``.
+        ``slots`` is :meth:`batched`'s index as a host list."""
+        from ..lora_triton import segments, shrink_expand  # noqa: PLC0415 (triton is optional)
+
+        first = modules[0]
+        column = first.out_slice[0] if first.out_slice else 0
+        a, b = cached_stack(modules, lambda: _row_major_stack(modules), parameters=_lora_weights)
+        routed = tuple(slots)
+
+        def step(x: Tensor, y: Tensor) -> Tensor:
+            tokens_per_row = x.numel() // max(1, x.shape[0] * x.shape[-1])
+            where = segments(routed, tokens_per_row, device)
+            return shrink_expand(x, y, a, b, where, column=column)
+
+        return step
+
 
 def _lora_weights(module: nn.Module) -> tuple[Tensor, Tensor]:
     """What :func:`_stack` reads of a LoRA module (its ``scaling`` changes only with them).

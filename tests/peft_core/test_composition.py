@@ -283,8 +283,10 @@ class TestPerRow:
             gathered = logits(model, inputs)
         torch.testing.assert_close(segmented, gathered, atol=1e-5, rtol=1e-4)
         with (
-            pytest.raises(pc.ConfigError, match="kernel must be one of gather, segmented, auto"),
-            pc.per_row(model, rows, kernel="triton"),  # type: ignore[arg-type]
+            pytest.raises(
+                pc.ConfigError, match="kernel must be one of gather, segmented, auto, triton"
+            ),
+            pc.per_row(model, rows, kernel="sgmv"),  # type: ignore[arg-type]
         ):
             pass
 

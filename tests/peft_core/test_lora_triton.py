@@ -1,0 +1,116 @@
+"""``per_row(kernel="triton")`` on this CPU, through Triton's interpreter: the same kernels the
+GPU compiles (``tests/device`` runs them on CUDA in bf16), here in float32 and float16."""
+
+from __future__ import annotations
+
+import os
+
+# Before peft_core.lora_triton is first imported: triton.jit reads it when the kernels are made.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+
+import peft_core as pc
+from peft_core.lora_triton import Segments, shrink_expand
+from tests.helpers import batch, logits, perturb_adapter
+from tests.peft_core.test_composition import ROUTED, ROUTED_FOR_GENERATION, with_adapters
+
+
+def reference(x, y, a, b, slots, column=0):
+    """Each row's update in float64, row by row."""
+    out = y.double().clone()
+    for row, slot in enumerate(slots):
+        update = x[row].double() @ a[slot].double() @ b[slot].double()
+        out[row, :, column : column + b.shape[2]] += update
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_kernels_add_each_rows_own_update_and_leave_other_rows_alone(dtype):
+    """Ranks below the tile (5 of 16), widths off the tiles (70 in, 100 out of 120 columns),
+    rows in no adapter order, a row without adapter, a segment longer than one tile."""
+    torch.manual_seed(0)
+    slots = [2, 0, 1, 2, 3, 2]
+    a, b = torch.randn(4, 70, 5), torch.randn(4, 5, 100)
+    a[0], b[0] = 0, 0
+    x = torch.randn(len(slots), 30, 70).to(dtype)
+    y = torch.randn(len(slots), 30, 120).to(dtype)
+    where = Segments.of(slots, 30, torch.device("cpu"))
+    assert where.longest == 90 and where.length.tolist() == [30, 90, 30]  # slot 2: 3 rows
+    with torch.no_grad():
+        out = shrink_expand(x, y.clone(), a, b, where, column=10)
+    expected = reference(x, y, a, b, slots, column=10)
+    # float32 products and intermediate: only the output's own rounding is left
+    bound = 1e-4 if dtype == torch.float32 else float(expected.abs().max()) * 2**-10
+    assert float((out.double() - expected).abs().max()) <= bound
+    assert torch.equal(out[1], y[1])  # slot 0: not written
+    assert torch.equal(out[..., :10], y[..., :10]) and torch.equal(out[..., 110:], y[..., 110:])
+
+
+def test_with_autograd_on_the_input_is_left_unchanged():
+    slots = [1, 1]
+    a, b = torch.randn(2, 8, 4), torch.randn(2, 4, 8)
+    x, y = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    before = y.clone()
+    out = shrink_expand(x, y, a, b, Segments.of(slots, 3, torch.device("cpu")))
+    assert torch.equal(y, before) and not torch.equal(out, before)
+
+
+@pytest.mark.parametrize(
+    ("family", "head"),
+    [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")],
+)
+def test_each_row_equals_running_it_alone(tiny_model, family, head):
+    """LoRAs through the kernel (GPT-2's fused ``c_attn``: one slice of its columns each),
+    bottlenecks, BitFit and DoRA (BERT, Llama) through gather, in one batch."""
+    configs = {**ROUTED, "dora": pc.DoRA(rank=3)}
+    if family == "llama":
+        del configs["bitfit"]  # no biases
+    if family == "gpt2":
+        del configs["dora"]  # adapts whole layers: not slices of c_attn
+    model = with_adapters(tiny_model(family, head), configs)
+    names = [*configs, None, "lora", "lora-wide"]
+    inputs = batch(model, rows=len(names))
+    with torch.no_grad(), pc.per_row(model, names, kernel="triton"):
+        routed = logits(model, inputs)
+    for row, name in enumerate(names):
+        pc.set_active(model, name)
+        alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
+        torch.testing.assert_close(
+            routed[row : row + 1], alone, atol=1e-5, rtol=1e-4, msg=f"row {row} ({name})"
+        )
+
+
+def test_generation_with_an_adapter_per_row_equals_each_row_alone(tiny_model):
+    """Prefill (several tokens a row), then decoding one token a row with the KV cache."""
+    model = tiny_model("llama", "causal-lm")
+    for scale, (name, config) in zip((0.2, 0.5, 0.8), ROUTED_FOR_GENERATION.items(), strict=True):
+        pc.add_adapter(model, name, config)
+        perturb_adapter(model, name, scale=scale)
+    rows = ["lora", "pfeiffer", None, "lora-wide"]
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16], [17, 18]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    options = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad(), pc.per_row(model, rows, kernel="triton"):
+        together = model.generate(input_ids=ids, attention_mask=mask, **options)
+    for row, (prompt, name) in enumerate(zip(prompts, rows, strict=True)):
+        pc.set_active(model, name)
+        with torch.no_grad():
+            alone = model.generate(input_ids=torch.tensor([prompt]), **options)
+        assert together[row, width:].tolist() == alone[0, len(prompt) :].tolist(), name
+
+
+def test_on_a_cpu_without_the_interpreter_it_names_the_kernels_that_run_there(
+    tiny_model, monkeypatch
+):
+    model = with_adapters(tiny_model("llama", "causal-lm"), {"a": pc.LoRA(), "b": pc.LoRA()})
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with (
+        pytest.raises(pc.ConfigError, match="'triton' runs on CUDA GPUs and this model is on cpu"),
+        pc.per_row(model, ["a", "b"], kernel="triton"),
+    ):
+        pass
+    assert all(layer.routing is None for _, layer in pc.state.adapter_layers(model))
