@@ -391,7 +391,10 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
         value = cost(row, phase, way)
         return f"{value:.2f}x" if value is not None else "-"
 
-    ways = {"ours": "per_row gather", "ours_segmented": "per_row segmented", "peft": "peft"}
+    ways = {"ours": "per_row gather", "ours_segmented": "per_row segmented"}
+    if any("prefill_ours_triton_ms" in r for r in data["rows"]):  # measured on a GPU only
+        ways["ours_triton"] = "per_row triton"
+    ways["peft"] = "peft"
     rows = [
         [
             r["targets"],
@@ -406,7 +409,7 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
     for axis, phase in zip(axes, ("prefill", "decode"), strict=True):
         for targets, style in (("q,v", "--"), ("all linear", "-")):
             part = [r for r in data["rows"] if r["targets"] == targets]
-            for (way, label), color in zip(ways.items(), ("C0", "C1", "C3"), strict=True):
+            for (way, label), color in zip(ways.items(), ("C0", "C1", "C2", "C3"), strict=False):
                 points = [(r["distinct_adapters"], cost(r, phase, way)) for r in part]
                 points = [(x, y) for x, y in points if y is not None]
                 if points:
@@ -435,12 +438,14 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
                 [
                     "targets",
                     "distinct adapters",
-                    "prefill: per_row gather",
-                    "per_row segmented",
-                    "peft",
-                    "decode: per_row gather",
-                    "per_row segmented",
-                    "peft",
+                    *(
+                        f"prefill: {label}" if i == 0 else label
+                        for i, label in enumerate(ways.values())
+                    ),
+                    *(
+                        f"decode: {label}" if i == 0 else label
+                        for i, label in enumerate(ways.values())
+                    ),
                 ],
                 rows,
             ),

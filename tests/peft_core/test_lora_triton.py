@@ -17,7 +17,7 @@ from tests.helpers import batch, logits, perturb_adapter
 from tests.peft_core.test_composition import ROUTED, ROUTED_FOR_GENERATION, with_adapters
 
 
-def reference(x, y, a, b, slots, column=0):
+def reference(x, y, a, b, slots, *, column=0):
     """Each row's update in float64, row by row."""
     out = y.double().clone()
     for row, slot in enumerate(slots):
