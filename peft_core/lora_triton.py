@@ -128,7 +128,9 @@ def _shrink(  # noqa: PLR0917
     tokens = tl.load(token_ids + tl.load(start + segment) + positions, mask=valid, other=0)
     weights = a + tl.load(slot + segment).to(tl.int64) * a_slot_stride
     ranks = tl.arange(0, BLOCK_R)
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    # tl.full, not tl.zeros: zeros is a @triton.jit helper, made compiled or interpreted when
+    # triton is first imported (torchao may import it before a test asks for the interpreter)
+    acc = tl.full((BLOCK_M, BLOCK_R), 0.0, dtype=tl.float32)
     for k in range(0, in_features, BLOCK_K):
         columns = k + tl.arange(0, BLOCK_K)
         rows = tl.load(
