@@ -4,6 +4,9 @@ GPU compiles (``tests/device`` runs them on CUDA in bf16), here in float32 and f
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 # Before peft_core.lora_triton is first imported: triton.jit reads it when the kernels are made.
 os.environ["TRITON_INTERPRET"] = "1"
@@ -114,3 +117,43 @@ def test_on_a_cpu_without_the_interpreter_it_names_the_kernels_that_run_there(
     ):
         pass
     assert all(layer.routing is None for _, layer in pc.state.adapter_layers(model))
+
+
+COMPILE_FOR_GPUS = textwrap.dedent(
+    """
+    import sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from peft_core.lora_triton import _expand, _shrink
+
+    def types(kernel, activations):
+        named = {"x": activations, "y": activations, "low_rank": "*fp32", "a": "*fp32",
+                 "b": "*fp32", "token_ids": "*i32", "start": "*i32", "length": "*i32",
+                 "slot": "*i32"}
+        return {n: "constexpr" if n.isupper() else named.get(n, "i32") for n in kernel.arg_names}
+
+    blocks = {_shrink: {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_R": 16, "PRECISION": "tf32"},
+              _expand: {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_R": 32, "PRECISION": "tf32"}}
+    for capability in (80, 90):
+        for activations in ("*bf16", "*fp16"):
+            for kernel, constants in blocks.items():
+                source = ASTSource(kernel, types(kernel, activations), constexprs=constants)
+                compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+                assert compiled.asm["cubin"], (kernel, capability)
+    print("compiled")
+    """
+)
+
+
+def test_the_kernels_compile_for_ampere_and_hopper_gpus_without_one(tmp_path):
+    """Triton lowers them to machine code for sm_80 and sm_90 here, with no GPU: a kernel that
+    breaks a rule of the compiled path (tile shapes, dtypes of ``tl.dot``) fails in CI, not on
+    the first GPU the project is lent."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment |= {"TRITON_CACHE_DIR": str(tmp_path), "TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_GPUS], env=environment, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "compiled", result.stderr[-3000:]
