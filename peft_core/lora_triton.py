@@ -112,6 +112,16 @@ def shrink_expand(
     return out
 
 
+@triton.jit
+def _tokens_of(tile, segment, token_ids, start, length, BLOCK_M: tl.constexpr):  # noqa: PLR0917
+    """A program's ``BLOCK_M`` tokens of its segment: int64 positions in the flattened batch,
+    and which of them are inside the segment."""
+    positions = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid = positions < tl.load(length + segment)
+    tokens = tl.load(token_ids + tl.load(start + segment) + positions, mask=valid, other=0)
+    return tokens.to(tl.int64), valid
+
+
 # Triton kernels take their arguments positionally.
 @triton.jit
 def _shrink(  # noqa: PLR0917
@@ -120,12 +130,9 @@ def _shrink(  # noqa: PLR0917
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     tile, segment = tl.program_id(0), tl.program_id(1)
-    seg_length = tl.load(length + segment)
-    if tile * BLOCK_M >= seg_length:
-        return
-    positions = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid = positions < seg_length
-    tokens = tl.load(token_ids + tl.load(start + segment) + positions, mask=valid, other=0)
+    if tile * BLOCK_M >= tl.load(length + segment):
+        return  # past the end of this adapter's tokens
+    tokens, valid = _tokens_of(tile, segment, token_ids, start, length, BLOCK_M)
     weights = a + tl.load(slot + segment).to(tl.int64) * a_slot_stride
     ranks = tl.arange(0, BLOCK_R)
     # tl.full, not tl.zeros: zeros is a @triton.jit helper, made compiled or interpreted when
@@ -134,7 +141,7 @@ def _shrink(  # noqa: PLR0917
     for k in range(0, in_features, BLOCK_K):
         columns = k + tl.arange(0, BLOCK_K)
         rows = tl.load(
-            x + tokens.to(tl.int64)[:, None] * x_row_stride + columns[None, :],
+            x + tokens[:, None] * x_row_stride + columns[None, :],
             mask=valid[:, None] & (columns[None, :] < in_features), other=0.0,
         )  # fmt: skip
         tile_a = tl.load(
@@ -143,7 +150,7 @@ def _shrink(  # noqa: PLR0917
         )  # fmt: skip
         acc = tl.dot(rows.to(tl.float32), tile_a.to(tl.float32), acc, input_precision=PRECISION)
     tl.store(
-        low_rank + tokens.to(tl.int64)[:, None] * BLOCK_R + ranks[None, :], acc,
+        low_rank + tokens[:, None] * BLOCK_R + ranks[None, :], acc,
         mask=valid[:, None],
     )  # fmt: skip
 
@@ -155,13 +162,9 @@ def _expand(  # noqa: PLR0917
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     tile, block, segment = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    seg_length = tl.load(length + segment)
-    if tile * BLOCK_M >= seg_length:
-        return
-    positions = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    valid = positions < seg_length
-    tokens = tl.load(token_ids + tl.load(start + segment) + positions, mask=valid, other=0)
-    tokens = tokens.to(tl.int64)
+    if tile * BLOCK_M >= tl.load(length + segment):
+        return  # past the end of this adapter's tokens
+    tokens, valid = _tokens_of(tile, segment, token_ids, start, length, BLOCK_M)
     weights = b + tl.load(slot + segment).to(tl.int64) * b_slot_stride
     ranks = tl.arange(0, BLOCK_R)
     columns = block * BLOCK_N + tl.arange(0, BLOCK_N)
