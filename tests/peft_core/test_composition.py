@@ -201,7 +201,7 @@ ROUTED_FOR_GENERATION = {
 
 
 class TestPerRow:
-    @pytest.mark.parametrize("kernel", ["gather", "segmented"])
+    @pytest.mark.parametrize("kernel", ["gather", "segmented", "triton"])
     @pytest.mark.parametrize(
         ("family", "head"),
         [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")],
@@ -223,7 +223,7 @@ class TestPerRow:
             )
         assert pc.list_adapters(model)  # routing left the adapters in place
 
-    @pytest.mark.parametrize("kernel", ["gather", "segmented"])
+    @pytest.mark.parametrize("kernel", ["gather", "segmented", "triton"])
     def test_generation_with_an_adapter_per_row_equals_each_row_alone(self, tiny_model, kernel):
         """``generate`` under ``per_row``: left-padded prompts of different lengths, a KV cache,
         greedy decoding; each row's tokens are the ones its adapter gives it alone."""
@@ -269,15 +269,16 @@ class TestPerRow:
             alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
             torch.testing.assert_close(routed[row : row + 1], alone, atol=1e-5, rtol=1e-4)
 
-    def test_the_segmented_kernel_leaves_dora_to_its_own_step(self, tiny_model):
-        """DoRA's modules are LoRA modules with their own ``batched``: the segmented LoRA step
-        must not replace it (its magnitudes would be lost)."""
+    @pytest.mark.parametrize("kernel", ["segmented", "triton"])
+    def test_the_lora_kernels_leave_dora_to_its_own_step(self, tiny_model, kernel):
+        """DoRA's modules are LoRA modules with their own ``batched``: the segmented or Triton
+        LoRA step must not replace it (its magnitudes would be lost)."""
         model = with_adapters(
             tiny_model("llama", "causal-lm"), {"d": pc.DoRA(rank=4), "l": pc.LoRA(rank=4)}
         )
         rows = ["d", "l", None, "d"]
         inputs = batch(model, rows=4)
-        with pc.per_row(model, rows, kernel="segmented"):
+        with torch.no_grad(), pc.per_row(model, rows, kernel=kernel):
             segmented = logits(model, inputs)
         with pc.per_row(model, rows):
             gathered = logits(model, inputs)

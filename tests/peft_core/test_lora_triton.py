@@ -1,5 +1,6 @@
-"""``per_row(kernel="triton")`` on this CPU, through Triton's interpreter: the same kernels the
-GPU compiles (``tests/device`` runs them on CUDA in bf16), here in float32 and float16."""
+"""per_row's Triton kernels on this CPU, through Triton's interpreter (``conftest.py`` asks for
+it): the same code the GPU compiles (``tests/device`` runs it on CUDA in bf16), here in float32
+and float16; whole models through ``per_row(kernel="triton")`` are in ``test_composition.py``."""
 
 from __future__ import annotations
 
@@ -8,16 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-# Before peft_core.lora_triton is first imported: triton.jit reads it when the kernels are made.
-os.environ["TRITON_INTERPRET"] = "1"
-
 import pytest
 import torch
 
 import peft_core as pc
 from peft_core.lora_triton import Segments, shrink_expand
-from tests.helpers import batch, logits, perturb_adapter
-from tests.peft_core.test_composition import ROUTED, ROUTED_FOR_GENERATION, with_adapters
+from tests.peft_core.test_composition import with_adapters
 
 
 def reference(x, y, a, b, slots, *, column=0):
@@ -58,52 +55,6 @@ def test_with_autograd_on_the_input_is_left_unchanged():
     before = y.clone()
     out = shrink_expand(x, y, a, b, Segments.of(slots, 3, torch.device("cpu")))
     assert torch.equal(y, before) and not torch.equal(out, before)
-
-
-@pytest.mark.parametrize(
-    ("family", "head"),
-    [("bert", "classification"), ("gpt2", "causal-lm"), ("llama", "causal-lm")],
-)
-def test_each_row_equals_running_it_alone(tiny_model, family, head):
-    """LoRAs through the kernel (GPT-2's fused ``c_attn``: one slice of its columns each),
-    bottlenecks, BitFit and DoRA (BERT, Llama) through gather, in one batch."""
-    configs = {**ROUTED, "dora": pc.DoRA(rank=3)}
-    if family == "llama":
-        del configs["bitfit"]  # no biases
-    if family == "gpt2":
-        del configs["dora"]  # adapts whole layers: not slices of c_attn
-    model = with_adapters(tiny_model(family, head), configs)
-    names = [*configs, None, "lora", "lora-wide"]
-    inputs = batch(model, rows=len(names))
-    with torch.no_grad(), pc.per_row(model, names, kernel="triton"):
-        routed = logits(model, inputs)
-    for row, name in enumerate(names):
-        pc.set_active(model, name)
-        alone = logits(model, {k: v[row : row + 1] for k, v in inputs.items()})
-        torch.testing.assert_close(
-            routed[row : row + 1], alone, atol=1e-5, rtol=1e-4, msg=f"row {row} ({name})"
-        )
-
-
-def test_generation_with_an_adapter_per_row_equals_each_row_alone(tiny_model):
-    """Prefill (several tokens a row), then decoding one token a row with the KV cache."""
-    model = tiny_model("llama", "causal-lm")
-    for scale, (name, config) in zip((0.2, 0.5, 0.8), ROUTED_FOR_GENERATION.items(), strict=True):
-        pc.add_adapter(model, name, config)
-        perturb_adapter(model, name, scale=scale)
-    rows = ["lora", "pfeiffer", None, "lora-wide"]
-    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16], [17, 18]]
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    options = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad(), pc.per_row(model, rows, kernel="triton"):
-        together = model.generate(input_ids=ids, attention_mask=mask, **options)
-    for row, (prompt, name) in enumerate(zip(prompts, rows, strict=True)):
-        pc.set_active(model, name)
-        with torch.no_grad():
-            alone = model.generate(input_ids=torch.tensor([prompt]), **options)
-        assert together[row, width:].tolist() == alone[0, len(prompt) :].tolist(), name
 
 
 def test_on_a_cpu_without_the_interpreter_it_names_the_kernels_that_run_there(
