@@ -6,7 +6,11 @@
 #   1. ARGS_multi_lora='--targets "all linear" --counts 4,16,32,64' \
 #          bash bench/device_run.sh tests multi_lora:420 packing:60
 #      carry [".whl-train"], timeout_s 560      (the rows join those already in
-#                                               bench/results/multi_lora.json)
+#                                               bench/results/multi_lora.json; tests/device
+#                                               compiles per_row's Triton kernel first, and
+#                                               each row times it as ours_triton)
+#   1b. if time is left: ARGS_multi_lora='--targets q,v --counts 1,32' \
+#          bash bench/device_run.sh multi_lora:200   (the Triton kernel on q,v rows too)
 #   2. with the time left (`status`, 4 minutes to start a machine): bash bench/device_run.sh gpu
 #      carry [".whl"]                           (gpu_bench again, after changes to training)
 # With no names it runs tests, gpu and multi_lora.
