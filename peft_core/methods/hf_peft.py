@@ -14,10 +14,12 @@ Two families:
   hooks apply: AdaLoRA trains through its tuner (orthogonal regulariser) and re-allocates its rank
   budget after every optimiser step, and its files carry the pruned ranks. Our fingerprint sees
   through peft's layers.
-- **prompt learning** (``PROMPT_TUNING``, ``P_TUNING``): learned virtual tokens prepended to the
-  input embeddings by a forward pre-hook on the model, as ``PeftModel`` does, with the attention
-  mask, token types and token labels widened to match. The prompts live in
-  ``model.peft_core_prompts``. Prefix tuning (past key values) is refused.
+- **prompt learning**, by a forward pre-hook on the model, as ``PeftModel`` does: ``PROMPT_TUNING``
+  and ``P_TUNING`` prepend learned virtual tokens to the input embeddings (token types and token
+  labels widened to match); ``PREFIX_TUNING`` puts learned keys and values for every layer at the
+  front of the key-value cache (decoder models, whose forward takes a cache). Either way the
+  attention mask is widened, and a generation step whose cache already holds them adds nothing
+  again. The prompts live in ``model.peft_core_prompts``.
 
 What peft adapters do not do here: merge (use peft's ``merge_and_unload`` on the loaded adapter),
 run per row (``Parallel``), combine (``combine_adapters``) or join a fusion; each is refused with a
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,10 +52,14 @@ __all__ = ["METHOD", "AnyPeft", "PeftRun", "tuner_layers"]
 
 PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
 _HOOK = "peft_core_prompt_hook"
+_AFTER_HOOK = "peft_core_prompt_after_hook"
+_UNWANTED_CACHE = (
+    "peft_core_unwanted_cache"  # set while a forward runs on a cache made for a prefix
+)
 _WRAPPERS = "peft_core_peft_models"
 _WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
 _PROMPTS_ON = "peft_core_prompts_on"
-_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+_PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 _MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
 # Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
@@ -95,8 +103,8 @@ def peft_config(config: AnyPeft) -> Any:
     if made.is_prompt_learning:
         if kind not in _PROMPT_TYPES:
             raise ConfigError(
-                f"peft: {kind} needs peft's own PeftModel wrapper (past key values); the prompt "
-                f"learning methods run here are {', '.join(_PROMPT_TYPES)}"
+                f"peft: {kind} needs peft's own PeftModel wrapper; the prompt learning methods "
+                f"run here are {', '.join(_PROMPT_TYPES)}"
             )
         return made
     tuners = {getattr(k, "value", k): v for k, v in mapping.PEFT_TYPE_TO_TUNER_MAPPING.items()}
@@ -323,17 +331,22 @@ def _wrappers(model: nn.Module) -> dict[str, Any]:
 
 
 class Prompt(nn.Module):
-    """The virtual tokens of one prompt adapter; ``prompt()`` is ``(tokens, hidden)``."""
+    """The virtual tokens of one prompt adapter; ``prompt()`` is one row per virtual token:
+    an input embedding (prompt tuning, P-tuning) or every layer's key and value (prefix)."""
 
     def __init__(self, config: Any, word_embeddings: nn.Module) -> None:
         super().__init__()
         from peft.tuners.p_tuning.model import PromptEncoder  # noqa: PLC0415
+        from peft.tuners.prefix_tuning.model import PrefixEncoder  # noqa: PLC0415
         from peft.tuners.prompt_tuning.model import PromptEmbedding  # noqa: PLC0415
 
         self.config = config
         self.tokens = config.num_virtual_tokens * config.num_transformer_submodules
-        if config.peft_type == "P_TUNING":  # reparametrised through peft's MLP/LSTM encoder
-            self.encoder: nn.Module = PromptEncoder(config)
+        self.is_prefix = config.peft_type == "PREFIX_TUNING"
+        if self.is_prefix:  # peft's table, optionally reparametrised through an MLP
+            self.encoder: nn.Module = PrefixEncoder(config)
+        elif config.peft_type == "P_TUNING":  # reparametrised through peft's MLP/LSTM encoder
+            self.encoder = PromptEncoder(config)
         else:  # peft's initialisation (random, sampled vocabulary or text)
             self.encoder = PromptEmbedding(config, word_embeddings)
         self.register_buffer("indices", torch.arange(self.tokens), persistent=False)
@@ -342,6 +355,20 @@ class Prompt(nn.Module):
         """The prompt embeddings, one row per virtual token."""
         out: Tensor = self.encoder(self.indices)
         return out
+
+    def fill_cache(self, cache: Any, batch: int, dtype: torch.dtype) -> None:
+        """Append this prefix's keys and values to every layer of ``cache`` (peft's layout: a
+        row holds, layer by layer, the key then the value, each ``heads x head_dim`` wide)."""
+        config = self.config
+        heads = config.num_attention_heads
+        rows = (
+            self.prompt()
+            .to(dtype)
+            .view(self.tokens, config.num_layers * 2, heads, config.token_dim // heads)
+        )
+        states = rows.permute(1, 2, 0, 3).unsqueeze(1).expand(-1, batch, -1, -1, -1)
+        for layer in range(config.num_layers):
+            cache.update(states[2 * layer], states[2 * layer + 1], layer)
 
     @torch.no_grad()
     def fill(self, embeddings: Tensor) -> None:
@@ -387,19 +414,37 @@ def _place_prompt(model: Any, name: str, made: Any) -> None:
             f"peft {made.peft_type}: prompts are prepended to decoder-only and encoder-only "
             "models here; an encoder-decoder model needs peft's PeftModel"
         )
+    if made.peft_type == "PREFIX_TUNING" and _cache_keyword(type(model)) is None:
+        raise TargetError(
+            f"peft PREFIX_TUNING puts its prefix into the key-value cache, and "
+            f"{type(model).__name__} takes none (a decoder such as GPT-2 or Llama does): use "
+            "PROMPT_TUNING or P_TUNING for this model"
+        )
     made = _prepare_prompt_learning_config(copy.deepcopy(made), model.config)
     made.num_transformer_submodules = 1
     embeddings = model.get_input_embeddings()
     prompt = Prompt(made, embeddings).to(embeddings.weight.device)
     _prompts(model)[name] = prompt
     if _HOOK not in model.__dict__:
-        model.__dict__[_HOOK] = model.register_forward_pre_hook(_prepend_prompts, with_kwargs=True)
+        model.__dict__[_HOOK] = model.register_forward_pre_hook(_apply_prompts, with_kwargs=True)
+        model.__dict__[_AFTER_HOOK] = model.register_forward_hook(_drop_unwanted_cache)
 
 
-def _prepend_prompts(
+@functools.cache
+def _cache_keyword(model_class: type) -> str | None:
+    """The name under which ``model_class.forward`` takes its key-value cache, if it takes one
+    (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in parameters), None)
+
+
+def _apply_prompts(
     model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """Prepend the active prompts to the inputs, as peft's ``PeftModel`` forward does."""
+    """Put the active prompts in front of the inputs, as peft's ``PeftModel`` forward does:
+    embedded prompts before the input embeddings, prefixes into the key-value cache. A cache
+    that already holds tokens (the next steps of ``generate``) holds the prompts too."""
+    model.__dict__.pop(_UNWANTED_CACHE, None)  # left by a forward that raised
     prompts = _prompts(model)
     on = [_prompt(model, n) for n in _prompts_on(model) if n in prompts]
     if not on:
@@ -407,25 +452,77 @@ def _prepend_prompts(
     kwargs = dict(kwargs)
     if args:
         kwargs["input_ids"] = args[0]
-    cache = kwargs.get("past_key_values")
-    if cache is not None and getattr(cache, "get_seq_length", lambda: 0)() > 0:
-        raise ConfigError("prompt-tuned adapters do not generate with a key-value cache here")
+    keyword = _cache_keyword(type(model))
+    cache = kwargs.get(keyword) if keyword is not None else None
+    if cache is None or cache.get_seq_length() == 0:
+        _prepend(model, kwargs, [p for p in on if not p.is_prefix])
+        prefixes = [p for p in on if p.is_prefix]
+        if prefixes:
+            kwargs[cast(str, keyword)] = _prefixed_cache(model, cache, prefixes, kwargs)
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:  # every virtual token is attended to
+        virtual = sum(p.tokens for p in on)
+        ones = torch.ones((mask.shape[0], virtual), dtype=mask.dtype, device=mask.device)
+        kwargs["attention_mask"] = torch.cat([ones, mask], dim=1)
+    # positions restart from the virtual tokens: the model counts them from its cache
+    kwargs.pop("position_ids", None)
+    kwargs.pop("cache_position", None)
+    return (), kwargs
+
+
+def _prepend(model: Any, kwargs: dict[str, Any], embedded: list[Prompt]) -> None:
+    """Prompt embeddings before the input embeddings; token types and labels widened."""
+    if not embedded:
+        return
     embeds = kwargs.pop("inputs_embeds", None)
     if embeds is None:
         embeds = model.get_input_embeddings()(kwargs["input_ids"])
     kwargs["input_ids"] = None
     batch = embeds.shape[0]
-    virtual = torch.cat([p.prompt() for p in on]).to(embeds.dtype)
+    virtual = torch.cat([p.prompt() for p in embedded]).to(embeds.dtype)
     count = virtual.shape[0]
     kwargs["inputs_embeds"] = torch.cat([virtual.expand(batch, -1, -1), embeds], dim=1)
-    widen = {"attention_mask": 1, "token_type_ids": 0, "labels": -100}
-    for key, fill in widen.items():
+    for key, fill in {"token_type_ids": 0, "labels": -100}.items():
         value = kwargs.get(key)
         if value is not None and value.dim() == 2:  # per-token values (not sequence labels)
             pad = torch.full((batch, count), fill, dtype=value.dtype, device=value.device)
             kwargs[key] = torch.cat([pad, value], dim=1)
-    kwargs.pop("position_ids", None)  # positions restart from the virtual tokens
-    return (), kwargs
+
+
+def _prefixed_cache(model: Any, cache: Any, prefixes: list[Prompt], kwargs: dict[str, Any]) -> Any:
+    """``cache`` (or a new one) holding the prefixes' keys and values for every layer."""
+    if model.training and torch.is_grad_enabled() and _checkpointed(model):
+        raise ConfigError(
+            "prefix tuning reaches the model through its key-value cache, which gradient "
+            "checkpointing drops: train a PREFIX_TUNING adapter without gradient checkpointing"
+        )
+    if cache is None:
+        from transformers import DynamicCache  # noqa: PLC0415
+
+        cache = DynamicCache(config=model.config)
+        wanted = kwargs.get("use_cache")
+        if not (getattr(model.config, "use_cache", False) if wanted is None else wanted):
+            # the model returns the cache it was given; a caller that asked for none (generate
+            # with use_cache=False, training) must not get it back and pass it in again
+            model.__dict__[_UNWANTED_CACHE] = True
+    inputs = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+    dtype = model.get_input_embeddings().weight.dtype
+    for prefix in prefixes:
+        prefix.fill_cache(cache, inputs.shape[0], dtype)
+    return cache
+
+
+def _drop_unwanted_cache(model: Any, args: tuple[Any, ...], output: Any) -> Any:
+    """Take out of ``output`` the cache the pre-hook made for a caller that wanted none."""
+    if model.__dict__.pop(_UNWANTED_CACHE, False) and isinstance(output, Mapping):
+        keyword = _cache_keyword(type(model))
+        if keyword in output:  # ``cache`` since transformers 5.24, ``past_key_values`` before
+            output[keyword] = None
+    return output
+
+
+def _checkpointed(model: nn.Module) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 METHOD = PeftRun()
