@@ -363,6 +363,7 @@ class AdapterSpec(_Strict):
                 "data.prompt/response and data.messages are instruction data for a causal-lm "
                 f"head, not {self.head.type}"
             )
+        self._prompts_fit_training()
         fp16 = self.train.precision == "fp16" or (
             self.train.precision == "auto" and self.load.dtype == "fp16"
         )
@@ -372,6 +373,24 @@ class AdapterSpec(_Strict):
                 "sharded models (set train.precision: bf16, or load.dtype: bf16)"
             )
         return self
+
+    def _prompts_fit_training(self) -> None:
+        """peft's prompt methods go in front of a row: not in front of each packed example, and
+        (prefix tuning, through the key-value cache) not through gradient checkpointing."""
+        config = getattr(self.method, "config", None) if self.method.type == "peft" else None
+        kind = str(config.get("peft_type", "")).upper() if isinstance(config, dict) else ""
+        if kind not in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
+            return
+        if self.train.packing:
+            raise ValueError(
+                f"train.packing lays several examples in one row, and a {kind} adapter's "
+                "virtual tokens would come before the first of them only: remove train.packing"
+            )
+        if kind == "PREFIX_TUNING" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "PREFIX_TUNING reaches the model through its key-value cache, which gradient "
+                "checkpointing drops: remove train.gradient_checkpointing"
+            )
 
 
 class SpecError(Exception):

@@ -375,3 +375,33 @@ def test_training_with_exact_match_generates_every_validation_response(base, tmp
     # a random 2-layer model reproduces none of the French words
     assert report.metrics["exact_match"] == 0.0
     assert "perplexity" in report.metrics
+
+
+PREFIX = {"type": "peft", "config": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}}
+PROMPT = {"type": "peft", "config": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}}
+
+
+def test_a_prefix_tuned_adapter_trains_and_generates_its_validation_answers(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+    prefix = parse_spec({**document, "method": PREFIX, "evaluate": {"metric": "exact_match"}})
+    report = train_from_spec(prefix, tmp_path / "out")
+    assert report.metrics["generated"] == len(ROWS)
+    assert report.metrics["exact_match"] == 0.0  # a random 2-layer model learns no French
+
+
+@pytest.mark.parametrize(
+    ("method", "train", "words"),
+    [
+        (PREFIX, {"packing": True}, r"virtual tokens would come before the first"),
+        (PROMPT, {"packing": True}, r"PROMPT_TUNING adapter's virtual tokens"),
+        (PREFIX, {"gradient_checkpointing": True}, r"remove train\.gradient_checkpointing"),
+    ],
+)
+def test_prompt_adapters_refuse_packing_and_prefixes_refuse_checkpointing(
+    base, tmp_path, method, train, words
+):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+    with pytest.raises(SpecError, match=words):
+        parse_spec({**document, "method": method, "train": {**document["train"], **train}})
