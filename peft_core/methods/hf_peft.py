@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
@@ -414,7 +413,7 @@ def _place_prompt(model: Any, name: str, made: Any) -> None:
             f"peft {made.peft_type}: prompts are prepended to decoder-only and encoder-only "
             "models here; an encoder-decoder model needs peft's PeftModel"
         )
-    if made.peft_type == "PREFIX_TUNING" and _cache_keyword(type(model)) is None:
+    if made.peft_type == "PREFIX_TUNING" and _cache_keyword(model) is None:
         raise TargetError(
             f"peft PREFIX_TUNING puts its prefix into the key-value cache, and "
             f"{type(model).__name__} takes none (a decoder such as GPT-2 or Llama does): use "
@@ -430,12 +429,19 @@ def _place_prompt(model: Any, name: str, made: Any) -> None:
         model.__dict__[_AFTER_HOOK] = model.register_forward_hook(_drop_unwanted_cache)
 
 
-@functools.cache
-def _cache_keyword(model_class: type) -> str | None:
-    """The name under which ``model_class.forward`` takes its key-value cache, if it takes one
+_CACHE_KEYWORDS: dict[type, str | None] = {}
+
+
+def _cache_keyword(model: nn.Module) -> str | None:
+    """The name under which ``model``'s forward takes its key-value cache, if it takes one
     (``cache`` since transformers 5.24, ``past_key_values`` before)."""
-    parameters = inspect.signature(model_class.forward).parameters
-    return next((k for k in ("cache", "past_key_values") if k in parameters), None)
+    kind = type(model)
+    if kind not in _CACHE_KEYWORDS:
+        parameters = inspect.signature(kind.forward).parameters
+        _CACHE_KEYWORDS[kind] = next(
+            (k for k in ("cache", "past_key_values") if k in parameters), None
+        )
+    return _CACHE_KEYWORDS[kind]
 
 
 def _apply_prompts(
@@ -452,7 +458,7 @@ def _apply_prompts(
     kwargs = dict(kwargs)
     if args:
         kwargs["input_ids"] = args[0]
-    keyword = _cache_keyword(type(model))
+    keyword = _cache_keyword(model)
     cache = kwargs.get(keyword) if keyword is not None else None
     if cache is None or cache.get_seq_length() == 0:
         _prepend(model, kwargs, [p for p in on if not p.is_prefix])
@@ -514,8 +520,8 @@ def _prefixed_cache(model: Any, cache: Any, prefixes: list[Prompt], kwargs: dict
 
 def _drop_unwanted_cache(model: Any, args: tuple[Any, ...], output: Any) -> Any:
     """Take out of ``output`` the cache the pre-hook made for a caller that wanted none."""
-    if model.__dict__.pop(_UNWANTED_CACHE, False) and isinstance(output, Mapping):
-        keyword = _cache_keyword(type(model))
+    if model.__dict__.pop(_UNWANTED_CACHE, False) and isinstance(output, MutableMapping):
+        keyword = _cache_keyword(model)
         if keyword in output:  # ``cache`` since transformers 5.24, ``past_key_values`` before
             output[keyword] = None
     return output
