@@ -14,8 +14,8 @@ A stack or an average saved with ``Registry.register_composition(..., evaluation
 scored instead (nothing in it trains): the current version and the candidate, each loaded from its
 exact member versions onto the spec's base model, on the spec's validation data, through the same
 :func:`~flows.promotion.decide`; a candidate that passes becomes the composition's next version
-(the newest version is the one in use), and both scores go to one MLflow run. Compositions saved
-without an evaluation are listed as stale and not scored.
+(and takes its ``champion`` alias when the scored version held it), and both scores go to one
+MLflow run. Compositions saved without an evaluation are listed as stale and not scored.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any, Literal
 import yaml
 
 from registry import AdapterVersion, Registry
-from registry.compositions import with_leaves
 
 from .members import members_of_version
 from .promotion import CHAMPION, Policy, decide
@@ -114,7 +113,6 @@ def score_stack(
 ) -> float:
     """``spec``'s metric for the composition ``definition`` over exact versions ``members``, on
     ``spec``'s base model and validation data."""
-    import peft_core as pc  # noqa: PLC0415 - torch only when a composition is scored
 
     from .prepare_job import prepare_cached  # noqa: PLC0415
     from .train_job import (  # noqa: PLC0415
@@ -125,11 +123,7 @@ def score_stack(
     )
 
     model, tokenizer = load_base_model(spec, inference_device())
-    for ref in members:
-        registry.load_into(model, ref, name=member_name(ref))
-    pc.set_active(
-        model, pc.block_from_dict(with_leaves(definition, iter(map(member_name, members))))
-    )
+    registry.load_members(model, definition, members)
     data, _ = prepare_cached(spec, tokenizer)
     metrics = evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
@@ -160,6 +154,8 @@ def gate_stack(
             evaluation=current.evaluation,
         )
         candidate = f"stack:{saved.ref}"
+        if CHAMPION in current.aliases:  # the gate passed: the champion moves, as for adapters
+            registry.set_composition_alias(saved.ref, CHAMPION, origin="cascade")
     log_evaluation_run(
         f"cascade {item.ref} ({trigger.ref})",
         params={

@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 from . import store
 from .artifacts import ArtifactStore, open_store
 from .bundles import Manifest, download, inspect_folder, upload
+from .compositions import with_leaves
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
-from .errors import BaseModelMismatchError, RegistryError
+from .errors import BaseModelMismatchError, InvalidCompositionError, RegistryError
 from .names import check_key, check_name, parse_ref
 from .settings import Settings
 
@@ -149,6 +150,17 @@ class Registry:
             )
         )
 
+    def set_composition_alias(
+        self, ref: str, alias: str, *, origin: str = "registry"
+    ) -> Composition:
+        """Point ``alias`` (``champion``...) of a composition at the version ``ref`` names
+        (``pt-sst2@2``), moving it from another version if needed."""
+        return self._write(lambda s: store.set_composition_alias(s, ref, alias, origin=origin))
+
+    def remove_composition_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
+        """Take ``alias`` off composition ``name``."""
+        self._write(lambda s: store.remove_composition_alias(s, name, alias, origin=origin))
+
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, ref: str) -> AdapterVersion:
@@ -200,7 +212,8 @@ class Registry:
         return self._read(lambda s: store.history(s, name))
 
     def composition(self, name: str, version: int | None = None) -> Composition:
-        """A saved composition (the newest version unless one is named)."""
+        """A saved composition: ``name`` (the newest version), ``name@2``, ``name@champion``, or
+        ``name`` with ``version``."""
         return self._read(lambda s: store.get_composition(s, name, version))
 
     def compositions(self) -> list[Composition]:
@@ -255,6 +268,51 @@ class Registry:
             if not (skip_probe or force):
                 self._check_probes(model, loaded, folder, version)
         return version
+
+    def load_composition(self, model: Any, ref: str, *, skip_probe: bool = False) -> Composition:
+        """Load every member of composition ``ref`` (``pt-sst2``, ``pt-sst2@champion``) into
+        ``model`` under its adapter's name, each checked as :meth:`load_into` checks it, and
+        activate the composition. On any failure the members loaded so far are taken out again."""
+        composition = self.composition(ref)
+        self.load_members(model, composition.definition, composition.members, skip_probe=skip_probe)
+        return composition
+
+    def load_members(
+        self,
+        model: Any,
+        definition: dict[str, Any],
+        members: Sequence[str],
+        *,
+        skip_probe: bool = False,
+    ) -> None:
+        """Load exact versions ``members`` (``lang-pt@1``...) into ``model`` under their adapters'
+        names and activate ``definition`` over them (its leaves, in order, are the members)."""
+        import peft_core  # noqa: PLC0415
+
+        names = [member.partition("@")[0] for member in members]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InvalidCompositionError(
+                f"the members hold two versions of {', '.join(twice)}: one model holds one "
+                "adapter per name; load them with load_into(model, ref, name=...) instead"
+            )
+        taken = [n for n in names if n in peft_core.list_adapters(model)]
+        if taken:
+            raise InvalidCompositionError(
+                f"the model already holds adapter(s) named {', '.join(taken)}: load the "
+                "composition into a model without them (peft_core.delete_adapter removes one)"
+            )
+        loaded: list[str] = []
+        try:
+            for member, name in zip(members, names, strict=True):
+                self.load_into(model, member, name=name, skip_probe=skip_probe)
+                loaded.append(name)
+            block = peft_core.block_from_dict(with_leaves(definition, iter(names)))
+            peft_core.set_active(model, block)
+        except BaseException:
+            for name in loaded:
+                peft_core.delete_adapter(model, name)
+            raise
 
     @staticmethod
     def _check_probes(model: Any, name: str, folder: Path, version: AdapterVersion) -> None:

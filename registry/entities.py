@@ -100,6 +100,7 @@ class Composition:
     description: str
     created_at: datetime
     evaluation: dict[str, Any] = field(default_factory=dict)  # how to score it ({}: not scored)
+    aliases: tuple[str, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -116,6 +117,7 @@ class Composition:
             "description": self.description,
             "created_at": self.created_at.isoformat(),
             "evaluation": self.evaluation,
+            "aliases": list(self.aliases),
         }
 
 

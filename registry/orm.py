@@ -154,6 +154,19 @@ class CompositionRow(Base):
     evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
 
 
+class CompositionAliasRow(Base):
+    """A movable name (``champion``...) pointing at one version of a composition."""
+
+    __tablename__ = "composition_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # the composition's (rows share one per version)
+    alias: Mapped[str] = mapped_column(String(64))
+    composition_id: Mapped[int] = mapped_column(ForeignKey("compositions.id"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class CompositionMemberRow(Base):
     """That a composition uses a version, at a position (so the version cannot be deleted)."""
 

@@ -23,11 +23,13 @@ from .orm import (
     AdapterRow,
     AliasRow,
     BaseModelRow,
+    CompositionAliasRow,
     CompositionMemberRow,
     CompositionRow,
     EventRow,
     MetricRow,
     VersionRow,
+    utcnow,
 )
 
 __all__ = [
@@ -42,8 +44,10 @@ __all__ = [
     "register_composition",
     "register_version",
     "remove_alias",
+    "remove_composition_alias",
     "resolve",
     "set_alias",
+    "set_composition_alias",
 ]
 
 CHAMPION = "champion"
@@ -349,16 +353,9 @@ def log_event(
 
 
 def get_composition(session: Session, name: str, version: int | None = None) -> Composition:
-    """A composition version (``None``: the newest)."""
-    query = select(CompositionRow).where(CompositionRow.name == name)
-    query = (
-        query.where(CompositionRow.version == version)
-        if version
-        else query.order_by(CompositionRow.version.desc())
-    )
-    row = session.scalars(query.limit(1)).first()
-    if row is None:
-        raise NotFoundError(f"no composition {name!r}{f' version {version}' if version else ''}")
+    """A composition version: ``name`` (the newest), ``name@3``, ``name@champion``, or ``name``
+    with ``version``."""
+    row = _composition_row(session, parse_ref(name) if version is None else Ref(name, version))
     members = session.execute(
         select(AdapterRow.name, VersionRow.version)
         .join(VersionRow, VersionRow.adapter_id == AdapterRow.id)
@@ -367,6 +364,11 @@ def get_composition(session: Session, name: str, version: int | None = None) -> 
         .order_by(CompositionMemberRow.position)
     )
     refs = tuple(f"{n}@{v}" for n, v in members)
+    aliases = session.scalars(
+        select(CompositionAliasRow.alias)
+        .where(CompositionAliasRow.composition_id == row.id)
+        .order_by(CompositionAliasRow.alias)
+    )
     return Composition(
         row.name,
         row.version,
@@ -375,6 +377,102 @@ def get_composition(session: Session, name: str, version: int | None = None) -> 
         row.description,
         row.created_at,
         dict(row.evaluation or {}),
+        tuple(aliases),
+    )
+
+
+def set_composition_alias(
+    session: Session, ref: str, alias: str, *, origin: str = "registry"
+) -> Composition:
+    """Point ``alias`` of the referenced composition at the referenced version (moving it)."""
+    check_alias(alias)
+    target = _composition_row(session, parse_ref(ref))
+    row = session.scalars(
+        select(CompositionAliasRow).where(
+            CompositionAliasRow.name == target.name, CompositionAliasRow.alias == alias
+        )
+    ).first()
+    previous = None
+    if row is None:
+        session.add(CompositionAliasRow(name=target.name, alias=alias, composition_id=target.id))
+    elif row.composition_id != target.id:
+        previous = session.scalar(
+            select(CompositionRow.version).where(CompositionRow.id == row.composition_id)
+        )
+        row.composition_id = target.id
+        row.updated_at = utcnow()
+    else:
+        return get_composition(session, target.name, target.version)  # already there
+    _log(
+        session,
+        "composition_alias_set",
+        target.name,
+        target.version,
+        alias=alias,
+        origin=origin,
+        detail={"previous": previous},
+    )
+    session.flush()
+    return get_composition(session, target.name, target.version)
+
+
+def remove_composition_alias(
+    session: Session, name: str, alias: str, *, origin: str = "registry"
+) -> None:
+    """Remove ``alias`` from composition ``name``."""
+    _composition_row(session, Ref(name))  # a clear error for an unknown composition
+    row = session.scalars(
+        select(CompositionAliasRow).where(
+            CompositionAliasRow.name == name, CompositionAliasRow.alias == alias
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(
+            f"composition {name!r} has no alias {alias!r}; aliases: "
+            f"{_listing(_composition_aliases(session, name))}"
+        )
+    version = session.scalar(
+        select(CompositionRow.version).where(CompositionRow.id == row.composition_id)
+    )
+    session.delete(row)
+    _log(session, "composition_alias_removed", name, version, alias=alias, origin=origin)
+
+
+def _composition_row(session: Session, ref: Ref) -> CompositionRow:
+    query = select(CompositionRow).where(CompositionRow.name == ref.name)
+    if ref.alias is not None:
+        query = query.join(
+            CompositionAliasRow, CompositionAliasRow.composition_id == CompositionRow.id
+        ).where(CompositionAliasRow.alias == ref.alias)
+    elif ref.version is not None:
+        query = query.where(CompositionRow.version == ref.version)
+    row = session.scalars(query.order_by(CompositionRow.version.desc()).limit(1)).first()
+    if row is not None:
+        return row
+    versions = session.scalars(
+        select(CompositionRow.version)
+        .where(CompositionRow.name == ref.name)
+        .order_by(CompositionRow.version)
+    ).all()
+    if not versions:
+        raise NotFoundError(f"no composition {ref.name!r}")
+    if ref.alias is not None:
+        raise NotFoundError(
+            f"composition {ref.name!r} has no alias {ref.alias!r}; aliases: "
+            f"{_listing(_composition_aliases(session, ref.name))}"
+        )
+    raise NotFoundError(
+        f"no composition {ref.name!r} version {ref.version}; versions: {_listing(versions)}"
+    )
+
+
+def _composition_aliases(session: Session, name: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(CompositionAliasRow.alias)
+            .where(CompositionAliasRow.name == name)
+            .order_by(CompositionAliasRow.alias)
+        )
     )
 
 

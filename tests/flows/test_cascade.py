@@ -65,6 +65,7 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
         "madx", {"type": "stack"}, ["lang-en@1", "lang-pt@1"], evaluation=scored_on
     )
     assert madx.evaluation == scored_on
+    assert registry.set_composition_alias("madx@1", "champion").aliases == ("champion",)
     registry.register_composition("bare", {"type": "stack"}, ["lang-en@1", "lang-pt@1"])
 
     code, nothing = cascade_json("lang-en", "--dry-run")
@@ -111,6 +112,8 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
         assert newest.members == ("lang-en@2", "lang-pt@1") and newest.evaluation == scored_on
     else:
         assert (newest.version, stack["candidate"]) == (1, None)
+    # the champion follows the gate: on the candidate if it passed, where it was if not
+    assert registry.composition("madx@champion").version == newest.version
     trigger_events = [
         e.detail["composition"] for e in registry.history("lang-en") if e.kind == "cascade"
     ]

@@ -82,6 +82,42 @@ class TestRealAdapters:
         with pytest.raises(pc.BaseModelMismatchError):
             registry.load_into(other, "tiny-sst2@1")
 
+    def test_a_composition_loads_as_one_and_a_failed_load_leaves_the_model_as_it_was(
+        self, registry, tmp_path
+    ):
+        def bert() -> T.PreTrainedModel:
+            torch.manual_seed(0)
+            return T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS["bert"]()).eval()
+
+        model = bert()
+        for name in ("lang", "task"):
+            pc.add_adapter(model, name, pc.Pfeiffer())
+            perturb_adapter(model, name)
+            pc.save_adapter(model, name, tmp_path / name)
+            registry.register(
+                tmp_path / name, name=name, base_model="tiny-bert", task=name, language="pt"
+            )
+        registry.register_composition("madx", {"type": "stack"}, ["lang", "task"])
+        registry.set_composition_alias("madx@1", "champion")
+        pc.set_active(model, pc.Stack("lang", "task"))
+        inputs = batch(model)
+        expected = logits(model, inputs)
+
+        fresh = bert()
+        assert registry.load_composition(fresh, "madx@champion").ref == "madx@1"
+        assert pc.active_adapters(fresh) == ["lang", "task"]
+        torch.testing.assert_close(logits(fresh, inputs), expected, rtol=0, atol=0)
+
+        holding = bert()
+        pc.add_adapter(holding, "task", pc.LoRA(rank=2))
+        with pytest.raises(rg.InvalidCompositionError, match=r"already holds adapter.*task"):
+            registry.load_composition(holding, "madx")
+        assert pc.list_adapters(holding) == ["task"]
+        other = T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS["gpt2"]())
+        with pytest.raises(pc.BaseModelMismatchError):
+            registry.load_composition(other, "madx")
+        assert pc.list_adapters(other) == []
+
     def test_peft_format_folders_register_too(self, registry, tmp_path):
         model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS["gpt2"]())
         pc.add_adapter(model, "lm", pc.LoRA(rank=2))

@@ -57,3 +57,21 @@ def test_0003_starts_the_version_counter_past_every_number_ever_given(locations,
     registry = Registry(url, artifacts)
     assert register(registry, make_adapter(4), name="counted").version == 4
     registry.close()
+
+
+def test_0005_adds_composition_aliases_and_its_downgrade_drops_them(locations, make_adapter):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    register(registry, make_adapter(1), name="lang")
+    registry.register_composition("stacked", {"type": "stack"}, ["lang"])
+    registry.set_composition_alias("stacked@1", "champion")
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0004")
+    assert "composition_aliases" not in sa.inspect(db.engine).get_table_names()
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    assert registry.composition("stacked").aliases == ()  # aliases set before are gone
+    assert registry.set_composition_alias("stacked", "champion").aliases == ("champion",)
+    registry.close()

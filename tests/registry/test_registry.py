@@ -509,6 +509,45 @@ class TestCompositions:
             registry.composition("bad")
 
 
+class TestCompositionAliases:
+    def test_an_alias_names_a_version_moves_and_goes(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        registry.register_composition("ab", {"type": "stack"}, ["a", "b"])
+        register(registry, make_adapter(3), name="b")
+        registry.register_composition("ab", {"type": "stack"}, ["a", "b"])
+        assert registry.set_composition_alias("ab@1", "champion").aliases == ("champion",)
+        assert registry.composition("ab@champion").members == ("a@1", "b@1")
+        assert registry.composition("ab").aliases == ()  # the newest, version 2
+        moved = registry.set_composition_alias("ab@2", "champion", origin="cli")
+        assert (moved.version, moved.aliases) == (2, ("champion",))
+        assert registry.composition("ab", 1).aliases == ()
+        assert registry.composition("ab@champion").members == ("a@1", "b@2")
+        registry.set_composition_alias("ab@1", "previous")
+        assert [(c.ref, c.aliases) for c in registry.compositions()] == [("ab@2", ("champion",))]
+        assert registry.composition("ab@previous").to_dict()["aliases"] == ["previous"]
+        registry.remove_composition_alias("ab", "champion")
+        with pytest.raises(rg.NotFoundError, match=r"has no alias 'champion'; aliases: previous"):
+            registry.composition("ab@champion")
+
+    @pytest.mark.parametrize(
+        ("call", "error", "words"),
+        [
+            (lambda r: r.composition("ab@7"), rg.NotFoundError, "versions: 1"),
+            (lambda r: r.composition("nope@1"), rg.NotFoundError, "no composition 'nope'"),
+            (lambda r: r.set_composition_alias("ab@1", "3"), rg.InvalidNameError, "a number"),
+            (lambda r: r.set_composition_alias("nope", "x"), rg.NotFoundError, "'nope'"),
+            (lambda r: r.remove_composition_alias("ab", "x"), rg.NotFoundError, "aliases: none"),
+        ],
+    )
+    def test_bad_references_and_names_are_refused(self, registry, make_adapter, call, error, words):
+        register(registry, make_adapter(1), name="a")
+        registry.register_composition("ab", {"type": "stack"}, ["a"])
+        with pytest.raises(error, match=re.escape(words)):
+            call(registry)
+        assert registry.composition("ab").aliases == ()
+
+
 def _blob_bytes(reg: Registry, digest: str) -> bytes:
     import tempfile
 
