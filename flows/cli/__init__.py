@@ -16,6 +16,7 @@ from registry.redaction import RedactingStream
 
 from . import build, lifecycle, operate, registry
 from .common import quiet_optional_kernels
+from .compositions import composition_app
 from .help import plain_value_names
 from .stack import stack_app
 
@@ -56,6 +57,7 @@ def _options(
 for commands in (build.app, lifecycle.app, operate.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(registry.db_app, name="db")
+app.add_typer(composition_app, name="composition")
 app.add_typer(stack_app, name="stack")
 
 

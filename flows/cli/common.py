@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 import registry as rg
 from registry.redaction import redact
@@ -31,6 +33,7 @@ __all__ = [
     "emit_json",
     "errors",
     "human_bytes",
+    "print_columns",
     "quiet_libraries",
     "user_errors",
 ]
@@ -147,3 +150,32 @@ def human_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def print_columns(rows: dict[str, list[str]], *, keep: int = 3) -> None:
+    """A table of ``rows`` (column name -> cells), most wanted column first: columns that do
+    not fit the terminal (CI logs are 80 wide) are dropped from the end, at least ``keep``
+    stay, and a note names the dropped ones."""
+    shown = list(rows)
+    while len(shown) > keep and _table_width(rows, shown) > console.width:
+        shown.pop()
+    console.print(_table(rows, shown))
+    if len(shown) < len(rows):
+        hidden = ", ".join(c for c in rows if c not in shown)
+        note = f"[dim]not shown at this width: {hidden} (--json has every field)[/]"
+        console.print(note, soft_wrap=True)
+
+
+def _table(rows: dict[str, list[str]], columns: list[str]) -> Table:
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in zip(*(rows[c] for c in columns), strict=True):
+        table.add_row(*row)
+    return table
+
+
+def _table_width(rows: dict[str, list[str]], columns: list[str]) -> int:
+    """Columns of the terminal the table takes without wrapping any cell."""
+    unbounded = console.options.update(max_width=100_000)
+    return Measurement.get(console, unbounded, _table(rows, columns)).maximum

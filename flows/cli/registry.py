@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.measure import Measurement
 from rich.table import Table
 
 import registry as rg
 from registry import AdapterVersion, RegistryError, Settings
 
-from .common import JsonOption, console, emit_json, human_bytes, quiet_libraries, user_errors
+from .common import (
+    JsonOption,
+    console,
+    emit_json,
+    human_bytes,
+    print_columns,
+    quiet_libraries,
+    user_errors,
+)
 
 __all__ = ["app", "db_app"]
 
@@ -338,29 +345,7 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
         "size": [human_bytes(v.size) for v in versions],
         "digest": [v.digest[:12] for v in versions],
     }  # most wanted first: narrow terminals (CI logs at 80 columns) drop from the end
-    shown = list(rows)
-    while len(shown) > 3 and _table_width(rows, shown) > console.width:
-        shown.pop()
-    console.print(_table(rows, shown))
-    if len(shown) < len(rows):
-        hidden = ", ".join(c for c in rows if c not in shown)
-        note = f"[dim]not shown at this width: {hidden} (--json has every field)[/]"
-        console.print(note, soft_wrap=True)
-
-
-def _table(rows: dict[str, list[str]], columns: list[str]) -> Table:
-    table = Table()
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in zip(*(rows[c] for c in columns), strict=True):
-        table.add_row(*row)
-    return table
-
-
-def _table_width(rows: dict[str, list[str]], columns: list[str]) -> int:
-    """Columns of the terminal the table takes without wrapping any cell."""
-    unbounded = console.options.update(max_width=100_000)
-    return Measurement.get(console, unbounded, _table(rows, columns)).maximum
+    print_columns(rows)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

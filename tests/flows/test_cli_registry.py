@@ -183,3 +183,33 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     assert before.returncode == 2 and "adapterops db upgrade" in json.loads(before.stdout)["error"]
     assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
     assert ok_json(run(env, "ls", "--json")) == []
+
+
+def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
+    from registry import Registry
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    registry = Registry()  # the embedded registry the commands below open
+    for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
+        registry.register(
+            write_fake_adapter(tmp_path / name, seed), name=name, base_model="tiny-bert",
+            task=name, language="pt",
+        )  # fmt: skip
+    registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
+    registry.close()
+
+    listed = ok_json(run(env, "composition", "ls", "--json"))
+    assert [(c["name"], c["version"], c["aliases"]) for c in listed] == [("madx", 1, [])]
+    moved = ok_json(run(env, "composition", "alias", "madx@1", "champion", "--json"))
+    assert (moved["version"], moved["aliases"]) == (1, ["champion"])
+    shown = ok_json(run(env, "composition", "show", "madx@champion", "--json"))
+    assert shown["members"] == ["lang-pt@1", "sst2-en@1"]
+    assert shown["definition"] == {"type": "stack", "children": ["lang-pt@1", "sst2-en@1"]}
+    table = run(env, "composition", "ls")
+    assert table.returncode == 0 and "madx@1" in table.stdout and "champion" in table.stdout
+    ok_json(run(env, "composition", "unalias", "madx", "champion", "--json"))
+    gone = run(env, "composition", "show", "madx@champion", "--json")
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert "composition 'madx' has no alias 'champion'" in json.loads(gone.stdout)["error"]
