@@ -123,7 +123,7 @@ def score_stack(
     )
 
     model, tokenizer = load_base_model(spec, inference_device())
-    registry.load_members(model, definition, members)
+    registry.load_definition(model, definition, members)
     data, _ = prepare_cached(spec, tokenizer)
     metrics = evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)

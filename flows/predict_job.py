@@ -16,10 +16,10 @@ from registry import AdapterVersion, Registry
 
 from .errors import DataError
 from .members import load_members, members_of_version
-from .spec import AdapterSpec, spec_of_version
+from .spec import AdapterSpec, parse_spec, spec_of_version
 from .train_job import inference_device, load_base_model
 
-__all__ = ["Prediction", "predict", "predict_many"]
+__all__ = ["Prediction", "predict", "predict_composition", "predict_many"]
 
 _TOP_TOKENS = 5
 _NEW_TOKENS = 20
@@ -54,9 +54,33 @@ def predict(
     load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
+    return version.ref, _answers(model, tokenizer, texts, spec)
+
+
+def predict_composition(
+    registry: Registry, ref: str, texts: list[str], *, skip_probe: bool = False
+) -> tuple[str, list[Prediction]]:
+    """The composition version ``ref`` resolves to (``pt-sst2@champion``), and its prediction for
+    each text: every member loaded and checked, the composition active. The base model, head
+    and label names come from the composition's evaluation spec, else from its last member's
+    (the task adapter of a MAD-X stack)."""
+    if not texts:
+        raise DataError("give at least one --text")
+    composition = registry.composition(ref)
+    if composition.evaluation:
+        spec = parse_spec(composition.evaluation, source=f"{composition.ref} evaluation")
+    else:
+        spec = spec_of_version(registry.get(composition.members[-1]), "predict")
+    model, tokenizer = load_base_model(spec, inference_device())
+    registry.load_composition(model, composition.ref, skip_probe=skip_probe)
+    return composition.ref, _answers(model, tokenizer, texts, spec)
+
+
+def _answers(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    """Each text answered as ``spec``'s head answers, by the model as it is set up."""
     model.eval()
     run = {"classification": _classify, "masked-lm": _fill_mask, "causal-lm": _continue}
-    return version.ref, run[spec.head.type](model, tokenizer, texts, spec)
+    return run[spec.head.type](model, tokenizer, texts, spec)
 
 
 def predict_many(

@@ -274,10 +274,12 @@ class Registry:
         ``model`` under its adapter's name, each checked as :meth:`load_into` checks it, and
         activate the composition. On any failure the members loaded so far are taken out again."""
         composition = self.composition(ref)
-        self.load_members(model, composition.definition, composition.members, skip_probe=skip_probe)
+        self.load_definition(
+            model, composition.definition, composition.members, skip_probe=skip_probe
+        )
         return composition
 
-    def load_members(
+    def load_definition(
         self,
         model: Any,
         definition: dict[str, Any],

@@ -1,6 +1,6 @@
-"""``adapterops composition ls | show | alias | unalias``: saved compositions (stacks, averages
-over exact member versions) and their aliases. Compositions are saved from Python
-(``Registry.register_composition``) and by the retraining cascade."""
+"""``adapterops composition ls | show | alias | unalias | predict``: saved compositions (stacks,
+averages over exact member versions), their aliases, and predictions through them. Compositions
+are saved from Python (``Registry.register_composition``) and by the retraining cascade."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import typer
 
 from registry import Composition, Registry
 
-from .common import JsonOption, console, emit_json, print_columns, user_errors
+from .common import (
+    JsonOption,
+    console,
+    emit_json,
+    print_columns,
+    quiet_libraries,
+    user_errors,
+)
+from .operate import show_predictions
 
 __all__ = ["composition_app"]
 
@@ -64,6 +72,28 @@ def unalias(
         emit_json({"ok": True, "composition": composition, "removed": name})
         return
     console.print(f"removed alias {name} from {composition}")
+
+
+@composition_app.command()
+def predict(
+    ref: CompositionRef,
+    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
+    skip_probe: Annotated[
+        bool,
+        typer.Option(
+            "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a composition on text: every member loaded and checked, the composition active; the
+    head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
+    from ..predict_job import predict_composition  # noqa: PLC0415 - torch only when predicting
+
+    quiet_libraries()
+    with user_errors(as_json):
+        result = predict_composition(Registry(), ref, text, skip_probe=skip_probe)
+    show_predictions([result], text, as_json)
 
 
 def _print(compositions: list[Composition], as_json: bool, *, single: bool = False) -> None:

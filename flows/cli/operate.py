@@ -69,6 +69,11 @@ def predict(
     quiet_libraries()
     with user_errors(as_json):
         results = predict_many(Registry(), refs, text, skip_probe=skip_probe)
+    show_predictions(results, text, as_json)
+
+
+def show_predictions(results: list[tuple[str, list[Any]]], text: list[str], as_json: bool) -> None:
+    """Each ref's prediction for each text: one JSON document, or a table (a column per ref)."""
     if as_json:
         documents = [
             {"ref": ref, "predictions": [p.to_dict() for p in predictions]}
