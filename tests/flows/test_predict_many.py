@@ -56,3 +56,37 @@ def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versio
     result = run_cli("predict", three_versions[0], pushed.ref, "--text", "x", env={**os.environ})
     assert result.returncode == 2
     assert "pushed@1: (spec): pushed without a spec" in result.stderr
+
+
+def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
+    import torch
+    import transformers as T
+
+    import peft_core as pc
+    from flows.predict_job import predict_composition
+    from tests.helpers import minilm_path
+
+    registry = Registry()
+    registry.register_composition("duo", {"type": "stack"}, ["many-lora@1", "many-pfeiffer@1"])
+    registry.set_composition_alias("duo@1", "champion")
+    ref, answers = predict_composition(registry, "duo@champion", TEXTS)
+    assert ref == "duo@1"
+
+    model = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    registry.load_into(model, "many-lora@1", name="many-lora")
+    registry.load_into(model, "many-pfeiffer@1", name="many-pfeiffer")
+    pc.set_active(model, pc.Stack("many-lora", "many-pfeiffer"))
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+    with torch.no_grad():
+        expected = model.eval()(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    got = torch.tensor([a.probabilities for a in answers])
+    torch.testing.assert_close(got, expected.softmax(-1), atol=1e-4, rtol=0)
+
+    texts = [a for t in TEXTS for a in ("--text", t)]
+    result = run_cli("composition", "predict", "duo", *texts, "--json", env={**os.environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["ref"] == "duo@1"
+    assert [p["label"] for p in document["predictions"]] == [a.label for a in answers]
+    missing = run_cli("composition", "predict", "nope", "--text", "x", env={**os.environ})
+    assert missing.returncode == 2 and "no composition 'nope'" in missing.stderr
