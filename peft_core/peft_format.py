@@ -34,8 +34,9 @@ __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "read_peft", "write_peft"]
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# A prompt-learning PeftModel holds the model itself as ``base_model`` (no tuner in between).
-PROMPT_PREFIX = "base_model."
+# A tuner's shared state (VeRA's projections), and in a prompt-learning PeftModel (which holds
+# the model itself as ``base_model``, no tuner in between) the model's modules.
+TUNER_PREFIX = "base_model."
 OUR_METADATA = "adapterops.json"
 _TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
@@ -79,14 +80,7 @@ def write_peft(
     if method.places_itself:  # keep peft's own targets and flags; add what only we know
         shared = {k: shared[k] for k in ("task_type", "base_model_name_or_path", "modules_to_save")}
     peft_config = {**shared, **fields} if not method.places_itself else {**fields, **shared}
-    # Module tensors sit under the PEFT prefix; peft's own top-level keys (a prompt tuning's
-    # ``prompt_embeddings``) have no dot and no prefix.
-    prefix = (
-        PROMPT_PREFIX if method.places_itself and "prompt_embeddings" in tensors else PEFT_PREFIX
-    )
-    contiguous = file_tensors(
-        {(f"{prefix}{k}" if "." in k else k): v for k, v in tensors.items()}, dtype
-    )
+    contiguous = file_tensors({_with_prefix(k): v for k, v in tensors.items()}, dtype)
     safetensors.torch.save_file(contiguous, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
     (folder / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (folder / OUR_METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -118,8 +112,9 @@ def read_peft(
     if not weights.is_file():
         raise AdapterFormatError(f"missing {PEFT_WEIGHTS} in {folder}")
     device = next(model.parameters()).device
+    children = {name for name, _ in model.named_children()}
     raw = {
-        _without_prefix(key): value.to(device)
+        _without_prefix(key, children): value.to(device)
         for key, value in safetensors.torch.load_file(str(weights)).items()
     }
     try:
@@ -149,10 +144,21 @@ def read_peft(
     return prepared.record
 
 
-def _without_prefix(key: str) -> str:
+def _with_prefix(key: str) -> str:
+    """A tensor's key in a PEFT file: the model's modules under the PEFT prefix; peft's own
+    top-level keys (a prompt's ``prompt_embeddings``) and a tuner's shared state (VeRA's
+    ``base_model.vera_A``, FRoD's ``base_model.frod_V``) as peft writes them."""
+    return key if "." not in key or key.startswith(TUNER_PREFIX) else f"{PEFT_PREFIX}{key}"
+
+
+def _without_prefix(key: str, children: set[str]) -> str:
+    """A PEFT file's key as ours: without the PEFT prefix; a prompt-learning PeftModel's
+    ``base_model.<module>`` (it holds the model itself as ``base_model``) without
+    ``base_model.``; a tuner's shared state (``base_model.vera_A``) as it is."""
     if key.startswith(PEFT_PREFIX):
         return key.removeprefix(PEFT_PREFIX)
-    return key.removeprefix(PROMPT_PREFIX)
+    inner = key.removeprefix(TUNER_PREFIX)
+    return inner if inner.split(".", 1)[0] in children else key
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -57,6 +57,7 @@ _UNWANTED_CACHE = (
 )
 _WRAPPERS = "peft_core_peft_models"
 _WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
+_TUNER_PREFIX = "base_model."  # ... and, without ``model.``, for its tuner's shared state
 _PROMPTS_ON = "peft_core_prompts_on"
 _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 _MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
@@ -106,19 +107,22 @@ def peft_config(config: AnyPeft) -> Any:
                 f"run here are {', '.join(_PROMPT_TYPES)}"
             )
         return made
-    tuners = {getattr(k, "value", k): v for k, v in mapping.PEFT_TYPE_TO_TUNER_MAPPING.items()}
-    tuner = tuners.get(kind)
-    if tuner is None or getattr(tuner, "uses_shared_state", False):
-        raise ConfigError(
-            f"peft: {kind} keeps state shared across layers on peft's tuner object, which "
-            "cannot be placed in a model in place; use another method"
-        )
+    if _tuner_class(kind) is None:
+        raise ConfigError(f"peft: {kind} has no tuner that places layers in a model")
     if not made.target_modules and not getattr(made, "target_parameters", None):
         raise ConfigError(
             f"peft: {kind} needs config.target_modules (module names such as "
             '["query", "value"]); peft guesses them only for some model types'
         )
     return made
+
+
+def _tuner_class(kind: str) -> type | None:
+    """peft's tuner class for method ``kind`` (``LOHA`` -> ``LoHaModel``)."""
+    from peft import mapping  # noqa: PLC0415
+
+    tuners = {getattr(k, "value", k): v for k, v in mapping.PEFT_TYPE_TO_TUNER_MAPPING.items()}
+    return tuners.get(kind)
 
 
 def _checked_fields(config: AnyPeft, *, known: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,8 +186,15 @@ class PeftRun(Method):
         from peft import PeftModel  # noqa: PLC0415
 
         grads = {p: p.requires_grad for p in model.parameters()}
+        # VeRA, VB-LoRA...: adapters of one kind share state (projections, a vector bank) that
+        # peft keeps on one tuner, so each further adapter of the kind joins that tuner.
+        shared = _shared_wrapper(model, made.peft_type)
         try:
-            wrapper = PeftModel(model, made, adapter_name=record.name)
+            if shared is not None:
+                shared.add_adapter(record.name, made)
+                wrapper = shared
+            else:
+                wrapper = PeftModel(model, made, adapter_name=record.name)
         except ValueError as exc:  # peft's words for targets that match nothing
             raise TargetError(f"peft {made.peft_type}: {' '.join(str(exc).split())}") from None
         _wrappers(model)[record.name] = wrapper
@@ -217,27 +228,28 @@ class PeftRun(Method):
                 parent_name, _, child = module_name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, layer.get_base_layer())
+        wrapper = _wrappers(model).pop(name, None)
+        if wrapper is not None:
+            wrapper.peft_config.pop(name, None)  # a shared tuner keeps serving the others
         configs = getattr(model, "peft_config", {})
         configs.pop(name, None)
         if not configs and hasattr(model, "peft_config"):
             del model.peft_config
-        _wrappers(model).pop(name, None)
 
     # -- parameters and files -----------------------------------------------------------------
 
     def own_parameters(self, model: nn.Module, name: str) -> list[nn.Parameter]:
         if name in _prompts(model):
             return list(_prompts(model)[name].parameters())
-        params: list[nn.Parameter] = []
+        params: dict[int, nn.Parameter] = {}  # by identity: a shared bank appears in every layer
         for _, layer in tuner_layers(model):
             for attribute in layer.adapter_layer_names:
                 holder = getattr(layer, attribute)
                 if name in holder:
                     value = holder[name]
-                    params.extend(
-                        [value] if isinstance(value, nn.Parameter) else list(value.parameters())
-                    )
-        return params
+                    found = [value] if isinstance(value, nn.Parameter) else value.parameters()
+                    params.update((id(p), p) for p in found)
+        return list(params.values())
 
     def own_state(self, model: nn.Module, name: str) -> dict[str, Tensor]:
         if name in _prompts(model):
@@ -254,7 +266,10 @@ class PeftRun(Method):
             return
         from peft import set_peft_model_state_dict  # noqa: PLC0415
 
-        wrapped = {f"{_WRAPPED_PREFIX}{k}": v for k, v in tensors.items()}
+        # the model's own modules under peft's prefix; a tuner's shared state (FRoD's
+        # ``base_model.frod_V``, VeRA's ``base_model.vera_A``) is saved under the tuner's
+        wrapped = {k if k.startswith(_TUNER_PREFIX) else f"{_WRAPPED_PREFIX}{k}": v
+                   for k, v in tensors.items()}  # fmt: skip
         set_peft_model_state_dict(_wrappers(model)[name], wrapped, adapter_name=name)
 
     def training_forward(self, model: nn.Module, name: str) -> Callable[..., Any] | None:
@@ -318,6 +333,15 @@ def _placed_config(model: nn.Module, record: AdapterRecord) -> Any:
     if record.name in _prompts(model):
         return _prompt(model, record.name).config
     return _wrappers(model)[record.name].peft_config[record.name]
+
+
+def _shared_wrapper(model: nn.Module, kind: str) -> Any:
+    """The PeftModel whose tuner already holds adapters of ``kind``, when that tuner keeps state
+    shared between them (peft's ``uses_shared_state``); else None."""
+    tuner = _tuner_class(kind)
+    if tuner is None or not getattr(tuner, "uses_shared_state", False):
+        return None
+    return next((w for w in _wrappers(model).values() if type(w.base_model) is tuner), None)
 
 
 def _wrappers(model: nn.Module) -> dict[str, Any]:
