@@ -319,6 +319,26 @@ def test_adapters_of_a_kind_with_shared_state_coexist_and_leave_cleanly(
     )
 
 
+def test_a_prompt_tuned_classifier_saved_by_peft_loads_with_its_head(tmp_path: Path) -> None:
+    from peft import PromptTuningConfig
+
+    made = get_peft_model(
+        classifier(), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)
+    ).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in made.parameters():
+            if param.requires_grad:  # the prompt and the head
+                param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    made.save_pretrained(tmp_path)  # its head's keys: base_model.classifier.* (no tuner)
+    saved = safetensors.torch.load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert "base_model.classifier.weight" in saved
+    ours = classifier()
+    pc.load_adapter(ours, tmp_path)
+    inputs = batch(ours)
+    torch.testing.assert_close(logits(ours, inputs), logits(made, inputs))
+
+
 def test_a_native_adapter_cannot_wrap_a_peft_layer() -> None:
     model = classifier()
     pc.add_adapter(model, "loha", config("LOHA"))
