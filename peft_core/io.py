@@ -83,11 +83,18 @@ def write_ours(
 
 
 def file_tensors(tensors: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
-    """Tensors as a safetensors file holds them: on the CPU, contiguous, floats in ``dtype``."""
-    return {
-        key: (value.to(dtype) if value.is_floating_point() else value).detach().contiguous().cpu()
-        for key, value in tensors.items()
-    }
+    """Tensors as a safetensors file holds them: on the CPU, contiguous, floats in ``dtype``,
+    each with memory of its own (safetensors refuses aliases; peft methods whose layers share
+    one tensor, RandLoRA's bases or Lily's projections, list it under every layer)."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[torch.device, int]] = set()
+    for key, value in tensors.items():
+        tensor = (value.to(dtype) if value.is_floating_point() else value).detach().contiguous()
+        tensor = tensor.cpu()
+        where = (tensor.device, tensor.untyped_storage().data_ptr())
+        out[key] = tensor.clone() if where in seen else tensor
+        seen.add(where)
+    return out
 
 
 def metadata(model: nn.Module, record: AdapterRecord, tokenizer: Any = None) -> dict[str, Any]:

@@ -63,6 +63,12 @@ _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 _MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
 # Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
+_REFUSED_TYPES = {
+    "POLY": "routes each example by a task id passed to every forward (task_ids=...), which "
+    "adapterops does not pass: train one adapter per task instead",
+}
+# peft keeps these methods' state on the tuner too (RandLoRA's random bases), without the flag
+_SHARED_BUT_UNFLAGGED = {"RANDLORA"}
 _REFUSED_FIELDS = {
     "modules_to_save": "the head is trained by adapterops (the spec's head); leave it out",
 }
@@ -109,6 +115,8 @@ def peft_config(config: AnyPeft) -> Any:
         return made
     if _tuner_class(kind) is None:
         raise ConfigError(f"peft: {kind} has no tuner that places layers in a model")
+    if kind in _REFUSED_TYPES:
+        raise ConfigError(f"peft: {kind} {_REFUSED_TYPES[kind]}")
     if not made.target_modules and not getattr(made, "target_parameters", None):
         raise ConfigError(
             f"peft: {kind} needs config.target_modules (module names such as "
@@ -339,7 +347,8 @@ def _shared_wrapper(model: nn.Module, kind: str) -> Any:
     """The PeftModel whose tuner already holds adapters of ``kind``, when that tuner keeps state
     shared between them (peft's ``uses_shared_state``); else None."""
     tuner = _tuner_class(kind)
-    if tuner is None or not getattr(tuner, "uses_shared_state", False):
+    shares = getattr(tuner, "uses_shared_state", False) or kind in _SHARED_BUT_UNFLAGGED
+    if tuner is None or not shares:
         return None
     return next((w for w in _wrappers(model).values() if type(w.base_model) is tuner), None)
 

@@ -33,8 +33,10 @@ KINDS: dict[str, dict[str, object]] = {
     "UNILORA": {"target_modules": TARGETS},
     "TINYLORA": {"target_modules": TARGETS},
     "FROD": {"target_modules": TARGETS},
+    "RANDLORA": {"r": 4, "target_modules": TARGETS},
+    "LILY": {"target_modules": TARGETS},  # one tensor listed under several layers in its files
 }
-SHARED_STATE = ["VERA", "VBLORA", "UNILORA", "TINYLORA", "FROD"]
+SHARED_STATE = ["VERA", "VBLORA", "UNILORA", "TINYLORA", "FROD", "RANDLORA"]
 
 
 def classifier(seed: int = 0) -> T.BertForSequenceClassification:
@@ -363,6 +365,7 @@ class TestRefusals:
             (["LOHA"], "config must be a mapping"),
             ({"peft_type": "LOHA", "rank": 4, "target_modules": TARGETS}, "rank"),
             ({"peft_type": "LOHA", "r": 4}, "needs config.target_modules"),
+            ({"peft_type": "POLY", "target_modules": TARGETS}, "task id passed to every forward"),
             (
                 {"peft_type": "LOHA", "target_modules": TARGETS, "modules_to_save": ["x"]},
                 "config.modules_to_save",
