@@ -12,8 +12,11 @@ Two families:
   peft's layers into the model itself (each target becomes peft's layer around the original), and
   is kept beside it (``model.peft_core_peft_models``) so peft's own save, load and training
   hooks apply: AdaLoRA trains through its tuner (orthogonal regulariser) and re-allocates its rank
-  budget after every optimiser step, and its files carry the pruned ranks. Our fingerprint sees
-  through peft's layers.
+  budget after every optimiser step, and its files carry the pruned ranks. Methods whose layers
+  share state (VeRA's projections, VB-LoRA's vector bank, RandLoRA's bases, FRoD...) keep every
+  adapter of the kind on the first one's tuner (peft's ``add_adapter``), as peft does; that state
+  is saved under the tuner's keys (``base_model.vera_A``). Our fingerprint sees through peft's
+  layers.
 - **prompt learning**, by a forward pre-hook on the model, as ``PeftModel`` does: ``PROMPT_TUNING``
   and ``P_TUNING`` prepend learned virtual tokens to the input embeddings (token types and token
   labels widened to match); ``PREFIX_TUNING`` puts learned keys and values for every layer at the
