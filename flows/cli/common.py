@@ -29,6 +29,8 @@ from ..errors import (
 __all__ = [
     "EXIT_BAD_INPUT",
     "JsonOption",
+    "SkipProbeOption",
+    "TextOption",
     "console",
     "emit_json",
     "errors",
@@ -36,6 +38,15 @@ __all__ = [
     "print_columns",
     "quiet_libraries",
     "user_errors",
+]
+
+# What predict commands take: the texts, and whether to skip the golden probes.
+TextOption = Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")]
+SkipProbeOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
+    ),
 ]
 
 console = Console()

@@ -12,6 +12,8 @@ from registry import Composition, Registry
 
 from .common import (
     JsonOption,
+    SkipProbeOption,
+    TextOption,
     console,
     emit_json,
     print_columns,
@@ -77,13 +79,8 @@ def unalias(
 @composition_app.command()
 def predict(
     ref: CompositionRef,
-    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
-    skip_probe: Annotated[
-        bool,
-        typer.Option(
-            "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
-        ),
-    ] = False,
+    text: TextOption,
+    skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import JsonOption, console, emit_json, errors, quiet_libraries, user_errors
+from .common import (
+    JsonOption,
+    SkipProbeOption,
+    TextOption,
+    console,
+    emit_json,
+    errors,
+    quiet_libraries,
+    user_errors,
+)
 
 __all__ = ["app"]
 
@@ -50,13 +59,8 @@ def predict(
         list[str],
         typer.Argument(help="name, name@VERSION or name@ALIAS (several: one batch)", metavar="REF"),
     ],
-    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")],
-    skip_probe: Annotated[
-        bool,
-        typer.Option(
-            "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
-        ),
-    ] = False,
+    text: TextOption,
+    skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run registered adapters on text: label and probabilities (classification), top tokens
