@@ -216,6 +216,10 @@ class Registry:
         ``name`` with ``version``."""
         return self._read(lambda s: store.get_composition(s, name, version))
 
+    def composition_history(self, name: str) -> list[Event]:
+        """The composition's event log: versions saved and alias moves, with their origin."""
+        return self._read(lambda s: store.composition_history(s, name))
+
     def compositions(self) -> list[Composition]:
         """The newest version of every saved composition."""
         return self._read(store.list_compositions)

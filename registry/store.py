@@ -33,6 +33,7 @@ from .orm import (
 )
 
 __all__ = [
+    "composition_history",
     "delete_version",
     "find_versions",
     "get_composition",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 CHAMPION = "champion"
+COMPOSITION_EVENTS = ("composition", "composition_alias_set", "composition_alias_removed")
 LANGUAGE_HEADS = ("masked-lm", "causal-lm")
 _Row = tuple[VersionRow, AdapterRow, BaseModelRow]
 
@@ -241,8 +243,19 @@ def remove_alias(session: Session, name: str, alias: str, *, origin: str = "regi
 def history(session: Session, name: str) -> list[Event]:
     """Every event of adapter ``name``, oldest first."""
     _adapter_named(session, name)
+    return _events(session, name, EventRow.kind.not_in(COMPOSITION_EVENTS))
+
+
+def composition_history(session: Session, name: str) -> list[Event]:
+    """Every event of composition ``name`` (versions saved, aliases moved), oldest first."""
+    _composition_row(session, Ref(name))
+    return _events(session, name, EventRow.kind.in_(COMPOSITION_EVENTS))
+
+
+def _events(session: Session, name: str, kinds: Any) -> list[Event]:
+    # adapters and compositions log under their names in one table; the kind tells them apart
     rows = session.scalars(
-        select(EventRow).where(EventRow.adapter_name == name).order_by(EventRow.id)
+        select(EventRow).where(EventRow.adapter_name == name, kinds).order_by(EventRow.id)
     )
     return [
         Event(r.at, r.kind, r.adapter_name, r.version, r.alias, r.origin, dict(r.detail))

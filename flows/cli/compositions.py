@@ -1,6 +1,7 @@
-"""``adapterops composition ls | show | alias | unalias | predict``: saved compositions (stacks,
-averages over exact member versions), their aliases, and predictions through them. Compositions
-are saved from Python (``Registry.register_composition``) and by the retraining cascade."""
+"""``adapterops composition ls | show | alias | unalias | history | predict``: saved
+compositions (stacks, averages over exact member versions), their aliases and event logs, and
+predictions through them. Compositions are saved from Python
+(``Registry.register_composition``) and by the retraining cascade."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .common import (
     user_errors,
 )
 from .operate import show_predictions
+from .registry import show_events
 
 __all__ = ["composition_app"]
 
@@ -74,6 +76,16 @@ def unalias(
         emit_json({"ok": True, "composition": composition, "removed": name})
         return
     console.print(f"removed alias {name} from {composition}")
+
+
+@composition_app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="Composition name.")], as_json: JsonOption = False
+) -> None:
+    """The composition's event log: versions saved and alias moves, with their origin."""
+    with user_errors(as_json):
+        events = Registry().composition_history(name)
+    show_events(events, f"history of composition {name}", as_json)
 
 
 @composition_app.command()

@@ -244,10 +244,15 @@ def history(
     """The adapter's event log: registrations and alias moves with their origin."""
     with user_errors(as_json):
         events = _registry().history(name)
+    show_events(events, f"history of {name}", as_json)
+
+
+def show_events(events: list[Any], title: str, as_json: bool) -> None:
+    """An event log as JSON or as a table, oldest first."""
     if as_json:
         emit_json([e.to_dict() for e in events])
         return
-    table = Table(title=f"history of {name}")
+    table = Table(title=title)
     for column in ("at", "event", "version", "alias", "origin"):
         table.add_column(column)
     for e in events:

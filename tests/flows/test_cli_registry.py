@@ -210,6 +210,12 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     table = run(env, "composition", "ls")
     assert table.returncode == 0 and "madx@1" in table.stdout and "champion" in table.stdout
     ok_json(run(env, "composition", "unalias", "madx", "champion", "--json"))
+    events = ok_json(run(env, "composition", "history", "madx", "--json"))
+    assert [(e["kind"], e["origin"]) for e in events] == [
+        ("composition", "registry"),
+        ("composition_alias_set", "cli"),
+        ("composition_alias_removed", "cli"),
+    ]
     gone = run(env, "composition", "show", "madx@champion", "--json")
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
     assert "composition 'madx' has no alias 'champion'" in json.loads(gone.stdout)["error"]

@@ -529,6 +529,18 @@ class TestCompositionAliases:
         registry.remove_composition_alias("ab", "champion")
         with pytest.raises(rg.NotFoundError, match=r"has no alias 'champion'; aliases: previous"):
             registry.composition("ab@champion")
+        events = [
+            (e.kind, e.version, e.alias, e.origin) for e in registry.composition_history("ab")
+        ]
+        assert events == [
+            ("composition", 1, None, "registry"),
+            ("composition", 2, None, "registry"),
+            ("composition_alias_set", 1, "champion", "registry"),
+            ("composition_alias_set", 2, "champion", "cli"),
+            ("composition_alias_set", 1, "previous", "registry"),
+            ("composition_alias_removed", 2, "champion", "registry"),
+        ]
+        assert "composition_alias_set" not in {e.kind for e in registry.history("a")}
 
     @pytest.mark.parametrize(
         ("call", "error", "words"),
