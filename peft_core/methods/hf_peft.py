@@ -55,9 +55,8 @@ __all__ = ["METHOD", "AnyPeft", "PeftRun", "tuner_layers"]
 PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
 _HOOK = "peft_core_prompt_hook"
 _AFTER_HOOK = "peft_core_prompt_after_hook"
-_UNWANTED_CACHE = (
-    "peft_core_unwanted_cache"  # set while a forward runs on a cache made for a prefix
-)
+# set while a forward runs on a cache made only to carry a prefix
+_UNWANTED_CACHE = "peft_core_unwanted_cache"
 _WRAPPERS = "peft_core_peft_models"
 _WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
 _TUNER_PREFIX = "base_model."  # ... and, without ``model.``, for its tuner's shared state
@@ -491,9 +490,7 @@ def _apply_prompts(
     on = [_prompt(model, n) for n in _prompts_on(model) if n in prompts]
     if not on:
         return None
-    kwargs = dict(kwargs)
-    if args:
-        kwargs["input_ids"] = args[0]
+    kwargs = {**_keywords(model, args), **kwargs}
     keyword = _cache_keyword(model)
     cache = kwargs.get(keyword) if keyword is not None else None
     if cache is None or cache.get_seq_length() == 0:
@@ -510,6 +507,14 @@ def _apply_prompts(
     kwargs.pop("position_ids", None)
     kwargs.pop("cache_position", None)
     return (), kwargs
+
+
+def _keywords(model: nn.Module, args: tuple[Any, ...]) -> dict[str, Any]:
+    """Positional arguments of ``model``'s forward by name (``model(ids, mask)``)."""
+    if not args:
+        return {}
+    names = [n for n in inspect.signature(type(model).forward).parameters if n != "self"]
+    return dict(zip(names, args, strict=False))
 
 
 def _prepend(model: Any, kwargs: dict[str, Any], embedded: list[Prompt]) -> None:
