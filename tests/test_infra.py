@@ -183,6 +183,14 @@ class TestKubernetes:
             by_kind["Secret"]["metadata"]["name"],
         }
 
+    def test_the_worker_migrates_the_registry_schema_before_it_starts(self):
+        deployment = next(d for d in self.documents if d["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert init["command"] == ["adapterops", "db", "upgrade"]
+        assert init["image"] == pod["containers"][0]["image"]
+        assert init["envFrom"] == pod["containers"][0]["envFrom"]
+
     def test_training_jobs_request_gpus(self):
         job = self.template["job_configuration"]["job_manifest"]
         (container,) = job["spec"]["template"]["spec"]["containers"]
