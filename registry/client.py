@@ -11,6 +11,9 @@
     reg.resolve(base_model=..., task="sst2", language="pt")   # MAD-X stack if no pt adapter
     reg.fetch("minilm-sst2-en-lora@champion", "here/")       # verified download
     reg.load_into(model, "minilm-sst2-en-lora@champion")      # through peft_core
+    reg.register_composition("pt-sst2", {"type": "stack"}, ["lang-pt", "minilm-sst2-en-lora"])
+    reg.set_composition_alias("pt-sst2@1", "champion")
+    reg.load_composition(model, "pt-sst2@champion")           # every member, then the stack
 
 Bytes are written before the record that points at them is committed: a crash in between leaves only
 unreferenced blobs, which :meth:`gc` removes.
