@@ -212,16 +212,10 @@ def set_alias(
         row.version_id = version_id
     else:
         return target  # already there: nothing to record
-    _log(
-        session,
-        "alias_set",
-        target.name,
-        target.version,
-        alias=alias,
-        origin=origin,
-        detail={"previous": previous},
-    )
-    session.flush()
+    _log_alias_set(
+        session, "alias_set", target.name, target.version, alias=alias, origin=origin,
+        previous=previous,
+    )  # fmt: skip
     return get_version(session, Ref(target.name, version=target.version))
 
 
@@ -416,16 +410,9 @@ def set_composition_alias(
         row.updated_at = utcnow()
     else:
         return get_composition(session, target.name, target.version)  # already there
-    _log(
-        session,
-        "composition_alias_set",
-        target.name,
-        target.version,
-        alias=alias,
-        origin=origin,
-        detail={"previous": previous},
+    _log_alias_set(
+        session, "composition_alias_set", target.name, target.version, alias, origin, previous
     )
-    session.flush()
     return get_composition(session, target.name, target.version)
 
 
@@ -747,6 +734,21 @@ def _entities(session: Session, rows: list[_Row]) -> list[AdapterVersion]:
 def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def _log_alias_set(
+    session: Session,
+    kind: str,
+    name: str,
+    version: int,
+    *,
+    alias: str,
+    origin: str,
+    previous: int | None,
+) -> None:
+    """Record an alias set or moved (``previous``: the version it left), and write it now."""
+    _log(session, kind, name, version, alias=alias, origin=origin, detail={"previous": previous})
+    session.flush()
 
 
 def _log(
