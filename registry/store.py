@@ -411,8 +411,9 @@ def set_composition_alias(
     else:
         return get_composition(session, target.name, target.version)  # already there
     _log_alias_set(
-        session, "composition_alias_set", target.name, target.version, alias, origin, previous
-    )
+        session, "composition_alias_set", target.name, target.version, alias=alias,
+        origin=origin, previous=previous,
+    )  # fmt: skip
     return get_composition(session, target.name, target.version)
 
 
