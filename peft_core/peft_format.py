@@ -80,7 +80,9 @@ def write_peft(
     if method.places_itself:  # keep peft's own targets and flags; add what only we know
         shared = {k: shared[k] for k in ("task_type", "base_model_name_or_path", "modules_to_save")}
     peft_config = {**shared, **fields} if not method.places_itself else {**fields, **shared}
-    contiguous = file_tensors({_with_prefix(k): v for k, v in tensors.items()}, dtype)
+    # a prompt-learning PeftModel holds the model itself as ``base_model`` (no tuner between)
+    under = TUNER_PREFIX if "prompt_embeddings" in tensors else PEFT_PREFIX
+    contiguous = file_tensors({_with_prefix(k, under): v for k, v in tensors.items()}, dtype)
     safetensors.torch.save_file(contiguous, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
     (folder / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (folder / OUR_METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -144,11 +146,12 @@ def read_peft(
     return prepared.record
 
 
-def _with_prefix(key: str) -> str:
-    """A tensor's key in a PEFT file: the model's modules under the PEFT prefix; peft's own
-    top-level keys (a prompt's ``prompt_embeddings``) and a tuner's shared state (VeRA's
-    ``base_model.vera_A``, FRoD's ``base_model.frod_V``) as peft writes them."""
-    return key if "." not in key or key.startswith(TUNER_PREFIX) else f"{PEFT_PREFIX}{key}"
+def _with_prefix(key: str, under: str) -> str:
+    """A tensor's key in a PEFT file: the model's modules under ``under`` (the PEFT prefix,
+    or a prompt-learning file's ``base_model.``); peft's own top-level keys (a prompt's
+    ``prompt_embeddings``) and a tuner's shared state (VeRA's ``base_model.vera_A``, FRoD's
+    ``base_model.frod_V``) as peft writes them."""
+    return key if "." not in key or key.startswith(TUNER_PREFIX) else f"{under}{key}"
 
 
 def _without_prefix(key: str, children: set[str]) -> str:

@@ -325,7 +325,7 @@ def test_adapters_of_a_kind_with_shared_state_coexist_and_leave_cleanly(
     )
 
 
-def test_a_prompt_tuned_classifier_saved_by_peft_loads_with_its_head(tmp_path: Path) -> None:
+def test_a_prompt_tuned_classifier_with_its_head_goes_both_ways_with_peft(tmp_path: Path) -> None:
     from peft import PromptTuningConfig
 
     made = get_peft_model(
@@ -343,6 +343,10 @@ def test_a_prompt_tuned_classifier_saved_by_peft_loads_with_its_head(tmp_path: P
     pc.load_adapter(ours, tmp_path)
     inputs = batch(ours)
     torch.testing.assert_close(logits(ours, inputs), logits(made, inputs))
+    # and our file of it: the head again under base_model.classifier, where peft looks
+    pc.save_adapter(ours, tmp_path.name, tmp_path / "ours", format="peft")
+    theirs = PeftModel.from_pretrained(classifier(), tmp_path / "ours").eval()
+    torch.testing.assert_close(logits(theirs, inputs), logits(made, inputs))
 
 
 def test_a_native_adapter_cannot_wrap_a_peft_layer() -> None:
