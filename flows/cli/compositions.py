@@ -1,16 +1,19 @@
-"""``adapterops composition ls | show | alias | unalias | history | predict``: saved
+"""``adapterops composition save | ls | show | alias | unalias | history | predict``: saved
 compositions (stacks, averages over exact member versions), their aliases and event logs, and
-predictions through them. Compositions are saved from Python
+predictions through them. Compositions are saved here, from Python
 (``Registry.register_composition``) and by the retraining cascade."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from registry import Composition, Registry
+from registry import Composition, InvalidCompositionError, Registry
 
+from ..spec import load_spec
 from .common import (
     JsonOption,
     SkipProbeOption,
@@ -33,6 +36,59 @@ composition_app = typer.Typer(
 CompositionRef = Annotated[
     str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")
 ]
+
+
+@composition_app.command()
+def save(
+    name: Annotated[str, typer.Argument(help="Composition name.")],
+    members: Annotated[
+        list[str],
+        typer.Argument(
+            help="Member references (name, name@VERSION, name@ALIAS), in the order of the "
+            "definition's leaves; each is saved as the exact version it names now.",
+            metavar="MEMBER",
+        ),
+    ],
+    definition: Annotated[
+        str,
+        typer.Option(
+            help='The block as JSON, e.g. {"type": "average", "weights": [0.5, 0.5]}; its '
+            "leaves are the members, in order."
+        ),
+    ] = '{"type": "stack"}',
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            help="A spec file whose base model, head, validation data and gate the retraining "
+            "cascade scores the composition with.",
+            metavar="SPEC",
+        ),
+    ] = None,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Save a composition over exact member versions as its next version."""
+    with user_errors(as_json):
+        block = _definition(definition)
+        scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
+        composition = Registry().register_composition(
+            name, block, members, description=description, evaluation=scored
+        )
+    _print([composition], as_json, single=True)
+
+
+def _definition(text: str) -> dict[str, Any]:
+    try:
+        block = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidCompositionError(
+            f"--definition is not JSON ({exc.msg}): {text!r:.80}"
+        ) from None
+    if not isinstance(block, dict):
+        raise InvalidCompositionError(
+            f'--definition is a JSON object such as {{"type": "stack"}}, got {text!r:.80}'
+        )
+    return block
 
 
 @composition_app.command("ls")

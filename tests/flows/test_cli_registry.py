@@ -219,3 +219,29 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     gone = run(env, "composition", "show", "madx@champion", "--json")
     assert gone.returncode == 2 and "Traceback" not in gone.stderr
     assert "composition 'madx' has no alias 'champion'" in json.loads(gone.stdout)["error"]
+
+    # saved from the command line: members resolved to exact versions, a block, a scoring spec
+    spec = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-pt-pfeiffer.yaml"
+    averaged = ok_json(
+        run(
+            env, "composition", "save", "mean", "lang-pt", "sst2-en@1", "--definition",
+            '{"type": "average", "weights": [0.25, 0.75]}', "--evaluation", str(spec), "--json",
+        )
+    )  # fmt: skip
+    assert (averaged["version"], averaged["members"]) == (1, ["lang-pt@1", "sst2-en@1"])
+    assert averaged["definition"]["weights"] == [0.25, 0.75]
+    assert averaged["evaluation"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        ok_json(run(env, "composition", "save", "madx", "lang-pt", "sst2-en", "--json"))["version"]
+        == 2
+    )
+    for args, words in [
+        (("--definition", "{stack"), "--definition is not JSON"),
+        (("--definition", '["stack"]'), "--definition is a JSON object"),
+        (("--definition", '{"type": "stack", "children": ["a"]}'), "1 adapter(s) but 2"),
+        (("--evaluation", str(tmp_path / "none.yaml")), "no such file"),
+    ]:
+        bad = run(env, "composition", "save", "bad", "lang-pt", "sst2-en", *args, "--json")
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, (args, bad.stderr)
+        assert words in json.loads(bad.stdout)["error"], (args, bad.stdout)
+    assert [c["name"] for c in ok_json(run(env, "composition", "ls", "--json"))] == ["madx", "mean"]
