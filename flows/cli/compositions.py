@@ -13,7 +13,6 @@ import typer
 
 from registry import Composition, InvalidCompositionError, Registry
 
-from ..spec import load_spec
 from .common import (
     JsonOption,
     SkipProbeOption,
@@ -68,6 +67,8 @@ def save(
     as_json: JsonOption = False,
 ) -> None:
     """Save a composition over exact member versions as its next version."""
+    from ..spec import load_spec  # noqa: PLC0415 - it imports torch: other commands start fast
+
     with user_errors(as_json):
         block = _definition(definition)
         scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None

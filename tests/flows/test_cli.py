@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -170,6 +171,15 @@ class TestTrain:
 
 
 class TestBasics:
+    def test_the_command_line_starts_without_torch(self):
+        """Every command module is imported for every command (and --help): one that imports
+        torch, peft_core or flows.spec at its top makes each start seconds slower."""
+        probe = "import sys, flows.cli; print(sorted({'torch', 'peft_core'} & set(sys.modules)))"
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+        )
+        assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
     def test_version_and_short_help(self):
         version = adapterops("--version")
         assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")
