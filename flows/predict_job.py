@@ -72,7 +72,9 @@ def predict_composition(
     else:
         spec = spec_of_version(registry.get(composition.members[-1]), "predict")
     model, tokenizer = load_base_model(spec, inference_device())
-    registry.load_composition(model, composition.ref, skip_probe=skip_probe)
+    registry.load_definition(
+        model, composition.definition, composition.members, skip_probe=skip_probe
+    )  # the version read above, not looked up again
     return composition.ref, _answers(model, tokenizer, texts, spec)
 
 

@@ -87,13 +87,13 @@ def file_tensors(tensors: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Te
     each with memory of its own (safetensors refuses aliases; peft methods whose layers share
     one tensor, RandLoRA's bases or Lily's projections, list it under every layer)."""
     out: dict[str, Tensor] = {}
-    seen: set[tuple[torch.device, int]] = set()
+    seen: set[int] = set()  # storages already written (all on the CPU by then)
     for key, value in tensors.items():
         tensor = (value.to(dtype) if value.is_floating_point() else value).detach().contiguous()
         tensor = tensor.cpu()
-        where = (tensor.device, tensor.untyped_storage().data_ptr())
-        out[key] = tensor.clone() if where in seen else tensor
-        seen.add(where)
+        storage = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
     return out
 
 

@@ -24,17 +24,13 @@ from .common import (
     user_errors,
 )
 from .operate import show_predictions
-from .registry import show_events
+from .registry import RefArgument, show_events
 
 __all__ = ["composition_app"]
 
 composition_app = typer.Typer(
     help="Saved compositions (stacks, averages) and their aliases.", no_args_is_help=True
 )
-
-CompositionRef = Annotated[
-    str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")
-]
 
 
 @composition_app.command()
@@ -101,7 +97,7 @@ def list_compositions(as_json: JsonOption = False) -> None:
 
 
 @composition_app.command()
-def show(ref: CompositionRef, as_json: JsonOption = False) -> None:
+def show(ref: RefArgument, as_json: JsonOption = False) -> None:
     """One composition version: its definition, members and aliases."""
     with user_errors(as_json):
         composition = Registry().composition(ref)
@@ -110,7 +106,7 @@ def show(ref: CompositionRef, as_json: JsonOption = False) -> None:
 
 @composition_app.command()
 def alias(
-    ref: CompositionRef,
+    ref: RefArgument,
     name: Annotated[str, typer.Argument(help="Alias to set or move, e.g. champion.")],
     as_json: JsonOption = False,
 ) -> None:
@@ -147,7 +143,7 @@ def history(
 
 @composition_app.command()
 def predict(
-    ref: CompositionRef,
+    ref: RefArgument,
     text: TextOption,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
