@@ -309,7 +309,7 @@ class PeftRun(Method):
             if isinstance(value, set):
                 fields[key] = sorted(value)
         fields["inference_mode"] = True
-        return fields, tensors
+        return _feedforward_within_targets(fields, model, record.name), tensors
 
     def reads_peft(self, peft_config: dict[str, Any]) -> bool:
         """Any peft method no native method reads (the table asks natives first)."""
@@ -325,6 +325,31 @@ class PeftRun(Method):
 
     def owns_peft_key(self, key: str) -> bool:
         return key == "prompt_embeddings" or (".modules_to_save." not in key and not _is_head(key))
+
+
+def _feedforward_within_targets(
+    fields: dict[str, Any], model: nn.Module, name: str
+) -> dict[str, Any]:
+    """IA3 fields peft can read back.
+
+    Without ``feedforward_modules`` peft fills in its default for the model type (BERT:
+    ``output.dense``) even where that is no target, and then refuses its own file ("should be a
+    subset of target_modules"). Entries that rescale no layer are dropped; a layer that a
+    feedforward entry outside the targets does rescale is named in full in both lists (it is
+    already adapted, so naming it adapts nothing new)."""
+    feedforward, targets = fields.get("feedforward_modules"), fields.get("target_modules")
+    if not isinstance(feedforward, list) or not isinstance(targets, list):
+        return fields  # regular expressions: peft skips the check
+    if set(feedforward) <= set(targets):
+        return fields
+    rescaled_inputs = [
+        layer_name
+        for layer_name, layer in tuner_layers(model)
+        if getattr(layer, "is_feedforward", False) and name in getattr(layer, "ia3_l", {})
+    ]
+    kept = [f for f in feedforward if f in targets]
+    named = [n for n in rescaled_inputs if not any(n.endswith(f) for f in kept)]
+    return {**fields, "feedforward_modules": kept + named, "target_modules": targets + named}
 
 
 def _is_head(key: str) -> bool:

@@ -435,3 +435,22 @@ def test_plan_counts_what_training_trains() -> None:
     planned = pc.plan(model, config("LOHA"))
     pc.add_adapter(model, "a", config("LOHA"))
     assert planned.trainable_params == pc.measure(model, "a").trainable_params == 2147
+
+
+# peft fills IA3's feedforward_modules with its default for the model type (BERT: output.dense)
+# and then refuses its own file when that default is no target; ours must load into peft.
+@pytest.mark.parametrize("targets", [["query", "value"], ["query", "dense"]])
+def test_ia3_files_without_feedforward_modules_load_into_peft(
+    targets: list[str], tmp_path: Path
+) -> None:
+    ours = classifier()
+    pc.add_adapter(ours, "a", pc.AnyPeft({"peft_type": "IA3", "target_modules": targets}))
+    scramble(ours, "a")
+    inputs = batch(ours)
+    expected = logits(ours, inputs)
+    pc.save_adapter(ours, "a", tmp_path, format="peft")
+    theirs = PeftModel.from_pretrained(classifier(), tmp_path).eval()
+    torch.testing.assert_close(logits(theirs, inputs), expected, rtol=0, atol=0)
+    loaded = classifier()
+    pc.load_adapter(loaded, tmp_path)
+    torch.testing.assert_close(logits(loaded, inputs), expected)
