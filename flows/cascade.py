@@ -14,8 +14,9 @@ A stack or an average saved with ``Registry.register_composition(..., evaluation
 scored instead (nothing in it trains): the current version and the candidate, each loaded from its
 exact member versions onto the spec's base model, on the spec's validation data, through the same
 :func:`~flows.promotion.decide`; a candidate that passes becomes the composition's next version
-(and takes its ``champion`` alias when the scored version held it), and both scores go to one
-MLflow run. Compositions saved without an evaluation are listed as stale and not scored.
+(and takes its ``champion`` alias when the scored version held it, in MLflow first like every
+alias move: :mod:`flows.mlflow_compositions`), and both scores go to one MLflow run. Compositions
+saved without an evaluation are listed as stale and not scored.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import yaml
 from registry import AdapterVersion, Registry
 
 from .members import members_of_version
+from .mlflow_compositions import ensure_composition_versions, move_composition_alias
 from .promotion import CHAMPION, Policy, decide
 from .spec import AdapterSpec, member_name, parse_spec
+from .tracking import client as tracking_client
 from .tracking import log_evaluation_run
 
 __all__ = [
@@ -154,8 +157,10 @@ def gate_stack(
             evaluation=current.evaluation,
         )
         candidate = f"stack:{saved.ref}"
+        client = tracking_client()
+        ensure_composition_versions(client, registry, name)
         if CHAMPION in current.aliases:  # the gate passed: the champion moves, as for adapters
-            registry.set_composition_alias(saved.ref, CHAMPION, origin="cascade")
+            move_composition_alias(registry, client, saved.ref, CHAMPION, origin="cascade")
     log_evaluation_run(
         f"cascade {item.ref} ({trigger.ref})",
         params={

@@ -14,7 +14,9 @@ moves made in the MLflow UI into the registry (origin ``mlflow-ui``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +28,8 @@ __all__ = [
     "AliasChange",
     "ensure_model_version",
     "mlflow_aliases",
+    "mlflow_version_of",
+    "registered_models",
     "set_mlflow_alias",
     "sync_aliases",
     "tag_run",
@@ -33,19 +37,21 @@ __all__ = [
 ]
 
 VERSION_TAG = "adapterops.version"
+COMPOSITION_PREFIX = "composition."  # compositions' models (flows.mlflow_compositions)
 
 
 @dataclass(frozen=True)
 class AliasChange:
     """One alias difference found by :func:`sync_aliases` and applied to the registry."""
 
-    adapter: str
+    adapter: str  # the adapter's name, or the composition's when kind is "composition"
     alias: str
     version: int | None  # None: the alias was removed in MLflow
+    kind: Literal["adapter", "composition"] = "adapter"
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"adapter": self.adapter, "alias": self.alias, "version": self.version}
+        """JSON-ready form: ``{"adapter": ...}`` or ``{"composition": ...}``, alias, version."""
+        return {self.kind: self.adapter, "alias": self.alias, "version": self.version}
 
 
 def ensure_model_version(
@@ -57,7 +63,7 @@ def ensure_model_version(
     """
     with mlflow_errors(f"register {version.ref}"):
         _ensure_registered_model(client, version)
-        existing = _mlflow_version_of(client, version.name, version.version)
+        existing = mlflow_version_of(client, version.name, version.version)
         if existing is not None:
             return existing
         tags = {
@@ -103,7 +109,7 @@ def tag_run(client: MlflowClient, run_id: str, version: AdapterVersion) -> None:
 def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:
     """Point MLflow alias ``alias`` of ``name`` at the version mirroring registry ``version``."""
     with mlflow_errors(f"set alias {alias} of {name}"):
-        mlflow_version = _mlflow_version_of(client, name, version)
+        mlflow_version = mlflow_version_of(client, name, version)
         if mlflow_version is None:
             raise MlflowException(f"{name} version {version} is not registered in MLflow yet")
         client.set_registered_model_alias(name, alias, str(mlflow_version))
@@ -137,7 +143,11 @@ def sync_aliases(
     ``mlflow-ui``.
     """
     with mlflow_errors("list registered models"):
-        known = {m.name for m in client.search_registered_models()}
+        known = {
+            m.name
+            for m in registered_models(client)
+            if not m.name.startswith(COMPOSITION_PREFIX)  # they have their own sync
+        }
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
         remote = mlflow_aliases(client, name)
@@ -150,6 +160,21 @@ def sync_aliases(
             registry.remove_alias(name, alias, origin="mlflow-ui")
             changes.append(AliasChange(name, alias, None))
     return changes
+
+
+def registered_models(
+    client: MlflowClient, where: str | None = None, *, page_size: int = 1000
+) -> list[RegisteredModel]:
+    """Every registered model (matching ``where``), page after page (MLflow returns 100 by
+    default: an unpaged search silently missed the rest)."""
+    found: list[RegisteredModel] = []
+    token = None
+    while True:
+        page = client.search_registered_models(where, max_results=page_size, page_token=token)
+        found += page
+        token = page.token
+        if not token:
+            return found
 
 
 def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> None:
@@ -170,7 +195,8 @@ def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> N
         )
 
 
-def _mlflow_version_of(client: MlflowClient, name: str, registry_version: int) -> int | None:
+def mlflow_version_of(client: MlflowClient, name: str, registry_version: int) -> int | None:
+    """The MLflow version of registered model ``name`` mirroring ``registry_version``, if any."""
     found = client.search_model_versions(
         f"name='{name}' and tag.`{VERSION_TAG}`='{registry_version}'"
     )

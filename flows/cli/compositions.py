@@ -13,6 +13,7 @@ import typer
 
 from registry import Composition, InvalidCompositionError, Registry
 
+from ..errors import TrackingUnavailableError
 from .common import (
     JsonOption,
     SkipProbeOption,
@@ -68,10 +69,26 @@ def save(
     with user_errors(as_json):
         block = _definition(definition)
         scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
-        composition = Registry().register_composition(
+        registry = Registry()
+        composition = registry.register_composition(
             name, block, members, description=description, evaluation=scored
         )
+        _mirror(registry, composition)
     _print([composition], as_json, single=True)
+
+
+def _mirror(registry: Registry, composition: Composition) -> None:
+    """The saved version in MLflow too; if MLflow is down, say that it is saved all the same."""
+    from .. import tracking  # noqa: PLC0415 - MLflow loads only for commands that use it
+    from ..mlflow_compositions import ensure_composition_versions  # noqa: PLC0415
+
+    try:
+        ensure_composition_versions(tracking.client(), registry, composition.name)
+    except TrackingUnavailableError as exc:
+        raise TrackingUnavailableError(
+            f"{composition.ref} is saved in the registry but not yet in MLflow; "
+            f"`adapterops sync` mirrors it once MLflow answers. {exc}"
+        ) from None
 
 
 def _definition(text: str) -> dict[str, Any]:
@@ -110,9 +127,15 @@ def alias(
     name: Annotated[str, typer.Argument(help="Alias to set or move, e.g. champion.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Point an alias at a composition version (moving it from another version if needed)."""
+    """Point an alias at a composition version (moving it from another version if needed),
+    through MLflow (moves made in the MLflow UI are taken first)."""
+    from .. import tracking  # noqa: PLC0415
+    from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
+
     with user_errors(as_json):
-        composition = Registry().set_composition_alias(ref, name, origin="cli")
+        registry, client = Registry(), tracking.client()
+        sync_composition_aliases(registry, client, [registry.composition(ref).name])
+        composition = move_composition_alias(registry, client, ref, name, origin="cli")
     _print([composition], as_json, single=True)
 
 
@@ -122,9 +145,17 @@ def unalias(
     name: Annotated[str, typer.Argument(help="Alias to remove.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Take an alias off a composition."""
+    """Take an alias off a composition, in MLflow and the registry."""
+    from .. import tracking  # noqa: PLC0415
+    from ..mlflow_compositions import (  # noqa: PLC0415
+        remove_composition_alias,
+        sync_composition_aliases,
+    )
+
     with user_errors(as_json):
-        Registry().remove_composition_alias(composition, name, origin="cli")
+        registry, client = Registry(), tracking.client()
+        sync_composition_aliases(registry, client, [registry.composition(composition).name])
+        remove_composition_alias(registry, client, composition, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "composition": composition, "removed": name})
         return

@@ -252,18 +252,26 @@ def sync(
     name: Annotated[list[str] | None, typer.Argument(help="Adapters (default: all).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Copy alias moves made in the MLflow UI into the registry (MLflow wins)."""
+    """Copy alias moves made in the MLflow UI into the registry (MLflow wins), for adapters and
+    compositions of these names (default: all); compositions MLflow lacks are mirrored first."""
     from registry import Registry  # noqa: PLC0415
 
     from .. import tracking  # noqa: PLC0415
+    from ..mlflow_compositions import mirror_all, sync_composition_aliases  # noqa: PLC0415
     from ..mlflow_models import sync_aliases  # noqa: PLC0415
 
     with user_errors(as_json):
-        changes = sync_aliases(Registry(), tracking.client(), name or None)
+        registry, client = Registry(), tracking.client()
+        mirrored = mirror_all(client, registry, name or None)
+        changes = sync_aliases(registry, client, name or None)
+        changes += sync_composition_aliases(registry, client, name or None)
     if as_json:
-        emit_json({"ok": True, "changes": [c.to_dict() for c in changes]})
+        emit_json({"ok": True, "changes": [c.to_dict() for c in changes], "mirrored": mirrored})
         return
+    for composition in mirrored:
+        console.print(f"composition {composition}: mirrored to MLflow")
     for change in changes:
         where = f"version {change.version}" if change.version is not None else "removed"
-        console.print(f"{change.adapter}@{change.alias}: {where}")
+        what = "composition " if change.kind == "composition" else ""
+        console.print(f"{what}{change.adapter}@{change.alias}: {where}")
     console.print(f"{len(changes)} alias change(s) taken from MLflow")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flows import pipelines, tracking
+from flows.mlflow_models import mlflow_aliases
 from registry import Registry
 from tests.flows.test_pipelines import write_spec
 from tests.helpers import run_cli
@@ -110,6 +111,8 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     if madx_promoted:
         assert (newest.version, stack["candidate"]) == (2, "stack:madx@2")
         assert newest.members == ("lang-en@2", "lang-pt@1") and newest.evaluation == scored_on
+        # mirrored for reviewers: both versions, the champion moved there first
+        assert mlflow_aliases(tracking.client(), "composition.madx") == {"champion": 2}
     else:
         assert (newest.version, stack["candidate"]) == (1, None)
     # the champion follows the gate: on the candidate if it passed, where it was if not

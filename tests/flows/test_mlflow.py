@@ -13,7 +13,18 @@ import pytest
 from flows import tracking
 from flows.build_job import Build, build_from_spec, register_and_gate
 from flows.errors import TrackingUnavailableError
-from flows.mlflow_models import ensure_model_version, mlflow_aliases, sync_aliases
+from flows.mlflow_compositions import (
+    ensure_composition_versions,
+    move_composition_alias,
+    remove_composition_alias,
+    sync_composition_aliases,
+)
+from flows.mlflow_models import (
+    ensure_model_version,
+    mlflow_aliases,
+    registered_models,
+    sync_aliases,
+)
 from flows.promotion import promote, rollback
 from flows.quickstart import minilm_sst2_spec
 from flows.spec import parse_spec
@@ -255,3 +266,62 @@ class TestDivergedTraining:
         assert (result.promoted, result.alias) == (False, "challenger")
         assert result.decision == "training diverged (loss nan): not promoted"
         assert registry.get("diverged@1").metrics == {"accuracy": 0.5}  # only finite metrics kept
+
+
+class TestCompositionsInMlflow:
+    """Compositions as MLflow registered models ``composition.NAME``: versions, aliases, sync."""
+
+    def test_mirrored_moved_and_reviewed(self, registry, tmp_path):
+        client = tracking.client()
+        for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
+            folder = write_fake_adapter(tmp_path / name, seed)
+            version = registry.register(folder, name=name, base_model="b", task=name, language="pt")
+            ensure_model_version(client, version, run_id=None, description="card")
+        registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
+        registry.set_composition_alias("madx@1", "champion")  # from Python: MLflow not told
+        assert sync_aliases(registry, client) == []  # the adapters' sync leaves compositions be
+
+        assert ensure_composition_versions(client, registry, "madx") == 1
+        assert ensure_composition_versions(client, registry, "madx") == 0  # idempotent
+        # its aliases came along the first time (else the next sync would take them away)
+        assert mlflow_aliases(client, "composition.madx") == {"champion": 1}
+        (mirrored,) = client.search_model_versions("name='composition.madx'")
+        assert mirrored.tags["adapterops.members"] == "lang-pt@1, sst2-en@1"
+        assert mirrored.description.startswith("stack of lang-pt@1, sst2-en@1")
+        saved = mlflow.artifacts.load_dict(f"{mirrored.source}/composition.json")
+        assert saved["definition"] == {"type": "stack", "children": ["lang-pt@1", "sst2-en@1"]}
+
+        registry.register_composition("madx", {"type": "stack"}, ["sst2-en", "lang-pt"])
+        moved = move_composition_alias(registry, client, "madx@2", "champion", origin="cli")
+        assert (moved.version, moved.aliases) == (2, ("champion",))
+        assert mlflow_aliases(client, "composition.madx") == {"champion": 2}
+        runs = client.search_runs(
+            [client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+            filter_string="tags.`adapterops.kind` = 'composition'",
+        )
+        assert sorted(r.info.run_name for r in runs) == ["composition madx@1", "composition madx@2"]
+
+        # a reviewer moves champion back in the MLflow UI and adds an alias: MLflow wins
+        client.set_registered_model_alias("composition.madx", "champion", "1")
+        client.set_registered_model_alias("composition.madx", "staging", "2")
+        changes = sync_composition_aliases(registry, client)
+        assert [c.to_dict() for c in changes] == [
+            {"composition": "madx", "alias": "champion", "version": 1},
+            {"composition": "madx", "alias": "staging", "version": 2},
+        ]
+        assert registry.composition("madx@champion").version == 1
+        assert sync_composition_aliases(registry, client) == []
+        remove_composition_alias(registry, client, "madx", "staging", origin="cli")
+        assert mlflow_aliases(client, "composition.madx") == {"champion": 1}
+        assert registry.composition("madx@2").aliases == ()
+        assert [(e.kind, e.alias, e.origin) for e in registry.composition_history("madx")][-3:] == [
+            ("composition_alias_set", "champion", "mlflow-ui"),
+            ("composition_alias_set", "staging", "mlflow-ui"),
+            ("composition_alias_removed", "staging", "cli"),
+        ]
+
+    def test_every_page_of_registered_models_is_read(self, registry):
+        client = tracking.client()
+        for name in ("a", "b", "c"):
+            client.create_registered_model(name)
+        assert sorted(m.name for m in registered_models(client, page_size=1)) == ["a", "b", "c"]

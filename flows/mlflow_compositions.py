@@ -1,0 +1,199 @@
+"""Registry compositions mirrored as MLflow registered models, so reviewers see a stack's versions
+and move its ``champion`` in the MLflow UI as they do for adapters.
+
+Naming scheme: composition ``madx`` is the MLflow registered model ``composition.madx`` (registry
+names hold no '.', so it never meets an adapter's model), and registry version N is MLflow model
+version N of it, created in order (the tag ``adapterops.version`` states the registry number).
+Each version's source is a small MLflow run named ``composition madx@N`` whose artifact
+``composition/composition.json`` holds the definition, the exact members and the evaluation spec;
+the members are also tags, so the versions table lists them.
+
+Aliases follow the adapters' rule: MLflow wins. Moves made by AdapterOps go to MLflow first, then
+to the registry; :func:`sync_composition_aliases` copies moves made in the UI into the registry
+(origin ``mlflow-ui``). A composition saved without MLflow (``Registry.register_composition`` from
+Python) is mirrored by the next command that touches it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from mlflow.entities.model_registry import RegisteredModel
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from registry import Composition, Registry
+
+from .mlflow_models import (
+    COMPOSITION_PREFIX,
+    VERSION_TAG,
+    AliasChange,
+    delete_mlflow_alias,
+    mlflow_aliases,
+    mlflow_version_of,
+    registered_models,
+    set_mlflow_alias,
+)
+from .tracking import configure, mlflow_errors
+
+__all__ = [
+    "ensure_composition_versions",
+    "mirror_all",
+    "mlflow_name",
+    "move_composition_alias",
+    "remove_composition_alias",
+    "sync_composition_aliases",
+]
+
+SEEDED_TAG = "adapterops.aliases"  # "yes": the registry's aliases were copied to MLflow once
+ARTIFACT = "composition"  # the run's artifact folder a model version points at
+
+
+def mlflow_name(name: str) -> str:
+    """The MLflow registered model mirroring composition ``name``."""
+    return f"{COMPOSITION_PREFIX}{name}"
+
+
+def ensure_composition_versions(client: MlflowClient, registry: Registry, name: str) -> int:
+    """Mirror every version of composition ``name`` MLflow lacks, in order (idempotent); returns
+    how many were created.
+
+    Until a composition is fully mirrored (the model's ``adapterops.aliases`` tag), its registry
+    aliases go to MLflow too: they were set before MLflow knew it, and the next sync would
+    otherwise take them away. After that, MLflow wins."""
+    newest = registry.composition(name).version
+    model = mlflow_name(name)
+    created = 0
+    with mlflow_errors(f"mirror composition {name}"):
+        seeded = _ensure_registered_model(client, name).tags.get(SEEDED_TAG) == "yes"
+        for version in range(1, newest + 1):
+            if mlflow_version_of(client, model, version) is None:
+                _create_version(client, registry.composition(name, version))
+                created += 1
+    if not seeded:
+        for alias, version in sorted(_registry_aliases(registry, name).items()):
+            set_mlflow_alias(client, model, alias, version)
+        with mlflow_errors(f"mirror composition {name}"):
+            client.set_registered_model_tag(model, SEEDED_TAG, "yes")
+    return created
+
+
+def move_composition_alias(
+    registry: Registry, client: MlflowClient, ref: str, alias: str, *, origin: str
+) -> Composition:
+    """Point ``alias`` at the composition version ``ref`` names: in MLflow, then the registry."""
+    target = registry.composition(ref)
+    ensure_composition_versions(client, registry, target.name)
+    set_mlflow_alias(client, mlflow_name(target.name), alias, target.version)
+    return registry.set_composition_alias(target.ref, alias, origin=origin)
+
+
+def remove_composition_alias(
+    registry: Registry, client: MlflowClient, name: str, alias: str, *, origin: str
+) -> None:
+    """Take ``alias`` off composition ``name``: in MLflow, then the registry."""
+    registry.composition(name)  # a clear error for an unknown composition, before MLflow
+    ensure_composition_versions(client, registry, name)
+    delete_mlflow_alias(client, mlflow_name(name), alias)
+    registry.remove_composition_alias(name, alias, origin=origin)
+
+
+def sync_composition_aliases(
+    registry: Registry, client: MlflowClient, names: list[str] | None = None
+) -> list[AliasChange]:
+    """Copy composition alias moves made in MLflow into the registry (MLflow wins); returns what
+    changed. Only compositions MLflow already mirrors are compared; :func:`mirror_all` mirrors
+    the others."""
+    with mlflow_errors("list registered models"):
+        mirrored = registered_models(client, f"name LIKE '{COMPOSITION_PREFIX}%'")
+        known = {m.name.removeprefix(COMPOSITION_PREFIX) for m in mirrored}
+    changes: list[AliasChange] = []
+    for name in sorted(known if names is None else set(names) & known):
+        ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
+        remote = mlflow_aliases(client, mlflow_name(name))
+        local = _registry_aliases(registry, name)
+        for alias, version in sorted(remote.items()):
+            if local.get(alias) != version:
+                registry.set_composition_alias(f"{name}@{version}", alias, origin="mlflow-ui")
+                changes.append(AliasChange(name, alias, version, kind="composition"))
+        for alias in sorted(set(local) - set(remote)):
+            registry.remove_composition_alias(name, alias, origin="mlflow-ui")
+            changes.append(AliasChange(name, alias, None, kind="composition"))
+    return changes
+
+
+def mirror_all(client: MlflowClient, registry: Registry) -> list[str]:
+    """Mirror every registry composition MLflow lacks in full; returns the names touched."""
+    return [
+        c.name
+        for c in registry.compositions()
+        if ensure_composition_versions(client, registry, c.name)
+    ]
+
+
+def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:
+    newest = registry.composition(name).version
+    return {
+        alias: version
+        for version in range(1, newest + 1)
+        for alias in registry.composition(name, version).aliases
+    }
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> RegisteredModel:
+    """The composition's registered model, created if missing."""
+    try:
+        return client.get_registered_model(mlflow_name(name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return client.create_registered_model(
+            mlflow_name(name),
+            tags={"adapterops.kind": "composition", "adapterops.composition": name},
+            description=f"AdapterOps composition {name}: a block over exact adapter versions",
+        )
+
+
+def _create_version(client: MlflowClient, composition: Composition) -> None:
+    run_id = _composition_run(client, composition)
+    block, members = str(composition.definition.get("type")), ", ".join(composition.members)
+    tags = {
+        VERSION_TAG: str(composition.version),
+        "adapterops.kind": "composition",
+        "adapterops.block": block,
+        "adapterops.members": members,
+        "adapterops.scored": "yes" if composition.evaluation else "no",
+    }
+    client.create_model_version(
+        mlflow_name(composition.name),
+        source=f"runs:/{run_id}/{ARTIFACT}",
+        run_id=run_id,
+        tags=tags,
+        description=f"{block} of {members}\n\n{composition.description}".strip(),
+    )
+
+
+def _composition_run(client: MlflowClient, composition: Composition) -> str:
+    """The run holding the version's definition: found by its tag, else made (a retry after a
+    failure halfway does not make a second one)."""
+    experiment_id = configure()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`adapterops.composition` = '{composition.ref}'"
+    )
+    if found:
+        return str(found[0].info.run_id)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"composition {composition.ref}",
+        tags={"adapterops.composition": composition.ref, "adapterops.kind": "composition"},
+    )
+    run_id = str(run.info.run_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "composition.json"
+        path.write_text(json.dumps(composition.to_dict(), indent=2, default=str))
+        client.log_artifact(run_id, str(path), artifact_path=ARTIFACT)
+    client.log_param(run_id, "members", ",".join(composition.members))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
