@@ -109,6 +109,7 @@ def sync_composition_aliases(
     with mlflow_errors("list registered models"):
         mirrored = registered_models(client, f"name LIKE '{COMPOSITION_PREFIX}%'")
         known = {m.name.removeprefix(COMPOSITION_PREFIX) for m in mirrored}
+    known &= {c.name for c in registry.compositions()}  # another registry's are not ours
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
         ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
@@ -124,13 +125,13 @@ def sync_composition_aliases(
     return changes
 
 
-def mirror_all(client: MlflowClient, registry: Registry) -> list[str]:
-    """Mirror every registry composition MLflow lacks in full; returns the names touched."""
-    return [
-        c.name
-        for c in registry.compositions()
-        if ensure_composition_versions(client, registry, c.name)
-    ]
+def mirror_all(
+    client: MlflowClient, registry: Registry, names: list[str] | None = None
+) -> list[str]:
+    """Mirror the registry's compositions (of ``names``; default all) that MLflow lacks in full;
+    returns the names of those that got new MLflow versions."""
+    wanted = [c.name for c in registry.compositions() if names is None or c.name in names]
+    return [name for name in wanted if ensure_composition_versions(client, registry, name)]
 
 
 def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:

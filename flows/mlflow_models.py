@@ -140,7 +140,8 @@ def sync_aliases(
 
     Rule: MLflow wins. An alias set in MLflow is set in the registry; an alias the registry has but
     MLflow does not (for an adapter MLflow knows) is removed. Each change is logged with origin
-    ``mlflow-ui``.
+    ``mlflow-ui``. Registered models the registry has no adapter for (a shared MLflow server holds
+    other teams' models too) are left alone.
     """
     with mlflow_errors("list registered models"):
         known = {
@@ -150,8 +151,11 @@ def sync_aliases(
         }
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
+        versions = registry.find(name=name)
+        if not versions:
+            continue  # not an adapter of this registry
         remote = mlflow_aliases(client, name)
-        local = {alias: v.version for v in registry.find(name=name) for alias in v.aliases}
+        local = {alias: v.version for v in versions for alias in v.aliases}
         for alias, version in sorted(remote.items()):
             if local.get(alias) != version:
                 registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")

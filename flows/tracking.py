@@ -42,6 +42,7 @@ __all__ = [
 EXPERIMENT = "adapterops"
 # MLflow 3 opens an experiment without this tag on its GenAI overview; ours are training runs.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+RERUN_COMPLETES = "re-running the command completes the work."  # ends every MLflow error
 _FLUSH_EVERY = 25  # steps per batch of metrics sent to the server
 
 
@@ -103,7 +104,7 @@ def mlflow_errors(action: str) -> Iterator[None]:
         reason = " ".join(str(exc).split())[:400]
         raise TrackingUnavailableError(
             f"MLflow at {tracking_uri()} could not {action}: {reason}. Check MLFLOW_TRACKING_URI "
-            "and that the server runs; re-running the command completes the work."
+            f"and that the server runs; {RERUN_COMPLETES}"
         ) from None
 
 

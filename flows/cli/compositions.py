@@ -85,9 +85,11 @@ def _mirror(registry: Registry, composition: Composition) -> None:
     try:
         ensure_composition_versions(tracking.client(), registry, composition.name)
     except TrackingUnavailableError as exc:
+        # re-running `save` would save another version: the advice is `sync` here
+        reason = str(exc).removesuffix(tracking.RERUN_COMPLETES)
         raise TrackingUnavailableError(
-            f"{composition.ref} is saved in the registry but not yet in MLflow; "
-            f"`adapterops sync` mirrors it once MLflow answers. {exc}"
+            f"{composition.ref} is saved in the registry but not yet in MLflow: {reason}"
+            "`adapterops sync` mirrors it once MLflow answers."
         ) from None
 
 

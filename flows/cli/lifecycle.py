@@ -10,13 +10,16 @@ never overwritten by stale registry state.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from .build import OutOption, SetOption, SpecArgument, progress
 from .common import JsonOption, console, emit_json, errors, quiet_libraries, user_errors
+
+if TYPE_CHECKING:
+    from registry import Registry
 
 __all__ = ["app"]
 
@@ -247,6 +250,19 @@ def rollback(
     console.print(f"champion of {name} is {version.ref} again")
 
 
+def _check_known(registry: Registry, names: list[str]) -> None:
+    """A name that is neither an adapter nor a composition is a typo: say so, sync nothing."""
+    from registry import NotFoundError  # noqa: PLC0415
+
+    compositions = {c.name for c in registry.compositions()}
+    unknown = [n for n in names if n not in compositions and not registry.find(name=n)]
+    if unknown:
+        raise NotFoundError(
+            f"no adapter or composition named {', '.join(map(repr, unknown))}; "
+            "`adapterops ls` and `adapterops composition ls` list them"
+        )
+
+
 @app.command()
 def sync(
     name: Annotated[list[str] | None, typer.Argument(help="Adapters (default: all).")] = None,
@@ -261,7 +277,9 @@ def sync(
     from ..mlflow_models import sync_aliases  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry, client = Registry(), tracking.client()
+        registry = Registry()
+        _check_known(registry, name or [])
+        client = tracking.client()
         mirrored = mirror_all(client, registry, name or None)
         changes = sync_aliases(registry, client, name or None)
         changes += sync_composition_aliases(registry, client, name or None)

@@ -188,9 +188,11 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
 def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     from registry import Registry
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    # mlflow.set_tracking_uri (any earlier test) exports MLFLOW_TRACKING_URI: not this test's
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
     env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     registry = Registry()  # the embedded registry the commands below open
     for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
         registry.register(
@@ -204,12 +206,18 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     assert [(c["name"], c["version"], c["aliases"]) for c in listed] == [("madx", 1, [])]
     moved = ok_json(run(env, "composition", "alias", "madx@1", "champion", "--json"))
     assert (moved["version"], moved["aliases"]) == (1, ["champion"])
+    from flows import tracking
+    from flows.mlflow_models import mlflow_aliases
+
+    reviewers = tracking.client()  # the embedded MLflow under ADAPTEROPS_HOME
+    assert mlflow_aliases(reviewers, "composition.madx") == {"champion": 1}
     shown = ok_json(run(env, "composition", "show", "madx@champion", "--json"))
     assert shown["members"] == ["lang-pt@1", "sst2-en@1"]
     assert shown["definition"] == {"type": "stack", "children": ["lang-pt@1", "sst2-en@1"]}
     table = run(env, "composition", "ls")
     assert table.returncode == 0 and "madx@1" in table.stdout and "champion" in table.stdout
     ok_json(run(env, "composition", "unalias", "madx", "champion", "--json"))
+    assert mlflow_aliases(reviewers, "composition.madx") == {}
     events = ok_json(run(env, "composition", "history", "madx", "--json"))
     assert [(e["kind"], e["origin"]) for e in events] == [
         ("composition", "registry"),
@@ -245,3 +253,24 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, (args, bad.stderr)
         assert words in json.loads(bad.stdout)["error"], (args, bad.stdout)
     assert [c["name"] for c in ok_json(run(env, "composition", "ls", "--json"))] == ["madx", "mean"]
+    assert mlflow_aliases(reviewers, "composition.mean") == {}  # saved: mirrored, no alias yet
+    assert len(reviewers.search_model_versions("name='composition.madx'")) == 2
+
+    # MLflow down while saving: saved all the same, one line says so; `sync` mirrors it later
+    down = {
+        **env,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    offline = run(down, "composition", "save", "late", "lang-pt", "sst2-en")
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert "late@1 is saved in the registry but not yet in MLflow: MLflow at" in offline.stderr
+    assert offline.stderr.endswith("`adapterops sync` mirrors it once MLflow answers.\n")
+    reviewers.set_registered_model_alias("composition.madx", "champion", "2")  # in the UI
+    synced = ok_json(run(env, "sync", "--json"))
+    assert synced["mirrored"] == ["late"]
+    assert synced["changes"] == [{"composition": "madx", "alias": "champion", "version": 2}]
+    assert ok_json(run(env, "composition", "show", "madx@champion", "--json"))["version"] == 2
+    typo = run(env, "sync", "madx", "sst2-en", "madz", "--json")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert json.loads(typo.stdout)["error"].startswith("no adapter or composition named 'madz';")

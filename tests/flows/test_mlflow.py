@@ -279,7 +279,6 @@ class TestCompositionsInMlflow:
             ensure_model_version(client, version, run_id=None, description="card")
         registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
         registry.set_composition_alias("madx@1", "champion")  # from Python: MLflow not told
-        assert sync_aliases(registry, client) == []  # the adapters' sync leaves compositions be
 
         assert ensure_composition_versions(client, registry, "madx") == 1
         assert ensure_composition_versions(client, registry, "madx") == 0  # idempotent
@@ -295,6 +294,12 @@ class TestCompositionsInMlflow:
         moved = move_composition_alias(registry, client, "madx@2", "champion", origin="cli")
         assert (moved.version, moved.aliases) == (2, ("champion",))
         assert mlflow_aliases(client, "composition.madx") == {"champion": 2}
+        # the adapters' sync leaves compositions be, and both leave other registries' models be
+        for foreign in ("someone-elses", "composition.someone-elses"):
+            client.create_registered_model(foreign)
+            client.create_model_version(foreign, source="s3://elsewhere/model")
+            client.set_registered_model_alias(foreign, "champion", "1")
+        assert sync_aliases(registry, client) == []
         runs = client.search_runs(
             [client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
             filter_string="tags.`adapterops.kind` = 'composition'",
