@@ -1,4 +1,6 @@
-"""Prefect deployments of the build flow, one per spec, on a cron from the spec's ``schedule``.
+"""Prefect deployments of the build flow, one per spec, on a cron from the spec's ``schedule``,
+and of the sync flow on an interval (``sync/aliases``: a reviewer's alias move in the MLflow UI
+reaches the registry within minutes, also for commands that read only the registry).
 
 A worker polling the work pool runs them (``prefect worker start --pool POOL``; the local stack
 starts one). The worker's environment decides where runs write: registry, artifacts and MLflow.
@@ -17,6 +19,9 @@ __all__ = ["DEFAULT_POOL", "DeploymentInfo", "deploy_specs", "ensure_pool"]
 
 DEFAULT_POOL = "adapterops"
 ENTRYPOINT = "flows/entrypoints.py:build"  # loaded by path on the worker
+SYNC_ENTRYPOINT = "flows/entrypoints.py:sync"
+SYNC_DEPLOYMENT = "aliases"  # run as "sync/aliases"
+SYNC_EVERY = 300  # seconds between syncs by default
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,11 +29,19 @@ _ROOT = Path(__file__).resolve().parents[1]
 class DeploymentInfo:
     """One deployment ``adapterops deploy`` created or updated."""
 
-    spec: str
+    spec: str  # "" for the sync deployment
     name: str  # "build/<spec name>", as `prefect deployment run` takes it
     id: str
     pool: str
     cron: str | None
+    interval: int | None = None  # seconds, for the sync deployment
+
+    @property
+    def schedule(self) -> str:
+        """How often it runs, in words."""
+        if self.cron:
+            return self.cron
+        return f"every {self.interval} s" if self.interval else "(on demand)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -64,9 +77,12 @@ def ensure_pool(pool: str) -> None:
         raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
 
 
-def deploy_specs(spec_paths: list[Path], *, pool: str = DEFAULT_POOL) -> list[DeploymentInfo]:
-    """Validate every spec first, then create (or update) one deployment per spec."""
-    from .pipelines import build  # noqa: PLC0415
+def deploy_specs(
+    spec_paths: list[Path], *, pool: str = DEFAULT_POOL, sync_every: int = SYNC_EVERY
+) -> list[DeploymentInfo]:
+    """Validate every spec first, then create (or update) one deployment per spec, and the sync
+    deployment every ``sync_every`` seconds (0: none)."""
+    from .pipelines import build, sync  # noqa: PLC0415
 
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     ensure_pool(pool)
@@ -90,4 +106,19 @@ def deploy_specs(spec_paths: list[Path], *, pool: str = DEFAULT_POOL) -> list[De
             cron=spec.schedule.cron,
         )
         deployed.append(info)
+    if sync_every:
+        deployment_id = sync.from_source(source=str(_ROOT), entrypoint=SYNC_ENTRYPOINT).deploy(
+            name=SYNC_DEPLOYMENT,
+            work_pool_name=pool,
+            interval=sync_every,
+            description="Take alias moves made in the MLflow UI into the registry",
+            tags=["adapterops"],
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
+        deployed.append(
+            DeploymentInfo(
+                "", f"sync/{SYNC_DEPLOYMENT}", str(deployment_id), pool, None, sync_every
+            )
+        )
     return deployed

@@ -35,6 +35,7 @@ from .mlflow_models import (
     mlflow_version_of,
     registered_models,
     set_mlflow_alias,
+    sync_aliases,
 )
 from .tracking import configure, mlflow_errors
 
@@ -45,6 +46,7 @@ __all__ = [
     "move_composition_alias",
     "remove_composition_alias",
     "sync_composition_aliases",
+    "sync_from_mlflow",
 ]
 
 SEEDED_TAG = "adapterops.aliases"  # "yes": the registry's aliases were copied to MLflow once
@@ -132,6 +134,17 @@ def mirror_all(
     returns the names of those that got new MLflow versions."""
     wanted = [c.name for c in registry.compositions() if names is None or c.name in names]
     return [name for name in wanted if ensure_composition_versions(client, registry, name)]
+
+
+def sync_from_mlflow(
+    registry: Registry, client: MlflowClient, names: list[str] | None = None
+) -> tuple[list[str], list[AliasChange]]:
+    """All of it, for ``adapterops sync`` and the scheduled sync flow: compositions MLflow lacks
+    are mirrored, then alias moves made in MLflow reach the registry for adapters and
+    compositions (of ``names``; default all). Returns (compositions mirrored, alias changes)."""
+    mirrored = mirror_all(client, registry, names)
+    changes = sync_aliases(registry, client, names)
+    return mirrored, changes + sync_composition_aliases(registry, client, names)
 
 
 def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:

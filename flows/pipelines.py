@@ -10,7 +10,9 @@ tensors.
   does not stop the others, and the run reports each outcome;
 - :func:`cascade`: after an adapter's champion moved, build a candidate of every fusion over an
   older version of it, and score a candidate of every stack or average saved with evaluation
-  data (both through the same gate); one failing composition does not stop the others.
+  data (both through the same gate); one failing composition does not stop the others;
+- :func:`sync`: take alias moves reviewers made in the MLflow UI into the registry (deployed on
+  an interval by ``adapterops deploy``, so commands that read only the registry stay current).
 
 Without ``PREFECT_API_URL`` Prefect runs these on a temporary local server; with it, on that
 server (and ``adapterops deploy`` makes them deployments a worker runs on a schedule).
@@ -30,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 
 from registry import AdapterVersion, Registry
 
+from . import tracking
 from .build_job import StepCallback, run_chain, start_build
 from .cascade import (
     CascadeOutcome,
@@ -39,11 +42,20 @@ from .cascade import (
     record_outcome,
     write_candidate_spec,
 )
+from .mlflow_compositions import sync_from_mlflow
 from .prepare_job import prepare_info
 from .retrain import RetrainOutcome, due_reason
 from .spec import load_spec
 
-__all__ = ["build", "cascade", "prepare", "reporting_progress", "retrain", "set_progress"]
+__all__ = [
+    "build",
+    "cascade",
+    "prepare",
+    "reporting_progress",
+    "retrain",
+    "set_progress",
+    "sync",
+]
 
 T = TypeVar("T")
 
@@ -159,6 +171,15 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
         )  # fmt: skip
     except Exception as exc:  # one failing spec must not stop the others
         return RetrainOutcome(spec=path, name="", status="failed", reason=_one_line(exc))
+
+
+@flow(name="sync", flow_run_name="sync aliases from MLflow")
+def sync() -> dict[str, Any]:
+    """Mirror compositions MLflow lacks and copy alias moves made in MLflow into the registry, for
+    every adapter and composition (MLflow wins); returns what changed."""
+    mirrored, changes = sync_from_mlflow(Registry(), tracking.client())
+    get_run_logger().info("%d alias change(s) taken from MLflow", len(changes))
+    return {"mirrored": mirrored, "changes": [c.to_dict() for c in changes]}
 
 
 @flow(name="cascade", flow_run_name="cascade {name}")

@@ -154,9 +154,12 @@ def check_everything(home: Path, config: dict[str, str]) -> None:
                 deployment = client.read_deployment_by_name(f"build/{name}")
                 assert [s.schedule.cron for s in deployment.schedules] == ["30 2 * * *"]
                 assert deployment.work_pool_name == "adapterops"
+            builds = {client.read_deployment_by_name(f"build/{n}").id for n in SPECS}
             runs = client.read_flow_runs()
-            completed = [r for r in runs if r.deployment_id and r.state.is_completed()]
-            assert len(completed) == len(SPECS)
+            completed = [r for r in runs if r.deployment_id in builds and r.state.is_completed()]
+            assert len(completed) == len(SPECS)  # (sync/aliases runs on its own interval)
+            syncing = client.read_deployment_by_name("sync/aliases")
+            assert [s.schedule.interval.total_seconds() for s in syncing.schedules] == [300]
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -273,16 +273,12 @@ def sync(
     from registry import Registry  # noqa: PLC0415
 
     from .. import tracking  # noqa: PLC0415
-    from ..mlflow_compositions import mirror_all, sync_composition_aliases  # noqa: PLC0415
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
 
     with user_errors(as_json):
         registry = Registry()
         _check_known(registry, name or [])
-        client = tracking.client()
-        mirrored = mirror_all(client, registry, name or None)
-        changes = sync_aliases(registry, client, name or None)
-        changes += sync_composition_aliases(registry, client, name or None)
+        mirrored, changes = sync_from_mlflow(registry, tracking.client(), name or None)
     if as_json:
         emit_json({"ok": True, "changes": [c.to_dict() for c in changes], "mirrored": mirrored})
         return

@@ -29,14 +29,23 @@ app = typer.Typer()
 def deploy(
     spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC...")],
     pool: Annotated[str, typer.Option(help="Prefect work pool (process type).")] = "adapterops",
+    sync_every: Annotated[
+        int,
+        typer.Option(
+            help="Seconds between runs of sync/aliases, which takes alias moves made in the "
+            "MLflow UI into the registry (0: no sync deployment).",
+            min=0,
+        ),
+    ] = 300,  # deploy_job.SYNC_EVERY (not imported here: it loads torch)
     as_json: JsonOption = False,
 ) -> None:
-    """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``;
-    a worker on POOL runs them (``prefect worker start --pool POOL``)."""
+    """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``,
+    and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
+    --pool POOL``)."""
     from ..deploy_job import deploy_specs  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
-        deployed = deploy_specs(spec_files, pool=pool)
+        deployed = deploy_specs(spec_files, pool=pool, sync_every=sync_every)
     if as_json:
         emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
         return
@@ -44,7 +53,7 @@ def deploy(
     for column in ("deployment", "schedule", "spec"):
         table.add_column(column)
     for d in deployed:
-        table.add_row(d.name, d.cron or "(on demand)", d.spec)
+        table.add_row(d.name, d.schedule, d.spec or "(all adapters and compositions)")
     console.print(table)
     # `prefect` reads PREFECT_API_URL; a fresh shell gets it from the stack's configuration.
     console.print(

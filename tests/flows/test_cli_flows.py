@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from infra.stack import PrefectServer, PrefectWorker
 from tests.flows.test_pipelines import flow_runs, write_spec
@@ -188,13 +189,16 @@ class TestDeploy:
         spec = write_spec(tmp_path, sst2_dir, name="nightly-en", schedule={"cron": "0 3 * * *"})
         result = run_cli("deploy", str(spec), "--pool", "test-pool", "--json", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
-        (deployment,) = json.loads(result.stdout)["deployments"]
+        deployment, syncing = json.loads(result.stdout)["deployments"]
         assert deployment["name"] == "build/nightly-en"
+        assert (syncing["name"], syncing["interval"]) == ("sync/aliases", 300)
 
         with get_client(sync_client=True) as client:
             stored = client.read_deployment_by_name("build/nightly-en")
             assert stored.work_pool_name == "test-pool"
             assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+            stored = client.read_deployment_by_name("sync/aliases")
+            assert [s.schedule.interval.total_seconds() for s in stored.schedules] == [300]
 
         worker = PrefectWorker(
             pool="test-pool", api_url=prefect_server.api_url, home=home / "prefect",
@@ -203,11 +207,18 @@ class TestDeploy:
         worker.start()
         try:
             run = run_deployment("build/nightly-en", timeout=300)
+            assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+            # a reviewer moves an alias in the MLflow UI; the scheduled sync brings it over
+            reviewers = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+            reviewers.set_registered_model_alias("nightly-en", "staging", "1")
+            synced = run_deployment("sync/aliases", timeout=300)
+            assert synced.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
         finally:
             worker.stop()
-        assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
         listed = run_cli("ls", "--json", env=clean_env(home))
-        assert [v["ref"] for v in json.loads(listed.stdout)] == ["nightly-en@1"]
+        assert [(v["ref"], v["aliases"]) for v in json.loads(listed.stdout)] == [
+            ("nightly-en@1", ["champion", "staging"])
+        ]
 
 
 class TestTorchrun:
