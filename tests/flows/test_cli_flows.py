@@ -186,6 +186,7 @@ class TestDeploy:
 
         home = tmp_path / "worker-home"
         env = {**clean_env(home), "PREFECT_API_URL": prefect_server.api_url}
+        mlflow_uri = f"sqlite:///{home / 'mlflow.db'}"  # the embedded default under home
         spec = write_spec(tmp_path, sst2_dir, name="nightly-en", schedule={"cron": "0 3 * * *"})
         result = run_cli("deploy", str(spec), "--pool", "test-pool", "--json", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -202,14 +203,15 @@ class TestDeploy:
 
         worker = PrefectWorker(
             pool="test-pool", api_url=prefect_server.api_url, home=home / "prefect",
-            log=tmp_path / "worker.log", env={"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1"},
+            log=tmp_path / "worker.log", env={"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1",
+            "MLFLOW_TRACKING_URI": mlflow_uri},  # not one an earlier test exported
         )  # fmt: skip
         worker.start()
         try:
             run = run_deployment("build/nightly-en", timeout=300)
             assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
             # a reviewer moves an alias in the MLflow UI; the scheduled sync brings it over
-            reviewers = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+            reviewers = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
             reviewers.set_registered_model_alias("nightly-en", "staging", "1")
             synced = run_deployment("sync/aliases", timeout=300)
             assert synced.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
