@@ -13,7 +13,14 @@ keep working. This package imports neither Prefect, SQLAlchemy, boto3 nor MLflow
 
 __version__ = "0.1.0"
 
-from .combine import CombineReport, MergeReport, combine_adapters, merge_adapters
+from .combine import (
+    CombineReport,
+    MergeReport,
+    combine_adapters,
+    flatten_composition,
+    leaf_weights,
+    merge_adapters,
+)
 from .composition import (
     Average,
     Block,
@@ -135,7 +142,9 @@ __all__ = [
     "detect_head",
     "estimate_step_memory",
     "fingerprint",
+    "flatten_composition",
     "is_quantized",
+    "leaf_weights",
     "list_adapters",
     "load_adapter",
     "measure",

@@ -16,6 +16,11 @@ Each method says how its modules combine (``Method.combine_modules``), and how e
 - DoRA, fusions and full fine-tunes are refused.
 
 A new classification head is the weighted average of the sources' heads (approximate).
+
+``flatten_composition`` turns an active-able ``Stack`` or ``Average`` into one adapter computing
+the same outputs, for engines that serve one adapter (vLLM, peft, a merged checkpoint). It is
+exact exactly where combining is: methods whose output is the layer's plus a term of the input
+(LoRA, BitFit), so a stack adds the terms and an average weighs them.
 """
 
 from __future__ import annotations
@@ -27,15 +32,23 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
+from .composition import Average, Block, CompositionError, Stack, leaves
 from .errors import ConfigError
-from .heads import adapter_head
+from .heads import HeadSwitch, adapter_head
 from .inject import add_adapter
 from .layer import AdaptedLayer
 from .methods import CombineReport, MergeReport, method_of
 from .methods.base import average_parameters
 from .state import AdapterRecord, adapter_layers, get_record
 
-__all__ = ["CombineReport", "MergeReport", "combine_adapters", "merge_adapters"]
+__all__ = [
+    "CombineReport",
+    "MergeReport",
+    "combine_adapters",
+    "flatten_composition",
+    "leaf_weights",
+    "merge_adapters",
+]
 
 
 @torch.no_grad()
@@ -68,6 +81,64 @@ def combine_adapters(
     _average_heads(model, records, factors, name)
     exact = method.combination == "exact" and worst == 0.0 and how == "cat"
     return CombineReport(name, method.combination_name(how, rank), exact, worst)
+
+
+def leaf_weights(block: Block) -> dict[str, float]:
+    """What each adapter of ``block`` adds when adapter outputs are the layer's plus a term: 1 per
+    adapter of a ``Stack``, ``w_i`` per child of an ``Average`` (products when nested; an adapter
+    listed twice adds up)."""
+    weights: dict[str, float] = {}
+
+    def visit(node: Block, factor: float) -> None:
+        if isinstance(node, str):
+            weights[node] = weights.get(node, 0.0) + factor
+        elif isinstance(node, Stack):
+            for child in node.children:
+                visit(child, factor)
+        elif isinstance(node, Average):
+            for child, weight in zip(node.children, node.weights, strict=True):
+                visit(child, factor * weight)
+        else:
+            raise CompositionError(
+                f"a {type(node).__name__} block does not flatten into one adapter (its outputs "
+                "do not add up); only Stack and Average do"
+            )
+
+    visit(block, 1.0)
+    return weights
+
+
+def flatten_composition(model: nn.Module, block: Block, *, name: str) -> CombineReport:
+    """Add adapter ``name`` computing what ``block`` computes, as one adapter of its members'
+    method (a LoRA's rank is the sum of theirs). Its head is the one the block answers with
+    (the last member that has one). Refused, before anything is added, unless every member uses
+    one method whose terms add up exactly (LoRA, BitFit) on the same modules."""
+    weights = leaf_weights(block)
+    records = [get_record(model, member) for member in weights]
+    _check_compatible(records)
+    method = method_of(records[0].config)
+    if method.combination != "exact":
+        raise ConfigError(
+            f"{records[0].config.type} adapters do not flatten into one: their outputs do not "
+            "add up, so a stack or an average of them is no single adapter; LoRA and BitFit "
+            "adapters do"
+        )
+    report = combine_adapters(model, weights, name=name, how="cat")
+    _copy_answering_head(model, leaves(block), name)
+    return report
+
+
+def _copy_answering_head(model: nn.Module, members: list[str], name: str) -> None:
+    """``name``'s head becomes the one a block over ``members`` answers with (``set_active``:
+    the last member with a head), not combine_adapters' weighted average of theirs."""
+    head = get_record(model, name).head
+    if not head.trainable:
+        return
+    for module_name in head.modules:
+        switch = cast(HeadSwitch, model.get_submodule(module_name))
+        answering = next((m for m in reversed(members) if m in switch.heads), None)
+        if answering is not None:
+            switch.heads[name].load_state_dict(switch.heads[answering].state_dict())
 
 
 def merge_adapters(*args: Any, **kwargs: Any) -> CombineReport:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import peft_core as pc
+from peft_core.state import get_record
 from tests.helpers import batch, logits, perturb_adapter
 
 
@@ -378,3 +380,68 @@ class TestMergeAdapters:
         with pytest.raises(pc.ConfigError, match="same method"):
             pc.combine_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
         assert "bad" not in pc.list_adapters(model)
+
+
+def scrambled(model, names_and_configs: dict[str, pc.MethodConfig]):
+    """Adapters with weights (and heads) of their own: a distinct seed for each."""
+    for seed, (name, config) in enumerate(names_and_configs.items()):
+        pc.add_adapter(model, name, config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for tensor in pc.adapter_state_dict(model, name).values():
+                tensor.add_(0.3 * torch.randn(tensor.shape, generator=generator))
+    return model
+
+
+class TestFlatten:
+    """One adapter computing what a stack or an average computes (for one-adapter engines)."""
+
+    BLOCKS: ClassVar[dict[str, pc.Block]] = {
+        "stack": pc.Stack("a", "b", "c"),
+        "nested average": pc.Average(pc.Stack("a", "b"), "c", weights=(0.3, 0.7)),
+    }
+
+    @pytest.mark.parametrize("block", list(BLOCKS))
+    def test_a_lora_block_becomes_one_adapter_with_its_head(self, tiny_model, block, tmp_path):
+        from peft import PeftModel
+
+        base = tiny_model("bert", "classification")
+        untouched = copy.deepcopy(base)
+        model = scrambled(base, {"a": pc.LoRA(rank=2), "b": pc.LoRA(rank=3), "c": pc.LoRA(rank=4)})
+        inputs = batch(model)
+        pc.set_active(model, self.BLOCKS[block])
+        expected = logits(model, inputs)
+        report = pc.flatten_composition(model, self.BLOCKS[block], name="flat")
+        assert report.exact and get_record(model, "flat").config.rank == 9
+        pc.set_active(model, "flat")
+        torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
+        pc.set_active(model, "c")  # the block answers with c's head, so does flat: not c alone
+        assert not torch.allclose(logits(model, inputs), expected, atol=1e-3)
+        # what serving engines read: the PEFT files, loaded by peft itself
+        pc.save_adapter(model, "flat", tmp_path, format="peft")
+        theirs = PeftModel.from_pretrained(untouched, tmp_path).eval()
+        torch.testing.assert_close(logits(theirs, inputs), expected, atol=1e-5, rtol=1e-4)
+
+    def test_leaf_weights_multiply_through_nesting(self):
+        assert pc.leaf_weights(self.BLOCKS["nested average"]) == {"a": 0.3, "b": 0.3, "c": 0.7}
+        assert pc.leaf_weights(pc.Stack("a", "a")) == {"a": 2.0}
+
+    def test_what_does_not_add_up_is_refused_before_anything_is_added(self, tiny_model):
+        model = scrambled(
+            tiny_model("bert", "classification"),
+            {
+                "a": pc.LoRA(rank=2),
+                "p": pc.Pfeiffer(),
+                "q": pc.Pfeiffer(),
+                "v": pc.LoRA(targets=("v",)),
+            },
+        )
+        for block, error, words in [
+            (pc.Parallel("a", "v"), pc.CompositionError, "Parallel block does not flatten"),
+            (pc.Stack("p", "q"), pc.ConfigError, "pfeiffer adapters do not flatten"),
+            (pc.Stack("a", "p"), pc.ConfigError, "same method"),
+            (pc.Stack("a", "v"), pc.ConfigError, "adapt different modules"),
+        ]:
+            with pytest.raises(error, match=words):
+                pc.flatten_composition(model, block, name="flat")
+            assert "flat" not in pc.list_adapters(model)
