@@ -25,17 +25,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import peft_core as pc
 from registry import AdapterVersion, Registry
+from registry.compositions import with_leaves
 
 from .errors import DataError
 from .spec import spec_of_version
 
-__all__ = ["ENGINES", "ExportResult", "Finding", "export", "lint"]
+__all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
 
 ENGINES = ("peft", "vllm", "merged", "adapterhub")
 VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
@@ -162,16 +165,10 @@ def export(
     Raises :class:`DataError` before touching ``destination`` when it is not empty, or when
     :func:`lint` finds something and ``force`` is not given.
     """
-    target = Path(destination)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise DataError(f"{target} exists and is not an empty folder: export into a new one")
-    if engine not in ENGINES:
-        raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    target = _checked_target(destination, engine)
     version = registry.get(ref)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=target.parent) as scratch:
-        staged = Path(scratch) / "out"
-        stored = registry.fetch(version.ref, Path(scratch) / "stored")
+    with _staging(target) as (scratch, staged):
+        stored = registry.fetch(version.ref, scratch / "stored")
         meta = pc.read_metadata(stored)
         head = (meta.get("head") or {}).get("kind")
         trained_head = bool((meta.get("head") or {}).get("trainable"))
@@ -181,26 +178,106 @@ def export(
             engine, method, head, peft_config, max_lora_rank=max_lora_rank,
             trained_head=trained_head,
         )  # fmt: skip
-        result = ExportResult(version.ref, engine, str(target), findings=findings)
-        if findings and not force:
-            listed = "; ".join(str(f) for f in findings)
-            raise DataError(
-                f"{version.ref} is not exported for {engine}: {listed} (nothing written; "
-                "--force writes it anyway)"
-            )
+        _refuse_unless_forced(version.ref, engine, findings, force)
         if engine == "merged":
-            _write_merged(registry, version, staged)
+            _write_merged(*_load(registry, version), [version.name], staged)
         elif engine == "adapterhub":
             _write_adapterhub(registry, version, staged)
         elif (stored / "adapter_config.json").is_file():
             shutil.copytree(stored, staged)
         else:
             _write_peft(registry, version, staged)
-        result.files = sorted(p.name for p in staged.iterdir())
+    return ExportResult(version.ref, engine, str(target), _files(target), findings)
+
+
+def export_composition(
+    registry: Registry,
+    ref: str,
+    engine: str,
+    destination: str | Path,
+    *,
+    max_lora_rank: int = VLLM_DEFAULT_MAX_LORA_RANK,
+    force: bool = False,
+) -> ExportResult:
+    """Write composition ``ref`` (``pt-sst2@champion``) for ``engine`` as the one adapter that
+    computes what it computes (``peft_core.flatten_composition``: a stack or an average of LoRA
+    or BitFit adapters on the same modules), or merged into a full checkpoint.
+
+    Every member is loaded and checked (fingerprint, golden probes) first; what cannot flatten
+    exactly is refused with the reason, and nothing is written into ``destination``."""
+    target = _checked_target(destination, engine)
+    composition = registry.composition(ref)
+    if engine == "adapterhub":
+        raise DataError(
+            f"{composition.ref} is not exported for adapterhub: a composition flattens into one "
+            "LoRA or BitFit adapter and AdapterHub's format holds bottleneck adapters; export "
+            "its members one at a time instead"
+        )
+    from .predict_job import spec_of_composition  # noqa: PLC0415
+    from .train_job import load_base_model  # noqa: PLC0415 - transformers is heavy
+
+    spec = spec_of_composition(registry, composition, "export")
+    model, tokenizer = load_base_model(spec)
+    registry.load_definition(model, composition.definition, composition.members)
+    members = pc.active_adapters(model)
+    block = pc.block_from_dict(with_leaves(composition.definition, iter(_names(composition))))
+    flat = composition.name if composition.name not in members else f"{composition.name}-flat"
+    pc.flatten_composition(model, block, name=flat)
+    method = registry.get(composition.members[0]).method  # flattening keeps the method
+    with _staging(target) as (_, staged):
+        if engine == "merged":
+            findings = lint("merged", method, spec.head.type, None)
+            _refuse_unless_forced(composition.ref, engine, findings, force)
+            _write_merged(model, tokenizer, [*members, flat], staged, keep=flat)
+        else:
+            pc.save_adapter(model, flat, staged, format="peft", tokenizer=tokenizer)
+            peft_config = json.loads((staged / "adapter_config.json").read_text())
+            findings = lint(
+                engine, method, spec.head.type, peft_config, max_lora_rank=max_lora_rank
+            )
+            _refuse_unless_forced(composition.ref, engine, findings, force)
+    return ExportResult(composition.ref, engine, str(target), _files(target), findings)
+
+
+def _names(composition: Any) -> list[str]:
+    """The adapter names ``Registry.load_definition`` loads a composition's members under."""
+    return [member.partition("@")[0] for member in composition.members]
+
+
+def _checked_target(destination: str | Path, engine: str) -> Path:
+    """``destination`` if it is a new or empty folder and ``engine`` is known, else DataError."""
+    target = Path(destination)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target} exists and is not an empty folder: export into a new one")
+    if engine not in ENGINES:
+        raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    return target
+
+
+@contextmanager
+def _staging(target: Path) -> Iterator[tuple[Path, Path]]:
+    """A scratch folder beside ``target`` and the folder to write (``scratch/out``), moved into
+    place whole when the block succeeds; on failure nothing reaches ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=target.parent) as scratch:
+        staged = Path(scratch) / "out"
+        yield Path(scratch), staged
         if target.exists():
-            target.rmdir()  # empty, checked above
+            target.rmdir()  # empty, checked before
         staged.rename(target)  # whole or not at all
-    return result
+
+
+def _refuse_unless_forced(ref: str, engine: str, findings: list[Finding], force: bool) -> None:
+    if findings and not force:
+        listed = "; ".join(str(f) for f in findings)
+        raise DataError(
+            f"{ref} is not exported for {engine}: {listed} (nothing written; --force writes it "
+            "anyway)"
+        )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
 def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | None:
@@ -255,10 +332,14 @@ def _write_adapterhub(registry: Registry, version: AdapterVersion, folder: Path)
     pc.save_adapter(model, version.name, folder, format="adapterhub")
 
 
-def _write_merged(registry: Registry, version: AdapterVersion, folder: Path) -> None:
-    model, tokenizer = _load(registry, version)
-    weights = pc.merged_state_dict(model, version.name)
-    pc.delete_adapter(model, version.name)  # the plain model again, to carry the merged weights
+def _write_merged(
+    model: Any, tokenizer: Any, adapters: list[str], folder: Path, *, keep: str | None = None
+) -> None:
+    """The base with adapter ``keep`` (default: the last of ``adapters``) folded into its weights,
+    saved as a plain checkpoint; every adapter is taken out first, so the model saves plain."""
+    weights = pc.merged_state_dict(model, keep or adapters[-1])
+    for name in adapters:
+        pc.delete_adapter(model, name)
     model.load_state_dict(weights)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

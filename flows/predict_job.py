@@ -12,14 +12,20 @@ from typing import Any
 import torch
 
 import peft_core as pc
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion, Composition, Registry
 
 from .errors import DataError
 from .members import load_members, members_of_version
 from .spec import AdapterSpec, parse_spec, spec_of_version
 from .train_job import inference_device, load_base_model
 
-__all__ = ["Prediction", "predict", "predict_composition", "predict_many"]
+__all__ = [
+    "Prediction",
+    "predict",
+    "predict_composition",
+    "predict_many",
+    "spec_of_composition",
+]
 
 _TOP_TOKENS = 5
 _NEW_TOKENS = 20
@@ -67,15 +73,20 @@ def predict_composition(
     if not texts:
         raise DataError("give at least one --text")
     composition = registry.composition(ref)
-    if composition.evaluation:
-        spec = parse_spec(composition.evaluation, source=f"{composition.ref} evaluation")
-    else:
-        spec = spec_of_version(registry.get(composition.members[-1]), "predict")
+    spec = spec_of_composition(registry, composition, "predict")
     model, tokenizer = load_base_model(spec, inference_device())
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
     return composition.ref, _answers(model, tokenizer, texts, spec)
+
+
+def spec_of_composition(registry: Registry, composition: Composition, command: str) -> AdapterSpec:
+    """The spec that says which base model, head and label names a composition runs with: its
+    evaluation spec, else its last member's (the task adapter of a MAD-X stack)."""
+    if composition.evaluation:
+        return parse_spec(composition.evaluation, source=f"{composition.ref} evaluation")
+    return spec_of_version(registry.get(composition.members[-1]), command)
 
 
 def _answers(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:

@@ -115,7 +115,7 @@ def flatten_composition(model: nn.Module, block: Block, *, name: str) -> Combine
     one method whose terms add up exactly (LoRA, BitFit) on the same modules."""
     weights = leaf_weights(block)
     records = [get_record(model, member) for member in weights]
-    _check_compatible(records)
+    _check_compatible(records, "flatten")
     method = method_of(records[0].config)
     if method.combination != "exact":
         raise ConfigError(
@@ -168,15 +168,15 @@ def _average_heads(
         average_parameters(adapter_head(model, module_name, name), sources, factors)
 
 
-def _check_compatible(records: list[AdapterRecord]) -> None:
+def _check_compatible(records: list[AdapterRecord], verb: str = "merge") -> None:
     first = records[0]
     for record in records[1:]:
         if type(record.config) is not type(first.config):
             raise ConfigError(
-                f"cannot merge {first.name!r} ({first.config.type}) with {record.name!r} "
+                f"cannot {verb} {first.name!r} ({first.config.type}) with {record.name!r} "
                 f"({record.config.type}): sources must use the same method"
             )
         if record.targets != first.targets:
             raise ConfigError(
-                f"cannot merge {first.name!r} and {record.name!r}: they adapt different modules"
+                f"cannot {verb} {first.name!r} and {record.name!r}: they adapt different modules"
             )

@@ -1,4 +1,4 @@
-"""``adapterops composition save | ls | show | alias | unalias | history | predict``: saved
+"""``adapterops composition save | ls | show | alias | unalias | history | predict | export``: saved
 compositions (stacks, averages over exact member versions), their aliases and event logs, and
 predictions through them. Compositions are saved here, from Python
 (``Registry.register_composition``) and by the retraining cascade."""
@@ -24,7 +24,14 @@ from .common import (
     quiet_libraries,
     user_errors,
 )
-from .operate import show_predictions
+from .operate import (
+    EngineOption,
+    ForceOption,
+    MaxLoraRankOption,
+    OutFolderOption,
+    show_export,
+    show_predictions,
+)
 from .registry import RefArgument, show_events
 
 __all__ = ["composition_app"]
@@ -189,6 +196,28 @@ def predict(
     with user_errors(as_json):
         result = predict_composition(Registry(), ref, text, skip_probe=skip_probe)
     show_predictions([result], text, as_json)
+
+
+@composition_app.command()
+def export(
+    ref: RefArgument,
+    engine: EngineOption,
+    out: OutFolderOption,
+    max_lora_rank: MaxLoraRankOption = 16,
+    force: ForceOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a composition for a serving engine that serves one adapter: a stack or an average
+    of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
+    (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
+    from ..export_job import export_composition  # noqa: PLC0415 - torch only when exporting
+
+    quiet_libraries()
+    with user_errors(as_json):
+        result = export_composition(
+            Registry(), ref, engine, out, max_lora_rank=max_lora_rank, force=force
+        )
+    show_export(result, as_json)
 
 
 def _print(compositions: list[Composition], as_json: bool, *, single: bool = False) -> None:

@@ -111,22 +111,28 @@ def _answer(prediction: Any) -> str:
     return ", ".join(prediction.tokens) or prediction.continuation
 
 
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--for", metavar="ENGINE", help="peft, vllm, merged (a full checkpoint) or adapterhub."
+    ),
+]
+OutFolderOption = Annotated[Path, typer.Option(help="A new (or empty) folder to write.")]
+MaxLoraRankOption = Annotated[
+    int, typer.Option(min=1, help="vLLM's --max-lora-rank on the server that will load it.")
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Write even what the engine would refuse or ignore.")
+]
+
+
 @app.command()
 def export(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--for", metavar="ENGINE", help="peft, vllm, merged (a full checkpoint) or adapterhub."
-        ),
-    ],
-    out: Annotated[Path, typer.Option(help="A new (or empty) folder to write.")],
-    max_lora_rank: Annotated[
-        int, typer.Option(min=1, help="vLLM's --max-lora-rank on the server that will load it.")
-    ] = 16,
-    force: Annotated[
-        bool, typer.Option("--force", help="Write even what the engine would refuse or ignore.")
-    ] = False,
+    engine: EngineOption,
+    out: OutFolderOption,
+    max_lora_rank: MaxLoraRankOption = 16,
+    force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Write a version for a serving engine, after listing what that engine would refuse or
@@ -140,9 +146,15 @@ def export(
         result = export_version(
             Registry(), ref, engine, out, max_lora_rank=max_lora_rank, force=force
         )
+    show_export(result, as_json)
+
+
+def show_export(result: Any, as_json: bool) -> None:
+    """An export's outcome: JSON, or the warnings --force let through and where it went."""
     if as_json:
         emit_json({"ok": True, **result.to_dict()})
         return
     for finding in result.findings:  # only with --force
         errors.print(f"[yellow]warning:[/] {finding}", highlight=False, soft_wrap=True)
-    console.print(f"{result.ref} for {engine}: {out} ({', '.join(result.files)})", soft_wrap=True)
+    files = ", ".join(result.files)
+    console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)

@@ -15,7 +15,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 
 import peft_core as pc
 from flows.build_job import build_from_spec
-from flows.export_job import Finding, lint
+from flows.errors import DataError
+from flows.export_job import Finding, export_composition, lint
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
 from tests.helpers import TINY_CONFIGS, batch, minilm_path, perturb_adapter, run_cli
@@ -183,3 +184,55 @@ def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
     )
     unknown = run_cli("export", version.ref, "--for", "onnx", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown engine 'onnx'" in unknown.stderr
+
+
+def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
+    embedded_home, sst2_dir, tmp_path
+):
+    """A saved stack of two LoRAs, flattened: peft loads it to the composition's outputs, the
+    merged checkpoint gives them too, and what cannot flatten is one line with nothing written."""
+    registry = Registry()
+    for seed, (name, config) in enumerate(
+        {"lang": pc.LoRA(rank=2), "task": pc.LoRA(rank=4), "bottleneck": pc.Pfeiffer()}.items()
+    ):
+        model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        pc.add_adapter(model, name, config)
+        torch.manual_seed(seed)
+        perturb_adapter(model, name, scale=0.1 * (seed + 1))
+        pc.save_adapter(model, name, tmp_path / name)
+        registry.register(
+            tmp_path / name, name=name, base_model="minilm", task="sst2", language="en"
+        )
+    scored_on = minilm_sst2_spec("lora", sst2_dir / "en", steps=4).model_dump(mode="json")
+    registry.register_composition("madx", {"type": "stack"}, ["lang", "task"], evaluation=scored_on)
+    registry.register_composition(
+        "bottlenecks", {"type": "stack"}, ["lang", "bottleneck"], evaluation=scored_on
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    registry.load_composition(model, "madx@1")
+    expected = probabilities(model)
+    assert not torch.allclose(expected, registry_probabilities("task@1"), atol=1e-3)
+
+    result = run_cli("composition", "export", "madx", "--for", "peft", "--out", str(tmp_path / "peft"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["ref"] == "madx@1"
+    written = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert (written["peft_type"], written["r"]) == ("LORA", 6)  # the ranks, side by side
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    with_peft = PeftModel.from_pretrained(base, tmp_path / "peft")
+    torch.testing.assert_close(probabilities(with_peft), expected, atol=1e-5, rtol=0)
+
+    merged = export_composition(registry, "madx@1", "merged", tmp_path / "merged")
+    assert "model.safetensors" in merged.files
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(probabilities(plain), expected, atol=1e-5, rtol=0)
+    with pytest.raises(DataError, match="madx@1 is not exported for vllm: vllm refuses"):
+        export_composition(registry, "madx@1", "vllm", tmp_path / "vllm")
+    assert not (tmp_path / "vllm").exists()
+
+    refused = run_cli("composition", "export", "bottlenecks", "--for", "peft", "--out", str(tmp_path / "b"))  # fmt: skip
+    assert refused.returncode == 2 and refused.stdout == "" and not (tmp_path / "b").exists()
+    assert refused.stderr == (
+        "error: cannot flatten 'lang' (lora) with 'bottleneck' (pfeiffer): "
+        "sources must use the same method\n"
+    )
