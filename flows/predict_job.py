@@ -86,7 +86,14 @@ def spec_of_composition(registry: Registry, composition: Composition, command: s
     evaluation spec, else its last member's (the task adapter of a MAD-X stack)."""
     if composition.evaluation:
         return parse_spec(composition.evaluation, source=f"{composition.ref} evaluation")
-    return spec_of_version(registry.get(composition.members[-1]), command)
+    last = registry.get(composition.members[-1])
+    if not last.spec:
+        raise DataError(
+            f"{composition.ref} was saved without --evaluation and its last member {last.ref} "
+            f"without a spec, so {command} cannot tell its base model settings and head: save "
+            "it again with `adapterops composition save ... --evaluation SPEC`"
+        )
+    return spec_of_version(last, command)
 
 
 def _answers(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:

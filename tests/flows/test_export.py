@@ -229,6 +229,9 @@ def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
     with pytest.raises(DataError, match="madx@1 is not exported for vllm: vllm refuses"):
         export_composition(registry, "madx@1", "vllm", tmp_path / "vllm")
     assert not (tmp_path / "vllm").exists()
+    registry.register_composition("bare", {"type": "stack"}, ["lang", "task"])  # no evaluation
+    with pytest.raises(DataError, match="bare@1 was saved without --evaluation and its last "):
+        export_composition(registry, "bare", "peft", tmp_path / "bare")
 
     refused = run_cli("composition", "export", "bottlenecks", "--for", "peft", "--out", str(tmp_path / "b"))  # fmt: skip
     assert refused.returncode == 2 and refused.stdout == "" and not (tmp_path / "b").exists()
