@@ -231,6 +231,7 @@ def export_composition(
             _write_merged(model, tokenizer, [*members, flat], staged, keep=flat)
         else:
             pc.save_adapter(model, flat, staged, format="peft", tokenizer=tokenizer)
+            pc.record_probes(model, flat, staged)  # pushed back to a registry, it is checked too
             peft_config = json.loads((staged / "adapter_config.json").read_text())
             findings = lint(
                 engine, method, spec.head.type, peft_config, max_lora_rank=max_lora_rank

@@ -215,7 +215,8 @@ def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
 
     result = run_cli("composition", "export", "madx", "--for", "peft", "--out", str(tmp_path / "peft"), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["ref"] == "madx@1"
+    exported = json.loads(result.stdout)
+    assert exported["ref"] == "madx@1" and "probes.json" in exported["files"]
     written = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert (written["peft_type"], written["r"]) == ("LORA", 6)  # the ranks, side by side
     base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
