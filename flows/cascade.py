@@ -30,7 +30,7 @@ import yaml
 from registry import AdapterVersion, Registry
 
 from .members import members_of_version
-from .mlflow_compositions import ensure_composition_versions, move_composition_alias
+from .mlflow_compositions import ensure_composition_versions, move_composition_alias, tag_score
 from .promotion import CHAMPION, Policy, decide
 from .spec import AdapterSpec, member_name, parse_spec
 from .tracking import client as tracking_client
@@ -147,6 +147,9 @@ def gate_stack(
     after = score_stack(registry, spec, current.definition, item.candidate_members)
     decision = decide(after, before, policy)
     candidate = None
+    client = tracking_client()
+    ensure_composition_versions(client, registry, name)
+    tag_score(client, current, policy.metric, before)  # reviewers compare versions in MLflow
     if decision.promote:
         moved = f"{', '.join(item.members)} -> {', '.join(item.candidate_members)}"
         saved = registry.register_composition(
@@ -157,8 +160,8 @@ def gate_stack(
             evaluation=current.evaluation,
         )
         candidate = f"stack:{saved.ref}"
-        client = tracking_client()
         ensure_composition_versions(client, registry, name)
+        tag_score(client, saved, policy.metric, after)
         if CHAMPION in current.aliases:  # the gate passed: the champion moves, as for adapters
             move_composition_alias(registry, client, saved.ref, CHAMPION, origin="cascade")
     log_evaluation_run(

@@ -47,6 +47,7 @@ __all__ = [
     "remove_composition_alias",
     "sync_composition_aliases",
     "sync_from_mlflow",
+    "tag_score",
 ]
 
 SEEDED_TAG = "adapterops.aliases"  # "yes": the registry's aliases were copied to MLflow once
@@ -80,6 +81,17 @@ def ensure_composition_versions(client: MlflowClient, registry: Registry, name: 
         with mlflow_errors(f"mirror composition {name}"):
             client.set_registered_model_tag(model, SEEDED_TAG, "yes")
     return created
+
+
+def tag_score(client: MlflowClient, composition: Composition, metric: str, value: float) -> None:
+    """Show a score the cascade measured on the composition's MLflow version (the versions table
+    lists tags: a reviewer compares versions there, as adapters show their metrics)."""
+    model = mlflow_name(composition.name)
+    with mlflow_errors(f"tag composition {composition.ref}"):
+        mlflow_version = mlflow_version_of(client, model, composition.version)
+        if mlflow_version is not None:
+            key = f"adapterops.metric.{metric}"
+            client.set_model_version_tag(model, str(mlflow_version), key, f"{value:.4f}")
 
 
 def move_composition_alias(

@@ -106,6 +106,13 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
         runs[0].data.metrics[f"{k}_accuracy"] for k in ("current", "candidate")
     )
     madx_promoted = candidate_score >= current  # min_delta 0: ties go to the candidate
+    # both scores on the composition's MLflow versions, where reviewers compare them
+    scored = {
+        int(v.tags["adapterops.version"]): v.tags.get("adapterops.metric.accuracy")
+        for v in tracking.client().search_model_versions("name='composition.madx'")
+    }
+    assert scored[1] == f"{current:.4f}"
+    assert scored.get(2) == (f"{candidate_score:.4f}" if candidate_score >= current else None)
     assert stack["status"] == ("promoted" if madx_promoted else "not promoted")
     newest = registry.composition("madx")
     if madx_promoted:
