@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import peft_core as pc
 from registry import AdapterVersion, Registry
-from registry.compositions import with_leaves
 
 from .errors import DataError
 from .spec import spec_of_version
@@ -218,9 +217,8 @@ def export_composition(
 
     spec = spec_of_composition(registry, composition, "export")
     model, tokenizer = load_base_model(spec)
-    registry.load_definition(model, composition.definition, composition.members)
+    block = registry.load_definition(model, composition.definition, composition.members)
     members = pc.active_adapters(model)
-    block = pc.block_from_dict(with_leaves(composition.definition, iter(_names(composition))))
     flat = composition.name if composition.name not in members else f"{composition.name}-flat"
     pc.flatten_composition(model, block, name=flat)
     method = registry.get(composition.members[0]).method  # flattening keeps the method
@@ -238,11 +236,6 @@ def export_composition(
             )
             _refuse_unless_forced(composition.ref, engine, findings, force)
     return ExportResult(composition.ref, engine, str(target), _files(target), findings)
-
-
-def _names(composition: Any) -> list[str]:
-    """The adapter names ``Registry.load_definition`` loads a composition's members under."""
-    return [member.partition("@")[0] for member in composition.members]
 
 
 def _checked_target(destination: str | Path, engine: str) -> Path:

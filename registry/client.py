@@ -293,9 +293,10 @@ class Registry:
         members: Sequence[str],
         *,
         skip_probe: bool = False,
-    ) -> None:
+    ) -> Any:
         """Load exact versions ``members`` (``lang-pt@1``...) into ``model`` under their adapters'
-        names and activate ``definition`` over them (its leaves, in order, are the members)."""
+        names and activate ``definition`` over them (its leaves, in order, are the members);
+        returns the activated ``peft_core`` block, over those names."""
         import peft_core  # noqa: PLC0415
 
         names = [member.partition("@")[0] for member in members]
@@ -322,6 +323,7 @@ class Registry:
             for name in loaded:
                 peft_core.delete_adapter(model, name)
             raise
+        return block
 
     @staticmethod
     def _check_probes(model: Any, name: str, folder: Path, version: AdapterVersion) -> None:
