@@ -46,6 +46,15 @@ class AdapterNotFoundError(PeftCoreError, KeyError):
 class NotMergeableError(PeftCoreError):
     """The method has no weight delta (bottleneck adapters, full fine-tuning)."""
 
+    @classmethod
+    def on_quantized_weights(cls, name: str, module_name: str) -> NotMergeableError:
+        """Adapter ``name`` sits on a quantised layer (``module_name`` is the first)."""
+        return cls(
+            f"adapter {name!r} sits on quantised weights ({module_name}, ...): merging would "
+            "re-quantise the sum and lose most of the adapter; load the base unquantised "
+            "(load.quantization: none) to merge or export it merged"
+        )
+
 
 class AdapterFormatError(PeftCoreError):
     """A saved adapter folder is missing files, has unexpected tensors or unreadable metadata."""

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .errors import NotMergeableError
 from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
-from .methods import method_of
+from .methods import Method, method_of
 from .quantize import is_quantized
 from .state import adapter_layers, get_record
 
@@ -30,6 +30,11 @@ _UNDO = "merge_undo"  # on the adapter module: what merge changed, to take it ba
 
 def merge(model: nn.Module, name: str) -> None:
     """Add adapter ``name``'s delta to the base weights; it then adds nothing at run time."""
+    method = _check_mergeable(model, name)
+    if method.places_itself:  # peft-run adapters: peft computes the merged weights
+        if not method.merge_placed(model, name):
+            _warn_redundant("merge", name, "already merged")
+        return
     pending = _deltas(model, name, want_merged=False, verb="merge")
     for layer, delta in pending:
         adapter = layer.adapter(name)
@@ -41,6 +46,11 @@ def merge(model: nn.Module, name: str) -> None:
 
 def unmerge(model: nn.Module, name: str) -> None:
     """Restore the base weights adapter ``name`` was merged into, bit for bit."""
+    method = _check_mergeable(model, name)
+    if method.places_itself:
+        if not method.unmerge_placed(model, name):
+            _warn_redundant("unmerge", name, "not merged")
+        return
     pending = _deltas(model, name, want_merged=True, verb="unmerge")
     for layer, _ in pending:
         adapter = layer.adapter(name)
@@ -57,7 +67,9 @@ def merged_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     is the adapter's own.
     """
     record = get_record(model, name)
-    _check_mergeable(model, name)
+    method = _check_mergeable(model, name)
+    if method.places_itself:
+        return _merged_placed_state(model, name, method)
     wrappers = {
         module_name: layer
         for module_name, layer in adapter_layers(model, name)
@@ -82,24 +94,42 @@ def _add_delta(state: dict[str, Tensor], module_name: str, layer: AdaptedLayer, 
         state[key] = (state[key].float() + delta.bias.float()).to(state[key].dtype)
 
 
-def _check_mergeable(model: nn.Module, name: str) -> None:
+@torch.no_grad()
+def _merged_placed_state(model: nn.Module, name: str, method: Method) -> dict[str, Tensor]:
+    """merged_state_dict for a method that places itself: merged for the copy, then restored."""
+    was_merged = method.is_merged_placed(model, name)
+    method.merge_placed(model, name)
+    try:
+        state = {key: value.detach().clone() for key, value in base_state_dict(model).items()}
+    finally:
+        if not was_merged:
+            method.unmerge_placed(model, name)
+    for key, value in head_state(model, get_record(model, name).head, name).items():
+        state[key] = value.detach().clone()
+    return state
+
+
+def _warn_redundant(verb: str, name: str, state: str, *, stacklevel: int = 3) -> None:
+    """A merge or unmerge that changes nothing (``stacklevel`` 3: the caller of merge/unmerge)."""
+    warnings.warn(f"{verb}({name!r}): adapter is {state}; nothing changed", stacklevel=stacklevel)
+
+
+def _check_mergeable(model: nn.Module, name: str) -> Method:
     config = get_record(model, name).config
     method = method_of(config)
-    if not method.mergeable:
-        raise NotMergeableError(
-            f"adapter {name!r} is a {config.type} adapter: {method.why_not_mergeable}"
-        )
+    why_not = method.why_not_mergeable_for(config)
+    if why_not is not None:
+        raise NotMergeableError(f"adapter {name!r} is a {config.type} adapter: {why_not}")
+    if method.places_itself:
+        return method  # its own merge checks what it sits on
     quantized = [
         module_name
         for module_name, layer in adapter_layers(model, name)
         if is_quantized(getattr(layer.base_layer, "weight", None))
     ]
     if quantized:
-        raise NotMergeableError(
-            f"adapter {name!r} sits on quantised weights ({quantized[0]}, ...): merging would "
-            "re-quantise the sum and lose most of the adapter; load the base unquantised "
-            "(load.quantization: none) to merge or export it merged"
-        )
+        raise NotMergeableError.on_quantized_weights(name, quantized[0])
+    return method
 
 
 @torch.no_grad()
@@ -111,7 +141,7 @@ def _deltas(
     layers = [layer for _, layer in adapter_layers(model, name)]
     if all(layer.adapter(name).merged != want_merged for layer in layers):
         state = "already merged" if not want_merged else "not merged"
-        warnings.warn(f"{verb}({name!r}): adapter is {state}; nothing changed", stacklevel=3)
+        _warn_redundant(verb, name, state, stacklevel=4)
         return []
     pending = []
     for layer in layers:

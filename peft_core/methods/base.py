@@ -172,8 +172,12 @@ class Method:
 
     # A method that places its own modules in the model (``peft``: Hugging Face peft runs it)
     # instead of one module per AdaptedLayer. The hooks below then replace the per-layer
-    # machinery; merging, per-row routing and combining are refused for it.
+    # machinery (merging too); per-row routing and combining are refused for it.
     places_itself: ClassVar[bool] = False
+
+    def why_not_mergeable_for(self, config: Any) -> str | None:
+        """Why adapters of ``config`` cannot merge; ``None`` when they can."""
+        return None if self.mergeable else self.why_not_mergeable
 
     def place(self, model: nn.Module, record: AdapterRecord) -> None:
         """Put adapter ``record`` into ``model`` (``places_itself`` methods only)."""
@@ -204,6 +208,20 @@ class Method:
     ) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """The whole ``adapter_config.json`` and the tensors (no prefix, no head)."""
         raise NotImplementedError
+
+    def merge_placed(self, model: nn.Module, name: str) -> bool:
+        """Merge placed adapter ``name`` into the base weights, keeping what restores them bit
+        for bit; False, changing nothing, when it is merged already."""
+        raise NotImplementedError
+
+    def unmerge_placed(self, model: nn.Module, name: str) -> bool:
+        """Restore the base weights placed adapter ``name`` was merged into; False when it is
+        not merged."""
+        raise NotImplementedError
+
+    def is_merged_placed(self, model: nn.Module, name: str) -> bool:
+        """Whether placed adapter ``name`` is merged into the base weights."""
+        return False
 
     # Training hooks (any method): how the adapter being trained is run and stepped.
 

@@ -24,9 +24,11 @@ Two families:
   attention mask is widened, and a generation step whose cache already holds them adds nothing
   again. The prompts live in ``model.peft_core_prompts``.
 
-What peft adapters do not do here: merge (use peft's ``merge_and_unload`` on the loaded adapter),
-run per row (``Parallel``), combine (``combine_adapters``) or join a fusion; each is refused with a
-clear error. The classification head is ours (``HeadSwitch``), so ``modules_to_save`` is refused.
+Tuner adapters merge and unmerge as native ones do (peft computes the merged weights; unmerge
+restores them bit for bit: :mod:`._peft_merge`); prompt adapters have no weights to merge. peft
+adapters do not run per row (``Parallel``), combine (``combine_adapters``) or join a fusion; each
+is refused with a clear error. The classification head is ours (``HeadSwitch``), so
+``modules_to_save`` is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, TargetError
 from ..layer import SELF_PLACED_CONTAINER
+from . import _peft_merge
 from .base import Method, MethodConfig, PeftImport
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ _WRAPPERS = "peft_core_peft_models"
 _WRAPPED_PREFIX = "base_model.model."  # a PeftModel's keys for the model's own modules
 _TUNER_PREFIX = "base_model."  # ... and, without ``model.``, for its tuner's shared state
 _PROMPTS_ON = "peft_core_prompts_on"
+_SWITCHED_ON = "peft_core_peft_on"  # the adapters the last switch turned on
 _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 _MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
@@ -175,11 +179,6 @@ class PeftRun(Method):
     summary = (
         "any Hugging Face peft method (LoHa, LoKr, OFT, AdaLoRA, prompt tuning, ...), run by peft"
     )
-    mergeable = False
-    why_not_mergeable = (
-        "peft runs this adapter; merge it with peft (PeftModel.from_pretrained(...)"
-        ".merge_and_unload()) on its PEFT files"
-    )
     places_itself = True
     order = 1000  # last: a PEFT file goes to a native method first
 
@@ -213,8 +212,12 @@ class PeftRun(Method):
 
     def switch(self, model: nn.Module, on: Sequence[str]) -> None:
         grads = {p: p.requires_grad for p in model.parameters()}  # switching must not (un)freeze
+        model.__dict__[_SWITCHED_ON] = list(on)
+        merged = _peft_merge.merged_names(model)  # in the weights already: add nothing more
         for _, layer in tuner_layers(model):
-            present = [n for n in on if n in layer._all_available_adapter_names()]
+            present = [
+                n for n in on if n in layer._all_available_adapter_names() and n not in merged
+            ]
             if present:
                 layer.enable_adapters(True)
                 layer.set_adapter(present)
@@ -225,6 +228,7 @@ class PeftRun(Method):
             param.requires_grad_(wanted)
 
     def remove(self, model: nn.Module, name: str) -> None:
+        _peft_merge.forget(model, name)  # merged: the weights keep it, as with native adapters
         prompts = _prompts(model)
         if name in prompts:
             del prompts[name]
@@ -245,6 +249,36 @@ class PeftRun(Method):
         configs.pop(name, None)
         if not configs and hasattr(model, "peft_config"):
             del model.peft_config
+
+    # -- merging --------------------------------------------------------------------------------
+
+    def why_not_mergeable_for(self, config: Any) -> str | None:
+        if peft_config(cast(AnyPeft, config)).is_prompt_learning:
+            return (
+                "its virtual tokens are inputs, not weights, so there is nothing to merge into "
+                "the base; serve it with its PEFT files (adapterops export --for peft)"
+            )
+        return None
+
+    def merge_placed(self, model: nn.Module, name: str) -> bool:
+        layers = [
+            (module_name, layer)
+            for module_name, layer in tuner_layers(model)
+            if name in layer._all_available_adapter_names()
+        ]
+        if not _peft_merge.merge(model, name, layers):
+            return False
+        self.switch(model, model.__dict__.get(_SWITCHED_ON, []))
+        return True
+
+    def unmerge_placed(self, model: nn.Module, name: str) -> bool:
+        if not _peft_merge.unmerge(model, name):
+            return False
+        self.switch(model, model.__dict__.get(_SWITCHED_ON, []))
+        return True
+
+    def is_merged_placed(self, model: nn.Module, name: str) -> bool:
+        return name in _peft_merge.merged_names(model)
 
     # -- parameters and files -----------------------------------------------------------------
 
