@@ -78,16 +78,21 @@ def lint(
     *,
     max_lora_rank: int = VLLM_DEFAULT_MAX_LORA_RANK,
     trained_head: bool = False,
+    method_config: dict[str, Any] | None = None,
 ) -> list[Finding]:
     """What ``engine`` would refuse or silently get wrong for an adapter of ``method`` with a
     ``head`` (classification, masked-lm, causal-lm or None; ``trained_head``: its own, trained
-    with it) whose PEFT configuration (when it has one) is ``peft_config``."""
+    with it) whose PEFT configuration (when it has one) is ``peft_config``; ``method_config``
+    (the stored method configuration) decides what merges where the method alone does not (a
+    peft-run prompt adapter has no weights to merge, a LoHa does)."""
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     kind = pc.method_of(method)
     if engine == "merged":
-        if not kind.mergeable:
-            return [Finding("merged", "refuses", f"{method}: {kind.why_not_mergeable}")]
+        config = pc.config_from_dict(method_config) if method_config else None
+        why_not = kind.why_not_mergeable_for(config) if config else None
+        if not kind.mergeable or why_not:
+            return [Finding("merged", "refuses", f"{method}: {why_not or kind.why_not_mergeable}")]
         return []
     if engine == "adapterhub":
         return _adapterhub_findings(method, head, trained_head)
@@ -175,7 +180,7 @@ def export(
         peft_config = _peft_config_of(stored, engine, method)
         findings = lint(
             engine, method, head, peft_config, max_lora_rank=max_lora_rank,
-            trained_head=trained_head,
+            trained_head=trained_head, method_config=meta["method"],
         )  # fmt: skip
         _refuse_unless_forced(version.ref, engine, findings, force)
         if engine == "merged":

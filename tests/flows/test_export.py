@@ -80,6 +80,11 @@ class TestVllmRules:
         (merged,) = lint("merged", "houlsby", "classification", None)
         assert "non-linear bottleneck has no weight delta" in merged.message
         assert lint("merged", "lora", "classification", None) == []
+        prompt = {"type": "peft", "config": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}}
+        (refused,) = lint("merged", "peft", "classification", None, method_config=prompt)
+        assert "virtual tokens are inputs, not weights" in refused.message
+        loha = {"type": "peft", "config": {"peft_type": "LOHA", "target_modules": ["query"]}}
+        assert lint("merged", "peft", "classification", None, method_config=loha) == []
 
 
 @pytest.fixture

@@ -386,3 +386,19 @@ class TestAnyPeftMethodThroughTheFlow:
         assert [a.label for a in answers] == expected.argmax(-1).tolist()
         got = torch.tensor([a.probabilities for a in answers])
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+        # merged for engines that serve plain checkpoints: peft merges its layers, we write them
+        from flows.errors import DataError
+        from flows.export_job import export
+
+        if peft_config["peft_type"] == "PROMPT_TUNING":
+            with pytest.raises(DataError, match="virtual tokens are inputs, not weights"):
+                export(registry, f"{name}@1", "merged", tmp_path / "merged")
+            assert not (tmp_path / "merged").exists()
+            return
+        export(registry, f"{name}@1", "merged", tmp_path / "merged")
+        plain = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+        assert not any("base_layer" in key for key in plain.state_dict())
+        with torch.no_grad():
+            got = plain(**inputs).logits.softmax(-1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

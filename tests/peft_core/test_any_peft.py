@@ -399,12 +399,10 @@ class TestRefusals:
         assert pc.list_adapters(model) == []
         torch.testing.assert_close(logits(model, inputs), base)
 
-    def test_merge_per_row_and_average_are_refused(self) -> None:
+    def test_per_row_and_average_are_refused(self) -> None:
         model = classifier()
         pc.add_adapter(model, "a", config("LOHA"))
         pc.add_adapter(model, "b", pc.LoRA(rank=2, targets=("ffn_in",)))
-        with pytest.raises(pc.PeftCoreError, match="merge_and_unload"):
-            pc.merge(model, "a")
         with (
             pytest.raises(pc.ConfigError, match="per_row cannot route 'a'"),
             pc.per_row(model, ["a", "b", None]),
