@@ -45,7 +45,10 @@ def test_an_adapterhub_adapter_gives_the_outputs_adapters_recorded(name, referen
     assert torch.allclose(hidden(model, reference), reference["base"], atol=1e-5, rtol=0)
     record = pc.load_adapter(model, FIXTURES / name)
     assert record.name == name
-    torch.testing.assert_close(hidden(model, reference), reference[name], atol=1e-5, rtol=0)
+    # 3e-5: the reference was recorded by another torch/transformers build, whose float32 sums
+    # run in another order (transformers 5.24 moved one element of 8448 by 1.8e-5); the
+    # adapter itself moves the outputs by more than 0.5
+    torch.testing.assert_close(hidden(model, reference), reference[name], atol=3e-5, rtol=0)
 
 
 def test_the_layouts_map_onto_our_presets():
