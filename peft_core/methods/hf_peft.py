@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ..roles import Target
     from ..state import AdapterRecord
 
-__all__ = ["METHOD", "AnyPeft", "PeftRun", "tuner_layers"]
+__all__ = ["METHOD", "AnyPeft", "PeftRun", "base_rewriting_init", "tuner_layers"]
 
 PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
 _HOOK = "peft_core_prompt_hook"
@@ -66,6 +66,7 @@ _TUNER_PREFIX = "base_model."  # ... and, without ``model.``, for its tuner's sh
 _PROMPTS_ON = "peft_core_prompts_on"
 _SWITCHED_ON = "peft_core_peft_on"  # the adapters the last switch turned on
 _PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 _MAX_CONFIG_BYTES = 65_536  # a peft config is a few hundred bytes; a hostile one could be megabytes
 _HEAD_MODULES = {"classifier", "score", "lm_head", "cls", "pre_classifier"}
 # Fields this pipeline owns: the head (ours), and the fields peft fills in for files.
@@ -123,12 +124,28 @@ def peft_config(config: AnyPeft) -> Any:
         raise ConfigError(f"peft: {kind} has no tuner that places layers in a model")
     if kind in _REFUSED_TYPES:
         raise ConfigError(f"peft: {kind} {_REFUSED_TYPES[kind]}")
+    rewrite = base_rewriting_init(fields)
+    if rewrite:
+        raise ConfigError(
+            f"peft: {kind} init_lora_weights {rewrite!r} rewrites the base model's weights (it "
+            "subtracts the adapter's starting value from them), but the base is frozen and "
+            "shared by every adapter, so the saved adapter would be wrong on the real base: use "
+            "the default init (true), 'gaussian', 'orthogonal' or 'eva'"
+        )
     if not made.target_modules and not getattr(made, "target_parameters", None):
         raise ConfigError(
             f"peft: {kind} needs config.target_modules (module names such as "
             '["query", "value"]); peft guesses them only for some model types'
         )
     return made
+
+
+def base_rewriting_init(peft_fields: Mapping[str, Any]) -> str | None:
+    """The LoRA ``init_lora_weights`` of a peft config when it rewrites the base weights
+    (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA start the adapter from the weights and leave the
+    residual in the base), else None."""
+    init = str(peft_fields.get("init_lora_weights", True)).lower()
+    return init if init.startswith(_BASE_REWRITING_INITS) else None
 
 
 def _tuner_class(kind: str) -> type | None:

@@ -36,6 +36,7 @@ from .base import (
     finite,
     require,
 )
+from .hf_peft import base_rewriting_init
 from .parts import SliceParts
 
 if TYPE_CHECKING:
@@ -394,6 +395,15 @@ class LoRAMethod(Method):
         return fields, tensors
 
     def from_peft(self, peft_config: dict[str, Any], tensors: dict[str, Tensor]) -> PeftImport:
+        rewrite = base_rewriting_init(peft_config)
+        if rewrite:  # peft's conversion writes init_lora_weights: true
+            raise AdapterFormatError(
+                f"this LoRA was saved with init_lora_weights {rewrite!r} and not converted: its "
+                "weights assume a base with the adapter's starting value subtracted, not the "
+                "real base. Save it again with peft's save_pretrained(..., "
+                "path_initial_model_for_weight_conversion=<the initial adapter>), which writes "
+                "an equivalent LoRA for the real base"
+            )
         unsupported = [k for k in ("lora_bias",) if peft_config.get(k)]
         if peft_config.get("bias", "none") != "none":
             unsupported.append(f"bias={peft_config['bias']!r}")

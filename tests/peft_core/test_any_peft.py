@@ -382,6 +382,14 @@ class TestRefusals:
                 {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": 4},
                 "PeftModel wrapper",
             ),
+            (
+                {"peft_type": "LORA", "init_lora_weights": "pissa", "target_modules": TARGETS},
+                "init_lora_weights 'pissa' rewrites the base model's weights",
+            ),
+            (
+                {"peft_type": "LORA", "init_lora_weights": "olora", "target_modules": TARGETS},
+                "init_lora_weights 'olora' rewrites",
+            ),
         ],
     )
     def test_bad_configs_fail_when_made(self, fields: dict[str, object], words: str) -> None:
@@ -452,3 +460,35 @@ def test_ia3_files_without_feedforward_modules_load_into_peft(
     loaded = classifier()
     pc.load_adapter(loaded, tmp_path)
     torch.testing.assert_close(logits(loaded, inputs), expected)
+
+
+def test_a_pissa_lora_loads_only_once_peft_has_converted_it(tmp_path: Path) -> None:
+    """PiSSA starts the adapter from the weights' principal components and leaves the residual
+    in the base: its files fit only that residual base until peft converts them into a LoRA for
+    the real base (rank 2r)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    tuned = get_peft_model(
+        classifier(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights="pissa"),
+    )
+    tuned.save_pretrained(tmp_path / "initial")  # the starting adapter, before training
+    with torch.no_grad():  # "training"
+        for name, parameter in tuned.named_parameters():
+            if "lora_" in name:
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    inputs = batch(tuned)
+    tuned.eval()
+    expected = logits(tuned, inputs)  # the residual base with the trained adapter
+    tuned.save_pretrained(tmp_path / "unconverted")
+    tuned.save_pretrained(
+        tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial")
+    )
+    model = classifier()  # the real base
+    with pytest.raises(pc.AdapterFormatError, match="init_lora_weights 'pissa' and not converted"):
+        pc.load_adapter(model, tmp_path / "unconverted")
+    assert pc.list_adapters(model) == []
+    record = pc.load_adapter(model, tmp_path / "converted")
+    assert record.config.rank == 8  # the trained adapter beside the negated start
+    torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-5)
