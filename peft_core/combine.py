@@ -39,6 +39,7 @@ from .inject import add_adapter
 from .layer import AdaptedLayer
 from .methods import CombineReport, MergeReport, method_of
 from .methods.base import average_parameters
+from .roles import Target
 from .state import AdapterRecord, adapter_layers, get_record
 
 __all__ = [
@@ -60,25 +61,52 @@ def combine_adapters(
     how: Literal["cat", "svd"] = "cat",
     rank: int | None = None,
 ) -> CombineReport:
-    """Add adapter ``name`` = the ``weights``-weighted combination of existing adapters."""
+    """Add adapter ``name`` = the ``weights``-weighted combination of existing adapters.
+
+    LoRA and BitFit sources may adapt different modules: the result adapts all of them (with
+    ``cat``, each LoRA module's rank is the sum of the ranks of the sources there)."""
+    return _combine(model, weights, name=name, how=how, rank=rank, uniform=False)
+
+
+def _combine(
+    model: nn.Module,
+    weights: Mapping[str, float],
+    *,
+    name: str,
+    how: Literal["cat", "svd"],
+    rank: int | None,
+    uniform: bool,
+) -> CombineReport:
+    """combine_adapters; ``uniform``: one rank for every module (lower ones zero-padded, which
+    adds nothing), for engines that size every module by one rank (vLLM)."""
     records = [get_record(model, source) for source in weights]
     if not records:
         raise ConfigError("combine_adapters needs at least one source adapter")
     first = records[0]
-    _check_compatible(records)
+    method = method_of(first.config)
+    # Exact methods add terms, so sources on different modules combine over the union of their
+    # modules (a module only some adapt gets only their terms); averaged ones need the same.
+    _check_compatible(records, same_targets=method.combination != "exact")
     if how == "svd" and (rank is None or rank < 1):
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
-    method = method_of(first.config)
     if method.combination is None:
         raise ConfigError(f"{first.config.type} adapters cannot be combined into a new adapter")
-    factors = [float(w) for w in weights.values()]
+    factors = dict(
+        zip([r.name for r in records], (float(w) for w in weights.values()), strict=True)
+    )
+    targets, sources_at = _union_of_targets(records)
     config = method.combined_config([r.config for r in records], how=how, rank=rank)
-    add_adapter(model, name, config, targets=list(first.targets))
+    config, overrides = method.combined_ranks(config, sources_at, how=how, uniform=uniform)
+    add_adapter(model, name, config, targets=targets, lora_overrides=overrides)
     worst = 0.0
     for module_name, layer in adapter_layers(model, name):
-        sources = [layer_of(model, module_name).adapters[r.name] for r in records]
-        worst = max(worst, method.combine_modules(layer.adapters[name], sources, factors, how))
-    _average_heads(model, records, factors, name)
+        present = sources_at[module_name]
+        sources = [layer_of(model, module_name).adapters[r.name] for r in present]
+        module_factors = [factors[r.name] for r in present]
+        worst = max(
+            worst, method.combine_modules(layer.adapters[name], sources, module_factors, how)
+        )
+    _average_heads(model, records, list(factors.values()), name)
     exact = method.combination == "exact" and worst == 0.0 and how == "cat"
     return CombineReport(name, method.combination_name(how, rank), exact, worst)
 
@@ -112,10 +140,12 @@ def flatten_composition(model: nn.Module, block: Block, *, name: str) -> Combine
     """Add adapter ``name`` computing what ``block`` computes, as one adapter of its members'
     method (a LoRA's rank is the sum of theirs). Its head is the one the block answers with
     (the last member that has one). Refused, before anything is added, unless every member uses
-    one method whose terms add up exactly (LoRA, BitFit) on the same modules."""
+    one method whose terms add up exactly (LoRA, BitFit); members on different modules give
+    an adapter over all of them, with one rank everywhere (the largest sum; zero-padded below
+    it), as serving engines that size every module by one rank need."""
     weights = leaf_weights(block)
     records = [get_record(model, member) for member in weights]
-    _check_compatible(records, "flatten")
+    _check_compatible(records, "flatten", same_targets=False)
     method = method_of(records[0].config)
     if method.combination != "exact":
         raise ConfigError(
@@ -123,7 +153,7 @@ def flatten_composition(model: nn.Module, block: Block, *, name: str) -> Combine
             "add up, so a stack or an average of them is no single adapter; LoRA and BitFit "
             "adapters do"
         )
-    report = combine_adapters(model, weights, name=name, how="cat")
+    report = _combine(model, weights, name=name, how="cat", rank=None, uniform=True)
     _copy_answering_head(model, leaves(block), name)
     return report
 
@@ -168,7 +198,9 @@ def _average_heads(
         average_parameters(adapter_head(model, module_name, name), sources, factors)
 
 
-def _check_compatible(records: list[AdapterRecord], verb: str = "merge") -> None:
+def _check_compatible(
+    records: list[AdapterRecord], verb: str = "merge", *, same_targets: bool = True
+) -> None:
     first = records[0]
     for record in records[1:]:
         if type(record.config) is not type(first.config):
@@ -176,7 +208,35 @@ def _check_compatible(records: list[AdapterRecord], verb: str = "merge") -> None
                 f"cannot {verb} {first.name!r} ({first.config.type}) with {record.name!r} "
                 f"({record.config.type}): sources must use the same method"
             )
-        if record.targets != first.targets:
+        if same_targets and record.targets != first.targets:
             raise ConfigError(
                 f"cannot {verb} {first.name!r} and {record.name!r}: they adapt different modules"
             )
+
+
+def _union_of_targets(
+    records: list[AdapterRecord],
+) -> tuple[list[Target], dict[str, list[AdapterRecord]]]:
+    """Every module some source adapts (in first-seen order), and the sources at each. Sources
+    must agree on what they adapt of a module they share (GPT-2's fused ``c_attn``: the same
+    q/k/v slices), since one adapter module there serves them all."""
+    union: dict[str, tuple[Target, ...]] = {}
+    owner: dict[str, AdapterRecord] = {}
+    sources_at: dict[str, list[AdapterRecord]] = {}
+    for record in records:
+        for module_name in dict.fromkeys(t.module_name for t in record.targets):
+            here = tuple(t for t in record.targets if t.module_name == module_name)
+            if module_name in union and union[module_name] != here:
+                raise ConfigError(
+                    f"cannot combine {owner[module_name].name!r} and {record.name!r}: they adapt "
+                    f"different parts of {module_name} "
+                    f"({_slices(union[module_name])} against {_slices(here)})"
+                )
+            union.setdefault(module_name, here)
+            owner.setdefault(module_name, record)
+            sources_at.setdefault(module_name, []).append(record)
+    return [t for here in union.values() for t in here], sources_at
+
+
+def _slices(targets: tuple[Target, ...]) -> str:
+    return ", ".join(t.role or str(t.out_slice or "whole") for t in targets)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -249,6 +249,19 @@ class Method:
     def combined_config(self, configs: Sequence[Any], *, how: str, rank: int | None) -> Any:
         """The configuration of an adapter that combines adapters of ``configs``."""
         return configs[0]
+
+    def combined_ranks(
+        self,
+        config: Any,
+        sources_at: Mapping[str, Sequence[AdapterRecord]],
+        *,
+        how: str,
+        uniform: bool = False,
+    ) -> tuple[Any, dict[str, tuple[int, float]]]:
+        """The combined adapter's configuration and per-module ``(rank, alpha)`` overrides, given
+        the sources at each module (``uniform``: one rank everywhere; methods without a rank:
+        ``config`` and no overrides)."""
+        return config, {}
 
     def combine_modules(
         self, target: nn.Module, sources: Sequence[nn.Module], factors: Sequence[float], how: str

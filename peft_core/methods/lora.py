@@ -14,7 +14,7 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
@@ -328,6 +328,26 @@ class LoRAMethod(Method):
         first = cast(LowRankConfig, configs[0])
         return dataclasses.replace(first, rank=new_rank, alpha=float(new_rank), use_rslora=False)
 
+    def combined_ranks(
+        self,
+        config: Any,
+        sources_at: Mapping[str, Sequence[AdapterRecord]],
+        *,
+        how: str,
+        uniform: bool = False,
+    ) -> tuple[Any, dict[str, tuple[int, float]]]:
+        """``cat``: each module's rank is the sum of the ranks of the sources there (scaling 1,
+        so alpha = rank); the most common one is the config's, the rest are overrides
+        (``uniform``: the largest everywhere, the rest zero-padded)."""
+        if how != "cat":
+            return config, {}
+        ranks = {m: sum(_rank_at(r, m) for r in present) for m, present in sources_at.items()}
+        if uniform:
+            ranks = dict.fromkeys(ranks, max(ranks.values()))
+        common, _ = Counter(ranks.values()).most_common(1)[0]
+        config = dataclasses.replace(config, rank=common, alpha=float(common))
+        return config, {m: (rank, float(rank)) for m, rank in ranks.items() if rank != common}
+
     @torch.no_grad()
     def combine_modules(
         self, target: nn.Module, sources: Sequence[nn.Module], factors: Sequence[float], how: str
@@ -337,17 +357,16 @@ class LoRAMethod(Method):
         worst = 0.0
         for position, part in enumerate(lora_parts(target)):
             parts = [lora_parts(s)[position] for s in sources]
-            if how == "cat":
-                part.lora_A.weight.copy_(torch.cat([p.lora_A.weight for p in parts]))
-                part.lora_B.weight.copy_(
-                    torch.cat(
-                        [
-                            w * p.scaling * p.lora_B.weight
-                            for w, p in zip(factors, parts, strict=True)
-                        ],
-                        dim=1,
-                    )
+            if how == "cat":  # ranks beyond the sources' sum (a uniform rank) stay zero
+                a = torch.cat([p.lora_A.weight for p in parts])
+                b = torch.cat(
+                    [w * p.scaling * p.lora_B.weight for w, p in zip(factors, parts, strict=True)],
+                    dim=1,
                 )
+                part.lora_A.weight.zero_()
+                part.lora_B.weight.zero_()
+                part.lora_A.weight[: a.shape[0]].copy_(a)
+                part.lora_B.weight[:, : b.shape[1]].copy_(b)
                 part.scaling = 1.0
             else:
                 worst = max(worst, _svd_into(part, parts, factors))
@@ -433,6 +452,12 @@ class LoRAMethod(Method):
         return PeftImport(
             config, [Target(m) for m in modules], ours, _module_ranks(peft_config, lora)
         )
+
+
+def _rank_at(record: AdapterRecord, module_name: str) -> int:
+    """The rank adapter ``record`` has at ``module_name`` (a PEFT rank_pattern may change it)."""
+    override = record.lora_overrides.get(module_name)
+    return override[0] if override else cast(LowRankConfig, record.config).rank
 
 
 def _svd_into(target: LoRAModule, parts: list[LoRAModule], factors: Sequence[float]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import ClassVar
 
 import pytest
@@ -426,22 +427,73 @@ class TestFlatten:
         assert pc.leaf_weights(self.BLOCKS["nested average"]) == {"a": 0.3, "b": 0.3, "c": 0.7}
         assert pc.leaf_weights(pc.Stack("a", "a")) == {"a": 2.0}
 
+    @pytest.mark.parametrize("family", ["bert", "gpt2"])  # gpt2: slices of the fused c_attn
+    def test_members_on_different_modules_flatten_with_one_rank_everywhere(
+        self, tiny_model, family, tmp_path
+    ):
+        from peft import PeftModel
+
+        head = "classification" if family == "bert" else "causal-lm"
+        base = tiny_model(family, head)
+        untouched = copy.deepcopy(base)
+        members = {
+            "language": pc.LoRA(rank=2, targets=("q", "v")),
+            "task": pc.LoRA(rank=3, targets=("q", "v", "ffn_in")),
+        }
+        model = scrambled(base, members)
+        inputs = batch(model)
+        pc.set_active(model, pc.Stack("language", "task"))
+        expected = logits(model, inputs)
+        report = pc.flatten_composition(model, pc.Stack("language", "task"), name="flat")
+        record = get_record(model, "flat")
+        assert report.exact and (record.config.rank, record.lora_overrides) == (5, {})
+        assert {t.role for t in record.targets} == {"q", "v", "ffn_in"}
+        pc.set_active(model, "flat")
+        torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
+        pc.save_adapter(model, "flat", tmp_path, format="peft")
+        written = json.loads((tmp_path / "adapter_config.json").read_text())
+        if family == "bert":  # (GPT-2's q and v slices are one LoRA of twice the rank on c_attn)
+            assert (written["r"], written["rank_pattern"]) == (5, {})  # vLLM reads r alone
+        theirs = PeftModel.from_pretrained(untouched, tmp_path).eval()
+        torch.testing.assert_close(logits(theirs, inputs), expected, atol=1e-5, rtol=1e-4)
+
+    def test_combining_over_different_modules_keeps_each_modules_own_rank(self, tiny_model):
+        model = scrambled(
+            tiny_model("bert", "classification"),
+            {"a": pc.LoRA(rank=2, targets=("q", "v")), "b": pc.LoRA(rank=3, targets=("v",))},
+        )
+        inputs = batch(model)
+
+        @torch.no_grad()
+        def body(active: pc.Block | str) -> torch.Tensor:  # combine averages heads: bodies only
+            pc.set_active(model, active)
+            return model.bert(**inputs).last_hidden_state
+
+        expected = body(pc.Average("a", "b", weights=(0.25, 0.75)))
+        pc.combine_adapters(model, {"a": 0.25, "b": 0.75}, name="both")
+        record = get_record(model, "both")
+        v_layers = {t.module_name for t in record.targets if t.role == "v"}
+        # q: a's rank 2 (two layers); v: 2 + 3 (two layers): a tie, either is the config's
+        ranks = {t.module_name: record.lora_overrides.get(t.module_name, (record.config.rank,))[0]
+                 for t in record.targets}  # fmt: skip
+        assert ranks == {m: 5 if m in v_layers else 2 for m in ranks} and len(ranks) == 4
+        torch.testing.assert_close(body("both"), expected, atol=1e-5, rtol=1e-4)
+
     def test_what_does_not_add_up_is_refused_before_anything_is_added(self, tiny_model):
         model = scrambled(
             tiny_model("bert", "classification"),
-            {
-                "a": pc.LoRA(rank=2),
-                "p": pc.Pfeiffer(),
-                "q": pc.Pfeiffer(),
-                "v": pc.LoRA(targets=("v",)),
-            },
+            {"a": pc.LoRA(rank=2), "p": pc.Pfeiffer(), "q": pc.Pfeiffer()},
         )
-        for block, error, words in [
-            (pc.Parallel("a", "v"), pc.CompositionError, "Parallel block does not flatten"),
-            (pc.Stack("p", "q"), pc.ConfigError, "pfeiffer adapters do not flatten"),
-            (pc.Stack("a", "p"), pc.ConfigError, "same method"),
-            (pc.Stack("a", "v"), pc.ConfigError, "adapt different modules"),
+        gpt2 = scrambled(
+            tiny_model("gpt2", "causal-lm"),
+            {"q": pc.LoRA(targets=("q",)), "qv": pc.LoRA(targets=("q", "v"))},
+        )
+        for on, block, error, words in [
+            (model, pc.Parallel("a", "p"), pc.CompositionError, "Parallel block does not flatten"),
+            (model, pc.Stack("p", "q"), pc.ConfigError, "pfeiffer adapters do not flatten"),
+            (model, pc.Stack("a", "p"), pc.ConfigError, "same method"),
+            (gpt2, pc.Stack("q", "qv"), pc.ConfigError, r"different parts of transformer.h.0"),
         ]:
             with pytest.raises(error, match=words):
-                pc.flatten_composition(model, block, name="flat")
-            assert "flat" not in pc.list_adapters(model)
+                pc.flatten_composition(on, block, name="flat")
+            assert "flat" not in pc.list_adapters(on)
