@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,7 +84,8 @@ def lint(
     ``head`` (classification, masked-lm, causal-lm or None; ``trained_head``: its own, trained
     with it) whose PEFT configuration (when it has one) is ``peft_config``; ``method_config``
     (the stored method configuration) decides what merges where the method alone does not (a
-    peft-run prompt adapter has no weights to merge, a LoHa does)."""
+    peft-run prompt adapter has no weights to merge, a LoHa does). Per-module LoRA ranks
+    (``rank_pattern``, which vLLM ignores) are no finding: the vLLM export writes one rank."""
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     kind = pc.method_of(method)
@@ -146,10 +147,6 @@ def _vllm_findings(head: str | None, config: dict[str, Any], max_lora_rank: int)
         )
     if config.get("bias", "none") != "none":
         refuses(f"bias {config['bias']!r} needs vLLM's --enable-lora-bias")
-    for pattern in ("rank_pattern", "alpha_pattern"):
-        if config.get(pattern):
-            message = f"{pattern} (it sizes and scales every module by r and lora_alpha alone)"
-            found.append(Finding("vllm", "ignores", message))
     if head not in (None, "causal-lm"):
         refuses(f"it serves LoRA on generative (causal-LM) models; this is a {head} adapter")
     return found
@@ -191,6 +188,11 @@ def export(
             shutil.copytree(stored, staged)
         else:
             _write_peft(registry, version, staged)
+        if engine == "vllm":  # the files as written: one rank, maybe above what was predicted
+            findings += _vllm_ready(
+                staged, version.ref, method=method, head=head, max_lora_rank=max_lora_rank,
+                force=force, known=findings,
+            )  # fmt: skip
     return ExportResult(version.ref, engine, str(target), _files(target), findings)
 
 
@@ -235,12 +237,36 @@ def export_composition(
         else:
             pc.save_adapter(model, flat, staged, format="peft", tokenizer=tokenizer)
             pc.record_probes(model, flat, staged)  # pushed back to a registry, it is checked too
-            peft_config = json.loads((staged / "adapter_config.json").read_text())
-            findings = lint(
-                engine, method, spec.head.type, peft_config, max_lora_rank=max_lora_rank
-            )
-            _refuse_unless_forced(composition.ref, engine, findings, force)
+            if engine == "vllm":
+                findings = _vllm_ready(
+                    staged, composition.ref, method=method, head=spec.head.type,
+                    max_lora_rank=max_lora_rank, force=force,
+                )  # fmt: skip
+            else:
+                peft_config = json.loads((staged / "adapter_config.json").read_text())
+                findings = lint(engine, method, spec.head.type, peft_config)
+                _refuse_unless_forced(composition.ref, engine, findings, force)
     return ExportResult(composition.ref, engine, str(target), _files(target), findings)
+
+
+def _vllm_ready(
+    folder: Path,
+    ref: str,
+    *,
+    method: str,
+    head: str | None,
+    max_lora_rank: int,
+    force: bool,
+    known: Sequence[Finding] = (),
+) -> list[Finding]:
+    """Make the PEFT files in ``folder`` one rank everywhere (vLLM reads ``r`` and
+    ``lora_alpha`` alone; exact: zero padding and scalings folded into B), then lint them as
+    written; returns the findings not in ``known`` (refused unless ``force``)."""
+    config = pc.one_rank_in_place(folder)
+    found = lint("vllm", method, head, config, max_lora_rank=max_lora_rank)
+    new = [f for f in found if f not in known]
+    _refuse_unless_forced(ref, "vllm", new, force)
+    return new
 
 
 def _checked_target(destination: str | Path, engine: str) -> Path:

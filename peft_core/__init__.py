@@ -72,6 +72,7 @@ from .memory import StepMemory, estimate_step_memory
 from .merge import merge, merged_state_dict, unmerge
 from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
+from .peft_format import one_rank_in_place
 from .plan import Plan, build_on_meta, measure, plan
 from .probes import (
     ProbeCheck,
@@ -152,6 +153,7 @@ __all__ = [
     "merge_adapters",
     "merged_state_dict",
     "method_of",
+    "one_rank_in_place",
     "parallel_outputs",
     "per_row",
     "plan",

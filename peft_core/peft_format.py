@@ -27,9 +27,10 @@ from .inject import prepare_adapter
 from .io import check_fingerprint, file_tensors, load_into_prepared, load_self_placed
 from .layer import named_base_modules
 from .methods import Method, all_methods, method_of
+from .methods.lora import with_one_rank
 from .state import AdapterRecord, adapter_layers
 
-__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "read_peft", "write_peft"]
+__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "one_rank_in_place", "read_peft", "write_peft"]
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -93,6 +94,22 @@ def _target_modules(model: nn.Module, modules: list[str]) -> list[str]:
     leaves = {m.rsplit(".", 1)[-1] for m in modules}
     same_leaf = {name for name, _ in named_base_modules(model) if name.rsplit(".", 1)[-1] in leaves}
     return sorted(leaves) if same_leaf == set(modules) else sorted(modules)
+
+
+def one_rank_in_place(folder: Path) -> dict[str, Any]:
+    """Rewrite the LoRA in PEFT files ``folder`` with one rank and alpha for every module
+    (:func:`peft_core.methods.lora.with_one_rank`; other methods and LoRAs without
+    ``rank_pattern``/``alpha_pattern`` are left alone); returns the configuration now there."""
+    peft_config = _read_config(folder)
+    if peft_config.get("peft_type") != "LORA":
+        return peft_config
+    weights = folder / PEFT_WEIGHTS
+    tensors = safetensors.torch.load_file(str(weights))
+    config, uniform = with_one_rank(peft_config, tensors)
+    if uniform is not tensors:
+        safetensors.torch.save_file(uniform, str(weights), metadata={"format": "pt"})
+        (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
 
 
 def read_peft(

@@ -50,6 +50,7 @@ __all__ = [
     "LowRankConfig",
     "lora_parts",
     "lora_scaling",
+    "with_one_rank",
 ]
 
 Step = Callable[[Tensor, Tensor], Tensor]
@@ -493,6 +494,46 @@ def _as_single_lora(adapter: nn.Module) -> tuple[Tensor, Tensor, float]:
         b[start:stop, offset : offset + part.rank] = part.lora_B.weight
         offset += part.rank
     return a, b, first.scaling
+
+
+def with_one_rank(
+    peft_config: dict[str, Any], tensors: dict[str, Tensor]
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The same LoRA in PEFT files with one rank and one alpha for every module, for engines
+    that read ``r`` and ``lora_alpha`` alone (vLLM drops ``rank_pattern``/``alpha_pattern``).
+
+    Lower-rank modules are zero-padded (zero rows of ``A``, columns of ``B``: they add nothing),
+    and a module whose scaling differs from the largest-rank modules' has it folded into its
+    ``B``. Modules already at that rank and scaling keep their tensors bit for bit.
+    """
+    lora: dict[tuple[str, str], Tensor] = {}
+    for key, tensor in tensors.items():
+        match = LoRAMethod.peft_key.match(key)
+        if match:
+            lora[(match["module"], match["param"])] = tensor
+    if not peft_config.get("rank_pattern") and not peft_config.get("alpha_pattern"):
+        return peft_config, tensors
+    rank, alpha = int(peft_config["r"]), float(peft_config["lora_alpha"])
+    rslora = bool(peft_config.get("use_rslora"))
+    per_module = {m: (rank, alpha) for m, _ in lora} | _module_ranks(peft_config, lora)
+    widest = max(r for r, _ in per_module.values())
+    kept = Counter(a for r, a in per_module.values() if r == widest).most_common(1)[0][0]
+    target_scaling = lora_scaling(widest, kept, rslora)
+    out = dict(tensors)
+    for key, tensor in tensors.items():
+        match = LoRAMethod.peft_key.match(key)
+        if not match:
+            continue
+        module_rank, module_alpha = per_module[match["module"]]
+        factor = lora_scaling(module_rank, module_alpha, rslora) / target_scaling
+        missing = widest - module_rank
+        if match["param"] == "lora_A":
+            out[key] = F.pad(tensor, (0, 0, 0, missing)) if missing else tensor
+        else:
+            scaled = (tensor.float() * factor).to(tensor.dtype) if factor != 1.0 else tensor
+            out[key] = F.pad(scaled, (0, missing)) if missing else scaled
+    config = {**peft_config, "r": widest, "lora_alpha": kept, "rank_pattern": {}}
+    return config | {"alpha_pattern": {}}, out
 
 
 def _module_ranks(

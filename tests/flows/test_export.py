@@ -11,7 +11,12 @@ from typing import ClassVar
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+)
 
 import peft_core as pc
 from flows.build_job import build_from_spec
@@ -37,6 +42,9 @@ class TestVllmRules:
     def test_a_plain_decoder_lora_passes(self):
         assert lint("vllm", "lora", "causal-lm", self.LORA) == []
         assert lint("vllm", "lora", None, {**self.LORA, "use_rslora": True}) == []
+        # per-module ranks: the export writes one rank (and lints the files it wrote)
+        patterns = {"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"q_proj": 2}}
+        assert lint("vllm", "lora", "causal-lm", {**self.LORA, **patterns}) == []
 
     @pytest.mark.parametrize(
         ("change", "outcome", "words"),
@@ -44,9 +52,7 @@ class TestVllmRules:
             ({"use_dora": True}, "refuses", "DoRA is not supported"),
             ({"modules_to_save": ["classifier"]}, "refuses", "modules_to_save must be empty"),
             ({"r": 32}, "refuses", "rank 32 is above --max-lora-rank 16"),
-            ({"rank_pattern": {"layers.0.q_proj": 64}}, "ignores", "rank_pattern (it sizes"),
             ({"bias": "lora_only"}, "refuses", "needs vLLM's --enable-lora-bias"),
-            ({"alpha_pattern": {"layers.0.q_proj": 4}}, "ignores", "alpha_pattern"),
             ({"peft_type": "LOHA"}, "refuses", "LoRA adapters only, not LOHA"),
         ],
     )
@@ -166,6 +172,39 @@ def test_a_decoder_lora_in_peft_layout_goes_to_vllm_as_it_is(embedded_home, tmp_
         fresh.load_state_dict(base_weights)
         reloaded = PeftModel.from_pretrained(fresh, tmp_path / "vllm").eval()
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_a_gpt2_lora_goes_to_vllm_with_one_rank_everywhere(embedded_home, tmp_path):
+    """GPT-2's q and v slices are one LoRA of twice the rank on its fused c_attn, so its PEFT
+    files have a rank_pattern, which vLLM ignores: the export pads to one rank instead."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(TINY_CONFIGS["gpt2"]())
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pc.add_adapter(model, "chat", pc.LoRA(rank=4, targets=("q", "v", "ffn_in")))
+    perturb_adapter(model, "chat")
+    pc.save_adapter(model, "chat", tmp_path / "adapter", format="peft")
+    stored = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert {stored["r"], *stored["rank_pattern"].values()} == {4, 8}  # c_attn: 2 x 4
+    version = Registry().register(
+        tmp_path / "adapter", name="chat-gpt2", base_model="tiny-gpt2", task="chat", language="en"
+    )
+    result = run_cli("export", version.ref, "--for", "vllm", "--out", str(tmp_path / "vllm"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["findings"] == []
+    written = json.loads((tmp_path / "vllm" / "adapter_config.json").read_text())
+    assert (written["r"], written["rank_pattern"], written["alpha_pattern"]) == (8, {}, {})
+    inputs = batch(model)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        fresh = GPT2LMHeadModel(TINY_CONFIGS["gpt2"]())
+        fresh.load_state_dict(base_weights)
+        reloaded = PeftModel.from_pretrained(fresh, tmp_path / "vllm").eval()
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
+    too_wide = run_cli(
+        "export", version.ref, "--for", "vllm", "--max-lora-rank", "4", "--out", str(tmp_path / "x")
+    )
+    assert too_wide.returncode == 2 and not (tmp_path / "x").exists()
+    assert "rank 8 is above --max-lora-rank 4" in too_wide.stderr
 
 
 def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
