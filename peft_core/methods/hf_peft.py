@@ -124,6 +124,11 @@ def peft_config(config: AnyPeft) -> Any:
         raise ConfigError(f"peft: {kind} has no tuner that places layers in a model")
     if kind in _REFUSED_TYPES:
         raise ConfigError(f"peft: {kind} {_REFUSED_TYPES[kind]}")
+    if kind == "TRAINABLE_TOKENS" and not fields.get("token_indices"):
+        raise ConfigError(
+            "peft: TRAINABLE_TOKENS needs config.token_indices, the ids of the tokens whose "
+            "embeddings train (e.g. [32000, 32001] for added special tokens)"
+        )
     rewrite = base_rewriting_init(fields)
     if rewrite:
         raise ConfigError(

@@ -390,6 +390,10 @@ class TestRefusals:
                 {"peft_type": "LORA", "init_lora_weights": "olora", "target_modules": TARGETS},
                 "init_lora_weights 'olora' rewrites",
             ),
+            (
+                {"peft_type": "TRAINABLE_TOKENS", "target_modules": ["word_embeddings"]},
+                "TRAINABLE_TOKENS needs config.token_indices",
+            ),
         ],
     )
     def test_bad_configs_fail_when_made(self, fields: dict[str, object], words: str) -> None:
