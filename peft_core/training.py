@@ -239,11 +239,44 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
     tuner adds its regulariser to the loss). Under DDP always the DDP wrapper (it syncs grads)."""
     if isinstance(model, DDP):
         return model
+    chosen: Callable[..., Any] = model
     for method, name in trained:
         forward = method.training_forward(model, name)
         if forward is not None:
-            return forward
-    return model
+            chosen = forward
+            break
+    run_by_peft = [(method, name) for method, name in trained if method.places_itself]
+    return _explained_first_failure(chosen, run_by_peft) if run_by_peft else chosen
+
+
+def _explained_first_failure(
+    forward: Callable[..., Any], run_by_peft: list[tuple[Method, str]]
+) -> Callable[..., Any]:
+    """``forward``, whose failure on the first batch is a :class:`ConfigError` naming the peft
+    method: peft accepts some configurations it cannot run on a model (SHADOW wrapping linear
+    layers instead of decoder blocks fails inside the attention), and a user should read which
+    adapter and what to change, not peft's traceback."""
+    first = [True]
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not first[0]:
+            return forward(*args, **kwargs)
+        try:
+            output = forward(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            names = ", ".join(f"{name!r}" for _, name in run_by_peft)
+            raise ConfigError(
+                f"peft could not run adapter {names} on the first batch "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); peft accepted the "
+                "configuration but not on this model: check config.target_modules against what "
+                "peft's documentation of the method says it wraps"
+            ) from exc
+        first[0] = False
+        return output
+
+    return run
 
 
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:

@@ -116,6 +116,20 @@ def test_training_lowers_the_loss_of_a_loha_adapter() -> None:
     assert result.losses[-1] < 0.5 * result.losses[0]
 
 
+@pytest.mark.filterwarnings("ignore:.*`past_key_values`.*:FutureWarning")  # SHADOW's, in BERT
+def test_a_config_peft_accepts_but_cannot_run_fails_on_the_first_batch_saying_so() -> None:
+    model = classifier()
+    # SHADOW wraps whole decoder blocks; on BERT's linear layers peft fails inside attention
+    pc.add_adapter(model, "a", pc.AnyPeft({"peft_type": "SHADOW", "target_modules": TARGETS}))
+    inputs = batch(model, rows=2, length=6)
+    loader = [{**inputs, "labels": torch.tensor([0, 1])}]
+    with pytest.raises(pc.ConfigError) as caught:
+        pc.train(model.train(), loader, max_steps=1, learning_rate=1e-3)
+    message = str(caught.value)
+    assert message.startswith("peft could not run adapter 'a' on the first batch (AttributeError")
+    assert "check config.target_modules" in message
+
+
 def test_adalora_trains_with_its_regulariser_and_prunes_ranks(tmp_path: Path) -> None:
     model = classifier()
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
