@@ -103,7 +103,7 @@ def metadata(model: nn.Module, record: AdapterRecord, tokenizer: Any = None) -> 
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "name": record.name,
-        "method": config_to_dict(record.config),
+        "method": config_to_dict(method_of(record.config).saved_config(record.config)),
         "targets": [
             [t.module_name, list(t.out_slice) if t.out_slice else None, t.role]
             for t in record.targets

@@ -175,6 +175,12 @@ class Method:
     # machinery (merging too); per-row routing and combining are refused for it.
     places_itself: ClassVar[bool] = False
 
+    def saved_config(self, config: Any) -> Any:
+        """The configuration an adapter of ``config`` is saved (and reloads) with: ``config``
+        itself, unless training set it up in a way loading must not repeat (a LoRA started
+        from the weight's decomposition is saved as the plain LoRA it then is)."""
+        return config
+
     def why_not_mergeable_for(self, config: Any) -> str | None:
         """Why adapters of ``config`` cannot merge; ``None`` when they can."""
         return None if self.mergeable else self.why_not_mergeable

@@ -24,8 +24,10 @@ from torch import Tensor, nn
 
 from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
+from ..quantize import is_quantized
 from ..roles import Target
 from ..stacks import cached_stack
+from ..state import adapter_layers
 from .base import (
     LayerSite,
     Method,
@@ -83,6 +85,10 @@ class LowRankConfig(MethodConfig):
         return lora_scaling(self.rank, self.alpha, self.use_rslora)
 
 
+LoRAInit = Literal["default", "pissa", "olora"]
+INITS: tuple[str, ...] = ("default", "pissa", "olora")
+
+
 @dataclass(frozen=True)
 class LoRA(LowRankConfig):
     """Low-rank adaptation (Hu et al. 2021): ``h = W0 x + (alpha / rank) * B A x``.
@@ -90,9 +96,19 @@ class LoRA(LowRankConfig):
     ``targets`` are roles (``q``, ``k``, ``v``, ``o``, ``ffn_in``, ``ffn_out``) resolved per model
     family, or module-name patterns (a suffix such as ``"query"`` or a full regular expression).
     ``use_rslora`` scales by ``alpha / sqrt(rank)`` instead (Kalajdzievski 2023), as peft does.
+    ``init``: ``default`` (B = 0), or ``pissa`` (Meng et al. 2024: B A starts as the weight's
+    top-``rank`` singular directions) or ``olora`` (Büyükakyüz 2024: its QR factors), which
+    train on what peft trains on but leave the frozen base untouched (see :class:`LoRAModule`).
     """
 
+    init: LoRAInit = "default"
     type: Literal["lora"] = dataclasses.field(default="lora", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.init in INITS, f"LoRA init must be one of {', '.join(INITS)}, got {self.init!r}"
+        )
 
 
 def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
@@ -101,7 +117,16 @@ def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
 
 
 class LoRAModule(nn.Module):
-    """``y + scaling * B(A(dropout(x)))``, optionally written into ``out_slice`` of ``y``."""
+    """``y + scaling * B(A(dropout(x)))``, optionally written into ``out_slice`` of ``y``.
+
+    A LoRA started from the weight (PiSSA, OLoRA) has a *frozen start*: peft subtracts the
+    starting ``B0 A0`` from the base weight, which here stays frozen and shared by every adapter.
+    Instead the module is a LoRA of twice the rank, ``[B, -B0] [A; A0]``, whose second half is
+    held at the start (no gradient; restored after each optimiser step, which a weight decay
+    would move): it computes ``W x + s (B A - B0 A0) x``, what peft's ``W_res x + s B A x`` is,
+    with the same gradients, and everything else (merge, files, per-row batches) sees a plain
+    LoRA of rank ``2r`` — what peft's conversion of a PiSSA adapter writes too.
+    """
 
     def __init__(
         self,
@@ -124,6 +149,7 @@ class LoRAModule(nn.Module):
         self.out_slice = out_slice
         self.total_out = total_out if total_out is not None else out_features
         self.merged = False
+        self.frozen_rank = 0  # the trailing ranks held at a frozen start (PiSSA, OLoRA)
         if device is None or device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B.weight)
@@ -133,13 +159,47 @@ class LoRAModule(nn.Module):
         """The rank r of the update."""
         return int(self.lora_A.weight.shape[0])
 
+    @torch.no_grad()
+    def start_from(self, a: Tensor, b: Tensor) -> None:
+        """Train from ``B A = b a`` (rank half of this module's) while computing nothing at the
+        start: the second half is ``[-b, a]``, frozen."""
+        half = a.shape[0]
+        if 2 * half != self.rank:
+            raise ConfigError(f"a start of rank {half} needs a module of rank {2 * half}")
+        self.lora_A.weight.copy_(torch.cat([a, a]))
+        self.lora_B.weight.copy_(torch.cat([b, -b], dim=1))
+        self.frozen_rank = half
+        dtype = self.lora_A.weight.dtype
+        self.register_buffer("start_A", a.to(dtype).clone(), persistent=False)
+        self.register_buffer("start_B", (-b).to(dtype).clone(), persistent=False)
+
+    @torch.no_grad()
+    def hold_start(self) -> None:
+        """Put the frozen half back where it started (after an optimiser step)."""
+        if getattr(self, "frozen_rank", 0):
+            self.lora_A.weight[-self.frozen_rank :].copy_(cast(Tensor, self.start_A))
+            self.lora_B.weight[:, -self.frozen_rank :].copy_(cast(Tensor, self.start_B))
+
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         x = x.to(self.lora_A.weight.dtype)
-        update = self.lora_B(self.lora_A(self.dropout(x))) * self.scaling  # (..., out_slice)
+        if self.frozen_rank and torch.is_grad_enabled():
+            update = self._with_frozen_start(x) * self.scaling
+        else:
+            update = self.lora_B(self.lora_A(self.dropout(x))) * self.scaling  # (..., out_slice)
         if self.out_slice is not None:
             start, stop = self.out_slice
             update = F.pad(update, (start, self.total_out - stop))  # zeros outside the slice
         return y + update.to(y.dtype)
+
+    def _with_frozen_start(self, x: Tensor) -> Tensor:
+        """``B A dropout(x) - B0 A0 x``: the start takes no gradient and, like the residual
+        weight peft leaves in the base, sees no dropout."""
+        trained = self.rank - self.frozen_rank
+        a, b = self.lora_A.weight, self.lora_B.weight
+        hidden = torch.cat(
+            [F.linear(self.dropout(x), a[:trained]), F.linear(x, a[trained:].detach())], dim=-1
+        )
+        return F.linear(hidden, torch.cat([b[:, :trained], b[:, trained:].detach()], dim=1))
 
     def delta(self) -> ParamDelta:
         """``scaling * B @ A`` placed at ``out_slice`` of an (out, in) weight."""
@@ -302,12 +362,15 @@ class LoRAMethod(Method):
         site.require_matrix(lora.type)
         rank, alpha = site.rank_alpha or (lora.rank, lora.alpha)
         scaling = lora_scaling(rank, alpha, lora.use_rslora)
+        init = getattr(lora, "init", "default")
+        if init != "default":
+            _check_startable(site, init)
 
         def one(target: Target) -> nn.Module:
-            return LoRAModule(
+            module = LoRAModule(
                 site.in_features,
                 site.width(target),
-                rank=rank,
+                rank=rank if init == "default" else 2 * rank,
                 scaling=scaling,
                 dropout=lora.dropout,
                 out_slice=target.out_slice,
@@ -315,8 +378,27 @@ class LoRAMethod(Method):
                 device=site.device,
                 dtype=site.dtype,
             )
+            if init != "default" and site.device.type != "meta":
+                module.start_from(*_start(_weight_rows(site, target), rank, scaling, init))
+            return module
 
         return site.one_or_parts(one)
+
+    def saved_config(self, config: Any) -> Any:
+        """A LoRA started from the weight is saved as what it is: a plain LoRA of twice the
+        rank (the same scaling), which loads without the weight's decomposition."""
+        if getattr(config, "init", "default") == "default":
+            return config
+        lora = cast(LoRA, config)
+        rank = 2 * lora.rank
+        alpha = lora.scaling * (rank**0.5 if lora.use_rslora else rank)
+        return dataclasses.replace(lora, rank=rank, alpha=alpha, init="default")
+
+    def after_optimizer_step(self, model: nn.Module, name: str, step: int) -> None:
+        """A frozen start goes back where it was (a weight decay moves every parameter)."""
+        for _, layer in adapter_layers(model, name):
+            for part in lora_parts(layer.adapters[name]):
+                part.hold_start()
 
     # -- combine_adapters -------------------------------------------------------------------------
 
@@ -324,9 +406,10 @@ class LoRAMethod(Method):
         """``cat``: the sum of ranks, scaling 1 (scalings folded into B); ``svd``: ``rank``."""
         if how not in ("cat", "svd"):
             raise ConfigError(f"unknown how={how!r}; expected 'cat' or 'svd'")
-        new_rank = rank if how == "svd" else sum(cast(LowRankConfig, c).rank for c in configs)
+        ranks = [cast(LowRankConfig, self.saved_config(c)).rank for c in configs]
+        new_rank = rank if how == "svd" else sum(ranks)
         assert new_rank is not None
-        first = cast(LowRankConfig, configs[0])
+        first = cast(LowRankConfig, self.saved_config(configs[0]))  # a plain LoRA, no start
         return dataclasses.replace(first, rank=new_rank, alpha=float(new_rank), use_rslora=False)
 
     def combined_ranks(
@@ -455,10 +538,40 @@ class LoRAMethod(Method):
         )
 
 
+def _check_startable(site: LayerSite, init: str) -> None:
+    weight = getattr(site.base, "weight", None)
+    if is_quantized(weight) or not isinstance(weight, Tensor) or not weight.is_floating_point():
+        raise ConfigError(
+            f"LoRA init {init!r} starts from the weight of {site.module_name}, which is "
+            "quantised: load the base unquantised (load.quantization: none) or use init: default"
+        )
+
+
+def _weight_rows(site: LayerSite, target: Target) -> Tensor:
+    """The (out, in) float32 weight rows ``target`` adapts."""
+    weight = cast(Tensor, site.base.weight).detach().float()
+    weight = weight.T if site.kind.transposed else weight
+    if target.out_slice is not None:
+        weight = weight[target.out_slice[0] : target.out_slice[1]]
+    return weight
+
+
+def _start(weight: Tensor, rank: int, scaling: float, init: str) -> tuple[Tensor, Tensor]:
+    """``(A0, B0)`` with ``scaling * B0 A0`` the weight's top-``rank`` part: its singular
+    directions (PiSSA, as peft's ``pissa_init``) or its QR factors (OLoRA, ``olora_init``)."""
+    if init == "pissa":
+        v, singular, uh = torch.linalg.svd(weight, full_matrices=False)
+        root = torch.sqrt(singular[:rank] / scaling)
+        return root[:, None] * uh[:rank], v[:, :rank] * root[None, :]
+    q, r = torch.linalg.qr(weight)
+    return r[:rank], q[:, :rank]
+
+
 def _rank_at(record: AdapterRecord, module_name: str) -> int:
     """The rank adapter ``record`` has at ``module_name`` (a PEFT rank_pattern may change it)."""
     override = record.lora_overrides.get(module_name)
-    return override[0] if override else cast(LowRankConfig, record.config).rank
+    started = getattr(record.config, "init", "default") != "default"  # rank 2r: see LoRAModule
+    return override[0] if override else cast(LowRankConfig, record.config).rank * (1 + started)
 
 
 def _svd_into(target: LoRAModule, parts: list[LoRAModule], factors: Sequence[float]) -> float:
