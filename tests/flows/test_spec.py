@@ -226,6 +226,23 @@ class TestHostileSpecs:
         assert "fp16 loss scaling is not done for sharded models" in message
         parse_spec(with_(**{**changes, "train__precision": "bf16"}))  # bf16 autocast shards
 
+    @pytest.mark.parametrize(
+        ("changes", "words"),
+        [
+            ({"load": {"quantization": "nf4"}}, "which load.quantization 'nf4' rounds away"),
+            ({"train__sharding": "fsdp"}, "not done for FSDP-sharded weights yet"),
+        ],
+    )
+    def test_a_lora_started_from_the_weights_needs_them_whole(self, changes, words):
+        pissa = {"method__init": "pissa"}
+        (message,) = problems(with_(**pissa, **changes)).values()
+        assert message.startswith("method.init 'pissa' ") and words in message
+        assert parse_spec(with_(**pissa)).method.init == "pissa"
+        assert (
+            "LoRA init must be one of default, pissa, olora"
+            in problems(with_(method__init="svd"))["method"]
+        )
+
     def test_a_huge_reduction_factor_is_refused(self):
         document = with_(method={"type": "pfeiffer", "reduction_factor": 10**9})
         assert (
