@@ -114,7 +114,9 @@ def measure(model: nn.Module, name: str, *, quantization: Quantization = "none")
     in_file = base_compute_dtype(model).itemsize  # save_adapter's default for floating tensors
     saved = adapter_state_dict(model, name).values()
     size = sum(t.numel() * (in_file if t.is_floating_point() else t.element_size()) for t in saved)
-    count = sum(p.numel() for p in trainable)
+    # a LoRA started from the weights (PiSSA) holds half of its weights at the start
+    held = [getattr(m, "frozen_numel", None) for m in model.modules()]
+    count = sum(p.numel() for p in trainable) - sum(int(f()) for f in held if callable(f))
     return Plan(
         count,
         total,

@@ -173,6 +173,13 @@ class LoRAModule(nn.Module):
         self.register_buffer("start_A", a.to(dtype).clone(), persistent=False)
         self.register_buffer("start_B", (-b).to(dtype).clone(), persistent=False)
 
+    def frozen_numel(self) -> int:
+        """Elements of the trainable weights held at the start: they take no gradient, so a
+        count of what trains leaves them out."""
+        if not self.lora_A.weight.requires_grad:
+            return 0
+        return self.frozen_rank * (self.lora_A.weight.shape[1] + self.lora_B.weight.shape[0])
+
     @torch.no_grad()
     def hold_start(self) -> None:
         """Put the frozen half back where it started (after an optimiser step)."""
@@ -380,6 +387,8 @@ class LoRAMethod(Method):
             )
             if init != "default" and site.device.type != "meta":
                 module.start_from(*_start(_weight_rows(site, target), rank, scaling, init))
+            elif init != "default":  # a plan on the meta device: the shapes, no decomposition
+                module.frozen_rank = rank
             return module
 
         return site.one_or_parts(one)

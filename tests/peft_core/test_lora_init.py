@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 import peft_core as pc
 from peft_core.layer import base_state_dict
 from peft_core.methods.lora import LoRAModule
-from tests.helpers import batch, logits
+from tests.helpers import TINY_CONFIGS, batch, logits
 
 INITS = ["pissa", "olora"]
 PEFT_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
@@ -153,6 +153,17 @@ def test_a_quantised_base_is_refused_before_the_model_changes(tiny_model):
     with pytest.raises(pc.ConfigError, match="LoRA init 'pissa' starts from the weight of"):
         pc.add_adapter(model, "a", lora("pissa"))
     assert pc.list_adapters(model) == []
+
+
+def test_the_start_is_not_counted_as_trained(tiny_model):
+    counts = {}
+    for init in ("default", "pissa"):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", lora(init))
+        counts[init] = pc.measure(model, "a").trainable_params
+    assert counts["pissa"] == counts["default"]
+    planned = pc.plan(TINY_CONFIGS["bert"](), lora("pissa"), head="classification")
+    assert planned.trainable_params == counts["default"]
 
 
 def test_an_unknown_init_is_a_config_error():
