@@ -134,8 +134,9 @@ def peft_config(config: AnyPeft) -> Any:
         raise ConfigError(
             f"peft: {kind} init_lora_weights {rewrite!r} rewrites the base model's weights (it "
             "subtracts the adapter's starting value from them), but the base is frozen and "
-            "shared by every adapter, so the saved adapter would be wrong on the real base: use "
-            "the default init (true), 'gaussian', 'orthogonal' or 'eva'"
+            "shared by every adapter, so the saved adapter would be wrong on the real base. "
+            "PiSSA and OLoRA without that: method {type: lora, init: pissa} (or olora); "
+            "otherwise the default init (true), 'gaussian', 'orthogonal' or 'eva'"
         )
     if not made.target_modules and not getattr(made, "target_parameters", None):
         raise ConfigError(
