@@ -22,6 +22,10 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # Each method at a learning rate that suits it (small adapters and biases need larger steps).
 METHOD_RECIPES: dict[str, tuple[dict[str, Any], float]] = {
     "lora": ({"type": "lora", "rank": 8, "alpha": 16, "targets": ["q", "v"]}, 1e-3),
+    "pissa": (
+        {"type": "lora", "rank": 8, "alpha": 16, "targets": ["q", "v"], "init": "pissa"},
+        1e-3,
+    ),
     "bitfit": ({"type": "bitfit"}, 5e-3),
     "houlsby": ({"type": "houlsby", "reduction_factor": 16}, 1e-3),
     "pfeiffer": ({"type": "pfeiffer", "reduction_factor": 16}, 1e-3),
