@@ -108,7 +108,9 @@ def predict_many(
 ) -> list[tuple[str, list[Prediction]]]:
     """Several versions on the same texts, in one batch per text: row ``i`` runs through
     version ``i`` (``peft_core.per_row``). They must share the base model and head; stacks and
-    fusions (versions over other adapters) are predicted one at a time."""
+    fusions (versions over other adapters) are predicted one at a time. Versions peft runs
+    (``type: peft``), whose layers take one adapter per batch and no native adapter beside
+    it, answer as they do alone."""
     if len(refs) == 1:
         return [predict(registry, refs[0], texts, skip_probe=skip_probe)]
     if not texts:
@@ -116,18 +118,44 @@ def predict_many(
     versions = [registry.get(ref) for ref in refs]
     specs = [spec_of_version(v, "predict") for v in versions]
     _check_together(versions, specs)
+    answers: dict[str, list[Prediction]] = {}
+    routed = [
+        (v, s) for v, s in zip(versions, specs, strict=True)
+        if not pc.method_of(v.method).places_itself
+    ]  # fmt: skip
+    if len(routed) == 1:
+        answers[routed[0][0].ref] = predict(
+            registry, routed[0][0].ref, texts, skip_probe=skip_probe
+        )[1]
+    elif routed:
+        answers.update(_one_batch_per_text(registry, routed, texts, skip_probe=skip_probe))
+    for version in versions:
+        if version.ref not in answers:
+            answers[version.ref] = predict(registry, version.ref, texts, skip_probe=skip_probe)[1]
+    return [(v.ref, answers[v.ref]) for v in versions]
+
+
+def _one_batch_per_text(
+    registry: Registry,
+    routed: list[tuple[AdapterVersion, AdapterSpec]],
+    texts: list[str],
+    *,
+    skip_probe: bool,
+) -> dict[str, list[Prediction]]:
+    """Versions loaded into one model, each text answered by all of them in one batch."""
+    specs = [spec for _, spec in routed]
     model, tokenizer = load_base_model(specs[0], inference_device())
-    names = [f"{v.name}-v{v.version}" for v in versions]  # two versions of one adapter coexist
-    for version, name in zip(versions, names, strict=True):
+    names = [f"{v.name}-v{v.version}" for v, _ in routed]  # two versions of one adapter coexist
+    for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
     model.eval()
-    answers: list[list[Prediction]] = [[] for _ in versions]
+    answers: dict[str, list[Prediction]] = {version.ref: [] for version, _ in routed}
     with torch.no_grad(), pc.per_row(model, names):
         for text in texts:
             rows = _answer_rows(model, tokenizer, text, specs, copies=len(names))
-            for row, prediction in enumerate(rows):
-                answers[row].append(prediction)
-    return [(v.ref, a) for v, a in zip(versions, answers, strict=True)]
+            for (version, _), prediction in zip(routed, rows, strict=True):
+                answers[version.ref].append(prediction)
+    return answers
 
 
 def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) -> None:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TargetError
-from ..layer import SELF_PLACED_CONTAINER
+from ..layer import SELF_PLACED_CONTAINER, AdaptedLayer
 from . import _peft_merge
 from .base import Method, MethodConfig, PeftImport
 
@@ -217,6 +217,7 @@ class PeftRun(Method):
             return
         from peft import PeftModel  # noqa: PLC0415
 
+        _refuse_native_layers(model, made)
         grads = {p: p.requires_grad for p in model.parameters()}
         # VeRA, VB-LoRA...: adapters of one kind share state (projections, a vector bank) that
         # peft keeps on one tuner, so each further adapter of the kind joins that tuner.
@@ -382,6 +383,20 @@ class PeftRun(Method):
 
     def owns_peft_key(self, key: str) -> bool:
         return key == "prompt_embeddings" or (".modules_to_save." not in key and not _is_head(key))
+
+
+def _refuse_native_layers(model: nn.Module, made: Any) -> None:
+    """peft cannot wrap a layer that runs native adapters (it fails inside, unhelpfully): the
+    layers peft would take are checked first, with peft's own matching rule."""
+    from peft.tuners.tuners_utils import check_target_module_exists  # noqa: PLC0415
+
+    for module_name, module in model.named_modules():
+        if isinstance(module, AdaptedLayer) and check_target_module_exists(made, module_name):
+            raise TargetError(
+                f"{module_name} already runs native adapters ({', '.join(module.adapters)}); "
+                f"a peft {made.peft_type} adapter cannot wrap it: target other modules, or "
+                "load it onto a model of its own"
+            )
 
 
 def _feedforward_within_targets(

@@ -90,3 +90,24 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
     assert [p["label"] for p in document["predictions"]] == [a.label for a in answers]
     missing = run_cli("composition", "predict", "nope", "--text", "x", env={**os.environ})
     assert missing.returncode == 2 and "no composition 'nope'" in missing.stderr
+
+
+def test_a_version_peft_runs_answers_beside_the_mixed_batch(three_versions, sst2_dir, tmp_path):
+    """peft's layers take one adapter per batch: a LoHa version answers in a batch of its own,
+    on the same loaded model, and the other versions still share theirs."""
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3, name="many-loha")
+    loha = {"type": "peft", "config": {"peft_type": "LOHA", "r": 4, "target_modules": ["query"]}}
+    spec = spec.model_copy(
+        update={
+            "method": type(spec).model_validate({**spec.model_dump(), "method": loha}).method,
+            "data": spec.data.model_copy(update={"max_eval_samples": 8}),
+        }
+    )
+    loha_ref = build_from_spec(spec, Registry(), tmp_path / "loha").ref
+    refs = [three_versions[0], loha_ref, three_versions[2]]
+    together = predict_many(Registry(), refs, TEXTS)
+    assert [ref for ref, _ in together] == refs
+    for ref, predictions in together:
+        _, alone = predict(Registry(), ref, TEXTS)
+        for mixed, single in zip(predictions, alone, strict=True):
+            assert mixed.probabilities == pytest.approx(single.probabilities, abs=1e-4)

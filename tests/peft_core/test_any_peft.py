@@ -371,6 +371,17 @@ def test_a_native_adapter_cannot_wrap_a_peft_layer() -> None:
     assert pc.list_adapters(model) == ["loha"]
 
 
+def test_a_peft_adapter_cannot_wrap_a_native_layer() -> None:
+    model = classifier()
+    pc.add_adapter(model, "native", pc.LoRA(rank=2, targets=("q",)))
+    inputs = batch(model)
+    expected = logits(model, inputs)
+    with pytest.raises(pc.TargetError, match=r"attention.self.query already runs native adapters"):
+        pc.add_adapter(model, "loha", config("LOHA"))
+    assert pc.list_adapters(model) == ["native"]
+    torch.testing.assert_close(logits(model, inputs), expected)
+
+
 def test_a_native_adapter_stacks_with_a_peft_one() -> None:
     model = classifier()
     pc.add_adapter(model, "native", pc.LoRA(rank=2, targets=("ffn_in",)))
