@@ -115,7 +115,7 @@ def train(
             scaler=scaler,
         )
     trained = _trained_adapters(model)
-    forward = _training_forward(model, trained)
+    forward = _explained_first_failure(_training_forward(model, trained), trained)
     # DDP or FSDP: the processes train one model on their shares of each batch (a process
     # group alone does not say so: separate models per process report their own losses)
     data_parallel = isinstance(model, DDP) or _has_shards(model)
@@ -239,23 +239,23 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
     tuner adds its regulariser to the loss). Under DDP always the DDP wrapper (it syncs grads)."""
     if isinstance(model, DDP):
         return model
-    chosen: Callable[..., Any] = model
     for method, name in trained:
         forward = method.training_forward(model, name)
         if forward is not None:
-            chosen = forward
-            break
-    run_by_peft = [(method, name) for method, name in trained if method.places_itself]
-    return _explained_first_failure(chosen, run_by_peft) if run_by_peft else chosen
+            return forward
+    return model
 
 
 def _explained_first_failure(
-    forward: Callable[..., Any], run_by_peft: list[tuple[Method, str]]
+    forward: Callable[..., Any], trained: list[tuple[Method, str]]
 ) -> Callable[..., Any]:
     """``forward``, whose failure on the first batch is a :class:`ConfigError` naming the peft
     method: peft accepts some configurations it cannot run on a model (SHADOW wrapping linear
     layers instead of decoder blocks fails inside the attention), and a user should read which
     adapter and what to change, not peft's traceback."""
+    run_by_peft = [(method, name) for method, name in trained if method.places_itself]
+    if not run_by_peft:
+        return forward
     first = [True]
 
     def run(*args: Any, **kwargs: Any) -> Any:
