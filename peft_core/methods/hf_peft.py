@@ -229,7 +229,7 @@ class PeftRun(Method):
             else:
                 wrapper = PeftModel(model, made, adapter_name=record.name)
         except ValueError as exc:  # peft's words for targets that match nothing
-            raise TargetError(f"peft {made.peft_type}: {' '.join(str(exc).split())}") from None
+            raise TargetError(f"peft {_kind(made)}: {' '.join(str(exc).split())}") from None
         _wrappers(model)[record.name] = wrapper
         for param, wanted in grads.items():  # peft freezes the base; set_trainable decides that
             param.requires_grad_(wanted)
@@ -394,7 +394,7 @@ def _refuse_native_layers(model: nn.Module, made: Any) -> None:
         if isinstance(module, AdaptedLayer) and check_target_module_exists(made, module_name):
             raise TargetError(
                 f"{module_name} already runs native adapters ({', '.join(module.adapters)}); "
-                f"a peft {made.peft_type} adapter cannot wrap it: target other modules, or "
+                f"a peft {_kind(made)} adapter cannot wrap it: target other modules, or "
                 "load it onto a model of its own"
             )
 
@@ -440,6 +440,11 @@ def _placed_config(model: nn.Module, record: AdapterRecord) -> Any:
     if record.name in _prompts(model):
         return _prompt(model, record.name).config
     return _wrappers(model)[record.name].peft_config[record.name]
+
+
+def _kind(made: Any) -> str:
+    """A peft config's method name as users write it (``LOHA``, not ``PeftType.LOHA``)."""
+    return str(getattr(made.peft_type, "value", made.peft_type))
 
 
 def _shared_wrapper(model: nn.Module, kind: str) -> Any:
@@ -542,7 +547,7 @@ def _place_prompt(model: Any, name: str, made: Any) -> None:
 
     if getattr(model.config, "is_encoder_decoder", False):
         raise TargetError(
-            f"peft {made.peft_type}: prompts are prepended to decoder-only and encoder-only "
+            f"peft {_kind(made)}: prompts are prepended to decoder-only and encoder-only "
             "models here; an encoder-decoder model needs peft's PeftModel"
         )
     if made.peft_type == "PREFIX_TUNING" and _cache_keyword(model) is None:
