@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 import peft_core as pc
 from peft_core.layer import base_state_dict
-from peft_core.methods.lora import LoRAModule
+from peft_core.methods.lora import LoRAModule, _start
 from tests.helpers import TINY_CONFIGS, batch, logits
 
 INITS = ["pissa", "olora"]
@@ -166,6 +166,27 @@ def test_the_start_is_not_counted_as_trained(tiny_model):
     assert planned.trainable_params == counts["default"]
 
 
+def test_a_randomised_svd_finds_a_clear_top_of_the_spectrum(tiny_model):
+    """``init_iterations`` (peft's pissa_niter_N): where the weight has a clear top (as trained
+    weights do), the randomised start is the exact one; either way it changes nothing."""
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(32, 32))
+    v, _ = torch.linalg.qr(torch.randn(32, 32))
+    spectrum = torch.cat([torch.tensor([10.0, 8.0, 6.0, 4.0]), 0.01 * torch.rand(28)])
+    weight = u @ torch.diag(spectrum) @ v.T
+    exact_a, exact_b = _start(weight, 4, 2.0, "pissa")
+    fast_a, fast_b = _start(weight, 4, 2.0, "pissa", iterations=4)
+    exact, fast = exact_b @ exact_a, fast_b @ fast_a
+    assert torch.linalg.norm(fast - exact) < 1e-3 * torch.linalg.norm(exact)
+    model = tiny_model("bert", "classification")
+    inputs = batch(model)
+    expected = logits(model, inputs)
+    pc.add_adapter(model, "fast", lora("pissa", init_iterations=4))
+    torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=0)
+
+
 def test_an_unknown_init_is_a_config_error():
     with pytest.raises(pc.ConfigError, match="LoRA init must be one of default, pissa, olora"):
         pc.LoRA(init="svd")  # type: ignore[arg-type]
+    with pytest.raises(pc.ConfigError, match="init_iterations is for init: pissa"):
+        pc.LoRA(init="olora", init_iterations=4)
