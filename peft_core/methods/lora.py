@@ -103,7 +103,7 @@ class LoRA(LowRankConfig):
 
     init: LoRAInit = "default"
     # pissa: 0 = an exact SVD; N > 0 = a randomised one with N subspace iterations (peft's
-    # pissa_niter_N), seconds instead of minutes on the wide layers of a large model
+    # pissa_niter_N), for a large model's wide layers, where an exact SVD is slow
     init_iterations: int = 0
     type: Literal["lora"] = dataclasses.field(default="lora", init=False)
 
