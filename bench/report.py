@@ -482,6 +482,36 @@ def packing_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def lora_init_section(data: dict[str, Any], plots: Path) -> str:
+    """What starting a LoRA from the weights costs (``bench.lora_init_bench``)."""
+    del plots
+    shape = data["shape"]
+    rows = [
+        [
+            r["variant"],
+            f"{r['ours_s']:.3f} s",
+            f"{r['ours_s_per_layer']:.3f} s",
+            f"{r['ours_over_default']:.1f}x",
+            f"{r['peft_s']:.3f} s",
+            f"{r['ours_over_peft']:.2f}",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            f"**LoRA init** (`method.init`): adding a rank-{data['rank']} LoRA to every linear "
+            f"layer of {shape['layers']} Llama-shaped layers ({shape['hidden']} wide, FFN "
+            f"{shape['intermediate']}; {data['dtype']}, {data['device']}), median of "
+            f"{data['repeats']}, against peft's `init_lora_weights` on the same model "
+            "(`python -m bench.lora_init_bench`):",
+            table(
+                ["init", "ours", "ours per layer", "ours / default", "peft", "ours / peft"], rows
+            ),
+            measured_on(data),
+        ]
+    )
+
+
 GPU_LIBRARIES = {
     "peft": "peft", "ours": "ours", "ours-nf4": "ours, NF4 base (torchao)",
     "peft-nf4": "peft, NF4 base (bitsandbytes)",
@@ -650,11 +680,15 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quantized_load_cuda", quantized_load_section),
     ("multi_lora_cpu", multi_lora_section),
     ("multi_lora", multi_lora_section),
+    ("lora_init", lora_init_section),
+    ("lora_init_cuda", lora_init_section),
 ]
 
 
 # Results only a CUDA GPU produces (the same benchmarks write other files on a CPU).
-NEEDS_CUDA = ("gpu", "llm_train", "packing_cuda", "quantized_load_cuda", "multi_lora")
+NEEDS_CUDA = (
+    "gpu", "llm_train", "packing_cuda", "quantized_load_cuda", "multi_lora", "lora_init_cuda",
+)  # fmt: skip
 
 
 def render(results: Path = RESULTS) -> str:

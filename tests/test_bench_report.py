@@ -33,7 +33,9 @@ def quality() -> dict:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
-    names = ("composition", "registry", "storage", "startup", "packing", "multi_lora_cpu")
+    names = (
+        "composition", "registry", "storage", "startup", "packing", "multi_lora_cpu", "lora_init",
+    )  # fmt: skip
     for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
     return tmp_path
@@ -91,6 +93,17 @@ def test_the_startup_table_compares_each_command_with_its_floor(results: Path):
     assert row in text
 
 
+def test_the_lora_init_table_gives_each_init_against_the_default_and_peft(results: Path):
+    text = report.render(results)
+    pissa = next(r for r in json.loads((results / "lora_init.json").read_text())["rows"]
+                 if r["variant"] == "pissa")  # fmt: skip
+    assert (
+        f"| pissa | {pissa['ours_s']:.3f} s | {pissa['ours_s_per_layer']:.3f} s | "
+        f"{pissa['ours_over_default']:.1f}x | {pissa['peft_s']:.3f} s | "
+        f"{pissa['ours_over_peft']:.2f} |"
+    ) in text
+
+
 def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     text = report.render(results)
     assert (results / "quality.png").stat().st_size > 1000
@@ -98,7 +111,7 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     assert "_Not run yet: training_cost, madx (`make bench`)._" in text
     assert (
         "_Not run yet on a CUDA GPU: gpu, llm_train, packing_cuda, quantized_load_cuda, "
-        "multi_lora (`bash bench/device_run.sh` there)._"
+        "multi_lora, lora_init_cuda (`bash bench/device_run.sh` there)._"
     ) in text
 
 
