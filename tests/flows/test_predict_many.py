@@ -29,15 +29,20 @@ def three_versions(embedded_home, sst2_dir, tmp_path) -> list[str]:
     return refs
 
 
-def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions):
-    assert three_versions == ["many-lora@1", "many-lora@2", "many-pfeiffer@1"]
-    together = predict_many(Registry(), three_versions, TEXTS)
-    assert [ref for ref, _ in together] == three_versions
+def assert_each_answers_as_alone(refs: list[str]) -> None:
+    """predict_many's answers, in the order asked, are what each version answers alone."""
+    together = predict_many(Registry(), refs, TEXTS)
+    assert [ref for ref, _ in together] == refs
     for ref, predictions in together:
         _, alone = predict(Registry(), ref, TEXTS)
         for mixed, single in zip(predictions, alone, strict=True):
             assert mixed.probabilities == pytest.approx(single.probabilities, abs=1e-4)
             assert (mixed.label, mixed.label_name) == (single.label, single.label_name)
+
+
+def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions):
+    assert three_versions == ["many-lora@1", "many-lora@2", "many-pfeiffer@1"]
+    assert_each_answers_as_alone(three_versions)
 
     result = run_cli("predict", *three_versions, *[a for t in TEXTS for a in ("--text", t)], "--json", env={**os.environ})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -105,9 +110,4 @@ def test_a_version_peft_runs_answers_beside_the_mixed_batch(three_versions, sst2
     )
     loha_ref = build_from_spec(spec, Registry(), tmp_path / "loha").ref
     refs = [three_versions[0], loha_ref, three_versions[2]]
-    together = predict_many(Registry(), refs, TEXTS)
-    assert [ref for ref, _ in together] == refs
-    for ref, predictions in together:
-        _, alone = predict(Registry(), ref, TEXTS)
-        for mixed, single in zip(predictions, alone, strict=True):
-            assert mixed.probabilities == pytest.approx(single.probabilities, abs=1e-4)
+    assert_each_answers_as_alone(refs)
