@@ -368,12 +368,6 @@ class AdapterSpec(_Strict):
             self.train.precision == "auto" and self.load.dtype == "fp16"
         )
         init = getattr(self.method, "init", "default")
-        if init != "default" and self.load.quantization != "none":
-            raise ValueError(
-                f"method.init {init!r} starts the LoRA from the base's weights, which "
-                f"load.quantization {self.load.quantization!r} rounds away: load the base "
-                "unquantised (load.quantization: none) or use method.init: default"
-            )
         if init != "default" and self.train.sharding == "fsdp":
             raise ValueError(
                 f"method.init {init!r} holds half of each LoRA at its start, which is not done "

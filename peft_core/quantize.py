@@ -32,6 +32,7 @@ from .layer import AdaptedLayer
 
 __all__ = [
     "Quantization",
+    "dequantized",
     "is_quantized",
     "nf4_available",
     "quantizable_layers",
@@ -72,6 +73,19 @@ def _torchao(quantization: str) -> Any:
 def is_quantized(weight: object) -> bool:
     """Whether ``weight`` is a quantised (NF4 or int8) tensor."""
     return type(weight).__name__ in _QUANTIZED_TYPES
+
+
+def dequantized(weight: torch.Tensor) -> torch.Tensor:
+    """A quantised weight's values as float32: what its layer computes with (torchao's NF4
+    tensors give them through ``get_original_weight``, int8 ones through ``dequantize``)."""
+    for reader in ("get_original_weight", "dequantize"):
+        read = getattr(weight, reader, None)
+        if callable(read):
+            try:
+                return torch.as_tensor(read()).float()
+            except TypeError:  # NF4Tensor.dequantize is a static helper with arguments
+                continue
+    raise ConfigError(f"cannot read the values of a {type(weight).__name__} weight")
 
 
 def quantized_layers(model: nn.Module) -> list[str]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
-from ..quantize import is_quantized
+from ..quantize import dequantized, is_quantized
 from ..roles import Target
 from ..stacks import cached_stack
 from ..state import adapter_layers
@@ -563,16 +563,19 @@ class LoRAMethod(Method):
 
 def _check_startable(site: LayerSite, init: str) -> None:
     weight = getattr(site.base, "weight", None)
-    if is_quantized(weight) or not isinstance(weight, Tensor) or not weight.is_floating_point():
+    if is_quantized(weight):
+        return  # started from the values the quantised layer computes with
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
         raise ConfigError(
-            f"LoRA init {init!r} starts from the weight of {site.module_name}, which is "
-            "quantised: load the base unquantised (load.quantization: none) or use init: default"
+            f"LoRA init {init!r} starts from the weight of {site.module_name}, which holds no "
+            f"floating-point values ({type(weight).__name__}): use init: default"
         )
 
 
 def _weight_rows(site: LayerSite, target: Target) -> Tensor:
-    """The (out, in) float32 weight rows ``target`` adapts."""
-    weight = cast(Tensor, site.base.weight).detach().float()
+    """The (out, in) float32 weight rows ``target`` adapts (a quantised weight's values)."""
+    stored = cast(Tensor, site.base.weight).detach()
+    weight = dequantized(stored) if is_quantized(stored) else stored.float()
     weight = weight.T if site.kind.transposed else weight
     if target.out_slice is not None:
         weight = weight[target.out_slice[0] : target.out_slice[1]]

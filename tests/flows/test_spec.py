@@ -229,7 +229,6 @@ class TestHostileSpecs:
     @pytest.mark.parametrize(
         ("changes", "words"),
         [
-            ({"load": {"quantization": "nf4"}}, "which load.quantization 'nf4' rounds away"),
             ({"train__sharding": "fsdp"}, "not done for FSDP-sharded weights yet"),
         ],
     )

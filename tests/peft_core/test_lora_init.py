@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
 from peft_core.layer import base_state_dict
 from peft_core.methods.lora import LoRAModule, _start
+from peft_core.quantize import dequantized
 from tests.helpers import TINY_CONFIGS, batch, logits
 
 INITS = ["pissa", "olora"]
@@ -147,12 +149,27 @@ def test_rows_through_a_started_lora_equal_running_it_alone(tiny_model):
     torch.testing.assert_close(mixed[1], alone["plain"][1], atol=1e-5, rtol=1e-5)
 
 
-def test_a_quantised_base_is_refused_before_the_model_changes(tiny_model):
-    model = tiny_model("llama", "causal-lm")
-    pc.quantize_base(model, "int8")
-    with pytest.raises(pc.ConfigError, match="LoRA init 'pissa' starts from the weight of"):
-        pc.add_adapter(model, "a", lora("pissa"))
-    assert pc.list_adapters(model) == []
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_on_a_quantised_base_it_starts_from_the_values_the_layers_compute_with(quantization):
+    """QLoRA with a PiSSA start: the quantised base stays as it is (unlike QPiSSA/LoftQ, whose
+    residual is quantised anew), the start is the top of what the layer computes with."""
+    config = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=128,
+    )  # fmt: skip  # NF4 needs weights of 16384 elements or more
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    pc.quantize_base(model, quantization)  # type: ignore[arg-type]
+    inputs = batch(model)
+    expected = logits(model, inputs)
+    pc.add_adapter(model, "a", lora("pissa"))
+    torch.testing.assert_close(logits(model, inputs), expected, atol=1e-4, rtol=0)
+    layer = module_at(model, "layers.0.self_attn.q_proj")
+    values = dequantized(model.model.layers[0].self_attn.q_proj.base_layer.weight)
+    top = torch.linalg.svd(values, full_matrices=False)
+    best = top.U[:, :4] @ torch.diag(top.S[:4]) @ top.Vh[:4]
+    start = 2.0 * layer.lora_B.weight[:, :4] @ layer.lora_A.weight[:4]  # scaling 8 / 4
+    torch.testing.assert_close(start, best, atol=1e-4, rtol=1e-4)
 
 
 def test_the_start_is_not_counted_as_trained(tiny_model):
