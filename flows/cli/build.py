@@ -123,6 +123,7 @@ def methods(as_json: JsonOption = False) -> None:
             "module": type(method).__module__,
             "fields": [f.name for f in dataclasses.fields(method.config_class) if f.init],
             "mergeable": method.mergeable,
+            "merges": method.merge_scope or ("yes" if method.mergeable else "no"),
             "peft_format": method.peft_type or ("any" if method.places_itself else None),
         }
         for kind, method in pc.all_methods().items()
@@ -138,7 +139,7 @@ def methods(as_json: JsonOption = False) -> None:
             row["type"],
             row["summary"],
             ", ".join(row["fields"]) or "-",
-            "yes" if row["mergeable"] else "no",
+            row["merges"],
             row["peft_format"] or "-",
         )
     console.print(table)

@@ -162,6 +162,7 @@ class Method:
     summary: ClassVar[str]  # one line for `adapterops methods` and the README
     mergeable: ClassVar[bool] = True
     why_not_mergeable: ClassVar[str] = ""
+    merge_scope: ClassVar[str | None] = None  # which configurations merge, when only some do
     trains_whole_model: ClassVar[bool] = False  # full fine-tuning: no adapter modules, no head copy
     fusable: ClassVar[bool] = False  # may be a member of an AdapterFusion
     # combine_adapters over modules of this method: "exact" (a weighted sum equals the weighted sum

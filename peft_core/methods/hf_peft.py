@@ -203,6 +203,7 @@ class PeftRun(Method):
         "any Hugging Face peft method (LoHa, LoKr, OFT, AdaLoRA, prompt tuning, ...), run by peft"
     )
     places_itself = True
+    merge_scope = "tuners, not prompt methods"
     order = 1000  # last: a PEFT file goes to a native method first
 
     def targets(self, model: nn.Module, config: Any) -> list[Target]:

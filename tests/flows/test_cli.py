@@ -243,8 +243,11 @@ class TestMethods:
             "module": "peft_core.methods.ia3",
             "fields": ["targets", "feedforward"],
             "mergeable": True,
+            "merges": "yes",
             "peft_format": "IA3",
         }
+        peft = next(r for r in rows if r["type"] == "peft")
+        assert (peft["mergeable"], peft["merges"]) == (True, "tuners, not prompt methods")
 
     def test_a_new_method_plans_from_a_spec(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())
