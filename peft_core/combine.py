@@ -91,9 +91,7 @@ def _combine(
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
     if method.combination is None:
         raise ConfigError(f"{first.config.type} adapters cannot be combined into a new adapter")
-    factors = dict(
-        zip([r.name for r in records], (float(w) for w in weights.values()), strict=True)
-    )
+    factors = {source: float(weight) for source, weight in weights.items()}
     targets, sources_at = _union_of_targets(records)
     config = method.combined_config([r.config for r in records], how=how, rank=rank)
     config, overrides = method.combined_ranks(config, sources_at, how=how, uniform=uniform)

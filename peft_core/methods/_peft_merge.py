@@ -89,7 +89,7 @@ def _delta(name: str, module_name: str, layer: Any) -> dict[str, Tensor]:
             f"adapter {name!r}: peft cannot merge its {type(layer).__name__} layer at "
             f"{module_name} ({reason:.200})"
         ) from None
-    after = {p: getattr(base, p).detach().float().clone() for p in before}  # before restoring
+    after = {p: getattr(base, p).detach().to(torch.float32, copy=True) for p in before}
     _restore(base, before)
     _forget_merge(layer, name)
     delta = {p: after[p] - before[p].float() for p in before}

@@ -413,7 +413,7 @@ class LoRAMethod(Method):
         if getattr(config, "init", "default") == "default":
             return config
         lora = cast(LoRA, config)
-        rank = 2 * lora.rank
+        rank = _stored_rank(lora)
         alpha = lora.scaling * (rank**0.5 if lora.use_rslora else rank)
         return dataclasses.replace(lora, rank=rank, alpha=alpha, init="default")
 
@@ -603,8 +603,14 @@ def _start(
 def _rank_at(record: AdapterRecord, module_name: str) -> int:
     """The rank adapter ``record`` has at ``module_name`` (a PEFT rank_pattern may change it)."""
     override = record.lora_overrides.get(module_name)
-    started = getattr(record.config, "init", "default") != "default"  # rank 2r: see LoRAModule
-    return override[0] if override else cast(LowRankConfig, record.config).rank * (1 + started)
+    return override[0] if override else _stored_rank(cast(LowRankConfig, record.config))
+
+
+def _stored_rank(config: LowRankConfig) -> int:
+    """The rank of the modules a config builds: twice its rank for a LoRA started from the
+    weights (the held start beside the trained half, see :class:`LoRAModule`)."""
+    started = getattr(config, "init", "default") != "default"
+    return config.rank * (2 if started else 1)
 
 
 def _svd_into(target: LoRAModule, parts: list[LoRAModule], factors: Sequence[float]) -> float:
@@ -652,13 +658,10 @@ def with_one_rank(
     and a module whose scaling differs from the largest-rank modules' has it folded into its
     ``B``. Modules already at that rank and scaling keep their tensors bit for bit.
     """
-    lora: dict[tuple[str, str], Tensor] = {}
-    for key, tensor in tensors.items():
-        match = LoRAMethod.peft_key.match(key)
-        if match:
-            lora[(match["module"], match["param"])] = tensor
     if not peft_config.get("rank_pattern") and not peft_config.get("alpha_pattern"):
         return peft_config, tensors
+    matches = {key: LoRAMethod.peft_key.match(key) for key in tensors}
+    lora = {(m["module"], m["param"]): tensors[key] for key, m in matches.items() if m}
     rank, alpha = int(peft_config["r"]), float(peft_config["lora_alpha"])
     rslora = bool(peft_config.get("use_rslora"))
     per_module = {m: (rank, alpha) for m, _ in lora} | _module_ranks(peft_config, lora)
@@ -667,7 +670,7 @@ def with_one_rank(
     target_scaling = lora_scaling(widest, kept, rslora)
     out = dict(tensors)
     for key, tensor in tensors.items():
-        match = LoRAMethod.peft_key.match(key)
+        match = matches[key]
         if not match:
             continue
         module_rank, module_alpha = per_module[match["module"]]
