@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from peft_core.sharding import shard_units
+
 __all__ = ["Placement", "gathered", "is_sharded", "placement", "replicas_agree", "shard", "wrap"]
 
 
@@ -92,10 +94,8 @@ def shard(model: nn.Module, where: Placement) -> nn.Module:
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
     mesh = init_device_mesh(where.device.type, (where.world_size,))
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
-    for module in list(model.modules()):
-        if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
+    for module in shard_units(model):  # the units adapterops plan --processes counts with
+        fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 

@@ -86,6 +86,7 @@ from .quantize import is_quantized, quantize_base
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
+from .sharding import ShardedWeights, shard_units, sharded_weight_bytes
 from .training import Precision, TrainResult, train
 
 __all__ = [
@@ -123,6 +124,7 @@ __all__ = [
     "Precision",
     "ProbeCheck",
     "ProbeMismatchError",
+    "ShardedWeights",
     "Stack",
     "StepMemory",
     "TargetError",
@@ -165,6 +167,8 @@ __all__ = [
     "save_adapter",
     "set_active",
     "set_trainable",
+    "shard_units",
+    "sharded_weight_bytes",
     "train",
     "unmerge",
     "write_probes",

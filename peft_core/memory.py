@@ -45,6 +45,7 @@ from .heads import HeadKind
 from .inject import add_adapter
 from .plan import build_on_meta
 from .quantize import Quantization, stored_bytes
+from .sharding import sharded_weight_bytes
 from .training import (
     Precision,
     _autocast,
@@ -71,6 +72,11 @@ class StepMemory:
     ``weights_bytes``: the frozen base as stored and the trainable weights. ``step_bytes``: the
     most the step held on top of them at once (activations, gradients, AdamW's moments,
     temporaries). ``peak_bytes``: their sum.
+
+    Under FSDP2 across ``processes`` > 1 processes every figure is one process's:
+    ``weights_bytes`` is its shard of every weight plus ``gathered_bytes``, the whole weights it
+    holds during a step (the root's and two blocks'); the gradients and AdamW's moments in
+    ``step_bytes`` are its shards; activations are its own rows' (``batch_size`` each).
     """
 
     batch_size: int
@@ -78,6 +84,8 @@ class StepMemory:
     weights_bytes: int
     step_bytes: int
     peak_bytes: int
+    processes: int = 1
+    gathered_bytes: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready form."""
@@ -89,6 +97,10 @@ class LiveTensorBytes(TorchDispatchMode):
     storage lives: ``live`` now, ``peak`` the most at once. Works on real and on fake tensors
     alike (a fake tensor has a storage of its size on the meta device).
 
+    ``share`` is the part of each new storage's size that counts, and :meth:`count_share`
+    changes it for one that exists: the estimate of a sharded step counts a gradient or an
+    optimiser state at ``1/N`` of its size, what each of N processes holds of it.
+
     An op's output that shares an input's storage (a view, a transpose, an in-place result) is
     no new memory: without that rule every ``weight.t()`` of a linear layer counted the frozen
     weight again, for as long as the weight lived."""
@@ -97,7 +109,8 @@ class LiveTensorBytes(TorchDispatchMode):
         super().__init__()
         self.live = 0
         self.peak = 0
-        self._counted: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.share = 1.0
+        self._counted: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: Any = (), kwargs: Any = None
@@ -118,14 +131,24 @@ class LiveTensorBytes(TorchDispatchMode):
     def _count(self, storage: Any) -> None:
         if storage in self._counted:  # a view or an in-place result: no new memory
             return
-        self._counted.add(storage)
-        size = storage.nbytes()
-        self.live += size
+        counted = [int(storage.nbytes() * self.share)]  # a cell: count_share may change it
+        self._counted[storage] = counted
+        self.live += counted[0]
         self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._release, size)
+        weakref.finalize(storage, self._release, counted)
 
-    def _release(self, size: int) -> None:
-        self.live -= size
+    def count_share(self, tensor: torch.Tensor, share: float) -> None:
+        """Count ``tensor``'s storage, from now on, at ``share`` of its size (nothing if this
+        counter did not see it created)."""
+        storage = tensor.untyped_storage()
+        counted = self._counted.get(storage)
+        if counted is not None:
+            size = int(storage.nbytes() * share)
+            self.live += size - counted[0]
+            counted[0] = size
+
+    def _release(self, counted: list[int]) -> None:
+        self.live -= counted[0]
 
 
 def estimate_step_memory(
@@ -140,6 +163,7 @@ def estimate_step_memory(
     precision: Precision = "fp32",
     gradient_checkpointing: bool = False,
     attention: str | None = None,
+    processes: int = 1,
 ) -> StepMemory:
     """The peak memory of a training step of ``method`` on the base of ``config`` (loaded in
     ``dtype``, stored with ``quantization``) over ``batch_size`` rows of ``sequence_length``
@@ -148,6 +172,11 @@ def estimate_step_memory(
     ``attention``: ``eager`` keeps every attention matrix (rows x heads x length squared) for
     the backward pass; the fused kernels (the default sdpa, flash attention, flex) keep one
     row of statistics per query, so any of them is measured as sdpa.
+
+    ``processes`` > 1: one of that many FSDP2 processes (``train.sharding: fsdp`` under
+    ``torchrun``), each training ``batch_size`` rows: its shard of the weights, the whole weights
+    it gathers (:func:`~peft_core.sharding.sharded_weight_bytes`), and the step with each
+    gradient and optimiser state counted at ``1/processes`` of its size once it is sharded.
     """
     if head not in ("classification", "masked-lm", "causal-lm"):
         raise ValueError(f"no training step to estimate for head {head!r}")
@@ -159,6 +188,9 @@ def estimate_step_memory(
     add_adapter(model, "estimate", method)
     trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)
     weights = stored_bytes(model, quantization) + trainable_bytes
+    sharded = sharded_weight_bytes(model, processes, quantization)
+    if processes > 1:
+        weights = sharded.kept + sharded.gathered
     with FakeTensorMode():
         _fake_weights(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -166,13 +198,17 @@ def estimate_step_memory(
         counter = LiveTensorBytes()
         try:
             with counter:
-                _two_steps(model, trainable, batch, precision, gradient_checkpointing)
+                _two_steps(model, trainable, batch, precision, gradient_checkpointing,
+                           counter=counter, processes=processes)  # fmt: skip
         except _FAKE_TENSOR_LIMITS as exc:
             raise NotEstimableError(
                 f"a {type(method).__name__} training step cannot be measured on fake tensors "
                 f"({type(exc).__name__}: it reads tensor values); measure one real step instead"
             ) from None
-    return StepMemory(batch_size, sequence_length, weights, counter.peak, weights + counter.peak)
+    return StepMemory(
+        batch_size, sequence_length, weights, counter.peak, weights + counter.peak,
+        processes, sharded.gathered,
+    )  # fmt: skip
 
 
 def _fake_weights(model: nn.Module) -> None:
@@ -209,9 +245,23 @@ def _two_steps(
     batch: dict[str, torch.Tensor],
     precision: Precision,
     gradient_checkpointing: bool,
+    *,
+    counter: LiveTensorBytes,
+    processes: int = 1,
 ) -> None:
     """What ``pc.train`` does in two optimiser steps, minus reading the loss (fake tensors have
-    no values) and fp16's loss scaler (a few scalars)."""
+    no values) and fp16's loss scaler (a few scalars).
+
+    Sharded over ``processes``: FSDP2 reduce-scatters each gradient as soon as its block's
+    backward is done and the optimiser only ever sees shards, so a gradient counts whole until
+    it is accumulated, then at its share, and everything clipping and AdamW create counts at
+    its share (their states and temporaries are per shard)."""
+    share = 1 / processes
+    if processes > 1:
+        for parameter in trainable:
+            parameter.register_post_accumulate_grad_hook(
+                lambda p: counter.count_share(p.grad, share)
+            )
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     forward = _training_forward(model, _trained_adapters(model))
     device = trainable[0].device
@@ -221,6 +271,8 @@ def _two_steps(
             with _autocast(device, precision):
                 loss = forward(**batch).loss
             loss.backward()
+            counter.share = share  # clipping and AdamW run on shards
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            counter.share = 1.0

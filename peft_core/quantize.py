@@ -41,6 +41,7 @@ __all__ = [
     "quantize_base",
     "quantized_layers",
     "stored_bytes",
+    "stored_bytes_by_parameter",
 ]
 
 Quantization = Literal["none", "nf4", "int8"]
@@ -198,21 +199,28 @@ def stored_bytes(model: nn.Module, quantization: Quantization = "none") -> int:
     """Bytes the model's frozen parameters take once ``quantize_base(model, quantization)`` has
     stored them (from shapes and dtypes only, so a model on the meta device answers too).
     Weights quantised already count as what they are."""
+    sizes = stored_bytes_by_parameter(model, quantization)
+    return sum(sizes[id(p)] for p in model.parameters() if not p.requires_grad)
+
+
+def stored_bytes_by_parameter(
+    model: nn.Module, quantization: Quantization = "none"
+) -> dict[int, int]:
+    """What each parameter of ``model`` (by ``id``) takes as stored: frozen ones as
+    :func:`stored_bytes` counts them, trainable ones at their own size."""
     prefix = body_prefix(model)
     body = getattr(model, prefix) if prefix else model
     body_linears = {id(m.weight) for m in body.modules() if isinstance(m, nn.Linear)}
-    total = 0
+    sizes = {}
     for parameter in model.parameters():
-        if parameter.requires_grad:
-            continue
         stored_as = _QUANTIZED_AS.get(type(parameter).__name__)
         if stored_as is None and quantization != "none" and id(parameter) in body_linears:
             stored_as = quantization
-        if stored_as is not None:
-            total += _quantized_bytes(parameter, stored_as)
+        if stored_as is not None and not parameter.requires_grad:
+            sizes[id(parameter)] = _quantized_bytes(parameter, stored_as)
         else:
-            total += parameter.numel() * parameter.element_size()
-    return total
+            sizes[id(parameter)] = parameter.numel() * parameter.element_size()
+    return sizes
 
 
 def _quantized_bytes(weight: torch.Tensor, quantization: Quantization) -> int:

@@ -1,0 +1,86 @@
+"""What each of N processes holds of the weights when FSDP2 shards a model (``train.sharding:
+fsdp``): the units it shards, and the bytes of weights kept and gathered per process.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) is applied once per transformer block (the
+classes transformers lists in ``_no_split_modules``) and once at the root, which takes every
+parameter outside the blocks (embeddings, final norm, output head). Each process keeps
+``1/N`` of every parameter (dim 0, padded to a multiple of N); a block's whole weights exist
+only while it runs, and the root's from the start of the forward pass to the end of the
+backward pass (FSDP2 does not reshard the root after forward: its weights are needed again at
+once). While one block runs, the next is being gathered: its all-gather buffer and the whole
+weights copied out of it are both alive, so three blocks' weights at once. A block's trainable
+gradients are whole twice before they are reduce-scattered: as autograd leaves them and copied
+into the reduce-scatter buffer; the root's stay whole from the first to the last of the
+backward pass (the output head's come first, the root reduce-scatters last). (Counted from FSDP2's allocations in two gloo processes on a
+CPU by the profiler; see ``tests/distributed/test_fsdp_memory.py``.)
+
+    units = pc.shard_units(model)            # the blocks, in order
+    weights = pc.sharded_weight_bytes(model, processes=8)
+    weights.kept + weights.gathered          # a process's weights at a step's peak
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from .quantize import Quantization, stored_bytes_by_parameter
+
+__all__ = ["ShardedWeights", "shard_units", "sharded_weight_bytes"]
+
+# Whole blocks' weights one process holds at once: the running block's, and the next block's
+# all-gather buffer and weights; and whole copies of one block's trainable gradients.
+GATHERED_BLOCKS, GATHERED_GRADIENTS = 3, 2
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards one by one (each gathered only while it runs): ``model``'s
+    transformer blocks, the classes its ``_no_split_modules`` names, in module order. The root
+    (``model`` itself) is sharded last and holds the rest."""
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in blocks]
+
+
+@dataclass(frozen=True)
+class ShardedWeights:
+    """One process's bytes of weights under FSDP2 across ``processes`` processes.
+
+    ``kept``: its shard of every parameter, for the whole run. ``gathered``: what it holds on
+    top, at most, during a step: the root's whole parameters and trainable gradients, three of
+    the largest block's parameters and two copies of its trainable gradients.
+    """
+
+    processes: int
+    kept: int
+    gathered: int
+
+
+def sharded_weight_bytes(
+    model: nn.Module, processes: int, quantization: Quantization = "none"
+) -> ShardedWeights:
+    """What one of ``processes`` FSDP2 processes holds of ``model``'s parameters (stored as
+    ``quantization`` says; from shapes and dtypes only, so a meta model answers too)."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, not {processes}")
+    sizes = stored_bytes_by_parameter(model, quantization)
+    kept = 0
+    for parameter in model.parameters():
+        rows = parameter.shape[0] if parameter.dim() else 1
+        kept += sizes[id(parameter)] * math.ceil(rows / processes) // rows
+    if processes == 1:
+        return ShardedWeights(processes, kept, 0)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    in_blocks: set[int] = set()
+    largest, largest_trainable = 0, 0
+    for unit in shard_units(model):
+        ids = {id(p) for p in unit.parameters()} - in_blocks
+        in_blocks |= ids
+        largest = max(largest, sum(sizes[i] for i in ids))
+        largest_trainable = max(largest_trainable, sum(sizes[i] for i in ids & trainable))
+    root = sum(size for key, size in sizes.items() if key not in in_blocks)
+    root_trainable = sum(size for key, size in sizes.items() if key in trainable - in_blocks)
+    gathered = root + root_trainable + GATHERED_BLOCKS * largest
+    gathered += GATHERED_GRADIENTS * largest_trainable
+    return ShardedWeights(processes, kept, gathered)
