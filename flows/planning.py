@@ -25,6 +25,10 @@ __all__ = ["check_step_fits", "plan_spec", "plan_step", "planned_precision"]
 # checkpointing and 3.2-3.3% over without (bench/gpu_bench.py). A step this close is let through
 # with a warning, not refused.
 _MARGIN = 0.03
+# Under FSDP the figure also models what FSDP2 gathers and frees: 7% under to 15% over the
+# allocations counted in two and four gloo processes on a CPU (tests/distributed). A step is
+# let through silently 10% under the limit, with a warning up to 15% over it, refused beyond.
+_SHARDED_MARGIN, _SHARDED_OVER = 0.10, 0.15
 
 
 def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
@@ -37,19 +41,24 @@ def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
     )
 
 
-def plan_step(spec: AdapterSpec | PlanSpec) -> pc.StepMemory | None:
+def plan_step(spec: AdapterSpec | PlanSpec, processes: int = 1) -> pc.StepMemory | None:
     """The peak memory of one training step of ``spec``'s adapter over ``train.batch_size``
     rows of ``train.max_length`` tokens, estimated on fake tensors; None for a fusion (its
-    members' weights come from the registry)."""
+    members' weights come from the registry).
+
+    ``processes``: under ``torchrun`` with ``train.sharding: fsdp``, one process's figure (its
+    shard of the weights and what it gathers); DDP keeps a whole model in every process, so
+    its figure is one process's whatever their number."""
     if spec.method.type == "fusion":
         return None
+    sharded = processes if spec.train.sharding == "fsdp" else 1
     return pc.estimate_step_memory(
         base_config(spec), spec.method.to_config(), head=spec.head.type,
         batch_size=spec.train.batch_size, sequence_length=spec.train.max_length,
         dtype=spec.load.torch_dtype(), quantization=spec.load.quantization,
         precision=planned_precision(spec),  # type: ignore[arg-type]
         gradient_checkpointing=spec.train.gradient_checkpointing,
-        attention=spec.load.attn_implementation(),
+        attention=spec.load.attn_implementation(), processes=sharded,
     )  # fmt: skip
 
 
@@ -79,32 +88,42 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     return pc.measure(model, spec.name, quantization=quantization)
 
 
-def check_step_fits(spec: AdapterSpec, device_bytes: int, device_name: str = "this GPU") -> None:
+def check_step_fits(
+    spec: AdapterSpec, device_bytes: int, device_name: str = "this GPU", processes: int = 1
+) -> None:
     """Refuse, before the model is loaded, a spec whose training step needs more memory than
     ``device_bytes``: the run would fail with out-of-memory minutes later, after loading the
-    base. A method the estimate cannot measure (``NotEstimableError``) is let through."""
+    base. A method the estimate cannot measure (``NotEstimableError``) is let through.
+    ``processes``: how many ``torchrun`` started (an FSDP process holds a shard)."""
     try:
-        step = plan_step(spec)
+        step = plan_step(spec, processes)
     except pc.NotEstimableError:
         return
     gib = 2**30
-    if step is None or step.peak_bytes <= device_bytes * (1 - _MARGIN):
+    if step is None:
         return
-    if step.peak_bytes <= device_bytes:
+    margin, over = (_MARGIN, 0.0) if step.processes == 1 else (_SHARDED_MARGIN, _SHARDED_OVER)
+    if step.peak_bytes <= device_bytes * (1 - margin):
+        return
+    needs = f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB"
+    if step.processes > 1:
+        needs += f" per process of {step.processes} (FSDP)"
+    if step.peak_bytes <= device_bytes * (1 + over):
+        relation = "of the" if step.peak_bytes <= device_bytes else "against the"
+        band = f"{margin:.0%} under" + (f" to {over:.0%} over" if over else "")
         warnings.warn(
-            f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB of the "
-            f"{device_bytes / gib:.1f} GiB free on {device_name}: within {_MARGIN:.0%} of the "
-            "limit, where the estimate's own error lies; the run goes ahead, but may run out of "
-            "memory (lower train.batch_size to be safe)",
+            f"{needs} {relation} {device_bytes / gib:.1f} GiB free on {device_name}: within "
+            f"{band} the limit, where the estimate's own error lies; the run goes ahead, but "
+            "may run out of memory (lower train.batch_size to be safe)",
             RuntimeWarning,
             stacklevel=2,
         )
         return
+    more = ", or train on more GPUs (torchrun --nproc_per_node)" if step.processes > 1 else ""
     raise DataError(
-        f"one training step of {spec.name} needs about {step.peak_bytes / gib:.1f} GiB "
-        f"({spec.train.batch_size} rows x {spec.train.max_length} tokens, weights "
+        f"{needs} ({spec.train.batch_size} rows x {spec.train.max_length} tokens, weights "
         f"{step.weights_bytes / gib:.1f} GiB) but {device_name} has {device_bytes / gib:.1f} GiB "
         "free: lower train.batch_size (and raise train.gradient_accumulation_steps to keep the "
         "batch), turn on train.gradient_checkpointing, shorten train.max_length, or load the "
-        "base with load.quantization nf4 (adapterops plan shows the figures)"
+        f"base with load.quantization nf4{more} (adapterops plan shows the figures)"
     )

@@ -163,19 +163,19 @@ def _check_method_fits(spec: AdapterSpec) -> None:
 
 def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
     """On a CUDA GPU, a training step that needs more than its free memory fails now, not with
-    out-of-memory after the base has loaded. (FSDP under torchrun holds 1/N of the weights per
-    GPU: not checked there.)"""
+    out-of-memory after the base has loaded. Under ``torchrun`` each process checks its own GPU
+    (``LOCAL_RANK``) for its own share (an FSDP process holds 1/N of the weights)."""
     import torch  # noqa: PLC0415 - torch is heavy
 
     from .planning import check_step_fits  # noqa: PLC0415
 
-    sharded = spec.train.sharding == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not torch.cuda.is_available() or sharded:
+    if not torch.cuda.is_available():
         return
     device = int(os.environ.get("LOCAL_RANK", "0"))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     free, _ = torch.cuda.mem_get_info(device)
     try:
-        check_step_fits(spec, free, torch.cuda.get_device_name(device))
+        check_step_fits(spec, free, torch.cuda.get_device_name(device), processes)
     except DataError:
         raise
     except Exception as exc:  # an estimate that fails is no reason to stop: the run goes ahead

@@ -4,15 +4,20 @@ fsdp``): the units it shards, and the bytes of weights kept and gathered per pro
 FSDP2 (``torch.distributed.fsdp.fully_shard``) is applied once per transformer block (the
 classes transformers lists in ``_no_split_modules``) and once at the root, which takes every
 parameter outside the blocks (embeddings, final norm, output head). Each process keeps
-``1/N`` of every parameter (dim 0, padded to a multiple of N); a block's whole weights exist
-only while it runs, and the root's from the start of the forward pass to the end of the
-backward pass (FSDP2 does not reshard the root after forward: its weights are needed again at
-once). While one block runs, the next is being gathered: its all-gather buffer and the whole
-weights copied out of it are both alive, so three blocks' weights at once. A block's trainable
-gradients are whole twice before they are reduce-scattered: as autograd leaves them and copied
-into the reduce-scatter buffer; the root's stay whole from the first to the last of the
-backward pass (the output head's come first, the root reduce-scatters last). (Counted from FSDP2's allocations in two gloo processes on a
-CPU by the profiler; see ``tests/distributed/test_fsdp_memory.py``.)
+``1/N`` of every parameter (dim 0, padded to a multiple of N). On top of its shard, at a
+step's peak, a process holds whole:
+
+- the root's weights, from the start of the forward pass to the end of the backward pass
+  (FSDP2 does not reshard the root after forward: its weights are needed again at once), and
+  its trainable gradients for the whole backward pass (the output head's come first, the root
+  reduce-scatters last);
+- three blocks' weights: the running block's, and the next block's all-gather buffer and the
+  weights copied out of it;
+- two copies of a block's trainable gradients (as autograd leaves them, and in the
+  reduce-scatter buffer).
+
+This is FSDP2's own bookkeeping, checked against its allocations counted by the profiler in two
+and four gloo processes on a CPU (``tests/distributed/test_fsdp_memory.py``).
 
     units = pc.shard_units(model)            # the blocks, in order
     weights = pc.sharded_weight_bytes(model, processes=8)

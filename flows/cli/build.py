@@ -51,16 +51,30 @@ StepOption = Annotated[
 ]
 
 
+ProcessesOption = Annotated[
+    int,
+    typer.Option(
+        "--processes",
+        min=1,
+        help="How many processes torchrun will start (--nproc_per_node x nodes): with "
+        "train.sharding fsdp the step's peak is one process's (its shard of the weights, what "
+        "it gathers, its own rows).",
+    ),
+]
+
+
 @app.command()
 def plan(
     spec_file: SpecArgument,
     overrides: SetOption = None,
     step: StepOption = True,
+    processes: ProcessesOption = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Parameters, adapter size and memory, from the base model's config.json only: the base
     and the training state, and the peak of a training step at train.batch_size x
-    train.max_length. The spec needs only base_model, head and method."""
+    train.max_length (one process's, with --processes N and train.sharding fsdp). The spec
+    needs only base_model, head and method."""
     import peft_core as pc  # noqa: PLC0415
 
     from ..planning import plan_spec, plan_step, planned_precision  # noqa: PLC0415
@@ -71,7 +85,7 @@ def plan(
         spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
         try:
-            peak = plan_step(spec) if step else None
+            peak = plan_step(spec, processes) if step else None
         except pc.NotEstimableError as exc:  # the rest of the plan stands
             why_not = str(exc)
     if as_json:
@@ -94,10 +108,17 @@ def plan(
     ]  # fmt: skip
     if step:
         shape = f"{spec.train.batch_size} rows x {spec.train.max_length} tokens"
-        if peak is not None:
+        if peak is not None and peak.processes > 1:
+            rows.append(("step peak per process", human_bytes(peak.peak_bytes),
+                         f"one of {peak.processes} (FSDP), {shape}, {planned_precision(spec)}: "
+                         f"its shard of every weight, whole weights gathered "
+                         f"({human_bytes(peak.gathered_bytes)}), activations, its shard of the "
+                         "gradients and AdamW (the CUDA context comes on top)"))  # fmt: skip
+        elif peak is not None:
+            each = f" in each of {processes} processes (DDP)" if processes > 1 else ""
             rows.append(("step peak", human_bytes(peak.peak_bytes),
-                         f"{shape}, {planned_precision(spec)}: weights, activations, gradients, "
-                         "AdamW (fake tensors; the CUDA context comes on top)"))  # fmt: skip
+                         f"{shape}{each}, {planned_precision(spec)}: weights, activations, "
+                         "gradients, AdamW (fake tensors; the CUDA context comes on top)"))  # fmt: skip
         else:
             rows.append(("step peak", "n/a", why_not))
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)

@@ -23,7 +23,7 @@ def test_a_step_that_fits_passes_and_one_that_does_not_says_what_to_change():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_step_fits(spec, int(step.peak_bytes / 0.97) + 1)  # enough, with the margin
-    with pytest.warns(RuntimeWarning, match="within 3% of the limit") as close:
+    with pytest.warns(RuntimeWarning, match="within 3% under the limit") as close:
         check_step_fits(spec, step.peak_bytes, "NVIDIA L4")  # exactly enough: a warning
     assert "of the" in str(close[0].message) and "free on NVIDIA L4" in str(close[0].message)
     with pytest.raises(DataError) as refused:
