@@ -11,8 +11,9 @@ step's peak, a process holds whole:
   (FSDP2 does not reshard the root after forward: its weights are needed again at once), and
   its trainable gradients for the whole backward pass (the output head's come first, the root
   reduce-scatters last);
-- three blocks' weights: the running block's, and the next block's all-gather buffer and the
-  weights copied out of it;
+- the running block's weights, and the next block's twice (its all-gather buffer and the
+  weights copied out of it): three blocks' worth when the blocks are alike, more beside a
+  large unit such as BERT's embeddings;
 - two copies of a block's trainable gradients (as autograd leaves them, and in the
   reduce-scatter buffer).
 
@@ -26,6 +27,7 @@ and four gloo processes on a CPU (``tests/distributed/test_fsdp_memory.py``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -35,17 +37,27 @@ from .quantize import Quantization, stored_bytes_by_parameter
 
 __all__ = ["ShardedWeights", "shard_units", "sharded_weight_bytes"]
 
-# Whole blocks' weights one process holds at once: the running block's, and the next block's
-# all-gather buffer and weights; and whole copies of one block's trainable gradients.
-GATHERED_BLOCKS, GATHERED_GRADIENTS = 3, 2
+# Whole copies of the next block's weights (all-gather buffer, weights) and of a block's
+# trainable gradients (autograd's, reduce-scatter buffer) one process holds at once.
+NEXT_BLOCK_COPIES, GRADIENT_COPIES = 2, 2
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules FSDP2 shards one by one (each gathered only while it runs): ``model``'s
-    transformer blocks, the classes its ``_no_split_modules`` names, in module order. The root
-    (``model`` itself) is sharded last and holds the rest."""
+    transformer blocks, in module order. The root (``model`` itself) is sharded last and holds
+    the rest.
+
+    The blocks are the classes ``model._no_split_modules`` names (transformers' list for
+    device maps); a model without one (BERT's) gets the entries of its largest ``ModuleList``
+    (its layers) instead, so that it is not gathered whole for every step."""
     blocks = set(getattr(model, "_no_split_modules", None) or ())
-    return [module for module in model.modules() if type(module).__name__ in blocks]
+    if blocks:
+        return [module for module in model.modules() if type(module).__name__ in blocks]
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    if not lists:
+        return []
+    layers = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+    return list(layers)
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,9 @@ class ShardedWeights:
     """One process's bytes of weights under FSDP2 across ``processes`` processes.
 
     ``kept``: its shard of every parameter, for the whole run. ``gathered``: what it holds on
-    top, at most, during a step: the root's whole parameters and trainable gradients, three of
-    the largest block's parameters and two copies of its trainable gradients.
+    top, at most, during a step: the root's whole parameters and trainable gradients, a running
+    block's parameters with the next one's twice, and two copies of a block's trainable
+    gradients.
     """
 
     processes: int
@@ -78,14 +91,29 @@ def sharded_weight_bytes(
         return ShardedWeights(processes, kept, 0)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     in_blocks: set[int] = set()
-    largest, largest_trainable = 0, 0
+    blocks, largest_trainable = [], 0
     for unit in shard_units(model):
         ids = {id(p) for p in unit.parameters()} - in_blocks
         in_blocks |= ids
-        largest = max(largest, sum(sizes[i] for i in ids))
+        blocks.append(sum(sizes[i] for i in ids))
         largest_trainable = max(largest_trainable, sum(sizes[i] for i in ids & trainable))
     root = sum(size for key, size in sizes.items() if key not in in_blocks)
     root_trainable = sum(size for key, size in sizes.items() if key in trainable - in_blocks)
-    gathered = root + root_trainable + GATHERED_BLOCKS * largest
-    gathered += GATHERED_GRADIENTS * largest_trainable
-    return ShardedWeights(processes, kept, gathered)
+    return ShardedWeights(
+        processes,
+        kept,
+        root + root_trainable + _running_and_next(blocks) + GRADIENT_COPIES * largest_trainable,
+    )
+
+
+def _running_and_next(blocks: list[int]) -> int:
+    """The most one block running and the next one being gathered hold, in execution order:
+    forward (first to last) and backward (last to first)."""
+    if not blocks:
+        return 0
+    pairs = list(itertools.pairwise(blocks))
+    return max(
+        [NEXT_BLOCK_COPIES * blocks[0]]
+        + [running + NEXT_BLOCK_COPIES * following for running, following in pairs]
+        + [following + NEXT_BLOCK_COPIES * running for running, following in pairs]
+    )

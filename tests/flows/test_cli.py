@@ -56,6 +56,28 @@ class TestPlan:
             < 0.4 * data["base_bytes"]
         )
 
+    def test_processes_under_fsdp_give_one_processes_figure(self):
+        def step(*options: str) -> dict:
+            result = adapterops("plan", str(EXAMPLE), "--json", *options)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)["step"]
+
+        whole = step()
+        ddp = step("--processes", "4")  # the example trains with DDP: a whole model each
+        assert ddp == whole and whole["processes"] == 1 and whole["gathered_bytes"] == 0
+        fsdp = step("--processes", "4", "--set", "train.sharding=fsdp")
+        assert fsdp["processes"] == 4 and 0 < fsdp["gathered_bytes"] < whole["weights_bytes"]
+        # a quarter of every weight kept (padded), one block's worth more gathered
+        kept = fsdp["weights_bytes"] - fsdp["gathered_bytes"]
+        assert whole["weights_bytes"] / 4 <= kept < whole["weights_bytes"] / 4 * 1.01
+        assert fsdp["peak_bytes"] < whole["peak_bytes"]
+        table = adapterops("plan", str(EXAMPLE), "--processes", "4", "--set",
+                           "train.sharding=fsdp")  # fmt: skip
+        assert table.returncode == 0, table.stderr
+        assert "step peak per process" in table.stdout and "one of 4 (FSDP)" in table.stdout
+        refused = adapterops("plan", str(EXAMPLE), "--processes", "0")
+        assert refused.returncode == 2 and "--processes" in refused.stderr
+
     def test_table_output(self):
         result = adapterops("plan", str(EXAMPLE))
         assert result.returncode == 0, result.stderr

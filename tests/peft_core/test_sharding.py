@@ -1,0 +1,83 @@
+"""``pc.shard_units`` and ``pc.sharded_weight_bytes``: what each FSDP2 process holds of the
+weights (``adapterops plan --processes N``). The figures against FSDP2's real allocations:
+``tests/distributed/test_fsdp_memory.py``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers as T
+from torch import nn
+
+import peft_core as pc
+
+LLAMA = T.LlamaConfig(
+    hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, vocab_size=301, pad_token_id=0,
+)  # fmt: skip
+LORA = pc.LoRA(rank=4, targets=("q", "v"))
+
+
+def adapted_llama(method: pc.MethodConfig = LORA) -> nn.Module:
+    model = pc.build_on_meta(LLAMA, "causal-lm", dtype=torch.bfloat16)
+    pc.add_adapter(model, "a", method)
+    return model
+
+
+def size(parameters) -> int:
+    return sum(p.numel() * p.element_size() for p in parameters)
+
+
+def test_the_units_are_the_transformer_blocks_or_else_the_largest_layer_list():
+    model = adapted_llama()
+    assert pc.shard_units(model) == list(model.model.layers)
+
+    class NoSplitList(nn.Module):  # no _no_split_modules: its layers, not its small list
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+            self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+
+    plain = NoSplitList()
+    assert pc.shard_units(plain) == list(plain.layers)
+    assert pc.shard_units(nn.Linear(4, 4)) == []  # the root alone
+
+
+def test_a_process_keeps_its_padded_shard_and_gathers_the_root_and_three_blocks():
+    model = adapted_llama()
+    everything = size(model.parameters())
+    assert pc.sharded_weight_bytes(model, 1) == pc.ShardedWeights(1, everything, 0)
+    kept = sum(
+        math.ceil(p.shape[0] / 3) * p[0].numel() * p.element_size() for p in model.parameters()
+    )
+    assert kept > everything // 3  # vocab 301, 200 and the adapters' rows: padded to thirds
+    block = model.model.layers[0]
+    in_blocks = {id(p) for layer in model.model.layers for p in layer.parameters()}
+    root = size(p for p in model.parameters() if id(p) not in in_blocks)
+    block_trainable = size(p for p in block.parameters() if p.requires_grad)
+    assert block_trainable > 0
+    expected = root + 3 * size(block.parameters()) + 2 * block_trainable
+    assert pc.sharded_weight_bytes(model, 3) == pc.ShardedWeights(3, kept, expected)
+    with pytest.raises(ValueError, match="at least 1"):
+        pc.sharded_weight_bytes(model, 0)
+
+
+def test_a_sharded_estimate_divides_the_optimizer_state_not_the_activations():
+    options = dict(
+        head="causal-lm", batch_size=2, sequence_length=32, dtype=torch.bfloat16,
+        precision="bf16",
+    )  # fmt: skip
+    one = pc.estimate_step_memory(LLAMA, pc.FullFineTune(), **options)
+    four = pc.estimate_step_memory(LLAMA, pc.FullFineTune(), processes=4, **options)
+    assert (one.processes, one.gathered_bytes, four.processes) == (1, 0, 4)
+    weights = pc.sharded_weight_bytes(adapted_llama(pc.FullFineTune()), 4)
+    assert four.weights_bytes == weights.kept + weights.gathered
+    assert four.peak_bytes == four.weights_bytes + four.step_bytes
+    # every weight trains: AdamW's moments (2x the weights) are a quarter each
+    assert one.step_bytes - four.step_bytes >= 0.75 * 2 * one.weights_bytes * 0.99
+    lora_one = pc.estimate_step_memory(LLAMA, LORA, **options)
+    lora_four = pc.estimate_step_memory(LLAMA, LORA, processes=4, **options)
+    # LoRA's state is small: the activations, which sharding does not divide, stay
+    assert lora_four.step_bytes > 0.95 * lora_one.step_bytes
