@@ -45,7 +45,7 @@ from .heads import HeadKind
 from .inject import add_adapter
 from .plan import build_on_meta
 from .quantize import Quantization, stored_bytes
-from .sharding import sharded_weight_bytes
+from .sharding import GatheringReplay, sharded_weight_bytes
 from .training import (
     Precision,
     _autocast,
@@ -74,9 +74,9 @@ class StepMemory:
     temporaries). ``peak_bytes``: their sum.
 
     Under FSDP2 across ``processes`` > 1 processes every figure is one process's:
-    ``weights_bytes`` is its shard of every weight plus ``gathered_bytes``, the whole weights it
-    holds during a step (the root's and two blocks'); the gradients and AdamW's moments in
-    ``step_bytes`` are its shards; activations are its own rows' (``batch_size`` each).
+    ``weights_bytes`` is its shard of every weight; ``step_bytes`` holds the whole weights it
+    gathers (``gathered_bytes``: the most at once), its shards of the gradients and AdamW's
+    moments, and its own rows' activations (``batch_size`` each).
     """
 
     batch_size: int
@@ -147,6 +147,15 @@ class LiveTensorBytes(TorchDispatchMode):
             self.live += size - counted[0]
             counted[0] = size
 
+    def hold(self, size: int) -> None:
+        """Count ``size`` bytes no tensor seen here owns (negative: stop counting them)."""
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def touch(self, size: int) -> None:
+        """``size`` bytes more for a moment: the peak sees them, ``live`` does not keep them."""
+        self.peak = max(self.peak, self.live + size)
+
     def _release(self, counted: list[int]) -> None:
         self.live -= counted[0]
 
@@ -174,9 +183,10 @@ def estimate_step_memory(
     row of statistics per query, so any of them is measured as sdpa.
 
     ``processes`` > 1: one of that many FSDP2 processes (``train.sharding: fsdp`` under
-    ``torchrun``), each training ``batch_size`` rows: its shard of the weights, the whole weights
-    it gathers (:func:`~peft_core.sharding.sharded_weight_bytes`), and the step with each
-    gradient and optimiser state counted at ``1/processes`` of its size once it is sharded.
+    ``torchrun``), each training ``batch_size`` rows: its shard of the weights, and the step
+    with the whole weights it gathers as the passes run
+    (:class:`~peft_core.sharding.GatheringReplay`) and each gradient and optimiser state at
+    ``1/processes`` of its size once it is sharded.
     """
     if head not in ("classification", "masked-lm", "causal-lm"):
         raise ValueError(f"no training step to estimate for head {head!r}")
@@ -188,18 +198,19 @@ def estimate_step_memory(
     add_adapter(model, "estimate", method)
     trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)
     weights = stored_bytes(model, quantization) + trainable_bytes
-    sharded = sharded_weight_bytes(model, processes, quantization)
+    sharded = sharded_weight_bytes(model, processes, quantization)  # before the fakes
     if processes > 1:
-        weights = sharded.kept + sharded.gathered
+        weights = sharded.kept
     with FakeTensorMode():
         _fake_weights(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         batch = _batch(head, batch_size, sequence_length)
         counter = LiveTensorBytes()
+        replay = GatheringReplay(model, sharded, counter) if processes > 1 else None
         try:
             with counter:
                 _two_steps(model, trainable, batch, precision, gradient_checkpointing,
-                           counter=counter, processes=processes)  # fmt: skip
+                           counter=counter, replay=replay)  # fmt: skip
         except _FAKE_TENSOR_LIMITS as exc:
             raise NotEstimableError(
                 f"a {type(method).__name__} training step cannot be measured on fake tensors "
@@ -207,7 +218,7 @@ def estimate_step_memory(
             ) from None
     return StepMemory(
         batch_size, sequence_length, weights, counter.peak, weights + counter.peak,
-        processes, sharded.gathered,
+        processes, replay.most if replay else 0,
     )  # fmt: skip
 
 
@@ -247,17 +258,16 @@ def _two_steps(
     gradient_checkpointing: bool,
     *,
     counter: LiveTensorBytes,
-    processes: int = 1,
+    replay: GatheringReplay | None = None,
 ) -> None:
     """What ``pc.train`` does in two optimiser steps, minus reading the loss (fake tensors have
     no values) and fp16's loss scaler (a few scalars).
 
-    Sharded over ``processes``: FSDP2 reduce-scatters each gradient as soon as its block's
-    backward is done and the optimiser only ever sees shards, so a gradient counts whole until
-    it is accumulated, then at its share, and everything clipping and AdamW create counts at
-    its share (their states and temporaries are per shard)."""
-    share = 1 / processes
-    if processes > 1:
+    With a ``replay`` (one of N FSDP2 processes): it adds the whole weights and gradients FSDP2
+    gathers as the passes run; a gradient counts at its share (1/N) once accumulated, and
+    everything clipping and AdamW create too (the optimiser only ever sees shards)."""
+    share = 1 / replay.weights.processes if replay else 1.0
+    if replay:
         for parameter in trainable:
             parameter.register_post_accumulate_grad_hook(
                 lambda p: counter.count_share(p.grad, share)
@@ -268,9 +278,15 @@ def _two_steps(
     model.train()
     with _without_kv_cache(model), _checkpointing(model, enabled=gradient_checkpointing):
         for _ in range(2):
+            if replay:
+                replay.start_forward()
             with _autocast(device, precision):
                 loss = forward(**batch).loss
+            if replay:
+                replay.start_backward()
             loss.backward()
+            if replay:
+                replay.end_backward()
             counter.share = share  # clipping and AdamW run on shards
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()

@@ -1,45 +1,50 @@
 """What each of N processes holds of the weights when FSDP2 shards a model (``train.sharding:
-fsdp``): the units it shards, and the bytes of weights kept and gathered per process.
+fsdp``): the units it shards, its shard of every weight, and a replay of what it gathers whole
+during a training step.
 
-FSDP2 (``torch.distributed.fsdp.fully_shard``) is applied once per transformer block (the
-classes transformers lists in ``_no_split_modules``) and once at the root, which takes every
-parameter outside the blocks (embeddings, final norm, output head). Each process keeps
-``1/N`` of every parameter (dim 0, padded to a multiple of N). On top of its shard, at a
-step's peak, a process holds whole:
+FSDP2 (``torch.distributed.fsdp.fully_shard``) is applied once per transformer block and once
+at the root, which takes every parameter outside the blocks (embeddings, final norm, output
+head). Each process keeps ``1/N`` of every parameter (dim 0, padded to a multiple of N). On top
+of its shard it holds whole, during a step:
 
 - the root's weights, from the start of the forward pass to the end of the backward pass
   (FSDP2 does not reshard the root after forward: its weights are needed again at once), and
-  its trainable gradients for the whole backward pass (the output head's come first, the root
-  reduce-scatters last);
-- the running block's weights, and the next block's twice (its all-gather buffer and the
-  weights copied out of it): three blocks' worth when the blocks are alike, more beside a
-  large unit such as BERT's embeddings;
-- two copies of a block's trainable gradients (as autograd leaves them, and in the
-  reduce-scatter buffer).
+  the root's trainable gradients for the whole backward pass (the output head's come first,
+  the root reduce-scatters last);
+- the running block's weights, and the next block's (prefetched) twice for a moment: its
+  all-gather buffer and the weights copied out of it;
+- a block's trainable gradients until its backward is done, and once more for a moment in the
+  reduce-scatter buffer.
 
-This is FSDP2's own bookkeeping, checked against its allocations counted by the profiler in two
-and four gloo processes on a CPU (``tests/distributed/test_fsdp_memory.py``).
+:class:`GatheringReplay` adds these to a :class:`~peft_core.memory.LiveTensorBytes` counter at
+the moments they happen (module hooks on a fake-tensor step), so they meet the activations of
+that moment, not the step's peak of them. Checked against FSDP2's own allocations, counted by
+the profiler in two gloo processes on a CPU: ``tests/distributed/test_fsdp_memory.py``.
 
-    units = pc.shard_units(model)            # the blocks, in order
-    weights = pc.sharded_weight_bytes(model, processes=8)
-    weights.kept + weights.gathered          # a process's weights at a step's peak
+    units = pc.shard_units(model)             # the blocks, in order
+    pc.sharded_weight_bytes(model, 8).kept    # one process's shard of every weight
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 from .quantize import Quantization, stored_bytes_by_parameter
 
-__all__ = ["ShardedWeights", "shard_units", "sharded_weight_bytes"]
+if TYPE_CHECKING:
+    from .memory import LiveTensorBytes
 
-# Whole copies of the next block's weights (all-gather buffer, weights) and of a block's
-# trainable gradients (autograd's, reduce-scatter buffer) one process holds at once.
-NEXT_BLOCK_COPIES, GRADIENT_COPIES = 2, 2
+__all__ = ["GatheringReplay", "ShardedWeights", "shard_units", "sharded_weight_bytes"]
+
+# FSDP2 copies a gathered unit out of its all-gather buffer, and a unit's gradients into its
+# reduce-scatter buffer: both whole, both alive for a moment beside the source.
+COPY_FACTOR = 2
+_ROOT, _ROOT_GRADIENTS = -1, -2  # keys of what the root holds, beside the units' indices
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -64,15 +69,18 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 class ShardedWeights:
     """One process's bytes of weights under FSDP2 across ``processes`` processes.
 
-    ``kept``: its shard of every parameter, for the whole run. ``gathered``: what it holds on
-    top, at most, during a step: the root's whole parameters and trainable gradients, a running
-    block's parameters with the next one's twice, and two copies of a block's trainable
-    gradients.
+    ``kept``: its shard of every parameter, for the whole run. ``root`` and ``blocks`` (one per
+    unit of :func:`shard_units`, in order): what each unit's whole weights take when gathered;
+    ``root_trainable`` and ``blocks_trainable``: their trainable weights' share of that (a
+    gradient of each is whole until the unit reduce-scatters).
     """
 
     processes: int
     kept: int
-    gathered: int
+    root: int = 0
+    root_trainable: int = 0
+    blocks: tuple[int, ...] = ()
+    blocks_trainable: tuple[int, ...] = ()
 
 
 def sharded_weight_bytes(
@@ -87,33 +95,108 @@ def sharded_weight_bytes(
     for parameter in model.parameters():
         rows = parameter.shape[0] if parameter.dim() else 1
         kept += sizes[id(parameter)] * math.ceil(rows / processes) // rows
-    if processes == 1:
-        return ShardedWeights(processes, kept, 0)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     in_blocks: set[int] = set()
-    blocks, largest_trainable = [], 0
+    blocks, blocks_trainable = [], []
     for unit in shard_units(model):
         ids = {id(p) for p in unit.parameters()} - in_blocks
         in_blocks |= ids
         blocks.append(sum(sizes[i] for i in ids))
-        largest_trainable = max(largest_trainable, sum(sizes[i] for i in ids & trainable))
-    root = sum(size for key, size in sizes.items() if key not in in_blocks)
-    root_trainable = sum(size for key, size in sizes.items() if key in trainable - in_blocks)
+        blocks_trainable.append(sum(sizes[i] for i in ids & trainable))
+    root = {key: size for key, size in sizes.items() if key not in in_blocks}
     return ShardedWeights(
-        processes,
-        kept,
-        root + root_trainable + _running_and_next(blocks) + GRADIENT_COPIES * largest_trainable,
-    )
+        processes, kept, sum(root.values()), sum(root[k] for k in root.keys() & trainable),
+        tuple(blocks), tuple(blocks_trainable),
+    )  # fmt: skip
 
 
-def _running_and_next(blocks: list[int]) -> int:
-    """The most one block running and the next one being gathered hold, in execution order:
-    forward (first to last) and backward (last to first)."""
-    if not blocks:
-        return 0
-    pairs = list(itertools.pairwise(blocks))
-    return max(
-        [NEXT_BLOCK_COPIES * blocks[0]]
-        + [running + NEXT_BLOCK_COPIES * following for running, following in pairs]
-        + [following + NEXT_BLOCK_COPIES * running for running, following in pairs]
-    )
+class GatheringReplay:
+    """FSDP2's gathering and freeing of whole weights in one process, replayed on ``model``'s
+    training step (its forward hooks and its outputs' gradient hooks) and added to
+    ``counter``; ``most`` is the most whole weights it held at once.
+
+    ``model`` is the model the step runs (fake or real tensors); ``weights`` its
+    :func:`sharded_weight_bytes`, computed before its weights were replaced. The step tells it
+    where it is: :meth:`start_forward` before each forward pass (the root is gathered),
+    :meth:`start_backward` before ``loss.backward()``, :meth:`end_backward` after it.
+    """
+
+    def __init__(self, model: nn.Module, weights: ShardedWeights, counter: LiveTensorBytes):
+        self.units = shard_units(model)
+        self.weights = weights
+        self.counter = counter
+        self.most = 0
+        self._held: dict[int, int] = {}  # unit index (or _ROOT...) -> whole bytes held
+        self._backward = False
+        self._with_backward: list[int] = []  # units whose output needed a gradient, in order
+        for index, unit in enumerate(self.units):
+            unit.register_forward_pre_hook(lambda *_, i=index: self._before_unit(i))
+            unit.register_forward_hook(lambda _m, _a, out, i=index: self._after_unit(i, out))
+
+    def start_forward(self) -> None:
+        """The root's weights are gathered for the whole forward and backward pass."""
+        self._backward = False
+        self._with_backward = []
+        self._gather(_ROOT, self.weights.root)
+
+    def start_backward(self) -> None:
+        """The root's trainable gradients (output head first) stay whole until the end."""
+        self._backward = True
+        self._take(_ROOT_GRADIENTS, self.weights.root_trainable)
+
+    def end_backward(self) -> None:
+        """Every unit and then the root reduce-scatter and free what they gathered."""
+        for index in [i for i in self._held if i >= 0]:
+            self._free_unit(index)
+        self._transient(self.weights.root_trainable)  # the root's reduce-scatter buffer
+        self._free(_ROOT_GRADIENTS)
+        self._free(_ROOT)
+
+    def _before_unit(self, index: int) -> None:
+        if self._backward:  # a checkpointed block recomputing: gathered by its backward hook
+            return
+        self._gather(index, self.weights.blocks[index])
+        if index + 1 < len(self.units):  # prefetched while this one runs
+            self._gather(index + 1, self.weights.blocks[index + 1])
+
+    def _after_unit(self, index: int, output: Any) -> None:
+        if self._backward:
+            return
+        self._free(index)
+        needs_gradient = [
+            t for t in pytree.tree_leaves(output) if isinstance(t, Tensor) and t.requires_grad
+        ]
+        if needs_gradient:  # FSDP2 gathers a unit again only if its backward runs
+            self._with_backward.append(index)
+            needs_gradient[0].register_hook(lambda _grad, i=index: self._before_backward(i))
+
+    def _before_backward(self, index: int) -> None:
+        for done in [i for i in self._held if i >= 0 and i != index]:
+            self._free_unit(done)
+        self._gather(index, self.weights.blocks[index])
+        self._take(index, self.weights.blocks_trainable[index])  # its gradients, whole
+        earlier = [i for i in self._with_backward if i < index]
+        if earlier:  # the next unit to run backward is prefetched
+            self._gather(earlier[-1], self.weights.blocks[earlier[-1]])
+
+    def _free_unit(self, index: int) -> None:
+        """A unit's backward is done: its gradients go through the reduce-scatter buffer."""
+        self._transient(self.weights.blocks_trainable[index])
+        self._free(index)
+
+    def _gather(self, index: int, size: int) -> None:
+        if index not in self._held:
+            self._transient(COPY_FACTOR * size)  # the all-gather buffer and the copied weights
+            self._take(index, size)
+
+    def _take(self, index: int, size: int) -> None:
+        self._held[index] = self._held.get(index, 0) + size
+        self.counter.hold(size)
+        self.most = max(self.most, sum(self._held.values()))
+
+    def _free(self, index: int) -> None:
+        self.counter.hold(-self._held.pop(index, 0))
+
+    def _transient(self, size: int) -> None:
+        self.counter.touch(size)
+        self.most = max(self.most, sum(self._held.values()) + size)

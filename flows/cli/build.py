@@ -111,14 +111,20 @@ def plan(
         if peak is not None and peak.processes > 1:
             rows.append(("step peak per process", human_bytes(peak.peak_bytes),
                          f"one of {peak.processes} (FSDP), {shape}, {planned_precision(spec)}: "
-                         f"its shard of every weight, whole weights gathered "
-                         f"({human_bytes(peak.gathered_bytes)}), activations, its shard of the "
-                         "gradients and AdamW (the CUDA context comes on top)"))  # fmt: skip
+                         f"its shard of every weight ({human_bytes(peak.weights_bytes)}), whole "
+                         f"weights gathered (up to {human_bytes(peak.gathered_bytes)}), "
+                         "activations, its shard of the gradients and AdamW (the CUDA context "
+                         "comes on top)"))  # fmt: skip
         elif peak is not None:
             each = f" in each of {processes} processes (DDP)" if processes > 1 else ""
-            rows.append(("step peak", human_bytes(peak.peak_bytes),
-                         f"{shape}{each}, {planned_precision(spec)}: weights, activations, "
-                         "gradients, AdamW (fake tensors; the CUDA context comes on top)"))  # fmt: skip
+            rows.append(
+                (
+                    "step peak",
+                    human_bytes(peak.peak_bytes),
+                    f"{shape}{each}, {planned_precision(spec)}: weights, activations, "
+                    "gradients, AdamW (fake tensors; the CUDA context comes on top)",
+                )
+            )
         else:
             rows.append(("step peak", "n/a", why_not))
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)

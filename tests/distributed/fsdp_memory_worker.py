@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ METHODS = {
 }
 
 
-def allocated_peak(run) -> int:  # noqa: ANN001 - a callable
+def allocated_peak(run: Callable[[], object]) -> int:
     """The most ``run()`` had allocated at once on top of what existed before, from the
     profiler's record of every allocation and free."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recorded:
@@ -61,12 +62,12 @@ def main(out: Path) -> None:
                 (p.to_local() if isinstance(p, DTensor) else p).nbytes for p in model.parameters()
             )
             ids = torch.randint(1, CONFIG.vocab_size, (ROWS, LENGTH))
-            step = allocated_peak(
-                lambda model=model, ids=ids: pc.train(
-                    model, [{"input_ids": ids, "labels": ids}], max_steps=2, learning_rate=1e-3,
-                    precision="bf16",
-                )  # fmt: skip
-            )
+            batch = {"input_ids": ids, "labels": ids}
+
+            def two_steps(model: torch.nn.Module = model, batch: dict = batch) -> None:
+                pc.train(model, [batch], max_steps=2, learning_rate=1e-3, precision="bf16")
+
+            step = allocated_peak(two_steps)
             estimate = pc.estimate_step_memory(
                 CONFIG, method, head="causal-lm", batch_size=ROWS, sequence_length=LENGTH,
                 dtype=torch.bfloat16, precision="bf16", processes=where.world_size,
