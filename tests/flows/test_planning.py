@@ -41,6 +41,23 @@ def test_a_step_that_fits_passes_and_one_that_does_not_says_what_to_change():
         check_step_fits(smaller, step.peak_bytes - 1)
 
 
+def test_under_fsdp_each_process_checks_its_share_within_the_wider_error():
+    """One of N FSDP processes needs its shard and what it gathers; the estimate of that is
+    looser (15% either side), so a step up to 15% over the free memory gets a warning."""
+    spec = load_spec(EXAMPLE, ["train.sharding=fsdp"])
+    step, whole = plan_step(spec, 2), plan_step(spec)
+    assert step is not None and whole is not None
+    assert step.processes == 2 and step.peak_bytes != whole.peak_bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_step_fits(spec, int(step.peak_bytes / 0.85) + 1, processes=2)
+    with pytest.warns(RuntimeWarning, match="within 15% under to 15% over the limit") as close:
+        check_step_fits(spec, int(step.peak_bytes / 1.1), "NVIDIA H100", processes=2)
+    assert "per process of 2 (FSDP) against the" in str(close[0].message)
+    with pytest.raises(DataError, match=r"per process of 2 \(FSDP\).*more GPUs"):
+        check_step_fits(spec, int(step.peak_bytes / 1.15) - 1, "NVIDIA H100", processes=2)
+
+
 def test_a_base_with_nothing_to_quantize_is_refused_with_the_other_inputs(tmp_path):
     """A base whose Linear layers are all too small for NF4's blocks: check_inputs says so,
     before any data is read or model loaded (it was an error inside the training step)."""
