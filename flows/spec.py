@@ -367,12 +367,6 @@ class AdapterSpec(_Strict):
         fp16 = self.train.precision == "fp16" or (
             self.train.precision == "auto" and self.load.dtype == "fp16"
         )
-        init = getattr(self.method, "init", "default")
-        if init != "default" and self.train.sharding == "fsdp":
-            raise ValueError(
-                f"method.init {init!r} holds half of each LoRA at its start, which is not done "
-                "for FSDP-sharded weights yet: use train.sharding: ddp, or method.init: default"
-            )
         if fp16 and self.train.sharding == "fsdp":
             raise ValueError(
                 "train.sharding fsdp trains in bf16 or fp32: fp16 loss scaling is not done for "

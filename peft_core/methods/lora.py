@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -194,10 +195,20 @@ class LoRAModule(nn.Module):
 
     @torch.no_grad()
     def hold_start(self) -> None:
-        """Put the frozen half back where it started (after an optimiser step)."""
-        if getattr(self, "frozen_rank", 0):
-            self.lora_A.weight[-self.frozen_rank :].copy_(cast(Tensor, self.start_A))
-            self.lora_B.weight[:, -self.frozen_rank :].copy_(cast(Tensor, self.start_B))
+        """Put the frozen half back where it started (after an optimiser step). Under FSDP2
+        each process holds some rows of A and B (a DTensor split on dim 0) and puts back its
+        own part of the start."""
+        if not getattr(self, "frozen_rank", 0):
+            return
+        trained = self.rank - self.frozen_rank
+        a, first_row = _local_rows(self.lora_A.weight)
+        low, high = max(first_row, trained), min(first_row + a.shape[0], self.rank)
+        if low < high:  # the rows of A's start this process holds
+            a[low - first_row : high - first_row].copy_(
+                cast(Tensor, self.start_A)[low - trained : high - trained]
+            )
+        b, first_row = _local_rows(self.lora_B.weight)
+        b[:, trained:].copy_(cast(Tensor, self.start_B)[first_row : first_row + b.shape[0]])
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         x = x.to(self.lora_A.weight.dtype)
@@ -559,6 +570,21 @@ class LoRAMethod(Method):
         return PeftImport(
             config, [Target(m) for m in modules], ours, _module_ranks(peft_config, lora)
         )
+
+
+def _local_rows(weight: Tensor) -> tuple[Tensor, int]:
+    """The part of ``weight`` this process holds and the index of its first row: all of it,
+    or an FSDP2 shard (a DTensor split on dim 0 the way ``torch.chunk`` splits it)."""
+    tensor_module = sys.modules.get("torch.distributed.tensor")  # not imported: no shards
+    if tensor_module is None or not isinstance(weight, tensor_module.DTensor):
+        return weight, 0
+    if len(weight.placements) != 1 or weight.placements[0] != tensor_module.Shard(0):
+        raise ConfigError(
+            f"a LoRA start cannot be held on weights placed as {weight.placements}: FSDP2 "
+            "(train.sharding: fsdp) splits them on dim 0"
+        )
+    rows_per_process = math.ceil(weight.shape[0] / weight.device_mesh.size())
+    return weight.to_local(), rows_per_process * weight.device_mesh.get_local_rank()
 
 
 def _check_startable(site: LayerSite, init: str) -> None:

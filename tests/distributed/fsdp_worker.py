@@ -8,10 +8,14 @@ what this process held of one base weight to ``$OUT/rank<r>.pt``.
 ``python fsdp_worker.py OUT [CHECKPOINTS [CRASH_AT]]``: checkpoint after every step into
 CHECKPOINTS (resuming from what is there); with CRASH_AT the run dies in the step after it
 checkpointed step CRASH_AT, as a crashed one would, and writes only ``$OUT/crashed<r>``.
+With ``FSDP_WORKER_INIT=pissa`` the LoRA starts from the weights (half of each module held at
+its start) and trains with a weight decay, which would move the held half if it were not put
+back after every step.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +40,9 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
         num_attention_heads=4, num_key_value_heads=2,
     )  # fmt: skip
     model = T.AutoModelForCausalLM.from_config(config)
-    pc.add_adapter(model, "l", pc.LoRA(rank=4, targets=("q", "v", "ffn_out")))
+    init = os.environ.get("FSDP_WORKER_INIT", "default")
+    pc.add_adapter(model, "l", pc.LoRA(rank=4, targets=("q", "v", "ffn_out"), init=init))
+    initial = {k: v.detach().clone() for k, v in pc.adapter_state_dict(model, "l").items()}
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, 256, (ROWS, LENGTH), generator=generator) for _ in range(STEPS)]
     with placement() as where:
@@ -54,6 +60,7 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
                 [{"input_ids": b, "labels": b} for b in mine],
                 max_steps=STEPS,
                 learning_rate=1e-2,
+                weight_decay=0.1 if init != "default" else 0.0,
                 warmup_ratio=0.0,
                 checkpoint_dir=checkpoints,
                 checkpoint_every=1,
@@ -70,6 +77,7 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
             {
                 "losses": losses,
                 "adapter": {k: v.detach().clone() for k, v in adapter.items()},
+                "initial": initial,
                 "sharded": is_sharded(model),
                 "local_rows": int(local.shape[0]),
                 "resumed_from": result.resumed_from,

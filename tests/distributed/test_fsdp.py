@@ -18,8 +18,8 @@ HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 
 
-def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def run(command: list[str], tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
     env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
     env["PYTHONPATH"] = str(HERE.parent.parent)
     done = subprocess.run(
@@ -55,6 +55,32 @@ def test_two_sharded_processes_train_what_one_process_trains_across_a_crash(tmp_
             torch.testing.assert_close(rank["adapter"][key], value, atol=1e-6, rtol=0)
     trained_b = [v for k, v in one["adapter"].items() if "lora_B" in k]
     assert trained_b and all(float(v.abs().max()) > 0 for v in trained_b)  # it trained
+
+
+def test_a_lora_started_from_the_weights_holds_its_start_shard_by_shard(tmp_path: Path):
+    """PiSSA under FSDP2: each process puts back the rows of the held start it holds after
+    every step (a weight decay moves them otherwise); it trains what one process trains."""
+    alone, sharded = tmp_path / "alone", tmp_path / "sharded"
+    worker = str(HERE / "fsdp_worker.py")
+    for folder in (alone, sharded):
+        folder.mkdir()
+    run([sys.executable, worker, str(alone)], tmp_path, FSDP_WORKER_INIT="pissa")
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    run([*torchrun, worker, str(sharded)], tmp_path, FSDP_WORKER_INIT="pissa")
+    one = torch.load(alone / "rank0.pt")
+    ranks = [torch.load(sharded / f"rank{r}.pt") for r in (0, 1)]
+    assert all(r["sharded"] for r in ranks)
+    for rank in ranks:
+        torch.testing.assert_close(rank["losses"], one["losses"], atol=1e-6, rtol=0)
+        for key, value in one["adapter"].items():
+            torch.testing.assert_close(rank["adapter"][key], value, atol=1e-6, rtol=0)
+    for key, trained in ranks[0]["adapter"].items():  # rank 4 in modules of rank 8
+        start, held = ranks[0]["initial"][key], (slice(4, 8) if "lora_A" in key else slice(None))
+        held_part = trained[held] if "lora_A" in key else trained[:, 4:]
+        start_part = start[held] if "lora_A" in key else start[:, 4:]
+        assert torch.equal(held_part, start_part), key  # put back exactly, shard by shard
+        trained_part = trained[:4] if "lora_A" in key else trained[:, :4]
+        assert not torch.equal(trained_part, start[:4] if "lora_A" in key else start[:, :4])
 
 
 def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst2_dir: Path):
