@@ -158,7 +158,10 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     pc.plan(config, spec.method.to_config(), head=spec.head.type)
     quantization = spec.load.quantization
     if quantization != "none":  # what load_base_model would refuse, after loading the data
-        pc.quantize.quantization_config(pc.build_on_meta(config, spec.head.type), quantization)
+        skeleton = pc.build_on_meta(config, spec.head.type)
+        pc.quantize.quantization_config(skeleton, quantization)
+        if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
+            pc.check_shardable(skeleton, quantization, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:

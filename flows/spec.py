@@ -367,6 +367,11 @@ class AdapterSpec(_Strict):
         fp16 = self.train.precision == "fp16" or (
             self.train.precision == "auto" and self.load.dtype == "fp16"
         )
+        if self.load.quantization == "int8" and self.train.sharding == "fsdp":
+            raise ValueError(
+                "load.quantization int8 cannot be sharded by FSDP2 (torchao's int8 weights do "
+                "not split across processes): use nf4, or train.sharding: ddp"
+            )
         if fp16 and self.train.sharding == "fsdp":
             raise ValueError(
                 "train.sharding fsdp trains in bf16 or fp32: fp16 loss scaling is not done for "

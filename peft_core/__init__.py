@@ -86,7 +86,7 @@ from .quantize import is_quantized, quantize_base
 from .roles import ROLES
 from .routing import per_row
 from .serialization import load_adapter, save_adapter
-from .sharding import ShardedWeights, shard_units, sharded_weight_bytes
+from .sharding import ShardedWeights, check_shardable, shard_units, sharded_weight_bytes
 from .training import Precision, TrainResult, train
 
 __all__ = [
@@ -138,6 +138,7 @@ __all__ = [
     "block_to_dict",
     "build_on_meta",
     "check_probes",
+    "check_shardable",
     "combine_adapters",
     "config_from_dict",
     "config_to_dict",

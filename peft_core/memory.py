@@ -45,7 +45,7 @@ from .heads import HeadKind
 from .inject import add_adapter
 from .plan import build_on_meta
 from .quantize import Quantization, stored_bytes
-from .sharding import GatheringReplay, sharded_weight_bytes
+from .sharding import GatheringReplay, check_shardable, sharded_weight_bytes
 from .training import (
     Precision,
     _autocast,
@@ -195,6 +195,7 @@ def estimate_step_memory(
         config.pad_token_id = 0  # a classifier finds each row's last token by it
     kernel = "eager" if attention == "eager" else None  # the others: memory as sdpa's
     model = build_on_meta(config, head, dtype=dtype, attention=kernel)  # as plan builds it
+    check_shardable(model, quantization, processes)  # the base's layers, before adapters wrap them
     add_adapter(model, "estimate", method)
     trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)
     weights = stored_bytes(model, quantization) + trainable_bytes

@@ -34,12 +34,25 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .quantize import Quantization, stored_bytes_by_parameter
+from .errors import ConfigError
+from .quantize import (
+    BLOCK,
+    SCALER_BLOCK,
+    Quantization,
+    quantizable_layers,
+    stored_bytes_by_parameter,
+)
 
 if TYPE_CHECKING:
     from .memory import LiveTensorBytes
 
-__all__ = ["GatheringReplay", "ShardedWeights", "shard_units", "sharded_weight_bytes"]
+__all__ = [
+    "GatheringReplay",
+    "ShardedWeights",
+    "check_shardable",
+    "shard_units",
+    "sharded_weight_bytes",
+]
 
 # FSDP2 copies a gathered unit out of its all-gather buffer, and a unit's gradients into its
 # reduce-scatter buffer: both whole, both alive for a moment beside the source.
@@ -63,6 +76,35 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
         return []
     layers = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
     return list(layers)
+
+
+def check_shardable(model: nn.Module, quantization: Quantization, processes: int) -> None:
+    """Refuse (:class:`ConfigError`) a base FSDP2 cannot split across ``processes`` once it is
+    stored as ``quantization``: torchao's int8 weights do not split at all, and an NF4 weight
+    splits only along its blocks of 64 x 256 values, so ``processes`` must divide every NF4
+    weight's number of them. From shapes only (a meta model answers)."""
+    if processes <= 1 or quantization == "none":
+        return
+    if quantization == "int8":
+        raise ConfigError(
+            "load.quantization int8 cannot be sharded by FSDP2 (torchao's int8 weights do not "
+            "split across processes): use nf4, or train.sharding: ddp"
+        )
+    modules = dict(model.named_modules())
+    counts = {
+        name: modules[name].weight.numel() // (BLOCK * SCALER_BLOCK)
+        for name in quantizable_layers(model, quantization)
+    }
+    uneven = {name: count for name, count in counts.items() if count % processes}
+    if uneven:
+        name, count = next(iter(uneven.items()))
+        common = math.gcd(*counts.values())
+        raise ConfigError(
+            f"load.quantization nf4 under FSDP splits each NF4 weight evenly across the "
+            f"processes along its blocks of {BLOCK} x {SCALER_BLOCK} values, and {len(uneven)} "
+            f"weights cannot be split across {processes} ({name}.weight has {count} blocks): "
+            f"start a number of processes that divides {common}, or use train.sharding: ddp"
+        )
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,18 @@ def test_a_base_with_nothing_to_quantize_is_refused_with_the_other_inputs(tmp_pa
     nf4 = parse_spec(document, source="spec.yaml")
     with pytest.raises(pc.ConfigError, match="no Linear layer of this model can be stored in nf4"):
         _check_method_fits(nf4)
+
+
+def test_an_nf4_base_fsdp_cannot_split_is_refused_under_torchrun(monkeypatch):
+    """MiniLM's 384 x 384 weights have 9 NF4 blocks of 64 x 256 each: two FSDP processes
+    cannot share them (torchao failed inside fully_shard, after loading); three can."""
+    import peft_core as pc
+    from flows.prepare_job import _check_method_fits
+
+    spec = load_spec(EXAMPLE, ["train.sharding=fsdp", "load.quantization=nf4", "load.dtype=bf16"])
+    _check_method_fits(spec)  # one process: nothing to split
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(pc.ConfigError, match="start a number of processes that divides 9"):
+        _check_method_fits(spec)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    _check_method_fits(spec)

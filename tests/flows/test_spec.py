@@ -226,6 +226,12 @@ class TestHostileSpecs:
         assert "fp16 loss scaling is not done for sharded models" in message
         parse_spec(with_(**{**changes, "train__precision": "bf16"}))  # bf16 autocast shards
 
+    def test_an_int8_base_cannot_be_sharded(self):
+        (message,) = problems(with_(train__sharding="fsdp", load={"quantization": "int8"})).values()
+        assert message.startswith("load.quantization int8 cannot be sharded by FSDP2")
+        assert "use nf4, or train.sharding: ddp" in message
+        parse_spec(with_(load={"quantization": "int8"}))  # DDP replicates it: fine
+
     def test_a_lora_started_from_the_weights_is_a_spec_field(self):
         pissa = {"method__init": "pissa"}
         assert parse_spec(with_(**pissa)).method.init == "pissa"

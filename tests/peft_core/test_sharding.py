@@ -92,3 +92,32 @@ def test_a_sharded_estimate_divides_the_optimizer_state_not_the_activations():
     lora_four = pc.estimate_step_memory(LLAMA, LORA, processes=4, **options)
     # LoRA's state is small: the activations, which sharding does not divide, stay
     assert lora_four.step_bytes > 0.95 * lora_one.step_bytes
+
+
+def test_a_quantised_base_is_refused_where_fsdp_could_not_split_it():
+    """torchao's int8 weights do not split; an NF4 weight splits along its 64 x 256 blocks
+    (a 256 x 256 weight has 4, the 256 x 768 ones 12): the error says which counts work."""
+    config = T.LlamaConfig(
+        hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=300,
+    )  # fmt: skip
+    model = pc.build_on_meta(config, "causal-lm")
+    for processes in (1, 2, 4):
+        pc.check_shardable(model, "nf4", processes)
+    with pytest.raises(pc.ConfigError) as refused:
+        pc.check_shardable(model, "nf4", 3)
+    assert str(refused.value) == (
+        "load.quantization nf4 under FSDP splits each NF4 weight evenly across the processes "
+        "along its blocks of 64 x 256 values, and 8 weights cannot be split across 3 "
+        "(model.layers.0.self_attn.q_proj.weight has 4 blocks): start a number of processes "
+        "that divides 4, or use train.sharding: ddp"
+    )
+    with pytest.raises(pc.ConfigError, match="int8 cannot be sharded by FSDP2"):
+        pc.check_shardable(model, "int8", 2)
+    pc.check_shardable(model, "int8", 1)  # one process shards nothing
+    pc.check_shardable(model, "none", 3)
+    with pytest.raises(pc.ConfigError, match="across 3"):  # plan --processes 3 says it too
+        pc.estimate_step_memory(
+            config, LORA, head="causal-lm", batch_size=1, sequence_length=8,
+            dtype=torch.bfloat16, quantization="nf4", processes=3,
+        )  # fmt: skip
