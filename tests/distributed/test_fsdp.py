@@ -122,3 +122,38 @@ def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: Path):
+    """An NF4 base under FSDP2: three processes share each of MiniLM's 9-block NF4 weights
+    (two could not: tests/flows/test_planning.py) and train what DDP trains on the same rows."""
+    spec = write_spec(
+        tmp_path, sst2_dir, name="qlora", train__max_steps=3,
+        load={"dtype": "bf16", "quantization": "nf4"},
+    )  # fmt: skip
+    outputs = {}
+    for sharding in ("fsdp", "ddp"):
+        out = tmp_path / f"out-{sharding}"
+        command = [
+            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "3",
+            str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
+            "--set", f"train.sharding={sharding}",
+        ]  # fmt: skip
+        done = run(command, tmp_path)
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        outputs[sharding] = (json.loads(line), load_file(out / "adapter.safetensors"))
+    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = outputs["fsdp"], outputs["ddp"]
+    assert (fsdp["world_size"], fsdp["sharding"]) == (3, "fsdp")
+    # gradients reduced in another order (reduce-scatter vs all-reduce) on a bf16 base: 5e-5 of
+    # the loss here, and the same predictions
+    assert abs(fsdp["final_loss"] - ddp["final_loss"]) < 2e-4
+    assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
+    assert fsdp_tensors.keys() == ddp_tensors.keys()
+    for key, value in ddp_tensors.items():
+        assert value.dtype == torch.bfloat16  # saved in the base's compute dtype
+        if "lora_A" in key:  # A starts random at 0.05: it moved the same way (1.4% of it)
+            torch.testing.assert_close(fsdp_tensors[key], value, atol=1.5e-3, rtol=0)
+        else:  # B starts at zero, and Adam's first steps move each element by about the
+            # learning rate whatever its gradient's size: where a near-zero gradient's sign
+            # differs between the two reduction orders, so does the element
+            assert float(fsdp_tensors[key].abs().max()) > 0 and float(value.abs().max()) > 0
