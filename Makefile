@@ -53,6 +53,7 @@ bench: setup services
 	$(PY) -m bench.llm_train_check
 	$(PY) -m bench.quantized_load_bench
 	$(PY) -m bench.lora_init_bench
+	$(PY) -m bench.fsdp_memory_bench
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
@@ -67,6 +68,7 @@ bench-quick: setup services
 	$(PY) -m bench.packing_bench --quick
 	$(PY) -m bench.quantized_load_bench --quick
 	$(PY) -m bench.lora_init_bench --quick
+	$(PY) -m bench.fsdp_memory_bench --quick
 	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:

@@ -512,6 +512,50 @@ def lora_init_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def fsdp_memory_section(data: dict[str, Any], plots: Path) -> str:
+    """``plan --processes N`` under FSDP against FSDP2's real allocations
+    (``bench.fsdp_memory_bench``)."""
+    del plots
+    mib = 2**20
+    rows = [
+        [
+            r["case"],
+            str(r["processes"]),
+            f"{r['estimate_bytes'] / mib:.1f} MiB",
+            f"{r['real_low_bytes'] / mib:.1f}-{r['real_high_bytes'] / mib:.1f} MiB",
+            f"{r['ratio_low']:.2f}-{r['ratio_high']:.2f}",
+            f"{r['shard_bytes'] / mib:.1f} MiB",
+            f"{r['gathered_bytes'] / mib:.1f} MiB",
+            f"{r['one_process_bytes'] / mib:.1f} MiB",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            "**FSDP memory per process** (`adapterops plan --processes N` with `train.sharding: "
+            "fsdp`): the estimate for one of N FSDP2 processes against the peak each of N gloo "
+            "processes on this CPU really allocated over two training steps (the profiler's "
+            f"record of every allocation and free; {data['repeats']} runs, the range over runs "
+            "and ranks: gloo's asynchronous collectives move it), beside the estimate for one "
+            "unsharded process (`python -m bench.fsdp_memory_bench`):",
+            table(
+                [
+                    "case",
+                    "processes",
+                    "estimate",
+                    "real",
+                    "estimate / real",
+                    "its shard",
+                    "gathered (most)",
+                    "one process",
+                ],
+                rows,
+            ),
+            measured_on(data),
+        ]
+    )
+
+
 GPU_LIBRARIES = {
     "peft": "peft", "ours": "ours", "ours-nf4": "ours, NF4 base (torchao)",
     "peft-nf4": "peft, NF4 base (bitsandbytes)",
@@ -682,6 +726,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("multi_lora", multi_lora_section),
     ("lora_init", lora_init_section),
     ("lora_init_cuda", lora_init_section),
+    ("fsdp_memory", fsdp_memory_section),
 ]
 
 

@@ -13,8 +13,8 @@ of its shard it holds whole, during a step:
   the root reduce-scatters last);
 - the running block's weights, and the next block's (prefetched) twice for a moment: its
   all-gather buffer and the weights copied out of it;
-- a block's trainable gradients until its backward is done, and once more for a moment in the
-  reduce-scatter buffer.
+- a block's trainable gradients until its backward is done, and a copy of them in the
+  reduce-scatter buffer until the next block's reduce-scatter starts.
 
 :class:`GatheringReplay` adds these to a :class:`~peft_core.memory.LiveTensorBytes` counter at
 the moments they happen (module hooks on a fake-tensor step), so they meet the activations of
@@ -57,7 +57,9 @@ __all__ = [
 # FSDP2 copies a gathered unit out of its all-gather buffer, and a unit's gradients into its
 # reduce-scatter buffer: both whole, both alive for a moment beside the source.
 COPY_FACTOR = 2
-_ROOT, _ROOT_GRADIENTS = -1, -2  # keys of what the root holds, beside the units' indices
+# keys of what is held beside the units' indices: the root's weights and gradients, and the
+# last reduce-scatter's input (FSDP2 frees it only when the next reduce-scatter starts)
+_ROOT, _ROOT_GRADIENTS, _REDUCE_SCATTER = -1, -2, -3
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -190,9 +192,9 @@ class GatheringReplay:
         """Every unit and then the root reduce-scatter and free what they gathered."""
         for index in [i for i in self._held if i >= 0]:
             self._free_unit(index)
-        self._transient(self.weights.root_trainable)  # the root's reduce-scatter buffer
-        self._free(_ROOT_GRADIENTS)
-        self._free(_ROOT)
+        self._reduce_scatter(self.weights.root_trainable)
+        for held in (_ROOT_GRADIENTS, _ROOT, _REDUCE_SCATTER):
+            self._free(held)
 
     def _before_unit(self, index: int) -> None:
         if self._backward:  # a checkpointed block recomputing: gathered by its backward hook
@@ -223,8 +225,14 @@ class GatheringReplay:
 
     def _free_unit(self, index: int) -> None:
         """A unit's backward is done: its gradients go through the reduce-scatter buffer."""
-        self._transient(self.weights.blocks_trainable[index])
+        self._reduce_scatter(self.weights.blocks_trainable[index])
         self._free(index)
+
+    def _reduce_scatter(self, size: int) -> None:
+        """Gradients of ``size`` bytes copied whole into the reduce-scatter input, which stays
+        until the next reduce-scatter starts (the previous one's is freed then)."""
+        self._free(_REDUCE_SCATTER)
+        self._take(_REDUCE_SCATTER, size)
 
     def _gather(self, index: int, size: int) -> None:
         if index not in self._held:

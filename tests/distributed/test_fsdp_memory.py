@@ -11,10 +11,11 @@ import peft_core as pc
 from bench.fsdp_memory_bench import CASES, config_of, run_processes, setting_of
 
 # FSDP2's gathering replayed on the fake step (peft_core.sharding.GatheringReplay) against
-# the real peak, which itself moves by about 10% between runs and between the two ranks of
-# one run (gloo runs the all-gathers and reduce-scatters asynchronously, so how many buffers
-# are alive at once depends on timing): LoRA 0.90-1.02 over runs here, full 0.86-1.04
-BOUNDS = (0.85, 1.15)
+# the real peak. gloo runs the all-gathers and reduce-scatters asynchronously, so buffers
+# waiting on them can add to one rank's peak in one run (up to 15% for LoRA, 25% for a full
+# fine-tune's large gradients: bench/fsdp_memory_bench.py): the lower rank is the reference.
+# LoRA 1.00-1.02 of it here; full fine-tuning 0.86-1.04.
+BOUNDS = {"llama-512-lora": (0.95, 1.05), "llama-512-full": (0.8, 1.15)}
 MEASURED = ["llama-512-lora", "llama-512-full"]
 
 
@@ -31,8 +32,9 @@ def test_a_process_holds_its_shard_and_the_step_the_estimate_replays(measured, c
         assert estimate["processes"] == 2 and estimate["gathered_bytes"] > 0
         # its shard of every weight, to the byte (dim 0 split in two, padded)
         assert estimate["weights_bytes"] == result["held"]
-        low, high = BOUNDS
-        assert low < estimate["peak_bytes"] / (result["held"] + result["step"]) < high, result
+    real = min(rank[case]["held"] + rank[case]["step"] for rank in measured)
+    low, high = BOUNDS[case]
+    assert low < measured[0][case]["estimate"]["peak_bytes"] / real < high, measured
 
 
 def test_sharding_divides_the_weights_and_the_full_fine_tunes_optimizer_state(measured):
