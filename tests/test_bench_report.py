@@ -35,6 +35,7 @@ def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
     names = (
         "composition", "registry", "storage", "startup", "packing", "multi_lora_cpu", "lora_init",
+        "fsdp_memory",
     )  # fmt: skip
     for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
@@ -101,6 +102,17 @@ def test_the_lora_init_table_gives_each_init_against_the_default_and_peft(result
         f"| pissa | {pissa['ours_s']:.3f} s | {pissa['ours_s_per_layer']:.3f} s | "
         f"{pissa['ours_over_default']:.1f}x | {pissa['peft_s']:.3f} s | "
         f"{pissa['ours_over_peft']:.2f} |"
+    ) in text
+
+
+def test_the_fsdp_memory_table_gives_the_estimate_against_the_real_range(results: Path):
+    text = report.render(results)
+    row = json.loads((results / "fsdp_memory.json").read_text())["rows"][0]
+    mib = 2**20
+    assert (
+        f"| {row['case']} | {row['processes']} | {row['estimate_bytes'] / mib:.1f} MiB | "
+        f"{row['real_low_bytes'] / mib:.1f}-{row['real_high_bytes'] / mib:.1f} MiB | "
+        f"{row['ratio_low']:.2f}-{row['ratio_high']:.2f} |"
     ) in text
 
 
