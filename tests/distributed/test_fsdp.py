@@ -29,6 +29,23 @@ def run(command: list[str], tmp_path: Path, **extra: str) -> subprocess.Complete
     return done
 
 
+def trained_both_ways(spec: Path, processes: int, tmp_path: Path) -> list[tuple[dict, dict]]:
+    """``adapterops train SPEC --json`` under torchrun with FSDP, then with DDP: what rank 0
+    reported (the only rank that does) and the adapter tensors it saved, each way."""
+    outputs = []
+    for sharding in ("fsdp", "ddp"):
+        out = tmp_path / f"out-{sharding}"
+        command = [
+            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes),
+            str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
+            "--set", f"train.sharding={sharding}",
+        ]  # fmt: skip
+        done = run(command, tmp_path)
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        outputs.append((json.loads(line), load_file(out / "adapter.safetensors")))
+    return outputs
+
+
 def test_two_sharded_processes_train_what_one_process_trains_across_a_crash(tmp_path: Path):
     """The sharded run crashes after step 2 and resumes from its checkpoint (whole tensors
     gathered on save, re-sharded on restore): it still ends where one process does."""
@@ -85,19 +102,7 @@ def test_a_lora_started_from_the_weights_holds_its_start_shard_by_shard(tmp_path
 
 def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst2_dir: Path):
     spec = write_spec(tmp_path, sst2_dir, name="sharded", train__max_steps=4)
-    outputs = {}
-    for sharding in ("fsdp", "ddp"):
-        out = tmp_path / f"out-{sharding}"
-        command = [
-            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-            str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
-            "--set", f"train.sharding={sharding}",
-        ]  # fmt: skip
-        done = run(command, tmp_path)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        assert len(lines) == 1  # rank 0 reports
-        outputs[sharding] = (json.loads(lines[0]), load_file(out / "adapter.safetensors"))
-    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = outputs["fsdp"], outputs["ddp"]
+    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = trained_both_ways(spec, 2, tmp_path)
     assert (fsdp["world_size"], fsdp["sharding"], ddp["sharding"]) == (2, "fsdp", "ddp")
     assert abs(fsdp["final_loss"] - ddp["final_loss"]) < 1e-6
     assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
@@ -131,18 +136,7 @@ def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: P
         tmp_path, sst2_dir, name="qlora", train__max_steps=3,
         load={"dtype": "bf16", "quantization": "nf4"},
     )  # fmt: skip
-    outputs = {}
-    for sharding in ("fsdp", "ddp"):
-        out = tmp_path / f"out-{sharding}"
-        command = [
-            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "3",
-            str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
-            "--set", f"train.sharding={sharding}",
-        ]  # fmt: skip
-        done = run(command, tmp_path)
-        (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        outputs[sharding] = (json.loads(line), load_file(out / "adapter.safetensors"))
-    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = outputs["fsdp"], outputs["ddp"]
+    (fsdp, fsdp_tensors), (ddp, ddp_tensors) = trained_both_ways(spec, 3, tmp_path)
     assert (fsdp["world_size"], fsdp["sharding"]) == (3, "fsdp")
     # gradients reduced in another order (reduce-scatter vs all-reduce) on a bf16 base: 5e-5 of
     # the loss here, and the same predictions
