@@ -144,6 +144,7 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
+    _check_processes(spec)
     _check_attention(spec)
     load_raw(spec)
     _check_step_fits_the_gpu(spec)
@@ -161,7 +162,28 @@ def _check_method_fits(spec: AdapterSpec) -> None:
         skeleton = pc.build_on_meta(config, spec.head.type)
         pc.quantize.quantization_config(skeleton, quantization)
         if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
-            pc.check_shardable(skeleton, quantization, int(os.environ.get("WORLD_SIZE", "1")))
+            processes = int(os.environ.get("WORLD_SIZE", spec.train.processes))
+            pc.check_shardable(skeleton, quantization, processes)
+
+
+def _check_processes(spec: AdapterSpec) -> None:
+    """``train.processes`` N: one GPU per process where there are GPUs (gloo on a CPU takes
+    any N), and under a torchrun the user started, as many processes as it started."""
+    import torch  # noqa: PLC0415 - torch is heavy
+
+    wanted = spec.train.processes
+    started = os.environ.get("WORLD_SIZE")
+    if started is not None and wanted > 1 and int(started) != wanted:
+        raise DataError(
+            f"train.processes is {wanted} but torchrun started {started} processes: leave "
+            "train.processes out under torchrun, or run without torchrun (it is started for you)"
+        )
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if started is None and 0 < gpus < wanted:
+        raise DataError(
+            f"train.processes {wanted} trains on one GPU per process, and this machine has "
+            f"{gpus}: set train.processes to {gpus} or fewer"
+        )
 
 
 def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
@@ -175,7 +197,7 @@ def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
     if not torch.cuda.is_available():
         return
     device = int(os.environ.get("LOCAL_RANK", "0"))
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = int(os.environ.get("WORLD_SIZE", spec.train.processes))
     free, _ = torch.cuda.mem_get_info(device)
     try:
         check_step_fits(spec, free, torch.cuda.get_device_name(device), processes)

@@ -237,6 +237,9 @@ class TrainSpec(_Strict):
     # Under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: each holds 1/N
     # of every weight, for bases beyond one GPU). One process ignores it.
     sharding: Literal["ddp", "fsdp"] = "ddp"
+    # More than 1: train, build and retrain start torchrun with this many processes themselves
+    # (one GPU each, or gloo on a CPU); evaluation and registration stay in the first process.
+    processes: int = Field(default=1, ge=1, le=1024)
     # causal-lm: each batch's examples are laid end to end in one row, no padding; position ids
     # restart per example, so attention stays inside it and the loss is the padded batch's.
     packing: bool = False

@@ -31,6 +31,7 @@ from peft_core.state import adapter_layers, get_record
 from .data import PreparedData, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
+from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec, members_of_version
 from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
@@ -151,8 +152,15 @@ def train_from_spec(
     last checkpoint. Under ``torchrun`` every process trains its shard of each batch (DDP); rank 0
     evaluates and saves, the other ranks return a report with an empty ``output``. A build
     passes the dataset ``fingerprint`` it computed (else it is computed here) and its
-    ``registry`` (a fusion's members are loaded from it).
+    ``registry`` (a fusion's members are loaded from it). With ``train.processes`` N > 1 and
+    no torchrun around, this starts torchrun with N processes and returns rank 0's report
+    (:mod:`flows.launch`; a fusion's members then come from the environment's registry).
     """
+    if launched_here(spec):  # train.processes: torchrun started from here, then back here
+        return train_in_processes(
+            spec, output, on_step=on_step, evaluate_after=evaluate_after,
+            checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+        )  # fmt: skip
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
     with placement() as where:

@@ -52,13 +52,13 @@ StepOption = Annotated[
 
 
 ProcessesOption = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--processes",
         min=1,
-        help="How many processes torchrun will start (--nproc_per_node x nodes): with "
-        "train.sharding fsdp the step's peak is one process's (its shard of the weights, what "
-        "it gathers, its own rows).",
+        help="How many processes will train (default: the spec's train.processes; under "
+        "torchrun, --nproc_per_node x nodes): with train.sharding fsdp the step's peak is one "
+        "process's (its shard of the weights, what it gathers, its own rows).",
     ),
 ]
 
@@ -68,7 +68,7 @@ def plan(
     spec_file: SpecArgument,
     overrides: SetOption = None,
     step: StepOption = True,
-    processes: ProcessesOption = 1,
+    processes: ProcessesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Parameters, adapter size and memory, from the base model's config.json only: the base
@@ -84,6 +84,7 @@ def plan(
     with user_errors(as_json):
         spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
+        processes = processes or spec.train.processes
         try:
             peak = plan_step(spec, processes) if step else None
         except pc.NotEstimableError as exc:  # the rest of the plan stands

@@ -84,7 +84,9 @@ class TestPlan:
         quarter = whole["weights_bytes"] / 4
         assert quarter <= fsdp["weights_bytes"] < quarter * 1.01
         assert fsdp["peak_bytes"] < 0.75 * whole["peak_bytes"]  # 0.68 at these shapes
-        table = adapterops("plan", str(spec), "--processes", "4", "--set", "train.sharding=fsdp")
+        table = adapterops(  # --processes defaults to the spec's train.processes
+            "plan", str(spec), "--set", "train.processes=4", "--set", "train.sharding=fsdp"
+        )
         assert table.returncode == 0, table.stderr
         assert "step peak per process" in table.stdout and "one of 4 (FSDP)" in table.stdout
         refused = adapterops("plan", str(spec), "--processes", "0")

@@ -1,0 +1,137 @@
+"""Training in several processes from one command: ``train.processes: N`` in a spec makes
+``train_from_spec`` (and so ``adapterops train``, ``build``, ``retrain`` and the scheduled
+deployments) start ``torchrun --nproc_per_node N`` itself, instead of asking the user to wrap
+the command in torchrun.
+
+Each of the N processes runs this module (``python -m flows.launch``), which calls
+``train_from_spec`` under torchrun: DDP or FSDP as ``train.sharding`` says, one GPU per process
+(NCCL) or gloo on a CPU. Rank 0 prints each optimiser step as one marked JSON line, which the
+launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and writes
+its report for the launcher to return. Evaluation, registration and tracking stay in the
+launching process, as for one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .spec import AdapterSpec
+
+__all__ = ["STEP_MARK", "launched_here", "train_in_processes"]
+
+STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdout
+StepCallback = Callable[[int, int, float, float], None]
+
+
+def launched_here(spec: AdapterSpec) -> bool:
+    """Whether ``spec`` asks for several processes and this is not one of them yet."""
+    return spec.train.processes > 1 and "WORLD_SIZE" not in os.environ
+
+
+def train_in_processes(
+    spec: AdapterSpec,
+    output: str | Path,
+    *,
+    on_step: StepCallback | None = None,
+    evaluate_after: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    fingerprint: str | None = None,
+) -> Any:
+    """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
+    :class:`~flows.train_job.TrainReport`. Raises ``RuntimeError`` with the failing process's
+    last words if torchrun fails."""
+    from .train_job import TrainReport  # noqa: PLC0415 - torch loads with it
+
+    with tempfile.TemporaryDirectory(prefix="adapterops-launch-") as scratch:
+        spec_file, report_file = Path(scratch) / "spec.json", Path(scratch) / "report.json"
+        spec_file.write_text(spec.model_dump_json())
+        command = [
+            str(Path(sys.executable).parent / "torchrun"), "--standalone",
+            "--nproc_per_node", str(spec.train.processes),
+            "-m", "flows.launch", str(spec_file), str(output), str(report_file),
+        ]  # fmt: skip
+        if checkpoint_dir is not None:
+            command += ["--checkpoints", str(checkpoint_dir)]
+        if fingerprint is not None:
+            command += ["--fingerprint", fingerprint]
+        if not evaluate_after:
+            command.append("--no-evaluate")
+        errors = Path(scratch) / "stderr.log"
+        with errors.open("w") as stderr:
+            returncode = _relay(command, stderr, on_step)
+        if returncode != 0:
+            raise RuntimeError(
+                f"training in {spec.train.processes} processes failed (torchrun exit "
+                f"{returncode}): {_last_error(errors.read_text(errors='replace'))}"
+            )
+        document = json.loads(report_file.read_text())
+    return TrainReport(**document)
+
+
+def _relay(command: list[str], stderr: Any, on_step: StepCallback | None) -> int:
+    """Run ``command``, turning rank 0's step lines into ``on_step`` calls; its exit code."""
+    environment = {**os.environ, "PYTHONPATH": _with_this_project(os.environ.get("PYTHONPATH"))}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(STEP_MARK) and on_step is not None:
+                step = json.loads(line.removeprefix(STEP_MARK))
+                on_step(step["step"], step["total"], step["loss"], step["learning_rate"])
+        return process.wait()
+
+
+def _with_this_project(path: str | None) -> str:
+    """``PYTHONPATH`` with this project's root first, so the processes import this code."""
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([root, path] if path else [root])
+
+
+def _last_error(text: str) -> str:
+    """The line that says what went wrong: the last ``...Error: ...`` line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error: " in line and not line.startswith("torch.distributed.elastic"):
+            return line.split("]: ", 1)[-1]
+    return lines[-1] if lines else "no output"
+
+
+def _print_step(step: int, total: int, loss: float, learning_rate: float) -> None:
+    record = {"step": step, "total": total, "loss": loss, "learning_rate": learning_rate}
+    print(STEP_MARK + json.dumps(record), flush=True)
+
+
+def main() -> None:
+    """One of the processes: train, and on rank 0 write the report for the launcher."""
+    parser = argparse.ArgumentParser(description="one process of train.processes")
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--checkpoints", type=Path, default=None)
+    parser.add_argument("--fingerprint", default=None)
+    parser.add_argument("--no-evaluate", action="store_true")
+    args = parser.parse_args()
+    from .train_job import train_from_spec  # noqa: PLC0415
+
+    spec = AdapterSpec.model_validate_json(args.spec.read_text())
+    report = train_from_spec(
+        spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
+        checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint,
+    )  # fmt: skip
+    if report.output:  # rank 0
+        document = {**report.to_dict(), "losses": report.losses}
+        document["learning_rates"] = report.learning_rates
+        args.report.write_text(json.dumps(document))
+
+
+if __name__ == "__main__":
+    main()

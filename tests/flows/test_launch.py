@@ -1,0 +1,57 @@
+"""``train.processes: N``: train, build and retrain start torchrun themselves (two gloo processes
+here), relay every step back, and go on in the first process as for one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows import tracking
+from flows.build_job import build_from_spec
+from flows.errors import DataError
+from flows.launch import _last_error
+from flows.prepare_job import check_inputs
+from flows.quickstart import minilm_sst2_spec
+from registry import Registry
+
+STEPS = 4
+
+
+def two_process_spec(sst2_dir: Path, **train: object):
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=STEPS, batch_size=8, name="two-sst2")
+    data = spec.data.model_copy(update={"max_eval_samples": 64})
+    settings = spec.train.model_copy(update={"processes": 2, **train})
+    return spec.model_copy(update={"data": data, "train": settings})
+
+
+def test_a_build_trains_in_two_processes_and_tracks_every_step(embedded_home, sst2_dir, tmp_path):
+    registry = Registry()
+    result = build_from_spec(two_process_spec(sst2_dir), registry, tmp_path / "out")
+    assert (result.version, result.promoted, result.alias) == (1, True, "champion")
+    history = tracking.client().get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(STEPS))  # every step, relayed from rank 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["world_size"], report["sharding"], report["steps"]) == (2, "ddp", STEPS)
+    assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
+    assert report["final_loss"] == pytest.approx(history[-1].value)
+
+
+def test_processes_that_differ_from_a_users_torchrun_are_refused(sst2_dir, monkeypatch):
+    spec = two_process_spec(sst2_dir)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(DataError, match=r"train\.processes is 2 but torchrun started 3"):
+        check_inputs(spec)
+
+
+def test_a_failing_process_is_one_line():
+    stderr = (
+        "[rank1]: Traceback (most recent call last):\n"
+        '[rank1]:   File "x.py", line 3, in <module>\n'
+        "[rank1]: ValueError: the batch is empty\n"
+        "E1201 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1)\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+    )
+    assert _last_error(stderr) == "ValueError: the batch is empty"
+    assert _last_error("") == "no output"
