@@ -53,8 +53,8 @@ def train_in_processes(
     with tempfile.TemporaryDirectory(prefix="adapterops-launch-") as scratch:
         spec_file, report_file = Path(scratch) / "spec.json", Path(scratch) / "report.json"
         spec_file.write_text(spec.model_dump_json())
-        command = [
-            str(Path(sys.executable).parent / "torchrun"), "--standalone",
+        command = [  # torchrun, as a module of this interpreter's torch (no PATH needed)
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node", str(spec.train.processes),
             "-m", "flows.launch", str(spec_file), str(output), str(report_file),
         ]  # fmt: skip
