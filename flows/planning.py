@@ -121,7 +121,7 @@ def check_step_fits(
             stacklevel=2,
         )
         return
-    more = ", or train on more GPUs (torchrun --nproc_per_node)" if step.processes > 1 else ""
+    more = ", or train on more GPUs (train.processes)" if step.processes > 1 else ""
     raise DataError(
         f"{needs} ({spec.train.batch_size} rows x {spec.train.max_length} tokens, weights "
         f"{step.weights_bytes / gib:.1f} GiB) but {device_name} has {device_bytes / gib:.1f} GiB "

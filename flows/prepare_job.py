@@ -162,8 +162,12 @@ def _check_method_fits(spec: AdapterSpec) -> None:
         skeleton = pc.build_on_meta(config, spec.head.type)
         pc.quantize.quantization_config(skeleton, quantization)
         if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
-            processes = int(os.environ.get("WORLD_SIZE", spec.train.processes))
-            pc.check_shardable(skeleton, quantization, processes)
+            pc.check_shardable(skeleton, quantization, _processes(spec))
+
+
+def _processes(spec: AdapterSpec) -> int:
+    """How many processes will train: those torchrun started, else ``train.processes``."""
+    return int(os.environ.get("WORLD_SIZE", spec.train.processes))
 
 
 def _check_processes(spec: AdapterSpec) -> None:
@@ -197,10 +201,9 @@ def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
     if not torch.cuda.is_available():
         return
     device = int(os.environ.get("LOCAL_RANK", "0"))
-    processes = int(os.environ.get("WORLD_SIZE", spec.train.processes))
     free, _ = torch.cuda.mem_get_info(device)
     try:
-        check_step_fits(spec, free, torch.cuda.get_device_name(device), processes)
+        check_step_fits(spec, free, torch.cuda.get_device_name(device), _processes(spec))
     except DataError:
         raise
     except Exception as exc:  # an estimate that fails is no reason to stop: the run goes ahead
