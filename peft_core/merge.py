@@ -20,6 +20,7 @@ from .errors import NotMergeableError
 from .heads import head_state
 from .layer import AdaptedLayer, ParamDelta, base_state_dict
 from .methods import Method, method_of
+from .offload import is_offloaded, offloaded_weight_message
 from .quantize import is_quantized
 from .state import adapter_layers, get_record
 
@@ -129,6 +130,9 @@ def _check_mergeable(model: nn.Module, name: str) -> Method:
     ]
     if quantized:
         raise NotMergeableError.on_quantized_weights(name, quantized[0])
+    offloaded = [m for m, layer in adapter_layers(model, name) if is_offloaded(layer.base_layer)]
+    if offloaded:
+        raise NotMergeableError(offloaded_weight_message(offloaded[0], f"merging {name!r}"))
     return method
 
 

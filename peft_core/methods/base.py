@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, TargetError
 from ..layer import AdaptedLayer, LayerKind
+from ..offload import execution_device
 from ..roles import Target
 from ..targeting import resolve_targets
 
@@ -80,8 +81,12 @@ class LayerSite:
 
     @property
     def device(self) -> torch.device:
-        """Where the base layer's weights live (adapters are built there)."""
-        return next(self.base.parameters()).device
+        """Where the base layer runs (adapters are built there): its weights' device, or the
+        execution device of a layer accelerate offloads (its weights wait on ``meta``)."""
+        weight_device = next(self.base.parameters()).device
+        if weight_device.type == "meta":
+            return execution_device(self.base) or weight_device
+        return weight_device
 
     @property
     def dtype(self) -> torch.dtype:

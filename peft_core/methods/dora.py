@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import AdapterFormatError
+from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
+from ..offload import is_offloaded, offloaded_weight_message
 from ..stacks import cached_stack
 from .base import LayerSite, PeftImport
 from .lora import LoRAMethod, LoRAModule, LowRankConfig, lora_scaling
@@ -159,6 +160,8 @@ class DoRAMethod(LoRAMethod):
         dora = cast(DoRA, config)
         site.require_matrix(dora.type)
         site.whole_layer("DoRA")
+        if is_offloaded(site.base):  # its forward normalises by the base weight's row norms
+            raise ConfigError(offloaded_weight_message(site.module_name, "DoRA"))
         rank, alpha = site.rank_alpha or (dora.rank, dora.alpha)
         return DoRAModule(
             site.base,

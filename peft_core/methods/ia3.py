@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import AdapterFormatError, ConfigError, TargetError
 from ..layer import AdaptedLayer, ParamDelta
+from ..offload import current_weight
 from ..roles import Target
 from ..targeting import resolve_targets
 from .base import LayerSite, Method, MethodConfig, PeftImport, check_targets, require
@@ -86,7 +87,7 @@ class IA3Module(nn.Module):
 
     def base_weight(self) -> Tensor:
         """The base layer's weight in (out, in) orientation."""
-        weight = cast(Tensor, self.__dict__["_base"].weight)
+        weight = current_weight(self.__dict__["_base"])  # brought in if accelerate offloads it
         return weight.T if self.transposed else weight
 
     def output_scale(self) -> Tensor:
@@ -138,13 +139,13 @@ class IA3Module(nn.Module):
         if inputs:
             vectors = [m.ia3_l.reshape(-1) for m in inputs]
             in_rows = gather(inputs, vectors, torch.ones_like(vectors[0]))
-        weight = inputs[0].base_weight() if inputs else None
 
         def step(x: Tensor, y: Tensor) -> Tensor:
             rows = y.reshape(y.shape[0], -1, y.shape[-1])
             if out_rows is not None:
                 rows = rows * out_rows.to(rows.dtype)
-            if in_rows is not None and weight is not None:
+            if in_rows is not None:
+                weight = inputs[0].base_weight()  # per call: an offloaded one is brought in
                 x_rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(in_rows.dtype)
                 rows = rows + F.linear(x_rows * (in_rows - 1), weight.to(in_rows.dtype)).to(
                     rows.dtype

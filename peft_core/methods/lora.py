@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import AdapterFormatError, ConfigError
 from ..layer import AdaptedLayer, ParamDelta
+from ..offload import current_weight
 from ..quantize import dequantized, is_quantized
 from ..roles import Target
 from ..stacks import cached_stack
@@ -600,7 +601,7 @@ def _check_startable(site: LayerSite, init: str) -> None:
 
 def _weight_rows(site: LayerSite, target: Target) -> Tensor:
     """The (out, in) float32 weight rows ``target`` adapts (a quantised weight's values)."""
-    stored = cast(Tensor, site.base.weight).detach()
+    stored = current_weight(site.base).detach()  # brought in if accelerate offloads it
     weight = dequantized(stored) if is_quantized(stored) else stored.float()
     weight = weight.T if site.kind.transposed else weight
     if target.out_slice is not None:
