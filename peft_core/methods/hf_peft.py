@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, TargetError
 from ..layer import SELF_PLACED_CONTAINER, AdaptedLayer
+from ..offload import is_offloaded, offloaded_weight_message
 from . import _peft_merge
 from .base import Method, MethodConfig, PeftImport
 
@@ -234,6 +235,7 @@ class PeftRun(Method):
         _wrappers(model)[record.name] = wrapper
         for param, wanted in grads.items():  # peft freezes the base; set_trainable decides that
             param.requires_grad_(wanted)
+        _refuse_stranded_weights(self, model, record.name, made)
 
     def switch(self, model: nn.Module, on: Sequence[str]) -> None:
         grads = {p: p.requires_grad for p in model.parameters()}  # switching must not (un)freeze
@@ -435,6 +437,21 @@ def _portable(peft_config: dict[str, Any]) -> dict[str, Any]:
     drop = {"task_type", "modules_to_save", "base_model_name_or_path", "revision", "inference_mode"}
     drop |= {"auto_mapping", "peft_version"}
     return {k: v for k, v in peft_config.items() if k not in drop}
+
+
+def _refuse_stranded_weights(method: Method, model: nn.Module, name: str, made: Any) -> None:
+    """Some peft methods (OFT, ...) build their weights on the base weight's device: ``meta`` on
+    a layer accelerate offloads, where they would hold nothing. Taken out again, in one line."""
+    stranded = [
+        module_name
+        for module_name, layer in tuner_layers(model)
+        if is_offloaded(layer.get_base_layer())  # (a plan's model is all on meta: fine)
+        for key, tensor in layer.named_parameters()
+        if f".{name}." in f".{key}." and tensor.is_meta
+    ]
+    if stranded:
+        method.remove(model, name)
+        raise ConfigError(offloaded_weight_message(stranded[0], f"peft {_kind(made)}"))
 
 
 def _placed_config(model: nn.Module, record: AdapterRecord) -> Any:

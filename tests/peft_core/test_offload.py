@@ -147,3 +147,36 @@ def test_dora_is_refused_before_injecting(checkpoint: Path, tmp_path: Path) -> N
         pc.add_adapter(model, "a", pc.DoRA(rank=4, targets=("q", "v")))
     assert pc.list_adapters(model) == []
     assert not any(isinstance(m, AdaptedLayer) for m in model.modules())
+
+
+def test_a_peft_run_lora_loads_and_runs_as_on_the_whole_base(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    config = pc.AnyPeft(
+        config={"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+    )
+    reference = whole(checkpoint)
+    pc.add_adapter(reference, "a", config)
+    perturb_adapter(reference, "a")
+    folder = pc.save_adapter(reference, "a", tmp_path / "a", format="peft")
+    model = offloaded(checkpoint, tmp_path)
+    pc.load_adapter(model, folder, name="a")
+    for one in (reference, model):
+        pc.set_active(one, "a")
+    inputs = batch(model)
+    torch.testing.assert_close(logits(model, inputs), logits(reference, inputs), atol=1e-5, rtol=0)
+
+
+def test_a_peft_method_that_builds_on_the_base_weights_is_refused_and_taken_out(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    model = offloaded(checkpoint, tmp_path)
+    inputs = batch(model)
+    before = logits(model, inputs)
+    oft = pc.AnyPeft(config={"peft_type": "OFT", "oft_block_size": 8, "target_modules": ["q_proj"]})
+    with pytest.raises(
+        pc.ConfigError, match=r"peft OFT needs the base weights of model\.layers\.1\.self_attn"
+    ):
+        pc.add_adapter(model, "a", oft)
+    assert pc.list_adapters(model) == []
+    torch.testing.assert_close(logits(model, inputs), before, atol=0, rtol=0)
