@@ -121,11 +121,10 @@ def score_stack(
     from .train_job import (  # noqa: PLC0415
         evaluate_model,
         generates,
-        inference_device,
-        load_base_model,
+        load_inference_model,
     )
 
-    model, tokenizer = load_base_model(spec, inference_device())
+    model, tokenizer = load_inference_model(spec)
     registry.load_definition(model, definition, members)
     data, _ = prepare_cached(spec, tokenizer)
     metrics = evaluate_model(

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peft_core.offload import input_device
+
 __all__ = ["confusion_matrix", "evaluate", "exact_match", "metrics_from_confusion"]
 
 
@@ -121,6 +123,6 @@ def _language_model(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -
 def _on_device(
     model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
 ) -> Iterator[dict[str, Tensor]]:
-    device = next(model.parameters()).device
+    device = input_device(model)  # (an offloaded first layer's weights wait on meta)
     for batch in batches:
         yield {k: v.to(device) for k, v in batch.items()}

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 import peft_core as pc
+from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 
 from .errors import DataError
 from .members import load_members, members_of_version
 from .spec import AdapterSpec, parse_spec, spec_of_version
-from .train_job import inference_device, load_base_model
+from .train_job import load_inference_model
 
 __all__ = [
     "Prediction",
@@ -56,7 +57,7 @@ def predict(
         raise DataError("give at least one --text")
     version = registry.get(ref)
     spec = spec_of_version(version, "predict")
-    model, tokenizer = load_base_model(spec, inference_device())
+    model, tokenizer = load_inference_model(spec)
     load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
@@ -74,7 +75,7 @@ def predict_composition(
         raise DataError("give at least one --text")
     composition = registry.composition(ref)
     spec = spec_of_composition(registry, composition, "predict")
-    model, tokenizer = load_base_model(spec, inference_device())
+    model, tokenizer = load_inference_model(spec)
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
@@ -144,7 +145,7 @@ def _one_batch_per_text(
 ) -> dict[str, list[Prediction]]:
     """Versions loaded into one model, each text answered by all of them in one batch."""
     specs = [spec for _, spec in routed]
-    model, tokenizer = load_base_model(specs[0], inference_device())
+    model, tokenizer = load_inference_model(specs[0])
     names = [f"{v.name}-v{v.version}" for v, _ in routed]  # two versions of one adapter coexist
     for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
@@ -195,7 +196,7 @@ def _answer_rows(
 
 def _on(model: Any, encoded: Any) -> dict[str, Any]:
     """The tokenizer's tensors on the model's device."""
-    device = next(model.parameters()).device
+    device = input_device(model)  # (an offloaded first layer's weights wait on meta)
     return {key: value.to(device) for key, value in encoded.items()}
 
 

@@ -261,6 +261,9 @@ class LoadSpec(_Strict):
     attention: Literal[
         "auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
     ] = "auto"
+    # Evaluation and predict load the whole base: on one GPU when it fits, else spread over
+    # the GPUs. offload: true lets what no GPU holds stay in CPU memory, then on disk (slow).
+    offload: bool = False
 
     def attn_implementation(self) -> str | None:
         """What to pass transformers as ``attn_implementation`` (None: its own choice)."""

@@ -7,8 +7,12 @@ Everything a user can get wrong (spec, base model, data) is checked before train
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from peft_core.state import adapter_layers, get_record
 from .data import PreparedData, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
+from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec, members_of_version
 from .models import base_config, resolve_base_model
@@ -40,6 +45,8 @@ from .spec import AdapterSpec
 if TYPE_CHECKING:
     from registry import Registry
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "TrainReport",
     "evaluate_folder",
@@ -47,6 +54,7 @@ __all__ = [
     "evaluate_registered",
     "inference_device",
     "load_base_model",
+    "load_inference_model",
     "load_tokenizer",
     "train_from_spec",
     "training_precision",
@@ -105,11 +113,16 @@ def inference_device() -> torch.device:
 
 
 def load_base_model(
-    spec: AdapterSpec, device: torch.device | None = None
+    spec: AdapterSpec,
+    device: torch.device | None = None,
+    *,
+    placement: InferencePlacement | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The spec's base model with its head, and its tokenizer (from local files only).
 
-    With ``device`` each weight is read from the checkpoint straight onto it. A quantised base
+    With ``device`` each weight is read from the checkpoint straight onto it; with
+    ``placement`` onto the devices its ``device_map`` names (several GPUs, CPU memory, disk:
+    :mod:`flows.inference_placement`). A quantised base
     (``load.quantization``) is quantised weight by weight as it loads, on that device: a GPU
     quantises in seconds what takes a CPU minutes per billion weights, and the CPU never holds
     the quantised model before it moves.
@@ -129,10 +142,27 @@ def load_base_model(
         )
     if device is not None:
         options["device_map"] = {"": device}
+    offload_folder = None
+    if placement is not None:
+        options["device_map"] = placement.device_map
+        if placement.offload:
+            offload_folder = options["offload_folder"] = tempfile.mkdtemp(prefix="adapterops-")
     model = auto.from_pretrained(path, **options)
+    if offload_folder is not None:  # the weights accelerate put on disk go with the model
+        weakref.finalize(model, shutil.rmtree, offload_folder, True)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_inference_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """``spec``'s base model for evaluation and prediction: on one GPU when it fits there, else
+    spread over the GPUs (or offloaded, with ``load.offload``), else a one-line refusal before
+    any weight is read (:func:`flows.inference_placement.place_for_inference`)."""
+    placement = place_for_inference(spec)
+    if placement.spread:
+        _log.info("%s: %s", spec.name, placement.describe())
+    return load_base_model(spec, placement=placement)
 
 
 def train_from_spec(
@@ -381,7 +411,7 @@ def evaluate_folder(
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
     ``members`` (exact versions) are loaded from the registry first."""
-    model, tokenizer = load_base_model(spec, inference_device())
+    model, tokenizer = load_inference_model(spec)
     load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
@@ -411,7 +441,7 @@ def evaluate_registered(
     spec: AdapterSpec, ref: str, registry: Registry, *, fingerprint: str | None = None
 ) -> dict[str, Any]:
     """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
-    model, tokenizer = load_base_model(spec, inference_device())
+    model, tokenizer = load_inference_model(spec)
     load_members(model, members_of_version(registry.get(ref)), registry)
     version = registry.load_into(model, ref)
     pc.set_active(model, version.name)

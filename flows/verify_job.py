@@ -11,7 +11,7 @@ from registry import AdapterVersion, BaseModelMismatchError
 from .errors import DataError
 from .models import resolve_base_model
 from .spec import spec_of_version
-from .train_job import inference_device, load_base_model
+from .train_job import inference_device, load_inference_model
 
 __all__ = ["verify_on_base"]
 
@@ -22,13 +22,14 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
     A version registered without a spec (``adapterops import``, or pushed with its probes) is
     checked on its base model's body: the probes read the body's hidden states, not a head.
     A quantised base is quantised as it loads, on the GPU when there is one."""
-    device = inference_device()  # the probes are forward passes: on a GPU when there is one
     if version.spec:
-        model, _ = load_base_model(spec_of_version(version, "pull --verify"), device)
+        model, _ = load_inference_model(spec_of_version(version, "pull --verify"))
     else:
         from transformers import AutoModel  # noqa: PLC0415 - transformers is heavy
 
-        model = AutoModel.from_pretrained(resolve_base_model(version.base_model)).to(device)
+        # the probes are forward passes: on a GPU when there is one
+        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
+        model = model.to(inference_device())
     pc.load_adapter(model, folder, name=version.name)
     check = pc.check_probes(model, version.name, folder)
     if check is None:

@@ -39,6 +39,7 @@ from .inject import prepare_adapter
 from .io import load_into_prepared
 from .methods.base import MethodConfig
 from .methods.bottleneck import Houlsby, Pfeiffer
+from .offload import input_device
 from .roles import Target
 from .state import AdapterRecord
 
@@ -191,7 +192,7 @@ def _bottleneck_width(factor: Any, hidden_size: int) -> int | None:
 
 
 def _read_weights(folder: Path, model: nn.Module) -> dict[str, Tensor]:
-    device = next(model.parameters()).device
+    device = input_device(model)  # (copied on to each layer's own device)
     for file_name in WEIGHTS:
         path = folder / file_name
         if not path.is_file():

@@ -8,12 +8,13 @@ input embeddings) is shared and stays frozen.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from .offload import onloaded_copy
 
 __all__ = [
     "HeadInfo",
@@ -74,7 +75,7 @@ class HeadSwitch(nn.Module):
         """A new copy of the original head for adapter ``name``; ``float32``: its weights in
         float32 whatever the base's dtype (it trains with the adapter, like the adapter's own
         weights: half-precision AdamW updates vanish)."""
-        head = copy.deepcopy(self.original)
+        head = onloaded_copy(self.original)  # (a copy of an offloaded head holds its weights)
         if float32:
             head.float()
         self.heads[name] = head

@@ -30,6 +30,7 @@ from .heads import body_prefix, head_state, original_head_state
 from .inject import PreparedAdapter, attach_adapter, delete_adapter, prepare_adapter
 from .layer import base_state_dict
 from .methods import method_of
+from .offload import input_device
 from .roles import Target
 from .state import AdapterRecord, adapter_layers, get_record
 
@@ -316,7 +317,7 @@ def _read_tensors(path: Path, model: nn.Module) -> dict[str, Tensor]:
         tensors = safetensors.torch.load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise AdapterFormatError(f"cannot read {path}: {exc}") from exc
-    device = next(model.parameters()).device
+    device = input_device(model)  # (copied on to each layer's own device)
     return {k: v.to(device) for k, v in tensors.items()}
 
 

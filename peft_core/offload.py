@@ -15,13 +15,21 @@ norms) is refused on such a layer in one line (:func:`offloaded_weight_message`)
 
 from __future__ import annotations
 
+import copy
 from typing import cast
 
 import torch
 from accelerate.utils import align_module_device, has_offloaded_params
 from torch import Tensor, nn
 
-__all__ = ["current_weight", "execution_device", "is_offloaded", "offloaded_weight_message"]
+__all__ = [
+    "current_weight",
+    "execution_device",
+    "input_device",
+    "is_offloaded",
+    "offloaded_weight_message",
+    "onloaded_copy",
+]
 
 
 def execution_device(module: nn.Module) -> torch.device | None:
@@ -33,6 +41,17 @@ def execution_device(module: nn.Module) -> torch.device | None:
         if device is not None:
             return torch.device(device)  # an int is a CUDA index
     return None
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s inputs go: its first parameter's device, or that layer's execution
+    device when accelerate offloads it."""
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if parameter.is_meta:
+                return execution_device(module) or parameter.device
+            return parameter.device
+    return torch.device("cpu")
 
 
 def is_offloaded(module: nn.Module) -> bool:
@@ -47,6 +66,24 @@ def current_weight(module: nn.Module, name: str = "weight") -> Tensor:
         return cast(Tensor, getattr(module, name))
     with align_module_device(module):
         return cast(Tensor, getattr(module, name))
+
+
+def onloaded_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every tensor in memory on its execution device and no
+    accelerate hooks: a hook copied along would swap the copy's own (trained) weights for the
+    original's offloaded ones on every forward."""
+    duplicate = copy.deepcopy(module)
+    for name, original in module.named_modules():
+        target = duplicate.get_submodule(name)
+        if is_offloaded(original):
+            with align_module_device(original), torch.no_grad():
+                for key, value in original.named_parameters(recurse=False):
+                    target._parameters[key] = nn.Parameter(value.clone(), value.requires_grad)
+                for key, buffer in original.named_buffers(recurse=False):
+                    target._buffers[key] = buffer.clone()
+        for hooked in ("_hf_hook", "_old_forward", "forward"):  # back to the class's forward
+            target.__dict__.pop(hooked, None)
+    return duplicate
 
 
 def offloaded_weight_message(module_name: str, what: str) -> str:

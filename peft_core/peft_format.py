@@ -28,6 +28,7 @@ from .io import check_fingerprint, file_tensors, load_into_prepared, load_self_p
 from .layer import named_base_modules
 from .methods import Method, all_methods, method_of
 from .methods.lora import with_one_rank
+from .offload import input_device
 from .state import AdapterRecord, adapter_layers
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "one_rank_in_place", "read_peft", "write_peft"]
@@ -130,7 +131,7 @@ def read_peft(
     weights = folder / PEFT_WEIGHTS
     if not weights.is_file():
         raise AdapterFormatError(f"missing {PEFT_WEIGHTS} in {folder}")
-    device = next(model.parameters()).device
+    device = input_device(model)  # (copied on to each layer's own device)
     children = {name for name, _ in model.named_children()}
     raw = {
         _without_prefix(key, children): value.to(device)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .errors import PeftCoreError
 from .inject import set_active
+from .offload import input_device
 
 __all__ = [
     "PROBES_FILE",
@@ -140,7 +141,7 @@ def _signature(model: nn.Module, name: str, inputs: Tensor) -> tuple[Tensor, str
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
+        device = input_device(model)  # (an offloaded first layer's weights wait on meta)
         ids = inputs.to(device)
         output: Any = model(
             input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True

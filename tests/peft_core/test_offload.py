@@ -180,3 +180,29 @@ def test_a_peft_method_that_builds_on_the_base_weights_is_refused_and_taken_out(
         pc.add_adapter(model, "a", oft)
     assert pc.list_adapters(model) == []
     torch.testing.assert_close(logits(model, inputs), before, atol=0, rtol=0)
+
+
+def test_an_adapters_own_copy_of_an_offloaded_head_holds_its_trained_weights(
+    tmp_path: Path,
+) -> None:
+    """A classifier whose head accelerate keeps on disk: the adapter's copy of the head gets the
+    head's weights in memory and no hook (a copied hook would swap them for the disk's)."""
+    T.AutoModelForSequenceClassification.from_config(TINY_CONFIGS[FAMILY]()).save_pretrained(
+        tmp_path / "base"
+    )
+    reference = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+    on_disk = {"model": "cpu", "score": "disk"}
+    model = T.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base", device_map=on_disk, offload_folder=tmp_path / "offload"
+    ).eval()
+    assert is_offloaded(model.score)
+    pc.add_adapter(reference, "a", METHODS["lora"])
+    perturb_adapter(reference, "a")  # the head's copy too
+    pc.load_adapter(model, pc.save_adapter(reference, "a", tmp_path / "a"), name="a")
+    for one in (reference, model):
+        pc.set_active(one, "a")
+    inputs = batch(model)
+    torch.testing.assert_close(logits(model, inputs), logits(reference, inputs), atol=1e-5, rtol=0)
+    pc.set_active(model, None)  # the original head still runs from disk
+    pc.set_active(reference, None)
+    torch.testing.assert_close(logits(model, inputs), logits(reference, inputs), atol=1e-5, rtol=0)
