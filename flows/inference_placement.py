@@ -17,6 +17,7 @@ weights are counted on the meta device (as stored: an NF4 or int8 base at its qu
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from .errors import DataError
 if TYPE_CHECKING:
     from torch import nn
 
-    from .spec import AdapterSpec
+    from .spec import AdapterSpec, PlanSpec
 
 __all__ = ["InferencePlacement", "Memory", "free_memory", "place_for_inference"]
 
@@ -65,6 +66,26 @@ class InferencePlacement:
         """Whether the base is split over several devices (or offloaded)."""
         return len(self.devices) > 1
 
+    def summary(self) -> str:
+        """A few words: ``one GPU``, ``4 GPUs``, ``1 GPU + CPU + disk``."""
+        gpus = sum(d.startswith("cuda") for d in self.devices)
+        parts = [f"{gpus} GPU{'s' if gpus > 1 else ''}"] if gpus else []
+        parts += [d.upper() if d == "cpu" else d for d in self.devices if not d.startswith("cuda")]
+        return " + ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the devices, the weights, and how many modules go to each device."""
+        counts: dict[str, int] = {}
+        for device in self.device_map.values():
+            name = f"cuda:{device}" if isinstance(device, int) else str(device)
+            counts[name] = counts.get(name, 0) + 1
+        return {
+            "devices": list(self.devices),
+            "weights_bytes": self.weights_bytes,
+            "offload": self.offload,
+            "modules_per_device": counts,
+        }
+
     def describe(self) -> str:
         """One line for the log: where the base's weights go."""
         size = f"{self.weights_bytes / _GIB:.1f} GiB of base weights"
@@ -73,7 +94,9 @@ class InferencePlacement:
         return f"{size} spread over {', '.join(self.devices)} (accelerate device_map)"
 
 
-def place_for_inference(spec: AdapterSpec, memory: Memory | None = None) -> InferencePlacement:
+def place_for_inference(
+    spec: AdapterSpec | PlanSpec, memory: Memory | None = None
+) -> InferencePlacement:
     """Where ``spec``'s base goes for inference on a machine with ``memory`` free (default:
     this machine's, now). Raises :class:`DataError` when it fits nowhere it may go."""
     memory = memory if memory is not None else free_memory()
@@ -90,7 +113,7 @@ def place_for_inference(spec: AdapterSpec, memory: Memory | None = None) -> Infe
     if weights <= first * WEIGHT_SHARE:
         return InferencePlacement({"": "cuda:0"}, weights, devices=("cuda:0",))
     budget: dict[int | str, int] = {i: _share(free) for i, free in enumerate(memory.gpus)}
-    if weights <= sum(budget.values()) * 0.95:  # whole blocks leave each GPU some slack
+    if weights <= sum(budget.values()):  # (accelerate refuses below if whole blocks do not)
         return _spread(skeleton, spec, weights, budget)
     if not offload:
         count = len(memory.gpus)
@@ -100,7 +123,7 @@ def place_for_inference(spec: AdapterSpec, memory: Memory | None = None) -> Infe
 
 
 def _spread(
-    skeleton: nn.Module, spec: AdapterSpec, weights: int, budget: dict[int | str, int]
+    skeleton: nn.Module, spec: AdapterSpec | PlanSpec, weights: int, budget: dict[int | str, int]
 ) -> InferencePlacement:
     """accelerate's map over ``budget`` (then disk, when offloading), blocks kept whole."""
     from accelerate import infer_auto_device_map  # noqa: PLC0415 - heavy
@@ -109,13 +132,20 @@ def _spread(
     whole_blocks = list(getattr(skeleton, "_no_split_modules", None) or [])
     dtype = _accelerate_dtype(spec)
     gpus = [key for key in budget if isinstance(key, int)]
-    if len(gpus) > 1:  # as transformers' "auto": an even share per GPU, not GPU 0 filled first
-        budget = get_balanced_memory(
+    # A plan (--gpus) sizes GPUs this machine may lack: accelerate would warn once per GPU.
+    quiet = logging.getLogger("accelerate.utils.modeling")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        if len(gpus) > 1:  # as transformers' "auto": an even share per GPU, not GPU 0 first
+            budget = get_balanced_memory(
+                skeleton, max_memory=budget, no_split_module_classes=whole_blocks, dtype=dtype
+            )
+        device_map = infer_auto_device_map(
             skeleton, max_memory=budget, no_split_module_classes=whole_blocks, dtype=dtype
         )
-    device_map = infer_auto_device_map(
-        skeleton, max_memory=budget, no_split_module_classes=whole_blocks, dtype=dtype
-    )
+    finally:
+        quiet.setLevel(level)
     if set(device_map.values()) == {"disk"}:  # accelerate keeps room for the largest layer
         raise DataError(
             f"not even {spec.base_model}'s largest layer fits twice in the free memory (it needs "
@@ -148,7 +178,7 @@ def _keep_heads_in_memory(skeleton: nn.Module, device_map: dict[str, Any]) -> No
             device_map[module_name] = first
 
 
-def _skeleton(spec: AdapterSpec) -> nn.Module:
+def _skeleton(spec: AdapterSpec | PlanSpec) -> nn.Module:
     """The spec's model on the meta device, frozen (as the base is for inference)."""
     import peft_core as pc  # noqa: PLC0415 - torch is heavy
 
@@ -159,13 +189,13 @@ def _skeleton(spec: AdapterSpec) -> nn.Module:
     return model
 
 
-def _stored_bytes(skeleton: nn.Module, spec: AdapterSpec) -> int:
+def _stored_bytes(skeleton: nn.Module, spec: AdapterSpec | PlanSpec) -> int:
     from peft_core.quantize import stored_bytes_by_parameter  # noqa: PLC0415
 
     return sum(stored_bytes_by_parameter(skeleton, spec.load.quantization).values())
 
 
-def _accelerate_dtype(spec: AdapterSpec) -> Any:
+def _accelerate_dtype(spec: AdapterSpec | PlanSpec) -> Any:
     """What accelerate should size the weights as: int8 or 4-bit when quantised (the
     embeddings, norms and head then count low; whole blocks dominate a large base)."""
     if spec.load.quantization == "int8":
@@ -185,7 +215,7 @@ def _gib(size: int) -> str:
     return f"{size / _GIB:.1f}"
 
 
-def _too_big(spec: AdapterSpec, weights: int, where: str) -> str:
+def _too_big(spec: AdapterSpec | PlanSpec, weights: int, where: str) -> str:
     ways = []
     if spec.load.quantization == "none":
         ways.append("quantise it (load.quantization: nf4)")

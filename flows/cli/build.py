@@ -7,11 +7,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import peft_core as pc
+
+    from ..inference_placement import InferencePlacement, Memory
+    from ..spec import PlanSpec
 
 from .common import (
     JsonOption,
@@ -63,25 +69,56 @@ ProcessesOption = Annotated[
 ]
 
 
+GpusOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        metavar="COUNTxGIB",
+        help="Where evaluation and predict would put the base on COUNT GPUs with GIB free each "
+        "(8x80): one GPU, spread over several, offloaded (load.offload) or refused.",
+    ),
+]
+
+
+def _gpus_option(value: str) -> Memory:
+    """``8x80`` -> eight GPUs with 80 GiB free each (and room in host memory to offload to)."""
+    from ..errors import DataError  # noqa: PLC0415
+    from ..inference_placement import Memory  # noqa: PLC0415
+
+    count, _, gib = value.lower().partition("x")
+    try:
+        gpus, size = int(count), float(gib)
+    except ValueError:
+        raise DataError(
+            f"--gpus {value}: write COUNTxGIB, e.g. 8x80 for eight 80 GiB GPUs"
+        ) from None
+    if gpus < 1 or size <= 0:
+        raise DataError(f"--gpus {value}: at least one GPU with some memory, e.g. 1x24")
+    return Memory(gpus=(int(size * 2**30),) * gpus, cpu=4 * gpus * int(size * 2**30))
+
+
 @app.command()
 def plan(
     spec_file: SpecArgument,
     overrides: SetOption = None,
     step: StepOption = True,
     processes: ProcessesOption = None,
+    gpus: GpusOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Parameters, adapter size and memory, from the base model's config.json only: the base
     and the training state, and the peak of a training step at train.batch_size x
-    train.max_length (one process's, with --processes N and train.sharding fsdp). The spec
-    needs only base_model, head and method."""
+    train.max_length (one process's, with --processes N and train.sharding fsdp); with --gpus,
+    where evaluation and predict would put the base. The spec needs only base_model, head and
+    method."""
     import peft_core as pc  # noqa: PLC0415
 
-    from ..planning import plan_spec, plan_step, planned_precision  # noqa: PLC0415
+    from ..planning import plan_spec, plan_step  # noqa: PLC0415
     from ..spec import load_plan_spec  # noqa: PLC0415
 
     peak, why_not = None, ""
     with user_errors(as_json):
+        machine = _gpus_option(gpus) if gpus is not None else None
         spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
         processes = processes or spec.train.processes
@@ -89,16 +126,57 @@ def plan(
             peak = plan_step(spec, processes) if step else None
         except pc.NotEstimableError as exc:  # the rest of the plan stands
             why_not = str(exc)
+        placed = _placement(spec, machine) if machine is not None else None
     if as_json:
         document: dict[str, Any] = result.to_dict()
         if step:
             document["step"] = peak.to_dict() if peak else {"error": why_not}
+        if placed is not None:
+            document["inference"] = placed if isinstance(placed, dict) else placed.to_dict()
         emit_json(document)
         return
+    rows = _plan_rows(spec, result, processes, peak if step else None, why_not, step=step)
+    if placed is not None:
+        rows.append(
+            (f"evaluation on {gpus} GiB", "does not fit", placed["error"])
+            if isinstance(placed, dict)
+            else (f"evaluation on {gpus} GiB", placed.summary(), placed.describe())
+        )
+    table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_column("", style="dim")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _placement(spec: PlanSpec, machine: Memory) -> InferencePlacement | dict[str, str]:
+    """Where evaluation would put the base on ``machine``, or ``{"error": why it cannot}``."""
+    from ..errors import DataError  # noqa: PLC0415
+    from ..inference_placement import place_for_inference  # noqa: PLC0415
+
+    try:
+        return place_for_inference(spec, machine)
+    except DataError as exc:  # a plan reports it; build or predict would refuse
+        return {"error": str(exc)}
+
+
+def _plan_rows(
+    spec: PlanSpec,
+    result: pc.Plan,
+    processes: int,
+    peak: pc.StepMemory | None,
+    why_not: str,
+    *,
+    step: bool,
+) -> list[tuple[str, str, str]]:
+    """The plan table's rows: one per figure (seven columns do not fit an 80-column CI log)."""
+    from ..planning import planned_precision  # noqa: PLC0415
+
     stored = str(spec.load.torch_dtype()).removeprefix("torch.")
     if spec.load.quantization != "none":
         stored += f", {spec.load.quantization}"
-    # One row per figure: seven columns of numbers do not fit an 80-column CI log.
     rows = [
         ("trainable params", f"{result.trainable_params:,}",
          f"{100 * result.trainable_fraction:.3f}% of {result.total_params:,}"),
@@ -107,34 +185,24 @@ def plan(
         ("training state", human_bytes(result.training_bytes),
          "trainable weights, their gradients, AdamW's two moments"),
     ]  # fmt: skip
-    if step:
-        shape = f"{spec.train.batch_size} rows x {spec.train.max_length} tokens"
-        if peak is not None and peak.processes > 1:
-            rows.append(("step peak per process", human_bytes(peak.peak_bytes),
-                         f"one of {peak.processes} (FSDP), {shape}, {planned_precision(spec)}: "
-                         f"its shard of every weight ({human_bytes(peak.weights_bytes)}), whole "
-                         f"weights gathered (up to {human_bytes(peak.gathered_bytes)}), "
-                         "activations, its shard of the gradients and AdamW (the CUDA context "
-                         "comes on top)"))  # fmt: skip
-        elif peak is not None:
-            each = f" in each of {processes} processes (DDP)" if processes > 1 else ""
-            rows.append(
-                (
-                    "step peak",
-                    human_bytes(peak.peak_bytes),
-                    f"{shape}{each}, {planned_precision(spec)}: weights, activations, "
-                    "gradients, AdamW (fake tensors; the CUDA context comes on top)",
-                )
-            )
-        else:
-            rows.append(("step peak", "n/a", why_not))
-    table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)
-    table.add_column("")
-    table.add_column("", justify="right")
-    table.add_column("", style="dim")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    if not step:
+        return rows
+    shape = f"{spec.train.batch_size} rows x {spec.train.max_length} tokens"
+    if peak is not None and peak.processes > 1:
+        rows.append(("step peak per process", human_bytes(peak.peak_bytes),
+                     f"one of {peak.processes} (FSDP), {shape}, {planned_precision(spec)}: "
+                     f"its shard of every weight ({human_bytes(peak.weights_bytes)}), whole "
+                     f"weights gathered (up to {human_bytes(peak.gathered_bytes)}), "
+                     "activations, its shard of the gradients and AdamW (the CUDA context "
+                     "comes on top)"))  # fmt: skip
+    elif peak is not None:
+        each = f" in each of {processes} processes (DDP)" if processes > 1 else ""
+        rows.append(("step peak", human_bytes(peak.peak_bytes),
+                     f"{shape}{each}, {planned_precision(spec)}: weights, activations, "
+                     "gradients, AdamW (fake tensors; the CUDA context comes on top)"))  # fmt: skip
+    else:
+        rows.append(("step peak", "n/a", why_not))
+    return rows
 
 
 @app.command()

@@ -92,6 +92,42 @@ class TestPlan:
         refused = adapterops("plan", str(spec), "--processes", "0")
         assert refused.returncode == 2 and "--processes" in refused.stderr
 
+    def test_gpus_say_where_evaluation_would_put_the_base(self, tmp_path):
+        import transformers as T
+
+        T.LlamaConfig(  # a 70B Llama: config.json only
+            hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+            num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+        ).save_pretrained(tmp_path / "llama-70b")  # fmt: skip
+        spec = tmp_path / "llama.yaml"
+        spec.write_text(
+            f"base_model: {tmp_path / 'llama-70b'}\nhead: {{type: causal-lm}}\n"
+            "method: {type: lora}\nload: {dtype: bf16}\n"
+        )
+
+        def inference(*options: str) -> dict:
+            result = adapterops("plan", str(spec), "--no-step", "--json", *options)
+            assert result.returncode == 0, result.stderr
+            assert "not available" not in result.stderr  # accelerate's warning per absent GPU
+            return json.loads(result.stdout)["inference"]
+
+        spread = inference("--gpus", "8x80")
+        assert spread["devices"] == [f"cuda:{i}" for i in range(8)] and not spread["offload"]
+        assert 130 * 2**30 < spread["weights_bytes"] < 133 * 2**30
+        assert inference("--gpus", "1x80", "--set", "load.quantization=nf4")["devices"] == [
+            "cuda:0"
+        ]
+        refused = inference("--gpus", "2x64")
+        assert "131.4 GiB" in refused["error"] and "load.offload: true" in refused["error"]
+        table = adapterops(
+            "plan", str(spec), "--no-step", "--gpus", "2x64", "--set", "load.offload=true"
+        )
+        assert table.returncode == 0, table.stderr
+        assert "evaluation on 2x64 GiB" in table.stdout and "2 GPUs + CPU" in table.stdout
+        bad = adapterops("plan", str(spec), "--gpus", "eight")
+        assert bad.returncode == 2 and "--gpus eight: write COUNTxGIB" in bad.stderr
+        assert "Traceback" not in bad.stderr
+
     def test_table_output(self):
         result = adapterops("plan", str(EXAMPLE))
         assert result.returncode == 0, result.stderr

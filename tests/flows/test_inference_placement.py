@@ -63,9 +63,9 @@ def test_a_base_too_big_for_one_gpu_spreads_evenly_in_whole_blocks(llama_70b: Ad
 
 def test_a_base_too_big_for_the_gpus_is_refused_in_one_line(llama_70b: AdapterSpec) -> None:
     with pytest.raises(DataError) as refused:
-        place_for_inference(llama_70b, Memory((80 * GIB,) * 2, 500 * GIB))
+        place_for_inference(llama_70b, Memory((64 * GIB,) * 2, 500 * GIB))
     message = str(refused.value)
-    assert "weights take 131.4 GiB" in message and "85% of the 160.0 GiB free on 2 GPUs" in message
+    assert "weights take 131.4 GiB" in message and "85% of the 128.0 GiB free on 2 GPUs" in message
     assert "load.quantization: nf4" in message and "load.offload: true" in message
     assert "\n" not in message
 
