@@ -88,7 +88,7 @@ class InferencePlacement:
 
     def describe(self) -> str:
         """One line for the log: where the base's weights go."""
-        size = f"{self.weights_bytes / _GIB:.1f} GiB of base weights"
+        size = f"{_size(self.weights_bytes)} of base weights"
         if not self.spread:
             return f"{size} on {self.devices[0]}"
         return f"{size} spread over {', '.join(self.devices)} (accelerate device_map)"
@@ -107,7 +107,7 @@ def place_for_inference(
         if weights <= memory.cpu * WEIGHT_SHARE:
             return InferencePlacement({"": "cpu"}, weights, devices=("cpu",))
         if not offload:
-            raise DataError(_too_big(spec, weights, f"{_gib(memory.cpu)} GiB of free CPU memory"))
+            raise DataError(_too_big(spec, weights, f"{_size(memory.cpu)} of free CPU memory"))
         return _spread(skeleton, spec, weights, {"cpu": _share(memory.cpu)})
     first = memory.gpus[0]
     if weights <= first * WEIGHT_SHARE:
@@ -117,7 +117,7 @@ def place_for_inference(
         return _spread(skeleton, spec, weights, budget)
     if not offload:
         count = len(memory.gpus)
-        free = f"the {_gib(sum(memory.gpus))} GiB free on {count} GPU{'s' if count > 1 else ''}"
+        free = f"the {_size(sum(memory.gpus))} free on {count} GPU{'s' if count > 1 else ''}"
         raise DataError(_too_big(spec, weights, free))
     return _spread(skeleton, spec, weights, {**budget, "cpu": _share(memory.cpu)})
 
@@ -211,8 +211,9 @@ def _share(free: int) -> int:
     return int(free * WEIGHT_SHARE)
 
 
-def _gib(size: int) -> str:
-    return f"{size / _GIB:.1f}"
+def _size(size: int) -> str:
+    """``131.4 GiB``; below a GiB in MiB (``86.6 MiB``)."""
+    return f"{size / _GIB:.1f} GiB" if size >= _GIB else f"{size / 2**20:.1f} MiB"
 
 
 def _too_big(spec: AdapterSpec | PlanSpec, weights: int, where: str) -> str:
@@ -223,6 +224,6 @@ def _too_big(spec: AdapterSpec | PlanSpec, weights: int, where: str) -> str:
         ways.append("set load.offload: true to keep the rest in CPU memory and on disk (slow)")
     ways.append("run it on a machine with more memory")
     return (
-        f"{spec.base_model}'s weights take {_gib(weights)} GiB, and evaluation or prediction "
+        f"{spec.base_model}'s weights take {_size(weights)}, and evaluation or prediction "
         f"may use {WEIGHT_SHARE:.0%} of {where}: {', or '.join(ways)}"
     )

@@ -25,6 +25,7 @@ from registry.settings import adapterops_home
 
 from .data import PreparedData, load_raw, prepare
 from .errors import DataError
+from .inference_placement import place_for_inference
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
 from .models import base_config, resolve_base_model
@@ -136,10 +137,14 @@ def prepare_info(spec: AdapterSpec, *, fingerprint: str | None = None) -> Prepar
     return info
 
 
-def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
+def check_inputs(
+    spec: AdapterSpec, registry: Registry | None = None, *, evaluates_apart: bool = True
+) -> None:
     """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
     missing data file or split, missing columns, labels outside ``num_labels``, no rows, fusion
-    members that are not registered bottleneck adapters of the same base model."""
+    members that are not registered bottleneck adapters of the same base model, a step that
+    cannot fit the GPU, and (``evaluates_apart``: a build, which evaluates the saved adapter and
+    the champion on a freshly loaded base) a base that evaluation could not place."""
     resolve_base_model(spec.base_model)
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
@@ -148,6 +153,8 @@ def check_inputs(spec: AdapterSpec, registry: Registry | None = None) -> None:
     _check_attention(spec)
     load_raw(spec)
     _check_step_fits_the_gpu(spec)
+    if evaluates_apart:  # not hours of training first, then a refusal at the evaluation
+        place_for_inference(spec)
 
 
 def _check_method_fits(spec: AdapterSpec) -> None:

@@ -256,7 +256,9 @@ def train(
     quiet_libraries()
     with user_errors(as_json):
         spec = load_spec(spec_file, overrides)
-        check_inputs(spec)  # bad input fails here, as in build, before the model is loaded
+        # bad input fails here, as in build, before the model is loaded (train evaluates the
+        # model it trained: no second base to place)
+        check_inputs(spec, evaluates_apart=False)
         with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports

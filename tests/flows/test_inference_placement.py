@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import inference_placement
 from flows.build_job import build_from_spec
 from flows.errors import DataError
 from flows.inference_placement import InferencePlacement, Memory, place_for_inference
@@ -124,3 +125,18 @@ def test_predict_on_a_base_partly_on_disk_answers_as_on_a_whole_one(
     for alone, disk in zip(whole, offloaded, strict=True):
         assert disk.probabilities == pytest.approx(alone.probabilities, abs=1e-5)
         assert disk.label == alone.label
+
+
+def test_a_build_that_could_not_evaluate_is_refused_before_training(
+    sst2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build evaluates the saved adapter on a freshly loaded base: a base evaluation could not
+    place fails in check_inputs, not after training; train evaluates the model it trained."""
+    from flows.prepare_job import check_inputs
+
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3)
+    check_inputs(spec)
+    monkeypatch.setattr(inference_placement, "free_memory", lambda: Memory((), 50 * 2**20))
+    with pytest.raises(DataError, match=r"weights take 86\.6 MiB.* 85% of 50\.0 MiB of free CPU"):
+        check_inputs(spec)
+    check_inputs(spec, evaluates_apart=False)
