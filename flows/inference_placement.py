@@ -42,12 +42,14 @@ class Memory:
     cpu: int
 
 
-def free_memory() -> Memory:
-    """What this machine has free now."""
+def free_memory(*, first_gpu_only: bool = False) -> Memory:
+    """What this machine has free now (``first_gpu_only``: of the GPUs, only the first: asking
+    a GPU starts a CUDA context on it, half a GiB that evaluation then cannot use)."""
     import psutil  # noqa: PLC0415 - accelerate's own dependency
     import torch  # noqa: PLC0415 - torch is heavy
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = min(count, 1) if first_gpu_only else count
     gpus = tuple(int(torch.cuda.mem_get_info(i)[0]) for i in range(count))
     return Memory(gpus=gpus, cpu=int(psutil.virtual_memory().available))
 
@@ -99,7 +101,8 @@ def place_for_inference(
 ) -> InferencePlacement:
     """Where ``spec``'s base goes for inference on a machine with ``memory`` free (default:
     this machine's, now). Raises :class:`DataError` when it fits nowhere it may go."""
-    memory = memory if memory is not None else free_memory()
+    here = memory is None
+    memory = free_memory(first_gpu_only=True) if memory is None else memory
     skeleton = _skeleton(spec)
     weights = _stored_bytes(skeleton, spec)
     offload = spec.load.offload
@@ -109,9 +112,9 @@ def place_for_inference(
         if not offload:
             raise DataError(_too_big(spec, weights, f"{_size(memory.cpu)} of free CPU memory"))
         return _spread(skeleton, spec, weights, {"cpu": _share(memory.cpu)})
-    first = memory.gpus[0]
-    if weights <= first * WEIGHT_SHARE:
+    if weights <= memory.gpus[0] * WEIGHT_SHARE:
         return InferencePlacement({"": "cuda:0"}, weights, devices=("cuda:0",))
+    memory = free_memory() if here else memory  # now every GPU's
     budget: dict[int | str, int] = {i: _share(free) for i, free in enumerate(memory.gpus)}
     if weights <= sum(budget.values()):  # (accelerate refuses below if whole blocks do not)
         return _spread(skeleton, spec, weights, budget)

@@ -136,7 +136,7 @@ def test_a_build_that_could_not_evaluate_is_refused_before_training(
 
     spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=3)
     check_inputs(spec)
-    monkeypatch.setattr(inference_placement, "free_memory", lambda: Memory((), 50 * 2**20))
+    monkeypatch.setattr(inference_placement, "free_memory", lambda **_: Memory((), 50 * 2**20))
     with pytest.raises(DataError, match=r"weights take 86\.6 MiB.* 85% of 50\.0 MiB of free CPU"):
         check_inputs(spec)
     check_inputs(spec, evaluates_apart=False)
