@@ -288,3 +288,42 @@ def test_the_step_memory_estimate_is_what_the_device_holds(device):
             two_steps()
         real = counter.peak
     assert 0.9 < estimate.step_bytes / real < 1.15, (estimate.step_bytes, real)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adapters_on_a_base_partly_offloaded_run_on_the_execution_device(device, tmp_path):
+    """Evaluation of a base bigger than the GPUs (``load.offload``): accelerate keeps the second
+    block in CPU memory (on a CPU: on disk) and brings it to ``device`` for each forward. The
+    adapters live on ``device`` and answer, per row too, as on the whole base."""
+    llama(device, torch.bfloat16).save_pretrained(tmp_path / "base")
+    whole = T.LlamaForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.bfloat16)
+    whole = whole.to(device).eval()  # (loaded as the offloaded one is: the same bf16 rounding)
+    kept = "cpu" if device == "cuda" else "disk"
+    here = 0 if device == "cuda" else "cpu"
+    device_map = {"model.embed_tokens": here, "model.layers.0": here, "model.layers.1": kept,
+                  "model.norm": here, "model.rotary_emb": here, "lm_head": here}  # fmt: skip
+    offloaded = T.LlamaForCausalLM.from_pretrained(
+        tmp_path / "base", dtype=torch.bfloat16, device_map=device_map,
+        offload_folder=tmp_path / "offload",
+    ).eval()  # fmt: skip
+    assert offloaded.model.layers[1].self_attn.q_proj.weight.is_meta
+    configs = {"a": pc.LoRA(rank=4, targets=ALL_LINEAR), "b": pc.IA3()}
+    trained = with_adapters(llama(device, torch.bfloat16), configs)
+    for name in configs:  # the same saved (bf16) adapters into both
+        folder = pc.save_adapter(trained, name, tmp_path / name)
+        pc.load_adapter(offloaded, folder, name=name)
+        pc.load_adapter(whole, folder, name=name)
+    lora = offloaded.model.layers[1].self_attn.q_proj.adapters["a"]
+    assert lora.lora_A.weight.device.type == device
+    ids = tokens(2, 9, device)
+    for name in configs:
+        pc.set_active(whole, name)
+        pc.set_active(offloaded, name)
+        torch.testing.assert_close(forward(offloaded, ids), forward(whole, ids), atol=0, rtol=0)
+    with torch.no_grad(), pc.per_row(offloaded, ["a", "b"]):
+        routed = offloaded(input_ids=ids).logits.float()
+    for row, name in enumerate(configs):
+        pc.set_active(whole, name)
+        torch.testing.assert_close(
+            routed[row], forward(whole, ids[row : row + 1])[0], atol=2e-2, rtol=0
+        )
