@@ -54,6 +54,7 @@ bench: setup services
 	$(PY) -m bench.quantized_load_bench
 	$(PY) -m bench.lora_init_bench
 	$(PY) -m bench.fsdp_memory_bench
+	$(PY) -m bench.offload_bench
 	$(PY) -m bench.report
 
 # The same in under 10 minutes on two cores; results and report go to bench/results-quick/.
@@ -69,6 +70,7 @@ bench-quick: setup services
 	$(PY) -m bench.quantized_load_bench --quick
 	$(PY) -m bench.lora_init_bench --quick
 	$(PY) -m bench.fsdp_memory_bench --quick
+	$(PY) -m bench.offload_bench --quick
 	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:

@@ -14,6 +14,8 @@
 #   2. with the time left (`status`, 4 minutes to start a machine): bash bench/device_run.sh gpu
 #      carry [".whl"]                           (gpu_bench again, after changes to training)
 #   3. bash bench/device_run.sh lora_init      (PiSSA/OLoRA starts on 7B-shaped layers, ~2 min)
+#   4. bash bench/device_run.sh offload        (load.offload on a GPU: 8 7B-shaped blocks, half
+#                                               in CPU memory or on disk, against all on the GPU)
 # With no names it runs tests, gpu and multi_lora.
 # Prepare the wheels once here, in the repo root (the machine has torch, transformers, peft,
 # pytest, typer, rich, pandas, but none of these):
@@ -31,7 +33,7 @@
 # bitsandbytes peft's. Results and logs land in $OUT.
 set -euo pipefail
 declare -A LIMIT=([gpu]=200 [multi_lora]=200 [packing]=60 [llm_train]=200 [quantized_load]=80
-    [lora_init]=150)
+    [lora_init]=150 [offload]=120)
 for folder in .whl .whl-train; do
     if ls "$folder"/*.whl >/dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

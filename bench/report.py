@@ -708,6 +708,41 @@ def quantized_load_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def offload_section(data: dict[str, Any], plots: Path) -> str:
+    """What evaluating with blocks off the device costs (``bench.offload_bench``)."""
+    del plots
+    shape = data["shape"]
+    mib = 2**20
+    rows = [
+        [
+            r["variant"],
+            f"{r['offloaded_bytes'] / mib:,.0f} MiB" if r["offloaded_bytes"] else "-",
+            f"{r['forward_ms_median']:.1f} ms",
+            f"{r['ratio_to_whole']:.2f}x",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            f"**Offloaded evaluation** (`load.offload`): one forward pass of {shape['rows']} x "
+            f"{shape['tokens']} tokens through a {shape['layers']}-block, {shape['hidden']}-wide "
+            f"Llama-shaped model ({data['dtype']}, {data['device']}) with a LoRA r=16 on every "
+            "linear layer, its second half of blocks kept off the device by accelerate, against "
+            "the whole model in memory; the same logits every way; medians of "
+            f"{shape['rounds']} interleaved rounds (`python -m bench.offload_bench`)"
+            + (
+                ". On a CPU the blocks on disk are read through the page cache, which keeps them "
+                "after the first pass when memory allows; on a GPU every forward copies them to "
+                "it (offload_cuda):"
+                if data["device"] == "cpu"
+                else ":"
+            ),
+            table(["blocks", "kept off the device", "forward", "over in memory"], rows),
+            measured_on(data),
+        ]
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("quality", quality_section),
     ("training_cost", training_cost_section),
@@ -727,12 +762,15 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("lora_init", lora_init_section),
     ("lora_init_cuda", lora_init_section),
     ("fsdp_memory", fsdp_memory_section),
+    ("offload", offload_section),
+    ("offload_cuda", offload_section),
 ]
 
 
 # Results only a CUDA GPU produces (the same benchmarks write other files on a CPU).
 NEEDS_CUDA = (
     "gpu", "llm_train", "packing_cuda", "quantized_load_cuda", "multi_lora", "lora_init_cuda",
+    "offload_cuda",
 )  # fmt: skip
 
 

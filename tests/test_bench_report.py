@@ -35,7 +35,7 @@ def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
     names = (
         "composition", "registry", "storage", "startup", "packing", "multi_lora_cpu", "lora_init",
-        "fsdp_memory",
+        "fsdp_memory", "offload",
     )  # fmt: skip
     for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
@@ -116,6 +116,16 @@ def test_the_fsdp_memory_table_gives_the_estimate_against_the_real_range(results
     ) in text
 
 
+def test_the_offload_table_gives_each_way_against_the_whole_model(results: Path):
+    text = report.render(results)
+    whole, disk = json.loads((results / "offload.json").read_text())["rows"]
+    assert f"| in memory | - | {whole['forward_ms_median']:.1f} ms | 1.00x |" in text
+    assert (
+        f"| half on disk | {disk['offloaded_bytes'] / 2**20:,.0f} MiB | "
+        f"{disk['forward_ms_median']:.1f} ms | {disk['ratio_to_whole']:.2f}x |"
+    ) in text
+
+
 def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     text = report.render(results)
     assert (results / "quality.png").stat().st_size > 1000
@@ -123,7 +133,7 @@ def test_plots_are_written_and_missing_benchmarks_are_named(results: Path):
     assert "_Not run yet: training_cost, madx (`make bench`)._" in text
     assert (
         "_Not run yet on a CUDA GPU: gpu, llm_train, packing_cuda, quantized_load_cuda, "
-        "multi_lora, lora_init_cuda (`bash bench/device_run.sh` there)._"
+        "multi_lora, lora_init_cuda, offload_cuda (`bash bench/device_run.sh` there)._"
     ) in text
 
 
