@@ -68,6 +68,13 @@ class InferencePlacement:
         """Whether the base is split over several devices (or offloaded)."""
         return len(self.devices) > 1
 
+    @property
+    def offloads(self) -> bool:
+        """Whether some weights wait outside the devices that run them (CPU memory beside a GPU,
+        or disk)."""
+        gpus = any(d.startswith("cuda") for d in self.devices)
+        return "disk" in self.devices or (gpus and "cpu" in self.devices)
+
     def summary(self) -> str:
         """A few words: ``one GPU``, ``4 GPUs``, ``1 GPU + CPU + disk``."""
         gpus = sum(d.startswith("cuda") for d in self.devices)

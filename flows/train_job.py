@@ -12,6 +12,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -160,7 +161,14 @@ def load_inference_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokeni
     spread over the GPUs (or offloaded, with ``load.offload``), else a one-line refusal before
     any weight is read (:func:`flows.inference_placement.place_for_inference`)."""
     placement = place_for_inference(spec)
-    if placement.spread:
+    if placement.offloads:  # the user asked for it (load.offload), but should know its cost
+        warnings.warn(
+            f"{spec.name}: {placement.describe()}; the blocks outside the GPUs are brought in for "
+            "every forward pass (slow)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    elif placement.spread:
         _log.info("%s: %s", spec.name, placement.describe())
     return load_base_model(spec, placement=placement)
 

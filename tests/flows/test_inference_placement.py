@@ -55,6 +55,7 @@ def test_a_base_too_big_for_one_gpu_spreads_evenly_in_whole_blocks(llama_70b: Ad
     placement = place_for_inference(llama_70b, Memory((80 * GIB,) * 4, 0))
     assert 130 * GIB < placement.weights_bytes < 133 * GIB  # 70.6e9 bf16 weights
     assert placement.devices == ("cuda:0", "cuda:1", "cuda:2", "cuda:3") and placement.spread
+    assert not placement.offloads and placement.summary() == "4 GPUs"
     blocks = {k: v for k, v in placement.device_map.items() if k.startswith("model.layers.")}
     assert sorted(blocks) == sorted(f"model.layers.{i}" for i in range(80))  # none split
     per_gpu = Counter(blocks.values())
@@ -78,6 +79,7 @@ def test_offload_keeps_what_no_gpu_holds_in_cpu_memory_then_on_disk(
         with_load(llama_70b, offload=True), Memory((80 * GIB,), 50 * GIB)
     )
     assert placement.offload and placement.devices == ("cuda:0", "cpu", "disk")
+    assert placement.offloads and placement.summary() == "1 GPU + CPU + disk"
     where = Counter(placement.device_map.values())
     assert 36 <= where[0] <= 42 and where["cpu"] >= 20 and where["disk"] >= 10
 
@@ -118,7 +120,8 @@ def test_predict_on_a_base_partly_on_disk_answers_as_on_a_whole_one(
         return loaded[-1]
 
     monkeypatch.setattr("flows.train_job.load_base_model", keep)
-    _, offloaded = predict(Registry(), offloading_version, texts)
+    with pytest.warns(RuntimeWarning, match=r"spread over cpu, disk.*every forward pass \(slow\)"):
+        _, offloaded = predict(Registry(), offloading_version, texts)
     query = loaded[0][0].bert.encoder.layer[4].attention.self.query
     assert is_offloaded(query.base_layer) and query.base_layer.weight.is_meta  # really on disk
     assert query.adapters["offload-sst2"].lora_A.weight.device.type == "cpu"
