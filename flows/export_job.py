@@ -220,10 +220,10 @@ def export_composition(
             "its members one at a time instead"
         )
     from .predict_job import spec_of_composition  # noqa: PLC0415
-    from .train_job import load_base_model  # noqa: PLC0415 - transformers is heavy
+    from .train_job import load_inference_model  # noqa: PLC0415 - transformers is heavy
 
     spec = spec_of_composition(registry, composition, "export")
-    model, tokenizer = load_base_model(spec)
+    model, tokenizer = load_inference_model(spec)  # a base too big for one GPU spreads
     block = registry.load_definition(model, composition.definition, composition.members)
     members = pc.active_adapters(model)
     flat = composition.name if composition.name not in members else f"{composition.name}-flat"
@@ -332,9 +332,9 @@ def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | 
 
 def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
     """The version's base model (with its head) and tokenizer, with the adapter loaded."""
-    from .train_job import load_base_model  # noqa: PLC0415 - transformers is heavy
+    from .train_job import load_inference_model  # noqa: PLC0415 - transformers is heavy
 
-    model, tokenizer = load_base_model(spec_of_version(version, "export"))
+    model, tokenizer = load_inference_model(spec_of_version(version, "export"))
     registry.load_into(model, version.ref, name=version.name)
     return model, tokenizer
 
