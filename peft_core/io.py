@@ -195,6 +195,13 @@ def load_into_prepared(
             expected[f"{module_name}.{key}"] = value
     head = original_head_state(model, prepared.record.head)
     _check_keys_and_shapes(expected | head, tensors, source)
+    stranded = next((key for key, target in expected.items() if target.is_meta), None)
+    if stranded is not None:  # copying into a meta tensor keeps nothing, silently
+        raise ConfigError(
+            f"cannot load {source} into a model without weights: {stranded} would be on the "
+            "meta device (a base built under init_empty_weights or torch.device('meta')); load "
+            "the base model's weights first"
+        )
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(tensors[key])

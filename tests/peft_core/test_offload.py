@@ -206,3 +206,18 @@ def test_an_adapters_own_copy_of_an_offloaded_head_holds_its_trained_weights(
     pc.set_active(model, None)  # the original head still runs from disk
     pc.set_active(reference, None)
     torch.testing.assert_close(logits(model, inputs), logits(reference, inputs), atol=1e-5, rtol=0)
+
+
+def test_loading_into_a_model_without_weights_is_refused_not_silently_empty(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """A base built on the meta device (no hooks: nothing will bring weights in) would get an
+    adapter that holds nothing: copying into a meta tensor is a silent no-op."""
+    reference = whole(checkpoint)
+    pc.add_adapter(reference, "a", METHODS["lora"])
+    folder = pc.save_adapter(reference, "a", tmp_path / "a")
+    with torch.device("meta"):
+        empty = T.AutoModelForCausalLM.from_config(TINY_CONFIGS[FAMILY]())
+    with pytest.raises(pc.ConfigError, match=r"into a model without weights: .*lora_A\.weight"):
+        pc.load_adapter(empty, folder, name="a")
+    assert pc.list_adapters(empty) == []
