@@ -85,7 +85,7 @@ from .probes import (
 from .quantize import is_quantized, quantize_base
 from .roles import ROLES
 from .routing import per_row
-from .serialization import load_adapter, save_adapter
+from .serialization import convert_adapter, load_adapter, save_adapter
 from .sharding import ShardedWeights, check_shardable, shard_units, sharded_weight_bytes
 from .training import Precision, TrainResult, train
 
@@ -142,6 +142,7 @@ __all__ = [
     "combine_adapters",
     "config_from_dict",
     "config_to_dict",
+    "convert_adapter",
     "delete_adapter",
     "detect_head",
     "estimate_step_memory",

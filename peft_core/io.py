@@ -26,7 +26,7 @@ from . import __version__
 from .config import config_from_dict, config_to_dict
 from .errors import AdapterFormatError, BaseModelMismatchError, ConfigError, PeftCoreError
 from .fingerprint import Fingerprint, fingerprint
-from .heads import body_prefix, head_state, original_head_state
+from .heads import adapter_head, body_prefix, head_state, original_head_state
 from .inject import PreparedAdapter, attach_adapter, delete_adapter, prepare_adapter
 from .layer import base_state_dict
 from .methods import method_of
@@ -144,13 +144,22 @@ def read_ours(
     name: str | None = None,
     tokenizer: Any = None,
     force: bool = False,
+    weightless: bool = False,
 ) -> AdapterRecord:
-    """Load an adapter saved in our format; everything is checked before the model changes."""
+    """Load an adapter saved in our format; everything is checked before the model changes.
+    ``weightless``: ``model`` is a skeleton on the meta device and the adapter's own tensors go
+    to the CPU (what converting its files needs; the model cannot run)."""
     meta = read_metadata(folder)
     check_fingerprint(model, meta, tokenizer=tokenizer, force=force)
     tensors = _read_tensors(folder / ADAPTER_WEIGHTS, model)
     meta, tensors = _named_as_in(model, meta, tensors)
     prepared = _prepare_from_meta(model, meta, name or str(meta.get("name") or folder.name))
+    method = method_of(prepared.record.config)
+    if weightless and (method.trains_whole_model or method.places_itself):
+        raise ConfigError(
+            f"{folder} holds a {prepared.record.config.type} adapter, whose files cannot be "
+            "converted without the base model's weights"
+        )
     if method_of(prepared.record.config).trains_whole_model:
         _load_full(model, tensors, folder)
         attach_adapter(model, prepared)
@@ -158,7 +167,7 @@ def read_ours(
     if method_of(prepared.record.config).places_itself:
         load_self_placed(model, prepared, tensors, source=folder)
         return prepared.record
-    load_into_prepared(model, prepared, tensors, source=folder)
+    load_into_prepared(model, prepared, tensors, source=folder, weightless=weightless)
     return prepared.record
 
 
@@ -187,10 +196,15 @@ def load_into_prepared(
     tensors: dict[str, Tensor],
     *,
     source: Path,
+    weightless: bool = False,
 ) -> None:
-    """Fill a prepared adapter and the head from ``tensors``, check everything, then attach."""
+    """Fill a prepared adapter and the head from ``tensors``, check everything, then attach.
+    ``weightless``: the adapter (built on the meta device with the model) and its head are
+    given CPU storage first."""
     expected: dict[str, Tensor] = {}
     for module_name, module in prepared.modules.items():
+        if weightless:
+            module.to_empty(device="cpu")
         for key, value in module.state_dict().items():
             expected[f"{module_name}.{key}"] = value
     head = original_head_state(model, prepared.record.head)
@@ -206,8 +220,12 @@ def load_into_prepared(
         for key, target in expected.items():
             target.copy_(tensors[key])
     attach_adapter(model, prepared)  # everything is checked: only now does the model change
+    record = prepared.record
+    if weightless and record.head.trainable:
+        for module_name in record.head.modules:
+            adapter_head(model, module_name, record.name).to_empty(device="cpu")
     with torch.no_grad():
-        for key, target in head_state(model, prepared.record.head, prepared.record.name).items():
+        for key, target in head_state(model, record.head, record.name).items():
             target.copy_(tensors[key])
 
 
@@ -325,6 +343,7 @@ def _read_tensors(path: Path, model: nn.Module) -> dict[str, Tensor]:
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise AdapterFormatError(f"cannot read {path}: {exc}") from exc
     device = input_device(model)  # (copied on to each layer's own device)
+    device = torch.device("cpu") if device.type == "meta" else device  # a weightless skeleton
     return {k: v.to(device) for k, v in tensors.items()}
 
 

@@ -10,12 +10,13 @@ from torch import nn
 
 from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
 from .errors import AdapterFormatError, ConfigError
+from .heads import HeadKind
 from .io import ADAPTER_META, metadata, read_ours, write_ours
 from .layer import base_compute_dtype
 from .peft_format import PEFT_CONFIG, read_peft, write_peft
 from .state import AdapterRecord, get_record
 
-__all__ = ["load_adapter", "save_adapter"]
+__all__ = ["convert_adapter", "load_adapter", "save_adapter"]
 
 
 def save_adapter(
@@ -81,3 +82,32 @@ def load_adapter(
         f"{folder} is not an adapter folder: expected {ADAPTER_META} (peft_core) or "
         f"{PEFT_CONFIG} (a PEFT or AdapterHub adapter)"
     )
+
+
+def convert_adapter(
+    path: str | Path,
+    out: str | Path,
+    base: Any,
+    *,
+    head: HeadKind = "none",
+    format: Literal["adapterops", "peft", "adapterhub"] = "peft",
+    dtype: torch.dtype | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write the adapter saved (in our format) at ``path`` in another ``format``, without the
+    base model's weights: ``base`` is its ``PretrainedConfig``, and the model is built on the
+    meta device, so a 70B base costs seconds and no memory. ``dtype``: the base's dtype (the
+    files are written in it, as :func:`save_adapter` does). The same files as loading it into
+    the real base and saving; methods peft runs and full fine-tuning need the real base.
+    The base-model fingerprint is checked as :func:`load_adapter` checks it (``tokenizer``:
+    with its vocabulary)."""
+    from .plan import build_on_meta  # noqa: PLC0415 - plan imports the methods
+
+    folder = Path(path)
+    if not (folder / ADAPTER_META).is_file():
+        raise AdapterFormatError(
+            f"{folder} has no {ADAPTER_META}: convert_adapter reads our format"
+        )
+    skeleton = build_on_meta(base, head, dtype=dtype)
+    record = read_ours(skeleton, folder, tokenizer=tokenizer, weightless=True)
+    return save_adapter(skeleton, record.name, out, format=format, tokenizer=tokenizer)
