@@ -183,11 +183,11 @@ def export(
         if engine == "merged":
             _write_merged(*_load(registry, version), [version.name], staged)
         elif engine == "adapterhub":
-            _write_adapterhub(registry, version, staged)
+            _convert(version, stored, staged, "adapterhub")
         elif (stored / "adapter_config.json").is_file():
             shutil.copytree(stored, staged)
         else:
-            _write_peft(registry, version, staged)
+            _convert(version, stored, staged, "peft")
         if engine == "vllm":  # the files as written: one rank, maybe above what was predicted
             findings += _vllm_ready(
                 staged, version.ref, method=method, head=head, max_lora_rank=max_lora_rank,
@@ -339,22 +339,30 @@ def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _write_peft(registry: Registry, version: AdapterVersion, folder: Path) -> None:
-    model, tokenizer = _load(registry, version)
-    pc.save_adapter(model, version.name, folder, format="peft", tokenizer=tokenizer)
+def _convert(
+    version: AdapterVersion, stored: Path, folder: Path, format: Literal["peft", "adapterhub"]
+) -> None:
+    """The stored adapter (fetched and checked against its digests) rewritten in ``format``
+    from the base's config alone (``pc.convert_adapter``: the same files as loading it into the
+    base and saving, without loading a 70B base to do so). A version without a spec (pushed or
+    imported) is converted on its base model's body."""
+    import torch  # noqa: PLC0415 - torch is heavy
+    from transformers import AutoConfig  # noqa: PLC0415
 
+    from .models import base_config, resolve_base_model  # noqa: PLC0415
+    from .train_job import load_tokenizer  # noqa: PLC0415
 
-def _write_adapterhub(registry: Registry, version: AdapterVersion, folder: Path) -> None:
     if version.spec:
-        model, _ = _load(registry, version)
-    else:  # pushed or imported without a spec: its base model's body is enough for a bottleneck
-        from transformers import AutoModel  # noqa: PLC0415
-
-        from .models import resolve_base_model  # noqa: PLC0415
-
-        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
-        registry.load_into(model, version.ref, name=version.name)
-    pc.save_adapter(model, version.name, folder, format="adapterhub")
+        spec = spec_of_version(version, "export")
+        pc.convert_adapter(
+            stored, folder, base_config(spec), head=spec.head.type, format=format,
+            dtype=spec.load.torch_dtype(), tokenizer=load_tokenizer(spec),
+        )  # fmt: skip
+    else:  # in the dtype from_pretrained would give it (its checkpoint's)
+        config = AutoConfig.from_pretrained(resolve_base_model(version.base_model))
+        dtype = getattr(config, "dtype", None)
+        dtype = dtype if isinstance(dtype, torch.dtype) else None
+        pc.convert_adapter(stored, folder, config, format=format, dtype=dtype)
 
 
 def _write_merged(

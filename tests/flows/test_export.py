@@ -149,6 +149,32 @@ def test_each_engine_loads_its_export_with_the_registrys_outputs(built, tmp_path
     torch.testing.assert_close(probabilities(with_peft), expected, atol=1e-5, rtol=0)
 
 
+def test_peft_files_come_from_the_config_alone_as_the_loaded_base_writes_them(
+    built, tmp_path, monkeypatch
+):
+    """export --for peft reads no base weights (a 70B base would cost minutes and its memory)
+    and writes, byte for byte, what loading the version into its base and saving gives."""
+    from flows import export_job
+
+    model, tokenizer = export_job._load(Registry(), Registry().get(built))
+    real = pc.save_adapter(model, built.split("@")[0], tmp_path / "real", format="peft", tokenizer=tokenizer)  # fmt: skip
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr("flows.train_job.load_inference_model", no_weights)
+    monkeypatch.setattr("flows.train_job.load_base_model", no_weights)
+    result = export_job.export(Registry(), built, "peft", tmp_path / "converted")
+    names = sorted(p.name for p in real.iterdir())
+    assert (
+        result.files
+        == names
+        == ["adapter_config.json", "adapter_model.safetensors", "adapterops.json"]
+    )
+    for name in names:
+        assert (tmp_path / "converted" / name).read_bytes() == (real / name).read_bytes(), name
+
+
 def test_a_decoder_lora_in_peft_layout_goes_to_vllm_as_it_is(embedded_home, tmp_path):
     torch.manual_seed(0)
     model = LlamaForCausalLM(TINY_CONFIGS["llama"]())
