@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
 from .errors import AdapterFormatError, ConfigError
@@ -87,7 +88,7 @@ def load_adapter(
 def convert_adapter(
     path: str | Path,
     out: str | Path,
-    base: Any,
+    base: PretrainedConfig,
     *,
     head: HeadKind = "none",
     format: Literal["adapterops", "peft", "adapterhub"] = "peft",
