@@ -160,11 +160,11 @@ def read_ours(
             f"{folder} holds a {prepared.record.config.type} adapter, whose files cannot be "
             "converted without the base model's weights"
         )
-    if method_of(prepared.record.config).trains_whole_model:
+    if method.trains_whole_model:
         _load_full(model, tensors, folder)
         attach_adapter(model, prepared)
         return prepared.record
-    if method_of(prepared.record.config).places_itself:
+    if method.places_itself:
         load_self_placed(model, prepared, tensors, source=folder)
         return prepared.record
     load_into_prepared(model, prepared, tensors, source=folder, weightless=weightless)
