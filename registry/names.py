@@ -15,6 +15,7 @@ __all__ = ["MAX_VERSION", "Ref", "check_alias", "check_key", "check_name", "pars
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails
+_OTHER_SEPARATOR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_\-]{0,127})([:/])([A-Za-z0-9_\-]+)")
 MAX_VERSION = 2**31 - 1  # the database column is a 32-bit integer on every backend
 MAX_ALIAS = 64  # the alias and metric-key columns: one limit, checked before any database sees it
 
@@ -63,6 +64,12 @@ class Ref:
 def parse_ref(text: str) -> Ref:
     """Parse ``name``, ``name@<version>`` or ``name@<alias>``."""
     name, sep, suffix = str(text).partition("@")
+    # ``name:3`` (Docker's and Hugging Face's habit) and ``name/3`` get the spelling they meant.
+    if not sep and (habit := _OTHER_SEPARATOR.fullmatch(name)):
+        meant = f"{habit.group(1)}@{habit.group(3)}"
+        raise InvalidNameError(
+            f"invalid reference {text!r}: write {meant} (name@VERSION or name@ALIAS)"
+        )
     check_name(name)
     if not sep:
         return Ref(name)

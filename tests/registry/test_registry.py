@@ -132,6 +132,13 @@ class TestBadInput:
             with pytest.raises(rg.InvalidNameError):
                 call()
 
+    @pytest.mark.parametrize(("ref", "meant"), [("x:3", "x@3"), ("x/champion", "x@champion")])
+    def test_other_tools_reference_habits_get_the_spelling_meant(self, registry, ref, meant):
+        with pytest.raises(
+            rg.InvalidNameError, match=rf"invalid reference '{ref}': write {meant} "
+        ):
+            registry.get(ref)
+
     def test_one_length_limit_for_aliases_and_metric_names_on_every_backend(
         self, registry, make_adapter
     ):
