@@ -111,6 +111,12 @@ def quiet_optional_kernels() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def quiet_store_creation() -> None:
+    """MLflow logs creating and migrating its embedded database (two INFO lines on the first
+    command run with a new ``ADAPTEROPS_HOME``, before any answer); its failures still show."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for our progress and results: no load reports, no per-map bars.
 

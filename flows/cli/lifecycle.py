@@ -241,7 +241,9 @@ def rollback(
     from ..promotion import rollback as roll_back  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry, client = Registry(), tracking.client()
+        registry = Registry()
+        registry.get(name)  # a typo is "no adapter named ...", not "no previous version"
+        client = tracking.client()
         sync_aliases(registry, client, [name])
         version = roll_back(registry, client, name, origin="cli")
     if as_json:

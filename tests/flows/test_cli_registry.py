@@ -166,9 +166,13 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
         (("show", "x@99999999999999999999999"), "versions are numbered 1 to 2147483647"),
         (("gc", "--older-than-minutes", "inf"), "--older-than-minutes must be a number"),
         (("gc", "--older-than-minutes", "nan"), "--older-than-minutes must be a number"),
+        (("show", "x:3"), "write x@3 (name@VERSION or name@ALIAS)"),
+        (("rollback", "nothing"), "no adapter named 'nothing'"),  # not "no previous version"
+        (("promote", "nothing@1"), "no adapter named 'nothing'"),
     ]:
         result = run(env, *args, "--json")
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert "INFO" not in result.stderr, (args, result.stderr)  # MLflow creating its store
         assert words in json.loads(result.stdout)["error"], (args, result.stdout)
 
 
