@@ -141,7 +141,8 @@ def check_inputs(
     spec: AdapterSpec, registry: Registry | None = None, *, evaluates_apart: bool = True
 ) -> None:
     """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
-    missing data file or split, missing columns, labels outside ``num_labels``, no rows, fusion
+    missing data file or split, missing columns, labels outside ``num_labels``, no rows, a
+    ``train.max_length`` beyond the base's learned positions, fusion
     members that are not registered bottleneck adapters of the same base model, a step that
     cannot fit the GPU, and (``evaluates_apart``: a build, which evaluates the saved adapter and
     the champion on a freshly loaded base) a base that evaluation could not place."""
@@ -149,6 +150,7 @@ def check_inputs(
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
+    _check_max_length(spec)
     _check_processes(spec)
     _check_attention(spec)
     load_raw(spec)
@@ -170,6 +172,18 @@ def _check_method_fits(spec: AdapterSpec) -> None:
         pc.quantize.quantization_config(skeleton, quantization)
         if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
             pc.check_shardable(skeleton, quantization, _processes(spec))
+
+
+def _check_max_length(spec: AdapterSpec) -> None:
+    """A base with learned position embeddings takes at most that many tokens: a longer
+    ``train.max_length`` would fail mid-training on the first long text, with a shape error."""
+    limit = pc.position_limit(pc.build_on_meta(base_config(spec), spec.head.type))
+    if limit is not None and spec.train.max_length > limit:
+        raise DataError(
+            f"train.max_length {spec.train.max_length} is more than the {limit} token positions "
+            f"{spec.base_model} has (its position embeddings are learned): set train.max_length "
+            f"to {limit} or less"
+        )
 
 
 def _processes(spec: AdapterSpec) -> int:

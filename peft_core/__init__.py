@@ -74,6 +74,7 @@ from .methods import Method, all_methods, method_of, register_method
 from .parallel import parallel_outputs
 from .peft_format import one_rank_in_place
 from .plan import Plan, build_on_meta, measure, plan
+from .positions import position_limit
 from .probes import (
     ProbeCheck,
     ProbeMismatchError,
@@ -161,6 +162,7 @@ __all__ = [
     "parallel_outputs",
     "per_row",
     "plan",
+    "position_limit",
     "probe_document",
     "quantize_base",
     "read_metadata",

@@ -202,6 +202,16 @@ class TestTrain:
         ]
         assert not (tmp_path / "out").exists()
 
+        result = adapterops(
+            "train", str(EXAMPLE), "--set", "train.max_length=1000", cwd=tmp_path
+        )  # was a shape error inside the embeddings, mid-training, at the first long text
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "error: train.max_length 1000 is more than the 512 token positions "
+            "sentence-transformers/all-MiniLM-L6-v2 has (its position embeddings are learned): "
+            "set train.max_length to 512 or less"
+        ]
+
     def test_a_short_run_writes_an_adapter_that_loads(self, tmp_path):
         import transformers as T
 

@@ -61,6 +61,34 @@ def test_plan_from_a_model_leaves_it_untouched(tiny_model):
     assert from_model == pc.plan(model.config, pc.LoRA(), head="classification")
 
 
+@pytest.mark.parametrize(
+    ("family", "head", "limit"),
+    [
+        ("bert", "classification", 64),
+        ("roberta", "classification", 62),  # positions start after the padding row (index 1)
+        ("xlm-roberta", "masked-lm", 62),
+        ("distilbert", "classification", 512),
+        ("gpt2", "causal-lm", 64),
+    ],
+)
+def test_the_position_limit_is_the_longest_input_that_runs(tiny_model, family, head, limit):
+    model = tiny_model(family, head)
+    assert pc.position_limit(model) == limit
+    assert pc.position_limit(pc.build_on_meta(model.config, head)) == limit  # plan's skeleton
+    tokens = torch.full((1, limit + 1), 5)
+    with torch.no_grad():
+        model(input_ids=tokens[:, :limit])
+        with pytest.raises((IndexError, RuntimeError)):
+            model(input_ids=tokens)
+
+
+def test_rotary_positions_have_no_limit(tiny_model):
+    model = tiny_model("llama", "causal-lm")
+    assert pc.position_limit(model) is None
+    with torch.no_grad():  # past max_position_embeddings (64): nothing stops it
+        assert model(input_ids=torch.full((1, 80), 5)).logits.shape[1] == 80
+
+
 def test_an_existing_lm_head_stays_frozen():
     config = T.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=1000, n_positions=128)
     result = pc.plan(config, pc.LoRA(rank=4, targets=("q", "v")), head="causal-lm")
