@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,8 @@ def client_variables() -> set[str]:
     """What the code reads to find the stack: the keys `adapterops stack up` writes."""
     from infra.stack.local import LocalStack
 
-    return set(LocalStack(home=Path("/nonexistent")).client_env())
+    with tempfile.TemporaryDirectory() as home:  # client_env writes the stack's password file
+        return set(LocalStack(home=Path(home)).client_env())
 
 
 class TestCompose:
