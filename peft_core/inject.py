@@ -96,6 +96,12 @@ def prepare_adapter(
     if adapter_dtype not in ("fp32", "base"):
         raise ConfigError(f"adapter_dtype must be 'fp32' or 'base', got {adapter_dtype!r}")
     _check_new_name(model, name)
+    # "lora" or {"type": "lora"}, a habit from specs; a plug-in's config is any frozen dataclass
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise ConfigError(
+            f"config must be a method configuration such as pc.LoRA(rank=8), not {config!r}; "
+            "pc.config_from_dict({'type': 'lora', ...}) makes one from a spec's method mapping"
+        )
     method = method_of(config)
     method.check_model(model, config)
     overrides = dict(lora_overrides or {})

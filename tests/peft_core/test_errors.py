@@ -95,6 +95,13 @@ class TestInjectionErrors:
         with pytest.raises(pc.TargetError, match=r"invalid adapter name 'x.y'"):
             pc.add_adapter(model, "x.y", pc.BitFit())
 
+    @pytest.mark.parametrize("config", ["lora", {"type": "lora", "rank": 4}])
+    def test_a_config_must_be_a_method_configuration(self, tiny_model, config):
+        model = tiny_model("bert", "classification")
+        with pytest.raises(pc.ConfigError, match=r"such as pc\.LoRA\(rank=8\), not .*lora"):
+            pc.add_adapter(model, "a", config)
+        assert pc.list_adapters(model) == []
+
     def test_unknown_adapter_names_the_known_ones(self, tiny_model):
         model = tiny_model("bert", "classification")
         pc.add_adapter(model, "sst2", pc.LoRA())
