@@ -7,6 +7,7 @@ cause (a missing file, a missing column, labels outside ``num_labels``, an empty
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,28 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
                 f"{split} split: label values {bad[:5]} are outside 0..{num_labels - 1} "
                 f"(head.num_labels = {num_labels})"
             )
+        if split == "train":
+            _warn_of_unseen_labels(spec, labels)
+
+
+def _warn_of_unseen_labels(spec: AdapterSpec, seen: set[Any]) -> None:
+    """A class the training data never shows is one the adapter never learns to predict: most
+    often a wrong ``head.label_names``/``num_labels``, or a ``max_train_samples`` too small."""
+    names = spec.head.label_names
+    unseen = [
+        f"{label} ({names[label]!r})" if names else str(label)
+        for label in range(spec.head.num_labels or 0)
+        if label not in seen
+    ]
+    if unseen:
+        label, it = ("label", "it") if len(unseen) == 1 else ("labels", "them")
+        warnings.warn(
+            f"the train split has no example of {label} {', '.join(unseen)} (the head has "
+            f"{spec.head.num_labels}): the adapter will never predict {it}; check "
+            "head.label_names (or num_labels) and data.max_train_samples",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _check_instruction_columns(data: Any, dataset: datasets.Dataset, split: str) -> None:

@@ -15,7 +15,7 @@ import typer
 from registry.redaction import RedactingStream
 
 from . import build, lifecycle, operate, registry
-from .common import quiet_optional_kernels, quiet_store_creation
+from .common import plain_warnings, quiet_optional_kernels, quiet_store_creation
 from .compositions import composition_app
 from .help import plain_value_names
 from .stack import stack_app
@@ -70,6 +70,7 @@ def main() -> None:
     use_our_prefect_home()
     quiet_optional_kernels()
     quiet_store_creation()
+    plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     plain_value_names(typer.main.get_command(app))()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -109,6 +113,32 @@ def quiet_optional_kernels() -> None:
     noise on every command. Cheap (no import): the CLI's entry point calls it."""
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def plain_warnings() -> None:
+    """Our own warnings print as ``warning: ...``, one line, as errors print ``error: ...``;
+    Python's form (file, line number, the ``warnings.warn(`` source line) tells a user nothing.
+    Other libraries' warnings keep it: there the location is what one reports upstream."""
+    ours = tuple(
+        str(Path(folder).resolve()) + os.sep
+        for package in ("flows", "peft_core", "registry", "infra")
+        if (found := importlib.util.find_spec(package)) is not None  # finds, imports nothing
+        for folder in found.submodule_search_locations or ()
+    )
+    default_format = warnings.formatwarning
+
+    def format_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
+        if str(Path(filename).resolve()).startswith(ours):
+            return f"warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
 
 
 def quiet_store_creation() -> None:

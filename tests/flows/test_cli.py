@@ -251,6 +251,21 @@ class TestTrain:
                          "16/20", "18/20", "20/20"]  # fmt: skip
         assert lines[-1].startswith("minilm-sst2-en-lora: step 20/20 (100%) loss ")
 
+    def test_a_class_the_data_never_shows_is_one_plain_warning(self, tmp_path):
+        result = adapterops(
+            "train", str(EXAMPLE), "--out", str(tmp_path / "a"),
+            "--set", "head.label_names=[negative,positive,neutral]",
+            "--set", "train.max_steps=1", "--set", "data.max_train_samples=64",
+            "--set", "data.max_eval_samples=16",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        warned = [line for line in result.stderr.splitlines() if "warn" in line]
+        assert warned == [
+            "warning: the train split has no example of label 2 ('neutral') (the head has 3): "
+            "the adapter will never predict it; check head.label_names (or num_labels) and "
+            "data.max_train_samples"
+        ]  # once (the check and the flow both read the data), and no file:line or source line
+
 
 class TestBasics:
     def test_the_command_line_starts_without_torch(self):
