@@ -182,6 +182,7 @@ def download(store: ArtifactStore, digest: str, destination: Path, *, label: str
         _fetch(store, digest, manifest_path, label=label, what="manifest")
         _verify(manifest_path, digest, label=label, what="manifest")
         manifest = Manifest.from_bytes(manifest_path.read_bytes())
+        _check_no_other_adapter(destination, {name for name, _, _ in manifest.files}, label)
         for name, file_digest, size in manifest.files:
             target = staging / name
             _fetch(store, file_digest, target, label=label, what=name)
@@ -189,6 +190,20 @@ def download(store: ArtifactStore, digest: str, destination: Path, *, label: str
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination
+
+
+def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -> None:
+    """Pulling again into the same folder replaces the files; an adapter file this version lacks
+    (another format's, an older version's probes) would stay beside them, and the folder would be
+    a mix that loads as neither. Other files (a user's notes) are left alone."""
+    adapter_files = OURS[0] | PEFT[0] | OPTIONAL
+    stale = sorted(p.name for p in destination.iterdir() if p.name in adapter_files - incoming)
+    if stale:
+        raise AdapterFolderError(
+            f"cannot download {label} into {destination}: it holds {stale} of another adapter, "
+            "which this version does not have, and the folder would mix the two; download into "
+            "a new or empty folder, or remove those files first (nothing was written)"
+        )
 
 
 def _fetch(store: ArtifactStore, digest: str, target: Path, *, label: str, what: str) -> None:

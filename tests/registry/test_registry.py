@@ -179,6 +179,24 @@ class TestBadInput:
         assert list(destination.iterdir()) == []  # staged beside it, never inside
         assert [p.name for p in tmp_path.iterdir() if ".incoming-" in p.name] == []
 
+    def test_fetch_again_replaces_and_another_adapters_files_are_refused(
+        self, registry, make_adapter, tmp_path
+    ):
+        first = register(registry, make_adapter(1, extra={"probes.json": "{}"}))
+        second = register(registry, make_adapter(2))  # no probes.json
+        pulled = tmp_path / "pulled"
+        registry.fetch(first.ref, pulled)
+        (pulled / "notes.txt").write_text("mine")
+        registry.fetch(first.ref, pulled)  # the daily habit: same files, replaced in place
+        before = {p.name: p.read_bytes() for p in pulled.iterdir()}
+        # the first version's probes would stay beside the second's weights
+        with pytest.raises(rg.AdapterFolderError, match=r"holds \['probes.json'\] of another"):
+            registry.fetch(second.ref, pulled)
+        assert {p.name: p.read_bytes() for p in pulled.iterdir()} == before
+        (pulled / "probes.json").unlink()
+        registry.fetch(second.ref, pulled)
+        assert (pulled / "notes.txt").read_text() == "mine"  # not an adapter file: left alone
+
     def test_gc_refuses_a_negative_grace_period(self, registry):
         with pytest.raises(rg.RegistryError, match="must not be negative"):
             registry.gc(older_than=timedelta(minutes=-1))
