@@ -41,6 +41,7 @@ __all__ = [
     "human_bytes",
     "print_columns",
     "quiet_libraries",
+    "spec_files",
     "user_errors",
 ]
 
@@ -75,6 +76,24 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))
     return tuple(types)
+
+
+def spec_files(paths: list[Path]) -> list[Path]:
+    """The spec files ``paths`` name: a file as given, a folder as the ``*.yaml``/``*.yml`` files
+    directly in it (sorted), as CI and cron jobs pass ``specs/``. A path that does not exist, or
+    a folder without specs, is bad input: nothing is built for any of them."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not inside:
+                raise DataError(f"{path} is a folder with no spec files (*.yaml, *.yml) in it")
+            found += inside
+        elif path.exists():
+            found.append(path)
+        else:
+            raise DataError(f"{path}: no such spec file or folder (nothing was built)")
+    return found
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]

@@ -16,7 +16,15 @@ import typer
 from rich.table import Table
 
 from .build import OutOption, SetOption, SpecArgument, progress
-from .common import JsonOption, console, emit_json, errors, quiet_libraries, user_errors
+from .common import (
+    JsonOption,
+    console,
+    emit_json,
+    errors,
+    quiet_libraries,
+    spec_files,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -100,7 +108,9 @@ def _print_cascade_hint(name: str, stale: list[str]) -> None:
 
 @app.command()
 def retrain(
-    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC")],
+    spec_paths: Annotated[
+        list[Path], typer.Argument(help="Spec files or folders of them.", metavar="SPEC")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the adapters.")] = Path("out"),
     as_json: JsonOption = False,
 ) -> None:
@@ -108,13 +118,15 @@ def retrain(
     build. One failing spec does not stop the others; exit 1 if any failed."""
     from .. import pipelines  # noqa: PLC0415
 
+    with user_errors(as_json):
+        files = spec_files(spec_paths)
     quiet_libraries()
     with (
         user_errors(as_json, one_line_failures=True),
         progress("retrain", enabled=not as_json) as on_step,
         pipelines.reporting_progress(on_step),
     ):
-        outcomes = pipelines.retrain([str(p.resolve()) for p in spec_files], str(out))
+        outcomes = pipelines.retrain([str(p.resolve()) for p in files], str(out))
     failed = [o for o in outcomes if o["status"] == "failed"]
     if as_json:
         emit_json({"ok": not failed, "outcomes": outcomes})

@@ -17,6 +17,7 @@ from .common import (
     emit_json,
     errors,
     quiet_libraries,
+    spec_files,
     user_errors,
 )
 
@@ -27,7 +28,9 @@ app = typer.Typer()
 
 @app.command()
 def deploy(
-    spec_files: Annotated[list[Path], typer.Argument(help="Spec files.", metavar="SPEC...")],
+    spec_paths: Annotated[
+        list[Path], typer.Argument(help="Spec files or folders of them.", metavar="SPEC...")
+    ],
     pool: Annotated[str, typer.Option(help="Prefect work pool (process type).")] = "adapterops",
     sync_every: Annotated[
         int,
@@ -45,7 +48,7 @@ def deploy(
     from ..deploy_job import deploy_specs  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
-        deployed = deploy_specs(spec_files, pool=pool, sync_every=sync_every)
+        deployed = deploy_specs(spec_files(spec_paths), pool=pool, sync_every=sync_every)
     if as_json:
         emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
         return

@@ -144,12 +144,18 @@ class TestBuildCommand:
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
         good = write_spec(tmp_path, sst2_dir, name="good")
         broken = write_spec(tmp_path, sst2_dir, name="broken", base_model="no/such-model")
-        result = run_cli("retrain", str(broken), str(good), "--json", env=env, cwd=tmp_path)
+        typo = run_cli("retrain", str(good), "specs/good.yml", env=env, cwd=tmp_path)
+        assert (typo.returncode, typo.stderr.strip()) == (
+            2, "error: specs/good.yml: no such spec file or folder (nothing was built)"
+        )  # fmt: skip
+        # a folder stands for the specs in it (broken.yaml, good.yaml), as CI passes specs/
+        result = run_cli("retrain", str(tmp_path), "--json", env=env, cwd=tmp_path)
         assert result.returncode == 1, result.stderr[-3000:]
         outcomes = {Path(o["spec"]).stem: o for o in json.loads(result.stdout)["outcomes"]}
         assert outcomes["broken"]["status"] == "failed"
         assert "unknown base model 'no/such-model'" in outcomes["broken"]["reason"]
         assert (outcomes["good"]["status"], outcomes["good"]["ref"]) == ("built", "good@1")
+        assert list(outcomes) == ["broken", "good"]
 
         # in a log (no terminal): each spec's progress as plain lines, then the table
         again = run_cli("retrain", str(good), env=env, cwd=tmp_path)
