@@ -166,6 +166,10 @@ def block_from_dict(data: dict[str, Any] | str) -> Block:
     """Inverse of :func:`block_to_dict`, validated."""
     if isinstance(data, str):
         return data
+    if isinstance(data, dict) and data.get("type") not in _BY_KIND:
+        raise CompositionError(
+            f"unknown composition type {data.get('type')!r}; one of {', '.join(sorted(_BY_KIND))}"
+        )
     try:
         cls = _BY_KIND[data["type"]]
         children = [block_from_dict(c) for c in data["children"]]

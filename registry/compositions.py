@@ -36,6 +36,13 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
         raise InvalidCompositionError(
             f'a composition definition is {{"type": ..., "children": [...]}}, got {definition!r}'
         )
+    names = [ref.partition("@")[0] for ref in refs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # what load_definition would refuse at every load: refused once, here
+        raise InvalidCompositionError(
+            f"the members name {', '.join(twice)} twice: a composition holds one version of "
+            "each adapter (its members load into one model under their adapters' names)"
+        )
     renamed = _renamed(definition)
     if CHILDREN not in renamed:
         renamed = {**renamed, CHILDREN: list(refs)}

@@ -143,7 +143,7 @@ class TestBuildCommand:
     ):
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
         good = write_spec(tmp_path, sst2_dir, name="good")
-        broken = write_spec(tmp_path, sst2_dir, name="broken", base_model="no/such-model")
+        write_spec(tmp_path, sst2_dir, name="broken", base_model="no/such-model")
         typo = run_cli("retrain", str(good), "specs/good.yml", env=env, cwd=tmp_path)
         assert (typo.returncode, typo.stderr.strip()) == (
             2, "error: specs/good.yml: no such spec file or folder (nothing was built)"

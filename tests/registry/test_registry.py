@@ -521,6 +521,7 @@ class TestCompositions:
                 "invalid composition",
             ),
             (["a", "b"], "a composition definition is"),
+            ({"type": "stak"}, "unknown composition type 'stak'; one of average, fuse, parallel"),
         ],
     )
     def test_bad_definitions_are_refused_and_nothing_is_stored(
@@ -532,6 +533,15 @@ class TestCompositions:
             registry.register_composition("bad", definition, ["a", "b"])
         with pytest.raises(rg.NotFoundError):
             registry.composition("bad")
+
+    @pytest.mark.parametrize("members", [["a@1", "a@2"], ["a", "a"]])
+    def test_one_version_of_each_adapter(self, registry, make_adapter, members):
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="a")
+        with pytest.raises(rg.InvalidCompositionError, match=r"the members name a twice"):
+            registry.register_composition("dup", {"type": "stack"}, members)
+        with pytest.raises(rg.NotFoundError):
+            registry.composition("dup")
 
 
 class TestCompositionAliases:
