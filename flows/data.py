@@ -7,8 +7,10 @@ cause (a missing file, a missing column, labels outside ``num_labels``, an empty
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,21 +46,63 @@ class PreparedData:
 def load_split(path: str, *, max_samples: int | None = None, seed: int = 0) -> datasets.Dataset:
     """Read one split from a local file; ``max_samples`` takes a seeded random subset."""
     file = Path(path)
+    if file.is_dir():
+        raise DataError(f"data file {file} is a folder: name a file ({', '.join(_BUILDERS)})")
     if not file.is_file():
         raise DataError(f"data file {file} does not exist")
     builder = _BUILDERS.get(file.suffix)
     if builder is None:
         raise DataError(f"{file}: unsupported file type {file.suffix!r}; use {sorted(_BUILDERS)}")
+    if file.stat().st_size == 0:
+        raise DataError(f"data file {file} is empty")
     options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+        # datasets logs each failure before raising it: our one line says it, with the cause
+        with _datasets_logging(logging.CRITICAL):
+            dataset = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"cannot read {file}: {exc}") from exc
+        raise DataError(f"cannot read {file}: {_root_cause(exc)}") from exc
     if len(dataset) == 0:
         raise DataError(f"{file} has no rows")
+    _check_delimiter(file, dataset)
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset
+
+
+@contextmanager
+def _datasets_logging(level: int) -> Iterator[None]:
+    before = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(before)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """datasets wraps the parser's error ("JSON parse error: ... in row 1") in a generic one
+    ("An error occurred while generating the dataset"); the innermost says what is wrong."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = " ".join(str(exc).split())
+    if "corresponds to no data" in text:  # datasets' words for a header without rows
+        return "it has a header but no rows"
+    return text
+
+
+def _check_delimiter(file: Path, dataset: datasets.Dataset) -> None:
+    """A comma-separated file named .tsv (or the reverse) reads as one column named after the
+    whole header line."""
+    columns = dataset.column_names
+    other = {".tsv": ",", ".csv": "\t"}.get(file.suffix)
+    if other and len(columns) == 1 and other in columns[0]:
+        separated = "comma" if other == "," else "tab"
+        meant = ".csv" if other == "," else ".tsv"
+        raise DataError(
+            f"{file} reads as one column {columns[0]!r}: it looks {separated}-separated, which "
+            f"{file.suffix} is not; name it {meant}"
+        )
 
 
 def load_raw(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -188,6 +232,13 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
     if spec.head.type == "classification" and data.label:
         num_labels = spec.head.num_labels or 0
         labels = set(dataset[data.label])
+        text = sorted(str(x) for x in labels if isinstance(x, str) and not x.strip().isdigit())
+        if text:  # one word in the column makes the whole column text, the numbers included
+            raise DataError(
+                f"{split} split: the {data.label!r} column holds text ({text[:5]}); labels are "
+                f"the integers 0..{num_labels - 1} (head.num_labels = {num_labels}), the names "
+                "go in head.label_names"
+            )
         bad = sorted(str(x) for x in labels if not isinstance(x, int) or not 0 <= x < num_labels)
         if bad:
             raise DataError(

@@ -1,0 +1,67 @@
+"""Data files users get wrong: each is one line that says what is wrong, before any training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from flows.data import DataError, load_raw, load_split
+from flows.spec import load_spec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.tsv", "", "is empty"),
+        ("header.tsv", "sentence\tlabel\n", "cannot read {file}: it has a header but no rows"),
+        (
+            "commas.tsv",
+            'sentence,label\n"good",1\n',
+            "{file} reads as one column 'sentence,label': it looks comma-separated, which .tsv "
+            "is not; name it .csv",
+        ),
+        (
+            "tabs.csv",
+            "sentence\tlabel\ngood\t1\n",
+            "it looks tab-separated, which .csv is not; name it .tsv",
+        ),
+        (
+            "broken.jsonl",
+            '{"sentence": "a", "label": 1}\n{bad json\n',
+            "cannot read {file}: JSON parse error: Missing a name for object member",
+        ),
+        ("table.xlsx", "x", "unsupported file type '.xlsx'"),
+    ],
+)
+def test_a_malformed_file_is_one_line_that_says_why(tmp_path, caplog, name, content, message):
+    file = tmp_path / name
+    file.write_text(content)
+    with caplog.at_level(logging.ERROR), pytest.raises(DataError) as raised:
+        load_split(str(file))
+    assert message.format(file=file) in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert [r for r in caplog.records if r.name.startswith("datasets")] == []  # said once
+
+
+def test_a_folder_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataError, match=r"is a folder: name a file \(\.tsv, \.csv, \.json"):
+        load_split(str(tmp_path))
+
+
+def test_a_word_in_the_label_column_is_named(tmp_path):
+    """One word makes the whole column text: the numbers were called 'outside 0..1' too."""
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\tnegative\n")
+    spec = load_spec(
+        EXAMPLE,
+        [f"data.train={tmp_path / 'train.tsv'}", f"data.validation={tmp_path / 'train.tsv'}"],
+    )
+    with pytest.raises(DataError) as raised:
+        load_raw(spec)
+    assert str(raised.value) == (
+        "train split: the 'label' column holds text (['negative']); labels are the integers "
+        "0..1 (head.num_labels = 2), the names go in head.label_names"
+    )
