@@ -536,6 +536,10 @@ def _problem(error: Any) -> tuple[str, str]:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling)"
+    given = error.get("input")
+    if error["type"] in ("list_type", "tuple_type") and isinstance(given, str):
+        items = ", ".join(part.strip() for part in given.split(","))
+        message += f"; a list is written [{items}] (in --set too)"
     return ".".join(location) or "(top)", message
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -122,7 +123,8 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         if as_json:
             emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
         # soft_wrap: a one-line error stays one line at any terminal width (logs grep it whole)
-        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        # escaped: "[q, v]" in a message is text, not a rich style to drop
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILURE) from None
 
 

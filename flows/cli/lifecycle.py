@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .build import OutOption, SetOption, SpecArgument, progress
@@ -77,11 +78,11 @@ def build(
         emit_json({"ok": True, **result, "stale_compositions": stale})
         return
     if result["reused"]:
-        console.print(f"{result['ref']}: {result['decision']}")
+        console.print(f"{result['ref']}: {result['decision']}", markup=False)
         return
     verdict = "promoted to" if result["promoted"] else "registered as"
     console.print(
-        f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {result['decision']}",
+        f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {escape(result['decision'])}",
         soft_wrap=True,  # one line, whatever the width: logs and people read it whole
     )
     _print_cascade_hint(result["name"], stale)
@@ -230,7 +231,9 @@ def promote_command(
         except PromotionRefusedError as refused:
             if not force:
                 raise
-            warning = f"[yellow]warning:[/] {refused.comparison}; promoting it because of --force"
+            warning = (
+                f"[yellow]warning:[/] {escape(refused.comparison)}; promoting it because of --force"
+            )
             errors.print(warning, soft_wrap=True, highlight=False)
         version = promote(registry, client, ref, alias, origin="cli")
         stale = _stale_after(version.name) if alias == "champion" else []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import (
@@ -158,6 +159,6 @@ def show_export(result: Any, as_json: bool) -> None:
         emit_json({"ok": True, **result.to_dict()})
         return
     for finding in result.findings:  # only with --force
-        errors.print(f"[yellow]warning:[/] {finding}", highlight=False, soft_wrap=True)
+        errors.print(f"[yellow]warning:[/] {escape(finding)}", highlight=False, soft_wrap=True)
     files = ", ".join(result.files)
     console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)

@@ -150,6 +150,14 @@ class TestPlan:
         ):
             assert expected in result.stderr
 
+    def test_a_list_written_with_commas_shows_how_lists_are_written(self):
+        result = adapterops("plan", str(EXAMPLE), "--set", "method.targets=q,v")
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"error: {EXAMPLE}: method.targets: Input should be a valid list; a list is written "
+            "[q, v] (in --set too)"
+        )  # the brackets printed as they are, not taken for a terminal style
+
     def test_base_model_head_and_method_are_enough(self, tmp_path):
         document = yaml.safe_load(EXAMPLE.read_text())
         only = {key: document[key] for key in ("base_model", "head", "method")}
