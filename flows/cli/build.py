@@ -384,7 +384,7 @@ class LineProgress(StepProgress):
         self._line(name)
 
     def _line(self, text: str) -> None:
-        errors.print(f"{self.label}: {text}", highlight=False, soft_wrap=True, markup=False)
+        errors.print(f"{self.label}: {text}", highlight=False, soft_wrap=True)
 
 
 def _built_report(ref: str, output: Path) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 import registry as rg
 from registry.redaction import redact
@@ -40,6 +40,7 @@ __all__ = [
     "emit_json",
     "errors",
     "human_bytes",
+    "labelled",
     "print_columns",
     "quiet_libraries",
     "spec_files",
@@ -55,8 +56,10 @@ SkipProbeOption = Annotated[
     ),
 ]
 
-console = Console()
-errors = Console(stderr=True)
+# markup=False: names, texts and messages print as written; "[sic]" in a text or "[q, v]" in a
+# message is not a style to drop. Styles are given as Text(..., style=...) instead.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 EXIT_BAD_INPUT = 2
 
@@ -77,6 +80,11 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))
     return tuple(types)
+
+
+def labelled(label: str, style: str, text: str) -> Text:
+    """``label`` in ``style``, then ``text`` as written: ``error: ...``, ``warning: ...``."""
+    return Text.assemble((label, style), " ", text)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -123,8 +131,7 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         if as_json:
             emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
         # soft_wrap: a one-line error stays one line at any terminal width (logs grep it whole)
-        # escaped: "[q, v]" in a message is text, not a rich style to drop
-        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        errors.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILURE) from None
 
 
@@ -230,8 +237,8 @@ def print_columns(rows: dict[str, list[str]], *, keep: int = 3) -> None:
     console.print(_table(rows, shown))
     if len(shown) < len(rows):
         hidden = ", ".join(c for c in rows if c not in shown)
-        note = f"[dim]not shown at this width: {hidden} (--json has every field)[/]"
-        console.print(note, soft_wrap=True)
+        note = f"not shown at this width: {hidden} (--json has every field)"
+        console.print(note, style="dim", soft_wrap=True)
 
 
 def _table(rows: dict[str, list[str]], columns: list[str]) -> Table:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .build import OutOption, SetOption, SpecArgument, progress
 from .common import (
@@ -22,6 +22,7 @@ from .common import (
     console,
     emit_json,
     errors,
+    labelled,
     quiet_libraries,
     spec_files,
     user_errors,
@@ -78,11 +79,13 @@ def build(
         emit_json({"ok": True, **result, "stale_compositions": stale})
         return
     if result["reused"]:
-        console.print(f"{result['ref']}: {result['decision']}", markup=False)
+        console.print(f"{result['ref']}: {result['decision']}")
         return
     verdict = "promoted to" if result["promoted"] else "registered as"
     console.print(
-        f"{result['ref']} {verdict} [bold]{result['alias']}[/]: {escape(result['decision'])}",
+        Text.assemble(
+            f"{result['ref']} {verdict} ", (result["alias"], "bold"), f": {result['decision']}"
+        ),
         soft_wrap=True,  # one line, whatever the width: logs and people read it whole
     )
     _print_cascade_hint(result["name"], stale)
@@ -231,8 +234,8 @@ def promote_command(
         except PromotionRefusedError as refused:
             if not force:
                 raise
-            warning = (
-                f"[yellow]warning:[/] {escape(refused.comparison)}; promoting it because of --force"
+            warning = labelled(
+                "warning:", "yellow", f"{refused.comparison}; promoting it because of --force"
             )
             errors.print(warning, soft_wrap=True, highlight=False)
         version = promote(registry, client, ref, alias, origin="cli")

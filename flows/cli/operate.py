@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from .common import (
@@ -17,6 +16,7 @@ from .common import (
     console,
     emit_json,
     errors,
+    labelled,
     quiet_libraries,
     spec_files,
     user_errors,
@@ -159,6 +159,6 @@ def show_export(result: Any, as_json: bool) -> None:
         emit_json({"ok": True, **result.to_dict()})
         return
     for finding in result.findings:  # only with --force
-        errors.print(f"[yellow]warning:[/] {escape(finding)}", highlight=False, soft_wrap=True)
+        errors.print(labelled("warning:", "yellow", finding), highlight=False, soft_wrap=True)
     files = ", ".join(result.files)
     console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)

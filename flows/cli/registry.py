@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 import registry as rg
 from registry import AdapterVersion, RegistryError, Settings
@@ -221,7 +222,8 @@ def resolve(
     if as_json:
         emit_json(resolution.to_dict())
         return
-    console.print(f"[bold]{resolution.kind}[/]: {' + '.join(v.ref for v in resolution.versions)}")
+    refs = " + ".join(v.ref for v in resolution.versions)
+    console.print(Text.assemble((resolution.kind, "bold"), f": {refs}"))
     console.print(resolution.explanation)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from infra.stack.local import StackPorts
 
@@ -94,8 +95,8 @@ def _show(statuses: list, as_json: bool, env_file: str | None = None) -> None:
     for column in ("service", "url", "state"):
         table.add_column(column)
     for s in statuses:
-        state = "[green]running[/]" if s.running else "[red]stopped[/]"
-        table.add_row(s.name, s.url, f"{state} {s.detail}".strip())
+        state = Text("running", style="green") if s.running else Text("stopped", style="red")
+        table.add_row(s.name, s.url, Text.assemble(state, f" {s.detail}".rstrip()))
     console.print(table)
     if env_file:
         console.print(f"Client configuration: {env_file} (adapterops commands read it)")

@@ -276,6 +276,22 @@ class TestTrain:
 
 
 class TestBasics:
+    def test_texts_and_messages_print_as_written_not_as_styles(self):
+        """A prediction's text "the [bold]film[/] was [sic] great" lost its brackets in the
+        table, and an error's "[q, v]" vanished: rich read them as styles."""
+        from rich.table import Table
+
+        from flows.cli.common import console, labelled
+
+        table = Table()
+        table.add_column("text")
+        table.add_row("the [bold]film[/] was [sic] great")
+        with console.capture() as captured:
+            console.print(table)
+            console.print(labelled("error:", "bold red", "a list is written [q, v]"))
+        assert "│ the [bold]film[/] was [sic] great │" in captured.get()
+        assert "error: a list is written [q, v]" in captured.get()
+
     def test_the_command_line_starts_without_torch(self):
         """Every command module is imported for every command (and --help): one that imports
         torch, peft_core or flows.spec at its top makes each start seconds slower."""
