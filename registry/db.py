@@ -19,8 +19,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import DatabaseUnavailableError, NotMigratedError, RegistryError
@@ -35,12 +35,19 @@ class Database:
 
     def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
         try:
-            parsed = make_url(url)
+            parsed = _with_our_driver(make_url(url))
         except ArgumentError as exc:
             raise DatabaseUnavailableError(f"invalid database URL {url!r}: {exc}") from None
+        url = parsed.render_as_string(hide_password=False)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
+        try:
+            self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
+        except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2
+            raise DatabaseUnavailableError(
+                f"cannot use the registry database {_safe(url)}: its driver is not installed "
+                f"({exc}); write postgresql+psycopg://... (psycopg 3, installed with adapterops)"
+            ) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate if auto_migrate is not None else self.is_sqlite:
             self.upgrade()
@@ -101,6 +108,22 @@ def translate_db_errors(url: str) -> Iterator[None]:
         ) from None
     except SQLAlchemyError as exc:
         raise RegistryError(f"registry database error on {_safe(url)}: {exc}") from None
+
+
+def _with_our_driver(url: URL) -> URL:
+    """``postgres://`` and ``postgresql://`` (as hosting services print them) mean PostgreSQL
+    through psycopg 3, the driver adapterops installs (SQLAlchemy's default is psycopg2); only
+    SQLite and PostgreSQL hold a registry."""
+    backend = url.get_backend_name()
+    if backend in ("postgres", "postgresql") and url.drivername in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend not in ("sqlite", "postgresql"):
+        raise DatabaseUnavailableError(
+            f"the registry runs on SQLite or PostgreSQL, not {backend} "
+            f"({url.render_as_string(hide_password=True)}): set ADAPTEROPS_REGISTRY_URL to "
+            "sqlite:///path/registry.db or postgresql+psycopg://USER@HOST:5432/DB"
+        )
+    return url
 
 
 def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import StorageUnavailableError
@@ -13,10 +14,12 @@ __all__ = ["ArtifactStore", "BlobInfo", "LocalStore", "S3Store", "open_store"]
 
 
 def open_store(url: str) -> ArtifactStore:
-    """The store for ``file:///path`` or ``s3://bucket/prefix``."""
+    """The store for ``file:///path`` (or a plain folder path) or ``s3://bucket/prefix``."""
     scheme = urlparse(url).scheme
     if scheme == "file":
         return LocalStore(url)
+    if not scheme and url:  # "/data/adapters", "./artifacts": what people write for a folder
+        return LocalStore(Path(url).resolve().as_uri())
     if scheme == "s3":
         return S3Store(url)
     raise StorageUnavailableError(

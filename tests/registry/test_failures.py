@@ -14,6 +14,7 @@ from infra.stack import free_port
 from registry import Registry
 from registry.db import Database
 from tests.helpers import TINY_CONFIGS, batch, logits, perturb_adapter
+from tests.registry.conftest import fresh_postgres_url
 
 
 def test_unreachable_database_is_a_clear_error(tmp_path):
@@ -30,6 +31,31 @@ def test_invalid_urls(tmp_path):
         Registry("not a url", (tmp_path / "a").as_uri())
     with pytest.raises(rg.StorageUnavailableError, match="unsupported artifacts URL"):
         Registry(f"sqlite:///{tmp_path}/r.db", "ftp://x/y")
+    with pytest.raises(
+        rg.DatabaseUnavailableError, match="runs on SQLite or PostgreSQL, not mysql"
+    ):
+        Registry("mysql://u:pw@db/registry", (tmp_path / "a").as_uri())  # was a traceback
+    with pytest.raises(rg.DatabaseUnavailableError, match=r"its driver is not installed"):
+        Registry("postgresql+psycopg2://u@127.0.0.1/r", (tmp_path / "a").as_uri())
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_folder_path_is_an_artifacts_url(tmp_path, make_adapter, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    registry = Registry(f"sqlite:///{tmp_path}/r.db", "./artifacts")
+    version = registry.register(make_adapter(1), name="a", base_model="b", task="t", language="en")
+    assert registry.artifacts.uri(version.digest).startswith((tmp_path / "artifacts").as_uri())
+    assert (tmp_path / "artifacts").is_dir()
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_a_postgres_url_as_hosting_services_print_it(postgres, tmp_path, make_adapter, scheme):
+    """postgres:// and postgresql:// mean psycopg 3 (SQLAlchemy's default driver is psycopg2,
+    not installed: a traceback before)."""
+    url = fresh_postgres_url(postgres).replace("postgresql+psycopg://", f"{scheme}://")
+    registry = Registry(url, (tmp_path / "a").as_uri())
+    registry.register(make_adapter(1), name="a", base_model="b", task="t", language="en")
+    assert [v.ref for v in registry.find()] == ["a@1"]
 
 
 def test_unreachable_s3_stores_no_record(tmp_path, make_adapter, monkeypatch):
