@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPERIMENT",
     "RunTracker",
+    "check_reachable",
     "client",
     "configure",
     "flatten",
@@ -61,6 +65,7 @@ def configure() -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         home().mkdir(parents=True, exist_ok=True)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with mlflow_errors("find the experiment"):
@@ -93,6 +98,39 @@ def client() -> MlflowClient:
     """A client for the configured location."""
     configure()
     return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+
+
+_REACHED: set[str] = set()  # servers that answered once in this process: asked once
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that does not answer at all fails now, in one request: MLflow's client
+    retries a refused connection with backoff for about four minutes before it gives up, so a
+    wrong MLFLOW_TRACKING_URI looked like a hung command. Any HTTP answer (even 401 or 404, or
+    a certificate MLflow may be told to accept) means it is there."""
+    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        cause = getattr(exc, "reason", exc)
+        if isinstance(cause, ssl.SSLError):
+            pass  # it answered; MLflow's own TLS settings decide
+        else:
+            reason = (
+                "connection refused"
+                if isinstance(cause, ConnectionRefusedError)
+                else f"no answer within {timeout:g} s"
+                if isinstance(cause, TimeoutError)
+                else " ".join(str(cause).split())[:200]
+            )
+            raise TrackingUnavailableError(
+                f"MLflow at {uri} is not reachable ({reason}): check MLFLOW_TRACKING_URI and "
+                f"that the server runs; {RERUN_COMPLETES}"
+            ) from None
+    _REACHED.add(uri)
 
 
 @contextmanager

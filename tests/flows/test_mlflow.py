@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -244,6 +246,24 @@ class TestMlflowDown:
         assert len(client.search_model_versions("name='offline-sst2'")) == 1
         assert mlflow_aliases(client, "offline-sst2") == {"champion": 1}
         json.dumps(result.to_dict())
+
+    def test_a_server_that_is_not_there_is_one_line_at_once(self, tmp_path):
+        """MLflow's client retries a refused connection for about four minutes (its default
+        retries): the command looked hung. Now one request finds out."""
+        url = f"http://127.0.0.1:{free_port()}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+        env |= {"ADAPTEROPS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": url}
+        adapterops = Path(sys.executable).parent / "adapterops"
+        result = subprocess.run(
+            [str(adapterops), "sync"],
+            capture_output=True, text=True, env=env, timeout=90, check=False,
+        )  # fmt: skip  # a hang is TimeoutExpired here, not a slow pass
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"error: MLflow at {url} is not reachable (connection refused): check "
+            "MLFLOW_TRACKING_URI and that the server runs; re-running the command completes the "
+            "work."
+        )
 
 
 class TestDivergedTraining:
