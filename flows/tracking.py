@@ -14,6 +14,7 @@ import ssl
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,7 +112,7 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     if not uri.startswith(("http://", "https://")) or uri in _REACHED:
         return
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        urllib.request.urlopen(_health_url(uri), timeout=timeout).close()
     except urllib.error.HTTPError:
         pass  # it answered
     except (urllib.error.URLError, OSError) as exc:
@@ -131,6 +132,18 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                 f"that the server runs; {RERUN_COMPLETES}"
             ) from None
     _REACHED.add(uri)
+
+
+def _health_url(uri: str) -> str:
+    """The server's ``/health``, without the user and password a URI may carry (urllib would
+    read them as part of the host name; the answer, not the login, is what is checked)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, f"{parts.path.rstrip('/')}/health", "", "")
+    )
 
 
 @contextmanager

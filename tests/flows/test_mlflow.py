@@ -265,6 +265,27 @@ class TestMlflowDown:
             "work."
         )
 
+    @pytest.mark.parametrize("status", [200, 401, 404])
+    def test_any_answer_means_the_server_is_there(self, status):
+        """Behind a login (the password in the URI) or a proxy without /health: it answered."""
+        import http.server
+        import threading
+
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the name http.server calls
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            tracking.check_reachable(f"http://reviewer:secret@127.0.0.1:{server.server_port}/")
+        finally:
+            server.shutdown()
+
 
 class TestDivergedTraining:
     def test_a_diverged_adapter_is_registered_but_never_promoted(self, registry, tmp_path):
