@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from registry.settings import adapterops_home
 
 from .errors import TrackingUnavailableError
+from .reachable import check_answers
 
 if TYPE_CHECKING:
     from .spec import AdapterSpec
@@ -101,49 +98,15 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
 
 
-_REACHED: set[str] = set()  # servers that answered once in this process: asked once
-
-
-def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """A tracking server that does not answer at all fails now, in one request: MLflow's client
-    retries a refused connection with backoff for about four minutes before it gives up, so a
-    wrong MLFLOW_TRACKING_URI looked like a hung command. Any HTTP answer (even 401 or 404, or
-    a certificate MLflow may be told to accept) means it is there."""
-    if not uri.startswith(("http://", "https://")) or uri in _REACHED:
-        return
-    try:
-        urllib.request.urlopen(_health_url(uri), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        pass  # it answered
-    except (urllib.error.URLError, OSError) as exc:
-        cause = getattr(exc, "reason", exc)
-        if isinstance(cause, ssl.SSLError):
-            pass  # it answered; MLflow's own TLS settings decide
-        else:
-            reason = (
-                "connection refused"
-                if isinstance(cause, ConnectionRefusedError)
-                else f"no answer within {timeout:g} s"
-                if isinstance(cause, TimeoutError)
-                else " ".join(str(cause).split())[:200]
-            )
-            raise TrackingUnavailableError(
-                f"MLflow at {uri} is not reachable ({reason}): check MLFLOW_TRACKING_URI and "
-                f"that the server runs; {RERUN_COMPLETES}"
-            ) from None
-    _REACHED.add(uri)
-
-
-def _health_url(uri: str) -> str:
-    """The server's ``/health``, without the user and password a URI may carry (urllib would
-    read them as part of the host name; the answer, not the login, is what is checked)."""
-    parts = urllib.parse.urlsplit(uri)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, f"{parts.path.rstrip('/')}/health", "", "")
-    )
+def check_reachable(uri: str) -> None:
+    """A tracking server that does not answer fails now, in one request: MLflow's client retries
+    a refused connection with backoff for about four minutes, so a wrong MLFLOW_TRACKING_URI
+    looked like a hung command. The embedded store (``sqlite:``) needs no check."""
+    if uri.startswith(("http://", "https://")):
+        check_answers(
+            uri, service="MLflow", variable="MLFLOW_TRACKING_URI", then=RERUN_COMPLETES,
+            error=TrackingUnavailableError,
+        )  # fmt: skip
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from .common import (
     emit_json,
     errors,
     human_bytes,
+    prefect_answers,
     quiet_libraries,
     user_errors,
 )
@@ -292,6 +293,7 @@ def quickstart(
     quiet_libraries()
     rows = []
     with user_errors(as_json, one_line_failures=True):
+        prefect_answers()
         home = adapterops_home() / "quickstart"
         folder = data if data is not None else write_sentiment_data(home / "data")
         task = "sst2" if data is not None else "sentiment"

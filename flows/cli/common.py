@@ -41,6 +41,7 @@ __all__ = [
     "errors",
     "human_bytes",
     "labelled",
+    "prefect_answers",
     "print_columns",
     "quiet_libraries",
     "spec_files",
@@ -80,6 +81,22 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))
     return tuple(types)
+
+
+def prefect_answers() -> None:
+    """With a Prefect server configured (``PREFECT_API_URL``, from the environment or a Prefect
+    profile), it must answer before a flow starts: one line now, not Prefect's own error from
+    inside the flow's start. Without one, flows run on a temporary local server."""
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - only commands that run flows
+
+    from ..reachable import check_answers  # noqa: PLC0415
+
+    url = PREFECT_API_URL.value()
+    if url:
+        check_answers(
+            str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError,
+            then="or unset it to run flows on a temporary local server",
+        )  # fmt: skip
 
 
 def labelled(label: str, style: str, text: str) -> Text:

@@ -23,6 +23,7 @@ from .common import (
     emit_json,
     errors,
     labelled,
+    prefect_answers,
     quiet_libraries,
     spec_files,
     user_errors,
@@ -63,6 +64,7 @@ def build(
         else:
             from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
+            prefect_answers()
             quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
             with (
                 progress(spec.name, enabled=not as_json) as on_step,
@@ -130,6 +132,7 @@ def retrain(
         progress("retrain", enabled=not as_json) as on_step,
         pipelines.reporting_progress(on_step),
     ):
+        prefect_answers()
         outcomes = pipelines.retrain([str(p.resolve()) for p in files], str(out))
     failed = [o for o in outcomes if o["status"] == "failed"]
     if as_json:
@@ -171,6 +174,7 @@ def cascade(
     with user_errors(as_json, one_line_failures=True):
         from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
+        prefect_answers()
         with (
             progress("cascade", enabled=not as_json) as on_step,
             pipelines.reporting_progress(on_step),

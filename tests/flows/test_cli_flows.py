@@ -84,6 +84,24 @@ class TestQuickstart:
 
 @pytest.mark.usefixtures("prefect_server")
 class TestBuildCommand:
+    def test_a_prefect_server_that_is_not_there_is_one_line_before_any_work(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        from infra.stack import free_port
+
+        url = f"http://127.0.0.1:{free_port()}/api"
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": url}
+        spec = write_spec(tmp_path, sst2_dir, name="no-prefect")
+        for command in (["build", str(spec)], ["retrain", str(spec)]):
+            result = run_cli(*command, env=env, cwd=tmp_path)
+            assert (result.returncode, result.stderr.strip()) == (
+                2,
+                f"error: Prefect at {url} is not reachable (connection refused): check "
+                "PREFECT_API_URL and that the server runs; or unset it to run flows on a "
+                "temporary local server",
+            ), command  # was "error: RuntimeError: Failed to reach API at ...", exit 1
+        assert not (tmp_path / "out").exists()
+
     def test_bad_data_fails_before_any_flow_run(self, tmp_path: Path, sst2_dir: Path):
         bad = tmp_path / "bad.tsv"
         bad.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
