@@ -249,6 +249,9 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
             _warn_of_unseen_labels(spec, labels)
 
 
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def _warn_of_unseen_labels(spec: AdapterSpec, seen: set[Any]) -> None:
     """A class the training data never shows is one the adapter never learns to predict: most
     often a wrong ``head.label_names``/``num_labels``, or a ``max_train_samples`` too small."""
@@ -258,7 +261,10 @@ def _warn_of_unseen_labels(spec: AdapterSpec, seen: set[Any]) -> None:
         for label in range(spec.head.num_labels or 0)
         if label not in seen
     ]
-    if unseen:
+    if unseen and (spec.name, tuple(unseen)) not in _WARNED:
+        # once per process: the build checks its inputs, then its prepare task reads them again
+        # (Prefect runs tasks with their own warning filters, which would say it twice)
+        _WARNED.add((spec.name, tuple(unseen)))
         label, it = ("label", "it") if len(unseen) == 1 else ("labels", "them")
         warnings.warn(
             f"the train split has no example of {label} {', '.join(unseen)} (the head has "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,26 @@ def test_a_word_in_the_label_column_is_named(tmp_path):
         "train split: the 'label' column holds text (['negative']); labels are the integers "
         "0..1 (head.num_labels = 2), the names go in head.label_names"
     )
+
+
+def test_a_class_the_data_never_shows_is_said_once(tmp_path):
+    """The build checks its inputs, then its prepare task reads them again, under Prefect's own
+    warning filters (the warning came twice)."""
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    spec = load_spec(
+        EXAMPLE,
+        [
+            f"data.train={tmp_path / 'train.tsv'}",
+            f"data.validation={tmp_path / 'train.tsv'}",
+            "head.label_names=[negative, positive, neutral]",
+            f"name=said-once-{tmp_path.name}",
+        ],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # what a fresh filter does: every call would warn
+        load_raw(spec)
+        load_raw(spec)
+    assert [str(w.message) for w in caught] == [
+        "the train split has no example of label 2 ('neutral') (the head has 3): the adapter "
+        "will never predict it; check head.label_names (or num_labels) and data.max_train_samples"
+    ]
