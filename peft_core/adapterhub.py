@@ -46,7 +46,7 @@ from .state import AdapterRecord
 __all__ = ["is_adapterhub_folder", "read_adapterhub", "write_adapterhub"]
 
 CONFIG = "adapter_config.json"
-WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
+WEIGHTS: tuple[str, ...] = ("adapter.safetensors", "pytorch_adapter.bin")
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu", "tanh": "tanh"}
 # Settings that change the computation in ways our bottleneck modules do not reproduce, with the
 # value under which they are harmless.

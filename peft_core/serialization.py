@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,12 +11,15 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from .adapterhub import CONFIG as ADAPTERHUB_CONFIG
+from .adapterhub import WEIGHTS as ADAPTERHUB_WEIGHTS
 from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
 from .errors import AdapterFormatError, ConfigError
 from .heads import HeadKind
-from .io import ADAPTER_META, metadata, read_ours, write_ours
+from .io import ADAPTER_META, ADAPTER_WEIGHTS, metadata, read_ours, write_ours
 from .layer import base_compute_dtype
-from .peft_format import PEFT_CONFIG, read_peft, write_peft
+from .peft_format import OUR_METADATA, PEFT_CONFIG, PEFT_WEIGHTS, read_peft, write_peft
+from .probes import PROBES_FILE
 from .state import AdapterRecord, get_record
 
 __all__ = ["convert_adapter", "load_adapter", "save_adapter"]
@@ -47,13 +52,38 @@ def save_adapter(
     record = get_record(model, name)
     folder = Path(path)
     in_file = dtype if dtype is not None else base_compute_dtype(model)
-    if format == "adapterhub":  # checks the adapter fits the format before creating the folder
-        write_adapterhub(model, record, folder, dtype=in_file)
-        return folder
-    meta = metadata(model, record, tokenizer)
-    folder.mkdir(parents=True, exist_ok=True)
-    (write_peft if format == "peft" else write_ours)(model, record, folder, meta, dtype=in_file)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the folder first: a writer that refuses the adapter (a format without its
+    # method) or fails half-way leaves the folder as it was.
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.saving-") as tmp:
+        staged = Path(tmp)
+        if format == "adapterhub":
+            write_adapterhub(model, record, staged, dtype=in_file)
+        else:
+            writer = write_peft if format == "peft" else write_ours
+            writer(model, record, staged, metadata(model, record, tokenizer), dtype=in_file)
+        _replace_adapter_files(staged, folder)
     return folder
+
+
+# What any format or an earlier save leaves in an adapter folder (probes.json: golden probes of
+# the adapter that was there). Saving again removes those the new files do not replace: an
+# adapter.json left from an earlier save would be what load_adapter reads first.
+_ADAPTER_FILES = frozenset(
+    {ADAPTER_META, ADAPTER_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, OUR_METADATA, PROBES_FILE}
+    | {ADAPTERHUB_CONFIG, *ADAPTERHUB_WEIGHTS}
+)
+
+
+def _replace_adapter_files(staged: Path, folder: Path) -> None:
+    """Move the staged files into ``folder``, and remove the adapter files they do not replace
+    (other files, a user's notes, stay)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {p.name for p in staged.iterdir()}
+    for name in sorted(_ADAPTER_FILES - written):
+        (folder / name).unlink(missing_ok=True)
+    for name in sorted(written):
+        os.replace(staged / name, folder / name)
 
 
 def load_adapter(

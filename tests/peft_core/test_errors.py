@@ -188,6 +188,40 @@ class TestGPT2FusedProjection:
         assert delta[:, 2 * hidden :].abs().sum() > 0  # v
 
 
+class TestSavingAgain:
+    """A folder saved into again holds the new adapter only: an adapter.json left by an earlier
+    save was what load_adapter read first, silently the old adapter."""
+
+    def test_the_new_format_replaces_the_old_and_other_files_stay(self, tiny_model, tmp_path):
+        torch.manual_seed(0)
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "old", pc.LoRA(rank=2))
+        folder = pc.save_adapter(model, "old", tmp_path / "a")
+        pc.record_probes(model, "old", folder)
+        (folder / "notes.txt").write_text("mine")
+        pc.add_adapter(model, "new", pc.LoRA(rank=4))
+        perturb_adapter(model, "new")
+        pc.save_adapter(model, "new", folder, format="peft")
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "adapter_config.json", "adapter_model.safetensors", "adapterops.json", "notes.txt",
+        ]  # fmt: skip
+        fresh = tiny_model("bert", "classification")
+        assert pc.load_adapter(fresh, folder).config.rank == 4
+        assert [p.name for p in tmp_path.iterdir()] == ["a"]  # nothing staged left beside it
+
+    def test_a_refused_save_leaves_the_folder_as_it_was(self, tiny_model, tmp_path):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "lora", pc.LoRA())
+        folder = pc.save_adapter(model, "lora", tmp_path / "a")
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        pc.add_adapter(model, "bitfit", pc.BitFit())
+        for refused in ("peft", "adapterhub"):  # formats without BitFit
+            with pytest.raises((pc.ConfigError, pc.AdapterFormatError)):
+                pc.save_adapter(model, "bitfit", folder, format=refused)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
 class TestLoadErrors:
     @pytest.fixture
     def saved(self, tiny_model, tmp_path):
