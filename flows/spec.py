@@ -511,6 +511,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
     """Apply ``a.b=value`` overrides (values parsed as YAML: numbers, booleans, lists)."""
     problems = []
     result = yaml.safe_load(yaml.safe_dump(data))  # a deep copy of plain data
+    if _switches_method(result, overrides):
+        # --set method.type=bitfit on a LoRA spec means "this spec with BitFit": LoRA's rank and
+        # targets would be unknown fields of BitFit. Other method.* overrides still apply.
+        result["method"] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -528,6 +532,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
     if problems:
         raise SpecError(source, problems)
     return dict(result)
+
+
+def _switches_method(document: dict[str, Any], overrides: list[str]) -> bool:
+    """Whether an override sets ``method.type`` to another method than the document's."""
+    method = document.get("method")
+    current = method.get("type") if isinstance(method, dict) else None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() == "method.type" and yaml.safe_load(raw) != current:
+            return True
+    return False
 
 
 def _problem(error: Any) -> tuple[str, str]:

@@ -109,6 +109,22 @@ class TestValidSpecs:
         assert spec.train.max_steps == 7
         assert spec.method.to_config().targets == ("q", "k")
 
+    def test_another_method_type_starts_that_methods_fields_afresh(self, tmp_path):
+        """--set method.type=bitfit on a LoRA spec: LoRA's rank and alpha were four "unknown
+        field" errors of BitFit."""
+        (tmp_path / "spec.yaml").write_text(
+            yaml.safe_dump(with_(method={"type": "lora", "rank": 8}))
+        )
+        assert load_spec(tmp_path / "spec.yaml", ["method.type=bitfit"]).method.type == "bitfit"
+        same = load_spec(tmp_path / "spec.yaml", ["method.type=lora", "method.alpha=4"])
+        assert (same.method.to_config().rank, same.method.to_config().alpha) == (8, 4.0)
+        for overrides in (
+            ["method.type=bitfit", "method.rank=4"],
+            ["method.rank=4", "method.type=ia3"],
+        ):
+            with pytest.raises(SpecError, match=r"method.rank: unknown field"):  # given: told
+                load_spec(tmp_path / "spec.yaml", overrides)
+
 
 def test_the_default_metric_follows_the_head():
     causal = with_(head={"type": "causal-lm"})
