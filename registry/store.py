@@ -456,7 +456,11 @@ def _composition_row(session: Session, ref: Ref) -> CompositionRow:
         .order_by(CompositionRow.version)
     ).all()
     if not versions:
-        raise NotFoundError(f"no composition {ref.name!r}")
+        adapter = session.scalars(
+            select(AdapterRow.id).where(AdapterRow.name == ref.name).limit(1)
+        ).first()
+        hint = f"; {ref.name!r} is an adapter (`adapterops show {ref.name}`)" if adapter else ""
+        raise NotFoundError(f"no composition {ref.name!r}{hint}")
     if ref.alias is not None:
         raise NotFoundError(
             f"composition {ref.name!r} has no alias {ref.alias!r}; aliases: "
@@ -654,6 +658,11 @@ def _adapter_named(session: Session, name: str) -> AdapterRow:
             select(AdapterRow.name).where(AdapterRow.name.like(f"%{name[:4]}%")).limit(5)
         ).all()
         hint = f"; similar names: {', '.join(similar)}" if similar else ""
+        composition = session.scalars(
+            select(CompositionRow.id).where(CompositionRow.name == name).limit(1)
+        ).first()
+        if composition is not None:  # `show pt-sst2` for a saved stack: say where it is
+            hint = f"; {name!r} is a composition (`adapterops composition show {name}`)"
         raise NotFoundError(f"no adapter named {name!r}{hint}")
     return row
 

@@ -534,6 +534,14 @@ class TestCompositions:
         with pytest.raises(rg.NotFoundError):
             registry.composition("bad")
 
+    def test_an_adapter_asked_for_as_a_composition_and_back_is_named(self, registry, make_adapter):
+        register(registry, make_adapter(1), name="a")
+        registry.register_composition("c", {"type": "stack"}, ["a"])
+        with pytest.raises(rg.NotFoundError, match=r"no adapter named 'c'; 'c' is a composition"):
+            registry.get("c@1")
+        with pytest.raises(rg.NotFoundError, match=r"no composition 'a'; 'a' is an adapter"):
+            registry.composition("a")
+
     @pytest.mark.parametrize("members", [["a@1", "a@2"], ["a", "a"]])
     def test_one_version_of_each_adapter(self, registry, make_adapter, members):
         register(registry, make_adapter(1), name="a")
