@@ -71,14 +71,16 @@ TINY_CONFIGS: dict[str, Callable[[], T.PretrainedConfig]] = {
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``adapterops`` script (beside this interpreter) as a user would."""
+    """Run the installed ``adapterops`` script (beside this interpreter) as a user would, with
+    ``stdin`` as its standard input."""
     executable = Path(sys.executable).parent / "adapterops"
     assert executable.is_file(), f"{executable} missing: run make setup"
     environment = env if env is not None else {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [str(executable), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env=environment,

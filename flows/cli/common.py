@@ -40,6 +40,7 @@ __all__ = [
     "emit_json",
     "errors",
     "human_bytes",
+    "input_texts",
     "labelled",
     "prefect_answers",
     "print_columns",
@@ -49,7 +50,12 @@ __all__ = [
 ]
 
 # What predict commands take: the texts, and whether to skip the golden probes.
-TextOption = Annotated[list[str], typer.Option("--text", help="Input text (repeatable).")]
+TextOption = Annotated[
+    list[str],
+    typer.Option(
+        "--text", help="Input text (repeatable; - reads one text per line from standard input)."
+    ),
+]
 SkipProbeOption = Annotated[
     bool,
     typer.Option(
@@ -97,6 +103,20 @@ def prefect_answers() -> None:
             str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError,
             then="or unset it to run flows on a temporary local server",
         )  # fmt: skip
+
+
+def input_texts(texts: list[str]) -> list[str]:
+    """``--text`` values, with ``-`` standing for the lines of standard input (blank lines
+    skipped): ``cut -f1 reviews.tsv | adapterops predict NAME --text -``."""
+    found: list[str] = []
+    for text in texts:
+        if text == "-":
+            found += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        else:
+            found.append(text)
+    if not found:
+        raise DataError("no text to predict: --text - read no line from standard input")
+    return found
 
 
 def labelled(label: str, style: str, text: str) -> Text:

@@ -20,6 +20,7 @@ from .common import (
     TextOption,
     console,
     emit_json,
+    input_texts,
     print_columns,
     quiet_libraries,
     user_errors,
@@ -194,6 +195,7 @@ def predict(
 
     quiet_libraries()
     with user_errors(as_json):
+        text = input_texts(text)
         result = predict_composition(Registry(), ref, text, skip_probe=skip_probe)
     show_predictions([result], text, as_json)
 

@@ -16,6 +16,7 @@ from .common import (
     console,
     emit_json,
     errors,
+    input_texts,
     labelled,
     quiet_libraries,
     spec_files,
@@ -85,6 +86,7 @@ def predict(
 
     quiet_libraries()
     with user_errors(as_json):
+        text = input_texts(text)
         results = predict_many(Registry(), refs, text, skip_probe=skip_probe)
     show_predictions(results, text, as_json)
 

@@ -44,11 +44,13 @@ def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions)
     assert three_versions == ["many-lora@1", "many-lora@2", "many-pfeiffer@1"]
     assert_each_answers_as_alone(three_versions)
 
-    result = run_cli("predict", *three_versions, *[a for t in TEXTS for a in ("--text", t)], "--json", env={**os.environ})  # fmt: skip
+    # the first texts one per line on standard input (a blank line skipped), the last as given
+    lines = "\n".join(TEXTS[:-1]) + "\n\n"
+    result = run_cli("predict", *three_versions, "--text", "-", "--text", TEXTS[-1], "--json", env={**os.environ}, stdin=lines)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)
     assert [r["ref"] for r in document["results"]] == three_versions
-    assert [len(r["predictions"]) for r in document["results"]] == [3, 3, 3]
+    assert [[p["text"] for p in r["predictions"]] for r in document["results"]] == [TEXTS] * 3
 
 
 def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versions, tmp_path):
