@@ -120,6 +120,9 @@ def list_compositions(as_json: JsonOption = False) -> None:
     """The newest version of every composition."""
     with user_errors(as_json):
         compositions = Registry().compositions()
+    if not compositions and not as_json:  # one line, not an empty table
+        console.print("no compositions yet: `adapterops composition save NAME MEMBER...` adds one")
+        return
     _print(compositions, as_json)
 
 

@@ -133,6 +133,14 @@ def list_versions(
     if as_json:
         emit_json([v.to_dict() for v in versions])
         return
+    if not versions:  # one line, not an empty table
+        filtered = any(v is not None for v in (base_model, task, language, method, alias))
+        console.print(
+            "no version matches these filters (`adapterops ls` lists all)"
+            if filtered
+            else "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one"
+        )
+        return
     _print_versions(versions, False)
 
 

@@ -49,6 +49,10 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     common = ["--base-model", "tiny-bert", "--task", "sst2", "--language", "en"]
     first = write_fake_adapter(tmp_path / "v1", seed=1)
     second = write_fake_adapter(tmp_path / "v2", seed=2)
+    empty = run(env, "ls")  # a new registry: a line that says what to do, not an empty table
+    assert empty.stdout.strip() == (
+        "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one"
+    )
 
     pushed = ok_json(
         run(
@@ -105,6 +109,9 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
     assert len(ok_json(run(env, "gc", "--older-than-minutes", "0", "--json"))["removed"]) == 2
 
+    assert run(env, "ls", "--task", "nothing").stdout.strip() == (
+        "no version matches these filters (`adapterops ls` lists all)"
+    )
     human = run(env, "ls")
     assert human.returncode == 0 and "sst2-en@1" in human.stdout and "champion" in human.stdout
     assert "tiny-bert" in human.stdout and "not shown" not in human.stdout  # 200 columns: all
