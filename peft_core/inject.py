@@ -183,13 +183,23 @@ def set_trainable(model: nn.Module, name: str) -> None:
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove adapter ``name``; wrappers left empty give their base layer back to the model."""
+    """Remove adapter ``name``; wrappers left empty give their base layer back to the model.
+
+    A merged adapter is unmerged first, exactly: its delta would otherwise stay in base weights
+    that every other adapter shares, with nothing left to take it back (to keep a merge, save
+    :func:`peft_core.merged_state_dict`)."""
     record = get_record(model, name)
-    if method_of(record.config).places_itself:
-        method_of(record.config).remove(model, name)
+    method = method_of(record.config)
+    if method.places_itself:
+        method.unmerge_placed(model, name)  # False (nothing done) when it was not merged
+        method.remove(model, name)
         model.__dict__[_SELF_PLACED_ON] = [
             n for n in model.__dict__.get(_SELF_PLACED_ON, []) if n != name
         ]
+    elif any(layer.adapter(name).merged for _, layer in adapter_layers(model, name)):
+        from .merge import unmerge  # noqa: PLC0415 - merge builds on this module's state
+
+        unmerge(model, name)
     for module_name, layer in list(adapter_layers(model, name)):
         del layer.adapters[name]
         layer.active = _prune(layer.active, set(layer.adapters))

@@ -112,6 +112,31 @@ class TestInjectionErrors:
 
 
 class TestMergeSafety:
+    @pytest.mark.parametrize(
+        "config",
+        [
+            pc.LoRA(),
+            pc.BitFit(),
+            pc.IA3(),
+            pc.DoRA(),
+            pc.AnyPeft(config={"peft_type": "LOHA", "r": 4, "target_modules": ["query"]}),
+        ],
+        ids=lambda c: c.type if c.type != "peft" else "peft-loha",
+    )
+    def test_deleting_a_merged_adapter_gives_the_base_back(self, tiny_model, config):
+        """Its delta stayed in the shared base weights, with nothing left to take it back."""
+        model = tiny_model("bert", "classification")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        pc.add_adapter(model, "a", config)
+        perturb_adapter(model, "a")
+        pc.merge(model, "a")
+        merged = pc.merged_state_dict(model, "a")
+        assert any(not torch.equal(merged[k], before[k]) for k in before if k in merged)
+        pc.delete_adapter(model, "a")
+        after = model.state_dict()
+        assert after.keys() == before.keys()
+        assert [k for k in before if not torch.equal(after[k], before[k])] == []
+
     def test_redundant_merge_and_unmerge_warn_and_change_nothing(self, tiny_model):
         model = tiny_model("bert", "classification")
         pc.add_adapter(model, "a", pc.LoRA())
