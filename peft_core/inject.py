@@ -17,7 +17,7 @@ from typing import Literal
 from torch import nn
 
 from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
-from .errors import AdapterExistsError, ConfigError, TargetError
+from .errors import AdapterExistsError, ConfigError, NotMergeableError, TargetError
 from .heads import HeadSwitch, adapter_head, detect_head
 from .layer import AdaptedLayer, is_peft_layer, layer_kind
 from .methods import LayerSite, Method, MethodConfig, method_of
@@ -185,21 +185,28 @@ def set_trainable(model: nn.Module, name: str) -> None:
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; wrappers left empty give their base layer back to the model.
 
-    A merged adapter is unmerged first, exactly: its delta would otherwise stay in base weights
-    that every other adapter shares, with nothing left to take it back (to keep a merge, save
-    :func:`peft_core.merged_state_dict`)."""
+    A merged adapter is refused (:class:`NotMergeableError`), nothing changed: its delta would
+    stay in base weights that every other adapter shares, with nothing left to take it back (as
+    peft now refuses too). Unmerge it first, or keep the merge with
+    :func:`peft_core.merged_state_dict`."""
     record = get_record(model, name)
     method = method_of(record.config)
+    merged = (
+        method.is_merged_placed(model, name)
+        if method.places_itself
+        else any(layer.adapter(name).merged for _, layer in adapter_layers(model, name))
+    )
+    if merged:
+        raise NotMergeableError(
+            f"adapter {name!r} is merged into the base weights: deleting it would leave its delta "
+            "there with nothing to take it back. pc.unmerge(model, name) first; to keep the "
+            "merged weights, save pc.merged_state_dict(model, name) before unmerging"
+        )
     if method.places_itself:
-        method.unmerge_placed(model, name)  # False (nothing done) when it was not merged
         method.remove(model, name)
         model.__dict__[_SELF_PLACED_ON] = [
             n for n in model.__dict__.get(_SELF_PLACED_ON, []) if n != name
         ]
-    elif any(layer.adapter(name).merged for _, layer in adapter_layers(model, name)):
-        from .merge import unmerge  # noqa: PLC0415 - merge builds on this module's state
-
-        unmerge(model, name)
     for module_name, layer in list(adapter_layers(model, name)):
         del layer.adapters[name]
         layer.active = _prune(layer.active, set(layer.adapters))

@@ -123,17 +123,28 @@ class TestMergeSafety:
         ],
         ids=lambda c: c.type if c.type != "peft" else "peft-loha",
     )
-    def test_deleting_a_merged_adapter_gives_the_base_back(self, tiny_model, config):
-        """Its delta stayed in the shared base weights, with nothing left to take it back."""
+    def test_deleting_a_merged_adapter_is_refused(self, tiny_model, config):
+        """Its delta stayed in the shared base weights, with nothing left to take it back (peft
+        refuses it too since huggingface/peft#3504)."""
+        from peft_core.layer import base_state_dict
+
+        def weights() -> dict[str, torch.Tensor]:
+            return {k: v.clone() for k, v in base_state_dict(model).items()}
+
         model = tiny_model("bert", "classification")
-        before = {k: v.clone() for k, v in model.state_dict().items()}
+        before = weights()
         pc.add_adapter(model, "a", config)
         perturb_adapter(model, "a")
         pc.merge(model, "a")
-        merged = pc.merged_state_dict(model, "a")
-        assert any(not torch.equal(merged[k], before[k]) for k in before if k in merged)
+        merged = weights()
+        assert [k for k in before if not torch.equal(merged[k], before[k])] != []
+        with pytest.raises(pc.NotMergeableError, match=r"'a' is merged .* pc.unmerge"):
+            pc.delete_adapter(model, "a")
+        assert pc.list_adapters(model) == ["a"]
+        assert [k for k in merged if not torch.equal(weights()[k], merged[k])] == []
+        pc.unmerge(model, "a")
         pc.delete_adapter(model, "a")
-        after = model.state_dict()
+        after = weights()
         assert after.keys() == before.keys()
         assert [k for k in before if not torch.equal(after[k], before[k])] == []
 
