@@ -528,7 +528,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
                 problems.append((key, f"{part} is not a mapping"))
                 break
         else:
-            node[leaf] = yaml.safe_load(raw)
+            try:
+                node[leaf] = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                problems.append((key, f"the value {raw!r} is not YAML ({_first_line(exc)})"))
     if problems:
         raise SpecError(source, problems)
     return dict(result)
@@ -540,9 +543,16 @@ def _switches_method(document: dict[str, Any], overrides: list[str]) -> bool:
     current = method.get("type") if isinstance(method, dict) else None
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if sep and key.strip() == "method.type" and yaml.safe_load(raw) != current:
-            return True
+        if sep and key.strip() == "method.type":
+            try:
+                return bool(yaml.safe_load(raw) != current)
+            except yaml.YAMLError:
+                return False  # apply_overrides reports it
     return False
+
+
+def _first_line(exc: yaml.YAMLError) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _problem(error: Any) -> tuple[str, str]:

@@ -109,6 +109,16 @@ class TestValidSpecs:
         assert spec.train.max_steps == 7
         assert spec.method.to_config().targets == ("q", "k")
 
+    def test_a_value_that_is_not_yaml_is_a_spec_error(self, tmp_path):
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(VALID))
+        with pytest.raises(SpecError) as raised:  # was yaml's ParserError, a traceback
+            load_spec(tmp_path / "spec.yaml", ["train.batch_size=[", "method.type=["])
+        assert str(raised.value) == (
+            f"{tmp_path / 'spec.yaml'}: 2 problems: train.batch_size: the value '[' is not YAML "
+            "(while parsing a flow node); method.type: the value '[' is not YAML (while parsing "
+            "a flow node)"
+        )
+
     def test_another_method_type_starts_that_methods_fields_afresh(self, tmp_path):
         """--set method.type=bitfit on a LoRA spec: LoRA's rank and alpha were four "unknown
         field" errors of BitFit."""
