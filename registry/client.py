@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from . import store
 from .artifacts import ArtifactStore, open_store
 from .bundles import Manifest, download, inspect_folder, upload
-from .compositions import with_leaves
+from .compositions import named_twice, with_leaves
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import BaseModelMismatchError, InvalidCompositionError, RegistryError
@@ -300,7 +300,7 @@ class Registry:
         import peft_core  # noqa: PLC0415
 
         names = [member.partition("@")[0] for member in members]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = named_twice(list(members))
         if twice:
             raise InvalidCompositionError(
                 f"the members hold two versions of {', '.join(twice)}: one model holds one "

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import InvalidCompositionError
 
-__all__ = ["canonical_definition", "stack_definition", "with_leaves"]
+__all__ = ["canonical_definition", "named_twice", "stack_definition", "with_leaves"]
 
 CHILDREN = "children"
 _OLD_CHILDREN = "members"
@@ -36,8 +36,7 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
         raise InvalidCompositionError(
             f'a composition definition is {{"type": ..., "children": [...]}}, got {definition!r}'
         )
-    names = [ref.partition("@")[0] for ref in refs]
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = named_twice(refs)
     if twice:  # what load_definition would refuse at every load: refused once, here
         raise InvalidCompositionError(
             f"the members name {', '.join(twice)} twice: a composition holds one version of "
@@ -60,6 +59,13 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
         return dict(pc.block_to_dict(pc.block_from_dict(exact)))  # type: ignore[arg-type]
     except pc.CompositionError as exc:
         raise InvalidCompositionError(f"invalid composition: {exc}") from None
+
+
+def named_twice(refs: list[str]) -> list[str]:
+    """The adapter names more than one of ``refs`` (``a@1``, ``a@2``) name: one model holds one
+    adapter per name, so a composition's members load under distinct ones."""
+    names = [ref.partition("@")[0] for ref in refs]
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 def _renamed(node: Any) -> Any:
