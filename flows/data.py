@@ -198,7 +198,12 @@ def make_loader(
         # labels: the instructions' own (prompt -100), else the inputs; -100 between examples
         collator = DataCollatorWithFlattening(return_position_ids=True)
     elif head == "masked-lm":
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+        # evaluation (no shuffling) masks the same tokens every time, or a perplexity that
+        # gates promotion moves by chance; training masks from the global generator, which a
+        # checkpoint saves and restores (a resumed run masks what an unbroken one does)
+        collator = DataCollatorForLanguageModeling(
+            tokenizer, mlm=True, mlm_probability=0.15, seed=None if shuffle else seed
+        )
     elif head == "causal-lm" and "labels" in dataset.column_names:  # instructions: own labels
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     elif head == "causal-lm":

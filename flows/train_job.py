@@ -39,6 +39,7 @@ from .evaluation import evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec, members_of_version
+from .missing_weights import settle_missing_weights
 from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec
@@ -148,7 +149,8 @@ def load_base_model(
         options["device_map"] = placement.device_map
         if placement.offload:
             offload_folder = options["offload_folder"] = tempfile.mkdtemp(prefix="adapterops-")
-    model = auto.from_pretrained(path, **options)
+    model, loaded = auto.from_pretrained(path, output_loading_info=True, **options)
+    settle_missing_weights(model, loaded["missing_keys"])
     if offload_folder is not None:  # the weights accelerate put on disk go with the model
         weakref.finalize(model, shutil.rmtree, offload_folder, True)
     if getattr(model.config, "pad_token_id", None) is None:
