@@ -6,6 +6,8 @@ likely tokens for each mask; causal-LM adapters a greedy continuation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +23,10 @@ from .spec import AdapterSpec, parse_spec, spec_of_version
 from .train_job import load_inference_model
 
 __all__ = [
+    "BATCH_ROWS",
     "Prediction",
+    "ProgressCallback",
+    "answer_texts",
     "predict",
     "predict_composition",
     "predict_many",
@@ -30,6 +35,9 @@ __all__ = [
 
 _TOP_TOKENS = 5
 _NEW_TOKENS = 20
+BATCH_ROWS = 32  # rows per forward pass by default: memory stays bounded on a file of texts
+
+ProgressCallback = Callable[[int, int], None]  # (texts answered so far, texts in all)
 
 
 @dataclass
@@ -49,10 +57,17 @@ class Prediction:
 
 
 def predict(
-    registry: Registry, ref: str, texts: list[str], *, skip_probe: bool = False
+    registry: Registry,
+    ref: str,
+    texts: list[str],
+    *,
+    skip_probe: bool = False,
+    batch_size: int = BATCH_ROWS,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[str, list[Prediction]]:
     """The version ``ref`` resolves to, and its prediction for each text (after its golden
-    probes pass on this base model, unless ``skip_probe``)."""
+    probes pass on this base model, unless ``skip_probe``), ``batch_size`` texts per forward
+    pass (a causal LM generates for one text at a time); ``on_progress`` hears after each."""
     if not texts:
         raise DataError("give at least one --text")
     version = registry.get(ref)
@@ -61,11 +76,19 @@ def predict(
     load_members(model, members_of_version(version), registry)
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
-    return version.ref, _answers(model, tokenizer, texts, spec)
+    return version.ref, _answers(
+        model, tokenizer, texts, spec, batch_size=batch_size, on_progress=on_progress
+    )
 
 
 def predict_composition(
-    registry: Registry, ref: str, texts: list[str], *, skip_probe: bool = False
+    registry: Registry,
+    ref: str,
+    texts: list[str],
+    *,
+    skip_probe: bool = False,
+    batch_size: int = BATCH_ROWS,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[str, list[Prediction]]:
     """The composition version ``ref`` resolves to (``pt-sst2@champion``), and its prediction for
     each text: every member loaded and checked, the composition active. The base model, head
@@ -79,7 +102,9 @@ def predict_composition(
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
-    return composition.ref, _answers(model, tokenizer, texts, spec)
+    return composition.ref, _answers(
+        model, tokenizer, texts, spec, batch_size=batch_size, on_progress=on_progress
+    )
 
 
 def spec_of_composition(registry: Registry, composition: Composition, command: str) -> AdapterSpec:
@@ -97,66 +122,79 @@ def spec_of_composition(registry: Registry, composition: Composition, command: s
     return spec_of_version(last, command)
 
 
-def _answers(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+def _answers(
+    model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec, *, batch_size: int,
+    on_progress: ProgressCallback | None,
+) -> list[Prediction]:  # fmt: skip
     """Each text answered as ``spec``'s head answers, by the model as it is set up."""
-    model.eval()
-    run = {"classification": _classify, "masked-lm": _fill_mask, "causal-lm": _continue}
-    return run[spec.head.type](model, tokenizer, texts, spec)
+    (answers,) = answer_texts(
+        model, tokenizer, texts, [spec], batch_size=batch_size, on_progress=on_progress
+    )
+    return answers
 
 
 def predict_many(
-    registry: Registry, refs: list[str], texts: list[str], *, skip_probe: bool = False
+    registry: Registry,
+    refs: list[str],
+    texts: list[str],
+    *,
+    skip_probe: bool = False,
+    batch_size: int = BATCH_ROWS,
+    on_progress: ProgressCallback | None = None,
 ) -> list[tuple[str, list[Prediction]]]:
-    """Several versions on the same texts, in one batch per text: row ``i`` runs through
-    version ``i`` (``peft_core.per_row``). They must share the base model and head; stacks and
-    fusions (versions over other adapters) are predicted one at a time. Versions peft runs
-    (``type: peft``), whose layers take one adapter per batch and no native adapter beside
-    it, answer as they do alone."""
+    """Several versions on the same texts, in shared batches: each text takes a row per version
+    and each row runs through its version (``peft_core.per_row``), ``batch_size`` rows per
+    forward pass. They must share the base model and head; stacks and fusions (versions over
+    other adapters) are predicted one at a time. Versions peft runs (``type: peft``), whose
+    layers take one adapter per batch and no native adapter beside it, answer as they do alone.
+    ``on_progress`` hears per batch of each model loaded, from 0 again for each."""
     if len(refs) == 1:
-        return [predict(registry, refs[0], texts, skip_probe=skip_probe)]
+        return [predict(registry, refs[0], texts, skip_probe=skip_probe, batch_size=batch_size,
+                        on_progress=on_progress)]  # fmt: skip
     if not texts:
         raise DataError("give at least one --text")
     versions = [registry.get(ref) for ref in refs]
     specs = [spec_of_version(v, "predict") for v in versions]
     _check_together(versions, specs)
-    answers: dict[str, list[Prediction]] = {}
     routed = [
         (v, s) for v, s in zip(versions, specs, strict=True)
         if not pc.method_of(v.method).places_itself
     ]  # fmt: skip
-    if len(routed) == 1:
-        answers[routed[0][0].ref] = predict(
-            registry, routed[0][0].ref, texts, skip_probe=skip_probe
-        )[1]
-    elif routed:
-        answers.update(_one_batch_per_text(registry, routed, texts, skip_probe=skip_probe))
+    answers: dict[str, list[Prediction]] = {}
+    if len(routed) > 1:
+        answers = _in_shared_batches(
+            registry, routed, texts, skip_probe=skip_probe, batch_size=batch_size,
+            on_progress=on_progress,
+        )  # fmt: skip
     for version in versions:
         if version.ref not in answers:
-            answers[version.ref] = predict(registry, version.ref, texts, skip_probe=skip_probe)[1]
+            answers[version.ref] = predict(
+                registry, version.ref, texts, skip_probe=skip_probe, batch_size=batch_size,
+                on_progress=on_progress,
+            )[1]  # fmt: skip
     return [(v.ref, answers[v.ref]) for v in versions]
 
 
-def _one_batch_per_text(
+def _in_shared_batches(
     registry: Registry,
     routed: list[tuple[AdapterVersion, AdapterSpec]],
     texts: list[str],
     *,
     skip_probe: bool,
+    batch_size: int,
+    on_progress: ProgressCallback | None,
 ) -> dict[str, list[Prediction]]:
-    """Versions loaded into one model, each text answered by all of them in one batch."""
+    """Versions loaded into one model, each batch holding a row per version for each text."""
     specs = [spec for _, spec in routed]
     model, tokenizer = load_inference_model(specs[0])
     names = [f"{v.name}-v{v.version}" for v, _ in routed]  # two versions of one adapter coexist
     for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
-    model.eval()
-    answers: dict[str, list[Prediction]] = {version.ref: [] for version, _ in routed}
-    with torch.no_grad(), pc.per_row(model, names):
-        for text in texts:
-            rows = _answer_rows(model, tokenizer, text, specs, copies=len(names))
-            for (version, _), prediction in zip(routed, rows, strict=True):
-                answers[version.ref].append(prediction)
-    return answers
+    answers = answer_texts(
+        model, tokenizer, texts, specs, batch_size=batch_size, on_progress=on_progress,
+        adapters=names,
+    )  # fmt: skip
+    return {version.ref: mine for (version, _), mine in zip(routed, answers, strict=True)}
 
 
 def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) -> None:
@@ -176,22 +214,57 @@ def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) ->
             )
 
 
-def _answer_rows(
-    model: Any, tokenizer: Any, text: str, specs: list[AdapterSpec], *, copies: int
+def answer_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    specs: list[AdapterSpec],
+    *,
+    batch_size: int,
+    on_progress: ProgressCallback | None = None,
+    adapters: list[str] | None = None,
+) -> list[list[Prediction]]:
+    """Every text answered once per spec, a list per spec: the loop behind every predict.
+    With ``adapters`` (one per spec, loaded in ``model``), the answer for spec ``i`` runs
+    through ``adapters[i]``; without, the model answers as it is set up (one spec). A batch
+    holds ``batch_size`` rows (at least one text's), a causal LM one text's rows: its greedy
+    continuation of a text must not depend on the length of the texts beside it."""
+    if batch_size < 1:
+        raise DataError(f"the batch size must be at least 1; got {batch_size}")
+    if specs[0].head.type == "masked-lm":
+        _check_masks(tokenizer, texts)
+    per_batch = 1 if specs[0].head.type == "causal-lm" else max(1, batch_size // len(specs))
+    answers: list[list[Prediction]] = [[] for _ in specs]
+    model.eval()
+    for start in range(0, len(texts), per_batch):
+        chunk = texts[start : start + per_batch]
+        rows = [name for _ in chunk for name in adapters] if adapters else None
+        with torch.no_grad(), pc.per_row(model, rows) if rows else nullcontext():
+            predictions = _answer_chunk(model, tokenizer, chunk, specs)
+        for row, prediction in enumerate(predictions):
+            answers[row % len(specs)].append(prediction)
+        if on_progress is not None:
+            on_progress(start + len(chunk), len(texts))
+    return answers
+
+
+def _answer_chunk(
+    model: Any, tokenizer: Any, chunk: list[str], specs: list[AdapterSpec]
 ) -> list[Prediction]:
-    """``text`` in ``copies`` rows, each answered by its row's adapter."""
+    """Each text of ``chunk`` answered once per spec in one batch: row ``t * len(specs) + i``
+    is text ``t`` as ``specs[i]`` answers it (its adapter routed by the caller)."""
+    rows = [text for text in chunk for _ in specs]
     head = specs[0].head.type
-    if head == "masked-lm":
-        if tokenizer.mask_token not in text:
-            raise DataError(f"a masked-LM adapter fills {tokenizer.mask_token}: put it in {text!r}")
-        return _fill_one(model, tokenizer, text, copies=copies)
     if head == "causal-lm":
-        return _continue_one(model, tokenizer, text, specs[0], copies=copies)
-    rows = _classify(model, tokenizer, [text] * copies, specs[0])
-    for prediction, spec in zip(rows, specs, strict=True):  # each version names its own labels
-        names = spec.head.label_names or []
+        (text,) = chunk
+        return _continue_one(model, tokenizer, text, specs[0], copies=len(specs))
+    if head == "masked-lm":
+        return _fill_masks(model, tokenizer, rows, specs[0])
+    predictions = _classify(model, tokenizer, rows, specs[0])
+    for prediction, spec in zip(predictions, specs * len(chunk), strict=True):
+        names = spec.head.label_names or []  # each version names its own labels
         prediction.label_name = names[prediction.label or 0] if names else ""
-    return rows
+    return predictions
 
 
 def _on(model: Any, encoded: Any) -> dict[str, Any]:
@@ -200,42 +273,48 @@ def _on(model: Any, encoded: Any) -> dict[str, Any]:
     return {key: value.to(device) for key, value in encoded.items()}
 
 
-@torch.no_grad()
-def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
-    encoded = tokenizer(
+def _encode(tokenizer: Any, texts: list[str], spec: AdapterSpec) -> Any:
+    """``texts`` as one padded batch, cut at the length the adapter was trained on."""
+    return tokenizer(
         texts, padding=True, truncation=True, max_length=spec.train.max_length, return_tensors="pt"
     )
+
+
+def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    encoded = _encode(tokenizer, texts, spec)
     probabilities = model(**_on(model, encoded)).logits.softmax(-1).cpu()  # (texts, labels)
-    names = spec.head.label_names or []
     labels = [int(p.argmax()) for p in probabilities]
     return [
-        Prediction(
-            text=t,
-            label=label,
-            label_name=names[label] if names else "",
-            probabilities=[round(float(x), 4) for x in p],
-        )
+        Prediction(text=t, label=label, probabilities=[round(float(x), 4) for x in p])
         for t, p, label in zip(texts, probabilities, labels, strict=True)
     ]
 
 
-@torch.no_grad()
-def _fill_mask(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+def _check_masks(tokenizer: Any, texts: list[str]) -> None:
     mask = tokenizer.mask_token
     missing = [t for t in texts if mask not in t]
     if missing:
         raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing[0]!r})")
-    return [p for text in texts for p in _fill_one(model, tokenizer, text, copies=1)]
 
 
-def _fill_one(model: Any, tokenizer: Any, text: str, *, copies: int) -> list[Prediction]:
-    """The top tokens for the first mask of ``text``, in ``copies`` rows of one batch."""
-    encoded = tokenizer([text] * copies, return_tensors="pt")
-    position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
-    top = model(**_on(model, encoded)).logits[:, position].topk(_TOP_TOKENS).indices  # (copies, k)
+def _fill_masks(
+    model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec
+) -> list[Prediction]:
+    """The top tokens for the first mask of each text."""
+    encoded = _encode(tokenizer, texts, spec)
+    is_mask = encoded["input_ids"] == tokenizer.mask_token_id
+    for text, found in zip(texts, is_mask.any(dim=1).tolist(), strict=True):
+        if not found:
+            raise DataError(
+                f"the mask of {text[:60]!r} lies past the first {spec.train.max_length} tokens the "
+                "adapter reads (train.max_length): put it earlier or shorten the text"
+            )
+    positions = is_mask.int().argmax(dim=1)  # the first mask of each row
+    logits = model(**_on(model, encoded)).logits.cpu()
+    top = logits[torch.arange(len(texts)), positions].topk(_TOP_TOKENS).indices  # (texts, k)
     return [
         Prediction(text=text, tokens=[tokenizer.decode([i]).strip() for i in row])
-        for row in top.tolist()
+        for text, row in zip(texts, top.tolist(), strict=True)
     ]
 
 
@@ -253,11 +332,6 @@ def _prompt(tokenizer: Any, text: str, spec: AdapterSpec, copies: int = 1) -> An
     return {
         k: encoded[k].expand(copies, -1) for k in ("input_ids", "attention_mask") if k in encoded
     }
-
-
-@torch.no_grad()
-def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
-    return [p for text in texts for p in _continue_one(model, tokenizer, text, spec, copies=1)]
 
 
 def _continue_one(

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -33,10 +34,12 @@ from ..errors import (
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "BatchSizeOption",
     "JsonOption",
     "SkipProbeOption",
     "TextOption",
     "console",
+    "counting",
     "emit_json",
     "errors",
     "human_bytes",
@@ -60,6 +63,13 @@ SkipProbeOption = Annotated[
     bool,
     typer.Option(
         "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
+    ),
+]
+BatchSizeOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Rows per forward pass (each text takes a row per REF); lower it if memory runs out.",
     ),
 ]
 
@@ -117,6 +127,25 @@ def input_texts(texts: list[str]) -> list[str]:
     if not found:
         raise DataError("no text to predict: --text - read no line from standard input")
     return found
+
+
+@contextmanager
+def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A bar on a terminal's standard error that a ``(done, total)`` callback moves; ``None``
+    (nothing shown) with ``--json`` or when standard error is a log, not a terminal."""
+    if not enabled or not errors.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=errors, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 def labelled(label: str, style: str, text: str) -> Text:

@@ -15,10 +15,12 @@ from registry import Composition, InvalidCompositionError, Registry
 
 from ..errors import TrackingUnavailableError
 from .common import (
+    BatchSizeOption,
     JsonOption,
     SkipProbeOption,
     TextOption,
     console,
+    counting,
     emit_json,
     input_texts,
     print_columns,
@@ -190,6 +192,7 @@ def predict(
     ref: RefArgument,
     text: TextOption,
     skip_probe: SkipProbeOption = False,
+    batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the
@@ -199,7 +202,11 @@ def predict(
     quiet_libraries()
     with user_errors(as_json):
         text = input_texts(text)
-        result = predict_composition(Registry(), ref, text, skip_probe=skip_probe)
+        with counting("predict", enabled=not as_json) as on_progress:
+            result = predict_composition(
+                Registry(), ref, text, skip_probe=skip_probe, batch_size=batch_size,
+                on_progress=on_progress,
+            )  # fmt: skip
     show_predictions([result], text, as_json)
 
 

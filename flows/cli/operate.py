@@ -10,10 +10,12 @@ import typer
 from rich.table import Table
 
 from .common import (
+    BatchSizeOption,
     JsonOption,
     SkipProbeOption,
     TextOption,
     console,
+    counting,
     emit_json,
     errors,
     input_texts,
@@ -71,15 +73,18 @@ def deploy(
 def predict(
     refs: Annotated[
         list[str],
-        typer.Argument(help="name, name@VERSION or name@ALIAS (several: one batch)", metavar="REF"),
+        typer.Argument(
+            help="name, name@VERSION or name@ALIAS (several: shared batches)", metavar="REF"
+        ),
     ],
     text: TextOption,
     skip_probe: SkipProbeOption = False,
+    batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
 ) -> None:
     """Run registered adapters on text: label and probabilities (classification), top tokens
     for the mask (masked LM) or a continuation (causal LM). Several REFs over one base model
-    answer in one batch per text, each row through its own adapter."""
+    share each batch, each row through its own adapter."""
     from registry import Registry  # noqa: PLC0415
 
     from ..predict_job import predict_many  # noqa: PLC0415
@@ -87,7 +92,11 @@ def predict(
     quiet_libraries()
     with user_errors(as_json):
         text = input_texts(text)
-        results = predict_many(Registry(), refs, text, skip_probe=skip_probe)
+        with counting("predict", enabled=not as_json) as on_progress:
+            results = predict_many(
+                Registry(), refs, text, skip_probe=skip_probe, batch_size=batch_size,
+                on_progress=on_progress,
+            )  # fmt: skip
     show_predictions(results, text, as_json)
 
 

@@ -297,6 +297,38 @@ class TestLanguageModelTasks:
         assert result["alias"] == "champion" and result["metrics"]["perplexity"] > 1.0
         assert Registry().get("pt-language@1").head == "masked-lm"
 
+        # MiniLM's checkpoint has no masked-LM transform: transformers draws it at random, and
+        # the adapter trained against it. Every load draws the same one, so the perplexity
+        # recorded at the build is what evaluating the registered version gives again.
+        import torch
+
+        from flows.errors import DataError
+        from flows.predict_job import predict
+        from flows.train_job import evaluate_registered, load_inference_model
+
+        spec = load_spec(spec_path)
+        again = evaluate_registered(spec, "pt-language@1", Registry())
+        assert again["perplexity"] == pytest.approx(result["metrics"]["perplexity"], rel=1e-5)
+
+        # predicted in padded batches, each row's first mask: as one text at a time, and as
+        # the model with the adapter computes it by hand
+        texts = ["o filme é [MASK].", "uma história [MASK] e muito longa, chata", "[MASK] [MASK]"]
+        _, batched = predict(Registry(), "pt-language@1", texts)
+        _, alone = predict(Registry(), "pt-language@1", texts, batch_size=1)
+        assert [a.tokens for a in batched] == [a.tokens for a in alone]
+        model, tokenizer = load_inference_model(spec)
+        Registry().load_into(model, "pt-language@1")
+        model.eval()
+        encoded = tokenizer(texts[1], return_tensors="pt")
+        position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
+        with torch.no_grad():
+            top = model(**encoded).logits[0, position].topk(5).indices
+        assert batched[1].tokens == [tokenizer.decode([i]).strip() for i in top]
+
+        late = "muito " * 40 + "[MASK]"  # past train.max_length 32
+        with pytest.raises(DataError, match="lies past the first 32 tokens"):
+            predict(Registry(), "pt-language@1", ["o [MASK]", late])
+
     def test_a_causal_lm_adapter_builds_on_a_local_gpt2(self, tmp_path: Path, sst2_dir: Path):
         import transformers as T
 

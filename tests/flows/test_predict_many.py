@@ -53,6 +53,29 @@ def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions)
     assert [[p["text"] for p in r["predictions"]] for r in document["results"]] == [TEXTS] * 3
 
 
+def test_answers_do_not_depend_on_how_many_rows_share_a_batch(three_versions):
+    """Six rows a batch: two texts of three versions each, then the last text; one row a batch
+    still takes a whole text (its three rows). Progress is heard after each batch."""
+    heard: list[tuple[int, int]] = []
+    by_two = predict_many(
+        Registry(), three_versions, TEXTS, batch_size=6, on_progress=lambda *n: heard.append(n)
+    )
+    assert heard == [(2, 3), (3, 3)]
+    heard.clear()
+    by_one = predict_many(
+        Registry(), three_versions, TEXTS, batch_size=1, on_progress=lambda *n: heard.append(n)
+    )
+    assert heard == [(1, 3), (2, 3), (3, 3)]
+    for (ref, two), (same_ref, one) in zip(by_two, by_one, strict=True):
+        assert ref == same_ref
+        assert [p.text for p in two] == TEXTS
+        for a, b in zip(two, one, strict=True):
+            assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+            assert (a.label, a.label_name) == (b.label, b.label_name)
+    refused = run_cli("predict", three_versions[0], "--text", "x", "--batch-size", "0", env={**os.environ})  # fmt: skip
+    assert refused.returncode == 2 and "--batch-size" in refused.stderr
+
+
 def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versions, tmp_path):
     from tests.registry.workers import write_fake_adapter
 
