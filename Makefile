@@ -47,6 +47,7 @@ bench: setup services
 	$(PY) -m bench.madx_demo
 	$(PY) -m bench.registry_bench
 	$(PY) -m bench.startup_bench
+	$(PY) -m bench.predict_bench
 	$(PY) -m bench.gpu_bench
 	$(PY) -m bench.multi_lora_bench
 	$(PY) -m bench.packing_bench
@@ -66,6 +67,7 @@ bench-quick: setup services
 	$(PY) -m bench.composition_bench --quick
 	$(PY) -m bench.madx_demo --steps 30
 	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.predict_bench --quick
 	$(PY) -m bench.packing_bench --quick
 	$(PY) -m bench.quantized_load_bench --quick
 	$(PY) -m bench.lora_init_bench --quick

@@ -374,6 +374,32 @@ def startup_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def predict_section(data: dict[str, Any], plots: Path) -> str:
+    """``adapterops predict`` over a file of texts (``bench.predict_bench``): texts per second
+    by rows per forward pass, for one version and several."""
+    del plots
+    rows = [
+        [
+            str(r["versions"]),
+            "one text"
+            if r["batch_rows"] == 1
+            else f"{r['batch_rows']} ({r['texts_per_batch']} texts)",
+            f"{r['texts_per_second']:.0f}",
+            f"{r['speedup_vs_one_text']:.1f}x",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            f"**predict over a file of texts** ({data['texts']} SST-2 sentences through MiniLM "
+            f"LoRA versions on {data['device']}, median of {data['repeats']}; "
+            "`python -m bench.predict_bench`):",
+            table(["versions", "rows a forward pass", "texts/s", "over one text a pass"], rows),
+            measured_on(data),
+        ]
+    )
+
+
 def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
     """Prefill and decode of mixed-adapter batches (``bench.multi_lora_bench``), ours with each
     kernel against peft and one adapter for every row, with a plot of the same ratios."""
@@ -751,6 +777,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("madx", madx_section),
     ("registry", registry_section),
     ("startup", startup_section),
+    ("predict", predict_section),
     ("gpu", gpu_section),
     ("llm_train", llm_train_section),
     ("packing", packing_section),
@@ -769,8 +796,8 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
 
 # Results only a CUDA GPU produces (the same benchmarks write other files on a CPU).
 NEEDS_CUDA = (
-    "gpu", "llm_train", "packing_cuda", "quantized_load_cuda", "multi_lora", "lora_init_cuda",
-    "offload_cuda",
+    "gpu", "llm_train", "packing_cuda", "quantized_load_cuda", "multi_lora",
+    "lora_init_cuda", "offload_cuda",
 )  # fmt: skip
 
 
