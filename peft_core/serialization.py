@@ -103,6 +103,12 @@ def load_adapter(
     folder = Path(path)
     if not folder.is_dir():
         raise AdapterFormatError(f"adapter folder {folder} does not exist")
+    if (folder / ADAPTER_META).is_file() and (folder / PEFT_CONFIG).is_file():
+        raise AdapterFormatError(  # which one the user meant is not ours to guess
+            f"{folder} holds two adapters' files: {ADAPTER_META} (peft_core's format) and "
+            f"{PEFT_CONFIG} (PEFT or AdapterHub); keep one adapter per folder (move the other's "
+            "files out) and load again"
+        )
     if (folder / ADAPTER_META).is_file():
         return read_ours(model, folder, name=name, tokenizer=tokenizer, force=force)
     if is_adapterhub_folder(folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -277,6 +278,18 @@ class TestLoadErrors:
         (tmp_path / "empty").mkdir()
         with pytest.raises(pc.AdapterFormatError, match=r"not an adapter folder"):
             pc.load_adapter(model, tmp_path / "empty")
+
+    def test_a_folder_holding_two_formats_is_refused_not_guessed(self, tiny_model, saved):
+        """Files copied in by hand: our adapter.json beside a PEFT adapter_config.json. Reading
+        either one silently could be the other adapter than the one meant."""
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "b", pc.LoRA(rank=4))
+        pc.save_adapter(model, "b", saved.parent / "b", format="peft")
+        shutil.copy(saved.parent / "b" / "adapter_config.json", saved)
+        model, before, modules, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(pc.AdapterFormatError, match=r"holds two adapters' files: adapter.json"):
+            load()
+        assert_untouched(model, before, modules)
 
     def test_missing_weights_file(self, tiny_model, saved):
         (saved / "adapter.safetensors").unlink()
