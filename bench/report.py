@@ -381,9 +381,8 @@ def predict_section(data: dict[str, Any], plots: Path) -> str:
     rows = [
         [
             str(r["versions"]),
-            "one text"
-            if r["batch_rows"] == 1
-            else f"{r['batch_rows']} ({r['texts_per_batch']} texts)",
+            f"{r['versions'] if r['batch_rows'] == 1 else r['batch_rows']} "
+            f"({r['texts_per_batch']} text{'s' if r['texts_per_batch'] > 1 else ''})",
             f"{r['texts_per_second']:.0f}",
             f"{r['speedup_vs_one_text']:.1f}x",
         ]

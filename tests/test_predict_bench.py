@@ -28,4 +28,4 @@ def test_the_quick_run_times_each_batch_size_against_one_text_a_pass(tmp_path):
 
     (tmp_path / "predict.json").write_text(json.dumps(data))
     section = report.predict_section(data, tmp_path)
-    assert "| 2 | 32 (16 texts) |" in section and "| 1 | one text |" in section
+    assert "| 2 | 32 (16 texts) |" in section and "| 2 | 2 (1 text) |" in section
