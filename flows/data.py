@@ -29,7 +29,15 @@ from transformers import (
 from .errors import DataError
 from .spec import AdapterSpec
 
-__all__ = ["DataError", "PreparedData", "load_raw", "load_split", "make_loader", "prepare"]
+__all__ = [
+    "DataError",
+    "PreparedData",
+    "load_raw",
+    "load_split",
+    "make_loader",
+    "prepare",
+    "prepare_file",
+]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -137,6 +145,31 @@ def prepare(spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase) -> PreparedDa
         validation=_tokenize(validation, spec, tokenizer),
         head=spec.head.type,
     )
+
+
+def prepare_file(
+    spec: AdapterSpec,
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_samples: int | None = None,
+) -> datasets.Dataset:
+    """A local file read with ``spec``'s columns and tokenised as its validation split is (what
+    ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
+    them: a registered spec's columns cannot change, the file's can."""
+    dataset = load_split(str(path), max_samples=max_samples, seed=spec.train.seed)
+    data = spec.data
+    wanted = [c for c in (data.text, data.text_pair) if c] if not data.instructions else []
+    if spec.head.type == "classification" and data.label:
+        wanted.append(data.label)
+    missing = [c for c in wanted if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
+            f"adapter reads {wanted} (its spec's data.text / data.label): give a file with them"
+        )
+    _check_columns(spec, dataset, Path(path).name)
+    return _tokenize(dataset, spec, tokenizer)
 
 
 def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset | None]:

@@ -126,6 +126,52 @@ def _answer(prediction: Any) -> str:
     return ", ".join(prediction.tokens) or prediction.continuation
 
 
+@app.command()
+def evaluate(
+    ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="A TSV/CSV/JSON/Parquet file with the columns the version's spec reads "
+            "(default: the validation split it was built with).",
+        ),
+    ] = None,
+    max_samples: Annotated[
+        int | None, typer.Option(min=1, help="Score a seeded subset of this many rows.")
+    ] = None,
+    skip_probe: SkipProbeOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score a registered version on a data file, or on the validation split it was built
+    with: accuracy and macro-F1 (classification), perplexity (language models), exact match
+    (instructions)."""
+    from registry import Registry  # noqa: PLC0415
+
+    from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch only when evaluating
+
+    quiet_libraries()
+    with user_errors(as_json):
+        result = evaluate_version(
+            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe
+        )
+    if as_json:
+        emit_json({"ok": True, **result.to_dict()})
+        return
+    table = Table(title=f"{result.ref} on {result.data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for metric, value in result.metrics.items():
+        if isinstance(value, float):
+            table.add_row(metric, f"{value:.4f}")
+        elif isinstance(value, int):
+            table.add_row(metric, str(value))
+    console.print(table)
+    if matrix := result.metrics.get("confusion_matrix"):
+        rows = "\n".join("  " + " ".join(f"{n:>6}" for n in row) for row in matrix)
+        console.print(f"confusion matrix (rows: true label, columns: predicted):\n{rows}")
+
+
 EngineOption = Annotated[
     str,
     typer.Option(

@@ -1,0 +1,68 @@
+"""Score a registered version: ``adapterops evaluate REF [--data FILE]``.
+
+The metrics its spec's head has (accuracy and macro-F1, perplexity, exact match), on a data file
+with its spec's columns (a new test set, this week's traffic), or on the validation split it was
+built with: the numbers a reviewer compares before moving an alias by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import peft_core as pc
+from registry import Registry
+
+from .data import prepare_file
+from .members import load_members, members_of_version
+from .prepare_job import prepare_cached
+from .spec import spec_of_version
+from .train_job import evaluate_model, generates, load_inference_model, load_tokenizer
+
+__all__ = ["Evaluation", "evaluate_version"]
+
+
+@dataclass
+class Evaluation:
+    """One version's metrics on one data set."""
+
+    ref: str
+    data: str  # the file scored, or "validation split" of the version's own spec
+    metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def evaluate_version(
+    registry: Registry,
+    ref: str,
+    *,
+    data: str | Path | None = None,
+    max_samples: int | None = None,
+    skip_probe: bool = False,
+) -> Evaluation:
+    """The metrics of the version ``ref`` resolves to on the file ``data`` (read with its spec's
+    columns), else on its spec's validation split; ``max_samples`` rows at most (a seeded
+    subset). The data is read and checked before the base model loads."""
+    version = registry.get(ref)
+    spec = spec_of_version(version, "evaluate")
+    tokenizer = load_tokenizer(spec)
+    if data is not None:
+        rows = prepare_file(spec, data, tokenizer, max_samples=max_samples)
+        source = str(data)
+    else:
+        if max_samples is not None:
+            limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
+            spec = spec.model_copy(update={"data": limited})
+        prepared, _ = prepare_cached(spec, tokenizer)
+        rows = prepared.validation
+        source = "validation split"
+    model, tokenizer = load_inference_model(spec)
+    load_members(model, members_of_version(version), registry)
+    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
+    pc.set_active(model, spec.name)
+    metrics = evaluate_model(model, rows, tokenizer, head=spec.head.type, generate=generates(spec))
+    return Evaluation(ref=version.ref, data=source, metrics=metrics)

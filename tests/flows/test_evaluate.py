@@ -1,0 +1,64 @@
+"""``adapterops evaluate REF [--data FILE]``: a registered version scored on a new file with its
+spec's columns, or again on the validation split it was built with."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from flows.build_job import build_from_spec
+from flows.data import load_split
+from flows.evaluate_job import evaluate_version
+from flows.predict_job import predict
+from flows.quickstart import minilm_sst2_spec
+from registry import Registry
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def version(embedded_home, sst2_dir, tmp_path) -> str:
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=4, name="scored-sst2")
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": 16})})
+    return build_from_spec(spec, Registry(), tmp_path / "out").ref
+
+
+def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
+    file = sst2_dir / "en" / "validation.tsv"
+    result = evaluate_version(Registry(), version, data=file, max_samples=40)
+    assert (result.ref, result.data, result.metrics["examples"]) == (version, str(file), 40)
+    rows = load_split(str(file), max_samples=40, seed=0)  # the same seeded subset
+    _, answers = predict(Registry(), version, list(rows["sentence"]))
+    right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
+    assert result.metrics["accuracy"] == pytest.approx(right / 40)
+    assert sum(map(sum, result.metrics["confusion_matrix"])) == 40
+
+
+def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version):
+    recorded = Registry().get(version).metrics
+    again = evaluate_version(Registry(), version)
+    assert again.data == "validation split" and again.metrics["examples"] == 16
+    assert again.metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+
+
+def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_dir, tmp_path):
+    env = {**os.environ}
+    file = sst2_dir / "en" / "validation.tsv"
+    done = run_cli("evaluate", version, "--data", str(file), "--max-samples", "40", "--json", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(done.stdout)
+    expected = evaluate_version(Registry(), version, data=file, max_samples=40).metrics
+    assert document["ok"] and document["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    table = run_cli("evaluate", version, "--data", str(file), "--max-samples", "40", env=env)
+    assert table.returncode == 0 and "accuracy" in table.stdout and "confusion" in table.stdout
+
+    unlabelled = tmp_path / "texts.tsv"
+    unlabelled.write_text("sentence\na fine film\n")
+    for data, says in (
+        (tmp_path / "nowhere.tsv", "does not exist"),
+        (unlabelled, "has no column(s) ['label']"),
+    ):
+        refused = run_cli("evaluate", version, "--data", str(data), env=env)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert says in refused.stderr and "Traceback" not in refused.stderr
