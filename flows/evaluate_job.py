@@ -2,7 +2,8 @@
 
 The metrics its spec's head has (accuracy and macro-F1, perplexity, exact match), on a data file
 with its spec's columns (a new test set, this week's traffic), or on the validation split it was
-built with: the numbers a reviewer compares before moving an alias by hand.
+built with: the numbers a reviewer compares before moving an alias by hand. Each evaluation is
+an MLflow run (tagged ``adapterops.evaluated``), beside the version's training run in the UI.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .data import prepare_file
 from .members import load_members, members_of_version
 from .prepare_job import prepare_cached
 from .spec import spec_of_version
+from .tracking import check_reachable, log_evaluation_run, tracking_uri
 from .train_job import evaluate_model, generates, load_inference_model, load_tokenizer
 
 __all__ = ["Evaluation", "evaluate_version"]
@@ -30,6 +32,7 @@ class Evaluation:
     ref: str
     data: str  # the file scored, or "validation split" of the version's own spec
     metrics: dict[str, Any]
+    mlflow_run_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -47,6 +50,7 @@ def evaluate_version(
     """The metrics of the version ``ref`` resolves to on the file ``data`` (read with its spec's
     columns), else on its spec's validation split; ``max_samples`` rows at most (a seeded
     subset). The data is read and checked before the base model loads."""
+    check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
     spec = spec_of_version(version, "evaluate")
     tokenizer = load_tokenizer(spec)
@@ -65,4 +69,10 @@ def evaluate_version(
     registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
     pc.set_active(model, spec.name)
     metrics = evaluate_model(model, rows, tokenizer, head=spec.head.type, generate=generates(spec))
-    return Evaluation(ref=version.ref, data=source, metrics=metrics)
+    run_id = log_evaluation_run(
+        f"evaluate {version.ref} on {Path(source).name}",
+        params={"version": version.ref, "data": source},
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        tags={"adapterops.evaluated": version.ref, "adapterops.adapter": version.name},
+    )
+    return Evaluation(ref=version.ref, data=source, metrics=metrics, mlflow_run_id=run_id)

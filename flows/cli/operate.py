@@ -170,6 +170,7 @@ def evaluate(
     if matrix := result.metrics.get("confusion_matrix"):
         rows = "\n".join("  " + " ".join(f"{n:>6}" for n in row) for row in matrix)
         console.print(f"confusion matrix (rows: true label, columns: predicted):\n{rows}")
+    console.print(f"recorded as MLflow run {result.mlflow_run_id}")
 
 
 EngineOption = Annotated[

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from flows import tracking
 from flows.build_job import build_from_spec
 from flows.data import load_split
 from flows.evaluate_job import evaluate_version
@@ -33,6 +34,10 @@ def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
     right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
     assert result.metrics["accuracy"] == pytest.approx(right / 40)
     assert sum(map(sum, result.metrics["confusion_matrix"])) == 40
+    run = tracking.client().get_run(result.mlflow_run_id)  # reviewers see it in the MLflow UI
+    assert run.data.tags["adapterops.evaluated"] == version
+    assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert run.data.params["data"] == str(file)
 
 
 def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version):
@@ -62,3 +67,5 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
         refused = run_cli("evaluate", version, "--data", str(data), env=env)
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert says in refused.stderr and "Traceback" not in refused.stderr
+    down = run_cli("evaluate", version, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert down.returncode == 2 and "MLflow" in down.stderr and "Traceback" not in down.stderr
