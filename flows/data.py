@@ -158,15 +158,12 @@ def prepare_file(
     ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
     them: a registered spec's columns cannot change, the file's can."""
     dataset = load_split(str(path), max_samples=max_samples, seed=spec.train.seed)
-    data = spec.data
-    wanted = [c for c in (data.text, data.text_pair) if c] if not data.instructions else []
-    if spec.head.type == "classification" and data.label:
-        wanted.append(data.label)
+    wanted = _wanted_columns(spec)
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
         raise DataError(
             f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
-            f"adapter reads {wanted} (its spec's data.text / data.label): give a file with them"
+            f"adapter reads {wanted} (its spec's data section): give a file with them"
         )
     _check_columns(spec, dataset, Path(path).name)
     return _tokenize(dataset, spec, tokenizer)
@@ -253,14 +250,23 @@ def make_loader(
     )
 
 
-def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+def _wanted_columns(spec: AdapterSpec) -> list[str]:
+    """The columns ``spec`` reads: its text (and pair) and label, or its instruction columns."""
     data = spec.data
     if data.instructions:
-        _check_instruction_columns(data, dataset, split)
-        return
+        return [c for c in (data.prompt, data.response, data.messages) if c]
     wanted = [c for c in (data.text, data.text_pair) if c]
     if spec.head.type == "classification" and data.label:
         wanted.append(data.label)
+    return wanted
+
+
+def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+    data = spec.data
+    if data.instructions:
+        _check_instruction_columns(spec, dataset, split)
+        return
+    wanted = _wanted_columns(spec)
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
         raise DataError(
@@ -313,9 +319,9 @@ def _warn_of_unseen_labels(spec: AdapterSpec, seen: set[Any]) -> None:
         )
 
 
-def _check_instruction_columns(data: Any, dataset: datasets.Dataset, split: str) -> None:
-    wanted = [c for c in (data.prompt, data.response, data.messages) if c]
-    missing = [c for c in wanted if c not in dataset.column_names]
+def _check_instruction_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+    data = spec.data
+    missing = [c for c in _wanted_columns(spec) if c not in dataset.column_names]
     if missing:
         raise DataError(
             f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "

@@ -12,15 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import peft_core as pc
 from registry import Registry
 
 from .data import prepare_file
-from .members import load_members, members_of_version
 from .prepare_job import prepare_cached
 from .spec import spec_of_version
 from .tracking import check_reachable, log_evaluation_run, tracking_uri
-from .train_job import evaluate_model, generates, load_inference_model, load_tokenizer
+from .train_job import evaluate_model, generates, load_registered, load_tokenizer
 
 __all__ = ["Evaluation", "evaluate_version"]
 
@@ -64,10 +62,7 @@ def evaluate_version(
         prepared, _ = prepare_cached(spec, tokenizer)
         rows = prepared.validation
         source = "validation split"
-    model, tokenizer = load_inference_model(spec)
-    load_members(model, members_of_version(version), registry)
-    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
-    pc.set_active(model, spec.name)
+    model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     metrics = evaluate_model(model, rows, tokenizer, head=spec.head.type, generate=generates(spec))
     run_id = log_evaluation_run(
         f"evaluate {version.ref} on {Path(source).name}",

@@ -18,9 +18,9 @@ from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 
 from .errors import DataError
-from .members import load_members, members_of_version
+from .members import members_of_version
 from .spec import AdapterSpec, parse_spec, spec_of_version
-from .train_job import load_inference_model
+from .train_job import load_inference_model, load_registered
 
 __all__ = [
     "BATCH_ROWS",
@@ -72,10 +72,7 @@ def predict(
         raise DataError("give at least one --text")
     version = registry.get(ref)
     spec = spec_of_version(version, "predict")
-    model, tokenizer = load_inference_model(spec)
-    load_members(model, members_of_version(version), registry)
-    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
-    pc.set_active(model, spec.name)
+    model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     return version.ref, _answers(
         model, tokenizer, texts, spec, batch_size=batch_size, on_progress=on_progress
     )

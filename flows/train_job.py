@@ -45,7 +45,7 @@ from .prepare_job import prepare_cached
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
-    from registry import Registry
+    from registry import AdapterVersion, Registry
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ __all__ = [
     "inference_device",
     "load_base_model",
     "load_inference_model",
+    "load_registered",
     "load_tokenizer",
     "train_from_spec",
     "training_precision",
@@ -447,14 +448,24 @@ def _prepared_on_every_rank(
     return data
 
 
+def load_registered(
+    spec: AdapterSpec, version: AdapterVersion, registry: Registry, *, skip_probe: bool = False
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """``spec``'s base model for inference with registry ``version`` loaded (after its golden
+    probes pass, unless ``skip_probe``) and active, over the members it runs on (a fusion's),
+    and the tokenizer."""
+    model, tokenizer = load_inference_model(spec)
+    load_members(model, members_of_version(version), registry)
+    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
+    pc.set_active(model, spec.name)
+    return model, tokenizer
+
+
 def evaluate_registered(
     spec: AdapterSpec, ref: str, registry: Registry, *, fingerprint: str | None = None
 ) -> dict[str, Any]:
     """Metrics of registry version ``ref`` on ``spec``'s validation split (the gate's fair test)."""
-    model, tokenizer = load_inference_model(spec)
-    load_members(model, members_of_version(registry.get(ref)), registry)
-    version = registry.load_into(model, ref)
-    pc.set_active(model, version.name)
+    model, tokenizer = load_registered(spec, registry.get(ref), registry)
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
