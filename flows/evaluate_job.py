@@ -15,8 +15,9 @@ from typing import Any
 from registry import Registry
 
 from .data import prepare_file
+from .errors import DataError
 from .prepare_job import prepare_cached
-from .spec import spec_of_version
+from .spec import AdapterSpec, spec_of_version
 from .tracking import check_reachable, log_evaluation_run, tracking_uri
 from .train_job import evaluate_model, generates, load_registered, load_tokenizer
 
@@ -56,6 +57,7 @@ def evaluate_version(
         rows = prepare_file(spec, data, tokenizer, max_samples=max_samples)
         source = str(data)
     else:
+        _check_built_on_files_here(spec, version.ref)
         if max_samples is not None:
             limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
             spec = spec.model_copy(update={"data": limited})
@@ -71,3 +73,15 @@ def evaluate_version(
         tags={"adapterops.evaluated": version.ref, "adapterops.adapter": version.name},
     )
     return Evaluation(ref=version.ref, data=source, metrics=metrics, mlflow_run_id=run_id)
+
+
+def _check_built_on_files_here(spec: AdapterSpec, ref: str) -> None:
+    """A version built elsewhere names data files this machine may not have: say so, and
+    what to pass instead, rather than only that a file is missing."""
+    files = [f for f in (spec.data.train, spec.data.validation) if f is not None]
+    absent = [f for f in files if not Path(f).is_file()]
+    if absent:
+        raise DataError(
+            f"{ref} was built on {absent[0]}, which is not on this machine: score it on a file "
+            "you have with --data FILE (its spec's columns)"
+        )

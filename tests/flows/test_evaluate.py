@@ -11,6 +11,7 @@ import pytest
 from flows import tracking
 from flows.build_job import build_from_spec
 from flows.data import load_split
+from flows.errors import DataError
 from flows.evaluate_job import evaluate_version
 from flows.predict_job import predict
 from flows.quickstart import minilm_sst2_spec
@@ -40,11 +41,21 @@ def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
     assert run.data.params["data"] == str(file)
 
 
-def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version):
+def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version, tmp_path):
     recorded = Registry().get(version).metrics
     again = evaluate_version(Registry(), version)
     assert again.data == "validation split" and again.metrics["examples"] == 16
     assert again.metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+
+    # built on another machine: its data files are not here
+    elsewhere = json.loads(json.dumps(Registry().get(version).spec))
+    elsewhere["data"]["validation"] = str(tmp_path / "gone" / "validation.tsv")
+    moved = Registry().register(
+        tmp_path / "out", name="moved-sst2", base_model=elsewhere["base_model"], task="sst2",
+        language="en", spec=elsewhere,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"moved-sst2@1 was built on .*gone/validation.tsv, which is not on this machine: score it on a file you have with --data FILE"):  # fmt: skip
+        evaluate_version(Registry(), moved.ref)
 
 
 def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_dir, tmp_path):
