@@ -14,7 +14,13 @@ from torch import Tensor, nn
 
 from peft_core.offload import input_device
 
-__all__ = ["confusion_matrix", "evaluate", "exact_match", "metrics_from_confusion"]
+__all__ = [
+    "confusion_matrix",
+    "evaluate",
+    "exact_match",
+    "greedy_continuations",
+    "metrics_from_confusion",
+]
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, num_labels: int) -> Tensor:
@@ -76,15 +82,19 @@ def exact_match(
             answers.append(ids[start:][labels[start:] != -100])
         if not prompts:
             continue
-        generated = _greedy(model, prompts, max(len(a) for a in answers), pad_token_id)
+        generated = greedy_continuations(model, prompts, max(len(a) for a in answers), pad_token_id)
         for out, answer in zip(generated, answers, strict=True):
             hits += int(torch.equal(out[: len(answer)], answer))
             rows += 1
     return {"exact_match": hits / max(rows, 1), "generated": rows}
 
 
-def _greedy(model: nn.Module, prompts: list[Tensor], new_tokens: int, pad: int) -> list[Tensor]:
-    """Greedy continuations of left-padded ``prompts`` (the new tokens only)."""
+def greedy_continuations(
+    model: nn.Module, prompts: list[Tensor], new_tokens: int, pad: int
+) -> list[Tensor]:
+    """Greedy continuations of ``prompts`` (1-D ids on the model's input device), left-padded
+    into one batch: each row ends where generation reads, so it continues as it would alone.
+    The new tokens only; a row that ended early is padded with ``pad``."""
     width = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (width - len(p), 0), value=pad) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0), value=0) for p in prompts])

@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 import peft_core as pc
 from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 
 from .errors import DataError
+from .evaluation import greedy_continuations
 from .members import members_of_version
 from .spec import AdapterSpec, parse_spec, spec_of_version
 from .train_job import load_inference_model, load_registered
@@ -67,7 +69,7 @@ def predict(
 ) -> tuple[str, list[Prediction]]:
     """The version ``ref`` resolves to, and its prediction for each text (after its golden
     probes pass on this base model, unless ``skip_probe``), ``batch_size`` texts per forward
-    pass (a causal LM generates for one text at a time); ``on_progress`` hears after each."""
+    pass (a causal LM: per generation); ``on_progress`` hears after each."""
     if not texts:
         raise DataError("give at least one --text")
     version = registry.get(ref)
@@ -224,13 +226,12 @@ def answer_texts(
     """Every text answered once per spec, a list per spec: the loop behind every predict.
     With ``adapters`` (one per spec, loaded in ``model``), the answer for spec ``i`` runs
     through ``adapters[i]``; without, the model answers as it is set up (one spec). A batch
-    holds ``batch_size`` rows (at least one text's), a causal LM one text's rows: its greedy
-    continuation of a text must not depend on the length of the texts beside it."""
+    holds ``batch_size`` rows, and at least one text's."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
         _check_masks(tokenizer, texts)
-    per_batch = 1 if specs[0].head.type == "causal-lm" else max(1, batch_size // len(specs))
+    per_batch = max(1, batch_size // len(specs))
     answers: list[list[Prediction]] = [[] for _ in specs]
     model.eval()
     for start in range(0, len(texts), per_batch):
@@ -253,8 +254,7 @@ def _answer_chunk(
     rows = [text for text in chunk for _ in specs]
     head = specs[0].head.type
     if head == "causal-lm":
-        (text,) = chunk
-        return _continue_one(model, tokenizer, text, specs[0], copies=len(specs))
+        return _continue(model, tokenizer, rows, specs[0])
     if head == "masked-lm":
         return _fill_masks(model, tokenizer, rows, specs[0])
     predictions = _classify(model, tokenizer, rows, specs[0])
@@ -315,30 +315,29 @@ def _fill_masks(
     ]
 
 
-def _prompt(tokenizer: Any, text: str, spec: AdapterSpec, copies: int = 1) -> Any:
-    """The model's input for ``text`` (in ``copies`` rows): as a user turn of the chat template
-    when the adapter was trained on chat messages, else the text itself."""
+def _prompt(tokenizer: Any, text: str, spec: AdapterSpec) -> Tensor:
+    """The model's input ids for ``text``: as a user turn of the chat template when the adapter
+    was trained on chat messages, else the text itself."""
     if spec.data.messages is None:
-        encoded = tokenizer([text] * copies, return_tensors="pt")
-    else:
-        turn = [{"role": "user", "content": text}]
-        encoded = tokenizer.apply_chat_template(
-            turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    # a decoder reads ids and mask; some tokenizers add segment ids generate() refuses
-    return {
-        k: encoded[k].expand(copies, -1) for k in ("input_ids", "attention_mask") if k in encoded
-    }
+        return tokenizer(text, return_tensors="pt")["input_ids"][0]
+    turn = [{"role": "user", "content": text}]
+    encoded = tokenizer.apply_chat_template(
+        turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    return encoded["input_ids"][0]
 
 
-def _continue_one(
-    model: Any, tokenizer: Any, text: str, spec: AdapterSpec, *, copies: int
-) -> list[Prediction]:
-    """A greedy continuation of ``text`` in ``copies`` rows of one batch."""
-    encoded = _on(model, _prompt(tokenizer, text, spec, copies))
-    output = model.generate(
-        **encoded, max_new_tokens=_NEW_TOKENS, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    start = encoded["input_ids"].shape[1]
-    return [Prediction(text=text, continuation=tokenizer.decode(row[start:])) for row in output]
+def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
+    """Greedy continuations of ``texts`` in one batch, each cut after its first end token (as
+    generating it alone stops there)."""
+    device = input_device(model)
+    prompts = [_prompt(tokenizer, text, spec).to(device) for text in texts]
+    generated = greedy_continuations(model, prompts, _NEW_TOKENS, tokenizer.pad_token_id)
+    ends = model.generation_config.eos_token_id
+    ends = set(ends if isinstance(ends, list) else [] if ends is None else [ends])
+    answers = []
+    for text, row in zip(texts, generated, strict=True):
+        tokens = row.tolist()
+        stop = next((i + 1 for i, token in enumerate(tokens) if token in ends), len(tokens))
+        answers.append(Prediction(text=text, continuation=tokenizer.decode(tokens[:stop])))
+    return answers

@@ -290,6 +290,8 @@ class TestBadRows:
 
 
 def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path, embedded_home):
+    """Prompts of different lengths, left-padded into one batch (and one per batch): each is
+    continued as generating it alone continues it."""
     from flows.build_job import build_from_spec
     from flows.predict_job import predict
     from flows.train_job import load_base_model
@@ -297,20 +299,48 @@ def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path,
 
     spec = spec_for(base, tmp_path, chats(), messages="messages")
     ref = build_from_spec(spec, Registry(), tmp_path / "built").ref
-    _, (answer,) = predict(Registry(), ref, ["translate to French: cat"])
+    texts = ["translate to French: cat", "hi", "translate to French: the small grey cat sleeps"]
+    _, answers = predict(Registry(), ref, texts)
+    _, one_by_one = predict(Registry(), ref, texts, batch_size=1)
 
     model, tokenizer = load_base_model(spec)
     Registry().load_into(model, ref, name=spec.name)
-    turn = [{"role": "user", "content": "translate to French: cat"}]
-    prompt = tokenizer.apply_chat_template(
-        turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    prompt = {k: prompt[k] for k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        output = model.eval().generate(
-            **prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    for text, answer, alone in zip(texts, answers, one_by_one, strict=True):
+        turn = [{"role": "user", "content": text}]
+        prompt = tokenizer.apply_chat_template(
+            turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
-    assert answer.continuation == tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
+        prompt = {k: prompt[k] for k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            output = model.eval().generate(
+                **prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        expected = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
+        assert (answer.continuation, alone.continuation) == (expected, expected), text
+
+
+def test_several_chat_versions_continue_in_one_batch_as_each_does_alone(
+    base, tmp_path, embedded_home
+):
+    """Two versions, prompts of two lengths: four rows left-padded into one generation, each
+    row through its version's LoRA (per_row), each continued as that version alone does."""
+    from flows.build_job import build_from_spec
+    from flows.predict_job import predict, predict_many
+    from registry import Registry
+
+    refs = []
+    for seed in (0, 1):
+        spec = spec_for(base, tmp_path, chats(), messages="messages")
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+        refs.append(build_from_spec(spec, Registry(), tmp_path / f"built{seed}").ref)
+    assert refs == ["instruct@1", "instruct@2"]
+    texts = ["translate to French: cat", "hi"]
+    together = predict_many(Registry(), refs, texts)
+    first, second = ([a.continuation for a in answers] for _, answers in together)
+    assert first != second  # the rows did run through different adapters
+    for ref, answers in together:
+        _, alone = predict(Registry(), ref, texts)
+        assert [a.continuation for a in answers] == [a.continuation for a in alone], ref
 
 
 class Parrot(torch.nn.Module):
@@ -350,6 +380,28 @@ def test_exact_match_generates_from_the_prompt_and_compares_the_whole_response()
     assert result == {"exact_match": pytest.approx(2 / 3), "generated": 3}
     prompts = parrot.calls[0]
     assert prompts.tolist() == [[5, 6], [0, 5], [2, 2]]  # left-padded to one width
+
+
+def test_a_continuation_ends_at_its_first_end_token_as_it_would_alone(base, tmp_path):
+    """In a batch, a row that ended goes on with padding (and a model may run on past its end):
+    each continuation is cut after its first end token, as generating it alone stops there."""
+    from types import SimpleNamespace
+
+    from flows.predict_job import answer_texts
+
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    tokenizer = load_tokenizer(spec)
+    eos, yes, no = tokenizer.sep_token_id, *tokenizer.convert_tokens_to_ids(["yes", "no"])
+    texts = ["a cat", "the small grey dog"]
+    prompts = [tuple(tokenizer(t)["input_ids"]) for t in texts]
+    parrot = Parrot({prompts[0]: [yes, eos, no, no], prompts[1]: [no] * 20})  # 20 new at most
+    parrot.generation_config = SimpleNamespace(eos_token_id=eos)
+    (answers,) = answer_texts(parrot, tokenizer, texts, [spec], batch_size=8)
+    assert [a.continuation for a in answers] == [
+        f"yes {tokenizer.sep_token}",
+        " ".join(["no"] * 20),
+    ]
+    assert parrot.calls[0].shape[0] == 2  # one batch
 
 
 def test_an_exact_match_spec_needs_instruction_data(base, tmp_path):
