@@ -1,4 +1,5 @@
-"""Score a registered version: ``adapterops evaluate REF [--data FILE]``.
+"""Score a registered version or composition: ``adapterops [composition] evaluate REF
+[--data FILE]``.
 
 The metrics its spec's head has (accuracy and macro-F1, perplexity, exact match), on a data file
 with its spec's columns (a new test set, this week's traffic), or on the validation split it was
@@ -16,12 +17,19 @@ from registry import Registry
 
 from .data import prepare_file
 from .errors import DataError
+from .predict_job import spec_of_composition
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
 from .tracking import check_reachable, log_evaluation_run, tracking_uri
-from .train_job import evaluate_model, generates, load_registered, load_tokenizer
+from .train_job import (
+    evaluate_model,
+    generates,
+    load_inference_model,
+    load_registered,
+    load_tokenizer,
+)
 
-__all__ = ["Evaluation", "evaluate_version"]
+__all__ = ["Evaluation", "evaluate_composition", "evaluate_version"]
 
 
 @dataclass
@@ -52,27 +60,70 @@ def evaluate_version(
     check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
     spec = spec_of_version(version, "evaluate")
+    rows, source = _rows(spec, version.ref, data, max_samples)
+    model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
+    tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
+    return _scored(model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags)
+
+
+def evaluate_composition(
+    registry: Registry,
+    ref: str,
+    *,
+    data: str | Path | None = None,
+    max_samples: int | None = None,
+    skip_probe: bool = False,
+) -> Evaluation:
+    """The metrics of the composition version ``ref`` resolves to (every member loaded and
+    checked, the composition active), as :func:`evaluate_version` scores a version; the spec is
+    its evaluation spec, else its last member's (a MAD-X stack's task adapter)."""
+    check_reachable(tracking_uri())
+    composition = registry.composition(ref)
+    spec = spec_of_composition(registry, composition, "evaluate")
+    rows, source = _rows(spec, composition.ref, data, max_samples)
+    model, tokenizer = load_inference_model(spec)
+    registry.load_definition(
+        model, composition.definition, composition.members, skip_probe=skip_probe
+    )
+    tags = {"adapterops.evaluated": composition.ref, "adapterops.composition": composition.name}
+    return _scored(model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags)
+
+
+def _rows(
+    spec: AdapterSpec, ref: str, data: str | Path | None, max_samples: int | None
+) -> tuple[Any, str]:
+    """The tokenised rows to score and what they are: the file ``data``, else the spec's
+    validation split (``max_samples`` of them at most)."""
     tokenizer = load_tokenizer(spec)
     if data is not None:
-        rows = prepare_file(spec, data, tokenizer, max_samples=max_samples)
-        source = str(data)
-    else:
-        _check_built_on_files_here(spec, version.ref)
-        if max_samples is not None:
-            limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
-            spec = spec.model_copy(update={"data": limited})
-        prepared, _ = prepare_cached(spec, tokenizer)
-        rows = prepared.validation
-        source = "validation split"
-    model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
+        return prepare_file(spec, data, tokenizer, max_samples=max_samples), str(data)
+    _check_built_on_files_here(spec, ref)
+    if max_samples is not None:
+        limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
+        spec = spec.model_copy(update={"data": limited})
+    prepared, _ = prepare_cached(spec, tokenizer)
+    return prepared.validation, "validation split"
+
+
+def _scored(
+    model: Any,
+    tokenizer: Any,
+    spec: AdapterSpec,
+    rows: Any,
+    *,
+    ref: str,
+    source: str,
+    tags: dict[str, str],
+) -> Evaluation:
+    """``spec``'s metrics of the model as set up on ``rows``, recorded as an MLflow run."""
     metrics = evaluate_model(model, rows, tokenizer, head=spec.head.type, generate=generates(spec))
     run_id = log_evaluation_run(
-        f"evaluate {version.ref} on {Path(source).name}",
-        params={"version": version.ref, "data": source},
+        f"evaluate {ref} on {Path(source).name}",
+        params={"ref": ref, "data": source},
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        tags={"adapterops.evaluated": version.ref, "adapterops.adapter": version.name},
+        tags=tags,
     )
-    return Evaluation(ref=version.ref, data=source, metrics=metrics, mlflow_run_id=run_id)
+    return Evaluation(ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id)
 
 
 def _check_built_on_files_here(spec: AdapterSpec, ref: str) -> None:

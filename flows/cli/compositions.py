@@ -28,10 +28,13 @@ from .common import (
     user_errors,
 )
 from .operate import (
+    DataOption,
     EngineOption,
     ForceOption,
     MaxLoraRankOption,
+    MaxSamplesOption,
     OutFolderOption,
+    show_evaluation,
     show_export,
     show_predictions,
 )
@@ -208,6 +211,27 @@ def predict(
                 on_progress=on_progress,
             )  # fmt: skip
     show_predictions([result], text, as_json)
+
+
+@composition_app.command()
+def evaluate(
+    ref: RefArgument,
+    data: DataOption = None,
+    max_samples: MaxSamplesOption = None,
+    skip_probe: SkipProbeOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score a composition on a data file, or on its evaluation spec's validation split (else
+    its last member's): every member loaded and checked, the composition active. Recorded as
+    an MLflow run."""
+    from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch only when evaluating
+
+    quiet_libraries()
+    with user_errors(as_json):
+        result = evaluate_composition(
+            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe
+        )
+    show_evaluation(result, as_json)
 
 
 @composition_app.command()

@@ -126,26 +126,30 @@ def _answer(prediction: Any) -> str:
     return ", ".join(prediction.tokens) or prediction.continuation
 
 
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        help="A TSV/CSV/JSON/Parquet file with the columns the spec reads "
+        "(default: the validation split it was built with).",
+    ),
+]
+MaxSamplesOption = Annotated[
+    int | None, typer.Option(min=1, help="Score a seeded subset of this many rows.")
+]
+
+
 @app.command()
 def evaluate(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="A TSV/CSV/JSON/Parquet file with the columns the version's spec reads "
-            "(default: the validation split it was built with).",
-        ),
-    ] = None,
-    max_samples: Annotated[
-        int | None, typer.Option(min=1, help="Score a seeded subset of this many rows.")
-    ] = None,
+    data: DataOption = None,
+    max_samples: MaxSamplesOption = None,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score a registered version on a data file, or on the validation split it was built
     with: accuracy and macro-F1 (classification), perplexity (language models), exact match
-    (instructions)."""
+    (instructions). Recorded as an MLflow run."""
     from registry import Registry  # noqa: PLC0415
 
     from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch only when evaluating
@@ -155,6 +159,11 @@ def evaluate(
         result = evaluate_version(
             Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe
         )
+    show_evaluation(result, as_json)
+
+
+def show_evaluation(result: Any, as_json: bool) -> None:
+    """An evaluation's metrics: JSON, or a table with the confusion matrix under it."""
     if as_json:
         emit_json({"ok": True, **result.to_dict()})
         return

@@ -122,6 +122,25 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
     assert missing.returncode == 2 and "no composition 'nope'" in missing.stderr
 
 
+def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(three_versions, sst2_dir):
+    from flows.data import load_split
+    from flows.evaluate_job import evaluate_composition
+    from flows.predict_job import predict_composition
+
+    registry = Registry()
+    registry.register_composition("duo", {"type": "stack"}, ["many-lora@1", "many-pfeiffer@1"])
+    file = sst2_dir / "en" / "validation.tsv"
+    scored = evaluate_composition(registry, "duo", data=file, max_samples=24)
+    rows = load_split(str(file), max_samples=24, seed=0)  # the same seeded subset
+    _, answers = predict_composition(registry, "duo", list(rows["sentence"]))
+    right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
+    assert (scored.ref, scored.metrics["examples"]) == ("duo@1", 24)
+    assert scored.metrics["accuracy"] == pytest.approx(right / 24)
+    result = run_cli("composition", "evaluate", "duo", "--data", str(file), "--max-samples", "24", "--json", env={**os.environ})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["metrics"]["accuracy"] == pytest.approx(right / 24)
+
+
 def test_a_version_peft_runs_answers_beside_the_mixed_batch(three_versions, sst2_dir, tmp_path):
     """peft's layers take one adapter per batch: a LoHa version answers in a batch of its own,
     on the same loaded model, and the other versions still share theirs."""
