@@ -410,6 +410,7 @@ def _next_steps(rows: list[dict[str, Any]]) -> None:
         "The registry:              adapterops ls   |   adapterops show " + f"{name}@champion",
         f"Try the champion:          adapterops predict {name}@champion "
         '--text "the plot is not dull"',
+        f"Score it on a file:        adapterops evaluate {name}@champion --data FILE",
         f"Build your own:            adapterops build {Path(rows[0]['spec'])}",
     ]
     console.print("\n".join(lines), highlight=False)
