@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import peft_core as pc
 from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 
+from .data import load_split
 from .errors import DataError
 from .evaluation import greedy_continuations
 from .members import members_of_version
@@ -29,6 +31,8 @@ __all__ = [
     "Prediction",
     "ProgressCallback",
     "answer_texts",
+    "gather_inputs",
+    "inputs_from_file",
     "predict",
     "predict_composition",
     "predict_many",
@@ -47,6 +51,7 @@ class Prediction:
     """One text's answer."""
 
     text: str
+    pair: str = ""  # the second text, for an adapter that reads pairs (data.text_pair)
     label: int | None = None
     label_name: str = ""  # the spec's name for the label, when it names them
     probabilities: list[float] = field(default_factory=list)
@@ -63,21 +68,24 @@ def predict(
     ref: str,
     texts: list[str],
     *,
+    pairs: list[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[str, list[Prediction]]:
     """The version ``ref`` resolves to, and its prediction for each text (after its golden
     probes pass on this base model, unless ``skip_probe``), ``batch_size`` texts per forward
-    pass (a causal LM: per generation); ``on_progress`` hears after each."""
-    if not texts:
-        raise DataError("give at least one --text")
+    pass (a causal LM: per generation); ``on_progress`` hears after each. An adapter trained
+    on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each."""
     version = registry.get(ref)
     spec = spec_of_version(version, "predict")
+    _check_inputs(spec, version.ref, texts, pairs)
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
-    return version.ref, _answers(
-        model, tokenizer, texts, spec, batch_size=batch_size, on_progress=on_progress
-    )
+    (answers,) = answer_texts(
+        model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return version.ref, answers
 
 
 def predict_composition(
@@ -85,6 +93,7 @@ def predict_composition(
     ref: str,
     texts: list[str],
     *,
+    pairs: list[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
@@ -93,17 +102,18 @@ def predict_composition(
     each text: every member loaded and checked, the composition active. The base model, head
     and label names come from the composition's evaluation spec, else from its last member's
     (the task adapter of a MAD-X stack)."""
-    if not texts:
-        raise DataError("give at least one --text")
     composition = registry.composition(ref)
     spec = spec_of_composition(registry, composition, "predict")
+    _check_inputs(spec, composition.ref, texts, pairs)
     model, tokenizer = load_inference_model(spec)
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
-    return composition.ref, _answers(
-        model, tokenizer, texts, spec, batch_size=batch_size, on_progress=on_progress
-    )
+    (answers,) = answer_texts(
+        model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
+        on_progress=on_progress,
+    )  # fmt: skip
+    return composition.ref, answers
 
 
 def spec_of_composition(registry: Registry, composition: Composition, command: str) -> AdapterSpec:
@@ -121,15 +131,59 @@ def spec_of_composition(registry: Registry, composition: Composition, command: s
     return spec_of_version(last, command)
 
 
-def _answers(
-    model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec, *, batch_size: int,
-    on_progress: ProgressCallback | None,
-) -> list[Prediction]:  # fmt: skip
-    """Each text answered as ``spec``'s head answers, by the model as it is set up."""
-    (answers,) = answer_texts(
-        model, tokenizer, texts, [spec], batch_size=batch_size, on_progress=on_progress
-    )
-    return answers
+def inputs_from_file(spec: AdapterSpec, path: str | Path) -> tuple[list[str], list[str] | None]:
+    """The texts (and, for an adapter trained on pairs, the second texts) in the columns of a
+    TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text``, ``data.text_pair``)."""
+    rows = load_split(str(path))
+    wanted = [c for c in (spec.data.text, spec.data.text_pair) if c]
+    missing = [c for c in wanted if c not in rows.column_names]
+    if missing:
+        raise DataError(
+            f"{path} has no column(s) {missing}; its columns are {rows.column_names}. The "
+            f"adapter reads {wanted} (its spec's data.text / data.text_pair): give a file with them"
+        )
+    texts = [str(t) for t in rows[spec.data.text]]
+    pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
+    return texts, pairs
+
+
+def gather_inputs(
+    registry: Registry,
+    ref: str,
+    texts: list[str],
+    data: str | Path | None,
+    *,
+    composition: bool = False,
+) -> tuple[list[str], list[str] | None]:
+    """What ``predict REF`` answers: the ``--text`` values, or the texts (and second texts) in
+    the columns of the ``--data`` file that the version (or ``composition``) reads."""
+    if data is None:
+        return texts, None
+    if texts:
+        raise DataError("give --text or --data, not both")
+    if composition:
+        spec = spec_of_composition(registry, registry.composition(ref), "predict")
+    else:
+        spec = spec_of_version(registry.get(ref), "predict")
+    return inputs_from_file(spec, data)
+
+
+def _check_inputs(spec: AdapterSpec, ref: str, texts: list[str], pairs: list[str] | None) -> None:
+    """Texts to answer, paired when (and only when) the adapter reads pairs."""
+    if not texts:
+        raise DataError(
+            "nothing to predict: give --text TEXT (- reads standard input) or --data FILE"
+        )
+    if spec.data.text_pair and pairs is None:
+        raise DataError(
+            f"{ref} reads pairs of texts ({spec.data.text}, {spec.data.text_pair}); one text "
+            "alone would be answered as something it never saw: give --data FILE with both "
+            "columns"
+        )
+    if pairs is not None and not spec.data.text_pair:
+        raise DataError(f"{ref} reads single texts ({spec.data.text}), not pairs")
+    if pairs is not None and len(pairs) != len(texts):
+        raise DataError(f"{len(texts)} texts but {len(pairs)} second texts: give one per text")
 
 
 def predict_many(
@@ -137,6 +191,7 @@ def predict_many(
     refs: list[str],
     texts: list[str],
     *,
+    pairs: list[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
@@ -147,30 +202,26 @@ def predict_many(
     other adapters) are predicted one at a time. Versions peft runs (``type: peft``), whose
     layers take one adapter per batch and no native adapter beside it, answer as they do alone.
     ``on_progress`` hears per batch of each model loaded, from 0 again for each."""
+    options: dict[str, Any] = {
+        "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
+        "on_progress": on_progress,
+    }  # fmt: skip
     if len(refs) == 1:
-        return [predict(registry, refs[0], texts, skip_probe=skip_probe, batch_size=batch_size,
-                        on_progress=on_progress)]  # fmt: skip
-    if not texts:
-        raise DataError("give at least one --text")
+        return [predict(registry, refs[0], texts, **options)]
     versions = [registry.get(ref) for ref in refs]
     specs = [spec_of_version(v, "predict") for v in versions]
     _check_together(versions, specs)
+    _check_inputs(specs[0], versions[0].ref, texts, pairs)
     routed = [
         (v, s) for v, s in zip(versions, specs, strict=True)
         if not pc.method_of(v.method).places_itself
     ]  # fmt: skip
     answers: dict[str, list[Prediction]] = {}
     if len(routed) > 1:
-        answers = _in_shared_batches(
-            registry, routed, texts, skip_probe=skip_probe, batch_size=batch_size,
-            on_progress=on_progress,
-        )  # fmt: skip
+        answers = _in_shared_batches(registry, routed, texts, **options)
     for version in versions:
         if version.ref not in answers:
-            answers[version.ref] = predict(
-                registry, version.ref, texts, skip_probe=skip_probe, batch_size=batch_size,
-                on_progress=on_progress,
-            )[1]  # fmt: skip
+            answers[version.ref] = predict(registry, version.ref, texts, **options)[1]
     return [(v.ref, answers[v.ref]) for v in versions]
 
 
@@ -179,6 +230,7 @@ def _in_shared_batches(
     routed: list[tuple[AdapterVersion, AdapterSpec]],
     texts: list[str],
     *,
+    pairs: list[str] | None,
     skip_probe: bool,
     batch_size: int,
     on_progress: ProgressCallback | None,
@@ -190,8 +242,8 @@ def _in_shared_batches(
     for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
     answers = answer_texts(
-        model, tokenizer, texts, specs, batch_size=batch_size, on_progress=on_progress,
-        adapters=names,
+        model, tokenizer, texts, specs, pairs=pairs, batch_size=batch_size,
+        on_progress=on_progress, adapters=names,
     )  # fmt: skip
     return {version.ref: mine for (version, _), mine in zip(routed, answers, strict=True)}
 
@@ -203,9 +255,10 @@ def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) ->
             raise DataError(
                 f"{version.ref} runs over other adapters (a stack or fusion): predict it alone"
             )
-        same = (spec.base_model, spec.head.type, spec.head.num_labels, spec.data.messages is None)
+        same = (spec.base_model, spec.head.type, spec.head.num_labels,
+                spec.data.messages is None, spec.data.text_pair is None)  # fmt: skip
         if same != (first.base_model, first.head.type, first.head.num_labels,
-                    first.data.messages is None):  # fmt: skip
+                    first.data.messages is None, first.data.text_pair is None):  # fmt: skip
             raise DataError(
                 f"{version.ref} ({spec.base_model}, {spec.head.type} head) cannot share a batch "
                 f"with {versions[0].ref} ({first.base_model}, {first.head.type} head): predict "
@@ -219,14 +272,16 @@ def answer_texts(
     texts: list[str],
     specs: list[AdapterSpec],
     *,
+    pairs: list[str] | None = None,
     batch_size: int,
     on_progress: ProgressCallback | None = None,
     adapters: list[str] | None = None,
 ) -> list[list[Prediction]]:
     """Every text answered once per spec, a list per spec: the loop behind every predict.
     With ``adapters`` (one per spec, loaded in ``model``), the answer for spec ``i`` runs
-    through ``adapters[i]``; without, the model answers as it is set up (one spec). A batch
-    holds ``batch_size`` rows, and at least one text's."""
+    through ``adapters[i]``; without, the model answers as it is set up (one spec). ``pairs``:
+    each text's second text (a classifier trained on pairs). A batch holds ``batch_size`` rows,
+    and at least one text's."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
@@ -236,9 +291,10 @@ def answer_texts(
     model.eval()
     for start in range(0, len(texts), per_batch):
         chunk = texts[start : start + per_batch]
+        seconds = pairs[start : start + per_batch] if pairs is not None else None
         rows = [name for _ in chunk for name in adapters] if adapters else None
         with torch.no_grad(), pc.per_row(model, rows) if rows else nullcontext():
-            predictions = _answer_chunk(model, tokenizer, chunk, specs)
+            predictions = _answer_chunk(model, tokenizer, chunk, specs, seconds)
         for row, prediction in enumerate(predictions):
             answers[row % len(specs)].append(prediction)
         if on_progress is not None:
@@ -247,17 +303,23 @@ def answer_texts(
 
 
 def _answer_chunk(
-    model: Any, tokenizer: Any, chunk: list[str], specs: list[AdapterSpec]
+    model: Any,
+    tokenizer: Any,
+    chunk: list[str],
+    specs: list[AdapterSpec],
+    seconds: list[str] | None = None,
 ) -> list[Prediction]:
-    """Each text of ``chunk`` answered once per spec in one batch: row ``t * len(specs) + i``
-    is text ``t`` as ``specs[i]`` answers it (its adapter routed by the caller)."""
+    """Each text of ``chunk`` (with its second text) answered once per spec in one batch: row
+    ``t * len(specs) + i`` is text ``t`` as ``specs[i]`` answers it (its adapter routed by the
+    caller)."""
     rows = [text for text in chunk for _ in specs]
     head = specs[0].head.type
     if head == "causal-lm":
         return _continue(model, tokenizer, rows, specs[0])
     if head == "masked-lm":
         return _fill_masks(model, tokenizer, rows, specs[0])
-    predictions = _classify(model, tokenizer, rows, specs[0])
+    row_pairs = [second for second in seconds for _ in specs] if seconds is not None else None
+    predictions = _classify(model, tokenizer, rows, specs[0], row_pairs)
     for prediction, spec in zip(predictions, specs * len(chunk), strict=True):
         names = spec.head.label_names or []  # each version names its own labels
         prediction.label_name = names[prediction.label or 0] if names else ""
@@ -270,20 +332,27 @@ def _on(model: Any, encoded: Any) -> dict[str, Any]:
     return {key: value.to(device) for key, value in encoded.items()}
 
 
-def _encode(tokenizer: Any, texts: list[str], spec: AdapterSpec) -> Any:
-    """``texts`` as one padded batch, cut at the length the adapter was trained on."""
+def _encode(
+    tokenizer: Any, texts: list[str], spec: AdapterSpec, pairs: list[str] | None = None
+) -> Any:
+    """``texts`` (with their ``pairs``) as one padded batch, cut at the length the adapter was
+    trained on."""
     return tokenizer(
-        texts, padding=True, truncation=True, max_length=spec.train.max_length, return_tensors="pt"
-    )
+        texts, pairs, padding=True, truncation=True, max_length=spec.train.max_length,
+        return_tensors="pt",
+    )  # fmt: skip
 
 
-def _classify(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
-    encoded = _encode(tokenizer, texts, spec)
+def _classify(
+    model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec, pairs: list[str] | None
+) -> list[Prediction]:
+    encoded = _encode(tokenizer, texts, spec, pairs)
     probabilities = model(**_on(model, encoded)).logits.softmax(-1).cpu()  # (texts, labels)
     labels = [int(p.argmax()) for p in probabilities]
+    seconds = pairs if pairs is not None else [""] * len(texts)
     return [
-        Prediction(text=t, label=label, probabilities=[round(float(x), 4) for x in p])
-        for t, p, label in zip(texts, probabilities, labels, strict=True)
+        Prediction(text=t, pair=second, label=label, probabilities=[round(float(x), 4) for x in p])
+        for t, second, p, label in zip(texts, seconds, probabilities, labels, strict=True)
     ]
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "BatchSizeOption",
     "JsonOption",
+    "PredictDataOption",
     "SkipProbeOption",
     "TextOption",
     "console",
@@ -54,9 +55,18 @@ __all__ = [
 
 # What predict commands take: the texts, and whether to skip the golden probes.
 TextOption = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--text", help="Input text (repeatable; - reads one text per line from standard input)."
+    ),
+]
+PredictDataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        metavar="FILE",
+        help="A TSV/CSV/JSON/Parquet file: the texts in the column(s) the spec reads "
+        "(data.text, and data.text_pair for pairs).",
     ),
 ]
 SkipProbeOption = Annotated[
@@ -115,9 +125,11 @@ def prefect_answers() -> None:
         )  # fmt: skip
 
 
-def input_texts(texts: list[str]) -> list[str]:
+def input_texts(texts: list[str] | None) -> list[str]:
     """``--text`` values, with ``-`` standing for the lines of standard input (blank lines
-    skipped): ``cut -f1 reviews.tsv | adapterops predict NAME --text -``."""
+    skipped): ``cut -f1 reviews.tsv | adapterops predict NAME --text -``. None given: none."""
+    if not texts:
+        return []
     found: list[str] = []
     for text in texts:
         if text == "-":

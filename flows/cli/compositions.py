@@ -17,6 +17,7 @@ from ..errors import TrackingUnavailableError
 from .common import (
     BatchSizeOption,
     JsonOption,
+    PredictDataOption,
     SkipProbeOption,
     TextOption,
     console,
@@ -193,24 +194,26 @@ def history(
 @composition_app.command()
 def predict(
     ref: RefArgument,
-    text: TextOption,
+    text: TextOption = None,
+    data: PredictDataOption = None,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the
     head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
-    from ..predict_job import predict_composition  # noqa: PLC0415 - torch only when predicting
+    from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
 
     quiet_libraries()
     with user_errors(as_json):
-        text = input_texts(text)
+        registry = Registry()
+        texts, pairs = gather_inputs(registry, ref, input_texts(text), data, composition=True)
         with counting("predict", enabled=not as_json) as on_progress:
             result = predict_composition(
-                Registry(), ref, text, skip_probe=skip_probe, batch_size=batch_size,
-                on_progress=on_progress,
+                registry, ref, texts, pairs=pairs, skip_probe=skip_probe,
+                batch_size=batch_size, on_progress=on_progress,
             )  # fmt: skip
-    show_predictions([result], text, as_json)
+    show_predictions([result], as_json)
 
 
 @composition_app.command()

@@ -12,6 +12,7 @@ from rich.table import Table
 from .common import (
     BatchSizeOption,
     JsonOption,
+    PredictDataOption,
     SkipProbeOption,
     TextOption,
     console,
@@ -77,7 +78,8 @@ def predict(
             help="name, name@VERSION or name@ALIAS (several: shared batches)", metavar="REF"
         ),
     ],
-    text: TextOption,
+    text: TextOption = None,
+    data: PredictDataOption = None,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
@@ -87,20 +89,21 @@ def predict(
     share each batch, each row through its own adapter."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..predict_job import predict_many  # noqa: PLC0415
+    from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415
 
     quiet_libraries()
     with user_errors(as_json):
-        text = input_texts(text)
+        registry = Registry()
+        texts, pairs = gather_inputs(registry, refs[0], input_texts(text), data)
         with counting("predict", enabled=not as_json) as on_progress:
             results = predict_many(
-                Registry(), refs, text, skip_probe=skip_probe, batch_size=batch_size,
-                on_progress=on_progress,
+                registry, refs, texts, pairs=pairs, skip_probe=skip_probe,
+                batch_size=batch_size, on_progress=on_progress,
             )  # fmt: skip
-    show_predictions(results, text, as_json)
+    show_predictions(results, as_json)
 
 
-def show_predictions(results: list[tuple[str, list[Any]]], text: list[str], as_json: bool) -> None:
+def show_predictions(results: list[tuple[str, list[Any]]], as_json: bool) -> None:
     """Each ref's prediction for each text: one JSON document, or a table (a column per ref)."""
     if as_json:
         documents = [
@@ -114,8 +117,9 @@ def show_predictions(results: list[tuple[str, list[Any]]], text: list[str], as_j
     table.add_column("text")
     for ref, _ in results:
         table.add_column(ref if len(results) > 1 else "prediction")
-    for row, line in enumerate(text):
-        table.add_row(line, *(_answer(predictions[row]) for _, predictions in results))
+    for row, first in enumerate(results[0][1]):
+        shown = f"{first.text} / {first.pair}" if first.pair else first.text
+        table.add_row(shown, *(_answer(predictions[row]) for _, predictions in results))
     console.print(table)
 
 
