@@ -133,16 +133,23 @@ def spec_of_composition(registry: Registry, composition: Composition, command: s
 
 def inputs_from_file(spec: AdapterSpec, path: str | Path) -> tuple[list[str], list[str] | None]:
     """The texts (and, for an adapter trained on pairs, the second texts) in the columns of a
-    TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text``, ``data.text_pair``)."""
+    TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text`` and ``data.text_pair``, or an
+    instruction adapter's ``data.prompt``)."""
+    if spec.data.messages is not None:
+        raise DataError(
+            f"{spec.name} was trained on chat messages: give each user turn with --text (or "
+            "one per line with --text -), not a --data file"
+        )
+    first = spec.data.prompt or spec.data.text  # an instruction adapter reads its prompts
     rows = load_split(str(path))
-    wanted = [c for c in (spec.data.text, spec.data.text_pair) if c]
+    wanted = [c for c in (first, spec.data.text_pair) if c]
     missing = [c for c in wanted if c not in rows.column_names]
     if missing:
         raise DataError(
             f"{path} has no column(s) {missing}; its columns are {rows.column_names}. The "
-            f"adapter reads {wanted} (its spec's data.text / data.text_pair): give a file with them"
+            f"adapter reads {wanted} (its spec's data section): give a file with them"
         )
-    texts = [str(t) for t in rows[spec.data.text]]
+    texts = [str(t) for t in rows[first]]
     pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
     return texts, pairs
 

@@ -404,6 +404,16 @@ def test_a_continuation_ends_at_its_first_end_token_as_it_would_alone(base, tmp_
     assert parrot.calls[0].shape[0] == 2  # one batch
 
 
+def test_predict_reads_an_instruction_files_prompts_and_refuses_a_chat_file(base, tmp_path):
+    from flows.predict_job import inputs_from_file
+
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    assert inputs_from_file(spec, tmp_path / "train.jsonl") == ([p for p, _ in ROWS], None)
+    chat = spec_for(base, tmp_path, chats(), messages="messages")
+    with pytest.raises(DataError, match="trained on chat messages: give each user turn with"):
+        inputs_from_file(chat, tmp_path / "train.jsonl")
+
+
 def test_an_exact_match_spec_needs_instruction_data(base, tmp_path):
     rows = [{"text": "plain text"}]
     with pytest.raises(SpecError, match="exact_match generates responses"):
