@@ -37,6 +37,7 @@ __all__ = [
     "make_loader",
     "prepare",
     "prepare_file",
+    "require_columns",
 ]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -158,15 +159,20 @@ def prepare_file(
     ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
     them: a registered spec's columns cannot change, the file's can."""
     dataset = load_split(str(path), max_samples=max_samples, seed=spec.train.seed)
-    wanted = _wanted_columns(spec)
+    require_columns(path, dataset, _wanted_columns(spec))
+    _check_columns(spec, dataset, Path(path).name)
+    return _tokenize(dataset, spec, tokenizer)
+
+
+def require_columns(path: str | Path, dataset: datasets.Dataset, wanted: list[str]) -> None:
+    """A file given to a registered adapter must hold the columns its spec reads: the spec
+    cannot change, the file can, so the error names both sides."""
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
         raise DataError(
             f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
             f"adapter reads {wanted} (its spec's data section): give a file with them"
         )
-    _check_columns(spec, dataset, Path(path).name)
-    return _tokenize(dataset, spec, tokenizer)
 
 
 def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset | None]:

@@ -19,7 +19,7 @@ import peft_core as pc
 from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 
-from .data import load_split
+from .data import load_split, require_columns
 from .errors import DataError
 from .evaluation import greedy_continuations
 from .members import members_of_version
@@ -142,13 +142,7 @@ def inputs_from_file(spec: AdapterSpec, path: str | Path) -> tuple[list[str], li
         )
     first = spec.data.prompt or spec.data.text  # an instruction adapter reads its prompts
     rows = load_split(str(path))
-    wanted = [c for c in (first, spec.data.text_pair) if c]
-    missing = [c for c in wanted if c not in rows.column_names]
-    if missing:
-        raise DataError(
-            f"{path} has no column(s) {missing}; its columns are {rows.column_names}. The "
-            f"adapter reads {wanted} (its spec's data section): give a file with them"
-        )
+    require_columns(path, rows, [c for c in (first, spec.data.text_pair) if c])
     texts = [str(t) for t in rows[first]]
     pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
     return texts, pairs
