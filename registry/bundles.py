@@ -23,7 +23,7 @@ from typing import Any
 from .artifacts import ArtifactStore
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
 
-__all__ = ["Bundle", "Manifest", "download", "inspect_folder", "upload"]
+__all__ = ["Bundle", "Manifest", "download", "inspect_folder", "saved_fingerprint", "upload"]
 
 OURS = ({"adapter.json", "adapter.safetensors"}, "adapter.json")
 PEFT = ({"adapter_config.json", "adapter_model.safetensors"}, "adapterops.json")
@@ -112,6 +112,18 @@ def inspect_folder(folder: str | Path) -> Bundle:
     return Bundle(
         path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
     )
+
+
+def saved_fingerprint(folder: str | Path) -> dict[str, Any]:
+    """The base-model fingerprint an adapter folder's metadata records: ``{}`` when it has none
+    or cannot be read (:func:`inspect_folder` says what is wrong with such a folder)."""
+    path = Path(folder)
+    metadata_file = path / (OURS[1] if (path / OURS[1]).is_file() else PEFT[1])
+    try:
+        saved = _read_metadata(metadata_file).get("fingerprint")
+    except (AdapterFolderError, OSError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def _written_by_adapterhub(folder: Path) -> bool:

@@ -33,7 +33,14 @@ from sqlalchemy.orm import Session
 
 from . import store
 from .artifacts import ArtifactStore, open_store
-from .bundles import Manifest, download, inspect_folder, upload
+from .bundles import (
+    Manifest,
+    base_digests,
+    download,
+    inspect_folder,
+    saved_fingerprint,
+    upload,
+)
 from .compositions import named_twice, with_leaves
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
@@ -127,9 +134,9 @@ class Registry:
         """Remove an alias."""
         self._write(lambda s: store.remove_alias(s, name, alias, origin=origin))
 
-    def delete(self, ref: str) -> AdapterVersion:
+    def delete(self, ref: str, *, origin: str = "registry") -> AdapterVersion:
         """Delete a version no alias or composition refers to (``gc`` then frees its bytes)."""
-        return self._write(lambda s: store.delete_version(s, ref))
+        return self._write(lambda s: store.delete_version(s, ref, origin=origin))
 
     def register_composition(
         self,
@@ -209,6 +216,12 @@ class Registry:
                 s, base_model=base_model, task=task, language=language, metric=metric
             )
         )
+
+    def base_models_for(self, folder: str | Path) -> list[str]:
+        """The names under which the base model an adapter folder was trained on is registered
+        (its fingerprint's): empty when no adapter on that base has been registered yet."""
+        digests = base_digests(saved_fingerprint(folder))
+        return self._read(lambda s: store.base_models_with(s, digests))
 
     def history(self, name: str) -> list[Event]:
         """The adapter's event log: registrations, alias moves, deletions, with their origin."""

@@ -189,7 +189,7 @@ class EventRow(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(
         String(32)
-    )  # registered | alias_set | alias_removed | deleted
+    )  # registered | alias_set | alias_removed | deleted | rebound
     adapter_name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int | None]
     alias: Mapped[str | None] = mapped_column(String(64))

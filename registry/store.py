@@ -87,6 +87,7 @@ def register_version(
         language=language,
         bundle=bundle,
         description=description,
+        origin=origin,
     )
     # Serialise registrations of one adapter: a row lock on PostgreSQL (SQLite already holds the
     # database lock from BEGIN IMMEDIATE), then the next number is one past the last ever given
@@ -603,14 +604,25 @@ def _base_model(
         session.add(row)
         session.flush()
     elif canonical and row.fingerprint and row.fingerprint not in digests:
+        known = base_models_with(session, digests)
+        hint = f" (registered as {', '.join(map(repr, known))})" if known else ""
         raise BaseModelMismatchError(
-            f"this adapter was trained on a base model with fingerprint {canonical[:12]}, but "
-            f"{name!r} is registered with fingerprint {row.fingerprint[:12]}: wrong base model. "
-            "Register it under the base model it was trained on."
+            f"this adapter was trained on a base model with fingerprint {canonical[:12]}{hint}, "
+            f"but {name!r} is registered with fingerprint {row.fingerprint[:12]}: wrong base "
+            "model. Register it under the base model it was trained on."
         )
     elif canonical and row.fingerprint != canonical:
         row.fingerprint = canonical
     return row
+
+
+def base_models_with(session: Session, digests: Sequence[str]) -> list[str]:
+    """The registered base models whose fingerprint is one of ``digests``, first registered
+    first."""
+    if not digests:
+        return []
+    query = select(BaseModelRow.name).where(BaseModelRow.fingerprint.in_(list(digests)))
+    return list(session.scalars(query.order_by(BaseModelRow.id)))
 
 
 def _adapter(
@@ -622,6 +634,7 @@ def _adapter(
     language: str,
     bundle: Bundle,
     description: str,
+    origin: str,
 ) -> AdapterRow:
     row = session.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
     if row is None:
@@ -638,17 +651,32 @@ def _adapter(
         session.flush()
         return row
     registered = (row.base_model_id, row.task, row.language, row.method)
-    if registered != (base.id, task, language, bundle.method):
-        registered_base = session.scalar(
-            select(BaseModelRow.name).where(BaseModelRow.id == row.base_model_id)
-        )
-        raise InvalidNameError(
-            f"adapter {name!r} is registered for base model {registered_base!r}, task "
-            f"{row.task!r}, language {row.language!r}, method {row.method!r}; this folder is for "
-            f"{base.name!r}, "
-            f"{task!r}, {language!r}, {bundle.method!r}. Use another adapter name."
-        )
-    return row
+    if registered == (base.id, task, language, bundle.method):
+        return row
+    registered_base = session.scalar(
+        select(BaseModelRow.name).where(BaseModelRow.id == row.base_model_id)
+    )
+    if session.scalar(select(VersionRow.id).where(VersionRow.adapter_id == row.id)) is None:
+        # Every version is deleted (pushed under the wrong base model, say): nothing refers to
+        # the old binding any more, so the name takes the new one; numbers keep counting up.
+        before = {
+            "base_model": registered_base,
+            "task": row.task,
+            "language": row.language,
+            "method": row.method,
+        }
+        row.base_model_id, row.task, row.language = base.id, task, language
+        row.method, row.head = bundle.method, bundle.head
+        _log(session, "rebound", name, None, origin=origin, detail={"before": before})
+        session.flush()
+        return row
+    raise InvalidNameError(
+        f"adapter {name!r} is registered for base model {registered_base!r}, task "
+        f"{row.task!r}, language {row.language!r}, method {row.method!r}; this folder is for "
+        f"{base.name!r}, {task!r}, {language!r}, {bundle.method!r}. Use another adapter name "
+        f"(or, if its versions were pushed under the wrong ones, remove them all with "
+        f"adapterops rm {name}@VERSION, and the name takes the new ones)."
+    )
 
 
 def _adapter_named(session: Session, name: str) -> AdapterRow:

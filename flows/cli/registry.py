@@ -22,7 +22,9 @@ from .common import (
     JsonOption,
     console,
     emit_json,
+    errors,
     human_bytes,
+    labelled,
     print_columns,
     quiet_libraries,
     user_errors,
@@ -61,10 +63,17 @@ def push(
     description: DescriptionOption = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Register an adapter folder as the adapter's next version (same bytes: same version)."""
+    """Register an adapter folder as the adapter's next version (same bytes: same version).
+    When the base model is on this machine, its config must match the one the adapter was
+    trained on."""
+    from ..models import check_trained_on  # noqa: PLC0415 - huggingface_hub only for this command
+
     with user_errors(as_json):
         metrics = _metrics(metric or [])
-        version = _registry().register(
+        check_trained_on(folder, base_model)
+        registry = _registry()
+        known_as = registry.base_models_for(folder)
+        version = registry.register(
             folder,
             name=name,
             base_model=base_model,
@@ -73,6 +82,15 @@ def push(
             metrics=metrics,
             description=description,
             origin="cli",
+        )
+    if known_as and base_model not in known_as:
+        # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
+        # share a fingerprint, so a new name may be right. A typo, though, binds the adapter name.
+        _warn(
+            f"base model {base_model!r} is new to the registry, and the base this adapter was "
+            f"trained on is registered as {', '.join(map(repr, known_as))} (same fingerprint). "
+            f"If that is its base: adapterops rm {version.ref}, then push again with "
+            f"--base-model {known_as[0]}"
         )
     _print_versions([version], as_json, single=True)
 
@@ -280,7 +298,7 @@ def show_events(events: list[Any], title: str, as_json: bool) -> None:
 def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     """Delete a version that no alias or composition refers to."""
     with user_errors(as_json):
-        version = _registry().delete(ref)
+        version = _registry().delete(ref, origin="cli")
     if as_json:
         emit_json({"ok": True, "deleted": version.ref})
         return
@@ -326,6 +344,10 @@ def db_upgrade(as_json: JsonOption = False) -> None:
         emit_json({"ok": True})
         return
     console.print("registry database is up to date")
+
+
+def _warn(message: str) -> None:
+    errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
 def _registry() -> rg.Registry:

@@ -107,6 +107,7 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     ]
 
     assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
+    assert ok_json(run(env, "history", "sst2-en", "--json"))[-1]["origin"] == "cli"
     assert len(ok_json(run(env, "gc", "--older-than-minutes", "0", "--json"))["removed"]) == 2
 
     assert run(env, "ls", "--task", "nothing").stdout.strip() == (
@@ -181,6 +182,65 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
         assert "INFO" not in result.stderr, (args, result.stderr)  # MLflow creating its store
         assert words in json.loads(result.stdout)["error"], (args, result.stdout)
+
+
+def test_push_checks_the_base_model_it_names(tmp_path):
+    """A BERT adapter pushed as a GPT-2 (a base on this machine) is refused before anything is
+    stored; one pushed under a new name for an already registered base is told so, with the
+    way back (remove it, push again), which then works."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    folder = write_fake_adapter(tmp_path / "adapter", seed=1)
+    metadata = json.loads((folder / "adapter.json").read_text())
+    metadata["fingerprint"] |= {
+        "model_type": "bert",
+        "config": {"hidden_size": 384, "num_hidden_layers": 6, "vocab_size": 30522},
+        "name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+    }
+    (folder / "adapter.json").write_text(json.dumps(metadata))
+    bases = {
+        "gpt2": {"model_type": "gpt2", "n_embd": 768},
+        "bert-base": {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 6},
+        "minilm-copy": {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6},
+    }
+    for name, config in bases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+
+    def push(base_model: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            env, "push", str(folder), "--name", "sst2-en", "--base-model", base_model,
+            "--task", "sst2", "--language", "en", *extra,
+        )  # fmt: skip
+
+    for base, differences in [
+        ("gpt2", "(model_type: 'bert' vs 'gpt2', the adapter's base first)"),
+        ("bert-base", "(hidden_size: 384 vs 768, the adapter's base first)"),
+    ]:
+        refused = push(str(tmp_path / base), "--json")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        error = json.loads(refused.stdout)["error"]
+        assert error == (
+            f"{folder} was trained on 'sentence-transformers/all-MiniLM-L6-v2', not on "
+            f"'{tmp_path / base}' {differences}: give the base model it was trained on"
+        )
+    assert ok_json(run(env, "ls", "--json")) == []
+
+    first = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))  # same config: accepted
+    assert first["ref"] == "sst2-en@1"
+    run(env, "rm", "sst2-en@1")
+    typo = push("minilm", "--json")  # not on this machine: the registry is the only witness
+    assert ok_json(typo)["ref"] == "sst2-en@2"
+    assert typo.stderr.strip() == (
+        f"warning: base model 'minilm' is new to the registry, and the base this adapter was "
+        f"trained on is registered as '{tmp_path / 'minilm-copy'}' (same fingerprint). If that "
+        f"is its base: adapterops rm sst2-en@2, then push again with --base-model "
+        f"{tmp_path / 'minilm-copy'}"
+    )
+    assert push("minilm").stderr == ""  # now registered: said once, not on every push
+    assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
+    again = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))
+    assert (again["ref"], again["base_model"]) == ("sst2-en@3", str(tmp_path / "minilm-copy"))
 
 
 def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):

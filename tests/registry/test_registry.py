@@ -107,9 +107,56 @@ class TestRegister:
 
     def test_wrong_base_model_is_refused(self, registry, make_adapter):
         register(registry, make_adapter(1))
-        with pytest.raises(rg.BaseModelMismatchError, match=r"wrong base model"):
+        with pytest.raises(rg.BaseModelMismatchError, match=r"wrong base model") as refused:
             register(registry, make_adapter(2, fingerprint="0" * 64), name="other")
+        assert "registered as" not in str(refused.value)  # its base is registered nowhere yet
         assert registry.find(name="other") == []
+        # once its base is registered, the refusal names it: the --base-model the user meant
+        register(registry, make_adapter(3, fingerprint="0" * 64), name="x", base_model="gpt-ish")
+        with pytest.raises(
+            rg.BaseModelMismatchError,
+            match=r"fingerprint 000000000000 \(registered as 'gpt-ish'\), but 'tiny-bert'",
+        ):
+            register(registry, make_adapter(4, fingerprint="0" * 64), name="other")
+
+    def test_the_names_a_folders_base_model_is_registered_under(self, registry, make_adapter):
+        folder = make_adapter(1)
+        assert registry.base_models_for(folder) == []
+        register(registry, folder, base_model="tiny-bert")
+        register(registry, make_adapter(2), name="b", base_model="tiny-bert-instruct")
+        register(registry, make_adapter(3, fingerprint="0" * 64), name="c", base_model="other")
+        assert registry.base_models_for(folder) == ["tiny-bert", "tiny-bert-instruct"]
+        assert registry.base_models_for(make_adapter(4, fingerprint="0" * 64)) == ["other"]
+        unreadable = make_adapter(5)
+        (unreadable / "adapter.json").write_text("{not json")
+        assert registry.base_models_for(unreadable) == []
+
+    def test_a_name_whose_versions_are_all_deleted_takes_a_new_binding(
+        self, registry, make_adapter
+    ):
+        """A version pushed under the wrong base model or language is fixed by removing it and
+        pushing again: the name is not held by a binding nothing refers to any more."""
+        first = register(registry, make_adapter(1), language="en")
+        second = register(registry, make_adapter(2), language="en")
+        registry.delete(first.ref)
+        with pytest.raises(rg.InvalidNameError, match=r"remove them all with adapterops rm"):
+            register(registry, make_adapter(3), language="pt")  # en@2 still holds the name
+        registry.delete(second.ref)
+        moved = register(registry, make_adapter(3), language="pt", base_model="tiny-bert-2")
+        assert (moved.version, moved.language, moved.base_model) == (3, "pt", "tiny-bert-2")
+        events = registry.history(moved.name)
+        assert [e.kind for e in events] == [
+            "registered",
+            "registered",
+            "deleted",
+            "deleted",
+            "rebound",
+            "registered",
+        ]
+        assert events[4].detail == {
+            "before": {"base_model": BASE, "task": "sst2", "language": "en", "method": "lora"}
+        }
+        assert registry.find(language="en") == []
 
 
 class TestBadInput:
