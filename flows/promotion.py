@@ -16,7 +16,12 @@ from mlflow.tracking import MlflowClient
 from registry import AdapterVersion, NotFoundError, Registry
 
 from .errors import PromotionRefusedError
-from .mlflow_models import delete_mlflow_alias, set_mlflow_alias
+from .mlflow_models import (
+    delete_mlflow_alias,
+    ensure_model_version,
+    set_mlflow_alias,
+    version_description,
+)
 
 __all__ = [
     "CHALLENGER",
@@ -128,9 +133,11 @@ def promote(
     A new champion demotes the old one to ``previous``.
     """
     target = registry.get(ref)
+    _mirror(client, target)
     if alias == CHAMPION:
         current = _holder(registry, target.name, CHAMPION)
         if current is not None and current.version != target.version:
+            _mirror(client, current)
             set_mlflow_alias(client, target.name, PREVIOUS, current.version)
             registry.set_alias(current.ref, PREVIOUS, origin=origin)
         challenger = _holder(registry, target.name, CHALLENGER)
@@ -149,8 +156,10 @@ def rollback(
     if previous is None:
         raise NotFoundError(f"adapter {name!r} has no 'previous' version to roll back to")
     champion = _holder(registry, name, CHAMPION)
+    _mirror(client, previous)
     set_mlflow_alias(client, name, CHAMPION, previous.version)
     if champion is not None:
+        _mirror(client, champion)
         set_mlflow_alias(client, name, PREVIOUS, champion.version)
     else:
         delete_mlflow_alias(client, name, PREVIOUS)
@@ -160,6 +169,15 @@ def rollback(
     else:
         registry.remove_alias(name, PREVIOUS, origin=origin)
     return restored
+
+
+def _mirror(client: MlflowClient, version: AdapterVersion) -> None:
+    """Create the MLflow model version of ``version`` if MLflow lacks it, so reviewers see what
+    the alias points at. Builds create theirs as they register; a version pushed from a folder
+    or registered from Python has none until it is promoted (its source: the registry's copy)."""
+    metric = (version.spec or {}).get("evaluate", {}).get("metric", "accuracy")
+    description = version_description(version, metric, version.description)
+    ensure_model_version(client, version, run_id=None, description=description)
 
 
 def _holder(registry: Registry, name: str, alias: str) -> AdapterVersion | None:

@@ -199,6 +199,31 @@ class TestAliasesThroughMlflow:
         assert better.returncode == 0 and "warning" not in better.stderr
         assert registry.get("ranked@champion").version == 1
 
+    def test_pushed_versions_appear_in_mlflow_when_promoted(self, registry, tmp_path):
+        """`adapterops push` registers without MLflow; promoting such a version creates its
+        MLflow version (source: the registry's copy) instead of failing with "not registered
+        in MLflow yet", which re-running could never fix."""
+        client = tracking.client()
+        for seed, accuracy in ((1, 0.7), (2, 0.8)):
+            registry.register(
+                write_fake_adapter(tmp_path / f"v{seed}", seed), name="pushed", base_model="b",
+                task="sst2", language="en", metrics={"accuracy": accuracy}, description="by hand",
+            )  # fmt: skip
+        promote(registry, client, "pushed@1")
+        promote(registry, client, "pushed@2")
+        assert mlflow_aliases(client, "pushed") == {"champion": 2, "previous": 1}
+        for version in registry.find(name="pushed"):
+            (mirrored,) = client.search_model_versions(
+                f"name='pushed' and tag.`adapterops.version`='{version.version}'"
+            )
+            assert mirrored.source == version.artifact_uri
+            assert mirrored.tags["adapterops.digest"] == version.digest
+            score = f"accuracy {version.metrics['accuracy']:.4f} · lora · sst2 (en)\n\nby hand"
+            assert mirrored.description == score
+        rollback(registry, client, "pushed")
+        assert mlflow_aliases(client, "pushed") == {"champion": 1, "previous": 2}
+        assert len(client.search_model_versions("name='pushed'")) == 2  # created once each
+
     def test_versions_are_created_once(self, registry, two_versions):
         version = registry.get("sst2-en@1")
         assert ensure_model_version(two_versions, version, run_id=None, description="again") == 1
