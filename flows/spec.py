@@ -8,6 +8,7 @@ Validated with pydantic at the boundary; every problem is reported with its YAML
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
@@ -561,11 +562,38 @@ def _problem(error: Any) -> tuple[str, str]:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (check the spelling)"
+    if error["type"] == "union_tag_invalid" and location[-1:] == ["method"]:
+        message = _unknown_method(str(error["ctx"]["tag"]))
     given = error.get("input")
     if error["type"] in ("list_type", "tuple_type") and isinstance(given, str):
         items = ", ".join(part.strip() for part in given.split(","))
         message += f"; a list is written [{items}] (in --set too)"
     return ".".join(location) or "(top)", message
+
+
+def _unknown_method(tag: str) -> str:
+    """What an unknown ``method.type`` should have been: QLoRA and peft's own methods are
+    spelled differently here; otherwise the closest name."""
+    plain = tag.lower().replace("-", "").replace("_", "")
+    if plain == "qlora":
+        return (
+            "QLoRA is written method: {type: lora, ...} with load: {quantization: nf4} "
+            "(a 4-bit base, a float32 LoRA)"
+        )
+    from peft import PeftType  # noqa: PLC0415 - only on this error
+
+    peft_names = {t.value.lower().replace("_", ""): t.value for t in PeftType}
+    if plain in peft_names and plain not in METHOD_SPECS:
+        return (
+            f"{tag!r} is one of peft's methods: write method: {{type: peft, config: "
+            f"{{peft_type: {peft_names[plain]}, ...}}}} (peft's own configuration fields)"
+        )
+    close = difflib.get_close_matches(tag.lower(), METHOD_SPECS, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"unknown method type {tag!r}: {guess}one of {', '.join(METHOD_SPECS)} "
+        "(`adapterops methods` says what each can do)"
+    )
 
 
 def _field_name(part: Any) -> str:

@@ -188,9 +188,20 @@ class TestInvalidSpecs:
         assert "num_labels" in found["head"]
         assert "unknown field" in found["extra_field"]
 
-    def test_unknown_method_type(self):
-        found = problems(with_(method={"type": "vera"}))
-        assert "method" in found and "'lora'" in found["method"] and "'ia3'" in found["method"]
+    @pytest.mark.parametrize(
+        ("given", "told"),
+        [
+            ("loraa", "unknown method type 'loraa': did you mean 'lora'? one of lora, dora, ia3, "),
+            ("IA3", "unknown method type 'IA3': did you mean 'ia3'? one of lora, dora, ia3, "),
+            ("xyz", "unknown method type 'xyz': one of lora, dora, ia3, bitfit, "),
+            ("QLoRA", "QLoRA is written method: {type: lora, ...} with load: {quantization: nf4}"),
+            ("vera", "'vera' is one of peft's methods: write method: {type: peft, config: "
+             "{peft_type: VERA, ...}}"),
+            ("prefix-tuning", "{type: peft, config: {peft_type: PREFIX_TUNING, ...}}"),
+        ],
+    )  # fmt: skip
+    def test_unknown_method_type_says_what_to_write(self, given, told):
+        assert told in problems(with_(method={"type": given}))["method"]
 
     def test_method_fields_and_defaults_come_from_the_peft_core_configs(self):
         spec = parse_spec(with_(method={"type": "ia3", "targets": ["k", "v"], "feedforward": []}))
