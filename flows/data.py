@@ -133,8 +133,8 @@ def load_raw(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
             raise DataError("the train split has fewer than 2 rows: nothing to hold out")
         split = train.train_test_split(test_size=0.1, seed=seed)
         train, validation = split["train"], split["test"]
-    for name, split_data in (("train", train), ("validation", validation)):
-        _check_columns(spec, split_data, name)
+    train = _checked_split(spec, train, "train")
+    validation = _checked_split(spec, validation, "validation")
     return train, validation
 
 
@@ -160,8 +160,7 @@ def prepare_file(
     them: a registered spec's columns cannot change, the file's can."""
     dataset = load_split(str(path), max_samples=max_samples, seed=spec.train.seed)
     require_columns(path, dataset, _wanted_columns(spec))
-    _check_columns(spec, dataset, Path(path).name)
-    return _tokenize(dataset, spec, tokenizer)
+    return _tokenize(_checked_split(spec, dataset, Path(path).name), spec, tokenizer)
 
 
 def require_columns(path: str | Path, dataset: datasets.Dataset, wanted: list[str]) -> None:
@@ -267,11 +266,13 @@ def _wanted_columns(spec: AdapterSpec) -> list[str]:
     return wanted
 
 
-def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+    """``dataset`` checked against what ``spec`` reads (columns, labels), with labels written as
+    ``head.label_names`` turned into their numbers."""
     data = spec.data
     if data.instructions:
         _check_instruction_columns(spec, dataset, split)
-        return
+        return dataset
     wanted = _wanted_columns(spec)
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
@@ -280,15 +281,9 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
             "Set data.text / data.label in the spec."
         )
     if spec.head.type == "classification" and data.label:
+        dataset = _numbered_labels(spec, dataset, split)
         num_labels = spec.head.num_labels or 0
         labels = set(dataset[data.label])
-        text = sorted(str(x) for x in labels if isinstance(x, str) and not x.strip().isdigit())
-        if text:  # one word in the column makes the whole column text, the numbers included
-            raise DataError(
-                f"{split} split: the {data.label!r} column holds text ({text[:5]}); labels are "
-                f"the integers 0..{num_labels - 1} (head.num_labels = {num_labels}), the names "
-                "go in head.label_names"
-            )
         bad = sorted(str(x) for x in labels if not isinstance(x, int) or not 0 <= x < num_labels)
         if bad:
             raise DataError(
@@ -297,6 +292,44 @@ def _check_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
             )
         if split == "train":
             _warn_of_unseen_labels(spec, labels)
+    return dataset
+
+
+def _numbered_labels(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
+    """A label column of words: each must be one of ``head.label_names`` (a file exported with
+    ``positive``/``negative`` needs no rewriting), and becomes its number. Numbers pass as
+    they are; a column mixing both reads as words (one word makes a CSV column text)."""
+    column, names = spec.data.label, spec.head.label_names
+    assert column is not None  # a classification spec reads a label column
+    values = set(dataset[column])
+    words = sorted(str(x) for x in values if isinstance(x, str) and not x.strip().isdigit())
+    if not words:
+        return dataset
+    num_labels = spec.head.num_labels or 0
+    if not names:
+        raise DataError(
+            f"{split} split: the {column!r} column holds text ({words[:5]}); labels are the "
+            f"integers 0..{num_labels - 1} (head.num_labels = {num_labels}), or words named "
+            "in head.label_names"
+        )
+    unknown = sorted({word.strip() for word in words} - set(names))
+    if unknown:
+        raise DataError(
+            f"{split} split: label(s) {unknown[:5]} in the {column!r} column are not among "
+            f"head.label_names {list(names)}: write each label as one of those names (or as "
+            f"its number 0..{num_labels - 1})"
+        )
+    number = {name: index for index, name in enumerate(names)}
+
+    def numbered(value: Any) -> int:
+        text = str(value).strip()
+        return int(text) if text.isdigit() else number[text]
+
+    return dataset.map(
+        lambda batch: {column: [numbered(x) for x in batch[column]]},
+        batched=True,
+        features=datasets.Features({**dataset.features, column: datasets.Value("int64")}),
+    )
 
 
 _WARNED: set[tuple[str, tuple[str, ...]]] = set()

@@ -53,18 +53,37 @@ def test_a_folder_is_not_a_data_file(tmp_path):
         load_split(str(tmp_path))
 
 
+def _spec_reading(train: Path, *overrides: str):
+    return load_spec(EXAMPLE, [f"data.train={train}", f"data.validation={train}", *overrides])
+
+
+def test_labels_written_as_their_names_become_their_numbers(tmp_path):
+    """A file exported with positive/negative needs no rewriting; numbers among the words (one
+    word makes the whole column text) stay numbers."""
+    (tmp_path / "train.tsv").write_text(
+        "sentence\tlabel\ngood\tpositive\nbad\t negative\nfine\t1\nawful\t0\n"
+    )
+    train, validation = load_raw(_spec_reading(tmp_path / "train.tsv"))
+    assert train["label"] == [1, 0, 1, 0] and validation["label"] == [1, 0, 1, 0]
+    assert train.features["label"].dtype == "int64"
+
+
 def test_a_word_in_the_label_column_is_named(tmp_path):
     """One word makes the whole column text: the numbers were called 'outside 0..1' too."""
-    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\tnegative\n")
-    spec = load_spec(
-        EXAMPLE,
-        [f"data.train={tmp_path / 'train.tsv'}", f"data.validation={tmp_path / 'train.tsv'}"],
-    )
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\tnegtive\n")
     with pytest.raises(DataError) as raised:
-        load_raw(spec)
+        load_raw(_spec_reading(tmp_path / "train.tsv"))
     assert str(raised.value) == (
-        "train split: the 'label' column holds text (['negative']); labels are the integers "
-        "0..1 (head.num_labels = 2), the names go in head.label_names"
+        "train split: label(s) ['negtive'] in the 'label' column are not among "
+        "head.label_names ['negative', 'positive']: write each label as one of those names "
+        "(or as its number 0..1)"
+    )
+    unnamed = _spec_reading(tmp_path / "train.tsv", "head={type: classification, num_labels: 2}")
+    with pytest.raises(DataError) as raised:
+        load_raw(unnamed)
+    assert str(raised.value) == (
+        "train split: the 'label' column holds text (['negtive']); labels are the integers "
+        "0..1 (head.num_labels = 2), or words named in head.label_names"
     )
 
 
