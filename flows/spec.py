@@ -427,7 +427,9 @@ def spec_of_version(version: Any, command: str) -> AdapterSpec:
                 (
                     "(spec)",
                     "pushed without a spec, so its head and base model settings are unknown; "
-                    f"{command} works on versions built by adapterops build",
+                    f"{command} works on versions built by adapterops build or pushed with "
+                    f"--spec SPEC (the spec it was trained with: adapterops rm {version.ref}, "
+                    "then push the folder again with it)",
                 )
             ],
         )

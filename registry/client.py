@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from . import store
 from .artifacts import ArtifactStore, open_store
 from .bundles import (
+    Bundle,
     Manifest,
     base_digests,
     download,
@@ -44,7 +45,12 @@ from .bundles import (
 from .compositions import named_twice, with_leaves
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
-from .errors import BaseModelMismatchError, InvalidCompositionError, RegistryError
+from .errors import (
+    AdapterFolderError,
+    BaseModelMismatchError,
+    InvalidCompositionError,
+    RegistryError,
+)
 from .names import check_key, check_name, parse_ref
 from .settings import Settings
 
@@ -100,6 +106,7 @@ class Registry:
             raise RegistryError(f"invalid base model name {base_model!r}")
         metrics = _checked_metrics(metrics or {})
         bundle = inspect_folder(folder)
+        _check_spec_fits(bundle, spec or {})
         artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
 
         def write(session: Session) -> AdapterVersion:
@@ -416,6 +423,25 @@ class Registry:
                 except SAIntegrityError:
                     continue  # e.g. two processes created the same adapter: the loser retries
         raise _Conflict(f"gave up after {_RETRIES} conflicting concurrent writes; try again")
+
+
+def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:
+    """A spec registered with a folder describes how to load it (predict, evaluate and export
+    read it): its method and head must be the ones the folder's metadata states."""
+    stated = {
+        "method.type": (bundle.metadata.get("method") or {}).get("type"),
+        "head.type": (bundle.metadata.get("head") or {}).get("kind"),
+    }
+    given = {
+        "method.type": (spec.get("method") or {}).get("type"),
+        "head.type": (spec.get("head") or {}).get("type"),
+    }
+    for field, value in given.items():
+        if value and stated[field] not in (None, "none", value):
+            raise AdapterFolderError(
+                f"the spec's {field} is {value!r}, but {bundle.folder} holds a "
+                f"{stated[field]!r} adapter: give the spec it was trained with"
+            )
 
 
 def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

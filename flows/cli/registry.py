@@ -55,44 +55,92 @@ def push(
     folder: Annotated[
         Path, typer.Argument(help="Adapter folder written by peft_core.save_adapter.")
     ],
-    name: NameOption,
-    base_model: BaseModelOption,
-    task: TaskOption,
-    language: LanguageOption,
+    name: Annotated[str | None, typer.Option(help="Adapter name (default: the spec's).")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model it was trained on (default: the spec's).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task, e.g. sst2 (default: the spec's).")] = None,
+    language: Annotated[
+        str | None, typer.Option(help="Language code, e.g. en (default: the spec's).")
+    ] = None,
     metric: MetricOption = None,
     description: DescriptionOption = "",
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            help="The spec it was trained with: predict, evaluate and export read its head, "
+            "labels, load settings and data columns.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register an adapter folder as the adapter's next version (same bytes: same version).
-    When the base model is on this machine, its config must match the one the adapter was
-    trained on."""
+    Without --spec give --name, --base-model, --task and --language. When the base model is on
+    this machine, its config must match the one the adapter was trained on."""
     from ..models import check_trained_on  # noqa: PLC0415 - huggingface_hub only for this command
 
     with user_errors(as_json):
         metrics = _metrics(metric or [])
-        check_trained_on(folder, base_model)
+        given = {"name": name, "base_model": base_model, "task": task, "language": language}
+        fields, document = _push_fields(given, spec) if spec else (_required(given), None)
+        check_trained_on(folder, fields["base_model"])
         registry = _registry()
         known_as = registry.base_models_for(folder)
         version = registry.register(
             folder,
-            name=name,
-            base_model=base_model,
-            task=task,
-            language=language,
+            **fields,
             metrics=metrics,
-            description=description,
+            description=description or (document or {}).get("description", ""),
+            spec=document,
             origin="cli",
         )
-    if known_as and base_model not in known_as:
+    if document and version.spec != document:  # the same bytes: the version registered before
+        _warn(
+            f"these files are {version.ref} already, registered "
+            f"{'with another spec' if version.spec else 'without a spec'}; a version's record "
+            f"does not change: to record this spec, adapterops rm {version.ref} and push again"
+        )
+    if known_as and version.base_model not in known_as:
         # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
         # share a fingerprint, so a new name may be right. A typo, though, binds the adapter name.
         _warn(
-            f"base model {base_model!r} is new to the registry, and the base this adapter was "
-            f"trained on is registered as {', '.join(map(repr, known_as))} (same fingerprint). "
-            f"If that is its base: adapterops rm {version.ref}, then push again with "
-            f"--base-model {known_as[0]}"
+            f"base model {version.base_model!r} is new to the registry, and the base this "
+            f"adapter was trained on is registered as {', '.join(map(repr, known_as))} (same "
+            f"fingerprint). If that is its base: adapterops rm {version.ref}, then push again "
+            f"with --base-model {known_as[0]}"
         )
     _print_versions([version], as_json, single=True)
+
+
+def _required(given: dict[str, str | None]) -> dict[str, str]:
+    """push without --spec: every field given on the command line."""
+    missing = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is None]
+    if missing:
+        raise typer.BadParameter(  # as typer says a missing required option
+            f"push needs {', '.join(missing)} (or --spec SPEC, the spec it was trained with, "
+            "whose fields they default to)"
+        )
+    return {key: str(value) for key, value in given.items()}
+
+
+def _push_fields(
+    given: dict[str, str | None], spec_file: Path
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """push --spec: the name, base model, task and language the spec says (a different one
+    given beside it is refused), and the spec as builds record it."""
+    from ..spec import load_spec  # noqa: PLC0415 - the spec module imports peft_core (torch)
+
+    spec = load_spec(spec_file)
+    fields = {key: str(getattr(spec, key)) for key in given}
+    for key, value in given.items():
+        if value is not None and value != fields[key]:
+            raise rg.InvalidNameError(
+                f"--{key.replace('_', '-')} {value!r} differs from {spec_file}'s {key} "
+                f"{fields[key]!r}: leave it out (the spec's is used) or give the spec the "
+                "adapter was trained with"
+            )
+    return fields, spec.model_dump(mode="json")
 
 
 @app.command("import")

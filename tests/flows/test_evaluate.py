@@ -80,3 +80,61 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
         assert says in refused.stderr and "Traceback" not in refused.stderr
     down = run_cli("evaluate", version, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert down.returncode == 2 and "MLflow" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path, sst2_dir):
+    """An adapter trained elsewhere (or by `adapterops train`) and pushed with the spec it was
+    trained with answers as the built version of the same files does; pushed without one it
+    is refused with the way to fix it, and a spec of another method is refused at the push."""
+    env = {**os.environ}
+    built = Registry().get(version)
+    document = {**built.spec, "name": "pushed-sst2"}
+    spec_file = tmp_path / "pushed.yaml"
+    spec_file.write_text(json.dumps(document))  # JSON is YAML
+    folder = tmp_path / "out"  # what the fixture's build trained and registered
+
+    bare = run_cli(
+        "push", str(folder), "--name", "pushed-sst2", "--base-model", built.base_model,
+        "--task", "sst2", "--language", "en", "--json", env=env,
+    )  # fmt: skip
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    refused = run_cli("predict", "pushed-sst2@1", "--text", "a fine film", env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "pushed with --spec SPEC (the spec it was trained with: adapterops rm " in (
+        refused.stderr
+    )
+    same_bytes = run_cli("push", str(folder), "--spec", str(spec_file), env=env)
+    assert same_bytes.returncode == 0, same_bytes.stderr[-2000:]
+    assert same_bytes.stderr.startswith(
+        "warning: these files are pushed-sst2@1 already, registered without a spec"
+    )
+    assert run_cli("rm", "pushed-sst2@1", env=env).returncode == 0
+
+    pushed = run_cli("push", str(folder), "--spec", str(spec_file), "--json", env=env)
+    assert pushed.returncode == 0 and pushed.stderr == "", pushed.stderr[-2000:]
+    record = json.loads(pushed.stdout)
+    assert (record["ref"], record["base_model"], record["task"]) == (
+        "pushed-sst2@2", built.base_model, "sst2",
+    )  # fmt: skip
+    assert Registry().get("pushed-sst2@2").spec == json.loads(json.dumps(document))
+    texts = ["a fine film", "dull and far too long"]
+    _, expected = predict(Registry(), version, texts)
+    _, answers = predict(Registry(), "pushed-sst2@2", texts)
+    assert [a.probabilities for a in answers] == [e.probabilities for e in expected]
+    file = sst2_dir / "en" / "validation.tsv"
+    scored = evaluate_version(Registry(), "pushed-sst2@2", data=file, max_samples=24)
+    original = evaluate_version(Registry(), version, data=file, max_samples=24)
+    assert scored.metrics["accuracy"] == pytest.approx(original.metrics["accuracy"])
+
+    other = tmp_path / "bitfit.yaml"
+    other.write_text(json.dumps({**document, "name": "other", "method": {"type": "bitfit"}}))
+    wrong = run_cli("push", str(folder), "--spec", str(other), "--json", env=env)
+    assert wrong.returncode == 2 and json.loads(wrong.stdout)["error"] == (
+        f"the spec's method.type is 'bitfit', but {folder} holds a 'lora' adapter: give the "
+        "spec it was trained with"
+    )
+    for flag, value in (("--language", "pt"), ("--name", "renamed")):
+        clash = run_cli("push", str(folder), "--spec", str(spec_file), flag, value, env=env)
+        assert clash.returncode == 2 and f"{flag} {value!r} differs from {spec_file}'s" in (
+            clash.stderr
+        )

@@ -119,6 +119,22 @@ class TestRegister:
         ):
             register(registry, make_adapter(4, fingerprint="0" * 64), name="other")
 
+    def test_a_spec_must_state_the_folders_method_and_head(self, registry, make_adapter):
+        spec = {"method": {"type": "lora"}, "head": {"type": "classification"}}
+        assert register(registry, make_adapter(1), spec=spec).spec == spec
+        folder = make_adapter(2)
+        for field, wrong in (("method", {"type": "bitfit"}), ("head", {"type": "causal-lm"})):
+            with pytest.raises(rg.AdapterFolderError) as refused:
+                register(registry, folder, name="other", spec={**spec, field: wrong})
+            stated = "lora" if field == "method" else "classification"
+            assert str(refused.value) == (
+                f"the spec's {field}.type is {wrong['type']!r}, but {folder} holds a "
+                f"{stated!r} adapter: give the spec it was trained with"
+            )
+        assert registry.find(name="other") == []
+        headless = make_adapter(3, head="none")  # a head the metadata does not state: any
+        assert register(registry, headless, name="h", spec=spec).head == "none"
+
     def test_the_names_a_folders_base_model_is_registered_under(self, registry, make_adapter):
         folder = make_adapter(1)
         assert registry.base_models_for(folder) == []
