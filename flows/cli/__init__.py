@@ -15,7 +15,14 @@ import typer
 from registry.redaction import RedactingStream
 
 from . import build, lifecycle, operate, registry
-from .common import plain_warnings, quiet_optional_kernels, quiet_store_creation
+from .common import (
+    emit_json,
+    errors,
+    labelled,
+    plain_warnings,
+    quiet_optional_kernels,
+    quiet_store_creation,
+)
 from .compositions import composition_app
 from .help import plain_value_names
 from .stack import stack_app
@@ -73,7 +80,24 @@ def main() -> None:
     plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    plain_value_names(typer.main.get_command(app))()
+    command = plain_value_names(typer.main.get_command(app))
+    if "--json" not in sys.argv[1:]:
+        command()
+        return
+    # A script reads one JSON document from stdout, a usage error included (an unknown option,
+    # a bad value): click would print its box and leave stdout empty.
+    try:
+        outcome = command.main(standalone_mode=False)
+    except typer.TyperException as exc:  # typer's click errors: UsageError, BadParameter, ...
+        message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
+        emit_json({"ok": False, "error": message, "kind": "UsageError"})
+        errors.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:  # end of input at a prompt (Ctrl-C comes back as 130)
+        sys.exit(1)
+    # without standalone mode a typer.Exit(code) comes back as its code; a command's own
+    # return value (None) means success
+    sys.exit(outcome if type(outcome) is int else 0)
 
 
 def use_our_prefect_home() -> None:

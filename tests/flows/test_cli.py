@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import run_cli
@@ -306,6 +307,28 @@ class TestBasics:
         assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")
         short = adapterops("-h")
         assert short.returncode == 0 and "Usage: adapterops" in short.stdout
+
+    @pytest.mark.parametrize(
+        ("args", "error"),
+        [
+            (("ls", "--bogus"), "No such option: --bogus"),
+            (("predict",), "Missing argument 'REF'."),
+            (("predict", "x", "--batch-size", "0"), "Invalid value for '--batch-size': "),
+            (("push", ".", "--name", "x"), "Invalid value: push needs --base-model, --task, "),
+        ],
+    )
+    def test_a_usage_error_with_json_is_one_json_document(self, args, error, tmp_path):
+        """A script parses stdout: a wrong option gave it nothing there (click's box went to
+        stderr). Exit 2 either way, and the line on stderr too."""
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path)}
+        result = run_cli(*args, "--json", env=env)
+        assert result.returncode == 2, result.stderr
+        document = json.loads(result.stdout)
+        assert (document["ok"], document["kind"]) == (False, "UsageError")
+        assert document["error"].startswith(error)
+        assert result.stderr == f"error: {document['error']}\n"
+        plain = run_cli(*args, env=env)  # without --json: click's own box, exit 2
+        assert (plain.returncode, plain.stdout) == (2, "") and "Traceback" not in plain.stderr
 
     def test_help_pages_name_values_as_people_write_them(self):
         """No Python types (``<list[str]>``, ``<bool>``), no RST markup, no docstring line breaks
