@@ -47,6 +47,25 @@ class TestConfigValidation:
         with pytest.raises(pc.ConfigError, match=message):
             build()
 
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({"type": "lora", "rank": "big"}, "lora: rank must be a whole number, got 'big'"),
+            ({"type": "lora", "rank": 8.5}, "lora: rank must be a whole number, got 8.5"),
+            ({"type": "lora", "alpha": True}, "lora: alpha must be a number, got True"),
+            ({"type": "lora", "targets": "q,v"}, "lora: targets must be a list of texts, got 'q,v'"),
+            ({"type": "lora", "use_rslora": "yes"}, "lora: use_rslora must be true or false, got 'yes'"),
+            ({"type": "lora", "init": "gauss"}, "lora: init must be one of 'default', 'pissa', 'olora', got 'gauss'"),
+            ({"type": "houlsby", "reduction_factor": "x"}, "houlsby: reduction_factor must be a whole number or null, got 'x'"),
+        ],
+    )  # fmt: skip
+    def test_a_value_of_the_wrong_type_names_the_type_its_field_takes(self, fields, message):
+        """A hand-written adapter.json or a dict from Python failed inside a comparison:
+        "'>=' not supported between instances of 'str' and 'int'"."""
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.config_from_dict(fields)
+        assert str(raised.value) == message
+
     def test_config_round_trips_through_dict(self):
         for config in [
             pc.LoRA(rank=3, targets=("q", "ffn_in")),
