@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -76,12 +77,13 @@ def push(
     as_json: JsonOption = False,
 ) -> None:
     """Register an adapter folder as the adapter's next version (same bytes: same version).
-    Without --spec give --name, --base-model, --task and --language. When the base model is on
-    this machine, its config must match the one the adapter was trained on."""
+    Without --spec give --name, --base-model, --task and --language. Without --metric, the
+    metrics of the folder's report.json (written by adapterops train) are recorded. When the
+    base model is on this machine, its config must match the one the adapter was trained on."""
     from ..models import check_trained_on  # noqa: PLC0415 - huggingface_hub only for this command
 
     with user_errors(as_json):
-        metrics = _metrics(metric or [])
+        metrics = _metrics(metric) if metric else _reported_metrics(folder)
         given = {"name": name, "base_model": base_model, "task": task, "language": language}
         fields, document = _push_fields(given, spec) if spec else (_required(given), None)
         check_trained_on(folder, fields["base_model"])
@@ -111,6 +113,21 @@ def push(
             f"with --base-model {known_as[0]}"
         )
     _print_versions([version], as_json, single=True)
+
+
+def _reported_metrics(folder: Path) -> dict[str, float]:
+    """The evaluation ``adapterops train`` wrote beside the adapter (``report.json``, part of
+    the version's files): what push records when no --metric is given."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    measured = report.get("metrics") if isinstance(report, dict) else None
+    return {
+        key: float(value)
+        for key, value in (measured if isinstance(measured, dict) else {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def _required(given: dict[str, str | None]) -> dict[str, str]:

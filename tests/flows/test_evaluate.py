@@ -117,6 +117,8 @@ def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path,
         "pushed-sst2@2", built.base_model, "sst2",
     )  # fmt: skip
     assert Registry().get("pushed-sst2@2").spec == json.loads(json.dumps(document))
+    # no --metric: the evaluation the folder's report.json holds (the build's, here)
+    assert record["metrics"] == pytest.approx(built.metrics) and "accuracy" in built.metrics
     texts = ["a fine film", "dull and far too long"]
     _, expected = predict(Registry(), version, texts)
     _, answers = predict(Registry(), "pushed-sst2@2", texts)
