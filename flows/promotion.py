@@ -14,6 +14,7 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 
 from registry import AdapterVersion, NotFoundError, Registry
+from registry.names import check_alias
 
 from .errors import PromotionRefusedError
 from .mlflow_models import (
@@ -32,6 +33,7 @@ __all__ = [
     "PromotionRefusedError",
     "check_not_worse",
     "decide",
+    "move_alias",
     "promote",
     "rollback",
 ]
@@ -144,6 +146,18 @@ def promote(
         if challenger is not None and challenger.version == target.version:
             delete_mlflow_alias(client, target.name, CHALLENGER)  # it won: no longer a challenger
             registry.remove_alias(target.name, CHALLENGER, origin=origin)
+    return move_alias(registry, client, target.ref, alias, origin=origin)
+
+
+def move_alias(
+    registry: Registry, client: MlflowClient, ref: str, alias: str, *, origin: str = "cli"
+) -> AdapterVersion:
+    """Point ``alias`` at ``ref`` as it is (no gate, no ``previous``: that is :func:`promote`),
+    in MLflow first, then in the registry. A move made in the registry alone would be undone
+    by the next :func:`~flows.mlflow_models.sync_aliases`, where MLflow wins."""
+    check_alias(alias)  # before MLflow sees it
+    target = registry.get(ref)
+    _mirror(client, target)
     set_mlflow_alias(client, target.name, alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)
 

@@ -324,9 +324,13 @@ def alias(
     name: Annotated[str, typer.Argument(help="Alias to set or move, e.g. champion.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Point an alias at a version (moving it from another version if needed)."""
+    """Point an alias at a version (moving it from another version if needed), in MLflow
+    first, as reviewers see aliases there; `promote` does the same behind the gate."""
+    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+    from ..promotion import move_alias  # noqa: PLC0415
+
     with user_errors(as_json):
-        version = _registry().set_alias(ref, name, origin="cli")
+        version = move_alias(_registry(), tracking.client(), ref, name, origin="cli")
     _print_versions([version], as_json, single=True)
 
 

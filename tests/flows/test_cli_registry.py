@@ -22,7 +22,8 @@ REQUIRED = {"name", "version", "base_model", "task", "language", "method", "dige
 
 @pytest.fixture(params=["embedded", "postgres+s3"])
 def environment(request, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    # MLflow too: the embedded one under this home (an earlier test may export its own URI)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
     env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     if request.param == "postgres+s3":
         postgres = request.getfixturevalue("postgres")
@@ -84,6 +85,11 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert pushed["version"] == 2
 
     assert ok_json(run(env, "alias", "sst2-en@1", "champion", "--json"))["aliases"] == ["champion"]
+    # set in MLflow too (reviewers see it there): a sync, where MLflow wins, keeps it
+    assert ok_json(run(env, "sync", "--json"))["changes"] == []
+    assert ok_json(run(env, "show", "sst2-en@champion", "--json"))["version"] == 1
+    bad = run(env, "alias", "sst2-en@1", "bad/alias", "--json")
+    assert bad.returncode == 2 and "invalid alias 'bad/alias'" in json.loads(bad.stdout)["error"]
     listed = ok_json(run(env, "ls", "--task", "sst2", "--order-by", "accuracy", "--json"))
     assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
     assert all(set(v) >= REQUIRED for v in listed)
