@@ -13,6 +13,7 @@ moves made in the MLflow UI into the registry (origin ``mlflow-ui``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ from .tracking import mlflow_errors
 
 __all__ = [
     "AliasChange",
+    "delete_model_version",
     "ensure_model_version",
     "mlflow_aliases",
     "mlflow_version_of",
@@ -116,9 +118,16 @@ def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) 
 
 
 def delete_mlflow_alias(client: MlflowClient, name: str, alias: str) -> None:
-    """Remove an alias in MLflow (no error when absent)."""
+    """Remove an alias in MLflow (no error when absent, or when MLflow has no such model: an
+    alias set from Python in the registry alone)."""
     with mlflow_errors(f"remove alias {alias} of {name}"):
-        if alias in client.get_registered_model(name).aliases:
+        try:
+            aliases = client.get_registered_model(name).aliases
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return
+        if alias in aliases:
             client.delete_registered_model_alias(name, alias)
 
 
@@ -157,6 +166,16 @@ def sync_aliases(
         remote = mlflow_aliases(client, name)
         local = {alias: v.version for v in versions for alias in v.aliases}
         for alias, version in sorted(remote.items()):
+            if version not in {v.version for v in versions}:
+                # set in the UI on a version deleted here: not followed (that would fail every
+                # sync, and every build and promotion of the adapter after it), said instead
+                warnings.warn(
+                    f"MLflow alias {alias!r} of {name} points at {name}@{version}, which the "
+                    "registry has deleted: not followed; move the alias in the MLflow UI",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
             if local.get(alias) != version:
                 registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")
                 changes.append(AliasChange(name, alias, version))
@@ -164,6 +183,21 @@ def sync_aliases(
             registry.remove_alias(name, alias, origin="mlflow-ui")
             changes.append(AliasChange(name, alias, None))
     return changes
+
+
+def delete_model_version(client: MlflowClient, name: str, registry_version: int) -> int | None:
+    """Delete the MLflow version mirroring a registry version that was deleted, so reviewers
+    cannot point an alias at it; the MLflow version deleted, or None when there was none."""
+    with mlflow_errors(f"delete the version mirroring {name}@{registry_version}"):
+        try:
+            mirrored = mlflow_version_of(client, name, registry_version)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None  # never mirrored (pushed, not promoted)
+            raise
+        if mirrored is not None:
+            client.delete_model_version(name, str(mirrored))
+        return mirrored
 
 
 def registered_models(

@@ -35,6 +35,7 @@ __all__ = [
     "decide",
     "move_alias",
     "promote",
+    "remove_alias",
     "rollback",
 ]
 
@@ -160,6 +161,17 @@ def move_alias(
     _mirror(client, target)
     set_mlflow_alias(client, target.name, alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)
+
+
+def remove_alias(
+    registry: Registry, client: MlflowClient, name: str, alias: str, *, origin: str = "cli"
+) -> None:
+    """Take ``alias`` off adapter ``name``, in MLflow first, then in the registry (a version
+    no alias refers to can be deleted)."""
+    if alias not in {a for v in registry.find(name=name) for a in v.aliases}:
+        registry.get(f"{name}@{alias}")  # says which aliases the adapter has
+    delete_mlflow_alias(client, name, alias)
+    registry.remove_alias(name, alias, origin=origin)
 
 
 def rollback(

@@ -1,5 +1,5 @@
 """Registry commands: ``push``, ``import``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``,
-``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location comes from
+``unalias``, ``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location comes from
 ``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under
 ``./.adapterops``)."""
 
@@ -335,6 +335,27 @@ def alias(
 
 
 @app.command()
+def unalias(
+    adapter: Annotated[str, typer.Argument(help="Adapter name.")],
+    name: Annotated[str, typer.Argument(help="Alias to remove, e.g. previous.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Take an alias off an adapter, in MLflow first (then its version may be deleted)."""
+    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
+    from ..promotion import remove_alias  # noqa: PLC0415
+
+    with user_errors(as_json):
+        registry, client = _registry(), tracking.client()
+        sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
+        remove_alias(registry, client, adapter, name, origin="cli")
+    if as_json:
+        emit_json({"ok": True, "adapter": adapter, "removed": name})
+        return
+    console.print(f"removed alias {name} from {adapter}")
+
+
+@app.command()
 def history(
     name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOption = False
 ) -> None:
@@ -365,9 +386,18 @@ def show_events(events: list[Any], title: str, as_json: bool) -> None:
 
 @app.command("rm")
 def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
-    """Delete a version that no alias or composition refers to."""
+    """Delete a version that no alias or composition refers to (and the MLflow version that
+    mirrors it, so no reviewer can point an alias at it)."""
+    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+    from ..errors import TrackingUnavailableError  # noqa: PLC0415
+    from ..mlflow_models import delete_model_version  # noqa: PLC0415
+
     with user_errors(as_json):
         version = _registry().delete(ref, origin="cli")
+    try:
+        delete_model_version(tracking.client(), version.name, version.version)
+    except TrackingUnavailableError as exc:  # the registry's delete stands: say what is left
+        _warn(f"{version.ref} is deleted, but its MLflow version is still there: {exc}")
     if as_json:
         emit_json({"ok": True, "deleted": version.ref})
         return

@@ -224,6 +224,55 @@ class TestAliasesThroughMlflow:
         assert mlflow_aliases(client, "pushed") == {"champion": 1, "previous": 2}
         assert len(client.search_model_versions("name='pushed'")) == 2  # created once each
 
+    def test_removing_an_alias_and_a_version_reaches_mlflow(self, registry, two_versions):
+        """`unalias` then `rm` from the command line: the alias and the mirrored version leave
+        MLflow too, so no reviewer can point an alias at a deleted version."""
+        client, env = two_versions, {**os.environ}  # ADAPTEROPS_HOME: this test's home
+        promote(registry, client, "sst2-en@1")
+        promote(registry, client, "sst2-en@2")
+        held = run_cli("rm", "sst2-en@1", env=env)
+        assert held.returncode == 2 and "still referred to by alias 'previous'" in held.stderr
+        removed = run_cli("unalias", "sst2-en", "previous", "--json", env=env)
+        assert json.loads(removed.stdout) == {
+            "ok": True,
+            "adapter": "sst2-en",
+            "removed": "previous",
+        }
+        assert mlflow_aliases(client, "sst2-en") == {"champion": 2}
+        unknown = run_cli("unalias", "sst2-en", "previous", env=env)
+        assert unknown.returncode == 2 and "has no alias 'previous'; aliases: champion" in (
+            unknown.stderr
+        )
+        assert run_cli("rm", "sst2-en@1", env=env).returncode == 0
+        left = client.search_model_versions("name='sst2-en'")
+        assert [v.tags["adapterops.version"] for v in left] == ["2"]
+        assert [(e.kind, e.alias, e.origin) for e in registry.history("sst2-en")][-2:] == [
+            ("alias_removed", "previous", "cli"),
+            ("deleted", None, "cli"),
+        ]
+
+    def test_an_alias_set_in_mlflow_on_a_deleted_version_is_said_not_followed(
+        self, registry, two_versions
+    ):
+        """Deleted from Python (the registry alone), its MLflow version stayed; a reviewer
+        pointed an alias at it. Every sync failed on it (so did every build and promotion of
+        the adapter): now the alias is left out, with a warning, and the rest syncs."""
+        client = two_versions
+        promote(registry, client, "sst2-en@1")
+        registry.delete("sst2-en@2")
+        client.set_registered_model_alias("sst2-en", "staging", "2")
+        client.set_registered_model_alias("sst2-en", "review", "1")
+        with pytest.warns(RuntimeWarning) as warned:
+            changes = sync_aliases(registry, client)
+        assert [c.to_dict() for c in changes] == [
+            {"adapter": "sst2-en", "alias": "review", "version": 1}
+        ]
+        assert [str(w.message) for w in warned] == [
+            "MLflow alias 'staging' of sst2-en points at sst2-en@2, which the registry has "
+            "deleted: not followed; move the alias in the MLflow UI"
+        ]
+        assert registry.get("sst2-en@champion").version == 1
+
     def test_versions_are_created_once(self, registry, two_versions):
         version = registry.get("sst2-en@1")
         assert ensure_model_version(two_versions, version, run_id=None, description="again") == 1
