@@ -51,6 +51,7 @@ __all__ = [
     "quiet_libraries",
     "spec_files",
     "user_errors",
+    "warn",
 ]
 
 # What predict commands take: the texts, and whether to skip the golden probes.
@@ -163,6 +164,11 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
 def labelled(label: str, style: str, text: str) -> Text:
     """``label`` in ``style``, then ``text`` as written: ``error: ...``, ``warning: ...``."""
     return Text.assemble((label, style), " ", text)
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr, whole at any width (logs grep it)."""
+    errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:

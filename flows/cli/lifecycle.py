@@ -21,12 +21,11 @@ from .common import (
     JsonOption,
     console,
     emit_json,
-    errors,
-    labelled,
     prefect_answers,
     quiet_libraries,
     spec_files,
     user_errors,
+    warn,
 )
 
 if TYPE_CHECKING:
@@ -238,10 +237,7 @@ def promote_command(
         except PromotionRefusedError as refused:
             if not force:
                 raise
-            warning = labelled(
-                "warning:", "yellow", f"{refused.comparison}; promoting it because of --force"
-            )
-            errors.print(warning, soft_wrap=True, highlight=False)
+            warn(f"{refused.comparison}; promoting it because of --force")
         version = promote(registry, client, ref, alias, origin="cli")
         stale = _stale_after(version.name) if alias == "champion" else []
     if as_json:

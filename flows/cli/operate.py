@@ -18,12 +18,11 @@ from .common import (
     console,
     counting,
     emit_json,
-    errors,
     input_texts,
-    labelled,
     quiet_libraries,
     spec_files,
     user_errors,
+    warn,
 )
 
 __all__ = ["app"]
@@ -230,6 +229,6 @@ def show_export(result: Any, as_json: bool) -> None:
         emit_json({"ok": True, **result.to_dict()})
         return
     for finding in result.findings:  # only with --force
-        errors.print(labelled("warning:", "yellow", finding), highlight=False, soft_wrap=True)
+        warn(finding)
     files = ", ".join(result.files)
     console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)

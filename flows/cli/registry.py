@@ -23,12 +23,11 @@ from .common import (
     JsonOption,
     console,
     emit_json,
-    errors,
     human_bytes,
-    labelled,
     print_columns,
     quiet_libraries,
     user_errors,
+    warn,
 )
 
 __all__ = ["app", "db_app"]
@@ -98,7 +97,7 @@ def push(
             origin="cli",
         )
     if document and version.spec != document:  # the same bytes: the version registered before
-        _warn(
+        warn(
             f"these files are {version.ref} already, registered "
             f"{'with another spec' if version.spec else 'without a spec'}; a version's record "
             f"does not change: to record this spec, adapterops rm {version.ref} and push again"
@@ -106,7 +105,7 @@ def push(
     if known_as and version.base_model not in known_as:
         # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
         # share a fingerprint, so a new name may be right. A typo, though, binds the adapter name.
-        _warn(
+        warn(
             f"base model {version.base_model!r} is new to the registry, and the base this "
             f"adapter was trained on is registered as {', '.join(map(repr, known_as))} (same "
             f"fingerprint). If that is its base: adapterops rm {version.ref}, then push again "
@@ -397,7 +396,7 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     try:
         delete_model_version(tracking.client(), version.name, version.version)
     except TrackingUnavailableError as exc:  # the registry's delete stands: say what is left
-        _warn(f"{version.ref} is deleted, but its MLflow version is still there: {exc}")
+        warn(f"{version.ref} is deleted, but its MLflow version is still there: {exc}")
     if as_json:
         emit_json({"ok": True, "deleted": version.ref})
         return
@@ -443,10 +442,6 @@ def db_upgrade(as_json: JsonOption = False) -> None:
         emit_json({"ok": True})
         return
     console.print("registry database is up to date")
-
-
-def _warn(message: str) -> None:
-    errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
 def _registry() -> rg.Registry:
