@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -79,84 +78,20 @@ def push(
     Without --spec give --name, --base-model, --task and --language. Without --metric, the
     metrics of the folder's report.json (written by adapterops train) are recorded. When the
     base model is on this machine, its config must match the one the adapter was trained on."""
-    from ..models import check_trained_on  # noqa: PLC0415 - huggingface_hub only for this command
+    from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
     with user_errors(as_json):
-        metrics = _metrics(metric) if metric else _reported_metrics(folder)
-        given = {"name": name, "base_model": base_model, "task": task, "language": language}
-        fields, document = _push_fields(given, spec) if spec else (_required(given), None)
-        check_trained_on(folder, fields["base_model"])
-        registry = _registry()
-        known_as = registry.base_models_for(folder)
-        version = registry.register(
+        result = push_folder(
+            _registry(),
             folder,
-            **fields,
-            metrics=metrics,
-            description=description or (document or {}).get("description", ""),
-            spec=document,
-            origin="cli",
+            identity={"name": name, "base_model": base_model, "task": task, "language": language},
+            spec_file=spec,
+            metrics=_metrics(metric) if metric else None,
+            description=description,
         )
-    if document and version.spec != document:  # the same bytes: the version registered before
-        warn(
-            f"these files are {version.ref} already, registered "
-            f"{'with another spec' if version.spec else 'without a spec'}; a version's record "
-            f"does not change: to record this spec, adapterops rm {version.ref} and push again"
-        )
-    if known_as and version.base_model not in known_as:
-        # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
-        # share a fingerprint, so a new name may be right. A typo, though, binds the adapter name.
-        warn(
-            f"base model {version.base_model!r} is new to the registry, and the base this "
-            f"adapter was trained on is registered as {', '.join(map(repr, known_as))} (same "
-            f"fingerprint). If that is its base: adapterops rm {version.ref}, then push again "
-            f"with --base-model {known_as[0]}"
-        )
-    _print_versions([version], as_json, single=True)
-
-
-def _reported_metrics(folder: Path) -> dict[str, float]:
-    """The evaluation ``adapterops train`` wrote beside the adapter (``report.json``, part of
-    the version's files): what push records when no --metric is given."""
-    try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    measured = report.get("metrics") if isinstance(report, dict) else None
-    return {
-        key: float(value)
-        for key, value in (measured if isinstance(measured, dict) else {}).items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
-
-
-def _required(given: dict[str, str | None]) -> dict[str, str]:
-    """push without --spec: every field given on the command line."""
-    missing = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is None]
-    if missing:
-        raise typer.BadParameter(  # as typer says a missing required option
-            f"push needs {', '.join(missing)} (or --spec SPEC, the spec it was trained with, "
-            "whose fields they default to)"
-        )
-    return {key: str(value) for key, value in given.items()}
-
-
-def _push_fields(
-    given: dict[str, str | None], spec_file: Path
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """push --spec: the name, base model, task and language the spec says (a different one
-    given beside it is refused), and the spec as builds record it."""
-    from ..spec import load_spec  # noqa: PLC0415 - the spec module imports peft_core (torch)
-
-    spec = load_spec(spec_file)
-    fields = {key: str(getattr(spec, key)) for key in given}
-    for key, value in given.items():
-        if value is not None and value != fields[key]:
-            raise rg.InvalidNameError(
-                f"--{key.replace('_', '-')} {value!r} differs from {spec_file}'s {key} "
-                f"{fields[key]!r}: leave it out (the spec's is used) or give the spec the "
-                "adapter was trained with"
-            )
-    return fields, spec.model_dump(mode="json")
+    for warning in result.warnings:
+        warn(warning)
+    _print_versions([result.version], as_json, single=True)
 
 
 @app.command("import")

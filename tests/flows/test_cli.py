@@ -314,7 +314,7 @@ class TestBasics:
             (("ls", "--bogus"), "No such option: --bogus"),
             (("predict",), "Missing argument 'REF'."),
             (("predict", "x", "--batch-size", "0"), "Invalid value for '--batch-size': "),
-            (("push", ".", "--name", "x"), "Invalid value: push needs --base-model, --task, "),
+            (("push",), "Missing argument 'FOLDER'."),
         ],
     )
     def test_a_usage_error_with_json_is_one_json_document(self, args, error, tmp_path):

@@ -230,6 +230,11 @@ def test_push_checks_the_base_model_it_names(tmp_path):
             f"{folder} was trained on 'sentence-transformers/all-MiniLM-L6-v2', not on "
             f"'{tmp_path / base}' {differences}: give the base model it was trained on"
         )
+    unnamed = run(env, "push", str(folder), "--name", "sst2-en", "--json")
+    assert unnamed.returncode == 2 and json.loads(unnamed.stdout)["error"] == (
+        "push needs --base-model, --task, --language (or --spec SPEC, the spec it was trained "
+        "with, whose fields they default to)"
+    )
     assert ok_json(run(env, "ls", "--json")) == []
 
     first = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))  # same config: accepted

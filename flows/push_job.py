@@ -1,0 +1,117 @@
+"""``adapterops push``: an adapter folder trained elsewhere (or by ``adapterops train``) becomes a
+registry version, with what can be checked without loading the base model.
+
+Given the spec it was trained with, the version is one predict, evaluate and export can use as
+they use a build's (the spec's method and head must be the folder's: the registry checks). A
+base model on this machine must be the kind the adapter was trained on (its ``config.json``
+against the adapter's fingerprint). Without metrics given, the evaluation ``adapterops train``
+wrote beside the adapter (``report.json``, one of the version's files) is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry import AdapterVersion, InvalidNameError, Registry
+
+from .models import check_trained_on
+
+__all__ = ["PushResult", "push_folder", "reported_metrics"]
+
+IDENTITY = ("name", "base_model", "task", "language")  # what a version is registered under
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The version pushed, and what its pusher should know (sentences, not errors)."""
+
+    version: AdapterVersion
+    warnings: list[str] = field(default_factory=list)
+
+
+def push_folder(
+    registry: Registry,
+    folder: Path,
+    *,
+    identity: dict[str, str | None],
+    spec_file: Path | None = None,
+    metrics: dict[str, float] | None = None,
+    description: str = "",
+    origin: str = "cli",
+) -> PushResult:
+    """Register ``folder`` under ``identity`` (``name``, ``base_model``, ``task``,
+    ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
+    is refused). Every check runs before anything is stored."""
+    fields, spec = _identity_of(identity, spec_file)
+    check_trained_on(folder, fields["base_model"])
+    known_as = registry.base_models_for(folder)
+    version = registry.register(
+        folder,
+        **fields,
+        metrics=reported_metrics(folder) if metrics is None else metrics,
+        description=description or (spec or {}).get("description", ""),
+        spec=spec,
+        origin=origin,
+    )
+    warnings = []
+    if spec and version.spec != spec:  # the same bytes: the version registered before
+        warnings.append(
+            f"these files are {version.ref} already, registered "
+            f"{'with another spec' if version.spec else 'without a spec'}; a version's record "
+            f"does not change: to record this spec, adapterops rm {version.ref} and push again"
+        )
+    if known_as and version.base_model not in known_as:
+        # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
+        # share a fingerprint, so a new name may be right. A typo, though, binds the adapter name.
+        warnings.append(
+            f"base model {version.base_model!r} is new to the registry, and the base this "
+            f"adapter was trained on is registered as {', '.join(map(repr, known_as))} (same "
+            f"fingerprint). If that is its base: adapterops rm {version.ref}, then push again "
+            f"with --base-model {known_as[0]}"
+        )
+    return PushResult(version, warnings)
+
+
+def reported_metrics(folder: Path) -> dict[str, float]:
+    """The numbers of the evaluation in ``folder``'s ``report.json`` (``{}`` without one)."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    measured = report.get("metrics") if isinstance(report, dict) else None
+    return {
+        key: float(value)
+        for key, value in (measured if isinstance(measured, dict) else {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def _identity_of(
+    given: dict[str, str | None], spec_file: Path | None
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The name, base model, task and language to register under, and the spec to record."""
+    if spec_file is None:
+        missing = [f"--{key.replace('_', '-')}" for key in IDENTITY if not given.get(key)]
+        if missing:
+            raise InvalidNameError(
+                f"push needs {', '.join(missing)} (or --spec SPEC, the spec it was trained "
+                "with, whose fields they default to)"
+            )
+        return {key: str(given[key]) for key in IDENTITY}, None
+    from .spec import load_spec  # noqa: PLC0415 - the spec module imports peft_core (torch)
+
+    spec = load_spec(spec_file)
+    fields = {key: str(getattr(spec, key)) for key in IDENTITY}
+    for key in IDENTITY:
+        value = given.get(key)
+        if value is not None and value != fields[key]:
+            raise InvalidNameError(
+                f"--{key.replace('_', '-')} {value!r} differs from {spec_file}'s {key} "
+                f"{fields[key]!r}: leave it out (the spec's is used) or give the spec the "
+                "adapter was trained with"
+            )
+    return fields, spec.model_dump(mode="json")
