@@ -216,21 +216,26 @@ def registered_models(
 
 
 def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> None:
+    tags = {
+        "adapterops.base_model": version.base_model,
+        "adapterops.task": version.task,
+        "adapterops.language": version.language,
+        "adapterops.method": version.method,
+    }
+    what = f"{version.method} adapter for {version.task} ({version.language})"
+    description = f"{what} on {version.base_model}"
     try:
-        client.get_registered_model(version.name)
+        model = client.get_registered_model(version.name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        tags = {
-            "adapterops.base_model": version.base_model,
-            "adapterops.task": version.task,
-            "adapterops.language": version.language,
-            "adapterops.method": version.method,
-        }
-        what = f"{version.method} adapter for {version.task} ({version.language})"
-        client.create_registered_model(
-            version.name, tags=tags, description=f"{what} on {version.base_model}"
-        )
+        client.create_registered_model(version.name, tags=tags, description=description)
+        return
+    if any(model.tags.get(key) != value for key, value in tags.items()):
+        # the name was bound anew in the registry (every old version removed): say the new
+        for key, value in tags.items():
+            client.set_registered_model_tag(version.name, key, value)
+        client.update_registered_model(version.name, description=description)
 
 
 def mlflow_version_of(client: MlflowClient, name: str, registry_version: int) -> int | None:

@@ -22,6 +22,7 @@ from flows.mlflow_compositions import (
     sync_composition_aliases,
 )
 from flows.mlflow_models import (
+    delete_model_version,
     ensure_model_version,
     mlflow_aliases,
     registered_models,
@@ -272,6 +273,32 @@ class TestAliasesThroughMlflow:
             "deleted: not followed; move the alias in the MLflow UI"
         ]
         assert registry.get("sst2-en@champion").version == 1
+
+    def test_a_name_bound_anew_says_its_new_base_in_mlflow(self, registry, tmp_path):
+        """Pushed under the wrong base model, removed, pushed again: the registry binds the name
+        anew, and the MLflow model's tags and description follow it when the new version is
+        mirrored."""
+        client = tracking.client()
+        first = registry.register(
+            write_fake_adapter(tmp_path / "v1", 1), name="moved", base_model="wrong-base",
+            task="sst2", language="en",
+        )  # fmt: skip
+        ensure_model_version(client, first, run_id=None, description="card")
+        registry.delete(first.ref)
+        delete_model_version(client, "moved", first.version)
+        second = registry.register(
+            write_fake_adapter(tmp_path / "v2", 2), name="moved", base_model="right-base",
+            task="sst2", language="pt",
+        )  # fmt: skip
+        ensure_model_version(client, second, run_id=None, description="card")
+        model = client.get_registered_model("moved")
+        assert (model.tags["adapterops.base_model"], model.tags["adapterops.language"]) == (
+            "right-base", "pt",
+        )  # fmt: skip
+        assert model.description == "lora adapter for sst2 (pt) on right-base"
+        assert [v.tags["adapterops.version"] for v in client.search_model_versions(
+            "name='moved'"
+        )] == ["2"]  # fmt: skip
 
     def test_versions_are_created_once(self, registry, two_versions):
         version = registry.get("sst2-en@1")
