@@ -29,6 +29,7 @@ __all__ = [
     "AliasChange",
     "delete_model_version",
     "ensure_model_version",
+    "mirror_version",
     "mlflow_aliases",
     "mlflow_version_of",
     "registered_models",
@@ -84,6 +85,16 @@ def ensure_model_version(
             version.name, source=source, run_id=run_id, tags=tags, description=description
         )
         return int(created.version)
+
+
+def mirror_version(client: MlflowClient, version: AdapterVersion) -> int:
+    """The MLflow version of a registry version registered without a build (pushed, or from
+    Python), created if missing: its source is the registry's copy, its description its score
+    on the metric its spec gates on and its own description. Builds create theirs with the run
+    that trained them (:func:`ensure_model_version`)."""
+    metric = (version.spec or {}).get("evaluate", {}).get("metric", "accuracy")
+    description = version_description(version, metric, version.description)
+    return ensure_model_version(client, version, run_id=None, description=description)
 
 
 def version_description(version: AdapterVersion, metric: str, card: str) -> str:

@@ -17,12 +17,7 @@ from registry import AdapterVersion, NotFoundError, Registry
 from registry.names import check_alias
 
 from .errors import PromotionRefusedError
-from .mlflow_models import (
-    delete_mlflow_alias,
-    ensure_model_version,
-    set_mlflow_alias,
-    version_description,
-)
+from .mlflow_models import delete_mlflow_alias, mirror_version, set_mlflow_alias
 
 __all__ = [
     "CHALLENGER",
@@ -136,11 +131,11 @@ def promote(
     A new champion demotes the old one to ``previous``.
     """
     target = registry.get(ref)
-    _mirror(client, target)
+    mirror_version(client, target)
     if alias == CHAMPION:
         current = _holder(registry, target.name, CHAMPION)
         if current is not None and current.version != target.version:
-            _mirror(client, current)
+            mirror_version(client, current)
             set_mlflow_alias(client, target.name, PREVIOUS, current.version)
             registry.set_alias(current.ref, PREVIOUS, origin=origin)
         challenger = _holder(registry, target.name, CHALLENGER)
@@ -158,7 +153,7 @@ def move_alias(
     by the next :func:`~flows.mlflow_models.sync_aliases`, where MLflow wins."""
     check_alias(alias)  # before MLflow sees it
     target = registry.get(ref)
-    _mirror(client, target)
+    mirror_version(client, target)
     set_mlflow_alias(client, target.name, alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)
 
@@ -182,10 +177,10 @@ def rollback(
     if previous is None:
         raise NotFoundError(f"adapter {name!r} has no 'previous' version to roll back to")
     champion = _holder(registry, name, CHAMPION)
-    _mirror(client, previous)
+    mirror_version(client, previous)
     set_mlflow_alias(client, name, CHAMPION, previous.version)
     if champion is not None:
-        _mirror(client, champion)
+        mirror_version(client, champion)
         set_mlflow_alias(client, name, PREVIOUS, champion.version)
     else:
         delete_mlflow_alias(client, name, PREVIOUS)
@@ -195,15 +190,6 @@ def rollback(
     else:
         registry.remove_alias(name, PREVIOUS, origin=origin)
     return restored
-
-
-def _mirror(client: MlflowClient, version: AdapterVersion) -> None:
-    """Create the MLflow model version of ``version`` if MLflow lacks it, so reviewers see what
-    the alias points at. Builds create theirs as they register; a version pushed from a folder
-    or registered from Python has none until it is promoted (its source: the registry's copy)."""
-    metric = (version.spec or {}).get("evaluate", {}).get("metric", "accuracy")
-    description = version_description(version, metric, version.description)
-    ensure_model_version(client, version, run_id=None, description=description)
 
 
 def _holder(registry: Registry, name: str, alias: str) -> AdapterVersion | None:

@@ -5,7 +5,8 @@ Given the spec it was trained with, the version is one predict, evaluate and exp
 they use a build's (the spec's method and head must be the folder's: the registry checks). A
 base model on this machine must be the kind the adapter was trained on (its ``config.json``
 against the adapter's fingerprint). Without metrics given, the evaluation ``adapterops train``
-wrote beside the adapter (``report.json``, one of the version's files) is recorded.
+wrote beside the adapter (``report.json``, one of the version's files) is recorded. The version
+is mirrored in MLflow as a build's is, with the registry's copy as its source.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def push_folder(
     metrics: dict[str, float] | None = None,
     description: str = "",
     origin: str = "cli",
+    mirror: bool = True,
 ) -> PushResult:
     """Register ``folder`` under ``identity`` (``name``, ``base_model``, ``task``,
     ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
-    is refused). Every check runs before anything is stored."""
+    is refused), then mirror the version in MLflow (``mirror``), where reviewers see it. Every
+    check runs before anything is stored; MLflow being down does not undo the registration."""
     fields, spec = _identity_of(identity, spec_file)
     check_trained_on(folder, fields["base_model"])
     known_as = registry.base_models_for(folder)
@@ -58,6 +61,8 @@ def push_folder(
         origin=origin,
     )
     warnings = []
+    if mirror:
+        warnings += _mirrored(version)
     if spec and version.spec != spec:  # the same bytes: the version registered before
         warnings.append(
             f"these files are {version.ref} already, registered "
@@ -74,6 +79,20 @@ def push_folder(
             f"with --base-model {known_as[0]}"
         )
     return PushResult(version, warnings)
+
+
+def _mirrored(version: AdapterVersion) -> list[str]:
+    """Create the version's MLflow version; what to tell when MLflow cannot (pushing the same
+    folder again, or promoting the version, creates it then)."""
+    from . import tracking  # noqa: PLC0415 - MLflow is slow to import
+    from .errors import TrackingUnavailableError  # noqa: PLC0415
+    from .mlflow_models import mirror_version  # noqa: PLC0415
+
+    try:
+        mirror_version(tracking.client(), version)
+    except TrackingUnavailableError as exc:
+        return [f"{version.ref} is registered, but not in MLflow yet: {exc}"]  # a rerun adds it
+    return []
 
 
 def reported_metrics(folder: Path) -> dict[str, float]:

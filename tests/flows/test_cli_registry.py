@@ -190,7 +190,7 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
         assert words in json.loads(result.stdout)["error"], (args, result.stdout)
 
 
-def test_push_checks_the_base_model_it_names(tmp_path):
+def test_push_checks_the_base_model_it_names(tmp_path, monkeypatch):
     """A BERT adapter pushed as a GPT-2 (a base on this machine) is refused before anything is
     stored; one pushed under a new name for an already registered base is told so, with the
     way back (remove it, push again), which then works."""
@@ -252,6 +252,19 @@ def test_push_checks_the_base_model_it_names(tmp_path):
     assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
     again = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))
     assert (again["ref"], again["base_model"]) == ("sst2-en@3", str(tmp_path / "minilm-copy"))
+
+    # reviewers see pushed versions in MLflow; removed ones left it, the model says its base
+    from flows import tracking
+
+    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = tracking.client()
+    mirrored = client.search_model_versions("name='sst2-en'")
+    assert [(v.tags["adapterops.version"], v.source) for v in mirrored] == [
+        ("3", ok_json(run(env, "show", "sst2-en@3", "--json"))["artifact_uri"])
+    ]
+    model = client.get_registered_model("sst2-en")
+    assert model.tags["adapterops.base_model"] == str(tmp_path / "minilm-copy")
 
 
 def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
