@@ -155,6 +155,7 @@ def run_processes(names: list[str], processes: int, out: Path) -> list[dict]:
     env["PYTHONPATH"] = str(root)
     done = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", str(processes),
+         "--log-dir", str(out / "torchrun"),
          "-m", "bench.fsdp_memory_bench", "--measure", str(out), *names],
         cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip

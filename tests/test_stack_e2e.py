@@ -32,11 +32,14 @@ SPECS = {
 @pytest.fixture(scope="module")
 def home() -> Iterator[Path]:
     # Not under pytest's tmp_path (mode 700): the postgres user must enter the stack's folder.
-    path = Path(tempfile.mkdtemp(prefix="adapterops-stack-"))
-    path.chmod(0o755)
+    # One folder holds the stack's home and the user's home folder clean_env makes beside it.
+    root = Path(tempfile.mkdtemp(prefix="adapterops-stack-"))
+    root.chmod(0o755)
+    path = root / "home"
+    path.mkdir(mode=0o755)
     yield path
     run_cli("stack", "down", env=clean_env(path))
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def port_options() -> list[str]:

@@ -72,6 +72,9 @@ class SeaweedS3:
         """The ``weed server`` command line."""
         return [
             weed_binary(),
+            # Log to stderr, which start() sends to self.log: by default weed also writes log
+            # files to /tmp, a set more on every start, never removed.
+            "-logtostderr",
             "server",
             f"-dir={self.data_dir}",
             "-ip=127.0.0.1",

@@ -22,6 +22,7 @@ def run(command: list[str], tmp_path: Path, **extra: str) -> subprocess.Complete
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
     env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
     env["PYTHONPATH"] = str(HERE.parent.parent)
+    env["TMPDIR"] = str(tmp_path)  # torchrun's torchelastic_* folders go here, not in /tmp
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=600, check=False
     )

@@ -258,7 +258,7 @@ class TestTorchrun:
         started = time.monotonic()
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=600, check=False,
-            env={**clean_env(tmp_path / "h"), "OMP_NUM_THREADS": "1"},
+            env={**clean_env(tmp_path / "h"), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

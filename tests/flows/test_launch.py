@@ -26,7 +26,11 @@ def two_process_spec(sst2_dir: Path, **train: object):
     return spec.model_copy(update={"data": data, "train": settings})
 
 
-def test_a_build_trains_in_two_processes_and_tracks_every_step(embedded_home, sst2_dir, tmp_path):
+def test_a_build_trains_in_two_processes_and_tracks_every_step(
+    embedded_home, sst2_dir, tmp_path, monkeypatch
+):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # what torchrun would leave behind
     registry = Registry()
     result = build_from_spec(two_process_spec(sst2_dir), registry, tmp_path / "out")
     assert (result.version, result.promoted, result.alias) == (1, True, "champion")
@@ -36,6 +40,7 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(embedded_home, ss
     assert (report["world_size"], report["sharding"], report["steps"]) == (2, "ddp", STEPS)
     assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
     assert report["final_loss"] == pytest.approx(history[-1].value)
+    assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun's logs: not left
 
 
 def test_processes_that_differ_from_a_users_torchrun_are_refused(sst2_dir, monkeypatch):
