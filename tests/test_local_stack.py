@@ -121,3 +121,28 @@ def test_seaweedfs_logs_into_its_own_log_not_tmp(tmp_path: Path, monkeypatch):
     server.stop()
     assert list((tmp_path / "tmp").iterdir()) == []
     assert "Start Seaweed" in server.log.read_text()
+
+
+def test_a_stack_never_set_up_is_said_and_stack_env_prints_nothing(tmp_path: Path):
+    from tests.flows.test_cli_flows import clean_env
+    from tests.helpers import run_cli
+
+    env = clean_env(tmp_path / "home")
+    exports = run_cli("stack", "env", env=env)
+    assert (exports.returncode, exports.stdout) == (2, "")  # nothing for `eval` to point at
+    assert "no local stack under" in exports.stderr and "`adapterops stack up`" in exports.stderr
+    assert "Traceback" not in exports.stderr
+    status = run_cli("stack", "status", "--json", env=env)
+    assert status.returncode == 1 and "`adapterops stack up` starts one" in status.stderr
+    assert [s["running"] for s in json.loads(status.stdout)["services"]] == [False] * 5
+    down = run_cli("stack", "down", env=env)
+    assert down.returncode == 0 and "nothing to stop" in down.stderr
+    assert not (tmp_path / "home" / "stack" / "stack.json").exists()  # still nothing set up
+
+    # set up once, now stopped: the exports, and a line saying what does not run
+    stack = LocalStack(home=tmp_path / "home")
+    stack._save_state()
+    exports = run_cli("stack", "env", env=env)
+    assert exports.returncode == 0
+    assert f"export MLFLOW_TRACKING_URI={stack.mlflow.url}\n" in exports.stdout
+    assert "not running: postgresql, s3 (seaweedfs), mlflow, prefect" in exports.stderr

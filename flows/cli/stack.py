@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from infra.stack.errors import StackError
 from infra.stack.local import StackPorts
 
-from .common import JsonOption, console, emit_json, errors, user_errors
+from .common import JsonOption, console, emit_json, errors, user_errors, warn
 
 __all__ = ["stack_app"]
 
@@ -56,7 +57,10 @@ def down(as_json: JsonOption = False) -> None:
     from infra.stack.local import LocalStack  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
-        statuses = LocalStack().down()
+        stack = LocalStack()
+        if not stack.exists:
+            warn(f"no local stack under {stack.home}: nothing to stop")
+        statuses = stack.down()
     _show(statuses, as_json)
 
 
@@ -68,10 +72,17 @@ def env() -> None:
 
     from infra.stack.local import LocalStack  # noqa: PLC0415
 
+    stack = LocalStack()
+    with user_errors(False):
+        if not stack.exists:  # exports that point at nothing would fail later, far from here
+            raise StackError(stack.missing_message())
     # the one output that is secrets on purpose: `eval` needs the database password
     out = getattr(sys.stdout, "unredacted", sys.stdout)
-    for key, value in LocalStack().client_env().items():
+    for key, value in stack.client_env().items():
         print(f"export {key}={shlex.quote(value)}", file=out)
+    stopped = [s.name for s in stack.status() if not s.running]
+    if stopped:
+        warn(f"not running: {', '.join(stopped)} (`adapterops stack up` starts them)")
 
 
 @stack_app.command()
@@ -80,7 +91,10 @@ def status(as_json: JsonOption = False) -> None:
     from infra.stack.local import LocalStack  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
-        statuses = LocalStack().status()
+        stack = LocalStack()
+        statuses = stack.status()
+        if not stack.exists:
+            warn(stack.missing_message())
     _show(statuses, as_json)
     if not all(s.running for s in statuses):
         raise typer.Exit(1)

@@ -133,6 +133,15 @@ class LocalStack:
             database_url=self.postgres.url(PREFECT_DB).replace("+psycopg", "+asyncpg"),
         )
 
+    @property
+    def exists(self) -> bool:
+        """Whether ``stack up`` has set this stack up (its state file is there)."""
+        return (self.root / "stack.json").is_file()
+
+    def missing_message(self) -> str:
+        """What to say where a command needs a stack that was never set up."""
+        return f"no local stack under {self.home} yet: `adapterops stack up` starts one"
+
     # --- configuration ------------------------------------------------------------------------
 
     def client_env(self) -> dict[str, str]:
@@ -172,7 +181,10 @@ class LocalStack:
         return self.status()
 
     def down(self) -> list[ServiceStatus]:
-        """Stop every service (the worker first, PostgreSQL last); the data stays."""
+        """Stop every service (the worker first, PostgreSQL last); the data stays. A stack
+        that was never set up has nothing to stop (and nothing is written)."""
+        if not self.exists:
+            return self.status()
         # The worker stops before the server it polls; MLflow and SeaweedFS need neither, so
         # each waits out its own grace meanwhile.
         in_order = (("worker", "prefect"), ("mlflow",), ("seaweedfs",))
