@@ -334,6 +334,16 @@ class AdapterSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _method_type_in_any_case(cls, data: Any) -> Any:
+        """``type: LoRA`` (peft writes LORA, papers LoRA) is ``lora``: one spelling is stored."""
+        method = data.get("method") if isinstance(data, dict) else None
+        kind = method.get("type") if isinstance(method, dict) else None
+        if isinstance(kind, str) and kind.lower() in METHOD_SPECS and kind not in METHOD_SPECS:
+            return {**data, "method": {**method, "type": kind.lower()}}  # type: ignore[dict-item]
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _metric_follows_head(cls, data: Any) -> Any:
         """A spec that names no metric gets the one its head has: perplexity for LM heads."""
         if not isinstance(data, dict) or not isinstance(data.get("head"), dict):

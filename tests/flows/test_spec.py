@@ -192,7 +192,7 @@ class TestInvalidSpecs:
         ("given", "told"),
         [
             ("loraa", "unknown method type 'loraa': did you mean 'lora'? one of lora, dora, ia3, "),
-            ("IA3", "unknown method type 'IA3': did you mean 'ia3'? one of lora, dora, ia3, "),
+            ("IA_3", "unknown method type 'IA_3': did you mean 'ia3'? one of lora, dora, ia3, "),
             ("xyz", "unknown method type 'xyz': one of lora, dora, ia3, bitfit, "),
             ("QLoRA", "QLoRA is written method: {type: lora, ...} with load: {quantization: nf4}"),
             ("vera", "'vera' is one of peft's methods: write method: {type: peft, config: "
@@ -202,6 +202,14 @@ class TestInvalidSpecs:
     )  # fmt: skip
     def test_unknown_method_type_says_what_to_write(self, given, told):
         assert told in problems(with_(method={"type": given}))["method"]
+
+    @pytest.mark.parametrize(
+        ("given", "kind"),
+        [("LoRA", "lora"), ("IA3", "ia3"), ("BitFit", "bitfit"), ("DORA", "dora")],
+    )
+    def test_a_method_type_in_any_case_is_stored_in_one(self, given, kind):
+        spec = parse_spec(with_(method={"type": given}))
+        assert spec.method.type == kind and spec.model_dump()["method"]["type"] == kind
 
     def test_method_fields_and_defaults_come_from_the_peft_core_configs(self):
         spec = parse_spec(with_(method={"type": "ia3", "targets": ["k", "v"], "feedforward": []}))
