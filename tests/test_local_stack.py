@@ -123,7 +123,7 @@ def test_seaweedfs_logs_into_its_own_log_not_tmp(tmp_path: Path, monkeypatch):
     assert "Start Seaweed" in server.log.read_text()
 
 
-def test_a_stack_never_set_up_is_said_and_stack_env_prints_nothing(tmp_path: Path):
+def test_a_stack_not_set_up_or_stopped_is_said_where_it_matters(tmp_path: Path):
     from tests.flows.test_cli_flows import clean_env
     from tests.helpers import run_cli
 
@@ -142,7 +142,16 @@ def test_a_stack_never_set_up_is_said_and_stack_env_prints_nothing(tmp_path: Pat
     # set up once, now stopped: the exports, and a line saying what does not run
     stack = LocalStack(home=tmp_path / "home")
     stack._save_state()
+    stack._write_env_file()
     exports = run_cli("stack", "env", env=env)
     assert exports.returncode == 0
     assert f"export MLFLOW_TRACKING_URI={stack.mlflow.url}\n" in exports.stdout
     assert "not running: postgresql, s3 (seaweedfs), mlflow, prefect" in exports.stderr
+    # a command on the stopped stack says where the address it cannot reach came from
+    listed = run_cli("ls", env=env)
+    assert listed.returncode == 2 and "cannot use the registry database" in listed.stderr
+    hint = f"(the address is the local stack's, from {tmp_path / 'home' / 'stack.env'}: "
+    assert hint + "`adapterops stack status` shows what runs" in listed.stderr
+    own = {**env, "ADAPTEROPS_REGISTRY_URL": f"postgresql://u@127.0.0.1:{free_port()}/x"}
+    listed = run_cli("ls", env=own)  # the user's own address: no word of the stack
+    assert listed.returncode == 2 and "local stack" not in listed.stderr

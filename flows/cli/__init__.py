@@ -22,6 +22,7 @@ from .common import (
     plain_warnings,
     quiet_optional_kernels,
     quiet_store_creation,
+    remember_stack_env,
 )
 from .compositions import composition_app
 from .help import plain_value_names
@@ -116,10 +117,11 @@ def use_our_prefect_home() -> None:
 def load_stack_env() -> None:
     """Use the local stack when ``adapterops stack up`` wrote its client configuration;
     variables already set in the environment win."""
-    from dotenv import load_dotenv  # noqa: PLC0415
+    from dotenv import dotenv_values, load_dotenv  # noqa: PLC0415
 
     from registry.settings import adapterops_home  # noqa: PLC0415
 
     path = adapterops_home() / "stack.env"
     if path.is_file():
+        remember_stack_env(path, [key for key in dotenv_values(path) if key not in os.environ])
         load_dotenv(path, override=False)

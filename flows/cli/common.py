@@ -194,6 +194,31 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 EXIT_FAILURE = 1
 
+# The variables the local stack's stack.env gave this process (those the user set win over it),
+# and the file: a service that cannot be reached at such an address then says where it came from.
+_from_stack_env: dict[str, Path] = {}
+
+
+def remember_stack_env(path: Path, keys: list[str]) -> None:
+    """Record that ``keys`` (service addresses) come from the local stack's ``path``."""
+    _from_stack_env.update(dict.fromkeys(keys, path))
+
+
+def _unreachable_hint(exc: Exception) -> str:
+    """For a service that cannot be reached at an address the local stack gave: the way on."""
+    setting = {
+        rg.DatabaseUnavailableError: "ADAPTEROPS_REGISTRY_URL",
+        rg.StorageUnavailableError: "ADAPTEROPS_ARTIFACTS_URL",
+        TrackingUnavailableError: "MLFLOW_TRACKING_URI",
+        OrchestrationError: "PREFECT_API_URL",
+    }.get(type(exc))
+    if setting not in _from_stack_env:
+        return ""
+    return (
+        f" (the address is the local stack's, from {_from_stack_env[setting]}: `adapterops stack "
+        "status` shows what runs, `adapterops stack up` starts it)"
+    )
+
 
 @contextmanager
 def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[None]:
@@ -211,6 +236,7 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         if not bad_input and not one_line_failures:
             raise
         message = str(exc) if bad_input else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        message += _unreachable_hint(exc)
         message = redact(message)  # other libraries' errors may quote a URL with its password
         if as_json:
             emit_json({"ok": False, "error": message, "kind": type(exc).__name__})
