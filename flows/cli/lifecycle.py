@@ -213,7 +213,13 @@ def _print_stale(champion: str, stale: list[dict[str, object]], as_json: bool) -
 @app.command("promote")
 def promote_command(
     ref: Annotated[str, typer.Argument(help="name@VERSION to promote", metavar="REF")],
-    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    alias_given: Annotated[
+        str | None,
+        typer.Argument(metavar="ALIAS", help="Alias to move (default: champion); or --alias."),
+    ] = None,
+    alias_option: Annotated[
+        str | None, typer.Option("--alias", help="Alias to move (default: champion).")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Promote even if it scores worse than the holder.")
     ] = False,
@@ -229,6 +235,11 @@ def promote_command(
     from ..mlflow_models import sync_aliases  # noqa: PLC0415
     from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
+    if alias_given and alias_option and alias_given != alias_option:
+        raise typer.BadParameter(
+            f"the alias is given twice, as {alias_given!r} and --alias {alias_option!r}: give one"
+        )
+    alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
         registry, client = Registry(), tracking.client()
         sync_aliases(registry, client, [ref.partition("@")[0]])

@@ -199,6 +199,13 @@ class TestAliasesThroughMlflow:
         better = run_cli("promote", "ranked@1", "--json", env=env)  # better: no --force needed
         assert better.returncode == 0 and "warning" not in better.stderr
         assert registry.get("ranked@champion").version == 1
+        # the alias as `adapterops alias` takes it, or as --alias; both, differing: refused
+        staged = run_cli("promote", "ranked@2", "staging", "--json", env=env)
+        assert staged.returncode == 0, staged.stderr
+        assert mlflow_aliases(client, "ranked")["staging"] == 2
+        twice = run_cli("promote", "ranked@1", "staging", "--alias", "champion", env=env)
+        assert twice.returncode == 2 and "the alias is given twice" in twice.stderr
+        assert registry.get("ranked@staging").version == 2
 
     def test_pushed_versions_appear_in_mlflow_when_promoted(self, registry, tmp_path):
         """`adapterops push` registers without MLflow; promoting such a version creates its
