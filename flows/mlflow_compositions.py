@@ -33,6 +33,7 @@ from .mlflow_models import (
     delete_mlflow_alias,
     mlflow_aliases,
     mlflow_version_of,
+    moves_mlflow_has_not_seen,
     registered_models,
     set_mlflow_alias,
     sync_aliases,
@@ -117,9 +118,10 @@ def remove_composition_alias(
 def sync_composition_aliases(
     registry: Registry, client: MlflowClient, names: list[str] | None = None
 ) -> list[AliasChange]:
-    """Copy composition alias moves made in MLflow into the registry (MLflow wins); returns what
-    changed. Only compositions MLflow already mirrors are compared; :func:`mirror_all` mirrors
-    the others."""
+    """Copy composition alias moves made in MLflow into the registry (MLflow wins; moves made
+    through the registry alone that MLflow has not seen go to MLflow, as for adapters:
+    :func:`~flows.mlflow_models.sync_aliases`); returns what changed. Only compositions MLflow
+    already mirrors are compared; :func:`mirror_all` mirrors the others."""
     with mlflow_errors("list registered models"):
         mirrored = registered_models(client, f"name LIKE '{COMPOSITION_PREFIX}%'")
         known = {m.name.removeprefix(COMPOSITION_PREFIX) for m in mirrored}
@@ -129,6 +131,14 @@ def sync_composition_aliases(
         ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
         remote = mlflow_aliases(client, mlflow_name(name))
         local = _registry_aliases(registry, name)
+        # moves made through the registry's Python API alone, not yet seen by MLflow, go there
+        for alias in moves_mlflow_has_not_seen(registry.composition_history(name), local, remote):
+            if alias in local:
+                set_mlflow_alias(client, mlflow_name(name), alias, local[alias])
+                remote[alias] = local[alias]
+            else:
+                delete_mlflow_alias(client, mlflow_name(name), alias)
+                del remote[alias]
         for alias, version in sorted(remote.items()):
             if local.get(alias) != version:
                 registry.set_composition_alias(f"{name}@{version}", alias, origin="mlflow-ui")

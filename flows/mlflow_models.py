@@ -8,7 +8,9 @@ card, and it carries the same tags as the registry record.
 
 Aliases live in both places. MLflow is where reviewers move them, so MLflow wins: every alias move
 made by AdapterOps goes to MLflow first and then to the registry, and :func:`sync_aliases` copies
-moves made in the MLflow UI into the registry (origin ``mlflow-ui``).
+moves made in the MLflow UI into the registry (origin ``mlflow-ui``). A move made through the
+registry's Python API alone (origin ``registry``) that MLflow has not seen yet is the exception:
+:func:`sync_aliases` copies it to MLflow instead of undoing it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion, Event, Registry
 
 from .tracking import mlflow_errors
 
@@ -32,6 +34,7 @@ __all__ = [
     "mirror_version",
     "mlflow_aliases",
     "mlflow_version_of",
+    "moves_mlflow_has_not_seen",
     "registered_models",
     "set_mlflow_alias",
     "sync_aliases",
@@ -162,6 +165,11 @@ def sync_aliases(
     MLflow does not (for an adapter MLflow knows) is removed. Each change is logged with origin
     ``mlflow-ui``. Registered models the registry has no adapter for (a shared MLflow server holds
     other teams' models too) are left alone.
+
+    Except: an alias last set or removed through the registry alone (``Registry.set_alias`` from
+    Python, origin ``registry``) while MLflow still shows what it was before that move has not
+    been seen by MLflow, not undone there: it is copied to MLflow. Had a reviewer moved the alias
+    since, MLflow shows something else, and MLflow wins.
     """
     with mlflow_errors("list registered models"):
         known = {
@@ -176,6 +184,15 @@ def sync_aliases(
             continue  # not an adapter of this registry
         remote = mlflow_aliases(client, name)
         local = {alias: v.version for v in versions for alias in v.aliases}
+        for alias in moves_mlflow_has_not_seen(registry.history(name), local, remote):
+            if alias in local:
+                holder = next(v for v in versions if v.version == local[alias])
+                mirror_version(client, holder)
+                set_mlflow_alias(client, name, alias, holder.version)
+                remote[alias] = holder.version
+            else:
+                delete_mlflow_alias(client, name, alias)
+                del remote[alias]
         for alias, version in sorted(remote.items()):
             if version not in {v.version for v in versions}:
                 # set in the UI on a version deleted here: not followed (that would fail every
@@ -194,6 +211,28 @@ def sync_aliases(
             registry.remove_alias(name, alias, origin="mlflow-ui")
             changes.append(AliasChange(name, alias, None))
     return changes
+
+
+def moves_mlflow_has_not_seen(
+    events: list[Event], local: dict[str, int], remote: dict[str, int]
+) -> list[str]:
+    """The aliases (of an adapter or a composition) whose last move was made through the
+    registry alone (origin ``registry``) and where MLflow still shows what the registry had
+    before it: the version the alias left (none, for a new alias), or the one it was removed
+    from. ``events``: the registry's history of the adapter or composition."""
+    last: dict[str, Event] = {}
+    for event in events:
+        if event.alias is not None and event.kind.endswith(("alias_set", "alias_removed")):
+            last[event.alias] = event
+    unseen = []
+    for alias, event in sorted(last.items()):
+        if event.origin != "registry" or local.get(alias) == remote.get(alias):
+            continue
+        set_here = event.kind.endswith("alias_set")
+        before = event.detail.get("previous") if set_here else event.version
+        if remote.get(alias) == before:
+            unseen.append(alias)
+    return unseen
 
 
 def delete_model_version(client: MlflowClient, name: str, registry_version: int) -> int | None:

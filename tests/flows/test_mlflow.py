@@ -232,6 +232,31 @@ class TestAliasesThroughMlflow:
         assert mlflow_aliases(client, "pushed") == {"champion": 1, "previous": 2}
         assert len(client.search_model_versions("name='pushed'")) == 2  # created once each
 
+    def test_moves_made_through_the_registry_alone_reach_mlflow_at_the_next_sync(
+        self, registry, two_versions
+    ):
+        """`reg.set_alias` / `reg.remove_alias` from Python (as the README shows) change the
+        registry alone; the next sync (every build runs one) used to undo them, MLflow winning.
+        Now a move MLflow has not seen goes to MLflow; one a reviewer overrode there does not."""
+        client = two_versions
+        promote(registry, client, "sst2-en@1")
+        registry.set_alias("sst2-en@2", "champion")  # moved from 1, which MLflow still shows
+        registry.set_alias("sst2-en@1", "staging")  # new
+        assert sync_aliases(registry, client) == []  # nothing in the registry changes
+        assert mlflow_aliases(client, "sst2-en") == {"champion": 2, "staging": 1}
+        assert registry.get("sst2-en@champion").version == 2
+
+        registry.remove_alias("sst2-en", "staging")
+        registry.set_alias("sst2-en@1", "champion")  # from 2, but a reviewer moves it meanwhile:
+        client.delete_registered_model_alias("sst2-en", "champion")  # MLflow's word wins
+        changes = sync_aliases(registry, client)
+        assert [c.to_dict() for c in changes] == [
+            {"adapter": "sst2-en", "alias": "champion", "version": None}
+        ]
+        assert mlflow_aliases(client, "sst2-en") == {}  # staging's removal reached MLflow too
+        assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
+        assert sync_aliases(registry, client) == []
+
     def test_removing_an_alias_and_a_version_reaches_mlflow(self, registry, two_versions):
         """`unalias` then `rm` from the command line: the alias and the mirrored version leave
         MLflow too, so no reviewer can point an alias at a deleted version."""
@@ -473,6 +498,10 @@ class TestCompositionsInMlflow:
             ("composition_alias_set", "staging", "mlflow-ui"),
             ("composition_alias_removed", "staging", "cli"),
         ]
+        # from Python again, now that MLflow mirrors it: the next sync takes the move there
+        registry.set_composition_alias("madx@2", "candidate")
+        assert sync_composition_aliases(registry, client) == []
+        assert mlflow_aliases(client, "composition.madx") == {"champion": 1, "candidate": 2}
 
     def test_every_page_of_registered_models_is_read(self, registry):
         client = tracking.client()
