@@ -137,7 +137,7 @@ def test_a_stack_not_set_up_or_stopped_is_said_where_it_matters(tmp_path: Path):
     assert [s["running"] for s in json.loads(status.stdout)["services"]] == [False] * 5
     down = run_cli("stack", "down", env=env)
     assert down.returncode == 0 and "nothing to stop" in down.stderr
-    assert not (tmp_path / "home" / "stack" / "stack.json").exists()  # still nothing set up
+    assert not (tmp_path / "home" / "stack").exists()  # nothing set up, nothing written
 
     # set up once, now stopped: the exports, and a line saying what does not run
     stack = LocalStack(home=tmp_path / "home")

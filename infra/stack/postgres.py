@@ -30,16 +30,27 @@ class PostgresServer:
         self.bin_dir = _bin_dir()
         self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
+        self._unsaved_password: str | None = None
 
     @property
     def password(self) -> str:
-        """The superuser's password (generated once, mode 0600)."""
-        if not self.password_file.is_file():
-            self.password_file.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_urlsafe(24))
-        return self.password_file.read_text().strip()
+        """The superuser's password: the saved one, else one generated for this cluster, which
+        :meth:`init` saves (mode 0600). Asking for it writes nothing, so that commands that only
+        read (``stack status``, ``stack env``) leave a home without a stack as it was."""
+        if self.password_file.is_file():
+            return self.password_file.read_text().strip()
+        if self._unsaved_password is None:
+            self._unsaved_password = secrets.token_urlsafe(24)
+        return self._unsaved_password
+
+    def _save_password(self) -> None:
+        if self.password_file.is_file():
+            return
+        password = self.password  # before the file exists (empty) and becomes the one read
+        self.password_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password)
 
     def url(self, database: str, *, password: str | None = None, user: str | None = None) -> str:
         """SQLAlchemy URL (psycopg 3) for ``database`` (the superuser's, password included)."""
@@ -54,6 +65,7 @@ class PostgresServer:
 
     def init(self) -> None:
         """Create the cluster: the superuser logs in with its password, on loopback only."""
+        self._save_password()  # the URLs handed out before now carry this password
         if self.initialised:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
