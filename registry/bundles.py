@@ -100,15 +100,20 @@ def inspect_folder(folder: str | Path) -> Bundle:
     files = tuple(
         sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)
     )
-    method = str(
-        metadata.get("method", {}).get("type") or ("lora" if metadata_file == PEFT[1] else "")
-    )
+    # A PEFT folder written by peft itself has no adapterops.json: its adapter_config.json says
+    # the method and the head (what peft_core loads it as).
+    peft_file = path / "adapter_config.json"
+    written_by_peft = _read_metadata(peft_file) if metadata_file == PEFT[1] else {}
+    method = str(metadata.get("method", {}).get("type") or _peft_method(written_by_peft))
     if not method:
         raise AdapterFolderError(
             f"{path / metadata_file} does not say which method the adapter uses"
         )
     saved = metadata.get("fingerprint") or {}
-    head = str(metadata.get("head", {}).get("kind", "none"))
+    head = str(
+        metadata.get("head", {}).get("kind")
+        or _PEFT_HEADS.get(str(written_by_peft.get("task_type")), "none")
+    )
     return Bundle(
         path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
     )
@@ -239,6 +244,22 @@ def _verify(path: Path, digest: str, *, label: str, what: str, size: int | None 
             f"{f' ({size} bytes)' if size is not None else ''}, got {actual} "
             f"({actual_size} bytes). It was not loaded; re-register the adapter from its source."
         )
+
+
+# peft's task types and the head each means (peft_core.peft_format writes the same two)
+_PEFT_HEADS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+
+
+def _peft_method(config: dict[str, Any]) -> str:
+    """The peft_core method a PEFT ``adapter_config.json`` loads as (``""``: none given): its
+    LoRA, DoRA and IA³ natively, any other peft type through the ``peft`` method. The registry
+    reads no torch, so this mirrors the methods' ``reads_peft`` (a test holds them together)."""
+    peft_type = config.get("peft_type")
+    if not peft_type:
+        return "lora" if config else ""  # what a config without a type was recorded as before
+    if peft_type == "LORA":
+        return "dora" if config.get("use_dora") else "lora"
+    return "ia3" if peft_type == "IA3" else "peft"
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import transformers as T
 import peft_core as pc
 import registry as rg
 from infra.stack import free_port
+from peft_core.state import get_record
 from registry import Registry
 from registry.db import Database
 from tests.helpers import TINY_CONFIGS, batch, logits, perturb_adapter
@@ -158,3 +159,36 @@ class TestRealAdapters:
             "adapter_model.safetensors",
             "adapterops.json",
         ]
+
+    @pytest.mark.parametrize(
+        ("head", "config", "method"),
+        [
+            ("classification", {"peft_type": "IA3", "target_modules": ["query", "value"],
+                                "feedforward_modules": []}, "ia3"),
+            ("classification", {"peft_type": "LORA", "r": 2, "target_modules": ["query"],
+                                "use_dora": True}, "dora"),
+            ("causal-lm", {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]}, "lora"),
+            ("causal-lm", {"peft_type": "OFT", "oft_block_size": 4,
+                           "target_modules": ["q_proj"]}, "peft"),
+        ],
+    )  # fmt: skip
+    def test_folders_peft_wrote_are_recorded_with_the_method_and_head_peft_core_loads(
+        self, registry, tmp_path, head, config, method
+    ):
+        import peft
+
+        family = "bert" if head == "classification" else "llama"
+        auto = {"classification": T.AutoModelForSequenceClassification}
+        model = auto.get(head, T.AutoModelForCausalLM).from_config(TINY_CONFIGS[family]())
+        task_type = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}[head]
+        peft_config = peft.get_peft_config({**config, "task_type": task_type})
+        peft.get_peft_model(model, peft_config).save_pretrained(tmp_path / "by-peft")
+        (tmp_path / "by-peft" / "README.md").unlink()  # (peft's model card: not needed)
+        version = registry.register(
+            tmp_path / "by-peft", name="by-peft", base_model=family, task="t", language="en"
+        )
+        assert (version.method, version.head) == (method, head)
+        # what peft_core loads the folder as, the registry's torch-free reading agrees with
+        fresh = auto.get(head, T.AutoModelForCausalLM).from_config(TINY_CONFIGS[family]())
+        pc.load_adapter(fresh, registry.fetch("by-peft@1", tmp_path / "pulled"), name="x")
+        assert get_record(fresh, "x").config.type == method
