@@ -79,7 +79,7 @@ def evaluate_composition(
     its evaluation spec, else its last member's (a MAD-X stack's task adapter)."""
     check_reachable(tracking_uri())
     composition = registry.composition(ref)
-    spec = spec_of_composition(registry, composition, "evaluate")
+    spec = spec_of_composition(registry, composition, "evaluate", scoring=True)
     rows, source = _rows(spec, composition.ref, data, max_samples)
     model, tokenizer = load_inference_model(spec)
     registry.load_definition(

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import peft_core as pc
+from peft_core.methods.hf_peft import portable_config
 from registry import AdapterVersion, Registry
 
 from .errors import DataError
+from .files_spec import serving_spec
 from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
@@ -170,14 +172,11 @@ def export(
     version = registry.get(ref)
     with _staging(target) as (scratch, staged):
         stored = registry.fetch(version.ref, scratch / "stored")
-        meta = pc.read_metadata(stored)
-        head = (meta.get("head") or {}).get("kind")
-        trained_head = bool((meta.get("head") or {}).get("trainable"))
-        method = str(meta["method"]["type"])
+        method, head, trained_head, method_config = _stated(stored, version)
         peft_config = _peft_config_of(stored, engine, method)
         findings = lint(
             engine, method, head, peft_config, max_lora_rank=max_lora_rank,
-            trained_head=trained_head, method_config=meta["method"],
+            trained_head=trained_head, method_config=method_config,
         )  # fmt: skip
         _refuse_unless_forced(version.ref, engine, findings, force)
         if engine == "merged":
@@ -305,6 +304,30 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def _stated(
+    stored: Path, version: AdapterVersion
+) -> tuple[str, str | None, bool, dict[str, Any] | None]:
+    """``(method, head, trained head, method configuration)`` of a fetched version: as our
+    metadata states them, or for a folder peft wrote (no metadata of ours) as its
+    ``adapter_config.json`` does (the registry recorded the method and head from it)."""
+    if any((stored / name).is_file() for name in ("adapter.json", "adapterops.json")):
+        meta = pc.read_metadata(stored)
+        head = meta.get("head") or {}
+        return (
+            str(meta["method"]["type"]),
+            head.get("kind"),
+            bool(head.get("trainable")),
+            meta["method"],
+        )
+    config = json.loads((stored / "adapter_config.json").read_text())
+    # a native method's options are in its tensors; a peft-run one's are its peft config
+    method_config = (
+        {"type": "peft", "config": portable_config(config)} if version.method == "peft" else None
+    )
+    head = None if version.head == "none" else version.head
+    return version.method, head, bool(config.get("modules_to_save")), method_config
+
+
 def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | None:
     """The PEFT configuration the export would carry (None: the method has no PEFT form)."""
     if engine in ("merged", "adapterhub"):
@@ -334,7 +357,7 @@ def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
     """The version's base model (with its head) and tokenizer, with the adapter loaded."""
     from .train_job import load_inference_model  # noqa: PLC0415 - transformers is heavy
 
-    model, tokenizer = load_inference_model(spec_of_version(version, "export"))
+    model, tokenizer = load_inference_model(serving_spec(registry, version, "export"))
     registry.load_into(model, version.ref, name=version.name)
     return model, tokenizer
 

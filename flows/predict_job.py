@@ -22,8 +22,9 @@ from registry import AdapterVersion, Composition, Registry
 from .data import load_split, require_columns
 from .errors import DataError
 from .evaluation import greedy_continuations
+from .files_spec import serving_spec
 from .members import members_of_version
-from .spec import AdapterSpec, parse_spec, spec_of_version
+from .spec import AdapterSpec, parse_spec
 from .train_job import load_inference_model, load_registered
 
 __all__ = [
@@ -78,7 +79,7 @@ def predict(
     pass (a causal LM: per generation); ``on_progress`` hears after each. An adapter trained
     on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each."""
     version = registry.get(ref)
-    spec = spec_of_version(version, "predict")
+    spec = serving_spec(registry, version, "predict")
     _check_inputs(spec, version.ref, texts, pairs)
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     (answers,) = answer_texts(
@@ -116,19 +117,23 @@ def predict_composition(
     return composition.ref, answers
 
 
-def spec_of_composition(registry: Registry, composition: Composition, command: str) -> AdapterSpec:
+def spec_of_composition(
+    registry: Registry, composition: Composition, command: str, *, scoring: bool = False
+) -> AdapterSpec:
     """The spec that says which base model, head and label names a composition runs with: its
-    evaluation spec, else its last member's (the task adapter of a MAD-X stack)."""
+    evaluation spec, else its last member's (the task adapter of a MAD-X stack; one pushed
+    without a spec answers from its files, but ``scoring`` needs the columns and metric a spec
+    names)."""
     if composition.evaluation:
         return parse_spec(composition.evaluation, source=f"{composition.ref} evaluation")
     last = registry.get(composition.members[-1])
-    if not last.spec:
+    if scoring and not last.spec:
         raise DataError(
             f"{composition.ref} was saved without --evaluation and its last member {last.ref} "
-            f"without a spec, so {command} cannot tell its base model settings and head: save "
-            "it again with `adapterops composition save ... --evaluation SPEC`"
+            f"without a spec, so {command} cannot tell which columns to read and how to score: "
+            "save it again with `adapterops composition save ... --evaluation SPEC`"
         )
-    return spec_of_version(last, command)
+    return serving_spec(registry, last, command)
 
 
 def inputs_from_file(spec: AdapterSpec, path: str | Path) -> tuple[list[str], list[str] | None]:
@@ -165,7 +170,7 @@ def gather_inputs(
     if composition:
         spec = spec_of_composition(registry, registry.composition(ref), "predict")
     else:
-        spec = spec_of_version(registry.get(ref), "predict")
+        spec = serving_spec(registry, registry.get(ref), "predict")
     return inputs_from_file(spec, data)
 
 
@@ -210,7 +215,7 @@ def predict_many(
     if len(refs) == 1:
         return [predict(registry, refs[0], texts, **options)]
     versions = [registry.get(ref) for ref in refs]
-    specs = [spec_of_version(v, "predict") for v in versions]
+    specs = [serving_spec(registry, v, "predict") for v in versions]
     _check_together(versions, specs)
     _check_inputs(specs[0], versions[0].ref, texts, pairs)
     routed = [

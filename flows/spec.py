@@ -429,14 +429,16 @@ class SpecError(Exception):
 
 def spec_of_version(version: Any, command: str) -> AdapterSpec:
     """The spec a registered version was built from; versions pushed without one cannot tell
-    their base model settings, so ``command`` cannot use them."""
+    the data they read and how they are scored, so ``command`` cannot use them (predict and
+    export can: :func:`flows.files_spec.serving_spec`)."""
     if not version.spec:
         raise SpecError(
             version.ref,
             [
                 (
                     "(spec)",
-                    "pushed without a spec, so its head and base model settings are unknown; "
+                    "pushed without a spec, so the settings it was trained with (data columns, "
+                    "metric, load settings) are unknown; "
                     f"{command} works on versions built by adapterops build or pushed with "
                     f"--spec SPEC (the spec it was trained with: adapterops rm {version.ref}, "
                     "then push the folder again with it)",

@@ -23,7 +23,15 @@ from typing import Any
 from .artifacts import ArtifactStore
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
 
-__all__ = ["Bundle", "Manifest", "download", "inspect_folder", "saved_fingerprint", "upload"]
+__all__ = [
+    "PEFT_TASK_HEADS",
+    "Bundle",
+    "Manifest",
+    "download",
+    "inspect_folder",
+    "saved_fingerprint",
+    "upload",
+]
 
 OURS = ({"adapter.json", "adapter.safetensors"}, "adapter.json")
 PEFT = ({"adapter_config.json", "adapter_model.safetensors"}, "adapterops.json")
@@ -112,7 +120,7 @@ def inspect_folder(folder: str | Path) -> Bundle:
     saved = metadata.get("fingerprint") or {}
     head = str(
         metadata.get("head", {}).get("kind")
-        or _PEFT_HEADS.get(str(written_by_peft.get("task_type")), "none")
+        or PEFT_TASK_HEADS.get(str(written_by_peft.get("task_type")), "none")
     )
     return Bundle(
         path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
@@ -247,7 +255,7 @@ def _verify(path: Path, digest: str, *, label: str, what: str, size: int | None 
 
 
 # peft's task types and the head each means (peft_core.peft_format writes the same two)
-_PEFT_HEADS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+PEFT_TASK_HEADS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
 
 
 def _peft_method(config: dict[str, Any]) -> str:

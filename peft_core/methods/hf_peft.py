@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ..roles import Target
     from ..state import AdapterRecord
 
-__all__ = ["METHOD", "AnyPeft", "PeftRun", "base_rewriting_init", "tuner_layers"]
+__all__ = ["METHOD", "AnyPeft", "PeftRun", "base_rewriting_init", "portable_config", "tuner_layers"]
 
 PROMPTS = SELF_PLACED_CONTAINER  # the ModuleDict of prompt encoders on the model
 _HOOK = "peft_core_prompt_hook"
@@ -375,14 +375,14 @@ class PeftRun(Method):
     def reads_peft(self, peft_config: dict[str, Any]) -> bool:
         """Any peft method no native method reads (the table asks natives first)."""
         try:
-            AnyPeft(_portable(peft_config))
+            AnyPeft(portable_config(peft_config))
         except ConfigError:
             return False
         return True
 
     def from_peft(self, peft_config: dict[str, Any], tensors: dict[str, Tensor]) -> PeftImport:
         head_free = {k: v for k, v in tensors.items() if self.owns_peft_key(k)}
-        return PeftImport(AnyPeft(_portable(peft_config)), [], head_free)
+        return PeftImport(AnyPeft(portable_config(peft_config)), [], head_free)
 
     def owns_peft_key(self, key: str) -> bool:
         return key == "prompt_embeddings" or (".modules_to_save." not in key and not _is_head(key))
@@ -432,7 +432,7 @@ def _is_head(key: str) -> bool:
     return key.split(".", maxsplit=1)[0] in _HEAD_MODULES
 
 
-def _portable(peft_config: dict[str, Any]) -> dict[str, Any]:
+def portable_config(peft_config: dict[str, Any]) -> dict[str, Any]:
     """The fields of a saved ``adapter_config.json`` worth keeping in a spec-like config."""
     drop = {"task_type", "modules_to_save", "base_model_name_or_path", "revision", "inference_mode"}
     drop |= {"auto_mapping", "peft_version"}

@@ -271,7 +271,7 @@ def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
         perturb_adapter(model, name, scale=0.1 * (seed + 1))
         pc.save_adapter(model, name, tmp_path / name)
         registry.register(
-            tmp_path / name, name=name, base_model="minilm", task="sst2", language="en"
+            tmp_path / name, name=name, base_model=str(minilm_path()), task="sst2", language="en"
         )
     scored_on = minilm_sst2_spec("lora", sst2_dir / "en", steps=4).model_dump(mode="json")
     registry.register_composition("madx", {"type": "stack"}, ["lang", "task"], evaluation=scored_on)
@@ -300,9 +300,12 @@ def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
     with pytest.raises(DataError, match="madx@1 is not exported for vllm: vllm refuses"):
         export_composition(registry, "madx@1", "vllm", tmp_path / "vllm")
     assert not (tmp_path / "vllm").exists()
-    registry.register_composition("bare", {"type": "stack"}, ["lang", "task"])  # no evaluation
-    with pytest.raises(DataError, match="bare@1 was saved without --evaluation and its last "):
-        export_composition(registry, "bare", "peft", tmp_path / "bare")
+    # no evaluation spec: its last member's files tell the head (two labels, from its weights)
+    registry.register_composition("bare", {"type": "stack"}, ["lang", "task"])
+    export_composition(registry, "bare", "peft", tmp_path / "bare")
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    from_files = PeftModel.from_pretrained(base, tmp_path / "bare")
+    torch.testing.assert_close(probabilities(from_files), expected, atol=1e-5, rtol=0)
 
     refused = run_cli("composition", "export", "bottlenecks", "--for", "peft", "--out", str(tmp_path / "b"))  # fmt: skip
     assert refused.returncode == 2 and refused.stdout == "" and not (tmp_path / "b").exists()

@@ -85,7 +85,10 @@ def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versio
     )  # fmt: skip
     result = run_cli("predict", three_versions[0], pushed.ref, "--text", "x", env={**os.environ})
     assert result.returncode == 2
-    assert "pushed@1: (spec): pushed without a spec" in result.stderr
+    assert (
+        "pushed@1 was registered without a spec and its files carry no trained classifier, "
+        "so predict has nothing to answer with: push the folder with --spec SPEC" in result.stderr
+    )
 
 
 def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):

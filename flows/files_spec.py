@@ -1,0 +1,111 @@
+"""The spec that predict and a merged export run a version with, read from its files when it
+was registered without one.
+
+A version pushed without ``--spec`` (an adapter peft trained elsewhere, a folder of ours) or
+imported from AdapterHub records no spec. What answering with it needs is in its files: the
+head they carry (``adapter.json`` / ``adapterops.json``, or peft's ``task_type``), and a
+classifier's number of labels (the size of its output weight). The rest is the spec defaults:
+the checkpoint's own dtype, inputs cut at 128 tokens, ``--data`` texts in the ``sentence``
+column, labels by number. Nothing else is guessed: a version whose files carry no head it could
+answer with is refused, naming what to do. The spec made here is not stored, and not a build
+spec: its method and data source are left unset.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+from registry import AdapterVersion, Registry
+from registry.bundles import PEFT_TASK_HEADS
+
+from .errors import DataError
+from .spec import (
+    AdapterSpec,
+    DataSpec,
+    EvaluateSpec,
+    HeadSpec,
+    LoadSpec,
+    PromoteSpec,
+    ScheduleSpec,
+    TrainSpec,
+    spec_of_version,
+)
+
+__all__ = ["serving_spec"]
+
+
+def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> AdapterSpec:
+    """The spec ``command`` runs ``version`` with: the one it was built or pushed with, else the
+    part of one its files tell (see the module's docstring)."""
+    if version.spec:
+        return spec_of_version(version, command)
+    with tempfile.TemporaryDirectory(prefix="adapterops-spec-") as scratch:
+        folder = registry.fetch(version.ref, Path(scratch) / "adapter")
+        head = _head_of(folder, version, command)
+    return AdapterSpec.model_construct(
+        name=version.name, base_model=version.base_model, task=version.task,
+        language=version.language, description=version.description, head=head,
+        data=DataSpec.model_construct(), load=LoadSpec(), train=TrainSpec(),
+        evaluate=EvaluateSpec(), promote=PromoteSpec(), schedule=ScheduleSpec(),
+    )  # fmt: skip
+
+
+def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
+    """The head ``folder``'s adapter answers with; a classifier's size from its weights."""
+    kind, modules, trained = _stated_head(folder)
+    if kind in ("causal-lm", "masked-lm"):
+        return HeadSpec(type=kind)
+    labels = _classifier_size(folder, modules) if kind == "classification" and trained else None
+    if labels is None:
+        missing = "head" if kind == "none" else "trained classifier"
+        raise DataError(
+            f"{version.ref} was registered without a spec and its files carry no {missing}, so "
+            f"{command} has nothing to answer with: push the folder with --spec SPEC (the spec "
+            f"it was trained with; `adapterops rm {version.ref}` first), or stack a task adapter "
+            f"on it (`adapterops composition save NAME {version.ref} TASK@VERSION`)"
+        )
+    return HeadSpec(type="classification", num_labels=labels)
+
+
+def _stated_head(folder: Path) -> tuple[str, list[str], bool]:
+    """``(kind, head modules, trained)`` as the folder's metadata states them: ours
+    (``adapter.json``, or ``adapterops.json`` beside a PEFT export), else peft's config."""
+    for name in ("adapter.json", "adapterops.json"):
+        if (folder / name).is_file():
+            head = _json(folder / name).get("head") or {}
+            return (
+                str(head.get("kind", "none")),
+                list(head.get("modules", [])),
+                bool(head.get("trainable")),
+            )
+    config = _json(folder / "adapter_config.json")
+    kind = PEFT_TASK_HEADS.get(str(config.get("task_type")), "none")
+    return kind, list(config.get("modules_to_save") or []), kind == "classification"
+
+
+def _classifier_size(folder: Path, modules: list[str]) -> int | None:
+    """The number of labels: the smallest first dimension among the head's 2-D weights (a
+    classifier's output layer; RoBERTa's also holds a hidden-size ``dense`` before it)."""
+    ours = folder / "adapter.safetensors"
+    tensors = ours if ours.is_file() else folder / "adapter_model.safetensors"
+    try:
+        with safe_open(str(tensors), "pt") as weights:
+            shapes = [
+                weights.get_slice(key).get_shape()
+                for key in weights.keys()  # noqa: SIM118 - safe_open is not a mapping
+                if any(f".{module}." in f".{key}" for module in modules)
+            ]
+    except (SafetensorError, OSError):  # not a tensor file: nothing to tell the labels from
+        return None
+    rows = [shape[0] for shape in shapes if len(shape) == 2]
+    return min(rows) if rows else None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,131 @@
+"""An adapter peft trained elsewhere, pushed without a spec, answers ``predict`` from its files:
+the head its config states, a classifier's size from its weights, as peft computes with it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+import transformers as T
+
+from flows.errors import DataError
+from flows.evaluate_job import evaluate_composition
+from flows.export_job import export
+from flows.predict_job import _NEW_TOKENS, predict, predict_composition
+from registry import Registry
+from tests.helpers import minilm_path, run_cli
+
+TEXTS = ["a gripping, funny film", "dull and far too long", "not bad at all"]
+
+
+def save_by_peft(model: T.PreTrainedModel, config: peft.PeftConfig, folder: Path) -> peft.PeftModel:
+    """``model`` with a peft adapter whose weights are not a no-op, saved as peft saves it."""
+    torch.manual_seed(0)
+    adapted = peft.get_peft_model(model, config).eval()
+    adapted.save_pretrained(folder)
+    (folder / "README.md").unlink()  # peft's model card
+    return adapted
+
+
+def test_a_classifier_peft_trained_elsewhere_answers_as_peft_computes(embedded_home, tmp_path):
+    base = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=3)
+    config = peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules=["query", "value"], init_lora_weights=False
+    )
+    adapted = save_by_peft(base, config, tmp_path / "elsewhere")
+    version = Registry().register(
+        tmp_path / "elsewhere", name="elsewhere", base_model=str(minilm_path()), task="sst2",
+        language="en",
+    )  # fmt: skip
+    assert (version.method, version.head, version.spec) == ("lora", "classification", {})
+
+    ref, answers = predict(Registry(), "elsewhere", TEXTS)
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+    with torch.no_grad():
+        logits = adapted(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    got = torch.tensor([a.probabilities for a in answers])
+    assert ref == "elsewhere@1" and got.shape == (3, 3)  # three labels, from the head's weights
+    torch.testing.assert_close(got, logits.softmax(-1), atol=1e-4, rtol=0)
+    assert [(a.label, a.label_name) for a in answers] == [(int(x), "") for x in logits.argmax(-1)]
+
+    # as a composition's last member: it answers the same; scoring needs a spec's columns
+    Registry().register_composition("solo", {"type": "stack"}, ["elsewhere@1"])
+    _, stacked = predict_composition(Registry(), "solo", TEXTS)
+    assert [a.probabilities for a in stacked] == [a.probabilities for a in answers]
+    with pytest.raises(DataError, match=r"solo@1 was saved without --evaluation and its last "
+                       r"member elsewhere@1 without a spec, so evaluate cannot tell"):  # fmt: skip
+        evaluate_composition(Registry(), "solo", data=tmp_path / "unread.tsv")
+
+    # a merged export too: a plain checkpoint that computes what peft computed
+    export(Registry(), "elsewhere@1", "merged", tmp_path / "merged")
+    merged = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.num_labels == 3
+    with torch.no_grad():
+        plain = merged(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(plain, logits, atol=1e-4, rtol=0)
+    with pytest.raises(DataError, match="modules_to_save"):  # vLLM serves no new head
+        export(Registry(), "elsewhere@1", "vllm", tmp_path / "vllm")
+    assert not (tmp_path / "vllm").exists()
+
+
+def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path):
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    llama = T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    T.LlamaForCausalLM(llama).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = peft.LoraConfig(
+        task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    base = T.AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    adapted = save_by_peft(base, config, tmp_path / "chat")
+    Registry().register(
+        tmp_path / "chat", name="chat", base_model=str(tmp_path / "base"), task="chat",
+        language="en",
+    )  # fmt: skip
+
+    _, answers = predict(Registry(), "chat@1", TEXTS)
+    for text, answer in zip(TEXTS, answers, strict=True):
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = adapted.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=_NEW_TOKENS,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        assert answer.continuation == tokenizer.decode(out[0, ids.shape[1] :])
+    assert len({a.continuation for a in answers}) == 3  # the inputs matter: not one fixed text
+
+    served = export(Registry(), "chat@1", "vllm", tmp_path / "vllm")  # peft's files, as written
+    assert served.findings == [] and sorted(served.files) == sorted(
+        p.name for p in (tmp_path / "chat").iterdir()
+    )
+    for name in served.files:
+        assert (tmp_path / "vllm" / name).read_bytes() == (tmp_path / "chat" / name).read_bytes()
+
+
+def test_files_without_a_head_to_answer_with_are_refused_naming_what_to_do(embedded_home, tmp_path):
+    body = T.AutoModel.from_pretrained(minilm_path())  # peft's feature extraction: no head
+    config = peft.LoraConfig(r=2, target_modules=["query"], init_lora_weights=False)
+    save_by_peft(body, config, tmp_path / "body")
+    Registry().register(
+        tmp_path / "body", name="body", base_model=str(minilm_path()), task="sst2", language="en"
+    )
+    with pytest.raises(DataError) as refused:
+        predict(Registry(), "body@1", TEXTS)
+    assert str(refused.value) == (
+        "body@1 was registered without a spec and its files carry no head, so predict has "
+        "nothing to answer with: push the folder with --spec SPEC (the spec it was trained "
+        "with; `adapterops rm body@1` first), or stack a task adapter on it (`adapterops "
+        "composition save NAME body@1 TASK@VERSION`)"
+    )
+    result = run_cli("predict", "body", "--text", "x", "--json", env={**os.environ})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "its files carry no head" in result.stdout  # --json: the error as JSON
