@@ -60,16 +60,20 @@ def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
     kind, modules, trained = _stated_head(folder)
     if kind in ("causal-lm", "masked-lm"):
         return HeadSpec(type=kind)
-    labels = _classifier_size(folder, modules) if kind == "classification" and trained else None
-    if labels is None:
-        missing = "head" if kind == "none" else "trained classifier"
-        raise DataError(
-            f"{version.ref} was registered without a spec and its files carry no {missing}, so "
-            f"{command} has nothing to answer with: push the folder with --spec SPEC (the spec "
-            f"it was trained with; `adapterops rm {version.ref}` first), or stack a task adapter "
-            f"on it (`adapterops composition save NAME {version.ref} TASK@VERSION`)"
-        )
-    return HeadSpec(type="classification", num_labels=labels)
+    if kind != "classification":
+        missing = "head"
+    elif not trained:
+        missing = "trained classifier"
+    elif (labels := _classifier_size(folder, modules, version.ref)) is not None:
+        return HeadSpec(type="classification", num_labels=labels)
+    else:
+        missing = "classifier weights"
+    raise DataError(
+        f"{version.ref} was registered without a spec and its files carry no {missing}, so "
+        f"{command} has nothing to answer with: push the folder with --spec SPEC (the spec it "
+        f"was trained with; `adapterops rm {version.ref}` first), or stack a task adapter on it "
+        f"(`adapterops composition save NAME {version.ref} TASK@VERSION`)"
+    )
 
 
 def _stated_head(folder: Path) -> tuple[str, list[str], bool]:
@@ -88,7 +92,7 @@ def _stated_head(folder: Path) -> tuple[str, list[str], bool]:
     return kind, list(config.get("modules_to_save") or []), kind == "classification"
 
 
-def _classifier_size(folder: Path, modules: list[str]) -> int | None:
+def _classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
     """The number of labels: the smallest first dimension among the head's 2-D weights (a
     classifier's output layer; RoBERTa's also holds a hidden-size ``dense`` before it)."""
     ours = folder / "adapter.safetensors"
@@ -100,8 +104,11 @@ def _classifier_size(folder: Path, modules: list[str]) -> int | None:
                 for key in weights.keys()  # noqa: SIM118 - safe_open is not a mapping
                 if any(f".{module}." in f".{key}" for module in modules)
             ]
-    except (SafetensorError, OSError):  # not a tensor file: nothing to tell the labels from
-        return None
+    except (SafetensorError, OSError) as exc:  # registered bytes, so pushed as they are
+        raise DataError(
+            f"{ref}'s {tensors.name} is not a safetensors file ({exc}): push the folder as "
+            "peft or adapterops wrote it"
+        ) from None
     rows = [shape[0] for shape in shapes if len(shape) == 2]
     return min(rows) if rows else None
 

@@ -126,6 +126,16 @@ def test_files_without_a_head_to_answer_with_are_refused_naming_what_to_do(embed
         "with; `adapterops rm body@1` first), or stack a task adapter on it (`adapterops "
         "composition save NAME body@1 TASK@VERSION`)"
     )
+    garbled = tmp_path / "garbled"  # a classifier's config beside bytes that are no tensors
+    garbled.mkdir()
+    (garbled / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "task_type": "SEQ_CLS", "modules_to_save": ["classifier"]}'
+    )
+    (garbled / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    Registry().register(garbled, name="garbled", base_model="b", task="sst2", language="en")
+    with pytest.raises(DataError, match=r"^garbled@1's adapter_model.safetensors is not a "):
+        predict(Registry(), "garbled", TEXTS)
+
     result = run_cli("predict", "body", "--text", "x", "--json", env={**os.environ})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "its files carry no head" in result.stdout  # --json: the error as JSON
