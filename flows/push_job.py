@@ -47,8 +47,15 @@ def push_folder(
 ) -> PushResult:
     """Register ``folder`` under ``identity`` (``name``, ``base_model``, ``task``,
     ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
-    is refused), then mirror the version in MLflow (``mirror``), where reviewers see it. Every
+    is refused; without, ``base_model`` defaults to the base the folder's files name), then
+    mirror the version in MLflow (``mirror``), where reviewers see it. Every
     check runs before anything is stored; MLflow being down does not undo the registration."""
+    warnings = []
+    if not identity.get("base_model") and spec_file is None and (named := _base_named_in(folder)):
+        identity = {**identity, "base_model": named[0]}
+        warnings.append(
+            f"no --base-model: registered under {named[0]!r}, the base {named[1]} names"
+        )
     fields, spec = _identity_of(identity, spec_file)
     check_trained_on(folder, fields["base_model"])
     known_as = registry.base_models_for(folder)
@@ -60,7 +67,6 @@ def push_folder(
         spec=spec,
         origin=origin,
     )
-    warnings = []
     if mirror:
         warnings += _mirrored(version)
     if spec and version.spec != spec:  # the same bytes: the version registered before
@@ -107,6 +113,32 @@ def reported_metrics(folder: Path) -> dict[str, float]:
         for key, value in (measured if isinstance(measured, dict) else {}).items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def _base_named_in(folder: Path) -> tuple[str, str] | None:
+    """``(base model, file)``: the base the folder's files say it was trained on, peft's
+    ``base_model_name_or_path`` or the name in our fingerprint (None: they name none)."""
+    fingerprint = _json_object(folder / "adapter.json").get("fingerprint")
+    stated = (
+        (_json_object(folder / "adapter_config.json").get("base_model_name_or_path"),
+         "adapter_config.json"),
+        (fingerprint.get("name_or_path") if isinstance(fingerprint, dict) else None,
+         "adapter.json"),
+    )  # fmt: skip
+    for name, file in stated:
+        if isinstance(name, str) and name.strip():
+            return name.strip(), file
+    return None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; ``{}`` when it is missing or not one (registering the folder says
+    what is wrong with its files)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _identity_of(

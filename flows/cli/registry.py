@@ -52,11 +52,15 @@ DescriptionOption = Annotated[str, typer.Option(help="Free text.")]
 @app.command()
 def push(
     folder: Annotated[
-        Path, typer.Argument(help="Adapter folder written by peft_core.save_adapter.")
+        Path, typer.Argument(help="Adapter folder written by peft_core.save_adapter or peft.")
     ],
     name: Annotated[str | None, typer.Option(help="Adapter name (default: the spec's).")] = None,
     base_model: Annotated[
-        str | None, typer.Option(help="Base model it was trained on (default: the spec's).")
+        str | None,
+        typer.Option(
+            help="Base model it was trained on (default: the spec's, else the one the folder's "
+            "files name: peft's base_model_name_or_path)."
+        ),
     ] = None,
     task: Annotated[str | None, typer.Option(help="Task, e.g. sst2 (default: the spec's).")] = None,
     language: Annotated[
@@ -68,14 +72,16 @@ def push(
         Path | None,
         typer.Option(
             "--spec",
-            help="The spec it was trained with: predict, evaluate and export read its head, "
-            "labels, load settings and data columns.",
+            help="The spec it was trained with: evaluate reads its data columns and metric, "
+            "predict and export its head, labels and load settings (without one: what the "
+            "folder's files tell).",
         ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register an adapter folder as the adapter's next version (same bytes: same version).
-    Without --spec give --name, --base-model, --task and --language. Without --metric, the
+    Without --spec give --name, --task and --language (and --base-model unless the folder's
+    files name it). Without --metric, the
     metrics of the folder's report.json (written by adapterops train) are recorded. When the
     base model is on this machine, its config must match the one the adapter was trained on."""
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command

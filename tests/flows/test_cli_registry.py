@@ -232,9 +232,9 @@ def test_push_checks_the_base_model_it_names(tmp_path, monkeypatch):
         )
     unnamed = run(env, "push", str(folder), "--name", "sst2-en", "--json")
     assert unnamed.returncode == 2 and json.loads(unnamed.stdout)["error"] == (
-        "push needs --base-model, --task, --language (or --spec SPEC, the spec it was trained "
-        "with, whose fields they default to)"
-    )
+        "push needs --task, --language (or --spec SPEC, the spec it was trained with, whose "
+        "fields they default to)"
+    )  # (the base model: the one its files name)
     assert ok_json(run(env, "ls", "--json")) == []
 
     first = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))  # same config: accepted

@@ -15,6 +15,7 @@ from flows.errors import DataError
 from flows.evaluate_job import evaluate_composition
 from flows.export_job import export
 from flows.predict_job import _NEW_TOKENS, predict, predict_composition
+from flows.push_job import push_folder
 from registry import Registry
 from tests.helpers import minilm_path, run_cli
 
@@ -87,10 +88,14 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path):
     )
     base = T.AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     adapted = save_by_peft(base, config, tmp_path / "chat")
-    Registry().register(
-        tmp_path / "chat", name="chat", base_model=str(tmp_path / "base"), task="chat",
-        language="en",
-    )  # fmt: skip
+    identity = {"name": "chat", "base_model": None, "task": "chat", "language": "en"}
+    pushed = push_folder(Registry(), tmp_path / "chat", identity=identity, mirror=False)
+    # no --base-model: the base peft wrote into adapter_config.json
+    assert pushed.version.base_model == str(tmp_path / "base")
+    assert pushed.warnings == [
+        f"no --base-model: registered under {str(tmp_path / 'base')!r}, the base "
+        "adapter_config.json names"
+    ]
 
     _, answers = predict(Registry(), "chat@1", TEXTS)
     for text, answer in zip(TEXTS, answers, strict=True):
