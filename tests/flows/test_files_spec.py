@@ -16,7 +16,7 @@ from flows.evaluate_job import evaluate_composition
 from flows.export_job import export
 from flows.predict_job import _NEW_TOKENS, predict, predict_composition
 from flows.push_job import push_folder
-from registry import Registry
+from registry import BaseModelMismatchError, Registry
 from tests.helpers import minilm_path, run_cli
 
 TEXTS = ["a gripping, funny film", "dull and far too long", "not bad at all"]
@@ -96,6 +96,20 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path):
         f"no --base-model: registered under {str(tmp_path / 'base')!r}, the base "
         "adapter_config.json names"
     ]
+
+    # a BERT adapter pushed as this Llama's: its modules are not the base's, nothing is stored
+    body = T.AutoModel.from_pretrained(minilm_path())
+    save_by_peft(body, peft.LoraConfig(r=2, target_modules=["query"]), tmp_path / "bert-lora")
+    misfit = {**identity, "name": "misfit", "base_model": str(tmp_path / "base")}
+    with pytest.raises(BaseModelMismatchError) as refused:
+        push_folder(Registry(), tmp_path / "bert-lora", identity=misfit, mirror=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'bert-lora'} does not fit base model {str(tmp_path / 'base')!r}: it adapts "
+        f"'encoder.layer.0.attention.self.query', which that base has no module for (its "
+        f"adapter_config.json names {str(minilm_path())!r} as its base): give the base model it "
+        "was trained on"
+    )
+    assert [v.ref for v in Registry().find()] == ["chat@1"]
 
     _, answers = predict(Registry(), "chat@1", TEXTS)
     for text, answer in zip(TEXTS, answers, strict=True):
