@@ -6,9 +6,9 @@ imported from AdapterHub records no spec. What answering with it needs is in its
 head they carry (``adapter.json`` / ``adapterops.json``, or peft's ``task_type``), and a
 classifier's number of labels (the size of its output weight). The rest is the spec defaults:
 ``load.dtype: auto`` (bf16 on a GPU that has it, else float32), inputs cut at 128 tokens,
-``--data`` texts in the ``sentence`` column, labels by number. Nothing else is guessed: a version whose files carry no head it could
-answer with is refused, naming what to do. The spec made here is not stored, and not a build
-spec: its method and data source are left unset.
+``--data`` texts in the ``sentence`` column, labels by number. Nothing else is guessed: a
+version whose files carry no head it could answer with is refused, naming what to do. The spec
+made here is not stored, and not a build spec: its method and data source are left unset.
 """
 
 from __future__ import annotations
