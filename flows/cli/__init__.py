@@ -20,6 +20,7 @@ from .common import (
     errors,
     labelled,
     plain_warnings,
+    quiet_foreign_deprecations,
     quiet_optional_kernels,
     quiet_store_creation,
     remember_stack_env,
@@ -77,6 +78,7 @@ def main() -> None:
     load_stack_env()
     use_our_prefect_home()
     quiet_optional_kernels()
+    quiet_foreign_deprecations()
     quiet_store_creation()
     plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows

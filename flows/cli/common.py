@@ -279,6 +279,15 @@ def plain_warnings() -> None:
     warnings.formatwarning = format_warning
 
 
+def quiet_foreign_deprecations() -> None:
+    """Deprecations one library trips in another, which nobody running a command can act on:
+    peft calls transformers' ``is_gradient_checkpointing`` (a FutureWarning on every run of a
+    prompt-tuning adapter). The test settings ignore the same one."""
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+
+
 def quiet_store_creation() -> None:
     """MLflow logs creating and migrating its embedded database (two INFO lines on the first
     command run with a new ``ADAPTEROPS_HOME``, before any answer); its failures still show."""
