@@ -281,8 +281,8 @@ def plain_warnings() -> None:
 
 def quiet_foreign_deprecations() -> None:
     """Deprecations one library trips in another, which nobody running a command can act on:
-    peft calls transformers' ``is_gradient_checkpointing`` (a FutureWarning on every run of a
-    prompt-tuning adapter). The test settings ignore the same one."""
+    peft calls transformers' ``is_gradient_checkpointing`` (a FutureWarning on every load of an
+    OFT and the other tuners peft runs). The test settings ignore the same one."""
     warnings.filterwarnings(
         "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )
