@@ -163,14 +163,21 @@ def prepare_file(
     return _tokenize(_checked_split(spec, dataset, Path(path).name), spec, tokenizer)
 
 
-def require_columns(path: str | Path, dataset: datasets.Dataset, wanted: list[str]) -> None:
+def require_columns(
+    path: str | Path,
+    dataset: datasets.Dataset,
+    wanted: list[str],
+    *,
+    named: str = "its spec's data section",
+) -> None:
     """A file given to a registered adapter must hold the columns its spec reads: the spec
-    cannot change, the file can, so the error names both sides."""
+    cannot change, the file can, so the error names both sides (``named``: where the wanted
+    names come from, or how to name others)."""
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
         raise DataError(
             f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
-            f"adapter reads {wanted} (its spec's data section): give a file with them"
+            f"adapter reads {wanted} ({named}): give a file with them"
         )
 
 

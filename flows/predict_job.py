@@ -136,18 +136,25 @@ def spec_of_composition(
     return serving_spec(registry, last, command)
 
 
-def inputs_from_file(spec: AdapterSpec, path: str | Path) -> tuple[list[str], list[str] | None]:
+def inputs_from_file(
+    spec: AdapterSpec, path: str | Path, *, text_column: str | None = None
+) -> tuple[list[str], list[str] | None]:
     """The texts (and, for an adapter trained on pairs, the second texts) in the columns of a
     TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text`` and ``data.text_pair``, or an
-    instruction adapter's ``data.prompt``)."""
+    instruction adapter's ``data.prompt``); ``text_column`` names another for the texts."""
     if spec.data.messages is not None:
         raise DataError(
             f"{spec.name} was trained on chat messages: give each user turn with --text (or "
             "one per line with --text -), not a --data file"
         )
-    first = spec.data.prompt or spec.data.text  # an instruction adapter reads its prompts
+    first = text_column or spec.data.prompt or spec.data.text  # an instruction adapter: prompts
     rows = load_split(str(path))
-    require_columns(path, rows, [c for c in (first, spec.data.text_pair) if c])
+    named = (
+        "the texts from --text-column" if text_column else "its spec's data columns, or "
+        "`sentence` for a version pushed without one; --text-column NAME takes the texts from "
+        "another column"
+    )  # fmt: skip
+    require_columns(path, rows, [c for c in (first, spec.data.text_pair) if c], named=named)
     texts = [str(t) for t in rows[first]]
     pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
     return texts, pairs
@@ -160,9 +167,13 @@ def gather_inputs(
     data: str | Path | None,
     *,
     composition: bool = False,
+    text_column: str | None = None,
 ) -> tuple[list[str], list[str] | None]:
     """What ``predict REF`` answers: the ``--text`` values, or the texts (and second texts) in
-    the columns of the ``--data`` file that the version (or ``composition``) reads."""
+    the columns of the ``--data`` file that the version (or ``composition``) reads, the texts
+    in ``text_column`` when given."""
+    if text_column is not None and data is None:
+        raise DataError("--text-column names a column of the --data file: give --data FILE too")
     if data is None:
         return texts, None
     if texts:
@@ -171,7 +182,7 @@ def gather_inputs(
         spec = spec_of_composition(registry, registry.composition(ref), "predict")
     else:
         spec = serving_spec(registry, registry.get(ref), "predict")
-    return inputs_from_file(spec, data)
+    return inputs_from_file(spec, data, text_column=text_column)
 
 
 def _check_inputs(spec: AdapterSpec, ref: str, texts: list[str], pairs: list[str] | None) -> None:

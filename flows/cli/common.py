@@ -38,6 +38,7 @@ __all__ = [
     "JsonOption",
     "PredictDataOption",
     "SkipProbeOption",
+    "TextColumnOption",
     "TextOption",
     "console",
     "counting",
@@ -68,6 +69,15 @@ PredictDataOption = Annotated[
         metavar="FILE",
         help="A TSV/CSV/JSON/Parquet file: the texts in the column(s) the spec reads "
         "(data.text, and data.text_pair for pairs).",
+    ),
+]
+TextColumnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--text-column",
+        metavar="NAME",
+        help="The --data file's column holding the texts, when it is not the one the spec reads "
+        "(a version pushed without a spec reads `sentence`).",
     ),
 ]
 SkipProbeOption = Annotated[

@@ -19,6 +19,7 @@ from .common import (
     JsonOption,
     PredictDataOption,
     SkipProbeOption,
+    TextColumnOption,
     TextOption,
     console,
     counting,
@@ -196,6 +197,7 @@ def predict(
     ref: RefArgument,
     text: TextOption = None,
     data: PredictDataOption = None,
+    text_column: TextColumnOption = None,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
@@ -207,7 +209,9 @@ def predict(
     quiet_libraries()
     with user_errors(as_json):
         registry = Registry()
-        texts, pairs = gather_inputs(registry, ref, input_texts(text), data, composition=True)
+        texts, pairs = gather_inputs(
+            registry, ref, input_texts(text), data, composition=True, text_column=text_column
+        )
         with counting("predict", enabled=not as_json) as on_progress:
             result = predict_composition(
                 registry, ref, texts, pairs=pairs, skip_probe=skip_probe,

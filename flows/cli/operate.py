@@ -14,6 +14,7 @@ from .common import (
     JsonOption,
     PredictDataOption,
     SkipProbeOption,
+    TextColumnOption,
     TextOption,
     console,
     counting,
@@ -79,6 +80,7 @@ def predict(
     ],
     text: TextOption = None,
     data: PredictDataOption = None,
+    text_column: TextColumnOption = None,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
@@ -93,7 +95,9 @@ def predict(
     quiet_libraries()
     with user_errors(as_json):
         registry = Registry()
-        texts, pairs = gather_inputs(registry, refs[0], input_texts(text), data)
+        texts, pairs = gather_inputs(
+            registry, refs[0], input_texts(text), data, text_column=text_column
+        )
         with counting("predict", enabled=not as_json) as on_progress:
             results = predict_many(
                 registry, refs, texts, pairs=pairs, skip_probe=skip_probe,

@@ -15,7 +15,7 @@ import transformers as T
 from flows.errors import DataError
 from flows.evaluate_job import evaluate_composition
 from flows.export_job import export
-from flows.predict_job import _NEW_TOKENS, predict, predict_composition
+from flows.predict_job import _NEW_TOKENS, gather_inputs, predict, predict_composition
 from flows.push_job import push_folder
 from registry import BaseModelMismatchError, Registry
 from tests.helpers import minilm_path, run_cli
@@ -52,6 +52,17 @@ def test_a_classifier_peft_trained_elsewhere_answers_as_peft_computes(embedded_h
     assert ref == "elsewhere@1" and got.shape == (3, 3)  # three labels, from the head's weights
     torch.testing.assert_close(got, logits.softmax(-1), atol=1e-4, rtol=0)
     assert [(a.label, a.label_name) for a in answers] == [(int(x), "") for x in logits.argmax(-1)]
+
+    # a file of texts: the column `sentence` unless --text-column names another
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("review\n" + "\n".join(f'"{t}"' for t in TEXTS) + "\n")
+    with pytest.raises(DataError, match=r"The adapter reads \['sentence'\] \(its spec's data "
+                       r"columns, or `sentence` for a version pushed without one; --text-column"):  # fmt: skip
+        gather_inputs(Registry(), "elsewhere", [], reviews)
+    assert gather_inputs(Registry(), "elsewhere", [], reviews, text_column="review") == (
+        TEXTS,
+        None,
+    )
 
     # as a composition's last member: it answers the same; scoring needs a spec's columns
     Registry().register_composition("solo", {"type": "stack"}, ["elsewhere@1"])
