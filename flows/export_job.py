@@ -34,9 +34,10 @@ from typing import Any, Literal
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
 from registry import AdapterVersion, Registry
+from registry.bundles import read_json_object
 
 from .errors import DataError
-from .files_spec import serving_spec
+from .files_spec import serving_spec, stated_head
 from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
@@ -83,11 +84,12 @@ def lint(
     method_config: dict[str, Any] | None = None,
 ) -> list[Finding]:
     """What ``engine`` would refuse or silently get wrong for an adapter of ``method`` with a
-    ``head`` (classification, masked-lm, causal-lm or None; ``trained_head``: its own, trained
-    with it) whose PEFT configuration (when it has one) is ``peft_config``; ``method_config``
-    (the stored method configuration) decides what merges where the method alone does not (a
-    peft-run prompt adapter has no weights to merge, a LoHa does). Per-module LoRA ranks
-    (``rank_pattern``, which vLLM ignores) are no finding: the vLLM export writes one rank."""
+    ``head`` (classification, masked-lm, causal-lm, none: trained on a bare body, or None: not
+    known; ``trained_head``: its own, trained with it) whose PEFT configuration (when it has
+    one) is ``peft_config``; ``method_config`` (the stored method configuration) decides what
+    merges where the method alone does not (a peft-run prompt adapter has no weights to merge,
+    a LoHa does). Per-module LoRA ranks (``rank_pattern``, which vLLM ignores) are no finding:
+    the vLLM export writes one rank."""
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     kind = pc.method_of(method)
@@ -149,7 +151,13 @@ def _vllm_findings(head: str | None, config: dict[str, Any], max_lora_rank: int)
         )
     if config.get("bias", "none") != "none":
         refuses(f"bias {config['bias']!r} needs vLLM's --enable-lora-bias")
-    if head not in (None, "causal-lm"):
+    if head == "none":  # its module paths are the body's, which vLLM's models nest deeper
+        refuses(
+            "it serves LoRA on generative (causal-LM) models, and this adapter was trained on a "
+            "base without a head (its module paths would match nothing there): train it on "
+            "the causal-LM model (`head: {type: causal-lm}` in its spec)"
+        )
+    elif head not in (None, "causal-lm"):
         refuses(f"it serves LoRA on generative (causal-LM) models; this is a {head} adapter")
     return found
 
@@ -309,23 +317,18 @@ def _stated(
 ) -> tuple[str, str | None, bool, dict[str, Any] | None]:
     """``(method, head, trained head, method configuration)`` of a fetched version: as our
     metadata states them, or for a folder peft wrote (no metadata of ours) as its
-    ``adapter_config.json`` does (the registry recorded the method and head from it)."""
+    ``adapter_config.json`` does (the registry recorded the method from it)."""
+    head, _, trained = stated_head(stored)
     if any((stored / name).is_file() for name in ("adapter.json", "adapterops.json")):
-        meta = pc.read_metadata(stored)
-        head = meta.get("head") or {}
-        return (
-            str(meta["method"]["type"]),
-            head.get("kind"),
-            bool(head.get("trainable")),
-            meta["method"],
-        )
-    config = json.loads((stored / "adapter_config.json").read_text())
+        method = pc.read_metadata(stored)["method"]
+        return str(method["type"]), head, trained, method  # "none": trained on a bare body
     # a native method's options are in its tensors; a peft-run one's are its peft config
+    config = read_json_object(stored / "adapter_config.json")
     method_config = (
         {"type": "peft", "config": portable_config(config)} if version.method == "peft" else None
     )
-    head = None if version.head == "none" else version.head
-    return version.method, head, bool(config.get("modules_to_save")), method_config
+    # peft's task_type unset: which head the model had is not known
+    return version.method, None if head == "none" else head, trained, method_config
 
 
 def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | None:

@@ -13,15 +13,13 @@ made here is not stored, and not a build spec: its method and data source are le
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
 from registry import AdapterVersion, Registry
-from registry.bundles import PEFT_TASK_HEADS
+from registry.bundles import PEFT_TASK_HEADS, read_json_object
 
 from .errors import DataError
 from .spec import (
@@ -36,7 +34,7 @@ from .spec import (
     spec_of_version,
 )
 
-__all__ = ["serving_spec"]
+__all__ = ["serving_spec", "stated_head"]
 
 
 def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> AdapterSpec:
@@ -44,9 +42,12 @@ def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> A
     part of one its files tell (see the module's docstring)."""
     if version.spec:
         return spec_of_version(version, command)
-    with tempfile.TemporaryDirectory(prefix="adapterops-spec-") as scratch:
-        folder = registry.fetch(version.ref, Path(scratch) / "adapter")
-        head = _head_of(folder, version, command)
+    if version.head in ("causal-lm", "masked-lm"):  # read from its files when registered
+        head = HeadSpec(type=version.head)  # (a language model's head has no size to read)
+    else:
+        with tempfile.TemporaryDirectory(prefix="adapterops-spec-") as scratch:
+            folder = registry.fetch(version.ref, Path(scratch) / "adapter")
+            head = _head_of(folder, version, command)
     return AdapterSpec.model_construct(
         name=version.name, base_model=version.base_model, task=version.task,
         language=version.language, description=version.description, head=head,
@@ -57,7 +58,7 @@ def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> A
 
 def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
     """The head ``folder``'s adapter answers with; a classifier's size from its weights."""
-    kind, modules, trained = _stated_head(folder)
+    kind, modules, trained = stated_head(folder)
     if kind in ("causal-lm", "masked-lm"):
         return HeadSpec(type=kind)
     if kind != "classification":
@@ -76,20 +77,22 @@ def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
     )
 
 
-def _stated_head(folder: Path) -> tuple[str, list[str], bool]:
-    """``(kind, head modules, trained)`` as the folder's metadata states them: ours
-    (``adapter.json``, or ``adapterops.json`` beside a PEFT export), else peft's config."""
+def stated_head(folder: Path) -> tuple[str, list[str], bool]:
+    """``(kind, head modules, trained)`` of the head an adapter folder carries, as its metadata
+    states them: ours (``adapter.json``, or ``adapterops.json`` beside a PEFT export), else
+    peft's config (``task_type``; the head is trained when it names ``modules_to_save``)."""
     for name in ("adapter.json", "adapterops.json"):
         if (folder / name).is_file():
-            head = _json(folder / name).get("head") or {}
+            head = read_json_object(folder / name).get("head") or {}
             return (
                 str(head.get("kind", "none")),
                 list(head.get("modules", [])),
                 bool(head.get("trainable")),
             )
-    config = _json(folder / "adapter_config.json")
+    config = read_json_object(folder / "adapter_config.json")
     kind = PEFT_TASK_HEADS.get(str(config.get("task_type")), "none")
-    return kind, list(config.get("modules_to_save") or []), kind == "classification"
+    modules = list(config.get("modules_to_save") or [])
+    return kind, modules, bool(modules)
 
 
 def _classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
@@ -111,8 +114,3 @@ def _classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
         ) from None
     rows = [shape[0] for shape in shapes if len(shape) == 2]
     return min(rows) if rows else None
-
-
-def _json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return data if isinstance(data, dict) else {}

@@ -11,13 +11,13 @@ is mirrored in MLflow as a build's is, with the registry's copy as its source.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry import AdapterVersion, InvalidNameError, Registry
+from registry.bundles import read_json_object
 
 from .models import check_trained_on
 
@@ -103,11 +103,7 @@ def _mirrored(version: AdapterVersion) -> list[str]:
 
 def reported_metrics(folder: Path) -> dict[str, float]:
     """The numbers of the evaluation in ``folder``'s ``report.json`` (``{}`` without one)."""
-    try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    measured = report.get("metrics") if isinstance(report, dict) else None
+    measured = read_json_object(folder / "report.json").get("metrics")
     return {
         key: float(value)
         for key, value in (measured if isinstance(measured, dict) else {}).items()
@@ -118,9 +114,9 @@ def reported_metrics(folder: Path) -> dict[str, float]:
 def _base_named_in(folder: Path) -> tuple[str, str] | None:
     """``(base model, file)``: the base the folder's files say it was trained on, peft's
     ``base_model_name_or_path`` or the name in our fingerprint (None: they name none)."""
-    fingerprint = _json_object(folder / "adapter.json").get("fingerprint")
+    fingerprint = read_json_object(folder / "adapter.json").get("fingerprint")
     stated = (
-        (_json_object(folder / "adapter_config.json").get("base_model_name_or_path"),
+        (read_json_object(folder / "adapter_config.json").get("base_model_name_or_path"),
          "adapter_config.json"),
         (fingerprint.get("name_or_path") if isinstance(fingerprint, dict) else None,
          "adapter.json"),
@@ -129,16 +125,6 @@ def _base_named_in(folder: Path) -> tuple[str, str] | None:
         if isinstance(name, str) and name.strip():
             return name.strip(), file
     return None
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON file's object; ``{}`` when it is missing or not one (registering the folder says
-    what is wrong with its files)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _identity_of(

@@ -29,6 +29,7 @@ __all__ = [
     "Manifest",
     "download",
     "inspect_folder",
+    "read_json_object",
     "saved_fingerprint",
     "upload",
 ]
@@ -139,13 +140,21 @@ def saved_fingerprint(folder: str | Path) -> dict[str, Any]:
     return saved if isinstance(saved, dict) else {}
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file's object, or ``{}`` when it is missing, unreadable or not an object: for
+    reading what a folder's files state before :func:`inspect_folder` (or loading) says what is
+    wrong with them."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _written_by_adapterhub(folder: Path) -> bool:
     """AdapterHub's ``adapter_config.json`` has a ``config`` object and ``version: adapters.*``."""
-    try:
-        saved = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(saved, dict) and str(saved.get("version", "")).startswith("adapters.")
+    saved = read_json_object(folder / "adapter_config.json")
+    return str(saved.get("version", "")).startswith("adapters.")
 
 
 def base_digests(saved: dict[str, Any]) -> tuple[str, ...]:

@@ -72,6 +72,14 @@ class TestVllmRules:
             "classification adapter"
         )
 
+    def test_an_adapter_of_a_bare_body_is_refused_with_the_reason(self):
+        (finding,) = lint("vllm", "lora", "none", self.LORA)
+        assert str(finding) == (
+            "vllm refuses: it serves LoRA on generative (causal-LM) models, and this adapter was "
+            "trained on a base without a head (its module paths would match nothing there): "
+            "train it on the causal-LM model (`head: {type: causal-lm}` in its spec)"
+        )
+
     def test_methods_without_a_peft_form_or_a_delta(self):
         assert lint("peft", "pfeiffer", "classification", None) == [
             Finding(

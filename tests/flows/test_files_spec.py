@@ -84,7 +84,7 @@ def test_a_classifier_peft_trained_elsewhere_answers_as_peft_computes(embedded_h
     assert not (tmp_path / "vllm").exists()
 
 
-def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path):
+def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path, monkeypatch):
     tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
     tokenizer.eos_token = "[SEP]"
     torch.manual_seed(0)
@@ -123,7 +123,16 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path):
     )
     assert [v.ref for v in Registry().find()] == ["chat@1"]
 
-    _, answers = predict(Registry(), "chat@1", TEXTS)
+    registry, fetched = Registry(), []
+    get_file = registry.artifacts.get_file
+    monkeypatch.setattr(
+        registry.artifacts,
+        "get_file",
+        lambda digest, to: (fetched.append(digest), get_file(digest, to)),
+    )
+    _, answers = predict(registry, "chat@1", TEXTS)
+    # its files are fetched once, to load: the head the registry recorded has no size to read
+    assert len(fetched) == 1 + len(list((tmp_path / "chat").iterdir()))  # manifest + files
     for text, answer in zip(TEXTS, answers, strict=True):
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
