@@ -34,7 +34,7 @@ from typing import Any, Literal
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
 from registry import AdapterVersion, Registry
-from registry.bundles import read_json_object
+from registry.bundles import check_folder_to_write, read_json_object
 
 from .errors import DataError
 from .files_spec import serving_spec, stated_head
@@ -283,6 +283,7 @@ def _checked_target(destination: str | Path, engine: str) -> Path:
         raise DataError(f"{target} exists and is not an empty folder: export into a new one")
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    check_folder_to_write(target, f"export for {engine}")
     return target
 
 

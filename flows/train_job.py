@@ -32,6 +32,7 @@ from transformers import (
 import peft_core as pc
 from peft_core.heads import adapter_head
 from peft_core.state import adapter_layers, get_record
+from registry.bundles import check_folder_to_write
 
 from .data import PreparedData, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
@@ -197,6 +198,7 @@ def train_from_spec(
     no torchrun around, this starts torchrun with N processes and returns rank 0's report
     (:mod:`flows.launch`; a fusion's members then come from the environment's registry).
     """
+    check_folder_to_write(output, f"save {spec.name}")  # before hours of training, not after
     if launched_here(spec):  # train.processes: torchrun started from here, then back here
         return train_in_processes(
             spec, output, on_step=on_step, evaluate_after=evaluate_after,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "PEFT_TASK_HEADS",
     "Bundle",
     "Manifest",
+    "check_folder_to_write",
     "download",
     "inspect_folder",
     "read_json_object",
@@ -203,11 +205,7 @@ def download(store: ArtifactStore, digest: str, destination: Path, *, label: str
     leaves nothing in it) and move into place only when all are verified, so a failed download
     leaves ``destination`` as it was.
     """
-    if destination.exists() and not destination.is_dir():
-        raise AdapterFolderError(
-            f"cannot download {label} into {destination}: it is a file; give a folder (new or "
-            "existing) to write the adapter's files into"
-        )
+    check_folder_to_write(destination, f"download {label}")
     destination.mkdir(parents=True, exist_ok=True)
     prefix = f".{destination.name}.incoming-"
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=prefix) as scratch:
@@ -224,6 +222,25 @@ def download(store: ArtifactStore, digest: str, destination: Path, *, label: str
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination
+
+
+def check_folder_to_write(folder: str | Path, action: str) -> None:
+    """Refuse, before any work, a ``folder`` that cannot become one to write files into: a file,
+    a path through a file, or under a folder this user cannot write to. ``action`` says what
+    would have been written (``"download x@1"``)."""
+    path = Path(folder)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == path else f"{existing} is a file"
+        raise AdapterFolderError(
+            f"cannot {action} into {path}: {where}; give a folder (new or existing) to write "
+            "the adapter's files into"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AdapterFolderError(
+            f"cannot {action} into {path}: this user cannot write in {existing}; give a folder "
+            "you can write to"
+        )
 
 
 def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -> None:

@@ -39,7 +39,8 @@ class InvalidNameError(RegistryError, ValueError):
 
 
 class AdapterFolderError(RegistryError, ValueError):
-    """A folder to register is not a complete adapter (missing or extra files, bad metadata)."""
+    """A folder to register is not a complete adapter (missing or extra files, bad metadata), or
+    one to write an adapter into cannot be written."""
 
 
 class BaseModelMismatchError(RegistryError):

@@ -201,6 +201,21 @@ class TestTrain:
         assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
         assert not (tmp_path / "out").exists()
 
+        (tmp_path / "a-file").write_text("mine")  # was a traceback after the whole training
+        for out, where in (
+            (tmp_path / "a-file", "it is a file"),
+            (tmp_path / "a-file" / "sub", f"{tmp_path / 'a-file'} is a file"),
+        ):
+            result = adapterops("train", str(EXAMPLE), "--out", str(out), cwd=tmp_path)
+            assert (result.returncode, result.stderr.strip().splitlines()) == (
+                2,
+                [
+                    f"error: cannot save minilm-sst2-en-lora into {out}: {where}; give a folder "
+                    "(new or existing) to write the adapter's files into"
+                ],
+            )
+        assert (tmp_path / "a-file").read_text() == "mine"
+
         result = adapterops(
             "train", str(EXAMPLE), "--set", "load.attention=flex_attention", cwd=tmp_path
         )  # on this CPU: refused before the model is loaded, in one line

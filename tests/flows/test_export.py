@@ -150,6 +150,13 @@ def test_each_engine_loads_its_export_with_the_registrys_outputs(built, tmp_path
 
     occupied = run_cli("export", built, "--for", "peft", "--out", str(tmp_path / "peft"), env=env)
     assert occupied.returncode == 2 and "is not an empty folder" in occupied.stderr
+    under_a_file = tmp_path / "peft" / "adapter_config.json" / "sub"  # was a traceback
+    refused = run_cli("export", built, "--for", "peft", "--out", str(under_a_file), env=env)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2,
+        f"error: cannot export for peft into {under_a_file}: {under_a_file.parent} is a file; "
+        "give a folder (new or existing) to write the adapter's files into",
+    )
     with_peft = PeftModel.from_pretrained(
         AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2),
         tmp_path / "peft",

@@ -232,6 +232,12 @@ class TestBadInput:
         a_file.write_text("mine")
         with pytest.raises(rg.AdapterFolderError, match=r"it is a file; give a folder"):
             registry.fetch(version.ref, a_file)
+        with pytest.raises(rg.AdapterFolderError) as through_a_file:
+            registry.fetch(version.ref, a_file / "sub")
+        assert str(through_a_file.value) == (
+            f"cannot download {version.ref} into {a_file / 'sub'}: {a_file} is a file; give a "
+            "folder (new or existing) to write the adapter's files into"
+        )
         assert a_file.read_text() == "mine"
         manifest = Manifest.from_bytes(_blob_bytes(registry, version.digest))
         _, tensor_digest, _ = next(f for f in manifest.files if f[0] == "adapter.safetensors")
