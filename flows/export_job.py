@@ -37,7 +37,7 @@ from registry import AdapterVersion, Registry
 from registry.bundles import check_folder_to_write, read_json_object
 
 from .errors import DataError
-from .files_spec import serving_spec, stated_head
+from .files_spec import classifier_size, serving_spec, stated_head
 from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
@@ -53,6 +53,9 @@ class Finding:
     engine: str
     outcome: Literal["refuses", "ignores"]  # fails to load it / loads it and serves it wrong
     message: str
+    # no files for the engine can be written at all (its format has no place for the method),
+    # so --force cannot write them either
+    unwritable: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.engine} {self.outcome}: {self.message}"
@@ -97,7 +100,8 @@ def lint(
         config = pc.config_from_dict(method_config) if method_config else None
         why_not = kind.why_not_mergeable_for(config) if config else None
         if not kind.mergeable or why_not:
-            return [Finding("merged", "refuses", f"{method}: {why_not or kind.why_not_mergeable}")]
+            why = f"{method}: {why_not or kind.why_not_mergeable}"
+            return [Finding("merged", "refuses", why, unwritable=True)]
         return []
     if engine == "adapterhub":
         return _adapterhub_findings(method, head, trained_head)
@@ -108,6 +112,7 @@ def lint(
                 "refuses",
                 f"peft has no equivalent of a {method} adapter (exportable: LoRA, DoRA, IA3 and "
                 "type: peft methods); export --for merged if it merges",
+                unwritable=True,
             )
         ]
     if engine == "peft":
@@ -118,7 +123,7 @@ def lint(
 def _adapterhub_findings(method: str, head: str | None, trained_head: bool) -> list[Finding]:
     if method not in ("houlsby", "pfeiffer"):
         message = f"its format holds bottleneck adapters (houlsby, pfeiffer), not {method}"
-        return [Finding("adapterhub", "refuses", message)]
+        return [Finding("adapterhub", "refuses", message, unwritable=True)]
     if trained_head:
         message = (
             f"the adapter's trained {head} head is not written (AdapterHub heads pool [CLS] "
@@ -301,8 +306,12 @@ def _staging(target: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def _refuse_unless_forced(ref: str, engine: str, findings: list[Finding], force: bool) -> None:
+    """Refuse the export when there are findings, unless ``force``; when no files can be
+    written at all, whether or not ``force`` (and the message does not offer it)."""
+    listed = "; ".join(str(f) for f in findings)
+    if any(f.unwritable for f in findings):
+        raise DataError(f"{ref} cannot be exported for {engine}: {listed} (nothing written)")
     if findings and not force:
-        listed = "; ".join(str(f) for f in findings)
         raise DataError(
             f"{ref} is not exported for {engine}: {listed} (nothing written; --force writes it "
             "anyway)"
@@ -389,7 +398,14 @@ def _convert(
         config = AutoConfig.from_pretrained(resolve_base_model(version.base_model))
         dtype = getattr(config, "dtype", None)
         dtype = dtype if isinstance(dtype, torch.dtype) else None
-        pc.convert_adapter(stored, folder, config, format=format, dtype=dtype)
+        # a head the files carry trained is part of them: built as they state it
+        head, modules, trained = stated_head(stored)
+        labels = classifier_size(stored, modules, version.ref) if head == "classification" else None
+        if labels:
+            config.num_labels = labels
+        pc.convert_adapter(
+            stored, folder, config, head=head if trained else "none", format=format, dtype=dtype
+        )
 
 
 def _write_merged(

@@ -34,7 +34,7 @@ from .spec import (
     spec_of_version,
 )
 
-__all__ = ["serving_spec", "stated_head"]
+__all__ = ["classifier_size", "serving_spec", "stated_head"]
 
 
 def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> AdapterSpec:
@@ -65,7 +65,7 @@ def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
         missing = "head"
     elif not trained:
         missing = "trained classifier"
-    elif (labels := _classifier_size(folder, modules, version.ref)) is not None:
+    elif (labels := classifier_size(folder, modules, version.ref)) is not None:
         return HeadSpec(type="classification", num_labels=labels)
     else:
         missing = "classifier weights"
@@ -95,7 +95,7 @@ def stated_head(folder: Path) -> tuple[str, list[str], bool]:
     return kind, modules, bool(modules)
 
 
-def _classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
+def classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
     """The number of labels: the smallest first dimension among the head's 2-D weights (a
     classifier's output layer; RoBERTa's also holds a hidden-size ``dense`` before it)."""
     ours = folder / "adapter.safetensors"

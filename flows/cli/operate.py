@@ -233,6 +233,6 @@ def show_export(result: Any, as_json: bool) -> None:
         emit_json({"ok": True, **result.to_dict()})
         return
     for finding in result.findings:  # only with --force
-        warn(finding)
+        warn(str(finding))
     files = ", ".join(result.files)
     console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)

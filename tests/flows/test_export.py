@@ -21,7 +21,7 @@ from transformers import (
 import peft_core as pc
 from flows.build_job import build_from_spec
 from flows.errors import DataError
-from flows.export_job import Finding, export_composition, lint
+from flows.export_job import Finding, export, export_composition, lint
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
 from tests.helpers import TINY_CONFIGS, batch, minilm_path, perturb_adapter, run_cli
@@ -248,25 +248,73 @@ def test_a_gpt2_lora_goes_to_vllm_with_one_rank_everywhere(embedded_home, tmp_pa
     assert "rank 8 is above --max-lora-rank 4" in too_wide.stderr
 
 
+def test_a_classifier_pushed_without_a_spec_exports_with_the_head_its_files_carry(
+    embedded_home, tmp_path
+):
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=3)
+    pc.add_adapter(model, "three", pc.LoRA(rank=4))
+    perturb_adapter(model, "three")
+    pc.save_adapter(model, "three", tmp_path / "adapter")
+    Registry().register(
+        tmp_path / "adapter", name="three", base_model=str(minilm_path()), task="nli",
+        language="en",
+    )  # fmt: skip
+    # no spec: the head and its three labels come from the files (was refused: "this model's
+    # head is none")
+    export(Registry(), "three@1", "peft", tmp_path / "peft")
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=3)
+    with_peft = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    inputs = batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            with_peft(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0
+        )
+
+
 def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
     embedded_home, tmp_path
 ):
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     pc.add_adapter(model, "bottleneck", pc.Pfeiffer())
+    perturb_adapter(model, "bottleneck")
     pc.save_adapter(model, "bottleneck", tmp_path / "adapter")
     version = Registry().register(
-        tmp_path / "adapter", name="pfeiffer", base_model="minilm", task="sst2", language="en"
-    )
-    for engine in ("peft", "merged"):
-        result = run_cli("export", version.ref, "--for", engine, "--out", str(tmp_path / engine))
-        assert result.returncode == 2, result.stderr
-        assert f"is not exported for {engine}" in result.stderr
-        assert not (tmp_path / engine).exists()
+        tmp_path / "adapter", name="pfeiffer", base_model=str(minilm_path()), task="sst2",
+        language="en",
+    )  # fmt: skip
+    for engine, why in (
+        ("peft", "peft refuses: peft has no equivalent of a pfeiffer adapter"),
+        ("merged", "merged refuses: pfeiffer: its non-linear bottleneck has no weight delta"),
+    ):
+        for force in ([], ["--force"]):  # no files to write: --force is neither offered nor taken
+            out = str(tmp_path / engine)
+            result = run_cli("export", version.ref, "--for", engine, "--out", out, *force)
+            assert result.returncode == 2, result.stderr
+            line = result.stderr.strip()
+            assert line.startswith(f"error: pfeiffer@1 cannot be exported for {engine}: {why}")
+            assert line.endswith(" (nothing written)") and "\n" not in line
+            assert not (tmp_path / engine).exists()
     hub = run_cli("export", version.ref, "--for", "adapterhub", "--out", str(tmp_path / "hub"))
     assert hub.returncode == 2 and not (tmp_path / "hub").exists()
     assert "adapterhub ignores: the adapter's trained classification head is not written" in (
         hub.stderr
     )
+    assert hub.stderr.strip().endswith("(nothing written; --force writes it anyway)")
+    forced = run_cli(
+        "export", version.ref, "--for", "adapterhub", "--out", str(tmp_path / "hub"), "--force"
+    )
+    assert forced.returncode == 0, forced.stderr  # was a TypeError printing the warning
+    assert forced.stderr.startswith(
+        "warning: adapterhub ignores: the adapter's trained classification head is not written"
+    )
+    inputs = batch(model)
+    with torch.no_grad():
+        expected = model.bert(**inputs).last_hidden_state
+    loaded = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    pc.load_adapter(loaded, tmp_path / "hub")  # AdapterHub's files: the body's adapter
+    with torch.no_grad():
+        got = loaded.bert(**inputs).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     unknown = run_cli("export", version.ref, "--for", "onnx", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown engine 'onnx'" in unknown.stderr
 
