@@ -38,6 +38,7 @@ __all__ = [
     "prepare",
     "prepare_file",
     "require_columns",
+    "require_values",
 ]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -52,8 +53,11 @@ class PreparedData:
     head: str
 
 
-def load_split(path: str, *, max_samples: int | None = None, seed: int = 0) -> datasets.Dataset:
-    """Read one split from a local file; ``max_samples`` takes a seeded random subset."""
+def load_split(
+    path: str, *, max_samples: int | None = None, seed: int = 0, columns: Iterable[str] = ()
+) -> datasets.Dataset:
+    """Read one split from a local file; ``max_samples`` takes a seeded random subset. The
+    ``columns`` an adapter reads may have no empty cells."""
     file = Path(path)
     if file.is_dir():
         raise DataError(f"data file {file} is a folder: name a file ({', '.join(_BUILDERS)})")
@@ -74,6 +78,7 @@ def load_split(path: str, *, max_samples: int | None = None, seed: int = 0) -> d
     if len(dataset) == 0:
         raise DataError(f"{file} has no rows")
     _check_delimiter(file, dataset)
+    require_values(str(file), dataset, columns)
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset
@@ -122,9 +127,14 @@ def load_raw(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
         train, validation = _from_dataset_id(spec)
     else:
         assert data.train is not None  # the spec guarantees one source
-        train = load_split(data.train, max_samples=data.max_train_samples, seed=seed)
+        wanted = _wanted_columns(spec)
+        train = load_split(
+            data.train, max_samples=data.max_train_samples, seed=seed, columns=wanted
+        )
         validation = (
-            load_split(data.validation, max_samples=data.max_eval_samples, seed=seed)
+            load_split(
+                data.validation, max_samples=data.max_eval_samples, seed=seed, columns=wanted
+            )
             if data.validation is not None
             else None
         )
@@ -158,7 +168,9 @@ def prepare_file(
     """A local file read with ``spec``'s columns and tokenised as its validation split is (what
     ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
     them: a registered spec's columns cannot change, the file's can."""
-    dataset = load_split(str(path), max_samples=max_samples, seed=spec.train.seed)
+    dataset = load_split(
+        str(path), max_samples=max_samples, seed=spec.train.seed, columns=_wanted_columns(spec)
+    )
     require_columns(path, dataset, _wanted_columns(spec))
     return _tokenize(_checked_split(spec, dataset, Path(path).name), spec, tokenizer)
 
@@ -179,6 +191,23 @@ def require_columns(
             f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
             f"adapter reads {wanted} ({named}): give a file with them"
         )
+
+
+def require_values(where: str, dataset: datasets.Dataset, columns: Iterable[str]) -> None:
+    """Refuse empty cells in the ``columns`` an adapter reads (those ``dataset`` has; a missing
+    column is named elsewhere, with the spec's fields), ``where`` naming the file or split: a
+    missing text would be read as the word ``None``, a missing label turns the column into
+    floats. Checked before a subset is drawn, so the rows named are the file's."""
+    for column in (c for c in columns if c in dataset.column_names):
+        values = dataset.with_format("arrow")[column]  # no copy of the texts
+        if values.null_count:
+            rows = [row + 1 for row, empty in enumerate(values.is_null().to_pylist()) if empty]
+            listed = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            which = f"rows {listed}" if len(rows) > 1 else f"row {listed}"
+            raise DataError(
+                f"{where}: {len(rows)} row(s) have no {column!r} ({which}; the first data row is "
+                "1): fill those cells in or remove the rows"
+            )
 
 
 def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -207,6 +236,7 @@ def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Data
         dataset = loaded[split]
         if len(dataset) == 0:
             raise DataError(f"dataset {data.dataset!r}: split {split!r} has no rows")
+        require_values(f"dataset {data.dataset!r}, split {split!r}", dataset, _wanted_columns(spec))
         if limit is not None and limit < len(dataset):
             dataset = dataset.shuffle(seed=seed).select(range(limit))
         return dataset

@@ -148,13 +148,14 @@ def inputs_from_file(
             "one per line with --text -), not a --data file"
         )
     first = text_column or spec.data.prompt or spec.data.text  # an instruction adapter: prompts
-    rows = load_split(str(path))
+    columns = [c for c in (first, spec.data.text_pair) if c]
+    rows = load_split(str(path), columns=columns)
     named = (
         "the texts from --text-column" if text_column else "its spec's data columns, or "
         "`sentence` for a version pushed without one; --text-column NAME takes the texts from "
         "another column"
     )  # fmt: skip
-    require_columns(path, rows, [c for c in (first, spec.data.text_pair) if c], named=named)
+    require_columns(path, rows, columns, named=named)
     texts = [str(t) for t in rows[first]]
     pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
     return texts, pairs

@@ -108,3 +108,29 @@ def test_a_class_the_data_never_shows_is_said_once(tmp_path):
         "the train split has no example of label 2 ('neutral') (the head has 3): the adapter "
         "will never predict it; check head.label_names (or num_labels) and data.max_train_samples"
     ]
+
+
+def test_an_empty_cell_in_a_column_read_names_its_rows(tmp_path):
+    """An empty text was read as the word 'None' (and predicted on); an empty label turned the
+    labels into floats, all called 'outside 0..1'. Rows are the file's, even where a subset is
+    drawn (max_train_samples); a column the adapter does not read may have holes."""
+    (tmp_path / "train.tsv").write_text(
+        "sentence\tlabel\tnote\ngood\t1\t\n\t0\tx\nbad\t\tx\nfine\t1\tx\n\t0\tx\n"
+    )
+    spec = _spec_reading(tmp_path / "train.tsv", "data.max_train_samples=2")
+    with pytest.raises(DataError) as raised:
+        load_raw(spec)
+    assert str(raised.value) == (
+        f"{tmp_path / 'train.tsv'}: 2 row(s) have no 'sentence' (rows 2, 5; the first data row "
+        "is 1): fill those cells in or remove the rows"
+    )
+    (tmp_path / "labels.tsv").write_text("sentence\tlabel\tnote\ngood\t1\t\nbad\t\tx\n")
+    with pytest.raises(DataError) as raised:
+        load_raw(_spec_reading(tmp_path / "labels.tsv"))
+    assert str(raised.value) == (
+        f"{tmp_path / 'labels.tsv'}: 1 row(s) have no 'label' (row 2; the first data row is "
+        "1): fill those cells in or remove the rows"
+    )
+    (tmp_path / "notes.tsv").write_text("sentence\tlabel\tnote\ngood\t1\t\nbad\t0\tx\n")
+    train, _ = load_raw(_spec_reading(tmp_path / "notes.tsv"))
+    assert train["sentence"] == ["good", "bad"]

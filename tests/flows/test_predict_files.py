@@ -69,7 +69,10 @@ def test_bad_inputs_are_one_line_before_any_model_loads(paired, tmp_path):
     env = {**os.environ}
     other = tmp_path / "other.tsv"
     other.write_text("review\tlabel\na fine film\t1\n")
+    holes = tmp_path / "holes.tsv"  # an empty second text was answered as the word 'None'
+    holes.write_text("sentence\tsecond\na\tb\nc\t\n")
     for arguments, says in (
+        (["--data", str(holes)], f"{holes}: 1 row(s) have no 'second' (row 2; the first data"),
         (["--text", "x", "--data", str(file)], "give --text or --data, not both"),
         ([], "nothing to predict: give --text TEXT"),
         (["--data", str(other)], "has no column(s) ['sentence', 'second']"),
