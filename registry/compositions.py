@@ -56,9 +56,24 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
     import peft_core as pc  # noqa: PLC0415 - torch only when a composition is written
 
     try:
-        return dict(pc.block_to_dict(pc.block_from_dict(exact)))  # type: ignore[arg-type]
+        canonical = dict(pc.block_to_dict(pc.block_from_dict(exact)))  # type: ignore[arg-type]
     except pc.CompositionError as exc:
         raise InvalidCompositionError(f"invalid composition: {exc}") from None
+    if _holds_fuse(canonical):  # it would be refused at every load, never at the save
+        raise InvalidCompositionError(
+            "a composition cannot hold a Fuse block: AdapterFusion's attention over its members "
+            "is an adapter of its own, trained, which a composition's members do not include; "
+            "build it from a spec (method: {type: fusion, members: [...]}) and predict with "
+            "that version"
+        )
+    return canonical
+
+
+def _holds_fuse(node: Any) -> bool:
+    """Whether a block (in the one shape) or any block inside it is a Fuse."""
+    if not isinstance(node, dict):
+        return False
+    return node.get("type") == "fuse" or any(_holds_fuse(c) for c in node.get(CHILDREN, []))
 
 
 def named_twice(refs: list[str]) -> list[str]:

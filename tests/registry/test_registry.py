@@ -591,6 +591,12 @@ class TestCompositions:
             ),
             (["a", "b"], "a composition definition is"),
             ({"type": "stak"}, "unknown composition type 'stak'; one of average, fuse, parallel"),
+            # a Fuse needs its trained fusion adapter, which no member is (it failed at load)
+            ({"type": "fuse"}, "a composition cannot hold a Fuse block: AdapterFusion's"),
+            (
+                {"type": "stack", "children": ["a", {"type": "fuse", "children": ["b"]}]},
+                "a composition cannot hold a Fuse block",
+            ),
         ],
     )
     def test_bad_definitions_are_refused_and_nothing_is_stored(
