@@ -58,7 +58,7 @@ def resolve_base_model(name_or_path: str) -> Path:
     raise BaseModelNotFound(
         f"unknown base model {name_or_path!r}: not a local folder, not a packaged model ({known}), "
         "and not in the local Hugging Face cache. Give a folder with config.json and weights, or "
-        "download it where the network allows (huggingface-cli download NAME)."
+        "download it where the network allows (`hf download NAME`)."
     )
 
 

@@ -182,6 +182,11 @@ class TestPlan:
         assert (
             error["ok"] is False and "unknown base model 'nobody/no-such-model'" in error["error"]
         )
+        # the command it names exists (huggingface_hub 1.0 removed `huggingface-cli`)
+        assert error["error"].endswith("(`hf download NAME`).")
+        hf = Path(sys.executable).with_name("hf")
+        helped = subprocess.run([hf, "download", "--help"], check=False, capture_output=True)
+        assert helped.returncode == 0, helped.stderr
 
 
 class TestTrain:
