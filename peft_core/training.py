@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -85,14 +85,7 @@ def train(
     ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
     ``GradScaler``), without which small gradients vanish in float16 (GPUs without bf16).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
-    if precision == "fp16" and _has_shards(model):
-        raise ConfigError(
-            "fp16 loss scaling is not done for FSDP-sharded models here: train them in bf16 "
-            "(precision bf16) or without sharding"
-        )
+    params = _checked_parameters(model, max_steps, gradient_accumulation_steps, precision)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     # transformers' optimisation module imports peft (~1.5 s): only training pays for it
     from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
@@ -131,7 +124,7 @@ def train(
                 last = micro == gradient_accumulation_steps - 1
                 sync = model.no_sync() if isinstance(model, DDP) and not last else _NO_CONTEXT
                 with sync, _autocast(device, precision):
-                    loss = forward(**batch).loss / gradient_accumulation_steps
+                    loss = _loss_of(forward(**batch)) / gradient_accumulation_steps
                 scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
             if data_parallel:
@@ -244,6 +237,37 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
         if forward is not None:
             return forward
     return model
+
+
+def _checked_parameters(
+    model: nn.Module, max_steps: int, gradient_accumulation_steps: int, precision: Precision
+) -> list[nn.Parameter]:
+    """The parameters to train, after refusing what cannot train (before any step)."""
+    if max_steps < 1 or gradient_accumulation_steps < 1:
+        raise ConfigError(
+            f"max_steps ({max_steps}) and gradient_accumulation_steps "
+            f"({gradient_accumulation_steps}) must each be at least 1"
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
+    if precision == "fp16" and _has_shards(model):
+        raise ConfigError(
+            "fp16 loss scaling is not done for FSDP-sharded models here: train them in bf16 "
+            "(precision bf16) or without sharding"
+        )
+    return params
+
+
+def _loss_of(output: Any) -> torch.Tensor:
+    """The loss a model's forward returned; a transformers model returns none without labels."""
+    loss = getattr(output, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "the model returned no loss: each batch must hold `labels` (class ids for a "
+            "classifier, token ids for a language model) beside its inputs"
+        )
+    return cast(torch.Tensor, loss)
 
 
 def _explained_first_failure(

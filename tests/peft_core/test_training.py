@@ -227,3 +227,33 @@ class TestGradientCheckpointing:
         model[0].weight.requires_grad_(True)
         with pytest.raises(pc.ConfigError, match="does not support gradient checkpointing"):
             pc.train(model, [], max_steps=1, learning_rate=1e-3, gradient_checkpointing=True)
+
+
+class TestMistakes:
+    """What a user gets wrong calling ``pc.train`` is one sentence, before any step."""
+
+    def test_batches_without_labels_say_so(self):
+        model = model_with_lora()
+        unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in batches(2)]
+        with pytest.raises(ValueError) as raised:  # was: unsupported operand NoneType / int
+            pc.train(model, unlabelled, max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == (
+            "the model returned no loss: each batch must hold `labels` (class ids for a "
+            "classifier, token ids for a language model) beside its inputs"
+        )
+
+    @pytest.mark.parametrize(("steps", "accumulation"), [(0, 1), (2, 0)])
+    def test_no_steps_is_refused_and_nothing_changes(self, steps, accumulation):
+        model = model_with_lora()
+        before = trainable(model)
+        with pytest.raises(pc.ConfigError) as raised:  # max_steps=0 returned an empty result
+            pc.train(
+                model, batches(2), max_steps=steps, learning_rate=1e-3,
+                gradient_accumulation_steps=accumulation,
+            )  # fmt: skip
+        assert str(raised.value) == (
+            f"max_steps ({steps}) and gradient_accumulation_steps ({accumulation}) must each be "
+            "at least 1"
+        )
+        after = trainable(model)
+        assert all(torch.equal(before[name], after[name]) for name in before)
