@@ -25,6 +25,7 @@ exact exactly where combining is: methods whose output is the layer's plus a ter
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, cast
@@ -92,6 +93,8 @@ def _combine(
     if method.combination is None:
         raise ConfigError(f"{first.config.type} adapters cannot be combined into a new adapter")
     factors = {source: float(weight) for source, weight in weights.items()}
+    if not all(math.isfinite(factor) for factor in factors.values()):
+        raise ConfigError(f"combine_adapters weights must be finite numbers, got {factors}")
     targets, sources_at = _union_of_targets(records)
     config = method.combined_config([r.config for r in records], how=how, rank=rank)
     config, overrides = method.combined_ranks(config, sources_at, how=how, uniform=uniform)

@@ -15,6 +15,7 @@ as versioned records over exact member versions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -91,6 +92,8 @@ class Average(_Block):
             raise CompositionError(
                 f"Average has {len(children)} adapters but {len(values)} weights"
             )
+        if not all(math.isfinite(value) for value in values):  # NaN would spread to every output
+            raise CompositionError(f"Average weights must be finite numbers, got {values}")
         object.__setattr__(self, "weights", values)
 
     def __repr__(self) -> str:

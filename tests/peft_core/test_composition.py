@@ -32,6 +32,11 @@ class TestBlocks:
             pc.block_from_dict(pc.block_to_dict(pc.Parallel("a", pc.Parallel("b"))))
         with pytest.raises(pc.CompositionError, match="2 adapters but 3 weights"):
             pc.Average("a", "b", weights=(1, 2, 3))
+        for weight in (float("nan"), float("inf")):  # were accepted: NaN in every output
+            with pytest.raises(pc.CompositionError, match="weights must be finite numbers"):
+                pc.Average("a", "b", weights=(weight, 1))
+        with pytest.raises(pc.CompositionError, match="weights must be finite numbers"):
+            pc.block_from_dict({"type": "average", "children": ["a", "b"], "weights": [1, "NaN"]})
 
     def test_set_active_validates_before_changing_anything(self, tiny_model):
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
@@ -380,6 +385,11 @@ class TestMergeAdapters:
         torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
         with pytest.raises(pc.ConfigError, match="same method"):
             pc.combine_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
+        with pytest.raises(pc.ConfigError) as raised:  # made an adapter of NaN
+            pc.combine_adapters(model, {"a": float("nan"), "b": 0.5}, name="bad")
+        assert str(raised.value) == (
+            "combine_adapters weights must be finite numbers, got {'a': nan, 'b': 0.5}"
+        )
         assert "bad" not in pc.list_adapters(model)
 
 
