@@ -42,6 +42,14 @@ __all__ = [
 ]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
+_LANGUAGE_PATTERN = r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$"
+# what each pattern asks for, in words (pydantic's message quotes the regular expression)
+_PATTERN_WORDS = {
+    _NAME_PATTERN: "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no "
+    "'/', '.' or spaces)",
+    _LANGUAGE_PATTERN: "a language code: 2-3 lowercase letters, then optionally '-' or '_' and "
+    "a region or script (en, pt, pt-BR, zh_Hant)",
+}
 
 
 class _Strict(BaseModel):
@@ -321,7 +329,7 @@ class AdapterSpec(_Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     base_model: str
     task: str = Field(pattern=_NAME_PATTERN)
-    language: str = Field(pattern=r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$")
+    language: str = Field(pattern=_LANGUAGE_PATTERN)
     description: str = ""
     head: HeadSpec
     method: MethodSpec
@@ -579,6 +587,9 @@ def _problem(error: Any) -> tuple[str, str]:
     if error["type"] == "union_tag_invalid" and location[-1:] == ["method"]:
         message = _unknown_method(str(error["ctx"]["tag"]))
     given = error.get("input")
+    if error["type"] == "string_pattern_mismatch":
+        pattern = str(error.get("ctx", {}).get("pattern"))
+        message = f"{_PATTERN_WORDS.get(pattern, message)}, got {given!r}"
     if error["type"] in ("list_type", "tuple_type") and isinstance(given, str):
         items = ", ".join(part.strip() for part in given.split(","))
         message += f"; a list is written [{items}] (in --set too)"

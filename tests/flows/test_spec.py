@@ -187,6 +187,15 @@ class TestInvalidSpecs:
         assert "rank must be >= 1" in found["method"]
         assert "num_labels" in found["head"]
         assert "unknown field" in found["extra_field"]
+        # in words, not pydantic's "String should match pattern '^[A-Za-z0-9]...'"
+        assert found["name"] == (
+            "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no '/', "
+            "'.' or spaces), got 'bad/name'"
+        )
+        assert problems(with_(language="English")) == {
+            "language": "a language code: 2-3 lowercase letters, then optionally '-' or '_' and "
+            "a region or script (en, pt, pt-BR, zh_Hant), got 'English'"
+        }
 
     @pytest.mark.parametrize(
         ("given", "told"),
