@@ -26,7 +26,7 @@ from pydantic import (
 
 import peft_core as pc
 from registry.errors import InvalidNameError
-from registry.names import check_alias
+from registry.names import LANGUAGE_PATTERN, LANGUAGE_WORDS, check_alias
 
 __all__ = [
     "METHOD_SPECS",
@@ -42,13 +42,11 @@ __all__ = [
 ]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
-_LANGUAGE_PATTERN = r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$"
 # what each pattern asks for, in words (pydantic's message quotes the regular expression)
 _PATTERN_WORDS = {
     _NAME_PATTERN: "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no "
     "'/', '.' or spaces)",
-    _LANGUAGE_PATTERN: "a language code: 2-3 lowercase letters, then optionally '-' or '_' and "
-    "a region or script (en, pt, pt-BR, zh_Hant)",
+    LANGUAGE_PATTERN: LANGUAGE_WORDS,
 }
 
 
@@ -329,7 +327,7 @@ class AdapterSpec(_Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     base_model: str
     task: str = Field(pattern=_NAME_PATTERN)
-    language: str = Field(pattern=_LANGUAGE_PATTERN)
+    language: str = Field(pattern=LANGUAGE_PATTERN)
     description: str = ""
     head: HeadSpec
     method: MethodSpec

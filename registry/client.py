@@ -51,7 +51,7 @@ from .errors import (
     InvalidCompositionError,
     RegistryError,
 )
-from .names import check_key, check_name, parse_ref
+from .names import check_key, check_language, check_name, parse_ref
 from .settings import Settings
 
 __all__ = ["Registry"]
@@ -101,7 +101,7 @@ class Registry:
         """
         check_name(name)
         check_name(task, "task")
-        check_name(language, "language")
+        check_language(language)
         if not base_model or len(base_model) > 256:
             raise RegistryError(f"invalid base model name {base_model!r}")
         metrics = _checked_metrics(metrics or {})

@@ -11,9 +11,25 @@ from dataclasses import dataclass
 
 from .errors import InvalidNameError
 
-__all__ = ["MAX_VERSION", "Ref", "check_alias", "check_key", "check_name", "parse_ref"]
+__all__ = [
+    "LANGUAGE_PATTERN",
+    "LANGUAGE_WORDS",
+    "MAX_VERSION",
+    "Ref",
+    "check_alias",
+    "check_key",
+    "check_language",
+    "check_name",
+    "parse_ref",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+# a language code (en, pt, pt-BR, zh_Hant): what resolve matches a request's language against
+LANGUAGE_PATTERN = r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$"
+LANGUAGE_WORDS = (
+    "a language code: 2-3 lowercase letters, then optionally '-' or '_' and a region or script "
+    "(en, pt, pt-BR, zh_Hant)"
+)
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails
 _OTHER_SEPARATOR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_\-]{0,127})([:/])([A-Za-z0-9_\-]+)")
 MAX_VERSION = 2**31 - 1  # the database column is a 32-bit integer on every backend
@@ -27,6 +43,14 @@ def check_name(value: str, what: str = "adapter name") -> str:
             f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-', starting with a "
             "letter or digit (no '/', '.' or spaces)"
         )
+    return value
+
+
+def check_language(value: str) -> str:
+    """Return ``value`` if it is a language code, else raise :class:`InvalidNameError` (an
+    adapter registered under ``English`` would never be found for ``en``)."""
+    if not isinstance(value, str) or not re.fullmatch(LANGUAGE_PATTERN, value):
+        raise InvalidNameError(f"invalid language {value!r}: {LANGUAGE_WORDS}")
     return value
 
 

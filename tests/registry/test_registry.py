@@ -181,6 +181,18 @@ class TestBadInput:
         with pytest.raises(rg.InvalidNameError, match=r"invalid adapter name"):
             register(registry, make_adapter(1), name=name)
 
+    @pytest.mark.parametrize("language", ["English", "EN", "e", "en US", "pt/BR"])
+    def test_a_language_is_a_code(self, registry, make_adapter, language):
+        """The registry took any name (a spec never did): `English` was never found for `en`."""
+        with pytest.raises(rg.InvalidNameError) as raised:
+            register(registry, make_adapter(1), language=language)
+        assert str(raised.value) == (
+            f"invalid language {language!r}: a language code: 2-3 lowercase letters, then "
+            "optionally '-' or '_' and a region or script (en, pt, pt-BR, zh_Hant)"
+        )
+        assert registry.find() == []
+        assert [register(registry, make_adapter(2), language="pt-BR").language] == ["pt-BR"]
+
     @pytest.mark.parametrize("ref", ["x@²", "x@99999999999999999999999", "x@0", "x@-1"])
     def test_bad_references_are_clear_errors_everywhere(
         self, registry, make_adapter, ref, tmp_path
