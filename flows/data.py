@@ -164,14 +164,16 @@ def prepare_file(
     tokenizer: PreTrainedTokenizerBase,
     *,
     max_samples: int | None = None,
+    named: str = "its spec's data section",
 ) -> datasets.Dataset:
     """A local file read with ``spec``'s columns and tokenised as its validation split is (what
     ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
-    them: a registered spec's columns cannot change, the file's can."""
+    them (``named``: where those names come from): a registered spec's columns cannot change,
+    the file's can."""
     dataset = load_split(
         str(path), max_samples=max_samples, seed=spec.train.seed, columns=_wanted_columns(spec)
     )
-    require_columns(path, dataset, _wanted_columns(spec))
+    require_columns(path, dataset, _wanted_columns(spec), named=named)
     return _tokenize(_checked_split(spec, dataset, Path(path).name), spec, tokenizer)
 
 

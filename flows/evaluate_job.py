@@ -17,6 +17,7 @@ from registry import Registry
 
 from .data import prepare_file
 from .errors import DataError
+from .files_spec import serving_spec
 from .predict_job import spec_of_composition
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
@@ -53,14 +54,22 @@ def evaluate_version(
     data: str | Path | None = None,
     max_samples: int | None = None,
     skip_probe: bool = False,
+    text_column: str | None = None,
+    label_column: str | None = None,
 ) -> Evaluation:
     """The metrics of the version ``ref`` resolves to on the file ``data`` (read with its spec's
-    columns), else on its spec's validation split; ``max_samples`` rows at most (a seeded
-    subset). The data is read and checked before the base model loads."""
+    columns, or ``text_column`` and ``label_column``), else on its spec's validation split;
+    ``max_samples`` rows at most (a seeded subset). A version pushed without a spec is scored
+    on a file only, with the head its files carry (texts in ``sentence`` and labels in
+    ``label`` unless named). The data is read and checked before the base model loads."""
     check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
-    spec = spec_of_version(version, "evaluate")
-    rows, source = _rows(spec, version.ref, data, max_samples)
+    if data is None:
+        _check_columns_need_a_file(text_column, label_column)
+        spec = spec_of_version(version, "evaluate", instead=_ON_A_FILE)
+    else:
+        spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
+    rows, source = _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
     return _scored(model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags)
@@ -73,14 +82,20 @@ def evaluate_composition(
     data: str | Path | None = None,
     max_samples: int | None = None,
     skip_probe: bool = False,
+    text_column: str | None = None,
+    label_column: str | None = None,
 ) -> Evaluation:
     """The metrics of the composition version ``ref`` resolves to (every member loaded and
     checked, the composition active), as :func:`evaluate_version` scores a version; the spec is
     its evaluation spec, else its last member's (a MAD-X stack's task adapter)."""
     check_reachable(tracking_uri())
     composition = registry.composition(ref)
-    spec = spec_of_composition(registry, composition, "evaluate", scoring=True)
-    rows, source = _rows(spec, composition.ref, data, max_samples)
+    if data is None:
+        _check_columns_need_a_file(text_column, label_column)
+    spec = spec_of_composition(registry, composition, "evaluate", scoring=data is None)
+    spec = _reading(spec, text_column, label_column)
+    pushed = not composition.evaluation and not registry.get(composition.members[-1]).spec
+    rows, source = _rows(spec, composition.ref, data, max_samples, pushed=pushed)
     model, tokenizer = load_inference_model(spec)
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
@@ -89,14 +104,61 @@ def evaluate_composition(
     return _scored(model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags)
 
 
+_ON_A_FILE = (
+    "or score it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
+    "columns --text-column and --label-column name)"
+)
+
+
+def _check_columns_need_a_file(text_column: str | None, label_column: str | None) -> None:
+    if text_column is not None or label_column is not None:
+        raise DataError(
+            "--text-column and --label-column name columns of the --data file: give --data FILE"
+        )
+
+
+def _reading(spec: AdapterSpec, text_column: str | None, label_column: str | None) -> AdapterSpec:
+    """``spec`` reading its texts from ``text_column`` and its labels from ``label_column``
+    (those given) instead of the columns it names."""
+    if text_column is None and label_column is None:
+        return spec
+    if spec.data.instructions:
+        raise DataError(
+            f"{spec.name} reads instructions (data.prompt and data.response, or data.messages): "
+            "--text-column and --label-column name a text adapter's columns; give a file with "
+            "its spec's columns"
+        )
+    if label_column is not None and spec.head.type != "classification":
+        raise DataError(
+            f"--label-column names a classifier's labels; {spec.name} is a {spec.head.type} "
+            "adapter, scored on the texts alone"
+        )
+    named = {"text": text_column, "label": label_column}
+    update = {field: column for field, column in named.items() if column is not None}
+    return spec.model_copy(update={"data": spec.data.model_copy(update=update)})
+
+
 def _rows(
-    spec: AdapterSpec, ref: str, data: str | Path | None, max_samples: int | None
+    spec: AdapterSpec,
+    ref: str,
+    data: str | Path | None,
+    max_samples: int | None,
+    *,
+    pushed: bool = False,
 ) -> tuple[Any, str]:
     """The tokenised rows to score and what they are: the file ``data``, else the spec's
-    validation split (``max_samples`` of them at most)."""
+    validation split (``max_samples`` of them at most). ``pushed``: the spec is the defaults a
+    version pushed without one reads (the error for a missing column says so)."""
     tokenizer = load_tokenizer(spec)
     if data is not None:
-        return prepare_file(spec, data, tokenizer, max_samples=max_samples), str(data)
+        named = (
+            "`sentence` and `label` for a version pushed without a spec; --text-column and "
+            "--label-column name others"
+            if pushed
+            else "its spec's data section; --text-column and --label-column name others"
+        )
+        rows = prepare_file(spec, data, tokenizer, max_samples=max_samples, named=named)
+        return rows, str(data)
     _check_built_on_files_here(spec, ref)
     if max_samples is not None:
         limited = spec.data.model_copy(update={"max_eval_samples": max_samples})

@@ -131,7 +131,9 @@ def spec_of_composition(
         raise DataError(
             f"{composition.ref} was saved without --evaluation and its last member {last.ref} "
             f"without a spec, so {command} cannot tell which columns to read and how to score: "
-            "save it again with `adapterops composition save ... --evaluation SPEC`"
+            "save it again with `adapterops composition save ... --evaluation SPEC`, or score "
+            "it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
+            "columns --text-column and --label-column name)"
         )
     return serving_spec(registry, last, command)
 

@@ -433,10 +433,11 @@ class SpecError(Exception):
         super().__init__(f"{source}: {count}{listed}")
 
 
-def spec_of_version(version: Any, command: str) -> AdapterSpec:
+def spec_of_version(version: Any, command: str, *, instead: str = "") -> AdapterSpec:
     """The spec a registered version was built from; versions pushed without one cannot tell
     the data they read and how they are scored, so ``command`` cannot use them (predict and
-    export can: :func:`flows.files_spec.serving_spec`)."""
+    export can: :func:`flows.files_spec.serving_spec`); ``instead``: another way, for the
+    message."""
     if not version.spec:
         raise SpecError(
             version.ref,
@@ -447,7 +448,7 @@ def spec_of_version(version: Any, command: str) -> AdapterSpec:
                     "metric, load settings) are unknown; "
                     f"{command} works on versions built by adapterops build or pushed with "
                     f"--spec SPEC (the spec it was trained with: adapterops rm {version.ref}, "
-                    "then push the folder again with it)",
+                    f"then push the folder again with it){f'; {instead}' if instead else ''}",
                 )
             ],
         )

@@ -36,6 +36,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "BatchSizeOption",
     "JsonOption",
+    "LabelColumnOption",
     "PredictDataOption",
     "SkipProbeOption",
     "TextColumnOption",
@@ -78,6 +79,15 @@ TextColumnOption = Annotated[
         metavar="NAME",
         help="The --data file's column holding the texts, when it is not the one the spec reads "
         "(a version pushed without a spec reads `sentence`).",
+    ),
+]
+LabelColumnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--label-column",
+        metavar="NAME",
+        help="The --data file's column holding a classifier's labels, when it is not the one "
+        "the spec reads (a version pushed without a spec reads `label`).",
     ),
 ]
 SkipProbeOption = Annotated[

@@ -17,6 +17,7 @@ from ..errors import TrackingUnavailableError
 from .common import (
     BatchSizeOption,
     JsonOption,
+    LabelColumnOption,
     PredictDataOption,
     SkipProbeOption,
     TextColumnOption,
@@ -224,6 +225,8 @@ def predict(
 def evaluate(
     ref: RefArgument,
     data: DataOption = None,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
     max_samples: MaxSamplesOption = None,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
@@ -236,8 +239,9 @@ def evaluate(
     quiet_libraries()
     with user_errors(as_json):
         result = evaluate_composition(
-            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe
-        )
+            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+            text_column=text_column, label_column=label_column,
+        )  # fmt: skip
     show_evaluation(result, as_json)
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from .common import (
     BatchSizeOption,
     JsonOption,
+    LabelColumnOption,
     PredictDataOption,
     SkipProbeOption,
     TextColumnOption,
@@ -150,6 +151,8 @@ MaxSamplesOption = Annotated[
 def evaluate(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
     data: DataOption = None,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
     max_samples: MaxSamplesOption = None,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
@@ -164,8 +167,9 @@ def evaluate(
     quiet_libraries()
     with user_errors(as_json):
         result = evaluate_version(
-            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe
-        )
+            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+            text_column=text_column, label_column=label_column,
+        )  # fmt: skip
     show_evaluation(result, as_json)
 
 

@@ -85,8 +85,9 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
 def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path, sst2_dir):
     """An adapter trained elsewhere (or by `adapterops train`) and pushed with the spec it was
     trained with answers as the built version of the same files does; pushed without one it
-    answers the same from its files (labels by number) but cannot be scored (which columns,
-    which metric?), and a spec of another method is refused at the push."""
+    answers the same from its files (labels by number) and is scored the same on a file (its
+    columns `sentence` and `label`, or named), but not on a validation split it cannot name,
+    and a spec of another method is refused at the push."""
     env = {**os.environ}
     built = Registry().get(version)
     document = {**built.spec, "name": "pushed-sst2"}
@@ -105,12 +106,45 @@ def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path,
     assert [a.probabilities for a in from_files] == [e.probabilities for e in expected]
     assert [(a.label, a.label_name) for a in from_files] == [(e.label, "") for e in expected]
     file = sst2_dir / "en" / "validation.tsv"
-    refused = run_cli("evaluate", "pushed-sst2@1", "--data", str(file), env=env)
+    refused = run_cli("evaluate", "pushed-sst2@1", env=env)  # its validation split: unknown
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert (
         "the settings it was trained with (data columns, metric, load settings) are "
         "unknown; evaluate works on versions built by adapterops build or pushed with --spec "
         "SPEC (the spec it was trained with: adapterops rm " in refused.stderr
+    )
+    assert refused.stderr.strip().endswith(
+        "or score it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
+        "columns --text-column and --label-column name)"
+    )
+    # on a file it is scored with the head its files carry, as the built version scores
+    original = evaluate_version(Registry(), version, data=file, max_samples=24)
+    from_files = evaluate_version(Registry(), "pushed-sst2@1", data=file, max_samples=24)
+    for scored in (original, from_files):
+        assert scored.metrics["examples"] == 24
+    assert from_files.metrics["accuracy"] == pytest.approx(original.metrics["accuracy"])
+    assert from_files.metrics["confusion_matrix"] == original.metrics["confusion_matrix"]
+    renamed = tmp_path / "renamed.tsv"  # the same rows under other column names
+    lines = file.read_text().splitlines(keepends=True)
+    renamed.write_text("review\tgold\n" + "".join(lines[1:]))
+    missing = run_cli("evaluate", "pushed-sst2@1", "--data", str(renamed), env=env)
+    assert missing.returncode == 2 and (
+        "(`sentence` and `label` for a version pushed without a spec; --text-column and "
+        "--label-column name others)" in missing.stderr
+    )
+    named = run_cli(
+        "evaluate", "pushed-sst2@1", "--data", str(renamed), "--max-samples", "24",
+        "--text-column", "review", "--label-column", "gold", "--json", env=env,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert (
+        json.loads(named.stdout)["metrics"]["confusion_matrix"]
+        == (from_files.metrics["confusion_matrix"])
+    )
+    alone = run_cli("evaluate", "pushed-sst2@1", "--label-column", "gold", env=env)
+    assert (alone.returncode, alone.stderr.strip()) == (
+        2,
+        "error: --text-column and --label-column name columns of the --data file: give --data FILE",
     )
     same_bytes = run_cli("push", str(folder), "--spec", str(spec_file), env=env)
     assert same_bytes.returncode == 0, same_bytes.stderr[-2000:]

@@ -64,13 +64,24 @@ def test_a_classifier_peft_trained_elsewhere_answers_as_peft_computes(embedded_h
         None,
     )
 
-    # as a composition's last member: it answers the same; scoring needs a spec's columns
+    # as a composition's last member: it answers the same; scored on a file, not on a
+    # validation split nothing names
     Registry().register_composition("solo", {"type": "stack"}, ["elsewhere@1"])
     _, stacked = predict_composition(Registry(), "solo", TEXTS)
     assert [a.probabilities for a in stacked] == [a.probabilities for a in answers]
     with pytest.raises(DataError, match=r"solo@1 was saved without --evaluation and its last "
-                       r"member elsewhere@1 without a spec, so evaluate cannot tell"):  # fmt: skip
-        evaluate_composition(Registry(), "solo", data=tmp_path / "unread.tsv")
+                       r"member elsewhere@1 without a spec, so evaluate cannot tell .* or score "
+                       r"it on a file: --data FILE"):  # fmt: skip
+        evaluate_composition(Registry(), "solo")
+    gold = [int(x) for x in logits.argmax(-1)]
+    gold[0] = (gold[0] + 1) % 3  # one of three wrong: accuracy 2/3, whatever the weights say
+    labelled = tmp_path / "labelled.tsv"
+    rows = "".join(f"{text}\t{label}\n" for text, label in zip(TEXTS, gold, strict=True))
+    labelled.write_text("text\ty\n" + rows)
+    scored = evaluate_composition(
+        Registry(), "solo", data=labelled, text_column="text", label_column="y"
+    )
+    assert (scored.metrics["examples"], scored.metrics["accuracy"]) == (3, pytest.approx(2 / 3))
 
     # a merged export too: a plain checkpoint that computes what peft computed
     export(Registry(), "elsewhere@1", "merged", tmp_path / "merged")
