@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 import peft_core as pc
 from peft_core.adapterhub import is_adapterhub_folder
 from registry import AdapterVersion, Registry
+from registry.names import check_language, check_name
 
 from .errors import DataError
 from .models import resolve_base_model
@@ -36,6 +37,11 @@ def import_adapterhub(
     description: str = "",
 ) -> AdapterVersion:
     """Register the AdapterHub adapter in ``folder`` as ``name``'s next version."""
+    check_name(name)  # before the base model loads
+    check_name(task, "task")
+    check_language(language)
+    if not folder.exists():
+        raise DataError(f"{folder} does not exist: give the folder the `adapters` library saved")
     if not folder.is_dir() or not is_adapterhub_folder(folder):
         raise DataError(
             f"{folder} is not an AdapterHub adapter folder (adapter_config.json written by the "

@@ -70,6 +70,17 @@ def test_folders_of_the_other_kind_are_sent_to_the_right_command(tmp_path: Path)
     imported = run_cli("import", str(tmp_path), "--name", "x", *WHERE)
     assert imported.returncode == 2 and imported.stderr.count("\n") == 1
     assert "not an AdapterHub adapter folder" in imported.stderr
+    nowhere = run_cli("import", str(tmp_path / "nowhere"), "--name", "x", *WHERE)
+    assert nowhere.stderr == (
+        f"error: {tmp_path / 'nowhere'} does not exist: give the folder the `adapters` library "
+        "saved\n"
+    )
+    # the identity is checked before the base model loads (was: after, by the registry)
+    english = run_cli("import", str(FIXTURES / "seq_bn"), "--name", "x", *WHERE[:4], "--language", "English")  # fmt: skip
+    assert english.returncode == 2 and english.stderr.startswith(
+        "error: invalid language 'English': a language code"
+    )
+    assert json.loads(run_cli("ls", "--json").stdout) == []
 
 
 def test_an_adapter_our_modules_cannot_compute_is_refused_and_nothing_is_stored(tmp_path: Path):
