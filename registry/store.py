@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session
 from .bundles import Bundle
 from .compositions import canonical_definition
 from .entities import AdapterVersion, Composition, Event, Resolution
-from .errors import BaseModelMismatchError, InUseError, InvalidNameError, NotFoundError
+from .errors import (
+    BaseModelMismatchError,
+    InUseError,
+    InvalidCompositionError,
+    InvalidNameError,
+    NotFoundError,
+)
 from .names import Ref, check_alias, parse_ref
 from .orm import (
     AdapterRow,
@@ -302,6 +308,13 @@ def register_composition(
 ) -> Composition:
     """A new version of composition ``name`` over the exact versions ``members`` resolve to."""
     resolved = [get_version(session, member) for member in members]
+    fusions = [v.ref for v in resolved if v.method == "fusion"]
+    if fusions:  # loading the members alone, it would be refused at every load
+        raise InvalidCompositionError(
+            f"{', '.join(fusions)}: an AdapterFusion runs over the adapters it fuses, which a "
+            f"composition does not load with it; predict with it alone (`adapterops predict "
+            f"{fusions[0]}`), or compose the adapters it fuses"
+        )
     version_ids = [
         session.scalar(
             select(VersionRow.id)

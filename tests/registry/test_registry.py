@@ -629,6 +629,19 @@ class TestCompositions:
         with pytest.raises(rg.NotFoundError, match=r"no composition 'a'; 'a' is an adapter"):
             registry.composition("a")
 
+    def test_a_fusion_is_no_member(self, registry, make_adapter):
+        """It was saved, then refused at every load: its own members are not loaded with it."""
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2, method="fusion"), name="fused")
+        with pytest.raises(rg.InvalidCompositionError) as raised:
+            registry.register_composition("c", {"type": "stack"}, ["a", "fused"])
+        assert str(raised.value) == (
+            "fused@1: an AdapterFusion runs over the adapters it fuses, which a composition "
+            "does not load with it; predict with it alone (`adapterops predict fused@1`), or "
+            "compose the adapters it fuses"
+        )
+        assert registry.compositions() == []
+
     @pytest.mark.parametrize("members", [["a@1", "a@2"], ["a", "a"]])
     def test_one_version_of_each_adapter(self, registry, make_adapter, members):
         register(registry, make_adapter(1), name="a")
