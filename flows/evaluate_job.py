@@ -17,7 +17,7 @@ from registry import Registry
 
 from .data import prepare_file
 from .errors import DataError
-from .files_spec import serving_spec
+from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .predict_job import spec_of_composition
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
@@ -66,7 +66,7 @@ def evaluate_version(
     version = registry.get(ref)
     if data is None:
         _check_columns_need_a_file(text_column, label_column)
-        spec = spec_of_version(version, "evaluate", instead=_ON_A_FILE)
+        spec = spec_of_version(version, "evaluate", instead=SCORE_ON_A_FILE)
     else:
         spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
     rows, source = _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
@@ -102,12 +102,6 @@ def evaluate_composition(
     )
     tags = {"adapterops.evaluated": composition.ref, "adapterops.composition": composition.name}
     return _scored(model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags)
-
-
-_ON_A_FILE = (
-    "or score it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
-    "columns --text-column and --label-column name)"
-)
 
 
 def _check_columns_need_a_file(text_column: str | None, label_column: str | None) -> None:

@@ -34,7 +34,13 @@ from .spec import (
     spec_of_version,
 )
 
-__all__ = ["classifier_size", "serving_spec", "stated_head"]
+__all__ = ["SCORE_ON_A_FILE", "classifier_size", "serving_spec", "stated_head"]
+
+# what evaluate says to do for a version or composition with no spec naming columns and a metric
+SCORE_ON_A_FILE = (
+    "or score it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
+    "columns --text-column and --label-column name)"
+)
 
 
 def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> AdapterSpec:

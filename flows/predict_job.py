@@ -22,7 +22,7 @@ from registry import AdapterVersion, Composition, Registry
 from .data import load_split, require_columns
 from .errors import DataError
 from .evaluation import greedy_continuations
-from .files_spec import serving_spec
+from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
 from .spec import AdapterSpec, parse_spec
 from .train_job import load_inference_model, load_registered
@@ -131,9 +131,8 @@ def spec_of_composition(
         raise DataError(
             f"{composition.ref} was saved without --evaluation and its last member {last.ref} "
             f"without a spec, so {command} cannot tell which columns to read and how to score: "
-            "save it again with `adapterops composition save ... --evaluation SPEC`, or score "
-            "it on a file: --data FILE (texts in `sentence` and labels in `label`, or the "
-            "columns --text-column and --label-column name)"
+            "save it again with `adapterops composition save ... --evaluation SPEC`, "
+            f"{SCORE_ON_A_FILE}"
         )
     return serving_spec(registry, last, command)
 

@@ -26,7 +26,13 @@ from pydantic import (
 
 import peft_core as pc
 from registry.errors import InvalidNameError
-from registry.names import LANGUAGE_PATTERN, LANGUAGE_WORDS, check_alias
+from registry.names import (
+    LANGUAGE_PATTERN,
+    LANGUAGE_WORDS,
+    NAME_PATTERN,
+    NAME_WORDS,
+    check_alias,
+)
 
 __all__ = [
     "METHOD_SPECS",
@@ -41,13 +47,8 @@ __all__ = [
     "spec_of_version",
 ]
 
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
 # what each pattern asks for, in words (pydantic's message quotes the regular expression)
-_PATTERN_WORDS = {
-    _NAME_PATTERN: "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no "
-    "'/', '.' or spaces)",
-    LANGUAGE_PATTERN: LANGUAGE_WORDS,
-}
+_PATTERN_WORDS = {NAME_PATTERN: NAME_WORDS, LANGUAGE_PATTERN: LANGUAGE_WORDS}
 
 
 class _Strict(BaseModel):
@@ -324,9 +325,9 @@ class ScheduleSpec(_Strict):
 class AdapterSpec(_Strict):
     """Everything needed to build, evaluate, register and promote one adapter."""
 
-    name: str = Field(pattern=_NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN)
     base_model: str
-    task: str = Field(pattern=_NAME_PATTERN)
+    task: str = Field(pattern=NAME_PATTERN)
     language: str = Field(pattern=LANGUAGE_PATTERN)
     description: str = ""
     head: HeadSpec
@@ -460,7 +461,7 @@ class PlanSpec(_Strict):
 
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(default="adapter", pattern=_NAME_PATTERN)
+    name: str = Field(default="adapter", pattern=NAME_PATTERN)
     base_model: str
     head: HeadSpec
     method: MethodSpec

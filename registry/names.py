@@ -15,6 +15,8 @@ __all__ = [
     "LANGUAGE_PATTERN",
     "LANGUAGE_WORDS",
     "MAX_VERSION",
+    "NAME_PATTERN",
+    "NAME_WORDS",
     "Ref",
     "check_alias",
     "check_key",
@@ -23,7 +25,12 @@ __all__ = [
     "parse_ref",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+# an adapter, composition, task or base-model short name: what check_name and the spec accept
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
+NAME_WORDS = (
+    "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no '/', '.' or spaces)"
+)
+_NAME = re.compile(NAME_PATTERN)  # used with fullmatch: no name ends in a newline
 # a language code (en, pt, pt-BR, zh_Hant): what resolve matches a request's language against
 LANGUAGE_PATTERN = r"^[a-z]{2,3}([_-][A-Za-z0-9]+)?$"
 LANGUAGE_WORDS = (
@@ -39,10 +46,7 @@ MAX_ALIAS = 64  # the alias and metric-key columns: one limit, checked before an
 def check_name(value: str, what: str = "adapter name") -> str:
     """Return ``value`` if it is a valid name, else raise :class:`InvalidNameError`."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise InvalidNameError(
-            f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-', starting with a "
-            "letter or digit (no '/', '.' or spaces)"
-        )
+        raise InvalidNameError(f"invalid {what} {value!r}: {NAME_WORDS}")
     return value
 
 
