@@ -51,6 +51,7 @@ __all__ = [
     "prefect_answers",
     "print_columns",
     "quiet_libraries",
+    "require_known",
     "spec_files",
     "user_errors",
     "warn",
@@ -312,6 +313,16 @@ def quiet_store_creation() -> None:
     """MLflow logs creating and migrating its embedded database (two INFO lines on the first
     command run with a new ``ADAPTEROPS_HOME``, before any answer); its failures still show."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:
+    """Resolve each reference before torch and transformers load: a name or alias that does not
+    exist is one line in a second, not in five (the job resolves them again, to the same)."""
+    for ref in refs:
+        if compositions:
+            registry.composition(ref)
+        else:
+            registry.get(ref)
 
 
 def quiet_libraries() -> None:

@@ -28,6 +28,7 @@ from .common import (
     input_texts,
     print_columns,
     quiet_libraries,
+    require_known,
     user_errors,
 )
 from .operate import (
@@ -205,11 +206,12 @@ def predict(
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the
     head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
-    from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
-
-    quiet_libraries()
     with user_errors(as_json):
         registry = Registry()
+        require_known(registry, [ref], compositions=True)
+        from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         texts, pairs = gather_inputs(
             registry, ref, input_texts(text), data, composition=True, text_column=text_column
         )
@@ -234,12 +236,14 @@ def evaluate(
     """Score a composition on a data file, or on its evaluation spec's validation split (else
     its last member's): every member loaded and checked, the composition active. Recorded as
     an MLflow run."""
-    from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch only when evaluating
-
-    quiet_libraries()
     with user_errors(as_json):
+        registry = Registry()
+        require_known(registry, [ref], compositions=True)
+        from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         result = evaluate_composition(
-            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+            registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
             text_column=text_column, label_column=label_column,
         )  # fmt: skip
     show_evaluation(result, as_json)
@@ -257,12 +261,14 @@ def export(
     """Write a composition for a serving engine that serves one adapter: a stack or an average
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
     (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
-    from ..export_job import export_composition  # noqa: PLC0415 - torch only when exporting
-
-    quiet_libraries()
     with user_errors(as_json):
+        registry = Registry()
+        require_known(registry, [ref], compositions=True)
+        from ..export_job import export_composition  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         result = export_composition(
-            Registry(), ref, engine, out, max_lora_rank=max_lora_rank, force=force
+            registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
         )
     show_export(result, as_json)
 

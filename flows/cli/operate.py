@@ -22,6 +22,7 @@ from .common import (
     emit_json,
     input_texts,
     quiet_libraries,
+    require_known,
     spec_files,
     user_errors,
     warn,
@@ -91,11 +92,12 @@ def predict(
     share each batch, each row through its own adapter."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415
-
-    quiet_libraries()
     with user_errors(as_json):
         registry = Registry()
+        require_known(registry, refs)
+        from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         texts, pairs = gather_inputs(
             registry, refs[0], input_texts(text), data, text_column=text_column
         )
@@ -162,12 +164,14 @@ def evaluate(
     (instructions). Recorded as an MLflow run."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch only when evaluating
-
-    quiet_libraries()
     with user_errors(as_json):
+        registry = Registry()
+        require_known(registry, [ref])
+        from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         result = evaluate_version(
-            Registry(), ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+            registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
             text_column=text_column, label_column=label_column,
         )  # fmt: skip
     show_evaluation(result, as_json)
@@ -221,12 +225,14 @@ def export(
     silently ignore (nothing is written then, unless --force)."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..export_job import export as export_version  # noqa: PLC0415
-
-    quiet_libraries()
     with user_errors(as_json):
+        registry = Registry()
+        require_known(registry, [ref])
+        from ..export_job import export as export_version  # noqa: PLC0415 - torch
+
+        quiet_libraries()
         result = export_version(
-            Registry(), ref, engine, out, max_lora_rank=max_lora_rank, force=force
+            registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
         )
     show_export(result, as_json)
 

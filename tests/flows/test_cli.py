@@ -322,6 +322,42 @@ class TestBasics:
         )
         assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
 
+    @pytest.mark.parametrize(
+        ("args", "error"),
+        [
+            (("predict", "typo@1", "--text", "hi"), "no adapter named 'typo'"),
+            (("predict", "typo", "other", "--text", "hi"), "no adapter named 'typo'"),
+            (("evaluate", "typo@champion"), "no adapter named 'typo'"),
+            (("export", "typo", "--for", "vllm", "--out", "out"), "no adapter named 'typo'"),
+            (("composition", "predict", "typo", "--text", "hi"), "no composition 'typo'"),
+            (("composition", "evaluate", "typo"), "no composition 'typo'"),
+            (
+                ("composition", "export", "typo", "--for", "peft", "--out", "out"),
+                "no composition 'typo'",
+            ),
+        ],
+    )
+    def test_a_reference_that_does_not_exist_is_refused_before_torch_loads(
+        self, args, error, tmp_path
+    ):
+        """A typo waited five seconds for torch and transformers before its one line."""
+        probe = (
+            "import sys, flows.cli\n"
+            "sys.argv[0] = 'adapterops'\n"
+            "try:\n    flows.cli.main()\n"
+            "except SystemExit as exit:\n"
+            "    print(exit.code, 'torch' in sys.modules, file=sys.__stdout__)\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+        env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
+            cwd=tmp_path, check=False,
+        )  # fmt: skip
+        assert result.stdout.splitlines()[-1] == "2 False", result.stderr[-2000:]
+        assert result.stderr.strip().splitlines() == [f"error: {error}"]
+        assert not (tmp_path / "out").exists()
+
     def test_version_and_short_help(self):
         version = adapterops("--version")
         assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")
