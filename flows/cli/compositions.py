@@ -151,12 +151,14 @@ def alias(
 ) -> None:
     """Point an alias at a composition version (moving it from another version if needed),
     through MLflow (moves made in the MLflow UI are taken first)."""
-    from .. import tracking  # noqa: PLC0415
-    from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
-
     with user_errors(as_json):
-        registry, client = Registry(), tracking.client()
-        sync_composition_aliases(registry, client, [registry.composition(ref).name])
+        registry = Registry()
+        composition_name = registry.composition(ref).name  # before MLflow loads
+        from .. import tracking  # noqa: PLC0415
+        from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
+
+        client = tracking.client()
+        sync_composition_aliases(registry, client, [composition_name])
         composition = move_composition_alias(registry, client, ref, name, origin="cli")
     _print([composition], as_json, single=True)
 
@@ -168,15 +170,17 @@ def unalias(
     as_json: JsonOption = False,
 ) -> None:
     """Take an alias off a composition, in MLflow and the registry."""
-    from .. import tracking  # noqa: PLC0415
-    from ..mlflow_compositions import (  # noqa: PLC0415
-        remove_composition_alias,
-        sync_composition_aliases,
-    )
-
     with user_errors(as_json):
-        registry, client = Registry(), tracking.client()
-        sync_composition_aliases(registry, client, [registry.composition(composition).name])
+        registry = Registry()
+        composition_name = registry.composition(composition).name  # before MLflow loads
+        from .. import tracking  # noqa: PLC0415
+        from ..mlflow_compositions import (  # noqa: PLC0415
+            remove_composition_alias,
+            sync_composition_aliases,
+        )
+
+        client = tracking.client()
+        sync_composition_aliases(registry, client, [composition_name])
         remove_composition_alias(registry, client, composition, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "composition": composition, "removed": name})

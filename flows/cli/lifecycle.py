@@ -23,6 +23,7 @@ from .common import (
     emit_json,
     prefect_answers,
     quiet_libraries,
+    require_known,
     spec_files,
     user_errors,
     warn,
@@ -230,10 +231,7 @@ def promote_command(
     unless --force is given."""
     from registry import Registry  # noqa: PLC0415
 
-    from .. import tracking  # noqa: PLC0415
     from ..errors import PromotionRefusedError  # noqa: PLC0415
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
-    from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
     if alias_given and alias_option and alias_given != alias_option:
         raise typer.BadParameter(
@@ -241,7 +239,14 @@ def promote_command(
         )
     alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
-        registry, client = Registry(), tracking.client()
+        registry = Registry()
+        # the adapter, before MLflow loads (the alias in REF may exist in MLflow alone, so far)
+        require_known(registry, [ref.partition("@")[0]])
+        from .. import tracking  # noqa: PLC0415
+        from ..mlflow_models import sync_aliases  # noqa: PLC0415
+        from ..promotion import check_not_worse, promote  # noqa: PLC0415
+
+        client = tracking.client()
         sync_aliases(registry, client, [ref.partition("@")[0]])
         try:
             check_not_worse(registry, ref, alias)
@@ -265,13 +270,14 @@ def rollback(
     """Move ``champion`` back to the ``previous`` version."""
     from registry import Registry  # noqa: PLC0415
 
-    from .. import tracking  # noqa: PLC0415
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
-    from ..promotion import rollback as roll_back  # noqa: PLC0415
-
     with user_errors(as_json):
         registry = Registry()
-        registry.get(name)  # a typo is "no adapter named ...", not "no previous version"
+        # a typo is "no adapter named ...", not "no previous version", and before MLflow loads
+        require_known(registry, [name])
+        from .. import tracking  # noqa: PLC0415
+        from ..mlflow_models import sync_aliases  # noqa: PLC0415
+        from ..promotion import rollback as roll_back  # noqa: PLC0415
+
         client = tracking.client()
         sync_aliases(registry, client, [name])
         version = roll_back(registry, client, name, origin="cli")

@@ -25,6 +25,7 @@ from .common import (
     human_bytes,
     print_columns,
     quiet_libraries,
+    require_known,
     user_errors,
     warn,
 )
@@ -266,11 +267,14 @@ def alias(
 ) -> None:
     """Point an alias at a version (moving it from another version if needed), in MLflow
     first, as reviewers see aliases there; `promote` does the same behind the gate."""
-    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
-    from ..promotion import move_alias  # noqa: PLC0415
-
     with user_errors(as_json):
-        version = move_alias(_registry(), tracking.client(), ref, name, origin="cli")
+        registry = _registry()
+        # the adapter, before MLflow loads (the alias in REF may exist in MLflow alone, so far)
+        require_known(registry, [ref.partition("@")[0]])
+        from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+        from ..promotion import move_alias  # noqa: PLC0415
+
+        version = move_alias(registry, tracking.client(), ref, name, origin="cli")
     _print_versions([version], as_json, single=True)
 
 
@@ -281,12 +285,14 @@ def unalias(
     as_json: JsonOption = False,
 ) -> None:
     """Take an alias off an adapter, in MLflow first (then its version may be deleted)."""
-    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
-    from ..promotion import remove_alias  # noqa: PLC0415
-
     with user_errors(as_json):
-        registry, client = _registry(), tracking.client()
+        registry = _registry()
+        require_known(registry, [adapter])  # before MLflow loads
+        from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+        from ..mlflow_models import sync_aliases  # noqa: PLC0415
+        from ..promotion import remove_alias  # noqa: PLC0415
+
+        client = tracking.client()
         sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
         remove_alias(registry, client, adapter, name, origin="cli")
     if as_json:

@@ -335,18 +335,25 @@ class TestBasics:
                 ("composition", "export", "typo", "--for", "peft", "--out", "out"),
                 "no composition 'typo'",
             ),
+            (("promote", "typo@2", "champion"), "no adapter named 'typo'"),
+            (("alias", "typo@staging", "champion"), "no adapter named 'typo'"),
+            (("unalias", "typo", "staging"), "no adapter named 'typo'"),
+            (("rollback", "typo"), "no adapter named 'typo'"),
+            (("composition", "alias", "typo@1", "champion"), "no composition 'typo'"),
+            (("composition", "unalias", "typo", "champion"), "no composition 'typo'"),
         ],
     )
-    def test_a_reference_that_does_not_exist_is_refused_before_torch_loads(
+    def test_a_reference_that_does_not_exist_is_refused_before_torch_or_mlflow_loads(
         self, args, error, tmp_path
     ):
-        """A typo waited five seconds for torch and transformers before its one line."""
+        """A typo waited for torch and transformers (five seconds) or MLflow (two) before its
+        one line."""
         probe = (
             "import sys, flows.cli\n"
             "sys.argv[0] = 'adapterops'\n"
             "try:\n    flows.cli.main()\n"
             "except SystemExit as exit:\n"
-            "    print(exit.code, 'torch' in sys.modules, file=sys.__stdout__)\n"
+            "    print(exit.code, sorted({'torch', 'mlflow'} & set(sys.modules)), file=sys.__stdout__)\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
@@ -354,7 +361,7 @@ class TestBasics:
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
             cwd=tmp_path, check=False,
         )  # fmt: skip
-        assert result.stdout.splitlines()[-1] == "2 False", result.stderr[-2000:]
+        assert result.stdout.splitlines()[-1] == "2 []", result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
         assert not (tmp_path / "out").exists()
 
