@@ -27,6 +27,7 @@ from .common import (
     human_bytes,
     prefect_answers,
     quiet_libraries,
+    require_spec_file,
     user_errors,
 )
 
@@ -112,13 +113,14 @@ def plan(
     train.max_length (one process's, with --processes N and train.sharding fsdp); with --gpus,
     where evaluation and predict would put the base. The spec needs only base_model, head and
     method."""
-    import peft_core as pc  # noqa: PLC0415
-
-    from ..planning import plan_spec, plan_step  # noqa: PLC0415
-    from ..spec import load_plan_spec  # noqa: PLC0415
-
     peak, why_not = None, ""
     with user_errors(as_json):
+        require_spec_file(spec_file)
+        import peft_core as pc  # noqa: PLC0415
+
+        from ..planning import plan_spec, plan_step  # noqa: PLC0415
+        from ..spec import load_plan_spec  # noqa: PLC0415
+
         machine = _gpus_option(gpus) if gpus is not None else None
         spec = load_plan_spec(spec_file, overrides)
         result = plan_spec(spec)
@@ -250,12 +252,13 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
-    from ..prepare_job import check_inputs  # noqa: PLC0415
-    from ..spec import load_spec  # noqa: PLC0415
-    from ..train_job import train_from_spec  # noqa: PLC0415
-
-    quiet_libraries()
     with user_errors(as_json):
+        require_spec_file(spec_file)
+        from ..prepare_job import check_inputs  # noqa: PLC0415
+        from ..spec import load_spec  # noqa: PLC0415
+        from ..train_job import train_from_spec  # noqa: PLC0415
+
+        quiet_libraries()
         spec = load_spec(spec_file, overrides)
         # bad input fails here, as in build, before the model is loaded (train evaluates the
         # model it trained: no second base to place)

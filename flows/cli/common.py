@@ -52,6 +52,7 @@ __all__ = [
     "print_columns",
     "quiet_libraries",
     "require_known",
+    "require_spec_file",
     "spec_files",
     "user_errors",
     "warn",
@@ -190,6 +191,15 @@ def labelled(label: str, style: str, text: str) -> Text:
 def warn(message: str) -> None:
     """One ``warning: ...`` line on stderr, whole at any width (logs grep it)."""
     errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+
+
+def require_spec_file(path: Path) -> None:
+    """A spec file that is not there is one line before torch loads (the spec module needs it:
+    methods are checked as they are read)."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder: give one spec file (retrain and deploy take folders)")
+    if not path.exists():
+        raise DataError(f"{path}: no such spec file")
 
 
 def spec_files(paths: list[Path]) -> list[Path]:

@@ -24,6 +24,7 @@ from .common import (
     prefect_answers,
     quiet_libraries,
     require_known,
+    require_spec_file,
     spec_files,
     user_errors,
     warn,
@@ -47,12 +48,13 @@ def build(
     """Train, evaluate, register and (if it beats the champion) promote one adapter, as a Prefect
     flow run. The same spec, data and code return the version built before. For CI: exit 0
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
-    from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
-    from ..prepare_job import check_inputs  # noqa: PLC0415
-    from ..spec import load_spec  # noqa: PLC0415
-
-    quiet_libraries()
     with user_errors(as_json, one_line_failures=True):
+        require_spec_file(spec_file)
+        from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
+        from ..prepare_job import check_inputs  # noqa: PLC0415
+        from ..spec import load_spec  # noqa: PLC0415
+
+        quiet_libraries()
         spec = load_spec(spec_file, overrides)
         check_inputs(spec)  # bad input fails here, before a flow run exists
         lineage = build_lineage(spec)
@@ -122,10 +124,10 @@ def retrain(
 ) -> None:
     """Rebuild the specs whose data or spec changed or whose schedule fired since their last
     build. One failing spec does not stop the others; exit 1 if any failed."""
-    from .. import pipelines  # noqa: PLC0415
-
     with user_errors(as_json):
         files = spec_files(spec_paths)
+    from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
+
     quiet_libraries()
     with (
         user_errors(as_json, one_line_failures=True),
@@ -163,11 +165,13 @@ def cascade(
     validation data). One failing composition does not stop the others; exit 1 if any failed."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..cascade import find_stale  # noqa: PLC0415
-
-    quiet_libraries()
     with user_errors(as_json, one_line_failures=True):
-        champion, stale = find_stale(Registry(), name)
+        registry = Registry()
+        require_known(registry, [name])
+        from ..cascade import find_stale  # noqa: PLC0415 - torch
+
+        quiet_libraries()
+        champion, stale = find_stale(registry, name)
     if dry_run or not stale:
         _print_stale(champion.ref, [s.to_dict() for s in stale], as_json)
         return

@@ -52,10 +52,11 @@ def deploy(
     """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``,
     and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
     --pool POOL``)."""
-    from ..deploy_job import deploy_specs  # noqa: PLC0415
-
     with user_errors(as_json, one_line_failures=True):
-        deployed = deploy_specs(spec_files(spec_paths), pool=pool, sync_every=sync_every)
+        files = spec_files(spec_paths)
+        from ..deploy_job import deploy_specs  # noqa: PLC0415 - Prefect and torch
+
+        deployed = deploy_specs(files, pool=pool, sync_every=sync_every)
     if as_json:
         emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
         return

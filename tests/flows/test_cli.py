@@ -341,19 +341,29 @@ class TestBasics:
             (("rollback", "typo"), "no adapter named 'typo'"),
             (("composition", "alias", "typo@1", "champion"), "no composition 'typo'"),
             (("composition", "unalias", "typo", "champion"), "no composition 'typo'"),
+            (("cascade", "typo"), "no adapter named 'typo'"),
+            (("build", "typo.yaml"), "typo.yaml: no such spec file"),
+            (("train", "typo.yaml", "--out", "out"), "typo.yaml: no such spec file"),
+            (("plan", "typo.yaml"), "typo.yaml: no such spec file"),
+            (("plan", "."), ". is a folder: give one spec file (retrain and deploy take folders)"),
+            (
+                ("retrain", "typo.yaml"),
+                "typo.yaml: no such spec file or folder (nothing was built)",
+            ),
+            (("deploy", "typo.yaml"), "typo.yaml: no such spec file or folder (nothing was built)"),
         ],
     )
-    def test_a_reference_that_does_not_exist_is_refused_before_torch_or_mlflow_loads(
+    def test_a_name_or_file_that_does_not_exist_is_refused_before_torch_mlflow_or_prefect_loads(
         self, args, error, tmp_path
     ):
-        """A typo waited for torch and transformers (five seconds) or MLflow (two) before its
-        one line."""
+        """A typo waited for torch and transformers (five seconds), MLflow (two) or Prefect before
+        its one line."""
         probe = (
             "import sys, flows.cli\n"
             "sys.argv[0] = 'adapterops'\n"
             "try:\n    flows.cli.main()\n"
             "except SystemExit as exit:\n"
-            "    print(exit.code, sorted({'torch', 'mlflow'} & set(sys.modules)), file=sys.__stdout__)\n"
+            "    print(exit.code, sorted({'torch', 'mlflow', 'prefect'} & set(sys.modules)), file=sys.__stdout__)\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
