@@ -193,6 +193,16 @@ def warn(message: str) -> None:
     errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
+def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:
+    """Resolve each reference before torch, transformers or MLflow load: a name or alias that
+    does not exist is one line in a second, not in two to five (the job resolves them again)."""
+    for ref in refs:
+        if compositions:
+            registry.composition(ref)
+        else:
+            registry.get(ref)
+
+
 def require_spec_file(path: Path) -> None:
     """A spec file that is not there is one line before torch loads (the spec module needs it:
     methods are checked as they are read)."""
@@ -323,16 +333,6 @@ def quiet_store_creation() -> None:
     """MLflow logs creating and migrating its embedded database (two INFO lines on the first
     command run with a new ``ADAPTEROPS_HOME``, before any answer); its failures still show."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-
-
-def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:
-    """Resolve each reference before torch and transformers load: a name or alias that does not
-    exist is one line in a second, not in five (the job resolves them again, to the same)."""
-    for ref in refs:
-        if compositions:
-            registry.composition(ref)
-        else:
-            registry.get(ref)
 
 
 def quiet_libraries() -> None:

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from registry import Composition, InvalidCompositionError, Registry
+import registry as rg
+from registry import Composition, InvalidCompositionError
 
 from ..errors import TrackingUnavailableError
 from .common import (
@@ -86,7 +87,7 @@ def save(
     with user_errors(as_json):
         block = _definition(definition)
         scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
-        registry = Registry()
+        registry = rg.Registry()
         composition = registry.register_composition(
             name, block, members, description=description, evaluation=scored
         )
@@ -94,7 +95,7 @@ def save(
     _print([composition], as_json, single=True)
 
 
-def _mirror(registry: Registry, composition: Composition) -> None:
+def _mirror(registry: rg.Registry, composition: Composition) -> None:
     """The saved version in MLflow too; if MLflow is down, say that it is saved all the same."""
     from .. import tracking  # noqa: PLC0415 - MLflow loads only for commands that use it
     from ..mlflow_compositions import ensure_composition_versions  # noqa: PLC0415
@@ -128,7 +129,7 @@ def _definition(text: str) -> dict[str, Any]:
 def list_compositions(as_json: JsonOption = False) -> None:
     """The newest version of every composition."""
     with user_errors(as_json):
-        compositions = Registry().compositions()
+        compositions = rg.Registry().compositions()
     if not compositions and not as_json:  # one line, not an empty table
         console.print("no compositions yet: `adapterops composition save NAME MEMBER...` adds one")
         return
@@ -139,7 +140,7 @@ def list_compositions(as_json: JsonOption = False) -> None:
 def show(ref: RefArgument, as_json: JsonOption = False) -> None:
     """One composition version: its definition, members and aliases."""
     with user_errors(as_json):
-        composition = Registry().composition(ref)
+        composition = rg.Registry().composition(ref)
     _print([composition], as_json, single=True)
 
 
@@ -152,7 +153,7 @@ def alias(
     """Point an alias at a composition version (moving it from another version if needed),
     through MLflow (moves made in the MLflow UI are taken first)."""
     with user_errors(as_json):
-        registry = Registry()
+        registry = rg.Registry()
         composition_name = registry.composition(ref).name  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
@@ -171,7 +172,7 @@ def unalias(
 ) -> None:
     """Take an alias off a composition, in MLflow and the registry."""
     with user_errors(as_json):
-        registry = Registry()
+        registry = rg.Registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_compositions import (  # noqa: PLC0415
@@ -194,7 +195,7 @@ def history(
 ) -> None:
     """The composition's event log: versions saved and alias moves, with their origin."""
     with user_errors(as_json):
-        events = Registry().composition_history(name)
+        events = rg.Registry().composition_history(name)
     show_events(events, f"history of composition {name}", as_json)
 
 
@@ -211,7 +212,7 @@ def predict(
     """Run a composition on text: every member loaded and checked, the composition active; the
     head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
     with user_errors(as_json):
-        registry = Registry()
+        registry = rg.Registry()
         require_known(registry, [ref], compositions=True)
         from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
 
@@ -241,7 +242,7 @@ def evaluate(
     its last member's): every member loaded and checked, the composition active. Recorded as
     an MLflow run."""
     with user_errors(as_json):
-        registry = Registry()
+        registry = rg.Registry()
         require_known(registry, [ref], compositions=True)
         from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
 
@@ -266,7 +267,7 @@ def export(
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
     (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
     with user_errors(as_json):
-        registry = Registry()
+        registry = rg.Registry()
         require_known(registry, [ref], compositions=True)
         from ..export_job import export_composition  # noqa: PLC0415 - torch
 
