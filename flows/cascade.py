@@ -29,10 +29,10 @@ import yaml
 
 from registry import AdapterVersion, Registry
 
-from .members import members_of_version
 from .mlflow_compositions import ensure_composition_versions, move_composition_alias, tag_score
 from .promotion import CHAMPION, Policy, decide
-from .spec import AdapterSpec, member_name, parse_spec
+from .spec import AdapterSpec, parse_spec
+from .stale import StaleComposition, find_stale
 from .tracking import client as tracking_client
 from .tracking import log_evaluation_run
 
@@ -49,22 +49,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class StaleComposition:
-    """A composition over an older version of the adapter whose champion moved."""
-
-    ref: str  # the fusion version holding champion ("fused@1"), or "stack:NAME@v"
-    kind: Literal["fusion", "stack"]
-    members: list[str]  # the exact versions it was built over
-    candidate_members: list[str]  # the same, with the new champion in place
-    evaluable: bool = True
-    reason: str = ""  # why it cannot be evaluated, when it cannot
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``adapterops cascade --json``)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class CascadeOutcome:
     """What happened to one stale composition."""
 
@@ -77,38 +61,6 @@ class CascadeOutcome:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
-
-
-def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[StaleComposition]]:
-    """``name``'s champion and every composition still built over another version of it."""
-    champion = registry.get(f"{name}@{CHAMPION}")
-    stale = []
-    for fusion in registry.find(method="fusion", alias=CHAMPION, limit=10_000):
-        members = members_of_version(fusion)
-        if _uses_another_version(members, champion):
-            replaced = [champion.ref if member_name(m) == name else m for m in members]
-            stale.append(StaleComposition(fusion.ref, "fusion", members, replaced))
-    for composition in registry.compositions():
-        members = list(composition.members)
-        if _uses_another_version(members, champion):
-            replaced = [champion.ref if member_name(m) == name else m for m in members]
-            stale.append(
-                StaleComposition(
-                    f"stack:{composition.name}@{composition.version}",
-                    "stack",
-                    members,
-                    replaced,
-                    evaluable=bool(composition.evaluation),
-                    reason=""
-                    if composition.evaluation
-                    else "saved without an evaluation spec (register_composition(evaluation=))",
-                )
-            )
-    return champion, stale
-
-
-def _uses_another_version(members: list[str], champion: AdapterVersion) -> bool:
-    return any(member_name(m) == champion.name and m != champion.ref for m in members)
 
 
 def score_stack(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from .spec import AdapterSpec, member_name
+from registry.names import member_name
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from registry import AdapterVersion, Registry
+
+    from .spec import AdapterSpec
 
 __all__ = ["LINEAGE_KEY", "load_members", "members_of_spec", "members_of_version"]
 

@@ -14,7 +14,7 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 
 from registry import AdapterVersion, NotFoundError, Registry
-from registry.names import check_alias
+from registry.names import CHAMPION, check_alias
 
 from .errors import PromotionRefusedError
 from .mlflow_models import delete_mlflow_alias, mirror_version, set_mlflow_alias
@@ -34,7 +34,7 @@ __all__ = [
     "rollback",
 ]
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+CHALLENGER, PREVIOUS = "challenger", "previous"
 
 
 @dataclass(frozen=True)

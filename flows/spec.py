@@ -32,6 +32,7 @@ from registry.names import (
     NAME_PATTERN,
     NAME_WORDS,
     check_alias,
+    member_name,
 )
 
 __all__ = [
@@ -120,11 +121,6 @@ class FusionSpec(_MethodSpec):
         return pc.Fusion(
             members=tuple(member_name(ref) for ref in self.members), temperature=self.temperature
         )
-
-
-def member_name(ref: str) -> str:
-    """The adapter name in a registry reference: ``name@champion`` -> ``name``."""
-    return ref.partition("@")[0]
 
 
 def _spec_model(method: pc.Method) -> type[_MethodSpec]:

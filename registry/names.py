@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import InvalidNameError
 
 __all__ = [
+    "CHAMPION",
     "LANGUAGE_PATTERN",
     "LANGUAGE_WORDS",
     "MAX_VERSION",
@@ -22,6 +23,7 @@ __all__ = [
     "check_key",
     "check_language",
     "check_name",
+    "member_name",
     "parse_ref",
 ]
 
@@ -39,6 +41,7 @@ LANGUAGE_WORDS = (
 )
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: "²".isdigit() is True, int("²") fails
 _OTHER_SEPARATOR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_\-]{0,127})([:/])([A-Za-z0-9_\-]+)")
+CHAMPION = "champion"  # the alias the serving path and the promotion gate use
 MAX_VERSION = 2**31 - 1  # the database column is a 32-bit integer on every backend
 MAX_ALIAS = 64  # the alias and metric-key columns: one limit, checked before any database sees it
 
@@ -87,6 +90,11 @@ class Ref:
     def __str__(self) -> str:
         suffix = self.version if self.version is not None else self.alias
         return f"{self.name}@{suffix}" if suffix is not None else self.name
+
+
+def member_name(ref: str) -> str:
+    """The adapter name in a registry reference: ``name@champion`` -> ``name``."""
+    return ref.partition("@")[0]
 
 
 def parse_ref(text: str) -> Ref:

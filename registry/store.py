@@ -24,7 +24,7 @@ from .errors import (
     InvalidNameError,
     NotFoundError,
 )
-from .names import Ref, check_alias, parse_ref
+from .names import CHAMPION, Ref, check_alias, parse_ref
 from .orm import (
     AdapterRow,
     AliasRow,
@@ -57,7 +57,6 @@ __all__ = [
     "set_composition_alias",
 ]
 
-CHAMPION = "champion"
 COMPOSITION_EVENTS = ("composition", "composition_alias_set", "composition_alias_removed")
 LANGUAGE_HEADS = ("masked-lm", "causal-lm")
 _Row = tuple[VersionRow, AdapterRow, BaseModelRow]

@@ -90,6 +90,34 @@ def run_cli(
     )
 
 
+# What a command may have no need to load: each costs seconds at every start.
+HEAVY_LIBRARIES = ("mlflow", "prefect", "torch")
+
+
+def run_cli_noting_imports(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``adapterops ARGS`` (its entry point, in a fresh Python), and which of
+    :data:`HEAVY_LIBRARIES` it had loaded when it exited. The process's last stdout line is
+    that report; the command's own output is the rest."""
+    probe = (
+        "import sys, flows.cli\n"
+        "sys.argv[0] = 'adapterops'\n"
+        "try:\n    flows.cli.main()\n"
+        "except SystemExit as done:\n"
+        f"    loaded = sorted(set({HEAVY_LIBRARIES!r}) & set(sys.modules))\n"
+        "    print('\\n' + ','.join(loaded), file=sys.__stdout__)\n"
+        "    raise\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, cwd=cwd,
+        timeout=600, check=False,
+    )  # fmt: skip
+    output, _, report = result.stdout.rstrip("\n").rpartition("\n")
+    result.stdout = output + "\n" if output else ""
+    return result, [name for name in report.split(",") if name]
+
+
 def run_quick_bench(module: str, results: Path) -> subprocess.CompletedProcess[str]:
     """``python -m bench.<module> --quick --device cpu`` writing its results into ``results``;
     asserts it exited 0 (its stderr tail otherwise)."""

@@ -99,7 +99,7 @@ def _stale_after(name: str) -> list[str]:
     """The compositions still over an older version of ``name``'s champion (for the hint)."""
     from registry import Registry  # noqa: PLC0415
 
-    from ..cascade import find_stale  # noqa: PLC0415
+    from ..stale import find_stale  # noqa: PLC0415 - the registry alone: no torch
 
     return [s.ref for s in find_stale(Registry(), name)[1]]
 
@@ -166,18 +166,16 @@ def cascade(
     from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
-        registry = Registry()
-        require_known(registry, [name])
-        from ..cascade import find_stale  # noqa: PLC0415 - torch
+        from ..stale import find_stale  # noqa: PLC0415 - the registry alone: no torch
 
-        quiet_libraries()
-        champion, stale = find_stale(registry, name)
+        champion, stale = find_stale(Registry(), name)
     if dry_run or not stale:
         _print_stale(champion.ref, [s.to_dict() for s in stale], as_json)
         return
     with user_errors(as_json, one_line_failures=True):
         from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
+        quiet_libraries()
         prefect_answers()
         with (
             progress("cascade", enabled=not as_json) as on_step,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_noting_imports
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -360,20 +360,10 @@ class TestBasics:
     ):
         """A typo waited for torch and transformers (five seconds), MLflow (two) or Prefect before
         its one line."""
-        probe = (
-            "import sys, flows.cli\n"
-            "sys.argv[0] = 'adapterops'\n"
-            "try:\n    flows.cli.main()\n"
-            "except SystemExit as exit:\n"
-            "    print(exit.code, sorted({'torch', 'mlflow', 'prefect'} & set(sys.modules)), file=sys.__stdout__)\n"
-        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
-        result = subprocess.run(
-            [sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
-            cwd=tmp_path, check=False,
-        )  # fmt: skip
-        assert result.stdout.splitlines()[-1] == "2 []", result.stderr[-2000:]
+        result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
+        assert (result.returncode, loaded) == (2, []), result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
         assert not (tmp_path / "out").exists()
 

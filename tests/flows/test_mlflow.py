@@ -34,7 +34,7 @@ from flows.spec import parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_noting_imports
 from tests.registry.workers import write_fake_adapter
 
 STEPS = 6
@@ -196,8 +196,10 @@ class TestAliasesThroughMlflow:
             forced.stderr
         )
         assert mlflow_aliases(client, "ranked") == {"champion": 2, "previous": 1}
-        better = run_cli("promote", "ranked@1", "--json", env=env)  # better: no --force needed
+        # better: no --force needed; MLflow loads, torch never (it took promote 3 s longer)
+        better, loaded = run_cli_noting_imports("promote", "ranked@1", "--json", env=env)
         assert better.returncode == 0 and "warning" not in better.stderr
+        assert json.loads(better.stdout)["stale_compositions"] == [] and loaded == ["mlflow"]
         assert registry.get("ranked@champion").version == 1
         # the alias as `adapterops alias` takes it, or as --alias; both, differing: refused
         staged = run_cli("promote", "ranked@2", "staging", "--json", env=env)

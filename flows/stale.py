@@ -1,0 +1,68 @@
+"""The compositions an adapter's new champion leaves behind: every fusion holding ``champion``
+and every saved composition built over another version of it.
+
+Kept apart from :mod:`flows.cascade` (which trains and scores): ``promote`` and ``cascade
+--dry-run`` list them from the registry alone, without loading torch or MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from registry.names import CHAMPION, member_name
+
+from .members import members_of_version
+
+if TYPE_CHECKING:
+    from registry import AdapterVersion, Registry
+
+__all__ = ["StaleComposition", "find_stale"]
+
+
+@dataclass(frozen=True)
+class StaleComposition:
+    """A composition over an older version of the adapter whose champion moved."""
+
+    ref: str  # the fusion version holding champion ("fused@1"), or "stack:NAME@v"
+    kind: Literal["fusion", "stack"]
+    members: list[str]  # the exact versions it was built over
+    candidate_members: list[str]  # the same, with the new champion in place
+    evaluable: bool = True
+    reason: str = ""  # why it cannot be evaluated, when it cannot
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``adapterops cascade --json``)."""
+        return asdict(self)
+
+
+def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[StaleComposition]]:
+    """``name``'s champion and every composition still built over another version of it."""
+    champion = registry.get(f"{name}@{CHAMPION}")
+    stale = []
+    for fusion in registry.find(method="fusion", alias=CHAMPION, limit=10_000):
+        members = members_of_version(fusion)
+        if _uses_another_version(members, champion):
+            replaced = [champion.ref if member_name(m) == name else m for m in members]
+            stale.append(StaleComposition(fusion.ref, "fusion", members, replaced))
+    for composition in registry.compositions():
+        members = list(composition.members)
+        if _uses_another_version(members, champion):
+            replaced = [champion.ref if member_name(m) == name else m for m in members]
+            stale.append(
+                StaleComposition(
+                    f"stack:{composition.name}@{composition.version}",
+                    "stack",
+                    members,
+                    replaced,
+                    evaluable=bool(composition.evaluation),
+                    reason=""
+                    if composition.evaluation
+                    else "saved without an evaluation spec (register_composition(evaluation=))",
+                )
+            )
+    return champion, stale
+
+
+def _uses_another_version(members: list[str], champion: AdapterVersion) -> bool:
+    return any(member_name(m) == champion.name and m != champion.ref for m in members)
