@@ -10,7 +10,8 @@ against its *floor*: a bare Python process importing what the command must impor
 MLflow for ``promote``; torch, transformers and the model's weights for ``predict``; Prefect and
 MLflow as well for a reused ``build``). ``--baseline REV`` also times ``--help``, ``ls``,
 ``show``, ``plan`` and ``promote`` from an earlier commit (a git worktree run on this
-environment) for a before/after ratio.
+environment) for a before/after ratio, and the refusals: a reference or spec file that does not
+exist must be one line (exit 2) without loading torch, MLflow or Prefect.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ BUILD = [
     str(SPEC), "--set", f"name={NAME}", "--set", "train.max_steps=3",
     "--set", "data.max_train_samples=32", "--set", "data.max_eval_samples=32",
 ]  # fmt: skip
+# Refused in one line (exit 2), without loading torch, MLflow or Prefect.
+REFUSED = ("predict (typo)", "promote (typo)", "build (no such spec)")
 # Commands an earlier commit runs the same way (predict and a reused build read what this
 # commit registered, and an earlier commit's build never reuses this one's versions).
-COMPARABLE = ("--help", "ls", "show", "plan", "promote")
+COMPARABLE = ("--help", "ls", "show", "plan", "promote", *REFUSED)
 # The issue's targets (#15.7), in seconds, on a quiet machine.
 TARGETS = {"--help": 0.5, "ls": 2.0, "show": 2.0, "plan": 2.0, "promote": 3.0}
 
@@ -68,21 +71,29 @@ def commands(name: str) -> dict[str, tuple[list[str], str]]:
         "promote": (["promote", f"{name}@1", "--force"], "mlflow"),
         "predict": (["predict", f"{name}@champion", "--text", "a fine film"], "model-weights"),
         "build (reused)": (["build", *BUILD], "prefect+mlflow+torch"),
+        "predict (typo)": (["predict", "typo@1", "--text", "a fine film"], "registry"),
+        "promote (typo)": (["promote", "typo@1", "--force"], "registry"),
+        "build (no such spec)": (["build", "typo.yaml"], "typer"),
     }
 
 
-def seconds(argv: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Wall-clock seconds of one process, which must succeed."""
+def seconds(argv: list[str], env: dict[str, str], cwd: Path, exit_code: int = 0) -> float:
+    """Wall-clock seconds of one process, which must exit with ``exit_code``."""
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
+    if result.returncode != exit_code:
+        raise SystemExit(
+            f"{' '.join(argv)} exited {result.returncode}, not {exit_code}:\n"
+            f"{result.stderr[-2000:]}"
+        )
     return elapsed
 
 
-def median_of(argv: list[str], env: dict[str, str], cwd: Path, repeats: int) -> float:
-    return statistics.median(seconds(argv, env, cwd) for _ in range(repeats))
+def median_of(
+    argv: list[str], env: dict[str, str], cwd: Path, repeats: int, exit_code: int = 0
+) -> float:
+    return statistics.median(seconds(argv, env, cwd, exit_code) for _ in range(repeats))
 
 
 def cli(source: Path | None) -> list[str]:
@@ -129,7 +140,8 @@ def main() -> None:
         }
         rows: list[dict[str, Any]] = []
         for label, (argv, floor) in commands(NAME).items():
-            ours = median_of([*cli(None), *argv], env, scratch, repeats)
+            exit_code = 2 if label in REFUSED else 0
+            ours = median_of([*cli(None), *argv], env, scratch, repeats, exit_code)
             row = {
                 "command": label, "seconds": ours, "floor": floor,
                 "floor_seconds": floors[floor], "over_floor": ours / floors[floor],
@@ -139,7 +151,7 @@ def main() -> None:
                 # the earlier commit reads its own example and had no promote guard
                 older = [str(tree / SPEC.relative_to(ROOT)) if a == str(SPEC) else a for a in argv]
                 older = [a for a in older if a != "--force"]
-                before = median_of([*cli(tree), *older], env, scratch, repeats)
+                before = median_of([*cli(tree), *older], env, scratch, repeats, exit_code)
                 row |= {"baseline_seconds": before, "speedup": before / ours}
             rows.append(row)
             print(
