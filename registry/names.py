@@ -27,7 +27,8 @@ __all__ = [
     "parse_ref",
 ]
 
-# an adapter, composition, task or base-model short name: what check_name and the spec accept
+# an adapter, composition or task name: what check_name and the spec accept (base models are
+# hub ids or folders, checked where they load)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$"
 NAME_WORDS = (
     "use 1-128 letters, digits, '_' or '-', starting with a letter or digit (no '/', '.' or spaces)"

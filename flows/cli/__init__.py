@@ -106,13 +106,12 @@ def main() -> None:
 def use_our_prefect_home() -> None:
     """Prefect's temporary server (no ``PREFECT_API_URL``) keeps its state under
     ``$ADAPTEROPS_HOME/prefect``, not ``~/.prefect``, and sends no telemetry: offline machines got
-    a long telemetry traceback on every build. Variables already set win."""
+    a long telemetry traceback on every build. Variables already set win. The folder itself is
+    made only when a flow runs (``common.prefect_answers``): ``--help`` and the registry's
+    commands write nothing."""
     from registry.settings import adapterops_home  # noqa: PLC0415
 
-    if "PREFECT_HOME" not in os.environ:
-        prefect_home = adapterops_home() / "prefect"
-        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
-        os.environ["PREFECT_HOME"] = str(prefect_home)
+    os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

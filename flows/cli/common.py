@@ -135,13 +135,16 @@ def _user_error_types() -> tuple[type[Exception], ...]:
 def prefect_answers() -> None:
     """With a Prefect server configured (``PREFECT_API_URL``, from the environment or a Prefect
     profile), it must answer before a flow starts: one line now, not Prefect's own error from
-    inside the flow's start. Without one, flows run on a temporary local server."""
-    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - only commands that run flows
+    inside the flow's start. Without one, flows run on a temporary local server, whose database
+    lives under ``PREFECT_HOME``: that folder is made here, parents too (Prefect makes none)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME  # noqa: PLC0415 - flows only
 
     from ..reachable import check_answers  # noqa: PLC0415
 
     url = PREFECT_API_URL.value()
-    if url:
+    if not url:
+        PREFECT_HOME.value().mkdir(parents=True, exist_ok=True)
+    else:
         check_answers(
             str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError,
             then="or unset it to run flows on a temporary local server",

@@ -430,16 +430,36 @@ class TestBasics:
         assert "promote,\n" not in commands
 
 
-def test_prefects_home_is_made_under_a_new_adapterops_home(tmp_path, monkeypatch):
+def test_prefects_home_is_made_under_a_new_adapterops_home_when_a_flow_runs(tmp_path, monkeypatch):
     from flows.cli import use_our_prefect_home
+    from flows.cli.common import prefect_answers
 
-    monkeypatch.setenv("ADAPTEROPS_HOME", str(tmp_path / "new" / "home"))
+    home = tmp_path / "new" / "home"
+    monkeypatch.setenv("ADAPTEROPS_HOME", str(home))
     monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
     use_our_prefect_home()
-    assert os.environ["PREFECT_HOME"] == str(tmp_path / "new" / "home" / "prefect")
-    assert (tmp_path / "new" / "home" / "prefect").is_dir()  # Prefect makes only the last folder
+    assert os.environ["PREFECT_HOME"] == str(home / "prefect")
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert not home.exists()  # a command that runs no flow writes nothing
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    # as in a fresh process with no server configured (the session's Prefect server may be set)
+    with temporary_settings({PREFECT_HOME: os.environ["PREFECT_HOME"]}, None, [PREFECT_API_URL]):
+        prefect_answers()  # before a flow on the temporary server
+    assert (home / "prefect").is_dir()  # Prefect makes no folder: its database could not open
+
+
+def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+    env |= {"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_HOME", None)
+    for args in (["--help"], ["build", "--help"], ["methods"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    assert not home.exists()
 
 
 class TestMethods:
