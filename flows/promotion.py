@@ -13,7 +13,7 @@ from typing import Literal
 
 from mlflow.tracking import MlflowClient
 
-from registry import AdapterVersion, NotFoundError, Registry
+from registry import AdapterVersion, NotFoundError, Registry, higher_is_better
 from registry.names import CHAMPION, check_alias
 
 from .errors import PromotionRefusedError
@@ -47,8 +47,9 @@ class Policy:
 
     @classmethod
     def for_metric(cls, metric: str, min_delta: float = 0.0) -> Policy:
-        """The policy for ``metric``: lower is better for perplexity, higher for the rest."""
-        return cls(metric=metric, min_delta=min_delta, higher_is_better=metric != "perplexity")
+        """The policy for ``metric``: lower is better for perplexity and losses, higher for the
+        rest (the registry's rule, which ``ls --order-by`` and ``resolve`` follow too)."""
+        return cls(metric=metric, min_delta=min_delta, higher_is_better=higher_is_better(metric))
 
 
 @dataclass(frozen=True)

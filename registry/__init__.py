@@ -21,6 +21,7 @@ from .errors import (
     StorageUnavailableError,
     renamed,
 )
+from .metrics import higher_is_better
 from .names import Ref, parse_ref
 from .settings import Settings
 
@@ -57,5 +58,6 @@ __all__ = [
     "Resolution",
     "Settings",
     "StorageUnavailableError",
+    "higher_is_better",
     "parse_ref",
 ]

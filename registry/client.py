@@ -195,10 +195,12 @@ class Registry:
         alias: str | None = None,
         name: str | None = None,
         order_by: str | None = None,
-        descending: bool = True,
+        descending: bool | None = None,
         limit: int | None = None,
     ) -> list[AdapterVersion]:
-        """Versions matching every given filter, optionally ordered by a metric."""
+        """Versions matching every given filter, optionally ordered by a metric: best first
+        (lowest first for perplexity, losses and error rates: :func:`registry.higher_is_better`)
+        unless ``descending`` is given."""
         return self._read(
             lambda s: store.find_versions(
                 s,

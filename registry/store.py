@@ -24,6 +24,7 @@ from .errors import (
     InvalidNameError,
     NotFoundError,
 )
+from .metrics import higher_is_better
 from .names import CHAMPION, Ref, check_alias, parse_ref
 from .orm import (
     AdapterRow,
@@ -159,10 +160,11 @@ def find_versions(
     alias: str | None = None,
     name: str | None = None,
     order_by: str | None = None,
-    descending: bool = True,
+    descending: bool | None = None,
     limit: int | None = None,
 ) -> list[AdapterVersion]:
-    """Versions matching every given filter; ``order_by`` names a metric (missing values last)."""
+    """Versions matching every given filter; ``order_by`` names a metric, best first unless
+    ``descending`` says otherwise (missing values last)."""
     query = _versions_query()
     filters = {
         BaseModelRow.name: base_model,
@@ -185,6 +187,8 @@ def find_versions(
             .subquery()
         )
         query = query.outerjoin(metric, metric.c.version_id == VersionRow.id)
+        if descending is None:
+            descending = higher_is_better(order_by)
         direction = metric.c.value.desc() if descending else metric.c.value.asc()
         query = query.order_by(direction.nulls_last(), VersionRow.id.desc())
     else:
@@ -591,12 +595,14 @@ def _best(versions: list[AdapterVersion], metric: str | None) -> AdapterVersion 
     if not versions:
         return None
 
+    def score(v: AdapterVersion) -> float:  # larger is better; a missing metric ranks last
+        value = v.metrics.get(metric) if metric else 0.0
+        if value is None:
+            return float("-inf")
+        return value if metric is None or higher_is_better(metric) else -value
+
     def rank(v: AdapterVersion) -> tuple[bool, float, Any]:
-        return (
-            CHAMPION in v.aliases,
-            v.metrics.get(metric, float("-inf")) if metric else 0.0,
-            v.created_at,
-        )
+        return (CHAMPION in v.aliases, score(v), v.created_at)
 
     return max(versions, key=rank)
 

@@ -139,7 +139,12 @@ def list_versions(
     language: Annotated[str | None, typer.Option(help="Only this language.")] = None,
     method: Annotated[str | None, typer.Option(help="Only this method.")] = None,
     alias: Annotated[str | None, typer.Option(help="Only versions holding this alias.")] = None,
-    order_by: Annotated[str | None, typer.Option(help="Order by this metric, best first.")] = None,
+    order_by: Annotated[
+        str | None,
+        typer.Option(
+            help="Order by this metric, best first (lowest first: perplexity, losses, errors)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
     as_json: JsonOption = False,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -378,6 +379,29 @@ class TestLookups:
         registry.set_alias("en-lora@1", "champion")
         assert [v.ref for v in registry.find(alias="champion")] == ["en-lora@1"]
 
+    def test_best_first_is_the_lowest_perplexity_or_loss(self, registry, make_adapter):
+        for seed, perplexity in ((1, 12.0), (2, 30.0), (3, 18.0)):
+            register(
+                registry, make_adapter(seed, head="masked-lm"), name="lang-en", task="mlm",
+                metrics={"perplexity": perplexity, "eval_loss": math.log(perplexity)},
+            )  # fmt: skip
+        for metric in ("perplexity", "eval_loss"):  # was: the worst first
+            assert [v.version for v in registry.find(order_by=metric)] == [1, 3, 2]
+        # an explicit direction is still obeyed
+        assert [v.version for v in registry.find(order_by="perplexity", descending=True)] == [
+            2,
+            3,
+            1,
+        ]
+        assert (rg.higher_is_better("accuracy"), rg.higher_is_better("perplexity")) == (
+            True,
+            False,
+        )
+        assert (rg.higher_is_better("val_loss"), rg.higher_is_better("exact_match")) == (
+            False,
+            True,
+        )
+
 
 class TestAliasesAndHistory:
     def test_move_alias_and_history_with_origin(self, registry, make_adapter):
@@ -430,6 +454,18 @@ class TestResolve:
         registry.set_alias("sst2-pt@1", "champion")
         promoted = registry.resolve(base_model=BASE, task="sst2", language="pt")
         assert (promoted.kind, promoted.versions[0].ref) == ("promoted", "sst2-pt@1")
+
+    def test_the_stack_takes_the_language_adapter_of_lowest_perplexity(
+        self, registry, make_adapter
+    ):
+        register(registry, make_adapter(1), name="sst2-en", metrics={"accuracy": 0.8})
+        for seed, (name, perplexity) in enumerate((("lang-pt-a", 9.0), ("lang-pt-b", 40.0)), 2):
+            register(
+                registry, make_adapter(seed, method="pfeiffer", head="masked-lm"), name=name,
+                task="mlm", language="pt", metrics={"perplexity": perplexity},
+            )  # fmt: skip
+        stack = registry.resolve(base_model=BASE, task="sst2", language="pt", metric="perplexity")
+        assert [v.ref for v in stack.versions] == ["lang-pt-a@1", "sst2-en@1"]  # was lang-pt-b
 
     def test_nothing_to_resolve_explains_why(self, registry, make_adapter):
         register(registry, make_adapter(1), name="sst2-en")
