@@ -33,8 +33,10 @@ class OrchestrationError(RedactedError):
 class PromotionRefusedError(RedactedError):
     """A promotion by hand would put a worse-scoring version in place (``--force`` overrides)."""
 
-    def __init__(self, comparison: str, alias: str) -> None:
-        super().__init__(f"{comparison}: pass --force to make it {alias} anyway")
+    def __init__(self, comparison: str, alias: str, refs: tuple[str, str] | None = None) -> None:
+        # refs: the holder and the candidate, for the command that shows what changed between them
+        what_changed = f" (what changed: adapterops diff {' '.join(refs)})" if refs else ""
+        super().__init__(f"{comparison}: pass --force to make it {alias} anyway{what_changed}")
         self.comparison = comparison  # e.g. "x@2 scores accuracy 0.8000, worse than ..."
 
 

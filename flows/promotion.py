@@ -115,6 +115,7 @@ def check_not_worse(registry: Registry, ref: str, alias: str = CHAMPION) -> str 
             f"{target.ref} scores {metric} {candidate:.4f}, worse than {alias} {holder.ref} "
             f"({current:.4f})",
             alias,
+            (holder.ref, target.ref),
         )
     return decision.reason
 

@@ -24,6 +24,7 @@ from .errors import (
 from .metrics import higher_is_better
 from .names import Ref, parse_ref
 from .settings import Settings
+from .version_diff import Change, VersionDiff, diff_versions
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -43,6 +44,7 @@ __all__ = [
     "AdapterFolderError",
     "AdapterVersion",
     "BaseModelMismatchError",
+    "Change",
     "Composition",
     "CorruptArtifactError",
     "DatabaseUnavailableError",
@@ -58,6 +60,8 @@ __all__ = [
     "Resolution",
     "Settings",
     "StorageUnavailableError",
+    "VersionDiff",
+    "diff_versions",
     "higher_is_better",
     "parse_ref",
 ]

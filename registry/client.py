@@ -53,6 +53,7 @@ from .errors import (
 )
 from .names import check_key, check_language, check_name, parse_ref
 from .settings import Settings
+from .version_diff import VersionDiff, diff_versions
 
 __all__ = ["Registry"]
 
@@ -231,6 +232,12 @@ class Registry:
         (its fingerprint's): empty when no adapter on that base has been registered yet."""
         digests = base_digests(saved_fingerprint(folder))
         return self._read(lambda s: store.base_models_with(s, digests))
+
+    def diff(self, before: str, after: str) -> VersionDiff:
+        """What changed from version ``before`` to ``after`` (any two refs, ``a@champion``,
+        ``a@4``): metrics with their deltas, the spec's fields, data and code lineage, base model
+        and files."""
+        return diff_versions(self.get(before), self.get(after))
 
     def history(self, name: str) -> list[Event]:
         """The adapter's event log: registrations, alias moves, deletions, with their origin."""

@@ -1,7 +1,7 @@
-"""Registry commands: ``push``, ``import``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``,
-``unalias``, ``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location comes from
-``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under
-``./.adapterops``)."""
+"""Registry commands: ``push``, ``import``, ``ls``, ``show``, ``diff``, ``pull``, ``resolve``,
+``alias``, ``unalias``, ``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location
+comes from ``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a
+folder under ``./.adapterops``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -182,6 +183,23 @@ def show(ref: RefArgument, as_json: JsonOption = False) -> None:
         emit_json(version.to_dict())
         return
     console.print_json(json.dumps(version.to_dict(), default=str))
+
+
+@app.command()
+def diff(
+    before: Annotated[str, typer.Argument(help="The version to compare from.", metavar="REF")],
+    after: Annotated[str, typer.Argument(help="The version to compare with it.", metavar="REF")],
+    as_json: JsonOption = False,
+) -> None:
+    """What changed from one version to another (name@VERSION or name@ALIAS each): metrics with
+    their deltas (better or worse, as the gate reads them), the spec's fields, the data and code
+    they were built from, base model, size and files. Exit 0 whether or not anything differs."""
+    with user_errors(as_json):
+        changes = _registry().diff(before, after)
+    if as_json:
+        emit_json(changes.to_dict())
+        return
+    _print_diff(changes)
 
 
 @app.command()
@@ -429,6 +447,54 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
         "digest": [v.digest[:12] for v in versions],
     }  # most wanted first: narrow terminals (CI logs at 80 columns) drop from the end
     print_columns(rows)
+
+
+def _print_diff(changes: rg.VersionDiff) -> None:
+    files = "same files" if changes.same_files else "different files"
+    console.print(f"{changes.before} -> {changes.after}: {files}", highlight=False)
+    if changes.changes:
+        rows: dict[str, list[str]] = {"": [], "field": [], changes.before: [], changes.after: []}
+        rows["change"] = []
+        for change in changes.changes:
+            rows[""].append(change.section)
+            rows["field"].append(change.field)
+            rows[changes.before].append(escape(_diff_value(change.field, change.before)))
+            rows[changes.after].append(escape(_diff_value(change.field, change.after)))
+            rows["change"].append(_metric_change(change))
+        print_columns(rows, keep=4)
+    else:
+        console.print("no recorded difference (record, metrics, lineage and spec agree)")
+    if not changes.spec_compared:
+        console.print(
+            "spec: not compared, one of them was registered without it (push without --spec)",
+            style="dim",
+        )
+
+
+def _diff_value(field: str, value: Any) -> str:
+    """A value as one short cell: digests cut to 12 characters, sizes in KB/MB, lists joined."""
+    if value is None:
+        return "-"
+    if field == "size":
+        return human_bytes(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    text = str(value)
+    return (
+        f"{text[:12]}..."
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+        else text
+    )
+
+
+def _metric_change(change: rg.Change) -> str:
+    """``+0.0725 better`` for a metric both versions recorded; empty otherwise."""
+    if change.delta is None:
+        return ""
+    verdict = {True: " better", False: " worse", None: ""}[change.better]
+    return f"{change.delta:+.4g}{verdict}"
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

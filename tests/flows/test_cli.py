@@ -341,6 +341,7 @@ class TestBasics:
             (("alias", "typo@staging", "champion"), "no adapter named 'typo'"),
             (("unalias", "typo", "staging"), "no adapter named 'typo'"),
             (("rollback", "typo"), "no adapter named 'typo'"),
+            (("diff", "typo@1", "typo@2"), "no adapter named 'typo'"),
             (("composition", "alias", "typo@1", "champion"), "no composition 'typo'"),
             (("composition", "unalias", "typo", "champion"), "no composition 'typo'"),
             (("cascade", "typo"), "no adapter named 'typo'"),

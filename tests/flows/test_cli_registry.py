@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -97,6 +98,26 @@ def test_registry_commands_end_to_end(environment, tmp_path):
 
     shown = ok_json(run(env, "show", "sst2-en@champion", "--json"))
     assert shown["version"] == 1 and shown["metrics"] == {"accuracy": 0.8}
+    # what a reviewer asks before promoting: what changed from the champion to the newer one
+    changed = ok_json(run(env, "diff", "sst2-en@champion", "sst2-en@2", "--json"))
+    assert (changed["before"], changed["after"], changed["same_files"]) == (
+        "sst2-en@1",
+        "sst2-en@2",
+        False,
+    )
+    assert changed["spec_compared"] is False  # pushed without --spec: unknown, not equal
+    assert changed["changes"] == [
+        {
+            "section": "metrics", "field": "accuracy", "before": 0.8, "after": 0.9,
+            "delta": pytest.approx(0.1), "better": True,
+        }
+    ]  # fmt: skip
+    human = run_cli("diff", "sst2-en@1", "sst2-en@2", env={**env, "COLUMNS": "100"}).stdout
+    assert human.splitlines()[0] == "sst2-en@1 -> sst2-en@2: different files"
+    assert re.search(r"│ metrics +│ accuracy +│ 0\.8 +│ 0\.9 +│ \+0\.1 better +│", human)
+    assert human.splitlines()[-1] == (
+        "spec: not compared, one of them was registered without it (push without --spec)"
+    )
     pulled = ok_json(run(env, "pull", "sst2-en@2", str(tmp_path / "pulled"), "--json"))
     assert (Path(pulled["path"]) / "adapter.safetensors").read_bytes() == (
         second / "adapter.safetensors"

@@ -184,7 +184,8 @@ class TestAliasesThroughMlflow:
         assert refused.returncode == 2 and refused.stdout == ""
         assert refused.stderr == (
             "error: ranked@2 scores accuracy 0.8000, worse than champion ranked@1 (0.9000): "
-            "pass --force to make it champion anyway\n"
+            "pass --force to make it champion anyway (what changed: adapterops diff ranked@1 "
+            "ranked@2)\n"
         )
         assert registry.get("ranked@champion").version == 1  # nothing moved, here or in MLflow
         assert mlflow_aliases(client, "ranked") == {"champion": 1}

@@ -1,0 +1,141 @@
+"""What changed between two adapter versions: the question a reviewer asks before promoting one
+(``adapterops diff NAME@champion NAME@4``): its scores, the spec it was trained with, its data and
+code, and whether the files differ at all. Pure: two records in, a list of changes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .entities import AdapterVersion
+from .metrics import higher_is_better
+
+__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions"]
+
+# Recorded next to the scores, but sizes of the evaluation, not measures of quality.
+COUNTS = frozenset({"examples", "tokens", "generated"})
+# A version's own identity: they differ between any two versions, and say nothing about why.
+_IDENTITIES = frozenset({"run_id", "build_key"})
+_RECORD_FIELDS = (
+    "base_model", "base_model_fingerprint", "base_model_revision", "task", "language", "method",
+    "head", "size",
+)  # fmt: skip
+# The spec's fields the record already holds (compared there, once).
+_SPEC_FIELDS_ON_THE_RECORD = frozenset({"name", "base_model", "task", "language"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field that differs. ``section``: ``record`` (base model, method, size...),
+    ``metrics``, ``lineage`` (data fingerprint, code version...) or ``spec`` (dotted paths such as
+    ``train.learning_rate``). A value missing on one side is None."""
+
+    section: str
+    field: str
+    before: Any
+    after: Any
+
+    @property
+    def delta(self) -> float | None:
+        """``after - before`` for a metric both sides recorded."""
+        if self.section != "metrics" or self.before is None or self.after is None:
+            return None
+        return float(self.after) - float(self.before)
+
+    @property
+    def better(self) -> bool | None:
+        """Whether a metric moved the good way (lower for perplexity and losses); None for
+        counts, for a metric one side lacks, and for everything that is not a metric."""
+        delta = self.delta
+        if delta is None or self.field in COUNTS or delta == 0:
+            return None
+        return (delta > 0) == higher_is_better(self.field)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; metrics carry ``delta`` and ``better`` too."""
+        row = {
+            "section": self.section, "field": self.field, "before": self.before,
+            "after": self.after,
+        }  # fmt: skip
+        if self.section == "metrics":
+            row |= {"delta": self.delta, "better": self.better}
+        return row
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """Two versions compared: ``changes`` in the order record, metrics, lineage, spec.
+    ``spec_compared`` is False when either was registered without its spec (``push`` without
+    ``--spec``): their training settings are unknown, not equal."""
+
+    before: str
+    after: str
+    same_files: bool
+    spec_compared: bool
+    changes: tuple[Change, ...]
+
+    def section(self, name: str) -> list[Change]:
+        """The changes of one section."""
+        return [c for c in self.changes if c.section == name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``adapterops diff --json``)."""
+        return {
+            "before": self.before,
+            "after": self.after,
+            "same_files": self.same_files,
+            "spec_compared": self.spec_compared,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+def diff_versions(before: AdapterVersion, after: AdapterVersion) -> VersionDiff:
+    """Every recorded difference between ``before`` and ``after`` (in that direction)."""
+    record = _changed(
+        "record",
+        {f: getattr(before, f) for f in _RECORD_FIELDS},
+        {f: getattr(after, f) for f in _RECORD_FIELDS},
+    )
+    metrics = _changed("metrics", before.metrics, after.metrics)
+    lineage = _changed("lineage", _without(before.lineage), _without(after.lineage))
+    spec_compared = bool(before.spec) and bool(after.spec)
+    spec = (
+        _changed("spec", _flattened(before.spec), _flattened(after.spec)) if spec_compared else []
+    )
+    return VersionDiff(
+        before.ref,
+        after.ref,
+        same_files=before.digest == after.digest,
+        spec_compared=spec_compared,
+        changes=tuple(record + metrics + lineage + spec),
+    )
+
+
+def _changed(section: str, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """The keys whose values differ, in sorted order (record fields in their own order)."""
+    keys = list(before) + [k for k in after if k not in before]
+    if section != "record":
+        keys.sort()
+    return [
+        Change(section, key, before.get(key), after.get(key))
+        for key in keys
+        if before.get(key) != after.get(key)
+    ]
+
+
+def _without(lineage: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in lineage.items() if k not in _IDENTITIES}
+
+
+def _flattened(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"learning_rate": 1e-3}}`` as ``{"train.learning_rate": 1e-3}``; lists stay
+    whole values (``method.targets``)."""
+    flat: dict[str, Any] = {}
+    for key, value in spec.items():
+        if not prefix and key in _SPEC_FIELDS_ON_THE_RECORD:
+            continue
+        if isinstance(value, dict) and value:
+            flat |= _flattened(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

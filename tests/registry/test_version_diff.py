@@ -1,0 +1,99 @@
+"""``diff_versions``: what changed between two versions, pinned field by field."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+
+from registry import AdapterVersion, diff_versions
+
+SPEC = {
+    "name": "lang-pt",
+    "base_model": "tiny-gpt2",
+    "task": "lm",
+    "language": "pt",
+    "method": {"type": "lora", "rank": 8, "targets": ["q", "v"]},
+    "train": {"learning_rate": 0.001, "max_steps": 100},
+}
+BEFORE = AdapterVersion(
+    name="lang-pt", version=3, base_model="tiny-gpt2", task="lm", language="pt", method="lora",
+    head="causal-lm", digest="a" * 64, size=1000, artifact_uri="file:///x",
+    created_at=datetime(2026, 12, 1), spec=SPEC,
+    metrics={"perplexity": 20.0, "eval_loss": 3.0, "tokens": 500.0},
+    lineage={"dataset_fingerprint": "d" * 64, "code_version": "abc", "run_id": "r1", "build_key": "k1"},
+    base_model_fingerprint="f" * 64,
+)  # fmt: skip
+
+
+def test_every_change_in_order_with_metrics_read_the_way_the_gate_reads_them():
+    after = replace(
+        BEFORE,
+        version=4,
+        digest="b" * 64,
+        size=2000,
+        metrics={"perplexity": 15.0, "eval_loss": 3.5, "tokens": 800.0, "exact_match": 0.4},
+        lineage={**BEFORE.lineage, "dataset_fingerprint": "e" * 64, "run_id": "r2"},
+        spec={**SPEC, "method": {**SPEC["method"], "rank": 16, "targets": ["q", "k", "v"]}},
+    )
+    changes = diff_versions(BEFORE, after)
+    assert (changes.before, changes.after, changes.same_files, changes.spec_compared) == (
+        "lang-pt@3",
+        "lang-pt@4",
+        False,
+        True,
+    )
+    assert [c.to_dict() for c in changes.changes] == [
+        {"section": "record", "field": "size", "before": 1000, "after": 2000},
+        {
+            "section": "metrics", "field": "eval_loss", "before": 3.0, "after": 3.5, "delta": 0.5,
+            "better": False,
+        },  # a loss that rose: worse
+        {
+            "section": "metrics", "field": "exact_match", "before": None, "after": 0.4,
+            "delta": None, "better": None,
+        },  # only one side has it
+        {
+            "section": "metrics", "field": "perplexity", "before": 20.0, "after": 15.0,
+            "delta": -5.0, "better": True,
+        },  # lower perplexity: better
+        {
+            "section": "metrics", "field": "tokens", "before": 500.0, "after": 800.0,
+            "delta": 300.0, "better": None,
+        },  # a count, not a score
+        {"section": "lineage", "field": "dataset_fingerprint", "before": "d" * 64, "after": "e" * 64},
+        {"section": "spec", "field": "method.rank", "before": 8, "after": 16},
+        {"section": "spec", "field": "method.targets", "before": ["q", "v"], "after": ["q", "k", "v"]},
+    ]  # fmt: skip
+    # run_id and build_key differ between any two versions: never listed
+    assert [c.field for c in changes.section("lineage")] == ["dataset_fingerprint"]
+
+
+def test_the_same_record_has_no_change_and_a_spec_less_side_is_not_compared():
+    same = diff_versions(BEFORE, BEFORE)
+    assert (same.same_files, same.spec_compared, same.changes) == (True, True, ())
+
+    pushed = replace(BEFORE, version=5, spec={}, base_model_revision="main")
+    changes = diff_versions(BEFORE, pushed)
+    assert changes.spec_compared is False
+    assert [c.to_dict() for c in changes.changes] == [
+        {"section": "record", "field": "base_model_revision", "before": None, "after": "main"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "before", "after", "better"),
+    [
+        ("accuracy", 0.8, 0.9, True),
+        ("accuracy", 0.9, 0.8, False),
+        ("val_loss", 0.5, 0.4, True),
+        ("wer", 0.2, 0.3, False),
+        ("accuracy", 0.8, 0.8, None),  # recorded twice the same: no change listed
+    ],
+)
+def test_better_follows_the_metrics_direction(field, before, after, better):
+    changes = diff_versions(
+        replace(BEFORE, metrics={field: before}), replace(BEFORE, metrics={field: after})
+    ).section("metrics")
+    assert [c.better for c in changes] == ([] if before == after else [better])
