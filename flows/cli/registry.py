@@ -5,13 +5,13 @@ folder under ``./.adapterops``)."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -19,6 +19,7 @@ from rich.text import Text
 import registry as rg
 from registry import AdapterVersion, RegistryError, Settings
 
+from ..errors import DataError
 from .common import (
     JsonOption,
     console,
@@ -175,14 +176,32 @@ def list_versions(
 
 
 @app.command()
-def show(ref: RefArgument, as_json: JsonOption = False) -> None:
-    """Everything about one version."""
+def show(
+    ref: RefArgument,
+    spec_only: Annotated[
+        bool,
+        typer.Option(
+            "--spec",
+            help="Print only the spec it was built with, as YAML: adapterops build reads it "
+            "back (show NAME@champion --spec > retrain.yaml).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Everything about one version: its record, metrics, lineage and spec."""
     with user_errors(as_json):
         version = _registry().get(ref)
+        if spec_only and not version.spec:
+            raise DataError(
+                f"{version.ref} was registered without a spec (push without --spec): there is "
+                f"none to print; `adapterops show {version.ref}` prints its record"
+            )
     if as_json:
-        emit_json(version.to_dict())
-        return
-    console.print_json(json.dumps(version.to_dict(), default=str))
+        emit_json(version.spec if spec_only else version.to_dict())
+    elif spec_only:
+        console.print(Text(_yaml(version.spec)), soft_wrap=True)
+    else:
+        _print_version_card(version)
 
 
 @app.command()
@@ -447,6 +466,58 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
         "digest": [v.digest[:12] for v in versions],
     }  # most wanted first: narrow terminals (CI logs at 80 columns) drop from the end
     print_columns(rows)
+
+
+def _print_version_card(version: AdapterVersion) -> None:
+    """``show`` for a person: the record as labelled lines, then the spec as the YAML it was
+    written in (``--json`` has every field as it is stored)."""
+    aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
+    console.print(Text(f"{version.ref}{aliases}", style="bold"))
+    fingerprint = version.base_model_fingerprint
+    revision = f" at {version.base_model_revision}" if version.base_model_revision else ""
+    lines = {
+        "task": f"{version.task}, language {version.language}",
+        "method": f"{version.method}, head {version.head}",
+        "base model": version.base_model + revision
+        + (f" (fingerprint {_diff_value('', fingerprint)})" if fingerprint else ""),
+        "size": f"{human_bytes(version.size)}, digest {_diff_value('', version.digest)}",
+        "created": version.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": "  ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items())) or "-",
+        **{key: _diff_value(key, value) for key, value in sorted(version.lineage.items())},
+        "files": version.artifact_uri,
+        "description": version.description,
+    }  # fmt: skip
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column(overflow="fold")
+    for label, value in lines.items():
+        if value:
+            grid.add_row(label, Text(value))
+    console.print(grid)
+    if version.spec:
+        console.print(Text("spec", style="bold"))
+        console.print(Text(_yaml(version.spec)))
+    else:
+        console.print("no spec: registered without one (push without --spec)", style="dim")
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """Block style, but a list of plain values on one line (``targets: [q, v]``)."""
+
+
+_SpecDumper.add_representer(
+    list,
+    lambda dumper, items: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq",
+        items,
+        flow_style=not any(isinstance(i, dict | list) for i in items),
+    ),
+)
+
+
+def _yaml(document: dict[str, Any]) -> str:
+    """A spec as YAML, in its own order."""
+    return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False).rstrip()
 
 
 def _print_diff(changes: rg.VersionDiff) -> None:

@@ -390,3 +390,48 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     typo = run(env, "sync", "madx", "sst2-en", "madz", "--json")
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert json.loads(typo.stdout)["error"].startswith("no adapter or composition named 'madz';")
+
+
+def test_show_is_a_record_to_read_and_its_spec_is_one_build_reads_back(tmp_path, monkeypatch):
+    from flows.spec import load_spec
+    from registry import Registry
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "100"}
+    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml")
+    common = {"base_model": spec.base_model, "task": "sst2", "language": "en"}
+    Registry().register(
+        write_fake_adapter(tmp_path / "v1", seed=1), name="shown", **common,
+        metrics={"accuracy": 0.8125, "examples": 872},
+        lineage={"dataset_fingerprint": "d" * 64, "code_version": "abc1234"},
+        spec=spec.model_dump(mode="json"),
+    )  # fmt: skip
+    card = run(env, "show", "shown@1")
+    assert card.returncode == 0, card.stderr
+    lines = [line.rstrip() for line in card.stdout.splitlines()]
+    assert lines[0] == "shown@1"
+    assert "metrics              accuracy=0.8125  examples=872" in lines
+    assert "dataset_fingerprint  dddddddddddd..." in lines
+    assert "code_version         abc1234" in lines
+    assert lines[lines.index("spec") + 1 :][:2] == [
+        "name: minilm-sst2-en-lora",
+        f"base_model: {spec.base_model}",
+    ]
+    assert "  targets: [q, v]" in lines and "data:" in lines  # block style, short lists inline
+
+    printed = run(env, "show", "shown", "--spec")
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "again.yaml").write_text(printed.stdout)
+    assert load_spec(tmp_path / "again.yaml") == spec  # what build would read: the same spec
+
+    Registry().register(write_fake_adapter(tmp_path / "v2", seed=2), name="bare", **common)
+    refused = run(env, "show", "bare", "--spec")
+    assert (refused.returncode, refused.stdout, refused.stderr.splitlines()) == (
+        2,
+        "",
+        [
+            "error: bare@1 was registered without a spec (push without --spec): there is none "
+            "to print; `adapterops show bare@1` prints its record"
+        ],
+    )
