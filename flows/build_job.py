@@ -21,15 +21,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry import AdapterVersion, NotFoundError, Registry
+from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
 
 from . import tracking
 from .lineage import code_version, dataset_fingerprint
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import ensure_model_version, sync_aliases, tag_run, version_description
+from .model_card import changes_since
 from .prepare_job import PreparedInfo, prepare_info
-from .promotion import CHALLENGER, Decision, Policy, decide, promote
+from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
 from .spec import AdapterSpec
 from .train_job import (
     TrainReport,
@@ -328,6 +329,9 @@ def register_and_gate(
     client = tracking.client()
     if run_id:
         tag_run(client, run_id, version)
+    current = version_holding(registry, spec.name, spec.promote.alias)
+    if current is not None and current.version != version.version:  # what the gate weighs
+        card += changes_since(spec.promote.alias, diff_versions(current, version))
     description = version_description(version, spec.evaluate.metric, card)
     mlflow_version = ensure_model_version(client, version, run_id=run_id, description=description)
     policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
@@ -368,9 +372,8 @@ def _gate(
     if diverged:
         reason = f"training diverged (loss {diverged[0]}): not promoted"
         return Decision(False, reason, value, None, "not-better"), None
-    try:
-        champion = build.registry.get(f"{spec.name}@{spec.promote.alias}")
-    except NotFoundError:
+    champion = version_holding(build.registry, spec.name, spec.promote.alias)
+    if champion is None:
         return decide(value, None, policy), None
     if champion.version == candidate.version:  # a re-run of the build that promoted it
         return Decision(True, "already the champion", value, value, "better"), value

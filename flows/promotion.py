@@ -32,6 +32,7 @@ __all__ = [
     "promote",
     "remove_alias",
     "rollback",
+    "version_holding",
 ]
 
 CHALLENGER, PREVIOUS = "challenger", "previous"
@@ -102,7 +103,7 @@ def check_not_worse(registry: Registry, ref: str, alias: str = CHAMPION) -> str 
     the move is not worse, None when there is nothing to compare.
     """
     target = registry.get(ref)
-    holder = _holder(registry, target.name, alias)
+    holder = version_holding(registry, target.name, alias)
     if holder is None or holder.version == target.version:
         return None
     metric = (target.spec or {}).get("evaluate", {}).get("metric", "accuracy")
@@ -135,12 +136,12 @@ def promote(
     target = registry.get(ref)
     mirror_version(client, target)
     if alias == CHAMPION:
-        current = _holder(registry, target.name, CHAMPION)
+        current = version_holding(registry, target.name, CHAMPION)
         if current is not None and current.version != target.version:
             mirror_version(client, current)
             set_mlflow_alias(client, target.name, PREVIOUS, current.version)
             registry.set_alias(current.ref, PREVIOUS, origin=origin)
-        challenger = _holder(registry, target.name, CHALLENGER)
+        challenger = version_holding(registry, target.name, CHALLENGER)
         if challenger is not None and challenger.version == target.version:
             delete_mlflow_alias(client, target.name, CHALLENGER)  # it won: no longer a challenger
             registry.remove_alias(target.name, CHALLENGER, origin=origin)
@@ -175,10 +176,10 @@ def rollback(
     registry: Registry, client: MlflowClient, name: str, *, origin: str = "cli"
 ) -> AdapterVersion:
     """Move ``champion`` back to the ``previous`` version (the two swap)."""
-    previous = _holder(registry, name, PREVIOUS)
+    previous = version_holding(registry, name, PREVIOUS)
     if previous is None:
         raise NotFoundError(f"adapter {name!r} has no 'previous' version to roll back to")
-    champion = _holder(registry, name, CHAMPION)
+    champion = version_holding(registry, name, CHAMPION)
     mirror_version(client, previous)
     set_mlflow_alias(client, name, CHAMPION, previous.version)
     if champion is not None:
@@ -194,7 +195,8 @@ def rollback(
     return restored
 
 
-def _holder(registry: Registry, name: str, alias: str) -> AdapterVersion | None:
+def version_holding(registry: Registry, name: str, alias: str) -> AdapterVersion | None:
+    """The version of ``name`` holding ``alias``; None when no version holds it."""
     try:
         return registry.get(f"{name}@{alias}")
     except NotFoundError:

@@ -24,7 +24,7 @@ from .errors import (
 from .metrics import higher_is_better
 from .names import Ref, parse_ref
 from .settings import Settings
-from .version_diff import Change, VersionDiff, diff_versions
+from .version_diff import Change, VersionDiff, diff_versions, shown
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -64,4 +64,5 @@ __all__ = [
     "diff_versions",
     "higher_is_better",
     "parse_ref",
+    "shown",
 ]

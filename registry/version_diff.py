@@ -10,7 +10,7 @@ from typing import Any
 from .entities import AdapterVersion
 from .metrics import higher_is_better
 
-__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions"]
+__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions", "shown"]
 
 # Recorded next to the scores, but sizes of the evaluation, not measures of quality.
 COUNTS = frozenset({"examples", "tokens", "generated"})
@@ -50,6 +50,14 @@ class Change:
         if delta is None or self.field in COUNTS or delta == 0:
             return None
         return (delta > 0) == higher_is_better(self.field)
+
+    @property
+    def verdict(self) -> str:
+        """``+0.0125 better`` for a metric both versions recorded; empty otherwise."""
+        if self.delta is None:
+            return ""
+        word = {True: " better", False: " worse", None: ""}[self.better]
+        return f"{self.delta:+.4g}{word}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; metrics carry ``delta`` and ``better`` too."""
@@ -109,6 +117,20 @@ def diff_versions(before: AdapterVersion, after: AdapterVersion) -> VersionDiff:
         spec_compared=spec_compared,
         changes=tuple(record + metrics + lineage + spec),
     )
+
+
+def shown(value: Any) -> str:
+    """A value as one short cell: None as ``-``, floats to 4 significant digits, lists joined,
+    sha256 digests cut to their first 12 characters."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    text = str(value)
+    digest = len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return f"{text[:12]}..." if digest else text
 
 
 def _changed(section: str, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:

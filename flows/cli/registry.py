@@ -479,8 +479,8 @@ def _print_version_card(version: AdapterVersion) -> None:
         "task": f"{version.task}, language {version.language}",
         "method": f"{version.method}, head {version.head}",
         "base model": version.base_model + revision
-        + (f" (fingerprint {_diff_value('', fingerprint)})" if fingerprint else ""),
-        "size": f"{human_bytes(version.size)}, digest {_diff_value('', version.digest)}",
+        + (f" (fingerprint {rg.shown(fingerprint)})" if fingerprint else ""),
+        "size": f"{human_bytes(version.size)}, digest {rg.shown(version.digest)}",
         "created": version.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": "  ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items())) or "-",
         **{key: _diff_value(key, value) for key, value in sorted(version.lineage.items())},
@@ -531,7 +531,7 @@ def _print_diff(changes: rg.VersionDiff) -> None:
             rows["field"].append(change.field)
             rows[changes.before].append(escape(_diff_value(change.field, change.before)))
             rows[changes.after].append(escape(_diff_value(change.field, change.after)))
-            rows["change"].append(_metric_change(change))
+            rows["change"].append(change.verdict)
         print_columns(rows, keep=4)
     else:
         console.print("no recorded difference (record, metrics, lineage and spec agree)")
@@ -543,29 +543,7 @@ def _print_diff(changes: rg.VersionDiff) -> None:
 
 
 def _diff_value(field: str, value: Any) -> str:
-    """A value as one short cell: digests cut to 12 characters, sizes in KB/MB, lists joined."""
-    if value is None:
-        return "-"
-    if field == "size":
-        return human_bytes(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return ", ".join(map(str, value))
-    text = str(value)
-    return (
-        f"{text[:12]}..."
-        if len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-        else text
-    )
-
-
-def _metric_change(change: rg.Change) -> str:
-    """``+0.0725 better`` for a metric both versions recorded; empty otherwise."""
-    if change.delta is None:
-        return ""
-    verdict = {True: " better", False: " worse", None: ""}[change.better]
-    return f"{change.delta:+.4g}{verdict}"
+    return human_bytes(value) if field == "size" and value is not None else rg.shown(value)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

@@ -114,6 +114,25 @@ class TestBuildIsTrackedAndMirrored:
             assert (
                 "peft.PeftModel.from_pretrained" in mirrored.description
             )  # LoRA: how to load with peft
+        # the second version's page says what changed since the champion it was gated against
+        pages = [
+            client.get_model_version("mini-sst2-en-lora", str(r.mlflow_version)).description
+            for r in results
+        ]
+        assert "## Changes since" not in pages[0]  # no champion then
+        changes = pages[1].split("## Changes since champion mini-sst2-en-lora@1\n\n", 1)[1]
+        rows = changes.splitlines()
+        assert rows[0] == "| | field | mini-sst2-en-lora@1 | mini-sst2-en-lora@2 | change |"
+        assert "| spec | train.seed | `0` | `1` |  |" in rows  # the one spec field changed
+        assert [row.split(" | ")[1] for row in rows[2:] if row.startswith("| spec")] == [
+            "train.seed"
+        ]
+        accuracy = registry.get("mini-sst2-en-lora@2").metrics["accuracy"]
+        before = registry.get("mini-sst2-en-lora@1").metrics["accuracy"]
+        delta = accuracy - before
+        verdict = f"{delta:+.4g}{' better' if delta > 0 else ' worse'}" if delta else ""
+        if delta:
+            assert f"| metrics | accuracy | `{before:.4g}` | `{accuracy:.4g}` | {verdict} |" in rows
         registry_aliases = {
             a: v.version for v in registry.find(name="mini-sst2-en-lora") for a in v.aliases
         }

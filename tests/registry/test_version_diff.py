@@ -97,3 +97,26 @@ def test_better_follows_the_metrics_direction(field, before, after, better):
         replace(BEFORE, metrics={field: before}), replace(BEFORE, metrics={field: after})
     ).section("metrics")
     assert [c.better for c in changes] == ([] if before == after else [better])
+
+
+def test_the_mlflow_page_section_lists_30_rows_at_most_and_says_when_nothing_changed():
+    from flows.model_card import changes_since
+
+    many = replace(BEFORE, version=4, spec={**SPEC, "extra": {f"f{i:02}": i for i in range(35)}})
+    lines = changes_since("champion", diff_versions(BEFORE, many)).splitlines()
+    assert lines[:4] == [
+        "",
+        "## Changes since champion lang-pt@3",
+        "",
+        "| | field | lang-pt@3 | lang-pt@4 | change |",
+    ]
+    assert lines[5] == "| spec | extra.f00 | - | `0` |  |"
+    assert len([line for line in lines if line.startswith("| spec")]) == 30
+    assert lines[-1] == "... and 5 more: `adapterops diff lang-pt@3 lang-pt@4`."
+
+    same = changes_since("champion", diff_versions(BEFORE, BEFORE)).splitlines()
+    assert same[1:] == [
+        "## Changes since champion lang-pt@3",
+        "",
+        "No recorded difference: the same record, metrics, lineage and spec.",
+    ]
