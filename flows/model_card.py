@@ -90,6 +90,4 @@ def changes_since(alias: str, diff: VersionDiff) -> str:
 
 
 def _cell(field: str, value: object) -> str:
-    if value is None:
-        return "-"
-    return f"`{value:,} bytes`" if field == "size" else f"`{shown(value)}`"
+    return f"`{shown(value, field)}`" if value is not None else "-"

@@ -4,6 +4,7 @@ code, and whether the files differ at all. Pure: two records in, a list of chang
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ __all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions", "shown"]
 
 # Recorded next to the scores, but sizes of the evaluation, not measures of quality.
 COUNTS = frozenset({"examples", "tokens", "generated"})
+_LONG_HEX = re.compile(r"(?:[0-9a-f]{64}|[0-9a-f]{40})(\+dirty)?")  # sha256; a git commit
 # A version's own identity: they differ between any two versions, and say nothing about why.
 _IDENTITIES = frozenset({"run_id", "build_key"})
 _RECORD_FIELDS = (
@@ -119,18 +121,21 @@ def diff_versions(before: AdapterVersion, after: AdapterVersion) -> VersionDiff:
     )
 
 
-def shown(value: Any) -> str:
+def shown(value: Any, field: str = "") -> str:
     """A value as one short cell: None as ``-``, floats to 4 significant digits, lists joined,
-    sha256 digests cut to their first 12 characters."""
+    a size in bytes with thousands separators, sha256 digests and git commits cut to their first
+    12 characters (``+dirty`` kept)."""
     if value is None:
         return "-"
+    if field == "size" and isinstance(value, int):
+        return f"{value:,} bytes"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
         return ", ".join(map(str, value))
     text = str(value)
-    digest = len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-    return f"{text[:12]}..." if digest else text
+    match = _LONG_HEX.fullmatch(text)
+    return f"{text[:12]}...{match.group(1) or ''}" if match else text
 
 
 def _changed(section: str, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:

@@ -10,7 +10,7 @@ never overwritten by stale registry state.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -92,7 +92,18 @@ def build(
         ),
         soft_wrap=True,  # one line, whatever the width: logs and people read it whole
     )
+    hint = what_changed_hint(result, spec.promote.alias)
+    if hint:
+        console.print(hint, style="dim", soft_wrap=True, highlight=False)
     _print_cascade_hint(result["name"], stale)
+
+
+def what_changed_hint(result: dict[str, Any], alias: str) -> str:
+    """For a build the gate did not promote: the command that shows what changed since the
+    version that kept ``alias`` (empty when it was promoted or had nothing to beat)."""
+    if result["promoted"] or result.get("champion_metric") is None:
+        return ""
+    return f"what changed: adapterops diff {result['name']}@{alias} {result['ref']}"
 
 
 def _stale_after(name: str) -> list[str]:

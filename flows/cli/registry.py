@@ -483,7 +483,7 @@ def _print_version_card(version: AdapterVersion) -> None:
         "size": f"{human_bytes(version.size)}, digest {rg.shown(version.digest)}",
         "created": version.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": "  ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items())) or "-",
-        **{key: _diff_value(key, value) for key, value in sorted(version.lineage.items())},
+        **{key: rg.shown(value, key) for key, value in sorted(version.lineage.items())},
         "files": version.artifact_uri,
         "description": version.description,
     }  # fmt: skip
@@ -522,17 +522,20 @@ def _yaml(document: dict[str, Any]) -> str:
 
 def _print_diff(changes: rg.VersionDiff) -> None:
     files = "same files" if changes.same_files else "different files"
-    console.print(f"{changes.before} -> {changes.after}: {files}", highlight=False)
+    console.print(
+        f"before {changes.before} -> after {changes.after}: {files}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if changes.changes:
-        rows: dict[str, list[str]] = {"": [], "field": [], changes.before: [], changes.after: []}
-        rows["change"] = []
+        rows: dict[str, list[str]] = {"": [], "field": [], "before": [], "after": [], "change": []}
         for change in changes.changes:
             rows[""].append(change.section)
             rows["field"].append(change.field)
-            rows[changes.before].append(escape(_diff_value(change.field, change.before)))
-            rows[changes.after].append(escape(_diff_value(change.field, change.after)))
+            rows["before"].append(escape(rg.shown(change.before, change.field)))
+            rows["after"].append(escape(rg.shown(change.after, change.field)))
             rows["change"].append(change.verdict)
-        print_columns(rows, keep=4)
+        print_columns(rows, keep=len(rows))  # every column, cells folded: change matters most
     else:
         console.print("no recorded difference (record, metrics, lineage and spec agree)")
     if not changes.spec_compared:
@@ -540,10 +543,6 @@ def _print_diff(changes: rg.VersionDiff) -> None:
             "spec: not compared, one of them was registered without it (push without --spec)",
             style="dim",
         )
-
-
-def _diff_value(field: str, value: Any) -> str:
-    return human_bytes(value) if field == "size" and value is not None else rg.shown(value)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:

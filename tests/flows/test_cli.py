@@ -539,3 +539,15 @@ class TestMethods:
         result = adapterops("build", str(tmp_path / "bad.yaml"), "--json", cwd=tmp_path)
         assert result.returncode == 2
         assert "peft_type 'LOHHA' is not a peft method" in json.loads(result.stdout)["error"]
+
+
+def test_a_build_the_gate_kept_out_names_the_diff_to_read():
+    from flows.cli.lifecycle import what_changed_hint
+
+    kept_out = {"name": "sst2", "ref": "sst2@4", "promoted": False, "champion_metric": 0.91}
+    assert what_changed_hint(kept_out, "champion") == (
+        "what changed: adapterops diff sst2@champion sst2@4"
+    )
+    assert what_changed_hint({**kept_out, "promoted": True}, "champion") == ""
+    # diverged, or nothing to beat: no champion was weighed
+    assert what_changed_hint({**kept_out, "champion_metric": None}, "champion") == ""

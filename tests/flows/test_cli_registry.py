@@ -113,7 +113,7 @@ def test_registry_commands_end_to_end(environment, tmp_path):
         }
     ]  # fmt: skip
     human = run_cli("diff", "sst2-en@1", "sst2-en@2", env={**env, "COLUMNS": "100"}).stdout
-    assert human.splitlines()[0] == "sst2-en@1 -> sst2-en@2: different files"
+    assert human.splitlines()[0] == "before sst2-en@1 -> after sst2-en@2: different files"
     assert re.search(r"│ metrics +│ accuracy +│ 0\.8 +│ 0\.9 +│ \+0\.1 better +│", human)
     assert human.splitlines()[-1] == (
         "spec: not compared, one of them was registered without it (push without --spec)"

@@ -120,3 +120,15 @@ def test_the_mlflow_page_section_lists_30_rows_at_most_and_says_when_nothing_cha
         "",
         "No recorded difference: the same record, metrics, lineage and spec.",
     ]
+
+
+def test_cells_are_short_digests_and_commits_cut_sizes_in_bytes():
+    from registry import shown
+
+    commit = "115ecd2e78f948f93ad9e8eccb6ff33ed10709b9"
+    assert shown(commit) == "115ecd2e78f9..."
+    assert shown(commit + "+dirty") == "115ecd2e78f9...+dirty"
+    assert shown("d" * 64) == "dddddddddddd..."
+    assert shown("d" * 63) == "d" * 63  # neither: whole
+    assert shown(316615, "size") == "316,615 bytes"
+    assert (shown(0.53751), shown(["q", "v"]), shown(None)) == ("0.5375", "q, v", "-")
