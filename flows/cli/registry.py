@@ -206,8 +206,13 @@ def show(
 
 @app.command()
 def diff(
-    before: Annotated[str, typer.Argument(help="The version to compare from.", metavar="REF")],
-    after: Annotated[str, typer.Argument(help="The version to compare with it.", metavar="REF")],
+    before: Annotated[
+        str,
+        typer.Argument(
+            help="The version to compare from: name@VERSION or name@ALIAS.", metavar="BEFORE"
+        ),
+    ],
+    after: Annotated[str, typer.Argument(help="The version to compare with it.", metavar="AFTER")],
     as_json: JsonOption = False,
 ) -> None:
     """What changed from one version to another (name@VERSION or name@ALIAS each): metrics with
