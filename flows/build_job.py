@@ -25,7 +25,7 @@ from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
 
 from . import tracking
-from .lineage import code_version, dataset_fingerprint
+from .lineage import spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import ensure_model_version, sync_aliases, tag_run, version_description
 from .model_card import changes_since
@@ -172,17 +172,7 @@ def build_from_spec(
 
 def build_lineage(spec: AdapterSpec, registry: Registry | None = None) -> dict[str, str]:
     """Dataset fingerprint, code version and the build key they make with the spec."""
-    lineage = {
-        "dataset_fingerprint": dataset_fingerprint(spec),
-        "code_version": code_version(),
-        # what `load.dtype: auto` became on the machine that trained it
-        "base_dtype": str(spec.load.torch_dtype()).removeprefix("torch."),
-        **(
-            {"base_quantization": spec.load.quantization}
-            if spec.load.quantization != "none"
-            else {}
-        ),
-    }
+    lineage = spec_lineage(spec)
     members = members_of_spec(spec)
     if members:  # a fusion over name@champion means different things as the champion moves
         registry = registry if registry is not None else Registry()

@@ -10,7 +10,21 @@ from pathlib import Path
 from . import __version__ as package_version
 from .spec import AdapterSpec
 
-__all__ = ["code_version", "dataset_fingerprint"]
+__all__ = ["code_version", "dataset_fingerprint", "spec_lineage"]
+
+
+def spec_lineage(spec: AdapterSpec) -> dict[str, str]:
+    """What a build of ``spec`` here would record as its lineage, before its identity (the
+    build key): the data's fingerprint, the code's version, and what ``load.dtype: auto``
+    becomes on this machine (and the quantization, if any)."""
+    lineage = {
+        "dataset_fingerprint": dataset_fingerprint(spec),
+        "code_version": code_version(),
+        "base_dtype": str(spec.load.torch_dtype()).removeprefix("torch."),
+    }
+    if spec.load.quantization != "none":
+        lineage["base_quantization"] = spec.load.quantization
+    return lineage
 
 
 def dataset_fingerprint(spec: AdapterSpec) -> str:

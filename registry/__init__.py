@@ -24,7 +24,7 @@ from .errors import (
 from .metrics import higher_is_better
 from .names import Ref, parse_ref
 from .settings import Settings
-from .version_diff import Change, VersionDiff, diff_versions, shown
+from .version_diff import Change, VersionDiff, diff_versions, diff_with_spec, shown
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -62,6 +62,7 @@ __all__ = [
     "StorageUnavailableError",
     "VersionDiff",
     "diff_versions",
+    "diff_with_spec",
     "higher_is_better",
     "parse_ref",
     "shown",

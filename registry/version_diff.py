@@ -11,7 +11,7 @@ from typing import Any
 from .entities import AdapterVersion
 from .metrics import higher_is_better
 
-__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions", "shown"]
+__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions", "diff_with_spec", "shown"]
 
 # Recorded next to the scores, but sizes of the evaluation, not measures of quality.
 COUNTS = frozenset({"examples", "tokens", "generated"})
@@ -76,11 +76,12 @@ class Change:
 class VersionDiff:
     """Two versions compared: ``changes`` in the order record, metrics, lineage, spec.
     ``spec_compared`` is False when either was registered without its spec (``push`` without
-    ``--spec``): their training settings are unknown, not equal."""
+    ``--spec``): their training settings are unknown, not equal. ``same_files`` is None when
+    ``after`` is a spec not built yet (:func:`diff_with_spec`)."""
 
     before: str
     after: str
-    same_files: bool
+    same_files: bool | None
     spec_compared: bool
     changes: tuple[Change, ...]
 
@@ -108,17 +109,41 @@ def diff_versions(before: AdapterVersion, after: AdapterVersion) -> VersionDiff:
     )
     metrics = _changed("metrics", before.metrics, after.metrics)
     lineage = _changed("lineage", _without(before.lineage), _without(after.lineage))
-    spec_compared = bool(before.spec) and bool(after.spec)
-    spec = (
-        _changed("spec", _flattened(before.spec), _flattened(after.spec)) if spec_compared else []
+    return _with_spec(
+        before, after.ref, after.spec, record + metrics + lineage, before.digest == after.digest
     )
-    return VersionDiff(
-        before.ref,
-        after.ref,
-        same_files=before.digest == after.digest,
-        spec_compared=spec_compared,
-        changes=tuple(record + metrics + lineage + spec),
-    )
+
+
+def diff_with_spec(
+    before: AdapterVersion, spec: dict[str, Any], lineage: dict[str, Any], label: str
+) -> VersionDiff:
+    """What building ``spec`` (a spec file ``label``, as a build stores it) would change from
+    ``before``: the record fields a spec sets, the ``lineage`` a build of it would record here
+    (data fingerprint, code version...) and the spec's fields. No metrics and no files: it is not
+    built yet. For CI: the change a pull request makes, read before anything trains."""
+    after_record = {
+        "base_model": spec.get("base_model"), "task": spec.get("task"),
+        "language": spec.get("language"), "method": spec.get("method", {}).get("type"),
+        "head": spec.get("head", {}).get("type"),
+    }  # fmt: skip
+    record = _changed("record", {f: getattr(before, f) for f in after_record}, after_record)
+    compared = _without(lineage)  # only what a build records before it trains
+    lineage_changes = _changed("lineage", {k: before.lineage.get(k) for k in compared}, compared)
+    return _with_spec(before, label, spec, record + lineage_changes, None)
+
+
+def _with_spec(
+    before: AdapterVersion,
+    after: str,
+    after_spec: dict[str, Any],
+    changes: list[Change],
+    same_files: bool | None,
+) -> VersionDiff:
+    """The diff, with the spec's fields compared when both sides have a spec."""
+    spec_compared = bool(before.spec) and bool(after_spec)
+    if spec_compared:
+        changes = changes + _changed("spec", _flattened(before.spec), _flattened(after_spec))
+    return VersionDiff(before.ref, after, same_files, spec_compared, tuple(changes))
 
 
 def shown(value: Any, field: str = "") -> str:

@@ -28,6 +28,7 @@ from .common import (
     print_columns,
     quiet_libraries,
     require_known,
+    require_spec_file,
     user_errors,
     warn,
 )
@@ -212,14 +213,26 @@ def diff(
             help="The version to compare from: name@VERSION or name@ALIAS.", metavar="BEFORE"
         ),
     ],
-    after: Annotated[str, typer.Argument(help="The version to compare with it.", metavar="AFTER")],
+    after: Annotated[
+        str,
+        typer.Argument(
+            help="The version to compare with it, or a spec file (*.yaml, *.yml) not built yet.",
+            metavar="AFTER",
+        ),
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """What changed from one version to another (name@VERSION or name@ALIAS each): metrics with
     their deltas (better or worse, as the gate reads them), the spec's fields, the data and code
-    they were built from, base model, size and files. Exit 0 whether or not anything differs."""
+    they were built from, base model, size and files. AFTER may be a spec file: what building it
+    would change (its fields, data fingerprint, code), read before anything trains, as CI does
+    on a pull request. Exit 0 whether or not anything differs."""
     with user_errors(as_json):
-        changes = _registry().diff(before, after)
+        registry = _registry()
+        if Path(after).suffix in (".yaml", ".yml") or Path(after).is_file():
+            changes = _diff_with_spec_file(registry, before, Path(after))
+        else:
+            changes = registry.diff(before, after)
     if as_json:
         emit_json(changes.to_dict())
         return
@@ -473,6 +486,17 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
     print_columns(rows)
 
 
+def _diff_with_spec_file(registry: rg.Registry, before: str, file: Path) -> rg.VersionDiff:
+    """``before`` against what a build of the spec ``file`` would register (not trained)."""
+    version = registry.get(before)  # a typo in BEFORE: refused before torch loads
+    require_spec_file(file)
+    from ..lineage import spec_lineage  # noqa: PLC0415 - the spec module loads torch
+    from ..spec import load_spec  # noqa: PLC0415
+
+    spec = load_spec(file)
+    return rg.diff_with_spec(version, spec.model_dump(mode="json"), spec_lineage(spec), str(file))
+
+
 def _print_version_card(version: AdapterVersion) -> None:
     """``show`` for a person: the record as labelled lines, then the spec as the YAML it was
     written in (``--json`` has every field as it is stored)."""
@@ -526,7 +550,9 @@ def _yaml(document: dict[str, Any]) -> str:
 
 
 def _print_diff(changes: rg.VersionDiff) -> None:
-    files = "same files" if changes.same_files else "different files"
+    files = {True: "same files", False: "different files", None: "not built yet"}[
+        changes.same_files
+    ]
     console.print(
         f"before {changes.before} -> after {changes.after}: {files}",
         highlight=False,
@@ -540,6 +566,8 @@ def _print_diff(changes: rg.VersionDiff) -> None:
             rows["before"].append(escape(rg.shown(change.before, change.field)))
             rows["after"].append(escape(rg.shown(change.after, change.field)))
             rows["change"].append(change.verdict)
+        if not any(rows["change"]):  # no metric on both sides (a spec file): nothing to say
+            del rows["change"]
         print_columns(rows, keep=len(rows))  # every column, cells folded: change matters most
     else:
         console.print("no recorded difference (record, metrics, lineage and spec agree)")

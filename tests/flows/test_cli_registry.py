@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import run_cli
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
@@ -424,6 +425,32 @@ def test_show_is_a_record_to_read_and_its_spec_is_one_build_reads_back(tmp_path,
     assert printed.returncode == 0, printed.stderr
     (tmp_path / "again.yaml").write_text(printed.stdout)
     assert load_spec(tmp_path / "again.yaml") == spec  # what build would read: the same spec
+
+    # a pull request's spec against the version it would replace: read before anything trains
+    document = yaml.safe_load(printed.stdout)
+    document["method"]["rank"] = 16
+    (tmp_path / "pr.yaml").write_text(yaml.safe_dump(document))
+    planned = ok_json(run(env, "diff", "shown@1", str(tmp_path / "pr.yaml"), "--json"))
+    assert (planned["after"], planned["same_files"], planned["spec_compared"]) == (
+        str(tmp_path / "pr.yaml"),
+        None,
+        True,
+    )
+    changes = {(c["section"], c["field"]): (c["before"], c["after"]) for c in planned["changes"]}
+    assert sorted(changes) == [
+        ("lineage", "base_dtype"),  # what a build here records: unrecorded on shown@1
+        ("lineage", "code_version"),
+        ("lineage", "dataset_fingerprint"),  # the real files' fingerprint, not d...d
+        ("spec", "method.rank"),
+    ]
+    assert changes["spec", "method.rank"] == (8, 16)
+    assert changes["lineage", "base_dtype"] == (None, "float32")
+    assert changes["lineage", "dataset_fingerprint"][0] == "d" * 64
+    missing = run(env, "diff", "shown@1", str(tmp_path / "nope.yaml"))
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        f"error: {tmp_path / 'nope.yaml'}: no such spec file",
+    )
 
     Registry().register(write_fake_adapter(tmp_path / "v2", seed=2), name="bare", **common)
     refused = run(env, "show", "bare", "--spec")

@@ -101,15 +101,16 @@ class TestBuild:
     def test_the_data_is_fingerprinted_once_per_build(
         self, tmp_path: Path, sst2_dir: Path, monkeypatch: pytest.MonkeyPatch
     ):
-        from flows import build_job, lineage, prepare_job
+        from flows import lineage, prepare_job
 
         calls: list[str] = []
+        fingerprint = lineage.dataset_fingerprint
 
         def counting(spec):
             calls.append(spec.name)
-            return lineage.dataset_fingerprint(spec)
+            return fingerprint(spec)
 
-        for module in (build_job, prepare_job):
+        for module in (lineage, prepare_job):  # the build's lineage, and the prepare task
             monkeypatch.setattr(module, "dataset_fingerprint", counting)
         spec_path = write_spec(tmp_path, sst2_dir, name="once")
         pipelines.build(str(spec_path), output=str(tmp_path / "a"))  # prepare, train, evaluate

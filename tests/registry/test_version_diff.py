@@ -14,6 +14,7 @@ SPEC = {
     "base_model": "tiny-gpt2",
     "task": "lm",
     "language": "pt",
+    "head": {"type": "causal-lm"},
     "method": {"type": "lora", "rank": 8, "targets": ["q", "v"]},
     "train": {"learning_rate": 0.001, "max_steps": 100},
 }
@@ -132,3 +133,21 @@ def test_cells_are_short_digests_and_commits_cut_sizes_in_bytes():
     assert shown("d" * 63) == "d" * 63  # neither: whole
     assert shown(316615, "size") == "316,615 bytes"
     assert (shown(0.53751), shown(["q", "v"]), shown(None)) == ("0.5375", "q, v", "-")
+
+
+def test_a_spec_not_built_yet_is_compared_on_what_a_build_would_record():
+    from registry import diff_with_spec
+
+    proposed = {**SPEC, "language": "pt-BR", "train": {**SPEC["train"], "max_steps": 300}}
+    lineage = {"dataset_fingerprint": "d" * 64, "code_version": "def", "build_key": "k9"}
+    changes = diff_with_spec(BEFORE, proposed, lineage, "specs/lang-pt.yaml")
+    assert (changes.after, changes.same_files, changes.spec_compared) == (
+        "specs/lang-pt.yaml",
+        None,  # no files yet
+        True,
+    )
+    assert [c.to_dict() for c in changes.changes] == [
+        {"section": "record", "field": "language", "before": "pt", "after": "pt-BR"},
+        {"section": "lineage", "field": "code_version", "before": "abc", "after": "def"},
+        {"section": "spec", "field": "train.max_steps", "before": 100, "after": 300},
+    ]  # no metrics: not trained; the build key is an identity; run_id is not recorded yet
