@@ -41,6 +41,7 @@ __all__ = [
     "SkipProbeOption",
     "TextColumnOption",
     "TextOption",
+    "checkable_before_mlflow",
     "console",
     "counting",
     "emit_json",
@@ -204,6 +205,14 @@ def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool 
             registry.composition(ref)
         else:
             registry.get(ref)
+
+
+def checkable_before_mlflow(ref: str) -> str:
+    """What of ``ref`` the registry can check before MLflow loads: all of ``name@3`` (the
+    registry numbers every version; MLflow mirrors them), only the name of ``name@staging`` (an
+    alias may be set in the MLflow UI alone, until the command syncs it)."""
+    name, _, tail = ref.partition("@")
+    return ref if tail.isdigit() else name
 
 
 def require_spec_file(path: Path) -> None:

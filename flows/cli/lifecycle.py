@@ -19,6 +19,7 @@ from rich.text import Text
 from .build import OutOption, SetOption, SpecArgument, progress
 from .common import (
     JsonOption,
+    checkable_before_mlflow,
     console,
     emit_json,
     prefect_answers,
@@ -253,8 +254,7 @@ def promote_command(
     alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
         registry = Registry()
-        # the adapter, before MLflow loads (the alias in REF may exist in MLflow alone, so far)
-        require_known(registry, [ref.partition("@")[0]])
+        require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_models import sync_aliases  # noqa: PLC0415
         from ..promotion import check_not_worse, promote  # noqa: PLC0415

@@ -22,6 +22,7 @@ from registry import AdapterVersion, RegistryError, Settings
 from ..errors import DataError
 from .common import (
     JsonOption,
+    checkable_before_mlflow,
     console,
     emit_json,
     human_bytes,
@@ -329,8 +330,7 @@ def alias(
     first, as reviewers see aliases there; `promote` does the same behind the gate."""
     with user_errors(as_json):
         registry = _registry()
-        # the adapter, before MLflow loads (the alias in REF may exist in MLflow alone, so far)
-        require_known(registry, [ref.partition("@")[0]])
+        require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         from .. import tracking  # noqa: PLC0415 - MLflow only for this command
         from ..promotion import move_alias  # noqa: PLC0415
 

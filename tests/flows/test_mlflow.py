@@ -209,6 +209,13 @@ class TestAliasesThroughMlflow:
         assert registry.get("ranked@champion").version == 1  # nothing moved, here or in MLflow
         assert mlflow_aliases(client, "ranked") == {"champion": 1}
 
+        # a version the registry does not have: refused before MLflow loads (it took 2.8 s)
+        missing, loaded = run_cli_noting_imports("promote", "ranked@99", env=env)
+        assert (missing.returncode, missing.stderr, loaded) == (
+            2,
+            "error: adapter 'ranked' has no version 99; known versions: 1, 2\n",
+            [],
+        )
         forced = run_cli("promote", "ranked@2", "--force", "--json", env=env)
         assert forced.returncode == 0, forced.stderr
         assert json.loads(forced.stdout)["aliases"] == ["champion"]
