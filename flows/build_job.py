@@ -319,13 +319,13 @@ def register_and_gate(
     client = tracking.client()
     if run_id:
         tag_run(client, run_id, version)
-    current = version_holding(registry, spec.name, spec.promote.alias)
-    if current is not None and current.version != version.version:  # what the gate weighs
-        card += changes_since(spec.promote.alias, diff_versions(current, version))
+    champion = version_holding(registry, spec.name, spec.promote.alias)  # read once: card + gate
+    if champion is not None and champion.version != version.version:  # what the gate weighs
+        card += changes_since(spec.promote.alias, diff_versions(champion, version))
     description = version_description(version, spec.evaluate.metric, card)
     mlflow_version = ensure_model_version(client, version, run_id=run_id, description=description)
     policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
-    decision, champion_metric = _gate(build, version, measured, policy, report)
+    decision, champion_metric = _gate(build, version, measured, policy, report, champion=champion)
     alias = spec.promote.alias if decision.promote else CHALLENGER
     if alias not in version.aliases:
         promote(registry, client, version.ref, alias, origin="gate")
@@ -350,6 +350,8 @@ def _gate(
     metrics: dict[str, float],
     policy: Policy,
     report: TrainReport,
+    *,
+    champion: AdapterVersion | None,
 ) -> tuple[Decision, float | None]:
     """The decision, with the champion re-evaluated on this spec's validation data.
 
@@ -362,7 +364,6 @@ def _gate(
     if diverged:
         reason = f"training diverged (loss {diverged[0]}): not promoted"
         return Decision(False, reason, value, None, "not-better"), None
-    champion = version_holding(build.registry, spec.name, spec.promote.alias)
     if champion is None:
         return decide(value, None, policy), None
     if champion.version == candidate.version:  # a re-run of the build that promoted it

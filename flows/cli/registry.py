@@ -534,14 +534,13 @@ class _SpecDumper(yaml.SafeDumper):
     """Block style, but a list of plain values on one line (``targets: [q, v]``)."""
 
 
-_SpecDumper.add_representer(
-    list,
-    lambda dumper, items: dumper.represent_sequence(
-        "tag:yaml.org,2002:seq",
-        items,
-        flow_style=not any(isinstance(i, dict | list) for i in items),
-    ),
-)
+def _represent_list(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    """A list of plain values in flow style, any other list in block style."""
+    nested = any(isinstance(item, dict | list) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=not nested)
+
+
+_SpecDumper.add_representer(list, _represent_list)
 
 
 def _yaml(document: dict[str, Any]) -> str:
