@@ -40,5 +40,5 @@ def load_members(model: nn.Module, refs: list[str], registry: Registry | None = 
     if registry is None:
         from registry import Registry  # noqa: PLC0415 - only fusions need the registry here
 
-        registry = Registry()
+        registry = Registry(create=False)  # members must be registered
     return [registry.load_into(model, ref, name=member_name(ref)).ref for ref in refs]

@@ -80,7 +80,7 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     from .spec import member_name, spec_of_version  # noqa: PLC0415
 
     model = pc.build_on_meta(config, spec.head.type, dtype=dtype)
-    registry = Registry()
+    registry = Registry(create=False)  # its members are registered already, or it is a typo
     for ref in spec.method.members:
         member = spec_of_version(registry.get(ref), "planning a fusion over it")
         pc.add_adapter(model, member_name(ref), member.method.to_config())

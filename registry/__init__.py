@@ -6,6 +6,7 @@ folder or S3), content-addressed. Start with :class:`Registry`.
 
 from typing import TYPE_CHECKING, Any
 
+from .composition_diff import CompositionDiff, diff_compositions
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import (
     AdapterFolderError,
@@ -15,6 +16,7 @@ from .errors import (
     InUseError,
     InvalidCompositionError,
     InvalidNameError,
+    NoRegistryError,
     NotFoundError,
     NotMigratedError,
     RegistryError,
@@ -46,12 +48,14 @@ __all__ = [
     "BaseModelMismatchError",
     "Change",
     "Composition",
+    "CompositionDiff",
     "CorruptArtifactError",
     "DatabaseUnavailableError",
     "Event",
     "InUseError",
     "InvalidCompositionError",
     "InvalidNameError",
+    "NoRegistryError",
     "NotFoundError",
     "NotMigratedError",
     "Ref",
@@ -61,6 +65,7 @@ __all__ = [
     "Settings",
     "StorageUnavailableError",
     "VersionDiff",
+    "diff_compositions",
     "diff_versions",
     "diff_with_spec",
     "higher_is_better",

@@ -263,7 +263,8 @@ def _fetch(store: ArtifactStore, digest: str, target: Path, *, label: str, what:
     except FileNotFoundError:
         raise CorruptArtifactError(
             f"{label}: {what} is missing from the artifact store (expected sha256 {digest} at "
-            f"{store.uri(digest)})"
+            f"{store.uri(digest)}): check that ADAPTEROPS_ARTIFACTS_URL names the store it was "
+            "registered into; if it does, the file was removed from the store outside adapterops"
         ) from None
     except StorageUnavailableError:
         raise

@@ -42,6 +42,7 @@ from .bundles import (
     saved_fingerprint,
     upload,
 )
+from .composition_diff import CompositionDiff, diff_compositions
 from .compositions import named_twice, with_leaves
 from .db import Database, translate_db_errors
 from .entities import AdapterVersion, Composition, Event, Resolution
@@ -49,6 +50,7 @@ from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
     InvalidCompositionError,
+    NoRegistryError,
     RegistryError,
 )
 from .names import check_key, check_language, check_name, parse_ref
@@ -74,9 +76,24 @@ class Registry:
         artifacts_url: str | None = None,
         *,
         auto_migrate: bool | None = None,
+        create: bool = True,
     ) -> None:
+        """Open the registry at the given locations (default: the environment's, see
+        :class:`Settings`). A SQLite registry is created on first use; ``create=False`` (reading
+        commands) refuses one that does not exist with :class:`NoRegistryError` instead."""
         defaults = Settings.from_env()
-        self.database = Database(database_url or defaults.database_url, auto_migrate=auto_migrate)
+        try:
+            self.database = Database(
+                database_url or defaults.database_url, auto_migrate=auto_migrate, create=create
+            )
+        except NoRegistryError as exc:
+            if database_url:
+                raise
+            raise NoRegistryError(
+                f"{exc} ({Settings.database_origin()}). If your registry is elsewhere, set "
+                "ADAPTEROPS_HOME or ADAPTEROPS_REGISTRY_URL to it; `adapterops build SPEC` or "
+                "`adapterops push FOLDER` starts one here"
+            ) from None
         self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
 
     # --- writing ------------------------------------------------------------------------------
@@ -238,6 +255,11 @@ class Registry:
         ``a@4``): metrics with their deltas, the spec's fields, data and code lineage, base model
         and files."""
         return diff_versions(self.get(before), self.get(after))
+
+    def composition_diff(self, before: str, after: str) -> CompositionDiff:
+        """What changed from composition version ``before`` to ``after`` (``madx@1``,
+        ``madx@champion``): its members' versions, its blocks, how it is scored."""
+        return diff_compositions(self.composition(before), self.composition(after))
 
     def history(self, name: str) -> list[Event]:
         """The adapter's event log: registrations, alias moves, deletions, with their origin."""

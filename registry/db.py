@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import DatabaseUnavailableError, NotMigratedError, RegistryError
+from .errors import DatabaseUnavailableError, NoRegistryError, NotMigratedError, RegistryError
 
 __all__ = ["Database"]
 
@@ -33,7 +33,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class Database:
     """One registry database: an engine, a session factory and its migrations."""
 
-    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
+    def __init__(self, url: str, *, auto_migrate: bool | None = None, create: bool = True) -> None:
+        """Open the database at ``url``. ``create=False`` refuses a SQLite file that does not
+        exist (:class:`NoRegistryError`) instead of creating an empty registry there: reading a
+        mistyped path must not look like reading a registry with nothing in it."""
         try:
             parsed = _with_our_driver(make_url(url))
         except ArgumentError as exc:
@@ -41,6 +44,8 @@ class Database:
         url = parsed.render_as_string(hide_password=False)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and not create and not _sqlite_file_exists(parsed.database):
+            raise NoRegistryError(f"no registry at {parsed.database}: nothing was registered there")
         try:
             self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
         except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2
@@ -124,6 +129,11 @@ def _with_our_driver(url: URL) -> URL:
             "sqlite:///path/registry.db or postgresql+psycopg://USER@HOST:5432/DB"
         )
     return url
+
+
+def _sqlite_file_exists(path: str | None) -> bool:
+    """Whether a SQLite URL's database exists (an in-memory one always does)."""
+    return not path or path == ":memory:" or Path(path).is_file()
 
 
 def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:

@@ -19,6 +19,7 @@ __all__ = [
     "InUseError",
     "InvalidCompositionError",
     "InvalidNameError",
+    "NoRegistryError",
     "NotFoundError",
     "NotMigratedError",
     "RegistryError",
@@ -32,6 +33,12 @@ class RegistryError(RedactedError):
 
 class NotFoundError(RegistryError, LookupError):
     """No adapter, version, alias or composition matches the reference."""
+
+
+class NoRegistryError(RegistryError, LookupError):
+    """A SQLite registry opened to be read (``Registry(create=False)``) does not exist: nothing
+    was registered there, or its path (``ADAPTEROPS_HOME``, ``ADAPTEROPS_REGISTRY_URL``) is not
+    the one the versions were registered under."""
 
 
 class InvalidNameError(RegistryError, ValueError):

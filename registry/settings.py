@@ -39,3 +39,12 @@ class Settings:
             artifacts_url=os.environ.get("ADAPTEROPS_ARTIFACTS_URL")
             or (home / "artifacts").as_uri(),
         )
+
+    @staticmethod
+    def database_origin() -> str:
+        """Which variable chose the database URL, for messages about a registry not found."""
+        if os.environ.get("ADAPTEROPS_REGISTRY_URL"):
+            return "ADAPTEROPS_REGISTRY_URL"
+        if os.environ.get("ADAPTEROPS_HOME"):
+            return f"ADAPTEROPS_HOME={os.environ['ADAPTEROPS_HOME']}"
+        return "ADAPTEROPS_HOME unset: the default ./.adapterops, in the current folder"

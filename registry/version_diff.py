@@ -11,7 +11,10 @@ from typing import Any
 from .entities import AdapterVersion
 from .metrics import higher_is_better
 
-__all__ = ["COUNTS", "Change", "VersionDiff", "diff_versions", "diff_with_spec", "shown"]
+__all__ = [
+    "COUNTS", "Change", "VersionDiff", "changed", "diff_versions", "diff_with_spec", "flattened",
+    "shown",
+]  # fmt: skip
 
 # Recorded next to the scores, but sizes of the evaluation, not measures of quality.
 COUNTS = frozenset({"examples", "tokens", "generated"})
@@ -102,13 +105,14 @@ class VersionDiff:
 
 def diff_versions(before: AdapterVersion, after: AdapterVersion) -> VersionDiff:
     """Every recorded difference between ``before`` and ``after`` (in that direction)."""
-    record = _changed(
+    record = changed(
         "record",
         {f: getattr(before, f) for f in _RECORD_FIELDS},
         {f: getattr(after, f) for f in _RECORD_FIELDS},
+        sort=False,
     )
-    metrics = _changed("metrics", before.metrics, after.metrics)
-    lineage = _changed("lineage", _without(before.lineage), _without(after.lineage))
+    metrics = changed("metrics", before.metrics, after.metrics)
+    lineage = changed("lineage", _without(before.lineage), _without(after.lineage))
     return _with_spec(
         before, after.ref, after.spec, record + metrics + lineage, before.digest == after.digest
     )
@@ -126,9 +130,11 @@ def diff_with_spec(
         "language": spec.get("language"), "method": spec.get("method", {}).get("type"),
         "head": spec.get("head", {}).get("type"),
     }  # fmt: skip
-    record = _changed("record", {f: getattr(before, f) for f in after_record}, after_record)
+    record = changed(
+        "record", {f: getattr(before, f) for f in after_record}, after_record, sort=False
+    )
     compared = _without(lineage)  # only what a build records before it trains
-    lineage_changes = _changed("lineage", {k: before.lineage.get(k) for k in compared}, compared)
+    lineage_changes = changed("lineage", {k: before.lineage.get(k) for k in compared}, compared)
     return _with_spec(before, label, spec, record + lineage_changes, None)
 
 
@@ -142,7 +148,10 @@ def _with_spec(
     """The diff, with the spec's fields compared when both sides have a spec."""
     spec_compared = bool(before.spec) and bool(after_spec)
     if spec_compared:
-        changes = changes + _changed("spec", _flattened(before.spec), _flattened(after_spec))
+        on_record = _SPEC_FIELDS_ON_THE_RECORD
+        changes = changes + changed(
+            "spec", flattened(before.spec, skip=on_record), flattened(after_spec, skip=on_record)
+        )
     return VersionDiff(before.ref, after, same_files, spec_compared, tuple(changes))
 
 
@@ -163,10 +172,13 @@ def shown(value: Any, field: str = "") -> str:
     return f"{text[:12]}...{match.group(1) or ''}" if match else text
 
 
-def _changed(section: str, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
-    """The keys whose values differ, in sorted order (record fields in their own order)."""
+def changed(
+    section: str, before: dict[str, Any], after: dict[str, Any], *, sort: bool = True
+) -> list[Change]:
+    """The keys whose values differ, sorted (``sort=False``: in ``before``'s order, then the
+    keys only ``after`` has)."""
     keys = list(before) + [k for k in after if k not in before]
-    if section != "record":
+    if sort:
         keys.sort()
     return [
         Change(section, key, before.get(key), after.get(key))
@@ -179,15 +191,17 @@ def _without(lineage: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in lineage.items() if k not in _IDENTITIES}
 
 
-def _flattened(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flattened(
+    spec: dict[str, Any], prefix: str = "", *, skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """``{"train": {"learning_rate": 1e-3}}`` as ``{"train.learning_rate": 1e-3}``; lists stay
-    whole values (``method.targets``)."""
+    whole values (``method.targets``). Top-level keys in ``skip`` are left out."""
     flat: dict[str, Any] = {}
     for key, value in spec.items():
-        if not prefix and key in _SPEC_FIELDS_ON_THE_RECORD:
+        if not prefix and key in skip:
             continue
         if isinstance(value, dict) and value:
-            flat |= _flattened(value, f"{prefix}{key}.")
+            flat |= flattened(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -90,6 +90,14 @@ def run_cli(
     )
 
 
+def empty_registry(home: Path) -> None:
+    """Create the embedded (SQLite) registry of ``ADAPTEROPS_HOME=home``, with nothing in it:
+    commands that read a registry refuse one that does not exist."""
+    from registry import Registry  # SQLAlchemy only for the tests that need it
+
+    Registry(f"sqlite:///{home / 'registry.db'}", (home / "artifacts").as_uri()).close()
+
+
 # What a command may have no need to load: each costs seconds at every start.
 HEAVY_LIBRARIES = ("mlflow", "prefect", "torch")
 

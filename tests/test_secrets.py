@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from infra.stack import MlflowServer, free_port
 from registry.redaction import redact
 from tests.flows.test_pipelines import write_spec
-from tests.helpers import run_cli
+from tests.helpers import empty_registry, run_cli
 from tests.registry.conftest import fresh_bucket_url
 from tests.registry.workers import write_fake_adapter
 
@@ -64,6 +64,7 @@ class TestErrorsMaskSecrets:
     def test_mlflow_tracking_uri(self, tmp_path):
         url = f"http://reviewer:{ML_PASSWORD}@{self.dead()}"
         env = user_env(tmp_path, MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+        empty_registry(tmp_path / "home")  # sync reads the registry before MLflow
         for extra in ([], ["--json"]):
             result = run_cli("sync", *extra, env=env)
             assert result.returncode == 2

@@ -25,6 +25,7 @@ from .common import (
     emit_json,
     errors,
     human_bytes,
+    open_registry,
     prefect_answers,
     quiet_libraries,
     require_spec_file,
@@ -395,9 +396,7 @@ class LineProgress(StepProgress):
 def _built_report(ref: str, output: Path) -> dict[str, Any]:
     """The training report of a build (fetched from the registry when this run reused it)."""
     if not (output / "report.json").is_file():
-        from registry import Registry  # noqa: PLC0415
-
-        Registry().fetch(ref, output)
+        open_registry().fetch(ref, output)
     report: dict[str, Any] = json.loads((output / "report.json").read_text())
     return report
 

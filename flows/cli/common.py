@@ -197,6 +197,16 @@ def warn(message: str) -> None:
     errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
+def open_registry(*, create: bool = False) -> rg.Registry:
+    """The registry the environment names (SQLAlchemy, Alembic and boto3 load only now).
+
+    Only the commands that add versions (push, import) create it: every other command that
+    reads one that does not exist says where it looked (a mistyped ADAPTEROPS_HOME, or a command
+    run from another folder than the build's) instead of showing an empty registry, and writes
+    no ``.adapterops`` folder there."""
+    return rg.Registry(create=create)
+
+
 def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:
     """Resolve each reference before torch, transformers or MLflow load: a name or alias that
     does not exist is one line in a second, not in two to five (the job resolves them again)."""

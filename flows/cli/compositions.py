@@ -27,6 +27,7 @@ from .common import (
     counting,
     emit_json,
     input_texts,
+    open_registry,
     print_columns,
     quiet_libraries,
     require_known,
@@ -43,7 +44,7 @@ from .operate import (
     show_export,
     show_predictions,
 )
-from .registry import RefArgument, show_events
+from .registry import RefArgument, print_changes, show_events
 
 __all__ = ["composition_app"]
 
@@ -87,7 +88,7 @@ def save(
     with user_errors(as_json):
         block = _definition(definition)
         scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
-        registry = rg.Registry()
+        registry = open_registry()
         composition = registry.register_composition(
             name, block, members, description=description, evaluation=scored
         )
@@ -129,7 +130,7 @@ def _definition(text: str) -> dict[str, Any]:
 def list_compositions(as_json: JsonOption = False) -> None:
     """The newest version of every composition."""
     with user_errors(as_json):
-        compositions = rg.Registry().compositions()
+        compositions = open_registry().compositions()
     if not compositions and not as_json:  # one line, not an empty table
         console.print("no compositions yet: `adapterops composition save NAME MEMBER...` adds one")
         return
@@ -140,8 +141,41 @@ def list_compositions(as_json: JsonOption = False) -> None:
 def show(ref: RefArgument, as_json: JsonOption = False) -> None:
     """One composition version: its definition, members and aliases."""
     with user_errors(as_json):
-        composition = rg.Registry().composition(ref)
+        composition = open_registry().composition(ref)
     _print([composition], as_json, single=True)
+
+
+@composition_app.command()
+def diff(
+    before: Annotated[
+        str,
+        typer.Argument(
+            help="The version to compare from: name@VERSION or name@ALIAS.", metavar="BEFORE"
+        ),
+    ],
+    after: Annotated[str, typer.Argument(help="The version to compare with it.", metavar="AFTER")],
+    as_json: JsonOption = False,
+) -> None:
+    """What changed from one composition version to another (after a cascade re-saved it, say):
+    its members' versions, how its blocks combine them, how it is scored; then the command that
+    shows what changed in each member. Exit 0 whether or not anything differs."""
+    with user_errors(as_json):
+        changes = open_registry().composition_diff(before, after)
+    if as_json:
+        emit_json(changes.to_dict())
+        return
+    loads = "same adapters, combined the same way" if changes.same_load else "loads differently"
+    print_changes(
+        f"before {changes.before} -> after {changes.after}: {loads}",
+        changes.changes,
+        nothing="no recorded difference (members, blocks, evaluation and description agree)",
+    )
+    for old, new in changes.member_diffs():
+        console.print(
+            f"what changed in a member: adapterops diff {old} {new}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @composition_app.command()
@@ -153,7 +187,7 @@ def alias(
     """Point an alias at a composition version (moving it from another version if needed),
     through MLflow (moves made in the MLflow UI are taken first)."""
     with user_errors(as_json):
-        registry = rg.Registry()
+        registry = open_registry()
         composition_name = registry.composition(ref).name  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
@@ -172,7 +206,7 @@ def unalias(
 ) -> None:
     """Take an alias off a composition, in MLflow and the registry."""
     with user_errors(as_json):
-        registry = rg.Registry()
+        registry = open_registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_compositions import (  # noqa: PLC0415
@@ -195,7 +229,7 @@ def history(
 ) -> None:
     """The composition's event log: versions saved and alias moves, with their origin."""
     with user_errors(as_json):
-        events = rg.Registry().composition_history(name)
+        events = open_registry().composition_history(name)
     show_events(events, f"history of composition {name}", as_json)
 
 
@@ -212,7 +246,7 @@ def predict(
     """Run a composition on text: every member loaded and checked, the composition active; the
     head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
     with user_errors(as_json):
-        registry = rg.Registry()
+        registry = open_registry()
         require_known(registry, [ref], compositions=True)
         from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
 
@@ -242,7 +276,7 @@ def evaluate(
     its last member's): every member loaded and checked, the composition active. Recorded as
     an MLflow run."""
     with user_errors(as_json):
-        registry = rg.Registry()
+        registry = open_registry()
         require_known(registry, [ref], compositions=True)
         from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
 
@@ -267,7 +301,7 @@ def export(
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
     (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
     with user_errors(as_json):
-        registry = rg.Registry()
+        registry = open_registry()
         require_known(registry, [ref], compositions=True)
         from ..export_job import export_composition  # noqa: PLC0415 - torch
 

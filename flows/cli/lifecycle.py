@@ -22,6 +22,7 @@ from .common import (
     checkable_before_mlflow,
     console,
     emit_json,
+    open_registry,
     prefect_answers,
     quiet_libraries,
     require_known,
@@ -109,11 +110,10 @@ def what_changed_hint(result: dict[str, Any], alias: str) -> str:
 
 def _stale_after(name: str) -> list[str]:
     """The compositions still over an older version of ``name``'s champion (for the hint)."""
-    from registry import Registry  # noqa: PLC0415
 
     from ..stale import find_stale  # noqa: PLC0415 - the registry alone: no torch
 
-    return [s.ref for s in find_stale(Registry(), name)[1]]
+    return [s.ref for s in find_stale(open_registry(), name)[1]]
 
 
 def _print_cascade_hint(name: str, stale: list[str]) -> None:
@@ -175,12 +175,11 @@ def cascade(
     """Build a candidate of every fusion still over an older version of NAME's champion, with
     the champion in its place, and promote each only through the gate (on the fusion's own
     validation data). One failing composition does not stop the others; exit 1 if any failed."""
-    from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
         from ..stale import find_stale  # noqa: PLC0415 - the registry alone: no torch
 
-        champion, stale = find_stale(Registry(), name)
+        champion, stale = find_stale(open_registry(), name)
     if dry_run or not stale:
         _print_stale(champion.ref, [s.to_dict() for s in stale], as_json)
         return
@@ -243,7 +242,6 @@ def promote_command(
     """Move an alias to a version by hand (through MLflow, recorded in the registry). A version
     that scores worse than the one holding the alias (on the metric its spec gates on) is refused
     unless --force is given."""
-    from registry import Registry  # noqa: PLC0415
 
     from ..errors import PromotionRefusedError  # noqa: PLC0415
 
@@ -253,7 +251,7 @@ def promote_command(
         )
     alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         from .. import tracking  # noqa: PLC0415
         from ..mlflow_models import sync_aliases  # noqa: PLC0415
@@ -281,10 +279,9 @@ def rollback(
     name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOption = False
 ) -> None:
     """Move ``champion`` back to the ``previous`` version."""
-    from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         # a typo is "no adapter named ...", not "no previous version", and before MLflow loads
         require_known(registry, [name])
         from .. import tracking  # noqa: PLC0415
@@ -320,13 +317,12 @@ def sync(
 ) -> None:
     """Copy alias moves made in the MLflow UI into the registry (MLflow wins), for adapters and
     compositions of these names (default: all); compositions MLflow lacks are mirrored first."""
-    from registry import Registry  # noqa: PLC0415
 
     from .. import tracking  # noqa: PLC0415
     from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         _check_known(registry, name or [])
         mirrored, changes = sync_from_mlflow(registry, tracking.client(), name or None)
     if as_json:

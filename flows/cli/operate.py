@@ -21,6 +21,7 @@ from .common import (
     counting,
     emit_json,
     input_texts,
+    open_registry,
     quiet_libraries,
     require_known,
     spec_files,
@@ -91,10 +92,9 @@ def predict(
     """Run registered adapters on text: label and probabilities (classification), top tokens
     for the mask (masked LM) or a continuation (causal LM). Several REFs over one base model
     share each batch, each row through its own adapter."""
-    from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         require_known(registry, refs)
         from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415 - torch
 
@@ -163,10 +163,9 @@ def evaluate(
     """Score a registered version on a data file, or on the validation split it was built
     with: accuracy and macro-F1 (classification), perplexity (language models), exact match
     (instructions). Recorded as an MLflow run."""
-    from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         require_known(registry, [ref])
         from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch
 
@@ -224,10 +223,9 @@ def export(
 ) -> None:
     """Write a version for a serving engine, after listing what that engine would refuse or
     silently ignore (nothing is written then, unless --force)."""
-    from registry import Registry  # noqa: PLC0415
 
     with user_errors(as_json):
-        registry = Registry()
+        registry = open_registry()
         require_known(registry, [ref])
         from ..export_job import export as export_version  # noqa: PLC0415 - torch
 

@@ -6,6 +6,7 @@ folder under ``./.adapterops``)."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from .common import (
     console,
     emit_json,
     human_bytes,
+    open_registry,
     print_columns,
     quiet_libraries,
     require_known,
@@ -93,7 +95,7 @@ def push(
 
     with user_errors(as_json):
         result = push_folder(
-            _registry(),
+            open_registry(create=True),
             folder,
             identity={"name": name, "base_model": base_model, "task": task, "language": language},
             spec_file=spec,
@@ -125,7 +127,7 @@ def import_command(
     with user_errors(as_json):
         version = import_adapterhub(
             folder,
-            registry=_registry(),
+            registry=open_registry(create=True),
             base_model=base_model,
             name=name,
             task=task,
@@ -154,7 +156,7 @@ def list_versions(
 ) -> None:
     """List versions, filtered by base model, task, language, method or alias."""
     with user_errors(as_json):
-        versions = _registry().find(
+        versions = open_registry().find(
             base_model=base_model,
             task=task,
             language=language,
@@ -192,7 +194,7 @@ def show(
 ) -> None:
     """Everything about one version: its record, metrics, lineage and spec."""
     with user_errors(as_json):
-        version = _registry().get(ref)
+        version = open_registry().get(ref)
         if spec_only and not version.spec:
             raise DataError(
                 f"{version.ref} was registered without a spec (push without --spec): there is "
@@ -229,7 +231,7 @@ def diff(
     would change (its fields, data fingerprint, code), read before anything trains, as CI does
     on a pull request. Exit 0 whether or not anything differs."""
     with user_errors(as_json):
-        registry = _registry()
+        registry = open_registry()
         if Path(after).suffix in (".yaml", ".yml") or Path(after).is_file():
             changes = _diff_with_spec_file(registry, before, Path(after))
         else:
@@ -257,7 +259,7 @@ def pull(
     on its base model against the outputs recorded at registration (nothing is written if not)."""
     probe: dict[str, Any] = {}
     with user_errors(as_json):
-        registry = _registry()
+        registry = open_registry()
         version = registry.get(ref)
         if verify:
             probe = _pull_verified(registry, version, destination)
@@ -309,7 +311,7 @@ def resolve(
 ) -> None:
     """The adapter to use for (base model, task, language): promoted, newest, or a MAD-X stack."""
     with user_errors(as_json):
-        resolution = _registry().resolve(
+        resolution = open_registry().resolve(
             base_model=base_model, task=task, language=language, metric=metric
         )
     if as_json:
@@ -329,7 +331,7 @@ def alias(
     """Point an alias at a version (moving it from another version if needed), in MLflow
     first, as reviewers see aliases there; `promote` does the same behind the gate."""
     with user_errors(as_json):
-        registry = _registry()
+        registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         from .. import tracking  # noqa: PLC0415 - MLflow only for this command
         from ..promotion import move_alias  # noqa: PLC0415
@@ -346,7 +348,7 @@ def unalias(
 ) -> None:
     """Take an alias off an adapter, in MLflow first (then its version may be deleted)."""
     with user_errors(as_json):
-        registry = _registry()
+        registry = open_registry()
         require_known(registry, [adapter])  # before MLflow loads
         from .. import tracking  # noqa: PLC0415 - MLflow only for this command
         from ..mlflow_models import sync_aliases  # noqa: PLC0415
@@ -367,7 +369,7 @@ def history(
 ) -> None:
     """The adapter's event log: registrations and alias moves with their origin."""
     with user_errors(as_json):
-        events = _registry().history(name)
+        events = open_registry().history(name)
     show_events(events, f"history of {name}", as_json)
 
 
@@ -399,7 +401,7 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     from ..mlflow_models import delete_model_version  # noqa: PLC0415
 
     with user_errors(as_json):
-        version = _registry().delete(ref, origin="cli")
+        version = open_registry().delete(ref, origin="cli")
     try:
         delete_model_version(tracking.client(), version.name, version.version)
     except TrackingUnavailableError as exc:  # the registry's delete stands: say what is left
@@ -429,7 +431,7 @@ def gc(
                 f"{_TEN_YEARS_IN_MINUTES:.0f}, got {older_than_minutes}"
             )
         grace = timedelta(minutes=older_than_minutes)
-        removed = _registry().gc(older_than=grace, dry_run=dry_run)
+        removed = open_registry().gc(older_than=grace, dry_run=dry_run)
     if as_json:
         emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
         return
@@ -449,10 +451,6 @@ def db_upgrade(as_json: JsonOption = False) -> None:
         emit_json({"ok": True})
         return
     console.print("registry database is up to date")
-
-
-def _registry() -> rg.Registry:
-    return rg.Registry()  # loads SQLAlchemy, Alembic and boto3 only now: ``--help`` stays fast
 
 
 def _metrics(pairs: list[str]) -> dict[str, float]:
@@ -548,28 +546,34 @@ def _yaml(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False).rstrip()
 
 
+def print_changes(title: str, changes: Sequence[rg.Change], *, nothing: str) -> None:
+    """A diff for a person: ``title``, then one row per change (section, field, before, after
+    and, for metrics, the change), or the line ``nothing`` when there is none."""
+    console.print(title, highlight=False, soft_wrap=True)
+    if not changes:
+        console.print(nothing)
+        return
+    rows: dict[str, list[str]] = {"": [], "field": [], "before": [], "after": [], "change": []}
+    for change in changes:
+        rows[""].append(change.section)
+        rows["field"].append(change.field)
+        rows["before"].append(escape(rg.shown(change.before, change.field)))
+        rows["after"].append(escape(rg.shown(change.after, change.field)))
+        rows["change"].append(change.verdict)
+    if not any(rows["change"]):  # no metric on both sides (a spec file): nothing to say
+        del rows["change"]
+    print_columns(rows, keep=len(rows))  # every column, cells folded: change matters most
+
+
 def _print_diff(changes: rg.VersionDiff) -> None:
     files = {True: "same files", False: "different files", None: "not built yet"}[
         changes.same_files
     ]
-    console.print(
+    print_changes(
         f"before {changes.before} -> after {changes.after}: {files}",
-        highlight=False,
-        soft_wrap=True,
+        changes.changes,
+        nothing="no recorded difference (record, metrics, lineage and spec agree)",
     )
-    if changes.changes:
-        rows: dict[str, list[str]] = {"": [], "field": [], "before": [], "after": [], "change": []}
-        for change in changes.changes:
-            rows[""].append(change.section)
-            rows["field"].append(change.field)
-            rows["before"].append(escape(rg.shown(change.before, change.field)))
-            rows["after"].append(escape(rg.shown(change.after, change.field)))
-            rows["change"].append(change.verdict)
-        if not any(rows["change"]):  # no metric on both sides (a spec file): nothing to say
-            del rows["change"]
-        print_columns(rows, keep=len(rows))  # every column, cells folded: change matters most
-    else:
-        console.print("no recorded difference (record, metrics, lineage and spec agree)")
     if not changes.spec_compared:
         console.print(
             "spec: not compared, one of them was registered without it (push without --spec)",

@@ -172,6 +172,7 @@ def test_a_build_that_promotes_cascades_by_itself(tmp_path: Path, sst2_dir: Path
 
 
 def test_an_adapter_without_a_champion_is_one_clear_line(tmp_path: Path):
+    Registry().close()  # an existing registry without it
     done = run_cli("cascade", "nobody")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "nobody" in done.stderr

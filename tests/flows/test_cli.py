@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import run_cli, run_cli_noting_imports
+from tests.helpers import empty_registry, run_cli, run_cli_noting_imports
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -343,6 +343,7 @@ class TestBasics:
             (("rollback", "typo"), "no adapter named 'typo'"),
             (("diff", "typo@1", "typo@2"), "no adapter named 'typo'"),
             (("composition", "alias", "typo@1", "champion"), "no composition 'typo'"),
+            (("composition", "diff", "typo@1", "typo@2"), "no composition 'typo'"),
             (("composition", "unalias", "typo", "champion"), "no composition 'typo'"),
             (("cascade", "typo"), "no adapter named 'typo'"),
             (("build", "typo.yaml"), "typo.yaml: no such spec file"),
@@ -363,6 +364,7 @@ class TestBasics:
         its one line."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
+        empty_registry(tmp_path / "home")  # a registry without the name
         result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
         assert (result.returncode, loaded) == (2, []), result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
@@ -460,6 +462,21 @@ def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
     for args in (["--help"], ["build", "--help"], ["methods"]):
         result = run_cli(*args, env=env)
         assert result.returncode == 0, result.stderr
+    assert not home.exists()
+    # reading a registry that is not there (a mistyped ADAPTEROPS_HOME, another folder) says
+    # where it looked; it was an empty registry made on the spot, and a stray folder
+    missing = (
+        f"error: no registry at {home / 'registry.db'}: nothing was registered there "
+        f"(ADAPTEROPS_HOME={home}). If your registry is elsewhere, set ADAPTEROPS_HOME or "
+        "ADAPTEROPS_REGISTRY_URL to it; `adapterops build SPEC` or `adapterops push FOLDER` "
+        "starts one here\n"
+    )
+    reads = (["ls"], ["show", "x@1"], ["history", "x"], ["composition", "ls"], ["promote", "x@1"])
+    for args in (*reads, ["diff", "x@1", "x@2"], ["pull", "x@1", str(tmp_path / "out")]):
+        result = run_cli(*args, env=env)
+        assert (result.returncode, result.stderr) == (2, missing), args
+    listed = run_cli("ls", "--json", env=env)
+    assert listed.returncode == 2 and json.loads(listed.stdout)["kind"] == "NoRegistryError"
     assert not home.exists()
 
 

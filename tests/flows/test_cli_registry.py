@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import run_cli
+from tests.helpers import empty_registry, run_cli
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
 
@@ -52,10 +52,13 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     common = ["--base-model", "tiny-bert", "--task", "sst2", "--language", "en"]
     first = write_fake_adapter(tmp_path / "v1", seed=1)
     second = write_fake_adapter(tmp_path / "v2", seed=2)
-    empty = run(env, "ls")  # a new registry: a line that says what to do, not an empty table
-    assert empty.stdout.strip() == (
-        "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one"
-    )
+    if "ADAPTEROPS_REGISTRY_URL" in env:  # a new (migrated) server database
+        empty = run(env, "ls")  # a line that says what to do, not an empty table
+        assert empty.stdout.strip() == (
+            "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one"
+        )
+    else:  # reading creates no SQLite registry: it says where it looked (the push makes one)
+        assert run(env, "ls").stderr.startswith(f"error: no registry at {env['ADAPTEROPS_HOME']}")
 
     pushed = ok_json(
         run(
@@ -154,6 +157,7 @@ def test_registry_commands_end_to_end(environment, tmp_path):
 
 def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
     env = environment
+    empty_registry(Path(env["ADAPTEROPS_HOME"]))  # (the embedded one: a registry without it)
     missing = run(env, "show", "nothing@3", "--json")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "no adapter named 'nothing'" in json.loads(missing.stdout)["error"]
@@ -356,9 +360,27 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     assert (averaged["version"], averaged["members"]) == (1, ["lang-pt@1", "sst2-en@1"])
     assert averaged["definition"]["weights"] == [0.25, 0.75]
     assert averaged["evaluation"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    Registry().register(
+        write_fake_adapter(tmp_path / "lang-pt-2", 3), name="lang-pt", base_model="tiny-bert",
+        task="lang-pt", language="pt",
+    )  # fmt: skip
     assert (
         ok_json(run(env, "composition", "save", "madx", "lang-pt", "sst2-en", "--json"))["version"]
         == 2
+    )
+    # what the new version changed, and the command for what changed in the member
+    changed = ok_json(run(env, "composition", "diff", "madx@1", "madx@2", "--json"))
+    assert changed == {
+        "before": "madx@1", "after": "madx@2", "same_load": False,
+        "changes": [{"section": "members", "field": "lang-pt", "before": 1, "after": 2}],
+    }  # fmt: skip
+    told = run(env, "composition", "diff", "madx@1", "madx@2").stdout.splitlines()
+    assert told[0] == "before madx@1 -> after madx@2: loads differently"
+    assert told[-1] == "what changed in a member: adapterops diff lang-pt@1 lang-pt@2"
+    unknown = run(env, "composition", "diff", "madx@1", "madx@9")
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "error: no composition 'madx' version 9; versions: 1, 2\n",
     )
     for args, words in [
         (("--definition", "{stack"), "--definition is not JSON"),

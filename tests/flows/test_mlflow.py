@@ -34,7 +34,7 @@ from flows.spec import parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
-from tests.helpers import run_cli, run_cli_noting_imports
+from tests.helpers import empty_registry, run_cli, run_cli_noting_imports
 from tests.registry.workers import write_fake_adapter
 
 STEPS = 6
@@ -415,6 +415,7 @@ class TestMlflowDown:
         url = f"http://127.0.0.1:{free_port()}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env |= {"ADAPTEROPS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": url}
+        empty_registry(tmp_path)
         adapterops = Path(sys.executable).parent / "adapterops"
         result = subprocess.run(
             [str(adapterops), "sync"],

@@ -41,6 +41,21 @@ def test_invalid_urls(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_registry_opened_to_read_is_not_created(tmp_path, make_adapter):
+    url, store = f"sqlite:///{tmp_path}/typo/r.db", (tmp_path / "a").as_uri()
+    with pytest.raises(rg.NoRegistryError) as refused:
+        Registry(url, store, create=False)
+    assert (
+        str(refused.value) == f"no registry at {tmp_path}/typo/r.db: nothing was registered there"
+    )
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "a").exists()
+    Registry(url, store).register(
+        make_adapter(1), name="a", base_model="b", task="t", language="en"
+    )
+    assert [v.ref for v in Registry(url, store, create=False).find()] == ["a@1"]  # it exists now
+    assert Registry("sqlite://", store, create=False).find() == []  # in memory: nothing to find
+
+
 def test_a_folder_path_is_an_artifacts_url(tmp_path, make_adapter, monkeypatch):
     monkeypatch.chdir(tmp_path)
     registry = Registry(f"sqlite:///{tmp_path}/r.db", "./artifacts")

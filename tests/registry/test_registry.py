@@ -256,8 +256,14 @@ class TestBadInput:
         _, tensor_digest, _ = next(f for f in manifest.files if f[0] == "adapter.safetensors")
         registry.artifacts.delete(tensor_digest)  # a broken store: the download fails midway
         destination = tmp_path / "pulled"
-        with pytest.raises(rg.CorruptArtifactError):
+        with pytest.raises(rg.CorruptArtifactError) as missing:
             registry.fetch(version.ref, destination)
+        assert str(missing.value) == (
+            f"{version.ref}: adapter.safetensors is missing from the artifact store (expected "
+            f"sha256 {tensor_digest} at {registry.artifacts.uri(tensor_digest)}): check that "
+            "ADAPTEROPS_ARTIFACTS_URL names the store it was registered into; if it does, the "
+            "file was removed from the store outside adapterops"
+        )
         assert list(destination.iterdir()) == []  # staged beside it, never inside
         assert [p.name for p in tmp_path.iterdir() if ".incoming-" in p.name] == []
 
