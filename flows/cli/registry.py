@@ -140,6 +140,12 @@ def import_command(
 
 @app.command("ls")
 def list_versions(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="Only this adapter's versions (default: every adapter's).", metavar="[NAME]"
+        ),
+    ] = None,
     base_model: Annotated[str | None, typer.Option(help="Only this base model.")] = None,
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
     language: Annotated[str | None, typer.Option(help="Only this language.")] = None,
@@ -154,9 +160,14 @@ def list_versions(
     limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """List versions, filtered by base model, task, language, method or alias."""
+    """List versions (by name and version, or best first with --order-by), of one adapter or
+    all, filtered by base model, task, language, method or alias."""
     with user_errors(as_json):
-        versions = open_registry().find(
+        registry = open_registry()
+        if name is not None:
+            _check_adapter_name(registry, name)
+        versions = registry.find(
+            name=name,
             base_model=base_model,
             task=task,
             language=language,
@@ -169,7 +180,7 @@ def list_versions(
         emit_json([v.to_dict() for v in versions])
         return
     if not versions:  # one line, not an empty table
-        filtered = any(v is not None for v in (base_model, task, language, method, alias))
+        filtered = any(v is not None for v in (name, base_model, task, language, method, alias))
         console.print(
             "no version matches these filters (`adapterops ls` lists all)"
             if filtered
@@ -482,6 +493,16 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
         "digest": [v.digest[:12] for v in versions],
     }  # most wanted first: narrow terminals (CI logs at 80 columns) drop from the end
     print_columns(rows)
+
+
+def _check_adapter_name(registry: rg.Registry, name: str) -> None:
+    """``ls NAME``: a name with versions, or one line (``a@3``: that is ``show``'s)."""
+    if "@" in name:
+        raise DataError(
+            f"ls takes an adapter name, not a version ({name!r}): `adapterops show {name}` "
+            f"shows one version, `adapterops ls {name.partition('@')[0]}` lists them all"
+        )
+    registry.get(name)  # no such adapter: one line, with similar names
 
 
 def _diff_with_spec_file(registry: rg.Registry, before: str, file: Path) -> rg.VersionDiff:

@@ -368,6 +368,18 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
         ok_json(run(env, "composition", "save", "madx", "lang-pt", "sst2-en", "--json"))["version"]
         == 2
     )
+    of_one = ok_json(run(env, "ls", "lang-pt", "--json"))  # one adapter's versions
+    assert [(v["name"], v["version"]) for v in of_one] == [("lang-pt", 1), ("lang-pt", 2)]
+    for args, error in [
+        (
+            ("ls", "lang-pt@1"),
+            "ls takes an adapter name, not a version ('lang-pt@1'): `adapterops show lang-pt@1` "
+            "shows one version, `adapterops ls lang-pt` lists them all",
+        ),
+        (("ls", "lang-p"), "no adapter named 'lang-p'; similar names: lang-pt"),
+    ]:
+        refused = run(env, *args)
+        assert (refused.returncode, refused.stderr) == (2, f"error: {error}\n"), args
     # what the new version changed, and the command for what changed in the member
     changed = ok_json(run(env, "composition", "diff", "madx@1", "madx@2", "--json"))
     assert changed == {
