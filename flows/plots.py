@@ -1,15 +1,20 @@
-"""Pictures a reviewer would rather look at than read: the loss curve and the confusion matrix."""
+"""Pictures a reviewer would rather look at than read: the loss curve, the confusion matrix and
+an adapter's metric across its versions."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt
 
-__all__ = ["confusion_matrix_plot", "loss_curve_plot"]
+if TYPE_CHECKING:
+    from .trend import Trend
+
+__all__ = ["confusion_matrix_plot", "loss_curve_plot", "trend_plot"]
 
 
 def loss_curve_plot(
@@ -63,6 +68,42 @@ def confusion_matrix_plot(
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def trend_plot(trend: Trend, path: Path) -> Path:
+    """The metric of each version (a gap where one was not scored), every alias written at its
+    version, and the best version ringed."""
+    scored = [p for p in trend.points if p.value is not None]
+    figure, axis = plt.subplots(figsize=(max(5.0, 0.45 * len(trend.points) + 3), 4), dpi=110)
+    axis.plot(
+        [p.version for p in trend.points],
+        [p.value if p.value is not None else float("nan") for p in trend.points],
+        color="#135", marker="o", linewidth=1.5,
+    )  # fmt: skip
+    for point in scored:
+        if point.aliases:
+            axis.annotate(
+                ", ".join(point.aliases), (point.version, point.value or 0.0),
+                textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8, color="#c73",
+            )  # fmt: skip
+    best = trend.best()
+    if best is not None:
+        axis.scatter(
+            [best.version], [best.value], s=160, facecolors="none", edgecolors="#2a2",
+            linewidths=2, label=f"best: version {best.version}",
+        )  # fmt: skip
+        axis.legend(loc="best")
+    axis.margins(x=0.1, y=0.2)  # room for the alias labels above the points
+    axis.set_xticks([p.version for p in trend.points])
+    axis.set_xlabel("version")
+    better = "higher" if trend.higher_is_better else "lower"
+    axis.set_ylabel(f"{trend.metric} ({better} is better)")
+    axis.set_title(f"{trend.name}: {trend.metric} by version")
+    axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -254,6 +254,57 @@ def diff(
 
 
 @app.command()
+def trend(
+    name: Annotated[str, typer.Argument(help="The adapter.", metavar="NAME")],
+    metric: Annotated[
+        str | None,
+        typer.Option(help="The metric (default: the one its spec's gate compares on)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """An adapter's metric across its versions, as a plot and a table: is scheduled retraining
+    improving it, or drifting? Each alias is written at its version, the best one ringed."""
+    with user_errors(as_json):
+        if out is not None:
+            _check_plot_path(out)
+        registry = open_registry()
+        _check_adapter_name(registry, name)
+        from ..trend import metric_trend  # noqa: PLC0415
+
+        found = metric_trend(registry.find(name=name), metric)
+        path = out or Path(f"{name}-{found.metric}.png")
+        from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
+
+        trend_plot(found, path)
+    if as_json:
+        emit_json({**found.to_dict(), "plot": str(path)})
+        return
+    best = found.best()
+    rows: dict[str, list[str]] = {"version": [], found.metric: [], "aliases": [], "": []}
+    for point in found.points:
+        rows["version"].append(str(point.version))
+        rows[found.metric].append(rg.shown(point.value))
+        rows["aliases"].append(", ".join(point.aliases))
+        rows[""].append("best" if best is not None and point.version == best.version else "")
+    print_columns(rows, keep=len(rows))
+    console.print(f"plot: {path}", highlight=False, soft_wrap=True)
+
+
+def _check_plot_path(out: Path) -> None:
+    """A file matplotlib can write, in a folder that exists: checked before the registry opens."""
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise DataError(f"--out {out}: give a .png, .svg or .pdf file (the plot's format)")
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder: give a file name in it ({out / 'trend.png'})")
+    if not out.parent.is_dir():
+        raise DataError(f"--out {out}: folder {out.parent} does not exist; create it first")
+
+
+@app.command()
 def pull(
     ref: RefArgument,
     destination: Annotated[Path, typer.Argument(help="Folder to write the files into.")],

@@ -344,6 +344,11 @@ class TestBasics:
             (("diff", "typo@1", "typo@2"), "no adapter named 'typo'"),
             (("composition", "alias", "typo@1", "champion"), "no composition 'typo'"),
             (("composition", "diff", "typo@1", "typo@2"), "no composition 'typo'"),
+            (("trend", "typo"), "no adapter named 'typo'"),
+            (
+                ("trend", "typo", "--out", "t.txt"),
+                "--out t.txt: give a .png, .svg or .pdf file (the plot's format)",
+            ),
             (("composition", "unalias", "typo", "champion"), "no composition 'typo'"),
             (("cascade", "typo"), "no adapter named 'typo'"),
             (("build", "typo.yaml"), "typo.yaml: no such spec file"),

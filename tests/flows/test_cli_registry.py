@@ -122,6 +122,25 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert human.splitlines()[-1] == (
         "spec: not compared, one of them was registered without it (push without --spec)"
     )
+    # the metric across versions, for a person (a plot and a table) and for scripts
+    trend = ok_json(run(env, "trend", "sst2-en", "--out", str(tmp_path / "t.png"), "--json"))
+    assert (trend["metric"], trend["best"], trend["plot"]) == (
+        "accuracy",
+        2,
+        str(tmp_path / "t.png"),
+    )
+    assert [(p["version"], p["value"], p["aliases"]) for p in trend["points"]] == [
+        (1, 0.8, ["champion"]),
+        (2, 0.9, []),
+    ]
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    table = run_cli("trend", "sst2-en", env={**env, "COLUMNS": "80"}, cwd=tmp_path).stdout
+    assert re.search(r"│ 1 +│ 0\.8 +│ champion +│ +│", table)
+    assert re.search(r"│ 2 +│ 0\.9 +│ +│ best +│", table)
+    assert (
+        table.endswith("plot: sst2-en-accuracy.png\n")
+        and (tmp_path / "sst2-en-accuracy.png").is_file()
+    )
     pulled = ok_json(run(env, "pull", "sst2-en@2", str(tmp_path / "pulled"), "--json"))
     assert (Path(pulled["path"]) / "adapter.safetensors").read_bytes() == (
         second / "adapter.safetensors"
