@@ -27,7 +27,13 @@ from registry.settings import adapterops_home
 from . import tracking
 from .lineage import spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
-from .mlflow_models import ensure_model_version, sync_aliases, tag_run, version_description
+from .mlflow_models import (
+    ensure_model_version,
+    log_trend,
+    sync_aliases,
+    tag_run,
+    version_description,
+)
 from .model_card import changes_since
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
@@ -329,6 +335,8 @@ def register_and_gate(
     alias = spec.promote.alias if decision.promote else CHALLENGER
     if alias not in version.aliases:
         promote(registry, client, version.ref, alias, origin="gate")
+    if run_id:  # after the gate: the aliases where they now stand
+        log_trend(client, run_id, registry.find(name=spec.name), spec.evaluate.metric)
     return BuildResult(
         name=version.name,
         version=version.version,

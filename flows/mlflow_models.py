@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Literal
 
 from mlflow.entities.model_registry import RegisteredModel
@@ -31,6 +33,7 @@ __all__ = [
     "AliasChange",
     "delete_model_version",
     "ensure_model_version",
+    "log_trend",
     "mirror_version",
     "mlflow_aliases",
     "mlflow_version_of",
@@ -120,6 +123,22 @@ def tag_run(client: MlflowClient, run_id: str, version: AdapterVersion) -> None:
         client.set_tag(
             run_id, "adapterops.base_model_fingerprint", version.base_model_fingerprint or ""
         )
+
+
+def log_trend(
+    client: MlflowClient, run_id: str, versions: list[AdapterVersion], metric: str
+) -> None:
+    """``trend.png`` on a build's run: ``metric`` by version, this build among them and the
+    aliases where they stand now, so a reviewer sees where a candidate sits without leaving
+    MLflow. Nothing when fewer than two versions recorded the metric (no trend to draw)."""
+    if sum(metric in v.metrics for v in versions) < 2:
+        return
+    from .plots import trend_plot  # noqa: PLC0415 - matplotlib: only when a build logs one
+    from .trend import metric_trend  # noqa: PLC0415
+
+    with mlflow_errors(f"log the trend plot on run {run_id}"), TemporaryDirectory() as scratch:
+        plot = trend_plot(metric_trend(versions, metric), Path(scratch) / "trend.png")
+        client.log_artifact(run_id, str(plot))
 
 
 def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:

@@ -90,7 +90,9 @@ class TestBuildIsTrackedAndMirrored:
             "evaluation.json",
             "loss_curve.png",
             "confusion_matrix.png",
+            "trend.png",  # accuracy by version: where this one sits
         } <= artifacts
+        assert "trend.png" not in {a.path for a in client.list_artifacts(first.run_id)}  # alone
         assert {Path(a.path).name for a in client.list_artifacts(second.run_id, "adapter")} >= {
             "adapter.json",
             "adapter.safetensors",
