@@ -25,6 +25,7 @@ from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
 
 from . import tracking
+from .changes_markdown import changes_since
 from .lineage import spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
@@ -34,7 +35,6 @@ from .mlflow_models import (
     tag_run,
     version_description,
 )
-from .model_card import changes_since
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
 from .spec import AdapterSpec

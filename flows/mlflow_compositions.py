@@ -24,8 +24,9 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import Composition, Registry
+from registry import Composition, Registry, diff_compositions
 
+from .changes_markdown import composition_changes_since
 from .mlflow_models import (
     COMPOSITION_PREFIX,
     VERSION_TAG,
@@ -74,7 +75,8 @@ def ensure_composition_versions(client: MlflowClient, registry: Registry, name: 
         seeded = _ensure_registered_model(client, name).tags.get(SEEDED_TAG) == "yes"
         for version in range(1, newest + 1):
             if mlflow_version_of(client, model, version) is None:
-                _create_version(client, registry.composition(name, version))
+                previous = registry.composition(name, version - 1) if version > 1 else None
+                _create_version(client, registry.composition(name, version), previous)
                 created += 1
     if not seeded:
         for alias, version in sorted(_registry_aliases(registry, name).items()):
@@ -192,9 +194,17 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> RegisteredModel
         )
 
 
-def _create_version(client: MlflowClient, composition: Composition) -> None:
+def _create_version(
+    client: MlflowClient, composition: Composition, previous: Composition | None
+) -> None:
+    """The MLflow version of ``composition``; its page says what changed since ``previous``."""
     run_id = _composition_run(client, composition)
     block, members = str(composition.definition.get("type")), ", ".join(composition.members)
+    changes = (
+        "\n" + composition_changes_since(diff_compositions(previous, composition))
+        if previous
+        else ""
+    )
     tags = {
         VERSION_TAG: str(composition.version),
         "adapterops.kind": "composition",
@@ -207,7 +217,7 @@ def _create_version(client: MlflowClient, composition: Composition) -> None:
         source=f"runs:/{run_id}/{ARTIFACT}",
         run_id=run_id,
         tags=tags,
-        description=f"{block} of {members}\n\n{composition.description}".strip(),
+        description=f"{block} of {members}\n\n{composition.description}".strip() + changes,
     )
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import peft_core as pc
-from registry import VersionDiff, shown
 
 from .spec import AdapterSpec
 
-__all__ = ["changes_since", "model_card"]
-
-_MOST_ROWS = 30  # a method switch lists every field of both methods: the page stays readable
+__all__ = ["model_card"]
 
 
 def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, Any]) -> str:
@@ -66,28 +63,3 @@ def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, 
             "`peft.PeftModel.from_pretrained(base_model, folder)`, vLLM or LoRAX.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def changes_since(alias: str, diff: VersionDiff) -> str:
-    """Markdown: what changed from the version holding ``alias`` to this one (its metrics with
-    deltas, spec fields, data and code), for reviewers on the MLflow version page; the same
-    rows as ``adapterops diff``."""
-    rows = [
-        f"| {c.section} | {c.field} | {_cell(c.field, c.before)} | {_cell(c.field, c.after)} "
-        f"| {c.verdict} |"
-        for c in diff.changes
-    ]
-    lines = ["", f"## Changes since {alias} {diff.before}", ""]
-    if not rows:
-        lines.append("No recorded difference: the same record, metrics, lineage and spec.")
-    else:
-        lines += [f"| | field | {diff.before} | {diff.after} | change |", "|---|---|---|---|---|"]
-        lines += rows[:_MOST_ROWS]
-    if len(rows) > _MOST_ROWS:
-        more = len(rows) - _MOST_ROWS
-        lines += ["", f"... and {more} more: `adapterops diff {diff.before} {diff.after}`."]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(field: str, value: object) -> str:
-    return f"`{shown(value, field)}`" if value is not None else "-"

@@ -405,6 +405,13 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
         "before": "madx@1", "after": "madx@2", "same_load": False,
         "changes": [{"section": "members", "field": "lang-pt", "before": 1, "after": 2}],
     }  # fmt: skip
+    page = reviewers.get_model_version("composition.madx", "2").description  # the same, in MLflow
+    assert page == (
+        "stack of lang-pt@2, sst2-en@1\n\n## Changes since madx@1\n\n"
+        "| | field | madx@1 | madx@2 | change |\n|---|---|---|---|---|\n"
+        "| members | lang-pt | `1` | `2` |  |\n"
+        "\nWhat changed in each member:\n\n- `adapterops diff lang-pt@1 lang-pt@2`\n"
+    )
     told = run(env, "composition", "diff", "madx@1", "madx@2").stdout.splitlines()
     assert told[0] == "before madx@1 -> after madx@2: loads differently"
     assert told[-1] == "what changed in a member: adapterops diff lang-pt@1 lang-pt@2"

@@ -101,7 +101,7 @@ def test_better_follows_the_metrics_direction(field, before, after, better):
 
 
 def test_the_mlflow_page_section_lists_30_rows_at_most_and_says_when_nothing_changed():
-    from flows.model_card import changes_since
+    from flows.changes_markdown import changes_since
 
     many = replace(BEFORE, version=4, spec={**SPEC, "extra": {f"f{i:02}": i for i in range(35)}})
     lines = changes_since("champion", diff_versions(BEFORE, many)).splitlines()
