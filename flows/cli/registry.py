@@ -246,11 +246,33 @@ def diff(
         if Path(after).suffix in (".yaml", ".yml") or Path(after).is_file():
             changes = _diff_with_spec_file(registry, before, Path(after))
         else:
-            changes = registry.diff(before, after)
+            changes = _diff_versions(registry, before, after)
     if as_json:
         emit_json(changes.to_dict())
         return
     _print_diff(changes)
+
+
+def _diff_versions(registry: rg.Registry, before: str, after: str) -> rg.VersionDiff:
+    """``registry.diff``; two compositions are one line naming the command that compares them."""
+    try:
+        return registry.diff(before, after)
+    except rg.NotFoundError:
+        if not _are_compositions(registry, [before, after]):
+            raise
+        raise DataError(
+            f"{before} and {after} are compositions: `adapterops composition diff {before} "
+            f"{after}` compares them"
+        ) from None
+
+
+def _are_compositions(registry: rg.Registry, refs: list[str]) -> bool:
+    try:
+        for ref in refs:
+            registry.composition(ref)
+    except rg.NotFoundError:
+        return False
+    return True
 
 
 @app.command()

@@ -415,6 +415,12 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     told = run(env, "composition", "diff", "madx@1", "madx@2").stdout.splitlines()
     assert told[0] == "before madx@1 -> after madx@2: loads differently"
     assert told[-1] == "what changed in a member: adapterops diff lang-pt@1 lang-pt@2"
+    wrong_command = run(env, "diff", "madx@1", "madx@2")
+    assert (wrong_command.returncode, wrong_command.stderr) == (
+        2,
+        "error: madx@1 and madx@2 are compositions: `adapterops composition diff madx@1 madx@2` "
+        "compares them\n",
+    )
     unknown = run(env, "composition", "diff", "madx@1", "madx@9")
     assert (unknown.returncode, unknown.stderr) == (
         2,
