@@ -23,7 +23,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import DatabaseUnavailableError, NoRegistryError, NotMigratedError, RegistryError
+from .errors import (
+    DatabaseUnavailableError,
+    ForeignDatabaseError,
+    NoRegistryError,
+    NotMigratedError,
+    RegistryError,
+)
 
 __all__ = ["Database"]
 
@@ -68,23 +74,40 @@ class Database:
     def upgrade(self, revision: str = "head") -> None:
         """Migrate the schema to ``revision``, the newest by default (idempotent)."""
         with translate_db_errors(self.url), self.engine.begin() as connection:
+            self._refuse_foreign_schema(connection)
             command.upgrade(_alembic_config(connection), revision)
 
     def downgrade(self, revision: str) -> None:
         """Migrate the schema back to ``revision`` (data rewritten as each step says)."""
         with translate_db_errors(self.url), self.engine.begin() as connection:
+            self._refuse_foreign_schema(connection)
             command.downgrade(_alembic_config(connection), revision)
 
     def check_current(self) -> None:
         """Raise :class:`NotMigratedError` unless the schema is at the newest revision."""
         head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
         with translate_db_errors(self.url), self.engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
+            current = self._refuse_foreign_schema(connection)
         if current != head:
             raise NotMigratedError(
                 f"registry database {_safe(self.url)} is at schema {current or 'empty'}, this code "
                 f"needs {head}: run `adapterops db upgrade` (with ADAPTEROPS_REGISTRY_URL set)"
             )
+
+    def _refuse_foreign_schema(self, connection: Any) -> str | None:
+        """The schema revision, refused when it is not one of ours: another application's
+        database (MLflow and Prefect keep their schemas with Alembic too, often on the same
+        server, a likely mix-up), which migrating would write our tables into."""
+        current = MigrationContext.configure(connection).get_current_revision()
+        ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+        if current is not None and current not in ours:
+            raise ForeignDatabaseError(
+                f"{_safe(self.url)} is not a registry database: its schema revision "
+                f"{current!r} is none of adapterops' (another application's database? MLflow "
+                "and Prefect keep theirs with Alembic too); point ADAPTEROPS_REGISTRY_URL at the "
+                "registry's own database (nothing was written)"
+            )
+        return current
 
     def dispose(self) -> None:
         """Close pooled connections."""

@@ -16,6 +16,7 @@ __all__ = [
     "BaseModelMismatchError",
     "CorruptArtifactError",
     "DatabaseUnavailableError",
+    "ForeignDatabaseError",
     "InUseError",
     "InvalidCompositionError",
     "InvalidNameError",
@@ -74,6 +75,11 @@ class StorageUnavailableError(RegistryError):
 
 class DatabaseUnavailableError(RegistryError):
     """The registry database cannot be reached."""
+
+
+class ForeignDatabaseError(RegistryError):
+    """The registry URL names another application's database (an Alembic schema that is not
+    ours): nothing is migrated into it."""
 
 
 class NotMigratedError(RegistryError):

@@ -56,6 +56,49 @@ def test_a_registry_opened_to_read_is_not_created(tmp_path, make_adapter):
     assert Registry("sqlite://", store, create=False).find() == []  # in memory: nothing to find
 
 
+def _foreign_schema(url: str) -> None:
+    """What MLflow's (or Prefect's) own database holds: an Alembic revision of theirs, a table."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        connection.execute(text("INSERT INTO alembic_version VALUES ('dc11669786a5')"))
+        connection.execute(text("CREATE TABLE experiments (id INTEGER)"))
+    engine.dispose()
+
+
+def _tables(url: str) -> list[str]:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    names = sorted(inspect(engine).get_table_names())
+    engine.dispose()
+    return names
+
+
+def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path, postgres):
+    """ADAPTEROPS_REGISTRY_URL pointed at MLflow's database (same server, a likely mix-up): the
+    migration crashed with Alembic's traceback (SQLite), or said to run `db upgrade`, which
+    crashed (PostgreSQL)."""
+    postgres.create_database("mlflow_lookalike")
+    for url in (f"sqlite:///{tmp_path}/mlflow.db", postgres.url("mlflow_lookalike")):
+        _foreign_schema(url)
+        shown = url if url.startswith("sqlite") else url.replace(postgres.password, "***")
+        refused = (
+            f"{shown} is not a registry database: its schema revision 'dc11669786a5' is none of "
+            "adapterops' (another application's database? MLflow and Prefect keep theirs with "
+            "Alembic too); point ADAPTEROPS_REGISTRY_URL at the registry's own database "
+            "(nothing was written)"
+        )
+        with pytest.raises(rg.ForeignDatabaseError) as opened:
+            Registry(url, (tmp_path / "a").as_uri())
+        assert str(opened.value) == refused
+        with pytest.raises(rg.ForeignDatabaseError):
+            Database(url, auto_migrate=True)  # `adapterops db upgrade`
+        assert _tables(url) == ["alembic_version", "experiments"]
+
+
 def test_a_folder_path_is_an_artifacts_url(tmp_path, make_adapter, monkeypatch):
     monkeypatch.chdir(tmp_path)
     registry = Registry(f"sqlite:///{tmp_path}/r.db", "./artifacts")
