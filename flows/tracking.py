@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from registry.redaction import redact
 from registry.settings import adapterops_home
 
 from .errors import TrackingUnavailableError
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPERIMENT",
     "RunTracker",
+    "check_not_the_registry",
     "check_reachable",
     "client",
     "configure",
@@ -64,6 +67,7 @@ def configure() -> str:
     if uri.startswith("sqlite:"):
         home().mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
+    check_not_the_registry(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with mlflow_errors("find the experiment"):
@@ -107,6 +111,24 @@ def check_reachable(uri: str) -> None:
             uri, service="MLflow", variable="MLFLOW_TRACKING_URI", then=RERUN_COMPLETES,
             error=TrackingUnavailableError,
         )  # fmt: skip
+
+
+@cache
+def check_not_the_registry(uri: str) -> None:
+    """A tracking URI naming the registry's database (``sqlite:///.adapterops/registry.db``, or
+    the same PostgreSQL database) is refused before MLflow opens it: MLflow creates its tables
+    in any database it is given, then fails on the registry's schema revision, with a
+    traceback. Checked once per process and URI."""
+    if "://" not in uri or uri.startswith(("http://", "https://", "file:", "databricks")):
+        return
+    from registry.db import holds_registry_schema  # noqa: PLC0415 - SQLAlchemy: database URIs only
+
+    if holds_registry_schema(uri):
+        raise TrackingUnavailableError(
+            f"MLFLOW_TRACKING_URI {redact(uri)} is the registry's database: MLflow would write "
+            "its own tables into it. Give MLflow a database of its own (unset "
+            "MLFLOW_TRACKING_URI for the embedded one under ADAPTEROPS_HOME)"
+        )
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from .errors import (
     RegistryError,
 )
 
-__all__ = ["Database"]
+__all__ = ["Database", "holds_registry_schema"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -112,6 +112,32 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def holds_registry_schema(url: str) -> bool:
+    """Whether the database at ``url`` holds a registry (one of our schema revisions): another
+    tool pointed at it (MLflow's tracking URI) would write its own tables into the registry.
+    False when it cannot tell (a SQLite file that does not exist, a server that does not
+    answer): that tool then reports its own error."""
+    try:
+        parsed = _with_our_driver(make_url(url))
+    except (ArgumentError, DatabaseUnavailableError):
+        return False
+    if parsed.get_backend_name() == "sqlite" and not (
+        parsed.database and Path(parsed.database).is_file()
+    ):
+        return False
+    ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    try:
+        engine = create_engine(parsed)
+        try:
+            with engine.connect() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+        finally:
+            engine.dispose()
+    except (ImportError, SQLAlchemyError):
+        return False
+    return current in ours
 
 
 def _alembic_config(connection: Any) -> Config:

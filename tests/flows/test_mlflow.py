@@ -430,6 +430,27 @@ class TestMlflowDown:
             "work."
         )
 
+    def test_the_registrys_own_database_is_refused_before_mlflow_writes_into_it(self, tmp_path):
+        """MLflow created its tables in the registry's SQLite file, then failed on the
+        registry's schema revision with a traceback."""
+        from sqlalchemy import create_engine, inspect
+
+        registry_db = tmp_path / "registry.db"
+        empty_registry(tmp_path)
+        engine = create_engine(f"sqlite:///{registry_db}")
+        tables = sorted(inspect(engine).get_table_names())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+        env |= {"ADAPTEROPS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{registry_db}"}
+        result = run_cli("sync", env=env)
+        assert (result.returncode, result.stderr) == (
+            2,
+            f"error: MLFLOW_TRACKING_URI sqlite:///{registry_db} is the registry's database: "
+            "MLflow would write its own tables into it. Give MLflow a database of its own (unset "
+            "MLFLOW_TRACKING_URI for the embedded one under ADAPTEROPS_HOME)\n",
+        )
+        assert sorted(inspect(engine).get_table_names()) == tables
+        engine.dispose()
+
     @pytest.mark.parametrize("status", [200, 401, 404])
     def test_any_answer_means_the_server_is_there(self, status):
         """Behind a login (the password in the URI) or a proxy without /health: it answered."""

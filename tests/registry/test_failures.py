@@ -99,6 +99,21 @@ def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path, p
         assert _tables(url) == ["alembic_version", "experiments"]
 
 
+def test_holds_registry_schema_tells_a_registry_from_any_other_database(tmp_path, postgres):
+    from registry.db import holds_registry_schema
+
+    registry_url = fresh_postgres_url(postgres)
+    Registry(registry_url, (tmp_path / "a").as_uri()).close()
+    sqlite_registry = f"sqlite:///{tmp_path}/registry.db"
+    Registry(sqlite_registry, (tmp_path / "a").as_uri()).close()
+    assert holds_registry_schema(registry_url) and holds_registry_schema(sqlite_registry)
+    _foreign_schema(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not holds_registry_schema(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not holds_registry_schema(f"sqlite:///{tmp_path}/none.db")  # and not created:
+    assert not (tmp_path / "none.db").exists()
+    assert not holds_registry_schema(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
+
+
 def test_a_folder_path_is_an_artifacts_url(tmp_path, make_adapter, monkeypatch):
     monkeypatch.chdir(tmp_path)
     registry = Registry(f"sqlite:///{tmp_path}/r.db", "./artifacts")
