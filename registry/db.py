@@ -46,12 +46,23 @@ class Database:
         try:
             parsed = _with_our_driver(make_url(url))
         except ArgumentError as exc:
-            raise DatabaseUnavailableError(f"invalid database URL {url!r}: {exc}") from None
+            raise DatabaseUnavailableError(
+                f"invalid database URL {url!r}: {exc}; write sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db (three slashes, then the path), or "
+                "postgresql+psycopg://USER@HOST:5432/DB"
+            ) from None
         url = parsed.render_as_string(hide_password=False)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.host:  # sqlite://dir/file.db: "dir" is read as a host
+            raise DatabaseUnavailableError(
+                f"invalid SQLite URL {url!r}: a SQLite URL has no host ({parsed.host!r}); write "
+                f"sqlite:///{parsed.host}/{parsed.database} (three slashes, then the path; four "
+                "for an absolute one)"
+            )
         if self.is_sqlite and not create and not _sqlite_file_exists(parsed.database):
-            raise NoRegistryError(f"no registry at {parsed.database}: nothing was registered there")
+            where = Path(parsed.database or "").absolute()
+            raise NoRegistryError(f"no registry at {where}: nothing was registered there")
         try:
             self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
         except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2

@@ -25,6 +25,12 @@ class LocalStore:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.root = Path(unquote(urlparse(url).path))
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageUnavailableError(
+                f"cannot use artifact folder {self.root}: it is a file; ADAPTEROPS_ARTIFACTS_URL "
+                "names the folder the registry's files go in (file:///path or a folder path), "
+                "or s3://bucket/prefix"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

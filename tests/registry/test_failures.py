@@ -28,8 +28,27 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
 
 
 def test_invalid_urls(tmp_path):
-    with pytest.raises(rg.DatabaseUnavailableError, match="invalid database URL"):
-        Registry("not a url", (tmp_path / "a").as_uri())
+    with pytest.raises(rg.DatabaseUnavailableError) as a_path:
+        Registry(f"{tmp_path}/r.db", (tmp_path / "a").as_uri())  # a path, not a URL
+    assert str(a_path.value).endswith(
+        "; write sqlite:///relative/path.db or sqlite:////absolute/path.db (three slashes, then "
+        "the path), or postgresql+psycopg://USER@HOST:5432/DB"
+    )
+    with pytest.raises(rg.DatabaseUnavailableError) as two_slashes:
+        Registry("sqlite://home/r.db", (tmp_path / "a").as_uri())  # "home" read as a host
+    assert str(two_slashes.value) == (
+        "invalid SQLite URL 'sqlite://home/r.db': a SQLite URL has no host ('home'); write "
+        "sqlite:///home/r.db (three slashes, then the path; four for an absolute one)"
+    )
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(rg.StorageUnavailableError) as a_file:
+        Registry(f"sqlite:///{tmp_path}/r.db", (tmp_path / "a-file").as_uri())
+    assert str(a_file.value) == (
+        f"cannot use artifact folder {tmp_path / 'a-file'}: it is a file; ADAPTEROPS_ARTIFACTS_URL "
+        "names the folder the registry's files go in (file:///path or a folder path), or "
+        "s3://bucket/prefix"
+    )
+    assert (tmp_path / "a-file").read_text() == "mine"
     with pytest.raises(rg.StorageUnavailableError, match="unsupported artifacts URL"):
         Registry(f"sqlite:///{tmp_path}/r.db", "ftp://x/y")
     with pytest.raises(
