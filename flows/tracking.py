@@ -37,6 +37,7 @@ __all__ = [
     "RunTracker",
     "check_not_the_registry",
     "check_reachable",
+    "check_tracking_uri",
     "client",
     "configure",
     "flatten",
@@ -66,6 +67,7 @@ def configure() -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         home().mkdir(parents=True, exist_ok=True)
+    check_tracking_uri(uri)
     check_reachable(uri)
     check_not_the_registry(uri)
     mlflow.set_tracking_uri(uri)
@@ -111,6 +113,37 @@ def check_reachable(uri: str) -> None:
             uri, service="MLflow", variable="MLFLOW_TRACKING_URI", then=RERUN_COMPLETES,
             error=TrackingUnavailableError,
         )  # fmt: skip
+
+
+_URI_FORMS = (
+    "write sqlite:////absolute/path/mlflow.db (or sqlite:///relative/path.db) for a local store, "
+    "or a tracking server's http://HOST:5000, or unset it for the embedded store under "
+    "ADAPTEROPS_HOME"
+)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Tracking URIs MLflow would fail on late or with a traceback, refused in one line: a plain
+    folder path or ``file:`` (MLflow's file store, which MLflow 3 no longer serves here) and a
+    SQLite URI with a host (``sqlite://mlflow.db``)."""
+    if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
+        raise TrackingUnavailableError(
+            f"MLFLOW_TRACKING_URI {uri} is a folder (MLflow's file store, which MLflow 3 keeps "
+            f"in maintenance mode and adapterops does not use): {_URI_FORMS}"
+        )
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only for SQLite URIs
+        from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+        try:
+            host = make_url(uri).host
+        except ArgumentError:
+            host = "?"
+        if host:
+            raise TrackingUnavailableError(
+                f"MLFLOW_TRACKING_URI {uri} is not a SQLite URI MLflow reads (three slashes, "
+                f"then the path): {_URI_FORMS}"
+            )
 
 
 @cache

@@ -430,6 +430,30 @@ class TestMlflowDown:
             "work."
         )
 
+    @pytest.mark.parametrize(
+        ("uri", "what"),
+        [
+            ("{tmp}/mlruns", "is a folder (MLflow's file store, which MLflow 3 keeps in maintenance mode and adapterops does not use)"),
+            ("file://{tmp}/mlruns", "is a folder (MLflow's file store, which MLflow 3 keeps in maintenance mode and adapterops does not use)"),
+            ("sqlite://mlflow.db", "is not a SQLite URI MLflow reads (three slashes, then the path)"),
+        ],
+    )  # fmt: skip
+    def test_a_uri_mlflow_would_fail_on_is_one_line_saying_what_to_write(self, tmp_path, uri, what):
+        """A folder path: MLflow's maintenance-mode error, 400 characters cut mid-sentence;
+        sqlite://mlflow.db: SQLAlchemy's traceback."""
+        uri = uri.format(tmp=tmp_path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+        env |= {"ADAPTEROPS_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
+        empty_registry(tmp_path)
+        result = run_cli("sync", env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (
+            2,
+            f"error: MLFLOW_TRACKING_URI {uri} {what}: write sqlite:////absolute/path/mlflow.db "
+            "(or sqlite:///relative/path.db) for a local store, or a tracking server's "
+            "http://HOST:5000, or unset it for the embedded store under ADAPTEROPS_HOME\n",
+        )
+        assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
     def test_the_registrys_own_database_is_refused_before_mlflow_writes_into_it(self, tmp_path):
         """MLflow created its tables in the registry's SQLite file, then failed on the
         registry's schema revision with a traceback."""
