@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,7 @@ class Database:
         database (MLflow and Prefect keep their schemas with Alembic too, often on the same
         server, a likely mix-up), which migrating would write our tables into."""
         current = MigrationContext.configure(connection).get_current_revision()
-        ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-        if current is not None and current not in ours:
+        if current is not None and current not in _our_revisions():
             raise ForeignDatabaseError(
                 f"{_safe(self.url)} is not a registry database: its schema revision "
                 f"{current!r} is none of adapterops' (another application's database? MLflow "
@@ -138,7 +138,6 @@ def holds_registry_schema(url: str) -> bool:
         parsed.database and Path(parsed.database).is_file()
     ):
         return False
-    ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
     try:
         engine = create_engine(parsed)
         try:
@@ -148,7 +147,13 @@ def holds_registry_schema(url: str) -> bool:
             engine.dispose()
     except (ImportError, SQLAlchemyError):
         return False
-    return current in ours
+    return current in _our_revisions()
+
+
+@cache
+def _our_revisions() -> frozenset[str]:
+    """Every schema revision the registry's migrations define."""
+    return frozenset(s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions())
 
 
 def _alembic_config(connection: Any) -> Config:

@@ -200,10 +200,10 @@ def warn(message: str) -> None:
 def open_registry(*, create: bool = False) -> rg.Registry:
     """The registry the environment names (SQLAlchemy, Alembic and boto3 load only now).
 
-    Only the commands that add versions (push, import) create it: every other command that
-    reads one that does not exist says where it looked (a mistyped ADAPTEROPS_HOME, or a command
-    run from another folder than the build's) instead of showing an empty registry, and writes
-    no ``.adapterops`` folder there."""
+    Only the commands that add versions create it (push and import here; build's flow opens
+    its own): every other command, on one that does not exist, says where it looked (a
+    mistyped ADAPTEROPS_HOME, or a command run from another folder than the build's) instead of
+    showing an empty registry, and writes no ``.adapterops`` folder there."""
     return rg.Registry(create=create)
 
 
