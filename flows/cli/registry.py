@@ -284,12 +284,16 @@ def trend(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png)."),
+        typer.Option(
+            help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
+            "--json, no plot unless given)."
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """An adapter's metric across its versions, as a plot and a table: is scheduled retraining
-    improving it, or drifting? Each alias is written at its version, the best one ringed."""
+    improving it, or drifting? Each alias is written at its version, the best one ringed.
+    With --json, the points (and a plot only where --out asks for one)."""
     with user_errors(as_json):
         if out is not None:
             _check_plot_path(out)
@@ -298,12 +302,14 @@ def trend(
         from ..trend import metric_trend  # noqa: PLC0415
 
         found = metric_trend(registry.find(name=name), metric)
-        path = out or Path(f"{name}-{found.metric}.png")
-        from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
+        # a script asked for numbers: no file appears in its folder unless it names one
+        path = out if out is not None or as_json else Path(f"{name}-{found.metric}.png")
+        if path is not None:
+            from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
 
-        trend_plot(found, path)
+            trend_plot(found, path)
     if as_json:
-        emit_json({**found.to_dict(), "plot": str(path)})
+        emit_json({**found.to_dict(), "plot": str(path) if path else None})
         return
     best = found.best()
     rows: dict[str, list[str]] = {"version": [], found.metric: [], "aliases": [], "": []}

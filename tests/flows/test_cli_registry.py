@@ -134,6 +134,9 @@ def test_registry_commands_end_to_end(environment, tmp_path):
         (2, 0.9, []),
     ]
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    numbers = run_cli("trend", "sst2-en", "--json", env=env, cwd=tmp_path)  # no --out: no file
+    assert json.loads(numbers.stdout)["plot"] is None
+    assert [p.name for p in tmp_path.glob("*.png")] == ["t.png"]
     table = run_cli("trend", "sst2-en", env={**env, "COLUMNS": "80"}, cwd=tmp_path).stdout
     assert re.search(r"│ 1 +│ 0\.8 +│ champion +│ +│", table)
     assert re.search(r"│ 2 +│ 0\.9 +│ +│ best +│", table)
