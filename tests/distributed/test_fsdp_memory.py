@@ -14,8 +14,9 @@ from bench.fsdp_memory_bench import CASES, config_of, run_processes, setting_of
 # the real peak. gloo runs the all-gathers and reduce-scatters asynchronously, so buffers
 # waiting on them can add to one rank's peak in one run (up to 15% for LoRA, 25% for a full
 # fine-tune's large gradients: bench/fsdp_memory_bench.py): the lower rank is the reference.
-# LoRA 1.00-1.02 of it here; full fine-tuning 0.86-1.04.
-BOUNDS = {"llama-512-lora": (0.95, 1.05), "llama-512-full": (0.8, 1.15)}
+# LoRA 1.00-1.02 of it here; full fine-tuning 0.86-1.04. Both ranks can carry such buffers in
+# one run (LoRA 0.91 once, in a full `make test`: the lower bound leaves room for it).
+BOUNDS = {"llama-512-lora": (0.85, 1.05), "llama-512-full": (0.8, 1.15)}
 MEASURED = ["llama-512-lora", "llama-512-full"]
 
 
