@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +31,7 @@ from .errors import (
     NotMigratedError,
     RegistryError,
 )
+from .orm import Base
 
 __all__ = ["Database", "holds_registry_schema"]
 
@@ -61,9 +62,21 @@ class Database:
                 f"sqlite:///{parsed.host}/{parsed.database} (three slashes, then the path; four "
                 "for an absolute one)"
             )
+        if self.is_sqlite and parsed.database and Path(parsed.database).is_dir():
+            raise DatabaseUnavailableError(
+                f"{url} names a folder, not a database file: write "
+                f"{url.rstrip('/')}/registry.db (nothing was written)"
+            )
         if self.is_sqlite and not create and not _sqlite_file_exists(parsed.database):
             where = Path(parsed.database or "").absolute()
             raise NoRegistryError(f"no registry at {where}: nothing was registered there")
+        if self.is_sqlite and not _holds_sqlite(parsed.database):
+            raise ForeignDatabaseError(
+                f"{url} is not a registry database: {parsed.database} is not a SQLite file (a "
+                "data file or a text file?); point ADAPTEROPS_REGISTRY_URL at the registry's "
+                ".db file, or at a path where none exists yet for a new registry "
+                "(nothing was written)"
+            )
         try:
             self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
         except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2
@@ -109,7 +122,12 @@ class Database:
     def _refuse_foreign_schema(self, connection: Any) -> str | None:
         """The schema revision, refused when it is not one of ours: another application's
         database (MLflow and Prefect keep their schemas with Alembic too, often on the same
-        server, a likely mix-up), which migrating would write our tables into."""
+        server, a likely mix-up), which migrating would write our tables into.
+
+        A database with no revision but tables of its own is refused too: a SQLite file always
+        (nobody shares one file between applications), a PostgreSQL database when a table
+        already has one of the registry's names (the migration would fail half-way; a
+        database shared with other applications' tables is otherwise allowed)."""
         current = MigrationContext.configure(connection).get_current_revision()
         if current is not None and current not in _our_revisions():
             raise ForeignDatabaseError(
@@ -118,6 +136,17 @@ class Database:
                 "and Prefect keep theirs with Alembic too); point ADAPTEROPS_REGISTRY_URL at the "
                 "registry's own database (nothing was written)"
             )
+        if current is None:
+            present = set(inspect(connection).get_table_names())
+            clashing = sorted(present if self.is_sqlite else present & _our_tables())
+            if clashing:
+                where = "a new file" if self.is_sqlite else "a database of its own"
+                raise ForeignDatabaseError(
+                    f"{_safe(self.url)} is not a registry database: it holds tables of another "
+                    f"application ({_listed(clashing)}) and no registry schema; point "
+                    f"ADAPTEROPS_REGISTRY_URL at the registry's own database, or at {where} "
+                    "for a new registry (nothing was written)"
+                )
         return current
 
     def dispose(self) -> None:
@@ -156,6 +185,25 @@ def _our_revisions() -> frozenset[str]:
     return frozenset(s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions())
 
 
+def _our_tables() -> set[str]:
+    """The tables a registry's schema creates (Alembic's own included)."""
+    return set(Base.metadata.tables) | {"alembic_version"}
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def _holds_sqlite(path: str | None) -> bool:
+    """Whether a SQLite URL's file is a SQLite database, or absent/empty (a new one)."""
+    if not path or path == ":memory:" or not Path(path).is_file():
+        return True
+    with open(path, "rb") as file:
+        header = file.read(16)
+    return header in (b"", b"SQLite format 3\x00")
+
+
 def _alembic_config(connection: Any) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -171,10 +219,15 @@ def translate_db_errors(url: str) -> Iterator[None]:
     except RegistryError:
         raise
     except OperationalError as exc:
-        reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
+        reason = " ".join(str(exc.orig).split()).rstrip(".")  # drivers' messages span lines
+        check = (
+            "Check that the file's folder can be written"
+            if url.startswith("sqlite")
+            else "Check that the server runs"
+        )
         raise DatabaseUnavailableError(
-            f"cannot use the registry database {_safe(url)}: {reason} Check that the server "
-            "runs and ADAPTEROPS_REGISTRY_URL is right."
+            f"cannot use the registry database {_safe(url)}: {reason}. {check} and that "
+            "ADAPTEROPS_REGISTRY_URL is right."
         ) from None
     except SQLAlchemyError as exc:
         raise RegistryError(f"registry database error on {_safe(url)}: {exc}") from None

@@ -118,6 +118,66 @@ def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path, p
         assert _tables(url) == ["alembic_version", "experiments"]
 
 
+def test_a_file_that_is_not_a_registry_is_refused_and_left_as_it_was(tmp_path, postgres):
+    """A SQLite URL at a text file was SQLAlchemy's "file is not a database" and its link; at
+    another application's SQLite file (no Alembic) our tables were written into it, or the
+    migration failed half-way on a table name of ours ("table versions already exists. Check
+    that the server runs"); at a folder, "unable to open database file"."""
+    store = (tmp_path / "a").as_uri()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(rg.ForeignDatabaseError) as text_file:
+        Registry(f"sqlite:///{tmp_path}/notes.txt", store)
+    assert str(text_file.value) == (
+        f"sqlite:///{tmp_path}/notes.txt is not a registry database: {tmp_path}/notes.txt is not "
+        "a SQLite file (a data file or a text file?); point ADAPTEROPS_REGISTRY_URL at the "
+        "registry's .db file, or at a path where none exists yet for a new registry "
+        "(nothing was written)"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+    def shop(url: str, tables: tuple[str, ...]) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(text(f"CREATE TABLE {table} (id INTEGER)"))
+        engine.dispose()
+
+    other = f"sqlite:///{tmp_path}/shop.db"
+    shop(other, ("customers", "orders"))
+    for create in (True, False):
+        with pytest.raises(rg.ForeignDatabaseError) as foreign:
+            Registry(other, store, create=create)
+        assert str(foreign.value) == (
+            f"{other} is not a registry database: it holds tables of another application "
+            "(customers, orders) and no registry schema; point ADAPTEROPS_REGISTRY_URL at the "
+            "registry's own database, or at a new file for a new registry (nothing was written)"
+        )
+    assert _tables(other) == ["customers", "orders"]
+
+    # PostgreSQL: a database shared with other applications' tables is allowed, unless one has
+    # a name of ours (the migration would stop half-way)
+    postgres.create_database("shared_db")
+    postgres.create_database("clashing_db")
+    shared, clashing = postgres.url("shared_db"), postgres.url("clashing_db")
+    shop(shared, ("customers",))
+    shop(clashing, ("customers", "versions"))
+    with pytest.raises(rg.ForeignDatabaseError, match=r"\(versions\) and no registry schema"):
+        Database(clashing, auto_migrate=True)  # `adapterops db upgrade`
+    assert _tables(clashing) == ["customers", "versions"]
+    Database(shared, auto_migrate=True).dispose()
+    assert "customers" in _tables(shared) and "versions" in _tables(shared)
+
+    with pytest.raises(rg.DatabaseUnavailableError) as folder:
+        Registry(f"sqlite:///{tmp_path}", store, create=False)
+    assert str(folder.value) == (
+        f"sqlite:///{tmp_path} names a folder, not a database file: write "
+        f"sqlite:///{tmp_path}/registry.db (nothing was written)"
+    )
+    assert not (tmp_path / "a").exists()
+
+
 def test_holds_registry_schema_tells_a_registry_from_any_other_database(tmp_path, postgres):
     from registry.db import holds_registry_schema
 
