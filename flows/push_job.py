@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import AdapterVersion, InvalidNameError, Registry
-from registry.bundles import read_json_object
+from registry.bundles import check_adapter_folder, read_json_object
 
 from .models import check_trained_on
 
@@ -50,6 +50,7 @@ def push_folder(
     is refused; without, ``base_model`` defaults to the base the folder's files name), then
     mirror the version in MLflow (``mirror``), where reviewers see it. Every
     check runs before anything is stored; MLflow being down does not undo the registration."""
+    check_adapter_folder(folder)  # a mistyped path is told first, not the flags it lacks
     warnings = []
     if not identity.get("base_model") and spec_file is None and (named := _base_named_in(folder)):
         identity = {**identity, "base_model": named[0]}

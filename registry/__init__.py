@@ -21,6 +21,7 @@ from .errors import (
     NotFoundError,
     NotMigratedError,
     RegistryError,
+    SharedStoreError,
     StorageUnavailableError,
     renamed,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "RegistryError",
     "Resolution",
     "Settings",
+    "SharedStoreError",
     "StorageUnavailableError",
     "VersionDiff",
     "diff_compositions",

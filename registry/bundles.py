@@ -28,6 +28,7 @@ __all__ = [
     "PEFT_TASK_HEADS",
     "Bundle",
     "Manifest",
+    "check_adapter_folder",
     "check_folder_to_write",
     "download",
     "inspect_folder",
@@ -83,13 +84,18 @@ class Bundle:
     base_digests: tuple[str, ...] = ()  # every digest naming the base model, canonical first
 
 
-def inspect_folder(folder: str | Path) -> Bundle:
-    """Validate an adapter folder and hash its files (nothing is stored yet)."""
-    path = Path(folder)
+def check_adapter_folder(path: Path) -> None:
+    """Refuse a path that is not a folder (what a mistyped path gets, before anything else)."""
     if not path.is_dir():
         raise AdapterFolderError(
             f"{path} is not a folder: give the folder peft_core.save_adapter wrote"
         )
+
+
+def inspect_folder(folder: str | Path) -> Bundle:
+    """Validate an adapter folder and hash its files (nothing is stored yet)."""
+    path = Path(folder)
+    check_adapter_folder(path)
     present = {p.name for p in path.iterdir()}
     if "adapter.json" not in present and _written_by_adapterhub(path):
         raise AdapterFolderError(

@@ -52,6 +52,7 @@ from .errors import (
     InvalidCompositionError,
     NoRegistryError,
     RegistryError,
+    SharedStoreError,
 )
 from .names import check_key, check_language, check_name, parse_ref
 from .settings import Settings
@@ -95,6 +96,24 @@ class Registry:
                 "`adapterops push FOLDER` starts one here"
             ) from None
         self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
+        self._marked_store = False
+
+    @property
+    def identity(self) -> str:
+        """This registry's random id (its artifact store's marker is named by it)."""
+        return self._read(store.registry_identity)
+
+    def _mark_store(self) -> str:
+        """Leave this registry's marker in the artifact store (once per process) before its
+        first write there; returns the registry's id."""
+        identity = self.identity
+        if not self._marked_store:
+            if identity not in self.artifacts.writers():
+                self.artifacts.mark_writer(
+                    identity, f"registry {identity} at {self.database.safe_url}\n"
+                )
+            self._marked_store = True
+        return identity
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -125,6 +144,7 @@ class Registry:
         metrics = _checked_metrics(metrics or {})
         bundle = inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
+        self._mark_store()
         artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
 
         def write(session: Session) -> AdapterVersion:
@@ -401,6 +421,7 @@ class Registry:
         """
         if older_than < timedelta(0):
             raise RegistryError(f"gc: older_than must not be negative, got {older_than}")
+        self._refuse_a_shared_store(mark=not dry_run)
         cutoff = datetime.now(UTC) - older_than
 
         def collect(session: Session) -> list[str]:
@@ -420,6 +441,26 @@ class Registry:
             return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
         return self._write(collect)
+
+    def _refuse_a_shared_store(self, *, mark: bool) -> None:
+        """gc only deletes in a store this registry alone writes to: another registry's versions
+        (a staging and a production database given one bucket) look unreferenced from here.
+        ``mark``: leave this registry's marker (a dry run writes nothing)."""
+        identity = self._mark_store() if mark else self.identity
+        others = {i: note for i, note in self.artifacts.writers().items() if i != identity}
+        if not others:
+            return
+        named = "; ".join(
+            f"{' '.join(note.split()) or i} (marker {self.artifacts.marker_uri(i)})"
+            for i, note in sorted(others.items())
+        )
+        raise SharedStoreError(
+            f"gc refused: the artifact store {self.artifacts.url} is shared with another "
+            f"registry, whose versions' files look unreferenced from here: {named}. Give each "
+            "registry its own ADAPTEROPS_ARTIFACTS_URL (a folder or S3 prefix of its own); if "
+            "that registry is gone for good, delete its marker and run gc again "
+            "(nothing was deleted)"
+        )
 
     def _kept_digests(self, manifests: set[str]) -> set[str]:
         """The manifests and every file digest they list."""

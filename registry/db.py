@@ -55,6 +55,7 @@ class Database:
             ) from None
         url = parsed.render_as_string(hide_password=False)
         self.url = url
+        self.safe_url = _safe(url)  # for messages and markers: no password
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.host:  # sqlite://dir/file.db: "dir" is read as a host
             raise DatabaseUnavailableError(

@@ -24,6 +24,7 @@ __all__ = [
     "NotFoundError",
     "NotMigratedError",
     "RegistryError",
+    "SharedStoreError",
     "StorageUnavailableError",
 ]
 
@@ -80,6 +81,11 @@ class DatabaseUnavailableError(RegistryError):
 class ForeignDatabaseError(RegistryError):
     """The registry URL names another application's database (an Alembic schema that is not
     ours): nothing is migrated into it."""
+
+
+class SharedStoreError(RegistryError):
+    """Garbage collection refused: another registry writes to the same artifact store, and a
+    blob this registry does not refer to may be one of its versions'."""
 
 
 class NotMigratedError(RegistryError):

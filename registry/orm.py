@@ -34,6 +34,7 @@ __all__ = [
     "CompositionRow",
     "EventRow",
     "MetricRow",
+    "RegistryIdentityRow",
     "VersionRow",
 ]
 
@@ -56,6 +57,15 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSON,
         datetime: DateTime(timezone=True),
     }
+
+
+class RegistryIdentityRow(Base):
+    """One row: the registry's random id, written when its schema is made. The artifact store
+    keeps a marker per registry writing to it, so gc can tell a store shared by two."""
+
+    __tablename__ = "registry_identity"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
 
 
 class BaseModelRow(Base):

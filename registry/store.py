@@ -23,6 +23,7 @@ from .errors import (
     InvalidCompositionError,
     InvalidNameError,
     NotFoundError,
+    NotMigratedError,
 )
 from .metrics import higher_is_better
 from .names import CHAMPION, Ref, check_alias, parse_ref
@@ -35,6 +36,7 @@ from .orm import (
     CompositionRow,
     EventRow,
     MetricRow,
+    RegistryIdentityRow,
     VersionRow,
     utcnow,
 )
@@ -580,6 +582,16 @@ def lock_blobs(session: Session, *, exclusive: bool) -> None:
         return
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     session.execute(text(f"SELECT {function}(:key)"), {"key": _BLOB_LOCK})
+
+
+def registry_identity(session: Session) -> str:
+    """The registry's random id (migration 0006 writes it with the schema)."""
+    identity = session.scalar(select(RegistryIdentityRow.id))
+    if identity is None:
+        raise NotMigratedError(
+            "the registry database has no identity row: run `adapterops db upgrade`"
+        )
+    return identity
 
 
 def referenced_digests(session: Session) -> set[str]:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ArtifactStore", "BlobInfo", "blob_key"]
+__all__ = ["MARKERS", "ArtifactStore", "BlobInfo", "blob_key"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,21 @@ class ArtifactStore(Protocol):
         (A local copy's temporary file, an S3 multipart upload never completed.)
         """
         ...
+
+    def writers(self) -> dict[str, str]:
+        """The registries that have written to this store: id -> what their marker says."""
+        ...
+
+    def mark_writer(self, registry_id: str, description: str) -> None:
+        """Leave the marker saying registry ``registry_id`` writes here (``registries/<id>``)."""
+        ...
+
+    def marker_uri(self, registry_id: str) -> str:
+        """Where registry ``registry_id``'s marker is, for messages."""
+        ...
+
+
+MARKERS = "registries"  # one small object per registry writing to the store, named by its id
 
 
 def blob_key(digest: str) -> str:

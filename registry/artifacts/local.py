@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import StorageUnavailableError
-from .base import BlobInfo, blob_key
+from .base import MARKERS, BlobInfo, blob_key
 
 __all__ = ["LocalStore"]
 
@@ -86,3 +86,16 @@ class LocalStore:
 
     def uri(self, digest: str) -> str:
         return f"{self.url}/{blob_key(digest)}"
+
+    def writers(self) -> dict[str, str]:
+        folder = self.root / MARKERS
+        if not folder.is_dir():
+            return {}
+        return {path.name: path.read_text() for path in folder.iterdir() if path.is_file()}
+
+    def mark_writer(self, registry_id: str, description: str) -> None:
+        (self.root / MARKERS).mkdir(exist_ok=True)
+        (self.root / MARKERS / registry_id).write_text(description)
+
+    def marker_uri(self, registry_id: str) -> str:
+        return f"{self.url}/{MARKERS}/{registry_id}"

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageUnavailableError
-from .base import BlobInfo, blob_key
+from .base import MARKERS, BlobInfo, blob_key
 
 __all__ = ["S3Store"]
 
@@ -54,7 +54,10 @@ class S3Store:
         )
 
     def _key(self, digest: str) -> str:
-        return f"{self.prefix}/{blob_key(digest)}" if self.prefix else blob_key(digest)
+        return self._under_prefix(blob_key(digest))
+
+    def _under_prefix(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, action: str, operation: Callable[[], T]) -> T:
         try:
@@ -168,3 +171,33 @@ class S3Store:
 
     def uri(self, digest: str) -> str:
         return f"s3://{self.bucket}/{self._key(digest)}"
+
+    def writers(self) -> dict[str, str]:
+        self._check_bucket()
+        prefix = self._under_prefix(f"{MARKERS}/")
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(
+            "list the registries' markers",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)),
+        )
+        found = {}
+        for key in (item["Key"] for page in pages for item in page.get("Contents", [])):
+            found[key.rsplit("/", 1)[-1]] = self._read_text(key)
+        return found
+
+    def _read_text(self, key: str) -> str:
+        answer = self._call(
+            f"read {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key)
+        )
+        return str(answer["Body"].read().decode())
+
+    def mark_writer(self, registry_id: str, description: str) -> None:
+        self._check_bucket()
+        key = self._under_prefix(f"{MARKERS}/{registry_id}")
+        self._call(
+            f"write {key}",
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=description.encode()),
+        )
+
+    def marker_uri(self, registry_id: str) -> str:
+        return f"s3://{self.bucket}/{self._under_prefix(f'{MARKERS}/{registry_id}')}"

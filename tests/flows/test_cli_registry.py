@@ -231,6 +231,8 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
         (("show", "x:3"), "write x@3 (name@VERSION or name@ALIAS)"),
         (("rollback", "nothing"), "no adapter named 'nothing'"),  # not "no previous version"
         (("promote", "nothing@1"), "no adapter named 'nothing'"),
+        # a mistyped folder is told first (was "push needs --base-model, --task, ...")
+        (("push", str(tmp_path / "no-such-folder")), "no-such-folder is not a folder: give"),
     ]:
         result = run(env, *args, "--json")
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 
+import registry as rg
 from registry import Registry
 from registry.db import Database
 from tests.registry.test_registry import register
@@ -74,4 +76,26 @@ def test_0005_adds_composition_aliases_and_its_downgrade_drops_them(locations, m
     registry = Registry(url, artifacts)
     assert registry.composition("stacked").aliases == ()  # aliases set before are gone
     assert registry.set_composition_alias("stacked", "champion").aliases == ("champion",)
+    registry.close()
+
+
+def test_0006_gives_the_registry_an_identity_and_its_downgrade_drops_it(locations, make_adapter):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    first = registry.identity
+    assert len(first) == 36 and registry.identity == first  # one row, read again the same
+    register(registry, make_adapter(1), name="lang")  # leaves the store's marker
+    assert registry.artifacts.writers() == {
+        first: f"registry {first} at {registry.database.safe_url}\n"
+    }
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0005")
+    assert "registry_identity" not in sa.inspect(db.engine).get_table_names()
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    assert registry.identity != first  # a new id: the old marker now reads as another registry
+    with pytest.raises(rg.SharedStoreError, match=rf"registry {first} at"):
+        registry.gc()
     registry.close()

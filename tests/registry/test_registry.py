@@ -14,7 +14,9 @@ import sqlalchemy as sa
 
 import registry as rg
 from registry import Registry
+from registry.artifacts.local import LocalStore
 from registry.bundles import Manifest
+from tests.registry.conftest import fresh_postgres_url
 
 BASE = "tiny-bert"
 
@@ -556,6 +558,47 @@ class TestBytes:
         orphans = registry.gc(older_than=timedelta(0))
         assert len(orphans) == 2  # the orphan's tensors and manifest (adapter.json is shared)
         assert registry.gc(older_than=timedelta(0)) == []
+        registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
+
+    def test_gc_refuses_a_store_another_registry_writes_to(
+        self, registry, locations, make_adapter, tmp_path, request
+    ):
+        """A staging and a production registry given one bucket: gc in one deleted the other's
+        versions' files (they are referred to by no version of its own)."""
+        url, artifacts = locations
+        other_url = (
+            f"sqlite:///{tmp_path / 'staging.db'}"
+            if url.startswith("sqlite")
+            else fresh_postgres_url(request.getfixturevalue("postgres"))
+        )
+        staging = Registry(other_url, artifacts)
+        register(registry, make_adapter(1))
+        register(staging, make_adapter(2), name="staging-only")
+        assert registry.identity != staging.identity
+        marker = registry.artifacts.marker_uri(staging.identity)
+        with pytest.raises(rg.SharedStoreError) as refused:
+            registry.gc(older_than=timedelta(0))
+        assert str(refused.value) == (
+            f"gc refused: the artifact store {registry.artifacts.url} is shared with another "
+            "registry, whose versions' files look unreferenced from here: registry "
+            f"{staging.identity} at {staging.database.safe_url} (marker {marker}). Give each "
+            "registry its own ADAPTEROPS_ARTIFACTS_URL (a folder or S3 prefix of its own); if "
+            "that registry is gone for good, delete its marker and run gc again "
+            "(nothing was deleted)"
+        )
+        with pytest.raises(rg.SharedStoreError):
+            staging.gc(older_than=timedelta(0), dry_run=True)  # and the other way round
+        staging.fetch("staging-only@1", tmp_path / "staging-still-whole")
+        # the staging registry is retired: its marker goes, and gc takes its files
+        retired = staging.identity
+        staging.close()
+        store = registry.artifacts
+        if isinstance(store, LocalStore):
+            (store.root / "registries" / retired).unlink()
+        else:
+            key = f"{store.prefix}/registries/{retired}"
+            store.client.delete_object(Bucket=store.bucket, Key=key)
+        assert len(registry.gc(older_than=timedelta(0))) == 2  # its tensors and manifest
         registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
 
 
