@@ -90,11 +90,7 @@ class Registry:
         except NoRegistryError as exc:
             if database_url:
                 raise
-            raise NoRegistryError(
-                f"{exc} ({Settings.database_origin()}). If your registry is elsewhere, set "
-                "ADAPTEROPS_HOME or ADAPTEROPS_REGISTRY_URL to it; `adapterops build SPEC` or "
-                "`adapterops push FOLDER` starts one here"
-            ) from None
+            raise NoRegistryError(Settings.where_to_look(str(exc))) from None
         self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
         self._marked_store = False
 
@@ -110,7 +106,7 @@ class Registry:
         if not self._marked_store:
             if identity not in self.artifacts.writers():
                 self.artifacts.mark_writer(
-                    identity, f"registry {identity} at {self.database.safe_url}\n"
+                    identity, f"registry {identity} at {self.database.safe_url}"
                 )
             self._marked_store = True
         return identity

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .orm import Base
 
-__all__ = ["Database", "holds_registry_schema"]
+__all__ = ["Database", "holds_registry_schema", "schema_head"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -41,10 +41,19 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 class Database:
     """One registry database: an engine, a session factory and its migrations."""
 
-    def __init__(self, url: str, *, auto_migrate: bool | None = None, create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_migrate: bool | None = None,
+        create: bool = True,
+        verify: bool = True,
+    ) -> None:
         """Open the database at ``url``. ``create=False`` refuses a SQLite file that does not
         exist (:class:`NoRegistryError`) instead of creating an empty registry there: reading a
-        mistyped path must not look like reading a registry with nothing in it."""
+        mistyped path must not look like reading a registry with nothing in it.
+        ``verify=False`` (with ``auto_migrate=False``) opens a schema that is behind, to report
+        it (``adapterops db status``)."""
         try:
             parsed = _with_our_driver(make_url(url))
         except ArgumentError as exc:
@@ -88,7 +97,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate if auto_migrate is not None else self.is_sqlite:
             self.upgrade()
-        else:
+        elif verify:
             self.check_current()
 
     @contextmanager
@@ -109,11 +118,15 @@ class Database:
             self._refuse_foreign_schema(connection)
             command.downgrade(_alembic_config(connection), revision)
 
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: no registry schema yet)."""
+        with translate_db_errors(self.url), self.engine.connect() as connection:
+            return self._refuse_foreign_schema(connection)
+
     def check_current(self) -> None:
         """Raise :class:`NotMigratedError` unless the schema is at the newest revision."""
-        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-        with translate_db_errors(self.url), self.engine.connect() as connection:
-            current = self._refuse_foreign_schema(connection)
+        head = schema_head()
+        current = self.revision()
         if current != head:
             raise NotMigratedError(
                 f"registry database {_safe(self.url)} is at schema {current or 'empty'}, this code "
@@ -178,6 +191,11 @@ def holds_registry_schema(url: str) -> bool:
     except (ImportError, SQLAlchemyError):
         return False
     return current in _our_revisions()
+
+
+def schema_head() -> str:
+    """The newest schema revision this code defines (what ``adapterops db upgrade`` reaches)."""
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
 
 
 @cache

@@ -48,3 +48,13 @@ class Settings:
         if os.environ.get("ADAPTEROPS_HOME"):
             return f"ADAPTEROPS_HOME={os.environ['ADAPTEROPS_HOME']}"
         return "ADAPTEROPS_HOME unset: the default ./.adapterops, in the current folder"
+
+    @staticmethod
+    def where_to_look(missing: str) -> str:
+        """``missing`` (a registry not found at the environment's URL), with the variable that
+        chose it and where to point instead."""
+        return (
+            f"{missing} ({Settings.database_origin()}). If your registry is elsewhere, set "
+            "ADAPTEROPS_HOME or ADAPTEROPS_REGISTRY_URL to it; `adapterops build SPEC` or "
+            "`adapterops push FOLDER` starts one here"
+        )

@@ -14,7 +14,7 @@ import typer
 
 from registry.redaction import RedactingStream
 
-from . import build, lifecycle, operate, registry
+from . import build, database, lifecycle, operate, registry
 from .common import (
     emit_json,
     errors,
@@ -65,7 +65,7 @@ def _options(
 
 for commands in (build.app, lifecycle.app, operate.app, registry.app):
     app.registered_commands.extend(commands.registered_commands)
-app.add_typer(registry.db_app, name="db")
+app.add_typer(database.db_app, name="db")
 app.add_typer(composition_app, name="composition")
 app.add_typer(stack_app, name="stack")
 

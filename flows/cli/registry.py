@@ -1,7 +1,7 @@
 """Registry commands: ``push``, ``import``, ``ls``, ``show``, ``diff``, ``pull``, ``resolve``,
-``alias``, ``unalias``, ``history``, ``rm``, ``gc`` and ``db upgrade``. The registry's location
-comes from ``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a
-folder under ``./.adapterops``)."""
+``alias``, ``unalias``, ``history``, ``rm`` and ``gc`` (``db``: :mod:`flows.cli.database`). The
+registry's location comes from ``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL``
+(default: SQLite and a folder under ``./.adapterops``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 import registry as rg
-from registry import AdapterVersion, RegistryError, Settings
+from registry import AdapterVersion, RegistryError
 
 from ..errors import DataError
 from .common import (
@@ -35,11 +35,11 @@ from .common import (
     user_errors,
     warn,
 )
+from .database import db_app
 
 __all__ = ["app", "db_app"]
 
 app = typer.Typer()
-db_app = typer.Typer(help="Registry database maintenance.", no_args_is_help=True)
 
 RefArgument = Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")]
 
@@ -527,20 +527,6 @@ def gc(
         return
     verb = "would remove" if dry_run else "removed"
     console.print(f"{verb} {len(removed)} unreferenced blob(s)")
-
-
-@db_app.command("upgrade")
-def db_upgrade(as_json: JsonOption = False) -> None:
-    """Create or migrate the registry database at ADAPTEROPS_REGISTRY_URL."""
-    with user_errors(as_json):
-        from registry.db import Database  # noqa: PLC0415 - SQLAlchemy loads only when used
-
-        url = Settings.from_env().database_url
-        Database(url, auto_migrate=True).dispose()
-    if as_json:
-        emit_json({"ok": True})
-        return
-    console.print("registry database is up to date")
 
 
 def _metrics(pairs: list[str]) -> dict[str, float]:

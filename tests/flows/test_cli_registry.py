@@ -326,8 +326,51 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     }
     before = run(env, "ls", "--json")
     assert before.returncode == 2 and "adapterops db upgrade" in json.loads(before.stdout)["error"]
+    status = ok_json(run(env, "db", "status", "--json"))
+    assert (status["revision"], status["up_to_date"], status["versions"]) == (None, False, None)
+    shown = run(env, "db", "status")
+    assert (
+        shown.returncode == 0
+        and "schema     none, this code needs 0006: run `adapterops db upgrade`" in shown.stdout
+    )
     assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
     assert ok_json(run(env, "ls", "--json")) == []
+    status = ok_json(run(env, "db", "status", "--json"))
+    assert status["database"] == postgres.url("cli_upgrade").replace(postgres.password, "***")
+    assert (status["revision"], status["up_to_date"]) == ("0006", True)
+    assert (status["adapters"], status["versions"], status["compositions"]) == (0, 0, 0)
+    assert status["other_writers"] == {} and len(status["identity"]) == 36
+
+
+def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
+    """SQLite registries migrate when opened; `db status` only reads, so it can tell an operator
+    that a copy of an old registry is behind, and what it holds once it is not."""
+    from registry import Registry
+    from registry.db import Database
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    url = f"sqlite:///{tmp_path}/home/registry.db"
+    registry = Registry(url, (tmp_path / "home" / "artifacts").as_uri())
+    registry.register(
+        write_fake_adapter(tmp_path / "a", 1), name="a", base_model="b", task="t", language="en"
+    )
+    registry.close()
+    Database(url).downgrade("0005")
+    behind = ok_json(run(env, "db", "status", "--json"))
+    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0006", False)
+    assert Database(url, auto_migrate=False, verify=False).revision() == "0005"  # untouched
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
+    shown = run(env, "db", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[1:4] == [
+        "schema     0006 (the newest)",
+        f"id         {Registry(url, (tmp_path / 'home' / 'artifacts').as_uri()).identity}",
+        "holds      1 adapter(s), 1 version(s), 0 composition(s)",
+    ]
+    missing = run({**env, "ADAPTEROPS_HOME": str(tmp_path / "typo")}, "db", "status")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no registry at")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):

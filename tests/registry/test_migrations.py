@@ -86,7 +86,7 @@ def test_0006_gives_the_registry_an_identity_and_its_downgrade_drops_it(location
     assert len(first) == 36 and registry.identity == first  # one row, read again the same
     register(registry, make_adapter(1), name="lang")  # leaves the store's marker
     assert registry.artifacts.writers() == {
-        first: f"registry {first} at {registry.database.safe_url}\n"
+        first: f"registry {first} at {registry.database.safe_url}"
     }
     registry.close()
     db = Database(url, auto_migrate=False)
