@@ -16,11 +16,12 @@ from transformers import AutoModel, AutoTokenizer
 
 import peft_core as pc
 from peft_core.adapterhub import is_adapterhub_folder
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion
 from registry.names import check_language, check_name
 
 from .errors import DataError
 from .models import resolve_base_model
+from .push_job import RegistryOrOpener, opened
 
 __all__ = ["import_adapterhub"]
 
@@ -28,7 +29,7 @@ __all__ = ["import_adapterhub"]
 def import_adapterhub(
     folder: Path,
     *,
-    registry: Registry,
+    registry: RegistryOrOpener,
     base_model: str,
     name: str,
     task: str,
@@ -36,7 +37,8 @@ def import_adapterhub(
     metrics: dict[str, float] | None = None,
     description: str = "",
 ) -> AdapterVersion:
-    """Register the AdapterHub adapter in ``folder`` as ``name``'s next version."""
+    """Register the AdapterHub adapter in ``folder`` as ``name``'s next version (``registry``:
+    one, or what opens it once the adapter converted)."""
     check_name(name)  # before the base model loads
     check_name(task, "task")
     check_language(language)
@@ -56,7 +58,7 @@ def import_adapterhub(
     with tempfile.TemporaryDirectory() as scratch:
         saved = pc.save_adapter(model, name, Path(scratch) / "adapter", tokenizer=tokenizer)
         pc.record_probes(model, name, saved)
-        return registry.register(
+        return opened(registry).register(
             saved,
             name=name,
             base_model=base_model,

@@ -12,18 +12,29 @@ is mirrored in MLflow as a build's is, with the registry's copy as its source.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry import AdapterVersion, InvalidNameError, Registry
-from registry.bundles import check_adapter_folder, read_json_object
+from registry.bundles import check_adapter_folder, inspect_folder, read_json_object
+from registry.names import check_language, check_name
 
 from .models import check_trained_on
 
 __all__ = ["PushResult", "push_folder", "reported_metrics"]
 
 IDENTITY = ("name", "base_model", "task", "language")  # what a version is registered under
+
+RegistryOrOpener = Registry | Callable[[], Registry]
+"""A registry, or what opens it once every check passed (the CLI's: the embedded default is
+created on first open, so a refused push must not open it)."""
+
+
+def opened(registry: RegistryOrOpener) -> Registry:
+    """``registry`` itself, or the one its opener opens now."""
+    return registry if isinstance(registry, Registry) else registry()
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ class PushResult:
 
 
 def push_folder(
-    registry: Registry,
+    registry: RegistryOrOpener,
     folder: Path,
     *,
     identity: dict[str, str | None],
@@ -49,7 +60,8 @@ def push_folder(
     ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
     is refused; without, ``base_model`` defaults to the base the folder's files name), then
     mirror the version in MLflow (``mirror``), where reviewers see it. Every
-    check runs before anything is stored; MLflow being down does not undo the registration."""
+    check runs before anything is stored (and before an opener opens the registry); MLflow
+    being down does not undo the registration."""
     check_adapter_folder(folder)  # a mistyped path is told first, not the flags it lacks
     warnings = []
     if not identity.get("base_model") and spec_file is None and (named := _base_named_in(folder)):
@@ -58,10 +70,15 @@ def push_folder(
             f"no --base-model: registered under {named[0]!r}, the base {named[1]} names"
         )
     fields, spec = _identity_of(identity, spec_file)
+    check_name(fields["name"])
+    check_name(fields["task"], "task")
+    check_language(fields["language"])
     check_trained_on(folder, fields["base_model"])
+    bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
+    registry = opened(registry)
     known_as = registry.base_models_for(folder)
     version = registry.register(
-        folder,
+        bundle,
         **fields,
         metrics=reported_metrics(folder) if metrics is None else metrics,
         description=description or (spec or {}).get("description", ""),

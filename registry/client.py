@@ -115,7 +115,7 @@ class Registry:
 
     def register(
         self,
-        folder: str | Path,
+        folder: str | Path | Bundle,
         *,
         name: str,
         base_model: str,
@@ -128,7 +128,8 @@ class Registry:
         origin: str = "registry",
         base_model_revision: str | None = None,
     ) -> AdapterVersion:
-        """Register a saved adapter folder as the adapter's next version.
+        """Register a saved adapter folder (or its :func:`~registry.bundles.inspect_folder`
+        bundle, checked and hashed already) as the adapter's next version.
 
         Registering the same bytes again returns the existing version (idempotent re-runs).
         """
@@ -138,7 +139,7 @@ class Registry:
         if not base_model or len(base_model) > 256:
             raise RegistryError(f"invalid base model name {base_model!r}")
         metrics = _checked_metrics(metrics or {})
-        bundle = inspect_folder(folder)
+        bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
         self._mark_store()
         artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record

@@ -40,6 +40,19 @@ class Settings:
             or (home / "artifacts").as_uri(),
         )
 
+    def sqlite_file(self) -> Path | None:
+        """The file a SQLite registry URL names (None: a server database, or in memory)."""
+        from sqlalchemy.engine import make_url  # noqa: PLC0415 - only the commands that ask
+        from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            return None  # opening it says what is wrong
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).absolute()
+
     @staticmethod
     def database_origin() -> str:
         """Which variable chose the database URL, for messages about a registry not found."""

@@ -197,6 +197,24 @@ def warn(message: str) -> None:
     errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """One ``note: ...`` line on stderr, whole at any width."""
+    errors.print(labelled("note:", "cyan", message), highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def telling_a_new_registry() -> Iterator[None]:
+    """Around a command that registers versions: when it starts the environment's SQLite
+    registry (none was there before), one ``note:`` line says where, and which variable chose
+    that place. A mistyped ADAPTEROPS_HOME, or a build run from another folder, is seen at
+    once, not when ``adapterops ls`` later shows the versions missing."""
+    path = rg.Settings.from_env().sqlite_file()
+    new = path is not None and not path.exists()
+    yield
+    if new and path is not None and path.exists():
+        note(f"started a new registry at {path} ({rg.Settings.database_origin()})")
+
+
 def open_registry(*, create: bool = False) -> rg.Registry:
     """The registry the environment names (SQLAlchemy, Alembic and boto3 load only now).
 

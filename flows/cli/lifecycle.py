@@ -28,6 +28,7 @@ from .common import (
     require_known,
     require_spec_file,
     spec_files,
+    telling_a_new_registry,
     user_errors,
     warn,
 )
@@ -50,7 +51,7 @@ def build(
     """Train, evaluate, register and (if it beats the champion) promote one adapter, as a Prefect
     flow run. The same spec, data and code return the version built before. For CI: exit 0
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
-    with user_errors(as_json, one_line_failures=True):
+    with user_errors(as_json, one_line_failures=True), telling_a_new_registry():
         require_spec_file(spec_file)
         from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
         from ..prepare_job import check_inputs  # noqa: PLC0415
@@ -143,6 +144,7 @@ def retrain(
     quiet_libraries()
     with (
         user_errors(as_json, one_line_failures=True),
+        telling_a_new_registry(),
         progress("retrain", enabled=not as_json) as on_step,
         pipelines.reporting_progress(on_step),
     ):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from .common import (
     quiet_libraries,
     require_known,
     require_spec_file,
+    telling_a_new_registry,
     user_errors,
     warn,
 )
@@ -93,9 +95,9 @@ def push(
     base model is on this machine, its config must match the one the adapter was trained on."""
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
-    with user_errors(as_json):
+    with user_errors(as_json), telling_a_new_registry():
         result = push_folder(
-            open_registry(create=True),
+            partial(open_registry, create=True),  # opened once the folder and flags pass
             folder,
             identity={"name": name, "base_model": base_model, "task": task, "language": language},
             spec_file=spec,
@@ -124,10 +126,10 @@ def import_command(
     from ..import_job import import_adapterhub  # noqa: PLC0415 - torch only for this command
 
     quiet_libraries()
-    with user_errors(as_json):
+    with user_errors(as_json), telling_a_new_registry():
         version = import_adapterhub(
             folder,
-            registry=open_registry(create=True),
+            registry=partial(open_registry, create=True),  # opened once it converted
             base_model=base_model,
             name=name,
             task=task,

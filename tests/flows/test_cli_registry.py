@@ -285,7 +285,7 @@ def test_push_checks_the_base_model_it_names(tmp_path, monkeypatch):
         "push needs --task, --language (or --spec SPEC, the spec it was trained with, whose "
         "fields they default to)"
     )  # (the base model: the one its files name)
-    assert ok_json(run(env, "ls", "--json")) == []
+    assert not (tmp_path / "home" / "registry.db").exists()  # nothing stored: none started
 
     first = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))  # same config: accepted
     assert first["ref"] == "sst2-en@1"
@@ -576,3 +576,28 @@ def test_show_is_a_record_to_read_and_its_spec_is_one_build_reads_back(tmp_path,
             "to print; `adapterops show bare@1` prints its record"
         ],
     )
+
+
+def test_the_command_that_starts_a_registry_says_where(tmp_path):
+    """A mistyped ADAPTEROPS_HOME (or a push from another folder than the builds') started a
+    registry silently; `adapterops ls` showed the versions missing only later."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "hmoe"), "COLUMNS": "200"}
+    folder = write_fake_adapter(tmp_path / "adapter", seed=1)
+    identity = ("--name", "a", "--base-model", "b", "--task", "t", "--language", "en")
+    for mistake in (
+        ("push", str(tmp_path / "no-such-folder"), *identity),
+        ("push", str(folder), *identity[:-1], "english"),
+        ("push", str(tmp_path), *identity),
+    ):  # not an adapter's folder
+        refused = run(env, *mistake)
+        assert refused.returncode == 2 and "note:" not in refused.stderr, refused.stderr
+    assert not (tmp_path / "hmoe").exists()  # a refused push starts no registry (it did)
+    first = run(env, "push", str(folder), *identity, "--json")
+    assert first.returncode == 0, first.stderr
+    assert (
+        f"note: started a new registry at {tmp_path}/hmoe/registry.db "
+        f"(ADAPTEROPS_HOME={tmp_path}/hmoe)"
+    ) in first.stderr.splitlines()
+    again = run(env, "push", str(write_fake_adapter(tmp_path / "b", seed=2)), *identity)
+    assert again.returncode == 0 and "note:" not in again.stderr
