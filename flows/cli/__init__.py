@@ -14,7 +14,7 @@ import typer
 
 from registry.redaction import RedactingStream
 
-from . import build, database, lifecycle, operate, registry
+from . import build, database, lifecycle, operate, registry, review
 from .common import (
     emit_json,
     errors,
@@ -63,7 +63,7 @@ def _options(
     """Train, evaluate, register and promote PEFT adapters."""
 
 
-for commands in (build.app, lifecycle.app, operate.app, registry.app):
+for commands in (build.app, lifecycle.app, operate.app, registry.app, review.app):
     app.registered_commands.extend(commands.registered_commands)
 app.add_typer(database.db_app, name="db")
 app.add_typer(composition_app, name="composition")

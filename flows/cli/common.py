@@ -235,6 +235,16 @@ def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool 
             registry.get(ref)
 
 
+def check_adapter_name(registry: rg.Registry, name: str) -> None:
+    """``ls NAME``: a name with versions, or one line (``a@3``: that is ``show``'s)."""
+    if "@" in name:
+        raise DataError(
+            f"ls takes an adapter name, not a version ({name!r}): `adapterops show {name}` "
+            f"shows one version, `adapterops ls {name.partition('@')[0]}` lists them all"
+        )
+    registry.get(name)  # no such adapter: one line, with similar names
+
+
 def checkable_before_mlflow(ref: str) -> str:
     """What of ``ref`` the registry can check before MLflow loads: all of ``name@3`` (the
     registry numbers every version; MLflow mirrors them), only the name of ``name@staging`` (an

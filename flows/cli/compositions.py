@@ -44,7 +44,8 @@ from .operate import (
     show_export,
     show_predictions,
 )
-from .registry import RefArgument, print_changes, show_events
+from .registry import RefArgument
+from .review import print_changes, show_events
 
 __all__ = ["composition_app"]
 

@@ -1,12 +1,11 @@
-"""Registry commands: ``push``, ``import``, ``ls``, ``show``, ``diff``, ``pull``, ``resolve``,
-``alias``, ``unalias``, ``history``, ``rm`` and ``gc`` (``db``: :mod:`flows.cli.database`). The
-registry's location comes from ``ADAPTEROPS_REGISTRY_URL`` and ``ADAPTEROPS_ARTIFACTS_URL``
-(default: SQLite and a folder under ``./.adapterops``)."""
+"""Registry commands: ``push``, ``import``, ``ls``, ``show``, ``pull``, ``resolve``, ``alias``,
+``unalias``, ``rm`` and ``gc`` (``diff``, ``trend``, ``history``: :mod:`flows.cli.review`; ``db``:
+:mod:`flows.cli.database`). The registry's location comes from ``ADAPTEROPS_REGISTRY_URL`` and
+``ADAPTEROPS_ARTIFACTS_URL`` (default: SQLite and a folder under ``./.adapterops``)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -24,6 +22,7 @@ from registry import AdapterVersion, RegistryError
 from ..errors import DataError
 from .common import (
     JsonOption,
+    check_adapter_name,
     checkable_before_mlflow,
     console,
     emit_json,
@@ -32,7 +31,6 @@ from .common import (
     print_columns,
     quiet_libraries,
     require_known,
-    require_spec_file,
     telling_a_new_registry,
     user_errors,
     warn,
@@ -167,7 +165,7 @@ def list_versions(
     with user_errors(as_json):
         registry = open_registry()
         if name is not None:
-            _check_adapter_name(registry, name)
+            check_adapter_name(registry, name)
         versions = registry.find(
             name=name,
             base_model=base_model,
@@ -219,119 +217,6 @@ def show(
         console.print(Text(_yaml(version.spec)), soft_wrap=True)
     else:
         _print_version_card(version)
-
-
-@app.command()
-def diff(
-    before: Annotated[
-        str,
-        typer.Argument(
-            help="The version to compare from: name@VERSION or name@ALIAS.", metavar="BEFORE"
-        ),
-    ],
-    after: Annotated[
-        str,
-        typer.Argument(
-            help="The version to compare with it, or a spec file (*.yaml, *.yml) not built yet.",
-            metavar="AFTER",
-        ),
-    ],
-    as_json: JsonOption = False,
-) -> None:
-    """What changed from one version to another (name@VERSION or name@ALIAS each): metrics with
-    their deltas (better or worse, as the gate reads them), the spec's fields, the data and code
-    they were built from, base model, size and files. AFTER may be a spec file: what building it
-    would change (its fields, data fingerprint, code), read before anything trains, as CI does
-    on a pull request. Exit 0 whether or not anything differs."""
-    with user_errors(as_json):
-        registry = open_registry()
-        if Path(after).suffix in (".yaml", ".yml") or Path(after).is_file():
-            changes = _diff_with_spec_file(registry, before, Path(after))
-        else:
-            changes = _diff_versions(registry, before, after)
-    if as_json:
-        emit_json(changes.to_dict())
-        return
-    _print_diff(changes)
-
-
-def _diff_versions(registry: rg.Registry, before: str, after: str) -> rg.VersionDiff:
-    """``registry.diff``; two compositions are one line naming the command that compares them."""
-    try:
-        return registry.diff(before, after)
-    except rg.NotFoundError:
-        if not _are_compositions(registry, [before, after]):
-            raise
-        raise DataError(
-            f"{before} and {after} are compositions: `adapterops composition diff {before} "
-            f"{after}` compares them"
-        ) from None
-
-
-def _are_compositions(registry: rg.Registry, refs: list[str]) -> bool:
-    try:
-        for ref in refs:
-            registry.composition(ref)
-    except rg.NotFoundError:
-        return False
-    return True
-
-
-@app.command()
-def trend(
-    name: Annotated[str, typer.Argument(help="The adapter.", metavar="NAME")],
-    metric: Annotated[
-        str | None,
-        typer.Option(help="The metric (default: the one its spec's gate compares on)."),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
-            "--json, no plot unless given)."
-        ),
-    ] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """An adapter's metric across its versions, as a plot and a table: is scheduled retraining
-    improving it, or drifting? Each alias is written at its version, the best one ringed.
-    With --json, the points (and a plot only where --out asks for one)."""
-    with user_errors(as_json):
-        if out is not None:
-            _check_plot_path(out)
-        registry = open_registry()
-        _check_adapter_name(registry, name)
-        from ..trend import metric_trend  # noqa: PLC0415
-
-        found = metric_trend(registry.find(name=name), metric)
-        # a script asked for numbers: no file appears in its folder unless it names one
-        path = out if out is not None or as_json else Path(f"{name}-{found.metric}.png")
-        if path is not None:
-            from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
-
-            trend_plot(found, path)
-    if as_json:
-        emit_json({**found.to_dict(), "plot": str(path) if path else None})
-        return
-    best = found.best()
-    rows: dict[str, list[str]] = {"version": [], found.metric: [], "aliases": [], "": []}
-    for point in found.points:
-        rows["version"].append(str(point.version))
-        rows[found.metric].append(rg.shown(point.value))
-        rows["aliases"].append(", ".join(point.aliases))
-        rows[""].append("best" if best is not None and point.version == best.version else "")
-    print_columns(rows, keep=len(rows))
-    console.print(f"plot: {path}", highlight=False, soft_wrap=True)
-
-
-def _check_plot_path(out: Path) -> None:
-    """A file matplotlib can write, in a folder that exists: checked before the registry opens."""
-    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise DataError(f"--out {out}: give a .png, .svg or .pdf file (the plot's format)")
-    if out.is_dir():
-        raise DataError(f"--out {out} is a folder: give a file name in it ({out / 'trend.png'})")
-    if not out.parent.is_dir():
-        raise DataError(f"--out {out}: folder {out.parent} does not exist; create it first")
 
 
 @app.command()
@@ -455,35 +340,6 @@ def unalias(
     console.print(f"removed alias {name} from {adapter}")
 
 
-@app.command()
-def history(
-    name: Annotated[str, typer.Argument(help="Adapter name.")], as_json: JsonOption = False
-) -> None:
-    """The adapter's event log: registrations and alias moves with their origin."""
-    with user_errors(as_json):
-        events = open_registry().history(name)
-    show_events(events, f"history of {name}", as_json)
-
-
-def show_events(events: list[Any], title: str, as_json: bool) -> None:
-    """An event log as JSON or as a table, oldest first."""
-    if as_json:
-        emit_json([e.to_dict() for e in events])
-        return
-    table = Table(title=title)
-    for column in ("at", "event", "version", "alias", "origin"):
-        table.add_column(column)
-    for e in events:
-        table.add_row(
-            e.at.strftime("%Y-%m-%d %H:%M:%S"),
-            e.kind,
-            str(e.version or ""),
-            e.alias or "",
-            e.origin,
-        )
-    console.print(table)
-
-
 @app.command("rm")
 def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     """Delete a version that no alias or composition refers to (and the MLflow version that
@@ -562,27 +418,6 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
     print_columns(rows)
 
 
-def _check_adapter_name(registry: rg.Registry, name: str) -> None:
-    """``ls NAME``: a name with versions, or one line (``a@3``: that is ``show``'s)."""
-    if "@" in name:
-        raise DataError(
-            f"ls takes an adapter name, not a version ({name!r}): `adapterops show {name}` "
-            f"shows one version, `adapterops ls {name.partition('@')[0]}` lists them all"
-        )
-    registry.get(name)  # no such adapter: one line, with similar names
-
-
-def _diff_with_spec_file(registry: rg.Registry, before: str, file: Path) -> rg.VersionDiff:
-    """``before`` against what a build of the spec ``file`` would register (not trained)."""
-    version = registry.get(before)  # a typo in BEFORE: refused before torch loads
-    require_spec_file(file)
-    from ..lineage import spec_lineage  # noqa: PLC0415 - the spec module loads torch
-    from ..spec import load_spec  # noqa: PLC0415
-
-    spec = load_spec(file)
-    return rg.diff_with_spec(version, spec.model_dump(mode="json"), spec_lineage(spec), str(file))
-
-
 def _print_version_card(version: AdapterVersion) -> None:
     """``show`` for a person: the record as labelled lines, then the spec as the YAML it was
     written in (``--json`` has every field as it is stored)."""
@@ -632,41 +467,6 @@ _SpecDumper.add_representer(list, _represent_list)
 def _yaml(document: dict[str, Any]) -> str:
     """A spec as YAML, in its own order."""
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False).rstrip()
-
-
-def print_changes(title: str, changes: Sequence[rg.Change], *, nothing: str) -> None:
-    """A diff for a person: ``title``, then one row per change (section, field, before, after
-    and, for metrics, the change), or the line ``nothing`` when there is none."""
-    console.print(title, highlight=False, soft_wrap=True)
-    if not changes:
-        console.print(nothing)
-        return
-    rows: dict[str, list[str]] = {"": [], "field": [], "before": [], "after": [], "change": []}
-    for change in changes:
-        rows[""].append(change.section)
-        rows["field"].append(change.field)
-        rows["before"].append(escape(rg.shown(change.before, change.field)))
-        rows["after"].append(escape(rg.shown(change.after, change.field)))
-        rows["change"].append(change.verdict)
-    if not any(rows["change"]):  # no metric on both sides (a spec file): nothing to say
-        del rows["change"]
-    print_columns(rows, keep=len(rows))  # every column, cells folded: change matters most
-
-
-def _print_diff(changes: rg.VersionDiff) -> None:
-    files = {True: "same files", False: "different files", None: "not built yet"}[
-        changes.same_files
-    ]
-    print_changes(
-        f"before {changes.before} -> after {changes.after}: {files}",
-        changes.changes,
-        nothing="no recorded difference (record, metrics, lineage and spec agree)",
-    )
-    if not changes.spec_compared:
-        console.print(
-            "spec: not compared, one of them was registered without it (push without --spec)",
-            style="dim",
-        )
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
