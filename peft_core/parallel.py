@@ -47,6 +47,12 @@ def deactivate_parallel(model: nn.Module) -> None:
         remove_routing(model)
 
 
+def parallel_adapters(model: nn.Module) -> tuple[str, ...]:
+    """The adapters an active ``Parallel`` runs (``()``: none is active)."""
+    state = model.__dict__.get(_STATE)
+    return state[0] if state is not None else ()
+
+
 def parallel_outputs(model: nn.Module, output: Tensor) -> dict[str, Tensor]:
     """Split a Parallel forward's output into one tensor per adapter."""
     state = model.__dict__.get(_STATE)

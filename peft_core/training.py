@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .errors import CheckpointMismatchError, ConfigError
+from .inject import active_adapters
 from .methods import Method, method_of
+from .parallel import parallel_adapters
 from .state import adapter_layers, adapter_records
 
 __all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
@@ -108,6 +110,7 @@ def train(
             scaler=scaler,
         )
     trained = _trained_adapters(model)
+    _check_what_trains_runs(model, trained)
     forward = _explained_first_failure(_training_forward(model, trained), trained)
     # DDP or FSDP: the processes train one model on their shares of each batch (a process
     # group alone does not say so: separate models per process report their own losses)
@@ -225,6 +228,24 @@ def _trained_adapters(model: nn.Module) -> list[tuple[Method, str]]:
         if any(p.requires_grad for p in params):
             trained.append((method, name))
     return trained
+
+
+def _check_what_trains_runs(model: nn.Module, trained: list[tuple[Method, str]]) -> None:
+    """Refuse an adapter that trains but does not run: switching with ``set_active`` alone
+    leaves the last added adapter the trainable one, and the loss then has no gradient (torch's
+    "element 0 of tensors does not require grad" after the first forward pass)."""
+    inner = _unwrapped(model)
+    routed = any(layer.routing is not None for _, layer in adapter_layers(inner))
+    running = {*active_adapters(inner), *parallel_adapters(inner)}
+    if not trained or routed or any(name in running for _, name in trained):
+        return
+    name = trained[0][1]
+    active = ", ".join(repr(n) for n in active_adapters(inner)) or "none, the base model alone"
+    raise ConfigError(
+        f"adapter {name!r} trains (the last one added, or pc.set_trainable's) but is not active "
+        f"(active: {active}), so it would get no gradient: pc.set_trainable(model, NAME) trains "
+        f"the active adapter NAME, pc.set_active(model, {name!r}) runs the one that trains"
+    )
 
 
 def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Callable[..., Any]:

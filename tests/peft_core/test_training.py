@@ -257,3 +257,29 @@ class TestMistakes:
         )
         after = trainable(model)
         assert all(torch.equal(before[name], after[name]) for name in before)
+
+    def test_an_adapter_switched_to_without_set_trainable_is_named(self):
+        """set_active switches what runs, set_trainable what trains: training the adapter
+        switched back to was torch's "element 0 of tensors does not require grad"."""
+        model = model_with_lora()  # "a" runs and trains
+        pc.add_adapter(model, "other", pc.LoRA(rank=2))  # now "other" does
+        pc.set_active(model, "a")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.train(model, batches(2), max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == (
+            "adapter 'other' trains (the last one added, or pc.set_trainable's) but is not "
+            "active (active: 'a'), so it would get no gradient: pc.set_trainable(model, NAME) "
+            "trains the active adapter NAME, pc.set_active(model, 'other') runs the one that "
+            "trains"
+        )
+        pc.set_active(model, None)
+        with pytest.raises(pc.ConfigError, match=r"\(active: none, the base model alone\)"):
+            pc.train(model, batches(2), max_steps=1, learning_rate=1e-3)
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        pc.set_active(model, "a")
+        pc.set_trainable(model, "a")  # what the message says: then "a" trains
+        result = pc.train(model, batches(2), max_steps=2, learning_rate=1e-2)
+        assert len(result.losses) == 2
+        moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+        assert moved and all(".a." in n or n.endswith(".a") for n in moved), sorted(moved)
