@@ -21,11 +21,23 @@ def db_upgrade(as_json: JsonOption = False) -> None:
         from registry.db import Database  # noqa: PLC0415 - SQLAlchemy loads only when used
 
         url = Settings.from_env().database_url
-        Database(url, auto_migrate=True).dispose()
+        database = Database(url, auto_migrate=False, verify=False)
+        try:
+            before = database.revision()
+            database.upgrade()
+            after = database.revision()
+        finally:
+            database.dispose()
     if as_json:
-        emit_json({"ok": True})
+        emit_json({"ok": True, "from": before, "to": after})
         return
-    console.print("registry database is up to date")
+    change = f"already at {after}" if before == after else f"{before or 'empty'} -> {after}"
+    console.print(
+        f"registry database {database.safe_url}: schema {change} (the newest)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @db_app.command("status")
@@ -47,21 +59,25 @@ def db_status(as_json: JsonOption = False) -> None:
         else f"{status.revision or 'none'}, this code needs {status.head}: run "
         "`adapterops db upgrade`"
     )
-    console.print(f"registry   {status.database}", markup=False, highlight=False)
-    console.print(f"schema     {schema}", markup=False, highlight=False)
+    console.print(f"registry   {status.database}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"schema     {schema}", markup=False, highlight=False, soft_wrap=True)
     if status.identity is not None:
-        console.print(f"id         {status.identity}", markup=False, highlight=False)
+        console.print(
+            f"id         {status.identity}", markup=False, highlight=False, soft_wrap=True
+        )
         console.print(
             f"holds      {status.adapters} adapter(s), {status.versions} version(s), "
             f"{status.compositions} composition(s)",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
-    console.print(f"artifacts  {status.artifacts}", markup=False, highlight=False)
+    console.print(f"artifacts  {status.artifacts}", markup=False, highlight=False, soft_wrap=True)
     for identity, words in sorted(status.other_writers.items()):
         console.print(
             f"           also written by {' '.join(words.split()) or identity}: gc refuses "
             "to delete in a shared store",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )

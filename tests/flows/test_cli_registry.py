@@ -333,7 +333,11 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
         shown.returncode == 0
         and "schema     none, this code needs 0006: run `adapterops db upgrade`" in shown.stdout
     )
-    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0006"}
+    again = run(env, "db", "upgrade")
+    assert again.returncode == 0 and again.stdout.endswith(
+        ": schema already at 0006 (the newest)\n"
+    )
     assert ok_json(run(env, "ls", "--json")) == []
     status = ok_json(run(env, "db", "status", "--json"))
     assert status["database"] == postgres.url("cli_upgrade").replace(postgres.password, "***")
@@ -360,7 +364,11 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
     behind = ok_json(run(env, "db", "status", "--json"))
     assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0006", False)
     assert Database(url, auto_migrate=False, verify=False).revision() == "0005"  # untouched
-    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True}
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {
+        "ok": True,
+        "from": "0005",
+        "to": "0006",
+    }
     shown = run(env, "db", "status")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[1:4] == [
