@@ -21,7 +21,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import (
@@ -80,13 +86,6 @@ class Database:
         if self.is_sqlite and not create and not _sqlite_file_exists(parsed.database):
             where = Path(parsed.database or "").absolute()
             raise NoRegistryError(f"no registry at {where}: nothing was registered there")
-        if self.is_sqlite and not _holds_sqlite(parsed.database):
-            raise ForeignDatabaseError(
-                f"{url} is not a registry database: {parsed.database} is not a SQLite file (a "
-                "data file or a text file?); point ADAPTEROPS_REGISTRY_URL at the registry's "
-                ".db file, or at a path where none exists yet for a new registry "
-                "(nothing was written)"
-            )
         try:
             self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
         except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2
@@ -214,15 +213,6 @@ def _listed(names: list[str], most: int = 5) -> str:
     return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
-def _holds_sqlite(path: str | None) -> bool:
-    """Whether a SQLite URL's file is a SQLite database, or absent/empty (a new one)."""
-    if not path or path == ":memory:" or not Path(path).is_file():
-        return True
-    with open(path, "rb") as file:
-        header = file.read(16)
-    return header in (b"", b"SQLite format 3\x00")
-
-
 def _alembic_config(connection: Any) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -237,19 +227,35 @@ def translate_db_errors(url: str) -> Iterator[None]:
         yield
     except RegistryError:
         raise
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        if "file is not a database" not in str(exc.orig):
+            raise _translated(exc, url) from None
+        # Found by SQLite itself: reading the file's header here would open and close it in
+        # this process, which drops the POSIX locks SQLite holds on it (and corrupts it).
+        path = make_url(url).database
+        raise ForeignDatabaseError(
+            f"{_safe(url)} is not a registry database: {path} is not a SQLite file (a data "
+            "file or a text file?); point ADAPTEROPS_REGISTRY_URL at the registry's .db file, "
+            "or at a path where none exists yet for a new registry (nothing was written)"
+        ) from None
+    except SQLAlchemyError as exc:
+        raise _translated(exc, url) from None
+
+
+def _translated(exc: SQLAlchemyError, url: str) -> RegistryError:
+    """A SQLAlchemy error as the registry's: a database that cannot be used, or any other."""
+    if isinstance(exc, OperationalError):
         reason = " ".join(str(exc.orig).split()).rstrip(".")  # drivers' messages span lines
         check = (
             "Check that the file's folder can be written"
             if url.startswith("sqlite")
             else "Check that the server runs"
         )
-        raise DatabaseUnavailableError(
+        return DatabaseUnavailableError(
             f"cannot use the registry database {_safe(url)}: {reason}. {check} and that "
             "ADAPTEROPS_REGISTRY_URL is right."
-        ) from None
-    except SQLAlchemyError as exc:
-        raise RegistryError(f"registry database error on {_safe(url)}: {exc}") from None
+        )
+    return RegistryError(f"registry database error on {_safe(url)}: {exc}")
 
 
 def _with_our_driver(url: URL) -> URL:
