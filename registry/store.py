@@ -164,9 +164,11 @@ def find_versions(
     order_by: str | None = None,
     descending: bool | None = None,
     limit: int | None = None,
+    metric_required: bool = True,
 ) -> list[AdapterVersion]:
     """Versions matching every given filter; ``order_by`` names a metric, best first unless
-    ``descending`` says otherwise (missing values last)."""
+    ``descending`` says otherwise (missing values last). A metric none of them recorded is
+    :class:`NotFoundError` (a typo would order nothing) unless ``metric_required=False``."""
     query = _versions_query()
     filters = {
         BaseModelRow.name: base_model,
@@ -197,7 +199,15 @@ def find_versions(
         query = query.order_by(AdapterRow.name, VersionRow.version)
     if limit is not None:
         query = query.limit(limit)
-    return _entities(session, list(session.execute(query)))
+    found = _entities(session, list(session.execute(query)))
+    if metric_required and order_by is not None and found and order_by not in found[0].metrics:
+        # missing values sort last: when the first lacks it, every one does (a typo?)
+        recorded = sorted({key for version in found for key in version.metrics})
+        raise NotFoundError(
+            f"no version here recorded {order_by!r} to order by; they recorded: "
+            f"{', '.join(recorded) or 'no metric'}"
+        )
+    return found
 
 
 def set_alias(
@@ -517,6 +527,7 @@ def resolve(
         language=language,
         alias=CHAMPION,
         order_by=metric,
+        metric_required=False,  # champions pushed without metrics still resolve
     )
     if champions:
         others = (

@@ -98,6 +98,10 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     listed = ok_json(run(env, "ls", "--task", "sst2", "--order-by", "accuracy", "--json"))
     assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
     assert all(set(v) >= REQUIRED for v in listed)
+    typo = run(env, "ls", "--order-by", "acuracy")  # was: listed in no order, silently
+    assert (typo.returncode, typo.stderr) == (
+        2, "error: no version here recorded 'acuracy' to order by; they recorded: accuracy\n"
+    )  # fmt: skip
     assert ok_json(run(env, "ls", "--alias", "champion", "--json"))[0]["version"] == 1
 
     shown = ok_json(run(env, "show", "sst2-en@champion", "--json"))

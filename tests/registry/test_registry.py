@@ -386,6 +386,17 @@ class TestLookups:
         ] == ["en-bitfit@1"]
         registry.set_alias("en-lora@1", "champion")
         assert [v.ref for v in registry.find(alias="champion")] == ["en-lora@1"]
+        # a metric no version recorded (a typo) ordered nothing, silently
+        with pytest.raises(rg.NotFoundError) as typo:
+            registry.find(base_model=BASE, order_by="acuracy")
+        assert str(typo.value) == (
+            "no version here recorded 'acuracy' to order by; they recorded: accuracy"
+        )
+        with pytest.raises(rg.NotFoundError, match=r"they recorded: no metric$"):
+            registry.find(base_model="tiny-gpt2", order_by="accuracy")
+        assert registry.find(name="nothing", order_by="acuracy") == []  # nothing to order
+        chosen = registry.resolve(base_model=BASE, task="sst2", language="en", metric="bleu")
+        assert [v.ref for v in chosen.versions] == ["en-lora@1"]  # resolve still answers
 
     def test_best_first_is_the_lowest_perplexity_or_loss(self, registry, make_adapter):
         for seed, perplexity in ((1, 12.0), (2, 30.0), (3, 18.0)):
