@@ -32,6 +32,7 @@ from .version_diff import Change, VersionDiff, diff_versions, diff_with_spec, sh
 
 if TYPE_CHECKING:
     from .client import Registry
+    from .status import RegistryStatus, registry_status
 
 
 def __getattr__(name: str) -> Any:
@@ -41,6 +42,10 @@ def __getattr__(name: str) -> Any:
         from .client import Registry  # noqa: PLC0415
 
         return Registry
+    if name in ("RegistryStatus", "registry_status"):  # SQLAlchemy too: `db status` only
+        from . import status  # noqa: PLC0415
+
+        return getattr(status, name)
     return renamed(__name__, name)
 
 
@@ -64,6 +69,7 @@ __all__ = [
     "Ref",
     "Registry",
     "RegistryError",
+    "RegistryStatus",
     "Resolution",
     "Settings",
     "SharedStoreError",
@@ -74,5 +80,6 @@ __all__ = [
     "diff_with_spec",
     "higher_is_better",
     "parse_ref",
+    "registry_status",
     "shown",
 ]

@@ -380,6 +380,10 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
         f"id         {Registry(url, (tmp_path / 'home' / 'artifacts').as_uri()).identity}",
         "holds      1 adapter(s), 1 version(s), 0 composition(s)",
     ]
+    from registry import registry_status  # the same from Python
+
+    found = registry_status(url, (tmp_path / "home" / "artifacts").as_uri())
+    assert (found.up_to_date, found.adapters, found.versions) == (True, 1, 1)
     missing = run({**env, "ADAPTEROPS_HOME": str(tmp_path / "typo")}, "db", "status")
     assert missing.returncode == 2 and missing.stderr.startswith("error: no registry at")
     assert not (tmp_path / "typo").exists()
