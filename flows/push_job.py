@@ -55,11 +55,13 @@ def push_folder(
     description: str = "",
     origin: str = "cli",
     mirror: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> PushResult:
     """Register ``folder`` under ``identity`` (``name``, ``base_model``, ``task``,
     ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
     is refused; without, ``base_model`` defaults to the base the folder's files name), then
-    mirror the version in MLflow (``mirror``), where reviewers see it. Every
+    mirror the version in MLflow (``mirror``), where reviewers see it; ``on_bytes`` is told the
+    bytes uploaded (a progress bar). Every
     check runs before anything is stored (and before an opener opens the registry); MLflow
     being down does not undo the registration."""
     check_adapter_folder(folder)  # a mistyped path is told first, not the flags it lacks
@@ -84,6 +86,7 @@ def push_folder(
         description=description or (spec or {}).get("description", ""),
         spec=spec,
         origin=origin,
+        on_bytes=on_bytes,
     )
     if mirror:
         warnings += _mirrored(version)

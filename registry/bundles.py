@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import ArtifactStore
+from .artifacts.base import BytesMoved
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
 
 __all__ = [
@@ -193,10 +194,11 @@ def _json_sha256(value: Any) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def upload(store: ArtifactStore, bundle: Bundle) -> str:
-    """Store the bundle's files, then its manifest; returns the manifest's URI."""
+def upload(store: ArtifactStore, bundle: Bundle, on_bytes: BytesMoved | None = None) -> str:
+    """Store the bundle's files, then its manifest; returns the manifest's URI. ``on_bytes`` is
+    told the files' bytes as they move (not the manifest's: the total is the version's size)."""
     for name, digest, _ in bundle.manifest.files:
-        store.put_file(digest, bundle.folder / name)
+        store.put_file(digest, bundle.folder / name, on_bytes)
     with tempfile.TemporaryDirectory() as scratch:
         manifest_file = Path(scratch) / "manifest.json"
         manifest_file.write_bytes(bundle.manifest.to_bytes())
@@ -204,8 +206,16 @@ def upload(store: ArtifactStore, bundle: Bundle) -> str:
     return store.uri(bundle.manifest.digest)
 
 
-def download(store: ArtifactStore, digest: str, destination: Path, *, label: str) -> Path:
-    """Fetch version ``label``'s files into ``destination``, verifying every digest.
+def download(
+    store: ArtifactStore,
+    digest: str,
+    destination: Path,
+    *,
+    label: str,
+    on_bytes: BytesMoved | None = None,
+) -> Path:
+    """Fetch version ``label``'s files into ``destination``, verifying every digest
+    (``on_bytes``: told the files' bytes as they arrive).
 
     Files land in a temporary folder beside ``destination`` (never inside it, so a killed download
     leaves nothing in it) and move into place only when all are verified, so a failed download
@@ -223,7 +233,7 @@ def download(store: ArtifactStore, digest: str, destination: Path, *, label: str
         _check_no_other_adapter(destination, {name for name, _, _ in manifest.files}, label)
         for name, file_digest, size in manifest.files:
             target = staging / name
-            _fetch(store, file_digest, target, label=label, what=name)
+            _fetch(store, file_digest, target, label=label, what=name, on_bytes=on_bytes)
             _verify(target, file_digest, label=label, what=name, size=size)
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
@@ -263,9 +273,17 @@ def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -
         )
 
 
-def _fetch(store: ArtifactStore, digest: str, target: Path, *, label: str, what: str) -> None:
+def _fetch(
+    store: ArtifactStore,
+    digest: str,
+    target: Path,
+    *,
+    label: str,
+    what: str,
+    on_bytes: BytesMoved | None = None,
+) -> None:
     try:
-        store.get_file(digest, target)
+        store.get_file(digest, target, on_bytes)
     except FileNotFoundError:
         raise CorruptArtifactError(
             f"{label}: {what} is missing from the artifact store (expected sha256 {digest} at "

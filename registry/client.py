@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from . import store
 from .artifacts import ArtifactStore, open_store
+from .artifacts.base import BytesMoved
 from .bundles import (
     Bundle,
     Manifest,
@@ -125,9 +126,11 @@ class Registry:
         description: str = "",
         origin: str = "registry",
         base_model_revision: str | None = None,
+        on_bytes: BytesMoved | None = None,
     ) -> AdapterVersion:
         """Register a saved adapter folder (or its :func:`~registry.bundles.inspect_folder`
-        bundle, checked and hashed already) as the adapter's next version.
+        bundle, checked and hashed already) as the adapter's next version. ``on_bytes`` is told
+        the bytes uploaded as they go (a progress bar; files already stored count as moved).
 
         Registering the same bytes again returns the existing version (idempotent re-runs).
         """
@@ -140,7 +143,7 @@ class Registry:
         bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
         self._mark_store()
-        artifact_uri = upload(self.artifacts, bundle)  # bytes first, then the record
+        artifact_uri = upload(self.artifacts, bundle, on_bytes)  # bytes first, then the record
 
         def write(session: Session) -> AdapterVersion:
             # Under the blob lock gc cannot be deleting: put back any blob a gc that ran since
@@ -311,10 +314,15 @@ class Registry:
 
     # --- bytes --------------------------------------------------------------------------------
 
-    def fetch(self, ref: str, destination: str | Path) -> Path:
-        """Download the version's files into ``destination``, verified against their digests."""
+    def fetch(
+        self, ref: str, destination: str | Path, *, on_bytes: BytesMoved | None = None
+    ) -> Path:
+        """Download the version's files into ``destination``, verified against their digests
+        (``on_bytes``: told the bytes as they arrive, up to the version's ``size``)."""
         version = self.get(ref)
-        return download(self.artifacts, version.digest, Path(destination), label=version.ref)
+        return download(
+            self.artifacts, version.digest, Path(destination), label=version.ref, on_bytes=on_bytes
+        )
 
     def load_into(
         self,

@@ -16,7 +16,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -195,6 +203,28 @@ def labelled(label: str, style: str, text: str) -> Text:
 def warn(message: str) -> None:
     """One ``warning: ...`` line on stderr, whole at any width (logs grep it)."""
     errors.print(labelled("warning:", "yellow", message), highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def byte_progress(
+    label: str, total: int, *, enabled: bool
+) -> Iterator[Callable[[int], None] | None]:
+    """A bar of bytes moved (push, pull) on stderr while a person watches: a terminal, no
+    ``--json``; ``None`` otherwise. Yields what to tell the bytes to (thread-safe: S3's multipart
+    transfers report from several threads)."""
+    if not enabled or not errors.is_terminal or total <= 0:
+        yield None
+        return
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=errors, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda moved: bar.advance(task, moved)
 
 
 def note(message: str) -> None:

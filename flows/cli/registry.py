@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from registry import AdapterVersion, RegistryError
 from ..errors import DataError
 from .common import (
     JsonOption,
+    byte_progress,
     check_adapter_name,
     checkable_before_mlflow,
     console,
@@ -93,7 +95,12 @@ def push(
     base model is on this machine, its config must match the one the adapter was trained on."""
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
-    with user_errors(as_json), telling_a_new_registry():
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    with (
+        user_errors(as_json),
+        telling_a_new_registry(),
+        byte_progress(f"push {folder.name}", size, enabled=not as_json) as on_bytes,
+    ):
         result = push_folder(
             partial(open_registry, create=True),  # opened once the folder and flags pass
             folder,
@@ -101,6 +108,7 @@ def push(
             spec_file=spec,
             metrics=_metrics(metric) if metric else None,
             description=description,
+            on_bytes=on_bytes,
         )
     for warning in result.warnings:
         warn(warning)
@@ -238,11 +246,12 @@ def pull(
     with user_errors(as_json):
         registry = open_registry()
         version = registry.get(ref)
-        if verify:
-            probe = _pull_verified(registry, version, destination)
-            folder = destination
-        else:
-            folder = registry.fetch(version.ref, destination)
+        with byte_progress(f"pull {version.ref}", version.size, enabled=not as_json) as on_bytes:
+            if verify:
+                probe = _pull_verified(registry, version, destination, on_bytes)
+                folder = destination
+            else:
+                folder = registry.fetch(version.ref, destination, on_bytes=on_bytes)
     if as_json:
         emit_json({"ok": True, **version.to_dict(), "path": str(folder), **probe})
         return
@@ -255,14 +264,19 @@ def pull(
     console.print(f"{version.ref} ({version.digest[:12]}) -> {folder}{checked}", soft_wrap=True)
 
 
-def _pull_verified(registry: Any, version: AdapterVersion, destination: Path) -> dict[str, Any]:
+def _pull_verified(
+    registry: Any,
+    version: AdapterVersion,
+    destination: Path,
+    on_bytes: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Fetch beside ``destination``, check the probes, then move the files into place."""
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=destination.parent) as scratch:
-        staged = registry.fetch(version.ref, Path(scratch) / "adapter")
+        staged = registry.fetch(version.ref, Path(scratch) / "adapter", on_bytes=on_bytes)
         check = verify_on_base(version, staged)
         if destination.exists() and not any(destination.iterdir()):
             destination.rmdir()

@@ -7,13 +7,17 @@ never changes. Stores move bytes; verifying them against their digest is the cal
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["MARKERS", "ArtifactStore", "BlobInfo", "blob_key"]
+__all__ = ["MARKERS", "ArtifactStore", "BlobInfo", "BytesMoved", "blob_key"]
+
+BytesMoved = Callable[[int], None]
+"""Told how many more bytes a transfer moved (a progress bar's ``advance``); a file already
+stored counts as moved when it is skipped, so the total is always the files' size."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,11 @@ class ArtifactStore(Protocol):
         """Whether a blob with this digest is stored."""
         ...
 
-    def put_file(self, digest: str, source: Path) -> None:
+    def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         """Store ``source``'s bytes under ``digest`` (a no-op when already stored)."""
         ...
 
-    def get_file(self, digest: str, destination: Path) -> None:
+    def get_file(self, digest: str, destination: Path, on_bytes: BytesMoved | None = None) -> None:
         """Write the blob to ``destination``."""
         ...
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import StorageUnavailableError
-from .base import MARKERS, BlobInfo, blob_key
+from .base import MARKERS, BlobInfo, BytesMoved, blob_key
 
 __all__ = ["LocalStore"]
 
@@ -44,24 +44,26 @@ class LocalStore:
     def has(self, digest: str) -> bool:
         return self._path(digest).is_file()
 
-    def put_file(self, digest: str, source: Path) -> None:
+    def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         target = self._path(digest)
         if target.is_file():
+            if on_bytes is not None:
+                on_bytes(source.stat().st_size)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=INCOMING)
         os.close(handle)
         try:
-            shutil.copyfile(source, temporary)
+            _copy(source, Path(temporary), on_bytes)
             os.replace(temporary, target)
         finally:
             Path(temporary).unlink(missing_ok=True)
 
-    def get_file(self, digest: str, destination: Path) -> None:
+    def get_file(self, digest: str, destination: Path, on_bytes: BytesMoved | None = None) -> None:
         source = self._path(digest)
         if not source.is_file():
             raise FileNotFoundError(self.uri(digest))
-        shutil.copyfile(source, destination)
+        _copy(source, destination, on_bytes)
 
     def blobs(self) -> Iterator[BlobInfo]:
         for path in (self.root / "blobs" / "sha256").glob("*/*"):
@@ -99,3 +101,17 @@ class LocalStore:
 
     def marker_uri(self, registry_id: str) -> str:
         return f"{self.url}/{MARKERS}/{registry_id}"
+
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def _copy(source: Path, target: Path, on_bytes: BytesMoved | None) -> None:
+    """``shutil.copyfile``, telling ``on_bytes`` as it goes (in 8 MiB chunks)."""
+    if on_bytes is None:
+        shutil.copyfile(source, target)
+        return
+    with source.open("rb") as reading, target.open("wb") as writing:
+        while chunk := reading.read(_CHUNK):
+            writing.write(chunk)
+            on_bytes(len(chunk))

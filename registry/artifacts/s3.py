@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import StorageUnavailableError
-from .base import MARKERS, BlobInfo, blob_key
+from .base import MARKERS, BlobInfo, BytesMoved, blob_key
 
 __all__ = ["S3Store"]
 
@@ -108,22 +108,28 @@ class S3Store:
             return False
         return True
 
-    def put_file(self, digest: str, source: Path) -> None:
+    def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         self._check_bucket()
         if self.has(digest):
+            if on_bytes is not None:
+                on_bytes(source.stat().st_size)
             return
         key = self._key(digest)
         self._call(
             f"upload {key}",
-            lambda: self.client.upload_file(str(source), self.bucket, key, Config=MULTIPART),
+            lambda: self.client.upload_file(
+                str(source), self.bucket, key, Config=MULTIPART, Callback=on_bytes
+            ),
         )
 
-    def get_file(self, digest: str, destination: Path) -> None:
+    def get_file(self, digest: str, destination: Path, on_bytes: BytesMoved | None = None) -> None:
         self._check_bucket()
         key = self._key(digest)
         self._call(
             f"download {key}",
-            lambda: self.client.download_file(self.bucket, key, str(destination), Config=MULTIPART),
+            lambda: self.client.download_file(
+                self.bucket, key, str(destination), Config=MULTIPART, Callback=on_bytes
+            ),
         )
 
     def blobs(self) -> Iterator[BlobInfo]:

@@ -139,7 +139,7 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path, m
     monkeypatch.setattr(
         registry.artifacts,
         "get_file",
-        lambda digest, to: (fetched.append(digest), get_file(digest, to)),
+        lambda digest, to, on_bytes=None: (fetched.append(digest), get_file(digest, to, on_bytes)),
     )
     _, answers = predict(registry, "chat@1", TEXTS)
     # its files are fetched once, to load: the head the registry recorded has no size to read

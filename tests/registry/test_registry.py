@@ -545,8 +545,8 @@ class TestBytes:
         real_upload = client_module.upload
         collected: list[list[str]] = []
 
-        def upload_then_gc(store, bundle):  # the forced interleaving: gc right after the upload
-            uri = real_upload(store, bundle)
+        def upload_then_gc(store, bundle, on_bytes=None):  # forced: gc right after the upload
+            uri = real_upload(store, bundle, on_bytes)
             if not collected:
                 collected.append(other.gc(older_than=timedelta(0)))
             return uri
@@ -570,6 +570,22 @@ class TestBytes:
         assert len(orphans) == 2  # the orphan's tensors and manifest (adapter.json is shared)
         assert registry.gc(older_than=timedelta(0)) == []
         registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
+
+    def test_transfers_tell_their_bytes_as_they_go(self, registry, make_adapter, tmp_path):
+        """For the push and pull progress bars: every file's bytes, once (a file already stored
+        counts as moved), up to the version's size."""
+        folder = make_adapter(1)
+        uploaded: list[int] = []
+        version = register(registry, folder, on_bytes=uploaded.append)
+        assert uploaded and sum(uploaded) == version.size == sum(
+            p.stat().st_size for p in folder.iterdir()
+        )
+        again: list[int] = []
+        assert register(registry, folder, on_bytes=again.append).ref == version.ref
+        assert sum(again) == version.size
+        downloaded: list[int] = []
+        registry.fetch(version.ref, tmp_path / "pulled", on_bytes=downloaded.append)
+        assert sum(downloaded) == version.size
 
     def test_gc_refuses_a_store_another_registry_writes_to(
         self, registry, locations, make_adapter, tmp_path, request
