@@ -10,8 +10,9 @@ from sqlalchemy import distinct, func, select
 from .artifacts import open_store
 from .db import Database, schema_head
 from .errors import NoRegistryError
-from .orm import AdapterRow, CompositionRow, RegistryIdentityRow, VersionRow
+from .orm import AdapterRow, CompositionRow, VersionRow
 from .settings import Settings
+from .store import registry_identity
 
 __all__ = ["RegistryStatus", "registry_status"]
 
@@ -54,7 +55,7 @@ def registry_status(
         identity = adapters = versions = compositions = None
         if revision == head:
             with database.session() as session:
-                identity = session.scalar(select(RegistryIdentityRow.id))
+                identity = registry_identity(session)
                 adapters = session.scalar(select(func.count()).select_from(AdapterRow))
                 versions = session.scalar(select(func.count()).select_from(VersionRow))
                 compositions = session.scalar(select(func.count(distinct(CompositionRow.name))))

@@ -59,25 +59,17 @@ def db_status(as_json: JsonOption = False) -> None:
         else f"{status.revision or 'none'}, this code needs {status.head}: run "
         "`adapterops db upgrade`"
     )
-    console.print(f"registry   {status.database}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"schema     {schema}", markup=False, highlight=False, soft_wrap=True)
+    lines = [f"registry   {status.database}", f"schema     {schema}"]
     if status.identity is not None:
-        console.print(
-            f"id         {status.identity}", markup=False, highlight=False, soft_wrap=True
-        )
-        console.print(
+        lines += [
+            f"id         {status.identity}",
             f"holds      {status.adapters} adapter(s), {status.versions} version(s), "
             f"{status.compositions} composition(s)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(f"artifacts  {status.artifacts}", markup=False, highlight=False, soft_wrap=True)
-    for identity, words in sorted(status.other_writers.items()):
-        console.print(
-            f"           also written by {' '.join(words.split()) or identity}: gc refuses "
-            "to delete in a shared store",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        ]
+    lines.append(f"artifacts  {status.artifacts}")
+    lines += [
+        f"           also written by {' '.join(words.split()) or identity}: gc refuses to "
+        "delete in a shared store"
+        for identity, words in sorted(status.other_writers.items())
+    ]
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

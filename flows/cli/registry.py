@@ -95,21 +95,24 @@ def push(
     base model is on this machine, its config must match the one the adapter was trained on."""
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
-    with (
-        user_errors(as_json),
-        telling_a_new_registry(),
-        byte_progress(f"push {folder.name}", size, enabled=not as_json) as on_bytes,
-    ):
-        result = push_folder(
-            partial(open_registry, create=True),  # opened once the folder and flags pass
-            folder,
-            identity={"name": name, "base_model": base_model, "task": task, "language": language},
-            spec_file=spec,
-            metrics=_metrics(metric) if metric else None,
-            description=description,
-            on_bytes=on_bytes,
-        )
+    with user_errors(as_json), telling_a_new_registry():
+        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        size = sum(p.stat().st_size for p in files)
+        with byte_progress(f"push {folder.name}", size, enabled=not as_json) as on_bytes:
+            result = push_folder(
+                partial(open_registry, create=True),  # opened once the folder and flags pass
+                folder,
+                identity={
+                    "name": name,
+                    "base_model": base_model,
+                    "task": task,
+                    "language": language,
+                },
+                spec_file=spec,
+                metrics=_metrics(metric) if metric else None,
+                description=description,
+                on_bytes=on_bytes,
+            )
     for warning in result.warnings:
         warn(warning)
     _print_versions([result.version], as_json, single=True)
