@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import Registry
+from registry.compositions import answers_per_member
 
 from .data import prepare_file
 from .errors import DataError
@@ -88,8 +89,15 @@ def evaluate_composition(
     """The metrics of the composition version ``ref`` resolves to (every member loaded and
     checked, the composition active), as :func:`evaluate_version` scores a version; the spec is
     its evaluation spec, else its last member's (a MAD-X stack's task adapter)."""
-    check_reachable(tracking_uri())
     composition = registry.composition(ref)
+    if answers_per_member(composition.definition):
+        members = composition.members
+        raise DataError(
+            f"{composition.ref} is a Parallel composition: it answers once per member "
+            f"({', '.join(members)}), so there is no one answer to score; evaluate each member "
+            f"(`adapterops evaluate {members[0]}`)"
+        )
+    check_reachable(tracking_uri())
     if data is None:
         _check_columns_need_a_file(text_column, label_column)
     spec = spec_of_composition(registry, composition, "evaluate", scoring=data is None)

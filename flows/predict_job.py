@@ -18,6 +18,7 @@ from torch import Tensor
 import peft_core as pc
 from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
+from registry.compositions import answers_per_member
 
 from .data import load_split, require_columns
 from .errors import DataError
@@ -104,6 +105,12 @@ def predict_composition(
     and label names come from the composition's evaluation spec, else from its last member's
     (the task adapter of a MAD-X stack)."""
     composition = registry.composition(ref)
+    if answers_per_member(composition.definition):
+        raise DataError(
+            f"{composition.ref} is a Parallel composition, which answers once per member: "
+            "predict_many(registry, composition.members, texts) gives each member's answers "
+            "side by side, in shared batches (as `adapterops composition predict` does)"
+        )
     spec = spec_of_composition(registry, composition, "predict")
     _check_inputs(spec, composition.ref, texts, pairs)
     model, tokenizer = load_inference_model(spec)

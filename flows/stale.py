@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from registry.compositions import answers_per_member
 from registry.names import CHAMPION, member_name
 
 from .members import members_of_version
 
 if TYPE_CHECKING:
-    from registry import AdapterVersion, Registry
+    from registry import AdapterVersion, Composition, Registry
 
 __all__ = ["StaleComposition", "find_stale"]
 
@@ -55,13 +56,20 @@ def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[Stal
                     "stack",
                     members,
                     replaced,
-                    evaluable=bool(composition.evaluation),
-                    reason=""
-                    if composition.evaluation
-                    else "saved without an evaluation spec (register_composition(evaluation=))",
+                    evaluable=not _why_not_scored(composition),
+                    reason=_why_not_scored(composition),
                 )
             )
     return champion, stale
+
+
+def _why_not_scored(composition: Composition) -> str:
+    """Why the cascade cannot score ``composition`` ("" when it can)."""
+    if answers_per_member(composition.definition):  # saved with an evaluation before 2026-12
+        return "a Parallel composition answers once per member: no one score to gate on"
+    if not composition.evaluation:
+        return "saved without an evaluation spec (register_composition(evaluation=))"
+    return ""
 
 
 def _uses_another_version(members: list[str], champion: AdapterVersion) -> bool:

@@ -15,7 +15,13 @@ from typing import Any
 
 from .errors import InvalidCompositionError
 
-__all__ = ["canonical_definition", "named_twice", "stack_definition", "with_leaves"]
+__all__ = [
+    "answers_per_member",
+    "canonical_definition",
+    "named_twice",
+    "stack_definition",
+    "with_leaves",
+]
 
 CHILDREN = "children"
 _OLD_CHILDREN = "members"
@@ -74,6 +80,12 @@ def _holds_fuse(node: Any) -> bool:
     if not isinstance(node, dict):
         return False
     return node.get("type") == "fuse" or any(_holds_fuse(c) for c in node.get(CHILDREN, []))
+
+
+def answers_per_member(definition: dict[str, Any]) -> bool:
+    """Whether the composition is a Parallel block: one answer per member, side by side, where
+    every other composition gives one answer (peft_core runs Parallel only outermost)."""
+    return definition.get("type") == "parallel"
 
 
 def named_twice(refs: list[str]) -> list[str]:

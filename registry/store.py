@@ -15,7 +15,7 @@ from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from .bundles import Bundle
-from .compositions import canonical_definition
+from .compositions import answers_per_member, canonical_definition
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import (
     BaseModelMismatchError,
@@ -339,6 +339,13 @@ def register_composition(
         for v in resolved
     ]
     definition = canonical_definition(definition, [v.ref for v in resolved])
+    if evaluation and answers_per_member(definition):  # the cascade would have no score to gate
+        raise InvalidCompositionError(
+            f"{name}: a Parallel composition answers once per member (their outputs side by "
+            "side), so there is no one score for the cascade to gate on: save it without an "
+            "evaluation spec (each member is gated by its own builds), or as a stack or an "
+            "average"
+        )
     latest = session.scalar(
         select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
     )

@@ -13,6 +13,7 @@ import typer
 
 import registry as rg
 from registry import Composition, InvalidCompositionError
+from registry.compositions import answers_per_member
 
 from ..errors import TrackingUnavailableError
 from .common import (
@@ -245,22 +246,32 @@ def predict(
     as_json: JsonOption = False,
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the
-    head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter)."""
+    head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter). A
+    Parallel composition answers once per member, side by side (as predict does given its
+    members)."""
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        from ..predict_job import gather_inputs, predict_composition  # noqa: PLC0415 - torch
+        from ..predict_job import (  # noqa: PLC0415 - torch
+            gather_inputs,
+            predict_composition,
+            predict_many,
+        )
 
         quiet_libraries()
+        composition = registry.composition(ref)  # one version from here on, however aliases move
         texts, pairs = gather_inputs(
-            registry, ref, input_texts(text), data, composition=True, text_column=text_column
-        )
+            registry, composition.ref, input_texts(text), data, composition=True,
+            text_column=text_column,
+        )  # fmt: skip
+        options: dict[str, Any] = {"pairs": pairs, "skip_probe": skip_probe}
         with counting("predict", enabled=not as_json) as on_progress:
-            result = predict_composition(
-                registry, ref, texts, pairs=pairs, skip_probe=skip_probe,
-                batch_size=batch_size, on_progress=on_progress,
-            )  # fmt: skip
-    show_predictions([result], as_json)
+            options |= {"batch_size": batch_size, "on_progress": on_progress}
+            if answers_per_member(composition.definition):
+                results = predict_many(registry, list(composition.members), texts, **options)
+            else:
+                results = [predict_composition(registry, composition.ref, texts, **options)]
+    show_predictions(results, as_json)
 
 
 @composition_app.command()

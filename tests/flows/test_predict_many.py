@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,42 @@ def test_a_version_peft_runs_answers_beside_the_mixed_batch(three_versions, sst2
     loha_ref = build_from_spec(spec, Registry(), tmp_path / "loha").ref
     refs = [three_versions[0], loha_ref, three_versions[2]]
     assert_each_answers_as_alone(refs)
+
+
+def test_a_parallel_composition_answers_once_per_member_and_is_never_scored(three_versions):
+    """A Parallel block's output is its members' side by side: predict shows them as predict
+    A B does; evaluation and the cascade's gate, which need one answer, refuse it in one line
+    (they crashed on the doubled batch)."""
+    from flows.errors import DataError
+    from flows.evaluate_job import evaluate_composition
+    from flows.predict_job import predict_composition
+    from registry import InvalidCompositionError
+
+    registry = Registry()
+    members = ["many-lora@1", "many-pfeiffer@1"]
+    registry.register_composition("both", {"type": "parallel"}, members)
+    texts = [a for t in TEXTS for a in ("--text", t)]
+    result = run_cli("composition", "predict", "both", *texts, "--json", env={**os.environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert [r["ref"] for r in document["results"]] == members
+    for answered, (_, alone) in zip(document["results"], predict_many(registry, members, TEXTS), strict=True):  # fmt: skip
+        assert [p["label"] for p in answered["predictions"]] == [a.label for a in alone]
+        for shown, single in zip(answered["predictions"], alone, strict=True):
+            assert shown["probabilities"] == pytest.approx(single.probabilities, abs=1e-4)
+
+    with pytest.raises(DataError, match=r"both@1 is a Parallel composition, which answers once"):
+        predict_composition(registry, "both", TEXTS)
+    with pytest.raises(DataError, match=r"no one answer to score; evaluate each member"):
+        evaluate_composition(registry, "both")
+    refused = run_cli("composition", "evaluate", "both", env={**os.environ})
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: both@1 is a Parallel composition: it answers once per member (many-lora@1, "
+        "many-pfeiffer@1), so there is no one answer to score; evaluate each member "
+        "(`adapterops evaluate many-lora@1`)"
+    )
+    spec = minilm_sst2_spec("lora", Path("unused"), steps=1).model_dump(mode="json")
+    with pytest.raises(InvalidCompositionError, match="no one score for the cascade to gate on"):
+        registry.register_composition("both", {"type": "parallel"}, members, evaluation=spec)
+    assert [c.ref for c in registry.compositions()] == ["both@1"]  # nothing saved
