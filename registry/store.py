@@ -330,6 +330,13 @@ def register_composition(
             f"composition does not load with it; predict with it alone (`adapterops predict "
             f"{fusions[0]}`), or compose the adapters it fuses"
         )
+    bases = {v.base_model for v in resolved}
+    if len(bases) > 1:  # every member loads into one model: one would be refused at every load
+        each = "; ".join(f"{v.ref}: {v.base_model}" for v in resolved)
+        raise InvalidCompositionError(
+            f"{name}: its members are adapters of different base models ({each}), and a "
+            "composition's members load into one model: compose adapters of one base model"
+        )
     version_ids = [
         session.scalar(
             select(VersionRow.id)

@@ -754,6 +754,19 @@ class TestCompositions:
         )
         assert registry.compositions() == []
 
+    def test_members_share_one_base_model(self, registry, make_adapter):
+        """They load into one model: a member of another base was saved, then refused at every
+        load."""
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2, fingerprint="e" * 64), name="b", base_model="other")
+        with pytest.raises(rg.InvalidCompositionError) as raised:
+            registry.register_composition("c", {"type": "average"}, ["a", "b"])
+        assert str(raised.value) == (
+            f"c: its members are adapters of different base models (a@1: {BASE}; b@1: other), "
+            "and a composition's members load into one model: compose adapters of one base model"
+        )
+        assert registry.compositions() == []
+
     @pytest.mark.parametrize("members", [["a@1", "a@2"], ["a", "a"]])
     def test_one_version_of_each_adapter(self, registry, make_adapter, members):
         register(registry, make_adapter(1), name="a")
