@@ -35,6 +35,7 @@ __all__ = [
     "add_adapter",
     "attach_adapter",
     "delete_adapter",
+    "is_merged",
     "list_adapters",
     "prepare_adapter",
     "set_active",
@@ -182,6 +183,14 @@ def set_trainable(model: nn.Module, name: str) -> None:
             adapter_head(model, module_name, name).requires_grad_(True)
 
 
+def is_merged(model: nn.Module, name: str) -> bool:
+    """Whether adapter ``name`` is merged into the base weights (:func:`peft_core.merge`)."""
+    method = method_of(get_record(model, name).config)
+    if method.places_itself:
+        return method.is_merged_placed(model, name)
+    return any(layer.adapter(name).merged for _, layer in adapter_layers(model, name))
+
+
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; wrappers left empty give their base layer back to the model.
 
@@ -191,12 +200,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     :func:`peft_core.merged_state_dict`."""
     record = get_record(model, name)
     method = method_of(record.config)
-    merged = (
-        method.is_merged_placed(model, name)
-        if method.places_itself
-        else any(layer.adapter(name).merged for _, layer in adapter_layers(model, name))
-    )
-    if merged:
+    if is_merged(model, name):
         raise NotMergeableError(
             f"adapter {name!r} is merged into the base weights: deleting it would leave its delta "
             "there with nothing to take it back. pc.unmerge(model, name) first; to keep the "

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .errors import CheckpointMismatchError, ConfigError
-from .inject import active_adapters
+from .inject import active_adapters, is_merged
 from .methods import Method, method_of
 from .parallel import parallel_adapters
 from .state import adapter_layers, adapter_records
@@ -231,10 +231,18 @@ def _trained_adapters(model: nn.Module) -> list[tuple[Method, str]]:
 
 
 def _check_what_trains_runs(model: nn.Module, trained: list[tuple[Method, str]]) -> None:
-    """Refuse an adapter that trains but does not run: switching with ``set_active`` alone
-    leaves the last added adapter the trainable one, and the loss then has no gradient (torch's
+    """Refuse an adapter that trains but does not run: one merged into the base weights (its
+    forward reads them, not its own weights), or, after switching with ``set_active`` alone, the
+    last added adapter, still the trainable one (the loss then has no gradient: torch's
     "element 0 of tensors does not require grad" after the first forward pass)."""
     inner = _unwrapped(model)
+    merged = [name for _, name in trained if is_merged(inner, name)]
+    if merged:  # its forward reads the merged base weights, never its own
+        raise ConfigError(
+            f"adapter {merged[0]!r} is merged into the base weights, so training would change "
+            "weights its forward no longer reads (only its head would learn): "
+            f"pc.unmerge(model, {merged[0]!r}) first, and merge again after training"
+        )
     routed = any(layer.routing is not None for _, layer in adapter_layers(inner))
     running = {*active_adapters(inner), *parallel_adapters(inner)}
     if not trained or routed or any(name in running for _, name in trained):
@@ -489,6 +497,12 @@ def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
         produced = False
         for batch in batches:
             produced = True
+            if not isinstance(batch, Mapping):  # it failed inside the step, on .items()
+                raise TypeError(
+                    f"each training batch is a dict of tensors such as a tokenizer returns, "
+                    f"with labels (input_ids=..., attention_mask=..., labels=...); got a "
+                    f"{type(batch).__name__}"
+                )
             yield batch
         if not produced:
             raise ValueError("no training batches: the data set is empty")

@@ -258,6 +258,37 @@ class TestMistakes:
         after = trainable(model)
         assert all(torch.equal(before[name], after[name]) for name in before)
 
+    def test_a_batch_that_is_not_a_dict_is_named(self):
+        model = model_with_lora()
+        before = trainable(model)
+        tensors = [b["input_ids"] for b in batches(2)]
+        with pytest.raises(TypeError) as raised:  # was AttributeError: 'Tensor' ... 'items'
+            pc.train(model, tensors, max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == (
+            "each training batch is a dict of tensors such as a tokenizer returns, with labels "
+            "(input_ids=..., attention_mask=..., labels=...); got a Tensor"
+        )
+        assert all(torch.equal(before[n], p) for n, p in trainable(model).items())
+
+    def test_a_merged_adapter_is_refused_before_a_step(self):
+        """Its forward reads the merged base weights: its own got no gradient and only its head
+        learned, silently."""
+        model = model_with_lora()
+        pc.merge(model, "a")
+        assert pc.is_merged(model, "a")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.train(model, batches(2), max_steps=1, learning_rate=1e-2)
+        assert str(raised.value) == (
+            "adapter 'a' is merged into the base weights, so training would change weights its "
+            "forward no longer reads (only its head would learn): pc.unmerge(model, 'a') first, "
+            "and merge again after training"
+        )
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        pc.unmerge(model, "a")
+        assert not pc.is_merged(model, "a")
+        assert len(pc.train(model, batches(2), max_steps=1, learning_rate=1e-2).losses) == 1
+
     def test_an_adapter_switched_to_without_set_trainable_is_named(self):
         """set_active switches what runs, set_trainable what trains: training the adapter
         switched back to was torch's "element 0 of tensors does not require grad"."""
