@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from .config import MethodConfig
+from .errors import ConfigError
 from .heads import HeadKind
 from .inject import add_adapter
 from .io import adapter_state_dict
@@ -71,6 +72,9 @@ def build_on_meta(
     options: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     if attention is not None:
         options["attn_implementation"] = attention
+    if head not in _AUTO_CLASSES:  # a typo was a bare KeyError
+        known = ", ".join(repr(kind) for kind in _AUTO_CLASSES)
+        raise ConfigError(f"unknown head {head!r}; one of {known}")
     with torch.device("meta"):
         model: nn.Module = _AUTO_CLASSES[head].from_config(config, **options)
     return model

@@ -51,6 +51,12 @@ def save_adapter(
         )
     record = get_record(model, name)
     folder = Path(path)
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:  # found before anything is written, not by mkdir at the end
+        raise NotADirectoryError(
+            f"cannot save adapter {name!r} into {folder}: {file} is a file; give a folder (new "
+            "or existing) to write the adapter's files into"
+        )
     in_file = dtype if dtype is not None else base_compute_dtype(model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the folder first: a writer that refuses the adapter (a format without its

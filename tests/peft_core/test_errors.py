@@ -277,6 +277,22 @@ class TestSavingAgain:
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
         assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
+    @pytest.mark.parametrize("inside", [False, True])
+    def test_a_file_where_the_folder_goes_is_named_before_anything_is_written(
+        self, tiny_model, tmp_path, inside
+    ):
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "lora", pc.LoRA())
+        (tmp_path / "notes.txt").write_text("mine")
+        target = tmp_path / "notes.txt" / "a" if inside else tmp_path / "notes.txt"
+        with pytest.raises(NotADirectoryError) as raised:  # was mkdir's FileExistsError
+            pc.save_adapter(model, "lora", target)
+        assert str(raised.value) == (
+            f"cannot save adapter 'lora' into {target}: {tmp_path / 'notes.txt'} is a file; "
+            "give a folder (new or existing) to write the adapter's files into"
+        )
+        assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing staged beside it
+
 
 class TestLoadErrors:
     @pytest.fixture

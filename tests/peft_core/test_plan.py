@@ -47,6 +47,14 @@ def test_minilm_counts(config, expected_trainable):
     assert result.trainable_fraction == pytest.approx(expected_trainable / result.total_params)
 
 
+def test_an_unknown_head_is_named():
+    with pytest.raises(pc.ConfigError) as raised:  # it was a bare KeyError: 'classifcation'
+        pc.plan(minilm_config(), pc.LoRA(rank=4), head="classifcation")
+    assert str(raised.value) == (
+        "unknown head 'classifcation'; one of 'classification', 'masked-lm', 'causal-lm', 'none'"
+    )
+
+
 def test_full_fine_tune_trains_everything():
     result = pc.plan(minilm_config(), pc.FullFineTune(), head="classification")
     assert result.trainable_params == result.total_params
