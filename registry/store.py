@@ -24,6 +24,7 @@ from .errors import (
     InvalidNameError,
     NotFoundError,
     NotMigratedError,
+    RegistryError,
 )
 from .metrics import higher_is_better
 from .names import CHAMPION, Ref, check_alias, parse_ref
@@ -169,6 +170,8 @@ def find_versions(
     """Versions matching every given filter; ``order_by`` names a metric, best first unless
     ``descending`` says otherwise (missing values last). A metric none of them recorded is
     :class:`NotFoundError` (a typo would order nothing) unless ``metric_required=False``."""
+    if limit is not None and limit < 1:  # SQLite reads LIMIT -1 as no limit, PostgreSQL refuses
+        raise RegistryError(f"limit must be at least 1, got {limit}")
     query = _versions_query()
     filters = {
         BaseModelRow.name: base_model,

@@ -395,6 +395,9 @@ class TestLookups:
         with pytest.raises(rg.NotFoundError, match=r"they recorded: no metric$"):
             registry.find(base_model="tiny-gpt2", order_by="accuracy")
         assert registry.find(name="nothing", order_by="acuracy") == []  # nothing to order
+        for limit in (0, -1):  # SQLite read LIMIT -1 as every version, PostgreSQL refused it
+            with pytest.raises(rg.RegistryError, match=rf"^limit must be at least 1, got {limit}$"):
+                registry.find(base_model=BASE, limit=limit)
         chosen = registry.resolve(base_model=BASE, task="sst2", language="en", metric="bleu")
         assert [v.ref for v in chosen.versions] == ["en-lora@1"]  # resolve still answers
 
