@@ -255,6 +255,16 @@ def open_registry(*, create: bool = False) -> rg.Registry:
     return rg.Registry(create=create)
 
 
+def registry_now_or_once_done() -> rg.Registry | Callable[[], rg.Registry]:
+    """For a command that adds a version after long work (``import`` loads a base model): an
+    existing registry opened now, so a wrong URL or a stopped server is told before the work,
+    else what creates it once the work is done, so a refused command leaves no new registry."""
+    try:
+        return open_registry()
+    except rg.NoRegistryError:
+        return lambda: open_registry(create=True)
+
+
 def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:
     """Resolve each reference before torch, transformers or MLflow load: a name or alias that
     does not exist is one line in a second, not in two to five (the job resolves them again)."""

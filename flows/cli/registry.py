@@ -32,6 +32,7 @@ from .common import (
     open_registry,
     print_columns,
     quiet_libraries,
+    registry_now_or_once_done,
     require_known,
     telling_a_new_registry,
     user_errors,
@@ -138,7 +139,7 @@ def import_command(
     with user_errors(as_json), telling_a_new_registry():
         version = import_adapterhub(
             folder,
-            registry=partial(open_registry, create=True),  # opened once it converted
+            registry=registry_now_or_once_done(),
             base_model=base_model,
             name=name,
             task=task,

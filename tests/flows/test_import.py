@@ -93,3 +93,18 @@ def test_an_adapter_our_modules_cannot_compute_is_refused_and_nothing_is_stored(
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "use_gating=True" in done.stderr
     assert not (Path(os.environ["ADAPTEROPS_HOME"]) / "registry.db").exists()  # none started
+
+
+def test_a_registry_that_cannot_open_is_told_before_the_base_model_loads(tmp_path: Path):
+    """It was told after the conversion (the base model loaded first): here the base named
+    does not even exist, and the registry's line still comes first."""
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database")
+    env = {**os.environ, "ADAPTEROPS_REGISTRY_URL": f"sqlite:///{notes}"}
+    where = ("--base-model", "nobody/no-such-model", *WHERE[2:])
+    done = run_cli("import", str(FIXTURES / "seq_bn"), "--name", "x", *where, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: sqlite:///{notes} is not a registry database: "), (
+        done.stderr
+    )
+    assert notes.read_text() == "not a database"
