@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry import Composition, Registry, diff_compositions
+from registry.names import check_new_alias
 
 from .changes_markdown import composition_changes_since
 from .mlflow_models import (
@@ -101,6 +102,7 @@ def move_composition_alias(
     registry: Registry, client: MlflowClient, ref: str, alias: str, *, origin: str
 ) -> Composition:
     """Point ``alias`` at the composition version ``ref`` names: in MLflow, then the registry."""
+    check_new_alias(alias)  # before MLflow sees it
     target = registry.composition(ref)
     ensure_composition_versions(client, registry, target.name)
     set_mlflow_alias(client, mlflow_name(target.name), alias, target.version)

@@ -14,7 +14,7 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 
 from registry import AdapterVersion, NotFoundError, Registry, higher_is_better
-from registry.names import CHAMPION, check_alias
+from registry.names import CHAMPION, check_new_alias
 
 from .errors import PromotionRefusedError
 from .mlflow_models import delete_mlflow_alias, mirror_version, set_mlflow_alias
@@ -154,7 +154,7 @@ def move_alias(
     """Point ``alias`` at ``ref`` as it is (no gate, no ``previous``: that is :func:`promote`),
     in MLflow first, then in the registry. A move made in the registry alone would be undone
     by the next :func:`~flows.mlflow_models.sync_aliases`, where MLflow wins."""
-    check_alias(alias)  # before MLflow sees it
+    check_new_alias(alias)  # before MLflow sees it
     target = registry.get(ref)
     mirror_version(client, target)
     set_mlflow_alias(client, target.name, alias, target.version)

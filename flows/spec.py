@@ -31,7 +31,7 @@ from registry.names import (
     LANGUAGE_WORDS,
     NAME_PATTERN,
     NAME_WORDS,
-    check_alias,
+    check_new_alias,
     member_name,
 )
 
@@ -300,7 +300,7 @@ class PromoteSpec(_Strict):
     def _registry_alias(cls, value: str) -> str:
         # The registry's own rule, checked now: not after a version was registered and mirrored.
         try:
-            return check_alias(value)
+            return check_new_alias(value)
         except InvalidNameError as exc:
             raise ValueError(str(exc)) from None
 

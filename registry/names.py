@@ -23,6 +23,7 @@ __all__ = [
     "check_key",
     "check_language",
     "check_name",
+    "check_new_alias",
     "member_name",
     "parse_ref",
 ]
@@ -67,6 +68,22 @@ def check_alias(value: str) -> str:
     check_key(value, "alias")
     if _DIGITS.fullmatch(value):
         raise InvalidNameError(f"invalid alias {value!r}: an alias cannot be a number")
+    return value
+
+
+_MLFLOW_RESERVED = re.compile(r"latest|v[0-9]+", re.IGNORECASE)  # MLflow names versions so
+
+
+def check_new_alias(value: str) -> str:
+    """``value`` if an alias may be set to it: :func:`check_alias`'s rules, and none of the
+    names MLflow, where reviewers move aliases, keeps for itself (``latest``, ``v1``, ``V2``...)."""
+    check_alias(value)
+    if _MLFLOW_RESERVED.fullmatch(value):
+        raise InvalidNameError(
+            f"invalid alias {value!r}: MLflow, where reviewers see and move aliases, reserves "
+            "'latest' and 'v' followed by a number for its own version names; choose another "
+            "(champion, staging, production...)"
+        )
     return value
 
 

@@ -27,7 +27,7 @@ from .errors import (
     RegistryError,
 )
 from .metrics import higher_is_better
-from .names import CHAMPION, Ref, check_alias, parse_ref
+from .names import CHAMPION, Ref, check_new_alias, parse_ref
 from .orm import (
     AdapterRow,
     AliasRow,
@@ -217,7 +217,7 @@ def set_alias(
     session: Session, ref: Ref | str, alias: str, *, origin: str = "registry"
 ) -> AdapterVersion:
     """Point ``alias`` of the referenced adapter at the referenced version (moving it if set)."""
-    check_alias(alias)
+    check_new_alias(alias)
     target = get_version(session, ref)
     adapter = _adapter_named(session, target.name)
     version_id = session.scalar(
@@ -438,7 +438,7 @@ def set_composition_alias(
     session: Session, ref: str, alias: str, *, origin: str = "registry"
 ) -> Composition:
     """Point ``alias`` of the referenced composition at the referenced version (moving it)."""
-    check_alias(alias)
+    check_new_alias(alias)
     target = _composition_row(session, parse_ref(ref))
     row = session.scalars(
         select(CompositionAliasRow).where(

@@ -96,6 +96,9 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert ok_json(run(env, "show", "sst2-en@champion", "--json"))["version"] == 1
     bad = run(env, "alias", "sst2-en@1", "bad/alias", "--json")
     assert bad.returncode == 2 and "invalid alias 'bad/alias'" in json.loads(bad.stdout)["error"]
+    reserved = run(env, "alias", "sst2-en@1", "latest")  # MLflow's refusal blamed the server
+    assert reserved.returncode == 2
+    assert reserved.stderr.startswith("error: invalid alias 'latest': MLflow, where reviewers")
     listed = ok_json(run(env, "ls", "--task", "sst2", "--order-by", "accuracy", "--json"))
     assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
     assert all(set(v) >= REQUIRED for v in listed)

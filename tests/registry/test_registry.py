@@ -230,6 +230,25 @@ class TestBadInput:
             register(registry, make_adapter(2), metrics={"m" * 65: 0.5})
         assert [v.version for v in registry.find()] == [1]
 
+    @pytest.mark.parametrize("alias", ["latest", "LATEST", "v2", "V10"])
+    def test_aliases_mlflow_reserves_are_refused_before_anything_moves(
+        self, registry, make_adapter, alias
+    ):
+        """MLflow refused them after the registry's checks, in a line that blamed the server."""
+        version = register(registry, make_adapter(1))
+        registry.register_composition("c", {"type": "stack"}, [version.ref])
+        for move in (registry.set_alias, registry.set_composition_alias):
+            with pytest.raises(rg.InvalidNameError) as raised:
+                move("c@1" if move == registry.set_composition_alias else version.ref, alias)
+            assert str(raised.value) == (
+                f"invalid alias {alias!r}: MLflow, where reviewers see and move aliases, reserves "
+                "'latest' and 'v' followed by a number for its own version names; choose another "
+                "(champion, staging, production...)"
+            )
+        assert registry.get(version.ref).aliases == ()
+        assert registry.composition("c").aliases == ()
+        registry.set_alias(version.ref, "v2-candidate")  # only the whole name is reserved
+
     @pytest.mark.parametrize("value", [float("nan"), float("inf"), "high"])
     def test_metrics_must_be_finite_numbers_and_nothing_is_stored(
         self, registry, make_adapter, value
