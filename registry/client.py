@@ -21,6 +21,7 @@ unreferenced blobs, which :meth:`gc` removes.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -140,6 +141,8 @@ class Registry:
         if not base_model or len(base_model) > 256:
             raise RegistryError(f"invalid base model name {base_model!r}")
         metrics = _checked_metrics(metrics or {})
+        _check_json(lineage or {}, "lineage")
+        _check_json(spec or {}, "spec")
         bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
         self._mark_store()
@@ -197,6 +200,9 @@ class Registry:
         (any other spec fields are ignored); without it the cascade lists it but cannot score it.
         """
         check_name(name, "composition name")
+        if isinstance(definition, dict):  # any other shape is canonical_definition's line
+            _check_json(definition, "definition")
+        _check_json(evaluation or {}, "evaluation")
         return self._write(
             lambda s: store.register_composition(
                 s, name, definition, members, description=description, evaluation=evaluation
@@ -532,3 +538,15 @@ def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             raise RegistryError(f"metric {key}={value!r} is not a finite number")
         checked[key] = number
     return checked
+
+
+def _check_json(value: Mapping[str, Any], what: str) -> None:
+    """A field the database stores as JSON, checked before any byte is uploaded (the database
+    refused it at the insert, in a line that quoted the SQL)."""
+    try:
+        json.dumps(value, allow_nan=False)  # PostgreSQL's JSON has no NaN either
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(
+            f"{what} must be plain JSON (strings, numbers, booleans, lists and dicts with string "
+            f"keys): {exc}"
+        ) from None

@@ -258,6 +258,24 @@ class TestBadInput:
             register(registry, make_adapter(1), metrics={"accuracy": value})
         assert registry.find() == [] and {b.digest for b in registry.artifacts.blobs()} == blobs
 
+    @pytest.mark.parametrize(
+        ("field", "value", "words"),
+        [
+            ("lineage", {"datasets": {"a", "b"}}, "Object of type set is not JSON serializable"),
+            ("spec", {"train": {"learning_rate": float("nan")}}, "Out of range float values"),
+        ],
+    )
+    def test_json_fields_are_checked_before_any_byte_is_uploaded(
+        self, registry, make_adapter, field, value, words
+    ):
+        """The database refused them at the insert, in a line quoting its SQL, after the upload."""
+        blobs = {b.digest for b in registry.artifacts.blobs()}
+        with pytest.raises(rg.RegistryError) as raised:
+            register(registry, make_adapter(1), **{field: value})
+        assert str(raised.value).startswith(f"{field} must be plain JSON (strings, numbers, ")
+        assert words in str(raised.value)
+        assert registry.find() == [] and {b.digest for b in registry.artifacts.blobs()} == blobs
+
     def test_fetch_into_a_file_or_a_failed_fetch_leaves_nothing_behind(
         self, registry, make_adapter, tmp_path
     ):
