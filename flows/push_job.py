@@ -79,10 +79,11 @@ def push_folder(
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
     registry = opened(registry)
     known_as = registry.base_models_for(folder)
+    metrics = reported_metrics(folder) if metrics is None else metrics
     version = registry.register(
         bundle,
         **fields,
-        metrics=reported_metrics(folder) if metrics is None else metrics,
+        metrics=metrics,
         description=description or (spec or {}).get("description", ""),
         spec=spec,
         origin=origin,
@@ -95,6 +96,13 @@ def push_folder(
             f"these files are {version.ref} already, registered "
             f"{'with another spec' if version.spec else 'without a spec'}; a version's record "
             f"does not change: to record this spec, adapterops rm {version.ref} and push again"
+        )
+    if any(version.metrics.get(key) != float(value) for key, value in metrics.items()):
+        recorded = ", ".join(f"{k}={v:g}" for k, v in sorted(version.metrics.items())) or "none"
+        warnings.append(
+            f"these files are {version.ref} already, whose metrics stay as recorded ({recorded}); "
+            f"a version's record does not change: to record these, adapterops rm {version.ref} "
+            "and push again"
         )
     if known_as and version.base_model not in known_as:
         # Not refused: checkpoints of one architecture (a base and its instruct-tuned sibling)
