@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
 
 import yaml
+from cronsim import CronSim, CronSimError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -311,10 +313,19 @@ class ScheduleSpec(_Strict):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
+        if value is None:
+            return value
+        if len(value.split()) != 5:
             raise ValueError(
                 f"cron must have 5 fields (minute hour day month weekday), got {value!r}"
             )
+        try:  # what retrain reads it with: a bad field failed there, at the scheduled run
+            CronSim(value, datetime(2026, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(
+                f"cron {value!r}: {str(exc).lower()} (minute 0-59, hour 0-23, day of month "
+                "1-31 on a day the month has, month 1-12, weekday 0-7 or mon-sun)"
+            ) from None
         return value
 
 

@@ -263,6 +263,10 @@ class TestHostileSpecs:
             ({"promote__min_delta": float("nan")}, "promote.min_delta", "finite number"),
             ({"promote__alias": "123"}, "promote.alias", "an alias cannot be a number"),
             ({"promote__alias": "a" * 65}, "promote.alias", "at most 64"),
+            ({"promote__alias": "latest"}, "promote.alias", "MLflow, where reviewers see"),
+            # accepted, then retrain failed on it at the scheduled run
+            ({"schedule__cron": "61 * * * *"}, "schedule.cron", "cron '61 * * * *': bad minute"),
+            ({"schedule__cron": "0 0 31 2 *"}, "schedule.cron", "bad day-of-month (minute 0-59"),
         ],
     )
     def test_each_is_refused_by_path(self, changes, path, words):
