@@ -322,16 +322,23 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
     if spec.head.type == "classification" and data.label:
         dataset = _numbered_labels(spec, dataset, split)
         num_labels = spec.head.num_labels or 0
-        labels = set(dataset[data.label])
+        labels = {_whole(x) for x in dataset[data.label]}
         bad = sorted(str(x) for x in labels if not isinstance(x, int) or not 0 <= x < num_labels)
         if bad:
             raise DataError(
                 f"{split} split: label values {bad[:5]} are outside 0..{num_labels - 1} "
                 f"(head.num_labels = {num_labels})"
             )
+        if dataset.features[data.label].dtype.startswith("float"):  # 1.0, 0.0: whole, above
+            dataset = dataset.cast_column(data.label, datasets.Value("int64"))
         if split == "train":
             _warn_of_unseen_labels(spec, labels)
     return dataset
+
+
+def _whole(label: Any) -> Any:
+    """A class a spreadsheet's export wrote as ``1.0`` as its number ``1``; anything else as is."""
+    return int(label) if isinstance(label, float) and label.is_integer() else label
 
 
 def _numbered_labels(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> datasets.Dataset:

@@ -68,6 +68,19 @@ def test_labels_written_as_their_names_become_their_numbers(tmp_path):
     assert train.features["label"].dtype == "int64"
 
 
+def test_labels_a_spreadsheet_wrote_as_whole_floats_are_their_classes(tmp_path):
+    """1.0 was 'outside 0..1'; 0.5 still is."""
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1.0\nbad\t0.0\nfine\t1\n")
+    train, _ = load_raw(_spec_reading(tmp_path / "train.tsv"))
+    assert train["label"] == [1, 0, 1] and train.features["label"].dtype == "int64"
+    (tmp_path / "half.tsv").write_text("sentence\tlabel\ngood\t1.0\nbad\t0.5\n")
+    with pytest.raises(DataError) as raised:
+        load_raw(_spec_reading(tmp_path / "half.tsv"))
+    assert str(raised.value) == (
+        "train split: label values ['0.5'] are outside 0..1 (head.num_labels = 2)"
+    )
+
+
 def test_a_word_in_the_label_column_is_named(tmp_path):
     """One word makes the whole column text: the numbers were called 'outside 0..1' too."""
     (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\tnegtive\n")
