@@ -109,6 +109,7 @@ def gate_stack(
             item.candidate_members,
             description=f"cascade: {moved}",
             evaluation=current.evaluation,
+            metrics={policy.metric: after},  # what the gate weighed, in the registry too
         )
         candidate = f"stack:{saved.ref}"
         ensure_composition_versions(client, registry, name)

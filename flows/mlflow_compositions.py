@@ -94,8 +94,13 @@ def tag_score(client: MlflowClient, composition: Composition, metric: str, value
     with mlflow_errors(f"tag composition {composition.ref}"):
         mlflow_version = mlflow_version_of(client, model, composition.version)
         if mlflow_version is not None:
-            key = f"adapterops.metric.{metric}"
-            client.set_model_version_tag(model, str(mlflow_version), key, f"{value:.4f}")
+            tag = _score_tag(metric)
+            client.set_model_version_tag(model, str(mlflow_version), tag, f"{value:.4f}")
+
+
+def _score_tag(metric: str) -> str:
+    """The model version tag showing a composition's score in MLflow's versions table."""
+    return f"adapterops.metric.{metric}"
 
 
 def move_composition_alias(
@@ -213,6 +218,7 @@ def _create_version(
         "adapterops.block": block,
         "adapterops.members": members,
         "adapterops.scored": "yes" if composition.evaluation else "no",
+        **{_score_tag(metric): f"{value:.4f}" for metric, value in composition.metrics.items()},
     }
     client.create_model_version(
         mlflow_name(composition.name),
@@ -243,5 +249,7 @@ def _composition_run(client: MlflowClient, composition: Composition) -> str:
         path.write_text(json.dumps(composition.to_dict(), indent=2, default=str))
         client.log_artifact(run_id, str(path), artifact_path=ARTIFACT)
     client.log_param(run_id, "members", ",".join(composition.members))
+    for metric, value in composition.metrics.items():  # what it scored when saved
+        client.log_metric(run_id, metric, value)
     client.set_terminated(run_id, "FINISHED")
     return run_id

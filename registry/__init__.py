@@ -6,7 +6,7 @@ folder or S3), content-addressed. Start with :class:`Registry`.
 
 from typing import TYPE_CHECKING, Any
 
-from .composition_diff import CompositionDiff, diff_compositions
+from .composition_diff import CompositionDiff, blocks_text, diff_compositions
 from .entities import AdapterVersion, Composition, Event, Resolution
 from .errors import (
     AdapterFolderError,
@@ -75,6 +75,7 @@ __all__ = [
     "SharedStoreError",
     "StorageUnavailableError",
     "VersionDiff",
+    "blocks_text",
     "diff_compositions",
     "diff_versions",
     "diff_with_spec",

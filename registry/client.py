@@ -192,8 +192,10 @@ class Registry:
         *,
         description: str = "",
         evaluation: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> Composition:
-        """Save a composition (a stack, a weighted merge...) over exact member versions.
+        """Save a composition (a stack, a weighted merge...) over exact member versions, with
+        the ``metrics`` it scored (finite numbers, as a version's).
 
         ``evaluation`` says how to score it when a member gets a new champion (the retraining
         cascade): a build spec's ``base_model``, ``head``, ``data``, ``evaluate`` and ``promote``
@@ -203,11 +205,13 @@ class Registry:
         if isinstance(definition, dict):  # any other shape is canonical_definition's line
             _check_json(definition, "definition")
         _check_json(evaluation or {}, "evaluation")
+        checked = _checked_metrics(metrics or {})
         return self._write(
             lambda s: store.register_composition(
-                s, name, definition, members, description=description, evaluation=evaluation
+                s, name, definition, members, description=description, evaluation=evaluation,
+                metrics=checked,
             )
-        )
+        )  # fmt: skip
 
     def set_composition_alias(
         self, ref: str, alias: str, *, origin: str = "registry"

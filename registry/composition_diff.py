@@ -11,15 +11,16 @@ from .compositions import CHILDREN
 from .entities import Composition
 from .version_diff import Change, changed, flattened
 
-__all__ = ["CompositionDiff", "diff_compositions"]
+__all__ = ["CompositionDiff", "blocks_text", "diff_compositions"]
 
 
 @dataclass(frozen=True)
 class CompositionDiff:
     """Two composition versions compared: ``changes`` in the order members (one row per adapter
     name: its version number before and after, None where it is absent), definition (its blocks
-    in one line, leaves as adapter names: a new member version is not a new structure), evaluation
-    (the spec fields it is scored with) and description. ``same_load``: the two load the same
+    in one line, leaves as adapter names: a new member version is not a new structure), metrics
+    (what each scored when saved), evaluation (the spec fields it is scored with) and
+    description. ``same_load``: the two load the same
     adapter versions combined the same way (only how they are scored or described differs)."""
 
     before: str
@@ -53,16 +54,20 @@ def diff_compositions(before: Composition, after: Composition) -> CompositionDif
     )
     blocks = changed(
         "definition",
-        {"blocks": _blocks_text(before.definition)},
-        {"blocks": _blocks_text(after.definition)},
+        {"blocks": blocks_text(before.definition)},
+        {"blocks": blocks_text(after.definition)},
     )
+    metrics = changed("metrics", before.metrics, after.metrics)  # deltas, better or worse
     evaluation = changed("evaluation", flattened(before.evaluation), flattened(after.evaluation))
     description = changed(
         "record", {"description": before.description}, {"description": after.description}
     )
     same_load = before.members == after.members and before.definition == after.definition
     return CompositionDiff(
-        before.ref, after.ref, same_load, tuple(members + blocks + evaluation + description)
+        before.ref,
+        after.ref,
+        same_load,
+        tuple(members + blocks + metrics + evaluation + description),
     )
 
 
@@ -72,11 +77,11 @@ def _by_adapter(members: tuple[str, ...]) -> dict[str, int]:
     return {name: int(version) for name, _, version in (ref.partition("@") for ref in members)}
 
 
-def _blocks_text(node: Any) -> str:
+def blocks_text(node: Any) -> str:
     """A definition in one line, leaves by adapter name: ``stack(lang-en, sst2)``,
     ``average(a, b; weights=[0.7, 0.3])``."""
     if not isinstance(node, dict):
         return str(node).partition("@")[0]
-    inside = ", ".join(_blocks_text(child) for child in node.get(CHILDREN) or [])
+    inside = ", ".join(blocks_text(child) for child in node.get(CHILDREN) or [])
     extra = "; ".join(f"{k}={v}" for k, v in node.items() if k not in ("type", CHILDREN))
     return f"{node['type']}({inside}{'; ' + extra if extra else ''})"

@@ -101,6 +101,7 @@ class Composition:
     created_at: datetime
     evaluation: dict[str, Any] = field(default_factory=dict)  # how to score it ({}: not scored)
     aliases: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)  # what it scored when saved
 
     @property
     def ref(self) -> str:
@@ -118,6 +119,7 @@ class Composition:
             "created_at": self.created_at.isoformat(),
             "evaluation": self.evaluation,
             "aliases": list(self.aliases),
+            "metrics": self.metrics,
         }
 
 

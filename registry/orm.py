@@ -162,6 +162,8 @@ class CompositionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # how the cascade scores it: a spec's base_model/head/data/evaluate/promote ({}: not scored)
     evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    # what the version scored when saved (the cascade's gate, or composition save --metric)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
 
 
 class CompositionAliasRow(Base):

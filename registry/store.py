@@ -323,8 +323,10 @@ def register_composition(
     *,
     description: str = "",
     evaluation: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> Composition:
-    """A new version of composition ``name`` over the exact versions ``members`` resolve to."""
+    """A new version of composition ``name`` over the exact versions ``members`` resolve to,
+    with the ``metrics`` it scored (checked by the caller)."""
     resolved = [get_version(session, member) for member in members]
     fusions = [v.ref for v in resolved if v.method == "fusion"]
     if fusions:  # loading the members alone, it would be refused at every load
@@ -365,6 +367,7 @@ def register_composition(
         definition=definition,
         description=description,
         evaluation=dict(evaluation or {}),
+        metrics=dict(metrics or {}),
     )
     session.add(row)
     session.flush()
@@ -382,6 +385,7 @@ def register_composition(
         description,
         row.created_at,
         dict(row.evaluation),
+        metrics=dict(row.metrics),
     )
 
 
@@ -431,6 +435,7 @@ def get_composition(session: Session, name: str, version: int | None = None) -> 
         row.created_at,
         dict(row.evaluation or {}),
         tuple(aliases),
+        dict(row.metrics or {}),
     )
 
 

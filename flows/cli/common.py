@@ -504,3 +504,42 @@ def _table_width(rows: dict[str, list[str]], columns: list[str]) -> int:
     """Columns of the terminal the table takes without wrapping any cell."""
     unbounded = console.options.update(max_width=100_000)
     return Measurement.get(console, unbounded, _table(rows, columns)).maximum
+
+
+MetricOption = Annotated[
+    list[str] | None,
+    typer.Option(metavar="KEY=VALUE", help="Metric, e.g. accuracy=0.91 (repeatable)."),
+]
+
+
+def metric_values(pairs: list[str]) -> dict[str, float]:
+    """``--metric accuracy=0.91`` options as ``{"accuracy": 0.91}``."""
+    metrics = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise typer.BadParameter(f"--metric {pair!r}: write key=number, e.g. accuracy=0.91")
+    return metrics
+
+
+def metrics_text(metrics: dict[str, Any], between: str = "\n") -> str:
+    """Metrics as ``accuracy=0.91``, by name (a table cell: one per line)."""
+    return between.join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def print_card(ref: str, aliases: tuple[str, ...], lines: dict[str, str]) -> None:
+    """``show`` for a person: the ref and its aliases, then labelled lines (empty ones left
+    out), folded to the terminal's width."""
+    held = f" ({', '.join(aliases)})" if aliases else ""
+    console.print(Text(f"{ref}{held}", style="bold"))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column(overflow="fold")
+    for label, value in lines.items():
+        if value:
+            grid.add_row(label, Text(value))
+    console.print(grid)

@@ -20,6 +20,7 @@ from .common import (
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
+    MetricOption,
     PredictDataOption,
     SkipProbeOption,
     TextColumnOption,
@@ -28,7 +29,10 @@ from .common import (
     counting,
     emit_json,
     input_texts,
+    metric_values,
+    metrics_text,
     open_registry,
+    print_card,
     print_columns,
     quiet_libraries,
     require_known,
@@ -82,9 +86,11 @@ def save(
         ),
     ] = None,
     description: Annotated[str, typer.Option(help="Free text.")] = "",
+    metric: MetricOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Save a composition over exact member versions as its next version."""
+    """Save a composition over exact member versions as its next version, with the metrics it
+    scored (--metric; the retraining cascade records the score its gate weighed)."""
     from ..spec import load_spec  # noqa: PLC0415 - it imports torch: other commands start fast
 
     with user_errors(as_json):
@@ -92,8 +98,9 @@ def save(
         scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
         registry = open_registry()
         composition = registry.register_composition(
-            name, block, members, description=description, evaluation=scored
-        )
+            name, block, members, description=description, evaluation=scored,
+            metrics=metric_values(metric or []),
+        )  # fmt: skip
         _mirror(registry, composition)
     _print([composition], as_json, single=True)
 
@@ -141,10 +148,28 @@ def list_compositions(as_json: JsonOption = False) -> None:
 
 @composition_app.command()
 def show(ref: RefArgument, as_json: JsonOption = False) -> None:
-    """One composition version: its definition, members and aliases."""
+    """One composition version: its definition, members, metrics, aliases and how the
+    retraining cascade scores it."""
     with user_errors(as_json):
         composition = open_registry().composition(ref)
-    _print([composition], as_json, single=True)
+    if as_json:
+        emit_json(composition.to_dict())
+        return
+    scoring = composition.evaluation
+    lines = {
+        "blocks": rg.blocks_text(composition.definition),
+        "members": ", ".join(composition.members),
+        "created": composition.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": metrics_text(composition.metrics, "  ") or "-",
+        "scored": (
+            f"by the retraining cascade: {scoring.get('evaluate', {}).get('metric')} on the "
+            f"validation data of spec {scoring.get('name')}"
+            if scoring
+            else "no (saved without --evaluation: the cascade lists it, cannot score it)"
+        ),
+        "description": composition.description,
+    }
+    print_card(composition.ref, composition.aliases, lines)
 
 
 @composition_app.command()
@@ -333,6 +358,7 @@ def _print(compositions: list[Composition], as_json: bool, *, single: bool = Fal
         "aliases": [", ".join(c.aliases) for c in compositions],
         "members": [", ".join(c.members) for c in compositions],
         "kind": [str(c.definition.get("type", "")) for c in compositions],
+        "metrics": [metrics_text(c.metrics) for c in compositions],
         "scored": ["yes" if c.evaluation else "no" for c in compositions],
     }
     print_columns(rows, keep=2)

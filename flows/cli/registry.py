@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.table import Table
 from rich.text import Text
 
 import registry as rg
@@ -23,13 +22,17 @@ from registry import AdapterVersion, RegistryError
 from ..errors import DataError
 from .common import (
     JsonOption,
+    MetricOption,
     byte_progress,
     check_adapter_name,
     checkable_before_mlflow,
     console,
     emit_json,
     human_bytes,
+    metric_values,
+    metrics_text,
     open_registry,
+    print_card,
     print_columns,
     quiet_libraries,
     registry_now_or_once_done,
@@ -52,10 +55,6 @@ NameOption = Annotated[str, typer.Option(help="Adapter name.")]
 BaseModelOption = Annotated[str, typer.Option(help="Base model it was trained on.")]
 TaskOption = Annotated[str, typer.Option(help="Task, e.g. sst2.")]
 LanguageOption = Annotated[str, typer.Option(help="Language code, e.g. en.")]
-MetricOption = Annotated[
-    list[str] | None,
-    typer.Option(metavar="KEY=VALUE", help="Metric, e.g. accuracy=0.91 (repeatable)."),
-]
 DescriptionOption = Annotated[str, typer.Option(help="Free text.")]
 
 
@@ -110,7 +109,7 @@ def push(
                     "language": language,
                 },
                 spec_file=spec,
-                metrics=_metrics(metric) if metric else None,
+                metrics=metric_values(metric) if metric else None,
                 description=description,
                 on_bytes=on_bytes,
             )
@@ -144,7 +143,7 @@ def import_command(
             name=name,
             task=task,
             language=language,
-            metrics=_metrics(metric or []),
+            metrics=metric_values(metric or []),
             description=description,
         )
     _print_versions([version], as_json, single=True)
@@ -405,19 +404,6 @@ def gc(
     console.print(f"{verb} {len(removed)} unreferenced blob(s)")
 
 
-def _metrics(pairs: list[str]) -> dict[str, float]:
-    metrics = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        try:
-            metrics[key] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key:
-            raise typer.BadParameter(f"--metric {pair!r}: write key=number, e.g. accuracy=0.91")
-    return metrics
-
-
 def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bool = False) -> None:
     if as_json:
         emit_json(versions[0].to_dict() if single else [v.to_dict() for v in versions])
@@ -425,7 +411,7 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
     rows = {
         "ref": [v.ref for v in versions],
         "aliases": [", ".join(v.aliases) for v in versions],
-        "metrics": [_metrics_text(v.metrics) for v in versions],
+        "metrics": [metrics_text(v.metrics) for v in versions],
         "task": [v.task for v in versions],
         "lang": [v.language for v in versions],
         "method": [v.method for v in versions],
@@ -439,8 +425,6 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
 def _print_version_card(version: AdapterVersion) -> None:
     """``show`` for a person: the record as labelled lines, then the spec as the YAML it was
     written in (``--json`` has every field as it is stored)."""
-    aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
-    console.print(Text(f"{version.ref}{aliases}", style="bold"))
     fingerprint = version.base_model_fingerprint
     revision = f" at {version.base_model_revision}" if version.base_model_revision else ""
     lines = {
@@ -450,18 +434,12 @@ def _print_version_card(version: AdapterVersion) -> None:
         + (f" (fingerprint {rg.shown(fingerprint)})" if fingerprint else ""),
         "size": f"{human_bytes(version.size)}, digest {rg.shown(version.digest)}",
         "created": version.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-        "metrics": "  ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items())) or "-",
+        "metrics": metrics_text(version.metrics, "  ") or "-",
         **{key: rg.shown(value, key) for key, value in sorted(version.lineage.items())},
         "files": version.artifact_uri,
         "description": version.description,
     }  # fmt: skip
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="dim")
-    grid.add_column(overflow="fold")
-    for label, value in lines.items():
-        if value:
-            grid.add_row(label, Text(value))
-    console.print(grid)
+    print_card(version.ref, version.aliases, lines)
     if version.spec:
         console.print(Text("spec", style="bold"))
         console.print(Text(_yaml(version.spec)))
@@ -485,7 +463,3 @@ _SpecDumper.add_representer(list, _represent_list)
 def _yaml(document: dict[str, Any]) -> str:
     """A spec as YAML, in its own order."""
     return yaml.dump(document, Dumper=_SpecDumper, sort_keys=False).rstrip()
-
-
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    return "\n".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

@@ -118,6 +118,7 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     if madx_promoted:
         assert (newest.version, stack["candidate"]) == (2, "stack:madx@2")
         assert newest.members == ("lang-en@2", "lang-pt@1") and newest.evaluation == scored_on
+        assert newest.metrics == {"accuracy": candidate_score}  # the score the gate weighed
         # mirrored for reviewers: both versions, the champion moved there first
         assert mlflow_aliases(tracking.client(), "composition.madx") == {"champion": 2}
     else:

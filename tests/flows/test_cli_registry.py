@@ -339,17 +339,17 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     shown = run(env, "db", "status")
     assert (
         shown.returncode == 0
-        and "schema     none, this code needs 0006: run `adapterops db upgrade`" in shown.stdout
+        and "schema     none, this code needs 0007: run `adapterops db upgrade`" in shown.stdout
     )
-    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0006"}
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0007"}
     again = run(env, "db", "upgrade")
     assert again.returncode == 0 and again.stdout.endswith(
-        ": schema already at 0006 (the newest)\n"
+        ": schema already at 0007 (the newest)\n"
     )
     assert ok_json(run(env, "ls", "--json")) == []
     status = ok_json(run(env, "db", "status", "--json"))
     assert status["database"] == postgres.url("cli_upgrade").replace(postgres.password, "***")
-    assert (status["revision"], status["up_to_date"]) == ("0006", True)
+    assert (status["revision"], status["up_to_date"]) == ("0007", True)
     assert (status["adapters"], status["versions"], status["compositions"]) == (0, 0, 0)
     assert status["other_writers"] == {} and len(status["identity"]) == 36
 
@@ -370,17 +370,17 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
     registry.close()
     Database(url).downgrade("0005")
     behind = ok_json(run(env, "db", "status", "--json"))
-    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0006", False)
+    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0007", False)
     assert Database(url, auto_migrate=False, verify=False).revision() == "0005"  # untouched
     assert ok_json(run(env, "db", "upgrade", "--json")) == {
         "ok": True,
         "from": "0005",
-        "to": "0006",
+        "to": "0007",
     }
     shown = run(env, "db", "status")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[1:4] == [
-        "schema     0006 (the newest)",
+        "schema     0007 (the newest)",
         f"id         {Registry(url, (tmp_path / 'home' / 'artifacts').as_uri()).identity}",
         "holds      1 adapter(s), 1 version(s), 0 composition(s)",
     ]
@@ -441,12 +441,30 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     averaged = ok_json(
         run(
             env, "composition", "save", "mean", "lang-pt", "sst2-en@1", "--definition",
-            '{"type": "average", "weights": [0.25, 0.75]}', "--evaluation", str(spec), "--json",
+            '{"type": "average", "weights": [0.25, 0.75]}', "--evaluation", str(spec),
+            "--metric", "accuracy=0.7", "--json",
         )
     )  # fmt: skip
     assert (averaged["version"], averaged["members"]) == (1, ["lang-pt@1", "sst2-en@1"])
     assert averaged["definition"]["weights"] == [0.25, 0.75]
     assert averaged["evaluation"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert averaged["metrics"] == {"accuracy": 0.7}
+    card = run(env, "composition", "show", "mean").stdout.splitlines()  # all of it, not a table
+    assert [line.rstrip() for line in card if not line.startswith("created")] == [
+        "mean@1",
+        "blocks   average(lang-pt, sst2-en; weights=[0.25, 0.75])",
+        "members  lang-pt@1, sst2-en@1",
+        "metrics  accuracy=0.7",
+        "scored   by the retraining cascade: accuracy on the validation data of spec "
+        "minilm-sst2-pt-pfeiffer",
+    ]
+    tags = reviewers.get_model_version("composition.mean", "1").tags  # reviewers see it too
+    assert tags["adapterops.metric.accuracy"] == "0.7000"
+    unscored = run(env, "composition", "save", "mean", "lang-pt", "--metric", "accuracy=high")
+    assert unscored.returncode == 2 and "--metric 'accuracy=high': write key=number" in (
+        unscored.stderr
+    )
+    assert Registry().composition("mean").version == 1  # nothing saved
     Registry().register(
         write_fake_adapter(tmp_path / "lang-pt-2", 3), name="lang-pt", base_model="tiny-bert",
         task="lang-pt", language="pt",

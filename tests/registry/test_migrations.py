@@ -99,3 +99,24 @@ def test_0006_gives_the_registry_an_identity_and_its_downgrade_drops_it(location
     with pytest.raises(rg.SharedStoreError, match=rf"registry {first} at"):
         registry.gc()
     registry.close()
+
+
+def test_0007_gives_composition_versions_metrics_and_its_downgrade_drops_them(
+    locations, make_adapter
+):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    register(registry, make_adapter(1), name="lang")
+    registry.register_composition("scored", {"type": "stack"}, ["lang"], metrics={"accuracy": 0.8})
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0006")
+    columns = {c["name"] for c in sa.inspect(db.engine).get_columns("compositions")}
+    assert "metrics" not in columns and "evaluation" in columns
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    assert registry.composition("scored").metrics == {}  # written before 0007: none
+    again = registry.register_composition("scored", {"type": "stack"}, ["lang"], metrics={"f1": 1})
+    assert registry.composition(again.ref).metrics == {"f1": 1.0}
+    registry.close()

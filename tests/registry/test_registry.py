@@ -794,6 +794,34 @@ class TestCompositions:
         )
         assert registry.compositions() == []
 
+    def test_a_version_keeps_the_metrics_it_scored_and_diff_weighs_them(
+        self, registry, make_adapter
+    ):
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        first = registry.register_composition("c", {"type": "stack"}, ["a", "b"])
+        second = registry.register_composition(
+            "c", {"type": "stack"}, ["a", "b"], metrics={"accuracy": 0.81, "perplexity": 3}
+        )
+        assert (first.metrics, second.metrics) == ({}, {"accuracy": 0.81, "perplexity": 3.0})
+        assert registry.composition("c@2").metrics == {"accuracy": 0.81, "perplexity": 3.0}
+        assert registry.composition("c@2").to_dict()["metrics"] == {
+            "accuracy": 0.81,
+            "perplexity": 3.0,
+        }
+        third = registry.register_composition(
+            "c", {"type": "stack"}, ["a", "b"], metrics={"accuracy": 0.85, "perplexity": 4}
+        )
+        rows = {
+            c.field: (c.before, c.after, c.to_dict().get("better"))
+            for c in registry.composition_diff(second.ref, third.ref).changes
+            if c.section == "metrics"
+        }
+        assert rows == {"accuracy": (0.81, 0.85, True), "perplexity": (3.0, 4.0, False)}
+        with pytest.raises(rg.RegistryError, match=r"metric accuracy=nan is not a finite number"):
+            registry.register_composition("c", {"type": "stack"}, ["a"], metrics={"accuracy": float("nan")})  # fmt: skip
+        assert registry.composition("c").version == 3  # nothing saved
+
     def test_members_share_one_base_model(self, registry, make_adapter):
         """They load into one model: a member of another base was saved, then refused at every
         load."""
