@@ -155,3 +155,45 @@ def test_a_stack_not_set_up_or_stopped_is_said_where_it_matters(tmp_path: Path):
     own = {**env, "ADAPTEROPS_REGISTRY_URL": f"postgresql://u@127.0.0.1:{free_port()}/x"}
     listed = run_cli("ls", env=own)  # the user's own address: no word of the stack
     assert listed.returncode == 2 and "local stack" not in listed.stderr
+
+
+def test_stack_logs_prints_each_services_last_lines(tmp_path: Path):
+    from tests.flows.test_cli_flows import clean_env
+    from tests.helpers import run_cli
+
+    env = clean_env(tmp_path / "home")
+    missing = run_cli("stack", "logs", env=env)
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        f"error: no local stack under {tmp_path / 'home'} yet: `adapterops stack up` starts one\n"
+    )
+    stack = LocalStack(home=tmp_path / "home")
+    stack._save_state()  # set up once (what `stack up` leaves), its services stopped
+    stack.worker_log.parent.mkdir(parents=True)
+    stack.worker_log.write_text("".join(f"worker line {i}\n" for i in range(1, 31)))
+    stack.mlflow.log.write_text("listening\n")
+
+    worker = run_cli("stack", "logs", "worker", "-n", "3", "--json", env=env)
+    assert worker.returncode == 0, worker.stderr
+    assert json.loads(worker.stdout)["logs"] == {
+        "worker": {
+            "file": str(stack.worker_log),
+            "lines": ["worker line 28", "worker line 29", "worker line 30"],
+        }
+    }
+    every = run_cli("stack", "logs", env={**env, "COLUMNS": "200"})
+    assert every.returncode == 0, every.stderr
+    told = every.stdout.splitlines()
+    assert [line.split(":")[0] for line in told if line.startswith("== ")] == [
+        "== postgresql", "== s3", "== mlflow", "== prefect", "== worker",
+    ]  # fmt: skip
+    assert told[told.index(f"== mlflow: {stack.mlflow.log}") + 1] == "listening"
+    assert told[told.index(f"== prefect: {stack.prefect.log}") + 1] == (
+        "(no log yet: never started)"
+    )
+    assert told[-20:] == [f"worker line {i}" for i in range(11, 31)]  # 20 by default
+    unknown = run_cli("stack", "logs", "minio", env=env)
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        "error: unknown service 'minio': one of postgresql, s3, mlflow, prefect, worker\n",
+    )

@@ -1,9 +1,11 @@
-"""``adapterops stack up | down | status``: the local stack without Docker."""
+"""``adapterops stack up | down | status | env | logs``: the local stack without Docker."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from collections import deque
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -98,6 +100,52 @@ def status(as_json: JsonOption = False) -> None:
     _show(statuses, as_json)
     if not all(s.running for s in statuses):
         raise typer.Exit(1)
+
+
+@stack_app.command()
+def logs(
+    service: Annotated[
+        str | None,
+        typer.Argument(
+            help="postgresql, s3, mlflow, prefect or worker (default: each).", metavar="[SERVICE]"
+        ),
+    ] = None,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=1, help="How many of the last lines to print.")
+    ] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """The last lines each service wrote to its log under $ADAPTEROPS_HOME/stack (the worker's
+    holds what the flow runs it started printed): where to look when a service will not start
+    or a deployment failed."""
+    from infra.stack.local import LocalStack  # noqa: PLC0415
+
+    with user_errors(as_json):
+        stack = LocalStack()
+        files = stack.log_files()
+        if service is not None and service not in files:
+            raise StackError(f"unknown service {service!r}: one of {', '.join(files)}")
+        if not stack.exists:
+            raise StackError(stack.missing_message())
+        chosen = {service: files[service]} if service else files
+        tails = {name: _tail(path, lines) for name, path in chosen.items()}
+    if as_json:
+        emit_json({
+            "ok": True,
+            "logs": {n: {"file": str(chosen[n]), "lines": t} for n, t in tails.items()},
+        })  # fmt: skip
+        return
+    for name, tail in tails.items():
+        console.print(Text(f"== {name}: {chosen[name]}", style="bold"))
+        console.print(Text("\n".join(tail) if tail is not None else "(no log yet: never started)"))
+
+
+def _tail(path: Path, lines: int) -> list[str] | None:
+    """The last ``lines`` lines of ``path`` (None: no such file)."""
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8", errors="replace") as text:
+        return [line.rstrip("\n") for line in deque(text, maxlen=lines)]
 
 
 def _show(statuses: list, as_json: bool, env_file: str | None = None) -> None:

@@ -134,6 +134,21 @@ class LocalStack:
         )
 
     @property
+    def worker_log(self) -> Path:
+        """Where the Prefect worker writes (what the flow runs it starts print, too)."""
+        return self.root / "logs" / "prefect-worker.log"
+
+    def log_files(self) -> dict[str, Path]:
+        """Each service's log file, by the name ``adapterops stack logs`` takes."""
+        return {
+            "postgresql": self.postgres.log,
+            "s3": self.seaweed.log,
+            "mlflow": self.mlflow.log,
+            "prefect": self.prefect.log,
+            "worker": self.worker_log,
+        }
+
+    @property
     def exists(self) -> bool:
         """Whether ``stack up`` has set this stack up (its state file is there)."""
         return (self.root / "stack.json").is_file()
@@ -283,7 +298,7 @@ class LocalStack:
         }
         worker = PrefectWorker(
             pool=WORK_POOL, api_url=self.prefect.api_url, home=self.root / "prefect",
-            log=self.root / "logs" / "prefect-worker.log", env=environment,
+            log=self.worker_log, env=environment,
         )  # fmt: skip
         worker.start()
         assert worker.process is not None
