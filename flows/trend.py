@@ -1,6 +1,6 @@
-"""One adapter's metric across its versions: is scheduled retraining improving it, or drifting?
-(``adapterops trend NAME``). Pure: registry records in, points out; the picture is
-:func:`flows.plots.trend_plot`'s."""
+"""One adapter's (or composition's) metric across its versions: is scheduled retraining
+improving it, or drifting? (``adapterops trend NAME``, ``adapterops composition trend NAME``).
+Pure: registry records in, points out; the picture is :func:`flows.plots.trend_plot`'s."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registry import AdapterVersion, higher_is_better
+from registry import AdapterVersion, Composition, higher_is_better
 from registry.version_diff import COUNTS
 
 from .errors import DataError
@@ -62,9 +62,12 @@ class Trend:
         }
 
 
-def metric_trend(versions: Sequence[AdapterVersion], metric: str | None = None) -> Trend:
-    """The trend of ``metric`` over ``versions`` (one adapter's, any order). Without ``metric``:
-    the one the newest version's spec gates on, else the only quality metric they recorded."""
+def metric_trend(
+    versions: Sequence[AdapterVersion] | Sequence[Composition], metric: str | None = None
+) -> Trend:
+    """The trend of ``metric`` over ``versions`` (one adapter's or one composition's, any
+    order). Without ``metric``: the one the newest version's spec (a composition's evaluation
+    spec) gates on, else the only quality metric they recorded."""
     if not versions:
         raise DataError("no versions to draw a trend of")
     ordered = sorted(versions, key=lambda v: v.version)
@@ -80,9 +83,11 @@ def metric_trend(versions: Sequence[AdapterVersion], metric: str | None = None) 
     return Trend(name, chosen, points)
 
 
-def _default_metric(ordered: list[AdapterVersion], recorded: list[str]) -> str:
+def _default_metric(ordered: list[AdapterVersion] | list[Composition], recorded: list[str]) -> str:
     """The metric the newest spec's gate compares on, else the only one that is not a count."""
-    gated = ordered[-1].spec.get("evaluate", {}).get("metric")
+    newest = ordered[-1]
+    spec = newest.spec if isinstance(newest, AdapterVersion) else newest.evaluation
+    gated = spec.get("evaluate", {}).get("metric")
     if isinstance(gated, str) and gated in recorded:
         return gated
     quality = [key for key in recorded if key not in COUNTS]

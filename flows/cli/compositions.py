@@ -1,7 +1,8 @@
-"""``adapterops composition save | ls | show | alias | unalias | history | predict | export``: saved
-compositions (stacks, averages over exact member versions), their aliases and event logs, and
-predictions through them. Compositions are saved here, from Python
-(``Registry.register_composition``) and by the retraining cascade."""
+"""``adapterops composition save | ls | show | diff | trend | alias | unalias | history |
+predict | evaluate | export``: saved compositions (stacks, averages over exact member
+versions), their aliases, metrics and event logs, and predictions through them. Compositions
+are saved here, from Python (``Registry.register_composition``) and by the retraining
+cascade."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from .operate import (
     show_predictions,
 )
 from .registry import RefArgument
-from .review import print_changes, show_events
+from .review import check_plot_path, plot_trend, print_changes, show_events, show_trend
 
 __all__ = ["composition_app"]
 
@@ -248,6 +249,37 @@ def unalias(
         emit_json({"ok": True, "composition": composition, "removed": name})
         return
     console.print(f"removed alias {name} from {composition}")
+
+
+@composition_app.command()
+def trend(
+    name: Annotated[str, typer.Argument(help="The composition.", metavar="NAME")],
+    metric: Annotated[
+        str | None,
+        typer.Option(help="The metric (default: the one its evaluation spec's gate compares on)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
+            "--json, no plot unless given)."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A composition's metric across its versions (what each scored when saved: the cascade's
+    gate, or save --metric), as a plot and a table, as trend draws an adapter's."""
+    with user_errors(as_json):
+        if out is not None:
+            check_plot_path(out)
+        registry = open_registry()
+        newest = registry.composition(name)  # no such composition: one line, before the plot
+        from ..trend import metric_trend  # noqa: PLC0415
+
+        versions = [registry.composition(name, v) for v in range(1, newest.version + 1)]
+        found = metric_trend(versions, metric)
+        path = plot_trend(found, out, as_json)
+    show_trend(found, path, as_json)
 
 
 @composition_app.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -26,7 +26,10 @@ from .common import (
     user_errors,
 )
 
-__all__ = ["app", "print_changes", "show_events"]
+if TYPE_CHECKING:
+    from ..trend import Trend
+
+__all__ = ["app", "check_plot_path", "plot_trend", "print_changes", "show_events", "show_trend"]
 
 app = typer.Typer()
 
@@ -108,18 +111,29 @@ def trend(
     With --json, the points (and a plot only where --out asks for one)."""
     with user_errors(as_json):
         if out is not None:
-            _check_plot_path(out)
+            check_plot_path(out)
         registry = open_registry()
         check_adapter_name(registry, name)
         from ..trend import metric_trend  # noqa: PLC0415
 
         found = metric_trend(registry.find(name=name), metric)
-        # a script asked for numbers: no file appears in its folder unless it names one
-        path = out if out is not None or as_json else Path(f"{name}-{found.metric}.png")
-        if path is not None:
-            from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
+        path = plot_trend(found, out, as_json)
+    show_trend(found, path, as_json)
 
-            trend_plot(found, path)
+
+def plot_trend(found: Trend, out: Path | None, as_json: bool) -> Path | None:
+    """Where ``trend`` drew its plot: ``out``, else NAME-METRIC.png (None: --json without
+    --out; a script asked for numbers, and no file appears in its folder unless it names one)."""
+    path = out if out is not None or as_json else Path(f"{found.name}-{found.metric}.png")
+    if path is not None:
+        from ..plots import trend_plot  # noqa: PLC0415 - matplotlib only for this command
+
+        trend_plot(found, path)
+    return path
+
+
+def show_trend(found: Trend, path: Path | None, as_json: bool) -> None:
+    """The trend's points as JSON, or as a table (the best version marked) and the plot's path."""
     if as_json:
         emit_json({**found.to_dict(), "plot": str(path) if path else None})
         return
@@ -134,7 +148,7 @@ def trend(
     console.print(f"plot: {path}", highlight=False, soft_wrap=True)
 
 
-def _check_plot_path(out: Path) -> None:
+def check_plot_path(out: Path) -> None:
     """A file matplotlib can write, in a folder that exists: checked before the registry opens."""
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise DataError(f"--out {out}: give a .png, .svg or .pdf file (the plot's format)")
