@@ -16,7 +16,7 @@ import registry as rg
 from registry import Composition, InvalidCompositionError
 from registry.compositions import answers_per_member
 
-from ..errors import TrackingUnavailableError
+from ..errors import DataError, TrackingUnavailableError
 from .common import (
     BatchSizeOption,
     JsonOption,
@@ -137,14 +137,42 @@ def _definition(text: str) -> dict[str, Any]:
 
 
 @composition_app.command("ls")
-def list_compositions(as_json: JsonOption = False) -> None:
-    """The newest version of every composition."""
+def list_compositions(
+    order_by: Annotated[
+        str | None,
+        typer.Option(
+            "--order-by",
+            help="A metric: best first (lowest first for perplexity and losses), those "
+            "without it last.",
+            metavar="METRIC",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The newest version of every composition (by name, or best first by --order-by)."""
     with user_errors(as_json):
         compositions = open_registry().compositions()
+        if order_by is not None and compositions:
+            compositions = _best_first(compositions, order_by)
     if not compositions and not as_json:  # one line, not an empty table
         console.print("no compositions yet: `adapterops composition save NAME MEMBER...` adds one")
         return
     _print(compositions, as_json)
+
+
+def _best_first(compositions: list[Composition], metric: str) -> list[Composition]:
+    """``compositions`` ordered by ``metric`` as ``ls --order-by`` orders versions."""
+    recorded = sorted({key for c in compositions for key in c.metrics})
+    if metric not in recorded:  # a typo would order nothing, silently
+        raise DataError(
+            f"no composition here recorded {metric!r} to order by; they recorded: "
+            f"{', '.join(recorded) or 'no metric'}"
+        )
+    sign = -1.0 if rg.higher_is_better(metric) else 1.0
+    scored = sorted(
+        (c for c in compositions if metric in c.metrics), key=lambda c: sign * c.metrics[metric]
+    )
+    return scored + [c for c in compositions if metric not in c.metrics]
 
 
 @composition_app.command()

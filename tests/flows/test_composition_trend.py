@@ -55,3 +55,25 @@ def test_a_compositions_scores_by_version_with_its_best(tmp_path: Path, monkeypa
     ]:  # fmt: skip
         refused = run_cli("composition", "trend", *args, env=env)
         assert (refused.returncode, refused.stderr) == (2, f"error: {error}\n")
+
+
+def test_compositions_listed_best_first_by_a_metric(tmp_path: Path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"ADAPTEROPS_HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    registry = Registry()
+    registry.register(
+        write_fake_adapter(tmp_path / "a", 1), name="a", base_model="b", task="t", language="pt"
+    )
+    for name, scores in (("low", {"perplexity": 9.0}), ("none", {}), ("high", {"perplexity": 4})):
+        registry.register_composition(name, {"type": "stack"}, ["a"], metrics=scores)
+    registry.close()
+    listed = run_cli("composition", "ls", "--order-by", "perplexity", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    # lower perplexity is better; one without it last
+    assert [c["name"] for c in json.loads(listed.stdout)] == ["high", "low", "none"]
+    typo = run_cli("composition", "ls", "--order-by", "perplexty", env=env)
+    assert (typo.returncode, typo.stderr) == (
+        2,
+        "error: no composition here recorded 'perplexty' to order by; they recorded: perplexity\n",
+    )
