@@ -522,7 +522,7 @@ def metric_values(pairs: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not key:
-            raise typer.BadParameter(f"--metric {pair!r}: write key=number, e.g. accuracy=0.91")
+            raise DataError(f"--metric {pair!r}: write key=number, e.g. accuracy=0.91")
     return metrics
 
 

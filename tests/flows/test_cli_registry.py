@@ -461,8 +461,9 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     tags = reviewers.get_model_version("composition.mean", "1").tags  # reviewers see it too
     assert tags["adapterops.metric.accuracy"] == "0.7000"
     unscored = run(env, "composition", "save", "mean", "lang-pt", "--metric", "accuracy=high")
-    assert unscored.returncode == 2 and "--metric 'accuracy=high': write key=number" in (
-        unscored.stderr
+    assert (unscored.returncode, unscored.stderr) == (  # one line, not typer's usage box
+        2,
+        "error: --metric 'accuracy=high': write key=number, e.g. accuracy=0.91\n",
     )
     assert Registry().composition("mean").version == 1  # nothing saved
     Registry().register(
