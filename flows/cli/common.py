@@ -169,6 +169,11 @@ def input_texts(texts: list[str] | None) -> list[str]:
     for text in texts:
         if text == "-":
             found += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        elif not text.strip():  # `--text "$REVIEW"` with the variable unset: answered as ""
+            raise DataError(
+                f"--text {text!r} is empty (an unset shell variable?): give the text to answer, "
+                "or --text - to read one per line from standard input"
+            )
         else:
             found.append(text)
     if not found:

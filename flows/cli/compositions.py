@@ -38,6 +38,7 @@ from .common import (
     quiet_libraries,
     require_known,
     user_errors,
+    warn,
 )
 from .operate import (
     DataOption,
@@ -103,6 +104,13 @@ def save(
             metrics=metric_values(metric or []),
         )  # fmt: skip
         _mirror(registry, composition)
+    base = registry.get(composition.members[0]).base_model
+    if scored and scored["base_model"] != base:  # a path to the same model is fine: not refused
+        warn(
+            f"the evaluation spec's base_model {scored['base_model']!r} is not the members' "
+            f"({base!r}): the cascade loads it to score {composition.ref}, and every member is "
+            "refused on another model's weights"
+        )
     _print([composition], as_json, single=True)
 
 

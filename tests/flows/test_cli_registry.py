@@ -438,13 +438,17 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
 
     # saved from the command line: members resolved to exact versions, a block, a scoring spec
     spec = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-pt-pfeiffer.yaml"
-    averaged = ok_json(
-        run(
-            env, "composition", "save", "mean", "lang-pt", "sst2-en@1", "--definition",
-            '{"type": "average", "weights": [0.25, 0.75]}', "--evaluation", str(spec),
-            "--metric", "accuracy=0.7", "--json",
-        )
+    saved = run(
+        env, "composition", "save", "mean", "lang-pt", "sst2-en@1", "--definition",
+        '{"type": "average", "weights": [0.25, 0.75]}', "--evaluation", str(spec),
+        "--metric", "accuracy=0.7", "--json",
     )  # fmt: skip
+    averaged = ok_json(saved)
+    assert saved.stderr == (  # the fake members' base is not the spec's: the cascade would fail
+        "warning: the evaluation spec's base_model 'sentence-transformers/all-MiniLM-L6-v2' is "
+        "not the members' ('tiny-bert'): the cascade loads it to score mean@1, and every member "
+        "is refused on another model's weights\n"
+    )
     assert (averaged["version"], averaged["members"]) == (1, ["lang-pt@1", "sst2-en@1"])
     assert averaged["definition"]["weights"] == [0.25, 0.75]
     assert averaged["evaluation"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"

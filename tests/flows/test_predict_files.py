@@ -78,6 +78,7 @@ def test_bad_inputs_are_one_line_before_any_model_loads(paired, tmp_path):
         (["--data", str(other)], "has no column(s) ['sentence', 'second']"),
         (["--data", str(tmp_path / "nowhere.tsv")], "does not exist"),
         (["--text", "x", "--text-column", "review"], "--text-column names a column of the --data"),
+        (["--text", "x", "--text", " "], "--text ' ' is empty (an unset shell variable?)"),
     ):
         refused = run_cli("predict", ref, *arguments, env=env)
         assert refused.returncode == 2, refused.stderr[-2000:]
