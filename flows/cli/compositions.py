@@ -52,7 +52,14 @@ from .operate import (
     show_predictions,
 )
 from .registry import RefArgument
-from .review import check_plot_path, plot_trend, print_changes, show_events, show_trend
+from .review import (
+    PlotOutOption,
+    check_plot_path,
+    plot_trend,
+    print_changes,
+    show_events,
+    show_trend,
+)
 
 __all__ = ["composition_app"]
 
@@ -294,13 +301,7 @@ def trend(
         str | None,
         typer.Option(help="The metric (default: the one its evaluation spec's gate compares on)."),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
-            "--json, no plot unless given)."
-        ),
-    ] = None,
+    out: PlotOutOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A composition's metric across its versions (what each scored when saved: the cascade's

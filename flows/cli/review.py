@@ -29,7 +29,15 @@ from .common import (
 if TYPE_CHECKING:
     from ..trend import Trend
 
-__all__ = ["app", "check_plot_path", "plot_trend", "print_changes", "show_events", "show_trend"]
+__all__ = [
+    "PlotOutOption",
+    "app",
+    "check_plot_path",
+    "plot_trend",
+    "print_changes",
+    "show_events",
+    "show_trend",
+]
 
 app = typer.Typer()
 
@@ -90,6 +98,15 @@ def _are_compositions(registry: rg.Registry, refs: list[str]) -> bool:
     return True
 
 
+PlotOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
+        "--json, no plot unless given)."
+    ),
+]
+
+
 @app.command()
 def trend(
     name: Annotated[str, typer.Argument(help="The adapter.", metavar="NAME")],
@@ -97,13 +114,7 @@ def trend(
         str | None,
         typer.Option(help="The metric (default: the one its spec's gate compares on)."),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where to write the plot: .png, .svg or .pdf (default NAME-METRIC.png; with "
-            "--json, no plot unless given)."
-        ),
-    ] = None,
+    out: PlotOutOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """An adapter's metric across its versions, as a plot and a table: is scheduled retraining
