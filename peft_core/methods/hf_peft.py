@@ -33,10 +33,12 @@ is refused with a clear error. The classification head is ours (``HeadSwitch``),
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
@@ -225,11 +227,12 @@ class PeftRun(Method):
         # peft keeps on one tuner, so each further adapter of the kind joins that tuner.
         shared = _shared_wrapper(model, made.peft_type)
         try:
-            if shared is not None:
-                shared.add_adapter(record.name, made)
-                wrapper = shared
-            else:
-                wrapper = PeftModel(model, made, adapter_name=record.name)
+            with _quiet_adalora_false_alarms(made):
+                if shared is not None:
+                    shared.add_adapter(record.name, made)
+                    wrapper = shared
+                else:
+                    wrapper = PeftModel(model, made, adapter_name=record.name)
         except ValueError as exc:  # peft's words for targets that match nothing
             raise TargetError(f"peft {_kind(made)}: {' '.join(str(exc).split())}") from None
         _wrappers(model)[record.name] = wrapper
@@ -328,7 +331,9 @@ class PeftRun(Method):
         from peft import get_peft_model_state_dict  # noqa: PLC0415
 
         # Through the PeftModel: peft's per-method rules apply (AdaLoRA's pruned ranks).
-        state = get_peft_model_state_dict(_wrappers(model)[name], adapter_name=name)
+        wrapper = _wrappers(model)[name]
+        with _quiet_adalora_false_alarms(wrapper.peft_config[name]):
+            state = get_peft_model_state_dict(wrapper, adapter_name=name)
         return {k.removeprefix(_WRAPPED_PREFIX): v for k, v in state.items()}
 
     def load_own_state(self, model: nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
@@ -386,6 +391,28 @@ class PeftRun(Method):
 
     def owns_peft_key(self, key: str) -> bool:
         return key == "prompt_embeddings" or (".modules_to_save." not in key and not _is_head(key))
+
+
+# peft 0.21 warns about two things AdaLoRA does on purpose: its rank allocator writes
+# ``rank_pattern`` under its ``lora_E`` parameters' names, which peft's check for pattern keys
+# that match no module (meant for a user's typo in LoRA's rank_pattern) never matches; and a
+# module whose whole rank was pruned saves zero-sized tensors, which peft's check for
+# ungathered FSDP shards takes for one. Both were printed on saves and loads of AdaLoRA
+# adapters, telling the user of a fault that is not there. Only AdaLoRA's are silenced.
+_ADALORA_FALSE_ALARMS = (
+    "The following rank_pattern keys did not match any targeted module",
+    r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape",
+)
+
+
+@contextlib.contextmanager
+def _quiet_adalora_false_alarms(made: Any) -> Iterator[None]:
+    """Silence peft's false alarms about AdaLoRA's own rank pattern and pruned ranks."""
+    with warnings.catch_warnings():
+        if getattr(made, "peft_type", None) == "ADALORA":
+            for message in _ADALORA_FALSE_ALARMS:
+                warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def _refuse_native_layers(model: nn.Module, made: Any) -> None:
