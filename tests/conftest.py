@@ -8,6 +8,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Set before torch is imported (and inherited by the CLI and torchrun processes tests start):
+    # with torch's default of a thread per core, two workers on two cores fight over them and the
+    # suite took as long as in one process (31 min); one thread each, 18 min.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import shutil
 import tempfile
