@@ -3,11 +3,12 @@ majority class on the full validation set by a clear margin.
 
 Same data budget and seed for every method (150 steps x 16 examples); each method at a learning
 rate that suits it (``flows.quickstart.METHOD_RECIPES``). Results go to
-``test-artifacts/learning.json``.
+``test-artifacts/learning.json``: a row per method, from its latest run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -19,7 +20,19 @@ from flows.train_job import train_from_spec
 STEPS, BATCH = 150, 16  # the weakest, BitFit, reaches 0.78 (threshold 0.66); 100 is too few
 MARGIN = 0.15  # over the majority class: a clear margin, far beyond seed noise
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-RESULTS: dict[str, dict[str, float]] = {}
+
+
+def record(method: str, row: dict[str, float]) -> None:
+    """Add ``method``'s row to learning.json. The methods run on several pytest-xdist workers,
+    each its own process: each merges its row into the file under a lock (a worker that wrote
+    only what it ran would drop the other's rows)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "learning.json"
+    with (ARTIFACTS / ".learning.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results[method] = row
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def majority_share(path: Path) -> float:
@@ -34,16 +47,17 @@ def test_method_learns_sst2(method, sst2_dir, tmp_path):
     report = train_from_spec(spec, tmp_path / method)
     majority = majority_share(sst2_dir / "en" / "validation.tsv")
     accuracy = report.metrics["accuracy"]
-    RESULTS[method] = {
-        "accuracy": accuracy,
-        "macro_f1": report.metrics["macro_f1"],
-        "majority": majority,
-        "median_step_seconds": report.median_step_seconds,
-        "trainable_params": report.trainable_params,
-        "adapter_bytes": report.adapter_bytes,
-    }
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "learning.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
+    record(
+        method,
+        {
+            "accuracy": accuracy,
+            "macro_f1": report.metrics["macro_f1"],
+            "majority": majority,
+            "median_step_seconds": report.median_step_seconds,
+            "trainable_params": report.trainable_params,
+            "adapter_bytes": report.adapter_bytes,
+        },
+    )
     assert report.metrics["examples"] == 872  # the whole validation set
     assert accuracy >= majority + MARGIN, f"{method}: {accuracy:.3f} vs majority {majority:.3f}"
 
