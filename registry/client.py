@@ -202,6 +202,11 @@ class Registry:
         (any other spec fields are ignored); without it the cascade lists it but cannot score it.
         """
         check_name(name, "composition name")
+        if isinstance(members, str):  # would be read letter by letter: "no adapter named 'l'"
+            raise TypeError(
+                f"members is a list of references, not one string: [{members!r}], or split "
+                "it into the members"
+            )
         if isinstance(definition, dict):  # any other shape is canonical_definition's line
             _check_json(definition, "definition")
         _check_json(evaluation or {}, "evaluation")
@@ -432,6 +437,11 @@ class Registry:
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record).
         """
+        if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
+            raise TypeError(
+                f"gc: older_than is a datetime.timedelta (timedelta(hours=1)), "
+                f"not {type(older_than).__name__} {older_than!r}"
+            )
         if older_than < timedelta(0):
             raise RegistryError(f"gc: older_than must not be negative, got {older_than}")
         self._refuse_a_shared_store(mark=not dry_run)

@@ -115,8 +115,16 @@ def member_name(ref: str) -> str:
     return ref.partition("@")[0]
 
 
-def parse_ref(text: str) -> Ref:
+def parse_ref(text: str | Ref) -> Ref:
     """Parse ``name``, ``name@<version>`` or ``name@<alias>``."""
+    if not isinstance(text, str | Ref):
+        # str() of anything is some string, which was then refused as an odd adapter name
+        # ("no adapter named 'None'") or, worse, taken for one.
+        given = type(text).__name__
+        use = " (a version record: pass its .ref)" if hasattr(text, "ref") else ""
+        raise TypeError(
+            f"a registry reference is a string (name, name@VERSION or name@ALIAS), not {given}{use}"
+        )
     name, sep, suffix = str(text).partition("@")
     # ``name:3`` (Docker's and Hugging Face's habit) and ``name/3`` get the spelling they meant.
     if not sep and (habit := _OTHER_SEPARATOR.fullmatch(name)):

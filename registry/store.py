@@ -137,7 +137,7 @@ def register_version(
 
 def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
     """The version a reference names (``name`` alone: the newest version)."""
-    parsed = parse_ref(ref) if isinstance(ref, str) else ref
+    parsed = ref if isinstance(ref, Ref) else parse_ref(ref)  # parse_ref names a wrong type
     query = _versions_query().where(AdapterRow.name == parsed.name)
     if parsed.version is not None:
         query = query.where(VersionRow.version == parsed.version)

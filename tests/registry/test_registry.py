@@ -328,6 +328,28 @@ class TestBadInput:
         with pytest.raises(rg.RegistryError, match="must not be negative"):
             registry.gc(older_than=timedelta(minutes=-1))
 
+    def test_gc_names_the_type_of_its_grace_period(self, registry, make_adapter):
+        register(registry, make_adapter(), name="kept")
+        with pytest.raises(TypeError, match=r"timedelta \(timedelta\(hours=1\)\), not int 3600"):
+            registry.gc(older_than=3600)  # type: ignore[arg-type]
+        assert registry.get("kept").version == 1
+
+    def test_a_reference_that_is_not_a_string_is_named_for_what_it_is(self, registry, make_adapter):
+        version = register(registry, make_adapter(), name="kept")
+        with pytest.raises(
+            TypeError, match=r"string \(name, name@VERSION or name@ALIAS\), not NoneType$"
+        ):
+            registry.get(None)  # type: ignore[arg-type]
+        with pytest.raises(
+            TypeError, match=r"not AdapterVersion \(a version record: pass its \.ref\)"
+        ):
+            registry.set_alias(version, "champion")  # type: ignore[arg-type]
+        assert registry.get(version.ref).aliases == ()
+        assert registry.get(rg.parse_ref("kept@1")) == registry.get("kept@1")  # a Ref is fine
+        with pytest.raises(TypeError, match=r"not one string: \['kept@1'\]"):
+            registry.register_composition("one", {"type": "stack"}, "kept@1")  # type: ignore[arg-type]
+        assert registry.compositions() == []
+
     def test_a_base_saved_with_or_without_a_tokenizer_is_the_same_base(
         self, registry, tmp_path, minilm_dir
     ):
