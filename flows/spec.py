@@ -550,6 +550,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) 
         if not sep or not key:
             problems.append((item, "an override is written key.sub=value"))
             continue
+        if not raw.strip():  # YAML reads it as null: `--set train.max_steps=$STEPS`, unset
+            problems.append((key, "no value after '=' (an unset variable?); key=null clears it"))
+            continue
         node = result
         *parents, leaf = key.split(".")
         for part in parents:

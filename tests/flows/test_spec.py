@@ -119,6 +119,19 @@ class TestValidSpecs:
             "a flow node)"
         )
 
+    def test_an_empty_value_is_refused_and_null_clears(self, tmp_path):
+        """``--set train.max_steps=$STEPS`` with STEPS unset: YAML read the empty value as null,
+        which trained by epochs instead of the steps meant."""
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(with_(train={"max_steps": 5})))
+        with pytest.raises(SpecError) as raised:
+            load_spec(tmp_path / "spec.yaml", ["train.max_steps=", "train.seed= "])
+        assert str(raised.value) == (
+            f"{tmp_path / 'spec.yaml'}: 2 problems: train.max_steps: no value after '=' (an "
+            "unset variable?); key=null clears it; train.seed: no value after '=' (an unset "
+            "variable?); key=null clears it"
+        )
+        assert load_spec(tmp_path / "spec.yaml", ["train.max_steps=null"]).train.max_steps is None
+
     def test_another_method_type_starts_that_methods_fields_afresh(self, tmp_path):
         """--set method.type=bitfit on a LoRA spec: LoRA's rank and alpha were four "unknown
         field" errors of BitFit."""
