@@ -10,9 +10,7 @@ spelling.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from typing import Any, Literal
+from typing import Any
 
 from .errors import ConfigError
 from .methods import all_methods, method_of
@@ -20,6 +18,7 @@ from .methods.base import MethodConfig
 from .methods.bitfit import BitFit
 from .methods.bottleneck import Houlsby, Pfeiffer
 from .methods.dora import DoRA
+from .methods.field_types import check_field_types
 from .methods.full import FullFineTune
 from .methods.fusion import Fusion
 from .methods.hf_peft import AnyPeft
@@ -62,54 +61,9 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     for key, value in fields.items():
         if isinstance(value, list) and "tuple" in str(known[key].type):
             fields[key] = tuple(value)
-    _check_field_types(kind, cls, fields)
+    check_field_types(kind, cls, fields, sequence="list")  # a file's lists became tuples
     try:
         config: MethodConfig = cls(**fields)
     except TypeError as exc:
         raise ConfigError(f"{kind}: {exc}") from None
     return config
-
-
-def _check_field_types(kind: str, cls: type, fields: dict[str, Any]) -> None:
-    """A value of the wrong type (``rank: "big"`` from a hand-written file) is named with the
-    type its field takes, not left to fail inside a comparison in the config's own checks."""
-    hints = typing.get_type_hints(cls)
-    for key, value in fields.items():
-        expected = hints.get(key, Any)
-        if not _fits(value, expected):
-            raise ConfigError(f"{kind}: {key} must be {_spelled(expected)}, got {value!r:.60}")
-
-
-# What a plain field accepts: JSON has one number type, so a float field takes whole numbers too.
-_PLAIN_CHECKS: dict[Any, Any] = {
-    bool: lambda v: isinstance(v, bool),
-    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    str: lambda v: isinstance(v, str),
-    type(None): lambda v: v is None,
-}
-
-
-def _fits(value: Any, expected: Any) -> bool:
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arm) for arm in args)
-    if origin is Literal:
-        return value in args
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return isinstance(value, tuple) and all(_fits(item, args[0]) for item in value)
-    # Any, mappings and nested configs: the config's own checks' job
-    check = _PLAIN_CHECKS.get(expected)
-    return check is None or bool(check(value))
-
-
-def _spelled(expected: Any) -> str:
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_spelled(arm) for arm in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(arg) for arg in args)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return f"a list of {_spelled(args[0])}s"
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-    return names.get(expected, "null" if expected is type(None) else str(expected))

@@ -31,6 +31,7 @@ from ..layer import AdaptedLayer, LayerKind
 from ..offload import execution_device
 from ..roles import Target
 from ..targeting import resolve_targets
+from .field_types import check_field_types
 
 if TYPE_CHECKING:
     from ..state import AdapterRecord
@@ -50,9 +51,18 @@ __all__ = [
 
 
 class MethodConfig:
-    """Base of every method configuration: a frozen dataclass with a ``type`` tag field."""
+    """Base of every method configuration: a frozen dataclass with a ``type`` tag field.
+
+    A subclass's ``__post_init__`` calls this one first: then its own range checks see values
+    of the types its fields are annotated with."""
 
     type: str
+
+    def __post_init__(self) -> None:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        check_field_types(type(self).__name__, type(self), {
+            f.name: getattr(self, f.name) for f in fields if f.init
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -328,7 +338,7 @@ def finite(value: float, name: str) -> None:
     """Refuse NaN and infinities for a numeric field."""
     require(
         isinstance(value, int | float) and math.isfinite(value),
-        f"{name} must be a finite number, got {value}",
+        f"{name} must be a finite number, got {value!r:.40}",
     )
 
 

@@ -42,6 +42,7 @@ class BitFit(MethodConfig):
     type: Literal["bitfit"] = dataclasses.field(default="bitfit", init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.targets is not None:
             check_targets(self.targets)
 

@@ -63,6 +63,7 @@ class _Bottleneck(MethodConfig):
     original_ln_before: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(
             isinstance(self.original_ln_before, bool),
             f"original_ln_before must be true or false, got {self.original_ln_before!r:.40}",

@@ -39,6 +39,7 @@ class Fusion(MethodConfig):
     type: Literal["fusion"] = dataclasses.field(default="fusion", init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(len(self.members) >= 1, "a Fusion needs at least one member adapter")
         require(len(set(self.members)) == len(self.members), f"duplicate members in {self.members}")
         finite(self.temperature, "temperature")

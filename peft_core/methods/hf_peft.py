@@ -93,6 +93,7 @@ class AnyPeft(MethodConfig):
     type: Literal["peft"] = dataclasses.field(default="peft", init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         peft_config(self)  # every problem is a ConfigError now, before any model is touched
 
     @property

@@ -54,6 +54,7 @@ class IA3(MethodConfig):
     type: Literal["ia3"] = dataclasses.field(default="ia3", init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_targets(self.targets)
         require(isinstance(self.feedforward, tuple), "feedforward must be a tuple of strings")
         outside = [f for f in self.feedforward if f not in self.targets]

@@ -71,6 +71,7 @@ class LowRankConfig(MethodConfig):
     use_rslora: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.rank >= 1, f"{type(self).__name__} rank must be >= 1, got {self.rank}")
         check_width(self.rank, f"{type(self).__name__} rank")
         finite(self.alpha, f"{type(self).__name__} alpha")
@@ -88,7 +89,6 @@ class LowRankConfig(MethodConfig):
 
 
 LoRAInit = Literal["default", "pissa", "olora"]
-INITS: tuple[str, ...] = ("default", "pissa", "olora")
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,7 @@ class LoRA(LowRankConfig):
     type: Literal["lora"] = dataclasses.field(default="lora", init=False)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        require(
-            self.init in INITS, f"LoRA init must be one of {', '.join(INITS)}, got {self.init!r}"
-        )
+        super().__post_init__()  # init is one of LoRAInit's (its annotation)
         require(
             isinstance(self.init_iterations, int) and 0 <= self.init_iterations <= 100,
             f"LoRA init_iterations must be a whole number from 0 to 100, got "

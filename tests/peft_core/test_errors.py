@@ -66,6 +66,26 @@ class TestConfigValidation:
             pc.config_from_dict(fields)
         assert str(raised.value) == message
 
+    @pytest.mark.parametrize(
+        ("build", "message"),
+        [
+            (lambda: pc.LoRA(rank="8"), "LoRA: rank must be a whole number, got '8'"),
+            (lambda: pc.LoRA(rank=None), "LoRA: rank must be a whole number, got None"),
+            (lambda: pc.DoRA(dropout="0.1"), "DoRA: dropout must be a number, got '0.1'"),
+            (lambda: pc.LoRA(alpha="16"), "LoRA: alpha must be a number, got '16'"),
+            (lambda: pc.LoRA(use_rslora="no"), "LoRA: use_rslora must be true or false, got 'no'"),
+            (lambda: pc.LoRA(targets=["q", "v"]), "LoRA: targets must be a tuple of texts, got ['q', 'v']"),
+            (lambda: pc.Houlsby(bottleneck="64"), "Houlsby: bottleneck must be a whole number or null, got '64'"),
+            (lambda: pc.Fusion(members="ab"), "Fusion: members must be a tuple of texts, got 'ab'"),
+        ],
+    )  # fmt: skip
+    def test_a_config_built_in_python_names_a_value_of_the_wrong_type(self, build, message):
+        """Built directly (not from a dict), the same check: ``pc.LoRA(rank="8")`` failed inside
+        a comparison, and ``pc.Fusion(members="ab")`` fused adapters 'a' and 'b'."""
+        with pytest.raises(pc.ConfigError) as raised:
+            build()
+        assert str(raised.value) == message
+
     def test_config_round_trips_through_dict(self):
         for config in [
             pc.LoRA(rank=3, targets=("q", "ffn_in")),

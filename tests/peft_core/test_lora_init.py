@@ -203,7 +203,9 @@ def test_a_randomised_svd_finds_a_clear_top_of_the_spectrum(tiny_model):
 
 
 def test_an_unknown_init_is_a_config_error():
-    with pytest.raises(pc.ConfigError, match="LoRA init must be one of default, pissa, olora"):
+    with pytest.raises(
+        pc.ConfigError, match="LoRA: init must be one of 'default', 'pissa', 'olora', got 'svd'"
+    ):
         pc.LoRA(init="svd")  # type: ignore[arg-type]
     with pytest.raises(pc.ConfigError, match="init_iterations is for init: pissa"):
         pc.LoRA(init="olora", init_iterations=4)
