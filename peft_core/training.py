@@ -16,6 +16,7 @@ adapter (and a new head) and nothing else. The loop also knows the three things 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -87,7 +88,12 @@ def train(
     ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
     ``GradScaler``), without which small gradients vanish in float16 (GPUs without bf16).
     """
-    params = _checked_parameters(model, max_steps, gradient_accumulation_steps, precision)
+    _check_settings(
+        max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
+        checkpoint_every=checkpoint_every, learning_rate=learning_rate,
+        weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
+    )  # fmt: skip
+    params = _checked_parameters(model, precision)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     # transformers' optimisation module imports peft (~1.5 s): only training pays for it
     from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
@@ -268,15 +274,41 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
     return model
 
 
-def _checked_parameters(
-    model: nn.Module, max_steps: int, gradient_accumulation_steps: int, precision: Precision
-) -> list[nn.Parameter]:
+def _check_settings(
+    *,
+    max_steps: int,
+    gradient_accumulation_steps: int,
+    checkpoint_every: int,
+    learning_rate: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    max_grad_norm: float,
+) -> None:
+    """Refuse a setting of the wrong type or range before any step, naming it: a string
+    (``learning_rate="1e-3"``, read from a config file) failed inside AdamW or the scheduler
+    ("'<=' not supported between instances of 'float' and 'str'")."""
+    counts = {
+        "max_steps": max_steps,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "checkpoint_every": checkpoint_every,
+    }
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, got {count!r:.40}")
+    numbers = {
+        "learning_rate": (learning_rate, lambda v: 0 < v < math.inf, "a finite number above 0"),
+        "weight_decay": (weight_decay, lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
+        "warmup_ratio": (warmup_ratio, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+        "max_grad_norm": (max_grad_norm, lambda v: v > 0, "a number above 0 (inf: no clipping)"),
+    }
+    for name, (value, allowed, wanted) in numbers.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or math.isnan(value) or not allowed(value):
+            raise ConfigError(f"{name} must be {wanted}, got {value!r:.40}")
+
+
+def _checked_parameters(model: nn.Module, precision: Precision) -> list[nn.Parameter]:
     """The parameters to train, after refusing what cannot train (before any step)."""
-    if max_steps < 1 or gradient_accumulation_steps < 1:
-        raise ConfigError(
-            f"max_steps ({max_steps}) and gradient_accumulation_steps "
-            f"({gradient_accumulation_steps}) must each be at least 1"
-        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")

@@ -251,10 +251,32 @@ class TestMistakes:
                 model, batches(2), max_steps=steps, learning_rate=1e-3,
                 gradient_accumulation_steps=accumulation,
             )  # fmt: skip
-        assert str(raised.value) == (
-            f"max_steps ({steps}) and gradient_accumulation_steps ({accumulation}) must each be "
-            "at least 1"
-        )
+        named = "max_steps" if steps == 0 else "gradient_accumulation_steps"
+        assert str(raised.value) == f"{named} must be a whole number of at least 1, got 0"
+        after = trainable(model)
+        assert all(torch.equal(before[name], after[name]) for name in before)
+
+    @pytest.mark.parametrize(
+        ("setting", "message"),
+        [
+            ({"learning_rate": "1e-3"}, "learning_rate must be a finite number above 0, got '1e-3'"),
+            ({"learning_rate": 0.0}, "learning_rate must be a finite number above 0, got 0.0"),
+            ({"learning_rate": float("nan")}, "learning_rate must be a finite number above 0, got nan"),
+            ({"weight_decay": -0.1}, "weight_decay must be a finite number, 0 or more, got -0.1"),
+            ({"warmup_ratio": 6}, "warmup_ratio must be a number from 0 to 1, got 6"),
+            ({"max_grad_norm": 0}, "max_grad_norm must be a number above 0 (inf: no clipping), got 0"),
+            ({"max_steps": 2.0}, "max_steps must be a whole number of at least 1, got 2.0"),
+            ({"checkpoint_every": 0}, "checkpoint_every must be a whole number of at least 1, got 0"),
+        ],
+    )  # fmt: skip
+    def test_a_setting_of_the_wrong_type_or_range_is_named_before_a_step(self, setting, message):
+        """``learning_rate="1e-3"`` failed inside AdamW's comparison; a warmup_ratio of 6 (meant
+        as steps) warmed up past the end of training, silently."""
+        model = model_with_lora()
+        before = trainable(model)
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.train(model, batches(2), **{"max_steps": 2, "learning_rate": 1e-3, **setting})
+        assert str(raised.value) == message
         after = trainable(model)
         assert all(torch.equal(before[name], after[name]) for name in before)
 
