@@ -233,6 +233,11 @@ def list_adapters(model: nn.Module) -> list[str]:
 def _as_block(active: Block | Iterable[str] | None) -> Block | None:
     if active is None or isinstance(active, str | Stack | Parallel | Fuse | Average):
         return active
+    if not isinstance(active, Iterable):  # was "'int' object is not iterable"
+        raise TypeError(
+            "active is an adapter name, a composition (pc.Stack, pc.Average, pc.Parallel, "
+            f"pc.Fuse), a list of names, or None for the base model; got {active!r:.40}"
+        )
     names = tuple(active)
     return Stack(*names) if names else None
 

@@ -50,6 +50,8 @@ class TestBlocks:
             pc.set_active(model, pc.Fuse("a"))
         with pytest.raises(pc.CompositionError, match="Parallel cannot be nested inside Stack"):
             pc.set_active(model, pc.Stack("a", pc.Parallel("a")))
+        with pytest.raises(TypeError, match=r"or None for the base model; got 1$"):
+            pc.set_active(model, 1)  # type: ignore[arg-type]  # was "'int' object is not iterable"
         torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
 
 
