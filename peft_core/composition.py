@@ -85,6 +85,11 @@ class Average(_Block):
 
     def __init__(self, *children: Block, weights: Iterable[float] | None = None) -> None:
         super().__init__(*children)
+        if isinstance(weights, str | bytes) or not isinstance(weights, Iterable | None):
+            # a string was read digit by digit: weights="12" gave (1.0, 2.0)
+            raise CompositionError(
+                f"Average weights are a list of numbers, one per adapter, got {weights!r:.40}"
+            )
         values = tuple(float(w) for w in weights) if weights is not None else None
         if values is None:
             values = tuple(1.0 / len(children) for _ in children)

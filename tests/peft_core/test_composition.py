@@ -37,6 +37,12 @@ class TestBlocks:
                 pc.Average("a", "b", weights=(weight, 1))
         with pytest.raises(pc.CompositionError, match="weights must be finite numbers"):
             pc.block_from_dict({"type": "average", "children": ["a", "b"], "weights": [1, "NaN"]})
+        for weights in ("12", 0.5):  # "12" was read digit by digit: weights (1.0, 2.0)
+            with pytest.raises(
+                pc.CompositionError,
+                match=f"weights are a list of numbers, one per adapter, got {weights!r}$",
+            ):
+                pc.Average("a", "b", weights=weights)  # type: ignore[arg-type]
 
     def test_set_active_validates_before_changing_anything(self, tiny_model):
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})
