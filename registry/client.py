@@ -252,6 +252,15 @@ class Registry:
         """Versions matching every given filter, optionally ordered by a metric: best first
         (lowest first for perplexity, losses and error rates: :func:`registry.higher_is_better`)
         unless ``descending`` is given."""
+        texts = {
+            "base_model": base_model, "task": task, "language": language, "method": method,
+            "alias": alias, "name": name, "order_by": order_by,
+        }  # fmt: skip
+        # Python compares what it is given: task=3 matched nothing, descending="no" was true.
+        for key, value in texts.items():
+            _check_type(f"find: {key}", value, str, "text")
+        _check_type("find: descending", descending, bool, "True or False")
+        _check_type("find: limit", limit, int, "a whole number")
         return self._read(
             lambda s: store.find_versions(
                 s,
@@ -539,8 +548,20 @@ def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:
             )
 
 
+def _check_type(what: str, value: Any, kind: type, spelled: str) -> None:
+    """A TypeError naming an optional argument given a value of another type (None passes)."""
+    fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))  # True: an int
+    if value is not None and not fits:
+        raise TypeError(f"{what} is {spelled} or None, not {type(value).__name__} {value!r:.40}")
+
+
 def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Metric names of at most 64 characters and finite numbers, checked before anything runs."""
+    if not isinstance(metrics, Mapping):  # a list of pairs failed with "no attribute 'items'"
+        raise RegistryError(
+            f"metrics is a mapping of metric name to number ({{'accuracy': 0.91}}), not "
+            f"{type(metrics).__name__}"
+        )
     checked = {}
     for key, value in metrics.items():
         check_key(key)

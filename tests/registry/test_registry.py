@@ -350,6 +350,27 @@ class TestBadInput:
             registry.register_composition("one", {"type": "stack"}, "kept@1")  # type: ignore[arg-type]
         assert registry.compositions() == []
 
+    def test_find_names_an_argument_of_the_wrong_type(self, registry, make_adapter):
+        """Python compared what it was given: task=3 matched nothing and descending="no" was
+        true (the worst version first)."""
+        register(registry, make_adapter(), name="kept", metrics={"accuracy": 0.8})
+        for arguments, message in [
+            ({"task": 3}, "find: task is text or None, not int 3"),
+            ({"descending": "no"}, "find: descending is True or False or None, not str 'no'"),
+            ({"limit": "3"}, "find: limit is a whole number or None, not str '3'"),
+        ]:
+            with pytest.raises(TypeError) as raised:
+                registry.find(**arguments)
+            assert str(raised.value) == message
+        assert [v.ref for v in registry.find(task="sst2", descending=False, limit=1)] == ["kept@1"]
+
+    def test_metrics_given_as_pairs_are_named_before_anything_is_stored(
+        self, registry, make_adapter
+    ):
+        with pytest.raises(rg.RegistryError, match=r"metrics is a mapping .*, not list$"):
+            register(registry, make_adapter(), name="kept", metrics=[("accuracy", 0.8)])
+        assert registry.find() == []
+
     def test_a_base_saved_with_or_without_a_tokenizer_is_the_same_base(
         self, registry, tmp_path, minilm_dir
     ):
