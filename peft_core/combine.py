@@ -80,6 +80,11 @@ def _combine(
 ) -> CombineReport:
     """combine_adapters; ``uniform``: one rank for every module (lower ones zero-padded, which
     adds nothing), for engines that size every module by one rank (vLLM)."""
+    if not isinstance(weights, Mapping):  # a list of names failed with "no attribute 'items'"
+        raise ConfigError(
+            "combine_adapters weights map each source adapter's name to its weight "
+            f"({{'a': 0.5, 'b': 0.5}}), not {type(weights).__name__} {weights!r:.40}"
+        )
     records = [get_record(model, source) for source in weights]
     if not records:
         raise ConfigError("combine_adapters needs at least one source adapter")
@@ -88,6 +93,8 @@ def _combine(
     # Exact methods add terms, so sources on different modules combine over the union of their
     # modules (a module only some adapt gets only their terms); averaged ones need the same.
     _check_compatible(records, same_targets=method.combination != "exact")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise ConfigError(f"combine_adapters rank must be a whole number, got {rank!r:.40}")
     if how == "svd" and (rank is None or rank < 1):
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
     if method.combination is None:

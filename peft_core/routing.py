@@ -76,6 +76,11 @@ def install_routing(
     model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
 ) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
+    if isinstance(rows, str):  # "ab" was two rows, through adapters "a" and "b"
+        raise ConfigError(
+            f"per_row takes one adapter name (or None) per batch row, a list; got the string "
+            f"{rows!r:.40}: [{rows!r:.40}] for one row"
+        )
     if kernel not in KERNELS:
         raise ConfigError(f"per_row kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     device = next(model.parameters()).device

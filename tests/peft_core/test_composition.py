@@ -347,6 +347,11 @@ class TestPerRow:
             pc.per_row(model, ["a", None]),
         ):
             logits(model, batch(model, rows=3))
+        with (  # "aa" was two rows, each through adapter "a"
+            pytest.raises(pc.ConfigError, match=r"got the string 'aa': \['aa'\] for one row"),
+            pc.per_row(model, "aa"),
+        ):
+            pass
         pc.merge(model, "a")
         with pytest.raises(pc.ConfigError, match="unmerge"), pc.per_row(model, ["a"]):
             pass
@@ -496,6 +501,20 @@ class TestFlatten:
                  for t in record.targets}  # fmt: skip
         assert ranks == {m: 5 if m in v_layers else 2 for m in ranks} and len(ranks) == 4
         torch.testing.assert_close(body("both"), expected, atol=1e-5, rtol=1e-4)
+
+    def test_weights_that_are_not_a_mapping_and_a_rank_that_is_not_a_number_are_named(
+        self, tiny_model
+    ):
+        model = with_adapters(
+            tiny_model("bert", "classification"), {"a": pc.LoRA(), "b": pc.LoRA()}
+        )
+        with pytest.raises(
+            pc.ConfigError, match=r"\{'a': 0.5, 'b': 0.5\}\), not list \['a', 'b'\]"
+        ):
+            pc.combine_adapters(model, ["a", "b"], name="ab")  # type: ignore[arg-type]
+        with pytest.raises(pc.ConfigError, match="rank must be a whole number, got '4'"):
+            pc.combine_adapters(model, {"a": 0.5, "b": 0.5}, name="ab", how="svd", rank="4")  # type: ignore[arg-type]
+        assert pc.list_adapters(model) == ["a", "b"]
 
     def test_what_does_not_add_up_is_refused_before_anything_is_added(self, tiny_model):
         model = scrambled(

@@ -90,6 +90,19 @@ def test_a_classifier_is_estimated_too():
     assert 0 < memory.step_bytes < 50 * 2**20
     with pytest.raises(ValueError, match="head 'none'"):
         pc.estimate_step_memory(bert, LORA, head="none", batch_size=1, sequence_length=8)
+    for sizes, message in [  # "8" and 0 failed inside the model's forward, obscurely
+        ({"batch_size": "8"}, "batch_size must be a whole number of at least 1, got '8'"),
+        ({"sequence_length": 0}, "sequence_length must be a whole number of at least 1, got 0"),
+        ({"processes": 0}, "processes must be a whole number of at least 1, got 0"),
+    ]:
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.estimate_step_memory(
+                bert,
+                LORA,
+                head="classification",
+                **{"batch_size": 1, "sequence_length": 8, **sizes},
+            )
+        assert str(raised.value) == message
 
 
 def test_eager_attention_keeps_its_attention_matrices():
