@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import PretrainedConfig
 
 from .config import MethodConfig
-from .errors import ConfigError, NotEstimableError
+from .errors import NotEstimableError
 from .heads import HeadKind
 from .inject import add_adapter
 from .plan import build_on_meta
@@ -53,6 +53,7 @@ from .training import (
     _trained_adapters,
     _training_forward,
     _without_kv_cache,
+    check_counts,
 )
 
 __all__ = ["LiveTensorBytes", "StepMemory", "estimate_step_memory"]
@@ -190,10 +191,10 @@ def estimate_step_memory(
     """
     if head not in ("classification", "masked-lm", "causal-lm"):
         raise ValueError(f"no training step to estimate for head {head!r}")
-    sizes = {"batch_size": batch_size, "sequence_length": sequence_length, "processes": processes}
-    for what, size in sizes.items():  # "8" or 0 failed inside the model's forward, obscurely
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"{what} must be a whole number of at least 1, got {size!r:.40}")
+    # "8" or 0 failed inside the model's forward, obscurely
+    check_counts(
+        {"batch_size": batch_size, "sequence_length": sequence_length, "processes": processes}
+    )
     config = copy.deepcopy(config)  # the pad id may be set
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0  # a classifier finds each row's last token by it

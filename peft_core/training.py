@@ -274,6 +274,13 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
     return model
 
 
+def check_counts(counts: Mapping[str, int]) -> None:
+    """Refuse a count (steps, rows, processes) that is not a whole number of at least 1."""
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, got {count!r:.40}")
+
+
 def _check_settings(
     *,
     max_steps: int,
@@ -292,9 +299,7 @@ def _check_settings(
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "checkpoint_every": checkpoint_every,
     }
-    for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigError(f"{name} must be a whole number of at least 1, got {count!r:.40}")
+    check_counts(counts)
     numbers = {
         "learning_rate": (learning_rate, lambda v: 0 < v < math.inf, "a finite number above 0"),
         "weight_decay": (weight_decay, lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
