@@ -84,23 +84,37 @@ def main() -> None:
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     command = plain_value_names(typer.main.get_command(app))
-    if "--json" not in sys.argv[1:]:
-        command()
-        return
-    # A script reads one JSON document from stdout, a usage error included (an unknown option,
-    # a bad value): click would print its box and leave stdout empty.
+    json_output = "--json" in sys.argv[1:]
     try:
         outcome = command.main(standalone_mode=False)
     except typer.TyperException as exc:  # typer's click errors: UsageError, BadParameter, ...
-        message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
-        emit_json({"ok": False, "error": message, "kind": "UsageError"})
-        errors.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(_report_usage_error(exc, json_output=json_output))
     except typer.Abort:  # end of input at a prompt (Ctrl-C comes back as 130)
+        if not json_output:
+            errors.print("Aborted.", highlight=False)
         sys.exit(1)
     # without standalone mode a typer.Exit(code) comes back as its code; a command's own
     # return value (None) means success
     sys.exit(outcome if type(outcome) is int else 0)
+
+
+def _report_usage_error(exc: typer.TyperException, *, json_output: bool) -> int:
+    """One ``error:`` line for a usage error click caught (an unknown option, a bad value, a
+    missing argument), naming the help page, rather than click's usage line and framed box; with
+    ``--json`` also one JSON document on stdout, since a script reads stdout. Returns the exit
+    code (2)."""
+    code = int(getattr(exc, "exit_code", 2))
+    context = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and not json_output:
+        return code  # a group run bare (``adapterops db``) has printed its help page already
+    message = " ".join(str(exc.format_message()).split())
+    if json_output:
+        emit_json({"ok": False, "error": message, "kind": "UsageError"})
+    elif context is not None:  # click's usage line, folded into the one line
+        usage = " ".join(context.get_usage().split()).removeprefix("Usage: ")
+        message = f"{message.rstrip('.')}. Usage: {usage} (-h for help)"
+    errors.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
+    return code
 
 
 def use_our_prefect_home() -> None:

@@ -390,9 +390,9 @@ class TestBasics:
             (("push",), "Missing argument 'FOLDER'."),
         ],
     )
-    def test_a_usage_error_with_json_is_one_json_document(self, args, error, tmp_path):
-        """A script parses stdout: a wrong option gave it nothing there (click's box went to
-        stderr). Exit 2 either way, and the line on stderr too."""
+    def test_a_usage_error_is_one_line(self, args, error, tmp_path):
+        """With --json, one JSON document: a script parses stdout, and a wrong option gave it
+        nothing there (click's box went to stderr). Exit 2 either way, one line on stderr."""
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path)}
         result = run_cli(*args, "--json", env=env)
         assert result.returncode == 2, result.stderr
@@ -400,8 +400,18 @@ class TestBasics:
         assert (document["ok"], document["kind"]) == (False, "UsageError")
         assert document["error"].startswith(error)
         assert result.stderr == f"error: {document['error']}\n"
-        plain = run_cli(*args, env=env)  # without --json: click's own box, exit 2
-        assert (plain.returncode, plain.stdout) == (2, "") and "Traceback" not in plain.stderr
+        # without --json: the same one line, with click's usage line folded in (was its box)
+        plain = run_cli(*args, env=env)
+        assert (plain.returncode, plain.stdout) == (2, "")
+        [line] = plain.stderr.splitlines()
+        assert line.startswith(f"error: {error}") and line.endswith("(-h for help)"), line
+        assert f"Usage: adapterops {args[0]} [OPTIONS]" in line
+
+    def test_a_bare_command_group_prints_its_help(self):
+        """``adapterops db`` (no subcommand) is not an error line: its help page, exit 2."""
+        result = adapterops("db")
+        assert result.returncode == 2 and "Usage: adapterops db" in result.stdout + result.stderr
+        assert "error:" not in result.stdout + result.stderr
 
     def test_help_pages_name_values_as_people_write_them(self):
         """No Python types (``<list[str]>``, ``<bool>``), no RST markup, no docstring line breaks
