@@ -49,6 +49,12 @@ class _Block:
     def __init__(self, *children: Block) -> None:
         if len(children) < 1:
             raise CompositionError(f"{type(self).__name__} needs at least one adapter")
+        for child in children:  # Stack("a", 3) was accepted here and refused only when used
+            if not isinstance(child, str | _Block):
+                raise CompositionError(
+                    f"{type(self).__name__}'s members are adapter names or blocks, got "
+                    f"{type(child).__name__} {child!r:.40}"
+                )
         object.__setattr__(self, "children", tuple(children))
 
     def __repr__(self) -> str:

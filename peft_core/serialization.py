@@ -20,7 +20,7 @@ from .io import ADAPTER_META, ADAPTER_WEIGHTS, metadata, read_ours, write_ours
 from .layer import base_compute_dtype
 from .peft_format import OUR_METADATA, PEFT_CONFIG, PEFT_WEIGHTS, read_peft, write_peft
 from .probes import PROBES_FILE
-from .state import AdapterRecord, get_record
+from .state import AdapterRecord, check_model, get_record
 
 __all__ = ["convert_adapter", "load_adapter", "save_adapter"]
 
@@ -106,6 +106,9 @@ def load_adapter(
     Refuses, before changing the model, an adapter whose base-model fingerprint differs from
     ``model``'s (``force=True`` loads it anyway), and a folder with missing or unexpected tensors.
     """
+    check_model(model)
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"load_adapter takes a folder, not {type(path).__name__} {path!r:.40}")
     folder = Path(path)
     if not folder.is_dir():
         raise AdapterFormatError(f"adapter folder {folder} does not exist")

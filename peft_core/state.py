@@ -17,7 +17,7 @@ from .layer import AdaptedLayer
 from .methods.base import MethodConfig
 from .roles import Target
 
-__all__ = ["AdapterRecord", "adapter_layers", "adapter_records", "get_record"]
+__all__ = ["AdapterRecord", "adapter_layers", "adapter_records", "check_model", "get_record"]
 
 _ATTRIBUTE = "peft_core_adapters"
 
@@ -35,8 +35,19 @@ class AdapterRecord:
     lora_overrides: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
+def check_model(model: object) -> None:
+    """A TypeError naming what was given where a model belongs: ``None`` from a loader that
+    returned nothing failed deep inside with "'NoneType' object has no attribute '__dict__'"."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"peft_core works on a torch model (a torch.nn.Module, such as a transformers "
+            f"model), got {type(model).__name__} {model!r:.40}"
+        )
+
+
 def adapter_records(model: nn.Module) -> dict[str, AdapterRecord]:
     """The model's adapters by name (created empty on first use)."""
+    check_model(model)
     records: dict[str, AdapterRecord] | None = model.__dict__.get(_ATTRIBUTE)
     if records is None:
         records = {}
@@ -63,6 +74,7 @@ def adapter_layers(model: nn.Module, name: str | None = None) -> Iterator[tuple[
     modules outnumber the model's own many times over (64 LoRAs on every linear layer of MiniLM:
     ~9,000 modules), and nothing inside a wrapper is another wrapper.
     """
+    check_model(model)
     for module_name, module in _outside_wrappers(model, ""):
         if isinstance(module, AdaptedLayer) and (name is None or name in module.adapters):
             yield module_name, module
@@ -70,6 +82,7 @@ def adapter_layers(model: nn.Module, name: str | None = None) -> Iterator[tuple[
 
 def head_switches(model: nn.Module) -> list[tuple[str, HeadSwitch]]:
     """``(module name, switch)`` for every per-adapter head (walked as :func:`adapter_layers`)."""
+    check_model(model)
     return [(n, m) for n, m in _outside_wrappers(model, "") if isinstance(m, HeadSwitch)]
 
 

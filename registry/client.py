@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -76,7 +77,7 @@ class Registry:
     def __init__(
         self,
         database_url: str | None = None,
-        artifacts_url: str | None = None,
+        artifacts_url: str | os.PathLike[str] | None = None,
         *,
         auto_migrate: bool | None = None,
         create: bool = True,
@@ -84,6 +85,10 @@ class Registry:
         """Open the registry at the given locations (default: the environment's, see
         :class:`Settings`). A SQLite registry is created on first use; ``create=False`` (reading
         commands) refuses one that does not exist with :class:`NoRegistryError` instead."""
+        _check_type("Registry: database_url", database_url, str, "a URL")
+        if isinstance(artifacts_url, os.PathLike):  # a local folder given as a Path
+            artifacts_url = os.fspath(artifacts_url)
+        _check_type("Registry: artifacts_url", artifacts_url, str, "a URL or a folder")
         defaults = Settings.from_env()
         try:
             self.database = Database(
@@ -280,6 +285,9 @@ class Registry:
         self, *, base_model: str, task: str, language: str, metric: str | None = None
     ) -> Resolution:
         """The best adapter (or MAD-X stack) for (base model, task, language), with the reason."""
+        for key, value in {"base_model": base_model, "task": task, "language": language}.items():
+            _check_type(f"resolve: {key}", value, str, "text", optional=False)
+        _check_type("resolve: metric", metric, str, "a metric's name")
         return self._read(
             lambda s: store.resolve(
                 s, base_model=base_model, task=task, language=language, metric=metric
@@ -305,15 +313,19 @@ class Registry:
 
     def history(self, name: str) -> list[Event]:
         """The adapter's event log: registrations, alias moves, deletions, with their origin."""
+        _check_type("history: name", name, str, "an adapter's name", optional=False)
         return self._read(lambda s: store.history(s, name))
 
     def composition(self, name: str, version: int | None = None) -> Composition:
         """A saved composition: ``name`` (the newest version), ``name@2``, ``name@champion``, or
         ``name`` with ``version``."""
+        _check_type("composition: name", name, str, "a composition's name or ref", optional=False)
+        _check_type("composition: version", version, int, "a whole number")
         return self._read(lambda s: store.get_composition(s, name, version))
 
     def composition_history(self, name: str) -> list[Event]:
         """The composition's event log: versions saved and alias moves, with their origin."""
+        _check_type("composition_history: name", name, str, "a composition's name", optional=False)
         return self._read(lambda s: store.composition_history(s, name))
 
     def compositions(self) -> list[Composition]:
@@ -362,7 +374,9 @@ class Registry:
         registration mean other base weights, and the adapter is taken out again
         (:class:`BaseModelMismatchError`). ``skip_probe`` skips them; ``force`` skips both."""
         import peft_core  # noqa: PLC0415 - imported here so reading the registry needs no torch
+        from peft_core.state import check_model  # noqa: PLC0415
 
+        check_model(model)  # before the download, not after it
         version = self.get(ref)
         loaded = name or version.name
         with tempfile.TemporaryDirectory() as scratch:
@@ -548,11 +562,13 @@ def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:
             )
 
 
-def _check_type(what: str, value: Any, kind: type, spelled: str) -> None:
-    """A TypeError naming an optional argument given a value of another type (None passes)."""
+def _check_type(what: str, value: Any, kind: type, spelled: str, *, optional: bool = True) -> None:
+    """A TypeError naming an argument given a value of another type (None passes when
+    ``optional``)."""
     fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))  # True: an int
-    if value is not None and not fits:
-        raise TypeError(f"{what} is {spelled} or None, not {type(value).__name__} {value!r:.40}")
+    if not fits and not (optional and value is None):
+        allowed = f"{spelled} or None" if optional else spelled
+        raise TypeError(f"{what} is {allowed}, not {type(value).__name__} {value!r:.40}")
 
 
 def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -167,6 +168,10 @@ def check_plot_path(out: Path) -> None:
         raise DataError(f"--out {out} is a folder: give a file name in it ({out / 'trend.png'})")
     if not out.parent.is_dir():
         raise DataError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    # matplotlib's PermissionError came after the registry was read, as a traceback
+    blocked = out if out.exists() else out.parent
+    if not os.access(blocked, os.W_OK | (0 if blocked is out else os.X_OK)):
+        raise DataError(f"--out {out}: this user cannot write {blocked}; give a path you can")
 
 
 @app.command()

@@ -313,6 +313,23 @@ class TestBasics:
         assert "│ the [bold]film[/] was [sic] great │" in captured.get()
         assert "error: a list is written [q, v]" in captured.get()
 
+    def test_a_plot_path_this_user_cannot_write_is_refused_before_the_registry_opens(
+        self, tmp_path, monkeypatch
+    ):
+        """matplotlib's PermissionError came after the registry was read, as a traceback. The
+        tests run as root, whom no permission stops, so os.access answers as for another user."""
+        from flows.cli import review
+        from flows.errors import DataError
+
+        monkeypatch.setattr(review.os, "access", lambda path, mode: Path(path) != tmp_path)
+        with pytest.raises(DataError) as refused:
+            review.check_plot_path(tmp_path / "t.png")
+        assert str(refused.value) == (
+            f"--out {tmp_path / 't.png'}: this user cannot write {tmp_path}; give a path you can"
+        )
+        (tmp_path / "sub").mkdir()
+        review.check_plot_path(tmp_path / "sub" / "t.png")  # a folder it can write to passes
+
     def test_the_command_line_starts_without_torch(self):
         """Every command module is imported for every command (and --help): one that imports
         torch, peft_core or flows.spec at its top makes each start seconds slower, and the

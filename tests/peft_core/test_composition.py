@@ -43,6 +43,9 @@ class TestBlocks:
                 match=f"weights are a list of numbers, one per adapter, got {weights!r}$",
             ):
                 pc.Average("a", "b", weights=weights)  # type: ignore[arg-type]
+        # was accepted here and refused only when activated
+        with pytest.raises(pc.CompositionError, match=r"^Stack's members are adapter names or "):
+            pc.Stack("a", 3)  # type: ignore[arg-type]
 
     def test_set_active_validates_before_changing_anything(self, tiny_model):
         model = with_adapters(tiny_model("bert", "classification"), {"a": pc.LoRA()})

@@ -334,6 +334,27 @@ class TestLoadErrors:
         with pytest.raises(pc.AdapterFormatError, match=r"not an adapter folder"):
             pc.load_adapter(model, tmp_path / "empty")
 
+    def test_a_model_or_folder_of_the_wrong_type_is_named(self, tiny_model, saved):
+        """load_adapter(None, path) said the folder was not an adapter's; set_active(None, ...)
+        "'NoneType' object has no attribute '__dict__'"; load_adapter(model, 5) was os's error."""
+        model, before, modules, _ = self.load_fresh(tiny_model, saved)
+        expected = (
+            "peft_core works on a torch model (a torch.nn.Module, such as a transformers model), "
+            "got NoneType None"
+        )
+        for call in (
+            lambda: pc.load_adapter(None, saved),  # type: ignore[arg-type]
+            lambda: pc.set_active(None, "a"),  # type: ignore[arg-type]
+            lambda: pc.merge(None, "a"),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(TypeError) as raised:
+                call()
+            assert str(raised.value) == expected
+        with pytest.raises(TypeError) as raised:
+            pc.load_adapter(model, 5)  # type: ignore[arg-type]
+        assert str(raised.value) == "load_adapter takes a folder, not int 5"
+        assert_untouched(model, before, modules)
+
     def test_a_folder_holding_two_formats_is_refused_not_guessed(self, tiny_model, saved):
         """Files copied in by hand: our adapter.json beside a PEFT adapter_config.json. Reading
         either one silently could be the other adapter than the one meant."""

@@ -364,6 +364,49 @@ class TestBadInput:
             assert str(raised.value) == message
         assert [v.ref for v in registry.find(task="sst2", descending=False, limit=1)] == ["kept@1"]
 
+    def test_reads_name_an_argument_of_the_wrong_type(self, registry, make_adapter):
+        """history(5) failed with "not subscriptable", resolve(metric=5) with "no attribute
+        'lower'", load_into(None, ref) after downloading the version."""
+        register(registry, make_adapter(), name="kept", metrics={"accuracy": 0.8})
+        triple = {"base_model": "minilm", "task": "sst2", "language": "en"}
+        for call, message in [
+            (lambda: registry.history(5), "history: name is an adapter's name, not int 5"),
+            (
+                lambda: registry.resolve(**triple, metric=5),
+                "resolve: metric is a metric's name or None, not int 5",
+            ),
+            (
+                lambda: registry.resolve(**{**triple, "task": None}),
+                "resolve: task is text, not NoneType None",
+            ),
+            (
+                lambda: registry.composition("kept", "2"),
+                "composition: version is a whole number or None, not str '2'",
+            ),
+            (
+                lambda: registry.load_into(None, "kept@1"),
+                "peft_core works on a torch model (a torch.nn.Module, such as a transformers "
+                "model), got NoneType None",
+            ),
+        ]:
+            with pytest.raises(TypeError) as raised:
+                call()
+            assert str(raised.value) == message
+        assert [event.kind for event in registry.history("kept")] == ["registered"]
+
+    def test_locations_of_the_wrong_type_are_named_and_a_folder_may_be_a_path(self, tmp_path):
+        with pytest.raises(TypeError) as raised:
+            rg.Registry(f"sqlite:///{tmp_path}/r.db", 5)  # type: ignore[arg-type]
+        assert (
+            str(raised.value) == "Registry: artifacts_url is a URL or a folder or None, not int 5"
+        )
+        with pytest.raises(TypeError, match=r"^Registry: database_url is a URL or None, not Posix"):
+            rg.Registry(tmp_path / "r.db")  # type: ignore[arg-type]
+        assert not (tmp_path / "r.db").exists()
+        opened = rg.Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "artifacts")
+        assert opened.artifacts.url == (tmp_path / "artifacts").as_uri()
+        opened.close()
+
     def test_metrics_given_as_pairs_are_named_before_anything_is_stored(
         self, registry, make_adapter
     ):
