@@ -135,7 +135,7 @@ def parse_ref(text: str | Ref) -> Ref:
     check_name(name)
     if not sep:
         return Ref(name)
-    if _DIGITS.fullmatch(suffix):
+    if _DIGITS.fullmatch(suffix.removeprefix("-")):  # name@-1 was "invalid alias '-1'"
         version = int(suffix)
         if not 1 <= version <= MAX_VERSION:
             raise InvalidNameError(

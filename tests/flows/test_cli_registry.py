@@ -234,6 +234,7 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
     for args, words in [
         (("show", "x@²"), "invalid alias"),
         (("show", "x@99999999999999999999999"), "versions are numbered 1 to 2147483647"),
+        (("show", "x@-1"), "invalid reference 'x@-1': versions are numbered 1 to 2147483647"),
         (("gc", "--older-than-minutes", "inf"), "--older-than-minutes must be a number"),
         (("gc", "--older-than-minutes", "nan"), "--older-than-minutes must be a number"),
         (("show", "x:3"), "write x@3 (name@VERSION or name@ALIAS)"),
