@@ -18,7 +18,7 @@ from .methods.base import MethodConfig
 from .methods.bitfit import BitFit
 from .methods.bottleneck import Houlsby, Pfeiffer
 from .methods.dora import DoRA
-from .methods.field_types import check_field_types
+from .methods.field_types import check_field_types, tuples_for_lists
 from .methods.full import FullFineTune
 from .methods.fusion import Fusion
 from .methods.hf_peft import AnyPeft
@@ -58,10 +58,8 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     unknown = sorted(set(fields) - set(known))
     if unknown:
         raise ConfigError(f"{kind}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-    for key, value in fields.items():
-        if isinstance(value, list) and "tuple" in str(known[key].type):
-            fields[key] = tuple(value)
-    check_field_types(kind, cls, fields, sequence="list")  # a file's lists became tuples
+    fields = tuples_for_lists(cls, fields)
+    check_field_types(kind, cls, fields, sequence="list")  # a file holds lists
     try:
         config: MethodConfig = cls(**fields)
     except TypeError as exc:

@@ -31,7 +31,7 @@ from ..layer import AdaptedLayer, LayerKind
 from ..offload import execution_device
 from ..roles import Target
 from ..targeting import resolve_targets
-from .field_types import check_field_types
+from .field_types import check_field_types, tuples_for_lists
 
 if TYPE_CHECKING:
     from ..state import AdapterRecord
@@ -59,10 +59,12 @@ class MethodConfig:
     type: str
 
     def __post_init__(self) -> None:
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        check_field_types(type(self).__name__, type(self), {
-            f.name: getattr(self, f.name) for f in fields if f.init
-        })  # fmt: skip
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}  # type: ignore[arg-type]
+        fields = tuples_for_lists(type(self), given)
+        for key, value in fields.items():
+            if value is not given[key]:
+                object.__setattr__(self, key, value)  # frozen: set as dataclasses' __init__ does
+        check_field_types(type(self).__name__, type(self), fields)
 
 
 @dataclass(frozen=True)

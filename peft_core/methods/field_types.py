@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["check_field_types"]
+__all__ = ["check_field_types", "tuples_for_lists"]
 
 
 def check_field_types(
-    owner: str, cls: type, fields: dict[str, Any], *, sequence: str = "tuple"
+    owner: str, cls: type, fields: dict[str, Any], *, sequence: str = "list or tuple"
 ) -> None:
     """Raise :class:`ConfigError` for the first of ``fields`` that does not fit ``cls``'s
     annotation of it. ``owner`` starts the message; ``sequence`` is what a tuple field is called
@@ -29,6 +29,24 @@ def check_field_types(
             raise ConfigError(
                 f"{owner}: {key} must be {_spelled(expected, sequence)}, got {value!r:.60}"
             )
+
+
+def tuples_for_lists(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with each list given to a tuple field as a tuple: ``targets=["q", "v"]`` (what
+    people write, and what a file holds) is ``targets=("q", "v")``, and the frozen config stays
+    hashable and compares equal to the one written with a tuple."""
+    hints = typing.get_type_hints(cls)
+    return {
+        key: tuple(value) if isinstance(value, list) and _takes_tuple(hints.get(key)) else value
+        for key, value in fields.items()
+    }
+
+
+def _takes_tuple(expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_tuple(arm) for arm in typing.get_args(expected))
+    return origin is tuple
 
 
 # What a plain field accepts: JSON has one number type, so a float field takes whole numbers too.

@@ -74,9 +74,10 @@ class TestConfigValidation:
             (lambda: pc.DoRA(dropout="0.1"), "DoRA: dropout must be a number, got '0.1'"),
             (lambda: pc.LoRA(alpha="16"), "LoRA: alpha must be a number, got '16'"),
             (lambda: pc.LoRA(use_rslora="no"), "LoRA: use_rslora must be true or false, got 'no'"),
-            (lambda: pc.LoRA(targets=["q", "v"]), "LoRA: targets must be a tuple of texts, got ['q', 'v']"),
+            (lambda: pc.LoRA(targets="q"), "LoRA: targets must be a list or tuple of texts, got 'q'"),
+            (lambda: pc.LoRA(targets=["q", 3]), "LoRA: targets must be a list or tuple of texts, got ('q', 3)"),
             (lambda: pc.Houlsby(bottleneck="64"), "Houlsby: bottleneck must be a whole number or null, got '64'"),
-            (lambda: pc.Fusion(members="ab"), "Fusion: members must be a tuple of texts, got 'ab'"),
+            (lambda: pc.Fusion(members="ab"), "Fusion: members must be a list or tuple of texts, got 'ab'"),
         ],
     )  # fmt: skip
     def test_a_config_built_in_python_names_a_value_of_the_wrong_type(self, build, message):
@@ -85,6 +86,18 @@ class TestConfigValidation:
         with pytest.raises(pc.ConfigError) as raised:
             build()
         assert str(raised.value) == message
+
+    def test_a_list_where_a_tuple_goes_is_that_tuple(self, tiny_model):
+        """``pc.LoRA(targets=["q", "v"])``, as people write it, was refused for not being a
+        tuple (session 28's type check); it is the same config as the tuple's, and hashable."""
+        listed, tupled = pc.LoRA(targets=["q", "v"]), pc.LoRA(targets=("q", "v"))
+        assert listed == tupled and hash(listed) == hash(tupled) and listed.targets == ("q", "v")
+        assert pc.Fusion(members=["a", "b"]).members == ("a", "b")
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", listed)
+        from peft_core.state import get_record
+
+        assert sorted({t.role for t in get_record(model, "a").targets}) == ["q", "v"]
 
     def test_config_round_trips_through_dict(self):
         for config in [
