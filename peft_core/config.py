@@ -18,7 +18,7 @@ from .methods.base import MethodConfig
 from .methods.bitfit import BitFit
 from .methods.bottleneck import Houlsby, Pfeiffer
 from .methods.dora import DoRA
-from .methods.field_types import check_field_types, tuples_for_lists
+from .methods.field_types import check_field_types, plain_values
 from .methods.full import FullFineTune
 from .methods.fusion import Fusion
 from .methods.hf_peft import AnyPeft
@@ -58,7 +58,7 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     unknown = sorted(set(fields) - set(known))
     if unknown:
         raise ConfigError(f"{kind}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-    fields = tuples_for_lists(cls, fields)
+    fields = plain_values(cls, fields)
     check_field_types(kind, cls, fields, sequence="list")  # a file holds lists
     try:
         config: MethodConfig = cls(**fields)

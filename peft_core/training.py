@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import sys
 import time
@@ -277,7 +278,8 @@ def _training_forward(model: nn.Module, trained: list[tuple[Method, str]]) -> Ca
 def check_counts(counts: Mapping[str, int]) -> None:
     """Refuse a count (steps, rows, processes) that is not a whole number of at least 1."""
     for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        # numbers.Integral: a NumPy integer (len(array) // batch) counts as well as an int
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1, got {count!r:.40}")
 
 
@@ -300,14 +302,14 @@ def _check_settings(
         "checkpoint_every": checkpoint_every,
     }
     check_counts(counts)
-    numbers = {
+    ranges = {
         "learning_rate": (learning_rate, lambda v: 0 < v < math.inf, "a finite number above 0"),
         "weight_decay": (weight_decay, lambda v: 0 <= v < math.inf, "a finite number, 0 or more"),
         "warmup_ratio": (warmup_ratio, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
         "max_grad_norm": (max_grad_norm, lambda v: v > 0, "a number above 0 (inf: no clipping)"),
     }
-    for name, (value, allowed, wanted) in numbers.items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
+    for name, (value, allowed, wanted) in ranges.items():
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not number or math.isnan(value) or not allowed(value):
             raise ConfigError(f"{name} must be {wanted}, got {value!r:.40}")
 

@@ -31,7 +31,7 @@ from ..layer import AdaptedLayer, LayerKind
 from ..offload import execution_device
 from ..roles import Target
 from ..targeting import resolve_targets
-from .field_types import check_field_types, tuples_for_lists
+from .field_types import check_field_types, plain_values
 
 if TYPE_CHECKING:
     from ..state import AdapterRecord
@@ -60,7 +60,7 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}  # type: ignore[arg-type]
-        fields = tuples_for_lists(type(self), given)
+        fields = plain_values(type(self), given)
         for key, value in fields.items():
             if value is not given[key]:
                 object.__setattr__(self, key, value)  # frozen: set as dataclasses' __init__ does

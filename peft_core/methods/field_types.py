@@ -7,13 +7,14 @@ it inside a comparison (``'>=' not supported between instances of 'str' and 'int
 
 from __future__ import annotations
 
+import numbers
 import types
 import typing
 from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["check_field_types", "tuples_for_lists"]
+__all__ = ["check_field_types", "plain_values"]
 
 
 def check_field_types(
@@ -31,22 +32,34 @@ def check_field_types(
             )
 
 
-def tuples_for_lists(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` with each list given to a tuple field as a tuple: ``targets=["q", "v"]`` (what
-    people write, and what a file holds) is ``targets=("q", "v")``, and the frozen config stays
-    hashable and compares equal to the one written with a tuple."""
+def plain_values(cls: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as the plain Python values their annotations name, where one was given in
+    another spelling of the same thing: a list for a tuple field (``targets=["q", "v"]``, what
+    people write and what a file holds), a NumPy integer or float for a number field
+    (``rank=np.int64(8)``, computed from an array). The frozen config then stays hashable,
+    compares equal to the one written plainly, and saves as JSON."""
     hints = typing.get_type_hints(cls)
-    return {
-        key: tuple(value) if isinstance(value, list) and _takes_tuple(hints.get(key)) else value
-        for key, value in fields.items()
-    }
+    return {key: _plain(value, hints.get(key, Any)) for key, value in fields.items()}
 
 
-def _takes_tuple(expected: Any) -> bool:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return any(_takes_tuple(arm) for arm in typing.get_args(expected))
-    return origin is tuple
+def _plain(value: Any, expected: Any) -> Any:
+    accepted = _arms(expected)
+    if isinstance(value, list) and any(typing.get_origin(arm) is tuple for arm in accepted):
+        return tuple(value)
+    if type(value) in (bool, int, float):  # not a subclass: np.float64 is a float
+        return value
+    if isinstance(value, numbers.Integral) and (int in accepted or float in accepted):
+        return int(value)
+    if isinstance(value, numbers.Real) and float in accepted:
+        return float(value)
+    return value
+
+
+def _arms(expected: Any) -> tuple[Any, ...]:
+    """The types a (possibly union) annotation accepts."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return typing.get_args(expected)
+    return (expected,)
 
 
 # What a plain field accepts: JSON has one number type, so a float field takes whole numbers too.

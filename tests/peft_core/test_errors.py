@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,12 @@ class TestConfigValidation:
         listed, tupled = pc.LoRA(targets=["q", "v"]), pc.LoRA(targets=("q", "v"))
         assert listed == tupled and hash(listed) == hash(tupled) and listed.targets == ("q", "v")
         assert pc.Fusion(members=["a", "b"]).members == ("a", "b")
+        # NumPy numbers (computed from arrays) are plain ones, so the config saves as JSON
+        computed = pc.LoRA(rank=np.int64(8), alpha=np.float32(16), dropout=np.float64(0.1))
+        assert computed == pc.LoRA(rank=8, alpha=16.0, dropout=0.1)
+        assert json.loads(json.dumps(pc.config_to_dict(computed)))["rank"] == 8
+        with pytest.raises(pc.ConfigError, match=r"^LoRA: rank must be a whole number, got np\."):
+            pc.LoRA(rank=np.float32(8))
         model = tiny_model("bert", "classification")
         pc.add_adapter(model, "a", listed)
         from peft_core.state import get_record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -279,6 +280,19 @@ class TestMistakes:
         assert str(raised.value) == message
         after = trainable(model)
         assert all(torch.equal(before[name], after[name]) for name in before)
+
+    def test_numpy_numbers_are_settings_like_any_other(self):
+        """Computed from arrays (``len(rows) // batch``): a NumPy integer step count and a
+        NumPy float learning rate train as an int and a float do."""
+        plain = model_with_lora()  # seeded: each model starts, and drops out, alike
+        start = trainable(plain)
+        pc.train(plain, batches(2), max_steps=2, learning_rate=1e-2)
+        numpy_given = model_with_lora()
+        pc.train(numpy_given, batches(2), max_steps=np.int64(2), learning_rate=np.float32(1e-2))
+        trained, expected = trainable(numpy_given), trainable(plain)
+        assert any(not torch.equal(expected[n], start[n]) for n in expected)  # it trained
+        for name, value in expected.items():
+            torch.testing.assert_close(trained[name], value)
 
     def test_a_batch_that_is_not_a_dict_is_named(self):
         model = model_with_lora()
