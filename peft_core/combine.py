@@ -26,6 +26,7 @@ exact exactly where combining is: methods whose output is the layer's plus a ter
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, cast
@@ -93,8 +94,9 @@ def _combine(
     # Exact methods add terms, so sources on different modules combine over the union of their
     # modules (a module only some adapt gets only their terms); averaged ones need the same.
     _check_compatible(records, same_targets=method.combination != "exact")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral)):
         raise ConfigError(f"combine_adapters rank must be a whole number, got {rank!r:.40}")
+    rank = None if rank is None else int(rank)  # a NumPy integer is one too
     if how == "svd" and (rank is None or rank < 1):
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
     if method.combination is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -265,6 +266,8 @@ class Registry:
         for key, value in texts.items():
             _check_type(f"find: {key}", value, str, "text")
         _check_type("find: descending", descending, bool, "True or False")
+        if isinstance(limit, numbers.Integral) and not isinstance(limit, bool):
+            limit = int(limit)  # a NumPy integer is a whole number too
         _check_type("find: limit", limit, int, "a whole number")
         return self._read(
             lambda s: store.find_versions(

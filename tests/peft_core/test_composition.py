@@ -6,6 +6,7 @@ import copy
 import json
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -518,6 +519,11 @@ class TestFlatten:
         with pytest.raises(pc.ConfigError, match="rank must be a whole number, got '4'"):
             pc.combine_adapters(model, {"a": 0.5, "b": 0.5}, name="ab", how="svd", rank="4")  # type: ignore[arg-type]
         assert pc.list_adapters(model) == ["a", "b"]
+        # a NumPy integer is a whole number (computed from an array of ranks, say)
+        report = pc.combine_adapters(
+            model, {"a": 0.5, "b": 0.5}, name="ab", how="svd", rank=np.int64(4)
+        )
+        assert report.name == "ab" and pc.list_adapters(model) == ["a", "b", "ab"]
 
     def test_what_does_not_add_up_is_refused_before_anything_is_added(self, tiny_model):
         model = scrambled(

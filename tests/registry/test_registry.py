@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -363,6 +364,7 @@ class TestBadInput:
                 registry.find(**arguments)
             assert str(raised.value) == message
         assert [v.ref for v in registry.find(task="sst2", descending=False, limit=1)] == ["kept@1"]
+        assert [v.ref for v in registry.find(limit=np.int64(1))] == ["kept@1"]  # from an array
 
     def test_reads_name_an_argument_of_the_wrong_type(self, registry, make_adapter):
         """history(5) failed with "not subscriptable", resolve(metric=5) with "no attribute
