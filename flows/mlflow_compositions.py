@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry import Composition, Registry, diff_compositions
-from registry.names import check_new_alias
+from registry.names import check_alias_case, check_new_alias
 
 from .changes_markdown import composition_changes_since
 from .mlflow_models import (
@@ -109,6 +109,10 @@ def move_composition_alias(
     """Point ``alias`` at the composition version ``ref`` names: in MLflow, then the registry."""
     check_new_alias(alias)  # before MLflow sees it
     target = registry.composition(ref)
+    newest = registry.composition(target.name).version
+    versions = (registry.composition(target.name, v) for v in range(1, newest + 1))
+    held = {a for version in versions for a in version.aliases}
+    check_alias_case(alias, held, f"composition {target.name!r}")
     ensure_composition_versions(client, registry, target.name)
     set_mlflow_alias(client, mlflow_name(target.name), alias, target.version)
     return registry.set_composition_alias(target.ref, alias, origin=origin)

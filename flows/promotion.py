@@ -14,7 +14,7 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 
 from registry import AdapterVersion, NotFoundError, Registry, higher_is_better
-from registry.names import CHAMPION, check_new_alias
+from registry.names import CHAMPION, check_alias_case, check_new_alias
 
 from .errors import PromotionRefusedError
 from .mlflow_models import delete_mlflow_alias, mirror_version, set_mlflow_alias
@@ -156,6 +156,8 @@ def move_alias(
     by the next :func:`~flows.mlflow_models.sync_aliases`, where MLflow wins."""
     check_new_alias(alias)  # before MLflow sees it
     target = registry.get(ref)
+    held = {a for version in registry.find(name=target.name) for a in version.aliases}
+    check_alias_case(alias, held, f"adapter {target.name!r}")
     mirror_version(client, target)
     set_mlflow_alias(client, target.name, alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)

@@ -7,6 +7,7 @@ Names become file names, S3 keys and MLflow model names, so they are restricted 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import InvalidNameError
@@ -20,6 +21,7 @@ __all__ = [
     "NAME_WORDS",
     "Ref",
     "check_alias",
+    "check_alias_case",
     "check_key",
     "check_language",
     "check_name",
@@ -85,6 +87,18 @@ def check_new_alias(value: str) -> str:
             "(champion, staging, production...)"
         )
     return value
+
+
+def check_alias_case(alias: str, existing: Iterable[str], owner: str) -> None:
+    """Refuse ``alias`` when ``owner`` (an adapter or a composition) already has an alias that
+    differs from it only by case: ``Champion`` beside ``champion`` would be a second alias here
+    and in MLflow's API, but MLflow's UI (and Unity Catalog) lowercase what reviewers type."""
+    twins = sorted({a for a in existing if a != alias and a.lower() == alias.lower()})
+    if twins:
+        raise InvalidNameError(
+            f"alias {alias!r}: {owner} already has the alias {twins[0]!r}, which differs only "
+            f"by case, and MLflow's UI lowercases aliases; use {twins[0]!r} (or remove it first)"
+        )
 
 
 def check_key(value: str, what: str = "metric name") -> str:

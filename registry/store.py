@@ -27,7 +27,7 @@ from .errors import (
     RegistryError,
 )
 from .metrics import higher_is_better
-from .names import CHAMPION, Ref, check_new_alias, parse_ref
+from .names import CHAMPION, Ref, check_alias_case, check_new_alias, parse_ref
 from .orm import (
     AdapterRow,
     AliasRow,
@@ -220,6 +220,8 @@ def set_alias(
     check_new_alias(alias)
     target = get_version(session, ref)
     adapter = _adapter_named(session, target.name)
+    held = session.scalars(select(AliasRow.alias).where(AliasRow.adapter_id == adapter.id))
+    check_alias_case(alias, held, f"adapter {target.name!r}")
     version_id = session.scalar(
         select(VersionRow.id).where(
             VersionRow.adapter_id == adapter.id, VersionRow.version == target.version
@@ -445,6 +447,9 @@ def set_composition_alias(
     """Point ``alias`` of the referenced composition at the referenced version (moving it)."""
     check_new_alias(alias)
     target = _composition_row(session, parse_ref(ref))
+    check_alias_case(
+        alias, _composition_aliases(session, target.name), f"composition {target.name!r}"
+    )
     row = session.scalars(
         select(CompositionAliasRow).where(
             CompositionAliasRow.name == target.name, CompositionAliasRow.alias == alias

@@ -99,6 +99,13 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     reserved = run(env, "alias", "sst2-en@1", "latest")  # MLflow's refusal blamed the server
     assert reserved.returncode == 2
     assert reserved.stderr.startswith("error: invalid alias 'latest': MLflow, where reviewers")
+    cased = run(env, "alias", "sst2-en@2", "Champion")  # a second alias here, one in MLflow's UI
+    assert (cased.returncode, cased.stderr) == (2, (
+        "error: alias 'Champion': adapter 'sst2-en' already has the alias 'champion', which "
+        "differs only by case, and MLflow's UI lowercases aliases; use 'champion' (or remove it "
+        "first)\n"
+    ))  # fmt: skip
+    assert ok_json(run(env, "sync", "--json"))["changes"] == []  # MLflow was not touched
     listed = ok_json(run(env, "ls", "--task", "sst2", "--order-by", "accuracy", "--json"))
     assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
     assert all(set(v) >= REQUIRED for v in listed)

@@ -250,6 +250,28 @@ class TestBadInput:
         assert registry.composition("c").aliases == ()
         registry.set_alias(version.ref, "v2-candidate")  # only the whole name is reserved
 
+    def test_an_alias_differing_only_by_case_from_one_held_is_refused(self, registry, make_adapter):
+        """Champion beside champion: two aliases here and in MLflow's API, one in MLflow's UI
+        (which lowercases what a reviewer types) and in Unity Catalog."""
+        first, second = register(registry, make_adapter(1)), register(registry, make_adapter(2))
+        registry.set_alias(first.ref, "champion")
+        registry.register_composition("c", {"type": "stack"}, [first.ref])
+        registry.register_composition("c", {"type": "stack"}, [second.ref])
+        registry.set_composition_alias("c@1", "champion")
+        for move, ref, owner in (
+            (registry.set_alias, second.ref, f"adapter {first.name!r}"),
+            (registry.set_composition_alias, "c@2", "composition 'c'"),
+        ):
+            with pytest.raises(rg.InvalidNameError) as raised:
+                move(ref, "Champion")
+            assert str(raised.value) == (
+                f"alias 'Champion': {owner} already has the alias 'champion', which differs only "
+                "by case, and MLflow's UI lowercases aliases; use 'champion' (or remove it first)"
+            )
+        assert registry.get(second.ref).aliases == () and registry.composition("c@2").aliases == ()
+        registry.set_alias(second.ref, "champion")  # the same spelling moves, as always
+        assert registry.get(f"{first.name}@champion").version == 2
+
     @pytest.mark.parametrize("value", [float("nan"), float("inf"), "high"])
     def test_metrics_must_be_finite_numbers_and_nothing_is_stored(
         self, registry, make_adapter, value
