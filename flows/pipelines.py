@@ -44,7 +44,7 @@ from .cascade import (
 )
 from .mlflow_compositions import sync_from_mlflow
 from .prepare_job import prepare_info
-from .retrain import RetrainOutcome, due_reason
+from .retrain import RetrainOutcome, due_reason, one_line
 from .spec import load_spec
 
 __all__ = [
@@ -170,7 +170,7 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
             alias=result["alias"], decision=result["decision"],
         )  # fmt: skip
     except Exception as exc:  # one failing spec must not stop the others
-        return RetrainOutcome(spec=path, name="", status="failed", reason=_one_line(exc))
+        return RetrainOutcome(spec=path, name="", status="failed", reason=one_line(exc))
 
 
 @flow(name="sync", flow_run_name="sync aliases from MLflow")
@@ -225,8 +225,4 @@ def _cascade_one(
             members=item.candidate_members,
         )
     except Exception as exc:  # one failing composition must not stop the others
-        return CascadeOutcome(item.ref, "failed", _one_line(exc), members=item.candidate_members)
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        return CascadeOutcome(item.ref, "failed", one_line(exc), members=item.candidate_members)

@@ -17,9 +17,9 @@ from cronsim import CronSim
 from registry import Registry
 
 from .lineage import dataset_fingerprint
-from .spec import AdapterSpec, SpecError, parse_spec
+from .spec import AdapterSpec, SpecError, load_spec, parse_spec
 
-__all__ = ["RetrainOutcome", "due_reason", "last_fire"]
+__all__ = ["RetrainOutcome", "due_reason", "last_fire", "one_line", "what_is_due"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class RetrainOutcome:
 
     spec: str
     name: str
-    status: str  # "built", "reused" (an earlier build matched), "up to date" or "failed"
+    # "built", "reused" (an earlier build matched), "up to date" or "failed"; a dry run: "due"
+    status: str
     reason: str
     ref: str = ""
     promoted: bool = False
@@ -73,3 +74,35 @@ def _as_written_now(stored: dict[str, Any]) -> dict[str, Any] | None:
         return parse_spec(stored).model_dump(mode="json")
     except SpecError:
         return None  # no longer a valid spec: it changed
+
+
+def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[RetrainOutcome]:
+    """What a retraining run would do with each spec, building nothing: ``due`` with the
+    reason, ``up to date``, or ``failed`` with why: a spec that cannot be read, or a due one
+    whose build would be refused before it starts (the build's own checks of its inputs: base
+    model, data, targets, members...). ``registry`` None: none exists yet, so every spec is
+    due, never built."""
+    from .prepare_job import check_inputs  # noqa: PLC0415 - torch and the data libraries
+
+    outcomes = []
+    for path in spec_paths:
+        try:
+            spec = load_spec(path)
+            reason = due_reason(spec, registry) if registry is not None else "never built"
+            if reason is not None:
+                check_inputs(spec, registry)
+        except Exception as exc:  # one unreadable spec must not hide the others' answers
+            outcomes.append(
+                RetrainOutcome(spec=path, name="", status="failed", reason=one_line(exc))
+            )
+            continue
+        status = "up to date" if reason is None else "due"
+        outcomes.append(
+            RetrainOutcome(spec=path, name=spec.name, status=status, reason=reason or "")
+        )
+    return outcomes
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of at most 500 characters, for a report's table."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]

@@ -40,7 +40,8 @@ class TestCiWorkflow:
     workflow = yaml.safe_load((ROOT / "infra" / "ci" / "build-adapters.yml").read_text())
 
     def test_builds_changed_specs_against_the_configured_stack(self):
-        (job,) = self.workflow["jobs"].values()
+        job = self.workflow["jobs"]["build"]
+        assert job["if"] == "github.event_name == 'push'"
         script = "\n".join(step.get("run", "") for step in job["steps"])
         assert "infra/ci/changed-specs.sh" in script and 'adapterops build "$spec" --json' in script
         expected = {
@@ -50,6 +51,17 @@ class TestCiWorkflow:
         assert expected <= set(job["env"])
         # PyYAML reads the key `on` as True (YAML 1.1).
         assert self.workflow[True]["push"]["paths"] == ["examples/**.yaml", "specs/**.yaml"]
+
+    def test_a_pull_request_is_checked_with_a_dry_run_that_builds_nothing(self):
+        job = self.workflow["jobs"]["check"]
+        assert job["if"] == "github.event_name == 'pull_request'"
+        script = "\n".join(step.get("run", "") for step in job["steps"])
+        assert "infra/ci/changed-specs.sh" in script
+        assert "adapterops retrain $specs --dry-run" in script and "adapterops build" not in script
+        # it reads the registry; it neither tracks runs nor starts flows
+        assert {"ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL"} <= set(job["env"])
+        assert not {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"} & set(job["env"])
+        assert self.workflow[True]["pull_request"]["paths"] == self.workflow[True]["push"]["paths"]
 
     def test_changed_specs_lists_added_and_modified_specs_only(self, tmp_path: Path):
         def git(*args: str) -> str:

@@ -16,6 +16,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+import registry as rg
+
 from .build import OutOption, SetOption, SpecArgument, progress
 from .common import (
     JsonOption,
@@ -133,12 +135,21 @@ def retrain(
         list[Path], typer.Argument(help="Spec files or folders of them.", metavar="SPEC")
     ],
     out: Annotated[Path, typer.Option(help="Folder for the adapters.")] = Path("out"),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Only say which specs are due and why; build nothing, start no flow."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Rebuild the specs whose data or spec changed or whose schedule fired since their last
     build. One failing spec does not stop the others; exit 1 if any failed."""
     with user_errors(as_json):
         files = spec_files(spec_paths)
+    if dry_run:
+        _print_retraining(_due_now(files, as_json), as_json, dry_run=True)
+        return
     from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
 
     quiet_libraries()
@@ -150,16 +161,41 @@ def retrain(
     ):
         prefect_answers()
         outcomes = pipelines.retrain([str(p.resolve()) for p in files], str(out))
+    _print_retraining(outcomes, as_json, dry_run=False)
+
+
+def _due_now(files: list[Path], as_json: bool) -> list[dict[str, Any]]:
+    """``retrain --dry-run``: each spec's answer, from the registry and the data files alone."""
+    with user_errors(as_json, one_line_failures=True):
+        from ..retrain import what_is_due  # noqa: PLC0415 - the spec module loads torch
+
+        quiet_libraries()  # the data is read to fingerprint it: no bar per split
+        try:
+            registry: Registry | None = open_registry()
+        except rg.NoRegistryError:
+            registry = None  # nothing was built yet, and a dry run creates no registry
+        outcomes = what_is_due([str(p.resolve()) for p in files], registry)
+    return [o.to_dict() for o in outcomes]
+
+
+def _print_retraining(outcomes: list[dict[str, Any]], as_json: bool, *, dry_run: bool) -> None:
+    """The outcomes as one JSON document or a table; exit 1 when a spec failed."""
     failed = [o for o in outcomes if o["status"] == "failed"]
     if as_json:
-        emit_json({"ok": not failed, "outcomes": outcomes})
+        emit_json({"ok": not failed, "dry_run": dry_run, "outcomes": outcomes})
     else:
-        table = Table(title="Retraining")
-        for column in ("spec", "status", "reason", "version", "gate"):
+        table = Table(title="Retraining (dry run)" if dry_run else "Retraining")
+        columns = (
+            ("spec", "status", "reason")
+            if dry_run
+            else ("spec", "status", "reason", "version", "gate")
+        )
+        for column in columns:
             table.add_column(column)
         for o in outcomes:
             gate = f"{o['alias']}: {o['decision']}" if o["alias"] else ""
-            table.add_row(Path(o["spec"]).name, o["status"], o["reason"], o["ref"], gate)
+            row = [Path(o["spec"]).name, o["status"], o["reason"], o["ref"], gate]
+            table.add_row(*row[: len(columns)])
         console.print(table)
     if failed:
         raise typer.Exit(1)

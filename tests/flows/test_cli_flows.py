@@ -39,6 +39,20 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def test_a_retraining_dry_run_creates_no_registry_and_starts_no_flow(
+    tmp_path: Path, sst2_dir: Path
+):
+    """Before anything was built every spec is due, and asking creates nothing: no registry,
+    no Prefect home (no flow ran)."""
+    env = clean_env(tmp_path / "home")
+    spec = write_spec(tmp_path, sst2_dir, name="first")
+    result = run_cli("retrain", str(spec), "--dry-run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Retraining (dry run)" in result.stdout and result.stderr == ""
+    assert "│ first.yaml │ due    │ never built │" in result.stdout
+    assert not (tmp_path / "home").exists()
+
+
 class TestQuickstart:
     def test_builds_three_methods_on_its_own_data_then_predicts(self, tmp_path: Path):
         env = clean_env(tmp_path / "home")
@@ -183,6 +197,17 @@ class TestBuildCommand:
         document = yaml.safe_load(good.read_text())
         document["train"]["max_steps"] = 4
         good.write_text(yaml.safe_dump(document))
+        # a dry run says what is due and why, and builds nothing (no flow run, no version)
+        runs_before = len(flow_runs(f"build {good.resolve()}"))
+        planned = run_cli("retrain", str(tmp_path), "--dry-run", "--json", env=env, cwd=tmp_path)
+        assert planned.returncode == 1, planned.stderr[-3000:]  # broken.yaml still fails
+        answers = {Path(o["spec"]).stem: o for o in json.loads(planned.stdout)["outcomes"]}
+        assert (answers["good"]["status"], answers["good"]["reason"]) == ("due", "spec changed")
+        assert answers["broken"]["status"] == "failed"
+        assert "unknown base model 'no/such-model'" in answers["broken"]["reason"]
+        assert len(flow_runs(f"build {good.resolve()}")) == runs_before
+        listed = run_cli("ls", "good", "--json", env=env, cwd=tmp_path)
+        assert [v["version"] for v in json.loads(listed.stdout)] == [1]
         changed = run_cli("retrain", str(good), env=env, cwd=tmp_path)
         assert changed.returncode == 0, changed.stderr[-3000:]
         lines = changed.stderr.splitlines()
