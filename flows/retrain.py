@@ -86,15 +86,15 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
 
     outcomes = []
     for path in spec_paths:
+        spec: AdapterSpec | None = None
         try:
             spec = load_spec(path)
             reason = due_reason(spec, registry) if registry is not None else "never built"
             if reason is not None:
                 check_inputs(spec, registry)
         except Exception as exc:  # one unreadable spec must not hide the others' answers
-            outcomes.append(
-                RetrainOutcome(spec=path, name="", status="failed", reason=one_line(exc))
-            )
+            name = spec.name if spec is not None else ""
+            outcomes.append(RetrainOutcome(path, name, status="failed", reason=one_line(exc)))
             continue
         status = "up to date" if reason is None else "due"
         outcomes.append(

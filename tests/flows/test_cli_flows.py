@@ -203,7 +203,7 @@ class TestBuildCommand:
         assert planned.returncode == 1, planned.stderr[-3000:]  # broken.yaml still fails
         answers = {Path(o["spec"]).stem: o for o in json.loads(planned.stdout)["outcomes"]}
         assert (answers["good"]["status"], answers["good"]["reason"]) == ("due", "spec changed")
-        assert answers["broken"]["status"] == "failed"
+        assert (answers["broken"]["status"], answers["broken"]["name"]) == ("failed", "broken")
         assert "unknown base model 'no/such-model'" in answers["broken"]["reason"]
         assert len(flow_runs(f"build {good.resolve()}")) == runs_before
         listed = run_cli("ls", "good", "--json", env=env, cwd=tmp_path)
