@@ -168,6 +168,11 @@ def active_adapters(model: nn.Module) -> list[str]:
 
 def set_trainable(model: nn.Module, name: str) -> None:
     """Freeze everything except adapter ``name`` (and its head when the head is new)."""
+    if not isinstance(name, str):  # a list failed as "unhashable type: 'list'"
+        raise TypeError(
+            f"set_trainable takes one adapter's name: one adapter trains at a time, got "
+            f"{type(name).__name__} {name!r:.40}"
+        )
     record = get_record(model, name)
     if method_of(record.config).trains_whole_model:
         model.requires_grad_(True)

@@ -82,8 +82,8 @@ def save(
     definition: Annotated[
         str,
         typer.Option(
-            help='The block as JSON, e.g. {"type": "average", "weights": [0.5, 0.5]}; its '
-            "leaves are the members, in order."
+            help='The block as JSON, e.g. {"type": "average", "weights": [0.7, 0.3]}, or a '
+            "kind alone (stack; average: equal weights); its leaves are the members, in order."
         ),
     ] = '{"type": "stack"}',
     evaluation: Annotated[
@@ -137,12 +137,19 @@ def _mirror(registry: rg.Registry, composition: Composition) -> None:
         ) from None
 
 
+# What --definition may name alone: a block whose weights default (equal, for an average)
+_BARE_KINDS = ("stack", "average", "parallel", "fuse")
+
+
 def _definition(text: str) -> dict[str, Any]:
+    if text.strip().lower() in _BARE_KINDS:  # --definition average: {"type": "average"}
+        return {"type": text.strip().lower()}
     try:
         block = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidCompositionError(
-            f"--definition is not JSON ({exc.msg}): {text!r:.80}"
+            f"--definition is not JSON ({exc.msg}): {text!r:.80}; give a block such as "
+            f'{{"type": "stack"}}, or one of {", ".join(_BARE_KINDS)} alone'
         ) from None
     if not isinstance(block, dict):
         raise InvalidCompositionError(

@@ -526,7 +526,8 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
         "error: no composition 'madx' version 9; versions: 1, 2\n",
     )
     for args, words in [
-        (("--definition", "{stack"), "--definition is not JSON"),
+        (("--definition", "{stack"), "--definition is not JSON (Expecting property name "),
+        (("--definition", "stak"), 'give a block such as {"type": "stack"}, or one of stack, '),
         (("--definition", '["stack"]'), "--definition is a JSON object"),
         (("--definition", '{"type": "stack", "children": ["a"]}'), "1 adapter(s) but 2"),
         (("--evaluation", str(tmp_path / "none.yaml")), "no such file"),
@@ -537,6 +538,12 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     assert [c["name"] for c in ok_json(run(env, "composition", "ls", "--json"))] == ["madx", "mean"]
     assert mlflow_aliases(reviewers, "composition.mean") == {}  # saved: mirrored, no alias yet
     assert len(reviewers.search_model_versions("name='composition.madx'")) == 2
+    # a kind alone is its block: equal weights for an average
+    even = ok_json(run(env, "composition", "save", "even", "lang-pt", "sst2-en@1",
+                       "--definition", "average", "--json"))  # fmt: skip
+    assert even["definition"] == {
+        "type": "average", "children": ["lang-pt@1", "sst2-en@1"], "weights": [0.5, 0.5]
+    }  # fmt: skip
 
     # MLflow down while saving: saved all the same, one line says so; `sync` mirrors it later
     down = {

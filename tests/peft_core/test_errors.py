@@ -374,6 +374,12 @@ class TestLoadErrors:
             pc.load_adapter(model, 5)  # type: ignore[arg-type]
         assert str(raised.value) == "load_adapter takes a folder, not int 5"
         assert_untouched(model, before, modules)
+        pc.load_adapter(model, saved)
+        with pytest.raises(TypeError) as raised:  # was "unhashable type: 'list'"
+            pc.set_trainable(model, ["a"])  # type: ignore[arg-type]
+        assert str(raised.value) == (
+            "set_trainable takes one adapter's name: one adapter trains at a time, got list ['a']"
+        )
 
     def test_a_folder_holding_two_formats_is_refused_not_guessed(self, tiny_model, saved):
         """Files copied in by hand: our adapter.json beside a PEFT adapter_config.json. Reading
