@@ -43,7 +43,7 @@ from .cascade import (
     write_candidate_spec,
 )
 from .mlflow_compositions import sync_from_mlflow
-from .prepare_job import prepare_info
+from .prepare_job import check_promote_alias, prepare_info
 from .retrain import RetrainOutcome, due_reason, one_line
 from .spec import load_spec
 
@@ -160,6 +160,7 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
         reason = due_reason(spec, registry)
         if reason is None:
             return RetrainOutcome(spec=path, name=spec.name, status="up to date", reason="")
+        check_promote_alias(spec, registry)  # not hours of training, then a refused promotion
         state = build(path, output=str(output / spec.name), return_state=True)
         if state.is_failed():
             state.result()  # raises the build's exception

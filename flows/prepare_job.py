@@ -38,6 +38,7 @@ __all__ = [
     "PreparedInfo",
     "cache_root",
     "check_inputs",
+    "check_promote_alias",
     "preparation_key",
     "prepare_cached",
     "prepare_info",
@@ -157,6 +158,22 @@ def check_inputs(
     _check_step_fits_the_gpu(spec)
     if evaluates_apart:  # not hours of training first, then a refusal at the evaluation
         place_for_inference(spec)
+
+
+def check_promote_alias(spec: AdapterSpec, registry: Registry | None) -> None:
+    """The alias the gate would move (``promote.alias``), against those the adapter holds: a
+    ``Champion`` beside ``champion`` was refused only after training, at the promotion.
+    ``registry`` None: none exists yet, so the adapter holds no alias."""
+    if registry is None:
+        return
+    from registry import RegistryError  # noqa: PLC0415
+    from registry.names import check_alias_case  # noqa: PLC0415
+
+    held = {alias for version in registry.find(name=spec.name) for alias in version.aliases}
+    try:
+        check_alias_case(spec.promote.alias, held, f"adapter {spec.name!r}")
+    except RegistryError as exc:
+        raise DataError(f"the spec's promote.alias: {exc}") from None
 
 
 def _check_method_fits(spec: AdapterSpec) -> None:

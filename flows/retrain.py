@@ -82,7 +82,10 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
     whose build would be refused before it starts (the build's own checks of its inputs: base
     model, data, targets, members...). ``registry`` None: none exists yet, so every spec is
     due, never built."""
-    from .prepare_job import check_inputs  # noqa: PLC0415 - torch and the data libraries
+    from .prepare_job import (  # noqa: PLC0415 - torch and the data libraries
+        check_inputs,
+        check_promote_alias,
+    )
 
     outcomes = []
     for path in spec_paths:
@@ -92,6 +95,7 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
             reason = due_reason(spec, registry) if registry is not None else "never built"
             if reason is not None:
                 check_inputs(spec, registry)
+                check_promote_alias(spec, registry)
         except Exception as exc:  # one unreadable spec must not hide the others' answers
             name = spec.name if spec is not None else ""
             outcomes.append(RetrainOutcome(path, name, status="failed", reason=one_line(exc)))

@@ -56,12 +56,13 @@ def build(
     with user_errors(as_json, one_line_failures=True), telling_a_new_registry():
         require_spec_file(spec_file)
         from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
-        from ..prepare_job import check_inputs  # noqa: PLC0415
+        from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
         from ..spec import load_spec  # noqa: PLC0415
 
         quiet_libraries()
         spec = load_spec(spec_file, overrides)
         check_inputs(spec)  # bad input fails here, before a flow run exists
+        check_promote_alias(spec, _existing_registry())
         lineage = build_lineage(spec)
         # built before from this spec, data and code: answer now, without a flow run (the
         # Prefect server alone takes seconds to start); the flow would find the same version
@@ -170,12 +171,16 @@ def _due_now(files: list[Path], as_json: bool) -> list[dict[str, Any]]:
         from ..retrain import what_is_due  # noqa: PLC0415 - the spec module loads torch
 
         quiet_libraries()  # the data is read to fingerprint it: no bar per split
-        try:
-            registry: Registry | None = open_registry()
-        except rg.NoRegistryError:
-            registry = None  # nothing was built yet, and a dry run creates no registry
-        outcomes = what_is_due([str(p.resolve()) for p in files], registry)
+        outcomes = what_is_due([str(p.resolve()) for p in files], _existing_registry())
     return [o.to_dict() for o in outcomes]
+
+
+def _existing_registry() -> Registry | None:
+    """The registry, or None where none exists yet (nothing was built): checking creates none."""
+    try:
+        return open_registry()
+    except rg.NoRegistryError:
+        return None
 
 
 def _print_retraining(outcomes: list[dict[str, Any]], as_json: bool, *, dry_run: bool) -> None:

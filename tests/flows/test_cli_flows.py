@@ -169,6 +169,18 @@ class TestBuildCommand:
         assert (two["alias"], two["promoted"], two["metrics"]) == ("champion", True, one["metrics"])
         # the CLI found the earlier build itself: no second flow run (nor a Prefect start-up)
         assert len(flow_runs(f"build {spec.resolve()}")) == 1
+        # an alias the gate would move, differing only by case from one held: refused before
+        # a flow runs (it was refused at the promotion, after the training)
+        cased = run_cli(
+            "build", str(spec), "--set", "train.max_steps=3", "--set", "promote.alias=Champion",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert (cased.returncode, cased.stderr.splitlines()[-1]) == (2, (
+            "error: the spec's promote.alias: alias 'Champion': adapter 'cli-build' already has "
+            "the alias 'champion', which differs only by case, and MLflow's UI lowercases "
+            "aliases; use 'champion' (or remove it first)"
+        ))  # fmt: skip
+        assert len(flow_runs(f"build {spec.resolve()}")) == 1
 
     def test_retrain_reports_each_spec_and_exits_1_if_one_failed(
         self, tmp_path: Path, sst2_dir: Path

@@ -539,7 +539,7 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     assert mlflow_aliases(reviewers, "composition.mean") == {}  # saved: mirrored, no alias yet
     assert len(reviewers.search_model_versions("name='composition.madx'")) == 2
     # a kind alone is its block: equal weights for an average
-    even = ok_json(run(env, "composition", "save", "even", "lang-pt", "sst2-en@1",
+    even = ok_json(run(env, "composition", "save", "even", "lang-pt@1", "sst2-en@1",
                        "--definition", "average", "--json"))  # fmt: skip
     assert even["definition"] == {
         "type": "average", "children": ["lang-pt@1", "sst2-en@1"], "weights": [0.5, 0.5]
