@@ -83,9 +83,48 @@ def test_a_port_in_use_is_a_clear_error_before_anything_starts(tmp_path: Path):
     assert not (tmp_path / "stack" / "postgres").exists()
 
 
+def test_two_services_on_one_port_are_refused_before_anything_starts(tmp_path: Path):
+    """SeaweedFS failed to start after PostgreSQL had started on the port both were given."""
+    port = free_port(also_free_at=(1, 2, 3))
+    options = ["--postgres-port", str(port + 2), "--s3-port", str(port)]  # the volume server's
+    result = run_cli("stack", "up", *options, env=clean_env(tmp_path))
+    assert (result.returncode, result.stderr) == (2, (
+        f"error: two services on one port: {port + 2} (postgres and s3 volume). Give each its "
+        "own (SeaweedFS also takes the three ports after --s3-port, and each of its four + "
+        "10000)\n"
+    ))  # fmt: skip
+    assert not (tmp_path / "stack").exists()
+
+
+def test_a_failed_up_leaves_nothing_that_down_cannot_stop(home: Path, monkeypatch):
+    """SeaweedFS failing after PostgreSQL had started left PostgreSQL running, unrecorded:
+    `stack down` said there was no stack, and `stack status` showed it running."""
+    from infra.stack.local import LocalStack, StackPorts
+
+    s3 = free_port(also_free_at=(1, 2, 3, 10000, 10001, 10002, 10003))
+    stack = LocalStack(home, StackPorts(postgres=free_port(), s3=s3))
+
+    def refuse() -> None:
+        raise RuntimeError("SeaweedFS exited with 255")
+
+    monkeypatch.setattr(stack.seaweed, "start", refuse)
+    with pytest.raises(RuntimeError, match="SeaweedFS exited"):
+        stack.up()
+    assert stack.postgres.running and LocalStack(home).exists
+    LocalStack(home).down()
+    assert not stack.postgres.running
+
+
 def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2_dir: Path):
     up(home, *port_options())
     config = stack_env(home)
+    # a running service is not moved: it was taken for running on the new port, unreachable
+    moved = run_cli("stack", "up", "--postgres-port", str(free_port()), env=clean_env(home))
+    port = config["ADAPTEROPS_REGISTRY_URL"].rsplit(":", 1)[1].split("/")[0]
+    assert (moved.returncode, moved.stderr) == (2, (
+        f"error: postgres runs on port {port}: `adapterops stack down` first, then `stack up` "
+        "with the new port (remembered from then on)\n"
+    ))  # fmt: skip
     specs = [spec_for(home, sst2_dir, name, *details) for name, details in SPECS.items()]
     deployed = run_cli("deploy", *map(str, specs), "--json", env=clean_env(home))
     assert deployed.returncode == 0, deployed.stderr[-3000:]

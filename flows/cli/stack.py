@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections import deque
 from pathlib import Path
@@ -48,7 +47,7 @@ def up(
         }  # fmt: skip
         given = {k: v for k, v in chosen.items() if v is not None}
         if given:
-            stack = LocalStack(ports=dataclasses.replace(stack.state.ports, **given))
+            stack = stack.on_ports(**given)
         statuses = stack.up(on_service=lambda name: errors.print(f"starting {name} ..."))
     _show(statuses, as_json, env_file=str(stack.home / "stack.env"))
 

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,21 @@ class StackPorts:
         internal = {f"s3 {name}": port for name, port in self.seaweed.items()}
         grpc = {f"{k} grpc": v + 10000 for k, v in {"s3": self.s3, **internal}.items()}
         return {**ports, **internal, **grpc}
+
+    def check_distinct(self) -> None:
+        """Refuse two purposes on one port (``--s3-port`` equal to ``--postgres-port``, or
+        within SeaweedFS's own range): the second server failed to start after the first."""
+        by_port: dict[int, list[str]] = {}
+        for purpose, port in self.all().items():
+            by_port.setdefault(port, []).append(purpose)
+        shared = [
+            f"{port} ({' and '.join(names)})" for port, names in by_port.items() if len(names) > 1
+        ]
+        if shared:
+            raise StackError(
+                f"two services on one port: {'; '.join(shared)}. Give each its own (SeaweedFS "
+                "also takes the three ports after --s3-port, and each of its four + 10000)"
+            )
 
 
 @dataclass
@@ -133,6 +148,31 @@ class LocalStack:
             database_url=self.postgres.url(PREFECT_DB).replace("+psycopg", "+asyncpg"),
         )
 
+    def on_ports(self, **given: int) -> LocalStack:
+        """This stack with the services ``given`` (``postgres=``, ``s3=``, ``mlflow=``,
+        ``prefect=``) on other ports, for ``up`` to start there and remember. Refused before
+        anything starts: two services on one port, and a service that runs on another port
+        now (it was taken for running on the new one, and the stack failed to reach it)."""
+        ports = replace(self.state.ports, **given)
+        ports.check_distinct()
+        running = {
+            "postgres": self.postgres.running,
+            "s3": self._s3_up(),
+            "mlflow": self._mlflow_up(),
+            "prefect": self._prefect_up(),
+        }
+        moving = [
+            f"{service} runs on port {getattr(self.state.ports, service)}"
+            for service, port in given.items()
+            if port != getattr(self.state.ports, service) and running[service]
+        ]
+        if moving:
+            raise StackError(
+                f"{'; '.join(moving)}: `adapterops stack down` first, then `stack up` with the "
+                "new port (remembered from then on)"
+            )
+        return LocalStack(self.home, ports)
+
     @property
     def worker_log(self) -> Path:
         """Where the Prefect worker writes (what the flow runs it starts print, too)."""
@@ -183,6 +223,7 @@ class LocalStack:
         if not self.postgres.running:
             announce("postgresql")
             self.postgres.start()
+            self._save_state()  # a later failure leaves it running: `stack down` must know it
         for database in (REGISTRY_DB, MLFLOW_DB, PREFECT_DB):
             self.postgres.create_database(database)
         self._start_process("seaweedfs", self.seaweed.start, self.seaweed, self._s3_up, announce)
