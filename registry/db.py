@@ -275,8 +275,12 @@ def _with_our_driver(url: URL) -> URL:
 
 
 def _sqlite_file_exists(path: str | None) -> bool:
-    """Whether a SQLite URL's database exists (an in-memory one always does)."""
-    return not path or path == ":memory:" or Path(path).is_file()
+    """Whether a SQLite URL's database exists (an in-memory one always does). An empty file is
+    none yet: opening it writes SQLite's header (WAL mode), which a reading command must not."""
+    if not path or path == ":memory:":
+        return True
+    file = Path(path)
+    return file.is_file() and file.stat().st_size > 0
 
 
 def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:

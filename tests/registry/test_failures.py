@@ -68,6 +68,13 @@ def test_a_registry_opened_to_read_is_not_created(tmp_path, make_adapter):
         str(refused.value) == f"no registry at {tmp_path}/typo/r.db: nothing was registered there"
     )
     assert not (tmp_path / "typo").exists() and not (tmp_path / "a").exists()
+    # an empty file (touched, or left by a crash before SQLite wrote anything) is none either:
+    # opening it to read wrote SQLite's 4 KB header into it
+    (tmp_path / "typo").mkdir()
+    (tmp_path / "typo" / "r.db").touch()
+    with pytest.raises(rg.NoRegistryError, match="nothing was registered there"):
+        Registry(url, store, create=False)
+    assert (tmp_path / "typo" / "r.db").stat().st_size == 0
     Registry(url, store).register(
         make_adapter(1), name="a", base_model="b", task="t", language="en"
     )
