@@ -80,8 +80,8 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
     """What a retraining run would do with each spec, building nothing: ``due`` with the
     reason, ``up to date``, or ``failed`` with why: a spec that cannot be read, or a due one
     whose build would be refused before it starts (the build's own checks of its inputs: base
-    model, data, targets, members...). ``registry`` None: none exists yet, so every spec is
-    due, never built."""
+    model, data, targets, members...); ``ref``: the spec's newest version, if any. ``registry``
+    None: none exists yet, so every spec is due, never built."""
     from .prepare_job import (  # noqa: PLC0415 - torch and the data libraries
         check_inputs,
         check_promote_alias,
@@ -101,8 +101,9 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
             outcomes.append(RetrainOutcome(path, name, status="failed", reason=one_line(exc)))
             continue
         status = "up to date" if reason is None else "due"
+        newest = _newest_ref(registry, spec.name)  # what stays current, or would be replaced
         outcomes.append(
-            RetrainOutcome(spec=path, name=spec.name, status=status, reason=reason or "")
+            RetrainOutcome(path, spec.name, status=status, reason=reason or "", ref=newest)
         )
     return outcomes
 
@@ -110,3 +111,8 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
 def one_line(exc: BaseException) -> str:
     """An exception as one line of at most 500 characters, for a report's table."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+def _newest_ref(registry: Registry | None, name: str) -> str:
+    versions = registry.find(name=name) if registry is not None else []
+    return max(versions, key=lambda v: v.version).ref if versions else ""

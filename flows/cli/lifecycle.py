@@ -191,7 +191,7 @@ def _print_retraining(outcomes: list[dict[str, Any]], as_json: bool, *, dry_run:
     else:
         table = Table(title="Retraining (dry run)" if dry_run else "Retraining")
         columns = (
-            ("spec", "status", "reason")
+            ("spec", "status", "reason", "newest version")
             if dry_run
             else ("spec", "status", "reason", "version", "gate")
         )

@@ -215,6 +215,7 @@ class TestBuildCommand:
         assert planned.returncode == 1, planned.stderr[-3000:]  # broken.yaml still fails
         answers = {Path(o["spec"]).stem: o for o in json.loads(planned.stdout)["outcomes"]}
         assert (answers["good"]["status"], answers["good"]["reason"]) == ("due", "spec changed")
+        assert answers["good"]["ref"] == "good@1"  # the newest version, which a build replaces
         assert (answers["broken"]["status"], answers["broken"]["name"]) == ("failed", "broken")
         assert "unknown base model 'no/such-model'" in answers["broken"]["reason"]
         assert len(flow_runs(f"build {good.resolve()}")) == runs_before
