@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, cast
 
@@ -52,7 +52,7 @@ KERNELS: tuple[Kernel, ...] = ("gather", "segmented", "auto", "triton")
 
 @contextmanager
 def per_row(
-    model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
+    model: nn.Module, rows: Iterable[str | None], *, kernel: Kernel = "gather"
 ) -> Iterator[None]:
     """Within the block, batch row ``i`` runs through adapter ``rows[i]`` (``None``: the base).
 
@@ -73,7 +73,7 @@ def per_row(
 
 
 def install_routing(
-    model: nn.Module, rows: Sequence[str | None], *, kernel: Kernel = "gather"
+    model: nn.Module, rows: Iterable[str | None], *, kernel: Kernel = "gather"
 ) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
     if isinstance(rows, str):  # "ab" was two rows, through adapters "a" and "b"
@@ -81,6 +81,7 @@ def install_routing(
             f"per_row takes one adapter name (or None) per batch row, a list; got the string "
             f"{rows!r:.40}: [{rows!r:.40}] for one row"
         )
+    rows = list(rows)  # a generator or a NumPy array of names, read once, as a list
     if kernel not in KERNELS:
         raise ConfigError(f"per_row kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     device = next(model.parameters()).device

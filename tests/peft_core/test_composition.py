@@ -356,6 +356,11 @@ class TestPerRow:
             pc.per_row(model, "aa"),
         ):
             pass
+        inputs = batch(model, rows=2)
+        with pc.per_row(model, ["a", None]):
+            listed = logits(model, inputs)
+        with pc.per_row(model, (name for name in ["a", None])):  # was "generator has no len()"
+            torch.testing.assert_close(logits(model, inputs), listed, rtol=0, atol=0)
         pc.merge(model, "a")
         with pytest.raises(pc.ConfigError, match="unmerge"), pc.per_row(model, ["a"]):
             pass
