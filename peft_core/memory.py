@@ -195,6 +195,8 @@ def estimate_step_memory(
     check_counts(
         {"batch_size": batch_size, "sequence_length": sequence_length, "processes": processes}
     )
+    # plain ints in the StepMemory it returns, whatever integer type was given (NumPy's)
+    batch_size, sequence_length, processes = int(batch_size), int(sequence_length), int(processes)
     config = copy.deepcopy(config)  # the pad id may be set
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0  # a classifier finds each row's last token by it

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -103,6 +104,11 @@ def test_a_classifier_is_estimated_too():
                 **{"batch_size": 1, "sequence_length": 8, **sizes},
             )
         assert str(raised.value) == message
+    computed = pc.estimate_step_memory(  # sizes computed from arrays: the same estimate
+        bert, pc.LoRA(rank=4, targets=("q", "v")), head="classification",
+        batch_size=np.int64(8), sequence_length=np.int64(32),
+    )  # fmt: skip
+    assert computed == memory and type(computed.batch_size) is int
 
 
 def test_eager_attention_keeps_its_attention_matrices():
