@@ -38,6 +38,8 @@ from .common import (
 if TYPE_CHECKING:
     from registry import Registry
 
+    from ..spec import AdapterSpec
+
 __all__ = ["app"]
 
 app = typer.Typer()
@@ -48,6 +50,14 @@ def build(
     spec_file: SpecArgument,
     out: OutOption = None,
     overrides: SetOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only check the inputs and say whether a build would train or return the "
+            "version built before; start no flow, create no registry.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train, evaluate, register and (if it beats the champion) promote one adapter, as a Prefect
@@ -62,28 +72,16 @@ def build(
         quiet_libraries()
         spec = load_spec(spec_file, overrides)
         check_inputs(spec)  # bad input fails here, before a flow run exists
-        check_promote_alias(spec, _existing_registry())
+        existing = _existing_registry()
+        check_promote_alias(spec, existing)
         lineage = build_lineage(spec)
-        # built before from this spec, data and code: answer now, without a flow run (the
-        # Prefect server alone takes seconds to start); the flow would find the same version
-        earlier = find_earlier_build(spec, lineage)
-        if earlier is not None:
-            result = earlier.to_dict()
+        if dry_run:  # a dry run creates no registry: none means nothing was built
+            reusable = find_earlier_build(spec, lineage, existing) if existing else None
         else:
-            from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
-
-            prefect_answers()
-            quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
-            with (
-                progress(spec.name, enabled=not as_json) as on_step,
-                pipelines.reporting_progress(on_step),
-            ):
-                result = pipelines.build(
-                    str(spec_file.resolve()),
-                    overrides,
-                    str(out or Path("out") / spec.name),
-                    lineage=lineage,
-                )
+            result = _built(spec, spec_file, overrides, out, lineage, existing, as_json)
+    if dry_run:  # printed here: under --json, user_errors sends what is printed inside to stderr
+        _print_build_plan(spec.name, reusable, as_json)
+        return
     stale = _stale_after(result["name"]) if result["alias"] == "champion" else []
     if as_json:
         emit_json({"ok": True, **result, "stale_compositions": stale})
@@ -102,6 +100,54 @@ def build(
     if hint:
         console.print(hint, style="dim", soft_wrap=True, highlight=False)
     _print_cascade_hint(result["name"], stale)
+
+
+def _built(
+    spec: AdapterSpec,
+    spec_file: Path,
+    overrides: list[str] | None,
+    out: Path | None,
+    lineage: dict[str, str],
+    registry: Registry | None,
+    as_json: bool,
+) -> dict[str, Any]:
+    """The build's result: the version built before from this spec, data and code, answered
+    without a flow run (the Prefect server alone takes seconds to start), else a flow run's."""
+    from ..build_job import find_earlier_build  # noqa: PLC0415
+
+    earlier = find_earlier_build(spec, lineage, registry)  # creates the registry if need be
+    if earlier is not None:
+        return earlier.to_dict()
+    from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
+
+    prefect_answers()
+    quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
+    with (
+        progress(spec.name, enabled=not as_json) as on_step,
+        pipelines.reporting_progress(on_step),
+    ):
+        result: dict[str, Any] = pipelines.build(
+            str(spec_file.resolve()),
+            overrides,
+            str(out or Path("out") / spec.name),
+            lineage=lineage,
+        )
+    return result
+
+
+def _print_build_plan(name: str, earlier: Any, as_json: bool) -> None:
+    """``build --dry-run``: the inputs passed their checks; would the build train?"""
+    would = "reuse" if earlier is not None else "train"
+    ref = earlier.ref if earlier is not None else ""
+    if as_json:
+        emit_json({"ok": True, "dry_run": True, "name": name, "would": would, "ref": ref})
+        return
+    line = (
+        f"{name}: inputs checked; built before from this spec, data and code: {ref}"
+        if earlier is not None
+        else f"{name}: inputs checked; a build would train a new version"
+    )
+    console.print(line, soft_wrap=True, highlight=False)  # one line at any width
 
 
 def what_changed_hint(result: dict[str, Any], alias: str) -> str:

@@ -456,7 +456,7 @@ class TestBasics:
         # and three through the installed command, as a person sees them
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
         build = run_cli("build", "--help", env=env).stdout
-        assert "--set           KEY=VALUE" in build and "{SPEC}" in build
+        assert "--set              KEY=VALUE" in build and "{SPEC}" in build
         assert "Usage: adapterops push [OPTIONS] {FOLDER}" in run_cli("push", "-h", env=env).stdout
         commands = run_cli("--help", env=env).stdout
         # the docstring's own line break no longer ends a help line early

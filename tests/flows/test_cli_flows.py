@@ -169,6 +169,20 @@ class TestBuildCommand:
         assert (two["alias"], two["promoted"], two["metrics"]) == ("champion", True, one["metrics"])
         # the CLI found the earlier build itself: no second flow run (nor a Prefect start-up)
         assert len(flow_runs(f"build {spec.resolve()}")) == 1
+        # a dry run says so too, and that a changed spec would train; neither starts a flow
+        planned = run_cli("build", str(spec), "--dry-run", env=env, cwd=tmp_path)
+        assert (planned.returncode, planned.stdout) == (0, (
+            "cli-build: inputs checked; built before from this spec, data and code: cli-build@1\n"
+        ))  # fmt: skip
+        changed = run_cli(
+            "build", str(spec), "--dry-run", "--set", "train.max_steps=3", "--json",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert changed.returncode == 0, changed.stderr[-3000:]
+        assert json.loads(changed.stdout) == {
+            "ok": True, "dry_run": True, "name": "cli-build", "would": "train", "ref": "",
+        }  # fmt: skip
+        assert len(flow_runs(f"build {spec.resolve()}")) == 1
         # an alias the gate would move, differing only by case from one held: refused before
         # a flow runs (it was refused at the promotion, after the training)
         cased = run_cli(
