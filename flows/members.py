@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from registry.entities import FUSION_MEMBERS
 from registry.names import member_name
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LINEAGE_KEY", "load_members", "members_of_spec", "members_of_version"]
 
-LINEAGE_KEY = "fusion_members"
+LINEAGE_KEY = FUSION_MEMBERS  # the registry refuses to delete a version a fusion lists here
 
 
 def members_of_spec(spec: AdapterSpec) -> list[str]:

@@ -8,7 +8,11 @@ from typing import Any, Literal
 
 from .compositions import stack_definition
 
-__all__ = ["AdapterVersion", "Composition", "Event", "Resolution"]
+__all__ = ["FUSION_MEMBERS", "AdapterVersion", "Composition", "Event", "Resolution"]
+
+# The lineage key under which a fusion lists the exact member versions it was trained over
+# (``["a@1", "b@2"]``): it loads them at every use, so the registry keeps them while it exists.
+FUSION_MEMBERS = "fusion_members"
 
 
 @dataclass(frozen=True)

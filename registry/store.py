@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from .bundles import Bundle
 from .compositions import answers_per_member, canonical_definition
-from .entities import AdapterVersion, Composition, Event, Resolution
+from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolution
 from .errors import (
     BaseModelMismatchError,
     InUseError,
@@ -300,10 +300,13 @@ def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry"
             .where(CompositionMemberRow.version_id == row.id)
         )
     )
-    if target.aliases or users:
-        referents = [f"alias {a!r}" for a in target.aliases] + [
-            f"composition {c.name}@{c.version}" for c in users
-        ]
+    fusions = _fusions_over(session, target.ref)
+    if target.aliases or users or fusions:
+        referents = (
+            [f"alias {a!r}" for a in target.aliases]
+            + [f"composition {c.name}@{c.version}" for c in users]
+            + [f"fusion {ref} (trained over it)" for ref in fusions]
+        )
         raise InUseError(f"cannot delete {target.ref}: still referred to by {', '.join(referents)}")
     session.delete(row)
     _log(
@@ -315,6 +318,18 @@ def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry"
         detail={"digest": target.digest},
     )
     return target
+
+
+def _fusions_over(session: Session, ref: str) -> list[str]:
+    """The fusion versions whose lineage lists the exact version ``ref`` as a member."""
+    rows = session.execute(
+        select(AdapterRow.name, VersionRow.version, VersionRow.lineage)
+        .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
+        .where(AdapterRow.method == "fusion")
+        .order_by(AdapterRow.name, VersionRow.version)
+    )
+    return [f"{name}@{version}" for name, version, lineage in rows
+            if ref in (lineage or {}).get(FUSION_MEMBERS, [])]  # fmt: skip
 
 
 def register_composition(

@@ -8,6 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from flows import pipelines
+from flows.data import load_split
 from flows.errors import DataError
 from flows.planning import plan_spec
 from flows.predict_job import predict
@@ -43,8 +44,11 @@ def test_a_fusion_of_registered_adapters_builds_and_predicts(tmp_path: Path, sst
     version = Registry().get("fused@1")
     assert version.method == "fusion"
     assert version.lineage["fusion_members"] == ["member-en@1", "member-pt@1"]
-    ref, answers = predict(Registry(), "fused@champion", ["a moving film"])
-    assert ref == "fused@1" and answers[0].label in (0, 1)
+    # predict runs the fusion over the same members as its evaluation: the same 48 answers
+    rows = load_split(str(sst2_dir / "en" / "validation.tsv"), max_samples=48, seed=0)
+    ref, answers = predict(Registry(), "fused@champion", list(rows["sentence"]))
+    right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
+    assert (ref, right / 48) == ("fused@1", version.metrics["accuracy"])
 
 
 def test_bad_members_are_refused_before_training(tmp_path: Path, sst2_dir: Path):

@@ -682,6 +682,24 @@ class TestBytes:
             "tiny-sst2-en-lora@1", tmp_path / "still-whole"
         )  # the kept version is intact
 
+    def test_delete_refuses_a_member_a_fusion_was_trained_over(self, registry, make_adapter):
+        """A fusion loads its exact members at every use: deleting one (then gc) broke it."""
+        register(registry, make_adapter(1), name="member")
+        register(registry, make_adapter(2), name="member")
+        register(
+            registry, make_adapter(3, method="fusion"), name="fused",
+            lineage={"fusion_members": ["member@1", "other@4"]},
+        )  # fmt: skip
+        with pytest.raises(rg.InUseError) as raised:
+            registry.delete("member@1")
+        assert str(raised.value) == (
+            "cannot delete member@1: still referred to by fusion fused@1 (trained over it)"
+        )
+        assert [v.ref for v in registry.find(name="member")] == ["member@1", "member@2"]
+        assert registry.delete("member@2").ref == "member@2"  # a version no fusion lists
+        registry.delete("fused@1")  # the fusion gone, its member may go too
+        assert registry.delete("member@1").ref == "member@1"
+
     def test_a_gc_between_the_bytes_and_the_record_cannot_strand_a_registration(
         self, registry, make_adapter, locations, monkeypatch, tmp_path
     ):
