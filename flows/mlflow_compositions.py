@@ -2,8 +2,9 @@
 and move its ``champion`` in the MLflow UI as they do for adapters.
 
 Naming scheme: composition ``madx`` is the MLflow registered model ``composition.madx`` (registry
-names hold no '.', so it never meets an adapter's model), and registry version N is MLflow model
-version N of it, created in order (the tag ``adapterops.version`` states the registry number).
+names hold no '.', so it never meets an adapter's model), and registry version N is the MLflow
+model version tagged ``adapterops.version`` N, created in order (usually MLflow's version N too;
+not once a version was deleted before MLflow mirrored it). A deleted version's mirror is deleted.
 Each version's source is a small MLflow run named ``composition madx@N`` whose artifact
 ``composition/composition.json`` holds the definition, the exact members and the evaluation spec;
 the members are also tags, so the versions table lists them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 from mlflow.entities.model_registry import RegisteredModel
@@ -69,15 +71,14 @@ def ensure_composition_versions(client: MlflowClient, registry: Registry, name: 
     Until a composition is fully mirrored (the model's ``adapterops.aliases`` tag), its registry
     aliases go to MLflow too: they were set before MLflow knew it, and the next sync would
     otherwise take them away. After that, MLflow wins."""
-    newest = registry.composition(name).version
+    versions = registry.composition_versions(name)
     model = mlflow_name(name)
     created = 0
     with mlflow_errors(f"mirror composition {name}"):
         seeded = _ensure_registered_model(client, name).tags.get(SEEDED_TAG) == "yes"
-        for version in range(1, newest + 1):
-            if mlflow_version_of(client, model, version) is None:
-                previous = registry.composition(name, version - 1) if version > 1 else None
-                _create_version(client, registry.composition(name, version), previous)
+        for previous, composition in zip([None, *versions], versions, strict=False):
+            if mlflow_version_of(client, model, composition.version) is None:
+                _create_version(client, composition, previous)
                 created += 1
     if not seeded:
         for alias, version in sorted(_registry_aliases(registry, name).items()):
@@ -109,9 +110,7 @@ def move_composition_alias(
     """Point ``alias`` at the composition version ``ref`` names: in MLflow, then the registry."""
     check_new_alias(alias)  # before MLflow sees it
     target = registry.composition(ref)
-    newest = registry.composition(target.name).version
-    versions = (registry.composition(target.name, v) for v in range(1, newest + 1))
-    held = {a for version in versions for a in version.aliases}
+    held = _registry_aliases(registry, target.name)
     check_alias_case(alias, held, f"composition {target.name!r}")
     ensure_composition_versions(client, registry, target.name)
     set_mlflow_alias(client, mlflow_name(target.name), alias, target.version)
@@ -152,7 +151,17 @@ def sync_composition_aliases(
             else:
                 delete_mlflow_alias(client, mlflow_name(name), alias)
                 del remote[alias]
+        kept = {c.version for c in registry.composition_versions(name)}
         for alias, version in sorted(remote.items()):
+            if version not in kept:  # set in the UI on a version deleted here, as for adapters
+                warnings.warn(
+                    f"MLflow alias {alias!r} of composition {name} points at {name}@{version}, "
+                    "which the registry has deleted: not followed; move the alias in the MLflow "
+                    "UI",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
             if local.get(alias) != version:
                 registry.set_composition_alias(f"{name}@{version}", alias, origin="mlflow-ui")
                 changes.append(AliasChange(name, alias, version, kind="composition"))
@@ -183,11 +192,10 @@ def sync_from_mlflow(
 
 
 def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:
-    newest = registry.composition(name).version
     return {
-        alias: version
-        for version in range(1, newest + 1)
-        for alias in registry.composition(name, version).aliases
+        alias: composition.version
+        for composition in registry.composition_versions(name)
+        for alias in composition.aliases
     }
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import AdapterVersion, InvalidNameError, Registry
-from registry.bundles import check_adapter_folder, inspect_folder, read_json_object
-from registry.names import check_language, check_name
+from registry import AdapterFolderError, AdapterVersion, InvalidNameError, Registry
+from registry.bundles import Bundle, check_adapter_folder, inspect_folder, read_json_object
+from registry.entities import FUSION_MEMBERS
+from registry.names import check_language, check_name, parse_ref
 
 from .models import check_trained_on
 
@@ -77,6 +78,7 @@ def push_folder(
     check_language(fields["language"])
     check_trained_on(folder, fields["base_model"])
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
+    lineage = _fusion_lineage(bundle, spec)
     registry = opened(registry)
     known_as = registry.base_models_for(folder)
     metrics = reported_metrics(folder) if metrics is None else metrics
@@ -86,6 +88,7 @@ def push_folder(
         metrics=metrics,
         description=description or (spec or {}).get("description", ""),
         spec=spec,
+        lineage=lineage,
         origin=origin,
         on_bytes=on_bytes,
     )
@@ -138,6 +141,27 @@ def reported_metrics(folder: Path) -> dict[str, float]:
         for key, value in (measured if isinstance(measured, dict) else {}).items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+def _fusion_lineage(bundle: Bundle, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """For a fusion, the exact members it was trained over (which it loads at every use): the
+    ones ``adapterops train`` resolved and wrote in ``report.json``, else the spec's when it pins
+    each (``name@3``)."""
+    if bundle.method != "fusion":
+        return {}
+    reported = read_json_object(bundle.folder / "report.json").get("members")
+    named = ((spec or {}).get("method") or {}).get("members")
+    members = reported if isinstance(reported, list) and reported else named
+    if not isinstance(members, list) or not all(
+        isinstance(m, str) and parse_ref(m).version is not None for m in members
+    ):
+        raise AdapterFolderError(
+            f"{bundle.folder} holds an AdapterFusion, which loads the exact member versions it "
+            "was trained over at every use, and neither a report.json there nor the spec lists "
+            f"them (got {members!r}): push the folder `adapterops train` wrote (its report.json "
+            "lists them), or give --spec with each member pinned (name@3)"
+        )
+    return {FUSION_MEMBERS: members}
 
 
 def _base_named_in(folder: Path) -> tuple[str, str] | None:

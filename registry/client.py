@@ -151,6 +151,7 @@ class Registry:
         _check_json(spec or {}, "spec")
         bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
+        store.fusion_members(bundle, lineage or {})  # before the upload; they exist: below
         self._mark_store()
         artifact_uri = upload(self.artifacts, bundle, on_bytes)  # bytes first, then the record
 
@@ -187,7 +188,8 @@ class Registry:
         self._write(lambda s: store.remove_alias(s, name, alias, origin=origin))
 
     def delete(self, ref: str, *, origin: str = "registry") -> AdapterVersion:
-        """Delete a version no alias or composition refers to (``gc`` then frees its bytes)."""
+        """Delete a version no alias, composition or fusion refers to (``gc`` then frees its
+        bytes)."""
         return self._write(lambda s: store.delete_version(s, ref, origin=origin))
 
     def register_composition(
@@ -234,6 +236,12 @@ class Registry:
     def remove_composition_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
         """Take ``alias`` off composition ``name``."""
         self._write(lambda s: store.remove_composition_alias(s, name, alias, origin=origin))
+
+    def delete_composition(self, ref: str, *, origin: str = "registry") -> Composition:
+        """Delete the composition version ``ref`` names (``pt-sst2@2``) when no alias points at
+        it; its members can be deleted then. Its number is never given to another version."""
+        parse_ref(ref)  # a reference that is not a string is told here, by its type
+        return self._write(lambda s: store.delete_composition(s, ref, origin=origin))
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -325,6 +333,12 @@ class Registry:
         _check_type("composition: name", name, str, "a composition's name or ref", optional=False)
         _check_type("composition: version", version, int, "a whole number")
         return self._read(lambda s: store.get_composition(s, name, version))
+
+    def composition_versions(self, name: str) -> list[Composition]:
+        """Every version of composition ``name`` that exists, oldest first (a deleted one leaves
+        a gap: numbers are never given again)."""
+        _check_type("composition_versions: name", name, str, "a composition's name", optional=False)
+        return self._read(lambda s: store.composition_versions(s, name))
 
     def composition_history(self, name: str) -> list[Event]:
         """The composition's event log: versions saved and alias moves, with their origin."""

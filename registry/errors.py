@@ -63,7 +63,8 @@ class InvalidCompositionError(RegistryError, ValueError):
 
 
 class InUseError(RegistryError):
-    """A version cannot be deleted: an alias or a composition still refers to it."""
+    """A version cannot be deleted: an alias, a composition or a fusion trained over it still
+    refers to it."""
 
 
 class CorruptArtifactError(RegistryError):

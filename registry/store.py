@@ -44,8 +44,11 @@ from .orm import (
 
 __all__ = [
     "composition_history",
+    "composition_versions",
+    "delete_composition",
     "delete_version",
     "find_versions",
+    "fusion_members",
     "get_composition",
     "get_version",
     "history",
@@ -61,9 +64,38 @@ __all__ = [
     "set_composition_alias",
 ]
 
-COMPOSITION_EVENTS = ("composition", "composition_alias_set", "composition_alias_removed")
+COMPOSITION_EVENTS = (
+    "composition",
+    "composition_alias_set",
+    "composition_alias_removed",
+    "composition_deleted",
+)
 LANGUAGE_HEADS = ("masked-lm", "causal-lm")
 _Row = tuple[VersionRow, AdapterRow, BaseModelRow]
+
+
+def fusion_members(bundle: Bundle, lineage: dict[str, Any]) -> list[str]:
+    """The exact member versions a fusion's ``lineage`` lists (``[]`` for other methods),
+    checked: a fusion loads them by these references at every use, so without them (or with
+    other adapters than its weights fuse) it could never load."""
+    if bundle.method != "fusion":
+        return []
+    members = lineage.get(FUSION_MEMBERS)
+    if not isinstance(members, list) or not members or not all(
+        isinstance(m, str) and parse_ref(m).version is not None for m in members
+    ):  # fmt: skip
+        raise InvalidCompositionError(
+            f"{bundle.folder} holds an AdapterFusion: its lineage must list the exact member "
+            f"versions it was trained over, {FUSION_MEMBERS}: ['name@VERSION', ...] (got "
+            f"{members!r}); `adapterops train` writes them in the folder's report.json"
+        )
+    fused = bundle.metadata.get("method", {}).get("members")
+    if isinstance(fused, list) and [parse_ref(m).name for m in members] != fused:
+        raise InvalidCompositionError(
+            f"{bundle.folder} fuses {fused}, but its lineage lists {members}: name one version "
+            "of each adapter it fuses, in that order"
+        )
+    return list(members)
 
 
 def register_version(
@@ -87,6 +119,13 @@ def register_version(
     The same bytes registered again under the same adapter return the existing version
     (``created`` False): a version is identified by its content digest.
     """
+    for member in fusion_members(bundle, lineage):  # loaded at every use: they must exist
+        try:
+            get_version(session, member)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"fusion member {member}: {exc}; register the fusion's members first"
+            ) from None
     base = _base_model(session, base_model, bundle.base_digests, base_model_revision)
     adapter = _adapter(
         session,
@@ -268,9 +307,12 @@ def history(session: Session, name: str) -> list[Event]:
 
 
 def composition_history(session: Session, name: str) -> list[Event]:
-    """Every event of composition ``name`` (versions saved, aliases moved), oldest first."""
-    _composition_row(session, Ref(name))
-    return _events(session, name, EventRow.kind.in_(COMPOSITION_EVENTS))
+    """Every event of composition ``name`` (versions saved, aliases moved, versions deleted),
+    oldest first; told even once every version is deleted."""
+    events = _events(session, name, EventRow.kind.in_(COMPOSITION_EVENTS))
+    if not events:
+        _composition_row(session, Ref(name))  # a clear error for an unknown composition
+    return events
 
 
 def _events(session: Session, name: str, kinds: Any) -> list[Event]:
@@ -285,7 +327,7 @@ def _events(session: Session, name: str, kinds: Any) -> list[Event]:
 
 
 def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry") -> AdapterVersion:
-    """Delete a version that no alias and no composition refers to (its bytes stay until gc)."""
+    """Delete a version that no alias, composition or fusion refers to (its bytes stay until gc)."""
     target = get_version(session, ref)
     adapter = _adapter_named(session, target.name)
     row = session.scalars(
@@ -375,12 +417,9 @@ def register_composition(
             "evaluation spec (each member is gated by its own builds), or as a stack or an "
             "average"
         )
-    latest = session.scalar(
-        select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
-    )
     row = CompositionRow(
         name=name,
-        version=(latest or 0) + 1,
+        version=_last_composition_number(session, name) + 1,
         definition=definition,
         description=description,
         evaluation=dict(evaluation or {}),
@@ -404,6 +443,61 @@ def register_composition(
         dict(row.evaluation),
         metrics=dict(row.metrics),
     )
+
+
+def _last_composition_number(session: Session, name: str) -> int:
+    """The highest version number composition ``name`` ever had: a deleted version lives on in
+    its ``composition`` event, so its number is never given again (``name@2`` keeps one
+    meaning, as adapters' versions do)."""
+    saved = session.scalar(
+        select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
+    )
+    logged = session.scalar(
+        select(func.max(EventRow.version)).where(
+            EventRow.adapter_name == name, EventRow.kind == "composition"
+        )
+    )
+    return max(saved or 0, logged or 0)
+
+
+def composition_versions(session: Session, name: str) -> list[Composition]:
+    """Every version of composition ``name`` that exists, oldest first (deleted ones leave
+    gaps in the numbers)."""
+    _composition_row(session, Ref(name))  # a clear error for an unknown composition
+    numbers = session.scalars(
+        select(CompositionRow.version)
+        .where(CompositionRow.name == name)
+        .order_by(CompositionRow.version)
+    )
+    return [get_composition(session, name, number) for number in numbers]
+
+
+def delete_composition(session: Session, ref: str, *, origin: str = "registry") -> Composition:
+    """Delete a composition version no alias points at; its members are then free to delete."""
+    target = get_composition(session, ref)
+    if target.aliases:
+        held = ", ".join(repr(a) for a in target.aliases)
+        raise InUseError(
+            f"cannot delete composition {target.ref}: it holds the alias {held}; move it to "
+            f"another version or remove it first (adapterops composition unalias {target.name} "
+            f"{target.aliases[0]})"
+        )
+    row = _composition_row(session, Ref(target.name, target.version))
+    for member in session.scalars(
+        select(CompositionMemberRow).where(CompositionMemberRow.composition_id == row.id)
+    ):
+        session.delete(member)
+    session.flush()  # the members' rows go before the row they point at (foreign keys)
+    session.delete(row)
+    _log(
+        session,
+        "composition_deleted",
+        target.name,
+        target.version,
+        origin=origin,
+        detail={"members": list(target.members)},
+    )
+    return target
 
 
 def list_compositions(session: Session) -> list[Composition]:

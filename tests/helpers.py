@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers as T
@@ -96,6 +97,30 @@ def empty_registry(home: Path) -> None:
     from registry import Registry  # SQLAlchemy only for the tests that need it
 
     Registry(f"sqlite:///{home / 'registry.db'}", (home / "artifacts").as_uri()).close()
+
+
+def home_with_fake_adapters(
+    tmp_path: Path, monkeypatch: Any, names: tuple[str, ...]
+) -> dict[str, str]:
+    """An environment for CLI runs on the embedded registry and MLflow of ``tmp_path/home``
+    (none of the test run's registry or MLflow settings), and this process pointed at the same
+    home, whose registry holds a fake adapter per name (base ``tiny-bert``, task the name,
+    language ``pt``; seeds 1, 2, ...: distinct bytes)."""
+    from registry import Registry  # SQLAlchemy only for the tests that need it
+    from tests.registry.workers import write_fake_adapter
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set by an earlier test's MLflow
+    registry = Registry()
+    for seed, name in enumerate(names, start=1):
+        registry.register(
+            write_fake_adapter(tmp_path / name, seed), name=name, base_model="tiny-bert",
+            task=name, language="pt",
+        )  # fmt: skip
+    registry.close()
+    return env
 
 
 # What a command may have no need to load: each costs seconds at every start.

@@ -52,11 +52,13 @@ __all__ = [
     "checkable_before_mlflow",
     "console",
     "counting",
+    "drop_mirror",
     "emit_json",
     "errors",
     "human_bytes",
     "input_texts",
     "labelled",
+    "mlflow_after_sync",
     "prefect_answers",
     "print_columns",
     "quiet_libraries",
@@ -288,6 +290,46 @@ def check_adapter_name(registry: rg.Registry, name: str) -> None:
             f"shows one version, `adapterops ls {name.partition('@')[0]}` lists them all"
         )
     registry.get(name)  # no such adapter: one line, with similar names
+
+
+def mlflow_after_sync(sync: Callable[[Any], object]) -> tuple[Any, Exception | None]:
+    """``(client, None)``: MLflow's client, once ``sync(client)`` copied the alias moves made
+    in its UI into the registry, so a delete that checks aliases sees the one a reviewer just
+    moved (MLflow wins). ``(None, error)`` when MLflow cannot be reached: the delete goes by
+    the registry's aliases, and the caller says what is left in MLflow."""
+    from .. import tracking  # noqa: PLC0415 - MLflow only for the commands that need it
+    from ..errors import TrackingUnavailableError  # noqa: PLC0415
+
+    try:
+        client = tracking.client()
+        sync(client)
+    except TrackingUnavailableError as exc:
+        return None, exc
+    return client, None
+
+
+def drop_mirror(
+    client: Any, unreachable: Exception | None, model: str, version: int, deleted: str
+) -> None:
+    """After the registry deleted ``deleted`` (registry version ``version`` of MLflow model
+    ``model``), delete its MLflow mirror so no reviewer points an alias at it; when MLflow
+    cannot be reached, one warning says what is left and how to take it away (re-running
+    ``rm`` cannot: the registry's version is gone)."""
+    from .. import tracking  # noqa: PLC0415
+    from ..errors import TrackingUnavailableError  # noqa: PLC0415
+    from ..mlflow_models import VERSION_TAG, delete_model_version  # noqa: PLC0415
+
+    try:
+        if client is not None:
+            delete_model_version(client, model, version)
+            return
+    except TrackingUnavailableError as exc:
+        unreachable = exc
+    reason = str(unreachable).removesuffix(tracking.RERUN_COMPLETES).rstrip(" ;")
+    warn(
+        f"{deleted} is deleted, but its MLflow version is still there ({reason}): once MLflow "
+        f"answers, delete the version of {model} tagged {VERSION_TAG}={version} in its UI"
+    )
 
 
 def checkable_before_mlflow(ref: str) -> str:

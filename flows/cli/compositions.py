@@ -28,10 +28,12 @@ from .common import (
     TextOption,
     console,
     counting,
+    drop_mirror,
     emit_json,
     input_texts,
     metric_values,
     metrics_text,
+    mlflow_after_sync,
     open_registry,
     print_card,
     print_columns,
@@ -301,6 +303,35 @@ def unalias(
     console.print(f"removed alias {name} from {composition}")
 
 
+@composition_app.command("rm")
+def remove(
+    ref: Annotated[str, typer.Argument(help="name@VERSION of the composition.", metavar="REF")],
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a composition version that no alias points at (aliases moved in the MLflow UI
+    count), and the MLflow version that mirrors it; its members can be deleted then. Its
+    number is never given to another version."""
+    from ..mlflow_compositions import mlflow_name, sync_composition_aliases  # noqa: PLC0415
+
+    with user_errors(as_json):
+        registry = open_registry()
+        name = registry.composition(ref).name  # no such version: one line, before MLflow loads
+        client, unreachable = mlflow_after_sync(
+            lambda c: sync_composition_aliases(registry, c, [name])
+        )
+        deleted = registry.delete_composition(ref, origin="cli")
+    drop_mirror(
+        client, unreachable, mlflow_name(name), deleted.version, f"composition {deleted.ref}"
+    )
+    if as_json:
+        emit_json({"ok": True, "deleted": deleted.ref, "members": list(deleted.members)})
+        return
+    console.print(
+        f"deleted composition {deleted.ref}; its members ({', '.join(deleted.members)}) are "
+        "still registered"
+    )
+
+
 @composition_app.command()
 def trend(
     name: Annotated[str, typer.Argument(help="The composition.", metavar="NAME")],
@@ -316,11 +347,9 @@ def trend(
     with user_errors(as_json):
         if out is not None:
             check_plot_path(out)
-        registry = open_registry()
-        newest = registry.composition(name)  # no such composition: one line, before the plot
+        versions = open_registry().composition_versions(name)  # unknown: one line, no plot
         from ..trend import metric_trend  # noqa: PLC0415
 
-        versions = [registry.composition(name, v) for v in range(1, newest.version + 1)]
         found = metric_trend(versions, metric)
         path = plot_trend(found, out, as_json)
     show_trend(found, path, as_json)

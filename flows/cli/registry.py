@@ -27,10 +27,12 @@ from .common import (
     check_adapter_name,
     checkable_before_mlflow,
     console,
+    drop_mirror,
     emit_json,
     human_bytes,
     metric_values,
     metrics_text,
+    mlflow_after_sync,
     open_registry,
     print_card,
     print_columns,
@@ -359,18 +361,17 @@ def unalias(
 
 @app.command("rm")
 def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
-    """Delete a version that no alias or composition refers to (and the MLflow version that
-    mirrors it, so no reviewer can point an alias at it)."""
-    from .. import tracking  # noqa: PLC0415 - MLflow only for this command
-    from ..errors import TrackingUnavailableError  # noqa: PLC0415
-    from ..mlflow_models import delete_model_version  # noqa: PLC0415
+    """Delete a version that no alias, composition or fusion refers to (aliases moved in the
+    MLflow UI count), and the MLflow version that mirrors it, so no reviewer can point an alias
+    at it."""
+    from ..mlflow_models import sync_aliases  # noqa: PLC0415
 
     with user_errors(as_json):
-        version = open_registry().delete(ref, origin="cli")
-    try:
-        delete_model_version(tracking.client(), version.name, version.version)
-    except TrackingUnavailableError as exc:  # the registry's delete stands: say what is left
-        warn(f"{version.ref} is deleted, but its MLflow version is still there: {exc}")
+        registry = open_registry()
+        name = registry.get(ref).name  # no such version: one line, before MLflow loads
+        client, unreachable = mlflow_after_sync(lambda c: sync_aliases(registry, c, [name]))
+        version = registry.delete(ref, origin="cli")
+    drop_mirror(client, unreachable, version.name, version.version, version.ref)
     if as_json:
         emit_json({"ok": True, "deleted": version.ref})
         return

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import empty_registry, run_cli
+from tests.helpers import empty_registry, home_with_fake_adapters, run_cli
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
 
@@ -404,17 +404,8 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
 def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     from registry import Registry
 
-    # mlflow.set_tracking_uri (any earlier test) exports MLFLOW_TRACKING_URI: not this test's
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
-    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
-    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("lang-pt", "sst2-en"))
     registry = Registry()  # the embedded registry the commands below open
-    for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
-        registry.register(
-            write_fake_adapter(tmp_path / name, seed), name=name, base_model="tiny-bert",
-            task=name, language="pt",
-        )  # fmt: skip
     registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
     registry.close()
 
@@ -563,6 +554,65 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
     typo = run(env, "sync", "madx", "sst2-en", "madz", "--json")
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert json.loads(typo.stdout)["error"].startswith("no adapter or composition named 'madz';")
+
+
+def test_composition_rm_sees_reviewers_aliases_then_frees_its_members(tmp_path, monkeypatch):
+    """Without `composition rm` a composition saved by mistake held its members forever."""
+
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("lang-pt", "sst2-en"))
+    for members in (["lang-pt", "sst2-en"], ["sst2-en"]):
+        ok_json(run(env, "composition", "save", "madx", *members, "--json"))  # mirrored too
+    from flows import tracking
+    from flows.mlflow_models import mlflow_version_of
+
+    reviewers = tracking.client()
+    mirrored = mlflow_version_of(reviewers, "composition.madx", 2)
+    reviewers.set_registered_model_alias("composition.madx", "champion", str(mirrored))
+    held = run(env, "composition", "rm", "madx@2")  # the registry learns of it first
+    assert (held.returncode, held.stderr) == (
+        2,
+        "error: cannot delete composition madx@2: it holds the alias 'champion'; move it to "
+        "another version or remove it first (adapterops composition unalias madx champion)\n",
+    )
+    ok_json(run(env, "composition", "unalias", "madx", "champion", "--json"))
+    deleted = ok_json(run(env, "composition", "rm", "madx@2", "--json"))
+    assert deleted == {"ok": True, "deleted": "madx@2", "members": ["sst2-en@1"]}
+    left = reviewers.search_model_versions("name='composition.madx'")
+    assert [v.tags["adapterops.version"] for v in left] == ["1"]  # none to point an alias at
+    again = run(env, "composition", "rm", "madx@2")
+    assert (again.returncode, again.stderr) == (
+        2,
+        "error: no composition 'madx' version 2; versions: 1\n",
+    )
+    still = run(env, "rm", "sst2-en@1")
+    assert still.returncode == 2 and "still referred to by composition madx@1" in still.stderr
+    removed = run(env, "composition", "rm", "madx")  # the newest, as `rm NAME` for adapters
+    assert removed.stdout == (
+        "deleted composition madx@1; its members (lang-pt@1, sst2-en@1) are still registered\n"
+    )
+    assert ok_json(run(env, "rm", "sst2-en@1", "--json"))["deleted"] == "sst2-en@1"
+    events = ok_json(run(env, "composition", "history", "madx", "--json"))
+    assert [(e["kind"], e["version"], e["origin"]) for e in events][-3:] == [
+        ("composition_alias_removed", 2, "cli"),
+        ("composition_deleted", 2, "cli"),
+        ("composition_deleted", 1, "cli"),
+    ]
+    assert ok_json(run(env, "composition", "ls", "--json")) == []
+    saved = ok_json(run(env, "composition", "save", "madx", "lang-pt", "--json"))
+    assert saved["version"] == 3  # madx@1 and madx@2 keep meaning what they meant
+
+    # MLflow down: the registry's delete stands, one line says what is left in MLflow and how
+    down = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # fmt: skip
+    offline = run(down, "composition", "rm", "madx@3")
+    assert offline.returncode == 0 and offline.stdout.startswith("deleted composition madx@3")
+    assert offline.stderr.startswith(
+        "warning: composition madx@3 is deleted, but its MLflow version is still there (MLflow "
+        "at http://127.0.0.1:9 is not reachable"
+    )
+    assert offline.stderr.endswith(
+        "once MLflow answers, delete the version of composition.madx tagged "
+        "adapterops.version=3 in its UI\n"
+    )
 
 
 def test_show_is_a_record_to_read_and_its_spec_is_one_build_reads_back(tmp_path, monkeypatch):

@@ -4,24 +4,15 @@ scores each version kept when it was saved (the cascade's gate, or ``save --metr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from registry import Registry
-from tests.helpers import run_cli
-from tests.registry.workers import write_fake_adapter
+from tests.helpers import home_with_fake_adapters, run_cli
 
 
 def test_a_compositions_scores_by_version_with_its_best(tmp_path: Path, monkeypatch):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
-    env |= {"ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
-    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("lang", "task"))
     registry = Registry()
-    for seed, name in ((1, "lang"), (2, "task")):
-        registry.register(
-            write_fake_adapter(tmp_path / name, seed), name=name, base_model="tiny-bert",
-            task=name, language="pt",
-        )  # fmt: skip
     gated = {"name": "scoring", "evaluate": {"metric": "macro_f1"}}  # what the cascade gates on
     for scores in ({}, {"accuracy": 0.7, "macro_f1": 0.6}, {"accuracy": 0.8, "macro_f1": 0.5}):
         registry.register_composition(
@@ -58,13 +49,8 @@ def test_a_compositions_scores_by_version_with_its_best(tmp_path: Path, monkeypa
 
 
 def test_compositions_listed_best_first_by_a_metric(tmp_path: Path, monkeypatch):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
-    env |= {"ADAPTEROPS_HOME": str(tmp_path / "home")}
-    monkeypatch.setenv("ADAPTEROPS_HOME", env["ADAPTEROPS_HOME"])
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("a",))
     registry = Registry()
-    registry.register(
-        write_fake_adapter(tmp_path / "a", 1), name="a", base_model="b", task="t", language="pt"
-    )
     for name, scores in (("low", {"perplexity": 9.0}), ("none", {}), ("high", {"perplexity": 4})):
         registry.register_composition(name, {"type": "stack"}, ["a"], metrics=scores)
     registry.close()

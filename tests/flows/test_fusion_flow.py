@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from flows.errors import DataError
 from flows.planning import plan_spec
 from flows.predict_job import predict
 from flows.prepare_job import check_inputs
+from flows.push_job import push_folder
 from flows.spec import load_plan_spec, load_spec
-from registry import NotFoundError, Registry
+from registry import AdapterFolderError, NotFoundError, Registry
 from tests.flows.test_pipelines import write_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "embedded_home")
@@ -49,6 +51,22 @@ def test_a_fusion_of_registered_adapters_builds_and_predicts(tmp_path: Path, sst
     ref, answers = predict(Registry(), "fused@champion", list(rows["sentence"]))
     right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
     assert (ref, right / 48) == ("fused@1", version.metrics["accuracy"])
+
+    # the trained folder pushed as another adapter keeps its members (report.json lists them);
+    # without report.json nothing says which versions it fuses: refused, nothing registered
+    identity = {"name": "fused-pushed", "base_model": version.base_model, "task": "sst2",
+                "language": "en"}  # fmt: skip
+    bare = shutil.copytree(tmp_path / "out-fused", tmp_path / "bare")
+    (bare / "report.json").unlink()
+    with pytest.raises(AdapterFolderError, match=r"give --spec with each member pinned"):
+        push_folder(Registry(), bare, identity=identity, mirror=False)
+    assert Registry().find(name="fused-pushed") == []
+    pushed = push_folder(Registry(), tmp_path / "out-fused", identity=identity, mirror=False)
+    assert pushed.version.lineage["fusion_members"] == ["member-en@1", "member-pt@1"]
+    texts = list(rows["sentence"])[:4]
+    assert (
+        predict(Registry(), "fused-pushed@1", texts)[1] == predict(Registry(), "fused@1", texts)[1]
+    )
 
 
 def test_bad_members_are_refused_before_training(tmp_path: Path, sst2_dir: Path):

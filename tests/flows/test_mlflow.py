@@ -25,6 +25,7 @@ from flows.mlflow_models import (
     delete_model_version,
     ensure_model_version,
     mlflow_aliases,
+    mlflow_version_of,
     registered_models,
     sync_aliases,
 )
@@ -307,11 +308,20 @@ class TestAliasesThroughMlflow:
         assert unknown.returncode == 2 and "has no alias 'previous'; aliases: champion" in (
             unknown.stderr
         )
+        # a reviewer points an alias at it in the UI: rm sees it (MLflow wins), not the
+        # registry's older word, and refuses; taken off there, the next rm goes ahead
+        one = str(mlflow_version_of(client, "sst2-en", 1))
+        client.set_registered_model_alias("sst2-en", "staging", one)
+        seen = run_cli("rm", "sst2-en@1", env=env)
+        assert seen.returncode == 2 and "still referred to by alias 'staging'" in seen.stderr
+        client.delete_registered_model_alias("sst2-en", "staging")
         assert run_cli("rm", "sst2-en@1", env=env).returncode == 0
         left = client.search_model_versions("name='sst2-en'")
         assert [v.tags["adapterops.version"] for v in left] == ["2"]
-        assert [(e.kind, e.alias, e.origin) for e in registry.history("sst2-en")][-2:] == [
+        assert [(e.kind, e.alias, e.origin) for e in registry.history("sst2-en")][-4:] == [
             ("alias_removed", "previous", "cli"),
+            ("alias_set", "staging", "mlflow-ui"),
+            ("alias_removed", "staging", "mlflow-ui"),
             ("deleted", None, "cli"),
         ]
 

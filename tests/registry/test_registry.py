@@ -686,9 +686,10 @@ class TestBytes:
         """A fusion loads its exact members at every use: deleting one (then gc) broke it."""
         register(registry, make_adapter(1), name="member")
         register(registry, make_adapter(2), name="member")
+        register(registry, make_adapter(4), name="other")
         register(
             registry, make_adapter(3, method="fusion"), name="fused",
-            lineage={"fusion_members": ["member@1", "other@4"]},
+            lineage={"fusion_members": ["member@1", "other@1"]},
         )  # fmt: skip
         with pytest.raises(rg.InUseError) as raised:
             registry.delete("member@1")
@@ -699,6 +700,37 @@ class TestBytes:
         assert registry.delete("member@2").ref == "member@2"  # a version no fusion lists
         registry.delete("fused@1")  # the fusion gone, its member may go too
         assert registry.delete("member@1").ref == "member@1"
+
+    def test_a_fusion_is_registered_only_with_the_exact_members_it_fuses(
+        self, registry, make_adapter
+    ):
+        """Without them it could never load (a pushed fusion folder lost them): refused before
+        its bytes are stored."""
+        register(registry, make_adapter(1), name="member")
+        folder = make_adapter(2, method="fusion")
+        (folder / "adapter.json").write_text(
+            json.dumps({**json.loads((folder / "adapter.json").read_text()),
+                        "method": {"type": "fusion", "members": ["member"]}})
+        )  # fmt: skip
+        blobs = {b.digest for b in registry.artifacts.blobs()}
+        refusals = {
+            None: (rg.InvalidCompositionError, "its lineage must list the exact member versions "
+                   "it was trained over, fusion_members: ['name@VERSION', ...] (got None)"),
+            ("member@champion",): (rg.InvalidCompositionError, "(got ['member@champion'])"),
+            ("other@1",): (rg.InvalidCompositionError,
+                           "fuses ['member'], but its lineage lists ['other@1']"),
+            ("member@7",): (rg.NotFoundError, "fusion member member@7: "),
+        }  # fmt: skip
+        for members, (error, words) in refusals.items():
+            lineage = {} if members is None else {"fusion_members": list(members)}
+            with pytest.raises(error) as raised:
+                register(registry, folder, name="fused", lineage=lineage)
+            assert words in str(raised.value)
+            assert registry.find(name="fused") == []
+            if error is rg.InvalidCompositionError:  # told before the upload
+                assert {b.digest for b in registry.artifacts.blobs()} == blobs
+        fused = register(registry, folder, name="fused", lineage={"fusion_members": ["member@1"]})
+        assert fused.lineage == {"fusion_members": ["member@1"]}
 
     def test_a_gc_between_the_bytes_and_the_record_cannot_strand_a_registration(
         self, registry, make_adapter, locations, monkeypatch, tmp_path
@@ -912,7 +944,10 @@ class TestCompositions:
     def test_a_fusion_is_no_member(self, registry, make_adapter):
         """It was saved, then refused at every load: its own members are not loaded with it."""
         register(registry, make_adapter(1), name="a")
-        register(registry, make_adapter(2, method="fusion"), name="fused")
+        register(
+            registry, make_adapter(2, method="fusion"), name="fused",
+            lineage={"fusion_members": ["a@1"]},
+        )  # fmt: skip
         with pytest.raises(rg.InvalidCompositionError) as raised:
             registry.register_composition("c", {"type": "stack"}, ["a", "fused"])
         assert str(raised.value) == (
@@ -921,6 +956,46 @@ class TestCompositions:
             "compose the adapters it fuses"
         )
         assert registry.compositions() == []
+
+    def test_a_deleted_version_frees_its_members_and_its_number_stays_taken(
+        self, registry, make_adapter
+    ):
+        register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        for members in (["a", "b"], ["a"], ["b"]):
+            registry.register_composition("c", {"type": "stack"}, members)
+        registry.set_composition_alias("c@1", "champion")
+        with pytest.raises(rg.InUseError) as raised:
+            registry.delete_composition("c@1")
+        assert str(raised.value) == (
+            "cannot delete composition c@1: it holds the alias 'champion'; move it to another "
+            "version or remove it first (adapterops composition unalias c champion)"
+        )
+        assert registry.delete_composition("c@3").members == ("b@1",)
+        assert registry.delete_composition("c@2").ref == "c@2"
+        with pytest.raises(rg.NotFoundError, match=r"no composition 'c' version 2; versions: 1$"):
+            registry.composition("c@2")
+        # numbers are never given again: c@2 and c@3 keep meaning what they meant
+        assert registry.register_composition("c", {"type": "stack"}, ["b"]).version == 4
+        assert [c.version for c in registry.composition_versions("c")] == [1, 4]
+        assert registry.composition("c").version == 4  # the newest that exists
+        with pytest.raises(rg.InUseError, match=r"composition c@1"):
+            registry.delete("a@1")  # c@1 still holds it
+        registry.remove_composition_alias("c", "champion")
+        registry.delete_composition("c@1")
+        assert registry.delete("a@1").ref == "a@1"  # no composition holds it now
+        registry.delete_composition("c@4")
+        kinds = [(e.kind, e.version) for e in registry.composition_history("c")]
+        assert kinds == [
+            ("composition", 1), ("composition", 2), ("composition", 3),
+            ("composition_alias_set", 1), ("composition_deleted", 3),
+            ("composition_deleted", 2), ("composition", 4), ("composition_alias_removed", 1),
+            ("composition_deleted", 1), ("composition_deleted", 4),
+        ]  # fmt: skip
+        with pytest.raises(rg.NotFoundError, match=r"no composition 'c'"):
+            registry.composition("c")  # every version gone; its history above stays
+        assert registry.compositions() == []
+        assert registry.register_composition("c", {"type": "stack"}, ["b"]).version == 5
 
     def test_a_version_keeps_the_metrics_it_scored_and_diff_weighs_them(
         self, registry, make_adapter
