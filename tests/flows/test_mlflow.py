@@ -347,6 +347,27 @@ class TestAliasesThroughMlflow:
         ]
         assert registry.get("sst2-en@champion").version == 1
 
+    def test_a_composition_alias_set_on_a_deleted_version_is_said_not_followed(
+        self, registry, two_versions
+    ):
+        """As for adapters: deleted from Python, the mirror stays, a reviewer points an alias
+        at it; the sync leaves it out with a warning (it failed on it at every run)."""
+        client = two_versions
+        for members in (["sst2-en@1"], ["sst2-en@2"]):
+            registry.register_composition("madx", {"type": "stack"}, members)
+        ensure_composition_versions(client, registry, "madx")
+        registry.delete_composition("madx@2")
+        assert ensure_composition_versions(client, registry, "madx") == 0  # not mirrored again
+        stale = str(mlflow_version_of(client, "composition.madx", 2))
+        client.set_registered_model_alias("composition.madx", "staging", stale)
+        with pytest.warns(RuntimeWarning) as warned:
+            assert sync_composition_aliases(registry, client) == []
+        assert [str(w.message) for w in warned] == [
+            "MLflow alias 'staging' of composition madx points at madx@2, which the registry has "
+            "deleted: not followed; move the alias in the MLflow UI"
+        ]
+        assert registry.composition("madx").aliases == ()
+
     def test_a_name_bound_anew_says_its_new_base_in_mlflow(self, registry, tmp_path):
         """Pushed under the wrong base model, removed, pushed again: the registry binds the name
         anew, and the MLflow model's tags and description follow it when the new version is
