@@ -39,7 +39,7 @@ from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
-from .members import load_members, members_of_spec, members_of_version
+from .members import load_members, members_of_spec
 from .missing_weights import settle_missing_weights
 from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
@@ -457,8 +457,7 @@ def load_registered(
     probes pass, unless ``skip_probe``) and active, over the members it runs on (a fusion's),
     and the tokenizer."""
     model, tokenizer = load_inference_model(spec)
-    load_members(model, members_of_version(version), registry)
-    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)
+    registry.load_into(model, version.ref, name=spec.name, skip_probe=skip_probe)  # + members
     pc.set_active(model, spec.name)
     return model, tokenizer
 

@@ -7,7 +7,7 @@ folder or S3), content-addressed. Start with :class:`Registry`.
 from typing import TYPE_CHECKING, Any
 
 from .composition_diff import CompositionDiff, blocks_text, diff_compositions
-from .entities import AdapterVersion, Composition, Event, Resolution
+from .entities import AdapterVersion, Composition, Event, Resolution, UsedBy
 from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
@@ -74,6 +74,7 @@ __all__ = [
     "Settings",
     "SharedStoreError",
     "StorageUnavailableError",
+    "UsedBy",
     "VersionDiff",
     "blocks_text",
     "diff_compositions",

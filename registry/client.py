@@ -49,7 +49,7 @@ from .bundles import (
 from .composition_diff import CompositionDiff, diff_compositions
 from .compositions import named_twice, with_leaves
 from .db import Database, translate_db_errors
-from .entities import AdapterVersion, Composition, Event, Resolution
+from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolution, UsedBy
 from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
@@ -58,7 +58,7 @@ from .errors import (
     RegistryError,
     SharedStoreError,
 )
-from .names import check_key, check_language, check_name, parse_ref
+from .names import check_key, check_language, check_name, member_name, parse_ref
 from .settings import Settings
 from .version_diff import VersionDiff, diff_versions
 
@@ -250,6 +250,12 @@ class Registry:
         parsed = parse_ref(ref)
         return self._read(lambda s: store.get_version(s, parsed))
 
+    def used_by(self, ref: str) -> UsedBy:
+        """The composition versions holding the version ``ref`` names, and the fusion versions
+        trained over it: what would stop its deletion, besides an alias."""
+        parsed = parse_ref(ref)
+        return self._read(lambda s: store.used_by(s, parsed))
+
     def find(
         self,
         *,
@@ -389,20 +395,35 @@ class Registry:
         """Fetch a version and load it into ``model`` through peft_core (which checks the base's
         fingerprint), then re-run its golden probes: outputs that left the band recorded at
         registration mean other base weights, and the adapter is taken out again
-        (:class:`BaseModelMismatchError`). ``skip_probe`` skips them; ``force`` skips both."""
+        (:class:`BaseModelMismatchError`). ``skip_probe`` skips them; ``force`` skips both.
+
+        A fusion runs over the exact member versions it was trained over: those the model does
+        not hold yet (by adapter name) are loaded first, each checked the same way; on any
+        failure the ones loaded here are taken out again."""
         import peft_core  # noqa: PLC0415 - imported here so reading the registry needs no torch
         from peft_core.state import check_model  # noqa: PLC0415
 
         check_model(model)  # before the download, not after it
         version = self.get(ref)
         loaded = name or version.name
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = download(
-                self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
-            )
-            peft_core.load_adapter(model, folder, name=loaded, force=force)
-            if not (skip_probe or force):
-                self._check_probes(model, loaded, folder, version)
+        held = set(peft_core.list_adapters(model))
+        members = [m for m in version.lineage.get(FUSION_MEMBERS, []) if member_name(m) not in held]
+        added: list[str] = []
+        try:
+            for member in members:
+                self.load_into(model, member, name=member_name(member), skip_probe=skip_probe)
+                added.append(member_name(member))
+            with tempfile.TemporaryDirectory() as scratch:
+                folder = download(
+                    self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
+                )
+                peft_core.load_adapter(model, folder, name=loaded, force=force)
+                if not (skip_probe or force):
+                    self._check_probes(model, loaded, folder, version)
+        except BaseException:
+            for member in added:  # leave the model as it was
+                peft_core.delete_adapter(model, member)
+            raise
         return version
 
     def load_composition(self, model: Any, ref: str, *, skip_probe: bool = False) -> Composition:

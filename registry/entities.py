@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from .compositions import stack_definition
 
-__all__ = ["FUSION_MEMBERS", "AdapterVersion", "Composition", "Event", "Resolution"]
+__all__ = ["FUSION_MEMBERS", "AdapterVersion", "Composition", "Event", "Resolution", "UsedBy"]
 
 # The lineage key under which a fusion lists the exact member versions it was trained over
 # (``["a@1", "b@2"]``): it loads them at every use, so the registry keeps them while it exists.
@@ -66,6 +66,28 @@ class AdapterVersion:
             "description": self.description,
             "created_at": self.created_at.isoformat(),
         }
+
+
+@dataclass(frozen=True)
+class UsedBy:
+    """What runs over one adapter version (it cannot be deleted while any does): the
+    composition versions holding it as a member, the fusion versions trained over it."""
+
+    compositions: tuple[str, ...] = ()
+    fusions: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.compositions or self.fusions)
+
+    def phrases(self) -> list[str]:
+        """``["composition madx@1", "fusion fused@2 (trained over it)"]``."""
+        return [f"composition {c}" for c in self.compositions] + [
+            f"fusion {f} (trained over it)" for f in self.fusions
+        ]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """JSON-ready form."""
+        return {"compositions": list(self.compositions), "fusions": list(self.fusions)}
 
 
 @dataclass(frozen=True)

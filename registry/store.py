@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from .bundles import Bundle
 from .compositions import answers_per_member, canonical_definition
-from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolution
+from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolution, UsedBy
 from .errors import (
     BaseModelMismatchError,
     InUseError,
@@ -62,6 +62,7 @@ __all__ = [
     "resolve",
     "set_alias",
     "set_composition_alias",
+    "used_by",
 ]
 
 COMPOSITION_EVENTS = (
@@ -335,20 +336,9 @@ def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry"
             VersionRow.adapter_id == adapter.id, VersionRow.version == target.version
         )
     ).one()
-    users = list(
-        session.scalars(
-            select(CompositionRow)
-            .join(CompositionMemberRow, CompositionMemberRow.composition_id == CompositionRow.id)
-            .where(CompositionMemberRow.version_id == row.id)
-        )
-    )
-    fusions = _fusions_over(session, target.ref)
-    if target.aliases or users or fusions:
-        referents = (
-            [f"alias {a!r}" for a in target.aliases]
-            + [f"composition {c.name}@{c.version}" for c in users]
-            + [f"fusion {ref} (trained over it)" for ref in fusions]
-        )
+    users = _used_by(session, row.id, target.ref)
+    if target.aliases or users:
+        referents = [f"alias {a!r}" for a in target.aliases] + users.phrases()
         raise InUseError(f"cannot delete {target.ref}: still referred to by {', '.join(referents)}")
     session.delete(row)
     _log(
@@ -362,16 +352,39 @@ def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry"
     return target
 
 
-def _fusions_over(session: Session, ref: str) -> list[str]:
-    """The fusion versions whose lineage lists the exact version ``ref`` as a member."""
-    rows = session.execute(
+def used_by(session: Session, ref: Ref | str) -> UsedBy:
+    """The composition and fusion versions that run over the version ``ref`` names."""
+    target = get_version(session, ref)
+    row_id = session.scalar(
+        select(VersionRow.id)
+        .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
+        .where(AdapterRow.name == target.name, VersionRow.version == target.version)
+    )
+    return _used_by(session, row_id, target.ref)
+
+
+def _used_by(session: Session, version_id: int | None, ref: str) -> UsedBy:
+    compositions = session.execute(
+        select(CompositionRow.name, CompositionRow.version)
+        .join(CompositionMemberRow, CompositionMemberRow.composition_id == CompositionRow.id)
+        .where(CompositionMemberRow.version_id == version_id)
+        .order_by(CompositionRow.name, CompositionRow.version)
+    )
+    # a fusion names its members in its lineage (a JSON list): few versions are fusions
+    fusions = session.execute(
         select(AdapterRow.name, VersionRow.version, VersionRow.lineage)
         .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
         .where(AdapterRow.method == "fusion")
         .order_by(AdapterRow.name, VersionRow.version)
     )
-    return [f"{name}@{version}" for name, version, lineage in rows
-            if ref in (lineage or {}).get(FUSION_MEMBERS, [])]  # fmt: skip
+    return UsedBy(
+        tuple(f"{name}@{version}" for name, version in compositions),
+        tuple(
+            f"{name}@{version}"
+            for name, version, lineage in fusions
+            if ref in (lineage or {}).get(FUSION_MEMBERS, [])
+        ),
+    )
 
 
 def register_composition(

@@ -216,20 +216,23 @@ def show(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Everything about one version: its record, metrics, lineage and spec."""
+    """Everything about one version: its record, metrics, lineage and spec, and the
+    compositions and fusions that run over it."""
     with user_errors(as_json):
-        version = open_registry().get(ref)
+        registry = open_registry()
+        version = registry.get(ref)
         if spec_only and not version.spec:
             raise DataError(
                 f"{version.ref} was registered without a spec (push without --spec): there is "
                 f"none to print; `adapterops show {version.ref}` prints its record"
             )
+        users = registry.used_by(version.ref)
     if as_json:
-        emit_json(version.spec if spec_only else version.to_dict())
+        emit_json(version.spec if spec_only else {**version.to_dict(), "used_by": users.to_dict()})
     elif spec_only:
         console.print(Text(_yaml(version.spec)), soft_wrap=True)
     else:
-        _print_version_card(version)
+        _print_version_card(version, users)
 
 
 @app.command()
@@ -423,7 +426,7 @@ def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bo
     print_columns(rows)
 
 
-def _print_version_card(version: AdapterVersion) -> None:
+def _print_version_card(version: AdapterVersion, users: rg.UsedBy) -> None:
     """``show`` for a person: the record as labelled lines, then the spec as the YAML it was
     written in (``--json`` has every field as it is stored)."""
     fingerprint = version.base_model_fingerprint
@@ -439,6 +442,7 @@ def _print_version_card(version: AdapterVersion) -> None:
         **{key: rg.shown(value, key) for key, value in sorted(version.lineage.items())},
         "files": version.artifact_uri,
         "description": version.description,
+        "used by": ", ".join(users.phrases()),
     }  # fmt: skip
     print_card(version.ref, version.aliases, lines)
     if version.spec:

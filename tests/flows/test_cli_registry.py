@@ -586,6 +586,12 @@ def test_composition_rm_sees_reviewers_aliases_then_frees_its_members(tmp_path, 
     )
     still = run(env, "rm", "sst2-en@1")
     assert still.returncode == 2 and "still referred to by composition madx@1" in still.stderr
+    shown = ok_json(run(env, "show", "sst2-en@1", "--json"))["used_by"]
+    assert shown == {"compositions": ["madx@1"], "fusions": []}
+    card = run(env, "show", "sst2-en@1").stdout.splitlines()
+    assert [line.split() for line in card if line.startswith("used by")] == [
+        ["used", "by", "composition", "madx@1"]
+    ]
     removed = run(env, "composition", "rm", "madx")  # the newest, as `rm NAME` for adapters
     assert removed.stdout == (
         "deleted composition madx@1; its members (lang-pt@1, sst2-en@1) are still registered\n"

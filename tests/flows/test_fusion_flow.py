@@ -6,8 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+import peft_core as pc
 from flows import pipelines
 from flows.data import load_split
 from flows.errors import DataError
@@ -16,6 +18,7 @@ from flows.predict_job import predict
 from flows.prepare_job import check_inputs
 from flows.push_job import push_folder
 from flows.spec import load_plan_spec, load_spec
+from flows.train_job import load_inference_model
 from registry import AdapterFolderError, NotFoundError, Registry
 from tests.flows.test_pipelines import write_spec
 
@@ -67,6 +70,20 @@ def test_a_fusion_of_registered_adapters_builds_and_predicts(tmp_path: Path, sst
     assert (
         predict(Registry(), "fused-pushed@1", texts)[1] == predict(Registry(), "fused@1", texts)[1]
     )
+
+    # from Python, one call loads a fusion with the members it was trained over
+    model, tokenizer = load_inference_model(load_spec(fusion))
+    Registry().load_into(model, "fused@1")
+    assert pc.list_adapters(model) == ["member-en", "member-pt", "fused"]
+    pc.set_active(model, "fused")
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    assert logits.argmax(-1).tolist() == [a.label for a in answers[:4]]
+    crowded, _ = load_inference_model(load_spec(fusion))
+    pc.add_adapter(crowded, "fused", pc.LoRA(rank=2))  # the fusion's name is taken: refused
+    with pytest.raises(pc.AdapterExistsError, match="fused"):
+        Registry().load_into(crowded, "fused@1")
+    assert pc.list_adapters(crowded) == ["fused"]  # the members it loaded are gone again
 
 
 def test_bad_members_are_refused_before_training(tmp_path: Path, sst2_dir: Path):

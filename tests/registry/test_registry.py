@@ -696,6 +696,8 @@ class TestBytes:
         assert str(raised.value) == (
             "cannot delete member@1: still referred to by fusion fused@1 (trained over it)"
         )
+        assert registry.used_by("member@1") == rg.UsedBy(fusions=("fused@1",))
+        assert not registry.used_by("member@2")
         assert [v.ref for v in registry.find(name="member")] == ["member@1", "member@2"]
         assert registry.delete("member@2").ref == "member@2"  # a version no fusion lists
         registry.delete("fused@1")  # the fusion gone, its member may go too
@@ -981,6 +983,7 @@ class TestCompositions:
         assert registry.composition("c").version == 4  # the newest that exists
         with pytest.raises(rg.InUseError, match=r"composition c@1"):
             registry.delete("a@1")  # c@1 still holds it
+        assert registry.used_by("a@1").to_dict() == {"compositions": ["c@1"], "fusions": []}
         registry.remove_composition_alias("c", "champion")
         registry.delete_composition("c@1")
         assert registry.delete("a@1").ref == "a@1"  # no composition holds it now
