@@ -152,9 +152,9 @@ def _fusion_lineage(bundle: Bundle, spec: dict[str, Any] | None) -> dict[str, An
     reported = read_json_object(bundle.folder / "report.json").get("members")
     named = ((spec or {}).get("method") or {}).get("members")
     members = reported if isinstance(reported, list) and reported else named
-    if not isinstance(members, list) or not all(
+    if not isinstance(members, list) or not members or not all(
         isinstance(m, str) and parse_ref(m).version is not None for m in members
-    ):
+    ):  # fmt: skip
         raise AdapterFolderError(
             f"{bundle.folder} holds an AdapterFusion, which loads the exact member versions it "
             "was trained over at every use, and neither a report.json there nor the spec lists "

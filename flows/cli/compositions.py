@@ -305,7 +305,9 @@ def unalias(
 
 @composition_app.command("rm")
 def remove(
-    ref: Annotated[str, typer.Argument(help="name@VERSION of the composition.", metavar="REF")],
+    ref: Annotated[
+        str, typer.Argument(help="name@VERSION (name alone: its newest version).", metavar="REF")
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Delete a composition version that no alias points at (aliases moved in the MLflow UI
