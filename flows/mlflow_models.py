@@ -25,13 +25,14 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import AdapterVersion, Event, Registry
+from registry import AdapterVersion, Event, NotFoundError, Registry
 
 from .tracking import mlflow_errors
 
 __all__ = [
     "AliasChange",
     "delete_model_version",
+    "drop_deleted_mirrors",
     "ensure_model_version",
     "log_trend",
     "mirror_version",
@@ -267,6 +268,40 @@ def delete_model_version(client: MlflowClient, name: str, registry_version: int)
         if mirrored is not None:
             client.delete_model_version(name, str(mirrored))
         return mirrored
+
+
+def drop_deleted_mirrors(
+    registry: Registry, client: MlflowClient, names: list[str] | None = None
+) -> list[str]:
+    """Delete the MLflow versions still mirroring registry versions that were deleted where
+    MLflow did not follow (``Registry.delete`` from Python, or ``rm`` while MLflow was down), of
+    adapters and compositions of ``names`` (default: all), so no reviewer points an alias at
+    them; returns ``name@N`` (``composition name@N``) for each. One a reviewer's alias holds is
+    left: the sync warns about that alias instead."""
+    with mlflow_errors("list registered models"):
+        models = registered_models(client)
+    dropped: list[str] = []
+    for model in models:
+        composition = model.name.startswith(COMPOSITION_PREFIX)
+        name = model.name.removeprefix(COMPOSITION_PREFIX)
+        if names is not None and name not in names:
+            continue
+        try:  # a shared MLflow server holds other registries' models too: not ours
+            events = registry.composition_history(name) if composition else registry.history(name)
+        except NotFoundError:
+            continue
+        kind = "composition_deleted" if composition else "deleted"
+        deleted = {e.version for e in events if e.kind == kind}  # numbers are never reused
+        if not deleted:
+            continue
+        held = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
+        with mlflow_errors(f"remove the mirrors of {name}'s deleted versions"):
+            for mirrored in client.search_model_versions(f"name='{model.name}'"):
+                number = int(mirrored.tags.get(VERSION_TAG, "0"))
+                if number in deleted and str(mirrored.version) not in held:
+                    client.delete_model_version(model.name, str(mirrored.version))
+                    dropped.append(f"{'composition ' if composition else ''}{name}@{number}")
+    return dropped
 
 
 def registered_models(

@@ -43,6 +43,7 @@ from .cascade import (
     write_candidate_spec,
 )
 from .mlflow_compositions import sync_from_mlflow
+from .mlflow_models import drop_deleted_mirrors
 from .prepare_job import check_promote_alias, prepare_info
 from .retrain import RetrainOutcome, due_reason, one_line
 from .spec import load_spec
@@ -177,10 +178,16 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
 @flow(name="sync", flow_run_name="sync aliases from MLflow")
 def sync() -> dict[str, Any]:
     """Mirror compositions MLflow lacks and copy alias moves made in MLflow into the registry, for
-    every adapter and composition (MLflow wins); returns what changed."""
-    mirrored, changes = sync_from_mlflow(Registry(), tracking.client())
-    get_run_logger().info("%d alias change(s) taken from MLflow", len(changes))
-    return {"mirrored": mirrored, "changes": [c.to_dict() for c in changes]}
+    every adapter and composition (MLflow wins), then remove the mirrors of versions deleted
+    where MLflow did not follow; returns what changed."""
+    registry, client = Registry(), tracking.client()
+    mirrored, changes = sync_from_mlflow(registry, client)
+    dropped = drop_deleted_mirrors(registry, client)
+    get_run_logger().info(
+        "%d alias change(s) taken from MLflow, %d mirror(s) of deleted versions removed",
+        len(changes), len(dropped),
+    )  # fmt: skip
+    return {"mirrored": mirrored, "changes": [c.to_dict() for c in changes], "dropped": dropped}
 
 
 @flow(name="cascade", flow_run_name="cascade {name}")

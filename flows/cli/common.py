@@ -313,11 +313,11 @@ def drop_mirror(
 ) -> None:
     """After the registry deleted ``deleted`` (registry version ``version`` of MLflow model
     ``model``), delete its MLflow mirror so no reviewer points an alias at it; when MLflow
-    cannot be reached, one warning says what is left and how to take it away (re-running
-    ``rm`` cannot: the registry's version is gone)."""
+    cannot be reached, one warning says what is left and what takes it away (re-running ``rm``
+    cannot: the registry's version is gone; ``sync`` can)."""
     from .. import tracking  # noqa: PLC0415
     from ..errors import TrackingUnavailableError  # noqa: PLC0415
-    from ..mlflow_models import VERSION_TAG, delete_model_version  # noqa: PLC0415
+    from ..mlflow_models import delete_model_version  # noqa: PLC0415
 
     try:
         if client is not None:
@@ -327,8 +327,8 @@ def drop_mirror(
         unreachable = exc
     reason = str(unreachable).removesuffix(tracking.RERUN_COMPLETES).rstrip(" ;")
     warn(
-        f"{deleted} is deleted, but its MLflow version is still there ({reason}): once MLflow "
-        f"answers, delete the version of {model} tagged {VERSION_TAG}={version} in its UI"
+        f"{deleted} is deleted, but its MLflow version (of {model}) is still there ({reason}): "
+        "`adapterops sync` removes it once MLflow answers"
     )
 
 

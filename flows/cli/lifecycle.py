@@ -405,20 +405,29 @@ def sync(
     as_json: JsonOption = False,
 ) -> None:
     """Copy alias moves made in the MLflow UI into the registry (MLflow wins), for adapters and
-    compositions of these names (default: all); compositions MLflow lacks are mirrored first."""
+    compositions of these names (default: all); compositions MLflow lacks are mirrored first,
+    and the MLflow versions of versions deleted while MLflow did not follow are removed."""
 
     from .. import tracking  # noqa: PLC0415
     from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
+    from ..mlflow_models import drop_deleted_mirrors  # noqa: PLC0415
 
     with user_errors(as_json):
         registry = open_registry()
         _check_known(registry, name or [])
-        mirrored, changes = sync_from_mlflow(registry, tracking.client(), name or None)
+        client = tracking.client()
+        mirrored, changes = sync_from_mlflow(registry, client, name or None)
+        dropped = drop_deleted_mirrors(registry, client, name or None)
     if as_json:
-        emit_json({"ok": True, "changes": [c.to_dict() for c in changes], "mirrored": mirrored})
+        emit_json({
+            "ok": True, "changes": [c.to_dict() for c in changes], "mirrored": mirrored,
+            "dropped": dropped,
+        })  # fmt: skip
         return
     for composition in mirrored:
         console.print(f"composition {composition}: mirrored to MLflow")
+    for ref in dropped:
+        console.print(f"{ref}: deleted in the registry, its MLflow version removed")
     for change in changes:
         where = f"version {change.version}" if change.version is not None else "removed"
         what = "composition " if change.kind == "composition" else ""

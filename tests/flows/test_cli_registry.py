@@ -612,13 +612,15 @@ def test_composition_rm_sees_reviewers_aliases_then_frees_its_members(tmp_path, 
     offline = run(down, "composition", "rm", "madx@3")
     assert offline.returncode == 0 and offline.stdout.startswith("deleted composition madx@3")
     assert offline.stderr.startswith(
-        "warning: composition madx@3 is deleted, but its MLflow version is still there (MLflow "
-        "at http://127.0.0.1:9 is not reachable"
+        "warning: composition madx@3 is deleted, but its MLflow version (of composition.madx) "
+        "is still there (MLflow at http://127.0.0.1:9 is not reachable"
     )
-    assert offline.stderr.endswith(
-        "once MLflow answers, delete the version of composition.madx tagged "
-        "adapterops.version=3 in its UI\n"
-    )
+    assert offline.stderr.endswith("`adapterops sync` removes it once MLflow answers\n")
+    assert mlflow_version_of(reviewers, "composition.madx", 3) is not None
+    synced = ok_json(run(env, "sync", "--json"))  # MLflow answers again
+    assert synced["dropped"] == ["composition madx@3"]
+    assert mlflow_version_of(reviewers, "composition.madx", 3) is None
+    assert ok_json(run(env, "sync", "--json"))["dropped"] == []  # once
 
 
 def test_show_is_a_record_to_read_and_its_spec_is_one_build_reads_back(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from flows.mlflow_compositions import (
 )
 from flows.mlflow_models import (
     delete_model_version,
+    drop_deleted_mirrors,
     ensure_model_version,
     mlflow_aliases,
     mlflow_version_of,
@@ -346,6 +347,12 @@ class TestAliasesThroughMlflow:
             "deleted: not followed; move the alias in the MLflow UI"
         ]
         assert registry.get("sst2-en@champion").version == 1
+        # its mirror stays while the alias holds it (a reviewer's to move), then goes
+        assert drop_deleted_mirrors(registry, client) == []
+        client.delete_registered_model_alias("sst2-en", "staging")
+        assert drop_deleted_mirrors(registry, client) == ["sst2-en@2"]
+        left = client.search_model_versions("name='sst2-en'")
+        assert [v.tags["adapterops.version"] for v in left] == ["1"]
 
     def test_a_composition_alias_set_on_a_deleted_version_is_said_not_followed(
         self, registry, two_versions
