@@ -296,10 +296,13 @@ def drop_deleted_mirrors(
             continue
         held = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
         with mlflow_errors(f"remove the mirrors of {name}'s deleted versions"):
-            for mirrored in client.search_model_versions(f"name='{model.name}'"):
-                number = int(mirrored.tags.get(VERSION_TAG, "0"))
-                if number in deleted and str(mirrored.version) not in held:
-                    client.delete_model_version(model.name, str(mirrored.version))
+            mirrors = {
+                int(m.tags.get(VERSION_TAG, "0")): str(m.version)
+                for m in client.search_model_versions(f"name='{model.name}'")
+            }
+            for number, mirrored in sorted(mirrors.items()):
+                if number in deleted and mirrored not in held:
+                    client.delete_model_version(model.name, mirrored)
                     dropped.append(f"{'composition ' if composition else ''}{name}@{number}")
     return dropped
 
