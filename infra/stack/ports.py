@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,16 +38,22 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+# Where free_port looks: below the ports the kernel hands to outgoing connections (Linux's
+# 32768-60999, macOS's 49152-65535), with room for SeaweedFS's +10000. A port the kernel picked
+# there (bind to port 0) and a server bound a moment later could meanwhile become the local end
+# of some process's connection (a test run makes thousands): "address already in use".
+_PICK_FROM = range(15000, 22768)
+_RANDOM = random.SystemRandom()  # not the random module's state, which tests seed alike
+
+
 def free_port(*, also_free_at: tuple[int, ...] = ()) -> int:
     """A free loopback port ``p`` such that ``p + offset`` is free too for each offset given.
 
     SeaweedFS puts gRPC on port + 10000, so its ports need that room.
     """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if all(port + o < 65536 and not port_in_use(port + o) for o in also_free_at):
+        port = _RANDOM.choice(_PICK_FROM)  # at random: two processes seldom try the same one
+        if all(port + o < 65536 and not port_in_use(port + o) for o in (0, *also_free_at)):
             return port
     raise RuntimeError("no free loopback port found")
 
