@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import AdapterFolderError, AdapterVersion, InvalidNameError, Registry
+from registry import AdapterFolderError, AdapterVersion, InvalidNameError, Registry, RegistryError
 from registry.bundles import Bundle, check_adapter_folder, inspect_folder, read_json_object
 from registry.entities import FUSION_MEMBERS
-from registry.names import check_language, check_name, parse_ref
+from registry.names import check_language, check_name
+from registry.store import fusion_members
 
 from .models import check_trained_on
 
@@ -146,22 +147,23 @@ def reported_metrics(folder: Path) -> dict[str, float]:
 def _fusion_lineage(bundle: Bundle, spec: dict[str, Any] | None) -> dict[str, Any]:
     """For a fusion, the exact members it was trained over (which it loads at every use): the
     ones ``adapterops train`` resolved and wrote in ``report.json``, else the spec's when it pins
-    each (``name@3``)."""
+    each (``name@3``); checked as the registry checks them, but told as what this folder says."""
     if bundle.method != "fusion":
         return {}
     reported = read_json_object(bundle.folder / "report.json").get("members")
     named = ((spec or {}).get("method") or {}).get("members")
-    members = reported if isinstance(reported, list) and reported else named
-    if not isinstance(members, list) or not members or not all(
-        isinstance(m, str) and parse_ref(m).version is not None for m in members
-    ):  # fmt: skip
+    source, members = ("its report.json", reported) if reported is not None else ("the spec", named)
+    if members is None:
         raise AdapterFolderError(
             f"{bundle.folder} holds an AdapterFusion, which loads the exact member versions it "
             "was trained over at every use, and neither a report.json there nor the spec lists "
-            f"them (got {members!r}): push the folder `adapterops train` wrote (its report.json "
-            "lists them), or give --spec with each member pinned (name@3)"
+            "them: push the folder `adapterops train` wrote (its report.json lists them), or "
+            "give --spec with each member pinned (name@3)"
         )
-    return {FUSION_MEMBERS: members}
+    try:
+        return {FUSION_MEMBERS: fusion_members(bundle, {FUSION_MEMBERS: members})}
+    except RegistryError as exc:
+        raise AdapterFolderError(f"the fusion's members as {source} lists them: {exc}") from None
 
 
 def _base_named_in(folder: Path) -> tuple[str, str] | None:
