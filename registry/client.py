@@ -151,7 +151,9 @@ class Registry:
         _check_json(spec or {}, "spec")
         bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
-        store.fusion_members(bundle, lineage or {})  # before the upload; they exist: below
+        self._read(  # before any byte is uploaded
+            lambda s: store.check_fusion_members(s, bundle, lineage or {}, base_model)
+        )
         self._mark_store()
         artifact_uri = upload(self.artifacts, bundle, on_bytes)  # bytes first, then the record
 

@@ -43,6 +43,7 @@ from .orm import (
 )
 
 __all__ = [
+    "check_fusion_members",
     "composition_history",
     "composition_versions",
     "delete_composition",
@@ -99,6 +100,30 @@ def fusion_members(bundle: Bundle, lineage: dict[str, Any]) -> list[str]:
     return list(members)
 
 
+def check_fusion_members(
+    session: Session, bundle: Bundle, lineage: dict[str, Any], base_model: str
+) -> list[str]:
+    """:func:`fusion_members`, each of them registered over ``base_model``: a fusion loads its
+    members into its own base model at every use, so one missing, or trained on another base,
+    would fail every load."""
+    members = fusion_members(bundle, lineage)
+    for member in members:
+        try:
+            version = get_version(session, member)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"fusion member {member}: {exc}; register the fusion's members first"
+            ) from None
+        if version.base_model != base_model:
+            raise InvalidCompositionError(
+                f"fusion member {member} is an adapter of base model {version.base_model}, "
+                f"not {base_model}: a fusion runs over adapters of its own base model; "
+                f"register it with base model {version.base_model}, or fuse adapters of "
+                f"{base_model}"
+            )
+    return members
+
+
 def register_version(
     session: Session,
     *,
@@ -120,13 +145,7 @@ def register_version(
     The same bytes registered again under the same adapter return the existing version
     (``created`` False): a version is identified by its content digest.
     """
-    for member in fusion_members(bundle, lineage):  # loaded at every use: they must exist
-        try:
-            get_version(session, member)
-        except NotFoundError as exc:
-            raise NotFoundError(
-                f"fusion member {member}: {exc}; register the fusion's members first"
-            ) from None
+    check_fusion_members(session, bundle, lineage, base_model)  # again: in this transaction
     base = _base_model(session, base_model, bundle.base_digests, base_model_revision)
     adapter = _adapter(
         session,

@@ -722,15 +722,18 @@ class TestBytes:
             ("other@1",): (rg.InvalidCompositionError,
                            "fuses ['member'], but its lineage lists ['other@1']"),
             ("member@7",): (rg.NotFoundError, "fusion member member@7: "),
+            ("member@1", "other-base"): (rg.InvalidCompositionError,
+                f"fusion member member@1 is an adapter of base model {BASE}, not other-base: a "
+                "fusion runs over adapters of its own base model"),
         }  # fmt: skip
         for members, (error, words) in refusals.items():
-            lineage = {} if members is None else {"fusion_members": list(members)}
+            lineage = {} if members is None else {"fusion_members": list(members[:1])}
+            base = members[1] if members and len(members) > 1 else BASE
             with pytest.raises(error) as raised:
-                register(registry, folder, name="fused", lineage=lineage)
+                register(registry, folder, name="fused", lineage=lineage, base_model=base)
             assert words in str(raised.value)
             assert registry.find(name="fused") == []
-            if error is rg.InvalidCompositionError:  # told before the upload
-                assert {b.digest for b in registry.artifacts.blobs()} == blobs
+            assert {b.digest for b in registry.artifacts.blobs()} == blobs  # told before upload
         fused = register(registry, folder, name="fused", lineage={"fusion_members": ["member@1"]})
         assert fused.lineage == {"fusion_members": ["member@1"]}
 
