@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
-from . import store
+from . import composition_store, store
 from .artifacts import ArtifactStore, open_store
 from .artifacts.base import BytesMoved
 from .bundles import (
@@ -222,7 +222,7 @@ class Registry:
         _check_json(evaluation or {}, "evaluation")
         checked = _checked_metrics(metrics or {})
         return self._write(
-            lambda s: store.register_composition(
+            lambda s: composition_store.register_composition(
                 s, name, definition, members, description=description, evaluation=evaluation,
                 metrics=checked,
             )
@@ -233,17 +233,21 @@ class Registry:
     ) -> Composition:
         """Point ``alias`` (``champion``...) of a composition at the version ``ref`` names
         (``pt-sst2@2``), moving it from another version if needed."""
-        return self._write(lambda s: store.set_composition_alias(s, ref, alias, origin=origin))
+        return self._write(
+            lambda s: composition_store.set_composition_alias(s, ref, alias, origin=origin)
+        )
 
     def remove_composition_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
         """Take ``alias`` off composition ``name``."""
-        self._write(lambda s: store.remove_composition_alias(s, name, alias, origin=origin))
+        self._write(
+            lambda s: composition_store.remove_composition_alias(s, name, alias, origin=origin)
+        )
 
     def delete_composition(self, ref: str, *, origin: str = "registry") -> Composition:
         """Delete the composition version ``ref`` names (``pt-sst2@2``) when no alias points at
         it; its members can be deleted then. Its number is never given to another version."""
         parse_ref(ref)  # a reference that is not a string is told here, by its type
-        return self._write(lambda s: store.delete_composition(s, ref, origin=origin))
+        return self._write(lambda s: composition_store.delete_composition(s, ref, origin=origin))
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -340,22 +344,22 @@ class Registry:
         ``name`` with ``version``."""
         _check_type("composition: name", name, str, "a composition's name or ref", optional=False)
         _check_type("composition: version", version, int, "a whole number")
-        return self._read(lambda s: store.get_composition(s, name, version))
+        return self._read(lambda s: composition_store.get_composition(s, name, version))
 
     def composition_versions(self, name: str) -> list[Composition]:
         """Every version of composition ``name`` that exists, oldest first (a deleted one leaves
         a gap: numbers are never given again)."""
         _check_type("composition_versions: name", name, str, "a composition's name", optional=False)
-        return self._read(lambda s: store.composition_versions(s, name))
+        return self._read(lambda s: composition_store.composition_versions(s, name))
 
     def composition_history(self, name: str) -> list[Event]:
         """The composition's event log: versions saved and alias moves, with their origin."""
         _check_type("composition_history: name", name, str, "a composition's name", optional=False)
-        return self._read(lambda s: store.composition_history(s, name))
+        return self._read(lambda s: composition_store.composition_history(s, name))
 
     def compositions(self) -> list[Composition]:
         """The newest version of every saved composition."""
-        return self._read(store.list_compositions)
+        return self._read(composition_store.list_compositions)
 
     def record_event(
         self,

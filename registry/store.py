@@ -15,8 +15,7 @@ from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
 from .bundles import Bundle
-from .compositions import answers_per_member, canonical_definition
-from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolution, UsedBy
+from .entities import FUSION_MEMBERS, AdapterVersion, Event, Resolution, UsedBy
 from .errors import (
     BaseModelMismatchError,
     InUseError,
@@ -32,37 +31,27 @@ from .orm import (
     AdapterRow,
     AliasRow,
     BaseModelRow,
-    CompositionAliasRow,
     CompositionMemberRow,
     CompositionRow,
     EventRow,
     MetricRow,
     RegistryIdentityRow,
     VersionRow,
-    utcnow,
 )
 
 __all__ = [
     "check_fusion_members",
-    "composition_history",
-    "composition_versions",
-    "delete_composition",
     "delete_version",
     "find_versions",
     "fusion_members",
-    "get_composition",
     "get_version",
     "history",
-    "list_compositions",
     "log_event",
     "referenced_digests",
-    "register_composition",
     "register_version",
     "remove_alias",
-    "remove_composition_alias",
     "resolve",
     "set_alias",
-    "set_composition_alias",
     "used_by",
 ]
 
@@ -326,15 +315,6 @@ def history(session: Session, name: str) -> list[Event]:
     return _events(session, name, EventRow.kind.not_in(COMPOSITION_EVENTS))
 
 
-def composition_history(session: Session, name: str) -> list[Event]:
-    """Every event of composition ``name`` (versions saved, aliases moved, versions deleted),
-    oldest first; told even once every version is deleted."""
-    events = _events(session, name, EventRow.kind.in_(COMPOSITION_EVENTS))
-    if not events:
-        _composition_row(session, Ref(name))  # a clear error for an unknown composition
-    return events
-
-
 def _events(session: Session, name: str, kinds: Any) -> list[Event]:
     # adapters and compositions log under their names in one table; the kind tells them apart
     rows = session.scalars(
@@ -406,138 +386,6 @@ def _used_by(session: Session, version_id: int | None, ref: str) -> UsedBy:
     )
 
 
-def register_composition(
-    session: Session,
-    name: str,
-    definition: dict[str, Any],
-    members: Sequence[str],
-    *,
-    description: str = "",
-    evaluation: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
-) -> Composition:
-    """A new version of composition ``name`` over the exact versions ``members`` resolve to,
-    with the ``metrics`` it scored (checked by the caller)."""
-    resolved = [get_version(session, member) for member in members]
-    fusions = [v.ref for v in resolved if v.method == "fusion"]
-    if fusions:  # loading the members alone, it would be refused at every load
-        raise InvalidCompositionError(
-            f"{', '.join(fusions)}: an AdapterFusion runs over the adapters it fuses, which a "
-            f"composition does not load with it; predict with it alone (`adapterops predict "
-            f"{fusions[0]}`), or compose the adapters it fuses"
-        )
-    bases = {v.base_model for v in resolved}
-    if len(bases) > 1:  # every member loads into one model: one would be refused at every load
-        each = "; ".join(f"{v.ref}: {v.base_model}" for v in resolved)
-        raise InvalidCompositionError(
-            f"{name}: its members are adapters of different base models ({each}), and a "
-            "composition's members load into one model: compose adapters of one base model"
-        )
-    version_ids = [
-        session.scalar(
-            select(VersionRow.id)
-            .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
-            .where(AdapterRow.name == v.name, VersionRow.version == v.version)
-        )
-        for v in resolved
-    ]
-    definition = canonical_definition(definition, [v.ref for v in resolved])
-    if evaluation and answers_per_member(definition):  # the cascade would have no score to gate
-        raise InvalidCompositionError(
-            f"{name}: a Parallel composition answers once per member (their outputs side by "
-            "side), so there is no one score for the cascade to gate on: save it without an "
-            "evaluation spec (each member is gated by its own builds), or as a stack or an "
-            "average"
-        )
-    row = CompositionRow(
-        name=name,
-        version=_last_composition_number(session, name) + 1,
-        definition=definition,
-        description=description,
-        evaluation=dict(evaluation or {}),
-        metrics=dict(metrics or {}),
-    )
-    session.add(row)
-    session.flush()
-    session.add_all(
-        CompositionMemberRow(composition_id=row.id, position=position, version_id=version_id)
-        for position, version_id in enumerate(version_ids)
-        if version_id is not None
-    )
-    _log(session, "composition", name, row.version, detail={"members": [v.ref for v in resolved]})
-    return Composition(
-        name,
-        row.version,
-        definition,
-        tuple(v.ref for v in resolved),
-        description,
-        row.created_at,
-        dict(row.evaluation),
-        metrics=dict(row.metrics),
-    )
-
-
-def _last_composition_number(session: Session, name: str) -> int:
-    """The highest version number composition ``name`` ever had: a deleted version lives on in
-    its ``composition`` event, so its number is never given again (``name@2`` keeps one
-    meaning, as adapters' versions do)."""
-    saved = session.scalar(
-        select(func.max(CompositionRow.version)).where(CompositionRow.name == name)
-    )
-    logged = session.scalar(
-        select(func.max(EventRow.version)).where(
-            EventRow.adapter_name == name, EventRow.kind == "composition"
-        )
-    )
-    return max(saved or 0, logged or 0)
-
-
-def composition_versions(session: Session, name: str) -> list[Composition]:
-    """Every version of composition ``name`` that exists, oldest first (deleted ones leave
-    gaps in the numbers)."""
-    _composition_row(session, Ref(name))  # a clear error for an unknown composition
-    numbers = session.scalars(
-        select(CompositionRow.version)
-        .where(CompositionRow.name == name)
-        .order_by(CompositionRow.version)
-    )
-    return [get_composition(session, name, number) for number in numbers]
-
-
-def delete_composition(session: Session, ref: str, *, origin: str = "registry") -> Composition:
-    """Delete a composition version no alias points at; its members are then free to delete."""
-    target = get_composition(session, ref)
-    if target.aliases:
-        held = ", ".join(repr(a) for a in target.aliases)
-        raise InUseError(
-            f"cannot delete composition {target.ref}: it holds the alias {held}; move it to "
-            f"another version or remove it first (adapterops composition unalias {target.name} "
-            f"{target.aliases[0]})"
-        )
-    row = _composition_row(session, Ref(target.name, target.version))
-    for member in session.scalars(
-        select(CompositionMemberRow).where(CompositionMemberRow.composition_id == row.id)
-    ):
-        session.delete(member)
-    session.flush()  # the members' rows go before the row they point at (foreign keys)
-    session.delete(row)
-    _log(
-        session,
-        "composition_deleted",
-        target.name,
-        target.version,
-        origin=origin,
-        detail={"members": list(target.members)},
-    )
-    return target
-
-
-def list_compositions(session: Session) -> list[Composition]:
-    """The newest version of every composition, by name."""
-    names = session.scalars(select(CompositionRow.name).distinct().order_by(CompositionRow.name))
-    return [get_composition(session, name) for name in names]
-
-
 def log_event(
     session: Session,
     kind: str,
@@ -550,132 +398,6 @@ def log_event(
     """Append an event to adapter ``adapter``'s log (which must exist)."""
     _adapter_named(session, adapter)
     _log(session, kind, adapter, version, origin=origin, detail=detail)
-
-
-def get_composition(session: Session, name: str, version: int | None = None) -> Composition:
-    """A composition version: ``name`` (the newest), ``name@3``, ``name@champion``, or ``name``
-    with ``version``."""
-    row = _composition_row(session, parse_ref(name) if version is None else Ref(name, version))
-    members = session.execute(
-        select(AdapterRow.name, VersionRow.version)
-        .join(VersionRow, VersionRow.adapter_id == AdapterRow.id)
-        .join(CompositionMemberRow, CompositionMemberRow.version_id == VersionRow.id)
-        .where(CompositionMemberRow.composition_id == row.id)
-        .order_by(CompositionMemberRow.position)
-    )
-    refs = tuple(f"{n}@{v}" for n, v in members)
-    aliases = session.scalars(
-        select(CompositionAliasRow.alias)
-        .where(CompositionAliasRow.composition_id == row.id)
-        .order_by(CompositionAliasRow.alias)
-    )
-    return Composition(
-        row.name,
-        row.version,
-        dict(row.definition),
-        refs,
-        row.description,
-        row.created_at,
-        dict(row.evaluation or {}),
-        tuple(aliases),
-        dict(row.metrics or {}),
-    )
-
-
-def set_composition_alias(
-    session: Session, ref: str, alias: str, *, origin: str = "registry"
-) -> Composition:
-    """Point ``alias`` of the referenced composition at the referenced version (moving it)."""
-    check_new_alias(alias)
-    target = _composition_row(session, parse_ref(ref))
-    check_alias_case(
-        alias, _composition_aliases(session, target.name), f"composition {target.name!r}"
-    )
-    row = session.scalars(
-        select(CompositionAliasRow).where(
-            CompositionAliasRow.name == target.name, CompositionAliasRow.alias == alias
-        )
-    ).first()
-    previous = None
-    if row is None:
-        session.add(CompositionAliasRow(name=target.name, alias=alias, composition_id=target.id))
-    elif row.composition_id != target.id:
-        previous = session.scalar(
-            select(CompositionRow.version).where(CompositionRow.id == row.composition_id)
-        )
-        row.composition_id = target.id
-        row.updated_at = utcnow()
-    else:
-        return get_composition(session, target.name, target.version)  # already there
-    _log_alias_set(
-        session, "composition_alias_set", target.name, target.version, alias=alias,
-        origin=origin, previous=previous,
-    )  # fmt: skip
-    return get_composition(session, target.name, target.version)
-
-
-def remove_composition_alias(
-    session: Session, name: str, alias: str, *, origin: str = "registry"
-) -> None:
-    """Remove ``alias`` from composition ``name``."""
-    _composition_row(session, Ref(name))  # a clear error for an unknown composition
-    row = session.scalars(
-        select(CompositionAliasRow).where(
-            CompositionAliasRow.name == name, CompositionAliasRow.alias == alias
-        )
-    ).first()
-    if row is None:
-        raise NotFoundError(
-            f"composition {name!r} has no alias {alias!r}; aliases: "
-            f"{_listing(_composition_aliases(session, name))}"
-        )
-    version = session.scalar(
-        select(CompositionRow.version).where(CompositionRow.id == row.composition_id)
-    )
-    session.delete(row)
-    _log(session, "composition_alias_removed", name, version, alias=alias, origin=origin)
-
-
-def _composition_row(session: Session, ref: Ref) -> CompositionRow:
-    query = select(CompositionRow).where(CompositionRow.name == ref.name)
-    if ref.alias is not None:
-        query = query.join(
-            CompositionAliasRow, CompositionAliasRow.composition_id == CompositionRow.id
-        ).where(CompositionAliasRow.alias == ref.alias)
-    elif ref.version is not None:
-        query = query.where(CompositionRow.version == ref.version)
-    row = session.scalars(query.order_by(CompositionRow.version.desc()).limit(1)).first()
-    if row is not None:
-        return row
-    versions = session.scalars(
-        select(CompositionRow.version)
-        .where(CompositionRow.name == ref.name)
-        .order_by(CompositionRow.version)
-    ).all()
-    if not versions:
-        adapter = session.scalars(
-            select(AdapterRow.id).where(AdapterRow.name == ref.name).limit(1)
-        ).first()
-        hint = f"; {ref.name!r} is an adapter (`adapterops show {ref.name}`)" if adapter else ""
-        raise NotFoundError(f"no composition {ref.name!r}{hint}")
-    if ref.alias is not None:
-        raise NotFoundError(
-            f"composition {ref.name!r} has no alias {ref.alias!r}; aliases: "
-            f"{_listing(_composition_aliases(session, ref.name))}"
-        )
-    raise NotFoundError(
-        f"no composition {ref.name!r} version {ref.version}; versions: {_listing(versions)}"
-    )
-
-
-def _composition_aliases(session: Session, name: str) -> list[str]:
-    return list(
-        session.scalars(
-            select(CompositionAliasRow.alias)
-            .where(CompositionAliasRow.name == name)
-            .order_by(CompositionAliasRow.alias)
-        )
-    )
 
 
 def resolve(
