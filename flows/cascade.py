@@ -57,6 +57,8 @@ class CascadeOutcome:
     reason: str
     candidate: str | None = None  # the candidate version the build registered
     members: list[str] = field(default_factory=list)
+    # a scored stack's: current_<metric> and candidate_<metric>, as its MLflow run logs them
+    scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -128,7 +130,10 @@ def gate_stack(
         tags={"adapterops.cascade": trigger.ref, "adapterops.decision": decision.reason},
     )
     status = "promoted" if decision.promote else "not promoted"
-    return CascadeOutcome(item.ref, status, decision.reason, candidate, item.candidate_members)
+    scores = {f"current_{policy.metric}": before, f"candidate_{policy.metric}": after}
+    return CascadeOutcome(
+        item.ref, status, decision.reason, candidate, item.candidate_members, scores
+    )
 
 
 def candidate_spec(fusion: AdapterVersion, members: list[str]) -> dict[str, Any]:
@@ -147,12 +152,19 @@ def write_candidate_spec(fusion: AdapterVersion, members: list[str], folder: Pat
 
 
 def record_outcome(registry: Registry, trigger: AdapterVersion, outcome: CascadeOutcome) -> None:
-    """A ``cascade`` event: on the fusion's adapter for a fusion, on the adapter whose champion
-    moved for a stack (compositions have no event log of their own)."""
-    if outcome.composition.startswith("stack:"):
-        name, version = trigger.name, trigger.version
-    else:
-        fusion = registry.get(outcome.composition)
-        name, version = fusion.name, fusion.version
+    """A ``cascade`` event on the fusion's adapter for a fusion; for a stack, a
+    ``composition_cascade`` event on the version it scored (what both scored, so
+    ``composition history`` shows a candidate that lost the gate too) and a ``cascade`` event
+    on the adapter whose champion moved."""
     detail = {"trigger": trigger.ref, **outcome.to_dict()}
-    registry.record_event("cascade", name, version, origin="cascade", detail=detail)
+    if outcome.composition.startswith("stack:"):
+        name, _, version = outcome.composition.removeprefix("stack:").partition("@")
+        registry.record_composition_event(
+            "composition_cascade", name, int(version), origin="cascade", detail=detail
+        )
+        registry.record_event(
+            "cascade", trigger.name, trigger.version, origin="cascade", detail=detail
+        )
+        return
+    fusion = registry.get(outcome.composition)
+    registry.record_event("cascade", fusion.name, fusion.version, origin="cascade", detail=detail)

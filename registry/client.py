@@ -371,10 +371,27 @@ class Registry:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Append an event (``kind`` up to 32 characters) to adapter ``name``'s history."""
-        if not kind or len(kind) > 32:
-            raise RegistryError(f"an event kind is 1 to 32 characters, got {kind!r:.40}")
+        _check_event_kind(kind, composition=False)
         self._write(
             lambda s: store.log_event(s, kind, name, version, origin=origin, detail=detail or {})
+        )
+
+    def record_composition_event(
+        self,
+        kind: str,
+        name: str,
+        version: int | None,
+        *,
+        origin: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event (``kind``: ``composition_`` and up to 20 more characters, such as
+        ``composition_cascade``) to composition ``name``'s history."""
+        _check_event_kind(kind, composition=True)
+        self._write(
+            lambda s: composition_store.log_composition_event(
+                s, kind, name, version, origin=origin, detail=detail or {}
+            )
         )
 
     # --- bytes --------------------------------------------------------------------------------
@@ -645,3 +662,18 @@ def _check_json(value: Mapping[str, Any], what: str) -> None:
             f"{what} must be plain JSON (strings, numbers, booleans, lists and dicts with string "
             f"keys): {exc}"
         ) from None
+
+
+def _check_event_kind(kind: str, *, composition: bool) -> None:
+    """An event kind fits its column, and says whose log it is in: composition histories hold
+    exactly the kinds that start with ``composition``."""
+    if not isinstance(kind, str) or not kind or len(kind) > 32:
+        raise RegistryError(f"an event kind is 1 to 32 characters, got {kind!r:.40}")
+    prefix = f"{store.COMPOSITION_EVENT}_"
+    if composition and not kind.startswith(prefix):
+        raise RegistryError(f"a composition's event kind starts with {prefix!r}, got {kind!r}")
+    if not composition and kind.startswith(store.COMPOSITION_EVENT):
+        raise RegistryError(
+            f"event kind {kind!r}: kinds starting with {store.COMPOSITION_EVENT!r} belong to "
+            "compositions' histories (record_composition_event)"
+        )

@@ -27,7 +27,7 @@ from .orm import (
     VersionRow,
     utcnow,
 )
-from .store import COMPOSITION_EVENTS, _events, _listing, _log, _log_alias_set, get_version
+from .store import COMPOSITION_EVENT, _events, _listing, _log, _log_alias_set, get_version
 
 __all__ = [
     "composition_history",
@@ -35,6 +35,7 @@ __all__ = [
     "delete_composition",
     "get_composition",
     "list_compositions",
+    "log_composition_event",
     "register_composition",
     "remove_composition_alias",
     "set_composition_alias",
@@ -302,7 +303,22 @@ def _composition_aliases(session: Session, name: str) -> list[str]:
 def composition_history(session: Session, name: str) -> list[Event]:
     """Every event of composition ``name`` (versions saved, aliases moved, versions deleted),
     oldest first; told even once every version is deleted."""
-    events = _events(session, name, EventRow.kind.in_(COMPOSITION_EVENTS))
+    events = _events(session, name, EventRow.kind.like(f"{COMPOSITION_EVENT}%"))
     if not events:
         _composition_row(session, Ref(name))  # a clear error for an unknown composition
     return events
+
+
+def log_composition_event(
+    session: Session,
+    kind: str,
+    name: str,
+    version: int | None,
+    *,
+    origin: str,
+    detail: dict[str, Any],
+) -> None:
+    """Append an event (``kind`` starting with ``composition_``) to composition ``name``'s log;
+    ``version``, when given, must exist."""
+    _composition_row(session, Ref(name, version))  # a clear error for an unknown composition
+    _log(session, kind, name, version, origin=origin, detail=detail)

@@ -114,6 +114,27 @@ class Event:
             "detail": self.detail,
         }
 
+    def summary(self) -> str:
+        """What the event's detail says, in one line for a person (``history``'s last column):
+        where an alias came from, what a composition version runs over, a cascade's outcome."""
+        detail = self.detail
+        if self.kind.endswith("alias_set"):
+            previous = detail.get("previous")
+            return f"moved from version {previous}" if previous is not None else ""
+        if self.kind in ("registered", "deleted") and detail.get("digest"):
+            return f"sha256 {str(detail['digest'])[:12]}"
+        if self.kind in ("composition", "composition_deleted"):
+            return "over " + ", ".join(map(str, detail.get("members", [])))
+        if self.kind == "rebound":
+            before = detail.get("before", {})
+            return "was " + ", ".join(f"{k} {v}" for k, v in before.items())
+        if self.kind.endswith("cascade"):
+            outcome = f"{detail.get('status', '?')} ({detail.get('trigger', '?')})"
+            if detail.get("candidate"):
+                outcome += f", candidate {detail['candidate']}"
+            return f"{outcome}: {detail['reason']}" if detail.get("reason") else outcome
+        return ""
+
 
 @dataclass(frozen=True)
 class Composition:

@@ -55,12 +55,9 @@ __all__ = [
     "used_by",
 ]
 
-COMPOSITION_EVENTS = (
-    "composition",
-    "composition_alias_set",
-    "composition_alias_removed",
-    "composition_deleted",
-)
+# Adapters and compositions log into one table under their names; a composition's event kinds
+# all start with this (composition, composition_alias_set, composition_deleted...).
+COMPOSITION_EVENT = "composition"
 LANGUAGE_HEADS = ("masked-lm", "causal-lm")
 _Row = tuple[VersionRow, AdapterRow, BaseModelRow]
 
@@ -312,7 +309,7 @@ def remove_alias(session: Session, name: str, alias: str, *, origin: str = "regi
 def history(session: Session, name: str) -> list[Event]:
     """Every event of adapter ``name``, oldest first."""
     _adapter_named(session, name)
-    return _events(session, name, EventRow.kind.not_in(COMPOSITION_EVENTS))
+    return _events(session, name, EventRow.kind.not_like(f"{COMPOSITION_EVENT}%"))
 
 
 def _events(session: Session, name: str, kinds: Any) -> list[Event]:

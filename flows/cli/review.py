@@ -190,8 +190,8 @@ def show_events(events: list[Any], title: str, as_json: bool) -> None:
         emit_json([e.to_dict() for e in events])
         return
     table = Table(title=title)
-    for column in ("at", "event", "version", "alias", "origin"):
-        table.add_column(column)
+    for column in ("at", "event", "version", "alias", "origin", "what"):
+        table.add_column(column, overflow="fold")
     for e in events:
         table.add_row(
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -199,6 +199,7 @@ def show_events(events: list[Any], title: str, as_json: bool) -> None:
             str(e.version or ""),
             e.alias or "",
             e.origin,
+            e.summary(),
         )
     console.print(table)
 

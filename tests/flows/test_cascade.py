@@ -129,6 +129,17 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
         e.detail["composition"] for e in registry.history("lang-en") if e.kind == "cascade"
     ]
     assert trigger_events == ["stack:madx@1"]
+    # the scored version's own history says what both scored, also when the candidate lost
+    (scored_event,) = [
+        e for e in registry.composition_history("madx") if e.kind == "composition_cascade"
+    ]
+    assert (scored_event.version, scored_event.origin) == (1, "cascade")
+    assert scored_event.detail["scores"] == {
+        "current_accuracy": current, "candidate_accuracy": candidate_score
+    }  # fmt: skip
+    assert stack["scores"] == scored_event.detail["scores"]
+    assert scored_event.summary().startswith(f"{stack['status']} (lang-en@2)")
+    assert "composition_cascade" not in [e.kind for e in registry.history("lang-en")]
 
     outcome = outcomes["fused@1"]
     candidate = registry.get("fused@2")

@@ -592,6 +592,50 @@ class TestAliasesAndHistory:
         registry.remove_alias("tiny-sst2-en-lora", "champion")
         assert registry.get("tiny-sst2-en-lora@2").aliases == ()
 
+    def test_each_event_goes_to_its_own_history_and_says_what_happened(
+        self, registry, make_adapter
+    ):
+        """Adapters and compositions log into one table: an event recorded for one never shows
+        in the other's history, and each row's summary is what ``history`` prints."""
+        register(registry, make_adapter(1), name="ab")
+        register(registry, make_adapter(2), name="ab")
+        registry.set_alias("ab@1", "champion")
+        registry.set_alias("ab@2", "champion")
+        registry.register_composition("ab", {"type": "stack"}, ["ab@1"])  # one name, both kinds
+        outcome = {"status": "not promoted", "candidate": None, "reason": "0.80 vs 0.82"}
+        registry.record_composition_event(
+            "composition_cascade", "ab", 1, origin="cascade", detail={"trigger": "ab@2", **outcome}
+        )
+        registry.record_event("cascade", "ab", 2, origin="cascade", detail={"trigger": "ab@2"})
+        adapter = [(e.kind, e.summary()) for e in registry.history("ab")]
+        digests = [v.digest[:12] for v in registry.find(name="ab")]
+        assert adapter == [
+            ("registered", f"sha256 {digests[0]}"),
+            ("registered", f"sha256 {digests[1]}"),
+            ("alias_set", ""),
+            ("alias_set", "moved from version 1"),
+            ("cascade", "? (ab@2)"),
+        ]
+        assert [(e.kind, e.summary()) for e in registry.composition_history("ab")] == [
+            ("composition", "over ab@1"),
+            ("composition_cascade", "not promoted (ab@2): 0.80 vs 0.82"),
+        ]
+        refusals = {
+            ("composition_cascade", False): "kinds starting with 'composition' belong to "
+            "compositions' histories (record_composition_event)",
+            ("cascade", True): "a composition's event kind starts with 'composition_', got "
+            "'cascade'",
+            ("x" * 33, False): "an event kind is 1 to 32 characters",
+        }
+        for (kind, composition), words in refusals.items():
+            record = registry.record_composition_event if composition else registry.record_event
+            with pytest.raises(rg.RegistryError) as raised:
+                record(kind, "ab", 1, origin="test")
+            assert words in str(raised.value)
+        with pytest.raises(rg.NotFoundError, match="no composition 'ab' version 7"):
+            registry.record_composition_event("composition_x", "ab", 7, origin="test")
+        assert len(registry.history("ab")) == 5 and len(registry.composition_history("ab")) == 2
+
     def test_numeric_alias_is_refused(self, registry, make_adapter):
         register(registry, make_adapter(1))
         with pytest.raises(rg.InvalidNameError, match=r"cannot be a number"):
