@@ -27,6 +27,7 @@ import numbers
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -514,12 +515,20 @@ class Registry:
             "loads it anyway"
         )
 
-    def gc(self, *, older_than: timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
+    def gc(
+        self,
+        *,
+        older_than: timedelta = timedelta(hours=1),
+        dry_run: bool = False,
+        shared_with: Sequence[Registry] = (),
+    ) -> list[str]:
         """Delete blobs no version refers to, written more than ``older_than`` ago, and uploads a
         crash left unfinished; returns the deleted digests, then the unfinished uploads' names.
 
         The grace period protects the blobs of a registration that is uploading right now (bytes
-        are written before their record).
+        are written before their record). A store other registries write to too (staging and
+        production given one bucket) is collected only with all of them in ``shared_with``: a
+        blob any of them refers to is kept, and none of them registers while gc runs.
         """
         if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
             raise TypeError(
@@ -528,33 +537,64 @@ class Registry:
             )
         if older_than < timedelta(0):
             raise RegistryError(f"gc: older_than must not be negative, got {older_than}")
-        self._refuse_a_shared_store(mark=not dry_run)
+        others = self._sharing(shared_with)
+        self._refuse_a_shared_store(others, mark=not dry_run)
         cutoff = datetime.now(UTC) - older_than
 
         def collect(session: Session) -> list[str]:
-            # The exclusive blob lock: no registration records a version while gc decides and
-            # deletes, and each registration re-checks its blobs under the lock afterwards.
+            # The exclusive blob lock, in every registry sharing the store: none records a
+            # version while gc decides and deletes, and each registration re-checks its blobs
+            # under the lock afterwards.
             store.lock_blobs(session, exclusive=True)
-            keep = self._kept_digests(store.referenced_digests(session))
-            doomed = [
-                b.digest
-                for b in self.artifacts.blobs()
-                if b.digest not in keep and b.modified <= cutoff
-            ]
-            if not dry_run:
-                for digest in doomed:
-                    self.artifacts.delete(digest)
+            referenced = store.referenced_digests(session)
+            with ExitStack() as held:
+                for other in others:
+                    other_session = held.enter_context(other.database.session())
+                    store.lock_blobs(other_session, exclusive=True)
+                    referenced |= store.referenced_digests(other_session)
+                keep = self._kept_digests(referenced)
+                doomed = [
+                    b.digest
+                    for b in self.artifacts.blobs()
+                    if b.digest not in keep and b.modified <= cutoff
+                ]
+                if not dry_run:
+                    for digest in doomed:
+                        self.artifacts.delete(digest)
             # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
             return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
         return self._write(collect)
 
-    def _refuse_a_shared_store(self, *, mark: bool) -> None:
-        """gc only deletes in a store this registry alone writes to: another registry's versions
+    def _sharing(self, shared_with: Sequence[Registry]) -> list[Registry]:
+        """The other registries ``gc`` keeps the files of, checked to share this store."""
+        if isinstance(shared_with, Registry) or not isinstance(shared_with, Sequence):
+            raise TypeError(
+                f"gc: shared_with is a list of Registry objects, not "
+                f"{type(shared_with).__name__}: gc(shared_with=[Registry(url, artifacts_url)])"
+            )
+        others: dict[str, Registry] = {}
+        for other in shared_with:
+            if not isinstance(other, Registry):
+                raise TypeError(f"gc: shared_with holds Registry objects, not {other!r:.60}")
+            if other.artifacts.url != self.artifacts.url:
+                raise RegistryError(
+                    f"gc: the registry at {other.database.safe_url} stores its files in "
+                    f"{other.artifacts.url}, not in this registry's store {self.artifacts.url}: "
+                    "list only the registries that share this store (nothing was deleted)"
+                )
+            identity = other.identity
+            if identity != self.identity:
+                others[identity] = other
+        return list(others.values())
+
+    def _refuse_a_shared_store(self, sharing: list[Registry], *, mark: bool) -> None:
+        """gc only deletes in a store whose every writer it knows: another registry's versions
         (a staging and a production database given one bucket) look unreferenced from here.
         ``mark``: leave this registry's marker (a dry run writes nothing)."""
         identity = self._mark_store() if mark else self.identity
-        others = {i: note for i, note in self.artifacts.writers().items() if i != identity}
+        known = {identity} | {other.identity for other in sharing}
+        others = {i: note for i, note in self.artifacts.writers().items() if i not in known}
         if not others:
             return
         named = "; ".join(
@@ -563,10 +603,12 @@ class Registry:
         )
         raise SharedStoreError(
             f"gc refused: the artifact store {self.artifacts.url} is shared with another "
-            f"registry, whose versions' files look unreferenced from here: {named}. Give each "
-            "registry its own ADAPTEROPS_ARTIFACTS_URL (a folder or S3 prefix of its own); if "
-            "that registry is gone for good, delete its marker and run gc again "
-            "(nothing was deleted)"
+            f"registry, whose versions' files look unreferenced from here: {named}. Collect it "
+            "with every registry that writes to it (`adapterops gc --shared-with DATABASE_URL`, "
+            "once per other registry; from Python gc(shared_with=[Registry(url, "
+            "artifacts_url)])), or give each registry its own ADAPTEROPS_ARTIFACTS_URL (a folder "
+            "or S3 prefix of its own); if that registry is gone for good, delete its marker and "
+            "run gc again (nothing was deleted)"
         )
 
     def _kept_digests(self, manifests: set[str]) -> set[str]:

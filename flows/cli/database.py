@@ -44,7 +44,7 @@ def db_upgrade(as_json: JsonOption = False) -> None:
 def db_status(as_json: JsonOption = False) -> None:
     """Where the registry is (ADAPTEROPS_REGISTRY_URL, ADAPTEROPS_ARTIFACTS_URL), its schema
     (and whether `db upgrade` is due), how many adapters, versions and compositions it holds,
-    and which other registries write to its artifact store (gc refuses a shared one). Changes
+    and which other registries write to its artifact store (gc then needs --shared-with). Changes
     nothing (a SQLite schema that is behind is reported, not migrated)."""
     with user_errors(as_json):
         from registry.status import registry_status  # noqa: PLC0415 - loads SQLAlchemy
@@ -68,8 +68,8 @@ def db_status(as_json: JsonOption = False) -> None:
         ]
     lines.append(f"artifacts  {status.artifacts}")
     lines += [
-        f"           also written by {' '.join(words.split()) or identity}: gc refuses to "
-        "delete in a shared store"
+        f"           also written by {' '.join(words.split()) or identity}: gc needs its "
+        "database (--shared-with DATABASE_URL)"
         for identity, words in sorted(status.other_writers.items())
     ]
     console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

@@ -390,9 +390,19 @@ def gc(
         float, typer.Option(help="Spare blobs younger than this (uploads in flight).")
     ] = 60.0,
     dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+    shared_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shared-with",
+            help="The database URL of another registry writing to this artifact store (once "
+            "per registry): the files any of them refers to are kept.",
+            metavar="DATABASE_URL",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete stored blobs that no version refers to (left by crashes or deletions)."""
+    """Delete stored blobs that no version refers to (left by crashes or deletions). A store
+    several registries write to is collected only with all of them (--shared-with)."""
     with user_errors(as_json):
         if not 0 <= older_than_minutes <= _TEN_YEARS_IN_MINUTES:  # also refuses nan and inf
             raise RegistryError(
@@ -400,7 +410,11 @@ def gc(
                 f"{_TEN_YEARS_IN_MINUTES:.0f}, got {older_than_minutes}"
             )
         grace = timedelta(minutes=older_than_minutes)
-        removed = open_registry().gc(older_than=grace, dry_run=dry_run)
+        registry = open_registry()
+        others = [  # their files are in this store, whatever their own settings say
+            rg.Registry(url, registry.artifacts.url, create=False) for url in shared_with or ()
+        ]
+        removed = registry.gc(older_than=grace, dry_run=dry_run, shared_with=others)
     if as_json:
         emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
         return

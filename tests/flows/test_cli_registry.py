@@ -192,6 +192,38 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert narrow[-1] == "not shown at this width: size, digest (--json has every field)"
 
 
+def test_gc_of_a_store_two_registries_write_to(environment, tmp_path, request):
+    """Staging and production given one store: gc in one is refused (exit 2, nothing deleted)
+    until it is given the other's database, then keeps both registries' files."""
+    env = environment
+    if "ADAPTEROPS_REGISTRY_URL" in env:
+        other_url = fresh_postgres_url(request.getfixturevalue("postgres"))
+        artifacts = env["ADAPTEROPS_ARTIFACTS_URL"]
+    else:
+        other_url = f"sqlite:///{tmp_path / 'staging.db'}"
+        artifacts = (Path(env["ADAPTEROPS_HOME"]) / "artifacts").as_uri()
+    staging = {**env, "ADAPTEROPS_REGISTRY_URL": other_url, "ADAPTEROPS_ARTIFACTS_URL": artifacts}
+    common = ["--base-model", "tiny-bert", "--task", "sst2", "--language", "en", "--json"]
+    for where, name, seed in ((env, "prod", 1), (staging, "staging", 2), (staging, "gone", 3)):
+        folder = write_fake_adapter(tmp_path / f"{name}-{seed}", seed=seed)
+        ok_json(run(where, "push", str(folder), "--name", name, *common))
+    ok_json(run(staging, "rm", "gone@1", "--json"))
+    refused = run(env, "gc", "--older-than-minutes", "0")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "adapterops gc --shared-with DATABASE_URL" in refused.stderr
+    status = run(env, "db", "status").stdout.splitlines()
+    assert status[-1].endswith(": gc needs its database (--shared-with DATABASE_URL)")
+    assert status[-1].lstrip().startswith("also written by registry ")
+    missing = run(env, "gc", "--shared-with", f"sqlite:///{tmp_path / 'nope.db'}", "--json")
+    assert missing.returncode == 2 and "nope.db" in json.loads(missing.stdout)["error"]
+    collected = ok_json(
+        run(env, "gc", "--older-than-minutes", "0", "--shared-with", other_url, "--json")
+    )
+    assert len(collected["removed"]) == 2  # the deleted version's manifest and tensors
+    for where, ref in ((env, "prod@1"), (staging, "staging@1")):
+        ok_json(run(where, "pull", ref, str(tmp_path / "pulled" / ref), "--json"))
+
+
 def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
     env = environment
     empty_registry(Path(env["ADAPTEROPS_HOME"]))  # (the embedded one: a registry without it)

@@ -857,10 +857,12 @@ class TestBytes:
         assert str(refused.value) == (
             f"gc refused: the artifact store {registry.artifacts.url} is shared with another "
             "registry, whose versions' files look unreferenced from here: registry "
-            f"{staging.identity} at {staging.database.safe_url} (marker {marker}). Give each "
-            "registry its own ADAPTEROPS_ARTIFACTS_URL (a folder or S3 prefix of its own); if "
-            "that registry is gone for good, delete its marker and run gc again "
-            "(nothing was deleted)"
+            f"{staging.identity} at {staging.database.safe_url} (marker {marker}). Collect it "
+            "with every registry that writes to it (`adapterops gc --shared-with "
+            "DATABASE_URL`, once per other registry; from Python gc(shared_with=[Registry(url, "
+            "artifacts_url)])), or give each registry its own ADAPTEROPS_ARTIFACTS_URL (a "
+            "folder or S3 prefix of its own); if that registry is gone for good, delete its "
+            "marker and run gc again (nothing was deleted)"
         )
         with pytest.raises(rg.SharedStoreError):
             staging.gc(older_than=timedelta(0), dry_run=True)  # and the other way round
@@ -876,6 +878,43 @@ class TestBytes:
             store.client.delete_object(Bucket=store.bucket, Key=key)
         assert len(registry.gc(older_than=timedelta(0))) == 2  # its tensors and manifest
         registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
+
+    def test_gc_collects_a_shared_store_with_every_registry_that_writes_to_it(
+        self, registry, locations, make_adapter, tmp_path, request
+    ):
+        """With the other registry given, gc keeps what either refers to and takes what
+        neither does (an orphan of each)."""
+        url, artifacts = locations
+        other_url = (
+            f"sqlite:///{tmp_path / 'staging.db'}"
+            if url.startswith("sqlite")
+            else fresh_postgres_url(request.getfixturevalue("postgres"))
+        )
+        staging = Registry(other_url, artifacts)
+        register(registry, make_adapter(1))
+        register(registry, make_adapter(2), name="gone")
+        register(staging, make_adapter(3), name="staging-only")
+        register(staging, make_adapter(4), name="staging-gone")
+        orphans = {registry.delete("gone@1").digest, staging.delete("staging-gone@1").digest}
+        elsewhere = Registry(f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "elsewhere")
+        refusals = {
+            (elsewhere,): (rg.RegistryError, f"stores its files in {elsewhere.artifacts.url}, "
+                           f"not in this registry's store {registry.artifacts.url}"),
+            staging: (TypeError, "shared_with is a list of Registry objects, not Registry"),
+            (other_url,): (TypeError, f"shared_with holds Registry objects, not {other_url!r:.60}"),
+        }  # fmt: skip
+        for given, (error, words) in refusals.items():
+            with pytest.raises(error) as raised:
+                registry.gc(older_than=timedelta(0), shared_with=given)
+            assert words in str(raised.value)
+        with pytest.raises(rg.SharedStoreError, match=r"adapterops gc --shared-with"):
+            registry.gc(older_than=timedelta(0), shared_with=[registry])  # itself: no one else
+        planned = registry.gc(older_than=timedelta(0), dry_run=True, shared_with=[staging])
+        assert set(orphans) <= set(planned) and len(planned) == 4  # manifests and tensors
+        assert staging.gc(older_than=timedelta(0), shared_with=[registry]) == planned
+        assert registry.gc(older_than=timedelta(0), shared_with=[staging]) == []
+        registry.fetch("tiny-sst2-en-lora@1", tmp_path / "kept")
+        staging.fetch("staging-only@1", tmp_path / "kept-too")
 
 
 class TestLeftovers:
