@@ -50,6 +50,7 @@ bench: setup services
 	$(PY) -m bench.composition_bench
 	$(PY) -m bench.madx_demo
 	$(PY) -m bench.registry_bench
+	$(PY) -m bench.gc_bench
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.predict_bench
 	$(PY) -m bench.gpu_bench
@@ -71,6 +72,7 @@ bench-quick: setup services
 	$(PY) -m bench.composition_bench --quick
 	$(PY) -m bench.madx_demo --steps 30
 	$(PY) -m bench.registry_bench --quick
+	$(PY) -m bench.gc_bench --quick
 	$(PY) -m bench.predict_bench --quick
 	$(PY) -m bench.packing_bench --quick
 	$(PY) -m bench.quantized_load_bench --quick

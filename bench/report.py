@@ -289,6 +289,29 @@ def registry_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def gc_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    rows = [
+        [
+            f"{r['blobs']:,}",
+            f"{r['one_request_each_s']:.2f} s",
+            f"{r['batched_s']:.3f} s",
+            f"{r['speedup']:.1f}x",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            "**gc's deletes on S3** (SeaweedFS on this machine; registrations wait on gc's lock "
+            "meanwhile; median of rounds; `python -m bench.gc_bench`):",
+            table(
+                ["orphaned blobs", "one request each", "batched (1,000 a request)", "faster"], rows
+            ),
+            measured_on(data),
+        ]
+    )
+
+
 def storage_section(data: dict[str, Any], plots: Path) -> str:
     del plots
     rows = [
@@ -775,6 +798,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("composition", composition_section),
     ("madx", madx_section),
     ("registry", registry_section),
+    ("gc", gc_section),
     ("startup", startup_section),
     ("predict", predict_section),
     ("gpu", gpu_section),

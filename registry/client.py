@@ -559,8 +559,7 @@ class Registry:
                     if b.digest not in keep and b.modified <= cutoff
                 ]
                 if not dry_run:
-                    for digest in doomed:
-                        self.artifacts.delete(digest)
+                    self.artifacts.delete_many(doomed)
             # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
             return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 

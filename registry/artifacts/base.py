@@ -7,7 +7,7 @@ never changes. Stores move bytes; verifying them against their digest is the cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,11 @@ class ArtifactStore(Protocol):
 
     def delete(self, digest: str) -> None:
         """Remove a blob (a no-op when absent)."""
+        ...
+
+    def delete_many(self, digests: Sequence[str]) -> None:
+        """Remove these blobs (absent ones are no-ops), in as few requests as the store allows:
+        gc deletes while every registration waits on its lock."""
         ...
 
     def uri(self, digest: str) -> str:

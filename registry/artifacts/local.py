@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -74,6 +74,10 @@ class LocalStore:
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
+
+    def delete_many(self, digests: Sequence[str]) -> None:
+        for digest in digests:  # one unlink each: a folder has no batch delete
+            self.delete(digest)
 
     def clean_incomplete(self, cutoff: datetime, *, dry_run: bool = False) -> list[str]:
         stale = [

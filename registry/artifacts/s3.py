@@ -8,8 +8,9 @@ Endpoint and credentials come from the usual AWS variables (``AWS_ENDPOINT_URL_S
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -28,6 +29,7 @@ __all__ = ["S3Store"]
 T = TypeVar("T")
 MULTIPART = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 
 class S3Store:
@@ -147,6 +149,25 @@ class S3Store:
     def delete(self, digest: str) -> None:
         key = self._key(digest)
         self._call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def delete_many(self, digests: Sequence[str]) -> None:
+        keys = [self._key(digest) for digest in digests]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            request = {"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            answer = self._call(
+                f"delete {len(batch)} blobs",
+                partial(self.client.delete_objects, Bucket=self.bucket, Delete=request),
+            )
+            # DeleteObjects answers 200 with a per-key error list: a refused key is no success
+            refused = [e for e in answer.get("Errors", []) if e.get("Code") not in _MISSING]
+            if refused:
+                first = refused[0]
+                raise StorageUnavailableError(
+                    f"S3 refused to delete {len(refused)} of {len(batch)} blobs in bucket "
+                    f"{self.bucket!r}, the first {first.get('Key')}: {first.get('Code')} "
+                    f"{first.get('Message', '')}".rstrip()
+                )
 
     def clean_incomplete(self, cutoff: datetime, *, dry_run: bool = False) -> list[str]:
         self._check_bucket()

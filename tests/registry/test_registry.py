@@ -726,6 +726,35 @@ class TestBytes:
             "tiny-sst2-en-lora@1", tmp_path / "still-whole"
         )  # the kept version is intact
 
+    def test_gc_deletes_in_batches(self, registry, make_adapter, tmp_path, monkeypatch):
+        """gc holds the blob lock (registrations wait) while it deletes: on S3 one DeleteObjects
+        request per batch of keys, not one request per blob; absent blobs are no-ops."""
+        import registry.artifacts.s3 as s3_module
+
+        monkeypatch.setattr(s3_module, "DELETE_BATCH", 4)  # 1,000 in use: 6 blobs, 2 batches
+        requests: list[int] = []
+        if isinstance(registry.artifacts, s3_module.S3Store):
+            client = registry.artifacts.client
+            real = client.delete_objects
+
+            def counted(**kwargs):
+                requests.append(len(kwargs["Delete"]["Objects"]))
+                return real(**kwargs)
+
+            monkeypatch.setattr(client, "delete_objects", counted)
+        kept = register(registry, make_adapter(0), name="kept")
+        doomed = [register(registry, make_adapter(seed), name=f"gone{seed}") for seed in (1, 2, 3)]
+        for version in doomed:
+            registry.delete(version.ref)
+        removed = registry.gc(older_than=timedelta(0))
+        # each one's manifest and tensors (adapter.json is the same bytes as kept's)
+        assert {v.digest for v in doomed} <= set(removed) and len(removed) == 6
+        assert not {b.digest for b in registry.artifacts.blobs()} & set(removed)
+        if isinstance(registry.artifacts, s3_module.S3Store):
+            assert requests == [4, 2]
+        registry.artifacts.delete_many(removed[:2])  # gone already: nothing to say
+        registry.fetch(kept.ref, tmp_path / "kept")
+
     def test_delete_refuses_a_member_a_fusion_was_trained_over(self, registry, make_adapter):
         """A fusion loads its exact members at every use: deleting one (then gc) broke it."""
         register(registry, make_adapter(1), name="member")
