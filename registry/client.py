@@ -26,7 +26,8 @@ import math
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = ["Registry"]
 
 T = TypeVar("T")
 _RETRIES = 8
+_MANIFEST_DOWNLOADS = 8  # manifests gc downloads at once (each a small GET)
 
 
 class _Conflict(RegistryError):
@@ -528,7 +530,8 @@ class Registry:
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record). A store other registries write to too (staging and
         production given one bucket) is collected only with all of them in ``shared_with``: a
-        blob any of them refers to is kept, and none of them registers while gc runs.
+        blob any of them refers to is kept. Registrations go on while gc reads every version's
+        manifest; they wait only while it decides and deletes.
         """
         if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
             raise TypeError(
@@ -540,30 +543,65 @@ class Registry:
         others = self._sharing(shared_with)
         self._refuse_a_shared_store(others, mark=not dry_run)
         cutoff = datetime.now(UTC) - older_than
+        # Without the lock (registrations go on): what every version refers to, from each
+        # manifest (one download per version, the slow part), and the blobs old enough to go.
+        files_of: dict[str, set[str]] = {}  # manifest digest -> its files' (manifests never change)
+        referenced = self._referenced_digests(others)
+        self._read_manifests(referenced, files_of)
+        keep = _kept(referenced, files_of)
+        candidates = [
+            b.digest
+            for b in self.artifacts.blobs()
+            if b.digest not in keep and b.modified <= cutoff
+        ]
 
         def collect(session: Session) -> list[str]:
-            # The exclusive blob lock, in every registry sharing the store: none records a
-            # version while gc decides and deletes, and each registration re-checks its blobs
-            # under the lock afterwards.
+            # Under the exclusive blob lock, in every registry sharing the store, no version is
+            # recorded while gc decides and deletes (each registration re-checks its blobs under
+            # the lock afterwards): the versions recorded since are read again, with the few
+            # manifests not read yet, and what they refer to is kept.
             store.lock_blobs(session, exclusive=True)
-            referenced = store.referenced_digests(session)
+            referenced_now = store.referenced_digests(session)
             with ExitStack() as held:
                 for other in others:
                     other_session = held.enter_context(other.database.session())
                     store.lock_blobs(other_session, exclusive=True)
-                    referenced |= store.referenced_digests(other_session)
-                keep = self._kept_digests(referenced)
-                doomed = [
-                    b.digest
-                    for b in self.artifacts.blobs()
-                    if b.digest not in keep and b.modified <= cutoff
-                ]
+                    referenced_now |= store.referenced_digests(other_session)
+                self._read_manifests(referenced_now - files_of.keys(), files_of)
+                keep_now = _kept(referenced_now, files_of)
+                doomed = [digest for digest in candidates if digest not in keep_now]
                 if not dry_run:
                     self.artifacts.delete_many(doomed)
             # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
             return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
         return self._write(collect)
+
+    def _referenced_digests(self, others: list[Registry]) -> set[str]:
+        """The manifest digests of every version of this registry and of ``others``."""
+        referenced: set[str] = set()
+        for registry in (self, *others):
+            referenced |= registry._read(store.referenced_digests)
+        return referenced
+
+    def _read_manifests(self, digests: Iterable[str], files_of: dict[str, set[str]]) -> None:
+        """Add each manifest's file digests to ``files_of`` (a missing manifest lists none),
+        downloading several at once: a store far away answers each request slowly."""
+        wanted = sorted(digests)
+        with ThreadPoolExecutor(max_workers=_MANIFEST_DOWNLOADS) as pool:
+            for digest, files in zip(wanted, pool.map(self._manifest_files, wanted), strict=True):
+                files_of[digest] = files
+
+    def _manifest_files(self, digest: str) -> set[str]:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "manifest"
+            try:
+                self.artifacts.get_file(digest, path)
+            except FileNotFoundError:
+                return set()
+            return {
+                file_digest for _, file_digest, _ in Manifest.from_bytes(path.read_bytes()).files
+            }
 
     def _sharing(self, shared_with: Sequence[Registry]) -> list[Registry]:
         """The other registries ``gc`` keeps the files of, checked to share this store."""
@@ -609,19 +647,6 @@ class Registry:
             "or S3 prefix of its own); if that registry is gone for good, delete its marker and "
             "run gc again (nothing was deleted)"
         )
-
-    def _kept_digests(self, manifests: set[str]) -> set[str]:
-        """The manifests and every file digest they list."""
-        keep = set(manifests)
-        for manifest_digest in manifests:
-            with tempfile.TemporaryDirectory() as scratch:
-                path = Path(scratch) / "manifest"
-                try:
-                    self.artifacts.get_file(manifest_digest, path)
-                except FileNotFoundError:
-                    continue
-                keep.update(d for _, d, _ in Manifest.from_bytes(path.read_bytes()).files)
-        return keep
 
     def close(self) -> None:
         """Release database connections."""
@@ -718,3 +743,8 @@ def _check_event_kind(kind: str, *, composition: bool) -> None:
             f"event kind {kind!r}: kinds starting with {store.COMPOSITION_EVENT!r} belong to "
             "compositions' histories (record_composition_event)"
         )
+
+
+def _kept(manifests: set[str], files_of: dict[str, set[str]]) -> set[str]:
+    """The manifests and every file digest they list."""
+    return manifests.union(*(files_of.get(digest, set()) for digest in manifests))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -725,6 +726,38 @@ class TestBytes:
         registry.fetch(
             "tiny-sst2-en-lora@1", tmp_path / "still-whole"
         )  # the kept version is intact
+
+    def test_registrations_go_on_while_gc_reads_the_manifests(
+        self, registry, locations, make_adapter, tmp_path, monkeypatch
+    ):
+        """gc downloads one manifest per version (minutes at scale) before it takes the blob
+        lock, which it holds only to decide and delete: a registration meanwhile is not held
+        up, and the orphaned bytes it registers again are kept."""
+        register(registry, make_adapter(1))
+        folder = make_adapter(2)
+        gone = register(registry, folder, name="gone")
+        registry.delete(gone.ref)  # its blobs are orphans now
+        other, meanwhile = Registry(*locations), []
+        real_get_file = registry.artifacts.get_file
+
+        def register_while_reading(digest, destination, on_bytes=None):
+            if not meanwhile:  # the first manifest gc reads: another process registers
+                done: dict[str, rg.AdapterVersion] = {}
+                writer = threading.Thread(
+                    target=lambda: done.update(v=register(other, folder, name="back"))
+                )
+                writer.start()
+                writer.join(timeout=30)
+                meanwhile.append(done.get("v"))
+            return real_get_file(digest, destination, on_bytes)
+
+        monkeypatch.setattr(registry.artifacts, "get_file", register_while_reading)
+        removed = registry.gc(older_than=timedelta(0))
+        assert meanwhile[0] is not None, "the registration waited for gc"
+        assert meanwhile[0].digest == gone.digest  # the orphaned bytes, registered again
+        assert removed == []  # kept: nothing else was orphaned
+        monkeypatch.undo()
+        registry.fetch("back@1", tmp_path / "back")
 
     def test_gc_deletes_in_batches(self, registry, make_adapter, tmp_path, monkeypatch):
         """gc holds the blob lock (registrations wait) while it deletes: on S3 one DeleteObjects
