@@ -18,6 +18,7 @@ from rich.text import Text
 
 import registry as rg
 from registry import AdapterVersion, RegistryError
+from registry.redaction import redact
 
 from ..errors import DataError
 from .common import (
@@ -411,15 +412,24 @@ def gc(
             )
         grace = timedelta(minutes=older_than_minutes)
         registry = open_registry()
-        others = [  # their files are in this store, whatever their own settings say
-            rg.Registry(url, registry.artifacts.url, create=False) for url in shared_with or ()
-        ]
+        others = [_sharing_registry(url, registry.artifacts.url) for url in shared_with or ()]
         removed = registry.gc(older_than=grace, dry_run=dry_run, shared_with=others)
     if as_json:
         emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
         return
     verb = "would remove" if dry_run else "removed"
     console.print(f"{verb} {len(removed)} unreferenced blob(s)")
+
+
+def _sharing_registry(url: str, artifacts_url: str) -> rg.Registry:
+    """The registry at ``--shared-with URL``, over this store (its files are here, whatever its
+    own settings say); a problem with it names the option, not ADAPTEROPS_REGISTRY_URL only."""
+    if not url.strip():
+        raise RegistryError("--shared-with needs another registry's database URL, got ''")
+    try:
+        return rg.Registry(url, artifacts_url, create=False)
+    except RegistryError as exc:
+        raise RegistryError(f"--shared-with {redact(url)}: {exc}") from None
 
 
 def _print_versions(versions: list[AdapterVersion], as_json: bool, *, single: bool = False) -> None:

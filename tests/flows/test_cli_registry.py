@@ -214,8 +214,12 @@ def test_gc_of_a_store_two_registries_write_to(environment, tmp_path, request):
     status = run(env, "db", "status").stdout.splitlines()
     assert status[-1].endswith(": gc needs its database (--shared-with DATABASE_URL)")
     assert status[-1].lstrip().startswith("also written by registry ")
-    missing = run(env, "gc", "--shared-with", f"sqlite:///{tmp_path / 'nope.db'}", "--json")
-    assert missing.returncode == 2 and "nope.db" in json.loads(missing.stdout)["error"]
+    for given, words in (
+        (f"sqlite:///{tmp_path / 'nope.db'}", f"--shared-with sqlite:///{tmp_path / 'nope.db'}: "),
+        ("", "--shared-with needs another registry's database URL, got ''"),
+    ):
+        wrong = run(env, "gc", "--shared-with", given, "--json")
+        assert wrong.returncode == 2 and json.loads(wrong.stdout)["error"].startswith(words)
     collected = ok_json(
         run(env, "gc", "--older-than-minutes", "0", "--shared-with", other_url, "--json")
     )
