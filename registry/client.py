@@ -634,6 +634,17 @@ class Registry:
         others = {i: note for i, note in self.artifacts.writers().items() if i not in known}
         if not others:
             return
+        own = f" at {self.database.safe_url}"
+        earlier = sorted(i for i, note in others.items() if " ".join(note.split()).endswith(own))
+        if earlier:  # this database, recreated since (or its schema downgraded past 0006)
+            markers = ", ".join(self.artifacts.marker_uri(i) for i in earlier)
+            raise SharedStoreError(
+                f"gc refused: a registry at this same database ({self.database.safe_url}) wrote "
+                f"to {self.artifacts.url} under another id ({', '.join(earlier)}; this one is "
+                f"{identity}): the database was created again since, so the files of the "
+                "versions it held look unreferenced from here. If those versions are gone for "
+                f"good, delete the marker ({markers}) and run gc again (nothing was deleted)"
+            )
         named = "; ".join(
             f"{' '.join(note.split()) or i} (marker {self.artifacts.marker_uri(i)})"
             for i, note in sorted(others.items())

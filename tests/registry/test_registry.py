@@ -941,6 +941,31 @@ class TestBytes:
         assert len(registry.gc(older_than=timedelta(0))) == 2  # its tensors and manifest
         registry.fetch("tiny-sst2-en-lora@1", tmp_path / "still-whole")
 
+    def test_gc_says_when_the_other_writer_is_this_database_created_again(
+        self, make_adapter, tmp_path
+    ):
+        """A registry.db deleted and created again over the same folder has a new id: gc's
+        refusal named "another registry" at the user's own path. It says what happened."""
+        database, artifacts = f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts"
+        first = Registry(database, artifacts)
+        register(first, make_adapter(1))
+        old_id = first.identity
+        first.close()
+        (tmp_path / "registry.db").unlink()
+        again = Registry(database, artifacts)
+        register(again, make_adapter(2))
+        with pytest.raises(rg.SharedStoreError) as refused:
+            again.gc(older_than=timedelta(0))
+        marker = again.artifacts.marker_uri(old_id)
+        assert str(refused.value) == (
+            f"gc refused: a registry at this same database ({again.database.safe_url}) wrote to "
+            f"{again.artifacts.url} under another id ({old_id}; this one is {again.identity}): "
+            "the database was created again since, so the files of the versions it held look "
+            "unreferenced from here. If those versions are gone for good, delete the marker "
+            f"({marker}) and run gc again (nothing was deleted)"
+        )
+        assert len(list(again.artifacts.blobs())) == 5  # two manifests, two tensors, a config
+
     def test_gc_collects_a_shared_store_with_every_registry_that_writes_to_it(
         self, registry, locations, make_adapter, tmp_path, request
     ):
