@@ -636,6 +636,13 @@ class TestAliasesAndHistory:
         with pytest.raises(rg.NotFoundError, match="no composition 'ab' version 7"):
             registry.record_composition_event("composition_x", "ab", 7, origin="test")
         assert len(registry.history("ab")) == 5 and len(registry.composition_history("ab")) == 2
+        solo = register(registry, make_adapter(3), name="solo")
+        registry.delete(solo.ref)
+        register(registry, make_adapter(4), name="solo", base_model="other-base")
+        assert [(e.kind, e.summary()) for e in registry.history("solo")][1:3] == [
+            ("deleted", f"sha256 {solo.digest[:12]}"),
+            ("rebound", f"was base_model {BASE}, task sst2, language en, method lora"),
+        ]
 
     def test_numeric_alias_is_refused(self, registry, make_adapter):
         register(registry, make_adapter(1))
