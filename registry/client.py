@@ -154,9 +154,8 @@ class Registry:
         _check_json(spec or {}, "spec")
         bundle = folder if isinstance(folder, Bundle) else inspect_folder(folder)
         _check_spec_fits(bundle, spec or {})
-        self._read(  # before any byte is uploaded
-            lambda s: store.check_fusion_members(s, bundle, lineage or {}, base_model)
-        )
+        if bundle.method == "fusion":  # its members are checked before any byte is uploaded
+            self._read(lambda s: store.check_fusion_members(s, bundle, lineage or {}, base_model))
         self._mark_store()
         artifact_uri = upload(self.artifacts, bundle, on_bytes)  # bytes first, then the record
 
