@@ -1,26 +1,33 @@
-"""gc's deletes on S3 (SeaweedFS): batched DeleteObjects requests (up to 1,000 keys each, what
-``S3Store.delete_many`` sends) against one DeleteObject request per blob (what gc sent before).
+"""gc on S3 (SeaweedFS): its deletes and its reading of every version's manifest.
 
     python -m bench.gc_bench [--quick]
 
-gc holds the registry's exclusive blob lock while it deletes, and every registration waits on
-that lock, so the time measured here is the time registrations are held up. Each round uploads
-fresh blobs (not timed) into two prefixes of one bucket, then deletes one prefix's blobs each
-way, the order alternating between rounds; the median of the rounds is reported.
+1. Deletes: batched DeleteObjects requests (up to 1,000 keys each, what ``S3Store.delete_many``
+   sends) against one DeleteObject request per blob (what gc sent before). gc holds the
+   registry's exclusive blob lock while it deletes, and every registration waits on that lock.
+   Each round uploads fresh blobs (not timed) into two prefixes of one bucket, then deletes one
+   prefix's blobs each way, the order alternating between rounds; medians of the rounds.
+2. Manifests: ``Registry.gc(dry_run=True)`` over a registry of N versions (SQLite, S3), reading
+   the manifests 8 at once (what gc does) against one at a time; medians, order alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import registry.client
 from bench.common import timed, write_result
 from infra.stack import SeaweedS3
+from registry import Registry
 from registry.artifacts import S3Store
 
 BLOB_BYTES = 2048  # small: the cost is the requests, not the bytes
@@ -75,6 +82,49 @@ def delete_timings(bucket: str, counts: list[int], rounds: int, work: Path) -> l
     return rows
 
 
+def manifest_timings(bucket: str, versions: int, rounds: int, work: Path) -> dict[str, Any]:
+    """Seconds of a dry-run gc over ``versions`` registered versions, reading their manifests
+    8 at once and one at a time (medians of ``rounds``); each finds nothing to delete."""
+    registry_ = Registry(f"sqlite:///{work / 'gc.db'}", f"s3://{bucket}/registry")
+    S3Store(registry_.artifacts.url).ensure_bucket()
+    for number in range(versions):
+        registry_.register(
+            _fake_adapter(work / f"adapter-{number}"),
+            name=f"a{number}", base_model="b", task="t", language="en",
+        )  # fmt: skip
+    seconds: dict[int, list[float]] = {8: [], 1: []}
+    default = registry.client._MANIFEST_DOWNLOADS
+    try:
+        for round_ in range(rounds):
+            for at_once in (8, 1) if round_ % 2 == 0 else (1, 8):
+                registry.client._MANIFEST_DOWNLOADS = at_once
+                started = time.perf_counter()
+                found = registry_.gc(older_than=timedelta(0), dry_run=True)
+                seconds[at_once].append(time.perf_counter() - started)
+                assert found == [], f"a dry-run gc found {found[:3]} in a store with no orphans"
+    finally:
+        registry.client._MANIFEST_DOWNLOADS = default
+        registry_.close()
+    eight, one = (statistics.median(seconds[k]) for k in (8, 1))
+    return {"versions": versions, "rounds": rounds, "eight_at_once_s": eight,
+            "one_at_a_time_s": one, "speedup": one / eight}  # fmt: skip
+
+
+def _fake_adapter(folder: Path) -> Path:
+    """An adapter folder in our format with random tensor bytes (the registry stores bytes)."""
+    folder.mkdir(parents=True)
+    meta = {
+        "format": "adapterops.adapter",
+        "format_version": 1,
+        "method": {"type": "lora"},
+        "head": {"kind": "classification"},
+        "fingerprint": {"digest": "f" * 64},
+    }
+    (folder / "adapter.json").write_text(json.dumps(meta))
+    (folder / "adapter.safetensors").write_bytes(os.urandom(BLOB_BYTES))
+    return folder
+
+
 def _each(store: S3Store, digests: list[str]) -> None:
     for digest in digests:
         store.delete(digest)
@@ -85,6 +135,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer blobs and rounds")
     args = parser.parse_args()
     counts, rounds = ([50, 200], 2) if args.quick else ([100, 1000, 3000], 3)
+    versions = 50 if args.quick else 1000
     work = Path(tempfile.mkdtemp(prefix="adapterops-gc-bench-"))
     seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
     try:
@@ -102,7 +153,15 @@ def main() -> None:
                 f"batched {r['batched_s']:.3f} s ({r['speedup']:.0f}x)",
                 flush=True,
             )
-        print(f"wrote {write_result('gc', {'quick': args.quick, 'rows': rows})}")
+        manifests = manifest_timings("gc-bench-registry", versions, rounds, work / "versions")
+        print(
+            f"dry-run gc over {versions} versions: manifests 8 at once "
+            f"{manifests['eight_at_once_s']:.2f} s, one at a time "
+            f"{manifests['one_at_a_time_s']:.2f} s ({manifests['speedup']:.1f}x)",
+            flush=True,
+        )
+        result = {"quick": args.quick, "rows": rows, "manifests": manifests}
+        print(f"wrote {write_result('gc', result)}")
     finally:
         seaweed.stop(grace=5)
         shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,7 @@ import pytest
 
 from bench import report
 from bench.common import machine
-from bench.gc_bench import delete_timings
+from bench.gc_bench import delete_timings, manifest_timings
 
 pytestmark = pytest.mark.usefixtures("seaweed")
 
@@ -19,7 +19,16 @@ def test_both_ways_delete_every_blob_and_the_report_shows_the_ratio(tmp_path: Pa
     assert [(r["blobs"], r["rounds"]) for r in rows] == [(3, 2), (7, 2)]
     for row in rows:
         assert row["speedup"] == pytest.approx(row["one_request_each_s"] / row["batched_s"])
-    section = report.gc_section({"machine": machine(), "rows": rows}, tmp_path)
+    manifests = manifest_timings("gc-bench-test-registry", 4, 2, tmp_path / "versions")
+    assert (manifests["versions"], manifests["rounds"]) == (4, 2)
+    assert manifests["speedup"] == pytest.approx(
+        manifests["one_at_a_time_s"] / manifests["eight_at_once_s"]
+    )
+    data = {"machine": machine(), "rows": rows, "manifests": manifests}
+    section = report.gc_section(data, tmp_path)
+    assert (
+        f"a dry run over 4 versions took {manifests['eight_at_once_s']:.2f} s reading 8 at once"
+    ) in section
     first = rows[0]
     assert (
         f"| 3 | {first['one_request_each_s']:.2f} s | {first['batched_s']:.3f} s | "
