@@ -592,15 +592,11 @@ class Registry:
                 files_of[digest] = files
 
     def _manifest_files(self, digest: str) -> set[str]:
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "manifest"
-            try:
-                self.artifacts.get_file(digest, path)
-            except FileNotFoundError:
-                return set()
-            return {
-                file_digest for _, file_digest, _ in Manifest.from_bytes(path.read_bytes()).files
-            }
+        try:
+            manifest = Manifest.from_bytes(self.artifacts.read_bytes(digest))
+        except FileNotFoundError:
+            return set()
+        return {file_digest for _, file_digest, _ in manifest.files}
 
     def _sharing(self, shared_with: Sequence[Registry]) -> list[Registry]:
         """The other registries ``gc`` keeps the files of, checked to share this store."""

@@ -46,6 +46,11 @@ class ArtifactStore(Protocol):
         """Write the blob to ``destination``."""
         ...
 
+    def read_bytes(self, digest: str) -> bytes:
+        """A small blob's bytes (a manifest), in one request and no file; ``FileNotFoundError``
+        when absent."""
+        ...
+
     def blobs(self) -> Iterator[BlobInfo]:
         """Every stored blob."""
         ...

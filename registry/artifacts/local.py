@@ -65,6 +65,12 @@ class LocalStore:
             raise FileNotFoundError(self.uri(digest))
         _copy(source, destination, on_bytes)
 
+    def read_bytes(self, digest: str) -> bytes:
+        source = self._path(digest)
+        if not source.is_file():
+            raise FileNotFoundError(self.uri(digest))
+        return source.read_bytes()
+
     def blobs(self) -> Iterator[BlobInfo]:
         for path in (self.root / "blobs" / "sha256").glob("*/*"):
             if path.name.startswith("."):

@@ -134,6 +134,16 @@ class S3Store:
             ),
         )
 
+    def read_bytes(self, digest: str) -> bytes:
+        # get_object, not download_file: the transfer manager's threads and temporary file cost
+        # more than a small manifest's bytes
+        self._check_bucket()
+        key = self._key(digest)
+        answer = self._call(
+            f"download {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key)
+        )
+        return self._call(f"download {key}", answer["Body"].read)
+
     def blobs(self) -> Iterator[BlobInfo]:
         self._check_bucket()
         prefix = self._key("00")[: -len("00/00")]  # ".../blobs/sha256/"

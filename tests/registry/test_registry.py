@@ -745,9 +745,9 @@ class TestBytes:
         gone = register(registry, folder, name="gone")
         registry.delete(gone.ref)  # its blobs are orphans now
         other, meanwhile = Registry(*locations), []
-        real_get_file = registry.artifacts.get_file
+        real_read_bytes = registry.artifacts.read_bytes
 
-        def register_while_reading(digest, destination, on_bytes=None):
+        def register_while_reading(digest):
             if not meanwhile:  # the first manifest gc reads: another process registers
                 done: dict[str, rg.AdapterVersion] = {}
                 writer = threading.Thread(
@@ -756,9 +756,9 @@ class TestBytes:
                 writer.start()
                 writer.join(timeout=30)
                 meanwhile.append(done.get("v"))
-            return real_get_file(digest, destination, on_bytes)
+            return real_read_bytes(digest)
 
-        monkeypatch.setattr(registry.artifacts, "get_file", register_while_reading)
+        monkeypatch.setattr(registry.artifacts, "read_bytes", register_while_reading)
         removed = registry.gc(older_than=timedelta(0))
         assert meanwhile[0] is not None, "the registration waited for gc"
         assert meanwhile[0].digest == gone.digest  # the orphaned bytes, registered again
@@ -793,6 +793,10 @@ class TestBytes:
         if isinstance(registry.artifacts, s3_module.S3Store):
             assert requests == [4, 2]
         registry.artifacts.delete_many(removed[:2])  # gone already: nothing to say
+        manifest = Manifest.from_bytes(registry.artifacts.read_bytes(kept.digest))
+        assert {name for name, _, _ in manifest.files} == {"adapter.json", "adapter.safetensors"}
+        with pytest.raises(FileNotFoundError):
+            registry.artifacts.read_bytes(removed[0])
         registry.fetch(kept.ref, tmp_path / "kept")
 
     def test_delete_refuses_a_member_a_fusion_was_trained_over(self, registry, make_adapter):
