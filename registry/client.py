@@ -522,6 +522,7 @@ class Registry:
         older_than: timedelta = timedelta(hours=1),
         dry_run: bool = False,
         shared_with: Sequence[Registry] = (),
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
         """Delete blobs no version refers to, written more than ``older_than`` ago, and uploads a
         crash left unfinished; returns the deleted digests, then the unfinished uploads' names.
@@ -530,7 +531,8 @@ class Registry:
         are written before their record). A store other registries write to too (staging and
         production given one bucket) is collected only with all of them in ``shared_with``: a
         blob any of them refers to is kept. Registrations go on while gc reads every version's
-        manifest; they wait only while it decides and deletes.
+        manifest; they wait only while it decides and deletes. ``on_progress(done, total)`` is
+        told the manifests read (a bar: one download per version).
         """
         if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
             raise TypeError(
@@ -546,7 +548,7 @@ class Registry:
         # manifest (one download per version, the slow part), and the blobs old enough to go.
         files_of: dict[str, set[str]] = {}  # manifest digest -> its files' (manifests never change)
         referenced = self._referenced_digests(others)
-        self._read_manifests(referenced, files_of)
+        self._read_manifests(referenced, files_of, on_progress)
         keep = _kept(referenced, files_of)
         candidates = [
             b.digest
@@ -583,13 +585,21 @@ class Registry:
             referenced |= registry._read(store.referenced_digests)
         return referenced
 
-    def _read_manifests(self, digests: Iterable[str], files_of: dict[str, set[str]]) -> None:
+    def _read_manifests(
+        self,
+        digests: Iterable[str],
+        files_of: dict[str, set[str]],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Add each manifest's file digests to ``files_of`` (a missing manifest lists none),
         downloading several at once: a store far away answers each request slowly."""
         wanted = sorted(digests)
         with ThreadPoolExecutor(max_workers=_MANIFEST_DOWNLOADS) as pool:
-            for digest, files in zip(wanted, pool.map(self._manifest_files, wanted), strict=True):
-                files_of[digest] = files
+            files = pool.map(self._manifest_files, wanted)
+            for done, (digest, listed) in enumerate(zip(wanted, files, strict=True), start=1):
+                files_of[digest] = listed
+                if on_progress is not None:
+                    on_progress(done, len(wanted))
 
     def _manifest_files(self, digest: str) -> set[str]:
         try:

@@ -28,6 +28,7 @@ from .common import (
     check_adapter_name,
     checkable_before_mlflow,
     console,
+    counting,
     drop_mirror,
     emit_json,
     human_bytes,
@@ -413,7 +414,10 @@ def gc(
         grace = timedelta(minutes=older_than_minutes)
         registry = open_registry()
         others = [_sharing_registry(url, registry.artifacts.url) for url in shared_with or ()]
-        removed = registry.gc(older_than=grace, dry_run=dry_run, shared_with=others)
+        with counting("reading manifests", enabled=not as_json) as on_progress:
+            removed = registry.gc(
+                older_than=grace, dry_run=dry_run, shared_with=others, on_progress=on_progress
+            )
     if as_json:
         emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
         return

@@ -1007,7 +1007,12 @@ class TestBytes:
             assert words in str(raised.value)
         with pytest.raises(rg.SharedStoreError, match=r"adapterops gc --shared-with"):
             registry.gc(older_than=timedelta(0), shared_with=[registry])  # itself: no one else
-        planned = registry.gc(older_than=timedelta(0), dry_run=True, shared_with=[staging])
+        told: list[tuple[int, int]] = []  # a bar: the manifests of both registries' versions
+        planned = registry.gc(
+            older_than=timedelta(0), dry_run=True, shared_with=[staging],
+            on_progress=lambda done, total: told.append((done, total)),
+        )  # fmt: skip
+        assert told == [(1, 2), (2, 2)]
         assert set(orphans) <= set(planned) and len(planned) == 4  # manifests and tensors
         assert staging.gc(older_than=timedelta(0), shared_with=[registry]) == planned
         assert registry.gc(older_than=timedelta(0), shared_with=[staging]) == []
