@@ -55,6 +55,7 @@ from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolu
 from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
+    CorruptArtifactError,
     InvalidCompositionError,
     NoRegistryError,
     RegistryError,
@@ -546,9 +547,10 @@ class Registry:
         cutoff = datetime.now(UTC) - older_than
         # Without the lock (registrations go on): what every version refers to, from each
         # manifest (one download per version, the slow part), and the blobs old enough to go.
-        files_of: dict[str, set[str]] = {}  # manifest digest -> its files' (manifests never change)
+        files_of: dict[str, set[str] | None] = {}  # manifest -> its files (None: missing)
         referenced = self._referenced_digests(others)
         self._read_manifests(referenced, files_of, on_progress)
+        self._refuse_missing_manifests(files_of, others)
         keep = _kept(referenced, files_of)
         candidates = [
             b.digest
@@ -569,6 +571,7 @@ class Registry:
                     store.lock_blobs(other_session, exclusive=True)
                     referenced_now |= store.referenced_digests(other_session)
                 self._read_manifests(referenced_now - files_of.keys(), files_of)
+                self._refuse_missing_manifests(files_of, others)
                 keep_now = _kept(referenced_now, files_of)
                 doomed = [digest for digest in candidates if digest not in keep_now]
                 if not dry_run:
@@ -588,7 +591,7 @@ class Registry:
     def _read_manifests(
         self,
         digests: Iterable[str],
-        files_of: dict[str, set[str]],
+        files_of: dict[str, set[str] | None],
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Add each manifest's file digests to ``files_of`` (a missing manifest lists none),
@@ -601,12 +604,35 @@ class Registry:
                 if on_progress is not None:
                     on_progress(done, len(wanted))
 
-    def _manifest_files(self, digest: str) -> set[str]:
+    def _manifest_files(self, digest: str) -> set[str] | None:
+        """The file digests manifest ``digest`` lists (None: it is not in the store)."""
         try:
             manifest = Manifest.from_bytes(self.artifacts.read_bytes(digest))
         except FileNotFoundError:
-            return set()
+            return None
         return {file_digest for _, file_digest, _ in manifest.files}
+
+    def _refuse_missing_manifests(
+        self, files_of: dict[str, set[str] | None], others: list[Registry]
+    ) -> None:
+        """A version whose manifest is gone lists files gc cannot know: they would look
+        unreferenced, and deleting them would lose what re-registering could still restore."""
+        missing = sorted(digest for digest, files in files_of.items() if files is None)
+        if not missing:
+            return
+        refs = sorted(
+            ref
+            for registry in (self, *others)
+            for ref in registry._read(lambda s: store.refs_with_digests(s, missing))
+        )
+        named = ", ".join(refs) or "a version"  # (deleted since: the next gc will not ask)
+        raise CorruptArtifactError(
+            f"gc refused: the manifest of {named} is missing from the artifact store "
+            f"{self.artifacts.url} (sha256 {', '.join(missing)}), so the files it lists are "
+            "unknown and would look unreferenced. Push the version's folder again (the same "
+            f"bytes put its manifest back) or delete the version (`adapterops rm "
+            f"{refs[0] if refs else 'NAME@VERSION'}`); nothing was deleted"
+        )
 
     def _sharing(self, shared_with: Sequence[Registry]) -> list[Registry]:
         """The other registries ``gc`` keeps the files of, checked to share this store."""
@@ -761,6 +787,6 @@ def _check_event_kind(kind: str, *, composition: bool) -> None:
         )
 
 
-def _kept(manifests: set[str], files_of: dict[str, set[str]]) -> set[str]:
+def _kept(manifests: set[str], files_of: dict[str, set[str] | None]) -> set[str]:
     """The manifests and every file digest they list."""
-    return manifests.union(*(files_of.get(digest, set()) for digest in manifests))
+    return manifests.union(*(files_of.get(digest) or set() for digest in manifests))

@@ -48,6 +48,7 @@ __all__ = [
     "history",
     "log_event",
     "referenced_digests",
+    "refs_with_digests",
     "register_version",
     "remove_alias",
     "resolve",
@@ -495,6 +496,16 @@ def registry_identity(session: Session) -> str:
 def referenced_digests(session: Session) -> set[str]:
     """Manifest digests of every version (what garbage collection must keep)."""
     return set(session.scalars(select(VersionRow.digest)))
+
+
+def refs_with_digests(session: Session, digests: Iterable[str]) -> list[str]:
+    """``name@N`` of every version whose manifest digest is one of ``digests``, sorted."""
+    rows = session.execute(
+        select(AdapterRow.name, VersionRow.version)
+        .join(AdapterRow, AdapterRow.id == VersionRow.adapter_id)
+        .where(VersionRow.digest.in_(list(digests)))
+    )
+    return sorted(f"{name}@{version}" for name, version in rows)
 
 
 # --- helpers -------------------------------------------------------------------------------

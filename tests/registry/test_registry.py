@@ -766,6 +766,29 @@ class TestBytes:
         monkeypatch.undo()
         registry.fetch("back@1", tmp_path / "back")
 
+    def test_gc_refuses_while_a_versions_manifest_is_missing(self, registry, make_adapter):
+        """Its files are unknown without it and looked unreferenced: gc deleted the tensors that
+        pushing the folder again (which puts the manifest back) would have made whole again."""
+        folder = make_adapter(1)
+        broken = register(registry, folder)
+        register(registry, make_adapter(2), name="gone")
+        registry.delete("gone@1")
+        registry.artifacts.delete(broken.digest)  # the store lost the manifest
+        blobs = {b.digest for b in registry.artifacts.blobs()}
+        with pytest.raises(rg.CorruptArtifactError) as refused:
+            registry.gc(older_than=timedelta(0))
+        assert str(refused.value) == (
+            f"gc refused: the manifest of {broken.ref} is missing from the artifact store "
+            f"{registry.artifacts.url} (sha256 {broken.digest}), so the files it lists are unknown "
+            "and would look unreferenced. Push the version's folder again (the same bytes put "
+            f"its manifest back) or delete the version (`adapterops rm {broken.ref}`); nothing "
+            "was deleted"
+        )
+        assert {b.digest for b in registry.artifacts.blobs()} == blobs
+        assert register(registry, folder).ref == broken.ref  # the same bytes: put back
+        assert len(registry.gc(older_than=timedelta(0))) == 2  # gone@1's manifest and tensors
+        registry.fetch(broken.ref, folder.parent / "pulled")  # whole again, every file verified
+
     def test_gc_deletes_in_batches(self, registry, make_adapter, tmp_path, monkeypatch):
         """gc holds the blob lock (registrations wait) while it deletes: on S3 one DeleteObjects
         request per batch of keys, not one request per blob; absent blobs are no-ops."""
