@@ -550,7 +550,7 @@ class Registry:
         files_of: dict[str, set[str] | None] = {}  # manifest -> its files (None: missing)
         referenced = self._referenced_digests(others)
         self._read_manifests(referenced, files_of, on_progress)
-        self._refuse_missing_manifests(files_of, others)
+        self._refuse_missing_manifests(files_of, [self, *others])
         keep = _kept(referenced, files_of)
         candidates = [
             b.digest
@@ -571,7 +571,7 @@ class Registry:
                     store.lock_blobs(other_session, exclusive=True)
                     referenced_now |= store.referenced_digests(other_session)
                 self._read_manifests(referenced_now - files_of.keys(), files_of)
-                self._refuse_missing_manifests(files_of, others)
+                self._refuse_missing_manifests(files_of, [])  # (no new session under the lock)
                 keep_now = _kept(referenced_now, files_of)
                 doomed = [digest for digest in candidates if digest not in keep_now]
                 if not dry_run:
@@ -613,19 +613,20 @@ class Registry:
         return {file_digest for _, file_digest, _ in manifest.files}
 
     def _refuse_missing_manifests(
-        self, files_of: dict[str, set[str] | None], others: list[Registry]
+        self, files_of: dict[str, set[str] | None], naming: list[Registry]
     ) -> None:
         """A version whose manifest is gone lists files gc cannot know: they would look
-        unreferenced, and deleting them would lose what re-registering could still restore."""
+        unreferenced, and deleting them would lose what re-registering could still restore.
+        ``naming``: the registries to look its name up in."""
         missing = sorted(digest for digest, files in files_of.items() if files is None)
         if not missing:
             return
         refs = sorted(
             ref
-            for registry in (self, *others)
+            for registry in naming
             for ref in registry._read(lambda s: store.refs_with_digests(s, missing))
         )
-        named = ", ".join(refs) or "a version"  # (deleted since: the next gc will not ask)
+        named = ", ".join(refs) or "a version"
         raise CorruptArtifactError(
             f"gc refused: the manifest of {named} is missing from the artifact store "
             f"{self.artifacts.url} (sha256 {', '.join(missing)}), so the files it lists are "
