@@ -28,6 +28,18 @@ def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **ove
     return reg.register(folder, name=name, **fields)
 
 
+def another_registry(locations, tmp_path: Path, request) -> tuple[Registry, str]:
+    """A second registry (its own database, on the same kind of server) over the same store, as
+    a staging registry given production's bucket; and its database URL."""
+    url, artifacts = locations
+    other_url = (
+        f"sqlite:///{tmp_path / 'staging.db'}"
+        if url.startswith("sqlite")
+        else fresh_postgres_url(request.getfixturevalue("postgres"))
+    )
+    return Registry(other_url, artifacts), other_url
+
+
 class TestRegister:
     def test_first_version_and_its_record(self, registry, make_adapter):
         folder = make_adapter(1)
@@ -937,13 +949,7 @@ class TestBytes:
     ):
         """A staging and a production registry given one bucket: gc in one deleted the other's
         versions' files (they are referred to by no version of its own)."""
-        url, artifacts = locations
-        other_url = (
-            f"sqlite:///{tmp_path / 'staging.db'}"
-            if url.startswith("sqlite")
-            else fresh_postgres_url(request.getfixturevalue("postgres"))
-        )
-        staging = Registry(other_url, artifacts)
+        staging, _ = another_registry(locations, tmp_path, request)
         register(registry, make_adapter(1))
         register(staging, make_adapter(2), name="staging-only")
         assert registry.identity != staging.identity
@@ -1005,13 +1011,7 @@ class TestBytes:
     ):
         """With the other registry given, gc keeps what either refers to and takes what
         neither does (an orphan of each)."""
-        url, artifacts = locations
-        other_url = (
-            f"sqlite:///{tmp_path / 'staging.db'}"
-            if url.startswith("sqlite")
-            else fresh_postgres_url(request.getfixturevalue("postgres"))
-        )
-        staging = Registry(other_url, artifacts)
+        staging, other_url = another_registry(locations, tmp_path, request)
         register(registry, make_adapter(1))
         register(registry, make_adapter(2), name="gone")
         register(staging, make_adapter(3), name="staging-only")
