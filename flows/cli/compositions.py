@@ -201,12 +201,21 @@ def _best_first(compositions: list[Composition], metric: str) -> list[Compositio
 
 @composition_app.command()
 def show(ref: RefArgument, as_json: JsonOption = False) -> None:
-    """One composition version: its definition, members, metrics, aliases and how the
-    retraining cascade scores it."""
+    """One composition version: its definition, members, metrics, aliases, how the retraining
+    cascade scores it and what it found the last time it scored this version."""
     with user_errors(as_json):
-        composition = open_registry().composition(ref)
+        registry = open_registry()
+        composition = registry.composition(ref)
+        cascades = [
+            e
+            for e in registry.composition_history(composition.name)
+            if e.kind == "composition_cascade" and e.version == composition.version
+        ]
+    last_cascade = cascades[-1] if cascades else None
     if as_json:
-        emit_json(composition.to_dict())
+        emit_json(
+            {**composition.to_dict(), "last_cascade": last_cascade and last_cascade.to_dict()}
+        )
         return
     scoring = composition.evaluation
     lines = {
@@ -219,6 +228,9 @@ def show(ref: RefArgument, as_json: JsonOption = False) -> None:
             f"validation data of spec {scoring.get('name')}"
             if scoring
             else "no (saved without --evaluation: the cascade lists it, cannot score it)"
+        ),
+        "last cascade": (
+            f"{last_cascade.at:%Y-%m-%d %H:%M}, {last_cascade.summary()}" if last_cascade else ""
         ),
         "description": composition.description,
     }

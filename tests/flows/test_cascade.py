@@ -4,6 +4,7 @@ through the same gate, recorded as events; one failing fusion does not stop the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -140,6 +141,10 @@ def test_a_new_champion_cascades_into_the_fusions_over_its_old_version(
     assert stack["scores"] == scored_event.detail["scores"]
     assert scored_event.summary().startswith(f"{stack['status']} (lang-en@2)")
     assert "composition_cascade" not in [e.kind for e in registry.history("lang-en")]
+    shown = run_cli("composition", "show", "madx@1", "--json")
+    assert json.loads(shown.stdout)["last_cascade"]["detail"]["scores"] == stack["scores"]
+    card = run_cli("composition", "show", "madx@1", env={**os.environ, "COLUMNS": "300"}).stdout
+    assert f"last cascade  {scored_event.at:%Y-%m-%d %H:%M}, {scored_event.summary()}" in card
 
     outcome = outcomes["fused@1"]
     candidate = registry.get("fused@2")
