@@ -594,8 +594,8 @@ class Registry:
         files_of: dict[str, set[str] | None],
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        """Add each manifest's file digests to ``files_of`` (a missing manifest lists none),
-        downloading several at once: a store far away answers each request slowly."""
+        """Add each manifest's file digests to ``files_of`` (None for one missing from the
+        store), downloading several at once: a store far away answers each request slowly."""
         wanted = sorted(digests)
         with ThreadPoolExecutor(max_workers=_MANIFEST_DOWNLOADS) as pool:
             files = pool.map(self._manifest_files, wanted)
