@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import registry.client
+import registry.garbage
 from bench.common import timed, write_result
 from infra.stack import SeaweedS3
 from registry import Registry
@@ -93,17 +93,17 @@ def manifest_timings(bucket: str, versions: int, rounds: int, work: Path) -> dic
             name=f"a{number}", base_model="b", task="t", language="en",
         )  # fmt: skip
     seconds: dict[int, list[float]] = {8: [], 1: []}
-    default = registry.client._MANIFEST_DOWNLOADS
+    default = registry.garbage.MANIFEST_DOWNLOADS
     try:
         for round_ in range(rounds):
             for at_once in (8, 1) if round_ % 2 == 0 else (1, 8):
-                registry.client._MANIFEST_DOWNLOADS = at_once
+                registry.garbage.MANIFEST_DOWNLOADS = at_once
                 started = time.perf_counter()
                 found = registry_.gc(older_than=timedelta(0), dry_run=True)
                 seconds[at_once].append(time.perf_counter() - started)
                 assert found == [], f"a dry-run gc found {found[:3]} in a store with no orphans"
     finally:
-        registry.client._MANIFEST_DOWNLOADS = default
+        registry.garbage.MANIFEST_DOWNLOADS = default
         registry_.close()
     eight, one = (statistics.median(seconds[k]) for k in (8, 1))
     return {"versions": versions, "rounds": rounds, "eight_at_once_s": eight,

@@ -26,22 +26,19 @@ import math
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
-from . import composition_store, store
+from . import composition_store, garbage, store
 from .artifacts import ArtifactStore, open_store
 from .artifacts.base import BytesMoved
 from .bundles import (
     Bundle,
-    Manifest,
     base_digests,
     download,
     inspect_folder,
@@ -55,11 +52,9 @@ from .entities import FUSION_MEMBERS, AdapterVersion, Composition, Event, Resolu
 from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
-    CorruptArtifactError,
     InvalidCompositionError,
     NoRegistryError,
     RegistryError,
-    SharedStoreError,
 )
 from .names import check_key, check_language, check_name, member_name, parse_ref
 from .settings import Settings
@@ -533,7 +528,7 @@ class Registry:
         production given one bucket) is collected only with all of them in ``shared_with``: a
         blob any of them refers to is kept. Registrations go on while gc reads every version's
         manifest; they wait only while it decides and deletes. ``on_progress(done, total)`` is
-        told the manifests read (a bar: one download per version).
+        told the manifests read (a bar: one download per version). How: :mod:`registry.garbage`.
         """
         if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
             raise TypeError(
@@ -542,153 +537,20 @@ class Registry:
             )
         if older_than < timedelta(0):
             raise RegistryError(f"gc: older_than must not be negative, got {older_than}")
-        others = self._sharing(shared_with)
-        self._refuse_a_shared_store(others, mark=not dry_run)
-        cutoff = datetime.now(UTC) - older_than
-        # Without the lock (registrations go on): what every version refers to, from each
-        # manifest (one download per version, the slow part), and the blobs old enough to go.
-        files_of: dict[str, set[str] | None] = {}  # manifest -> its files (None: missing)
-        referenced = self._referenced_digests(others)
-        self._read_manifests(referenced, files_of, on_progress)
-        self._refuse_missing_manifests(files_of, [self, *others])
-        keep = _kept(referenced, files_of)
-        candidates = [
-            b.digest
-            for b in self.artifacts.blobs()
-            if b.digest not in keep and b.modified <= cutoff
-        ]
-
-        def collect(session: Session) -> list[str]:
-            # Under the exclusive blob lock, in every registry sharing the store, no version is
-            # recorded while gc decides and deletes (each registration re-checks its blobs under
-            # the lock afterwards): the versions recorded since are read again, with the few
-            # manifests not read yet, and what they refer to is kept.
-            store.lock_blobs(session, exclusive=True)
-            referenced_now = store.referenced_digests(session)
-            with ExitStack() as held:
-                for other in others:
-                    other_session = held.enter_context(other.database.session())
-                    store.lock_blobs(other_session, exclusive=True)
-                    referenced_now |= store.referenced_digests(other_session)
-                self._read_manifests(referenced_now - files_of.keys(), files_of)
-                self._refuse_missing_manifests(files_of, [])  # (no new session under the lock)
-                keep_now = _kept(referenced_now, files_of)
-                doomed = [digest for digest in candidates if digest not in keep_now]
-                if not dry_run:
-                    self.artifacts.delete_many(doomed)
-            # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
-            return doomed + self.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
-
-        return self._write(collect)
-
-    def _referenced_digests(self, others: list[Registry]) -> set[str]:
-        """The manifest digests of every version of this registry and of ``others``."""
-        referenced: set[str] = set()
-        for registry in (self, *others):
-            referenced |= registry._read(store.referenced_digests)
-        return referenced
-
-    def _read_manifests(
-        self,
-        digests: Iterable[str],
-        files_of: dict[str, set[str] | None],
-        on_progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        """Add each manifest's file digests to ``files_of`` (None for one missing from the
-        store), downloading several at once: a store far away answers each request slowly."""
-        wanted = sorted(digests)
-        with ThreadPoolExecutor(max_workers=_MANIFEST_DOWNLOADS) as pool:
-            files = pool.map(self._manifest_files, wanted)
-            for done, (digest, listed) in enumerate(zip(wanted, files, strict=True), start=1):
-                files_of[digest] = listed
-                if on_progress is not None:
-                    on_progress(done, len(wanted))
-
-    def _manifest_files(self, digest: str) -> set[str] | None:
-        """The file digests manifest ``digest`` lists (None: it is not in the store)."""
-        try:
-            manifest = Manifest.from_bytes(self.artifacts.read_bytes(digest))
-        except FileNotFoundError:
-            return None
-        return {file_digest for _, file_digest, _ in manifest.files}
-
-    def _refuse_missing_manifests(
-        self, files_of: dict[str, set[str] | None], naming: list[Registry]
-    ) -> None:
-        """A version whose manifest is gone lists files gc cannot know: they would look
-        unreferenced, and deleting them would lose what re-registering could still restore.
-        ``naming``: the registries to look its name up in."""
-        missing = sorted(digest for digest, files in files_of.items() if files is None)
-        if not missing:
-            return
-        refs = sorted(
-            ref
-            for registry in naming
-            for ref in registry._read(lambda s: store.refs_with_digests(s, missing))
-        )
-        named = ", ".join(refs) or "a version"
-        raise CorruptArtifactError(
-            f"gc refused: the manifest of {named} is missing from the artifact store "
-            f"{self.artifacts.url} (sha256 {', '.join(missing)}), so the files it lists are "
-            "unknown and would look unreferenced. Push the version's folder again (the same "
-            f"bytes put its manifest back) or delete the version (`adapterops rm "
-            f"{refs[0] if refs else 'NAME@VERSION'}`); nothing was deleted"
-        )
-
-    def _sharing(self, shared_with: Sequence[Registry]) -> list[Registry]:
-        """The other registries ``gc`` keeps the files of, checked to share this store."""
         if isinstance(shared_with, Registry) or not isinstance(shared_with, Sequence):
             raise TypeError(
                 f"gc: shared_with is a list of Registry objects, not "
                 f"{type(shared_with).__name__}: gc(shared_with=[Registry(url, artifacts_url)])"
             )
-        others: dict[str, Registry] = {}
         for other in shared_with:
             if not isinstance(other, Registry):
                 raise TypeError(f"gc: shared_with holds Registry objects, not {other!r:.60}")
-            if other.artifacts.url != self.artifacts.url:
-                raise RegistryError(
-                    f"gc: the registry at {other.database.safe_url} stores its files in "
-                    f"{other.artifacts.url}, not in this registry's store {self.artifacts.url}: "
-                    "list only the registries that share this store (nothing was deleted)"
-                )
-            identity = other.identity
-            if identity != self.identity:
-                others[identity] = other
-        return list(others.values())
-
-    def _refuse_a_shared_store(self, sharing: list[Registry], *, mark: bool) -> None:
-        """gc only deletes in a store whose every writer it knows: another registry's versions
-        (a staging and a production database given one bucket) look unreferenced from here.
-        ``mark``: leave this registry's marker (a dry run writes nothing)."""
-        identity = self._mark_store() if mark else self.identity
-        known = {identity} | {other.identity for other in sharing}
-        others = {i: note for i, note in self.artifacts.writers().items() if i not in known}
-        if not others:
-            return
-        own = f" at {self.database.safe_url}"
-        earlier = sorted(i for i, note in others.items() if " ".join(note.split()).endswith(own))
-        if earlier:  # this database, recreated since (or its schema downgraded past 0006)
-            markers = ", ".join(self.artifacts.marker_uri(i) for i in earlier)
-            raise SharedStoreError(
-                f"gc refused: a registry at this same database ({self.database.safe_url}) wrote "
-                f"to {self.artifacts.url} under another id ({', '.join(earlier)}; this one is "
-                f"{identity}): the database was created again since, so the files of the "
-                "versions it held look unreferenced from here. If those versions are gone for "
-                f"good, delete the marker ({markers}) and run gc again (nothing was deleted)"
-            )
-        named = "; ".join(
-            f"{' '.join(note.split()) or i} (marker {self.artifacts.marker_uri(i)})"
-            for i, note in sorted(others.items())
-        )
-        raise SharedStoreError(
-            f"gc refused: the artifact store {self.artifacts.url} is shared with another "
-            f"registry, whose versions' files look unreferenced from here: {named}. Collect it "
-            "with every registry that writes to it (`adapterops gc --shared-with DATABASE_URL`, "
-            "once per other registry; from Python gc(shared_with=[Registry(url, "
-            "artifacts_url)])), or give each registry its own ADAPTEROPS_ARTIFACTS_URL (a folder "
-            "or S3 prefix of its own); if that registry is gone for good, delete its marker and "
-            "run gc again (nothing was deleted)"
+        return garbage.collect(
+            self,
+            older_than=older_than,
+            dry_run=dry_run,
+            shared_with=shared_with,
+            on_progress=on_progress,
         )
 
     def close(self) -> None:
@@ -786,8 +648,3 @@ def _check_event_kind(kind: str, *, composition: bool) -> None:
             f"event kind {kind!r}: kinds starting with {store.COMPOSITION_EVENT!r} belong to "
             "compositions' histories (record_composition_event)"
         )
-
-
-def _kept(manifests: set[str], files_of: dict[str, set[str] | None]) -> set[str]:
-    """The manifests and every file digest they list."""
-    return manifests.union(*(files_of.get(digest) or set() for digest in manifests))
