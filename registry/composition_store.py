@@ -278,7 +278,12 @@ def _composition_row(session: Session, ref: Ref) -> CompositionRow:
         adapter = session.scalars(
             select(AdapterRow.id).where(AdapterRow.name == ref.name).limit(1)
         ).first()
-        hint = f"; {ref.name!r} is an adapter (`adapterops show {ref.name}`)" if adapter else ""
+        hint = (  # whichever command it was (show, rm, alias, ...)
+            f"; {ref.name!r} is an adapter: give it to the same command without `composition` "
+            f"(`adapterops show {ref.name}`)"
+            if adapter
+            else ""
+        )
         raise NotFoundError(f"no composition {ref.name!r}{hint}")
     if ref.alias is not None:
         raise NotFoundError(

@@ -629,7 +629,10 @@ def _adapter_named(session: Session, name: str) -> AdapterRow:
             select(CompositionRow.id).where(CompositionRow.name == name).limit(1)
         ).first()
         if composition is not None:  # `show pt-sst2` for a saved stack: say where it is
-            hint = f"; {name!r} is a composition (`adapterops composition show {name}`)"
+            hint = (  # whichever command it was (show, rm, alias, ...)
+                f"; {name!r} is a composition: give it to the same command after `composition` "
+                f"(`adapterops composition show {name}`)"
+            )
         raise NotFoundError(f"no adapter named {name!r}{hint}")
     return row
 

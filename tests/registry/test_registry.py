@@ -1154,6 +1154,11 @@ class TestCompositions:
             registry.get("c@1")
         with pytest.raises(rg.NotFoundError, match=r"no composition 'a'; 'a' is an adapter"):
             registry.composition("a")
+        # the hint fits whichever command it was: `rm c` is `composition rm c`, and back
+        with pytest.raises(rg.NotFoundError, match=r"the same command after `composition`"):
+            registry.delete("c@1")
+        with pytest.raises(rg.NotFoundError, match=r"the same command without `composition`"):
+            registry.delete_composition("a@1")
 
     def test_a_fusion_is_no_member(self, registry, make_adapter):
         """It was saved, then refused at every load: its own members are not loaded with it."""
