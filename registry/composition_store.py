@@ -8,6 +8,7 @@ cannot be deleted under it); its number is never given again once deleted (read 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,15 @@ from .orm import (
     VersionRow,
     utcnow,
 )
-from .store import COMPOSITION_EVENT, _events, _listing, _log, _log_alias_set, get_version
+from .store import (
+    COMPOSITION_EVENT,
+    _chunks,
+    _events,
+    _listing,
+    _log,
+    _log_alias_set,
+    get_version,
+)
 
 __all__ = [
     "composition_history",
@@ -132,12 +141,10 @@ def composition_versions(session: Session, name: str) -> list[Composition]:
     """Every version of composition ``name`` that exists, oldest first (deleted ones leave
     gaps in the numbers)."""
     _composition_row(session, Ref(name))  # a clear error for an unknown composition
-    numbers = session.scalars(
-        select(CompositionRow.version)
-        .where(CompositionRow.name == name)
-        .order_by(CompositionRow.version)
-    )
-    return [get_composition(session, name, number) for number in numbers]
+    rows = session.scalars(
+        select(CompositionRow).where(CompositionRow.name == name).order_by(CompositionRow.version)
+    ).all()
+    return _entities(session, list(rows))
 
 
 def delete_composition(session: Session, ref: str, *, origin: str = "registry") -> Composition:
@@ -170,38 +177,64 @@ def delete_composition(session: Session, ref: str, *, origin: str = "registry") 
 
 def list_compositions(session: Session) -> list[Composition]:
     """The newest version of every composition, by name."""
-    names = session.scalars(select(CompositionRow.name).distinct().order_by(CompositionRow.name))
-    return [get_composition(session, name) for name in names]
+    newest = (
+        select(CompositionRow.name, func.max(CompositionRow.version).label("version"))
+        .group_by(CompositionRow.name)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(CompositionRow)
+        .join(
+            newest,
+            (newest.c.name == CompositionRow.name) & (newest.c.version == CompositionRow.version),
+        )
+        .order_by(CompositionRow.name)
+    ).all()
+    return _entities(session, list(rows))
 
 
 def get_composition(session: Session, name: str, version: int | None = None) -> Composition:
     """A composition version: ``name`` (the newest), ``name@3``, ``name@champion``, or ``name``
     with ``version``."""
     row = _composition_row(session, parse_ref(name) if version is None else Ref(name, version))
-    members = session.execute(
-        select(AdapterRow.name, VersionRow.version)
-        .join(VersionRow, VersionRow.adapter_id == AdapterRow.id)
-        .join(CompositionMemberRow, CompositionMemberRow.version_id == VersionRow.id)
-        .where(CompositionMemberRow.composition_id == row.id)
-        .order_by(CompositionMemberRow.position)
-    )
-    refs = tuple(f"{n}@{v}" for n, v in members)
-    aliases = session.scalars(
-        select(CompositionAliasRow.alias)
-        .where(CompositionAliasRow.composition_id == row.id)
-        .order_by(CompositionAliasRow.alias)
-    )
-    return Composition(
-        row.name,
-        row.version,
-        dict(row.definition),
-        refs,
-        row.description,
-        row.created_at,
-        dict(row.evaluation or {}),
-        tuple(aliases),
-        dict(row.metrics or {}),
-    )
+    return _entities(session, [row])[0]
+
+
+def _entities(session: Session, rows: list[CompositionRow]) -> list[Composition]:
+    """Entities for rows, loading their members and aliases in two queries (no N+1: a
+    composition retrained nightly has hundreds of versions)."""
+    ids = [row.id for row in rows]
+    members: dict[int, list[str]] = defaultdict(list)
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for chunk in _chunks(ids, 500):
+        for composition_id, adapter, number in session.execute(
+            select(CompositionMemberRow.composition_id, AdapterRow.name, VersionRow.version)
+            .join(VersionRow, CompositionMemberRow.version_id == VersionRow.id)
+            .join(AdapterRow, VersionRow.adapter_id == AdapterRow.id)
+            .where(CompositionMemberRow.composition_id.in_(chunk))
+            .order_by(CompositionMemberRow.composition_id, CompositionMemberRow.position)
+        ):
+            members[composition_id].append(f"{adapter}@{number}")
+        for composition_id, alias in session.execute(
+            select(CompositionAliasRow.composition_id, CompositionAliasRow.alias)
+            .where(CompositionAliasRow.composition_id.in_(chunk))
+            .order_by(CompositionAliasRow.alias)
+        ):
+            aliases[composition_id].append(alias)
+    return [
+        Composition(
+            row.name,
+            row.version,
+            dict(row.definition),
+            tuple(members[row.id]),
+            row.description,
+            row.created_at,
+            dict(row.evaluation or {}),
+            tuple(aliases[row.id]),
+            dict(row.metrics or {}),
+        )
+        for row in rows
+    ]
 
 
 def set_composition_alias(

@@ -1094,6 +1094,60 @@ class TestCompositions:
         with pytest.raises(rg.InUseError, match=r"composition pt-sst2@1"):
             registry.delete("sst2-en@1")
 
+    def test_listing_versions_costs_the_same_queries_for_few_and_many(self, registry, make_adapter):
+        """A composition retrained nightly has hundreds of versions: `composition show` and
+        `trend` list them all, in a fixed number of queries, each with its own members and
+        aliases."""
+        from sqlalchemy import event
+
+        register(registry, make_adapter(1), name="lang")
+        register(registry, make_adapter(2), name="task")
+
+        def statements(read) -> tuple[int, object]:
+            seen: list[str] = []
+
+            def count(conn, cursor, statement, *args) -> None:
+                seen.append(statement)
+
+            event.listen(registry.database.engine, "before_cursor_execute", count)
+            try:
+                result = read()
+            finally:
+                event.remove(registry.database.engine, "before_cursor_execute", count)
+            return len(seen), result
+
+        def save_versions(count: int) -> None:
+            for _ in range(count):
+                register(registry, make_adapter(3 + len(registry.history("task"))), name="task")
+                registry.register_composition("c", {"type": "stack"}, ["lang", "task"])
+
+        save_versions(2)
+        few, _ = statements(lambda: registry.composition_versions("c"))
+        few_listed, _ = statements(registry.compositions)
+        save_versions(10)
+        registry.set_composition_alias("c@3", "champion")
+        registry.set_composition_alias("c@12", "challenger")
+        for name in ("d", "e"):
+            registry.register_composition(name, {"type": "stack"}, ["task", "lang"])
+        many, versions = statements(lambda: registry.composition_versions("c"))
+        many_listed, listed = statements(registry.compositions)
+        assert (many, many_listed) == (few, few_listed)
+        assert [v.version for v in versions] == list(range(1, 13))
+        task_versions = [v.version for v in registry.find(name="task")]
+        assert [v.members for v in versions] == [
+            ("lang@1", f"task@{n}") for n in sorted(task_versions)[1:]
+        ]
+        assert {v.version: v.aliases for v in versions if v.aliases} == {
+            3: ("champion",),
+            12: ("challenger",),
+        }
+        assert [(c.name, c.version, c.aliases) for c in listed] == [
+            ("c", 12, ("challenger",)),
+            ("d", 1, ()),
+            ("e", 1, ()),
+        ]
+        assert listed[1].members == ("task@13", "lang@1")
+
     def test_definitions_come_out_in_the_one_shape(self, registry, make_adapter):
         import peft_core as pc
 
