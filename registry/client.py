@@ -526,9 +526,9 @@ class Registry:
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record). A store other registries write to too (staging and
         production given one bucket) is collected only with all of them in ``shared_with``: a
-        blob any of them refers to is kept. Registrations go on while gc reads every version's
-        manifest; they wait only while it decides and deletes. ``on_progress(done, total)`` is
-        told the manifests read (a bar: one download per version). How: :mod:`registry.garbage`.
+        blob any of them refers to is kept. Registrations wait only while it decides and
+        deletes. ``on_progress(done, total)`` is told the manifests downloaded (a bar: those of
+        versions registered before schema 0008, once). How: :mod:`registry.garbage`.
         """
         if not isinstance(older_than, timedelta):  # 3600 meant seconds? minutes? Say which.
             raise TypeError(

@@ -6,8 +6,9 @@ store, once older than a grace period (a registration uploads its bytes before r
 is garbage. :func:`collect` works in two phases so registrations are held up as little as
 possible:
 
-1. Without any lock: read every version's manifest (one download each, the slow part) and list
-   the blobs old enough to go.
+1. Without any lock: what every version's manifest lists (recorded in SQL at registration,
+   :mod:`registry.manifest_files`; a manifest recorded before revision 0008 is downloaded once,
+   the slow part, and recorded then) and the blobs old enough to go.
 2. Under each registry's exclusive blob lock (no version is recorded meanwhile): read again the
    versions recorded since phase 1, with their few new manifests, and delete the candidates none
    of them refers to.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from . import store
+from . import manifest_files, store
 from .bundles import Manifest
 from .errors import CorruptArtifactError, RegistryError, SharedStoreError
 
@@ -56,9 +57,12 @@ def collect(
     files_of: FilesOf = {}
     referenced: set[str] = set()
     for each in (registry, *others):
-        referenced |= each._read(store.referenced_digests)
-    _read_manifests(registry, referenced, files_of, on_progress)
+        referenced |= each._read(lambda s: _recorded(s, files_of))
+    downloaded = _download_manifests(registry, referenced - files_of.keys(), on_progress)
+    files_of |= downloaded
     _refuse_missing_manifests(registry, files_of, [registry, *others])
+    if not dry_run and downloaded:  # recorded once: the next gc reads them from SQL
+        registry._write(lambda s: _record(s, downloaded))
     keep = _kept(referenced, files_of)
     candidates = [
         blob.digest
@@ -70,31 +74,52 @@ def collect(
         # Each registration re-checks its blobs under the shared lock after gc lets go, so
         # holding every registry's exclusive lock here is what makes the deletion safe.
         store.lock_blobs(session, exclusive=True)
-        referenced_now = store.referenced_digests(session)
+        referenced_now = _recorded(session, files_of)
         with ExitStack() as held:
+            sessions = [session]
             for other in others:
-                other_session = held.enter_context(other.database.session())
-                store.lock_blobs(other_session, exclusive=True)
-                referenced_now |= store.referenced_digests(other_session)
-            _read_manifests(registry, referenced_now - files_of.keys(), files_of)
+                sessions.append(held.enter_context(other.database.session()))
+                store.lock_blobs(sessions[-1], exclusive=True)
+                referenced_now |= _recorded(sessions[-1], files_of)
+            # a version recorded meanwhile by code older than revision 0008: download it
+            new = _download_manifests(registry, referenced_now - files_of.keys())
+            files_of.update(new)
             _refuse_missing_manifests(registry, files_of, [])  # (no new session under the lock)
             keep_now = _kept(referenced_now, files_of)
             doomed = [digest for digest in candidates if digest not in keep_now]
             if not dry_run:
+                _record(session, new)
                 registry.artifacts.delete_many(doomed)
+                for each in sessions:
+                    manifest_files.forget(each, doomed)
         # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
         return doomed + registry.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
     return registry._write(decide_and_delete)
 
 
-def _read_manifests(
+def _recorded(session: Session, files_of: FilesOf) -> set[str]:
+    """Every version's manifest digest in ``session``'s registry; adds the files recorded for
+    each (not yet in ``files_of``) to ``files_of``."""
+    referenced = store.referenced_digests(session)
+    files_of.update(manifest_files.files_of(session, referenced - files_of.keys()))
+    return referenced
+
+
+def _record(session: Session, downloaded: FilesOf) -> None:
+    """Record the files of the manifests downloaded (those found: None is a missing one)."""
+    for manifest, files in downloaded.items():
+        if files is not None:
+            manifest_files.record(session, manifest, files)
+
+
+def _download_manifests(
     registry: Registry,
     digests: Iterable[str],
-    files_of: FilesOf,
     on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Add each manifest's file digests to ``files_of``, downloading several at once."""
+) -> FilesOf:
+    """The files each manifest lists (None: missing from the store), read from the store,
+    several at once: a store far away answers each request slowly."""
 
     def files_listed(digest: str) -> set[str] | None:
         try:
@@ -104,12 +129,16 @@ def _read_manifests(
         return {file_digest for _, file_digest, _ in manifest.files}
 
     wanted = sorted(digests)
+    found: FilesOf = {}
+    if not wanted:
+        return found
     with ThreadPoolExecutor(max_workers=MANIFEST_DOWNLOADS) as pool:
         listed = pool.map(files_listed, wanted)
         for done, (digest, files) in enumerate(zip(wanted, listed, strict=True), start=1):
-            files_of[digest] = files
+            found[digest] = files
             if on_progress is not None:
                 on_progress(done, len(wanted))
+    return found
 
 
 def _refuse_missing_manifests(

@@ -33,6 +33,7 @@ __all__ = [
     "CompositionMemberRow",
     "CompositionRow",
     "EventRow",
+    "ManifestFileRow",
     "MetricRow",
     "RegistryIdentityRow",
     "VersionRow",
@@ -118,6 +119,17 @@ class VersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     adapter: Mapped[AdapterRow] = relationship(lazy="raise")
+
+
+class ManifestFileRow(Base):
+    """One file a stored manifest lists, by digest: what gc keeps for each version, read here
+    instead of downloading every version's manifest on each run. Both digests are of immutable
+    content, so a row never goes stale; rows go when gc deletes their manifest."""
+
+    __tablename__ = "manifest_files"
+
+    manifest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    file: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class MetricRow(Base):

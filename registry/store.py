@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
+from . import manifest_files
 from .bundles import Bundle
 from .entities import FUSION_MEMBERS, AdapterVersion, Event, Resolution, UsedBy
 from .errors import (
@@ -155,6 +156,9 @@ def register_version(
             VersionRow.adapter_id == adapter.id, VersionRow.digest == bundle.manifest.digest
         )
     ).first()
+    manifest_files.record(  # what gc keeps for this version, without downloading its manifest
+        session, bundle.manifest.digest, (digest for _, digest, _ in bundle.manifest.files)
+    )
     if existing is not None:
         return _entities(session, [(existing, adapter, base)])[0], False
     latest = session.scalar(

@@ -383,17 +383,17 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     shown = run(env, "db", "status")
     assert (
         shown.returncode == 0
-        and "schema     none, this code needs 0007: run `adapterops db upgrade`" in shown.stdout
+        and "schema     none, this code needs 0008: run `adapterops db upgrade`" in shown.stdout
     )
-    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0007"}
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0008"}
     again = run(env, "db", "upgrade")
     assert again.returncode == 0 and again.stdout.endswith(
-        ": schema already at 0007 (the newest)\n"
+        ": schema already at 0008 (the newest)\n"
     )
     assert ok_json(run(env, "ls", "--json")) == []
     status = ok_json(run(env, "db", "status", "--json"))
     assert status["database"] == postgres.url("cli_upgrade").replace(postgres.password, "***")
-    assert (status["revision"], status["up_to_date"]) == ("0007", True)
+    assert (status["revision"], status["up_to_date"]) == ("0008", True)
     assert (status["adapters"], status["versions"], status["compositions"]) == (0, 0, 0)
     assert status["other_writers"] == {} and len(status["identity"]) == 36
 
@@ -414,17 +414,17 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
     registry.close()
     Database(url).downgrade("0005")
     behind = ok_json(run(env, "db", "status", "--json"))
-    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0007", False)
+    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0008", False)
     assert Database(url, auto_migrate=False, verify=False).revision() == "0005"  # untouched
     assert ok_json(run(env, "db", "upgrade", "--json")) == {
         "ok": True,
         "from": "0005",
-        "to": "0007",
+        "to": "0008",
     }
     shown = run(env, "db", "status")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[1:4] == [
-        "schema     0007 (the newest)",
+        "schema     0008 (the newest)",
         f"id         {Registry(url, (tmp_path / 'home' / 'artifacts').as_uri()).identity}",
         "holds      1 adapter(s), 1 version(s), 0 composition(s)",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -122,4 +123,32 @@ def test_0007_gives_composition_versions_metrics_and_its_downgrade_drops_them(
     assert registry.composition("scored").metrics == {}  # written before 0007: none
     again = registry.register_composition("scored", {"type": "stack"}, ["lang"], metrics={"f1": 1})
     assert registry.composition(again.ref).metrics == {"f1": 1.0}
+    registry.close()
+
+
+def test_0008_records_manifests_files_and_gc_fills_in_the_older_ones(
+    locations, make_adapter, monkeypatch
+):
+    """Versions registered before 0008 have no rows: the first gc downloads their manifests
+    and records them, so the next reads SQL only; the downgrade drops the table."""
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    old = register(registry, make_adapter(1), name="old")
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0007")
+    assert "manifest_files" not in sa.inspect(db.engine).get_table_names()
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    new = register(registry, make_adapter(2), name="new")
+    downloaded, real_read_bytes = [], registry.artifacts.read_bytes
+    monkeypatch.setattr(
+        registry.artifacts, "read_bytes", lambda d: downloaded.append(d) or real_read_bytes(d)
+    )
+    assert registry.gc(older_than=timedelta(0)) == []
+    assert downloaded == [old.digest]  # not new's: recorded when it was registered
+    downloaded.clear()
+    assert registry.gc(older_than=timedelta(0)) == [] and downloaded == []
+    assert new.digest != old.digest
     registry.close()

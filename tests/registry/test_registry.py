@@ -28,6 +28,18 @@ def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **ove
     return reg.register(folder, name=name, **fields)
 
 
+def recorded_manifests(reg: Registry) -> set[str]:
+    """The manifests whose files the registry's SQL knows (``manifest_files``)."""
+    with reg.database.engine.connect() as connection:
+        return set(connection.scalars(sa.text("SELECT DISTINCT manifest FROM manifest_files")))
+
+
+def as_if_registered_before_0008(reg: Registry) -> None:
+    """Forget every manifest's files, as a registry upgraded from 0007 has none recorded."""
+    with reg.database.engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM manifest_files"))
+
+
 def another_registry(locations, tmp_path: Path, request) -> tuple[Registry, str]:
     """A second registry (its own database, on the same kind of server) over the same store, as
     a staging registry given production's bucket; and its database URL."""
@@ -749,13 +761,14 @@ class TestBytes:
     def test_registrations_go_on_while_gc_reads_the_manifests(
         self, registry, locations, make_adapter, tmp_path, monkeypatch
     ):
-        """gc downloads one manifest per version (minutes at scale) before it takes the blob
-        lock, which it holds only to decide and delete: a registration meanwhile is not held
+        """gc downloads the manifests no registration recorded (minutes at scale, once, after
+        an upgrade from 0007) before it takes the blob lock, which it holds only to decide and delete: a registration meanwhile is not held
         up, and the orphaned bytes it registers again are kept."""
         register(registry, make_adapter(1))
         folder = make_adapter(2)
         gone = register(registry, folder, name="gone")
         registry.delete(gone.ref)  # its blobs are orphans now
+        as_if_registered_before_0008(registry)  # so gc downloads the manifests
         other, meanwhile = Registry(*locations), []
         real_read_bytes = registry.artifacts.read_bytes
 
@@ -786,6 +799,7 @@ class TestBytes:
         register(registry, make_adapter(2), name="gone")
         registry.delete("gone@1")
         registry.artifacts.delete(broken.digest)  # the store lost the manifest
+        as_if_registered_before_0008(registry)  # and SQL never knew its files
         blobs = {b.digest for b in registry.artifacts.blobs()}
         with pytest.raises(rg.CorruptArtifactError) as refused:
             registry.gc(older_than=timedelta(0))
@@ -800,6 +814,68 @@ class TestBytes:
         assert register(registry, folder).ref == broken.ref  # the same bytes: put back
         assert len(registry.gc(older_than=timedelta(0))) == 2  # gone@1's manifest and tensors
         registry.fetch(broken.ref, folder.parent / "pulled")  # whole again, every file verified
+
+    def test_gc_reads_what_manifests_list_from_sql_not_from_the_store(
+        self, registry, make_adapter, tmp_path, monkeypatch
+    ):
+        """A registration records its manifest's files, so gc downloads no manifest (it did,
+        one per version, on every run); the rows of the manifests it deletes go with them."""
+        kept = register(registry, make_adapter(1))
+        gone = register(registry, make_adapter(2), name="gone")
+        assert recorded_manifests(registry) == {kept.digest, gone.digest}
+        registry.delete(gone.ref)
+
+        def no_download(digest):
+            raise AssertionError(f"gc downloaded {digest}")
+
+        monkeypatch.setattr(registry.artifacts, "read_bytes", no_download)
+        assert len(registry.gc(older_than=timedelta(0), dry_run=True)) == 2
+        removed = registry.gc(older_than=timedelta(0))
+        assert gone.digest in removed and len(removed) == 2  # manifest and tensors
+        monkeypatch.undo()
+        assert recorded_manifests(registry) == {kept.digest}
+        registry.fetch(kept.ref, tmp_path / "whole")
+
+    def test_manifests_recorded_before_0008_are_downloaded_once(
+        self, registry, make_adapter, monkeypatch
+    ):
+        """A registry upgraded from 0007 knows no manifest's files: the first gc downloads
+        each and records it (a dry run writes nothing); the next downloads none."""
+        versions = [register(registry, make_adapter(n), name=f"a{n}") for n in (1, 2, 3)]
+        as_if_registered_before_0008(registry)
+        read, real_read_bytes = [], registry.artifacts.read_bytes
+
+        def counted(digest):
+            read.append(digest)
+            return real_read_bytes(digest)
+
+        monkeypatch.setattr(registry.artifacts, "read_bytes", counted)
+        assert registry.gc(older_than=timedelta(0), dry_run=True) == []
+        assert (sorted(read), recorded_manifests(registry)) == (
+            sorted(v.digest for v in versions),
+            set(),
+        )
+        read.clear()
+        assert registry.gc(older_than=timedelta(0)) == []
+        assert len(read) == 3 and recorded_manifests(registry) == {v.digest for v in versions}
+        read.clear()
+        assert registry.gc(older_than=timedelta(0)) == []
+        assert read == []
+
+    def test_a_lost_manifest_whose_files_sql_knows_keeps_them(self, registry, make_adapter):
+        """Its files are known from SQL: gc keeps them and collects the real orphans, and
+        pushing the folder again makes the version whole."""
+        folder = make_adapter(1)
+        lost = register(registry, folder)
+        gone = register(registry, make_adapter(2), name="gone")
+        registry.delete(gone.ref)
+        registry.artifacts.delete(lost.digest)  # the store lost the manifest
+        before = {b.digest for b in registry.artifacts.blobs()}
+        removed = registry.gc(older_than=timedelta(0))
+        assert gone.digest in removed and len(removed) == 2
+        assert {b.digest for b in registry.artifacts.blobs()} == before - set(removed)
+        assert register(registry, folder).ref == lost.ref
+        registry.fetch(lost.ref, folder.parent / "pulled")  # every file verified
 
     def test_gc_deletes_in_batches(self, registry, make_adapter, tmp_path, monkeypatch):
         """gc holds the blob lock (registrations wait) while it deletes: on S3 one DeleteObjects
@@ -1030,7 +1106,9 @@ class TestBytes:
             assert words in str(raised.value)
         with pytest.raises(rg.SharedStoreError, match=r"adapterops gc --shared-with"):
             registry.gc(older_than=timedelta(0), shared_with=[registry])  # itself: no one else
-        told: list[tuple[int, int]] = []  # a bar: the manifests of both registries' versions
+        for each in (registry, staging):  # so gc downloads both registries' manifests
+            as_if_registered_before_0008(each)
+        told: list[tuple[int, int]] = []  # a bar: the manifests downloaded
         planned = registry.gc(
             older_than=timedelta(0), dry_run=True, shared_with=[staging],
             on_progress=lambda done, total: told.append((done, total)),
