@@ -516,7 +516,8 @@ def read_spec_document(file: Path, overrides: list[str] | None = None) -> Any:
     """The spec file's YAML document with ``overrides`` applied; unreadable files are spec
     errors."""
     if not file.is_file():
-        raise SpecError(str(file), [("(file)", "no such file")])
+        what = "not a regular file; give a spec file (YAML)" if file.exists() else "no such file"
+        raise SpecError(str(file), [("(file)", what)])
     size = file.stat().st_size
     if size > MAX_SPEC_BYTES:
         raise SpecError(

@@ -257,6 +257,13 @@ def check_folder_to_write(folder: str | Path, action: str) -> None:
             f"cannot {action} into {path}: this user cannot write in {existing}; give a folder "
             "you can write to"
         )
+    try:  # the permission bits can allow what the filesystem refuses (/proc, /sys, root on NFS)
+        os.rmdir(tempfile.mkdtemp(prefix=".adapterops-can-write-", dir=existing))
+    except OSError as exc:
+        raise AdapterFolderError(
+            f"cannot {action} into {path}: {existing} refuses new folders ({exc.strerror}); "
+            "give a folder you can write to"
+        ) from None
 
 
 def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -> None:

@@ -16,8 +16,10 @@ from registry.redaction import RedactingStream
 
 from . import build, database, lifecycle, operate, registry, review
 from .common import (
+    EXIT_FAILURE,
     emit_json,
     errors,
+    full_or_read_only_disk,
     labelled,
     plain_warnings,
     quiet_foreign_deprecations,
@@ -93,9 +95,24 @@ def main() -> None:
         if not json_output:
             errors.print("Aborted.", highlight=False)
         sys.exit(1)
+    except OSError as exc:  # a full disk is the machine's state, not a bug: one line, exit 1
+        message = full_or_read_only_disk(exc)
+        if message is None:
+            raise
+        _drop_unwritten_output()
+        errors.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FAILURE)
     # without standalone mode a typer.Exit(code) comes back as its code; a command's own
     # return value (None) means success
     sys.exit(outcome if type(outcome) is int else 0)
+
+
+def _drop_unwritten_output() -> None:
+    """Point stdout at /dev/null: what it still buffers cannot be written (the disk is full), and
+    Python's flush at exit would print a second error about it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    os.close(devnull)
 
 
 def _report_usage_error(exc: typer.TyperException, *, json_output: bool) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -347,6 +348,8 @@ def require_spec_file(path: Path) -> None:
         raise DataError(f"{path} is a folder: give one spec file (retrain and deploy take folders)")
     if not path.exists():
         raise DataError(f"{path}: no such spec file")
+    if not path.is_file():  # /dev/null, a pipe: read_spec_document said "no such file"
+        raise DataError(f"{path} is not a regular file: give a spec file (YAML)")
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -398,6 +401,24 @@ def _unreachable_hint(exc: Exception) -> str:
     )
 
 
+# What the machine, not the command, got wrong while writing: the way on for each.
+_FULL_OR_READ_ONLY = {
+    errno.ENOSPC: "free space there, or write somewhere else",
+    errno.EDQUOT: "this user's disk quota is used up: free some, or write somewhere else",
+    errno.EROFS: "that filesystem is mounted read-only: write somewhere else",
+}
+
+
+def full_or_read_only_disk(exc: BaseException) -> str | None:
+    """One line for a write the machine refused (disk full, quota, read-only filesystem),
+    naming the file where the error does (not stdout, not every library's) and the way on; None
+    for any other error."""
+    if not isinstance(exc, OSError) or exc.errno not in _FULL_OR_READ_ONLY:
+        return None
+    where = f"writing {exc.filename}" if exc.filename else "writing what the command writes"
+    return f"{exc.strerror} {where}: {_FULL_OR_READ_ONLY[exc.errno]}"
+
+
 @contextmanager
 def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[None]:
     """Turn bad input into one clear message and exit code 2, never a traceback.
@@ -412,8 +433,13 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
     except Exception as exc:
         bad_input = isinstance(exc, _user_error_types())
         if not bad_input and not one_line_failures:
-            raise
-        message = str(exc) if bad_input else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            raise  # a full disk too: main() says it in one line
+        message = (
+            str(exc)
+            if bad_input
+            else full_or_read_only_disk(exc)
+            or f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        )
         message += _unreachable_hint(exc)
         message = redact(message)  # other libraries' errors may quote a URL with its password
         if as_json:

@@ -373,6 +373,10 @@ class TestBasics:
             (("plan", "typo.yaml"), "typo.yaml: no such spec file"),
             (("plan", "."), ". is a folder: give one spec file (retrain and deploy take folders)"),
             (
+                ("train", "/dev/null", "--out", "out"),
+                "/dev/null is not a regular file: give a spec file (YAML)",
+            ),
+            (
                 ("retrain", "typo.yaml"),
                 "typo.yaml: no such spec file or folder (nothing was built)",
             ),
@@ -600,3 +604,26 @@ def test_a_build_the_gate_kept_out_names_the_diff_to_read():
     assert what_changed_hint({**kept_out, "promoted": True}, "champion") == ""
     # diverged, or nothing to beat: no champion was weighed
     assert what_changed_hint({**kept_out, "champion_metric": None}, "champion") == ""
+
+
+@pytest.mark.parametrize("args", [("methods",), ("methods", "--json")])
+def test_a_full_disk_is_one_line_and_exit_1(args):
+    """The machine refused a write (disk full, quota, read-only filesystem): one line that says
+    so and the way on, exit 1, not a traceback (and no second error from Python's flush at exit).
+    /dev/full answers every write with ENOSPC."""
+    executable = Path(sys.executable).parent / "adapterops"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [str(executable), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=600,
+            check=False,
+        )
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: No space left on device writing what the command writes: free space there, or "
+        "write somewhere else\n",
+    )

@@ -339,6 +339,9 @@ class TestBadInput:
             "folder (new or existing) to write the adapter's files into"
         )
         assert a_file.read_text() == "mine"
+        refused = Path("/proc/adapterops-no-folder")  # the permission bits allow it (as root)
+        with pytest.raises(rg.AdapterFolderError, match=rf"cannot download .* into {refused}: "):
+            registry.fetch(version.ref, refused)
         manifest = Manifest.from_bytes(_blob_bytes(registry, version.digest))
         _, tensor_digest, _ = next(f for f in manifest.files if f[0] == "adapter.safetensors")
         registry.artifacts.delete(tensor_digest)  # a broken store: the download fails midway
