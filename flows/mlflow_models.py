@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import AdapterVersion, Event, NotFoundError, Registry
+from registry import AdapterVersion, Event, Registry
 
 from .tracking import mlflow_errors
 
@@ -280,18 +280,19 @@ def drop_deleted_mirrors(
     left: the sync warns about that alias instead."""
     with mlflow_errors("list registered models"):
         models = registered_models(client)
+    # one query each, whatever the number of models (a shared server holds other registries'
+    # models too: a name with no deletion here is skipped, ours or not)
+    deleted_of = {
+        False: registry.deleted_versions(),
+        True: registry.deleted_versions(compositions=True),
+    }
     dropped: list[str] = []
     for model in models:
         composition = model.name.startswith(COMPOSITION_PREFIX)
         name = model.name.removeprefix(COMPOSITION_PREFIX)
         if names is not None and name not in names:
             continue
-        try:  # a shared MLflow server holds other registries' models too: not ours
-            events = registry.composition_history(name) if composition else registry.history(name)
-        except NotFoundError:
-            continue
-        kind = "composition_deleted" if composition else "deleted"
-        deleted = {e.version for e in events if e.kind == kind}  # numbers are never reused
+        deleted = deleted_of[composition].get(name)
         if not deleted:
             continue
         held = {str(v) for v in client.get_registered_model(model.name).aliases.values()}

@@ -337,6 +337,11 @@ class Registry:
         _check_type("history: name", name, str, "an adapter's name", optional=False)
         return self._read(lambda s: store.history(s, name))
 
+    def deleted_versions(self, *, compositions: bool = False) -> dict[str, set[int]]:
+        """The numbers of every deleted version, by adapter name (``compositions``: by
+        composition name), from the event logs in one query: what MLflow mirrors must drop."""
+        return self._read(lambda s: store.deleted_versions(s, compositions=compositions))
+
     def composition(self, name: str, version: int | None = None) -> Composition:
         """A saved composition: ``name`` (the newest version), ``name@2``, ``name@champion``, or
         ``name`` with ``version``."""

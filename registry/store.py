@@ -43,6 +43,7 @@ from .orm import (
 __all__ = [
     "check_fusion_members",
     "delete_version",
+    "deleted_versions",
     "find_versions",
     "fusion_members",
     "get_version",
@@ -315,6 +316,19 @@ def history(session: Session, name: str) -> list[Event]:
     """Every event of adapter ``name``, oldest first."""
     _adapter_named(session, name)
     return _events(session, name, EventRow.kind.not_like(f"{COMPOSITION_EVENT}%"))
+
+
+def deleted_versions(session: Session, *, compositions: bool = False) -> dict[str, set[int]]:
+    """Deleted version numbers by adapter (or composition) name, from their ``deleted`` events
+    (numbers are never given again, so a number once deleted stays deleted)."""
+    kind = f"{COMPOSITION_EVENT}_deleted" if compositions else "deleted"
+    found: dict[str, set[int]] = defaultdict(set)
+    for name, version in session.execute(
+        select(EventRow.adapter_name, EventRow.version).where(EventRow.kind == kind)
+    ):
+        if version is not None:  # (a deletion always names its version)
+            found[name].add(version)
+    return dict(found)
 
 
 def _events(session: Session, name: str, kinds: Any) -> list[Event]:

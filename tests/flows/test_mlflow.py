@@ -354,6 +354,37 @@ class TestAliasesThroughMlflow:
         left = client.search_model_versions("name='sst2-en'")
         assert [v.tags["adapterops.version"] for v in left] == ["1"]
 
+    def test_dropping_deleted_mirrors_reads_the_registry_once_however_many_models(
+        self, registry, two_versions
+    ):
+        """Every sync drops the mirrors of deleted versions: it read each MLflow model's whole
+        history from the registry (a shared server holds hundreds of models, most of them
+        another registry's); now one query for adapters and one for compositions."""
+        from sqlalchemy import event
+
+        client = two_versions
+        registry.delete("sst2-en@2")
+        seen: list[str] = []
+
+        def count(conn, cursor, statement, *args) -> None:
+            seen.append(statement)
+
+        def statements_of_a_drop() -> tuple[int, list[str]]:
+            seen.clear()
+            event.listen(registry.database.engine, "before_cursor_execute", count)
+            try:
+                dropped = drop_deleted_mirrors(registry, client)
+            finally:
+                event.remove(registry.database.engine, "before_cursor_execute", count)
+            return len(seen), dropped
+
+        few, dropped = statements_of_a_drop()
+        assert dropped == ["sst2-en@2"]
+        for number in range(5):  # another registry's models on the same server
+            client.create_registered_model(f"elsewhere-{number}")
+        many, dropped_again = statements_of_a_drop()
+        assert (many, dropped_again) == (few, [])
+
     def test_a_composition_alias_set_on_a_deleted_version_is_said_not_followed(
         self, registry, two_versions
     ):

@@ -743,6 +743,20 @@ class TestBytes:
             registry.fetch(version.ref, tmp_path / "second")
         assert not (tmp_path / "second" / "adapter.safetensors").exists()
 
+    def test_deleted_versions_are_listed_by_name_for_adapters_and_compositions(
+        self, registry, make_adapter
+    ):
+        for seed in (1, 2, 3):
+            register(registry, make_adapter(seed), name="a")
+        registry.register_composition("c", {"type": "stack"}, ["a@1"])
+        registry.register_composition("c", {"type": "stack"}, ["a@3"])
+        assert registry.deleted_versions() == {} == registry.deleted_versions(compositions=True)
+        registry.delete("a@2")
+        registry.delete_composition("c@1")
+        registry.delete("a@1")  # free once c@1 is gone
+        assert registry.deleted_versions() == {"a": {1, 2}}
+        assert registry.deleted_versions(compositions=True) == {"c": {1}}
+
     def test_delete_refuses_referenced_versions_then_gc_frees_bytes(
         self, registry, make_adapter, tmp_path
     ):
