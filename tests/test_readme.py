@@ -43,6 +43,7 @@ def test_the_readmes_python_examples_run_in_order(tmp_path, monkeypatch):
         "lang-pt@1", "minilm-sst2-en-lora@1",
     )  # fmt: skip
     assert registry.used_by("lang-pt@1").compositions == ("pt-sst2@1",)
+    assert registry.deleted_versions() == {"minilm-sst2-en-lora": {2}}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "lang-pt", "sst2", "sst2-converted", "sst2-peft", "sst2-retrained",
     ]  # fmt: skip
