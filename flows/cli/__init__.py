@@ -137,13 +137,17 @@ def _report_usage_error(exc: typer.TyperException, *, json_output: bool) -> int:
 def use_our_prefect_home() -> None:
     """Prefect's temporary server (no ``PREFECT_API_URL``) keeps its state under
     ``$ADAPTEROPS_HOME/prefect``, not ``~/.prefect``, and sends no telemetry: offline machines got
-    a long telemetry traceback on every build. Variables already set win. The folder itself is
-    made only when a flow runs (``common.prefect_answers``): ``--help`` and the registry's
-    commands write nothing."""
+    a long telemetry traceback on every build; it may take 90 s to start. Variables already set
+    win. The folder itself is made only when a flow runs (``common.prefect_answers``): ``--help``
+    and the registry's commands write nothing."""
     from registry.settings import adapterops_home  # noqa: PLC0415
 
     os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for it; its first start migrates a new database, which on a busy
+    # 2-core CI runner took longer ("Timed out while attempting to connect to ephemeral
+    # Prefect API server", the build failed)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def load_stack_env() -> None:
