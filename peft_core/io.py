@@ -124,9 +124,23 @@ def metadata(model: nn.Module, record: AdapterRecord, tokenizer: Any = None) -> 
     }
 
 
+def require_adapter_folder(folder: Path) -> None:
+    """A clear error for a path that is not a folder at all: missing, or a file (a user who
+    gives ``adapter_model.safetensors`` itself meant the folder holding it)."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise AdapterFormatError(
+            f"{folder} is a file, not an adapter folder: give the folder the adapter was saved "
+            f"into (the one holding {ADAPTER_META} or adapter_config.json)"
+        )
+    raise AdapterFormatError(f"adapter folder {folder} does not exist")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a saved adapter folder (our format or our PEFT export)."""
     folder = Path(path)
+    require_adapter_folder(folder)
     for file_name in (ADAPTER_META, "adapterops.json"):
         if (folder / file_name).is_file():
             try:

@@ -16,7 +16,14 @@ from .adapterhub import WEIGHTS as ADAPTERHUB_WEIGHTS
 from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
 from .errors import AdapterFormatError, ConfigError
 from .heads import HeadKind
-from .io import ADAPTER_META, ADAPTER_WEIGHTS, metadata, read_ours, write_ours
+from .io import (
+    ADAPTER_META,
+    ADAPTER_WEIGHTS,
+    metadata,
+    read_ours,
+    require_adapter_folder,
+    write_ours,
+)
 from .layer import base_compute_dtype
 from .peft_format import OUR_METADATA, PEFT_CONFIG, PEFT_WEIGHTS, read_peft, write_peft
 from .probes import PROBES_FILE
@@ -110,8 +117,7 @@ def load_adapter(
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"load_adapter takes a folder, not {type(path).__name__} {path!r:.40}")
     folder = Path(path)
-    if not folder.is_dir():
-        raise AdapterFormatError(f"adapter folder {folder} does not exist")
+    require_adapter_folder(folder)
     if (folder / ADAPTER_META).is_file() and (folder / PEFT_CONFIG).is_file():
         raise AdapterFormatError(  # which one the user meant is not ours to guess
             f"{folder} holds two adapters' files: {ADAPTER_META} (peft_core's format) and "
@@ -150,6 +156,7 @@ def convert_adapter(
     from .plan import build_on_meta  # noqa: PLC0415 - plan imports the methods
 
     folder = Path(path)
+    require_adapter_folder(folder)
     if not (folder / ADAPTER_META).is_file():
         raise AdapterFormatError(
             f"{folder} has no {ADAPTER_META}: convert_adapter reads our format"

@@ -354,6 +354,21 @@ class TestLoadErrors:
         with pytest.raises(pc.AdapterFormatError, match=r"not an adapter folder"):
             pc.load_adapter(model, tmp_path / "empty")
 
+    def test_a_file_given_for_the_folder_is_named_a_file(self, tiny_model, saved):
+        """Giving the weights file itself said "adapter folder ... does not exist", though it
+        does: the user meant the folder that holds it."""
+        weights = saved / "adapter.safetensors"
+        assert weights.is_file()
+        model = tiny_model("bert", "classification")
+        expected = rf"{weights} is a file, not an adapter folder: give the folder"
+        with pytest.raises(pc.AdapterFormatError, match=expected):
+            pc.load_adapter(model, weights)
+        with pytest.raises(pc.AdapterFormatError, match=expected):
+            pc.convert_adapter(weights, saved.parent / "out", model.config)
+        with pytest.raises(pc.AdapterFormatError, match=expected):
+            pc.read_metadata(weights)
+        assert not (saved.parent / "out").exists()
+
     def test_a_model_or_folder_of_the_wrong_type_is_named(self, tiny_model, saved):
         """load_adapter(None, path) said the folder was not an adapter's; set_active(None, ...)
         "'NoneType' object has no attribute '__dict__'"; load_adapter(model, 5) was os's error."""
