@@ -27,7 +27,7 @@ from .errors import (
 )
 from .metrics import higher_is_better
 from .names import Ref, parse_ref
-from .settings import Settings
+from .settings import HomeNotAFolderError, Settings
 from .version_diff import Change, VersionDiff, diff_versions, diff_with_spec, shown
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "Event",
     "ForeignDatabaseError",
+    "HomeNotAFolderError",
     "InUseError",
     "InvalidCompositionError",
     "InvalidNameError",

@@ -287,7 +287,7 @@ def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:
     if not sqlite:
         return create_engine(url, pool_pre_ping=True)
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_parent_folder(Path(path))
     engine = create_engine(url, connect_args={"timeout": 60})
 
     @event.listens_for(engine, "connect")
@@ -304,6 +304,19 @@ def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _make_parent_folder(database: Path) -> None:
+    """The folder a new SQLite registry goes in, made with its parents; a file in the way (a
+    URL written one folder too deep) is one clear line instead of FileExistsError."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in (database.parent, *database.parent.parents) if p.is_file())
+        raise DatabaseUnavailableError(
+            f"cannot create the registry database {database}: {blocking} is a file, not a "
+            "folder; give the registry URL (ADAPTEROPS_REGISTRY_URL) a path under a folder"
+        ) from None
 
 
 def _safe(url: str) -> str:

@@ -14,12 +14,30 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "adapterops_home"]
+from .errors import RegistryError
+
+__all__ = ["HomeNotAFolderError", "Settings", "adapterops_home"]
+
+
+class HomeNotAFolderError(RegistryError, ValueError):
+    """``ADAPTEROPS_HOME`` names something that is not a folder (a file)."""
 
 
 def adapterops_home() -> Path:
-    """``ADAPTEROPS_HOME`` (default ``./.adapterops``), resolved: the embedded defaults' folder."""
-    return Path(os.environ.get("ADAPTEROPS_HOME", ".adapterops")).expanduser().resolve()
+    """``ADAPTEROPS_HOME`` (default ``./.adapterops``), resolved: the embedded defaults' folder.
+
+    An empty value counts as unset: ``ADAPTEROPS_HOME=${HOME_DIR}`` with the variable unset
+    (a shell, a compose file) put the registry in the current folder itself. A file there is
+    refused (:class:`HomeNotAFolderError`) before anything is made under it."""
+    value = os.environ.get("ADAPTEROPS_HOME", "").strip()
+    home = Path(value or ".adapterops").expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        named = f"ADAPTEROPS_HOME={value}" if value else "./.adapterops (ADAPTEROPS_HOME unset)"
+        raise HomeNotAFolderError(
+            f"{named} is a file, not a folder: the registry, its files and the flows' caches go "
+            "in that folder. Point ADAPTEROPS_HOME at a folder (it is made if missing)"
+        )
+    return home
 
 
 @dataclass(frozen=True)
@@ -58,7 +76,7 @@ class Settings:
         """Which variable chose the database URL, for messages about a registry not found."""
         if os.environ.get("ADAPTEROPS_REGISTRY_URL"):
             return "ADAPTEROPS_REGISTRY_URL"
-        if os.environ.get("ADAPTEROPS_HOME"):
+        if os.environ.get("ADAPTEROPS_HOME", "").strip():
             return f"ADAPTEROPS_HOME={os.environ['ADAPTEROPS_HOME']}"
         return "ADAPTEROPS_HOME unset: the default ./.adapterops, in the current folder"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import suppress
 from typing import Annotated
 
 import typer
@@ -140,9 +141,10 @@ def use_our_prefect_home() -> None:
     a long telemetry traceback on every build; it may take 90 s to start. Variables already set
     win. The folder itself is made only when a flow runs (``common.prefect_answers``): ``--help``
     and the registry's commands write nothing."""
-    from registry.settings import adapterops_home  # noqa: PLC0415
+    from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
 
-    os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
+    with suppress(HomeNotAFolderError):  # said in one line by the command that uses the home
+        os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect waits 20 s for it; its first start migrates a new database, which on a busy
     # 2-core CI runner took longer ("Timed out while attempting to connect to ephemeral
@@ -155,9 +157,12 @@ def load_stack_env() -> None:
     variables already set in the environment win."""
     from dotenv import dotenv_values, load_dotenv  # noqa: PLC0415
 
-    from registry.settings import adapterops_home  # noqa: PLC0415
+    from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
 
-    path = adapterops_home() / "stack.env"
+    try:
+        path = adapterops_home() / "stack.env"
+    except HomeNotAFolderError:  # said in one line by the command that uses the home
+        return
     if path.is_file():
         remember_stack_env(path, [key for key in dotenv_values(path) if key not in os.environ])
         load_dotenv(path, override=False)

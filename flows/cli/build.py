@@ -13,6 +13,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from registry.settings import adapterops_home
+
 if TYPE_CHECKING:
     import peft_core as pc
 
@@ -255,6 +257,7 @@ def train(
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
     with user_errors(as_json):
         require_spec_file(spec_file)
+        adapterops_home()  # its cache of prepared data: a file there is refused before torch
         from ..prepare_job import check_inputs  # noqa: PLC0415
         from ..spec import load_spec  # noqa: PLC0415
         from ..train_job import train_from_spec  # noqa: PLC0415
@@ -288,8 +291,6 @@ def quickstart(
 ) -> None:
     """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
     as Prefect flow runs on the embedded defaults) and compare them in one table."""
-    from registry.settings import adapterops_home  # noqa: PLC0415
-
     from .. import pipelines  # noqa: PLC0415
     from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415
     from ..quickstart_data import write_sentiment_data  # noqa: PLC0415

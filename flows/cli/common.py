@@ -151,8 +151,11 @@ def prefect_answers() -> None:
     lives under ``PREFECT_HOME``: that folder is made here, parents too (Prefect makes none)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME  # noqa: PLC0415 - flows only
 
+    from registry.settings import adapterops_home  # noqa: PLC0415
+
     from ..reachable import check_answers  # noqa: PLC0415
 
+    adapterops_home()  # a file there: one line now (flows keep caches and checkpoints in it)
     url = PREFECT_API_URL.value()
     if not url:
         PREFECT_HOME.value().mkdir(parents=True, exist_ok=True)

@@ -519,6 +519,45 @@ def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
     assert not home.exists()
 
 
+def test_a_home_that_is_a_file_or_empty(tmp_path):
+    """ADAPTEROPS_HOME naming a file was FileExistsError's traceback (`db upgrade`) or "no
+    registry there, build starts one here" (`ls`); an empty ADAPTEROPS_HOME (a shell variable
+    unset in `ADAPTEROPS_HOME=$DIR`) put registry.db in the current folder itself."""
+    file = tmp_path / "home"
+    file.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+    env |= {"ADAPTEROPS_HOME": str(file), "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_HOME", None)
+    said = (
+        f"error: ADAPTEROPS_HOME={file} is a file, not a folder: the registry, its files and "
+        "the flows' caches go in that folder. Point ADAPTEROPS_HOME at a folder (it is made if "
+        "missing)\n"
+    )
+    for args in (["ls"], ["db", "upgrade"]):
+        result = run_cli(*args, env=env)
+        assert (result.returncode, result.stderr) == (2, said), args
+    for args in (["train", str(EXAMPLE), "--out", "out"], ["build", str(EXAMPLE)]):
+        result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr, loaded) == (2, said, []), args  # before torch
+    assert file.read_text() == "not a folder" and sorted(tmp_path.iterdir()) == [file]
+    # a registry URL one folder too deep, under that file
+    under = env | {"ADAPTEROPS_REGISTRY_URL": f"sqlite:///{file}/db/registry.db"}
+    under["ADAPTEROPS_HOME"] = str(tmp_path / "elsewhere")
+    result = run_cli("db", "upgrade", env=under)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"error: cannot create the registry database {file}/db/registry.db: {file} is a file, "
+        "not a folder; give the registry URL (ADAPTEROPS_REGISTRY_URL) a path under a folder\n",
+    )
+    # empty: the default ./.adapterops, as if unset
+    work = tmp_path / "work"
+    work.mkdir()
+    created = run_cli("db", "upgrade", env=env | {"ADAPTEROPS_HOME": ""}, cwd=work)
+    assert created.returncode == 0, created.stderr
+    assert sorted(p.name for p in work.iterdir()) == [".adapterops"]
+    assert (work / ".adapterops" / "registry.db").is_file()
+
+
 class TestMethods:
     def test_lists_every_method_in_order(self):
         result = adapterops("methods", "--json")
