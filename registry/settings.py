@@ -23,13 +23,19 @@ class HomeNotAFolderError(RegistryError, ValueError):
     """``ADAPTEROPS_HOME`` names something that is not a folder (a file)."""
 
 
-def adapterops_home() -> Path:
-    """``ADAPTEROPS_HOME`` (default ``./.adapterops``), resolved: the embedded defaults' folder.
+def setting(name: str) -> str:
+    """The variable ``name``, stripped; empty or blank counts as unset (``""``): written as
+    ``ADAPTEROPS_HOME=${DIR}`` in a shell or compose file with ``DIR`` unset, it is empty, and
+    an empty home put the registry in the current folder itself (a blank artifacts URL, in a
+    folder named ``%20``)."""
+    return os.environ.get(name, "").strip()
 
-    An empty value counts as unset: ``ADAPTEROPS_HOME=${HOME_DIR}`` with the variable unset
-    (a shell, a compose file) put the registry in the current folder itself. A file there is
-    refused (:class:`HomeNotAFolderError`) before anything is made under it."""
-    value = os.environ.get("ADAPTEROPS_HOME", "").strip()
+
+def adapterops_home() -> Path:
+    """``ADAPTEROPS_HOME`` (default ``./.adapterops``; empty counts as unset), resolved: the
+    embedded defaults' folder. A file there is refused (:class:`HomeNotAFolderError`) before
+    anything is made under it."""
+    value = setting("ADAPTEROPS_HOME")
     home = Path(value or ".adapterops").expanduser().resolve()
     if home.exists() and not home.is_dir():
         named = f"ADAPTEROPS_HOME={value}" if value else "./.adapterops (ADAPTEROPS_HOME unset)"
@@ -52,10 +58,8 @@ class Settings:
         """Read the environment, falling back to the embedded defaults under ``ADAPTEROPS_HOME``."""
         home = adapterops_home()
         return cls(
-            database_url=os.environ.get("ADAPTEROPS_REGISTRY_URL")
-            or f"sqlite:///{home / 'registry.db'}",
-            artifacts_url=os.environ.get("ADAPTEROPS_ARTIFACTS_URL")
-            or (home / "artifacts").as_uri(),
+            database_url=setting("ADAPTEROPS_REGISTRY_URL") or f"sqlite:///{home / 'registry.db'}",
+            artifacts_url=setting("ADAPTEROPS_ARTIFACTS_URL") or (home / "artifacts").as_uri(),
         )
 
     def sqlite_file(self) -> Path | None:
@@ -74,9 +78,9 @@ class Settings:
     @staticmethod
     def database_origin() -> str:
         """Which variable chose the database URL, for messages about a registry not found."""
-        if os.environ.get("ADAPTEROPS_REGISTRY_URL"):
+        if setting("ADAPTEROPS_REGISTRY_URL"):
             return "ADAPTEROPS_REGISTRY_URL"
-        if os.environ.get("ADAPTEROPS_HOME", "").strip():
+        if setting("ADAPTEROPS_HOME"):
             return f"ADAPTEROPS_HOME={os.environ['ADAPTEROPS_HOME']}"
         return "ADAPTEROPS_HOME unset: the default ./.adapterops, in the current folder"
 

@@ -522,7 +522,8 @@ def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
 def test_a_home_that_is_a_file_or_empty(tmp_path):
     """ADAPTEROPS_HOME naming a file was FileExistsError's traceback (`db upgrade`) or "no
     registry there, build starts one here" (`ls`); an empty ADAPTEROPS_HOME (a shell variable
-    unset in `ADAPTEROPS_HOME=$DIR`) put registry.db in the current folder itself."""
+    unset in `ADAPTEROPS_HOME=$DIR`) put registry.db in the current folder itself; a blank
+    ADAPTEROPS_ARTIFACTS_URL, the files in a folder named `%20`."""
     file = tmp_path / "home"
     file.write_text("not a folder")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
@@ -549,13 +550,20 @@ def test_a_home_that_is_a_file_or_empty(tmp_path):
         f"error: cannot create the registry database {file}/db/registry.db: {file} is a file, "
         "not a folder; give the registry URL (ADAPTEROPS_REGISTRY_URL) a path under a folder\n",
     )
-    # empty: the default ./.adapterops, as if unset
+    # empty or blank: the defaults, as if unset (a blank artifacts URL was a folder named %20)
     work = tmp_path / "work"
     work.mkdir()
-    created = run_cli("db", "upgrade", env=env | {"ADAPTEROPS_HOME": ""}, cwd=work)
+    blank = {"ADAPTEROPS_HOME": "", "ADAPTEROPS_REGISTRY_URL": "", "ADAPTEROPS_ARTIFACTS_URL": " "}
+    created = run_cli("db", "upgrade", env=env | blank, cwd=work)
     assert created.returncode == 0, created.stderr
+    status = run_cli("db", "status", "--json", env=env | blank, cwd=work)
+    assert status.returncode == 0, status.stderr
+    default = work / ".adapterops"
+    assert {k: json.loads(status.stdout)[k] for k in ("database", "artifacts")} == {
+        "database": f"sqlite:///{default / 'registry.db'}",
+        "artifacts": (default / "artifacts").as_uri(),
+    }
     assert sorted(p.name for p in work.iterdir()) == [".adapterops"]
-    assert (work / ".adapterops" / "registry.db").is_file()
 
 
 class TestMethods:
