@@ -12,6 +12,7 @@ Downloads are verified file by file: a corrupted or truncated blob is never hand
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -222,7 +223,27 @@ def download(
     leaves ``destination`` as it was.
     """
     check_folder_to_write(destination, f"download {label}")
+    made = [p for p in (destination, *destination.parents) if not p.exists()]
     destination.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(store, digest, destination, label=label, on_bytes=on_bytes)
+    except BaseException:
+        for folder in made:  # deepest first: a refused download leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return destination
+
+
+def _download_into(
+    store: ArtifactStore,
+    digest: str,
+    destination: Path,
+    *,
+    label: str,
+    on_bytes: BytesMoved | None,
+) -> None:
+    """:func:`download`'s work, ``destination`` made."""
     prefix = f".{destination.name}.incoming-"
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=prefix) as scratch:
         staging = Path(scratch)
@@ -237,7 +258,6 @@ def download(
             _verify(target, file_digest, label=label, what=name, size=size)
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
-    return destination
 
 
 def check_folder_to_write(folder: str | Path, action: str) -> None:

@@ -31,12 +31,17 @@ class LocalStore:
                 "names the folder the registry's files go in (file:///path or a folder path), "
                 "or s3://bucket/prefix"
             )
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        # made by the first write, not here: a reading command given a mistyped folder left an
+        # empty one behind. Whether it could be made is checked now, before any work.
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir():
             raise StorageUnavailableError(
-                f"cannot use artifact folder {self.root}: {exc}"
-            ) from None
+                f"cannot use artifact folder {self.root}: {existing} is a file"
+            )
+        if existing != self.root and not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageUnavailableError(
+                f"cannot use artifact folder {self.root}: this user cannot make it in {existing}"
+            )
 
     def _path(self, digest: str) -> Path:
         return self.root / blob_key(digest)
@@ -106,7 +111,7 @@ class LocalStore:
         return {path.name: path.read_text() for path in folder.iterdir() if path.is_file()}
 
     def mark_writer(self, registry_id: str, description: str) -> None:
-        (self.root / MARKERS).mkdir(exist_ok=True)
+        (self.root / MARKERS).mkdir(parents=True, exist_ok=True)
         (self.root / MARKERS / registry_id).write_text(description)
 
     def marker_uri(self, registry_id: str) -> str:

@@ -82,6 +82,33 @@ def test_a_registry_opened_to_read_is_not_created(tmp_path, make_adapter):
     assert Registry("sqlite://", store, create=False).find() == []  # in memory: nothing to find
 
 
+def test_a_mistyped_artifact_folder_is_not_made_by_reads_nor_a_refused_pull(tmp_path, make_adapter):
+    """Reading commands given a mistyped artifacts folder made it (empty), and a pull refused
+    for a missing manifest left its new destination folders behind."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    Registry(url, (tmp_path / "store").as_uri()).register(
+        make_adapter(1), name="a", base_model="b", task="t", language="en"
+    )
+    typo = tmp_path / "stroe"
+    reading = Registry(url, typo.as_uri(), create=False)
+    assert [v.ref for v in reading.find()] == ["a@1"]
+    assert reading.gc(dry_run=True) == []
+    with pytest.raises(rg.CorruptArtifactError, match="manifest is missing"):
+        reading.fetch("a@1", tmp_path / "new" / "pulled")
+    assert not typo.exists() and not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(rg.CorruptArtifactError, match="manifest is missing"):
+        reading.fetch("a@1", existing / "pulled")
+    assert existing.is_dir() and list(existing.iterdir()) == []  # its own folder stays
+    # the first write makes it, parents too
+    deeper = tmp_path / "new" / "store"
+    Registry(url, deeper.as_uri()).register(
+        make_adapter(2), name="a", base_model="b", task="t", language="en"
+    )
+    assert (deeper / "blobs" / "sha256").is_dir()
+
+
 def _foreign_schema(url: str) -> None:
     """What MLflow's (or Prefect's) own database holds: an Alembic revision of theirs, a table."""
     from sqlalchemy import create_engine, text
