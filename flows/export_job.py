@@ -34,7 +34,7 @@ from typing import Any, Literal
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
 from registry import AdapterVersion, Registry
-from registry.bundles import check_folder_to_write, read_json_object
+from registry.bundles import check_folder_to_write, new_folders, read_json_object
 
 from .errors import DataError
 from .files_spec import classifier_size, serving_spec, stated_head
@@ -296,8 +296,10 @@ def _checked_target(destination: str | Path, engine: str) -> Path:
 def _staging(target: Path) -> Iterator[tuple[Path, Path]]:
     """A scratch folder beside ``target`` and the folder to write (``scratch/out``), moved into
     place whole when the block succeeds; on failure nothing reaches ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=target.parent) as scratch:
+    with (
+        new_folders(target.parent),
+        tempfile.TemporaryDirectory(prefix=".export-", dir=target.parent) as scratch,
+    ):
         staged = Path(scratch) / "out"
         yield Path(scratch), staged
         if target.exists():

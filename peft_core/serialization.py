@@ -65,10 +65,11 @@ def save_adapter(
             "or existing) to write the adapter's files into"
         )
     in_file = dtype if dtype is not None else base_compute_dtype(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the folder first: a writer that refuses the adapter (a format without its
-    # method) or fails half-way leaves the folder as it was.
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.saving-") as tmp:
+    # Written beside the folder first (in its nearest existing parent: the same filesystem, and
+    # no new folder yet): a writer that refuses the adapter (a format without its method) or
+    # fails half-way leaves the folder as it was, and makes no empty folders.
+    beside = next(p for p in (folder.parent, *folder.parent.parents) if p.exists())
+    with tempfile.TemporaryDirectory(dir=beside, prefix=f".{folder.name}.saving-") as tmp:
         staged = Path(tmp)
         if format == "adapterhub":
             write_adapterhub(model, record, staged, dtype=in_file)

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,32 +221,14 @@ def download(
 
     Files land in a temporary folder beside ``destination`` (never inside it, so a killed download
     leaves nothing in it) and move into place only when all are verified, so a failed download
-    leaves ``destination`` as it was.
+    leaves ``destination`` as it was (one made for it, with its new parents, is removed again).
     """
     check_folder_to_write(destination, f"download {label}")
-    made = [p for p in (destination, *destination.parents) if not p.exists()]
-    destination.mkdir(parents=True, exist_ok=True)
-    try:
-        _download_into(store, digest, destination, label=label, on_bytes=on_bytes)
-    except BaseException:
-        for folder in made:  # deepest first: a refused download leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-    return destination
-
-
-def _download_into(
-    store: ArtifactStore,
-    digest: str,
-    destination: Path,
-    *,
-    label: str,
-    on_bytes: BytesMoved | None,
-) -> None:
-    """:func:`download`'s work, ``destination`` made."""
     prefix = f".{destination.name}.incoming-"
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=prefix) as scratch:
+    with (
+        new_folders(destination),
+        tempfile.TemporaryDirectory(dir=destination.parent, prefix=prefix) as scratch,
+    ):
         staging = Path(scratch)
         manifest_path = staging / ".manifest"
         _fetch(store, digest, manifest_path, label=label, what="manifest")
@@ -258,6 +241,22 @@ def _download_into(
             _verify(target, file_digest, label=label, what=name, size=size)
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
+    return destination
+
+
+@contextlib.contextmanager
+def new_folders(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` and its missing parents for the block; if the block fails, remove the
+    ones made here again (those left empty), so a refused write leaves no empty folder."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for each in made:  # deepest first
+            with contextlib.suppress(OSError):
+                each.rmdir()
+        raise
 
 
 def check_folder_to_write(folder: str | Path, action: str) -> None:

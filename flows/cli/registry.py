@@ -18,6 +18,7 @@ from rich.text import Text
 
 import registry as rg
 from registry import AdapterVersion, RegistryError
+from registry.bundles import new_folders
 from registry.redaction import redact
 
 from ..errors import DataError
@@ -284,8 +285,10 @@ def _pull_verified(
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pull-", dir=destination.parent) as scratch:
+    with (
+        new_folders(destination.parent),
+        tempfile.TemporaryDirectory(prefix=".pull-", dir=destination.parent) as scratch,
+    ):
         staged = registry.fetch(version.ref, Path(scratch) / "adapter", on_bytes=on_bytes)
         check = verify_on_base(version, staged)
         if destination.exists() and not any(destination.iterdir()):

@@ -141,12 +141,13 @@ def test_each_engine_loads_its_export_with_the_registrys_outputs(built, tmp_path
     assert merged.config.id2label == {0: "negative", 1: "positive"}
     torch.testing.assert_close(probabilities(merged), expected, atol=1e-5, rtol=0)
 
-    refused = run_cli("export", built, "--for", "vllm", "--out", str(tmp_path / "vllm"), env=env)
+    out = tmp_path / "new" / "vllm"  # its parent is made for the export, and goes if refused
+    refused = run_cli("export", built, "--for", "vllm", "--out", str(out), env=env)
     assert refused.returncode == 2 and refused.stdout == ""
     line = refused.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: {built} is not exported for vllm: ")
     assert "modules_to_save must be empty" in line and "generative (causal-LM) models" in line
-    assert not (tmp_path / "vllm").exists()  # nothing written
+    assert not (tmp_path / "new").exists()  # nothing written, no empty folder left
 
     occupied = run_cli("export", built, "--for", "peft", "--out", str(tmp_path / "peft"), env=env)
     assert occupied.returncode == 2 and "is not an empty folder" in occupied.stderr

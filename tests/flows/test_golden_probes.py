@@ -70,9 +70,9 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     brave = run_cli("predict", ref, "--text", "a fine film", "--skip-probe", "--json", env=env)
     assert brave.returncode == 0, brave.stderr[-2000:]
 
-    pulled = run_cli("pull", ref, str(tmp_path / "pulled-again"), "--verify", env=env)
+    pulled = run_cli("pull", ref, str(tmp_path / "new" / "pulled-again"), "--verify", env=env)
     assert pulled.returncode == 2 and "fails its golden probe" in pulled.stderr
-    assert not (tmp_path / "pulled-again").exists()  # nothing handed out unverified
+    assert not (tmp_path / "new").exists()  # nothing handed out unverified, no empty folder
 
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     with pytest.raises(BaseModelMismatchError, match=r"deviate \d+\.\d% from those recorded"):

@@ -315,7 +315,14 @@ class TestSavingAgain:
             with pytest.raises((pc.ConfigError, pc.AdapterFormatError)):
                 pc.save_adapter(model, "bitfit", folder, format=refused)
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-        assert [p.name for p in tmp_path.iterdir()] == ["a"]
+        # into new folders: none is made (the parents were, and stayed empty)
+        with pytest.raises(pc.ConfigError):
+            pc.save_adapter(model, "bitfit", tmp_path / "new" / "deeper" / "b", format="peft")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+        saved = pc.save_adapter(model, "bitfit", tmp_path / "new" / "deeper" / "b")
+        assert sorted(p.name for p in saved.iterdir()) == ["adapter.json", "adapter.safetensors"]
+        assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["b"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "new"]  # nothing staged left
 
     @pytest.mark.parametrize("inside", [False, True])
     def test_a_file_where_the_folder_goes_is_named_before_anything_is_written(
