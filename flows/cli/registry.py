@@ -18,7 +18,6 @@ from rich.text import Text
 
 import registry as rg
 from registry import AdapterVersion, RegistryError
-from registry.bundles import new_folders
 from registry.redaction import redact
 
 from ..errors import DataError
@@ -282,6 +281,8 @@ def _pull_verified(
     on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fetch beside ``destination``, check the probes, then move the files into place."""
+    from registry.bundles import new_folders  # noqa: PLC0415 - boto3, through the stores
+
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
