@@ -11,11 +11,13 @@ are still accepted on the way in.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .errors import InvalidCompositionError
 
 __all__ = [
+    "BLOCK_KINDS",
     "answers_per_member",
     "canonical_definition",
     "named_twice",
@@ -25,6 +27,7 @@ __all__ = [
 
 CHILDREN = "children"
 _OLD_CHILDREN = "members"
+BLOCK_KINDS = ("stack", "average", "parallel", "fuse")  # peft_core's blocks (no torch here)
 
 
 def stack_definition(refs: list[str]) -> dict[str, Any]:
@@ -49,6 +52,7 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
             "each adapter (its members load into one model under their adapters' names)"
         )
     renamed = _renamed(definition)
+    _check_kinds(renamed)  # before counting leaves: an unknown block counted as none
     if CHILDREN not in renamed:
         renamed = {**renamed, CHILDREN: list(refs)}
     leaves = iter(refs)
@@ -105,6 +109,29 @@ def _renamed(node: Any) -> Any:
     if isinstance(out.get(CHILDREN), list):
         out[CHILDREN] = [_renamed(child) for child in out[CHILDREN]]
     return out
+
+
+def _check_kinds(node: Any) -> None:
+    """Every block's type is one peft_core knows, and every leaf is a member's place (a
+    string): ``{"type": "adapter", "name": "x"}`` for a leaf was counted as a block with no
+    leaves ("the definition has 0 adapter(s)")."""
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind not in BLOCK_KINDS:
+        raise InvalidCompositionError(
+            f"unknown composition type {kind!r}; one of {', '.join(sorted(BLOCK_KINDS))} (in "
+            f"{json.dumps(node, default=str):.120}; a leaf is a member's name, a string, in its "
+            f"block's {CHILDREN!r})"
+        )
+    children = node.get(CHILDREN)
+    if children is not None and not isinstance(children, list):
+        raise InvalidCompositionError(
+            f"{CHILDREN!r} of a {kind} block is a list of members' names or blocks, got "
+            f"{json.dumps(children, default=str)}"
+        )
+    for child in children or []:
+        _check_kinds(child)
 
 
 def _count_leaves(node: Any) -> int:

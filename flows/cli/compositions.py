@@ -14,7 +14,7 @@ import typer
 
 import registry as rg
 from registry import Composition, InvalidCompositionError
-from registry.compositions import answers_per_member
+from registry.compositions import BLOCK_KINDS, answers_per_member
 
 from ..errors import DataError, TrackingUnavailableError
 from .common import (
@@ -139,19 +139,16 @@ def _mirror(registry: rg.Registry, composition: Composition) -> None:
         ) from None
 
 
-# What --definition may name alone: a block whose weights default (equal, for an average)
-_BARE_KINDS = ("stack", "average", "parallel", "fuse")
-
-
 def _definition(text: str) -> dict[str, Any]:
-    if text.strip().lower() in _BARE_KINDS:  # --definition average: {"type": "average"}
+    # a kind alone is that block, its weights default (equal, for an average)
+    if text.strip().lower() in BLOCK_KINDS:  # --definition average: {"type": "average"}
         return {"type": text.strip().lower()}
     try:
         block = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidCompositionError(
             f"--definition is not JSON ({exc.msg}): {text!r:.80}; give a block such as "
-            f'{{"type": "stack"}}, or one of {", ".join(_BARE_KINDS)} alone'
+            f'{{"type": "stack"}}, or one of {", ".join(BLOCK_KINDS)} alone'
         ) from None
     if not isinstance(block, dict):
         raise InvalidCompositionError(

@@ -1278,6 +1278,15 @@ class TestCompositions:
             ),
             (["a", "b"], "a composition definition is"),
             ({"type": "stak"}, "unknown composition type 'stak'; one of average, fuse, parallel"),
+            # a leaf written as a block was counted as none ("the definition has 0 adapter(s)")
+            (
+                {"type": "stack", "children": [{"type": "adapter", "name": "a"}, "b"]},
+                "unknown composition type 'adapter'; one of average, fuse, parallel, stack (in "
+                '{"type": "adapter", "name": "a"}; a leaf is a member\'s name, a string, in its '
+                "block's 'children')",
+            ),
+            # children as one text counted its characters as leaves
+            ({"type": "stack", "children": "ab"}, "'children' of a stack block is a list of"),
             # a Fuse needs its trained fusion adapter, which no member is (it failed at load)
             ({"type": "fuse"}, "a composition cannot hold a Fuse block: AdapterFusion's"),
             (
