@@ -31,6 +31,7 @@ from .common import (
     prefect_answers,
     quiet_libraries,
     require_spec_file,
+    start_temporary_prefect,
     user_errors,
 )
 
@@ -299,6 +300,7 @@ def quickstart(
     rows = []
     with user_errors(as_json, one_line_failures=True):
         prefect_answers()
+        start_temporary_prefect(None if as_json else LineProgress("quickstart").phase)
         home = adapterops_home() / "quickstart"
         folder = data if data is not None else write_sentiment_data(home / "data")
         task = "sst2" if data is not None else "sentiment"

@@ -66,6 +66,7 @@ __all__ = [
     "require_known",
     "require_spec_file",
     "spec_files",
+    "start_temporary_prefect",
     "user_errors",
     "warn",
 ]
@@ -148,7 +149,8 @@ def prefect_answers() -> None:
     """With a Prefect server configured (``PREFECT_API_URL``, from the environment or a Prefect
     profile), it must answer before a flow starts: one line now, not Prefect's own error from
     inside the flow's start. Without one, flows run on a temporary local server, whose database
-    lives under ``PREFECT_HOME``: that folder is made here, parents too (Prefect makes none)."""
+    lives under ``PREFECT_HOME``: that folder is made here, parents too (Prefect makes none);
+    :func:`start_temporary_prefect` starts the server."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME  # noqa: PLC0415 - flows only
 
     from registry.settings import adapterops_home  # noqa: PLC0415
@@ -164,6 +166,34 @@ def prefect_answers() -> None:
             str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError,
             then="or unset it to run flows on a temporary local server",
         )  # fmt: skip
+
+
+def start_temporary_prefect(announce: Callable[[str], None] | None = None) -> None:
+    """Without ``PREFECT_API_URL``, start the temporary server Prefect would start at the first
+    flow's first call, after ``announce`` says so (a build's phase), and wait until it answers:
+    6 s, 20 s in a new home (it migrates a new database), which people took for a hang before
+    the build's first line. Prefect keeps one per process: the flows take this one, and Prefect
+    stops it at exit. Call :func:`prefect_answers` first."""
+    from prefect.server.api.server import SubprocessASGIServer  # noqa: PLC0415 - flows only
+    from prefect.settings import (  # noqa: PLC0415
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
+
+    if PREFECT_API_URL.value():
+        return
+    if announce is not None:
+        announce("start a temporary Prefect server (PREFECT_API_URL is not set)")
+    try:
+        SubprocessASGIServer().start()
+    except RuntimeError as exc:  # "Timed out while attempting to connect to ephemeral ..."
+        waited = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        raise OrchestrationError(
+            f"Prefect's temporary server did not answer within {waited} s "
+            f"({str(exc).splitlines()[0]}): allow it longer with "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run a Prefect server "
+            "(`adapterops stack up` starts one) and set PREFECT_API_URL"
+        ) from None
 
 
 def input_texts(texts: list[str] | None) -> list[str]:

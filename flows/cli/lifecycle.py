@@ -30,6 +30,7 @@ from .common import (
     require_known,
     require_spec_file,
     spec_files,
+    start_temporary_prefect,
     telling_a_new_registry,
     user_errors,
     warn,
@@ -126,6 +127,7 @@ def _built(
         progress(spec.name, enabled=not as_json) as on_step,
         pipelines.reporting_progress(on_step),
     ):
+        start_temporary_prefect(on_step.phase if on_step else None)
         result: dict[str, Any] = pipelines.build(
             str(spec_file.resolve()),
             overrides,
@@ -207,6 +209,7 @@ def retrain(
         pipelines.reporting_progress(on_step),
     ):
         prefect_answers()
+        start_temporary_prefect(on_step.phase if on_step else None)
         outcomes = pipelines.retrain([str(p.resolve()) for p in files], str(out))
     _print_retraining(outcomes, as_json, dry_run=False)
 
@@ -281,6 +284,7 @@ def cascade(
             progress("cascade", enabled=not as_json) as on_step,
             pipelines.reporting_progress(on_step),
         ):
+            start_temporary_prefect(on_step.phase if on_step else None)
             outcomes = pipelines.cascade(name, str(out))
     failed = [o for o in outcomes if o["status"] == "failed"]
     if as_json:

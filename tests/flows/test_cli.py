@@ -493,6 +493,40 @@ def test_prefects_home_is_made_under_a_new_adapterops_home_when_a_flow_runs(tmp_
     assert (home / "prefect").is_dir()  # Prefect makes no folder: its database could not open
 
 
+def test_the_temporary_prefect_server_started_before_a_flow_is_the_one_flows_use(
+    tmp_path, monkeypatch
+):
+    """``start_temporary_prefect`` starts the server Prefect's client would start at the first
+    flow (one per process), so the flow finds it answering and starts no second one; with a
+    server configured it does nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.cli.common import start_temporary_prefect
+
+    said: list[str] = []
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        start_temporary_prefect(said.append)  # a configured server: nothing to start
+    assert said == [] and None not in SubprocessASGIServer._instances
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the session's server, if exported
+    (tmp_path / "prefect").mkdir()
+    with temporary_settings({PREFECT_HOME: tmp_path / "prefect"}, None, [PREFECT_API_URL]):
+        try:
+            start_temporary_prefect(said.append)
+            server = SubprocessASGIServer()
+            process = server.server_process
+            assert process is not None and process.poll() is None
+            with get_client(sync_client=True) as client:  # what a flow run asks for
+                assert str(client.api_url).rstrip("/") == server.api_url
+                assert client.hello().status_code == 200
+            assert SubprocessASGIServer().server_process is process  # no second server
+        finally:
+            SubprocessASGIServer().stop()
+    assert said == ["start a temporary Prefect server (PREFECT_API_URL is not set)"]
+
+
 def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}

@@ -53,6 +53,38 @@ def test_a_retraining_dry_run_creates_no_registry_and_starts_no_flow(
     assert not (tmp_path / "home").exists()
 
 
+def test_a_temporary_prefect_server_is_said_and_one_that_does_not_start_is_one_line(
+    tmp_path: Path, sst2_dir: Path
+):
+    """Without PREFECT_API_URL a build first says it starts Prefect's temporary server (20 s in
+    a new home: people took the silence for a hang); one that does not answer in time is one
+    line naming the two ways out, and the server is not left running."""
+    env = clean_env(tmp_path / "home", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    spec = write_spec(tmp_path, sst2_dir, name="first")
+    result = run_cli("build", str(spec), env=env, cwd=tmp_path)
+    assert (result.returncode, result.stderr.splitlines()) == (2, [
+        "first: start a temporary Prefect server (PREFECT_API_URL is not set)",
+        "error: Prefect's temporary server did not answer within 1 s (Timed out while "
+        "attempting to connect to ephemeral Prefect API server.): allow it longer with "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run a Prefect server "
+        "(`adapterops stack up` starts one) and set PREFECT_API_URL",
+    ])  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    assert processes_with(f"PREFECT_HOME={tmp_path / 'home' / 'prefect'}") == []
+
+
+def processes_with(variable: str) -> list[str]:
+    """The ids of this machine's processes whose environment holds ``variable`` (NAME=VALUE)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if variable.encode() in environ.read_bytes().split(b"\0"):
+                found.append(environ.parent.name)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return found
+
+
 class TestQuickstart:
     def test_builds_three_methods_on_its_own_data_then_predicts(self, tmp_path: Path):
         env = clean_env(tmp_path / "home")
