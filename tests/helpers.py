@@ -91,6 +91,33 @@ def run_cli(
     )
 
 
+def run_cli_in_a_terminal(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> tuple[int, str]:
+    """``adapterops ARGS`` with stdout and stderr on a pseudo-terminal, as at a person's
+    terminal: its exit code, and all it wrote there (escape codes included)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    executable = Path(sys.executable).parent / "adapterops"
+    process = subprocess.Popen(
+        [str(executable), *args], stdout=follower, stderr=follower, env=env, cwd=cwd,
+        close_fds=True,
+    )  # fmt: skip
+    os.close(follower)
+    written = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the command exited
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(leader)
+    return process.wait(timeout=120), written.decode(errors="replace")
+
+
 def empty_registry(home: Path) -> None:
     """Create the embedded (SQLite) registry of ``ADAPTEROPS_HOME=home``, with nothing in it:
     commands that read a registry refuse one that does not exist."""

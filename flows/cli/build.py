@@ -33,12 +33,13 @@ from .common import (
     require_spec_file,
     start_temporary_prefect,
     user_errors,
+    waiting,
 )
 
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.
 
-__all__ = ["OutOption", "SetOption", "SpecArgument", "app", "progress"]
+__all__ = ["OutOption", "SetOption", "SpecArgument", "app", "checking", "progress"]
 
 app = typer.Typer()
 
@@ -259,15 +260,16 @@ def train(
     with user_errors(as_json):
         require_spec_file(spec_file)
         adapterops_home()  # its cache of prepared data: a file there is refused before torch
-        from ..prepare_job import check_inputs  # noqa: PLC0415
-        from ..spec import load_spec  # noqa: PLC0415
-        from ..train_job import train_from_spec  # noqa: PLC0415
+        with waiting(checking(spec_file), enabled=not as_json):
+            from ..prepare_job import check_inputs  # noqa: PLC0415
+            from ..spec import load_spec  # noqa: PLC0415
+            from ..train_job import train_from_spec  # noqa: PLC0415
 
-        quiet_libraries()
-        spec = load_spec(spec_file, overrides)
-        # bad input fails here, as in build, before the model is loaded (train evaluates the
-        # model it trained: no second base to place)
-        check_inputs(spec, evaluates_apart=False)
+            quiet_libraries()
+            spec = load_spec(spec_file, overrides)
+            # bad input fails here, as in build, before the model is loaded (train evaluates
+            # the model it trained: no second base to place)
+            check_inputs(spec, evaluates_apart=False)
         with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports
@@ -319,6 +321,12 @@ def quickstart(
         return
     _report_table(rows)
     _next_steps(rows)
+
+
+def checking(spec_file: Path) -> str:
+    """What a spec command does before its first line: imports torch, reads the base model's
+    config and tokenizer, and the data, to refuse bad input before any work."""
+    return f"checking {spec_file.name}: its base model, method and data"
 
 
 @contextmanager

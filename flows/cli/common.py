@@ -68,6 +68,7 @@ __all__ = [
     "spec_files",
     "start_temporary_prefect",
     "user_errors",
+    "waiting",
     "warn",
 ]
 
@@ -234,6 +235,19 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
             bar.update(task, completed=done, total=total)
 
         yield advance
+
+
+@contextmanager
+def waiting(what: str, *, enabled: bool) -> Iterator[None]:
+    """A spinner saying ``what`` on a terminal's standard error, for the seconds a command has
+    nothing else to show (loading torch, checking a spec's base model and data). It leaves no
+    line behind: an error that follows is still the only line. Nothing with ``--json`` or
+    when standard error is a log."""
+    if not enabled or not errors.is_terminal:
+        yield
+        return
+    with errors.status(what):
+        yield
 
 
 def labelled(label: str, style: str, text: str) -> Text:

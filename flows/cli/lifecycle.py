@@ -18,7 +18,7 @@ from rich.text import Text
 
 import registry as rg
 
-from .build import OutOption, SetOption, SpecArgument, progress
+from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
     JsonOption,
     checkable_before_mlflow,
@@ -33,6 +33,7 @@ from .common import (
     start_temporary_prefect,
     telling_a_new_registry,
     user_errors,
+    waiting,
     warn,
 )
 
@@ -66,16 +67,17 @@ def build(
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
     with user_errors(as_json, one_line_failures=True), telling_a_new_registry():
         require_spec_file(spec_file)
-        from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
-        from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
-        from ..spec import load_spec  # noqa: PLC0415
+        with waiting(checking(spec_file), enabled=not as_json):
+            from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
+            from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
+            from ..spec import load_spec  # noqa: PLC0415
 
-        quiet_libraries()
-        spec = load_spec(spec_file, overrides)
-        check_inputs(spec)  # bad input fails here, before a flow run exists
-        existing = _existing_registry()
-        check_promote_alias(spec, existing)
-        lineage = build_lineage(spec)
+            quiet_libraries()
+            spec = load_spec(spec_file, overrides)
+            check_inputs(spec)  # bad input fails here, before a flow run exists
+            existing = _existing_registry()
+            check_promote_alias(spec, existing)
+            lineage = build_lineage(spec)  # reads every data file (the fingerprint)
         if dry_run:  # a dry run creates no registry: none means nothing was built
             reusable = find_earlier_build(spec, lineage, existing) if existing else None
         else:
@@ -199,9 +201,10 @@ def retrain(
     if dry_run:
         _print_retraining(_due_now(files, as_json), as_json, dry_run=True)
         return
-    from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
+    with waiting("loading torch, transformers and Prefect", enabled=not as_json):
+        from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
 
-    quiet_libraries()
+        quiet_libraries()
     with (
         user_errors(as_json, one_line_failures=True),
         telling_a_new_registry(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import empty_registry, run_cli, run_cli_noting_imports
+from tests.helpers import empty_registry, run_cli, run_cli_in_a_terminal, run_cli_noting_imports
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -205,6 +205,12 @@ class TestTrain:
         assert result.returncode == 2
         assert "label values ['7'] are outside 0..1" in json.loads(result.stdout)["error"]
         assert not (tmp_path / "out").exists()
+        # at a terminal, the seconds spent loading torch and checking are said while they last
+        # (a new user saw nothing for 10 s); in a log only the error line (asserted below)
+        terminal = {**os.environ, "TERM": "xterm", "COLUMNS": "200"}
+        code, shown = run_cli_in_a_terminal(terminal, "train", "spec.yaml", cwd=tmp_path)
+        assert code == 2 and "checking spec.yaml: its base model, method and data" in shown
+        assert "label values ['7'] are outside 0..1" in shown
 
         (tmp_path / "a-file").write_text("mine")  # was a traceback after the whole training
         for out, where in (

@@ -10,13 +10,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import empty_registry, home_with_fake_adapters, run_cli
+from tests.helpers import empty_registry, home_with_fake_adapters, run_cli, run_cli_in_a_terminal
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
 
@@ -755,30 +754,6 @@ def test_the_command_that_starts_a_registry_says_where(tmp_path):
     assert again.returncode == 0 and "note:" not in again.stderr
 
 
-def _in_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
-    """``adapterops ARGS`` with stdout and stderr on a pseudo-terminal: its exit code, and all it
-    wrote there (escape codes included)."""
-    import pty
-
-    leader, follower = pty.openpty()
-    executable = Path(sys.executable).parent / "adapterops"
-    process = subprocess.Popen(
-        [str(executable), *args], stdout=follower, stderr=follower, env=env, close_fds=True
-    )
-    os.close(follower)
-    written = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed: the command exited
-            break
-        if not chunk:
-            break
-        written += chunk
-    os.close(leader)
-    return process.wait(timeout=120), written.decode(errors="replace")
-
-
 def test_push_and_pull_show_a_bar_of_bytes_in_a_terminal_only(tmp_path):
     """A large adapter (a full fine-tune, a 70B base's LoRA) took minutes to push or pull to S3
     with nothing on screen. In a terminal a bar counts the bytes; scripts and --json get none."""
@@ -788,12 +763,12 @@ def test_push_and_pull_show_a_bar_of_bytes_in_a_terminal_only(tmp_path):
     identity = ("--name", "a", "--base-model", "b", "--task", "t", "--language", "en")
     folder = write_fake_adapter(tmp_path / "adapter", seed=1)
     size = sum(p.stat().st_size for p in folder.iterdir())
-    code, shown = _in_a_terminal(env, "push", str(folder), *identity)
+    code, shown = run_cli_in_a_terminal(env, "push", str(folder), *identity)
     assert code == 0, shown
     assert "push adapter" in shown and f"{size / 1000:.1f}/{size / 1000:.1f} kB" in shown, shown
-    code, shown = _in_a_terminal(env, "pull", "a@1", str(tmp_path / "pulled"))
+    code, shown = run_cli_in_a_terminal(env, "pull", "a@1", str(tmp_path / "pulled"))
     assert code == 0 and "pull a@1" in shown and f"/{size / 1000:.1f} kB" in shown, shown
-    code, shown = _in_a_terminal(env, "pull", "a@1", str(tmp_path / "again"), "--json")
+    code, shown = run_cli_in_a_terminal(env, "pull", "a@1", str(tmp_path / "again"), "--json")
     assert code == 0 and "pull a@1" not in shown and json.loads(shown)["ref"] == "a@1"
     piped = run(env, "pull", "a@1", str(tmp_path / "piped"))  # not a terminal: no bar
     assert piped.returncode == 0 and piped.stderr == "" and "pull a@1 " not in piped.stdout
