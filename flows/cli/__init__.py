@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import suppress
 from typing import Annotated
 
@@ -144,8 +145,18 @@ def use_our_prefect_home() -> None:
     from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
 
     with suppress(HomeNotAFolderError):  # said in one line by the command that uses the home
-        os.environ.setdefault("PREFECT_HOME", str(adapterops_home() / "prefect"))
+        if "PREFECT_HOME" not in os.environ:
+            os.environ["PREFECT_HOME"] = str(adapterops_home() / "prefect")
+            # Prefect makes its home when imported, but not the folders above it: a new user's
+            # first `quickstart` warned "Failed to create the Prefect home directory". Ours is
+            # made, parents too, before a flow needs it (common.prefect_answers).
+            warnings.filterwarnings(
+                "ignore", "Failed to create the Prefect home directory", UserWarning
+            )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The client's own telemetry (Prefect 3.5+): at a terminal it printed a notice on the first
+    # flow run in each home; this is Prefect's documented client-side opt-out.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # Prefect waits 20 s for it; its first start migrates a new database, which on a busy
     # 2-core CI runner took longer ("Timed out while attempting to connect to ephemeral
     # Prefect API server", the build failed)

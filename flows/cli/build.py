@@ -294,19 +294,23 @@ def quickstart(
 ) -> None:
     """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
     as Prefect flow runs on the embedded defaults) and compare them in one table."""
-    from .. import pipelines  # noqa: PLC0415
-    from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415
-    from ..quickstart_data import write_sentiment_data  # noqa: PLC0415
+    with waiting("loading torch, transformers and Prefect", enabled=not as_json):
+        from .. import pipelines  # noqa: PLC0415
+        from ..prepare_job import check_inputs  # noqa: PLC0415
+        from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415
+        from ..quickstart_data import write_sentiment_data  # noqa: PLC0415
 
-    quiet_libraries()
+        quiet_libraries()
     rows = []
     with user_errors(as_json, one_line_failures=True):
-        prefect_answers()
-        start_temporary_prefect(None if as_json else LineProgress("quickstart").phase)
         home = adapterops_home() / "quickstart"
         folder = data if data is not None else write_sentiment_data(home / "data")
         task = "sst2" if data is not None else "sentiment"
-        for spec in quickstart_specs(folder, steps=steps, task=task):
+        specs = quickstart_specs(folder, steps=steps, task=task)
+        check_inputs(specs[0])  # a bad --data, before any flow (the three share base and data)
+        prefect_answers()
+        start_temporary_prefect(None if as_json else LineProgress("quickstart").phase)
+        for spec in specs:
             spec_path = write_spec_file(spec, home / "specs")
             output = Path("out") / spec.name
             with (

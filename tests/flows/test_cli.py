@@ -485,9 +485,15 @@ def test_prefects_home_is_made_under_a_new_adapterops_home_when_a_flow_runs(tmp_
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("DO_NOT_TRACK", "")  # (restored to unset afterwards)
+    monkeypatch.delenv("DO_NOT_TRACK")
     use_our_prefect_home()
     assert os.environ["PREFECT_HOME"] == str(home / "prefect")
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    # the client's telemetry too: at a terminal Prefect printed its notice on the first flow
+    from prefect._internal.analytics.enabled import is_telemetry_enabled
+
+    assert os.environ["DO_NOT_TRACK"] == "1" and not is_telemetry_enabled()
     # Prefect's 20 s ran out on a busy CI runner while the server migrated its new database
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "90"
     assert not home.exists()  # a command that runs no flow writes nothing

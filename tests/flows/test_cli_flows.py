@@ -97,6 +97,9 @@ class TestQuickstart:
         assert all(a["steps"] == 3 for a in adapters)
         assert "Traceback" not in result.stderr and "LOAD REPORT" not in result.stderr
         assert "telemetry" not in result.stderr.lower()
+        # Prefect, imported before the home existed, could not make its folder there and
+        # warned; the CLI makes it before the first flow
+        assert "Failed to create the Prefect home" not in result.stderr
         # Prefect's temporary server kept its state under ADAPTEROPS_HOME, not in ~/.prefect
         assert (tmp_path / "home" / "prefect").is_dir()
         assert not (tmp_path / "home-user" / ".prefect").exists()
@@ -126,6 +129,16 @@ class TestQuickstart:
         answer = answers["predictions"][0]
         said = f"{answer['label_name']} ({max(answer['probabilities']):.1%})"
         assert said in table.stdout and "label " not in table.stdout  # the spec named its labels
+
+    def test_a_data_folder_without_the_files_is_one_line_before_any_flow(self, tmp_path: Path):
+        env = clean_env(tmp_path / "home")
+        (tmp_path / "reviews").mkdir()
+        result = run_cli("quickstart", "--data", "reviews", env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (
+            2, f"error: data file {tmp_path / 'reviews' / 'train.tsv'} does not exist\n"
+        )  # fmt: skip
+        # was found by the first build's flow, after Prefect's temporary server had started
+        assert not (tmp_path / "home" / "prefect").exists()
 
 
 @pytest.mark.usefixtures("prefect_server")
