@@ -346,11 +346,11 @@ def progress(label: str, *, enabled: bool) -> Iterator[StepProgress | None]:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[steps]}"),  # empty until training starts (was "0/None ... nan")
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=errors, transient=False) as bar:
-        yield BarProgress(bar, bar.add_task(label, total=None, loss=float("nan")), label)
+        yield BarProgress(bar, bar.add_task(label, total=None, steps=""), label)
 
 
 class StepProgress:
@@ -379,7 +379,8 @@ class BarProgress(StepProgress):
         self.bar, self.task, self.used = bar, task, False
 
     def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
-        self.bar.update(self.task, completed=step + 1, total=total, loss=loss)
+        steps = f"{step + 1}/{total} steps  loss {loss:.4f}"
+        self.bar.update(self.task, completed=step + 1, total=total, steps=steps)
         self.used = True
 
     def phase(self, name: str) -> None:
@@ -389,7 +390,7 @@ class BarProgress(StepProgress):
     def begin(self, label: str) -> None:
         super().begin(label)
         if self.used:  # a bar of its own: the finished builds' bars stay on screen
-            self.task = self.bar.add_task(label, total=None, loss=float("nan"))
+            self.task = self.bar.add_task(label, total=None, steps="")
         self.bar.update(self.task, description=label)
 
 

@@ -189,6 +189,33 @@ class TestPlan:
         assert helped.returncode == 0, helped.stderr
 
 
+def test_a_builds_bar_says_steps_and_loss_only_once_training_has_them(monkeypatch):
+    """At a terminal the bar read "0/None steps  loss nan" through every phase before training
+    (finding an earlier build, preparing the data)."""
+    import io
+
+    from rich.console import Console
+
+    import flows.cli.build as build_commands
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Console(file=Terminal(), force_terminal=True, width=100, record=True)
+    monkeypatch.setattr(build_commands, "errors", screen)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with build_commands.progress("sst2-en", enabled=True) as on_step:
+        assert on_step is not None
+        on_step.phase("prepare data")
+        on_step(0, 4, 0.6931, 1e-3)
+        on_step.phase("evaluate")
+    shown = screen.export_text()  # every frame drawn, one after another
+    assert "None" not in shown and "nan" not in shown
+    last = shown.rstrip().rpartition("sst2-en: evaluate ")[2]
+    assert last.strip("━╺ ") == "1/4 steps  loss 0.6931 -:--:--"
+
+
 class TestTrain:
     def test_bad_data_is_reported_before_training(self, tmp_path):
         (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
