@@ -9,7 +9,7 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class Evaluation:
     data: str  # the file scored, or "validation split" of the version's own spec
     metrics: dict[str, Any]
     mlflow_run_id: str = ""
+    # a classifier's label names, in label order (the confusion matrix's rows and columns);
+    # empty where the spec names none (a version pushed without one: labels by number)
+    label_names: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -187,7 +190,10 @@ def _scored(
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         tags=tags,
     )
-    return Evaluation(ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id)
+    names = list(spec.head.label_names or []) if spec.head.type == "classification" else []
+    return Evaluation(
+        ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id, label_names=names
+    )
 
 
 def _check_built_on_files_here(spec: AdapterSpec, ref: str) -> None:

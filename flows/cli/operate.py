@@ -192,9 +192,21 @@ def show_evaluation(result: Any, as_json: bool) -> None:
             table.add_row(metric, str(value))
     console.print(table)
     if matrix := result.metrics.get("confusion_matrix"):
-        rows = "\n".join("  " + " ".join(f"{n:>6}" for n in row) for row in matrix)
-        console.print(f"confusion matrix (rows: true label, columns: predicted):\n{rows}")
+        console.print(confusion_table(matrix, result.label_names))
     console.print(f"recorded as MLflow run {result.mlflow_run_id}")
+
+
+def confusion_table(matrix: list[list[int]], label_names: list[str]) -> Table:
+    """The confusion matrix with its labels on both sides (the spec's names, else numbers):
+    bare rows of counts left a reader to remember which label came first."""
+    names = label_names if len(label_names) == len(matrix) else [str(i) for i in range(len(matrix))]
+    table = Table(title="confusion matrix")
+    table.add_column("true \\ predicted")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, matrix, strict=True):
+        table.add_row(name, *(str(count) for count in row))
+    return table
 
 
 EngineOption = Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -66,8 +67,18 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
     document = json.loads(done.stdout)
     expected = evaluate_version(Registry(), version, data=file, max_samples=40).metrics
     assert document["ok"] and document["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert document["label_names"] == ["negative", "positive"]  # the spec's, in label order
     table = run_cli("evaluate", version, "--data", str(file), "--max-samples", "40", env=env)
     assert table.returncode == 0 and "accuracy" in table.stdout and "confusion" in table.stdout
+    # the matrix under the metrics, each row and column named (bare counts said neither)
+    lines = table.stdout.splitlines()
+    assert any(re.fullmatch(r"┃ true \\ predicted ┃ negative ┃ positive ┃", line) for line in lines)
+    rows = [
+        line.split("│")[1:-1] for line in lines if line.startswith(("│ negative", "│ positive"))
+    ]
+    assert [[int(count) for count in row[1:]] for row in rows] == (
+        document["metrics"]["confusion_matrix"]
+    )
 
     unlabelled = tmp_path / "texts.tsv"
     unlabelled.write_text("sentence\na fine film\n")
@@ -141,6 +152,7 @@ def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path,
         json.loads(named.stdout)["metrics"]["confusion_matrix"]
         == (from_files.metrics["confusion_matrix"])
     )
+    assert json.loads(named.stdout)["label_names"] == []  # no spec: labels by number
     alone = run_cli("evaluate", "pushed-sst2@1", "--label-column", "gold", env=env)
     assert (alone.returncode, alone.stderr.strip()) == (
         2,
