@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..spec import PlanSpec
 
 from .common import (
+    LOADING_FLOW_LIBRARIES,
     JsonOption,
     console,
     emit_json,
@@ -294,7 +295,7 @@ def quickstart(
 ) -> None:
     """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
     as Prefect flow runs on the embedded defaults) and compare them in one table."""
-    with waiting("loading torch, transformers and Prefect", enabled=not as_json):
+    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
         from .. import pipelines  # noqa: PLC0415
         from ..prepare_job import check_inputs  # noqa: PLC0415
         from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415

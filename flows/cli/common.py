@@ -43,6 +43,7 @@ from ..errors import (
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "LOADING_FLOW_LIBRARIES",
     "BatchSizeOption",
     "JsonOption",
     "LabelColumnOption",
@@ -235,6 +236,10 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
             bar.update(task, completed=done, total=total)
 
         yield advance
+
+
+# What a flow command waits on before its first line of its own (``waiting``'s text).
+LOADING_FLOW_LIBRARIES = "loading torch, transformers and Prefect"
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import registry as rg
 
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
+    LOADING_FLOW_LIBRARIES,
     JsonOption,
     checkable_before_mlflow,
     console,
@@ -201,7 +202,7 @@ def retrain(
     if dry_run:
         _print_retraining(_due_now(files, as_json), as_json, dry_run=True)
         return
-    with waiting("loading torch, transformers and Prefect", enabled=not as_json):
+    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
         from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
 
         quiet_libraries()
