@@ -262,15 +262,16 @@ def train(
         require_spec_file(spec_file)
         adapterops_home()  # its cache of prepared data: a file there is refused before torch
         with waiting(checking(spec_file), enabled=not as_json):
-            from ..prepare_job import check_inputs  # noqa: PLC0415
             from ..spec import load_spec  # noqa: PLC0415
-            from ..train_job import train_from_spec  # noqa: PLC0415
+
+            spec = load_spec(spec_file, overrides)  # before the training modules load
+            from ..prepare_job import check_inputs  # noqa: PLC0415
 
             quiet_libraries()
-            spec = load_spec(spec_file, overrides)
             # bad input fails here, as in build, before the model is loaded (train evaluates
             # the model it trained: no second base to place)
             check_inputs(spec, evaluates_apart=False)
+            from ..train_job import train_from_spec  # noqa: PLC0415
         with progress(spec.name, enabled=not as_json) as on_step:
             report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports

@@ -69,13 +69,17 @@ def build(
     with user_errors(as_json, one_line_failures=True), telling_a_new_registry():
         require_spec_file(spec_file)
         with waiting(checking(spec_file), enabled=not as_json):
-            from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
-            from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
+            # Each check before the modules the next step needs: a typo in the spec is
+            # refused before MLflow and Prefect load (about 4 s of imports here).
             from ..spec import load_spec  # noqa: PLC0415
 
-            quiet_libraries()
             spec = load_spec(spec_file, overrides)
+            from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
+
+            quiet_libraries()
             check_inputs(spec)  # bad input fails here, before a flow run exists
+            from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
+
             existing = _existing_registry()
             check_promote_alias(spec, existing)
             lineage = build_lineage(spec)  # reads every data file (the fingerprint)
