@@ -238,21 +238,22 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
         yield advance
 
 
-# What a flow command waits on before its first line of its own (``waiting``'s text).
+# What a command waits on before its first line of its own (``waiting``'s text).
 LOADING_FLOW_LIBRARIES = "loading torch, transformers and Prefect"
+LOADING_LIBRARIES = "loading torch and transformers"
 
 
 @contextmanager
-def waiting(what: str, *, enabled: bool) -> Iterator[None]:
+def waiting(what: str, *, enabled: bool) -> Iterator[Callable[[str], None]]:
     """A spinner saying ``what`` on a terminal's standard error, for the seconds a command has
-    nothing else to show (loading torch, checking a spec's base model and data). It leaves no
-    line behind: an error that follows is still the only line. Nothing with ``--json`` or
-    when standard error is a log."""
+    nothing else to show (loading torch, checking a spec's base model and data); the callback
+    it yields changes the text as the work moves on. It leaves no line behind: an error that
+    follows is still the only line. Nothing with ``--json`` or when standard error is a log."""
     if not enabled or not errors.is_terminal:
-        yield
+        yield lambda _: None
         return
-    with errors.status(what):
-        yield
+    with errors.status(what) as spinner:
+        yield spinner.update
 
 
 def labelled(label: str, style: str, text: str) -> Text:

@@ -18,6 +18,7 @@ from registry.compositions import BLOCK_KINDS, answers_per_member
 
 from ..errors import DataError, TrackingUnavailableError
 from .common import (
+    LOADING_LIBRARIES,
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
@@ -40,6 +41,7 @@ from .common import (
     quiet_libraries,
     require_known,
     user_errors,
+    waiting,
     warn,
 )
 from .operate import (
@@ -393,13 +395,14 @@ def predict(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        from ..predict_job import (  # noqa: PLC0415 - torch
-            gather_inputs,
-            predict_composition,
-            predict_many,
-        )
+        with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
+            from ..predict_job import (  # noqa: PLC0415 - torch
+                gather_inputs,
+                predict_composition,
+                predict_many,
+            )
 
-        quiet_libraries()
+            quiet_libraries()
         composition = registry.composition(ref)  # one version from here on, however aliases move
         texts, pairs = gather_inputs(
             registry, composition.ref, input_texts(text), data, composition=True,
@@ -431,13 +434,16 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
+        with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+            from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
 
-        quiet_libraries()
-        result = evaluate_composition(
-            registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
-            text_column=text_column, label_column=label_column,
-        )  # fmt: skip
+            quiet_libraries()
+            say(f"evaluate {ref}: read the data")
+            result = evaluate_composition(
+                registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+                text_column=text_column, label_column=label_column,
+                on_phase=lambda step: say(f"evaluate {ref}: {step}"),
+            )  # fmt: skip
     show_evaluation(result, as_json)
 
 
@@ -456,12 +462,14 @@ def export(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        from ..export_job import export_composition  # noqa: PLC0415 - torch
+        with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+            from ..export_job import export_composition  # noqa: PLC0415 - torch
 
-        quiet_libraries()
-        result = export_composition(
-            registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
-        )
+            quiet_libraries()
+            say(f"export {ref} for {engine}")
+            result = export_composition(
+                registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
+            )
     show_export(result, as_json)
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .common import (
+    LOADING_LIBRARIES,
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
@@ -26,6 +27,7 @@ from .common import (
     require_known,
     spec_files,
     user_errors,
+    waiting,
     warn,
 )
 
@@ -96,9 +98,10 @@ def predict(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, refs)
-        from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415 - torch
+        with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
+            from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415 - torch
 
-        quiet_libraries()
+            quiet_libraries()
         texts, pairs = gather_inputs(
             registry, refs[0], input_texts(text), data, text_column=text_column
         )
@@ -167,13 +170,16 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref])
-        from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch
+        with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+            from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch
 
-        quiet_libraries()
-        result = evaluate_version(
-            registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
-            text_column=text_column, label_column=label_column,
-        )  # fmt: skip
+            quiet_libraries()
+            say(f"evaluate {ref}: read the data")
+            result = evaluate_version(
+                registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
+                text_column=text_column, label_column=label_column,
+                on_phase=lambda step: say(f"evaluate {ref}: {step}"),
+            )  # fmt: skip
     show_evaluation(result, as_json)
 
 
@@ -239,12 +245,14 @@ def export(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref])
-        from ..export_job import export as export_version  # noqa: PLC0415 - torch
+        with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+            from ..export_job import export as export_version  # noqa: PLC0415 - torch
 
-        quiet_libraries()
-        result = export_version(
-            registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
-        )
+            quiet_libraries()
+            say(f"export {ref} for {engine}")
+            result = export_version(
+                registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
+            )
     show_export(result, as_json)
 
 

@@ -429,6 +429,21 @@ class TestBasics:
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
         assert not (tmp_path / "out").exists()
 
+    @pytest.mark.parametrize("command", ["build", "train"])
+    def test_a_typo_in_the_spec_is_refused_before_mlflow_or_prefect_loads(self, command, tmp_path):
+        """A spec is checked against the methods' plug-ins, so torch loads; the modules build
+        needs next (MLflow, Prefect: about 4 s) loaded before the check, and a misspelt field
+        waited for them too (9 s to its line, measured). train is pinned the same way."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+        env |= {"ADAPTEROPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+        args = (command, str(EXAMPLE), "--set", "train.eval_every=0", "--out", "out")
+        result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
+        assert (result.returncode, loaded) == (2, ["torch"]), result.stderr[-2000:]
+        assert result.stderr.strip().splitlines() == [
+            f"error: {EXAMPLE}: train.eval_every: unknown field (check the spelling)"
+        ]
+        assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
+
     def test_version_and_short_help(self):
         version = adapterops("--version")
         assert (version.returncode, version.stdout) == (0, "adapterops 0.1.0\n")

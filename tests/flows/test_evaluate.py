@@ -17,7 +17,7 @@ from flows.evaluate_job import evaluate_version
 from flows.predict_job import predict
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_in_a_terminal
 
 
 @pytest.fixture
@@ -79,6 +79,24 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
     assert [[int(count) for count in row[1:]] for row in rows] == (
         document["metrics"]["confusion_matrix"]
     )
+    # at a terminal, what it is doing while it loads and scores (a person waited 20-40 s for
+    # the table in silence); in a log, nothing of it
+    terminal = {**env, "TERM": "xterm", "COLUMNS": "200"}
+    args = ("evaluate", version, "--data", str(file), "--max-samples", "40")
+    code, shown = run_cli_in_a_terminal(terminal, *args)
+    steps = [
+        "loading torch and transformers", "read the data", "load the base model and the adapter",
+        "score 40 rows", "record the MLflow run",
+    ]  # fmt: skip
+    said = [shown.find(f"evaluate {version}: {step}") for step in steps]
+    assert code == 0 and -1 not in said and said == sorted(said), shown[-3000:]
+    assert "score 40 rows" not in table.stderr
+    code, shown = run_cli_in_a_terminal(terminal, "predict", version, "--text", "a fine film")
+    loading, answered = (
+        shown.find("predict: loading torch and transformers"),
+        shown.find("│ a fine film"),
+    )
+    assert code == 0 and -1 < loading < answered, shown[-3000:]
 
     unlabelled = tmp_path / "texts.tsv"
     unlabelled.write_text("sentence\na fine film\n")
