@@ -9,7 +9,6 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,22 +24,16 @@ from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
 from .tracking import check_reachable, log_evaluation_run, tracking_uri
 from .train_job import (
+    PhaseCallback,
     evaluate_model,
     generates,
     load_inference_model,
     load_registered,
     load_tokenizer,
+    no_phases,
 )
 
 __all__ = ["Evaluation", "evaluate_composition", "evaluate_version"]
-
-# Hears what an evaluation does next ("score 872 rows"): the CLI's spinner at a terminal,
-# where a person waited 20-40 s in silence for the table.
-PhaseCallback = Callable[[str], None]
-
-
-def _silent(_: str) -> None:
-    """The phase callback when nobody listens."""
 
 
 @dataclass
@@ -69,7 +62,7 @@ def evaluate_version(
     skip_probe: bool = False,
     text_column: str | None = None,
     label_column: str | None = None,
-    on_phase: PhaseCallback = _silent,
+    on_phase: PhaseCallback = no_phases,
 ) -> Evaluation:
     """The metrics of the version ``ref`` resolves to on the file ``data`` (read with its spec's
     columns, or ``text_column`` and ``label_column``), else on its spec's validation split;
@@ -102,7 +95,7 @@ def evaluate_composition(
     skip_probe: bool = False,
     text_column: str | None = None,
     label_column: str | None = None,
-    on_phase: PhaseCallback = _silent,
+    on_phase: PhaseCallback = no_phases,
 ) -> Evaluation:
     """The metrics of the composition version ``ref`` resolves to (every member loaded and
     checked, the composition active), as :func:`evaluate_version` scores a version; the spec is

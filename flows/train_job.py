@@ -177,6 +177,15 @@ def load_inference_model(spec: AdapterSpec) -> tuple[nn.Module, PreTrainedTokeni
     return load_base_model(spec, placement=placement)
 
 
+# Hears what a job does next ("evaluate on 872 rows"): a bar's or spinner's text at a terminal,
+# a line in a log. Without it, a person watched a finished bar for the 10 s of evaluation.
+PhaseCallback = Callable[[str], None]
+
+
+def no_phases(_: str) -> None:
+    """The phase callback when nobody listens."""
+
+
 def train_from_spec(
     spec: AdapterSpec,
     output: str | Path,
@@ -186,11 +195,13 @@ def train_from_spec(
     checkpoint_dir: str | Path | None = None,
     fingerprint: str | None = None,
     registry: Registry | None = None,
+    on_phase: PhaseCallback = no_phases,
 ) -> TrainReport:
     """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
     ``on_step(step, total_steps, loss, learning_rate)`` is called after every optimiser step
-    (progress bars, experiment tracking). With ``checkpoint_dir`` a crashed run resumes from its
+    (progress bars, experiment tracking); ``on_phase`` hears each step around training (load,
+    prepare data, evaluate, save). With ``checkpoint_dir`` a crashed run resumes from its
     last checkpoint. Under ``torchrun`` every process trains its shard of each batch (DDP); rank 0
     evaluates and saves, the other ranks return a report with an empty ``output``. A build
     passes the dataset ``fingerprint`` it computed (else it is computed here) and its
@@ -209,7 +220,9 @@ def train_from_spec(
     with placement() as where:
         sharded = where.distributed and spec.train.sharding == "fsdp"
         # FSDP2 shards a model built on the CPU; otherwise the weights load onto the device
+        on_phase(f"load {spec.base_model}")
         model, tokenizer = load_base_model(spec, None if sharded else where.device)
+        on_phase("prepare data")
         data = _prepared_on_every_rank(spec, tokenizer, where, fingerprint)
         members = load_members(model, members_of_spec(spec), registry)  # frozen, for a fusion
         config = spec.method.to_config()
@@ -229,6 +242,7 @@ def train_from_spec(
         per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
         steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
         report_step = on_step if on_step is not None and where.is_main else None
+        on_phase("train")
         started = time.perf_counter()
         result = pc.train(
             wrap(model, where, cfg.sharding),
@@ -257,13 +271,12 @@ def train_from_spec(
                 registry=registry, evaluate_after=evaluate_after,
             )  # fmt: skip
     if metrics is None:
-        metrics = (
-            evaluate_model(
+        metrics = {}
+        if evaluate_after and where.is_main:
+            on_phase(f"evaluate on {len(data.validation)} rows")
+            metrics = evaluate_model(
                 model, data.validation, tokenizer, head=data.head, generate=generates(spec)
             )
-            if (evaluate_after and where.is_main)
-            else {}
-        )
     costs = pc.measure(model, spec.name)
     report = TrainReport(
         name=spec.name,
@@ -290,6 +303,7 @@ def train_from_spec(
         return report
     # Adapters peft runs are written in its layout, which peft, vLLM and LoRAX read directly.
     layout = "peft" if pc.method_of(config).places_itself else "adapterops"
+    on_phase(f"save into {output}")
     folder = pc.save_adapter(model, spec.name, output, format=layout, tokenizer=tokenizer)
     if probes is not None:
         pc.write_probes(probes, folder)

@@ -271,9 +271,12 @@ def train(
             # bad input fails here, as in build, before the model is loaded (train evaluates
             # the model it trained: no second base to place)
             check_inputs(spec, evaluates_apart=False)
-            from ..train_job import train_from_spec  # noqa: PLC0415
+            from ..train_job import no_phases, train_from_spec  # noqa: PLC0415
         with progress(spec.name, enabled=not as_json) as on_step:
-            report = train_from_spec(spec, out or Path("out") / spec.name, on_step=on_step)
+            report = train_from_spec(
+                spec, out or Path("out") / spec.name, on_step=on_step,
+                on_phase=on_step.phase if on_step else no_phases,
+            )  # fmt: skip
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports
         return
     if as_json:

@@ -312,6 +312,16 @@ class TestTrain:
         assert steps == ["1/20", "2/20", "4/20", "6/20", "8/20", "10/20", "12/20", "14/20",
                          "16/20", "18/20", "20/20"]  # fmt: skip
         assert lines[-1].startswith("minilm-sst2-en-lora: step 20/20 (100%) loss ")
+        # what it does around training, said as it starts (evaluation sat on a full bar)
+        phases = [
+            line.removeprefix("minilm-sst2-en-lora: ")
+            for line in result.stderr.splitlines()
+            if line.startswith("minilm-sst2-en-lora: ") and ": step " not in line
+        ]
+        assert phases == [
+            "load sentence-transformers/all-MiniLM-L6-v2", "prepare data", "train",
+            "evaluate on 16 rows", f"save into {tmp_path / 'a'}",
+        ]  # fmt: skip
 
     def test_a_class_the_data_never_shows_is_one_plain_warning(self, tmp_path):
         result = adapterops(
