@@ -163,7 +163,7 @@ def run_cli_noting_imports(
     probe = (
         "import sys, flows.cli\n"
         "sys.argv[0] = 'adapterops'\n"
-        "try:\n    flows.cli.main()\n"
+        "try:\n    flows.cli.main(teardown=True)\n"
         "except SystemExit as done:\n"
         f"    loaded = sorted(set({HEAVY_LIBRARIES!r}) & set(sys.modules))\n"
         "    print('\\n' + ','.join(loaded), file=sys.__stdout__)\n"

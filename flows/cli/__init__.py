@@ -31,6 +31,7 @@ from .common import (
 )
 from .compositions import composition_app
 from .help import plain_value_names
+from .quick_exit import exit_without_teardown
 from .stack import stack_app
 
 __all__ = ["app", "main"]
@@ -74,8 +75,21 @@ app.add_typer(composition_app, name="composition")
 app.add_typer(stack_app, name="stack")
 
 
-def main() -> None:
-    """Entry point of the console script."""
+def main(*, teardown: bool = False) -> None:
+    """Entry point of the console script: runs the command named in ``sys.argv`` and exits
+    with its status. ``teardown``: exit by raising ``SystemExit``, as ``sys.exit`` does (for a
+    caller in the same process); otherwise without Python's teardown of every module
+    (:mod:`.quick_exit`: a second or more after the last line)."""
+    try:
+        _run_command()
+    except SystemExit as done:
+        if teardown:
+            raise
+        exit_without_teardown(done.code)
+
+
+def _run_command() -> None:
+    """The command named in ``sys.argv``, run; ends by raising ``SystemExit`` with its status."""
     # Flow and task state lines would bury the progress bar and results; warnings still show.
     # PREFECT_LOGGING_LEVEL=INFO brings them back.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
