@@ -241,6 +241,7 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
 # What a command waits on before its first line of its own (``waiting``'s text).
 LOADING_FLOW_LIBRARIES = "loading torch, transformers and Prefect"
 LOADING_LIBRARIES = "loading torch and transformers"
+READING_MLFLOW = "loading MLflow and reading the aliases reviewers moved there"
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import registry as rg
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
     LOADING_FLOW_LIBRARIES,
+    READING_MLFLOW,
     JsonOption,
     checkable_before_mlflow,
     console,
@@ -354,12 +355,13 @@ def promote_command(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
-        from .. import tracking  # noqa: PLC0415
-        from ..mlflow_models import sync_aliases  # noqa: PLC0415
-        from ..promotion import check_not_worse, promote  # noqa: PLC0415
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415
+            from ..mlflow_models import sync_aliases  # noqa: PLC0415
+            from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
-        client = tracking.client()
-        sync_aliases(registry, client, [ref.partition("@")[0]])
+            client = tracking.client()
+            sync_aliases(registry, client, [ref.partition("@")[0]])
         try:
             check_not_worse(registry, ref, alias)
         except PromotionRefusedError as refused:
@@ -385,12 +387,13 @@ def rollback(
         registry = open_registry()
         # a typo is "no adapter named ...", not "no previous version", and before MLflow loads
         require_known(registry, [name])
-        from .. import tracking  # noqa: PLC0415
-        from ..mlflow_models import sync_aliases  # noqa: PLC0415
-        from ..promotion import rollback as roll_back  # noqa: PLC0415
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415
+            from ..mlflow_models import sync_aliases  # noqa: PLC0415
+            from ..promotion import rollback as roll_back  # noqa: PLC0415
 
-        client = tracking.client()
-        sync_aliases(registry, client, [name])
+            client = tracking.client()
+            sync_aliases(registry, client, [name])
         version = roll_back(registry, client, name, origin="cli")
     if as_json:
         emit_json({"ok": True, **version.to_dict()})
@@ -420,16 +423,17 @@ def sync(
     compositions of these names (default: all); compositions MLflow lacks are mirrored first,
     and the MLflow versions of versions deleted while MLflow did not follow are removed."""
 
-    from .. import tracking  # noqa: PLC0415
-    from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
-    from ..mlflow_models import drop_deleted_mirrors  # noqa: PLC0415
-
     with user_errors(as_json):
         registry = open_registry()
         _check_known(registry, name or [])
-        client = tracking.client()
-        mirrored, changes = sync_from_mlflow(registry, client, name or None)
-        dropped = drop_deleted_mirrors(registry, client, name or None)
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415
+            from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
+            from ..mlflow_models import drop_deleted_mirrors  # noqa: PLC0415
+
+            client = tracking.client()
+            mirrored, changes = sync_from_mlflow(registry, client, name or None)
+            dropped = drop_deleted_mirrors(registry, client, name or None)
     if as_json:
         emit_json({
             "ok": True, "changes": [c.to_dict() for c in changes], "mirrored": mirrored,

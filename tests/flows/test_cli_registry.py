@@ -772,3 +772,22 @@ def test_push_and_pull_show_a_bar_of_bytes_in_a_terminal_only(tmp_path):
     assert code == 0 and "pull a@1" not in shown and json.loads(shown)["ref"] == "a@1"
     piped = run(env, "pull", "a@1", str(tmp_path / "piped"))  # not a terminal: no bar
     assert piped.returncode == 0 and piped.stderr == "" and "pull a@1 " not in piped.stdout
+
+
+def test_commands_that_read_mlflow_first_say_so_in_a_terminal_only(tmp_path):
+    """promote, rollback and sync load MLflow and read the aliases moved in its UI before
+    anything else: 4 to 7 s with nothing on screen. In a terminal a spinner says so; piped,
+    only the result."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
+    env |= {"TERM": "xterm"}
+    identity = ("--name", "a", "--base-model", "b", "--task", "t", "--language", "en")
+    pushed = run(env, "push", str(write_fake_adapter(tmp_path / "adapter", seed=1)), *identity)
+    assert pushed.returncode == 0, pushed.stderr
+    code, shown = run_cli_in_a_terminal(env, "promote", "a@1", "staging")
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", shown)  # colours and cursor moves
+    said = shown.find("loading MLflow and reading the aliases reviewers moved there")
+    assert code == 0 and -1 < said < shown.find("a@1 is now staging"), shown
+    piped = run(env, "sync")
+    assert (piped.returncode, piped.stderr) == (0, ""), piped.stderr
+    assert piped.stdout == "0 alias change(s) taken from MLflow\n"
