@@ -241,7 +241,8 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
 # What a command waits on before its first line of its own (``waiting``'s text).
 LOADING_FLOW_LIBRARIES = "loading torch, transformers and Prefect"
 LOADING_LIBRARIES = "loading torch and transformers"
-READING_MLFLOW = "loading MLflow and reading the aliases reviewers moved there"
+# Commands that move or read aliases go through MLflow first (reviewers move them in its UI).
+READING_MLFLOW = "loading MLflow and reading its aliases"
 
 
 @contextmanager
@@ -347,19 +348,23 @@ def check_adapter_name(registry: rg.Registry, name: str) -> None:
     registry.get(name)  # no such adapter: one line, with similar names
 
 
-def mlflow_after_sync(sync: Callable[[Any], object]) -> tuple[Any, Exception | None]:
+def mlflow_after_sync(
+    sync: Callable[[Any], object], *, announce: bool
+) -> tuple[Any, Exception | None]:
     """``(client, None)``: MLflow's client, once ``sync(client)`` copied the alias moves made
     in its UI into the registry, so a delete that checks aliases sees the one a reviewer just
     moved (MLflow wins). ``(None, error)`` when MLflow cannot be reached: the delete goes by
-    the registry's aliases, and the caller says what is left in MLflow."""
-    from .. import tracking  # noqa: PLC0415 - MLflow only for the commands that need it
-    from ..errors import TrackingUnavailableError  # noqa: PLC0415
+    the registry's aliases, and the caller says what is left in MLflow. ``announce``: say so
+    at a terminal meanwhile (not with ``--json``)."""
+    with waiting(READING_MLFLOW, enabled=announce):
+        from .. import tracking  # noqa: PLC0415 - MLflow only for the commands that need it
+        from ..errors import TrackingUnavailableError  # noqa: PLC0415
 
-    try:
-        client = tracking.client()
-        sync(client)
-    except TrackingUnavailableError as exc:
-        return None, exc
+        try:
+            client = tracking.client()
+            sync(client)
+        except TrackingUnavailableError as exc:
+            return None, exc
     return client, None
 
 

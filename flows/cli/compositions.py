@@ -19,6 +19,7 @@ from registry.compositions import BLOCK_KINDS, answers_per_member
 from ..errors import DataError, TrackingUnavailableError
 from .common import (
     LOADING_LIBRARIES,
+    READING_MLFLOW,
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
@@ -280,12 +281,13 @@ def alias(
     with user_errors(as_json):
         registry = open_registry()
         composition_name = registry.composition(ref).name  # before MLflow loads
-        from .. import tracking  # noqa: PLC0415
-        from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415
+            from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
 
-        client = tracking.client()
-        sync_composition_aliases(registry, client, [composition_name])
-        composition = move_composition_alias(registry, client, ref, name, origin="cli")
+            client = tracking.client()
+            sync_composition_aliases(registry, client, [composition_name])
+            composition = move_composition_alias(registry, client, ref, name, origin="cli")
     _print([composition], as_json, single=True)
 
 
@@ -299,15 +301,16 @@ def unalias(
     with user_errors(as_json):
         registry = open_registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
-        from .. import tracking  # noqa: PLC0415
-        from ..mlflow_compositions import (  # noqa: PLC0415
-            remove_composition_alias,
-            sync_composition_aliases,
-        )
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415
+            from ..mlflow_compositions import (  # noqa: PLC0415
+                remove_composition_alias,
+                sync_composition_aliases,
+            )
 
-        client = tracking.client()
-        sync_composition_aliases(registry, client, [composition_name])
-        remove_composition_alias(registry, client, composition, name, origin="cli")
+            client = tracking.client()
+            sync_composition_aliases(registry, client, [composition_name])
+            remove_composition_alias(registry, client, composition, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "composition": composition, "removed": name})
         return
@@ -330,7 +333,7 @@ def remove(
         registry = open_registry()
         name = registry.composition(ref).name  # no such version: one line, before MLflow loads
         client, unreachable = mlflow_after_sync(
-            lambda c: sync_composition_aliases(registry, c, [name])
+            lambda c: sync_composition_aliases(registry, c, [name]), announce=not as_json
         )
         deleted = registry.delete_composition(ref, origin="cli")
     drop_mirror(

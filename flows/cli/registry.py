@@ -22,6 +22,7 @@ from registry.redaction import redact
 
 from ..errors import DataError
 from .common import (
+    READING_MLFLOW,
     JsonOption,
     MetricOption,
     byte_progress,
@@ -43,6 +44,7 @@ from .common import (
     require_known,
     telling_a_new_registry,
     user_errors,
+    waiting,
     warn,
 )
 from .database import db_app
@@ -338,10 +340,11 @@ def alias(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
-        from .. import tracking  # noqa: PLC0415 - MLflow only for this command
-        from ..promotion import move_alias  # noqa: PLC0415
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+            from ..promotion import move_alias  # noqa: PLC0415
 
-        version = move_alias(registry, tracking.client(), ref, name, origin="cli")
+            version = move_alias(registry, tracking.client(), ref, name, origin="cli")
     _print_versions([version], as_json, single=True)
 
 
@@ -355,13 +358,14 @@ def unalias(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [adapter])  # before MLflow loads
-        from .. import tracking  # noqa: PLC0415 - MLflow only for this command
-        from ..mlflow_models import sync_aliases  # noqa: PLC0415
-        from ..promotion import remove_alias  # noqa: PLC0415
+        with waiting(READING_MLFLOW, enabled=not as_json):
+            from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+            from ..mlflow_models import sync_aliases  # noqa: PLC0415
+            from ..promotion import remove_alias  # noqa: PLC0415
 
-        client = tracking.client()
-        sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
-        remove_alias(registry, client, adapter, name, origin="cli")
+            client = tracking.client()
+            sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
+            remove_alias(registry, client, adapter, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "adapter": adapter, "removed": name})
         return
@@ -378,7 +382,9 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     with user_errors(as_json):
         registry = open_registry()
         name = registry.get(ref).name  # no such version: one line, before MLflow loads
-        client, unreachable = mlflow_after_sync(lambda c: sync_aliases(registry, c, [name]))
+        client, unreachable = mlflow_after_sync(
+            lambda c: sync_aliases(registry, c, [name]), announce=not as_json
+        )
         version = registry.delete(ref, origin="cli")
     drop_mirror(client, unreachable, version.name, version.version, version.ref)
     if as_json:
