@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 __all__ = [
+    "PhaseCallback",
     "TrainReport",
     "evaluate_folder",
     "evaluate_model",
@@ -60,6 +61,7 @@ __all__ = [
     "load_inference_model",
     "load_registered",
     "load_tokenizer",
+    "no_phases",
     "train_from_spec",
     "training_precision",
     "write_report",
