@@ -105,17 +105,17 @@ def save(
 ) -> None:
     """Save a composition over exact member versions as its next version, with the metrics it
     scored (--metric; the retraining cascade records the score its gate weighed)."""
-    from ..spec import load_spec  # noqa: PLC0415 - it imports torch: other commands start fast
-
     with user_errors(as_json):
         block = _definition(definition)
-        scored = load_spec(evaluation).model_dump(mode="json") if evaluation else None
+        scored = _evaluation_spec(evaluation, announce=not as_json) if evaluation else None
         registry = open_registry()
-        composition = registry.register_composition(
-            name, block, members, description=description, evaluation=scored,
-            metrics=metric_values(metric or []),
-        )  # fmt: skip
-        _mirror(registry, composition)
+        with waiting(f"{name}: check and save its members", enabled=not as_json) as say:
+            composition = registry.register_composition(
+                name, block, members, description=description, evaluation=scored,
+                metrics=metric_values(metric or []),
+            )  # fmt: skip
+            say(f"{composition.ref}: mirror it to MLflow")
+            _mirror(registry, composition)
     base = registry.get(composition.members[0]).base_model
     if scored and scored["base_model"] != base:  # a path to the same model is fine: not refused
         warn(
@@ -124,6 +124,15 @@ def save(
             "refused on another model's weights"
         )
     _print([composition], as_json, single=True)
+
+
+def _evaluation_spec(path: Path, *, announce: bool) -> dict[str, Any]:
+    """The spec file ``--evaluation`` names, checked, as the registry stores it (the methods'
+    plug-ins check a spec: torch loads)."""
+    with waiting(f"checking {path.name}", enabled=announce):
+        from ..spec import load_spec  # noqa: PLC0415
+
+        return load_spec(path).model_dump(mode="json")
 
 
 def _mirror(registry: rg.Registry, composition: Composition) -> None:

@@ -776,8 +776,9 @@ def test_push_and_pull_show_a_bar_of_bytes_in_a_terminal_only(tmp_path):
 
 def test_commands_that_read_mlflow_first_say_so_in_a_terminal_only(tmp_path):
     """promote, rollback, sync, alias, unalias and rm (of versions and compositions) load
-    MLflow and read the aliases moved in its UI before anything else: 4 to 7 s with nothing
-    on screen. In a terminal a spinner says so; piped, only the result."""
+    MLflow and read the aliases moved in its UI before anything else, and composition save
+    mirrors the new version there: 4 to 7 s with nothing on screen. In a terminal a spinner
+    says so; piped, only the result."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
     env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
     env |= {"TERM": "xterm"}
@@ -794,6 +795,11 @@ def test_commands_that_read_mlflow_first_say_so_in_a_terminal_only(tmp_path):
     assert code == 2 and -1 < said < shown.find(
         "error: cannot delete a@1: still referred to by alias 'staging'"
     ), shown
+    code, shown = run_cli_in_a_terminal(env, "composition", "save", "c", "a@1")
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", shown)
+    steps = ("c: check and save its members", "c@1: mirror it to MLflow", "│ c@1 ")
+    said = [shown.find(step) for step in steps]
+    assert code == 0 and -1 not in said and said == sorted(said), shown
     piped = run(env, "sync")
     assert (piped.returncode, piped.stderr) == (0, ""), piped.stderr
     assert piped.stdout == "0 alias change(s) taken from MLflow\n"
