@@ -52,6 +52,7 @@ from .operate import (
     MaxLoraRankOption,
     MaxSamplesOption,
     OutFolderOption,
+    scored,
     show_evaluation,
     show_export,
     show_predictions,
@@ -446,16 +447,11 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
-            from ..evaluate_job import evaluate_composition  # noqa: PLC0415 - torch
-
-            quiet_libraries()
-            say(f"evaluate {ref}: read the data")
-            result = evaluate_composition(
-                registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
-                text_column=text_column, label_column=label_column,
-                on_phase=lambda step: say(f"evaluate {ref}: {step}"),
-            )  # fmt: skip
+        result = scored(
+            registry, ref, composition=True, as_json=as_json, data=data,
+            max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
+            label_column=label_column,
+        )  # fmt: skip
     show_evaluation(result, as_json)
 
 

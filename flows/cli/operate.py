@@ -170,17 +170,24 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref])
-        with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
-            from ..evaluate_job import evaluate_version  # noqa: PLC0415 - torch
-
-            quiet_libraries()
-            say(f"evaluate {ref}: read the data")
-            result = evaluate_version(
-                registry, ref, data=data, max_samples=max_samples, skip_probe=skip_probe,
-                text_column=text_column, label_column=label_column,
-                on_phase=lambda step: say(f"evaluate {ref}: {step}"),
-            )  # fmt: skip
+        result = scored(
+            registry, ref, composition=False, as_json=as_json, data=data,
+            max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
+            label_column=label_column,
+        )  # fmt: skip
     show_evaluation(result, as_json)
+
+
+def scored(registry: Any, ref: str, *, composition: bool, as_json: bool, **options: Any) -> Any:
+    """``evaluate_composition`` or ``evaluate_version`` of ``ref`` with ``options``; at a
+    terminal a spinner says each step (loading torch, the data, the model, scoring, MLflow)."""
+    with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+        from .. import evaluate_job  # noqa: PLC0415 - torch
+
+        quiet_libraries()
+        say(f"evaluate {ref}: read the data")
+        score = evaluate_job.evaluate_composition if composition else evaluate_job.evaluate_version
+        return score(registry, ref, **options, on_phase=lambda step: say(f"evaluate {ref}: {step}"))
 
 
 def show_evaluation(result: Any, as_json: bool) -> None:
