@@ -348,23 +348,38 @@ def check_adapter_name(registry: rg.Registry, name: str) -> None:
     registry.get(name)  # no such adapter: one line, with similar names
 
 
-def mlflow_after_sync(
-    sync: Callable[[Any], object], *, announce: bool
-) -> tuple[Any, Exception | None]:
-    """``(client, None)``: MLflow's client, once ``sync(client)`` copied the alias moves made
-    in its UI into the registry, so a delete that checks aliases sees the one a reviewer just
-    moved (MLflow wins). ``(None, error)`` when MLflow cannot be reached: the delete goes by
-    the registry's aliases, and the caller says what is left in MLflow. ``announce``: say so
-    at a terminal meanwhile (not with ``--json``)."""
+@contextmanager
+def mlflow_client(*, announce: bool) -> Iterator[Any]:
+    """MLflow's client (MLflow loads here: seconds), for a block that reads or moves aliases
+    through it; ``announce``: a spinner says so at a terminal meanwhile (not with ``--json``)."""
     with waiting(READING_MLFLOW, enabled=announce):
         from .. import tracking  # noqa: PLC0415 - MLflow only for the commands that need it
-        from ..errors import TrackingUnavailableError  # noqa: PLC0415
 
-        try:
-            client = tracking.client()
-            sync(client)
-        except TrackingUnavailableError as exc:
-            return None, exc
+        yield tracking.client()
+
+
+def mlflow_after_sync(
+    registry: rg.Registry, name: str, *, composition: bool, announce: bool
+) -> tuple[Any, Exception | None]:
+    """``(client, None)``: MLflow's client, once the alias moves made in its UI to adapter
+    (or ``composition``) ``name`` are copied into the registry, so a delete that checks aliases
+    sees the one a reviewer just moved (MLflow wins). ``(None, error)`` when MLflow cannot be
+    reached: the delete goes by the registry's aliases, and the caller says what is left in
+    MLflow. ``announce``: say so at a terminal meanwhile (not with ``--json``)."""
+    from ..errors import TrackingUnavailableError  # noqa: PLC0415
+
+    try:
+        with mlflow_client(announce=announce) as client:  # MLflow loads here, then these
+            if composition:
+                from ..mlflow_compositions import sync_composition_aliases  # noqa: PLC0415
+
+                sync_composition_aliases(registry, client, [name])
+            else:
+                from ..mlflow_models import sync_aliases  # noqa: PLC0415
+
+                sync_aliases(registry, client, [name])
+    except TrackingUnavailableError as exc:
+        return None, exc
     return client, None
 
 

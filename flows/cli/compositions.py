@@ -19,7 +19,6 @@ from registry.compositions import BLOCK_KINDS, answers_per_member
 from ..errors import DataError, TrackingUnavailableError
 from .common import (
     LOADING_LIBRARIES,
-    READING_MLFLOW,
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
@@ -36,6 +35,7 @@ from .common import (
     metric_values,
     metrics_text,
     mlflow_after_sync,
+    mlflow_client,
     open_registry,
     print_card,
     print_columns,
@@ -52,7 +52,7 @@ from .operate import (
     MaxLoraRankOption,
     MaxSamplesOption,
     OutFolderOption,
-    scored,
+    evaluate_with_steps,
     show_evaluation,
     show_export,
     show_predictions,
@@ -291,11 +291,9 @@ def alias(
     with user_errors(as_json):
         registry = open_registry()
         composition_name = registry.composition(ref).name  # before MLflow loads
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
 
-            client = tracking.client()
             sync_composition_aliases(registry, client, [composition_name])
             composition = move_composition_alias(registry, client, ref, name, origin="cli")
     _print([composition], as_json, single=True)
@@ -311,14 +309,12 @@ def unalias(
     with user_errors(as_json):
         registry = open_registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_compositions import (  # noqa: PLC0415
                 remove_composition_alias,
                 sync_composition_aliases,
             )
 
-            client = tracking.client()
             sync_composition_aliases(registry, client, [composition_name])
             remove_composition_alias(registry, client, composition, name, origin="cli")
     if as_json:
@@ -337,15 +333,15 @@ def remove(
     """Delete a composition version that no alias points at (aliases moved in the MLflow UI
     count), and the MLflow version that mirrors it; its members can be deleted then. Its
     number is never given to another version."""
-    from ..mlflow_compositions import mlflow_name, sync_composition_aliases  # noqa: PLC0415
-
     with user_errors(as_json):
         registry = open_registry()
         name = registry.composition(ref).name  # no such version: one line, before MLflow loads
         client, unreachable = mlflow_after_sync(
-            lambda c: sync_composition_aliases(registry, c, [name]), announce=not as_json
+            registry, name, composition=True, announce=not as_json
         )
         deleted = registry.delete_composition(ref, origin="cli")
+    from ..mlflow_compositions import mlflow_name  # noqa: PLC0415 - MLflow has loaded by now
+
     drop_mirror(
         client, unreachable, mlflow_name(name), deleted.version, f"composition {deleted.ref}"
     )
@@ -447,7 +443,7 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
-        result = scored(
+        result = evaluate_with_steps(
             registry, ref, composition=True, as_json=as_json, data=data,
             max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
             label_column=label_column,

@@ -21,11 +21,11 @@ import registry as rg
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
     LOADING_FLOW_LIBRARIES,
-    READING_MLFLOW,
     JsonOption,
     checkable_before_mlflow,
     console,
     emit_json,
+    mlflow_client,
     open_registry,
     prefect_answers,
     quiet_libraries,
@@ -355,12 +355,10 @@ def promote_command(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
-            client = tracking.client()
             sync_aliases(registry, client, [ref.partition("@")[0]])
         try:
             check_not_worse(registry, ref, alias)
@@ -387,12 +385,10 @@ def rollback(
         registry = open_registry()
         # a typo is "no adapter named ...", not "no previous version", and before MLflow loads
         require_known(registry, [name])
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import rollback as roll_back  # noqa: PLC0415
 
-            client = tracking.client()
             sync_aliases(registry, client, [name])
         version = roll_back(registry, client, name, origin="cli")
     if as_json:
@@ -426,12 +422,10 @@ def sync(
     with user_errors(as_json):
         registry = open_registry()
         _check_known(registry, name or [])
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
             from ..mlflow_models import drop_deleted_mirrors  # noqa: PLC0415
 
-            client = tracking.client()
             mirrored, changes = sync_from_mlflow(registry, client, name or None)
             dropped = drop_deleted_mirrors(registry, client, name or None)
     if as_json:

@@ -170,7 +170,7 @@ def evaluate(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [ref])
-        result = scored(
+        result = evaluate_with_steps(
             registry, ref, composition=False, as_json=as_json, data=data,
             max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
             label_column=label_column,
@@ -178,7 +178,9 @@ def evaluate(
     show_evaluation(result, as_json)
 
 
-def scored(registry: Any, ref: str, *, composition: bool, as_json: bool, **options: Any) -> Any:
+def evaluate_with_steps(
+    registry: Any, ref: str, *, composition: bool, as_json: bool, **options: Any
+) -> Any:
     """``evaluate_composition`` or ``evaluate_version`` of ``ref`` with ``options``; at a
     terminal a spinner says each step (loading torch, the data, the model, scoring, MLflow)."""
     with waiting(f"evaluate {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:

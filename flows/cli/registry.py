@@ -22,7 +22,6 @@ from registry.redaction import redact
 
 from ..errors import DataError
 from .common import (
-    READING_MLFLOW,
     JsonOption,
     MetricOption,
     byte_progress,
@@ -36,6 +35,7 @@ from .common import (
     metric_values,
     metrics_text,
     mlflow_after_sync,
+    mlflow_client,
     open_registry,
     print_card,
     print_columns,
@@ -44,7 +44,6 @@ from .common import (
     require_known,
     telling_a_new_registry,
     user_errors,
-    waiting,
     warn,
 )
 from .database import db_app
@@ -340,11 +339,10 @@ def alias(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+        with mlflow_client(announce=not as_json) as client:
             from ..promotion import move_alias  # noqa: PLC0415
 
-            version = move_alias(registry, tracking.client(), ref, name, origin="cli")
+            version = move_alias(registry, client, ref, name, origin="cli")
     _print_versions([version], as_json, single=True)
 
 
@@ -358,12 +356,10 @@ def unalias(
     with user_errors(as_json):
         registry = open_registry()
         require_known(registry, [adapter])  # before MLflow loads
-        with waiting(READING_MLFLOW, enabled=not as_json):
-            from .. import tracking  # noqa: PLC0415 - MLflow only for this command
+        with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import remove_alias  # noqa: PLC0415
 
-            client = tracking.client()
             sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
             remove_alias(registry, client, adapter, name, origin="cli")
     if as_json:
@@ -377,13 +373,11 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
     """Delete a version that no alias, composition or fusion refers to (aliases moved in the
     MLflow UI count), and the MLflow version that mirrors it, so no reviewer can point an alias
     at it."""
-    from ..mlflow_models import sync_aliases  # noqa: PLC0415
-
     with user_errors(as_json):
         registry = open_registry()
         name = registry.get(ref).name  # no such version: one line, before MLflow loads
         client, unreachable = mlflow_after_sync(
-            lambda c: sync_aliases(registry, c, [name]), announce=not as_json
+            registry, name, composition=False, announce=not as_json
         )
         version = registry.delete(ref, origin="cli")
     drop_mirror(client, unreachable, version.name, version.version, version.ref)
