@@ -53,6 +53,7 @@ bench: setup services
 	$(PY) -m bench.gc_bench
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.predict_bench
+	$(PY) -m bench.scoring_order_bench
 	$(PY) -m bench.gpu_bench
 	$(PY) -m bench.multi_lora_bench
 	$(PY) -m bench.packing_bench
@@ -74,6 +75,7 @@ bench-quick: setup services
 	$(PY) -m bench.registry_bench --quick
 	$(PY) -m bench.gc_bench --quick
 	$(PY) -m bench.predict_bench --quick
+	$(PY) -m bench.scoring_order_bench --quick
 	$(PY) -m bench.packing_bench --quick
 	$(PY) -m bench.quantized_load_bench --quick
 	$(PY) -m bench.lora_init_bench --quick

@@ -437,6 +437,31 @@ def predict_section(data: dict[str, Any], plots: Path) -> str:
     )
 
 
+def scoring_order_section(data: dict[str, Any], plots: Path) -> str:
+    """Scoring and predicting rows of like lengths together against file order
+    (``bench.scoring_order_bench``)."""
+    del plots
+    rows = [
+        [
+            f"`{r['loop']}`",
+            str(r["rows"]),
+            f"{r['file_order_seconds']:.2f} s",
+            f"{r['longest_first_seconds']:.2f} s",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in data["rows"]
+    ]
+    return "\n\n".join(
+        [
+            "**rows of like lengths batched together** (SST-2 validation sentences through a "
+            f"MiniLM LoRA on {data['device']}, median of {data['repeats']}, both orders giving "
+            "the same answers; `python -m bench.scoring_order_bench`):",
+            table(["loop", "rows", "file order", "longest first", "speed-up"], rows),
+            measured_on(data),
+        ]
+    )
+
+
 def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
     """Prefill and decode of mixed-adapter batches (``bench.multi_lora_bench``), ours with each
     kernel against peft and one adapter for every row, with a plot of the same ratios."""
@@ -816,6 +841,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("gc", gc_section),
     ("startup", startup_section),
     ("predict", predict_section),
+    ("scoring_order", scoring_order_section),
     ("gpu", gpu_section),
     ("llm_train", llm_train_section),
     ("packing", packing_section),

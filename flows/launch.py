@@ -6,8 +6,9 @@ the command in torchrun.
 Each of the N processes runs this module (``python -m flows.launch``), which calls
 ``train_from_spec`` under torchrun: DDP or FSDP as ``train.sharding`` says, one GPU per process
 (NCCL) or gloo on a CPU. Rank 0 prints each optimiser step as one marked JSON line, which the
-launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and writes
-its report for the launcher to return. Evaluation, registration and tracking stay in the
+launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and each
+phase (load, prepare data, train, evaluate, save) as a marked line that becomes an ``on_phase``
+call; it writes its report for the launcher to return. Registration and tracking stay in the
 launching process, as for one process.
 """
 
@@ -25,10 +26,12 @@ from typing import Any
 
 from .spec import AdapterSpec
 
-__all__ = ["STEP_MARK", "launched_here", "train_in_processes"]
+__all__ = ["PHASE_MARK", "STEP_MARK", "launched_here", "train_in_processes"]
 
 STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdout
+PHASE_MARK = "@adapterops-phase "  # the start of a line naming rank 0's phase
 StepCallback = Callable[[int, int, float, float], None]
+PhaseCallback = Callable[[str], None]
 
 
 def launched_here(spec: AdapterSpec) -> bool:
@@ -44,12 +47,15 @@ def train_in_processes(
     evaluate_after: bool = True,
     checkpoint_dir: str | Path | None = None,
     fingerprint: str | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> Any:
     """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
-    :class:`~flows.train_job.TrainReport`. Raises ``RuntimeError`` with the failing process's
-    last words if torchrun fails."""
+    :class:`~flows.train_job.TrainReport`. ``on_step`` and ``on_phase`` hear rank 0's. Raises
+    ``RuntimeError`` with the failing process's last words if torchrun fails."""
     from .train_job import TrainReport  # noqa: PLC0415 - torch loads with it
 
+    if on_phase is not None:
+        on_phase(f"start {spec.train.processes} processes")
     with tempfile.TemporaryDirectory(prefix="adapterops-launch-") as scratch:
         spec_file, report_file = Path(scratch) / "spec.json", Path(scratch) / "report.json"
         spec_file.write_text(spec.model_dump_json())
@@ -68,7 +74,7 @@ def train_in_processes(
             command.append("--no-evaluate")
         errors = Path(scratch) / "stderr.log"
         with errors.open("w") as stderr:
-            returncode = _relay(command, stderr, on_step)
+            returncode = _relay(command, stderr, on_step, on_phase)
         if returncode != 0:
             raise RuntimeError(
                 f"training in {spec.train.processes} processes failed (torchrun exit "
@@ -78,8 +84,14 @@ def train_in_processes(
     return TrainReport(**document)
 
 
-def _relay(command: list[str], stderr: Any, on_step: StepCallback | None) -> int:
-    """Run ``command``, turning rank 0's step lines into ``on_step`` calls; its exit code."""
+def _relay(
+    command: list[str],
+    stderr: Any,
+    on_step: StepCallback | None,
+    on_phase: PhaseCallback | None = None,
+) -> int:
+    """Run ``command``, turning rank 0's step and phase lines into ``on_step`` and ``on_phase``
+    calls; its exit code."""
     environment = {**os.environ, "PYTHONPATH": _with_this_project(os.environ.get("PYTHONPATH"))}
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
@@ -89,6 +101,8 @@ def _relay(command: list[str], stderr: Any, on_step: StepCallback | None) -> int
             if line.startswith(STEP_MARK) and on_step is not None:
                 step = json.loads(line.removeprefix(STEP_MARK))
                 on_step(step["step"], step["total"], step["loss"], step["learning_rate"])
+            elif line.startswith(PHASE_MARK) and on_phase is not None:
+                on_phase(line.removeprefix(PHASE_MARK).rstrip("\n"))
         return process.wait()
 
 
@@ -112,6 +126,11 @@ def _print_step(step: int, total: int, loss: float, learning_rate: float) -> Non
     print(STEP_MARK + json.dumps(record), flush=True)
 
 
+def _print_phase(phase: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # every rank goes through the phases; one tells
+        print(PHASE_MARK + phase, flush=True)
+
+
 def main() -> None:
     """One of the processes: train, and on rank 0 write the report for the launcher."""
     parser = argparse.ArgumentParser(description="one process of train.processes")
@@ -127,7 +146,7 @@ def main() -> None:
     spec = AdapterSpec.model_validate_json(args.spec.read_text())
     report = train_from_spec(
         spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
-        checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint,
+        checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint, on_phase=_print_phase,
     )  # fmt: skip
     if report.output:  # rank 0
         document = {**report.to_dict(), "losses": report.losses}

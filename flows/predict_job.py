@@ -26,7 +26,7 @@ from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
 from .spec import AdapterSpec, parse_spec
-from .train_job import load_inference_model, load_registered
+from .train_job import PhaseCallback, load_inference_model, load_registered, no_phases
 
 __all__ = [
     "BATCH_ROWS",
@@ -35,6 +35,7 @@ __all__ = [
     "answer_texts",
     "gather_inputs",
     "inputs_from_file",
+    "longest_first_order",
     "predict",
     "predict_composition",
     "predict_many",
@@ -74,15 +75,19 @@ def predict(
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback = no_phases,
 ) -> tuple[str, list[Prediction]]:
     """The version ``ref`` resolves to, and its prediction for each text (after its golden
     probes pass on this base model, unless ``skip_probe``), ``batch_size`` texts per forward
     pass (a causal LM: per generation); ``on_progress`` hears after each. An adapter trained
-    on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each."""
+    on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each.
+    ``on_phase`` hears what loads, then that the texts are answered."""
     version = registry.get(ref)
     spec = serving_spec(registry, version, "predict")
     _check_inputs(spec, version.ref, texts, pairs)
+    on_phase(f"load the base model and {version.ref}")
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
+    on_phase(_answering(texts))
     (answers,) = answer_texts(
         model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
         on_progress=on_progress,
@@ -99,11 +104,12 @@ def predict_composition(
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback = no_phases,
 ) -> tuple[str, list[Prediction]]:
     """The composition version ``ref`` resolves to (``pt-sst2@champion``), and its prediction for
     each text: every member loaded and checked, the composition active. The base model, head
     and label names come from the composition's evaluation spec, else from its last member's
-    (the task adapter of a MAD-X stack)."""
+    (the task adapter of a MAD-X stack). ``on_phase`` as :func:`predict`'s."""
     composition = registry.composition(ref)
     if answers_per_member(composition.definition):
         raise DataError(
@@ -113,10 +119,13 @@ def predict_composition(
         )
     spec = spec_of_composition(registry, composition, "predict")
     _check_inputs(spec, composition.ref, texts, pairs)
+    members = len(composition.members)
+    on_phase(f"load the base model and the {members} members of {composition.ref}")
     model, tokenizer = load_inference_model(spec)
     registry.load_definition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
+    on_phase(_answering(texts))
     (answers,) = answer_texts(
         model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
         on_progress=on_progress,
@@ -221,16 +230,18 @@ def predict_many(
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback = no_phases,
 ) -> list[tuple[str, list[Prediction]]]:
     """Several versions on the same texts, in shared batches: each text takes a row per version
     and each row runs through its version (``peft_core.per_row``), ``batch_size`` rows per
     forward pass. They must share the base model and head; stacks and fusions (versions over
     other adapters) are predicted one at a time. Versions peft runs (``type: peft``), whose
     layers take one adapter per batch and no native adapter beside it, answer as they do alone.
-    ``on_progress`` hears per batch of each model loaded, from 0 again for each."""
+    ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
+    what loads before each."""
     options: dict[str, Any] = {
         "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
-        "on_progress": on_progress,
+        "on_progress": on_progress, "on_phase": on_phase,
     }  # fmt: skip
     if len(refs) == 1:
         return [predict(registry, refs[0], texts, **options)]
@@ -260,13 +271,16 @@ def _in_shared_batches(
     skip_probe: bool,
     batch_size: int,
     on_progress: ProgressCallback | None,
+    on_phase: PhaseCallback,
 ) -> dict[str, list[Prediction]]:
     """Versions loaded into one model, each batch holding a row per version for each text."""
     specs = [spec for _, spec in routed]
+    on_phase(f"load the base model and {len(routed)} versions")
     model, tokenizer = load_inference_model(specs[0])
     names = [f"{v.name}-v{v.version}" for v, _ in routed]  # two versions of one adapter coexist
     for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
+    on_phase(_answering(texts))
     answers = answer_texts(
         model, tokenizer, texts, specs, pairs=pairs, batch_size=batch_size,
         on_progress=on_progress, adapters=names,
@@ -307,25 +321,42 @@ def answer_texts(
     With ``adapters`` (one per spec, loaded in ``model``), the answer for spec ``i`` runs
     through ``adapters[i]``; without, the model answers as it is set up (one spec). ``pairs``:
     each text's second text (a classifier trained on pairs). A batch holds ``batch_size`` rows,
-    and at least one text's."""
+    and at least one text's; texts of like lengths share a batch (:func:`longest_first_order`),
+    the answers keep the texts' order."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
         _check_masks(tokenizer, texts)
     per_batch = max(1, batch_size // len(specs))
-    answers: list[list[Prediction]] = [[] for _ in specs]
+    order = longest_first_order(texts, pairs)
+    answers: list[dict[int, Prediction]] = [{} for _ in specs]  # text index -> its answer
     model.eval()
     for start in range(0, len(texts), per_batch):
-        chunk = texts[start : start + per_batch]
-        seconds = pairs[start : start + per_batch] if pairs is not None else None
+        taken = order[start : start + per_batch]
+        chunk = [texts[i] for i in taken]
+        seconds = [pairs[i] for i in taken] if pairs is not None else None
         rows = [name for _ in chunk for name in adapters] if adapters else None
         with torch.no_grad(), pc.per_row(model, rows) if rows else nullcontext():
             predictions = _answer_chunk(model, tokenizer, chunk, specs, seconds)
         for row, prediction in enumerate(predictions):
-            answers[row % len(specs)].append(prediction)
+            answers[row % len(specs)][taken[row // len(specs)]] = prediction
         if on_progress is not None:
             on_progress(start + len(chunk), len(texts))
-    return answers
+    return [[mine[i] for i in range(len(texts))] for mine in answers]
+
+
+def _answering(texts: list[str]) -> str:
+    return f"answer {len(texts)} text{'s' if len(texts) != 1 else ''}"
+
+
+def longest_first_order(texts: list[str], pairs: list[str] | None = None) -> list[int]:
+    """The texts' indices, longest first (in characters, with their second texts; ties keep
+    their order). Each text's answer does not depend on its batch mates, so batching texts of
+    like lengths only saves padding: 1.5x as fast over SST-2's ragged sentences on CPU
+    (``bench.scoring_order_bench``). The answers go back to the texts' own order."""
+    seconds = pairs if pairs is not None else [""] * len(texts)
+    lengths = [len(text) + len(second) for text, second in zip(texts, seconds, strict=True)]
+    return sorted(range(len(texts)), key=lambda index: -lengths[index])
 
 
 def _answer_chunk(

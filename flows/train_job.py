@@ -34,7 +34,7 @@ from peft_core.heads import adapter_head
 from peft_core.state import adapter_layers, get_record
 from registry.bundles import check_folder_to_write
 
-from .data import PreparedData, make_loader
+from .data import PreparedData, longest_first, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .evaluation import evaluate
 from .inference_placement import InferencePlacement, place_for_inference
@@ -215,7 +215,7 @@ def train_from_spec(
     if launched_here(spec):  # train.processes: torchrun started from here, then back here
         return train_in_processes(
             spec, output, on_step=on_step, evaluate_after=evaluate_after,
-            checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+            checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_phase=on_phase,
         )  # fmt: skip
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
@@ -424,6 +424,11 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics of ``model`` (its active adapter) on a tokenised validation split; ``generate``
     (instruction data scored by ``exact_match``) also generates every response."""
+    # Classification counts (label, prediction) pairs, which any row order gives; language
+    # models keep theirs (the masked-LM collator's seeded masks follow the rows, and a
+    # champion's recorded perplexity stays comparable with a candidate's).
+    if head == "classification":
+        validation = longest_first(validation)
     loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
     pad = tokenizer.pad_token_id if generate else None
     return evaluate(model, loader, head=head, pad_token_id=pad)

@@ -54,6 +54,7 @@ __all__ = [
     "checkable_before_mlflow",
     "console",
     "counting",
+    "counting_with_steps",
     "drop_mirror",
     "emit_json",
     "errors",
@@ -223,8 +224,19 @@ def input_texts(texts: list[str] | None) -> list[str]:
 def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A bar on a terminal's standard error that a ``(done, total)`` callback moves; ``None``
     (nothing shown) with ``--json`` or when standard error is a log, not a terminal."""
+    with counting_with_steps(label, enabled=enabled) as (_, advance):
+        yield advance
+
+
+@contextmanager
+def counting_with_steps(
+    label: str, *, enabled: bool
+) -> Iterator[tuple[Callable[[str], None], Callable[[int, int], None] | None]]:
+    """:func:`counting`'s bar, and a callback that names the step under way in its text
+    (``LABEL: load the base model and sst2@3``), so the seconds before the first count say
+    what they wait on. Both do nothing where :func:`counting` shows nothing."""
     if not enabled or not errors.is_terminal:
-        yield None
+        yield (lambda _: None), None
         return
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -235,7 +247,10 @@ def counting(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        yield advance
+        def say(step: str) -> None:
+            bar.update(task, description=f"{label}: {step}")
+
+        yield say, advance
 
 
 # What a command waits on before its first line of its own (``waiting``'s text).

@@ -28,7 +28,7 @@ from .common import (
     TextColumnOption,
     TextOption,
     console,
-    counting,
+    counting_with_steps,
     drop_mirror,
     emit_json,
     input_texts,
@@ -418,8 +418,8 @@ def predict(
             text_column=text_column,
         )  # fmt: skip
         options: dict[str, Any] = {"pairs": pairs, "skip_probe": skip_probe}
-        with counting("predict", enabled=not as_json) as on_progress:
-            options |= {"batch_size": batch_size, "on_progress": on_progress}
+        with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
+            options |= {"batch_size": batch_size, "on_progress": on_progress, "on_phase": say}
             if answers_per_member(composition.definition):
                 results = predict_many(registry, list(composition.members), texts, **options)
             else:

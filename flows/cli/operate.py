@@ -19,7 +19,7 @@ from .common import (
     TextColumnOption,
     TextOption,
     console,
-    counting,
+    counting_with_steps,
     emit_json,
     input_texts,
     open_registry,
@@ -105,10 +105,10 @@ def predict(
         texts, pairs = gather_inputs(
             registry, refs[0], input_texts(text), data, text_column=text_column
         )
-        with counting("predict", enabled=not as_json) as on_progress:
+        with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
             results = predict_many(
                 registry, refs, texts, pairs=pairs, skip_probe=skip_probe,
-                batch_size=batch_size, on_progress=on_progress,
+                batch_size=batch_size, on_progress=on_progress, on_phase=say,
             )  # fmt: skip
     show_predictions(results, as_json)
 

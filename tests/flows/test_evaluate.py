@@ -92,11 +92,14 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
     assert code == 0 and -1 not in said and said == sorted(said), shown[-3000:]
     assert "score 40 rows" not in table.stderr
     code, shown = run_cli_in_a_terminal(terminal, "predict", version, "--text", "a fine film")
-    loading, answered = (
-        shown.find("predict: loading torch and transformers"),
-        shown.find("│ a fine film"),
-    )
-    assert code == 0 and -1 < loading < answered, shown[-3000:]
+    steps = [
+        "predict: loading torch and transformers",
+        f"predict: load the base model and {version}",  # the bar sat at 0/? saying nothing
+        "predict: answer 1 text",
+        "│ a fine film",
+    ]
+    said = [shown.find(step) for step in steps]
+    assert code == 0 and -1 not in said and said == sorted(said), shown[-3000:]
 
     unlabelled = tmp_path / "texts.tsv"
     unlabelled.write_text("sentence\na fine film\n")

@@ -14,6 +14,7 @@ from flows.errors import DataError
 from flows.launch import _last_error
 from flows.prepare_job import check_inputs
 from flows.quickstart import minilm_sst2_spec
+from flows.train_job import train_from_spec
 from registry import Registry
 
 STEPS = 4
@@ -41,6 +42,23 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(
     assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
     assert report["final_loss"] == pytest.approx(history[-1].value)
     assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun's logs: not left
+
+
+def test_rank_0s_phases_reach_the_launching_process_once_each(sst2_dir, tmp_path):
+    """``adapterops train`` names each phase in its bar; with two processes it heard only the
+    steps (the bar sat on the spec's name while the processes loaded, evaluated, saved)."""
+    spec = two_process_spec(sst2_dir, max_steps=1)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": 8})})
+    heard: list[str] = []
+    train_from_spec(spec, tmp_path / "out", on_phase=heard.append)
+    assert heard == [
+        "start 2 processes",
+        f"load {spec.base_model}",
+        "prepare data",
+        "train",
+        "evaluate on 8 rows",
+        f"save into {tmp_path / 'out'}",
+    ]
 
 
 def test_processes_that_differ_from_a_users_torchrun_are_refused(sst2_dir, monkeypatch):

@@ -58,10 +58,13 @@ def test_answers_do_not_depend_on_how_many_rows_share_a_batch(three_versions):
     """Six rows a batch: two texts of three versions each, then the last text; one row a batch
     still takes a whole text (its three rows). Progress is heard after each batch."""
     heard: list[tuple[int, int]] = []
+    steps: list[str] = []
     by_two = predict_many(
-        Registry(), three_versions, TEXTS, batch_size=6, on_progress=lambda *n: heard.append(n)
-    )
+        Registry(), three_versions, TEXTS, batch_size=6, on_progress=lambda *n: heard.append(n),
+        on_phase=steps.append,
+    )  # fmt: skip
     assert heard == [(2, 3), (3, 3)]
+    assert steps == ["load the base model and 3 versions", "answer 3 texts"]
     heard.clear()
     by_one = predict_many(
         Registry(), three_versions, TEXTS, batch_size=1, on_progress=lambda *n: heard.append(n)
@@ -103,8 +106,10 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
     registry = Registry()
     registry.register_composition("duo", {"type": "stack"}, ["many-lora@1", "many-pfeiffer@1"])
     registry.set_composition_alias("duo@1", "champion")
-    ref, answers = predict_composition(registry, "duo@champion", TEXTS)
+    steps: list[str] = []
+    ref, answers = predict_composition(registry, "duo@champion", TEXTS, on_phase=steps.append)
     assert ref == "duo@1"
+    assert steps == ["load the base model and the 2 members of duo@1", "answer 3 texts"]
 
     model = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     registry.load_into(model, "many-lora@1", name="many-lora")

@@ -1,0 +1,113 @@
+"""Scoring and predicting with rows of like lengths batched together (longest first) against the
+rows in their file's order, which each batch pads to its longest row.
+
+    python -m bench.scoring_order_bench [--quick] [--device cpu|cuda]
+
+MiniLM classification on SST-2's real validation sentences (``../shared/data``: 4 to 55 tokens),
+LoRA r=8 on q, v with random non-zero weights, one loaded model. Two loops, each timed both ways
+in turn within every repeat, and each must give the same answers both ways before it is timed:
+
+- ``evaluate`` (``flows.train_job.evaluate_model``, behind ``adapterops evaluate`` and every
+  build's evaluation): the tokenised split in 64-row batches.
+- ``predict`` (``flows.predict_job.answer_texts``, behind ``adapterops predict``): 32 texts a
+  batch. In file order means one call per 32 texts, so no batch holds texts from elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import peft_core as pc
+from bench.common import gpu_benchmark_parser, write_result
+from bench.composition_bench import interleaved_medians
+from flows.data import make_loader, prepare
+from flows.evaluation import evaluate
+from flows.predict_job import BATCH_ROWS, Prediction, answer_texts
+from flows.quickstart import minilm_sst2_spec
+from flows.train_job import evaluate_model, load_base_model
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "en"
+
+
+def random_lora(model: Any) -> None:
+    """A LoRA with trained-looking (non-zero) weights, active."""
+    pc.add_adapter(model, "scored", pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the state shares the parameters'
+        for value in pc.adapter_state_dict(model, "scored").values():
+            value.copy_(torch.randn(value.shape, generator=generator) * 0.05)
+    pc.set_active(model, "scored")
+
+
+def in_file_order(model: Any, tokenizer: Any, texts: list[str], spec: Any) -> list[Prediction]:
+    """``answer_texts`` one batch of texts at a time, as they come in the file."""
+    answers: list[Prediction] = []
+    for start in range(0, len(texts), BATCH_ROWS):
+        chunk = texts[start : start + BATCH_ROWS]
+        answers += answer_texts(model, tokenizer, chunk, [spec], batch_size=BATCH_ROWS)[0]
+    return answers
+
+
+def main() -> None:
+    parser = gpu_benchmark_parser(__doc__.split("\n")[0])
+    args = parser.parse_args()
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    rows, repeats = (96, 1) if args.quick else (872, 5)
+    spec = minilm_sst2_spec("lora", DATA, steps=1)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": rows})})
+    model, tokenizer = load_base_model(spec, device)
+    random_lora(model)
+    validation = prepare(spec, tokenizer).validation
+    texts = [line.split("\t")[0] for line in (DATA / "validation.tsv").read_text().splitlines()]
+    texts = texts[1 : rows + 1]
+
+    loops: dict[str, list[Any]] = {
+        "evaluate": [
+            lambda: evaluate(
+                model,
+                make_loader(
+                    validation, tokenizer, head="classification", batch_size=64, shuffle=False
+                ),
+                head="classification",
+            )["confusion_matrix"],
+            lambda: evaluate_model(model, validation, tokenizer, head="classification")[
+                "confusion_matrix"
+            ],
+        ],
+        "predict": [
+            functools.partial(in_file_order, model, tokenizer, texts, spec),
+            lambda: answer_texts(model, tokenizer, texts, [spec], batch_size=BATCH_ROWS)[0],
+        ],
+    }
+    results = []
+    for loop, (file_order, longest_first) in loops.items():
+        if loop == "predict":
+            same = [p.label for p in file_order()] == [p.label for p in longest_first()]
+        else:
+            same = file_order() == longest_first()
+        assert same, f"{loop}: the two orders disagree"
+        seconds = interleaved_medians([file_order, longest_first], repeats=repeats, warmup=1)
+        results.append(
+            {
+                "loop": loop,
+                "rows": rows,
+                "file_order_seconds": seconds[0],
+                "longest_first_seconds": seconds[1],
+                "speedup": seconds[0] / seconds[1],
+            }
+        )
+        print(
+            f"{loop}: {rows} rows in file order {seconds[0]:.2f} s, longest first "
+            f"{seconds[1]:.2f} s ({seconds[0] / seconds[1]:.2f}x)"
+        )
+    name = "scoring_order_smoke" if args.quick else f"scoring_order{'_cuda' if cuda else ''}"
+    write_result(name, {"repeats": repeats, "device": device.type, "rows": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Scoring a classifier batches rows of like lengths (less padding), longest first, and counts
+exactly what scoring the rows in their own order counts."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from flows.data import longest_first, make_loader
+from flows.evaluation import evaluate
+from flows.predict_job import answer_texts
+from flows.quickstart import minilm_sst2_spec
+from flows.train_job import evaluate_model, load_base_model
+
+LENGTHS = [3, 40, 5, 38, 4, 39, 6, 37] * 20  # ragged, as real sentences are
+
+
+def ragged_rows() -> datasets.Dataset:
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 90, (length,), generator=generator).tolist() for length in LENGTHS]
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "attention_mask": [[1] * len(row) for row in ids],
+            "labels": [row[0] % 3 for row in ids],
+        }
+    )
+
+
+def test_rows_come_longest_first_and_ties_keep_their_order():
+    rows = ragged_rows()
+    ordered = longest_first(rows)
+    widths = [len(ids) for ids in ordered["input_ids"]]
+    assert widths == sorted(LENGTHS, reverse=True)
+    # the four 40-token rows are rows 1, 9, 17, 25 of the input, in that order
+    assert ordered["input_ids"][:4] == [rows["input_ids"][i] for i in (1, 9, 17, 25)]
+
+
+def test_a_classifier_is_scored_on_batches_of_like_lengths_with_the_same_counts(
+    tiny_model, minilm_dir
+):
+    model = tiny_model("bert", "classification")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    rows = ragged_rows()
+    in_their_order = evaluate(
+        model,
+        make_loader(rows, tokenizer, head="classification", batch_size=64, shuffle=False),
+        head="classification",
+    )
+
+    seen: list[tuple[int, int]] = []  # (rows, width) of each batch the model ran
+    model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    scored = evaluate_model(model, rows, tokenizer, head="classification")
+
+    assert scored["confusion_matrix"] == in_their_order["confusion_matrix"]
+    assert scored["examples"] == len(LENGTHS) == 160
+    # 20 rows each of 40, 39, 38, 37, 6, 5, 4 and 3 tokens: in their own order every batch
+    # of 64 pads to 40 tokens (6,400 in all); longest first, 5,056
+    assert seen == [(64, 40), (64, 37), (32, 4)]
+
+
+def test_predict_batches_texts_of_like_lengths_and_answers_in_their_order(sst2_dir):
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=1)
+    model, tokenizer = load_base_model(spec, torch.device("cpu"))
+    texts = ["fine .", "a long , winding and ultimately rewarding film about memory", "dull"]
+    texts += ["it is a charming , funny little movie", "bad", "the cast is superb throughout"]
+    alone = [answer_texts(model, tokenizer, [text], [spec], batch_size=1)[0][0] for text in texts]
+
+    widths: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+        with_kwargs=True,
+    )
+    answers = answer_texts(model, tokenizer, texts, [spec], batch_size=2)[0]
+
+    assert [answer.text for answer in answers] == texts
+    for answer, own in zip(answers, alone, strict=True):
+        assert answer.probabilities == pytest.approx(own.probabilities, abs=1e-4)
+    # longest first: (the long film, the charming movie), (the cast, fine .), (dull, bad)
+    assert widths == [13, 7, 3]  # in their own order: 13, 10, 7
