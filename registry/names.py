@@ -74,6 +74,7 @@ def check_alias(value: str) -> str:
 
 
 _MLFLOW_RESERVED = re.compile(r"latest|v[0-9]+", re.IGNORECASE)  # MLflow names versions so
+_MLFLOW_VERSION = re.compile(r"^[vV]([0-9]+)$")
 
 
 def check_new_alias(value: str) -> str:
@@ -130,7 +131,9 @@ def member_name(ref: str) -> str:
 
 
 def parse_ref(text: str | Ref) -> Ref:
-    """Parse ``name``, ``name@<version>`` or ``name@<alias>``."""
+    """Parse ``name``, ``name@<version>`` or ``name@<alias>``. ``name@latest`` is ``name`` (its
+    newest version) and ``name@v3`` is ``name@3``: MLflow's spellings, which it keeps from
+    aliases (:func:`check_new_alias`), so neither can mean an alias."""
     if not isinstance(text, str | Ref):
         # str() of anything is some string, which was then refused as an odd adapter name
         # ("no adapter named 'None'") or, worse, taken for one.
@@ -147,8 +150,9 @@ def parse_ref(text: str | Ref) -> Ref:
             f"invalid reference {text!r}: write {meant} (name@VERSION or name@ALIAS)"
         )
     check_name(name)
-    if not sep:
+    if not sep or suffix.lower() == "latest":  # MLflow's word for it, never an alias here
         return Ref(name)
+    suffix = _MLFLOW_VERSION.sub(r"\1", suffix)  # name@v3, as MLflow's UI writes version 3
     if _DIGITS.fullmatch(suffix.removeprefix("-")):  # name@-1 was "invalid alias '-1'"
         version = int(suffix)
         if not 1 <= version <= MAX_VERSION:

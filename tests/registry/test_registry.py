@@ -243,6 +243,24 @@ class TestBadInput:
         ):
             registry.get(ref)
 
+    def test_mlflows_spellings_of_latest_and_of_a_version_name_those_versions(
+        self, registry, make_adapter
+    ):
+        """``x@latest`` was "no alias 'latest'" and ``x@v1`` "no alias 'v1'": names MLflow keeps
+        from aliases (so here they can mean nothing else), which reviewers carry over."""
+        for content in (1, 2):
+            register(registry, make_adapter(content), name="x")
+        registry.register_composition("c", {"type": "stack"}, ["x@1"])
+        registry.register_composition("c", {"type": "stack"}, ["x@2"])
+        assert [registry.get(r).ref for r in ("x@latest", "x@LATEST", "x@v1", "x@V2")] == [
+            "x@2", "x@2", "x@1", "x@2",
+        ]  # fmt: skip
+        assert [registry.composition(r).ref for r in ("c@latest", "c@v1")] == ["c@2", "c@1"]
+        with pytest.raises(rg.InvalidNameError, match=r"versions are numbered 1 to"):
+            registry.get("x@v0")
+        with pytest.raises(rg.NotFoundError, match=r"has no alias 'v1-rc'"):
+            registry.get("x@v1-rc")  # an alias of its own
+
     def test_one_length_limit_for_aliases_and_metric_names_on_every_backend(
         self, registry, make_adapter
     ):
