@@ -56,7 +56,14 @@ from .errors import (
     NoRegistryError,
     RegistryError,
 )
-from .names import check_key, check_language, check_name, member_name, parse_ref
+from .names import (
+    check_alias,
+    check_key,
+    check_language,
+    check_name,
+    member_name,
+    parse_ref,
+)
 from .settings import Settings
 from .version_diff import VersionDiff, diff_versions
 
@@ -287,6 +294,13 @@ class Registry:
         if isinstance(limit, numbers.Integral) and not isinstance(limit, bool):
             limit = int(limit)  # a NumPy integer is a whole number too
         _check_type("find: limit", limit, int, "a whole number")
+        # a value no version can hold matched nothing, as if none were registered (``EN``)
+        if language is not None:
+            check_language(language)
+        if alias is not None:
+            check_alias(alias)
+        if name is not None:
+            check_name(name)
         return self._read(
             lambda s: store.find_versions(
                 s,

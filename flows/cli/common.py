@@ -353,12 +353,15 @@ def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool 
             registry.get(ref)
 
 
-def check_adapter_name(registry: rg.Registry, name: str) -> None:
-    """``ls NAME``: a name with versions, or one line (``a@3``: that is ``show``'s)."""
+def check_adapter_name(registry: rg.Registry, name: str, command: str) -> None:
+    """``ls NAME``, ``trend NAME``: a name with versions, or one line (``a@3``: that is
+    ``show``'s) that names ``command``."""
     if "@" in name:
+        adapter = name.partition("@")[0]
+        across = "lists them all" if command == "ls" else "draws its metric across them all"
         raise DataError(
-            f"ls takes an adapter name, not a version ({name!r}): `adapterops show {name}` "
-            f"shows one version, `adapterops ls {name.partition('@')[0]}` lists them all"
+            f"{command} takes an adapter name, not a version ({name!r}): `adapterops show "
+            f"{name}` shows one version, `adapterops {command} {adapter}` {across}"
         )
     registry.get(name)  # no such adapter: one line, with similar names
 

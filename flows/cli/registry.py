@@ -181,7 +181,7 @@ def list_versions(
     with user_errors(as_json):
         registry = open_registry()
         if name is not None:
-            check_adapter_name(registry, name)
+            check_adapter_name(registry, name, "ls")
         versions = registry.find(
             name=name,
             base_model=base_model,
@@ -196,14 +196,41 @@ def list_versions(
         emit_json([v.to_dict() for v in versions])
         return
     if not versions:  # one line, not an empty table
-        filtered = any(v is not None for v in (name, base_model, task, language, method, alias))
+        filters = {"base_model": base_model, "task": task, "language": language,
+                   "method": method, "alias": alias}  # fmt: skip
+        given = {key: value for key, value in filters.items() if value is not None}
         console.print(
-            "no version matches these filters (`adapterops ls` lists all)"
-            if filtered
-            else "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one"
+            _why_none_match(registry.find(name=name), given, name)
+            if name is not None or given
+            else "no versions yet: `adapterops build SPEC` or `adapterops push FOLDER` adds one",
+            highlight=False,
+            soft_wrap=True,  # one line at any width: scripts and logs grep it
         )
         return
     _print_versions(versions, False)
+
+
+def _why_none_match(
+    candidates: list[rg.AdapterVersion], given: dict[str, str], name: str | None
+) -> str:
+    """Why ``ls`` found nothing: the first filter no version (of adapter ``name``, if given)
+    holds, with the values they do hold (``--task sentiment`` when the tasks are sst2 and nli),
+    else that the filters hold apart but not together."""
+    of = f" of {name}" if name is not None else ""
+    for key, value in given.items():
+        held = sorted(
+            {alias for v in candidates for alias in v.aliases}
+            if key == "alias"
+            else {getattr(v, key) for v in candidates}
+        )
+        if value in held:
+            continue
+        what = key.replace("_", " ")
+        plural = "aliases" if key == "alias" else f"{what}s"
+        shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+        here = f"{plural}{of or ' here'}: {shown}" if held else f"none holds an {what}"
+        return f"no version{of} has {what} {value!r}; {here} (`adapterops ls` lists all)"
+    return f"no version{of} matches all of these filters together (`adapterops ls` lists all)"
 
 
 @app.command()

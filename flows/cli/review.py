@@ -125,7 +125,7 @@ def trend(
         if out is not None:
             check_plot_path(out)
         registry = open_registry()
-        check_adapter_name(registry, name)
+        check_adapter_name(registry, name, "trend")
         from ..trend import metric_trend  # noqa: PLC0415
 
         found = metric_trend(registry.find(name=name), metric)

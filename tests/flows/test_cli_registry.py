@@ -177,9 +177,19 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert ok_json(run(env, "history", "sst2-en", "--json"))[-1]["origin"] == "cli"
     assert len(ok_json(run(env, "gc", "--older-than-minutes", "0", "--json"))["removed"]) == 2
 
-    assert run(env, "ls", "--task", "nothing").stdout.strip() == (
-        "no version matches these filters (`adapterops ls` lists all)"
-    )
+    # nothing found says which filter no version holds, and what they hold (was: "no version
+    # matches these filters"), on one line however narrow the terminal
+    for args, said in [
+        (("--task", "sentiment"), "no version has task 'sentiment'; tasks here: sst2"),
+        (("sst2-en", "--alias", "prod"), "no version of sst2-en has alias 'prod'; aliases of "
+                                         "sst2-en: champion"),
+        (("--task", "sst2", "--language", "pt"), "no version has language 'pt'; languages "
+                                                 "here: en"),
+        (("--task", "sst2", "--language", "en", "--method", "bitfit"),
+         "no version has method 'bitfit'; methods here: lora"),
+    ]:  # fmt: skip
+        found = run_cli("ls", *args, env={**env, "COLUMNS": "40"})
+        assert (found.returncode, found.stdout) == (0, f"{said} (`adapterops ls` lists all)\n")
     human = run(env, "ls")
     assert human.returncode == 0 and "sst2-en@1" in human.stdout and "champion" in human.stdout
     assert "tiny-bert" in human.stdout and "not shown" not in human.stdout  # 200 columns: all
@@ -521,6 +531,12 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
             "shows one version, `adapterops ls lang-pt` lists them all",
         ),
         (("ls", "lang-p"), "no adapter named 'lang-p'; similar names: lang-pt"),
+        (  # it said "ls takes ..." for trend too
+            ("trend", "lang-pt@1"),
+            "trend takes an adapter name, not a version ('lang-pt@1'): `adapterops show "
+            "lang-pt@1` shows one version, `adapterops trend lang-pt` draws its metric across "
+            "them all",
+        ),
     ]:
         refused = run(env, *args)
         assert (refused.returncode, refused.stderr) == (2, f"error: {error}\n"), args
@@ -803,3 +819,25 @@ def test_commands_that_read_mlflow_first_say_so_in_a_terminal_only(tmp_path):
     piped = run(env, "sync")
     assert (piped.returncode, piped.stderr) == (0, ""), piped.stderr
     assert piped.stdout == "0 alias change(s) taken from MLflow\n"
+
+
+def test_ls_finding_nothing_says_which_filter_no_version_holds():
+    from types import SimpleNamespace
+
+    from flows.cli.registry import _why_none_match
+
+    versions = [
+        SimpleNamespace(task=f"task-{i}", language=language, aliases=aliases)
+        for i, (language, aliases) in enumerate([("en", ("champion",)), ("pt", ())])
+    ]
+    assert _why_none_match(versions, {"task": "task-0", "language": "pt"}, None) == (  # type: ignore[arg-type]
+        "no version matches all of these filters together (`adapterops ls` lists all)"
+    )
+    assert _why_none_match(versions, {"alias": "prod"}, "x") == (  # type: ignore[arg-type]
+        "no version of x has alias 'prod'; aliases of x: champion (`adapterops ls` lists all)"
+    )
+    many = [SimpleNamespace(task=f"t{i:02}") for i in range(12)]
+    assert _why_none_match(many, {"task": "zz"}, None) == (  # type: ignore[arg-type]
+        "no version has task 'zz'; tasks here: t00, t01, t02, t03, t04, t05, t06, t07, t08, "
+        "t09 and 2 more (`adapterops ls` lists all)"
+    )

@@ -434,6 +434,20 @@ class TestBadInput:
         assert [v.ref for v in registry.find(task="sst2", descending=False, limit=1)] == ["kept@1"]
         assert [v.ref for v in registry.find(limit=np.int64(1))] == ["kept@1"]  # from an array
 
+    def test_find_refuses_a_value_no_version_could_hold(self, registry, make_adapter):
+        """language="EN" (or "English") matched nothing, as if nothing were registered."""
+        register(registry, make_adapter(), name="kept", language="en")
+        for arguments, message in [
+            ({"language": "EN"}, "invalid language 'EN': a language code: 2-3 lowercase"),
+            ({"alias": "the champion"}, "invalid alias 'the champion': use 1-128 letters"),
+            ({"name": "kept@1"}, "invalid adapter name 'kept@1': use 1-128 letters"),
+        ]:
+            with pytest.raises(rg.InvalidNameError) as raised:
+                registry.find(**arguments)
+            assert str(raised.value).startswith(message)
+        assert [v.ref for v in registry.find(language="en")] == ["kept@1"]
+        assert registry.find(alias="champion", name="other") == []  # well formed: no match
+
     def test_reads_name_an_argument_of_the_wrong_type(self, registry, make_adapter):
         """history(5) failed with "not subscriptable", resolve(metric=5) with "no attribute
         'lower'", load_into(None, ref) after downloading the version."""
