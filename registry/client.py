@@ -53,6 +53,7 @@ from .errors import (
     AdapterFolderError,
     BaseModelMismatchError,
     InvalidCompositionError,
+    InvalidNameError,
     NoRegistryError,
     RegistryError,
 )
@@ -323,6 +324,7 @@ class Registry:
         for key, value in {"base_model": base_model, "task": task, "language": language}.items():
             _check_type(f"resolve: {key}", value, str, "text", optional=False)
         _check_type("resolve: metric", metric, str, "a metric's name")
+        check_language(language)  # "EN" was "nothing serves ... language 'EN'"
         return self._read(
             lambda s: store.resolve(
                 s, base_model=base_model, task=task, language=language, metric=metric
@@ -349,6 +351,11 @@ class Registry:
     def history(self, name: str) -> list[Event]:
         """The adapter's event log: registrations, alias moves, deletions, with their origin."""
         _check_type("history: name", name, str, "an adapter's name", optional=False)
+        if "@" in name:  # was "no adapter named 'a@3'"
+            raise InvalidNameError(
+                f"the history is an adapter's, not a version's ({name!r}): ask for "
+                f"{member_name(name)!r}, whose events name each version"
+            )
         return self._read(lambda s: store.history(s, name))
 
     def deleted_versions(self, *, compositions: bool = False) -> dict[str, set[int]]:

@@ -447,6 +447,16 @@ class TestBadInput:
             assert str(raised.value).startswith(message)
         assert [v.ref for v in registry.find(language="en")] == ["kept@1"]
         assert registry.find(alias="champion", name="other") == []  # well formed: no match
+        with pytest.raises(
+            rg.InvalidNameError, match=r"^invalid language 'EN'"
+        ):  # "nothing serves"
+            registry.resolve(base_model="minilm", task="sst2", language="EN")
+        with pytest.raises(
+            rg.InvalidNameError,
+            match=r"^the history is an adapter's, not a version's \('kept@1'\): ask for 'kept'",
+        ):  # was "no adapter named 'kept@1'"
+            registry.history("kept@1")
+        assert [e.kind for e in registry.history("kept")] == ["registered"]
 
     def test_reads_name_an_argument_of_the_wrong_type(self, registry, make_adapter):
         """history(5) failed with "not subscriptable", resolve(metric=5) with "no attribute
