@@ -11,15 +11,18 @@ in turn within every repeat, and each must give the same answers both ways befor
   build's evaluation): the tokenised split in 64-row batches.
 - ``predict`` (``flows.predict_job.answer_texts``, behind ``adapterops predict``): 32 texts a
   batch. In file order means one call per 32 texts, so no batch holds texts from elsewhere.
+- ``evaluate (causal LM)``: the same sentences as language-model rows through a 4-layer,
+  256-wide Llama-shaped model with random weights (its perplexity, 64-row batches).
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_core as pc
 from bench.common import gpu_benchmark_parser, write_result
@@ -41,6 +44,25 @@ def random_lora(model: Any) -> None:
         for value in pc.adapter_state_dict(model, "scored").values():
             value.copy_(torch.randn(value.shape, generator=generator) * 0.05)
     pc.set_active(model, "scored")
+
+
+def causal_lm(device: torch.device) -> Any:
+    """A small Llama-shaped causal LM with random weights, for MiniLM's token ids."""
+    config = LlamaConfig(
+        vocab_size=30522, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def agree(first: Any, second: Any) -> bool:
+    """Equal, floats to a relative 1e-5 (a sum over other batches rounds otherwise)."""
+    if isinstance(first, float):
+        return math.isclose(first, second, rel_tol=1e-5)
+    if isinstance(first, tuple):
+        return all(agree(a, b) for a, b in zip(first, second, strict=True))
+    return bool(first == second)
 
 
 def in_file_order(model: Any, tokenizer: Any, texts: list[str], spec: Any) -> list[Prediction]:
@@ -66,31 +88,42 @@ def main() -> None:
     texts = [line.split("\t")[0] for line in (DATA / "validation.tsv").read_text().splitlines()]
     texts = texts[1 : rows + 1]
 
-    loops: dict[str, list[Any]] = {
-        "evaluate": [
-            lambda: evaluate(
-                model,
-                make_loader(
-                    validation, tokenizer, head="classification", batch_size=64, shuffle=False
-                ),
-                head="classification",
-            )["confusion_matrix"],
+    def classification_in_file_order() -> Any:
+        loader = make_loader(
+            validation, tokenizer, head="classification", batch_size=64, shuffle=False
+        )
+        return evaluate(model, loader, head="classification")["confusion_matrix"]
+
+    causal, rows_lm = causal_lm(device), validation.remove_columns("labels")
+
+    def causal_in_file_order() -> tuple[int, float]:
+        loader = make_loader(rows_lm, tokenizer, head="causal-lm", batch_size=64, shuffle=False)
+        metrics = evaluate(causal, loader, head="causal-lm")
+        return metrics["tokens"], metrics["eval_loss"]
+
+    def causal_longest_first() -> tuple[int, float]:
+        metrics = evaluate_model(causal, rows_lm, tokenizer, head="causal-lm")
+        return metrics["tokens"], metrics["eval_loss"]
+
+    loops: dict[str, tuple[Any, Any]] = {
+        "evaluate": (
+            classification_in_file_order,
             lambda: evaluate_model(model, validation, tokenizer, head="classification")[
                 "confusion_matrix"
             ],
-        ],
-        "predict": [
-            functools.partial(in_file_order, model, tokenizer, texts, spec),
-            lambda: answer_texts(model, tokenizer, texts, [spec], batch_size=BATCH_ROWS)[0],
-        ],
+        ),
+        "predict": (
+            lambda: [p.label for p in in_file_order(model, tokenizer, texts, spec)],
+            lambda: [
+                p.label
+                for p in answer_texts(model, tokenizer, texts, [spec], batch_size=BATCH_ROWS)[0]
+            ],
+        ),
+        "evaluate (causal LM)": (causal_in_file_order, causal_longest_first),
     }
     results = []
     for loop, (file_order, longest_first) in loops.items():
-        if loop == "predict":
-            same = [p.label for p in file_order()] == [p.label for p in longest_first()]
-        else:
-            same = file_order() == longest_first()
-        assert same, f"{loop}: the two orders disagree"
+        assert agree(file_order(), longest_first()), f"{loop}: the two orders disagree"
         seconds = interleaved_medians([file_order, longest_first], repeats=repeats, warmup=1)
         results.append(
             {

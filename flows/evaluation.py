@@ -55,7 +55,7 @@ def evaluate(
     model.eval()
     if head == "classification":
         return _classification(model, batches)
-    metrics = _language_model(model, batches)
+    metrics = _language_model(model, batches, causal=head == "causal-lm")
     if pad_token_id is not None:
         metrics |= exact_match(model, batches, pad_token_id=pad_token_id)
     return metrics
@@ -120,10 +120,16 @@ def _classification(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -
 
 
 @torch.no_grad()
-def _language_model(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Any]:
+def _language_model(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, causal: bool
+) -> dict[str, Any]:
+    """The mean loss over every scored token: each batch's mean loss weighted by the tokens it
+    averages, so the result does not depend on how rows are batched."""
     total_loss, total_tokens = 0.0, 0
     for batch in _on_device(model, batches):
-        tokens = int((batch["labels"] != -100).sum())
+        # a causal LM predicts each token from those before it: a row's first is never scored
+        scored = batch["labels"][:, 1:] if causal else batch["labels"]
+        tokens = int((scored != -100).sum())
         total_loss += float(model(**batch).loss) * tokens
         total_tokens += tokens
     mean = total_loss / max(total_tokens, 1)

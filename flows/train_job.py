@@ -424,10 +424,10 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics of ``model`` (its active adapter) on a tokenised validation split; ``generate``
     (instruction data scored by ``exact_match``) also generates every response."""
-    # Classification counts (label, prediction) pairs, which any row order gives; language
-    # models keep theirs (the masked-LM collator's seeded masks follow the rows, and a
-    # champion's recorded perplexity stays comparable with a candidate's).
-    if head == "classification":
+    # A classifier's counts of (label, prediction) and a causal LM's loss summed over its
+    # tokens (and its greedy answers) come out the same in any row order; a masked LM keeps
+    # its rows' order, which its collator's seeded masks follow.
+    if head in ("classification", "causal-lm"):
         validation = longest_first(validation)
     loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
     pad = tokenizer.pad_token_id if generate else None

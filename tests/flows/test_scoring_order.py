@@ -64,6 +64,29 @@ def test_a_classifier_is_scored_on_batches_of_like_lengths_with_the_same_counts(
     assert seen == [(64, 40), (64, 37), (32, 4)]
 
 
+def test_a_causal_lm_is_scored_longest_first_with_the_same_loss_and_tokens(tiny_model, minilm_dir):
+    """Each batch's mean loss is weighted by the tokens it averages (a row's first token is
+    never predicted), so batching rows otherwise changes nothing."""
+    model = tiny_model("llama", "causal-lm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)  # pads with 0
+    rows = ragged_rows().remove_columns("labels")  # a causal LM's labels are its inputs
+    in_their_order = evaluate(
+        model,
+        make_loader(rows, tokenizer, head="causal-lm", batch_size=64, shuffle=False),
+        head="causal-lm",
+    )
+    seen: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    scored = evaluate_model(model, rows, tokenizer, head="causal-lm")
+
+    assert scored["tokens"] == in_their_order["tokens"] == sum(LENGTHS) - len(LENGTHS)
+    assert scored["eval_loss"] == pytest.approx(in_their_order["eval_loss"], rel=1e-5)
+    assert seen == [(64, 40), (64, 37), (32, 4)]
+
+
 def test_predict_batches_texts_of_like_lengths_and_answers_in_their_order(sst2_dir):
     spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=1)
     model, tokenizer = load_base_model(spec, torch.device("cpu"))
