@@ -196,8 +196,16 @@ def _scored(
     on_phase: PhaseCallback,
 ) -> Evaluation:
     """``spec``'s metrics of the model as set up on ``rows``, recorded as an MLflow run."""
-    on_phase(f"score {len(rows)} rows")
-    metrics = evaluate_model(model, rows, tokenizer, head=spec.head.type, generate=generates(spec))
+    total = len(rows)
+    on_phase(f"score {total} rows")
+
+    def counted(step: str, done: int) -> None:  # minutes for an LLM that generates answers
+        on_phase(f"score {total} rows: {done} done" if step == "score" else
+                 f"generate {total} answers: {done} done")  # fmt: skip
+
+    metrics = evaluate_model(
+        model, rows, tokenizer, head=spec.head.type, generate=generates(spec), on_rows=counted
+    )
     on_phase("record the MLflow run")
     run_id = log_evaluation_run(
         f"evaluate {ref} on {Path(source).name}",

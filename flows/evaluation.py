@@ -5,7 +5,7 @@ token, its end-of-sequence included)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from peft_core.offload import input_device
 
 __all__ = [
+    "RowsCallback",
     "confusion_matrix",
     "evaluate",
     "exact_match",
@@ -43,32 +44,48 @@ def metrics_from_confusion(matrix: Tensor) -> dict[str, float]:
     }
 
 
+RowsCallback = Callable[[str, int], None]  # ("score" or "generate", rows done in that pass)
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
     *,
     head: str,
     pad_token_id: int | None = None,
+    on_rows: RowsCallback | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` over ``batches`` (which carry ``labels``). With ``pad_token_id``
-    (instruction data) a causal LM also generates each response: ``exact_match``."""
+    (instruction data) a causal LM also generates each response: ``exact_match``.
+    ``on_rows`` hears after each batch how many rows that pass has done: ``("score", 128)``,
+    then ``("generate", 64)`` while generating."""
     model.eval()
+    tell = on_rows or _nobody
     if head == "classification":
-        return _classification(model, batches)
-    metrics = _language_model(model, batches, causal=head == "causal-lm")
+        return _classification(model, batches, tell)
+    metrics = _language_model(model, batches, tell, causal=head == "causal-lm")
     if pad_token_id is not None:
-        metrics |= exact_match(model, batches, pad_token_id=pad_token_id)
+        metrics |= exact_match(model, batches, pad_token_id=pad_token_id, on_rows=tell)
     return metrics
+
+
+def _nobody(_: str, __: int) -> None:
+    """The rows callback when nobody listens."""
 
 
 @torch.no_grad()
 def exact_match(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, pad_token_id: int
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    *,
+    pad_token_id: int,
+    on_rows: RowsCallback | None = None,
 ) -> dict[str, Any]:
     """The share of rows whose greedy continuation of the prompt (the tokens labelled -100
     before the response) reproduces the response (the labelled tokens) exactly."""
-    hits = rows = 0
+    hits = rows = done = 0
     for batch in _on_device(model, batches):
+        done += len(batch["input_ids"])
         prompts, answers = [], []
         for row_ids, mask, row_labels in zip(
             batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
@@ -80,12 +97,14 @@ def exact_match(
             start = int(scored[0])
             prompts.append(ids[:start])
             answers.append(ids[start:][labels[start:] != -100])
-        if not prompts:
-            continue
-        generated = greedy_continuations(model, prompts, max(len(a) for a in answers), pad_token_id)
-        for out, answer in zip(generated, answers, strict=True):
-            hits += int(torch.equal(out[: len(answer)], answer))
-            rows += 1
+        if prompts:
+            most = max(len(a) for a in answers)
+            generated = greedy_continuations(model, prompts, most, pad_token_id)
+            for out, answer in zip(generated, answers, strict=True):
+                hits += int(torch.equal(out[: len(answer)], answer))
+                rows += 1
+        if on_rows is not None:
+            on_rows("generate", done)
     return {"exact_match": hits / max(rows, 1), "generated": rows}
 
 
@@ -106,12 +125,15 @@ def greedy_continuations(
 
 
 @torch.no_grad()
-def _classification(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Any]:
+def _classification(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], on_rows: RowsCallback
+) -> dict[str, Any]:
     num_labels = int(model.config.num_labels)
     matrix = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for batch in _on_device(model, batches):
         predictions = model(**batch).logits.argmax(-1)
         matrix += confusion_matrix(predictions.cpu(), batch["labels"].cpu(), num_labels)
+        on_rows("score", int(matrix.sum()))
     return {
         **metrics_from_confusion(matrix),
         "confusion_matrix": matrix.tolist(),
@@ -121,17 +143,23 @@ def _classification(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -
 
 @torch.no_grad()
 def _language_model(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, causal: bool
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    on_rows: RowsCallback,
+    *,
+    causal: bool,
 ) -> dict[str, Any]:
     """The mean loss over every scored token: each batch's mean loss weighted by the tokens it
     averages, so the result does not depend on how rows are batched."""
-    total_loss, total_tokens = 0.0, 0
+    total_loss, total_tokens, done = 0.0, 0, 0
     for batch in _on_device(model, batches):
         # a causal LM predicts each token from those before it: a row's first is never scored
         scored = batch["labels"][:, 1:] if causal else batch["labels"]
         tokens = int((scored != -100).sum())
         total_loss += float(model(**batch).loss) * tokens
         total_tokens += tokens
+        done += len(batch["labels"])
+        on_rows("score", done)
     mean = total_loss / max(total_tokens, 1)
     return {"perplexity": math.exp(min(mean, 50.0)), "eval_loss": mean, "tokens": total_tokens}
 

@@ -36,7 +36,7 @@ from registry.bundles import check_folder_to_write
 
 from .data import PreparedData, longest_first, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
-from .evaluation import evaluate
+from .evaluation import RowsCallback, evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
@@ -421,9 +421,11 @@ def evaluate_model(
     *,
     head: str,
     generate: bool = False,
+    on_rows: RowsCallback | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` (its active adapter) on a tokenised validation split; ``generate``
-    (instruction data scored by ``exact_match``) also generates every response."""
+    (instruction data scored by ``exact_match``) also generates every response. ``on_rows``:
+    :func:`flows.evaluation.evaluate`'s."""
     # A classifier's counts of (label, prediction) and a causal LM's loss summed over its
     # tokens (and its greedy answers) come out the same in any row order; a masked LM keeps
     # its rows' order, which its collator's seeded masks follow.
@@ -431,7 +433,7 @@ def evaluate_model(
         validation = longest_first(validation)
     loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
     pad = tokenizer.pad_token_id if generate else None
-    return evaluate(model, loader, head=head, pad_token_id=pad)
+    return evaluate(model, loader, head=head, pad_token_id=pad, on_rows=on_rows)
 
 
 def evaluate_folder(

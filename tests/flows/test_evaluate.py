@@ -29,8 +29,15 @@ def version(embedded_home, sst2_dir, tmp_path) -> str:
 
 def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
     file = sst2_dir / "en" / "validation.tsv"
-    result = evaluate_version(Registry(), version, data=file, max_samples=40)
+    steps: list[str] = []
+    result = evaluate_version(Registry(), version, data=file, max_samples=40, on_phase=steps.append)
     assert (result.ref, result.data, result.metrics["examples"]) == (version, str(file), 40)
+    assert steps == [
+        "load the base model and the adapter",
+        "score 40 rows",
+        "score 40 rows: 40 done",  # after each batch of 64: minutes for an LLM that generates
+        "record the MLflow run",
+    ]
     rows = load_split(str(file), max_samples=40, seed=0)  # the same seeded subset
     _, answers = predict(Registry(), version, list(rows["sentence"]))
     right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))

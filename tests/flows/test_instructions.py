@@ -375,9 +375,13 @@ def test_exact_match_generates_from_the_prompt_and_compares_the_whole_response()
         ),
     }
     parrot = Parrot({(5, 6): [7, 8, eos], (5,): [3, 4, 1], (2, 2): [8, 8, eos, 4]})
-    result = exact_match(parrot, [batch], pad_token_id=pad)
+    heard: list[tuple[str, int]] = []
+    result = exact_match(
+        parrot, [batch, batch], pad_token_id=pad, on_rows=lambda *n: heard.append(n)
+    )
     # row 1 misses the end of sequence; row 3 may run on after its response
-    assert result == {"exact_match": pytest.approx(2 / 3), "generated": 3}
+    assert result == {"exact_match": pytest.approx(2 / 3), "generated": 6}
+    assert heard == [("generate", 3), ("generate", 6)]  # after each batch
     prompts = parrot.calls[0]
     assert prompts.tolist() == [[5, 6], [0, 5], [2, 2]]  # left-padded to one width
 

@@ -55,7 +55,11 @@ def test_a_classifier_is_scored_on_batches_of_like_lengths_with_the_same_counts(
         lambda _module, _args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)),
         with_kwargs=True,
     )
-    scored = evaluate_model(model, rows, tokenizer, head="classification")
+    heard: list[tuple[str, int]] = []
+    scored = evaluate_model(
+        model, rows, tokenizer, head="classification", on_rows=lambda *n: heard.append(n)
+    )
+    assert heard == [("score", 64), ("score", 128), ("score", 160)]
 
     assert scored["confusion_matrix"] == in_their_order["confusion_matrix"]
     assert scored["examples"] == len(LENGTHS) == 160
