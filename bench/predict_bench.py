@@ -36,6 +36,14 @@ def sentences(count: int) -> list[str]:
     return [line.split("\t")[0] for line in lines[:count]]
 
 
+def add_random_lora(model: Any, name: str, generator: torch.Generator) -> None:
+    """A LoRA r=8 on q, v named ``name`` with trained-looking (random non-zero) weights."""
+    pc.add_adapter(model, name, pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
+    with torch.no_grad():  # the state shares the parameters'
+        for value in pc.adapter_state_dict(model, name).values():
+            value.copy_(torch.randn(value.shape, generator=generator) * 0.05)
+
+
 def throughput(
     model: Any, tokenizer: Any, texts: list[str], spec: Any, *, adapters: list[str], repeats: int
 ) -> list[dict[str, Any]]:
@@ -76,10 +84,7 @@ def main() -> None:
     names = [f"v{i}" for i in range(versions)]
     generator = torch.Generator().manual_seed(0)
     for name in names:
-        pc.add_adapter(model, name, pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
-        with torch.no_grad():  # trained-looking weights (the state shares the parameters')
-            for value in pc.adapter_state_dict(model, name).values():
-                value.copy_(torch.randn(value.shape, generator=generator) * 0.05)
+        add_random_lora(model, name, generator)
     pc.set_active(model, names[0])
     texts = sentences(count)
     rows = throughput(model, tokenizer, texts, spec, adapters=names[:1], repeats=repeats)

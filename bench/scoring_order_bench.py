@@ -4,7 +4,7 @@ rows in their file's order, which each batch pads to its longest row.
     python -m bench.scoring_order_bench [--quick] [--device cpu|cuda]
 
 MiniLM classification on SST-2's real validation sentences (``../shared/data``: 4 to 55 tokens),
-LoRA r=8 on q, v with random non-zero weights, one loaded model. Two loops, each timed both ways
+LoRA r=8 on q, v with random non-zero weights, one loaded model. Three loops, each timed both ways
 in turn within every repeat, and each must give the same answers both ways before it is timed:
 
 - ``evaluate`` (``flows.train_job.evaluate_model``, behind ``adapterops evaluate`` and every
@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import peft_core as pc
 from bench.common import gpu_benchmark_parser, write_result
 from bench.composition_bench import interleaved_medians
+from bench.predict_bench import add_random_lora
 from flows.data import make_loader, prepare
 from flows.evaluation import evaluate
 from flows.predict_job import BATCH_ROWS, Prediction, answer_texts
@@ -34,16 +35,6 @@ from flows.quickstart import minilm_sst2_spec
 from flows.train_job import evaluate_model, load_base_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "en"
-
-
-def random_lora(model: Any) -> None:
-    """A LoRA with trained-looking (non-zero) weights, active."""
-    pc.add_adapter(model, "scored", pc.LoRA(rank=8, alpha=16, targets=("q", "v")))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # the state shares the parameters'
-        for value in pc.adapter_state_dict(model, "scored").values():
-            value.copy_(torch.randn(value.shape, generator=generator) * 0.05)
-    pc.set_active(model, "scored")
 
 
 def causal_lm(device: torch.device) -> Any:
@@ -83,7 +74,8 @@ def main() -> None:
     spec = minilm_sst2_spec("lora", DATA, steps=1)
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": rows})})
     model, tokenizer = load_base_model(spec, device)
-    random_lora(model)
+    add_random_lora(model, "scored", torch.Generator().manual_seed(0))
+    pc.set_active(model, "scored")
     validation = prepare(spec, tokenizer).validation
     texts = [line.split("\t")[0] for line in (DATA / "validation.tsv").read_text().splitlines()]
     texts = texts[1 : rows + 1]
