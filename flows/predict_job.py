@@ -6,11 +6,11 @@ likely tokens for each mask; causal-LM adapters a greedy continuation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,21 +30,30 @@ from .train_job import PhaseCallback, load_inference_model, load_registered, no_
 
 __all__ = [
     "BATCH_ROWS",
+    "WINDOW_TEXTS",
+    "Answers",
     "Prediction",
     "ProgressCallback",
     "answer_texts",
+    "answer_windows",
+    "composition_stream",
     "gather_inputs",
     "inputs_from_file",
     "longest_first_order",
     "predict",
     "predict_composition",
     "predict_many",
+    "predict_stream",
     "spec_of_composition",
 ]
 
 _TOP_TOKENS = 5
 _NEW_TOKENS = 20
 BATCH_ROWS = 32  # rows per forward pass by default: memory stays bounded on a file of texts
+# Texts sorted and answered together before their answers are handed on: a stream holds this
+# many answers at a time, however long the file (sorting within a window keeps nearly all of
+# the padding saved by sorting the whole file, as its batches are 32 rows, not 4096).
+WINDOW_TEXTS = 4096
 
 ProgressCallback = Callable[[int, int], None]  # (texts answered so far, texts in all)
 
@@ -66,6 +75,14 @@ class Prediction:
         return {k: v for k, v in asdict(self).items() if v not in (None, [], "")}
 
 
+class Answers(NamedTuple):
+    """A run of one version's answers from a stream: to texts ``first``, ``first + 1``, ..."""
+
+    ref: str
+    first: int
+    predictions: list[Prediction]
+
+
 def predict(
     registry: Registry,
     ref: str,
@@ -82,17 +99,11 @@ def predict(
     pass (a causal LM: per generation); ``on_progress`` hears after each. An adapter trained
     on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each.
     ``on_phase`` hears what loads, then that the texts are answered."""
-    version = registry.get(ref)
-    spec = serving_spec(registry, version, "predict")
-    _check_inputs(spec, version.ref, texts, pairs)
-    on_phase(f"load the base model and {version.ref}")
-    model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
-    on_phase(_answering(texts))
-    (answers,) = answer_texts(
-        model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
-        on_progress=on_progress,
+    (answered,) = predict_many(
+        registry, [ref], texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
+        on_progress=on_progress, on_phase=on_phase,
     )  # fmt: skip
-    return version.ref, answers
+    return answered
 
 
 def predict_composition(
@@ -110,6 +121,28 @@ def predict_composition(
     each text: every member loaded and checked, the composition active. The base model, head
     and label names come from the composition's evaluation spec, else from its last member's
     (the task adapter of a MAD-X stack). ``on_phase`` as :func:`predict`'s."""
+    stream = composition_stream(
+        registry, ref, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
+        on_progress=on_progress, on_phase=on_phase,
+    )  # fmt: skip
+    ((ref, answers),) = _collected(stream, len(texts)).items()
+    return ref, answers
+
+
+def composition_stream(
+    registry: Registry,
+    ref: str,
+    texts: list[str],
+    *,
+    pairs: list[str] | None = None,
+    skip_probe: bool = False,
+    batch_size: int = BATCH_ROWS,
+    window: int = WINDOW_TEXTS,
+    on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback = no_phases,
+) -> Iterator[Answers]:
+    """:func:`predict_composition`'s answers as they come, ``window`` texts at a time (in the
+    texts' order), for a file too long to hold every answer."""
     composition = registry.composition(ref)
     if answers_per_member(composition.definition):
         raise DataError(
@@ -126,11 +159,11 @@ def predict_composition(
         model, composition.definition, composition.members, skip_probe=skip_probe
     )  # the version read above, not looked up again
     on_phase(_answering(texts))
-    (answers,) = answer_texts(
-        model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size,
+    for first, (answers,) in answer_windows(
+        model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size, window=window,
         on_progress=on_progress,
-    )  # fmt: skip
-    return composition.ref, answers
+    ):  # fmt: skip
+        yield Answers(composition.ref, first, answers)
 
 
 def spec_of_composition(
@@ -239,27 +272,67 @@ def predict_many(
     layers take one adapter per batch and no native adapter beside it, answer as they do alone.
     ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
     what loads before each."""
-    options: dict[str, Any] = {
-        "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
-        "on_progress": on_progress, "on_phase": on_phase,
-    }  # fmt: skip
-    if len(refs) == 1:
-        return [predict(registry, refs[0], texts, **options)]
+    pinned = [registry.get(ref).ref for ref in refs]  # name@N: the order to answer in
+    stream = predict_stream(
+        registry, pinned, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
+        on_progress=on_progress, on_phase=on_phase,
+    )  # fmt: skip
+    gathered = _collected(stream, len(texts))
+    return [(ref, gathered[ref]) for ref in pinned]
+
+
+def predict_stream(
+    registry: Registry,
+    refs: list[str],
+    texts: list[str],
+    *,
+    pairs: list[str] | None = None,
+    skip_probe: bool = False,
+    batch_size: int = BATCH_ROWS,
+    window: int = WINDOW_TEXTS,
+    on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback = no_phases,
+) -> Iterator[Answers]:
+    """:func:`predict_many`'s answers as they come, for a file too long to hold every answer:
+    ``window`` texts at a time, in the texts' order, each window's answers of every version
+    loaded together; the versions answered alone follow, one pass over the texts each."""
+    if window < 1:
+        raise DataError(f"the window must hold at least 1 text; got {window}")
     versions = [registry.get(ref) for ref in refs]
     specs = [serving_spec(registry, v, "predict") for v in versions]
-    _check_together(versions, specs)
+    if len(versions) > 1:
+        _check_together(versions, specs)
     _check_inputs(specs[0], versions[0].ref, texts, pairs)
     routed = [
         (v, s) for v, s in zip(versions, specs, strict=True)
-        if not pc.method_of(v.method).places_itself
+        if len(versions) > 1 and not pc.method_of(v.method).places_itself
     ]  # fmt: skip
-    answers: dict[str, list[Prediction]] = {}
+    options: dict[str, Any] = {
+        "pairs": pairs, "batch_size": batch_size, "window": window, "on_progress": on_progress,
+    }  # fmt: skip
     if len(routed) > 1:
-        answers = _in_shared_batches(registry, routed, texts, **options)
-    for version in versions:
-        if version.ref not in answers:
-            answers[version.ref] = predict(registry, version.ref, texts, **options)[1]
-    return [(v.ref, answers[v.ref]) for v in versions]
+        yield from _in_shared_batches(
+            registry, routed, texts, skip_probe=skip_probe, on_phase=on_phase, **options
+        )
+    shared = {version.ref for version, _ in routed} if len(routed) > 1 else set()
+    for version, spec in zip(versions, specs, strict=True):
+        if version.ref in shared:
+            continue
+        on_phase(f"load the base model and {version.ref}")
+        model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
+        on_phase(_answering(texts))
+        for first, (answers,) in answer_windows(model, tokenizer, texts, [spec], **options):
+            yield Answers(version.ref, first, answers)
+        del model  # freed before the next version's base model loads, not after
+
+
+def _collected(stream: Iterable[Answers], count: int) -> dict[str, list[Prediction]]:
+    """A stream's answers gathered per version (``count`` each)."""
+    gathered: dict[str, list[Prediction]] = {}
+    for ref, _, answers in stream:
+        gathered.setdefault(ref, []).extend(answers)  # a version's runs come in the texts' order
+    assert all(len(answers) == count for answers in gathered.values()), "a text left unanswered"
+    return gathered
 
 
 def _in_shared_batches(
@@ -267,12 +340,10 @@ def _in_shared_batches(
     routed: list[tuple[AdapterVersion, AdapterSpec]],
     texts: list[str],
     *,
-    pairs: list[str] | None,
     skip_probe: bool,
-    batch_size: int,
-    on_progress: ProgressCallback | None,
     on_phase: PhaseCallback,
-) -> dict[str, list[Prediction]]:
+    **options: Any,
+) -> Iterator[Answers]:
     """Versions loaded into one model, each batch holding a row per version for each text."""
     specs = [spec for _, spec in routed]
     on_phase(f"load the base model and {len(routed)} versions")
@@ -281,11 +352,9 @@ def _in_shared_batches(
     for (version, _), name in zip(routed, names, strict=True):
         registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
     on_phase(_answering(texts))
-    answers = answer_texts(
-        model, tokenizer, texts, specs, pairs=pairs, batch_size=batch_size,
-        on_progress=on_progress, adapters=names,
-    )  # fmt: skip
-    return {version.ref: mine for (version, _), mine in zip(routed, answers, strict=True)}
+    for first, answers in answer_windows(model, tokenizer, texts, specs, adapters=names, **options):
+        for (version, _), mine in zip(routed, answers, strict=True):
+            yield Answers(version.ref, first, mine)
 
 
 def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) -> None:
@@ -317,32 +386,60 @@ def answer_texts(
     on_progress: ProgressCallback | None = None,
     adapters: list[str] | None = None,
 ) -> list[list[Prediction]]:
-    """Every text answered once per spec, a list per spec: the loop behind every predict.
-    With ``adapters`` (one per spec, loaded in ``model``), the answer for spec ``i`` runs
-    through ``adapters[i]``; without, the model answers as it is set up (one spec). ``pairs``:
-    each text's second text (a classifier trained on pairs). A batch holds ``batch_size`` rows,
-    and at least one text's; texts of like lengths share a batch (:func:`longest_first_order`),
-    the answers keep the texts' order."""
+    """Every text answered once per spec, a list per spec: :func:`answer_windows` over all the
+    texts at once."""
+    answers: list[list[Prediction]] = [[] for _ in specs]
+    for _, window in answer_windows(
+        model, tokenizer, texts, specs, pairs=pairs, batch_size=batch_size,
+        window=max(1, len(texts)), on_progress=on_progress, adapters=adapters,
+    ):  # fmt: skip
+        for mine, found in zip(answers, window, strict=True):
+            mine.extend(found)
+    return answers
+
+
+def answer_windows(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    specs: list[AdapterSpec],
+    *,
+    pairs: list[str] | None = None,
+    batch_size: int,
+    window: int = WINDOW_TEXTS,
+    on_progress: ProgressCallback | None = None,
+    adapters: list[str] | None = None,
+) -> Iterator[tuple[int, list[list[Prediction]]]]:
+    """The loop behind every predict: ``window`` texts at a time, each answered once per spec,
+    yielded as (the window's first text, a list per spec). With ``adapters`` (one per spec,
+    loaded in ``model``), the answer for spec ``i`` runs through ``adapters[i]``; without, the
+    model answers as it is set up (one spec). ``pairs``: each text's second text (a classifier
+    trained on pairs). A batch holds ``batch_size`` rows, and at least one text's; texts of
+    like lengths share a batch (:func:`longest_first_order` within the window), the answers
+    keep the texts' order. ``on_progress`` hears the texts answered so far after each batch."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
-        _check_masks(tokenizer, texts)
+        _check_masks(tokenizer, texts)  # every text, before the first window is answered
     per_batch = max(1, batch_size // len(specs))
-    order = longest_first_order(texts, pairs)
-    answers: list[dict[int, Prediction]] = [{} for _ in specs]  # text index -> its answer
     model.eval()
-    for start in range(0, len(texts), per_batch):
-        taken = order[start : start + per_batch]
-        chunk = [texts[i] for i in taken]
-        seconds = [pairs[i] for i in taken] if pairs is not None else None
-        rows = [name for _ in chunk for name in adapters] if adapters else None
-        with torch.no_grad(), pc.per_row(model, rows) if rows else nullcontext():
-            predictions = _answer_chunk(model, tokenizer, chunk, specs, seconds)
-        for row, prediction in enumerate(predictions):
-            answers[row % len(specs)][taken[row // len(specs)]] = prediction
-        if on_progress is not None:
-            on_progress(start + len(chunk), len(texts))
-    return [[mine[i] for i in range(len(texts))] for mine in answers]
+    for first in range(0, len(texts), window):
+        held = texts[first : first + window]
+        held_pairs = pairs[first : first + window] if pairs is not None else None
+        order = longest_first_order(held, held_pairs)
+        answers: list[dict[int, Prediction]] = [{} for _ in specs]  # text index -> its answer
+        for start in range(0, len(held), per_batch):
+            taken = order[start : start + per_batch]
+            chunk = [held[i] for i in taken]
+            seconds = [held_pairs[i] for i in taken] if held_pairs is not None else None
+            rows = [name for _ in chunk for name in adapters] if adapters else None
+            with torch.no_grad(), pc.per_row(model, rows) if rows else nullcontext():
+                predictions = _answer_chunk(model, tokenizer, chunk, specs, seconds)
+            for row, prediction in enumerate(predictions):
+                answers[row % len(specs)][taken[row // len(specs)]] = prediction
+            if on_progress is not None:
+                on_progress(first + start + len(chunk), len(texts))
+        yield first, [[mine[i] for i in range(len(held))] for mine in answers]
 
 
 def _answering(texts: list[str]) -> str:

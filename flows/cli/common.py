@@ -48,6 +48,8 @@ __all__ = [
     "JsonOption",
     "LabelColumnOption",
     "PredictDataOption",
+    "PredictionsOutOption",
+    "ReplaceOption",
     "SkipProbeOption",
     "TextColumnOption",
     "TextOption",
@@ -89,6 +91,18 @@ PredictDataOption = Annotated[
         help="A TSV/CSV/JSON/Parquet file: the texts in the column(s) the spec reads "
         "(data.text, and data.text_pair for pairs).",
     ),
+]
+PredictionsOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        metavar="FILE",
+        help="Write the answers to a .jsonl, .csv or .tsv file, a line per text (and REF), as "
+        "they come, instead of printing them: for a --data file of any length.",
+    ),
+]
+ReplaceOption = Annotated[
+    bool, typer.Option("--force", help="Replace the --out file if it exists.")
 ]
 TextColumnOption = Annotated[
     str | None,

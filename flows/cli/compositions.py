@@ -17,6 +17,7 @@ from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS, answers_per_member
 
 from ..errors import DataError, TrackingUnavailableError
+from ..prediction_files import write_predictions
 from .common import (
     LOADING_LIBRARIES,
     BatchSizeOption,
@@ -24,6 +25,8 @@ from .common import (
     LabelColumnOption,
     MetricOption,
     PredictDataOption,
+    PredictionsOutOption,
+    ReplaceOption,
     SkipProbeOption,
     TextColumnOption,
     TextOption,
@@ -52,10 +55,12 @@ from .operate import (
     MaxLoraRankOption,
     MaxSamplesOption,
     OutFolderOption,
+    check_out,
     evaluate_with_steps,
     show_evaluation,
     show_export,
     show_predictions,
+    show_written,
 )
 from .registry import RefArgument
 from .review import (
@@ -393,6 +398,8 @@ def predict(
     text: TextOption = None,
     data: PredictDataOption = None,
     text_column: TextColumnOption = None,
+    out: PredictionsOutOption = None,
+    force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
@@ -402,13 +409,16 @@ def predict(
     Parallel composition answers once per member, side by side (as predict does given its
     members)."""
     with user_errors(as_json):
+        check_out(out, force)
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
             from ..predict_job import (  # noqa: PLC0415 - torch
+                composition_stream,
                 gather_inputs,
                 predict_composition,
                 predict_many,
+                predict_stream,
             )
 
             quiet_libraries()
@@ -417,14 +427,27 @@ def predict(
             registry, composition.ref, input_texts(text), data, composition=True,
             text_column=text_column,
         )  # fmt: skip
-        options: dict[str, Any] = {"pairs": pairs, "skip_probe": skip_probe}
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
-            options |= {"batch_size": batch_size, "on_progress": on_progress, "on_phase": say}
-            if answers_per_member(composition.definition):
-                results = predict_many(registry, list(composition.members), texts, **options)
+            options: dict[str, Any] = {
+                "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
+                "on_progress": on_progress, "on_phase": say,
+            }  # fmt: skip
+            each_member = answers_per_member(composition.definition)
+            members = list(composition.members)
+            if out is not None:
+                stream = (
+                    predict_stream(registry, members, texts, **options) if each_member
+                    else composition_stream(registry, composition.ref, texts, **options)
+                )  # fmt: skip
+                written = write_predictions(out, stream, with_pairs=pairs is not None)
+            elif each_member:
+                results = predict_many(registry, members, texts, **options)
             else:
                 results = [predict_composition(registry, composition.ref, texts, **options)]
-    show_predictions(results, as_json)
+    if out is not None:
+        show_written(written, len(texts), as_json)
+    else:
+        show_predictions(results, as_json)
 
 
 @composition_app.command()

@@ -9,12 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..errors import DataError
+from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     LOADING_LIBRARIES,
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
     PredictDataOption,
+    PredictionsOutOption,
+    ReplaceOption,
     SkipProbeOption,
     TextColumnOption,
     TextOption,
@@ -87,6 +91,8 @@ def predict(
     text: TextOption = None,
     data: PredictDataOption = None,
     text_column: TextColumnOption = None,
+    out: PredictionsOutOption = None,
+    force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
     as_json: JsonOption = False,
@@ -96,21 +102,53 @@ def predict(
     share each batch, each row through its own adapter."""
 
     with user_errors(as_json):
+        check_out(out, force)
         registry = open_registry()
         require_known(registry, refs)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
-            from ..predict_job import gather_inputs, predict_many  # noqa: PLC0415 - torch
+            from ..predict_job import gather_inputs, predict_many, predict_stream  # noqa: PLC0415
 
             quiet_libraries()
         texts, pairs = gather_inputs(
             registry, refs[0], input_texts(text), data, text_column=text_column
         )
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
-            results = predict_many(
-                registry, refs, texts, pairs=pairs, skip_probe=skip_probe,
-                batch_size=batch_size, on_progress=on_progress, on_phase=say,
-            )  # fmt: skip
-    show_predictions(results, as_json)
+            options: dict[str, Any] = {
+                "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
+                "on_progress": on_progress, "on_phase": say,
+            }  # fmt: skip
+            if out is not None:
+                stream = predict_stream(registry, refs, texts, **options)
+                written = write_predictions(out, stream, with_pairs=pairs is not None)
+            else:
+                results = predict_many(registry, refs, texts, **options)
+    if out is not None:
+        show_written(written, len(texts), as_json)
+    else:
+        show_predictions(results, as_json)
+
+
+def check_out(out: Path | None, force: bool) -> None:
+    """predict's ``--out`` file, checked before the registry opens (``--force`` alone is a
+    slip: it replaces nothing without ``--out``)."""
+    if out is not None:
+        check_predictions_path(out, replace=force)
+    elif force:
+        raise DataError("--force replaces the --out file: give --out FILE too")
+
+
+def show_written(written: Written, texts: int, as_json: bool) -> None:
+    """Where the answers went: JSON, or one line."""
+    if as_json:
+        emit_json({"ok": True, "texts": texts, **written.to_dict()})
+        return
+    answered = f"{texts} text{'s' if texts != 1 else ''}"
+    by = ", ".join(written.refs)
+    console.print(
+        f"Wrote {written.lines} answers ({answered}, by {by}) to {written.path}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def show_predictions(results: list[tuple[str, list[Any]]], as_json: bool) -> None:

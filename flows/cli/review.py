@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +15,7 @@ from rich.table import Table
 import registry as rg
 
 from ..errors import DataError
+from ..out_files import check_out_file
 from .common import (
     JsonOption,
     check_adapter_name,
@@ -162,16 +162,8 @@ def show_trend(found: Trend, path: Path | None, as_json: bool) -> None:
 
 def check_plot_path(out: Path) -> None:
     """A file matplotlib can write, in a folder that exists: checked before the registry opens."""
-    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise DataError(f"--out {out}: give a .png, .svg or .pdf file (the plot's format)")
-    if out.is_dir():
-        raise DataError(f"--out {out} is a folder: give a file name in it ({out / 'trend.png'})")
-    if not out.parent.is_dir():
-        raise DataError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    # matplotlib's PermissionError came after the registry was read, as a traceback
-    blocked = out if out.exists() else out.parent
-    if not os.access(blocked, os.W_OK | (0 if blocked is out else os.X_OK)):
-        raise DataError(f"--out {out}: this user cannot write {blocked}; give a path you can")
+    suffixes = (".png", ".svg", ".pdf")
+    check_out_file(out, suffixes, what="the plot's format", example="trend.png", replace=True)
 
 
 @app.command()

@@ -361,10 +361,11 @@ class TestBasics:
     ):
         """matplotlib's PermissionError came after the registry was read, as a traceback. The
         tests run as root, whom no permission stops, so os.access answers as for another user."""
+        from flows import out_files
         from flows.cli import review
         from flows.errors import DataError
 
-        monkeypatch.setattr(review.os, "access", lambda path, mode: Path(path) != tmp_path)
+        monkeypatch.setattr(out_files.os, "access", lambda path, mode: Path(path) != tmp_path)
         with pytest.raises(DataError) as refused:
             review.check_plot_path(tmp_path / "t.png")
         assert str(refused.value) == (

@@ -3,6 +3,7 @@ batch per text (a row per version, ``per_row``), exactly as each answers alone."
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.build_job import build_from_spec
-from flows.predict_job import predict, predict_many
+from flows.predict_job import predict, predict_many, predict_stream
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
 from tests.helpers import run_cli
@@ -80,6 +81,43 @@ def test_answers_do_not_depend_on_how_many_rows_share_a_batch(three_versions):
     assert refused.returncode == 2 and "--batch-size" in refused.stderr
 
 
+def test_a_stream_hands_on_each_window_before_answering_the_next(three_versions, tmp_path):
+    """A window of two texts, then the last: each window's answers of the three versions
+    (loaded together) come before the next window is answered, and equal predict_many's.
+    ``--out`` writes them a line per text and version."""
+    heard: list[tuple[int, int]] = []
+    runs = [
+        (ref, first, [a.text for a in answers], len(heard))
+        for ref, first, answers in predict_stream(
+            Registry(), three_versions, TEXTS, window=2, on_progress=lambda *n: heard.append(n)
+        )
+    ]
+    assert runs == [(ref, 0, TEXTS[:2], 1) for ref in three_versions] + [
+        (ref, 2, TEXTS[2:], 2) for ref in three_versions
+    ]
+    assert heard == [(2, 3), (3, 3)]
+
+    out = tmp_path / "answers.jsonl"
+    texts = [a for t in TEXTS for a in ("--text", t)]
+    done = run_cli("predict", *three_versions, *texts, "--out", str(out), "--json", env={**os.environ})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {
+        "ok": True, "texts": 3, "out": str(out), "lines": 9, "refs": three_versions,
+    }  # fmt: skip
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    for ref, predictions in predict_many(Registry(), three_versions, TEXTS):
+        mine = sorted((line for line in lines if line["ref"] == ref), key=lambda x: x["row"])
+        assert [line["text"] for line in mine] == TEXTS
+        for line, prediction in zip(mine, predictions, strict=True):
+            assert line["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-4)
+            assert line["label_name"] == prediction.label_name
+
+    again = run_cli("predict", three_versions[0], "--text", "x", "--out", str(out), env={**os.environ})  # fmt: skip
+    assert again.returncode == 2
+    assert f"--out {out} exists: give --force to replace it" in again.stderr
+    assert len(out.read_text().splitlines()) == 9  # untouched
+
+
 def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versions, tmp_path):
     from tests.registry.workers import write_fake_adapter
 
@@ -95,7 +133,7 @@ def test_a_version_without_a_spec_is_refused_before_any_model_loads(three_versio
     )
 
 
-def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
+def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions, tmp_path):
     import torch
     import transformers as T
 
@@ -129,6 +167,17 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions):
     assert [p["label"] for p in document["predictions"]] == [a.label for a in answers]
     missing = run_cli("composition", "predict", "nope", "--text", "x", env={**os.environ})
     assert missing.returncode == 2 and "no composition 'nope'" in missing.stderr
+
+    out = tmp_path / "duo.csv"
+    written = run_cli("composition", "predict", "duo", *texts, "--out", str(out), env={**os.environ})  # fmt: skip
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert f"Wrote 3 answers (3 texts, by duo@1) to {out}" in written.stdout
+    with out.open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["row", "ref", "text", "label", "label_name", "probability", "probabilities"]
+    assert [row[:3] for row in rows[1:]] == [[str(i), "duo@1", t] for i, t in enumerate(TEXTS)]
+    got = [json.loads(row[6]) for row in rows[1:]]
+    assert got == pytest.approx([a.probabilities for a in answers], abs=1e-4)
 
 
 def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(three_versions, sst2_dir):

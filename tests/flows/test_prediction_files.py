@@ -1,0 +1,120 @@
+"""``predict --out FILE``: answers written a line each as they come, the file in place only once
+every text is answered, and a bad path refused before any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows import out_files
+from flows.errors import DataError
+from flows.predict_job import Answers, Prediction
+from flows.prediction_files import check_predictions_path, write_predictions
+
+
+def two_windows() -> Iterator[Answers]:
+    """Two versions' answers to three texts, a window of two texts, then of one."""
+    for first, texts in ((0, ["fine", 'say "hi", ok']), (2, ["dull\tand long"])):
+        for ref, positive in (("a@1", 0.9), ("b@2", 0.2)):
+            label = int(positive > 0.5)
+            yield Answers(ref, first, [
+                Prediction(text=t, label=label, label_name=["neg", "pos"][label],
+                           probabilities=[round(1 - positive, 4), positive])
+                for t in texts
+            ])  # fmt: skip
+
+
+def test_json_lines_name_each_texts_row_and_version(tmp_path):
+    out = tmp_path / "answers.jsonl"
+    heard: list[int] = []
+    written = write_predictions(out, two_windows(), on_line=heard.append)
+    assert written.to_dict() == {"out": str(out), "lines": 6, "refs": ["a@1", "b@2"]}
+    assert heard == [2, 4, 5, 6]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["row"], line["ref"]) for line in lines] == [
+        (0, "a@1"), (1, "a@1"), (0, "b@2"), (1, "b@2"), (2, "a@1"), (2, "b@2"),
+    ]  # fmt: skip
+    assert lines[3] == {
+        "row": 1, "ref": "b@2", "text": 'say "hi", ok', "label": 0, "label_name": "neg",
+        "probabilities": [0.8, 0.2],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("suffix", "delimiter"), [(".csv", ","), (".tsv", "\t")])
+def test_a_table_has_a_header_and_quotes_what_needs_it(tmp_path, suffix, delimiter):
+    out = tmp_path / f"answers{suffix}"
+    write_predictions(out, two_windows())
+    with out.open(newline="") as file:
+        rows = list(csv.reader(file, delimiter=delimiter))
+    assert rows[0] == ["row", "ref", "text", "label", "label_name", "probability", "probabilities"]
+    assert rows[2] == ["1", "a@1", 'say "hi", ok', "1", "pos", "0.9", "[0.1, 0.9]"]
+    assert rows[5] == ["2", "a@1", "dull\tand long", "1", "pos", "0.9", "[0.1, 0.9]"]
+    assert len(rows) == 7
+
+
+def test_pairs_tokens_and_continuations_take_their_own_columns(tmp_path):
+    paired = [
+        Answers("p@1", 0, [Prediction(text="a", pair="b", label=1, probabilities=[0.3, 0.7])])
+    ]
+    write_predictions(tmp_path / "pairs.csv", paired, with_pairs=True)
+    assert (tmp_path / "pairs.csv").read_text().splitlines() == [
+        "row,ref,text,pair,label,label_name,probability,probabilities",
+        '0,p@1,a,b,1,,0.7,"[0.3, 0.7]"',
+    ]
+    masked = [Answers("m@1", 0, [Prediction(text="a [MASK].", tokens=["film", "movie"])])]
+    write_predictions(tmp_path / "masks.csv", masked)
+    assert (tmp_path / "masks.csv").read_text().splitlines()[
+        1
+    ] == '0,m@1,a [MASK].,"[""film"", ""movie""]"'
+    generated = [Answers("g@1", 0, [Prediction(text="Q", continuation=" A\nB")])]
+    write_predictions(tmp_path / "answers.tsv", generated)
+    with (tmp_path / "answers.tsv").open(newline="") as file:
+        assert list(csv.reader(file, delimiter="\t")) == [
+            ["row", "ref", "text", "continuation"],
+            ["0", "g@1", "Q", " A\nB"],
+        ]
+
+
+def test_a_run_that_fails_leaves_the_file_that_was_there_and_no_partial_one(tmp_path):
+    out = tmp_path / "answers.jsonl"
+    out.write_text("yesterday's answers\n")
+
+    def failing() -> Iterator[Answers]:
+        yield from list(two_windows())[:2]
+        raise DataError("the mask of 'x' lies past the first 64 tokens")
+
+    with pytest.raises(DataError, match="lies past"):
+        write_predictions(out, failing())
+    assert out.read_text() == "yesterday's answers\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]
+
+    write_predictions(out, two_windows())  # --force: replaced once every answer is in
+    assert len(out.read_text().splitlines()) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]
+
+
+def test_bad_paths_are_refused_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "old.jsonl").write_text("kept\n")
+    for out, says in (
+        (tmp_path / "a.txt", "give a .jsonl, .csv or .tsv file (a line per answer)"),
+        (tmp_path / "no" / "a.csv", f"folder {tmp_path / 'no'} does not exist; create it first"),
+        (tmp_path / "old.jsonl", "exists: give --force to replace it, or another file name"),
+    ):
+        with pytest.raises(DataError) as refused:
+            check_predictions_path(out, replace=False)
+        assert str(refused.value) == f"--out {out}: {says}".replace(": exists", " exists")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataError, match=r"dir.csv is a folder: give a file name in it"):
+        check_predictions_path(tmp_path / "dir.csv", replace=True)
+    check_predictions_path(tmp_path / "old.jsonl", replace=True)
+    assert (tmp_path / "old.jsonl").read_text() == "kept\n"
+
+    # The tests run as root, whom no permission stops, so os.access answers as for another
+    # user: replacing a file means writing a new one beside it, so the folder must take it.
+    monkeypatch.setattr(out_files.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(DataError, match=f"this user cannot write {tmp_path}; give a path"):
+        check_predictions_path(tmp_path / "old.jsonl", replace=True)
