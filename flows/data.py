@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .data_files import DATA_SUFFIXES, check_data_file
 from .errors import DataError
 from .spec import AdapterSpec
 
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+assert tuple(_BUILDERS) == DATA_SUFFIXES  # the light check and the loader read the same files
 
 
 @dataclass
@@ -59,16 +61,8 @@ def load_split(
 ) -> datasets.Dataset:
     """Read one split from a local file; ``max_samples`` takes a seeded random subset. The
     ``columns`` an adapter reads may have no empty cells."""
-    file = Path(path)
-    if file.is_dir():
-        raise DataError(f"data file {file} is a folder: name a file ({', '.join(_BUILDERS)})")
-    if not file.is_file():
-        raise DataError(f"data file {file} does not exist")
-    builder = _BUILDERS.get(file.suffix)
-    if builder is None:
-        raise DataError(f"{file}: unsupported file type {file.suffix!r}; use {sorted(_BUILDERS)}")
-    if file.stat().st_size == 0:
-        raise DataError(f"data file {file} is empty")
+    file = check_data_file(path)
+    builder = _BUILDERS[file.suffix]
     options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
     try:
         # datasets logs each failure before raising it: our one line says it, with the cause

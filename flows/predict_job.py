@@ -21,6 +21,7 @@ from registry import AdapterVersion, Composition, Registry
 from registry.compositions import answers_per_member
 
 from .data import load_split, require_columns
+from .data_files import NOTHING_TO_PREDICT, check_text_sources
 from .errors import DataError
 from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
@@ -223,12 +224,9 @@ def gather_inputs(
     """What ``predict REF`` answers: the ``--text`` values, or the texts (and second texts) in
     the columns of the ``--data`` file that the version (or ``composition``) reads, the texts
     in ``text_column`` when given."""
-    if text_column is not None and data is None:
-        raise DataError("--text-column names a column of the --data file: give --data FILE too")
+    check_text_sources(texts, data, text_column)
     if data is None:
         return texts, None
-    if texts:
-        raise DataError("give --text or --data, not both")
     if composition:
         spec = spec_of_composition(registry, registry.composition(ref), "predict")
     else:
@@ -239,9 +237,7 @@ def gather_inputs(
 def _check_inputs(spec: AdapterSpec, ref: str, texts: list[str], pairs: list[str] | None) -> None:
     """Texts to answer, paired when (and only when) the adapter reads pairs."""
     if not texts:
-        raise DataError(
-            "nothing to predict: give --text TEXT (- reads standard input) or --data FILE"
-        )
+        raise DataError(NOTHING_TO_PREDICT)
     if spec.data.text_pair and pairs is None:
         raise DataError(
             f"{ref} reads pairs of texts ({spec.data.text}, {spec.data.text_pair}); one text "

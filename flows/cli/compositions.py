@@ -16,6 +16,7 @@ import registry as rg
 from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS, answers_per_member
 
+from ..data_files import check_data_file, check_text_sources
 from ..errors import DataError, TrackingUnavailableError
 from ..prediction_files import write_predictions
 from .common import (
@@ -410,6 +411,8 @@ def predict(
     members)."""
     with user_errors(as_json):
         check_out(out, force)
+        texts = input_texts(text)
+        check_text_sources(texts, data, text_column)  # a slip in the arguments: before torch
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
@@ -424,7 +427,7 @@ def predict(
             quiet_libraries()
         composition = registry.composition(ref)  # one version from here on, however aliases move
         texts, pairs = gather_inputs(
-            registry, composition.ref, input_texts(text), data, composition=True,
+            registry, composition.ref, texts, data, composition=True,
             text_column=text_column,
         )  # fmt: skip
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
@@ -464,6 +467,8 @@ def evaluate(
     its last member's): every member loaded and checked, the composition active. Recorded as
     an MLflow run."""
     with user_errors(as_json):
+        if data is not None:
+            check_data_file(data)
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         result = evaluate_with_steps(

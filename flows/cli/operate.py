@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..data_files import check_data_file, check_text_sources
 from ..errors import DataError
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
@@ -103,15 +104,15 @@ def predict(
 
     with user_errors(as_json):
         check_out(out, force)
+        texts = input_texts(text)
+        check_text_sources(texts, data, text_column)  # a slip in the arguments: before torch
         registry = open_registry()
         require_known(registry, refs)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
             from ..predict_job import gather_inputs, predict_many, predict_stream  # noqa: PLC0415
 
             quiet_libraries()
-        texts, pairs = gather_inputs(
-            registry, refs[0], input_texts(text), data, text_column=text_column
-        )
+        texts, pairs = gather_inputs(registry, refs[0], texts, data, text_column=text_column)
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
             options: dict[str, Any] = {
                 "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
@@ -206,6 +207,8 @@ def evaluate(
     (instructions). Recorded as an MLflow run."""
 
     with user_errors(as_json):
+        if data is not None:
+            check_data_file(data)
         registry = open_registry()
         require_known(registry, [ref])
         result = evaluate_with_steps(

@@ -425,6 +425,37 @@ class TestBasics:
                 "typo.yaml: no such spec file or folder (nothing was built)",
             ),
             (("deploy", "typo.yaml"), "typo.yaml: no such spec file or folder (nothing was built)"),
+            # what predict answers and where it writes: one line in half a second, not six
+            (("predict", "typo", "--data", "d.tsv"), "data file d.tsv does not exist"),
+            (
+                ("predict", "typo", "--text", "x", "--data", "d.tsv"),
+                "give --text or --data, not both",
+            ),
+            (
+                ("predict", "typo"),
+                "nothing to predict: give --text TEXT (- reads standard input) or --data FILE",
+            ),
+            (
+                ("predict", "typo", "--text", "x", "--text-column", "review"),
+                "--text-column names a column of the --data file: give --data FILE too",
+            ),
+            (
+                ("predict", "typo", "--text", "x", "--out", "a.txt"),
+                "--out a.txt: give a .jsonl, .csv or .tsv file (a line per answer)",
+            ),
+            (
+                ("predict", "typo", "--text", "x", "--force"),
+                "--force replaces the --out file: give --out FILE too",
+            ),
+            (
+                ("composition", "predict", "typo", "--data", "."),
+                "data file . is a folder: name a file (.tsv, .csv, .json, .jsonl, .parquet)",
+            ),
+            (("evaluate", "typo", "--data", "d.tsv"), "data file d.tsv does not exist"),
+            (
+                ("composition", "evaluate", "typo", "--data", "d.xlsx"),
+                "data file d.xlsx does not exist",
+            ),
         ],
     )
     def test_a_name_or_file_that_does_not_exist_is_refused_before_torch_mlflow_or_prefect_loads(
