@@ -34,15 +34,15 @@ from typing import Any, Literal
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
 from registry import AdapterVersion, Registry
-from registry.bundles import check_folder_to_write, new_folders, read_json_object
+from registry.bundles import new_folders, read_json_object
 
 from .errors import DataError
+from .export_target import ENGINES, checked_export_target
 from .files_spec import classifier_size, serving_spec, stated_head
 from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
 
-ENGINES = ("peft", "vllm", "merged", "adapterhub")
 VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
 
 
@@ -181,7 +181,7 @@ def export(
     Raises :class:`DataError` before touching ``destination`` when it is not empty, or when
     :func:`lint` finds something and ``force`` is not given.
     """
-    target = _checked_target(destination, engine)
+    target = checked_export_target(destination, engine)
     version = registry.get(ref)
     with _staging(target) as (scratch, staged):
         stored = registry.fetch(version.ref, scratch / "stored")
@@ -223,7 +223,7 @@ def export_composition(
 
     Every member is loaded and checked (fingerprint, golden probes) first; what cannot flatten
     exactly is refused with the reason, and nothing is written into ``destination``."""
-    target = _checked_target(destination, engine)
+    target = checked_export_target(destination, engine)
     composition = registry.composition(ref)
     if engine == "adapterhub":
         raise DataError(
@@ -279,17 +279,6 @@ def _vllm_ready(
     new = [f for f in found if f not in known]
     _refuse_unless_forced(ref, "vllm", new, force)
     return new
-
-
-def _checked_target(destination: str | Path, engine: str) -> Path:
-    """``destination`` if it is a new or empty folder and ``engine`` is known, else DataError."""
-    target = Path(destination)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise DataError(f"{target} exists and is not an empty folder: export into a new one")
-    if engine not in ENGINES:
-        raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
-    check_folder_to_write(target, f"export for {engine}")
-    return target
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from transformers import (
 import peft_core as pc
 from peft_core.heads import adapter_head
 from peft_core.state import adapter_layers, get_record
-from registry.bundles import check_folder_to_write
+from registry.folders import check_folder_to_write
 
 from .data import PreparedData, longest_first, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap

@@ -12,13 +12,10 @@ Downloads are verified file by file: a corrupted or truncated blob is never hand
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 from .artifacts import ArtifactStore
 from .artifacts.base import BytesMoved
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
+from .folders import check_folder_to_write, new_folders
 
 __all__ = [
     "PEFT_TASK_HEADS",
@@ -242,47 +240,6 @@ def download(
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination
-
-
-@contextlib.contextmanager
-def new_folders(folder: Path) -> Iterator[Path]:
-    """Make ``folder`` and its missing parents for the block; if the block fails, remove the
-    ones made here again (those left empty), so a refused write leaves no empty folder."""
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        yield folder
-    except BaseException:
-        for each in made:  # deepest first
-            with contextlib.suppress(OSError):
-                each.rmdir()
-        raise
-
-
-def check_folder_to_write(folder: str | Path, action: str) -> None:
-    """Refuse, before any work, a ``folder`` that cannot become one to write files into: a file,
-    a path through a file, or under a folder this user cannot write to. ``action`` says what
-    would have been written (``"download x@1"``)."""
-    path = Path(folder)
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        where = "it is a file" if existing == path else f"{existing} is a file"
-        raise AdapterFolderError(
-            f"cannot {action} into {path}: {where}; give a folder (new or existing) to write "
-            "the adapter's files into"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise AdapterFolderError(
-            f"cannot {action} into {path}: this user cannot write in {existing}; give a folder "
-            "you can write to"
-        )
-    try:  # the permission bits can allow what the filesystem refuses (/proc, /sys, root on NFS)
-        os.rmdir(tempfile.mkdtemp(prefix=".adapterops-can-write-", dir=existing))
-    except OSError as exc:
-        raise AdapterFolderError(
-            f"cannot {action} into {path}: {existing} refuses new folders ({exc.strerror}); "
-            "give a folder you can write to"
-        ) from None
 
 
 def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -> None:

@@ -18,6 +18,7 @@ from registry.compositions import BLOCK_KINDS, answers_per_member
 
 from ..data_files import check_data_file, check_text_sources
 from ..errors import DataError, TrackingUnavailableError
+from ..export_target import checked_export_target
 from ..prediction_files import write_predictions
 from .common import (
     LOADING_LIBRARIES,
@@ -492,6 +493,7 @@ def export(
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
     (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
     with user_errors(as_json):
+        checked_export_target(out, engine)  # before torch loads (the job checks it again)
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..data_files import check_data_file, check_text_sources
 from ..errors import DataError
+from ..export_target import checked_export_target
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     LOADING_LIBRARIES,
@@ -293,6 +294,7 @@ def export(
     silently ignore (nothing is written then, unless --force)."""
 
     with user_errors(as_json):
+        checked_export_target(out, engine)  # before torch loads (the job checks it again)
         registry = open_registry()
         require_known(registry, [ref])
         with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:

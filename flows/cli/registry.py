@@ -309,7 +309,7 @@ def _pull_verified(
     on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fetch beside ``destination``, check the probes, then move the files into place."""
-    from registry.bundles import new_folders  # noqa: PLC0415 - boto3, through the stores
+    from registry.folders import new_folders  # noqa: PLC0415
 
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 

@@ -456,6 +456,19 @@ class TestBasics:
                 ("composition", "evaluate", "typo", "--data", "d.xlsx"),
                 "data file d.xlsx does not exist",
             ),
+            (
+                ("export", "typo", "--for", "nope", "--out", "out"),
+                "unknown engine 'nope'; export --for one of peft, vllm, merged, adapterhub",
+            ),
+            (
+                ("composition", "export", "typo", "--for", "peft", "--out", "/proc/out"),
+                "cannot export for peft into /proc/out: /proc refuses new folders (No such file "
+                "or directory); give a folder you can write to",
+            ),
+            (
+                ("export", "typo", "--for", "vllm", "--out", "home"),
+                "home exists and is not an empty folder: export into a new one",
+            ),
         ],
     )
     def test_a_name_or_file_that_does_not_exist_is_refused_before_torch_mlflow_or_prefect_loads(
