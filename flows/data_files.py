@@ -7,7 +7,13 @@ from pathlib import Path
 
 from .errors import DataError
 
-__all__ = ["DATA_SUFFIXES", "NOTHING_TO_PREDICT", "check_data_file", "check_text_sources"]
+__all__ = [
+    "DATA_SUFFIXES",
+    "NOTHING_TO_PREDICT",
+    "check_data_file",
+    "check_scoring_sources",
+    "check_text_sources",
+]
 
 DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")  # what flows.data reads
 NOTHING_TO_PREDICT = "nothing to predict: give --text TEXT (- reads standard input) or --data FILE"
@@ -41,3 +47,16 @@ def check_text_sources(texts: list[str], data: str | Path | None, text_column: s
     if texts:
         raise DataError("give --text or --data, not both")
     check_data_file(data)
+
+
+def check_scoring_sources(
+    data: str | Path | None, text_column: str | None, label_column: str | None
+) -> None:
+    """evaluate scores a ``--data`` file (which must be one the loader reads) or the split its
+    spec names; ``--text-column`` and ``--label-column`` name columns of that file."""
+    if data is not None:
+        check_data_file(data)
+    elif text_column is not None or label_column is not None:
+        raise DataError(
+            "--text-column and --label-column name columns of the --data file: give --data FILE"
+        )

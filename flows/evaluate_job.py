@@ -17,6 +17,7 @@ from registry import Registry
 from registry.compositions import answers_per_member
 
 from .data import prepare_file
+from .data_files import check_scoring_sources
 from .errors import DataError
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .predict_job import spec_of_composition
@@ -70,10 +71,10 @@ def evaluate_version(
     on a file only, with the head its files carry (texts in ``sentence`` and labels in
     ``label`` unless named). The data is read and checked before the base model loads;
     ``on_phase`` hears each step after that."""
+    check_scoring_sources(data, text_column, label_column)
     check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
     if data is None:
-        _check_columns_need_a_file(text_column, label_column)
         spec = spec_of_version(version, "evaluate", instead=SCORE_ON_A_FILE)
     else:
         spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
@@ -108,9 +109,8 @@ def evaluate_composition(
             f"({', '.join(members)}), so there is no one answer to score; evaluate each member "
             f"(`adapterops evaluate {members[0]}`)"
         )
+    check_scoring_sources(data, text_column, label_column)
     check_reachable(tracking_uri())
-    if data is None:
-        _check_columns_need_a_file(text_column, label_column)
     spec = spec_of_composition(registry, composition, "evaluate", scoring=data is None)
     spec = _reading(spec, text_column, label_column)
     pushed = not composition.evaluation and not registry.get(composition.members[-1]).spec
@@ -125,13 +125,6 @@ def evaluate_composition(
         model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags,
         on_phase=on_phase,
     )  # fmt: skip
-
-
-def _check_columns_need_a_file(text_column: str | None, label_column: str | None) -> None:
-    if text_column is not None or label_column is not None:
-        raise DataError(
-            "--text-column and --label-column name columns of the --data file: give --data FILE"
-        )
 
 
 def _reading(spec: AdapterSpec, text_column: str | None, label_column: str | None) -> AdapterSpec:

@@ -16,7 +16,7 @@ import registry as rg
 from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS, answers_per_member
 
-from ..data_files import check_data_file, check_text_sources
+from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError, TrackingUnavailableError
 from ..export_target import checked_export_target
 from ..prediction_files import write_predictions
@@ -468,8 +468,7 @@ def evaluate(
     its last member's): every member loaded and checked, the composition active. Recorded as
     an MLflow run."""
     with user_errors(as_json):
-        if data is not None:
-            check_data_file(data)
+        check_scoring_sources(data, text_column, label_column)  # before torch loads
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         result = evaluate_with_steps(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..data_files import check_data_file, check_text_sources
+from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError
 from ..export_target import checked_export_target
 from ..prediction_files import Written, check_predictions_path, write_predictions
@@ -208,8 +208,7 @@ def evaluate(
     (instructions). Recorded as an MLflow run."""
 
     with user_errors(as_json):
-        if data is not None:
-            check_data_file(data)
+        check_scoring_sources(data, text_column, label_column)  # before torch loads
         registry = open_registry()
         require_known(registry, [ref])
         result = evaluate_with_steps(

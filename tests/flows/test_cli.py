@@ -457,6 +457,10 @@ class TestBasics:
                 "data file d.xlsx does not exist",
             ),
             (
+                ("evaluate", "typo", "--label-column", "gold"),
+                "--text-column and --label-column name columns of the --data file: give --data FILE",
+            ),
+            (
                 ("export", "typo", "--for", "nope", "--out", "out"),
                 "unknown engine 'nope'; export --for one of peft, vllm, merged, adapterhub",
             ),
