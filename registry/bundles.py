@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,7 @@ def download(
     *,
     label: str,
     on_bytes: BytesMoved | None = None,
+    check_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Fetch version ``label``'s files into ``destination``, verifying every digest
     (``on_bytes``: told the files' bytes as they arrive).
@@ -220,6 +222,8 @@ def download(
     Files land in a temporary folder beside ``destination`` (never inside it, so a killed download
     leaves nothing in it) and move into place only when all are verified, so a failed download
     leaves ``destination`` as it was (one made for it, with its new parents, is removed again).
+    ``check_files`` is handed that folder of verified files before they move: what it raises
+    leaves ``destination`` as it was too (``pull --verify`` re-runs the probes there).
     """
     check_folder_to_write(destination, f"download {label}")
     prefix = f".{destination.name}.incoming-"
@@ -237,6 +241,9 @@ def download(
             target = staging / name
             _fetch(store, file_digest, target, label=label, what=name, on_bytes=on_bytes)
             _verify(target, file_digest, label=label, what=name, size=size)
+        if check_files is not None:
+            manifest_path.unlink()  # the folder holds the adapter's files alone, as pulled
+            check_files(staging)
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination

@@ -421,14 +421,22 @@ class Registry:
     # --- bytes --------------------------------------------------------------------------------
 
     def fetch(
-        self, ref: str, destination: str | Path, *, on_bytes: BytesMoved | None = None
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        on_bytes: BytesMoved | None = None,
+        check_files: Callable[[Path], None] | None = None,
     ) -> Path:
         """Download the version's files into ``destination``, verified against their digests
-        (``on_bytes``: told the bytes as they arrive, up to the version's ``size``)."""
+        (``on_bytes``: told the bytes as they arrive, up to the version's ``size``);
+        ``check_files`` sees the folder of verified files before they move into place, and what
+        it raises leaves ``destination`` as it was."""
         version = self.get(ref)
         return download(
-            self.artifacts, version.digest, Path(destination), label=version.ref, on_bytes=on_bytes
-        )
+            self.artifacts, version.digest, Path(destination), label=version.ref,
+            on_bytes=on_bytes, check_files=check_files,
+        )  # fmt: skip
 
     def load_into(
         self,

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -308,21 +307,17 @@ def _pull_verified(
     destination: Path,
     on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Fetch beside ``destination``, check the probes, then move the files into place."""
-    from registry.folders import new_folders  # noqa: PLC0415
-
+    """Fetch as ``pull`` does, the probes checked on the verified files before they move into
+    place (a folder pulled into before gets the same files replaced, its other files kept)."""
     from ..verify_job import verify_on_base  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
-    with (
-        new_folders(destination.parent),
-        tempfile.TemporaryDirectory(prefix=".pull-", dir=destination.parent) as scratch,
-    ):
-        staged = registry.fetch(version.ref, Path(scratch) / "adapter", on_bytes=on_bytes)
-        check = verify_on_base(version, staged)
-        if destination.exists() and not any(destination.iterdir()):
-            destination.rmdir()
-        staged.rename(destination)
+    checks = []
+    registry.fetch(
+        version.ref, destination, on_bytes=on_bytes,
+        check_files=lambda staged: checks.append(verify_on_base(version, staged)),
+    )  # fmt: skip
+    (check,) = checks
     return {
         "probe_deviation": check.deviation,
         "probe_tolerance": check.tolerance,

@@ -56,6 +56,13 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     assert document["probe_recorded_with"] == document["probe_checked_with"]
     assert document["probe_checked_with"] == "torch.float32 on cpu"
     assert (tmp_path / "pulled" / "probes.json").is_file()
+    # into a folder pulled into before, as plain pull does: its files replaced, a note kept
+    # (a traceback after the probes: the checked folder was renamed onto a full one)
+    (tmp_path / "pulled" / "notes.txt").write_text("mine")
+    again = run_cli("pull", ref, str(tmp_path / "pulled"), "--verify", "--json", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {f.name for f in (tmp_path / "pulled").iterdir()} == files | {"notes.txt"}
+    before = {f.name: f.read_bytes() for f in (tmp_path / "pulled").iterdir()}
 
     replace_weights_with_random_ones(base)  # same architecture, same fingerprint, other weights
 
@@ -73,6 +80,9 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     pulled = run_cli("pull", ref, str(tmp_path / "new" / "pulled-again"), "--verify", env=env)
     assert pulled.returncode == 2 and "fails its golden probe" in pulled.stderr
     assert not (tmp_path / "new").exists()  # nothing handed out unverified, no empty folder
+    refused = run_cli("pull", ref, str(tmp_path / "pulled"), "--verify", env=env)
+    assert refused.returncode == 2 and "fails its golden probe" in refused.stderr
+    assert {f.name: f.read_bytes() for f in (tmp_path / "pulled").iterdir()} == before
 
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     with pytest.raises(BaseModelMismatchError, match=r"deviate \d+\.\d% from those recorded"):
