@@ -15,6 +15,7 @@ import typer
 import registry as rg
 from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS, answers_per_member
+from registry.names import check_new_alias
 
 from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError, TrackingUnavailableError
@@ -296,6 +297,7 @@ def alias(
     """Point an alias at a composition version (moving it from another version if needed),
     through MLflow (moves made in the MLflow UI are taken first)."""
     with user_errors(as_json):
+        check_new_alias(name)  # before MLflow loads, as the name below
         registry = open_registry()
         composition_name = registry.composition(ref).name  # before MLflow loads
         with mlflow_client(announce=not as_json) as client:

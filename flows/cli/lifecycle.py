@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 import registry as rg
+from registry.names import check_new_alias
 
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
@@ -353,6 +354,7 @@ def promote_command(
         )
     alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
+        check_new_alias(alias)  # before MLflow loads, as the name below
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         with mlflow_client(announce=not as_json) as client:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 import registry as rg
 from registry import AdapterVersion, RegistryError
+from registry.names import check_new_alias
 from registry.redaction import redact
 
 from ..errors import DataError
@@ -41,6 +42,7 @@ from .common import (
     quiet_libraries,
     registry_now_or_once_done,
     require_known,
+    require_spec_file,
     telling_a_new_registry,
     user_errors,
     warn,
@@ -100,6 +102,8 @@ def push(
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
     with user_errors(as_json), telling_a_new_registry():
+        if spec is not None:
+            require_spec_file(spec)  # before torch loads (the spec module checks methods)
         files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
         size = sum(p.stat().st_size for p in files)
         with byte_progress(f"push {folder.name}", size, enabled=not as_json) as on_bytes:
@@ -359,6 +363,7 @@ def alias(
     """Point an alias at a version (moving it from another version if needed), in MLflow
     first, as reviewers see aliases there; `promote` does the same behind the gate."""
     with user_errors(as_json):
+        check_new_alias(name)  # before MLflow loads, as the name below
         registry = open_registry()
         require_known(registry, [checkable_before_mlflow(ref)])  # before MLflow loads
         with mlflow_client(announce=not as_json) as client:

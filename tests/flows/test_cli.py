@@ -461,6 +461,22 @@ class TestBasics:
                 "--text-column and --label-column name columns of the --data file: give --data FILE",
             ),
             (
+                ("alias", "typo@1", "latest"),
+                "invalid alias 'latest': MLflow, where reviewers see and move aliases, reserves "
+                "'latest' and 'v' followed by a number for its own version names; choose another "
+                "(champion, staging, production...)",
+            ),
+            (
+                ("promote", "typo@1", "--alias", "my alias"),
+                "invalid alias 'my alias': use 1-128 letters, digits, '_' or '-', starting with a "
+                "letter or digit (no '/', '.' or spaces)",
+            ),
+            (
+                ("composition", "alias", "typo@1", "7"),
+                "invalid alias '7': an alias cannot be a number",
+            ),
+            (("push", ".", "--spec", "nope.yaml"), "nope.yaml: no such spec file"),
+            (
                 ("export", "typo", "--for", "nope", "--out", "out"),
                 "unknown engine 'nope'; export --for one of peft, vllm, merged, adapterhub",
             ),
