@@ -268,7 +268,9 @@ def predict_many(
     layers take one adapter per batch and no native adapter beside it, answer as they do alone.
     ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
     what loads before each."""
-    pinned = [registry.get(ref).ref for ref in refs]  # name@N: the order to answer in
+    versions = [registry.get(ref) for ref in refs]
+    _check_each_once(refs, versions)
+    pinned = [version.ref for version in versions]  # name@N: the order to answer in
     stream = predict_stream(
         registry, pinned, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
         on_progress=on_progress, on_phase=on_phase,
@@ -295,6 +297,7 @@ def predict_stream(
     if window < 1:
         raise DataError(f"the window must hold at least 1 text; got {window}")
     versions = [registry.get(ref) for ref in refs]
+    _check_each_once(refs, versions)
     specs = [serving_spec(registry, v, "predict") for v in versions]
     if len(versions) > 1:
         _check_together(versions, specs)
@@ -320,6 +323,21 @@ def predict_stream(
         for first, (answers,) in answer_windows(model, tokenizer, texts, [spec], **options):
             yield Answers(version.ref, first, answers)
         del model  # freed before the next version's base model loads, not after
+
+
+def _check_each_once(refs: list[str], versions: list[AdapterVersion]) -> None:
+    """Each version asked for once: its answers would come twice, under one name."""
+    seen: dict[str, str] = {}
+    for ref, version in zip(refs, versions, strict=True):
+        if version.ref not in seen:
+            seen[version.ref] = ref
+            continue
+        first = seen[version.ref]
+        if first == ref:
+            raise DataError(f"{ref} is given twice: give each version once")
+        raise DataError(
+            f"{first} and {ref} name the same version ({version.ref}): give each version once"
+        )
 
 
 def _collected(stream: Iterable[Answers], count: int) -> dict[str, list[Prediction]]:

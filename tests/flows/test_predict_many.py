@@ -252,3 +252,23 @@ def test_a_parallel_composition_answers_once_per_member_and_is_never_scored(thre
     with pytest.raises(InvalidCompositionError, match="no one score for the cascade to gate on"):
         registry.register_composition("both", {"type": "parallel"}, members, evaluation=spec)
     assert [c.ref for c in registry.compositions()] == ["both@1"]  # nothing saved
+
+
+def test_a_version_named_twice_is_refused_in_one_line(three_versions):
+    """Its answers would come twice under one name (it was 'model already has an adapter
+    many-lora-v1; ... peft_core.delete_adapter it first', after the base model loaded)."""
+    from flows.errors import DataError
+
+    Registry().set_alias("many-lora@1", "champion")
+    for refs, says in (
+        (["many-lora@1", "many-lora@1"], "many-lora@1 is given twice: give each version once"),
+        (
+            ["many-lora@champion", "many-pfeiffer@1", "many-lora@1"],
+            "many-lora@champion and many-lora@1 name the same version (many-lora@1): give each "
+            "version once",
+        ),
+    ):
+        for answer in (predict_many, lambda *a: list(predict_stream(*a))):
+            with pytest.raises(DataError) as refused:
+                answer(Registry(), refs, TEXTS)
+            assert str(refused.value) == says
