@@ -47,6 +47,7 @@ from .common import (
     print_columns,
     quiet_libraries,
     require_known,
+    require_spec_file,
     user_errors,
     waiting,
     warn,
@@ -137,7 +138,8 @@ def save(
 
 def _evaluation_spec(path: Path, *, announce: bool) -> dict[str, Any]:
     """The spec file ``--evaluation`` names, checked, as the registry stores it (the methods'
-    plug-ins check a spec: torch loads)."""
+    plug-ins check a spec: torch loads; a file that is not there is said before)."""
+    require_spec_file(path)
     with waiting(f"checking {path.name}", enabled=announce):
         from ..spec import load_spec  # noqa: PLC0415
 

@@ -477,6 +477,10 @@ class TestBasics:
             ),
             (("push", ".", "--spec", "nope.yaml"), "nope.yaml: no such spec file"),
             (
+                ("composition", "save", "c", "a@1", "b@1", "--evaluation", "nope.yaml"),
+                "nope.yaml: no such spec file",
+            ),
+            (
                 ("export", "typo", "--for", "nope", "--out", "out"),
                 "unknown engine 'nope'; export --for one of peft, vllm, merged, adapterhub",
             ),
