@@ -59,7 +59,8 @@ def write_predictions(
     ``with_pairs``, for a classifier of pairs):
     JSON Lines, or CSV/TSV with a header, by its suffix. Each line names the text's row (0 for
     the first text) and the version that answered; ``on_line`` hears the lines written so far
-    after each run of answers."""
+    after each run of answers. An ``out`` that exists is replaced (the CLI asks for --force)."""
+    check_predictions_path(out, replace=True)  # a format it writes, in a folder it can write
     partial = out.with_name(f".{out.name}.partial")
     lines, refs = 0, []
     try:

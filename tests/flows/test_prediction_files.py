@@ -112,6 +112,9 @@ def test_bad_paths_are_refused_before_any_work(tmp_path, monkeypatch):
         check_predictions_path(tmp_path / "dir.csv", replace=True)
     check_predictions_path(tmp_path / "old.jsonl", replace=True)
     assert (tmp_path / "old.jsonl").read_text() == "kept\n"
+    with pytest.raises(DataError, match=r"give a .jsonl, .csv or .tsv file"):
+        write_predictions(tmp_path / "a.txt", two_windows())  # not a CSV named .txt
+    assert not (tmp_path / "a.txt").exists()
 
     # The tests run as root, whom no permission stops, so os.access answers as for another
     # user: replacing a file means writing a new one beside it, so the folder must take it.
