@@ -176,8 +176,8 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions, t
         rows = list(csv.reader(file))
     assert rows[0] == ["row", "ref", "text", "label", "label_name", "probability", "probabilities"]
     assert [row[:3] for row in rows[1:]] == [[str(i), "duo@1", t] for i, t in enumerate(TEXTS)]
-    got = [json.loads(row[6]) for row in rows[1:]]
-    assert got == pytest.approx([a.probabilities for a in answers], abs=1e-4)
+    for row, answer in zip(rows[1:], answers, strict=True):
+        assert json.loads(row[6]) == pytest.approx(answer.probabilities, abs=1e-4)
 
 
 def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(three_versions, sst2_dir):
