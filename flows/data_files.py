@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import DataError
@@ -35,7 +36,9 @@ def check_data_file(path: str | Path) -> Path:
     return file
 
 
-def check_text_sources(texts: list[str], data: str | Path | None, text_column: str | None) -> None:
+def check_text_sources(
+    texts: Sequence[str], data: str | Path | None, text_column: str | None
+) -> None:
     """What predict answers comes from ``--text`` (``texts``) or a ``--data`` file, one of the
     two; ``--text-column`` names a column of that file."""
     if text_column is not None and data is None:

@@ -6,11 +6,11 @@ likely tokens for each mask; causal-LM adapters a greedy continuation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ __all__ = [
     "BATCH_ROWS",
     "WINDOW_TEXTS",
     "Answers",
+    "FileTexts",
     "Prediction",
     "ProgressCallback",
     "answer_texts",
@@ -87,9 +88,9 @@ class Answers(NamedTuple):
 def predict(
     registry: Registry,
     ref: str,
-    texts: list[str],
+    texts: Sequence[str],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
@@ -110,9 +111,9 @@ def predict(
 def predict_composition(
     registry: Registry,
     ref: str,
-    texts: list[str],
+    texts: Sequence[str],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
@@ -133,9 +134,9 @@ def predict_composition(
 def composition_stream(
     registry: Registry,
     ref: str,
-    texts: list[str],
+    texts: Sequence[str],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     window: int = WINDOW_TEXTS,
@@ -189,7 +190,7 @@ def spec_of_composition(
 
 def inputs_from_file(
     spec: AdapterSpec, path: str | Path, *, text_column: str | None = None
-) -> tuple[list[str], list[str] | None]:
+) -> tuple[Sequence[str], Sequence[str] | None]:
     """The texts (and, for an adapter trained on pairs, the second texts) in the columns of a
     TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text`` and ``data.text_pair``, or an
     instruction adapter's ``data.prompt``); ``text_column`` names another for the texts."""
@@ -207,20 +208,55 @@ def inputs_from_file(
         "another column"
     )  # fmt: skip
     require_columns(path, rows, columns, named=named)
-    texts = [str(t) for t in rows[first]]
-    pairs = [str(t) for t in rows[spec.data.text_pair]] if spec.data.text_pair else None
+    texts = FileTexts(rows[first])
+    pairs = FileTexts(rows[spec.data.text_pair]) if spec.data.text_pair else None
     return texts, pairs
+
+
+class FileTexts(Sequence[str]):
+    """A data file's column as texts, read from the file's Arrow cache (memory-mapped) a slice
+    at a time, as predict's windows ask for them: a file of millions of rows is never held as
+    Python strings at once."""
+
+    _READ_ROWS = 4096  # rows read per slice when iterating
+
+    def __init__(self, column: Sequence[Any]) -> None:
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self._column)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [str(value) for value in self._column[index]]
+        return str(self._column[index])
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), self._READ_ROWS):
+            yield from self[start : start + self._READ_ROWS]
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same texts (a list as ``--text`` gives them)."""
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, like a list
 
 
 def gather_inputs(
     registry: Registry,
     ref: str,
-    texts: list[str],
+    texts: Sequence[str],
     data: str | Path | None,
     *,
     composition: bool = False,
     text_column: str | None = None,
-) -> tuple[list[str], list[str] | None]:
+) -> tuple[Sequence[str], Sequence[str] | None]:
     """What ``predict REF`` answers: the ``--text`` values, or the texts (and second texts) in
     the columns of the ``--data`` file that the version (or ``composition``) reads, the texts
     in ``text_column`` when given."""
@@ -234,7 +270,9 @@ def gather_inputs(
     return inputs_from_file(spec, data, text_column=text_column)
 
 
-def _check_inputs(spec: AdapterSpec, ref: str, texts: list[str], pairs: list[str] | None) -> None:
+def _check_inputs(
+    spec: AdapterSpec, ref: str, texts: Sequence[str], pairs: Sequence[str] | None
+) -> None:
     """Texts to answer, paired when (and only when) the adapter reads pairs."""
     if not texts:
         raise DataError(NOTHING_TO_PREDICT)
@@ -253,9 +291,9 @@ def _check_inputs(spec: AdapterSpec, ref: str, texts: list[str], pairs: list[str
 def predict_many(
     registry: Registry,
     refs: list[str],
-    texts: list[str],
+    texts: Sequence[str],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     on_progress: ProgressCallback | None = None,
@@ -282,9 +320,9 @@ def predict_many(
 def predict_stream(
     registry: Registry,
     refs: list[str],
-    texts: list[str],
+    texts: Sequence[str],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     window: int = WINDOW_TEXTS,
@@ -352,7 +390,7 @@ def _collected(stream: Iterable[Answers], count: int) -> dict[str, list[Predicti
 def _in_shared_batches(
     registry: Registry,
     routed: list[tuple[AdapterVersion, AdapterSpec]],
-    texts: list[str],
+    texts: Sequence[str],
     *,
     skip_probe: bool,
     on_phase: PhaseCallback,
@@ -392,10 +430,10 @@ def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) ->
 def answer_texts(
     model: Any,
     tokenizer: Any,
-    texts: list[str],
+    texts: Sequence[str],
     specs: list[AdapterSpec],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     batch_size: int,
     on_progress: ProgressCallback | None = None,
     adapters: list[str] | None = None,
@@ -415,10 +453,10 @@ def answer_texts(
 def answer_windows(
     model: Any,
     tokenizer: Any,
-    texts: list[str],
+    texts: Sequence[str],
     specs: list[AdapterSpec],
     *,
-    pairs: list[str] | None = None,
+    pairs: Sequence[str] | None = None,
     batch_size: int,
     window: int = WINDOW_TEXTS,
     on_progress: ProgressCallback | None = None,
@@ -438,8 +476,8 @@ def answer_windows(
     per_batch = max(1, batch_size // len(specs))
     model.eval()
     for first in range(0, len(texts), window):
-        held = texts[first : first + window]
-        held_pairs = pairs[first : first + window] if pairs is not None else None
+        held = list(texts[first : first + window])  # a file's: read from its cache now
+        held_pairs = list(pairs[first : first + window]) if pairs is not None else None
         order = longest_first_order(held, held_pairs)
         answers: list[dict[int, Prediction]] = [{} for _ in specs]  # text index -> its answer
         for start in range(0, len(held), per_batch):
@@ -456,7 +494,7 @@ def answer_windows(
         yield first, [[mine[i] for i in range(len(held))] for mine in answers]
 
 
-def _answering(texts: list[str]) -> str:
+def _answering(texts: Sequence[str]) -> str:
     return f"answer {len(texts)} text{'s' if len(texts) != 1 else ''}"
 
 
@@ -524,11 +562,11 @@ def _classify(
     ]
 
 
-def _check_masks(tokenizer: Any, texts: list[str]) -> None:
+def _check_masks(tokenizer: Any, texts: Iterable[str]) -> None:
     mask = tokenizer.mask_token
-    missing = [t for t in texts if mask not in t]
-    if missing:
-        raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing[0]!r})")
+    missing = next((t for t in texts if mask not in t), None)  # the first one
+    if missing is not None:
+        raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing!r})")
 
 
 def _fill_masks(

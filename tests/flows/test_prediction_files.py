@@ -121,3 +121,26 @@ def test_bad_paths_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(out_files.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(DataError, match=f"this user cannot write {tmp_path}; give a path"):
         check_predictions_path(tmp_path / "old.jsonl", replace=True)
+
+
+def test_a_files_texts_are_read_a_slice_at_a_time_as_text(tmp_path, monkeypatch):
+    """predict --data hands its windows slices of the file's column (read from the Arrow
+    cache), never a list of every text; numbers in the column are texts too."""
+    from flows.data import load_split
+    from flows.predict_job import FileTexts
+
+    file = tmp_path / "rows.csv"
+    file.write_text("sentence,n\n" + "".join(f"text {i},{i}\n" for i in range(10)))
+    rows = load_split(str(file), columns=["sentence", "n"])
+    texts, numbers = FileTexts(rows["sentence"]), FileTexts(rows["n"])
+    assert (len(texts), texts[0], texts[-1], texts[3:5]) == (
+        10,
+        "text 0",
+        "text 9",
+        ["text 3", "text 4"],
+    )
+    assert numbers[2:4] == ["2", "3"] and numbers[7] == "7"
+    monkeypatch.setattr(FileTexts, "_READ_ROWS", 3)  # iteration crosses slices: 3, 3, 3, 1
+    assert list(texts) == [f"text {i}" for i in range(10)]
+    assert texts == [f"text {i}" for i in range(10)]
+    assert texts not in (["text 0"], "text 0")
