@@ -572,7 +572,7 @@ def test_composition_commands_list_show_and_move_aliases(tmp_path, monkeypatch):
         (("--definition", "stak"), 'give a block such as {"type": "stack"}, or one of stack, '),
         (("--definition", '["stack"]'), "--definition is a JSON object"),
         (("--definition", '{"type": "stack", "children": ["a"]}'), "1 adapter(s) but 2"),
-        (("--evaluation", str(tmp_path / "none.yaml")), "no such file"),
+        (("--evaluation", str(tmp_path / "none.yaml")), "none.yaml: no such spec file"),
     ]:
         bad = run(env, "composition", "save", "bad", "lang-pt", "sst2-en", *args, "--json")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, (args, bad.stderr)
