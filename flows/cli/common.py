@@ -367,16 +367,41 @@ def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool 
             registry.get(ref)
 
 
-def check_adapter_name(registry: rg.Registry, name: str, command: str) -> None:
-    """``ls NAME``, ``trend NAME``: a name with versions, or one line (``a@3``: that is
-    ``show``'s) that names ``command``."""
-    if "@" in name:
-        adapter = name.partition("@")[0]
-        across = "lists them all" if command == "ls" else "draws its metric across them all"
+def refuse_a_version(
+    ref: str, command: str, instead: Callable[[str], str], *, kind: str = "adapter"
+) -> None:
+    """One line where ``command`` takes a name and was given ``NAME@VERSION``: what to write
+    ``instead`` (of the bare name), not "no such name" or an invalid-name error later."""
+    if "@" in ref:
+        hint = instead(ref.partition("@")[0])
         raise DataError(
-            f"{command} takes an adapter name, not a version ({name!r}): `adapterops show "
-            f"{name}` shows one version, `adapterops {command} {adapter}` {across}"
+            f"{command} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} name, "
+            f"not a version ({ref!r}): {hint}"
         )
+
+
+def check_adapter_name(
+    registry: rg.Registry,
+    name: str,
+    command: str,
+    *,
+    instead: Callable[[str], str] | None = None,
+) -> None:
+    """``ls NAME``, ``trend NAME``, ``unalias NAME ALIAS``: a name with versions, or one line
+    (``a@3``: that is ``show``'s) that names ``command`` and what to write instead (``instead``
+    of the adapter's name; by default, ``show`` and ``command`` alone)."""
+    across = "lists them all" if command == "ls" else "draws its metric across them all"
+    refuse_a_version(
+        name,
+        command,
+        instead
+        or (
+            lambda adapter: (
+                f"`adapterops show {name}` shows one version, "
+                f"`adapterops {command} {adapter}` {across}"
+            )
+        ),
+    )
     registry.get(name)  # no such adapter: one line, with similar names
 
 
@@ -458,10 +483,11 @@ def require_spec_file(path: Path) -> None:
         raise DataError(f"{path} is not a regular file: give a spec file (YAML)")
 
 
-def spec_files(paths: list[Path]) -> list[Path]:
+def spec_files(paths: list[Path], *, nothing: str = "nothing was built") -> list[Path]:
     """The spec files ``paths`` name: a file as given, a folder as the ``*.yaml``/``*.yml`` files
     directly in it (sorted), as CI and cron jobs pass ``specs/``. A path that does not exist, or
-    a folder without specs, is bad input: nothing is built for any of them."""
+    a folder without specs, is bad input: nothing is done for any of them, which the error says
+    in the command's words (``nothing``)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -472,7 +498,7 @@ def spec_files(paths: list[Path]) -> list[Path]:
         elif path.exists():
             found.append(path)
         else:
-            raise DataError(f"{path}: no such spec file or folder (nothing was built)")
+            raise DataError(f"{path}: no such spec file or folder ({nothing})")
     return found
 
 

@@ -46,6 +46,7 @@ from .common import (
     print_card,
     print_columns,
     quiet_libraries,
+    refuse_a_version,
     require_known,
     require_spec_file,
     user_errors,
@@ -318,6 +319,15 @@ def unalias(
 ) -> None:
     """Take an alias off a composition, in MLflow and the registry."""
     with user_errors(as_json):
+        refuse_a_version(
+            composition,
+            "composition unalias",
+            lambda bare: (
+                f"`adapterops composition unalias {bare} {name}` takes {name} off "
+                "whichever version holds it"
+            ),
+            kind="composition",
+        )
         registry = open_registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
         with mlflow_client(announce=not as_json) as client:

@@ -62,7 +62,7 @@ def deploy(
     and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
     --pool POOL``)."""
     with user_errors(as_json, one_line_failures=True):
-        files = spec_files(spec_paths)
+        files = spec_files(spec_paths, nothing="nothing was deployed")
         from ..deploy_job import deploy_specs  # noqa: PLC0415 - Prefect and torch
 
         deployed = deploy_specs(files, pool=pool, sync_every=sync_every)

@@ -382,7 +382,14 @@ def unalias(
     """Take an alias off an adapter, in MLflow first (then its version may be deleted)."""
     with user_errors(as_json):
         registry = open_registry()
-        require_known(registry, [adapter])  # before MLflow loads
+        check_adapter_name(  # before MLflow loads
+            registry,
+            adapter,
+            "unalias",
+            instead=lambda bare: (
+                f"`adapterops unalias {bare} {name}` takes {name} off whichever version holds it"
+            ),
+        )
         with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import remove_alias  # noqa: PLC0415

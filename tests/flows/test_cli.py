@@ -424,7 +424,10 @@ class TestBasics:
                 ("retrain", "typo.yaml"),
                 "typo.yaml: no such spec file or folder (nothing was built)",
             ),
-            (("deploy", "typo.yaml"), "typo.yaml: no such spec file or folder (nothing was built)"),
+            (
+                ("deploy", "typo.yaml"),
+                "typo.yaml: no such spec file or folder (nothing was deployed)",
+            ),
             # what predict answers and where it writes: one line in half a second, not six
             (("predict", "typo", "--data", "d.tsv"), "data file d.tsv does not exist"),
             (
@@ -492,6 +495,19 @@ class TestBasics:
             (
                 ("export", "typo", "--for", "vllm", "--out", "home"),
                 "home exists and is not an empty folder: export into a new one",
+            ),
+            # an alias is on one version at a time: a version named was "invalid adapter name
+            # 'a@1'" after MLflow loaded, or "no composition 'x@1'" for one that exists
+            (
+                ("unalias", "a@1", "champion"),
+                "unalias takes an adapter name, not a version ('a@1'): `adapterops unalias a "
+                "champion` takes champion off whichever version holds it",
+            ),
+            (
+                ("composition", "unalias", "x@1", "staging"),
+                "composition unalias takes a composition name, not a version ('x@1'): "
+                "`adapterops composition unalias x staging` takes staging off whichever "
+                "version holds it",
             ),
         ],
     )
