@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
 from .spec import AdapterSpec, parse_spec
+from .text_sequences import WindowedTexts
 from .train_job import PhaseCallback, load_inference_model, load_registered, no_phases
 
 __all__ = [
@@ -213,12 +214,10 @@ def inputs_from_file(
     return texts, pairs
 
 
-class FileTexts(Sequence[str]):
+class FileTexts(WindowedTexts):
     """A data file's column as texts, read from the file's Arrow cache (memory-mapped) a slice
     at a time, as predict's windows ask for them: a file of millions of rows is never held as
     Python strings at once."""
-
-    _READ_ROWS = 4096  # rows read per slice when iterating
 
     def __init__(self, column: Sequence[Any]) -> None:
         self._column = column
@@ -226,26 +225,8 @@ class FileTexts(Sequence[str]):
     def __len__(self) -> int:
         return len(self._column)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [str(value) for value in self._column[index]]
-        return str(self._column[index])
-
-    def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self), self._READ_ROWS):
-            yield from self[start : start + self._READ_ROWS]
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to any sequence of the same texts (a list as ``--text`` gives them)."""
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]  # compared by value, like a list
+    def _read(self, start: int, stop: int) -> list[str]:
+        return [str(value) for value in self._column[start:stop]]
 
 
 def gather_inputs(

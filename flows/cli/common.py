@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +40,7 @@ from ..errors import (
     StackError,
     TrackingUnavailableError,
 )
+from ..text_sequences import SpooledTexts
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -213,25 +214,35 @@ def start_temporary_prefect(announce: Callable[[str], None] | None = None) -> No
         ) from None
 
 
-def input_texts(texts: list[str] | None) -> list[str]:
+def input_texts(texts: list[str] | None) -> Sequence[str]:
     """``--text`` values, with ``-`` standing for the lines of standard input (blank lines
-    skipped): ``cut -f1 reviews.tsv | adapterops predict NAME --text -``. None given: none."""
+    skipped): ``cut -f1 reviews.tsv | adapterops predict NAME --text -``. None given: none.
+    Lines from standard input go to a temporary file as they are read (:class:`SpooledTexts`),
+    not into a list: a pipe of millions of lines costs 8 bytes a line until predict reads
+    them a window at a time."""
     if not texts:
         return []
-    found: list[str] = []
     for text in texts:
-        if text == "-":
-            found += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-        elif not text.strip():  # `--text "$REVIEW"` with the variable unset: answered as ""
+        if text != "-" and not text.strip():  # `--text "$REVIEW"` with the variable unset
             raise DataError(
                 f"--text {text!r} is empty (an unset shell variable?): give the text to answer, "
                 "or --text - to read one per line from standard input"
             )
-        else:
-            found.append(text)
+    if "-" not in texts:
+        return texts
+    found = SpooledTexts(_with_standard_input(texts))
     if not found:
         raise DataError("no text to predict: --text - read no line from standard input")
     return found
+
+
+def _with_standard_input(texts: list[str]) -> Iterator[str]:
+    """The ``--text`` values in order, the lines of standard input where ``-`` stands."""
+    for text in texts:
+        if text == "-":
+            yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        else:
+            yield text
 
 
 @contextmanager

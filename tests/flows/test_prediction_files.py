@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,55 @@ def test_a_files_texts_are_read_a_slice_at_a_time_as_text(tmp_path, monkeypatch)
     assert list(texts) == [f"text {i}" for i in range(10)]
     assert texts == [f"text {i}" for i in range(10)]
     assert texts not in (["text 0"], "text 0")
+
+
+def test_lines_piped_to_text_dash_wait_in_a_temporary_file_not_a_list(monkeypatch):
+    """``--text -`` reads standard input into a temporary file with each text's end, read back
+    a slice at a time: any text (newlines, accents, ``\\r\\n`` endings) comes back as given,
+    and 200,000 lines cost their offsets (1.7 MB), not a string each (20 MB as a list)."""
+    import io
+    import tracemalloc
+
+    from flows.cli.common import input_texts
+    from flows.text_sequences import SpooledTexts
+
+    texts = SpooledTexts(["multi\nline", "", "café ☕", "last"])
+    assert (len(texts), texts[0], texts[1], texts[-1], texts[1:3], texts[::2]) == (
+        4,
+        "multi\nline",
+        "",
+        "last",
+        ["", "café ☕"],
+        ["multi\nline", "café ☕"],
+    )
+    assert texts[3:1] == [] and texts[2:99] == ["café ☕", "last"]
+    with pytest.raises(IndexError, match="text 4 of 4"):
+        texts[4]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\r\n\n  \ntwo\n"))
+    given = input_texts(["first", "-", "after"])
+    assert isinstance(given, SpooledTexts)
+    assert given == ["first", "one", "two", "after"]
+    assert input_texts(["a", "b"]) == ["a", "b"]  # no standard input: the values as they are
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n\n"))
+    with pytest.raises(DataError, match="--text - read no line from standard input"):
+        input_texts(["-"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("never read\n"))
+    with pytest.raises(DataError, match=r"--text '' is empty \(an unset shell variable\?\)"):
+        input_texts(["-", ""])  # refused before standard input is read
+    assert sys.stdin.read() == "never read\n"
+
+    lines = "".join(f"a review of about forty characters, no {i}\n" for i in range(200_000))
+
+    def held_after(read: Callable[[], Sequence[str]]) -> tuple[Sequence[str], int]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+        tracemalloc.start()
+        try:
+            return read(), tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    spooled, held = held_after(lambda: input_texts(["-"]))
+    as_list, held_as_list = held_after(lambda: [line.rstrip("\r\n") for line in sys.stdin])
+    assert len(spooled) == 200_000 and spooled[199_999] == as_list[-1]
+    assert held < 2_500_000 and held_as_list > 15_000_000  # 1.7 MB and 20 MB, measured
