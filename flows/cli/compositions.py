@@ -14,13 +14,12 @@ import typer
 
 import registry as rg
 from registry import Composition, InvalidCompositionError
-from registry.compositions import BLOCK_KINDS, answers_per_member
+from registry.compositions import BLOCK_KINDS
 from registry.names import check_new_alias
 
-from ..data_files import check_scoring_sources, check_text_sources
+from ..data_files import check_scoring_sources
 from ..errors import DataError, TrackingUnavailableError
 from ..export_target import checked_export_target
-from ..prediction_files import write_predictions
 from .common import (
     LOADING_LIBRARIES,
     BatchSizeOption,
@@ -34,10 +33,8 @@ from .common import (
     TextColumnOption,
     TextOption,
     console,
-    counting_with_steps,
     drop_mirror,
     emit_json,
-    input_texts,
     metric_values,
     metrics_text,
     mlflow_after_sync,
@@ -60,12 +57,10 @@ from .operate import (
     MaxLoraRankOption,
     MaxSamplesOption,
     OutFolderOption,
-    check_out,
     evaluate_with_steps,
+    run_predict,
     show_evaluation,
     show_export,
-    show_predictions,
-    show_written,
 )
 from .registry import RefArgument
 from .review import (
@@ -424,48 +419,10 @@ def predict(
     head is its evaluation spec's, else its last member's (a MAD-X stack's task adapter). A
     Parallel composition answers once per member, side by side (as predict does given its
     members)."""
-    with user_errors(as_json):
-        check_out(out, force)
-        texts = input_texts(text)
-        check_text_sources(texts, data, text_column)  # a slip in the arguments: before torch
-        registry = open_registry()
-        require_known(registry, [ref], compositions=True)
-        with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
-            from ..predict_job import (  # noqa: PLC0415 - torch
-                composition_stream,
-                gather_inputs,
-                predict_composition,
-                predict_many,
-                predict_stream,
-            )
-
-            quiet_libraries()
-        composition = registry.composition(ref)  # one version from here on, however aliases move
-        texts, pairs = gather_inputs(
-            registry, composition.ref, texts, data, composition=True,
-            text_column=text_column,
-        )  # fmt: skip
-        with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
-            options: dict[str, Any] = {
-                "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
-                "on_progress": on_progress, "on_phase": say,
-            }  # fmt: skip
-            each_member = answers_per_member(composition.definition)
-            members = list(composition.members)
-            if out is not None:
-                stream = (
-                    predict_stream(registry, members, texts, **options) if each_member
-                    else composition_stream(registry, composition.ref, texts, **options)
-                )  # fmt: skip
-                written = write_predictions(out, stream, with_pairs=pairs is not None)
-            elif each_member:
-                results = predict_many(registry, members, texts, **options)
-            else:
-                results = [predict_composition(registry, composition.ref, texts, **options)]
-    if out is not None:
-        show_written(written, len(texts), as_json)
-    else:
-        show_predictions(results, as_json)
+    run_predict(
+        [ref], composition=True, text=text, data=data, text_column=text_column, out=out,
+        force=force, skip_probe=skip_probe, batch_size=batch_size, as_json=as_json,
+    )  # fmt: skip
 
 
 @composition_app.command()

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from registry.compositions import answers_per_member
+
 from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError
 from ..export_target import checked_export_target
@@ -103,27 +105,61 @@ def predict(
     for the mask (masked LM) or a continuation (causal LM). Several REFs over one base model
     share each batch, each row through its own adapter."""
 
+    run_predict(
+        refs, text=text, data=data, text_column=text_column, out=out, force=force,
+        skip_probe=skip_probe, batch_size=batch_size, as_json=as_json,
+    )  # fmt: skip
+
+
+def run_predict(
+    refs: list[str],
+    *,
+    composition: bool = False,
+    text: list[str] | None,
+    data: Path | None,
+    text_column: str | None,
+    out: Path | None,
+    force: bool,
+    skip_probe: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """``predict REF...`` and ``composition predict REF`` (``composition``): the arguments
+    checked before torch loads, the texts answered in windows, then shown or written to
+    ``out``. A composition answers as itself, or once per member where it is Parallel."""
     with user_errors(as_json):
         check_out(out, force)
         texts = input_texts(text)
         check_text_sources(texts, data, text_column)  # a slip in the arguments: before torch
         registry = open_registry()
-        require_known(registry, refs)
+        require_known(registry, refs, compositions=composition)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
-            from ..predict_job import gather_inputs, predict_many, predict_stream  # noqa: PLC0415
+            from .. import predict_job as job  # noqa: PLC0415 - torch
 
             quiet_libraries()
-        texts, pairs = gather_inputs(registry, refs[0], texts, data, text_column=text_column)
+        # a composition: one version from here on, however its aliases move
+        pinned = registry.composition(refs[0]) if composition else None
+        versions = list(pinned.members) if pinned is not None else refs
+        as_itself = pinned is not None and not answers_per_member(pinned.definition)
+        texts, pairs = job.gather_inputs(
+            registry, pinned.ref if pinned is not None else refs[0], texts, data,
+            composition=composition, text_column=text_column,
+        )  # fmt: skip
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
             options: dict[str, Any] = {
                 "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
                 "on_progress": on_progress, "on_phase": say,
             }  # fmt: skip
             if out is not None:
-                stream = predict_stream(registry, refs, texts, **options)
+                stream = (
+                    job.composition_stream(registry, pinned.ref, texts, **options) if as_itself
+                    else job.predict_stream(registry, versions, texts, **options)
+                )  # fmt: skip
                 written = write_predictions(out, stream, with_pairs=pairs is not None)
+            elif as_itself:
+                results = [job.predict_composition(registry, pinned.ref, texts, **options)]
             else:
-                results = predict_many(registry, refs, texts, **options)
+                results = job.predict_many(registry, versions, texts, **options)
     if out is not None:
         show_written(written, len(texts), as_json)
     else:
