@@ -259,7 +259,7 @@ def train(
 ) -> None:
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
     with user_errors(as_json):
-        require_spec_file(spec_file)
+        require_spec_file(spec_file, out=out)
         adapterops_home()  # its cache of prepared data: a file there is refused before torch
         with waiting(checking(spec_file), enabled=not as_json):
             from ..spec import load_spec  # noqa: PLC0415

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 import registry as rg
+from registry.folders import check_folder_to_write
 from registry.redaction import redact
 
 from ..errors import (
@@ -483,15 +484,18 @@ def checkable_before_mlflow(ref: str) -> str:
     return ref if tail.isdigit() else name
 
 
-def require_spec_file(path: Path) -> None:
+def require_spec_file(path: Path, *, out: Path | None = None) -> None:
     """A spec file that is not there is one line before torch loads (the spec module needs it:
-    methods are checked as they are read)."""
+    methods are checked as they are read), and so is an ``--out`` folder for its adapter that
+    cannot be written (a file, a path through one, a read-only place)."""
     if path.is_dir():
         raise DataError(f"{path} is a folder: give one spec file (retrain and deploy take folders)")
     if not path.exists():
         raise DataError(f"{path}: no such spec file")
     if not path.is_file():  # /dev/null, a pipe: read_spec_document said "no such file"
         raise DataError(f"{path} is not a regular file: give a spec file (YAML)")
+    if out is not None:
+        check_folder_to_write(out, f"save the adapter of {path.name}")
 
 
 def spec_files(paths: list[Path], *, nothing: str = "nothing was built") -> list[Path]:

@@ -239,21 +239,6 @@ class TestTrain:
         assert code == 2 and "checking spec.yaml: its base model, method and data" in shown
         assert "label values ['7'] are outside 0..1" in shown
 
-        (tmp_path / "a-file").write_text("mine")  # was a traceback after the whole training
-        for out, where in (
-            (tmp_path / "a-file", "it is a file"),
-            (tmp_path / "a-file" / "sub", f"{tmp_path / 'a-file'} is a file"),
-        ):
-            result = adapterops("train", str(EXAMPLE), "--out", str(out), cwd=tmp_path)
-            assert (result.returncode, result.stderr.strip().splitlines()) == (
-                2,
-                [
-                    f"error: cannot save minilm-sst2-en-lora into {out}: {where}; give a folder "
-                    "(new or existing) to write the adapter's files into"
-                ],
-            )
-        assert (tmp_path / "a-file").read_text() == "mine"
-
         result = adapterops(
             "train", str(EXAMPLE), "--set", "load.attention=flex_attention", cwd=tmp_path
         )  # on this CPU: refused before the model is loaded, in one line
@@ -503,6 +488,18 @@ class TestBasics:
                 "unalias takes an adapter name, not a version ('a@1'): `adapterops unalias a "
                 "champion` takes champion off whichever version holds it",
             ),
+            # the folder for the adapter: a traceback after the whole training once, then a
+            # line after torch and the spec's checks (6 s); now before anything loads
+            (
+                ("train", str(EXAMPLE), "--out", "a-file"),
+                f"cannot save the adapter of {EXAMPLE.name} into a-file: it is a file; give a "
+                "folder (new or existing) to write the adapter's files into",
+            ),
+            (
+                ("build", str(EXAMPLE), "--out", "a-file/sub"),
+                f"cannot save the adapter of {EXAMPLE.name} into a-file/sub: a-file is a file; "
+                "give a folder (new or existing) to write the adapter's files into",
+            ),
             (
                 ("composition", "unalias", "x@1", "staging"),
                 "composition unalias takes a composition name, not a version ('x@1'): "
@@ -519,10 +516,11 @@ class TestBasics:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
         empty_registry(tmp_path / "home")  # a registry without the name
+        (tmp_path / "a-file").write_text("mine")
         result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
         assert (result.returncode, loaded) == (2, []), result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
-        assert not (tmp_path / "out").exists()
+        assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"
 
     @pytest.mark.parametrize("command", ["build", "train"])
     def test_a_typo_in_the_spec_is_refused_before_mlflow_or_prefect_loads(self, command, tmp_path):
