@@ -13,10 +13,14 @@ __all__ = [
     "NOTHING_TO_PREDICT",
     "check_data_file",
     "check_scoring_sources",
+    "check_spec_data_files",
     "check_text_sources",
+    "local_data_path",
 ]
 
 DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")  # what flows.data reads
+# what a spec's data.train/validation may name as a file (``.txt`` too: refused as a type, below)
+SPEC_FILE_SUFFIXES = (*DATA_SUFFIXES, ".txt")
 NOTHING_TO_PREDICT = "nothing to predict: give --text TEXT (- reads standard input) or --data FILE"
 
 
@@ -63,3 +67,31 @@ def check_scoring_sources(
         raise DataError(
             "--text-column and --label-column name columns of the --data file: give --data FILE"
         )
+
+
+def local_data_path(value: str, base_dir: Path) -> Path | None:
+    """The file a spec's ``data.train`` or ``data.validation`` names, relative to the spec's
+    folder (``base_dir``), or None where it names a dataset id (``glue``) rather than a file:
+    an absolute path, something that exists there, or a name with a data file's suffix."""
+    if Path(value).is_absolute():
+        return Path(value)
+    local = base_dir / value
+    if local.exists() or value.endswith(SPEC_FILE_SUFFIXES):
+        return local.resolve()
+    return None
+
+
+def check_spec_data_files(document: object, base_dir: Path) -> None:
+    """The files a spec document's ``data.train`` and ``data.validation`` name, checked as
+    :func:`check_data_file` checks ``--data``: a typo in a path is one line before torch
+    loads, not after the spec's checks. Anything else in the document is the spec module's
+    to judge."""
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "validation"):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            local = local_data_path(value, base_dir)
+            if local is not None:
+                check_data_file(local)

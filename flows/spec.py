@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
 
-import yaml
 from cronsim import CronSim, CronSimError
 from pydantic import (
     BaseModel,
@@ -35,6 +34,13 @@ from registry.names import (
     NAME_WORDS,
     check_new_alias,
     member_name,
+)
+
+from .data_files import local_data_path
+from .spec_document import (
+    SpecError,
+    apply_overrides,
+    read_spec_document,
 )
 
 __all__ = [
@@ -429,18 +435,6 @@ class AdapterSpec(_Strict):
             )
 
 
-class SpecError(Exception):
-    """A spec file is unreadable or invalid; ``problems`` lists ``(path, message)`` pairs."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        self.source = source
-        # one line whatever the problems say: logs and people read an error whole
-        self.problems = [(path, " ".join(str(message).split())) for path, message in problems]
-        listed = "; ".join(f"{path}: {message}" for path, message in self.problems)
-        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
-        super().__init__(f"{source}: {count}{listed}")
-
-
 def spec_of_version(version: Any, command: str, *, instead: str = "") -> AdapterSpec:
     """The spec a registered version was built from; versions pushed without one cannot tell
     the data they read and how they are scored, so ``command`` cannot use them (predict and
@@ -489,9 +483,6 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     return spec.model_copy(update={"data": _resolve_paths(spec.data, base_dir)})
 
 
-MAX_SPEC_BYTES = 1_048_576  # a spec is a page of YAML; a larger file is not one
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec:
     """Read, override (``key.sub=value``) and validate a spec file."""
     file = Path(path)
@@ -510,83 +501,6 @@ def load_plan_spec(path: str | Path, overrides: list[str] | None = None) -> Adap
         except ValidationError as exc:
             raise SpecError(str(file), [_problem(error) for error in exc.errors()]) from None
     return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
-
-
-def read_spec_document(file: Path, overrides: list[str] | None = None) -> Any:
-    """The spec file's YAML document with ``overrides`` applied; unreadable files are spec
-    errors."""
-    if not file.is_file():
-        what = "not a regular file; give a spec file (YAML)" if file.exists() else "no such file"
-        raise SpecError(str(file), [("(file)", what)])
-    size = file.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(
-            str(file), [("(file)", f"{size} bytes; a spec is at most {MAX_SPEC_BYTES}")]
-        )
-    try:
-        data = yaml.safe_load(file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SpecError(
-            str(file), [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-        ) from None
-    except RecursionError:
-        raise SpecError(str(file), [("(yaml)", "nested too deeply to be a spec")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(str(file), [("(yaml)", str(exc).replace("\n", " "))]) from None
-    if overrides:
-        data = apply_overrides(data if isinstance(data, dict) else {}, overrides, source=str(file))
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str], *, source: str) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML: numbers, booleans, lists)."""
-    problems = []
-    result = yaml.safe_load(yaml.safe_dump(data))  # a deep copy of plain data
-    if _switches_method(result, overrides):
-        # --set method.type=bitfit on a LoRA spec means "this spec with BitFit": LoRA's rank and
-        # targets would be unknown fields of BitFit. Other method.* overrides still apply.
-        result["method"] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            problems.append((item, "an override is written key.sub=value"))
-            continue
-        if not raw.strip():  # YAML reads it as null: `--set train.max_steps=$STEPS`, unset
-            problems.append((key, "no value after '=' (an unset variable?); key=null clears it"))
-            continue
-        node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                problems.append((key, f"{part} is not a mapping"))
-                break
-        else:
-            try:
-                node[leaf] = yaml.safe_load(raw)
-            except yaml.YAMLError as exc:
-                problems.append((key, f"the value {raw!r} is not YAML ({_first_line(exc)})"))
-    if problems:
-        raise SpecError(source, problems)
-    return dict(result)
-
-
-def _switches_method(document: dict[str, Any], overrides: list[str]) -> bool:
-    """Whether an override sets ``method.type`` to another method than the document's."""
-    method = document.get("method")
-    current = method.get("type") if isinstance(method, dict) else None
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if sep and key.strip() == "method.type":
-            try:
-                return bool(yaml.safe_load(raw) != current)
-            except yaml.YAMLError:
-                return False  # apply_overrides reports it
-    return False
-
-
-def _first_line(exc: yaml.YAMLError) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _problem(error: Any) -> tuple[str, str]:
@@ -640,19 +554,12 @@ def _field_name(part: Any) -> str:
     return text if plain else repr(text)
 
 
-_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt")
-
-
 def _resolve_paths(data: DataSpec, base_dir: Path) -> DataSpec:
     """Relative file paths are relative to the spec file; dataset ids are left as they are."""
 
     def resolve(value: str | None) -> str | None:
-        if value is None or Path(value).is_absolute():
-            return value
-        local = base_dir / value
-        if local.exists() or value.endswith(_DATA_SUFFIXES):
-            return str(local.resolve())
-        return value
+        local = local_data_path(value, base_dir) if value is not None else None
+        return str(local) if local is not None else value
 
     def resolve_folder(value: str | None) -> str | None:
         local = base_dir / value if value is not None else None

@@ -121,7 +121,7 @@ def plan(
     method."""
     peak, why_not = None, ""
     with user_errors(as_json):
-        require_spec_file(spec_file)
+        require_spec_file(spec_file, overrides=overrides)
         import peft_core as pc  # noqa: PLC0415
 
         from ..planning import plan_spec, plan_step  # noqa: PLC0415
@@ -259,7 +259,7 @@ def train(
 ) -> None:
     """Train, evaluate and save one adapter from a spec (no registry yet)."""
     with user_errors(as_json):
-        require_spec_file(spec_file, out=out)
+        require_spec_file(spec_file, overrides=overrides, out=out, data=True)
         adapterops_home()  # its cache of prepared data: a file there is refused before torch
         with waiting(checking(spec_file), enabled=not as_json):
             from ..spec import load_spec  # noqa: PLC0415

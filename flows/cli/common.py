@@ -33,6 +33,7 @@ import registry as rg
 from registry.folders import check_folder_to_write
 from registry.redaction import redact
 
+from ..data_files import check_spec_data_files
 from ..errors import (
     BaseModelNotFound,
     DataError,
@@ -41,6 +42,7 @@ from ..errors import (
     StackError,
     TrackingUnavailableError,
 )
+from ..spec_document import SpecError, read_spec_document
 from ..text_sequences import SpooledTexts
 
 __all__ = [
@@ -156,11 +158,11 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         OrchestrationError,
         PromotionRefusedError,
         StackError,
+        SpecError,
         rg.RegistryError,
     ]
-    for module, name in (("peft_core", "PeftCoreError"), ("flows.spec", "SpecError")):
-        if module in sys.modules:
-            types.append(getattr(sys.modules[module], name))
+    if "peft_core" in sys.modules:
+        types.append(sys.modules["peft_core"].PeftCoreError)
     return tuple(types)
 
 
@@ -484,16 +486,27 @@ def checkable_before_mlflow(ref: str) -> str:
     return ref if tail.isdigit() else name
 
 
-def require_spec_file(path: Path, *, out: Path | None = None) -> None:
-    """A spec file that is not there is one line before torch loads (the spec module needs it:
-    methods are checked as they are read), and so is an ``--out`` folder for its adapter that
-    cannot be written (a file, a path through one, a read-only place)."""
+def require_spec_file(
+    path: Path,
+    *,
+    overrides: list[str] | None = None,
+    out: Path | None = None,
+    data: bool = False,
+) -> None:
+    """A spec file that is not there, or is not YAML, or an override (``--set``) written wrong,
+    is one line before torch loads (the spec module needs it: methods are checked as they are
+    read), and so is an ``--out`` folder for its adapter that cannot be written (a file, a path
+    through one, a read-only place) and, with ``data`` (commands that train), a data file it
+    names that is missing, empty or of a type the loader does not read."""
     if path.is_dir():
         raise DataError(f"{path} is a folder: give one spec file (retrain and deploy take folders)")
     if not path.exists():
         raise DataError(f"{path}: no such spec file")
     if not path.is_file():  # /dev/null, a pipe: read_spec_document said "no such file"
         raise DataError(f"{path} is not a regular file: give a spec file (YAML)")
+    document = read_spec_document(path, overrides)  # read again by the spec module: a page
+    if data:
+        check_spec_data_files(document, path.resolve().parent)
     if out is not None:
         check_folder_to_write(out, f"save the adapter of {path.name}")
 

@@ -69,7 +69,7 @@ def build(
     flow run. The same spec, data and code return the version built before. For CI: exit 0
     whether promoted or not (the JSON says which), 2 on bad input, 1 with one line on failure."""
     with user_errors(as_json, one_line_failures=True), telling_a_new_registry():
-        require_spec_file(spec_file, out=out)
+        require_spec_file(spec_file, overrides=overrides, out=out, data=True)
         with waiting(checking(spec_file), enabled=not as_json):
             # Each check before the modules the next step needs: a typo in the spec is
             # refused before MLflow and Prefect load (about 4 s of imports here).

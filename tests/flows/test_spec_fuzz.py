@@ -123,8 +123,12 @@ def test_build_refuses_every_broken_spec_in_one_line_storing_nothing(
     for variable in ("ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(variable, raising=False)
     if isinstance(document, dict) and isinstance(document.get("data"), dict):
-        # a spec that is valid anyway stops at its data, so no example trains
-        document["data"] = {**document["data"], "train": str(tmp_path / "no-such.tsv")}
+        # a spec that is valid anyway stops at its data (no rows), so no example trains; the
+        # file exists, so the spec itself is checked first (a missing file would be refused
+        # before the spec is read as one)
+        no_rows = tmp_path / "no-rows.tsv"
+        no_rows.write_text("sentence\tlabel\n")
+        document["data"] = {**document["data"], "train": str(no_rows)}
     spec_file = tmp_path / "fuzzed.yaml"
     spec_file.write_text(yaml.safe_dump(document, allow_unicode=True))
 
