@@ -81,17 +81,24 @@ def local_data_path(value: str, base_dir: Path) -> Path | None:
     return None
 
 
-def check_spec_data_files(document: object, base_dir: Path) -> None:
+def check_spec_data_files(document: object, spec_file: Path) -> None:
     """The files a spec document's ``data.train`` and ``data.validation`` name, checked as
-    :func:`check_data_file` checks ``--data``: a typo in a path is one line before torch
-    loads, not after the spec's checks. Anything else in the document is the spec module's
-    to judge."""
+    :func:`check_data_file` checks ``--data``: a typo in a path is one line, naming the field,
+    before torch loads, not after the spec's checks. Anything else in the document is the spec
+    module's to judge."""
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, dict):
         return
     for key in ("train", "validation"):
         value = data.get(key)
-        if isinstance(value, str) and value.strip():
-            local = local_data_path(value, base_dir)
-            if local is not None:
-                check_data_file(local)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        local = local_data_path(value, spec_file.resolve().parent)
+        if local is None:  # a dataset id, not a file
+            continue
+        try:
+            check_data_file(local)
+        except DataError as exc:
+            relative = not Path(value).is_absolute() and not local.exists()
+            where = f" ({value!r} is relative to the spec's folder)" if relative else ""
+            raise DataError(f"{spec_file}: data.{key}: {exc}{where}") from None

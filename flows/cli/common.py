@@ -506,7 +506,7 @@ def require_spec_file(
         raise DataError(f"{path} is not a regular file: give a spec file (YAML)")
     document = read_spec_document(path, overrides)  # read again by the spec module: a page
     if data:
-        check_spec_data_files(document, path.resolve().parent)
+        check_spec_data_files(document, path)
     if out is not None:
         check_folder_to_write(out, f"save the adapter of {path.name}")
 

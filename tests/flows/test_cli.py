@@ -563,12 +563,15 @@ class TestBasics:
             )
             assert (result.returncode, loaded) == (2, []), result.stderr[-2000:]
             refused[(command, *overrides)] = result.stderr.strip().splitlines()
-        missing = [f"error: data file {tmp_path / 'typo.tsv'} does not exist"]
+        missing = [
+            f"error: spec.yaml: data.train: data file {tmp_path / 'typo.tsv'} does not exist "
+            "('typo.tsv' is relative to the spec's folder)"
+        ]
         assert list(refused.values()) == [
             missing,
             missing,
-            [f"error: {tmp_path / 'notes.txt'}: unsupported file type '.txt'; use "
-             "['.csv', '.json', '.jsonl', '.parquet', '.tsv']"],
+            [f"error: spec.yaml: data.validation: {tmp_path / 'notes.txt'}: unsupported file "
+             "type '.txt'; use ['.csv', '.json', '.jsonl', '.parquet', '.tsv']"],
         ]  # fmt: skip
         assert not (tmp_path / "home").exists()
 
