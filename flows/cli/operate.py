@@ -129,8 +129,10 @@ def run_predict(
     ``out``. A composition answers as itself, or once per member where it is Parallel."""
     with user_errors(as_json):
         check_out(out, force)
+        # a slip in the arguments: before torch, and before standard input is read (`--text -
+        # --data FILE` at a terminal waited for Ctrl-D, then said "not both")
+        check_text_sources(text or [], data, text_column)
         texts = input_texts(text)
-        check_text_sources(texts, data, text_column)  # a slip in the arguments: before torch
         registry = open_registry()
         require_known(registry, refs, compositions=composition)
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
