@@ -132,9 +132,9 @@ def run_predict(
         # a slip in the arguments: before torch, and before standard input is read (`--text -
         # --data FILE` at a terminal waited for Ctrl-D, then said "not both")
         check_text_sources(text or [], data, text_column)
-        texts = input_texts(text)
         registry = open_registry()
         require_known(registry, refs, compositions=composition)
+        texts = input_texts(text)  # a name that is not there is said before this waits, too
         with waiting(f"predict: {LOADING_LIBRARIES}", enabled=not as_json):
             from .. import predict_job as job  # noqa: PLC0415 - torch
 

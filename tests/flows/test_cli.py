@@ -542,27 +542,36 @@ class TestBasics:
         assert result.stderr.strip().splitlines() == [f"error: {error}"]
         assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"
 
-    @pytest.mark.parametrize("command", [["predict", "a"], ["composition", "predict", "x"]])
-    def test_text_dash_with_data_is_refused_before_standard_input_is_read(self, command, tmp_path):
-        """``--text - --data FILE`` read standard input first: at a terminal it sat waiting for
-        Ctrl-D before saying "not both". Standard input here stays open and unwritten."""
+    @pytest.mark.parametrize(
+        ("command", "error"),
+        [
+            (["predict", "a", "--data", "d.tsv"], "give --text or --data, not both"),
+            (["composition", "predict", "x", "--data", "d.tsv"], "give --text or --data, not both"),
+            (["predict", "a"], "no adapter named 'a'"),
+            (["composition", "predict", "x"], "no composition 'x'"),
+        ],
+    )
+    def test_a_slip_with_text_dash_is_refused_before_standard_input_is_read(
+        self, command, error, tmp_path
+    ):
+        """``--text -`` read standard input first: at a terminal, ``--text - --data FILE`` or a
+        name that is not there sat waiting for Ctrl-D before its line. Standard input here
+        stays open and unwritten."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
         empty_registry(tmp_path / "home")
         (tmp_path / "d.tsv").write_text("sentence\nfine\n")
         executable = Path(sys.executable).parent / "adapterops"
         with subprocess.Popen(
-            [str(executable), *command, "--text", "-", "--data", "d.tsv"], cwd=tmp_path, env=env,
+            [str(executable), *command, "--text", "-"], cwd=tmp_path, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ) as process:  # fmt: skip
             try:
                 code = process.wait(timeout=60)
             finally:
                 process.kill()
-            assert (code, process.stderr.read() if process.stderr else "") == (
-                2,
-                "error: give --text or --data, not both\n",
-            )
+            said = process.stderr.read() if process.stderr else ""
+            assert (code, said) == (2, f"error: {error}\n")
 
     def test_a_data_file_the_spec_names_is_checked_before_torch_loads(self, tmp_path):
         """A typo in data.train (relative to the spec's folder) waited for torch and the spec's
