@@ -92,19 +92,22 @@ def run_cli(
 
 
 def run_cli_in_a_terminal(
-    env: dict[str, str], *args: str, cwd: Path | None = None
+    env: dict[str, str], *args: str, cwd: Path | None = None, typed: bytes | None = None
 ) -> tuple[int, str]:
     """``adapterops ARGS`` with stdout and stderr on a pseudo-terminal, as at a person's
-    terminal: its exit code, and all it wrote there (escape codes included)."""
+    terminal: its exit code, and all it wrote there (escape codes included). ``typed``: its
+    standard input is the terminal too, and these keys are typed into it (``b"\\x04"``: Ctrl-D)."""
     import pty
 
     leader, follower = pty.openpty()
     executable = Path(sys.executable).parent / "adapterops"
     process = subprocess.Popen(
         [str(executable), *args], stdout=follower, stderr=follower, env=env, cwd=cwd,
-        close_fds=True,
+        close_fds=True, stdin=follower if typed is not None else None,
     )  # fmt: skip
     os.close(follower)
+    if typed is not None:
+        os.write(leader, typed)
     written = b""
     while True:
         try:

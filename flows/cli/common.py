@@ -243,6 +243,11 @@ def _with_standard_input(texts: list[str]) -> Iterator[str]:
     """The ``--text`` values in order, the lines of standard input where ``-`` stands."""
     for text in texts:
         if text == "-":
+            if sys.stdin.isatty():  # a person typing, not a pipe: say what ends the input
+                errors.print(
+                    "reading texts from standard input, one per line: Ctrl-D ends them",
+                    style="dim", highlight=False,
+                )  # fmt: skip
             yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
         else:
             yield text

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import empty_registry, run_cli, run_cli_in_a_terminal, run_cli_noting_imports
+from tests.helpers import (
+    empty_registry,
+    home_with_fake_adapters,
+    run_cli,
+    run_cli_in_a_terminal,
+    run_cli_noting_imports,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -572,6 +578,21 @@ class TestBasics:
                 process.kill()
             said = process.stderr.read() if process.stderr else ""
             assert (code, said) == (2, f"error: {error}\n")
+
+    def test_text_dash_at_a_terminal_says_what_ends_the_texts(self, tmp_path, monkeypatch):
+        """A person who typed ``--text -`` saw nothing while the command waited for them; a
+        pipe hears nothing more than before."""
+        env = home_with_fake_adapters(tmp_path, monkeypatch, ("a",))
+        code, shown = run_cli_in_a_terminal(env, "predict", "a", "--text", "-", typed=b"\x04")
+        hint = "reading texts from standard input, one per line: Ctrl-D ends them"
+        error = "no text to predict: --text - read no line from standard input"
+        assert code == 2 and hint in shown and error in shown
+        assert shown.index(hint) < shown.index(error), shown
+        piped = run_cli("predict", "a", "--text", "-", env=env, stdin="\n")
+        assert (piped.returncode, piped.stderr) == (
+            2,
+            "error: no text to predict: --text - read no line from standard input\n",
+        )
 
     def test_a_data_file_the_spec_names_is_checked_before_torch_loads(self, tmp_path):
         """A typo in data.train (relative to the spec's folder) waited for torch and the spec's
