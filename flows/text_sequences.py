@@ -7,6 +7,7 @@ reads standard input before the libraries load."""
 from __future__ import annotations
 
 import tempfile
+from abc import abstractmethod
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
@@ -19,11 +20,12 @@ class WindowedTexts(Sequence[str]):
 
     _READ_ROWS = 4096  # texts read per slice when iterating
 
+    @abstractmethod
     def _read(self, start: int, stop: int) -> list[str]:
-        raise NotImplementedError
+        """Texts ``start`` to ``stop`` (excluded), ``0 <= start <= stop <= len(self)``."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
     @overload
     def __getitem__(self, index: int) -> str: ...

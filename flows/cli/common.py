@@ -387,16 +387,14 @@ def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool 
 
 
 def refuse_a_version(
-    ref: str, command: str, instead: Callable[[str], str], *, kind: str = "adapter"
+    ref: str, command: str, instead: Callable[[str], str], *, takes: str = "an adapter"
 ) -> None:
-    """One line where ``command`` takes a name and was given ``NAME@VERSION``: what to write
-    ``instead`` (of the bare name), not "no such name" or an invalid-name error later."""
+    """One line where ``command`` takes ``takes``'s name and was given ``NAME@VERSION``: what
+    to write ``instead`` (of the bare name), not "no such name" or an invalid-name error
+    later."""
     if "@" in ref:
         hint = instead(ref.partition("@")[0])
-        raise DataError(
-            f"{command} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} name, "
-            f"not a version ({ref!r}): {hint}"
-        )
+        raise DataError(f"{command} takes {takes} name, not a version ({ref!r}): {hint}")
 
 
 def check_adapter_name(

@@ -321,7 +321,7 @@ def unalias(
                 f"`adapterops composition unalias {bare} {name}` takes {name} off "
                 "whichever version holds it"
             ),
-            kind="composition",
+            takes="a composition",
         )
         registry = open_registry()
         composition_name = registry.composition(composition).name  # before MLflow loads
