@@ -31,16 +31,20 @@ from .errors import DataError
 from .spec import AdapterSpec
 
 __all__ = [
+    "FILE_ROW",
     "DataError",
     "PreparedData",
     "load_raw",
     "load_split",
     "longest_first",
+    "longest_first_order",
     "make_loader",
     "prepare",
     "prepare_file",
+    "read_file",
     "require_columns",
     "require_values",
+    "tokenize",
 ]
 
 _BUILDERS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -56,11 +60,20 @@ class PreparedData:
     head: str
 
 
+FILE_ROW = "__adapterops_file_row__"  # a row's place in its file (0: the first data row)
+
+
 def load_split(
-    path: str, *, max_samples: int | None = None, seed: int = 0, columns: Iterable[str] = ()
+    path: str,
+    *,
+    max_samples: int | None = None,
+    seed: int = 0,
+    columns: Iterable[str] = (),
+    numbered: bool = False,
 ) -> datasets.Dataset:
     """Read one split from a local file; ``max_samples`` takes a seeded random subset. The
-    ``columns`` an adapter reads may have no empty cells."""
+    ``columns`` an adapter reads may have no empty cells. ``numbered``: each row keeps its
+    place in the file in the column ``FILE_ROW`` (a subset's rows are shuffled)."""
     file = check_data_file(path)
     builder = _BUILDERS[file.suffix]
     options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
@@ -74,6 +87,8 @@ def load_split(
         raise DataError(f"{file} has no rows")
     _check_delimiter(file, dataset)
     require_values(str(file), dataset, columns)
+    if numbered:
+        dataset = dataset.add_column(FILE_ROW, list(range(len(dataset))))
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset
@@ -147,8 +162,8 @@ def prepare(spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase) -> PreparedDa
     """Load, check and tokenise the spec's train and validation splits."""
     train, validation = load_raw(spec)
     return PreparedData(
-        train=_tokenize(train, spec, tokenizer),
-        validation=_tokenize(validation, spec, tokenizer),
+        train=tokenize(train, spec, tokenizer),
+        validation=tokenize(validation, spec, tokenizer),
         head=spec.head.type,
     )
 
@@ -165,11 +180,26 @@ def prepare_file(
     ``adapterops evaluate --data`` scores). A file without those columns is refused, naming
     them (``named``: where those names come from): a registered spec's columns cannot change,
     the file's can."""
+    rows = read_file(spec, path, max_samples=max_samples, named=named)
+    return tokenize(rows, spec, tokenizer)
+
+
+def read_file(
+    spec: AdapterSpec,
+    path: str | Path,
+    *,
+    max_samples: int | None = None,
+    named: str = "its spec's data section",
+) -> datasets.Dataset:
+    """The rows of a local file :func:`prepare_file` tokenises, in the same order, checked as
+    it checks them (labels written as names turned into numbers), each with its place in the
+    file in ``FILE_ROW``: what ``evaluate --out`` writes beside each row's answer."""
     dataset = load_split(
-        str(path), max_samples=max_samples, seed=spec.train.seed, columns=_wanted_columns(spec)
-    )
+        str(path), max_samples=max_samples, seed=spec.train.seed, columns=_wanted_columns(spec),
+        numbered=True,
+    )  # fmt: skip
     require_columns(path, dataset, _wanted_columns(spec), named=named)
-    return _tokenize(_checked_split(spec, dataset, Path(path).name), spec, tokenizer)
+    return _checked_split(spec, dataset, Path(path).name)
 
 
 def require_columns(
@@ -184,8 +214,9 @@ def require_columns(
     names come from, or how to name others)."""
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
+        columns = [c for c in dataset.column_names if c != FILE_ROW]
         raise DataError(
-            f"{path} has no column(s) {missing}; its columns are {dataset.column_names}. The "
+            f"{path} has no column(s) {missing}; its columns are {columns}. The "
             f"adapter reads {wanted} ({named}): give a file with them"
         )
 
@@ -298,8 +329,13 @@ def longest_first(dataset: datasets.Dataset) -> datasets.Dataset:
     ``bench.scoring_order_bench``), and the longest batch runs first, so one that does not fit
     in memory fails at once rather than at the end.
     """
+    return dataset.select(longest_first_order(dataset))
+
+
+def longest_first_order(dataset: datasets.Dataset) -> list[int]:
+    """The row numbers :func:`longest_first` puts ``dataset``'s rows in."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return dataset.select(sorted(range(len(lengths)), key=lambda row: -lengths[row]))
+    return sorted(range(len(lengths)), key=lambda row: -lengths[row])
 
 
 def _wanted_columns(spec: AdapterSpec) -> list[str]:
@@ -437,9 +473,10 @@ def _check_instruction_columns(spec: AdapterSpec, dataset: datasets.Dataset, spl
             raise DataError(f"{where}: the last message must be a non-empty assistant answer")
 
 
-def _tokenize(
+def tokenize(
     dataset: datasets.Dataset, spec: AdapterSpec, tokenizer: PreTrainedTokenizerBase
 ) -> datasets.Dataset:
+    """``dataset``'s rows as ``spec``'s model reads them (its other columns dropped)."""
     data = spec.data
     if data.instructions:
         return _tokenize_instructions(dataset, spec, tokenizer)

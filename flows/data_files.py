@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import DataError
+from .prediction_files import check_predictions_path
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -24,6 +25,9 @@ SPEC_FILE_SUFFIXES = (*DATA_SUFFIXES, ".txt")
 NOTHING_TO_PREDICT = "nothing to predict: give --text TEXT (- reads standard input) or --data FILE"
 
 
+_ONE_OF_DATA_SUFFIXES = ", ".join(DATA_SUFFIXES[:-1]) + f" or {DATA_SUFFIXES[-1]}"
+
+
 def check_data_file(path: str | Path) -> Path:
     """``path`` as a file of a format the data loader reads, that exists and is not empty."""
     file = Path(path)
@@ -32,9 +36,9 @@ def check_data_file(path: str | Path) -> Path:
     if not file.is_file():
         raise DataError(f"data file {file} does not exist")
     if file.suffix not in DATA_SUFFIXES:
-        raise DataError(
-            f"{file}: unsupported file type {file.suffix!r}; use {sorted(DATA_SUFFIXES)}"
-        )
+        # the suffix says how a file is read: name both, not a Python list of them
+        kind = f"a {file.suffix} file" if file.suffix else "a file without a suffix"
+        raise DataError(f"data file {file} is {kind}: give a {_ONE_OF_DATA_SUFFIXES} file")
     if file.stat().st_size == 0:
         raise DataError(f"data file {file} is empty")
     return file
@@ -57,16 +61,32 @@ def check_text_sources(
 
 
 def check_scoring_sources(
-    data: str | Path | None, text_column: str | None, label_column: str | None
+    data: str | Path | None,
+    text_column: str | None,
+    label_column: str | None,
+    *,
+    out: Path | None = None,
+    replace: bool = True,
 ) -> None:
     """evaluate scores a ``--data`` file (which must be one the loader reads) or the split its
-    spec names; ``--text-column`` and ``--label-column`` name columns of that file."""
+    spec names; ``--text-column`` and ``--label-column`` name columns of that file. ``--out``
+    (a file predict's ``--out`` could write, there only if ``replace``) takes each row of the
+    ``--data`` file beside its answer: the validation split's rows come tokenised from the
+    cache, without the texts and row numbers that make an answer findable."""
     if data is not None:
         check_data_file(data)
     elif text_column is not None or label_column is not None:
         raise DataError(
             "--text-column and --label-column name columns of the --data file: give --data FILE"
         )
+    if out is None:
+        return
+    if data is None:
+        raise DataError(
+            "--out writes each row of the --data file beside its answer: give --data FILE too "
+            "(the validation split is scored without --out)"
+        )
+    check_predictions_path(out, replace=replace)
 
 
 def local_data_path(value: str, base_dir: Path) -> Path | None:

@@ -9,6 +9,8 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,12 @@ from typing import Any
 from registry import Registry
 from registry.compositions import answers_per_member
 
-from .data import prepare_file
+from .data import FILE_ROW, read_file, tokenize
 from .data_files import check_scoring_sources
 from .errors import DataError
+from .evaluation import RowOutcome
 from .files_spec import SCORE_ON_A_FILE, serving_spec
+from .out_files import record_writer, replaced_when_done
 from .predict_job import spec_of_composition
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
@@ -34,7 +38,12 @@ from .train_job import (
     no_phases,
 )
 
-__all__ = ["Evaluation", "evaluate_composition", "evaluate_version"]
+__all__ = [
+    "Evaluation",
+    "evaluate_composition",
+    "evaluate_version",
+    "write_answers",
+]
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Evaluation:
     # a classifier's label names, in label order (the confusion matrix's rows and columns);
     # empty where the spec names none (a version pushed without one: labels by number)
     label_names: list[str] = field(default_factory=list)
+    out: str = ""  # the file of each row with its answer (``--out``), if one was asked for
+    missed: int | None = None  # ... and how many of them it got wrong (or not exactly)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -63,15 +74,18 @@ def evaluate_version(
     skip_probe: bool = False,
     text_column: str | None = None,
     label_column: str | None = None,
+    out: Path | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> Evaluation:
     """The metrics of the version ``ref`` resolves to on the file ``data`` (read with its spec's
     columns, or ``text_column`` and ``label_column``), else on its spec's validation split;
     ``max_samples`` rows at most (a seeded subset). A version pushed without a spec is scored
     on a file only, with the head its files carry (texts in ``sentence`` and labels in
-    ``label`` unless named). The data is read and checked before the base model loads;
+    ``label`` unless named). ``out`` (a .jsonl, .csv or .tsv file, replaced if there; with
+    ``data`` only) receives each row of the file with the version's answer to it, and goes to
+    the MLflow run too. The data is read and checked before the base model loads;
     ``on_phase`` hears each step after that."""
-    check_scoring_sources(data, text_column, label_column)
+    check_scoring_sources(data, text_column, label_column, out=out)
     check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
     if data is None:
@@ -83,8 +97,9 @@ def evaluate_version(
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
     return _scored(
-        model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags, on_phase=on_phase
-    )
+        model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags, out=out,
+        on_phase=on_phase,
+    )  # fmt: skip
 
 
 def evaluate_composition(
@@ -96,11 +111,13 @@ def evaluate_composition(
     skip_probe: bool = False,
     text_column: str | None = None,
     label_column: str | None = None,
+    out: Path | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> Evaluation:
     """The metrics of the composition version ``ref`` resolves to (every member loaded and
-    checked, the composition active), as :func:`evaluate_version` scores a version; the spec is
-    its evaluation spec, else its last member's (a MAD-X stack's task adapter)."""
+    checked, the composition active), as :func:`evaluate_version` scores a version (``out``
+    too); the spec is its evaluation spec, else its last member's (a MAD-X stack's task
+    adapter)."""
     composition = registry.composition(ref)
     if answers_per_member(composition.definition):
         members = composition.members
@@ -109,7 +126,7 @@ def evaluate_composition(
             f"({', '.join(members)}), so there is no one answer to score; evaluate each member "
             f"(`adapterops evaluate {members[0]}`)"
         )
-    check_scoring_sources(data, text_column, label_column)
+    check_scoring_sources(data, text_column, label_column, out=out)
     check_reachable(tracking_uri())
     spec = spec_of_composition(registry, composition, "evaluate", scoring=data is None)
     spec = _reading(spec, text_column, label_column)
@@ -122,7 +139,7 @@ def evaluate_composition(
     )
     tags = {"adapterops.evaluated": composition.ref, "adapterops.composition": composition.name}
     return _scored(
-        model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags,
+        model, tokenizer, spec, rows, ref=composition.ref, source=source, tags=tags, out=out,
         on_phase=on_phase,
     )  # fmt: skip
 
@@ -155,10 +172,10 @@ def _rows(
     max_samples: int | None,
     *,
     pushed: bool = False,
-) -> tuple[Any, str]:
-    """The tokenised rows to score and what they are: the file ``data``, else the spec's
-    validation split (``max_samples`` of them at most). ``pushed``: the spec is the defaults a
-    version pushed without one reads (the error for a missing column says so)."""
+) -> tuple[Rows, str]:
+    """The rows to score and what they are: the file ``data``, else the spec's validation
+    split (``max_samples`` of them at most). ``pushed``: the spec is the defaults a version
+    pushed without one reads (the error for a missing column says so)."""
     tokenizer = load_tokenizer(spec)
     if data is not None:
         named = (
@@ -167,49 +184,130 @@ def _rows(
             if pushed
             else "its spec's data section; --text-column and --label-column name others"
         )
-        rows = prepare_file(spec, data, tokenizer, max_samples=max_samples, named=named)
-        return rows, str(data)
+        read = read_file(spec, data, max_samples=max_samples, named=named)
+        return Rows(tokenize(read, spec, tokenizer), read), str(data)
     _check_built_on_files_here(spec, ref)
     if max_samples is not None:
         limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
         spec = spec.model_copy(update={"data": limited})
     prepared, _ = prepare_cached(spec, tokenizer)
-    return prepared.validation, "validation split"
+    return Rows(prepared.validation), "validation split"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What an evaluation scores: the tokenised rows, and the file's rows they were made from,
+    in the same order (a ``--data`` file's; None for the cached validation split)."""
+
+    tokens: Any
+    read: Any = None
 
 
 def _scored(
     model: Any,
     tokenizer: Any,
     spec: AdapterSpec,
-    rows: Any,
+    rows: Rows,
     *,
     ref: str,
     source: str,
     tags: dict[str, str],
+    out: Path | None,
     on_phase: PhaseCallback,
 ) -> Evaluation:
-    """``spec``'s metrics of the model as set up on ``rows``, recorded as an MLflow run."""
-    total = len(rows)
+    """``spec``'s metrics of the model as set up on ``rows``, recorded as an MLflow run (with
+    each row's answer, written to ``out``, as its artifact)."""
+    total = len(rows.tokens)
     on_phase(f"score {total} rows")
 
     def counted(step: str, done: int) -> None:  # minutes for an LLM that generates answers
         on_phase(f"score {total} rows: {done} done" if step == "score" else
                  f"generate {total} answers: {done} done")  # fmt: skip
 
+    outcomes: list[RowOutcome] | None = [] if out is not None else None
     metrics = evaluate_model(
-        model, rows, tokenizer, head=spec.head.type, generate=generates(spec), on_rows=counted
-    )
+        model, rows.tokens, tokenizer, head=spec.head.type, generate=generates(spec),
+        on_rows=counted, outcomes=outcomes,
+    )  # fmt: skip
+    missed = None
+    if out is not None and outcomes is not None:
+        on_phase(f"write each row's answer to {out}")
+        missed = write_answers(out, _answer_records(spec, tokenizer, rows.read, outcomes))
     on_phase("record the MLflow run")
     run_id = log_evaluation_run(
         f"evaluate {ref} on {Path(source).name}",
         params={"ref": ref, "data": source},
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
         tags=tags,
+        artifacts=[out] if out is not None else [],
     )
     names = list(spec.head.label_names or []) if spec.head.type == "classification" else []
     return Evaluation(
-        ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id, label_names=names
-    )
+        ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id, label_names=names,
+        out=str(out or ""), missed=missed,
+    )  # fmt: skip
+
+
+def write_answers(out: Path, records: Iterator[dict[str, Any]]) -> int | None:
+    """``records`` as the lines of ``out`` (JSON Lines, CSV or TSV by its suffix), which
+    appears only when every line is written; how many say the answer was wrong (``correct``
+    or ``exact`` false), or None where no record judges its answer (perplexity alone)."""
+    missed: int | None = None
+    with replaced_when_done(out) as file:
+        write = record_writer(file, out.suffix.lower())
+        for record in records:
+            verdict = record.get("correct", record.get("exact"))
+            if verdict is not None:
+                missed = (missed or 0) + (not verdict)
+            write(record)
+    return missed
+
+
+def _answer_records(
+    spec: AdapterSpec, tokenizer: Any, read: Any, outcomes: list[RowOutcome]
+) -> Iterator[dict[str, Any]]:
+    """Each row of the file (``read``, with its ``FILE_ROW``) with the model's answer, in the
+    file's order (a ``--max-samples`` subset is drawn shuffled): a classifier's label and
+    probability beside the true one, a language model's loss on the row, an instruction
+    model's greedy answer beside the response."""
+    data, names = spec.data, list(spec.head.label_names or [])
+
+    def named(label: int | None) -> str | None:
+        return names[label] if label is not None and 0 <= label < len(names) else None
+
+    in_file_order = sorted(range(len(outcomes)), key=read[FILE_ROW].__getitem__)
+    for index in in_file_order:
+        row, outcome = read[index], outcomes[index]
+        record: dict[str, Any] = {"row": row[FILE_ROW]}
+        if data.instructions:
+            if data.messages:
+                conversation = row[data.messages]
+                record["prompt"] = json.dumps(conversation[:-1], ensure_ascii=False)
+                record["response"] = conversation[-1]["content"]
+            else:
+                record |= {"prompt": row[data.prompt], "response": row[data.response]}
+            if generates(spec):
+                answer = outcome.generated
+                record["generated"] = (
+                    None if answer is None else tokenizer.decode(answer, skip_special_tokens=True)
+                )
+                record["exact"] = outcome.exact
+            record |= {"loss": outcome.loss, "tokens": outcome.tokens}
+            yield record
+            continue
+        record["text"] = row[data.text]
+        if data.text_pair:
+            record["pair"] = row[data.text_pair]
+        if spec.head.type == "classification" and data.label:
+            label = int(row[data.label])
+            record |= {
+                "label": label, "label_name": named(label), "predicted": outcome.predicted,
+                "predicted_name": named(outcome.predicted), "probability": outcome.probability,
+                "correct": outcome.predicted == label,
+            }  # fmt: skip
+        else:
+            record |= {"loss": outcome.loss, "tokens": outcome.tokens}
+        yield record
 
 
 def _check_built_on_files_here(spec: AdapterSpec, ref: str) -> None:

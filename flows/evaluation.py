@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from peft_core.offload import input_device
 
 __all__ = [
+    "RowOutcome",
     "RowsCallback",
     "confusion_matrix",
     "evaluate",
@@ -47,6 +49,19 @@ def metrics_from_confusion(matrix: Tensor) -> dict[str, float]:
 RowsCallback = Callable[[str, int], None]  # ("score" or "generate", rows done in that pass)
 
 
+@dataclass
+class RowOutcome:
+    """How the model did on one scored row: what a reviewer reads beside the row's text to see
+    which examples it gets wrong. A field stays None where the row's head does not produce it."""
+
+    predicted: int | None = None  # a classifier's label
+    probability: float | None = None  # ... and its probability
+    loss: float | None = None  # a language model's mean loss over the row's scored tokens
+    tokens: int | None = None  # ... and how many tokens that is (0: none scored)
+    generated: list[int] | None = None  # instructions: the greedy answer's token ids
+    exact: bool | None = None  # ... and whether it reproduced the response exactly
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[Mapping[str, Tensor]],
@@ -54,18 +69,25 @@ def evaluate(
     head: str,
     pad_token_id: int | None = None,
     on_rows: RowsCallback | None = None,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` over ``batches`` (which carry ``labels``). With ``pad_token_id``
     (instruction data) a causal LM also generates each response: ``exact_match``.
     ``on_rows`` hears after each batch how many rows that pass has done: ``("score", 128)``,
-    then ``("generate", 64)`` while generating."""
+    then ``("generate", 64)`` while generating. ``outcomes``, when given (empty), receives each
+    row's :class:`RowOutcome`, in the order of the rows."""
     model.eval()
     tell = on_rows or _nobody
     if head == "classification":
-        return _classification(model, batches, tell)
-    metrics = _language_model(model, batches, tell, causal=head == "causal-lm")
+        return _classification(model, batches, tell, outcomes)
+    metrics = _language_model(model, batches, tell, causal=head == "causal-lm", outcomes=outcomes)
     if pad_token_id is not None:
-        metrics |= exact_match(model, batches, pad_token_id=pad_token_id, on_rows=tell)
+        generated = [] if outcomes is not None else None
+        metrics |= exact_match(
+            model, batches, pad_token_id=pad_token_id, on_rows=tell, outcomes=generated
+        )
+        for outcome, answer in zip(outcomes or [], generated or [], strict=True):
+            outcome.generated, outcome.exact = answer.generated, answer.exact
     return metrics
 
 
@@ -80,29 +102,45 @@ def exact_match(
     *,
     pad_token_id: int,
     on_rows: RowsCallback | None = None,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """The share of rows whose greedy continuation of the prompt (the tokens labelled -100
-    before the response) reproduces the response (the labelled tokens) exactly."""
+    before the response) reproduces the response (the labelled tokens) exactly. ``outcomes``,
+    when given, receives each row's answer (its tokens up to the response's length) and whether
+    it was exact; a row with no response left after truncation gets an empty outcome."""
     hits = rows = done = 0
     for batch in _on_device(model, batches):
         done += len(batch["input_ids"])
-        prompts, answers = [], []
+        prompts, answers, answered = [], [], []
         for row_ids, mask, row_labels in zip(
             batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
         ):
             ids, labels = row_ids[mask.bool()], row_labels[mask.bool()]
             scored = (labels != -100).nonzero()
+            answered.append(len(scored) > 0)
             if len(scored) == 0:
                 continue
             start = int(scored[0])
             prompts.append(ids[:start])
             answers.append(ids[start:][labels[start:] != -100])
+        generated = []
         if prompts:
             most = max(len(a) for a in answers)
             generated = greedy_continuations(model, prompts, most, pad_token_id)
             for out, answer in zip(generated, answers, strict=True):
                 hits += int(torch.equal(out[: len(answer)], answer))
                 rows += 1
+        if outcomes is not None:
+            pairs = iter(zip(generated, answers, strict=True))
+            for has_answer in answered:
+                if not has_answer:
+                    outcomes.append(RowOutcome())
+                    continue
+                out, answer = next(pairs)
+                kept = out[: len(answer)]
+                outcomes.append(
+                    RowOutcome(generated=kept.tolist(), exact=bool(torch.equal(kept, answer)))
+                )
         if on_rows is not None:
             on_rows("generate", done)
     return {"exact_match": hits / max(rows, 1), "generated": rows}
@@ -126,13 +164,23 @@ def greedy_continuations(
 
 @torch.no_grad()
 def _classification(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], on_rows: RowsCallback
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    on_rows: RowsCallback,
+    outcomes: list[RowOutcome] | None,
 ) -> dict[str, Any]:
     num_labels = int(model.config.num_labels)
     matrix = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for batch in _on_device(model, batches):
-        predictions = model(**batch).logits.argmax(-1)
+        logits = model(**batch).logits
+        predictions = logits.argmax(-1)
         matrix += confusion_matrix(predictions.cpu(), batch["labels"].cpu(), num_labels)
+        if outcomes is not None:
+            chances = logits.float().softmax(-1).max(-1).values
+            outcomes.extend(
+                RowOutcome(predicted=label, probability=chance)
+                for label, chance in zip(predictions.tolist(), chances.tolist(), strict=True)
+            )
         on_rows("score", int(matrix.sum()))
     return {
         **metrics_from_confusion(matrix),
@@ -148,20 +196,40 @@ def _language_model(
     on_rows: RowsCallback,
     *,
     causal: bool,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """The mean loss over every scored token: each batch's mean loss weighted by the tokens it
-    averages, so the result does not depend on how rows are batched."""
+    averages, so the result does not depend on how rows are batched. ``outcomes``, when given,
+    receives each row's own mean loss and token count."""
     total_loss, total_tokens, done = 0.0, 0, 0
     for batch in _on_device(model, batches):
         # a causal LM predicts each token from those before it: a row's first is never scored
         scored = batch["labels"][:, 1:] if causal else batch["labels"]
         tokens = int((scored != -100).sum())
-        total_loss += float(model(**batch).loss) * tokens
+        output = model(**batch)
+        total_loss += float(output.loss) * tokens
         total_tokens += tokens
         done += len(batch["labels"])
+        if outcomes is not None:
+            outcomes.extend(_row_losses(output.logits, batch["labels"], causal=causal))
         on_rows("score", done)
     mean = total_loss / max(total_tokens, 1)
     return {"perplexity": math.exp(min(mean, 50.0)), "eval_loss": mean, "tokens": total_tokens}
+
+
+def _row_losses(logits: Tensor, labels: Tensor, *, causal: bool) -> list[RowOutcome]:
+    """Each row's mean cross-entropy over its scored tokens (the model's own loss, per row)."""
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    losses = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    counts = (labels != -100).sum(1)
+    sums = losses.sum(1)
+    return [
+        RowOutcome(loss=float(total) / count if count else None, tokens=count)
+        for total, count in zip(sums.tolist(), counts.tolist(), strict=True)
+    ]
 
 
 def _on_device(

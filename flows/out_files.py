@@ -1,13 +1,19 @@
-"""A file a command will write (``--out``), checked before the registry opens or a model loads."""
+"""A file a command will write (``--out``): checked before the registry opens or a model loads,
+then written a line per record, appearing only once it is whole."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from .errors import DataError
 
-__all__ = ["check_out_file"]
+__all__ = ["check_out_file", "record_writer", "replaced_when_done"]
 
 
 def check_out_file(
@@ -32,3 +38,46 @@ def check_out_file(
     for blocked, access in ((out.parent, os.W_OK | os.X_OK), (out, os.W_OK)):
         if blocked.exists() and not os.access(blocked, access):
             raise DataError(f"--out {out}: this user cannot write {blocked}; give a path you can")
+
+
+@contextmanager
+def replaced_when_done(out: Path) -> Iterator[IO[str]]:
+    """A text file to write that becomes ``out`` only when the block ends without an error: it
+    is a hidden ``.NAME.partial`` beside ``out`` until then, so a path never holds half a run
+    and a run that fails leaves what was there before."""
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as file:
+            yield file
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def record_writer(file: IO[str], suffix: str) -> Callable[[dict[str, Any]], None]:
+    """A function writing one record (a dict) as a line of ``file`` in the format ``suffix``
+    names: JSON Lines, or CSV/TSV whose header is the first record's keys (every record of a
+    file has the same ones; a key a later one lacks is an empty cell). In a table, True and
+    False are written as JSON writes them, and None as an empty cell."""
+    if suffix == ".jsonl":
+
+        def as_json(record: dict[str, Any]) -> None:
+            file.write(json.dumps(record) + "\n")
+
+        return as_json
+    table = csv.writer(file, delimiter="\t" if suffix == ".tsv" else ",")
+    header: list[str] = []
+
+    def as_cells(record: dict[str, Any]) -> None:
+        if not header:
+            header.extend(record)
+            table.writerow(header)
+        table.writerow([_cell(record.get(column)) for column in header])
+
+    return as_cells
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value

@@ -9,14 +9,13 @@ that fails leaves what was there before.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .out_files import check_out_file
+from .out_files import check_out_file, record_writer, replaced_when_done
 
 if TYPE_CHECKING:  # the writer needs no torch; predict_job imports it
     from .predict_job import Answers, Prediction
@@ -61,22 +60,17 @@ def write_predictions(
     the first text) and the version that answered; ``on_line`` hears the lines written so far
     after each run of answers. An ``out`` that exists is replaced (the CLI asks for --force)."""
     check_predictions_path(out, replace=True)  # a format it writes, in a folder it can write
-    partial = out.with_name(f".{out.name}.partial")
     lines, refs = 0, []
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as file:
-            write = _line_writer(file, out.suffix.lower(), with_pairs=with_pairs)
-            for ref, first, predictions in stream:
-                if ref not in refs:
-                    refs.append(ref)
-                for row, prediction in enumerate(predictions, start=first):
-                    write(row, ref, prediction)
-                lines += len(predictions)
-                if on_line is not None:
-                    on_line(lines)
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_when_done(out) as file:
+        write = _line_writer(file, out.suffix.lower(), with_pairs=with_pairs)
+        for ref, first, predictions in stream:
+            if ref not in refs:
+                refs.append(ref)
+            for row, prediction in enumerate(predictions, start=first):
+                write(row, ref, prediction)
+            lines += len(predictions)
+            if on_line is not None:
+                on_line(lines)
     return Written(out, lines, refs)
 
 
@@ -84,24 +78,15 @@ def _line_writer(
     file: IO[str], suffix: str, *, with_pairs: bool
 ) -> Callable[[int, str, Prediction], None]:
     """A function writing one answer as a line of ``file`` in the format ``suffix`` names."""
+    write = record_writer(file, suffix)
     if suffix == ".jsonl":
-
-        def as_json(row: int, ref: str, prediction: Prediction) -> None:
-            file.write(json.dumps({"row": row, "ref": ref, **prediction.to_dict()}) + "\n")
-
-        return as_json
-    table = csv.writer(file, delimiter="\t" if suffix == ".tsv" else ",")
-    header: list[str] = []
+        return lambda row, ref, prediction: write({"row": row, "ref": ref, **prediction.to_dict()})
 
     def as_cells(row: int, ref: str, prediction: Prediction) -> None:
         cells = {"row": row, "ref": ref, "text": prediction.text}
         if with_pairs:
             cells["pair"] = prediction.pair
-        cells |= _answer_cells(prediction)
-        if not header:  # every answer of a run has the same head, so the first names columns
-            header.extend(cells)
-            table.writerow(header)
-        table.writerow([cells.get(column, "") for column in header])
+        write(cells | _answer_cells(prediction))
 
     return as_cells
 

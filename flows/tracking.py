@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -190,10 +190,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def log_evaluation_run(
-    run_name: str, *, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]
+    run_name: str,
+    *,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: Sequence[Path] = (),
 ) -> str:
     """One finished MLflow run that records an evaluation without training (the cascade's
-    scoring of a composition); returns its id."""
+    scoring of a composition), with ``artifacts`` (files) beside it; returns its id."""
     experiment_id = configure()
     tracker = client()
     with mlflow_errors("record an evaluation run"):
@@ -203,6 +208,8 @@ def log_evaluation_run(
             tracker.log_param(run_id, key, value)
         for key, number in metrics.items():
             tracker.log_metric(run_id, key, number)
+        for file in artifacts:  # a reviewer opens the answers beside the numbers in the UI
+            tracker.log_artifact(run_id, str(file))
         tracker.set_terminated(run_id, "FINISHED")
     return run_id
 

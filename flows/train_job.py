@@ -34,9 +34,9 @@ from peft_core.heads import adapter_head
 from peft_core.state import adapter_layers, get_record
 from registry.folders import check_folder_to_write
 
-from .data import PreparedData, longest_first, make_loader
+from .data import PreparedData, longest_first_order, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
-from .evaluation import RowsCallback, evaluate
+from .evaluation import RowOutcome, RowsCallback, evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
@@ -422,18 +422,26 @@ def evaluate_model(
     head: str,
     generate: bool = False,
     on_rows: RowsCallback | None = None,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` (its active adapter) on a tokenised validation split; ``generate``
-    (instruction data scored by ``exact_match``) also generates every response. ``on_rows``:
-    :func:`flows.evaluation.evaluate`'s."""
+    (instruction data scored by ``exact_match``) also generates every response. ``on_rows``
+    and ``outcomes`` (each row's, in the split's order): :func:`flows.evaluation.evaluate`'s."""
     # A classifier's counts of (label, prediction) and a causal LM's loss summed over its
     # tokens (and its greedy answers) come out the same in any row order; a masked LM keeps
     # its rows' order, which its collator's seeded masks follow.
+    order = list(range(len(validation)))
     if head in ("classification", "causal-lm"):
-        validation = longest_first(validation)
+        order = longest_first_order(validation)
+        validation = validation.select(order)
     loader = make_loader(validation, tokenizer, head=head, batch_size=64, shuffle=False)
     pad = tokenizer.pad_token_id if generate else None
-    return evaluate(model, loader, head=head, pad_token_id=pad, on_rows=on_rows)
+    scored: list[RowOutcome] | None = None if outcomes is None else []
+    metrics = evaluate(model, loader, head=head, pad_token_id=pad, on_rows=on_rows, outcomes=scored)
+    if outcomes is not None and scored is not None:
+        in_place = dict(zip(order, scored, strict=True))  # back to the split's own order
+        outcomes.extend(in_place[row] for row in range(len(order)))
+    return metrics
 
 
 def evaluate_folder(

@@ -17,7 +17,6 @@ from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS
 from registry.names import check_new_alias
 
-from ..data_files import check_scoring_sources
 from ..errors import DataError, TrackingUnavailableError
 from ..export_target import checked_export_target
 from .common import (
@@ -51,12 +50,14 @@ from .common import (
     warn,
 )
 from .operate import (
+    AnswersOutOption,
     DataOption,
     EngineOption,
     ForceOption,
     MaxLoraRankOption,
     MaxSamplesOption,
     OutFolderOption,
+    check_evaluation_arguments,
     evaluate_with_steps,
     run_predict,
     show_evaluation,
@@ -432,20 +433,22 @@ def evaluate(
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
     max_samples: MaxSamplesOption = None,
+    out: AnswersOutOption = None,
+    force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score a composition on a data file, or on its evaluation spec's validation split (else
     its last member's): every member loaded and checked, the composition active. Recorded as
-    an MLflow run."""
+    an MLflow run (with the --out file of each row's answer)."""
     with user_errors(as_json):
-        check_scoring_sources(data, text_column, label_column)  # before torch loads
+        check_evaluation_arguments(data, text_column, label_column, out, force)
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         result = evaluate_with_steps(
             registry, ref, composition=True, as_json=as_json, data=data,
             max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
-            label_column=label_column,
+            label_column=label_column, out=out,
         )  # fmt: skip
     show_evaluation(result, as_json)
 

@@ -229,6 +229,16 @@ DataOption = Annotated[
 MaxSamplesOption = Annotated[
     int | None, typer.Option(min=1, help="Score a seeded subset of this many rows.")
 ]
+AnswersOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        metavar="FILE",
+        help="Write each row of the --data file with its answer (label, probability and "
+        "whether it is right; a language model's loss; a generated answer) to a .jsonl, .csv "
+        "or .tsv file, also kept with the MLflow run: the rows it gets wrong, to read.",
+    ),
+]
 
 
 @app.command()
@@ -238,23 +248,38 @@ def evaluate(
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
     max_samples: MaxSamplesOption = None,
+    out: AnswersOutOption = None,
+    force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score a registered version on a data file, or on the validation split it was built
     with: accuracy and macro-F1 (classification), perplexity (language models), exact match
-    (instructions). Recorded as an MLflow run."""
+    (instructions). Recorded as an MLflow run (with the --out file of each row's answer)."""
 
     with user_errors(as_json):
-        check_scoring_sources(data, text_column, label_column)  # before torch loads
+        check_evaluation_arguments(data, text_column, label_column, out, force)
         registry = open_registry()
         require_known(registry, [ref])
         result = evaluate_with_steps(
             registry, ref, composition=False, as_json=as_json, data=data,
             max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
-            label_column=label_column,
+            label_column=label_column, out=out,
         )  # fmt: skip
     show_evaluation(result, as_json)
+
+
+def check_evaluation_arguments(
+    data: Path | None,
+    text_column: str | None,
+    label_column: str | None,
+    out: Path | None,
+    force: bool,
+) -> None:
+    """evaluate's data and ``--out`` file, before torch loads (``--force`` alone is a slip)."""
+    if force and out is None:
+        raise DataError("--force replaces the --out file: give --out FILE too")
+    check_scoring_sources(data, text_column, label_column, out=out, replace=force)
 
 
 def evaluate_with_steps(
@@ -287,6 +312,9 @@ def show_evaluation(result: Any, as_json: bool) -> None:
     console.print(table)
     if matrix := result.metrics.get("confusion_matrix"):
         console.print(confusion_table(matrix, result.label_names))
+    if result.out:
+        wrong = "" if result.missed is None else f": {result.missed} answered wrong"
+        console.print(f"each row's answer in {result.out}{wrong}", highlight=False, soft_wrap=True)
     console.print(f"recorded as MLflow run {result.mlflow_run_id}")
 
 

@@ -464,6 +464,25 @@ class TestBasics:
                 "--text-column and --label-column name columns of the --data file: give --data FILE",
             ),
             (
+                ("evaluate", "typo", "--out", "answers.csv"),
+                "--out writes each row of the --data file beside its answer: give --data FILE too "
+                "(the validation split is scored without --out)",
+            ),
+            (
+                ("composition", "evaluate", "typo", "--data", "notes.yaml", "--out", "a-file"),
+                "data file notes.yaml is a .yaml file: give a .tsv, .csv, .json, .jsonl or "
+                ".parquet file",
+            ),
+            (
+                ("evaluate", "typo", "--data", "a-file"),
+                "data file a-file is a file without a suffix: give a .tsv, .csv, .json, .jsonl or "
+                ".parquet file",
+            ),
+            (
+                ("evaluate", "typo", "--force"),
+                "--force replaces the --out file: give --out FILE too",
+            ),
+            (
                 ("alias", "typo@1", "latest"),
                 "invalid alias 'latest': MLflow, where reviewers see and move aliases, reserves "
                 "'latest' and 'v' followed by a number for its own version names; choose another "
@@ -622,8 +641,8 @@ class TestBasics:
         assert list(refused.values()) == [
             missing,
             missing,
-            [f"error: spec.yaml: data.validation: {tmp_path / 'notes.txt'}: unsupported file "
-             "type '.txt'; use ['.csv', '.json', '.jsonl', '.parquet', '.tsv']"],
+            [f"error: spec.yaml: data.validation: data file {tmp_path / 'notes.txt'} is a .txt "
+             "file: give a .tsv, .csv, .json, .jsonl or .parquet file"],
         ]  # fmt: skip
         assert not (tmp_path / "home").exists()
 

@@ -35,7 +35,17 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lor
             '{"sentence": "a", "label": 1}\n{bad json\n',
             "cannot read {file}: JSON parse error: Missing a name for object member",
         ),
-        ("table.xlsx", "x", "unsupported file type '.xlsx'"),
+        (
+            "table.xlsx",
+            "x",
+            "data file {file} is a .xlsx file: give a .tsv, .csv, .json, .jsonl or .parquet file",
+        ),
+        (
+            "table",
+            "x",
+            "data file {file} is a file without a suffix: give a .tsv, .csv, .json, .jsonl or "
+            ".parquet file",
+        ),
     ],
 )
 def test_a_malformed_file_is_one_line_that_says_why(tmp_path, caplog, name, content, message):

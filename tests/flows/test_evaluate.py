@@ -3,6 +3,7 @@ spec's columns, or again on the validation split it was built with."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -27,15 +28,19 @@ def version(embedded_home, sst2_dir, tmp_path) -> str:
     return build_from_spec(spec, Registry(), tmp_path / "out").ref
 
 
-def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
+def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir, tmp_path):
     file = sst2_dir / "en" / "validation.tsv"
+    out = tmp_path / "answers.csv"
     steps: list[str] = []
-    result = evaluate_version(Registry(), version, data=file, max_samples=40, on_phase=steps.append)
+    result = evaluate_version(
+        Registry(), version, data=file, max_samples=40, out=out, on_phase=steps.append
+    )
     assert (result.ref, result.data, result.metrics["examples"]) == (version, str(file), 40)
     assert steps == [
         "load the base model and the adapter",
         "score 40 rows",
         "score 40 rows: 40 done",  # after each batch of 64: minutes for an LLM that generates
+        f"write each row's answer to {out}",
         "record the MLflow run",
     ]
     rows = load_split(str(file), max_samples=40, seed=0)  # the same seeded subset
@@ -47,6 +52,30 @@ def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir):
     assert run.data.tags["adapterops.evaluated"] == version
     assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert run.data.params["data"] == str(file)
+
+    # --out: each scored row of the file, in the file's order, beside predict's answer to it
+    with out.open(newline="") as opened:
+        lines = list(csv.DictReader(opened))
+    whole = load_split(str(file))
+    answer_of = {a.text: a for a in answers}
+    assert list(lines[0]) == [
+        "row", "text", "label", "label_name", "predicted", "predicted_name", "probability",
+        "correct",
+    ]  # fmt: skip
+    assert [int(line["row"]) for line in lines] == sorted(int(line["row"]) for line in lines)
+    assert len({line["row"] for line in lines}) == 40
+    for line in lines:
+        row, answer = int(line["row"]), answer_of[line["text"]]
+        assert line["text"] == whole[row]["sentence"]
+        assert int(line["label"]) == whole[row]["label"]
+        assert line["label_name"] == ["negative", "positive"][whole[row]["label"]]
+        assert (int(line["predicted"]), line["predicted_name"]) == (answer.label, answer.label_name)
+        assert float(line["probability"]) == pytest.approx(max(answer.probabilities), abs=1e-4)
+        assert line["correct"] == ("true" if answer.label == whole[row]["label"] else "false")
+    assert result.missed == 40 - right and result.out == str(out)
+    assert [a.path for a in tracking.client().list_artifacts(result.mlflow_run_id)] == [
+        "answers.csv"
+    ]
 
 
 def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version, tmp_path):
@@ -107,6 +136,28 @@ def test_the_cli_scores_as_json_and_refuses_bad_files_in_one_line(version, sst2_
     ]
     said = [shown.find(step) for step in steps]
     assert code == 0 and -1 not in said and said == sorted(said), shown[-3000:]
+
+    # --out: each row with its answer, as JSON Lines; a file there is kept without --force
+    out = tmp_path / "answers.jsonl"
+    args = ("evaluate", version, "--data", str(file), "--max-samples", "12", "--out", str(out))
+    written = run_cli(*args, "--json", env=env)
+    assert written.returncode == 0, written.stderr[-2000:]
+    document = json.loads(written.stdout)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    wrong = [line["row"] for line in lines if not line["correct"]]
+    assert (document["out"], document["missed"], len(lines)) == (str(out), len(wrong), 12)
+    assert document["metrics"]["accuracy"] == pytest.approx(1 - len(wrong) / 12)
+    assert {type(line["correct"]) for line in lines} == {bool}
+    before = out.read_text()
+    again = run_cli(*args, env=env)
+    assert (again.returncode, again.stderr) == (
+        2,
+        f"error: --out {out} exists: give --force to replace it, or another file name\n",
+    )
+    shown = run_cli(*args, "--force", env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"each row's answer in {out}: {len(wrong)} answered wrong" in shown.stdout
+    assert out.read_text() == before  # the same rows and answers
 
     unlabelled = tmp_path / "texts.tsv"
     unlabelled.write_text("sentence\na fine film\n")

@@ -385,6 +385,19 @@ def test_exact_match_generates_from_the_prompt_and_compares_the_whole_response()
     prompts = parrot.calls[0]
     assert prompts.tolist() == [[5, 6], [0, 5], [2, 2]]  # left-padded to one width
 
+    # each row's answer, cut to its response's length, and whether it was exact; a row whose
+    # response was cut away by truncation answers nothing
+    from flows.evaluation import RowOutcome
+
+    cut = {k: v[:2] for k, v in batch.items()}
+    cut["labels"] = torch.tensor([[-100, -100, 7, 8, eos], [-100, -100, -100, -100, -100]])
+    outcomes: list[RowOutcome] = []
+    exact_match(parrot, [batch, cut], pad_token_id=pad, outcomes=outcomes)
+    assert [(o.generated, o.exact) for o in outcomes] == [
+        ([7, 8, eos], True), ([3, 4, 1], False), ([8, 8, eos], True), ([7, 8, eos], True),
+        (None, None),
+    ]  # fmt: skip
+
 
 def test_a_continuation_ends_at_its_first_end_token_as_it_would_alone(base, tmp_path):
     """In a batch, a row that ended goes on with padding (and a model may run on past its end):
@@ -441,6 +454,47 @@ def test_training_with_exact_match_generates_every_validation_response(base, tmp
     # a random 2-layer model reproduces none of the French words
     assert report.metrics["exact_match"] == 0.0
     assert "perplexity" in report.metrics
+
+
+@pytest.mark.parametrize("shape", ["prompt and response", "chat messages"])
+def test_evaluate_out_writes_each_prompt_with_its_generated_answer_and_loss(
+    base, tmp_path, embedded_home, shape
+):
+    """``evaluate --out`` on instruction data: each row's prompt and expected response beside
+    the greedy answer (decoded), whether it was exact, and the row's own loss."""
+    from flows.build_job import build_from_spec
+    from flows.evaluate_job import evaluate_version
+    from flows.predict_job import predict
+    from registry import Registry
+
+    if shape == "chat messages":
+        spec = spec_for(base, tmp_path, chats(), messages="messages")
+    else:
+        spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    spec = spec.model_copy(
+        update={"evaluate": spec.evaluate.model_copy(update={"metric": "exact_match"})}
+    )
+    ref = build_from_spec(spec, Registry(), tmp_path / "out").ref
+    out = tmp_path / "answers.jsonl"
+    result = evaluate_version(Registry(), ref, data=tmp_path / "train.jsonl", out=out)
+
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    if shape == "chat messages":
+        prompts = [json.dumps([{"role": "user", "content": p}]) for p, _ in ROWS]
+    else:
+        prompts = [p for p, _ in ROWS]
+    expected = [(row, prompts[row], ROWS[row][1]) for row in range(len(ROWS))]
+    assert [(line["row"], line["prompt"], line["response"]) for line in lines] == expected
+    # a random 2-layer model reproduces none of the French words
+    assert [line["exact"] for line in lines] == [False] * 4 and result.missed == 4
+    tokens = [line["tokens"] for line in lines]
+    assert sum(tokens) == result.metrics["tokens"] and min(tokens) >= 1  # each scores its answer
+    weighted = sum(line["loss"] * line["tokens"] for line in lines) / sum(tokens)
+    assert weighted == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
+    if shape == "prompt and response":  # predict generates from the same prompts, further
+        _, answers = predict(Registry(), ref, [p for p, _ in ROWS])
+        for line, answer in zip(lines, answers, strict=True):
+            assert line["generated"] and answer.continuation.startswith(line["generated"])
 
 
 PREFIX = {"type": "peft", "config": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}}

@@ -180,7 +180,9 @@ def test_a_composition_predicts_as_its_members_stacked_by_hand(three_versions, t
         assert json.loads(row[6]) == pytest.approx(answer.probabilities, abs=1e-4)
 
 
-def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(three_versions, sst2_dir):
+def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(
+    three_versions, sst2_dir, tmp_path
+):
     from flows.data import load_split
     from flows.evaluate_job import evaluate_composition
     from flows.predict_job import predict_composition
@@ -194,9 +196,18 @@ def test_a_composition_is_scored_on_a_file_as_it_predicts_its_rows(three_version
     right = sum(a.label == label for a, label in zip(answers, rows["label"], strict=True))
     assert (scored.ref, scored.metrics["examples"]) == ("duo@1", 24)
     assert scored.metrics["accuracy"] == pytest.approx(right / 24)
-    result = run_cli("composition", "evaluate", "duo", "--data", str(file), "--max-samples", "24", "--json", env={**os.environ})  # fmt: skip
+    out = tmp_path / "duo.tsv"  # each row with the composition's answer
+    result = run_cli("composition", "evaluate", "duo", "--data", str(file), "--max-samples", "24", "--out", str(out), "--json", env={**os.environ})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["metrics"]["accuracy"] == pytest.approx(right / 24)
+    document = json.loads(result.stdout)
+    assert document["metrics"]["accuracy"] == pytest.approx(right / 24)
+    with out.open(newline="") as opened:
+        lines = list(csv.DictReader(opened, delimiter="\t"))
+    answer_of = {a.text: a.label for a in answers}
+    assert sorted(int(line["predicted"]) for line in lines) == sorted(answer_of.values())
+    assert all(int(line["predicted"]) == answer_of[line["text"]] for line in lines)
+    assert (document["missed"], len(lines)) == (24 - right, 24)
+    assert sum(line["correct"] == "false" for line in lines) == 24 - right
 
 
 def test_a_version_peft_runs_answers_beside_the_mixed_batch(three_versions, sst2_dir, tmp_path):

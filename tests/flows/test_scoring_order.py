@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from flows.data import longest_first, make_loader
-from flows.evaluation import evaluate
+from flows.evaluation import RowOutcome, evaluate
 from flows.predict_job import answer_texts
 from flows.quickstart import minilm_sst2_spec
 from flows.train_job import evaluate_model, load_base_model
@@ -67,6 +67,22 @@ def test_a_classifier_is_scored_on_batches_of_like_lengths_with_the_same_counts(
     # of 64 pads to 40 tokens (6,400 in all); longest first, 5,056
     assert seen == [(64, 40), (64, 37), (32, 4)]
 
+    # each row's answer comes back in the rows' own order, as scoring them in order gives it
+    own: list[RowOutcome] = []
+    evaluate(
+        model,
+        make_loader(rows, tokenizer, head="classification", batch_size=64, shuffle=False),
+        head="classification",
+        outcomes=own,
+    )
+    outcomes: list[RowOutcome] = []
+    evaluate_model(model, rows, tokenizer, head="classification", outcomes=outcomes)
+    assert [o.predicted for o in outcomes] == [o.predicted for o in own]
+    assert [o.probability for o in outcomes] == pytest.approx([o.probability for o in own])
+    right = sum(o.predicted == label for o, label in zip(outcomes, rows["labels"], strict=True))
+    assert right == sum(scored["confusion_matrix"][k][k] for k in range(3))
+    assert {o.predicted for o in outcomes} <= {0, 1, 2} and len(outcomes) == 160
+
 
 def test_a_causal_lm_is_scored_longest_first_with_the_same_loss_and_tokens(tiny_model, minilm_dir):
     """Each batch's mean loss is weighted by the tokens it averages (a row's first token is
@@ -89,6 +105,21 @@ def test_a_causal_lm_is_scored_longest_first_with_the_same_loss_and_tokens(tiny_
     assert scored["tokens"] == in_their_order["tokens"] == sum(LENGTHS) - len(LENGTHS)
     assert scored["eval_loss"] == pytest.approx(in_their_order["eval_loss"], rel=1e-5)
     assert seen == [(64, 40), (64, 37), (32, 4)]
+
+    # each row's own loss, in the rows' order: its tokens are all but its first, and the
+    # token-weighted mean of the rows' losses is the split's
+    outcomes: list[RowOutcome] = []
+    evaluate_model(model, rows, tokenizer, head="causal-lm", outcomes=outcomes)
+    assert [o.tokens for o in outcomes] == [length - 1 for length in LENGTHS]
+    weighted = sum(o.loss * o.tokens for o in outcomes) / scored["tokens"]
+    assert weighted == pytest.approx(scored["eval_loss"], rel=1e-5)
+    alone = evaluate(
+        model,
+        make_loader(rows.select([1]), tokenizer, head="causal-lm", batch_size=1, shuffle=False),
+        head="causal-lm",
+    )
+    assert outcomes[1].loss == pytest.approx(alone["eval_loss"], rel=1e-4)
+    assert outcomes[1].loss != pytest.approx(outcomes[0].loss, rel=1e-3)  # rows differ
 
 
 def test_predict_batches_texts_of_like_lengths_and_answers_in_their_order(sst2_dir):
