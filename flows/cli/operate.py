@@ -301,7 +301,9 @@ def show_evaluation(result: Any, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, **result.to_dict()})
         return
-    table = Table(title=f"{result.ref} on {result.data}")
+    # a line of its own: as the table's title it wrapped a file's path to the table's width
+    console.print(f"{result.ref} on {result.data}", highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for metric, value in result.metrics.items():
