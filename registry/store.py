@@ -342,6 +342,20 @@ def _events(session: Session, name: str, kinds: Any) -> list[Event]:
     ]
 
 
+def _what_frees(target: AdapterVersion, users: UsedBy) -> str:
+    """What to do before ``target`` can be deleted: the commands that take each hold off."""
+    steps = []
+    if target.aliases:
+        commands = ", ".join(f"`adapterops unalias {target.name} {a}`" for a in target.aliases)
+        them = ("the aliases", "them") if target.aliases[1:] else ("the alias", "it")
+        steps.append(f"move {them[0]} to another version or take {them[1]} off ({commands})")
+    runs_over = [f"`adapterops composition rm {c}`" for c in users.compositions]
+    runs_over += [f"`adapterops rm {f}`" for f in users.fusions]
+    if runs_over:
+        steps.append(f"delete what runs over it ({', '.join(runs_over)})")
+    return f"first {' and '.join(steps)}"
+
+
 def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry") -> AdapterVersion:
     """Delete a version that no alias, composition or fusion refers to (its bytes stay until gc)."""
     target = get_version(session, ref)
@@ -354,7 +368,10 @@ def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry"
     users = _used_by(session, row.id, target.ref)
     if target.aliases or users:
         referents = [f"alias {a!r}" for a in target.aliases] + users.phrases()
-        raise InUseError(f"cannot delete {target.ref}: still referred to by {', '.join(referents)}")
+        raise InUseError(
+            f"cannot delete {target.ref}: still referred to by {', '.join(referents)}; "
+            f"{_what_frees(target, users)}"
+        )
     session.delete(row)
     _log(
         session,

@@ -805,8 +805,17 @@ class TestBytes:
         register(registry, make_adapter(1))
         register(registry, make_adapter(2))
         registry.set_alias("tiny-sst2-en-lora@1", "champion")
-        with pytest.raises(rg.InUseError, match=r"alias 'champion'"):
+        registry.set_alias("tiny-sst2-en-lora@1", "staging")
+        registry.register_composition("c", {"type": "stack"}, ["tiny-sst2-en-lora@1"])
+        with pytest.raises(rg.InUseError) as raised:
             registry.delete("tiny-sst2-en-lora@1")
+        assert str(raised.value) == (  # each hold, and the command that takes it off
+            "cannot delete tiny-sst2-en-lora@1: still referred to by alias 'champion', alias "
+            "'staging', composition c@1; first move the aliases to another version or take them off "
+            "(`adapterops unalias tiny-sst2-en-lora champion`, `adapterops unalias "
+            "tiny-sst2-en-lora staging`) and delete what runs over it (`adapterops composition "
+            "rm c@1`)"
+        )
         before = {b.digest for b in registry.artifacts.blobs()}
         deleted = registry.delete("tiny-sst2-en-lora@2")
         removed = registry.gc(older_than=timedelta(0))
@@ -981,7 +990,8 @@ class TestBytes:
         with pytest.raises(rg.InUseError) as raised:
             registry.delete("member@1")
         assert str(raised.value) == (
-            "cannot delete member@1: still referred to by fusion fused@1 (trained over it)"
+            "cannot delete member@1: still referred to by fusion fused@1 (trained over it); "
+            "first delete what runs over it (`adapterops rm fused@1`)"
         )
         assert registry.used_by("member@1") == rg.UsedBy(fusions=("fused@1",))
         assert not registry.used_by("member@2")
