@@ -99,6 +99,11 @@ def inspect_folder(folder: str | Path) -> Bundle:
     path = Path(folder)
     check_adapter_folder(path)
     present = {p.name for p in path.iterdir()}
+    if not present:  # a listing of what is missing and unexpected says less than this
+        raise AdapterFolderError(
+            f"{path} is empty: give the folder peft_core.save_adapter (or peft's "
+            "save_pretrained) wrote the adapter into"
+        )
     if "adapter.json" not in present and _written_by_adapterhub(path):
         raise AdapterFolderError(
             f"{path} is an AdapterHub adapter: register it with `adapterops import {path} "

@@ -545,6 +545,14 @@ class TestBadInput:
         folder = make_adapter(2, extra={"notes.txt": "hi"})
         with pytest.raises(rg.AdapterFolderError, match=r"unexpected \['notes.txt'\]"):
             register(registry, folder)
+        empty = folder.parent / "empty"
+        empty.mkdir()
+        with pytest.raises(rg.AdapterFolderError) as refused:
+            register(registry, empty)
+        assert str(refused.value) == (
+            f"{empty} is empty: give the folder peft_core.save_adapter (or peft's "
+            "save_pretrained) wrote the adapter into"
+        )
         assert list(registry.artifacts.blobs()) == []
         assert registry.find() == []
 
