@@ -129,25 +129,29 @@ def _check_delimiter(file: Path, dataset: datasets.Dataset) -> None:
         )
 
 
-def load_raw(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The untokenised train and validation splits, checked (columns, labels, emptiness)."""
+def load_raw(
+    spec: AdapterSpec, *, numbered: bool = False
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The untokenised train and validation splits, checked (columns, labels, emptiness), in
+    the order :func:`prepare` tokenises them. ``numbered``: each row keeps its place in its
+    file or split in ``FILE_ROW`` (a validation split held out of train: its train rows)."""
     data = spec.data
     seed = spec.train.seed
     if data.dataset is not None:
-        train, validation = _from_dataset_id(spec)
+        train, validation = _from_dataset_id(spec, numbered=numbered)
     else:
         assert data.train is not None  # the spec guarantees one source
         wanted = _wanted_columns(spec)
         train = load_split(
-            data.train, max_samples=data.max_train_samples, seed=seed, columns=wanted
-        )
-        validation = (
-            load_split(
-                data.validation, max_samples=data.max_eval_samples, seed=seed, columns=wanted
-            )
-            if data.validation is not None
-            else None
-        )
+            data.train, max_samples=data.max_train_samples, seed=seed, columns=wanted,
+            numbered=numbered,
+        )  # fmt: skip
+        validation = None
+        if data.validation is not None:
+            validation = load_split(
+                data.validation, max_samples=data.max_eval_samples, seed=seed, columns=wanted,
+                numbered=numbered,
+            )  # fmt: skip
     if validation is None:  # no validation split: hold out 10% of train
         if len(train) < 2:
             raise DataError("the train split has fewer than 2 rows: nothing to hold out")
@@ -238,8 +242,11 @@ def require_values(where: str, dataset: datasets.Dataset, columns: Iterable[str]
             )
 
 
-def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Splits of a Hugging Face datasets id (from the local cache when offline) or local folder."""
+def _from_dataset_id(
+    spec: AdapterSpec, *, numbered: bool = False
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Splits of a Hugging Face datasets id (from the local cache when offline) or local folder
+    (``numbered``: as :func:`load_split`'s)."""
     data = spec.data
     try:
         loaded = datasets.load_dataset(data.dataset, data.subset)
@@ -265,6 +272,8 @@ def _from_dataset_id(spec: AdapterSpec) -> tuple[datasets.Dataset, datasets.Data
         if len(dataset) == 0:
             raise DataError(f"dataset {data.dataset!r}: split {split!r} has no rows")
         require_values(f"dataset {data.dataset!r}, split {split!r}", dataset, _wanted_columns(spec))
+        if numbered:
+            dataset = dataset.add_column(FILE_ROW, list(range(len(dataset))))
         if limit is not None and limit < len(dataset):
             dataset = dataset.shuffle(seed=seed).select(range(limit))
         return dataset

@@ -70,23 +70,16 @@ def check_scoring_sources(
 ) -> None:
     """evaluate scores a ``--data`` file (which must be one the loader reads) or the split its
     spec names; ``--text-column`` and ``--label-column`` name columns of that file. ``--out``
-    (a file predict's ``--out`` could write, there only if ``replace``) takes each row of the
-    ``--data`` file beside its answer: the validation split's rows come tokenised from the
-    cache, without the texts and row numbers that make an answer findable."""
+    (each row scored beside its answer) is a file predict's ``--out`` could write, there only
+    if ``replace``."""
     if data is not None:
         check_data_file(data)
     elif text_column is not None or label_column is not None:
         raise DataError(
             "--text-column and --label-column name columns of the --data file: give --data FILE"
         )
-    if out is None:
-        return
-    if data is None:
-        raise DataError(
-            "--out writes each row of the --data file beside its answer: give --data FILE too "
-            "(the validation split is scored without --out)"
-        )
-    check_predictions_path(out, replace=replace)
+    if out is not None:
+        check_predictions_path(out, replace=replace)
 
 
 def local_data_path(value: str, base_dir: Path) -> Path | None:

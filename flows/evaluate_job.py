@@ -18,7 +18,7 @@ from typing import Any
 from registry import Registry
 from registry.compositions import answers_per_member
 
-from .data import FILE_ROW, read_file, tokenize
+from .data import FILE_ROW, load_raw, read_file, tokenize
 from .data_files import check_scoring_sources
 from .errors import DataError
 from .evaluation import RowOutcome
@@ -81,10 +81,10 @@ def evaluate_version(
     columns, or ``text_column`` and ``label_column``), else on its spec's validation split;
     ``max_samples`` rows at most (a seeded subset). A version pushed without a spec is scored
     on a file only, with the head its files carry (texts in ``sentence`` and labels in
-    ``label`` unless named). ``out`` (a .jsonl, .csv or .tsv file, replaced if there; with
-    ``data`` only) receives each row of the file with the version's answer to it, and goes to
-    the MLflow run too. The data is read and checked before the base model loads;
-    ``on_phase`` hears each step after that."""
+    ``label`` unless named). ``out`` (a .jsonl, .csv or .tsv file, replaced if there)
+    receives each row scored with the version's answer to it, and goes to the MLflow run too.
+    The data is read and checked before the base model loads; ``on_phase`` hears each step
+    after that."""
     check_scoring_sources(data, text_column, label_column, out=out)
     check_reachable(tracking_uri())  # where the run goes must answer before any work
     version = registry.get(ref)
@@ -92,7 +92,9 @@ def evaluate_version(
         spec = spec_of_version(version, "evaluate", instead=SCORE_ON_A_FILE)
     else:
         spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
-    rows, source = _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
+    rows, source = _rows(
+        spec, version.ref, data, max_samples, pushed=not version.spec, read=out is not None
+    )
     on_phase("load the base model and the adapter")
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
     tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
@@ -131,7 +133,9 @@ def evaluate_composition(
     spec = spec_of_composition(registry, composition, "evaluate", scoring=data is None)
     spec = _reading(spec, text_column, label_column)
     pushed = not composition.evaluation and not registry.get(composition.members[-1]).spec
-    rows, source = _rows(spec, composition.ref, data, max_samples, pushed=pushed)
+    rows, source = _rows(
+        spec, composition.ref, data, max_samples, pushed=pushed, read=out is not None
+    )
     on_phase("load the base model and the members")
     model, tokenizer = load_inference_model(spec)
     registry.load_definition(
@@ -172,10 +176,12 @@ def _rows(
     max_samples: int | None,
     *,
     pushed: bool = False,
+    read: bool = False,
 ) -> tuple[Rows, str]:
     """The rows to score and what they are: the file ``data``, else the spec's validation
     split (``max_samples`` of them at most). ``pushed``: the spec is the defaults a version
-    pushed without one reads (the error for a missing column says so)."""
+    pushed without one reads (the error for a missing column says so). ``read``: the split's
+    rows as read, beside the cached tokenised ones, too (a file's are always kept)."""
     tokenizer = load_tokenizer(spec)
     if data is not None:
         named = (
@@ -191,13 +197,15 @@ def _rows(
         limited = spec.data.model_copy(update={"max_eval_samples": max_samples})
         spec = spec.model_copy(update={"data": limited})
     prepared, _ = prepare_cached(spec, tokenizer)
-    return Rows(prepared.validation), "validation split"
+    # the cache holds tokens only; the split read again comes in the same (seeded) order
+    as_read = load_raw(spec, numbered=True)[1] if read else None
+    return Rows(prepared.validation, as_read), "validation split"
 
 
 @dataclass(frozen=True)
 class Rows:
-    """What an evaluation scores: the tokenised rows, and the file's rows they were made from,
-    in the same order (a ``--data`` file's; None for the cached validation split)."""
+    """What an evaluation scores: the tokenised rows, and the rows they were made from, in the
+    same order (None where they were not asked for: the cached validation split's)."""
 
     tokens: Any
     read: Any = None
@@ -266,7 +274,7 @@ def write_answers(out: Path, records: Iterator[dict[str, Any]]) -> int | None:
 def _answer_records(
     spec: AdapterSpec, tokenizer: Any, read: Any, outcomes: list[RowOutcome]
 ) -> Iterator[dict[str, Any]]:
-    """Each row of the file (``read``, with its ``FILE_ROW``) with the model's answer, in the
+    """Each row scored (``read``, with its ``FILE_ROW``) with the model's answer, in the
     file's order (a ``--max-samples`` subset is drawn shuffled): a classifier's label and
     probability beside the true one, a language model's loss on the row, an instruction
     model's greedy answer beside the response."""

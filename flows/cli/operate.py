@@ -234,9 +234,9 @@ AnswersOutOption = Annotated[
     typer.Option(
         "--out",
         metavar="FILE",
-        help="Write each row of the --data file with its answer (label, probability and "
-        "whether it is right; a language model's loss; a generated answer) to a .jsonl, .csv "
-        "or .tsv file, also kept with the MLflow run: the rows it gets wrong, to read.",
+        help="Write each row scored with its answer (label, probability and whether it is "
+        "right; a language model's loss; a generated answer) to a .jsonl, .csv or .tsv file, "
+        "also kept with the MLflow run: the rows it gets wrong, to read.",
     ),
 ]
 

@@ -464,9 +464,8 @@ class TestBasics:
                 "--text-column and --label-column name columns of the --data file: give --data FILE",
             ),
             (
-                ("evaluate", "typo", "--out", "answers.csv"),
-                "--out writes each row of the --data file beside its answer: give --data FILE too "
-                "(the validation split is scored without --out)",
+                ("evaluate", "typo", "--out", "answers.txt"),
+                "--out answers.txt: give a .jsonl, .csv or .tsv file (a line per answer)",
             ),
             (
                 ("composition", "evaluate", "typo", "--data", "notes.yaml", "--out", "a-file"),

@@ -78,6 +78,31 @@ def test_labels_written_as_their_names_become_their_numbers(tmp_path):
     assert train.features["label"].dtype == "int64"
 
 
+@pytest.mark.parametrize("validation", ["a file, a seeded subset", "held out of train"])
+def test_numbered_rows_keep_their_place_in_the_file_and_their_order(tmp_path, validation):
+    """What ``evaluate --out`` writes beside each answer: the row's place in its file (0 for
+    the first data row), through a subset or a split held out of train, with the rows in the
+    order the tokenised split has them."""
+    from flows.data import FILE_ROW
+
+    sentences = [f"sentence number {row}" for row in range(40)]
+    (tmp_path / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{row % 2}\n" for row, s in enumerate(sentences))
+    )
+    if validation == "held out of train":
+        spec = load_spec(EXAMPLE, [f"data.train={tmp_path / 'train.tsv'}", "data.validation=null"])
+        assert spec.data.validation is None
+    else:
+        spec = _spec_reading(tmp_path / "train.tsv", "data.max_eval_samples=12")
+    _, plain = load_raw(spec)
+    _, numbered = load_raw(spec, numbered=True)
+    assert numbered["sentence"] == plain["sentence"]  # the same rows, in the same order
+    assert len(plain) == (4 if validation == "held out of train" else 12)
+    assert [sentences[row] for row in numbered[FILE_ROW]] == numbered["sentence"]
+    assert numbered[FILE_ROW] != sorted(numbered[FILE_ROW])  # drawn shuffled, numbered still
+    assert FILE_ROW not in plain.column_names
+
+
 def test_labels_a_spreadsheet_wrote_as_whole_floats_are_their_classes(tmp_path):
     """1.0 was 'outside 0..1'; 0.5 still is."""
     (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\t1.0\nbad\t0.0\nfine\t1\n")

@@ -78,11 +78,23 @@ def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir, tmp_pat
     ]
 
 
-def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(version, tmp_path):
+def test_its_own_validation_split_gives_the_metrics_recorded_at_the_build(
+    version, tmp_path, sst2_dir
+):
     recorded = Registry().get(version).metrics
-    again = evaluate_version(Registry(), version)
+    out = tmp_path / "validation.jsonl"
+    again = evaluate_version(Registry(), version, out=out)
     assert again.data == "validation split" and again.metrics["examples"] == 16
     assert again.metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+    # --out: the split's rows (its file's row numbers: a seeded subset of 16), each answered
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    whole = load_split(str(sst2_dir / "en" / "validation.tsv"))
+    subset = load_split(str(sst2_dir / "en" / "validation.tsv"), max_samples=16, seed=0)
+    assert [line["text"] for line in lines] == [whole[line["row"]]["sentence"] for line in lines]
+    assert sorted(line["text"] for line in lines) == sorted(subset["sentence"])
+    assert [line["row"] for line in lines] == sorted(line["row"] for line in lines)
+    assert sum(line["correct"] for line in lines) == round(16 * recorded["accuracy"])
+    assert again.missed == 16 - round(16 * recorded["accuracy"])
 
     # built on another machine: its data files are not here
     elsewhere = json.loads(json.dumps(Registry().get(version).spec))
