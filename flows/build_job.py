@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,10 @@ from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
 
 from . import tracking
+from .answer_records import answer_records, write_answers
 from .changes_markdown import changes_since
+from .data import load_raw
+from .evaluation import RowOutcome
 from .lineage import spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
@@ -42,6 +46,7 @@ from .train_job import (
     TrainReport,
     evaluate_folder,
     evaluate_registered,
+    load_tokenizer,
     train_from_spec,
     write_report,
 )
@@ -263,23 +268,32 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
 
 def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[TrainReport, str]:
     """Evaluate the saved adapter, log metrics and artifacts to its run; returns the completed
-    report and the model card (also written to the adapter folder as README.md)."""
+    report and the model card (also written to the adapter folder as README.md). The run keeps
+    each validation row beside the adapter's answer (``validation_answers.csv``)."""
+    outcomes: list[RowOutcome] = []
     report.metrics = evaluate_folder(
         build.spec,
         report.output,
         members=report.members,
         fingerprint=build.fingerprint,
         registry=build.registry,
+        outcomes=outcomes,
     )
     write_report(report)
     tracker = tracking.RunTracker(build.spec)
-    with tracker.run(resume=run_id):
+    with tempfile.TemporaryDirectory() as scratch, tracker.run(resume=run_id):
+        answers = Path(scratch) / "validation_answers.csv"
+        read = load_raw(build.spec, numbered=True)[1]  # the rows the cache holds as tokens
+        write_answers(
+            answers, answer_records(build.spec, load_tokenizer(build.spec), read, outcomes)
+        )
         card = tracker.finish(
             report.to_dict(),
             Path(report.output),
             losses=report.losses,
             learning_rates=report.learning_rates,
             lineage=build.lineage,
+            files=[answers],
         )
     (Path(report.output) / "README.md").write_text(card)
     return report, card

@@ -9,8 +9,6 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,12 @@ from typing import Any
 from registry import Registry
 from registry.compositions import answers_per_member
 
-from .data import FILE_ROW, load_raw, read_file, tokenize
+from .answer_records import answer_records, write_answers
+from .data import load_raw, read_file, tokenize
 from .data_files import check_scoring_sources
 from .errors import DataError
 from .evaluation import RowOutcome
 from .files_spec import SCORE_ON_A_FILE, serving_spec
-from .out_files import record_writer, replaced_when_done
 from .predict_job import spec_of_composition
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec, spec_of_version
@@ -42,7 +40,6 @@ __all__ = [
     "Evaluation",
     "evaluate_composition",
     "evaluate_version",
-    "write_answers",
 ]
 
 
@@ -240,7 +237,7 @@ def _scored(
     missed = None
     if out is not None and outcomes is not None:
         on_phase(f"write each row's answer to {out}")
-        missed = write_answers(out, _answer_records(spec, tokenizer, rows.read, outcomes))
+        missed = write_answers(out, answer_records(spec, tokenizer, rows.read, outcomes))
     on_phase("record the MLflow run")
     run_id = log_evaluation_run(
         f"evaluate {ref} on {Path(source).name}",
@@ -254,68 +251,6 @@ def _scored(
         ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id, label_names=names,
         out=str(out or ""), missed=missed,
     )  # fmt: skip
-
-
-def write_answers(out: Path, records: Iterator[dict[str, Any]]) -> int | None:
-    """``records`` as the lines of ``out`` (JSON Lines, CSV or TSV by its suffix), which
-    appears only when every line is written; how many say the answer was wrong (``correct``
-    or ``exact`` false), or None where no record judges its answer (perplexity alone)."""
-    missed: int | None = None
-    with replaced_when_done(out) as file:
-        write = record_writer(file, out.suffix.lower())
-        for record in records:
-            verdict = record.get("correct", record.get("exact"))
-            if verdict is not None:
-                missed = (missed or 0) + (not verdict)
-            write(record)
-    return missed
-
-
-def _answer_records(
-    spec: AdapterSpec, tokenizer: Any, read: Any, outcomes: list[RowOutcome]
-) -> Iterator[dict[str, Any]]:
-    """Each row scored (``read``, with its ``FILE_ROW``) with the model's answer, in the
-    file's order (a ``--max-samples`` subset is drawn shuffled): a classifier's label and
-    probability beside the true one, a language model's loss on the row, an instruction
-    model's greedy answer beside the response."""
-    data, names = spec.data, list(spec.head.label_names or [])
-
-    def named(label: int | None) -> str | None:
-        return names[label] if label is not None and 0 <= label < len(names) else None
-
-    in_file_order = sorted(range(len(outcomes)), key=read[FILE_ROW].__getitem__)
-    for index in in_file_order:
-        row, outcome = read[index], outcomes[index]
-        record: dict[str, Any] = {"row": row[FILE_ROW]}
-        if data.instructions:
-            if data.messages:
-                conversation = row[data.messages]
-                record["prompt"] = json.dumps(conversation[:-1], ensure_ascii=False)
-                record["response"] = conversation[-1]["content"]
-            else:
-                record |= {"prompt": row[data.prompt], "response": row[data.response]}
-            if generates(spec):
-                answer = outcome.generated
-                record["generated"] = (
-                    None if answer is None else tokenizer.decode(answer, skip_special_tokens=True)
-                )
-                record["exact"] = outcome.exact
-            record |= {"loss": outcome.loss, "tokens": outcome.tokens}
-            yield record
-            continue
-        record["text"] = row[data.text]
-        if data.text_pair:
-            record["pair"] = row[data.text_pair]
-        if spec.head.type == "classification" and data.label:
-            label = int(row[data.label])
-            record |= {
-                "label": label, "label_name": named(label), "predicted": outcome.predicted,
-                "predicted_name": named(outcome.predicted), "probability": outcome.probability,
-                "correct": outcome.predicted == label,
-            }  # fmt: skip
-        else:
-            record |= {"loss": outcome.loss, "tokens": outcome.tokens}
-        yield record
 
 
 def _check_built_on_files_here(spec: AdapterSpec, ref: str) -> None:

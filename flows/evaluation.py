@@ -218,18 +218,17 @@ def _language_model(
 
 
 def _row_losses(logits: Tensor, labels: Tensor, *, causal: bool) -> list[RowOutcome]:
-    """Each row's mean cross-entropy over its scored tokens (the model's own loss, per row)."""
+    """Each row's mean cross-entropy over its scored tokens (the model's own loss, per row).
+    A row at a time: a float32 copy of a whole batch's logits over a 128k vocabulary is
+    gigabytes."""
     if causal:
         logits, labels = logits[:, :-1], labels[:, 1:]
-    losses = F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-    )
-    counts = (labels != -100).sum(1)
-    sums = losses.sum(1)
-    return [
-        RowOutcome(loss=float(total) / count if count else None, tokens=count)
-        for total, count in zip(sums.tolist(), counts.tolist(), strict=True)
-    ]
+    outcomes = []
+    for row_logits, row_labels in zip(logits, labels, strict=True):
+        count = int((row_labels != -100).sum())
+        total = F.cross_entropy(row_logits.float(), row_labels, ignore_index=-100, reduction="sum")
+        outcomes.append(RowOutcome(loss=float(total) / count if count else None, tokens=count))
+    return outcomes
 
 
 def _on_device(

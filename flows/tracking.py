@@ -276,8 +276,10 @@ class RunTracker:
         losses: list[float],
         learning_rates: list[float],
         lineage: dict[str, Any],
+        files: Sequence[Path] = (),
     ) -> str:
-        """Log metrics, lineage tags and artifacts; returns the model card's text."""
+        """Log metrics, lineage tags and artifacts (``files`` too, by their names); returns the
+        model card's text."""
         # peft_core (torch) and matplotlib load here, not at import: promote needs only the client
         from .model_card import model_card  # noqa: PLC0415
         from .plots import confusion_matrix_plot, loss_curve_plot  # noqa: PLC0415
@@ -317,6 +319,8 @@ class RunTracker:
                     title=f"{self.spec.name}: validation",
                 )
             mlflow.log_artifacts(str(folder))
+            for file in files:
+                mlflow.log_artifact(str(file))
         return card
 
     def _flush(self) -> None:

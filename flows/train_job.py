@@ -451,18 +451,21 @@ def evaluate_folder(
     members: list[str] | None = None,
     fingerprint: str | None = None,
     registry: Registry | None = None,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
-    ``members`` (exact versions) are loaded from the registry first."""
+    ``members`` (exact versions) are loaded from the registry first. ``outcomes``, when given,
+    receives each validation row's answer, in the split's order."""
     model, tokenizer = load_inference_model(spec)
     load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
     pc.set_active(model, spec.name)
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(
-        model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec)
-    )
+        model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec),
+        outcomes=outcomes,
+    )  # fmt: skip
 
 
 def _prepared_on_every_rank(

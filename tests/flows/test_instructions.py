@@ -7,6 +7,7 @@ tokenizer, given a chat template), saved to a local folder as a user's base mode
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -474,7 +475,8 @@ def test_evaluate_out_writes_each_prompt_with_its_generated_answer_and_loss(
     spec = spec.model_copy(
         update={"evaluate": spec.evaluate.model_copy(update={"metric": "exact_match"})}
     )
-    ref = build_from_spec(spec, Registry(), tmp_path / "out").ref
+    built = build_from_spec(spec, Registry(), tmp_path / "out")
+    ref = built.ref
     out = tmp_path / "answers.jsonl"
     result = evaluate_version(Registry(), ref, data=tmp_path / "train.jsonl", out=out)
 
@@ -491,6 +493,15 @@ def test_evaluate_out_writes_each_prompt_with_its_generated_answer_and_loss(
     assert sum(tokens) == result.metrics["tokens"] and min(tokens) >= 1  # each scores its answer
     weighted = sum(line["loss"] * line["tokens"] for line in lines) / sum(tokens)
     assert weighted == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
+    # the build's run keeps the same answers on its validation split (here the same file)
+    from flows import tracking
+
+    kept = tracking.client().download_artifacts(built.run_id, "validation_answers.csv")
+    with open(kept, newline="") as opened:
+        rows = list(csv.DictReader(opened))
+    assert [(int(r["row"]), r["prompt"], r["response"]) for r in rows] == expected
+    assert [r["generated"] for r in rows] == [line["generated"] for line in lines]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([line["loss"] for line in lines])
     if shape == "prompt and response":  # predict generates from the same prompts, further
         _, answers = predict(Registry(), ref, [p for p, _ in ROWS])
         for line, answer in zip(lines, answers, strict=True):

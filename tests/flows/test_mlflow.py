@@ -3,6 +3,7 @@ registration that survives MLflow being down."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from flows import tracking
 from flows.build_job import Build, build_from_spec, register_and_gate
+from flows.data import load_split
 from flows.errors import TrackingUnavailableError
 from flows.mlflow_compositions import (
     ensure_composition_versions,
@@ -93,7 +95,19 @@ class TestBuildIsTrackedAndMirrored:
             "loss_curve.png",
             "confusion_matrix.png",
             "trend.png",  # accuracy by version: where this one sits
+            "validation_answers.csv",  # each validation row beside the candidate's answer
         } <= artifacts
+        answers = Path(client.download_artifacts(second.run_id, "validation_answers.csv"))
+        with answers.open(newline="") as opened:
+            lines = list(csv.DictReader(opened))
+        validation = load_split(str(sst2_dir / "en" / "validation.tsv"))
+        assert len(lines) == 96 and [int(line["row"]) for line in lines] == sorted(
+            int(line["row"]) for line in lines
+        )
+        assert all(validation[int(line["row"])]["sentence"] == line["text"] for line in lines)
+        right = sum(line["correct"] == "true" for line in lines)
+        assert right / 96 == pytest.approx(run.data.metrics["eval_accuracy"])
+        assert set(line["predicted_name"] for line in lines) <= {"negative", "positive"}
         assert "trend.png" not in {a.path for a in client.list_artifacts(first.run_id)}  # alone
         assert {Path(a.path).name for a in client.list_artifacts(second.run_id, "adapter")} >= {
             "adapter.json",

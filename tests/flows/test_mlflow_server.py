@@ -102,6 +102,7 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
         "adapter",
         "README.md",
         "loss_curve.png",
+        "validation_answers.csv",
     }
 
     page = f"{mlflow_server.url}/#/models/{NAME}"
