@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from .answer_records import answer_records, write_answers
 from .changes_markdown import changes_since
 from .data import load_raw
 from .evaluation import RowOutcome
-from .lineage import spec_lineage
+from .lineage import dataset_fingerprint, spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
     ensure_model_version,
@@ -282,21 +283,35 @@ def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[Tr
     write_report(report)
     tracker = tracking.RunTracker(build.spec)
     with tempfile.TemporaryDirectory() as scratch, tracker.run(resume=run_id):
-        answers = Path(scratch) / "validation_answers.csv"
-        read = load_raw(build.spec, numbered=True)[1]  # the rows the cache holds as tokens
-        write_answers(
-            answers, answer_records(build.spec, load_tokenizer(build.spec), read, outcomes)
-        )
         card = tracker.finish(
             report.to_dict(),
             Path(report.output),
             losses=report.losses,
             learning_rates=report.learning_rates,
             lineage=build.lineage,
-            files=[answers],
+            files=validation_answers(build, outcomes, Path(scratch)),
         )
     (Path(report.output) / "README.md").write_text(card)
     return report, card
+
+
+def validation_answers(build: Build, outcomes: list[RowOutcome], folder: Path) -> list[Path]:
+    """``validation_answers.csv`` in ``folder``: each validation row the build scored beside
+    its answer (``outcomes``, in the split's order). The split is read again, so nothing when
+    its files changed since the build fingerprinted them (a file appended to while it trained):
+    the rows read would not be the rows scored."""
+    if dataset_fingerprint(build.spec) != build.fingerprint:
+        logging.getLogger(__name__).warning(
+            "%s: the data files changed while it was built; its run keeps no "
+            "validation_answers.csv (the rows now there are not the rows it scored)",
+            build.spec.name,
+        )
+        return []
+    answers = folder / "validation_answers.csv"
+    read = load_raw(build.spec, numbered=True)[1]  # the rows the cache holds as tokens
+    tokenizer = load_tokenizer(build.spec)  # decodes generated answers
+    write_answers(answers, answer_records(build.spec, tokenizer, read, outcomes))
+    return [answers]
 
 
 def register_and_promote(build: Build, report: TrainReport, run_id: str, card: str) -> BuildResult:

@@ -284,3 +284,33 @@ def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path,
         assert clash.returncode == 2 and f"{flag} {value!r} differs from {spec_file}'s" in (
             clash.stderr
         )
+
+
+def test_a_build_keeps_no_validation_answers_when_its_data_changed_while_it_trained(
+    embedded_home, sst2_dir, tmp_path, caplog
+):
+    """The answers file reads the split again, beside the answers scored on the cached tokens:
+    a file appended to while the build trained would put answers beside the wrong rows."""
+    from flows.build_job import start_build, validation_answers
+    from flows.evaluation import RowOutcome
+
+    for split, rows in (("train", 40), ("validation", 6)):
+        lines = (sst2_dir / "en" / f"{split}.tsv").read_text().splitlines()[: rows + 1]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    spec = minilm_sst2_spec("lora", tmp_path, steps=2, name="changing-sst2")
+    build = start_build(spec, tmp_path / "out", registry=Registry())
+    outcomes = [RowOutcome(predicted=1, probability=0.75) for _ in range(6)]
+    (kept,) = validation_answers(build, outcomes, tmp_path)
+    with kept.open(newline="") as opened:
+        lines = list(csv.DictReader(opened))
+    assert [(line["row"], line["predicted_name"]) for line in lines] == [
+        (str(row), "positive") for row in range(6)
+    ]
+
+    with (tmp_path / "validation.tsv").open("a") as appended:
+        appended.write("a late row .\t1\n")
+    kept.unlink()
+    with caplog.at_level("WARNING"):
+        assert validation_answers(build, outcomes, tmp_path) == []
+    assert not kept.exists()
+    assert "changing-sst2: the data files changed while it was built" in caplog.text
