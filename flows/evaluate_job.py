@@ -9,6 +9,7 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def _scored(
     on_phase: PhaseCallback,
 ) -> Evaluation:
     """``spec``'s metrics of the model as set up on ``rows``, recorded as an MLflow run (with
-    each row's answer, written to ``out``, as its artifact)."""
+    a classifier's confusion matrix as a plot, and each row's answer, written to ``out``, as
+    artifacts)."""
     total = len(rows.tokens)
     on_phase(f"score {total} rows")
 
@@ -239,14 +241,25 @@ def _scored(
         on_phase(f"write each row's answer to {out}")
         missed = write_answers(out, answer_records(spec, tokenizer, rows.read, outcomes))
     on_phase("record the MLflow run")
-    run_id = log_evaluation_run(
-        f"evaluate {ref} on {Path(source).name}",
-        params={"ref": ref, "data": source},
-        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        tags=tags,
-        artifacts=[out] if out is not None else [],
-    )
     names = list(spec.head.label_names or []) if spec.head.type == "classification" else []
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = [out] if out is not None else []
+        if matrix := metrics.get("confusion_matrix"):  # as a build's run shows its own
+            from .plots import confusion_matrix_plot  # noqa: PLC0415 - matplotlib, here only
+
+            artifacts.append(
+                confusion_matrix_plot(
+                    matrix, Path(scratch) / "confusion_matrix.png", labels=names or None,
+                    title=f"{ref} on {Path(source).name}",
+                )
+            )  # fmt: skip
+        run_id = log_evaluation_run(
+            f"evaluate {ref} on {Path(source).name}",
+            params={"ref": ref, "data": source},
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+            tags=tags,
+            artifacts=artifacts,
+        )
     return Evaluation(
         ref=ref, data=source, metrics=metrics, mlflow_run_id=run_id, label_names=names,
         out=str(out or ""), missed=missed,

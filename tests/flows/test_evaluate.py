@@ -74,7 +74,8 @@ def test_a_file_is_scored_as_predict_answers_its_rows(version, sst2_dir, tmp_pat
         assert line["correct"] == ("true" if answer.label == whole[row]["label"] else "false")
     assert result.missed == 40 - right and result.out == str(out)
     assert [a.path for a in tracking.client().list_artifacts(result.mlflow_run_id)] == [
-        "answers.csv"
+        "answers.csv",
+        "confusion_matrix.png",  # as a build's run shows its own
     ]
 
 
