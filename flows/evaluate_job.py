@@ -37,11 +37,7 @@ from .train_job import (
     no_phases,
 )
 
-__all__ = [
-    "Evaluation",
-    "evaluate_composition",
-    "evaluate_version",
-]
+__all__ = ["Evaluation", "evaluate_composition", "evaluate_version"]
 
 
 @dataclass
@@ -91,7 +87,7 @@ def evaluate_version(
     else:
         spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
     rows, source = _rows(
-        spec, version.ref, data, max_samples, pushed=not version.spec, read=out is not None
+        spec, version.ref, data, max_samples, pushed=not version.spec, keep_rows=out is not None
     )
     on_phase("load the base model and the adapter")
     model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
@@ -132,7 +128,7 @@ def evaluate_composition(
     spec = _reading(spec, text_column, label_column)
     pushed = not composition.evaluation and not registry.get(composition.members[-1]).spec
     rows, source = _rows(
-        spec, composition.ref, data, max_samples, pushed=pushed, read=out is not None
+        spec, composition.ref, data, max_samples, pushed=pushed, keep_rows=out is not None
     )
     on_phase("load the base model and the members")
     model, tokenizer = load_inference_model(spec)
@@ -174,12 +170,12 @@ def _rows(
     max_samples: int | None,
     *,
     pushed: bool = False,
-    read: bool = False,
+    keep_rows: bool = False,
 ) -> tuple[Rows, str]:
     """The rows to score and what they are: the file ``data``, else the spec's validation
     split (``max_samples`` of them at most). ``pushed``: the spec is the defaults a version
-    pushed without one reads (the error for a missing column says so). ``read``: the split's
-    rows as read, beside the cached tokenised ones, too (a file's are always kept)."""
+    pushed without one reads (the error for a missing column says so). ``keep_rows``: the
+    split's rows as read, beside the cached tokenised ones, too (a file's are always kept)."""
     tokenizer = load_tokenizer(spec)
     if data is not None:
         named = (
@@ -196,7 +192,7 @@ def _rows(
         spec = spec.model_copy(update={"data": limited})
     prepared, _ = prepare_cached(spec, tokenizer)
     # the cache holds tokens only; the split read again comes in the same (seeded) order
-    as_read = load_raw(spec, numbered=True)[1] if read else None
+    as_read = load_raw(spec, numbered=True)[1] if keep_rows else None
     return Rows(prepared.validation, as_read), "validation split"
 
 
