@@ -9,10 +9,11 @@
 A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
 k = 1, 4, 16, 32, 64 distinct adapters (the batch grows to k rows past 32). Four ways run the
 same batch: our ``per_row`` (entered for every call; its gather kernel, the segmented one as
-``ours_segmented`` and, on CUDA, the Triton one as ``ours_triton``), peft's ``adapter_names``,
-one adapter for every row (``set_active``: the cost to match) and the base model. Prefill: one
-forward pass over the prompts (milliseconds). Decode: ``generate`` of new tokens with the KV cache
-(tokens per second over the batch). Before timing, ours and peft must produce the same logits.
+``ours_segmented`` and, on CUDA, the Triton one as ``ours_triton`` and ``auto``'s pick for each
+phase as ``ours_auto``), peft's ``adapter_names``, one adapter for every row (``set_active``: the
+cost to match) and the base model. Prefill: one forward pass over the prompts (milliseconds).
+Decode: ``generate`` of new tokens with the KV cache (tokens per second over the batch). Before
+timing, ours and peft must produce the same logits.
 The base has random weights (speed does not depend on the values) and is built on the device.
 """
 
@@ -34,13 +35,16 @@ import peft_core as pc
 from bench.common import gpu_benchmark_device, gpu_benchmark_parser, write_result
 from bench.composition_bench import interleaved_medians
 
-# our per_row LoRA kernels: BGMV-style gather (the default), SGMV-style grouped GEMM, and
-# SGMV-style Triton kernels (CUDA only)
+# our per_row LoRA kernels: BGMV-style gather (the default), SGMV-style grouped GEMM, SGMV-style
+# Triton kernels, and auto's pick of one per phase (the last two on CUDA only: on a CPU auto is
+# gather)
 KERNELS: dict[str, pc.routing.Kernel] = {
     "ours": "gather",
     "ours_segmented": "segmented",
     "ours_triton": "triton",
+    "ours_auto": "auto",
 }
+CUDA_ONLY = ("triton", "auto")
 TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "q,v": (("q", "v"), ["q_proj", "v_proj"]),
     "all linear": (
@@ -133,7 +137,9 @@ def measure(
                   "min_new_tokens": shape.new_tokens}  # fmt: skip
         with torch.no_grad():
             peft_logits = theirs(**inputs, adapter_names=rows).logits.float()
-            kernels = {w: k for w, k in KERNELS.items() if k != "triton" or device.type == "cuda"}
+            kernels = {
+                w: k for w, k in KERNELS.items() if k not in CUDA_ONLY or device.type == "cuda"
+            }
             failures, differences = {}, {}
             for way, kernel in dict(kernels).items():
                 try:
@@ -192,8 +198,11 @@ def measure(
         row["prefill_ours_over_one_adapter"] = prefill["ours"] / prefill["one_adapter"]
         segmented = prefill.get("ours_segmented", float("nan"))
         row["prefill_segmented_over_one_adapter"] = segmented / prefill["one_adapter"]
-        if "ours_triton" in prefill:
-            row["prefill_triton_over_one_adapter"] = prefill["ours_triton"] / prefill["one_adapter"]
+        for way in ("triton", "auto"):
+            if f"ours_{way}" in prefill:
+                row[f"prefill_{way}_over_one_adapter"] = (
+                    prefill[f"ours_{way}"] / prefill["one_adapter"]
+                )
         row["prefill_peft_over_ours"] = prefill["peft"] / prefill["ours"]
         row["decode_one_adapter_over_ours"] = (
             row["decode_one_adapter_tokens_per_s"] / row["decode_ours_tokens_per_s"]
@@ -202,11 +211,13 @@ def measure(
             f"  {targets:10} {count:>2} adapters: prefill ours/one "
             f"{row['prefill_ours_over_one_adapter']:.2f}x (segmented "
             f"{row['prefill_segmented_over_one_adapter']:.2f}x, triton "
-            f"{row.get('prefill_triton_over_one_adapter', float('nan')):.2f}x), peft/ours "
+            f"{row.get('prefill_triton_over_one_adapter', float('nan')):.2f}x, auto "
+            f"{row.get('prefill_auto_over_one_adapter', float('nan')):.2f}x), peft/ours "
             f"{row['prefill_peft_over_ours']:.2f}x; decode ours "
             f"{row['decode_ours_tokens_per_s']:.0f} tok/s (segmented "
             f"{row.get('decode_ours_segmented_tokens_per_s', float('nan')):.0f}, triton "
-            f"{row.get('decode_ours_triton_tokens_per_s', float('nan')):.0f}), peft "
+            f"{row.get('decode_ours_triton_tokens_per_s', float('nan')):.0f}, auto "
+            f"{row.get('decode_ours_auto_tokens_per_s', float('nan')):.0f}), peft "
             f"{row['decode_peft_tokens_per_s']:.0f}, one adapter "
             f"{row['decode_one_adapter_tokens_per_s']:.0f}",
             flush=True,

@@ -480,8 +480,9 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
         return f"{value:.2f}x" if value is not None else "-"
 
     ways = {"ours": "per_row gather", "ours_segmented": "per_row segmented"}
-    if any("prefill_ours_triton_ms" in r for r in data["rows"]):  # measured on a GPU only
-        ways["ours_triton"] = "per_row triton"
+    for way in ("triton", "auto"):  # measured on a GPU only
+        if any(f"prefill_ours_{way}_ms" in r for r in data["rows"]):
+            ways[f"ours_{way}"] = f"per_row {way}"
     ways["peft"] = "peft"
     rows = [
         [
@@ -493,11 +494,15 @@ def multi_lora_section(data: dict[str, Any], plots: Path) -> str:
         for r in data["rows"]
     ]
     picture = "multi_lora_cpu.png" if data["device"] == "cpu" else "multi_lora.png"
+    # a way keeps its colour in every plot
+    colors = {"ours": "C0", "ours_segmented": "C1", "ours_triton": "C2", "ours_auto": "C4"}
+    colors["peft"] = "C3"
     figure, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True)
     for axis, phase in zip(axes, ("prefill", "decode"), strict=True):
         for targets, style in (("q,v", "--"), ("all linear", "-")):
             part = [r for r in data["rows"] if r["targets"] == targets]
-            for (way, label), color in zip(ways.items(), ("C0", "C1", "C2", "C3"), strict=False):
+            for way, label in ways.items():
+                color = colors[way]
                 points = [(r["distinct_adapters"], cost(r, phase, way)) for r in part]
                 points = [(x, y) for x, y in points if y is not None]
                 if points:

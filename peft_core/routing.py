@@ -18,6 +18,8 @@ Routing is for inference: dropout is not applied, and merged adapters are refuse
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +37,7 @@ from .state import adapter_layers, get_record, head_switches
 __all__ = [
     "KERNELS",
     "Kernel",
+    "auto_kernel",
     "install_routing",
     "per_row",
     "remap_slots",
@@ -58,12 +61,13 @@ def per_row(
 
     ``kernel`` picks how LoRA layers compute: ``gather`` (BGMV-style: each row gathers its own
     weights, two batched products) or ``segmented`` (SGMV-style: rows sorted by adapter, one
-    grouped product per adapter, ``torch._grouped_mm``; in half precision on CUDA), or ``auto``:
-    ``segmented`` for a prefill in half precision on CUDA, ``gather`` otherwise (decoding, CPU,
-    float32), as each won on an H200. ``triton`` (CUDA): SGMV-style shrink and expand in Triton
-    (:mod:`peft_core.lora_triton`) with float32 weights and intermediate, rows left in place.
-    They give the same outputs, to half precision's rounding. Layers of other methods (and
-    DoRA) route with ``gather`` under every kernel.
+    grouped product per adapter, ``torch._grouped_mm``; in half precision on CUDA), ``triton``
+    (CUDA): SGMV-style shrink and expand in Triton (:mod:`peft_core.lora_triton`) with float32
+    weights and intermediate, rows left in place, or ``auto``: for a prefill in half precision on
+    CUDA ``triton`` (``segmented`` without Triton or on a GPU older than Ampere), ``gather``
+    otherwise (decoding, CPU, float32), as each won on an H200 (:func:`auto_kernel`). They give
+    the same outputs, to half precision's rounding. Layers of other methods (and DoRA) route
+    with ``gather`` under every kernel.
     """
     install_routing(model, rows, kernel=kernel)
     try:
@@ -189,28 +193,56 @@ def _plan(
 
 
 def segmented_wins(x: Tensor) -> bool:
-    """``auto``'s rule for a LoRA layer's input ``x``: the grouped GEMM for a prefill (more than
-    one token a row) in half precision on CUDA. On an H200 (``bench.multi_lora_bench``) it cost
-    1.08-1.14x one adapter where gather cost 1.12-1.39x for 4-64 distinct adapters in a prefill;
-    in decoding gather stayed at 0.9-1.0x where it rose to 1.2-2.5x, and on a CPU gather won."""
+    """Whether ``auto`` leaves gather for a LoRA layer's input ``x``: a prefill (more than one
+    token a row) in half precision on CUDA. On an H200 (``bench.multi_lora_bench``) gather cost
+    1.12-1.42x one adapter in such a prefill with 4-64 distinct adapters; in decoding gather
+    stayed at 0.8-1.05x where the segmented kernels rose to 1.2-2.5x, and on a CPU gather won."""
     tokens_per_row = x.numel() // max(1, x.shape[0] * x.shape[-1])
     return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and tokens_per_row > 1
 
 
-class _ByPhase:
-    """``auto``'s step: ``segmented`` or ``batched`` (gather) by :func:`segmented_wins`, each
-    prepared when first needed (``generate`` runs one prefill, then many decoding steps)."""
+def auto_kernel(x: Tensor, *, triton_ready: bool) -> Literal["gather", "segmented", "triton"]:
+    """``auto``'s kernel for a LoRA layer's input ``x``: where :func:`segmented_wins`, Triton's
+    (``triton_ready``: see :func:`triton_runs_on`) or else the grouped GEMM; gather elsewhere.
+    On an H200 (bf16, every linear layer adapted, 32 rows of 256 tokens) a prefill with 4, 16
+    and 32 distinct adapters cost 0.74x, 1.00x and 0.99x one adapter through Triton, 1.17x,
+    1.50x and 1.27x through the grouped GEMM."""
+    if not segmented_wins(x):
+        return "gather"
+    return "triton" if triton_ready else "segmented"
 
-    def __init__(self, kind: type, members: list[nn.Module], index: Tensor) -> None:
-        self.kind, self.members, self.index = kind, members, index
-        self.steps: dict[bool, Step] = {}
+
+@functools.cache
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether ``auto`` may use the Triton kernel on ``device``: a CUDA GPU of compute
+    capability 8.0 or later (Ampere: its float32 products run in TF32 there, and they were
+    measured on Hopper) with the triton package importable."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
+class _ByPhase:
+    """``auto``'s step: gather, segmented or Triton by :func:`auto_kernel`, each prepared when
+    first needed (``generate`` runs one prefill, then many decoding steps)."""
+
+    def __init__(
+        self, kind: type, members: list[nn.Module], local: list[int], index: Tensor, triton: bool
+    ) -> None:
+        self.kind, self.members, self.local, self.index = kind, members, local, index
+        self.triton_ready = triton and triton_runs_on(index.device)
+        self.steps: dict[str, Step] = {}
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        segmented = segmented_wins(x)
-        if segmented not in self.steps:
-            build = self.kind.segmented if segmented else self.kind.batched  # type: ignore[attr-defined]
-            self.steps[segmented] = build(self.members, self.index)
-        return self.steps[segmented](x, y)
+        kernel = auto_kernel(x, triton_ready=self.triton_ready)
+        if kernel not in self.steps:
+            routes: Any = self.kind
+            if kernel == "triton":
+                self.steps[kernel] = routes.triton(self.members, self.local, self.index.device)
+            else:
+                build = routes.segmented if kernel == "segmented" else routes.batched
+                self.steps[kernel] = build(self.members, self.index)
+        return self.steps[kernel](x, y)
 
 
 def _kernel_step(
@@ -226,7 +258,8 @@ def _kernel_step(
     if kernel == "segmented" and _owner(kind, "segmented") is own:
         return routes.segmented(members, index_of(local))
     if kernel == "auto" and _owner(kind, "segmented") is own:
-        return _ByPhase(kind, members, index_of(local))
+        has_triton = _owner(kind, "triton") is own
+        return _ByPhase(kind, members, local, index_of(local), has_triton)
     return routes.batched(members, index_of(local))
 
 

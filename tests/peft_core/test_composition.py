@@ -311,25 +311,30 @@ class TestPerRow:
         ):
             pass
 
-    def test_auto_takes_the_grouped_gemm_only_for_a_half_precision_prefill_on_cuda(
+    def test_auto_takes_triton_or_the_grouped_gemm_only_for_a_half_precision_prefill_on_cuda(
         self, tiny_model
     ):
-        """The rule on fake CUDA tensors (shapes and devices, no GPU needed), then ``auto`` on
-        this CPU: gather's outputs, bit for bit."""
+        """The rule on fake CUDA tensors (shapes and devices, no GPU needed): Triton where it
+        runs, else the grouped GEMM, for a half-precision prefill on CUDA; gather elsewhere.
+        Then ``auto`` on this CPU: gather's outputs, bit for bit."""
         with FakeTensorMode():
             shapes = {"prefill": (4, 9, 16), "decode": (4, 1, 16), "flat": (36, 16)}
-            wins = {
-                (where, dtype, phase): pc.routing.segmented_wins(
-                    torch.empty(shape, device=where, dtype=dtype)
+            picks = {
+                (where, dtype, phase, ready): pc.routing.auto_kernel(
+                    torch.empty(shape, device=where, dtype=dtype), triton_ready=ready
                 )
                 for where in ("cuda", "cpu")
                 for dtype in (torch.bfloat16, torch.float16, torch.float32)
                 for phase, shape in shapes.items()
+                for ready in (True, False)
             }
-        assert [k for k, won in wins.items() if won] == [
-            ("cuda", torch.bfloat16, "prefill"),
-            ("cuda", torch.float16, "prefill"),
-        ]
+        assert {k: kernel for k, kernel in picks.items() if kernel != "gather"} == {
+            ("cuda", torch.bfloat16, "prefill", True): "triton",
+            ("cuda", torch.bfloat16, "prefill", False): "segmented",
+            ("cuda", torch.float16, "prefill", True): "triton",
+            ("cuda", torch.float16, "prefill", False): "segmented",
+        }
+        assert not pc.routing.triton_runs_on(torch.device("cpu"))
         model = with_adapters(tiny_model("llama", "causal-lm"), {"a": pc.LoRA(), "b": pc.LoRA()})
         rows = ["a", "b", None, "b"]
         inputs = batch(model, rows=4)
