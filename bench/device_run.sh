@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # What only a GPU can show, on a lent GPU machine (the session's `device` tool; see
 # /work/.library/device/README.md). The 15 minutes of device time include the machine's start,
-# so the calls go in order of what the open issues need (#14's multi_lora rows on every linear
-# layer: the H200 run of 2026-11-30 measured q,v and one all-linear row only):
-#   1. ARGS_multi_lora='--targets "all linear" --counts 4,16,32,64' \
-#          bash bench/device_run.sh tests multi_lora:420 packing:60
-#      carry [".whl-train"], timeout_s 560      (the rows join those already in
-#                                               bench/results/multi_lora.json; tests/device
-#                                               compiles per_row's Triton kernel first, and
-#                                               each row times it as ours_triton)
-#   1b. if time is left: ARGS_multi_lora='--targets q,v --counts 1,32' \
-#          bash bench/device_run.sh multi_lora:200   (the Triton kernel on q,v rows too)
+# so the calls go in order of what the open issues need (#14: the H200 runs of 2026-11-30 and
+# 2026-12-04 measured every q,v row and the all-linear rows up to 32 adapters, Triton on the
+# all-linear ones; left are `auto`'s own timing, 64 all-linear adapters and Triton on q,v):
+#   1. ARGS_multi_lora='--targets "all linear" --targets q,v --counts 32,64 --prefill-only' \
+#          bash bench/device_run.sh tests multi_lora:400
+#      carry [".whl-train"], timeout_s 520      (the rows join those already in
+#                                               bench/results/multi_lora.json, keeping their
+#                                               decode numbers; tests/device compiles per_row's
+#                                               Triton kernel first and checks auto picks it;
+#                                               each row times it as ours_triton, auto as
+#                                               ours_auto)
+#   1b. if time is left: ARGS_multi_lora='--targets "all linear" --counts 4,32' \
+#          bash bench/device_run.sh multi_lora:300   (auto's decoding, beside gather's)
 #   2. with the time left (`status`, 4 minutes to start a machine): bash bench/device_run.sh gpu
 #      carry [".whl"]                           (gpu_bench again, after changes to training)
 #   3. bash bench/device_run.sh lora_init      (PiSSA/OLoRA starts on 7B-shaped layers, ~2 min)

@@ -5,6 +5,9 @@
     python -m bench.multi_lora_bench --quick    # tiny shapes (any device; CI runs it on a CPU)
     python -m bench.multi_lora_bench --targets "all linear" --counts 1,32   # some rows only,
                                                 # added to those measured before on this GPU
+    python -m bench.multi_lora_bench --prefill-only   # no decoding (peft's takes minutes a row
+                                                # with many adapters); a row measured before
+                                                # keeps its decode numbers
 
 A batch of rows where row i uses LoRA ``i mod k`` (r=16, on q, v or on every linear layer), for
 k = 1, 4, 16, 32, 64 distinct adapters (the batch grows to k rows past 32). Four ways run the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -122,9 +126,10 @@ def routed(
 
 
 def measure(
-    shape: Shape, device: torch.device, dtype: torch.dtype, targets: str
+    shape: Shape, device: torch.device, dtype: torch.dtype, targets: str, *, decode: bool = True
 ) -> Iterator[dict[str, Any]]:
-    """One row per count of distinct adapters, as each is measured."""
+    """One row per count of distinct adapters, as each is measured (``decode``: generation's
+    throughput too)."""
     base = build(shape, device, dtype)
     for count in shape.counts:
         rows_n = max(shape.rows, count)
@@ -133,8 +138,8 @@ def measure(
         generator = torch.Generator().manual_seed(2)
         ids = torch.randint(1, shape.vocab, (rows_n, shape.prompt), generator=generator)
         inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
-        decode = {**inputs, "max_new_tokens": shape.new_tokens, "do_sample": False,
-                  "min_new_tokens": shape.new_tokens}  # fmt: skip
+        generation = {**inputs, "max_new_tokens": shape.new_tokens, "do_sample": False,
+                      "min_new_tokens": shape.new_tokens}  # fmt: skip
         with torch.no_grad():
             peft_logits = theirs(**inputs, adapter_names=rows).logits.float()
             kernels = {
@@ -177,15 +182,19 @@ def measure(
             )
             generating = {
                 **{
-                    way: functools.partial(routed, ours, rows, ours.generate, kernel, **decode)
+                    way: functools.partial(routed, ours, rows, ours.generate, kernel, **generation)
                     for way, kernel in kernels.items()
                 },
-                "peft": functools.partial(theirs.generate, **decode, adapter_names=rows),
-                "one_adapter": functools.partial(single.generate, **decode),
-                "base": functools.partial(base.generate, **decode),
+                "peft": functools.partial(theirs.generate, **generation, adapter_names=rows),
+                "one_adapter": functools.partial(single.generate, **generation),
+                "base": functools.partial(base.generate, **generation),
             }
-            seconds = interleaved_medians(
-                [synced(f, device) for f in generating.values()], repeats=shape.repeats
+            seconds = (
+                interleaved_medians(
+                    [synced(f, device) for f in generating.values()], repeats=shape.repeats
+                )
+                if decode
+                else []
             )
         tokens = rows_n * shape.new_tokens
         row: dict[str, Any] = {"targets": targets, "distinct_adapters": count, "rows": rows_n}
@@ -193,37 +202,54 @@ def measure(
         row |= {f"{way}_max_logit_difference_from_peft": d for way, d in differences.items()}
         for key, value in prefill.items():
             row[f"prefill_{key}_ms"] = 1000 * value
-        for key, value in zip(generating, seconds, strict=True):
+        for key, value in zip(generating, seconds, strict=False):  # none: prefill only
             row[f"decode_{key}_tokens_per_s"] = tokens / value
-        row["prefill_ours_over_one_adapter"] = prefill["ours"] / prefill["one_adapter"]
-        segmented = prefill.get("ours_segmented", float("nan"))
-        row["prefill_segmented_over_one_adapter"] = segmented / prefill["one_adapter"]
-        for way in ("triton", "auto"):
-            if f"ours_{way}" in prefill:
-                row[f"prefill_{way}_over_one_adapter"] = (
-                    prefill[f"ours_{way}"] / prefill["one_adapter"]
-                )
-        row["prefill_peft_over_ours"] = prefill["peft"] / prefill["ours"]
-        row["decode_one_adapter_over_ours"] = (
-            row["decode_one_adapter_tokens_per_s"] / row["decode_ours_tokens_per_s"]
-        )
-        print(
-            f"  {targets:10} {count:>2} adapters: prefill ours/one "
-            f"{row['prefill_ours_over_one_adapter']:.2f}x (segmented "
-            f"{row['prefill_segmented_over_one_adapter']:.2f}x, triton "
-            f"{row.get('prefill_triton_over_one_adapter', float('nan')):.2f}x, auto "
-            f"{row.get('prefill_auto_over_one_adapter', float('nan')):.2f}x), peft/ours "
-            f"{row['prefill_peft_over_ours']:.2f}x; decode ours "
-            f"{row['decode_ours_tokens_per_s']:.0f} tok/s (segmented "
-            f"{row.get('decode_ours_segmented_tokens_per_s', float('nan')):.0f}, triton "
-            f"{row.get('decode_ours_triton_tokens_per_s', float('nan')):.0f}, auto "
-            f"{row.get('decode_ours_auto_tokens_per_s', float('nan')):.0f}), peft "
-            f"{row['decode_peft_tokens_per_s']:.0f}, one adapter "
-            f"{row['decode_one_adapter_tokens_per_s']:.0f}",
-            flush=True,
-        )
+        row |= ratios(row)
+        print(f"  {targets:10} {count:>2} adapters: {summary(row)}", flush=True)
         del ours, theirs, single
         yield row
+
+
+def ratios(row: dict[str, Any]) -> dict[str, float]:
+    """The row's headline ratios: each kernel's prefill over one adapter's, peft's over ours,
+    and (when decoding was measured) one adapter's throughput over ours."""
+    one = row["prefill_one_adapter_ms"]
+    found = {
+        "prefill_ours_over_one_adapter": row["prefill_ours_ms"] / one,
+        "prefill_segmented_over_one_adapter": row.get("prefill_ours_segmented_ms", math.nan) / one,
+        **{
+            f"prefill_{way}_over_one_adapter": row[f"prefill_ours_{way}_ms"] / one
+            for way in ("triton", "auto")
+            if f"prefill_ours_{way}_ms" in row
+        },
+        "prefill_peft_over_ours": row["prefill_peft_ms"] / row["prefill_ours_ms"],
+    }
+    if "decode_ours_tokens_per_s" in row:
+        found["decode_one_adapter_over_ours"] = (
+            row["decode_one_adapter_tokens_per_s"] / row["decode_ours_tokens_per_s"]
+        )
+    return found
+
+
+def summary(row: dict[str, Any]) -> str:
+    """One measured row as a line of the log: prefill cost over one adapter's, decode tok/s."""
+    ways = {"ours": "gather", "ours_segmented": "segmented", "ours_triton": "triton",
+            "ours_auto": "auto"}  # fmt: skip
+    one = row["prefill_one_adapter_ms"]
+    prefill = ", ".join(
+        f"{label} {row[f'prefill_{way}_ms'] / one:.2f}x"
+        for way, label in ways.items()
+        if f"prefill_{way}_ms" in row
+    )
+    line = f"prefill over one adapter: {prefill}, peft {row['prefill_peft_ms'] / one:.2f}x"
+    if "decode_ours_tokens_per_s" in row:
+        speeds = {**ways, "peft": "peft", "one_adapter": "one adapter"}
+        line += "; decode tok/s: " + ", ".join(
+            f"{label} {row[f'decode_{way}_tokens_per_s']:.0f}"
+            for way, label in speeds.items()
+            if f"decode_{way}_tokens_per_s" in row
+        )
+    return line
 
 
 def synced(function: Any, device: torch.device) -> Any:
@@ -248,6 +274,8 @@ def main() -> None:
     )
     parser.add_argument("--counts", type=lambda text: [int(n) for n in text.split(",")],
                         help="only these counts of distinct adapters, e.g. 1,32")  # fmt: skip
+    parser.add_argument("--prefill-only", action="store_true",
+                        help="no decoding; rows measured before keep theirs")  # fmt: skip
     args = parser.parse_args()
     device, quick = gpu_benchmark_device(args, "~0.9B", cpu_shapes=True)
     cuda = device.type == "cuda"
@@ -262,10 +290,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def save(complete: bool) -> Any:  # after every row: a run cut short keeps what it measured
-        measured = {(r["targets"], r["distinct_adapters"]) for r in rows}
-        kept = [r for r in earlier if (r["targets"], r["distinct_adapters"]) not in measured]
-        every = sorted(kept + rows, key=lambda r: (list(TARGETS).index(r["targets"]),
-                                                     r["distinct_adapters"]))  # fmt: skip
+        every = merged_rows(earlier, rows)
         wanted = {(t, c) for t in TARGETS for c in full.counts}
         done = complete and wanted <= {(r["targets"], r["distinct_adapters"]) for r in every}
         return write_result(
@@ -275,10 +300,24 @@ def main() -> None:
         )  # fmt: skip
 
     for targets in args.targets or TARGETS:
-        for row in measure(shape, device, dtype, targets):
+        for row in measure(shape, device, dtype, targets, decode=not args.prefill_only):
             rows.append(row)
             save(complete=False)
     print(f"wrote {save(complete=True)}")
+
+
+def merged_rows(earlier: list[Any], rows: list[dict[str, Any]]) -> list[Any]:
+    """``rows`` measured now over ``earlier``'s, in table order: a row measured again takes the
+    new numbers, and keeps its earlier decode numbers if this run measured none
+    (``--prefill-only``)."""
+    merged = {(r["targets"], r["distinct_adapters"]): r for r in earlier}
+    for row in rows:
+        key = (row["targets"], row["distinct_adapters"])
+        before = merged.get(key, {})
+        kept = {k: v for k, v in before.items() if k.startswith("decode_")}
+        merged[key] = row if "decode_ours_tokens_per_s" in row else {**kept, **row}
+    return sorted(merged.values(), key=lambda r: (list(TARGETS).index(r["targets"]),
+                                                  r["distinct_adapters"]))  # fmt: skip
 
 
 def earlier_rows(path: Path, device_name: str, shape: Shape, dtype: torch.dtype) -> list[Any]:

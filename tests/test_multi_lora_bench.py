@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from bench.multi_lora_bench import FULL, earlier_rows
+from bench.multi_lora_bench import FULL, earlier_rows, merged_rows
 from tests.helpers import run_quick_bench
 
 
@@ -36,3 +36,20 @@ def test_a_partial_run_keeps_only_rows_measured_on_the_same_gpu_and_shape(tmp_pa
     assert earlier_rows(path, "NVIDIA H200", replace(FULL, prompt=512), torch.bfloat16) == []
     assert earlier_rows(path, "NVIDIA H200", FULL, torch.float16) == []
     assert earlier_rows(tmp_path / "absent.json", "NVIDIA H200", FULL, torch.bfloat16) == []
+
+
+def test_a_prefill_only_run_keeps_the_decode_numbers_measured_before():
+    earlier = [
+        {"targets": "all linear", "distinct_adapters": 32, "prefill_ours_ms": 96.5,
+         "decode_ours_tokens_per_s": 944.0, "decode_one_adapter_over_ours": 0.84},
+        {"targets": "q,v", "distinct_adapters": 4, "prefill_ours_ms": 48.0},
+    ]  # fmt: skip
+    prefill_only = {"targets": "all linear", "distinct_adapters": 32, "prefill_ours_ms": 95.0}
+    new = {"targets": "all linear", "distinct_adapters": 64, "prefill_ours_ms": 120.0}
+    assert merged_rows(earlier, [new, prefill_only]) == [
+        earlier[1],
+        {**prefill_only, "decode_ours_tokens_per_s": 944.0, "decode_one_adapter_over_ours": 0.84},
+        new,
+    ]
+    measured_again = {**prefill_only, "decode_ours_tokens_per_s": 900.0}
+    assert merged_rows(earlier, [measured_again]) == [earlier[1], measured_again]
