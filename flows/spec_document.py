@@ -14,13 +14,18 @@ __all__ = ["MAX_SPEC_BYTES", "SpecError", "apply_overrides", "read_spec_document
 
 
 class SpecError(Exception):
-    """A spec file is unreadable or invalid; ``problems`` lists ``(path, message)`` pairs."""
+    """A spec file is unreadable or invalid; ``problems`` lists ``(path, message)`` pairs (a
+    path in parentheses, ``(file)``, ``(yaml)`` or ``(top)``, is about the whole file: the
+    message names no field then)."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         # one line whatever the problems say: logs and people read an error whole
         self.problems = [(path, " ".join(str(message).split())) for path, message in problems]
-        listed = "; ".join(f"{path}: {message}" for path, message in self.problems)
+        listed = "; ".join(
+            message if path.startswith("(") else f"{path}: {message}"
+            for path, message in self.problems
+        )
         count = f"{len(problems)} problems: " if len(problems) > 1 else ""
         super().__init__(f"{source}: {count}{listed}")
 

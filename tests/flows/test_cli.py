@@ -536,8 +536,7 @@ class TestBasics:
             # a file that is not YAML, an override written wrong: read before torch (5 s)
             (
                 ("train", "notes.yaml"),
-                "notes.yaml: (yaml): not YAML at line 2, column 11: mapping values are not "
-                "allowed here",
+                "notes.yaml: not YAML at line 2, column 11: mapping values are not allowed here",
             ),
             (
                 ("build", str(EXAMPLE), "--set", "novalue"),
