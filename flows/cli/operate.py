@@ -171,9 +171,14 @@ def run_predict(
 def check_out(out: Path | None, force: bool) -> None:
     """predict's ``--out`` file, checked before the registry opens (``--force`` alone is a
     slip: it replaces nothing without ``--out``)."""
+    refuse_force_without_out(out, force)
     if out is not None:
         check_predictions_path(out, replace=force)
-    elif force:
+
+
+def refuse_force_without_out(out: Path | None, force: bool) -> None:
+    """``--force`` alone is a slip: it replaces the ``--out`` file, and there is none."""
+    if force and out is None:
         raise DataError("--force replaces the --out file: give --out FILE too")
 
 
@@ -277,8 +282,7 @@ def check_evaluation_arguments(
     force: bool,
 ) -> None:
     """evaluate's data and ``--out`` file, before torch loads (``--force`` alone is a slip)."""
-    if force and out is None:
-        raise DataError("--force replaces the --out file: give --out FILE too")
+    refuse_force_without_out(out, force)
     check_scoring_sources(data, text_column, label_column, out=out, replace=force)
 
 
