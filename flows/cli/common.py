@@ -397,16 +397,13 @@ def refuse_a_version(
         raise DataError(f"{command} takes {takes} name, not a version ({ref!r}): {hint}")
 
 
-def check_adapter_name(
-    registry: rg.Registry,
-    name: str,
-    command: str,
-    *,
-    instead: Callable[[str], str] | None = None,
-) -> None:
-    """``ls NAME``, ``trend NAME``, ``unalias NAME ALIAS``: a name with versions, or one line
-    (``a@3``: that is ``show``'s) that names ``command`` and what to write instead (``instead``
-    of the adapter's name; by default, ``show`` and ``command`` alone)."""
+def registry_with_adapter(
+    name: str, command: str, *, instead: Callable[[str], str] | None = None
+) -> rg.Registry:
+    """``ls NAME``, ``trend NAME``, ``unalias NAME ALIAS``: the registry, where ``name`` has
+    versions, or one line: ``a@3`` (that is ``show``'s; said before the registry opens) names
+    ``command`` and what to write instead (``instead`` of the adapter's name; by default,
+    ``show`` and ``command`` alone)."""
     across = "lists them all" if command == "ls" else "draws its metric across them all"
     refuse_a_version(
         name,
@@ -419,7 +416,9 @@ def check_adapter_name(
             )
         ),
     )
+    registry = open_registry()
     registry.get(name)  # no such adapter: one line, with similar names
+    return registry
 
 
 @contextmanager

@@ -25,7 +25,6 @@ from .common import (
     JsonOption,
     MetricOption,
     byte_progress,
-    check_adapter_name,
     checkable_before_mlflow,
     console,
     counting,
@@ -41,6 +40,7 @@ from .common import (
     print_columns,
     quiet_libraries,
     registry_now_or_once_done,
+    registry_with_adapter,
     require_known,
     require_spec_file,
     telling_a_new_registry,
@@ -182,9 +182,7 @@ def list_versions(
     """List versions (by name and version, or best first with --order-by), of one adapter or
     all, filtered by base model, task, language, method or alias."""
     with user_errors(as_json):
-        registry = open_registry()
-        if name is not None:
-            check_adapter_name(registry, name, "ls")
+        registry = open_registry() if name is None else registry_with_adapter(name, "ls")
         versions = registry.find(
             name=name,
             base_model=base_model,
@@ -381,9 +379,7 @@ def unalias(
 ) -> None:
     """Take an alias off an adapter, in MLflow first (then its version may be deleted)."""
     with user_errors(as_json):
-        registry = open_registry()
-        check_adapter_name(  # before MLflow loads
-            registry,
+        registry = registry_with_adapter(  # before MLflow loads
             adapter,
             "unalias",
             instead=lambda bare: (

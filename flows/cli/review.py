@@ -18,11 +18,11 @@ from ..errors import DataError
 from ..out_files import check_out_file
 from .common import (
     JsonOption,
-    check_adapter_name,
     console,
     emit_json,
     open_registry,
     print_columns,
+    registry_with_adapter,
     require_spec_file,
     user_errors,
 )
@@ -124,8 +124,7 @@ def trend(
     with user_errors(as_json):
         if out is not None:
             check_plot_path(out)
-        registry = open_registry()
-        check_adapter_name(registry, name, "trend")
+        registry = registry_with_adapter(name, "trend")
         from ..trend import metric_trend  # noqa: PLC0415
 
         found = metric_trend(registry.find(name=name), metric)

@@ -848,6 +848,10 @@ def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
         assert (result.returncode, result.stderr) == (2, missing), args
     listed = run_cli("ls", "--json", env=env)
     assert listed.returncode == 2 and json.loads(listed.stdout)["kind"] == "NoRegistryError"
+    # a version where a name goes is the slip to tell of, registry or not
+    for command in ("ls", "trend", "unalias"):
+        result = run_cli(command, "x@2", *(["champion"] if command == "unalias" else []), env=env)
+        assert result.stderr.startswith(f"error: {command} takes an adapter name, not a version")
     assert not home.exists()
 
 
