@@ -19,7 +19,7 @@ from .models import base_config
 if TYPE_CHECKING:
     from .spec import AdapterSpec, PlanSpec
 
-__all__ = ["check_step_fits", "plan_spec", "plan_step", "planned_precision"]
+__all__ = ["check_max_length", "check_step_fits", "plan_spec", "plan_step", "planned_precision"]
 
 # The estimate's own error: on an H200 it was 1.1-1.6% under the measured peak with gradient
 # checkpointing and 3.2-3.3% over without (bench/gpu_bench.py). A step this close is let through
@@ -41,6 +41,19 @@ def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
     return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(
         str(spec.load.torch_dtype()), "fp32"
     )
+
+
+def check_max_length(spec: AdapterSpec | PlanSpec) -> None:
+    """A base with learned position embeddings takes at most that many tokens: a longer
+    ``train.max_length`` would fail mid-training on the first long text (and in ``plan``'s
+    step), with a shape error."""
+    limit = pc.position_limit(pc.build_on_meta(base_config(spec), spec.head.type))
+    if limit is not None and spec.train.max_length > limit:
+        raise DataError(
+            f"train.max_length {spec.train.max_length} is more than the {limit} token positions "
+            f"{spec.base_model} has (its position embeddings are learned): set train.max_length "
+            f"to {limit} or less"
+        )
 
 
 def plan_step(spec: AdapterSpec | PlanSpec, processes: int = 1) -> pc.StepMemory | None:

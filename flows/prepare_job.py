@@ -29,6 +29,7 @@ from .inference_placement import place_for_inference
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
 from .models import base_config, resolve_base_model
+from .planning import check_max_length
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def check_inputs(
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
-    _check_max_length(spec)
+    check_max_length(spec)
     _check_processes(spec)
     _check_attention(spec)
     load_raw(spec)
@@ -189,18 +190,6 @@ def _check_method_fits(spec: AdapterSpec) -> None:
         pc.quantize.quantization_config(skeleton, quantization)
         if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
             pc.check_shardable(skeleton, quantization, _processes(spec))
-
-
-def _check_max_length(spec: AdapterSpec) -> None:
-    """A base with learned position embeddings takes at most that many tokens: a longer
-    ``train.max_length`` would fail mid-training on the first long text, with a shape error."""
-    limit = pc.position_limit(pc.build_on_meta(base_config(spec), spec.head.type))
-    if limit is not None and spec.train.max_length > limit:
-        raise DataError(
-            f"train.max_length {spec.train.max_length} is more than the {limit} token positions "
-            f"{spec.base_model} has (its position embeddings are learned): set train.max_length "
-            f"to {limit} or less"
-        )
 
 
 def _processes(spec: AdapterSpec) -> int:

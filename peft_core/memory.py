@@ -40,10 +40,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import PretrainedConfig
 
 from .config import MethodConfig
-from .errors import NotEstimableError
+from .errors import ConfigError, NotEstimableError
 from .heads import HeadKind
 from .inject import add_adapter
 from .plan import build_on_meta
+from .positions import position_limit
 from .quantize import Quantization, stored_bytes
 from .sharding import GatheringReplay, check_shardable, sharded_weight_bytes
 from .training import (
@@ -202,6 +203,12 @@ def estimate_step_memory(
         config.pad_token_id = 0  # a classifier finds each row's last token by it
     kernel = "eager" if attention == "eager" else None  # the others: memory as sdpa's
     model = build_on_meta(config, head, dtype=dtype, attention=kernel)  # as plan builds it
+    limit = position_limit(model)
+    if limit is not None and sequence_length > limit:  # a shape error inside the fake step
+        raise ConfigError(
+            f"sequence_length {sequence_length} is more than the {limit} token positions this "
+            f"model has (its position embeddings are learned): give {limit} or less"
+        )
     check_shardable(model, quantization, processes)  # the base's layers, before adapters wrap them
     add_adapter(model, "estimate", method)
     trainable_bytes = sum(p.nbytes for p in model.parameters() if p.requires_grad)

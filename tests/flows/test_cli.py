@@ -932,6 +932,18 @@ class TestMethods:
         # 6 layers x (key 384 + value 384 + FFN input 1536) + the classifier (384 x 2 + 2)
         assert json.loads(result.stdout)["trainable_params"] == 6 * (384 + 384 + 1536) + 770
 
+    def test_a_step_longer_than_the_bases_positions_is_one_line(self):
+        """It was a fake-tensor shape error with two tracebacks (torch logged one) and exit 1."""
+        result = adapterops("plan", str(EXAMPLE), "--set", "train.max_length=100000")
+        assert (result.returncode, result.stderr.strip().splitlines()) == (2, [
+            "error: train.max_length 100000 is more than the 512 token positions "
+            "sentence-transformers/all-MiniLM-L6-v2 has (its position embeddings are learned): "
+            "set train.max_length to 512 or less"
+        ])  # fmt: skip
+        without_step = adapterops("plan", str(EXAMPLE), "--set", "train.max_length=100000",
+                                  "--no-step", "--json")  # fmt: skip
+        assert json.loads(without_step.stdout)["trainable_params"] == 74_498
+
     def test_any_peft_method_plans_from_a_spec(self, tmp_path):
         document = example_document()
         document["method"] = {

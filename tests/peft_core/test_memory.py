@@ -95,6 +95,11 @@ def test_a_classifier_is_estimated_too():
         ({"batch_size": "8"}, "batch_size must be a whole number of at least 1, got '8'"),
         ({"sequence_length": 0}, "sequence_length must be a whole number of at least 1, got 0"),
         ({"processes": 0}, "processes must be a whole number of at least 1, got 0"),
+        (  # was a shape error from inside the fake step, with a logged traceback
+            {"sequence_length": 513},
+            "sequence_length 513 is more than the 512 token positions this model has (its "
+            "position embeddings are learned): give 512 or less",
+        ),
     ]:
         with pytest.raises(pc.ConfigError) as raised:
             pc.estimate_step_memory(
