@@ -113,7 +113,7 @@ def classifier_size(folder: Path, modules: list[str], ref: str) -> int | None:
                 for key in weights.keys()  # noqa: SIM118 - safe_open is not a mapping
                 if any(f".{module}." in f".{key}" for module in modules)
             ]
-    except (SafetensorError, OSError) as exc:  # registered bytes, so pushed as they are
+    except (SafetensorError, OSError) as exc:  # registered before push checked the file
         raise DataError(
             f"{ref}'s {tensors.name} is not a safetensors file ({exc}): push the folder as "
             "peft or adapterops wrote it"

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from .artifacts import ArtifactStore
 from .artifacts.base import BytesMoved
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
@@ -42,6 +44,7 @@ __all__ = [
 OURS = ({"adapter.json", "adapter.safetensors"}, "adapter.json")
 PEFT = ({"adapter_config.json", "adapter_model.safetensors"}, "adapterops.json")
 OPTIONAL = {"README.md", "report.json", "adapterops.json", "probes.json"}
+PEFT_TENSORS = "adapter_model.safetensors"
 MANIFEST_FORMAT = "adapterops.manifest/1"
 
 
@@ -121,6 +124,7 @@ def inspect_folder(folder: str | Path) -> Bundle:
             f"(peft_core format) or {sorted(PEFT[0])} (PEFT), plus optional {sorted(OPTIONAL)}."
         )
     metadata = _read_metadata(path / metadata_file)
+    _check_tensors(path / ("adapter.safetensors" if metadata_file == OURS[1] else PEFT_TENSORS))
     files = tuple(
         sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)
     )
@@ -141,6 +145,20 @@ def inspect_folder(folder: str | Path) -> Bundle:
     return Bundle(
         path, Manifest(files), method, head, saved.get("digest"), metadata, base_digests(saved)
     )
+
+
+def _check_tensors(file: Path) -> None:
+    """The weights file is whole safetensors (its header read, every tensor's bytes inside the
+    file; nothing loaded): a damaged or half-copied file is refused at push, not stored as a
+    version every later load fails on."""
+    try:
+        with safe_open(str(file), framework="numpy") as tensors:
+            tensors.keys()
+    except (SafetensorError, OSError) as exc:
+        raise AdapterFolderError(
+            f"{file} is not a whole safetensors file ({exc}): push the folder as peft or "
+            "adapterops wrote it (a copy cut short, or another file under its name?)"
+        ) from None
 
 
 def saved_fingerprint(folder: str | Path) -> dict[str, Any]:

@@ -556,6 +556,30 @@ class TestBadInput:
         assert list(registry.artifacts.blobs()) == []
         assert registry.find() == []
 
+    def test_a_weights_file_that_is_not_whole_safetensors_stores_nothing(
+        self, registry, make_adapter
+    ):
+        """Registered, such a file was a version every load failed on (push said nothing)."""
+        folder = make_adapter(1)
+        tensors = folder / "adapter.safetensors"
+        whole = tensors.read_bytes()
+        for damaged, why in [
+            (whole[:-100], "incomplete metadata, file not fully covered"),  # a copy cut short
+            (b"garbage", "header too small"),
+        ]:
+            tensors.write_bytes(damaged)
+            with pytest.raises(rg.AdapterFolderError) as refused:
+                register(registry, folder)
+            assert str(refused.value) == (
+                f"{tensors} is not a whole safetensors file (Error while deserializing header: "
+                f"{why}): push the folder as peft or adapterops wrote it (a copy cut short, or "
+                "another file under its name?)"
+            )
+        assert list(registry.artifacts.blobs()) == []
+        assert registry.find() == []
+        tensors.write_bytes(whole)
+        assert register(registry, folder).version == 1
+
     def test_unknown_references_name_what_exists(self, registry, make_adapter):
         register(registry, make_adapter(1))
         register(registry, make_adapter(2))

@@ -6,6 +6,9 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+from safetensors.numpy import save_file
+
 
 def write_fake_adapter(
     folder: Path,
@@ -15,7 +18,8 @@ def write_fake_adapter(
     head: str = "classification",
     fingerprint: str = "f" * 64,
 ) -> Path:
-    """An adapter folder in our format whose tensor file holds seeded random bytes."""
+    """An adapter folder in our format whose tensor file holds one tensor of seeded random
+    bytes (a whole safetensors file, as push requires; nothing loads it as an adapter)."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": "adapterops.adapter",
@@ -25,7 +29,8 @@ def write_fake_adapter(
         "fingerprint": {"digest": fingerprint},
     }
     (folder / "adapter.json").write_text(json.dumps(meta))
-    (folder / "adapter.safetensors").write_bytes(random.Random(seed).randbytes(2048))
+    values = np.frombuffer(random.Random(seed).randbytes(2048), dtype=np.uint8)
+    save_file({"weights": values}, str(folder / "adapter.safetensors"))
     return folder
 
 
