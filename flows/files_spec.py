@@ -34,7 +34,7 @@ from .spec import (
     spec_of_version,
 )
 
-__all__ = ["SCORE_ON_A_FILE", "classifier_size", "serving_spec", "stated_head"]
+__all__ = ["SCORE_ON_A_FILE", "classifier_size", "serving_spec", "spec_from_files", "stated_head"]
 
 # what evaluate says to do for a version or composition with no spec naming columns and a metric
 SCORE_ON_A_FILE = (
@@ -54,6 +54,17 @@ def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> A
         with tempfile.TemporaryDirectory(prefix="adapterops-spec-") as scratch:
             folder = registry.fetch(version.ref, Path(scratch) / "adapter")
             head = _head_of(folder, version, command)
+    return _spec_with(version, head)
+
+
+def spec_from_files(version: AdapterVersion, folder: Path, command: str) -> AdapterSpec:
+    """:func:`serving_spec` of a version registered without a spec, from its files already in
+    ``folder`` (``pull --verify`` has them)."""
+    return _spec_with(version, _head_of(folder, version, command))
+
+
+def _spec_with(version: AdapterVersion, head: HeadSpec) -> AdapterSpec:
+    """The spec defaults around ``version``'s identity and ``head``."""
     return AdapterSpec.model_construct(
         name=version.name, base_model=version.base_model, task=version.task,
         language=version.language, description=version.description, head=head,

@@ -9,6 +9,7 @@ import peft_core as pc
 from registry import AdapterVersion, BaseModelMismatchError
 
 from .errors import DataError
+from .files_spec import spec_from_files, stated_head
 from .models import resolve_base_model
 from .spec import spec_of_version
 from .train_job import inference_device, load_inference_model
@@ -20,10 +21,15 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
     """Load the adapter in ``folder`` onto ``version``'s base model and re-run its probes.
 
     A version registered without a spec (``adapterops import``, or pushed with its probes) is
-    checked on its base model's body: the probes read the body's hidden states, not a head.
-    A quantised base is quantised as it loads, on the GPU when there is one."""
+    loaded with the head its files carry, as predict loads it (a trained classifier must load
+    into a model with its head), or on its base model's body when they carry none: the probes
+    read the body's hidden states, not a head. A quantised base is quantised as it loads, on
+    the GPU when there is one."""
+    kind, _, trained = stated_head(folder)
     if version.spec:
         model, _ = load_inference_model(spec_of_version(version, "pull --verify"))
+    elif kind in ("causal-lm", "masked-lm") or (kind == "classification" and trained):
+        model, _ = load_inference_model(spec_from_files(version, folder, "pull --verify"))
     else:
         from transformers import AutoModel  # noqa: PLC0415 - transformers is heavy
 

@@ -14,7 +14,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import peft_core as pc
 from flows.build_job import build_from_spec
+from flows.push_job import push_folder
 from flows.quickstart import minilm_sst2_spec
+from flows.verify_job import verify_on_base
 from registry import BaseModelMismatchError, Registry
 from tests.helpers import minilm_path, run_cli
 
@@ -90,3 +92,22 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     assert pc.list_adapters(model) == []  # taken out again: the model is as it was
     registry.load_into(model, ref, skip_probe=True)
     assert pc.list_adapters(model) == ["probed-sst2-lora"]
+
+
+def test_a_version_pushed_without_its_spec_verifies_with_the_head_its_files_carry(
+    built_on_a_folder, tmp_path
+):
+    """``pull --verify`` loaded such a version on the base's body, and a trained classifier
+    refuses a model without its head: every such version failed to verify."""
+    ref, base = built_on_a_folder
+    registry = Registry()
+    identity = {"name": "no-spec", "base_model": str(base), "task": "sst2", "language": "en"}
+    folder = registry.fetch(ref, tmp_path / "fetched")
+    pushed = push_folder(registry, folder, identity=identity, mirror=False).version
+    assert not pushed.spec and pushed.head == "classification"
+    pulled = registry.fetch(pushed.ref, tmp_path / "pulled")
+    check = verify_on_base(pushed, pulled)
+    assert check.passed and check.deviation < 1e-4
+    replace_weights_with_random_ones(base)
+    with pytest.raises(BaseModelMismatchError, match=r"^no-spec@1 fails its golden probe "):
+        verify_on_base(pushed, pulled)
