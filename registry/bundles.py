@@ -124,6 +124,8 @@ def inspect_folder(folder: str | Path) -> Bundle:
             f"(peft_core format) or {sorted(PEFT[0])} (PEFT), plus optional {sorted(OPTIONAL)}."
         )
     metadata = _read_metadata(path / metadata_file)
+    for optional in ("report.json", "probes.json"):  # read at every load (probes) or push
+        _read_metadata(path / optional)
     _check_tensors(path / ("adapter.safetensors" if metadata_file == OURS[1] else PEFT_TENSORS))
     files = tuple(
         sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)

@@ -556,10 +556,10 @@ class TestBadInput:
         assert list(registry.artifacts.blobs()) == []
         assert registry.find() == []
 
-    def test_a_weights_file_that_is_not_whole_safetensors_stores_nothing(
+    def test_weights_that_are_not_whole_safetensors_or_unreadable_json_store_nothing(
         self, registry, make_adapter
     ):
-        """Registered, such a file was a version every load failed on (push said nothing)."""
+        """Registered, such files were a version every load failed on (push said nothing)."""
         folder = make_adapter(1)
         tensors = folder / "adapter.safetensors"
         whole = tensors.read_bytes()
@@ -575,9 +575,19 @@ class TestBadInput:
                 f"{why}): push the folder as peft or adapterops wrote it (a copy cut short, or "
                 "another file under its name?)"
             )
+        tensors.write_bytes(whole)
+        for name, text, why in [  # probes.json was a JSONDecodeError's traceback at each load
+            ("probes.json", "{bad", "is not valid JSON: Expecting property name enclosed in "
+             "double quotes: line 1 column 2 (char 1)"),
+            ("report.json", "[1, 2]", "must hold a JSON object"),
+        ]:  # fmt: skip
+            (folder / name).write_text(text)
+            with pytest.raises(rg.AdapterFolderError) as refused:
+                register(registry, folder)
+            assert str(refused.value) == f"{folder / name} {why}"
+            (folder / name).unlink()
         assert list(registry.artifacts.blobs()) == []
         assert registry.find() == []
-        tensors.write_bytes(whole)
         assert register(registry, folder).version == 1
 
     def test_unknown_references_name_what_exists(self, registry, make_adapter):
