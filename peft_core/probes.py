@@ -106,10 +106,18 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     path = Path(folder) / PROBES_FILE
     if not path.is_file():
         return None
-    document = json.loads(path.read_text())
+    try:  # a file edited or cut short by hand was a JSONDecodeError's or KeyError's traceback
+        document = json.loads(path.read_text())
+        inputs = torch.tensor(document["input_ids"], dtype=torch.long)
+        recorded = torch.tensor(document["signature"], dtype=torch.float32)
+        tolerance = float(document["tolerance"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ProbeMismatchError(
+            f"{path} is not a golden-probes file ({type(exc).__name__}: {exc}): record them "
+            "again (pc.record_probes on the model they were trained on), or delete the file to "
+            "load without checking"
+        ) from None
     started = time.perf_counter()
-    inputs = torch.tensor(document["input_ids"], dtype=torch.long)
-    recorded = torch.tensor(document["signature"], dtype=torch.float32)
     now, precision = _signature(model, name, inputs)
     if now.shape != recorded.shape:
         raise ProbeMismatchError(f"{path}: signature of shape {tuple(recorded.shape)} expected")
@@ -120,7 +128,6 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     worst = max(range(len(deviations)), key=deviations.__getitem__)
     seconds = time.perf_counter() - started
     recorded_with = document.get("recorded_with", "unknown precision")
-    tolerance = float(document["tolerance"])
     return ProbeCheck(worst, deviations[worst], tolerance, seconds, recorded_with, precision)
 
 

@@ -83,6 +83,23 @@ def test_the_same_architecture_with_other_weights_leaves_the_band(saved):
     assert check is not None and not check.passed
 
 
+def test_a_probes_file_that_is_not_one_is_a_clear_error(saved):
+    model = classifier()
+    pc.load_adapter(model, saved)
+    path = saved / pc.probes.PROBES_FILE
+    document = json.loads(path.read_text())
+    for text, why in [
+        ("{bad", "JSONDecodeError: Expecting property name enclosed in double quotes"),
+        (json.dumps({k: v for k, v in document.items() if k != "signature"}),
+         "KeyError: 'signature'"),
+    ]:  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(pc.ProbeMismatchError) as refused:
+            pc.check_probes(model, "sst2", saved)
+        assert str(refused.value).startswith(f"{path} is not a golden-probes file ({why}")
+        assert str(refused.value).endswith("or delete the file to load without checking")
+
+
 def test_the_signature_reads_the_body_not_the_head(tmp_path):
     masked = AutoModelForMaskedLM.from_pretrained(minilm_path())
     pc.add_adapter(masked, "pt-lang", pc.Pfeiffer())
