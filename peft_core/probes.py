@@ -31,6 +31,7 @@ __all__ = [
     "PROBES_FILE",
     "ProbeCheck",
     "ProbeMismatchError",
+    "UnreadableProbesError",
     "check_probes",
     "probe_document",
     "record_probes",
@@ -48,6 +49,18 @@ TOLERANCE = 0.05
 
 class ProbeMismatchError(PeftCoreError):
     """The model with the adapter no longer computes what it computed when the adapter was saved."""
+
+
+class UnreadableProbesError(ProbeMismatchError):
+    """A ``probes.json`` that is not a golden-probes file; ``problem`` says what is wrong."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(
+            f"{path} is not a golden-probes file ({problem}): record them again "
+            "(pc.record_probes on the model they were trained on), or delete the file to load "
+            "without checking"
+        )
 
 
 @dataclass(frozen=True)
@@ -112,11 +125,7 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
         recorded = torch.tensor(document["signature"], dtype=torch.float32)
         tolerance = float(document["tolerance"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise ProbeMismatchError(
-            f"{path} is not a golden-probes file ({type(exc).__name__}: {exc}): record them "
-            "again (pc.record_probes on the model they were trained on), or delete the file to "
-            "load without checking"
-        ) from None
+        raise UnreadableProbesError(path, f"{type(exc).__name__}: {exc}") from None
     started = time.perf_counter()
     now, precision = _signature(model, name, inputs)
     if now.shape != recorded.shape:

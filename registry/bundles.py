@@ -124,9 +124,7 @@ def inspect_folder(folder: str | Path) -> Bundle:
             f"(peft_core format) or {sorted(PEFT[0])} (PEFT), plus optional {sorted(OPTIONAL)}."
         )
     metadata = _read_metadata(path / metadata_file)
-    for optional in ("report.json", "probes.json"):  # read at every load (probes) or push
-        _read_metadata(path / optional)
-    _check_tensors(path / ("adapter.safetensors" if metadata_file == OURS[1] else PEFT_TENSORS))
+    _check_contents(path, "adapter.safetensors" if metadata_file == OURS[1] else PEFT_TENSORS)
     files = tuple(
         sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)
     )
@@ -149,10 +147,14 @@ def inspect_folder(folder: str | Path) -> Bundle:
     )
 
 
-def _check_tensors(file: Path) -> None:
-    """The weights file is whole safetensors (its header read, every tensor's bytes inside the
-    file; nothing loaded): a damaged or half-copied file is refused at push, not stored as a
-    version every later load fails on."""
+def _check_contents(folder: Path, tensors_file: str) -> None:
+    """What every load of the version reads is readable: the weights file is whole safetensors
+    (its header read, every tensor's bytes inside the file; nothing loaded) and ``report.json``
+    and ``probes.json``, where present, are JSON objects. A damaged or half-copied file is
+    refused at push, not stored as a version every later load fails on."""
+    for optional in ("report.json", "probes.json"):
+        _read_metadata(folder / optional)
+    file = folder / tensors_file
     try:
         with safe_open(str(file), framework="numpy") as tensors:
             tensors.keys()

@@ -534,7 +534,14 @@ class Registry:
     def _check_probes(model: Any, name: str, folder: Path, version: AdapterVersion) -> None:
         import peft_core  # noqa: PLC0415
 
-        check = peft_core.check_probes(model, name, folder)
+        try:
+            check = peft_core.check_probes(model, name, folder)
+        except peft_core.probes.UnreadableProbesError as exc:  # registered before push read it
+            peft_core.delete_adapter(model, name)
+            raise AdapterFolderError(
+                f"{version.ref}'s probes.json is not a golden-probes file ({exc.problem}): "
+                "skip_probe=True (CLI: --skip-probe) loads it without checking"
+            ) from None
         if check is None or check.passed:
             return
         peft_core.delete_adapter(model, name)  # leave the model as it was

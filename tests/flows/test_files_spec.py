@@ -212,7 +212,7 @@ def test_files_without_a_head_to_answer_with_are_refused_naming_what_to_do(
     )
     (garbled / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
     with monkeypatch.context() as old_registry:  # push refuses such bytes now; older code did not
-        old_registry.setattr(bundles, "_check_tensors", lambda file: None)
+        old_registry.setattr(bundles, "_check_contents", lambda folder, tensors: None)
         Registry().register(garbled, name="garbled", base_model="b", task="sst2", language="en")
     with pytest.raises(DataError, match=r"^garbled@1's adapter_model.safetensors is not a "):
         predict(Registry(), "garbled", TEXTS)

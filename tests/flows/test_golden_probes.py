@@ -17,7 +17,7 @@ from flows.build_job import build_from_spec
 from flows.push_job import push_folder
 from flows.quickstart import minilm_sst2_spec
 from flows.verify_job import verify_on_base
-from registry import BaseModelMismatchError, Registry
+from registry import AdapterFolderError, BaseModelMismatchError, Registry, bundles
 from tests.helpers import minilm_path, run_cli
 
 
@@ -111,3 +111,29 @@ def test_a_version_pushed_without_its_spec_verifies_with_the_head_its_files_carr
     replace_weights_with_random_ones(base)
     with pytest.raises(BaseModelMismatchError, match=r"^no-spec@1 fails its golden probe "):
         verify_on_base(pushed, pulled)
+
+
+def test_a_broken_probes_file_registered_by_older_code_is_one_line(
+    built_on_a_folder, tmp_path, monkeypatch
+):
+    """push reads probes.json now; a version registered before with a broken one was a
+    JSONDecodeError's traceback at every load."""
+    ref, base = built_on_a_folder
+    registry = Registry()
+    folder = registry.fetch(ref, tmp_path / "fetched")
+    (folder / "probes.json").write_text("{bad")
+    identity = {"name": "old-probes", "base_model": str(base), "task": "sst2", "language": "en"}
+    with monkeypatch.context() as older_code:
+        older_code.setattr(bundles, "_check_contents", lambda folder, tensors: None)
+        push_folder(registry, folder, identity=identity, mirror=False)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    with pytest.raises(AdapterFolderError) as refused:
+        registry.load_into(model, "old-probes@1")
+    assert str(refused.value) == (
+        "old-probes@1's probes.json is not a golden-probes file (JSONDecodeError: Expecting "
+        "property name enclosed in double quotes: line 1 column 2 (char 1)): skip_probe=True "
+        "(CLI: --skip-probe) loads it without checking"
+    )
+    assert pc.list_adapters(model) == []  # taken out again
+    registry.load_into(model, "old-probes@1", skip_probe=True)
+    assert pc.list_adapters(model) == ["old-probes"]
