@@ -243,10 +243,21 @@ class TestPerRow:
             )
         assert pc.list_adapters(model)  # routing left the adapters in place
 
-    @pytest.mark.parametrize("kernel", ["gather", "segmented", "triton"])
-    def test_generation_with_an_adapter_per_row_equals_each_row_alone(self, tiny_model, kernel):
+    @pytest.mark.parametrize("kernel", ["gather", "segmented", "triton", "auto"])
+    def test_generation_with_an_adapter_per_row_equals_each_row_alone(
+        self, tiny_model, kernel, monkeypatch
+    ):
         """``generate`` under ``per_row``: left-padded prompts of different lengths, a KV cache,
-        greedy decoding; each row's tokens are the ones its adapter gives it alone."""
+        greedy decoding; each row's tokens are the ones its adapter gives it alone. ``auto``
+        switches kernels inside one ``generate``: on a GPU, Triton for the prefill and gather
+        for each new token; here its rule is told to do so (Triton runs in its interpreter)."""
+        picked: list[str] = []
+
+        def as_on_a_gpu(x: torch.Tensor, *, triton_ready: bool) -> str:
+            picked.append("triton" if x.dim() == 3 and x.shape[1] > 1 else "gather")
+            return picked[-1]
+
+        monkeypatch.setattr(pc.routing, "auto_kernel", as_on_a_gpu)
         model = tiny_model("llama", "causal-lm")
         for scale, (name, config) in zip(
             (0.2, 0.5, 0.8), ROUTED_FOR_GENERATION.items(), strict=True
@@ -272,6 +283,7 @@ class TestPerRow:
             assert together[row, width:].tolist() == answers[name], name
             differs_from_base.append(answers[name] != answers[None])
         assert differs_from_base == [True, True, False, True]  # the adapters change the answer
+        assert set(picked) == ({"triton", "gather"} if kernel == "auto" else set())
 
     def test_many_loras_in_one_batch(self, tiny_model):
         model = tiny_model("bert", "classification")
