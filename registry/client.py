@@ -560,9 +560,12 @@ class Registry:
         dry_run: bool = False,
         shared_with: Sequence[Registry] = (),
         on_progress: Callable[[int, int], None] | None = None,
+        spared: list[str] | None = None,
     ) -> list[str]:
         """Delete blobs no version refers to, written more than ``older_than`` ago, and uploads a
         crash left unfinished; returns the deleted digests, then the unfinished uploads' names.
+        ``spared``, a list, is given the digests of the unreferenced blobs kept for being
+        younger (a version deleted just after it was registered leaves such blobs).
 
         The grace period protects the blobs of a registration that is uploading right now (bytes
         are written before their record). A store other registries write to too (staging and
@@ -592,6 +595,7 @@ class Registry:
             dry_run=dry_run,
             shared_with=shared_with,
             on_progress=on_progress,
+            spared=spared,
         )
 
     def close(self) -> None:

@@ -47,10 +47,12 @@ def collect(
     dry_run: bool,
     shared_with: Sequence[Registry],
     on_progress: Callable[[int, int], None] | None,
+    spared: list[str] | None = None,
 ) -> list[str]:
     """What :meth:`Registry.gc` does, its arguments already checked: delete (or, on a dry run,
     list) the unreferenced blobs older than ``older_than``, then the uploads a crash left
-    unfinished; returns their digests, then the unfinished uploads' names."""
+    unfinished; returns their digests, then the unfinished uploads' names. ``spared`` is given
+    the unreferenced blobs kept for being younger."""
     others = _sharing(registry, shared_with)
     _refuse_a_shared_store(registry, others, mark=not dry_run)
     cutoff = datetime.now(UTC) - older_than
@@ -64,11 +66,10 @@ def collect(
     if not dry_run and downloaded:  # recorded once: the next gc reads them from SQL
         registry._write(lambda s: _record(s, downloaded))
     keep = _kept(referenced, files_of)
-    candidates = [
-        blob.digest
-        for blob in registry.artifacts.blobs()
-        if blob.digest not in keep and blob.modified <= cutoff
-    ]
+    unreferenced = [blob for blob in registry.artifacts.blobs() if blob.digest not in keep]
+    candidates = [blob.digest for blob in unreferenced if blob.modified <= cutoff]
+    if spared is not None:
+        spared.extend(blob.digest for blob in unreferenced if blob.modified > cutoff)
 
     def decide_and_delete(session: Session) -> list[str]:
         # Each registration re-checks its blobs under the shared lock after gc lets go, so

@@ -448,15 +448,24 @@ def gc(
         grace = timedelta(minutes=older_than_minutes)
         registry = open_registry()
         others = [_sharing_registry(url, registry.artifacts.url) for url in shared_with or ()]
+        spared: list[str] = []
         with counting("reading manifests", enabled=not as_json) as on_progress:
             removed = registry.gc(
-                older_than=grace, dry_run=dry_run, shared_with=others, on_progress=on_progress
-            )
+                older_than=grace, dry_run=dry_run, shared_with=others, on_progress=on_progress,
+                spared=spared,
+            )  # fmt: skip
     if as_json:
-        emit_json({"ok": True, "dry_run": dry_run, "removed": removed})
+        emit_json({"ok": True, "dry_run": dry_run, "removed": removed, "spared": spared})
         return
     verb = "would remove" if dry_run else "removed"
-    console.print(f"{verb} {len(removed)} unreferenced blob(s)")
+    said = f"{verb} {len(removed)} unreferenced blob(s)"
+    if spared:  # right after `rm` of a version registered within the hour: why nothing went
+        said += (
+            f"; {len(spared)} more written in the last {older_than_minutes:g} minutes are kept "
+            "(a registration may be uploading them): --older-than-minutes 0 takes them too "
+            "when nothing is registering"
+        )
+    console.print(said, highlight=False, soft_wrap=True)
 
 
 def _sharing_registry(url: str, artifacts_url: str) -> rg.Registry:
