@@ -472,7 +472,10 @@ class Registry:
                 folder = download(
                     self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
                 )
-                peft_core.load_adapter(model, folder, name=loaded, force=force)
+                try:
+                    peft_core.load_adapter(model, folder, name=loaded, force=force)
+                except peft_core.PeftCoreError as exc:
+                    raise _naming_the_version(exc, version.ref, folder) from None
                 if not (skip_probe or force):
                     self._check_probes(model, loaded, folder, version)
         except BaseException:
@@ -693,3 +696,14 @@ def _check_event_kind(kind: str, *, composition: bool) -> None:
             f"event kind {kind!r}: kinds starting with {store.COMPOSITION_EVENT!r} belong to "
             "compositions' histories (record_composition_event)"
         )
+
+
+def _naming_the_version(error: Exception, ref: str, folder: Path) -> Exception:
+    """peft_core's ``error`` loading ``ref``'s files from the scratch ``folder`` they were
+    downloaded into, said of the version (the folder is gone when the message is read, and a
+    predict over several versions did not say which one failed)."""
+    message = str(error.args[0]) if error.args else str(error)
+    try:
+        return type(error)(f"{ref}: {message.replace(str(folder), 'its files')}")
+    except TypeError:  # an error type with its own arguments: as it was
+        return error
