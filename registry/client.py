@@ -356,6 +356,7 @@ class Registry:
                 f"the history is an adapter's, not a version's ({name!r}): ask for "
                 f"{member_name(name)!r}, whose events name each version"
             )
+        check_name(name)  # '' was "no adapter named ''", with five names like nothing
         return self._read(lambda s: store.history(s, name))
 
     def deleted_versions(self, *, compositions: bool = False) -> dict[str, set[int]]:
@@ -379,6 +380,12 @@ class Registry:
     def composition_history(self, name: str) -> list[Event]:
         """The composition's event log: versions saved and alias moves, with their origin."""
         _check_type("composition_history: name", name, str, "a composition's name", optional=False)
+        if "@" in name:
+            raise InvalidNameError(
+                f"the history is a composition's, not a version's ({name!r}): ask for "
+                f"{member_name(name)!r}, whose events name each version"
+            )
+        check_name(name, "composition name")
         return self._read(lambda s: composition_store.composition_history(s, name))
 
     def compositions(self) -> list[Composition]:

@@ -457,6 +457,17 @@ class TestBadInput:
         ):  # was "no adapter named 'kept@1'"
             registry.history("kept@1")
         assert [e.kind for e in registry.history("kept")] == ["registered"]
+        for call, message in [  # '' was "no adapter named ''; similar names: ..."
+            (lambda: registry.history(""), "invalid adapter name ''"),
+            (lambda: registry.composition_history(""), "invalid composition name ''"),
+            (
+                lambda: registry.composition_history("c@1"),
+                "the history is a composition's, not a version's ('c@1'): ask for 'c'",
+            ),
+        ]:
+            with pytest.raises(rg.InvalidNameError) as raised:
+                call()
+            assert str(raised.value).startswith(message)
 
     def test_reads_name_an_argument_of_the_wrong_type(self, registry, make_adapter):
         """history(5) failed with "not subscriptable", resolve(metric=5) with "no attribute
