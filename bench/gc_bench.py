@@ -26,7 +26,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy
+from safetensors.numpy import save_file
 
 import registry.garbage
 from bench.common import timed, write_result
@@ -132,7 +134,8 @@ def _forget_manifest_files(registry_: Registry) -> None:
 
 
 def _fake_adapter(folder: Path) -> Path:
-    """An adapter folder in our format with random tensor bytes (the registry stores bytes)."""
+    """An adapter folder in our format whose one tensor is random bytes (the registry stores
+    bytes; it reads the safetensors header, so the file is a real one)."""
     folder.mkdir(parents=True)
     meta = {
         "format": "adapterops.adapter",
@@ -142,7 +145,8 @@ def _fake_adapter(folder: Path) -> Path:
         "fingerprint": {"digest": "f" * 64},
     }
     (folder / "adapter.json").write_text(json.dumps(meta))
-    (folder / "adapter.safetensors").write_bytes(os.urandom(BLOB_BYTES))
+    values = np.frombuffer(os.urandom(BLOB_BYTES), dtype=np.uint8)
+    save_file({"weights": values}, str(folder / "adapter.safetensors"))
     return folder
 
 
