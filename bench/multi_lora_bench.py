@@ -233,8 +233,7 @@ def ratios(row: dict[str, Any]) -> dict[str, float]:
 
 def summary(row: dict[str, Any]) -> str:
     """One measured row as a line of the log: prefill cost over one adapter's, decode tok/s."""
-    ways = {"ours": "gather", "ours_segmented": "segmented", "ours_triton": "triton",
-            "ours_auto": "auto"}  # fmt: skip
+    ways: dict[str, str] = dict(KERNELS)  # each of ours, by its kernel's name
     one = row["prefill_one_adapter_ms"]
     prefill = ", ".join(
         f"{label} {row[f'prefill_{way}_ms'] / one:.2f}x"
