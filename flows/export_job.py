@@ -9,6 +9,11 @@ Engines and what they read:
   LoRA only, no DoRA, no ``modules_to_save`` (so no new heads), a rank up to the server's
   ``--max-lora-rank`` (16 unless raised), no bias unless ``--enable-lora-bias``; it drops
   ``rank_pattern`` and ``alpha_pattern`` without a word, and it serves generative models;
+- ``lorax``: the same layout for LoRAX, whose loader reads less still (its ``LoraConfig``:
+  ``r``, ``lora_alpha``, ``use_rslora``, ``target_modules``; and each layer's ``lora_A`` and
+  ``lora_B`` weights): LoRA only; DoRA magnitudes, ``modules_to_save`` and LoRA biases are not
+  loaded, a module type adapted in only some layers (``layers_to_transform``) is dropped from
+  every layer, and one ``r``/``lora_alpha`` scales every module; it serves generative models;
 - ``merged``: a full checkpoint with the adapter folded into the weights (and its head), for
   engines without adapters: ``AutoModel*.from_pretrained(folder)`` loads it;
 - ``adapterhub``: AdapterHub's layout (``adapter_config.json`` + ``pytorch_adapter.bin``) that
@@ -44,6 +49,7 @@ from .spec import spec_of_version
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
 
 VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+ONE_RANK_ENGINES = ("vllm", "lorax")  # they read r and lora_alpha, not the per-module patterns
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,8 @@ def lint(
     known; ``trained_head``: its own, trained with it) whose PEFT configuration (when it has
     one) is ``peft_config``; ``method_config`` (the stored method configuration) decides what
     merges where the method alone does not (a peft-run prompt adapter has no weights to merge,
-    a LoHa does). Per-module LoRA ranks (``rank_pattern``, which vLLM ignores) are no finding:
-    the vLLM export writes one rank."""
+    a LoHa does). Per-module LoRA ranks (``rank_pattern``, which vLLM and LoRAX ignore) are no
+    finding: their exports write one rank."""
     if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     kind = pc.method_of(method)
@@ -115,9 +121,9 @@ def lint(
                 unwritable=True,
             )
         ]
-    if engine == "peft":
-        return []
-    return _vllm_findings(head, peft_config, max_lora_rank)
+    if engine == "vllm":
+        return _vllm_findings(head, peft_config, max_lora_rank)
+    return _lorax_findings(head, peft_config) if engine == "lorax" else []  # peft reads it all
 
 
 def _adapterhub_findings(method: str, head: str | None, trained_head: bool) -> list[Finding]:
@@ -156,15 +162,57 @@ def _vllm_findings(head: str | None, config: dict[str, Any], max_lora_rank: int)
         )
     if config.get("bias", "none") != "none":
         refuses(f"bias {config['bias']!r} needs vLLM's --enable-lora-bias")
-    if head == "none":  # its module paths are the body's, which vLLM's models nest deeper
-        refuses(
+    return found + _generative_findings("vllm", head)
+
+
+def _lorax_findings(head: str | None, config: dict[str, Any]) -> list[Finding]:
+    """LoRAX reads ``r``, ``lora_alpha``, ``use_rslora`` and ``target_modules`` from the config
+    and the ``lora_A``/``lora_B`` weights of every layer of each module type (its
+    ``adapters/lora.py``); anything else the adapter trained is served without a word."""
+    found = []
+
+    def ignores(message: str) -> None:
+        found.append(Finding("lorax", "ignores", message))
+
+    if config.get("peft_type") != "LORA":
+        refused = f"it serves LoRA adapters only, not {config.get('peft_type')}"
+        found.append(Finding("lorax", "refuses", refused))
+    if config.get("use_dora"):
+        ignores(
+            "it reads no DoRA magnitudes (use_dora) and would serve the adapter as plain LoRA; "
+            "export --for merged instead"
+        )
+    if config.get("modules_to_save"):
+        ignores(
+            f"it loads lora_A and lora_B weights only, not modules_to_save "
+            f"{config['modules_to_save']} (a new head): the base's own would answer; export "
+            "--for merged instead"
+        )
+    if config.get("bias", "none") != "none":
+        bias = config["bias"]
+        ignores(f"it reads no LoRA bias (bias {bias!r}): it would serve the adapter without it")
+    if config.get("layers_to_transform"):
+        ignores(
+            f"a module type adapted in only some layers (layers_to_transform "
+            f"{config['layers_to_transform']}) is dropped from every layer"
+        )
+    return found + _generative_findings("lorax", head)
+
+
+def _generative_findings(engine: str, head: str | None) -> list[Finding]:
+    """vLLM and LoRAX serve LoRA on generative models only: an adapter of another head, or of a
+    bare body (whose module paths are the body's, which their models nest deeper), is refused."""
+    if head == "none":
+        message = (
             "it serves LoRA on generative (causal-LM) models, and this adapter was trained on a "
             "base without a head (its module paths would match nothing there): train it on "
             "the causal-LM model (`head: {type: causal-lm}` in its spec)"
         )
     elif head not in (None, "causal-lm"):
-        refuses(f"it serves LoRA on generative (causal-LM) models; this is a {head} adapter")
-    return found
+        message = f"it serves LoRA on generative (causal-LM) models; this is a {head} adapter"
+    else:
+        return []
+    return [Finding(engine, "refuses", message)]
 
 
 def export(
@@ -200,10 +248,10 @@ def export(
             shutil.copytree(stored, staged)
         else:
             _convert(version, stored, staged, "peft")
-        if engine == "vllm":  # the files as written: one rank, maybe above what was predicted
-            findings += _vllm_ready(
-                staged, version.ref, method=method, head=head, max_lora_rank=max_lora_rank,
-                force=force, known=findings,
+        if engine in ONE_RANK_ENGINES:  # the files as written: one rank, maybe above the one
+            findings += _one_rank_ready(  # predicted
+                engine, staged, version.ref, method=method, head=head,
+                max_lora_rank=max_lora_rank, force=force, known=findings,
             )  # fmt: skip
     return ExportResult(version.ref, engine, str(target), _files(target), findings)
 
@@ -249,9 +297,9 @@ def export_composition(
         else:
             pc.save_adapter(model, flat, staged, format="peft", tokenizer=tokenizer)
             pc.record_probes(model, flat, staged)  # pushed back to a registry, it is checked too
-            if engine == "vllm":
-                findings = _vllm_ready(
-                    staged, composition.ref, method=method, head=spec.head.type,
+            if engine in ONE_RANK_ENGINES:
+                findings = _one_rank_ready(
+                    engine, staged, composition.ref, method=method, head=spec.head.type,
                     max_lora_rank=max_lora_rank, force=force,
                 )  # fmt: skip
             else:
@@ -261,7 +309,8 @@ def export_composition(
     return ExportResult(composition.ref, engine, str(target), _files(target), findings)
 
 
-def _vllm_ready(
+def _one_rank_ready(
+    engine: str,
     folder: Path,
     ref: str,
     *,
@@ -271,13 +320,13 @@ def _vllm_ready(
     force: bool,
     known: Sequence[Finding] = (),
 ) -> list[Finding]:
-    """Make the PEFT files in ``folder`` one rank everywhere (vLLM reads ``r`` and
+    """Make the PEFT files in ``folder`` one rank everywhere (vLLM and LoRAX read ``r`` and
     ``lora_alpha`` alone; exact: zero padding and scalings folded into B), then lint them as
-    written; returns the findings not in ``known`` (refused unless ``force``)."""
+    written for ``engine``; returns the findings not in ``known`` (refused unless ``force``)."""
     config = pc.one_rank_in_place(folder)
-    found = lint("vllm", method, head, config, max_lora_rank=max_lora_rank)
+    found = lint(engine, method, head, config, max_lora_rank=max_lora_rank)
     new = [f for f in found if f not in known]
-    _refuse_unless_forced(ref, "vllm", new, force)
+    _refuse_unless_forced(ref, engine, new, force)
     return new
 
 

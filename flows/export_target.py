@@ -11,7 +11,7 @@ from .errors import DataError
 
 __all__ = ["ENGINES", "checked_export_target"]
 
-ENGINES = ("peft", "vllm", "merged", "adapterhub")
+ENGINES = ("peft", "vllm", "lorax", "merged", "adapterhub")
 
 
 def checked_export_target(destination: str | Path, engine: str) -> Path:

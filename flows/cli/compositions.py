@@ -464,7 +464,7 @@ def export(
 ) -> None:
     """Write a composition for a serving engine that serves one adapter: a stack or an average
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
-    (peft, vllm), or is merged into a full checkpoint (merged). Anything else is refused."""
+    (peft, vllm, lorax), or is merged into a full checkpoint (merged). Anything else is refused."""
     with user_errors(as_json):
         checked_export_target(out, engine)  # before torch loads (the job checks it again)
         registry = open_registry()

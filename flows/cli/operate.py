@@ -340,7 +340,9 @@ def confusion_table(matrix: list[list[int]], label_names: list[str]) -> Table:
 EngineOption = Annotated[
     str,
     typer.Option(
-        "--for", metavar="ENGINE", help="peft, vllm, merged (a full checkpoint) or adapterhub."
+        "--for",
+        metavar="ENGINE",
+        help="peft, vllm, lorax, merged (a full checkpoint) or adapterhub.",
     ),
 ]
 OutFolderOption = Annotated[Path, typer.Option(help="A new (or empty) folder to write.")]

@@ -503,7 +503,7 @@ class TestBasics:
             ),
             (
                 ("export", "typo", "--for", "nope", "--out", "out"),
-                "unknown engine 'nope'; export --for one of peft, vllm, merged, adapterhub",
+                "unknown engine 'nope'; export --for one of peft, vllm, lorax, merged, adapterhub",
             ),
             (
                 ("composition", "export", "typo", "--for", "peft", "--out", "/proc/out"),

@@ -1,6 +1,6 @@
-"""``adapterops export REF --for peft|vllm|merged``: each engine's files load where they should
-with the registry's outputs, and what an engine would refuse or ignore stops the export before
-anything is written."""
+"""``adapterops export REF --for peft|vllm|lorax|merged|adapterhub``: each engine's files load
+where they should with the registry's outputs, and what an engine would refuse or ignore stops
+the export before anything is written."""
 
 from __future__ import annotations
 
@@ -99,6 +99,41 @@ class TestVllmRules:
         assert "virtual tokens are inputs, not weights" in refused.message
         loha = {"type": "peft", "config": {"peft_type": "LOHA", "target_modules": ["query"]}}
         assert lint("merged", "peft", "classification", None, method_config=loha) == []
+
+
+class TestLoraxRules:
+    """What LoRAX's loader reads (its LoraConfig and the lora_A/lora_B weights), rule by rule."""
+
+    LORA = TestVllmRules.LORA
+
+    def test_a_plain_decoder_lora_of_any_rank_passes(self):
+        assert lint("lorax", "lora", "causal-lm", self.LORA) == []
+        # no server rank limit (LoRAX pads ranks itself); rsLoRA's scaling is read
+        assert lint("lorax", "lora", None, {**self.LORA, "r": 256, "use_rslora": True}) == []
+
+    @pytest.mark.parametrize(
+        ("change", "outcome", "words"),
+        [
+            ({"use_dora": True}, "ignores", "reads no DoRA magnitudes (use_dora)"),
+            ({"modules_to_save": ["lm_head"]}, "ignores", "not modules_to_save ['lm_head']"),
+            ({"bias": "all"}, "ignores", "reads no LoRA bias (bias 'all')"),
+            ({"layers_to_transform": [0, 2]}, "ignores", "is dropped from every layer"),
+            ({"peft_type": "IA3"}, "refuses", "LoRA adapters only, not IA3"),
+        ],
+    )
+    def test_each_rule(self, change, outcome, words):
+        (finding,) = lint("lorax", "lora", "causal-lm", {**self.LORA, **change})
+        assert finding.outcome == outcome and words in finding.message
+        assert str(finding).startswith(f"lorax {outcome}: ")
+
+    def test_only_generative_models(self):
+        (bare,) = lint("lorax", "lora", "none", self.LORA)
+        assert str(bare).startswith("lorax refuses: it serves LoRA on generative (causal-LM) ")
+        (classifier,) = lint("lorax", "lora", "classification", self.LORA)
+        assert str(classifier) == (
+            "lorax refuses: it serves LoRA on generative (causal-LM) models; this is a "
+            "classification adapter"
+        )
 
 
 @pytest.fixture
@@ -247,6 +282,50 @@ def test_a_gpt2_lora_goes_to_vllm_with_one_rank_everywhere(embedded_home, tmp_pa
     )
     assert too_wide.returncode == 2 and not (tmp_path / "x").exists()
     assert "rank 8 is above --max-lora-rank 4" in too_wide.stderr
+    # LoRAX reads r and lora_alpha alone too (and has no rank limit): the same files
+    lorax = export(Registry(), version.ref, "lorax", tmp_path / "lorax", max_lora_rank=4)
+    assert lorax.findings == [] and lorax.files == sorted(os.listdir(tmp_path / "vllm"))
+    for name in lorax.files:
+        assert (tmp_path / "lorax" / name).read_bytes() == (tmp_path / "vllm" / name).read_bytes()
+
+
+def test_a_dora_goes_to_lorax_only_when_forced_and_then_as_plain_lora(embedded_home, tmp_path):
+    """LoRAX reads no DoRA magnitudes: the export stops with one line, nothing written; forced,
+    it writes the files with the warning, and they are the DoRA's as peft reads them."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pc.add_adapter(model, "chat", pc.DoRA(rank=4, targets=("q_proj", "v_proj")))
+    perturb_adapter(model, "chat")
+    pc.save_adapter(model, "chat", tmp_path / "adapter", format="peft")
+    version = Registry().register(
+        tmp_path / "adapter", name="chat-dora", base_model="tiny-llama", task="chat", language="en"
+    )
+    out = tmp_path / "lorax"
+    refused = run_cli("export", version.ref, "--for", "lorax", "--out", str(out))
+    assert (refused.returncode, refused.stdout, out.exists()) == (2, "", False)
+    assert refused.stderr == (
+        "error: chat-dora@1 is not exported for lorax: lorax ignores: it reads no DoRA magnitudes "
+        "(use_dora) and would serve the adapter as plain LoRA; export --for merged instead "
+        "(nothing written; --force writes it anyway)\n"
+    )
+    forced = run_cli(
+        "export", version.ref, "--for", "lorax", "--out", str(out), "--force", "--json"
+    )
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert json.loads(forced.stdout)["findings"] == [
+        "lorax ignores: it reads no DoRA magnitudes (use_dora) and would serve the adapter as "
+        "plain LoRA; export --for merged instead"
+    ]
+    written = json.loads((out / "adapter_config.json").read_text())
+    assert (written["peft_type"], written["use_dora"]) == ("LORA", True)
+    inputs = batch(model)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+        fresh = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+        fresh.load_state_dict(base_weights)
+        reloaded = PeftModel.from_pretrained(fresh, out).eval()
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
 
 
 def test_a_classifier_pushed_without_a_spec_exports_with_the_head_its_files_carry(
