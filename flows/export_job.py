@@ -248,8 +248,9 @@ def export(
             shutil.copytree(stored, staged)
         else:
             _convert(version, stored, staged, "peft")
-        if engine in ONE_RANK_ENGINES:  # the files as written: one rank, maybe above the one
-            findings += _one_rank_ready(  # predicted
+        # the files as written: one rank, maybe above the one predicted
+        if engine in ONE_RANK_ENGINES:
+            findings += _one_rank_ready(
                 engine, staged, version.ref, method=method, head=head,
                 max_lora_rank=max_lora_rank, force=force, known=findings,
             )  # fmt: skip
