@@ -28,6 +28,7 @@ whole.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -76,6 +77,7 @@ class ExportResult:
     folder: str
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    serve: str = ""  # how the engine takes the files: a line to run or adapt
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -254,7 +256,8 @@ def export(
                 engine, staged, version.ref, method=method, head=head,
                 max_lora_rank=max_lora_rank, force=force, known=findings,
             )  # fmt: skip
-    return ExportResult(version.ref, engine, str(target), _files(target), findings)
+    serve = serving_hint(engine, version.base_model, target, version.name, head=head)
+    return ExportResult(version.ref, engine, str(target), _files(target), findings, serve)
 
 
 def export_composition(
@@ -307,7 +310,52 @@ def export_composition(
                 peft_config = json.loads((staged / "adapter_config.json").read_text())
                 findings = lint(engine, method, spec.head.type, peft_config)
                 _refuse_unless_forced(composition.ref, engine, findings, force)
-    return ExportResult(composition.ref, engine, str(target), _files(target), findings)
+    serve = serving_hint(engine, spec.base_model, target, composition.name, head=spec.head.type)
+    return ExportResult(composition.ref, engine, str(target), _files(target), findings, serve)
+
+
+_AUTO_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def serving_hint(
+    engine: str, base_model: str, folder: Path, name: str, *, head: str | None = None
+) -> str:
+    """How ``engine`` takes the files exported into ``folder`` (an adapter called ``name`` on
+    ``base_model``, trained with ``head``): the command or call to run, or adapt."""
+    where = str(folder.resolve())
+    if engine == "vllm":  # the rank as written: one for every module
+        rank = int(read_json_object(folder / "adapter_config.json").get("r") or 0)
+        wider = f" --max-lora-rank {rank}" if rank > VLLM_DEFAULT_MAX_LORA_RANK else ""
+        command = [
+            "vllm",
+            "serve",
+            base_model,
+            "--enable-lora",
+            "--lora-modules",
+            f"{name}={where}",
+        ]
+        return shlex.join(command) + wider
+    if engine == "lorax":
+        launch = shlex.join(["lorax-launcher", "--model-id", base_model])
+        return (
+            f'{launch}; each request names it: "adapter_id": "{where}", "adapter_source": "local"'
+        )
+    if engine == "merged":  # the checkpoint's own class: the head is part of it
+        architectures = read_json_object(folder / "config.json").get("architectures") or []
+        model_class = architectures[0] if architectures else "AutoModel"
+        return f"transformers.{model_class}.from_pretrained({where!r})"
+    if engine == "peft":
+        auto = _AUTO_CLASSES.get(head or "", "AutoModel")
+        base = f"transformers.{auto}.from_pretrained({base_model!r})"
+        return f"peft.PeftModel.from_pretrained({base}, {where!r})"
+    return (  # adapterhub: the body's adapter, without a head
+        f"model = transformers.AutoModel.from_pretrained({base_model!r}); adapters.init(model); "
+        f"model.load_adapter({where!r}, set_active=True)"
+    )
 
 
 def _one_rank_ready(

@@ -390,3 +390,5 @@ def show_export(result: Any, as_json: bool) -> None:
         warn(str(finding))
     files = ", ".join(result.files)
     console.print(f"{result.ref} for {result.engine}: {result.folder} ({files})", soft_wrap=True)
+    if result.serve:
+        console.print(f"use it: {result.serve}", style="dim", soft_wrap=True, highlight=False)

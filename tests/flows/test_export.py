@@ -8,8 +8,10 @@ import json
 import os
 from typing import ClassVar
 
+import peft
 import pytest
 import torch
+import transformers
 from peft import PeftModel
 from transformers import (
     AutoModelForSequenceClassification,
@@ -21,7 +23,7 @@ from transformers import (
 import peft_core as pc
 from flows.build_job import build_from_spec
 from flows.errors import DataError
-from flows.export_job import Finding, export, export_composition, lint
+from flows.export_job import Finding, export, export_composition, lint, serving_hint
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
 from tests.helpers import TINY_CONFIGS, batch, minilm_path, perturb_adapter, run_cli
@@ -136,6 +138,13 @@ class TestLoraxRules:
         )
 
 
+def test_vllm_is_told_a_rank_above_its_default(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 32}))
+    assert serving_hint("vllm", "org/base 7b", tmp_path, "chat") == (
+        f"vllm serve 'org/base 7b' --enable-lora --lora-modules chat={tmp_path} --max-lora-rank 32"
+    )  # quoted where a shell would split it
+
+
 @pytest.fixture
 def built(embedded_home, sst2_dir, tmp_path) -> str:
     """A LoRA SST-2 adapter on MiniLM, built and registered (the embedded defaults)."""
@@ -164,14 +173,24 @@ def test_each_engine_loads_its_export_with_the_registrys_outputs(built, tmp_path
 
     result = run_cli("export", built, "--for", "peft", "--out", str(tmp_path / "peft"), "--json", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert set(json.loads(result.stdout)["files"]) >= {"adapter_config.json", "adapter_model.safetensors"}  # fmt: skip
-    base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
-    with_peft = PeftModel.from_pretrained(base, tmp_path / "peft")
+    exported = json.loads(result.stdout)
+    assert set(exported["files"]) >= {"adapter_config.json", "adapter_model.safetensors"}
+    # the call it says to use is the one that loads it
+    base_model = Registry().get(built).base_model
+    assert exported["serve"] == (
+        "peft.PeftModel.from_pretrained(transformers.AutoModelForSequenceClassification"
+        f".from_pretrained({base_model!r}), {str(tmp_path / 'peft')!r})"
+    )
+    # (offline here: the base's local copy in place of its Hub id)
+    here = exported["serve"].replace(repr(base_model), repr(str(minilm_path())))
+    with_peft = eval(here, {"peft": peft, "transformers": transformers})
     torch.testing.assert_close(probabilities(with_peft), expected, atol=1e-5, rtol=0)
 
     result = run_cli("export", built, "--for", "merged", "--out", str(tmp_path / "merged"), env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    said = result.stdout.splitlines()[-1]
+    assert said == f"use it: transformers.BertForSequenceClassification.from_pretrained({str(tmp_path / 'merged')!r})"  # fmt: skip
+    merged = eval(said.removeprefix("use it: "), {"transformers": transformers})
     assert not any("lora" in name for name, _ in merged.named_parameters())  # a plain model
     assert merged.config.id2label == {0: "negative", 1: "positive"}
     torch.testing.assert_close(probabilities(merged), expected, atol=1e-5, rtol=0)
@@ -238,7 +257,11 @@ def test_a_decoder_lora_in_peft_layout_goes_to_vllm_as_it_is(embedded_home, tmp_
     )
     result = run_cli("export", version.ref, "--for", "vllm", "--out", str(tmp_path / "vllm"), "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["findings"] == []
+    exported = json.loads(result.stdout)
+    assert exported["findings"] == []
+    assert exported["serve"] == (
+        f"vllm serve tiny-llama --enable-lora --lora-modules chat-lora={tmp_path / 'vllm'}"
+    )
     written = json.loads((tmp_path / "vllm" / "adapter_config.json").read_text())
     assert (written["peft_type"], written["r"], written["modules_to_save"]) == ("LORA", 8, None)
     # peft reads the exported files to the same outputs; vLLM reads the same two files
@@ -285,6 +308,10 @@ def test_a_gpt2_lora_goes_to_vllm_with_one_rank_everywhere(embedded_home, tmp_pa
     # LoRAX reads r and lora_alpha alone too (and has no rank limit): the same files
     lorax = export(Registry(), version.ref, "lorax", tmp_path / "lorax", max_lora_rank=4)
     assert lorax.findings == [] and lorax.files == sorted(os.listdir(tmp_path / "vllm"))
+    assert lorax.serve == (
+        f'lorax-launcher --model-id tiny-gpt2; each request names it: "adapter_id": '
+        f'"{tmp_path / "lorax"}", "adapter_source": "local"'
+    )
     for name in lorax.files:
         assert (tmp_path / "lorax" / name).read_bytes() == (tmp_path / "vllm" / name).read_bytes()
 
@@ -386,6 +413,10 @@ def test_a_bottleneck_adapter_is_refused_for_peft_before_anything_is_written(
     assert forced.returncode == 0, forced.stderr  # was a TypeError printing the warning
     assert forced.stderr.startswith(
         "warning: adapterhub ignores: the adapter's trained classification head is not written"
+    )
+    assert forced.stdout.splitlines()[-1] == (
+        f"use it: model = transformers.AutoModel.from_pretrained({str(minilm_path())!r}); "
+        f"adapters.init(model); model.load_adapter({str(tmp_path / 'hub')!r}, set_active=True)"
     )
     inputs = batch(model)
     with torch.no_grad():
