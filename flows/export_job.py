@@ -43,13 +43,12 @@ from registry import AdapterVersion, Registry
 from registry.bundles import new_folders, read_json_object
 
 from .errors import DataError
-from .export_target import ENGINES, checked_export_target
+from .export_target import ENGINES, VLLM_DEFAULT_MAX_LORA_RANK, checked_export_target
 from .files_spec import classifier_size, serving_spec, stated_head
 from .spec import spec_of_version
 
 __all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
 
-VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
 ONE_RANK_ENGINES = ("vllm", "lorax")  # they read r and lora_alpha, not the per-module patterns
 
 

@@ -3,15 +3,17 @@ holds files is one line at once, not after five seconds of imports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from registry.folders import check_folder_to_write
 
 from .errors import DataError
 
-__all__ = ["ENGINES", "checked_export_target"]
+__all__ = ["ENGINES", "VLLM_DEFAULT_MAX_LORA_RANK", "checked_export_target", "vllm_rank_limit"]
 
 ENGINES = ("peft", "vllm", "lorax", "merged", "adapterhub")
+VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
 
 
 def checked_export_target(destination: str | Path, engine: str) -> Path:
@@ -24,3 +26,12 @@ def checked_export_target(destination: str | Path, engine: str) -> Path:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     check_folder_to_write(target, f"export for {engine}")
     return target
+
+
+def vllm_rank_limit(engine: str, max_lora_rank: int | None, say: Callable[[str], None]) -> int:
+    """The rank limit exports are checked against: ``max_lora_rank`` given for vLLM, else vLLM's
+    default. Given for another engine, which has no such setting, ``say`` is told it changes
+    nothing (a user who wrote it expects it to)."""
+    if max_lora_rank is not None and engine != "vllm":
+        say(f"--max-lora-rank is vLLM's server setting: --for {engine} does not read it")
+    return max_lora_rank or VLLM_DEFAULT_MAX_LORA_RANK

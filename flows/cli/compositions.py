@@ -18,7 +18,7 @@ from registry.compositions import BLOCK_KINDS
 from registry.names import check_new_alias
 
 from ..errors import DataError, TrackingUnavailableError
-from ..export_target import checked_export_target
+from ..export_target import checked_export_target, vllm_rank_limit
 from .common import (
     LOADING_LIBRARIES,
     BatchSizeOption,
@@ -458,7 +458,7 @@ def export(
     ref: RefArgument,
     engine: EngineOption,
     out: OutFolderOption,
-    max_lora_rank: MaxLoraRankOption = 16,
+    max_lora_rank: MaxLoraRankOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -467,6 +467,7 @@ def export(
     (peft, vllm, lorax), or is merged into a full checkpoint (merged). Anything else is refused."""
     with user_errors(as_json):
         checked_export_target(out, engine)  # before torch loads (the job checks it again)
+        rank_limit = vllm_rank_limit(engine, max_lora_rank, warn)
         registry = open_registry()
         require_known(registry, [ref], compositions=True)
         with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
@@ -475,7 +476,7 @@ def export(
             quiet_libraries()
             say(f"export {ref} for {engine}")
             result = export_composition(
-                registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
+                registry, ref, engine, out, max_lora_rank=rank_limit, force=force
             )
     show_export(result, as_json)
 

@@ -13,7 +13,7 @@ from registry.compositions import answers_per_member
 
 from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError
-from ..export_target import checked_export_target
+from ..export_target import checked_export_target, vllm_rank_limit
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     LOADING_LIBRARIES,
@@ -347,7 +347,11 @@ EngineOption = Annotated[
 ]
 OutFolderOption = Annotated[Path, typer.Option(help="A new (or empty) folder to write.")]
 MaxLoraRankOption = Annotated[
-    int, typer.Option(min=1, help="vLLM's --max-lora-rank on the server that will load it.")
+    int | None,
+    typer.Option(
+        min=1,
+        help="vLLM's --max-lora-rank on the server that will load it (default: 16, vLLM's).",
+    ),
 ]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Write even what the engine would refuse or ignore.")
@@ -359,7 +363,7 @@ def export(
     ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
     engine: EngineOption,
     out: OutFolderOption,
-    max_lora_rank: MaxLoraRankOption = 16,
+    max_lora_rank: MaxLoraRankOption = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -368,6 +372,7 @@ def export(
 
     with user_errors(as_json):
         checked_export_target(out, engine)  # before torch loads (the job checks it again)
+        rank_limit = vllm_rank_limit(engine, max_lora_rank, warn)
         registry = open_registry()
         require_known(registry, [ref])
         with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
@@ -376,7 +381,7 @@ def export(
             quiet_libraries()
             say(f"export {ref} for {engine}")
             result = export_version(
-                registry, ref, engine, out, max_lora_rank=max_lora_rank, force=force
+                registry, ref, engine, out, max_lora_rank=rank_limit, force=force
             )
     show_export(result, as_json)
 

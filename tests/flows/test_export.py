@@ -337,9 +337,14 @@ def test_a_dora_goes_to_lorax_only_when_forced_and_then_as_plain_lora(embedded_h
         "(nothing written; --force writes it anyway)\n"
     )
     forced = run_cli(
-        "export", version.ref, "--for", "lorax", "--out", str(out), "--force", "--json"
-    )
+        "export", version.ref, "--for", "lorax", "--out", str(out), "--force", "--json",
+        "--max-lora-rank", "32",
+    )  # fmt: skip
     assert forced.returncode == 0, forced.stderr[-2000:]
+    # vLLM's setting changes nothing here, and the user who gave it is told so
+    assert forced.stderr.splitlines()[0] == (
+        "warning: --max-lora-rank is vLLM's server setting: --for lorax does not read it"
+    )
     assert json.loads(forced.stdout)["findings"] == [
         "lorax ignores: it reads no DoRA magnitudes (use_dora) and would serve the adapter as "
         "plain LoRA; export --for merged instead"
