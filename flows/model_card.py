@@ -48,6 +48,10 @@ def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, 
         f"model = ...  # {spec.base_model} with a {spec.head.type} head",
         f'Registry().load_into(model, "{spec.name}@champion")  # or pc.load_adapter(model, folder)',
         "```",
+        "",
+        f"For a serving engine, `adapterops export {spec.name}@champion --for ENGINE --out DIR`",
+        "(peft, vllm, lorax, merged or adapterhub) writes the files it reads, after listing what",
+        "it would refuse or silently ignore, and says how to serve them.",
     ]
     if pc.method_of(method["type"]).places_itself:
         lines += [
@@ -60,6 +64,6 @@ def model_card(spec: AdapterSpec, report: dict[str, Any], *, lineage: dict[str, 
             "",
             f"As {method['type']} it can also be saved in the Hugging Face PEFT layout",
             '(`pc.save_adapter(model, name, folder, format="peft")`) and loaded with',
-            "`peft.PeftModel.from_pretrained(base_model, folder)`, vLLM or LoRAX.",
+            "`peft.PeftModel.from_pretrained(base_model, folder)`.",
         ]
     return "\n".join(lines) + "\n"

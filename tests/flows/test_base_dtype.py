@@ -34,7 +34,10 @@ def test_a_bf16_base_trains_float32_adapters_and_records_its_dtype(
     files = Registry().fetch(result.ref, tmp_path / "fetched")
     tensors = safetensors.torch.load_file(files / "adapter.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
-    assert "(bfloat16)" in (files / "README.md").read_text()
+    card = (files / "README.md").read_text()
+    assert "(bfloat16)" in card
+    # the card points reviewers at the export that checks an engine's rules
+    assert f"`adapterops export {spec.name}@champion --for ENGINE --out DIR`" in card
     assert result.metrics["examples"] == 16
     default = minilm_sst2_spec("lora", sst2_dir / "en", steps=1)
     assert default.load.dtype == "auto" and default.load.torch_dtype() == torch.float32  # a CPU
