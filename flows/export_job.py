@@ -43,7 +43,12 @@ from registry import AdapterVersion, Registry
 from registry.bundles import new_folders, read_json_object
 
 from .errors import DataError
-from .export_target import ENGINES, VLLM_DEFAULT_MAX_LORA_RANK, checked_export_target
+from .export_target import (
+    ENGINES,
+    VLLM_DEFAULT_MAX_LORA_RANK,
+    checked_export_target,
+    engine_named,
+)
 from .files_spec import classifier_size, serving_spec, stated_head
 from .spec import spec_of_version
 
@@ -100,8 +105,9 @@ def lint(
     merges where the method alone does not (a peft-run prompt adapter has no weights to merge,
     a LoHa does). Per-module LoRA ranks (``rank_pattern``, which vLLM and LoRAX ignore) are no
     finding: their exports write one rank."""
-    if engine not in ENGINES:
+    if engine_named(engine) not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
+    engine = engine_named(engine)
     kind = pc.method_of(method)
     if engine == "merged":
         config = pc.config_from_dict(method_config) if method_config else None
@@ -231,6 +237,7 @@ def export(
     :func:`lint` finds something and ``force`` is not given.
     """
     target = checked_export_target(destination, engine)
+    engine = engine_named(engine)
     version = registry.get(ref)
     with _staging(target) as (scratch, staged):
         stored = registry.fetch(version.ref, scratch / "stored")
@@ -275,6 +282,7 @@ def export_composition(
     Every member is loaded and checked (fingerprint, golden probes) first; what cannot flatten
     exactly is refused with the reason, and nothing is written into ``destination``."""
     target = checked_export_target(destination, engine)
+    engine = engine_named(engine)
     composition = registry.composition(ref)
     if engine == "adapterhub":
         raise DataError(

@@ -10,10 +10,24 @@ from registry.folders import check_folder_to_write
 
 from .errors import DataError
 
-__all__ = ["ENGINES", "VLLM_DEFAULT_MAX_LORA_RANK", "checked_export_target", "vllm_rank_limit"]
+__all__ = [
+    "ENGINES",
+    "VLLM_DEFAULT_MAX_LORA_RANK",
+    "checked_export_target",
+    "engine_named",
+    "vllm_rank_limit",
+]
 
 ENGINES = ("peft", "vllm", "lorax", "merged", "adapterhub")
 VLLM_DEFAULT_MAX_LORA_RANK = 16  # vLLM's default --max-lora-rank
+
+
+def engine_named(engine: str) -> str:
+    """``engine`` as ENGINES spell it: written as the projects spell themselves (``vLLM``,
+    ``LoRAX``, ``PEFT``, ``AdapterHub``), it is the same engine; an unknown one is returned as
+    written (the error quotes what the user wrote)."""
+    named = engine.strip().lower()
+    return named if named in ENGINES else engine
 
 
 def checked_export_target(destination: str | Path, engine: str) -> Path:
@@ -22,7 +36,7 @@ def checked_export_target(destination: str | Path, engine: str) -> Path:
     target = Path(destination)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise DataError(f"{target} exists and is not an empty folder: export into a new one")
-    if engine not in ENGINES:
+    if engine_named(engine) not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
     check_folder_to_write(target, f"export for {engine}")
     return target

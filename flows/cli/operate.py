@@ -13,7 +13,7 @@ from registry.compositions import answers_per_member
 
 from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError
-from ..export_target import checked_export_target, vllm_rank_limit
+from ..export_target import checked_export_target, engine_named, vllm_rank_limit
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     LOADING_LIBRARIES,
@@ -343,6 +343,7 @@ EngineOption = Annotated[
         "--for",
         metavar="ENGINE",
         help="peft, vllm, lorax, merged (a full checkpoint) or adapterhub.",
+        callback=engine_named,
     ),
 ]
 OutFolderOption = Annotated[Path, typer.Option(help="A new (or empty) folder to write.")]

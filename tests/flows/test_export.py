@@ -128,6 +128,13 @@ class TestLoraxRules:
         assert finding.outcome == outcome and words in finding.message
         assert str(finding).startswith(f"lorax {outcome}: ")
 
+    def test_engines_are_named_in_any_case(self):
+        assert lint("LoRAX", "lora", "causal-lm", self.LORA) == []
+        (finding,) = lint("vLLM", "lora", "causal-lm", {**self.LORA, "r": 32})
+        assert str(finding).startswith("vllm refuses: rank 32 is above --max-lora-rank 16")
+        with pytest.raises(DataError, match="unknown engine 'Onnx'; export --for one of peft, "):
+            lint("Onnx", "lora", "causal-lm", self.LORA)
+
     def test_only_generative_models(self):
         (bare,) = lint("lorax", "lora", "none", self.LORA)
         assert str(bare).startswith("lorax refuses: it serves LoRA on generative (causal-LM) ")
@@ -329,7 +336,8 @@ def test_a_dora_goes_to_lorax_only_when_forced_and_then_as_plain_lora(embedded_h
         tmp_path / "adapter", name="chat-dora", base_model="tiny-llama", task="chat", language="en"
     )
     out = tmp_path / "lorax"
-    refused = run_cli("export", version.ref, "--for", "lorax", "--out", str(out))
+    # the engine as the project spells itself is the same engine
+    refused = run_cli("export", version.ref, "--for", "LoRAX", "--out", str(out))
     assert (refused.returncode, refused.stdout, out.exists()) == (2, "", False)
     assert refused.stderr == (
         "error: chat-dora@1 is not exported for lorax: lorax ignores: it reads no DoRA magnitudes "
