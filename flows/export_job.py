@@ -354,7 +354,10 @@ def serving_hint(
     if engine == "merged":  # the checkpoint's own class: the head is part of it
         architectures = read_json_object(folder / "config.json").get("architectures") or []
         model_class = architectures[0] if architectures else "AutoModel"
-        return f"transformers.{model_class}.from_pretrained({where!r})"
+        call = f"transformers.{model_class}.from_pretrained({where!r})"
+        if model_class.endswith("ForCausalLM"):  # a plain checkpoint: any LLM server takes it
+            return f"{shlex.join(['vllm', 'serve', where])} (or {call})"
+        return call
     if engine == "peft":
         auto = _AUTO_CLASSES.get(head or "", "AutoModel")
         base = f"transformers.{auto}.from_pretrained({base_model!r})"

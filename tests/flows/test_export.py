@@ -145,11 +145,16 @@ class TestLoraxRules:
         )
 
 
-def test_vllm_is_told_a_rank_above_its_default(tmp_path):
+def test_vllm_is_told_a_rank_above_its_default_and_serves_a_merged_llm(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 32}))
     assert serving_hint("vllm", "org/base 7b", tmp_path, "chat") == (
         f"vllm serve 'org/base 7b' --enable-lora --lora-modules chat={tmp_path} --max-lora-rank 32"
     )  # quoted where a shell would split it
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert serving_hint("merged", "org/base", tmp_path, "chat") == (
+        f"vllm serve {tmp_path} (or transformers.LlamaForCausalLM.from_pretrained("
+        f"{str(tmp_path)!r}))"
+    )  # a merged LLM is a plain checkpoint for any server
 
 
 @pytest.fixture
