@@ -52,7 +52,15 @@ from .export_target import (
 from .files_spec import classifier_size, serving_spec, stated_head
 from .spec import spec_of_version
 
-__all__ = ["ENGINES", "ExportResult", "Finding", "export", "export_composition", "lint"]
+__all__ = [
+    "ENGINES",
+    "ExportResult",
+    "Finding",
+    "export",
+    "export_composition",
+    "lint",
+    "serving_hint",
+]
 
 ONE_RANK_ENGINES = ("vllm", "lorax")  # they read r and lora_alpha, not the per-module patterns
 
