@@ -511,6 +511,11 @@ class TestBasics:
                 "or directory); give a folder you can write to",
             ),
             (
+                ("trend", "typo", "--out", "/proc/trend.png"),  # was a FileNotFoundError traceback
+                "--out /proc/trend.png: /proc refuses new files (No such file or directory); give "
+                "a path you can write to",
+            ),
+            (
                 ("export", "typo", "--for", "vllm", "--out", "home"),
                 "home exists and is not an empty folder: export into a new one",
             ),
