@@ -113,9 +113,9 @@ def lint(
     merges where the method alone does not (a peft-run prompt adapter has no weights to merge,
     a LoHa does). Per-module LoRA ranks (``rank_pattern``, which vLLM and LoRAX ignore) are no
     finding: their exports write one rank."""
-    if engine_named(engine) not in ENGINES:
+    engine = engine_named(engine)  # an unknown one stays as written
+    if engine not in ENGINES:
         raise DataError(f"unknown engine {engine!r}; export --for one of {', '.join(ENGINES)}")
-    engine = engine_named(engine)
     kind = pc.method_of(method)
     if engine == "merged":
         config = pc.config_from_dict(method_config) if method_config else None

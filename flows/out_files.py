@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from registry.folders import filesystem_refusal
 
 from .errors import DataError
 
@@ -39,15 +40,11 @@ def check_out_file(
     for blocked, access in ((out.parent, os.W_OK | os.X_OK), (out, os.W_OK)):
         if blocked.exists() and not os.access(blocked, access):
             raise DataError(f"--out {out}: this user cannot write {blocked}; give a path you can")
-    try:  # the permission bits can allow what the filesystem refuses (/proc, /sys, root on NFS)
-        handle, probe = tempfile.mkstemp(prefix=".adapterops-can-write-", dir=out.parent)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
+    refused = filesystem_refusal(out.parent)
+    if refused:
         raise DataError(
-            f"--out {out}: {out.parent} refuses new files ({exc.strerror}); give a path you can "
-            "write to"
-        ) from None
+            f"--out {out}: {out.parent} refuses new files ({refused}); give a path you can write to"
+        )
 
 
 @contextmanager

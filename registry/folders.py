@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import AdapterFolderError
 
-__all__ = ["check_folder_to_write", "new_folders"]
+__all__ = ["check_folder_to_write", "filesystem_refusal", "new_folders"]
 
 
 @contextlib.contextmanager
@@ -47,10 +47,22 @@ def check_folder_to_write(folder: str | Path, action: str) -> None:
             f"cannot {action} into {path}: this user cannot write in {existing}; give a folder "
             "you can write to"
         )
-    try:  # the permission bits can allow what the filesystem refuses (/proc, /sys, root on NFS)
-        os.rmdir(tempfile.mkdtemp(prefix=".adapterops-can-write-", dir=existing))
-    except OSError as exc:
+    refused = filesystem_refusal(existing)
+    if refused:
         raise AdapterFolderError(
-            f"cannot {action} into {path}: {existing} refuses new folders ({exc.strerror}); "
+            f"cannot {action} into {path}: {existing} refuses new folders ({refused}); "
             "give a folder you can write to"
-        ) from None
+        )
+
+
+def filesystem_refusal(folder: Path) -> str | None:
+    """Why the filesystem refuses a new entry in ``folder`` (its error), or None when it takes
+    one: the permission bits can allow what it refuses (/proc, /sys, root on NFS). Probed with
+    a temporary file, removed at once."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".adapterops-can-write-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
