@@ -35,6 +35,10 @@ class TargetError(PeftCoreError):
 class AdapterExistsError(PeftCoreError):
     """An adapter of that name is already in the model."""
 
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name  # the name taken
+
 
 class AdapterNotFoundError(PeftCoreError, KeyError):
     """No adapter of that name is in the model."""

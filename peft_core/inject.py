@@ -316,7 +316,8 @@ def _check_new_name(model: nn.Module, name: str) -> None:
     if name in adapter_records(model):
         raise AdapterExistsError(
             f"model already has an adapter {name!r}; choose another name or "
-            "peft_core.delete_adapter it first"
+            "peft_core.delete_adapter it first",
+            name,
         )
 
 

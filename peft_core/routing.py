@@ -80,12 +80,7 @@ def install_routing(
     model: nn.Module, rows: Iterable[str | None], *, kernel: Kernel = "gather"
 ) -> None:
     """Prepare every layer and head to route row ``i`` through ``rows[i]``."""
-    if isinstance(rows, str):  # "ab" was two rows, through adapters "a" and "b"
-        raise ConfigError(
-            f"per_row takes one adapter name (or None) per batch row, a list; got the string "
-            f"{rows!r:.40}: [{rows!r:.40}] for one row"
-        )
-    rows = list(rows)  # a generator or a NumPy array of names, read once, as a list
+    rows = _row_names(rows)
     if kernel not in KERNELS:
         raise ConfigError(f"per_row kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     device = next(model.parameters()).device
@@ -117,6 +112,25 @@ def install_routing(
             layer.routing = RowRouting(len(rows), _plan(modules, slots_of[key], index_of, kernel))
     for switch in switches:
         switch.rows = list(rows)
+
+
+def _row_names(rows: Iterable[str | None]) -> list[str | None]:
+    """``rows`` read once as a list (a generator, a tuple, a NumPy array of names), refused
+    when it is not one adapter name or None per row."""
+    if isinstance(rows, str):  # "ab" was two rows, through adapters "a" and "b"
+        raise ConfigError(
+            f"per_row takes one adapter name (or None) per batch row, a list; got the string "
+            f"{rows!r:.40}: [{rows!r:.40}] for one row"
+        )
+    listed = list(rows)
+    for index, row in enumerate(listed):
+        if row is not None and not isinstance(row, str):  # NumPy's str_ is a str
+            raise ConfigError(
+                f"per_row takes adapter names (or None for the base), one per batch row; row "
+                f"{index} is {type(row).__name__} {row!r:.40}: map ids to names first, e.g. "
+                "[names[i] for i in ids]"
+            )
+    return listed
 
 
 def remove_routing(model: nn.Module) -> None:

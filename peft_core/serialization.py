@@ -14,7 +14,7 @@ from transformers import PretrainedConfig
 from .adapterhub import CONFIG as ADAPTERHUB_CONFIG
 from .adapterhub import WEIGHTS as ADAPTERHUB_WEIGHTS
 from .adapterhub import is_adapterhub_folder, read_adapterhub, write_adapterhub
-from .errors import AdapterFormatError, ConfigError
+from .errors import AdapterExistsError, AdapterFormatError, ConfigError
 from .heads import HeadKind
 from .io import (
     ADAPTER_META,
@@ -125,12 +125,20 @@ def load_adapter(
             f"{PEFT_CONFIG} (PEFT or AdapterHub); keep one adapter per folder (move the other's "
             "files out) and load again"
         )
-    if (folder / ADAPTER_META).is_file():
-        return read_ours(model, folder, name=name, tokenizer=tokenizer, force=force)
-    if is_adapterhub_folder(folder):
-        return read_adapterhub(model, folder, name=name, force=force)
-    if (folder / PEFT_CONFIG).is_file():
-        return read_peft(model, folder, name=name, tokenizer=tokenizer, force=force)
+    try:
+        if (folder / ADAPTER_META).is_file():
+            return read_ours(model, folder, name=name, tokenizer=tokenizer, force=force)
+        if is_adapterhub_folder(folder):
+            return read_adapterhub(model, folder, name=name, force=force)
+        if (folder / PEFT_CONFIG).is_file():
+            return read_peft(model, folder, name=name, tokenizer=tokenizer, force=force)
+    except AdapterExistsError as clash:  # the saved name is taken: the fix is name=
+        raise AdapterExistsError(
+            f"model already has an adapter {clash.name!r}; load this one under another name "
+            f"(peft_core.load_adapter(model, {str(folder)!r}, name='...')) or "
+            "peft_core.delete_adapter the one there first",
+            clash.name,
+        ) from None
     raise AdapterFormatError(
         f"{folder} is not an adapter folder: expected {ADAPTER_META} (peft_core) or "
         f"{PEFT_CONFIG} (a PEFT or AdapterHub adapter)"

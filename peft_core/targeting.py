@@ -70,14 +70,17 @@ def _prefixed(prefix: str, target: Target) -> Target:
 def _unmatched_message(
     body: nn.Module, requested: Iterable[str], unmatched: list[str], model_type: str
 ) -> str:
-    candidates = [n for n, m in named_base_modules(body) if layer_kind(m) is not None]
+    candidates = [n for n, m in named_base_modules(body) if n and layer_kind(m) is not None]
     leaf_names = sorted({n.rsplit(".", 1)[-1] for n in candidates})
     roles = (
         f"roles known for {model_type!r}: {', '.join(ROLES)}"
         if family_of(model_type)
         else f"model type {model_type!r} has no role table; use module-name patterns"
     )
-    return (
-        f"targets {unmatched} matched no module (asked for {list(requested)}); {roles}. "
+    where = (
         f"Adaptable module names here include: {', '.join(leaf_names[:12])}"
+        if leaf_names
+        else f"This {type(body).__name__} has no Linear, Conv1D or LayerNorm submodule to "
+        "adapt (adapters go on a transformers model, not on one of its layers)"
     )
+    return f"targets {unmatched} matched no module (asked for {list(requested)}); {roles}. {where}"

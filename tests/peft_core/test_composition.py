@@ -373,9 +373,20 @@ class TestPerRow:
             pc.per_row(model, "aa"),
         ):
             pass
+        with (  # ids instead of names: was "model has no adapter tensor(0)"
+            pytest.raises(pc.ConfigError) as raised,
+            pc.per_row(model, torch.tensor([0, 1])),
+        ):
+            pass
+        assert str(raised.value) == (
+            "per_row takes adapter names (or None for the base), one per batch row; row 0 is "
+            "Tensor tensor(0): map ids to names first, e.g. [names[i] for i in ids]"
+        )
         inputs = batch(model, rows=2)
         with pc.per_row(model, ["a", None]):
             listed = logits(model, inputs)
+        with pc.per_row(model, np.array(["a", None], dtype=object)):  # NumPy's names are names
+            torch.testing.assert_close(logits(model, inputs), listed, rtol=0, atol=0)
         with pc.per_row(model, (name for name in ["a", None])):  # was "generator has no len()"
             torch.testing.assert_close(logits(model, inputs), listed, rtol=0, atol=0)
         pc.merge(model, "a")

@@ -126,6 +126,19 @@ class TestInjectionErrors:
         assert_untouched(model, before, modules)
         assert pc.list_adapters(model) == []
 
+    def test_a_single_layer_is_not_a_model_to_adapt(self):
+        """It ended "Adaptable module names here include: " and nothing."""
+        layer = torch.nn.Linear(4, 4)
+        with pytest.raises(pc.TargetError) as raised:
+            pc.add_adapter(layer, "a", pc.LoRA())
+        assert str(raised.value) == (
+            "targets ['q', 'v'] matched no module (asked for ['q', 'v']); model type '' has no "
+            "role table; use module-name patterns. This Linear has no Linear, Conv1D or "
+            "LayerNorm submodule to adapt (adapters go on a transformers model, not on one of "
+            "its layers)"
+        )
+        assert isinstance(layer, torch.nn.Linear) and not list(layer.children())
+
     def test_unsupported_module_type_is_refused(self, tiny_model):
         model = tiny_model("bert", "classification")
         before, modules = snapshot(model), [type(m) for m in model.modules()]
@@ -360,6 +373,22 @@ class TestLoadErrors:
         (tmp_path / "empty").mkdir()
         with pytest.raises(pc.AdapterFormatError, match=r"not an adapter folder"):
             pc.load_adapter(model, tmp_path / "empty")
+
+    def test_a_name_taken_says_how_to_load_under_another(self, tiny_model, saved):
+        """It said "choose another name", but load_adapter's way to choose one (name=) was
+        not named."""
+        model = tiny_model("bert", "classification")
+        pc.add_adapter(model, "a", pc.BitFit())
+        before, modules = snapshot(model), [type(m) for m in model.modules()]
+        with pytest.raises(pc.AdapterExistsError) as raised:
+            pc.load_adapter(model, saved)
+        assert str(raised.value) == (
+            f"model already has an adapter 'a'; load this one under another name "
+            f"(peft_core.load_adapter(model, '{saved}', name='...')) or "
+            "peft_core.delete_adapter the one there first"
+        )
+        assert_untouched(model, before, modules)
+        assert pc.load_adapter(model, saved, name="a2").name == "a2"
 
     def test_a_file_given_for_the_folder_is_named_a_file(self, tiny_model, saved):
         """Giving the weights file itself said "adapter folder ... does not exist", though it
