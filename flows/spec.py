@@ -477,7 +477,7 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     try:
         spec = AdapterSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_problem(error) for error in exc.errors()]) from None
+        raise SpecError(source, _problems(exc)) from None
     if base_dir is None:
         return spec
     return spec.model_copy(update={"data": _resolve_paths(spec.data, base_dir)})
@@ -499,8 +499,31 @@ def load_plan_spec(path: str | Path, overrides: list[str] | None = None) -> Adap
         try:
             return PlanSpec.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(str(file), [_problem(error) for error in exc.errors()]) from None
+            raise SpecError(str(file), _problems(exc)) from None
     return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """One (field, message) per problem; peft's fields written beside ``type: peft`` instead
+    of under its ``config`` are one problem that says where they go (not "config: Field
+    required" and "unknown field (check the spelling)" for each)."""
+    errors = exc.errors()
+
+    def beside_peft(error: Any) -> bool:
+        return tuple(error["loc"][:2]) == ("method", "peft") and error["type"] in (
+            "extra_forbidden",
+            "missing",  # config itself
+        )
+
+    beside = [str(e["loc"][2]) for e in errors if beside_peft(e) and e["type"] != "missing"]
+    if not beside:
+        return [_problem(error) for error in errors]
+    example = ", ".join(f"{field}: ..." for field in beside[:3])
+    nested = (
+        f"peft's own fields ({', '.join(beside)}) go under config: write method: {{type: "
+        f"peft, config: {{{example}}}}}"
+    )
+    return [("method", nested), *(_problem(e) for e in errors if not beside_peft(e))]
 
 
 def _problem(error: Any) -> tuple[str, str]:

@@ -57,7 +57,15 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(fields) - set(known))
     if unknown:
-        raise ConfigError(f"{kind}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        nest = (  # a method that takes another library's configuration whole (type: peft)
+            f"; {kind}'s own fields go under config: {{type: {kind}, config: {{{unknown[0]}: "
+            "...}}"
+            if set(known) == {"config"} and "config" not in fields
+            else ""
+        )
+        raise ConfigError(
+            f"{kind}: unknown field(s) {unknown}; known fields: {sorted(known)}{nest}"
+        )
     fields = plain_values(cls, fields)
     check_field_types(kind, cls, fields, sequence="list")  # a file holds lists
     try:

@@ -225,6 +225,23 @@ class TestInvalidSpecs:
     def test_unknown_method_type_says_what_to_write(self, given, told):
         assert told in problems(with_(method={"type": given}))["method"]
 
+    def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
+        """They were four problems: config required, and each of peft's fields an unknown
+        field "(check the spelling)", though each was spelt right."""
+        method = {"type": "peft", "peft_type": "LOHA", "r": 8, "target_modules": ["query"]}
+        assert problems(with_(method=method)) == {
+            "method": "peft's own fields (peft_type, r, target_modules) go under config: write "
+            "method: {type: peft, config: {peft_type: ..., r: ..., target_modules: ...}}"
+        }
+        method = {"type": "peft", "config": {"peft_type": "LOHA", "target_modules": ["query"]}}
+        assert parse_spec(with_(method=method)).method.to_config().config["peft_type"] == "LOHA"
+        with pytest.raises(pc.ConfigError) as raised:  # the Python API says the same
+            pc.config_from_dict({"type": "peft", "peft_type": "LOHA", "r": 8})
+        assert str(raised.value) == (
+            "peft: unknown field(s) ['peft_type', 'r']; known fields: ['config']; peft's own "
+            "fields go under config: {type: peft, config: {peft_type: ...}}"
+        )
+
     @pytest.mark.parametrize(
         ("given", "kind"),
         [("LoRA", "lora"), ("IA3", "ia3"), ("BitFit", "bitfit"), ("DORA", "dora")],
