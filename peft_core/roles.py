@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .layer import named_base_modules
+from .layer import layer_kind, named_base_modules
 
-__all__ = ["FAMILIES", "ROLES", "Family", "Target", "family_of", "find_targets"]
+__all__ = ["ALL_LINEAR", "FAMILIES", "ROLES", "Family", "Target", "family_of", "find_targets"]
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+# Every Linear and Conv1D layer of the body, in any family: what peft's "all-linear" adapts
+# (the head is not part of the body). Fused projections are adapted whole, as peft does.
+ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,17 @@ def find_targets(
     width (needed to cut fused projections into slices).
     """
     family = family_of(model_type)
-    names = [name for name, _ in named_base_modules(model)]
+    modules = list(named_base_modules(model))
+    names = [name for name, _ in modules]
     found: dict[tuple[str, tuple[int, int] | None], Target] = {}
     unmatched: list[str] = []
     for requested in targets:
-        hits = (
-            _match_role(names, family, requested, out_features)
-            if requested in ROLES
-            else _match_pattern(names, requested)
-        )
+        if requested == ALL_LINEAR:
+            hits = [Target(name) for name, module in modules if _has_weight_matrix(module)]
+        elif requested in ROLES:
+            hits = _match_role(names, family, requested, out_features)
+        else:
+            hits = _match_pattern(names, requested)
         if not hits:
             unmatched.append(requested)
         for hit in hits:
@@ -143,6 +148,11 @@ def find_targets(
     order = {name: i for i, name in enumerate(names)}
     resolved = sorted(found.values(), key=lambda t: (order[t.module_name], t.out_slice or (0, 0)))
     return resolved, unmatched
+
+
+def _has_weight_matrix(module: nn.Module) -> bool:
+    kind = layer_kind(module)
+    return kind is not None and kind.has_weight_matrix
 
 
 def _match_role(

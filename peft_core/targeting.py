@@ -14,7 +14,7 @@ from torch import nn
 from .errors import TargetError
 from .heads import body_prefix
 from .layer import layer_kind, named_base_modules
-from .roles import ROLES, Target, family_of, find_targets
+from .roles import ALL_LINEAR, ROLES, Target, family_of, find_targets
 
 __all__ = ["all_biases", "model_type_of", "resolve_targets"]
 
@@ -73,9 +73,10 @@ def _unmatched_message(
     candidates = [n for n, m in named_base_modules(body) if n and layer_kind(m) is not None]
     leaf_names = sorted({n.rsplit(".", 1)[-1] for n in candidates})
     roles = (
-        f"roles known for {model_type!r}: {', '.join(ROLES)}"
+        f"roles known for {model_type!r}: {', '.join(ROLES)} ({ALL_LINEAR}: every linear layer)"
         if family_of(model_type)
-        else f"model type {model_type!r} has no role table; use module-name patterns"
+        else f"model type {model_type!r} has no role table; use module-name patterns (or "
+        f"{ALL_LINEAR}: every linear layer)"
     )
     where = (
         f"Adaptable module names here include: {', '.join(leaf_names[:12])}"

@@ -133,7 +133,8 @@ class TestInjectionErrors:
             pc.add_adapter(layer, "a", pc.LoRA())
         assert str(raised.value) == (
             "targets ['q', 'v'] matched no module (asked for ['q', 'v']); model type '' has no "
-            "role table; use module-name patterns. This Linear has no Linear, Conv1D or "
+            "role table; use module-name patterns (or all-linear: every linear layer). This "
+            "Linear has no Linear, Conv1D or "
             "LayerNorm submodule to adapt (adapters go on a transformers model, not on one of "
             "its layers)"
         )

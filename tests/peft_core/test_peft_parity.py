@@ -63,6 +63,38 @@ class TestSameWeightsSameLogits:
         )
 
 
+class TestAllLinear:
+    @pytest.mark.parametrize(
+        ("family", "head", "task_type"),
+        [
+            ("minilm", "classification", "SEQ_CLS"),  # the pooler's dense too, as in peft
+            ("gpt2", "causal-lm", "CAUSAL_LM"),
+            ("llama", "causal-lm", "CAUSAL_LM"),
+        ],
+    )
+    def test_adapts_the_modules_peft_all_linear_adapts(self, tiny_model, family, head, task_type):
+        model = minilm() if family == "minilm" else tiny_model(family, head)
+        config = peft.LoraConfig(r=4, target_modules="all-linear", task_type=task_type)
+        reference = peft.get_peft_model(copy.deepcopy(model), config)
+        theirs = {
+            name.removeprefix("base_model.model.").removesuffix(".lora_A")
+            for name, _ in reference.named_modules()
+            if name.endswith(".lora_A")
+        }
+        record = pc.add_adapter(model, "a", pc.LoRA(rank=4, targets=("all-linear",)))
+        ours = {target.module_name for target in record.targets}
+        assert ours == theirs
+        assert len(ours) == {"minilm": 6 * 6 + 1, "gpt2": 2 * 4, "llama": 2 * 7}[family]
+
+    def test_the_body_only_not_a_pretrained_heads_layers(self, tiny_model):
+        """peft's all-linear also adapts a masked-LM head's transform; the pre-trained head
+        stays frozen here (every method adapts the body)."""
+        model = tiny_model("bert", "masked-lm")
+        record = pc.add_adapter(model, "a", pc.LoRA(targets=("all-linear",)))
+        names = {target.module_name for target in record.targets}
+        assert len(names) == 2 * 6 and all(name.startswith("bert.encoder.") for name in names)
+
+
 class TestOurFilesLoadInPeft:
     @pytest.mark.parametrize(
         ("family", "head", "targets"),
@@ -72,6 +104,8 @@ class TestOurFilesLoadInPeft:
             ("gpt2", "causal-lm", ("q", "v")),  # slices of the fused c_attn
             ("gpt2", "classification", ("q", "v", "o")),  # fused and plain: rank_pattern
             ("llama", "causal-lm", ("q", "v", "ffn_in")),
+            ("llama", "causal-lm", ("all-linear",)),
+            ("gpt2", "causal-lm", ("all-linear",)),  # c_attn whole, as peft adapts it
         ],
     )
     def test_identical_outputs(self, tiny_model, family, head, targets, tmp_path):
