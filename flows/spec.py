@@ -257,6 +257,19 @@ class TrainSpec(_Strict):
     packing: bool = False
 
 
+_DTYPE_NAMES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp16": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp32": "fp32",
+    "auto": "auto",
+}
+
+
 class LoadSpec(_Strict):
     """How the base model's weights are loaded (for training, evaluation and predict alike)."""
 
@@ -276,6 +289,30 @@ class LoadSpec(_Strict):
     # Evaluation and predict load the whole base: on one GPU when it fits, else spread over
     # the GPUs. offload: true lets what no GPU holds stay in CPU memory, then on disk (slow).
     offload: bool = False
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_as_torch_names_it(cls, value: Any) -> Any:
+        # torch's and transformers' names (torch_dtype: bfloat16) are the same dtypes
+        if isinstance(value, str):
+            return _DTYPE_NAMES.get(value.strip().lower().removeprefix("torch."), value)
+        return value
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_in_other_words(cls, value: Any) -> Any:
+        plain = (
+            value.strip().lower().replace("-", "").replace("_", "")
+            if isinstance(value, str)
+            else ""
+        )
+        if plain in ("4bit", "int4", "fp4", "bnb4bit", "loadin4bit", "qlora"):
+            raise ValueError(
+                f"4-bit is written nf4 (QLoRA's 4-bit NormalFloat, through torchao), got {value!r}"
+            )
+        if plain in ("8bit", "bnb8bit", "loadin8bit"):
+            raise ValueError(f"8-bit is written int8 (weight-only, per channel), got {value!r}")
+        return value.strip().lower() if isinstance(value, str) else value
 
     def attn_implementation(self) -> str | None:
         """What to pass transformers as ``attn_implementation`` (None: its own choice)."""

@@ -225,6 +225,28 @@ class TestInvalidSpecs:
     def test_unknown_method_type_says_what_to_write(self, given, told):
         assert told in problems(with_(method={"type": given}))["method"]
 
+    @pytest.mark.parametrize(
+        ("given", "dtype"),
+        [("bfloat16", "bf16"), ("torch.float16", "fp16"), ("half", "fp16"), ("BF16", "bf16"),
+         ("float32", "fp32"), ("fp32", "fp32")],
+    )  # fmt: skip
+    def test_a_dtype_as_torch_names_it_is_that_dtype(self, given, dtype):
+        """transformers' torch_dtype: bfloat16 was "Input should be 'auto', 'bf16', ..."."""
+        spec = parse_spec(with_(load={"dtype": given}))
+        assert spec.load.dtype == dtype and spec.model_dump()["load"]["dtype"] == dtype
+
+    @pytest.mark.parametrize(
+        ("given", "told"),
+        [("4bit", "4-bit is written nf4 (QLoRA's 4-bit NormalFloat, through torchao), got '4bit'"),
+         ("load_in_4bit", "4-bit is written nf4 (QLoRA's 4-bit NormalFloat, through torchao), "
+          "got 'load_in_4bit'"),
+         ("8-bit", "8-bit is written int8 (weight-only, per channel), got '8-bit'"),
+         ("int3", "Input should be 'none', 'nf4' or 'int8'")],
+    )  # fmt: skip
+    def test_quantization_in_other_words_says_how_it_is_written(self, given, told):
+        assert problems(with_(load={"quantization": given})) == {"load.quantization": told}
+        assert parse_spec(with_(load={"quantization": "NF4"})).load.quantization == "nf4"
+
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
         """They were four problems: config required, and each of peft's fields an unknown
         field "(check the spelling)", though each was spelt right."""
