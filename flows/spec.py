@@ -77,6 +77,11 @@ class HeadSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _type_alone(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data  # head: causal-lm
+
+    @model_validator(mode="before")
+    @classmethod
     def _count_named_labels(cls, data: Any) -> Any:
         names = data.get("label_names") if isinstance(data, dict) else None
         if isinstance(names, list) and data.get("num_labels") is None:

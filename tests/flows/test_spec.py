@@ -247,6 +247,14 @@ class TestInvalidSpecs:
         assert problems(with_(load={"quantization": given})) == {"load.quantization": told}
         assert parse_spec(with_(load={"quantization": "NF4"})).load.quantization == "nf4"
 
+    def test_a_head_written_as_its_type_alone_is_that_head(self):
+        """head: causal-lm was "Input should be a valid dictionary or instance of HeadSpec"."""
+        spec = parse_spec(with_(head="causal-lm", evaluate={"metric": "perplexity"}))
+        assert spec.head.type == "causal-lm" and spec.model_dump()["head"]["num_labels"] is None
+        assert problems(with_(head="classification")) == {
+            "head": "a classification head needs num_labels (>= 2) or label_names"
+        }
+
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
         """They were four problems: config required, and each of peft's fields an unknown
         field "(check the spelling)", though each was spelt right."""
