@@ -355,6 +355,18 @@ class PromoteSpec(_Strict):
             raise ValueError(str(exc)) from None
 
 
+# cron's shorthands, as the five fields they stand for (retrain's CronSim reads only fields)
+_CRON_MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+
 class ScheduleSpec(_Strict):
     cron: str | None = None
 
@@ -363,9 +375,11 @@ class ScheduleSpec(_Strict):
     def _five_fields(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        value = _CRON_MACROS.get(value.strip().lower(), value)  # Prefect reads them too
         if len(value.split()) != 5:
             raise ValueError(
-                f"cron must have 5 fields (minute hour day month weekday), got {value!r}"
+                f"cron must have 5 fields (minute hour day month weekday) or be one of "
+                f"{', '.join(_CRON_MACROS)}, got {value!r}"
             )
         try:  # what retrain reads it with: a bad field failed there, at the scheduled run
             CronSim(value, datetime(2026, 1, 1))

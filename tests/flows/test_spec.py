@@ -255,6 +255,18 @@ class TestInvalidSpecs:
             "head": "a classification head needs num_labels (>= 2) or label_names"
         }
 
+    @pytest.mark.parametrize(
+        ("given", "fields"),
+        [("@daily", "0 0 * * *"), ("@weekly", "0 0 * * 0"), ("@HOURLY", "0 * * * *")],
+    )
+    def test_a_cron_shorthand_is_its_five_fields(self, given, fields):
+        """Prefect takes @daily; retrain's reading of the schedule did not, so it was refused."""
+        assert parse_spec(with_(schedule={"cron": given})).schedule.cron == fields
+        assert problems(with_(schedule={"cron": "daily"})) == {
+            "schedule.cron": "cron must have 5 fields (minute hour day month weekday) or be one "
+            "of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually, got 'daily'"
+        }
+
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
         """They were four problems: config required, and each of peft's fields an unknown
         field "(check the spelling)", though each was spelt right."""
