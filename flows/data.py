@@ -363,8 +363,7 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
     ``head.label_names`` turned into their numbers."""
     data = spec.data
     if data.instructions:
-        _check_instruction_columns(spec, dataset, split)
-        return dataset
+        return _checked_instructions(spec, dataset, split)
     wanted = _wanted_columns(spec)
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
@@ -457,7 +456,23 @@ def _warn_of_unseen_labels(spec: AdapterSpec, seen: set[Any]) -> None:
         )
 
 
-def _check_instruction_columns(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> None:
+# ShareGPT's speakers ({"from": "human", "value": ...}, as axolotl and many chat data sets
+# write turns) as the roles chat templates read
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+
+
+def _checked_instructions(
+    spec: AdapterSpec, dataset: datasets.Dataset, split: str
+) -> datasets.Dataset:
+    """``dataset`` checked as instruction data; chat turns written ShareGPT's way
+    (``{from, value}``) come back as ``{role, content}``."""
     data = spec.data
     missing = [c for c in _wanted_columns(spec) if c not in dataset.column_names]
     if missing:
@@ -465,21 +480,50 @@ def _check_instruction_columns(spec: AdapterSpec, dataset: datasets.Dataset, spl
             f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
             "Set data.prompt / data.response or data.messages in the spec."
         )
-    for row, example in enumerate(dataset):
-        where = f"{split} split, row {row + 1}"
-        if data.messages is None:
-            if not str(example[data.response] or "").strip():
-                raise DataError(f"{where}: the response is empty (nothing to learn from)")
-            continue
-        messages = example[data.messages]
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
-        ):
-            raise DataError(f"{where}: {data.messages!r} must be a list of {{role, content}}")
-        if messages[-1]["role"] != "assistant" or not str(messages[-1]["content"]).strip():
-            raise DataError(f"{where}: the last message must be a non-empty assistant answer")
+    if data.messages is None:
+        for row, response in enumerate(dataset[data.response]):
+            if not str(response or "").strip():
+                raise DataError(
+                    f"{split} split, row {row + 1}: the response is empty (nothing to learn from)"
+                )
+        return dataset
+    column = data.messages
+    written_by_speaker = False
+    for row, turns in enumerate(dataset[column]):
+        conversation = _conversation(f"{split} split, row {row + 1}", column, turns)
+        written_by_speaker = written_by_speaker or conversation != turns
+    if not written_by_speaker:
+        return dataset
+    return dataset.map(lambda example: {column: _conversation("", column, example[column])})
+
+
+def _conversation(where: str, column: str, turns: Any) -> list[dict[str, Any]]:
+    """One row's chat turns as ``{role, content}`` dicts, refused (naming the row) when they
+    are not a list of turns ending with the assistant's answer."""
+    shape = f"{column!r} must be a list of {{role, content}} (or ShareGPT's {{from, value}})"
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        raise DataError(f"{where}: {shape}")
+    conversation = []
+    for turn in turns:
+        if turn.get("role") is not None and "content" in turn:
+            conversation.append(turn)  # as written: a template may read more than these two
+        elif turn.get("from") is not None and "value" in turn:
+            role = SHAREGPT_ROLES.get(str(turn["from"]))
+            if role is None:
+                raise DataError(
+                    f"{where}: a turn from {turn['from']!r}; ShareGPT's speakers are "
+                    f"{', '.join(SHAREGPT_ROLES)}"
+                )
+            conversation.append({"role": role, "content": turn["value"]})
+        else:
+            raise DataError(f"{where}: {shape}")
+    last = conversation[-1]
+    if last["role"] != "assistant" or not str(last["content"] or "").strip():
+        said = "empty" if last["role"] == "assistant" else f"a {last['role']!r} message"
+        raise DataError(
+            f"{where}: the last message must be a non-empty assistant answer, not {said}"
+        )
+    return conversation
 
 
 def tokenize(

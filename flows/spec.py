@@ -203,7 +203,8 @@ class DataSpec(_Strict):
     text_pair: str | None = None
     label: str | None = "label"
     # Instruction data for causal LMs: a prompt and a response column, or a column of chat
-    # messages ([{role, content}, ...], the last one the assistant's). Loss on the response only.
+    # messages ([{role, content}, ...], the last one the assistant's; ShareGPT's {from, value}
+    # turns are read as those roles). Loss on the response only.
     prompt: str | None = None
     response: str | None = None
     messages: str | None = None

@@ -107,6 +107,40 @@ def test_chat_messages_go_through_the_chat_template(base, tmp_path):
     assert tokenizer.decode(example["input_ids"][len(prompt) :]).strip() == ROWS[0][1]
 
 
+def test_sharegpt_turns_are_read_as_the_roles_they_stand_for(base, tmp_path):
+    """{from: human/gpt, value} (ShareGPT's turns, as axolotl and many chat data sets write
+    them) were "must be a list of {role, content}"; rows of both kinds may share a file."""
+    speakers = [
+        {"conversation": [{"from": "system", "value": "Be brief."}, *turns]}
+        for turns in ([{"from": "human", "value": p}, {"from": "gpt", "value": r}] for p, r in ROWS)
+    ]
+    roles = [
+        {"conversation": [{"role": "system", "content": "Be brief."}, *turns]}
+        for turns in (
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in ROWS
+        )
+    ]
+    read = {}
+    for kind, rows in (
+        ("speakers", speakers),
+        ("roles", roles),
+        ("both", speakers[:2] + roles[2:]),
+    ):
+        folder = tmp_path / kind
+        folder.mkdir()
+        spec = spec_for(base, folder, rows, messages="conversation")
+        train, _ = load_raw(spec)
+        assert [turn["role"] for turn in train[0]["conversation"]] == [
+            "system",
+            "user",
+            "assistant",
+        ]
+        read[kind] = prepare(spec, load_tokenizer(spec)).train
+    for kind in ("speakers", "both"):
+        assert read[kind]["input_ids"] == read["roles"]["input_ids"]
+        assert read[kind]["labels"] == read["roles"]["labels"]
+
+
 def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, tmp_path):
     spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
     report = train_from_spec(spec, tmp_path / "out")
@@ -271,6 +305,29 @@ class TestBadRows:
             DataError, match="row 5: the last message must be a non-empty assistant"
         ):
             load_raw(spec)
+
+    def test_a_chat_that_ends_with_another_role_names_it(self, base, tmp_path):
+        rows = [
+            *chats(),
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hey"}]},
+        ]
+        spec = spec_for(base, tmp_path, rows, messages="messages")
+        with pytest.raises(DataError) as raised:
+            load_raw(spec)
+        assert str(raised.value) == (
+            "train split, row 5: the last message must be a non-empty assistant answer, not a "
+            "'bot' message"
+        )
+
+    def test_a_sharegpt_turn_from_an_unknown_speaker(self, base, tmp_path):
+        rows = [{"c": [{"from": "human", "value": "hi"}, {"from": "model", "value": "hey"}]}]
+        spec = spec_for(base, tmp_path, rows, messages="c")
+        with pytest.raises(DataError) as raised:
+            load_raw(spec)
+        assert str(raised.value) == (
+            "train split, row 1: a turn from 'model'; ShareGPT's speakers are system, human, "
+            "user, gpt, assistant, tool"
+        )
 
     def test_a_prompt_longer_than_max_length(self, base, tmp_path):
         rows = [*pairs(), {"prompt": "word " * 64, "response": "short"}]
