@@ -251,11 +251,17 @@ def _from_dataset_id(
     try:
         loaded = datasets.load_dataset(data.dataset, data.subset)
     except Exception as exc:  # network, missing cache, bad folder: all one message for users
-        reason = " ".join(str(exc).split())[:300]
+        reason = " ".join(str(exc).split())[:300].rstrip(".")
+        hint = (  # a folder here is not reached over the network: the hub's words would mislead
+            "give a folder of data files (csv, json, parquet, ...) or one "
+            "DatasetDict.save_to_disk wrote"
+            if Path(data.dataset).is_dir()
+            else "offline, only datasets in the local Hugging Face cache or local folders can "
+            "be read"
+        )
         raise DataError(
             f"cannot load dataset {data.dataset!r}"
-            f"{f' (subset {data.subset!r})' if data.subset else ''}: {reason}. Offline, only "
-            "datasets in the local Hugging Face cache or local folders can be read."
+            f"{f' (subset {data.subset!r})' if data.subset else ''}: {reason}; {hint}"
         ) from None
     splits = list(loaded)
     wanted = [data.train_split, *([data.validation_split] if data.validation_split else [])]

@@ -63,6 +63,32 @@ def test_a_folder_is_not_a_data_file(tmp_path):
         load_split(str(tmp_path))
 
 
+def test_a_dataset_that_cannot_be_loaded_says_what_would_be(tmp_path):
+    """An empty folder was told "Offline, only datasets in the local Hugging Face cache or
+    local folders can be read": it is a local folder; what it lacks is data files. (The
+    tests run offline: conftest sets HF_HUB_OFFLINE.)"""
+
+    def loading(dataset: str) -> str:
+        spec = load_spec(
+            EXAMPLE, ["data.train=null", "data.validation=null", f"data.dataset={dataset}"]
+        )
+        with pytest.raises(DataError) as raised:
+            load_raw(spec)
+        return str(raised.value)
+
+    told = loading(str(tmp_path))
+    assert told.startswith(f"cannot load dataset '{tmp_path}': ")
+    assert told.endswith(
+        "; give a folder of data files (csv, json, parquet, ...) or one "
+        "DatasetDict.save_to_disk wrote"
+    )
+    told = loading("stanfordnlp/sst2")
+    assert told.startswith("cannot load dataset 'stanfordnlp/sst2': ")
+    assert told.endswith(
+        "; offline, only datasets in the local Hugging Face cache or local folders can be read"
+    )
+
+
 def _spec_reading(train: Path, *overrides: str):
     return load_spec(EXAMPLE, [f"data.train={train}", f"data.validation={train}", *overrides])
 
