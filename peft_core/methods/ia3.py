@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..errors import AdapterFormatError, ConfigError, TargetError
 from ..layer import AdaptedLayer, ParamDelta
 from ..offload import current_weight
-from ..roles import Target
+from ..roles import ALL_LINEAR, Target
 from ..targeting import resolve_targets
 from .base import LayerSite, Method, MethodConfig, PeftImport, check_targets, require
 from .lora import peft_targets
@@ -58,7 +58,10 @@ class IA3(MethodConfig):
         check_targets(self.targets)
         require(isinstance(self.feedforward, tuple), "feedforward must be a tuple of strings")
         outside = [f for f in self.feedforward if f not in self.targets]
-        require(not outside, f"feedforward {outside} must also be listed in targets")
+        every_linear = ALL_LINEAR in self.targets  # holds whatever feedforward names
+        require(
+            every_linear or not outside, f"feedforward {outside} must also be listed in targets"
+        )
 
 
 class IA3Module(nn.Module):

@@ -60,6 +60,12 @@ CASES = {
             fan_in_fan_out=True,
         ),
     ),
+    "ia3-llama-all-linear": Case(  # feedforward needs no listing among every linear layer
+        "llama",
+        "causal-lm",
+        pc.IA3(targets=("all-linear",), feedforward=("ffn_out",)),
+        peft.IA3Config(target_modules="all-linear", feedforward_modules=["down_proj"]),
+    ),
     "dora-bert": Case(
         "bert",
         "classification",
@@ -79,6 +85,12 @@ CASES = {
         peft.LoraConfig(
             r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True
         ),
+    ),
+    "dora-llama-all-linear": Case(
+        "llama",
+        "causal-lm",
+        pc.DoRA(rank=4, alpha=16, targets=("all-linear",)),
+        peft.LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", use_dora=True),
     ),
     "dora-gpt2": Case(
         "gpt2",
