@@ -34,6 +34,7 @@ from .errors import CheckpointMismatchError, ConfigError
 from .inject import active_adapters, is_merged
 from .methods import Method, method_of
 from .parallel import parallel_adapters
+from .periodic_evaluation import PeriodicEvaluation
 from .state import adapter_layers, adapter_records
 
 __all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
@@ -52,6 +53,9 @@ class TrainResult:
     learning_rates: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     resumed_from: int = 0  # the step a checkpoint put us at (0: a fresh start)
+    # evaluate_every: (optimiser steps done, validation loss) after every N-th step and the last
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None  # keep_best: the step whose weights the model ends with
 
     @property
     def median_step_seconds(self) -> float:
@@ -75,6 +79,10 @@ def train(
     checkpoint_every: int = 50,
     on_step: Callable[[int, float, float], None] | None = None,
     gradient_checkpointing: bool = False,
+    evaluate: Callable[[], float] | None = None,
+    evaluate_every: int | None = None,
+    keep_best: bool = False,
+    on_evaluation: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimiser steps over ``batches`` (cycled if shorter).
 
@@ -88,7 +96,12 @@ def train(
     pass instead of keeping them (less memory, ~30% more compute), with the same gradients.
     ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
     ``GradScaler``), without which small gradients vanish in float16 (GPUs without bf16).
+    ``evaluate`` (a callable returning the validation loss) runs in eval mode, without
+    gradients, after every ``evaluate_every``-th step and after the last
+    (``result.evaluations``; ``on_evaluation(step, loss)`` hears each); ``keep_best`` ends
+    with the trainable weights of the lowest loss (``result.best_step``). One process only.
     """
+    _check_evaluation(evaluate, evaluate_every, keep_best, model)
     _check_settings(
         max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
         checkpoint_every=checkpoint_every, learning_rate=learning_rate,
@@ -105,6 +118,10 @@ def train(
     # step whose gradients overflowed is skipped and the scale lowered (off: a pass-through)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     result = TrainResult()
+    periodic = PeriodicEvaluation(
+        _unwrapped(model), evaluate, every=evaluate_every, keep_best=keep_best,
+        on_evaluation=on_evaluation,
+    )  # fmt: skip
     checkpoints = _Checkpoints(checkpoint_dir, model) if checkpoint_dir is not None else None
     stream = _cycle(batches)
     if checkpoints is not None:
@@ -115,6 +132,7 @@ def train(
             replay=stream,
             per_step=gradient_accumulation_steps,
             scaler=scaler,
+            periodic=periodic,
         )
     trained = _trained_adapters(model)
     _check_what_trains_runs(model, trained)
@@ -150,10 +168,33 @@ def train(
             if on_step is not None:
                 on_step(step, step_loss, lr_used)
             done = step + 1
+            periodic.after_step(done, max_steps)
             if checkpoints is not None and (done % checkpoint_every == 0 or done == max_steps):
-                checkpoints.save(optimizer, scheduler, result, step=done, scaler=scaler)
+                checkpoints.save(
+                    optimizer, scheduler, result, step=done, scaler=scaler, periodic=periodic
+                )
+    result.evaluations, result.best_step = list(periodic.points), periodic.restore_best()
     model.eval()
     return result
+
+
+def _check_evaluation(
+    evaluate: Callable[[], float] | None,
+    evaluate_every: int | None,
+    keep_best: bool,
+    model: nn.Module,
+) -> None:
+    """Refuse periodic-evaluation settings that cannot work together, before any step."""
+    if evaluate_every is not None:
+        check_counts({"evaluate_every": evaluate_every})
+        if evaluate is None:
+            raise ConfigError("evaluate_every needs evaluate, a callable returning the loss")
+    if keep_best and evaluate_every is None:
+        raise ConfigError("keep_best needs evaluate_every (and evaluate): nothing is evaluated")
+    if evaluate_every is not None and (isinstance(model, DDP) or _has_shards(model)):
+        raise ConfigError(
+            "evaluate_every runs in one process: evaluate after training under DDP or FSDP"
+        )
 
 
 def _optimizer_step(
@@ -436,7 +477,14 @@ class _Checkpoints:
         optimizer.load_state_dict(state["optimizer"])
 
     def save(
-        self, optimizer: Any, scheduler: Any, result: TrainResult, *, step: int, scaler: Any
+        self,
+        optimizer: Any,
+        scheduler: Any,
+        result: TrainResult,
+        *,
+        step: int,
+        scaler: Any,
+        periodic: PeriodicEvaluation | None = None,
     ) -> None:
         weights, optimizer_state = self.trainable_state(), self.optimizer_state(optimizer)
         if not self.writer:
@@ -453,6 +501,7 @@ class _Checkpoints:
             "losses": result.losses,
             "learning_rates": result.learning_rates,
             "step_seconds": result.step_seconds,
+            "evaluation": periodic.state() if periodic is not None else {},
         }
         self.file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.file.with_suffix(".partial")
@@ -468,6 +517,7 @@ class _Checkpoints:
         replay: Iterator[Batch],
         per_step: int,
         scaler: Any,
+        periodic: PeriodicEvaluation | None = None,
     ) -> TrainResult:
         """Load the last checkpoint (if any) and advance ``replay`` past the batches it used."""
         if not self.file.is_file():
@@ -494,6 +544,8 @@ class _Checkpoints:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if periodic is not None:  # the losses so far and the best weights before the crash
+            periodic.load(state.get("evaluation") or {})
         return TrainResult(
             losses=list(state["losses"]),
             learning_rates=list(state["learning_rates"]),

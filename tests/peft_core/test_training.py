@@ -350,3 +350,88 @@ class TestMistakes:
         assert len(result.losses) == 2
         moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
         assert moved and all(".a." in n or n.endswith(".a") for n in moved), sorted(moved)
+
+
+class TestPeriodicEvaluation:
+    def test_evaluates_every_n_steps_and_after_the_last_without_changing_the_training(self):
+        plain_model = model_with_lora()
+        torch.manual_seed(5)
+        plain = pc.train(plain_model, batches(), **OPTIONS)
+        model = model_with_lora()
+        torch.manual_seed(5)
+        seen, heard = [], []
+
+        def evaluate() -> float:
+            seen.append((model.training, torch.is_grad_enabled()))
+            torch.rand(3)  # a collator drawing masks: must not move training's random numbers
+            return float(len(seen))
+
+        result = pc.train(model, batches(), evaluate=evaluate, evaluate_every=3,
+                          on_evaluation=lambda step, loss: heard.append((step, loss)),
+                          **OPTIONS)  # fmt: skip
+        assert result.evaluations == [(3, 1.0), (6, 2.0), (8, 3.0)] == heard
+        assert seen == [(False, False)] * 3  # eval mode, no gradients
+        assert result.losses == plain.losses  # dropout drew the same numbers
+        assert result.best_step is None
+
+    def test_keep_best_ends_with_the_weights_of_the_lowest_loss(self):
+        model = model_with_lora()
+        at_evaluation = []
+        losses = iter([3.0, 1.0, float("nan"), 2.0])
+
+        def evaluate() -> float:
+            at_evaluation.append(trainable(model))
+            return next(losses)
+
+        result = pc.train(model, batches(), evaluate=evaluate, evaluate_every=2,
+                          keep_best=True, **OPTIONS)  # fmt: skip
+        assert [step for step, _ in result.evaluations] == [2, 4, 6, 8]
+        assert result.best_step == 4
+        best = at_evaluation[1]
+        head = "classifier.heads.a.weight"  # the adapter's own head: it trained on after step 4
+        assert not torch.equal(at_evaluation[-1][head], best[head])
+        for name, value in trainable(model).items():
+            assert torch.equal(value, best[name]), name
+
+    def test_a_resumed_run_keeps_the_best_of_the_steps_before_the_crash(self, tmp_path: Path):
+        model = model_with_lora()
+        losses = {2: 1.0, 4: 5.0, 6: 4.0, 8: 3.0}
+        options = {**OPTIONS, "evaluate_every": 2, "keep_best": True,
+                   "checkpoint_dir": tmp_path, "checkpoint_every": 2}  # fmt: skip
+        kept = {}
+
+        def evaluate_crashed() -> float:
+            step = len(kept) * 2 + 2
+            kept[step] = trainable(model)
+            if step == 6:
+                raise Crash
+            return losses[step]
+
+        with pytest.raises(Crash):
+            pc.train(model, batches(), evaluate=evaluate_crashed, **options)
+        resumed = model_with_lora()
+        after_the_crash = iter([losses[6], losses[8]])
+        result = pc.train(resumed, batches(), evaluate=lambda: next(after_the_crash), **options)
+        assert result.resumed_from == 4
+        assert result.evaluations == [(2, 1.0), (4, 5.0), (6, 4.0), (8, 3.0)]
+        assert result.best_step == 2
+        for name, value in trainable(resumed).items():
+            assert torch.equal(value, kept[2][name]), name
+
+    @pytest.mark.parametrize(
+        ("settings", "message"),
+        [
+            ({"keep_best": True},
+             "keep_best needs evaluate_every (and evaluate): nothing is evaluated"),
+            ({"evaluate_every": 2}, "evaluate_every needs evaluate, a callable returning the loss"),
+            ({"evaluate_every": 0, "evaluate": lambda: 0.0},
+             "evaluate_every must be a whole number of at least 1, got 0"),
+        ],
+    )  # fmt: skip
+    def test_settings_that_cannot_work_are_refused_before_a_step(self, settings, message):
+        model = model_with_lora()
+        before = trainable(model)
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.train(model, batches(), **OPTIONS, **settings)
+        assert str(raised.value) == message
+        assert all(torch.equal(value, before[name]) for name, value in trainable(model).items())

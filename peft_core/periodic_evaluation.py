@@ -1,0 +1,100 @@
+"""Validation during training: a loss every N optimiser steps, and the weights of the best.
+
+A run trained for a fixed number of steps can overfit a small data set long before its end.
+:class:`PeriodicEvaluation` (``pc.train(..., evaluate=..., evaluate_every=N)``) measures the
+validation loss after every N-th step and after the last, so the curve shows where, and with
+``keep_best`` puts the trainable weights of the lowest loss back at the end (what the
+transformers Trainer calls ``load_best_model_at_end``). Its state (the points so far and the
+best weights) travels in the run's checkpoints, so a resumed run keeps the best of the steps
+before the crash.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PeriodicEvaluation"]
+
+
+class PeriodicEvaluation:
+    """Calls ``evaluate()`` (the validation loss, lower is better) on ``model`` in eval mode
+    after every ``every``-th optimiser step and after the last one; ``keep_best`` keeps a
+    copy of the trainable weights of the lowest loss (on the CPU) for :meth:`restore_best`.
+    Without ``evaluate`` or ``every`` it does nothing (a run that does not evaluate)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        evaluate: Callable[[], float] | None,
+        *,
+        every: int | None,
+        keep_best: bool = False,
+        on_evaluation: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.evaluate = evaluate
+        self.every = every
+        self.keep_best = keep_best
+        self.on_evaluation = on_evaluation
+        self.points: list[tuple[int, float]] = []  # (optimiser steps done, validation loss)
+        self.best_step: int | None = None
+        self.best_loss: float | None = None
+        self._best_weights: dict[str, Tensor] = {}
+
+    def after_step(self, done: int, max_steps: int) -> None:
+        """Evaluate when ``done`` steps is a multiple of ``every`` or the last step (never
+        without ``evaluate`` and ``every``)."""
+        if self.evaluate is None or self.every is None:
+            return
+        if done % self.every and done != max_steps:
+            return
+        self.model.eval()
+        # the random numbers a validation collator draws (masks) are not training's: the run
+        # trains as it would without evaluating
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            loss = float(self.evaluate())
+        self.model.train()
+        self.points.append((done, loss))
+        lower = self.best_loss is None or loss < self.best_loss
+        if self.keep_best and math.isfinite(loss) and lower:  # a NaN never is the best
+            self.best_step, self.best_loss = done, loss
+            self._best_weights = {
+                name: param.detach().cpu().clone()
+                for name, param in self.model.named_parameters()
+                if param.requires_grad
+            }
+        if self.on_evaluation is not None:
+            self.on_evaluation(done, loss)
+
+    def restore_best(self) -> int | None:
+        """Put the best weights back into the model (``keep_best``); returns their step, or
+        None when nothing was kept."""
+        if not self._best_weights:
+            return None
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self._best_weights.items():
+                params[name].copy_(value)
+        return self.best_step
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it."""
+        return {
+            "points": list(self.points),
+            "best_step": self.best_step,
+            "best_loss": self.best_loss,
+            "best_weights": self._best_weights,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state`."""
+        self.points = [(int(step), float(loss)) for step, loss in state.get("points", [])]
+        self.best_step = state.get("best_step")
+        self.best_loss = state.get("best_loss")
+        self._best_weights = dict(state.get("best_weights") or {})
