@@ -47,6 +47,8 @@ from .train_job import (
     TrainReport,
     evaluate_folder,
     evaluate_registered,
+    evaluation_line,
+    kept_line,
     load_tokenizer,
     train_from_spec,
     write_report,
@@ -254,6 +256,11 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
         if build.on_step is not None:
             build.on_step(step, total, loss, learning_rate)
 
+    def heard(step: int, loss: float) -> None:  # train.eval_every's validation losses
+        tracker.on_evaluation(step, loss)
+        if build.on_phase is not None:
+            build.on_phase(evaluation_line(step, loss))
+
     with tracker.run():
         report = train_from_spec(
             spec,
@@ -263,7 +270,11 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
             checkpoint_dir=build.checkpoints,
             fingerprint=build.fingerprint,
             registry=build.registry,
+            on_evaluation=heard,
         )
+    kept = kept_line(report.evaluations, report.best_step, report.steps)
+    if build.on_phase is not None and kept is not None:
+        build.on_phase(kept)
     return report, tracker.run_id
 
 
@@ -288,6 +299,8 @@ def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[Tr
             Path(report.output),
             losses=report.losses,
             learning_rates=report.learning_rates,
+            evaluations=report.evaluations,
+            best_step=report.best_step,
             lineage=build.lineage,
             files=validation_answers(build, outcomes, Path(scratch)),
         )

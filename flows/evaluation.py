@@ -23,6 +23,7 @@ __all__ = [
     "exact_match",
     "greedy_continuations",
     "metrics_from_confusion",
+    "validation_loss",
 ]
 
 
@@ -89,6 +90,24 @@ def evaluate(
         for outcome, answer in zip(outcomes or [], generated or [], strict=True):
             outcome.generated, outcome.exact = answer.generated, answer.exact
     return metrics
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, head: str
+) -> float:
+    """The model's own loss over ``batches``: a classifier's mean over rows, a language
+    model's mean over its scored tokens (what training minimises; lower is better), whatever
+    the batching. What ``train.eval_every`` records during training."""
+    if head != "classification":
+        return float(
+            _language_model(model, batches, _nobody, causal=head == "causal-lm")["eval_loss"]
+        )
+    total, rows = 0.0, 0
+    for batch in _on_device(model, batches):
+        total += float(model(**batch).loss) * len(batch["labels"])
+        rows += len(batch["labels"])
+    return total / max(rows, 1)
 
 
 def _nobody(_: str, __: int) -> None:

@@ -3,6 +3,7 @@ an adapter's metric across its versions."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,17 @@ __all__ = ["confusion_matrix_plot", "loss_curve_plot", "trend_plot"]
 
 
 def loss_curve_plot(
-    losses: list[float], learning_rates: list[float], path: Path, *, title: str
+    losses: list[float],
+    learning_rates: list[float],
+    path: Path,
+    *,
+    title: str,
+    evaluations: Sequence[Sequence[float]] = (),
+    best_step: int | None = None,
 ) -> Path:
-    """Training loss per step (and its running mean), with the learning rate on a second axis."""
+    """Training loss per step (and its running mean), with the learning rate on a second axis;
+    the validation losses measured during training (``evaluations``: (step, loss) pairs) as
+    points, the step whose weights were kept (``best_step``) marked."""
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
     steps = range(1, len(losses) + 1)
     axis.plot(steps, losses, color="#9ab", linewidth=0.8, label="loss")
@@ -30,6 +39,13 @@ def loss_curve_plot(
         for i in range(len(losses))
     ]
     axis.plot(steps, running, color="#135", linewidth=1.8, label=f"running mean ({window} steps)")
+    if evaluations:
+        at, measured = [int(step) for step, _ in evaluations], [loss for _, loss in evaluations]
+        axis.plot(at, measured, color="#2a7", marker="o", linewidth=1.4, label="validation loss")
+        if best_step in at:
+            kept = measured[at.index(best_step)]
+            axis.plot([best_step], [kept], marker="*", markersize=14, color="#2a7",
+                      linestyle="none", label=f"kept (step {best_step})")  # fmt: skip
     axis.set_xlabel("optimiser step")
     axis.set_ylabel("training loss")
     axis.set_title(title)

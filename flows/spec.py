@@ -250,6 +250,11 @@ class TrainSpec(_Strict):
     # supports it, else fp32. fp16 scales the loss so small gradients survive float16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
+    # The validation loss after every N optimiser steps and the last (MLflow's val_loss, the
+    # loss curve, report.json), so a run that overfits shows where; keep_best ends with the
+    # weights of the lowest (the adapter then saved and evaluated). One process only.
+    eval_every: int | None = Field(default=None, ge=1, le=100_000_000)
+    keep_best: bool = False
     # Recompute each block's activations in the backward pass: less memory, same gradients.
     gradient_checkpointing: bool = False
     # Under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: each holds 1/N
@@ -261,6 +266,20 @@ class TrainSpec(_Strict):
     # causal-lm: each batch's examples are laid end to end in one row, no padding; position ids
     # restart per example, so attention stays inside it and the loss is the padded batch's.
     packing: bool = False
+
+    @model_validator(mode="after")
+    def _evaluation_during_training(self) -> TrainSpec:
+        if self.keep_best and self.eval_every is None:
+            raise ValueError(
+                "train.keep_best keeps the weights of the lowest validation loss, which "
+                "train.eval_every measures: set it too (e.g. eval_every: 100)"
+            )
+        if self.eval_every is not None and self.processes > 1:
+            raise ValueError(
+                "train.eval_every evaluates in one process: with train.processes "
+                f"{self.processes} leave it out (the build evaluates after training)"
+            )
+        return self
 
 
 _DTYPE_NAMES = {
@@ -588,7 +607,7 @@ def _problem(error: Any) -> tuple[str, str]:
     location = [_field_name(p) for p in error["loc"] if p not in METHOD_SPECS]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling)"
+        message = _unknown_field(error["loc"])
     if error["type"] == "union_tag_invalid" and location[-1:] == ["method"]:
         message = _unknown_method(str(error["ctx"]["tag"]))
     given = error.get("input")
@@ -599,6 +618,22 @@ def _problem(error: Any) -> tuple[str, str]:
         items = ", ".join(part.strip() for part in given.split(","))
         message += f"; a list is written [{items}] (in --set too)"
     return ".".join(location) or "(top)", message
+
+
+def _unknown_field(location: tuple[Any, ...]) -> str:
+    """An unknown field, with the known one of its section it is closest to when there is
+    one (``train.eval_evry``: did you mean eval_every?)."""
+    section: Any = AdapterSpec
+    for part in location[:-1]:  # down the nested sections; a method's tag names its own
+        field = getattr(section, "model_fields", {}).get(part)
+        section = METHOD_SPECS.get(part) if field is None else field.annotation
+    known = list(getattr(section, "model_fields", {}))
+    close = difflib.get_close_matches(str(location[-1]), known, n=1, cutoff=0.75)
+    return (
+        f"unknown field: did you mean {close[0]}?"
+        if close
+        else "unknown field (check the spelling)"
+    )
 
 
 def _unknown_method(tag: str) -> str:

@@ -268,6 +268,10 @@ class RunTracker:
         if len(self._pending) >= 2 * _FLUSH_EVERY:
             self._flush()
 
+    def on_evaluation(self, step: int, loss: float) -> None:
+        """Record the validation loss measured during training (``train.eval_every``)."""
+        self._pending.append(Metric("val_loss", loss, _now_ms(), step))
+
     def finish(
         self,
         report: dict[str, Any],
@@ -277,6 +281,8 @@ class RunTracker:
         learning_rates: list[float],
         lineage: dict[str, Any],
         files: Sequence[Path] = (),
+        evaluations: Sequence[Sequence[float]] = (),
+        best_step: int | None = None,
     ) -> str:
         """Log metrics, lineage tags and artifacts (``files`` too, by their names); returns the
         model card's text."""
@@ -310,6 +316,8 @@ class RunTracker:
                 learning_rates,
                 folder / "loss_curve.png",
                 title=f"{self.spec.name}: training loss",
+                evaluations=evaluations,
+                best_step=best_step,
             )
             if "confusion_matrix" in report["metrics"]:
                 confusion_matrix_plot(

@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,8 @@ from registry.folders import check_folder_to_write
 
 from .data import PreparedData, longest_first_order, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
-from .evaluation import RowOutcome, RowsCallback, evaluate
+from .errors import DataError
+from .evaluation import RowOutcome, RowsCallback, evaluate, validation_loss
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
@@ -56,7 +57,9 @@ __all__ = [
     "evaluate_folder",
     "evaluate_model",
     "evaluate_registered",
+    "evaluation_line",
     "inference_device",
+    "kept_line",
     "load_base_model",
     "load_inference_model",
     "load_registered",
@@ -97,6 +100,9 @@ class TrainReport:
     precision: str = "fp32"
     resumed_from_step: int = 0
     members: list[str] = field(default_factory=list)  # a fusion's exact member versions
+    # train.eval_every: [step, validation loss] pairs; keep_best: the step of the saved weights
+    evaluations: list[list[float]] = field(default_factory=list)
+    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (without the per-step curves)."""
@@ -198,6 +204,7 @@ def train_from_spec(
     fingerprint: str | None = None,
     registry: Registry | None = None,
     on_phase: PhaseCallback = no_phases,
+    on_evaluation: Callable[[int, float], None] | None = None,
 ) -> TrainReport:
     """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
@@ -210,6 +217,8 @@ def train_from_spec(
     ``registry`` (a fusion's members are loaded from it). With ``train.processes`` N > 1 and
     no torchrun around, this starts torchrun with N processes and returns rank 0's report
     (:mod:`flows.launch`; a fusion's members then come from the environment's registry).
+    With ``train.eval_every`` N, ``on_evaluation(step, validation_loss)`` hears the loss
+    measured after every N-th step (and ``on_phase`` a line of it).
     """
     check_folder_to_write(output, f"save {spec.name}")  # before hours of training, not after
     if launched_here(spec):  # train.processes: torchrun started from here, then back here
@@ -261,6 +270,15 @@ def train_from_spec(
             on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))
             if report_step
             else None,
+            **_validation_during_training(
+                spec,
+                model,
+                data=data,
+                tokenizer=tokenizer,
+                where=where,
+                on_phase=on_phase,
+                on_evaluation=on_evaluation,
+            ),
         )
         seconds = time.perf_counter() - started
         if not replicas_agree(model, where):
@@ -272,6 +290,8 @@ def train_from_spec(
                 model, spec, where, data=data, tokenizer=tokenizer, members=members,
                 registry=registry, evaluate_after=evaluate_after,
             )  # fmt: skip
+    if (kept := kept_line(result.evaluations, result.best_step, steps)) and where.is_main:
+        on_phase(kept)
     if metrics is None:
         metrics = {}
         if evaluate_after and where.is_main:
@@ -300,6 +320,8 @@ def train_from_spec(
         precision=training_precision(spec, where.device),
         resumed_from_step=result.resumed_from,
         members=members,
+        evaluations=[[step, loss] for step, loss in result.evaluations],
+        best_step=result.best_step,
     )
     if not where.is_main:
         return report
@@ -314,6 +336,65 @@ def train_from_spec(
     report.output = str(folder)
     write_report(report)
     return report
+
+
+def evaluation_line(step: int, loss: float) -> str:
+    """How a validation loss measured during training is said (a phase of the run)."""
+    return f"train (validation loss {loss:.4f} after step {step})"
+
+
+def kept_line(
+    evaluations: Sequence[Sequence[float]], best_step: int | None, steps: int
+) -> str | None:
+    """What ``train.keep_best`` kept of ``steps``, said once training is done (None: nothing
+    kept)."""
+    losses = {int(step): loss for step, loss in evaluations}
+    if best_step is None or best_step not in losses:
+        return None
+    return (
+        f"keep the weights of step {best_step} of {steps} (the lowest validation loss, "
+        f"{losses[best_step]:.4f})"
+    )
+
+
+def _validation_during_training(
+    spec: AdapterSpec,
+    model: nn.Module,
+    *,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    where: Placement,
+    on_phase: PhaseCallback,
+    on_evaluation: Callable[[int, float], None] | None,
+) -> dict[str, Any]:
+    """``pc.train``'s periodic-evaluation settings for ``train.eval_every`` (none without it):
+    the validation loss on the validation split, said as a phase and to ``on_evaluation``."""
+    cfg = spec.train
+    if cfg.eval_every is None:
+        return {}
+    if where.distributed:  # torchrun started by hand: the spec could not see the processes
+        raise DataError(
+            f"train.eval_every evaluates in one process, and this run has {where.world_size}: "
+            "leave it out (the build evaluates after training)"
+        )
+    head = data.head
+    loader = make_loader(data.validation, tokenizer, head=head, batch_size=64, shuffle=False)
+
+    def heard(step: int, loss: float) -> None:
+        on_phase(evaluation_line(step, loss))
+        if on_evaluation is not None:
+            on_evaluation(step, loss)
+
+    def measured() -> float:  # the same masked-LM masks each time: losses comparable
+        torch.manual_seed(cfg.seed)  # (pc.train keeps training's random numbers apart)
+        return validation_loss(model, loader, head=head)
+
+    return {
+        "evaluate": measured,
+        "evaluate_every": cfg.eval_every,
+        "keep_best": cfg.keep_best,
+        "on_evaluation": heard,
+    }
 
 
 def _unsharded(

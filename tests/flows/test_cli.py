@@ -656,11 +656,11 @@ class TestBasics:
         waited for them too (9 s to its line, measured). train is pinned the same way."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
         env |= {"ADAPTEROPS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-        args = (command, str(EXAMPLE), "--set", "train.eval_every=0", "--out", "out")
+        args = (command, str(EXAMPLE), "--set", "train.eval_evry=10", "--out", "out")
         result, loaded = run_cli_noting_imports(*args, env=env, cwd=tmp_path)
         assert (result.returncode, loaded) == (2, ["torch"]), result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [
-            f"error: {EXAMPLE}: train.eval_every: unknown field (check the spelling)"
+            f"error: {EXAMPLE}: train.eval_evry: unknown field: did you mean eval_every?"
         ]
         assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
 

@@ -154,6 +154,34 @@ def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, t
     )
 
 
+def test_eval_every_keeps_the_weights_whose_validation_loss_was_lowest(base, tmp_path):
+    """train.eval_every: 1 measures the validation loss after each step; with keep_best the
+    adapter saved (and evaluated after training) is the best step's, whose loss it has."""
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    # validated on other answers to the same prompts: learning the training ones overfits
+    swapped = [
+        {"prompt": p, "response": r}
+        for (p, _), (_, r) in zip(ROWS, ROWS[1:] + ROWS[:1], strict=True)
+    ]
+    other = write_jsonl(tmp_path / "validation.jsonl", swapped)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"validation": str(other)})})
+    during = {"max_steps": 8, "learning_rate": 1.0, "eval_every": 1, "keep_best": True}
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
+    phases, heard = [], []
+    report = train_from_spec(spec, tmp_path / "out", on_phase=phases.append,
+                             on_evaluation=lambda step, loss: heard.append([step, loss]))  # fmt: skip
+    assert [step for step, _ in report.evaluations] == list(range(1, 9))
+    assert heard == report.evaluations
+    best_step, lowest = min(report.evaluations, key=lambda point: point[1])
+    assert report.best_step == best_step < 8  # (step 5 here: 10.1835, step 8: 10.1849)
+    assert report.metrics["eval_loss"] == pytest.approx(lowest, rel=1e-5)
+    assert f"keep the weights of step {best_step} of 8 (the lowest validation loss, " in (
+        " ".join(phases)
+    )
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (saved["evaluations"], saved["best_step"]) == (report.evaluations, best_step)
+
+
 def test_packing_lays_a_batch_end_to_end_and_keeps_its_loss_and_gradients(base, tmp_path):
     """One row of four examples (no padding), attention kept inside each by the restarting
     position ids: the loss and every adapter gradient are the padded batch's."""

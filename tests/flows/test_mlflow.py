@@ -59,6 +59,9 @@ class TestBuildIsTrackedAndMirrored:
             spec = spec.model_copy(
                 update={"data": spec.data.model_copy(update={"max_eval_samples": 96})}
             )
+            if seed == 1:  # the validation loss measured during training, the best kept
+                during = {"eval_every": 3, "keep_best": True}
+                spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
             results.append(build_from_spec(spec, registry, tmp_path / f"out-{seed}"))
         first, second = results
         assert (first.version, first.mlflow_version, first.promoted, first.alias) == (
@@ -87,6 +90,14 @@ class TestBuildIsTrackedAndMirrored:
         assert "eval_accuracy" in run.data.metrics and "eval_macro_f1" in run.data.metrics
         assert len(client.get_metric_history(second.run_id, "train_loss")) == STEPS
         assert len(client.get_metric_history(second.run_id, "learning_rate")) == STEPS
+        measured = client.get_metric_history(second.run_id, "val_loss")
+        assert [m.step for m in measured] == [3, 6]
+        report = json.loads(
+            Path(client.download_artifacts(second.run_id, "evaluation.json")).read_text()
+        )
+        assert report["evaluations"] == [[m.step, m.value] for m in measured]
+        assert report["best_step"] == min(measured, key=lambda m: m.value).step
+        assert "val_loss" not in client.get_run(first.run_id).data.metrics  # not asked for
         artifacts = {a.path for a in client.list_artifacts(second.run_id)}
         assert {
             "adapter",
@@ -141,9 +152,12 @@ class TestBuildIsTrackedAndMirrored:
         changes = pages[1].split("## Changes since champion mini-sst2-en-lora@1\n\n", 1)[1]
         rows = changes.splitlines()
         assert rows[0] == "| | field | mini-sst2-en-lora@1 | mini-sst2-en-lora@2 | change |"
-        assert "| spec | train.seed | `0` | `1` |  |" in rows  # the one spec field changed
+        assert "| spec | train.seed | `0` | `1` |  |" in rows  # the spec fields changed
+        assert "| spec | train.eval_every | - | `3` |  |" in rows
         assert [row.split(" | ")[1] for row in rows[2:] if row.startswith("| spec")] == [
-            "train.seed"
+            "train.eval_every",
+            "train.keep_best",
+            "train.seed",
         ]
         accuracy = registry.get("mini-sst2-en-lora@2").metrics["accuracy"]
         before = registry.get("mini-sst2-en-lora@1").metrics["accuracy"]

@@ -267,6 +267,31 @@ class TestInvalidSpecs:
             "of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually, got 'daily'"
         }
 
+    @pytest.mark.parametrize(
+        ("fields", "told"),
+        [({"train": {"eval_evry": 10}}, ("train.eval_evry", "unknown field: did you mean eval_every?")),
+         ({"method": {"type": "lora", "rnak": 4}}, ("method.rnak", "unknown field: did you mean rank?")),
+         ({"trian": {}}, ("trian", "unknown field: did you mean train?")),
+         ({"train": {"zzz": 1}}, ("train.zzz", "unknown field (check the spelling)"))],
+    )  # fmt: skip
+    def test_a_misspelt_field_names_the_one_it_is_closest_to(self, fields, told):
+        document = with_()
+        for section, values in fields.items():
+            document[section] = {**document.get(section, {}), **values}
+        assert problems(document) == dict([told])
+
+    def test_validation_during_training_needs_its_step_count_and_one_process(self):
+        assert problems(with_(train={"keep_best": True})) == {
+            "train": "train.keep_best keeps the weights of the lowest validation loss, which "
+            "train.eval_every measures: set it too (e.g. eval_every: 100)"
+        }
+        assert problems(with_(train={"eval_every": 5, "processes": 2})) == {
+            "train": "train.eval_every evaluates in one process: with train.processes 2 leave "
+            "it out (the build evaluates after training)"
+        }
+        spec = parse_spec(with_(train={"eval_every": 5, "keep_best": True}))
+        assert (spec.train.eval_every, spec.train.keep_best) == (5, True)
+
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
         """They were four problems: config required, and each of peft's fields an unknown
         field "(check the spelling)", though each was spelt right."""
