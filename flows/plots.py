@@ -47,7 +47,7 @@ def loss_curve_plot(
             axis.plot([best_step], [kept], marker="*", markersize=14, color="#2a7",
                       linestyle="none", label=f"kept (step {best_step})")  # fmt: skip
     axis.set_xlabel("optimiser step")
-    axis.set_ylabel("training loss")
+    axis.set_ylabel("loss" if evaluations else "training loss")
     axis.set_title(title)
     axis.legend(loc="upper right")
     if learning_rates:
