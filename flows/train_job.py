@@ -351,6 +351,8 @@ def kept_line(
     losses = {int(step): loss for step, loss in evaluations}
     if best_step is None or best_step not in losses:
         return None
+    if best_step == steps:
+        return f"the last step had the lowest validation loss ({losses[best_step]:.4f})"
     return (
         f"keep the weights of step {best_step} of {steps} (the lowest validation loss, "
         f"{losses[best_step]:.4f})"
