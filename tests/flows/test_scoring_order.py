@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from flows.data import longest_first, make_loader
-from flows.evaluation import RowOutcome, evaluate
+from flows.evaluation import RowOutcome, evaluate, validation_loss
 from flows.predict_job import answer_texts
 from flows.quickstart import minilm_sst2_spec
 from flows.train_job import evaluate_model, load_base_model
@@ -141,3 +141,33 @@ def test_predict_batches_texts_of_like_lengths_and_answers_in_their_order(sst2_d
         assert answer.probabilities == pytest.approx(own.probabilities, abs=1e-4)
     # longest first: (the long film, the charming movie), (the cast, fine .), (dull, bad)
     assert widths == [13, 7, 3]  # in their own order: 13, 10, 7
+
+
+@pytest.mark.parametrize("head", ["classification", "causal-lm"])
+def test_the_validation_loss_during_training_does_not_depend_on_the_batching(
+    tiny_model, minilm_dir, head
+):
+    """train.eval_every's loss: a classifier's mean cross-entropy over rows (computed here
+    row by row), a language model's over its scored tokens, in batches of any size."""
+    model = tiny_model("bert" if head == "classification" else "gpt2", head)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    rows = ragged_rows()
+    if head == "causal-lm":
+        rows = rows.map(lambda row: {"labels": row["input_ids"]})
+    losses = [
+        validation_loss(
+            model, make_loader(rows, tokenizer, head=head, batch_size=size, shuffle=False),
+            head=head,
+        )
+        for size in (7, 64)
+    ]  # fmt: skip
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    if head == "classification":
+        with torch.no_grad():
+            one_by_one = [
+                torch.nn.functional.cross_entropy(
+                    model(input_ids=torch.tensor([ids])).logits, torch.tensor([label])
+                ).item()
+                for ids, label in zip(rows["input_ids"], rows["labels"], strict=True)
+            ]
+        assert losses[1] == pytest.approx(sum(one_by_one) / len(one_by_one), rel=1e-5)
