@@ -26,12 +26,14 @@ from typing import Any
 
 from .spec import AdapterSpec
 
-__all__ = ["PHASE_MARK", "STEP_MARK", "launched_here", "train_in_processes"]
+__all__ = ["EVALUATION_MARK", "PHASE_MARK", "STEP_MARK", "launched_here", "train_in_processes"]
 
 STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdout
 PHASE_MARK = "@adapterops-phase "  # the start of a line naming rank 0's phase
+EVALUATION_MARK = "@adapterops-evaluation "  # rank 0's validation loss (train.eval_every)
 StepCallback = Callable[[int, int, float, float], None]
 PhaseCallback = Callable[[str], None]
+EvaluationCallback = Callable[[int, float], None]  # (steps done, validation loss)
 
 
 def launched_here(spec: AdapterSpec) -> bool:
@@ -48,9 +50,11 @@ def train_in_processes(
     checkpoint_dir: str | Path | None = None,
     fingerprint: str | None = None,
     on_phase: PhaseCallback | None = None,
+    on_evaluation: EvaluationCallback | None = None,
 ) -> Any:
     """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
-    :class:`~flows.train_job.TrainReport`. ``on_step`` and ``on_phase`` hear rank 0's. Raises
+    :class:`~flows.train_job.TrainReport`. ``on_step``, ``on_phase`` and ``on_evaluation``
+    hear rank 0's. Raises
     ``RuntimeError`` with the failing process's last words if torchrun fails."""
     from .train_job import TrainReport  # noqa: PLC0415 - torch loads with it
 
@@ -74,7 +78,7 @@ def train_in_processes(
             command.append("--no-evaluate")
         errors = Path(scratch) / "stderr.log"
         with errors.open("w") as stderr:
-            returncode = _relay(command, stderr, on_step, on_phase)
+            returncode = _relay(command, stderr, on_step, on_phase, on_evaluation)
         if returncode != 0:
             raise RuntimeError(
                 f"training in {spec.train.processes} processes failed (torchrun exit "
@@ -89,9 +93,10 @@ def _relay(
     stderr: Any,
     on_step: StepCallback | None,
     on_phase: PhaseCallback | None = None,
+    on_evaluation: EvaluationCallback | None = None,
 ) -> int:
-    """Run ``command``, turning rank 0's step and phase lines into ``on_step`` and ``on_phase``
-    calls; its exit code."""
+    """Run ``command``, turning rank 0's step, phase and evaluation lines into ``on_step``,
+    ``on_phase`` and ``on_evaluation`` calls; its exit code."""
     environment = {**os.environ, "PYTHONPATH": _with_this_project(os.environ.get("PYTHONPATH"))}
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
@@ -103,6 +108,9 @@ def _relay(
                 on_step(step["step"], step["total"], step["loss"], step["learning_rate"])
             elif line.startswith(PHASE_MARK) and on_phase is not None:
                 on_phase(line.removeprefix(PHASE_MARK).rstrip("\n"))
+            elif line.startswith(EVALUATION_MARK) and on_evaluation is not None:
+                measured = json.loads(line.removeprefix(EVALUATION_MARK))
+                on_evaluation(measured["step"], measured["loss"])
         return process.wait()
 
 
@@ -126,6 +134,10 @@ def _print_step(step: int, total: int, loss: float, learning_rate: float) -> Non
     print(STEP_MARK + json.dumps(record), flush=True)
 
 
+def _print_evaluation(step: int, loss: float) -> None:  # called on rank 0 only
+    print(EVALUATION_MARK + json.dumps({"step": step, "loss": loss}), flush=True)
+
+
 def _print_phase(phase: str) -> None:
     if os.environ.get("RANK", "0") == "0":  # every rank goes through the phases; one tells
         print(PHASE_MARK + phase, flush=True)
@@ -147,6 +159,7 @@ def main() -> None:
     report = train_from_spec(
         spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
         checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint, on_phase=_print_phase,
+        on_evaluation=_print_evaluation,
     )  # fmt: skip
     if report.output:  # rank 0
         document = {**report.to_dict(), "losses": report.losses}

@@ -252,7 +252,7 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
     # The validation loss after every N optimiser steps and the last (MLflow's val_loss, the
     # loss curve, report.json), so a run that overfits shows where; keep_best ends with the
-    # weights of the lowest (the adapter then saved and evaluated). One process only.
+    # weights of the lowest (the adapter then saved and evaluated). Not with sharding: fsdp.
     eval_every: int | None = Field(default=None, ge=1, le=100_000_000)
     keep_best: bool = False
     # Recompute each block's activations in the backward pass: less memory, same gradients.
@@ -274,10 +274,10 @@ class TrainSpec(_Strict):
                 "train.keep_best keeps the weights of the lowest validation loss, which "
                 "train.eval_every measures: set it too (e.g. eval_every: 100)"
             )
-        if self.eval_every is not None and self.processes > 1:
+        if self.eval_every is not None and self.processes > 1 and self.sharding == "fsdp":
             raise ValueError(
-                "train.eval_every evaluates in one process: with train.processes "
-                f"{self.processes} leave it out (the build evaluates after training)"
+                "train.eval_every is not done for train.sharding fsdp: leave it out (the build "
+                "evaluates after training), or train with ddp"
             )
         return self
 

@@ -225,6 +225,7 @@ def train_from_spec(
         return train_in_processes(
             spec, output, on_step=on_step, evaluate_after=evaluate_after,
             checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_phase=on_phase,
+            on_evaluation=on_evaluation,
         )  # fmt: skip
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
@@ -374,17 +375,17 @@ def _validation_during_training(
     cfg = spec.train
     if cfg.eval_every is None:
         return {}
-    if where.distributed:  # torchrun started by hand: the spec could not see the processes
+    if where.distributed and cfg.sharding == "fsdp":  # torchrun started by hand
         raise DataError(
-            f"train.eval_every evaluates in one process, and this run has {where.world_size}: "
-            "leave it out (the build evaluates after training)"
+            "train.eval_every is not done for train.sharding fsdp: leave it out (the build "
+            "evaluates after training), or train with ddp"
         )
     head = data.head
     loader = make_loader(data.validation, tokenizer, head=head, batch_size=64, shuffle=False)
 
-    def heard(step: int, loss: float) -> None:
+    def heard(step: int, loss: float) -> None:  # under DDP every rank measured the same
         on_phase(evaluation_line(step, loss))
-        if on_evaluation is not None:
+        if on_evaluation is not None and where.is_main:
             on_evaluation(step, loss)
 
     def measured() -> float:  # the same masked-LM masks each time: losses comparable

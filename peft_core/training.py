@@ -99,7 +99,9 @@ def train(
     ``evaluate`` (a callable returning the validation loss) runs in eval mode, without
     gradients, after every ``evaluate_every``-th step and after the last
     (``result.evaluations``; ``on_evaluation(step, loss)`` hears each); ``keep_best`` ends
-    with the trainable weights of the lowest loss (``result.best_step``). One process only.
+    with the trainable weights of the lowest loss (``result.best_step``). Under DDP every
+    process evaluates its replica on what ``evaluate`` reads (the same, so the same best);
+    FSDP-sharded models are refused.
     """
     _check_evaluation(evaluate, evaluate_every, keep_best, model)
     _check_settings(
@@ -191,9 +193,10 @@ def _check_evaluation(
             raise ConfigError("evaluate_every needs evaluate, a callable returning the loss")
     if keep_best and evaluate_every is None:
         raise ConfigError("keep_best needs evaluate_every (and evaluate): nothing is evaluated")
-    if evaluate_every is not None and (isinstance(model, DDP) or _has_shards(model)):
+    if evaluate_every is not None and _has_shards(model):  # every rank would have to join in
         raise ConfigError(
-            "evaluate_every runs in one process: evaluate after training under DDP or FSDP"
+            "evaluate_every is not done for FSDP-sharded models: evaluate after training "
+            "(under DDP each process evaluates its whole replica)"
         )
 
 

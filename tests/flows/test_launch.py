@@ -33,11 +33,16 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # what torchrun would leave behind
     registry = Registry()
-    result = build_from_spec(two_process_spec(sst2_dir), registry, tmp_path / "out")
+    spec = two_process_spec(sst2_dir, eval_every=2, keep_best=True)
+    result = build_from_spec(spec, registry, tmp_path / "out")
     assert (result.version, result.promoted, result.alias) == (1, True, "champion")
     history = tracking.client().get_metric_history(result.run_id, "train_loss")
     assert [m.step for m in history] == list(range(STEPS))  # every step, relayed from rank 0
+    measured = tracking.client().get_metric_history(result.run_id, "val_loss")
+    assert [m.step for m in measured] == [2, 4]  # each process measured; rank 0 relayed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["evaluations"] == [[m.step, m.value] for m in measured]
+    assert report["best_step"] == min(measured, key=lambda m: m.value).step
     assert (report["world_size"], report["sharding"], report["steps"]) == (2, "ddp", STEPS)
     assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
     assert report["final_loss"] == pytest.approx(history[-1].value)

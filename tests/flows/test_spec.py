@@ -280,16 +280,17 @@ class TestInvalidSpecs:
             document[section] = {**document.get(section, {}), **values}
         assert problems(document) == dict([told])
 
-    def test_validation_during_training_needs_its_step_count_and_one_process(self):
+    def test_validation_during_training_needs_its_step_count_and_no_shards(self):
         assert problems(with_(train={"keep_best": True})) == {
             "train": "train.keep_best keeps the weights of the lowest validation loss, which "
             "train.eval_every measures: set it too (e.g. eval_every: 100)"
         }
-        assert problems(with_(train={"eval_every": 5, "processes": 2})) == {
-            "train": "train.eval_every evaluates in one process: with train.processes 2 leave "
-            "it out (the build evaluates after training)"
+        sharded = {"eval_every": 5, "processes": 2, "sharding": "fsdp"}
+        assert problems(with_(train=sharded)) == {
+            "train": "train.eval_every is not done for train.sharding fsdp: leave it out (the "
+            "build evaluates after training), or train with ddp"
         }
-        spec = parse_spec(with_(train={"eval_every": 5, "keep_best": True}))
+        spec = parse_spec(with_(train={"eval_every": 5, "keep_best": True, "processes": 2}))
         assert (spec.train.eval_every, spec.train.keep_best) == (5, True)
 
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
