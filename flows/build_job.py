@@ -48,8 +48,8 @@ from .train_job import (
     evaluate_folder,
     evaluate_registered,
     evaluation_line,
-    kept_line,
     load_tokenizer,
+    outcome_lines,
     train_from_spec,
     write_report,
 )
@@ -272,9 +272,8 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
             registry=build.registry,
             on_evaluation=heard,
         )
-    kept = kept_line(report.evaluations, report.best_step, report.steps)
-    if build.on_phase is not None and kept is not None:
-        build.on_phase(kept)
+    for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
+        build.on_phase(line)
     return report, tracker.run_id
 
 

@@ -255,6 +255,8 @@ class TrainSpec(_Strict):
     # weights of the lowest (the adapter then saved and evaluated). Not with sharding: fsdp.
     eval_every: int | None = Field(default=None, ge=1, le=100_000_000)
     keep_best: bool = False
+    # Stop once this many evaluations in a row found no lower validation loss (early stopping).
+    patience: int | None = Field(default=None, ge=1, le=100_000_000)
     # Recompute each block's activations in the backward pass: less memory, same gradients.
     gradient_checkpointing: bool = False
     # Under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: each holds 1/N
@@ -273,6 +275,11 @@ class TrainSpec(_Strict):
             raise ValueError(
                 "train.keep_best keeps the weights of the lowest validation loss, which "
                 "train.eval_every measures: set it too (e.g. eval_every: 100)"
+            )
+        if self.patience is not None and self.eval_every is None:
+            raise ValueError(
+                "train.patience counts evaluations without a lower validation loss, which "
+                "train.eval_every makes: set it too (e.g. eval_every: 100)"
             )
         if self.eval_every is not None and self.processes > 1 and self.sharding == "fsdp":
             raise ValueError(

@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,12 +59,12 @@ __all__ = [
     "evaluate_registered",
     "evaluation_line",
     "inference_device",
-    "kept_line",
     "load_base_model",
     "load_inference_model",
     "load_registered",
     "load_tokenizer",
     "no_phases",
+    "outcome_lines",
     "train_from_spec",
     "training_precision",
     "write_report",
@@ -103,6 +103,7 @@ class TrainReport:
     # train.eval_every: [step, validation loss] pairs; keep_best: the step of the saved weights
     evaluations: list[list[float]] = field(default_factory=list)
     best_step: int | None = None
+    stopped_at: int | None = None  # train.patience: the steps done when it stopped early
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (without the per-step curves)."""
@@ -291,8 +292,8 @@ def train_from_spec(
                 model, spec, where, data=data, tokenizer=tokenizer, members=members,
                 registry=registry, evaluate_after=evaluate_after,
             )  # fmt: skip
-    if (kept := kept_line(result.evaluations, result.best_step, steps)) and where.is_main:
-        on_phase(kept)
+    if where.is_main:  # what patience and keep_best did, before the evaluation says its line
+        _say_all(on_phase, outcome_lines(result, steps, cfg.patience))
     if metrics is None:
         metrics = {}
         if evaluate_after and where.is_main:
@@ -323,6 +324,7 @@ def train_from_spec(
         members=members,
         evaluations=[[step, loss] for step, loss in result.evaluations],
         best_step=result.best_step,
+        stopped_at=result.stopped_at,
     )
     if not where.is_main:
         return report
@@ -344,20 +346,34 @@ def evaluation_line(step: int, loss: float) -> str:
     return f"train (validation loss {loss:.4f} after step {step})"
 
 
-def kept_line(
-    evaluations: Sequence[Sequence[float]], best_step: int | None, steps: int
-) -> str | None:
-    """What ``train.keep_best`` kept of ``steps``, said once training is done (None: nothing
-    kept)."""
-    losses = {int(step): loss for step, loss in evaluations}
-    if best_step is None or best_step not in losses:
-        return None
-    if best_step == steps:
-        return f"the last step had the lowest validation loss ({losses[best_step]:.4f})"
-    return (
-        f"keep the weights of step {best_step} of {steps} (the lowest validation loss, "
-        f"{losses[best_step]:.4f})"
-    )
+def _say_all(on_phase: PhaseCallback, lines: list[str]) -> None:
+    for line in lines:
+        on_phase(line)
+
+
+def outcome_lines(
+    trained: TrainReport | pc.TrainResult, steps: int, patience: int | None
+) -> list[str]:
+    """What ``train.patience`` and ``train.keep_best`` did in a run of ``steps``, said once
+    training is done: an early stop, and the step whose weights were kept (none when neither
+    happened)."""
+    lines, done = [], trained.stopped_at or steps
+    if trained.stopped_at is not None:
+        lines.append(
+            f"stop after step {trained.stopped_at} of {steps}: "
+            f"{'the last evaluation' if patience == 1 else f'{patience} evaluations in a row'} "
+            "found no lower validation loss"
+        )
+    losses = {int(step): loss for step, loss in trained.evaluations}
+    best = trained.best_step
+    if best is not None and best in losses:
+        lines.append(
+            f"the last step had the lowest validation loss ({losses[best]:.4f})"
+            if best == done
+            else f"keep the weights of step {best} of {done} (the lowest validation loss, "
+            f"{losses[best]:.4f})"
+        )
+    return lines
 
 
 def _validation_during_training(
@@ -396,6 +412,7 @@ def _validation_during_training(
         "evaluate": measured,
         "evaluate_every": cfg.eval_every,
         "keep_best": cfg.keep_best,
+        "patience": cfg.patience,
         "on_evaluation": heard,
     }
 

@@ -24,7 +24,8 @@ __all__ = ["PeriodicEvaluation"]
 class PeriodicEvaluation:
     """Calls ``evaluate()`` (the validation loss, lower is better) on ``model`` in eval mode
     after every ``every``-th optimiser step and after the last one; ``keep_best`` keeps a
-    copy of the trainable weights of the lowest loss (on the CPU) for :meth:`restore_best`.
+    copy of the trainable weights of the lowest loss (on the CPU) for :meth:`restore_best`;
+    ``patience`` K: :attr:`should_stop` once K evaluations in a row found no lower loss.
     Without ``evaluate`` or ``every`` it does nothing (a run that does not evaluate)."""
 
     def __init__(
@@ -34,12 +35,14 @@ class PeriodicEvaluation:
         *,
         every: int | None,
         keep_best: bool = False,
+        patience: int | None = None,
         on_evaluation: Callable[[int, float], None] | None = None,
     ) -> None:
         self.model = model
         self.evaluate = evaluate
         self.every = every
         self.keep_best = keep_best
+        self.patience = patience  # evaluations without a lower loss before training stops
         self.on_evaluation = on_evaluation
         self.points: list[tuple[int, float]] = []  # (optimiser steps done, validation loss)
         self.best_step: int | None = None
@@ -62,15 +65,25 @@ class PeriodicEvaluation:
         self.model.train()
         self.points.append((done, loss))
         lower = self.best_loss is None or loss < self.best_loss
-        if self.keep_best and math.isfinite(loss) and lower:  # a NaN never is the best
+        if math.isfinite(loss) and lower:  # a NaN never is the best
             self.best_step, self.best_loss = done, loss
-            self._best_weights = {
-                name: param.detach().cpu().clone()
-                for name, param in self.model.named_parameters()
-                if param.requires_grad
-            }
+            if self.keep_best:
+                self._best_weights = {
+                    name: param.detach().cpu().clone()
+                    for name, param in self.model.named_parameters()
+                    if param.requires_grad
+                }
         if self.on_evaluation is not None:
             self.on_evaluation(done, loss)
+
+    @property
+    def should_stop(self) -> bool:
+        """``patience`` evaluations in a row found no lower loss than the best (early
+        stopping); read again after a resume, from the points the checkpoint kept."""
+        if self.patience is None:
+            return False
+        best = self.best_step or 0
+        return sum(step > best for step, _ in self.points) >= self.patience
 
     def restore_best(self) -> int | None:
         """Put the best weights back into the model (``keep_best``); returns their step, or

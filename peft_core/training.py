@@ -56,6 +56,13 @@ class TrainResult:
     # evaluate_every: (optimiser steps done, validation loss) after every N-th step and the last
     evaluations: list[tuple[int, float]] = field(default_factory=list)
     best_step: int | None = None  # keep_best: the step whose weights the model ends with
+    stopped_at: int | None = None  # patience: the steps done when training stopped early
+
+    def record(self, loss: float, learning_rate: float, seconds: float) -> None:
+        """One optimiser step's loss, learning rate and wall time."""
+        self.losses.append(loss)
+        self.learning_rates.append(learning_rate)
+        self.step_seconds.append(seconds)
 
     @property
     def median_step_seconds(self) -> float:
@@ -82,6 +89,7 @@ def train(
     evaluate: Callable[[], float] | None = None,
     evaluate_every: int | None = None,
     keep_best: bool = False,
+    patience: int | None = None,
     on_evaluation: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``max_steps`` optimiser steps over ``batches`` (cycled if shorter).
@@ -101,9 +109,10 @@ def train(
     (``result.evaluations``; ``on_evaluation(step, loss)`` hears each); ``keep_best`` ends
     with the trainable weights of the lowest loss (``result.best_step``). Under DDP every
     process evaluates its replica on what ``evaluate`` reads (the same, so the same best);
-    FSDP-sharded models are refused.
+    FSDP-sharded models are refused. ``patience`` K stops training once K evaluations in a
+    row found no lower loss (``result.stopped_at``; a resumed stopped run trains no more).
     """
-    _check_evaluation(evaluate, evaluate_every, keep_best, model)
+    _check_evaluation(evaluate, evaluate_every, keep_best, patience, model)
     _check_settings(
         max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
         checkpoint_every=checkpoint_every, learning_rate=learning_rate,
@@ -122,7 +131,7 @@ def train(
     result = TrainResult()
     periodic = PeriodicEvaluation(
         _unwrapped(model), evaluate, every=evaluate_every, keep_best=keep_best,
-        on_evaluation=on_evaluation,
+        patience=patience, on_evaluation=on_evaluation,
     )  # fmt: skip
     checkpoints = _Checkpoints(checkpoint_dir, model) if checkpoint_dir is not None else None
     stream = _cycle(batches)
@@ -146,6 +155,9 @@ def train(
     inner = _unwrapped(model)
     with _without_kv_cache(inner), _checkpointing(inner, enabled=gradient_checkpointing):
         for step in range(result.resumed_from, max_steps):
+            if periodic.should_stop:  # (a resumed run that had stopped early trains no more)
+                result.stopped_at = step
+                break
             started = time.perf_counter()
             step_loss = 0.0
             for micro in range(gradient_accumulation_steps):
@@ -164,14 +176,13 @@ def train(
             for method, name in trained:
                 method.after_optimizer_step(_unwrapped(model), name, step)
             optimizer.zero_grad(set_to_none=True)
-            result.losses.append(step_loss)
-            result.learning_rates.append(lr_used)
-            result.step_seconds.append(time.perf_counter() - started)
+            result.record(step_loss, lr_used, time.perf_counter() - started)
             if on_step is not None:
                 on_step(step, step_loss, lr_used)
             done = step + 1
             periodic.after_step(done, max_steps)
-            if checkpoints is not None and (done % checkpoint_every == 0 or done == max_steps):
+            final = done == max_steps or periodic.should_stop
+            if checkpoints is not None and (done % checkpoint_every == 0 or final):
                 checkpoints.save(
                     optimizer, scheduler, result, step=done, scaler=scaler, periodic=periodic
                 )
@@ -184,6 +195,7 @@ def _check_evaluation(
     evaluate: Callable[[], float] | None,
     evaluate_every: int | None,
     keep_best: bool,
+    patience: int | None,
     model: nn.Module,
 ) -> None:
     """Refuse periodic-evaluation settings that cannot work together, before any step."""
@@ -191,8 +203,11 @@ def _check_evaluation(
         check_counts({"evaluate_every": evaluate_every})
         if evaluate is None:
             raise ConfigError("evaluate_every needs evaluate, a callable returning the loss")
-    if keep_best and evaluate_every is None:
-        raise ConfigError("keep_best needs evaluate_every (and evaluate): nothing is evaluated")
+    for name, asked in (("keep_best", keep_best), ("patience", patience is not None)):
+        if asked and evaluate_every is None:
+            raise ConfigError(f"{name} needs evaluate_every (and evaluate): nothing is evaluated")
+    if patience is not None:
+        check_counts({"patience": patience})
     if evaluate_every is not None and _has_shards(model):  # every rank would have to join in
         raise ConfigError(
             "evaluate_every is not done for FSDP-sharded models: evaluate after training "

@@ -182,6 +182,35 @@ def test_eval_every_keeps_the_weights_whose_validation_loss_was_lowest(base, tmp
     assert (saved["evaluations"], saved["best_step"]) == (report.evaluations, best_step)
 
 
+def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tmp_path):
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    swapped = [
+        {"prompt": p, "response": r}
+        for (p, _), (_, r) in zip(ROWS, ROWS[1:] + ROWS[:1], strict=True)
+    ]
+    other = write_jsonl(tmp_path / "validation.jsonl", swapped)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"validation": str(other)})})
+    during = {
+        "max_steps": 8,
+        "learning_rate": 1.0,
+        "eval_every": 1,
+        "patience": 1,
+        "keep_best": True,
+    }
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
+    phases: list[str] = []
+    report = train_from_spec(spec, tmp_path / "out", on_phase=phases.append)
+    # step 2 lowered the loss (10.195 from 10.249), step 3 did not (10.224): stop there
+    assert [step for step, _ in report.evaluations] == [1, 2, 3]
+    assert (report.stopped_at, report.best_step, len(report.losses)) == (3, 2, 3)
+    assert "stop after step 3 of 8: the last evaluation found no lower validation loss" in phases
+    assert any(line.startswith("keep the weights of step 2 of 3 (") for line in phases)
+    assert phases.index(next(p for p in phases if p.startswith("keep"))) < phases.index(
+        next(p for p in phases if p.startswith("evaluate on"))
+    )
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["stopped_at"] == 3
+
+
 def test_packing_lays_a_batch_end_to_end_and_keeps_its_loss_and_gradients(base, tmp_path):
     """One row of four examples (no padding), attention kept inside each by the restarting
     position ids: the loss and every adapter gradient are the padded batch's."""

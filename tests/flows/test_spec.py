@@ -285,6 +285,10 @@ class TestInvalidSpecs:
             "train": "train.keep_best keeps the weights of the lowest validation loss, which "
             "train.eval_every measures: set it too (e.g. eval_every: 100)"
         }
+        assert problems(with_(train={"patience": 3})) == {
+            "train": "train.patience counts evaluations without a lower validation loss, which "
+            "train.eval_every makes: set it too (e.g. eval_every: 100)"
+        }
         sharded = {"eval_every": 5, "processes": 2, "sharding": "fsdp"}
         assert problems(with_(train=sharded)) == {
             "train": "train.eval_every is not done for train.sharding fsdp: leave it out (the "

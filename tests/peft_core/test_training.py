@@ -426,6 +426,9 @@ class TestPeriodicEvaluation:
             ({"evaluate_every": 2}, "evaluate_every needs evaluate, a callable returning the loss"),
             ({"evaluate_every": 0, "evaluate": lambda: 0.0},
              "evaluate_every must be a whole number of at least 1, got 0"),
+            ({"patience": 3}, "patience needs evaluate_every (and evaluate): nothing is evaluated"),
+            ({"evaluate_every": 2, "evaluate": lambda: 0.0, "patience": 0},
+             "patience must be a whole number of at least 1, got 0"),
         ],
     )  # fmt: skip
     def test_settings_that_cannot_work_are_refused_before_a_step(self, settings, message):
@@ -435,3 +438,32 @@ class TestPeriodicEvaluation:
             pc.train(model, batches(), **OPTIONS, **settings)
         assert str(raised.value) == message
         assert all(torch.equal(value, before[name]) for name, value in trainable(model).items())
+
+
+class TestEarlyStopping:
+    def test_patience_stops_after_that_many_evaluations_without_a_lower_loss(self):
+        losses = iter([3.0, 1.0, 2.0, 1.5, 0.5])
+        result = pc.train(model_with_lora(), batches(), evaluate=lambda: next(losses),
+                          evaluate_every=1, patience=2, **OPTIONS)  # fmt: skip
+        assert result.evaluations == [(1, 3.0), (2, 1.0), (3, 2.0), (4, 1.5)]
+        assert (result.stopped_at, len(result.losses)) == (4, 4)
+        assert result.best_step is None  # nothing kept without keep_best
+
+    def test_a_stopped_run_resumed_trains_no_more_and_keeps_its_best(self, tmp_path: Path):
+        model = model_with_lora()
+        kept = []
+
+        def evaluate() -> float:
+            kept.append(trainable(model))
+            return [2.0, 1.0, 1.2, 1.1][len(kept) - 1]
+
+        options = {**OPTIONS, "evaluate_every": 1, "patience": 2, "keep_best": True,
+                   "checkpoint_dir": tmp_path, "checkpoint_every": 100}  # fmt: skip
+        first = pc.train(model, batches(), evaluate=evaluate, **options)
+        assert (first.stopped_at, first.best_step) == (4, 2)
+        again = model_with_lora()
+        resumed = pc.train(again, batches(), evaluate=lambda: 0.0, **options)
+        assert (resumed.resumed_from, resumed.stopped_at, len(resumed.losses)) == (4, 4, 4)
+        assert resumed.evaluations == first.evaluations and resumed.best_step == 2
+        for name, value in trainable(again).items():
+            assert torch.equal(value, kept[1][name]), name
