@@ -154,19 +154,24 @@ def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, t
     )
 
 
-def test_eval_every_keeps_the_weights_whose_validation_loss_was_lowest(base, tmp_path):
-    """train.eval_every: 1 measures the validation loss after each step; with keep_best the
-    adapter saved (and evaluated after training) is the best step's, whose loss it has."""
+def overfitting_spec(base: Path, tmp_path: Path, **train: object):
+    """8 steps at a learning rate of 1 on the pairs, validated on other answers to the same
+    prompts: learning the training ones overfits."""
     spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
-    # validated on other answers to the same prompts: learning the training ones overfits
     swapped = [
         {"prompt": p, "response": r}
         for (p, _), (_, r) in zip(ROWS, ROWS[1:] + ROWS[:1], strict=True)
     ]
     other = write_jsonl(tmp_path / "validation.jsonl", swapped)
-    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"validation": str(other)})})
-    during = {"max_steps": 8, "learning_rate": 1.0, "eval_every": 1, "keep_best": True}
-    spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
+    data = spec.data.model_copy(update={"validation": str(other)})
+    settings = spec.train.model_copy(update={"max_steps": 8, "learning_rate": 1.0, **train})
+    return spec.model_copy(update={"data": data, "train": settings})
+
+
+def test_eval_every_keeps_the_weights_whose_validation_loss_was_lowest(base, tmp_path):
+    """train.eval_every: 1 measures the validation loss after each step; with keep_best the
+    adapter saved (and evaluated after training) is the best step's, whose loss it has."""
+    spec = overfitting_spec(base, tmp_path, eval_every=1, keep_best=True)
     phases, heard = [], []
     report = train_from_spec(spec, tmp_path / "out", on_phase=phases.append,
                              on_evaluation=lambda step, loss: heard.append([step, loss]))  # fmt: skip
@@ -183,21 +188,7 @@ def test_eval_every_keeps_the_weights_whose_validation_loss_was_lowest(base, tmp
 
 
 def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tmp_path):
-    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
-    swapped = [
-        {"prompt": p, "response": r}
-        for (p, _), (_, r) in zip(ROWS, ROWS[1:] + ROWS[:1], strict=True)
-    ]
-    other = write_jsonl(tmp_path / "validation.jsonl", swapped)
-    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"validation": str(other)})})
-    during = {
-        "max_steps": 8,
-        "learning_rate": 1.0,
-        "eval_every": 1,
-        "patience": 1,
-        "keep_best": True,
-    }
-    spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
+    spec = overfitting_spec(base, tmp_path, eval_every=1, patience=1, keep_best=True)
     phases: list[str] = []
     report = train_from_spec(spec, tmp_path / "out", on_phase=phases.append)
     # step 2 lowered the loss (10.195 from 10.249), step 3 did not (10.224): stop there
