@@ -460,7 +460,7 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
             f"{r['trainable_params']:,}",
             human_bytes(r["adapter_bytes"]),
             metric,
-            str(r["steps"]),
+            str(r.get("stopped_at") or r["steps"]),  # an early stop: the steps trained
             f"{r['train_seconds']:.0f} s",
             *([r["alias"]] if versioned else []),
         )
