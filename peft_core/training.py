@@ -10,7 +10,9 @@ adapter (and a new head) and nothing else. The loop also knows the three things 
 - **bf16**: ``precision="bf16"`` runs forward and loss under ``torch.autocast`` (weights and
   optimiser stay fp32, as mixed precision should);
 - **DDP**: pass a ``DistributedDataParallel``-wrapped model; gradients are all-reduced by DDP and
-  only rank 0 writes checkpoints.
+  only rank 0 writes checkpoints;
+- **validation during training** (:mod:`peft_core.periodic_evaluation`): a loss every N steps,
+  the best step's weights kept, early stopping.
 """
 
 from __future__ import annotations
