@@ -1,7 +1,7 @@
 """A small, explicit training loop for adapters (AdamW, linear warm-up and decay).
 
 Only parameters with ``requires_grad`` are optimised, so after ``add_adapter`` this trains the
-adapter (and a new head) and nothing else. The loop also knows the three things a long run needs:
+adapter (and a new head) and nothing else. The loop also knows what a long run needs:
 
 - **checkpoints and resume**: every ``checkpoint_every`` steps the trainable weights, optimiser,
   scheduler, RNG states and the curves so far are written atomically to ``checkpoint_dir``; a new
