@@ -47,12 +47,11 @@ from .train_job import (
     TrainReport,
     evaluate_folder,
     evaluate_registered,
-    evaluation_line,
     load_tokenizer,
-    outcome_lines,
     train_from_spec,
     write_report,
 )
+from .validation_during_training import evaluation_line, outcome_lines
 
 __all__ = [
     "Build",

@@ -15,7 +15,7 @@ before rank 0 evaluates and saves.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,7 +27,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from peft_core.sharding import shard_units
 
-__all__ = ["Placement", "gathered", "is_sharded", "placement", "replicas_agree", "shard", "wrap"]
+__all__ = [
+    "Placement",
+    "gathered",
+    "is_sharded",
+    "placement",
+    "replicas_agree",
+    "shard",
+    "summed",
+    "wrap",
+]
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,16 @@ def gathered(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         key: value.full_tensor() if isinstance(value, DTensor) else value
         for key, value in tensors.items()
     }
+
+
+def summed(values: Sequence[float], where: Placement) -> list[float]:
+    """Each of ``values`` added up over the processes (every process gets the sums). A
+    collective: every process calls it with as many values."""
+    if not where.distributed:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=where.device)
+    dist.all_reduce(total)  # a sum
+    return [float(value) for value in total]
 
 
 def replicas_agree(model: nn.Module, where: Placement) -> bool:

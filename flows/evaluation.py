@@ -23,7 +23,9 @@ __all__ = [
     "exact_match",
     "greedy_continuations",
     "metrics_from_confusion",
+    "on_device",
     "validation_loss",
+    "validation_loss_sum",
 ]
 
 
@@ -99,15 +101,24 @@ def validation_loss(
     """The model's own loss over ``batches``: a classifier's mean over rows, a language
     model's mean over its scored tokens (what training minimises; lower is better), whatever
     the batching. What ``train.eval_every`` records during training."""
+    total, count = validation_loss_sum(model, batches, head=head)
+    return total / max(count, 1)
+
+
+def validation_loss_sum(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, head: str
+) -> tuple[float, int]:
+    """The model's loss summed over ``batches``, and what it is summed over (a classifier's
+    rows, a language model's scored tokens): the sums of shares of a split add up to the
+    whole split's, so processes scoring a share each can add theirs up."""
     if head != "classification":
-        return float(
-            _language_model(model, batches, _nobody, causal=head == "causal-lm")["eval_loss"]
-        )
+        scored = _language_model(model, batches, _nobody, causal=head == "causal-lm")
+        return float(scored["eval_loss"]) * scored["tokens"], int(scored["tokens"])
     total, rows = 0.0, 0
-    for batch in _on_device(model, batches):
+    for batch in on_device(model, batches):
         total += float(model(**batch).loss) * len(batch["labels"])
         rows += len(batch["labels"])
-    return total / max(rows, 1)
+    return total, rows
 
 
 def _nobody(_: str, __: int) -> None:
@@ -128,7 +139,7 @@ def exact_match(
     when given, receives each row's answer (its tokens up to the response's length) and whether
     it was exact; a row with no response left after truncation gets an empty outcome."""
     hits = rows = done = 0
-    for batch in _on_device(model, batches):
+    for batch in on_device(model, batches):
         done += len(batch["input_ids"])
         prompts, answers, answered = [], [], []
         for row_ids, mask, row_labels in zip(
@@ -190,7 +201,7 @@ def _classification(
 ) -> dict[str, Any]:
     num_labels = int(model.config.num_labels)
     matrix = torch.zeros(num_labels, num_labels, dtype=torch.long)
-    for batch in _on_device(model, batches):
+    for batch in on_device(model, batches):
         logits = model(**batch).logits
         predictions = logits.argmax(-1)
         matrix += confusion_matrix(predictions.cpu(), batch["labels"].cpu(), num_labels)
@@ -221,7 +232,7 @@ def _language_model(
     averages, so the result does not depend on how rows are batched. ``outcomes``, when given,
     receives each row's own mean loss and token count."""
     total_loss, total_tokens, done = 0.0, 0, 0
-    for batch in _on_device(model, batches):
+    for batch in on_device(model, batches):
         # a causal LM predicts each token from those before it: a row's first is never scored
         scored = batch["labels"][:, 1:] if causal else batch["labels"]
         tokens = int((scored != -100).sum())
@@ -250,9 +261,10 @@ def _row_losses(logits: Tensor, labels: Tensor, *, causal: bool) -> list[RowOutc
     return outcomes
 
 
-def _on_device(
+def on_device(
     model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
 ) -> Iterator[dict[str, Tensor]]:
+    """``batches`` on the device of ``model``'s inputs."""
     device = input_device(model)  # (an offloaded first layer's weights wait on meta)
     for batch in batches:
         yield {k: v.to(device) for k, v in batch.items()}

@@ -9,7 +9,9 @@ Each of the N processes runs this module (``python -m flows.launch``), which cal
 launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and each
 phase (load, prepare data, train, evaluate, save) as a marked line that becomes an ``on_phase``
 call; it writes its report for the launcher to return. Registration and tracking stay in the
-launching process, as for one process.
+launching process, as for one process. Bad input found inside a process (a ``DataError``, a
+peft_core configuration error) is written beside the report and raised again in the launching
+process as a ``DataError``: one line, as with one process, not torchrun's failure.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
 from .spec import AdapterSpec
 
 __all__ = ["EVALUATION_MARK", "PHASE_MARK", "STEP_MARK", "launched_here", "train_in_processes"]
@@ -31,6 +34,9 @@ __all__ = ["EVALUATION_MARK", "PHASE_MARK", "STEP_MARK", "launched_here", "train
 STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdout
 PHASE_MARK = "@adapterops-phase "  # the start of a line naming rank 0's phase
 EVALUATION_MARK = "@adapterops-evaluation "  # rank 0's validation loss (train.eval_every)
+BAD_INPUT_FILE = "bad-input"  # bad-input.<rank> beside the report: a process's DataError
+# what a process says when a peer it waited on in a collective exited (gloo, NCCL)
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
 StepCallback = Callable[[int, int, float, float], None]
 PhaseCallback = Callable[[str], None]
 EvaluationCallback = Callable[[int, float], None]  # (steps done, validation loss)
@@ -80,6 +86,7 @@ def train_in_processes(
         with errors.open("w") as stderr:
             returncode = _relay(command, stderr, on_step, on_phase, on_evaluation)
         if returncode != 0:
+            _raise_bad_input(Path(scratch))
             raise RuntimeError(
                 f"training in {spec.train.processes} processes failed (torchrun exit "
                 f"{returncode}): {_last_error(errors.read_text(errors='replace'))}"
@@ -120,12 +127,26 @@ def _with_this_project(path: str | None) -> str:
     return os.pathsep.join([root, path] if path else [root])
 
 
+def _raise_bad_input(scratch: Path) -> None:
+    """Raise the bad input a process reported (the lowest rank's), if any did."""
+    reported = sorted(scratch.glob(f"{BAD_INPUT_FILE}.*"), key=lambda f: int(f.suffix[1:]))
+    if reported:
+        raise DataError(reported[0].read_text())
+
+
 def _last_error(text: str) -> str:
-    """The line that says what went wrong: the last ``...Error: ...`` line, else the last line."""
+    """The line that says what went wrong: the last ``...Error: ...`` line, else the last line.
+    A process that failed first takes its peers down with "connection closed" errors of the
+    collective they waited in: the failing one's own line is preferred."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error: " in line and not line.startswith("torch.distributed.elastic"):
-            return line.split("]: ", 1)[-1]
+    errors = [
+        line.split("]: ", 1)[-1]
+        for line in lines
+        if "Error: " in line and not line.startswith("torch.distributed.elastic")
+    ]
+    causes = [line for line in errors if not any(word in line for word in _PEER_GONE)]
+    if causes or errors:
+        return (causes or errors)[-1]
     return lines[-1] if lines else "no output"
 
 
@@ -153,14 +174,21 @@ def main() -> None:
     parser.add_argument("--fingerprint", default=None)
     parser.add_argument("--no-evaluate", action="store_true")
     args = parser.parse_args()
+    from peft_core import PeftCoreError  # noqa: PLC0415
+
     from .train_job import train_from_spec  # noqa: PLC0415
 
     spec = AdapterSpec.model_validate_json(args.spec.read_text())
-    report = train_from_spec(
-        spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
-        checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint, on_phase=_print_phase,
-        on_evaluation=_print_evaluation,
-    )  # fmt: skip
+    try:
+        report = train_from_spec(
+            spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
+            checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint,
+            on_phase=_print_phase, on_evaluation=_print_evaluation,
+        )  # fmt: skip
+    except (DataError, PeftCoreError) as exc:  # the launching process says it, in one line
+        rank = os.environ.get("RANK", "0")
+        (args.report.parent / f"{BAD_INPUT_FILE}.{rank}").write_text(str(exc))
+        raise
     if report.output:  # rank 0
         document = {**report.to_dict(), "losses": report.losses}
         document["learning_rates"] = report.learning_rates

@@ -252,7 +252,8 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(default=50, ge=1, le=100_000_000)
     # The validation loss after every N optimiser steps and the last (MLflow's val_loss, the
     # loss curve, report.json), so a run that overfits shows where; keep_best ends with the
-    # weights of the lowest (the adapter then saved and evaluated). Not with sharding: fsdp.
+    # weights of the lowest (the adapter then saved and evaluated). Under torchrun each
+    # process scores its share of the validation rows.
     eval_every: int | None = Field(default=None, ge=1, le=100_000_000)
     keep_best: bool = False
     # Stop once this many evaluations in a row found no lower validation loss (early stopping).
@@ -280,11 +281,6 @@ class TrainSpec(_Strict):
             raise ValueError(
                 "train.patience counts evaluations without a lower validation loss, which "
                 "train.eval_every makes: set it too (e.g. eval_every: 100)"
-            )
-        if self.eval_every is not None and self.processes > 1 and self.sharding == "fsdp":
-            raise ValueError(
-                "train.eval_every is not done for train.sharding fsdp: leave it out (the build "
-                "evaluates after training), or train with ddp"
             )
         return self
 

@@ -37,7 +37,7 @@ from registry.folders import check_folder_to_write
 from .data import PreparedData, longest_first_order, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .errors import DataError
-from .evaluation import RowOutcome, RowsCallback, evaluate, validation_loss
+from .evaluation import RowOutcome, RowsCallback, evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
@@ -45,6 +45,7 @@ from .missing_weights import settle_missing_weights
 from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
 from .spec import AdapterSpec
+from .validation_during_training import evaluation_line, outcome_lines, periodic_evaluation
 
 if TYPE_CHECKING:
     from registry import AdapterVersion, Registry
@@ -272,7 +273,7 @@ def train_from_spec(
             on_step=(lambda step, loss, lr: report_step(step, steps, loss, lr))
             if report_step
             else None,
-            **_validation_during_training(
+            **periodic_evaluation(
                 spec,
                 model,
                 data=data,
@@ -341,80 +342,9 @@ def train_from_spec(
     return report
 
 
-def evaluation_line(step: int, loss: float) -> str:
-    """How a validation loss measured during training is said (a phase of the run)."""
-    return f"train (validation loss {loss:.4f} after step {step})"
-
-
 def _say_all(on_phase: PhaseCallback, lines: list[str]) -> None:
     for line in lines:
         on_phase(line)
-
-
-def outcome_lines(
-    trained: TrainReport | pc.TrainResult, steps: int, patience: int | None
-) -> list[str]:
-    """What ``train.patience`` and ``train.keep_best`` did in a run of ``steps``, said once
-    training is done: an early stop, and the step whose weights were kept (none when neither
-    happened)."""
-    lines, done = [], trained.stopped_at or steps
-    if trained.stopped_at is not None:
-        lines.append(
-            f"stop after step {trained.stopped_at} of {steps}: "
-            f"{'the last evaluation' if patience == 1 else f'{patience} evaluations in a row'} "
-            "found no lower validation loss"
-        )
-    losses = {int(step): loss for step, loss in trained.evaluations}
-    best = trained.best_step
-    if best is not None and best in losses:
-        lines.append(
-            f"the last step had the lowest validation loss ({losses[best]:.4f})"
-            if best == done
-            else f"keep the weights of step {best} of {done} (the lowest validation loss, "
-            f"{losses[best]:.4f})"
-        )
-    return lines
-
-
-def _validation_during_training(
-    spec: AdapterSpec,
-    model: nn.Module,
-    *,
-    data: PreparedData,
-    tokenizer: PreTrainedTokenizerBase,
-    where: Placement,
-    on_phase: PhaseCallback,
-    on_evaluation: Callable[[int, float], None] | None,
-) -> dict[str, Any]:
-    """``pc.train``'s periodic-evaluation settings for ``train.eval_every`` (none without it):
-    the validation loss on the validation split, said as a phase and to ``on_evaluation``."""
-    cfg = spec.train
-    if cfg.eval_every is None:
-        return {}
-    if where.distributed and cfg.sharding == "fsdp":  # torchrun started by hand
-        raise DataError(
-            "train.eval_every is not done for train.sharding fsdp: leave it out (the build "
-            "evaluates after training), or train with ddp"
-        )
-    head = data.head
-    loader = make_loader(data.validation, tokenizer, head=head, batch_size=64, shuffle=False)
-
-    def heard(step: int, loss: float) -> None:  # under DDP every rank measured the same
-        on_phase(evaluation_line(step, loss))
-        if on_evaluation is not None and where.is_main:
-            on_evaluation(step, loss)
-
-    def measured() -> float:  # the same masked-LM masks each time: losses comparable
-        torch.manual_seed(cfg.seed)  # (pc.train keeps training's random numbers apart)
-        return validation_loss(model, loader, head=head)
-
-    return {
-        "evaluate": measured,
-        "evaluate_every": cfg.eval_every,
-        "keep_best": cfg.keep_best,
-        "patience": cfg.patience,
-        "on_evaluation": heard,
-    }
 
 
 def _unsharded(
@@ -575,13 +505,20 @@ def _prepared_on_every_rank(
     where: Placement,
     fingerprint: str | None,
 ) -> PreparedData:
-    """Rank 0 prepares (or finds the cache entry) first; the others then read the cache."""
+    """Rank 0 prepares (or finds the cache entry) first; the others then read the cache. Each
+    process trains on a share of the rows: fewer rows than processes is refused."""
     if where.is_main:
         data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     if where.distributed:
         torch.distributed.barrier()
     if not where.is_main:
         data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
+    if len(data.train) < where.world_size:
+        raise DataError(
+            f"data.train has {len(data.train)} row(s) after preparation, fewer than the "
+            f"{where.world_size} processes of train.processes, which each train on a share of "
+            "the rows: give it more rows, or train with fewer processes"
+        )
     return data
 
 

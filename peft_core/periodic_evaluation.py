@@ -6,7 +6,8 @@ validation loss after every N-th step and after the last, so the curve shows whe
 ``keep_best`` puts the trainable weights of the lowest loss back at the end (what the
 transformers Trainer calls ``load_best_model_at_end``). Its state (the points so far and the
 best weights) travels in the run's checkpoints, so a resumed run keeps the best of the steps
-before the crash.
+before the crash. Under FSDP2 each process keeps the part of the best weights it holds (its
+shards' rows), and checkpoints hold them whole.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .shards import local_part, local_part_of_whole, whole_from_local_part
+
 __all__ = ["PeriodicEvaluation"]
 
 
 class PeriodicEvaluation:
     """Calls ``evaluate()`` (the validation loss, lower is better) on ``model`` in eval mode
     after every ``every``-th optimiser step and after the last one; ``keep_best`` keeps a
-    copy of the trainable weights of the lowest loss (on the CPU) for :meth:`restore_best`;
+    copy of the trainable weights of the lowest loss (on the CPU; a sharded model's local
+    parts) for :meth:`restore_best`;
     ``patience`` K: :attr:`should_stop` once K evaluations in a row found no lower loss.
     Without ``evaluate`` or ``every`` it does nothing (a run that does not evaluate)."""
 
@@ -47,7 +51,8 @@ class PeriodicEvaluation:
         self.points: list[tuple[int, float]] = []  # (optimiser steps done, validation loss)
         self.best_step: int | None = None
         self.best_loss: float | None = None
-        self._best_weights: dict[str, Tensor] = {}
+        self._best_weights: dict[str, Tensor] = {}  # the parts this process holds
+        self._kept = False  # the same in every process (they all measured the same losses)
 
     def after_step(self, done: int, max_steps: int) -> None:
         """Evaluate when ``done`` steps is a multiple of ``every`` or the last step (never
@@ -69,10 +74,10 @@ class PeriodicEvaluation:
             self.best_step, self.best_loss = done, loss
             if self.keep_best:
                 self._best_weights = {
-                    name: param.detach().cpu().clone()
-                    for name, param in self.model.named_parameters()
-                    if param.requires_grad
+                    name: local_part(param).detach().cpu().clone()
+                    for name, param in self._trainable().items()
                 }
+                self._kept = True
         if self.on_evaluation is not None:
             self.on_evaluation(done, loss)
 
@@ -88,21 +93,26 @@ class PeriodicEvaluation:
     def restore_best(self) -> int | None:
         """Put the best weights back into the model (``keep_best``); returns their step, or
         None when nothing was kept."""
-        if not self._best_weights:
+        if not self._kept:
             return None
-        params = dict(self.model.named_parameters())
+        params = self._trainable()
         with torch.no_grad():
             for name, value in self._best_weights.items():
-                params[name].copy_(value)
+                local_part(params[name]).copy_(value)
         return self.best_step
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps of it."""
+        """What a checkpoint keeps of it: the best weights whole (a collective when the model
+        is sharded: every process calls it)."""
+        params = self._trainable()
         return {
             "points": list(self.points),
             "best_step": self.best_step,
             "best_loss": self.best_loss,
-            "best_weights": self._best_weights,
+            "best_weights": {
+                name: whole_from_local_part(params[name], part)
+                for name, part in self._best_weights.items()
+            },
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -110,4 +120,12 @@ class PeriodicEvaluation:
         self.points = [(int(step), float(loss)) for step, loss in state.get("points", [])]
         self.best_step = state.get("best_step")
         self.best_loss = state.get("best_loss")
-        self._best_weights = dict(state.get("best_weights") or {})
+        params = self._trainable()
+        self._best_weights = {
+            name: local_part_of_whole(params[name], whole)
+            for name, whole in (state.get("best_weights") or {}).items()
+        }
+        self._kept = bool(self._best_weights)
+
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}

@@ -21,7 +21,6 @@ import contextlib
 import math
 import numbers
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from .inject import active_adapters, is_merged
 from .methods import Method, method_of
 from .parallel import parallel_adapters
 from .periodic_evaluation import PeriodicEvaluation
+from .shards import has_shards
 from .state import adapter_layers, adapter_records
 
 __all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
@@ -109,12 +109,14 @@ def train(
     ``evaluate`` (a callable returning the validation loss) runs in eval mode, without
     gradients, after every ``evaluate_every``-th step and after the last
     (``result.evaluations``; ``on_evaluation(step, loss)`` hears each); ``keep_best`` ends
-    with the trainable weights of the lowest loss (``result.best_step``). Under DDP every
-    process evaluates its replica on what ``evaluate`` reads (the same, so the same best);
-    FSDP-sharded models are refused. ``patience`` K stops training once K evaluations in a
-    row found no lower loss (``result.stopped_at``; a resumed stopped run trains no more).
+    with the trainable weights of the lowest loss (``result.best_step``). Under DDP or FSDP
+    ``evaluate`` runs in every process and must return the same loss in each (the flows score
+    a share of the rows per process and add the sums up); under FSDP its forwards are
+    collectives, so every process runs as many. ``patience`` K stops training once K
+    evaluations in a row found no lower loss (``result.stopped_at``; a resumed stopped run
+    trains no more).
     """
-    _check_evaluation(evaluate, evaluate_every, keep_best, patience, model)
+    _check_evaluation(evaluate, evaluate_every, keep_best, patience)
     _check_settings(
         max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
         checkpoint_every=checkpoint_every, learning_rate=learning_rate,
@@ -152,7 +154,7 @@ def train(
     forward = _explained_first_failure(_training_forward(model, trained), trained)
     # DDP or FSDP: the processes train one model on their shares of each batch (a process
     # group alone does not say so: separate models per process report their own losses)
-    data_parallel = isinstance(model, DDP) or _has_shards(model)
+    data_parallel = isinstance(model, DDP) or has_shards(model)
     model.train()
     inner = _unwrapped(model)
     with _without_kv_cache(inner), _checkpointing(inner, enabled=gradient_checkpointing):
@@ -198,7 +200,6 @@ def _check_evaluation(
     evaluate_every: int | None,
     keep_best: bool,
     patience: int | None,
-    model: nn.Module,
 ) -> None:
     """Refuse periodic-evaluation settings that cannot work together, before any step."""
     if evaluate_every is not None:
@@ -210,11 +211,6 @@ def _check_evaluation(
             raise ConfigError(f"{name} needs evaluate_every (and evaluate): nothing is evaluated")
     if patience is not None:
         check_counts({"patience": patience})
-    if evaluate_every is not None and _has_shards(model):  # every rank would have to join in
-        raise ConfigError(
-            "evaluate_every is not done for FSDP-sharded models: evaluate after training "
-            "(under DDP each process evaluates its whole replica)"
-        )
 
 
 def _optimizer_step(
@@ -380,7 +376,7 @@ def _checked_parameters(model: nn.Module, precision: Precision) -> list[nn.Param
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (add an adapter first)")
-    if precision == "fp16" and _has_shards(model):
+    if precision == "fp16" and has_shards(model):
         raise ConfigError(
             "fp16 loss scaling is not done for FSDP-sharded models here: train them in bf16 "
             "(precision bf16) or without sharding"
@@ -453,7 +449,7 @@ class _Checkpoints:
         )
         # FSDP2 shards: the checkpoint holds whole tensors (gathered on save, re-sharded on
         # restore), so a run resumes whatever the number of processes.
-        self.sharded = _has_shards(model)
+        self.sharded = has_shards(model)
 
     def trainable_names(self) -> set[str]:
         return {name for name, param in self.model.named_parameters() if param.requires_grad}
@@ -507,6 +503,7 @@ class _Checkpoints:
         periodic: PeriodicEvaluation | None = None,
     ) -> None:
         weights, optimizer_state = self.trainable_state(), self.optimizer_state(optimizer)
+        evaluation = periodic.state() if periodic is not None else {}  # sharded: a collective
         if not self.writer:
             return
         state = {
@@ -521,7 +518,7 @@ class _Checkpoints:
             "losses": result.losses,
             "learning_rates": result.learning_rates,
             "step_seconds": result.step_seconds,
-            "evaluation": periodic.state() if periodic is not None else {},
+            "evaluation": evaluation,
         }
         self.file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.file.with_suffix(".partial")
@@ -585,15 +582,6 @@ def _mean_over_processes(loss: float, device: torch.device) -> float:
     total = torch.tensor([loss], dtype=torch.float64, device=device)
     distributed.all_reduce(total)  # a sum: gloo has no average
     return float(total) / distributed.get_world_size()
-
-
-def _has_shards(model: nn.Module) -> bool:
-    """Whether any parameter is a DTensor shard (FSDP2). Without torch.distributed.tensor
-    imported there can be none: not importing it keeps ``import peft_core`` fast."""
-    tensor_module = sys.modules.get("torch.distributed.tensor")
-    return tensor_module is not None and any(
-        isinstance(p, tensor_module.DTensor) for p in model.parameters()
-    )
 
 
 def _gathered_options() -> Any:

@@ -10,7 +10,9 @@ CHECKPOINTS (resuming from what is there); with CRASH_AT the run dies in the ste
 checkpointed step CRASH_AT, as a crashed one would, and writes only ``$OUT/crashed<r>``.
 With ``FSDP_WORKER_INIT=pissa`` the LoRA starts from the weights (half of each module held at
 its start) and trains with a weight decay, which would move the held half if it were not put
-back after every step.
+back after every step. With ``FSDP_WORKER_EVALUATE=1`` it measures a validation loss after every
+step (each process scores its share of 5 rows, the sums added up) and keeps the best step's
+weights (``keep_best``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,26 @@ import torch
 import transformers as T
 
 import peft_core as pc
-from flows.distributed import gathered, is_sharded, placement, shard
+from flows.distributed import Placement, gathered, is_sharded, placement, shard, summed
 
 STEPS, ROWS, LENGTH = 4, 8, 16
 
 
 class Crash(Exception):
     """The simulated crash."""
+
+
+def validation(model: torch.nn.Module, rows: torch.Tensor, where: Placement) -> dict:
+    """``pc.train``'s settings for a validation loss after every step over ``rows``, this
+    process scoring its share (one forward each: under FSDP every process runs as many)."""
+    mine = rows[where.rank :: where.world_size]
+
+    def evaluate() -> float:
+        loss = float(model(input_ids=mine, labels=mine).loss) * len(mine)  # a mean per row
+        total, count = summed([loss, len(mine)], where)
+        return total / count
+
+    return {"evaluate": evaluate, "evaluate_every": 1, "keep_best": True}
 
 
 def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None) -> None:
@@ -45,6 +60,8 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
     initial = {k: v.detach().clone() for k, v in pc.adapter_state_dict(model, "l").items()}
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, 256, (ROWS, LENGTH), generator=generator) for _ in range(STEPS)]
+    held_out = torch.randint(0, 256, (5, LENGTH), generator=generator)
+    evaluating = os.environ.get("FSDP_WORKER_EVALUATE") == "1"
     with placement() as where:
         if where.distributed:
             model = shard(model, where)
@@ -65,6 +82,7 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
                 checkpoint_dir=checkpoints,
                 checkpoint_every=1,
                 on_step=crash,
+                **(validation(model, held_out, where) if evaluating else {}),
             )
         except Crash:
             (out / f"crashed{where.rank}").touch()
@@ -81,6 +99,8 @@ def main(out: Path, checkpoints: Path | None = None, crash_at: int | None = None
                 "sharded": is_sharded(model),
                 "local_rows": int(local.shape[0]),
                 "resumed_from": result.resumed_from,
+                "evaluations": result.evaluations,
+                "best_step": result.best_step,
             },
             out / f"rank{where.rank}.pt",
         )

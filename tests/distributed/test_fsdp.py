@@ -48,26 +48,39 @@ def trained_both_ways(spec: Path, processes: int, tmp_path: Path) -> list[tuple[
 
 
 def test_two_sharded_processes_train_what_one_process_trains_across_a_crash(tmp_path: Path):
-    """The sharded run crashes after step 2 and resumes from its checkpoint (whole tensors
-    gathered on save, re-sharded on restore): it still ends where one process does."""
+    """The sharded run crashes after step 3 and resumes from its checkpoint (whole tensors
+    gathered on save, re-sharded on restore): it still ends where one process does. Each run
+    measures a validation loss after every step (each process its share of the rows) and keeps
+    the best step's weights, which the crashed run kept in its checkpoint."""
     alone, crashed, sharded = tmp_path / "alone", tmp_path / "crashed", tmp_path / "sharded"
     for folder in (alone, crashed, sharded):
         folder.mkdir()
     worker, checkpoints = str(HERE / "fsdp_worker.py"), str(tmp_path / "checkpoints")
-    run([sys.executable, worker, str(alone)], tmp_path)
+    evaluating = {"FSDP_WORKER_EVALUATE": "1"}
+    run([sys.executable, worker, str(alone)], tmp_path, **evaluating)
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
-    run([*torchrun, worker, str(crashed), checkpoints, "2"], tmp_path)
+    run([*torchrun, worker, str(crashed), checkpoints, "3"], tmp_path, **evaluating)
     assert sorted(p.name for p in crashed.iterdir()) == ["crashed0", "crashed1"]
     saved = torch.load(Path(checkpoints) / "checkpoint.pt", weights_only=False)
-    assert (saved["step"], saved["sharded"]) == (2, True)
-    run([*torchrun, worker, str(sharded), checkpoints], tmp_path)
+    assert (saved["step"], saved["sharded"]) == (3, True)
+    assert saved["evaluation"]["best_step"] == 3  # its weights whole, as the adapter's are
+    for key, value in saved["evaluation"]["best_weights"].items():
+        assert value.shape == saved["weights"][key].shape, key
+    run([*torchrun, worker, str(sharded), checkpoints], tmp_path, **evaluating)
     one = torch.load(alone / "rank0.pt")
     ranks = [torch.load(sharded / f"rank{r}.pt") for r in (0, 1)]
-    assert [r["resumed_from"] for r in ranks] == [2, 2]
+    assert [r["resumed_from"] for r in ranks] == [3, 3]
     assert one["sharded"] is False and all(r["sharded"] for r in ranks)
     assert [r["local_rows"] for r in ranks] == [one["local_rows"] // 2] * 2  # half each
+    # step 4 measured no lower loss than step 3: the adapter below is step 3's, put back
+    # from the parts of the checkpoint's whole tensors each process holds
+    assert [step for step, _ in one["evaluations"]] == [1, 2, 3, 4] and one["best_step"] == 3
     for rank in ranks:
         torch.testing.assert_close(rank["losses"], one["losses"], atol=1e-6, rtol=0)
+        assert rank["best_step"] == 3
+        torch.testing.assert_close(
+            torch.tensor(rank["evaluations"]), torch.tensor(one["evaluations"]), atol=1e-5, rtol=0
+        )
         assert rank["adapter"].keys() == one["adapter"].keys()
         for key, value in one["adapter"].items():
             torch.testing.assert_close(rank["adapter"][key], value, atol=1e-6, rtol=0)

@@ -202,6 +202,29 @@ def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tm
     assert json.loads((tmp_path / "out" / "report.json").read_text())["stopped_at"] == 3
 
 
+@pytest.mark.parametrize(
+    ("sharding", "rows"),
+    [("ddp", 3), ("fsdp", 1)],  # shares of 2 and 1 rows; of 1 and none (FSDP: a filler forward)
+)
+def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
+    base, tmp_path, sharding, rows
+):
+    """Under torchrun each process scores its share of the validation rows and the sums are
+    added up: the lowest loss measured is what one process finds on the whole split with the
+    weights kept (the evaluation after training)."""
+    spec = overfitting_spec(
+        base, tmp_path, eval_every=2, keep_best=True, processes=2, sharding=sharding
+    )
+    validation = Path(spec.data.validation).read_text().splitlines()[:rows]
+    Path(spec.data.validation).write_text("\n".join(validation) + "\n")
+    report = train_from_spec(spec, tmp_path / "out")
+    assert (report.world_size, report.sharding) == (2, sharding)
+    assert [step for step, _ in report.evaluations] == [2, 4, 6, 8]
+    best_step, lowest = min(report.evaluations, key=lambda point: point[1])
+    assert report.best_step == best_step
+    assert report.metrics["eval_loss"] == pytest.approx(lowest, rel=1e-5)
+
+
 def test_packing_lays_a_batch_end_to_end_and_keeps_its_loss_and_gradients(base, tmp_path):
     """One row of four examples (no padding), attention kept inside each by the restarting
     position ids: the loss and every adapter gradient are the padded batch's."""

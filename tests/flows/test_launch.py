@@ -83,3 +83,23 @@ def test_a_failing_process_is_one_line():
     )
     assert _last_error(stderr) == "ValueError: the batch is empty"
     assert _last_error("") == "no output"
+    # the peer that waited in a collective fails after it and says only that the other left
+    gone = "[rank0]: RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer\n"
+    assert _last_error(stderr + gone) == "ValueError: the batch is empty"
+    assert (
+        _last_error(gone)
+        == "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    )
+
+
+def test_bad_input_found_inside_the_processes_is_the_launchers_one_line(sst2_dir, tmp_path):
+    """One training row for two processes: found once the data is prepared, inside them, and
+    raised here as the DataError one process would raise (the CLI's one line, exit 2)."""
+    spec = two_process_spec(sst2_dir, max_steps=1)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_train_samples": 1})})
+    with pytest.raises(
+        DataError,
+        match=r"^data\.train has 1 row\(s\) after preparation, fewer than the 2 processes",
+    ):
+        train_from_spec(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

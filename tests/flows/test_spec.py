@@ -289,13 +289,10 @@ class TestInvalidSpecs:
             "train": "train.patience counts evaluations without a lower validation loss, which "
             "train.eval_every makes: set it too (e.g. eval_every: 100)"
         }
-        sharded = {"eval_every": 5, "processes": 2, "sharding": "fsdp"}
-        assert problems(with_(train=sharded)) == {
-            "train": "train.eval_every is not done for train.sharding fsdp: leave it out (the "
-            "build evaluates after training), or train with ddp"
-        }
-        spec = parse_spec(with_(train={"eval_every": 5, "keep_best": True, "processes": 2}))
-        assert (spec.train.eval_every, spec.train.keep_best) == (5, True)
+        for sharding in ("ddp", "fsdp"):
+            train = {"eval_every": 5, "keep_best": True, "processes": 2, "sharding": sharding}
+            spec = parse_spec(with_(train=train))
+            assert (spec.train.eval_every, spec.train.keep_best) == (5, True)
 
     def test_peft_fields_beside_type_peft_are_told_to_go_under_config(self):
         """They were four problems: config required, and each of peft's fields an unknown
