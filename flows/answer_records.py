@@ -55,7 +55,7 @@ def answer_records(
                 record["prompt"] = json.dumps(conversation[:-1], ensure_ascii=False)
                 record["response"] = conversation[-1]["content"]
             else:
-                record |= {"prompt": row[data.prompt], "response": row[data.response]}
+                record |= {"prompt": data.prompt_text(row), "response": row[data.response]}
             if generates(spec):
                 answer = outcome.generated
                 record["generated"] = (

@@ -357,11 +357,38 @@ def _wanted_columns(spec: AdapterSpec) -> list[str]:
     """The columns ``spec`` reads: its text (and pair) and label, or its instruction columns."""
     data = spec.data
     if data.instructions:
-        return [c for c in (data.prompt, data.response, data.messages) if c]
+        return [c for c in (*data.prompt_columns, data.response, data.messages) if c]
     wanted = [c for c in (data.text, data.text_pair) if c]
     if spec.head.type == "classification" and data.label:
         wanted.append(data.label)
     return wanted
+
+
+# a response column's names in common instruction data sets, beside a `prompt` column
+_RESPONSE_NAMES = ("response", "completion", "output", "answer", "chosen")
+
+
+def _columns_advice(spec: AdapterSpec, columns: list[str]) -> str:
+    """What to set in the spec to read a file with ``columns`` (after a column was missing):
+    for a causal LM, the fields of the instruction layout the columns look like."""
+    if spec.head.type == "classification":
+        return "Set data.text / data.label in the spec."
+    if spec.head.type == "masked-lm":
+        return "Set data.text in the spec."
+    present = set(columns)
+    if {"instruction", "output"} <= present:
+        prompt = "[instruction, input]" if "input" in present else "instruction"
+        return f"These are Alpaca's columns: set data.prompt: {prompt} and data.response: output."
+    for chat in ("messages", "conversations"):
+        if chat in present:
+            return f"For its chat turns set data.messages: {chat}."
+    answer = next((name for name in _RESPONSE_NAMES if name in present), None)
+    if "prompt" in present and answer:
+        return f"For instructions set data.prompt: prompt and data.response: {answer}."
+    return (
+        "Set data.text (plain text), data.prompt and data.response (instructions), or "
+        "data.messages (chat) in the spec."
+    )
 
 
 def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> datasets.Dataset:
@@ -375,7 +402,7 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
     if missing:
         raise DataError(
             f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
-            "Set data.text / data.label in the spec."
+            f"{_columns_advice(spec, dataset.column_names)}"
         )
     if spec.head.type == "classification" and data.label:
         dataset = _numbered_labels(spec, dataset, split)
@@ -484,7 +511,7 @@ def _checked_instructions(
     if missing:
         raise DataError(
             f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
-            "Set data.prompt / data.response or data.messages in the spec."
+            f"{_columns_advice(spec, dataset.column_names)}"
         )
     if data.messages is None:
         for row, response in enumerate(dataset[data.response]):
@@ -574,7 +601,7 @@ def _tokenize_instructions(
             whole = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
             response = list(whole[len(prompt) :])
         else:
-            prompt = tokenizer(str(example[data.prompt]))["input_ids"]
+            prompt = tokenizer(data.prompt_text(example))["input_ids"]
             answer = tokenizer(str(example[data.response]), add_special_tokens=False)
             end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
             response = [*answer["input_ids"], *end]  # the model learns to stop

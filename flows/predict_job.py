@@ -26,7 +26,7 @@ from .errors import DataError
 from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
-from .spec import AdapterSpec, parse_spec
+from .spec import AdapterSpec, joined_prompt, parse_spec
 from .text_sequences import WindowedTexts
 from .train_job import PhaseCallback, load_inference_model, load_registered, no_phases
 
@@ -200,8 +200,9 @@ def inputs_from_file(
             f"{spec.name} was trained on chat messages: give each user turn with --text (or "
             "one per line with --text -), not a --data file"
         )
-    first = text_column or spec.data.prompt or spec.data.text  # an instruction adapter: prompts
-    columns = [c for c in (first, spec.data.text_pair) if c]
+    # an instruction adapter's prompts: its prompt column(s), joined as in training
+    first = [text_column] if text_column else spec.data.prompt_columns or [spec.data.text]
+    columns = [*first, *([spec.data.text_pair] if spec.data.text_pair else [])]
     rows = load_split(str(path), columns=columns)
     named = (
         "the texts from --text-column" if text_column else "its spec's data columns, or "
@@ -209,7 +210,7 @@ def inputs_from_file(
         "another column"
     )  # fmt: skip
     require_columns(path, rows, columns, named=named)
-    texts = FileTexts(rows[first])
+    texts = FileTexts(*(rows[column] for column in first))
     pairs = FileTexts(rows[spec.data.text_pair]) if spec.data.text_pair else None
     return texts, pairs
 
@@ -217,16 +218,18 @@ def inputs_from_file(
 class FileTexts(WindowedTexts):
     """A data file's column as texts, read from the file's Arrow cache (memory-mapped) a slice
     at a time, as predict's windows ask for them: a file of millions of rows is never held as
-    Python strings at once."""
+    Python strings at once. Several columns (an instruction adapter's prompt columns) are
+    joined row by row as its training joined them."""
 
-    def __init__(self, column: Sequence[Any]) -> None:
-        self._column = column
+    def __init__(self, *columns: Sequence[Any]) -> None:
+        self._columns = columns
 
     def __len__(self) -> int:
-        return len(self._column)
+        return len(self._columns[0])
 
     def _read(self, start: int, stop: int) -> list[str]:
-        return [str(value) for value in self._column[start:stop]]
+        slices = [column[start:stop] for column in self._columns]
+        return [joined_prompt(values) for values in zip(*slices, strict=True)]
 
 
 def gather_inputs(

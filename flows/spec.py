@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
@@ -45,10 +46,12 @@ from .spec_document import (
 
 __all__ = [
     "METHOD_SPECS",
+    "PROMPT_SEPARATOR",
     "AdapterSpec",
     "PlanSpec",
     "SpecError",
     "apply_overrides",
+    "joined_prompt",
     "load_plan_spec",
     "load_spec",
     "member_name",
@@ -185,6 +188,18 @@ MethodSpec = Annotated[
 ]
 
 
+PROMPT_SEPARATOR = "\n\n"  # between the values of several prompt columns
+
+
+def joined_prompt(values: Sequence[Any]) -> str:
+    """One prompt from the values of a row's prompt columns: one column's value as it is;
+    several columns' non-empty values with a blank line between (Alpaca's instruction, then
+    its input when it has one)."""
+    if len(values) == 1:
+        return str(values[0])
+    return PROMPT_SEPARATOR.join(str(v) for v in values if v is not None and str(v).strip())
+
+
 class DataSpec(_Strict):
     """Where the examples are and which columns hold text and labels.
 
@@ -204,8 +219,11 @@ class DataSpec(_Strict):
     label: str | None = "label"
     # Instruction data for causal LMs: a prompt and a response column, or a column of chat
     # messages ([{role, content}, ...], the last one the assistant's; ShareGPT's {from, value}
-    # turns are read as those roles). Loss on the response only.
-    prompt: str | None = None
+    # turns are read as those roles). Loss on the response only. The prompt may be several
+    # columns, joined by a blank line, empty ones left out: Alpaca's [instruction, input].
+    prompt: (
+        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
     response: str | None = None
     messages: str | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
@@ -215,6 +233,29 @@ class DataSpec(_Strict):
     def instructions(self) -> bool:
         """Whether the examples are instructions (prompt/response or chat messages)."""
         return self.messages is not None or self.prompt is not None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_columns_named(cls, value: Any) -> Any:
+        one = isinstance(value, str) and value.strip()
+        several = isinstance(value, list) and value
+        if value is None or one or (several and all(isinstance(c, str) and c for c in value)):
+            return value
+        raise ValueError(
+            "give a column's name, or a list of column names joined into the prompt "
+            f"(Alpaca's: [instruction, input]); got {value!r:.60}"
+        )
+
+    @property
+    def prompt_columns(self) -> list[str]:
+        """The columns a prompt is made of, in order (none without ``prompt``)."""
+        if self.prompt is None:
+            return []
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def prompt_text(self, row: Mapping[str, Any]) -> str:
+        """``row``'s prompt: its prompt columns' values, joined as :func:`joined_prompt` does."""
+        return joined_prompt([row[column] for column in self.prompt_columns])
 
     @model_validator(mode="after")
     def _instruction_columns(self) -> DataSpec:
@@ -445,12 +486,14 @@ class AdapterSpec(_Strict):
     @classmethod
     def _metric_follows_head(cls, data: Any) -> Any:
         """A spec that names no metric gets the one its head has: perplexity for LM heads."""
-        if not isinstance(data, dict) or not isinstance(data.get("head"), dict):
+        head = data.get("head") if isinstance(data, dict) else None
+        kind = head.get("type") if isinstance(head, dict) else head  # or head: causal-lm
+        if not isinstance(kind, str):
             return data
         evaluate = data.get("evaluate", {})
         if not isinstance(evaluate, dict) or "metric" in evaluate:
             return data
-        lm = data["head"].get("type") in ("masked-lm", "causal-lm")
+        lm = kind in ("masked-lm", "causal-lm")
         return {**data, "evaluate": {**evaluate, "metric": "perplexity" if lm else "accuracy"}}
 
     @model_validator(mode="after")

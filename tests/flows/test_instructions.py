@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,63 @@ def test_sharegpt_turns_are_read_as_the_roles_they_stand_for(base, tmp_path):
     for kind in ("speakers", "both"):
         assert read[kind]["input_ids"] == read["roles"]["input_ids"]
         assert read[kind]["labels"] == read["roles"]["labels"]
+
+
+def alpaca() -> list[dict]:
+    """Alpaca's layout: an instruction, an input that is often empty, an output."""
+    inputs = ["", "a pet", "", "to drink"]
+    return [
+        {"instruction": p, "input": i, "output": r} for (p, r), i in zip(ROWS, inputs, strict=True)
+    ]
+
+
+def test_alpacas_instruction_and_input_are_one_prompt_with_a_blank_line_between(base, tmp_path):
+    """data.prompt: [instruction, input]: the input follows the instruction after a blank
+    line, an empty one is left out; predict reads a file's prompts the same way."""
+    from flows.predict_job import inputs_from_file
+
+    spec = spec_for(base, tmp_path, alpaca(), prompt=["instruction", "input"], response="output")
+    tokenizer = load_tokenizer(spec)
+    prompts = [
+        p if not i else f"{p}\n\n{i}" for p, i in ((r["instruction"], r["input"]) for r in alpaca())
+    ]
+    for example, prompt, (_, response) in zip(
+        prepare(spec, tokenizer).train, prompts, ROWS, strict=True
+    ):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+        assert example["input_ids"] == [*prompt_ids, *answer, tokenizer.eos_token_id]
+        assert example["labels"][: len(prompt_ids)] == [-100] * len(prompt_ids)
+    texts, _ = inputs_from_file(spec, tmp_path / "train.jsonl")
+    assert list(texts) == prompts and prompts[1] == "translate to French: dog\n\na pet"
+    for wrong in ([], ["instruction", ""], 5):
+        told = "data.prompt: give a column's name, or a list of column names joined into the prompt"
+        with pytest.raises(SpecError, match=re.escape(told)):
+            spec_for(base, tmp_path, alpaca(), prompt=wrong, response="output")
+
+
+@pytest.mark.parametrize(
+    ("rows", "told"),
+    [
+        (alpaca(), "These are Alpaca's columns: set data.prompt: [instruction, input] and "
+         "data.response: output."),
+        ([{"conversations": c["messages"]} for c in chats()],
+         "For its chat turns set data.messages: conversations."),
+        ([{"prompt": p, "completion": r} for p, r in ROWS],
+         "For instructions set data.prompt: prompt and data.response: completion."),
+        ([{"question": p} for p, _ in ROWS], "Set data.text (plain text), data.prompt and "
+         "data.response (instructions), or data.messages (chat) in the spec."),
+    ],
+)  # fmt: skip
+def test_a_causal_lm_read_without_its_columns_is_told_the_fields_its_file_needs(
+    base, tmp_path, rows, told
+):
+    """A causal LM spec naming no columns read `sentence` and said "Set data.text /
+    data.label", a classifier's advice, whatever the file held."""
+    spec = spec_for(base, tmp_path, rows)
+    with pytest.raises(DataError) as caught:
+        prepare(spec, load_tokenizer(spec))
+    assert str(caught.value).endswith(told)
 
 
 def test_training_minimises_the_response_loss_and_reports_its_perplexity(base, tmp_path):

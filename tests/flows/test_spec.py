@@ -251,6 +251,11 @@ class TestInvalidSpecs:
         """head: causal-lm was "Input should be a valid dictionary or instance of HeadSpec"."""
         spec = parse_spec(with_(head="causal-lm", evaluate={"metric": "perplexity"}))
         assert spec.head.type == "causal-lm" and spec.model_dump()["head"]["num_labels"] is None
+        document = with_(head="masked-lm")
+        document.pop(
+            "evaluate", None
+        )  # the metric follows the head written alone, as a whole one's
+        assert parse_spec(document).evaluate.metric == "perplexity"
         assert problems(with_(head="classification")) == {
             "head": "a classification head needs num_labels (>= 2) or label_names"
         }
