@@ -81,7 +81,7 @@ def _validation_loss_measure(
     loader = make_loader(
         share, tokenizer, head=data.head, batch_size=VALIDATION_BATCH, shuffle=False
     )
-    # the largest share's batches (datasets' shards differ by one row at most)
+    # the largest share's batches (the shares differ by one row at most)
     batches_each = math.ceil(math.ceil(len(rows) / where.world_size) / VALIDATION_BATCH)
     filler = make_loader(rows.select([0]), tokenizer, head=data.head, batch_size=1, shuffle=False)
 
