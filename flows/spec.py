@@ -221,9 +221,7 @@ class DataSpec(_Strict):
     # messages ([{role, content}, ...], the last one the assistant's; ShareGPT's {from, value}
     # turns are read as those roles). Loss on the response only. The prompt may be several
     # columns, joined by a blank line, empty ones left out: Alpaca's [instruction, input].
-    prompt: (
-        str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
-    ) = None
+    prompt: str | list[str] | None = None  # names checked by _prompt_columns_named
     response: str | None = None
     messages: str | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
