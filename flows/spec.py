@@ -283,6 +283,9 @@ class TrainSpec(_Strict):
     learning_rate: float = Field(default=5e-4, gt=0, le=10)
     weight_decay: float = Field(default=0.0, ge=0, le=10)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    # After the warm-up the learning rate falls to 0 in a line, along half a cosine (common
+    # for LLM fine-tuning), or stays where it is.
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_length: int = Field(default=128, ge=8, le=1_048_576)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # auto: fp16 (with loss scaling) on an fp16 base, else bf16 autocast on a CUDA GPU that

@@ -265,6 +265,7 @@ def train_from_spec(
             learning_rate=cfg.learning_rate,
             weight_decay=cfg.weight_decay,
             warmup_ratio=cfg.warmup_ratio,
+            lr_schedule=cfg.lr_schedule,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             precision=training_precision(spec, where.device),
             checkpoint_dir=checkpoint_dir,  # FSDP2: whole tensors, gathered on rank 0

@@ -89,11 +89,12 @@ from .roles import ROLES
 from .routing import per_row
 from .serialization import convert_adapter, load_adapter, save_adapter
 from .sharding import ShardedWeights, check_shardable, shard_units, sharded_weight_bytes
-from .training import Precision, TrainResult, train
+from .training import SCHEDULES, Precision, Schedule, TrainResult, train
 
 __all__ = [
     "IA3",
     "ROLES",
+    "SCHEDULES",
     "AdapterExistsError",
     "AdapterFormatError",
     "AdapterNotFoundError",
@@ -126,6 +127,7 @@ __all__ = [
     "Precision",
     "ProbeCheck",
     "ProbeMismatchError",
+    "Schedule",
     "ShardedWeights",
     "Stack",
     "StepMemory",

@@ -39,10 +39,14 @@ from .periodic_evaluation import PeriodicEvaluation
 from .shards import has_shards
 from .state import adapter_layers, adapter_records
 
-__all__ = ["CHECKPOINT_FILE", "Precision", "TrainResult", "train"]
+__all__ = ["CHECKPOINT_FILE", "SCHEDULES", "Precision", "Schedule", "TrainResult", "train"]
 
 Batch = Mapping[str, Tensor]
 Precision = Literal["fp32", "bf16", "fp16"]
+# How the learning rate moves after its linear warm-up: down to 0 in a line, down to 0 along
+# half a cosine (common for LLM fine-tuning), or not at all.
+Schedule = Literal["linear", "cosine", "constant"]
+SCHEDULES: tuple[Schedule, ...] = ("linear", "cosine", "constant")
 CHECKPOINT_FILE = "checkpoint.pt"
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -81,6 +85,7 @@ def train(
     learning_rate: float,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.06,
+    lr_schedule: Schedule = "linear",
     max_grad_norm: float = 1.0,
     gradient_accumulation_steps: int = 1,
     precision: Precision = "fp32",
@@ -104,7 +109,9 @@ def train(
     Under DDP or FSDP each step's loss is the mean over the processes.
     ``gradient_checkpointing`` recomputes each transformer block's activations in the backward
     pass instead of keeping them (less memory, ~30% more compute), with the same gradients.
-    ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
+    ``lr_schedule``: after a linear warm-up over ``warmup_ratio`` of the steps, the learning rate
+    falls to 0 in a line (``linear``), along half a cosine (``cosine``), or stays
+    (``constant``). ``precision``: ``bf16`` or ``fp16`` autocast; ``fp16`` also scales the loss (a
     ``GradScaler``), without which small gradients vanish in float16 (GPUs without bf16).
     ``evaluate`` (a callable returning the validation loss) runs in eval mode, without
     gradients, after every ``evaluate_every``-th step and after the last
@@ -121,13 +128,11 @@ def train(
         max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
         checkpoint_every=checkpoint_every, learning_rate=learning_rate,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
+        lr_schedule=lr_schedule,
     )  # fmt: skip
     params = _checked_parameters(model, precision)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    # transformers' optimisation module imports peft (~1.5 s): only training pays for it
-    from transformers import get_linear_schedule_with_warmup  # noqa: PLC0415
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * max_steps), max_steps)
+    scheduler = _scheduler(optimizer, lr_schedule, int(warmup_ratio * max_steps), max_steps)
     device = params[0].device
     # fp16: the loss is scaled up before backward and the gradients down before the step; a
     # step whose gradients overflowed is skipped and the scale lowered (off: a pass-through)
@@ -349,6 +354,7 @@ def _check_settings(
     weight_decay: float,
     warmup_ratio: float,
     max_grad_norm: float,
+    lr_schedule: str,
 ) -> None:
     """Refuse a setting of the wrong type or range before any step, naming it: a string
     (``learning_rate="1e-3"``, read from a config file) failed inside AdamW or the scheduler
@@ -369,6 +375,21 @@ def _check_settings(
         number = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not number or math.isnan(value) or not allowed(value):
             raise ConfigError(f"{name} must be {wanted}, got {value!r:.40}")
+    if lr_schedule not in SCHEDULES:
+        raise ConfigError(
+            f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r:.40}"
+        )
+
+
+def _scheduler(optimizer: Any, schedule: Schedule, warmup_steps: int, max_steps: int) -> Any:
+    """transformers' learning-rate schedule ``schedule`` after ``warmup_steps`` of warm-up."""
+    # transformers' optimisation module imports peft (~1.5 s): only training pays for it
+    from transformers import get_scheduler  # noqa: PLC0415
+
+    name = "constant_with_warmup" if schedule == "constant" else schedule
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps
+    )
 
 
 def _checked_parameters(model: nn.Module, precision: Precision) -> list[nn.Parameter]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -281,6 +282,18 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     best_step, lowest = min(report.evaluations, key=lambda point: point[1])
     assert report.best_step == best_step
     assert report.metrics["eval_loss"] == pytest.approx(lowest, rel=1e-5)
+
+
+def test_the_specs_learning_rate_schedule_is_the_one_training_follows(base, tmp_path):
+    """train.lr_schedule: cosine (LLM fine-tuning's usual) and constant, after the warm-up."""
+    rates = {}
+    for schedule in ("cosine", "constant"):
+        spec = overfitting_spec(base, tmp_path, lr_schedule=schedule, warmup_ratio=0.25)
+        rates[schedule] = train_from_spec(spec, tmp_path / schedule).learning_rates
+    warm = [0.0, 0.5]  # 2 of the 8 steps warm up, at a learning rate of 1
+    assert rates["constant"] == pytest.approx([*warm, *[1.0] * 6])
+    falling = [0.5 * (1 + math.cos(math.pi * (step - 2) / 6)) for step in range(2, 8)]
+    assert rates["cosine"] == pytest.approx([*warm, *falling])
 
 
 def test_packing_lays_a_batch_end_to_end_and_keeps_its_loss_and_gradients(base, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,7 @@ class TestMistakes:
             ({"max_grad_norm": 0}, "max_grad_norm must be a number above 0 (inf: no clipping), got 0"),
             ({"max_steps": 2.0}, "max_steps must be a whole number of at least 1, got 2.0"),
             ({"checkpoint_every": 0}, "checkpoint_every must be a whole number of at least 1, got 0"),
+            ({"lr_schedule": "cosin"}, "lr_schedule must be one of linear, cosine, constant, got 'cosin'"),
         ],
     )  # fmt: skip
     def test_a_setting_of_the_wrong_type_or_range_is_named_before_a_step(self, setting, message):
@@ -350,6 +352,27 @@ class TestMistakes:
         assert len(result.losses) == 2
         moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
         assert moved and all(".a." in n or n.endswith(".a") for n in moved), sorted(moved)
+
+
+class TestLearningRateSchedule:
+    @pytest.mark.parametrize(
+        ("schedule", "after_warmup"),
+        [
+            ("linear", lambda progress: 1 - progress),
+            ("cosine", lambda progress: 0.5 * (1 + math.cos(math.pi * progress))),
+            ("constant", lambda progress: 1.0),
+        ],
+    )
+    def test_each_step_uses_the_rate_of_its_schedule_after_the_warmup(self, schedule, after_warmup):
+        """10 steps, 2 of them warming up (0, then half the rate); then the schedule's shape."""
+        result = pc.train(
+            model_with_lora(), batches(2), max_steps=10, learning_rate=0.02, warmup_ratio=0.2,
+            lr_schedule=schedule,
+        )  # fmt: skip
+        expected = [0.0, 0.01] + [0.02 * after_warmup((s - 2) / 8) for s in range(2, 10)]
+        assert result.learning_rates == pytest.approx(expected, abs=1e-12)
+        if schedule == "cosine":  # between the two others, not either of them
+            assert 0.02 * (1 - 3 / 8) < result.learning_rates[5] < 0.02
 
 
 class TestPeriodicEvaluation:
