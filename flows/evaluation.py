@@ -22,6 +22,7 @@ __all__ = [
     "evaluate",
     "exact_match",
     "greedy_continuations",
+    "language_model_metrics",
     "metrics_from_confusion",
     "on_device",
     "validation_loss",
@@ -243,8 +244,13 @@ def _language_model(
         if outcomes is not None:
             outcomes.extend(_row_losses(output.logits, batch["labels"], causal=causal))
         on_rows("score", done)
-    mean = total_loss / max(total_tokens, 1)
-    return {"perplexity": math.exp(min(mean, 50.0)), "eval_loss": mean, "tokens": total_tokens}
+    return language_model_metrics(total_loss, total_tokens)
+
+
+def language_model_metrics(loss_sum: float, tokens: int) -> dict[str, Any]:
+    """A language model's metrics from its loss summed over ``tokens`` scored tokens."""
+    mean = loss_sum / max(tokens, 1)
+    return {"perplexity": math.exp(min(mean, 50.0)), "eval_loss": mean, "tokens": tokens}
 
 
 def _row_losses(logits: Tensor, labels: Tensor, *, causal: bool) -> list[RowOutcome]:

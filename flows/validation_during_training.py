@@ -5,13 +5,11 @@ process scores its share of the validation rows and the loss sums are added up a
 processes, so N processes measure the whole split N times faster than each scoring all of it,
 and every process gets the same loss (so patience stops, and keep_best keeps, the same step
 everywhere). Under FSDP every forward is a collective (the shards gather each block's weights),
-so every process runs as many batches: one with fewer rows runs the rest on a filler batch
-whose loss is not counted.
+so every process runs as many batches (:mod:`flows.shares`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,16 +20,15 @@ from transformers import PreTrainedTokenizerBase
 import peft_core as pc
 
 from .data import PreparedData, make_loader
-from .distributed import Placement, is_sharded, summed
-from .evaluation import on_device, validation_loss_sum
+from .distributed import Placement, summed
+from .evaluation import validation_loss_sum
+from .shares import BATCH, filler_forwards, share
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
     from .train_job import TrainReport
 
-__all__ = ["VALIDATION_BATCH", "evaluation_line", "outcome_lines", "periodic_evaluation"]
-
-VALIDATION_BATCH = 64  # rows per validation forward
+__all__ = ["evaluation_line", "outcome_lines", "periodic_evaluation"]
 
 
 def periodic_evaluation(
@@ -76,23 +73,16 @@ def _validation_loss_measure(
     """A callable measuring ``model``'s validation loss: this process's share of the rows,
     summed with the other processes' shares."""
     rows = data.validation
-    # every world_size-th row from this rank's (a share may be empty: fewer rows than processes)
-    share = rows.select(range(where.rank, len(rows), where.world_size))
     loader = make_loader(
-        share, tokenizer, head=data.head, batch_size=VALIDATION_BATCH, shuffle=False
+        share(rows, where), tokenizer, head=data.head, batch_size=BATCH, shuffle=False
     )
-    # the largest share's batches (the shares differ by one row at most)
-    batches_each = math.ceil(math.ceil(len(rows) / where.world_size) / VALIDATION_BATCH)
-    filler = make_loader(rows.select([0]), tokenizer, head=data.head, batch_size=1, shuffle=False)
 
     def measure() -> float:
         # the same masked-LM masks each time, so the losses compare (pc.train keeps
         # training's random numbers apart)
         torch.manual_seed(seed)
         total, count = validation_loss_sum(model, loader, head=data.head)
-        if is_sharded(model):
-            for batch in on_device(model, [next(iter(filler))] * (batches_each - len(loader))):
-                model(**batch)  # uncounted: only so that every process gathers as often
+        filler_forwards(model, rows, tokenizer, head=data.head, done=len(loader), where=where)
         total, count = summed([total, count], where)
         return total / max(count, 1)
 

@@ -119,7 +119,11 @@ def test_the_cli_trains_with_fsdp_under_torchrun_as_with_ddp(tmp_path: Path, sst
     (fsdp, fsdp_tensors), (ddp, ddp_tensors) = trained_both_ways(spec, 2, tmp_path)
     assert (fsdp["world_size"], fsdp["sharding"], ddp["sharding"]) == (2, "fsdp", "ddp")
     assert abs(fsdp["final_loss"] - ddp["final_loss"]) < 1e-6
+    # FSDP: each process scored half the rows, the confusion matrices added up; DDP: rank 0
+    # scored them all
     assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
+    assert fsdp["metrics"]["confusion_matrix"] == ddp["metrics"]["confusion_matrix"]
+    assert fsdp["metrics"]["examples"] == ddp["metrics"]["examples"] == 48
     assert fsdp_tensors.keys() == ddp_tensors.keys()
     for key, value in ddp_tensors.items():
         torch.testing.assert_close(fsdp_tensors[key], value, atol=1e-6, rtol=0)
@@ -155,7 +159,11 @@ def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: P
     # gradients reduced in another order (reduce-scatter vs all-reduce) on a bf16 base: 5e-5 of
     # the loss here, and the same predictions
     assert abs(fsdp["final_loss"] - ddp["final_loss"]) < 2e-4
+    # FSDP: each process scored half the rows, the confusion matrices added up; DDP: rank 0
+    # scored them all
     assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
+    assert fsdp["metrics"]["confusion_matrix"] == ddp["metrics"]["confusion_matrix"]
+    assert fsdp["metrics"]["examples"] == ddp["metrics"]["examples"] == 48
     assert fsdp_tensors.keys() == ddp_tensors.keys()
     for key, value in ddp_tensors.items():
         assert value.dtype == torch.bfloat16  # saved in the base's compute dtype

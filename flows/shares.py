@@ -1,0 +1,81 @@
+"""A split scored across torchrun's processes: each scores every N-th row, and the sums are
+added up, so N processes score it N times faster than each scoring all of it, and every
+process gets the same numbers.
+
+Under FSDP every forward is a collective (the shards gather each block's weights), so every
+process must run as many: one whose share has fewer batches than its peers' runs the rest on
+a filler batch (the split's first row), whose result is not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .data import make_loader
+from .distributed import Placement, is_sharded, summed
+from .evaluation import evaluate, language_model_metrics, metrics_from_confusion, on_device
+
+__all__ = ["BATCH", "classification_or_loss_in_shares", "filler_forwards", "share"]
+
+BATCH = 64  # rows per forward when scoring a split
+
+
+def share(rows: datasets.Dataset, where: Placement) -> datasets.Dataset:
+    """This process's share of ``rows``: every world_size-th row from its rank's (empty when
+    there are fewer rows than processes)."""
+    return rows.select(range(where.rank, len(rows), where.world_size))
+
+
+def filler_forwards(
+    model: nn.Module,
+    rows: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    head: str,
+    done: int,
+    where: Placement,
+) -> None:
+    """After this process ran ``done`` batches of its share of ``rows``, the uncounted
+    forwards that bring it to the largest share's count, when ``model`` is FSDP-sharded."""
+    if not is_sharded(model):
+        return
+    most = math.ceil(math.ceil(len(rows) / where.world_size) / BATCH)
+    filler = make_loader(rows.select([0]), tokenizer, head=head, batch_size=1, shuffle=False)
+    for batch in on_device(model, [next(iter(filler))] * (most - done)):
+        model(**batch)
+
+
+def classification_or_loss_in_shares(
+    model: nn.Module,
+    rows: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    head: str,
+    where: Placement,
+) -> dict[str, Any]:
+    """:func:`flows.evaluation.evaluate`'s metrics over ``rows``, each process scoring its
+    share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens, added
+    up across the processes. A collective: every process calls it."""
+    if head not in ("classification", "causal-lm"):  # a masked LM's masks follow its rows
+        raise ValueError(f"a {head} head is not scored in shares")
+    loader = make_loader(share(rows, where), tokenizer, head=head, batch_size=BATCH, shuffle=False)
+    mine = evaluate(model, loader, head=head)
+    filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
+    if head == "classification":
+        counts = [float(c) for row in mine["confusion_matrix"] for c in row]
+        side = len(mine["confusion_matrix"])
+        total = [int(c) for c in summed(counts, where)]
+        matrix = [total[i * side : (i + 1) * side] for i in range(side)]
+        return {
+            **metrics_from_confusion(torch.tensor(matrix)),
+            "confusion_matrix": matrix,
+            "examples": sum(total),
+        }
+    loss, tokens = summed([mine["eval_loss"] * mine["tokens"], mine["tokens"]], where)
+    return language_model_metrics(loss, int(tokens))
