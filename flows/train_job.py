@@ -288,15 +288,13 @@ def train_from_spec(
         seconds = time.perf_counter() - started
         if not replicas_agree(model, where):
             raise RuntimeError("DDP replicas disagree after training: gradients were not synced")
-        metrics: dict[str, Any] | None = None  # evaluated below, unless the shards were
-        probes: dict[str, Any] | None = None
-        if sharded:
-            model, metrics, probes = _after_sharded_training(
-                model, spec, where, data=data, tokenizer=tokenizer, members=members,
-                registry=registry, evaluate_after=evaluate_after,
-            )  # fmt: skip
-    if where.is_main:  # what patience and keep_best did, before the evaluation says its line
-        _say_all(on_phase, outcome_lines(result, steps, cfg.patience))
+        if where.is_main:  # what patience and keep_best did, before the evaluation's line
+            _say_all(on_phase, outcome_lines(result, steps, cfg.patience))
+        # metrics and probes None: measured below by rank 0, the processes' group gone
+        model, metrics, probes = _measured_in_processes(
+            model, spec, where, data=data, tokenizer=tokenizer, members=members,
+            registry=registry, evaluate_after=evaluate_after, on_phase=on_phase,
+        )  # fmt: skip
     if metrics is None:
         metrics = {}
         if evaluate_after and where.is_main:
@@ -366,6 +364,38 @@ def _unsharded(
     return model.to(device).eval()
 
 
+def _measured_in_processes(
+    model: nn.Module,
+    spec: AdapterSpec,
+    where: Placement,
+    *,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    members: list[str],
+    registry: Registry | None,
+    evaluate_after: bool,
+    on_phase: PhaseCallback,
+) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
+    """What several processes measure together after training, while their group lives: under
+    FSDP the evaluation and probes on the shards (:func:`_after_sharded_training`); under DDP a
+    classifier's or a causal LM's metrics, each process scoring a share of the rows. The model
+    rank 0 saves, the metrics and the probes (None: rank 0 measures them alone afterwards)."""
+    if not where.distributed:
+        return model, None, None
+    if spec.train.sharding == "fsdp":
+        return _after_sharded_training(
+            model, spec, where, data=data, tokenizer=tokenizer, members=members,
+            registry=registry, evaluate_after=evaluate_after,
+        )  # fmt: skip
+    if not (evaluate_after and scored_in_shares(spec, data.head)):
+        return model, None, None
+    on_phase(f"evaluate on {len(data.validation)} rows")  # (each process a share of them)
+    metrics = classification_or_loss_in_shares(
+        model, data.validation, tokenizer, head=data.head, where=where
+    )
+    return model, metrics, None
+
+
 def _after_sharded_training(
     model: nn.Module,
     spec: AdapterSpec,
@@ -403,13 +433,19 @@ def _evaluated_sharded(
     causal LM's loss in shares of the rows, added up (N times faster than each process scoring
     them all); generated answers (exact match) and a masked LM's seeded masks over the whole
     split in every process."""
-    if data.head in ("classification", "causal-lm") and not generates(spec):
+    if scored_in_shares(spec, data.head):
         return classification_or_loss_in_shares(
             model, data.validation, tokenizer, head=data.head, where=where
         )
     return evaluate_model(
         model, data.validation, tokenizer, head=data.head, generate=generates(spec)
     )
+
+
+def scored_in_shares(spec: AdapterSpec, head: str) -> bool:
+    """Whether several processes evaluate ``spec``'s adapter in shares of the validation rows
+    (:mod:`flows.shares`): a classifier, or a causal LM whose metric does not generate."""
+    return head in ("classification", "causal-lm") and not generates(spec)
 
 
 def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:

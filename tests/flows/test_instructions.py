@@ -25,7 +25,7 @@ import peft_core as pc
 from flows.data import DataError, load_raw, make_loader, prepare
 from flows.prepare_job import check_inputs
 from flows.spec import SpecError, parse_spec
-from flows.train_job import load_base_model, load_tokenizer, train_from_spec
+from flows.train_job import evaluate_folder, load_base_model, load_tokenizer, train_from_spec
 from tests.helpers import minilm_path, run_cli
 
 TEMPLATE = (
@@ -269,8 +269,8 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     base, tmp_path, sharding, rows
 ):
     """Under torchrun each process scores its share of the validation rows and the sums are
-    added up: the lowest loss measured is what one process finds on the whole split with the
-    weights kept (the evaluation after training)."""
+    added up, during training and after it: the lowest loss measured, and the evaluation
+    after training, are what one process finds on the whole split with the weights kept."""
     spec = overfitting_spec(
         base, tmp_path, eval_every=2, keep_best=True, processes=2, sharding=sharding
     )
@@ -282,6 +282,9 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     best_step, lowest = min(report.evaluations, key=lambda point: point[1])
     assert report.best_step == best_step
     assert report.metrics["eval_loss"] == pytest.approx(lowest, rel=1e-5)
+    alone = evaluate_folder(spec, tmp_path / "out")  # this process, every row
+    assert alone["tokens"] == report.metrics["tokens"]
+    assert alone["eval_loss"] == pytest.approx(report.metrics["eval_loss"], rel=1e-5)
 
 
 def test_the_specs_learning_rate_schedule_is_the_one_training_follows(base, tmp_path):
