@@ -21,7 +21,7 @@ from .data import make_loader
 from .distributed import Placement, is_sharded, summed
 from .evaluation import evaluate, language_model_metrics, metrics_from_confusion, on_device
 
-__all__ = ["BATCH", "classification_or_loss_in_shares", "filler_forwards", "share"]
+__all__ = ["BATCH", "filler_forwards", "metrics_in_shares", "share"]
 
 BATCH = 64  # rows per forward when scoring a split
 
@@ -51,31 +51,42 @@ def filler_forwards(
         model(**batch)
 
 
-def classification_or_loss_in_shares(
+def metrics_in_shares(
     model: nn.Module,
     rows: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
     *,
     head: str,
     where: Placement,
+    generate: bool = False,
 ) -> dict[str, Any]:
     """:func:`flows.evaluation.evaluate`'s metrics over ``rows``, each process scoring its
-    share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens, added
-    up across the processes. A collective: every process calls it."""
-    if head not in ("classification", "causal-lm"):  # a masked LM's masks follow its rows
-        raise ValueError(f"a {head} head is not scored in shares")
+    share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens (and,
+    with ``generate``, its exact answers and answered rows), added up across the processes. A
+    collective: every process calls it. Not for a masked LM (its seeded masks follow the rows a
+    loader sees), nor ``generate`` on an FSDP-sharded model (the shares' generations would run
+    different numbers of forwards, each a collective)."""
+    if head not in ("classification", "causal-lm") or (generate and is_sharded(model)):
+        raise ValueError(f"a {head} head {'generating ' if generate else ''}is not scored here")
     loader = make_loader(share(rows, where), tokenizer, head=head, batch_size=BATCH, shuffle=False)
-    mine = evaluate(model, loader, head=head)
+    pad = tokenizer.pad_token_id if generate else None
+    mine = evaluate(model, loader, head=head, pad_token_id=pad)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
     if head == "classification":
-        counts = [float(c) for row in mine["confusion_matrix"] for c in row]
         side = len(mine["confusion_matrix"])
-        total = [int(c) for c in summed(counts, where)]
-        matrix = [total[i * side : (i + 1) * side] for i in range(side)]
+        counts = summed([float(c) for row in mine["confusion_matrix"] for c in row], where)
+        matrix = [[int(c) for c in counts[i * side : (i + 1) * side]] for i in range(side)]
         return {
             **metrics_from_confusion(torch.tensor(matrix)),
             "confusion_matrix": matrix,
-            "examples": sum(total),
+            "examples": sum(map(sum, matrix)),
         }
-    loss, tokens = summed([mine["eval_loss"] * mine["tokens"], mine["tokens"]], where)
-    return language_model_metrics(loss, int(tokens))
+    sums = [mine["eval_loss"] * mine["tokens"], mine["tokens"]]
+    if generate:
+        sums += [mine["exact_match"] * mine["generated"], mine["generated"]]
+    totals = summed(sums, where)
+    metrics = language_model_metrics(totals[0], int(totals[1]))
+    if generate:
+        hits, answered = round(totals[2]), int(totals[3])
+        metrics |= {"exact_match": hits / max(answered, 1), "generated": answered}
+    return metrics

@@ -44,7 +44,7 @@ from .members import load_members, members_of_spec
 from .missing_weights import settle_missing_weights
 from .models import base_config, resolve_base_model
 from .prepare_job import prepare_cached
-from .shares import classification_or_loss_in_shares
+from .shares import metrics_in_shares
 from .spec import AdapterSpec
 from .validation_during_training import evaluation_line, outcome_lines, periodic_evaluation
 
@@ -364,6 +364,11 @@ def _unsharded(
     return model.to(device).eval()
 
 
+# heads whose metrics processes score in shares of the rows (a masked LM's seeded masks follow
+# the rows a loader sees: its metrics would depend on the number of processes)
+SCORED_IN_SHARES = ("classification", "causal-lm")
+
+
 def _measured_in_processes(
     model: nn.Module,
     spec: AdapterSpec,
@@ -378,7 +383,8 @@ def _measured_in_processes(
 ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
     """What several processes measure together after training, while their group lives: under
     FSDP the evaluation and probes on the shards (:func:`_after_sharded_training`); under DDP a
-    classifier's or a causal LM's metrics, each process scoring a share of the rows. The model
+    classifier's or a causal LM's metrics (exact match's answers too: the replicas generate
+    apart), each process scoring a share of the rows. The model
     rank 0 saves, the metrics and the probes (None: rank 0 measures them alone afterwards)."""
     if not where.distributed:
         return model, None, None
@@ -387,11 +393,11 @@ def _measured_in_processes(
             model, spec, where, data=data, tokenizer=tokenizer, members=members,
             registry=registry, evaluate_after=evaluate_after,
         )  # fmt: skip
-    if not (evaluate_after and scored_in_shares(spec, data.head)):
+    if not (evaluate_after and data.head in SCORED_IN_SHARES):
         return model, None, None
     on_phase(f"evaluate on {len(data.validation)} rows")  # (each process a share of them)
-    metrics = classification_or_loss_in_shares(
-        model, data.validation, tokenizer, head=data.head, where=where
+    metrics = metrics_in_shares(
+        model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec)
     )
     return model, metrics, None
 
@@ -433,19 +439,11 @@ def _evaluated_sharded(
     causal LM's loss in shares of the rows, added up (N times faster than each process scoring
     them all); generated answers (exact match) and a masked LM's seeded masks over the whole
     split in every process."""
-    if scored_in_shares(spec, data.head):
-        return classification_or_loss_in_shares(
-            model, data.validation, tokenizer, head=data.head, where=where
-        )
+    if data.head in SCORED_IN_SHARES and not generates(spec):
+        return metrics_in_shares(model, data.validation, tokenizer, head=data.head, where=where)
     return evaluate_model(
         model, data.validation, tokenizer, head=data.head, generate=generates(spec)
     )
-
-
-def scored_in_shares(spec: AdapterSpec, head: str) -> bool:
-    """Whether several processes evaluate ``spec``'s adapter in shares of the validation rows
-    (:mod:`flows.shares`): a classifier, or a causal LM whose metric does not generate."""
-    return head in ("classification", "causal-lm") and not generates(spec)
 
 
 def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:

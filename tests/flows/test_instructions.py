@@ -262,11 +262,15 @@ def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tm
 
 
 @pytest.mark.parametrize(
-    ("sharding", "rows"),
-    [("ddp", 3), ("fsdp", 1)],  # shares of 2 and 1 rows; of 1 and none (FSDP: a filler forward)
+    ("sharding", "rows", "metric"),
+    [
+        ("ddp", 3, "perplexity"),  # shares of 2 and 1 rows
+        ("ddp", 3, "exact_match"),  # each replica generates its share's answers
+        ("fsdp", 1, "perplexity"),  # shares of 1 and none: a filler forward
+    ],
 )
 def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
-    base, tmp_path, sharding, rows
+    base, tmp_path, sharding, rows, metric
 ):
     """Under torchrun each process scores its share of the validation rows and the sums are
     added up, during training and after it: the lowest loss measured, and the evaluation
@@ -274,6 +278,7 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     spec = overfitting_spec(
         base, tmp_path, eval_every=2, keep_best=True, processes=2, sharding=sharding
     )
+    spec = spec.model_copy(update={"evaluate": spec.evaluate.model_copy(update={"metric": metric})})
     validation = Path(spec.data.validation).read_text().splitlines()[:rows]
     Path(spec.data.validation).write_text("\n".join(validation) + "\n")
     report = train_from_spec(spec, tmp_path / "out")
@@ -285,6 +290,9 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     alone = evaluate_folder(spec, tmp_path / "out")  # this process, every row
     assert alone["tokens"] == report.metrics["tokens"]
     assert alone["eval_loss"] == pytest.approx(report.metrics["eval_loss"], rel=1e-5)
+    if metric == "exact_match":
+        assert report.metrics["generated"] == alone["generated"] == rows
+        assert report.metrics["exact_match"] == alone["exact_match"]
 
 
 def test_the_specs_learning_rate_schedule_is_the_one_training_follows(base, tmp_path):
