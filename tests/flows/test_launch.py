@@ -14,7 +14,7 @@ from flows.errors import DataError
 from flows.launch import _last_error
 from flows.prepare_job import check_inputs
 from flows.quickstart import minilm_sst2_spec
-from flows.train_job import evaluate_folder, train_from_spec
+from flows.train_job import train_from_spec
 from registry import Registry
 
 STEPS = 4
@@ -44,9 +44,7 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(
     assert report["evaluations"] == [[m.step, m.value] for m in measured]
     assert report["best_step"] == min(measured, key=lambda m: m.value).step
     assert (report["world_size"], report["sharding"], report["steps"]) == (2, "ddp", STEPS)
-    assert report["metrics"]["examples"] == 64  # each process a share, added up
-    alone = evaluate_folder(spec, tmp_path / "out")  # this process, every row
-    assert alone["confusion_matrix"] == report["metrics"]["confusion_matrix"]
+    assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
     assert report["final_loss"] == pytest.approx(history[-1].value)
     assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun's logs: not left
 
