@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .data import make_loader
+from .data import longest_first_order, make_loader
 from .distributed import Placement, is_sharded, summed
 from .evaluation import evaluate, language_model_metrics, metrics_from_confusion, on_device
 
@@ -26,10 +26,16 @@ __all__ = ["BATCH", "filler_forwards", "metrics_in_shares", "share"]
 BATCH = 64  # rows per forward when scoring a split
 
 
-def share(rows: datasets.Dataset, where: Placement) -> datasets.Dataset:
+def share(rows: datasets.Dataset, where: Placement, *, head: str) -> datasets.Dataset:
     """This process's share of ``rows``: every world_size-th row from its rank's (empty when
-    there are fewer rows than processes)."""
-    return rows.select(range(where.rank, len(rows), where.world_size))
+    there are fewer rows than processes). A classifier's and a causal LM's rows are taken
+    longest first (:func:`flows.data.longest_first`: batches of like lengths pad little, and
+    the shares get like token counts); a masked LM's in their order (its seeded masks follow
+    the rows a loader sees)."""
+    order = list(range(len(rows)))
+    if head in ("classification", "causal-lm"):
+        order = longest_first_order(rows)
+    return rows.select(order[where.rank :: where.world_size])
 
 
 def filler_forwards(
@@ -68,7 +74,8 @@ def metrics_in_shares(
     different numbers of forwards, each a collective)."""
     if head not in ("classification", "causal-lm") or (generate and is_sharded(model)):
         raise ValueError(f"a {head} head {'generating ' if generate else ''}is not scored here")
-    loader = make_loader(share(rows, where), tokenizer, head=head, batch_size=BATCH, shuffle=False)
+    mine_rows = share(rows, where, head=head)
+    loader = make_loader(mine_rows, tokenizer, head=head, batch_size=BATCH, shuffle=False)
     pad = tokenizer.pad_token_id if generate else None
     mine = evaluate(model, loader, head=head, pad_token_id=pad)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)

@@ -74,8 +74,9 @@ def _validation_loss_measure(
     summed with the other processes' shares."""
     rows = data.validation
     loader = make_loader(
-        share(rows, where), tokenizer, head=data.head, batch_size=BATCH, shuffle=False
-    )
+        share(rows, where, head=data.head), tokenizer, head=data.head, batch_size=BATCH,
+        shuffle=False,
+    )  # fmt: skip
 
     def measure() -> float:
         # the same masked-LM masks each time, so the losses compare (pc.train keeps
