@@ -384,8 +384,8 @@ def _measured_in_processes(
     """What several processes measure together after training, while their group lives: under
     FSDP the evaluation and probes on the shards (:func:`_after_sharded_training`); under DDP a
     classifier's or a causal LM's metrics (exact match's answers too: the replicas generate
-    apart), each process scoring a share of the rows. The model
-    rank 0 saves, the metrics and the probes (None: rank 0 measures them alone afterwards)."""
+    apart), each process scoring a share of the rows. Returns the model rank 0 saves, the
+    metrics and the probes (None: rank 0 measures them alone afterwards)."""
     if not where.distributed:
         return model, None, None
     if spec.train.sharding == "fsdp":
