@@ -134,61 +134,85 @@ def exact_match(
     pad_token_id: int,
     on_rows: RowsCallback | None = None,
     outcomes: list[RowOutcome] | None = None,
+    in_step: bool = False,
 ) -> dict[str, Any]:
     """The share of rows whose greedy continuation of the prompt (the tokens labelled -100
     before the response) reproduces the response (the labelled tokens) exactly. ``outcomes``,
     when given, receives each row's answer (its tokens up to the response's length) and whether
-    it was exact; a row with no response left after truncation gets an empty outcome."""
+    it was exact; a row with no response left after truncation gets an empty outcome.
+
+    ``in_step``: the processes of an FSDP-sharded model generate together (every forward is a
+    collective): each generation runs until every process's is done, and a batch with no
+    response still generates a token, so every process runs as many forwards as its peers."""
     hits = rows = done = 0
     for batch in on_device(model, batches):
         done += len(batch["input_ids"])
-        prompts, answers, answered = [], [], []
-        for row_ids, mask, row_labels in zip(
-            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
-        ):
-            ids, labels = row_ids[mask.bool()], row_labels[mask.bool()]
-            scored = (labels != -100).nonzero()
-            answered.append(len(scored) > 0)
-            if len(scored) == 0:
-                continue
-            start = int(scored[0])
-            prompts.append(ids[:start])
-            answers.append(ids[start:][labels[start:] != -100])
+        prompts, answers, answered = _prompts_and_answers(batch)
         generated = []
         if prompts:
             most = max(len(a) for a in answers)
-            generated = greedy_continuations(model, prompts, most, pad_token_id)
+            generated = greedy_continuations(model, prompts, most, pad_token_id, in_step=in_step)
             for out, answer in zip(generated, answers, strict=True):
                 hits += int(torch.equal(out[: len(answer)], answer))
                 rows += 1
+        elif in_step:  # uncounted: its peers' batches generate
+            greedy_continuations(model, [batch["input_ids"][0]], 1, pad_token_id, in_step=True)
         if outcomes is not None:
-            pairs = iter(zip(generated, answers, strict=True))
-            for has_answer in answered:
-                if not has_answer:
-                    outcomes.append(RowOutcome())
-                    continue
-                out, answer = next(pairs)
-                kept = out[: len(answer)]
-                outcomes.append(
-                    RowOutcome(generated=kept.tolist(), exact=bool(torch.equal(kept, answer)))
-                )
+            outcomes += _answer_outcomes(answered, zip(generated, answers, strict=True))
         if on_rows is not None:
             on_rows("generate", done)
     return {"exact_match": hits / max(rows, 1), "generated": rows}
 
 
+def _prompts_and_answers(
+    batch: Mapping[str, Tensor],
+) -> tuple[list[Tensor], list[Tensor], list[bool]]:
+    """A batch's prompts and responses (without padding) of the rows with a response left
+    after truncation, and for every row whether it has one."""
+    prompts, answers, answered = [], [], []
+    for row_ids, mask, row_labels in zip(
+        batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
+    ):
+        ids, labels = row_ids[mask.bool()], row_labels[mask.bool()]
+        scored = (labels != -100).nonzero()
+        answered.append(len(scored) > 0)
+        if len(scored) == 0:
+            continue
+        start = int(scored[0])
+        prompts.append(ids[:start])
+        answers.append(ids[start:][labels[start:] != -100])
+    return prompts, answers, answered
+
+
+def _answer_outcomes(
+    answered: list[bool], pairs: Iterable[tuple[Tensor, Tensor]]
+) -> list[RowOutcome]:
+    """Each row's :class:`RowOutcome`: its answer and whether it was exact (empty for a row
+    with no response), from the (generated, response) pairs of the rows that have one."""
+    outcomes, remaining = [], iter(pairs)
+    for has_answer in answered:
+        if not has_answer:
+            outcomes.append(RowOutcome())
+            continue
+        out, answer = next(remaining)
+        kept = out[: len(answer)]
+        outcomes.append(RowOutcome(generated=kept.tolist(), exact=bool(torch.equal(kept, answer))))
+    return outcomes
+
+
 def greedy_continuations(
-    model: nn.Module, prompts: list[Tensor], new_tokens: int, pad: int
+    model: nn.Module, prompts: list[Tensor], new_tokens: int, pad: int, *, in_step: bool = False
 ) -> list[Tensor]:
     """Greedy continuations of ``prompts`` (1-D ids on the model's input device), left-padded
     into one batch: each row ends where generation reads, so it continues as it would alone.
-    The new tokens only; a row that ended early is padded with ``pad``."""
+    The new tokens only; a row that ended early is padded with ``pad``. ``in_step``: the
+    processes of a sharded model generate together, until the last of them is done."""
     width = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (width - len(p), 0), value=pad) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (width - len(p), 0), value=0) for p in prompts])
     out = model.generate(  # type: ignore[operator]
         input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=0,
-        do_sample=False, pad_token_id=pad,
+        do_sample=False, pad_token_id=pad, synced_gpus=in_step,
     )  # fmt: skip
     return list(out[:, width:])
 
@@ -238,8 +262,9 @@ def _language_model(
         scored = batch["labels"][:, 1:] if causal else batch["labels"]
         tokens = int((scored != -100).sum())
         output = model(**batch)
-        total_loss += float(output.loss) * tokens
-        total_tokens += tokens
+        if tokens:  # a batch of rows truncated before their response has a loss of NaN
+            total_loss += float(output.loss) * tokens
+            total_tokens += tokens
         done += len(batch["labels"])
         if outcomes is not None:
             outcomes.extend(_row_losses(output.logits, batch["labels"], causal=causal))

@@ -4,7 +4,8 @@ process gets the same numbers.
 
 Under FSDP every forward is a collective (the shards gather each block's weights), so every
 process must run as many: one whose share has fewer batches than its peers' runs the rest on
-a filler batch (the split's first row), whose result is not counted.
+a filler batch (the split's first row), whose result is not counted; and every generation
+runs until its peers' are done (transformers' ``synced_gpus``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from transformers import PreTrainedTokenizerBase
 
 from .data import longest_first_order, make_loader
 from .distributed import Placement, is_sharded, summed
-from .evaluation import evaluate, language_model_metrics, metrics_from_confusion, on_device
+from .evaluation import (
+    evaluate,
+    exact_match,
+    greedy_continuations,
+    language_model_metrics,
+    metrics_from_confusion,
+    on_device,
+)
 
 __all__ = ["BATCH", "filler_forwards", "metrics_in_shares", "share"]
 
@@ -46,15 +54,21 @@ def filler_forwards(
     head: str,
     done: int,
     where: Placement,
+    generating: bool = False,
 ) -> None:
     """After this process ran ``done`` batches of its share of ``rows``, the uncounted
-    forwards that bring it to the largest share's count, when ``model`` is FSDP-sharded."""
+    forwards (``generating``: generations, in step with its peers') that bring it to the
+    largest share's count, when ``model`` is FSDP-sharded."""
     if not is_sharded(model):
         return
     most = math.ceil(math.ceil(len(rows) / where.world_size) / BATCH)
     filler = make_loader(rows.select([0]), tokenizer, head=head, batch_size=1, shuffle=False)
     for batch in on_device(model, [next(iter(filler))] * (most - done)):
-        model(**batch)
+        if generating:
+            pad = tokenizer.pad_token_id
+            greedy_continuations(model, [batch["input_ids"][0]], 1, pad, in_step=True)
+        else:
+            model(**batch)
 
 
 def metrics_in_shares(
@@ -70,15 +84,21 @@ def metrics_in_shares(
     share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens (and,
     with ``generate``, its exact answers and answered rows), added up across the processes. A
     collective: every process calls it. Not for a masked LM (its seeded masks follow the rows a
-    loader sees), nor ``generate`` on an FSDP-sharded model (the shares' generations would run
-    different numbers of forwards, each a collective)."""
-    if head not in ("classification", "causal-lm") or (generate and is_sharded(model)):
-        raise ValueError(f"a {head} head {'generating ' if generate else ''}is not scored here")
+    loader sees). On an FSDP-sharded model the shares' generations run in step (each runs as
+    many forwards as the longest of them; see :func:`flows.evaluation.exact_match`)."""
+    if head not in ("classification", "causal-lm"):
+        raise ValueError(f"a {head} head is not scored here")
     mine_rows = share(rows, where, head=head)
     loader = make_loader(mine_rows, tokenizer, head=head, batch_size=BATCH, shuffle=False)
-    pad = tokenizer.pad_token_id if generate else None
-    mine = evaluate(model, loader, head=head, pad_token_id=pad)
+    mine = evaluate(model, loader, head=head)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
+    if generate:  # after every process's scoring forwards: its generations are collectives too
+        in_step = is_sharded(model)
+        pad = tokenizer.pad_token_id
+        mine |= exact_match(model, loader, pad_token_id=pad, in_step=in_step)
+        filler_forwards(
+            model, rows, tokenizer, head=head, done=len(loader), where=where, generating=True
+        )
     if head == "classification":
         side = len(mine["confusion_matrix"])
         counts = summed([float(c) for row in mine["confusion_matrix"] for c in row], where)

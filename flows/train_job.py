@@ -436,14 +436,14 @@ def _evaluated_sharded(
     tokenizer: PreTrainedTokenizerBase,
 ) -> dict[str, Any]:
     """The metrics of an FSDP-sharded model, every process in step: a classifier's and a
-    causal LM's loss in shares of the rows, added up (N times faster than each process scoring
-    them all); generated answers (exact match) and a masked LM's seeded masks over the whole
-    split in every process."""
-    if data.head in SCORED_IN_SHARES and not generates(spec):
-        return metrics_in_shares(model, data.validation, tokenizer, head=data.head, where=where)
-    return evaluate_model(
-        model, data.validation, tokenizer, head=data.head, generate=generates(spec)
-    )
+    causal LM's (generated answers too, for exact match) in shares of the rows, added up (N
+    times faster than each process scoring them all); a masked LM's seeded masks over the
+    whole split in every process."""
+    if data.head in SCORED_IN_SHARES:
+        return metrics_in_shares(
+            model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec)
+        )
+    return evaluate_model(model, data.validation, tokenizer, head=data.head)
 
 
 def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:

@@ -267,6 +267,7 @@ def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tm
         ("ddp", 3, "perplexity"),  # shares of 2 and 1 rows
         ("ddp", 3, "exact_match"),  # each replica generates its share's answers
         ("fsdp", 1, "perplexity"),  # shares of 1 and none: a filler forward
+        ("fsdp", 3, "exact_match"),  # the shares' generations in step
     ],
 )
 def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(

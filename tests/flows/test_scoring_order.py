@@ -171,3 +171,25 @@ def test_the_validation_loss_during_training_does_not_depend_on_the_batching(
                 for ids, label in zip(rows["input_ids"], rows["labels"], strict=True)
             ]
         assert losses[1] == pytest.approx(sum(one_by_one) / len(one_by_one), rel=1e-5)
+
+
+def test_a_batch_with_no_scored_token_leaves_the_language_models_loss_as_it_is(
+    tiny_model, minilm_dir
+):
+    """Instruction rows truncated before their response score nothing: a batch of only such
+    rows adds nothing (its own loss, a mean over no tokens, is NaN)."""
+    model = tiny_model("gpt2", "causal-lm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    rows = ragged_rows().map(lambda row: {"labels": row["input_ids"]})
+    unscored = rows.select(range(7)).map(lambda row: {"labels": [-100] * len(row["labels"])})
+    both = datasets.concatenate_datasets([rows, unscored])
+    scored, with_unscored = (
+        evaluate(
+            model, make_loader(split, tokenizer, head="causal-lm", batch_size=len(rows),
+                               shuffle=False),
+            head="causal-lm",
+        )
+        for split in (rows, both)
+    )  # fmt: skip
+    assert with_unscored["tokens"] == scored["tokens"] == sum(n - 1 for n in LENGTHS)
+    assert with_unscored["eval_loss"] == pytest.approx(scored["eval_loss"], rel=1e-6)

@@ -1,0 +1,78 @@
+"""Exact match scored in shares: two processes, each generating the answers of every other
+row, find the hits one process finds on the whole split, FSDP-sharded or not."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from flows.evaluation import greedy_continuations
+from tests.distributed.test_fsdp import BIN, HERE, run
+from tests.helpers import minilm_path
+
+ROWS = 129  # shares of 65 and 64 rows: two batches of 64 and one, so one filler generation
+RIGHT = 80  # rows whose response is the base's own greedy answer; the rest end one token off
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with MiniLM's tokenizer."""
+    folder = tmp_path_factory.mktemp("generating-base")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def answered_rows(base: Path) -> list[dict]:
+    """Prompts of 2 to 9 tokens with responses of 1 to 5: the first RIGHT are what the base
+    answers greedily (each generated alone), the others end one token off; the last row has
+    no response (nothing scored, nothing generated)."""
+    model = LlamaForCausalLM.from_pretrained(base).eval()
+    pad = model.config.pad_token_id
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for row in range(ROWS):
+        prompt = torch.randint(1000, 29000, (2 + row % 8,), generator=generator)
+        length = 1 + row % 5
+        with torch.no_grad():
+            (answer,) = greedy_continuations(model, [prompt], length, pad)
+        answer = answer[:length].clone()
+        if row >= RIGHT:
+            answer[-1] = (answer[-1] + 1) % 28000 + 1000
+        if row == ROWS - 1:
+            answer = answer[:0]
+        ids = [*prompt.tolist(), *answer.tolist()]
+        labels = [-100] * len(prompt) + answer.tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return rows
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_generate_in_shares_the_hits_one_process_finds(base, tmp_path, sharding):
+    """Under FSDP every forward is a collective: the processes' generations of different
+    lengths run in step, and the process with a batch fewer generates a filler."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(answered_rows(base)))
+    worker = str(HERE / "shares_worker.py")
+    alone, shared = tmp_path / "alone.json", tmp_path / "shared.json"
+    run([sys.executable, worker, str(base), str(rows), str(alone), sharding], tmp_path)
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+    run([*torchrun, worker, str(base), str(rows), str(shared), sharding], tmp_path)
+    one, two = json.loads(alone.read_text()), json.loads(shared.read_text())
+    assert one["generated"] == two["generated"] == ROWS - 1
+    assert one["exact_match"] == pytest.approx(RIGHT / (ROWS - 1))
+    assert two["exact_match"] == one["exact_match"]
+    assert two["tokens"] == one["tokens"]
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
