@@ -31,6 +31,7 @@ from .answer_records import answer_records, write_answers
 from .changes_markdown import changes_since
 from .data import load_raw
 from .evaluation import RowOutcome
+from .launch import launched_here
 from .lineage import dataset_fingerprint, spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
@@ -62,6 +63,7 @@ __all__ = [
     "build_lineage",
     "checkpoint_folder",
     "evaluate_tracked",
+    "evaluated_in_training",
     "find_built",
     "find_earlier_build",
     "prepare_data",
@@ -260,16 +262,18 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
         if build.on_phase is not None:
             build.on_phase(evaluation_line(step, loss))
 
+    in_processes = evaluated_in_training(spec)
     with tracker.run():
         report = train_from_spec(
             spec,
             build.output,
             on_step=observe,
-            evaluate_after=False,
+            evaluate_after=in_processes,
             checkpoint_dir=build.checkpoints,
             fingerprint=build.fingerprint,
             registry=build.registry,
             on_evaluation=heard,
+            keep_outcomes=in_processes,
         )
     for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
         build.on_phase(line)
@@ -279,16 +283,19 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
 def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[TrainReport, str]:
     """Evaluate the saved adapter, log metrics and artifacts to its run; returns the completed
     report and the model card (also written to the adapter folder as README.md). The run keeps
-    each validation row beside the adapter's answer (``validation_answers.csv``)."""
-    outcomes: list[RowOutcome] = []
-    report.metrics = evaluate_folder(
-        build.spec,
-        report.output,
-        members=report.members,
-        fingerprint=build.fingerprint,
-        registry=build.registry,
-        outcomes=outcomes,
-    )
+    each validation row beside the adapter's answer (``validation_answers.csv``). A build in
+    several processes was evaluated by them (:func:`evaluated_in_training`)."""
+    outcomes: list[RowOutcome] = report.outcomes
+    if not evaluated_in_training(build.spec):
+        outcomes = []
+        report.metrics = evaluate_folder(
+            build.spec,
+            report.output,
+            members=report.members,
+            fingerprint=build.fingerprint,
+            registry=build.registry,
+            outcomes=outcomes,
+        )
     write_report(report)
     tracker = tracking.RunTracker(build.spec)
     with tempfile.TemporaryDirectory() as scratch, tracker.run(resume=run_id):
@@ -304,6 +311,14 @@ def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[Tr
         )
     (Path(report.output) / "README.md").write_text(card)
     return report, card
+
+
+def evaluated_in_training(spec: AdapterSpec) -> bool:
+    """Whether a build of ``spec`` is evaluated by its training processes (``train.processes``
+    N > 1: each scores a share of the rows, and under FSDP no process gathers the whole base)
+    rather than by loading the saved adapter afresh in this process (one process: the adapter
+    evaluated is the adapter as it loads)."""
+    return launched_here(spec)
 
 
 def validation_answers(build: Build, outcomes: list[RowOutcome], folder: Path) -> list[Path]:

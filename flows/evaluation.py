@@ -27,6 +27,7 @@ __all__ = [
     "on_device",
     "validation_loss",
     "validation_loss_sum",
+    "with_answers",
 ]
 
 
@@ -90,9 +91,15 @@ def evaluate(
         metrics |= exact_match(
             model, batches, pad_token_id=pad_token_id, on_rows=tell, outcomes=generated
         )
-        for outcome, answer in zip(outcomes or [], generated or [], strict=True):
-            outcome.generated, outcome.exact = answer.generated, answer.exact
+        with_answers(outcomes, generated)
     return metrics
+
+
+def with_answers(outcomes: list[RowOutcome] | None, answers: list[RowOutcome] | None) -> None:
+    """Each row's generated answer (:func:`exact_match`'s ``answers``) put into its scored
+    outcome (both in the same row order; nothing when either was not asked for)."""
+    for outcome, answer in zip(outcomes or [], answers or [], strict=True):
+        outcome.generated, outcome.exact = answer.generated, answer.exact
 
 
 @torch.no_grad()

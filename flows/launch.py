@@ -8,7 +8,8 @@ Each of the N processes runs this module (``python -m flows.launch``), which cal
 (NCCL) or gloo on a CPU. Rank 0 prints each optimiser step as one marked JSON line, which the
 launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and each
 phase (load, prepare data, train, evaluate, save) as a marked line that becomes an ``on_phase``
-call; it writes its report for the launcher to return. Registration and tracking stay in the
+call; it writes its report (and, for a build, each validation row's outcome) for the launcher
+to return. Registration and tracking stay in the
 launching process, as for one process. Bad input found inside a process (a ``DataError``, a
 peft_core configuration error) is written beside the report and raised again in the launching
 process as a ``DataError``: one line, as with one process, not torchrun's failure.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdo
 PHASE_MARK = "@adapterops-phase "  # the start of a line naming rank 0's phase
 EVALUATION_MARK = "@adapterops-evaluation "  # rank 0's validation loss (train.eval_every)
 BAD_INPUT_FILE = "bad-input"  # bad-input.<rank> beside the report: a process's DataError
+OUTCOMES_FILE = "outcomes.json"  # beside the report: each validation row's outcome
 # what a process says when a peer it waited on in a collective exited (gloo, NCCL)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
 StepCallback = Callable[[int, int, float, float], None]
@@ -57,12 +60,14 @@ def train_in_processes(
     fingerprint: str | None = None,
     on_phase: PhaseCallback | None = None,
     on_evaluation: EvaluationCallback | None = None,
+    keep_outcomes: bool = False,
 ) -> Any:
     """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
-    :class:`~flows.train_job.TrainReport`. ``on_step``, ``on_phase`` and ``on_evaluation``
-    hear rank 0's. Raises
+    :class:`~flows.train_job.TrainReport` (with ``keep_outcomes``, each validation row's
+    outcome too). ``on_step``, ``on_phase`` and ``on_evaluation`` hear rank 0's. Raises
     ``RuntimeError`` with the failing process's last words if torchrun fails."""
-    from .train_job import TrainReport  # noqa: PLC0415 - torch loads with it
+    from .evaluation import RowOutcome  # noqa: PLC0415 - torch loads with it
+    from .train_job import TrainReport  # noqa: PLC0415
 
     if on_phase is not None:
         on_phase(f"start {spec.train.processes} processes")
@@ -82,6 +87,8 @@ def train_in_processes(
             command += ["--fingerprint", fingerprint]
         if not evaluate_after:
             command.append("--no-evaluate")
+        if keep_outcomes:
+            command.append("--keep-outcomes")
         errors = Path(scratch) / "stderr.log"
         with errors.open("w") as stderr:
             returncode = _relay(command, stderr, on_step, on_phase, on_evaluation)
@@ -91,8 +98,11 @@ def train_in_processes(
                 f"training in {spec.train.processes} processes failed (torchrun exit "
                 f"{returncode}): {_last_error(errors.read_text(errors='replace'))}"
             )
-        document = json.loads(report_file.read_text())
-    return TrainReport(**document)
+        report = TrainReport(**json.loads(report_file.read_text()))
+        outcomes_file = Path(scratch) / OUTCOMES_FILE
+        if keep_outcomes and outcomes_file.exists():
+            report.outcomes = [RowOutcome(**o) for o in json.loads(outcomes_file.read_text())]
+    return report
 
 
 def _relay(
@@ -173,6 +183,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=None)
     parser.add_argument("--fingerprint", default=None)
     parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument("--keep-outcomes", action="store_true")
     args = parser.parse_args()
     from peft_core import PeftCoreError  # noqa: PLC0415
 
@@ -184,6 +195,7 @@ def main() -> None:
             spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
             checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint,
             on_phase=_print_phase, on_evaluation=_print_evaluation,
+            keep_outcomes=args.keep_outcomes,
         )  # fmt: skip
     except (DataError, PeftCoreError) as exc:  # the launching process says it, in one line
         rank = os.environ.get("RANK", "0")
@@ -193,6 +205,9 @@ def main() -> None:
         document = {**report.to_dict(), "losses": report.losses}
         document["learning_rates"] = report.learning_rates
         args.report.write_text(json.dumps(document))
+        if args.keep_outcomes:
+            outcomes = [asdict(outcome) for outcome in report.outcomes]
+            (args.report.parent / OUTCOMES_FILE).write_text(json.dumps(outcomes))
 
 
 if __name__ == "__main__":

@@ -15,18 +15,21 @@ from typing import Any
 
 import datasets
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .data import longest_first_order, make_loader
 from .distributed import Placement, is_sharded, summed
 from .evaluation import (
+    RowOutcome,
     evaluate,
     exact_match,
     greedy_continuations,
     language_model_metrics,
     metrics_from_confusion,
     on_device,
+    with_answers,
 )
 
 __all__ = ["BATCH", "filler_forwards", "metrics_in_shares", "share"]
@@ -40,10 +43,15 @@ def share(rows: datasets.Dataset, where: Placement, *, head: str) -> datasets.Da
     longest first (:func:`flows.data.longest_first`: batches of like lengths pad little, and
     the shares get like token counts); a masked LM's in their order (its seeded masks follow
     the rows a loader sees)."""
+    return rows.select(_share_rows(rows, where, head=head))
+
+
+def _share_rows(rows: datasets.Dataset, where: Placement, *, head: str) -> list[int]:
+    """The row numbers of this process's :func:`share`, in the order it scores them."""
     order = list(range(len(rows)))
     if head in ("classification", "causal-lm"):
         order = longest_first_order(rows)
-    return rows.select(order[where.rank :: where.world_size])
+    return order[where.rank :: where.world_size]
 
 
 def filler_forwards(
@@ -79,26 +87,33 @@ def metrics_in_shares(
     head: str,
     where: Placement,
     generate: bool = False,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """:func:`flows.evaluation.evaluate`'s metrics over ``rows``, each process scoring its
     share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens (and,
     with ``generate``, its exact answers and answered rows), added up across the processes. A
     collective: every process calls it. Not for a masked LM (its seeded masks follow the rows a
     loader sees). On an FSDP-sharded model the shares' generations run in step (each runs as
-    many forwards as the longest of them; see :func:`flows.evaluation.exact_match`)."""
+    many forwards as the longest of them; see :func:`flows.evaluation.exact_match`).
+    ``outcomes``, when given, receives every row's outcome, in the order of ``rows``, in every
+    process."""
     if head not in ("classification", "causal-lm"):
         raise ValueError(f"a {head} head is not scored here")
     mine_rows = share(rows, where, head=head)
     loader = make_loader(mine_rows, tokenizer, head=head, batch_size=BATCH, shuffle=False)
-    mine = evaluate(model, loader, head=head)
+    scored: list[RowOutcome] | None = None if outcomes is None else []
+    mine = evaluate(model, loader, head=head, outcomes=scored)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
     if generate:  # after every process's scoring forwards: its generations are collectives too
-        in_step = is_sharded(model)
-        pad = tokenizer.pad_token_id
-        mine |= exact_match(model, loader, pad_token_id=pad, in_step=in_step)
+        answers: list[RowOutcome] | None = None if outcomes is None else []
+        pad, in_step = tokenizer.pad_token_id, is_sharded(model)
+        mine |= exact_match(model, loader, pad_token_id=pad, in_step=in_step, outcomes=answers)
+        with_answers(scored, answers)
         filler_forwards(
             model, rows, tokenizer, head=head, done=len(loader), where=where, generating=True
         )
+    if outcomes is not None and scored is not None:
+        outcomes += _every_share(scored, _share_rows(rows, where, head=head), where)
     if head == "classification":
         side = len(mine["confusion_matrix"])
         counts = summed([float(c) for row in mine["confusion_matrix"] for c in row], where)
@@ -117,3 +132,14 @@ def metrics_in_shares(
         hits, answered = round(totals[2]), int(totals[3])
         metrics |= {"exact_match": hits / max(answered, 1), "generated": answered}
     return metrics
+
+
+def _every_share(mine: list[RowOutcome], numbers: list[int], where: Placement) -> list[RowOutcome]:
+    """Every process's outcomes (``mine``: those of rows ``numbers``) in the split's order. A
+    collective: every process calls it."""
+    shares: list[list[tuple[int, RowOutcome]]] = [list(zip(numbers, mine, strict=True))]
+    if where.distributed:
+        shares = [[] for _ in range(where.world_size)]
+        dist.all_gather_object(shares, list(zip(numbers, mine, strict=True)))
+    in_place = dict(pair for part in shares for pair in part)
+    return [in_place[row] for row in range(len(in_place))]

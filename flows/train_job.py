@@ -15,7 +15,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,11 +106,14 @@ class TrainReport:
     evaluations: list[list[float]] = field(default_factory=list)
     best_step: int | None = None
     stopped_at: int | None = None  # train.patience: the steps done when it stopped early
+    # keep_outcomes: each validation row's outcome from the evaluation after training, in the
+    # split's order (a build keeps them in its MLflow run; not in report.json)
+    outcomes: list[RowOutcome] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (without the per-step curves)."""
-        data = asdict(self)
-        del data["losses"], data["learning_rates"]
+        """JSON-ready form (without the per-step curves and the rows' outcomes)."""
+        data = asdict(replace(self, outcomes=[]))
+        del data["losses"], data["learning_rates"], data["outcomes"]
         return data
 
 
@@ -208,6 +211,7 @@ def train_from_spec(
     registry: Registry | None = None,
     on_phase: PhaseCallback = no_phases,
     on_evaluation: Callable[[int, float], None] | None = None,
+    keep_outcomes: bool = False,
 ) -> TrainReport:
     """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
@@ -221,14 +225,15 @@ def train_from_spec(
     no torchrun around, this starts torchrun with N processes and returns rank 0's report
     (:mod:`flows.launch`; a fusion's members then come from the environment's registry).
     With ``train.eval_every`` N, ``on_evaluation(step, validation_loss)`` hears the loss
-    measured after every N-th step (and ``on_phase`` a line of it).
+    measured after every N-th step (and ``on_phase`` a line of it). With ``keep_outcomes`` the
+    evaluation after training also keeps each validation row's outcome (``report.outcomes``).
     """
     check_folder_to_write(output, f"save {spec.name}")  # before hours of training, not after
     if launched_here(spec):  # train.processes: torchrun started from here, then back here
         return train_in_processes(
             spec, output, on_step=on_step, evaluate_after=evaluate_after,
             checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_phase=on_phase,
-            on_evaluation=on_evaluation,
+            on_evaluation=on_evaluation, keep_outcomes=keep_outcomes,
         )  # fmt: skip
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
@@ -290,18 +295,21 @@ def train_from_spec(
             raise RuntimeError("DDP replicas disagree after training: gradients were not synced")
         if where.is_main:  # what patience and keep_best did, before the evaluation's line
             _say_all(on_phase, outcome_lines(result, steps, cfg.patience))
+        outcomes: list[RowOutcome] | None = [] if keep_outcomes else None
         # metrics and probes None: measured below by rank 0, the processes' group gone
         model, metrics, probes = _measured_in_processes(
             model, spec, where, data=data, tokenizer=tokenizer, members=members,
             registry=registry, evaluate_after=evaluate_after, on_phase=on_phase,
+            outcomes=outcomes,
         )  # fmt: skip
     if metrics is None:
         metrics = {}
         if evaluate_after and where.is_main:
             on_phase(f"evaluate on {len(data.validation)} rows")
             metrics = evaluate_model(
-                model, data.validation, tokenizer, head=data.head, generate=generates(spec)
-            )
+                model, data.validation, tokenizer, head=data.head, generate=generates(spec),
+                outcomes=outcomes,
+            )  # fmt: skip
     costs = pc.measure(model, spec.name)
     report = TrainReport(
         name=spec.name,
@@ -326,6 +334,7 @@ def train_from_spec(
         evaluations=[[step, loss] for step, loss in result.evaluations],
         best_step=result.best_step,
         stopped_at=result.stopped_at,
+        outcomes=outcomes or [],
     )
     if not where.is_main:
         return report
@@ -380,25 +389,28 @@ def _measured_in_processes(
     registry: Registry | None,
     evaluate_after: bool,
     on_phase: PhaseCallback,
+    outcomes: list[RowOutcome] | None = None,
 ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
     """What several processes measure together after training, while their group lives: under
     FSDP the evaluation and probes on the shards (:func:`_after_sharded_training`); under DDP a
     classifier's or a causal LM's metrics (exact match's answers too: the replicas generate
     apart), each process scoring a share of the rows. Returns the model rank 0 saves, the
-    metrics and the probes (None: rank 0 measures them alone afterwards)."""
+    metrics and the probes (None: rank 0 measures them alone afterwards); ``outcomes``, when
+    given, receives each row's outcome with the metrics."""
     if not where.distributed:
         return model, None, None
     if spec.train.sharding == "fsdp":
         return _after_sharded_training(
             model, spec, where, data=data, tokenizer=tokenizer, members=members,
-            registry=registry, evaluate_after=evaluate_after,
+            registry=registry, evaluate_after=evaluate_after, outcomes=outcomes,
         )  # fmt: skip
     if not (evaluate_after and data.head in SCORED_IN_SHARES):
         return model, None, None
     on_phase(f"evaluate on {len(data.validation)} rows")  # (each process a share of them)
     metrics = metrics_in_shares(
-        model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec)
-    )
+        model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec),
+        outcomes=outcomes,
+    )  # fmt: skip
     return model, metrics, None
 
 
@@ -412,17 +424,20 @@ def _after_sharded_training(
     members: list[str],
     registry: Registry | None,
     evaluate_after: bool,
+    outcomes: list[RowOutcome] | None = None,
 ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
-    """What rank 0 saves after FSDP2 training, and the metrics and golden probes when the shards
-    measured them (None: measure them on the returned model). A collective: every process calls
-    it. Other ranks get their sharded model back."""
+    """What rank 0 saves after FSDP2 training, and the metrics (``outcomes``: each row's too)
+    and golden probes when the shards measured them (None: measure them on the returned
+    model). A collective: every process calls it. Other ranks get their sharded model back."""
     if not _saved_from_shards(spec, members):  # rank 0 goes on with a whole, unsharded copy
         state = gathered(pc.adapter_state_dict(model, spec.name))
         whole = _unsharded(spec, state, members, registry, where.device) if where.is_main else model
         return whole, None, None
     # Every process evaluates and runs the probes on the sharded model, in step (each forward
     # gathers one block at a time): no process ever holds the whole base.
-    metrics = _evaluated_sharded(model, spec, where, data, tokenizer) if evaluate_after else {}
+    metrics = {}
+    if evaluate_after:
+        metrics = _evaluated_sharded(model, spec, where, data, tokenizer, outcomes=outcomes)
     probes = pc.probe_document(model, spec.name)
     state = gathered(pc.adapter_state_dict(model, spec.name))
     return (_weightless(spec, state) if where.is_main else model), metrics, probes
@@ -434,6 +449,8 @@ def _evaluated_sharded(
     where: Placement,
     data: PreparedData,
     tokenizer: PreTrainedTokenizerBase,
+    *,
+    outcomes: list[RowOutcome] | None = None,
 ) -> dict[str, Any]:
     """The metrics of an FSDP-sharded model, every process in step: a classifier's and a
     causal LM's (generated answers too, for exact match) in shares of the rows, added up (N
@@ -441,9 +458,10 @@ def _evaluated_sharded(
     whole split in every process."""
     if data.head in SCORED_IN_SHARES:
         return metrics_in_shares(
-            model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec)
-        )
-    return evaluate_model(model, data.validation, tokenizer, head=data.head)
+            model, data.validation, tokenizer, head=data.head, where=where,
+            generate=generates(spec), outcomes=outcomes,
+        )  # fmt: skip
+    return evaluate_model(model, data.validation, tokenizer, head=data.head, outcomes=outcomes)
 
 
 def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:

@@ -1,5 +1,6 @@
 """Exact match scored in shares: two processes, each generating the answers of every other
-row, find the hits one process finds on the whole split, FSDP-sharded or not."""
+row, find the hits (and each row's answer) one process finds on the whole split, FSDP-sharded
+or not."""
 
 from __future__ import annotations
 
@@ -71,8 +72,15 @@ def test_two_processes_generate_in_shares_the_hits_one_process_finds(base, tmp_p
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     run([*torchrun, worker, str(base), str(rows), str(shared), sharding], tmp_path)
     one, two = json.loads(alone.read_text()), json.loads(shared.read_text())
-    assert one["generated"] == two["generated"] == ROWS - 1
-    assert one["exact_match"] == pytest.approx(RIGHT / (ROWS - 1))
-    assert two["exact_match"] == one["exact_match"]
-    assert two["tokens"] == one["tokens"]
-    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    assert one["metrics"]["generated"] == two["metrics"]["generated"] == ROWS - 1
+    assert one["metrics"]["exact_match"] == pytest.approx(RIGHT / (ROWS - 1))
+    assert two["metrics"]["exact_match"] == one["metrics"]["exact_match"]
+    assert two["metrics"]["tokens"] == one["metrics"]["tokens"]
+    assert two["metrics"]["eval_loss"] == pytest.approx(one["metrics"]["eval_loss"], rel=1e-5)
+    # each row's outcome, gathered from the shares into the split's order
+    exact = [row["exact"] for row in two["rows"]]
+    assert exact == [True] * RIGHT + [False] * (ROWS - RIGHT - 1) + [None]
+    assert [row["generated"] for row in two["rows"]] == [row["generated"] for row in one["rows"]]
+    losses = [row["loss"] for row in two["rows"]]
+    assert losses[:-1] == pytest.approx([row["loss"] for row in one["rows"]][:-1], rel=1e-5)
+    assert losses[-1] is None  # no token scored

@@ -3,18 +3,21 @@ here), relay every step back, and go on in the first process as for one."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from flows import tracking
+from flows import build_job, tracking
 from flows.build_job import build_from_spec
+from flows.data import FILE_ROW, load_raw
 from flows.errors import DataError
+from flows.evaluation import RowOutcome
 from flows.launch import _last_error
 from flows.prepare_job import check_inputs
 from flows.quickstart import minilm_sst2_spec
-from flows.train_job import train_from_spec
+from flows.train_job import evaluate_folder, train_from_spec
 from registry import Registry
 
 STEPS = 4
@@ -34,7 +37,13 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # what torchrun would leave behind
     registry = Registry()
     spec = two_process_spec(sst2_dir, eval_every=2, keep_best=True)
-    result = build_from_spec(spec, registry, tmp_path / "out")
+
+    def loaded_here(*_: object, **__: object) -> None:
+        raise AssertionError("the launching process evaluated the saved adapter itself")
+
+    with monkeypatch.context() as patched:  # the two processes score it, a share each
+        patched.setattr(build_job, "evaluate_folder", loaded_here)
+        result = build_from_spec(spec, registry, tmp_path / "out")
     assert (result.version, result.promoted, result.alias) == (1, True, "champion")
     history = tracking.client().get_metric_history(result.run_id, "train_loss")
     assert [m.step for m in history] == list(range(STEPS))  # every step, relayed from rank 0
@@ -44,8 +53,22 @@ def test_a_build_trains_in_two_processes_and_tracks_every_step(
     assert report["evaluations"] == [[m.step, m.value] for m in measured]
     assert report["best_step"] == min(measured, key=lambda m: m.value).step
     assert (report["world_size"], report["sharding"], report["steps"]) == (2, "ddp", STEPS)
-    assert report["metrics"]["examples"] == 64  # evaluated in this process, after training
     assert report["final_loss"] == pytest.approx(history[-1].value)
+    # evaluated by the two processes (a share each), as the saved adapter scores in this one
+    outcomes: list[RowOutcome] = []
+    alone = evaluate_folder(spec, tmp_path / "out", outcomes=outcomes)
+    assert report["metrics"]["examples"] == alone["examples"] == 64
+    assert report["metrics"]["confusion_matrix"] == alone["confusion_matrix"]
+    kept = tracking.client().download_artifacts(result.run_id, "validation_answers.csv")
+    with open(kept, newline="") as opened:
+        answers = list(csv.DictReader(opened))
+    rows = [int(a["row"]) for a in answers]  # in the file's order; the outcomes in the split's
+    read = load_raw(spec, numbered=True)[1]
+    assert rows == sorted(read[FILE_ROW]) and len(rows) == 64
+    in_file_order = [outcomes[i] for i in sorted(range(64), key=read[FILE_ROW].__getitem__)]
+    assert [int(a["predicted"]) for a in answers] == [o.predicted for o in in_file_order]
+    probabilities = [float(a["probability"]) for a in answers]
+    assert probabilities == pytest.approx([o.probability for o in in_file_order], abs=1e-5)
     assert list((tmp_path / "tmp").glob("torchelastic_*")) == []  # torchrun's logs: not left
 
 
@@ -55,7 +78,7 @@ def test_rank_0s_phases_reach_the_launching_process_once_each(sst2_dir, tmp_path
     spec = two_process_spec(sst2_dir, max_steps=1)
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": 8})})
     heard: list[str] = []
-    train_from_spec(spec, tmp_path / "out", on_phase=heard.append)
+    report = train_from_spec(spec, tmp_path / "out", on_phase=heard.append, keep_outcomes=True)
     assert heard == [
         "start 2 processes",
         f"load {spec.base_model}",
@@ -64,6 +87,14 @@ def test_rank_0s_phases_reach_the_launching_process_once_each(sst2_dir, tmp_path
         "evaluate on 8 rows",
         f"save into {tmp_path / 'out'}",
     ]
+    # each row's outcome, from the processes' shares, as this process scores the saved adapter
+    outcomes: list[RowOutcome] = []
+    evaluate_folder(spec, tmp_path / "out", outcomes=outcomes)
+    assert [o.predicted for o in report.outcomes] == [o.predicted for o in outcomes]
+    assert [o.probability for o in report.outcomes] == pytest.approx(
+        [o.probability for o in outcomes], abs=1e-6
+    )
+    assert len(outcomes) == 8 and len({o.probability for o in outcomes}) == 8
 
 
 def test_processes_that_differ_from_a_users_torchrun_are_refused(sst2_dir, monkeypatch):
