@@ -297,6 +297,10 @@ class TrainSpec(_Strict):
     # weights of the lowest (the adapter then saved and evaluated). Under torchrun each
     # process scores its share of the validation rows.
     eval_every: int | None = Field(default=None, ge=1, le=100_000_000)
+    # Each of those evaluations scores this many rows of the validation split (a sample drawn
+    # once with train.seed), not all of it: frequent evaluation of a big split stays cheap.
+    # The evaluation after training (and the promotion gate) still scores the whole split.
+    eval_rows: int | None = Field(default=None, ge=1, le=100_000_000)
     keep_best: bool = False
     # Stop once this many evaluations in a row found no lower validation loss (early stopping).
     patience: int | None = Field(default=None, ge=1, le=100_000_000)
@@ -306,7 +310,8 @@ class TrainSpec(_Strict):
     # of every weight, for bases beyond one GPU). One process ignores it.
     sharding: Literal["ddp", "fsdp"] = "ddp"
     # More than 1: train, build and retrain start torchrun with this many processes themselves
-    # (one GPU each, or gloo on a CPU); evaluation and registration stay in the first process.
+    # (one GPU each, or gloo on a CPU); they evaluate (a share of the rows each), and
+    # registration stays in the first process.
     processes: int = Field(default=1, ge=1, le=1024)
     # causal-lm: each batch's examples are laid end to end in one row, no padding; position ids
     # restart per example, so attention stays inside it and the loss is the padded batch's.
@@ -323,6 +328,11 @@ class TrainSpec(_Strict):
             raise ValueError(
                 "train.patience counts evaluations without a lower validation loss, which "
                 "train.eval_every makes: set it too (e.g. eval_every: 100)"
+            )
+        if self.eval_rows is not None and self.eval_every is None:
+            raise ValueError(
+                "train.eval_rows is how many validation rows each evaluation during training "
+                "scores, which train.eval_every asks for: set it too (e.g. eval_every: 100)"
             )
         return self
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -28,7 +29,7 @@ from .spec import AdapterSpec
 if TYPE_CHECKING:
     from .train_job import TrainReport
 
-__all__ = ["evaluation_line", "outcome_lines", "periodic_evaluation"]
+__all__ = ["evaluation_line", "evaluation_sample", "outcome_lines", "periodic_evaluation"]
 
 
 def periodic_evaluation(
@@ -42,11 +43,15 @@ def periodic_evaluation(
     on_evaluation: Callable[[int, float], None] | None,
 ) -> dict[str, Any]:
     """``pc.train``'s periodic-evaluation settings for ``train.eval_every`` (none without it):
-    the validation loss on the validation split, said as a phase and to ``on_evaluation``."""
+    the validation loss on the validation split (``train.eval_rows`` of its rows), said as a
+    phase and to ``on_evaluation``."""
     cfg = spec.train
     if cfg.eval_every is None:
         return {}
-    measure = _validation_loss_measure(model, data, tokenizer, where, seed=cfg.seed)
+    rows = data.validation
+    if cfg.eval_rows is not None and cfg.eval_rows < len(rows):
+        rows = evaluation_sample(rows, cfg.eval_rows, seed=cfg.seed)
+    measure = _validation_loss_measure(model, rows, data.head, tokenizer, where, seed=cfg.seed)
 
     def heard(step: int, loss: float) -> None:  # every process measured the same
         on_phase(evaluation_line(step, loss))
@@ -62,28 +67,33 @@ def periodic_evaluation(
     }
 
 
+def evaluation_sample(rows: datasets.Dataset, size: int, *, seed: int) -> datasets.Dataset:
+    """The ``size`` validation rows (``train.eval_rows``) every evaluation during training
+    scores: the same in every process and at every evaluation, drawn with ``seed``."""
+    return rows.shuffle(seed=seed).select(range(size)).flatten_indices()
+
+
 def _validation_loss_measure(
     model: nn.Module,
-    data: PreparedData,
+    rows: datasets.Dataset,
+    head: str,
     tokenizer: PreTrainedTokenizerBase,
     where: Placement,
     *,
     seed: int,
 ) -> Callable[[], float]:
-    """A callable measuring ``model``'s validation loss: this process's share of the rows,
+    """A callable measuring ``model``'s loss on ``rows``: this process's share of them,
     summed with the other processes' shares."""
-    rows = data.validation
     loader = make_loader(
-        share(rows, where, head=data.head), tokenizer, head=data.head, batch_size=BATCH,
-        shuffle=False,
-    )  # fmt: skip
+        share(rows, where, head=head), tokenizer, head=head, batch_size=BATCH, shuffle=False
+    )
 
     def measure() -> float:
         # the same masked-LM masks each time, so the losses compare (pc.train keeps
         # training's random numbers apart)
         torch.manual_seed(seed)
-        total, count = validation_loss_sum(model, loader, head=data.head)
-        filler_forwards(model, rows, tokenizer, head=data.head, done=len(loader), where=where)
+        total, count = validation_loss_sum(model, loader, head=head)
+        filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
         total, count = summed([total, count], where)
         return total / max(count, 1)
 

@@ -25,7 +25,14 @@ import peft_core as pc
 from flows.data import DataError, load_raw, make_loader, prepare
 from flows.prepare_job import check_inputs
 from flows.spec import SpecError, parse_spec
-from flows.train_job import evaluate_folder, load_base_model, load_tokenizer, train_from_spec
+from flows.train_job import (
+    evaluate_folder,
+    evaluate_model,
+    load_base_model,
+    load_tokenizer,
+    train_from_spec,
+)
+from flows.validation_during_training import evaluation_sample
 from tests.helpers import minilm_path, run_cli
 
 TEMPLATE = (
@@ -259,6 +266,27 @@ def test_patience_stops_training_when_the_validation_loss_stops_falling(base, tm
         next(p for p in phases if p.startswith("evaluate on"))
     )
     assert json.loads((tmp_path / "out" / "report.json").read_text())["stopped_at"] == 3
+
+
+def test_eval_rows_validates_on_one_sample_during_training_and_on_every_row_after(base, tmp_path):
+    """train.eval_rows: 2 of the 4 validation rows, the same at every evaluation; the lowest
+    loss is the saved (best) adapter's on those 2 rows, the evaluation after training all 4."""
+    spec = overfitting_spec(base, tmp_path, eval_every=2, keep_best=True, eval_rows=2)
+    report = train_from_spec(spec, tmp_path / "out")
+    assert [step for step, _ in report.evaluations] == [2, 4, 6, 8]
+    lowest = min(loss for _, loss in report.evaluations)
+    model, tokenizer = load_base_model(spec, torch.device("cpu"))
+    pc.load_adapter(model, tmp_path / "out", name=spec.name)
+    pc.set_active(model, spec.name)
+    validation = prepare(spec, tokenizer).validation
+    sample = evaluation_sample(validation, 2, seed=spec.train.seed)
+    rows = [tuple(ids) for ids in validation["input_ids"]]
+    assert len({tuple(ids) for ids in sample["input_ids"]} & set(rows)) == 2
+    on_sample = evaluate_model(model, sample, tokenizer, head="causal-lm")
+    assert on_sample["eval_loss"] == pytest.approx(lowest, rel=1e-5)
+    on_all = evaluate_model(model, validation, tokenizer, head="causal-lm")
+    assert report.metrics["eval_loss"] == pytest.approx(on_all["eval_loss"], rel=1e-5)
+    assert report.metrics["tokens"] == on_all["tokens"] > on_sample["tokens"]
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,13 @@ class TestInvalidSpecs:
             "train": "train.patience counts evaluations without a lower validation loss, which "
             "train.eval_every makes: set it too (e.g. eval_every: 100)"
         }
+        assert problems(with_(train={"eval_rows": 500})) == {
+            "train": "train.eval_rows is how many validation rows each evaluation during "
+            "training scores, which train.eval_every asks for: set it too (e.g. eval_every: 100)"
+        }
+        assert problems(with_(train={"eval_every": 5, "eval_rows": 0})) == {
+            "train.eval_rows": "Input should be greater than or equal to 1"
+        }
         for sharding in ("ddp", "fsdp"):
             train = {"eval_every": 5, "keep_best": True, "processes": 2, "sharding": sharding}
             spec = parse_spec(with_(train=train))
