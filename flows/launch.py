@@ -9,10 +9,10 @@ Each of the N processes runs this module (``python -m flows.launch``), which cal
 launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and each
 phase (load, prepare data, train, evaluate, save) as a marked line that becomes an ``on_phase``
 call; it writes its report (and, for a build, each validation row's outcome) for the launcher
-to return. Registration and tracking stay in the
-launching process, as for one process. Bad input found inside a process (a ``DataError``, a
-peft_core configuration error) is written beside the report and raised again in the launching
-process as a ``DataError``: one line, as with one process, not torchrun's failure.
+to return. Registration and tracking stay in the launching process, as for one process. Bad
+input found inside a process (a ``DataError``, a peft_core configuration error) is written
+beside the report and raised again in the launching process as a ``DataError``: one line, as
+with one process, not torchrun's failure.
 """
 
 from __future__ import annotations

@@ -69,8 +69,10 @@ def periodic_evaluation(
 
 def evaluation_sample(rows: datasets.Dataset, size: int, *, seed: int) -> datasets.Dataset:
     """The ``size`` validation rows (``train.eval_rows``) every evaluation during training
-    scores: the same in every process and at every evaluation, drawn with ``seed``."""
-    return rows.shuffle(seed=seed).select(range(size)).flatten_indices()
+    scores: the same in every process and at every evaluation, drawn with ``seed``. (Not
+    ``Dataset.shuffle``: on the prepared-data cache it would write an index file there.)"""
+    drawn = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:size]
+    return rows.select(sorted(drawn.tolist()))
 
 
 def _validation_loss_measure(
