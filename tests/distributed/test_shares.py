@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from flows.evaluation import greedy_continuations
 from tests.distributed.test_fsdp import BIN, HERE, run
-from tests.helpers import minilm_path
+from tests.helpers import save_tiny_llama
 
 ROWS = 129  # shares of 65 and 64 rows: two batches of 64 and one, so one filler generation
 RIGHT = 80  # rows whose response is the base's own greedy answer; the rest end one token off
@@ -22,18 +22,7 @@ RIGHT = 80  # rows whose response is the base's own greedy answer; the rest end 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with MiniLM's tokenizer."""
-    folder = tmp_path_factory.mktemp("generating-base")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("generating-base"))
 
 
 def answered_rows(base: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from flows.export_job import export
 from flows.predict_job import _NEW_TOKENS, gather_inputs, predict, predict_composition
 from flows.push_job import push_folder
 from registry import BaseModelMismatchError, Registry, bundles
-from tests.helpers import minilm_path, run_cli
+from tests.helpers import minilm_path, run_cli, save_tiny_llama
 
 TEXTS = ["a gripping, funny film", "dull and far too long", "not bad at all"]
 
@@ -96,16 +96,8 @@ def test_a_classifier_peft_trained_elsewhere_answers_as_peft_computes(embedded_h
 
 
 def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path, monkeypatch):
-    tokenizer = T.AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    llama = T.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    T.LlamaForCausalLM(llama).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
+    save_tiny_llama(tmp_path / "base")
+    tokenizer = T.AutoTokenizer.from_pretrained(tmp_path / "base")
     config = peft.LoraConfig(
         task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )

@@ -33,7 +33,7 @@ from flows.train_job import (
     train_from_spec,
 )
 from flows.validation_during_training import evaluation_sample
-from tests.helpers import minilm_path, run_cli
+from tests.helpers import minilm_path, run_cli, save_tiny_llama
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
@@ -49,19 +49,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("instruct-base")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.eos_token = "[SEP]"
-    tokenizer.chat_template = TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("instruct-base"), chat_template=TEMPLATE)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
