@@ -6,6 +6,7 @@ parameters are counted. A 175B-parameter configuration answers in seconds.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,9 @@ from .heads import HeadKind
 from .inject import add_adapter
 from .io import adapter_state_dict
 from .layer import base_compute_dtype
+from .methods.lora import LoRAModule
 from .quantize import Quantization, stored_bytes
+from .state import adapter_layers
 
 __all__ = ["Plan", "build_on_meta", "measure", "plan"]
 
@@ -93,7 +96,8 @@ def plan(
     float32) and stored with ``quantization``.
 
     Given a model, its class and configuration are rebuilt on the meta device, so the model itself
-    is never modified. ``head`` picks the task head when a bare configuration is given.
+    is never modified. ``head`` picks the task head when a bare configuration is given. Warns
+    (``RuntimeWarning``) when a LoRA's rank is above the width of a layer it adapts.
     """
     if isinstance(model_or_config, PretrainedConfig):
         model = build_on_meta(model_or_config, head or "none", dtype=dtype)
@@ -103,7 +107,34 @@ def plan(
         if dtype is not None:
             model.to(dtype)
     add_adapter(model, "plan", config)
+    _warn_of_unusable_rank(model, "plan", config)
     return measure(model, "plan", quantization=quantization)
+
+
+def _warn_of_unusable_rank(model: nn.Module, name: str, config: MethodConfig) -> None:
+    """A LoRA of rank r on a layer of n inputs or outputs, n < r: the update ``B A`` of that
+    layer has rank n at most, so the other r - n ranks add parameters and compute, never
+    capacity. peft accepts it silently; a mistyped rank (1024 for 128) is easy to miss."""
+    rank = getattr(config, "rank", None)
+    if not isinstance(rank, int):
+        return
+    widths = [
+        (min(module.lora_A.in_features, module.lora_B.out_features), module_name)
+        for module_name, layer in adapter_layers(model, name)
+        if isinstance(module := layer.adapters[name], LoRAModule)
+    ]
+    narrow = [(width, module_name) for width, module_name in widths if width < rank]
+    if narrow:
+        width, first = min(narrow)
+        warnings.warn(
+            f"{type(config).__name__} rank {rank} is above the width of {len(narrow)} of the "
+            f"{len(widths)} layers it adapts ({first}: {width}): an update there has rank "
+            f"{width} at most, "
+            f"so the ranks above add parameters, not capacity (rank {width} already reaches "
+            "every update of that layer)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def measure(model: nn.Module, name: str, *, quantization: Quantization = "none") -> Plan:

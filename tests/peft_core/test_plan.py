@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import safetensors.torch
 import torch
@@ -171,3 +173,25 @@ def test_a_7b_base_in_bf16_and_in_nf4():
     )
     assert 3.8e9 < nf4.base_bytes < 3.9e9
     assert bf16.training_bytes == nf4.training_bytes == 16 * bf16.trainable_params
+
+
+def test_a_lora_rank_above_a_layers_width_is_warned_of():
+    """Grouped-query attention: k and v project 64 features to 32 (2 of 4 heads' width), so a
+    rank of 48 fits q and o (64) but not them; a rank of 32 fits all four."""
+    config = T.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100,
+    )  # fmt: skip
+    targets = ("q", "k", "v", "o")
+    with pytest.warns(RuntimeWarning) as heard:
+        pc.plan(config, pc.LoRA(rank=48, targets=targets), head="causal-lm")
+    assert [str(w.message) for w in heard] == [
+        "LoRA rank 48 is above the width of 4 of the 8 layers it adapts "
+        "(model.layers.0.self_attn.k_proj: 32): an update there has rank 32 at most, so the "
+        "ranks above add parameters, not capacity (rank 32 already reaches every update of "
+        "that layer)"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pc.plan(config, pc.LoRA(rank=32, targets=targets), head="causal-lm")
+        pc.plan(config, pc.DoRA(rank=32, targets=targets), head="causal-lm")
