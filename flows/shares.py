@@ -71,9 +71,9 @@ def filler_forwards(
         return
     most = math.ceil(math.ceil(len(rows) / where.world_size) / BATCH)
     filler = make_loader(rows.select([0]), tokenizer, head=head, batch_size=1, shuffle=False)
+    pad = tokenizer.pad_token_id
     for batch in on_device(model, [next(iter(filler))] * (most - done)):
         if generating:
-            pad = tokenizer.pad_token_id
             greedy_continuations(model, [batch["input_ids"][0]], 1, pad, in_step=True)
         else:
             model(**batch)
@@ -99,8 +99,10 @@ def metrics_in_shares(
     process."""
     if head not in ("classification", "causal-lm"):
         raise ValueError(f"a {head} head is not scored here")
-    mine_rows = share(rows, where, head=head)
-    loader = make_loader(mine_rows, tokenizer, head=head, batch_size=BATCH, shuffle=False)
+    numbers = _share_rows(rows, where, head=head)
+    loader = make_loader(
+        rows.select(numbers), tokenizer, head=head, batch_size=BATCH, shuffle=False
+    )
     scored: list[RowOutcome] | None = None if outcomes is None else []
     mine = evaluate(model, loader, head=head, outcomes=scored)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
@@ -113,7 +115,7 @@ def metrics_in_shares(
             model, rows, tokenizer, head=head, done=len(loader), where=where, generating=True
         )
     if outcomes is not None and scored is not None:
-        outcomes += _every_share(scored, _share_rows(rows, where, head=head), where)
+        outcomes += _every_share(scored, numbers, where)
     if head == "classification":
         side = len(mine["confusion_matrix"])
         counts = summed([float(c) for row in mine["confusion_matrix"] for c in row], where)
