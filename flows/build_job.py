@@ -30,7 +30,7 @@ from . import tracking
 from .answer_records import answer_records, write_answers
 from .changes_markdown import changes_since
 from .data import load_raw
-from .evaluation import RowOutcome
+from .evaluation import EvaluationProgress, RowOutcome
 from .launch import launched_here
 from .lineage import dataset_fingerprint, spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
@@ -114,6 +114,7 @@ class Build:
     registry: Registry
     on_step: StepCallback | None = None  # progress: called after every optimiser step
     on_phase: Callable[[str], None] | None = None  # told each step's name as it starts
+    on_scoring: EvaluationProgress | None = None  # told the evaluation's rows as they are done
 
     @property
     def key(self) -> str:
@@ -139,12 +140,13 @@ def start_build(
     on_step: StepCallback | None = None,
     on_phase: Callable[[str], None] | None = None,
     lineage: dict[str, str] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> Build:
     """Fingerprint the data, fix the lineage and open the registry: once per build
     (``lineage``: already computed for this spec by the caller, e.g. the CLI's reuse check)."""
     registry = registry if registry is not None else Registry()
     lineage = lineage if lineage is not None else build_lineage(spec, registry)
-    return Build(spec, lineage, Path(output), registry, on_step, on_phase)
+    return Build(spec, lineage, Path(output), registry, on_step, on_phase, on_scoring)
 
 
 def run_plainly(name: str, step: Callable[..., T], *args: Any) -> T:
@@ -274,6 +276,7 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
             registry=build.registry,
             on_evaluation=heard,
             keep_outcomes=in_processes,
+            on_scoring=build.on_scoring,
         )
     for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
         build.on_phase(line)
@@ -295,6 +298,7 @@ def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[Tr
             fingerprint=build.fingerprint,
             registry=build.registry,
             outcomes=outcomes,
+            on_scoring=build.on_scoring,
         )
     write_report(report)
     tracker = tracking.RunTracker(build.spec)

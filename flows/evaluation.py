@@ -16,9 +16,11 @@ from torch import Tensor, nn
 from peft_core.offload import input_device
 
 __all__ = [
+    "EvaluationProgress",
     "RowOutcome",
     "RowsCallback",
     "confusion_matrix",
+    "counted_rows",
     "evaluate",
     "exact_match",
     "greedy_continuations",
@@ -52,6 +54,23 @@ def metrics_from_confusion(matrix: Tensor) -> dict[str, float]:
 
 
 RowsCallback = Callable[[str, int], None]  # ("score" or "generate", rows done in that pass)
+# what a person watching hears: ("rows scored" or "answers generated", done, total)
+EvaluationProgress = Callable[[str, int, int], None]
+
+
+def counted_rows(
+    progress: EvaluationProgress | None, total: int, *, whose: str = ""
+) -> RowsCallback | None:
+    """:func:`evaluate`'s per-batch ``on_rows`` turned into ``progress`` calls out of
+    ``total`` rows (``whose``: said after what is counted, e.g. a process's share); None
+    when nobody watches."""
+    if progress is None:
+        return None
+
+    def tell(step: str, done: int) -> None:
+        progress(("rows scored" if step == "score" else "answers generated") + whose, done, total)
+
+    return tell
 
 
 @dataclass

@@ -8,11 +8,12 @@ Each of the N processes runs this module (``python -m flows.launch``), which cal
 (NCCL) or gloo on a CPU. Rank 0 prints each optimiser step as one marked JSON line, which the
 launching process turns back into ``on_step`` calls (progress bars, MLflow curves), and each
 phase (load, prepare data, train, evaluate, save) as a marked line that becomes an ``on_phase``
-call; it writes its report (and, for a build, each validation row's outcome) for the launcher
-to return. Registration and tracking stay in the launching process, as for one process. Bad
-input found inside a process (a ``DataError``, a peft_core configuration error) is written
-beside the report and raised again in the launching process as a ``DataError``: one line, as
-with one process, not torchrun's failure.
+call, and the rows of its share of the evaluation after training (``on_scoring``); it writes
+its report (and, for a build, each validation row's outcome) for the launcher to return.
+Registration and tracking stay in the launching process, as for one process. Bad input found
+inside a process (a ``DataError``, a peft_core configuration error) is written beside the
+report and raised again in the launching process as a ``DataError``: one line, as with one
+process, not torchrun's failure.
 """
 
 from __future__ import annotations
@@ -24,18 +25,26 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 from .spec import AdapterSpec
 
-__all__ = ["EVALUATION_MARK", "PHASE_MARK", "STEP_MARK", "launched_here", "train_in_processes"]
+__all__ = [
+    "EVALUATION_MARK",
+    "PHASE_MARK",
+    "SCORING_MARK",
+    "STEP_MARK",
+    "launched_here",
+    "train_in_processes",
+]
 
 STEP_MARK = "@adapterops-step "  # the start of a progress line on rank 0's stdout
 PHASE_MARK = "@adapterops-phase "  # the start of a line naming rank 0's phase
 EVALUATION_MARK = "@adapterops-evaluation "  # rank 0's validation loss (train.eval_every)
+SCORING_MARK = "@adapterops-scoring "  # rank 0's rows scored after training
 BAD_INPUT_FILE = "bad-input"  # bad-input.<rank> beside the report: a process's DataError
 OUTCOMES_FILE = "outcomes.json"  # beside the report: each validation row's outcome
 # what a process says when a peer it waited on in a collective exited (gloo, NCCL)
@@ -43,6 +52,7 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote p
 StepCallback = Callable[[int, int, float, float], None]
 PhaseCallback = Callable[[str], None]
 EvaluationCallback = Callable[[int, float], None]  # (steps done, validation loss)
+ScoringCallback = Callable[[str, int, int], None]  # (what, done, total): evaluation's rows
 
 
 def launched_here(spec: AdapterSpec) -> bool:
@@ -61,10 +71,12 @@ def train_in_processes(
     on_phase: PhaseCallback | None = None,
     on_evaluation: EvaluationCallback | None = None,
     keep_outcomes: bool = False,
+    on_scoring: ScoringCallback | None = None,
 ) -> Any:
     """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
     :class:`~flows.train_job.TrainReport` (with ``keep_outcomes``, each validation row's
-    outcome too). ``on_step``, ``on_phase`` and ``on_evaluation`` hear rank 0's. Raises
+    outcome too). ``on_step``, ``on_phase``, ``on_evaluation`` and ``on_scoring`` hear rank
+    0's. Raises
     ``RuntimeError`` with the failing process's last words if torchrun fails."""
     from .evaluation import RowOutcome  # noqa: PLC0415 - torch loads with it
     from .train_job import TrainReport  # noqa: PLC0415
@@ -91,7 +103,8 @@ def train_in_processes(
             command.append("--keep-outcomes")
         errors = Path(scratch) / "stderr.log"
         with errors.open("w") as stderr:
-            returncode = _relay(command, stderr, on_step, on_phase, on_evaluation)
+            listeners = _Listeners(on_step, on_phase, on_evaluation, on_scoring)
+            returncode = _relay(command, stderr, listeners)
         if returncode != 0:
             _raise_bad_input(Path(scratch))
             raise RuntimeError(
@@ -105,29 +118,40 @@ def train_in_processes(
     return report
 
 
-def _relay(
-    command: list[str],
-    stderr: Any,
-    on_step: StepCallback | None,
-    on_phase: PhaseCallback | None = None,
-    on_evaluation: EvaluationCallback | None = None,
-) -> int:
-    """Run ``command``, turning rank 0's step, phase and evaluation lines into ``on_step``,
-    ``on_phase`` and ``on_evaluation`` calls; its exit code."""
+@dataclass(frozen=True)
+class _Listeners:
+    """Who hears rank 0's marked lines (None: nobody)."""
+
+    on_step: StepCallback | None = None
+    on_phase: PhaseCallback | None = None
+    on_evaluation: EvaluationCallback | None = None
+    on_scoring: ScoringCallback | None = None
+
+    def hear(self, line: str) -> None:
+        """Turn one of rank 0's lines into a call (other lines are not ours: ignored)."""
+        if line.startswith(STEP_MARK) and self.on_step is not None:
+            step = json.loads(line.removeprefix(STEP_MARK))
+            self.on_step(step["step"], step["total"], step["loss"], step["learning_rate"])
+        elif line.startswith(PHASE_MARK) and self.on_phase is not None:
+            self.on_phase(line.removeprefix(PHASE_MARK).rstrip("\n"))
+        elif line.startswith(EVALUATION_MARK) and self.on_evaluation is not None:
+            measured = json.loads(line.removeprefix(EVALUATION_MARK))
+            self.on_evaluation(measured["step"], measured["loss"])
+        elif line.startswith(SCORING_MARK) and self.on_scoring is not None:
+            rows = json.loads(line.removeprefix(SCORING_MARK))
+            self.on_scoring(rows["what"], rows["done"], rows["total"])
+
+
+def _relay(command: list[str], stderr: Any, listeners: _Listeners) -> int:
+    """Run ``command``, turning rank 0's marked lines into ``listeners``' calls; its exit
+    code."""
     environment = {**os.environ, "PYTHONPATH": _with_this_project(os.environ.get("PYTHONPATH"))}
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
-            if line.startswith(STEP_MARK) and on_step is not None:
-                step = json.loads(line.removeprefix(STEP_MARK))
-                on_step(step["step"], step["total"], step["loss"], step["learning_rate"])
-            elif line.startswith(PHASE_MARK) and on_phase is not None:
-                on_phase(line.removeprefix(PHASE_MARK).rstrip("\n"))
-            elif line.startswith(EVALUATION_MARK) and on_evaluation is not None:
-                measured = json.loads(line.removeprefix(EVALUATION_MARK))
-                on_evaluation(measured["step"], measured["loss"])
+            listeners.hear(line)
         return process.wait()
 
 
@@ -174,6 +198,11 @@ def _print_phase(phase: str) -> None:
         print(PHASE_MARK + phase, flush=True)
 
 
+def _print_scoring(what: str, done: int, total: int) -> None:
+    if os.environ.get("RANK", "0") == "0":  # every rank scores its share; one tells
+        print(SCORING_MARK + json.dumps({"what": what, "done": done, "total": total}), flush=True)
+
+
 def main() -> None:
     """One of the processes: train, and on rank 0 write the report for the launcher."""
     parser = argparse.ArgumentParser(description="one process of train.processes")
@@ -195,7 +224,7 @@ def main() -> None:
             spec, args.output, on_step=_print_step, evaluate_after=not args.no_evaluate,
             checkpoint_dir=args.checkpoints, fingerprint=args.fingerprint,
             on_phase=_print_phase, on_evaluation=_print_evaluation,
-            keep_outcomes=args.keep_outcomes,
+            keep_outcomes=args.keep_outcomes, on_scoring=_print_scoring,
         )  # fmt: skip
     except (DataError, PeftCoreError) as exc:  # the launching process says it, in one line
         rank = os.environ.get("RANK", "0")

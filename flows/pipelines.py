@@ -124,6 +124,7 @@ def build(
         on_step=report,
         on_phase=getattr(report, "phase", None),  # the CLI's progress also names each phase
         lineage=lineage,
+        on_scoring=getattr(report, "rows", None),  # ... and counts the evaluation's rows
     )
     result = run_chain(chain, run_as_task)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)

@@ -22,7 +22,9 @@ from transformers import PreTrainedTokenizerBase
 from .data import longest_first_order, make_loader
 from .distributed import Placement, is_sharded, summed
 from .evaluation import (
+    EvaluationProgress,
     RowOutcome,
+    counted_rows,
     evaluate,
     exact_match,
     greedy_continuations,
@@ -88,6 +90,7 @@ def metrics_in_shares(
     where: Placement,
     generate: bool = False,
     outcomes: list[RowOutcome] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> dict[str, Any]:
     """:func:`flows.evaluation.evaluate`'s metrics over ``rows``, each process scoring its
     share: a classifier's confusion matrix, or a causal LM's loss summed over its tokens (and,
@@ -96,7 +99,7 @@ def metrics_in_shares(
     loader sees). On an FSDP-sharded model the shares' generations run in step (each runs as
     many forwards as the longest of them; see :func:`flows.evaluation.exact_match`).
     ``outcomes``, when given, receives every row's outcome, in the order of ``rows``, in every
-    process."""
+    process; ``on_scoring`` hears this process's rows of its share as they are done."""
     if head not in ("classification", "causal-lm"):
         raise ValueError(f"a {head} head is not scored here")
     numbers = _share_rows(rows, where, head=head)
@@ -104,12 +107,16 @@ def metrics_in_shares(
         rows.select(numbers), tokenizer, head=head, batch_size=BATCH, shuffle=False
     )
     scored: list[RowOutcome] | None = None if outcomes is None else []
-    mine = evaluate(model, loader, head=head, outcomes=scored)
+    whose = f" in share {where.rank + 1} of {where.world_size}"
+    tell = counted_rows(on_scoring, len(numbers), whose=whose)
+    mine = evaluate(model, loader, head=head, on_rows=tell, outcomes=scored)
     filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
     if generate:  # after every process's scoring forwards: its generations are collectives too
         answers: list[RowOutcome] | None = None if outcomes is None else []
         pad, in_step = tokenizer.pad_token_id, is_sharded(model)
-        mine |= exact_match(model, loader, pad_token_id=pad, in_step=in_step, outcomes=answers)
+        mine |= exact_match(
+            model, loader, pad_token_id=pad, in_step=in_step, on_rows=tell, outcomes=answers
+        )
         with_answers(scored, answers)
         filler_forwards(
             model, rows, tokenizer, head=head, done=len(loader), where=where, generating=True

@@ -37,7 +37,7 @@ from registry.folders import check_folder_to_write
 from .data import PreparedData, longest_first_order, make_loader
 from .distributed import Placement, gathered, placement, replicas_agree, wrap
 from .errors import DataError
-from .evaluation import RowOutcome, RowsCallback, evaluate
+from .evaluation import EvaluationProgress, RowOutcome, RowsCallback, counted_rows, evaluate
 from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
@@ -212,6 +212,7 @@ def train_from_spec(
     on_phase: PhaseCallback = no_phases,
     on_evaluation: Callable[[int, float], None] | None = None,
     keep_outcomes: bool = False,
+    on_scoring: EvaluationProgress | None = None,
 ) -> TrainReport:
     """Train (and by default evaluate) ``spec``'s adapter and save it into ``output``.
 
@@ -226,14 +227,16 @@ def train_from_spec(
     (:mod:`flows.launch`; a fusion's members then come from the environment's registry).
     With ``train.eval_every`` N, ``on_evaluation(step, validation_loss)`` hears the loss
     measured after every N-th step (and ``on_phase`` a line of it). With ``keep_outcomes`` the
-    evaluation after training also keeps each validation row's outcome (``report.outcomes``).
+    evaluation after training also keeps each validation row's outcome (``report.outcomes``);
+    ``on_scoring(what, done, total)`` hears its rows as they are done (rank 0's share of them
+    in several processes).
     """
     check_folder_to_write(output, f"save {spec.name}")  # before hours of training, not after
     if launched_here(spec):  # train.processes: torchrun started from here, then back here
         return train_in_processes(
             spec, output, on_step=on_step, evaluate_after=evaluate_after,
             checkpoint_dir=checkpoint_dir, fingerprint=fingerprint, on_phase=on_phase,
-            on_evaluation=on_evaluation, keep_outcomes=keep_outcomes,
+            on_evaluation=on_evaluation, keep_outcomes=keep_outcomes, on_scoring=on_scoring,
         )  # fmt: skip
     torch.manual_seed(spec.train.seed)
     resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
@@ -300,7 +303,7 @@ def train_from_spec(
         model, metrics, probes = _measured_in_processes(
             model, spec, where, data=data, tokenizer=tokenizer, members=members,
             registry=registry, evaluate_after=evaluate_after, on_phase=on_phase,
-            outcomes=outcomes,
+            outcomes=outcomes, on_scoring=on_scoring,
         )  # fmt: skip
     if metrics is None:
         metrics = {}
@@ -308,7 +311,7 @@ def train_from_spec(
             on_phase(f"evaluate on {len(data.validation)} rows")
             metrics = evaluate_model(
                 model, data.validation, tokenizer, head=data.head, generate=generates(spec),
-                outcomes=outcomes,
+                on_rows=counted_rows(on_scoring, len(data.validation)), outcomes=outcomes,
             )  # fmt: skip
     costs = pc.measure(model, spec.name)
     report = TrainReport(
@@ -390,26 +393,33 @@ def _measured_in_processes(
     evaluate_after: bool,
     on_phase: PhaseCallback,
     outcomes: list[RowOutcome] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
     """What several processes measure together after training, while their group lives: under
     FSDP the evaluation and probes on the shards (:func:`_after_sharded_training`); under DDP a
     classifier's or a causal LM's metrics (exact match's answers too: the replicas generate
     apart), each process scoring a share of the rows. Returns the model rank 0 saves, the
     metrics and the probes (None: rank 0 measures them alone afterwards); ``outcomes``, when
-    given, receives each row's outcome with the metrics."""
+    given, receives each row's outcome with the metrics; ``on_scoring`` hears this process's
+    share of them as it is scored."""
     if not where.distributed:
         return model, None, None
-    if spec.train.sharding == "fsdp":
+    fsdp = spec.train.sharding == "fsdp"
+    # the processes evaluate (each a share of the rows) or rank 0 does, alone, afterwards
+    in_processes = _saved_from_shards(spec, members) if fsdp else data.head in SCORED_IN_SHARES
+    if evaluate_after and in_processes:
+        on_phase(f"evaluate on {len(data.validation)} rows")
+    if fsdp:
         return _after_sharded_training(
             model, spec, where, data=data, tokenizer=tokenizer, members=members,
             registry=registry, evaluate_after=evaluate_after, outcomes=outcomes,
+            on_scoring=on_scoring,
         )  # fmt: skip
-    if not (evaluate_after and data.head in SCORED_IN_SHARES):
+    if not (evaluate_after and in_processes):
         return model, None, None
-    on_phase(f"evaluate on {len(data.validation)} rows")  # (each process a share of them)
     metrics = metrics_in_shares(
         model, data.validation, tokenizer, head=data.head, where=where, generate=generates(spec),
-        outcomes=outcomes,
+        outcomes=outcomes, on_scoring=on_scoring,
     )  # fmt: skip
     return model, metrics, None
 
@@ -425,6 +435,7 @@ def _after_sharded_training(
     registry: Registry | None,
     evaluate_after: bool,
     outcomes: list[RowOutcome] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> tuple[nn.Module, dict[str, Any] | None, dict[str, Any] | None]:
     """What rank 0 saves after FSDP2 training, and the metrics (``outcomes``: each row's too)
     and golden probes when the shards measured them (None: measure them on the returned
@@ -437,7 +448,9 @@ def _after_sharded_training(
     # gathers one block at a time): no process ever holds the whole base.
     metrics = {}
     if evaluate_after:
-        metrics = _evaluated_sharded(model, spec, where, data, tokenizer, outcomes=outcomes)
+        metrics = _evaluated_sharded(
+            model, spec, where, data, tokenizer, outcomes=outcomes, on_scoring=on_scoring
+        )
     probes = pc.probe_document(model, spec.name)
     state = gathered(pc.adapter_state_dict(model, spec.name))
     return (_weightless(spec, state) if where.is_main else model), metrics, probes
@@ -451,6 +464,7 @@ def _evaluated_sharded(
     tokenizer: PreTrainedTokenizerBase,
     *,
     outcomes: list[RowOutcome] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> dict[str, Any]:
     """The metrics of an FSDP-sharded model, every process in step: a classifier's and a
     causal LM's (generated answers too, for exact match) in shares of the rows, added up (N
@@ -459,9 +473,12 @@ def _evaluated_sharded(
     if data.head in SCORED_IN_SHARES:
         return metrics_in_shares(
             model, data.validation, tokenizer, head=data.head, where=where,
-            generate=generates(spec), outcomes=outcomes,
+            generate=generates(spec), outcomes=outcomes, on_scoring=on_scoring,
         )  # fmt: skip
-    return evaluate_model(model, data.validation, tokenizer, head=data.head, outcomes=outcomes)
+    tell = counted_rows(on_scoring, len(data.validation))
+    return evaluate_model(
+        model, data.validation, tokenizer, head=data.head, on_rows=tell, outcomes=outcomes
+    )
 
 
 def _saved_from_shards(spec: AdapterSpec, members: list[str]) -> bool:
@@ -553,11 +570,13 @@ def evaluate_folder(
     fingerprint: str | None = None,
     registry: Registry | None = None,
     outcomes: list[RowOutcome] | None = None,
+    on_scoring: EvaluationProgress | None = None,
 ) -> dict[str, Any]:
     """Metrics of the adapter saved in ``folder`` on ``spec``'s validation split (the flows'
     evaluate step: a fresh base model, the saved files, the cached prepared data). A fusion's
     ``members`` (exact versions) are loaded from the registry first. ``outcomes``, when given,
-    receives each validation row's answer, in the split's order."""
+    receives each validation row's answer, in the split's order; ``on_scoring`` hears the
+    rows as they are done."""
     model, tokenizer = load_inference_model(spec)
     load_members(model, members or [], registry)
     pc.load_adapter(model, folder, name=spec.name)
@@ -565,7 +584,7 @@ def evaluate_folder(
     data, _ = prepare_cached(spec, tokenizer, fingerprint=fingerprint)
     return evaluate_model(
         model, data.validation, tokenizer, head=spec.head.type, generate=generates(spec),
-        outcomes=outcomes,
+        on_rows=counted_rows(on_scoring, len(data.validation)), outcomes=outcomes,
     )  # fmt: skip
 
 

@@ -278,6 +278,7 @@ def train(
             report = train_from_spec(
                 spec, out or Path("out") / spec.name, on_step=on_step,
                 on_phase=on_step.phase if on_step else no_phases,
+                on_scoring=on_step.rows if on_step else None,
             )  # fmt: skip
     if not report.output:  # a torchrun worker other than rank 0: rank 0 reports
         return
@@ -373,6 +374,11 @@ class StepProgress:
         """The build moved on to ``name`` (prepare data, train, evaluate, register and promote)."""
         raise NotImplementedError
 
+    def rows(self, what: str, done: int, total: int) -> None:
+        """The evaluation after training has ``done`` of ``total`` rows (``what``: "rows
+        scored", "answers generated")."""
+        raise NotImplementedError
+
     def begin(self, label: str) -> None:
         """Another build starts (``retrain`` runs several): report under ``label`` from now."""
         self.label = label
@@ -384,6 +390,7 @@ class BarProgress(StepProgress):
     def __init__(self, bar: Progress, task: Any, label: str) -> None:
         super().__init__(label)
         self.bar, self.task, self.used = bar, task, False
+        self.counting = ""  # what the bar counts when it counts rows
 
     def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
         steps = f"{step + 1}/{total} steps  loss {loss:.4f}"
@@ -394,6 +401,13 @@ class BarProgress(StepProgress):
         self.bar.update(self.task, description=f"{self.label}: {name}")
         self.used = True
 
+    def rows(self, what: str, done: int, total: int) -> None:
+        # the bar counted steps until now (or the pass before): a new count, a new estimate
+        if self.counting != what:
+            self.counting = what
+            self.bar.reset(self.task, total=total, description=f"{self.label}: evaluate")
+        self.bar.update(self.task, completed=done, total=total, steps=f"{done}/{total} {what}")
+
     def begin(self, label: str) -> None:
         super().begin(label)
         if self.used:  # a bar of its own: the finished builds' bars stay on screen
@@ -402,7 +416,12 @@ class BarProgress(StepProgress):
 
 
 class LineProgress(StepProgress):
-    """Lines a log keeps: ``label: step 30/300 (10%) loss 0.6931`` and ``label: evaluate``."""
+    """Lines a log keeps: ``label: step 30/300 (10%) loss 0.6931``, ``label: evaluate`` and
+    ``label: evaluate: 448/872 rows scored (51%)``."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label)
+        self.said: tuple[str, int] = ("", -1)  # the last tenth of rows said, and of what
 
     def __call__(self, step: int, total: int, loss: float, learning_rate: float) -> None:
         done = step + 1
@@ -411,6 +430,12 @@ class LineProgress(StepProgress):
 
     def phase(self, name: str) -> None:
         self._line(name)
+
+    def rows(self, what: str, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)  # a line at every tenth of each pass, as for steps
+        if (what, tenth) != self.said:
+            self.said = (what, tenth)
+            self._line(f"evaluate: {done}/{total} {what} ({100 * done // max(total, 1)}%)")
 
     def _line(self, text: str) -> None:
         errors.print(f"{self.label}: {text}", highlight=False, soft_wrap=True)
@@ -441,6 +466,16 @@ def _next_steps(rows: list[dict[str, Any]]) -> None:
     console.print("\n".join(lines), highlight=False)
 
 
+def _headline(metrics: dict[str, Any]) -> str:
+    """The metric a person compares adapters by, short: accuracy, exact match (instruction
+    data that generates) or perplexity."""
+    if "accuracy" in metrics:
+        return f"acc {metrics['accuracy']:.3f}"
+    if "exact_match" in metrics:
+        return f"exact {metrics['exact_match']:.3f}"
+    return f"ppl {metrics['perplexity']:.1f}"
+
+
 def _report_table(reports: list[dict[str, Any]]) -> None:
     table = Table(title="Adapters")
     versioned = all("ref" in r for r in reports)
@@ -448,12 +483,7 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
     for column in [*columns, "steps", "time", *(["alias"] if versioned else [])]:
         table.add_column(column, justify="left" if column in ("version", "adapter") else "right")
     for r in reports:
-        metrics = r["metrics"]
-        metric = (
-            f"acc {metrics['accuracy']:.3f}"
-            if "accuracy" in metrics
-            else f"ppl {metrics['perplexity']:.1f}"
-        )
+        metric = _headline(r["metrics"])
         table.add_row(
             r["ref"] if versioned else r["name"],
             r["method"],

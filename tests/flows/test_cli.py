@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -204,9 +205,8 @@ class TestPlan:
         assert helped.returncode == 0, helped.stderr
 
 
-def test_a_builds_bar_says_steps_and_loss_only_once_training_has_them(monkeypatch):
-    """At a terminal the bar read "0/None steps  loss nan" through every phase before training
-    (finding an earlier build, preparing the data)."""
+def terminal_for_bars(monkeypatch: pytest.MonkeyPatch, *, width: int) -> Any:
+    """A recording console the build commands' bars draw on, as at a terminal."""
     import io
 
     from rich.console import Console
@@ -217,9 +217,18 @@ def test_a_builds_bar_says_steps_and_loss_only_once_training_has_them(monkeypatc
         def isatty(self) -> bool:
             return True
 
-    screen = Console(file=Terminal(), force_terminal=True, width=100, record=True)
+    screen = Console(file=Terminal(), force_terminal=True, width=width, record=True)
     monkeypatch.setattr(build_commands, "errors", screen)
     monkeypatch.setattr(sys, "stderr", Terminal())
+    return screen
+
+
+def test_a_builds_bar_says_steps_and_loss_only_once_training_has_them(monkeypatch):
+    """At a terminal the bar read "0/None steps  loss nan" through every phase before training
+    (finding an earlier build, preparing the data)."""
+    import flows.cli.build as build_commands
+
+    screen = terminal_for_bars(monkeypatch, width=100)
     with build_commands.progress("sst2-en", enabled=True) as on_step:
         assert on_step is not None
         on_step.phase("prepare data")
@@ -229,6 +238,40 @@ def test_a_builds_bar_says_steps_and_loss_only_once_training_has_them(monkeypatc
     assert "None" not in shown and "nan" not in shown
     last = shown.rstrip().rpartition("sst2-en: evaluate ")[2]
     assert last.strip("━╺ ") == "1/4 steps  loss 0.6931 -:--:--"
+
+
+def test_a_builds_bar_counts_the_evaluations_rows_after_the_steps(monkeypatch):
+    """The evaluation after training sat on the last step's count ("4/4 steps  loss ...") for
+    as long as it took: minutes for an LLM generating its answers."""
+    import flows.cli.build as build_commands
+
+    screen = terminal_for_bars(monkeypatch, width=120)
+    with build_commands.progress("sst2-en", enabled=True) as on_step:
+        assert on_step is not None
+        on_step(3, 4, 0.6931, 1e-3)
+        on_step.phase("evaluate on 200 rows")
+        for done in (64, 128, 192, 200):
+            on_step.rows("rows scored", done, 200)
+        on_step.rows("answers generated", 64, 200)  # the next pass: counted from its start
+    shown = screen.export_text()
+    last = shown.rstrip().rpartition("sst2-en: evaluate ")[2]
+    assert last.strip("━╺╸ ").startswith("64/200 answers generated ")
+    assert "200/200 rows scored" in shown and "4/4 steps" in shown
+
+
+def test_a_logs_lines_count_the_evaluations_rows_at_every_tenth(capsys):
+    from flows.cli.build import LineProgress
+
+    lines = LineProgress("sst2-en")
+    for done in range(64, 1000, 64):  # 15 batches of 64, and the last of 40
+        lines.rows("rows scored", done, 1000)
+    lines.rows("rows scored", 1000, 1000)
+    lines.rows("answers generated", 64, 1000)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        f"sst2-en: evaluate: {done}/1000 rows scored ({done // 10}%)"
+        for done in (64, 128, 256, 320, 448, 512, 640, 704, 832, 960, 1000)
+    ] + ["sst2-en: evaluate: 64/1000 answers generated (6%)"]
 
 
 class TestTrain:
@@ -320,7 +363,8 @@ class TestTrain:
         ]
         assert phases == [
             "load sentence-transformers/all-MiniLM-L6-v2", "prepare data", "train",
-            "evaluate on 16 rows", f"save into {tmp_path / 'a'}",
+            "evaluate on 16 rows", "evaluate: 16/16 rows scored (100%)",
+            f"save into {tmp_path / 'a'}",
         ]  # fmt: skip
 
     def test_a_class_the_data_never_shows_is_one_plain_warning(self, tmp_path):

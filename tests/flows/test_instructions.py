@@ -298,8 +298,14 @@ def test_two_processes_measure_the_validation_loss_in_shares_that_add_up(
     spec = spec.model_copy(update={"evaluate": spec.evaluate.model_copy(update={"metric": metric})})
     validation = Path(spec.data.validation).read_text().splitlines()[:rows]
     Path(spec.data.validation).write_text("\n".join(validation) + "\n")
-    report = train_from_spec(spec, tmp_path / "out")
+    scored: list[tuple[str, int, int]] = []
+    report = train_from_spec(spec, tmp_path / "out", on_scoring=lambda *told: scored.append(told))
     assert (report.world_size, report.sharding) == (2, sharding)
+    mine = (rows + 1) // 2  # rank 0's share: every other row, from the first
+    relayed = [("rows scored in share 1 of 2", mine, mine)]
+    if metric == "exact_match":
+        relayed.append(("answers generated in share 1 of 2", mine, mine))
+    assert scored == relayed  # after training only: the evaluations during it are not counted
     assert [step for step, _ in report.evaluations] == [2, 4, 6, 8]
     best_step, lowest = min(report.evaluations, key=lambda point: point[1])
     assert report.best_step == best_step

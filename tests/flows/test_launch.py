@@ -77,14 +77,21 @@ def test_rank_0s_phases_reach_the_launching_process_once_each(sst2_dir, tmp_path
     steps (the bar sat on the spec's name while the processes loaded, evaluated, saved)."""
     spec = two_process_spec(sst2_dir, max_steps=1)
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"max_eval_samples": 8})})
-    heard: list[str] = []
-    report = train_from_spec(spec, tmp_path / "out", on_phase=heard.append, keep_outcomes=True)
+    heard: list[object] = []
+
+    def scoring(what: str, done: int, total: int) -> None:
+        heard.append((what, done, total))
+
+    report = train_from_spec(
+        spec, tmp_path / "out", on_phase=heard.append, keep_outcomes=True, on_scoring=scoring
+    )
     assert heard == [
         "start 2 processes",
         f"load {spec.base_model}",
         "prepare data",
         "train",
         "evaluate on 8 rows",
+        ("rows scored in share 1 of 2", 4, 4),  # rank 0's share, as it is scored
         f"save into {tmp_path / 'out'}",
     ]
     # each row's outcome, from the processes' shares, as this process scores the saved adapter

@@ -87,12 +87,19 @@ class TestBuild:
     def test_the_chain_names_each_phase_as_it_starts(self, tmp_path: Path, sst2_dir: Path):
         from flows.build_job import run_chain, start_build
 
-        phases: list[str] = []
+        phases: list[object] = []
         spec = load_spec(write_spec(tmp_path, sst2_dir, name="phases"))
-        result = run_chain(start_build(spec, tmp_path / "out", on_phase=phases.append))
+
+        def scoring(what: str, done: int, total: int) -> None:
+            phases.append((what, done, total))
+
+        build = start_build(spec, tmp_path / "out", on_phase=phases.append, on_scoring=scoring)
+        result = run_chain(build)
         assert result.version == 1
+        # the evaluation's rows as they are done (one batch of 48)
         assert phases == [
-            "find earlier build", "prepare data", "train", "evaluate", "register and promote",
+            "find earlier build", "prepare data", "train", "evaluate", ("rows scored", 48, 48),
+            "register and promote",
         ]  # fmt: skip
         phases.clear()
         assert run_chain(start_build(spec, tmp_path / "again", on_phase=phases.append)).reused
