@@ -199,11 +199,20 @@ def _processes(spec: AdapterSpec) -> int:
 
 def _check_processes(spec: AdapterSpec) -> None:
     """``train.processes`` N: one GPU per process where there are GPUs (gloo on a CPU takes
-    any N), and under a torchrun the user started, as many processes as it started."""
+    any N), and under a torchrun the user started, as many processes as it started. FSDP in
+    one process is said: it shards nothing."""
     import torch  # noqa: PLC0415 - torch is heavy
 
     wanted = spec.train.processes
     started = os.environ.get("WORLD_SIZE")
+    if spec.train.sharding == "fsdp" and _processes(spec) == 1:
+        warnings.warn(
+            "train.sharding is fsdp but one process trains: nothing is sharded, the whole "
+            "model is on one device (set train.processes to the number of GPUs to shard it "
+            "over them)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if started is not None and wanted > 1 and int(started) != wanted:
         raise DataError(
             f"train.processes is {wanted} but torchrun started {started} processes: leave "

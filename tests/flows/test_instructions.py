@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -382,6 +383,25 @@ def test_packing_trains_through_the_flow_and_is_for_causal_lms_only(base, tmp_pa
     }
     with pytest.raises(SpecError, match=r"train\.packing lays causal-lm examples end to end"):
         parse_spec(classifier)
+
+
+def test_fsdp_in_one_process_is_said_to_shard_nothing(base, tmp_path, monkeypatch):
+    """``train.sharding: fsdp`` without ``train.processes`` (or a torchrun around) trained the
+    whole model in one process without a word."""
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+
+    def sharded(**train) -> object:
+        return parse_spec({**document, "train": {**document["train"], "sharding": "fsdp", **train}})
+
+    with pytest.warns(RuntimeWarning, match=r"^train\.sharding is fsdp but one process trains: "
+                      r"nothing is sharded, .*set train\.processes to the number of GPUs"):  # fmt: skip
+        check_inputs(sharded())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two processes (or a user's torchrun of two): no word
+        check_inputs(sharded(processes=2))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        check_inputs(sharded())
 
 
 def test_the_spec_chooses_the_attention_kernel_and_an_unusable_one_is_refused_first(base, tmp_path):
