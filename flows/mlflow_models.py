@@ -189,7 +189,9 @@ def sync_aliases(
     Except: an alias last set or removed through the registry alone (``Registry.set_alias`` from
     Python, origin ``registry``) while MLflow still shows what it was before that move has not
     been seen by MLflow, not undone there: it is copied to MLflow. Had a reviewer moved the alias
-    since, MLflow shows something else, and MLflow wins.
+    since, MLflow shows something else, and MLflow wins. And an alias on a version MLflow has
+    never mirrored (a registry that moved to a new tracking store) cannot have been removed
+    there: it is copied to MLflow too.
     """
     with mlflow_errors("list registered models"):
         known = {
@@ -206,10 +208,7 @@ def sync_aliases(
         local = {alias: v.version for v in versions for alias in v.aliases}
         for alias in moves_mlflow_has_not_seen(registry.history(name), local, remote):
             if alias in local:
-                holder = next(v for v in versions if v.version == local[alias])
-                mirror_version(client, holder)
-                set_mlflow_alias(client, name, alias, holder.version)
-                remote[alias] = holder.version
+                remote[alias] = _alias_to_mlflow(client, versions, alias, local[alias])
             else:
                 delete_mlflow_alias(client, name, alias)
                 del remote[alias]
@@ -227,9 +226,43 @@ def sync_aliases(
             if local.get(alias) != version:
                 registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")
                 changes.append(AliasChange(name, alias, version))
-        for alias in sorted(set(local) - set(remote)):
-            registry.remove_alias(name, alias, origin="mlflow-ui")
-            changes.append(AliasChange(name, alias, None))
+        changes += _removed_in_mlflow(registry, client, versions, local, remote)
+    return changes
+
+
+def _alias_to_mlflow(
+    client: MlflowClient, versions: list[AdapterVersion], alias: str, version: int
+) -> int:
+    """Point MLflow's ``alias`` at the mirror of registry ``version`` (one of ``versions``),
+    mirroring it first if MLflow lacks it; returns ``version``."""
+    holder = next(v for v in versions if v.version == version)
+    mirror_version(client, holder)
+    set_mlflow_alias(client, holder.name, alias, version)
+    return version
+
+
+def _removed_in_mlflow(
+    registry: Registry,
+    client: MlflowClient,
+    versions: list[AdapterVersion],
+    local: dict[str, int],
+    remote: dict[str, int],
+) -> list[AliasChange]:
+    """The registry's aliases MLflow lacks, taken off in the registry (a reviewer removed them
+    in the UI), except those on a version MLflow never mirrored: nobody could remove them
+    there, so they go to MLflow. (A registry that moved to a new tracking store mirrored only
+    its next build there, and the sync after it took ``champion`` away: the build after that
+    was promoted with no champion to beat.)"""
+    changes = []
+    name = versions[0].name
+    for alias in sorted(set(local) - set(remote)):
+        with mlflow_errors(f"read the versions of {name}"):
+            mirrored = mlflow_version_of(client, name, local[alias]) is not None
+        if not mirrored:
+            _alias_to_mlflow(client, versions, alias, local[alias])
+            continue
+        registry.remove_alias(name, alias, origin="mlflow-ui")
+        changes.append(AliasChange(name, alias, None))
     return changes
 
 

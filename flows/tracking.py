@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -72,7 +73,7 @@ def configure() -> str:
     check_not_the_registry(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with mlflow_errors("find the experiment"):
+    with _first_use_serialised(uri), mlflow_errors("find the experiment"):
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
         if experiment is not None:
             if experiment.tags.get(KIND_TAG) != KIND:  # made by an earlier version of ours
@@ -96,6 +97,25 @@ def configure() -> str:
             if created is None:
                 raise
             return str(created.experiment_id)
+
+
+@contextmanager
+def _first_use_serialised(uri: str) -> Iterator[None]:
+    """One process at a time through the first touch of a SQLite store: MLflow creates and
+    migrates a new database file without a lock, and processes that open a new store at once
+    (builds started together on a fresh home: CI jobs, a worker's scheduled runs) failed in
+    MLflow's migrations ("Online migration expected to match one row"). The lock file lies
+    beside the database. A server's store (``http://``) migrates under its own server."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if path is None or path in _SERIALISED or path == ":memory:":
+        yield
+        return
+    with FileLock(f"{path}.lock"):
+        yield
+    _SERIALISED.add(path)  # this process's store is open now: later calls need no lock
+
+
+_SERIALISED: set[str] = set()  # SQLite stores this process has opened under the lock
 
 
 def client() -> MlflowClient:

@@ -318,6 +318,35 @@ class TestAliasesThroughMlflow:
         assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
         assert sync_aliases(registry, client) == []
 
+    def test_a_new_tracking_store_gets_the_registrys_aliases_and_takes_none_away(
+        self, registry, tmp_path, monkeypatch
+    ):
+        """A registry pointed at another MLflow store (the embedded one, then a server): its
+        next build mirrored only the new version there, and the sync after it took champion
+        away ("removed in the MLflow UI"), so the build after that was promoted with no
+        champion to beat."""
+        client = tracking.client()
+        for seed in (1, 2):
+            registry.register(
+                write_fake_adapter(tmp_path / f"v{seed}", seed), name="moved", base_model="b",
+                task="sst2", language="en",
+            )  # fmt: skip
+        promote(registry, client, "moved@1")  # champion, in the first store
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+        fresh = tracking.client()
+        # what a build registers in the new store: its own version, no alias
+        ensure_model_version(fresh, registry.get("moved@2"), run_id=None, description="card")
+        assert mlflow_aliases(fresh, "moved") == {}
+        assert sync_aliases(registry, fresh) == []
+        assert registry.get("moved@champion").version == 1
+        assert mlflow_aliases(fresh, "moved") == {"champion": 1}  # version 1 mirrored there now
+        # from here on MLflow wins, as before: a reviewer's removal there is followed
+        fresh.delete_registered_model_alias("moved", "champion")
+        assert [c.to_dict() for c in sync_aliases(registry, fresh)] == [
+            {"adapter": "moved", "alias": "champion", "version": None}
+        ]
+        assert registry.get("moved@1").aliases == ()
+
     def test_removing_an_alias_and_a_version_reaches_mlflow(self, registry, two_versions):
         """`unalias` then `rm` from the command line: the alias and the mirrored version leave
         MLflow too, so no reviewer can point an alias at a deleted version."""
@@ -464,6 +493,26 @@ class TestAliasesThroughMlflow:
         version = registry.get("sst2-en@1")
         assert ensure_model_version(two_versions, version, run_id=None, description="again") == 1
         assert len(two_versions.search_model_versions("name='sst2-en'")) == 2
+
+
+def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(embedded_home):
+    """Builds started together on a fresh home (CI jobs, a worker's scheduled runs) raced in
+    MLflow's migrations of the new mlflow.db ("Online migration expected to match one row",
+    "CircularDependencyError"): at least one of three failed in each of three tries."""
+    opening = "from flows import tracking; print(tracking.configure())"
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", opening],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )
+        for _ in range(3)
+    ]
+    finished = [process.communicate(timeout=300) for process in started]
+    assert [process.returncode for process in started] == [0, 0, 0], [e for _, e in finished]
+    assert [out.strip() for out, _ in finished] == [tracking.configure()] * 3
 
 
 class TestMlflowDown:
