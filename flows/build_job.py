@@ -384,16 +384,23 @@ def register_and_gate(
     client = tracking.client()
     if run_id:
         tag_run(client, run_id, version)
-    champion = version_holding(registry, spec.name, spec.promote.alias)  # read once: card + gate
-    if champion is not None and champion.version != version.version:  # what the gate weighs
-        card += changes_since(spec.promote.alias, diff_versions(champion, version))
-    description = version_description(version, spec.evaluate.metric, card)
-    mlflow_version = ensure_model_version(client, version, run_id=run_id, description=description)
-    policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
-    decision, champion_metric = _gate(build, version, measured, policy, report, champion=champion)
-    alias = spec.promote.alias if decision.promote else CHALLENGER
-    if alias not in version.aliases:
-        promote(registry, client, version.ref, alias, origin="gate")
+    # from reading the champion to moving an alias, no other gate of this adapter (another
+    # process's build) moves it: each weighs its candidate against what the one before left
+    with registry.alias_lock(spec.name):
+        champion = version_holding(registry, spec.name, spec.promote.alias)  # once: card + gate
+        if champion is not None and champion.version != version.version:  # what the gate weighs
+            card += changes_since(spec.promote.alias, diff_versions(champion, version))
+        description = version_description(version, spec.evaluate.metric, card)
+        mlflow_version = ensure_model_version(
+            client, version, run_id=run_id, description=description
+        )
+        policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
+        decision, champion_metric = _gate(
+            build, version, measured, policy, report, champion=champion
+        )
+        alias = spec.promote.alias if decision.promote else CHALLENGER
+        if alias not in version.aliases:
+            promote(registry, client, version.ref, alias, origin="gate")
     if run_id:  # after the gate: the aliases where they now stand
         log_trend(client, run_id, registry.find(name=spec.name), spec.evaluate.metric)
     return BuildResult(

@@ -26,7 +26,8 @@ import math
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +58,7 @@ from .errors import (
     NoRegistryError,
     RegistryError,
 )
+from .locks import named_lock
 from .names import (
     check_alias,
     check_key,
@@ -190,6 +192,15 @@ class Registry:
     def set_alias(self, ref: str, alias: str, *, origin: str = "registry") -> AdapterVersion:
         """Point ``alias`` at the version ``ref`` names (``name@3``), moving it if needed."""
         return self._write(lambda s: store.set_alias(s, ref, alias, origin=origin))
+
+    @contextmanager
+    def alias_lock(self, name: str) -> Iterator[None]:
+        """Hold adapter ``name``'s alias lock for the block, waiting while another process (or
+        thread) sharing this registry's database holds it. A promotion gate holds it from
+        reading which version holds an alias to moving it, so two gates of one adapter weigh
+        their candidates one after the other, the second against what the first left."""
+        with named_lock(self.database.engine, self.database.sqlite_path, f"aliases of {name}"):
+            yield
 
     def remove_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
         """Remove an alias."""

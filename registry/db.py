@@ -72,6 +72,7 @@ class Database:
         self.url = url
         self.safe_url = _safe(url)  # for messages and markers: no password
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.sqlite_path = parsed.database if self.is_sqlite else None  # the file, or :memory:
         if self.is_sqlite and parsed.host:  # sqlite://dir/file.db: "dir" is read as a host
             raise DatabaseUnavailableError(
                 f"invalid SQLite URL {url!r}: a SQLite URL has no host ({parsed.host!r}); write "

@@ -362,13 +362,14 @@ def promote_command(
             from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
             sync_aliases(registry, client, [ref.partition("@")[0]])
-        try:
-            check_not_worse(registry, ref, alias)
-        except PromotionRefusedError as refused:
-            if not force:
-                raise
-            warn(f"{refused.comparison}; promoting it because of --force")
-        version = promote(registry, client, ref, alias, origin="cli")
+        with registry.alias_lock(ref.partition("@")[0]):  # no build's gate moves it meanwhile
+            try:
+                check_not_worse(registry, ref, alias)
+            except PromotionRefusedError as refused:
+                if not force:
+                    raise
+                warn(f"{refused.comparison}; promoting it because of --force")
+            version = promote(registry, client, ref, alias, origin="cli")
         stale = _stale_after(version.name) if alias == "champion" else []
     if as_json:
         emit_json({"ok": True, **version.to_dict(), "stale_compositions": stale})

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -495,6 +497,61 @@ class TestAliasesThroughMlflow:
         assert len(two_versions.search_model_versions("name='sst2-en'")) == 2
 
 
+def trained_elsewhere(tmp_path: Path, name: str) -> tuple[Any, TrainReport]:
+    """A spec and the report of its training, as a build hands them to its gate (the adapter
+    a folder of fake weights: the gate never loads it when there is no champion)."""
+    folder = write_fake_adapter(tmp_path / name, 7)
+    spec = parse_spec(
+        {
+            "name": name,
+            "base_model": "b",
+            "task": "sst2",
+            "language": "en",
+            "head": {"type": "classification", "num_labels": 2},
+            "method": {"type": "lora"},
+            "data": {"train": str(tmp_path / "t.tsv")},
+        }
+    )
+    report = TrainReport(
+        name=spec.name, method="lora", trainable_params=1, total_params=2, adapter_bytes=4, steps=1,
+        train_seconds=1.0, median_step_seconds=1.0, final_loss=0.5, metrics={"accuracy": 0.7}, output=str(folder),
+    )  # fmt: skip
+    return spec, report
+
+
+def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry, tmp_path):
+    """Two builds of one adapter at once both read "no champion" (or the same one) and both
+    moved champion, the later without being weighed against the earlier
+    (``tests/registry/test_concurrency.py`` races four gates): a gate now waits for the
+    adapter's alias lock; the version is registered before it waits."""
+    spec, report = trained_elsewhere(tmp_path, "gated-sst2")
+    holding, release = threading.Event(), threading.Event()
+
+    def another_gate() -> None:
+        with Registry().alias_lock(spec.name):  # another process's build, deciding
+            holding.set()
+            release.wait(60)
+
+    other = threading.Thread(target=another_gate)
+    other.start()
+    assert holding.wait(30)
+    results: list = []
+    gate = threading.Thread(
+        target=lambda: results.append(
+            register_and_gate(Build(spec, {}, tmp_path, registry), report, run_id="", card="card")
+        )
+    )
+    gate.start()
+    gate.join(5)
+    assert gate.is_alive() and results == []  # waiting, registered but not promoted
+    assert [v.aliases for v in registry.find(name=spec.name)] == [()]
+    release.set()
+    gate.join(60)
+    other.join(60)
+    assert (results[0].version, results[0].alias) == (1, "champion")
+    assert registry.get(f"{spec.name}@champion").version == 1
+
+
 def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(embedded_home):
     """Builds started together on a fresh home (CI jobs, a worker's scheduled runs) raced in
     MLflow's migrations of the new mlflow.db ("Online migration expected to match one row",
@@ -517,22 +574,8 @@ def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(e
 
 class TestMlflowDown:
     def test_rerun_completes_without_duplicates(self, registry, tmp_path, monkeypatch):
-        folder = write_fake_adapter(tmp_path / "adapter", 7)
-        spec = parse_spec(
-            {
-                "name": "offline-sst2",
-                "base_model": "b",
-                "task": "sst2",
-                "language": "en",
-                "head": {"type": "classification", "num_labels": 2},
-                "method": {"type": "lora"},
-                "data": {"train": str(tmp_path / "t.tsv")},
-            }
-        )
-        report = TrainReport(
-            name=spec.name, method="lora", trainable_params=1, total_params=2, adapter_bytes=4, steps=1,
-            train_seconds=1.0, median_step_seconds=1.0, final_loss=0.5, metrics={"accuracy": 0.7}, output=str(folder),
-        )  # fmt: skip
+        spec, report = trained_elsewhere(tmp_path, "offline-sst2")
+        folder = Path(report.output)
         embedded = tracking.tracking_uri()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 
 from registry import Registry
-from tests.registry.workers import register_many, write_fake_adapter
+from tests.registry.workers import gate_once, register_many, write_fake_adapter
 
 PROCESSES, EACH = 4, 5
 
@@ -31,4 +31,30 @@ def test_concurrent_registrations(locations, tmp_path):
     assert len({v.digest for v in versions}) == PROCESSES * EACH  # nothing lost or merged
     events = registry.history("race")
     assert sorted(e.version for e in events if e.kind == "registered") == obtained
+    registry.close()
+
+
+def test_gates_of_one_adapter_weigh_one_after_the_other(locations, tmp_path):
+    """Four gates at once, each reading the champion, pausing (a build re-evaluates it) and
+    moving it if its candidate scores higher: under the alias lock every move beats the one
+    before and the best candidate ends as champion. Without the lock all four read "no
+    champion" and moved it, the last move winning whatever it scored."""
+    database_url, artifacts_url = locations
+    registry = Registry(database_url, artifacts_url)
+    scores = [0.7, 0.9, 0.6, 0.8]  # registered in this order: versions 1 to 4
+    for number, accuracy in enumerate(scores, start=1):
+        registry.register(
+            write_fake_adapter(tmp_path / f"v{number}", seed=number), name="gated",
+            base_model="tiny-bert", task="sst2", language="en", metrics={"accuracy": accuracy},
+        )  # fmt: skip
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(scores)) as pool:
+        moved = pool.starmap(
+            gate_once,
+            [(database_url, artifacts_url, f"gated@{n}", 0.5) for n in range(1, len(scores) + 1)],
+        )
+    assert registry.get("gated@champion").version == 2  # 0.9, the best
+    moves = [e.version for e in registry.history("gated") if e.kind == "alias_set"]
+    assert [scores[v - 1] for v in moves] == sorted(scores[v - 1] for v in moves)  # each better
+    assert moved.count(True) == len(moves) and moved[1] is True
     registry.close()

@@ -50,3 +50,25 @@ def register_many(
         ]
     finally:
         registry.close()
+
+
+def gate_once(database_url: str, artifacts_url: str, ref: str, pause: float) -> bool:
+    """A promotion gate in miniature, under the adapter's alias lock: read who holds champion,
+    wait ``pause`` (a build re-evaluates the champion here), make ``ref`` champion if it scores
+    higher. Returns whether it did."""
+    import time
+
+    from registry import Registry
+
+    registry = Registry(database_url, artifacts_url)
+    try:
+        candidate = registry.get(ref)
+        with registry.alias_lock(candidate.name):
+            held = [v for v in registry.find(name=candidate.name) if "champion" in v.aliases]
+            time.sleep(pause)
+            if held and held[0].metrics["accuracy"] >= candidate.metrics["accuracy"]:
+                return False
+            registry.set_alias(ref, "champion")
+            return True
+    finally:
+        registry.close()

@@ -1,0 +1,62 @@
+"""Named locks shared by every process that opens one registry database.
+
+A promotion gate reads which version holds an alias, weighs the candidate against it (a
+build re-evaluates the champion: minutes for an LLM) and moves the alias. Two gates of one
+adapter at once (a CI build and a scheduled retrain, two workers) both weighed against the
+same holder and both moved the alias: the later move won without ever being compared with the
+earlier one. Holding :func:`named_lock` from the read to the move makes the second gate wait
+and weigh against what the first one left.
+
+PostgreSQL: a session advisory lock (``pg_advisory_lock``) on a connection of its own, released
+with it even if the process dies. SQLite: a file lock in a folder beside the database file
+(SQLite is shared only by processes of one machine); an in-memory database has no other
+process to exclude.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from sqlalchemy import Engine, text
+
+__all__ = ["named_lock"]
+
+
+@contextmanager
+def named_lock(engine: Engine, sqlite_path: str | None, name: str) -> Iterator[None]:
+    """Hold the lock called ``name`` for the block, waiting for any other process (or thread)
+    that holds it. ``sqlite_path``: the database file of a SQLite ``engine`` (None for
+    PostgreSQL, ``":memory:"`` or empty for an in-memory database)."""
+    if engine.dialect.name != "sqlite":
+        with _advisory_lock(engine, _key(name)):
+            yield
+        return
+    if not sqlite_path or sqlite_path == ":memory:":
+        yield
+        return
+    folder = Path(f"{sqlite_path}.locks")
+    folder.mkdir(exist_ok=True)
+    with FileLock(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"):
+        yield
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, key: int) -> Iterator[None]:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()  # the lock is the session's: it outlives this transaction
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def _key(name: str) -> int:
+    """A signed 64-bit key for ``name`` (advisory locks are numbered), ours alone by prefix."""
+    digest = hashlib.sha256(f"adapterops:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
