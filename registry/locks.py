@@ -7,8 +7,10 @@ same holder and both moved the alias: the later move won without ever being comp
 earlier one. Holding :func:`named_lock` from the read to the move makes the second gate wait
 and weigh against what the first one left.
 
-PostgreSQL: a session advisory lock (``pg_advisory_lock``) on a connection of its own, released
-with it even if the process dies. SQLite: a file lock in a folder beside the database file
+PostgreSQL: a transaction advisory lock (``pg_advisory_xact_lock``) in a transaction of its own
+connection, released when that transaction ends, even if the process dies (a transaction's lock
+also holds behind a pooler such as PgBouncer in transaction mode, where a session's would not).
+SQLite: a file lock in a folder beside the database file
 (SQLite is shared only by processes of one machine); an in-memory database has no other
 process to exclude.
 """
@@ -46,14 +48,9 @@ def named_lock(engine: Engine, sqlite_path: str | None, name: str) -> Iterator[N
 
 @contextmanager
 def _advisory_lock(engine: Engine, key: int) -> Iterator[None]:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()  # the lock is the session's: it outlives this transaction
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
+    with engine.connect() as connection:  # leaving it ends the transaction, and the lock
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield
 
 
 def _key(name: str) -> int:
