@@ -320,6 +320,36 @@ class TestAliasesThroughMlflow:
         assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
         assert sync_aliases(registry, client) == []
 
+    def test_promote_waits_while_a_gate_of_the_adapter_decides(self, registry, two_versions):
+        """`adapterops promote` weighs the version against the champion as a build's gate does,
+        so it holds the adapter's alias lock too: a move made meanwhile would go unweighed."""
+        holding, release = threading.Event(), threading.Event()
+
+        def a_gate() -> None:
+            with Registry().alias_lock("sst2-en"):  # a build's, in another process
+                holding.set()
+                release.wait(120)
+
+        other = threading.Thread(target=a_gate)
+        other.start()
+        assert holding.wait(30)
+        adapterops = Path(sys.executable).parent / "adapterops"
+        promoting = subprocess.Popen(
+            [str(adapterops), "promote", "sst2-en@2", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):  # it finishes in ~6 s unhindered
+                promoting.wait(timeout=20)
+            assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
+        finally:
+            release.set()
+            other.join(60)
+        out, err = promoting.communicate(timeout=120)
+        assert promoting.returncode == 0, err
+        assert json.loads(out)["aliases"] == ["champion"]
+        assert registry.get("sst2-en@champion").version == 2
+
     def test_a_new_tracking_store_gets_the_registrys_aliases_and_takes_none_away(
         self, registry, tmp_path, monkeypatch
     ):
