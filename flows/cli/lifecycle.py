@@ -393,7 +393,8 @@ def rollback(
             from ..promotion import rollback as roll_back  # noqa: PLC0415
 
             sync_aliases(registry, client, [name])
-        version = roll_back(registry, client, name, origin="cli")
+        with registry.alias_lock(name):  # not under a gate weighing against today's champion
+            version = roll_back(registry, client, name, origin="cli")
     if as_json:
         emit_json({"ok": True, **version.to_dict()})
         return
