@@ -52,7 +52,8 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote p
 StepCallback = Callable[[int, int, float, float], None]
 PhaseCallback = Callable[[str], None]
 EvaluationCallback = Callable[[int, float], None]  # (steps done, validation loss)
-ScoringCallback = Callable[[str, int, int], None]  # (what, done, total): evaluation's rows
+# (what, done, total): flows.evaluation.EvaluationProgress, not imported here (torch loads with it)
+ScoringCallback = Callable[[str, int, int], None]
 
 
 def launched_here(spec: AdapterSpec) -> bool:
@@ -76,8 +77,7 @@ def train_in_processes(
     """``train_from_spec`` in ``spec.train.processes`` processes under torchrun; rank 0's
     :class:`~flows.train_job.TrainReport` (with ``keep_outcomes``, each validation row's
     outcome too). ``on_step``, ``on_phase``, ``on_evaluation`` and ``on_scoring`` hear rank
-    0's. Raises
-    ``RuntimeError`` with the failing process's last words if torchrun fails."""
+    0's. Raises ``RuntimeError`` with the failing process's last words if torchrun fails."""
     from .evaluation import RowOutcome  # noqa: PLC0415 - torch loads with it
     from .train_job import TrainReport  # noqa: PLC0415
 
