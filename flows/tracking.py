@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from registry.locks import file_lock_if_writable
 from registry.redaction import redact
 from registry.settings import adapterops_home
 
@@ -110,7 +110,7 @@ def _first_use_serialised(uri: str) -> Iterator[None]:
     if path is None or path in _SERIALISED or path == ":memory:":
         yield
         return
-    with FileLock(f"{path}.lock"):
+    with file_lock_if_writable(f"{path}.lock"):
         yield
     _SERIALISED.add(path)  # this process's store is open now: later calls need no lock
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from filelock import FileLock
 from sqlalchemy import Engine, text
 
-__all__ = ["named_lock"]
+__all__ = ["file_lock_if_writable", "named_lock"]
 
 
 @contextmanager
@@ -41,9 +41,27 @@ def named_lock(engine: Engine, sqlite_path: str | None, name: str) -> Iterator[N
         yield
         return
     folder = Path(f"{sqlite_path}.locks")
-    folder.mkdir(exist_ok=True)
-    with FileLock(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"):
+    with file_lock_if_writable(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"):
         yield
+
+
+@contextmanager
+def file_lock_if_writable(path: str | Path) -> Iterator[None]:
+    """Hold a lock file at ``path`` (its folder made if missing) for the block. Where the
+    folder cannot be written (read-only, not ours) the block runs without it: whatever it
+    writes next fails there with its own clear error, not with the lock's."""
+    lock = FileLock(path)
+    try:
+        Path(path).parent.mkdir(exist_ok=True)
+        lock.acquire()
+        held = True
+    except OSError:
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
 
 
 @contextmanager

@@ -58,3 +58,19 @@ def test_gates_of_one_adapter_weigh_one_after_the_other(locations, tmp_path):
     assert [scores[v - 1] for v in moves] == sorted(scores[v - 1] for v in moves)  # each better
     assert moved.count(True) == len(moves) and moved[1] is True
     registry.close()
+
+
+def test_a_lock_file_where_nothing_can_be_written_leaves_the_work_to_say_so(tmp_path):
+    """The MLflow store's and a SQLite registry's locks lie beside their files; where that
+    folder cannot be written (a file in the way here; read-only elsewhere) the work runs
+    without the lock, so the error a person reads is the work's own, not the lock's."""
+    from registry.locks import file_lock_if_writable
+
+    blocking = tmp_path / "a-file"
+    blocking.write_text("")
+    ran = []
+    with file_lock_if_writable(blocking / "store.db.lock"):
+        ran.append("without")
+    with file_lock_if_writable(tmp_path / "locks" / "store.db.lock"):  # its folder made
+        ran.append("with")
+    assert ran == ["without", "with"] and (tmp_path / "locks" / "store.db.lock").exists()
