@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import yaml
 
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion, Composition, Registry
 
 from .mlflow_compositions import ensure_composition_versions, move_composition_alias, tag_score
 from .promotion import CHAMPION, Policy, decide
 from .spec import AdapterSpec, parse_spec
-from .stale import StaleComposition, find_stale
+from .stale import StaleComposition, find_stale, stack_as_it_stands
 from .tracking import client as tracking_client
 from .tracking import log_evaluation_run
 
@@ -91,7 +91,40 @@ def gate_stack(
     registry: Registry, item: StaleComposition, trigger: AdapterVersion
 ) -> CascadeOutcome:
     """Score a stale stack and its candidate; save the candidate as the next version if it
-    passes the gate; one MLflow run holds both scores and the decision."""
+    passes the gate; one MLflow run holds both scores and the decision.
+
+    The stack is re-read under its alias lock first: two cascades of one stack at once (two of
+    its members got new champions) gate one after the other, and the second scores the version
+    the first saved, with both new champions in its candidate, instead of ``item``'s older one.
+    """
+    name = item.ref.removeprefix("stack:").partition("@")[0]
+    with registry.composition_alias_lock(name):
+        now = stack_as_it_stands(registry, name, trigger)
+        if now is None:
+            return _caught_up(registry.composition(name), item, trigger)
+        if not now.evaluable:
+            return CascadeOutcome(
+                now.ref, "not evaluated", now.reason, members=now.candidate_members
+            )
+        return _gated_stack(registry, now, trigger)
+
+
+def _caught_up(
+    newest: Composition, item: StaleComposition, trigger: AdapterVersion
+) -> CascadeOutcome:
+    """Nothing to score: a version saved since ``item`` was listed is not stale any more."""
+    held = (
+        f"is over {trigger.ref} already"
+        if trigger.ref in newest.members
+        else f"no longer holds {trigger.name}"
+    )
+    reason = f"its newest version, stack:{newest.ref}, {held} (saved after {item.ref} was listed)"
+    return CascadeOutcome(item.ref, "not evaluated", reason, members=list(newest.members))
+
+
+def _gated_stack(
+    registry: Registry, item: StaleComposition, trigger: AdapterVersion
+) -> CascadeOutcome:
     name, _, version = item.ref.removeprefix("stack:").partition("@")
     current = registry.composition(name, int(version))
     spec = parse_spec(current.evaluation, source=f"{item.ref} evaluation")

@@ -18,7 +18,7 @@ from .members import members_of_version
 if TYPE_CHECKING:
     from registry import AdapterVersion, Composition, Registry
 
-__all__ = ["StaleComposition", "find_stale"]
+__all__ = ["StaleComposition", "find_stale", "stack_as_it_stands"]
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,34 @@ def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[Stal
             replaced = [champion.ref if member_name(m) == name else m for m in members]
             stale.append(StaleComposition(fusion.ref, "fusion", members, replaced))
     for composition in registry.compositions():
-        members = list(composition.members)
-        if _uses_another_version(members, champion):
-            replaced = [champion.ref if member_name(m) == name else m for m in members]
-            stale.append(
-                StaleComposition(
-                    f"stack:{composition.name}@{composition.version}",
-                    "stack",
-                    members,
-                    replaced,
-                    evaluable=not _why_not_scored(composition),
-                    reason=_why_not_scored(composition),
-                )
-            )
+        stack = _stale_stack(composition, champion)
+        if stack is not None:
+            stale.append(stack)
     return champion, stale
+
+
+def stack_as_it_stands(
+    registry: Registry, name: str, champion: AdapterVersion
+) -> StaleComposition | None:
+    """Saved composition ``name``'s newest version as stale over ``champion``, or None when it
+    no longer uses another version of ``champion``'s adapter. The cascade re-reads it under
+    the composition's alias lock: another cascade (another member's new champion) may have
+    saved a version since :func:`find_stale` listed an older one."""
+    return _stale_stack(registry.composition(name), champion)
+
+
+def _stale_stack(composition: Composition, champion: AdapterVersion) -> StaleComposition | None:
+    members = list(composition.members)
+    if not _uses_another_version(members, champion):
+        return None
+    return StaleComposition(
+        f"stack:{composition.name}@{composition.version}",
+        "stack",
+        members,
+        [champion.ref if member_name(m) == champion.name else m for m in members],
+        evaluable=not _why_not_scored(composition),
+        reason=_why_not_scored(composition),
+    )
 
 
 def _why_not_scored(composition: Composition) -> str:

@@ -202,6 +202,15 @@ class Registry:
         with named_lock(self.database.engine, self.database.sqlite_path, f"aliases of {name}"):
             yield
 
+    @contextmanager
+    def composition_alias_lock(self, name: str) -> Iterator[None]:
+        """Hold composition ``name``'s alias lock for the block (as :meth:`alias_lock` for an
+        adapter): the retraining cascade's gate of a saved stack holds it from reading the
+        stack's newest version to moving its champion."""
+        lock_name = f"aliases of composition {name}"
+        with named_lock(self.database.engine, self.database.sqlite_path, lock_name):
+            yield
+
     def remove_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
         """Remove an alias."""
         self._write(lambda s: store.remove_alias(s, name, alias, origin=origin))
