@@ -155,7 +155,8 @@ def check_inputs(
     check_max_length(spec)
     _check_processes(spec)
     _check_attention(spec)
-    load_raw(spec)
+    _, validation = load_raw(spec)
+    _check_eval_rows(spec, len(validation))
     _check_step_fits_the_gpu(spec)
     if evaluates_apart:  # not hours of training first, then a refusal at the evaluation
         place_for_inference(spec)
@@ -223,6 +224,19 @@ def _check_processes(spec: AdapterSpec) -> None:
         raise DataError(
             f"train.processes {wanted} trains on one GPU per process, and this machine has "
             f"{gpus}: set train.processes to {gpus} or fewer"
+        )
+
+
+def _check_eval_rows(spec: AdapterSpec, validation_rows: int) -> None:
+    """``train.eval_rows`` above the validation split's size is said: each evaluation during
+    training scores every row, which a person sizing its cost should know."""
+    wanted = spec.train.eval_rows
+    if wanted is not None and wanted > validation_rows:
+        warnings.warn(
+            f"train.eval_rows is {wanted} but the validation split has {validation_rows} rows: "
+            f"each evaluation during training scores all {validation_rows}",
+            RuntimeWarning,
+            stacklevel=2,
         )
 
 

@@ -404,6 +404,26 @@ def test_fsdp_in_one_process_is_said_to_shard_nothing(base, tmp_path, monkeypatc
         check_inputs(sharded())
 
 
+def test_eval_rows_above_the_validation_splits_size_is_said(base, tmp_path):
+    """``train.eval_rows`` larger than the validation split silently scored every row."""
+    spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
+    document = spec.model_dump(mode="json")
+    rows = len(load_raw(spec)[1])
+
+    def sampled(eval_rows: int) -> object:
+        return parse_spec({**document, "train": {**document["train"], "eval_every": 2, "eval_rows": eval_rows}})  # fmt: skip
+
+    with pytest.warns(RuntimeWarning) as said:
+        check_inputs(sampled(rows + 1))
+    assert [str(w.message) for w in said] == [
+        f"train.eval_rows is {rows + 1} but the validation split has {rows} rows: each "
+        f"evaluation during training scores all {rows}"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as many rows as the split holds: no word
+        check_inputs(sampled(rows))
+
+
 def test_the_spec_chooses_the_attention_kernel_and_an_unusable_one_is_refused_first(base, tmp_path):
     """``load.attention`` reaches transformers (a packed eager run ends where the default sdpa
     run ends); a kernel this machine or base cannot run is one line from ``check_inputs``."""
