@@ -354,6 +354,15 @@ def register_and_promote(build: Build, report: TrainReport, run_id: str, card: s
     return register_and_gate(build, report, run_id=run_id, card=card)
 
 
+def _waiting_said(build: Build) -> Callable[[], None] | None:
+    """A phase line when the gate waits for another gate of the adapter (a build re-evaluating
+    an LLM champion takes minutes)."""
+    if build.on_phase is None:
+        return None
+    announce = build.on_phase
+    return lambda: announce(f"wait for another gate of {build.spec.name} to decide")
+
+
 def register_and_gate(
     build: Build,
     report: TrainReport,
@@ -386,7 +395,7 @@ def register_and_gate(
         tag_run(client, run_id, version)
     # from reading the champion to moving an alias, no other gate of this adapter (another
     # process's build) moves it: each weighs its candidate against what the one before left
-    with registry.alias_lock(spec.name):
+    with registry.alias_lock(spec.name, on_wait=_waiting_said(build)):
         champion = version_holding(registry, spec.name, spec.promote.alias)  # once: card + gate
         if champion is not None and champion.version != version.version:  # what the gate weighs
             card += changes_since(spec.promote.alias, diff_versions(champion, version))

@@ -27,7 +27,7 @@ import numbers
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,22 +194,29 @@ class Registry:
         return self._write(lambda s: store.set_alias(s, ref, alias, origin=origin))
 
     @contextmanager
-    def alias_lock(self, name: str) -> Iterator[None]:
+    def alias_lock(self, name: str, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold adapter ``name``'s alias lock for the block, waiting while another process (or
-        thread) sharing this registry's database holds it. A promotion gate holds it from
-        reading which version holds an alias to moving it, so two gates of one adapter weigh
-        their candidates one after the other, the second against what the first left."""
-        with named_lock(self.database.engine, self.database.sqlite_path, f"aliases of {name}"):
+        thread) sharing this registry's database holds it (``on_wait`` is called first if it
+        must wait). A promotion gate holds it from reading which version holds an alias to
+        moving it, so two gates of one adapter weigh their candidates one after the other, the
+        second against what the first left; a move by hand waits for a gate deciding."""
+        with self._named_lock(f"aliases of {name}", on_wait):
             yield
 
     @contextmanager
-    def composition_alias_lock(self, name: str) -> Iterator[None]:
+    def composition_alias_lock(
+        self, name: str, *, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[None]:
         """Hold composition ``name``'s alias lock for the block (as :meth:`alias_lock` for an
         adapter): the retraining cascade's gate of a saved stack holds it from reading the
         stack's newest version to moving its champion."""
-        lock_name = f"aliases of composition {name}"
-        with named_lock(self.database.engine, self.database.sqlite_path, lock_name):
+        with self._named_lock(f"aliases of composition {name}", on_wait):
             yield
+
+    def _named_lock(
+        self, name: str, on_wait: Callable[[], None] | None
+    ) -> AbstractContextManager[None]:
+        return named_lock(self.database.engine, self.database.sqlite_path, name, on_wait=on_wait)
 
     def remove_alias(self, name: str, alias: str, *, origin: str = "registry") -> None:
         """Remove an alias."""

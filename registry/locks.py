@@ -18,42 +18,59 @@ process to exclude.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine, text
 
 __all__ = ["file_lock_if_writable", "named_lock"]
 
 
 @contextmanager
-def named_lock(engine: Engine, sqlite_path: str | None, name: str) -> Iterator[None]:
+def named_lock(
+    engine: Engine,
+    sqlite_path: str | None,
+    name: str,
+    *,
+    on_wait: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """Hold the lock called ``name`` for the block, waiting for any other process (or thread)
-    that holds it. ``sqlite_path``: the database file of a SQLite ``engine`` (None for
-    PostgreSQL, ``":memory:"`` or empty for an in-memory database)."""
+    that holds it; ``on_wait`` is called once, before waiting, if another holds it (a gate can
+    hold it for minutes: a person should know why nothing happens). ``sqlite_path``: the
+    database file of a SQLite ``engine`` (None for PostgreSQL, ``":memory:"`` or empty for an
+    in-memory database)."""
     if engine.dialect.name != "sqlite":
-        with _advisory_lock(engine, _key(name)):
+        with _advisory_lock(engine, _key(name), on_wait):
             yield
         return
     if not sqlite_path or sqlite_path == ":memory:":
         yield
         return
     folder = Path(f"{sqlite_path}.locks")
-    with file_lock_if_writable(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"):
+    lock_file = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+    with file_lock_if_writable(lock_file, on_wait=on_wait):
         yield
 
 
 @contextmanager
-def file_lock_if_writable(path: str | Path) -> Iterator[None]:
-    """Hold a lock file at ``path`` (its folder made if missing) for the block. Where the
-    folder cannot be written (read-only, not ours) the block runs without it: whatever it
-    writes next fails there with its own clear error, not with the lock's."""
+def file_lock_if_writable(
+    path: str | Path, *, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Hold a lock file at ``path`` (its folder made if missing) for the block, calling
+    ``on_wait`` first if another holds it. Where the folder cannot be written (read-only, not
+    ours) the block runs without it: whatever it writes next fails there with its own clear
+    error, not with the lock's."""
     lock = FileLock(path)
     try:
         Path(path).parent.mkdir(exist_ok=True)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # (a TimeoutError, so an OSError: caught here, not below)
+            if on_wait is not None:
+                on_wait()
+            lock.acquire()
         held = True
     except OSError:
         held = False
@@ -65,9 +82,13 @@ def file_lock_if_writable(path: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def _advisory_lock(engine: Engine, key: int) -> Iterator[None]:
+def _advisory_lock(engine: Engine, key: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
     with engine.connect() as connection:  # leaving it ends the transaction, and the lock
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
+        if not taken.scalar_one():
+            if on_wait is not None:
+                on_wait()
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         yield
 
 

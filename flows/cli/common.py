@@ -343,6 +343,17 @@ def note(message: str) -> None:
     errors.print(labelled("note:", "cyan", message), highlight=False, soft_wrap=True)
 
 
+def waiting_for_a_gate(name: str, *, composition: bool = False) -> Callable[[], None]:
+    """What an alias move by hand says (a ``note:`` line) when it must wait for a promotion
+    gate of ``name`` deciding elsewhere: a build re-evaluating an LLM champion takes minutes."""
+    deciding = (
+        f"a cascade is scoring composition {name}"
+        if composition
+        else f"a promotion gate of {name} is deciding (a build, retrain or promote)"
+    )
+    return lambda: note(f"{deciding}; waiting for it to finish")
+
+
 @contextmanager
 def telling_a_new_registry() -> Iterator[None]:
     """Around a command that registers versions: when it starts the environment's SQLite

@@ -47,6 +47,7 @@ from .common import (
     require_spec_file,
     user_errors,
     waiting,
+    waiting_for_a_gate,
     warn,
 )
 from .operate import (
@@ -302,8 +303,10 @@ def alias(
         with mlflow_client(announce=not as_json) as client:
             from ..mlflow_compositions import move_composition_alias, sync_composition_aliases  # noqa: PLC0415
 
-            sync_composition_aliases(registry, client, [composition_name])
-            composition = move_composition_alias(registry, client, ref, name, origin="cli")
+            waited = waiting_for_a_gate(composition_name, composition=True)
+            with registry.composition_alias_lock(composition_name, on_wait=waited):
+                sync_composition_aliases(registry, client, [composition_name])
+                composition = move_composition_alias(registry, client, ref, name, origin="cli")
     _print([composition], as_json, single=True)
 
 
@@ -332,8 +335,10 @@ def unalias(
                 sync_composition_aliases,
             )
 
-            sync_composition_aliases(registry, client, [composition_name])
-            remove_composition_alias(registry, client, composition, name, origin="cli")
+            waited = waiting_for_a_gate(composition_name, composition=True)
+            with registry.composition_alias_lock(composition_name, on_wait=waited):
+                sync_composition_aliases(registry, client, [composition_name])
+                remove_composition_alias(registry, client, composition, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "composition": composition, "removed": name})
         return

@@ -37,6 +37,7 @@ from .common import (
     telling_a_new_registry,
     user_errors,
     waiting,
+    waiting_for_a_gate,
     warn,
 )
 
@@ -362,7 +363,8 @@ def promote_command(
             from ..promotion import check_not_worse, promote  # noqa: PLC0415
 
             sync_aliases(registry, client, [ref.partition("@")[0]])
-        with registry.alias_lock(ref.partition("@")[0]):  # no build's gate moves it meanwhile
+        name = ref.partition("@")[0]
+        with registry.alias_lock(name, on_wait=waiting_for_a_gate(name)):  # no gate meanwhile
             try:
                 check_not_worse(registry, ref, alias)
             except PromotionRefusedError as refused:
@@ -393,7 +395,8 @@ def rollback(
             from ..promotion import rollback as roll_back  # noqa: PLC0415
 
             sync_aliases(registry, client, [name])
-        with registry.alias_lock(name):  # not under a gate weighing against today's champion
+        # not under a gate weighing against today's champion
+        with registry.alias_lock(name, on_wait=waiting_for_a_gate(name)):
             version = roll_back(registry, client, name, origin="cli")
     if as_json:
         emit_json({"ok": True, **version.to_dict()})

@@ -45,6 +45,7 @@ from .common import (
     require_spec_file,
     telling_a_new_registry,
     user_errors,
+    waiting_for_a_gate,
     warn,
 )
 from .database import db_app
@@ -367,7 +368,9 @@ def alias(
         with mlflow_client(announce=not as_json) as client:
             from ..promotion import move_alias  # noqa: PLC0415
 
-            version = move_alias(registry, client, ref, name, origin="cli")
+            adapter = ref.partition("@")[0]  # a gate deciding moves it first, then this
+            with registry.alias_lock(adapter, on_wait=waiting_for_a_gate(adapter)):
+                version = move_alias(registry, client, ref, name, origin="cli")
     _print_versions([version], as_json, single=True)
 
 
@@ -390,8 +393,9 @@ def unalias(
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import remove_alias  # noqa: PLC0415
 
-            sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
-            remove_alias(registry, client, adapter, name, origin="cli")
+            with registry.alias_lock(adapter, on_wait=waiting_for_a_gate(adapter)):
+                sync_aliases(registry, client, [adapter])  # a move made in the UI since counts
+                remove_alias(registry, client, adapter, name, origin="cli")
     if as_json:
         emit_json({"ok": True, "adapter": adapter, "removed": name})
         return

@@ -1,13 +1,18 @@
 """Two cascades of one saved stack at once (two of its members got new champions): the second
 gate waits for the first and scores the version it saved, so the stack ends over both new
-champions instead of the later cascade's candidate dropping the earlier one's."""
+champions instead of the later cascade's candidate dropping the earlier one's; an alias moved by
+hand waits for a cascade scoring the stack, and says so."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -16,7 +21,7 @@ from flows.cascade import gate_stack
 from flows.quickstart import minilm_sst2_spec
 from flows.stale import find_stale
 from registry import Registry
-from tests.helpers import minilm_path
+from tests.helpers import held_in_another_thread, home_with_fake_adapters, minilm_path
 
 
 def register_lora(registry: Registry, folder: Path, name: str, seed: int) -> None:
@@ -92,3 +97,27 @@ def test_the_second_cascade_of_a_stack_scores_what_the_first_saved(
         "listed)"
     )
     assert [v.version for v in registry.composition_versions("madx")] == [1, 2, 3]
+
+
+def test_a_composition_alias_moved_by_hand_waits_for_the_cascade_scoring_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Else a cascade that read the champion before the move would move it after, undoing it
+    unweighed; the command says why it waits."""
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("lang", "task"))
+    registry = Registry()
+    registry.register_composition("madx", {"type": "stack"}, ["lang", "task"])
+    adapterops = Path(sys.executable).parent / "adapterops"
+    with held_in_another_thread(lambda: Registry().composition_alias_lock("madx")):  # a cascade
+        moving = subprocess.Popen(
+            [str(adapterops), "composition", "alias", "madx@1", "champion", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        with pytest.raises(subprocess.TimeoutExpired):  # it finishes in ~6 s unhindered
+            moving.wait(timeout=20)
+        assert registry.composition("madx@1").aliases == ()
+    out, err = moving.communicate(timeout=120)
+    assert moving.returncode == 0, err
+    assert json.loads(out)["aliases"] == ["champion"]
+    assert err == "note: a cascade is scoring composition madx; waiting for it to finish\n"
+    registry.close()

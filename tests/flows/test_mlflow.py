@@ -40,7 +40,7 @@ from flows.spec import parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
-from tests.helpers import empty_registry, run_cli, run_cli_noting_imports
+from tests.helpers import empty_registry, held_in_another_thread, run_cli, run_cli_noting_imports
 from tests.registry.workers import write_fake_adapter
 
 STEPS = 6
@@ -320,35 +320,36 @@ class TestAliasesThroughMlflow:
         assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
         assert sync_aliases(registry, client) == []
 
-    def test_promote_waits_while_a_gate_of_the_adapter_decides(self, registry, two_versions):
+    def test_moves_by_hand_wait_while_a_gate_of_the_adapter_decides(self, registry, two_versions):
         """`adapterops promote` weighs the version against the champion as a build's gate does,
-        so it holds the adapter's alias lock too: a move made meanwhile would go unweighed."""
-        holding, release = threading.Event(), threading.Event()
-
-        def a_gate() -> None:
-            with Registry().alias_lock("sst2-en"):  # a build's, in another process
-                holding.set()
-                release.wait(120)
-
-        other = threading.Thread(target=a_gate)
-        other.start()
-        assert holding.wait(30)
+        so it holds the adapter's alias lock too: a move made meanwhile would go unweighed.
+        `alias` waits too, so a gate that read the champion before it cannot undo it; both say
+        why they wait (a gate can take minutes)."""
         adapterops = Path(sys.executable).parent / "adapterops"
-        promoting = subprocess.Popen(
-            [str(adapterops), "promote", "sst2-en@2", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            with pytest.raises(subprocess.TimeoutExpired):  # it finishes in ~6 s unhindered
-                promoting.wait(timeout=20)
+        with held_in_another_thread(lambda: Registry().alias_lock("sst2-en")):  # a build's gate
+            moving = [
+                subprocess.Popen(
+                    [str(adapterops), *arguments, "--json"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for arguments in (("promote", "sst2-en@2"), ("alias", "sst2-en@1", "previous"))
+            ]
+            with pytest.raises(subprocess.TimeoutExpired):  # each finishes in ~6 s unhindered
+                moving[0].wait(timeout=20)
+            assert moving[1].poll() is None
             assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
-        finally:
-            release.set()
-            other.join(60)
-        out, err = promoting.communicate(timeout=120)
-        assert promoting.returncode == 0, err
-        assert json.loads(out)["aliases"] == ["champion"]
+        for process, alias in zip(moving, ("champion", "previous"), strict=True):
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+            assert json.loads(out)["aliases"] == [alias]
+            assert err == (
+                "note: a promotion gate of sst2-en is deciding (a build, retrain or promote); "
+                "waiting for it to finish\n"
+            )
         assert registry.get("sst2-en@champion").version == 2
+        assert registry.get("sst2-en@previous").version == 1
 
     def test_a_new_tracking_store_gets_the_registrys_aliases_and_takes_none_away(
         self, registry, tmp_path, monkeypatch
@@ -555,29 +556,19 @@ def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry,
     (``tests/registry/test_concurrency.py`` races four gates): a gate now waits for the
     adapter's alias lock; the version is registered before it waits."""
     spec, report = trained_elsewhere(tmp_path, "gated-sst2")
-    holding, release = threading.Event(), threading.Event()
-
-    def another_gate() -> None:
-        with Registry().alias_lock(spec.name):  # another process's build, deciding
-            holding.set()
-            release.wait(60)
-
-    other = threading.Thread(target=another_gate)
-    other.start()
-    assert holding.wait(30)
     results: list = []
+    phases: list[str] = []
+    build = Build(spec, {}, tmp_path, registry, on_phase=phases.append)
     gate = threading.Thread(
-        target=lambda: results.append(
-            register_and_gate(Build(spec, {}, tmp_path, registry), report, run_id="", card="card")
-        )
+        target=lambda: results.append(register_and_gate(build, report, run_id="", card="card"))
     )
-    gate.start()
-    gate.join(5)
-    assert gate.is_alive() and results == []  # waiting, registered but not promoted
-    assert [v.aliases for v in registry.find(name=spec.name)] == [()]
-    release.set()
+    with held_in_another_thread(lambda: Registry().alias_lock(spec.name)):  # another build's
+        gate.start()
+        gate.join(5)
+        assert gate.is_alive() and results == []  # waiting, registered but not promoted
+        assert phases == ["wait for another gate of gated-sst2 to decide"]
+        assert [v.aliases for v in registry.find(name=spec.name)] == [()]
     gate.join(60)
-    other.join(60)
     assert (results[0].version, results[0].alias) == (1, "champion")
     assert registry.get(f"{spec.name}@champion").version == 1
 

@@ -74,3 +74,32 @@ def test_a_lock_file_where_nothing_can_be_written_leaves_the_work_to_say_so(tmp_
     with file_lock_if_writable(tmp_path / "locks" / "store.db.lock"):  # its folder made
         ran.append("with")
     assert ran == ["without", "with"] and (tmp_path / "locks" / "store.db.lock").exists()
+
+
+def test_a_lock_held_elsewhere_is_said_once_before_waiting_for_it(locations):
+    """A move by hand can wait minutes behind a gate re-evaluating an LLM champion: ``on_wait``
+    is called once before waiting (the CLI's ``note:`` line), and not at all for a free lock."""
+    import threading
+
+    registry = Registry(*locations)
+    holding, release = threading.Event(), threading.Event()
+    said: list[str] = []
+
+    def a_gate() -> None:
+        with Registry(*locations).alias_lock("held"):
+            holding.set()
+            release.wait(60)
+
+    with registry.alias_lock("free", on_wait=lambda: said.append("free")):
+        pass
+    with registry.composition_alias_lock("held", on_wait=lambda: said.append("composition")):
+        pass  # a composition's lock is another lock than its namesake adapter's
+    other = threading.Thread(target=a_gate)
+    other.start()
+    assert holding.wait(30)
+    threading.Timer(1.0, release.set).start()
+    with registry.alias_lock("held", on_wait=lambda: said.append("held")):
+        assert release.is_set()  # taken only once the other let go
+    other.join(60)
+    assert said == ["held"]
+    registry.close()
