@@ -82,8 +82,21 @@ def deploy_specs(
 ) -> list[DeploymentInfo]:
     """Validate every spec first, then create (or update) one deployment per spec, and the sync
     deployment every ``sync_every`` seconds (0: none)."""
+    from prefect.client.schemas.objects import (  # noqa: PLC0415
+        ConcurrencyLimitConfig,
+        ConcurrencyLimitStrategy,
+    )
+
     from .pipelines import build, sync  # noqa: PLC0415
 
+    # One run of a deployment at a time: a build that outlasts its cron's interval (an LLM's
+    # training) would otherwise train the same spec again beside itself; the next run waits
+    # and then finds that build (reused) unless the data changed. A sync that outlasts its
+    # interval has the next one cancelled: the one after it comes soon anyway.
+    one_build = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    one_sync = ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+    )
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     ensure_pool(pool)
     deployed = []
@@ -92,6 +105,7 @@ def deploy_specs(
             name=spec.name,
             work_pool_name=pool,
             cron=spec.schedule.cron,
+            concurrency_limit=one_build,
             parameters={"spec_path": str(path)},
             description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) from {path}",
             tags=["adapterops", spec.task, spec.language],
@@ -111,6 +125,7 @@ def deploy_specs(
             name=SYNC_DEPLOYMENT,
             work_pool_name=pool,
             interval=sync_every,
+            concurrency_limit=one_sync,
             description="Take alias moves made in the MLflow UI into the registry",
             tags=["adapterops"],
             print_next_steps=False,

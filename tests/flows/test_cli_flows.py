@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
 import yaml
@@ -292,6 +294,20 @@ class TestBuildCommand:
         assert "good@2" in changed.stdout and "spec changed" in changed.stdout
 
 
+def finished_flow_run(flow_run_id: UUID, timeout: float = 300) -> Any:
+    """The flow run, read from the Prefect server once its state is final."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            assert time.monotonic() < deadline, f"flow run {flow_run_id} still {run.state_name}"
+            time.sleep(1)
+
+
 class TestDeploy:
     def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):
         spec = write_spec(tmp_path, sst2_dir)
@@ -303,6 +319,7 @@ class TestDeploy:
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import ConcurrencyLimitStrategy
         from prefect.deployments import run_deployment
 
         home = tmp_path / "worker-home"
@@ -319,8 +336,11 @@ class TestDeploy:
             stored = client.read_deployment_by_name("build/nightly-en")
             assert stored.work_pool_name == "test-pool"
             assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
+            # one build of a spec at a time (the next waits); a sync that collides is dropped
+            assert (stored.global_concurrency_limit.limit, stored.concurrency_options.collision_strategy) == (1, ConcurrencyLimitStrategy.ENQUEUE)  # fmt: skip
             stored = client.read_deployment_by_name("sync/aliases")
             assert [s.schedule.interval.total_seconds() for s in stored.schedules] == [300]
+            assert (stored.global_concurrency_limit.limit, stored.concurrency_options.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)  # fmt: skip
 
         worker = PrefectWorker(
             pool="test-pool", api_url=prefect_server.api_url, home=home / "prefect",
@@ -329,8 +349,13 @@ class TestDeploy:
         )  # fmt: skip
         worker.start()
         try:
-            run = run_deployment("build/nightly-en", timeout=300)
-            assert run.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+            # two runs at once (a build outlasting its cron): the second waits for the first,
+            # then finds its build instead of training the spec again beside it
+            started = [run_deployment("build/nightly-en", timeout=0) for _ in range(2)]
+            runs = [finished_flow_run(r.id) for r in started]
+            assert all(r.state.is_completed() for r in runs), (tmp_path / "worker.log").read_text()[-3000:]  # fmt: skip
+            earlier, later = sorted(runs, key=lambda r: r.start_time)
+            assert later.start_time >= earlier.end_time
             # a reviewer moves an alias in the MLflow UI; the scheduled sync brings it over
             reviewers = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
             reviewers.set_registered_model_alias("nightly-en", "staging", "1")
