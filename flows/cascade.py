@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from registry import AdapterVersion, Composition, Registry
+from registry import AdapterVersion, Registry
 
 from .mlflow_compositions import ensure_composition_versions, move_composition_alias, tag_score
 from .promotion import CHAMPION, Policy, decide
@@ -40,6 +40,7 @@ __all__ = [
     "CascadeOutcome",
     "StaleComposition",
     "candidate_spec",
+    "caught_up",
     "find_stale",
     "gate_stack",
     "record_outcome",
@@ -101,7 +102,10 @@ def gate_stack(
     with registry.composition_alias_lock(name):
         now = stack_as_it_stands(registry, name, trigger)
         if now is None:
-            return _caught_up(registry.composition(name), item, trigger)
+            newest = registry.composition(name)
+            return caught_up(
+                item, trigger, f"its newest version, stack:{newest.ref}", list(newest.members)
+            )
         if not now.evaluable:
             return CascadeOutcome(
                 now.ref, "not evaluated", now.reason, members=now.candidate_members
@@ -109,17 +113,19 @@ def gate_stack(
         return _gated_stack(registry, now, trigger)
 
 
-def _caught_up(
-    newest: Composition, item: StaleComposition, trigger: AdapterVersion
+def caught_up(
+    item: StaleComposition, trigger: AdapterVersion, now: str, members: list[str]
 ) -> CascadeOutcome:
-    """Nothing to score: a version saved since ``item`` was listed is not stale any more."""
+    """Nothing to do: the composition as it stands (``now``, in words: "its champion,
+    fused@2"), saved or promoted by another cascade since ``item`` was listed, with exact
+    ``members``, is not stale any more."""
     held = (
         f"is over {trigger.ref} already"
-        if trigger.ref in newest.members
+        if trigger.ref in members
         else f"no longer holds {trigger.name}"
     )
-    reason = f"its newest version, stack:{newest.ref}, {held} (saved after {item.ref} was listed)"
-    return CascadeOutcome(item.ref, "not evaluated", reason, members=list(newest.members))
+    reason = f"{now}, {held} (since {item.ref} was listed)"
+    return CascadeOutcome(item.ref, "not evaluated", reason, members=members)
 
 
 def _gated_stack(

@@ -31,22 +31,26 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from registry import AdapterVersion, Registry
+from registry.names import CHAMPION, member_name
 
 from . import tracking
 from .build_job import StepCallback, run_chain, start_build
 from .cascade import (
     CascadeOutcome,
     StaleComposition,
+    caught_up,
     find_stale,
     gate_stack,
     record_outcome,
     write_candidate_spec,
 )
+from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
 from .prepare_job import check_promote_alias, prepare_info
 from .retrain import RetrainOutcome, due_reason, one_line
 from .spec import load_spec
+from .stale import fusion_as_it_stands
 
 __all__ = [
     "build",
@@ -212,6 +216,29 @@ def cascade(name: str, output: str = "out") -> list[dict[str, Any]]:
     return outcomes
 
 
+def _cascade_fusion(
+    item: StaleComposition, trigger: AdapterVersion, registry: Registry, output: Path
+) -> CascadeOutcome:
+    # re-read first: another cascade may have promoted a candidate since the list was made
+    now = fusion_as_it_stands(registry, member_name(item.ref), trigger)
+    if now is None:
+        champion = registry.get(f"{member_name(item.ref)}@{CHAMPION}")
+        return caught_up(
+            item, trigger, f"its champion, {champion.ref}", members_of_version(champion)
+        )
+    fusion = registry.get(now.ref)
+    spec_path = write_candidate_spec(fusion, now.candidate_members, output / "cascade")
+    state = build(str(spec_path), output=str(output / fusion.name), return_state=True)
+    result = state.result()  # raises the build's exception if it failed
+    return CascadeOutcome(
+        now.ref,
+        "promoted" if result["promoted"] else "not promoted",
+        result["decision"],
+        candidate=result["ref"],
+        members=now.candidate_members,
+    )
+
+
 def _cascade_one(
     item: StaleComposition, trigger: AdapterVersion, registry: Registry, output: Path
 ) -> CascadeOutcome:
@@ -222,16 +249,6 @@ def _cascade_one(
     try:
         if item.kind == "stack":
             return run_as_task("score stack", gate_stack, registry, item, trigger)
-        fusion = registry.get(item.ref)
-        spec_path = write_candidate_spec(fusion, item.candidate_members, output / "cascade")
-        state = build(str(spec_path), output=str(output / fusion.name), return_state=True)
-        result = state.result()  # raises the build's exception if it failed
-        return CascadeOutcome(
-            item.ref,
-            "promoted" if result["promoted"] else "not promoted",
-            result["decision"],
-            candidate=result["ref"],
-            members=item.candidate_members,
-        )
+        return _cascade_fusion(item, trigger, registry, output)
     except Exception as exc:  # one failing composition must not stop the others
         return CascadeOutcome(item.ref, "failed", one_line(exc), members=item.candidate_members)

@@ -18,7 +18,7 @@ from .members import members_of_version
 if TYPE_CHECKING:
     from registry import AdapterVersion, Composition, Registry
 
-__all__ = ["StaleComposition", "find_stale", "stack_as_it_stands"]
+__all__ = ["StaleComposition", "find_stale", "fusion_as_it_stands", "stack_as_it_stands"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,9 @@ def find_stale(registry: Registry, name: str) -> tuple[AdapterVersion, list[Stal
     champion = registry.get(f"{name}@{CHAMPION}")
     stale = []
     for fusion in registry.find(method="fusion", alias=CHAMPION, limit=10_000):
-        members = members_of_version(fusion)
-        if _uses_another_version(members, champion):
-            replaced = [champion.ref if member_name(m) == name else m for m in members]
-            stale.append(StaleComposition(fusion.ref, "fusion", members, replaced))
+        listed = _stale_fusion(fusion, champion)
+        if listed is not None:
+            stale.append(listed)
     for composition in registry.compositions():
         stack = _stale_stack(composition, champion)
         if stack is not None:
@@ -63,6 +62,23 @@ def stack_as_it_stands(
     return _stale_stack(registry.composition(name), champion)
 
 
+def fusion_as_it_stands(
+    registry: Registry, name: str, champion: AdapterVersion
+) -> StaleComposition | None:
+    """Fusion ``name``'s champion as stale over ``champion``, or None when it no longer uses
+    another version of ``champion``'s adapter. The cascade re-reads it before it builds a
+    candidate: another cascade may have promoted one since :func:`find_stale` listed it (its
+    builds run one after another, each minutes to hours)."""
+    return _stale_fusion(registry.get(f"{name}@{CHAMPION}"), champion)
+
+
+def _stale_fusion(fusion: AdapterVersion, champion: AdapterVersion) -> StaleComposition | None:
+    members = members_of_version(fusion)
+    if not _uses_another_version(members, champion):
+        return None
+    return StaleComposition(fusion.ref, "fusion", members, _replaced(members, champion))
+
+
 def _stale_stack(composition: Composition, champion: AdapterVersion) -> StaleComposition | None:
     members = list(composition.members)
     if not _uses_another_version(members, champion):
@@ -71,10 +87,15 @@ def _stale_stack(composition: Composition, champion: AdapterVersion) -> StaleCom
         f"stack:{composition.name}@{composition.version}",
         "stack",
         members,
-        [champion.ref if member_name(m) == champion.name else m for m in members],
+        _replaced(members, champion),
         evaluable=not _why_not_scored(composition),
         reason=_why_not_scored(composition),
     )
+
+
+def _replaced(members: list[str], champion: AdapterVersion) -> list[str]:
+    """``members`` with ``champion`` in place of the other version of its adapter."""
+    return [champion.ref if member_name(m) == champion.name else m for m in members]
 
 
 def _why_not_scored(composition: Composition) -> str:

@@ -93,8 +93,7 @@ def test_the_second_cascade_of_a_stack_scores_what_the_first_saved(
     late = gate_stack(registry, lang_item, lang_champion)
     assert (late.composition, late.status) == ("stack:madx@1", "not evaluated")
     assert late.reason == (
-        "its newest version, stack:madx@3, is over lang@2 already (saved after stack:madx@1 was "
-        "listed)"
+        "its newest version, stack:madx@3, is over lang@2 already (since stack:madx@1 was listed)"
     )
     assert [v.version for v in registry.composition_versions("madx")] == [1, 2, 3]
 
