@@ -208,9 +208,9 @@ def _check_processes(spec: AdapterSpec) -> None:
     started = os.environ.get("WORLD_SIZE")
     if spec.train.sharding == "fsdp" and _processes(spec) == 1:
         warnings.warn(
-            "train.sharding is fsdp but one process trains: nothing is sharded, the whole "
-            "model is on one device (set train.processes to the number of GPUs to shard it "
-            "over them)",
+            f"{spec.name}: train.sharding is fsdp but one process trains: nothing is sharded, "
+            "the whole model is on one device (set train.processes to the number of GPUs to "
+            "shard it over them)",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -233,8 +233,8 @@ def _check_eval_rows(spec: AdapterSpec, validation_rows: int) -> None:
     wanted = spec.train.eval_rows
     if wanted is not None and wanted > validation_rows:
         warnings.warn(
-            f"train.eval_rows is {wanted} but the validation split has {validation_rows} rows: "
-            f"each evaluation during training scores all {validation_rows}",
+            f"{spec.name}: train.eval_rows is {wanted} but the validation split has "
+            f"{validation_rows} rows: each evaluation during training scores all of them",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -258,8 +258,8 @@ def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
         raise
     except Exception as exc:  # an estimate that fails is no reason to stop: the run goes ahead
         warnings.warn(
-            f"the training step's memory could not be estimated ({type(exc).__name__}: {exc}); "
-            "training goes ahead unchecked",
+            f"{spec.name}: the training step's memory could not be estimated "
+            f"({type(exc).__name__}: {exc}); training goes ahead unchecked",
             RuntimeWarning,
             stacklevel=2,
         )

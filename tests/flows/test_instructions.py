@@ -394,7 +394,7 @@ def test_fsdp_in_one_process_is_said_to_shard_nothing(base, tmp_path, monkeypatc
     def sharded(**train) -> object:
         return parse_spec({**document, "train": {**document["train"], "sharding": "fsdp", **train}})
 
-    with pytest.warns(RuntimeWarning, match=r"^train\.sharding is fsdp but one process trains: "
+    with pytest.warns(RuntimeWarning, match=rf"^{spec.name}: train\.sharding is fsdp but one process trains: "
                       r"nothing is sharded, .*set train\.processes to the number of GPUs"):  # fmt: skip
         check_inputs(sharded())
     with warnings.catch_warnings():
@@ -416,8 +416,8 @@ def test_eval_rows_above_the_validation_splits_size_is_said(base, tmp_path):
     with pytest.warns(RuntimeWarning) as said:
         check_inputs(sampled(rows + 1))
     assert [str(w.message) for w in said] == [
-        f"train.eval_rows is {rows + 1} but the validation split has {rows} rows: each "
-        f"evaluation during training scores all {rows}"
+        f"{spec.name}: train.eval_rows is {rows + 1} but the validation split has {rows} rows: "
+        "each evaluation during training scores all of them"
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # as many rows as the split holds: no word
