@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ from flows.spec import parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
-from tests.helpers import empty_registry, held_in_another_thread, run_cli, run_cli_noting_imports
+from tests.helpers import (
+    empty_registry,
+    held_in_another_thread,
+    run_cli,
+    run_cli_noting_imports,
+    wait_until,
+)
 from tests.registry.workers import write_fake_adapter
 
 STEPS = 6
@@ -320,31 +327,38 @@ class TestAliasesThroughMlflow:
         assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
         assert sync_aliases(registry, client) == []
 
-    def test_moves_by_hand_wait_while_a_gate_of_the_adapter_decides(self, registry, two_versions):
+    def test_moves_by_hand_wait_while_a_gate_of_the_adapter_decides(
+        self, registry, two_versions, tmp_path
+    ):
         """`adapterops promote` weighs the version against the champion as a build's gate does,
         so it holds the adapter's alias lock too: a move made meanwhile would go unweighed.
         `alias` waits too, so a gate that read the champion before it cannot undo it; both say
         why they wait (a gate can take minutes)."""
         adapterops = Path(sys.executable).parent / "adapterops"
+        said = [tmp_path / "promote.err", tmp_path / "alias.err"]
         with held_in_another_thread(lambda: Registry().alias_lock("sst2-en")):  # a build's gate
             moving = [
                 subprocess.Popen(
                     [str(adapterops), *arguments, "--json"],
                     stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
+                    stderr=err.open("w"),
                     text=True,
                 )
-                for arguments in (("promote", "sst2-en@2"), ("alias", "sst2-en@1", "previous"))
+                for arguments, err in zip(
+                    (("promote", "sst2-en@2"), ("alias", "sst2-en@1", "previous")),
+                    said,
+                    strict=True,
+                )
             ]
-            with pytest.raises(subprocess.TimeoutExpired):  # each finishes in ~6 s unhindered
-                moving[0].wait(timeout=20)
-            assert moving[1].poll() is None
+            wait_until(lambda: all(f.read_text() for f in said), "both commands to say they wait")
+            time.sleep(2)  # waiting still: each finishes in ~6 s unhindered
+            assert [process.poll() for process in moving] == [None, None]
             assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
-        for process, alias in zip(moving, ("champion", "previous"), strict=True):
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0, err
+        for process, alias, err in zip(moving, ("champion", "previous"), said, strict=True):
+            out, _ = process.communicate(timeout=120)
+            assert process.returncode == 0, err.read_text()
             assert json.loads(out)["aliases"] == [alias]
-            assert err == (
+            assert err.read_text() == (
                 "note: a promotion gate of sst2-en is deciding (a build, retrain or promote); "
                 "waiting for it to finish\n"
             )
@@ -564,7 +578,8 @@ def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry,
     )
     with held_in_another_thread(lambda: Registry().alias_lock(spec.name)):  # another build's
         gate.start()
-        gate.join(5)
+        wait_until(lambda: phases != [], "the gate to say it waits")
+        gate.join(2)
         assert gate.is_alive() and results == []  # waiting, registered but not promoted
         assert phases == ["wait for another gate of gated-sst2 to decide"]
         assert [v.aliases for v in registry.find(name=spec.name)] == [()]
