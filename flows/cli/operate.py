@@ -62,7 +62,7 @@ def deploy(
 ) -> None:
     """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``,
     and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
-    --pool POOL``)."""
+    --pool POOL``), each one run at a time (a build's next run waits for it)."""
     with user_errors(as_json, one_line_failures=True):
         files = spec_files(spec_paths, nothing="nothing was deployed")
         from ..deploy_job import deploy_specs  # noqa: PLC0415 - Prefect and torch
