@@ -10,6 +10,10 @@ and weigh against what the first one left.
 PostgreSQL: a transaction advisory lock (``pg_advisory_xact_lock``) in a transaction of its own
 connection, released when that transaction ends, even if the process dies (a transaction's lock
 also holds behind a pooler such as PgBouncer in transaction mode, where a session's would not).
+Managed servers often set ``statement_timeout`` and ``idle_in_transaction_session_timeout``, so
+a waiter polls (no statement lasts as long as a gate) and the holder's transaction runs a
+statement every second (never idle that long); a connection lost anyway ends in a warning, the
+work done under the lock standing.
 SQLite: a file lock in a folder beside the database file
 (SQLite is shared only by processes of one machine); an in-memory database has no other
 process to exclude.
@@ -18,14 +22,21 @@ process to exclude.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["file_lock_if_writable", "named_lock"]
+__all__ = ["KEEPALIVE_SECONDS", "POLL_SECONDS", "file_lock_if_writable", "named_lock"]
+
+POLL_SECONDS = 0.5  # how often a PostgreSQL waiter tries the lock again
+KEEPALIVE_SECONDS = 1.0  # how often a held PostgreSQL lock's transaction runs a statement
 
 
 @contextmanager
@@ -83,13 +94,69 @@ def file_lock_if_writable(
 
 @contextmanager
 def _advisory_lock(engine: Engine, key: int, on_wait: Callable[[], None] | None) -> Iterator[None]:
-    with engine.connect() as connection:  # leaving it ends the transaction, and the lock
-        taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
-        if not taken.scalar_one():
+    connection = engine.connect()
+    lost: list[SQLAlchemyError] = []  # what ended the connection while the lock was held
+    try:
+        if not _tried(connection, key):
             if on_wait is not None:
                 on_wait()
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            # polled, not one blocking statement: a server's statement_timeout would cancel a
+            # wait as long as a gate (minutes)
+            while not _tried(connection, key):
+                time.sleep(POLL_SECONDS)
+        with _kept_busy(connection, lost):
+            yield
+    finally:
+        _end(connection, lost)
+
+
+def _tried(connection: Connection, key: int) -> bool:
+    taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
+    return bool(taken.scalar_one())
+
+
+@contextmanager
+def _kept_busy(connection: Connection, lost: list[SQLAlchemyError]) -> Iterator[None]:
+    """A statement on ``connection`` every :data:`KEEPALIVE_SECONDS` while the block runs: its
+    transaction holds the lock, and a server's ``idle_in_transaction_session_timeout`` (managed
+    PostgreSQL often sets one) would end it, and the lock with it, during a long gate. Only this
+    thread uses the connection until the block ends; a failing statement goes to ``lost``."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(KEEPALIVE_SECONDS):
+            try:
+                connection.execute(text("SELECT 1"))
+            except SQLAlchemyError as exc:
+                lost.append(exc)
+                return
+
+    beating = threading.Thread(target=beat, name="adapterops-lock-keepalive", daemon=True)
+    beating.start()
+    try:
         yield
+    finally:
+        done.set()
+        beating.join()
+
+
+def _end(connection: Connection, lost: list[SQLAlchemyError]) -> None:
+    """End the lock's transaction (and so the lock). A connection the server dropped meanwhile
+    already lost the lock: the work done under it stands, and is not failed for it."""
+    try:
+        connection.rollback()
+    except SQLAlchemyError as exc:
+        lost.append(exc)
+    finally:
+        connection.close()
+    if lost:
+        warnings.warn(
+            "the database connection holding a registry lock was lost before the work under "
+            f"it ended ({' '.join(str(lost[0]).split())[:200]}); another process may have "
+            "taken the lock meanwhile",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _key(name: str) -> int:

@@ -103,3 +103,58 @@ def test_a_lock_held_elsewhere_is_said_once_before_waiting_for_it(locations):
     other.join(60)
     assert said == ["held"]
     registry.close()
+
+
+def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgres, tmp_path):
+    """Managed PostgreSQL often sets ``idle_in_transaction_session_timeout`` and
+    ``statement_timeout``. A lock held through a gate longer than the first was ended by the
+    server mid-gate, and the build then failed at its release, after promoting; a wait longer
+    than the second was cancelled. Now the holder's transaction runs a statement every second
+    and a waiter polls; a holder whose connection is dropped anyway keeps its work, with a
+    warning."""
+    import threading
+    import time
+    import warnings
+
+    import pytest
+
+    from tests.registry.conftest import fresh_postgres_url
+
+    timeouts = "options=-c%20idle_in_transaction_session_timeout%3D3000%20-c%20statement_timeout%3D2000"  # fmt: skip
+    url = f"{fresh_postgres_url(postgres)}?{timeouts}"
+    registry = Registry(url, (tmp_path / "artifacts").as_uri())
+    holding, order, failures = threading.Event(), [], []
+
+    def a_slow_gate() -> None:
+        try:
+            with Registry(url, (tmp_path / "artifacts").as_uri()).alias_lock("slow"):
+                holding.set()
+                time.sleep(5)  # past both timeouts
+                order.append("first gate done")
+        except Exception as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    other = threading.Thread(target=a_slow_gate)
+    other.start()
+    assert holding.wait(30)
+    said: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with registry.alias_lock("slow", on_wait=lambda: said.append("waiting")):
+            order.append("second gate in")
+    other.join(60)
+    assert failures == [] and said == ["waiting"]
+    assert order == ["first gate done", "second gate in"]
+
+    engine = registry.database.engine
+    dropped = "the database connection holding a registry lock was lost before the work"
+    with pytest.warns(RuntimeWarning, match=dropped), registry.alias_lock("dropped"):
+        with engine.connect() as admin:  # the server (or an administrator) ends its session
+            admin.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+            )
+        time.sleep(2)  # a keepalive statement finds it gone
+    with registry.alias_lock("dropped"):  # free again
+        pass
+    registry.close()
