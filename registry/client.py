@@ -58,7 +58,7 @@ from .errors import (
     NoRegistryError,
     RegistryError,
 )
-from .locks import named_lock
+from .locks import kept_busy, named_lock
 from .names import (
     check_alias,
     check_key,
@@ -169,7 +169,8 @@ class Registry:
             # Under the blob lock gc cannot be deleting: put back any blob a gc that ran since
             # the upload took (an old orphan this registration reuses), then record the version.
             store.lock_blobs(session, exclusive=False)
-            upload(self.artifacts, bundle)
+            with kept_busy(session):  # the store's calls: the lock's transaction kept alive
+                upload(self.artifacts, bundle)
             version, _ = store.register_version(
                 session,
                 name=name,

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from . import manifest_files, store
 from .bundles import Manifest
 from .errors import CorruptArtifactError, RegistryError, SharedStoreError
+from .locks import kept_busy
 
 if TYPE_CHECKING:
     from .client import Registry
@@ -82,19 +83,23 @@ def collect(
                 sessions.append(held.enter_context(other.database.session()))
                 store.lock_blobs(sessions[-1], exclusive=True)
                 referenced_now |= _recorded(sessions[-1], files_of)
-            # a version recorded meanwhile by code older than revision 0008: download it
-            new = _download_manifests(registry, referenced_now - files_of.keys())
+            # a version recorded meanwhile by code older than revision 0008: download it (as
+            # for each call to the store below, the locks' transactions kept from idling out)
+            with kept_busy(*sessions):
+                new = _download_manifests(registry, referenced_now - files_of.keys())
             files_of.update(new)
             _refuse_missing_manifests(registry, files_of, [])  # (no new session under the lock)
             keep_now = _kept(referenced_now, files_of)
             doomed = [digest for digest in candidates if digest not in keep_now]
             if not dry_run:
                 _record(session, new)
-                registry.artifacts.delete_many(doomed)
+                with kept_busy(*sessions):
+                    registry.artifacts.delete_many(doomed)
                 for each in sessions:
                     manifest_files.forget(each, doomed)
         # Uploads a crash left unfinished hold no version's bytes: past the grace, they go.
-        return doomed + registry.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
+        with kept_busy(session):
+            return doomed + registry.artifacts.clean_incomplete(cutoff, dry_run=dry_run)
 
     return registry._write(decide_and_delete)
 

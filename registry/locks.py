@@ -32,8 +32,16 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-__all__ = ["KEEPALIVE_SECONDS", "POLL_SECONDS", "file_lock_if_writable", "named_lock"]
+__all__ = [
+    "KEEPALIVE_SECONDS",
+    "POLL_SECONDS",
+    "file_lock_if_writable",
+    "kept_busy",
+    "named_lock",
+    "take_xact_lock",
+]
 
 POLL_SECONDS = 0.5  # how often a PostgreSQL waiter tries the lock again
 KEEPALIVE_SECONDS = 1.0  # how often a held PostgreSQL lock's transaction runs a statement
@@ -97,39 +105,58 @@ def _advisory_lock(engine: Engine, key: int, on_wait: Callable[[], None] | None)
     connection = engine.connect()
     lost: list[SQLAlchemyError] = []  # what ended the connection while the lock was held
     try:
-        if not _tried(connection, key):
-            if on_wait is not None:
-                on_wait()
-            # polled, not one blocking statement: a server's statement_timeout would cancel a
-            # wait as long as a gate (minutes)
-            while not _tried(connection, key):
-                time.sleep(POLL_SECONDS)
-        with _kept_busy(connection, lost):
+        take_xact_lock(connection, key, on_wait=on_wait)
+        with kept_busy(connection, lost=lost):
             yield
     finally:
         _end(connection, lost)
 
 
-def _tried(connection: Connection, key: int) -> bool:
-    taken = connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key})
-    return bool(taken.scalar_one())
+def take_xact_lock(
+    connection: Connection | Session,
+    key: int,
+    *,
+    shared: bool = False,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    """Take PostgreSQL transaction advisory lock ``key`` in ``connection``'s transaction
+    (``shared``: beside other sharers), calling ``on_wait`` once first if it must wait. Polled,
+    not one blocking statement: a server's ``statement_timeout`` would cancel a wait as long
+    as the holder's work (a gate, a garbage collection)."""
+    function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
+    query = text(f"SELECT {function}(:key)")
+    if connection.execute(query, {"key": key}).scalar_one():
+        return
+    if on_wait is not None:
+        on_wait()
+    while not connection.execute(query, {"key": key}).scalar_one():
+        time.sleep(POLL_SECONDS)
 
 
 @contextmanager
-def _kept_busy(connection: Connection, lost: list[SQLAlchemyError]) -> Iterator[None]:
-    """A statement on ``connection`` every :data:`KEEPALIVE_SECONDS` while the block runs: its
-    transaction holds the lock, and a server's ``idle_in_transaction_session_timeout`` (managed
-    PostgreSQL often sets one) would end it, and the lock with it, during a long gate. Only this
-    thread uses the connection until the block ends; a failing statement goes to ``lost``."""
+def kept_busy(
+    *connections: Connection | Session, lost: list[SQLAlchemyError] | None = None
+) -> Iterator[None]:
+    """A statement on each PostgreSQL connection (or session) every :data:`KEEPALIVE_SECONDS`
+    while the block runs: their transactions hold locks, and a server's
+    ``idle_in_transaction_session_timeout`` (managed PostgreSQL often sets one) would end them,
+    and the locks with them, during long work that uses no SQL (a gate, deleting blobs). The
+    block must not use them meanwhile. A failing statement goes to ``lost``."""
+    beaten = [c for c in connections if _dialect(c) == "postgresql"]
+    if not beaten:  # SQLite has no such timeout (and its connections stay in their thread)
+        yield
+        return
     done = threading.Event()
 
     def beat() -> None:
         while not done.wait(KEEPALIVE_SECONDS):
-            try:
-                connection.execute(text("SELECT 1"))
-            except SQLAlchemyError as exc:
-                lost.append(exc)
-                return
+            for connection in beaten:
+                try:
+                    connection.execute(text("SELECT 1"))
+                except SQLAlchemyError as exc:
+                    if lost is not None:
+                        lost.append(exc)
+                    return
 
     beating = threading.Thread(target=beat, name="adapterops-lock-keepalive", daemon=True)
     beating.start()
@@ -138,6 +165,11 @@ def _kept_busy(connection: Connection, lost: list[SQLAlchemyError]) -> Iterator[
     finally:
         done.set()
         beating.join()
+
+
+def _dialect(connection: Connection | Session) -> str:
+    bind = connection.get_bind() if isinstance(connection, Session) else connection.engine
+    return bind.dialect.name
 
 
 def _end(connection: Connection, lost: list[SQLAlchemyError]) -> None:

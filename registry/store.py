@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from . import manifest_files
@@ -26,6 +26,7 @@ from .errors import (
     NotMigratedError,
     RegistryError,
 )
+from .locks import take_xact_lock
 from .metrics import higher_is_better
 from .names import CHAMPION, Ref, check_alias_case, check_new_alias, parse_ref
 from .orm import (
@@ -514,8 +515,7 @@ def lock_blobs(session: Session, *, exclusive: bool) -> None:
     """Hold the blob lock until the transaction ends (gc: ``exclusive``)."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    session.execute(text(f"SELECT {function}(:key)"), {"key": _BLOB_LOCK})
+    take_xact_lock(session, _BLOB_LOCK, shared=not exclusive)
 
 
 def registry_identity(session: Session) -> str:

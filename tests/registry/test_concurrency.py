@@ -105,6 +105,10 @@ def test_a_lock_held_elsewhere_is_said_once_before_waiting_for_it(locations):
     registry.close()
 
 
+# What managed PostgreSQL servers often set, short: 3 s idle in a transaction, 2 s a statement.
+SERVER_TIMEOUTS = "options=-c%20idle_in_transaction_session_timeout%3D3000%20-c%20statement_timeout%3D2000"  # fmt: skip
+
+
 def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgres, tmp_path):
     """Managed PostgreSQL often sets ``idle_in_transaction_session_timeout`` and
     ``statement_timeout``. A lock held through a gate longer than the first was ended by the
@@ -120,8 +124,7 @@ def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgr
 
     from tests.registry.conftest import fresh_postgres_url
 
-    timeouts = "options=-c%20idle_in_transaction_session_timeout%3D3000%20-c%20statement_timeout%3D2000"  # fmt: skip
-    url = f"{fresh_postgres_url(postgres)}?{timeouts}"
+    url = f"{fresh_postgres_url(postgres)}?{SERVER_TIMEOUTS}"
     registry = Registry(url, (tmp_path / "artifacts").as_uri())
     holding, order, failures = threading.Event(), [], []
 
@@ -158,3 +161,57 @@ def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgr
     with registry.alias_lock("dropped"):  # free again
         pass
     registry.close()
+
+
+def test_gc_and_a_registration_waiting_for_it_outlast_the_servers_timeouts(
+    postgres, tmp_path, monkeypatch
+):
+    """gc holds the blob lock while the store deletes (S3 batches: minutes for a big store),
+    and a registration meanwhile waits for it. With ``statement_timeout`` the registration's
+    wait was cancelled; with ``idle_in_transaction_session_timeout`` gc's transaction, and its
+    lock, ended mid-delete (a registration could then reuse a blob being deleted)."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from tests.registry.conftest import fresh_postgres_url
+
+    url = f"{fresh_postgres_url(postgres)}?{SERVER_TIMEOUTS}"
+    artifacts = (tmp_path / "artifacts").as_uri()
+    registry = Registry(url, artifacts)
+
+    def register(registry: Registry, name: str, seed: int):
+        folder = write_fake_adapter(tmp_path / f"{name}{seed}", seed=seed)
+        return registry.register(folder, name=name, base_model="b", task="t", language="en")
+
+    register(registry, "kept", 1)
+    gone = register(registry, "gone", 2)
+    registry.delete(gone.ref)  # its manifest and tensors are orphans now
+    real_delete_many = registry.artifacts.delete_many
+    writers: list[threading.Thread] = []
+    outcomes: list[str] = []
+
+    def a_registration() -> None:
+        outcomes.append(_outcome(lambda: register(Registry(url, artifacts), "new", 3)))
+
+    def slow_delete_many(digests):  # a big store's deletion, and a registration arriving
+        writers.append(threading.Thread(target=a_registration))
+        writers[0].start()
+        time.sleep(4)  # past both timeouts
+        real_delete_many(digests)
+
+    monkeypatch.setattr(registry.artifacts, "delete_many", slow_delete_many)
+    removed = registry.gc(older_than=timedelta(0))
+    writers[0].join(60)
+    assert len(removed) == 2 and gone.digest in removed
+    assert outcomes == ["new@1"]  # it waited for gc, then registered
+    assert {v.ref for v in registry.find()} == {"kept@1", "new@1"}
+    registry.close()
+
+
+def _outcome(work) -> str:
+    """``work()``'s ref, or its error as text (a thread's exception would go unseen)."""
+    try:
+        return work().ref
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
