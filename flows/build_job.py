@@ -163,17 +163,20 @@ def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
             announce(name)
             return inner(name, step, *args)
 
-    existing = run_step("find earlier build", find_built, build)
-    if existing is not None:
-        return reused_result(existing, build.spec)
-    run_step("prepare data", prepare_data, build)
-    report, run_id = run_step("train", train_tracked, build)
-    report, card = run_step("evaluate", evaluate_tracked, build, report, run_id)
-    result: BuildResult = run_step(
-        "register and promote", register_and_promote, build, report, run_id, card
-    )
-    shutil.rmtree(build.checkpoints, ignore_errors=True)
-    return result
+    # one build of a build key at a time: the same spec, data and code started twice (a CI
+    # build beside a scheduled one) would train twice into one checkpoint folder
+    with build.registry.build_lock(build.key, on_wait=_said(build, _BUILDING_ELSEWHERE)):
+        existing = run_step("find earlier build", find_built, build)
+        if existing is not None:
+            return reused_result(existing, build.spec)
+        run_step("prepare data", prepare_data, build)
+        report, run_id = run_step("train", train_tracked, build)
+        report, card = run_step("evaluate", evaluate_tracked, build, report, run_id)
+        result: BuildResult = run_step(
+            "register and promote", register_and_promote, build, report, run_id, card
+        )
+        shutil.rmtree(build.checkpoints, ignore_errors=True)
+        return result
 
 
 def build_from_spec(
@@ -354,13 +357,17 @@ def register_and_promote(build: Build, report: TrainReport, run_id: str, card: s
     return register_and_gate(build, report, run_id=run_id, card=card)
 
 
-def _waiting_said(build: Build) -> Callable[[], None] | None:
-    """A phase line when the gate waits for another gate of the adapter (a build re-evaluating
-    an LLM champion takes minutes)."""
+_BUILDING_ELSEWHERE = "wait for another build of {name} from the same spec, data and code"
+_GATE_ELSEWHERE = "wait for another gate of {name} to decide"
+
+
+def _said(build: Build, line: str) -> Callable[[], None] | None:
+    """A phase line (``line`` with the adapter's name) when a build waits for a lock another
+    process holds: a build takes hours, a gate re-evaluating an LLM champion minutes."""
     if build.on_phase is None:
         return None
-    announce = build.on_phase
-    return lambda: announce(f"wait for another gate of {build.spec.name} to decide")
+    announce, text = build.on_phase, line.format(name=build.spec.name)
+    return lambda: announce(text)
 
 
 def register_and_gate(
@@ -395,7 +402,7 @@ def register_and_gate(
         tag_run(client, run_id, version)
     # from reading the champion to moving an alias, no other gate of this adapter (another
     # process's build) moves it: each weighs its candidate against what the one before left
-    with registry.alias_lock(spec.name, on_wait=_waiting_said(build)):
+    with registry.alias_lock(spec.name, on_wait=_said(build, _GATE_ELSEWHERE)):
         champion = version_holding(registry, spec.name, spec.promote.alias)  # once: card + gate
         if champion is not None and champion.version != version.version:  # what the gate weighs
             card += changes_since(spec.promote.alias, diff_versions(champion, version))

@@ -214,6 +214,18 @@ class Registry:
         with self._named_lock(f"aliases of composition {name}", on_wait):
             yield
 
+    @contextmanager
+    def build_lock(
+        self, build_key: str, *, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the lock of build key ``build_key`` (a spec, its data and code) for the block,
+        waiting while another process holds it (``on_wait`` is called first if it must wait).
+        A build holds it from looking for an earlier build to registering its own, so two
+        builds of the same spec, data and code at once (a CI build beside a scheduled one) do
+        not both train into one checkpoint folder: the second finds the first's version."""
+        with self._named_lock(f"build {build_key}", on_wait):
+            yield
+
     def _named_lock(
         self, name: str, on_wait: Callable[[], None] | None
     ) -> AbstractContextManager[None]:

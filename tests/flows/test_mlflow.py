@@ -17,7 +17,7 @@ import mlflow
 import pytest
 
 from flows import tracking
-from flows.build_job import Build, build_from_spec, register_and_gate
+from flows.build_job import Build, build_from_spec, register_and_gate, run_chain
 from flows.data import load_split
 from flows.errors import TrackingUnavailableError
 from flows.mlflow_compositions import (
@@ -586,6 +586,37 @@ def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry,
     gate.join(60)
     assert (results[0].version, results[0].alias) == (1, "champion")
     assert registry.get(f"{spec.name}@champion").version == 1
+
+
+def test_a_build_of_the_same_spec_data_and_code_waits_for_the_one_running_then_reuses_it(
+    registry, tmp_path
+):
+    """Two builds of one spec, data and code at once (a CI build beside a scheduled one)
+    trained twice, into one checkpoint folder, and registered twice: the second now waits for
+    the first (saying so) and then finds its version."""
+    spec, _ = trained_elsewhere(tmp_path, "twice-sst2")
+    key = "b" * 64
+    phases: list[str] = []
+    results: list = []
+    build = Build(spec, {"build_key": key}, tmp_path, registry, on_phase=phases.append)
+    second = threading.Thread(target=lambda: results.append(run_chain(build)))
+    with held_in_another_thread(lambda: Registry().build_lock(key)):  # the first build
+        second.start()
+        wait_until(lambda: phases != [], "the second build to say it waits")
+        second.join(2)
+        assert second.is_alive() and results == []
+        # the first build registers its version (its lineage holds the build key)
+        registry.register(
+            write_fake_adapter(tmp_path / "first", 8), name=spec.name, base_model="b",
+            task="sst2", language="en", lineage={"build_key": key},
+        )  # fmt: skip
+    second.join(60)
+    assert phases == [
+        "wait for another build of twice-sst2 from the same spec, data and code",
+        "find earlier build",
+    ]
+    assert (results[0].ref, results[0].reused) == ("twice-sst2@1", True)
+    assert [v.ref for v in registry.find(name=spec.name)] == ["twice-sst2@1"]
 
 
 def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(embedded_home):
