@@ -286,7 +286,11 @@ def _sqlite_file_exists(path: str | None) -> bool:
 
 def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:
     if not sqlite:
-        return create_engine(url, pool_pre_ping=True)
+        # psycopg prepares a statement run 5 times on a connection; behind PgBouncer in
+        # transaction mode (before 1.21, or without max_prepared_statements) the next
+        # transaction may get another server connection: "prepared statement _pg3_0 does not
+        # exist". Registry statements are small: planning each costs next to nothing.
+        return create_engine(url, pool_pre_ping=True, connect_args={"prepare_threshold": None})
     if path and path != ":memory:":
         _make_parent_folder(Path(path))
     engine = create_engine(url, connect_args={"timeout": 60})

@@ -215,3 +215,25 @@ def _outcome(work) -> str:
         return work().ref
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def test_postgres_connections_prepare_no_statements_a_pooler_would_lose(postgres, tmp_path):
+    """Behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements)
+    each transaction may get another server connection, and psycopg's automatic prepared
+    statements (after 5 runs of one statement) failed: "prepared statement _pg3_0 does not
+    exist", "... already exists" (tried with PgBouncer 1.18: 4 threads registering, all 4 failed;
+    none with this). No PgBouncer in CI: what is pinned is that none is ever prepared."""
+    from tests.registry.conftest import fresh_postgres_url
+
+    registry = Registry(fresh_postgres_url(postgres), (tmp_path / "artifacts").as_uri())
+    for seed in range(1, 8):  # the same statements, past psycopg's threshold of 5
+        registry.register(
+            write_fake_adapter(tmp_path / f"v{seed}", seed=seed), name="pooled",
+            base_model="b", task="t", language="en",
+        )  # fmt: skip
+        registry.get(f"pooled@{seed}")
+    with registry.database.engine.connect() as connection:
+        prepared = connection.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements")
+        assert prepared.scalar_one() == 0
+        assert connection.connection.driver_connection.prepare_threshold is None
+    registry.close()
