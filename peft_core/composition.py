@@ -33,6 +33,7 @@ __all__ = [
     "block_from_dict",
     "block_to_dict",
     "leaves",
+    "named_twice",
     "validate",
 ]
 
@@ -149,6 +150,28 @@ def _validate(block: Block, known: set[str] | None, *, path: str) -> None:
                 f"(allowed: {', '.join(a.__name__ for a in allowed)})"
             )
         _validate(child, known, path=path)
+
+
+def named_twice(block: Block) -> list[str]:
+    """Adapter names that take more than one place in ``block``, in order of first repeat.
+
+    A model holds one adapter per name, so a name twice would run the same weights twice
+    (``Stack``), or give two outputs under one key (``Parallel``): always a slip.
+    """
+    seen: list[str] = []
+    twice: list[str] = []
+
+    def walk(node: Block) -> None:
+        if isinstance(node, str):
+            if node in seen and node not in twice:
+                twice.append(node)
+            seen.append(node)
+            return
+        for child in node.children:
+            walk(child)
+
+    walk(block)
+    return twice
 
 
 def leaves(block: Block | None) -> list[str]:

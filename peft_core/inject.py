@@ -16,7 +16,17 @@ from typing import Literal
 
 from torch import nn
 
-from .composition import Average, Block, CompositionError, Fuse, Parallel, Stack, leaves, validate
+from .composition import (
+    Average,
+    Block,
+    CompositionError,
+    Fuse,
+    Parallel,
+    Stack,
+    leaves,
+    named_twice,
+    validate,
+)
 from .errors import AdapterExistsError, ConfigError, NotMergeableError, TargetError
 from .heads import HeadSwitch, adapter_head, detect_head
 from .layer import AdaptedLayer, is_peft_layer, layer_kind
@@ -142,6 +152,13 @@ def set_active(model: nn.Module, active: Block | Iterable[str] | None) -> None:
     block = _as_block(active)
     if block is not None:
         validate(block)
+        twice = named_twice(block)
+        if twice:
+            raise CompositionError(
+                f"{block!r} names {', '.join(map(repr, twice))} more than once: each adapter "
+                "takes one place in a composition (a model holds one adapter per name; load a "
+                "copy under another name with load_adapter(..., name=...) to use it twice)"
+            )
         for name in leaves(block):
             get_record(model, name)  # unknown names: the same error as everywhere else
         _check_self_placed(model, block)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import peft_core as pc
+from peft_core.parallel import parallel_adapters
 from peft_core.state import get_record
 from tests.helpers import batch, logits, perturb_adapter
 
@@ -62,6 +64,28 @@ class TestBlocks:
             pc.set_active(model, pc.Stack("a", pc.Parallel("a")))
         with pytest.raises(TypeError, match=r"or None for the base model; got 1$"):
             pc.set_active(model, 1)  # type: ignore[arg-type]  # was "'int' object is not iterable"
+        torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+
+    def test_an_adapter_named_twice_is_refused_with_what_to_do(self, tiny_model):
+        model = with_adapters(
+            tiny_model("bert", "classification"), {"a": pc.LoRA(), "b": pc.LoRA()}
+        )
+        pc.set_active(model, pc.Stack("a", "b"))
+        inputs = batch(model)
+        before = logits(model, inputs)
+        for block, named in [
+            (pc.Parallel("a", "a"), "'a'"),  # gave one output for twice the work
+            (pc.Stack("a", "b", "a", "b"), "'a', 'b'"),  # ran a's weights twice
+            (pc.Average("b", pc.Stack("a", "b")), "'b'"),
+        ]:
+            with pytest.raises(
+                pc.CompositionError,
+                match=rf"^{re.escape(repr(block))} names {named} more than once: each adapter "
+                r"takes one place in a composition .*load_adapter\(\.\.\., name=\.\.\.\)",
+            ):
+                pc.set_active(model, block)
+        assert pc.active_adapters(model) == ["a", "b"]
+        assert parallel_adapters(model) == ()
         torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
 
 
