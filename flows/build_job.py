@@ -353,7 +353,13 @@ def register_and_promote(build: Build, report: TrainReport, run_id: str, card: s
     Safe to retry: registration is idempotent by digest, MLflow versions and alias moves are
     created only if missing.
     """
-    sync_aliases(build.registry, tracking.client(), [build.spec.name])
+    said = _said(build, _GATE_ELSEWHERE)
+    sync_aliases(
+        build.registry,
+        tracking.client(),
+        [build.spec.name],
+        on_wait=None if said is None else lambda _name: said(),
+    )
     return register_and_gate(build, report, run_id=run_id, card=card)
 
 

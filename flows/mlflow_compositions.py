@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.entities.model_registry import RegisteredModel
@@ -34,6 +34,7 @@ from .mlflow_models import (
     COMPOSITION_PREFIX,
     VERSION_TAG,
     AliasChange,
+    calling,
     delete_mlflow_alias,
     mlflow_aliases,
     mlflow_version_of,
@@ -41,6 +42,7 @@ from .mlflow_models import (
     registered_models,
     set_mlflow_alias,
     sync_aliases,
+    warn_not_followed,
 )
 from .tracking import configure, mlflow_errors
 
@@ -128,46 +130,54 @@ def remove_composition_alias(
 
 
 def sync_composition_aliases(
-    registry: Registry, client: MlflowClient, names: list[str] | None = None
+    registry: Registry,
+    client: MlflowClient,
+    names: list[str] | None = None,
+    *,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[AliasChange]:
     """Copy composition alias moves made in MLflow into the registry (MLflow wins; moves made
     through the registry alone that MLflow has not seen go to MLflow, as for adapters:
     :func:`~flows.mlflow_models.sync_aliases`); returns what changed. Only compositions MLflow
-    already mirrors are compared; :func:`mirror_all` mirrors the others."""
+    already mirrors are compared; :func:`mirror_all` mirrors the others. Each is compared under
+    its alias lock (a cascade's gate moves them); ``on_wait(name)`` is called first when it must
+    wait for one."""
     with mlflow_errors("list registered models"):
         mirrored = registered_models(client, f"name LIKE '{COMPOSITION_PREFIX}%'")
         known = {m.name.removeprefix(COMPOSITION_PREFIX) for m in mirrored}
     known &= {c.name for c in registry.compositions()}  # another registry's are not ours
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
-        ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
-        remote = mlflow_aliases(client, mlflow_name(name))
-        local = _registry_aliases(registry, name)
-        # moves made through the registry's Python API alone, not yet seen by MLflow, go there
-        for alias in moves_mlflow_has_not_seen(registry.composition_history(name), local, remote):
-            if alias in local:
-                set_mlflow_alias(client, mlflow_name(name), alias, local[alias])
-                remote[alias] = local[alias]
-            else:
-                delete_mlflow_alias(client, mlflow_name(name), alias)
-                del remote[alias]
-        kept = {c.version for c in registry.composition_versions(name)}
-        for alias, version in sorted(remote.items()):
-            if version not in kept:  # set in the UI on a version deleted here, as for adapters
-                warnings.warn(
-                    f"MLflow alias {alias!r} of composition {name} points at {name}@{version}, "
-                    "which the registry has deleted: not followed; move the alias in the MLflow "
-                    "UI",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            if local.get(alias) != version:
-                registry.set_composition_alias(f"{name}@{version}", alias, origin="mlflow-ui")
-                changes.append(AliasChange(name, alias, version, kind="composition"))
-        for alias in sorted(set(local) - set(remote)):
-            registry.remove_composition_alias(name, alias, origin="mlflow-ui")
-            changes.append(AliasChange(name, alias, None, kind="composition"))
+        with registry.composition_alias_lock(name, on_wait=calling(on_wait, name)):
+            changes += _sync_composition(registry, client, name)
+    return changes
+
+
+def _sync_composition(registry: Registry, client: MlflowClient, name: str) -> list[AliasChange]:
+    """:func:`sync_composition_aliases` for one composition MLflow mirrors, under its lock."""
+    changes: list[AliasChange] = []
+    ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
+    remote = mlflow_aliases(client, mlflow_name(name))
+    local = _registry_aliases(registry, name)
+    # moves made through the registry's Python API alone, not yet seen by MLflow, go there
+    for alias in moves_mlflow_has_not_seen(registry.composition_history(name), local, remote):
+        if alias in local:
+            set_mlflow_alias(client, mlflow_name(name), alias, local[alias])
+            remote[alias] = local[alias]
+        else:
+            delete_mlflow_alias(client, mlflow_name(name), alias)
+            del remote[alias]
+    kept = {c.version for c in registry.composition_versions(name)}
+    for alias, version in sorted(remote.items()):
+        if version not in kept:  # set in the UI on a version deleted here, as for adapters
+            warn_not_followed(f"composition {name}", f"{name}@{version}", alias)
+            continue
+        if local.get(alias) != version:
+            registry.set_composition_alias(f"{name}@{version}", alias, origin="mlflow-ui")
+            changes.append(AliasChange(name, alias, version, kind="composition"))
+    for alias in sorted(set(local) - set(remote)):
+        registry.remove_composition_alias(name, alias, origin="mlflow-ui")
+        changes.append(AliasChange(name, alias, None, kind="composition"))
     return changes
 
 
@@ -181,14 +191,23 @@ def mirror_all(
 
 
 def sync_from_mlflow(
-    registry: Registry, client: MlflowClient, names: list[str] | None = None
+    registry: Registry,
+    client: MlflowClient,
+    names: list[str] | None = None,
+    *,
+    on_wait: Callable[[str, bool], None] | None = None,
 ) -> tuple[list[str], list[AliasChange]]:
     """All of it, for ``adapterops sync`` and the scheduled sync flow: compositions MLflow lacks
     are mirrored, then alias moves made in MLflow reach the registry for adapters and
-    compositions (of ``names``; default all). Returns (compositions mirrored, alias changes)."""
+    compositions (of ``names``; default all). Returns (compositions mirrored, alias changes).
+    ``on_wait(name, is_composition)`` is called before waiting for a gate deciding."""
     mirrored = mirror_all(client, registry, names)
-    changes = sync_aliases(registry, client, names)
-    return mirrored, changes + sync_composition_aliases(registry, client, names)
+    adapters = None if on_wait is None else lambda name: on_wait(name, False)
+    compositions = None if on_wait is None else lambda name: on_wait(name, True)
+    changes = sync_aliases(registry, client, names, on_wait=adapters)
+    return mirrored, changes + sync_composition_aliases(
+        registry, client, names, on_wait=compositions
+    )
 
 
 def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:

@@ -16,6 +16,7 @@ registry's Python API alone (origin ``registry``) that MLflow has not seen yet i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -31,6 +32,7 @@ from .tracking import mlflow_errors
 
 __all__ = [
     "AliasChange",
+    "calling",
     "delete_model_version",
     "drop_deleted_mirrors",
     "ensure_model_version",
@@ -44,6 +46,7 @@ __all__ = [
     "sync_aliases",
     "tag_run",
     "version_description",
+    "warn_not_followed",
 ]
 
 VERSION_TAG = "adapterops.version"
@@ -177,7 +180,11 @@ def mlflow_aliases(client: MlflowClient, name: str) -> dict[str, int]:
 
 
 def sync_aliases(
-    registry: Registry, client: MlflowClient, names: list[str] | None = None
+    registry: Registry,
+    client: MlflowClient,
+    names: list[str] | None = None,
+    *,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[AliasChange]:
     """Copy alias moves made in MLflow (the UI) into the registry; returns what changed.
 
@@ -192,6 +199,10 @@ def sync_aliases(
     since, MLflow shows something else, and MLflow wins. And an alias on a version MLflow has
     never mirrored (a registry that moved to a new tracking store) cannot have been removed
     there: it is copied to MLflow too.
+
+    Each adapter is compared under its alias lock, so a promotion gate moving an alias in MLflow
+    and then in the registry is not caught half-way and recorded again as a move made in the
+    UI; ``on_wait(name)`` is called first when it must wait for one.
     """
     with mlflow_errors("list registered models"):
         known = {
@@ -201,33 +212,52 @@ def sync_aliases(
         }
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
-        versions = registry.find(name=name)
-        if not versions:
-            continue  # not an adapter of this registry
-        remote = mlflow_aliases(client, name)
-        local = {alias: v.version for v in versions for alias in v.aliases}
-        for alias in moves_mlflow_has_not_seen(registry.history(name), local, remote):
-            if alias in local:
-                remote[alias] = _alias_to_mlflow(client, versions, alias, local[alias])
-            else:
-                delete_mlflow_alias(client, name, alias)
-                del remote[alias]
-        for alias, version in sorted(remote.items()):
-            if version not in {v.version for v in versions}:
-                # set in the UI on a version deleted here: not followed (that would fail every
-                # sync, and every build and promotion of the adapter after it), said instead
-                warnings.warn(
-                    f"MLflow alias {alias!r} of {name} points at {name}@{version}, which the "
-                    "registry has deleted: not followed; move the alias in the MLflow UI",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            if local.get(alias) != version:
-                registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")
-                changes.append(AliasChange(name, alias, version))
-        changes += _removed_in_mlflow(registry, client, versions, local, remote)
+        with registry.alias_lock(name, on_wait=calling(on_wait, name)):
+            changes += _sync_adapter(registry, client, name)
     return changes
+
+
+def calling(on_wait: Callable[[str], None] | None, name: str) -> Callable[[], None] | None:
+    """``on_wait`` bound to ``name``, for a lock's ``on_wait`` (None stays None)."""
+    return None if on_wait is None else lambda: on_wait(name)
+
+
+def _sync_adapter(registry: Registry, client: MlflowClient, name: str) -> list[AliasChange]:
+    """:func:`sync_aliases` for one adapter MLflow knows, under its alias lock."""
+    versions = registry.find(name=name)
+    if not versions:
+        return []  # not an adapter of this registry
+    changes: list[AliasChange] = []
+    remote = mlflow_aliases(client, name)
+    local = {alias: v.version for v in versions for alias in v.aliases}
+    for alias in moves_mlflow_has_not_seen(registry.history(name), local, remote):
+        if alias in local:
+            remote[alias] = _alias_to_mlflow(client, versions, alias, local[alias])
+        else:
+            delete_mlflow_alias(client, name, alias)
+            del remote[alias]
+    for alias, version in sorted(remote.items()):
+        if version not in {v.version for v in versions}:
+            # set in the UI on a version deleted here: not followed (that would fail every
+            # sync, and every build and promotion of the adapter after it), said instead
+            warn_not_followed(name, f"{name}@{version}", alias)
+            continue
+        if local.get(alias) != version:
+            registry.set_alias(f"{name}@{version}", alias, origin="mlflow-ui")
+            changes.append(AliasChange(name, alias, version))
+    changes += _removed_in_mlflow(registry, client, versions, local, remote)
+    return changes
+
+
+def warn_not_followed(holder: str, ref: str, alias: str) -> None:
+    """Warn that MLflow's ``alias`` of ``holder`` (an adapter, or ``composition NAME``) points at
+    ``ref``, a version the registry has deleted, so a sync does not follow it."""
+    warnings.warn(
+        f"MLflow alias {alias!r} of {holder} points at {ref}, which the registry has deleted: "
+        "not followed; move the alias in the MLflow UI",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _alias_to_mlflow(

@@ -186,9 +186,16 @@ def sync() -> dict[str, Any]:
     every adapter and composition (MLflow wins), then remove the mirrors of versions deleted
     where MLflow did not follow; returns what changed."""
     registry, client = Registry(), tracking.client()
-    mirrored, changes = sync_from_mlflow(registry, client)
+    logger = get_run_logger()
+    mirrored, changes = sync_from_mlflow(
+        registry,
+        client,
+        on_wait=lambda name, composition: logger.info(
+            "waiting for a gate of %s%s to decide", "composition " * composition, name
+        ),
+    )
     dropped = drop_deleted_mirrors(registry, client)
-    get_run_logger().info(
+    logger.info(
         "%d alias change(s) taken from MLflow, %d mirror(s) of deleted versions removed",
         len(changes), len(dropped),
     )  # fmt: skip

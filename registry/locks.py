@@ -59,7 +59,30 @@ def named_lock(
     that holds it; ``on_wait`` is called once, before waiting, if another holds it (a gate can
     hold it for minutes: a person should know why nothing happens). ``sqlite_path``: the
     database file of a SQLite ``engine`` (None for PostgreSQL, ``":memory:"`` or empty for an
-    in-memory database)."""
+    in-memory database).
+
+    Re-entrant within a thread: a block that holds the lock (an alias move by hand) may call
+    code that takes it again (the MLflow sync of that adapter) without waiting on itself."""
+    held: set[tuple[str, str]] = _held.__dict__.setdefault("locks", set())
+    key = (str(engine.url), name)
+    if key in held:
+        yield
+        return
+    held.add(key)
+    try:
+        with _named_lock_once(engine, sqlite_path, name, on_wait):
+            yield
+    finally:
+        held.discard(key)
+
+
+_held = threading.local()  # the named locks this thread holds, as (database URL, name)
+
+
+@contextmanager
+def _named_lock_once(
+    engine: Engine, sqlite_path: str | None, name: str, on_wait: Callable[[], None] | None
+) -> Iterator[None]:
     if engine.dialect.name != "sqlite":
         with _advisory_lock(engine, _key(name), on_wait):
             yield

@@ -452,16 +452,19 @@ def mlflow_after_sync(
     MLflow. ``announce``: say so at a terminal meanwhile (not with ``--json``)."""
     from ..errors import TrackingUnavailableError  # noqa: PLC0415
 
+    def waited(held: str) -> None:
+        waiting_for_a_gate(held, composition=composition)()
+
     try:
         with mlflow_client(announce=announce) as client:  # MLflow loads here, then these
             if composition:
                 from ..mlflow_compositions import sync_composition_aliases  # noqa: PLC0415
 
-                sync_composition_aliases(registry, client, [name])
+                sync_composition_aliases(registry, client, [name], on_wait=waited)
             else:
                 from ..mlflow_models import sync_aliases  # noqa: PLC0415
 
-                sync_aliases(registry, client, [name])
+                sync_aliases(registry, client, [name], on_wait=waited)
     except TrackingUnavailableError as exc:
         return None, exc
     return client, None

@@ -361,10 +361,9 @@ def promote_command(
         with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import check_not_worse, promote  # noqa: PLC0415
-
-            sync_aliases(registry, client, [ref.partition("@")[0]])
         name = ref.partition("@")[0]
         with registry.alias_lock(name, on_wait=waiting_for_a_gate(name)):  # no gate meanwhile
+            sync_aliases(registry, client, [name])  # a move made in the UI since counts
             try:
                 check_not_worse(registry, ref, alias)
             except PromotionRefusedError as refused:
@@ -393,10 +392,9 @@ def rollback(
         with mlflow_client(announce=not as_json) as client:
             from ..mlflow_models import sync_aliases  # noqa: PLC0415
             from ..promotion import rollback as roll_back  # noqa: PLC0415
-
-            sync_aliases(registry, client, [name])
         # not under a gate weighing against today's champion
         with registry.alias_lock(name, on_wait=waiting_for_a_gate(name)):
+            sync_aliases(registry, client, [name])  # a move made in the UI since counts
             version = roll_back(registry, client, name, origin="cli")
     if as_json:
         emit_json({"ok": True, **version.to_dict()})
@@ -433,7 +431,14 @@ def sync(
             from ..mlflow_compositions import sync_from_mlflow  # noqa: PLC0415
             from ..mlflow_models import drop_deleted_mirrors  # noqa: PLC0415
 
-            mirrored, changes = sync_from_mlflow(registry, client, name or None)
+            mirrored, changes = sync_from_mlflow(
+                registry,
+                client,
+                name or None,
+                on_wait=lambda held, composition: waiting_for_a_gate(
+                    held, composition=composition
+                )(),
+            )
             dropped = drop_deleted_mirrors(registry, client, name or None)
     if as_json:
         emit_json({

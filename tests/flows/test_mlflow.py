@@ -332,10 +332,12 @@ class TestAliasesThroughMlflow:
     ):
         """`adapterops promote` weighs the version against the champion as a build's gate does,
         so it holds the adapter's alias lock too: a move made meanwhile would go unweighed.
-        `alias` waits too, so a gate that read the champion before it cannot undo it; both say
-        why they wait (a gate can take minutes)."""
+        `alias` waits too, so a gate that read the champion before it cannot undo it. `sync`
+        waits too: caught between a gate's move in MLflow and its move in the registry, it
+        recorded the gate's move again as one made in the UI. Each says why it waits (a gate
+        can take minutes)."""
         adapterops = Path(sys.executable).parent / "adapterops"
-        said = [tmp_path / "promote.err", tmp_path / "alias.err"]
+        said = [tmp_path / "promote.err", tmp_path / "alias.err", tmp_path / "sync.err"]
         with held_in_another_thread(lambda: Registry().alias_lock("sst2-en")):  # a build's gate
             moving = [
                 subprocess.Popen(
@@ -345,19 +347,25 @@ class TestAliasesThroughMlflow:
                     text=True,
                 )
                 for arguments, err in zip(
-                    (("promote", "sst2-en@2"), ("alias", "sst2-en@1", "previous")),
+                    (("promote", "sst2-en@2"), ("alias", "sst2-en@1", "previous"), ("sync",)),
                     said,
                     strict=True,
                 )
             ]
-            wait_until(lambda: all(f.read_text() for f in said), "both commands to say they wait")
+            wait_until(lambda: all(f.read_text() for f in said), "all three to say they wait")
             time.sleep(2)  # waiting still: each finishes in ~6 s unhindered
-            assert [process.poll() for process in moving] == [None, None]
+            assert [process.poll() for process in moving] == [None, None, None]
             assert [v.aliases for v in registry.find(name="sst2-en")] == [(), ()]
-        for process, alias, err in zip(moving, ("champion", "previous"), said, strict=True):
-            out, _ = process.communicate(timeout=120)
-            assert process.returncode == 0, err.read_text()
-            assert json.loads(out)["aliases"] == [alias]
+        answers = [process.communicate(timeout=120)[0] for process in moving]
+        assert [process.returncode for process in moving] == [0, 0, 0], [
+            err.read_text() for err in said
+        ]
+        assert [json.loads(out).get("aliases") for out in answers[:2]] == [
+            ["champion"],
+            ["previous"],
+        ]
+        assert json.loads(answers[2])["changes"] == []  # the moves were made here, not in the UI
+        for err in said:
             assert err.read_text() == (
                 "note: a promotion gate of sst2-en is deciding (a build, retrain or promote); "
                 "waiting for it to finish\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
+
 from registry import Registry
 from tests.registry.workers import gate_once, register_many, write_fake_adapter
 
@@ -102,6 +104,31 @@ def test_a_lock_held_elsewhere_is_said_once_before_waiting_for_it(locations):
         assert release.is_set()  # taken only once the other let go
     other.join(60)
     assert said == ["held"]
+    registry.close()
+
+
+def test_a_lock_this_thread_holds_is_taken_again_at_once_and_still_kept_from_others(locations):
+    """An alias move by hand holds the adapter's lock and then syncs the adapter from MLflow,
+    which takes the lock too: the second take is this thread's own (no wait on itself: it hung
+    for ever); another thread still waits until the outer block ends."""
+    import threading
+
+    registry = Registry(*locations)
+    other_took = threading.Event()
+
+    def another_gate() -> None:
+        with Registry(*locations).alias_lock("held"):
+            other_took.set()
+
+    with registry.alias_lock("held"):
+        other = threading.Thread(target=another_gate)
+        other.start()
+        with registry.alias_lock("held", on_wait=lambda: pytest.fail("waited on itself")):
+            pass  # taken again at once
+        with registry.alias_lock("held"):  # and again, after the inner block let go of nothing
+            assert not other_took.wait(1.5)
+    assert other_took.wait(30)
+    other.join(30)
     registry.close()
 
 
