@@ -12,8 +12,9 @@ connection, released when that transaction ends, even if the process dies (a tra
 also holds behind a pooler such as PgBouncer in transaction mode, where a session's would not).
 Managed servers often set ``statement_timeout`` and ``idle_in_transaction_session_timeout``, so
 a waiter polls (no statement lasts as long as a gate) and the holder's transaction runs a
-statement every second (never idle that long); a connection lost anyway ends in a warning, the
-work done under the lock standing.
+statement every second (never idle that long); PostgreSQL 17's ``transaction_timeout`` the
+lock's transaction sets off for itself (a build holds its build key's lock for hours); a
+connection lost anyway ends in a warning, the work done under the lock standing.
 SQLite: a file lock in a folder beside the database file
 (SQLite is shared only by processes of one machine); an in-memory database has no other
 process to exclude.
@@ -148,6 +149,8 @@ def take_xact_lock(
     as the holder's work (a gate, a garbage collection)."""
     function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
     query = text(f"SELECT {function}(:key)")
+    if _server_version(connection) >= (17,):  # its transaction lasts as long as the work
+        connection.execute(text("SET LOCAL transaction_timeout = 0"))
     if connection.execute(query, {"key": key}).scalar_one():
         return
     if on_wait is not None:
@@ -193,6 +196,12 @@ def kept_busy(
 def _dialect(connection: Connection | Session) -> str:
     bind = connection.get_bind() if isinstance(connection, Session) else connection.engine
     return bind.dialect.name
+
+
+def _server_version(connection: Connection | Session) -> tuple[int, ...]:
+    """The PostgreSQL server's version, as SQLAlchemy read it on connecting."""
+    bind = connection.get_bind() if isinstance(connection, Session) else connection.engine
+    return tuple(bind.dialect.server_version_info or ())
 
 
 def _end(connection: Connection, lost: list[SQLAlchemyError]) -> None:

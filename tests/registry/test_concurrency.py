@@ -8,11 +8,13 @@ import multiprocessing
 import pytest
 
 from registry import Registry
+from tests.registry.conftest import EVERY_SERVER
 from tests.registry.workers import gate_once, register_many, write_fake_adapter
 
 PROCESSES, EACH = 4, 5
 
 
+@EVERY_SERVER
 def test_concurrent_registrations(locations, tmp_path):
     database_url, artifacts_url = locations
     Registry(database_url, artifacts_url).close()  # create and migrate before the race
@@ -36,6 +38,7 @@ def test_concurrent_registrations(locations, tmp_path):
     registry.close()
 
 
+@EVERY_SERVER
 def test_gates_of_one_adapter_weigh_one_after_the_other(locations, tmp_path):
     """Four gates at once, each reading the champion, pausing (a build re-evaluates it) and
     moving it if its candidate scores higher: under the alias lock every move beats the one
@@ -132,26 +135,36 @@ def test_a_lock_this_thread_holds_is_taken_again_at_once_and_still_kept_from_oth
     registry.close()
 
 
-# What managed PostgreSQL servers often set, short: 3 s idle in a transaction, 2 s a statement.
+# What managed PostgreSQL servers often set, short: 3 s idle in a transaction, 2 s a statement;
+# and on PostgreSQL 17 and later, 3 s a whole transaction.
 SERVER_TIMEOUTS = "options=-c%20idle_in_transaction_session_timeout%3D3000%20-c%20statement_timeout%3D2000"  # fmt: skip
+TRANSACTION_TIMEOUT = "%20-c%20transaction_timeout%3D3000"
 
 
-def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgres, tmp_path):
+@pytest.fixture(params=["postgres", "newer_postgres"])
+def timed_out_url(request: pytest.FixtureRequest) -> str:
+    """A new registry database on each PostgreSQL server (15, and 18 with its
+    ``transaction_timeout``), every connection under the server timeouts above."""
+    from tests.registry.conftest import fresh_postgres_url
+
+    url = f"{fresh_postgres_url(request.getfixturevalue(request.param))}?{SERVER_TIMEOUTS}"
+    return url + (TRANSACTION_TIMEOUT if request.param == "newer_postgres" else "")
+
+
+def test_a_postgres_lock_outlasts_the_servers_timeouts(timed_out_url, tmp_path):
     """Managed PostgreSQL often sets ``idle_in_transaction_session_timeout`` and
     ``statement_timeout``. A lock held through a gate longer than the first was ended by the
     server mid-gate, and the build then failed at its release, after promoting; a wait longer
     than the second was cancelled. Now the holder's transaction runs a statement every second
     and a waiter polls; a holder whose connection is dropped anyway keeps its work, with a
-    warning."""
+    warning. PostgreSQL 17's ``transaction_timeout`` ended both the holder's transaction (a
+    build holds its build key's lock for hours) and the waiter's; the lock's transaction now
+    sets it off for itself."""
     import threading
     import time
     import warnings
 
-    import pytest
-
-    from tests.registry.conftest import fresh_postgres_url
-
-    url = f"{fresh_postgres_url(postgres)}?{SERVER_TIMEOUTS}"
+    url = timed_out_url
     registry = Registry(url, (tmp_path / "artifacts").as_uri())
     holding, order, failures = threading.Event(), [], []
 
@@ -191,7 +204,7 @@ def test_a_postgres_lock_outlasts_the_servers_idle_and_statement_timeouts(postgr
 
 
 def test_gc_and_a_registration_waiting_for_it_outlast_the_servers_timeouts(
-    postgres, tmp_path, monkeypatch
+    timed_out_url, tmp_path, monkeypatch
 ):
     """gc holds the blob lock while the store deletes (S3 batches: minutes for a big store),
     and a registration meanwhile waits for it. With ``statement_timeout`` the registration's
@@ -201,9 +214,7 @@ def test_gc_and_a_registration_waiting_for_it_outlast_the_servers_timeouts(
     import time
     from datetime import timedelta
 
-    from tests.registry.conftest import fresh_postgres_url
-
-    url = f"{fresh_postgres_url(postgres)}?{SERVER_TIMEOUTS}"
+    url = timed_out_url
     artifacts = (tmp_path / "artifacts").as_uri()
     registry = Registry(url, artifacts)
 

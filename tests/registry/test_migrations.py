@@ -11,7 +11,10 @@ import sqlalchemy as sa
 import registry as rg
 from registry import Registry
 from registry.db import Database
+from tests.registry.conftest import EVERY_SERVER
 from tests.registry.test_registry import register
+
+pytestmark = EVERY_SERVER  # each migration on SQLite, PostgreSQL 15 and PostgreSQL 18
 
 
 def definitions(db: Database) -> dict[str, dict]:
