@@ -199,9 +199,9 @@ def _dialect(connection: Connection | Session) -> str:
 
 
 def _server_version(connection: Connection | Session) -> tuple[int, ...]:
-    """The PostgreSQL server's version, as SQLAlchemy read it on connecting."""
+    """The PostgreSQL server's version numbers, as SQLAlchemy read them on connecting."""
     bind = connection.get_bind() if isinstance(connection, Session) else connection.engine
-    return tuple(bind.dialect.server_version_info or ())
+    return tuple(part for part in bind.dialect.server_version_info or () if isinstance(part, int))
 
 
 def _end(connection: Connection, lost: list[SQLAlchemyError]) -> None:
