@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -37,6 +37,7 @@ from .errors import (
     NotMigratedError,
     RegistryError,
 )
+from .locks import lock_key, take_xact_lock
 from .orm import Base
 
 __all__ = ["Database", "holds_registry_schema", "schema_head"]
@@ -106,15 +107,20 @@ class Database:
         with translate_db_errors(self.url), self.sessions.begin() as session:
             yield session
 
-    def upgrade(self, revision: str = "head") -> None:
-        """Migrate the schema to ``revision``, the newest by default (idempotent)."""
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Migrate the schema to ``revision``, the newest by default (idempotent); returns the
+        revision it found (None: an empty database). Several processes at once (replicas' init
+        containers, CI jobs) migrate one after the other: the later ones find it done."""
         with translate_db_errors(self.url), self.engine.begin() as connection:
-            self._refuse_foreign_schema(connection)
+            _one_migration_at_a_time(connection)
+            found = self._refuse_foreign_schema(connection)
             command.upgrade(_alembic_config(connection), revision)
+        return found
 
     def downgrade(self, revision: str) -> None:
         """Migrate the schema back to ``revision`` (data rewritten as each step says)."""
         with translate_db_errors(self.url), self.engine.begin() as connection:
+            _one_migration_at_a_time(connection)
             self._refuse_foreign_schema(connection)
             command.downgrade(_alembic_config(connection), revision)
 
@@ -282,6 +288,15 @@ def _sqlite_file_exists(path: str | None) -> bool:
         return True
     file = Path(path)
     return file.is_file() and file.stat().st_size > 0
+
+
+def _one_migration_at_a_time(connection: Connection) -> None:
+    """On PostgreSQL, the schema lock for the migration's transaction: two processes
+    migrating a new database at once both created the tables, and all but one failed
+    ("duplicate key value violates unique constraint pg_type_typname_nsp_index"); the next one
+    now finds the schema current. SQLite's ``BEGIN IMMEDIATE`` already makes them take turns."""
+    if connection.dialect.name == "postgresql":
+        take_xact_lock(connection, lock_key("registry schema"))
 
 
 def _engine(url: str, *, sqlite: bool, path: str | None) -> Engine:

@@ -40,6 +40,7 @@ __all__ = [
     "POLL_SECONDS",
     "file_lock_if_writable",
     "kept_busy",
+    "lock_key",
     "named_lock",
     "take_xact_lock",
 ]
@@ -85,7 +86,7 @@ def _named_lock_once(
     engine: Engine, sqlite_path: str | None, name: str, on_wait: Callable[[], None] | None
 ) -> Iterator[None]:
     if engine.dialect.name != "sqlite":
-        with _advisory_lock(engine, _key(name), on_wait):
+        with _advisory_lock(engine, lock_key(name), on_wait):
             yield
         return
     if not sqlite_path or sqlite_path == ":memory:":
@@ -223,7 +224,7 @@ def _end(connection: Connection, lost: list[SQLAlchemyError]) -> None:
         )
 
 
-def _key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A signed 64-bit key for ``name`` (advisory locks are numbered), ours alone by prefix."""
     digest = hashlib.sha256(f"adapterops:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)

@@ -23,8 +23,7 @@ def db_upgrade(as_json: JsonOption = False) -> None:
         url = Settings.from_env().database_url
         database = Database(url, auto_migrate=False, verify=False)
         try:
-            before = database.revision()
-            database.upgrade()
+            before = database.upgrade()  # as found under the schema lock: another may be first
             after = database.revision()
         finally:
             database.dispose()

@@ -415,6 +415,38 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     assert status["other_writers"] == {} and len(status["identity"]) == 36
 
 
+@pytest.mark.parametrize("server", ["sqlite", "postgres", "newer_postgres"])
+def test_db_upgrade_run_by_several_processes_at_once_migrates_once(server, request, tmp_path):
+    """Replicas' init containers (or CI jobs) each run `db upgrade` on a new database at once:
+    on PostgreSQL all but one failed ("duplicate key value violates unique constraint
+    pg_type_typname_nsp_index", exit 2). Now they take turns under a schema lock: one migrates,
+    the others find the schema current and say so."""
+    import sys
+
+    if server == "sqlite":
+        url = f"sqlite:///{tmp_path}/registry.db"
+    else:
+        postgres = request.getfixturevalue(server)
+        postgres.create_database(name := f"at_once_{os.getpid()}_{server}")
+        url = postgres.url(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+    env |= {"ADAPTEROPS_REGISTRY_URL": url, "ADAPTEROPS_ARTIFACTS_URL": (tmp_path / "a").as_uri()}
+    adapterops = str(Path(sys.executable).parent / "adapterops")
+    upgrading = [
+        subprocess.Popen(
+            [adapterops, "db", "upgrade", "--json"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    said = [process.communicate(timeout=120)[0] for process in upgrading]
+    assert [process.returncode for process in upgrading] == [0, 0, 0], said
+    assert sorted((answer["from"] or "", answer["to"]) for answer in map(json.loads, said)) == [
+        ("", "0008"),
+        ("0008", "0008"),
+        ("0008", "0008"),
+    ]
+
+
 def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
     """SQLite registries migrate when opened; `db status` only reads, so it can tell an operator
     that a copy of an old registry is behind, and what it holds once it is not."""
