@@ -37,6 +37,7 @@ from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
     ensure_model_version,
     log_trend,
+    mirror_earlier_versions,
     sync_aliases,
     tag_run,
     version_description,
@@ -413,6 +414,7 @@ def register_and_gate(
         if champion is not None and champion.version != version.version:  # what the gate weighs
             card += changes_since(spec.promote.alias, diff_versions(champion, version))
         description = version_description(version, spec.evaluate.metric, card)
+        mirror_earlier_versions(client, registry, version)  # MLflow's numbers: the registry's
         mlflow_version = ensure_model_version(
             client, version, run_id=run_id, description=description
         )

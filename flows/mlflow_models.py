@@ -1,10 +1,11 @@
 """Registry versions mirrored as MLflow registered models, versions and aliases.
 
 Naming scheme: the registry adapter ``minilm-sst2-en-lora`` is the MLflow registered model of the
-same name, and registry version N is MLflow model version N of it (created in order, so the numbers
-agree; the tag ``adapterops.version`` on the MLflow version always states the registry number). The
-model version's source is the training run's ``adapter`` artifacts, its description the model
-card, and it carries the same tags as the registry record.
+same name, and registry version N is MLflow model version N of it (created in order under the
+adapter's alias lock, older versions MLflow lacks first, so the numbers agree unless a version
+was deleted before MLflow saw it; the tag ``adapterops.version`` always states the registry
+number). The model version's source is the training run's ``adapter`` artifacts, its description
+the model card, and it carries the same tags as the registry record.
 
 Aliases live in both places. MLflow is where reviewers move them, so MLflow wins: every alias move
 made by AdapterOps goes to MLflow first and then to the registry, and :func:`sync_aliases` copies
@@ -37,6 +38,7 @@ __all__ = [
     "drop_deleted_mirrors",
     "ensure_model_version",
     "log_trend",
+    "mirror_earlier_versions",
     "mirror_version",
     "mlflow_aliases",
     "mlflow_version_of",
@@ -72,7 +74,8 @@ def ensure_model_version(
 ) -> int:
     """The MLflow model version mirroring registry ``version``, created if missing (idempotent).
 
-    Missing earlier versions are created first, in order, so that the numbers agree.
+    With :func:`mirror_earlier_versions` first, MLflow's version number is the registry's
+    (unless the registry deleted an older version before MLflow saw it).
     """
     with mlflow_errors(f"register {version.ref}"):
         _ensure_registered_model(client, version)
@@ -95,6 +98,25 @@ def ensure_model_version(
             version.name, source=source, run_id=run_id, tags=tags, description=description
         )
         return int(created.version)
+
+
+def mirror_earlier_versions(
+    client: MlflowClient, registry: Registry, version: AdapterVersion
+) -> None:
+    """Mirror, oldest first, the registry's versions of ``version``'s adapter older than it
+    that MLflow lacks (pushed while MLflow was down, or registered by another process at
+    once): MLflow numbers its versions as they come, so mirroring them before ``version``
+    keeps MLflow's numbers the registry's. Call it under the adapter's alias lock (two
+    processes mirroring at once would interleave)."""
+    with mlflow_errors(f"read the versions of {version.name}"):
+        mirrored = {
+            int(found.tags[VERSION_TAG])
+            for found in client.search_model_versions(f"name='{version.name}'")
+            if found.tags.get(VERSION_TAG, "").isdigit()
+        }
+    for earlier in sorted(registry.find(name=version.name), key=lambda v: v.version):
+        if earlier.version < version.version and earlier.version not in mirrored:
+            mirror_version(client, earlier)
 
 
 def mirror_version(client: MlflowClient, version: AdapterVersion) -> int:

@@ -94,7 +94,7 @@ def push_folder(
         on_bytes=on_bytes,
     )
     if mirror:
-        warnings += _mirrored(version)
+        warnings += _mirrored(registry, version)
     if spec and version.spec != spec:  # the same bytes: the version registered before
         warnings.append(
             f"these files are {version.ref} already, registered "
@@ -120,15 +120,20 @@ def push_folder(
     return PushResult(version, warnings)
 
 
-def _mirrored(version: AdapterVersion) -> list[str]:
-    """Create the version's MLflow version; what to tell when MLflow cannot (pushing the same
-    folder again, or promoting the version, creates it then)."""
+def _mirrored(registry: Registry, version: AdapterVersion) -> list[str]:
+    """Create the version's MLflow version (older ones MLflow lacks first, under the adapter's
+    alias lock: pushes of one adapter at once gave MLflow's numbers in another order than the
+    registry's); what to tell when MLflow cannot (pushing the same folder again, or promoting
+    the version, creates it then)."""
     from . import tracking  # noqa: PLC0415 - MLflow is slow to import
     from .errors import TrackingUnavailableError  # noqa: PLC0415
-    from .mlflow_models import mirror_version  # noqa: PLC0415
+    from .mlflow_models import mirror_earlier_versions, mirror_version  # noqa: PLC0415
 
     try:
-        mirror_version(tracking.client(), version)
+        client = tracking.client()
+        with registry.alias_lock(version.name):
+            mirror_earlier_versions(client, registry, version)
+            mirror_version(client, version)
     except TrackingUnavailableError as exc:
         return [f"{version.ref} is registered, but not in MLflow yet: {exc}"]  # a rerun adds it
     return []

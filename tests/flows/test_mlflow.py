@@ -675,6 +675,44 @@ class TestMlflowDown:
         assert mlflow_aliases(client, "offline-sst2") == {"champion": 1}
         json.dumps(result.to_dict())
 
+    def test_mlflow_numbers_its_versions_as_the_registry_after_a_push_it_missed_and_a_race(
+        self, registry, tmp_path, monkeypatch
+    ):
+        """MLflow numbers versions as they come. A version pushed while MLflow was down, then
+        the next one pushed: MLflow's version 1 was the registry's 2 (a reviewer promoting
+        "Version 1" in the UI promoted @2). Three pushes of one adapter at once: MLflow's
+        numbers came in the order their mirrors raced. Now older versions MLflow lacks are
+        mirrored first, under the adapter's alias lock."""
+        from flows.push_job import push_folder
+
+        def push(seed: int) -> list[str]:
+            folder = write_fake_adapter(tmp_path / f"v{seed}", seed)
+            identity = {"name": "pushed", "base_model": "b", "task": "t", "language": "en"}
+            return push_folder(registry, folder, identity=identity).warnings
+
+        embedded = tracking.tracking_uri()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        assert [w.partition(":")[0] for w in push(1)] == [
+            "pushed@1 is registered, but not in MLflow yet"
+        ]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded)
+        mlflow.set_tracking_uri(embedded)
+        assert push(2) == []
+        start = threading.Barrier(3)
+        racing = [
+            threading.Thread(target=lambda seed=seed: (start.wait(), push(seed)))
+            for seed in (3, 4, 5)
+        ]
+        for thread in racing:
+            thread.start()
+        for thread in racing:
+            thread.join(120)
+        mirrored = tracking.client().search_model_versions("name='pushed'")
+        assert sorted((int(v.version), int(v.tags["adapterops.version"])) for v in mirrored) == [
+            (n, n) for n in range(1, 6)
+        ]
+
     def test_a_server_that_is_not_there_is_one_line_at_once(self, tmp_path):
         """MLflow's client retries a refused connection for about four minutes (its default
         retries): the command looked hung. Now one request finds out."""
