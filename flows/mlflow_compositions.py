@@ -72,7 +72,15 @@ def ensure_composition_versions(client: MlflowClient, registry: Registry, name: 
 
     Until a composition is fully mirrored (the model's ``adapterops.aliases`` tag), its registry
     aliases go to MLflow too: they were set before MLflow knew it, and the next sync would
-    otherwise take them away. After that, MLflow wins."""
+    otherwise take them away. After that, MLflow wins.
+
+    Under the composition's alias lock: two saves at once each mirrored what MLflow lacked, so
+    MLflow got every version twice (or one failed creating the registered model)."""
+    with registry.composition_alias_lock(name):
+        return _mirror_missing(client, registry, name)
+
+
+def _mirror_missing(client: MlflowClient, registry: Registry, name: str) -> int:
     versions = registry.composition_versions(name)
     model = mlflow_name(name)
     created = 0

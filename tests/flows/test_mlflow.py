@@ -824,6 +824,36 @@ class TestDivergedTraining:
 class TestCompositionsInMlflow:
     """Compositions as MLflow registered models ``composition.NAME``: versions, aliases, sync."""
 
+    def test_saves_of_one_composition_at_once_each_mirror_once_in_order(self, registry, tmp_path):
+        """`composition save` twice at once (two CI jobs): both mirrored whatever MLflow
+        lacked, and both created the same versions (or one failed creating the registered
+        model). The mirror now holds the composition's alias lock."""
+        client = tracking.client()
+        for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
+            folder = write_fake_adapter(tmp_path / name, seed)
+            registry.register(folder, name=name, base_model="b", task=name, language="pt")
+        start, failures = threading.Barrier(3), []
+
+        def save(order: list[str]) -> None:
+            try:
+                start.wait()
+                registry.register_composition("madx", {"type": "stack"}, order)
+                ensure_composition_versions(client, registry, "madx")
+            except Exception as exc:  # said below, in the test's thread
+                failures.append(exc)
+
+        orders = (["lang-pt", "sst2-en"], ["sst2-en", "lang-pt"], ["lang-pt@1", "sst2-en@1"])
+        saving = [threading.Thread(target=save, args=(order,)) for order in orders]
+        for thread in saving:
+            thread.start()
+        for thread in saving:
+            thread.join(120)
+        assert failures == []
+        mirrored = client.search_model_versions("name='composition.madx'")
+        assert sorted((int(v.version), int(v.tags["adapterops.version"])) for v in mirrored) == [
+            (1, 1), (2, 2), (3, 3)
+        ]  # fmt: skip
+
     def test_mirrored_moved_and_reviewed(self, registry, tmp_path):
         client = tracking.client()
         for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
