@@ -94,6 +94,50 @@ def test_stack_down_leaves_an_unrelated_process_with_a_stale_pid_alone(tmp_path:
             unrelated.wait()
 
 
+def test_stack_down_waits_while_another_command_changes_the_stack(tmp_path: Path):
+    """`stack up` and `stack down` each read the stack's state, start or stop services and
+    write it back; a `stack up` beside another failed naming a port nothing ran on ("postgres
+    runs on port 15432" when both chose 25432). Each now holds the stack's lock and says so
+    when it waits; `down` then stops what the other left."""
+    import time
+
+    from infra.stack.local import stack_lock
+    from tests.helpers import held_in_another_thread, wait_until
+
+    server = subprocess.Popen(  # stands for a service the stack started
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        (tmp_path / "stack").mkdir()
+        state = {"ports": {}, "pids": {"mlflow": server.pid}}
+        state["started"] = {"mlflow": start_time(server.pid)}
+        (tmp_path / "stack" / "stack.json").write_text(json.dumps(state))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTEROPS_")}
+        said = tmp_path / "down.err"
+        with held_in_another_thread(lambda: stack_lock(tmp_path)):  # a `stack up` starting
+            down = subprocess.Popen(
+                [str(Path(sys.executable).parent / "adapterops"), "stack", "down", "--json"],
+                env={**env, "ADAPTEROPS_HOME": str(tmp_path)},
+                stdout=subprocess.PIPE,
+                stderr=said.open("w"),
+                text=True,
+            )
+            wait_until(lambda: bool(said.read_text()), "stack down to say it waits")
+            time.sleep(1)
+            assert down.poll() is None and pid_alive(server.pid)
+        out, _ = down.communicate(timeout=60)
+        assert down.returncode == 0 and json.loads(out)["ok"] is True
+        assert said.read_text() == (
+            "note: another `adapterops stack up` or `stack down` is changing this stack; "
+            "waiting for it\n"
+        )
+        assert server.wait(timeout=30) is not None  # stopped once the other let go
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 def test_the_prefect_ui_calls_the_stacks_own_api(tmp_path: Path):
     from infra.stack import PrefectServer
 

@@ -14,7 +14,7 @@ from rich.text import Text
 from infra.stack.errors import StackError
 from infra.stack.local import StackPorts
 
-from .common import JsonOption, console, emit_json, errors, user_errors, warn
+from .common import JsonOption, console, emit_json, errors, note, user_errors, warn
 
 __all__ = ["stack_app"]
 
@@ -37,10 +37,10 @@ def up(
 ) -> None:
     """Start every service that is not running and write $ADAPTEROPS_HOME/stack.env, which
     every adapterops command then reads. Ports given here are remembered."""
-    from infra.stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack, stack_lock  # noqa: PLC0415
 
-    with user_errors(as_json, one_line_failures=True):
-        stack = LocalStack()
+    with user_errors(as_json, one_line_failures=True), stack_lock(_home(), on_wait=_waiting):
+        stack = LocalStack()  # its state read once no other command changes it
         chosen = {
             "postgres": postgres_port, "s3": s3_port, "mlflow": mlflow_port,
             "prefect": prefect_port,
@@ -55,14 +55,27 @@ def up(
 @stack_app.command()
 def down(as_json: JsonOption = False) -> None:
     """Stop every service; the data stays for the next ``stack up``."""
-    from infra.stack.local import LocalStack  # noqa: PLC0415
+    from infra.stack.local import LocalStack, stack_lock  # noqa: PLC0415
 
     with user_errors(as_json, one_line_failures=True):
         stack = LocalStack()
-        if not stack.exists:
+        if not stack.exists:  # nothing to stop, and nothing written
             warn(f"no local stack under {stack.home}: nothing to stop")
-        statuses = stack.down()
+            statuses = stack.down()
+        else:
+            with stack_lock(stack.home, on_wait=_waiting):
+                statuses = LocalStack().down()  # its state as the command before left it
     _show(statuses, as_json)
+
+
+def _home() -> Path:
+    from registry.settings import adapterops_home  # noqa: PLC0415
+
+    return adapterops_home()
+
+
+def _waiting() -> None:
+    note("another `adapterops stack up` or `stack down` is changing this stack; waiting for it")
 
 
 @stack_app.command()

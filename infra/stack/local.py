@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from registry.settings import adapterops_home
 
@@ -112,6 +115,27 @@ class _State:
     pids: dict[str, int] = field(default_factory=dict)
     # Each PID's start time: a PID from an old stack.json may name another program by now.
     started: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def stack_lock(home: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the stack's lock (``stack.lock`` in ``home``) for the block: ``stack up`` and
+    ``stack down`` each read the stack's state, start or stop services and write it back; two
+    at once (two terminals, a service manager beside a person) read it half-written, and one
+    failed with a port that nothing ran on, or recorded a server that had just failed to bind.
+    ``on_wait`` is called first when another holds it."""
+    home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(home / "stack.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def env_file(home: Path | None = None) -> Path:
