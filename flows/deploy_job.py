@@ -8,6 +8,7 @@ starts one). The worker's environment decides where runs write: registry, artifa
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,12 @@ def _api_url() -> str:
 
 
 def ensure_pool(pool: str) -> None:
-    """Create the ``process`` work pool ``pool`` unless it exists."""
+    """Create the ``process`` work pool ``pool`` unless it exists (or another ``deploy``
+    creates it meanwhile: two CI jobs deploying to a new pool at once failed, one of them with
+    Prefect's bare ``ObjectAlreadyExists``)."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
-    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound  # noqa: PLC0415
 
     url = _api_url()
     try:
@@ -72,7 +75,8 @@ def ensure_pool(pool: str) -> None:
             try:
                 client.read_work_pool(pool)
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                with suppress(ObjectAlreadyExists):
+                    client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     except OSError as exc:
         raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
 

@@ -315,6 +315,46 @@ class TestDeploy:
         assert result.returncode == 2
         assert "set PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
 
+    def test_deploys_creating_one_new_pool_at_once_all_succeed(self, prefect_server: PrefectServer):
+        """Two CI jobs deploying to a new pool at once: each found no pool and created it, and
+        the later failed with Prefect's bare ObjectAlreadyExists (10 of 20 calls in 5 rounds
+        of 4 at once). Now the pool another created meanwhile is the one used."""
+        import contextvars
+        import threading
+
+        from prefect.client.orchestration import get_client
+
+        from flows.deploy_job import ensure_pool
+
+        failures: list[str] = []
+        for round_ in range(5):
+            start = threading.Barrier(4)
+
+            def deploy(context: contextvars.Context, pool: str, start: threading.Barrier) -> None:
+                try:
+                    start.wait()
+                    context.run(ensure_pool, pool)  # Prefect's settings live in the context
+                except Exception as exc:  # said below, in the test's thread
+                    failures.append(f"{type(exc).__name__}: {exc}")
+
+            racing = [
+                threading.Thread(
+                    target=deploy,
+                    args=(contextvars.copy_context(), f"new-pool-{round_}", start),
+                )
+                for _ in range(4)
+            ]
+            for thread in racing:
+                thread.start()
+            for thread in racing:
+                thread.join(60)
+        assert failures == []
+        with get_client(sync_client=True) as client:
+            pools = {p.name: p.type for p in client.read_work_pools()}
+        assert {name: pools.get(name) for name in (f"new-pool-{n}" for n in range(5))} == {
+            f"new-pool-{n}": "process" for n in range(5)
+        }
+
     def test_a_worker_runs_the_scheduled_deployment(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
