@@ -2,10 +2,10 @@
 
 Naming scheme: the registry adapter ``minilm-sst2-en-lora`` is the MLflow registered model of the
 same name, and registry version N is MLflow model version N of it (created in order under the
-adapter's alias lock, older versions MLflow lacks first, so the numbers agree unless a version
-was deleted before MLflow saw it; the tag ``adapterops.version`` always states the registry
-number). The model version's source is the training run's ``adapter`` artifacts, its description
-the model card, and it carries the same tags as the registry record.
+adapter's alias lock, the versions since the newest MLflow has first, so the numbers agree
+unless a version was deleted before MLflow saw it; the tag ``adapterops.version`` always states
+the registry number). The model version's source is the training run's ``adapter`` artifacts,
+its description the model card, and it carries the same tags as the registry record.
 
 Aliases live in both places. MLflow is where reviewers move them, so MLflow wins: every alias move
 made by AdapterOps goes to MLflow first and then to the registry, and :func:`sync_aliases` copies
@@ -103,10 +103,11 @@ def ensure_model_version(
 def mirror_earlier_versions(
     client: MlflowClient, registry: Registry, version: AdapterVersion
 ) -> None:
-    """Mirror, oldest first, the registry's versions of ``version``'s adapter older than it
-    that MLflow lacks (pushed while MLflow was down, or registered by another process at
-    once): MLflow numbers its versions as they come, so mirroring them before ``version``
-    keeps MLflow's numbers the registry's. Call it under the adapter's alias lock (two
+    """Mirror, oldest first, the registry's versions of ``version``'s adapter between the
+    newest MLflow has and ``version`` (pushed while MLflow was down, or registered by another
+    process at once): MLflow numbers its versions as they come, so mirroring them before
+    ``version`` keeps MLflow's numbers the registry's. Older gaps stay (a mirror a reviewer
+    deleted in the UI is not brought back). Call it under the adapter's alias lock (two
     processes mirroring at once would interleave)."""
     with mlflow_errors(f"read the versions of {version.name}"):
         mirrored = {
@@ -114,8 +115,9 @@ def mirror_earlier_versions(
             for found in client.search_model_versions(f"name='{version.name}'")
             if found.tags.get(VERSION_TAG, "").isdigit()
         }
+    newest = max(mirrored, default=0)
     for earlier in sorted(registry.find(name=version.name), key=lambda v: v.version):
-        if earlier.version < version.version and earlier.version not in mirrored:
+        if newest < earlier.version < version.version:
             mirror_version(client, earlier)
 
 
