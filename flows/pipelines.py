@@ -226,7 +226,19 @@ def cascade(name: str, output: str = "out") -> list[dict[str, Any]]:
 def _cascade_fusion(
     item: StaleComposition, trigger: AdapterVersion, registry: Registry, output: Path
 ) -> CascadeOutcome:
-    # re-read first: another cascade may have promoted a candidate since the list was made
+    name = member_name(item.ref)
+    report = _progress.get()
+    waiting = f"wait for another cascade of {name} to finish"
+    announce = getattr(report, "phase", None)  # a terminal's bar or a log's lines
+    with registry.cascade_lock(name, on_wait=(lambda: announce(waiting)) if announce else None):
+        return _cascade_fusion_now(item, trigger, registry, output)
+
+
+def _cascade_fusion_now(
+    item: StaleComposition, trigger: AdapterVersion, registry: Registry, output: Path
+) -> CascadeOutcome:
+    # re-read first: another cascade may have promoted a candidate since the list was made (or
+    # while this one waited for it)
     now = fusion_as_it_stands(registry, member_name(item.ref), trigger)
     if now is None:
         champion = registry.get(f"{member_name(item.ref)}@{CHAMPION}")

@@ -215,6 +215,17 @@ class Registry:
             yield
 
     @contextmanager
+    def cascade_lock(
+        self, name: str, *, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the cascade lock of fusion ``name`` for the block: a cascade holds it from
+        re-reading the fusion's champion to its candidate's gate (training included), so two
+        cascades of one fusion at once (two members got new champions) build one after the
+        other, the second over what the first left, instead of each over one new member."""
+        with self._named_lock(f"cascade of fusion {name}", on_wait):
+            yield
+
+    @contextmanager
     def build_lock(
         self, build_key: str, *, on_wait: Callable[[], None] | None = None
     ) -> Iterator[None]:

@@ -3,12 +3,16 @@ read from the registry alone (``cascade --dry-run``)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from flows.cascade import CascadeOutcome
 from flows.stale import find_stale, fusion_as_it_stands
 from registry import Registry
+from tests.helpers import held_in_another_thread
 from tests.registry.workers import write_fake_adapter
 
 
@@ -70,8 +74,23 @@ def test_a_fusion_promoted_since_it_was_listed_is_cascaded_from_where_it_stands(
     lang, [listed_for_lang] = find_stale(registry, "lang")
     task, [listed_for_task] = find_stale(registry, "task")
     assert (listed_for_lang.ref, listed_for_task.ref) == ("fused@1", "fused@1")
-    fusion(11, ["lang@2", "task@1"])  # the cascade of lang promoted its candidate
-    registry.set_alias("fused@2", "champion")
+    # a cascade of lang building its candidate (hours for an LLM) holds the fusion's cascade
+    # lock; another cascade of lang waits, then re-reads: caught up, it builds nothing (it
+    # built a candidate over lang@2 beside the first; one of task, over task@2 alone)
+    waited: list[CascadeOutcome] = []
+    with held_in_another_thread(lambda: registry.cascade_lock("fused")):
+        second = threading.Thread(
+            target=lambda: waited.append(
+                _cascade_fusion(listed_for_lang, lang, registry, tmp_path / "out")
+            )
+        )
+        second.start()
+        time.sleep(1.5)
+        assert second.is_alive()  # waiting for the first
+        fusion(11, ["lang@2", "task@1"])  # the first cascade's candidate, promoted
+        registry.set_alias("fused@2", "champion")
+    second.join(60)
+    assert [(o.status, o.members) for o in waited] == [("not evaluated", ["lang@2", "task@1"])]
 
     now = fusion_as_it_stands(registry, "fused", task)
     assert now is not None and now.ref == "fused@2"
