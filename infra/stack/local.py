@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from registry.settings import adapterops_home
 
 from .errors import StackError
@@ -124,18 +122,11 @@ def stack_lock(home: Path, *, on_wait: Callable[[], None] | None = None) -> Iter
     at once (two terminals, a service manager beside a person) read it half-written, and one
     failed with a port that nothing ran on, or recorded a server that had just failed to bind.
     ``on_wait`` is called first when another holds it."""
+    from registry.locks import file_lock_if_writable  # noqa: PLC0415 - SQLAlchemy: not at CLI start
+
     home.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(home / "stack.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if on_wait is not None:
-            on_wait()
-        lock.acquire()
-    try:
+    with file_lock_if_writable(home / "stack.lock", on_wait=on_wait):
         yield
-    finally:
-        lock.release()
 
 
 def env_file(home: Path | None = None) -> Path:
