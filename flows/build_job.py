@@ -35,6 +35,7 @@ from .launch import launched_here
 from .lineage import dataset_fingerprint, spec_lineage
 from .members import LINEAGE_KEY, members_of_spec
 from .mlflow_models import (
+    check_name_is_ours,
     ensure_model_version,
     log_trend,
     mirror_earlier_versions,
@@ -170,6 +171,8 @@ def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
         existing = run_step("find earlier build", find_built, build)
         if existing is not None:
             return reused_result(existing, build.spec)
+        # another registry's MLflow model of this name: refused now, not after hours of training
+        check_name_is_ours(tracking.client(), build.registry, build.spec.name)
         run_step("prepare data", prepare_data, build)
         report, run_id = run_step("train", train_tracked, build)
         report, card = run_step("evaluate", evaluate_tracked, build, report, run_id)
@@ -416,7 +419,7 @@ def register_and_gate(
         description = version_description(version, spec.evaluate.metric, card)
         mirror_earlier_versions(client, registry, version)  # MLflow's numbers: the registry's
         mlflow_version = ensure_model_version(
-            client, version, run_id=run_id, description=description
+            client, registry, version, run_id=run_id, description=description
         )
         policy = Policy.for_metric(spec.evaluate.metric, spec.promote.min_delta)
         decision, champion_metric = _gate(

@@ -7,6 +7,7 @@ from registry.redaction import RedactedError  # messages never carry a password 
 __all__ = [
     "BaseModelNotFound",
     "DataError",
+    "MlflowNameError",
     "OrchestrationError",
     "PromotionRefusedError",
     "StackError",
@@ -24,6 +25,11 @@ class BaseModelNotFound(RedactedError):
 
 class TrackingUnavailableError(RedactedError):
     """MLflow cannot be reached or refused a request (after retries)."""
+
+
+class MlflowNameError(RedactedError):
+    """An MLflow registered model name this registry cannot use: another registry's mirror of an
+    adapter of the same name, or ``ADAPTEROPS_MLFLOW_PREFIX`` written wrong."""
 
 
 class OrchestrationError(RedactedError):

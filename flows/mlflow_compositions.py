@@ -2,12 +2,14 @@
 and move its ``champion`` in the MLflow UI as they do for adapters.
 
 Naming scheme: composition ``madx`` is the MLflow registered model ``composition.madx`` (registry
-names hold no '.', so it never meets an adapter's model), and registry version N is the MLflow
-model version tagged ``adapterops.version`` N, created in order (usually MLflow's version N too;
-not once a version was deleted before MLflow mirrored it). A deleted version's mirror is deleted.
-Each version's source is a small MLflow run named ``composition madx@N`` whose artifact
-``composition/composition.json`` holds the definition, the exact members and the evaluation spec;
-the members are also tags, so the versions table lists them.
+names hold no '.', so it never meets an adapter's model; after ``ADAPTEROPS_MLFLOW_PREFIX``, and
+only while it carries this registry's identity: :mod:`flows.mlflow_names`), and registry
+version N is the MLflow model version tagged ``adapterops.version`` N, created in order
+(usually MLflow's version N too; not once a version was deleted before MLflow mirrored it). A
+deleted version's mirror is deleted. Each version's source is a small MLflow run named
+``composition madx@N`` whose artifact ``composition/composition.json`` holds the definition, the
+exact members and the evaluation spec; the members are also tags, so the versions table lists
+them.
 
 Aliases follow the adapters' rule: MLflow wins. Moves made by AdapterOps go to MLflow first, then
 to the registry; :func:`sync_composition_aliases` copies moves made in the UI into the registry
@@ -23,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.entities.model_registry import RegisteredModel
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from registry import Composition, Registry, diff_compositions
@@ -31,7 +32,7 @@ from registry.names import check_alias_case, check_new_alias
 
 from .changes_markdown import composition_changes_since
 from .mlflow_models import (
-    COMPOSITION_PREFIX,
+    MEMBERS_TAG,
     VERSION_TAG,
     AliasChange,
     calling,
@@ -39,11 +40,14 @@ from .mlflow_models import (
     mlflow_aliases,
     mlflow_version_of,
     moves_mlflow_has_not_seen,
+    ours_or_warned,
+    owned_model,
     registered_models,
     set_mlflow_alias,
     sync_aliases,
     warn_not_followed,
 )
+from .mlflow_names import REGISTRY_TAG, composition_model, mirrored_name, model_prefix
 from .tracking import configure, mlflow_errors
 
 __all__ = [
@@ -63,7 +67,7 @@ ARTIFACT = "composition"  # the run's artifact folder a model version points at
 
 def mlflow_name(name: str) -> str:
     """The MLflow registered model mirroring composition ``name``."""
-    return f"{COMPOSITION_PREFIX}{name}"
+    return composition_model(name)
 
 
 def ensure_composition_versions(client: MlflowClient, registry: Registry, name: str) -> int:
@@ -85,7 +89,7 @@ def _mirror_missing(client: MlflowClient, registry: Registry, name: str) -> int:
     model = mlflow_name(name)
     created = 0
     with mlflow_errors(f"mirror composition {name}"):
-        seeded = _ensure_registered_model(client, name).tags.get(SEEDED_TAG) == "yes"
+        seeded = _ensure_registered_model(client, registry, name).tags.get(SEEDED_TAG) == "yes"
         for previous, composition in zip([None, *versions], versions, strict=False):
             if mlflow_version_of(client, model, composition.version) is None:
                 _create_version(client, composition, previous)
@@ -132,7 +136,7 @@ def remove_composition_alias(
 ) -> None:
     """Take ``alias`` off composition ``name``: in MLflow, then the registry."""
     registry.composition(name)  # a clear error for an unknown composition, before MLflow
-    ensure_composition_versions(client, registry, name)
+    ensure_composition_versions(client, registry, name)  # and refuses another registry's model
     delete_mlflow_alias(client, mlflow_name(name), alias)
     registry.remove_composition_alias(name, alias, origin=origin)
 
@@ -151,8 +155,10 @@ def sync_composition_aliases(
     its alias lock (a cascade's gate moves them); ``on_wait(name)`` is called first when it must
     wait for one."""
     with mlflow_errors("list registered models"):
-        mirrored = registered_models(client, f"name LIKE '{COMPOSITION_PREFIX}%'")
-        known = {m.name.removeprefix(COMPOSITION_PREFIX) for m in mirrored}
+        mirrored = registered_models(client, f"name LIKE '{model_prefix()}composition.%'")
+        ours = (None, registry.identity)  # (no tag: claimed on the way, if it is ours)
+        listed = [mirrored_name(m.name) for m in mirrored if m.tags.get(REGISTRY_TAG) in ours]
+        known = {named[0] for named in listed if named is not None and named[1]}
     known &= {c.name for c in registry.compositions()}  # another registry's are not ours
     changes: list[AliasChange] = []
     for name in sorted(known if names is None else set(names) & known):
@@ -164,6 +170,8 @@ def sync_composition_aliases(
 def _sync_composition(registry: Registry, client: MlflowClient, name: str) -> list[AliasChange]:
     """:func:`sync_composition_aliases` for one composition MLflow mirrors, under its lock."""
     changes: list[AliasChange] = []
+    if not ours_or_warned(client, registry, mlflow_name(name)):
+        return changes
     ensure_composition_versions(client, registry, name)  # a half-done mirror is finished
     remote = mlflow_aliases(client, mlflow_name(name))
     local = _registry_aliases(registry, name)
@@ -193,9 +201,15 @@ def mirror_all(
     client: MlflowClient, registry: Registry, names: list[str] | None = None
 ) -> list[str]:
     """Mirror the registry's compositions (of ``names``; default all) that MLflow lacks in full;
-    returns the names of those that got new MLflow versions."""
+    returns the names of those that got new MLflow versions. One whose registered model is
+    another registry's is warned about and left (:func:`~flows.mlflow_models.ours_or_warned`)."""
     wanted = [c.name for c in registry.compositions() if names is None or c.name in names]
-    return [name for name in wanted if ensure_composition_versions(client, registry, name)]
+    return [
+        name
+        for name in wanted
+        if ours_or_warned(client, registry, mlflow_name(name))
+        and ensure_composition_versions(client, registry, name)
+    ]
 
 
 def sync_from_mlflow(
@@ -226,18 +240,20 @@ def _registry_aliases(registry: Registry, name: str) -> dict[str, int]:
     }
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> RegisteredModel:
-    """The composition's registered model, created if missing."""
-    try:
-        return client.get_registered_model(mlflow_name(name))
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        return client.create_registered_model(
-            mlflow_name(name),
-            tags={"adapterops.kind": "composition", "adapterops.composition": name},
-            description=f"AdapterOps composition {name}: a block over exact adapter versions",
-        )
+def _ensure_registered_model(
+    client: MlflowClient, registry: Registry, name: str
+) -> RegisteredModel:
+    """The composition's registered model, created (for ``registry``) if missing; one another
+    registry mirrors into is refused (:func:`~flows.mlflow_models.owned_model`)."""
+    found = owned_model(client, registry, mlflow_name(name))
+    if found is not None:
+        return found
+    tags = {"adapterops.kind": "composition", "adapterops.composition": name}
+    return client.create_registered_model(
+        mlflow_name(name),
+        tags={**tags, REGISTRY_TAG: registry.identity},
+        description=f"AdapterOps composition {name}: a block over exact adapter versions",
+    )
 
 
 def _create_version(
@@ -255,7 +271,7 @@ def _create_version(
         VERSION_TAG: str(composition.version),
         "adapterops.kind": "composition",
         "adapterops.block": block,
-        "adapterops.members": members,
+        MEMBERS_TAG: members,
         "adapterops.scored": "yes" if composition.evaluation else "no",
         **{_score_tag(metric): f"{value:.4f}" for metric, value in composition.metrics.items()},
     }

@@ -1,11 +1,13 @@
 """Registry versions mirrored as MLflow registered models, versions and aliases.
 
 Naming scheme: the registry adapter ``minilm-sst2-en-lora`` is the MLflow registered model of the
-same name, and registry version N is MLflow model version N of it (created in order under the
-adapter's alias lock, the versions since the newest MLflow has first, so the numbers agree
-unless a version was deleted before MLflow saw it; the tag ``adapterops.version`` always states
-the registry number). The model version's source is the training run's ``adapter`` artifacts,
-its description the model card, and it carries the same tags as the registry record.
+same name (after ``ADAPTEROPS_MLFLOW_PREFIX``, and only while it carries this registry's
+identity: :mod:`flows.mlflow_names`), and registry version N is MLflow model version N of it
+(created in order under the adapter's alias lock, the versions since the newest MLflow has
+first, so the numbers agree unless a version was deleted before MLflow saw it; the tag
+``adapterops.version`` always states the registry number). The model version's source is the
+training run's ``adapter`` artifacts, its description the model card, and it carries the same
+tags as the registry record.
 
 Aliases live in both places. MLflow is where reviewers move them, so MLflow wins: every alias move
 made by AdapterOps goes to MLflow first and then to the registry, and :func:`sync_aliases` copies
@@ -27,13 +29,22 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from registry import AdapterVersion, Event, Registry
+from registry import AdapterVersion, Event, NotFoundError, Registry
 
-from .tracking import mlflow_errors
+from .errors import MlflowNameError
+from .mlflow_names import (
+    REGISTRY_TAG,
+    adapter_model,
+    mirrored_name,
+    model_prefix,
+    taken_message,
+)
+from .tracking import mlflow_errors, tracking_uri
 
 __all__ = [
     "AliasChange",
     "calling",
+    "check_name_is_ours",
     "delete_model_version",
     "drop_deleted_mirrors",
     "ensure_model_version",
@@ -43,6 +54,8 @@ __all__ = [
     "mlflow_aliases",
     "mlflow_version_of",
     "moves_mlflow_has_not_seen",
+    "ours_or_warned",
+    "owned_model",
     "registered_models",
     "set_mlflow_alias",
     "sync_aliases",
@@ -52,7 +65,8 @@ __all__ = [
 ]
 
 VERSION_TAG = "adapterops.version"
-COMPOSITION_PREFIX = "composition."  # compositions' models (flows.mlflow_compositions)
+# what each mirrored version is, to tell a registry's own mirrors from another's
+DIGEST_TAG, MEMBERS_TAG = "adapterops.digest", "adapterops.members"
 
 
 @dataclass(frozen=True)
@@ -70,21 +84,29 @@ class AliasChange:
 
 
 def ensure_model_version(
-    client: MlflowClient, version: AdapterVersion, *, run_id: str | None, description: str
+    client: MlflowClient,
+    registry: Registry,
+    version: AdapterVersion,
+    *,
+    run_id: str | None,
+    description: str,
 ) -> int:
-    """The MLflow model version mirroring registry ``version``, created if missing (idempotent).
+    """The MLflow model version mirroring ``registry``'s ``version``, created if missing
+    (idempotent); a registered model of that name that mirrors another registry is refused
+    (:class:`~flows.errors.MlflowNameError`).
 
     With :func:`mirror_earlier_versions` first, MLflow's version number is the registry's
     (unless the registry deleted an older version before MLflow saw it).
     """
+    model = adapter_model(version.name)
     with mlflow_errors(f"register {version.ref}"):
-        _ensure_registered_model(client, version)
-        existing = mlflow_version_of(client, version.name, version.version)
+        _ensure_registered_model(client, registry, version)
+        existing = mlflow_version_of(client, model, version.version)
         if existing is not None:
             return existing
         tags = {
             VERSION_TAG: str(version.version),
-            "adapterops.digest": version.digest,
+            DIGEST_TAG: version.digest,
             "adapterops.base_model": version.base_model,
             "adapterops.base_model_fingerprint": version.base_model_fingerprint or "",
             "adapterops.task": version.task,
@@ -95,7 +117,7 @@ def ensure_model_version(
         }
         source = f"runs:/{run_id}/adapter" if run_id else version.artifact_uri
         created = client.create_model_version(
-            version.name, source=source, run_id=run_id, tags=tags, description=description
+            model, source=source, run_id=run_id, tags=tags, description=description
         )
         return int(created.version)
 
@@ -112,23 +134,23 @@ def mirror_earlier_versions(
     with mlflow_errors(f"read the versions of {version.name}"):
         mirrored = {
             int(found.tags[VERSION_TAG])
-            for found in client.search_model_versions(f"name='{version.name}'")
+            for found in client.search_model_versions(f"name='{adapter_model(version.name)}'")
             if found.tags.get(VERSION_TAG, "").isdigit()
         }
     newest = max(mirrored, default=0)
     for earlier in sorted(registry.find(name=version.name), key=lambda v: v.version):
         if newest < earlier.version < version.version:
-            mirror_version(client, earlier)
+            mirror_version(client, registry, earlier)
 
 
-def mirror_version(client: MlflowClient, version: AdapterVersion) -> int:
+def mirror_version(client: MlflowClient, registry: Registry, version: AdapterVersion) -> int:
     """The MLflow version of a registry version registered without a build (pushed, or from
     Python), created if missing: its source is the registry's copy, its description its score
     on the metric its spec gates on and its own description. Builds create theirs with the run
     that trained them (:func:`ensure_model_version`)."""
     metric = (version.spec or {}).get("evaluate", {}).get("metric", "accuracy")
     description = version_description(version, metric, version.description)
-    return ensure_model_version(client, version, run_id=None, description=description)
+    return ensure_model_version(client, registry, version, run_id=None, description=description)
 
 
 def version_description(version: AdapterVersion, metric: str, card: str) -> str:
@@ -169,38 +191,95 @@ def log_trend(
         client.log_artifact(run_id, str(plot))
 
 
-def set_mlflow_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:
-    """Point MLflow alias ``alias`` of ``name`` at the version mirroring registry ``version``."""
-    with mlflow_errors(f"set alias {alias} of {name}"):
-        mlflow_version = mlflow_version_of(client, name, version)
+def set_mlflow_alias(client: MlflowClient, model: str, alias: str, version: int) -> None:
+    """Point alias ``alias`` of MLflow registered model ``model`` at the version mirroring
+    registry ``version`` (mirrored by then, so ``model`` is this registry's)."""
+    with mlflow_errors(f"set alias {alias} of {model}"):
+        mlflow_version = mlflow_version_of(client, model, version)
         if mlflow_version is None:
-            raise MlflowException(f"{name} version {version} is not registered in MLflow yet")
-        client.set_registered_model_alias(name, alias, str(mlflow_version))
+            raise MlflowException(f"{model} version {version} is not registered in MLflow yet")
+        client.set_registered_model_alias(model, alias, str(mlflow_version))
 
 
-def delete_mlflow_alias(client: MlflowClient, name: str, alias: str) -> None:
-    """Remove an alias in MLflow (no error when absent, or when MLflow has no such model: an
-    alias set from Python in the registry alone)."""
-    with mlflow_errors(f"remove alias {alias} of {name}"):
+def delete_mlflow_alias(client: MlflowClient, model: str, alias: str) -> None:
+    """Remove an alias of MLflow registered model ``model`` (no error when absent, or when
+    MLflow has no such model: an alias set from Python in the registry alone). The caller has
+    made sure ``model`` is this registry's (:func:`owned_model`)."""
+    with mlflow_errors(f"remove alias {alias} of {model}"):
         try:
-            aliases = client.get_registered_model(name).aliases
+            aliases = client.get_registered_model(model).aliases
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             return
         if alias in aliases:
-            client.delete_registered_model_alias(name, alias)
+            client.delete_registered_model_alias(model, alias)
 
 
-def mlflow_aliases(client: MlflowClient, name: str) -> dict[str, int]:
-    """``{alias: registry version}`` as MLflow has them."""
-    with mlflow_errors(f"read the aliases of {name}"):
-        model = client.get_registered_model(name)
+def mlflow_aliases(client: MlflowClient, model: str) -> dict[str, int]:
+    """``{alias: registry version}`` as MLflow registered model ``model`` has them."""
+    with mlflow_errors(f"read the aliases of {model}"):
+        found = client.get_registered_model(model)
         result = {}
-        for alias, mlflow_version in model.aliases.items():
-            tags = client.get_model_version(name, str(mlflow_version)).tags
+        for alias, mlflow_version in found.aliases.items():
+            tags = client.get_model_version(model, str(mlflow_version)).tags
             result[alias] = int(tags.get(VERSION_TAG, mlflow_version))
         return result
+
+
+def check_name_is_ours(client: MlflowClient, registry: Registry, name: str) -> None:
+    """Refuse adapter ``name`` now when its MLflow registered model is another registry's
+    (:class:`~flows.errors.MlflowNameError`): before a build trains or a push uploads what
+    could not be mirrored."""
+    with mlflow_errors(f"read {adapter_model(name)}"):
+        owned_model(client, registry, adapter_model(name))
+
+
+def owned_model(client: MlflowClient, registry: Registry, model: str) -> RegisteredModel | None:
+    """MLflow registered model ``model`` if it is ``registry``'s mirror (its tag
+    ``adapterops.registry`` names the registry's identity); None if MLflow has no such model.
+    One another registry mirrors into is a :class:`~flows.errors.MlflowNameError`. One
+    mirrored before registries were told apart (no tag) is claimed, unless a version of it
+    mirrors other files than the registry's version of that number (another registry's)."""
+    try:
+        found = client.get_registered_model(model)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None
+    identity, holder = registry.identity, found.tags.get(REGISTRY_TAG)
+    if holder is None and _mirrors_only(client, registry, model):
+        client.set_registered_model_tag(model, REGISTRY_TAG, identity)
+        return found
+    if holder != identity:
+        raise MlflowNameError(taken_message(model, tracking_uri()))
+    return found
+
+
+def _mirrors_only(client: MlflowClient, registry: Registry, model: str) -> bool:
+    """Whether every version of untagged registered ``model`` that states a registry version
+    this registry also has mirrors the same thing (an adapter's files, a composition's
+    members)."""
+    named = mirrored_name(model)
+    if named is None:
+        return False
+    name, composition = named
+    try:
+        ours, tag = (
+            (
+                {c.version: ", ".join(c.members) for c in registry.composition_versions(name)},
+                MEMBERS_TAG,
+            )
+            if composition
+            else ({v.version: v.digest for v in registry.find(name=name)}, DIGEST_TAG)
+        )
+    except NotFoundError:  # a composition this registry does not have
+        return False
+    for found in client.search_model_versions(f"name='{model}'"):
+        number = found.tags.get(VERSION_TAG, "")
+        if number.isdigit() and int(number) in ours and found.tags.get(tag) != ours[int(number)]:
+            return False
+    return True
 
 
 def sync_aliases(
@@ -215,7 +294,8 @@ def sync_aliases(
     Rule: MLflow wins. An alias set in MLflow is set in the registry; an alias the registry has but
     MLflow does not (for an adapter MLflow knows) is removed. Each change is logged with origin
     ``mlflow-ui``. Registered models the registry has no adapter for (a shared MLflow server holds
-    other teams' models too) are left alone.
+    other teams' models too) are left alone, and so are another registry's mirrors of an adapter
+    of the same name (with a warning: this registry's adapter cannot be mirrored there).
 
     Except: an alias last set or removed through the registry alone (``Registry.set_alias`` from
     Python, origin ``registry``) while MLflow still shows what it was before that move has not
@@ -229,12 +309,9 @@ def sync_aliases(
     UI; ``on_wait(name)`` is called first when it must wait for one.
     """
     with mlflow_errors("list registered models"):
-        known = {
-            m.name
-            for m in registered_models(client)
-            if not m.name.startswith(COMPOSITION_PREFIX)  # they have their own sync
-        }
-    changes: list[AliasChange] = []
+        listed = [mirrored_name(m.name) for m in registered_models(client, _under_prefix())]
+        known = {named[0] for named in listed if named is not None and not named[1]}
+    changes: list[AliasChange] = []  # (compositions have their own sync)
     for name in sorted(known if names is None else set(names) & known):
         with registry.alias_lock(name, on_wait=calling(on_wait, name)):
             changes += _sync_adapter(registry, client, name)
@@ -249,16 +326,16 @@ def calling(on_wait: Callable[[str], None] | None, name: str) -> Callable[[], No
 def _sync_adapter(registry: Registry, client: MlflowClient, name: str) -> list[AliasChange]:
     """:func:`sync_aliases` for one adapter MLflow knows, under its alias lock."""
     versions = registry.find(name=name)
-    if not versions:
-        return []  # not an adapter of this registry
+    if not versions or not ours_or_warned(client, registry, adapter_model(name)):
+        return []  # not an adapter of this registry, or not this registry's model
     changes: list[AliasChange] = []
-    remote = mlflow_aliases(client, name)
+    remote = mlflow_aliases(client, adapter_model(name))
     local = {alias: v.version for v in versions for alias in v.aliases}
     for alias in moves_mlflow_has_not_seen(registry.history(name), local, remote):
         if alias in local:
-            remote[alias] = _alias_to_mlflow(client, versions, alias, local[alias])
+            remote[alias] = _alias_to_mlflow(client, registry, versions, alias, local[alias])
         else:
-            delete_mlflow_alias(client, name, alias)
+            delete_mlflow_alias(client, adapter_model(name), alias)
             del remote[alias]
     for alias, version in sorted(remote.items()):
         if version not in {v.version for v in versions}:
@@ -273,6 +350,25 @@ def _sync_adapter(registry: Registry, client: MlflowClient, name: str) -> list[A
     return changes
 
 
+def _under_prefix() -> str | None:
+    """The search filter for registered models under ``ADAPTEROPS_MLFLOW_PREFIX`` (None: all;
+    LIKE's ``_`` matches any character, so :func:`mirrored_name` still checks each name)."""
+    prefix = model_prefix()
+    return f"name LIKE '{prefix}%'" if prefix else None
+
+
+def ours_or_warned(client: MlflowClient, registry: Registry, model: str) -> bool:
+    """Whether registered ``model`` is ``registry``'s (:func:`owned_model`); another registry's
+    is warned about (a sync goes on with the other adapters) and left alone."""
+    try:
+        with mlflow_errors(f"read {model}"):
+            owned_model(client, registry, model)
+    except MlflowNameError as exc:
+        warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
 def warn_not_followed(holder: str, ref: str, alias: str) -> None:
     """Warn that MLflow's ``alias`` of ``holder`` (an adapter, or ``composition NAME``) points at
     ``ref``, a version the registry has deleted, so a sync does not follow it."""
@@ -285,13 +381,17 @@ def warn_not_followed(holder: str, ref: str, alias: str) -> None:
 
 
 def _alias_to_mlflow(
-    client: MlflowClient, versions: list[AdapterVersion], alias: str, version: int
+    client: MlflowClient,
+    registry: Registry,
+    versions: list[AdapterVersion],
+    alias: str,
+    version: int,
 ) -> int:
     """Point MLflow's ``alias`` at the mirror of registry ``version`` (one of ``versions``),
     mirroring it first if MLflow lacks it; returns ``version``."""
     holder = next(v for v in versions if v.version == version)
-    mirror_version(client, holder)
-    set_mlflow_alias(client, holder.name, alias, version)
+    mirror_version(client, registry, holder)
+    set_mlflow_alias(client, adapter_model(holder.name), alias, version)
     return version
 
 
@@ -311,9 +411,9 @@ def _removed_in_mlflow(
     name = versions[0].name
     for alias in sorted(set(local) - set(remote)):
         with mlflow_errors(f"read the versions of {name}"):
-            mirrored = mlflow_version_of(client, name, local[alias]) is not None
+            mirrored = mlflow_version_of(client, adapter_model(name), local[alias]) is not None
         if not mirrored:
-            _alias_to_mlflow(client, versions, alias, local[alias])
+            _alias_to_mlflow(client, registry, versions, alias, local[alias])
             continue
         registry.remove_alias(name, alias, origin="mlflow-ui")
         changes.append(AliasChange(name, alias, None))
@@ -342,18 +442,22 @@ def moves_mlflow_has_not_seen(
     return unseen
 
 
-def delete_model_version(client: MlflowClient, name: str, registry_version: int) -> int | None:
-    """Delete the MLflow version mirroring a registry version that was deleted, so reviewers
-    cannot point an alias at it; the MLflow version deleted, or None when there was none."""
-    with mlflow_errors(f"delete the version mirroring {name}@{registry_version}"):
+def delete_model_version(
+    client: MlflowClient, registry: Registry, model: str, registry_version: int
+) -> int | None:
+    """Delete the version of MLflow registered model ``model`` mirroring ``registry``'s version
+    ``registry_version``, which the registry deleted, so reviewers cannot point an alias at it;
+    the MLflow version deleted, or None when there was none (never mirrored; or ``model`` is
+    another registry's, whose versions are not this one's to delete)."""
+    with mlflow_errors(f"delete the version mirroring {model}@{registry_version}"):
         try:
-            mirrored = mlflow_version_of(client, name, registry_version)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            if owned_model(client, registry, model) is None:
                 return None  # never mirrored (pushed, not promoted)
-            raise
+        except MlflowNameError:
+            return None
+        mirrored = mlflow_version_of(client, model, registry_version)
         if mirrored is not None:
-            client.delete_model_version(name, str(mirrored))
+            client.delete_model_version(model, str(mirrored))
         return mirrored
 
 
@@ -366,7 +470,7 @@ def drop_deleted_mirrors(
     them; returns ``name@N`` (``composition name@N``) for each. One a reviewer's alias holds is
     left: the sync warns about that alias instead."""
     with mlflow_errors("list registered models"):
-        models = registered_models(client)
+        models = registered_models(client, _under_prefix())
     # one query each, whatever the number of models (a shared server holds other registries'
     # models too: a name with no deletion here is skipped, ours or not)
     deleted_of = {
@@ -375,12 +479,12 @@ def drop_deleted_mirrors(
     }
     dropped: list[str] = []
     for model in models:
-        composition = model.name.startswith(COMPOSITION_PREFIX)
-        name = model.name.removeprefix(COMPOSITION_PREFIX)
-        if names is not None and name not in names:
+        named = mirrored_name(model.name)
+        if named is None or (names is not None and named[0] not in names):
             continue
+        name, composition = named
         deleted = deleted_of[composition].get(name)
-        if not deleted:
+        if not deleted or not ours_or_warned(client, registry, model.name):
             continue
         held = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
         with mlflow_errors(f"remove the mirrors of {name}'s deleted versions"):
@@ -410,7 +514,12 @@ def registered_models(
             return found
 
 
-def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> None:
+def _ensure_registered_model(
+    client: MlflowClient, registry: Registry, version: AdapterVersion
+) -> None:
+    """The adapter's registered model, created (for ``registry``) if missing; one another
+    registry mirrors into is refused (:func:`owned_model`)."""
+    model = adapter_model(version.name)
     tags = {
         "adapterops.base_model": version.base_model,
         "adapterops.task": version.task,
@@ -419,18 +528,16 @@ def _ensure_registered_model(client: MlflowClient, version: AdapterVersion) -> N
     }
     what = f"{version.method} adapter for {version.task} ({version.language})"
     description = f"{what} on {version.base_model}"
-    try:
-        model = client.get_registered_model(version.name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        client.create_registered_model(version.name, tags=tags, description=description)
+    found = owned_model(client, registry, model)
+    if found is None:
+        owner = {REGISTRY_TAG: registry.identity}
+        client.create_registered_model(model, tags={**tags, **owner}, description=description)
         return
-    if any(model.tags.get(key) != value for key, value in tags.items()):
+    if any(found.tags.get(key) != value for key, value in tags.items()):
         # the name was bound anew in the registry (every old version removed): say the new
         for key, value in tags.items():
-            client.set_registered_model_tag(version.name, key, value)
-        client.update_registered_model(version.name, description=description)
+            client.set_registered_model_tag(model, key, value)
+        client.update_registered_model(model, description=description)
 
 
 def mlflow_version_of(client: MlflowClient, name: str, registry_version: int) -> int | None:

@@ -17,7 +17,13 @@ from registry import AdapterVersion, NotFoundError, Registry, higher_is_better
 from registry.names import CHAMPION, check_alias_case, check_new_alias
 
 from .errors import PromotionRefusedError
-from .mlflow_models import delete_mlflow_alias, mirror_version, set_mlflow_alias
+from .mlflow_models import (
+    check_name_is_ours,
+    delete_mlflow_alias,
+    mirror_version,
+    set_mlflow_alias,
+)
+from .mlflow_names import adapter_model
 
 __all__ = [
     "CHALLENGER",
@@ -134,16 +140,17 @@ def promote(
     A new champion demotes the old one to ``previous``.
     """
     target = registry.get(ref)
-    mirror_version(client, target)
+    model = adapter_model(target.name)
+    mirror_version(client, registry, target)
     if alias == CHAMPION:
         current = version_holding(registry, target.name, CHAMPION)
         if current is not None and current.version != target.version:
-            mirror_version(client, current)
-            set_mlflow_alias(client, target.name, PREVIOUS, current.version)
+            mirror_version(client, registry, current)
+            set_mlflow_alias(client, model, PREVIOUS, current.version)
             registry.set_alias(current.ref, PREVIOUS, origin=origin)
         challenger = version_holding(registry, target.name, CHALLENGER)
         if challenger is not None and challenger.version == target.version:
-            delete_mlflow_alias(client, target.name, CHALLENGER)  # it won: no longer a challenger
+            delete_mlflow_alias(client, model, CHALLENGER)  # it won: no longer a challenger
             registry.remove_alias(target.name, CHALLENGER, origin=origin)
     return move_alias(registry, client, target.ref, alias, origin=origin)
 
@@ -158,8 +165,8 @@ def move_alias(
     target = registry.get(ref)
     held = {a for version in registry.find(name=target.name) for a in version.aliases}
     check_alias_case(alias, held, f"adapter {target.name!r}")
-    mirror_version(client, target)
-    set_mlflow_alias(client, target.name, alias, target.version)
+    mirror_version(client, registry, target)
+    set_mlflow_alias(client, adapter_model(target.name), alias, target.version)
     return registry.set_alias(target.ref, alias, origin=origin)
 
 
@@ -170,7 +177,8 @@ def remove_alias(
     no alias refers to can be deleted)."""
     if alias not in {a for v in registry.find(name=name) for a in v.aliases}:
         registry.get(f"{name}@{alias}")  # says which aliases the adapter has
-    delete_mlflow_alias(client, name, alias)
+    check_name_is_ours(client, registry, name)  # not another registry's alias
+    delete_mlflow_alias(client, adapter_model(name), alias)
     registry.remove_alias(name, alias, origin=origin)
 
 
@@ -182,13 +190,14 @@ def rollback(
     if previous is None:
         raise NotFoundError(f"adapter {name!r} has no 'previous' version to roll back to")
     champion = version_holding(registry, name, CHAMPION)
-    mirror_version(client, previous)
-    set_mlflow_alias(client, name, CHAMPION, previous.version)
+    model = adapter_model(name)
+    mirror_version(client, registry, previous)
+    set_mlflow_alias(client, model, CHAMPION, previous.version)
     if champion is not None:
-        mirror_version(client, champion)
-        set_mlflow_alias(client, name, PREVIOUS, champion.version)
+        mirror_version(client, registry, champion)
+        set_mlflow_alias(client, model, PREVIOUS, champion.version)
     else:
-        delete_mlflow_alias(client, name, PREVIOUS)
+        delete_mlflow_alias(client, model, PREVIOUS)
     restored = registry.set_alias(previous.ref, CHAMPION, origin=origin)
     if champion is not None:
         registry.set_alias(champion.ref, PREVIOUS, origin=origin)

@@ -81,6 +81,7 @@ def push_folder(
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
     lineage = _fusion_lineage(bundle, spec)
     registry = opened(registry)
+    unreachable = _check_mlflow_name(registry, fields["name"]) if mirror else None
     known_as = registry.base_models_for(folder)
     metrics = reported_metrics(folder) if metrics is None else metrics
     version = registry.register(
@@ -93,7 +94,9 @@ def push_folder(
         origin=origin,
         on_bytes=on_bytes,
     )
-    if mirror:
+    if unreachable is not None:  # told once: trying again would wait for it again
+        warnings.append(_not_mirrored(version, unreachable))
+    elif mirror:
         warnings += _mirrored(registry, version)
     if spec and version.spec != spec:  # the same bytes: the version registered before
         warnings.append(
@@ -120,6 +123,27 @@ def push_folder(
     return PushResult(version, warnings)
 
 
+def _check_mlflow_name(registry: Registry, name: str) -> Exception | None:
+    """Refuse a push whose adapter's MLflow registered model is another registry's, before
+    anything is stored (:func:`~flows.mlflow_models.check_name_is_ours`). MLflow being down
+    is returned, not raised: the version is registered all the same, and that is told."""
+    from . import tracking  # noqa: PLC0415 - MLflow is slow to import
+    from .errors import TrackingUnavailableError  # noqa: PLC0415
+    from .mlflow_models import check_name_is_ours  # noqa: PLC0415
+
+    try:
+        check_name_is_ours(tracking.client(), registry, name)
+    except TrackingUnavailableError as exc:
+        return exc
+    return None
+
+
+def _not_mirrored(version: AdapterVersion, reason: Exception) -> str:
+    """What to tell when MLflow could not mirror ``version`` (pushing the same folder again,
+    or promoting the version, creates it then)."""
+    return f"{version.ref} is registered, but not in MLflow yet: {reason}"
+
+
 def _mirrored(registry: Registry, version: AdapterVersion) -> list[str]:
     """Create the version's MLflow version (older ones MLflow lacks first, under the adapter's
     alias lock: pushes of one adapter at once gave MLflow's numbers in another order than the
@@ -133,9 +157,9 @@ def _mirrored(registry: Registry, version: AdapterVersion) -> list[str]:
         client = tracking.client()
         with registry.alias_lock(version.name):
             mirror_earlier_versions(client, registry, version)
-            mirror_version(client, version)
+            mirror_version(client, registry, version)
     except TrackingUnavailableError as exc:
-        return [f"{version.ref} is registered, but not in MLflow yet: {exc}"]  # a rerun adds it
+        return [_not_mirrored(version, exc)]
     return []
 
 

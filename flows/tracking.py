@@ -28,6 +28,7 @@ from registry.redaction import redact
 from registry.settings import adapterops_home
 
 from .errors import TrackingUnavailableError
+from .mlflow_names import model_prefix
 from .reachable import check_answers
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "check_tracking_uri",
     "client",
     "configure",
+    "experiment_name",
     "flatten",
     "mlflow_errors",
     "tracking_uri",
@@ -63,8 +65,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
 
 
+def experiment_name() -> str:
+    """The experiment this registry's runs go to: ``adapterops``, after
+    ``ADAPTEROPS_MLFLOW_PREFIX`` (registries sharing a server keep their runs apart too)."""
+    return f"{model_prefix()}{EXPERIMENT}"
+
+
 def configure() -> str:
-    """Point MLflow at the tracking location and return the experiment id."""
+    """Point MLflow at the tracking location and return the experiment id (a prefix written
+    wrong is refused first)."""
+    experiment_named = experiment_name()
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         home().mkdir(parents=True, exist_ok=True)
@@ -74,7 +84,7 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with _first_use_serialised(uri), mlflow_errors("find the experiment"):
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        experiment = mlflow.get_experiment_by_name(experiment_named)
         if experiment is not None:
             if experiment.tags.get(KIND_TAG) != KIND:  # made by an earlier version of ours
                 mlflow.MlflowClient(uri).set_experiment_tag(
@@ -86,14 +96,14 @@ def configure() -> str:
         try:
             return str(
                 mlflow.create_experiment(
-                    EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND}
+                    experiment_named, artifact_location=location, tags={KIND_TAG: KIND}
                 )
             )
         except MlflowException as exc:
             # Concurrent flow runs on a fresh server: another one created it since our lookup.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            created = mlflow.get_experiment_by_name(EXPERIMENT)
+            created = mlflow.get_experiment_by_name(experiment_named)
             if created is None:
                 raise
             return str(created.experiment_id)

@@ -37,6 +37,7 @@ from ..data_files import check_spec_data_files
 from ..errors import (
     BaseModelNotFound,
     DataError,
+    MlflowNameError,
     OrchestrationError,
     PromotionRefusedError,
     StackError,
@@ -155,6 +156,7 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         DataError,
         BaseModelNotFound,
         TrackingUnavailableError,
+        MlflowNameError,
         OrchestrationError,
         PromotionRefusedError,
         StackError,
@@ -471,9 +473,14 @@ def mlflow_after_sync(
 
 
 def drop_mirror(
-    client: Any, unreachable: Exception | None, model: str, version: int, deleted: str
+    registry: rg.Registry,
+    client: Any,
+    unreachable: Exception | None,
+    model: str,
+    version: int,
+    deleted: str,
 ) -> None:
-    """After the registry deleted ``deleted`` (registry version ``version`` of MLflow model
+    """After ``registry`` deleted ``deleted`` (registry version ``version`` of MLflow model
     ``model``), delete its MLflow mirror so no reviewer points an alias at it; when MLflow
     cannot be reached, one warning says what is left and what takes it away (re-running ``rm``
     cannot: the registry's version is gone; ``sync`` can)."""
@@ -483,7 +490,7 @@ def drop_mirror(
 
     try:
         if client is not None:
-            delete_model_version(client, model, version)
+            delete_model_version(client, registry, model, version)
             return
     except TrackingUnavailableError as exc:
         unreachable = exc

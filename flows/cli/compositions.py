@@ -365,7 +365,12 @@ def remove(
     from ..mlflow_compositions import mlflow_name  # noqa: PLC0415 - MLflow has loaded by now
 
     drop_mirror(
-        client, unreachable, mlflow_name(name), deleted.version, f"composition {deleted.ref}"
+        registry,
+        client,
+        unreachable,
+        mlflow_name(name),
+        deleted.version,
+        f"composition {deleted.ref}",
     )
     if as_json:
         emit_json({"ok": True, "deleted": deleted.ref, "members": list(deleted.members)})

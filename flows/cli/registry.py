@@ -414,7 +414,11 @@ def remove(ref: RefArgument, as_json: JsonOption = False) -> None:
             registry, name, composition=False, announce=not as_json
         )
         version = registry.delete(ref, origin="cli")
-    drop_mirror(client, unreachable, version.name, version.version, version.ref)
+    from ..mlflow_names import adapter_model  # noqa: PLC0415
+
+    drop_mirror(
+        registry, client, unreachable, adapter_model(version.name), version.version, version.ref
+    )
     if as_json:
         emit_json({"ok": True, "deleted": version.ref})
         return

@@ -13,7 +13,12 @@ def embedded_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Embedded defaults in a fresh folder: SQLite registry, local artifacts, local MLflow."""
     home = tmp_path / "home"
     monkeypatch.setenv("ADAPTEROPS_HOME", str(home))
-    for variable in ("MLFLOW_TRACKING_URI", "ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL"):
+    for variable in (
+        "MLFLOW_TRACKING_URI",
+        "ADAPTEROPS_REGISTRY_URL",
+        "ADAPTEROPS_ARTIFACTS_URL",
+        "ADAPTEROPS_MLFLOW_PREFIX",
+    ):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -190,7 +190,7 @@ class TestAliasesThroughMlflow:
             version = registry.register(
                 folder, name="sst2-en", base_model="b", task="sst2", language="en"
             )
-            ensure_model_version(client, version, run_id=None, description="card")
+            ensure_model_version(client, registry, version, run_id=None, description="card")
         return client
 
     def test_promote_rollback_and_reviewer_moves(self, registry, two_versions):
@@ -236,7 +236,7 @@ class TestAliasesThroughMlflow:
                 folder, name="ranked", base_model="b", task="sst2", language="en",
                 metrics={"accuracy": accuracy},
             )  # fmt: skip
-            ensure_model_version(client, version, run_id=None, description="card")
+            ensure_model_version(client, registry, version, run_id=None, description="card")
         promote(registry, client, "ranked@1")
         env = {**os.environ, "COLUMNS": "80"}  # ADAPTEROPS_HOME: this test's embedded home
 
@@ -390,7 +390,9 @@ class TestAliasesThroughMlflow:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
         fresh = tracking.client()
         # what a build registers in the new store: its own version, no alias
-        ensure_model_version(fresh, registry.get("moved@2"), run_id=None, description="card")
+        ensure_model_version(
+            fresh, registry, registry.get("moved@2"), run_id=None, description="card"
+        )
         assert mlflow_aliases(fresh, "moved") == {}
         assert sync_aliases(registry, fresh) == []
         assert registry.get("moved@champion").version == 1
@@ -527,14 +529,14 @@ class TestAliasesThroughMlflow:
             write_fake_adapter(tmp_path / "v1", 1), name="moved", base_model="wrong-base",
             task="sst2", language="en",
         )  # fmt: skip
-        ensure_model_version(client, first, run_id=None, description="card")
+        ensure_model_version(client, registry, first, run_id=None, description="card")
         registry.delete(first.ref)
-        delete_model_version(client, "moved", first.version)
+        delete_model_version(client, registry, "moved", first.version)
         second = registry.register(
             write_fake_adapter(tmp_path / "v2", 2), name="moved", base_model="right-base",
             task="sst2", language="pt",
         )  # fmt: skip
-        ensure_model_version(client, second, run_id=None, description="card")
+        ensure_model_version(client, registry, second, run_id=None, description="card")
         model = client.get_registered_model("moved")
         assert (model.tags["adapterops.base_model"], model.tags["adapterops.language"]) == (
             "right-base", "pt",
@@ -546,7 +548,10 @@ class TestAliasesThroughMlflow:
 
     def test_versions_are_created_once(self, registry, two_versions):
         version = registry.get("sst2-en@1")
-        assert ensure_model_version(two_versions, version, run_id=None, description="again") == 1
+        assert (
+            ensure_model_version(two_versions, registry, version, run_id=None, description="again")
+            == 1
+        )
         assert len(two_versions.search_model_versions("name='sst2-en'")) == 2
 
 
@@ -865,7 +870,7 @@ class TestCompositionsInMlflow:
         for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
             folder = write_fake_adapter(tmp_path / name, seed)
             version = registry.register(folder, name=name, base_model="b", task=name, language="pt")
-            ensure_model_version(client, version, run_id=None, description="card")
+            ensure_model_version(client, registry, version, run_id=None, description="card")
         registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
         registry.set_composition_alias("madx@1", "champion")  # from Python: MLflow not told
 
