@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from flows import tracking
+from flows.build_job import build_from_spec
 from flows.errors import MlflowNameError
 from flows.mlflow_compositions import ensure_composition_versions, sync_from_mlflow
 from flows.mlflow_models import mlflow_aliases, sync_aliases
 from flows.promotion import promote
 from flows.push_job import push_folder
+from flows.quickstart import minilm_sst2_spec
 from registry import Registry
 from tests.helpers import run_cli
 from tests.registry.workers import write_fake_adapter
@@ -152,3 +154,16 @@ def test_the_cli_refuses_in_one_line_and_a_prefix_written_wrong_too(shared, tmp_
         "staging-x",
         "x",
     ]
+
+
+def test_a_build_is_refused_before_it_trains(shared, tmp_path, sst2_dir):
+    production, staging = registry_at(tmp_path, "production"), registry_at(tmp_path, "staging")
+    folder = write_fake_adapter(tmp_path / "adapter", 1)
+    push_folder(production, folder, identity={**IDENTITY, "name": "x-sst2"})
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=2, name="x-sst2")
+    with pytest.raises(MlflowNameError, match="Set ADAPTEROPS_MLFLOW_PREFIX"):
+        build_from_spec(spec, staging, tmp_path / "out")
+    assert staging.find() == []
+    client = tracking.client()
+    experiment = client.get_experiment_by_name("adapterops").experiment_id
+    assert client.search_runs([experiment]) == []  # no training run was started
