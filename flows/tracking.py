@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -86,6 +87,8 @@ def configure() -> str:
     with _first_use_serialised(uri), mlflow_errors("find the experiment"):
         experiment = mlflow.get_experiment_by_name(experiment_named)
         if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                _restore(MlflowClient(uri), experiment.experiment_id, experiment_named)
             if experiment.tags.get(KIND_TAG) != KIND:  # made by an earlier version of ours
                 mlflow.MlflowClient(uri).set_experiment_tag(
                     experiment.experiment_id, KIND_TAG, KIND
@@ -107,6 +110,25 @@ def configure() -> str:
             if created is None:
                 raise
             return str(created.experiment_id)
+
+
+def _restore(client: MlflowClient, experiment_id: str, name: str) -> None:
+    """Bring back our experiment from MLflow's trash: deleted in the UI, it failed every run
+    created in it ("must be in the 'active' state") with an error that re-running never fixed.
+    Its runs are the sources of the registry's MLflow versions, so it is restored, not
+    replaced (MLflow keeps the name of a deleted experiment taken anyway)."""
+    try:
+        client.restore_experiment(experiment_id)
+    except MlflowException:
+        if client.get_experiment(experiment_id).lifecycle_stage == "deleted":
+            raise
+        return  # another process restored it first
+    warnings.warn(
+        f"MLflow experiment {name!r} was deleted (in MLflow's trash): restored, since the runs "
+        "of the registry's versions live there; to track elsewhere, set MLFLOW_TRACKING_URI",
+        RuntimeWarning,
+        stacklevel=2,  # configure's line: ours, so the CLI prints it as one "warning:" line
+    )
 
 
 @contextmanager

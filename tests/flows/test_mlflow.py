@@ -928,3 +928,19 @@ class TestCompositionsInMlflow:
         for name in ("a", "b", "c"):
             client.create_registered_model(name)
         assert sorted(m.name for m in registered_models(client, page_size=1)) == ["a", "b", "c"]
+
+
+def test_an_experiment_deleted_in_the_mlflow_ui_is_restored(registry, tmp_path):
+    """A reviewer tidying the UI deleted the experiment: every run created in it failed, with
+    an error that told to check the server and that re-running would complete the work."""
+    client = tracking.client()
+    client.delete_experiment(tracking.configure())
+    for seed, name in ((1, "lang-pt"), (2, "sst2-en")):
+        registry.register(
+            write_fake_adapter(tmp_path / name, seed), name=name, base_model="b", task=name,
+            language="pt",
+        )  # fmt: skip
+    registry.register_composition("madx", {"type": "stack"}, ["lang-pt", "sst2-en"])
+    with pytest.warns(RuntimeWarning, match="MLflow experiment 'adapterops' was deleted"):
+        assert ensure_composition_versions(client, registry, "madx") == 1  # its run made
+    assert client.get_experiment_by_name("adapterops").lifecycle_stage == "active"
