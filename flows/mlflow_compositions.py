@@ -33,6 +33,7 @@ from registry.names import check_alias_case, check_new_alias
 from .changes_markdown import composition_changes_since
 from .mlflow_models import (
     MEMBERS_TAG,
+    NOT_MIRRORED,
     VERSION_TAG,
     AliasChange,
     calling,
@@ -185,6 +186,8 @@ def _sync_composition(registry: Registry, client: MlflowClient, name: str) -> li
             del remote[alias]
     kept = {c.version for c in registry.composition_versions(name)}
     for alias, version in sorted(remote.items()):
+        if version == NOT_MIRRORED:  # made by hand in MLflow: warned about, not followed
+            continue
         if version not in kept:  # set in the UI on a version deleted here, as for adapters
             warn_not_followed(f"composition {name}", f"{name}@{version}", alias)
             continue

@@ -67,6 +67,7 @@ __all__ = [
 VERSION_TAG = "adapterops.version"
 # what each mirrored version is, to tell a registry's own mirrors from another's
 DIGEST_TAG, MEMBERS_TAG = "adapterops.digest", "adapterops.members"
+NOT_MIRRORED = 0  # mlflow_aliases' number for a version made by hand in MLflow (none is 0)
 
 
 @dataclass(frozen=True)
@@ -217,13 +218,25 @@ def delete_mlflow_alias(client: MlflowClient, model: str, alias: str) -> None:
 
 
 def mlflow_aliases(client: MlflowClient, model: str) -> dict[str, int]:
-    """``{alias: registry version}`` as MLflow registered model ``model`` has them."""
+    """``{alias: registry version}`` as MLflow registered model ``model`` has them. An alias
+    on a version made by hand in MLflow (a run's files registered from the UI: no
+    ``adapterops.version`` tag) is :data:`NOT_MIRRORED`, with a warning: no registry version
+    holds those files (its MLflow number, taken for a registry version's, moved the registry's
+    alias onto other files)."""
     with mlflow_errors(f"read the aliases of {model}"):
         found = client.get_registered_model(model)
         result = {}
         for alias, mlflow_version in found.aliases.items():
-            tags = client.get_model_version(model, str(mlflow_version)).tags
-            result[alias] = int(tags.get(VERSION_TAG, mlflow_version))
+            number = client.get_model_version(model, str(mlflow_version)).tags.get(VERSION_TAG)
+            if number is None or not number.isdigit():
+                warnings.warn(
+                    f"MLflow alias {alias!r} of {model} points at its version {mlflow_version}, "
+                    f"which AdapterOps did not create (no {VERSION_TAG} tag): not followed; "
+                    "point it at a version AdapterOps mirrored",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            result[alias] = int(number) if number and number.isdigit() else NOT_MIRRORED
         return result
 
 
@@ -338,6 +351,8 @@ def _sync_adapter(registry: Registry, client: MlflowClient, name: str) -> list[A
             delete_mlflow_alias(client, adapter_model(name), alias)
             del remote[alias]
     for alias, version in sorted(remote.items()):
+        if version == NOT_MIRRORED:  # made by hand in MLflow: warned about, not followed
+            continue
         if version not in {v.version for v in versions}:
             # set in the UI on a version deleted here: not followed (that would fail every
             # sync, and every build and promotion of the adapter after it), said instead

@@ -944,3 +944,22 @@ def test_an_experiment_deleted_in_the_mlflow_ui_is_restored(registry, tmp_path):
     with pytest.warns(RuntimeWarning, match="MLflow experiment 'adapterops' was deleted"):
         assert ensure_composition_versions(client, registry, "madx") == 1  # its run made
     assert client.get_experiment_by_name("adapterops").lifecycle_stage == "active"
+
+
+def test_an_alias_on_a_version_made_by_hand_in_mlflow_is_not_followed(registry, tmp_path):
+    """A reviewer registered a run's files into the adapter's model from the UI and moved
+    champion there: the sync took that MLflow version's number for a registry version's and
+    moved the registry's champion onto other files (x@2, never reviewed)."""
+    client = tracking.client()
+    for seed in (1, 2):
+        registry.register(
+            write_fake_adapter(tmp_path / f"v{seed}", seed), name="x", base_model="b",
+            task="sst2", language="en",
+        )  # fmt: skip
+    promote(registry, client, "x@1")
+    by_hand = client.create_model_version("x", source=str(tmp_path / "v2"))  # no tags
+    assert by_hand.version == 2
+    client.set_registered_model_alias("x", "champion", "2")
+    with pytest.warns(RuntimeWarning, match="'champion' of x points at its version 2, which"):
+        assert sync_aliases(registry, client) == []
+    assert registry.get("x@champion").ref == "x@1"
