@@ -265,7 +265,7 @@ def owned_model(client: MlflowClient, registry: Registry, model: str) -> Registe
         client.set_registered_model_tag(model, REGISTRY_TAG, identity)
         return found
     if holder != identity:
-        raise MlflowNameError(taken_message(model, tracking_uri()))
+        raise MlflowNameError(taken_message(model, tracking_uri(), holder, identity))
     return found
 
 

@@ -78,15 +78,18 @@ def mirrored_name(model: str) -> tuple[str, bool] | None:
     return (name, composition) if _NAME.fullmatch(name) else None
 
 
-def taken_message(model: str, tracking: str) -> str:
-    """Why registered model ``model`` at ``tracking`` cannot be this registry's mirror, and
-    what to do."""
+def taken_message(model: str, tracking: str, holder: str | None, identity: str) -> str:
+    """Why registered model ``model`` at ``tracking``, whose tag names registry ``holder``,
+    cannot be the mirror of registry ``identity`` (``adapterops db status`` shows a
+    registry's), and what to do."""
     prefix = model_prefix()
     now = f"{PREFIX_VARIABLE}={prefix}" if prefix else f"{PREFIX_VARIABLE} unset"
+    whose = f"registry {holder}" if holder else "a registry whose versions have other files"
+    named = mirrored_name(model)
+    what = "a composition" if named is not None and named[1] else "an adapter"
     return (
-        f"MLflow model {model!r} at {tracking} mirrors another registry's adapter of that name "
-        f"(its tag {REGISTRY_TAG} names another registry; {now}): registries that share an "
-        f"MLflow server each need their own model names. Set {PREFIX_VARIABLE} for this "
-        "registry (e.g. staging.) or give it its own MLFLOW_TRACKING_URI; nothing was changed "
-        "in MLflow"
+        f"MLflow model {model!r} at {tracking} mirrors {what} of {whose}, not of this "
+        f"registry ({identity}; {now}): registries that share an MLflow server each need "
+        f"their own model names. Set {PREFIX_VARIABLE} for this registry (e.g. staging.) or "
+        "give it its own MLFLOW_TRACKING_URI; nothing was changed in MLflow"
     )

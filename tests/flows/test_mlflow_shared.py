@@ -50,8 +50,12 @@ def test_another_registrys_adapter_of_the_same_name_is_refused_before_anything_i
 ):
     production, staging = registry_at(tmp_path, "production"), registry_at(tmp_path, "staging")
     promote(production, tracking.client(), pushed(production, tmp_path, 1, 0.5))
-    with pytest.raises(MlflowNameError, match=r"MLflow model 'x' at .* mirrors another registry"):
+    with pytest.raises(MlflowNameError) as refused:
         pushed(staging, tmp_path, 2, 0.9)
+    assert str(refused.value).startswith(
+        f"MLflow model 'x' at {shared} mirrors an adapter of registry {production.identity}, "
+        f"not of this registry ({staging.identity}; ADAPTEROPS_MLFLOW_PREFIX unset)"
+    )
     assert staging.find() == []  # refused before the registration
     # the other's champion was not read into this registry, nor moved in MLflow
     stored = registry_at(tmp_path, "staging")
@@ -98,7 +102,7 @@ def test_a_model_mirrored_before_registries_were_told_apart_is_claimed_if_its_ve
     client = tracking.client()
     client.delete_registered_model_tag("x", "adapterops.registry")  # as an older release left it
     staging.register(write_fake_adapter(tmp_path / "other", 7), **IDENTITY)  # other files
-    with pytest.warns(RuntimeWarning, match="mirrors another registry"):
+    with pytest.warns(RuntimeWarning, match="mirrors an adapter of a registry whose versions"):
         assert sync_aliases(staging, client) == []
     assert "adapterops.registry" not in client.get_registered_model("x").tags
     promote(production, client, "x@1", "staging")  # its own versions: claimed
@@ -113,7 +117,9 @@ def test_a_composition_of_the_same_name_is_another_registrys_too(shared, tmp_pat
     ensure_composition_versions(tracking.client(), production, "madx")
     with pytest.raises(MlflowNameError, match=r"'composition\.madx'"):
         ensure_composition_versions(tracking.client(), staging, "madx")
-    with pytest.warns(RuntimeWarning, match=r"'composition\.madx' .* mirrors another registry"):
+    with pytest.warns(
+        RuntimeWarning, match=r"'composition\.madx' .* mirrors a composition of registry"
+    ):
         assert sync_from_mlflow(staging, tracking.client()) == ([], [])
 
 
