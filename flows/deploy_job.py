@@ -16,7 +16,7 @@ from typing import Any
 from .errors import OrchestrationError
 from .spec import load_spec
 
-__all__ = ["DEFAULT_POOL", "DeploymentInfo", "deploy_specs", "ensure_pool"]
+__all__ = ["DEFAULT_POOL", "DeploymentInfo", "check_not_taken", "deploy_specs", "ensure_pool"]
 
 DEFAULT_POOL = "adapterops"
 ENTRYPOINT = "flows/entrypoints.py:build"  # loaded by path on the worker
@@ -81,11 +81,53 @@ def ensure_pool(pool: str) -> None:
         raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
 
 
+def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool = False) -> None:
+    """Refuse to update a deployment (``{"build/NAME": spec path, "sync/aliases": None}``)
+    that another work pool runs, or that builds another spec file, unless ``replace``: a
+    second registry deploying to one Prefect server (staging beside production) took the
+    other's deployments in place (Prefect updates a deployment of the same name), and its
+    builds and syncs ran on the new pool's worker, with the new checkout's specs, from then
+    on, without a word."""
+    if replace:
+        return
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    url = _api_url()  # (get_client without one would start a server of its own)
+    for name, spec_path in planned.items():
+        try:
+            with get_client(sync_client=True) as client:
+                existing = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            continue
+        except OSError as exc:
+            raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+        their_spec = (existing.parameters or {}).get("spec_path")
+        other_pool = existing.work_pool_name not in (None, pool)
+        if other_pool or (spec_path is not None and their_spec not in (None, spec_path)):
+            where = f"work pool {existing.work_pool_name!r}" + (
+                f" with spec {their_spec}" if their_spec else ""
+            )
+            raise OrchestrationError(
+                f"deployment {name} on the Prefect server at {url} runs on {where}; deploying "
+                f"to pool {pool!r}{' from ' + spec_path if spec_path else ''} would take it from "
+                "there (another registry's, or another checkout's?). Give this spec another "
+                "name, use a Prefect server of its own, or pass --replace to move it here; "
+                "nothing was deployed"
+            )
+
+
 def deploy_specs(
-    spec_paths: list[Path], *, pool: str = DEFAULT_POOL, sync_every: int = SYNC_EVERY
+    spec_paths: list[Path],
+    *,
+    pool: str = DEFAULT_POOL,
+    sync_every: int = SYNC_EVERY,
+    replace: bool = False,
 ) -> list[DeploymentInfo]:
     """Validate every spec first, then create (or update) one deployment per spec, and the sync
-    deployment every ``sync_every`` seconds (0: none)."""
+    deployment every ``sync_every`` seconds (0: none). A deployment of the same name that runs
+    on another pool or builds another spec file is refused unless ``replace``
+    (:func:`check_not_taken`)."""
     from prefect.client.schemas.objects import (  # noqa: PLC0415
         ConcurrencyLimitConfig,
         ConcurrencyLimitStrategy,
@@ -102,6 +144,10 @@ def deploy_specs(
         limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
     )
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
+    planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
+    if sync_every:
+        planned[f"sync/{SYNC_DEPLOYMENT}"] = None
+    check_not_taken(planned, pool, replace=replace)  # before the pool is made: nothing changed
     ensure_pool(pool)
     deployed = []
     for path, spec in specs:

@@ -58,16 +58,25 @@ def deploy(
             min=0,
         ),
     ] = 300,  # deploy_job.SYNC_EVERY (not imported here: it loads torch)
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Update a deployment of the same name even where it runs on another work "
+            "pool or builds another spec file (refused without it: another registry's?).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``,
     and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
-    --pool POOL``), each one run at a time (a build's next run waits for it)."""
+    --pool POOL``), each one run at a time (a build's next run waits for it). One of the same
+    name on another pool, or building another spec file, is refused unless --replace."""
     with user_errors(as_json, one_line_failures=True):
         files = spec_files(spec_paths, nothing="nothing was deployed")
         from ..deploy_job import deploy_specs  # noqa: PLC0415 - Prefect and torch
 
-        deployed = deploy_specs(files, pool=pool, sync_every=sync_every)
+        deployed = deploy_specs(files, pool=pool, sync_every=sync_every, replace=replace)
     if as_json:
         emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
         return

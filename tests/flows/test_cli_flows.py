@@ -355,6 +355,47 @@ class TestDeploy:
             f"new-pool-{n}": "process" for n in range(5)
         }
 
+    def test_another_checkouts_deployment_of_the_same_name_is_not_taken_over(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """Staging deploying beside production on one Prefect server: Prefect updated
+        production's build/NAME in place, onto staging's pool and spec, without a word."""
+        from prefect.client.orchestration import get_client
+
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": prefect_server.api_url}
+        for checkout in ("production", "staging"):
+            (tmp_path / checkout).mkdir()
+        production = write_spec(tmp_path / "production", sst2_dir, name="shared-en")
+        staging = write_spec(tmp_path / "staging", sst2_dir, name="shared-en")
+        deploy = ("deploy", "--sync-every", "0", "--json")
+        first = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        again = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)  # an update
+        assert again.returncode == 0, again.stderr[-3000:]
+        refused = run_cli(*deploy, "--pool", "staging-pool", str(staging), env=env)
+        assert refused.returncode == 2
+        answer = json.loads(refused.stdout)
+        assert (answer["ok"], answer["kind"]) == (False, "OrchestrationError")
+        assert answer["error"].startswith(
+            f"deployment build/shared-en on the Prefect server at {prefect_server.api_url} runs "
+            f"on work pool 'prod-pool' with spec {production.resolve()}; deploying to pool "
+            f"'staging-pool' from {staging.resolve()} would take it from there"
+        )
+        same_pool = run_cli(*deploy, "--pool", "prod-pool", str(staging), env=env)
+        assert same_pool.returncode == 2 and "--replace to move it here" in same_pool.stderr
+        with get_client(sync_client=True) as client:
+            stored = client.read_deployment_by_name("build/shared-en")
+            assert (stored.work_pool_name, stored.parameters["spec_path"]) == (
+                "prod-pool", str(production.resolve()),
+            )  # fmt: skip
+            assert "staging-pool" not in {p.name for p in client.read_work_pools()}
+        moved = run_cli(*deploy, "--pool", "staging-pool", "--replace", str(staging), env=env)
+        assert moved.returncode == 0, moved.stderr[-3000:]
+        with get_client(sync_client=True) as client:
+            assert client.read_deployment_by_name("build/shared-en").work_pool_name == (
+                "staging-pool"
+            )
+
     def test_a_worker_runs_the_scheduled_deployment(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
