@@ -108,12 +108,12 @@ def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool 
             where = f"work pool {existing.work_pool_name!r}" + (
                 f" with spec {their_spec}" if their_spec else ""
             )
+            instead = "give this spec another name" if spec_path else "deploy with --sync-every 0"
             raise OrchestrationError(
                 f"deployment {name} on the Prefect server at {url} runs on {where}; deploying "
                 f"to pool {pool!r}{' from ' + spec_path if spec_path else ''} would take it from "
-                "there (another registry's, or another checkout's?). Give this spec another "
-                "name, use a Prefect server of its own, or pass --replace to move it here; "
-                "nothing was deployed"
+                f"there (another registry's, or another checkout's?): {instead}, use a Prefect "
+                "server of its own, or pass --replace to move it here; nothing was deployed"
             )
 
 

@@ -379,7 +379,9 @@ class TestDeploy:
         assert answer["error"].startswith(
             f"deployment build/shared-en on the Prefect server at {prefect_server.api_url} runs "
             f"on work pool 'prod-pool' with spec {production.resolve()}; deploying to pool "
-            f"'staging-pool' from {staging.resolve()} would take it from there"
+            f"'staging-pool' from {staging.resolve()} would take it from there (another "
+            "registry's, or another checkout's?): give this spec another name, use a Prefect "
+            "server of its own, or pass --replace"
         )
         same_pool = run_cli(*deploy, "--pool", "prod-pool", str(staging), env=env)
         assert same_pool.returncode == 2 and "--replace to move it here" in same_pool.stderr
