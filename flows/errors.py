@@ -11,6 +11,7 @@ __all__ = [
     "OrchestrationError",
     "PromotionRefusedError",
     "StackError",
+    "TrackingAccessError",
     "TrackingUnavailableError",
 ]
 
@@ -30,6 +31,11 @@ class TrackingUnavailableError(RedactedError):
 class MlflowNameError(RedactedError):
     """An MLflow registered model name this registry cannot use: another registry's mirror of an
     adapter of the same name, or ``ADAPTEROPS_MLFLOW_PREFIX`` written wrong."""
+
+
+class TrackingAccessError(RedactedError):
+    """MLflow answered but refused the request: no valid credentials, or a user without the
+    permission (not MLflow being down: re-running changes nothing, so nothing is stored)."""
 
 
 class OrchestrationError(RedactedError):

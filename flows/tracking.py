@@ -28,7 +28,7 @@ from registry.locks import file_lock_if_writable
 from registry.redaction import redact
 from registry.settings import adapterops_home
 
-from .errors import TrackingUnavailableError
+from .errors import TrackingAccessError, TrackingUnavailableError
 from .mlflow_names import model_prefix
 from .reachable import check_answers
 
@@ -218,15 +218,38 @@ def check_not_the_registry(uri: str) -> None:
 
 @contextmanager
 def mlflow_errors(action: str) -> Iterator[None]:
-    """MLflow and connection failures become :class:`TrackingUnavailableError` with the location."""
+    """MLflow and connection failures become :class:`TrackingUnavailableError` with the location;
+    a refusal of the credentials or of a permission, :class:`TrackingAccessError`."""
     try:
         yield
     except (MlflowException, OSError) as exc:
         reason = " ".join(str(exc).split())[:400]
+        if isinstance(exc, MlflowException) and exc.error_code in _ACCESS_ERRORS:
+            raise TrackingAccessError(_access_message(exc.error_code, action, reason)) from None
         raise TrackingUnavailableError(
             f"MLflow at {tracking_uri()} could not {action}: {reason}. Check MLFLOW_TRACKING_URI "
             f"and that the server runs; {RERUN_COMPLETES}"
         ) from None
+
+
+_ACCESS_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for 401 and 403
+
+
+def _access_message(code: str, action: str, reason: str) -> str:
+    """What to do when MLflow refused the credentials (``UNAUTHENTICATED``) or the user's
+    permission (``PERMISSION_DENIED``) to ``action``."""
+    if code == "UNAUTHENTICATED":
+        return (
+            f"MLflow at {tracking_uri()} refused to {action} without valid credentials "
+            f"({reason}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+            "MLFLOW_TRACKING_TOKEN) to a user of that server"
+        )
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(MLFLOW_TRACKING_USERNAME unset)"
+    return (
+        f"MLflow at {tracking_uri()} refused to {action}: user {user} lacks the permission "
+        f"({reason}). An MLflow admin grants it (EDIT on the {experiment_name()} experiment and "
+        "MANAGE on the registered models this registry mirrors), or run as a user who has it"
+    )
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

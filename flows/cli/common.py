@@ -41,6 +41,7 @@ from ..errors import (
     OrchestrationError,
     PromotionRefusedError,
     StackError,
+    TrackingAccessError,
     TrackingUnavailableError,
 )
 from ..spec_document import SpecError, read_spec_document
@@ -156,6 +157,7 @@ def _user_error_types() -> tuple[type[Exception], ...]:
         DataError,
         BaseModelNotFound,
         TrackingUnavailableError,
+        TrackingAccessError,
         MlflowNameError,
         OrchestrationError,
         PromotionRefusedError,

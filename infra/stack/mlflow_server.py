@@ -24,8 +24,10 @@ class MlflowServer:
         artifacts_destination: str,
         log: Path,
         env: dict[str, str] | None = None,
+        app_name: str | None = None,
     ) -> None:
         self.port = port
+        self.app_name = app_name  # "basic-auth": MLflow's users and permissions
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
         self.log = log
@@ -47,6 +49,7 @@ class MlflowServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",
+            *(("--app-name", self.app_name) if self.app_name else ()),
         ]  # fmt: skip
         environment = {**os.environ, **self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
         if self.artifacts_destination.startswith("s3://") and "AWS_ENDPOINT_URL_S3" in environment:
