@@ -39,7 +39,7 @@ from .mlflow_names import (
     model_prefix,
     taken_message,
 )
-from .tracking import mlflow_errors, tracking_uri
+from .tracking import configure, mlflow_errors, tracking_uri
 
 __all__ = [
     "AliasChange",
@@ -116,11 +116,45 @@ def ensure_model_version(
             # the versions table has no metric column: the tags column shows them
             **{f"adapterops.metric.{k}": f"{v:.4f}" for k, v in sorted(version.metrics.items())},
         }
+        if run_id is None and _server_cannot_read(version.artifact_uri):
+            run_id = _files_run(client, registry, version)
         source = f"runs:/{run_id}/adapter" if run_id else version.artifact_uri
         created = client.create_model_version(
             model, source=source, run_id=run_id, tags=tags, description=description
         )
         return int(created.version)
+
+
+def _server_cannot_read(artifact_uri: str) -> bool:
+    """Whether a tracking server would refuse ``artifact_uri`` as a version's source: a file
+    of this machine (a registry in a local folder) is nothing a server can read, and MLflow
+    refuses one outside a run's artifacts ("Invalid model version source")."""
+    return artifact_uri.startswith("file:") and tracking_uri().startswith(("http:", "https:"))
+
+
+def _files_run(client: MlflowClient, registry: Registry, version: AdapterVersion) -> str:
+    """A run holding ``version``'s files (artifacts ``adapter/``), for a tracking server that
+    cannot read the registry's folder: found by its tag (a retry after a failure half-way
+    makes no second one), else made."""
+    experiment_id = configure()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`adapterops.files_of` = '{version.ref}' "
+        f"and tags.`adapterops.digest` = '{version.digest}'",
+    )
+    if found:
+        return str(found[0].info.run_id)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{version.ref} files",
+        tags={"adapterops.files_of": version.ref, "adapterops.digest": version.digest},
+    )
+    run_id = str(run.info.run_id)
+    with TemporaryDirectory() as scratch:
+        folder = registry.fetch(version.ref, Path(scratch) / "adapter")
+        client.log_artifacts(run_id, str(folder), artifact_path="adapter")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def mirror_earlier_versions(

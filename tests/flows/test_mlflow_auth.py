@@ -1,7 +1,8 @@
 """A real MLflow server with users and permissions (MLflow's ``basic-auth`` app): missing
 credentials and a user without the permission are one line each that says what to set or ask
 for (exit 2), before anything is stored; not "check that the server runs; re-running
-completes the work", which it never did."""
+completes the work", which it never did. And a registry in a local folder beside such a
+server mirrors its pushes (the server cannot read that folder)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from infra.stack import MlflowServer, free_port
 from registry import Registry
@@ -108,3 +110,31 @@ def test_a_user_without_the_permission_is_told_who_and_what_to_ask_for(guarded_m
     promoted = run_cli("promote", "guarded@1", "--json", env=admin)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert json.loads(promoted.stdout)["aliases"] == ["champion"]
+
+
+def test_a_registry_in_a_local_folder_mirrors_its_pushes_to_a_server(
+    guarded_mlflow, tmp_path, monkeypatch
+):
+    """A server refuses a file of this machine as a version's source: every push warned
+    "registered, but not in MLflow yet ... re-running completes the work", which it never did.
+    The files go to a run of their own (one, however often it is pushed or promoted)."""
+    env = environment(guarded_mlflow, tmp_path, ADMIN) | {
+        "ADAPTEROPS_ARTIFACTS_URL": str(tmp_path / "artifacts"),
+        "ADAPTEROPS_HOME": str(tmp_path / "home"),
+    }
+    folder = write_fake_adapter(tmp_path / "adapter", 3)
+    for _ in range(2):
+        pushed = run_cli("push", str(folder), *PUSH[:1], "local-folder", *PUSH[2:], env=env)
+        assert pushed.returncode == 0 and "warning" not in pushed.stderr, pushed.stderr[-3000:]
+    promoted = run_cli("promote", "local-folder@1", "--json", env=env)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+    client = MlflowClient(guarded_mlflow.url, registry_uri=guarded_mlflow.url)
+    (mirror,) = client.search_model_versions("name='local-folder'")
+    assert mirror.source == f"runs:/{mirror.run_id}/adapter"
+    files = {a.path for a in client.list_artifacts(mirror.run_id, "adapter")}
+    assert files == {"adapter/adapter.json", "adapter/adapter.safetensors"}
+    experiment = client.get_experiment_by_name("adapterops").experiment_id
+    runs = client.search_runs([experiment], "tags.`adapterops.files_of` = 'local-folder@1'")
+    assert len(runs) == 1
