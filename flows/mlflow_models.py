@@ -304,9 +304,11 @@ def owned_model(client: MlflowClient, registry: Registry, model: str) -> Registe
 
 
 def _mirrors_only(client: MlflowClient, registry: Registry, model: str) -> bool:
-    """Whether every version of untagged registered ``model`` that states a registry version
-    this registry also has mirrors the same thing (an adapter's files, a composition's
-    members)."""
+    """Whether untagged registered ``model`` mirrors ``registry``: every version of it that
+    states a registry version this registry also has mirrors the same thing (an adapter's
+    files, a composition's members), and one does at least, unless it has none (a model with
+    versions of none of this registry's is another's: claiming it would take those for
+    this registry's)."""
     named = mirrored_name(model)
     if named is None:
         return False
@@ -322,11 +324,13 @@ def _mirrors_only(client: MlflowClient, registry: Registry, model: str) -> bool:
         )
     except NotFoundError:  # a composition this registry does not have
         return False
-    for found in client.search_model_versions(f"name='{model}'"):
-        number = found.tags.get(VERSION_TAG, "")
-        if number.isdigit() and int(number) in ours and found.tags.get(tag) != ours[int(number)]:
-            return False
-    return True
+    numbered = [
+        (int(found.tags[VERSION_TAG]), found.tags.get(tag))
+        for found in client.search_model_versions(f"name='{model}'")
+        if found.tags.get(VERSION_TAG, "").isdigit()
+    ]
+    same = [ours[number] == what for number, what in numbered if number in ours]
+    return all(same) and (any(same) or not numbered)
 
 
 def sync_aliases(

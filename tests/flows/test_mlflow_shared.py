@@ -105,6 +105,9 @@ def test_a_model_mirrored_before_registries_were_told_apart_is_claimed_if_its_ve
     with pytest.warns(RuntimeWarning, match="mirrors an adapter of a registry whose versions"):
         assert sync_aliases(staging, client) == []
     assert "adapterops.registry" not in client.get_registered_model("x").tags
+    newcomer = registry_at(tmp_path, "newcomer")  # no version of x yet: none of them agrees
+    with pytest.raises(MlflowNameError, match="a registry whose versions have other files"):
+        pushed(newcomer, tmp_path, 8, 0.9)
     promote(production, client, "x@1", "staging")  # its own versions: claimed
     assert client.get_registered_model("x").tags["adapterops.registry"] == production.identity
 
