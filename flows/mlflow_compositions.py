@@ -38,6 +38,7 @@ from .mlflow_models import (
     AliasChange,
     calling,
     delete_mlflow_alias,
+    fit_description,
     mlflow_aliases,
     mlflow_version_of,
     moves_mlflow_has_not_seen,
@@ -283,7 +284,10 @@ def _create_version(
         source=f"runs:/{run_id}/{ARTIFACT}",
         run_id=run_id,
         tags=tags,
-        description=f"{block} of {members}\n\n{composition.description}".strip() + changes,
+        description=fit_description(
+            f"{block} of {members}\n\n{composition.description}".strip() + changes,
+            f"adapterops composition show {composition.ref}",
+        ),
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "delete_model_version",
     "drop_deleted_mirrors",
     "ensure_model_version",
+    "fit_description",
     "log_trend",
     "mirror_earlier_versions",
     "mirror_version",
@@ -68,6 +69,7 @@ VERSION_TAG = "adapterops.version"
 # what each mirrored version is, to tell a registry's own mirrors from another's
 DIGEST_TAG, MEMBERS_TAG = "adapterops.digest", "adapterops.members"
 NOT_MIRRORED = 0  # mlflow_aliases' number for a version made by hand in MLflow (none is 0)
+DESCRIPTION_LIMIT = 5000  # characters of a model version's description MLflow's SQL stores keep
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,23 @@ def ensure_model_version(
             run_id = _files_run(client, registry, version)
         source = f"runs:/{run_id}/adapter" if run_id else version.artifact_uri
         created = client.create_model_version(
-            model, source=source, run_id=run_id, tags=tags, description=description
+            model,
+            source=source,
+            run_id=run_id,
+            tags=tags,
+            description=fit_description(description, f"adapterops show {version.ref}"),
         )
         return int(created.version)
+
+
+def fit_description(text: str, whole_at: str) -> str:
+    """``text`` cut to the :data:`DESCRIPTION_LIMIT` characters MLflow's SQL stores keep for a
+    model version's description, saying where the whole is (``whole_at``: a command): on
+    PostgreSQL a longer one failed the mirror, and every promotion after it."""
+    if len(text) <= DESCRIPTION_LIMIT:
+        return text
+    note = f"… (cut: MLflow keeps {DESCRIPTION_LIMIT:,} characters; `{whole_at}` has it all)"
+    return text[: DESCRIPTION_LIMIT - len(note)] + note
 
 
 def _server_cannot_read(artifact_uri: str) -> bool:

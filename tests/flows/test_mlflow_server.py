@@ -118,3 +118,36 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
     screenshot.unlink(missing_ok=True)
     open_page(page, f"--screenshot={screenshot}", "--window-size=1400,1300")
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres, tmp_path):
+    """MLflow's PostgreSQL store keeps 5,000 characters of a model version's description: a
+    version pushed with longer release notes failed to mirror ("not in MLflow yet ...
+    re-running completes the work", which it never did), and so did every promotion of it."""
+    from tests.registry.workers import write_fake_adapter
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "ADAPTEROPS_HOME": str(tmp_path / "home"),
+        "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
+        "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
+    }
+    notes = "A release note line that goes on for a while. " * 250  # 11,750 characters
+    folder = write_fake_adapter(tmp_path / "adapter", 5)
+    pushed = run_cli(
+        "push", str(folder), "--name", "long-notes", "--task", "sst2", "--language", "en",
+        "--base-model", "b", "--metric", "accuracy=0.8", "--description", notes, "--json",
+        env=env,
+    )  # fmt: skip
+    assert pushed.returncode == 0 and "warning" not in pushed.stderr, pushed.stderr[-3000:]
+    promoted = run_cli("promote", "long-notes@1", "--json", env=env)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    client = MlflowClient(mlflow_server.url, registry_uri=mlflow_server.url)
+    description = client.get_model_version("long-notes", "1").description
+    assert len(description) == 5000
+    assert description.startswith("accuracy 0.8000 · lora · sst2 (en)\n\nA release note")
+    assert description.endswith(
+        "… (cut: MLflow keeps 5,000 characters; `adapterops show long-notes@1` has it all)"
+    )
