@@ -50,7 +50,11 @@ class DeploymentInfo:
 
 
 def _api_url() -> str:
+    """``PREFECT_API_URL``, whose server takes this client's credentials; refused in one line
+    when unset (deployments need a server) or when the server refuses them."""
     from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - prefect loads when used
+
+    from .reachable import check_answers, check_prefect_login  # noqa: PLC0415
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -58,6 +62,8 @@ def _api_url() -> str:
             "deployments live on a Prefect server: set PREFECT_API_URL (for example "
             "http://127.0.0.1:4200/api; `adapterops stack up` starts one and writes it)"
         )
+    check_answers(str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError)
+    check_prefect_login(str(url), OrchestrationError)
     return str(url)
 
 

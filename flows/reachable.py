@@ -15,7 +15,7 @@ import urllib.request
 
 from .errors import RedactedError
 
-__all__ = ["check_answers"]
+__all__ = ["check_answers", "check_prefect_login"]
 
 _ANSWERED: set[str] = set()  # servers that answered once in this process: asked once
 
@@ -45,6 +45,34 @@ def check_answers(
                 f"and that the server runs{'; ' + then if then else ''}"
             ) from None
     _ANSWERED.add(url)
+
+
+def check_prefect_login(url: str, error: type[RedactedError]) -> None:
+    """Raise ``error`` in one line when the Prefect server at ``url`` refuses this client's
+    credentials (its ``/health`` answers anyone, so :func:`check_answers` cannot tell): a
+    server started with ``PREFECT_SERVER_API_AUTH_STRING`` failed a deploy or a flow's start
+    with Prefect's bare ``PrefectHTTPStatusError`` (exit 1), saying nothing of what to set."""
+    if url in _LOGGED_IN:
+        return
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - Prefect: when used
+    from prefect.exceptions import PrefectHTTPStatusError  # noqa: PLC0415
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except PrefectHTTPStatusError as exc:
+        status = exc.response.status_code
+        if status not in (401, 403):
+            raise
+        raise error(
+            f"Prefect at {url} refused this client ({status} {exc.response.reason_phrase}): set "
+            "PREFECT_API_AUTH_STRING to the user:password its server was started with "
+            "(PREFECT_SERVER_API_AUTH_STRING), or PREFECT_API_KEY for Prefect Cloud"
+        ) from None
+    _LOGGED_IN.add(url)
+
+
+_LOGGED_IN: set[str] = set()  # Prefect servers that took this client's credentials once
 
 
 def _why(cause: object, timeout: float) -> str:

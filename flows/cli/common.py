@@ -180,7 +180,7 @@ def prefect_answers() -> None:
 
     from registry.settings import adapterops_home  # noqa: PLC0415
 
-    from ..reachable import check_answers  # noqa: PLC0415
+    from ..reachable import check_answers, check_prefect_login  # noqa: PLC0415
 
     adapterops_home()  # a file there: one line now (flows keep caches and checkpoints in it)
     url = PREFECT_API_URL.value()
@@ -191,6 +191,7 @@ def prefect_answers() -> None:
             str(url), service="Prefect", variable="PREFECT_API_URL", error=OrchestrationError,
             then="or unset it to run flows on a temporary local server",
         )  # fmt: skip
+        check_prefect_login(str(url), OrchestrationError)
 
 
 def start_temporary_prefect(announce: Callable[[str], None] | None = None) -> None:

@@ -126,12 +126,14 @@ def _built(
     without a flow run (the Prefect server alone takes seconds to start), else a flow run's."""
     from ..build_job import find_earlier_build  # noqa: PLC0415
 
+    if registry is None:  # nothing built before: a flow runs, so Prefect is asked first
+        prefect_answers()  # (before the registry is made: a refusal leaves nothing behind)
     earlier = find_earlier_build(spec, lineage, registry)  # creates the registry if need be
     if earlier is not None:
         return earlier.to_dict()
     from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
-    prefect_answers()
+    prefect_answers()  # (asked once per process: a second call costs nothing)
     quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
     with (
         progress(spec.name, enabled=not as_json) as on_step,

@@ -29,13 +29,21 @@ class PrefectServer:
     """``prefect server start --host 127.0.0.1 --port PORT``."""
 
     def __init__(
-        self, *, port: int, home: Path, log: Path, database_url: str | None = None, ui: bool = True
+        self,
+        *,
+        port: int,
+        home: Path,
+        log: Path,
+        database_url: str | None = None,
+        ui: bool = True,
+        auth_string: str | None = None,
     ) -> None:
         self.port = port
         self.home = home
         self.log = log
         self.database_url = database_url
         self.ui = ui
+        self.auth_string = auth_string  # "user:password" its clients must send, if any
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,6 +59,8 @@ class PrefectServer:
         environment["PREFECT_UI_API_URL"] = self.api_url
         if self.database_url:
             environment["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        if self.auth_string:
+            environment["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         return environment
 
     def start(self, *, timeout: float = 120, attempts: int = 2) -> None:

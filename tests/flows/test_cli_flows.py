@@ -355,6 +355,36 @@ class TestDeploy:
             f"new-pool-{n}": "process" for n in range(5)
         }
 
+    def test_a_server_that_refuses_the_credentials_is_one_line(
+        self, tmp_path: Path, sst2_dir: Path, service_dir: Path
+    ):
+        """A Prefect server started with PREFECT_SERVER_API_AUTH_STRING: deploy and build failed
+        with Prefect's bare PrefectHTTPStatusError (exit 1), saying nothing of what to set."""
+        from infra.stack import free_port
+
+        server = PrefectServer(
+            port=free_port(), home=tmp_path / "prefect", log=service_dir / "prefect-auth.log",
+            ui=False, auth_string="admin:a-long-password-7",
+        )  # fmt: skip
+        server.start()
+        try:
+            env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": server.api_url}
+            spec = write_spec(tmp_path, sst2_dir, name="guarded")
+            expected = (
+                f"error: Prefect at {server.api_url} refused this client (401 Unauthorized): set "
+                "PREFECT_API_AUTH_STRING to the user:password its server was started with "
+                "(PREFECT_SERVER_API_AUTH_STRING), or PREFECT_API_KEY for Prefect Cloud\n"
+            )
+            for command in (("deploy", str(spec)), ("build", str(spec))):
+                refused = run_cli(*command, env=env)
+                assert (refused.returncode, refused.stderr) == (2, expected), command
+            assert not (tmp_path / "h" / "registry.db").exists()  # the build started nothing
+            logged_in = {**env, "PREFECT_API_AUTH_STRING": "admin:a-long-password-7"}
+            deployed = run_cli("deploy", str(spec), "--sync-every", "0", env=logged_in)
+            assert deployed.returncode == 0, deployed.stderr[-3000:]
+        finally:
+            server.stop()
+
     def test_another_checkouts_deployment_of_the_same_name_is_not_taken_over(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
