@@ -37,6 +37,8 @@ SECRET_VARIABLES = (
     "PGPASSWORD",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
+    "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",  # user:password of a Prefect server started with an auth string
 )
 # Variables holding URLs that may carry a password.
 URL_VARIABLES = (

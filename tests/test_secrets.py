@@ -102,6 +102,9 @@ def test_redact_masks_url_passwords_and_the_environments_credentials(monkeypatch
     assert redact(f"key {AWS_SECRET}; password {PG_PASSWORD}") == "key ***; password ***"
     unchanged = "sqlite:////tmp/registry.db, s3://bucket/prefix, write to ops@example.com"
     assert redact(unchanged) == unchanged
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:Prefect-pass-9")
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_0123456789abcdef")
+    assert redact("sent admin:Prefect-pass-9 and pnu_0123456789abcdef") == "sent *** and ***"
     # a key that is a plain word (the tests' local S3 key) must not mask ordinary text
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "adapterops")
     assert redact("run adapterops db upgrade") == "run adapterops db upgrade"
