@@ -224,8 +224,19 @@ def mlflow_errors(action: str) -> Iterator[None]:
         yield
     except (MlflowException, OSError) as exc:
         reason = " ".join(str(exc).split())[:400]
-        if isinstance(exc, MlflowException) and exc.error_code in _ACCESS_ERRORS:
-            raise TrackingAccessError(_access_message(exc.error_code, action, reason)) from None
+        code = exc.error_code if isinstance(exc, MlflowException) else None
+        if code in _ACCESS_ERRORS:
+            raise TrackingAccessError(_access_message(str(code), action, reason)) from None
+        if code == "ENDPOINT_NOT_FOUND":  # a server answers there, but not MLflow's API
+            raise TrackingUnavailableError(
+                f"MLflow at {tracking_uri()} could not {action}: no MLflow API answers there "
+                f"({reason[:200]}): MLFLOW_TRACKING_URI must be an MLflow tracking server's "
+                "root address (http://host:5000)"
+            ) from None
+        if code is not None and code not in _OUTAGES:  # its answer: a re-run gets it again
+            raise TrackingUnavailableError(
+                f"MLflow at {tracking_uri()} refused to {action}: {reason}"
+            ) from None
         raise TrackingUnavailableError(
             f"MLflow at {tracking_uri()} could not {action}: {reason}. Check MLFLOW_TRACKING_URI "
             f"and that the server runs; {RERUN_COMPLETES}"
@@ -233,6 +244,9 @@ def mlflow_errors(action: str) -> Iterator[None]:
 
 
 _ACCESS_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for 401 and 403
+# MLflow's codes for a server that could not answer now (5xx, 429, a lost connection: its
+# client's retries ran out); any other code is its answer to this request
+_OUTAGES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "IO_ERROR")
 
 
 def _access_message(code: str, action: str, reason: str) -> str:

@@ -809,6 +809,42 @@ class TestMlflowDown:
         finally:
             server.shutdown()
 
+    def test_a_web_server_that_is_not_mlflow_is_said_so(self, registry, tmp_path, monkeypatch):
+        """MLFLOW_TRACKING_URI at another web server (a port off by one, the UI's page): its 404
+        was "check that the server runs; re-running the command completes the work"."""
+        site = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port := free_port()), "--bind", "127.0.0.1"],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=30, what="site")
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+            with pytest.raises(TrackingUnavailableError) as refused:
+                tracking.configure()
+        finally:
+            site.terminate()
+            site.wait(30)
+        message = str(refused.value)
+        assert message.startswith(
+            f"MLflow at http://127.0.0.1:{port} could not find the experiment: no MLflow API "
+            "answers there (API request to endpoint /api/2.0/mlflow/experiments/get-by-name "
+            "failed with error code 404"
+        )
+        assert message.endswith(
+            "MLFLOW_TRACKING_URI must be an MLflow tracking server's root address "
+            "(http://host:5000)"
+        )
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except OSError:
+        return False
+    return True
+
 
 class TestDivergedTraining:
     def test_a_diverged_adapter_is_registered_but_never_promoted(self, registry, tmp_path):
