@@ -262,7 +262,27 @@ def _translated(exc: SQLAlchemyError, url: str) -> RegistryError:
             f"cannot use the registry database {_safe(url)}: {reason}. {check} and that "
             "ADAPTEROPS_REGISTRY_URL is right."
         )
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+        return DatabaseUnavailableError(_privilege_message(exc, url))
     return RegistryError(f"registry database error on {_safe(url)}: {exc}")
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for "permission denied"
+
+
+def _privilege_message(exc: SQLAlchemyError, url: str) -> str:
+    """One line for a PostgreSQL user without a privilege the registry needs: the server's
+    message was followed by the whole SQL statement, over many lines, saying nothing of what to
+    grant. PostgreSQL 15 and later let only a database's owner create tables in ``public``, so
+    a least-privilege user given to the application meets this at ``db upgrade``."""
+    user = make_url(url).username or "(the URL names none)"
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0].rstrip(".")
+    return (
+        f"the registry database {_safe(url)} refused user {user}: {reason}. To migrate "
+        "(`adapterops db upgrade`), connect as the database's owner or GRANT CREATE ON SCHEMA "
+        f"public TO {user}; to use it, GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+        f"SCHEMA public TO {user} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}"
+    )
 
 
 def _with_our_driver(url: URL) -> URL:
