@@ -176,8 +176,15 @@ _URI_FORMS = (
 
 def check_tracking_uri(uri: str) -> None:
     """Tracking URIs MLflow would fail on late or with a traceback, refused in one line: a plain
-    folder path or ``file:`` (MLflow's file store, which MLflow 3 no longer serves here) and a
-    SQLite URI with a host (``sqlite://mlflow.db``)."""
+    folder path or ``file:`` (MLflow's file store, which MLflow 3 no longer serves here), a
+    SQLite URI with a host (``sqlite://mlflow.db``) and a page of the UI copied from a browser
+    (``http://host:5000/#/experiments/1``: its HTML was "not in a valid JSON format")."""
+    if uri.startswith(("http://", "https://")) and "#" in uri:
+        root = uri.split("#", 1)[0].rstrip("/")
+        raise TrackingUnavailableError(
+            f"MLFLOW_TRACKING_URI {uri} is a page of MLflow's UI (from '#' on; the server's root "
+            f"is {root}): {_URI_FORMS}"
+        )
     if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
         raise TrackingUnavailableError(
             f"MLFLOW_TRACKING_URI {uri} is a folder (MLflow's file store, which MLflow 3 keeps "

@@ -749,6 +749,7 @@ class TestMlflowDown:
             ("{tmp}/mlruns", "is a folder (MLflow's file store, which MLflow 3 keeps in maintenance mode and adapterops does not use)"),
             ("file://{tmp}/mlruns", "is a folder (MLflow's file store, which MLflow 3 keeps in maintenance mode and adapterops does not use)"),
             ("sqlite://mlflow.db", "is not a SQLite URI MLflow reads (three slashes, then the path)"),
+            ("http://127.0.0.1:5000/#/experiments/1", "is a page of MLflow's UI (from '#' on; the server's root is http://127.0.0.1:5000)"),
         ],
     )  # fmt: skip
     def test_a_uri_mlflow_would_fail_on_is_one_line_saying_what_to_write(self, tmp_path, uri, what):
