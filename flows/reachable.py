@@ -51,7 +51,8 @@ def check_prefect_login(url: str, error: type[RedactedError]) -> None:
     """Raise ``error`` in one line when the Prefect server at ``url`` refuses this client's
     credentials (its ``/health`` answers anyone, so :func:`check_answers` cannot tell): a
     server started with ``PREFECT_SERVER_API_AUTH_STRING`` failed a deploy or a flow's start
-    with Prefect's bare ``PrefectHTTPStatusError`` (exit 1), saying nothing of what to set."""
+    with Prefect's bare ``PrefectHTTPStatusError`` (exit 1), saying nothing of what to set; so
+    did a ``PREFECT_API_URL`` without its ``/api`` (404)."""
     if url in _LOGGED_IN:
         return
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - Prefect: when used
@@ -62,6 +63,12 @@ def check_prefect_login(url: str, error: type[RedactedError]) -> None:
             client.hello()
     except PrefectHTTPStatusError as exc:
         status = exc.response.status_code
+        if status == 404:  # the UI's address, or the server's without /api
+            parts = urllib.parse.urlsplit(url)
+            raise error(
+                f"no Prefect API answers at {url} (404 Not Found): PREFECT_API_URL is the "
+                f"server's address followed by /api ({parts.scheme}://{parts.netloc}/api?)"
+            ) from None
         if status not in (401, 403):
             raise
         raise error(

@@ -385,6 +385,19 @@ class TestDeploy:
         finally:
             server.stop()
 
+    def test_the_servers_address_without_its_api_is_one_line(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """PREFECT_API_URL without /api (the UI's address): Prefect's bare 404 error, exit 1."""
+        root = prefect_server.api_url.removesuffix("/api")
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": root}
+        refused = run_cli("deploy", str(write_spec(tmp_path, sst2_dir)), env=env)
+        assert (refused.returncode, refused.stderr) == (
+            2,
+            f"error: no Prefect API answers at {root} (404 Not Found): PREFECT_API_URL is the "
+            f"server's address followed by /api ({root}/api?)\n",
+        )
+
     def test_another_checkouts_deployment_of_the_same_name_is_not_taken_over(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
