@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -68,15 +69,20 @@ def open_page(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres, tmp_path):
+def production_env(server: MlflowServer, postgres: Any, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment on production's services: PostgreSQL, S3 and the MLflow server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
-    env |= {
+    return env | {
         "HF_HUB_OFFLINE": "1",
         "ADAPTEROPS_HOME": str(tmp_path / "home"),
         "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
         "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
-        "MLFLOW_TRACKING_URI": mlflow_server.url,
+        "MLFLOW_TRACKING_URI": server.url,
     }
+
+
+def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres, tmp_path):
+    env = production_env(mlflow_server, postgres, tmp_path)
     for seed in (0, 1):
         result = run_cli(
             "build", str(EXAMPLE), "--json", "--out", str(tmp_path / f"out-{seed}"),
@@ -126,14 +132,7 @@ def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres,
     re-running completes the work", which it never did), and so did every promotion of it."""
     from tests.registry.workers import write_fake_adapter
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
-    env |= {
-        "HF_HUB_OFFLINE": "1",
-        "ADAPTEROPS_HOME": str(tmp_path / "home"),
-        "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
-        "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
-        "MLFLOW_TRACKING_URI": mlflow_server.url,
-    }
+    env = production_env(mlflow_server, postgres, tmp_path)
     notes = "A release note line that goes on for a while. " * 250  # 11,750 characters
     folder = write_fake_adapter(tmp_path / "adapter", 5)
     pushed = run_cli(
