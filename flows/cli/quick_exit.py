@@ -22,14 +22,16 @@ FLUSH_FAILED = 120
 def exit_without_teardown(code: object) -> NoReturn:
     """End the process with ``code`` (a ``SystemExit``'s: None, a number, or a message for
     standard error and status 1), doing what Python's exit does that anyone can see: wait for
-    the threads that are not daemons, run the ``atexit`` handlers (logging's flush, Prefect's
-    temporary server stopping, temporary folders' cleanup), flush standard output and error.
-    Only the freeing of modules and objects is skipped."""
+    the threads that are not daemons (after the threading module's own exit calls), run the
+    ``atexit`` handlers (logging's flush, Prefect's temporary server stopping, temporary
+    folders' cleanup), flush standard output and error. Only the freeing of modules and
+    objects is skipped."""
     status = _status(code)
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon:
-            thread.join()
+    # Python's own order: the threading module's exit calls first (Prefect's services drain
+    # there: its log worker sent a failed flow's logs only after the temporary server had
+    # stopped, printing "--- Error logging to API ---" under the command's one error line),
+    # and the join of every thread that is not a daemon; then the atexit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:

@@ -203,6 +203,25 @@ class TestBuildCommand:
             "Traceback" in log.message and "TrackingUnavailableError" in log.message for log in logs
         )
 
+    def test_a_failed_build_on_a_temporary_prefect_server_says_only_its_error(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """Prefect's log worker sent the failed flow's logs after the temporary server had
+        stopped, and printed "--- Error logging to API ---" and "All connection attempts
+        failed" under the command's one error line."""
+        from infra.stack import free_port
+
+        env = clean_env(tmp_path / "h") | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+        spec = write_spec(tmp_path, sst2_dir, name="temporary-prefect")
+        result = run_cli("build", str(spec), env=env, cwd=tmp_path)
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert lines[:2] == [
+            "temporary-prefect: start a temporary Prefect server (PREFECT_API_URL is not set)",
+            "temporary-prefect: find earlier build",
+        ]
+        assert len(lines) == 3 and lines[2].startswith("error: MLflow at http://127.0.0.1:")
+
     def test_second_build_reuses_the_version(self, tmp_path: Path, sst2_dir: Path):
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
         spec = write_spec(tmp_path, sst2_dir, name="cli-build")
