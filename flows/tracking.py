@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -347,11 +348,27 @@ class RunTracker:
                         **self.extra_tags,
                     }
                 )
+            if resume is None:
+                # Written now, not with the results: an artifact store the server cannot
+                # write to (its S3 credentials or bucket) failed a build only after training.
+                with mlflow_errors("write to its artifact store (the run's spec.yaml)"):
+                    mlflow.log_dict(self.spec.model_dump(mode="json"), "spec.yaml")
             yield self
             status = "FINISHED"
         finally:
+            self._end(status, failing=sys.exc_info()[1] is not None)
+
+    def _end(self, status: str, *, failing: bool) -> None:
+        """Send the last steps and end the run. When the run's work failed already (MLflow
+        gone mid-run, often), a failure here is not raised over it: MLflow's bare error from
+        ending the run hid the one line that said what happened (exit 1 instead of 2)."""
+        try:
             self._flush()
-            mlflow.end_run(status=status)
+            with mlflow_errors("end the run"):
+                mlflow.end_run(status=status)
+        except TrackingUnavailableError:
+            if not failing:
+                raise
 
     def on_step(self, step: int, total: int, loss: float, learning_rate: float) -> None:
         """Record one optimiser step (sent in batches)."""

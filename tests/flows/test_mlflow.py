@@ -116,7 +116,10 @@ class TestBuildIsTrackedAndMirrored:
             "confusion_matrix.png",
             "trend.png",  # accuracy by version: where this one sits
             "validation_answers.csv",  # each validation row beside the candidate's answer
+            "spec.yaml",  # written as the run starts: an unwritable artifact store fails then
         } <= artifacts
+        spec_file = Path(client.download_artifacts(second.run_id, "spec.yaml")).read_text()
+        assert "name: mini-sst2-en-lora" in spec_file and "keep_best: true" in spec_file
         answers = Path(client.download_artifacts(second.run_id, "validation_answers.csv"))
         with answers.open(newline="") as opened:
             lines = list(csv.DictReader(opened))

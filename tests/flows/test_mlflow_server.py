@@ -150,3 +150,30 @@ def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres,
     assert description.endswith(
         "… (cut: MLflow keeps 5,000 characters; `adapterops show long-notes@1` has it all)"
     )
+
+
+def test_an_artifact_store_the_server_cannot_write_fails_the_build_before_it_trains(
+    postgres, seaweed, service_dir, tmp_path
+):
+    """The server's --artifacts-destination names a bucket that is not there (or credentials it
+    lacks): the build trained, then failed logging its results."""
+    server = MlflowServer(
+        port=free_port(),
+        backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifacts_destination="s3://no-such-bucket/mlflow",
+        log=service_dir / "mlflow-no-bucket.log",
+        env={"MLFLOW_S3_ENDPOINT_URL": seaweed.endpoint},
+    )
+    server.start()
+    try:
+        env = production_env(server, postgres, tmp_path) | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        result = run_cli(
+            "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-x",
+            "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
+            "--set", "data.max_eval_samples=64", env=env,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"error: MLflow at {server.url} could not write to its artifact store (the run's spec.yaml)" in result.stderr  # fmt: skip
+    assert "step 1/" not in result.stderr  # nothing trained
