@@ -711,20 +711,24 @@ class TestBasics:
     def test_the_quick_exit_keeps_what_pythons_exit_does_that_anyone_sees(self, tmp_path):
         """The CLI leaves without Python's teardown of every module (1-1.7 s after the last
         line with MLflow loaded); the rest of an exit still happens: output still buffered is
-        written, atexit handlers run (Prefect's temporary server stops in one), a thread that
-        is not a daemon finishes, and the status is sys.exit's."""
+        written, the threading module's exit calls run and then the atexit handlers (Prefect's
+        temporary server stops in one), a thread that is not a daemon finishes, and the status
+        is sys.exit's."""
         program = (
             "import atexit, sys, threading, time\n"
             "from pathlib import Path\n"
             "from flows.cli.quick_exit import exit_without_teardown\n"
             f"folder = Path({str(tmp_path)!r})\n"
             "atexit.register(lambda: (folder / 'atexit').write_text('ran'))\n"
+            # Prefect's services drain in the threading module's exit calls, before atexit's
+            "threading._register_atexit(lambda: (folder / 'threading').write_text("
+            "'after atexit' if (folder / 'atexit').exists() else 'first'))\n"
             "threading.Thread(target=lambda: (time.sleep(0.3), (folder / 'thread').write_text('done'))).start()\n"
             "sys.stdout.write('buffered, no newline')\n"
             "exit_without_teardown(sys.argv[1] if sys.argv[1] != 'none' else None)\n"
         )
         for code, status, said in (("none", 0, ""), ("refused", 1, "refused\n")):
-            for marker in ("atexit", "thread"):
+            for marker in ("atexit", "thread", "threading"):
                 (tmp_path / marker).unlink(missing_ok=True)
             result = subprocess.run(
                 [sys.executable, "-c", program, code], capture_output=True, text=True, check=False
@@ -736,6 +740,7 @@ class TestBasics:
             )
             assert (tmp_path / "atexit").read_text() == "ran"
             assert (tmp_path / "thread").read_text() == "done"
+            assert (tmp_path / "threading").read_text() == "first"
 
     def test_version_and_short_help(self):
         version = adapterops("--version")
