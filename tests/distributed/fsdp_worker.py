@@ -113,3 +113,10 @@ if __name__ == "__main__":
         Path(arguments[1]) if len(arguments) > 1 else None,
         int(arguments[2]) if len(arguments) > 2 else None,
     )
+    # Leave as the CLI does (flows.cli.quick_exit), without the interpreter's teardown: under
+    # load in the full suite a rank aborted once about a second after starting to resume
+    # ("terminate called without an active exception", SIGABRT); freeing gloo's objects module
+    # by module at exit is the suspect, not proven (alone the test passed 12 times of 12).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
