@@ -23,6 +23,7 @@ from registry.entities import FUSION_MEMBERS
 from registry.names import check_language, check_name
 from registry.store import fusion_members
 
+from .mlflow_names import model_prefix
 from .models import check_trained_on
 
 __all__ = ["PushResult", "push_folder", "reported_metrics"]
@@ -80,6 +81,8 @@ def push_folder(
     check_trained_on(folder, fields["base_model"])
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
     lineage = _fusion_lineage(bundle, spec)
+    if mirror:
+        model_prefix()  # written wrong: refused before the registry is opened (or made)
     registry = opened(registry)
     unreachable = _check_mlflow_name(registry, fields["name"]) if mirror else None
     known_as = registry.base_models_for(folder)

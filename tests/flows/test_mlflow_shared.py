@@ -156,6 +156,9 @@ def test_the_cli_refuses_in_one_line_and_a_prefix_written_wrong_too(shared, tmp_
     wrong = run_cli(*args, "--base-model", "b", env={**staging_home, "ADAPTEROPS_MLFLOW_PREFIX": "a/b"})  # fmt: skip
     assert wrong.returncode == 2
     assert "error: ADAPTEROPS_MLFLOW_PREFIX='a/b': write it with letters" in wrong.stderr
+    fresh_home = {**staging_home, "ADAPTEROPS_HOME": str(tmp_path / "untouched"), "ADAPTEROPS_MLFLOW_PREFIX": "a/b"}  # fmt: skip
+    assert run_cli(*args, "--base-model", "b", env=fresh_home).returncode == 2
+    assert not (tmp_path / "untouched").exists()  # no registry made for a refused push
     assert "Traceback" not in wrong.stderr
     kept = run_cli(*args, "--base-model", "b", env={**staging_home, "ADAPTEROPS_MLFLOW_PREFIX": "staging-"})  # fmt: skip
     assert kept.returncode == 0, kept.stderr
