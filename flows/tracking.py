@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -230,6 +237,8 @@ def mlflow_errors(action: str) -> Iterator[None]:
     a refusal of the credentials or of a permission, :class:`TrackingAccessError`."""
     try:
         yield
+    except (BotoCoreError, ClientError) as exc:  # a run whose artifacts this client writes to S3
+        raise TrackingUnavailableError(_direct_s3_message(action, exc)) from None
     except (MlflowException, OSError) as exc:
         reason = " ".join(str(exc).split())[:400]
         code = exc.error_code if isinstance(exc, MlflowException) else None
@@ -255,6 +264,29 @@ _ACCESS_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for 
 # MLflow's codes for a server that could not answer now (5xx, 429, a lost connection: its
 # client's retries ran out); any other code is its answer to this request
 _OUTAGES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "IO_ERROR")
+
+
+def _direct_s3_message(action: str, exc: BotoCoreError | ClientError) -> str:
+    """What to do when this client could not write a run's artifacts to S3 itself: a server
+    whose ``--default-artifact-root`` is an ``s3://`` location (or that runs with
+    ``--no-serve-artifacts``) hands its clients that location, and boto3's bare
+    ``NoCredentialsError`` reached the terminal (exit 1) with no word of MLflow."""
+    reason = " ".join(str(exc).split())[:300]
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        way_on = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) here"
+    elif isinstance(exc, EndpointConnectionError):
+        way_on = (
+            "set MLFLOW_S3_ENDPOINT_URL to the S3 server's address (SeaweedFS, MinIO: "
+            "http://host:8333) if it is not AWS, and check that it answers"
+        )
+    else:
+        way_on = "give these credentials write access to that bucket"
+    return (
+        f"MLflow at {tracking_uri()} could not {action}: this machine writes the run's artifacts "
+        f"to S3 itself (the server's artifact root is an s3:// location it does not proxy) and "
+        f"failed ({reason}): {way_on}, or have the server store artifacts for its clients "
+        "(mlflow server --artifacts-destination s3://... without --default-artifact-root)"
+    )
 
 
 def _access_message(code: str, action: str, reason: str) -> str:

@@ -25,8 +25,8 @@ from .common import (
     labelled,
     plain_warnings,
     quiet_foreign_deprecations,
+    quiet_mlflow,
     quiet_optional_kernels,
-    quiet_store_creation,
     remember_stack_env,
 )
 from .compositions import composition_app
@@ -97,7 +97,7 @@ def _run_command() -> None:
     use_our_prefect_home()
     quiet_optional_kernels()
     quiet_foreign_deprecations()
-    quiet_store_creation()
+    quiet_mlflow()
     plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)

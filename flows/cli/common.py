@@ -678,10 +678,16 @@ def quiet_foreign_deprecations() -> None:
     )
 
 
-def quiet_store_creation() -> None:
+def quiet_mlflow() -> None:
     """MLflow logs creating and migrating its embedded database (two INFO lines on the first
-    command run with a new ``ADAPTEROPS_HOME``, before any answer); its failures still show."""
+    command run with a new ``ADAPTEROPS_HOME``, before any answer), and on a server each model
+    version's registration and each run's links; its failures still show."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # and, on a tracking server, waiting for each new model version to be READY (it is at once)
+    logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
+    # and its two links at every run's end (a build ends two runs: four lines, on stdout, under
+    # the run's first name); `build` prints one link, to the version a reviewer promotes
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def quiet_libraries() -> None:

@@ -19,6 +19,7 @@ from rich.text import Text
 import registry as rg
 from registry.names import check_new_alias
 
+from ..mlflow_names import review_url
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
     LOADING_FLOW_LIBRARIES,
@@ -110,6 +111,9 @@ def build(
     hint = what_changed_hint(result, spec.promote.alias)
     if hint:
         console.print(hint, style="dim", soft_wrap=True, highlight=False)
+    page = review_url(result["name"], result["mlflow_version"])
+    if page:  # one link, instead of MLflow's two per run (its own, switched off at start)
+        console.print(f"review: {page}", style="dim", soft_wrap=True, highlight=False)
     _print_cascade_hint(result["name"], stale)
 
 

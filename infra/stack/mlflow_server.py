@@ -25,8 +25,11 @@ class MlflowServer:
         log: Path,
         env: dict[str, str] | None = None,
         app_name: str | None = None,
+        default_artifact_root: str | None = None,
     ) -> None:
         self.port = port
+        # an s3:// root: the server hands runs that location and clients write there themselves
+        self.default_artifact_root = default_artifact_root
         self.app_name = app_name  # "basic-auth": MLflow's users and permissions
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
@@ -50,6 +53,7 @@ class MlflowServer:
             "--port", str(self.port),
             "--workers", "1",
             *(("--app-name", self.app_name) if self.app_name else ()),
+            *(("--default-artifact-root", root) if (root := self.default_artifact_root) else ()),
         ]  # fmt: skip
         environment = {**os.environ, **self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_store_uri}
         if self.artifacts_destination.startswith("s3://") and "AWS_ENDPOINT_URL_S3" in environment:

@@ -85,13 +85,23 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
     env = production_env(mlflow_server, postgres, tmp_path)
     for seed in (0, 1):
         result = run_cli(
-            "build", str(EXAMPLE), "--json", "--out", str(tmp_path / f"out-{seed}"),
+            "build", str(EXAMPLE), "--out", str(tmp_path / f"out-{seed}"),
             "--set", f"name={NAME}", "--set", "train.max_steps=4", "--set", f"train.seed={seed}",
             "--set", "data.max_train_samples=64", "--set", "data.max_eval_samples=64",
-            env=env,
+            *(("--json",) if seed == 0 else ()), env=env,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-        assert json.loads(result.stdout)["version"] == seed + 1
+        # MLflow's log of waiting for each new version (READY at once) printed on every build,
+        # and its two links at each run's end (four lines on stdout)
+        assert " INFO mlflow" not in result.stderr, result.stderr[-3000:]
+        assert "View run" not in result.stdout + result.stderr, result.stdout
+        if seed == 0:
+            assert json.loads(result.stdout)["version"] == 1
+        else:  # what a person reads: the verdict, then where a reviewer finds the version
+            lines = result.stdout.splitlines()
+            assert lines[0].startswith(f"{NAME}@2 "), result.stdout
+            review = f"review: {mlflow_server.url}/#/models/{NAME}/versions/2"
+            assert review in lines, result.stdout
     # --force: whether @2 scores above @1 after 4 steps is chance; the guard is tested elsewhere
     promoted = run_cli("promote", f"{NAME}@2", "--force", "--json", env=env)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
@@ -177,3 +187,58 @@ def test_an_artifact_store_the_server_cannot_write_fails_the_build_before_it_tra
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"error: MLflow at {server.url} could not write to its artifact store (the run's spec.yaml)" in result.stderr  # fmt: skip
     assert "step 1/" not in result.stderr  # nothing trained
+
+
+def test_artifacts_the_client_writes_to_s3_itself_fail_in_one_line_before_training(
+    seaweed, prefect_server, service_dir, tmp_path
+):
+    """A server with an s3:// ``--default-artifact-root`` hands its runs that location: this
+    machine writes the artifacts itself, and without S3 credentials (or the S3 server's
+    address) boto3's bare ``NoCredentialsError`` ended the build, exit 1."""
+    server = MlflowServer(
+        port=free_port(),
+        backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifacts_destination=f"{fresh_bucket_url().removesuffix('/adapters')}/mlflow",
+        default_artifact_root=f"{fresh_bucket_url().removesuffix('/adapters')}/runs",
+        log=service_dir / "mlflow-direct-s3.log",
+        env={"MLFLOW_S3_ENDPOINT_URL": seaweed.endpoint},
+    )
+    # the registry in its embedded defaults: only MLflow's artifacts go to S3
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ADAPTEROPS_", "MLFLOW_"))
+    } | {
+        "HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": server.url, "AWS_EC2_METADATA_DISABLED": "true",
+    }  # fmt: skip
+    credentials = {"AWS_ACCESS_KEY_ID": "adapterops", "AWS_SECRET_ACCESS_KEY": "adapterops-secret"}
+    cases = {  # what the client lacks: what the line tells them
+        "credentials": ({}, "Unable to locate credentials): set AWS_ACCESS_KEY_ID and "),
+        # credentials, but not where S3 is: boto3 goes elsewhere (AWS; here a closed port)
+        "the S3 address": (
+            credentials | {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"},
+            "): set MLFLOW_S3_ENDPOINT_URL to the S3 server's address",
+        ),
+    }
+    server.start()
+    try:
+        results = {
+            lacking: run_cli(
+                "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-s3",
+                "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
+                "--set", "data.max_eval_samples=64", env=env | extra,
+            )
+            for lacking, (extra, _) in cases.items()
+        }  # fmt: skip
+    finally:
+        server.stop()
+    for lacking, (_, said) in cases.items():
+        result = results[lacking]
+        assert result.returncode == 2, (lacking, result.stderr[-3000:])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, (lacking, result.stderr[-3000:])
+        assert errors[0].startswith(
+            f"error: MLflow at {server.url} could not write to its artifact store (the run's "
+            "spec.yaml): this machine writes the run's artifacts to S3 itself"
+        ), (lacking, errors[0])
+        assert said in errors[0], (lacking, errors[0])
+        assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
