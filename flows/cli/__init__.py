@@ -23,15 +23,12 @@ from .common import (
     errors,
     full_or_read_only_disk,
     labelled,
-    plain_warnings,
-    quiet_foreign_deprecations,
-    quiet_mlflow,
-    quiet_optional_kernels,
     remember_stack_env,
 )
 from .compositions import composition_app
 from .help import plain_value_names
 from .quick_exit import exit_without_teardown
+from .quiet import plain_warnings, quiet_foreign_deprecations, quiet_mlflow, quiet_optional_kernels
 from .stack import stack_app
 
 __all__ = ["app", "main"]

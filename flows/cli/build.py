@@ -30,12 +30,12 @@ from .common import (
     human_bytes,
     open_registry,
     prefect_answers,
-    quiet_libraries,
     require_spec_file,
     start_temporary_prefect,
     user_errors,
     waiting,
 )
+from .quiet import quiet_libraries
 
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so
 # that registry commands start in a fraction of a second.

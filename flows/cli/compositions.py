@@ -41,7 +41,6 @@ from .common import (
     open_registry,
     print_card,
     print_columns,
-    quiet_libraries,
     refuse_a_version,
     require_known,
     require_spec_file,
@@ -64,6 +63,7 @@ from .operate import (
     show_evaluation,
     show_export,
 )
+from .quiet import quiet_libraries
 from .registry import RefArgument
 from .review import (
     PlotOutOption,

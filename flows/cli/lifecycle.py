@@ -30,7 +30,6 @@ from .common import (
     mlflow_client,
     open_registry,
     prefect_answers,
-    quiet_libraries,
     require_known,
     require_spec_file,
     spec_files,
@@ -41,6 +40,7 @@ from .common import (
     waiting_for_a_gate,
     warn,
 )
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from registry import Registry

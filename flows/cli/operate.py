@@ -31,13 +31,13 @@ from .common import (
     emit_json,
     input_texts,
     open_registry,
-    quiet_libraries,
     require_known,
     spec_files,
     user_errors,
     waiting,
     warn,
 )
+from .quiet import quiet_libraries
 
 __all__ = ["app"]
 

@@ -38,7 +38,6 @@ from .common import (
     open_registry,
     print_card,
     print_columns,
-    quiet_libraries,
     registry_now_or_once_done,
     registry_with_adapter,
     require_known,
@@ -49,6 +48,7 @@ from .common import (
     warn,
 )
 from .database import db_app
+from .quiet import quiet_libraries
 
 __all__ = ["app", "db_app"]
 
