@@ -49,6 +49,10 @@ class TestCiWorkflow:
             "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
         }  # fmt: skip
         assert expected <= set(job["env"])
+        # servers with logins; unset secrets arrive empty (tests/flows/test_mlflow_server.py
+        # runs its builds and promotions with these empty)
+        logins = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"}
+        assert {job["env"][k] for k in logins} == {f"${{{{ secrets.{k} }}}}" for k in logins}
         # PyYAML reads the key `on` as True (YAML 1.1).
         assert self.workflow[True]["push"]["paths"] == ["examples/**.yaml", "specs/**.yaml"]
 

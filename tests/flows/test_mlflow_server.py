@@ -78,6 +78,10 @@ def production_env(server: MlflowServer, postgres: Any, tmp_path: Path) -> dict[
         "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
         "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
         "MLFLOW_TRACKING_URI": server.url,
+        # as the CI workflow (infra/ci) passes login secrets a repository does not set
+        "MLFLOW_TRACKING_USERNAME": "",
+        "MLFLOW_TRACKING_PASSWORD": "",
+        "PREFECT_API_AUTH_STRING": "",
     }
 
 
