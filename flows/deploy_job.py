@@ -16,7 +16,15 @@ from typing import Any
 from .errors import OrchestrationError
 from .spec import load_spec
 
-__all__ = ["DEFAULT_POOL", "DeploymentInfo", "check_not_taken", "deploy_specs", "ensure_pool"]
+__all__ = [
+    "DEFAULT_POOL",
+    "DeploymentInfo",
+    "check_not_taken",
+    "deploy_specs",
+    "ensure_pool",
+    "pool_status",
+    "pool_warning",
+]
 
 DEFAULT_POOL = "adapterops"
 ENTRYPOINT = "flows/entrypoints.py:build"  # loaded by path on the worker
@@ -85,6 +93,34 @@ def ensure_pool(pool: str) -> None:
                     client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     except OSError as exc:
         raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+
+
+def pool_status(pool: str) -> str | None:
+    """Prefect's status of work pool ``pool``: ``READY`` (a worker polls it), ``NOT_READY`` (none
+    does: its deployments' runs wait, then show as Late, with no word anywhere) or ``PAUSED``;
+    None where Prefect keeps none (pools that push to a cloud)."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
+    url = _api_url()
+    try:
+        with get_client(sync_client=True) as client:
+            status = client.read_work_pool(pool).status
+    except OSError as exc:
+        raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+    return status.value if status is not None else None
+
+
+def pool_warning(pool: str, status: str | None) -> str | None:
+    """What a person who just deployed to ``pool`` needs to hear when nothing will run there."""
+    if status == "PAUSED":
+        return f"work pool {pool!r} is paused: nothing runs until `prefect work-pool resume {pool}`"
+    if status == "NOT_READY":
+        return (
+            f"no worker polls work pool {pool!r} now: its runs wait until one does (`prefect "
+            f"worker start --pool {pool}` where the registry's settings are; `adapterops stack "
+            f"up` starts one on {DEFAULT_POOL!r})"
+        )
+    return None
 
 
 def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool = False) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "drop_mirror",
     "emit_json",
     "errors",
+    "from_stack_env",
     "human_bytes",
     "input_texts",
     "labelled",
@@ -564,6 +565,11 @@ _from_stack_env: dict[str, Path] = {}
 def remember_stack_env(path: Path, keys: list[str]) -> None:
     """Record that ``keys`` (service addresses) come from the local stack's ``path``."""
     _from_stack_env.update(dict.fromkeys(keys, path))
+
+
+def from_stack_env(setting: str) -> bool:
+    """Whether ``setting`` (``PREFECT_API_URL``, ...) came from the local stack's stack.env."""
+    return setting in _from_stack_env
 
 
 def _unreachable_hint(exc: Exception) -> str:

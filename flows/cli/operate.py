@@ -29,6 +29,7 @@ from .common import (
     console,
     counting_with_steps,
     emit_json,
+    from_stack_env,
     input_texts,
     open_registry,
     require_known,
@@ -74,11 +75,21 @@ def deploy(
     name on another pool, or building another spec file, is refused unless --replace."""
     with user_errors(as_json, one_line_failures=True):
         files = spec_files(spec_paths, nothing="nothing was deployed")
-        from ..deploy_job import deploy_specs  # noqa: PLC0415 - Prefect and torch
+        from ..deploy_job import deploy_specs, pool_status, pool_warning  # noqa: PLC0415
 
         deployed = deploy_specs(files, pool=pool, sync_every=sync_every, replace=replace)
+        status = pool_status(pool)
+    idle = pool_warning(pool, status)
+    if idle:
+        warn(idle)
     if as_json:
-        emit_json({"ok": True, "deployments": [d.to_dict() for d in deployed]})
+        emit_json(
+            {
+                "ok": True,
+                "deployments": [d.to_dict() for d in deployed],
+                "pool": {"name": pool, "status": status},
+            }
+        )
         return
     table = Table(title=f"Deployments on work pool {pool}")
     for column in ("deployment", "schedule", "spec"):
@@ -86,10 +97,12 @@ def deploy(
     for d in deployed:
         table.add_row(d.name, d.schedule, d.spec or "(all adapters and compositions)")
     console.print(table)
-    # `prefect` reads PREFECT_API_URL; a fresh shell gets it from the stack's configuration.
+    # `prefect` reads PREFECT_API_URL: from the stack's configuration, a fresh shell needs it
+    stack_env = 'eval "$(adapterops stack env)" && ' if from_stack_env("PREFECT_API_URL") else ""
     console.print(
-        f'Run one now: eval "$(adapterops stack env)" && '
-        f"prefect deployment run '{deployed[0].name}'"
+        f"Run one now: {stack_env}prefect deployment run '{deployed[0].name}'",
+        soft_wrap=True,
+        highlight=False,
     )
 
 

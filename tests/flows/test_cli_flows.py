@@ -430,10 +430,16 @@ class TestDeploy:
         production = write_spec(tmp_path / "production", sst2_dir, name="shared-en")
         staging = write_spec(tmp_path / "staging", sst2_dir, name="shared-en")
         deploy = ("deploy", "--sync-every", "0", "--json")
+        from prefect.client.schemas.actions import WorkPoolUpdate
+
         first = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)
         assert first.returncode == 0, first.stderr[-3000:]
+        with get_client(sync_client=True) as client:  # an operator paused it, and forgot
+            client.update_work_pool("prod-pool", WorkPoolUpdate(is_paused=True))
         again = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)  # an update
         assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["pool"] == {"name": "prod-pool", "status": "PAUSED"}
+        assert "warning: work pool 'prod-pool' is paused: nothing runs until `prefect work-pool resume prod-pool`" in again.stderr  # fmt: skip
         refused = run_cli(*deploy, "--pool", "staging-pool", str(staging), env=env)
         assert refused.returncode == 2
         answer = json.loads(refused.stdout)
@@ -473,6 +479,12 @@ class TestDeploy:
         spec = write_spec(tmp_path, sst2_dir, name="nightly-en", schedule={"cron": "0 3 * * *"})
         result = run_cli("deploy", str(spec), "--pool", "test-pool", "--json", env=env)
         assert result.returncode == 0, result.stderr[-3000:]
+        # no worker yet: the runs would wait, shown as Late, with no word anywhere
+        assert json.loads(result.stdout)["pool"] == {"name": "test-pool", "status": "NOT_READY"}
+        assert (
+            "\nwarning: no worker polls work pool 'test-pool' now: its runs wait until one does "
+            "(`prefect worker start --pool test-pool` where the registry's settings are;"
+        ) in result.stderr, result.stderr
         deployment, syncing = json.loads(result.stdout)["deployments"]
         assert deployment["name"] == "build/nightly-en"
         assert (syncing["name"], syncing["interval"]) == ("sync/aliases", 300)
@@ -506,6 +518,9 @@ class TestDeploy:
             reviewers.set_registered_model_alias("nightly-en", "staging", "1")
             synced = run_deployment("sync/aliases", timeout=300)
             assert synced.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+            again = run_cli("deploy", str(spec), "--pool", "test-pool", "--json", env=env)
+            assert json.loads(again.stdout)["pool"]["status"] == "READY"
+            assert "warning" not in again.stderr, again.stderr
         finally:
             worker.stop()
         listed = run_cli("ls", "--json", env=clean_env(home))
