@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def test_a_failed_up_leaves_nothing_that_down_cannot_stop(home: Path, monkeypatc
 def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2_dir: Path):
     up(home, *port_options())
     config = stack_env(home)
+    # up means the worker polls: a deploy straight after said none did
+    pool = urllib.request.urlopen(f"{config['PREFECT_API_URL']}/work_pools/adapterops", timeout=5)
+    assert json.load(pool)["status"] == "READY"
     # a running service is not moved: it was taken for running on the new port, unreachable
     moved = run_cli("stack", "up", "--postgres-port", str(free_port()), env=clean_env(home))
     port = config["ADAPTEROPS_REGISTRY_URL"].rsplit(":", 1)[1].split("/")[0]
@@ -128,6 +132,8 @@ def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2
     specs = [spec_for(home, sst2_dir, name, *details) for name, details in SPECS.items()]
     deployed = run_cli("deploy", *map(str, specs), "--json", env=clean_env(home))
     assert deployed.returncode == 0, deployed.stderr[-3000:]
+    assert json.loads(deployed.stdout)["pool"] == {"name": "adapterops", "status": "READY"}
+    assert "warning" not in deployed.stderr, deployed.stderr[-3000:]
 
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment

@@ -356,7 +356,7 @@ class LocalStack:
             pool=WORK_POOL, api_url=self.prefect.api_url, home=self.root / "prefect",
             log=self.worker_log, env=environment,
         )  # fmt: skip
-        worker.start()
+        worker.start(wait=60)  # up means polling: a deploy right after reads the pool's status
         assert worker.process is not None
         self._remember("worker", worker.process.pid)
 

@@ -3,9 +3,14 @@ takes 10-15 s to start; SQLite under its home by default, PostgreSQL when given 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
 from .ports import http_ok, running_or_raise, stop_process_group, wait_until
@@ -119,12 +124,16 @@ class PrefectWorker:
         self.log = log
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
+        # its own name: a worker stopped a minute ago still counts as online on the server
+        self.name = f"{pool}-{uuid.uuid4().hex[:8]}"
 
-    def start(self) -> None:
-        """Start polling the pool (the pool is created if missing)."""
+    def start(self, *, wait: float = 0) -> None:
+        """Start polling the pool (the pool is created if missing); with ``wait``, return once
+        the server counts this worker online, within that many seconds: a deploy right after
+        `stack up` said no worker polled the pool."""
         command = [
             sys.executable, "-m", "prefect", "worker", "start",
-            "--pool", self.pool, "--type", "process",
+            "--pool", self.pool, "--type", "process", "--name", self.name,
         ]  # fmt: skip
         environment = {**os.environ, **prefect_environment(self.home, self.api_url), **self.env}
         # Flow runs start `python -m ...` from this interpreter's folder.
@@ -135,6 +144,32 @@ class PrefectWorker:
                 command, stdout=log, stderr=subprocess.STDOUT, env=environment,
                 start_new_session=True,
             )  # fmt: skip
+        if wait:
+            what = f"Prefect worker on pool {self.pool!r}"
+            wait_until(self.online, timeout=wait, what=what, log=str(self.log))
+
+    def online(self) -> bool:
+        """Whether the server counts this worker online (its heartbeat arrived)."""
+        running_or_raise(self.process, "Prefect worker", self.log)
+        pool = urllib.parse.quote(self.pool, safe="")
+        request = urllib.request.Request(
+            f"{self.api_url}/work_pools/{pool}/workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json", **self._login()},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                workers = json.load(response)
+        except (OSError, ValueError):  # no pool yet (404), or no answer yet
+            return False
+        return any(w.get("name") == self.name and w.get("status") == "ONLINE" for w in workers)
+
+    def _login(self) -> dict[str, str]:
+        login = self.env.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_API_AUTH_STRING")
+        if not login:
+            return {}
+        return {"Authorization": f"Basic {base64.b64encode(login.encode()).decode()}"}
 
     def running(self) -> bool:
         """Whether the worker process is alive."""
