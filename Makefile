@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The tests also run against an MLflow 2 server, as teams that have not moved to MLflow 3 run
+# (its last release, with the SQLAlchemy it was released with: newer ones removed a class it uses).
+MLFLOW2 := .venv-mlflow2
+MLFLOW2_STAMP := $(MLFLOW2)/.installed-stamp
+
+$(MLFLOW2_STAMP): Makefile
+	$(PYTHON) -m venv $(MLFLOW2)
+	$(MLFLOW2)/bin/python -m pip install --quiet 'mlflow==2.22.5' 'sqlalchemy==2.0.35'
+	touch $(MLFLOW2_STAMP)
+
 # The tests start their own PostgreSQL cluster, SeaweedFS (S3) and MLflow servers and a headless
 # browser; this makes sure PostgreSQL and Chromium are installed (the rest comes from PyPI).
 services:
@@ -39,7 +49,7 @@ format: setup
 # cores (18 minutes instead of 30 here). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
-test: setup services lint
+test: setup services lint $(MLFLOW2_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Every benchmark, then the README's results section and plots from bench/results/*.json.
@@ -84,4 +94,4 @@ bench-quick: setup services
 	$(PY) -m bench.report --markdown bench/results-quick/REPORT.md
 
 clean:
-	rm -rf $(VENV) .adapterops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(MLFLOW2) .adapterops .pytest_cache .mypy_cache .ruff_cache

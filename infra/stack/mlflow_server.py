@@ -26,8 +26,10 @@ class MlflowServer:
         env: dict[str, str] | None = None,
         app_name: str | None = None,
         default_artifact_root: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.port = port
+        self.python = python  # an interpreter with another MLflow (the tests' MLflow 2 server)
         # an s3:// root: the server hands runs that location and clients write there themselves
         self.default_artifact_root = default_artifact_root
         self.app_name = app_name  # "basic-auth": MLflow's users and permissions
@@ -47,7 +49,7 @@ class MlflowServer:
         # The store URI holds the database password: in the environment, not on the command
         # line (`ps` shows command lines to every local user).
         command = [
-            sys.executable, "-m", "mlflow", "server",
+            self.python, "-m", "mlflow", "server",
             "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1",
             "--port", str(self.port),

@@ -246,3 +246,73 @@ def test_artifacts_the_client_writes_to_s3_itself_fail_in_one_line_before_traini
         ), (lacking, errors[0])
         assert said in errors[0], (lacking, errors[0])
         assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
+
+
+MLFLOW2 = Path(__file__).resolve().parents[2] / ".venv-mlflow2" / "bin" / "python"
+
+
+def test_an_mlflow_2_server_takes_builds_pushes_promotions_and_review(postgres, tmp_path):
+    """Teams that have not moved to MLflow 3 run an MLflow 2 server (2.22, its last release):
+    this client (MLflow 3) builds, pushes, promotes and syncs against it as against its own."""
+    assert MLFLOW2.is_file(), "the MLflow 2 server's environment is missing: run make test"
+    server = MlflowServer(
+        port=free_port(),
+        backend_store_uri=f"sqlite:///{tmp_path / 'mlflow2.db'}",
+        artifacts_destination=str(tmp_path / "mlflow2-artifacts"),
+        log=tmp_path / "mlflow2.log",
+        python=str(MLFLOW2),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {  # artifacts in a local folder (the default): its versions are logged to MLflow
+        "HF_HUB_OFFLINE": "1",
+        "ADAPTEROPS_HOME": str(tmp_path / "home"),
+        "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
+        "MLFLOW_TRACKING_URI": server.url,
+    }
+    server.start()
+    try:
+        said = subprocess.run(
+            [str(MLFLOW2), "-m", "mlflow", "--version"], capture_output=True, text=True, check=True
+        )
+        assert said.stdout.split()[-1].startswith("2."), said.stdout
+        for seed in (0, 1):
+            built = run_cli(
+                "build", str(EXAMPLE), "--json", "--out", str(tmp_path / f"out-{seed}"),
+                "--set", "name=old", "--set", f"train.seed={seed}", "--set", "train.max_steps=2",
+                "--set", "data.max_train_samples=32", "--set", "data.max_eval_samples=32", env=env,
+            )  # fmt: skip
+            assert built.returncode == 0, built.stderr[-3000:]
+        pushed = run_cli(  # no run trained it: its files are logged to a run of their own
+            "push", str(tmp_path / "out-0"), "--name", "pushed", "--base-model",
+            "sentence-transformers/all-MiniLM-L6-v2", "--task", "sst2", "--language", "en",
+            "--json", env=env,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        promoted = run_cli("promote", "old@2", "--force", "--json", env=env)
+        assert promoted.returncode == 0, promoted.stderr[-3000:]
+        reviewers = MlflowClient(server.url, registry_uri=server.url)
+        reviewers.set_registered_model_alias("old", "staging", "1")  # in the UI
+        synced = run_cli("sync", "--json", env=env)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        model = reviewers.get_registered_model("old")
+        versions = {v.version: v for v in reviewers.search_model_versions("name='old'")}
+        files = reviewers.get_model_version("pushed", "1")
+        removed = run_cli("rm", "pushed@1", "--json", env=env)
+        assert removed.returncode == 0, removed.stderr[-3000:]
+        left = reviewers.search_model_versions("name='pushed'")
+    finally:
+        server.stop()
+    assert model.aliases == {"champion": "2", "previous": "1", "staging": "1"}
+    assert {n: v.tags["adapterops.version"] for n, v in versions.items()} == {"1": "1", "2": "2"}
+    assert versions["1"].source == f"runs:/{versions['1'].run_id}/adapter"
+    assert files.source == f"runs:/{files.run_id}/adapter"
+    assert left == []  # its mirror left with it
+    # where the server keeps it (an MLflow 3 client lists a run's files through an API that
+    # MLflow 2 lacks: the test reads the server's folder)
+    stored = tmp_path / "mlflow2-artifacts"
+    assert len(list(stored.glob(f"*/{files.run_id}/artifacts/adapter/adapter.safetensors"))) == 1
+    listed = run_cli("ls", "old", "--json", env=env)
+    assert [(v["ref"], v["aliases"]) for v in json.loads(listed.stdout)] == [
+        ("old@1", ["previous", "staging"]),
+        ("old@2", ["champion"]),
+    ]
