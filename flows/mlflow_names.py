@@ -31,7 +31,6 @@ __all__ = [
     "composition_model",
     "mirrored_name",
     "model_prefix",
-    "review_url",
     "taken_message",
 ]
 
@@ -94,13 +93,3 @@ def taken_message(model: str, tracking: str, holder: str | None, identity: str) 
         f"their own model names. Set {PREFIX_VARIABLE} for this registry (e.g. staging.) or "
         "give it its own MLFLOW_TRACKING_URI; nothing was changed in MLflow"
     )
-
-
-def review_url(name: str, mlflow_version: int) -> str | None:
-    """The MLflow UI's page of adapter ``name``'s mirrored version ``mlflow_version``, where a
-    reviewer promotes it; None when MLflow is no server (``MLFLOW_TRACKING_URI`` unset: the
-    embedded store, opened with ``mlflow ui``) or nothing was mirrored."""
-    server = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
-    if not server.startswith(("http://", "https://")) or mlflow_version < 1:
-        return None
-    return f"{server}/#/models/{adapter_model(name)}/versions/{mlflow_version}"

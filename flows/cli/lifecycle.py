@@ -19,7 +19,7 @@ from rich.text import Text
 import registry as rg
 from registry.names import check_new_alias
 
-from ..mlflow_names import review_url
+from ..mlflow_links import review_url
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
     LOADING_FLOW_LIBRARIES,

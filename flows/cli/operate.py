@@ -14,6 +14,7 @@ from registry.compositions import answers_per_member
 from ..data_files import check_scoring_sources, check_text_sources
 from ..errors import DataError
 from ..export_target import checked_export_target, engine_named, vllm_rank_limit
+from ..mlflow_links import run_url
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     LOADING_LIBRARIES,
@@ -344,6 +345,9 @@ def show_evaluation(result: Any, as_json: bool) -> None:
         wrong = "" if result.missed is None else f": {result.missed} answered wrong"
         console.print(f"each row's answer in {result.out}{wrong}", highlight=False, soft_wrap=True)
     console.print(f"recorded as MLflow run {result.mlflow_run_id}")
+    page = run_url(result.mlflow_run_id)
+    if page:
+        console.print(f"review: {page}", style="dim", soft_wrap=True, highlight=False)
 
 
 def confusion_table(matrix: list[list[int]], label_names: list[str]) -> Table:

@@ -105,7 +105,7 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
             lines = result.stdout.splitlines()
             assert lines[0].startswith(f"{NAME}@2 "), result.stdout
             review = f"review: {mlflow_server.url}/#/models/{NAME}/versions/2"
-            assert review in lines, result.stdout
+            assert review in lines, result.stdout  # (the page it opens: below)
     # --force: whether @2 scores above @1 after 4 steps is chance; the guard is tested elsewhere
     promoted = run_cli("promote", f"{NAME}@2", "--force", "--json", env=env)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
@@ -138,6 +138,19 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
     screenshot.unlink(missing_ok=True)
     open_page(page, f"--screenshot={screenshot}", "--window-size=1400,1300")
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+    # the links the commands print open those pages: the version a build mirrored, a run
+    version_page = f"{mlflow_server.url}/#/models/{NAME}/versions/2"
+    assert review in lines  # printed by the second build above
+    dom = open_page(version_page, "--dump-dom").stdout
+    assert "Version 2" in dom and "adapterops.version" in dom, f"not the version at {version_page}"
+    scored = run_cli("evaluate", f"{NAME}@2", "--max-samples", "8", env=env)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    run_id = scored.stdout.split("recorded as MLflow run ")[1].split()[0]
+    run_page = f"{mlflow_server.url}/#/runs/{run_id}"
+    assert f"review: {run_page}" in scored.stdout.splitlines(), scored.stdout
+    dom = open_page(run_page, "--dump-dom").stdout
+    assert f"evaluate {NAME}@2" in dom, f"not the evaluation run at {run_page}"
 
 
 def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres, tmp_path):
