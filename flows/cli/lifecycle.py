@@ -95,8 +95,9 @@ def build(
         _print_build_plan(spec.name, reusable, as_json)
         return
     stale = _stale_after(result["name"]) if result["alias"] == "champion" else []
-    if as_json:
-        emit_json({"ok": True, **result, "stale_compositions": stale})
+    page = review_url(result["name"], result["mlflow_version"])
+    if as_json:  # the page too: CI posts it where reviewers look (None: MLflow is no server)
+        emit_json({"ok": True, **result, "stale_compositions": stale, "review_url": page})
         return
     if result["reused"]:
         console.print(f"{result['ref']}: {result['decision']}")
@@ -111,7 +112,6 @@ def build(
     hint = what_changed_hint(result, spec.promote.alias)
     if hint:
         console.print(hint, style="dim", soft_wrap=True, highlight=False)
-    page = review_url(result["name"], result["mlflow_version"])
     if page:  # one link, instead of MLflow's two per run (its own, switched off at start)
         console.print(f"review: {page}", style="dim", soft_wrap=True, highlight=False)
     _print_cascade_hint(result["name"], stale)

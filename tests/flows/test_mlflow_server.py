@@ -100,7 +100,9 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
         assert " INFO mlflow" not in result.stderr, result.stderr[-3000:]
         assert "View run" not in result.stdout + result.stderr, result.stdout
         if seed == 0:
-            assert json.loads(result.stdout)["version"] == 1
+            built = json.loads(result.stdout)
+            assert built["version"] == 1
+            assert built["review_url"] == f"{mlflow_server.url}/#/models/{NAME}/versions/1"
         else:  # what a person reads: the verdict, then where a reviewer finds the version
             lines = result.stdout.splitlines()
             assert lines[0].startswith(f"{NAME}@2 "), result.stdout
