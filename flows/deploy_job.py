@@ -8,7 +8,8 @@ starts one). The worker's environment decides where runs write: registry, artifa
 
 from __future__ import annotations
 
-from contextlib import suppress
+import io
+from contextlib import redirect_stdout, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -192,18 +193,22 @@ def deploy_specs(
     check_not_taken(planned, pool, replace=replace)  # before the pool is made: nothing changed
     ensure_pool(pool)
     deployed = []
+    # Prefect prints a table of its own per deployment (one deployment per call: its failure
+    # raises, so nothing it would say is lost); the caller lists them all once.
     for path, spec in specs:
-        deployment_id = build.from_source(source=str(_ROOT), entrypoint=ENTRYPOINT).deploy(
-            name=spec.name,
-            work_pool_name=pool,
-            cron=spec.schedule.cron,
-            concurrency_limit=one_build,
-            parameters={"spec_path": str(path)},
-            description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) from {path}",
-            tags=["adapterops", spec.task, spec.language],
-            print_next_steps=False,
-            ignore_warnings=True,
-        )
+        with redirect_stdout(io.StringIO()):
+            deployment_id = build.from_source(source=str(_ROOT), entrypoint=ENTRYPOINT).deploy(
+                name=spec.name,
+                work_pool_name=pool,
+                cron=spec.schedule.cron,
+                concurrency_limit=one_build,
+                parameters={"spec_path": str(path)},
+                description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) "
+                f"from {path}",
+                tags=["adapterops", spec.task, spec.language],
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
         info = DeploymentInfo(
             spec=str(path),
             name=f"build/{spec.name}",
@@ -213,16 +218,18 @@ def deploy_specs(
         )
         deployed.append(info)
     if sync_every:
-        deployment_id = sync.from_source(source=str(_ROOT), entrypoint=SYNC_ENTRYPOINT).deploy(
-            name=SYNC_DEPLOYMENT,
-            work_pool_name=pool,
-            interval=sync_every,
-            concurrency_limit=one_sync,
-            description="Take alias moves made in the MLflow UI into the registry",
-            tags=["adapterops"],
-            print_next_steps=False,
-            ignore_warnings=True,
-        )
+        syncing = sync.from_source(source=str(_ROOT), entrypoint=SYNC_ENTRYPOINT)
+        with redirect_stdout(io.StringIO()):
+            deployment_id = syncing.deploy(
+                name=SYNC_DEPLOYMENT,
+                work_pool_name=pool,
+                interval=sync_every,
+                concurrency_limit=one_sync,
+                description="Take alias moves made in the MLflow UI into the registry",
+                tags=["adapterops"],
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
         deployed.append(
             DeploymentInfo(
                 "", f"sync/{SYNC_DEPLOYMENT}", str(deployment_id), pool, None, sync_every
