@@ -5,6 +5,7 @@ twice per build, under the run's first name (switched off in ``flows.cli.quiet``
 from __future__ import annotations
 
 import os
+import urllib.parse
 
 from .mlflow_names import adapter_model
 
@@ -12,9 +13,14 @@ __all__ = ["review_url", "run_url"]
 
 
 def _server() -> str | None:
-    """The tracking server's root address, or None when MLflow is not a server."""
+    """The tracking server's root address, or None when MLflow is not a server. A user and
+    password in ``MLFLOW_TRACKING_URI`` stay out: a link is pasted where others read it."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/")
-    return uri if uri.startswith(("http://", "https://")) else None
+    if not uri.startswith(("http://", "https://")):
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def review_url(name: str, mlflow_version: int) -> str | None:
