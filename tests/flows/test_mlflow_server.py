@@ -312,16 +312,33 @@ def test_an_mlflow_2_server_takes_builds_pushes_promotions_and_review(postgres, 
         model = reviewers.get_registered_model("old")
         versions = {v.version: v for v in reviewers.search_model_versions("name='old'")}
         files = reviewers.get_model_version("pushed", "1")
-        removed = run_cli("rm", "pushed@1", "--json", env=env)
-        assert removed.returncode == 0, removed.stderr[-3000:]
-        left = reviewers.search_model_versions("name='pushed'")
+        saved = run_cli(
+            "composition", "save", "duo", "old@2", "pushed@1", "--definition", "average",
+            "--metric", "accuracy=0.6", "--json", env=env,
+        )  # fmt: skip
+        assert saved.returncode == 0, saved.stderr[-3000:]
+        aliased = run_cli("composition", "alias", "duo@1", "champion", "--json", env=env)
+        assert aliased.returncode == 0, aliased.stderr[-3000:]
+        composition = reviewers.get_registered_model("composition.duo")
+        for command in (
+            ("composition", "unalias", "duo", "champion"),
+            ("composition", "rm", "duo@1"),
+            ("rm", "pushed@1"),  # a member no composition holds any more
+        ):
+            removed = run_cli(*command, "--json", env=env)
+            assert removed.returncode == 0, (command, removed.stderr[-3000:])
+        left = [
+            *reviewers.search_model_versions("name='pushed'"),
+            *reviewers.search_model_versions("name='composition.duo'"),
+        ]
     finally:
         server.stop()
     assert model.aliases == {"champion": "2", "previous": "1", "staging": "1"}
     assert {n: v.tags["adapterops.version"] for n, v in versions.items()} == {"1": "1", "2": "2"}
     assert versions["1"].source == f"runs:/{versions['1'].run_id}/adapter"
     assert files.source == f"runs:/{files.run_id}/adapter"
-    assert left == []  # its mirror left with it
+    assert left == []  # their mirrors left with them
+    assert composition.aliases == {"champion": "1"}
     # where the server keeps it (an MLflow 3 client lists a run's files through an API that
     # MLflow 2 lacks: the test reads the server's folder)
     stored = tmp_path / "mlflow2-artifacts"
