@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+from boto3.exceptions import Boto3Error
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -237,7 +238,9 @@ def mlflow_errors(action: str) -> Iterator[None]:
     a refusal of the credentials or of a permission, :class:`TrackingAccessError`."""
     try:
         yield
-    except (BotoCoreError, ClientError) as exc:  # a run whose artifacts this client writes to S3
+    # a run whose artifacts this client writes to S3 (boto3 wraps a refused upload, a wrong
+    # secret say, in its S3UploadFailedError)
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
         raise TrackingUnavailableError(_direct_s3_message(action, exc)) from None
     except (MlflowException, OSError) as exc:
         reason = " ".join(str(exc).split())[:400]
@@ -266,7 +269,7 @@ _ACCESS_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's codes for 
 _OUTAGES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "IO_ERROR")
 
 
-def _direct_s3_message(action: str, exc: BotoCoreError | ClientError) -> str:
+def _direct_s3_message(action: str, exc: BotoCoreError | ClientError | Boto3Error) -> str:
     """What to do when this client could not write a run's artifacts to S3 itself: a server
     whose ``--default-artifact-root`` is an ``s3://`` location (or that runs with
     ``--no-serve-artifacts``) hands its clients that location, and boto3's bare
@@ -279,8 +282,11 @@ def _direct_s3_message(action: str, exc: BotoCoreError | ClientError) -> str:
             "set MLFLOW_S3_ENDPOINT_URL to the S3 server's address (SeaweedFS, MinIO: "
             "http://host:8333) if it is not AWS, and check that it answers"
         )
-    else:
-        way_on = "give these credentials write access to that bucket"
+    else:  # S3 refused (a wrong secret, a bucket they may not write)
+        way_on = (
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY here, and that they may write "
+            "to that bucket"
+        )
     return (
         f"MLflow at {tracking_uri()} could not {action}: this machine writes the run's artifacts "
         f"to S3 itself (the server's artifact root is an s3:// location it does not proxy) and "

@@ -43,8 +43,11 @@ class SeaweedS3:
         master_port: int,
         volume_port: int,
         filer_port: int,
+        s3_config: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # identities and their keys (SeaweedFS's s3.json); without it any key is taken
+        self.s3_config = s3_config
         self.s3_port = s3_port
         self.master_port = master_port
         self.volume_port = volume_port
@@ -53,14 +56,19 @@ class SeaweedS3:
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def on_free_ports(cls, data_dir: Path) -> SeaweedS3:
+    def on_free_ports(cls, data_dir: Path, *, s3_config: Path | None = None) -> SeaweedS3:
         """A server whose four ports (and their gRPC ports, +10000) are free now."""
 
         def port() -> int:
             return free_port(also_free_at=(10000,))
 
         return cls(
-            data_dir, s3_port=port(), master_port=port(), volume_port=port(), filer_port=port()
+            data_dir,
+            s3_port=port(),
+            master_port=port(),
+            volume_port=port(),
+            filer_port=port(),
+            s3_config=s3_config,
         )
 
     @property
@@ -93,6 +101,7 @@ class SeaweedS3:
             # second server on the machine would die: we need neither.
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            *((f"-s3.config={self.s3_config}",) if self.s3_config else ()),
         ]
 
     def start(self, *, timeout: float = 90) -> None:

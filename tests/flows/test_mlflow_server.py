@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.stack import MlflowServer, free_port
+from infra.stack.seaweedfs import SeaweedS3
 from tests.helpers import run_cli
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 
@@ -261,6 +263,56 @@ def test_artifacts_the_client_writes_to_s3_itself_fail_in_one_line_before_traini
         ), (lacking, errors[0])
         assert said in errors[0], (lacking, errors[0])
         assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
+
+
+def test_s3_refusing_the_clients_secret_is_one_line_before_training(tmp_path, prefect_server):
+    """An S3 server that checks keys (SeaweedFS with identities) and a wrong secret here: boto3
+    raised its S3UploadFailedError (SignatureDoesNotMatch), which reached the terminal bare."""
+    config = tmp_path / "s3.json"
+    keys = {"accessKey": "adapterops", "secretKey": "adapterops-secret"}
+    config.write_text(json.dumps({"identities": [
+        {"name": "admin", "credentials": [keys], "actions": ["Admin", "Read", "Write", "List"]}
+    ]}))  # fmt: skip
+    s3 = SeaweedS3.on_free_ports(tmp_path / "seaweedfs", s3_config=config)
+    s3.start()
+    boto3.client(
+        "s3", endpoint_url=s3.endpoint, aws_access_key_id=keys["accessKey"],
+        aws_secret_access_key=keys["secretKey"], region_name="us-east-1",
+    ).create_bucket(Bucket="mlflow-runs")  # fmt: skip
+    server = MlflowServer(
+        port=free_port(),
+        backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifacts_destination=str(tmp_path / "unused"),
+        default_artifact_root="s3://mlflow-runs/runs",
+        log=tmp_path / "mlflow.log",
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ADAPTEROPS_", "MLFLOW_"))
+    } | {
+        "HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": server.url, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": keys["accessKey"], "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }  # fmt: skip
+    try:
+        server.start()
+        result = run_cli(
+            "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-key",
+            "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
+            "--set", "data.max_eval_samples=64", env=env,
+        )  # fmt: skip
+    finally:
+        server.stop()
+        s3.stop(grace=5)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "SignatureDoesNotMatch" in errors[0], result.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: MLflow at {server.url} could not write to its artifact store (the run's "
+        "spec.yaml): this machine writes the run's artifacts to S3 itself"
+    ), errors[0]
+    assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY here" in errors[0]
+    assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
 
 
 MLFLOW2 = Path(__file__).resolve().parents[2] / ".venv-mlflow2" / "bin" / "python"
