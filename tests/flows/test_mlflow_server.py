@@ -183,6 +183,29 @@ def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres,
     )
 
 
+def small_build(name: str, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``adapterops build`` of the example under ``name``: four steps on 64 rows."""
+    return run_cli(
+        "build", str(EXAMPLE), "--out", str(out), "--set", f"name={name}",
+        "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
+        "--set", "data.max_eval_samples=64", env=env,
+    )  # fmt: skip
+
+
+def direct_s3_error(result: subprocess.CompletedProcess[str], server: MlflowServer) -> str:
+    """The one error line of a build stopped before training because this machine could not
+    write its run's artifacts to S3 itself (exit 2, no traceback)."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: MLflow at {server.url} could not write to its artifact store (the run's "
+        "spec.yaml): this machine writes the run's artifacts to S3 itself"
+    ), errors[0]
+    assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
+    return errors[0]
+
+
 def test_an_artifact_store_the_server_cannot_write_fails_the_build_before_it_trains(
     postgres, seaweed, service_dir, tmp_path
 ):
@@ -198,11 +221,7 @@ def test_an_artifact_store_the_server_cannot_write_fails_the_build_before_it_tra
     server.start()
     try:
         env = production_env(server, postgres, tmp_path) | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-        result = run_cli(
-            "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-x",
-            "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
-            "--set", "data.max_eval_samples=64", env=env,
-        )  # fmt: skip
+        result = small_build(f"{NAME}-x", tmp_path / "out", env)
     finally:
         server.stop()
     assert result.returncode == 2, result.stderr[-3000:]
@@ -243,26 +262,13 @@ def test_artifacts_the_client_writes_to_s3_itself_fail_in_one_line_before_traini
     server.start()
     try:
         results = {
-            lacking: run_cli(
-                "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-s3",
-                "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
-                "--set", "data.max_eval_samples=64", env=env | extra,
-            )
+            lacking: small_build(f"{NAME}-s3", tmp_path / "out", env | extra)
             for lacking, (extra, _) in cases.items()
-        }  # fmt: skip
+        }
     finally:
         server.stop()
     for lacking, (_, said) in cases.items():
-        result = results[lacking]
-        assert result.returncode == 2, (lacking, result.stderr[-3000:])
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, (lacking, result.stderr[-3000:])
-        assert errors[0].startswith(
-            f"error: MLflow at {server.url} could not write to its artifact store (the run's "
-            "spec.yaml): this machine writes the run's artifacts to S3 itself"
-        ), (lacking, errors[0])
-        assert said in errors[0], (lacking, errors[0])
-        assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
+        assert said in direct_s3_error(results[lacking], server), lacking
 
 
 def test_s3_refusing_the_clients_secret_is_one_line_before_training(tmp_path, prefect_server):
@@ -296,23 +302,13 @@ def test_s3_refusing_the_clients_secret_is_one_line_before_training(tmp_path, pr
     }  # fmt: skip
     try:
         server.start()
-        result = run_cli(
-            "build", str(EXAMPLE), "--out", str(tmp_path / "out"), "--set", f"name={NAME}-key",
-            "--set", "train.max_steps=4", "--set", "data.max_train_samples=64",
-            "--set", "data.max_eval_samples=64", env=env,
-        )  # fmt: skip
+        result = small_build(f"{NAME}-key", tmp_path / "out", env)
     finally:
         server.stop()
         s3.stop(grace=5)
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "SignatureDoesNotMatch" in errors[0], result.stderr[-3000:]
-    assert errors[0].startswith(
-        f"error: MLflow at {server.url} could not write to its artifact store (the run's "
-        "spec.yaml): this machine writes the run's artifacts to S3 itself"
-    ), errors[0]
-    assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY here" in errors[0]
-    assert "Traceback" not in result.stderr and "step 1/" not in result.stderr
+    error = direct_s3_error(result, server)
+    assert "SignatureDoesNotMatch" in error
+    assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY here" in error
 
 
 MLFLOW2 = Path(__file__).resolve().parents[2] / ".venv-mlflow2" / "bin" / "python"
