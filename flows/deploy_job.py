@@ -4,27 +4,39 @@ reaches the registry within minutes, also for commands that read only the regist
 
 A worker polling the work pool runs them (``prefect worker start --pool POOL``; the local stack
 starts one). The worker's environment decides where runs write: registry, artifacts and MLflow.
+So each deployment records the id of the registry it was made for (``for_registry``), a run on a
+worker whose environment names another registry fails before it builds anything, and a pool
+holding another registry's deployments is refused at deploy: a staging checkout deploying into
+production's pool had its builds registered, and promoted, in production's registry.
 """
 
 from __future__ import annotations
 
 import io
-from contextlib import redirect_stdout, suppress
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import OrchestrationError
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.responses import DeploymentResponse
 from .spec import load_spec
 
 __all__ = [
     "DEFAULT_POOL",
     "DeploymentInfo",
     "check_not_taken",
+    "check_pool_registry",
+    "check_worker_registry",
     "deploy_specs",
     "ensure_pool",
     "pool_status",
     "pool_warning",
+    "prune_deployments",
 ]
 
 DEFAULT_POOL = "adapterops"
@@ -32,6 +44,7 @@ ENTRYPOINT = "flows/entrypoints.py:build"  # loaded by path on the worker
 SYNC_ENTRYPOINT = "flows/entrypoints.py:sync"
 SYNC_DEPLOYMENT = "aliases"  # run as "sync/aliases"
 SYNC_EVERY = 300  # seconds between syncs by default
+REGISTRY_PARAMETER = "for_registry"  # the build and sync flows' parameter: the registry's id
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,38 +89,72 @@ def _api_url() -> str:
     return str(url)
 
 
-def ensure_pool(pool: str) -> None:
-    """Create the ``process`` work pool ``pool`` unless it exists (or another ``deploy``
-    creates it meanwhile: two CI jobs deploying to a new pool at once failed, one of them with
-    Prefect's bare ``ObjectAlreadyExists``)."""
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
-    from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound  # noqa: PLC0415
+@contextmanager
+def _prefect() -> Iterator[tuple[SyncPrefectClient, str]]:
+    """A client of the Prefect server ``PREFECT_API_URL`` names, and that address (checked
+    first: ``get_client`` without one would start a server of its own); a connection that fails
+    in the block is one line."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - prefect: when used
 
     url = _api_url()
     try:
         with get_client(sync_client=True) as client:
-            try:
-                client.read_work_pool(pool)
-            except ObjectNotFound:
-                with suppress(ObjectAlreadyExists):
-                    client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            yield client, url
     except OSError as exc:
         raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+
+
+def _deployment(client: SyncPrefectClient, name: str) -> DeploymentResponse | None:
+    """Deployment ``name`` (``build/NAME``), or None where there is none."""
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
+def ensure_pool(pool: str) -> None:
+    """Create the ``process`` work pool ``pool`` unless it exists (or another ``deploy``
+    creates it meanwhile: two CI jobs deploying to a new pool at once failed, one of them with
+    Prefect's bare ``ObjectAlreadyExists``)."""
+    from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound  # noqa: PLC0415
+
+    with _prefect() as (client, _):
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+
+def prune_deployments(pool: str, keep: Collection[str]) -> list[str]:
+    """Delete the deployments of work pool ``pool`` made for the registry this environment
+    names, other than ``keep`` (``build/NAME``, ``sync/aliases``); returns their names, sorted.
+    A spec removed from the repository left its deployment failing on every scheduled run
+    (``no such file``). Another registry's deployments, and those made before deployments
+    recorded their registry, are never touched."""
+    identity = this_registry(create=False)
+    if identity is None:
+        return []
+    with _prefect() as (client, _):
+        gone = {
+            name: deployment
+            for name, deployment in _in_pool(client, pool).items()
+            if _registry_of(deployment) == identity and name not in keep
+        }
+        for deployment in gone.values():
+            client.delete_deployment(deployment.id)
+    return sorted(gone)
 
 
 def pool_status(pool: str) -> str | None:
     """Prefect's status of work pool ``pool``: ``READY`` (a worker polls it), ``NOT_READY`` (none
     does: its deployments' runs wait, then show as Late, with no word anywhere) or ``PAUSED``;
     None where Prefect keeps none (pools that push to a cloud)."""
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
-
-    url = _api_url()
-    try:
-        with get_client(sync_client=True) as client:
-            status = client.read_work_pool(pool).status
-    except OSError as exc:
-        raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
+    with _prefect() as (client, _):
+        status = client.read_work_pool(pool).status
     return status.value if status is not None else None
 
 
@@ -133,18 +180,12 @@ def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool 
     on, without a word."""
     if replace:
         return
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
-    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
-
-    url = _api_url()  # (get_client without one would start a server of its own)
+    with _prefect() as (client, url):
+        existing_ones = {name: _deployment(client, name) for name in planned}
     for name, spec_path in planned.items():
-        try:
-            with get_client(sync_client=True) as client:
-                existing = client.read_deployment_by_name(name)
-        except ObjectNotFound:
+        existing = existing_ones[name]
+        if existing is None:
             continue
-        except OSError as exc:
-            raise OrchestrationError(f"Prefect server at {url} cannot be reached: {exc}") from None
         their_spec = (existing.parameters or {}).get("spec_path")
         other_pool = existing.work_pool_name not in (None, pool)
         if other_pool or (spec_path is not None and their_spec not in (None, spec_path)):
@@ -160,6 +201,111 @@ def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool 
             )
 
 
+def this_registry(*, create: bool) -> str | None:
+    """The id of the registry this environment names; with ``create``, created on first use as
+    a build would (the deployments' runs will write there), else None where there is none."""
+    from registry import NoRegistryError, Registry  # noqa: PLC0415 - SQLAlchemy: when used
+
+    try:
+        return Registry(create=create).identity
+    except NoRegistryError:
+        return None
+
+
+def _registry_address() -> str:
+    """Where the registry this environment names is, without its password."""
+    from registry import Settings  # noqa: PLC0415
+    from registry.db import hide_password  # noqa: PLC0415
+
+    return hide_password(Settings.from_env().database_url)
+
+
+def check_worker_registry(expected: str | None, deployment: str) -> None:
+    """Refuse, before anything is built, to run ``deployment`` (``build/NAME``) on a worker whose
+    environment names a registry other than ``expected``, the one it was deployed for (None:
+    deployed before deployments recorded it)."""
+    if expected is None:
+        return
+    from registry import NoRegistryError, Registry  # noqa: PLC0415
+
+    try:
+        registry = Registry(create=False)
+        here = f"registry {registry.identity} at {registry.database.safe_url}"
+    except NoRegistryError as exc:
+        here = f"no registry ({exc})"
+    else:
+        if registry.identity == expected:
+            return
+    raise OrchestrationError(
+        f"{deployment} was deployed for registry {expected}, but this worker's settings name "
+        f"{here}: nothing was run. A worker runs every deployment of its work pool against its "
+        "own registry: give each registry a work pool of its own (`adapterops deploy --pool "
+        "NAME` with that registry's settings, and `prefect worker start --pool NAME` beside "
+        "them; `adapterops db status` shows a registry's id)"
+    )
+
+
+def check_pool_registry(
+    pool: str, identity: str | None, *, replacing: Collection[str] = ()
+) -> None:
+    """Refuse to deploy to ``pool`` when it holds deployments made for a registry other than
+    ``identity`` (None: one not created yet), other than ``replacing``, the names --replace takes
+    over: its worker would run this registry's builds against that registry's settings, or that
+    one's against this."""
+    others: dict[str, list[str]] = {}
+    with _prefect() as (client, url):
+        for name, deployment in _in_pool(client, pool).items():
+            theirs = _registry_of(deployment)
+            if theirs not in (None, identity) and name not in replacing:
+                others.setdefault(str(theirs), []).append(name)
+    if others:
+        theirs, names = sorted(others.items())[0]
+        raise OrchestrationError(
+            f"work pool {pool!r} on the Prefect server at {url} runs deployments made for "
+            f"registry {theirs} ({', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}"
+            f"), not the one this environment names ({identity or 'not created yet'} at "
+            f"{_registry_address()}): its worker would build one registry's specs into the "
+            "other's. Deploy to a work pool of its own (--pool NAME, then `prefect worker start "
+            "--pool NAME` where this registry's settings are); nothing was deployed"
+        )
+
+
+def _in_pool(client: SyncPrefectClient, pool: str) -> dict[str, DeploymentResponse]:
+    """Every deployment of work pool ``pool``, by ``flow/deployment`` name."""
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName  # noqa: PLC0415
+
+    in_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+    found: dict[str, DeploymentResponse] = {}
+    page = 200  # the server's most per request
+    while True:
+        batch = client.read_deployments(work_pool_filter=in_pool, limit=page, offset=len(found))
+        for deployment in batch:
+            flow_name = (deployment.entrypoint or "").rpartition(":")[2]  # build, sync
+            found[f"{flow_name}/{deployment.name}"] = deployment
+        if len(batch) < page:
+            return found
+
+
+def _registry_of(deployment: DeploymentResponse) -> str | None:
+    """The id of the registry ``deployment`` was made for (None: made before deployments
+    recorded it, or not by adapterops)."""
+    value = (deployment.parameters or {}).get(REGISTRY_PARAMETER)
+    return str(value) if value is not None else None
+
+
+def _sync_name(pool: str, identity: str | None) -> str:
+    """``aliases``, unless another pool runs a ``sync/aliases`` not recorded as made for registry
+    ``identity`` (another registry's): then ``aliases-POOL``, so that each registry sharing a
+    Prefect server syncs, each on its own pool."""
+    with _prefect() as (client, _):
+        existing = _deployment(client, f"sync/{SYNC_DEPLOYMENT}")
+    if existing is None or existing.work_pool_name in (None, pool):
+        return SYNC_DEPLOYMENT
+    if identity and _registry_of(existing) == identity:
+        return SYNC_DEPLOYMENT
+    return f"{SYNC_DEPLOYMENT}-{pool}"
+
+
 def deploy_specs(
     spec_paths: list[Path],
     *,
@@ -168,9 +314,11 @@ def deploy_specs(
     replace: bool = False,
 ) -> list[DeploymentInfo]:
     """Validate every spec first, then create (or update) one deployment per spec, and the sync
-    deployment every ``sync_every`` seconds (0: none). A deployment of the same name that runs
-    on another pool or builds another spec file is refused unless ``replace``
-    (:func:`check_not_taken`)."""
+    deployment every ``sync_every`` seconds (0: none), each for the registry this environment
+    names. A deployment of the same name that runs on another pool or builds another spec file
+    is refused unless ``replace`` (:func:`check_not_taken`), and so is a pool that holds another
+    registry's deployments (:func:`check_pool_registry`). The sync deployment is
+    ``sync/aliases``, or ``sync/aliases-POOL`` where another registry's pool runs that one."""
     from prefect.client.schemas.objects import (  # noqa: PLC0415
         ConcurrencyLimitConfig,
         ConcurrencyLimitStrategy,
@@ -188,10 +336,14 @@ def deploy_specs(
     )
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
+    existing = this_registry(create=False)  # created only once nothing is refused
+    sync_name = _sync_name(pool, existing) if sync_every else ""
     if sync_every:
-        planned[f"sync/{SYNC_DEPLOYMENT}"] = None
+        planned[f"sync/{sync_name}"] = None
     check_not_taken(planned, pool, replace=replace)  # before the pool is made: nothing changed
+    check_pool_registry(pool, existing, replacing=set(planned) if replace else ())
     ensure_pool(pool)
+    identity, registry_url = this_registry(create=True), _registry_address()
     deployed = []
     # Prefect prints a table of its own per deployment (one deployment per call: its failure
     # raises, so nothing it would say is lost); the caller lists them all once.
@@ -202,9 +354,9 @@ def deploy_specs(
                 work_pool_name=pool,
                 cron=spec.schedule.cron,
                 concurrency_limit=one_build,
-                parameters={"spec_path": str(path)},
+                parameters={"spec_path": str(path), REGISTRY_PARAMETER: identity},
                 description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) "
-                f"from {path}",
+                f"from {path} into registry {identity} at {registry_url}",
                 tags=["adapterops", spec.task, spec.language],
                 print_next_steps=False,
                 ignore_warnings=True,
@@ -221,18 +373,18 @@ def deploy_specs(
         syncing = sync.from_source(source=str(_ROOT), entrypoint=SYNC_ENTRYPOINT)
         with redirect_stdout(io.StringIO()):
             deployment_id = syncing.deploy(
-                name=SYNC_DEPLOYMENT,
+                name=sync_name,
                 work_pool_name=pool,
                 interval=sync_every,
                 concurrency_limit=one_sync,
-                description="Take alias moves made in the MLflow UI into the registry",
+                parameters={REGISTRY_PARAMETER: identity},
+                description="Take alias moves made in the MLflow UI into registry "
+                f"{identity} at {registry_url}",
                 tags=["adapterops"],
                 print_next_steps=False,
                 ignore_warnings=True,
             )
         deployed.append(
-            DeploymentInfo(
-                "", f"sync/{SYNC_DEPLOYMENT}", str(deployment_id), pool, None, sync_every
-            )
+            DeploymentInfo("", f"sync/{sync_name}", str(deployment_id), pool, None, sync_every)
         )
     return deployed

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment
 
 from registry import AdapterVersion, Registry
 from registry.names import CHAMPION, member_name
@@ -44,6 +45,7 @@ from .cascade import (
     record_outcome,
     write_candidate_spec,
 )
+from .deploy_job import check_worker_registry
 from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
@@ -117,10 +119,14 @@ def build(
     overrides: list[str] | None = None,
     output: str | None = None,
     lineage: dict[str, str] | None = None,
+    for_registry: str | None = None,
 ) -> dict[str, Any]:
     """Build one adapter from a spec file: the result of ``adapterops build --json``.
-    ``lineage``: the data fingerprint and build key, when the caller computed them already."""
+    ``lineage``: the data fingerprint and build key, when the caller computed them already;
+    ``for_registry``: the id of the registry a deployment was made for (a worker whose
+    environment names another refuses the run)."""
     spec = load_spec(spec_path, overrides)
+    check_worker_registry(for_registry, f"build/{spec.name}")
     report = _progress.get()
     chain = start_build(
         spec,
@@ -181,10 +187,11 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
 
 
 @flow(name="sync", flow_run_name="sync aliases from MLflow")
-def sync() -> dict[str, Any]:
+def sync(for_registry: str | None = None) -> dict[str, Any]:
     """Mirror compositions MLflow lacks and copy alias moves made in MLflow into the registry, for
     every adapter and composition (MLflow wins), then remove the mirrors of versions deleted
-    where MLflow did not follow; returns what changed."""
+    where MLflow did not follow; returns what changed. ``for_registry``: as for :func:`build`."""
+    check_worker_registry(for_registry, f"sync/{deployment.name or 'aliases'}")
     registry, client = Registry(), tracking.client()
     logger = get_run_logger()
     mirrored, changes = sync_from_mlflow(

@@ -40,7 +40,7 @@ from .errors import (
 from .locks import lock_key, take_xact_lock
 from .orm import Base
 
-__all__ = ["Database", "holds_registry_schema", "schema_head"]
+__all__ = ["Database", "hide_password", "holds_registry_schema", "schema_head"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -71,7 +71,7 @@ class Database:
             ) from None
         url = parsed.render_as_string(hide_password=False)
         self.url = url
-        self.safe_url = _safe(url)  # for messages and markers: no password
+        self.safe_url = hide_password(url)  # for messages and markers: no password
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.sqlite_path = parsed.database if self.is_sqlite else None  # the file, or :memory:
         if self.is_sqlite and parsed.host:  # sqlite://dir/file.db: "dir" is read as a host
@@ -92,8 +92,9 @@ class Database:
             self.engine = _engine(url, sqlite=self.is_sqlite, path=parsed.database)
         except (ImportError, NoSuchModuleError) as exc:  # postgresql+psycopg2 without psycopg2
             raise DatabaseUnavailableError(
-                f"cannot use the registry database {_safe(url)}: its driver is not installed "
-                f"({exc}); write postgresql+psycopg://... (psycopg 3, installed with adapterops)"
+                f"cannot use the registry database {hide_password(url)}: its driver is not "
+                f"installed ({exc}); write postgresql+psycopg://... (psycopg 3, installed with "
+                "adapterops)"
             ) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate if auto_migrate is not None else self.is_sqlite:
@@ -135,8 +136,9 @@ class Database:
         current = self.revision()
         if current != head:
             raise NotMigratedError(
-                f"registry database {_safe(self.url)} is at schema {current or 'empty'}, this code "
-                f"needs {head}: run `adapterops db upgrade` (with ADAPTEROPS_REGISTRY_URL set)"
+                f"registry database {hide_password(self.url)} is at schema {current or 'empty'}, "
+                f"this code needs {head}: run `adapterops db upgrade` (with "
+                "ADAPTEROPS_REGISTRY_URL set)"
             )
 
     def _refuse_foreign_schema(self, connection: Any) -> str | None:
@@ -151,7 +153,7 @@ class Database:
         current = MigrationContext.configure(connection).get_current_revision()
         if current is not None and current not in _our_revisions():
             raise ForeignDatabaseError(
-                f"{_safe(self.url)} is not a registry database: its schema revision "
+                f"{hide_password(self.url)} is not a registry database: its schema revision "
                 f"{current!r} is none of adapterops' (another application's database? MLflow "
                 "and Prefect keep theirs with Alembic too); point ADAPTEROPS_REGISTRY_URL at the "
                 "registry's own database (nothing was written)"
@@ -162,8 +164,8 @@ class Database:
             if clashing:
                 where = "a new file" if self.is_sqlite else "a database of its own"
                 raise ForeignDatabaseError(
-                    f"{_safe(self.url)} is not a registry database: it holds tables of another "
-                    f"application ({_listed(clashing)}) and no registry schema; point "
+                    f"{hide_password(self.url)} is not a registry database: it holds tables of "
+                    f"another application ({_listed(clashing)}) and no registry schema; point "
                     f"ADAPTEROPS_REGISTRY_URL at the registry's own database, or at {where} "
                     "for a new registry (nothing was written)"
                 )
@@ -241,7 +243,7 @@ def translate_db_errors(url: str) -> Iterator[None]:
         # this process, which drops the POSIX locks SQLite holds on it (and corrupts it).
         path = make_url(url).database
         raise ForeignDatabaseError(
-            f"{_safe(url)} is not a registry database: {path} is not a SQLite file (a data "
+            f"{hide_password(url)} is not a registry database: {path} is not a SQLite file (a data "
             "file or a text file?); point ADAPTEROPS_REGISTRY_URL at the registry's .db file, "
             "or at a path where none exists yet for a new registry (nothing was written)"
         ) from None
@@ -259,12 +261,12 @@ def _translated(exc: SQLAlchemyError, url: str) -> RegistryError:
             else "Check that the server runs"
         )
         return DatabaseUnavailableError(
-            f"cannot use the registry database {_safe(url)}: {reason}. {check} and that "
+            f"cannot use the registry database {hide_password(url)}: {reason}. {check} and that "
             "ADAPTEROPS_REGISTRY_URL is right."
         )
     if getattr(getattr(exc, "orig", None), "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
         return DatabaseUnavailableError(_privilege_message(exc, url))
-    return RegistryError(f"registry database error on {_safe(url)}: {exc}")
+    return RegistryError(f"registry database error on {hide_password(url)}: {exc}")
 
 
 _INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for "permission denied"
@@ -278,7 +280,7 @@ def _privilege_message(exc: SQLAlchemyError, url: str) -> str:
     user = make_url(url).username or "(the URL names none)"
     reason = str(getattr(exc, "orig", exc)).splitlines()[0].rstrip(".")
     return (
-        f"the registry database {_safe(url)} refused user {user}: {reason}. To migrate "
+        f"the registry database {hide_password(url)} refused user {user}: {reason}. To migrate "
         "(`adapterops db upgrade`), connect as the database's owner or GRANT CREATE ON SCHEMA "
         f"public TO {user}; to use it, GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
         f"SCHEMA public TO {user} and GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}"
@@ -359,7 +361,7 @@ def _make_parent_folder(database: Path) -> None:
         ) from None
 
 
-def _safe(url: str) -> str:
+def hide_password(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)

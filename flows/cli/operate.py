@@ -68,17 +68,33 @@ def deploy(
             "pool or builds another spec file (refused without it: another registry's?).",
         ),
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete this registry's deployments on POOL that these specs no longer name "
+            "(a spec removed from the repository; with --sync-every 0, the sync deployment).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Create a Prefect deployment of the build flow per spec, on the cron of its ``schedule``,
     and one of the sync flow on an interval; a worker on POOL runs them (``prefect worker start
-    --pool POOL``), each one run at a time (a build's next run waits for it). One of the same
-    name on another pool, or building another spec file, is refused unless --replace."""
+    --pool POOL``), each one run at a time (a build's next run waits for it), each for the
+    registry this environment names. One of the same name on another pool, or building another
+    spec file, is refused unless --replace; so is a pool running another registry's
+    deployments (give each registry a pool of its own)."""
     with user_errors(as_json, one_line_failures=True):
         files = spec_files(spec_paths, nothing="nothing was deployed")
-        from ..deploy_job import deploy_specs, pool_status, pool_warning  # noqa: PLC0415
+        from ..deploy_job import (  # noqa: PLC0415
+            deploy_specs,
+            pool_status,
+            pool_warning,
+            prune_deployments,
+        )
 
         deployed = deploy_specs(files, pool=pool, sync_every=sync_every, replace=replace)
+        removed = prune_deployments(pool, {d.name for d in deployed}) if prune else []
         status = pool_status(pool)
     idle = pool_warning(pool, status)
     if idle:
@@ -88,6 +104,7 @@ def deploy(
             {
                 "ok": True,
                 "deployments": [d.to_dict() for d in deployed],
+                "removed": removed,
                 "pool": {"name": pool, "status": status},
             }
         )
@@ -98,6 +115,10 @@ def deploy(
     for d in deployed:
         table.add_row(d.name, d.schedule, d.spec or "(all adapters and compositions)")
     console.print(table)
+    if removed:
+        console.print(
+            f"Removed (no longer among these specs): {', '.join(removed)}", soft_wrap=True
+        )
     # `prefect` reads PREFECT_API_URL: from the stack's configuration, a fresh shell needs it
     stack_env = 'eval "$(adapterops stack env)" && ' if from_stack_env("PREFECT_API_URL") else ""
     console.print(

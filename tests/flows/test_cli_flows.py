@@ -466,6 +466,127 @@ class TestDeploy:
                 "staging-pool"
             )
 
+    def test_a_pool_running_another_registrys_deployments_is_refused(
+        self, tmp_path: Path, sst2_dir: Path, service_dir: Path
+    ):
+        """Staging deployed into production's work pool (`--pool` forgotten): the pool's worker,
+        with production's settings, built staging's spec into production's registry and made it
+        champion there, without a word. Now refused at deploy; a pool of its own works, with a
+        sync deployment of its own (the second registry on a server had to go without one).
+        `--prune` removes the deployment of a spec no longer deployed (its runs failed, `no
+        such file`), and only this registry's."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from infra.stack import free_port
+
+        server = PrefectServer(
+            port=free_port(), home=tmp_path / "prefect", log=service_dir / "prefect-pools.log",
+            ui=False,
+        )  # fmt: skip
+        server.start()
+        try:
+            env, spec, identity = {}, {}, {}
+            for registry in ("production", "staging"):
+                (tmp_path / registry).mkdir()
+                home = tmp_path / registry / "home"
+                env[registry] = {**clean_env(home), "PREFECT_API_URL": server.api_url}
+                spec[registry] = write_spec(tmp_path / registry, sst2_dir, name=f"{registry}-en")
+            assert run_cli("db", "upgrade", env=env["production"]).returncode == 0
+            retired = write_spec(tmp_path / "production", sst2_dir, name="retired-en")
+            deployed = run_cli(
+                "deploy", str(spec["production"]), str(retired), env=env["production"]
+            )
+            assert deployed.returncode == 0, deployed.stderr[-3000:]
+            status = run_cli("db", "status", "--json", env=env["production"])
+            identity["production"] = json.loads(status.stdout)["identity"]
+            refused = run_cli("deploy", str(spec["staging"]), env=env["staging"])
+            staging_db = tmp_path / "staging" / "home" / "registry.db"
+            assert (refused.returncode, refused.stderr) == (
+                2,
+                f"error: work pool 'adapterops' on the Prefect server at {server.api_url} runs "
+                f"deployments made for registry {identity['production']} (build/production-en, "
+                "build/retired-en, sync/aliases), not the one this environment names (not created yet at "
+                f"sqlite:///{staging_db}): its worker would build one registry's specs into the "
+                "other's. Deploy to a work pool of its own (--pool NAME, then `prefect worker "
+                "start --pool NAME` where this registry's settings are); nothing was deployed\n",
+            )
+            assert not staging_db.exists()
+            own_pool = ("deploy", str(spec["staging"]), "--pool", "staging", "--json")
+            for _ in range(2):  # deployed again: updated, not a second sync
+                separate = run_cli(*own_pool, env=env["staging"])
+                assert separate.returncode == 0, separate.stderr[-3000:]
+                names = [d["name"] for d in json.loads(separate.stdout)["deployments"]]
+                assert names == ["build/staging-en", "sync/aliases-staging"]
+            status = run_cli("db", "status", "--json", env=env["staging"])
+            identity["staging"] = json.loads(status.stdout)["identity"]
+            pruned = run_cli(
+                "deploy", str(spec["production"]), "--prune", "--json", env=env["production"]
+            )
+            answer = json.loads(pruned.stdout)
+            names = [d["name"] for d in answer["deployments"]]
+            assert (names, answer["removed"]) == (
+                ["build/production-en", "sync/aliases"], ["build/retired-en"],
+            )  # fmt: skip
+            with (
+                temporary_settings({PREFECT_API_URL: server.api_url}),
+                get_client(sync_client=True) as client,
+            ):
+                found = client.read_deployments()
+            stored = {
+                f"{d.entrypoint.rpartition(':')[2]}/{d.name}": (
+                    d.work_pool_name,
+                    d.parameters["for_registry"],
+                )
+                for d in found
+            }
+            assert stored == {
+                "build/production-en": ("adapterops", identity["production"]),
+                "sync/aliases": ("adapterops", identity["production"]),
+                "build/staging-en": ("staging", identity["staging"]),
+                "sync/aliases-staging": ("staging", identity["staging"]),
+            }
+        finally:
+            server.stop()
+
+    def test_a_worker_of_another_registry_runs_nothing(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """A worker whose settings name another registry than the deployment was made for (a
+        wrong ADAPTEROPS_HOME, or another registry's worker on the pool): the run built into
+        the worker's registry. Now it fails before anything is built, saying which is which."""
+        from prefect.deployments import run_deployment
+
+        deployer, other = tmp_path / "deployer-home", tmp_path / "worker-home"
+        spec = write_spec(tmp_path, sst2_dir, name="wrong-worker-en")
+        env = {**clean_env(deployer), "PREFECT_API_URL": prefect_server.api_url}
+        assert run_cli("db", "upgrade", env=env).returncode == 0
+        deployed = run_cli("deploy", str(spec), "--pool", "mixed-pool", "--sync-every", "0", env=env)  # fmt: skip
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        expected = json.loads(run_cli("db", "status", "--json", env=env).stdout)["identity"]
+        assert run_cli("db", "upgrade", env=clean_env(other)).returncode == 0
+        theirs = json.loads(run_cli("db", "status", "--json", env=clean_env(other)).stdout)
+        worker = PrefectWorker(
+            pool="mixed-pool", api_url=prefect_server.api_url, home=other / "prefect",
+            log=tmp_path / "worker.log", env={"ADAPTEROPS_HOME": str(other), "HF_HUB_OFFLINE": "1",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{other / 'mlflow.db'}"},
+        )  # fmt: skip
+        worker.start()
+        try:
+            run = finished_flow_run(run_deployment("build/wrong-worker-en", timeout=0).id)
+        finally:
+            worker.stop()
+        assert run.state.is_failed(), (tmp_path / "worker.log").read_text()[-3000:]
+        assert (
+            f"build/wrong-worker-en was deployed for registry {expected}, but this worker's "
+            f"settings name registry {theirs['identity']} at sqlite:///{other / 'registry.db'}: "
+            "nothing was run. A worker runs every deployment of its work pool against its own "
+            "registry: give each registry a work pool of its own"
+        ) in run.state.message
+        for home in (deployer, other):
+            listed = run_cli("ls", "--json", env=clean_env(home))
+            assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
+
     def test_a_worker_runs_the_scheduled_deployment(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
