@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_POOL",
     "DeploymentInfo",
     "check_not_taken",
+    "check_pool_name",
     "check_pool_registry",
     "check_worker_registry",
     "deploy_specs",
@@ -171,13 +172,20 @@ def pool_warning(pool: str, status: str | None) -> str | None:
     return None
 
 
-def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool = False) -> None:
+def check_not_taken(
+    planned: dict[str, str | None],
+    pool: str,
+    *,
+    replace: bool = False,
+    identity: str | None = None,
+) -> None:
     """Refuse to update a deployment (``{"build/NAME": spec path, "sync/aliases": None}``)
     that another work pool runs, or that builds another spec file, unless ``replace``: a
     second registry deploying to one Prefect server (staging beside production) took the
     other's deployments in place (Prefect updates a deployment of the same name), and its
     builds and syncs ran on the new pool's worker, with the new checkout's specs, from then
-    on, without a word."""
+    on, without a word. One that this registry (``identity``) runs from this spec file on
+    another pool is only said to need --replace to move."""
     if replace:
         return
     with _prefect() as (client, url):
@@ -188,6 +196,17 @@ def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool 
             continue
         their_spec = (existing.parameters or {}).get("spec_path")
         other_pool = existing.work_pool_name not in (None, pool)
+        theirs = _registry_of(existing)
+        if spec_path is None:  # the sync deployment: this registry's, or another's?
+            moving = identity is not None and theirs == identity
+        else:  # a build: this spec file, for this registry (or one not recorded)?
+            moving = their_spec == spec_path and theirs in (None, identity)
+        if other_pool and moving:
+            raise OrchestrationError(
+                f"deployment {name} already runs on work pool {existing.work_pool_name!r} for "
+                f"this registry{' from this spec file' if spec_path else ''}: pass --replace "
+                f"to move it to pool {pool!r}; nothing was deployed"
+            )
         if other_pool or (spec_path is not None and their_spec not in (None, spec_path)):
             where = f"work pool {existing.work_pool_name!r}" + (
                 f" with spec {their_spec}" if their_spec else ""
@@ -199,6 +218,18 @@ def check_not_taken(planned: dict[str, str | None], pool: str, *, replace: bool 
                 f"there (another registry's, or another checkout's?): {instead}, use a Prefect "
                 "server of its own, or pass --replace to move it here; nothing was deployed"
             )
+
+
+def check_pool_name(pool: str) -> None:
+    """Refuse a work pool name Prefect would refuse deep in its client (``bad/name``: pydantic's
+    ValidationError, exit 1; an empty one: 405 Method Not Allowed)."""
+    forbidden = sorted({c for c in pool if c in "/%&><"})
+    if not pool.strip() or forbidden:
+        why = f"has {' '.join(forbidden)}" if forbidden else "is empty"
+        raise OrchestrationError(
+            f"work pool name {pool!r} {why}: Prefect takes a name without / % & > < (for "
+            "example --pool staging); nothing was deployed"
+        )
 
 
 def this_registry(*, create: bool) -> str | None:
@@ -334,14 +365,15 @@ def deploy_specs(
     one_sync = ConcurrencyLimitConfig(
         limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
     )
+    check_pool_name(pool)
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
-    existing = this_registry(create=False)  # created only once nothing is refused
-    sync_name = _sync_name(pool, existing) if sync_every else ""
+    identity_now = this_registry(create=False)  # the registry is created once nothing is refused
+    sync_name = _sync_name(pool, identity_now) if sync_every else ""
     if sync_every:
         planned[f"sync/{sync_name}"] = None
-    check_not_taken(planned, pool, replace=replace)  # before the pool is made: nothing changed
-    check_pool_registry(pool, existing, replacing=set(planned) if replace else ())
+    check_not_taken(planned, pool, replace=replace, identity=identity_now)  # nothing changed yet
+    check_pool_registry(pool, identity_now, replacing=set(planned) if replace else ())
     ensure_pool(pool)
     identity, registry_url = this_registry(create=True), _registry_address()
     deployed = []

@@ -334,6 +334,18 @@ class TestDeploy:
         assert result.returncode == 2
         assert "set PREFECT_API_URL" in result.stderr and "Traceback" not in result.stderr
 
+    def test_a_pool_name_prefect_refuses_is_one_line(self, tmp_path: Path, sst2_dir: Path):
+        """`--pool bad/name` ended in pydantic's ValidationError, `--pool ""` in a 405 (exit
+        1); said before the specs load, or any server is asked."""
+        spec = write_spec(tmp_path, sst2_dir)
+        for pool, why in (("bad/name", "has /"), ("", "is empty"), ("a&b>c", "has & >")):
+            refused = run_cli("deploy", str(spec), "--pool", pool, env=clean_env(tmp_path / "h"))
+            assert (refused.returncode, refused.stderr) == (
+                2,
+                f"error: work pool name {pool!r} {why}: Prefect takes a name without / % & > < "
+                "(for example --pool staging); nothing was deployed\n",
+            )
+
     def test_deploys_creating_one_new_pool_at_once_all_succeed(self, prefect_server: PrefectServer):
         """Two CI jobs deploying to a new pool at once: each found no pool and created it, and
         the later failed with Prefect's bare ObjectAlreadyExists (10 of 20 calls in 5 rounds
@@ -434,6 +446,13 @@ class TestDeploy:
 
         first = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)
         assert first.returncode == 0, first.stderr[-3000:]
+        moving = run_cli("deploy", "--pool", "gpu-pool", str(production), env=env)
+        assert (moving.returncode, moving.stderr) == (
+            2,
+            "error: deployment build/shared-en already runs on work pool 'prod-pool' for this "
+            "registry from this spec file: pass --replace to move it to pool 'gpu-pool'; "
+            "nothing was deployed\n",
+        )
         with get_client(sync_client=True) as client:  # an operator paused it, and forgot
             client.update_work_pool("prod-pool", WorkPoolUpdate(is_paused=True))
         again = run_cli(*deploy, "--pool", "prod-pool", str(production), env=env)  # an update
