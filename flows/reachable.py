@@ -15,7 +15,7 @@ import urllib.request
 
 from .errors import RedactedError
 
-__all__ = ["check_answers", "check_prefect_login"]
+__all__ = ["check_answers", "check_mlflow_store", "check_prefect_login", "store_down_message"]
 
 _ANSWERED: set[str] = set()  # servers that answered once in this process: asked once
 
@@ -80,6 +80,63 @@ def check_prefect_login(url: str, error: type[RedactedError]) -> None:
 
 
 _LOGGED_IN: set[str] = set()  # Prefect servers that took this client's credentials once
+
+
+def check_mlflow_store(
+    url: str,
+    experiment: str,
+    *,
+    error: type[RedactedError],
+    then: str = "",
+    timeout: float = 30.0,
+) -> None:
+    """Raise ``error`` in one line when the MLflow server at ``url`` answers, but not from its
+    database: with its backend store down, a server answers ``/health`` and then 503 to every
+    API call, which MLflow's client retried for four minutes in silence before an error that
+    blamed ``MLFLOW_TRACKING_URI`` ("could not find the experiment ... too many 503 error
+    responses"); one whose database cannot be reached at all retries it for minutes on each
+    request, and the client's two-minute timeouts and retries held a build for a quarter of an
+    hour. One request for ``experiment`` within ``timeout`` seconds, without retries, with
+    this client's credentials; any other answer (found, not found, refused) is left to the
+    calls that follow."""
+    if url in _STORE_ANSWERED:
+        return
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 - MLflow: when used
+    from mlflow.utils.credentials import get_default_host_creds  # noqa: PLC0415
+    from mlflow.utils.rest_utils import http_request  # noqa: PLC0415
+
+    try:
+        response = http_request(
+            get_default_host_creds(url), "/api/2.0/mlflow/experiments/get-by-name", "GET",
+            max_retries=0, timeout=timeout, raise_on_status=False,
+            params={"experiment_name": experiment},
+        )  # fmt: skip
+    except (MlflowException, OSError) as exc:
+        if "timed out" not in str(exc).lower():
+            return  # the calls that follow retry, and then say what failed
+        silent = f"/health answers, but an API call got no answer within {timeout:g} s"
+        raise error(store_down_message(url, silent, then)) from None
+    if response.status_code in (500, 503):
+        try:
+            detail = str(response.json().get("message", ""))
+        except ValueError:  # not JSON: a proxy's page
+            detail = response.text
+        status = f"{response.status_code} {response.reason}"
+        raise error(store_down_message(url, f"{status}: {detail}", then))
+    _STORE_ANSWERED.add(url)
+
+
+_STORE_ANSWERED: set[str] = set()  # MLflow servers whose store answered once in this process
+
+
+def store_down_message(url: str, reason: str, then: str = "") -> str:
+    """What to check when the MLflow server at ``url`` runs but answers 5xx (``reason``)."""
+    reason = " ".join(reason.split())[:300]
+    return (
+        f"MLflow at {url} runs but cannot answer now ({reason}): the database it keeps runs "
+        "and models in (its --backend-store-uri) is likely down or unreachable from it; check "
+        f"that database and the MLflow server's log{'; ' + then if then else ''}"
+    )
 
 
 def _why(cause: object, timeout: float) -> str:

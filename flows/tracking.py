@@ -39,7 +39,7 @@ from registry.settings import adapterops_home
 
 from .errors import TrackingAccessError, TrackingUnavailableError
 from .mlflow_names import model_prefix
-from .reachable import check_answers
+from .reachable import check_answers, check_mlflow_store, store_down_message
 
 if TYPE_CHECKING:
     from .spec import AdapterSpec
@@ -90,6 +90,10 @@ def configure() -> str:
         home().mkdir(parents=True, exist_ok=True)
     check_tracking_uri(uri)
     check_reachable(uri)
+    if uri.startswith(("http://", "https://")):
+        check_mlflow_store(
+            uri, experiment_named, error=TrackingUnavailableError, then=RERUN_COMPLETES
+        )
     check_not_the_registry(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -256,6 +260,13 @@ def mlflow_errors(action: str) -> Iterator[None]:
         if code is not None and code not in _OUTAGES:  # its answer: a re-run gets it again
             raise TrackingUnavailableError(
                 f"MLflow at {tracking_uri()} refused to {action}: {reason}"
+            ) from None
+        # 503 is MLflow's answer while its database is unreachable (TEMPORARILY_UNAVAILABLE);
+        # a 500 may be its artifact store's, which the line below names by `action`
+        if "too many 503 error" in reason:  # (urllib3's words, once its retries are spent)
+            every_try = f"it answered every try to {action} with 503 Service Unavailable"
+            raise TrackingUnavailableError(
+                store_down_message(tracking_uri(), every_try, RERUN_COMPLETES)
             ) from None
         raise TrackingUnavailableError(
             f"MLflow at {tracking_uri()} could not {action}: {reason}. Check MLFLOW_TRACKING_URI "

@@ -656,6 +656,32 @@ def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(e
 
 
 class TestMlflowDown:
+    def test_retries_spent_on_server_errors_name_the_servers_database(self, monkeypatch):
+        """A server that lost its database mid-command (after the first call's check): MLflow's
+        client retried for four minutes, then the line said to check MLFLOW_TRACKING_URI and
+        that the server runs, which it did. (The words are those of a real server's 503s.)"""
+        from mlflow.exceptions import MlflowException
+
+        url = "http://mlflow.example:5000"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        spent = (
+            f"API request to {url}/api/2.0/mlflow/registered-models/create failed with exception "
+            "HTTPConnectionPool(host='mlflow.example', port=5000): Max retries exceeded with url: "
+            "/api/2.0/mlflow/registered-models/create (Caused by ResponseError('too many 503 "
+            "error responses'))"
+        )
+        with (
+            pytest.raises(TrackingUnavailableError) as caught,
+            tracking.mlflow_errors("mirror x@2"),
+        ):
+            raise MlflowException(spent)
+        assert str(caught.value) == (
+            f"MLflow at {url} runs but cannot answer now (it answered every try to mirror x@2 "
+            "with 503 Service Unavailable): the database it keeps runs and models in (its --backend-store-uri) "
+            "is likely down or unreachable from it; check that database and the MLflow server's "
+            "log; re-running the command completes the work."
+        )
+
     def test_rerun_completes_without_duplicates(self, registry, tmp_path, monkeypatch):
         spec, report = trained_elsewhere(tmp_path, "offline-sst2")
         folder = Path(report.output)

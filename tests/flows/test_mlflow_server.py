@@ -396,3 +396,56 @@ def test_an_mlflow_2_server_takes_builds_pushes_promotions_and_review(postgres, 
         ("old@1", ["previous", "staging"]),
         ("old@2", ["champion"]),
     ]
+
+
+def test_a_server_whose_database_is_down_is_one_line_before_any_work(tmp_path, service_dir):
+    """MLflow's own PostgreSQL stopped: its server answers /health, then 503 to every API call
+    (a store it had reached), or nothing for minutes while it retries the connection (one it
+    had not: here). A build (and `promote`, `sync`) sat silent through MLflow's retries (four
+    minutes; a quarter of an hour), then blamed MLFLOW_TRACKING_URI ("could not find the
+    experiment ... too many 503 error responses. Check MLFLOW_TRACKING_URI and that the server
+    runs"). Now one request without retries says that the server's database is down, before
+    anything is trained."""
+    from infra.stack.postgres import PostgresServer
+
+    database = PostgresServer(service_dir / "mlflow-down-postgres", free_port())  # (stopped)
+    database.start()
+    server = MlflowServer(
+        port=free_port(), backend_store_uri=database.url("postgres"),
+        artifacts_destination=str(tmp_path / "mlflow-artifacts"),
+        log=service_dir / "mlflow-database-down.log",
+    )  # fmt: skip
+    try:
+        server.start()
+        database.stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+        env |= {"HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home")}
+        result = small_build("database-down-en", tmp_path / "out", env | {"MLFLOW_TRACKING_URI": server.url})  # fmt: skip
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "step 1/" not in result.stderr, result.stderr[-3000:]
+        assert errors == [
+            f"error: MLflow at {server.url} runs but cannot answer now (/health answers, but an "
+            "API call got no answer within 30 s): the database it keeps runs and models in "
+            "(its --backend-store-uri) is likely down or unreachable from it; check that "
+            "database and the MLflow server's log; re-running the command completes the work."
+        ]
+        database.start()  # the server reaches it, then loses it: 503 at once
+        assert MlflowClient(server.url).search_experiments() is not None
+        database.stop()
+        refused = run_cli("sync", env=env | {"MLFLOW_TRACKING_URI": server.url})
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert refused.stderr.startswith(
+            f"error: MLflow at {server.url} runs but cannot answer now (503 Service "
+            "Unavailable: (psycopg.OperationalError) connection failed:"
+        ), refused.stderr
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert refused.stderr.endswith(
+            "): the database it keeps runs and models in (its --backend-store-uri) is likely "
+            "down or unreachable from it; check that database and the MLflow server's log; "
+            "re-running the command completes the work.\n"
+        ), refused.stderr
+    finally:
+        server.stop()
+        if database.running:
+            database.stop()
