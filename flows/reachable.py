@@ -52,7 +52,9 @@ def check_prefect_login(url: str, error: type[RedactedError]) -> None:
     credentials (its ``/health`` answers anyone, so :func:`check_answers` cannot tell): a
     server started with ``PREFECT_SERVER_API_AUTH_STRING`` failed a deploy or a flow's start
     with Prefect's bare ``PrefectHTTPStatusError`` (exit 1), saying nothing of what to set; so
-    did a ``PREFECT_API_URL`` without its ``/api`` (404)."""
+    did a ``PREFECT_API_URL`` without its ``/api`` (404). A server whose database is down
+    answers ``hello`` (it reads no table) and then 500 to the flow run's start, Prefect's bare
+    ``PrefectHTTPStatusError`` (exit 1): one read of its flows tells that first."""
     if url in _LOGGED_IN:
         return
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - Prefect: when used
@@ -61,8 +63,17 @@ def check_prefect_login(url: str, error: type[RedactedError]) -> None:
     try:
         with get_client(sync_client=True) as client:
             client.hello()
+            client.read_flows(limit=1)  # its database answers too
     except PrefectHTTPStatusError as exc:
         status = exc.response.status_code
+        if status >= 500:
+            path = urllib.parse.urlsplit(str(exc.request.url)).path
+            raise error(
+                f"Prefect at {url} runs but cannot answer now ({status} "
+                f"{exc.response.reason_phrase} on {path}): the database it keeps flow runs in "
+                "(the server's PREFECT_API_DATABASE_CONNECTION_URL) is likely down or "
+                "unreachable from it; check that database and the Prefect server's log"
+            ) from None
         if status == 404:  # the UI's address, or the server's without /api
             parts = urllib.parse.urlsplit(url)
             raise error(

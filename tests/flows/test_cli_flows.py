@@ -416,6 +416,41 @@ class TestDeploy:
         finally:
             server.stop()
 
+    def test_a_server_whose_database_is_down_is_one_line(
+        self, tmp_path: Path, sst2_dir: Path, service_dir: Path
+    ):
+        """The Prefect server's PostgreSQL stopped: it still answers /health and `hello`, then
+        500 to the flow run's start: Prefect's bare PrefectHTTPStatusError (exit 1) for a build,
+        naming /api/flows/ and nothing to check."""
+        from infra.stack import free_port
+        from infra.stack.postgres import PostgresServer
+
+        database = PostgresServer(service_dir / "prefect-down-postgres", free_port())
+        database.start()
+        server = PrefectServer(
+            port=free_port(), home=tmp_path / "prefect", log=service_dir / "prefect-down.log",
+            ui=False, database_url=database.url("postgres").replace("+psycopg", "+asyncpg"),
+        )  # fmt: skip
+        try:
+            server.start()
+            database.stop()
+            env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": server.api_url}
+            spec = write_spec(tmp_path, sst2_dir, name="prefect-down")
+            for command in ("build", "deploy"):
+                refused = run_cli(command, str(spec), env=env)
+                assert (refused.returncode, refused.stderr) == (
+                    2,
+                    f"error: Prefect at {server.api_url} runs but cannot answer now (500 "
+                    "Internal Server Error on /api/flows/filter): the database it keeps flow "
+                    "runs in (the server's PREFECT_API_DATABASE_CONNECTION_URL) is likely down "
+                    "or unreachable from it; check that database and the Prefect server's log\n",
+                ), command
+            assert not (tmp_path / "h" / "registry.db").exists()  # nothing started
+        finally:
+            server.stop()
+            if database.running:
+                database.stop()
+
     def test_the_servers_address_without_its_api_is_one_line(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
