@@ -122,16 +122,17 @@ def check_mlflow_store(
             max_retries=0, timeout=timeout, raise_on_status=False,
             params={"experiment_name": experiment},
         )  # fmt: skip
-    except (MlflowException, OSError) as exc:
-        if "timed out" not in str(exc).lower():
+    except Exception as exc:  # a check only: an auth plugin's own error is left to MLflow too
+        if not isinstance(exc, MlflowException | OSError) or "timed out" not in str(exc).lower():
             return  # the calls that follow retry, and then say what failed
         silent = f"/health answers, but an API call got no answer within {timeout:g} s"
         raise error(store_down_message(url, silent, then)) from None
     if response.status_code in (500, 503):
         try:
-            detail = str(response.json().get("message", ""))
+            body = response.json()
         except ValueError:  # not JSON: a proxy's page
-            detail = response.text
+            body = response.text
+        detail = str(body.get("message", body) if isinstance(body, dict) else body)
         status = f"{response.status_code} {response.reason}"
         raise error(store_down_message(url, f"{status}: {detail}", then))
     _STORE_ANSWERED.add(url)
