@@ -307,14 +307,15 @@ def _in_pool(client: SyncPrefectClient, pool: str) -> dict[str, DeploymentRespon
 
     in_pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
     found: dict[str, DeploymentResponse] = {}
-    page = 200  # the server's most per request
+    page, offset = 200, 0  # the server's most per request
     while True:
-        batch = client.read_deployments(work_pool_filter=in_pool, limit=page, offset=len(found))
+        batch = client.read_deployments(work_pool_filter=in_pool, limit=page, offset=offset)
         for deployment in batch:
             flow_name = (deployment.entrypoint or "").rpartition(":")[2]  # build, sync
             found[f"{flow_name}/{deployment.name}"] = deployment
         if len(batch) < page:
             return found
+        offset += page
 
 
 def _registry_of(deployment: DeploymentResponse) -> str | None:
