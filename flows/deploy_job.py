@@ -24,6 +24,8 @@ from .errors import OrchestrationError
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.responses import DeploymentResponse
+
+    from .spec import AdapterSpec
 from .spec import load_spec
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "pool_status",
     "pool_warning",
     "prune_deployments",
+    "schedule_drift",
 ]
 
 DEFAULT_POOL = "adapterops"
@@ -273,6 +276,38 @@ def check_worker_registry(expected: str | None, deployment: str) -> None:
         "own registry: give each registry a work pool of its own (`adapterops deploy --pool "
         "NAME` with that registry's settings, and `prefect worker start --pool NAME` beside "
         "them; `adapterops db status` shows a registry's id)"
+    )
+
+
+def schedule_drift(spec: AdapterSpec, spec_path: str) -> str | None:
+    """What to say when the deployment running this flow (none: None) fires on another cron
+    than ``spec``'s ``schedule.cron`` now says, or under another name: a deployment keeps the
+    cron and name it was deployed with, while each run reads the spec file afresh, so an edited
+    schedule never took effect, and nothing said so. A server that cannot be asked says nothing
+    here."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.runtime import deployment  # noqa: PLC0415
+
+    if deployment.id is None:  # not a deployment's run
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            stored = client.read_deployment(deployment.id)
+    except Exception:  # a courtesy: the build itself goes on
+        return None
+    if stored.name != spec.name:
+        return (
+            f"build/{stored.name} builds {spec_path}, whose spec is now named {spec.name}: run "
+            f"`adapterops deploy {spec_path} --prune` (with the pool's other specs) to deploy it "
+            "under that name"
+        )
+    crons = sorted(str(getattr(s.schedule, "cron", None)) for s in stored.schedules)
+    wanted = [spec.schedule.cron] if spec.schedule.cron else []
+    if crons == wanted:
+        return None
+    return (
+        f"build/{stored.name} runs on {', '.join(crons) or 'no schedule'}, but its spec now says "
+        f"{spec.schedule.cron or 'no schedule'}: run `adapterops deploy {spec_path}` to apply it"
     )
 
 

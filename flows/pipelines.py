@@ -45,7 +45,7 @@ from .cascade import (
     record_outcome,
     write_candidate_spec,
 )
-from .deploy_job import check_worker_registry
+from .deploy_job import check_worker_registry, schedule_drift
 from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
@@ -127,6 +127,9 @@ def build(
     environment names another refuses the run)."""
     spec = load_spec(spec_path, overrides)
     check_worker_registry(for_registry, f"build/{spec.name}")
+    drift = schedule_drift(spec, spec_path) if for_registry is not None else None
+    if drift:
+        get_run_logger().warning(drift)
     report = _progress.get()
     chain = start_build(
         spec,

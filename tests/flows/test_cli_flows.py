@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from infra.stack import PrefectServer, PrefectWorker
 from tests.flows.test_pipelines import flow_runs, write_spec
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_until
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
@@ -325,6 +325,16 @@ def finished_flow_run(flow_run_id: UUID, timeout: float = 300) -> Any:
                 return run
             assert time.monotonic() < deadline, f"flow run {flow_run_id} still {run.state_name}"
             time.sleep(1)
+
+
+def run_logs(flow_run_id: UUID) -> list[str]:
+    """The log lines flow run ``flow_run_id`` sent to the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in found]
 
 
 class TestDeploy:
@@ -676,6 +686,10 @@ class TestDeploy:
             assert [s.schedule.interval.total_seconds() for s in stored.schedules] == [300]
             assert (stored.global_concurrency_limit.limit, stored.concurrency_options.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)  # fmt: skip
 
+        # the schedule edited in the spec after deploying: the deployment keeps its cron, and
+        # the runs said nothing of it
+        edited = yaml.safe_load(spec.read_text()) | {"schedule": {"cron": "0 4 * * *"}}
+        spec.write_text(yaml.safe_dump(edited))
         worker = PrefectWorker(
             pool="test-pool", api_url=prefect_server.api_url, home=home / "prefect",
             log=tmp_path / "worker.log", env={"ADAPTEROPS_HOME": str(home), "HF_HUB_OFFLINE": "1",
@@ -690,6 +704,11 @@ class TestDeploy:
             assert all(r.state.is_completed() for r in runs), (tmp_path / "worker.log").read_text()[-3000:]  # fmt: skip
             earlier, later = sorted(runs, key=lambda r: r.start_time)
             assert later.start_time >= earlier.end_time
+            drift = (
+                "build/nightly-en runs on 0 3 * * *, but its spec now says 0 4 * * *: run "
+                f"`adapterops deploy {spec.resolve()}` to apply it"
+            )
+            wait_until(lambda: drift in run_logs(earlier.id), "the run's warning to reach Prefect")
             # a reviewer moves an alias in the MLflow UI; the scheduled sync brings it over
             reviewers = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
             reviewers.set_registered_model_alias("nightly-en", "staging", "1")
