@@ -3,6 +3,7 @@ retrain (one failure does not stop the others)."""
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -362,9 +363,6 @@ class TestAnyPeftMethodThroughTheFlow:
     """``method: {type: peft, config: ...}``: peft's own methods build, register in the PEFT
     layout, load back from the registry and predict, like native ones."""
 
-    # peft's own PeftModel.from_pretrained (the reference below) raises its false alarm about
-    # AdaLoRA's rank_pattern, which peft_core silences on its own loads (methods/hf_peft.py)
-    @pytest.mark.filterwarnings("ignore:The following rank_pattern keys:RuntimeWarning")
     @pytest.mark.parametrize(
         "peft_config",
         [
@@ -410,7 +408,9 @@ class TestAnyPeftMethodThroughTheFlow:
         base = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
         ours = copy.deepcopy(base).eval()
         registry.load_into(ours, f"{name}@1")
-        theirs = PeftModel.from_pretrained(copy.deepcopy(base), files).eval()
+        with warnings.catch_warnings():  # peft's own load raises its AdaLoRA false alarm
+            warnings.filterwarnings("ignore", "The following rank_pattern keys", RuntimeWarning)
+            theirs = PeftModel.from_pretrained(copy.deepcopy(base), files).eval()
         texts = ["a moving film", "dull and far too long"]
         inputs = T.AutoTokenizer.from_pretrained(minilm_path())(
             texts, padding=True, return_tensors="pt"
