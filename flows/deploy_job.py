@@ -264,11 +264,12 @@ def check_worker_registry(expected: str | None, deployment: str) -> None:
 
     try:
         registry = Registry(create=False)
-        here = f"registry {registry.identity} at {registry.database.safe_url}"
+        identity = registry.identity
+        here = f"registry {identity} at {registry.database.safe_url}"
     except NoRegistryError as exc:
         here = f"no registry ({exc})"
     else:
-        if registry.identity == expected:
+        if identity == expected:
             return
     raise OrchestrationError(
         f"{deployment} was deployed for registry {expected}, but this worker's settings name "

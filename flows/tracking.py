@@ -90,10 +90,6 @@ def configure() -> str:
         home().mkdir(parents=True, exist_ok=True)
     check_tracking_uri(uri)
     check_reachable(uri)
-    if uri.startswith(("http://", "https://")):
-        check_mlflow_store(
-            uri, experiment_named, error=TrackingUnavailableError, then=RERUN_COMPLETES
-        )
     check_not_the_registry(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -172,12 +168,16 @@ def client() -> MlflowClient:
 def check_reachable(uri: str) -> None:
     """A tracking server that does not answer fails now, in one request: MLflow's client retries
     a refused connection with backoff for about four minutes, so a wrong MLFLOW_TRACKING_URI
-    looked like a hung command. The embedded store (``sqlite:``) needs no check."""
+    looked like a hung command; nor does one whose own database is down (one API call, no
+    retries). The embedded store (``sqlite:``) needs no check."""
     if uri.startswith(("http://", "https://")):
         check_answers(
             uri, service="MLflow", variable="MLFLOW_TRACKING_URI", then=RERUN_COMPLETES,
             error=TrackingUnavailableError,
         )  # fmt: skip
+        check_mlflow_store(
+            uri, experiment_name(), error=TrackingUnavailableError, then=RERUN_COMPLETES
+        )
 
 
 _URI_FORMS = (
