@@ -34,6 +34,7 @@ __all__ = [
     "Manifest",
     "check_adapter_folder",
     "check_folder_to_write",
+    "copy_blob",
     "download",
     "inspect_folder",
     "read_json_object",
@@ -274,6 +275,27 @@ def download(
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination
+
+
+def copy_blob(
+    source: ArtifactStore,
+    target: ArtifactStore,
+    digest: str,
+    scratch: Path,
+    *,
+    size: int,
+    label: str,
+    on_bytes: BytesMoved | None = None,
+) -> None:
+    """Copy one blob from ``source`` to ``target`` through a file in ``scratch``, verified
+    against its digest and size before it is stored (``label`` names it in errors)."""
+    path = scratch / digest
+    try:
+        _fetch(source, digest, path, label=label, what="its bytes", on_bytes=on_bytes)
+        _verify(path, digest, label=label, what="its bytes", size=size)
+        target.put_file(digest, path)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _check_no_other_adapter(destination: Path, incoming: set[str], label: str) -> None:

@@ -57,8 +57,11 @@ from .errors import (
     InvalidNameError,
     NoRegistryError,
     RegistryError,
+    RegistryMovedError,
 )
 from .locks import kept_busy, named_lock
+from .move import MoveReport, move_registry
+from .move_marker import check_writable, moved_to, where_it_went
 from .names import (
     check_alias,
     check_key,
@@ -659,6 +662,40 @@ class Registry:
             spared=spared,
         )
 
+    def move_to(
+        self,
+        database_url: str,
+        artifacts_url: str | os.PathLike[str] | None = None,
+        *,
+        on_wait: Callable[[], None] | None = None,
+        on_total: Callable[[int], None] | None = None,
+        on_bytes: BytesMoved | None = None,
+    ) -> MoveReport:
+        """Move this registry into the empty one at ``database_url`` and ``artifacts_url``
+        (default: this registry's store, kept as it is): every record and file is copied, the
+        copy keeps this registry's id, and this database then refuses writes, naming the new
+        place (:class:`RegistryMovedError`); reading it still works. How, and what a failure
+        leaves: :mod:`registry.move`."""
+        _check_type("move_to: database_url", database_url, str, "a URL", optional=False)
+        if isinstance(artifacts_url, os.PathLike):
+            artifacts_url = os.fspath(artifacts_url)
+        _check_type("move_to: artifacts_url", artifacts_url, str, "a URL or a folder")
+        return move_registry(
+            self,
+            database_url,
+            artifacts_url,
+            on_wait=on_wait,
+            on_total=on_total,
+            on_bytes=on_bytes,
+        )
+
+    def check_writable(self) -> None:
+        """Raise :class:`RegistryMovedError` if this registry was moved (or is being moved)
+        to another database: a build checks before it trains, not when it registers."""
+        moved = self._read(moved_to)
+        if moved is not None:
+            raise RegistryMovedError(where_it_went(moved))
+
     def close(self) -> None:
         """Release database connections."""
         self.database.dispose()
@@ -675,6 +712,7 @@ class Registry:
             for _ in range(_RETRIES):
                 try:
                     with self.database.sessions.begin() as session:
+                        check_writable(session)  # a moved registry's old database: refused
                         return operation(session)
                 except SAIntegrityError:
                     continue  # e.g. two processes created the same adapter: the loser retries

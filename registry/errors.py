@@ -24,6 +24,7 @@ __all__ = [
     "NotFoundError",
     "NotMigratedError",
     "RegistryError",
+    "RegistryMovedError",
     "SharedStoreError",
     "StorageUnavailableError",
 ]
@@ -91,6 +92,11 @@ class SharedStoreError(RegistryError):
 
 class NotMigratedError(RegistryError):
     """The registry database schema is older than this code: run ``adapterops db upgrade``."""
+
+
+class RegistryMovedError(RegistryError):
+    """The registry was moved to another database (``adapterops db move``), or is being moved:
+    this one takes no more writes; the message says where it went."""
 
 
 # Old names, kept working with a DeprecationWarning: ``IntegrityError`` shadowed SQLAlchemy's, and

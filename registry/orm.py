@@ -67,6 +67,9 @@ class RegistryIdentityRow(Base):
     __tablename__ = "registry_identity"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # where `adapterops db move` took the registry ({database, artifacts, started, finished};
+    # finished null while the move runs): its writes are refused from the moment it starts
+    moved: Mapped[dict[str, Any] | None]
 
 
 class BaseModelRow(Base):

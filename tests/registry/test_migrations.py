@@ -155,3 +155,23 @@ def test_0008_records_manifests_files_and_gc_fills_in_the_older_ones(
     assert registry.gc(older_than=timedelta(0)) == [] and downloaded == []
     assert new.digest != old.digest
     registry.close()
+
+
+def test_0009_records_a_move_and_its_downgrade_drops_the_record(locations, make_adapter, tmp_path):
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    register(registry, make_adapter(1), name="lang")
+    registry.move_to(f"sqlite:///{tmp_path / 'moved.db'}")
+    with pytest.raises(rg.RegistryMovedError):
+        registry.check_writable()
+    registry.close()
+    db = Database(url, auto_migrate=False)
+    db.downgrade("0008")
+    columns = {c["name"] for c in sa.inspect(db.engine).get_columns("registry_identity")}
+    assert columns == {"id"}
+    db.upgrade()
+    db.dispose()
+    registry = Registry(url, artifacts)
+    registry.check_writable()  # the record went with the column: it takes writes again
+    assert register(registry, make_adapter(2), name="lang").version == 2
+    registry.close()
