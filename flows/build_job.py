@@ -171,7 +171,9 @@ def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
         existing = run_step("find earlier build", find_built, build)
         if existing is not None:
             return reused_result(existing, build.spec)
-        # another registry's MLflow model of this name: refused now, not after hours of training
+        # a registry moved elsewhere, another registry's MLflow model of this name: refused
+        # now, not after hours of training
+        build.registry.check_writable()
         check_name_is_ours(tracking.client(), build.registry, build.spec.name)
         run_step("prepare data", prepare_data, build)
         report, run_id = run_step("train", train_tracked, build)

@@ -96,9 +96,13 @@ def move_registry(
             earlier = moved_to(session)
         if earlier is not None and earlier.get("finished"):
             raise RegistryMovedError(f"nothing to move: {where_it_went(earlier)}")
-        target = Registry(
-            database_url, artifacts_url or source.artifacts.url, auto_migrate=True, create=True
-        )
+        try:
+            target = Registry(
+                database_url, artifacts_url or source.artifacts.url, auto_migrate=True, create=True
+            )
+        except RegistryError as exc:  # its words name the environment's variable: not this one
+            words = str(exc).replace("ADAPTEROPS_REGISTRY_URL", "the new database's URL (--to)")
+            raise type(exc)(words.replace("ADAPTEROPS_ARTIFACTS_URL", "--artifacts")) from None
         try:
             return _move(source, target, identity, earlier, on_total=on_total, on_bytes=on_bytes)
         finally:
@@ -119,7 +123,7 @@ def _move(
         target_identity = registry_identity(session)
         held = _holdings(session)
     resuming = earlier is not None and earlier["database"] == where
-    if target_identity == identity and not (resuming and any(held.values())):
+    if target_identity == identity and not resuming:
         raise RegistryError(
             f"{where} already holds this registry ({identity}): it is this registry's own "
             "database, or a copy of it; nothing was moved. Give --to a new, empty database"
@@ -130,11 +134,11 @@ def _move(
             "an empty one (a new database: `createdb NAME`, or a new SQLite file); nothing was "
             "moved"
         )
-    if resuming and earlier is not None:  # killed after its records were written (one
-        record = earlier  # transaction): they are all there, or it is made again
+    if resuming and earlier is not None:  # a move to this target, stopped: made again, or
+        record = earlier  # (killed after the one transaction of records) checked and finished
     else:
         record = {"database": where, "artifacts": target.artifacts.url, "started": now()}
-    if target_identity == identity:
+    if target_identity == identity:  # the records were written: the same registry is there
         report = _check_finished(source, target, identity)
     else:
         with source.database.session() as session:

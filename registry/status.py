@@ -10,6 +10,7 @@ from sqlalchemy import distinct, func, select
 from .artifacts import open_store
 from .db import Database, schema_head
 from .errors import NoRegistryError
+from .move_marker import moved_to, where_it_went
 from .orm import AdapterRow, CompositionRow, VersionRow
 from .settings import Settings
 from .store import registry_identity
@@ -30,6 +31,7 @@ class RegistryStatus:
     compositions: int | None
     artifacts: str
     other_writers: dict[str, str] = field(default_factory=dict)  # id -> its marker's words
+    moved: str | None = None  # where `db move` took it (it takes no writes): one line
 
     @property
     def up_to_date(self) -> bool:
@@ -52,10 +54,12 @@ def registry_status(
         raise exc if database_url else NoRegistryError(Settings.where_to_look(str(exc))) from None
     try:
         revision, head = database.revision(), schema_head()
-        identity = adapters = versions = compositions = None
+        identity = adapters = versions = compositions = moved = None
         if revision == head:
             with database.session() as session:
                 identity = registry_identity(session)
+                record = moved_to(session)
+                moved = where_it_went(record) if record is not None else None
                 adapters = session.scalar(select(func.count()).select_from(AdapterRow))
                 versions = session.scalar(select(func.count()).select_from(VersionRow))
                 compositions = session.scalar(select(func.count(distinct(CompositionRow.name))))
@@ -73,4 +77,5 @@ def registry_status(
         compositions=compositions,
         artifacts=store.url,
         other_writers={i: note for i, note in writers.items() if i != identity},
+        moved=moved,
     )

@@ -324,7 +324,22 @@ def byte_progress(
     """A bar of bytes moved (push, pull) on stderr while a person watches: a terminal, no
     ``--json``; ``None`` otherwise. Yields what to tell the bytes to (thread-safe: S3's multipart
     transfers report from several threads)."""
-    if not enabled or not errors.is_terminal or total <= 0:
+    with bytes_to_come(label, enabled=enabled and total > 0) as bar:
+        if bar is None:
+            yield None
+            return
+        set_total, advance = bar
+        set_total(total)
+        yield advance
+
+
+@contextmanager
+def bytes_to_come(
+    label: str, *, enabled: bool
+) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]] | None]:
+    """:func:`byte_progress` for work that learns its total once started (``db move`` reads
+    every manifest first): yields ``(set_total, advance)``, or ``None`` where no bar is shown."""
+    if not enabled or not errors.is_terminal:
         yield None
         return
     columns = (
@@ -335,8 +350,11 @@ def byte_progress(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=errors, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda moved: bar.advance(task, moved)
+        task = bar.add_task(label, total=None)
+        yield (
+            lambda total: bar.update(task, total=total),
+            lambda moved: bar.advance(task, moved),
+        )
 
 
 def note(message: str) -> None:

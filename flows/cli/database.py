@@ -1,13 +1,25 @@
-"""Registry database maintenance: ``db upgrade`` (create or migrate the schema) and ``db status``
-(where the registry is, its schema, what it holds, who else writes to its artifact store)."""
+"""Registry database maintenance: ``db upgrade`` (create or migrate the schema), ``db status``
+(where the registry is, its schema, what it holds, who else writes to its artifact store) and
+``db move`` (the registry into another database and artifact store)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
 from registry import Settings
 
-from .common import JsonOption, console, emit_json, user_errors
+from .common import (
+    JsonOption,
+    bytes_to_come,
+    console,
+    emit_json,
+    human_bytes,
+    note,
+    open_registry,
+    user_errors,
+)
 
 __all__ = ["db_app"]
 
@@ -65,10 +77,74 @@ def db_status(as_json: JsonOption = False) -> None:
             f"holds      {status.adapters} adapter(s), {status.versions} version(s), "
             f"{status.compositions} composition(s)",
         ]
+    if status.moved is not None:
+        lines.append(f"moved      {status.moved}")
     lines.append(f"artifacts  {status.artifacts}")
     lines += [
         f"           also written by {' '.join(words.split()) or identity}: gc needs its "
         "database (--shared-with DATABASE_URL)"
         for identity, words in sorted(status.other_writers.items())
     ]
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+@db_app.command("move")
+def db_move(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The new, empty registry database: a SQLAlchemy URL "
+            "(postgresql+psycopg://user:password@host/db, sqlite:///path.db); a new one is "
+            "migrated first.",
+        ),
+    ],
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="The new artifact store (s3://bucket/prefix, file:///path); default: keep this "
+            "registry's (nothing is copied)."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move the registry (ADAPTEROPS_REGISTRY_URL, ADAPTEROPS_ARTIFACTS_URL) into another
+    database and artifact store: versions and their numbers, aliases, metrics, lineage,
+    compositions and histories, and every file (checked against its digest). The registry keeps
+    its id, so MLflow, the Prefect deployments and the store's marker need nothing; the old
+    database refuses writes from the start of the move, naming the new place (reading it still
+    works). A move that fails leaves it as it was; one stopped half-way is finished by running
+    the same command again."""
+    with user_errors(as_json):
+        source = open_registry()
+        with bytes_to_come("moving the registry", enabled=not as_json) as bar:
+            set_total, advance = bar if bar is not None else (None, None)
+            report = source.move_to(
+                to,
+                artifacts,
+                on_wait=lambda: note("another move of this registry runs: waiting for it"),
+                on_total=set_total,
+                on_bytes=advance,
+            )
+    old = source.database.safe_url
+    if as_json:
+        emit_json({"ok": True, "from": old, **vars(report)})
+        return
+    how = (
+        "a move stopped earlier, finished now"
+        if report.finished_earlier_move
+        else f"{report.files} file(s), {report.copied} copied ({human_bytes(report.copied_bytes)})"
+    )
+    lines = [
+        f"moved registry {report.identity} to {report.database} (artifacts {report.artifacts}): "
+        f"{report.adapters} adapter(s), {report.versions} version(s), {report.compositions} "
+        f"composition version(s), {report.events} event(s); {how}",
+        f"{old} now refuses writes and names the new place; reading it still works",
+        "next: point every environment that writes (workers, CI, your shell) at the new place "
+        "(with the database's password):",
+        f"  export ADAPTEROPS_REGISTRY_URL='{report.database}'",
+        f"  export ADAPTEROPS_ARTIFACTS_URL='{report.artifacts}'",
+    ]
+    if report.abandoned:
+        lines.append(f"(an earlier move to {report.abandoned}, stopped half-way, was given up)")
     console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

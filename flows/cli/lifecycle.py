@@ -135,6 +135,8 @@ def _built(
     earlier = find_earlier_build(spec, lineage, registry)  # creates the registry if need be
     if earlier is not None:
         return earlier.to_dict()
+    if registry is not None:  # moved elsewhere (`db move`): said now, not after training
+        registry.check_writable()
     from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
     prefect_answers()  # (asked once per process: a second call costs nothing)

@@ -400,17 +400,17 @@ def test_db_upgrade_prepares_a_server_database(postgres, tmp_path):
     shown = run(env, "db", "status")
     assert (
         shown.returncode == 0
-        and "schema     none, this code needs 0008: run `adapterops db upgrade`" in shown.stdout
+        and "schema     none, this code needs 0009: run `adapterops db upgrade`" in shown.stdout
     )
-    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0008"}
+    assert ok_json(run(env, "db", "upgrade", "--json")) == {"ok": True, "from": None, "to": "0009"}
     again = run(env, "db", "upgrade")
     assert again.returncode == 0 and again.stdout.endswith(
-        ": schema already at 0008 (the newest)\n"
+        ": schema already at 0009 (the newest)\n"
     )
     assert ok_json(run(env, "ls", "--json")) == []
     status = ok_json(run(env, "db", "status", "--json"))
     assert status["database"] == postgres.url("cli_upgrade").replace(postgres.password, "***")
-    assert (status["revision"], status["up_to_date"]) == ("0008", True)
+    assert (status["revision"], status["up_to_date"]) == ("0009", True)
     assert (status["adapters"], status["versions"], status["compositions"]) == (0, 0, 0)
     assert status["other_writers"] == {} and len(status["identity"]) == 36
 
@@ -441,9 +441,9 @@ def test_db_upgrade_run_by_several_processes_at_once_migrates_once(server, reque
     said = [process.communicate(timeout=120)[0] for process in upgrading]
     assert [process.returncode for process in upgrading] == [0, 0, 0], said
     assert sorted((answer["from"] or "", answer["to"]) for answer in map(json.loads, said)) == [
-        ("", "0008"),
-        ("0008", "0008"),
-        ("0008", "0008"),
+        ("", "0009"),
+        ("0009", "0009"),
+        ("0009", "0009"),
     ]
 
 
@@ -463,17 +463,17 @@ def test_db_status_reports_a_schema_behind_without_migrating_it(tmp_path):
     registry.close()
     Database(url).downgrade("0005")
     behind = ok_json(run(env, "db", "status", "--json"))
-    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0008", False)
+    assert (behind["revision"], behind["head"], behind["up_to_date"]) == ("0005", "0009", False)
     assert Database(url, auto_migrate=False, verify=False).revision() == "0005"  # untouched
     assert ok_json(run(env, "db", "upgrade", "--json")) == {
         "ok": True,
         "from": "0005",
-        "to": "0008",
+        "to": "0009",
     }
     shown = run(env, "db", "status")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[1:4] == [
-        "schema     0008 (the newest)",
+        "schema     0009 (the newest)",
         f"id         {Registry(url, (tmp_path / 'home' / 'artifacts').as_uri()).identity}",
         "holds      1 adapter(s), 1 version(s), 0 composition(s)",
     ]
@@ -881,3 +881,48 @@ def test_ls_finding_nothing_says_which_filter_no_version_holds():
         "no version has task 'zz'; tasks here: t00, t01, t02, t03, t04, t05, t06, t07, t08, "
         "t09 and 2 more (`adapterops ls` lists all)"
     )
+
+
+@pytest.mark.usefixtures("seaweed")
+def test_db_move_takes_an_embedded_registry_to_postgres_and_s3(postgres, tmp_path, monkeypatch):
+    """The path from trying AdapterOps on the embedded defaults to production: `db move`, then
+    the environment pointed at the new place; the old one reads and refuses writes."""
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("sst2", "lang"))
+    assert run(env, "alias", "sst2@1", "champion").returncode == 0
+    before = ok_json(run(env, "ls", "--json"))
+    database, artifacts = fresh_postgres_url(postgres), fresh_bucket_url()
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+    unreachable = run(env, "db", "move", "--to", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    assert unreachable.returncode == 2 and unreachable.stdout == ""
+    assert unreachable.stderr.count("\n") == 1 and "secret" not in unreachable.stderr
+    assert "the new database's URL (--to) is right" in unreachable.stderr
+    assert run(env, "push", str(tmp_path / "sst2"), "--name", "x", "--task", "t",
+               "--language", "en", "--base-model", "tiny-bert").returncode == 0  # fmt: skip
+
+    moved = ok_json(
+        run(env | aws, "db", "move", "--to", database, "--artifacts", artifacts, "--json")
+    )
+    assert (moved["adapters"], moved["versions"], moved["artifacts"]) == (3, 3, artifacts)
+    assert moved["from"] == f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
+    new = env | aws | {"ADAPTEROPS_REGISTRY_URL": database, "ADAPTEROPS_ARTIFACTS_URL": artifacts}
+    after = ok_json(run(new, "ls", "--json"))
+    assert [(v["ref"], v["aliases"], v["digest"]) for v in after] == [
+        (v["ref"], v["aliases"], v["digest"]) for v in [*before, after[-1]]
+    ] and after[-1]["ref"] == "x@1"
+    pulled = run(new, "pull", "sst2@champion", str(tmp_path / "pulled"))
+    assert pulled.returncode == 0, pulled.stderr
+
+    refused = run(env, "push", str(tmp_path / "lang"), "--name", "lang", "--task", "lang",
+                  "--language", "pt", "--base-model", "tiny-bert")  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        f"error: this registry was moved to {moved['database']} (artifacts {artifacts}) by "
+        "`adapterops db move` on "
+    )
+    assert refused.stderr.count("\n") == 1
+    status = ok_json(run(env, "db", "status", "--json"))
+    assert status["moved"].startswith("this registry was moved to postgresql")
+    assert len(ok_json(run(env, "ls", "--json"))) == 3  # reading still works
+    again = run(env, "db", "move", "--to", f"sqlite:///{tmp_path / 'third.db'}")
+    assert again.returncode == 2 and again.stderr.startswith("error: nothing to move: ")
+    assert not (tmp_path / "third.db").exists()

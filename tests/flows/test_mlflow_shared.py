@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import registry as rg
 from flows import tracking
 from flows.build_job import build_from_spec
 from flows.errors import MlflowNameError
@@ -179,3 +180,28 @@ def test_a_build_is_refused_before_it_trains(shared, tmp_path, sst2_dir):
     client = tracking.client()
     experiment = client.get_experiment_by_name("adapterops").experiment_id
     assert client.search_runs([experiment]) == []  # no training run was started
+
+
+def test_a_moved_registry_goes_on_mirroring_into_its_models_and_the_old_one_builds_nothing(
+    shared, tmp_path, sst2_dir
+):
+    """`db move` keeps the registry's id, so MLflow's models still say they are its own: the
+    next push from the new place is version 2 in both; a build on the old place is refused
+    before it trains."""
+    old = registry_at(tmp_path, "laptop")
+    promote(old, tracking.client(), pushed(old, tmp_path, 1, 0.5))
+    old.move_to(f"sqlite:///{tmp_path / 'production.db'}", tmp_path / "production-artifacts")
+    new = registry_at(tmp_path, "production")
+
+    ref = pushed(new, tmp_path, 2, 0.9)
+
+    assert ref == "x@2"
+    assert mlflow_aliases(tracking.client(), "x") == {"champion": 1}
+    versions = tracking.client().search_model_versions("name='x'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=2, name="x-sst2")
+    with pytest.raises(rg.RegistryMovedError, match=r"^this registry was moved to sqlite:///"):
+        build_from_spec(spec, old, tmp_path / "out")
+    client = tracking.client()
+    experiment = client.get_experiment_by_name("adapterops")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []

@@ -3,13 +3,14 @@ a real PostgreSQL and SeaweedFS S3, everything as it was, and the old database r
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import registry as rg
-from registry import Registry
+from registry import Registry, store
 from registry.bundles import Manifest
 from registry.move_marker import record_move
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
@@ -224,3 +225,32 @@ def test_a_move_to_another_target_gives_up_a_stopped_one(tmp_path, make_adapter)
     report = old.move_to(*embedded(tmp_path, "new"))
     assert report.abandoned == "postgresql://gone/x"
     assert [v.ref for v in Registry(*embedded(tmp_path, "new")).find()] == ["tiny-sst2-en-lora@1"]
+
+
+@pytest.mark.usefixtures("seaweed")
+def test_on_postgres_a_write_under_way_finishes_before_the_move_starts(
+    tmp_path, make_adapter, postgres
+):
+    """Each write reads the move record FOR SHARE first, so the move's update of it waits for
+    writes already running (and is copied with them); later writes see it and are refused."""
+    old = Registry(fresh_postgres_url(postgres), fresh_bucket_url())
+    register(old, make_adapter(1))
+    started, finished = threading.Event(), threading.Event()
+    reports = []
+
+    def move() -> None:
+        started.set()
+        reports.append(old.move_to(*embedded(tmp_path, "new")))
+        finished.set()
+
+    def slow_write(session) -> None:  # a registration's transaction, still open
+        threading.Thread(target=move).start()
+        started.wait()
+        assert not finished.wait(2)  # the move waits for this write
+        store.log_event(session, "registered", "tiny-sst2-en-lora", 1, origin="test", detail={})
+
+    old._write(slow_write)
+    assert finished.wait(60)
+    assert reports[0].events == 2  # the write that was under way moved with the rest
+    with pytest.raises(rg.RegistryMovedError):
+        register(old, make_adapter(2))
