@@ -254,3 +254,16 @@ def test_on_postgres_a_write_under_way_finishes_before_the_move_starts(
     assert reports[0].events == 2  # the write that was under way moved with the rest
     with pytest.raises(rg.RegistryMovedError):
         register(old, make_adapter(2))
+
+
+def test_an_empty_registry_stopped_after_its_move_is_finished_too(tmp_path):
+    """Nothing to copy, so nothing in the target tells the move was made but its id."""
+    old = Registry(*embedded(tmp_path))
+    target = embedded(tmp_path, "new")
+    report = old.move_to(*target)
+    with old.database.session() as session:
+        record_move(session, {"database": report.database, "artifacts": report.artifacts,
+                              "started": "2026-12-06", "finished": None})  # fmt: skip
+    assert old.move_to(*target).finished_earlier_move
+    with pytest.raises(rg.RegistryMovedError, match=r"^this registry was moved to"):
+        old.check_writable()
