@@ -4,22 +4,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from registry import Settings
+from registry import RegistryError, Settings
 
 from .common import (
     JsonOption,
     bytes_to_come,
     console,
     emit_json,
+    from_stack_env,
     human_bytes,
     note,
     open_registry,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from registry import Registry
 
 __all__ = ["db_app"]
 
@@ -91,14 +95,14 @@ def db_status(as_json: JsonOption = False) -> None:
 @db_app.command("move")
 def db_move(
     to: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--to",
             help="The new, empty registry database: a SQLAlchemy URL "
             "(postgresql+psycopg://user:password@host/db, sqlite:///path.db); a new one is "
             "migrated first.",
         ),
-    ],
+    ] = None,
     artifacts: Annotated[
         str | None,
         typer.Option(
@@ -106,6 +110,14 @@ def db_move(
             "registry's (nothing is copied)."
         ),
     ] = None,
+    to_stack: Annotated[
+        bool,
+        typer.Option(
+            "--to-stack",
+            help="Into the local stack's registry and bucket (`adapterops stack up` in this "
+            "ADAPTEROPS_HOME), from the embedded one the stack's settings hide.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Move the registry (ADAPTEROPS_REGISTRY_URL, ADAPTEROPS_ARTIFACTS_URL) into another
@@ -116,7 +128,7 @@ def db_move(
     works). A move that fails leaves it as it was; one stopped half-way is finished by running
     the same command again."""
     with user_errors(as_json):
-        source = open_registry()
+        source, to, artifacts = _move_ends(to, artifacts, to_stack=to_stack)
         with bytes_to_come("moving the registry", enabled=not as_json) as bar:
             set_total, advance = bar if bar is not None else (None, None)
             report = source.move_to(
@@ -140,11 +152,57 @@ def db_move(
         f"{report.adapters} adapter(s), {report.versions} version(s), {report.compositions} "
         f"composition version(s), {report.events} event(s); {how}",
         f"{old} now refuses writes and names the new place; reading it still works",
-        "next: point every environment that writes (workers, CI, your shell) at the new place "
-        "(with the database's password):",
-        f"  export ADAPTEROPS_REGISTRY_URL='{report.database}'",
-        f"  export ADAPTEROPS_ARTIFACTS_URL='{report.artifacts}'",
     ]
+    if to_stack:
+        lines.append("commands in this ADAPTEROPS_HOME use the stack's registry already")
+    else:
+        lines += [
+            "next: point every environment that writes (workers, CI, your shell) at the new "
+            "place (with the database's password):",
+            f"  export ADAPTEROPS_REGISTRY_URL='{report.database}'",
+            f"  export ADAPTEROPS_ARTIFACTS_URL='{report.artifacts}'",
+        ]
     if report.abandoned:
         lines.append(f"(an earlier move to {report.abandoned}, stopped half-way, was given up)")
     console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+_LOCATIONS = ("ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL")
+
+
+def _move_ends(
+    to: str | None, artifacts: str | None, *, to_stack: bool
+) -> tuple[Registry, str, str | None]:
+    """The registry to move, and the database and store to move it to. ``--to-stack``: from
+    the embedded registry (or the one the user's own variables name) into the local stack's,
+    whose ``stack.env`` otherwise names it as the registry of every command here."""
+    from dotenv import dotenv_values  # noqa: PLC0415
+
+    from registry import Registry  # noqa: PLC0415 - SQLAlchemy loads only when used
+    from registry.settings import adapterops_home, setting  # noqa: PLC0415
+
+    if to_stack and (to or artifacts):
+        raise RegistryError(
+            "--to-stack names the new database and store: give no --to or --artifacts"
+        )
+    if not to_stack:
+        if not to:
+            raise RegistryError(
+                "give --to DATABASE_URL (the new, empty registry database), or --to-stack (the "
+                "local stack's)"
+            )
+        return open_registry(), to, artifacts
+    home = adapterops_home()
+    stack = dotenv_values(home / "stack.env")
+    if not all(stack.get(name) for name in _LOCATIONS):
+        raise RegistryError(
+            f"no local stack in {home} (no stack.env naming its registry): `adapterops stack up` "
+            "starts one (with this ADAPTEROPS_HOME), then run this again"
+        )
+    database, store = (setting(name) if not from_stack_env(name) else "" for name in _LOCATIONS)
+    source = Registry(
+        database or f"sqlite:///{home / 'registry.db'}",
+        store or (home / "artifacts").as_uri(),
+        create=False,
+    )
+    return source, str(stack[_LOCATIONS[0]]), str(stack[_LOCATIONS[1]])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import registry as rg
 from tests.helpers import empty_registry, home_with_fake_adapters, run_cli, run_cli_in_a_terminal
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
@@ -926,3 +927,36 @@ def test_db_move_takes_an_embedded_registry_to_postgres_and_s3(postgres, tmp_pat
     again = run(env, "db", "move", "--to", f"sqlite:///{tmp_path / 'third.db'}")
     assert again.returncode == 2 and again.stderr.startswith("error: nothing to move: ")
     assert not (tmp_path / "third.db").exists()
+
+
+@pytest.mark.usefixtures("seaweed")
+def test_db_move_to_stack_takes_the_embedded_registry_the_stack_hides(
+    postgres, tmp_path, monkeypatch
+):
+    """After `stack up`, its stack.env names the stack's registry for every command in that
+    home, hiding the embedded one tried before: `db move --to-stack` moves that one into it."""
+    from registry import Registry
+
+    env = home_with_fake_adapters(tmp_path, monkeypatch, ("sst2", "lang"))
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}  # the stack's file has them
+    stack = {
+        "ADAPTEROPS_REGISTRY_URL": fresh_postgres_url(postgres),
+        "ADAPTEROPS_ARTIFACTS_URL": fresh_bucket_url(),
+        **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+    }
+    (tmp_path / "home" / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in stack.items()))
+    hidden = run(env, "ls")
+    assert hidden.stdout.startswith("no versions yet")  # the stack's registry, still empty
+
+    moved = ok_json(run(env, "db", "move", "--to-stack", "--json"))
+
+    assert (moved["versions"], moved["artifacts"]) == (2, stack["ADAPTEROPS_ARTIFACTS_URL"])
+    assert moved["from"] == f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
+    assert [v["ref"] for v in ok_json(run(env, "ls", "--json"))] == ["lang@1", "sst2@1"]
+    embedded = Registry(moved["from"], (tmp_path / "home" / "artifacts").as_uri())
+    with pytest.raises(rg.RegistryMovedError):
+        embedded.check_writable()
+    both = run(env, "db", "move", "--to-stack", "--to", "sqlite:///x.db")
+    assert both.returncode == 2 and both.stderr.startswith("error: --to-stack names the new")
+    neither = run(env, "db", "move")
+    assert neither.returncode == 2 and "give --to DATABASE_URL" in neither.stderr
