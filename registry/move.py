@@ -167,6 +167,8 @@ def _copy(
     with source.database.session() as session:  # nothing writes to it any more
         records = {table.name: _rows(session, table) for table in _RECORDS}
     manifests = _manifests(source.artifacts, records)
+    for version in records[VersionRow.__tablename__]:  # where its manifest is now
+        version["artifact_uri"] = target.artifacts.uri(version["digest"])
     sizes = {digest: len(data) for digest, (data, _) in manifests.items()}
     for _, manifest in manifests.values():
         sizes.update((digest, size) for _, digest, size in manifest.files)

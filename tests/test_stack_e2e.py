@@ -20,10 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.stack import free_port
+from registry import Registry
 from tests.flows.test_cli_flows import clean_env
 from tests.flows.test_pipelines import write_spec
 from tests.helpers import run_cli
+from tests.registry.workers import write_fake_adapter
 
+TRIED_BEFORE = "tried-before"  # an adapter in the embedded registry before the stack started
 SPECS = {
     "e2e-sst2-en-lora": ("en", {"type": "lora", "rank": 4}),
     "e2e-sst2-pt-pfeiffer": ("pt", {"type": "pfeiffer", "reduction_factor": 32}),
@@ -117,8 +120,26 @@ def test_a_failed_up_leaves_nothing_that_down_cannot_stop(home: Path, monkeypatc
 
 
 def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2_dir: Path):
+    tried_before = Registry(f"sqlite:///{home / 'registry.db'}", home / "artifacts")
+    tried_before.register(write_fake_adapter(home.parent / "adapter", 1), name=TRIED_BEFORE,
+                          base_model="tiny-bert", task="sst2", language="en")  # fmt: skip
     up(home, *port_options())
     config = stack_env(home)
+    # adapters built on the embedded defaults before the stack: said, then moved into it
+    again = run_cli("stack", "up", env=clean_env(home))
+    assert (
+        again.returncode == 0
+        and (
+            f"note: the embedded registry {home / 'registry.db'} holds 1 version(s), which the "
+            "stack's settings now hide from commands here: `adapterops db move --to-stack` moves "
+            "them into the stack\n"
+        )
+        in again.stderr
+    )
+    moved = run_cli("db", "move", "--to-stack", "--json", env=clean_env(home))
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert json.loads(moved.stdout)["database"].startswith("postgresql+psycopg://")
+    assert "note:" not in run_cli("stack", "up", env=clean_env(home)).stderr  # moved: not hidden
     # up means the worker polls: a deploy straight after said none did
     pool = urllib.request.urlopen(f"{config['PREFECT_API_URL']}/work_pools/adapterops", timeout=5)
     assert json.load(pool)["status"] == "READY"
@@ -172,7 +193,8 @@ def check_everything(home: Path, config: dict[str, str]) -> None:
         registry = Registry()
         assert registry.database.url.startswith("postgresql+psycopg://")
         versions = {v.name: v for v in registry.find()}
-        assert set(versions) == set(SPECS)
+        assert set(versions) == {*SPECS, TRIED_BEFORE}
+        assert versions.pop(TRIED_BEFORE).artifact_uri.startswith("s3://")
         # A new session: boto3's default one keeps the first credentials this process resolved
         # (another test's S3 server, when tests run in another order).
         s3 = boto3.session.Session().client("s3", endpoint_url=config["AWS_ENDPOINT_URL_S3"])

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from infra.stack.errors import StackError
 from infra.stack.local import StackPorts
+from registry import RegistryError
 
 from .common import JsonOption, console, emit_json, errors, note, user_errors, warn
 
@@ -50,6 +51,30 @@ def up(
             stack = stack.on_ports(**given)
         statuses = stack.up(on_service=lambda name: errors.print(f"starting {name} ..."))
     _show(statuses, as_json, env_file=str(stack.home / "stack.env"))
+    hidden = _hidden_embedded_registry(stack.home)
+    if hidden and not as_json:
+        note(hidden)
+
+
+def _hidden_embedded_registry(home: Path) -> str | None:
+    """What to say of an embedded registry in ``home`` that holds versions (a quickstart's),
+    which the stack's settings now hide from every command here; None if there is none."""
+    database = home / "registry.db"
+    if not database.is_file():
+        return None
+    from registry import registry_status  # noqa: PLC0415 - SQLAlchemy, only when one is there
+
+    try:
+        status = registry_status(f"sqlite:///{database}", (home / "artifacts").as_uri())
+    except RegistryError:  # not one we can read: nothing to offer
+        return None
+    if not status.versions or status.moved:
+        return None
+    return (
+        f"the embedded registry {database} holds {status.versions} version(s), which the stack's "
+        "settings now hide from commands here: `adapterops db move --to-stack` moves them into "
+        "the stack"
+    )
 
 
 @stack_app.command()

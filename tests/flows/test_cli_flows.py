@@ -613,6 +613,45 @@ class TestDeploy:
         finally:
             server.stop()
 
+    def test_deployments_made_before_a_registry_moved_in_are_replaced(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """`db move` into a registry that had deployments gives it the moved registry's id: the
+        deployments name the old one, so a deploy is refused as another registry's pool, and
+        `--replace` (as the README says) makes them this registry's."""
+        from tests.registry.workers import write_fake_adapter
+
+        server_home, laptop = tmp_path / "server-home", tmp_path / "laptop-home"
+        spec = write_spec(tmp_path, sst2_dir, name="moved-in-en")
+        env = {**clean_env(server_home), "PREFECT_API_URL": prefect_server.api_url}
+        assert run_cli("db", "upgrade", env=env).returncode == 0
+        deploy = ("deploy", str(spec), "--pool", "moved-pool", "--json")
+        assert run_cli(*deploy, env=env).returncode == 0
+        assert run_cli("push", str(write_fake_adapter(tmp_path / "a", 1)), "--name", "a",
+                       "--base-model", "b", "--task", "t", "--language", "en",
+                       env=clean_env(laptop)).returncode == 0  # fmt: skip
+        moved = run_cli("db", "move", "--to", f"sqlite:///{server_home / 'registry.db'}",
+                        "--artifacts", str(server_home / "artifacts"), "--json",
+                        env=clean_env(laptop))  # fmt: skip
+        identity = json.loads(moved.stdout)["identity"]
+
+        refused = run_cli(*deploy, env=env)
+        assert refused.returncode == 2 and "runs deployments made for registry" in refused.stderr
+        replaced = run_cli(*deploy, "--replace", env=env)
+
+        assert replaced.returncode == 0, replaced.stderr[-3000:]
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: prefect_server.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            ours = [d for d in client.read_deployments() if d.work_pool_name == "moved-pool"]
+        # the build and a sync (named by what else the shared test server holds), both ours
+        assert len(ours) == 2 and "moved-in-en" in {d.name for d in ours}
+        assert {d.parameters["for_registry"] for d in ours} == {identity}
+
     def test_a_worker_of_another_registry_runs_nothing(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):

@@ -11,6 +11,7 @@ import pytest
 
 import registry as rg
 from registry import Registry, store
+from registry.artifacts.base import blob_key
 from registry.bundles import Manifest
 from registry.move_marker import record_move
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
@@ -91,6 +92,9 @@ def test_an_embedded_registry_moves_to_postgres_and_s3(tmp_path, make_adapter, p
     new = Registry(database, artifacts)
     assert everything(new) == before
     assert new.identity == old.identity == report.identity
+    assert {v.artifact_uri for v in new.find()} == {
+        f"{artifacts}/{blob_key(v.digest)}" for v in new.find()
+    }
     assert (report.adapters, report.versions, report.compositions) == (3, 4, 2)
     assert report.events == sum(map(len, before["histories"].values())) + len(
         before["composition history"]
