@@ -61,6 +61,7 @@ bench: setup services
 	$(PY) -m bench.madx_demo
 	$(PY) -m bench.registry_bench
 	$(PY) -m bench.gc_bench
+	$(PY) -m bench.move_bench
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.predict_bench
 	$(PY) -m bench.scoring_order_bench
@@ -84,6 +85,7 @@ bench-quick: setup services
 	$(PY) -m bench.madx_demo --steps 30
 	$(PY) -m bench.registry_bench --quick
 	$(PY) -m bench.gc_bench --quick
+	$(PY) -m bench.move_bench --quick
 	$(PY) -m bench.predict_bench --quick
 	$(PY) -m bench.scoring_order_bench --quick
 	$(PY) -m bench.packing_bench --quick

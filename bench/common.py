@@ -103,3 +103,23 @@ def gpu_benchmark_options(
     to run on and whether to use the tiny shapes."""
     args = gpu_benchmark_parser(description).parse_args()
     return gpu_benchmark_device(args, full_shapes, cpu_shapes=cpu_shapes)
+
+
+def fake_adapter(folder: Path, size: int) -> Path:
+    """An adapter folder in our format whose one tensor is ``size`` random bytes (the registry
+    stores bytes; it reads the safetensors header, so the file is a real one)."""
+    import numpy as np  # noqa: PLC0415 - only the registry benchmarks write adapters
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    folder.mkdir(parents=True)
+    meta = {
+        "format": "adapterops.adapter",
+        "format_version": 1,
+        "method": {"type": "lora"},
+        "head": {"kind": "classification"},
+        "fingerprint": {"digest": "f" * 64},
+    }
+    (folder / "adapter.json").write_text(json.dumps(meta))
+    values = np.frombuffer(os.urandom(size), dtype=np.uint8)
+    save_file({"weights": values}, str(folder / "adapter.safetensors"))
+    return folder

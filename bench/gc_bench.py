@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,12 +25,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy
-from safetensors.numpy import save_file
 
 import registry.garbage
-from bench.common import timed, write_result
+from bench.common import fake_adapter, timed, write_result
 from infra.stack import SeaweedS3
 from registry import Registry
 from registry.artifacts import S3Store
@@ -97,7 +94,7 @@ def manifest_timings(bucket: str, versions: int, rounds: int, work: Path) -> dic
     S3Store(registry_.artifacts.url).ensure_bucket()
     for number in range(versions):
         registry_.register(
-            _fake_adapter(work / f"adapter-{number}"),
+            fake_adapter(work / f"adapter-{number}", BLOB_BYTES),
             name=f"a{number}", base_model="b", task="t", language="en",
         )  # fmt: skip
     seconds: dict[str, list[float]] = {"recorded": [], "8": [], "1": []}
@@ -131,23 +128,6 @@ def _forget_manifest_files(registry_: Registry) -> None:
     """As if every version were registered before revision 0008: no manifest's files known."""
     with registry_.database.engine.begin() as connection:
         connection.execute(sqlalchemy.text("DELETE FROM manifest_files"))
-
-
-def _fake_adapter(folder: Path) -> Path:
-    """An adapter folder in our format whose one tensor is random bytes (the registry stores
-    bytes; it reads the safetensors header, so the file is a real one)."""
-    folder.mkdir(parents=True)
-    meta = {
-        "format": "adapterops.adapter",
-        "format_version": 1,
-        "method": {"type": "lora"},
-        "head": {"kind": "classification"},
-        "fingerprint": {"digest": "f" * 64},
-    }
-    (folder / "adapter.json").write_text(json.dumps(meta))
-    values = np.frombuffer(os.urandom(BLOB_BYTES), dtype=np.uint8)
-    save_file({"weights": values}, str(folder / "adapter.safetensors"))
-    return folder
 
 
 def _each(store: S3Store, digests: list[str]) -> None:

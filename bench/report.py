@@ -327,6 +327,21 @@ def _manifest_reads(manifests: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def move_section(data: dict[str, Any], plots: Path) -> str:
+    del plots
+    return "\n\n".join(
+        [
+            f"**Moving a registry** (`adapterops db move`; `python -m bench.move_bench`): "
+            f"{data['versions']:,} versions ({data['files']:,} files, {data['megabytes']:.0f} "
+            f"MB, {data['events']:,} events) from SQLite and a local folder into PostgreSQL and "
+            f"S3 (SeaweedFS on this machine) took **{data['eight_at_once_s']:.1f} s** copying 8 "
+            f"files at once, {data['one_at_a_time_s']:.1f} s one at a time "
+            f"(**{data['speedup']:.1f}x**); median of {data['rounds']} rounds.",
+            measured_on(data),
+        ]
+    )
+
+
 def storage_section(data: dict[str, Any], plots: Path) -> str:
     del plots
     rows = [
@@ -844,6 +859,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any], Path], str]]] = [
     ("madx", madx_section),
     ("registry", registry_section),
     ("gc", gc_section),
+    ("move", move_section),
     ("startup", startup_section),
     ("predict", predict_section),
     ("scoring_order", scoring_order_section),

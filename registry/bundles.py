@@ -285,14 +285,16 @@ def copy_blob(
     *,
     size: int,
     label: str,
+    what: str,
     on_bytes: BytesMoved | None = None,
 ) -> None:
     """Copy one blob from ``source`` to ``target`` through a file in ``scratch``, verified
-    against its digest and size before it is stored (``label`` names it in errors)."""
+    against its digest and size before it is stored (errors name it: file ``what`` of version
+    ``label``)."""
     path = scratch / digest
     try:
-        _fetch(source, digest, path, label=label, what="its bytes", on_bytes=on_bytes)
-        _verify(path, digest, label=label, what="its bytes", size=size)
+        _fetch(source, digest, path, label=label, what=what, on_bytes=on_bytes)
+        _verify(path, digest, label=label, what=what, size=size)
         target.put_file(digest, path)
     finally:
         path.unlink(missing_ok=True)

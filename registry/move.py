@@ -181,7 +181,14 @@ def _copy(
     else:
         # the registry's marker before its first write there, as a registration leaves it
         target.artifacts.mark_writer(identity, f"registry {identity} at {target.database.safe_url}")
-        copied = _copy_files(source.artifacts, target.artifacts, sizes, manifests, on_bytes)
+        copied = _copy_files(
+            source.artifacts,
+            target.artifacts,
+            sizes,
+            manifests,
+            refs=_version_refs(records),
+            on_bytes=on_bytes,
+        )
     # every version's files, those registered before schema 0008 too: gc reads them from SQL
     records[_MANIFEST_FILES] = [
         {"manifest": digest, "file": file}
@@ -297,16 +304,21 @@ def _without_id(row: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in row.items() if key != "id"}
 
 
+def _version_refs(records: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Each version's manifest digest -> its ``name@N`` (one of them, where two share bytes)."""
+    names = {row["id"]: row["name"] for row in records[AdapterRow.__tablename__]}
+    return {
+        row["digest"]: f"{names[row['adapter_id']]}@{row['version']}"
+        for row in records[VersionRow.__tablename__]
+    }
+
+
 def _manifests(
     store: ArtifactStore, records: dict[str, list[dict[str, Any]]]
 ) -> dict[str, tuple[bytes, Manifest]]:
     """Each version's manifest (its bytes and the files it lists), read from ``store`` and
     checked against its digest, several at once."""
-    names = {row["id"]: row["name"] for row in records[AdapterRow.__tablename__]}
-    labels = {
-        row["digest"]: f"{names[row['adapter_id']]}@{row['version']}"
-        for row in records[VersionRow.__tablename__]
-    }
+    labels = _version_refs(records)
 
     def read(digest: str) -> tuple[bytes, Manifest]:
         try:
@@ -333,20 +345,23 @@ def _copy_files(
     target: ArtifactStore,
     sizes: dict[str, int],
     manifests: dict[str, tuple[bytes, Manifest]],
+    *,
+    refs: dict[str, str],
     on_bytes: BytesMoved | None,
 ) -> dict[str, int]:
     """Copy each file the target store lacks, verified against its digest; returns those
     copied (digest -> bytes). Files there already count as moved."""
     owner = {
-        digest: f"file {name} of manifest {manifest_digest[:12]}"
+        digest: (refs[manifest_digest], name)
         for manifest_digest, (_, manifest) in manifests.items()
         for name, digest, _ in manifest.files
     }
     copied: dict[str, int] = {}
+    present = {blob.digest for blob in target.blobs()}  # a list request per 1,000, not a HEAD each
     with tempfile.TemporaryDirectory(prefix="adapterops-move-") as scratch:
 
         def copy_one(digest: str) -> None:
-            if target.has(digest):
+            if digest in present:
                 if on_bytes is not None:
                     on_bytes(sizes[digest])
                 return
@@ -356,18 +371,17 @@ def _copy_files(
                 target.put_file(digest, path, on_bytes)
                 path.unlink()
             else:
+                ref, name = owner[digest]
                 copy_blob(
-                    source,
-                    target,
-                    digest,
-                    Path(scratch),
-                    size=sizes[digest],
-                    label=owner[digest],
-                    on_bytes=on_bytes,
-                )
+                    source, target, digest, Path(scratch), size=sizes[digest], label=ref,
+                    what=name, on_bytes=on_bytes,
+                )  # fmt: skip
             copied[digest] = sizes[digest]
 
-        with ThreadPoolExecutor(max_workers=COPIES_AT_ONCE) as pool:
-            for _ in pool.map(copy_one, sorted(sizes)):
-                pass
+        try:
+            with ThreadPoolExecutor(max_workers=COPIES_AT_ONCE) as pool:
+                for _ in pool.map(copy_one, sorted(sizes)):
+                    pass
+        except CorruptArtifactError as exc:
+            raise CorruptArtifactError(f"{exc}; nothing was moved") from None
     return copied

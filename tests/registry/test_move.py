@@ -271,3 +271,25 @@ def test_an_empty_registry_stopped_after_its_move_is_finished_too(tmp_path):
     assert old.move_to(*target).finished_earlier_move
     with pytest.raises(rg.RegistryMovedError, match=r"^this registry was moved to"):
         old.check_writable()
+
+
+def test_files_a_failed_move_copied_are_not_copied_again(tmp_path, make_adapter):
+    old_url, store = embedded(tmp_path)
+    old = Registry(old_url, store)
+    populated(old, make_adapter)
+    folder = Path(store.removeprefix("file://"))
+    lost = Manifest.from_bytes(old.artifacts.read_bytes(old.get("big-en@1").digest)).files
+    tensor = next(folder.rglob(dict((n, d) for n, d, _ in lost)["adapter.safetensors"]))
+    kept = tensor.read_bytes()
+    tensor.unlink()
+    with pytest.raises(
+        rg.CorruptArtifactError,
+        match=r"^big-en@1: adapter.safetensors is missing .* nothing was moved$",
+    ):
+        old.move_to(*embedded(tmp_path, "new"))
+    tensor.write_bytes(kept)  # found again
+
+    report = old.move_to(*embedded(tmp_path, "new"))
+
+    assert report.files == len(needed(old))
+    assert 1 <= report.copied < report.files  # the rest were there from the failed move
