@@ -670,12 +670,13 @@ class Registry:
         on_wait: Callable[[], None] | None = None,
         on_total: Callable[[int], None] | None = None,
         on_bytes: BytesMoved | None = None,
+        dry_run: bool = False,
     ) -> MoveReport:
         """Move this registry into the empty one at ``database_url`` and ``artifacts_url``
         (default: this registry's store, kept as it is): every record and file is copied, the
         copy keeps this registry's id, and this database then refuses writes, naming the new
         place (:class:`RegistryMovedError`); reading it still works. How, and what a failure
-        leaves: :mod:`registry.move`."""
+        leaves: :mod:`registry.move`. ``dry_run``: the same checks and counts, nothing changed."""
         _check_type("move_to: database_url", database_url, str, "a URL", optional=False)
         if isinstance(artifacts_url, os.PathLike):
             artifacts_url = os.fspath(artifacts_url)
@@ -687,6 +688,7 @@ class Registry:
             on_wait=on_wait,
             on_total=on_total,
             on_bytes=on_bytes,
+            dry_run=dry_run,
         )
 
     def check_writable(self) -> None:

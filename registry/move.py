@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import DateTime, Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from .artifacts import ArtifactStore
+from .artifacts import ArtifactStore, open_store
 from .artifacts.base import BytesMoved
 from .bundles import Manifest, copy_blob
-from .errors import CorruptArtifactError, RegistryError, RegistryMovedError
+from .db import Database, hide_password
+from .errors import CorruptArtifactError, NoRegistryError, RegistryError, RegistryMovedError
 from .move_marker import moved_to, now, record_move, where_it_went
 from .orm import AdapterRow, Base, CompositionRow, EventRow, RegistryIdentityRow, VersionRow
 from .store import registry_identity
@@ -71,6 +72,7 @@ class MoveReport:
     copied_bytes: int
     finished_earlier_move: bool = False  # a stopped move to this target, finished now
     abandoned: str | None = None  # an earlier move's database, stopped and given up for this
+    dry_run: bool = False  # nothing was changed: copied and copied_bytes are what would be
 
 
 def move_registry(
@@ -81,13 +83,15 @@ def move_registry(
     on_wait: Callable[[], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_bytes: BytesMoved | None = None,
+    dry_run: bool = False,
 ) -> MoveReport:
     """Copy ``source`` into the empty registry at ``database_url`` and ``artifacts_url`` (default:
     the source's own store, kept as it is), then leave ``source`` refusing writes and naming its
     new place. ``on_total`` is told the bytes the files take, ``on_bytes`` each file's bytes as
     it is copied or found there already; ``on_wait`` is called when another move of this
     registry runs (this one waits for it). Raises :class:`RegistryError` subclasses, with
-    nothing changed, for a target that holds a registry already or a registry moved before."""
+    nothing changed, for a target that holds a registry already or a registry moved before.
+    ``dry_run``: the same checks and counts, nothing changed (``copied``: what would be)."""
     from .client import Registry  # noqa: PLC0415 - the client imports this module's marker
 
     with source._named_lock("move of the registry", on_wait):
@@ -96,6 +100,10 @@ def move_registry(
             earlier = moved_to(session)
         if earlier is not None and earlier.get("finished"):
             raise RegistryMovedError(f"nothing to move: {where_it_went(earlier)}")
+        if dry_run:
+            return _plan(
+                source, database_url, artifacts_url or source.artifacts.url, identity, earlier
+            )
         try:
             target = Registry(
                 database_url, artifacts_url or source.artifacts.url, auto_migrate=True, create=True
@@ -122,18 +130,7 @@ def _move(
     with target.database.session() as session:
         target_identity = registry_identity(session)
         held = _holdings(session)
-    resuming = earlier is not None and earlier["database"] == where
-    if target_identity == identity and not resuming:
-        raise RegistryError(
-            f"{where} already holds this registry ({identity}): it is this registry's own "
-            "database, or a copy of it; nothing was moved. Give --to a new, empty database"
-        )
-    if any(held.values()) and target_identity != identity:
-        raise RegistryError(
-            f"{where} holds a registry already ({_described(held)}): a registry moves only into "
-            "an empty one (a new database: `createdb NAME`, or a new SQLite file); nothing was "
-            "moved"
-        )
+    resuming = _check_target(where, target_identity, held, identity, earlier)
     if resuming and earlier is not None:  # a move to this target, stopped: made again, or
         record = earlier  # (killed after the one transaction of records) checked and finished
     else:
@@ -156,6 +153,86 @@ def _move(
     return replace(report, abandoned=abandoned)
 
 
+def _check_target(
+    where: str,
+    target_identity: str | None,
+    held: dict[str, int],
+    identity: str,
+    earlier: dict[str, Any] | None,
+) -> bool:
+    """Refuse a target that holds a registry (this one included, unless a stopped move to it
+    is being finished); returns whether this finishes a stopped move to it."""
+    resuming = earlier is not None and earlier["database"] == where
+    if target_identity == identity and not resuming:
+        raise RegistryError(
+            f"{where} already holds this registry ({identity}): it is this registry's own "
+            "database, or a copy of it; nothing was moved. Give --to a new, empty database"
+        )
+    if any(held.values()) and target_identity != identity:
+        raise RegistryError(
+            f"{where} holds a registry already ({_described(held)}): a registry moves only into "
+            "an empty one (a new database: `createdb NAME`, or a new SQLite file); nothing was "
+            "moved"
+        )
+    return resuming
+
+
+def _plan(
+    source: Registry,
+    database_url: str,
+    artifacts_url: str,
+    identity: str,
+    earlier: dict[str, Any] | None,
+) -> MoveReport:
+    """What a move would do, changing nothing: the target checked as a move checks it (a
+    database with no registry schema, or none yet, counts as empty), the files counted that
+    the target store lacks."""
+    target_identity: str | None = None
+    held: dict[str, int] = {}
+    try:
+        database = Database(database_url, auto_migrate=False, verify=False, create=False)
+    except NoRegistryError:  # a SQLite file not made yet: the move makes it
+        where = hide_password(database_url)
+    else:
+        try:
+            where = database.safe_url
+            if database.revision() is not None:  # a registry's schema, perhaps an older one
+                with database.session() as session:
+                    target_identity = session.scalar(select(RegistryIdentityRow.id))
+                    held = _holdings(session)
+        finally:
+            database.dispose()
+    resuming = _check_target(where, target_identity, held, identity, earlier)
+    store = open_store(artifacts_url)
+    with source.database.session() as session:
+        records = {table.name: _rows(session, table) for table in _RECORDS}
+    sizes = _sizes(_manifests(source.artifacts, records))
+    present = set(sizes) if store.url == source.artifacts.url else {b.digest for b in store.blobs()}
+    missing = {digest: size for digest, size in sizes.items() if digest not in present}
+    return MoveReport(
+        identity=identity,
+        database=where,
+        artifacts=store.url,
+        adapters=len(records[AdapterRow.__tablename__]),
+        versions=len(records[VersionRow.__tablename__]),
+        compositions=len(records[CompositionRow.__tablename__]),
+        events=len(records[EventRow.__tablename__]),
+        files=len(sizes),
+        copied=len(missing),
+        copied_bytes=sum(missing.values()),
+        finished_earlier_move=resuming and target_identity == identity,
+        dry_run=True,
+    )
+
+
+def _sizes(manifests: dict[str, tuple[bytes, Manifest]]) -> dict[str, int]:
+    """Every file the versions need (their manifests too) and its size."""
+    sizes = {digest: len(data) for digest, (data, _) in manifests.items()}
+    for _, manifest in manifests.values():
+        sizes.update((digest, size) for _, digest, size in manifest.files)
+    return sizes
+
+
 def _copy(
     source: Registry,
     target: Registry,
@@ -169,9 +246,7 @@ def _copy(
     manifests = _manifests(source.artifacts, records)
     for version in records[VersionRow.__tablename__]:  # where its manifest is now
         version["artifact_uri"] = target.artifacts.uri(version["digest"])
-    sizes = {digest: len(data) for digest, (data, _) in manifests.items()}
-    for _, manifest in manifests.values():
-        sizes.update((digest, size) for _, digest, size in manifest.files)
+    sizes = _sizes(manifests)
     if on_total is not None:
         on_total(sum(sizes.values()))
     copied: dict[str, int] = {}

@@ -118,6 +118,13 @@ def db_move(
             "ADAPTEROPS_HOME), from the embedded one the stack's settings hide.",
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the new database and store and count what would move; change nothing.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Move the registry (ADAPTEROPS_REGISTRY_URL, ADAPTEROPS_ARTIFACTS_URL) into another
@@ -129,7 +136,7 @@ def db_move(
     the same command again."""
     with user_errors(as_json):
         source, to, artifacts = _move_ends(to, artifacts, to_stack=to_stack)
-        with bytes_to_come("moving the registry", enabled=not as_json) as bar:
+        with bytes_to_come("moving the registry", enabled=not as_json and not dry_run) as bar:
             set_total, advance = bar if bar is not None else (None, None)
             report = source.move_to(
                 to,
@@ -137,10 +144,23 @@ def db_move(
                 on_wait=lambda: note("another move of this registry runs: waiting for it"),
                 on_total=set_total,
                 on_bytes=advance,
+                dry_run=dry_run,
             )
     old = source.database.safe_url
     if as_json:
         emit_json({"ok": True, "from": old, **vars(report)})
+        return
+    if dry_run:
+        console.print(
+            f"would move registry {report.identity} from {old} to {report.database} (artifacts "
+            f"{report.artifacts}): {report.adapters} adapter(s), {report.versions} version(s), "
+            f"{report.compositions} composition version(s), {report.events} event(s); "
+            f"{report.files} file(s), {report.copied} to copy "
+            f"({human_bytes(report.copied_bytes)}). Nothing was changed",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     how = (
         "a move stopped earlier, finished now"

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import registry as rg
+from flows.cli.common import human_bytes
 from tests.helpers import empty_registry, home_with_fake_adapters, run_cli, run_cli_in_a_terminal
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
@@ -901,11 +902,22 @@ def test_db_move_takes_an_embedded_registry_to_postgres_and_s3(postgres, tmp_pat
     assert run(env, "push", str(tmp_path / "sst2"), "--name", "x", "--task", "t",
                "--language", "en", "--base-model", "tiny-bert").returncode == 0  # fmt: skip
 
+    planned = run(env | aws, "db", "move", "--to", database, "--artifacts", artifacts, "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("would move registry ")
     moved = ok_json(
         run(env | aws, "db", "move", "--to", database, "--artifacts", artifacts, "--json")
     )
     assert (moved["adapters"], moved["versions"], moved["artifacts"]) == (3, 3, artifacts)
     assert moved["from"] == f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
+    assert (
+        planned.stdout.endswith(  # what the dry run said would happen, before the move
+            f"3 adapter(s), 3 version(s), 0 composition version(s), 4 event(s); {moved['files']} "
+            f"file(s), {moved['copied']} to copy ({human_bytes(moved['copied_bytes'])}). Nothing was "
+            "changed\n"
+        )
+        and moved["copied"] == moved["files"] == 5
+    )  # 2 versions' bytes (x@1 is sst2@1's again)
     new = env | aws | {"ADAPTEROPS_REGISTRY_URL": database, "ADAPTEROPS_ARTIFACTS_URL": artifacts}
     after = ok_json(run(new, "ls", "--json"))
     assert [(v["ref"], v["aliases"], v["digest"]) for v in after] == [

@@ -13,6 +13,7 @@ import registry as rg
 from registry import Registry, store
 from registry.artifacts.base import blob_key
 from registry.bundles import Manifest
+from registry.db import Database
 from registry.move_marker import record_move
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.test_registry import recorded_manifests, register
@@ -293,3 +294,30 @@ def test_files_a_failed_move_copied_are_not_copied_again(tmp_path, make_adapter)
 
     assert report.files == len(needed(old))
     assert 1 <= report.copied < report.files  # the rest were there from the failed move
+
+
+@pytest.mark.usefixtures("seaweed")
+def test_a_dry_run_checks_and_counts_and_changes_nothing(tmp_path, make_adapter, postgres):
+    old_url, store = embedded(tmp_path)
+    old = Registry(old_url, store)
+    populated(old, make_adapter)
+    name = f"dry_run_{tmp_path.name}".lower()
+    postgres.create_database(name)  # new: no registry schema yet (the move would migrate it)
+    artifacts = fresh_bucket_url()
+
+    plan = old.move_to(postgres.url(name), artifacts, dry_run=True)
+
+    assert plan.dry_run and (plan.versions, plan.adapters, plan.compositions) == (4, 3, 2)
+    assert plan.files == plan.copied == len(needed(old)) and plan.copied_bytes > 0
+    assert Database(postgres.url(name), auto_migrate=False, verify=False).revision() is None
+    assert list(Registry(old_url, artifacts).artifacts.blobs()) == []
+    old.check_writable()  # no move recorded
+    nowhere = tmp_path / "not-yet" / "new.db"
+    kept = old.move_to(f"sqlite:///{nowhere}", dry_run=True)  # the store stays: nothing to copy
+    assert (kept.copied, kept.copied_bytes, kept.files) == (0, 0, len(needed(old)))
+    assert not nowhere.parent.exists()
+    taken = Registry(*embedded(tmp_path, "taken"))
+    register(taken, make_adapter(9), name="theirs")
+    with pytest.raises(rg.RegistryError, match=r"holds a registry already"):
+        old.move_to(*embedded(tmp_path, "taken"), dry_run=True)
+    assert old.move_to(postgres.url(name), artifacts).copied == plan.copied  # as planned
