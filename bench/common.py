@@ -8,7 +8,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -123,3 +124,35 @@ def fake_adapter(folder: Path, size: int) -> Path:
     values = np.frombuffer(os.urandom(size), dtype=np.uint8)
     save_file({"weights": values}, str(folder / "adapter.safetensors"))
     return folder
+
+
+BENCH_S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+@contextmanager
+def servers(prefix: str, *, postgres: bool = False) -> Iterator[tuple[Path, Any, Any]]:
+    """A work folder and the servers a registry benchmark needs, started on free ports: a
+    SeaweedFS S3 server (this process's AWS variables pointed at it) and, with ``postgres``, a
+    PostgreSQL server (else ``None``). Yields ``(work, seaweed, postgres)``; stops them and
+    removes the folder after."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from infra.stack import PostgresServer, SeaweedS3, free_port  # noqa: PLC0415
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)  # the postgres user must enter its data folder
+    seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
+    database = PostgresServer(work / "postgres", free_port()) if postgres else None
+    try:
+        if database is not None:
+            database.start()
+        seaweed.start()
+        os.environ.update(AWS_ENDPOINT_URL_S3=seaweed.endpoint, **BENCH_S3_ENV)
+        yield work, seaweed, database
+    finally:
+        seaweed.stop(grace=5)
+        if database is not None:
+            database.stop()
+        shutil.rmtree(work, ignore_errors=True)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,8 +26,7 @@ from typing import Any
 import sqlalchemy
 
 import registry.garbage
-from bench.common import fake_adapter, timed, write_result
-from infra.stack import SeaweedS3
+from bench.common import fake_adapter, servers, timed, write_result
 from registry import Registry
 from registry.artifacts import S3Store
 
@@ -141,16 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     counts, rounds = ([50, 200], 2) if args.quick else ([100, 1000, 3000], 3)
     versions = 50 if args.quick else 1000
-    work = Path(tempfile.mkdtemp(prefix="adapterops-gc-bench-"))
-    seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
-    try:
-        seaweed.start()
-        os.environ.update(
-            AWS_ENDPOINT_URL_S3=seaweed.endpoint,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+    with servers("adapterops-gc-bench-") as (work, _, _):
         rows = delete_timings("gc-bench", counts, rounds, work / "blobs")
         for r in rows:
             print(
@@ -168,9 +156,6 @@ def main() -> None:
         )
         result = {"quick": args.quick, "rows": rows, "manifests": manifests}
         print(f"wrote {write_result('gc', result)}")
-    finally:
-        seaweed.stop(grace=5)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,15 @@ rounds.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import registry.move
-from bench.common import fake_adapter, write_result
-from infra.stack import PostgresServer, SeaweedS3, free_port
+from bench.common import fake_adapter, servers, write_result
 from registry import Registry
 from registry.artifacts import S3Store
 from registry.move_marker import record_move
@@ -89,20 +86,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 versions, 2 rounds")
     args = parser.parse_args()
     versions, rounds = (100, 2) if args.quick else (1000, 3)
-    work = Path(tempfile.mkdtemp(prefix="adapterops-move-bench-"))
-    work.chmod(0o755)  # the postgres user must enter its data folder
-    postgres = PostgresServer(work / "postgres", free_port())
-    seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
     made = iter(range(1_000_000))
-    try:
-        postgres.start()
-        seaweed.start()
-        os.environ.update(
-            AWS_ENDPOINT_URL_S3=seaweed.endpoint,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+    with servers("adapterops-move-bench-", postgres=True) as (work, _, postgres):
 
         def targets() -> tuple[str, str]:
             number = next(made)
@@ -122,10 +107,6 @@ def main() -> None:
             flush=True,
         )
         print(f"wrote {write_result('move', {'quick': args.quick, **result})}")
-    finally:
-        seaweed.stop(grace=5)
-        postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

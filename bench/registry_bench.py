@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import statistics
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +26,7 @@ from typing import Any
 import boto3
 from sqlalchemy import insert
 
-from bench.common import percentiles, timed, write_result
-from infra.stack import PostgresServer, SeaweedS3, free_port
+from bench.common import percentiles, servers, timed, write_result
 from registry import Registry
 from registry.artifacts import S3Store
 from registry.artifacts.s3 import MULTIPART
@@ -97,7 +95,8 @@ def fill(database_url: str, versions_per_adapter: int, adapters: int) -> None:
 
 
 def _language(index: int) -> str:
-    return f"l{index:02d}"
+    """A language code the registry accepts (2-3 letters): ``xaa``, ``xab``, ..."""
+    return f"x{chr(97 + index // 26)}{chr(97 + index % 26)}"
 
 
 def query_latencies(database_url: str, adapters: int, artifacts_url: str) -> dict[str, Any]:
@@ -219,20 +218,8 @@ def main() -> None:
     versions_per_adapter = 5
     total_versions = 10_000 if args.quick else 100_000
     adapters = total_versions // versions_per_adapter
-    work = Path(tempfile.mkdtemp(prefix="adapterops-bench-"))
-    work.chmod(0o755)
-    postgres = PostgresServer(work / "postgres", free_port())
-    seaweed = SeaweedS3.on_free_ports(work / "seaweedfs")
-    try:
-        postgres.start()
+    with servers("adapterops-bench-", postgres=True) as (work, _, postgres):
         postgres.create_database("bench")
-        seaweed.start()
-        env = {
-            "AWS_ENDPOINT_URL_S3": seaweed.endpoint,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
         backends = {
             "sqlite": f"sqlite:///{work / 'registry.db'}",
             "postgresql": postgres.url("bench"),
@@ -251,7 +238,6 @@ def main() -> None:
                 flush=True,
             )
         print("S3 transfers through S3Store vs plain boto3 ...", flush=True)
-        os.environ.update(env)
         transfers = s3_throughput(
             work, big_mb=16 if args.quick else 64, small_files=20 if args.quick else 100
         )
@@ -270,10 +256,6 @@ def main() -> None:
             },
         )
         print(f"wrote {path}")
-    finally:
-        seaweed.stop(grace=5)
-        postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,9 @@ class Registry:
             artifacts_url = os.fspath(artifacts_url)
         _check_type("Registry: artifacts_url", artifacts_url, str, "a URL or a folder")
         defaults = Settings.from_env()
+        # the store first (it writes nothing when opened): one that cannot be used leaves no
+        # new SQLite registry behind
+        self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
         try:
             self.database = Database(
                 database_url or defaults.database_url, auto_migrate=auto_migrate, create=create
@@ -111,7 +114,6 @@ class Registry:
             if database_url:
                 raise
             raise NoRegistryError(Settings.where_to_look(str(exc))) from None
-        self.artifacts: ArtifactStore = open_store(artifacts_url or defaults.artifacts_url)
         self._marked_store = False
 
     @property

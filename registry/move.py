@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
@@ -100,21 +101,28 @@ def move_registry(
             earlier = moved_to(session)
         if earlier is not None and earlier.get("finished"):
             raise RegistryMovedError(f"nothing to move: {where_it_went(earlier)}")
-        if dry_run:
-            return _plan(
-                source, database_url, artifacts_url or source.artifacts.url, identity, earlier
-            )
-        try:
-            target = Registry(
-                database_url, artifacts_url or source.artifacts.url, auto_migrate=True, create=True
-            )
-        except RegistryError as exc:  # its words name the environment's variable: not this one
-            words = str(exc).replace("ADAPTEROPS_REGISTRY_URL", "the new database's URL (--to)")
-            raise type(exc)(words.replace("ADAPTEROPS_ARTIFACTS_URL", "--artifacts")) from None
+        with _naming_the_options():
+            # the store first: one that cannot be used leaves no new database behind
+            store = open_store(artifacts_url or source.artifacts.url)
+            store.writers()  # reached (a move lists the store), nothing written
+            if dry_run:
+                return _plan(source, database_url, store, identity, earlier)
+            target = Registry(database_url, store.url, auto_migrate=True, create=True)
         try:
             return _move(source, target, identity, earlier, on_total=on_total, on_bytes=on_bytes)
         finally:
             target.close()
+
+
+@contextmanager
+def _naming_the_options() -> Iterator[None]:
+    """The target's errors name the environment's variables (their words are the registry's
+    own), where the user gave ``--to`` and ``--artifacts``."""
+    try:
+        yield
+    except RegistryError as exc:
+        words = str(exc).replace("ADAPTEROPS_REGISTRY_URL", "the new database's URL (--to)")
+        raise type(exc)(words.replace("ADAPTEROPS_ARTIFACTS_URL", "--artifacts")) from None
 
 
 def _move(
@@ -180,7 +188,7 @@ def _check_target(
 def _plan(
     source: Registry,
     database_url: str,
-    artifacts_url: str,
+    store: ArtifactStore,
     identity: str,
     earlier: dict[str, Any] | None,
 ) -> MoveReport:
@@ -203,25 +211,51 @@ def _plan(
         finally:
             database.dispose()
     resuming = _check_target(where, target_identity, held, identity, earlier)
-    store = open_store(artifacts_url)
     with source.database.session() as session:
         records = {table.name: _rows(session, table) for table in _RECORDS}
     sizes = _sizes(_manifests(source.artifacts, records))
     present = set(sizes) if store.url == source.artifacts.url else {b.digest for b in store.blobs()}
     missing = {digest: size for digest, size in sizes.items() if digest not in present}
-    return MoveReport(
-        identity=identity,
-        database=where,
-        artifacts=store.url,
-        adapters=len(records[AdapterRow.__tablename__]),
-        versions=len(records[VersionRow.__tablename__]),
-        compositions=len(records[CompositionRow.__tablename__]),
-        events=len(records[EventRow.__tablename__]),
+    return _report(
+        identity,
+        (where, store.url),
+        _row_counts(records),
         files=len(sizes),
-        copied=len(missing),
-        copied_bytes=sum(missing.values()),
+        copied=missing,
         finished_earlier_move=resuming and target_identity == identity,
         dry_run=True,
+    )
+
+
+def _row_counts(records: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    return {table: len(rows) for table, rows in records.items()}
+
+
+def _report(
+    identity: str,
+    place: tuple[str, str],
+    rows: dict[str, int],
+    *,
+    files: int,
+    copied: dict[str, int],
+    finished_earlier_move: bool = False,
+    dry_run: bool = False,
+) -> MoveReport:
+    """The report of a move into ``place`` (database without its password, store) of a
+    registry whose tables hold ``rows``; ``copied``: each file copied (or to copy) and its size."""
+    return MoveReport(
+        identity=identity,
+        database=place[0],
+        artifacts=place[1],
+        adapters=rows[AdapterRow.__tablename__],
+        versions=rows[VersionRow.__tablename__],
+        compositions=rows[CompositionRow.__tablename__],
+        events=rows[EventRow.__tablename__],
+        files=files,
+        copied=len(copied),
+        copied_bytes=sum(copied.values()),
+        finished_earlier_move=finished_earlier_move,
+        dry_run=dry_run,
     )
 
 
@@ -280,18 +314,8 @@ def _copy(
         session.execute(delete(RegistryIdentityRow))
         session.add(RegistryIdentityRow(id=identity))
         _insert_all(session, records)
-    return MoveReport(
-        identity=identity,
-        database=target.database.safe_url,
-        artifacts=target.artifacts.url,
-        adapters=len(records[AdapterRow.__tablename__]),
-        versions=len(records[VersionRow.__tablename__]),
-        compositions=len(records[CompositionRow.__tablename__]),
-        events=len(records[EventRow.__tablename__]),
-        files=len(sizes),
-        copied=len(copied),
-        copied_bytes=sum(copied.values()),
-    )
+    place = (target.database.safe_url, target.artifacts.url)
+    return _report(identity, place, _row_counts(records), files=len(sizes), copied=copied)
 
 
 def _check_finished(source: Registry, target: Registry, identity: str) -> MoveReport:
@@ -305,19 +329,8 @@ def _check_finished(source: Registry, target: Registry, identity: str) -> MoveRe
             f"{target.database.safe_url} holds {_described(there)}, this registry "
             f"{_described(here)}: it was written to after the move copied it; nothing was changed"
         )
-    return MoveReport(
-        identity=identity,
-        database=target.database.safe_url,
-        artifacts=target.artifacts.url,
-        adapters=there[AdapterRow.__tablename__],
-        versions=there[VersionRow.__tablename__],
-        compositions=there[CompositionRow.__tablename__],
-        events=there[EventRow.__tablename__],
-        files=0,
-        copied=0,
-        copied_bytes=0,
-        finished_earlier_move=True,
-    )
+    place = (target.database.safe_url, target.artifacts.url)
+    return _report(identity, place, there, files=0, copied={}, finished_earlier_move=True)
 
 
 def _holdings(session: Session) -> dict[str, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import StorageUnavailableError
+from ..folders import filesystem_refusal
 from .base import MARKERS, BlobInfo, BytesMoved, blob_key
 
 __all__ = ["LocalStore"]
@@ -41,6 +42,12 @@ class LocalStore:
         if existing != self.root and not os.access(existing, os.W_OK | os.X_OK):
             raise StorageUnavailableError(
                 f"cannot use artifact folder {self.root}: this user cannot make it in {existing}"
+            )
+        refused = filesystem_refusal(existing) if existing != self.root else None
+        if refused:  # the permission bits allow what the filesystem refuses (/proc, NFS root)
+            raise StorageUnavailableError(
+                f"cannot use artifact folder {self.root}: {existing} refuses new folders "
+                f"({refused}); point ADAPTEROPS_ARTIFACTS_URL at a folder you can write to"
             )
 
     def _path(self, digest: str) -> Path:

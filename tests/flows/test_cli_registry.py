@@ -972,3 +972,41 @@ def test_db_move_to_stack_takes_the_embedded_registry_the_stack_hides(
     assert both.returncode == 2 and both.stderr.startswith("error: --to-stack names the new")
     neither = run(env, "db", "move")
     assert neither.returncode == 2 and "give --to DATABASE_URL" in neither.stderr
+
+
+def test_an_artifact_folder_the_filesystem_refuses_is_one_line_and_leaves_nothing(tmp_path):
+    """/proc lets root through its permission bits, then refuses the folder: push's traceback
+    came after a new registry was made; db move's after the new database was."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAPTEROPS_", "MLFLOW_"))}
+    env |= {"ADAPTEROPS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    folder = write_fake_adapter(tmp_path / "a", 1)
+    push = (
+        "push",
+        str(folder),
+        "--name",
+        "a",
+        "--base-model",
+        "b",
+        "--task",
+        "t",
+        "--language",
+        "en",
+    )
+    refused = run({**env, "ADAPTEROPS_ARTIFACTS_URL": "/proc/adapters"}, *push)
+    assert (refused.returncode, refused.stderr) == (2, (
+        "error: cannot use artifact folder /proc/adapters: /proc refuses new folders (No such "
+        "file or directory); point ADAPTEROPS_ARTIFACTS_URL at a folder you can write to\n"
+    ))  # fmt: skip
+    assert not (tmp_path / "home").exists()
+    assert run(env, *push).returncode == 0
+    for artifacts, said in (
+        ("/proc/adapters", "/proc refuses new folders (No such file or directory); point "
+         "--artifacts at a folder you can write to"),
+        ("ftp://host/x", "use file:///path or s3://bucket/prefix (--artifacts)"),
+    ):  # fmt: skip
+        moved = run(
+            env, "db", "move", "--to", f"sqlite:///{tmp_path / 'new.db'}", "--artifacts", artifacts
+        )
+        assert moved.returncode == 2 and moved.stderr.endswith(f"{said}\n"), moved.stderr
+        assert not (tmp_path / "new.db").exists()
+    assert run(env, *push[:3], "b", *push[4:]).returncode == 0  # the registry takes writes
