@@ -99,8 +99,8 @@ def db_move(
         typer.Option(
             "--to",
             help="The new, empty registry database: a SQLAlchemy URL "
-            "(postgresql+psycopg://user:password@host/db, sqlite:///path.db); a new one is "
-            "migrated first.",
+            "(postgresql+psycopg://USER@HOST/DB, with the password after USER:, or "
+            "sqlite:///path.db); a new one is migrated first.",
         ),
     ] = None,
     artifacts: Annotated[
