@@ -9,6 +9,7 @@ concurrent processes that register versions queue instead of failing half-way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import (
     DatabaseUnavailableError,
     ForeignDatabaseError,
+    NewerSchemaError,
     NoRegistryError,
     NotMigratedError,
     RegistryError,
@@ -152,6 +154,12 @@ class Database:
         database shared with other applications' tables is otherwise allowed)."""
         current = MigrationContext.configure(connection).get_current_revision()
         if current is not None and current not in _our_revisions():
+            if _newer_than_ours(current, set(inspect(connection).get_table_names())):
+                raise NewerSchemaError(
+                    f"{hide_password(self.url)} holds a registry at schema {current}, newer than "
+                    f"this adapterops knows ({schema_head()}): a newer release migrated it; "
+                    "upgrade adapterops here (nothing was written)"
+                )
             raise ForeignDatabaseError(
                 f"{hide_password(self.url)} is not a registry database: its schema revision "
                 f"{current!r} is none of adapterops' (another application's database? MLflow "
@@ -199,6 +207,14 @@ def holds_registry_schema(url: str) -> bool:
     except (ImportError, SQLAlchemyError):
         return False
     return current in _our_revisions()
+
+
+def _newer_than_ours(revision: str, tables: set[str]) -> bool:
+    """Whether ``revision`` is one a newer release of ours wrote: our numbering (``0009``),
+    past this code's head, over the registry's tables (another application's Alembic
+    revisions are hashes)."""
+    numbered = re.fullmatch(r"[0-9]{4}", revision) is not None
+    return numbered and int(revision) > int(schema_head()) and "registry_identity" in tables
 
 
 def schema_head() -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "InUseError",
     "InvalidCompositionError",
     "InvalidNameError",
+    "NewerSchemaError",
     "NoRegistryError",
     "NotFoundError",
     "NotMigratedError",
@@ -92,6 +93,11 @@ class SharedStoreError(RegistryError):
 
 class NotMigratedError(RegistryError):
     """The registry database schema is older than this code: run ``adapterops db upgrade``."""
+
+
+class NewerSchemaError(RegistryError):
+    """The registry database was migrated by a newer release of adapterops than this one: this
+    code cannot read its schema (upgrade adapterops here)."""
 
 
 class RegistryMovedError(RegistryError):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 import registry as rg
 from registry import Registry
-from registry.db import Database
+from registry.db import Database, schema_head
 from tests.registry.conftest import EVERY_SERVER
 from tests.registry.test_registry import register
 
@@ -175,3 +175,25 @@ def test_0009_records_a_move_and_its_downgrade_drops_the_record(locations, make_
     registry.check_writable()  # the record went with the column: it takes writes again
     assert register(registry, make_adapter(2), name="lang").version == 2
     registry.close()
+
+
+def test_a_schema_a_newer_release_migrated_is_said_to_need_a_newer_adapterops(
+    locations, make_adapter
+):
+    """A worker left on an older release beside an upgraded database (a rolling upgrade): it
+    said 'not a registry database ... another application's database?'."""
+    url, artifacts = locations
+    registry = Registry(url, artifacts)
+    register(registry, make_adapter(1), name="lang")
+    registry.close()
+    with Database(url, auto_migrate=False).engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0999'"))
+    with pytest.raises(rg.NewerSchemaError) as refused:
+        Registry(url, artifacts)
+    assert str(refused.value).endswith(
+        "holds a registry at schema 0999, newer than this adapterops knows "
+        f"({schema_head()}): a newer release migrated it; upgrade adapterops here (nothing was "
+        "written)"
+    )
+    with pytest.raises(rg.NewerSchemaError):
+        Database(url, auto_migrate=False, verify=False).revision()  # what db status reads
