@@ -830,6 +830,12 @@ def test_push_and_pull_show_a_bar_of_bytes_in_a_terminal_only(tmp_path):
     assert code == 0 and "pull a@1" not in shown and json.loads(shown)["ref"] == "a@1"
     piped = run(env, "pull", "a@1", str(tmp_path / "piped"))  # not a terminal: no bar
     assert piped.returncode == 0 and piped.stderr == "" and "pull a@1 " not in piped.stdout
+    # db move's bar learns its total once it has read every manifest
+    code, shown = run_cli_in_a_terminal(env, "db", "move", "--to", f"sqlite:///{tmp_path / 'n.db'}",
+                                        "--artifacts", str(tmp_path / "new-artifacts"))  # fmt: skip
+    assert code == 0 and "moving the registry" in shown
+    assert re.search(r"(\d+\.\d)/\1 kB", shown), shown  # the whole total, files and manifest
+    assert "moved registry " in shown, shown
 
 
 def test_commands_that_read_mlflow_first_say_so_in_a_terminal_only(tmp_path):
