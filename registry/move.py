@@ -34,7 +34,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, Table, delete, func, insert, select
+from sqlalchemy import DateTime, Table, delete, func, insert, inspect, select
 from sqlalchemy.orm import Session
 
 from .artifacts import ArtifactStore, open_store
@@ -106,8 +106,11 @@ def move_registry(
             store = open_store(artifacts_url or source.artifacts.url)
             store.writers()  # reached (a move lists the store), nothing written
             if dry_run:
-                return _plan(source, database_url, store, identity, earlier)
-            target = Registry(database_url, store.url, auto_migrate=True, create=True)
+                found = _target_state(database_url)
+            else:
+                target = Registry(database_url, store.url, auto_migrate=True, create=True)
+        if dry_run:
+            return _plan(source, store, found, identity, earlier)
         try:
             return _move(source, target, identity, earlier, on_total=on_total, on_bytes=on_bytes)
         finally:
@@ -185,31 +188,38 @@ def _check_target(
     return resuming
 
 
-def _plan(
-    source: Registry,
-    database_url: str,
-    store: ArtifactStore,
-    identity: str,
-    earlier: dict[str, Any] | None,
-) -> MoveReport:
-    """What a move would do, changing nothing: the target checked as a move checks it (a
-    database with no registry schema, or none yet, counts as empty), the files counted that
-    the target store lacks."""
-    target_identity: str | None = None
-    held: dict[str, int] = {}
+def _target_state(database_url: str) -> tuple[str, str | None, dict[str, int]]:
+    """The target database as a dry run finds it, changing nothing: its URL without the
+    password, its registry id (None: no registry schema yet, or none at all) and the rows its
+    tables hold (a table an older schema lacks holds none)."""
     try:
         database = Database(database_url, auto_migrate=False, verify=False, create=False)
     except NoRegistryError:  # a SQLite file not made yet: the move makes it
-        where = hide_password(database_url)
-    else:
-        try:
-            where = database.safe_url
-            if database.revision() is not None:  # a registry's schema, perhaps an older one
-                with database.session() as session:
-                    target_identity = session.scalar(select(RegistryIdentityRow.id))
-                    held = _holdings(session)
-        finally:
-            database.dispose()
+        return hide_password(database_url), None, {}
+    try:
+        if database.revision() is None:
+            return database.safe_url, None, {}
+        with database.session() as session:
+            tables = set(inspect(session.connection()).get_table_names())
+            held = _holdings(session, tables)
+            identity = None
+            if RegistryIdentityRow.__tablename__ in tables:  # schema 0006 and later
+                identity = session.scalar(select(RegistryIdentityRow.id))
+        return database.safe_url, identity, held
+    finally:
+        database.dispose()
+
+
+def _plan(
+    source: Registry,
+    store: ArtifactStore,
+    target: tuple[str, str | None, dict[str, int]],
+    identity: str,
+    earlier: dict[str, Any] | None,
+) -> MoveReport:
+    """What a move would do, changing nothing: the ``target`` (:func:`_target_state`) checked as
+    a move checks it, the files counted that the target store lacks."""
+    where, target_identity, held = target
     resuming = _check_target(where, target_identity, held, identity, earlier)
     with source.database.session() as session:
         records = {table.name: _rows(session, table) for table in _RECORDS}
@@ -333,12 +343,13 @@ def _check_finished(source: Registry, target: Registry, identity: str) -> MoveRe
     return _report(identity, place, there, files=0, copied={}, finished_earlier_move=True)
 
 
-def _holdings(session: Session) -> dict[str, int]:
-    """Rows per table of records (files lists aside: a cache of what the store says)."""
+def _holdings(session: Session, present: set[str] | None = None) -> dict[str, int]:
+    """Rows per table of records (files lists aside: a cache of what the store says); only the
+    tables ``present`` where an older schema lacks some."""
     return {
         table.name: session.scalar(select(func.count()).select_from(table)) or 0
         for table in _RECORDS
-        if table.name != _MANIFEST_FILES
+        if table.name != _MANIFEST_FILES and (present is None or table.name in present)
     }
 
 

@@ -321,3 +321,28 @@ def test_a_dry_run_checks_and_counts_and_changes_nothing(tmp_path, make_adapter,
     with pytest.raises(rg.RegistryError, match=r"holds a registry already"):
         old.move_to(*embedded(tmp_path, "taken"), dry_run=True)
     assert old.move_to(postgres.url(name), artifacts).copied == plan.copied  # as planned
+
+
+def test_a_dry_run_reads_an_older_registry_schema_and_names_the_old_stores_variable(
+    tmp_path, make_adapter
+):
+    old_url, store = embedded(tmp_path)
+    old = Registry(old_url, store)
+    register(old, make_adapter(1))
+    older = Registry(*embedded(tmp_path, "older"))
+    register(older, make_adapter(2), name="theirs")
+    older.close()
+    Database(embedded(tmp_path, "older")[0], auto_migrate=False).downgrade("0005")
+    with pytest.raises(rg.RegistryError, match=r"holds a registry already \(1 adapter"):
+        old.move_to(*embedded(tmp_path, "older"), dry_run=True)  # read, not migrated
+    assert (
+        Database(embedded(tmp_path, "older")[0], auto_migrate=False, verify=False).revision()
+        == "0005"
+    )
+    manifest = next(
+        Path(store.removeprefix("file://")).rglob(old.get("tiny-sst2-en-lora@1").digest)
+    )
+    manifest.unlink()
+    with pytest.raises(rg.CorruptArtifactError) as lost:
+        old.move_to(*embedded(tmp_path, "new"), dry_run=True)
+    assert "ADAPTEROPS_ARTIFACTS_URL names the store it was registered into" in str(lost.value)
