@@ -4,13 +4,14 @@ which registries write to its artifact store (a shared store is why ``gc`` would
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import distinct, func, select
 
 from .artifacts import open_store
 from .db import Database, schema_head
 from .errors import NoRegistryError
-from .move_marker import moved_to, where_it_went
+from .move_marker import moved_to
 from .orm import AdapterRow, CompositionRow, VersionRow
 from .settings import Settings
 from .store import registry_identity
@@ -31,7 +32,8 @@ class RegistryStatus:
     compositions: int | None
     artifacts: str
     other_writers: dict[str, str] = field(default_factory=dict)  # id -> its marker's words
-    moved: str | None = None  # where `db move` took it (it takes no writes): one line
+    # where `db move` took it, {database, artifacts, started, finished}: it takes no writes
+    moved: dict[str, Any] | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -58,8 +60,7 @@ def registry_status(
         if revision == head:
             with database.session() as session:
                 identity = registry_identity(session)
-                record = moved_to(session)
-                moved = where_it_went(record) if record is not None else None
+                moved = moved_to(session)
                 adapters = session.scalar(select(func.count()).select_from(AdapterRow))
                 versions = session.scalar(select(func.count()).select_from(VersionRow))
                 compositions = session.scalar(select(func.count(distinct(CompositionRow.name))))

@@ -82,7 +82,9 @@ def db_status(as_json: JsonOption = False) -> None:
             f"{status.compositions} composition(s)",
         ]
     if status.moved is not None:
-        lines.append(f"moved      {status.moved}")
+        from registry.move_marker import where_it_went  # noqa: PLC0415 - SQLAlchemy, loaded
+
+        lines.append(f"moved      {where_it_went(status.moved)}")
     lines.append(f"artifacts  {status.artifacts}")
     lines += [
         f"           also written by {' '.join(words.split()) or identity}: gc needs its "

@@ -940,7 +940,9 @@ def test_db_move_takes_an_embedded_registry_to_postgres_and_s3(postgres, tmp_pat
     )
     assert refused.stderr.count("\n") == 1
     status = ok_json(run(env, "db", "status", "--json"))
-    assert status["moved"].startswith("this registry was moved to postgresql")
+    assert status["moved"]["database"] == moved["database"] and status["moved"]["finished"]
+    shown = run(env, "db", "status").stdout
+    assert f"moved      this registry was moved to {moved['database']} " in shown
     assert len(ok_json(run(env, "ls", "--json"))) == 3  # reading still works
     again = run(env, "db", "move", "--to", f"sqlite:///{tmp_path / 'third.db'}")
     assert again.returncode == 2 and again.stderr.startswith("error: nothing to move: ")
