@@ -35,7 +35,7 @@ def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
     names = (
         "composition", "registry", "storage", "startup", "packing", "multi_lora_cpu", "lora_init",
-        "fsdp_memory", "offload", "predict", "gc", "scoring_order",
+        "fsdp_memory", "offload", "predict", "gc", "move", "scoring_order",
     )  # fmt: skip
     for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)
@@ -53,6 +53,11 @@ def test_tables_carry_the_numbers_of_the_result_files(results: Path):
     distinct = f"{first['distinct_adapters']} ({first.get('rows', 32)} rows)"
     assert f"| {first.get('targets', 'q,v')} | {distinct} | {first['ours_ms']:.0f} ms |" in text
     assert "_2026-01-02, 2 CPUs, torch 9.9._" in text
+    move = json.loads((results / "move.json").read_text())
+    assert (
+        f"{move['versions']:,} versions ({move['files']:,} files, {move['megabytes']:.0f} MB, "
+        f"{move['events']:,} events) from SQLite and a local folder into PostgreSQL and S3"
+    ) in text
     packing = json.loads((results / "packing.json").read_text())
     padded = packing["rows"][0]
     assert f"packed is **{packing['speedup_packed_over_padded']:.2f}x** padded" in text
