@@ -136,7 +136,9 @@ def test_deployed_specs_run_on_the_worker_and_survive_a_restart(home: Path, sst2
         )
         in again.stderr
     )
-    moved = run_cli("db", "move", "--to-stack", "--json", env=clean_env(home))
+    # another S3's address in the shell (as the test run's own): the stack's is used regardless
+    elsewhere = {**clean_env(home), "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
+    moved = run_cli("db", "move", "--to-stack", "--json", env=elsewhere)
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert json.loads(moved.stdout)["database"].startswith("postgresql+psycopg://")
     assert "note:" not in run_cli("stack", "up", env=clean_env(home)).stderr  # moved: not hidden

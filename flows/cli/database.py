@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -221,7 +222,15 @@ def _move_ends(
             f"no local stack in {home} (no stack.env naming its registry): `adapterops stack up` "
             "starts one (with this ADAPTEROPS_HOME), then run this again"
         )
-    database, store = (setting(name) if not from_stack_env(name) else "" for name in _LOCATIONS)
+    # the user's own variables name the registry to move, unless they are the stack's own
+    # (`eval "$(adapterops stack env)"` exports them)
+    database, store = (
+        "" if from_stack_env(name) or setting(name) == stack[name] else setting(name)
+        for name in _LOCATIONS
+    )
+    if not store:  # from a folder into the stack's S3: its endpoint and keys, not the shell's
+        # (AWS_* set for another S3 hid stack.env's, and the stack's bucket was looked up there)
+        os.environ.update({k: str(v) for k, v in stack.items() if k.startswith("AWS_") and v})
     source = Registry(
         database or f"sqlite:///{home / 'registry.db'}",
         store or (home / "artifacts").as_uri(),

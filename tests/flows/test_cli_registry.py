@@ -968,7 +968,8 @@ def test_db_move_to_stack_takes_the_embedded_registry_the_stack_hides(
     hidden = run(env, "ls")
     assert hidden.stdout.startswith("no versions yet")  # the stack's registry, still empty
 
-    moved = ok_json(run(env, "db", "move", "--to-stack", "--json"))
+    exported = {**env, **stack}  # after `eval "$(adapterops stack env)"`: the same
+    moved = ok_json(run(exported, "db", "move", "--to-stack", "--json"))
 
     assert (moved["versions"], moved["artifacts"]) == (2, stack["ADAPTEROPS_ARTIFACTS_URL"])
     assert moved["from"] == f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
