@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from peft_core.training import CHECKPOINT_FILE
 from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
 
@@ -43,8 +44,10 @@ from .mlflow_models import (
     tag_run,
     version_description,
 )
+from .mlflow_names import REGISTRY_TAG
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
+from .run_attempts import end_abandoned_runs
 from .spec import AdapterSpec
 from .train_job import (
     TrainReport,
@@ -259,9 +262,9 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
     Checkpoints go to ``build.checkpoints``, so re-running a crashed build resumes it.
     """
     spec = build.spec
-    tracker = tracking.RunTracker(
-        spec, tags={f"adapterops.{k}": v for k, v in build.lineage.items()}
-    )
+    registry_id = build.registry.identity
+    tags = {f"adapterops.{k}": v for k, v in build.lineage.items()}
+    tracker = tracking.RunTracker(spec, tags=tags | {REGISTRY_TAG: registry_id})
 
     def observe(step: int, total: int, loss: float, learning_rate: float) -> None:
         tracker.on_step(step, total, loss, learning_rate)
@@ -275,6 +278,24 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
 
     in_processes = evaluated_in_training(spec)
     with tracker.run():
+        # run_chain holds the build key's lock: a run of it still RUNNING is a dead process's
+        with tracking.mlflow_errors("end the runs of killed attempts of this build"):
+            ended = end_abandoned_runs(
+                tracking.client(),
+                tracker.experiment_id,
+                build_key=build.key,
+                registry_id=registry_id,
+                run_id=tracker.run_id,
+            )
+        if build.on_phase is not None:
+            for run_id in ended:
+                build.on_phase(
+                    f"MLflow run {run_id} of a killed attempt of this build: ended KILLED"
+                )
+            if (build.checkpoints / CHECKPOINT_FILE).is_file():
+                build.on_phase(
+                    f"resuming from the checkpoint an earlier attempt left in {build.checkpoints}"
+                )
         report = train_from_spec(
             spec,
             build.output,
@@ -287,6 +308,10 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
             keep_outcomes=in_processes,
             on_scoring=build.on_scoring,
         )
+        if report.resumed_from_step:
+            tracker.on_resumed(
+                report.resumed_from_step, report.losses, report.learning_rates, report.evaluations
+            )
     for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
         build.on_phase(line)
     return report, tracker.run_id

@@ -367,6 +367,7 @@ class RunTracker:
         self.spec = spec
         self.extra_tags = tags or {}
         self.run_id = ""
+        self.experiment_id = ""
         self._pending: list[Metric] = []
 
     @contextmanager
@@ -382,7 +383,7 @@ class RunTracker:
                 experiment_id=experiment_id,
                 run_name=None if resume else started,
             )
-        self.run_id = active.info.run_id
+        self.run_id, self.experiment_id = active.info.run_id, experiment_id
         status = "FAILED"
         try:
             with mlflow_errors("log parameters"):
@@ -433,6 +434,28 @@ class RunTracker:
     def on_evaluation(self, step: int, loss: float) -> None:
         """Record the validation loss measured during training (``train.eval_every``)."""
         self._pending.append(Metric("val_loss", loss, _now_ms(), step))
+
+    def on_resumed(
+        self,
+        step: int,
+        losses: Sequence[float],
+        learning_rates: Sequence[float],
+        evaluations: Sequence[Sequence[float]],
+    ) -> None:
+        """Record the steps a checkpoint brought back (training resumed at ``step``), so the
+        run that finishes a build holds its whole curve, not the part after the restart."""
+        timestamp = _now_ms()
+        for done, (loss, learning_rate) in enumerate(
+            zip(losses[:step], learning_rates[:step], strict=True)
+        ):
+            self._pending += [
+                Metric("train_loss", loss, timestamp, done),
+                Metric("learning_rate", learning_rate, timestamp, done),
+            ]
+        for evaluated, loss in evaluations:
+            if evaluated <= step:  # (measured before the checkpoint of that step was written)
+                self._pending.append(Metric("val_loss", loss, timestamp, int(evaluated)))
+        self._flush()
 
     def finish(
         self,

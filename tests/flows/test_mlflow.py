@@ -17,7 +17,7 @@ import mlflow
 import pytest
 
 from flows import tracking
-from flows.build_job import Build, build_from_spec, register_and_gate, run_chain
+from flows.build_job import Build, build_from_spec, register_and_gate, run_chain, start_build
 from flows.data import load_split
 from flows.errors import TrackingUnavailableError
 from flows.mlflow_compositions import (
@@ -37,7 +37,7 @@ from flows.mlflow_models import (
 )
 from flows.promotion import promote, rollback
 from flows.quickstart import minilm_sst2_spec
-from flows.spec import parse_spec
+from flows.spec import load_spec, parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
 from registry import Registry
@@ -633,6 +633,90 @@ def test_a_build_of_the_same_spec_data_and_code_waits_for_the_one_running_then_r
     ]
     assert (results[0].ref, results[0].reused) == ("twice-sst2@1", True)
     assert [v.ref for v in registry.find(name=spec.name)] == ["twice-sst2@1"]
+
+
+_DIE_AT_STEP_4 = """
+import os, signal, sys
+from pathlib import Path
+from flows.build_job import build_from_spec
+from flows.spec import load_spec
+from registry import Registry
+
+def die(step, total, loss, learning_rate):
+    if step == 4:  # after the checkpoint of step 4: killed as the out-of-memory killer kills
+        os.kill(os.getpid(), signal.SIGKILL)
+
+build_from_spec(load_spec(sys.argv[1]), Registry(), Path(sys.argv[2]), on_step=die)
+"""
+
+
+def test_the_run_of_a_killed_build_is_ended_killed_and_the_next_attempt_holds_the_whole_curve(
+    registry, sst2_dir, tmp_path
+):
+    """A build killed outright (out of memory, a lost machine, ``kill -9``) could not close its
+    MLflow run: it stayed RUNNING for ever beside the run of the attempt that finished the build
+    from its checkpoint, whose curves began at the restart. The next attempt (holding the
+    build key's lock, so no live process owns that run) now ends it KILLED and logs the steps
+    the checkpoint brought back. A run of the same build key for another registry sharing the
+    server is not touched."""
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=STEPS, name="killed-sst2-en-lora")
+    during = {"eval_every": 2, "checkpoint_every": 2}
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update=during)})
+    spec_file = tmp_path / "killed.yaml"
+    spec_file.write_text(json.dumps(spec.model_dump(mode="json")))
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_AT_STEP_4, str(spec_file), str(tmp_path / "first")],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    [dead] = client.search_runs([experiment])
+    assert dead.info.status == "RUNNING"  # what the UI showed for ever
+    key = dead.data.tags["adapterops.build_key"]
+    assert dead.data.tags["adapterops.registry"] == registry.identity
+    other = client.create_run(
+        experiment, tags={"adapterops.build_key": key, "adapterops.registry": "another"}
+    )
+
+    phases: list[str] = []
+    spec = load_spec(spec_file)
+    result = run_chain(
+        start_build(spec, tmp_path / "second", registry=registry, on_phase=phases.append)
+    )
+    assert result.version == 1
+    assert (
+        f"MLflow run {dead.info.run_id} of a killed attempt of this build: ended KILLED" in phases
+    )
+    assert any(
+        line.startswith("resuming from the checkpoint an earlier attempt left in")
+        for line in phases
+    )
+
+    ended = client.get_run(dead.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert (
+        dead.info.start_time <= ended.info.end_time < client.get_run(result.run_id).info.start_time
+    )
+    assert ended.data.tags["adapterops.ended_by"] == result.run_id
+    assert "Its process ended without closing this run" in ended.data.tags["mlflow.note.content"]
+    assert client.get_run(other.info.run_id).info.status == "RUNNING"  # another registry's
+
+    finished = client.get_run(result.run_id)
+    assert finished.data.tags["adapterops.previous_attempt"] == dead.info.run_id
+    report = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert report["resumed_from_step"] == 4
+    # the whole curve: the checkpoint's four steps and the two trained after the restart
+    history = {
+        metric: {m.step: m.value for m in client.get_metric_history(result.run_id, metric)}
+        for metric in ("train_loss", "learning_rate", "val_loss")
+    }
+    assert sorted(history["train_loss"]) == sorted(history["learning_rate"]) == list(range(STEPS))
+    rates = [history["learning_rate"][step] for step in range(STEPS)]
+    assert rates == sorted(rates, reverse=True) and len(set(rates)) == STEPS  # the linear decay
+    assert history["val_loss"] == {step: loss for step, loss in report["evaluations"]}
+    measured = history["val_loss"]
+    assert sorted(measured) == [2, 4, 6]
 
 
 def test_processes_opening_a_new_embedded_store_at_once_all_get_the_experiment(embedded_home):

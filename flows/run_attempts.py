@@ -1,0 +1,81 @@
+"""Earlier attempts of a build in MLflow.
+
+A build whose process is killed outright (the kernel's out-of-memory killer, a lost machine, a
+Kubernetes pod past its grace period, ``kill -9``) cannot close its MLflow run: the run stayed
+RUNNING in the UI for ever, beside the run of the attempt that later finished the build from
+its checkpoint, and a reviewer could not tell a live build from a dead one. A build holds its
+build key's lock (:meth:`registry.Registry.build_lock`) from start to end, so when the next
+attempt of that build starts, any run of the same build key and registry still RUNNING belongs
+to a process that is gone: it is ended KILLED, at the time of its last logged step, with a note
+naming the attempt that found it. The new run names its previous attempt
+(``adapterops.previous_attempt``), so the UI links one to the other.
+"""
+
+from __future__ import annotations
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from .mlflow_names import REGISTRY_TAG
+
+__all__ = ["BUILD_KEY_TAG", "NOTE_TAG", "PREVIOUS_ATTEMPT_TAG", "end_abandoned_runs"]
+
+BUILD_KEY_TAG = "adapterops.build_key"
+PREVIOUS_ATTEMPT_TAG = "adapterops.previous_attempt"
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+_ENDED_BY_TAG = "adapterops.ended_by"
+
+
+def end_abandoned_runs(
+    client: MlflowClient, experiment_id: str, *, build_key: str, registry_id: str, run_id: str
+) -> list[str]:
+    """End KILLED every run of ``build_key`` and ``registry_id`` still RUNNING other than
+    ``run_id`` (the attempt starting now, which must hold the build key's lock); tag ``run_id``
+    with the newest earlier attempt of the build, if any. Returns the ids of the runs ended."""
+    earlier = [
+        run
+        for run in _runs_of(client, experiment_id, build_key, registry_id)
+        if run.info.run_id != run_id
+    ]
+    ended = []
+    for run in earlier:
+        if run.info.status != "RUNNING":
+            continue
+        note = (
+            f"Its process ended without closing this run (killed: out of memory, a lost "
+            f"machine or worker, a cancelled job). Run {run_id}, a later attempt of the same "
+            "build (spec, data and code), found it and ended it KILLED."
+        )
+        tags = {_ENDED_BY_TAG: run_id}
+        if not run.data.tags.get(NOTE_TAG):
+            tags[NOTE_TAG] = note
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "KILLED", end_time=_last_heard(client, run))
+        ended.append(run.info.run_id)
+    if earlier:
+        newest = max(earlier, key=lambda run: run.info.start_time or 0)
+        client.set_tag(run_id, PREVIOUS_ATTEMPT_TAG, newest.info.run_id)
+    return ended
+
+
+def _runs_of(
+    client: MlflowClient, experiment_id: str, build_key: str, registry_id: str
+) -> list[Run]:
+    """The runs of one build key made for one registry (registries sharing a server and an
+    experiment build the same spec, data and code under locks of their own)."""
+    return client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{BUILD_KEY_TAG}` = '{build_key}' and tags.`{REGISTRY_TAG}` = '{registry_id}'"
+        ),
+        max_results=1000,
+    )
+
+
+def _last_heard(client: MlflowClient, run: Run) -> int:
+    """When the run last logged a training step (milliseconds), else when it started: the
+    closest to when its process died that MLflow knows."""
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    times = [metric.timestamp for metric in history]
+    return max(times, default=run.info.start_time or 0)
