@@ -13,6 +13,7 @@ __all__ = [
     "StackError",
     "TrackingAccessError",
     "TrackingUnavailableError",
+    "one_line",
 ]
 
 
@@ -50,6 +51,12 @@ class PromotionRefusedError(RedactedError):
         what_changed = f" (what changed: adapterops diff {' '.join(refs)})" if refs else ""
         super().__init__(f"{comparison}: pass --force to make it {alias} anyway{what_changed}")
         self.comparison = comparison  # e.g. "x@2 scores accuracy 0.8000, worse than ..."
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of at most 500 characters, for a report's table or an MLflow
+    run's note."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
 # The local stack's error lives with the launcher (infra.stack); the CLI treats it as bad input.

@@ -25,6 +25,7 @@ from .errors import MlflowNameError
 
 __all__ = [
     "COMPOSITION_PREFIX",
+    "NOTE_TAG",
     "PREFIX_VARIABLE",
     "REGISTRY_TAG",
     "adapter_model",
@@ -36,6 +37,7 @@ __all__ = [
 
 PREFIX_VARIABLE = "ADAPTEROPS_MLFLOW_PREFIX"
 REGISTRY_TAG = "adapterops.registry"  # the identity of the registry a registered model mirrors
+NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI
 COMPOSITION_PREFIX = "composition."  # registry names hold no '.': never an adapter's model
 # MLflow refuses '/' and ':' in names; quotes would break its search filters; keep to these
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

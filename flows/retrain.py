@@ -16,6 +16,7 @@ from cronsim import CronSim
 
 from registry import Registry
 
+from .errors import one_line
 from .lineage import dataset_fingerprint
 from .spec import AdapterSpec, SpecError, load_spec, parse_spec
 
@@ -106,11 +107,6 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
             RetrainOutcome(path, spec.name, status=status, reason=reason or "", ref=newest)
         )
     return outcomes
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line of at most 500 characters, for a report's table."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
 
 
 def _newest_ref(registry: Registry | None, name: str) -> str:

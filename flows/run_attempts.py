@@ -16,13 +16,12 @@ from __future__ import annotations
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from .mlflow_names import REGISTRY_TAG
+from .mlflow_names import NOTE_TAG, REGISTRY_TAG
 
-__all__ = ["BUILD_KEY_TAG", "NOTE_TAG", "PREVIOUS_ATTEMPT_TAG", "end_abandoned_runs"]
+__all__ = ["BUILD_KEY_TAG", "PREVIOUS_ATTEMPT_TAG", "end_abandoned_runs"]
 
 BUILD_KEY_TAG = "adapterops.build_key"
 PREVIOUS_ATTEMPT_TAG = "adapterops.previous_attempt"
-NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
 _ENDED_BY_TAG = "adapterops.ended_by"
 
 

@@ -37,8 +37,8 @@ from registry.locks import file_lock_if_writable
 from registry.redaction import redact
 from registry.settings import adapterops_home
 
-from .errors import TrackingAccessError, TrackingUnavailableError
-from .mlflow_names import model_prefix
+from .errors import TrackingAccessError, TrackingUnavailableError, one_line
+from .mlflow_names import NOTE_TAG, model_prefix
 from .reachable import check_answers, check_mlflow_store, store_down_message
 
 if TYPE_CHECKING:
@@ -405,8 +405,28 @@ class RunTracker:
                     mlflow.log_dict(self.spec.model_dump(mode="json"), "spec.yaml")
             yield self
             status = "FINISHED"
+        except BaseException as exc:
+            self._note_failure(exc)
+            raise
         finally:
             self._end(status, failing=sys.exc_info()[1] is not None)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        """Say on the run why it failed (``adapterops.error`` and its note in the UI): a
+        reviewer saw FAILED and nothing more, the reason only in a terminal or Prefect's log.
+        Not when MLflow itself failed (nothing more can be written there), and never over the
+        failure being raised: a note MLflow refuses is dropped."""
+        if isinstance(exc, TrackingUnavailableError | TrackingAccessError):
+            return
+        said = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
+        said = redact(said)
+        client = MlflowClient(tracking_uri())
+        try:
+            client.set_tag(self.run_id, "adapterops.error", said)
+            if not client.get_run(self.run_id).data.tags.get(NOTE_TAG):
+                client.set_tag(self.run_id, NOTE_TAG, f"Failed: {said}")
+        except (MlflowException, OSError):  # failing already: the first error is the one to see
+            pass
 
     def _end(self, status: str, *, failing: bool) -> None:
         """Send the last steps and end the run. When the run's work failed already (MLflow

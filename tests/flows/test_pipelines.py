@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 
-from flows import pipelines
+from flows import pipelines, tracking
 from flows.prepare_job import prepare_cached
 from flows.retrain import due_reason, last_fire
 from flows.spec import load_spec
@@ -138,12 +138,23 @@ class TestBuild:
         with pipelines.reporting_progress(crash), pytest.raises(RuntimeError, match="power cut"):
             pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert Registry().find(name="crashy") == []
+        client = tracking.client()
+        experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        [failed] = client.search_runs([experiment], "tags.`adapterops.name` = 'crashy'")
+        # why, where a reviewer looks (it said FAILED and nothing more)
+        assert failed.info.status == "FAILED"
+        assert failed.data.tags["adapterops.error"] == "RuntimeError: power cut"
+        assert failed.data.tags["mlflow.note.content"] == "Failed: RuntimeError: power cut"
 
         result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert result["version"] == 1
         report = yaml.safe_load((tmp_path / "out" / "report.json").read_text())
         assert report["resumed_from_step"] == 4  # the checkpoint at step 4, not a fresh start
         assert report["steps"] == 6
+        finished = client.get_run(result["run_id"])
+        assert finished.data.tags["adapterops.previous_attempt"] == failed.info.run_id
+        assert "adapterops.error" not in finished.data.tags
+        assert client.get_run(failed.info.run_id).info.status == "FAILED"  # not ended again
 
 
 class TestPrepare:
