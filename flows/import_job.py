@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 import peft_core as pc
 from peft_core.adapterhub import is_adapterhub_folder
@@ -20,7 +20,7 @@ from registry import AdapterVersion
 from registry.names import check_language, check_name
 
 from .errors import DataError
-from .models import resolve_base_model
+from .models import load_base_tokenizer, resolve_base_weights
 from .push_job import RegistryOrOpener, opened
 
 __all__ = ["import_adapterhub"]
@@ -50,9 +50,9 @@ def import_adapterhub(
             "`adapters` library, with its weights); folders written by peft_core or peft are "
             "registered with `adapterops push`"
         )
-    path = resolve_base_model(base_model)
+    path = resolve_base_weights(base_model)
+    tokenizer = load_base_tokenizer(base_model)
     model = AutoModel.from_pretrained(path).eval()  # the body: AdapterHub heads are not read
-    tokenizer = AutoTokenizer.from_pretrained(path)
     record = pc.load_adapter(model, folder, name=name)
     source = json.loads((folder / "adapter_config.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,9 @@ __all__ = [
     "base_config",
     "base_model_differences",
     "check_trained_on",
+    "load_base_tokenizer",
     "resolve_base_model",
+    "resolve_base_weights",
 ]
 
 PEFT_CONFIG = "adapter_config.json"
@@ -60,6 +63,78 @@ def resolve_base_model(name_or_path: str) -> Path:
         "and not in the local Hugging Face cache. Give a folder with config.json and weights, or "
         "download it where the network allows (`hf download NAME`)."
     )
+
+
+# What from_pretrained reads, whole or sharded (transformers' own file names).
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def resolve_base_weights(name_or_path: str) -> Path:
+    """:func:`resolve_base_model`, for loading the base: its folder must hold weights too. A
+    folder with a ``config.json`` alone (all ``adapterops plan`` needs) failed deep inside
+    transformers, with its traceback, once the data was read."""
+    path = resolve_base_model(name_or_path)
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise BaseModelNotFound(
+            f"base model {_named(name_or_path, path)} has a config.json but no weights "
+            f"({' or '.join(_WEIGHT_FILES[::2])}, or their .index.json when sharded): save the "
+            "model into it (model.save_pretrained(folder)) or download it where the network "
+            "allows (`hf download NAME`); `adapterops plan` needs the config alone"
+        )
+    return path
+
+
+# Files a tokenizer is saved in (any one of them: fast, sentencepiece, WordPiece, BPE).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def load_base_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer saved with base model ``name_or_path`` (a ``PreTrainedTokenizerBase``).
+    One missing, or one transformers cannot build here, is a :class:`BaseModelNotFound` naming
+    the folder (it was transformers' traceback: "Couldn't instantiate the backend tokenizer")."""
+    from transformers import AutoTokenizer  # noqa: PLC0415 - transformers is heavy
+
+    path = resolve_base_model(name_or_path)
+    advice = "save the base's tokenizer beside its config.json (tokenizer.save_pretrained(folder))"
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise BaseModelNotFound(
+            f"base model {_named(name_or_path, path)} has no tokenizer (none of "
+            f"{', '.join(_TOKENIZER_FILES[:4])}, ...): {advice}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, ImportError) as exc:
+        reason = textwrap.shorten(" ".join(str(exc).split()), 300, placeholder=" ...")
+        raise BaseModelNotFound(
+            f"base model {_named(name_or_path, path)}'s tokenizer cannot be loaded here "
+            f"({reason}): {advice}, or install what it names"
+        ) from None
+    # A tokenizer_config.json without its vocabulary loads, and turns every text into no
+    # tokens: training then failed on a tensor of 0 elements.
+    if not tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]:
+        raise BaseModelNotFound(
+            f"base model {_named(name_or_path, path)}'s tokenizer turns text into no tokens (a "
+            f"vocabulary of {len(tokenizer)}: its files are incomplete): {advice}"
+        )
+    return tokenizer
+
+
+def _named(name_or_path: str, path: Path) -> str:
+    """A base model as a person wrote it, with the folder it was found in when that differs."""
+    return name_or_path if Path(name_or_path).expanduser() == path else f"{name_or_path} ({path})"
 
 
 def base_model_differences(saved_fingerprint: Mapping[str, Any], base_model: str) -> list[str]:

@@ -28,7 +28,7 @@ from .errors import DataError
 from .inference_placement import place_for_inference
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
-from .models import base_config, resolve_base_model
+from .models import base_config, load_base_tokenizer, resolve_base_model, resolve_base_weights
 from .planning import check_max_length
 from .spec import AdapterSpec
 
@@ -144,11 +144,13 @@ def check_inputs(
 ) -> None:
     """Fail now, before a flow starts, on what a user can get wrong: an unknown base model, a
     missing data file or split, missing columns, labels outside ``num_labels``, no rows, a
-    ``train.max_length`` beyond the base's learned positions, fusion
-    members that are not registered bottleneck adapters of the same base model, a step that
-    cannot fit the GPU, and (``evaluates_apart``: a build, which evaluates the saved adapter and
-    the champion on a freshly loaded base) a base that evaluation could not place."""
-    resolve_base_model(spec.base_model)
+    ``train.max_length`` beyond the base's learned positions, fusion members that are not
+    registered bottleneck adapters of the same base model, a step that cannot fit the GPU
+    (without one, the machine's memory), and (``evaluates_apart``: a build, which evaluates the
+    saved adapter and the champion on a freshly loaded base) a base that evaluation could not
+    place."""
+    resolve_base_weights(spec.base_model)
+    load_base_tokenizer(spec.base_model)  # (a second of Llama's: a traceback after the data)
     pc.quantize.quantization_available(spec.load.quantization)  # torchao, before a flow starts
     _check_members(spec, registry)
     _check_method_fits(spec)
@@ -157,7 +159,7 @@ def check_inputs(
     _check_attention(spec)
     _, validation = load_raw(spec)
     _check_eval_rows(spec, len(validation))
-    _check_step_fits_the_gpu(spec)
+    _check_step_fits(spec)
     if evaluates_apart:  # not hours of training first, then a refusal at the evaluation
         place_for_inference(spec)
 
@@ -240,20 +242,33 @@ def _check_eval_rows(spec: AdapterSpec, validation_rows: int) -> None:
         )
 
 
-def _check_step_fits_the_gpu(spec: AdapterSpec) -> None:
-    """On a CUDA GPU, a training step that needs more than its free memory fails now, not with
-    out-of-memory after the base has loaded. Under ``torchrun`` each process checks its own GPU
-    (``LOCAL_RANK``) for its own share (an FSDP process holds 1/N of the weights)."""
+def _check_step_fits(spec: AdapterSpec) -> None:
+    """A training step that needs more than the memory it will run in fails now, not with
+    out-of-memory after the base has loaded. On a CUDA GPU: its free memory; under
+    ``torchrun`` each process checks its own GPU (``LOCAL_RANK``) for its own share (an FSDP
+    process holds 1/N of the weights). Without one: the machine's available memory, shared by
+    ``train.processes`` (a step beyond it was killed by the kernel's out-of-memory killer, exit
+    137 and no word: a CI runner with no GPU building an LLM); checked once, before torchrun
+    starts the processes (each of them would see its siblings' loading and refuse)."""
     import torch  # noqa: PLC0415 - torch is heavy
 
+    from .inference_placement import free_memory  # noqa: PLC0415
     from .planning import check_step_fits  # noqa: PLC0415
 
-    if not torch.cuda.is_available():
+    processes = _processes(spec)
+    if torch.cuda.is_available():
+        device = int(os.environ.get("LOCAL_RANK", "0"))
+        free, _ = torch.cuda.mem_get_info(device)
+        where = torch.cuda.get_device_name(device)
+    elif "WORLD_SIZE" in os.environ:
         return
-    device = int(os.environ.get("LOCAL_RANK", "0"))
-    free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = free_memory().cpu // processes
+        where = "this machine (CPU memory; no CUDA GPU here)"
+        if processes > 1:
+            where = f"each of {processes} processes' share of {where}"
     try:
-        check_step_fits(spec, free, torch.cuda.get_device_name(device), _processes(spec))
+        check_step_fits(spec, free, where, processes)
     except DataError:
         raise
     except Exception as exc:  # an estimate that fails is no reason to stop: the run goes ahead

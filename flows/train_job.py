@@ -25,7 +25,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 
@@ -42,7 +41,7 @@ from .inference_placement import InferencePlacement, place_for_inference
 from .launch import launched_here, train_in_processes
 from .members import load_members, members_of_spec
 from .missing_weights import settle_missing_weights
-from .models import base_config, resolve_base_model
+from .models import base_config, load_base_tokenizer, resolve_base_weights
 from .prepare_job import prepare_cached
 from .shares import metrics_in_shares
 from .spec import AdapterSpec
@@ -119,7 +118,7 @@ class TrainReport:
 
 def load_tokenizer(spec: AdapterSpec) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, with a padding token (GPT-2 and Llama ship without one)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(spec.base_model))
+    tokenizer: PreTrainedTokenizerBase = load_base_tokenizer(spec.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -145,7 +144,7 @@ def load_base_model(
     quantises in seconds what takes a CPU minutes per billion weights, and the CPU never holds
     the quantised model before it moves.
     """
-    path = resolve_base_model(spec.base_model)
+    path = resolve_base_weights(spec.base_model)
     tokenizer = load_tokenizer(spec)
     auto = _AUTO[spec.head.type]
     config = base_config(spec)
@@ -239,7 +238,7 @@ def train_from_spec(
             on_evaluation=on_evaluation, keep_outcomes=keep_outcomes, on_scoring=on_scoring,
         )  # fmt: skip
     torch.manual_seed(spec.train.seed)
-    resolve_base_model(spec.base_model)  # an unknown base model fails before the data is read
+    resolve_base_weights(spec.base_model)  # an unknown base model fails before the data is read
     with placement() as where:
         sharded = where.distributed and spec.train.sharding == "fsdp"
         # FSDP2 shards a model built on the CPU; otherwise the weights load onto the device

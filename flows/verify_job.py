@@ -10,7 +10,7 @@ from registry import AdapterVersion, BaseModelMismatchError
 
 from .errors import DataError
 from .files_spec import spec_from_files, stated_head
-from .models import resolve_base_model
+from .models import resolve_base_weights
 from .spec import spec_of_version
 from .train_job import inference_device, load_inference_model
 
@@ -34,7 +34,7 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
         from transformers import AutoModel  # noqa: PLC0415 - transformers is heavy
 
         # the probes are forward passes: on a GPU when there is one
-        model = AutoModel.from_pretrained(resolve_base_model(version.base_model))
+        model = AutoModel.from_pretrained(resolve_base_weights(version.base_model))
         model = model.to(inference_device())
     pc.load_adapter(model, folder, name=version.name)
     check = pc.check_probes(model, version.name, folder)

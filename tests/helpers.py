@@ -288,3 +288,33 @@ def adapter_parameter_names(model: nn.Module, name: str) -> set[str]:
 
 def trainable_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def llama_lm_spec(
+    folder: Path, sst2: Path, *, complete: bool = False, **train: object
+) -> dict[str, Any]:
+    """A causal LM spec over a two-layer Llama-shaped base of 32,000 tokens in ``folder /
+    "base"``: its config.json alone, or (``complete``) with random weights and MiniLM's
+    tokenizer too."""
+    config = T.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=131072,
+    )  # fmt: skip
+    config.save_pretrained(folder / "base")
+    if complete:
+        T.LlamaForCausalLM(config).save_pretrained(folder / "base")
+        T.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder / "base")
+    return {
+        "name": "tiny-llama-lm",
+        "base_model": str(folder / "base"),
+        "task": "lm",
+        "language": "en",
+        "head": {"type": "causal-lm"},
+        "method": {"type": "lora", "rank": 8, "targets": ["q_proj", "v_proj"]},
+        "data": {
+            "train": str(sst2 / "en" / "train.tsv"),
+            "validation": str(sst2 / "en" / "validation.tsv"),
+            "text": "sentence",
+        },
+        "train": {"max_steps": 2, **train},
+    }

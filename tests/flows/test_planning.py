@@ -3,6 +3,7 @@ loaded (``check_inputs`` asks ``check_step_fits`` with the free memory of the GP
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from flows.errors import DataError
 from flows.planning import check_step_fits, plan_step
 from flows.spec import load_spec, parse_spec
+from tests.helpers import llama_lm_spec, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm-sst2-en-lora.yaml"
 
@@ -95,3 +97,58 @@ def test_an_nf4_base_fsdp_cannot_split_is_refused_under_torchrun(monkeypatch):
         _check_method_fits(spec)
     monkeypatch.setenv("WORLD_SIZE", "3")
     _check_method_fits(spec)
+
+
+def test_without_a_gpu_a_step_beyond_the_machines_memory_is_one_line_before_the_base_loads(
+    tmp_path, sst2_dir
+):
+    """On a machine without a GPU (a CI runner building an LLM) a step that cannot fit its
+    memory went ahead: the kernel's out-of-memory killer ended it, exit 137 and no word (or
+    the allocator's traceback). 64 rows of 16,384 tokens over a 32,000-token vocabulary need
+    about 510 GiB, more than any machine that runs these tests has."""
+    spec = llama_lm_spec(tmp_path, sst2_dir, complete=True, batch_size=64, max_length=16384)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}  # no GPU, anywhere
+    env["ADAPTEROPS_HOME"] = str(tmp_path / "home")
+    result = run_cli("train", "spec.yaml", "--out", "out", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: one training step of tiny-llama-lm needs about 509.7 GiB (64 rows x 16384 "
+        "tokens, weights 0.0 GiB) but this machine (CPU memory; no CUDA GPU here) has "
+    ), line
+    assert "GiB free: lower train.batch_size" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_processes_on_a_cpu_share_its_memory(tmp_path, sst2_dir, monkeypatch):
+    """Several gloo processes on one machine each hold a step: each gets its share of the
+    memory. Checked once, before torchrun starts them (a process would count its siblings'
+    loading against itself)."""
+    import torch
+
+    from flows import inference_placement
+    from flows.prepare_job import _check_step_fits
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one = parse_spec(llama_lm_spec(tmp_path, sst2_dir, batch_size=4, max_length=64))
+    step = plan_step(one)
+    assert step is not None
+    room = int(step.peak_bytes * 1.5)  # one step fits; two do not
+    monkeypatch.setattr(
+        inference_placement, "free_memory", lambda: inference_placement.Memory((), room)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_step_fits(one)
+    two = one.model_copy(update={"train": one.train.model_copy(update={"processes": 2})})
+    with pytest.raises(DataError) as refused:
+        _check_step_fits(two)
+    share = f"{room // 2 / 2**30:.1f} GiB free"
+    assert (
+        "but each of 2 processes' share of this machine (CPU memory; no CUDA GPU here) has "
+        in str(refused.value)
+    )
+    assert share in str(refused.value)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside torchrun: the parent checked before
+    _check_step_fits(two)

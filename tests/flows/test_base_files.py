@@ -1,0 +1,77 @@
+"""A base model folder that lacks what loading it needs (its weights, its tokenizer) is one line
+naming the folder and what to save there, before the data is read or a flow starts: it was
+transformers' traceback ("no file named model.safetensors", "Couldn't instantiate the backend
+tokenizer"), after the data had been read. ``adapterops plan`` needs the config alone."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import transformers as T
+import yaml
+
+from tests.helpers import llama_lm_spec, run_cli
+
+
+def _user(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+    return {**env, "HF_HUB_OFFLINE": "1", "ADAPTEROPS_HOME": str(tmp_path / "home")}
+
+
+def test_a_base_folder_without_weights_or_tokenizer_is_one_line_before_anything_runs(
+    tmp_path, sst2_dir
+):
+    spec = llama_lm_spec(tmp_path, sst2_dir, batch_size=2, max_length=32)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    base, env = tmp_path / "base", _user(tmp_path)
+
+    planned = run_cli("plan", "spec.yaml", "--json", env=env, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr[-2000:]  # the config is all plan reads
+
+    result = run_cli("train", "spec.yaml", "--out", "out", env=env, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"error: base model {base} has a config.json but no weights (model.safetensors or "
+        "pytorch_model.bin, or their .index.json when sharded): save the model into it "
+        "(model.save_pretrained(folder)) or download it where the network allows (`hf download "
+        "NAME`); `adapterops plan` needs the config alone\n",
+    )
+    assert not (tmp_path / "out").exists()
+
+    config = T.AutoConfig.from_pretrained(base)
+    T.LlamaForCausalLM(config).save_pretrained(base)  # the weights, still no tokenizer
+    built = run_cli("build", "spec.yaml", "--json", env=env, cwd=tmp_path)
+    assert built.returncode == 2, built.stderr[-2000:]
+    assert json.loads(built.stdout) == {
+        "ok": False,
+        "kind": "BaseModelNotFound",
+        "error": f"base model {base} has no tokenizer (none of tokenizer.json, "
+        "tokenizer_config.json, tokenizer.model, vocab.txt, ...): save the base's tokenizer "
+        "beside its config.json (tokenizer.save_pretrained(folder))",
+    }
+    assert not (tmp_path / "home" / "registry.db").exists()  # nothing was registered, or begun
+
+    # a tokenizer_config.json alone: it loads, and turns text into nothing
+    (base / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    result = run_cli("train", "spec.yaml", "--out", "out", env=env, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"error: base model {base}'s tokenizer turns text into no tokens (a vocabulary of 3: its "
+        "files are incomplete): save the base's tokenizer beside its config.json "
+        "(tokenizer.save_pretrained(folder))\n",
+    )
+
+    # one transformers cannot build here
+    (base / "tokenizer_config.json").unlink()
+    (base / "tokenizer.json").write_text("{not json")
+    result = run_cli("train", "spec.yaml", "--out", "out", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: base model {base}'s tokenizer cannot be loaded here (")
+    assert line.endswith(
+        "): save the base's tokenizer beside its config.json (tokenizer.save_pretrained(folder)), "
+        "or install what it names"
+    )
+    assert not (tmp_path / "out").exists()
