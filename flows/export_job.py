@@ -490,9 +490,8 @@ def _convert(
     base and saving, without loading a 70B base to do so). A version without a spec (pushed or
     imported) is converted on its base model's body."""
     import torch  # noqa: PLC0415 - torch is heavy
-    from transformers import AutoConfig  # noqa: PLC0415
 
-    from .models import base_config, resolve_base_model  # noqa: PLC0415
+    from .models import base_config, load_base_config  # noqa: PLC0415
     from .train_job import load_tokenizer  # noqa: PLC0415
 
     if version.spec:
@@ -502,7 +501,7 @@ def _convert(
             dtype=spec.load.torch_dtype(), tokenizer=load_tokenizer(spec),
         )  # fmt: skip
     else:  # in the dtype from_pretrained would give it (its checkpoint's)
-        config = AutoConfig.from_pretrained(resolve_base_model(version.base_model))
+        config = load_base_config(version.base_model)
         dtype = getattr(config, "dtype", None)
         dtype = dtype if isinstance(dtype, torch.dtype) else None
         # a head the files carry trained is part of them: built as they state it

@@ -29,6 +29,7 @@ __all__ = [
     "base_config",
     "base_model_differences",
     "check_trained_on",
+    "load_base_config",
     "load_base_tokenizer",
     "resolve_base_model",
     "resolve_base_weights",
@@ -108,6 +109,7 @@ def load_base_tokenizer(name_or_path: str) -> Any:
     from transformers import AutoTokenizer  # noqa: PLC0415 - transformers is heavy
 
     path = resolve_base_model(name_or_path)
+    load_base_config(name_or_path)  # AutoTokenizer reads it too: its fault is said as its own
     advice = "save the base's tokenizer beside its config.json (tokenizer.save_pretrained(folder))"
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise BaseModelNotFound(
@@ -231,12 +233,34 @@ def base_config(spec: AdapterSpec | PlanSpec) -> Any:
     """The base model's configuration (its config.json) with what the spec's head sets: a
     classifier's size and, when the spec names them, its labels (pipelines and exports read
     them from the model's config)."""
-    from transformers import AutoConfig  # noqa: PLC0415 - transformers is heavy
-
     options: dict[str, Any] = {}
     if spec.head.type == "classification":
         options["num_labels"] = spec.head.num_labels
         if spec.head.label_names:
             options["id2label"] = dict(enumerate(spec.head.label_names))
             options["label2id"] = {n: i for i, n in enumerate(spec.head.label_names)}
-    return AutoConfig.from_pretrained(resolve_base_model(spec.base_model), **options)
+    return load_base_config(spec.base_model, **options)
+
+
+def load_base_config(name_or_path: str, **options: Any) -> Any:
+    """Base model ``name_or_path``'s configuration (a ``PretrainedConfig``; ``options`` set on
+    it). A config.json that is not JSON, or names no architecture transformers knows here, is a
+    :class:`BaseModelNotFound` naming the folder (it was transformers' traceback)."""
+    from transformers import AutoConfig  # noqa: PLC0415 - transformers is heavy
+
+    path = resolve_base_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path, **options)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = textwrap.shorten(" ".join(str(exc).split()), 300, placeholder=" ...")
+        raise BaseModelNotFound(
+            f"base model {_named(name_or_path, path)}'s config.json cannot be read by "
+            f"transformers {_transformers_version()} ({reason}): save the model's own "
+            "config.json there (model.config.save_pretrained(folder))"
+        ) from None
+
+
+def _transformers_version() -> str:
+    from transformers import __version__  # noqa: PLC0415 - transformers is heavy
+
+    return str(__version__)

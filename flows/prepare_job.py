@@ -28,7 +28,7 @@ from .errors import DataError
 from .inference_placement import place_for_inference
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
-from .models import base_config, load_base_tokenizer, resolve_base_model, resolve_base_weights
+from .models import base_config, load_base_config, load_base_tokenizer, resolve_base_weights
 from .planning import check_max_length
 from .spec import AdapterSpec
 
@@ -287,14 +287,14 @@ def _check_attention(spec: AdapterSpec) -> None:
     if attention is None:
         return
     import torch  # noqa: PLC0415 - torch is heavy
-    from transformers import AutoConfig, AutoModel  # noqa: PLC0415
+    from transformers import AutoModel  # noqa: PLC0415
 
     if attention == "flex_attention" and not torch.cuda.is_available():
         raise DataError(
             "load.attention flex_attention trains on a CUDA GPU only (torch has no backward "
             "for it on a CPU): use sdpa or eager here"
         )
-    config = AutoConfig.from_pretrained(str(resolve_base_model(spec.base_model)))
+    config = load_base_config(spec.base_model)
     try:
         with torch.device("meta"):  # no weights: transformers checks the kernel at init
             AutoModel.from_config(config, attn_implementation=attention)

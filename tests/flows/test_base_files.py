@@ -75,3 +75,30 @@ def test_a_base_folder_without_weights_or_tokenizer_is_one_line_before_anything_
         "or install what it names"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_json_transformers_cannot_read_is_one_line_for_plan_and_train(tmp_path, sst2_dir):
+    """Not JSON, or an architecture this transformers does not know (a model newer than it):
+    plan and train said so with transformers' traceback; train, once a tokenizer was there,
+    blamed the tokenizer (AutoTokenizer reads config.json too)."""
+    spec = llama_lm_spec(tmp_path, sst2_dir, complete=True, batch_size=2, max_length=32)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    base, env = tmp_path / "base", _user(tmp_path)
+    version = T.__version__
+    for written, reason in (
+        ("{not json", f"It looks like the config file at '{base}/config.json' is not a valid JSON file."),
+        ('{"model_type": "llama-9"}', "The checkpoint you are trying to load has model type `llama-9` but"),
+    ):  # fmt: skip
+        (base / "config.json").write_text(written)
+        for command in (["plan", "spec.yaml"], ["train", "spec.yaml", "--out", "out"]):
+            result = run_cli(*command, env=env, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr[-2000:]
+            [line] = result.stderr.splitlines()
+            assert line.startswith(
+                f"error: base model {base}'s config.json cannot be read by transformers {version} "
+                f"({reason}"
+            ), line
+            assert line.endswith(
+                "): save the model's own config.json there (model.config.save_pretrained(folder))"
+            )
+    assert not (tmp_path / "out").exists()
