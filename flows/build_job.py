@@ -159,8 +159,15 @@ def run_plainly(name: str, step: Callable[..., T], *args: Any) -> T:
     return step(*args)
 
 
-def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
-    """The chain: reuse an earlier build, or prepare, train, evaluate, register and promote."""
+def run_chain(
+    build: Build,
+    run_step: StepRunner = run_plainly,
+    *,
+    on_locked: Callable[[Build], None] | None = None,
+) -> BuildResult:
+    """The chain: reuse an earlier build, or prepare, train, evaluate, register and promote.
+    ``on_locked`` runs first once the build key's lock is held (a flow run claims the build:
+    :func:`flows.flow_run_attempts.claim_build`)."""
     if build.on_phase is not None:
         announce, inner = build.on_phase, run_step
 
@@ -171,6 +178,8 @@ def run_chain(build: Build, run_step: StepRunner = run_plainly) -> BuildResult:
     # one build of a build key at a time: the same spec, data and code started twice (a CI
     # build beside a scheduled one) would train twice into one checkpoint folder
     with build.registry.build_lock(build.key, on_wait=_said(build, _BUILDING_ELSEWHERE)):
+        if on_locked is not None:
+            on_locked(build)
         existing = run_step("find earlier build", find_built, build)
         if existing is not None:
             return reused_result(existing, build.spec)

@@ -35,7 +35,7 @@ from registry import AdapterVersion, Registry
 from registry.names import CHAMPION, member_name
 
 from . import tracking
-from .build_job import StepCallback, run_chain, start_build
+from .build_job import Build, StepCallback, run_chain, start_build
 from .cascade import (
     CascadeOutcome,
     StaleComposition,
@@ -46,6 +46,7 @@ from .cascade import (
     write_candidate_spec,
 )
 from .deploy_job import check_worker_registry, schedule_drift
+from .flow_run_attempts import claim_build
 from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
@@ -139,13 +140,20 @@ def build(
         lineage=lineage,
         on_scoring=getattr(report, "rows", None),  # ... and counts the evaluation's rows
     )
-    result = run_chain(chain, run_as_task)
+    result = run_chain(chain, run_as_task, on_locked=_claim)
     get_run_logger().info("%s -> %s: %s", result.ref, result.alias, result.decision)
     new_champion = result.promoted and not result.reused and result.alias == "champion"
     if new_champion and spec.promote.cascade and find_stale(Registry(), spec.name)[1]:
         root = Path(output).parent if output else Path("out")
         result.cascade = cascade(spec.name, str(root))  # a subflow: one run per composition
     return result.to_dict()
+
+
+def _claim(build: Build) -> None:
+    """Tag this flow run with its build; crash the flow runs of killed attempts of it."""
+    for name in claim_build(build.key, build.registry.identity):
+        if build.on_phase is not None:
+            build.on_phase(f"Prefect flow run {name} of a killed attempt of this build: Crashed")
 
 
 @flow(name="retrain")

@@ -3,6 +3,8 @@ retrain (one failure does not stop the others)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows import pipelines, tracking
 from flows.prepare_job import prepare_cached
@@ -155,6 +158,62 @@ class TestBuild:
         assert finished.data.tags["adapterops.previous_attempt"] == failed.info.run_id
         assert "adapterops.error" not in finished.data.tags
         assert client.get_run(failed.info.run_id).info.status == "FAILED"  # not ended again
+
+    def test_a_killed_builds_flow_run_is_crashed_by_its_next_attempt(self, tmp_path, sst2_dir):
+        """A build killed outright (a preempted GPU node, the out-of-memory killer, kill -9 on
+        a CI job) left its flow run, and the task it was in, Running in Prefect for ever. The
+        next attempt of the same build, holding its lock, now sets them Crashed, saying why."""
+        spec_path = write_spec(tmp_path, sst2_dir, name="killed")
+        script = (
+            "import os, signal, sys\n"
+            "from flows import pipelines\n"
+            "def die(step, total, loss, learning_rate):\n"
+            "    if step == 4:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "with pipelines.reporting_progress(die):\n"
+            "    pipelines.build(sys.argv[1], output=sys.argv[2])\n"
+        )
+        killed = subprocess.run(
+            [sys.executable, "-c", script, str(spec_path), str(tmp_path / "out")],
+            capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        [dead] = flow_runs(f"build {spec_path}")
+        assert dead.state.is_running()  # what Prefect showed for ever
+        key_tag = next(tag for tag in dead.tags if tag.startswith("adapterops-build:"))
+        assert f"adapterops-registry:{Registry().identity}" in dead.tags
+
+        phases: list[str] = []
+
+        class Heard:  # the CLI's progress: steps, and the phases it names
+            def __call__(self, *step: object) -> None: ...
+
+            phase = staticmethod(phases.append)
+
+        with pipelines.reporting_progress(Heard()):
+            result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        assert result["version"] == 1
+        runs = {run.id: run for run in flow_runs(f"build {spec_path}")}
+        ended, finished = runs[dead.id], next(r for i, r in runs.items() if i != dead.id)
+        assert ended.state.is_crashed() and finished.state.is_completed()
+        assert ended.state.message == (
+            "its process ended without reporting (killed: out of memory, a lost machine or "
+            f"worker, kill -9); flow run {finished.name!r} ({finished.id}), a later attempt of "
+            "the same build (spec, data and code), found it"
+        )
+        assert key_tag in finished.tags
+        assert (
+            f"Prefect flow run {dead.name} ({dead.id}) of a killed attempt of this build: Crashed"
+            in phases
+        )
+        with get_client(sync_client=True) as client:
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[dead.id]))
+            )
+        assert {task.name.split("-")[0]: task.state.type.value for task in tasks}[
+            "train"
+        ] == "CRASHED"
+        assert not any(task.state.is_running() for task in tasks)
 
 
 class TestPrepare:
