@@ -47,6 +47,8 @@ EVALUATION_MARK = "@adapterops-evaluation "  # rank 0's validation loss (train.e
 SCORING_MARK = "@adapterops-scoring "  # rank 0's rows scored after training
 BAD_INPUT_FILE = "bad-input"  # bad-input.<rank> beside the report: a process's DataError
 OUTCOMES_FILE = "outcomes.json"  # beside the report: each validation row's outcome
+# torchrun, stopped, SIGTERMs its processes and waits for them (30 s by default) before SIGKILL
+TORCHRUN_GRACE_SECONDS = 45
 # what a process says when a peer it waited on in a collective exited (gloo, NCCL)
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
 StepCallback = Callable[[int, int, float, float], None]
@@ -150,9 +152,27 @@ def _relay(command: list[str], stderr: Any, listeners: _Listeners) -> int:
         command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
     ) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            listeners.hear(line)
+        try:
+            for line in process.stdout:
+                listeners.hear(line)
+        except BaseException:
+            # Stopped (SIGTERM, Ctrl-C) or a listener failed: leaving the block waited for
+            # torchrun to finish the whole training, or, the process gone, the group trained
+            # on, holding its GPUs, until it next printed a step.
+            _stop(process)
+            raise
         return process.wait()
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM torchrun, which stops its processes; SIGKILL it after
+    :data:`TORCHRUN_GRACE_SECONDS`."""
+    process.terminate()
+    try:
+        process.wait(timeout=TORCHRUN_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _with_this_project(path: str | None) -> str:

@@ -40,6 +40,7 @@ from registry.settings import adapterops_home
 from .errors import TrackingAccessError, TrackingUnavailableError, one_line
 from .mlflow_names import NOTE_TAG, model_prefix
 from .reachable import check_answers, check_mlflow_store, store_down_message
+from .stopping import stop_reason
 
 if TYPE_CHECKING:
     from .spec import AdapterSpec
@@ -373,7 +374,8 @@ class RunTracker:
     @contextmanager
     def run(self, *, resume: str | None = None) -> Iterator[RunTracker]:
         """Start the run (params and tags now), or reopen run ``resume`` (a later step of the same
-        build); end it FINISHED or FAILED."""
+        build); end it FINISHED, FAILED, or KILLED when the process was asked to stop (SIGTERM,
+        Ctrl-C)."""
         experiment_id = configure()
         # renamed name@VERSION once registered; until then, the time it started
         started = f"{self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -406,25 +408,35 @@ class RunTracker:
             yield self
             status = "FINISHED"
         except BaseException as exc:
+            if stop_reason(exc) is not None:  # asked to stop, not failed: as MLflow's UI says it
+                status = "KILLED"
             self._note_failure(exc)
             raise
         finally:
             self._end(status, failing=sys.exc_info()[1] is not None)
 
     def _note_failure(self, exc: BaseException) -> None:
-        """Say on the run why it failed (``adapterops.error`` and its note in the UI): a
-        reviewer saw FAILED and nothing more, the reason only in a terminal or Prefect's log.
-        Not when MLflow itself failed (nothing more can be written there), and never over the
-        failure being raised: a note MLflow refuses is dropped."""
+        """Say on the run why it failed or stopped (``adapterops.error`` and its note in the
+        UI): a reviewer saw FAILED and nothing more, the reason only in a terminal or Prefect's
+        log. Not when MLflow itself failed (nothing more can be written there), and never over
+        the failure being raised: a note MLflow refuses is dropped."""
         if isinstance(exc, TrackingUnavailableError | TrackingAccessError):
             return
-        said = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
-        said = redact(said)
+        stopped = stop_reason(exc)
+        if stopped is not None:
+            said = stopped
+            note = (
+                f"Killed: {stopped} before it finished. The next attempt of this build (the "
+                "same command) carries on from its last checkpoint, if it saved one."
+            )
+        else:
+            said = redact(one_line(exc))
+            note = f"Failed: {said}"
         client = MlflowClient(tracking_uri())
         try:
             client.set_tag(self.run_id, "adapterops.error", said)
             if not client.get_run(self.run_id).data.tags.get(NOTE_TAG):
-                client.set_tag(self.run_id, NOTE_TAG, f"Failed: {said}")
+                client.set_tag(self.run_id, NOTE_TAG, note)
         except (MlflowException, OSError):  # failing already: the first error is the one to see
             pass
 

@@ -1,12 +1,14 @@
 """The ``adapterops`` command line.
 
 Exit codes: 0 success; 2 bad input (spec, data, base model, adapter files, references: the message
-says what to fix); 1 an unexpected failure. Every command takes ``--json`` for scripts and CI.
+says what to fix); 1 an unexpected failure; 143 stopped by SIGTERM (after its cleanup), 130 by
+Ctrl-C. Every command takes ``--json`` for scripts and CI.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from contextlib import suppress
@@ -16,6 +18,7 @@ import typer
 
 from registry.redaction import RedactingStream
 
+from ..stopping import StopRequested, raise_on_sigterm
 from . import build, database, lifecycle, operate, registry, review
 from .common import (
     EXIT_FAILURE,
@@ -100,8 +103,11 @@ def _run_command() -> None:
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     command = plain_value_names(typer.main.get_command(app))
     json_output = "--json" in sys.argv[1:]
+    raise_on_sigterm()  # a supervisor's stop unwinds the command: its cleanup runs
     try:
         outcome = command.main(standalone_mode=False)
+    except StopRequested as stop:
+        sys.exit(_report_stop(stop, json_output=json_output))
     except typer.TyperException as exc:  # typer's click errors: UsageError, BadParameter, ...
         sys.exit(_report_usage_error(exc, json_output=json_output))
     except typer.Abort:  # end of input at a prompt (Ctrl-C comes back as 130)
@@ -118,6 +124,20 @@ def _run_command() -> None:
     # without standalone mode a typer.Exit(code) comes back as its code; a command's own
     # return value (None) means success
     sys.exit(outcome if type(outcome) is int else 0)
+
+
+def _report_stop(stop: StopRequested, *, json_output: bool) -> int:
+    """One ``stopped:`` line (and with ``--json`` a JSON document) for a command a signal
+    stopped, once its cleanup ran; returns the status a shell gives a process that signal
+    ended (143 for SIGTERM), which supervisors and CI read as "stopped", not "failed"."""
+    message = (
+        f"{signal.Signals(stop.signum).name} received before the command finished; run it "
+        "again to finish (a build carries on from its last checkpoint)"
+    )
+    if json_output:
+        emit_json({"ok": False, "error": message, "kind": "StopRequested"})
+    errors.print(labelled("stopped:", "bold yellow", message), highlight=False, soft_wrap=True)
+    return stop.exit_status
 
 
 def _drop_unwritten_output() -> None:

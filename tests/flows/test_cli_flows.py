@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -221,6 +222,50 @@ class TestBuildCommand:
             "temporary-prefect: find earlier build",
         ]
         assert len(lines) == 3 and lines[2].startswith("error: MLflow at http://127.0.0.1:")
+
+    def test_a_build_stopped_by_sigterm_cleans_up_says_so_and_exits_143(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """SIGTERM (a cancelled CI job, ``timeout``, Kubernetes, systemd) ended the CLI at once:
+        Prefect's temporary server and the torchrun group training the adapter lived on, the
+        MLflow run said "Failed: TerminationSignal: ", and the log just stopped. Now the
+        command unwinds: nothing it started is left running, the run is KILLED with a note
+        saying why, and one line says what to do."""
+        home = tmp_path / "home"
+        env = clean_env(home, OMP_NUM_THREADS="1")
+        spec = write_spec(
+            tmp_path, sst2_dir, name="stopped", train__processes=2, train__max_steps=300
+        )
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "adapterops"), "build", str(spec)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert process.stderr is not None
+        said = []
+        for line in process.stderr:  # the first step's line: training under way in torchrun
+            said.append(line)
+            if line.startswith("stopped: step 1/300"):
+                break
+        assert said[-1].startswith("stopped: step 1/300"), "".join(said)[-3000:]
+        started = processes_with(f"PREFECT_HOME={home / 'prefect'}")
+        assert len(started) >= 4  # the temporary server, torchrun and its two processes
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 143, err[-3000:]
+        assert err.splitlines()[-1] == (
+            "stopped: SIGTERM received before the command finished; run it again to finish "
+            "(a build carries on from its last checkpoint)"
+        )
+        assert "Traceback" not in err and out == ""
+        assert processes_with(f"PREFECT_HOME={home / 'prefect'}") == []
+
+        client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+        [run] = client.search_runs([client.get_experiment_by_name("adapterops").experiment_id])
+        assert run.info.status == "KILLED"
+        assert run.data.tags["adapterops.error"] == "stopped by SIGTERM"
+        assert run.data.tags["mlflow.note.content"].startswith(
+            "Killed: stopped by SIGTERM before it finished."
+        )
 
     def test_second_build_reuses_the_version(self, tmp_path: Path, sst2_dir: Path):
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,10 @@ from flows.build_job import build_from_spec
 from flows.data import FILE_ROW, load_raw
 from flows.errors import DataError
 from flows.evaluation import RowOutcome
-from flows.launch import _last_error
+from flows.launch import PHASE_MARK, _last_error, _Listeners, _relay
 from flows.prepare_job import check_inputs
 from flows.quickstart import minilm_sst2_spec
+from flows.stopping import StopRequested
 from flows.train_job import evaluate_folder, train_from_spec
 from registry import Registry
 
@@ -128,6 +131,33 @@ def test_a_failing_process_is_one_line():
         _last_error(gone)
         == "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer"
     )
+
+
+_TRAINING_THAT_HEARS_SIGTERM = """
+import signal, sys, time
+from pathlib import Path
+def stopped(signum, frame):
+    Path(sys.argv[1]).write_text("stopped by SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+print(sys.argv[2] + "train", flush=True)
+time.sleep(30)  # a long step: nothing printed, so a closed pipe would not end it
+"""
+
+
+def test_a_stopped_launcher_stops_torchrun_at_once(tmp_path):
+    """Ctrl-C or SIGTERM in the launching process (:class:`StopRequested`): leaving the relay
+    waited for torchrun to finish, or, once the CLI was gone, left the group training (its
+    GPUs held) until rank 0 next printed. The launched process is SIGTERMed now."""
+    heard = tmp_path / "heard"
+
+    def stop(phase: str) -> None:
+        raise StopRequested(signal.SIGTERM)
+
+    command = [sys.executable, "-c", _TRAINING_THAT_HEARS_SIGTERM, str(heard), PHASE_MARK]
+    with pytest.raises(StopRequested):
+        _relay(command, None, _Listeners(on_phase=stop))
+    assert heard.read_text() == "stopped by SIGTERM"
 
 
 def test_bad_input_found_inside_the_processes_is_the_launchers_one_line(sst2_dir, tmp_path):

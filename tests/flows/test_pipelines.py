@@ -3,6 +3,7 @@ retrain (one failure does not stop the others)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import warnings
@@ -13,11 +14,13 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.exceptions import TerminationSignal
 
 from flows import pipelines, tracking
 from flows.prepare_job import prepare_cached
 from flows.retrain import due_reason, last_fire
 from flows.spec import load_spec
+from flows.stopping import StopRequested, stop_reason
 from flows.train_job import load_tokenizer
 from registry import Registry
 
@@ -158,6 +161,39 @@ class TestBuild:
         assert finished.data.tags["adapterops.previous_attempt"] == failed.info.run_id
         assert "adapterops.error" not in finished.data.tags
         assert client.get_run(failed.info.run_id).info.status == "FAILED"  # not ended again
+
+    def test_an_interrupted_build_ends_its_run_killed_not_failed(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """Stopped (Ctrl-C here; SIGTERM in a cancelled job) is not failed: MLflow's UI says
+        KILLED, with a note on what the next attempt does."""
+        spec_path = write_spec(tmp_path, sst2_dir, name="interrupted")
+
+        def interrupt(step: int, total: int, loss: float, learning_rate: float) -> None:
+            if step == 4:
+                raise KeyboardInterrupt
+
+        with pipelines.reporting_progress(interrupt), pytest.raises(KeyboardInterrupt):
+            pipelines.build(str(spec_path), output=str(tmp_path / "out"))
+        client = tracking.client()
+        experiment = client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        [run] = client.search_runs([experiment], "tags.`adapterops.name` = 'interrupted'")
+        assert run.info.status == "KILLED"
+        assert run.data.tags["adapterops.error"] == "interrupted (Ctrl-C)"
+        assert run.data.tags["mlflow.note.content"] == (
+            "Killed: interrupted (Ctrl-C) before it finished. The next attempt of this build "
+            "(the same command) carries on from its last checkpoint, if it saved one."
+        )
+
+
+def test_a_stop_is_told_apart_from_a_failure():
+    """Prefect's TerminationSignal (raised in a flow a worker cancels or SIGTERMs) carries the
+    signal and no message: the run's note said "Failed: TerminationSignal: "."""
+    assert stop_reason(TerminationSignal(signal.SIGTERM)) == "stopped by SIGTERM"
+    assert stop_reason(StopRequested(signal.SIGTERM)) == "stopped by SIGTERM"
+    assert StopRequested(signal.SIGTERM).exit_status == 143
+    assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
+    assert stop_reason(RuntimeError("power cut")) is None
 
     def test_a_killed_builds_flow_run_is_crashed_by_its_next_attempt(self, tmp_path, sst2_dir):
         """A build killed outright (a preempted GPU node, the out-of-memory killer, kill -9 on
