@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlflow.entities import Run
+
 from peft_core.training import CHECKPOINT_FILE
 from registry import AdapterVersion, Registry, diff_versions
 from registry.settings import adapterops_home
@@ -47,7 +49,7 @@ from .mlflow_models import (
 from .mlflow_names import REGISTRY_TAG
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
-from .run_attempts import end_abandoned_runs
+from .run_attempts import BUILD_KEY_TAG, end_abandoned_runs
 from .spec import AdapterSpec
 from .train_job import (
     TrainReport,
@@ -295,12 +297,11 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
                 build_key=build.key,
                 registry_id=registry_id,
                 run_id=tracker.run_id,
+                building=build.registry.building,
             )
         if build.on_phase is not None:
-            for run_id in ended:
-                build.on_phase(
-                    f"MLflow run {run_id} of a killed attempt of this build: ended KILLED"
-                )
+            for run in ended:
+                build.on_phase(_ended_line(run, build.key))
             if (build.checkpoints / CHECKPOINT_FILE).is_file():
                 build.on_phase(
                     f"resuming from the checkpoint an earlier attempt left in {build.checkpoints}"
@@ -324,6 +325,17 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
     for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
         build.on_phase(line)
     return report, tracker.run_id
+
+
+def _ended_line(run: Run, build_key: str) -> str:
+    """The phase line saying a killed build's MLflow run was ended."""
+    if run.data.tags.get(BUILD_KEY_TAG) == build_key:
+        return f"MLflow run {run.info.run_id} of a killed attempt of this build: ended KILLED"
+    name = run.data.tags.get("adapterops.name", "?")
+    return (
+        f"MLflow run {run.info.run_id} of a killed build of {name} (another spec or data, "
+        "no process building it): ended KILLED"
+    )
 
 
 def evaluate_tracked(build: Build, report: TrainReport, run_id: str) -> tuple[TrainReport, str]:

@@ -9,9 +9,17 @@ attempt of that build starts, any run of the same build key and registry still R
 to a process that is gone: it is ended KILLED, at the time of its last logged step, with a note
 naming the attempt that found it. The new run names its previous attempt
 (``adapterops.previous_attempt``), so the UI links one to the other.
+
+A build killed for its memory is often built next with a smaller batch: another spec, so
+another build key, whose attempts never come back to the old one. So every build also ends the
+RUNNING runs of other build keys whose lock no process holds now
+(:meth:`registry.Registry.building`): each ends its run before it lets its lock go, so such a
+run's process is gone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -26,36 +34,67 @@ _ENDED_BY_TAG = "adapterops.ended_by"
 
 
 def end_abandoned_runs(
-    client: MlflowClient, experiment_id: str, *, build_key: str, registry_id: str, run_id: str
-) -> list[str]:
-    """End KILLED every run of ``build_key`` and ``registry_id`` still RUNNING other than
-    ``run_id`` (the attempt starting now, which must hold the build key's lock); tag ``run_id``
-    with the newest earlier attempt of the build, if any. Returns the ids of the runs ended."""
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    build_key: str,
+    registry_id: str,
+    run_id: str,
+    building: Callable[[str], bool],
+) -> list[Run]:
+    """End KILLED every run made for ``registry_id`` still RUNNING whose process is gone: one of
+    ``build_key`` other than ``run_id`` (the attempt starting now, which must hold that key's
+    lock), and one of another build key no process is building (``building(key)`` False: a
+    killed build whose spec or data then changed, so that no later attempt of its key would
+    come). Tag ``run_id`` with the newest earlier attempt of its build key, if any. Returns the
+    runs ended, as they were found."""
+    ended = []
+    for run in _running_runs(client, experiment_id, registry_id):
+        key = run.data.tags.get(BUILD_KEY_TAG)
+        if run.info.run_id == run_id or not key:
+            continue
+        if key == build_key:
+            found = f"Run {run_id}, a later attempt of the same build (spec, data and code)"
+        elif not building(key):
+            found = (
+                f"Run {run_id}, a build of another spec or data in this registry, saw no "
+                "process building it and"
+            )
+        else:  # its build is under way in another process
+            continue
+        _end_killed(client, run, f"{found} found it and ended it KILLED.", ended_by=run_id)
+        ended.append(run)
     earlier = [
         run
         for run in _runs_of(client, experiment_id, build_key, registry_id)
         if run.info.run_id != run_id
     ]
-    ended = []
-    for run in earlier:
-        if run.info.status != "RUNNING":
-            continue
-        note = (
-            f"Its process ended without closing this run (killed: out of memory, a lost "
-            f"machine or worker, a cancelled job). Run {run_id}, a later attempt of the same "
-            "build (spec, data and code), found it and ended it KILLED."
-        )
-        tags = {_ENDED_BY_TAG: run_id}
-        if not run.data.tags.get(NOTE_TAG):
-            tags[NOTE_TAG] = note
-        for key, value in tags.items():
-            client.set_tag(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, "KILLED", end_time=_last_heard(client, run))
-        ended.append(run.info.run_id)
     if earlier:
         newest = max(earlier, key=lambda run: run.info.start_time or 0)
         client.set_tag(run_id, PREVIOUS_ATTEMPT_TAG, newest.info.run_id)
     return ended
+
+
+def _end_killed(client: MlflowClient, run: Run, found: str, *, ended_by: str) -> None:
+    """End ``run`` KILLED at its last logged step, its note saying why (unless it has one)."""
+    tags = {_ENDED_BY_TAG: ended_by}
+    if not run.data.tags.get(NOTE_TAG):
+        tags[NOTE_TAG] = (
+            "Its process ended without closing this run (killed: out of memory, a lost "
+            f"machine or worker, a cancelled job). {found}"
+        )
+    for key, value in tags.items():
+        client.set_tag(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, "KILLED", end_time=_last_heard(client, run))
+
+
+def _running_runs(client: MlflowClient, experiment_id: str, registry_id: str) -> list[Run]:
+    """The runs made for ``registry_id`` that MLflow shows RUNNING."""
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{REGISTRY_TAG}` = '{registry_id}'",
+        max_results=1000,
+    )
 
 
 def _runs_of(

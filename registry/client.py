@@ -59,7 +59,7 @@ from .errors import (
     RegistryError,
     RegistryMovedError,
 )
-from .locks import kept_busy, named_lock
+from .locks import kept_busy, lock_is_held, named_lock
 from .move import MoveReport, move_registry
 from .move_marker import check_writable, moved_to, where_it_went
 from .names import (
@@ -241,6 +241,12 @@ class Registry:
         not both train into one checkpoint folder: the second finds the first's version."""
         with self._named_lock(f"build {build_key}", on_wait):
             yield
+
+    def building(self, build_key: str) -> bool:
+        """Whether a process holds build key ``build_key``'s lock now (its build under way;
+        True where this cannot be told). A build's MLflow run still RUNNING while no process
+        holds its lock is a killed process's (:mod:`flows.run_attempts`)."""
+        return lock_is_held(self.database.engine, self.database.sqlite_path, f"build {build_key}")
 
     def _named_lock(
         self, name: str, on_wait: Callable[[], None] | None

@@ -40,6 +40,7 @@ __all__ = [
     "POLL_SECONDS",
     "file_lock_if_writable",
     "kept_busy",
+    "lock_is_held",
     "lock_key",
     "named_lock",
     "take_xact_lock",
@@ -92,10 +93,39 @@ def _named_lock_once(
     if not sqlite_path or sqlite_path == ":memory:":
         yield
         return
-    folder = Path(f"{sqlite_path}.locks")
-    lock_file = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
-    with file_lock_if_writable(lock_file, on_wait=on_wait):
+    with file_lock_if_writable(_lock_file(sqlite_path, name), on_wait=on_wait):
         yield
+
+
+def _lock_file(sqlite_path: str, name: str) -> Path:
+    """The file behind lock ``name`` of the SQLite database at ``sqlite_path``."""
+    folder = Path(f"{sqlite_path}.locks")
+    return folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+
+
+def lock_is_held(engine: Engine, sqlite_path: str | None, name: str) -> bool:
+    """Whether some process (this one included) holds the lock called ``name`` now: a probe
+    that takes it and lets it go at once, never waiting. True where it cannot tell (an
+    in-memory database, whose locks are not taken; a lock folder this process cannot
+    write): a caller ending the work of processes that are gone must not end a live one's."""
+    if (str(engine.url), name) in _held.__dict__.setdefault("locks", set()):
+        return True
+    if engine.dialect.name != "sqlite":
+        with engine.connect() as connection:  # its transaction's lock ends with it
+            taken = connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(name)}
+            ).scalar_one()
+            connection.rollback()
+        return not taken
+    if not sqlite_path or sqlite_path == ":memory:":
+        return True
+    lock = FileLock(_lock_file(sqlite_path, name))
+    try:
+        lock.acquire(timeout=0)
+    except OSError:  # Timeout (held), or a folder this process cannot write
+        return True
+    lock.release()
+    return False
 
 
 @contextmanager

@@ -35,8 +35,10 @@ from flows.mlflow_models import (
     registered_models,
     sync_aliases,
 )
+from flows.mlflow_names import REGISTRY_TAG
 from flows.promotion import promote, rollback
 from flows.quickstart import minilm_sst2_spec
+from flows.run_attempts import BUILD_KEY_TAG
 from flows.spec import load_spec, parse_spec
 from flows.train_job import TrainReport
 from infra.stack import free_port
@@ -648,6 +650,45 @@ def die(step, total, loss, learning_rate):
 
 build_from_spec(load_spec(sys.argv[1]), Registry(), Path(sys.argv[2]), on_step=die)
 """
+
+
+def test_a_killed_build_of_another_spec_is_ended_by_any_build_once_no_process_builds_it(
+    registry, sst2_dir, tmp_path
+):
+    """A build killed for its memory is built next with a smaller batch: another build key, so
+    no later attempt of its own came and its run stayed RUNNING for ever. Any build in the
+    registry now ends the RUNNING runs whose build key's lock no process holds; a run whose
+    build is under way (its lock held), and another registry's, are left alone."""
+    client = tracking.client()
+    experiment = tracking.configure()
+    dead, live, theirs = (
+        client.create_run(experiment, tags={BUILD_KEY_TAG: key, REGISTRY_TAG: owner} | more)
+        for key, owner, more in (
+            ("f" * 64, registry.identity, {"adapterops.name": "batch-64"}),
+            ("e" * 64, registry.identity, {}),
+            ("d" * 64, "another", {}),
+        )
+    )
+    phases: list[str] = []
+    spec = minilm_sst2_spec("lora", sst2_dir / "en", steps=2, name="batch-16")
+    with held_in_another_thread(lambda: registry.build_lock("e" * 64)):
+        result = run_chain(
+            start_build(spec, tmp_path / "out", registry=registry, on_phase=phases.append)
+        )
+    assert (
+        f"MLflow run {dead.info.run_id} of a killed build of batch-64 (another spec or data, "
+        "no process building it): ended KILLED"
+    ) in phases
+    ended = client.get_run(dead.info.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["adapterops.ended_by"] == result.run_id
+    assert ended.data.tags["mlflow.note.content"].endswith(
+        f"Run {result.run_id}, a build of another spec or data in this registry, saw no process "
+        "building it and found it and ended it KILLED."
+    )
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"  # its build is under way
+    assert client.get_run(theirs.info.run_id).info.status == "RUNNING"  # another registry's
+    assert "adapterops.previous_attempt" not in client.get_run(result.run_id).data.tags
 
 
 def test_the_run_of_a_killed_build_is_ended_killed_and_the_next_attempt_holds_the_whole_curve(

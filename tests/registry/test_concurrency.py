@@ -135,6 +135,33 @@ def test_a_lock_this_thread_holds_is_taken_again_at_once_and_still_kept_from_oth
     registry.close()
 
 
+def test_a_build_under_way_is_seen_by_another_process_without_waiting(locations):
+    """A build's MLflow run still RUNNING while no process holds its build key's lock is a
+    killed process's (flows.run_attempts): the probe sees a lock another holds (another
+    thread here, with its own connection or file), waits for nothing and takes nothing."""
+    import threading
+
+    registry = Registry(*locations)
+    holding, release = threading.Event(), threading.Event()
+
+    def a_build() -> None:
+        with Registry(*locations).build_lock("k"):
+            holding.set()
+            release.wait(60)
+
+    assert registry.building("k") is False
+    other = threading.Thread(target=a_build)
+    other.start()
+    assert holding.wait(30)
+    assert (registry.building("k"), registry.building("another key")) == (True, False)
+    release.set()
+    other.join(60)
+    assert registry.building("k") is False  # the probe left nothing held
+    with registry.build_lock("k"):
+        assert registry.building("k") is True  # this thread's own build
+    registry.close()
+
+
 # What managed PostgreSQL servers often set, short: 3 s idle in a transaction, 2 s a statement;
 # and on PostgreSQL 17 and later, 3 s a whole transaction.
 SERVER_TIMEOUTS = "options=-c%20idle_in_transaction_session_timeout%3D3000%20-c%20statement_timeout%3D2000"  # fmt: skip
