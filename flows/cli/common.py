@@ -195,19 +195,29 @@ def start_temporary_prefect(announce: Callable[[str], None] | None = None) -> No
     flow's first call, after ``announce`` says so (a build's phase), and wait until it answers:
     6 s, 20 s in a new home (it migrates a new database), which people took for a hang before
     the build's first line. Prefect keeps one per process: the flows take this one, and Prefect
-    stops it at exit. Call :func:`prefect_answers` first."""
+    stops it at exit; one a killed command left running is stopped first
+    (:mod:`.orphans`). Call :func:`prefect_answers` first."""
     from prefect.server.api.server import SubprocessASGIServer  # noqa: PLC0415 - flows only
     from prefect.settings import (  # noqa: PLC0415
         PREFECT_API_URL,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
     )
 
+    from .orphans import owned_by_this_process, stop_orphaned_servers  # noqa: PLC0415
+
     if PREFECT_API_URL.value():
         return
+    for pid in stop_orphaned_servers():
+        if announce is not None:
+            announce(
+                f"stopped a temporary Prefect server (pid {pid}) that a killed command had "
+                "left running"
+            )
     if announce is not None:
         announce("start a temporary Prefect server (PREFECT_API_URL is not set)")
     try:
-        SubprocessASGIServer().start()
+        with owned_by_this_process():  # the next command stops it if this one is killed
+            SubprocessASGIServer().start()
     except RuntimeError as exc:  # "Timed out while attempting to connect to ephemeral ..."
         waited = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         raise OrchestrationError(

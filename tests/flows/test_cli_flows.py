@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -266,6 +267,43 @@ class TestBuildCommand:
         assert run.data.tags["mlflow.note.content"].startswith(
             "Killed: stopped by SIGTERM before it finished."
         )
+
+    def test_a_temporary_server_a_killed_build_left_is_stopped_by_the_next_command(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """``kill -9`` (the out-of-memory killer: when memory is short) leaves no time to stop
+        Prefect's temporary server: it ran on, orphaned, one more after every kill. The next
+        flow command stops it, says so, and ends the killed build's MLflow run (another spec:
+        its own build key never comes back)."""
+        home = tmp_path / "home"
+        env = clean_env(home)
+        killed = write_spec(tmp_path, sst2_dir, name="killed", train__max_steps=300)
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "adapterops"), "build", str(killed)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("killed: step 1/300"):
+                break
+        process.kill()
+        process.wait(timeout=60)
+        [orphan] = processes_with(f"PREFECT_HOME={home / 'prefect'}")  # the server, running on
+        assert psutil.Process(int(orphan)).ppid() != process.pid
+
+        result = run_cli("build", str(write_spec(tmp_path, sst2_dir, name="next")), env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = result.stderr.splitlines()
+        assert lines[:2] == [
+            f"next: stopped a temporary Prefect server (pid {orphan}) that a killed command "
+            "had left running",
+            "next: start a temporary Prefect server (PREFECT_API_URL is not set)",
+        ]
+        assert any(
+            line.startswith("next: MLflow run ") and "of a killed build of killed" in line
+            for line in lines
+        )
+        assert processes_with(f"PREFECT_HOME={home / 'prefect'}") == []
 
     def test_second_build_reuses_the_version(self, tmp_path: Path, sst2_dir: Path):
         env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
