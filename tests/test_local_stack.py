@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -143,6 +144,44 @@ def test_the_prefect_ui_calls_the_stacks_own_api(tmp_path: Path):
 
     server = PrefectServer(port=14321, home=tmp_path, log=tmp_path / "log")
     assert server.environment()["PREFECT_UI_API_URL"] == "http://127.0.0.1:14321/api"
+
+
+def test_a_concurrency_lease_outlives_a_restart_of_the_stacks_prefect_server(
+    tmp_path: Path, monkeypatch
+):
+    """Each deployment runs one build at a time through a concurrency lease its flow run renews
+    every few minutes. Prefect keeps leases in memory by default: after a restart of the server
+    (an upgrade, ``stack down`` and ``up``) the renewal was "410 Gone", and Prefect terminated
+    the running build ("Terminating execution to prevent over-allocation"). The stack's server
+    keeps them in its home."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.stack import PrefectServer
+
+    monkeypatch.delenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", raising=False)
+    server = PrefectServer(port=free_port(), home=tmp_path, log=tmp_path / "log", ui=False)
+    server.start()
+    try:
+        with (
+            temporary_settings({PREFECT_API_URL: server.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="b", limit=1))
+            taken = client.increment_concurrency_slots_with_lease(
+                names=["b"], slots=1, mode="concurrency", lease_duration=60
+            )
+        lease = UUID(taken.json()["lease_id"])
+        server.stop()
+        server.start()
+        with (
+            temporary_settings({PREFECT_API_URL: server.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            assert client.renew_concurrency_lease(lease, 60).status_code == 204
+    finally:
+        server.stop()
 
 
 def test_a_missing_seaweedfs_names_the_extra_to_install(tmp_path: Path, monkeypatch):

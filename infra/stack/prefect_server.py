@@ -17,6 +17,9 @@ from .ports import http_ok, running_or_raise, stop_process_group, wait_until
 
 __all__ = ["PrefectServer", "PrefectWorker", "prefect_environment"]
 
+LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+FILESYSTEM_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
 
 def prefect_environment(home: Path, api_url: str | None = None) -> dict[str, str]:
     """Variables every Prefect process of a stack shares (offline: no analytics)."""
@@ -66,6 +69,13 @@ class PrefectServer:
             environment["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         if self.auth_string:
             environment["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+        # Prefect keeps concurrency leases in memory by default: a restarted server (an
+        # upgrade, `stack down` and `up`) forgot them, and every deployed build running then
+        # was terminated at its next lease renewal ("410 Gone ... Terminating execution to
+        # prevent over-allocation"): hours of training lost. On disk, in its home, they last.
+        # A setting of the operator's own (Redis, for servers sharing leases) is kept.
+        if LEASE_STORAGE_VARIABLE not in os.environ:
+            environment[LEASE_STORAGE_VARIABLE] = FILESYSTEM_LEASE_STORAGE
         return environment
 
     def start(self, *, timeout: float = 120, attempts: int = 2) -> None:
