@@ -54,15 +54,18 @@ def end_abandoned_runs(
         if run.info.run_id == run_id or not key:
             continue
         if key == build_key:
-            found = f"Run {run_id}, a later attempt of the same build (spec, data and code)"
+            found = (
+                f"Run {run_id}, a later attempt of the same build (spec, data and code), found "
+                "it and ended it KILLED."
+            )
         elif not building(key):
             found = (
-                f"Run {run_id}, a build of another spec or data in this registry, saw no "
-                "process building it and"
+                f"Run {run_id}, a build of another spec or data in this registry, found no "
+                "process building it and ended it KILLED."
             )
         else:  # its build is under way in another process
             continue
-        _end_killed(client, run, f"{found} found it and ended it KILLED.", ended_by=run_id)
+        _end_killed(client, run, found, ended_by=run_id)
         ended.append(run)
     earlier = [
         run

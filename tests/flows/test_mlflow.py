@@ -683,8 +683,8 @@ def test_a_killed_build_of_another_spec_is_ended_by_any_build_once_no_process_bu
     assert ended.info.status == "KILLED"
     assert ended.data.tags["adapterops.ended_by"] == result.run_id
     assert ended.data.tags["mlflow.note.content"].endswith(
-        f"Run {result.run_id}, a build of another spec or data in this registry, saw no process "
-        "building it and found it and ended it KILLED."
+        f"Run {result.run_id}, a build of another spec or data in this registry, found no "
+        "process building it and ended it KILLED."
     )
     assert client.get_run(live.info.run_id).info.status == "RUNNING"  # its build is under way
     assert client.get_run(theirs.info.run_id).info.status == "RUNNING"  # another registry's
