@@ -19,6 +19,7 @@ import typer
 from registry.redaction import RedactingStream
 
 from ..stopping import StopRequested, raise_on_sigterm
+from ..unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
 from . import build, database, lifecycle, operate, registry, review
 from .common import (
     EXIT_FAILURE,
@@ -185,6 +186,8 @@ def use_our_prefect_home() -> None:
                 "ignore", "Failed to create the Prefect home directory", UserWarning
             )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # heartbeats: a run whose process died unseen is set Crashed (flows.unresponsive_runs)
+    os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
     # The client's own telemetry (Prefect 3.5+): at a terminal it printed a notice on the first
     # flow run in each home; this is Prefect's documented client-side opt-out.
     os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -92,10 +92,17 @@ def deploy(
             pool_warning,
             prune_deployments,
         )
+        from ..unresponsive_runs import (  # noqa: PLC0415
+            AUTOMATION_NAME,
+            SILENT_SECONDS,
+            ensure_heartbeat_automation,
+        )
 
         deployed = deploy_specs(files, pool=pool, sync_every=sync_every, replace=replace)
         removed = prune_deployments(pool, {d.name for d in deployed}) if prune else []
         status = pool_status(pool)
+        # runs whose machine was lost are set Crashed once their heartbeats stop
+        automation = {"name": AUTOMATION_NAME, "created": ensure_heartbeat_automation()}
     idle = pool_warning(pool, status)
     if idle:
         warn(idle)
@@ -106,6 +113,7 @@ def deploy(
                 "deployments": [d.to_dict() for d in deployed],
                 "removed": removed,
                 "pool": {"name": pool, "status": status},
+                "heartbeat_automation": automation,
             }
         )
         return
@@ -118,6 +126,13 @@ def deploy(
     if removed:
         console.print(
             f"Removed (no longer among these specs): {', '.join(removed)}", soft_wrap=True
+        )
+    if automation["created"]:
+        console.print(
+            f"Created the automation {AUTOMATION_NAME!r}: a run of these flows whose heartbeats "
+            f"stop for {SILENT_SECONDS} s (its machine lost) is set Crashed",
+            soft_wrap=True,
+            highlight=False,
         )
     # `prefect` reads PREFECT_API_URL: from the stack's configuration, a fresh shell needs it
     stack_env = 'eval "$(adapterops stack env)" && ' if from_stack_env("PREFECT_API_URL") else ""

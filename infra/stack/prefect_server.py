@@ -13,6 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from flows.unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+
 from .ports import http_ok, running_or_raise, stop_process_group, wait_until
 
 __all__ = ["PrefectServer", "PrefectWorker", "prefect_environment"]
@@ -146,6 +148,9 @@ class PrefectWorker:
             "--pool", self.pool, "--type", "process", "--name", self.name,
         ]  # fmt: skip
         environment = {**os.environ, **prefect_environment(self.home, self.api_url), **self.env}
+        # its runs send heartbeats: one whose process died unseen is set Crashed
+        # (flows.unresponsive_runs; `adapterops deploy` creates the automation)
+        environment.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
         # Flow runs start `python -m ...` from this interpreter's folder.
         environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
         self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -420,7 +420,97 @@ def run_logs(flow_run_id: UUID) -> list[str]:
     return [log.message for log in found]
 
 
+_FLOW_THAT_SENDS_HEARTBEATS = """
+import sys, time
+from prefect import flow
+
+@flow(name=sys.argv[1])
+def waits() -> None:
+    time.sleep(600)
+
+waits()
+"""
+
+
 class TestDeploy:
+    def test_a_run_whose_process_died_unseen_is_crashed_once_its_heartbeats_stop(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """A deployed build whose machine is lost (an evicted pod, a worker that died with
+        it) reports nothing: Prefect showed it Running for ever. ``deploy`` creates, once per
+        server, an automation that sets Crashed a run of these flows whose heartbeats stopped;
+        another team's flow on the same server is left alone. Its own server: the automation
+        is server-wide, and shortened here."""
+        from datetime import timedelta
+
+        from prefect.client.orchestration import get_client
+        from prefect.events.filters import EventFilter, EventNameFilter
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.unresponsive_runs import AUTOMATION_NAME, ensure_heartbeat_automation
+        from infra.stack import free_port
+
+        server = PrefectServer(
+            port=free_port(), home=tmp_path / "server", log=tmp_path / "server.log", ui=False
+        )
+        server.start()
+        flows: list[subprocess.Popen[bytes]] = []
+        try:
+            env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": server.api_url}
+            spec = write_spec(tmp_path, sst2_dir, name="lost")
+            created = []
+            for _ in range(2):  # deployed again: the automation is there already
+                result = run_cli("deploy", str(spec), "--pool", "p", "--json", env=env)
+                assert result.returncode == 0, result.stderr[-3000:]
+                created.append(json.loads(result.stdout)["heartbeat_automation"])
+            assert created == [
+                {"name": AUTOMATION_NAME, "created": True},
+                {"name": AUTOMATION_NAME, "created": False},
+            ]
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                with get_client(sync_client=True) as client:
+                    [automation] = client.read_automations_by_name(AUTOMATION_NAME)
+                    assert automation.trigger.within == timedelta(seconds=600)
+                    client.delete_automation(automation.id)
+                assert ensure_heartbeat_automation(silent_seconds=35)  # the same, sooner
+
+                running = {**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+                for name in ("build", "nightly-etl"):  # ours, and another team's
+                    command = [sys.executable, "-c", _FLOW_THAT_SENDS_HEARTBEATS, name]
+                    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+                    flows.append(subprocess.Popen(command, env=running, **quiet))
+
+                def states() -> dict[str, Any]:  # of the two runs (not the deployments')
+                    with get_client(sync_client=True) as client:
+                        return {
+                            client.read_flow(run.flow_id).name: run.state
+                            for run in client.read_flow_runs()
+                            if run.deployment_id is None
+                        }
+
+                def beating() -> int:  # how many runs sent a heartbeat (events go in batches)
+                    named = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]))
+                    with get_client(sync_client=True) as client:
+                        page = client.read_events(named, limit=50)
+                    return len({event.resource.id for event in page.events})
+
+                wait_until(lambda: beating() == 2, timeout=120, what="both runs' heartbeats")
+                assert [state.name for state in states().values()] == ["Running"] * 2
+                for process in flows:  # the machine lost: nothing is reported
+                    process.kill()
+                    process.wait(timeout=30)
+                wait_until(
+                    lambda: states()["build"].name == "Crashed", timeout=240,
+                    what="the build's run set Crashed",
+                )  # fmt: skip
+                assert states()["build"].message.startswith("no heartbeat for 35 s: its process")
+                time.sleep(15)  # as long again as the automation took after its window
+                assert states()["nightly-etl"].name == "Running"
+        finally:
+            for process in flows:
+                process.kill()
+            server.stop()
+
     def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):
         spec = write_spec(tmp_path, sst2_dir)
         result = run_cli("deploy", str(spec), env=clean_env(tmp_path / "h"))

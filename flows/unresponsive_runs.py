@@ -1,0 +1,78 @@
+"""Flow runs whose process died unseen, set Crashed once their heartbeats stop.
+
+A deployed build whose machine is lost (a preempted GPU node, an evicted pod, a worker that died
+with its runs) reports nothing: Prefect showed it Running for ever, and the next attempt of the
+same build (:mod:`flows.flow_run_attempts`) may come a day later, or never if its spec changed.
+Prefect's way for a server of one's own is heartbeats and an automation: every flow run sends a
+heartbeat event each :data:`HEARTBEAT_SECONDS` (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for
+the flows the CLI runs and for the stack's worker), and ``adapterops deploy`` creates, once per
+server, an automation that sets Crashed a run of these flows whose heartbeats stopped for
+:data:`SILENT_SECONDS` with no final state after them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = [
+    "AUTOMATION_NAME",
+    "HEARTBEAT_SECONDS",
+    "HEARTBEAT_VARIABLE",
+    "SILENT_SECONDS",
+    "ensure_heartbeat_automation",
+]
+
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+HEARTBEAT_SECONDS = 60
+SILENT_SECONDS = 600  # ten heartbeats missed: a loaded machine delays a few, never ten
+AUTOMATION_NAME = "adapterops: crash flow runs whose heartbeats stopped"
+# this project's flows (flows.pipelines); another team's flows on a shared server are theirs
+FLOW_NAMES = ("build", "retrain", "cascade", "prepare", "sync")
+_FINAL = ("Completed", "Failed", "Cancelled", "Crashed")
+
+
+def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> bool:
+    """Create the automation on the server ``PREFECT_API_URL`` names unless one of its name is
+    there; returns whether it was created."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - flows only
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+    from prefect.events.actions import ChangeFlowRunState  # noqa: PLC0415
+    from prefect.events.schemas.automations import (  # noqa: PLC0415
+        AutomationCore,
+        EventTrigger,
+        Posture,
+    )
+    from prefect.events.schemas.events import ResourceSpecification  # noqa: PLC0415
+
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(AUTOMATION_NAME):
+            return False
+        trigger = EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _FINAL)},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": list(FLOW_NAMES)}
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silent_seconds),
+        )
+        message = (
+            f"no heartbeat for {silent_seconds} s: its process is gone (a lost machine or "
+            "worker, an evicted pod); set Crashed by the automation adapterops deploy created"
+        )
+        client.create_automation(
+            AutomationCore(
+                name=AUTOMATION_NAME,
+                description=__doc__.split("\n\n")[0] if __doc__ else "",
+                trigger=trigger,
+                actions=[
+                    ChangeFlowRunState(
+                        name="Crashed", state=StateType.CRASHED, message=message, force=False
+                    )
+                ],
+            )
+        )
+    return True
