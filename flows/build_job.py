@@ -49,7 +49,7 @@ from .mlflow_models import (
 from .mlflow_names import REGISTRY_TAG
 from .prepare_job import PreparedInfo, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
-from .run_attempts import BUILD_KEY_TAG, end_abandoned_runs
+from .run_attempts import BUILD_KEY_TAG, FLOW_RUN_TAG, end_abandoned_runs
 from .spec import AdapterSpec
 from .train_job import (
     TrainReport,
@@ -122,6 +122,7 @@ class Build:
     on_step: StepCallback | None = None  # progress: called after every optimiser step
     on_phase: Callable[[str], None] | None = None  # told each step's name as it starts
     on_scoring: EvaluationProgress | None = None  # told the evaluation's rows as they are done
+    flow_run_id: str | None = None  # the Prefect flow run building it, once it holds the lock
 
     @property
     def key(self) -> str:
@@ -274,8 +275,10 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
     """
     spec = build.spec
     registry_id = build.registry.identity
-    tags = {f"adapterops.{k}": v for k, v in build.lineage.items()}
-    tracker = tracking.RunTracker(spec, tags=tags | {REGISTRY_TAG: registry_id})
+    tags = {f"adapterops.{k}": v for k, v in build.lineage.items()} | {REGISTRY_TAG: registry_id}
+    if build.flow_run_id is not None:
+        tags[FLOW_RUN_TAG] = build.flow_run_id
+    tracker = tracking.RunTracker(spec, tags=tags)
 
     def observe(step: int, total: int, loss: float, learning_rate: float) -> None:
         tracker.on_step(step, total, loss, learning_rate)
@@ -289,23 +292,11 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
 
     in_processes = evaluated_in_training(spec)
     with tracker.run():
-        # run_chain holds the build key's lock: a run of it still RUNNING is a dead process's
-        with tracking.mlflow_errors("end the runs of killed attempts of this build"):
-            ended = end_abandoned_runs(
-                tracking.client(),
-                tracker.experiment_id,
-                build_key=build.key,
-                registry_id=registry_id,
-                run_id=tracker.run_id,
-                building=build.registry.building,
+        _end_killed_builds(build, tracker)
+        if build.on_phase is not None and (build.checkpoints / CHECKPOINT_FILE).is_file():
+            build.on_phase(
+                f"resuming from the checkpoint an earlier attempt left in {build.checkpoints}"
             )
-        if build.on_phase is not None:
-            for run in ended:
-                build.on_phase(_ended_line(run, build.key))
-            if (build.checkpoints / CHECKPOINT_FILE).is_file():
-                build.on_phase(
-                    f"resuming from the checkpoint an earlier attempt left in {build.checkpoints}"
-                )
         report = train_from_spec(
             spec,
             build.output,
@@ -325,6 +316,43 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
     for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
         build.on_phase(line)
     return report, tracker.run_id
+
+
+def _end_killed_builds(build: Build, tracker: tracking.RunTracker) -> None:
+    """End the MLflow runs of killed builds (and crash their Prefect flow runs), saying so.
+    run_chain holds the build key's lock: a run of it still RUNNING is a dead process's, and
+    so is one of another key whose lock no process holds."""
+    with tracking.mlflow_errors("end the runs of killed attempts of this build"):
+        ended = end_abandoned_runs(
+            tracking.client(),
+            tracker.experiment_id,
+            build_key=build.key,
+            registry_id=build.registry.identity,
+            run_id=tracker.run_id,
+            building=build.registry.building,
+        )
+    crashed = _crash_their_flow_runs(build, ended)
+    if build.on_phase is not None:
+        for run in ended:
+            build.on_phase(_ended_line(run, build.key))
+        for name in crashed:
+            build.on_phase(f"Prefect flow run {name} of a killed build: Crashed")
+
+
+def _crash_their_flow_runs(build: Build, ended: list[Run]) -> list[str]:
+    """Crash the Prefect flow runs of killed builds whose MLflow runs were just ended (those of
+    this build key were crashed when this flow run claimed it): only inside a flow run, whose
+    server theirs were on."""
+    if build.flow_run_id is None:
+        return []
+    from .flow_run_attempts import crash_flow_runs_of_killed_builds  # noqa: PLC0415 - Prefect
+
+    theirs = [
+        run.data.tags[FLOW_RUN_TAG]
+        for run in ended
+        if FLOW_RUN_TAG in run.data.tags and run.data.tags.get(BUILD_KEY_TAG) != build.key
+    ]
+    return crash_flow_runs_of_killed_builds(theirs)
 
 
 def _ended_line(run: Run, build_key: str) -> str:

@@ -46,7 +46,7 @@ from .cascade import (
     write_candidate_spec,
 )
 from .deploy_job import check_worker_registry, schedule_drift
-from .flow_run_attempts import claim_build
+from .flow_run_attempts import claim_build, current_flow_run_id
 from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
@@ -150,7 +150,10 @@ def build(
 
 
 def _claim(build: Build) -> None:
-    """Tag this flow run with its build; crash the flow runs of killed attempts of it."""
+    """Tag this flow run with its build; crash the flow runs of killed attempts of it. The
+    build's MLflow run names this flow run, so that a later build can crash it too once it
+    finds that run killed."""
+    build.flow_run_id = current_flow_run_id()
     for name in claim_build(build.key, build.registry.identity):
         if build.on_phase is not None:
             build.on_phase(f"Prefect flow run {name} of a killed attempt of this build: Crashed")

@@ -26,10 +26,11 @@ from mlflow.tracking import MlflowClient
 
 from .mlflow_names import NOTE_TAG, REGISTRY_TAG
 
-__all__ = ["BUILD_KEY_TAG", "PREVIOUS_ATTEMPT_TAG", "end_abandoned_runs"]
+__all__ = ["BUILD_KEY_TAG", "FLOW_RUN_TAG", "PREVIOUS_ATTEMPT_TAG", "end_abandoned_runs"]
 
 BUILD_KEY_TAG = "adapterops.build_key"
 PREVIOUS_ATTEMPT_TAG = "adapterops.previous_attempt"
+FLOW_RUN_TAG = "adapterops.prefect_flow_run"  # the Prefect flow run of a build run in one
 _ENDED_BY_TAG = "adapterops.ended_by"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import TerminationSignal
@@ -50,6 +51,19 @@ def write_spec(folder: Path, sst2: Path, *, name: str = "flow-sst2", **changes: 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+@flow(name="build")
+def _killed_build() -> None:
+    """Stands for the flow of a build killed outright (never run here)."""
+
+
+def flow_runs_named(flow_run_id: str) -> list:
+    """The flow run of this id, if the Prefect server has one."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
 
 
 def flow_runs(flow_name: str) -> list:
@@ -162,6 +176,43 @@ class TestBuild:
         assert "adapterops.error" not in finished.data.tags
         assert client.get_run(failed.info.run_id).info.status == "FAILED"  # not ended again
 
+    def test_the_flow_run_of_a_killed_build_of_another_spec_is_crashed_by_any_build(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """A build killed and then rebuilt with another spec never sees its own next attempt,
+        which crashed its flow run. Its MLflow run, found RUNNING with no process holding its
+        build key's lock, names its flow run: any build in the registry crashes that too."""
+        from prefect.states import Running
+
+        from flows.mlflow_names import REGISTRY_TAG
+        from flows.run_attempts import BUILD_KEY_TAG, FLOW_RUN_TAG
+
+        with get_client(sync_client=True) as client:  # the killed build's flow run
+            dead = client.create_flow_run(
+                _killed_build, name="build batch-64.yaml", state=Running()
+            )
+        tracking.configure()
+        experiment = tracking.client().get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+        killed = tracking.client().create_run(
+            experiment,
+            tags={
+                BUILD_KEY_TAG: "f" * 64, REGISTRY_TAG: Registry().identity,
+                FLOW_RUN_TAG: str(dead.id), "adapterops.name": "batch-64",
+            },
+        )  # fmt: skip
+
+        result = pipelines.build(str(write_spec(tmp_path, sst2_dir, name="batch-16")))
+        with get_client(sync_client=True) as client:
+            crashed = client.read_flow_run(dead.id)
+        assert crashed.state is not None and crashed.state.name == "Crashed"
+        assert "a build in the same registry, found no process building it" in (
+            crashed.state.message or ""
+        )
+        assert tracking.client().get_run(killed.info.run_id).info.status == "KILLED"
+        # the new build's run names its own flow run, for the build that may find it killed
+        own = tracking.client().get_run(result["run_id"]).data.tags[FLOW_RUN_TAG]
+        assert own != str(dead.id) and flow_runs_named(own)
+
     def test_an_interrupted_build_ends_its_run_killed_not_failed(
         self, tmp_path: Path, sst2_dir: Path
     ):
@@ -184,16 +235,6 @@ class TestBuild:
             "Killed: interrupted (Ctrl-C) before it finished. The next attempt of this build "
             "(the same command) carries on from its last checkpoint, if it saved one."
         )
-
-
-def test_a_stop_is_told_apart_from_a_failure():
-    """Prefect's TerminationSignal (raised in a flow a worker cancels or SIGTERMs) carries the
-    signal and no message: the run's note said "Failed: TerminationSignal: "."""
-    assert stop_reason(TerminationSignal(signal.SIGTERM)) == "stopped by SIGTERM"
-    assert stop_reason(StopRequested(signal.SIGTERM)) == "stopped by SIGTERM"
-    assert StopRequested(signal.SIGTERM).exit_status == 143
-    assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
-    assert stop_reason(RuntimeError("power cut")) is None
 
     def test_a_killed_builds_flow_run_is_crashed_by_its_next_attempt(self, tmp_path, sst2_dir):
         """A build killed outright (a preempted GPU node, the out-of-memory killer, kill -9 on
@@ -250,6 +291,16 @@ def test_a_stop_is_told_apart_from_a_failure():
             "train"
         ] == "CRASHED"
         assert not any(task.state.is_running() for task in tasks)
+
+
+def test_a_stop_is_told_apart_from_a_failure():
+    """Prefect's TerminationSignal (raised in a flow a worker cancels or SIGTERMs) carries the
+    signal and no message: the run's note said "Failed: TerminationSignal: "."""
+    assert stop_reason(TerminationSignal(signal.SIGTERM)) == "stopped by SIGTERM"
+    assert stop_reason(StopRequested(signal.SIGTERM)) == "stopped by SIGTERM"
+    assert StopRequested(signal.SIGTERM).exit_status == 143
+    assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
+    assert stop_reason(RuntimeError("power cut")) is None
 
 
 class TestPrepare:
