@@ -239,14 +239,15 @@ class Registry:
         A build holds it from looking for an earlier build to registering its own, so two
         builds of the same spec, data and code at once (a CI build beside a scheduled one) do
         not both train into one checkpoint folder: the second finds the first's version."""
-        with self._named_lock(f"build {build_key}", on_wait):
+        with self._named_lock(_build_lock_name(build_key), on_wait):
             yield
 
     def building(self, build_key: str) -> bool:
         """Whether a process holds build key ``build_key``'s lock now (its build under way;
         True where this cannot be told). A build's MLflow run still RUNNING while no process
         holds its lock is a killed process's (:mod:`flows.run_attempts`)."""
-        return lock_is_held(self.database.engine, self.database.sqlite_path, f"build {build_key}")
+        name = _build_lock_name(build_key)  # the lock build_lock takes
+        return lock_is_held(self.database.engine, self.database.sqlite_path, name)
 
     def _named_lock(
         self, name: str, on_wait: Callable[[], None] | None
@@ -813,3 +814,8 @@ def _naming_the_version(error: Exception, ref: str, folder: Path) -> Exception:
         return type(error)(f"{ref}: {message.replace(str(folder), 'its files')}")
     except TypeError:  # an error type with its own arguments: as it was
         return error
+
+
+def _build_lock_name(build_key: str) -> str:
+    """The name of build key ``build_key``'s lock (:meth:`Registry.build_lock`)."""
+    return f"build {build_key}"
