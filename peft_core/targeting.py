@@ -72,12 +72,18 @@ def _unmatched_message(
 ) -> str:
     candidates = [n for n, m in named_base_modules(body) if n and layer_kind(m) is not None]
     leaf_names = sorted({n.rsplit(".", 1)[-1] for n in candidates})
-    roles = (
-        f"roles known for {model_type!r}: {', '.join(ROLES)} ({ALL_LINEAR}: every linear layer)"
-        if family_of(model_type)
-        else f"model type {model_type!r} has no role table; use module-name patterns (or "
-        f"{ALL_LINEAR}: every linear layer)"
-    )
+    patterns = f"use module-name patterns (or {ALL_LINEAR}: every linear layer)"
+    if family_of(model_type):
+        roles = (
+            f"roles known for {model_type!r}: {', '.join(ROLES)} ({ALL_LINEAR}: every linear layer)"
+        )
+    elif model_type:
+        roles = f"model type {model_type!r} has no role table; {patterns}"
+    else:  # a plain torch module: no config saying which family it is
+        roles = (
+            f"this {type(body).__name__} has no transformers config naming its model type, "
+            f"so no roles; {patterns}"
+        )
     where = (
         f"Adaptable module names here include: {', '.join(leaf_names[:12])}"
         if leaf_names

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .batches import BatchLimits, batch_limits, checked_batch
 from .errors import CheckpointMismatchError, ConfigError
 from .inject import active_adapters, is_merged
 from .methods import Method, method_of
@@ -143,7 +144,7 @@ def train(
         patience=patience, on_evaluation=on_evaluation,
     )  # fmt: skip
     checkpoints = _Checkpoints(checkpoint_dir, model) if checkpoint_dir is not None else None
-    stream = _cycle(batches)
+    stream = _cycle(batches, batch_limits(_unwrapped(model)))
     if checkpoints is not None:
         result = checkpoints.restore(
             optimizer,
@@ -612,17 +613,12 @@ def _gathered_options() -> Any:
     return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
-def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
+def _cycle(batches: Iterable[Batch], limits: BatchLimits) -> Iterator[Batch]:
+    """``batches`` over and over, each checked against the model's ``limits``."""
     while True:
         produced = False
         for batch in batches:
             produced = True
-            if not isinstance(batch, Mapping):  # it failed inside the step, on .items()
-                raise TypeError(
-                    f"each training batch is a dict of tensors such as a tokenizer returns, "
-                    f"with labels (input_ids=..., attention_mask=..., labels=...); got a "
-                    f"{type(batch).__name__}"
-                )
-            yield batch
+            yield checked_batch(batch, limits)
         if not produced:
             raise ValueError("no training batches: the data set is empty")

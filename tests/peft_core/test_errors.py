@@ -132,13 +132,26 @@ class TestInjectionErrors:
         with pytest.raises(pc.TargetError) as raised:
             pc.add_adapter(layer, "a", pc.LoRA())
         assert str(raised.value) == (
-            "targets ['q', 'v'] matched no module (asked for ['q', 'v']); model type '' has no "
-            "role table; use module-name patterns (or all-linear: every linear layer). This "
-            "Linear has no Linear, Conv1D or "
+            "targets ['q', 'v'] matched no module (asked for ['q', 'v']); this Linear has no "
+            "transformers config naming its model type, so no roles; use module-name patterns "
+            "(or all-linear: every linear layer). This Linear has no Linear, Conv1D or "
             "LayerNorm submodule to adapt (adapters go on a transformers model, not on one of "
             "its layers)"
         )
         assert isinstance(layer, torch.nn.Linear) and not list(layer.children())
+
+    def test_roles_on_a_plain_torch_model_say_it_has_none(self):
+        """It said "model type '' has no role table"."""
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        with pytest.raises(pc.TargetError) as raised:
+            pc.add_adapter(model, "a", pc.LoRA(targets=("q",)))
+        assert str(raised.value) == (
+            "targets ['q'] matched no module (asked for ['q']); this Sequential has no "
+            "transformers config naming its model type, so no roles; use module-name patterns "
+            "(or all-linear: every linear layer). Adaptable module names here include: 0, 2"
+        )
+        pc.add_adapter(model, "a", pc.LoRA(rank=2, targets=("all-linear",)))  # as it says
+        assert pc.list_adapters(model) == ["a"]
 
     def test_unsupported_module_type_is_refused(self, tiny_model):
         model = tiny_model("bert", "classification")

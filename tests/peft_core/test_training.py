@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import peft_core as pc
-from tests.helpers import TINY_CONFIGS
+from tests.helpers import TINY_CONFIGS, VOCAB
 
 
 class Crash(Exception):
@@ -307,6 +307,79 @@ class TestMistakes:
             "(input_ids=..., attention_mask=..., labels=...); got a Tensor"
         )
         assert all(torch.equal(before[n], p) for n, p in trainable(model).items())
+
+    @pytest.mark.parametrize(
+        ("key", "value", "message"),
+        [
+            ("labels", torch.tensor([0, 1, 3, 2]),
+             "batch['labels'] holds 3 (at [2]), but the model takes class ids of a classifier "
+             "with 3 classes (num_labels=3): number the classes 0 to 2, or load the model with "
+             "num_labels set to how many there are"),
+            ("labels", torch.tensor([0, -1, 1, 2]),
+             "batch['labels'] holds -1 (at [1]), but the model takes class ids of a classifier "
+             "with 3 classes (num_labels=3): number the classes 0 to 2, or load the model with "
+             "num_labels set to how many there are"),
+            ("input_ids", torch.full((4, 9), VOCAB),
+             f"batch['input_ids'] holds {VOCAB} (at [0, 0]), but the model takes token ids of "
+             f"a vocabulary of {VOCAB:,}: tokenize with the base model's own tokenizer"),
+        ],
+    )  # fmt: skip
+    def test_an_id_the_model_has_no_row_for_is_named_before_a_step(self, key, value, message):
+        """A class id beyond the classifier's classes was torch's ``IndexError: Target 3 is
+        out of bounds`` (on a GPU, a device-side assert that ends the CUDA context); a token id
+        beyond the vocabulary, ``index out of range in self``."""
+        model = model_with_lora()
+        before = trainable(model)
+        with pytest.raises(ValueError) as raised:
+            pc.train(model, [{**batches(1)[0], key: value}], max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == message
+        assert all(torch.equal(before[n], p) for n, p in trainable(model).items())
+
+    def test_a_language_models_labels_are_token_ids_or_the_ignored_id(self):
+        import transformers as T
+
+        model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS["gpt2"]())
+        pc.add_adapter(model, "a", pc.LoRA(rank=4))
+        ids = torch.randint(5, 90, (2, 6), generator=torch.Generator().manual_seed(3))
+        prompt_skipped = ids.clone()
+        prompt_skipped[:, :3] = -100  # the loss covers the answer only: trains
+        pc.train(
+            model, [{"input_ids": ids, "labels": prompt_skipped}], max_steps=1, learning_rate=1e-3
+        )
+        beyond = ids.clone()
+        beyond[1, 4] = VOCAB + 7
+        with pytest.raises(ValueError) as raised:
+            pc.train(model, [{"input_ids": ids, "labels": beyond}], max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == (
+            f"batch['labels'] holds {VOCAB + 7} (at [1, 4]), but the model takes token ids of a "
+            f"vocabulary of {VOCAB:,}, or -100 for a token the loss skips"
+        )
+
+    def test_lists_a_tokenizer_returned_train_as_tensors_do(self):
+        """``tokenizer(texts, padding=True)`` without ``return_tensors`` gives lists; with
+        ``labels=[1, 0, ...]`` they failed on ``'list' object has no attribute 'to'``."""
+        given = batches(2)
+        listed = [{k: v.tolist() for k, v in b.items()} for b in given]
+        as_tensors = model_with_lora()  # seeded: each model starts, and drops out, alike
+        start = trainable(as_tensors)
+        pc.train(as_tensors, given, max_steps=2, learning_rate=1e-2)
+        as_lists = model_with_lora()
+        pc.train(as_lists, listed, max_steps=2, learning_rate=1e-2)
+        expected = trainable(as_tensors)
+        assert any(not torch.equal(expected[n], start[n]) for n in expected)  # it trained
+        for name, value in trainable(as_lists).items():
+            torch.testing.assert_close(value, expected[name])
+
+    def test_rows_of_different_lengths_say_to_pad_them(self):
+        model = model_with_lora()
+        ragged = {"input_ids": [[5, 6, 7], [5, 6]], "labels": [0, 1]}
+        with pytest.raises(TypeError) as raised:
+            pc.train(model, [ragged], max_steps=1, learning_rate=1e-3)
+        assert str(raised.value) == (
+            "batch['input_ids'] is a list that is not a table of numbers (expected sequence of "
+            "length 3 at dim 1 (got 2)): pad the rows to one length and return tensors, "
+            "tokenizer(texts, padding=True, return_tensors='pt')"
+        )
 
     def test_a_merged_adapter_is_refused_before_a_step(self):
         """Its forward reads the merged base weights: its own got no gradient and only its head
