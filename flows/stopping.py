@@ -9,6 +9,10 @@ leaves a grace period for exactly this cleanup. The CLI raises :class:`StopReque
 SIGTERM instead; Prefect's own handler, installed while a flow runs, raises its
 ``TerminationSignal`` and, after marking the flow run crashed, gives the signal back to the
 handler it found (ours). Ctrl-C is Python's ``KeyboardInterrupt`` already.
+
+SIGHUP (the terminal closed: an SSH session that dropped under a build run at its prompt) ended
+the CLI at once just the same; it unwinds the same way now, unless the command was started with
+SIGHUP ignored (``nohup``), which stays ignored.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import sys
 import threading
 from types import FrameType
 
-__all__ = ["StopRequested", "raise_on_sigterm", "stop_reason"]
+__all__ = ["STOP_SIGNALS", "StopRequested", "raise_on_sigterm", "stop_reason"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequested(BaseException):
-    """The process was asked to stop by ``signum`` (SIGTERM). A ``BaseException``, as
+    """The process was asked to stop by ``signum`` (SIGTERM, SIGHUP). A ``BaseException``, as
     ``KeyboardInterrupt`` is: no ``except Exception`` that keeps going after one failure (a
     retraining's other specs) swallows it."""
 
@@ -32,14 +38,16 @@ class StopRequested(BaseException):
 
     @property
     def exit_status(self) -> int:
-        """What a shell reports for a process this signal ended: 128 + its number (143)."""
+        """What a shell reports for a process this signal ended: 128 + its number (143 for
+        SIGTERM, 129 for SIGHUP)."""
         return 128 + self.signum
 
 
 def raise_on_sigterm() -> None:
-    """From now on SIGTERM raises :class:`StopRequested` in the main thread, once: a second
-    SIGTERM (a supervisor that will not wait for the cleanup) ends the process as before.
-    Only from the main thread (where Python runs signal handlers)."""
+    """From now on SIGTERM and SIGHUP raise :class:`StopRequested` in the main thread, once
+    each: a second one (a supervisor that will not wait for the cleanup) ends the process as
+    before. SIGHUP only where it is not ignored (``nohup``). Only from the main thread (where
+    Python runs signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -47,12 +55,14 @@ def raise_on_sigterm() -> None:
         signal.signal(signum, signal.SIG_DFL)
         raise StopRequested(signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, stop)
 
 
 def stop_reason(exc: BaseException) -> str | None:
-    """``"stopped by SIGTERM"`` or ``"interrupted (Ctrl-C)"`` when ``exc`` is a stop asked
-    of the process rather than a failure of its work; None otherwise. Prefect's
+    """``"stopped by SIGTERM"`` (or SIGHUP) or ``"interrupted (Ctrl-C)"`` when ``exc`` is a
+    stop asked of the process rather than a failure of its work; None otherwise. Prefect's
     ``TerminationSignal`` (raised while a flow runs) carries the signal but no message."""
     if isinstance(exc, StopRequested):
         return str(exc)

@@ -1,8 +1,8 @@
 """The ``adapterops`` command line.
 
 Exit codes: 0 success; 2 bad input (spec, data, base model, adapter files, references: the message
-says what to fix); 1 an unexpected failure; 143 stopped by SIGTERM (after its cleanup), 130 by
-Ctrl-C. Every command takes ``--json`` for scripts and CI.
+says what to fix); 1 an unexpected failure; 143 stopped by SIGTERM (after its cleanup), 129 by
+SIGHUP (its terminal closed), 130 by Ctrl-C. Every command takes ``--json`` for scripts and CI.
 """
 
 from __future__ import annotations
@@ -135,9 +135,11 @@ def _report_stop(stop: StopRequested, *, json_output: bool) -> int:
         f"{signal.Signals(stop.signum).name} received before the command finished; run it "
         "again to finish (a build carries on from its last checkpoint)"
     )
-    if json_output:
-        emit_json({"ok": False, "error": message, "kind": "StopRequested"})
-    errors.print(labelled("stopped:", "bold yellow", message), highlight=False, soft_wrap=True)
+    # after SIGHUP the terminal may be gone (EIO): the status still says what happened
+    with suppress(OSError):
+        if json_output:
+            emit_json({"ok": False, "error": message, "kind": "StopRequested"})
+        errors.print(labelled("stopped:", "bold yellow", message), highlight=False, soft_wrap=True)
     return stop.exit_status
 
 

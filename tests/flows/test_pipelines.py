@@ -301,6 +301,27 @@ def test_a_stop_is_told_apart_from_a_failure():
     assert StopRequested(signal.SIGTERM).exit_status == 143
     assert stop_reason(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
     assert stop_reason(RuntimeError("power cut")) is None
+    assert StopRequested(signal.SIGHUP).exit_status == 129
+
+
+_HANDLERS_AFTER_RAISE_ON_SIGTERM = """
+import signal
+import sys
+if sys.argv[1] == "nohup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+from flows.stopping import raise_on_sigterm
+raise_on_sigterm()
+print([getattr(signal.getsignal(s), "name", "stop") for s in (signal.SIGTERM, signal.SIGHUP)])
+"""
+
+
+@pytest.mark.parametrize(("started", "handlers"), [("plain", "['stop', 'stop']"), ("nohup", "['stop', 'SIG_IGN']")])  # fmt: skip
+def test_sighup_stops_a_command_unless_it_was_started_to_ignore_it(started, handlers):
+    """A build run at an SSH prompt that dropped died at once, as under SIGTERM; ``nohup
+    adapterops build`` must still outlive its terminal."""
+    command = [sys.executable, "-c", _HANDLERS_AFTER_RAISE_ON_SIGTERM, started]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == handlers
 
 
 class TestPrepare:
