@@ -63,7 +63,8 @@ def checked_batch(batch: Any, limits: BatchLimits) -> dict[str, Any]:
         _check_ids(
             checked["input_ids"], "input_ids", limits.vocabulary,
             f"token ids of a vocabulary of {limits.vocabulary:,}: tokenize with the base "
-            "model's own tokenizer", ignored=None,
+            "model's own tokenizer (a tokenizer given tokens of its own also needs "
+            "model.resize_token_embeddings(len(tokenizer)))", ignored=None,
         )  # fmt: skip
     labels = checked.get("labels")
     if isinstance(labels, Tensor) and not labels.is_floating_point():

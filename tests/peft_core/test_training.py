@@ -321,7 +321,9 @@ class TestMistakes:
              "num_labels set to how many there are"),
             ("input_ids", torch.full((4, 9), VOCAB),
              f"batch['input_ids'] holds {VOCAB} (at [0, 0]), but the model takes token ids of "
-             f"a vocabulary of {VOCAB:,}: tokenize with the base model's own tokenizer"),
+             f"a vocabulary of {VOCAB:,}: tokenize with the base model's own tokenizer (a "
+             "tokenizer given tokens of its own also needs "
+             "model.resize_token_embeddings(len(tokenizer)))"),
         ],
     )  # fmt: skip
     def test_an_id_the_model_has_no_row_for_is_named_before_a_step(self, key, value, message):
