@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import AdapterVersion, Composition, higher_is_better
+from registry.metrics import unrecorded_metric
 from registry.version_diff import COUNTS
 
 from .errors import DataError
@@ -75,10 +76,7 @@ def metric_trend(
     recorded = sorted({key for v in ordered for key in v.metrics})
     chosen = metric or _default_metric(ordered, recorded)
     if chosen not in recorded:
-        raise DataError(
-            f"no version of {name} recorded {chosen!r}; they recorded: "
-            f"{', '.join(recorded) or 'no metric'}"
-        )
+        raise DataError(unrecorded_metric(f"no version of {name}", chosen, recorded))
     points = tuple(TrendPoint(v.version, v.metrics.get(chosen), v.aliases) for v in ordered)
     return Trend(name, chosen, points)
 

@@ -27,7 +27,7 @@ from .errors import (
     RegistryError,
 )
 from .locks import take_xact_lock
-from .metrics import higher_is_better
+from .metrics import higher_is_better, unrecorded_metric
 from .names import CHAMPION, Ref, check_alias_case, check_new_alias, parse_ref
 from .orm import (
     AdapterRow,
@@ -259,8 +259,7 @@ def find_versions(
         # missing values sort last: when the first lacks it, every one does (a typo?)
         recorded = sorted({key for version in found for key in version.metrics})
         raise NotFoundError(
-            f"no version here recorded {order_by!r} to order by; they recorded: "
-            f"{', '.join(recorded) or 'no metric'}"
+            unrecorded_metric("no version here", order_by, recorded, " to order by")
         )
     return found
 

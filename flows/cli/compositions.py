@@ -15,6 +15,7 @@ import typer
 import registry as rg
 from registry import Composition, InvalidCompositionError
 from registry.compositions import BLOCK_KINDS
+from registry.metrics import unrecorded_metric
 from registry.names import check_new_alias
 
 from ..errors import DataError, TrackingUnavailableError
@@ -206,10 +207,7 @@ def _best_first(compositions: list[Composition], metric: str) -> list[Compositio
     """``compositions`` ordered by ``metric`` as ``ls --order-by`` orders versions."""
     recorded = sorted({key for c in compositions for key in c.metrics})
     if metric not in recorded:  # a typo would order nothing, silently
-        raise DataError(
-            f"no composition here recorded {metric!r} to order by; they recorded: "
-            f"{', '.join(recorded) or 'no metric'}"
-        )
+        raise DataError(unrecorded_metric("no composition here", metric, recorded, " to order by"))
     sign = -1.0 if rg.higher_is_better(metric) else 1.0
     scored = sorted(
         (c for c in compositions if metric in c.metrics), key=lambda c: sign * c.metrics[metric]

@@ -112,7 +112,8 @@ def test_registry_commands_end_to_end(environment, tmp_path):
     assert all(set(v) >= REQUIRED for v in listed)
     typo = run(env, "ls", "--order-by", "acuracy")  # was: listed in no order, silently
     assert (typo.returncode, typo.stderr) == (
-        2, "error: no version here recorded 'acuracy' to order by; they recorded: accuracy\n"
+        2, "error: no version here recorded 'acuracy' to order by; did you mean 'accuracy'? they "
+        "recorded: accuracy\n"
     )  # fmt: skip
     assert ok_json(run(env, "ls", "--alias", "champion", "--json"))[0]["version"] == 1
 

@@ -61,5 +61,6 @@ def test_compositions_listed_best_first_by_a_metric(tmp_path: Path, monkeypatch)
     typo = run_cli("composition", "ls", "--order-by", "perplexty", env=env)
     assert (typo.returncode, typo.stderr) == (
         2,
-        "error: no composition here recorded 'perplexty' to order by; they recorded: perplexity\n",
+        "error: no composition here recorded 'perplexty' to order by; did you mean "
+        "'perplexity'? they recorded: perplexity\n",
     )

@@ -660,7 +660,8 @@ class TestLookups:
         with pytest.raises(rg.NotFoundError) as typo:
             registry.find(base_model=BASE, order_by="acuracy")
         assert str(typo.value) == (
-            "no version here recorded 'acuracy' to order by; they recorded: accuracy"
+            "no version here recorded 'acuracy' to order by; did you mean 'accuracy'? they "
+            "recorded: accuracy"
         )
         with pytest.raises(rg.NotFoundError, match=r"they recorded: no metric$"):
             registry.find(base_model="tiny-gpt2", order_by="accuracy")
