@@ -116,6 +116,9 @@ def _run_command() -> None:
             errors.print("Aborted.", highlight=False)
         sys.exit(1)
     except OSError as exc:  # a full disk is the machine's state, not a bug: one line, exit 1
+        stop = _stop_behind(exc)
+        if stop is not None:  # a write to a terminal SIGHUP closed (EIO) while unwinding
+            sys.exit(_report_stop(stop, json_output=json_output))
         message = full_or_read_only_disk(exc)
         if message is None:
             raise
@@ -125,6 +128,18 @@ def _run_command() -> None:
     # without standalone mode a typer.Exit(code) comes back as its code; a command's own
     # return value (None) means success
     sys.exit(outcome if type(outcome) is int else 0)
+
+
+def _stop_behind(exc: BaseException) -> StopRequested | None:
+    """The :class:`StopRequested` whose unwinding ``exc`` was raised in, if any: after SIGHUP
+    a progress bar's last write to the closed terminal fails, and that error replaces the
+    stop on its way out."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StopRequested):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _report_stop(stop: StopRequested, *, json_output: bool) -> int:
