@@ -46,13 +46,29 @@ def planned_precision(spec: AdapterSpec | PlanSpec) -> str:
 def check_max_length(spec: AdapterSpec | PlanSpec) -> None:
     """A base with learned position embeddings takes at most that many tokens: a longer
     ``train.max_length`` would fail mid-training on the first long text (and in ``plan``'s
-    step), with a shape error."""
-    limit = pc.position_limit(pc.build_on_meta(base_config(spec), spec.head.type))
-    if limit is not None and spec.train.max_length > limit:
+    step), with a shape error. A base with rotary or relative positions takes any length, but
+    was pre-trained on at most ``max_position_embeddings`` tokens (its config's context, a
+    RoPE-scaled one included): a longer ``train.max_length`` is said, as a warning."""
+    config = base_config(spec)
+    length = spec.train.max_length
+    limit = pc.position_limit(pc.build_on_meta(config, spec.head.type))
+    if limit is not None and length > limit:
         raise DataError(
-            f"train.max_length {spec.train.max_length} is more than the {limit} token positions "
+            f"train.max_length {length} is more than the {limit} token positions "
             f"{spec.base_model} has (its position embeddings are learned): set train.max_length "
             f"to {limit} or less"
+        )
+    context = getattr(config, "max_position_embeddings", None)
+    if limit is None and isinstance(context, int) and length > context:
+        # Nothing fails: the positions past the context are extrapolated, which is where long
+        # inputs degrade (a spec copied from a longer-context base is the usual way here).
+        warnings.warn(
+            f"{spec.name}: train.max_length {length} is more than the {context} tokens "
+            f"{spec.base_model} was pre-trained on (max_position_embeddings in its config.json): "
+            "positions past them were never seen, and longer texts (packed batches fill "
+            f"train.max_length) usually answer worse; set train.max_length to {context} or less",
+            RuntimeWarning,
+            stacklevel=2,
         )
 
 

@@ -3,6 +3,7 @@ loaded (``check_inputs`` asks ``check_step_fits`` with the free memory of the GP
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from flows.errors import DataError
-from flows.planning import check_step_fits, plan_step
+from flows.planning import check_max_length, check_step_fits, plan_step
 from flows.spec import load_spec, parse_spec
 from tests.helpers import llama_lm_spec, run_cli
 
@@ -97,6 +98,29 @@ def test_an_nf4_base_fsdp_cannot_split_is_refused_under_torchrun(monkeypatch):
         _check_method_fits(spec)
     monkeypatch.setenv("WORLD_SIZE", "3")
     _check_method_fits(spec)
+
+
+def test_a_max_length_past_a_rotary_bases_context_is_said_and_its_own_context_is_not(
+    tmp_path, sst2_dir
+):
+    """A Llama (rotary positions) takes any length, so nothing failed: a spec copied from a
+    longer-context base trained, silently, on positions the base never saw. Beyond its
+    ``max_position_embeddings`` is a warning naming it; up to it, nothing is said."""
+    document = llama_lm_spec(tmp_path, sst2_dir, max_length=2048)
+    config = tmp_path / "base" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_position_embeddings": 1024}))  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+    with pytest.warns(RuntimeWarning) as said:
+        check_max_length(load_spec(tmp_path / "spec.yaml"))
+    assert [str(w.message) for w in said] == [
+        f"tiny-llama-lm: train.max_length 2048 is more than the 1024 tokens {tmp_path / 'base'} "
+        "was pre-trained on (max_position_embeddings in its config.json): positions past them "
+        "were never seen, and longer texts (packed batches fill train.max_length) usually "
+        "answer worse; set train.max_length to 1024 or less"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_max_length(load_spec(tmp_path / "spec.yaml", ["train.max_length=1024"]))
 
 
 def test_without_a_gpu_a_step_beyond_the_machines_memory_is_one_line_before_the_base_loads(
