@@ -6,6 +6,7 @@ likely tokens for each mask; causal-LM adapters a greedy continuation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from .train_job import PhaseCallback, load_inference_model, load_registered, no_
 
 __all__ = [
     "BATCH_ROWS",
+    "NEW_TOKENS",
     "WINDOW_TEXTS",
     "Answers",
     "FileTexts",
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 _TOP_TOKENS = 5
-_NEW_TOKENS = 20
+NEW_TOKENS = 20  # a causal LM's continuation, unless max_new_tokens says otherwise
 BATCH_ROWS = 32  # rows per forward pass by default: memory stays bounded on a file of texts
 # Texts sorted and answered together before their answers are handed on: a stream holds this
 # many answers at a time, however long the file (sorting within a window keeps nearly all of
@@ -94,17 +96,19 @@ def predict(
     pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
+    max_new_tokens: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> tuple[str, list[Prediction]]:
     """The version ``ref`` resolves to, and its prediction for each text (after its golden
     probes pass on this base model, unless ``skip_probe``), ``batch_size`` texts per forward
-    pass (a causal LM: per generation); ``on_progress`` hears after each. An adapter trained
-    on pairs of texts (``data.text_pair``) needs ``pairs``, the second text of each.
-    ``on_phase`` hears what loads, then that the texts are answered."""
+    pass (a causal LM: per generation, of at most ``max_new_tokens`` tokens, default
+    :data:`NEW_TOKENS`); ``on_progress`` hears after each. An adapter trained on pairs of
+    texts (``data.text_pair``) needs ``pairs``, the second text of each. ``on_phase`` hears
+    what loads, then that the texts are answered."""
     (answered,) = predict_many(
         registry, [ref], texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
-        on_progress=on_progress, on_phase=on_phase,
+        max_new_tokens=max_new_tokens, on_progress=on_progress, on_phase=on_phase,
     )  # fmt: skip
     return answered
 
@@ -117,16 +121,18 @@ def predict_composition(
     pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
+    max_new_tokens: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> tuple[str, list[Prediction]]:
     """The composition version ``ref`` resolves to (``pt-sst2@champion``), and its prediction for
     each text: every member loaded and checked, the composition active. The base model, head
     and label names come from the composition's evaluation spec, else from its last member's
-    (the task adapter of a MAD-X stack). ``on_phase`` as :func:`predict`'s."""
+    (the task adapter of a MAD-X stack). ``max_new_tokens`` and ``on_phase`` as
+    :func:`predict`'s."""
     stream = composition_stream(
         registry, ref, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
-        on_progress=on_progress, on_phase=on_phase,
+        max_new_tokens=max_new_tokens, on_progress=on_progress, on_phase=on_phase,
     )  # fmt: skip
     ((ref, answers),) = _collected(stream, len(texts)).items()
     return ref, answers
@@ -141,6 +147,7 @@ def composition_stream(
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     window: int = WINDOW_TEXTS,
+    max_new_tokens: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> Iterator[Answers]:
@@ -155,6 +162,7 @@ def composition_stream(
         )
     spec = spec_of_composition(registry, composition, "predict")
     _check_inputs(spec, composition.ref, texts, pairs)
+    new_tokens = _new_tokens(max_new_tokens, spec, composition.ref)
     members = len(composition.members)
     on_phase(f"load the base model and the {members} members of {composition.ref}")
     model, tokenizer = load_inference_model(spec)
@@ -164,7 +172,7 @@ def composition_stream(
     on_phase(_answering(texts))
     for first, (answers,) in answer_windows(
         model, tokenizer, texts, [spec], pairs=pairs, batch_size=batch_size, window=window,
-        on_progress=on_progress,
+        max_new_tokens=new_tokens, on_progress=on_progress,
     ):  # fmt: skip
         yield Answers(composition.ref, first, answers)
 
@@ -280,6 +288,7 @@ def predict_many(
     pairs: Sequence[str] | None = None,
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
+    max_new_tokens: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> list[tuple[str, list[Prediction]]]:
@@ -289,13 +298,13 @@ def predict_many(
     other adapters) are predicted one at a time. Versions peft runs (``type: peft``), whose
     layers take one adapter per batch and no native adapter beside it, answer as they do alone.
     ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
-    what loads before each."""
+    what loads before each; ``max_new_tokens`` as :func:`predict`'s."""
     versions = [registry.get(ref) for ref in refs]
     _check_each_once(refs, versions)
     pinned = [version.ref for version in versions]  # name@N: the order to answer in
     stream = predict_stream(
         registry, pinned, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
-        on_progress=on_progress, on_phase=on_phase,
+        max_new_tokens=max_new_tokens, on_progress=on_progress, on_phase=on_phase,
     )  # fmt: skip
     gathered = _collected(stream, len(texts))
     return [(ref, gathered[ref]) for ref in pinned]
@@ -310,6 +319,7 @@ def predict_stream(
     skip_probe: bool = False,
     batch_size: int = BATCH_ROWS,
     window: int = WINDOW_TEXTS,
+    max_new_tokens: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback = no_phases,
 ) -> Iterator[Answers]:
@@ -324,12 +334,14 @@ def predict_stream(
     if len(versions) > 1:
         _check_together(versions, specs)
     _check_inputs(specs[0], versions[0].ref, texts, pairs)
+    new_tokens = _new_tokens(max_new_tokens, specs[0], versions[0].ref)
     routed = [
         (v, s) for v, s in zip(versions, specs, strict=True)
         if len(versions) > 1 and not pc.method_of(v.method).places_itself
     ]  # fmt: skip
     options: dict[str, Any] = {
         "pairs": pairs, "batch_size": batch_size, "window": window, "on_progress": on_progress,
+        "max_new_tokens": new_tokens,
     }  # fmt: skip
     if len(routed) > 1:
         yield from _in_shared_batches(
@@ -360,6 +372,24 @@ def _check_each_once(refs: list[str], versions: list[AdapterVersion]) -> None:
         raise DataError(
             f"{first} and {ref} name the same version ({version.ref}): give each version once"
         )
+
+
+def _new_tokens(asked: int | None, spec: AdapterSpec, ref: str) -> int:
+    """How many tokens a causal LM's continuation may take: ``asked``, or :data:`NEW_TOKENS`.
+    Asked of another head it changes nothing, which is said (a script passing it to every
+    version should know)."""
+    if asked is None:
+        return NEW_TOKENS
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
+        raise DataError(f"max_new_tokens must be a whole number of at least 1; got {asked!r}")
+    if spec.head.type != "causal-lm":
+        warnings.warn(
+            f"max_new_tokens (--max-new-tokens) changes nothing for {ref}: it sets the length "
+            f"of a causal LM's continuation, and this is a {spec.head.type} adapter",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return asked
 
 
 def _collected(stream: Iterable[Answers], count: int) -> dict[str, list[Prediction]]:
@@ -421,6 +451,7 @@ def answer_texts(
     batch_size: int,
     on_progress: ProgressCallback | None = None,
     adapters: list[str] | None = None,
+    max_new_tokens: int = NEW_TOKENS,
 ) -> list[list[Prediction]]:
     """Every text answered once per spec, a list per spec: :func:`answer_windows` over all the
     texts at once."""
@@ -428,6 +459,7 @@ def answer_texts(
     for _, window in answer_windows(
         model, tokenizer, texts, specs, pairs=pairs, batch_size=batch_size,
         window=max(1, len(texts)), on_progress=on_progress, adapters=adapters,
+        max_new_tokens=max_new_tokens,
     ):  # fmt: skip
         for mine, found in zip(answers, window, strict=True):
             mine.extend(found)
@@ -445,6 +477,7 @@ def answer_windows(
     window: int = WINDOW_TEXTS,
     on_progress: ProgressCallback | None = None,
     adapters: list[str] | None = None,
+    max_new_tokens: int = NEW_TOKENS,
 ) -> Iterator[tuple[int, list[list[Prediction]]]]:
     """The loop behind every predict: ``window`` texts at a time, each answered once per spec,
     yielded as (the window's first text, a list per spec). With ``adapters`` (one per spec,
@@ -452,7 +485,8 @@ def answer_windows(
     model answers as it is set up (one spec). ``pairs``: each text's second text (a classifier
     trained on pairs). A batch holds ``batch_size`` rows, and at least one text's; texts of
     like lengths share a batch (:func:`longest_first_order` within the window), the answers
-    keep the texts' order. ``on_progress`` hears the texts answered so far after each batch."""
+    keep the texts' order. ``on_progress`` hears the texts answered so far after each batch.
+    A causal LM continues each text by at most ``max_new_tokens`` tokens."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
@@ -473,7 +507,9 @@ def answer_windows(
             # on a GPU (where it cost one adapter's time; gather 1.4x)
             routing = pc.per_row(model, rows, kernel="auto") if rows else nullcontext()
             with torch.no_grad(), routing:
-                predictions = _answer_chunk(model, tokenizer, chunk, specs, seconds)
+                predictions = _answer_chunk(
+                    model, tokenizer, chunk, specs, seconds, max_new_tokens=max_new_tokens
+                )
             for row, prediction in enumerate(predictions):
                 answers[row % len(specs)][taken[row // len(specs)]] = prediction
             if on_progress is not None:
@@ -501,6 +537,8 @@ def _answer_chunk(
     chunk: list[str],
     specs: list[AdapterSpec],
     seconds: list[str] | None = None,
+    *,
+    max_new_tokens: int = NEW_TOKENS,
 ) -> list[Prediction]:
     """Each text of ``chunk`` (with its second text) answered once per spec in one batch: row
     ``t * len(specs) + i`` is text ``t`` as ``specs[i]`` answers it (its adapter routed by the
@@ -508,7 +546,7 @@ def _answer_chunk(
     rows = [text for text in chunk for _ in specs]
     head = specs[0].head.type
     if head == "causal-lm":
-        return _continue(model, tokenizer, rows, specs[0])
+        return _continue(model, tokenizer, rows, specs[0], max_new_tokens)
     if head == "masked-lm":
         return _fill_masks(model, tokenizer, rows, specs[0])
     row_pairs = [second for second in seconds for _ in specs] if seconds is not None else None
@@ -589,12 +627,14 @@ def _prompt(tokenizer: Any, text: str, spec: AdapterSpec) -> Tensor:
     return encoded["input_ids"][0]
 
 
-def _continue(model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec) -> list[Prediction]:
-    """Greedy continuations of ``texts`` in one batch, each cut after its first end token (as
-    generating it alone stops there)."""
+def _continue(
+    model: Any, tokenizer: Any, texts: list[str], spec: AdapterSpec, new_tokens: int = NEW_TOKENS
+) -> list[Prediction]:
+    """Greedy continuations of ``texts`` in one batch, of at most ``new_tokens`` tokens, each
+    cut after its first end token (as generating it alone stops there)."""
     device = input_device(model)
     prompts = [_prompt(tokenizer, text, spec).to(device) for text in texts]
-    generated = greedy_continuations(model, prompts, _NEW_TOKENS, tokenizer.pad_token_id)
+    generated = greedy_continuations(model, prompts, new_tokens, tokenizer.pad_token_id)
     ends = model.generation_config.eos_token_id
     ends = set(ends if isinstance(ends, list) else [] if ends is None else [ends])
     answers = []

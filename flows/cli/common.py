@@ -49,6 +49,7 @@ __all__ = [
     "BatchSizeOption",
     "JsonOption",
     "LabelColumnOption",
+    "MaxNewTokensOption",
     "PredictDataOption",
     "PredictionsOutOption",
     "ReplaceOption",
@@ -135,6 +136,14 @@ BatchSizeOption = Annotated[
     typer.Option(
         min=1,
         help="Rows per forward pass (each text takes a row per REF); lower it if memory runs out.",
+    ),
+]
+MaxNewTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Tokens a causal-LM adapter's continuation may take (default 20); it stops "
+        "earlier at its end token.",
     ),
 ]
 

@@ -25,6 +25,7 @@ from .common import (
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
+    MaxNewTokensOption,
     MetricOption,
     PredictDataOption,
     PredictionsOutOption,
@@ -422,6 +423,7 @@ def predict(
     force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
+    max_new_tokens: MaxNewTokensOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a composition on text: every member loaded and checked, the composition active; the
@@ -430,7 +432,8 @@ def predict(
     members)."""
     run_predict(
         [ref], composition=True, text=text, data=data, text_column=text_column, out=out,
-        force=force, skip_probe=skip_probe, batch_size=batch_size, as_json=as_json,
+        force=force, skip_probe=skip_probe, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, as_json=as_json,
     )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from .common import (
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
+    MaxNewTokensOption,
     PredictDataOption,
     PredictionsOutOption,
     ReplaceOption,
@@ -158,6 +159,7 @@ def predict(
     force: ReplaceOption = False,
     skip_probe: SkipProbeOption = False,
     batch_size: BatchSizeOption = 32,
+    max_new_tokens: MaxNewTokensOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run registered adapters on text: label and probabilities (classification), top tokens
@@ -166,7 +168,8 @@ def predict(
 
     run_predict(
         refs, text=text, data=data, text_column=text_column, out=out, force=force,
-        skip_probe=skip_probe, batch_size=batch_size, as_json=as_json,
+        skip_probe=skip_probe, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        as_json=as_json,
     )  # fmt: skip
 
 
@@ -181,6 +184,7 @@ def run_predict(
     force: bool,
     skip_probe: bool,
     batch_size: int,
+    max_new_tokens: int | None = None,
     as_json: bool,
 ) -> None:
     """``predict REF...`` and ``composition predict REF`` (``composition``): the arguments
@@ -209,7 +213,7 @@ def run_predict(
         with counting_with_steps("predict", enabled=not as_json) as (say, on_progress):
             options: dict[str, Any] = {
                 "pairs": pairs, "skip_probe": skip_probe, "batch_size": batch_size,
-                "on_progress": on_progress, "on_phase": say,
+                "max_new_tokens": max_new_tokens, "on_progress": on_progress, "on_phase": say,
             }  # fmt: skip
             if out is not None:
                 stream = (

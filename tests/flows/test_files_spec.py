@@ -15,7 +15,7 @@ import transformers as T
 from flows.errors import DataError
 from flows.evaluate_job import evaluate_composition
 from flows.export_job import export
-from flows.predict_job import _NEW_TOKENS, gather_inputs, predict, predict_composition
+from flows.predict_job import NEW_TOKENS, gather_inputs, predict, predict_composition
 from flows.push_job import push_folder
 from registry import BaseModelMismatchError, Registry, bundles
 from tests.helpers import minilm_path, run_cli, save_tiny_llama
@@ -140,7 +140,7 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path, m
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = adapted.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=_NEW_TOKENS,
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
             )  # fmt: skip
         assert answer.continuation == tokenizer.decode(out[0, ids.shape[1] :])
@@ -157,7 +157,7 @@ def test_a_causal_lm_lora_continues_as_peft_generates(embedded_home, tmp_path, m
     ids = tokenizer(TEXTS[0], return_tensors="pt")["input_ids"]
     grown = ids
     with torch.no_grad():
-        for _ in range(_NEW_TOKENS):  # (the tiny model never says its end token here)
+        for _ in range(NEW_TOKENS):  # (the tiny model never says its end token here)
             logits = prompted(input_ids=grown, attention_mask=torch.ones_like(grown)).logits
             grown = torch.cat([grown, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert answer.continuation == tokenizer.decode(grown[0, ids.shape[1] :])

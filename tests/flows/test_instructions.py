@@ -592,6 +592,19 @@ def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path,
         expected = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
         assert (answer.continuation, alone.continuation) == (expected, expected), text
 
+    # a whole answer, not 20 tokens of it: the command takes the length (the tiny random model
+    # never says its end token, so each continuation takes every token it may)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    longer = run_cli("predict", ref, "--text", texts[1], "--max-new-tokens", "32", "--json", env=env)  # fmt: skip
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    [answered] = json.loads(longer.stdout)["predictions"]
+    _, [expected] = predict(Registry(), ref, texts[1:2], max_new_tokens=32)
+    assert answered["continuation"] == expected.continuation
+    assert len(tokenizer(expected.continuation, add_special_tokens=False)["input_ids"]) > 20
+    assert expected.continuation.startswith(answers[1].continuation)  # greedy: 20 come first
+    with pytest.raises(DataError, match="max_new_tokens must be a whole number of at least 1"):
+        predict(Registry(), ref, texts, max_new_tokens=0)
+
 
 def test_several_chat_versions_continue_in_one_batch_as_each_does_alone(
     base, tmp_path, embedded_home
@@ -693,6 +706,9 @@ def test_a_continuation_ends_at_its_first_end_token_as_it_would_alone(base, tmp_
         " ".join(["no"] * 20),
     ]
     assert parrot.calls[0].shape[0] == 2  # one batch
+    # a longer or shorter continuation, when asked (predict --max-new-tokens)
+    (three,) = answer_texts(parrot, tokenizer, texts, [spec], batch_size=8, max_new_tokens=3)
+    assert [a.continuation for a in three] == [f"yes {tokenizer.sep_token}", "no no no"]
 
 
 def test_predict_reads_an_instruction_files_prompts_and_refuses_a_chat_file(base, tmp_path):

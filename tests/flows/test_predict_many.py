@@ -79,6 +79,15 @@ def test_answers_do_not_depend_on_how_many_rows_share_a_batch(three_versions):
             assert (a.label, a.label_name) == (b.label, b.label_name)
     refused = run_cli("predict", three_versions[0], "--text", "x", "--batch-size", "0", env={**os.environ})  # fmt: skip
     assert refused.returncode == 2 and "--batch-size" in refused.stderr
+    # a causal LM's continuation length, asked of classifiers: said to change nothing
+    with pytest.warns(RuntimeWarning) as said:
+        _, same = predict(Registry(), three_versions[0], TEXTS, max_new_tokens=5)
+    assert [str(w.message) for w in said] == [
+        "max_new_tokens (--max-new-tokens) changes nothing for many-lora@1: it sets the length "
+        "of a causal LM's continuation, and this is a classification adapter"
+    ]
+    for answer, before in zip(same, by_one[0][1], strict=True):
+        assert answer.probabilities == pytest.approx(before.probabilities, abs=1e-4)
 
 
 def test_a_stream_hands_on_each_window_before_answering_the_next(three_versions, tmp_path):
