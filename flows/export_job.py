@@ -462,12 +462,14 @@ def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | 
     # What write_peft will say, read from our metadata (without loading the base model).
     meta = pc.read_metadata(stored)
     options = meta["method"]
+    head = meta.get("head") or {}
     return {
         "peft_type": kind.peft_type,
         "r": options.get("rank"),
         "lora_alpha": options.get("alpha"),
         "use_dora": method == "dora",
-        "modules_to_save": (meta.get("head") or {}).get("modules") or None,
+        # a head of its own only: a causal LM's lm_head stays the base's, frozen and not saved
+        "modules_to_save": (head.get("modules") or None) if head.get("trainable") else None,
         "rank_pattern": {k: v[0] for k, v in (meta.get("lora_overrides") or {}).items()},
         "bias": "none",
     }
@@ -504,14 +506,14 @@ def _convert(
         config = load_base_config(version.base_model)
         dtype = getattr(config, "dtype", None)
         dtype = dtype if isinstance(dtype, torch.dtype) else None
-        # a head the files carry trained is part of them: built as they state it
-        head, modules, trained = stated_head(stored)
+        # built with the head the files state: a classifier they carry trained, or the frozen
+        # LM head of the model it was trained in (its modules' paths run through that model:
+        # converted on the body, a causal LM's LoRA matched nothing in peft or vLLM)
+        head, modules, _ = stated_head(stored)
         labels = classifier_size(stored, modules, version.ref) if head == "classification" else None
         if labels:
             config.num_labels = labels
-        pc.convert_adapter(
-            stored, folder, config, head=head if trained else "none", format=format, dtype=dtype
-        )
+        pc.convert_adapter(stored, folder, config, head=head, format=format, dtype=dtype)
 
 
 def _write_merged(

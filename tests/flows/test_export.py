@@ -286,6 +286,38 @@ def test_a_decoder_lora_in_peft_layout_goes_to_vllm_as_it_is(embedded_home, tmp_
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
 
 
+def test_a_decoder_lora_in_our_format_goes_to_vllm_without_the_frozen_head(embedded_home, tmp_path):
+    """A causal LM's own head stays the base's: frozen, not saved, not in the PEFT files. The
+    lint read its module (lm_head) from our metadata as peft's modules_to_save all the same,
+    so vLLM and LoRAX refused every LoRA a build had trained on a causal LM ("a new head
+    cannot be served with a LoRA adapter")."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+    model.save_pretrained(tmp_path / "base")  # the conversion reads its config.json
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    pc.add_adapter(model, "chat", pc.LoRA(rank=8, targets=("q_proj", "v_proj")))
+    perturb_adapter(model, "chat")
+    pc.save_adapter(model, "chat", tmp_path / "adapter")  # ours, as a build saves it
+    assert pc.read_metadata(tmp_path / "adapter")["head"]["trainable"] is False
+    version = Registry().register(
+        tmp_path / "adapter", name="chat-ours", base_model=str(tmp_path / "base"), task="chat",
+        language="en",
+    )  # fmt: skip
+    inputs = batch(model)
+    with torch.no_grad():
+        expected = model.eval()(**inputs).logits
+    for engine in ("vllm", "lorax"):
+        result = export(Registry(), version.ref, engine, tmp_path / engine)
+        assert result.findings == [], engine
+        written = json.loads((tmp_path / engine / "adapter_config.json").read_text())
+        assert (written["task_type"], written["modules_to_save"]) == ("CAUSAL_LM", None)
+        fresh = LlamaForCausalLM(TINY_CONFIGS["llama"]())
+        fresh.load_state_dict(base_weights)
+        with torch.no_grad():
+            reloaded = PeftModel.from_pretrained(fresh, tmp_path / engine).eval()
+            torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
 def test_a_gpt2_lora_goes_to_vllm_with_one_rank_everywhere(embedded_home, tmp_path):
     """GPT-2's q and v slices are one LoRA of twice the rank on its fused c_attn, so its PEFT
     files have a rank_pattern, which vLLM ignores: the export pads to one rank instead."""

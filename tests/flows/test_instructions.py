@@ -505,6 +505,17 @@ def test_adapterops_build_trains_a_qlora_on_a_bf16_nf4_llama_with_checkpointing_
     tensors = load_file(Path(pulled["path"]) / "adapter.safetensors")
     assert len(tensors) == 2 * 7 * 2  # A and B on 7 linear layers in 2 blocks
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}  # the base's compute dtype
+    # what a QLoRA is for: vLLM serves it on the base (the causal LM's own head, frozen and not
+    # saved, was taken for a new one: "modules_to_save must be empty, here ['lm_head']")
+    exported = run_cli("export", "llama-qlora@1", "--for", "vllm", "--out", str(tmp_path / "vllm"), "--json", env=env)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads(exported.stdout)["findings"] == []
+    written = json.loads((tmp_path / "vllm" / "adapter_config.json").read_text())
+    assert (written["task_type"], written["modules_to_save"], written["r"]) == (
+        "CAUSAL_LM",
+        None,
+        8,
+    )
 
 
 class TestBadRows:
