@@ -54,6 +54,7 @@ def push_folder(
     *,
     identity: dict[str, str | None],
     spec_file: Path | None = None,
+    overrides: list[str] | None = None,
     metrics: dict[str, float] | None = None,
     description: str = "",
     origin: str = "cli",
@@ -61,8 +62,9 @@ def push_folder(
     on_bytes: Callable[[int], None] | None = None,
 ) -> PushResult:
     """Register ``folder`` under ``identity`` (``name``, ``base_model``, ``task``,
-    ``language``; with ``spec_file`` each defaults to the spec's, and one that differs from it
-    is refused; without, ``base_model`` defaults to the base the folder's files name), then
+    ``language``; with ``spec_file``, read with ``overrides`` as ``train --set`` takes them,
+    each defaults to the spec's, and one that differs from it is refused; without,
+    ``base_model`` defaults to the base the folder's files name), then
     mirror the version in MLflow (``mirror``), where reviewers see it; ``on_bytes`` is told the
     bytes uploaded (a progress bar). Every
     check runs before anything is stored (and before an opener opens the registry); MLflow
@@ -74,7 +76,7 @@ def push_folder(
         warnings.append(
             f"no --base-model: registered under {named[0]!r}, the base {named[1]} names"
         )
-    fields, spec = _identity_of(identity, spec_file)
+    fields, spec = _identity_of(identity, spec_file, overrides)
     check_name(fields["name"])
     check_name(fields["task"], "task")
     check_language(fields["language"])
@@ -215,7 +217,7 @@ def _base_named_in(folder: Path) -> tuple[str, str] | None:
 
 
 def _identity_of(
-    given: dict[str, str | None], spec_file: Path | None
+    given: dict[str, str | None], spec_file: Path | None, overrides: list[str] | None = None
 ) -> tuple[dict[str, str], dict[str, Any] | None]:
     """The name, base model, task and language to register under, and the spec to record."""
     if spec_file is None:
@@ -228,7 +230,7 @@ def _identity_of(
         return {key: str(given[key]) for key in IDENTITY}, None
     from .spec import load_spec  # noqa: PLC0415 - the spec module imports peft_core (torch)
 
-    spec = load_spec(spec_file)
+    spec = load_spec(spec_file, overrides)
     fields = {key: str(getattr(spec, key)) for key in IDENTITY}
     for key in IDENTITY:
         value = given.get(key)

@@ -745,7 +745,8 @@ def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:
         if value and stated[field] not in (None, "none", value):
             raise AdapterFolderError(
                 f"the spec's {field} is {value!r}, but {bundle.folder} holds a "
-                f"{stated[field]!r} adapter: give the spec it was trained with"
+                f"{stated[field]!r} adapter: give the spec it was trained with (a field set "
+                f"when training, --set {field}={stated[field]}, is set again when pushing)"
             )
 
 

@@ -21,6 +21,7 @@ from registry.names import check_new_alias
 from registry.redaction import redact
 
 from ..errors import DataError
+from .build import SetOption
 from .common import (
     JsonOption,
     MetricOption,
@@ -93,18 +94,24 @@ def push(
             "folder's files tell).",
         ),
     ] = None,
+    overrides: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register an adapter folder as the adapter's next version (same bytes: same version).
     Without --spec give --name, --task and --language (and --base-model unless the folder's
-    files name it). Without --metric, the
+    files name it); with it, the --set overrides it was trained with. Without --metric, the
     metrics of the folder's report.json (written by adapterops train) are recorded. When the
     base model is on this machine, its config must match the one the adapter was trained on."""
     from ..push_job import push_folder  # noqa: PLC0415 - huggingface_hub only for this command
 
     with user_errors(as_json), telling_a_new_registry():
         if spec is not None:
-            require_spec_file(spec)  # before torch loads (the spec module checks methods)
+            require_spec_file(spec, overrides=overrides)  # before torch loads
+        elif overrides:
+            raise DataError(
+                "--set overrides fields of the spec the adapter was trained with: give that "
+                "spec with --spec SPEC"
+            )
         files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
         size = sum(p.stat().st_size for p in files)
         with byte_progress(f"push {folder.name}", size, enabled=not as_json) as on_bytes:
@@ -118,6 +125,7 @@ def push(
                     "language": language,
                 },
                 spec_file=spec,
+                overrides=overrides,
                 metrics=metric_values(metric) if metric else None,
                 description=description,
                 on_bytes=on_bytes,

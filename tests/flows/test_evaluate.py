@@ -278,8 +278,19 @@ def test_a_folder_pushed_with_its_spec_predicts_and_evaluates(version, tmp_path,
     wrong = run_cli("push", str(folder), "--spec", str(other), "--json", env=env)
     assert wrong.returncode == 2 and json.loads(wrong.stdout)["error"] == (
         f"the spec's method.type is 'bitfit', but {folder} holds a 'lora' adapter: give the "
-        "spec it was trained with"
+        "spec it was trained with (a field set when training, --set method.type=lora, is set "
+        "again when pushing)"
     )
+    # as the message says: what `train SPEC --set ...` trained is pushed with the same --set
+    overridden = run_cli("push", str(folder), "--spec", str(other), "--set", "method.type=lora", "--json", env=env)  # fmt: skip
+    assert overridden.returncode == 0, overridden.stderr[-2000:]
+    assert json.loads(overridden.stdout)["ref"] == "other@1"
+    assert Registry().get("other@1").spec["method"]["type"] == "lora"
+    lone = run_cli("push", str(folder), "--name", "x", "--task", "t", "--language", "en", "--set", "method.type=lora", env=env)  # fmt: skip
+    assert (lone.returncode, lone.stderr) == (2, (
+        "error: --set overrides fields of the spec the adapter was trained with: give that "
+        "spec with --spec SPEC\n"
+    ))  # fmt: skip
     for flag, value in (("--language", "pt"), ("--name", "renamed")):
         clash = run_cli("push", str(folder), "--spec", str(spec_file), flag, value, env=env)
         assert clash.returncode == 2 and f"{flag} {value!r} differs from {spec_file}'s" in (

@@ -158,7 +158,8 @@ class TestRegister:
             stated = "lora" if field == "method" else "classification"
             assert str(refused.value) == (
                 f"the spec's {field}.type is {wrong['type']!r}, but {folder} holds a "
-                f"{stated!r} adapter: give the spec it was trained with"
+                f"{stated!r} adapter: give the spec it was trained with (a field set when "
+                f"training, --set {field}.type={stated}, is set again when pushing)"
             )
         assert registry.find(name="other") == []
         headless = make_adapter(3, head="none")  # a head the metadata does not state: any
