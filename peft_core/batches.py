@@ -5,8 +5,10 @@ inside the forward: ``IndexError: Target 5 is out of bounds`` on a CPU, and on a
 device-side assert that leaves the CUDA context unusable for the rest of the process. Either way
 the user reads nothing about their labels. A batch a tokenizer returned without
 ``return_tensors="pt"`` holds lists, which failed with ``'list' object has no attribute 'to'``.
-Here such a batch is one error naming the key, the value and what the model accepts; lists of
-equal rows simply become tensors.
+Labels of the wrong shape (class ids handed to a language model, a label per token to a
+classifier) failed as torch's ``Expected input batch_size (8) to match target batch_size (2)``.
+Here such a batch is one error naming the key, the value (or shape) and what the model accepts;
+lists of equal rows simply become tensors.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ IGNORED_LABEL = -100  # what transformers' losses skip (padding, prompt tokens)
 @dataclass(frozen=True)
 class BatchLimits:
     """What ids a model can take: ``classes`` for a classifier's labels, ``vocabulary`` for
-    token ids (``input_ids``, and a language model's labels); None where unknown."""
+    token ids (``input_ids``, and a language model's labels); None where unknown.
+    ``token_labels``: a causal or masked language model, whose labels are one per input token."""
 
     classes: int | None
     vocabulary: int | None
+    token_labels: bool = False
 
 
 def batch_limits(model: nn.Module) -> BatchLimits:
@@ -43,11 +47,13 @@ def batch_limits(model: nn.Module) -> BatchLimits:
     vocabulary = getattr(table, "num_embeddings", None)
     config = getattr(model, "config", None)
     classes = None
-    if detect_head(model).kind == "classification" and config is not None:
+    kind = detect_head(model).kind
+    if kind == "classification" and config is not None:
         # one label is regression and float labels are multi-label: neither is a class id
         classes = getattr(config, "num_labels", None)
         classes = classes if isinstance(classes, int) and classes > 1 else None
-    return BatchLimits(classes=classes, vocabulary=vocabulary)
+    token_labels = kind in ("causal-lm", "masked-lm")
+    return BatchLimits(classes=classes, vocabulary=vocabulary, token_labels=token_labels)
 
 
 def checked_batch(batch: Any, limits: BatchLimits) -> dict[str, Any]:
@@ -67,6 +73,7 @@ def checked_batch(batch: Any, limits: BatchLimits) -> dict[str, Any]:
             "model.resize_token_embeddings(len(tokenizer)))", ignored=None,
         )  # fmt: skip
     labels = checked.get("labels")
+    _check_label_shape(labels, checked.get("input_ids"), limits)
     if isinstance(labels, Tensor) and not labels.is_floating_point():
         if limits.classes is not None:
             _check_ids(
@@ -82,6 +89,24 @@ def checked_batch(batch: Any, limits: BatchLimits) -> dict[str, Any]:
                 "token the loss skips",
             )  # fmt: skip
     return checked
+
+
+def _check_label_shape(labels: Any, input_ids: Any, limits: BatchLimits) -> None:
+    """A language model takes a label per input token, a classifier one class id per row."""
+    if not (isinstance(labels, Tensor) and isinstance(input_ids, Tensor)):
+        return
+    given, rows = tuple(labels.shape), tuple(input_ids.shape)
+    if limits.token_labels and given != rows:
+        raise ValueError(
+            f"batch['labels'] has shape {given} but batch['input_ids'] {rows}: a language "
+            "model's labels are token ids, one per input token (labels = input_ids, with "
+            f"{IGNORED_LABEL} where the loss skips a token)"
+        )
+    if limits.classes is not None and not labels.is_floating_point() and given != rows[:1]:
+        raise ValueError(
+            f"batch['labels'] has shape {given} but the classifier takes one class id per "
+            f"row: shape {rows[:1]} for batch['input_ids'] of shape {rows}"
+        )
 
 
 def _as_tensor(key: str, value: Any) -> Any:

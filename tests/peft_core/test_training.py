@@ -357,6 +357,35 @@ class TestMistakes:
             f"vocabulary of {VOCAB:,}, or -100 for a token the loss skips"
         )
 
+    def test_labels_of_the_wrong_shape_are_named_before_a_step(self):
+        """Class ids given to a language model, or a label per token to a classifier, were
+        torch's ``Expected input batch_size (12) to match target batch_size (2)``."""
+        import transformers as T
+
+        ids = torch.randint(5, 90, (2, 6), generator=torch.Generator().manual_seed(3))
+        language_model = T.AutoModelForCausalLM.from_config(TINY_CONFIGS["gpt2"]())
+        pc.add_adapter(language_model, "a", pc.LoRA(rank=4))
+        with pytest.raises(ValueError) as raised:
+            pc.train(
+                language_model, [{"input_ids": ids, "labels": torch.tensor([1, 0])}],
+                max_steps=1, learning_rate=1e-3,
+            )  # fmt: skip
+        assert str(raised.value) == (
+            "batch['labels'] has shape (2,) but batch['input_ids'] (2, 6): a language model's "
+            "labels are token ids, one per input token (labels = input_ids, with -100 where "
+            "the loss skips a token)"
+        )
+        classifier = model_with_lora()
+        batch = batches(1)[0]
+        per_token = {**batch, "labels": torch.zeros_like(batch["input_ids"])}
+        with pytest.raises(ValueError) as raised:
+            pc.train(classifier, [per_token], max_steps=1, learning_rate=1e-3)
+        rows = tuple(batch["input_ids"].shape)
+        assert str(raised.value) == (
+            f"batch['labels'] has shape {rows} but the classifier takes one class id per row: "
+            f"shape {rows[:1]} for batch['input_ids'] of shape {rows}"
+        )
+
     def test_lists_a_tokenizer_returned_train_as_tensors_do(self):
         """``tokenizer(texts, padding=True)`` without ``return_tensors`` gives lists; with
         ``labels=[1, 0, ...]`` they failed on ``'list' object has no attribute 'to'``."""
