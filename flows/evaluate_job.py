@@ -182,6 +182,9 @@ def _rows(
             "`sentence` and `label` for a version pushed without a spec; --text-column and "
             "--label-column name others"
             if pushed
+            # an instruction adapter's columns cannot be renamed (those options refuse it)
+            else "its spec's data section"
+            if spec.data.instructions
             else "its spec's data section; --text-column and --label-column name others"
         )
         read = read_file(spec, data, max_samples=max_samples, named=named)

@@ -802,6 +802,16 @@ def test_evaluate_out_writes_each_prompt_with_its_generated_answer_and_loss(
     assert [(int(r["row"]), r["prompt"], r["response"]) for r in rows] == expected
     assert [r["generated"] for r in rows] == [line["generated"] for line in lines]
     assert [float(r["loss"]) for r in rows] == pytest.approx([line["loss"] for line in lines])
+    if shape == "chat messages":  # its columns cannot be renamed: no option is offered
+        rows_elsewhere = [{"conversation": chat["messages"]} for chat in chats()]
+        with pytest.raises(DataError) as missing:
+            evaluate_version(
+                Registry(), ref, data=write_jsonl(tmp_path / "elsewhere.jsonl", rows_elsewhere)
+            )
+        assert str(missing.value).endswith(
+            "its columns are ['conversation']. The adapter reads ['messages'] (its spec's data "
+            "section): give a file with them"
+        )
     if shape == "prompt and response":  # predict generates from the same prompts, further
         _, answers = predict(Registry(), ref, [p for p, _ in ROWS])
         for line, answer in zip(lines, answers, strict=True):
