@@ -50,7 +50,7 @@ from .export_target import (
     engine_named,
 )
 from .files_spec import classifier_size, serving_spec, stated_head
-from .spec import spec_of_version
+from .spec import AdapterSpec, spec_of_version
 
 __all__ = [
     "ENGINES",
@@ -304,6 +304,8 @@ def export_composition(
     spec = spec_of_composition(registry, composition, "export")
     model, tokenizer = load_inference_model(spec)  # a base too big for one GPU spreads
     block = registry.load_definition(model, composition.definition, composition.members)
+    if engine == "merged":
+        _mergeable(model, spec)
     members = pc.active_adapters(model)
     flat = composition.name if composition.name not in members else f"{composition.name}-flat"
     pc.flatten_composition(model, block, name=flat)
@@ -476,12 +478,24 @@ def _peft_config_of(stored: Path, engine: str, method: str) -> dict[str, Any] | 
 
 
 def _load(registry: Registry, version: AdapterVersion) -> tuple[Any, Any]:
-    """The version's base model (with its head) and tokenizer, with the adapter loaded."""
+    """The version's base model (with its head) and tokenizer, with the adapter loaded (its
+    golden probes checked on the base as it was trained), ready to merge."""
     from .train_job import load_inference_model  # noqa: PLC0415 - transformers is heavy
 
-    model, tokenizer = load_inference_model(serving_spec(registry, version, "export"))
+    spec = serving_spec(registry, version, "export")
+    model, tokenizer = load_inference_model(spec)
     registry.load_into(model, version.ref, name=version.name)
+    _mergeable(model, spec)
     return model, tokenizer
+
+
+def _mergeable(model: Any, spec: AdapterSpec) -> None:
+    """A QLoRA's 4-bit (or int8) base weights stored as the values they compute with, in the
+    base's dtype: merged into them, the adapter computes what it computed when it was scored
+    (peft users reload the bf16 base instead, whose weights differ from those the adapter
+    trained against by the quantisation error)."""
+    if spec.load.quantization != "none":
+        pc.quantize.dequantize_base(model, spec.load.torch_dtype())
 
 
 def _convert(

@@ -55,8 +55,8 @@ class NotMergeableError(PeftCoreError):
         """Adapter ``name`` sits on a quantised layer (``module_name`` is the first)."""
         return cls(
             f"adapter {name!r} sits on quantised weights ({module_name}, ...): merging would "
-            "re-quantise the sum and lose most of the adapter; load the base unquantised "
-            "(load.quantization: none) to merge or export it merged"
+            "re-quantise the sum and lose most of the adapter; pc.quantize.dequantize_base(model) "
+            "first stores them as the values they compute with, then it merges"
         )
 
 

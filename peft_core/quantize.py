@@ -8,7 +8,9 @@
 The adapter's own weights stay float32 (:class:`~peft_core.methods.base.LayerSite`) and its files
 are written in the base's compute dtype, so an adapter trained on the 4-bit base loads onto the
 same model in bf16 and into peft. Merging into a 4-bit weight is refused: the sum would be
-re-quantised, losing most of the adapter; export a merged checkpoint from the unquantised base.
+re-quantised, losing most of the adapter. ``pc.quantize.dequantize_base(model)`` first stores each
+quantised weight as the values it computed with (in the compute dtype), so the merge gives a plain
+checkpoint that computes what the adapter computed on the 4-bit base (``export --for merged``).
 
 Why torchao rather than bitsandbytes: ``NF4Tensor`` is plain PyTorch (a tensor subclass whose
 ``linear`` dequantises block by block, autograd included), so QLoRA trains and is tested on a CPU
@@ -32,6 +34,7 @@ from .layer import AdaptedLayer
 
 __all__ = [
     "Quantization",
+    "dequantize_base",
     "dequantized",
     "is_quantized",
     "nf4_available",
@@ -192,6 +195,26 @@ def quantize_base(model: nn.Module, quantization: Quantization = "nf4") -> int:
         else:
             weight = torchao.NF4Tensor.from_tensor(module.weight.data, BLOCK, SCALER_BLOCK)
             module.weight = nn.Parameter(weight, requires_grad=False)
+    return len(names)
+
+
+def dequantize_base(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Store every quantised Linear weight of ``model`` (adapted layers' included) as the values
+    it computes with, in ``dtype`` (default: the model config's dtype, else float32); returns
+    how many. The model then merges and saves as a plain checkpoint (transformers' record of its
+    quantisation is removed too). The values are the quantised ones, not the weights before
+    quantisation: an adapter trained on them computes after a merge what it computed before."""
+    names = quantized_layers(model)
+    if dtype is None:
+        dtype = getattr(getattr(model, "config", None), "dtype", None)
+        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    for name in names:
+        linear = model.get_submodule(name)
+        assert isinstance(linear, nn.Linear)  # quantized_layers names Linear layers only
+        linear.weight = nn.Parameter(dequantized(linear.weight).to(dtype), requires_grad=False)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # or save_pretrained writes a quantization_config for dense weights
+        quantizer.remove_quantization_config(model)
     return len(names)
 
 

@@ -511,11 +511,17 @@ def test_adapterops_build_trains_a_qlora_on_a_bf16_nf4_llama_with_checkpointing_
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert json.loads(exported.stdout)["findings"] == []
     written = json.loads((tmp_path / "vllm" / "adapter_config.json").read_text())
-    assert (written["task_type"], written["modules_to_save"], written["r"]) == (
-        "CAUSAL_LM",
-        None,
-        8,
-    )
+    assert (written["task_type"], written["modules_to_save"], written["r"]) == ("CAUSAL_LM", None, 8)  # fmt: skip
+    # and engines without adapters take it merged into the base's NF4 values, stored in bf16
+    # (merging into 4-bit weights was refused: "load the base unquantised", which export
+    # gave no way to do)
+    merged = run_cli("export", "llama-qlora@1", "--for", "merged", "--out", str(tmp_path / "merged"), env=env)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    checkpoint = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in checkpoint and checkpoint["dtype"] == "bfloat16"
+    weights = load_file(tmp_path / "merged" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    assert "model.layers.0.self_attn.q_proj.weight" in weights  # a plain Llama checkpoint
 
 
 class TestBadRows:

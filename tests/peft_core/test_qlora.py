@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 import peft_core as pc
 from peft_core.quantize import quantizable_layers, quantization_config, quantized_layers
-from tests.helpers import minilm_path
+from tests.helpers import minilm_path, perturb_adapter
 
 
 def minilm_bf16():
@@ -99,6 +99,37 @@ def test_merging_into_4_bit_weights_is_refused_and_changes_nothing(trained):
     assert torch.equal(weight.get_original_weight(), before)
     with pytest.raises(pc.NotMergeableError, match="quantised weights"):
         pc.merged_state_dict(model, "q")
+
+
+def test_a_dequantized_base_merges_into_what_the_4_bit_model_computed(tmp_path):
+    """``export --for merged`` of a QLoRA: the NF4 weights stored as the bf16 values they
+    compute with, the adapter merges, and the plain checkpoint answers as the QLoRA did (closer
+    than the adapter on the bf16 base it was quantised from, peft's way of merging one)."""
+    torch.manual_seed(0)
+    model = minilm_bf16()
+    pc.quantize_base(model, "nf4")
+    pc.add_adapter(model, "q", pc.LoRA(rank=8, targets=("q", "v")))
+    perturb_adapter(model, "q")
+    with torch.no_grad():
+        qlora = model(**tokens()).logits
+        on_bf16 = minilm_bf16()
+        pc.load_adapter(on_bf16, pc.save_adapter(model, "q", tmp_path / "q"))
+        other_way = on_bf16(**tokens()).logits
+    assert pc.quantize.dequantize_base(model, torch.bfloat16) == 37
+    assert quantized_layers(model) == []
+    weight = model.bert.encoder.layer[0].attention.self.query.base_layer.weight
+    assert (weight.dtype, weight.requires_grad) == (torch.bfloat16, False)
+    merged = pc.merged_state_dict(model, "q")  # refused on the 4-bit weights
+    plain = minilm_bf16()
+    plain.load_state_dict(merged)
+    with torch.no_grad():
+        answered = plain(**tokens()).logits
+        base_alone = minilm_bf16()(**tokens()).logits
+    off = float((answered.float() - qlora.float()).abs().max())  # bf16 rounding of the sums
+    assert off < 0.05
+    assert off < float((other_way.float() - qlora.float()).abs().max()) / 2
+    # the adapter is in it: far from what the base alone answers
+    assert float((answered.float() - base_alone.float()).abs().max()) > 0.3
 
 
 def test_quantizing_after_adapters_or_an_unknown_kind_is_refused():
