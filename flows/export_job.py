@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
+from peft_core.tensor_files import readable_as_new
 from registry import AdapterVersion, Registry
 from registry.bundles import new_folders, read_json_object
 
@@ -541,3 +542,5 @@ def _write_merged(
     model.load_state_dict(weights)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    for written in folder.glob("*.safetensors"):  # safetensors makes them 0600 (the module)
+        readable_as_new(written)

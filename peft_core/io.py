@@ -33,6 +33,7 @@ from .methods import method_of
 from .offload import input_device
 from .roles import Target
 from .state import AdapterRecord, adapter_layers, get_record
+from .tensor_files import save_tensors
 
 __all__ = [
     "ADAPTER_META",
@@ -79,7 +80,7 @@ def write_ours(
 ) -> None:
     """Write ``record`` in our format into ``folder`` (floating tensors in ``dtype``)."""
     tensors = file_tensors(adapter_state_dict(model, record.name), dtype)
-    safetensors.torch.save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    save_tensors(tensors, folder / ADAPTER_WEIGHTS)
     (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

@@ -30,6 +30,7 @@ from .methods import Method, all_methods, method_of
 from .methods.lora import with_one_rank
 from .offload import input_device
 from .state import AdapterRecord, adapter_layers
+from .tensor_files import save_tensors
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "one_rank_in_place", "read_peft", "write_peft"]
 
@@ -85,7 +86,7 @@ def write_peft(
     # a prompt-learning PeftModel holds the model itself as ``base_model`` (no tuner between)
     under = TUNER_PREFIX if "prompt_embeddings" in tensors else PEFT_PREFIX
     contiguous = file_tensors({_with_prefix(k, under): v for k, v in tensors.items()}, dtype)
-    safetensors.torch.save_file(contiguous, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
+    save_tensors(contiguous, folder / PEFT_WEIGHTS, metadata={"format": "pt"})
     (folder / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     (folder / OUR_METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -108,7 +109,7 @@ def one_rank_in_place(folder: Path) -> dict[str, Any]:
     tensors = safetensors.torch.load_file(str(weights))
     config, uniform = with_one_rank(peft_config, tensors)
     if uniform is not tensors:
-        safetensors.torch.save_file(uniform, str(weights), metadata={"format": "pt"})
+        save_tensors(uniform, weights, metadata={"format": "pt"})
         (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 

@@ -318,3 +318,13 @@ def llama_lm_spec(
         },
         "train": {"max_steps": 2, **train},
     }
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """This process's umask set to ``mask`` for the block."""
+    before = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(before)

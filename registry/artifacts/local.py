@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,13 +63,14 @@ class LocalStore:
                 on_bytes(source.stat().st_size)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=INCOMING)
-        os.close(handle)
+        # created by open(), not mkstemp (always 0600): a registry folder shared by a team,
+        # or by the stack's worker under another user, is readable as the umask allows
+        temporary = target.parent / f"{INCOMING}{uuid.uuid4().hex}"
         try:
-            _copy(source, Path(temporary), on_bytes)
+            _copy(source, temporary, on_bytes)
             os.replace(temporary, target)
         finally:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
 
     def get_file(self, digest: str, destination: Path, on_bytes: BytesMoved | None = None) -> None:
         source = self._path(digest)

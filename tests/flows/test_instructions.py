@@ -522,6 +522,10 @@ def test_adapterops_build_trains_a_qlora_on_a_bf16_nf4_llama_with_checkpointing_
     weights = load_file(tmp_path / "merged" / "model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
     assert "model.layers.0.self_attn.q_proj.weight" in weights  # a plain Llama checkpoint
+    # readable by the engine's own user as the files beside them are (safetensors made them
+    # 0600 whatever the umask)
+    for folder in ("vllm", "merged"):
+        assert len({(p.stat().st_mode & 0o777) for p in (tmp_path / folder).iterdir()}) == 1
 
 
 class TestBadRows:
