@@ -620,7 +620,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSp
     """Read, override (``key.sub=value``) and validate a spec file."""
     file = Path(path)
     data = read_spec_document(file, overrides)
-    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+    spec = parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+    _check_base_found_here(spec.base_model, file)
+    return spec
 
 
 def load_plan_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec | PlanSpec:
@@ -630,10 +632,43 @@ def load_plan_spec(path: str | Path, overrides: list[str] | None = None) -> Adap
     data = read_spec_document(file, overrides)
     if isinstance(data, dict) and "data" not in data:
         try:
-            return PlanSpec.model_validate(data)
+            plan = PlanSpec.model_validate(data)
         except ValidationError as exc:
             raise SpecError(str(file), _problems(exc)) from None
-    return parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+        _check_base_found_here(plan.base_model, file)
+        return plan
+    spec = parse_spec(data, source=str(file), base_dir=file.resolve().parent)
+    _check_base_found_here(spec.base_model, file)
+    return spec
+
+
+def _check_base_found_here(base_model: str, file: Path) -> None:
+    """A relative ``base_model`` folder is read from the current folder (it is the name the
+    registry knows the base by), where data paths are read from the spec's: one the current
+    folder lacks but the spec's folder holds is the spec run from elsewhere (a build started
+    from the repository root, a deployment's worker), said as such instead of "unknown base
+    model"."""
+    written = Path(base_model).expanduser()
+    beside = file.resolve().parent / written
+    if written.is_absolute() or written.is_dir() or not beside.is_dir():
+        return
+    from .models import BaseModelNotFound, resolve_base_model  # noqa: PLC0415
+
+    try:
+        resolve_base_model(base_model)  # a Hub name in the cache, a packaged model: as it is
+    except BaseModelNotFound:
+        raise SpecError(
+            str(file),
+            [
+                (
+                    "base_model",
+                    f"{base_model!r} is read from the current folder ({Path.cwd()}), which has no "
+                    f"such folder; the spec's folder has it: write its absolute path, "
+                    f"{beside.resolve()}, or run from {file.resolve().parent} (data paths are "
+                    "read from the spec's folder, base_model from the current one)",
+                )
+            ],
+        ) from None
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

@@ -429,3 +429,28 @@ class TestHostileSpecs:
         ]:
             with pytest.raises(SpecError, match=words):
                 load_spec(file)
+
+
+def test_a_base_folder_beside_the_spec_read_from_elsewhere_says_where_it_is(tmp_path, monkeypatch):
+    """``base_model: ./base`` is read from the current folder, data paths from the spec's: run
+    from elsewhere (a build started from the repository root, a deployment's worker) it was
+    "unknown base model './base'"; now the line says where it is and what to write."""
+    specs = tmp_path / "specs"
+    (specs / "base").mkdir(parents=True)
+    (specs / "sentence-transformers" / "all-MiniLM-L6-v2").mkdir(parents=True)  # a mirror
+    file = specs / "spec.yaml"
+    file.write_text(yaml.safe_dump(with_(base_model="./base")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as refused:
+        load_spec(file)
+    assert str(refused.value) == (
+        f"{file}: base_model: './base' is read from the current folder ({tmp_path}), which has "
+        f"no such folder; the spec's folder has it: write its absolute path, {specs / 'base'}, "
+        f"or run from {specs} (data paths are read from the spec's folder, base_model from the "
+        "current one)"
+    )
+    monkeypatch.chdir(specs)  # from the spec's folder, as before
+    assert load_spec(file).base_model == "./base"
+    monkeypatch.chdir(tmp_path)  # a Hub name the machine has (here packaged) is that model
+    file.write_text(yaml.safe_dump(VALID))
+    assert load_spec(file).base_model == "sentence-transformers/all-MiniLM-L6-v2"
