@@ -10,6 +10,13 @@ recorded band mean other weights.
 
 The signature reads the body, not the head, so a language adapter trained under a masked-LM head
 checks the same inside a classifier.
+
+A QLoRA's probes are recorded on its 4-bit base, and it loads onto the unquantised base too
+(serving engines do that): there the quantisation error alone moves them 20-30% (MiniLM, a tiny
+Llama), beyond the band, and a zero adapter was refused as "not the weights it was trained on".
+The probes record how the weights were stored; checked on weights stored otherwise they get the
+band :data:`ACROSS_QUANTIZATION` (other weights still move them about 100%), and the message
+says both.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from torch import Tensor, nn
 from .errors import PeftCoreError
 from .inject import set_active
 from .offload import input_device
+from .quantize import quantization_of
 
 __all__ = [
+    "ACROSS_QUANTIZATION",
     "PROBES_FILE",
     "ProbeCheck",
     "ProbeMismatchError",
@@ -45,6 +54,9 @@ DIMENSIONS = 8  # of the projected signature, per token
 # Relative deviation allowed: fp32 on CPU against bf16 on a GPU differs by ~1e-2; other weights
 # (a random model of the same architecture) by ~1.
 TOLERANCE = 0.05
+# Recorded on NF4 or int8 weights, checked on the weights they were quantised from (or the
+# other way round): NF4's rounding moved MiniLM's signature 28%, a random tiny Llama's 20%.
+ACROSS_QUANTIZATION = 0.5
 
 
 class ProbeMismatchError(PeftCoreError):
@@ -103,6 +115,7 @@ def probe_document(model: nn.Module, name: str) -> dict[str, Any]:
         "signature": signature.tolist(),
         "tolerance": TOLERANCE,
         "recorded_with": precision,
+        "quantization": quantization_of(model),
     }
 
 
@@ -124,6 +137,7 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
         inputs = torch.tensor(document["input_ids"], dtype=torch.long)
         recorded = torch.tensor(document["signature"], dtype=torch.float32)
         tolerance = float(document["tolerance"])
+        recorded_on = str(document.get("quantization", "none"))  # files before it: unquantised
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise UnreadableProbesError(path, f"{type(exc).__name__}: {exc}") from None
     started = time.perf_counter()
@@ -136,8 +150,17 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     ]
     worst = max(range(len(deviations)), key=deviations.__getitem__)
     seconds = time.perf_counter() - started
-    recorded_with = document.get("recorded_with", "unknown precision")
-    return ProbeCheck(worst, deviations[worst], tolerance, seconds, recorded_with, precision)
+    recorded_with = _with_weights(document.get("recorded_with", "unknown precision"), recorded_on)
+    checked_on = quantization_of(model)
+    if checked_on != recorded_on:  # the quantisation error alone moves them (the module)
+        tolerance = max(tolerance, ACROSS_QUANTIZATION)
+    checked_with = _with_weights(precision, checked_on)
+    return ProbeCheck(worst, deviations[worst], tolerance, seconds, recorded_with, checked_with)
+
+
+def _with_weights(precision: str, quantization: str) -> str:
+    """``torch.bfloat16 on cuda``, and ``, NF4 weights`` where they were quantised."""
+    return precision if quantization == "none" else f"{precision}, {quantization.upper()} weights"
 
 
 def _inputs(model: nn.Module) -> Tensor:

@@ -41,6 +41,7 @@ __all__ = [
     "quantizable_layers",
     "quantization_available",
     "quantization_config",
+    "quantization_of",
     "quantize_base",
     "quantized_layers",
     "stored_bytes",
@@ -90,6 +91,16 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
             except TypeError:  # NF4Tensor.dequantize is a static helper with arguments
                 continue
     raise ConfigError(f"cannot read the values of a {type(weight).__name__} weight")
+
+
+def quantization_of(model: nn.Module) -> Quantization:
+    """How the model's Linear weights are stored: ``nf4``, ``int8``, or ``none``."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            stored_as = _QUANTIZED_AS.get(type(module.weight).__name__)
+            if stored_as is not None:
+                return stored_as
+    return "none"
 
 
 def quantized_layers(model: nn.Module) -> list[str]:

@@ -63,6 +63,39 @@ def test_a_bf16_base_stays_in_the_band_and_each_side_says_its_precision(tmp_path
     assert check is not None and check.recorded_with == "unknown precision"
 
 
+def test_a_qlora_checked_on_the_unquantised_base_gets_the_wider_band_and_says_so(tmp_path):
+    """Recorded on MiniLM's NF4 weights, a QLoRA (here a fresh one: its adapter adds nothing)
+    loads onto the bf16 weights they were quantised from, as serving engines load it: NF4's
+    rounding alone moves the probes 28%, and it was refused as "not the weights it was trained
+    on". Other weights still leave the wider band, and the NF4 base keeps the narrow one."""
+    model = classifier(dtype=torch.bfloat16)
+    pc.quantize_base(model, "nf4")
+    pc.add_adapter(model, "qlora", pc.LoRA(rank=8, targets=("q", "v")))
+    saved = pc.save_adapter(model, "qlora", tmp_path / "qlora")
+    pc.record_probes(model, "qlora", saved)
+    assert json.loads((saved / pc.probes.PROBES_FILE).read_text())["quantization"] == "nf4"
+
+    unquantised = classifier(dtype=torch.bfloat16)
+    pc.load_adapter(unquantised, saved)
+    check = pc.check_probes(unquantised, "qlora", saved)
+    assert check is not None and check.passed
+    assert pc.probes.TOLERANCE < check.deviation < check.tolerance == pc.probes.ACROSS_QUANTIZATION
+    assert check.precisions == (
+        "recorded in torch.bfloat16 on cpu, NF4 weights, checked in torch.bfloat16 on cpu"
+    )
+    quantised = classifier(dtype=torch.bfloat16)
+    pc.quantize_base(quantised, "nf4")
+    pc.load_adapter(quantised, saved)
+    check = pc.check_probes(quantised, "qlora", saved)
+    assert check is not None and check.passed and check.tolerance == pc.probes.TOLERANCE
+    other = AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(minilm_path(), num_labels=2), dtype=torch.bfloat16
+    )  # the same architecture, random weights
+    pc.load_adapter(other, saved, force=True)
+    check = pc.check_probes(other, "qlora", saved)
+    assert check is not None and not check.passed and check.deviation > 1
+
+
 def test_the_same_architecture_with_other_weights_leaves_the_band(saved):
     torch.manual_seed(0)
     random_weights = AutoModelForSequenceClassification.from_config(
