@@ -137,7 +137,7 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
         inputs = torch.tensor(document["input_ids"], dtype=torch.long)
         recorded = torch.tensor(document["signature"], dtype=torch.float32)
         tolerance = float(document["tolerance"])
-        recorded_on = str(document.get("quantization", "none"))  # files before it: unquantised
+        recorded_on = document.get("quantization")  # None: written before it was recorded
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise UnreadableProbesError(path, f"{type(exc).__name__}: {exc}") from None
     started = time.perf_counter()
@@ -152,15 +152,17 @@ def check_probes(model: nn.Module, name: str, folder: str | Path) -> ProbeCheck 
     seconds = time.perf_counter() - started
     recorded_with = _with_weights(document.get("recorded_with", "unknown precision"), recorded_on)
     checked_on = quantization_of(model)
-    if checked_on != recorded_on:  # the quantisation error alone moves them (the module)
+    if recorded_on is not None and checked_on != recorded_on:  # its error alone moves them
         tolerance = max(tolerance, ACROSS_QUANTIZATION)
     checked_with = _with_weights(precision, checked_on)
     return ProbeCheck(worst, deviations[worst], tolerance, seconds, recorded_with, checked_with)
 
 
-def _with_weights(precision: str, quantization: str) -> str:
+def _with_weights(precision: str, quantization: str | None) -> str:
     """``torch.bfloat16 on cuda``, and ``, NF4 weights`` where they were quantised."""
-    return precision if quantization == "none" else f"{precision}, {quantization.upper()} weights"
+    if quantization in (None, "none"):
+        return precision
+    return f"{precision}, {str(quantization).upper()} weights"
 
 
 def _inputs(model: nn.Module) -> Tensor:

@@ -88,6 +88,13 @@ def test_a_qlora_checked_on_the_unquantised_base_gets_the_wider_band_and_says_so
     pc.load_adapter(quantised, saved)
     check = pc.check_probes(quantised, "qlora", saved)
     assert check is not None and check.passed and check.tolerance == pc.probes.TOLERANCE
+    older = tmp_path / "older"  # probes written before the quantisation was recorded: as then
+    shutil.copytree(saved, older)
+    document = json.loads((older / pc.probes.PROBES_FILE).read_text())
+    del document["quantization"]
+    (older / pc.probes.PROBES_FILE).write_text(json.dumps(document))
+    check = pc.check_probes(quantised, "qlora", older)
+    assert check is not None and check.passed and check.tolerance == pc.probes.TOLERANCE
     other = AutoModelForSequenceClassification.from_config(
         AutoConfig.from_pretrained(minilm_path(), num_labels=2), dtype=torch.bfloat16
     )  # the same architecture, random weights
