@@ -13,6 +13,7 @@ production's pool had its builds registered, and promoted, in production's regis
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from .spec import AdapterSpec
 from .spec import load_spec
+from .unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
 
 __all__ = [
     "DEFAULT_POOL",
@@ -413,6 +415,13 @@ def deploy_specs(
     check_pool_registry(pool, identity_now, replacing=set(planned) if replace else ())
     ensure_pool(pool)
     identity, registry_url = this_registry(create=True), _registry_address()
+    # Each run sends heartbeats whichever way its worker was started (a plain `prefect worker
+    # start` has no heartbeat setting): without them the automation that sets Crashed the runs
+    # of a lost machine (flows.unresponsive_runs) never sees them. A process worker lays a
+    # deployment's env over its own.
+    heartbeats = {
+        "env": {HEARTBEAT_VARIABLE: os.environ.get(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))}
+    }
     deployed = []
     # Prefect prints a table of its own per deployment (one deployment per call: its failure
     # raises, so nothing it would say is lost); the caller lists them all once.
@@ -423,6 +432,7 @@ def deploy_specs(
                 work_pool_name=pool,
                 cron=spec.schedule.cron,
                 concurrency_limit=one_build,
+                job_variables=heartbeats,
                 parameters={"spec_path": str(path), REGISTRY_PARAMETER: identity},
                 description=f"Build {spec.name} ({spec.method.type} on {spec.base_model}) "
                 f"from {path} into registry {identity} at {registry_url}",
@@ -446,6 +456,7 @@ def deploy_specs(
                 work_pool_name=pool,
                 interval=sync_every,
                 concurrency_limit=one_sync,
+                job_variables=heartbeats,
                 parameters={REGISTRY_PARAMETER: identity},
                 description="Take alias moves made in the MLflow UI into registry "
                 f"{identity} at {registry_url}",

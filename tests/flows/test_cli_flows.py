@@ -944,8 +944,13 @@ class TestDeploy:
             assert [s.schedule.cron for s in stored.schedules] == ["0 3 * * *"]
             # one build of a spec at a time (the next waits); a sync that collides is dropped
             assert (stored.global_concurrency_limit.limit, stored.concurrency_options.collision_strategy) == (1, ConcurrencyLimitStrategy.ENQUEUE)  # fmt: skip
+            # its runs send heartbeats however the worker was started (a plain `prefect worker
+            # start` sends none): the lost-machine automation watches them
+            heartbeats = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}}
+            assert stored.job_variables == heartbeats
             stored = client.read_deployment_by_name("sync/aliases")
             assert [s.schedule.interval.total_seconds() for s in stored.schedules] == [300]
+            assert stored.job_variables == heartbeats
             assert (stored.global_concurrency_limit.limit, stored.concurrency_options.collision_strategy) == (1, ConcurrencyLimitStrategy.CANCEL_NEW)  # fmt: skip
 
         # the schedule edited in the spec after deploying: the deployment keeps its cron, and
