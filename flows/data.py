@@ -34,6 +34,7 @@ __all__ = [
     "FILE_ROW",
     "DataError",
     "PreparedData",
+    "chat_turns",
     "load_raw",
     "load_split",
     "longest_first",
@@ -533,6 +534,19 @@ def _checked_instructions(
 def _conversation(where: str, column: str, turns: Any) -> list[dict[str, Any]]:
     """One row's chat turns as ``{role, content}`` dicts, refused (naming the row) when they
     are not a list of turns ending with the assistant's answer."""
+    conversation = chat_turns(where, column, turns)
+    last = conversation[-1]
+    if last["role"] != "assistant" or not str(last["content"] or "").strip():
+        said = "empty" if last["role"] == "assistant" else f"a {last['role']!r} message"
+        raise DataError(
+            f"{where}: the last message must be a non-empty assistant answer, not {said}"
+        )
+    return conversation
+
+
+def chat_turns(where: str, column: str, turns: Any) -> list[dict[str, Any]]:
+    """One row's chat turns as ``{role, content}`` dicts (ShareGPT's ``{from, value}`` read as
+    the roles they stand for), refused (naming ``where``) when they are not a list of turns."""
     shape = f"{column!r} must be a list of {{role, content}} (or ShareGPT's {{from, value}})"
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
         raise DataError(f"{where}: {shape}")
@@ -550,12 +564,6 @@ def _conversation(where: str, column: str, turns: Any) -> list[dict[str, Any]]:
             conversation.append({"role": role, "content": turn["value"]})
         else:
             raise DataError(f"{where}: {shape}")
-    last = conversation[-1]
-    if last["role"] != "assistant" or not str(last["content"] or "").strip():
-        said = "empty" if last["role"] == "assistant" else f"a {last['role']!r} message"
-        raise DataError(
-            f"{where}: the last message must be a non-empty assistant answer, not {said}"
-        )
     return conversation
 
 

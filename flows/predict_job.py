@@ -21,14 +21,14 @@ from peft_core.offload import input_device
 from registry import AdapterVersion, Composition, Registry
 from registry.compositions import answers_per_member
 
-from .data import load_split, require_columns
+from .data import chat_turns, load_split, require_columns
 from .data_files import NOTHING_TO_PREDICT, check_text_sources
 from .errors import DataError
 from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
 from .spec import AdapterSpec, joined_prompt, parse_spec
-from .text_sequences import WindowedTexts
+from .text_sequences import Conversation, WindowedTexts
 from .train_job import PhaseCallback, load_inference_model, load_registered, no_phases
 
 __all__ = [
@@ -201,13 +201,11 @@ def inputs_from_file(
     spec: AdapterSpec, path: str | Path, *, text_column: str | None = None
 ) -> tuple[Sequence[str], Sequence[str] | None]:
     """The texts (and, for an adapter trained on pairs, the second texts) in the columns of a
-    TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text`` and ``data.text_pair``, or an
-    instruction adapter's ``data.prompt``); ``text_column`` names another for the texts."""
+    TSV/CSV/JSON/Parquet file that ``spec`` reads (``data.text`` and ``data.text_pair``, an
+    instruction adapter's ``data.prompt``, or a chat adapter's ``data.messages`` as
+    :class:`Conversation` texts); ``text_column`` names another for the texts."""
     if spec.data.messages is not None:
-        raise DataError(
-            f"{spec.name} was trained on chat messages: give each user turn with --text (or "
-            "one per line with --text -), not a --data file"
-        )
+        return _conversations_from_file(spec, path, text_column), None
     # an instruction adapter's prompts: its prompt column(s), joined as in training
     first = [text_column] if text_column else spec.data.prompt_columns or [spec.data.text]
     columns = [*first, *([spec.data.text_pair] if spec.data.text_pair else [])]
@@ -221,6 +219,56 @@ def inputs_from_file(
     texts = FileTexts(*(rows[column] for column in first))
     pairs = FileTexts(rows[spec.data.text_pair]) if spec.data.text_pair else None
     return texts, pairs
+
+
+def _conversations_from_file(spec: AdapterSpec, path: str | Path, column: str | None) -> ChatTexts:
+    """The chats in a file's messages column (``column``, else the spec's ``data.messages``),
+    each checked before any is answered: a row may end with the user's turn, or with the
+    assistant's answer (a training or evaluation file), which is dropped and answered anew."""
+    column = column or str(spec.data.messages)
+    rows = load_split(str(path), columns=[column])
+    named = (
+        "the chats from --text-column" if column != spec.data.messages else "its spec's "
+        "data.messages; --text-column NAME takes the chats from another column"
+    )  # fmt: skip
+    require_columns(path, rows, [column], named=named)
+    chats = ChatTexts(rows[column], column)
+    for _ in chats:  # every row read once: a malformed one is said before any is answered
+        pass
+    return chats
+
+
+class ChatTexts(WindowedTexts):
+    """A data file's chat column as :class:`Conversation` texts to continue (in the chat
+    template, as the adapter was trained), read a slice at a time like :class:`FileTexts`."""
+
+    def __init__(self, chats: Sequence[Any], column: str) -> None:
+        self._chats, self._column = chats, column
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+    def _read(self, start: int, stop: int) -> list[str]:
+        return [
+            _to_answer(f"row {start + offset + 1}", self._column, turns)
+            for offset, turns in enumerate(self._chats[start:stop])
+        ]
+
+
+def _to_answer(where: str, column: str, turns: Any) -> Conversation:
+    """One file row's chat as a conversation ending with the user's turn: an assistant's
+    answer last (the reference) is left out, since the model answers in its place."""
+    conversation = chat_turns(where, column, turns)
+    if conversation[-1]["role"] == "assistant":
+        conversation = conversation[:-1]
+    last = conversation[-1]["role"] if conversation else "nothing but the assistant's answer"
+    if last != "user" or not str(conversation[-1]["content"] or "").strip():
+        said = "an empty user turn" if last == "user" else repr(last)
+        raise DataError(
+            f"{where}: {column!r} ends with {said}; a chat to answer ends with the user's "
+            "turn (or with the assistant's answer after it, which predict answers anew)"
+        )
+    return Conversation(conversation)
 
 
 class FileTexts(WindowedTexts):
@@ -620,9 +668,10 @@ def _prompt(tokenizer: Any, text: str, spec: AdapterSpec) -> Tensor:
     was trained on chat messages, else the text itself."""
     if spec.data.messages is None:
         return tokenizer(text, return_tensors="pt")["input_ids"][0]
-    turn = [{"role": "user", "content": text}]
+    # a file's chat with the turns before it; --text's a user turn alone
+    turns = text.turns if isinstance(text, Conversation) else [{"role": "user", "content": text}]
     encoded = tokenizer.apply_chat_template(
-        turn, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     return encoded["input_ids"][0]
 
@@ -641,5 +690,5 @@ def _continue(
     for text, row in zip(texts, generated, strict=True):
         tokens = row.tolist()
         stop = next((i + 1 for i, token in enumerate(tokens) if token in ends), len(tokens))
-        answers.append(Prediction(text=text, continuation=tokenizer.decode(tokens[:stop])))
+        answers.append(Prediction(text=str(text), continuation=tokenizer.decode(tokens[:stop])))
     return answers

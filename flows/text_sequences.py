@@ -10,7 +10,7 @@ import tempfile
 from abc import abstractmethod
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from typing import Any, overload
 
 
 class WindowedTexts(Sequence[str]):
@@ -82,3 +82,18 @@ class SpooledTexts(WindowedTexts):
             texts.append(block[begin : end - first].decode("utf-8", "surrogateescape"))
             begin = end - first
         return texts
+
+
+class Conversation(str):
+    """A chat to continue, read from a data file: its text is the last user turn (what predict
+    shows beside the answer), ``turns`` the whole conversation the chat template lays out."""
+
+    turns: list[dict[str, Any]]
+
+    def __new__(cls, turns: list[dict[str, Any]]) -> Conversation:
+        conversation = super().__new__(cls, str(turns[-1]["content"] or ""))
+        conversation.turns = turns
+        return conversation
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copied and pickled as the turns it is made of
+        return (Conversation, (self.turns,))

@@ -627,6 +627,68 @@ def test_predict_answers_a_chat_adapter_inside_its_chat_template(base, tmp_path,
         predict(Registry(), ref, texts, max_new_tokens=0)
 
 
+def test_predict_continues_each_conversation_of_a_file_after_its_earlier_turns(
+    base, tmp_path, embedded_home
+):
+    """``predict --data`` on a chat adapter: each row's turns through the chat template, a
+    last assistant turn (the file's reference answer) left out; ShareGPT's turns read as
+    their roles. A row that does not end with the user is named, exit 2, before any model
+    loads."""
+    from flows.build_job import build_from_spec
+    from flows.train_job import load_base_model
+    from registry import Registry
+
+    spec = spec_for(base, tmp_path, chats(), messages="messages")
+    ref = build_from_spec(spec, Registry(), tmp_path / "built").ref
+    system = {"role": "system", "content": "answer in French"}
+    talks = [
+        [
+            system,
+            {"role": "user", "content": "translate: dog"},
+            {"role": "assistant", "content": "chien"},
+            {"role": "user", "content": "and cat?"},
+        ],
+        [
+            {"role": "user", "content": "translate: water"},
+            {"role": "assistant", "content": "eau"},
+        ],
+        [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"}],
+    ]
+    file = write_jsonl(tmp_path / "talks.jsonl", [{"messages": t} for t in talks])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = run_cli("predict", ref, "--data", str(file), "--json", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answered = json.loads(result.stdout)["predictions"]
+
+    model, tokenizer = load_base_model(spec)
+    Registry().load_into(model, ref, name=spec.name)
+    asked = [talks[0], talks[1][:1], [system | {"content": "be brief"}, {"role": "user", "content": "hi"}]]  # fmt: skip
+    expected = []
+    for turns in asked:
+        prompt = tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        prompt = {k: prompt[k] for k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            output = model.eval().generate(
+                **prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        expected.append(tokenizer.decode(output[0, prompt["input_ids"].shape[1] :]))
+    assert [a["continuation"] for a in answered] == expected
+    assert [a["text"] for a in answered] == ["and cat?", "translate: water", "hi"]
+    # the first user turn alone is another prompt: the earlier turns did reach the model
+    alone = run_cli("predict", ref, "--text", "and cat?", "--json", env=env)
+    assert json.loads(alone.stdout)["predictions"][0]["continuation"] != expected[0]
+
+    talks.append([system, {"role": "assistant", "content": "bonjour"}])
+    write_jsonl(file, [{"messages": t} for t in talks])
+    refused = run_cli("predict", ref, "--data", str(file), env=env)
+    assert (refused.returncode, refused.stderr) == (2, (
+        "error: row 4: 'messages' ends with 'system'; a chat to answer ends with the user's "
+        "turn (or with the assistant's answer after it, which predict answers anew)\n"
+    ))  # fmt: skip
+
+
 def test_several_chat_versions_continue_in_one_batch_as_each_does_alone(
     base, tmp_path, embedded_home
 ):
@@ -732,14 +794,16 @@ def test_a_continuation_ends_at_its_first_end_token_as_it_would_alone(base, tmp_
     assert [a.continuation for a in three] == [f"yes {tokenizer.sep_token}", "no no no"]
 
 
-def test_predict_reads_an_instruction_files_prompts_and_refuses_a_chat_file(base, tmp_path):
+def test_predict_reads_an_instruction_files_prompts_and_a_chat_files_conversations(base, tmp_path):
     from flows.predict_job import inputs_from_file
 
     spec = spec_for(base, tmp_path, pairs(), prompt="prompt", response="response")
     assert inputs_from_file(spec, tmp_path / "train.jsonl") == ([p for p, _ in ROWS], None)
     chat = spec_for(base, tmp_path, chats(), messages="messages")
-    with pytest.raises(DataError, match="trained on chat messages: give each user turn with"):
-        inputs_from_file(chat, tmp_path / "train.jsonl")
+    texts, pairs_read = inputs_from_file(chat, tmp_path / "train.jsonl")
+    # the training file's conversations without their answers, each shown as its user turn
+    assert (list(texts), pairs_read) == ([p for p, _ in ROWS], None)
+    assert [t.turns for t in texts] == [[{"role": "user", "content": p}] for p, _ in ROWS]
 
 
 def test_an_exact_match_spec_needs_instruction_data(base, tmp_path):
