@@ -164,6 +164,10 @@ def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: P
     assert fsdp["metrics"]["accuracy"] == ddp["metrics"]["accuracy"]
     assert fsdp["metrics"]["confusion_matrix"] == ddp["metrics"]["confusion_matrix"]
     assert fsdp["metrics"]["examples"] == ddp["metrics"]["examples"] == 48
+    # the golden probes say they ran on NF4 weights, sharded too (a later check on the bf16
+    # weights they came from widens its band for that alone; "none" kept it narrow)
+    recorded = [json.loads((tmp_path / f"out-{way}" / "probes.json").read_text()) for way in ("fsdp", "ddp")]  # fmt: skip
+    assert [probes["quantization"] for probes in recorded] == ["nf4", "nf4"]
     assert fsdp_tensors.keys() == ddp_tensors.keys()
     for key, value in ddp_tensors.items():
         assert value.dtype == torch.bfloat16  # saved in the base's compute dtype
