@@ -6,19 +6,22 @@ same build (:mod:`flows.flow_run_attempts`) may come a day later, or never if it
 Prefect's way for a server of one's own is heartbeats and an automation: every flow run sends a
 heartbeat event each :data:`HEARTBEAT_SECONDS` (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for
 the flows the CLI runs and for the stack's worker), and ``adapterops deploy`` creates, once per
-server, an automation that sets Crashed a run of these flows whose heartbeats stopped for
-:data:`SILENT_SECONDS` with no final state after them.
+server (and brings up to date one an older version made), an automation that sets Crashed a
+run of these flows whose heartbeats stopped for :data:`SILENT_SECONDS` with no final state
+after them.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, Literal
 
 __all__ = [
     "AUTOMATION_NAME",
     "HEARTBEAT_SECONDS",
     "HEARTBEAT_VARIABLE",
     "SILENT_SECONDS",
+    "AutomationChange",
     "ensure_heartbeat_automation",
 ]
 
@@ -29,11 +32,13 @@ AUTOMATION_NAME = "adapterops: crash flow runs whose heartbeats stopped"
 # this project's flows (flows.pipelines); another team's flows on a shared server are theirs
 FLOW_NAMES = ("build", "retrain", "cascade", "prepare", "sync")
 _FINAL = ("Completed", "Failed", "Cancelled", "Crashed")
+AutomationChange = Literal["created", "updated", "unchanged"]
 
 
-def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> bool:
-    """Create the automation on the server ``PREFECT_API_URL`` names unless one of its name is
-    there; returns whether it was created."""
+def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> AutomationChange:
+    """Create the automation on the server ``PREFECT_API_URL`` names, or bring the one of its
+    name there up to this definition (one an older AdapterOps made watches other flows or
+    waits another time; whether a person turned it off is kept): what was done."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - flows only
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
     from prefect.events.actions import ChangeFlowRunState  # noqa: PLC0415
@@ -45,8 +50,7 @@ def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> bool
     from prefect.events.schemas.events import ResourceSpecification  # noqa: PLC0415
 
     with get_client(sync_client=True) as client:
-        if client.read_automations_by_name(AUTOMATION_NAME):
-            return False
+        existing = client.read_automations_by_name(AUTOMATION_NAME)
         trigger = EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _FINAL)},
@@ -63,16 +67,29 @@ def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> bool
             f"no heartbeat for {silent_seconds} s: its process is gone (a lost machine or "
             "worker, an evicted pod); set Crashed by the automation adapterops deploy created"
         )
-        client.create_automation(
-            AutomationCore(
-                name=AUTOMATION_NAME,
-                description=__doc__.split("\n\n")[0] if __doc__ else "",
-                trigger=trigger,
-                actions=[
-                    ChangeFlowRunState(
-                        name="Crashed", state=StateType.CRASHED, message=message, force=False
-                    )
-                ],
-            )
+        wanted = AutomationCore(
+            name=AUTOMATION_NAME,
+            description=__doc__.split("\n\n")[0] if __doc__ else "",
+            trigger=trigger,
+            actions=[
+                ChangeFlowRunState(
+                    name="Crashed", state=StateType.CRASHED, message=message, force=False
+                )
+            ],
         )
-    return True
+        if not existing:
+            client.create_automation(wanted)
+            return "created"
+        if _definition(existing[0]) == _definition(wanted):
+            return "unchanged"
+        client.update_automation(
+            existing[0].id, wanted.model_copy(update={"enabled": existing[0].enabled})
+        )
+    return "updated"
+
+
+def _definition(automation: Any) -> dict[str, Any]:
+    """What an automation does, without the ids the server gave its parts or whether it is on."""
+    dumped = automation.model_dump(mode="json", exclude={"id", "enabled", "created", "updated"})
+    dumped["trigger"].pop("id", None)
+    return dict(dumped)

@@ -103,7 +103,12 @@ def deploy(
         removed = prune_deployments(pool, {d.name for d in deployed}) if prune else []
         status = pool_status(pool)
         # runs whose machine was lost are set Crashed once their heartbeats stop
-        automation = {"name": AUTOMATION_NAME, "created": ensure_heartbeat_automation()}
+        change = ensure_heartbeat_automation()
+        automation = {
+            "name": AUTOMATION_NAME,
+            "created": change == "created",
+            "updated": change == "updated",
+        }
     idle = pool_warning(pool, status)
     if idle:
         warn(idle)
@@ -128,9 +133,10 @@ def deploy(
         console.print(
             f"Removed (no longer among these specs): {', '.join(removed)}", soft_wrap=True
         )
-    if automation["created"]:
+    if change != "unchanged":
         console.print(
-            f"Created the automation {AUTOMATION_NAME!r}: a run of these flows whose heartbeats "
+            f"{change.capitalize()} the automation {AUTOMATION_NAME!r}: a run of these flows "
+            "whose heartbeats "
             f"stop for {SILENT_SECONDS} s (its machine lost) is set Crashed",
             soft_wrap=True,
             highlight=False,

@@ -514,15 +514,29 @@ class TestDeploy:
                 assert result.returncode == 0, result.stderr[-3000:]
                 created.append(json.loads(result.stdout)["heartbeat_automation"])
             assert created == [
-                {"name": AUTOMATION_NAME, "created": True},
-                {"name": AUTOMATION_NAME, "created": False},
+                {"name": AUTOMATION_NAME, "created": True, "updated": False},
+                {"name": AUTOMATION_NAME, "created": False, "updated": False},
             ]
             with temporary_settings({PREFECT_API_URL: server.api_url}):
+
+                def watching() -> tuple[timedelta, bool]:
+                    with get_client(sync_client=True) as client:
+                        [automation] = client.read_automations_by_name(AUTOMATION_NAME)
+                    return automation.trigger.within, automation.enabled
+
+                assert watching() == (timedelta(seconds=600), True)
+                # one defined otherwise (by an older version) is brought up to date, still one;
+                # one a person turned off stays off
                 with get_client(sync_client=True) as client:
                     [automation] = client.read_automations_by_name(AUTOMATION_NAME)
-                    assert automation.trigger.within == timedelta(seconds=600)
-                    client.delete_automation(automation.id)
-                assert ensure_heartbeat_automation(silent_seconds=35)  # the same, sooner
+                    client.pause_automation(automation.id)
+                assert ensure_heartbeat_automation(silent_seconds=36) == "updated"
+                assert watching() == (timedelta(seconds=36), False)
+                with get_client(sync_client=True) as client:
+                    client.resume_automation(automation.id)
+                assert ensure_heartbeat_automation(silent_seconds=35) == "updated"
+                assert watching() == (timedelta(seconds=35), True)
+                assert ensure_heartbeat_automation(silent_seconds=35) == "unchanged"
 
                 running = {**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
                 for name in ("build", "nightly-etl"):  # ours, and another team's
