@@ -402,7 +402,7 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
     missing = [c for c in wanted if c not in dataset.column_names]
     if missing:
         raise DataError(
-            f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
+            f"{_named(split)} has no column(s) {missing}; its columns are {dataset.column_names}. "
             f"{_columns_advice(spec, dataset.column_names)}"
         )
     if spec.head.type == "classification" and data.label:
@@ -412,7 +412,7 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
         bad = sorted(str(x) for x in labels if not isinstance(x, int) or not 0 <= x < num_labels)
         if bad:
             raise DataError(
-                f"{split} split: label values {bad[:5]} are outside 0..{num_labels - 1} "
+                f"{_named(split)}: label values {bad[:5]} are outside 0..{num_labels - 1} "
                 f"(head.num_labels = {num_labels})"
             )
         if dataset.features[data.label].dtype.startswith("float"):  # 1.0, 0.0: whole, above
@@ -420,6 +420,20 @@ def _checked_split(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -> 
         if split == "train":
             _warn_of_unseen_labels(spec, labels)
     return dataset
+
+
+def _named(split: str) -> str:
+    """How a message names the rows it checks: ``train split``, or a file's name (``evaluate
+    --data``)."""
+    return f"{split} split" if split in ("train", "validation") else split
+
+
+def _row_numbers(dataset: datasets.Dataset) -> list[int]:
+    """Each row's number as a person counts them: its place in its file (a ``--max-samples``
+    draw is shuffled), else in the split."""
+    if FILE_ROW in dataset.column_names:
+        return [place + 1 for place in dataset[FILE_ROW]]
+    return list(range(1, len(dataset) + 1))
 
 
 def _whole(label: Any) -> Any:
@@ -440,14 +454,14 @@ def _numbered_labels(spec: AdapterSpec, dataset: datasets.Dataset, split: str) -
     num_labels = spec.head.num_labels or 0
     if not names:
         raise DataError(
-            f"{split} split: the {column!r} column holds text ({words[:5]}); labels are the "
+            f"{_named(split)}: the {column!r} column holds text ({words[:5]}); labels are the "
             f"integers 0..{num_labels - 1} (head.num_labels = {num_labels}), or words named "
             "in head.label_names"
         )
     unknown = sorted({word.strip() for word in words} - set(names))
     if unknown:
         raise DataError(
-            f"{split} split: label(s) {unknown[:5]} in the {column!r} column are not among "
+            f"{_named(split)}: label(s) {unknown[:5]} in the {column!r} column are not among "
             f"head.label_names {list(names)}: write each label as one of those names (or as "
             f"its number 0..{num_labels - 1})"
         )
@@ -511,20 +525,21 @@ def _checked_instructions(
     missing = [c for c in _wanted_columns(spec) if c not in dataset.column_names]
     if missing:
         raise DataError(
-            f"{split} split has no column(s) {missing}; its columns are {dataset.column_names}. "
+            f"{_named(split)} has no column(s) {missing}; its columns are {dataset.column_names}. "
             f"{_columns_advice(spec, dataset.column_names)}"
         )
+    numbers = _row_numbers(dataset)
     if data.messages is None:
-        for row, response in enumerate(dataset[data.response]):
+        for number, response in zip(numbers, dataset[data.response], strict=True):
             if not str(response or "").strip():
                 raise DataError(
-                    f"{split} split, row {row + 1}: the response is empty (nothing to learn from)"
+                    f"{_named(split)}, row {number}: the response is empty (nothing to learn from)"
                 )
         return dataset
     column = data.messages
     written_by_speaker = False
-    for row, turns in enumerate(dataset[column]):
-        conversation = _conversation(f"{split} split, row {row + 1}", column, turns)
+    for number, turns in zip(numbers, dataset[column], strict=True):
+        conversation = _conversation(f"{_named(split)}, row {number}", column, turns)
         written_by_speaker = written_by_speaker or conversation != turns
     if not written_by_speaker:
         return dataset

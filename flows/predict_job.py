@@ -232,7 +232,7 @@ def _conversations_from_file(spec: AdapterSpec, path: str | Path, column: str | 
         "data.messages; --text-column NAME takes the chats from another column"
     )  # fmt: skip
     require_columns(path, rows, [column], named=named)
-    chats = ChatTexts(rows[column], column)
+    chats = ChatTexts(rows[column], column, Path(path).name)
     for _ in chats:  # every row read once: a malformed one is said before any is answered
         pass
     return chats
@@ -242,15 +242,15 @@ class ChatTexts(WindowedTexts):
     """A data file's chat column as :class:`Conversation` texts to continue (in the chat
     template, as the adapter was trained), read a slice at a time like :class:`FileTexts`."""
 
-    def __init__(self, chats: Sequence[Any], column: str) -> None:
-        self._chats, self._column = chats, column
+    def __init__(self, chats: Sequence[Any], column: str, file_name: str) -> None:
+        self._chats, self._column, self._file_name = chats, column, file_name
 
     def __len__(self) -> int:
         return len(self._chats)
 
     def _read(self, start: int, stop: int) -> list[str]:
         return [
-            _to_answer(f"row {start + offset + 1}", self._column, turns)
+            _to_answer(f"{self._file_name}, row {start + offset + 1}", self._column, turns)
             for offset, turns in enumerate(self._chats[start:stop])
         ]
 

@@ -684,7 +684,7 @@ def test_predict_continues_each_conversation_of_a_file_after_its_earlier_turns(
     write_jsonl(file, [{"messages": t} for t in talks])
     refused = run_cli("predict", ref, "--data", str(file), env=env)
     assert (refused.returncode, refused.stderr) == (2, (
-        "error: row 4: 'messages' ends with 'system'; a chat to answer ends with the user's "
+        "error: talks.jsonl, row 4: 'messages' ends with 'system'; a chat to answer ends with the user's "
         "turn (or with the assistant's answer after it, which predict answers anew)\n"
     ))  # fmt: skip
 
@@ -804,6 +804,21 @@ def test_predict_reads_an_instruction_files_prompts_and_a_chat_files_conversatio
     # the training file's conversations without their answers, each shown as its user turn
     assert (list(texts), pairs_read) == ([p for p, _ in ROWS], None)
     assert [t.turns for t in texts] == [[{"role": "user", "content": p}] for p, _ in ROWS]
+
+
+def test_a_bad_row_of_a_file_to_score_is_named_by_the_file_and_its_place_in_it(base, tmp_path):
+    """What evaluate --data reads: the file's name (not "talks.jsonl split") and the row's
+    number in the file, also when --max-samples draws a shuffled few."""
+    from flows.data import read_file
+
+    chat = spec_for(base, tmp_path, chats(), messages="messages")
+    talks = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(6)]  # fmt: skip
+    talks[4]["messages"].pop()  # the fifth row has no answer to score
+    file = write_jsonl(tmp_path / "talks.jsonl", talks)
+    message = "talks.jsonl, row 5: the last message must be a non-empty assistant answer"
+    for max_samples in (None, 5, 6):
+        with pytest.raises(DataError, match=message):
+            read_file(chat, file, max_samples=max_samples)
 
 
 def test_an_exact_match_spec_needs_instruction_data(base, tmp_path):
