@@ -18,7 +18,7 @@ from registry import Registry
 
 from .errors import one_line
 from .lineage import dataset_fingerprint
-from .spec import AdapterSpec, SpecError, load_spec, parse_spec
+from .spec import AdapterSpec, SpecError, load_spec, parse_spec, warn_of_a_relative_base
 
 __all__ = ["RetrainOutcome", "due_reason", "last_fire", "one_line", "what_is_due"]
 
@@ -97,6 +97,7 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
             if reason is not None:
                 check_inputs(spec, registry)
                 check_promote_alias(spec, registry)
+                warn_of_a_relative_base(spec)
         except Exception as exc:  # one unreadable spec must not hide the others' answers
             name = spec.name if spec is not None else ""
             outcomes.append(RetrainOutcome(path, name, status="failed", reason=one_line(exc)))

@@ -75,13 +75,14 @@ def build(
         with waiting(checking(spec_file), enabled=not as_json):
             # Each check before the modules the next step needs: a typo in the spec is
             # refused before MLflow and Prefect load (about 4 s of imports here).
-            from ..spec import load_spec  # noqa: PLC0415
+            from ..spec import load_spec, warn_of_a_relative_base  # noqa: PLC0415
 
             spec = load_spec(spec_file, overrides)
             from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
 
             quiet_libraries()
             check_inputs(spec)  # bad input fails here, before a flow run exists
+            warn_of_a_relative_base(spec)
             from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
 
             existing = _existing_registry()

@@ -57,6 +57,33 @@ def test_a_retraining_dry_run_creates_no_registry_and_starts_no_flow(
     assert not (tmp_path / "home").exists()
 
 
+def test_a_base_model_written_as_a_relative_folder_is_warned_of_where_versions_register(
+    tmp_path: Path, sst2_dir: Path
+):
+    """The registry keeps ``base_model`` as written: a relative folder is found again only
+    from the folder the build ran in, so build and retrain say so (dry runs too) while the
+    absolute path is at hand; an absolute folder, a Hub name, or train (no registry) say
+    nothing."""
+    from tests.helpers import minilm_path
+
+    env = clean_env(tmp_path / "home")
+    (tmp_path / "minilm").symlink_to(minilm_path())
+    relative = write_spec(tmp_path, sst2_dir, name="near", base_model="minilm")
+    warning = (
+        f"warning: near: base_model 'minilm' is a folder relative to {tmp_path}; the registry "
+        "keeps that name, so predict, evaluate, export and later builds find the base only "
+        f"when run from there: write its absolute path, {minilm_path().resolve()}, to use "
+        "the versions from anywhere\n"
+    )
+    for command in (["build", "--dry-run"], ["retrain", "--dry-run"]):
+        result = run_cli(command[0], str(relative), *command[1:], env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (0, warning), command
+    absolute = write_spec(tmp_path, sst2_dir, name="far", base_model=str(tmp_path / "minilm"))
+    for spec in (absolute, write_spec(tmp_path, sst2_dir, name="hub")):
+        result = run_cli("build", str(spec), "--dry-run", env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (0, ""), spec
+
+
 def test_a_temporary_prefect_server_is_said_and_one_that_does_not_start_is_one_line(
     tmp_path: Path, sst2_dir: Path
 ):
