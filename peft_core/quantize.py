@@ -94,10 +94,12 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
 
 
 def quantization_of(model: nn.Module) -> Quantization:
-    """How the model's Linear weights are stored: ``nf4``, ``int8``, or ``none``."""
+    """How the model's Linear weights are stored: ``nf4``, ``int8``, or ``none``. Under FSDP2 a
+    weight is a DTensor: its shard, the tensor this process holds, says how."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            stored_as = _QUANTIZED_AS.get(type(module.weight).__name__)
+            held = getattr(module.weight, "_local_tensor", module.weight)
+            stored_as = _QUANTIZED_AS.get(type(held).__name__)
             if stored_as is not None:
                 return stored_as
     return "none"

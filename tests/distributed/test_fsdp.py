@@ -165,7 +165,7 @@ def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: P
     assert fsdp["metrics"]["confusion_matrix"] == ddp["metrics"]["confusion_matrix"]
     assert fsdp["metrics"]["examples"] == ddp["metrics"]["examples"] == 48
     # the golden probes say they ran on NF4 weights, sharded too (a later check on the bf16
-    # weights they came from widens its band for that alone; "none" kept it narrow)
+    # weights they came from widens its band for that alone)
     recorded = [json.loads((tmp_path / f"out-{way}" / "probes.json").read_text()) for way in ("fsdp", "ddp")]  # fmt: skip
     assert [probes["quantization"] for probes in recorded] == ["nf4", "nf4"]
     assert fsdp_tensors.keys() == ddp_tensors.keys()
@@ -177,3 +177,41 @@ def test_qlora_shards_too_and_trains_what_ddp_trains(tmp_path: Path, sst2_dir: P
             # learning rate whatever its gradient's size: where a near-zero gradient's sign
             # differs between the two reduction orders, so does the element
             assert float(fsdp_tensors[key].abs().max()) > 0 and float(value.abs().max()) > 0
+
+
+def test_a_sharded_qlora_on_a_llama_records_its_probes_as_run_on_nf4_weights(tmp_path: Path):
+    """Under FSDP2 each block's weights are DTensors over NF4 shards: the golden probes said
+    ``quantization: none`` (MiniLM's unsharded pooler hid it), so a check on the NF4 base later
+    took them for another quantisation and widened its band to 50%."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tests.helpers import minilm_path
+
+    base = tmp_path / "llama"
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip  # each weight 4 or 8 NF4 blocks of 64 x 256: two processes split them
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    rows = tmp_path / "train.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(8)))  # fmt: skip
+    spec = tmp_path / "qlora.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "llama-qlora", "base_model": str(base), "task": "t", "language": "en",
+        "head": {"type": "causal-lm"}, "method": {"type": "lora", "rank": 8},
+        "data": {"train": str(rows), "validation": str(rows), "prompt": "prompt", "response": "response"},
+        "load": {"dtype": "bf16", "quantization": "nf4"},
+        "train": {"max_steps": 2, "batch_size": 2, "max_length": 32, "sharding": "fsdp"},
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    command = [
+        str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+        str(BIN / "adapterops"), "train", str(spec), "--out", str(out), "--json",
+    ]  # fmt: skip
+    done = run(command, tmp_path)
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert (json.loads(line)["world_size"], json.loads(line)["sharding"]) == (2, "fsdp")
+    assert json.loads((out / "probes.json").read_text())["quantization"] == "nf4"
