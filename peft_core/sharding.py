@@ -101,11 +101,17 @@ def check_shardable(model: nn.Module, quantization: Quantization, processes: int
     if uneven:
         name, count = next(iter(uneven.items()))
         common = math.gcd(*counts.values())
+        blocks = f"{count} block{'s' if count != 1 else ''}"
+        instead = (
+            f"start a number of processes that divides {common}, or use train.sharding: ddp"
+            if common > 1  # one process would shard nothing
+            else "no number of processes splits them all: use train.sharding: ddp"
+        )
         raise ConfigError(
             f"load.quantization nf4 under FSDP splits each NF4 weight evenly across the "
             f"processes along its blocks of {BLOCK} x {SCALER_BLOCK} values, and {len(uneven)} "
-            f"weights cannot be split across {processes} ({name}.weight has {count} blocks): "
-            f"start a number of processes that divides {common}, or use train.sharding: ddp"
+            f"of the base's weights cannot be split across {processes} processes ({name}.weight "
+            f"has {blocks}): {instead}"
         )
 
 

@@ -108,9 +108,22 @@ def test_a_quantised_base_is_refused_where_fsdp_could_not_split_it():
         pc.check_shardable(model, "nf4", 3)
     assert str(refused.value) == (
         "load.quantization nf4 under FSDP splits each NF4 weight evenly across the processes "
-        "along its blocks of 64 x 256 values, and 8 weights cannot be split across 3 "
-        "(model.layers.0.self_attn.q_proj.weight has 4 blocks): start a number of processes "
-        "that divides 4, or use train.sharding: ddp"
+        "along its blocks of 64 x 256 values, and 8 of the base's weights cannot be split "
+        "across 3 processes (model.layers.0.self_attn.q_proj.weight has 4 blocks): start a "
+        "number of processes that divides 4, or use train.sharding: ddp"
+    )
+    # weights of one block each: only DDP shares the work
+    config_small = T.LlamaConfig(
+        hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=300,
+    )  # fmt: skip
+    small = pc.build_on_meta(config_small, "causal-lm")
+    with pytest.raises(pc.ConfigError) as refused:
+        pc.check_shardable(small, "nf4", 2)
+    assert str(refused.value).endswith(
+        "and 14 of the base's weights cannot be split across 2 processes "
+        "(model.layers.0.self_attn.q_proj.weight has 1 block): no number of processes splits "
+        "them all: use train.sharding: ddp"
     )
     with pytest.raises(pc.ConfigError, match="int8 cannot be sharded by FSDP2"):
         pc.check_shardable(model, "int8", 2)
