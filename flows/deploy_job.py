@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
 
     from .spec import AdapterSpec
-from .spec import load_spec
+from .spec import SpecError, load_spec
 from .unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
 
 __all__ = [
@@ -376,6 +376,25 @@ def _sync_name(pool: str, identity: str | None) -> str:
     return f"{SYNC_DEPLOYMENT}-{pool}"
 
 
+def _check_base_found_by_runs(spec: AdapterSpec, path: Path) -> None:
+    """A deployment's runs start in :data:`_ROOT` (Prefect's pull step), where a ``base_model``
+    folder written relative to the current one is not: refused now, not at the first run."""
+    written = Path(spec.base_model).expanduser()
+    if written.is_absolute() or not written.is_dir() or (_ROOT / written).is_dir():
+        return  # a Hub name or packaged model, an absolute folder, or one the runs find
+    raise SpecError(
+        str(path),
+        [
+            (
+                "base_model",
+                f"{spec.base_model!r} is a folder relative to {Path.cwd()}, but a deployment's "
+                f"runs start in {_ROOT}, which has none: write its absolute path, "
+                f"{written.resolve()}",
+            )
+        ],
+    )
+
+
 def deploy_specs(
     spec_paths: list[Path],
     *,
@@ -406,6 +425,8 @@ def deploy_specs(
     )
     check_pool_name(pool)
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
+    for path, spec in specs:
+        _check_base_found_by_runs(spec, path)
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
     identity_now = this_registry(create=False)  # the registry is created once nothing is refused
     sync_name = _sync_name(pool, identity_now) if sync_every else ""

@@ -602,6 +602,29 @@ class TestDeploy:
                 process.kill()
             server.stop()
 
+    def test_a_base_folder_the_runs_would_not_find_is_refused_before_anything_is_deployed(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """A deployment's runs start in the project's folder: a relative base_model found from
+        the folder deploy ran in would fail every run, on the worker, at its first cron."""
+        from prefect.client.orchestration import get_client
+
+        from tests.helpers import minilm_path
+
+        (tmp_path / "minilm").symlink_to(minilm_path())
+        spec = write_spec(tmp_path, sst2_dir, name="near-base", base_model="minilm")
+        env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": prefect_server.api_url}
+        result = run_cli("deploy", str(spec), "--pool", "near-pool", env=env, cwd=tmp_path)
+        root = Path(__file__).resolve().parents[2]
+        assert (result.returncode, result.stderr) == (2, (
+            f"error: {spec}: base_model: 'minilm' is a folder relative to {tmp_path}, but a "
+            f"deployment's runs start in {root}, which has none: write its absolute path, "
+            f"{minilm_path().resolve()}\n"
+        )), result.stderr  # fmt: skip
+        with get_client(sync_client=True) as client:
+            names = {d.name for d in client.read_deployments()}
+        assert "near-base" not in names
+
     def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):
         spec = write_spec(tmp_path, sst2_dir)
         result = run_cli("deploy", str(spec), env=clean_env(tmp_path / "h"))
