@@ -33,6 +33,7 @@ import transformers as T
 
 import peft_core as pc
 from bench.common import write_result
+from flows.cli.quiet import quiet_foreign_deprecations
 from flows.quickstart import METHOD_RECIPES
 from tests.helpers import minilm_path
 
@@ -234,6 +235,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     T.logging.set_verbosity_error()
+    quiet_foreign_deprecations()  # peft's call into transformers, as the CLI quiets it
     if args.one:
         method, library, device, steps = args.one
         print(json.dumps(measure(method, library, device, int(steps))))
