@@ -13,7 +13,6 @@ production's pool had its builds registered, and promoted, in production's regis
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
     from .spec import AdapterSpec
 from .spec import SpecError, load_spec
-from .unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+from .unresponsive_runs import HEARTBEAT_VARIABLE, heartbeat_seconds_to_deploy
 
 __all__ = [
     "DEFAULT_POOL",
@@ -424,6 +423,7 @@ def deploy_specs(
         limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
     )
     check_pool_name(pool)
+    heartbeat_seconds = heartbeat_seconds_to_deploy()
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     for path, spec in specs:
         _check_base_found_by_runs(spec, path)
@@ -440,9 +440,7 @@ def deploy_specs(
     # start` has no heartbeat setting): without them the automation that sets Crashed the runs
     # of a lost machine (flows.unresponsive_runs) never sees them. A process worker lays a
     # deployment's env over its own.
-    heartbeats = {
-        "env": {HEARTBEAT_VARIABLE: os.environ.get(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))}
-    }
+    heartbeats = {"env": {HEARTBEAT_VARIABLE: str(heartbeat_seconds)}}
     deployed = []
     # Prefect prints a table of its own per deployment (one deployment per call: its failure
     # raises, so nothing it would say is lost); the caller lists them all once.

@@ -13,6 +13,7 @@ after them.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -23,16 +24,51 @@ __all__ = [
     "SILENT_SECONDS",
     "AutomationChange",
     "ensure_heartbeat_automation",
+    "heartbeat_problem",
+    "heartbeat_seconds_to_deploy",
 ]
 
 HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 HEARTBEAT_SECONDS = 60
 SILENT_SECONDS = 600  # ten heartbeats missed: a loaded machine delays a few, never ten
+MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect's least
+LONGEST_HEARTBEAT_SECONDS = SILENT_SECONDS // 4  # four missed before a live run is taken as lost
 AUTOMATION_NAME = "adapterops: crash flow runs whose heartbeats stopped"
 # this project's flows (flows.pipelines); another team's flows on a shared server are theirs
 FLOW_NAMES = ("build", "retrain", "cascade", "prepare", "sync")
 _FINAL = ("Completed", "Failed", "Cancelled", "Crashed")
 AutomationChange = Literal["created", "updated", "unchanged"]
+
+
+def heartbeat_seconds_to_deploy() -> int:
+    """The heartbeat interval a deployment's runs are given (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+    here, else :data:`HEARTBEAT_SECONDS`), refused where the automation would set Crashed a live
+    run between two of its heartbeats."""
+    from .errors import OrchestrationError  # noqa: PLC0415 - infra.stack imports this module
+
+    problem = heartbeat_problem()
+    if problem is not None:
+        raise OrchestrationError(f"{problem}; nothing was deployed")
+    written = os.environ.get(HEARTBEAT_VARIABLE, "").strip()
+    return int(written) if written else HEARTBEAT_SECONDS
+
+
+def heartbeat_problem() -> str | None:
+    """What is wrong with the heartbeat interval this environment sets, or None: one the
+    automation would take for a lost machine's silence (or one Prefect refuses)."""
+    written = os.environ.get(HEARTBEAT_VARIABLE, "").strip()
+    try:
+        seconds = int(written) if written else HEARTBEAT_SECONDS
+    except ValueError:
+        seconds = 0
+    if MINIMUM_HEARTBEAT_SECONDS <= seconds <= LONGEST_HEARTBEAT_SECONDS:
+        return None
+    return (
+        f"{HEARTBEAT_VARIABLE}={written!r}: flow runs send a heartbeat that often, and the "
+        f"automation `adapterops deploy` creates sets Crashed a run silent for {SILENT_SECONDS} "
+        f"s: set it to {MINIMUM_HEARTBEAT_SECONDS} to {LONGEST_HEARTBEAT_SECONDS} seconds, or "
+        f"unset it ({HEARTBEAT_SECONDS})"
+    )
 
 
 def ensure_heartbeat_automation(*, silent_seconds: int = SILENT_SECONDS) -> AutomationChange:
@@ -92,4 +128,6 @@ def _definition(automation: Any) -> dict[str, Any]:
     """What an automation does, without the ids the server gave its parts or whether it is on."""
     dumped = automation.model_dump(mode="json", exclude={"id", "enabled", "created", "updated"})
     dumped["trigger"].pop("id", None)
+    for field in ("after", "expect", "for_each"):  # sets: listed in each process's hash order
+        dumped["trigger"][field] = sorted(dumped["trigger"].get(field) or [])
     return dict(dumped)

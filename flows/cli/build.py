@@ -30,6 +30,7 @@ from .common import (
     human_bytes,
     open_registry,
     prefect_answers,
+    prefect_settings_valid,
     require_spec_file,
     start_temporary_prefect,
     user_errors,
@@ -302,7 +303,8 @@ def quickstart(
 ) -> None:
     """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
     as Prefect flow runs on the embedded defaults) and compare them in one table."""
-    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
+    with user_errors(as_json), waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
+        prefect_settings_valid()  # importing the flows asks Prefect for them
         from .. import pipelines  # noqa: PLC0415
         from ..prepare_job import check_inputs  # noqa: PLC0415
         from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415

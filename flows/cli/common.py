@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,7 @@ __all__ = [
     "labelled",
     "mlflow_after_sync",
     "prefect_answers",
+    "prefect_settings_valid",
     "print_columns",
     "require_known",
     "require_spec_file",
@@ -175,12 +177,58 @@ def _user_error_types() -> tuple[type[Exception], ...]:
     return tuple(types)
 
 
+def prefect_settings_valid() -> None:
+    """Prefect reads its settings from ``PREFECT_*`` variables when first asked for one: a value
+    it refuses (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY=abc``, or under its least of 30) was
+    pydantic's error about ``FlowsSettings`` deep inside the command. Said here, naming the
+    variables, as bad input."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    said = io.StringIO()
+    with redirect_stderr(said):  # Prefect's import says "Failed to initialize plugins: ..." too
+        from prefect.settings import get_current_settings  # noqa: PLC0415 - flows only
+    try:
+        get_current_settings()
+        sys.stderr.write(said.getvalue())  # whatever else its import said, as it said it
+    except ValidationError as exc:
+        refused = [
+            f"{_prefect_variable(exc.title, problem['loc'])}={problem.get('input')!r} "
+            f"({problem['msg'].lower()})"
+            for problem in exc.errors()
+        ]
+        raise OrchestrationError(
+            f"Prefect refuses its settings in this environment: {'; '.join(refused)}: "
+            f"fix or unset {'it' if len(refused) == 1 else 'them'}"
+        ) from None
+
+
+def _prefect_variable(model: str, location: tuple[Any, ...]) -> str:
+    """The environment variable of Prefect's setting ``location`` in its settings class named
+    ``model`` (``FlowsSettings``, ``heartbeat_frequency``: PREFECT_FLOWS_HEARTBEAT_FREQUENCY)."""
+    from prefect.settings.models.root import Settings  # noqa: PLC0415
+    from pydantic_settings import BaseSettings  # noqa: PLC0415
+
+    field = "_".join(str(part) for part in location).upper()
+    pending: list[type[BaseSettings]] = [Settings]
+    while pending:
+        settings = pending.pop()
+        if settings.__name__ == model:
+            return f"{settings.model_config.get('env_prefix') or 'PREFECT_'}{field}"
+        pending += [
+            f.annotation
+            for f in settings.model_fields.values()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseSettings)
+        ]
+    return f"the Prefect setting {field.lower()} of {model}"
+
+
 def prefect_answers() -> None:
     """With a Prefect server configured (``PREFECT_API_URL``, from the environment or a Prefect
     profile), it must answer before a flow starts: one line now, not Prefect's own error from
     inside the flow's start. Without one, flows run on a temporary local server, whose database
     lives under ``PREFECT_HOME``: that folder is made here, parents too (Prefect makes none);
     :func:`start_temporary_prefect` starts the server."""
+    prefect_settings_valid()  # (it imports Prefect first)
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME  # noqa: PLC0415 - flows only
 
     from registry.settings import adapterops_home  # noqa: PLC0415
@@ -197,6 +245,18 @@ def prefect_answers() -> None:
             then="or unset it to run flows on a temporary local server",
         )  # fmt: skip
         check_prefect_login(str(url), OrchestrationError)
+        _warn_of_rare_heartbeats()
+
+
+def _warn_of_rare_heartbeats() -> None:
+    """A flow run on a server ``adapterops deploy`` set up is Crashed once silent for
+    SILENT_SECONDS: heartbeats rarer than deploy allows would end this command's flow runs
+    while they work."""
+    from ..unresponsive_runs import heartbeat_problem  # noqa: PLC0415
+
+    problem = heartbeat_problem()
+    if problem is not None:
+        warn(f"{problem}; this command's flow runs could be set Crashed while they work")
 
 
 def start_temporary_prefect(announce: Callable[[str], None] | None = None) -> None:

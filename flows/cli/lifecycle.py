@@ -30,6 +30,7 @@ from .common import (
     mlflow_client,
     open_registry,
     prefect_answers,
+    prefect_settings_valid,
     require_known,
     require_spec_file,
     spec_files,
@@ -138,9 +139,9 @@ def _built(
         return earlier.to_dict()
     if registry is not None:  # moved elsewhere (`db move`): said now, not after training
         registry.check_writable()
+    prefect_answers()  # (asked once per process: a second call costs nothing)
     from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
-    prefect_answers()  # (asked once per process: a second call costs nothing)
     quiet_libraries()  # again, now that Prefect's handlers exist (run failures to its log)
     with (
         progress(spec.name, enabled=not as_json) as on_step,
@@ -218,7 +219,8 @@ def retrain(
     if dry_run:
         _print_retraining(_due_now(files, as_json), as_json, dry_run=True)
         return
-    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
+    with user_errors(as_json), waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
+        prefect_settings_valid()  # importing the flows asks Prefect for them
         from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
 
         quiet_libraries()
@@ -296,10 +298,10 @@ def cascade(
         _print_stale(champion.ref, [s.to_dict() for s in stale], as_json)
         return
     with user_errors(as_json, one_line_failures=True):
+        prefect_answers()
         from .. import pipelines  # noqa: PLC0415 - Prefect: only when a flow runs
 
         quiet_libraries()
-        prefect_answers()
         with (
             progress("cascade", enabled=not as_json) as on_step,
             pipelines.reporting_progress(on_step),

@@ -34,6 +34,7 @@ from .common import (
     from_stack_env,
     input_texts,
     open_registry,
+    prefect_settings_valid,
     require_known,
     spec_files,
     user_errors,
@@ -87,6 +88,7 @@ def deploy(
     deployments (give each registry a pool of its own)."""
     with user_errors(as_json, one_line_failures=True):
         files = spec_files(spec_paths, nothing="nothing was deployed")
+        prefect_settings_valid()
         from ..deploy_job import (  # noqa: PLC0415
             deploy_specs,
             pool_status,

@@ -84,6 +84,28 @@ def test_a_base_model_written_as_a_relative_folder_is_warned_of_where_versions_r
         assert (result.returncode, result.stderr) == (0, ""), spec
 
 
+def test_a_prefect_setting_prefect_refuses_is_one_line_naming_its_variable(
+    tmp_path: Path, sst2_dir: Path
+):
+    """Prefect reads PREFECT_* variables when first asked for a setting: a value it refuses
+    was pydantic's error about ``FlowsSettings`` (exit 1, after Prefect's own "Failed to
+    initialize plugins" lines). Bad input, exit 2, before anything is made."""
+    spec = write_spec(tmp_path, sst2_dir, name="set")
+    refused = {
+        "abc": "'abc' (input should be a valid integer, unable to parse string as an integer)",
+        "10": "'10' (input should be greater than or equal to 30)",
+    }
+    for value, said in refused.items():
+        env = {**clean_env(tmp_path / "home"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": value}
+        for command in ("build", "retrain", "deploy"):
+            result = run_cli(command, str(spec), env=env, cwd=tmp_path)
+            assert (result.returncode, result.stderr) == (2, (
+                "error: Prefect refuses its settings in this environment: "
+                f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={said}: fix or unset it\n"
+            )), (command, result.stderr[-2000:])  # fmt: skip
+    assert not (tmp_path / "home").exists()
+
+
 def test_a_temporary_prefect_server_is_said_and_one_that_does_not_start_is_one_line(
     tmp_path: Path, sst2_dir: Path
 ):
@@ -536,8 +558,10 @@ class TestDeploy:
             env = {**clean_env(tmp_path / "h"), "PREFECT_API_URL": server.api_url}
             spec = write_spec(tmp_path, sst2_dir, name="lost")
             created = []
-            for _ in range(2):  # deployed again: the automation is there already
-                result = run_cli("deploy", str(spec), "--pool", "p", "--json", env=env)
+            # deployed again: the automation is there already, the same in another process
+            # (whose sets, such as the trigger's events, list in another order)
+            for seed in ("1", "2"):
+                result = run_cli("deploy", str(spec), "--pool", "p", "--json", env={**env, "PYTHONHASHSEED": seed})  # fmt: skip
                 assert result.returncode == 0, result.stderr[-3000:]
                 created.append(json.loads(result.stdout)["heartbeat_automation"])
             assert created == [
@@ -624,6 +648,32 @@ class TestDeploy:
         with get_client(sync_client=True) as client:
             names = {d.name for d in client.read_deployments()}
         assert "near-base" not in names
+
+    def test_heartbeats_rarer_than_the_automation_allows_are_refused_and_warned_of(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """Runs that send a heartbeat every 900 s would be set Crashed, alive, after 600 s of
+        silence: deploy refuses to give its runs that, and a command whose flows run on the
+        server says so."""
+        spec = write_spec(tmp_path, sst2_dir, name="rare")
+        env = {
+            **clean_env(tmp_path / "h"), "PREFECT_API_URL": prefect_server.api_url,
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "900",
+        }  # fmt: skip
+        problem = (
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY='900': flow runs send a heartbeat that often, and "
+            "the automation `adapterops deploy` creates sets Crashed a run silent for 600 s: set "
+            "it to 30 to 150 seconds, or unset it (60)"
+        )
+        result = run_cli("deploy", str(spec), "--pool", "rare-pool", env=env)
+        assert (result.returncode, result.stderr) == (2, f"error: {problem}; nothing was deployed\n")  # fmt: skip
+        # retrain of a spec that cannot build (its data gone): the flow runs, and fails fast
+        spec.write_text(spec.read_text().replace("train.tsv", "gone.tsv"))
+        result = run_cli("retrain", str(spec), env=env)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert result.stderr.startswith(
+            f"warning: {problem}; this command's flow runs could be set Crashed while they work\n"
+        ), result.stderr[-2000:]
 
     def test_without_a_prefect_server_is_a_clear_error(self, tmp_path: Path, sst2_dir: Path):
         spec = write_spec(tmp_path, sst2_dir)
