@@ -31,6 +31,7 @@ __all__ = [
     "check_trained_on",
     "load_base_config",
     "load_base_tokenizer",
+    "relative_base_note",
     "resolve_base_model",
     "resolve_base_weights",
 ]
@@ -264,3 +265,19 @@ def _transformers_version() -> str:
     from transformers import __version__  # noqa: PLC0415 - transformers is heavy
 
     return str(__version__)
+
+
+def relative_base_note(name: str, base_model: str) -> str | None:
+    """A ``base_model`` written as a relative folder is the name the registry keeps for the
+    base: the versions registered on it are found again only from this folder (predict,
+    evaluate, export, the next build all read it from wherever they run), so a registering
+    command says so while the absolute path is at hand. None for anything else."""
+    written = Path(base_model).expanduser()
+    if written.is_absolute() or not written.is_dir():
+        return None  # a Hub name, a packaged model, an absolute folder: the same from anywhere
+    return (
+        f"{name}: base_model {base_model!r} is a folder relative to {Path.cwd()}; the registry "
+        "keeps that name, so predict, evaluate, export and later builds find the base only "
+        f"when run from there: write its absolute path, {written.resolve()}, to use the "
+        "versions from anywhere"
+    )

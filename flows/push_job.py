@@ -24,7 +24,7 @@ from registry.names import check_language, check_name
 from registry.store import fusion_members
 
 from .mlflow_names import model_prefix
-from .models import check_trained_on
+from .models import check_trained_on, relative_base_note
 
 __all__ = ["PushResult", "push_folder", "reported_metrics"]
 
@@ -81,6 +81,9 @@ def push_folder(
     check_name(fields["task"], "task")
     check_language(fields["language"])
     check_trained_on(folder, fields["base_model"])
+    relative = relative_base_note(fields["name"], fields["base_model"])
+    if relative is not None:
+        warnings.append(relative.replace("later builds", "later pushes"))
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
     lineage = _fusion_lineage(bundle, spec)
     if mirror:

@@ -673,21 +673,13 @@ def _check_base_found_here(base_model: str, file: Path) -> None:
 
 
 def warn_of_a_relative_base(spec: AdapterSpec) -> None:
-    """A ``base_model`` written as a relative folder is the name the registry keeps for the
-    base: the versions built on it are found again only from this folder (predict, evaluate,
-    export, the next build all read it from wherever they run), so a registering command says
-    so while the absolute path is at hand."""
-    written = Path(spec.base_model).expanduser()
-    if written.is_absolute() or not written.is_dir():
-        return  # a Hub name, a packaged model, an absolute folder: the same from anywhere
-    warnings.warn(
-        f"{spec.name}: base_model {spec.base_model!r} is a folder relative to {Path.cwd()}; the "
-        "registry keeps that name, so predict, evaluate, export and later builds find the base "
-        f"only when run from there: write its absolute path, {written.resolve()}, to use the "
-        "versions from anywhere",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    """Warn (:func:`~flows.models.relative_base_note`) where ``spec``'s base is a relative
+    folder."""
+    from .models import relative_base_note  # noqa: PLC0415 - as _check_base_found_here
+
+    note = relative_base_note(spec.name, spec.base_model)
+    if note is not None:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

@@ -374,6 +374,19 @@ def test_push_checks_the_base_model_it_names(tmp_path, monkeypatch):
     assert ok_json(run(env, "rm", "sst2-en@2", "--json"))["deleted"] == "sst2-en@2"
     again = ok_json(push(str(tmp_path / "minilm-copy"), "--json"))
     assert (again["ref"], again["base_model"]) == ("sst2-en@3", str(tmp_path / "minilm-copy"))
+    # a base written as a folder relative to here: the name the registry keeps, said so
+    near = run_cli(
+        "push", str(folder), "--name", "sst2-near", "--base-model", "minilm-copy", "--task",
+        "sst2", "--language", "en", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert near.returncode == 0, near.stderr
+    assert (
+        f"warning: sst2-near: base_model 'minilm-copy' is a folder relative to {tmp_path}; the "
+        "registry keeps that name, so predict, evaluate, export and later pushes find the base "
+        f"only when run from there: write its absolute path, {tmp_path / 'minilm-copy'}, to "
+        "use the versions from anywhere"
+    ) in near.stderr.splitlines(), near.stderr
+    ok_json(run(env, "rm", "sst2-near@1", "--json"))
 
     # reviewers see pushed versions in MLflow; removed ones left it, the model says its base
     from flows import tracking
