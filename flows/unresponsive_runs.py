@@ -5,10 +5,10 @@ with its runs) reports nothing: Prefect showed it Running for ever, and the next
 same build (:mod:`flows.flow_run_attempts`) may come a day later, or never if its spec changed.
 Prefect's way for a server of one's own is heartbeats and an automation: every flow run sends a
 heartbeat event each :data:`HEARTBEAT_SECONDS` (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``: set for
-the flows the CLI runs and for the stack's worker), and ``adapterops deploy`` creates, once per
-server (and brings up to date one an older version made), an automation that sets Crashed a
-run of these flows whose heartbeats stopped for :data:`SILENT_SECONDS` with no final state
-after them.
+the flows the CLI runs, the stack's worker, and in each deployment's job variables), and
+``adapterops deploy`` creates, once per server (and brings up to date one an older version
+made), an automation that sets Crashed a run of these flows whose heartbeats stopped for
+:data:`SILENT_SECONDS` with no final state after them.
 """
 
 from __future__ import annotations
