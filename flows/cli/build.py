@@ -303,8 +303,10 @@ def quickstart(
 ) -> None:
     """Build LoRA, BitFit and Pfeiffer adapters on MiniLM (train, evaluate, register, promote,
     as Prefect flow runs on the embedded defaults) and compare them in one table."""
-    with user_errors(as_json), waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
-        prefect_settings_valid()  # importing the flows asks Prefect for them
+    with user_errors(as_json):
+        prefect_settings_valid()  # importing the flows asks Prefect for them (before a spinner:
+        # it holds back what Prefect's import prints, which would hold the spinner's frames)
+    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
         from .. import pipelines  # noqa: PLC0415
         from ..prepare_job import check_inputs  # noqa: PLC0415
         from ..quickstart import quickstart_specs, write_spec_file  # noqa: PLC0415

@@ -181,7 +181,8 @@ def prefect_settings_valid() -> None:
     """Prefect reads its settings from ``PREFECT_*`` variables when first asked for one: a value
     it refuses (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY=abc``, or under its least of 30) was
     pydantic's error about ``FlowsSettings`` deep inside the command. Said here, naming the
-    variables, as bad input."""
+    variables, as bad input. Called outside a spinner: what Prefect's import prints on standard
+    error is held until the settings are known good."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     said = io.StringIO()

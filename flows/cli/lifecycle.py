@@ -219,8 +219,10 @@ def retrain(
     if dry_run:
         _print_retraining(_due_now(files, as_json), as_json, dry_run=True)
         return
-    with user_errors(as_json), waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
-        prefect_settings_valid()  # importing the flows asks Prefect for them
+    with user_errors(as_json):
+        prefect_settings_valid()  # importing the flows asks Prefect for them (before a spinner:
+        # it holds back what Prefect's import prints, which would hold the spinner's frames)
+    with waiting(LOADING_FLOW_LIBRARIES, enabled=not as_json):
         from .. import pipelines  # noqa: PLC0415 - Prefect and torch: once the specs are there
 
         quiet_libraries()
