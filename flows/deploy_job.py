@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.responses import DeploymentResponse
 
     from .spec import AdapterSpec
+from .models import relative_folder
 from .spec import SpecError, load_spec
 from .unresponsive_runs import HEARTBEAT_VARIABLE, heartbeat_seconds_to_deploy
 
@@ -378,8 +379,8 @@ def _sync_name(pool: str, identity: str | None) -> str:
 def _check_base_found_by_runs(spec: AdapterSpec, path: Path) -> None:
     """A deployment's runs start in :data:`_ROOT` (Prefect's pull step), where a ``base_model``
     folder written relative to the current one is not: refused now, not at the first run."""
-    written = Path(spec.base_model).expanduser()
-    if written.is_absolute() or not written.is_dir() or (_ROOT / written).is_dir():
+    written = relative_folder(spec.base_model)
+    if written is None or (_ROOT / written).is_dir():
         return  # a Hub name or packaged model, an absolute folder, or one the runs find
     raise SpecError(
         str(path),

@@ -32,6 +32,7 @@ __all__ = [
     "load_base_config",
     "load_base_tokenizer",
     "relative_base_note",
+    "relative_folder",
     "resolve_base_model",
     "resolve_base_weights",
 ]
@@ -267,17 +268,25 @@ def _transformers_version() -> str:
     return str(__version__)
 
 
-def relative_base_note(name: str, base_model: str) -> str | None:
+def relative_folder(base_model: str) -> Path | None:
+    """``base_model`` as a folder relative to the current one, or None: a Hub name, a packaged
+    model, an absolute folder (the same from anywhere)."""
+    written = Path(base_model).expanduser()
+    return None if written.is_absolute() or not written.is_dir() else written
+
+
+def relative_base_note(name: str, base_model: str, *, registering: str = "builds") -> str | None:
     """A ``base_model`` written as a relative folder is the name the registry keeps for the
     base: the versions registered on it are found again only from this folder (predict,
     evaluate, export, the next build all read it from wherever they run), so a registering
-    command says so while the absolute path is at hand. None for anything else."""
-    written = Path(base_model).expanduser()
-    if written.is_absolute() or not written.is_dir():
-        return None  # a Hub name, a packaged model, an absolute folder: the same from anywhere
+    command (``registering``: what it does again later) says so while the absolute path is at
+    hand. None for anything else."""
+    written = relative_folder(base_model)
+    if written is None:
+        return None
     return (
         f"{name}: base_model {base_model!r} is a folder relative to {Path.cwd()}; the registry "
-        "keeps that name, so predict, evaluate, export and later builds find the base only "
-        f"when run from there: write its absolute path, {written.resolve()}, to use the "
+        f"keeps that name, so predict, evaluate, export and later {registering} find the base "
+        f"only when run from there: write its absolute path, {written.resolve()}, to use the "
         "versions from anywhere"
     )

@@ -81,9 +81,9 @@ def push_folder(
     check_name(fields["task"], "task")
     check_language(fields["language"])
     check_trained_on(folder, fields["base_model"])
-    relative = relative_base_note(fields["name"], fields["base_model"])
+    relative = relative_base_note(fields["name"], fields["base_model"], registering="pushes")
     if relative is not None:
-        warnings.append(relative.replace("later builds", "later pushes"))
+        warnings.append(relative)
     bundle = inspect_folder(folder)  # every file checked (and hashed once) before it opens
     lineage = _fusion_lineage(bundle, spec)
     if mirror:
