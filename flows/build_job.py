@@ -47,7 +47,7 @@ from .mlflow_models import (
     version_description,
 )
 from .mlflow_names import REGISTRY_TAG
-from .prepare_job import PreparedInfo, prepare_info
+from .prepare_job import PreparedInfo, check_against_registry, prepare_info
 from .promotion import CHALLENGER, Decision, Policy, decide, promote, version_holding
 from .run_attempts import BUILD_KEY_TAG, FLOW_RUN_TAG, end_abandoned_runs
 from .spec import AdapterSpec
@@ -189,6 +189,7 @@ def run_chain(
         # a registry moved elsewhere, another registry's MLflow model of this name: refused
         # now, not after hours of training
         build.registry.check_writable()
+        check_against_registry(build.spec, build.registry)  # a deployment's run: no CLI asked
         check_name_is_ours(tracking.client(), build.registry, build.spec.name)
         run_step("prepare data", prepare_data, build)
         report, run_id = run_step("train", train_tracked, build)

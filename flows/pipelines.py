@@ -50,7 +50,7 @@ from .flow_run_attempts import claim_build, current_flow_run_id
 from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
-from .prepare_job import check_inputs, check_promote_alias, prepare_info
+from .prepare_job import check_against_registry, check_inputs, prepare_info
 from .retrain import RetrainOutcome, due_reason, one_line
 from .spec import load_spec, warn_of_a_relative_base
 from .stale import fusion_as_it_stands
@@ -188,7 +188,7 @@ def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
             return RetrainOutcome(spec=path, name=spec.name, status="up to date", reason="")
         # as `build` checks before its flow: bad input refused, and its warnings said, here
         check_inputs(spec, registry)
-        check_promote_alias(spec, registry)  # not hours of training, then a refused promotion
+        check_against_registry(spec, registry)  # not hours of training, then a refusal
         warn_of_a_relative_base(spec)
         state = build(path, output=str(output / spec.name), return_state=True)
         if state.is_failed():

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PreparedInfo",
     "cache_root",
+    "check_against_registry",
     "check_inputs",
     "check_promote_alias",
     "preparation_key",
@@ -162,6 +163,23 @@ def check_inputs(
     _check_step_fits(spec)
     if evaluates_apart:  # not hours of training first, then a refusal at the evaluation
         place_for_inference(spec)
+
+
+def check_against_registry(spec: AdapterSpec, registry: Registry | None) -> None:
+    """What registering the build would refuse, asked before it trains: the adapter name bound
+    to another base model, task, language or method, and the alias the gate would move
+    (:func:`check_promote_alias`). ``registry`` None: none exists yet, so nothing is bound."""
+    if registry is None:
+        return
+    registry.check_binding(
+        spec.name,
+        base_model=spec.base_model,
+        task=spec.task,
+        language=spec.language,
+        method=spec.method.type,
+        what="this spec",
+    )
+    check_promote_alias(spec, registry)
 
 
 def check_promote_alias(spec: AdapterSpec, registry: Registry | None) -> None:

@@ -84,8 +84,8 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
     model, data, targets, members...); ``ref``: the spec's newest version, if any. ``registry``
     None: none exists yet, so every spec is due, never built."""
     from .prepare_job import (  # noqa: PLC0415 - torch and the data libraries
+        check_against_registry,
         check_inputs,
-        check_promote_alias,
     )
 
     outcomes = []
@@ -96,7 +96,7 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
             reason = due_reason(spec, registry) if registry is not None else "never built"
             if reason is not None:
                 check_inputs(spec, registry)
-                check_promote_alias(spec, registry)
+                check_against_registry(spec, registry)
                 warn_of_a_relative_base(spec)
         except Exception as exc:  # one unreadable spec must not hide the others' answers
             name = spec.name if spec is not None else ""

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union, cast
 
 from cronsim import CronSim, CronSimError
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,7 @@ from registry.names import (
     LANGUAGE_WORDS,
     NAME_PATTERN,
     NAME_WORDS,
+    base_model_name,
     check_new_alias,
     member_name,
 )
@@ -467,11 +469,16 @@ class ScheduleSpec(_Strict):
         return value
 
 
+# A base model folder written with a trailing "/" (a shell's completion) is the folder without
+# it: one name in the registry, whichever way the spec spells it.
+BaseModelName = Annotated[str, AfterValidator(base_model_name)]
+
+
 class AdapterSpec(_Strict):
     """Everything needed to build, evaluate, register and promote one adapter."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    base_model: str
+    base_model: BaseModelName
     task: str = Field(pattern=NAME_PATTERN)
     language: str = Field(pattern=LANGUAGE_PATTERN)
     description: str = ""
@@ -597,7 +604,7 @@ class PlanSpec(_Strict):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     name: str = Field(default="adapter", pattern=NAME_PATTERN)
-    base_model: str
+    base_model: BaseModelName
     head: HeadSpec
     method: MethodSpec
     load: LoadSpec = LoadSpec()

@@ -63,6 +63,7 @@ from .locks import kept_busy, lock_is_held, named_lock
 from .move import MoveReport, move_registry
 from .move_marker import check_writable, moved_to, where_it_went
 from .names import (
+    base_model_name,
     check_alias,
     check_key,
     check_language,
@@ -160,6 +161,7 @@ class Registry:
         check_language(language)
         if not base_model or len(base_model) > 256:
             raise RegistryError(f"invalid base model name {base_model!r}")
+        base_model = base_model_name(base_model)
         metrics = _checked_metrics(metrics or {})
         _check_json(lineage or {}, "lineage")
         _check_json(spec or {}, "spec")
@@ -167,6 +169,8 @@ class Registry:
         _check_spec_fits(bundle, spec or {})
         if bundle.method == "fusion":  # its members are checked before any byte is uploaded
             self._read(lambda s: store.check_fusion_members(s, bundle, lineage or {}, base_model))
+        binding = (base_model, task, language, bundle.method)  # so is the name's binding
+        self._read(lambda s: store.check_binding(s, name, binding, "this folder"))
         self._mark_store()
         artifact_uri = upload(self.artifacts, bundle, on_bytes)  # bytes first, then the record
 
@@ -368,7 +372,7 @@ class Registry:
         return self._read(
             lambda s: store.find_versions(
                 s,
-                base_model=base_model,
+                base_model=None if base_model is None else base_model_name(base_model),
                 task=task,
                 language=language,
                 method=method,
@@ -388,11 +392,28 @@ class Registry:
             _check_type(f"resolve: {key}", value, str, "text", optional=False)
         _check_type("resolve: metric", metric, str, "a metric's name")
         check_language(language)  # "EN" was "nothing serves ... language 'EN'"
+        base_model = base_model_name(base_model)  # the folder "base/" is "base"
         return self._read(
             lambda s: store.resolve(
                 s, base_model=base_model, task=task, language=language, metric=metric
             )
         )
+
+    def check_binding(
+        self,
+        name: str,
+        *,
+        base_model: str,
+        task: str,
+        language: str,
+        method: str,
+        what: str = "this adapter",
+    ) -> None:
+        """Raise :class:`InvalidNameError` if registering ``what`` under ``name`` would be
+        refused because the name is bound to another base model, task, language or method: a
+        build asks before it trains, not when it registers."""
+        binding = (base_model_name(base_model), task, language, method)
+        self._read(lambda s: store.check_binding(s, name, binding, what))
 
     def base_models_for(self, folder: str | Path) -> list[str]:
         """The names under which the base model an adapter folder was trained on is registered

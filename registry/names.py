@@ -20,6 +20,7 @@ __all__ = [
     "NAME_PATTERN",
     "NAME_WORDS",
     "Ref",
+    "base_model_name",
     "check_alias",
     "check_alias_case",
     "check_key",
@@ -48,6 +49,12 @@ _OTHER_SEPARATOR = re.compile(r"([A-Za-z0-9][A-Za-z0-9_\-]{0,127})([:/])([A-Za-z
 CHAMPION = "champion"  # the alias the serving path and the promotion gate use
 MAX_VERSION = 2**31 - 1  # the database column is a 32-bit integer on every backend
 MAX_ALIAS = 64  # the alias and metric-key columns: one limit, checked before any database sees it
+
+
+def base_model_name(value: str) -> str:
+    """The name a base model is registered under: a folder written with a trailing ``/`` (a
+    shell's completion adds one) is the same folder, so the same base, as the one without."""
+    return value.rstrip("/") or value
 
 
 def check_name(value: str, what: str = "adapter name") -> str:

@@ -42,6 +42,7 @@ from .orm import (
 )
 
 __all__ = [
+    "check_binding",
     "check_fusion_members",
     "delete_version",
     "deleted_versions",
@@ -626,10 +627,8 @@ def _adapter(
     registered = (row.base_model_id, row.task, row.language, row.method)
     if registered == (base.id, task, language, bundle.method):
         return row
-    registered_base = session.scalar(
-        select(BaseModelRow.name).where(BaseModelRow.id == row.base_model_id)
-    )
-    if session.scalar(select(VersionRow.id).where(VersionRow.adapter_id == row.id)) is None:
+    registered_base = _base_name(session, row)
+    if not _has_versions(session, row):
         # Every version is deleted (pushed under the wrong base model, say): nothing refers to
         # the old binding any more, so the name takes the new one; numbers keep counting up.
         before = {
@@ -643,12 +642,48 @@ def _adapter(
         _log(session, "rebound", name, None, origin=origin, detail={"before": before})
         session.flush()
         return row
-    raise InvalidNameError(
-        f"adapter {name!r} is registered for base model {registered_base!r}, task "
-        f"{row.task!r}, language {row.language!r}, method {row.method!r}; this folder is for "
-        f"{base.name!r}, {task!r}, {language!r}, {bundle.method!r}. Use another adapter name "
+    raise _binding_error(row, registered_base, (base.name, task, language, bundle.method))
+
+
+def check_binding(
+    session: Session,
+    name: str,
+    binding: tuple[str, str, str, str],
+    what: str,
+) -> None:
+    """Raise the error registering ``what`` (``"this spec"``) under ``name`` would raise: the
+    name is bound to another (base model, task, language, method) and still has versions."""
+    row = session.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
+    if row is None or not _has_versions(session, row):
+        return
+    registered_base = _base_name(session, row)
+    if (registered_base, row.task, row.language, row.method) != binding:
+        raise _binding_error(row, registered_base, binding, what)
+
+
+def _base_name(session: Session, row: AdapterRow) -> str:
+    return str(
+        session.scalar(select(BaseModelRow.name).where(BaseModelRow.id == row.base_model_id))
+    )
+
+
+def _has_versions(session: Session, row: AdapterRow) -> bool:
+    return session.scalar(select(VersionRow.id).where(VersionRow.adapter_id == row.id)) is not None
+
+
+def _binding_error(
+    row: AdapterRow,
+    registered_base: str,
+    binding: tuple[str, str, str, str],
+    what: str = "this folder",
+) -> InvalidNameError:
+    base, task, language, method = binding
+    return InvalidNameError(
+        f"adapter {row.name!r} is registered for base model {registered_base!r}, task "
+        f"{row.task!r}, language {row.language!r}, method {row.method!r}; {what} is for "
+        f"{base!r}, {task!r}, {language!r}, {method!r}. Use another adapter name "
         f"(or, if its versions were pushed under the wrong ones, remove them all with "
-        f"adapterops rm {name}@VERSION, and the name takes the new ones)."
+        f"adapterops rm {row.name}@VERSION, and the name takes the new ones)."
     )
 
 

@@ -79,7 +79,7 @@ def build(
             from ..spec import load_spec, warn_of_a_relative_base  # noqa: PLC0415
 
             spec = load_spec(spec_file, overrides)
-            from ..prepare_job import check_inputs, check_promote_alias  # noqa: PLC0415
+            from ..prepare_job import check_against_registry, check_inputs  # noqa: PLC0415
 
             quiet_libraries()
             check_inputs(spec)  # bad input fails here, before a flow run exists
@@ -87,7 +87,7 @@ def build(
             from ..build_job import build_lineage, find_earlier_build  # noqa: PLC0415
 
             existing = _existing_registry()
-            check_promote_alias(spec, existing)
+            check_against_registry(spec, existing)
             lineage = build_lineage(spec)  # reads every data file (the fingerprint)
         if dry_run:  # a dry run creates no registry: none means nothing was built
             reusable = find_earlier_build(spec, lineage, existing) if existing else None

@@ -443,6 +443,18 @@ class TestBuildCommand:
             "aliases; use 'champion' (or remove it first)"
         ))  # fmt: skip
         assert len(flow_runs(f"build {spec.resolve()}")) == 1
+        # a spec whose adapter name is bound to another task: refused before a flow runs too
+        # (it trained, then the registration refused it)
+        topic = run_cli("build", str(spec), "--set", "task=topic", env=env, cwd=tmp_path)
+        assert (topic.returncode, topic.stderr.splitlines()[-1]) == (2, (
+            "error: adapter 'cli-build' is registered for base model "
+            "'sentence-transformers/all-MiniLM-L6-v2', task 'sst2', language 'en', method "
+            "'lora'; this spec is for 'sentence-transformers/all-MiniLM-L6-v2', 'topic', 'en', "
+            "'lora'. Use another adapter name (or, if its versions were pushed under the wrong "
+            "ones, remove them all with adapterops rm cli-build@VERSION, and the name takes "
+            "the new ones)."
+        ))  # fmt: skip
+        assert len(flow_runs(f"build {spec.resolve()}")) == 1
 
     def test_retrain_reports_each_spec_and_exits_1_if_one_failed(
         self, tmp_path: Path, sst2_dir: Path

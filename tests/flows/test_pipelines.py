@@ -23,7 +23,7 @@ from flows.retrain import due_reason, last_fire
 from flows.spec import load_spec
 from flows.stopping import StopRequested, stop_reason
 from flows.train_job import load_tokenizer
-from registry import Registry
+from registry import InvalidNameError, Registry
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "embedded_home")
 
@@ -88,6 +88,15 @@ class TestBuild:
 
         runs = flow_runs(f"build {spec_path}")
         assert len(runs) == 2 and all(r.state.is_completed() for r in runs)
+
+        # the base folder written as a shell completes it ("name/") is the same base and build
+        slash = ["base_model=sentence-transformers/all-MiniLM-L6-v2/"]
+        assert pipelines.build(str(spec_path), slash, output=str(tmp_path / "o-slash"))["reused"]
+        # a run that would register under another task (a deployment's: no CLI checked it)
+        # is refused before it trains, not after, at the registration
+        with pytest.raises(InvalidNameError, match=r"; this spec is for .*'topic', 'en', 'lora'"):
+            pipelines.build(str(spec_path), ["task=topic"], output=str(tmp_path / "o-topic"))
+        assert not (tmp_path / "o-topic").exists()
 
         changed = pipelines.build(str(spec_path), ["train.seed=1"], output=str(tmp_path / "o2"))
         assert changed["version"] == 2 and changed["reused"] is False

@@ -126,13 +126,37 @@ class TestRegister:
 
     def test_an_adapter_keeps_its_base_model_task_language_and_method(self, registry, make_adapter):
         register(registry, make_adapter(1))
+        blobs = set(registry.artifacts.blobs())
         with pytest.raises(
             rg.InvalidNameError,
-            match=r"registered for base model 'tiny-bert'.*Use another adapter name",
+            match=r"registered for base model 'tiny-bert'.*this folder is for 'tiny-bert', "
+            r"'sst2', 'pt', 'lora'\. Use another adapter name",
         ):
             register(registry, make_adapter(2), language="pt")
         with pytest.raises(rg.InvalidNameError):
             register(registry, make_adapter(3, method="bitfit"))
+        assert set(registry.artifacts.blobs()) == blobs  # refused before a byte was uploaded
+        # what a build asks before it trains: the same refusal, naming what is checked
+        binding = {"base_model": BASE, "task": "sst2", "language": "en", "method": "lora"}
+        registry.check_binding("tiny-sst2-en-lora", **binding)  # its own binding: no error
+        registry.check_binding("never-registered", **{**binding, "task": "other"})
+        with pytest.raises(rg.InvalidNameError, match=r"; this spec is for 'tiny-bert', 'topic'"):
+            registry.check_binding(
+                "tiny-sst2-en-lora", **{**binding, "task": "topic"}, what="this spec"
+            )
+
+    def test_a_base_model_folder_with_a_trailing_slash_is_the_same_base(
+        self, registry, make_adapter
+    ):
+        # a shell's completion writes the folder "models/base/"; it is the base "models/base"
+        first = register(registry, make_adapter(1), base_model="models/base/")
+        second = register(registry, make_adapter(2), base_model="models/base")
+        assert (first.base_model, second.base_model) == ("models/base", "models/base")
+        assert second.version == 2
+        found = registry.find(base_model="models/base//")
+        assert [v.ref for v in found] == ["tiny-sst2-en-lora@1", "tiny-sst2-en-lora@2"]
+        resolved = registry.resolve(base_model="models/base/", task="sst2", language="en")
+        assert resolved.versions[0].ref == "tiny-sst2-en-lora@2"
 
     def test_wrong_base_model_is_refused(self, registry, make_adapter):
         register(registry, make_adapter(1))
