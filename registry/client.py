@@ -723,10 +723,14 @@ class Registry:
 
     def check_writable(self) -> None:
         """Raise :class:`RegistryMovedError` if this registry was moved (or is being moved)
-        to another database: a build checks before it trains, not when it registers."""
+        to another database, and :class:`StorageUnavailableError` if its artifact store cannot
+        take its files (S3 unreachable, no bucket, credentials missing or refused: it writes
+        the registry's marker there, as the first registration would): a build checks before it
+        trains, not when it registers."""
         moved = self._read(moved_to)
         if moved is not None:
             raise RegistryMovedError(where_it_went(moved))
+        self._mark_store()
 
     def close(self) -> None:
         """Release database connections."""

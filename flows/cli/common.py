@@ -478,12 +478,18 @@ def open_registry(*, create: bool = False) -> rg.Registry:
 
 def registry_now_or_once_done() -> rg.Registry | Callable[[], rg.Registry]:
     """For a command that adds a version after long work (``import`` loads a base model): an
-    existing registry opened now, so a wrong URL or a stopped server is told before the work,
-    else what creates it once the work is done, so a refused command leaves no new registry."""
+    existing registry opened now, so a wrong URL, a stopped server, a moved registry or an
+    artifact store that cannot take the files is told before the work, else what creates it
+    once the work is done, so a refused command leaves no new registry."""
     try:
-        return open_registry()
+        registry = open_registry()
     except rg.NoRegistryError:
+        from registry.artifacts import open_store  # noqa: PLC0415 - boto3: when used
+
+        open_store(rg.Settings.from_env().artifacts_url).check()
         return lambda: open_registry(create=True)
+    registry.check_writable()
+    return registry
 
 
 def require_known(registry: rg.Registry, refs: list[str], *, compositions: bool = False) -> None:

@@ -134,6 +134,9 @@ def _built(
 
     if registry is None:  # nothing built before: a flow runs, so Prefect is asked first
         prefect_answers()  # (before the registry is made: a refusal leaves nothing behind)
+        from registry.artifacts import open_store  # noqa: PLC0415 - boto3: when used
+
+        open_store(rg.Settings.from_env().artifacts_url).check()  # and the artifact store
     earlier = find_earlier_build(spec, lineage, registry)  # creates the registry if need be
     if earlier is not None:
         return earlier.to_dict()

@@ -34,6 +34,11 @@ class ArtifactStore(Protocol):
 
     url: str
 
+    def check(self) -> None:
+        """Raise :class:`~registry.errors.StorageUnavailableError` when the store cannot be
+        used, writing nothing: before long work whose result it will hold."""
+        ...
+
     def has(self, digest: str) -> bool:
         """Whether a blob with this digest is stored."""
         ...

@@ -50,6 +50,9 @@ class LocalStore:
                 f"({refused}); point ADAPTEROPS_ARTIFACTS_URL at a folder you can write to"
             )
 
+    def check(self) -> None:
+        """Nothing more to ask: opening it checked that the folder is or can be made."""
+
     def _path(self, digest: str) -> Path:
         return self.root / blob_key(digest)
 

@@ -92,6 +92,10 @@ class S3Store:
             ) from None
         self._bucket_checked = True
 
+    def check(self) -> None:
+        """The bucket looked up: S3 answers, the credentials are taken, the bucket exists."""
+        self._check_bucket()
+
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (for local stacks and tests)."""
         try:

@@ -223,6 +223,41 @@ class TestBuildCommand:
             ), command  # was "error: RuntimeError: Failed to reach API at ...", exit 1
         assert not (tmp_path / "out").exists()
 
+    @pytest.mark.usefixtures("seaweed")
+    def test_an_artifact_store_that_cannot_take_the_files_is_one_line_before_any_work(
+        self, tmp_path: Path, sst2_dir: Path
+    ):
+        """A bucket that does not exist (or S3 unreachable, or its keys refused) was found out
+        at the registration, after the training."""
+        from tests.helpers import empty_registry
+
+        bucket = f"no-such-bucket-{os.getpid()}"
+        env = clean_env(
+            tmp_path / "h",
+            PREFECT_API_URL=os.environ["PREFECT_API_URL"],
+            ADAPTEROPS_ARTIFACTS_URL=f"s3://{bucket}/adapters",
+        )
+        spec = write_spec(tmp_path, sst2_dir, name="no-bucket")
+        missing = (
+            f"error: bucket '{bucket}' does not exist at {os.environ['AWS_ENDPOINT_URL_S3']}: "
+            "create it (`adapterops stack up` does) or fix ADAPTEROPS_ARTIFACTS_URL"
+        )
+        # a new registry: asked before one is made (and before Prefect's flow run)
+        first = run_cli("build", str(spec), env=env, cwd=tmp_path)
+        assert (first.returncode, first.stderr.splitlines()[-1]) == (2, missing)
+        assert not (tmp_path / "h" / "registry.db").exists()
+        # an existing one: by the CLI, and by the flow of a retraining (a deployment's too)
+        empty_registry(tmp_path / "h")
+        second = run_cli("build", str(spec), env=env, cwd=tmp_path)
+        assert (second.returncode, second.stderr.splitlines()[-1]) == (2, missing)
+        assert flow_runs(str(spec)) == []
+        retrained = run_cli("retrain", str(spec), "--json", env=env, cwd=tmp_path)
+        assert retrained.returncode == 1
+        (outcome,) = json.loads(retrained.stdout)["outcomes"]
+        reason = missing.replace("error: ", "StorageUnavailableError: ")
+        assert (outcome["status"], outcome["reason"]) == ("failed", reason)
+        assert not (tmp_path / "out").exists()  # nothing trained
+
     def test_bad_data_fails_before_any_flow_run(self, tmp_path: Path, sst2_dir: Path):
         bad = tmp_path / "bad.tsv"
         bad.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")

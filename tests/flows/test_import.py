@@ -108,3 +108,32 @@ def test_a_registry_that_cannot_open_is_told_before_the_base_model_loads(tmp_pat
         done.stderr
     )
     assert notes.read_text() == "not a database"
+
+
+def test_an_artifact_store_that_cannot_take_the_files_is_told_before_the_base_model_loads(
+    tmp_path: Path,
+):
+    """An S3 store nothing answers at was found out at the registration, after the conversion;
+    the base named here does not exist, and the store's line still comes first, whether the
+    registry exists yet or not."""
+    from infra.stack import free_port
+    from tests.helpers import empty_registry
+
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "ADAPTEROPS_HOME": str(home),
+        "ADAPTEROPS_ARTIFACTS_URL": "s3://adapters/x",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    where = ("--base-model", "nobody/no-such-model", *WHERE[2:])
+    for registry_exists in (False, True):
+        if registry_exists:
+            empty_registry(home)
+        done = run_cli("import", str(FIXTURES / "seq_bn"), "--name", "x", *where, env=env)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("error: cannot reach S3 at http://127.0.0.1:"), done.stderr
+        assert (home / "registry.db").exists() is registry_exists  # the refusal made none
