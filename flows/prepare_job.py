@@ -167,7 +167,8 @@ def check_inputs(
 
 def check_against_registry(spec: AdapterSpec, registry: Registry | None) -> None:
     """What registering the build would refuse, asked before it trains: the adapter name bound
-    to another base model, task, language or method, and the alias the gate would move
+    to another base model, task, language or method, a base model name that reaches another
+    model than the one registered under it, and the alias the gate would move
     (:func:`check_promote_alias`). ``registry`` None: none exists yet, so nothing is bound."""
     if registry is None:
         return
@@ -179,6 +180,10 @@ def check_against_registry(spec: AdapterSpec, registry: Registry | None) -> None
         method=spec.method.type,
         what="this spec",
     )
+    # a base folder that holds another model than the one registered under its name (updated
+    # in place to a newer release): its fingerprint from the config alone, as export reads it
+    skeleton = pc.build_on_meta(base_config(spec), spec.head.type)
+    registry.check_base_model(spec.base_model, pc.fingerprint(skeleton).to_dict())
     check_promote_alias(spec, registry)
 
 

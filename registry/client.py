@@ -399,6 +399,15 @@ class Registry:
             )
         )
 
+    def check_base_model(self, base_model: str, fingerprint: dict[str, Any]) -> None:
+        """Raise :class:`BaseModelMismatchError` if ``base_model`` is registered as another
+        model than the one of ``fingerprint`` (``peft_core.fingerprint(model).to_dict()``, a
+        model built on the meta device will do): a build asks before it trains, not when it
+        registers."""
+        digests = base_digests(fingerprint)
+        name = base_model_name(base_model)
+        self._read(lambda s: store.check_base_model(s, name, digests))
+
     def check_binding(
         self,
         name: str,

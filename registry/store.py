@@ -42,6 +42,7 @@ from .orm import (
 )
 
 __all__ = [
+    "check_base_model",
     "check_binding",
     "check_fusion_members",
     "delete_version",
@@ -588,6 +589,22 @@ def _base_model(
     elif canonical and row.fingerprint != canonical:
         row.fingerprint = canonical
     return row
+
+
+def check_base_model(session: Session, name: str, digests: Sequence[str]) -> None:
+    """Raise :class:`BaseModelMismatchError` when base model ``name`` is registered with a
+    fingerprint none of ``digests`` (those of the model the name reaches now) is: what
+    registering an adapter trained on it would refuse, asked before the training."""
+    row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).first()
+    if row is None or not digests or not row.fingerprint or row.fingerprint in digests:
+        return
+    raise BaseModelMismatchError(
+        f"base model {name!r} is registered with fingerprint {row.fingerprint[:12]} (the model "
+        f"its adapters were trained on), but it names a model with fingerprint "
+        f"{digests[0][:12]} now (another config or other weight shapes): give this model a name "
+        f"of its own (another folder, or its Hub id), or point base_model back at the model "
+        f"registered as {name!r}"
+    )
 
 
 def base_models_with(session: Session, digests: Sequence[str]) -> list[str]:

@@ -102,3 +102,39 @@ def test_a_config_json_transformers_cannot_read_is_one_line_for_plan_and_train(t
                 "): save the model's own config.json there (model.config.save_pretrained(folder))"
             )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_base_folder_now_holding_another_model_is_refused_before_the_build_trains(
+    tmp_path, sst2_dir
+):
+    """A folder updated in place to another release of its model (here: a longer context) is
+    another base under the same name: registering what a build trained on it was refused,
+    after the training. Now the build asks first, from the folder's config alone."""
+    import pytest
+
+    import peft_core as pc
+    from flows.prepare_job import check_against_registry
+    from flows.spec import parse_spec
+    from registry import BaseModelMismatchError, Registry
+
+    document = llama_lm_spec(tmp_path, sst2_dir, complete=True)
+    base = tmp_path / "base"
+    model = T.AutoModelForCausalLM.from_pretrained(base)
+    pc.add_adapter(model, "lm", pc.LoRA(rank=8, targets=("q_proj", "v_proj")))
+    pc.save_adapter(model, "lm", tmp_path / "adapter")
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "artifacts")
+    where = {"base_model": str(base), "task": "lm", "language": "en"}
+    registry.register(tmp_path / "adapter", name="tiny-llama-lm", **where)
+    spec = parse_spec(document)
+    check_against_registry(spec, registry)  # the model registered under the name: no error
+
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 262144}))
+    with pytest.raises(BaseModelMismatchError) as refused:
+        check_against_registry(spec, registry)
+    assert str(refused.value).startswith(f"base model '{base}' is registered with fingerprint ")
+    assert str(refused.value).endswith(
+        "now (another config or other weight shapes): give this model a name of its own "
+        f"(another folder, or its Hub id), or point base_model back at the model registered as "
+        f"'{base}'"
+    )
