@@ -56,6 +56,7 @@ from .errors import (
     NotMergeableError,
     PeftCoreError,
     TargetError,
+    TrainingDivergedError,
 )
 from .fingerprint import Fingerprint, fingerprint
 from .heads import HeadKind, detect_head
@@ -133,6 +134,7 @@ __all__ = [
     "StepMemory",
     "TargetError",
     "TrainResult",
+    "TrainingDivergedError",
     "__version__",
     "active_adapters",
     "adapter_state_dict",

@@ -17,6 +17,7 @@ __all__ = [
     "NotMergeableError",
     "PeftCoreError",
     "TargetError",
+    "TrainingDivergedError",
 ]
 
 
@@ -30,6 +31,11 @@ class ConfigError(PeftCoreError, ValueError):
 
 class TargetError(PeftCoreError):
     """Targets matched nothing, or matched a module type the method cannot adapt."""
+
+
+class TrainingDivergedError(PeftCoreError, ArithmeticError):
+    """A step's loss was not a number and left the weights that train NaN or infinite: no later
+    step can bring them back, so training stops there rather than running on."""
 
 
 class AdapterExistsError(PeftCoreError):

@@ -32,12 +32,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .batches import BatchLimits, batch_limits, checked_batch
-from .errors import CheckpointMismatchError, ConfigError
+from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from .inject import active_adapters, is_merged
 from .methods import Method, method_of
 from .parallel import parallel_adapters
 from .periodic_evaluation import PeriodicEvaluation
-from .shards import has_shards
+from .shards import has_shards, local_part
 from .state import adapter_layers, adapter_records
 
 __all__ = ["CHECKPOINT_FILE", "SCHEDULES", "Precision", "Schedule", "TrainResult", "train"]
@@ -190,6 +190,11 @@ def train(
             if on_step is not None:
                 on_step(step, step_loss, lr_used)
             done = step + 1
+            if not math.isfinite(step_loss):  # (every process sees the same mean loss)
+                _stop_if_diverged(
+                    params, step_loss, learning_rate=lr_used, step=done,
+                    data_parallel=data_parallel, device=device,
+                )  # fmt: skip
             periodic.after_step(done, max_steps)
             final = done == max_steps or periodic.should_stop
             if checkpoints is not None and (done % checkpoint_every == 0 or final):
@@ -591,6 +596,32 @@ class _Checkpoints:
             step_seconds=list(state["step_seconds"]),
             resumed_from=int(state["step"]),
         )
+
+
+def _stop_if_diverged(
+    params: list[nn.Parameter],
+    loss: float,
+    *,
+    learning_rate: float,
+    step: int,
+    data_parallel: bool,
+    device: torch.device,
+) -> None:
+    """Raise :class:`TrainingDivergedError` when a step whose loss is not finite left a weight
+    that trains NaN or infinite (without fp16's loss scaling a NaN loss always does; with it,
+    the step was skipped and training goes on). It ran every remaining step on NaN before: hours
+    of a GPU, then a version that scores nothing. Under FSDP each process holds its own
+    shards, so the processes of one model agree through one all-reduce before any stops."""
+    broken = float(any(not bool(torch.isfinite(local_part(p.detach())).all()) for p in params))
+    if data_parallel:  # (separate models per process decide alone: they meet in no collective)
+        broken = _mean_over_processes(broken, device)
+    if broken == 0.0:
+        return
+    raise TrainingDivergedError(
+        f"training diverged at step {step}: its loss is {loss} and the weights that train are "
+        f"no longer finite numbers, so no later step can recover them; lower learning_rate "
+        f"({learning_rate:g} at this step) or warm it up (warmup_ratio), and check the data"
+    )
 
 
 def _mean_over_processes(loss: float, device: torch.device) -> float:

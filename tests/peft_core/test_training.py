@@ -184,6 +184,46 @@ class TestPrecision:
         return [{"input_ids": i, "labels": i} for i in ids]
 
 
+class TestDivergence:
+    """A NaN loss that leaves the weights NaN stops training at that step: it ran every
+    remaining step on NaN, then saved an adapter that scores nothing."""
+
+    def test_weights_that_are_no_longer_numbers_stop_training_at_that_step(self):
+        model = model_with_lora()
+        steps: list[int] = []
+
+        def poison_after_step_3(step: int, loss: float, lr: float) -> None:
+            steps.append(step)
+            if step == 2:  # as a step with a far too large learning rate leaves them
+                with torch.no_grad():
+                    trainable_params(model)[0].fill_(float("inf"))
+
+        with pytest.raises(pc.TrainingDivergedError) as diverged:
+            pc.train(model, batches(), max_steps=8, learning_rate=1e-2, warmup_ratio=0,
+                     on_step=poison_after_step_3)  # fmt: skip
+        assert steps == [0, 1, 2, 3]  # the fourth step's loss was NaN: no fifth
+        assert str(diverged.value) == (
+            "training diverged at step 4: its loss is nan and the weights that train are no "
+            "longer finite numbers, so no later step can recover them; lower learning_rate "
+            "(0.00625 at this step) or warm it up (warmup_ratio), and check the data"
+        )
+
+    def test_an_fp16_step_skipped_for_its_nan_loss_does_not_stop_training(self):
+        """fp16's loss scaling skips a step whose gradients are not finite: the weights stay
+        numbers, so a NaN loss there is no divergence."""
+        model = TestPrecision.fp16_llama_whose_gradients_underflow()
+        calls = iter(range(100))
+
+        def nan_on_the_second_forward(module, inputs, output):
+            return output * float("nan") if next(calls) == 1 else output
+
+        model.lm_head.register_forward_hook(nan_on_the_second_forward)
+        result = pc.train(model, TestPrecision.data(), max_steps=4, learning_rate=1e-2,
+                          warmup_ratio=0, precision="fp16")  # fmt: skip
+        assert [math.isnan(loss) for loss in result.losses] == [False, True, False, False]
+        assert all(torch.isfinite(p).all() for p in trainable_params(model))
+
+
 class TestGradientCheckpointing:
     """Recomputing blocks in the backward pass changes memory, not the numbers."""
 
