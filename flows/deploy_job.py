@@ -237,6 +237,26 @@ def check_pool_name(pool: str) -> None:
         )
 
 
+def _check_names_bound_alike(specs: list[tuple[Path, AdapterSpec]]) -> None:
+    """Refuse a spec whose adapter name the registry binds to another base model, task,
+    language or method: each run of its deployment would be refused, on the worker, at every
+    cron (a registry that does not exist yet binds nothing)."""
+    from registry import NoRegistryError, Registry  # noqa: PLC0415 - SQLAlchemy: when used
+
+    try:
+        registry = Registry(create=False)
+    except NoRegistryError:
+        return
+    try:
+        for path, spec in specs:
+            registry.check_binding(
+                spec.name, base_model=spec.base_model, task=spec.task,
+                language=spec.language, method=spec.method.type, what=str(path),
+            )  # fmt: skip
+    finally:
+        registry.close()
+
+
 def this_registry(*, create: bool) -> str | None:
     """The id of the registry this environment names; with ``create``, created on first use as
     a build would (the deployments' runs will write there), else None where there is none."""
@@ -428,6 +448,7 @@ def deploy_specs(
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     for path, spec in specs:
         _check_base_found_by_runs(spec, path)
+    _check_names_bound_alike(specs)
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
     identity_now = this_registry(create=False)  # the registry is created once nothing is refused
     sync_name = _sync_name(pool, identity_now) if sync_every else ""

@@ -696,6 +696,37 @@ class TestDeploy:
             names = {d.name for d in client.read_deployments()}
         assert "near-base" not in names
 
+    def test_a_spec_whose_adapter_name_is_bound_elsewhere_is_refused_before_anything_is_deployed(
+        self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
+    ):
+        """Every run of its deployment would be refused at the registry (before training, on the
+        worker, at each cron): said by deploy instead."""
+        from prefect.client.orchestration import get_client
+
+        from registry import Registry
+        from tests.registry.workers import write_fake_adapter
+
+        home = tmp_path / "h"
+        registry = Registry(f"sqlite:///{home / 'registry.db'}", (home / "artifacts").as_uri())
+        where = {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "language": "en"}
+        adapter = write_fake_adapter(tmp_path / "adapter", 1)
+        registry.register(adapter, name="bound", task="topic", **where)
+        registry.close()
+        spec = write_spec(tmp_path, sst2_dir, name="bound")
+        env = {**clean_env(home), "PREFECT_API_URL": prefect_server.api_url}
+        result = run_cli("deploy", str(spec), "--pool", "bound-pool", env=env, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (2, (
+            "error: adapter 'bound' is registered for base model "
+            "'sentence-transformers/all-MiniLM-L6-v2', task 'topic', language 'en', method "
+            f"'lora'; {spec} is for 'sentence-transformers/all-MiniLM-L6-v2', 'sst2', 'en', "
+            "'lora'. Use another adapter name (or, if its versions were pushed under the wrong "
+            "ones, remove them all with adapterops rm bound@VERSION, and the name takes the "
+            "new ones).\n"
+        )), result.stderr  # fmt: skip
+        with get_client(sync_client=True) as client:
+            names = {d.name for d in client.read_deployments()}
+        assert "bound" not in names
+
     def test_heartbeats_rarer_than_the_automation_allows_are_refused_and_warned_of(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer
     ):
