@@ -249,10 +249,7 @@ def _check_names_bound_alike(specs: list[tuple[Path, AdapterSpec]]) -> None:
         return
     try:
         for path, spec in specs:
-            registry.check_binding(
-                spec.name, base_model=spec.base_model, task=spec.task,
-                language=spec.language, method=spec.method.type, what=str(path),
-            )  # fmt: skip
+            registry.check_binding(spec.name, **spec.binding, what=str(path))
     finally:
         registry.close()
 

@@ -172,14 +172,7 @@ def check_against_registry(spec: AdapterSpec, registry: Registry | None) -> None
     (:func:`check_promote_alias`). ``registry`` None: none exists yet, so nothing is bound."""
     if registry is None:
         return
-    registry.check_binding(
-        spec.name,
-        base_model=spec.base_model,
-        task=spec.task,
-        language=spec.language,
-        method=spec.method.type,
-        what="this spec",
-    )
+    registry.check_binding(spec.name, **spec.binding, what="this spec")
     # a base folder that holds another model than the one registered under its name (updated
     # in place to a newer release): its fingerprint from the config alone, as export reads it
     skeleton = pc.build_on_meta(base_config(spec), spec.head.type)

@@ -491,6 +491,15 @@ class AdapterSpec(_Strict):
     promote: PromoteSpec = PromoteSpec()
     schedule: ScheduleSpec = ScheduleSpec()
 
+    @property
+    def binding(self) -> dict[str, str]:
+        """What the registry binds the adapter's name to: base model, task, language and
+        method (``Registry.check_binding(spec.name, **spec.binding)``)."""
+        return {
+            "base_model": self.base_model, "task": self.task, "language": self.language,
+            "method": self.method.type,
+        }  # fmt: skip
+
     @model_validator(mode="before")
     @classmethod
     def _method_type_in_any_case(cls, data: Any) -> Any:
