@@ -44,6 +44,7 @@ __all__ = ["CHECKPOINT_FILE", "SCHEDULES", "Precision", "Schedule", "TrainResult
 
 Batch = Mapping[str, Tensor]
 Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 # How the learning rate moves after its linear warm-up: down to 0 in a line, down to 0 along
 # half a cosine (common for LLM fine-tuning), or not at all.
 Schedule = Literal["linear", "cosine", "constant"]
@@ -129,7 +130,7 @@ def train(
         max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
         checkpoint_every=checkpoint_every, learning_rate=learning_rate,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
-        lr_schedule=lr_schedule,
+        lr_schedule=lr_schedule, precision=precision,
     )  # fmt: skip
     params = _checked_parameters(model, precision)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -361,6 +362,7 @@ def _check_settings(
     warmup_ratio: float,
     max_grad_norm: float,
     lr_schedule: str,
+    precision: str,
 ) -> None:
     """Refuse a setting of the wrong type or range before any step, naming it: a string
     (``learning_rate="1e-3"``, read from a config file) failed inside AdamW or the scheduler
@@ -384,6 +386,10 @@ def _check_settings(
     if lr_schedule not in SCHEDULES:
         raise ConfigError(
             f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r:.40}"
+        )
+    if precision not in PRECISIONS:  # "fp8" trained in float32, saying nothing
+        raise ConfigError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r:.40}"
         )
 
 
@@ -646,10 +652,19 @@ def _gathered_options() -> Any:
 
 def _cycle(batches: Iterable[Batch], limits: BatchLimits) -> Iterator[Batch]:
     """``batches`` over and over, each checked against the model's ``limits``."""
+    first_pass = 0
     while True:
-        produced = False
+        produced = 0
         for batch in batches:
-            produced = True
+            produced += 1
             yield checked_batch(batch, limits)
-        if not produced:
+        if produced == 0 and first_pass:  # a generator or an iterator: read once, then spent
+            kind = type(batches).__name__
+            raise ValueError(
+                f"the batches ran out after {first_pass}: a {kind} is read once, and training "
+                "asks for more (max_steps x gradient_accumulation_steps); pass a list or a "
+                "DataLoader (read again for each pass), or lower max_steps"
+            )
+        if produced == 0:
             raise ValueError("no training batches: the data set is empty")
+        first_pass = first_pass or produced

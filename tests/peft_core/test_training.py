@@ -310,6 +310,7 @@ class TestMistakes:
             ({"max_steps": 2.0}, "max_steps must be a whole number of at least 1, got 2.0"),
             ({"checkpoint_every": 0}, "checkpoint_every must be a whole number of at least 1, got 0"),
             ({"lr_schedule": "cosin"}, "lr_schedule must be one of linear, cosine, constant, got 'cosin'"),
+            ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16, got 'fp8'"),
         ],
     )  # fmt: skip
     def test_a_setting_of_the_wrong_type_or_range_is_named_before_a_step(self, setting, message):
@@ -322,6 +323,22 @@ class TestMistakes:
         assert str(raised.value) == message
         after = trainable(model)
         assert all(torch.equal(before[name], after[name]) for name in before)
+
+    def test_a_generator_of_fewer_batches_than_the_steps_is_named(self):
+        """A generator is read once: its second pass is empty, which said "the data set is
+        empty" of a data set that trained the first steps."""
+        model = model_with_lora()
+        with pytest.raises(ValueError) as raised:
+            pc.train(model, (b for b in batches(2)), max_steps=3, learning_rate=1e-3)
+        assert str(raised.value) == (
+            "the batches ran out after 2: a generator is read once, and training asks for more "
+            "(max_steps x gradient_accumulation_steps); pass a list or a DataLoader (read "
+            "again for each pass), or lower max_steps"
+        )
+        enough = pc.train(
+            model_with_lora(), (b for b in batches(2)), max_steps=2, learning_rate=1e-3
+        )
+        assert len(enough.losses) == 2
 
     def test_numpy_numbers_are_settings_like_any_other(self):
         """Computed from arrays (``len(rows) // batch``): a NumPy integer step count and a
