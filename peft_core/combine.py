@@ -93,7 +93,7 @@ def _combine(
     method = method_of(first.config)
     # Exact methods add terms, so sources on different modules combine over the union of their
     # modules (a module only some adapt gets only their terms); averaged ones need the same.
-    _check_compatible(records, same_targets=method.combination != "exact")
+    _check_compatible(records, "combine", same_targets=method.combination != "exact")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Integral)):
         raise ConfigError(f"combine_adapters rank must be a whole number, got {rank!r:.40}")
     rank = None if rank is None else int(rank)  # a NumPy integer is one too
@@ -209,7 +209,7 @@ def _average_heads(
 
 
 def _check_compatible(
-    records: list[AdapterRecord], verb: str = "merge", *, same_targets: bool = True
+    records: list[AdapterRecord], verb: str, *, same_targets: bool = True
 ) -> None:
     first = records[0]
     for record in records[1:]:

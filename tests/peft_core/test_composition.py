@@ -457,8 +457,11 @@ class TestMergeAdapters:
         assert pc.combine_adapters(model, {"a": 0.25, "b": 0.75}, name="ab").exact
         pc.set_active(model, "ab")
         torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=1e-4)
-        with pytest.raises(pc.ConfigError, match="same method"):
+        with pytest.raises(pc.ConfigError) as raised:  # "cannot merge": merge is the base's
             pc.combine_adapters(model, {"a": 0.5, "c": 0.5}, name="bad")
+        assert str(raised.value) == (
+            "cannot combine 'a' (bitfit) with 'c' (lora): sources must use the same method"
+        )
         with pytest.raises(pc.ConfigError) as raised:  # made an adapter of NaN
             pc.combine_adapters(model, {"a": float("nan"), "b": 0.5}, name="bad")
         assert str(raised.value) == (
