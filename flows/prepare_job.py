@@ -174,9 +174,11 @@ def check_against_registry(spec: AdapterSpec, registry: Registry | None) -> None
         return
     registry.check_binding(spec.name, **spec.binding, what="this spec")
     # a base folder that holds another model than the one registered under its name (updated
-    # in place to a newer release): its fingerprint from the config alone, as export reads it
+    # in place to a newer release): its fingerprint from the config alone, as export reads it;
+    # with the vocabulary, which the digests of base models registered long ago hold
     skeleton = pc.build_on_meta(base_config(spec), spec.head.type)
-    registry.check_base_model(spec.base_model, pc.fingerprint(skeleton).to_dict())
+    fingerprint = pc.fingerprint(skeleton, load_base_tokenizer(spec.base_model))
+    registry.check_base_model(spec.base_model, fingerprint.to_dict())
     check_promote_alias(spec, registry)
 
 

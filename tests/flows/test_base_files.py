@@ -111,22 +111,32 @@ def test_a_base_folder_now_holding_another_model_is_refused_before_the_build_tra
     another base under the same name: registering what a build trained on it was refused,
     after the training. Now the build asks first, from the folder's config alone."""
     import pytest
+    import sqlalchemy as sa
 
     import peft_core as pc
     from flows.prepare_job import check_against_registry
     from flows.spec import parse_spec
     from registry import BaseModelMismatchError, Registry
+    from registry.bundles import base_digests
 
     document = llama_lm_spec(tmp_path, sst2_dir, complete=True)
     base = tmp_path / "base"
     model = T.AutoModelForCausalLM.from_pretrained(base)
     pc.add_adapter(model, "lm", pc.LoRA(rank=8, targets=("q_proj", "v_proj")))
-    pc.save_adapter(model, "lm", tmp_path / "adapter")
+    tokenizer = T.AutoTokenizer.from_pretrained(base)
+    saved = pc.save_adapter(model, "lm", tmp_path / "adapter", tokenizer=tokenizer)
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "artifacts")
     where = {"base_model": str(base), "task": "lm", "language": "en"}
-    registry.register(tmp_path / "adapter", name="tiny-llama-lm", **where)
+    registry.register(saved, name="tiny-llama-lm", **where)
     spec = parse_spec(document)
     check_against_registry(spec, registry)  # the model registered under the name: no error
+    # nor with the base recorded as older code did, the vocabulary in its digest
+    fingerprint = json.loads((saved / "adapter.json").read_text())["fingerprint"]
+    with registry.database.session() as session:
+        session.execute(
+            sa.text("UPDATE base_models SET fingerprint = :f"), {"f": base_digests(fingerprint)[1]}
+        )
+    check_against_registry(spec, registry)
 
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 262144}))
