@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ def answer_records(
         if data.instructions:
             if data.messages:
                 conversation = row[data.messages]
-                record["prompt"] = json.dumps(conversation[:-1], ensure_ascii=False)
+                record["prompt"] = conversation[:-1]  # its turns (a table cell: their JSON)
                 record["response"] = conversation[-1]["content"]
             else:
                 record |= {"prompt": data.prompt_text(row), "response": row[data.response]}

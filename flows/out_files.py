@@ -65,7 +65,8 @@ def record_writer(file: IO[str], suffix: str) -> Callable[[dict[str, Any]], None
     """A function writing one record (a dict) as a line of ``file`` in the format ``suffix``
     names: JSON Lines, or CSV/TSV whose header is the first record's keys (every record of a
     file has the same ones; a key a later one lacks is an empty cell). In a table, True and
-    False are written as JSON writes them, and None as an empty cell."""
+    False are written as JSON writes them, None as an empty cell, and a list or a mapping (a
+    conversation's turns) as its JSON."""
     if suffix == ".jsonl":
 
         def as_json(record: dict[str, Any]) -> None:
@@ -87,4 +88,6 @@ def record_writer(file: IO[str], suffix: str) -> Callable[[dict[str, Any]], None
 def _cell(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, ensure_ascii=False)
     return "" if value is None else value

@@ -9,7 +9,6 @@ that fails leaves what was there before.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +98,8 @@ def _answer_cells(prediction: Prediction) -> dict[str, Any]:
             "label": prediction.label,
             "label_name": prediction.label_name,
             "probability": prediction.probabilities[prediction.label],
-            "probabilities": json.dumps(prediction.probabilities),
+            "probabilities": prediction.probabilities,  # (a cell holds the list's JSON)
         }
     if prediction.tokens:
-        return {"tokens": json.dumps(prediction.tokens)}
+        return {"tokens": prediction.tokens}
     return {"continuation": prediction.continuation}

@@ -870,12 +870,14 @@ def test_evaluate_out_writes_each_prompt_with_its_generated_answer_and_loss(
     result = evaluate_version(Registry(), ref, data=tmp_path / "train.jsonl", out=out)
 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    if shape == "chat messages":
-        prompts = [json.dumps([{"role": "user", "content": p}]) for p, _ in ROWS]
+    if shape == "chat messages":  # JSON Lines keep the turns; a CSV cell holds their JSON
+        prompts = [[{"role": "user", "content": p}] for p, _ in ROWS]
     else:
         prompts = [p for p, _ in ROWS]
     expected = [(row, prompts[row], ROWS[row][1]) for row in range(len(ROWS))]
     assert [(line["row"], line["prompt"], line["response"]) for line in lines] == expected
+    if shape == "chat messages":
+        expected = [(row, json.dumps(prompt), response) for row, prompt, response in expected]
     # a random 2-layer model reproduces none of the French words
     assert [line["exact"] for line in lines] == [False] * 4 and result.missed == 4
     tokens = [line["tokens"] for line in lines]
