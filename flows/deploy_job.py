@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .spec import AdapterSpec
 from .models import relative_folder
-from .spec import SpecError, load_spec
+from .spec import SpecError, load_spec, shared_names
 from .unresponsive_runs import HEARTBEAT_VARIABLE, heartbeat_seconds_to_deploy
 
 __all__ = [
@@ -445,6 +445,8 @@ def deploy_specs(
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     for path, spec in specs:
         _check_base_found_by_runs(spec, path)
+    for path, why in shared_names(specs).items():  # the second deployment replaced the first
+        raise SpecError(path, [("name", why)])
     _check_names_bound_alike(specs)
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
     identity_now = this_registry(create=False)  # the registry is created once nothing is refused

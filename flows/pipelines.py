@@ -51,8 +51,8 @@ from .members import members_of_version
 from .mlflow_compositions import sync_from_mlflow
 from .mlflow_models import drop_deleted_mirrors
 from .prepare_job import check_against_registry, check_inputs, prepare_info
-from .retrain import RetrainOutcome, due_reason, one_line
-from .spec import load_spec, warn_of_a_relative_base
+from .retrain import RetrainOutcome, due_reason, one_line, readable_specs
+from .spec import load_spec, shared_names, warn_of_a_relative_base
 from .stale import fusion_as_it_stands
 
 __all__ = [
@@ -165,7 +165,11 @@ def retrain(spec_paths: list[str], output: str = "out") -> list[dict[str, Any]]:
     outcomes = []
     registry = Registry()
     report = _progress.get()
+    shared = shared_names(readable_specs(spec_paths))
     for path in spec_paths:
+        if path in shared:  # neither is built: which one the adapter should follow is unknown
+            outcomes.append(RetrainOutcome(path, "", "failed", f"name: {shared[path]}").to_dict())
+            continue
         outcome = _retrain_one(path, registry, Path(output))
         if outcome.name and report is not None and hasattr(report, "phase"):
             report.phase(outcome.status)

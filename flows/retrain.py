@@ -18,7 +18,14 @@ from registry import Registry
 
 from .errors import one_line
 from .lineage import dataset_fingerprint
-from .spec import AdapterSpec, SpecError, load_spec, parse_spec, warn_of_a_relative_base
+from .spec import (
+    AdapterSpec,
+    SpecError,
+    load_spec,
+    parse_spec,
+    shared_names,
+    warn_of_a_relative_base,
+)
 
 __all__ = ["RetrainOutcome", "due_reason", "last_fire", "one_line", "what_is_due"]
 
@@ -77,6 +84,18 @@ def _as_written_now(stored: dict[str, Any]) -> dict[str, Any] | None:
         return None  # no longer a valid spec: it changed
 
 
+def readable_specs(spec_paths: list[str]) -> list[tuple[str, AdapterSpec]]:
+    """Each spec file that reads as a spec, with its spec (the others are reported by the
+    caller, each with its own reason)."""
+    readable = []
+    for path in spec_paths:
+        try:
+            readable.append((path, load_spec(path)))
+        except Exception:  # said where the file is built, with its reason
+            continue
+    return readable
+
+
 def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[RetrainOutcome]:
     """What a retraining run would do with each spec, building nothing: ``due`` with the
     reason, ``up to date``, or ``failed`` with why: a spec that cannot be read, or a due one
@@ -89,8 +108,12 @@ def what_is_due(spec_paths: list[str], registry: Registry | None) -> list[Retrai
     )
 
     outcomes = []
+    shared = shared_names(readable_specs(spec_paths))
     for path in spec_paths:
         spec: AdapterSpec | None = None
+        if path in shared:  # neither is built: which one the adapter should follow is unknown
+            outcomes.append(RetrainOutcome(path, "", "failed", f"name: {shared[path]}"))
+            continue
         try:
             spec = load_spec(path)
             reason = due_reason(spec, registry) if registry is not None else "never built"

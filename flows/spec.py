@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast
@@ -59,6 +59,7 @@ __all__ = [
     "load_spec",
     "member_name",
     "parse_spec",
+    "shared_names",
     "spec_of_version",
 ]
 
@@ -631,6 +632,26 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     if base_dir is None:
         return spec
     return spec.model_copy(update={"data": _resolve_paths(spec.data, base_dir)})
+
+
+def shared_names(specs: Iterable[tuple[str | Path, AdapterSpec]]) -> dict[str, str]:
+    """The spec files among ``specs`` (path, spec) that name the same adapter as another, each
+    with the line that says so (about the field ``name``). Two such files build one adapter in
+    turn: each retraining finds the newest version made from the other file's spec, so builds
+    from both, one version each, and moves the champion back and forth."""
+    by_name: dict[str, list[str]] = {}
+    for path, spec in specs:
+        by_name.setdefault(spec.name, []).append(str(path))
+    return {
+        path: (
+            f"adapter {name!r} is built by {', '.join(p for p in paths if p != path)} too: "
+            "each run would build it from each spec in turn (a version apiece, its champion "
+            "moving back and forth); give each spec a name of its own"
+        )
+        for name, paths in by_name.items()
+        if len(paths) > 1
+        for path in paths
+    }
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> AdapterSpec:

@@ -726,6 +726,17 @@ class TestDeploy:
         with get_client(sync_client=True) as client:
             names = {d.name for d in client.read_deployments()}
         assert "bound" not in names
+        # two specs of one adapter name: the second deployment replaced the first
+        twice = tmp_path / "twice"
+        twice.mkdir()
+        copy = twice / spec.name
+        copy.write_text(spec.read_text().replace("task: sst2", "task: topic"))
+        result = run_cli("deploy", str(spec), str(copy), "--pool", "bound-pool", env=env)
+        assert (result.returncode, result.stderr) == (2, (
+            f"error: {spec}: name: adapter 'bound' is built by {copy} too: each run would build "
+            "it from each spec in turn (a version apiece, its champion moving back and forth); "
+            "give each spec a name of its own\n"
+        )), result.stderr  # fmt: skip
 
     def test_heartbeats_rarer_than_the_automation_allows_are_refused_and_warned_of(
         self, tmp_path: Path, sst2_dir: Path, prefect_server: PrefectServer

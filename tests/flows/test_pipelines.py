@@ -391,6 +391,28 @@ class TestRetrain:
         assert by_spec["fresh"] == {**by_spec["fresh"], "status": "built", "reason": "never built"}
         assert by_spec["fresh"]["ref"] == "fresh@1"
 
+    def test_two_specs_of_one_adapter_name_are_both_refused(self, tmp_path: Path, sst2_dir: Path):
+        """They built the adapter from each in turn at every run, a version apiece, its
+        champion moving back and forth: neither is built, and the dry run says so too."""
+        from flows.retrain import what_is_due
+
+        first = write_spec(tmp_path, sst2_dir, name="twice")
+        second = tmp_path / "copy" / "twice.yaml"
+        second.parent.mkdir()
+        second.write_text(first.read_text().replace("max_steps: 6", "max_steps: 5"))
+        paths = [str(first), str(second)]
+        expected = [
+            (path, "failed", f"name: adapter 'twice' is built by {other} too: each run would "
+             "build it from each spec in turn (a version apiece, its champion moving back and "
+             "forth); give each spec a name of its own")
+            for path, other in zip(paths, reversed(paths), strict=True)
+        ]  # fmt: skip
+        planned = what_is_due(paths, Registry())
+        assert [(o.spec, o.status, o.reason) for o in planned] == expected
+        outcomes = pipelines.retrain(paths, output=str(tmp_path / "out"))
+        assert [(o["spec"], o["status"], o["reason"]) for o in outcomes] == expected
+        assert not (tmp_path / "out").exists() and Registry().find(name="twice") == []
+
     def test_changed_data_makes_a_spec_due(self, tmp_path: Path, sst2_dir: Path):
         data = tmp_path / "data"
         data.mkdir()
