@@ -15,8 +15,8 @@ from pathlib import Path
 from transformers import AutoModel
 
 import peft_core as pc
-from peft_core.adapterhub import is_adapterhub_folder
-from registry import AdapterVersion
+from peft_core.adapterhub import adapterhub_method, is_adapterhub_folder
+from registry import AdapterVersion, Registry
 from registry.names import check_language, check_name
 
 from .errors import DataError
@@ -50,6 +50,11 @@ def import_adapterhub(
             "`adapters` library, with its weights); folders written by peft_core or peft are "
             "registered with `adapterops push`"
         )
+    if isinstance(registry, Registry):  # a name bound elsewhere: said before the base loads
+        registry.check_binding(
+            name, base_model=base_model, task=task, language=language,
+            method=adapterhub_method(folder), what=str(folder),
+        )  # fmt: skip
     path = resolve_base_weights(base_model)
     tokenizer = load_base_tokenizer(base_model)
     model = AutoModel.from_pretrained(path).eval()  # the body: AdapterHub heads are not read

@@ -43,7 +43,7 @@ from .offload import input_device
 from .roles import Target
 from .state import AdapterRecord
 
-__all__ = ["is_adapterhub_folder", "read_adapterhub", "write_adapterhub"]
+__all__ = ["adapterhub_method", "is_adapterhub_folder", "read_adapterhub", "write_adapterhub"]
 
 CONFIG = "adapter_config.json"
 WEIGHTS: tuple[str, ...] = ("adapter.safetensors", "pytorch_adapter.bin")
@@ -98,14 +98,19 @@ class _Layout:
     scaling: float  # a fixed scaling; "learned" and "channel" ones are tensors in the file
 
 
+def adapterhub_method(folder: Path) -> str:
+    """The method the AdapterHub adapter in ``folder`` loads as (``houlsby`` or ``pfeiffer``),
+    from its config alone (no model): what it refuses to read is refused here too."""
+    saved = json.loads((folder / CONFIG).read_text())
+    return _layout(saved["config"], _hidden_size(saved, folder), folder).config.type
+
+
 def read_adapterhub(
     model: nn.Module, folder: Path, *, name: str | None, force: bool = False
 ) -> AdapterRecord:
     """Load the AdapterHub bottleneck adapter in ``folder`` into ``model`` and activate it."""
     saved = json.loads((folder / CONFIG).read_text())
-    hidden_size = saved.get("hidden_size")
-    if not isinstance(hidden_size, int) or hidden_size < 1:
-        raise AdapterFormatError(f"{folder / CONFIG}: hidden_size must be a positive integer")
+    hidden_size = _hidden_size(saved, folder)
     _check_base(model, saved, folder, force)
     layout = _layout(saved["config"], hidden_size, folder)
     tensors = _read_weights(folder, model)
@@ -117,6 +122,13 @@ def read_adapterhub(
     prepared.record.head = dataclasses.replace(prepared.record.head, trainable=False)
     load_into_prepared(model, prepared, ours, source=folder)
     return prepared.record
+
+
+def _hidden_size(saved: dict[str, Any], folder: Path) -> int:
+    hidden_size = saved.get("hidden_size")
+    if not isinstance(hidden_size, int) or hidden_size < 1:
+        raise AdapterFormatError(f"{folder / CONFIG}: hidden_size must be a positive integer")
+    return hidden_size
 
 
 def _check_base(model: nn.Module, saved: dict[str, Any], folder: Path, force: bool) -> None:

@@ -137,3 +137,28 @@ def test_an_artifact_store_that_cannot_take_the_files_is_told_before_the_base_mo
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: cannot reach S3 at http://127.0.0.1:"), done.stderr
         assert (home / "registry.db").exists() is registry_exists  # the refusal made none
+
+
+def test_a_name_bound_to_another_task_is_told_before_the_base_model_loads(tmp_path: Path):
+    """It was refused at the registration, after the base model loaded and the adapter was
+    converted; the base named here does not even exist, and the name's line comes first."""
+    from registry import Registry
+    from tests.registry.workers import write_fake_adapter
+
+    home = tmp_path / "home"
+    registry = Registry(f"sqlite:///{home / 'registry.db'}", (home / "artifacts").as_uri())
+    fake = write_fake_adapter(tmp_path / "fake", 1)
+    registry.register(
+        fake, name="x", base_model="nobody/no-such-model", task="other", language="en"
+    )
+    registry.close()
+    env = {**os.environ, "ADAPTEROPS_HOME": str(home)}
+    where = ("--base-model", "nobody/no-such-model", *WHERE[2:])
+    done = run_cli("import", str(FIXTURES / "seq_bn"), "--name", "x", *where, env=env)
+    assert (done.returncode, done.stderr) == (2, (
+        "error: adapter 'x' is registered for base model 'nobody/no-such-model', task 'other', "
+        f"language 'en', method 'lora'; {FIXTURES / 'seq_bn'} is for 'nobody/no-such-model', "
+        "'lm', 'en', 'pfeiffer'. Use another adapter name (or, if its versions were pushed "
+        "under the wrong ones, remove them all with adapterops rm x@VERSION, and the name takes "
+        "the new ones).\n"
+    ))  # fmt: skip
