@@ -24,7 +24,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from .artifacts import ArtifactStore
-from .artifacts.base import BytesMoved
+from .artifacts.base import BytesMoved, file_sha256
 from .errors import AdapterFolderError, CorruptArtifactError, StorageUnavailableError
 from .folders import check_folder_to_write, new_folders
 
@@ -127,7 +127,7 @@ def inspect_folder(folder: str | Path) -> Bundle:
     metadata = _read_metadata(path / metadata_file)
     _check_contents(path, "adapter.safetensors" if metadata_file == OURS[1] else PEFT_TENSORS)
     files = tuple(
-        sorted((name, _sha256(path / name), (path / name).stat().st_size) for name in present)
+        sorted((name, file_sha256(path / name), (path / name).stat().st_size) for name in present)
     )
     # A PEFT folder written by peft itself has no adapterops.json: its adapter_config.json says
     # the method and the head (what peft_core loads it as).
@@ -223,15 +223,26 @@ def _json_sha256(value: Any) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def upload(store: ArtifactStore, bundle: Bundle, on_bytes: BytesMoved | None = None) -> str:
+def upload(
+    store: ArtifactStore,
+    bundle: Bundle,
+    on_bytes: BytesMoved | None = None,
+    *,
+    only_missing: bool = False,
+) -> str:
     """Store the bundle's files, then its manifest; returns the manifest's URI. ``on_bytes`` is
-    told the files' bytes as they move (not the manifest's: the total is the version's size)."""
+    told the files' bytes as they move (not the manifest's: the total is the version's size).
+    A stored copy is checked whole before it is kept (a damaged one is replaced); with
+    ``only_missing``, only its presence is (just uploaded, the files are whole: what a gc since
+    may have deleted is put back)."""
     for name, digest, _ in bundle.manifest.files:
-        store.put_file(digest, bundle.folder / name, on_bytes)
+        if not (only_missing and store.has(digest)):
+            store.put_file(digest, bundle.folder / name, on_bytes)
     with tempfile.TemporaryDirectory() as scratch:
         manifest_file = Path(scratch) / "manifest.json"
         manifest_file.write_bytes(bundle.manifest.to_bytes())
-        store.put_file(bundle.manifest.digest, manifest_file)
+        if not (only_missing and store.has(bundle.manifest.digest)):
+            store.put_file(bundle.manifest.digest, manifest_file)
     return store.uri(bundle.manifest.digest)
 
 
@@ -337,12 +348,15 @@ def _fetch(
 
 def _verify(path: Path, digest: str, *, label: str, what: str, size: int | None = None) -> None:
     actual_size = path.stat().st_size
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != digest or (size is not None and actual_size != size):
         raise CorruptArtifactError(
             f"{label}: {what} is corrupted or truncated: expected sha256 {digest}"
             f"{f' ({size} bytes)' if size is not None else ''}, got {actual} "
-            f"({actual_size} bytes). It was not loaded; re-register the adapter from its source."
+            f"({actual_size} bytes). It was not loaded. To repair it, register the folder it "
+            "came from again (`adapterops push FOLDER` with its name, task and language; a "
+            "build wrote it to out/NAME): the same bytes replace the damaged file in every "
+            "version that lists it. `adapterops db verify` finds every damaged file."
         )
 
 
@@ -372,11 +386,3 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise AdapterFolderError(f"{path} must hold a JSON object")
     return data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -11,6 +11,7 @@
     reg.resolve(base_model=..., task="sst2", language="pt")   # MAD-X stack if no pt adapter
     reg.fetch("minilm-sst2-en-lora@champion", "here/")       # verified download
     reg.load_into(model, "minilm-sst2-en-lora@champion")      # through peft_core
+    reg.verify()                            # every stored file read back against its digest
     reg.register_composition("pt-sst2", {"type": "stack"}, ["lang-pt", "minilm-sst2-en-lora"])
     reg.set_composition_alias("pt-sst2@1", "champion")
     reg.load_composition(model, "pt-sst2@champion")           # every member, then the stack
@@ -72,6 +73,7 @@ from .names import (
     parse_ref,
 )
 from .settings import Settings
+from .verification import Verification, verify_versions
 from .version_diff import VersionDiff, diff_versions
 
 __all__ = ["Registry"]
@@ -179,7 +181,7 @@ class Registry:
             # the upload took (an old orphan this registration reuses), then record the version.
             store.lock_blobs(session, exclusive=False)
             with kept_busy(session):  # the store's calls: the lock's transaction kept alive
-                upload(self.artifacts, bundle)
+                upload(self.artifacts, bundle, only_missing=True)
             version, _ = store.register_version(
                 session,
                 name=name,
@@ -700,6 +702,42 @@ class Registry:
             on_progress=on_progress,
             spared=spared,
         )
+
+    def verify(
+        self,
+        refs: Sequence[str] = (),
+        *,
+        on_total: Callable[[int], None] | None = None,
+        on_bytes: BytesMoved | None = None,
+    ) -> Verification:
+        """Read back every file of the versions ``refs`` name (``name``: all its versions,
+        ``name@3``/``name@champion``: one; none given: the whole registry) and check each against
+        its digest, as a download does, each shared file once. Damage is reported with the
+        versions it breaks (:class:`~registry.verification.Verification`), not raised:
+        registering the folder a damaged file came from again replaces it. ``on_total`` is told
+        the bytes to read, ``on_bytes`` the bytes as they arrive."""
+        if isinstance(refs, str) or not isinstance(refs, Sequence):
+            raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
+        for ref in refs:
+            _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
+        chosen = {  # ref -> manifest digest, each version once
+            version.ref: version.digest
+            for ref in refs or [""]
+            for version in self._versions_named(ref)
+        }
+        return verify_versions(
+            self.artifacts, sorted(chosen.items()), on_total=on_total, on_bytes=on_bytes
+        )
+
+    def _versions_named(self, ref: str) -> list[AdapterVersion]:
+        """``name@3``: that version; ``name``: every version of it (none there: NotFoundError
+        naming similar names); ``""``: every version."""
+        if "@" in ref:
+            return [self.get(ref)]
+        if ref:
+            check_name(ref)
+            self._read(lambda s: store.adapter_named(s, ref))
+        return self.find(name=ref or None)
 
     def move_to(
         self,

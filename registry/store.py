@@ -42,6 +42,7 @@ from .orm import (
 )
 
 __all__ = [
+    "adapter_named",
     "check_base_model",
     "check_binding",
     "check_fusion_members",
@@ -203,7 +204,7 @@ def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
         query = query.order_by(VersionRow.version.desc()).limit(1)
     row = session.execute(query).first()
     if row is None:  # only now look closer, to say what exists
-        raise NotFoundError(_missing_message(session, _adapter_named(session, parsed.name), parsed))
+        raise NotFoundError(_missing_message(session, adapter_named(session, parsed.name), parsed))
     return _entities(session, [row])[0]
 
 
@@ -272,7 +273,7 @@ def set_alias(
     """Point ``alias`` of the referenced adapter at the referenced version (moving it if set)."""
     check_new_alias(alias)
     target = get_version(session, ref)
-    adapter = _adapter_named(session, target.name)
+    adapter = adapter_named(session, target.name)
     held = session.scalars(select(AliasRow.alias).where(AliasRow.adapter_id == adapter.id))
     check_alias_case(alias, held, f"adapter {target.name!r}")
     version_id = session.scalar(
@@ -301,7 +302,7 @@ def set_alias(
 
 def remove_alias(session: Session, name: str, alias: str, *, origin: str = "registry") -> None:
     """Remove ``alias`` from adapter ``name``."""
-    adapter = _adapter_named(session, name)
+    adapter = adapter_named(session, name)
     row = session.scalars(
         select(AliasRow).where(AliasRow.adapter_id == adapter.id, AliasRow.alias == alias)
     ).first()
@@ -316,7 +317,7 @@ def remove_alias(session: Session, name: str, alias: str, *, origin: str = "regi
 
 def history(session: Session, name: str) -> list[Event]:
     """Every event of adapter ``name``, oldest first."""
-    _adapter_named(session, name)
+    adapter_named(session, name)
     return _events(session, name, EventRow.kind.not_like(f"{COMPOSITION_EVENT}%"))
 
 
@@ -361,7 +362,7 @@ def _what_frees(target: AdapterVersion, users: UsedBy) -> str:
 def delete_version(session: Session, ref: Ref | str, *, origin: str = "registry") -> AdapterVersion:
     """Delete a version that no alias, composition or fusion refers to (its bytes stay until gc)."""
     target = get_version(session, ref)
-    adapter = _adapter_named(session, target.name)
+    adapter = adapter_named(session, target.name)
     row = session.scalars(
         select(VersionRow).where(
             VersionRow.adapter_id == adapter.id, VersionRow.version == target.version
@@ -431,7 +432,7 @@ def log_event(
     detail: dict[str, Any],
 ) -> None:
     """Append an event to adapter ``adapter``'s log (which must exist)."""
-    _adapter_named(session, adapter)
+    adapter_named(session, adapter)
     _log(session, kind, adapter, version, origin=origin, detail=detail)
 
 
@@ -704,7 +705,9 @@ def _binding_error(
     )
 
 
-def _adapter_named(session: Session, name: str) -> AdapterRow:
+def adapter_named(session: Session, name: str) -> AdapterRow:
+    """The adapter's row; :class:`NotFoundError` naming similar names (or the composition of
+    that name) when there is none."""
     row = session.scalars(select(AdapterRow).where(AdapterRow.name == name)).first()
     if row is None:
         similar = session.scalars(

@@ -1,6 +1,7 @@
 """Registry database maintenance: ``db upgrade`` (create or migrate the schema), ``db status``
-(where the registry is, its schema, what it holds, who else writes to its artifact store) and
-``db move`` (the registry into another database and artifact store)."""
+(where the registry is, its schema, what it holds, who else writes to its artifact store),
+``db verify`` (every stored file read back against its digest) and ``db move`` (the registry
+into another database and artifact store)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,53 @@ def db_status(as_json: JsonOption = False) -> None:
         for identity, words in sorted(status.other_writers.items())
     ]
     console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+@db_app.command("verify")
+def db_verify(
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Adapters (NAME: every version) or versions (NAME@3, NAME@champion) to check; "
+            "default: every version.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Read back every file of the registry's versions from the artifact store and check it
+    against its digest (as a download does, each shared file once), naming each damaged or
+    missing file and the versions it breaks: exit 0 when all are whole, 1 when any is not.
+    Changes nothing. To repair one, register the folder it came from again (`adapterops push
+    FOLDER`): the same bytes replace the damaged copy for every version that lists it."""
+    with user_errors(as_json):
+        registry = open_registry()
+        with bytes_to_come("verifying", enabled=not as_json) as bar:
+            set_total, advance = bar if bar is not None else (None, None)
+            report = registry.verify(refs or [], on_total=set_total, on_bytes=advance)
+    damaged = [vars(each) for each in report.damaged]
+    if as_json:
+        emit_json({"ok": not damaged, **vars(report), "damaged": damaged})
+    else:
+        checked = (
+            f"{report.versions} version(s), {report.files} file(s) "
+            f"({human_bytes(report.bytes)}) read back from {registry.artifacts.url}"
+        )
+        lines = [f"{checked}: every file whole" if not damaged else f"{checked}:"]
+        lines += [
+            f"  {each.problem}: {each.file} of {', '.join(each.versions)} (sha256 "
+            f"{each.digest[:12]}..., {each.uri})"
+            for each in report.damaged
+        ]
+        if damaged:
+            lines.append(
+                "to repair: register the folder each came from again (`adapterops push FOLDER` "
+                "with its name, task and language; a build wrote it to out/NAME), which replaces "
+                "the damaged copy; without it, move the versions' aliases and `adapterops rm` them"
+            )
+        console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    if damaged:
+        raise typer.Exit(1)
 
 
 @db_app.command("move")

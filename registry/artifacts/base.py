@@ -1,19 +1,22 @@
 """The small interface every artifact store implements.
 
 Blobs are addressed by the sha256 of their bytes, so identical bytes are stored once and a blob
-never changes. Stores move bytes; verifying them against their digest is the caller's job
-(:mod:`registry.bundles`), so it happens the same way for every backend.
+never changes. Stores move bytes; verifying downloads against their digest is the caller's job
+(:mod:`registry.bundles`), so it happens the same way for every backend. One check is the
+store's: a blob stored already is whole before an upload of the same bytes skips it (a damaged
+one, found by a download, is replaced by registering its source folder again).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["MARKERS", "ArtifactStore", "BlobInfo", "BytesMoved", "blob_key"]
+__all__ = ["MARKERS", "ArtifactStore", "BlobInfo", "BytesMoved", "blob_key", "file_sha256"]
 
 BytesMoved = Callable[[int], None]
 """Told how many more bytes a transfer moved (a progress bar's ``advance``); a file already
@@ -44,7 +47,8 @@ class ArtifactStore(Protocol):
         ...
 
     def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
-        """Store ``source``'s bytes under ``digest`` (a no-op when already stored)."""
+        """Store ``source``'s bytes under ``digest``: a no-op when a whole copy is stored already
+        (its size and checksum those of ``source``), replacing one that is not."""
         ...
 
     def get_file(self, digest: str, destination: Path, on_bytes: BytesMoved | None = None) -> None:
@@ -99,3 +103,12 @@ MARKERS = "registries"  # one small object per registry writing to the store, na
 def blob_key(digest: str) -> str:
     """``blobs/sha256/ab/abcdef...``: two-character fan-out keeps folders small."""
     return f"blobs/sha256/{digest[:2]}/{digest}"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

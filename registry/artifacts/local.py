@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 from ..errors import StorageUnavailableError
 from ..folders import filesystem_refusal
-from .base import MARKERS, BlobInfo, BytesMoved, blob_key
+from .base import MARKERS, BlobInfo, BytesMoved, blob_key, file_sha256
 
 __all__ = ["LocalStore"]
 
@@ -61,7 +61,7 @@ class LocalStore:
 
     def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         target = self._path(digest)
-        if target.is_file():
+        if target.is_file() and file_sha256(target) == digest:  # a damaged copy is replaced
             if on_bytes is not None:
                 on_bytes(source.stat().st_size)
             return
@@ -71,7 +71,7 @@ class LocalStore:
         temporary = target.parent / f"{INCOMING}{uuid.uuid4().hex}"
         try:
             _copy(source, temporary, on_bytes)
-            os.replace(temporary, target)
+            os.replace(temporary, target)  # over a damaged copy too: the rename is atomic
         finally:
             temporary.unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ Endpoint and credentials come from the usual AWS variables (``AWS_ENDPOINT_URL_S
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
@@ -104,19 +105,22 @@ class S3Store:
             self._call("create the bucket", lambda: self.client.create_bucket(Bucket=self.bucket))
 
     def has(self, digest: str) -> bool:
+        return self._head(digest) is not None
+
+    def _head(self, digest: str) -> dict[str, Any] | None:
+        """The blob's HEAD answer (its size and ETag), ``None`` when it is not stored."""
         self._check_bucket()
         key = self._key(digest)
         try:
-            self._call(
+            return self._call(
                 f"look up {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key)
             )
         except FileNotFoundError:
-            return False
-        return True
+            return None
 
     def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
-        self._check_bucket()
-        if self.has(digest):
+        head = self._head(digest)
+        if head is not None and _is_whole(head, source):  # a damaged copy is replaced
             if on_bytes is not None:
                 on_bytes(source.stat().st_size)
             return
@@ -242,3 +246,30 @@ class S3Store:
 
     def marker_uri(self, registry_id: str) -> str:
         return f"s3://{self.bucket}/{self._under_prefix(f'{MARKERS}/{registry_id}')}"
+
+
+def _is_whole(head: dict[str, Any], source: Path) -> bool:
+    """Whether the stored object holds ``source``'s bytes, from its HEAD alone (no download):
+    the same size and the ETag this store's upload of ``source`` gets. An object written
+    otherwise (another part size, SSE-KMS) has another ETag and is uploaded again: time lost,
+    nothing wrong."""
+    size = source.stat().st_size
+    return head.get("ContentLength") == size and head.get("ETag", "").strip('"') == upload_etag(
+        source, size
+    )
+
+
+def upload_etag(source: Path, size: int) -> str:
+    """The ETag S3 gives ``source`` uploaded through :data:`MULTIPART`: the MD5 of its bytes
+    below the threshold, else the MD5 of its parts' MD5s and the number of parts (what AWS,
+    SeaweedFS and MinIO compute)."""
+    chunk = MULTIPART.multipart_chunksize
+    with source.open("rb") as handle:
+        if size < MULTIPART.multipart_threshold:
+            return hashlib.md5(handle.read(), usedforsecurity=False).hexdigest()
+        parts = [
+            hashlib.md5(part, usedforsecurity=False).digest()
+            for part in iter(lambda: handle.read(chunk), b"")
+        ]
+    whole = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+    return f"{whole}-{len(parts)}"

@@ -6,6 +6,7 @@ PostgreSQL and SeaweedFS servers through the environment variables production us
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import yaml
 
 import registry as rg
 from flows.cli.common import human_bytes
+from registry.artifacts import open_store
 from tests.helpers import empty_registry, home_with_fake_adapters, run_cli, run_cli_in_a_terminal
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 from tests.registry.workers import write_fake_adapter
@@ -246,6 +248,52 @@ def test_gc_of_a_store_two_registries_write_to(environment, tmp_path, request):
     assert len(collected["removed"]) == 2  # the deleted version's manifest and tensors
     for where, ref in ((env, "prod@1"), (staging, "staging@1")):
         ok_json(run(where, "pull", ref, str(tmp_path / "pulled" / ref), "--json"))
+
+
+def test_db_verify_finds_a_damaged_file_and_pushing_its_folder_repairs_it(environment, tmp_path):
+    env = environment
+    artifacts = env.get(
+        "ADAPTEROPS_ARTIFACTS_URL", (Path(env["ADAPTEROPS_HOME"]) / "artifacts").as_uri()
+    )
+    common = ["--base-model", "tiny-bert", "--task", "sst2", "--language", "en", "--json"]
+    folder = write_fake_adapter(tmp_path / "a", seed=1)
+    ok_json(run(env, "push", str(folder), "--name", "a", *common))
+    whole = run(env, "db", "verify")
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.strip() == (
+        f"1 version(s), 2 file(s) ({human_bytes(2340)}) read back from {artifacts}: every file "
+        "whole"
+    )
+
+    tensors = folder / "adapter.safetensors"
+    digest = hashlib.sha256(tensors.read_bytes()).hexdigest()
+    outside = open_store(artifacts)  # a tool, or a disk, damaged the stored copy
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(tensors.read_bytes()[:100])
+    outside.delete(digest)
+    outside.put_file(digest, damaged)
+    found = run(env, "db", "verify", "--json")
+    assert found.returncode == 1, found.stderr
+    assert json.loads(found.stdout) == {
+        "ok": False, "versions": 1, "files": 2, "bytes": 2340,
+        "damaged": [{
+            "versions": ["a@1"], "file": "adapter.safetensors", "digest": digest,
+            "uri": outside.uri(digest), "problem": "corrupted",
+        }],
+    }  # fmt: skip
+    said = run(env, "db", "verify", "a").stdout.splitlines()
+    assert said[1] == (
+        f"  corrupted: adapter.safetensors of a@1 (sha256 {digest[:12]}..., {outside.uri(digest)})"
+    )
+    assert said[2].startswith("to repair: register the folder each came from again")
+    pulled = run(env, "pull", "a@1", str(tmp_path / "pulled"))
+    assert pulled.returncode == 2 and "register the folder it came from again" in pulled.stderr
+    unknown = run(env, "db", "verify", "b")
+    assert (unknown.returncode, unknown.stderr) == (2, "error: no adapter named 'b'\n")
+
+    ok_json(run(env, "push", str(folder), "--name", "a", *common))  # its folder, pushed again
+    assert run(env, "db", "verify", "a@1").returncode == 0
+    ok_json(run(env, "pull", "a@1", str(tmp_path / "pulled"), "--json"))
 
 
 def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):

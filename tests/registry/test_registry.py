@@ -16,8 +16,11 @@ import sqlalchemy as sa
 
 import registry as rg
 from registry import Registry
+from registry.artifacts import ArtifactStore, S3Store, open_store
+from registry.artifacts import local as local_store
 from registry.artifacts.local import LocalStore
 from registry.bundles import Manifest
+from registry.verification import DamagedFile
 from tests.registry.conftest import fresh_postgres_url
 
 BASE = "tiny-bert"
@@ -26,6 +29,39 @@ BASE = "tiny-bert"
 def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **overrides):
     fields = {"base_model": BASE, "task": "sst2", "language": "en"} | overrides
     return reg.register(folder, name=name, **fields)
+
+
+def store_from_outside(reg: Registry, digest: str, data: bytes, scratch: Path) -> None:
+    """Store ``data`` as blob ``digest`` as a tool or a disk would damage it: through a store of
+    its own, not the registry's."""
+    outside = open_store(reg.artifacts.url)
+    path = scratch / "outside"
+    path.write_bytes(data)
+    outside.delete(digest)
+    outside.put_file(digest, path)
+    path.unlink()
+
+
+def count_uploads(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The blobs ``store`` writes from now on (an S3 upload or a folder's copy)."""
+    uploads: list[str] = []
+    if isinstance(store, S3Store):
+        real_upload = store.client.upload_file
+
+        def upload_file(source, bucket, key, **kwargs):
+            uploads.append(key)
+            return real_upload(source, bucket, key, **kwargs)
+
+        monkeypatch.setattr(store.client, "upload_file", upload_file)
+    else:
+        real_copy = local_store._copy
+
+        def copy(source, target, on_bytes):
+            uploads.append(str(target))
+            return real_copy(source, target, on_bytes)
+
+        monkeypatch.setattr(local_store, "_copy", copy)
+    return uploads
 
 
 def recorded_manifests(reg: Registry) -> set[str]:
@@ -864,6 +900,82 @@ class TestBytes:
             registry.fetch(version.ref, tmp_path / "second")
         assert not (tmp_path / "second" / "adapter.safetensors").exists()
 
+    def test_registering_the_folder_again_repairs_a_damaged_file(
+        self, registry, make_adapter, tmp_path
+    ):
+        """The error said to re-register the adapter from its source, but the same bytes
+        found their blob stored and skipped it: the version stayed broken however often it was
+        pushed."""
+        folder = make_adapter(1)
+        version = register(registry, folder)
+        tensors = (folder / "adapter.safetensors").read_bytes()
+        digest = hashlib.sha256(tensors).hexdigest()
+        flipped = bytearray(tensors)
+        flipped[-1] ^= 0xFF  # the same size: only a checksum tells it from the original
+        store_from_outside(registry, digest, bytes(flipped), tmp_path)
+        with pytest.raises(rg.CorruptArtifactError) as refused:
+            registry.fetch(version.ref, tmp_path / "broken")
+        assert "register the folder it came from again (`adapterops push FOLDER`" in str(
+            refused.value
+        )
+        damaged = DamagedFile(
+            (version.ref,), "adapter.safetensors", digest, registry.artifacts.uri(digest),
+            "corrupted",
+        )  # fmt: skip
+        assert registry.verify().damaged == (damaged,)
+
+        assert register(registry, folder).ref == version.ref  # the same bytes: the same version
+        assert registry.verify().damaged == ()
+        whole = registry.fetch(version.ref, tmp_path / "whole")
+        assert (whole / "adapter.safetensors").read_bytes() == tensors
+
+    def test_a_whole_stored_copy_is_kept_and_a_damaged_one_replaced(
+        self, registry, tmp_path, monkeypatch
+    ):
+        """17 MiB: uploaded in three parts on S3, whose ETag is then no plain MD5."""
+        source = tmp_path / "big"
+        source.write_bytes(np.random.default_rng(0).bytes(17 * 2**20))
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        store = registry.artifacts
+        store.put_file(digest, source)
+        uploads = count_uploads(store, monkeypatch)
+        store.put_file(digest, source)
+        assert uploads == []  # whole: kept
+        store_from_outside(registry, digest, b"\0" * source.stat().st_size, tmp_path)
+        uploads.clear()  # the outside store's own
+        store.put_file(digest, source)
+        assert len(uploads) == 1  # the same size, other bytes: replaced
+        assert store.read_bytes(digest) == source.read_bytes()
+
+    def test_verify_names_the_versions_each_damaged_file_breaks(
+        self, registry, make_adapter, tmp_path
+    ):
+        folders = [make_adapter(seed) for seed in (1, 2, 3)]
+        for folder, name in zip(folders, ("a", "a", "b"), strict=True):
+            register(registry, folder, name=name)
+        shared = hashlib.sha256((folders[0] / "adapter.json").read_bytes()).hexdigest()
+        whole = registry.verify()
+        assert (whole.versions, whole.files, whole.damaged) == (3, 4, ())  # adapter.json once
+        tensors = sum((folder / "adapter.safetensors").stat().st_size for folder in folders)
+        assert whole.bytes == tensors + (folders[0] / "adapter.json").stat().st_size
+
+        registry.artifacts.delete(shared)
+        b_manifest = registry.get("b@1").digest
+        registry.artifacts.delete(b_manifest)
+        assert registry.verify().damaged == (
+            DamagedFile(("a@1", "a@2"), "adapter.json", shared, registry.artifacts.uri(shared),
+                        "missing"),
+            DamagedFile(("b@1",), "manifest", b_manifest, registry.artifacts.uri(b_manifest),
+                        "missing"),
+        )  # fmt: skip
+        one = registry.verify(["a@2"])
+        assert (one.versions, one.files, [d.versions for d in one.damaged]) == (1, 2, [("a@2",)])
+        assert registry.verify(["b"]).damaged[0].file == "manifest"
+        with pytest.raises(rg.NotFoundError, match=r"^no adapter named 'c'"):
+            registry.verify(["c"])
+        with pytest.raises(TypeError, match="a list of names or refs"):
+            registry.verify("a")
+
     def test_deleted_versions_are_listed_by_name_for_adapters_and_compositions(
         self, registry, make_adapter
     ):
@@ -1129,8 +1241,8 @@ class TestBytes:
         real_upload = client_module.upload
         collected: list[list[str]] = []
 
-        def upload_then_gc(store, bundle, on_bytes=None):  # forced: gc right after the upload
-            uri = real_upload(store, bundle, on_bytes)
+        def upload_then_gc(store, bundle, on_bytes=None, **how):  # forced: gc right after it
+            uri = real_upload(store, bundle, on_bytes, **how)
             if not collected:
                 collected.append(other.gc(older_than=timedelta(0)))
             return uri

@@ -1,0 +1,132 @@
+"""Every stored file of a registry's versions read back and checked against its digest.
+
+A download checks the files of the one version it fetches (:func:`registry.bundles.download`),
+so a damaged blob (a bit flipped on a disk, an object overwritten or truncated by a tool, a store
+restored from an old backup) is found by whoever loads it next: a serving job, at the worst time.
+:func:`verify_versions` does the same check for many versions at once, each shared file once,
+and names every version a damaged file breaks (`adapterops db verify`). The repair is to
+register the folder the file came from again: an upload replaces a stored copy that is not whole
+(:meth:`ArtifactStore.put_file`), for every version that lists it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import ArtifactStore
+from .artifacts.base import BytesMoved, file_sha256
+from .bundles import Manifest
+
+__all__ = ["MANIFEST", "DamagedFile", "Verification", "verify_versions"]
+
+MANIFEST = "manifest"  # what a damaged file list is called (a version's files are named)
+CHECKS_AT_ONCE = 8  # downloads at once: a far store answers each slowly
+
+
+@dataclass(frozen=True)
+class DamagedFile:
+    """A stored file that does not hold the bytes its digest names."""
+
+    versions: tuple[str, ...]  # ``name@N`` of each checked version that lists it
+    file: str  # its name in those versions; ``manifest`` for a version's list of files
+    digest: str
+    uri: str
+    problem: str  # "missing" or "corrupted"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_versions` checked, and what it found damaged (nothing: all whole)."""
+
+    versions: int
+    files: int  # distinct files, a file shared by several versions counted once
+    bytes: int
+    damaged: tuple[DamagedFile, ...]
+
+
+def verify_versions(
+    store: ArtifactStore,
+    versions: Iterable[tuple[str, str]],
+    *,
+    on_total: Callable[[int], None] | None = None,
+    on_bytes: BytesMoved | None = None,
+) -> Verification:
+    """Check ``versions`` (``(name@N, manifest digest)`` pairs): each manifest, then each file
+    it lists, downloaded and hashed. ``on_total`` is told the bytes to check once the manifests
+    are read, ``on_bytes`` the bytes as they arrive. A store that cannot be reached raises
+    :class:`~registry.errors.StorageUnavailableError`; damage is reported, not raised."""
+    refs_of: dict[str, list[str]] = defaultdict(list)
+    for ref, digest in versions:
+        refs_of[digest].append(ref)
+    damaged: list[DamagedFile] = []
+    with ThreadPoolExecutor(max_workers=CHECKS_AT_ONCE) as pool:
+        manifests = dict(
+            zip(refs_of, pool.map(lambda d: _manifest(store, d), refs_of), strict=True)
+        )
+        listed: dict[str, tuple[int, dict[str, None], dict[str, None]]] = {}
+        for digest, found in manifests.items():
+            if isinstance(found, str):
+                damaged.append(_damaged(store, refs_of[digest], MANIFEST, digest, found))
+                continue
+            for name, file_digest, size in found.files:
+                _, refs, names = listed.setdefault(file_digest, (size, {}, {}))
+                refs.update(dict.fromkeys(refs_of[digest]))
+                names[name] = None
+        total = sum(size for size, _, _ in listed.values())
+        if on_total is not None:
+            on_total(total)
+        with tempfile.TemporaryDirectory(prefix="adapterops-verify-") as scratch:
+            problems = pool.map(
+                lambda item: _file_problem(store, item[0], item[1][0], Path(scratch), on_bytes),
+                listed.items(),
+            )
+            for (digest, (_, refs, names)), problem in zip(listed.items(), problems, strict=True):
+                if problem is not None:
+                    damaged.append(_damaged(store, list(refs), " / ".join(names), digest, problem))
+    return Verification(
+        versions=sum(len(refs) for refs in refs_of.values()),
+        files=len(listed),
+        bytes=total,
+        damaged=tuple(sorted(damaged, key=lambda d: (d.versions, d.file))),
+    )
+
+
+def _manifest(store: ArtifactStore, digest: str) -> Manifest | str:
+    """The manifest, or what is wrong with it."""
+    try:
+        data = store.read_bytes(digest)
+    except FileNotFoundError:
+        return "missing"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return "corrupted"
+    return Manifest.from_bytes(data)
+
+
+def _file_problem(
+    store: ArtifactStore, digest: str, size: int, scratch: Path, on_bytes: BytesMoved | None
+) -> str | None:
+    """``None`` when the stored file holds ``size`` bytes whose sha256 is ``digest``."""
+    path = scratch / digest
+    try:
+        store.get_file(digest, path, on_bytes)
+    except FileNotFoundError:
+        if on_bytes is not None:  # the bar still reaches its total
+            on_bytes(size)
+        return "missing"
+    try:
+        whole = path.stat().st_size == size and file_sha256(path) == digest
+    finally:
+        path.unlink(missing_ok=True)
+    return None if whole else "corrupted"
+
+
+def _damaged(
+    store: ArtifactStore, refs: list[str], file: str, digest: str, problem: str
+) -> DamagedFile:
+    return DamagedFile(tuple(sorted(refs)), file, digest, store.uri(digest), problem)
