@@ -720,24 +720,24 @@ class Registry:
             raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
         for ref in refs:
             _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
+        asked: Sequence[str | None] = refs or [None]  # None: every version
         chosen = {  # ref -> manifest digest, each version once
-            version.ref: version.digest
-            for ref in refs or [""]
-            for version in self._versions_named(ref)
+            version.ref: version.digest for ref in asked for version in self._versions_named(ref)
         }
         return verify_versions(
             self.artifacts, sorted(chosen.items()), on_total=on_total, on_bytes=on_bytes
         )
 
-    def _versions_named(self, ref: str) -> list[AdapterVersion]:
+    def _versions_named(self, ref: str | None) -> list[AdapterVersion]:
         """``name@3``: that version; ``name``: every version of it (none there: NotFoundError
-        naming similar names); ``""``: every version."""
+        naming similar names); ``None``: every version."""
+        if ref is None:
+            return self.find()
         if "@" in ref:
             return [self.get(ref)]
-        if ref:
-            check_name(ref)
-            self._read(lambda s: store.adapter_named(s, ref))
-        return self.find(name=ref or None)
+        check_name(ref)
+        self._read(lambda s: store.adapter_named(s, ref))
+        return self.find(name=ref)
 
     def move_to(
         self,

@@ -975,6 +975,8 @@ class TestBytes:
             registry.verify(["c"])
         with pytest.raises(TypeError, match="a list of names or refs"):
             registry.verify("a")
+        with pytest.raises(rg.InvalidNameError, match="invalid adapter name ''"):
+            registry.verify([""])  # not every version
 
     def test_deleted_versions_are_listed_by_name_for_adapters_and_compositions(
         self, registry, make_adapter
