@@ -57,6 +57,7 @@ from .errors import (
     InvalidCompositionError,
     InvalidNameError,
     NoRegistryError,
+    NotFoundError,
     RegistryError,
     RegistryMovedError,
 )
@@ -711,7 +712,8 @@ class Registry:
         on_bytes: BytesMoved | None = None,
     ) -> Verification:
         """Read back every file of the versions ``refs`` name (``name``: all its versions,
-        ``name@3``/``name@champion``: one; none given: the whole registry) and check each against
+        ``name@3``/``name@champion``: one; a composition's name or ref: its members' versions;
+        none given: the whole registry) and check each against
         its digest, as a download does, each shared file once. Damage is reported with the
         versions it breaks (:class:`~registry.verification.Verification`), not raised:
         registering the folder a damaged file came from again replaces it. ``on_total`` is told
@@ -730,14 +732,25 @@ class Registry:
 
     def _versions_named(self, ref: str | None) -> list[AdapterVersion]:
         """``name@3``: that version; ``name``: every version of it (none there: NotFoundError
-        naming similar names); ``None``: every version."""
+        naming similar names); a composition's name or ref: the versions its members are;
+        ``None``: every version."""
         if ref is None:
             return self.find()
-        if "@" in ref:
-            return [self.get(ref)]
-        check_name(ref)
-        self._read(lambda s: store.adapter_named(s, ref))
-        return self.find(name=ref)
+        try:
+            if "@" in ref:
+                return [self.get(ref)]
+            check_name(ref)
+            self._read(lambda s: store.adapter_named(s, ref))
+            return self.find(name=ref)
+        except NotFoundError as no_adapter:
+            try:
+                compositions = (
+                    [self.composition(ref)] if "@" in ref else self.composition_versions(ref)
+                )
+            except NotFoundError:
+                raise no_adapter from None
+        members = {member for composition in compositions for member in composition.members}
+        return [self.get(member) for member in sorted(members)]
 
     def move_to(
         self,

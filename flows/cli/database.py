@@ -101,8 +101,8 @@ def db_verify(
     refs: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Adapters (NAME: every version) or versions (NAME@3, NAME@champion) to check; "
-            "default: every version.",
+            help="Adapters (NAME: every version), versions (NAME@3, NAME@champion) or "
+            "compositions (their members' versions) to check; default: every version.",
             show_default=False,
         ),
     ] = None,

@@ -971,6 +971,13 @@ class TestBytes:
         one = registry.verify(["a@2"])
         assert (one.versions, one.files, [d.versions for d in one.damaged]) == (1, 2, [("a@2",)])
         assert registry.verify(["b"]).damaged[0].file == "manifest"
+        registry.register_composition("both", {"type": "stack"}, ["a@2", "b@1"])
+        members = registry.verify(["both@1"])  # a composition: the versions it loads
+        assert members.versions == 2 and [d.versions for d in members.damaged] == [
+            ("a@2",),
+            ("b@1",),
+        ]
+        assert registry.verify(["both"]) == members
         with pytest.raises(rg.NotFoundError, match=r"^no adapter named 'c'"):
             registry.verify(["c"])
         with pytest.raises(TypeError, match="a list of names or refs"):
