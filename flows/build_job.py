@@ -33,6 +33,7 @@ from . import tracking
 from .answer_records import answer_records, write_answers
 from .changes_markdown import changes_since
 from .data import load_raw
+from .errors import GateError
 from .evaluation import EvaluationProgress, RowOutcome
 from .launch import launched_here
 from .lineage import dataset_fingerprint, spec_lineage
@@ -522,6 +523,25 @@ def register_and_gate(
     )
 
 
+def _check_whole(
+    registry: Registry, champion: AdapterVersion, candidate: AdapterVersion, alias: str, metric: str
+) -> None:
+    """The champion's files read back before the base model loads to score it (minutes for an
+    LLM): a damaged one failed the build with the champion's download error, as bad input
+    (exit 2), and said nothing of the candidate it had registered."""
+    damaged = registry.verify([champion.ref]).damaged
+    if damaged:
+        what = "; ".join(f"{d.file} is {d.problem} ({d.uri})" for d in damaged)
+        raise GateError(
+            f"{candidate.ref} is registered, not promoted: the gate cannot score {alias} "
+            f"{champion.ref}, whose files are damaged in the artifact store: {what}. "
+            f"`adapterops promote {candidate.ref}` makes it {alias} if its recorded {metric} is "
+            f"no worse (a build of this spec now returns it without a gate); pushing the folder "
+            f"{champion.ref} came from again repairs that one (`adapterops db verify` lists every "
+            "damaged file)"
+        )
+
+
 def _gate(
     build: Build,
     candidate: AdapterVersion,
@@ -546,6 +566,7 @@ def _gate(
         return decide(value, None, policy), None
     if champion.version == candidate.version:  # a re-run of the build that promoted it
         return Decision(True, "already the champion", value, value, "better"), value
+    _check_whole(build.registry, champion, candidate, spec.promote.alias, policy.metric)
     measured = evaluate_registered(
         spec, champion.ref, build.registry, fingerprint=build.fingerprint
     )

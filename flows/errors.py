@@ -7,6 +7,7 @@ from registry.redaction import RedactedError  # messages never carry a password 
 __all__ = [
     "BaseModelNotFound",
     "DataError",
+    "GateError",
     "MlflowNameError",
     "OrchestrationError",
     "PromotionRefusedError",
@@ -51,6 +52,11 @@ class PromotionRefusedError(RedactedError):
         what_changed = f" (what changed: adapterops diff {' '.join(refs)})" if refs else ""
         super().__init__(f"{comparison}: pass --force to make it {alias} anyway{what_changed}")
         self.comparison = comparison  # e.g. "x@2 scores accuracy 0.8000, worse than ..."
+
+
+class GateError(RedactedError):
+    """A build's gate could not weigh its candidate against the version holding the alias (its
+    files are damaged): the candidate is registered, not promoted. Not bad input: exit 1."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,12 +4,14 @@ registration that survives MLflow being down."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 from flows import tracking
 from flows.build_job import Build, build_from_spec, register_and_gate, run_chain, start_build
 from flows.data import load_split
-from flows.errors import TrackingUnavailableError
+from flows.errors import GateError, TrackingUnavailableError
 from flows.mlflow_compositions import (
     ensure_composition_versions,
     move_composition_alias,
@@ -604,6 +606,32 @@ def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry,
     gate.join(60)
     assert (results[0].version, results[0].alias) == (1, "champion")
     assert registry.get(f"{spec.name}@champion").version == 1
+
+
+def test_a_gate_whose_champion_is_damaged_keeps_the_candidate_and_says_how_to_go_on(
+    registry, tmp_path
+):
+    """The champion's files are read back before the base model loads to score it: a damaged
+    one failed the build with its download error (as bad input), after the base had loaded,
+    saying nothing of the candidate it had registered."""
+    spec, report = trained_elsewhere(tmp_path, "damaged-sst2")
+    build = Build(spec, {}, tmp_path, registry)
+    assert register_and_gate(build, report, run_id="", card="card").alias == "champion"
+    tensors = Path(report.output) / "adapter.safetensors"
+    digest = hashlib.sha256(tensors.read_bytes()).hexdigest()
+    registry.artifacts.delete(digest)
+    second = replace(report, output=str(write_fake_adapter(tmp_path / "second", 9)))
+    with pytest.raises(GateError) as refused:
+        register_and_gate(build, second, run_id="", card="card")
+    assert str(refused.value) == (
+        "damaged-sst2@2 is registered, not promoted: the gate cannot score champion "
+        "damaged-sst2@1, whose files are damaged in the artifact store: adapter.safetensors is "
+        f"missing ({registry.artifacts.uri(digest)}). `adapterops promote damaged-sst2@2` makes "
+        "it champion if its recorded accuracy is no worse (a build of this spec now returns it "
+        "without a gate); pushing the folder damaged-sst2@1 came from again repairs that one "
+        "(`adapterops db verify` lists every damaged file)"
+    )
+    assert [v.aliases for v in registry.find(name=spec.name)] == [("champion",), ()]
 
 
 def test_a_build_of_the_same_spec_data_and_code_waits_for_the_one_running_then_reuses_it(
