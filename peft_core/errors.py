@@ -35,7 +35,8 @@ class TargetError(PeftCoreError):
 
 class TrainingDivergedError(PeftCoreError, ArithmeticError):
     """A step's loss was not a number and left the weights that train NaN or infinite: no later
-    step can bring them back, so training stops there rather than running on."""
+    step can bring them back, so training stops there rather than running on. Also ten steps in
+    a row whose loss was not a number (fp16 skipped each): nothing is being learned."""
 
 
 class AdapterExistsError(PeftCoreError):

@@ -50,6 +50,10 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 Schedule = Literal["linear", "cosine", "constant"]
 SCHEDULES: tuple[Schedule, ...] = ("linear", "cosine", "constant")
 CHECKPOINT_FILE = "checkpoint.pt"
+# Steps in a row whose loss is not a number before training stops though the weights still are
+# (fp16 skips each such step): one bad batch is skipped; a forward pass that overflows float16
+# at every step learns nothing for the rest of the run.
+NOT_FINITE_IN_A_ROW = 10
 _NO_CONTEXT = contextlib.nullcontext()
 
 
@@ -164,6 +168,7 @@ def train(
     data_parallel = isinstance(model, DDP) or has_shards(model)
     model.train()
     inner = _unwrapped(model)
+    losses = _LossWatch(params, precision, data_parallel=data_parallel, device=device)
     with _without_kv_cache(inner), _checkpointing(inner, enabled=gradient_checkpointing):
         for step in range(result.resumed_from, max_steps):
             if periodic.should_stop:  # (a resumed run that had stopped early trains no more)
@@ -191,11 +196,7 @@ def train(
             if on_step is not None:
                 on_step(step, step_loss, lr_used)
             done = step + 1
-            if not math.isfinite(step_loss):  # (every process sees the same mean loss)
-                _stop_if_diverged(
-                    params, step_loss, learning_rate=lr_used, step=done,
-                    data_parallel=data_parallel, device=device,
-                )  # fmt: skip
+            losses.after_step(step_loss, learning_rate=lr_used, step=done)
             periodic.after_step(done, max_steps)
             final = done == max_steps or periodic.should_stop
             if checkpoints is not None and (done % checkpoint_every == 0 or final):
@@ -627,6 +628,52 @@ def _stop_if_diverged(
         f"training diverged at step {step}: its loss is {loss} and the weights that train are "
         f"no longer finite numbers, so no later step can recover them; lower learning_rate "
         f"({learning_rate:g} at this step) or warm it up (warmup_ratio), and check the data"
+    )
+
+
+class _LossWatch:
+    """What a step's loss that is not a number means (every process sees the same mean loss,
+    so all decide alike): weights no longer numbers stop training at once
+    (:func:`_stop_if_diverged`); weights still numbers (fp16 skipped the step) stop it after
+    :data:`NOT_FINITE_IN_A_ROW` such steps in a row (:func:`_stop_if_nothing_learns`)."""
+
+    def __init__(
+        self, params: list[nn.Parameter], precision: str, *, data_parallel: bool, device: Any
+    ) -> None:
+        self.params, self.precision = params, precision
+        self.data_parallel, self.device = data_parallel, device
+        self.not_finite_since: int | None = None  # the first step of the run of them
+
+    def after_step(self, loss: float, *, learning_rate: float, step: int) -> None:
+        if math.isfinite(loss):
+            self.not_finite_since = None
+            return
+        _stop_if_diverged(
+            self.params, loss, learning_rate=learning_rate, step=step,
+            data_parallel=self.data_parallel, device=self.device,
+        )  # fmt: skip
+        self.not_finite_since = self.not_finite_since or step
+        _stop_if_nothing_learns(self.not_finite_since, step, self.precision)
+
+
+def _stop_if_nothing_learns(first: int, step: int, precision: str) -> None:
+    """Raise :class:`TrainingDivergedError` once :data:`NOT_FINITE_IN_A_ROW` steps in a row
+    (``first`` to ``step``, counted from 1) had a loss that is not a number while the weights
+    stayed numbers: fp16's loss scaling skipped each, and it would skip every step to the end
+    (a forward pass that overflows float16, as T5 and some LLMs do), then register the adapter
+    unchanged."""
+    if step - first + 1 < NOT_FINITE_IN_A_ROW:
+        return
+    cause = (
+        "the forward pass overflows float16: train with precision bf16 (where the GPU has it) "
+        "or fp32"
+        if precision == "fp16"
+        else "check the data and the model's outputs"
+    )
+    raise TrainingDivergedError(
+        f"training stopped at step {step}: the loss has not been a finite number since step "
+        f"{first} ({NOT_FINITE_IN_A_ROW} steps in a row, each skipped: nothing was learned); "
+        f"{cause}"
     )
 
 

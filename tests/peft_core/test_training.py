@@ -223,6 +223,26 @@ class TestDivergence:
         assert [math.isnan(loss) for loss in result.losses] == [False, True, False, False]
         assert all(torch.isfinite(p).all() for p in trainable_params(model))
 
+    def test_an_fp16_forward_that_overflows_at_every_step_stops_training(self):
+        """Each step was skipped for its NaN loss and the run went on to the end, learning
+        nothing, then saved the adapter unchanged."""
+        model = TestPrecision.fp16_llama_whose_gradients_underflow()
+        model.lm_head.register_forward_hook(lambda module, inputs, output: output * float("inf"))
+        before = trainable(model)
+        steps: list[int] = []
+        with pytest.raises(pc.TrainingDivergedError) as stopped:
+            pc.train(model, TestPrecision.data(), max_steps=40, learning_rate=1e-2,
+                     warmup_ratio=0, precision="fp16",
+                     on_step=lambda step, loss, lr: steps.append(step))  # fmt: skip
+        assert steps == list(range(pc.training.NOT_FINITE_IN_A_ROW))
+        assert str(stopped.value) == (
+            "training stopped at step 10: the loss has not been a finite number since step 1 "
+            "(10 steps in a row, each skipped: nothing was learned); the forward pass overflows "
+            "float16: train with precision bf16 (where the GPU has it) or fp32"
+        )
+        after = trainable(model)
+        assert all(torch.equal(after[n], before[n]) for n in before)
+
 
 class TestGradientCheckpointing:
     """Recomputing blocks in the backward pass changes memory, not the numbers."""
