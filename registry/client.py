@@ -708,6 +708,7 @@ class Registry:
         self,
         refs: Sequence[str] = (),
         *,
+        quick: bool = False,
         on_total: Callable[[int], None] | None = None,
         on_bytes: BytesMoved | None = None,
     ) -> Verification:
@@ -716,8 +717,10 @@ class Registry:
         none given: the whole registry) and check each against
         its digest, as a download does, each shared file once. Damage is reported with the
         versions it breaks (:class:`~registry.verification.Verification`), not raised:
-        registering the folder a damaged file came from again replaces it. ``on_total`` is told
-        the bytes to read, ``on_bytes`` the bytes as they arrive."""
+        registering the folder a damaged file came from again replaces it. ``quick``: each
+        file's presence and size alone, from the store's listing (no download; altered bytes
+        of the right size go unseen). ``on_total`` is told the bytes to read, ``on_bytes`` the
+        bytes as they arrive."""
         if isinstance(refs, str) or not isinstance(refs, Sequence):
             raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
         for ref in refs:
@@ -727,8 +730,9 @@ class Registry:
             version.ref: version.digest for ref in asked for version in self._versions_named(ref)
         }
         return verify_versions(
-            self.artifacts, sorted(chosen.items()), on_total=on_total, on_bytes=on_bytes
-        )
+            self.artifacts, sorted(chosen.items()), quick=quick, on_total=on_total,
+            on_bytes=on_bytes,
+        )  # fmt: skip
 
     def _versions_named(self, ref: str | None) -> list[AdapterVersion]:
         """``name@3``: that version; ``name``: every version of it (none there: NotFoundError

@@ -37,7 +37,7 @@ class DamagedFile:
     file: str  # its name in those versions; ``manifest`` for a version's list of files
     digest: str
     uri: str
-    problem: str  # "missing" or "corrupted"
+    problem: str  # "missing", "corrupted" or (a quick check's) "N bytes, not M"
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,15 @@ def verify_versions(
     store: ArtifactStore,
     versions: Iterable[tuple[str, str]],
     *,
+    quick: bool = False,
     on_total: Callable[[int], None] | None = None,
     on_bytes: BytesMoved | None = None,
 ) -> Verification:
     """Check ``versions`` (``(name@N, manifest digest)`` pairs): each manifest, then each file
-    it lists, downloaded and hashed. ``on_total`` is told the bytes to check once the manifests
-    are read, ``on_bytes`` the bytes as they arrive. A store that cannot be reached raises
+    it lists, downloaded and hashed; ``quick``: each file's presence and size alone, from the
+    store's listing (no download: a missing or truncated file is found, altered bytes are not).
+    ``on_total`` is told the bytes to check once the manifests are read, ``on_bytes`` the bytes
+    as they arrive. A store that cannot be reached raises
     :class:`~registry.errors.StorageUnavailableError`; damage is reported, not raised."""
     refs_of: dict[str, list[str]] = defaultdict(list)
     for ref, digest in versions:
@@ -82,10 +85,18 @@ def verify_versions(
         if on_total is not None:
             on_total(total)
         with tempfile.TemporaryDirectory(prefix="adapterops-verify-") as scratch:
-            problems = pool.map(
-                lambda item: _file_problem(store, item[0], item[1][0], Path(scratch), on_bytes),
-                listed.items(),
-            )
+            if quick:
+                stored = {blob.digest: blob.size for blob in store.blobs()}  # a request per 1,000
+                problems = [_size_problem(stored, d, size) for d, (size, _, _) in listed.items()]
+            else:
+                problems = list(
+                    pool.map(
+                        lambda item: _file_problem(
+                            store, item[0], item[1][0], Path(scratch), on_bytes
+                        ),
+                        listed.items(),
+                    )
+                )
             for (digest, (_, refs, names)), problem in zip(listed.items(), problems, strict=True):
                 if problem is not None:
                     damaged.append(_damaged(store, list(refs), " / ".join(names), digest, problem))
@@ -124,6 +135,13 @@ def _file_problem(
     finally:
         path.unlink(missing_ok=True)
     return None if whole else "corrupted"
+
+
+def _size_problem(stored: dict[str, int], digest: str, size: int) -> str | None:
+    """``None`` when the listing holds the file at its size."""
+    if digest not in stored:
+        return "missing"
+    return None if stored[digest] == size else f"{stored[digest]} bytes, not {size}"
 
 
 def _damaged(

@@ -106,6 +106,14 @@ def db_verify(
             show_default=False,
         ),
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Check each file's presence and size from the store's listing, downloading "
+            "nothing: finds missing and truncated files, not altered bytes.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Read back every file of the registry's versions from the artifact store and check it
@@ -115,20 +123,21 @@ def db_verify(
     FOLDER`): the same bytes replace the damaged copy for every version that lists it."""
     with user_errors(as_json):
         registry = open_registry()
-        with bytes_to_come("verifying", enabled=not as_json) as bar:
+        with bytes_to_come("verifying", enabled=not as_json and not quick) as bar:
             set_total, advance = bar if bar is not None else (None, None)
-            report = registry.verify(refs or [], on_total=set_total, on_bytes=advance)
+            report = registry.verify(refs or [], quick=quick, on_total=set_total, on_bytes=advance)
     damaged = [vars(each) for each in report.damaged]
     if as_json:
         emit_json({"ok": not damaged, **vars(report), "damaged": damaged})
     else:
+        how = "listed (sizes only)" if quick else "read back"
         checked = (
             f"{report.versions} version(s), {report.files} file(s) "
-            f"({human_bytes(report.bytes)}) read back from {registry.artifacts.url}"
+            f"({human_bytes(report.bytes)}) {how} from {registry.artifacts.url}"
         )
         lines = [f"{checked}: every file whole" if not damaged else f"{checked}:"]
         lines += [
-            f"  {each.problem}: {each.file} of {', '.join(each.versions)} (sha256 "
+            f"  {each.file} of {', '.join(each.versions)}: {each.problem} (sha256 "
             f"{each.digest[:12]}..., {each.uri})"
             for each in report.damaged
         ]

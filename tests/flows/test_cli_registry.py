@@ -283,9 +283,15 @@ def test_db_verify_finds_a_damaged_file_and_pushing_its_folder_repairs_it(enviro
     }  # fmt: skip
     said = run(env, "db", "verify", "a").stdout.splitlines()
     assert said[1] == (
-        f"  corrupted: adapter.safetensors of a@1 (sha256 {digest[:12]}..., {outside.uri(digest)})"
+        f"  adapter.safetensors of a@1: corrupted (sha256 {digest[:12]}..., {outside.uri(digest)})"
     )
     assert said[2].startswith("to repair: register the folder each came from again")
+    quick = run(env, "db", "verify", "--quick")  # from the listing: the size tells
+    assert quick.returncode == 1 and quick.stdout.splitlines()[:2] == [
+        f"1 version(s), 2 file(s) ({human_bytes(2340)}) listed (sizes only) from {artifacts}:",
+        f"  adapter.safetensors of a@1: 100 bytes, not 2128 (sha256 {digest[:12]}..., "
+        f"{outside.uri(digest)})",
+    ]
     pulled = run(env, "pull", "a@1", str(tmp_path / "pulled"))
     assert pulled.returncode == 2 and "register the folder it came from again" in pulled.stderr
     unknown = run(env, "db", "verify", "b")

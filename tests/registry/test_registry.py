@@ -923,6 +923,7 @@ class TestBytes:
             "corrupted",
         )  # fmt: skip
         assert registry.verify().damaged == (damaged,)
+        assert registry.verify(quick=True).damaged == ()  # the same size: only a download tells
 
         assert register(registry, folder).ref == version.ref  # the same bytes: the same version
         assert registry.verify().damaged == ()
@@ -971,6 +972,7 @@ class TestBytes:
         one = registry.verify(["a@2"])
         assert (one.versions, one.files, [d.versions for d in one.damaged]) == (1, 2, [("a@2",)])
         assert registry.verify(["b"]).damaged[0].file == "manifest"
+        assert registry.verify(quick=True) == registry.verify()  # missing: the listing tells
         registry.register_composition("both", {"type": "stack"}, ["a@2", "b@1"])
         members = registry.verify(["both@1"])  # a composition: the versions it loads
         assert members.versions == 2 and [d.versions for d in members.damaged] == [
