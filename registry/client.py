@@ -60,6 +60,7 @@ from .errors import (
     NotFoundError,
     RegistryError,
     RegistryMovedError,
+    StorageUnavailableError,
 )
 from .locks import kept_busy, lock_is_held, named_lock
 from .move import MoveReport, move_registry
@@ -720,19 +721,32 @@ class Registry:
         registering the folder a damaged file came from again replaces it. ``quick``: each
         file's presence and size alone, from the store's listing (no download; altered bytes
         of the right size go unseen). ``on_total`` is told the bytes to read, ``on_bytes`` the
-        bytes as they arrive."""
+        bytes as they arrive. A store this registry never wrote to, holding none of them, is
+        :class:`StorageUnavailableError` (the settings name another store), not damage."""
         if isinstance(refs, str) or not isinstance(refs, Sequence):
             raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
         for ref in refs:
             _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
         asked: Sequence[str | None] = refs or [None]  # None: every version
-        chosen = {  # ref -> manifest digest, each version once
-            version.ref: version.digest for ref in asked for version in self._versions_named(ref)
+        chosen = {  # each version once
+            version.ref: version for ref in asked for version in self._versions_named(ref)
         }
-        return verify_versions(
-            self.artifacts, sorted(chosen.items()), quick=quick, on_total=on_total,
-            on_bytes=on_bytes,
+        report = verify_versions(
+            self.artifacts, sorted((ref, v.digest) for ref, v in chosen.items()), quick=quick,
+            on_total=on_total, on_bytes=on_bytes,
         )  # fmt: skip
+        # none found in a store this registry never wrote to: "push every folder again" would
+        # be the wrong advice (one version's lost manifest, in its own store, is damage)
+        if report.nothing_found and self.identity not in self.artifacts.writers():
+            newest = max(chosen.values(), key=_created)
+            raise StorageUnavailableError(
+                f"the artifact store {self.artifacts.url} holds none of the {report.versions} "
+                f"version(s)' files: ADAPTEROPS_ARTIFACTS_URL names another store than the one "
+                f"they were registered into ({newest.ref}'s files went to "
+                f"{newest.artifact_uri.split('/blobs/')[0]}); point it there and run this again "
+                "(if it is that store, everything was removed from it outside adapterops)"
+            )
+        return report
 
     def _versions_named(self, ref: str | None) -> list[AdapterVersion]:
         """``name@3``: that version; ``name``: every version of it (none there: NotFoundError
@@ -817,6 +831,10 @@ class Registry:
                 except SAIntegrityError:
                     continue  # e.g. two processes created the same adapter: the loser retries
         raise _Conflict(f"gave up after {_RETRIES} conflicting concurrent writes; try again")
+
+
+def _created(version: AdapterVersion) -> Any:
+    return version.created_at
 
 
 def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:

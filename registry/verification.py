@@ -49,6 +49,18 @@ class Verification:
     bytes: int
     damaged: tuple[DamagedFile, ...]
 
+    @property
+    def nothing_found(self) -> bool:
+        """Whether the store held not one of the versions' manifests: another store than the
+        one they were registered into, more likely than every file lost."""
+        lost = {
+            ref
+            for each in self.damaged
+            if each.file == MANIFEST and each.problem == "missing"
+            for ref in each.versions
+        }
+        return self.versions > 0 and len(lost) == self.versions
+
 
 def verify_versions(
     store: ArtifactStore,

@@ -21,7 +21,7 @@ from registry.artifacts import local as local_store
 from registry.artifacts.local import LocalStore
 from registry.bundles import Manifest
 from registry.verification import DamagedFile
-from tests.registry.conftest import fresh_postgres_url
+from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 
 BASE = "tiny-bert"
 
@@ -949,7 +949,7 @@ class TestBytes:
         assert store.read_bytes(digest) == source.read_bytes()
 
     def test_verify_names_the_versions_each_damaged_file_breaks(
-        self, registry, make_adapter, tmp_path
+        self, registry, locations, make_adapter, tmp_path
     ):
         folders = [make_adapter(seed) for seed in (1, 2, 3)]
         for folder, name in zip(folders, ("a", "a", "b"), strict=True):
@@ -982,6 +982,19 @@ class TestBytes:
         assert registry.verify(["both"]) == members
         with pytest.raises(rg.NotFoundError, match=r"^no adapter named 'c'"):
             registry.verify(["c"])
+        other_store = (
+            (tmp_path / "other").as_uri() if "sqlite" in locations[0] else fresh_bucket_url()
+        )
+        elsewhere = Registry(locations[0], other_store)
+        with pytest.raises(rg.StorageUnavailableError) as wrong_store:  # not "push them all"
+            elsewhere.verify()
+        assert str(wrong_store.value) == (
+            f"the artifact store {other_store} holds none of the 3 version(s)' files: "
+            "ADAPTEROPS_ARTIFACTS_URL names another store than the one they were registered "
+            f"into (b@1's files went to {registry.artifacts.url}); point it there and run this "
+            "again (if it is that store, everything was removed from it outside adapterops)"
+        )
+        elsewhere.close()
         with pytest.raises(TypeError, match="a list of names or refs"):
             registry.verify("a")
         with pytest.raises(rg.InvalidNameError, match="invalid adapter name ''"):
