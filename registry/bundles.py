@@ -39,6 +39,7 @@ __all__ = [
     "inspect_folder",
     "read_json_object",
     "saved_fingerprint",
+    "stored_in",
     "upload",
 ]
 
@@ -254,6 +255,7 @@ def download(
     label: str,
     on_bytes: BytesMoved | None = None,
     check_files: Callable[[Path], None] | None = None,
+    registered_at: str | None = None,
 ) -> Path:
     """Fetch version ``label``'s files into ``destination``, verifying every digest
     (``on_bytes``: told the files' bytes as they arrive).
@@ -263,6 +265,8 @@ def download(
     leaves ``destination`` as it was (one made for it, with its new parents, is removed again).
     ``check_files`` is handed that folder of verified files before they move: what it raises
     leaves ``destination`` as it was too (``pull --verify`` re-runs the probes there).
+    ``registered_at`` (the version's recorded manifest URI) names the store it went to where a
+    file is missing from another.
     """
     check_folder_to_write(destination, f"download {label}")
     prefix = f".{destination.name}.incoming-"
@@ -272,13 +276,17 @@ def download(
     ):
         staging = Path(scratch)
         manifest_path = staging / ".manifest"
-        _fetch(store, digest, manifest_path, label=label, what="manifest")
+        where = stored_in(registered_at) if registered_at else store.url
+        _fetch(store, digest, manifest_path, label=label, what="manifest", registered_in=where)
         _verify(manifest_path, digest, label=label, what="manifest")
         manifest = Manifest.from_bytes(manifest_path.read_bytes())
         _check_no_other_adapter(destination, {name for name, _, _ in manifest.files}, label)
         for name, file_digest, size in manifest.files:
             target = staging / name
-            _fetch(store, file_digest, target, label=label, what=name, on_bytes=on_bytes)
+            _fetch(
+                store, file_digest, target, label=label, what=name, on_bytes=on_bytes,
+                registered_in=where,
+            )  # fmt: skip
             _verify(target, file_digest, label=label, what=name, size=size)
         if check_files is not None:
             manifest_path.unlink()  # the folder holds the adapter's files alone, as pulled
@@ -286,6 +294,12 @@ def download(
         for name, _, _ in manifest.files:
             shutil.move(str(staging / name), destination / name)
     return destination
+
+
+def stored_in(artifact_uri: str) -> str:
+    """The store a version's recorded manifest URI is in (``s3://b/p/blobs/sha256/ab/ab..``:
+    ``s3://b/p``)."""
+    return artifact_uri.split("/blobs/sha256/", maxsplit=1)[0]
 
 
 def copy_blob(
@@ -333,14 +347,26 @@ def _fetch(
     label: str,
     what: str,
     on_bytes: BytesMoved | None = None,
+    registered_in: str | None = None,
 ) -> None:
     try:
         store.get_file(digest, target, on_bytes)
     except FileNotFoundError:
+        if registered_in is None:
+            check = (
+                "check that ADAPTEROPS_ARTIFACTS_URL names the store it was registered into; if "
+                "it does, the file was removed from the store outside adapterops"
+            )
+        elif registered_in != store.url:
+            check = f"it was registered into {registered_in}: point ADAPTEROPS_ARTIFACTS_URL there"
+        else:
+            check = (
+                "it was removed from the store it was registered into, outside adapterops; "
+                "pushing the folder it came from again (`adapterops push FOLDER`) puts it back"
+            )
         raise CorruptArtifactError(
             f"{label}: {what} is missing from the artifact store (expected sha256 {digest} at "
-            f"{store.uri(digest)}): check that ADAPTEROPS_ARTIFACTS_URL names the store it was "
-            "registered into; if it does, the file was removed from the store outside adapterops"
+            f"{store.uri(digest)}): {check}"
         ) from None
     except StorageUnavailableError:
         raise

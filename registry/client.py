@@ -45,6 +45,7 @@ from .bundles import (
     download,
     inspect_folder,
     saved_fingerprint,
+    stored_in,
     upload,
 )
 from .composition_diff import CompositionDiff, diff_compositions
@@ -539,7 +540,7 @@ class Registry:
         version = self.get(ref)
         return download(
             self.artifacts, version.digest, Path(destination), label=version.ref,
-            on_bytes=on_bytes, check_files=check_files,
+            on_bytes=on_bytes, check_files=check_files, registered_at=version.artifact_uri,
         )  # fmt: skip
 
     def load_into(
@@ -574,8 +575,9 @@ class Registry:
                 added.append(member_name(member))
             with tempfile.TemporaryDirectory() as scratch:
                 folder = download(
-                    self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref
-                )
+                    self.artifacts, version.digest, Path(scratch) / "adapter", label=version.ref,
+                    registered_at=version.artifact_uri,
+                )  # fmt: skip
                 try:
                     peft_core.load_adapter(model, folder, name=loaded, force=force)
                 except peft_core.PeftCoreError as exc:
@@ -743,7 +745,7 @@ class Registry:
                 f"the artifact store {self.artifacts.url} holds none of the {report.versions} "
                 f"version(s)' files: ADAPTEROPS_ARTIFACTS_URL names another store than the one "
                 f"they were registered into ({newest.ref}'s files went to "
-                f"{newest.artifact_uri.split('/blobs/')[0]}); point it there and run this again "
+                f"{stored_in(newest.artifact_uri)}); point it there and run this again "
                 "(if it is that store, everything was removed from it outside adapterops)"
             )
         return report

@@ -429,11 +429,19 @@ class TestBadInput:
             registry.fetch(version.ref, destination)
         assert str(missing.value) == (
             f"{version.ref}: adapter.safetensors is missing from the artifact store (expected "
-            f"sha256 {tensor_digest} at {registry.artifacts.uri(tensor_digest)}): check that "
-            "ADAPTEROPS_ARTIFACTS_URL names the store it was registered into; if it does, the "
-            "file was removed from the store outside adapterops"
+            f"sha256 {tensor_digest} at {registry.artifacts.uri(tensor_digest)}): it was "
+            "removed from the store it was registered into, outside adapterops; pushing the "
+            "folder it came from again (`adapterops push FOLDER`) puts it back"
         )
         assert not destination.exists()  # staged beside it, never inside; made, then removed
+        elsewhere = Registry(registry.database.url, (tmp_path / "elsewhere").as_uri())
+        with pytest.raises(rg.CorruptArtifactError) as in_another_store:  # says which store
+            elsewhere.fetch(version.ref, destination)
+        assert str(in_another_store.value).endswith(
+            f"): it was registered into {registry.artifacts.url}: point ADAPTEROPS_ARTIFACTS_URL "
+            "there"
+        )
+        elsewhere.close()
         assert [p.name for p in tmp_path.iterdir() if ".incoming-" in p.name] == []
 
     def test_fetch_again_replaces_and_another_adapters_files_are_refused(
