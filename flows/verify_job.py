@@ -1,20 +1,70 @@
 """``adapterops pull REF DIR --verify``: the files are the registered bytes (digests), and on the
-spec's base model they still compute what they computed at registration (golden probes)."""
+spec's base model they still compute what they computed at registration (golden probes);
+``adapterops db verify --probes``: the same for many versions (after an upgrade of torch or
+transformers, or of a base model's folder, do they still compute what they did?)."""
 
 from __future__ import annotations
 
+import gc
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import peft_core as pc
-from registry import AdapterVersion, BaseModelMismatchError
+from registry import AdapterVersion, BaseModelMismatchError, Registry
 
-from .errors import DataError
+from .errors import BaseModelNotFound, DataError
 from .files_spec import spec_from_files, stated_head
 from .models import resolve_base_weights
 from .spec import spec_of_version
 from .train_job import inference_device, load_inference_model
 
-__all__ = ["verify_on_base"]
+__all__ = ["ProbeOutcome", "probe_versions", "verify_on_base"]
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What one version's golden probes said on this machine's base model."""
+
+    ref: str
+    status: str  # "passed", "failed" or "not checked"
+    detail: str  # the deviation, or why it failed or was not checked
+
+
+def probe_versions(
+    registry: Registry,
+    refs: Sequence[str],
+    *,
+    on_version: Callable[[str, int], None] | None = None,
+) -> list[ProbeOutcome]:
+    """Each version of ``refs`` (whose files were verified whole) loaded onto its base model
+    here and its golden probes re-run, as ``pull --verify`` does, one version at a time (each
+    loads its base: a version's own head and load settings). A base model not on this machine,
+    or a version without probes (a fusion, one registered before they existed), is "not
+    checked"; a deviation beyond the band is "failed". ``on_version(ref, index)`` is told each
+    before it loads."""
+    outcomes = []
+    for index, ref in enumerate(refs):
+        if on_version is not None:
+            on_version(ref, index)
+        version = registry.get(ref)
+        with tempfile.TemporaryDirectory(prefix="adapterops-probes-") as scratch:
+            folder = registry.fetch(ref, Path(scratch) / "adapter")
+            try:
+                check = verify_on_base(version, folder)
+            except BaseModelMismatchError as exc:
+                outcomes.append(ProbeOutcome(ref, "failed", str(exc)))
+            except (DataError, BaseModelNotFound) as exc:
+                outcomes.append(ProbeOutcome(ref, "not checked", str(exc)))
+            else:
+                detail = (
+                    f"deviation {check.deviation:.2%} (band {check.tolerance:.0%}; "
+                    f"{check.precisions})"
+                )
+                outcomes.append(ProbeOutcome(ref, "passed", detail))
+        gc.collect()  # the base model of this version, before the next one loads
+    return outcomes
 
 
 def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:

@@ -48,6 +48,13 @@ class Verification:
     files: int  # distinct files, a file shared by several versions counted once
     bytes: int
     damaged: tuple[DamagedFile, ...]
+    checked: tuple[str, ...] = ()  # ``name@N`` of each version checked, sorted
+
+    @property
+    def whole(self) -> tuple[str, ...]:
+        """The versions checked whose every file is whole."""
+        broken = {ref for each in self.damaged for ref in each.versions}
+        return tuple(ref for ref in self.checked if ref not in broken)
 
     @property
     def nothing_found(self) -> bool:
@@ -113,6 +120,7 @@ def verify_versions(
                 if problem is not None:
                     damaged.append(_damaged(store, list(refs), " / ".join(names), digest, problem))
     return Verification(
+        checked=tuple(sorted(ref for refs in refs_of.values() for ref in refs)),
         versions=sum(len(refs) for refs in refs_of.values()),
         files=len(listed),
         bytes=total,

@@ -6,6 +6,8 @@ into another database and artifact store)."""
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,15 +19,19 @@ from .common import (
     bytes_to_come,
     console,
     emit_json,
+    errors,
     from_stack_env,
     human_bytes,
     note,
     open_registry,
     user_errors,
 )
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from registry import Registry
+
+    from ..verify_job import ProbeOutcome
 
 __all__ = ["db_app"]
 
@@ -114,21 +120,38 @@ def db_verify(
             "nothing: finds missing and truncated files, not altered bytes.",
         ),
     ] = False,
+    probes: Annotated[
+        bool,
+        typer.Option(
+            "--probes",
+            help="Also load each version whose files are whole onto its base model here and "
+            "re-run its golden probes (as pull --verify does): after an upgrade of torch or "
+            "transformers, or of a base model's folder, do they still compute what they did?",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Read back every file of the registry's versions from the artifact store and check it
     against its digest (as a download does, each shared file once), naming each damaged or
-    missing file and the versions it breaks: exit 0 when all are whole, 1 when any is not.
-    Changes nothing. To repair one, register the folder it came from again (`adapterops push
-    FOLDER`): the same bytes replace the damaged copy for every version that lists it."""
+    missing file and the versions it breaks: exit 0 when all are whole, 1 when any is not (or,
+    with --probes, when a version's probes deviate). Changes nothing. To repair a file, register
+    the folder it came from again (`adapterops push FOLDER`): the same bytes replace the
+    damaged copy for every version that lists it."""
     with user_errors(as_json):
+        if quick and probes:
+            raise RegistryError(
+                "--quick reads no file and --probes loads every version's: give one of them"
+            )
         registry = open_registry()
         with bytes_to_come("verifying", enabled=not as_json and not quick) as bar:
             set_total, advance = bar if bar is not None else (None, None)
             report = registry.verify(refs or [], quick=quick, on_total=set_total, on_bytes=advance)
+        outcomes = _probed(registry, report.whole, as_json) if probes else []
     damaged = [vars(each) for each in report.damaged]
+    failed = [o for o in outcomes if o.status == "failed"]
     if as_json:
-        emit_json({"ok": not damaged, **vars(report), "damaged": damaged})
+        found = {"probes": [vars(o) for o in outcomes]} if probes else {}
+        emit_json({"ok": not damaged and not failed, **vars(report), "damaged": damaged, **found})
     else:
         how = "listed (sizes only)" if quick else "read back"
         checked = (
@@ -147,9 +170,34 @@ def db_verify(
                 "with its name, task and language; a build wrote it to out/NAME), which replaces "
                 "the damaged copy; without it, move the versions' aliases and `adapterops rm` them"
             )
+        if probes:
+            lines += _probe_lines(outcomes)
         console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
-    if damaged:
+    if damaged or failed:
         raise typer.Exit(1)
+
+
+def _probed(registry: Registry, refs: Sequence[str], as_json: bool) -> list[ProbeOutcome]:
+    """Each version's golden probes re-run on its base model here (torch loads only now)."""
+    from ..verify_job import probe_versions  # noqa: PLC0415 - torch and transformers
+
+    quiet_libraries()
+
+    def say(ref: str, index: int) -> None:  # a base loads per version: seconds to minutes
+        if not as_json and errors.is_terminal:
+            note(f"golden probes of {ref} ({index + 1}/{len(refs)}): loading its base model")
+
+    return probe_versions(registry, refs, on_version=say)
+
+
+def _probe_lines(outcomes: Sequence[ProbeOutcome]) -> list[str]:
+    counts = Counter(o.status for o in outcomes)
+    summary = ", ".join(f"{counts[s]} {s}" for s in ("passed", "failed", "not checked"))
+    return [
+        f"golden probes of {len(outcomes)} version(s) with whole files, on the base models "
+        f"here: {summary}",
+        *(f"  {o.ref}: {o.status}: {o.detail}" for o in outcomes),
+    ]
 
 
 @db_app.command("move")

@@ -65,8 +65,23 @@ def test_the_wrong_weights_are_refused_everywhere_the_adapter_loads(built_on_a_f
     assert again.returncode == 0, again.stderr[-2000:]
     assert {f.name for f in (tmp_path / "pulled").iterdir()} == files | {"notes.txt"}
     before = {f.name: f.read_bytes() for f in (tmp_path / "pulled").iterdir()}
+    probed = run_cli("db", "verify", "--probes", "--json", env=env)
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    assert [(p["ref"], p["status"]) for p in json.loads(probed.stdout)["probes"]] == [
+        (ref, "passed")
+    ]
 
     replace_weights_with_random_ones(base)  # same architecture, same fingerprint, other weights
+
+    probed = run_cli("db", "verify", "--probes", env=env)  # the files whole, the outputs not
+    assert probed.returncode == 1, probed.stderr[-2000:]
+    said = probed.stdout.splitlines()
+    assert len(said) == 3 and said[0].endswith(": every file whole")
+    assert said[1] == (
+        "golden probes of 1 version(s) with whole files, on the base models here: 0 passed, "
+        "1 failed, 0 not checked"
+    )
+    assert said[2].startswith(f"  {ref}: failed: {ref} fails its golden probe ")
 
     refused = run_cli("predict", ref, "--text", "a fine film", env=env)
     assert refused.returncode == 2 and refused.stdout == ""
