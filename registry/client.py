@@ -717,8 +717,8 @@ class Registry:
     ) -> Verification:
         """Read back every file of the versions ``refs`` name (``name``: all its versions,
         ``name@3``/``name@champion``: one; a composition's name or ref: its members' versions;
-        none given: the whole registry) and check each against
-        its digest, as a download does, each shared file once. Damage is reported with the
+        none given: the whole registry) and check each against its digest, as a download does,
+        each shared file once. Damage is reported with the
         versions it breaks (:class:`~registry.verification.Verification`), not raised:
         registering the folder a damaged file came from again replaces it. ``quick``: each
         file's presence and size alone, from the store's listing (no download; altered bytes
@@ -740,7 +740,7 @@ class Registry:
         # none found in a store this registry never wrote to: "push every folder again" would
         # be the wrong advice (one version's lost manifest, in its own store, is damage)
         if report.nothing_found and self.identity not in self.artifacts.writers():
-            newest = max(chosen.values(), key=_created)
+            newest = max(chosen.values(), key=lambda version: version.created_at)
             raise StorageUnavailableError(
                 f"the artifact store {self.artifacts.url} holds none of the {report.versions} "
                 f"version(s)' files: ADAPTEROPS_ARTIFACTS_URL names another store than the one "
@@ -833,10 +833,6 @@ class Registry:
                 except SAIntegrityError:
                     continue  # e.g. two processes created the same adapter: the loser retries
         raise _Conflict(f"gave up after {_RETRIES} conflicting concurrent writes; try again")
-
-
-def _created(version: AdapterVersion) -> Any:
-    return version.created_at
 
 
 def _check_spec_fits(bundle: Bundle, spec: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import ArtifactStore
@@ -83,49 +83,56 @@ def verify_versions(
     ``on_total`` is told the bytes to check once the manifests are read, ``on_bytes`` the bytes
     as they arrive. A store that cannot be reached raises
     :class:`~registry.errors.StorageUnavailableError`; damage is reported, not raised."""
-    refs_of: dict[str, list[str]] = defaultdict(list)
+    refs_of: dict[str, list[str]] = defaultdict(list)  # manifest digest -> its versions
     for ref, digest in versions:
         refs_of[digest].append(ref)
     damaged: list[DamagedFile] = []
+    files: dict[str, _Listed] = {}  # file digest -> its size, versions and names
     with ThreadPoolExecutor(max_workers=CHECKS_AT_ONCE) as pool:
-        manifests = dict(
-            zip(refs_of, pool.map(lambda d: _manifest(store, d), refs_of), strict=True)
-        )
-        listed: dict[str, tuple[int, dict[str, None], dict[str, None]]] = {}
-        for digest, found in manifests.items():
-            if isinstance(found, str):
-                damaged.append(_damaged(store, refs_of[digest], MANIFEST, digest, found))
+        found = pool.map(lambda digest: _manifest(store, digest), refs_of)
+        for (digest, refs), manifest in zip(refs_of.items(), found, strict=True):
+            if isinstance(manifest, str):
+                damaged.append(_damaged(store, refs, MANIFEST, digest, manifest))
                 continue
-            for name, file_digest, size in found.files:
-                _, refs, names = listed.setdefault(file_digest, (size, {}, {}))
-                refs.update(dict.fromkeys(refs_of[digest]))
-                names[name] = None
-        total = sum(size for size, _, _ in listed.values())
+            for name, file_digest, size in manifest.files:
+                listed = files.setdefault(file_digest, _Listed(size))
+                listed.versions.update(dict.fromkeys(refs))
+                listed.names[name] = None
+        total = sum(listed.size for listed in files.values())
         if on_total is not None:
             on_total(total)
-        with tempfile.TemporaryDirectory(prefix="adapterops-verify-") as scratch:
-            if quick:
-                stored = {blob.digest: blob.size for blob in store.blobs()}  # a request per 1,000
-                problems = [_size_problem(stored, d, size) for d, (size, _, _) in listed.items()]
-            else:
+        if quick:
+            stored = {blob.digest: blob.size for blob in store.blobs()}  # a request per 1,000
+            problems = [_size_problem(stored, d, listed.size) for d, listed in files.items()]
+        else:
+            with tempfile.TemporaryDirectory(prefix="adapterops-verify-") as scratch:
                 problems = list(
                     pool.map(
-                        lambda item: _file_problem(
-                            store, item[0], item[1][0], Path(scratch), on_bytes
-                        ),
-                        listed.items(),
+                        lambda d: _file_problem(store, d, files[d].size, Path(scratch), on_bytes),
+                        files,
                     )
                 )
-            for (digest, (_, refs, names)), problem in zip(listed.items(), problems, strict=True):
-                if problem is not None:
-                    damaged.append(_damaged(store, list(refs), " / ".join(names), digest, problem))
+    for (digest, listed), problem in zip(files.items(), problems, strict=True):
+        if problem is not None:
+            names = " / ".join(listed.names)  # one file under two names: both
+            damaged.append(_damaged(store, list(listed.versions), names, digest, problem))
     return Verification(
         checked=tuple(sorted(ref for refs in refs_of.values() for ref in refs)),
         versions=sum(len(refs) for refs in refs_of.values()),
-        files=len(listed),
+        files=len(files),
         bytes=total,
         damaged=tuple(sorted(damaged, key=lambda d: (d.versions, d.file))),
     )
+
+
+@dataclass
+class _Listed:
+    """A file some checked manifests list: its size, and the versions and names listing it
+    (dicts as ordered sets)."""
+
+    size: int
+    versions: dict[str, None] = field(default_factory=dict)
+    names: dict[str, None] = field(default_factory=dict)
 
 
 def _manifest(store: ArtifactStore, digest: str) -> Manifest | str:
