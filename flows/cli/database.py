@@ -109,6 +109,7 @@ def db_verify(
         typer.Argument(
             help="Adapters (NAME: every version), versions (NAME@3, NAME@champion) or "
             "compositions (their members' versions) to check; default: every version.",
+            metavar="REF",
             show_default=False,
         ),
     ] = None,
