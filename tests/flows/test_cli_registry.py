@@ -275,7 +275,7 @@ def test_db_verify_finds_a_damaged_file_and_pushing_its_folder_repairs_it(enviro
     found = run(env, "db", "verify", "--json")
     assert found.returncode == 1, found.stderr
     assert json.loads(found.stdout) == {
-        "ok": False, "versions": 1, "files": 2, "bytes": 2340,
+        "ok": False, "versions": 1, "files": 2, "bytes": 2340, "checked": ["a@1"],
         "damaged": [{
             "versions": ["a@1"], "file": "adapter.safetensors", "digest": digest,
             "uri": outside.uri(digest), "problem": "corrupted",
