@@ -62,6 +62,7 @@ bench: setup services
 	$(PY) -m bench.registry_bench
 	$(PY) -m bench.gc_bench
 	$(PY) -m bench.move_bench
+	$(PY) -m bench.probes_bench
 	$(PY) -m bench.startup_bench
 	$(PY) -m bench.predict_bench
 	$(PY) -m bench.scoring_order_bench
@@ -86,6 +87,7 @@ bench-quick: setup services
 	$(PY) -m bench.registry_bench --quick
 	$(PY) -m bench.gc_bench --quick
 	$(PY) -m bench.move_bench --quick
+	$(PY) -m bench.probes_bench --quick
 	$(PY) -m bench.predict_bench --quick
 	$(PY) -m bench.scoring_order_bench --quick
 	$(PY) -m bench.packing_bench --quick

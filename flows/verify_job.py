@@ -6,18 +6,21 @@ transformers, or of a base model's folder, do they still compute what they did?)
 from __future__ import annotations
 
 import gc
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import peft_core as pc
 from registry import AdapterVersion, BaseModelMismatchError, Registry
 
 from .errors import BaseModelNotFound, DataError
 from .files_spec import spec_from_files, stated_head
+from .members import members_of_version
 from .models import resolve_base_weights
-from .spec import spec_of_version
+from .spec import AdapterSpec, SpecError, spec_of_version
 from .train_job import inference_device, load_inference_model
 
 __all__ = ["ProbeOutcome", "probe_versions", "verify_on_base"]
@@ -37,34 +40,159 @@ def probe_versions(
     refs: Sequence[str],
     *,
     on_version: Callable[[str, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> list[ProbeOutcome]:
     """Each version of ``refs`` (whose files were verified whole) loaded onto its base model
-    here and its golden probes re-run, as ``pull --verify`` does, one version at a time (each
-    loads its base: a version's own head and load settings). A base model not on this machine,
-    or a version without probes (a fusion, one registered before they existed), is "not
-    checked"; a deviation beyond the band is "failed". ``on_version(ref, index)`` is told each
-    before it loads."""
-    outcomes = []
-    for index, ref in enumerate(refs):
+    here and its golden probes re-run, as ``pull --verify`` does; the outcomes in ``refs``'
+    order. Versions built from a spec on one base model, head and load settings share one load
+    of it: each is loaded beside it, probed and taken out again (a 7B base loads once, not
+    once per adapter). A full fine-tune, an adapter peft places, a fusion and a version pushed
+    without a spec load a model of their own. A base model not on this machine, or a version
+    without probes (a fusion, one registered before they existed; found before any base
+    loads), is "not checked"; a deviation beyond the band, or a base of another architecture
+    than the one it was trained on, is "failed". ``on_version(ref, index)`` is told each version
+    before its probes run, ``on_phase`` each base model before it loads."""
+    versions = [registry.get(ref) for ref in refs]
+    outcomes: dict[str, ProbeOutcome] = {}
+    told = iter(range(len(versions)))
+
+    def tell(version: AdapterVersion) -> None:
+        index = next(told)
         if on_version is not None:
-            on_version(ref, index)
-        version = registry.get(ref)
-        with tempfile.TemporaryDirectory(prefix="adapterops-probes-") as scratch:
-            folder = registry.fetch(ref, Path(scratch) / "adapter")
+            on_version(version.ref, index)
+
+    with tempfile.TemporaryDirectory(prefix="adapterops-probes-") as scratch:
+        for spec, group in _sharing_a_model(versions):
+            probed = _ProbedGroup(registry, spec, Path(scratch), on_phase or (lambda _: None))
+            for version in group:
+                tell(version)
+                outcomes[version.ref] = probed.outcome(version)
+            probed.close()
+    return [outcomes[version.ref] for version in versions]
+
+
+def _sharing_a_model(
+    versions: Sequence[AdapterVersion],
+) -> list[tuple[AdapterSpec | None, list[AdapterVersion]]]:
+    """``versions`` in groups that can share one loaded base model, each with the spec that
+    loads it (None: a version that loads its own, alone in its group), in first-seen order."""
+    groups: dict[Any, tuple[AdapterSpec | None, list[AdapterVersion]]] = {}
+    for position, version in enumerate(versions):
+        spec = _shareable_spec(version)
+        if spec is None:
+            groups[("alone", position)] = (None, [version])
+            continue
+        head = spec.head
+        key = (
+            spec.base_model, head.type, head.num_labels if head.type == "classification" else None,
+            spec.load.model_dump_json(),
+        )  # fmt: skip
+        groups.setdefault(key, (spec, []))[1].append(version)
+    return list(groups.values())
+
+
+def _shareable_spec(version: AdapterVersion) -> AdapterSpec | None:
+    """The spec ``version`` was built with when it can sit beside others on one base model;
+    None when it cannot: a full fine-tune (its weights are the model's), an adapter peft
+    places (alone in its layers), a fusion (it needs its members), a version pushed without a
+    spec, or one whose spec or method this code cannot read (its own outcome says why)."""
+    if not version.spec or members_of_version(version):
+        return None
+    try:
+        spec = spec_of_version(version, "db verify --probes")
+        method = pc.method_of(version.method)
+    except (SpecError, pc.PeftCoreError):
+        return None
+    return None if method.trains_whole_model or method.places_itself else spec
+
+
+class _ProbedGroup:
+    """One group's versions probed in turn on one base model, loaded at the first version that
+    has probes (with ``spec``; None: each version loads its own, :func:`verify_on_base`)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        spec: AdapterSpec | None,
+        scratch: Path,
+        on_phase: Callable[[str], None],
+    ) -> None:
+        self._registry, self._spec, self._scratch = registry, spec, scratch
+        self._on_phase = on_phase
+        self._model: Any = None
+        self._unloadable: Exception | None = None  # the base's load failed: none is checked
+
+    def outcome(self, version: AdapterVersion) -> ProbeOutcome:
+        """``version``'s probes run, as an outcome (never raises for the version's fault)."""
+        folder = self._registry.fetch(version.ref, self._scratch / f"{version.ref}-files")
+        try:
+            if not (folder / pc.probes.PROBES_FILE).is_file():  # said before any base loads
+                return ProbeOutcome(version.ref, "not checked", _no_probes(version))
+            return _passed(version, self._check(version, folder))
+        except (BaseModelMismatchError, pc.BaseModelMismatchError, pc.ProbeMismatchError) as exc:
+            if isinstance(exc, pc.probes.UnreadableProbesError):
+                return ProbeOutcome(version.ref, "not checked", f"{version.ref}: {exc}")
+            return ProbeOutcome(version.ref, "failed", str(exc))
+        except (DataError, BaseModelNotFound, SpecError, pc.PeftCoreError) as exc:
+            return ProbeOutcome(version.ref, "not checked", str(exc))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _check(self, version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
+        if self._spec is None:
+            self._on_phase(f"load the base model of {version.ref}")
             try:
-                check = verify_on_base(version, folder)
-            except BaseModelMismatchError as exc:
-                outcomes.append(ProbeOutcome(ref, "failed", str(exc)))
+                return verify_on_base(version, folder)
+            finally:
+                gc.collect()  # this version's base model, before the next one loads
+        if self._unloadable is not None:
+            raise self._unloadable
+        if self._model is None:
+            self._on_phase(f"load the base model {self._spec.base_model}")
+            try:
+                self._model, _ = load_inference_model(self._spec)
             except (DataError, BaseModelNotFound) as exc:
-                outcomes.append(ProbeOutcome(ref, "not checked", str(exc)))
-            else:
-                detail = (
-                    f"deviation {check.deviation:.2%} (band {check.tolerance:.0%}; "
-                    f"{check.precisions})"
-                )
-                outcomes.append(ProbeOutcome(ref, "passed", detail))
-        gc.collect()  # the base model of this version, before the next one loads
-    return outcomes
+                self._unloadable = exc
+                raise
+        name = f"{version.name}-v{version.version}"  # two versions of one adapter may be here
+        pc.load_adapter(self._model, folder, name=name)
+        try:
+            return _probes_passed(self._model, name, folder, version)
+        finally:
+            pc.delete_adapter(self._model, name)  # the base as it loaded, for the next version
+
+    def close(self) -> None:
+        """The group's base model let go, before the next group's loads."""
+        self._model = None
+        gc.collect()
+
+
+def _passed(version: AdapterVersion, check: pc.ProbeCheck) -> ProbeOutcome:
+    detail = f"deviation {check.deviation:.2%} (band {check.tolerance:.0%}; {check.precisions})"
+    return ProbeOutcome(version.ref, "passed", detail)
+
+
+def _no_probes(version: AdapterVersion) -> str:
+    return (
+        f"{version.ref} has no golden probes (registered before they existed, or a fusion, "
+        "whose outputs need its members): nothing to verify beyond the digests"
+    )
+
+
+def _probes_passed(model: Any, name: str, folder: Path, version: AdapterVersion) -> pc.ProbeCheck:
+    """The probes of adapter ``name`` (``version``'s files in ``folder``) re-run on ``model``;
+    outputs beyond the band are :class:`BaseModelMismatchError`."""
+    check = pc.check_probes(model, name, folder)
+    if check is None:
+        raise DataError(_no_probes(version))
+    if not check.passed:
+        raise BaseModelMismatchError(
+            f"{version.ref} fails its golden probe {check.worst_probe} on {version.base_model}: "
+            f"the outputs deviate {check.deviation:.1%} from those recorded at registration "
+            f"(band {check.tolerance:.0%}; {check.precisions}); the base model here is not the "
+            "one it was trained on"
+        )
+    return check
 
 
 def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
@@ -87,17 +215,4 @@ def verify_on_base(version: AdapterVersion, folder: Path) -> pc.ProbeCheck:
         model = AutoModel.from_pretrained(resolve_base_weights(version.base_model))
         model = model.to(inference_device())
     pc.load_adapter(model, folder, name=version.name)
-    check = pc.check_probes(model, version.name, folder)
-    if check is None:
-        raise DataError(
-            f"{version.ref} has no golden probes (registered before they existed, or a fusion, "
-            "whose outputs need its members): nothing to verify beyond the digests"
-        )
-    if not check.passed:
-        raise BaseModelMismatchError(
-            f"{version.ref} fails its golden probe {check.worst_probe} on {version.base_model}: "
-            f"the outputs deviate {check.deviation:.1%} from those recorded at registration "
-            f"(band {check.tolerance:.0%}; {check.precisions}); the base model here is not the "
-            "one it was trained on"
-        )
-    return check
+    return _probes_passed(model, version.name, folder, version)

@@ -35,7 +35,7 @@ def results(tmp_path: Path) -> Path:
     (tmp_path / "quality.json").write_text(json.dumps(quality()))
     names = (
         "composition", "registry", "storage", "startup", "packing", "multi_lora_cpu", "lora_init",
-        "fsdp_memory", "offload", "predict", "gc", "move", "scoring_order",
+        "fsdp_memory", "offload", "predict", "gc", "move", "probes", "scoring_order",
     )  # fmt: skip
     for name in (*names, "quantized_load"):
         shutil.copy(ROOT / "bench" / "results" / f"{name}.json", tmp_path)

@@ -184,11 +184,15 @@ def _probed(registry: Registry, refs: Sequence[str], as_json: bool) -> list[Prob
 
     quiet_libraries()
 
-    def say(ref: str, index: int) -> None:  # a base loads per version: seconds to minutes
+    def say(line: str) -> None:  # a base model loads in seconds to minutes
         if not as_json and errors.is_terminal:
-            note(f"golden probes of {ref} ({index + 1}/{len(refs)}): loading its base model")
+            note(line)
 
-    return probe_versions(registry, refs, on_version=say)
+    return probe_versions(
+        registry, refs,
+        on_version=lambda ref, index: say(f"golden probes of {ref} ({index + 1}/{len(refs)})"),
+        on_phase=say,
+    )  # fmt: skip
 
 
 def _probe_lines(outcomes: Sequence[ProbeOutcome]) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import peft_core as pc
+from flows import verify_job
 from flows.build_job import build_from_spec
 from flows.push_job import push_folder
 from flows.quickstart import minilm_sst2_spec
@@ -152,3 +153,52 @@ def test_a_broken_probes_file_registered_by_older_code_is_one_line(
     assert pc.list_adapters(model) == []  # taken out again
     registry.load_into(model, "old-probes@1", skip_probe=True)
     assert pc.list_adapters(model) == ["old-probes"]
+
+
+def test_db_verify_probes_loads_each_base_model_once_and_says_each_versions_outcome(
+    embedded_home, tmp_path, monkeypatch
+):
+    """Versions on one base model share one load of it (it loaded once per version: a 7B
+    base in NF4 is quantised again at each load); a version without probes is "not checked"
+    before any base loads for it; a base replaced by one of another shape fails its versions
+    and the others are still checked (peft_core's refusal of the fingerprint ended the command,
+    with no report)."""
+    from bench.probes_bench import llama_base, register_lora_versions
+
+    registry = Registry()
+    first = llama_base(tmp_path / "first", layers=1, width=64)
+    second = llama_base(tmp_path / "second", layers=1, width=64)
+    third = llama_base(tmp_path / "third", layers=1, width=64)
+    refs = register_lora_versions(registry, first, ["a", "b"], tmp_path / "folders")
+    refs += register_lora_versions(registry, second, ["c"], tmp_path / "folders")
+    refs += register_lora_versions(
+        registry, third, ["no-probes"], tmp_path / "folders", probes=False
+    )
+    refs.insert(1, refs.pop(2))  # a, c, b: a group's versions need not be given together
+    loaded = []
+    real_load = verify_job.load_inference_model
+
+    def counting_load(spec):
+        loaded.append(spec.base_model)
+        return real_load(spec)
+
+    monkeypatch.setattr(verify_job, "load_inference_model", counting_load)
+    outcomes = verify_job.probe_versions(registry, refs)
+    assert [(o.ref, o.status) for o in outcomes] == [
+        ("a@1", "passed"), ("c@1", "passed"), ("b@1", "passed"), ("no-probes@1", "not checked"),
+    ]  # fmt: skip
+    assert loaded == [str(first), str(second)]
+    assert outcomes[3].detail.startswith("no-probes@1 has no golden probes (registered before")
+
+    for base in (first, second):
+        shutil.rmtree(base)
+    llama_base(first, layers=1, width=64, seed=1)  # the same shape, other weights
+    llama_base(second, layers=1, width=96)  # another shape: another fingerprint
+    probed = run_cli("db", "verify", "--probes", "--json", *refs[:3], env=os.environ.copy())
+    assert probed.returncode == 1, probed.stderr[-2000:]
+    said = {p["ref"]: (p["status"], p["detail"]) for p in json.loads(probed.stdout)["probes"]}
+    assert {ref: status for ref, (status, _) in said.items()} == {
+        "a@1": "failed", "b@1": "failed", "c@1": "failed",
+    }  # fmt: skip
+    assert said["a@1"][1].startswith("a@1 fails its golden probe ")
+    assert "fingerprint" in said["c@1"][1] and str(second) in said["c@1"][1]
