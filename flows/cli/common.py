@@ -712,7 +712,9 @@ def full_or_read_only_disk(exc: BaseException) -> str | None:
 
 @contextmanager
 def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[None]:
-    """Turn bad input into one clear message and exit code 2, never a traceback.
+    """Turn bad input into one clear message and exit code 2, never a traceback; a version's
+    stored files missing or damaged (:class:`registry.CorruptArtifactError`) into one line and
+    exit code 1.
 
     With ``--json``, whatever libraries print while the command works (MLflow prints run links)
     goes to stderr, so stdout carries exactly one JSON document. With ``one_line_failures``
@@ -722,12 +724,15 @@ def user_errors(as_json: bool, *, one_line_failures: bool = False) -> Iterator[N
         with redirect_stdout(sys.stderr) if as_json else nullcontext():
             yield
     except Exception as exc:
-        bad_input = isinstance(exc, _user_error_types())
-        if not bad_input and not one_line_failures:
+        # what the store holds for a version is missing or damaged: nothing typed is wrong, the
+        # line says how to repair it, and scripts tell it from bad input by its exit code 1
+        damaged = isinstance(exc, rg.CorruptArtifactError)
+        bad_input = not damaged and isinstance(exc, _user_error_types())
+        if not (bad_input or damaged or one_line_failures):
             raise  # a full disk too: main() says it in one line
         message = (
             str(exc)
-            if bad_input
+            if bad_input or damaged
             else full_or_read_only_disk(exc)
             or f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         )

@@ -293,7 +293,11 @@ def test_db_verify_finds_a_damaged_file_and_pushing_its_folder_repairs_it(enviro
         f"{outside.uri(digest)})",
     ]
     pulled = run(env, "pull", "a@1", str(tmp_path / "pulled"))
-    assert pulled.returncode == 2 and "register the folder it came from again" in pulled.stderr
+    assert pulled.returncode == 1 and "register the folder it came from again" in pulled.stderr
+    assert pulled.stderr.count("\n") == 1 and "Traceback" not in pulled.stderr  # not bad input
+    damaged_json = run(env, "predict", "a@1", "--text", "hi", "--json")
+    assert damaged_json.returncode == 1
+    assert json.loads(damaged_json.stdout)["kind"] == "CorruptArtifactError"
     unknown = run(env, "db", "verify", "b")
     assert (unknown.returncode, unknown.stderr) == (2, "error: no adapter named 'b'\n")
 
