@@ -10,11 +10,13 @@ an MLflow run (tagged ``adapterops.evaluated``), beside the version's training r
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry import Registry
+import peft_core as pc
+from registry import AdapterVersion, Registry
 from registry.compositions import answers_per_member
 
 from .answer_records import answer_records, write_answers
@@ -23,8 +25,9 @@ from .data_files import check_scoring_sources
 from .errors import DataError
 from .evaluation import RowOutcome
 from .files_spec import SCORE_ON_A_FILE, serving_spec
-from .predict_job import spec_of_composition
+from .predict_job import check_each_once, spec_of_composition
 from .prepare_job import prepare_cached
+from .shared_base import sharing_groups
 from .spec import AdapterSpec, spec_of_version
 from .tracking import check_reachable, log_evaluation_run, tracking_uri
 from .train_job import (
@@ -37,7 +40,7 @@ from .train_job import (
     no_phases,
 )
 
-__all__ = ["Evaluation", "evaluate_composition", "evaluate_version"]
+__all__ = ["Evaluation", "evaluate_composition", "evaluate_version", "evaluate_versions"]
 
 
 @dataclass
@@ -94,6 +97,91 @@ def evaluate_version(
     tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
     return _scored(
         model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags, out=out,
+        on_phase=on_phase,
+    )  # fmt: skip
+
+
+def evaluate_versions(
+    registry: Registry,
+    refs: Sequence[str],
+    *,
+    data: str | Path | None = None,
+    max_samples: int | None = None,
+    skip_probe: bool = False,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    on_phase: PhaseCallback = no_phases,
+) -> list[Evaluation]:
+    """Several versions scored as :func:`evaluate_version` scores one, in ``refs``' order, on
+    the file ``data`` (each read with its own spec's columns), else each on its own spec's
+    validation split; an MLflow run each. Every version's rows are read and checked before a
+    base model loads. Versions on one base model, head and load settings share one load of it:
+    each is loaded beside it, scored and taken out again (a reviewer comparing a candidate
+    with its champion on a new file loads a 7B base once); the others load their own
+    (:func:`flows.shared_base.sharing_groups`)."""
+    check_scoring_sources(data, text_column, label_column)
+    check_reachable(tracking_uri())
+    versions = [registry.get(ref) for ref in refs]
+    check_each_once(list(refs), versions)
+    specs = []
+    for version in versions:
+        if data is None:
+            spec = spec_of_version(version, "evaluate", instead=SCORE_ON_A_FILE)
+        else:
+            spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
+        specs.append(spec)
+    read = [
+        _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
+        for version, spec in zip(versions, specs, strict=True)
+    ]
+    done: dict[int, Evaluation] = {}
+    for group in sharing_groups(versions, specs):
+        first = group[0]
+        say = _naming(on_phase, versions[first].ref if len(group) == 1 else "")
+        if len(group) == 1:
+            say("load the base model and the adapter")
+            model, tokenizer = load_registered(
+                specs[first], versions[first], registry, skip_probe=skip_probe
+            )
+            done[first] = _scored_version(model, tokenizer, specs[first], versions[first],
+                                          read[first], on_phase=say)  # fmt: skip
+            del model  # freed before the next version's base model loads
+            continue
+        say(f"load the base model {specs[first].base_model} for {len(group)} versions")
+        model, tokenizer = load_inference_model(specs[first])
+        for position in group:
+            version, say = versions[position], _naming(on_phase, versions[position].ref)
+            name = f"{version.name}-v{version.version}"  # two versions of one adapter may share
+            say("load the adapter")
+            registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
+            pc.set_active(model, name)
+            done[position] = _scored_version(
+                model, tokenizer, specs[position], version, read[position], on_phase=say
+            )
+            pc.delete_adapter(model, name)  # the base as it loaded, for the next version
+        del model
+    return [done[position] for position in range(len(versions))]
+
+
+def _naming(on_phase: PhaseCallback, ref: str) -> PhaseCallback:
+    """``on_phase`` with each step prefixed by ``ref`` (none when empty)."""
+    return (lambda step: on_phase(f"{ref}: {step}")) if ref else on_phase
+
+
+def _scored_version(
+    model: Any,
+    tokenizer: Any,
+    spec: AdapterSpec,
+    version: AdapterVersion,
+    read: tuple[Rows, str],
+    *,
+    on_phase: PhaseCallback,
+) -> Evaluation:
+    """``version``, active in ``model``, scored on the rows ``read`` and recorded (no --out)."""
+    rows, source = read
+    tags = {"adapterops.evaluated": version.ref, "adapterops.adapter": version.name}
+    return _scored(
+        model, tokenizer, spec, rows, ref=version.ref, source=source, tags=tags, out=None,
         on_phase=on_phase,
     )  # fmt: skip
 

@@ -348,7 +348,7 @@ def predict_many(
     ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
     what loads before each; ``max_new_tokens`` as :func:`predict`'s."""
     versions = [registry.get(ref) for ref in refs]
-    _check_each_once(refs, versions)
+    check_each_once(refs, versions)
     pinned = [version.ref for version in versions]  # name@N: the order to answer in
     stream = predict_stream(
         registry, pinned, texts, pairs=pairs, skip_probe=skip_probe, batch_size=batch_size,
@@ -377,7 +377,7 @@ def predict_stream(
     if window < 1:
         raise DataError(f"the window must hold at least 1 text; got {window}")
     versions = [registry.get(ref) for ref in refs]
-    _check_each_once(refs, versions)
+    check_each_once(refs, versions)
     specs = [serving_spec(registry, v, "predict") for v in versions]
     if len(versions) > 1:
         _check_together(versions, specs)
@@ -407,7 +407,7 @@ def predict_stream(
         del model  # freed before the next version's base model loads, not after
 
 
-def _check_each_once(refs: list[str], versions: list[AdapterVersion]) -> None:
+def check_each_once(refs: list[str], versions: list[AdapterVersion]) -> None:
     """Each version asked for once: its answers would come twice, under one name."""
     seen: dict[str, str] = {}
     for ref, version in zip(refs, versions, strict=True):

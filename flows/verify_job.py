@@ -18,8 +18,8 @@ from registry import AdapterVersion, BaseModelMismatchError, Registry
 
 from .errors import BaseModelNotFound, DataError
 from .files_spec import spec_from_files, stated_head
-from .members import members_of_version
 from .models import resolve_base_weights
+from .shared_base import sharing_groups
 from .spec import AdapterSpec, SpecError, spec_of_version
 from .train_job import inference_device, load_inference_model
 
@@ -74,36 +74,24 @@ def probe_versions(
 def _sharing_a_model(
     versions: Sequence[AdapterVersion],
 ) -> list[tuple[AdapterSpec | None, list[AdapterVersion]]]:
-    """``versions`` in groups that can share one loaded base model, each with the spec that
-    loads it (None: a version that loads its own, alone in its group), in first-seen order."""
-    groups: dict[Any, tuple[AdapterSpec | None, list[AdapterVersion]]] = {}
-    for position, version in enumerate(versions):
-        spec = _shareable_spec(version)
-        if spec is None:
-            groups[("alone", position)] = (None, [version])
-            continue
-        head = spec.head
-        key = (
-            spec.base_model, head.type, head.num_labels if head.type == "classification" else None,
-            spec.load.model_dump_json(),
-        )  # fmt: skip
-        groups.setdefault(key, (spec, []))[1].append(version)
-    return list(groups.values())
+    """``versions`` in groups that share one loaded base model, each with the spec that loads
+    it; a version alone in its group gets None and loads its own (:func:`verify_on_base`)."""
+    specs = [_readable_spec(version) for version in versions]
+    return [
+        (specs[group[0]] if len(group) > 1 else None, [versions[p] for p in group])
+        for group in sharing_groups(versions, specs)
+    ]
 
 
-def _shareable_spec(version: AdapterVersion) -> AdapterSpec | None:
-    """The spec ``version`` was built with when it can sit beside others on one base model;
-    None when it cannot: a full fine-tune (its weights are the model's), an adapter peft
-    places (alone in its layers), a fusion (it needs its members), a version pushed without a
-    spec, or one whose spec or method this code cannot read (its own outcome says why)."""
-    if not version.spec or members_of_version(version):
+def _readable_spec(version: AdapterVersion) -> AdapterSpec | None:
+    """The spec ``version`` was built with; None for one pushed without a spec, or whose spec
+    this code cannot read (its own outcome, loading alone, says why)."""
+    if not version.spec:
         return None
     try:
-        spec = spec_of_version(version, "db verify --probes")
-        method = pc.method_of(version.method)
-    except (SpecError, pc.PeftCoreError):
+        return spec_of_version(version, "db verify --probes")
+    except SpecError:
         return None
-    return None if method.trains_whole_model or method.places_itself else spec
 
 
 class _ProbedGroup:

@@ -319,7 +319,14 @@ AnswersOutOption = Annotated[
 
 @app.command()
 def evaluate(
-    ref: Annotated[str, typer.Argument(help="name, name@VERSION or name@ALIAS", metavar="REF")],
+    refs: Annotated[
+        list[str],
+        typer.Argument(
+            help="name, name@VERSION or name@ALIAS; several are scored on the same data and "
+            "compared in one table",
+            metavar="REF",
+        ),
+    ],
     data: DataOption = None,
     text_column: TextColumnOption = None,
     label_column: LabelColumnOption = None,
@@ -331,17 +338,30 @@ def evaluate(
 ) -> None:
     """Score a registered version on a data file, or on the validation split it was built
     with: accuracy and macro-F1 (classification), perplexity (language models), exact match
-    (instructions). Recorded as an MLflow run (with the --out file of each row's answer)."""
+    (instructions). Recorded as an MLflow run (with the --out file of each row's answer).
+    Several versions are scored one after another on the same file (or each on its own
+    validation split) and compared in one table; those on one base model load it once."""
 
     with user_errors(as_json):
+        if len(refs) > 1 and out is not None:
+            raise DataError(
+                f"--out writes one version's answers, and {len(refs)} are given: evaluate each "
+                "with its own --out FILE"
+            )
         check_evaluation_arguments(data, text_column, label_column, out, force)
         registry = open_registry()
-        require_known(registry, [ref])
-        result = evaluate_with_steps(
-            registry, ref, composition=False, as_json=as_json, data=data,
-            max_samples=max_samples, skip_probe=skip_probe, text_column=text_column,
-            label_column=label_column, out=out,
-        )  # fmt: skip
+        require_known(registry, refs)
+        options = {"data": data, "max_samples": max_samples, "skip_probe": skip_probe,
+                   "text_column": text_column, "label_column": label_column}  # fmt: skip
+        if len(refs) > 1:
+            results = evaluate_several(registry, refs, as_json=as_json, **options)
+        else:
+            result = evaluate_with_steps(
+                registry, refs[0], composition=False, as_json=as_json, out=out, **options
+            )
+    if len(refs) > 1:
+        show_evaluations(results, as_json)
+        return
     show_evaluation(result, as_json)
 
 
@@ -369,6 +389,54 @@ def evaluate_with_steps(
         say(f"evaluate {ref}: read the data")
         score = evaluate_job.evaluate_composition if composition else evaluate_job.evaluate_version
         return score(registry, ref, **options, on_phase=lambda step: say(f"evaluate {ref}: {step}"))
+
+
+def evaluate_several(registry: Any, refs: list[str], *, as_json: bool, **options: Any) -> Any:
+    """``evaluate_versions`` of ``refs`` with ``options``; at a terminal a spinner says each
+    step of each version."""
+    what = f"evaluate {len(refs)} versions"
+    with waiting(f"{what}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
+        from .. import evaluate_job  # noqa: PLC0415 - torch
+
+        quiet_libraries()
+        say(f"{what}: read the data")
+        return evaluate_job.evaluate_versions(
+            registry, refs, **options, on_phase=lambda step: say(f"{what}: {step}")
+        )
+
+
+def show_evaluations(results: list[Any], as_json: bool) -> None:
+    """Several evaluations: JSON, or one table of their metrics, a row per version, with the
+    MLflow run of each."""
+    if as_json:
+        emit_json({"ok": True, "evaluations": [result.to_dict() for result in results]})
+        return
+    sources = {result.data for result in results}
+    on = sources.pop() if len(sources) == 1 else "each on its own validation split"
+    console.print(f"{len(results)} versions on {on}", highlight=False, soft_wrap=True)
+    metrics = list(
+        dict.fromkeys(
+            metric
+            for result in results
+            for metric, value in result.metrics.items()
+            if isinstance(value, int | float)
+        )
+    )
+    table = Table()
+    table.add_column("version")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    table.add_column("MLflow run")
+    for result in results:
+        cells = [_metric_cell(result.metrics.get(metric)) for metric in metrics]
+        table.add_row(result.ref, *cells, result.mlflow_run_id)
+    console.print(table)
+
+
+def _metric_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
 
 
 def show_evaluation(result: Any, as_json: bool) -> None:

@@ -1,5 +1,5 @@
-"""``adapterops evaluate REF [--data FILE]``: a registered version scored on a new file with its
-spec's columns, or again on the validation split it was built with."""
+"""``adapterops evaluate REF... [--data FILE]``: registered versions scored on a new file with
+their specs' columns, or again on the validation split each was built with."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from flows import tracking
+from flows import evaluate_job, tracking
 from flows.build_job import build_from_spec
 from flows.data import load_split
 from flows.errors import DataError
@@ -326,3 +326,59 @@ def test_a_build_keeps_no_validation_answers_when_its_data_changed_while_it_trai
         assert validation_answers(build, outcomes, tmp_path) == []
     assert not kept.exists()
     assert "changing-sst2: the data files changed while it was built" in caplog.text
+
+
+def test_several_versions_load_their_base_once_and_score_as_each_does_alone(
+    version, sst2_dir, tmp_path, monkeypatch
+):
+    """A reviewer comparing versions on one file: ``evaluate A B``. Versions on one base load
+    it once (a 7B base loaded per version took minutes each), each loaded beside it, scored
+    and taken out again: the same metrics as each scored alone."""
+    other = minilm_sst2_spec("bitfit", sst2_dir / "en", steps=3, name="scored-bitfit")
+    other = other.model_copy(
+        update={"data": other.data.model_copy(update={"max_eval_samples": 16})}
+    )
+    second = build_from_spec(other, Registry(), tmp_path / "out").ref
+    file = sst2_dir / "en" / "validation.tsv"
+    alone = [
+        evaluate_version(Registry(), ref, data=file, max_samples=40) for ref in (second, version)
+    ]
+
+    loads = []
+    real_load = evaluate_job.load_inference_model
+    monkeypatch.setattr(
+        evaluate_job,
+        "load_inference_model",
+        lambda spec: loads.append(spec.name) or real_load(spec),
+    )
+    steps: list[str] = []
+    together = evaluate_job.evaluate_versions(
+        Registry(), [second, version], data=file, max_samples=40, on_phase=steps.append
+    )
+    assert len(loads) == 1 and steps[0] == (
+        "load the base model sentence-transformers/all-MiniLM-L6-v2 for 2 versions"
+    )
+    assert [r.ref for r in together] == [second, version]
+    for shared, single in zip(together, alone, strict=True):
+        assert shared.metrics["confusion_matrix"] == single.metrics["confusion_matrix"]
+        assert shared.metrics["accuracy"] == pytest.approx(single.metrics["accuracy"])
+        assert shared.mlflow_run_id and shared.mlflow_run_id != single.mlflow_run_id
+
+    env = {**os.environ, "COLUMNS": "200"}
+    cli = run_cli("evaluate", second, version, "--data", str(file), "--max-samples", "40",
+                  "--json", env=env)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    evaluations = json.loads(cli.stdout)["evaluations"]
+    assert [(e["ref"], e["metrics"]["accuracy"]) for e in evaluations] == [
+        (r.ref, pytest.approx(r.metrics["accuracy"])) for r in alone
+    ]
+    table = run_cli("evaluate", second, version, "--max-samples", "8", env=env)
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = table.stdout.splitlines()
+    assert lines[0] == "2 versions on validation split"
+    assert [line.split("│")[1].strip() for line in lines if "@" in line] == [second, version]
+    refused = run_cli("evaluate", second, version, "--out", str(tmp_path / "a.csv"), env=env)
+    assert refused.returncode == 2 and refused.stderr == (
+        "error: --out writes one version's answers, and 2 are given: evaluate each with its "
+        "own --out FILE\n"
+    )
