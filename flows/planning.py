@@ -93,6 +93,20 @@ def plan_step(spec: AdapterSpec | PlanSpec, processes: int = 1) -> pc.StepMemory
     )  # fmt: skip
 
 
+def check_quantized_storage(spec: AdapterSpec | PlanSpec, processes: int) -> None:
+    """Refuse a ``load.quantization`` the base cannot be stored in, from its config alone: no
+    layer torchao can store so (what loading it refuses, after the data is read), or, under
+    FSDP in ``processes`` processes, quantised weights too few blocks to split (what
+    ``fully_shard`` fails on, inside torchao). ``plan`` and ``build`` say it before any work."""
+    quantization = spec.load.quantization
+    if quantization == "none":
+        return
+    skeleton = pc.build_on_meta(base_config(spec), spec.head.type)
+    pc.quantize.quantization_config(skeleton, quantization)
+    if spec.train.sharding == "fsdp":
+        pc.check_shardable(skeleton, quantization, processes)
+
+
 def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     """The cost of ``spec``'s adapter, computed on the meta device (no weights are loaded)."""
     config = base_config(spec)

@@ -29,7 +29,7 @@ from .inference_placement import place_for_inference
 from .lineage import dataset_fingerprint
 from .members import members_of_spec
 from .models import base_config, load_base_config, load_base_tokenizer, resolve_base_weights
-from .planning import check_max_length
+from .planning import check_max_length, check_quantized_storage
 from .spec import AdapterSpec
 
 if TYPE_CHECKING:
@@ -203,14 +203,8 @@ def _check_method_fits(spec: AdapterSpec) -> None:
     nothing or a module the method cannot adapt fails here, not inside the flow."""
     if members_of_spec(spec):  # a fusion needs its members loaded; _check_members vetted them
         return
-    config = base_config(spec)
-    pc.plan(config, spec.method.to_config(), head=spec.head.type)
-    quantization = spec.load.quantization
-    if quantization != "none":  # what load_base_model would refuse, after loading the data
-        skeleton = pc.build_on_meta(config, spec.head.type)
-        pc.quantize.quantization_config(skeleton, quantization)
-        if spec.train.sharding == "fsdp":  # what fully_shard would fail on, inside torchao
-            pc.check_shardable(skeleton, quantization, _processes(spec))
+    pc.plan(base_config(spec), spec.method.to_config(), head=spec.head.type)
+    check_quantized_storage(spec, _processes(spec))
 
 
 def _processes(spec: AdapterSpec) -> int:

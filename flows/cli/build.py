@@ -125,15 +125,21 @@ def plan(
         require_spec_file(spec_file, overrides=overrides)
         import peft_core as pc  # noqa: PLC0415
 
-        from ..planning import check_max_length, plan_spec, plan_step  # noqa: PLC0415
+        from ..planning import (  # noqa: PLC0415
+            check_max_length,
+            check_quantized_storage,
+            plan_spec,
+            plan_step,
+        )
         from ..spec import load_plan_spec  # noqa: PLC0415
 
         machine = _gpus_option(gpus) if gpus is not None else None
         spec = load_plan_spec(spec_file, overrides)
         if step:  # a step longer than the base's positions would fail inside the model
             check_max_length(spec)
-        result = plan_spec(spec)
         processes = processes or spec.train.processes
+        check_quantized_storage(spec, processes)  # what build would refuse, said here too
+        result = plan_spec(spec)
         try:
             peak = plan_step(spec, processes) if step else None
         except pc.NotEstimableError as exc:  # the rest of the plan stands

@@ -100,6 +100,33 @@ def test_an_nf4_base_fsdp_cannot_split_is_refused_under_torchrun(monkeypatch):
     _check_method_fits(spec)
 
 
+def test_plan_refuses_the_quantised_storage_build_would_refuse(tmp_path):
+    """``plan`` costed an NF4 base with no layer torchao can store so, and an NF4 base too few
+    blocks to split over ``--processes`` FSDP processes, as if it would train: ``build``
+    refused both before training. Now ``plan`` says the same line."""
+    import transformers as T
+
+    T.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=64,
+    ).save_pretrained(tmp_path / "tiny")  # fmt: skip
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document.update(base_model=str(tmp_path / "tiny"), head={"type": "causal-lm"})
+    document["method"]["targets"] = ["q_proj", "v_proj"]
+    document.pop("evaluate", None)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(document))
+    refused = run_cli("plan", str(tmp_path / "spec.yaml"), "--set", "load.quantization=nf4")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.startswith("error: no Linear layer of this model can be stored in nf4")
+    assert refused.stderr.count("\n") == 1 and refused.stdout == ""
+    fsdp = ["--set", "load.quantization=nf4", "--set", "train.sharding=fsdp", "--no-step"]
+    split = run_cli("plan", str(EXAMPLE), *fsdp, "--processes", "2")
+    assert split.returncode == 2 and "start a number of processes that divides 9" in split.stderr
+    three = run_cli("plan", str(EXAMPLE), *fsdp, "--processes", "3", "--json")
+    assert three.returncode == 0, three.stderr[-2000:]
+    assert json.loads(three.stdout)["base_bytes"] == 53_354_272  # NF4 layers (86.6 MB in fp32)
+
+
 def test_a_max_length_past_a_rotary_bases_context_is_said_and_its_own_context_is_not(
     tmp_path, sst2_dir
 ):
