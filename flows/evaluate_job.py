@@ -131,7 +131,7 @@ def evaluate_versions(
             spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
         specs.append(spec)
     read = [
-        _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
+        _rows_of(version, spec, data, max_samples)
         for version, spec in zip(versions, specs, strict=True)
     ]
     done: dict[int, Evaluation] = {}
@@ -161,6 +161,20 @@ def evaluate_versions(
             pc.delete_adapter(model, name)  # the base as it loaded, for the next version
         del model
     return [done[position] for position in range(len(versions))]
+
+
+def _rows_of(
+    version: AdapterVersion, spec: AdapterSpec, data: str | Path | None, max_samples: int | None
+) -> tuple[Rows, str]:
+    """:func:`_rows` for one of several versions: a file it cannot read names the version (the
+    others may read it)."""
+    try:
+        return _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
+    except DataError as exc:
+        said = str(exc)
+        raise DataError(
+            said if said.startswith(version.ref) else f"{version.ref}: {said}"
+        ) from None
 
 
 def _naming(on_phase: PhaseCallback, ref: str) -> PhaseCallback:

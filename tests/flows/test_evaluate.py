@@ -377,6 +377,12 @@ def test_several_versions_load_their_base_once_and_score_as_each_does_alone(
     lines = table.stdout.splitlines()
     assert lines[0] == "2 versions on validation split"
     assert [line.split("│")[1].strip() for line in lines if "@" in line] == [second, version]
+    lines_only = tmp_path / "texts.tsv"  # no label column: the classifiers cannot score it
+    lines_only.write_text("sentence\na fine film\n")
+    unreadable = run_cli("evaluate", second, version, "--data", str(lines_only), env=env)
+    assert unreadable.returncode == 2 and unreadable.stderr.startswith(
+        f"error: {second}: {lines_only} has no column(s) ['label']"
+    )  # which of the versions cannot read it
     refused = run_cli("evaluate", second, version, "--out", str(tmp_path / "a.csv"), env=env)
     assert refused.returncode == 2 and refused.stderr == (
         "error: --out writes one version's answers, and 2 are given: evaluate each with its "
