@@ -431,6 +431,10 @@ def show_evaluations(results: list[Any], as_json: bool) -> None:
         cells = [_metric_cell(result.metrics.get(metric)) for metric in metrics]
         table.add_row(result.ref, *cells, result.mlflow_run_id)
     console.print(table)
+    for result in results:  # with an MLflow server, where a reviewer opens each run
+        if page := run_url(result.mlflow_run_id):
+            console.print(f"review {result.ref}: {page}", style="dim", soft_wrap=True,
+                          highlight=False)  # fmt: skip
 
 
 def _metric_cell(value: Any) -> str:

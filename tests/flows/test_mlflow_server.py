@@ -155,6 +155,13 @@ def test_versions_and_champion_reviewed_in_the_mlflow_ui(mlflow_server, postgres
     assert f"review: {run_page}" in scored.stdout.splitlines(), scored.stdout
     dom = open_page(run_page, "--dump-dom").stdout
     assert f"evaluate {NAME}@2" in dom, f"not the evaluation run at {run_page}"
+    compared = run_cli("evaluate", f"{NAME}@1", f"{NAME}@2", "--max-samples", "8", env=env)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    reviews = [line for line in compared.stdout.splitlines() if line.startswith("review ")]
+    assert [line.split(": ")[0] for line in reviews] == [f"review {NAME}@1", f"review {NAME}@2"]
+    for line in reviews:  # each its own run's page, in the table's order
+        run_id = line.rsplit("/", 1)[1]
+        assert line.endswith(f": {mlflow_server.url}/#/runs/{run_id}") and run_id in compared.stdout
 
 
 def test_a_long_description_fits_a_server_on_postgresql(mlflow_server, postgres, tmp_path):
