@@ -52,14 +52,17 @@ def llama_base(folder: Path, *, layers: int, width: int, seed: int = 0) -> Path:
     return folder
 
 
-def lm_spec(name: str, base: Path, load: dict[str, str]) -> dict[str, Any]:
+def lm_spec(
+    name: str, base: Path, load: dict[str, str], data: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The spec a causal-LM LoRA on ``base`` is registered with, the base loaded with ``load``
-    (``{"quantization": "nf4"}``: QLoRA); its data is never read."""
+    (``{"quantization": "nf4"}``: QLoRA), reading ``data`` (default: texts in ``sentence``);
+    its data is never read."""
     return {
         "name": name, "base_model": str(base), "task": "lm", "language": "en",
         "head": {"type": "causal-lm"}, "load": load,
         "method": {"type": "lora", "rank": 8, "targets": list(LORA_TARGETS)},
-        "data": {"train": "train.tsv", "text": "sentence"},
+        "data": data or {"train": "train.tsv", "text": "sentence"},
     }  # fmt: skip
 
 
@@ -70,11 +73,12 @@ def register_lora_versions(
     work: Path,
     *,
     load: dict[str, str] | None = None,
+    data: dict[str, str] | None = None,
     probes: bool = True,
 ) -> list[str]:
     """Register a LoRA on ``base`` (loaded with ``load``, as a build would) under each of
-    ``names``, each with its spec and (``probes``) its golden probes, with random non-zero
-    weights (a fresh LoRA changes no output)."""
+    ``names``, each with its spec (reading ``data``) and (``probes``) its golden probes, with
+    random non-zero weights (a fresh LoRA changes no output)."""
     load = load or {}
     model, _ = load_inference_model(parse_spec(lm_spec("loader", base, load)))
     refs = []
@@ -91,7 +95,7 @@ def register_lora_versions(
         pc.delete_adapter(model, name)
         version = registry.register(
             folder, name=name, base_model=str(base), task="lm", language="en",
-            spec=lm_spec(name, base, load),
+            spec=lm_spec(name, base, load, data),
         )  # fmt: skip
         shutil.rmtree(folder)
         refs.append(version.ref)

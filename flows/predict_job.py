@@ -27,6 +27,7 @@ from .errors import DataError
 from .evaluation import greedy_continuations
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .members import members_of_version
+from .shared_base import sharing_groups
 from .spec import AdapterSpec, joined_prompt, parse_spec
 from .text_sequences import Conversation, WindowedTexts
 from .train_job import PhaseCallback, load_inference_model, load_registered, no_phases
@@ -342,9 +343,11 @@ def predict_many(
 ) -> list[tuple[str, list[Prediction]]]:
     """Several versions on the same texts, in shared batches: each text takes a row per version
     and each row runs through its version (``peft_core.per_row``), ``batch_size`` rows per
-    forward pass. They must share the base model and head; stacks and fusions (versions over
-    other adapters) are predicted one at a time. Versions peft runs (``type: peft``), whose
-    layers take one adapter per batch and no native adapter beside it, answer as they do alone.
+    forward pass, over each base model and head they share (a base loads once for its
+    versions; the texts must be read alike: single texts, pairs or chat messages). Stacks and
+    fusions (versions over other adapters) are predicted one at a time. Versions peft runs
+    (``type: peft``), whose layers take one adapter per batch and no native adapter beside it,
+    answer as they do alone.
     ``on_progress`` hears per batch of each model loaded, from 0 again for each; ``on_phase``
     what loads before each; ``max_new_tokens`` as :func:`predict`'s."""
     versions = [registry.get(ref) for ref in refs]
@@ -382,23 +385,20 @@ def predict_stream(
     if len(versions) > 1:
         _check_together(versions, specs)
     _check_inputs(specs[0], versions[0].ref, texts, pairs)
-    new_tokens = _new_tokens(max_new_tokens, specs[0], versions[0].ref)
-    routed = [
-        (v, s) for v, s in zip(versions, specs, strict=True)
-        if len(versions) > 1 and not pc.method_of(v.method).places_itself
-    ]  # fmt: skip
+    # --max-new-tokens is said to change nothing only when no version generates
+    causal = next((i for i, spec in enumerate(specs) if spec.head.type == "causal-lm"), 0)
+    new_tokens = _new_tokens(max_new_tokens, specs[causal], versions[causal].ref)
     options: dict[str, Any] = {
         "pairs": pairs, "batch_size": batch_size, "window": window, "on_progress": on_progress,
         "max_new_tokens": new_tokens,
     }  # fmt: skip
-    if len(routed) > 1:
+    groups = sharing_groups(versions, specs)
+    for group in (g for g in groups if len(g) > 1):  # each base model loaded once for its own
+        routed = [(versions[p], specs[p]) for p in group]
         yield from _in_shared_batches(
             registry, routed, texts, skip_probe=skip_probe, on_phase=on_phase, **options
         )
-    shared = {version.ref for version, _ in routed} if len(routed) > 1 else set()
-    for version, spec in zip(versions, specs, strict=True):
-        if version.ref in shared:
-            continue
+    for version, spec in ((versions[g[0]], specs[g[0]]) for g in groups if len(g) == 1):
         on_phase(f"load the base model and {version.ref}")
         model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
         on_phase(_answering(texts))
@@ -472,21 +472,25 @@ def _in_shared_batches(
 
 
 def _check_together(versions: list[AdapterVersion], specs: list[AdapterSpec]) -> None:
+    """Versions answered side by side read the texts alike: single texts, pairs or chat
+    messages, as the first does (their base models and heads may differ)."""
     first = specs[0]
     for version, spec in zip(versions, specs, strict=True):
         if members_of_version(version):
             raise DataError(
                 f"{version.ref} runs over other adapters (a stack or fusion): predict it alone"
             )
-        same = (spec.base_model, spec.head.type, spec.head.num_labels,
-                spec.data.messages is None, spec.data.text_pair is None)  # fmt: skip
-        if same != (first.base_model, first.head.type, first.head.num_labels,
-                    first.data.messages is None, first.data.text_pair is None):  # fmt: skip
+        if _reads(spec) != _reads(first):
             raise DataError(
-                f"{version.ref} ({spec.base_model}, {spec.head.type} head) cannot share a batch "
-                f"with {versions[0].ref} ({first.base_model}, {first.head.type} head): predict "
-                "several versions at once over one base model and head"
+                f"{version.ref} reads {_reads(spec)} and {versions[0].ref} reads "
+                f"{_reads(first)}: predict them apart, each on its own inputs"
             )
+
+
+def _reads(spec: AdapterSpec) -> str:
+    if spec.data.messages is not None:
+        return "chat messages"
+    return "pairs of texts" if spec.data.text_pair else "single texts"
 
 
 def answer_texts(

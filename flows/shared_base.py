@@ -1,7 +1,8 @@
-"""Which registered versions can share one loaded base model: each loaded beside it in turn,
-run, and taken out again, so a base loads once for many versions (``db verify --probes``,
-``evaluate`` of several versions) instead of once each (a 7B base in NF4 is quantised again
-at every load)."""
+"""Which registered versions can share one loaded base model, so that a base loads once for
+many versions instead of once each (a 7B base in NF4 is quantised again at every load):
+``predict A B C`` runs each group in shared batches (a row per version); ``evaluate A B C``
+and ``db verify --probes`` load each version of a group beside the base in turn, run it, and
+take it out again."""
 
 from __future__ import annotations
 

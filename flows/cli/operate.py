@@ -172,7 +172,8 @@ def predict(
 ) -> None:
     """Run registered adapters on text: label and probabilities (classification), top tokens
     for the mask (masked LM) or a continuation (causal LM). Several REFs over one base model
-    share each batch, each row through its own adapter."""
+    share each batch, each row through its own adapter; over several base models, each base
+    loads once for its REFs."""
 
     run_predict(
         refs, text=text, data=data, text_column=text_column, out=out, force=force,

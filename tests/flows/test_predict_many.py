@@ -1,5 +1,6 @@
 """``adapterops predict A B C --text ...``: several versions over one base model answer in one
-batch per text (a row per version, ``per_row``), exactly as each answers alone."""
+batch per text (a row per version, ``per_row``), exactly as each answers alone; over several
+base models, each base loads once for its versions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.build_job import build_from_spec
+from flows.errors import DataError
 from flows.predict_job import predict, predict_many, predict_stream
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
@@ -292,3 +294,47 @@ def test_a_version_named_twice_is_refused_in_one_line(three_versions):
             with pytest.raises(DataError) as refused:
                 answer(Registry(), refs, TEXTS)
             assert str(refused.value) == says
+
+
+def test_versions_over_several_base_models_share_a_load_per_base(embedded_home, tmp_path):
+    """``predict A B C`` over two base models was refused ("predict several versions at once
+    over one base model and head"): each base now loads once for its versions, which share its
+    batches, and a version alone on its base loads its own; each answers as it does alone.
+    Versions that read texts differently (chat messages beside single texts) are refused."""
+    from bench.probes_bench import llama_base, register_lora_versions
+    from flows import predict_job
+
+    registry = Registry()
+    first = llama_base(tmp_path / "first", layers=1, width=64)
+    second = llama_base(tmp_path / "second", layers=1, width=64, seed=1)
+    refs = register_lora_versions(registry, first, ["lm-a", "lm-b"], tmp_path / "folders")
+    refs.insert(1, register_lora_versions(registry, second, ["lm-c"], tmp_path / "folders")[0])
+    shared, alone = [], []
+    real_shared, real_alone = predict_job.load_inference_model, predict_job.load_registered
+
+    def sharing(spec):
+        shared.append(spec.base_model)
+        return real_shared(spec)
+
+    def loading_one(spec, version, *args, **kwargs):
+        alone.append(version.ref)
+        return real_alone(spec, version, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predict_job, "load_inference_model", sharing)
+        patch.setattr(predict_job, "load_registered", loading_one)
+        together = predict_many(registry, refs, TEXTS, max_new_tokens=4)
+    assert (shared, alone) == ([str(first)], ["lm-c@1"])
+    assert [ref for ref, _ in together] == ["lm-a@1", "lm-c@1", "lm-b@1"]
+    for ref, predictions in together:
+        _, single = predict(registry, ref, TEXTS, max_new_tokens=4)
+        assert [p.continuation for p in predictions] == [p.continuation for p in single]
+
+    chat = {"train": "t.jsonl", "messages": "conversation"}
+    chatty = register_lora_versions(registry, first, ["lm-chat"], tmp_path / "f", data=chat)
+    with pytest.raises(DataError) as refused:
+        predict_many(registry, [refs[0], *chatty], TEXTS)
+    assert str(refused.value) == (
+        "lm-chat@1 reads chat messages and lm-a@1 reads single texts: predict them apart, each "
+        "on its own inputs"
+    )
