@@ -54,18 +54,12 @@ def probe_versions(
     before its probes run, ``on_phase`` each base model before it loads."""
     versions = [registry.get(ref) for ref in refs]
     outcomes: dict[str, ProbeOutcome] = {}
-    told = iter(range(len(versions)))
-
-    def tell(version: AdapterVersion) -> None:
-        index = next(told)
-        if on_version is not None:
-            on_version(version.ref, index)
-
     with tempfile.TemporaryDirectory(prefix="adapterops-probes-") as scratch:
         for spec, group in _sharing_a_model(versions):
             probed = _ProbedGroup(registry, spec, Path(scratch), on_phase or (lambda _: None))
             for version in group:
-                tell(version)
+                if on_version is not None:  # in the order they are probed: group by group
+                    on_version(version.ref, len(outcomes))
                 outcomes[version.ref] = probed.outcome(version)
             probed.close()
     return [outcomes[version.ref] for version in versions]
