@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import peft_core as pc
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion, BaseModelMismatchError, CorruptArtifactError, Registry
 from registry.compositions import answers_per_member
 
 from .answer_records import answer_records, write_answers
 from .data import load_raw, read_file, tokenize
 from .data_files import check_scoring_sources
-from .errors import DataError
+from .errors import BaseModelNotFound, DataError
 from .evaluation import RowOutcome
 from .files_spec import SCORE_ON_A_FILE, serving_spec
 from .predict_job import check_each_once, spec_of_composition
@@ -56,6 +56,9 @@ class Evaluation:
     label_names: list[str] = field(default_factory=list)
     out: str = ""  # the file of each row with its answer (``--out``), if one was asked for
     missed: int | None = None  # ... and how many of them it got wrong (or not exactly)
+    # why it was not scored, when it was one of several (``evaluate A B C``): its stored files
+    # damaged, its golden probes out of their band, its base model not loading; no MLflow run
+    failed: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -118,7 +121,9 @@ def evaluate_versions(
     base model loads. Versions on one base model, head and load settings share one load of it:
     each is loaded beside it, scored and taken out again (a reviewer comparing a candidate
     with its champion on a new file loads a 7B base once); the others load their own
-    (:func:`flows.shared_base.sharing_groups`)."""
+    (:func:`flows.shared_base.sharing_groups`). A version that cannot be scored (its stored
+    files damaged, its golden probes out of their band, its base model not loading) is an
+    :class:`Evaluation` saying why (``failed``), and the others are still scored."""
     check_scoring_sources(data, text_column, label_column)
     check_reachable(tracking_uri())
     versions = [registry.get(ref) for ref in refs]
@@ -130,46 +135,129 @@ def evaluate_versions(
         else:
             spec = _reading(serving_spec(registry, version, "evaluate"), text_column, label_column)
         specs.append(spec)
+    once: dict[tuple[Any, ...], tuple[Rows, str]] = {}  # versions reading alike share rows
     read = [
-        _rows_of(version, spec, data, max_samples)
+        _rows_of(version, spec, data, max_samples, once)
         for version, spec in zip(versions, specs, strict=True)
     ]
     done: dict[int, Evaluation] = {}
     for group in sharing_groups(versions, specs):
-        first = group[0]
-        say = _naming(on_phase, versions[first].ref if len(group) == 1 else "")
         if len(group) == 1:
-            say("load the base model and the adapter")
-            model, tokenizer = load_registered(
-                specs[first], versions[first], registry, skip_probe=skip_probe
-            )
-            done[first] = _scored_version(model, tokenizer, specs[first], versions[first],
-                                          read[first], on_phase=say)  # fmt: skip
-            del model  # freed before the next version's base model loads
+            position = group[0]
+            done[position] = _scored_alone(
+                registry, specs[position], versions[position], read[position],
+                skip_probe=skip_probe, on_phase=_naming(on_phase, versions[position].ref),
+            )  # fmt: skip
             continue
-        say(f"load the base model {specs[first].base_model} for {len(group)} versions")
-        model, tokenizer = load_inference_model(specs[first])
-        for position in group:
-            version, say = versions[position], _naming(on_phase, versions[position].ref)
-            name = f"{version.name}-v{version.version}"  # two versions of one adapter may share
-            say("load the adapter")
-            registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
-            pc.set_active(model, name)
-            done[position] = _scored_version(
-                model, tokenizer, specs[position], version, read[position], on_phase=say
+        done.update(
+            _scored_together(
+                registry, group, specs, versions, read, skip_probe=skip_probe, on_phase=on_phase
             )
-            pc.delete_adapter(model, name)  # the base as it loaded, for the next version
-        del model
+        )
     return [done[position] for position in range(len(versions))]
 
 
+# What one version can fail at while the others are still scored: its files damaged or missing,
+# its golden probes out of their band, a base of another shape, files peft_core cannot read
+_VERSIONS_OWN_FAILURES = (BaseModelMismatchError, CorruptArtifactError, pc.PeftCoreError)
+
+
+def _scored_alone(
+    registry: Registry,
+    spec: AdapterSpec,
+    version: AdapterVersion,
+    read: tuple[Rows, str],
+    *,
+    skip_probe: bool,
+    on_phase: PhaseCallback,
+) -> Evaluation:
+    """``version`` loaded on a base model of its own and scored; what stops it (its own
+    failure, or its base model not loading) is its outcome, not the command's end."""
+    on_phase("load the base model and the adapter")
+    try:
+        model, tokenizer = load_registered(spec, version, registry, skip_probe=skip_probe)
+    except (*_VERSIONS_OWN_FAILURES, BaseModelNotFound, DataError) as exc:
+        return _not_scored(version, read, exc)
+    return _scored_version(model, tokenizer, spec, version, read, on_phase=on_phase)
+
+
+def _scored_together(
+    registry: Registry,
+    group: list[int],
+    specs: Sequence[AdapterSpec],
+    versions: Sequence[AdapterVersion],
+    read: Sequence[tuple[Rows, str]],
+    *,
+    skip_probe: bool,
+    on_phase: PhaseCallback,
+) -> dict[int, Evaluation]:
+    """The versions at positions ``group`` scored on one load of their base model: each loaded
+    beside it, scored and taken out again; a version that fails to load is its outcome."""
+    spec = specs[group[0]]
+    on_phase(f"load the base model {spec.base_model} for {len(group)} versions")
+    try:
+        model, tokenizer = load_inference_model(spec)
+    except (BaseModelNotFound, DataError) as exc:  # none of them can be scored
+        return {
+            position: _not_scored(versions[position], read[position], exc) for position in group
+        }
+    scored: dict[int, Evaluation] = {}
+    for position in group:
+        version, say = versions[position], _naming(on_phase, versions[position].ref)
+        name = f"{version.name}-v{version.version}"  # two versions of one adapter may share
+        say("load the adapter")
+        try:  # a failed load leaves the model as it was (probes out of band take it out again)
+            registry.load_into(model, version.ref, name=name, skip_probe=skip_probe)
+        except _VERSIONS_OWN_FAILURES as exc:
+            scored[position] = _not_scored(version, read[position], exc)
+            continue
+        pc.set_active(model, name)
+        try:
+            scored[position] = _scored_version(
+                model, tokenizer, specs[position], version, read[position], on_phase=say
+            )
+        finally:
+            pc.delete_adapter(model, name)  # the base as it loaded, for the next version
+    return scored
+
+
+def _not_scored(version: AdapterVersion, read: tuple[Rows, str], error: Exception) -> Evaluation:
+    """The outcome of ``version`` that ``error`` stopped before it was scored (no MLflow run)."""
+    said = " ".join(str(error).split())
+    return Evaluation(
+        ref=version.ref, data=read[1], metrics={},
+        failed=said if said.startswith(version.ref) else f"{version.ref}: {said}",
+    )  # fmt: skip
+
+
+# the data section's fields that say where a spec's own splits come from (not how rows read)
+_SPLIT_SOURCES = {
+    "train", "validation", "dataset", "subset", "train_split", "validation_split",
+    "max_train_samples", "max_eval_samples",
+}  # fmt: skip
+
+
 def _rows_of(
-    version: AdapterVersion, spec: AdapterSpec, data: str | Path | None, max_samples: int | None
+    version: AdapterVersion,
+    spec: AdapterSpec,
+    data: str | Path | None,
+    max_samples: int | None,
+    once: dict[tuple[Any, ...], tuple[Rows, str]],
 ) -> tuple[Rows, str]:
     """:func:`_rows` for one of several versions: a file it cannot read names the version (the
-    others may read it)."""
+    others may read it). Versions that read the rows alike (one tokenizer, columns, length
+    and head: a candidate and its champion) share the copy kept in ``once``, so memory holds
+    one tokenised copy of a large file, not one per version."""
+    pushed = not version.spec
+    # on a file, where the spec's own splits come from does not change how it reads the file
+    reading = spec.data.model_dump_json(exclude=_SPLIT_SOURCES if data is not None else None)
+    key = (spec.base_model, spec.head.model_dump_json(), reading, spec.train.max_length,
+           spec.train.seed, str(data), max_samples, pushed)  # fmt: skip
+    if key in once:
+        return once[key]
     try:
-        return _rows(spec, version.ref, data, max_samples, pushed=not version.spec)
+        once[key] = _rows(spec, version.ref, data, max_samples, pushed=pushed)
+        return once[key]
     except DataError as exc:
         said = str(exc)
         raise DataError(

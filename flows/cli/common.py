@@ -6,7 +6,7 @@ import errno
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
@@ -760,33 +760,35 @@ def human_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def print_columns(rows: dict[str, list[str]], *, keep: int = 3) -> None:
+def print_columns(
+    rows: dict[str, list[str]], *, keep: int = 3, numbers: Collection[str] = ()
+) -> None:
     """A table of ``rows`` (column name -> cells), most wanted column first: columns that do
     not fit the terminal (CI logs are 80 wide) are dropped from the end, at least ``keep``
-    stay, and a note names the dropped ones."""
+    stay, and a note names the dropped ones. The columns named in ``numbers`` are right-aligned."""
     shown = list(rows)
-    while len(shown) > keep and _table_width(rows, shown) > console.width:
+    while len(shown) > keep and _table_width(rows, shown, numbers) > console.width:
         shown.pop()
-    console.print(_table(rows, shown))
+    console.print(_table(rows, shown, numbers))
     if len(shown) < len(rows):
         hidden = ", ".join(c for c in rows if c not in shown)
         note = f"not shown at this width: {hidden} (--json has every field)"
         console.print(note, style="dim", soft_wrap=True)
 
 
-def _table(rows: dict[str, list[str]], columns: list[str]) -> Table:
+def _table(rows: dict[str, list[str]], columns: list[str], numbers: Collection[str]) -> Table:
     table = Table()
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", justify="right" if column in numbers else "left")
     for row in zip(*(rows[c] for c in columns), strict=True):
         table.add_row(*row)
     return table
 
 
-def _table_width(rows: dict[str, list[str]], columns: list[str]) -> int:
+def _table_width(rows: dict[str, list[str]], columns: list[str], numbers: Collection[str]) -> int:
     """Columns of the terminal the table takes without wrapping any cell."""
     unbounded = console.options.update(max_width=100_000)
-    return Measurement.get(console, unbounded, _table(rows, columns)).maximum
+    return Measurement.get(console, unbounded, _table(rows, columns, numbers)).maximum
 
 
 MetricOption = Annotated[

@@ -17,6 +17,7 @@ from ..export_target import checked_export_target, engine_named, vllm_rank_limit
 from ..mlflow_links import run_url
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
+    EXIT_FAILURE,
     LOADING_LIBRARIES,
     BatchSizeOption,
     JsonOption,
@@ -31,10 +32,13 @@ from .common import (
     console,
     counting_with_steps,
     emit_json,
+    errors,
     from_stack_env,
     input_texts,
+    labelled,
     open_registry,
     prefect_settings_valid,
+    print_columns,
     require_known,
     spec_files,
     user_errors,
@@ -408,13 +412,27 @@ def evaluate_several(registry: Any, refs: list[str], *, as_json: bool, **options
 
 def show_evaluations(results: list[Any], as_json: bool) -> None:
     """Several evaluations: JSON, or one table of their metrics, a row per version, with the
-    MLflow run of each."""
+    MLflow run of each. A version that could not be scored is a row saying so and an
+    ``error:`` line with why; the command then exits 1 (the others' runs are recorded)."""
+    failed = [result for result in results if result.failed]
     if as_json:
-        emit_json({"ok": True, "evaluations": [result.to_dict() for result in results]})
-        return
+        evaluations = [result.to_dict() for result in results]
+        emit_json({"ok": not failed, "evaluations": evaluations})
+    else:
+        _evaluations_table(results)
+    for result in failed:
+        errors.print(labelled("error:", "bold red", result.failed), highlight=False,
+                     soft_wrap=True)  # fmt: skip
+    if failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _evaluations_table(results: list[Any]) -> None:
     sources = {result.data for result in results}
     on = sources.pop() if len(sources) == 1 else "each on its own validation split"
-    console.print(f"{len(results)} versions on {on}", highlight=False, soft_wrap=True)
+    failed = sum(1 for result in results if result.failed)
+    scored = f": {failed} could not be scored" if failed else ""
+    console.print(f"{len(results)} versions on {on}{scored}", highlight=False, soft_wrap=True)
     metrics = list(
         dict.fromkeys(
             metric
@@ -423,15 +441,16 @@ def show_evaluations(results: list[Any], as_json: bool) -> None:
             if isinstance(value, int | float)
         )
     )
-    table = Table()
-    table.add_column("version")
+    rows = {"version": [result.ref for result in results]}
     for metric in metrics:
-        table.add_column(metric, justify="right")
-    table.add_column("MLflow run")
-    for result in results:
-        cells = [_metric_cell(result.metrics.get(metric)) for metric in metrics]
-        table.add_row(result.ref, *cells, result.mlflow_run_id)
-    console.print(table)
+        rows[metric] = [
+            "-" if result.failed else _metric_cell(result.metrics.get(metric)) for result in results
+        ]
+    rows["MLflow run"] = [
+        "not scored" if result.failed else result.mlflow_run_id for result in results
+    ]
+    # at 80 columns (a CI log) the run ids go first, then the last metrics: never the versions
+    print_columns(rows, keep=2, numbers=metrics)
     for result in results:  # with an MLflow server, where a reviewer opens each run
         if page := run_url(result.mlflow_run_id):
             console.print(f"review {result.ref}: {page}", style="dim", soft_wrap=True,

@@ -4,6 +4,7 @@ their specs' columns, or again on the validation split each was built with."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from flows.evaluate_job import evaluate_version
 from flows.predict_job import predict
 from flows.quickstart import minilm_sst2_spec
 from registry import Registry
-from tests.helpers import run_cli, run_cli_in_a_terminal
+from tests.helpers import run_cli, run_cli_in_a_terminal, store_from_outside
 
 
 @pytest.fixture
@@ -388,3 +389,75 @@ def test_several_versions_load_their_base_once_and_score_as_each_does_alone(
         "error: --out writes one version's answers, and 2 are given: evaluate each with its "
         "own --out FILE\n"
     )
+
+
+def test_a_version_that_cannot_be_scored_is_said_and_the_others_still_are(
+    version, sst2_dir, tmp_path, monkeypatch
+):
+    """``evaluate A B C`` ended at the first version whose stored files were damaged: those
+    scored before it had MLflow runs and no table showed them, those after it were never
+    scored. Each version's failure is now its row and an ``error:`` line (exit 1). Versions
+    reading the file alike share one tokenised copy of it."""
+    other = minilm_sst2_spec("bitfit", sst2_dir / "en", steps=3, name="scored-bitfit")
+    other = other.model_copy(
+        update={"data": other.data.model_copy(update={"max_eval_samples": 16})}
+    )
+    second = build_from_spec(other, Registry(), tmp_path / "out").ref
+    registry = Registry()
+    files = registry.fetch(version, tmp_path / "files")
+    tensors = (files / "adapter.safetensors").read_bytes()
+    damaged = bytearray(tensors)
+    damaged[-1] ^= 0xFF
+    digest = hashlib.sha256(tensors).hexdigest()
+    store_from_outside(registry, digest, bytes(damaged), tmp_path)
+
+    file = sst2_dir / "en" / "validation.tsv"
+    reads = []
+    real_read = evaluate_job.read_file
+    monkeypatch.setattr(
+        evaluate_job, "read_file", lambda *a, **k: reads.append(a[1]) or real_read(*a, **k)
+    )
+    outcomes = evaluate_job.evaluate_versions(
+        registry, [version, second], data=file, max_samples=40
+    )
+    assert reads == [file]  # one tokenised copy for both: same tokenizer, columns and head
+    assert [(o.ref, bool(o.metrics), bool(o.mlflow_run_id)) for o in outcomes] == [
+        (version, False, False),
+        (second, True, True),
+    ]
+    assert outcomes[0].failed.startswith(f"{version}: adapter.safetensors is corrupted"), outcomes[
+        0
+    ].failed
+    assert outcomes[1].failed == "" and outcomes[1].metrics["accuracy"] > 0.3
+
+    # a version loading a base model of its own fails the same way
+    monkeypatch.setattr(
+        evaluate_job, "sharing_groups", lambda versions, specs: [[p] for p in range(len(versions))]
+    )
+    alone = evaluate_job.evaluate_versions(registry, [second, version], data=file, max_samples=8)
+    assert [bool(o.failed) for o in alone] == [False, True]
+
+    env = {**os.environ, "COLUMNS": "200"}
+    cli = run_cli("evaluate", version, second, "--data", str(file), "--max-samples", "8", env=env)
+    assert cli.returncode == 1, cli.stderr[-2000:]
+    lines = cli.stdout.splitlines()
+    assert lines[0] == f"2 versions on {file}: 1 could not be scored"
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if "@" in line]
+    assert rows[0] == [version, "-", "-", "-", "not scored"]
+    assert rows[1][0] == second and re.fullmatch(r"[0-9a-f]{32}", rows[1][-1]), rows[1]
+    narrow = run_cli("evaluate", version, second, "--data", str(file), "--max-samples", "8",
+                     env={**env, "COLUMNS": "80"})  # fmt: skip
+    # a CI log's width: the run ids make way, the versions stay whole (they were cut to
+    # "scored-sst…" and "scored-bitf…", which could not be told apart with longer names)
+    assert [line.split("│")[1].strip() for line in narrow.stdout.splitlines() if "@" in line] == [
+        version,
+        second,
+    ]
+    assert "not shown at this width: MLflow run" in narrow.stdout
+    assert cli.stderr.startswith(f"error: {version}: adapter.safetensors is corrupted")
+    as_json = run_cli("evaluate", version, second, "--data", str(file), "--max-samples", "8",
+                      "--json", env=env)  # fmt: skip
+    assert as_json.returncode == 1
+    document = json.loads(as_json.stdout)
+    assert document["ok"] is False
+    assert [bool(e["failed"]) for e in document["evaluations"]] == [True, False]

@@ -16,11 +16,12 @@ import sqlalchemy as sa
 
 import registry as rg
 from registry import Registry
-from registry.artifacts import ArtifactStore, S3Store, open_store
+from registry.artifacts import ArtifactStore, S3Store
 from registry.artifacts import local as local_store
 from registry.artifacts.local import LocalStore
 from registry.bundles import Manifest
 from registry.verification import DamagedFile
+from tests.helpers import store_from_outside
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url
 
 BASE = "tiny-bert"
@@ -29,17 +30,6 @@ BASE = "tiny-bert"
 def register(reg: Registry, folder: Path, name: str = "tiny-sst2-en-lora", **overrides):
     fields = {"base_model": BASE, "task": "sst2", "language": "en"} | overrides
     return reg.register(folder, name=name, **fields)
-
-
-def store_from_outside(reg: Registry, digest: str, data: bytes, scratch: Path) -> None:
-    """Store ``data`` as blob ``digest`` as a tool or a disk would damage it: through a store of
-    its own, not the registry's."""
-    outside = open_store(reg.artifacts.url)
-    path = scratch / "outside"
-    path.write_bytes(data)
-    outside.delete(digest)
-    outside.put_file(digest, path)
-    path.unlink()
 
 
 def count_uploads(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
