@@ -285,7 +285,8 @@ def show_predictions(results: list[tuple[str, list[Any]]], as_json: bool) -> Non
     table = Table(title=", ".join(ref for ref, _ in results))
     table.add_column("text")
     for ref, _ in results:
-        table.add_column(ref if len(results) > 1 else "prediction")
+        # folded, not cut: "quickstart-sentiment-e…" and "…-en…" could not be told apart
+        table.add_column(ref if len(results) > 1 else "prediction", overflow="fold")
     for row, first in enumerate(results[0][1]):
         shown = f"{first.text} / {first.pair}" if first.pair else first.text
         table.add_row(shown, *(_answer(predictions[row]) for _, predictions in results))

@@ -56,6 +56,15 @@ def test_several_versions_answer_in_one_batch_as_each_does_alone(three_versions)
     assert [r["ref"] for r in document["results"]] == three_versions
     assert [[p["text"] for p in r["predictions"]] for r in document["results"]] == [TEXTS] * 3
 
+    table = run_cli("predict", *three_versions, "--text", TEXTS[0], env={**os.environ, "COLUMNS": "60"})  # fmt: skip
+    lines = table.stdout.splitlines()
+    header = lines[lines.index(next(x for x in lines if x.startswith("┏"))) + 1 :]
+    header = header[: header.index(next(x for x in header if x.startswith("┡")))]
+    cells = [[cell.strip() for cell in line.split("┃")[1:-1]] for line in header]
+    # a column per version, headed by its whole ref folded over lines (cut, two refs of one
+    # adapter both read "many-lo…")
+    assert ["".join(column) for column in zip(*cells, strict=True)] == ["text", *three_versions]
+
 
 def test_answers_do_not_depend_on_how_many_rows_share_a_batch(three_versions):
     """Six rows a batch: two texts of three versions each, then the last text; one row a batch
