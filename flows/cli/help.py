@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-__all__ = ["plain_value_names"]
+__all__ = ["element_type", "plain_value_names"]
 
 _NAMES: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
 
@@ -45,7 +45,7 @@ def plain_value_names(command: Any, help_names: tuple[str, ...] = ("-h", "--help
 
 def _type_name(param: Any) -> str | None:
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-    element = _element_type(annotation)
+    element = element_type(annotation)
     if isinstance(element, type) and issubclass(element, Path):
         element = Path
     name = _NAMES.get(element)
@@ -54,12 +54,12 @@ def _type_name(param: Any) -> str | None:
     return name
 
 
-def _element_type(annotation: Any) -> Any:
+def element_type(annotation: Any) -> Any:
     """``list[Path] | None`` -> ``Path``."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         real = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _element_type(real[0]) if len(real) == 1 else annotation
+        return element_type(real[0]) if len(real) == 1 else annotation
     if origin in (list, tuple):
-        return _element_type(typing.get_args(annotation)[0])
+        return element_type(typing.get_args(annotation)[0])
     return annotation

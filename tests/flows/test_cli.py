@@ -37,6 +37,9 @@ def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
     return run_cli(*args, cwd=cwd)
 
 
+EMPTY_PATH = "'' is empty (an unset shell variable?): give a path"
+
+
 class TestPlan:
     def test_json_output(self):
         result = adapterops("plan", str(EXAMPLE), "--json")
@@ -755,6 +758,16 @@ class TestBasics:
             (("predict",), "Missing argument 'REF'."),
             (("predict", "x", "--batch-size", "0"), "Invalid value for '--batch-size': "),
             (("push",), "Missing argument 'FOLDER'."),
+            # an unset shell variable: Path('') is '.', so train wrote over the files of the
+            # folder a person stood in, push registered it, pull downloaded into it
+            (("push", ""), f"Invalid value for 'FOLDER': {EMPTY_PATH}"),
+            (("train", "spec.yaml", "--out", ""), f"Invalid value for '--out': {EMPTY_PATH}"),
+            (("pull", "x", ""), f"Invalid value for 'DESTINATION': {EMPTY_PATH}"),
+            (("retrain", "specs", " "), "Invalid value for 'SPEC': ' ' is empty (an unset shell"),
+            (("predict", "x", "--data", ""), f"Invalid value for '--data': {EMPTY_PATH}"),
+            # it fell through to the default: an unset $ALIAS moved champion
+            (("promote", "x@1", "--alias", ""), "Invalid value: the alias '' is empty"),
+            (("promote", "x@1", ""), "Invalid value: the alias '' is empty"),
         ],
     )
     def test_a_usage_error_is_one_line(self, args, error, tmp_path):
