@@ -30,7 +30,7 @@ from .common import (
     remember_stack_env,
 )
 from .compositions import composition_app
-from .empty_paths import refuse_empty_paths
+from .empty_values import refuse_empty_values
 from .help import plain_value_names
 from .quick_exit import exit_without_teardown
 from .quiet import plain_warnings, quiet_foreign_deprecations, quiet_mlflow, quiet_optional_kernels
@@ -103,7 +103,7 @@ def _run_command() -> None:
     plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    command = refuse_empty_paths(plain_value_names(typer.main.get_command(app)))
+    command = refuse_empty_values(plain_value_names(typer.main.get_command(app)))
     json_output = "--json" in sys.argv[1:]
     raise_on_sigterm()  # a supervisor's stop unwinds the command: its cleanup runs
     try:

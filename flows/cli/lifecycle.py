@@ -369,12 +369,6 @@ def promote_command(
         raise typer.BadParameter(
             f"the alias is given twice, as {alias_given!r} and --alias {alias_option!r}: give one"
         )
-    for given in (alias_given, alias_option):
-        if given is not None and not given.strip():  # else it fell through to champion
-            raise typer.BadParameter(
-                f"the alias {given!r} is empty (an unset shell variable?): name the alias to "
-                "move, or leave it out to move champion"
-            )
     alias = alias_given or alias_option or "champion"
     with user_errors(as_json):
         check_new_alias(alias)  # before MLflow loads, as the name below

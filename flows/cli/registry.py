@@ -487,8 +487,6 @@ def gc(
 def _sharing_registry(url: str, artifacts_url: str) -> rg.Registry:
     """The registry at ``--shared-with URL``, over this store (its files are here, whatever its
     own settings say); a problem with it names the option, not ADAPTEROPS_REGISTRY_URL only."""
-    if not url.strip():
-        raise RegistryError("--shared-with needs another registry's database URL, got ''")
     try:
         return rg.Registry(url, artifacts_url, create=False)
     except RegistryError as exc:

@@ -37,7 +37,7 @@ def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
     return run_cli(*args, cwd=cwd)
 
 
-EMPTY_PATH = "'' is empty (an unset shell variable?): give a path"
+EMPTY = "'' is empty (an unset shell variable?): give"
 
 
 class TestPlan:
@@ -760,14 +760,25 @@ class TestBasics:
             (("push",), "Missing argument 'FOLDER'."),
             # an unset shell variable: Path('') is '.', so train wrote over the files of the
             # folder a person stood in, push registered it, pull downloaded into it
-            (("push", ""), f"Invalid value for 'FOLDER': {EMPTY_PATH}"),
-            (("train", "spec.yaml", "--out", ""), f"Invalid value for '--out': {EMPTY_PATH}"),
-            (("pull", "x", ""), f"Invalid value for 'DESTINATION': {EMPTY_PATH}"),
+            (("push", ""), f"Invalid value for 'FOLDER': {EMPTY} FOLDER"),
+            (("train", "spec.yaml", "--out", ""), f"Invalid value for '--out': {EMPTY} a path"),
+            (("pull", "x", ""), f"Invalid value for 'DESTINATION': {EMPTY} DESTINATION"),
             (("retrain", "specs", " "), "Invalid value for 'SPEC': ' ' is empty (an unset shell"),
-            (("predict", "x", "--data", ""), f"Invalid value for '--data': {EMPTY_PATH}"),
+            (("predict", "x", "--data", ""), f"Invalid value for '--data': {EMPTY} FILE"),
             # it fell through to the default: an unset $ALIAS moved champion
-            (("promote", "x@1", "--alias", ""), "Invalid value: the alias '' is empty"),
-            (("promote", "x@1", ""), "Invalid value: the alias '' is empty"),
+            (("promote", "x@1", "--alias", ""), f"Invalid value for '--alias': {EMPTY} a value"),
+            (("promote", "x@1", ""), f"Invalid value for 'ALIAS': {EMPTY} ALIAS"),
+            # fell through to the files' base model; read 'sentence'; ended in a KeyError
+            (
+                ("push", "f", "--base-model", ""),
+                f"Invalid value for '--base-model': {EMPTY} a value",
+            ),
+            (
+                ("predict", "x", "--text-column", ""),
+                f"Invalid value for '--text-column': {EMPTY} NAME",
+            ),
+            (("evaluate", "x", "--text-column", " "), "Invalid value for '--text-column': ' ' is"),
+            (("ls", "--task", ""), f"Invalid value for '--task': {EMPTY} a value"),
         ],
     )
     def test_a_usage_error_is_one_line(self, args, error, tmp_path):

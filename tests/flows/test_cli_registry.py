@@ -238,7 +238,11 @@ def test_gc_of_a_store_two_registries_write_to(environment, tmp_path, request):
     assert status[-1].lstrip().startswith("also written by registry ")
     for given, words in (
         (f"sqlite:///{tmp_path / 'nope.db'}", f"--shared-with sqlite:///{tmp_path / 'nope.db'}: "),
-        ("", "--shared-with needs another registry's database URL, got ''"),
+        (
+            "",
+            "Invalid value for '--shared-with': '' is empty (an unset shell variable?): give "
+            "DATABASE_URL",
+        ),
     ):
         wrong = run(env, "gc", "--shared-with", given, "--json")
         assert wrong.returncode == 2 and json.loads(wrong.stdout)["error"].startswith(words)
