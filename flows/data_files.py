@@ -49,6 +49,7 @@ def check_text_sources(
 ) -> None:
     """What predict answers comes from ``--text`` (``texts``) or a ``--data`` file, one of the
     two; ``--text-column`` names a column of that file."""
+    _check_column_names({"--text-column": text_column})
     if text_column is not None and data is None:
         raise DataError("--text-column names a column of the --data file: give --data FILE too")
     if data is None:
@@ -72,6 +73,7 @@ def check_scoring_sources(
     spec names; ``--text-column`` and ``--label-column`` name columns of that file. ``--out``
     (each row scored beside its answer) is a file predict's ``--out`` could write, there only
     if ``replace``."""
+    _check_column_names({"--text-column": text_column, "--label-column": label_column})
     if data is not None:
         check_data_file(data)
     elif text_column is not None or label_column is not None:
@@ -80,6 +82,14 @@ def check_scoring_sources(
         )
     if out is not None:
         check_predictions_path(out, replace=replace)
+
+
+def _check_column_names(columns: dict[str, str | None]) -> None:
+    """A column named by a blank string (a script's unset variable) is said as such, not
+    looked up: from Python, ``text_column=""`` ended in a KeyError."""
+    for option, column in columns.items():
+        if column is not None and not column.strip():
+            raise DataError(f"{option} {column!r} names no column: give the column's name")
 
 
 def local_data_path(value: str, base_dir: Path) -> Path | None:

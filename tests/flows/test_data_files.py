@@ -208,3 +208,17 @@ def test_an_empty_cell_in_a_column_read_names_its_rows(tmp_path):
     (tmp_path / "notes.tsv").write_text("sentence\tlabel\tnote\ngood\t1\t\nbad\t0\tx\n")
     train, _ = load_raw(_spec_reading(tmp_path / "notes.tsv"))
     assert train["sentence"] == ["good", "bad"]
+
+
+def test_a_blank_column_name_is_said_before_any_file_is_read(tmp_path):
+    """From Python, ``evaluate_version(..., text_column="")`` (a script's unset variable)
+    ended in a KeyError; the command line refuses it before it runs."""
+    from flows.data_files import check_scoring_sources, check_text_sources
+
+    file = tmp_path / "rows.tsv"
+    file.write_text("sentence\tlabel\na\t1\n")
+    with pytest.raises(DataError, match=r"^--label-column ' ' names no column: give the col"):
+        check_scoring_sources(file, "sentence", " ")
+    with pytest.raises(DataError, match=r"^--text-column '' names no column"):
+        check_text_sources([], file, "")
+    check_scoring_sources(file, "sentence", "label")  # named: read later, as before
