@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -204,6 +205,14 @@ def joined_prompt(values: Sequence[Any]) -> str:
     return PROMPT_SEPARATOR.join(str(v) for v in values if v is not None and str(v).strip())
 
 
+# what the data section's fields that are not a column name take (said when one is blank)
+_DATA_FIELD_TAKES = {
+    "train": "a file", "validation": "a file", "dataset": "a datasets id or folder",
+    "subset": "a subset's name", "train_split": "a split's name",
+    "validation_split": "a split's name",
+}  # fmt: skip
+
+
 class DataSpec(_Strict):
     """Where the examples are and which columns hold text and labels.
 
@@ -230,6 +239,22 @@ class DataSpec(_Strict):
     messages: str | None = None
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator(
+        "train", "validation", "dataset", "subset", "train_split", "validation_split", "text",
+        "text_pair", "label", "response", "messages", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _not_blank(cls, value: Any, info: ValidationInfo) -> Any:
+        """A blank name (an unset variable, ``label: ''``) is said here: ``text: ''`` ended in
+        a KeyError, ``label: ''`` trained a classifier with no labels, ``train: ''`` read the
+        spec's folder, ``text_pair: ''`` was taken for none."""
+        if not (isinstance(value, str) and not value.strip()):
+            return value
+        name = info.field_name or ""
+        optional = type(None) in typing.get_args(cls.model_fields[name].annotation)
+        wanted = _DATA_FIELD_TAKES.get(name, "a column's name")
+        raise ValueError(f"empty: give {wanted}{', or null for none' if optional else ''}")
 
     @property
     def instructions(self) -> bool:
@@ -470,9 +495,17 @@ class ScheduleSpec(_Strict):
         return value
 
 
+def _named_base(value: str) -> str:
+    """A spec's base model, named as the registry names it (:func:`base_model_name`); a blank
+    one (an unset variable) was read as the folder ``.``, "not a model"."""
+    if not value.strip():
+        raise ValueError("empty: give a Hugging Face model id or a folder with its config.json")
+    return base_model_name(value)
+
+
 # A base model folder written with a trailing "/" (a shell's completion) is the folder without
 # it: one name in the registry, whichever way the spec spells it.
-BaseModelName = Annotated[str, AfterValidator(base_model_name)]
+BaseModelName = Annotated[str, AfterValidator(_named_base)]
 
 
 class AdapterSpec(_Strict):

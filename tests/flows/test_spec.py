@@ -285,6 +285,22 @@ class TestInvalidSpecs:
             document[section] = {**document.get(section, {}), **values}
         assert problems(document) == dict([told])
 
+    @pytest.mark.parametrize(
+        ("changes", "told"),
+        [({"data__text": ""}, ("data.text", "empty: give a column's name")),
+         ({"data__label": " "}, ("data.label", "empty: give a column's name, or null for none")),
+         ({"data__text_pair": ""}, ("data.text_pair", "empty: give a column's name, or null for none")),
+         ({"data__train": ""}, ("data.train", "empty: give a file, or null for none")),
+         ({"data__validation_split": ""}, ("data.validation_split", "empty: give a split's name, or null for none")),
+         ({"base_model": ""}, ("base_model", "empty: give a Hugging Face model id or a folder with its config.json"))],
+    )  # fmt: skip
+    def test_a_blank_name_is_said_as_such(self, changes, told):
+        """An unset variable in a spec template: ``text: ''`` ended in a KeyError mid-build,
+        ``label: ''`` trained a classifier with no labels ("the model returned no loss"),
+        ``train: ''`` read the spec's folder, ``text_pair: ''`` was taken for none,
+        ``base_model: ''`` was the folder ``.``, "not a model"."""
+        assert problems(with_(**changes)) == dict([told])
+
     def test_validation_during_training_needs_its_step_count_and_no_shards(self):
         assert problems(with_(train={"keep_best": True})) == {
             "train": "train.keep_best keeps the weights of the lowest validation loss, which "
