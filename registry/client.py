@@ -164,8 +164,8 @@ class Registry:
         check_name(name)
         check_name(task, "task")
         check_language(language)
-        if not base_model or len(base_model) > 256:
-            raise RegistryError(f"invalid base model name {base_model!r}")
+        if not base_model.strip() or len(base_model) > 256:  # '  ' was stored as a base's name
+            raise InvalidNameError(f"invalid base model name {base_model!r}")
         base_model = base_model_name(base_model)
         metrics = _checked_metrics(metrics or {})
         _check_json(lineage or {}, "lineage")

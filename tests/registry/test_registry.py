@@ -518,6 +518,11 @@ class TestBadInput:
         assert [e.kind for e in registry.history("kept")] == ["registered"]
         for call, message in [  # '' was "no adapter named ''; similar names: ..."
             (lambda: registry.history(""), "invalid adapter name ''"),
+            # a script's unset variable padded with spaces was stored as a base model's name
+            (
+                lambda: register(registry, make_adapter(), base_model="  "),
+                "invalid base model name '  '",
+            ),
             (lambda: registry.composition_history(""), "invalid composition name ''"),
             (
                 lambda: registry.composition_history("c@1"),
