@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -66,6 +67,36 @@ class TestCiWorkflow:
         assert {"ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL"} <= set(job["env"])
         assert not {"MLFLOW_TRACKING_URI", "PREFECT_API_URL"} & set(job["env"])
         assert self.workflow[True]["pull_request"]["paths"] == self.workflow[True]["push"]["paths"]
+
+    def test_a_secret_that_is_not_set_fails_the_job_before_it_builds(self):
+        """An unset secret arrives empty, and an empty ADAPTEROPS_REGISTRY_URL is the embedded
+        default: the build job trained and promoted into a new registry on the runner, and
+        passed."""
+        script = str(ROOT / "infra" / "ci" / "require-variables.sh")
+        for job, needed in (
+            ("check", ["ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL"]),
+            ("build", ["ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL",
+                       "MLFLOW_TRACKING_URI", "PREFECT_API_URL"]),
+        ):  # fmt: skip
+            steps = [step.get("run", "") for step in self.workflow["jobs"][job]["steps"]]
+            [check] = [i for i, run in enumerate(steps) if "require-variables.sh" in run]
+            assert check < next(i for i, run in enumerate(steps) if "adapterops" in run)
+            assert steps[check].split()[1:] == needed, job
+        given = {"PATH": os.environ["PATH"], "ADAPTEROPS_REGISTRY_URL": "postgresql://db/r",
+                 "ADAPTEROPS_ARTIFACTS_URL": " "}  # fmt: skip
+        names = ["ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL", "MLFLOW_TRACKING_URI"]
+        refused = subprocess.run(
+            [script, *names], env=given, capture_output=True, text=True, check=False
+        )
+        assert (refused.returncode, refused.stdout.splitlines()) == (1, [
+            f"::error::{name} is empty: set the repository secret {name} (see "
+            "infra/ci/build-adapters.yml)" for name in names[1:]
+        ])  # fmt: skip
+        given |= {"ADAPTEROPS_ARTIFACTS_URL": "s3://b/r", "MLFLOW_TRACKING_URI": "http://m"}
+        passed = subprocess.run(
+            [script, *names], env=given, capture_output=True, text=True, check=False
+        )
+        assert (passed.returncode, passed.stdout) == (0, "")
 
     def test_changed_specs_lists_added_and_modified_specs_only(self, tmp_path: Path):
         def git(*args: str) -> str:
