@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from mlflow.entities import Run
 
 from peft_core.training import CHECKPOINT_FILE
-from registry import AdapterVersion, Registry, diff_versions
+from registry import AdapterVersion, CorruptArtifactError, Registry, diff_versions
 from registry.settings import adapterops_home
 
 from . import tracking
@@ -524,12 +524,21 @@ def register_and_gate(
 
 
 def _check_whole(
-    registry: Registry, champion: AdapterVersion, candidate: AdapterVersion, alias: str, metric: str
+    registry: Registry,
+    champion: AdapterVersion,
+    candidate: AdapterVersion,
+    alias: str,
+    metric: str,
+    *,
+    quick: bool = False,
 ) -> None:
-    """The champion's files read back before the base model loads to score it (minutes for an
-    LLM): a damaged one failed the build with the champion's download error, as bad input
-    (exit 2), and said nothing of the candidate it had registered."""
-    damaged = registry.verify([champion.ref]).damaged
+    """:class:`GateError` if the champion's stored files are damaged: a damaged one failed the
+    build with the champion's download error, as bad input (exit 2), and said nothing of the
+    candidate it had registered. ``quick``: from the store's listing (missing or cut-short
+    files), before the base model loads to score it (minutes for an LLM), downloading nothing:
+    reading every file back there downloaded the champion twice (gigabytes for a full
+    fine-tune); the load's own download checks each file's digest."""
+    damaged = registry.verify([champion.ref], quick=quick).damaged
     if damaged:
         what = "; ".join(f"{d.file} is {d.problem} ({d.uri})" for d in damaged)
         raise GateError(
@@ -566,9 +575,14 @@ def _gate(
         return decide(value, None, policy), None
     if champion.version == candidate.version:  # a re-run of the build that promoted it
         return Decision(True, "already the champion", value, value, "better"), value
-    _check_whole(build.registry, champion, candidate, spec.promote.alias, policy.metric)
-    measured = evaluate_registered(
-        spec, champion.ref, build.registry, fingerprint=build.fingerprint
-    )
+    damage = (build.registry, champion, candidate, spec.promote.alias, policy.metric)
+    _check_whole(*damage, quick=True)
+    try:
+        measured = evaluate_registered(
+            spec, champion.ref, build.registry, fingerprint=build.fingerprint
+        )
+    except CorruptArtifactError:  # same-size damage, which only the download's digest sees
+        _check_whole(*damage)  # said as the listing's damage is: the candidate, how to go on
+        raise
     champion_value = float(measured[policy.metric])
     return decide(value, champion_value, policy), champion_value

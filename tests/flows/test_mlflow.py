@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from flows import tracking
+from flows import build_job, tracking
 from flows.build_job import Build, build_from_spec, register_and_gate, run_chain, start_build
 from flows.data import load_split
 from flows.errors import GateError, TrackingUnavailableError
@@ -50,6 +50,7 @@ from tests.helpers import (
     held_in_another_thread,
     run_cli,
     run_cli_noting_imports,
+    store_from_outside,
     wait_until,
 )
 from tests.registry.workers import write_fake_adapter
@@ -609,7 +610,7 @@ def test_a_builds_gate_waits_while_another_gate_of_the_adapter_decides(registry,
 
 
 def test_a_gate_whose_champion_is_damaged_keeps_the_candidate_and_says_how_to_go_on(
-    registry, tmp_path
+    registry, tmp_path, monkeypatch
 ):
     """The champion's files are read back before the base model loads to score it: a damaged
     one failed the build with its download error (as bad input), after the base had loaded,
@@ -632,6 +633,39 @@ def test_a_gate_whose_champion_is_damaged_keeps_the_candidate_and_says_how_to_go
         "(`adapterops db verify` lists every damaged file)"
     )
     assert [v.aliases for v in registry.find(name=spec.name)] == [("champion",), ()]
+
+    # the same size, altered: only the download the champion's load makes sees it (the gate
+    # read every file back before the load too, downloading the champion twice)
+    whole = tensors.read_bytes()
+    store_from_outside(registry, digest, whole[:-1] + bytes([whole[-1] ^ 0xFF]), tmp_path)
+    reads: list[str] = []
+    real_get = registry.artifacts.get_file
+    monkeypatch.setattr(
+        registry.artifacts,
+        "get_file",
+        lambda key, *a, **k: reads.append(key) or real_get(key, *a, **k),
+    )
+    loaded = tmp_path / "loaded"
+
+    def champion_loaded(spec, ref, registry, **_):  # what load_registered downloads, no base
+        registry.fetch(ref, loaded)
+        return {"accuracy": 0.6}
+
+    monkeypatch.setattr(build_job, "evaluate_registered", champion_loaded)
+    build = Build(spec, {"dataset_fingerprint": "f"}, tmp_path, registry)  # what scoring reads
+    third = replace(report, output=str(write_fake_adapter(tmp_path / "third", 10)))
+    with pytest.raises(GateError) as refused:
+        register_and_gate(build, third, run_id="", card="card")
+    assert str(refused.value).startswith(
+        "damaged-sst2@3 is registered, not promoted: the gate cannot score champion "
+        "damaged-sst2@1, whose files are damaged in the artifact store: adapter.safetensors is "
+        f"corrupted ({registry.artifacts.uri(digest)})"
+    )
+    store_from_outside(registry, digest, whole, tmp_path)  # repaired
+    reads.clear()
+    fourth = replace(report, output=str(write_fake_adapter(tmp_path / "fourth", 11)))
+    assert register_and_gate(build, fourth, run_id="", card="card").champion_metric == 0.6
+    assert reads.count(digest) == 1  # the load's download only
 
 
 def test_a_build_of_the_same_spec_data_and_code_waits_for_the_one_running_then_reuses_it(
