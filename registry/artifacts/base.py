@@ -46,6 +46,10 @@ class ArtifactStore(Protocol):
         """Whether a blob with this digest is stored."""
         ...
 
+    def size(self, digest: str) -> int | None:
+        """The stored blob's size in bytes, in one request; ``None`` when it is not stored."""
+        ...
+
     def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         """Store ``source``'s bytes under ``digest``: a no-op when a whole copy is stored already
         (its size and checksum those of ``source``), replacing one that is not."""

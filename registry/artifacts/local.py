@@ -59,6 +59,10 @@ class LocalStore:
     def has(self, digest: str) -> bool:
         return self._path(digest).is_file()
 
+    def size(self, digest: str) -> int | None:
+        path = self._path(digest)
+        return path.stat().st_size if path.is_file() else None
+
     def put_file(self, digest: str, source: Path, on_bytes: BytesMoved | None = None) -> None:
         target = self._path(digest)
         if target.is_file() and file_sha256(target) == digest:  # a damaged copy is replaced

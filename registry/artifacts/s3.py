@@ -107,6 +107,10 @@ class S3Store:
     def has(self, digest: str) -> bool:
         return self._head(digest) is not None
 
+    def size(self, digest: str) -> int | None:
+        head = self._head(digest)
+        return None if head is None else int(head["ContentLength"])
+
     def _head(self, digest: str) -> dict[str, Any] | None:
         """The blob's HEAD answer (its size and ETag), ``None`` when it is not stored."""
         self._check_bucket()

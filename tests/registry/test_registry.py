@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 import registry as rg
-from registry import Registry
+from registry import Registry, verification
 from registry.artifacts import ArtifactStore, S3Store
 from registry.artifacts import local as local_store
 from registry.artifacts.local import LocalStore
@@ -950,6 +950,31 @@ class TestBytes:
         store.put_file(digest, source)
         assert len(uploads) == 1  # the same size, other bytes: replaced
         assert store.read_bytes(digest) == source.read_bytes()
+
+    def test_a_quick_check_asks_for_each_files_size_or_lists_the_store(
+        self, registry, make_adapter, tmp_path, monkeypatch
+    ):
+        """A quick check listed the whole store (a request per 1,000 blobs) even for one
+        version's files, which the gate checks before it loads its champion: a few files are
+        now asked for one by one; many, from the listing. Either finds the same damage."""
+        version = register(registry, make_adapter(1), name="a")
+        register(registry, make_adapter(2), name="b")
+        tensors = registry.fetch(version.ref, tmp_path / "a") / "adapter.safetensors"
+        digest = hashlib.sha256(tensors.read_bytes()).hexdigest()
+        store_from_outside(registry, digest, tensors.read_bytes()[:100], tmp_path)
+        listed: list[int] = []
+        real_blobs = registry.artifacts.blobs
+        monkeypatch.setattr(registry.artifacts, "blobs", lambda: listed.append(1) or real_blobs())
+        asked = registry.verify([version.ref], quick=True)
+        assert listed == []
+        monkeypatch.setattr(verification, "LISTING_FROM", 0)
+        assert registry.verify([version.ref], quick=True) == asked and listed == [1]
+        assert [(d.versions, d.file, d.problem) for d in asked.damaged] == [
+            (("a@1",), "adapter.safetensors", f"100 bytes, not {tensors.stat().st_size}")
+        ]
+        registry.artifacts.delete(digest)
+        assert registry.artifacts.size(digest) is None
+        assert registry.verify(["a"], quick=True).damaged[0].problem == "missing"
 
     def test_verify_names_the_versions_each_damaged_file_breaks(
         self, registry, locations, make_adapter, tmp_path
