@@ -192,6 +192,7 @@ def run_chain(
         build.registry.check_writable()
         check_against_registry(build.spec, build.registry)  # a deployment's run: no CLI asked
         check_name_is_ours(tracking.client(), build.registry, build.spec.name)
+        warn_of_a_damaged_champion(build.registry, build.spec)
         run_step("prepare data", prepare_data, build)
         report, run_id = run_step("train", train_tracked, build)
         report, card = run_step("evaluate", evaluate_tracked, build, report, run_id)
@@ -200,6 +201,27 @@ def run_chain(
         )
         shutil.rmtree(build.checkpoints, ignore_errors=True)
         return result
+
+
+def warn_of_a_damaged_champion(registry: Registry, spec: AdapterSpec) -> None:
+    """A warning, before training, if the files of the version holding ``spec``'s promotion
+    alias are missing or cut short in the artifact store (a request per file, downloading
+    nothing): the gate found it only after training (:class:`GateError`), while a person who
+    reads this can push its folder again meanwhile. The build still runs: its candidate is
+    registered either way."""
+    alias = spec.promote.alias
+    champion = version_holding(registry, spec.name, alias)
+    if champion is None:
+        return
+    damaged = registry.verify([champion.ref], quick=True).damaged
+    if damaged:
+        what = "; ".join(f"{d.file} is {d.problem}" for d in damaged)
+        logging.getLogger(__name__).warning(
+            "%s %s's files are damaged in the artifact store (%s): this build's gate cannot "
+            "score it, and will register its candidate without promoting it, unless the folder "
+            "%s came from is pushed again before training ends (`adapterops db verify %s`)",
+            alias, champion.ref, what, champion.ref, spec.name,
+        )  # fmt: skip
 
 
 def build_from_spec(

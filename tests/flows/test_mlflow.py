@@ -668,6 +668,40 @@ def test_a_gate_whose_champion_is_damaged_keeps_the_candidate_and_says_how_to_go
     assert reads.count(digest) == 1  # the load's download only
 
 
+def test_a_build_whose_champion_is_damaged_says_so_before_it_trains(
+    registry, tmp_path, monkeypatch, caplog
+):
+    """The gate found the damage only after training (hours for an LLM); a warning before
+    training lets a person push the champion's folder again meanwhile. The build goes on."""
+    spec, report = trained_elsewhere(tmp_path, "warned-sst2")
+    assert register_and_gate(Build(spec, {}, tmp_path, registry), report, run_id="",
+                             card="card").alias == "champion"  # fmt: skip
+    digest = hashlib.sha256((Path(report.output) / "adapter.safetensors").read_bytes()).hexdigest()
+
+    def training_starts(build):
+        raise RuntimeError("training starts")
+
+    monkeypatch.setattr(build_job, "prepare_data", training_starts)
+    monkeypatch.setattr(build_job, "check_against_registry", lambda *_: None)  # base "b": none
+    build = Build(spec, {"build_key": "c" * 64}, tmp_path, registry)
+    with caplog.at_level("WARNING", logger="flows.build_job"), pytest.raises(RuntimeError):
+        run_chain(build)
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "flows.build_job"]
+
+    assert said() == []  # whole: nothing said
+    registry.artifacts.delete(digest)
+    with caplog.at_level("WARNING", logger="flows.build_job"), pytest.raises(RuntimeError):
+        run_chain(build)
+    assert said() == [
+        "champion warned-sst2@1's files are damaged in the artifact store (adapter.safetensors "
+        "is missing): this build's gate cannot score it, and will register its candidate "
+        "without promoting it, unless the folder warned-sst2@1 came from is pushed again "
+        "before training ends (`adapterops db verify warned-sst2`)"
+    ]
+
+
 def test_a_build_of_the_same_spec_data_and_code_waits_for_the_one_running_then_reuses_it(
     registry, tmp_path
 ):
