@@ -556,7 +556,7 @@ def _check_whole(
 ) -> None:
     """:class:`GateError` if the champion's stored files are damaged: a damaged one failed the
     build with the champion's download error, as bad input (exit 2), and said nothing of the
-    candidate it had registered. ``quick``: from the store's listing (missing or cut-short
+    candidate it had registered. ``quick``: each file's presence and size (missing or cut-short
     files), before the base model loads to score it (minutes for an LLM), downloading nothing:
     reading every file back there downloaded the champion twice (gigabytes for a full
     fine-tune); the load's own download checks each file's digest."""
