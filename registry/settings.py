@@ -16,7 +16,12 @@ from pathlib import Path
 
 from .errors import RegistryError
 
-__all__ = ["HomeNotAFolderError", "Settings", "adapterops_home"]
+__all__ = [
+    "HomeNotAFolderError",
+    "Settings",
+    "adapterops_home",
+    "set_but_blank",
+]
 
 
 class HomeNotAFolderError(RegistryError, ValueError):
@@ -29,6 +34,12 @@ def setting(name: str) -> str:
     an empty home put the registry in the current folder itself (a blank artifacts URL, in a
     folder named ``%20``)."""
     return os.environ.get(name, "").strip()
+
+
+def set_but_blank(name: str) -> bool:
+    """Whether the variable ``name`` is present but empty or blank (:func:`setting` takes it as
+    unset): what a CI system passes for a secret that is not set."""
+    return name in os.environ and not setting(name)
 
 
 def adapterops_home() -> Path:
@@ -80,6 +91,12 @@ class Settings:
         """Which variable chose the database URL, for messages about a registry not found."""
         if setting("ADAPTEROPS_REGISTRY_URL"):
             return "ADAPTEROPS_REGISTRY_URL"
+        if set_but_blank("ADAPTEROPS_REGISTRY_URL"):  # a CI secret that is not set
+            return (
+                "ADAPTEROPS_REGISTRY_URL is set but empty (a CI secret that is not set arrives "
+                "empty), taken as unset: the embedded default under ADAPTEROPS_HOME "
+                "(./.adapterops if unset)"
+            )
         if setting("ADAPTEROPS_HOME"):
             return f"ADAPTEROPS_HOME={os.environ['ADAPTEROPS_HOME']}"
         return "ADAPTEROPS_HOME unset: the default ./.adapterops, in the current folder"

@@ -978,6 +978,19 @@ def test_a_home_that_is_a_file_or_empty(tmp_path):
         "artifacts": (default / "artifacts").as_uri(),
     }
     assert sorted(p.name for p in work.iterdir()) == [".adapterops"]
+    # ... and said where it matters: a CI secret that is not set arrives empty, and a build
+    # then starts a new registry on the runner (infra/ci/require-variables.sh fails the job)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    missing = run_cli("ls", env=env | blank, cwd=elsewhere)
+    assert (
+        missing.returncode == 2
+        and (
+            "(ADAPTEROPS_REGISTRY_URL is set but empty (a CI secret that is not set arrives empty), "
+            "taken as unset: the embedded default under ADAPTEROPS_HOME (./.adapterops if unset))"
+        )
+        in missing.stderr
+    ), missing.stderr
 
 
 class TestMethods:
