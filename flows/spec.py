@@ -638,7 +638,25 @@ def spec_of_version(version: Any, command: str, *, instead: str = "") -> Adapter
                 )
             ],
         )
-    return parse_spec(version.spec, source=f"{version.ref} spec")
+    return parse_spec(_blank_as_none(version.spec), source=f"{version.ref} spec")
+
+
+def _blank_as_none(stored: dict[str, Any]) -> dict[str, Any]:
+    """A spec stored before blank data fields were refused, read as its build read it: a blank
+    field that may be none (``text_pair: ''``, which training took for none) is none; a
+    blank one that may not stays refused (no build got past it)."""
+    data = stored.get("data")
+    if not isinstance(data, dict):
+        return stored
+    fields = DataSpec.model_fields
+    read = {
+        key: None
+        if isinstance(value, str) and not value.strip() and key in fields
+        and type(None) in typing.get_args(fields[key].annotation)
+        else value
+        for key, value in data.items()
+    }  # fmt: skip
+    return {**stored, "data": read}
 
 
 class PlanSpec(_Strict):

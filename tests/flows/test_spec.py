@@ -301,6 +301,20 @@ class TestInvalidSpecs:
         ``base_model: ''`` was the folder ``.``, "not a model"."""
         assert problems(with_(**changes)) == dict([told])
 
+    def test_a_stored_spec_with_a_blank_field_that_may_be_none_reads_as_it_built(self):
+        """A version registered before blank fields were refused (``text_pair: ''``, which its
+        training took for none) still has a readable spec; a blank field no build got past
+        stays refused."""
+        from types import SimpleNamespace
+
+        from flows.spec import spec_of_version
+
+        stored = SimpleNamespace(ref="old@1", spec=with_(data__text_pair="", data__subset=" "))
+        spec = spec_of_version(stored, "evaluate")
+        assert (spec.data.text_pair, spec.data.subset, spec.data.text) == (None, None, "sentence")
+        with pytest.raises(SpecError, match=r"data\.text: empty: give a column's name"):
+            spec_of_version(SimpleNamespace(ref="old@2", spec=with_(data__text="")), "evaluate")
+
     def test_validation_during_training_needs_its_step_count_and_no_shards(self):
         assert problems(with_(train={"keep_best": True})) == {
             "train": "train.keep_best keeps the weights of the lowest validation loss, which "
