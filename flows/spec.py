@@ -252,9 +252,16 @@ class DataSpec(_Strict):
         if not (isinstance(value, str) and not value.strip()):
             return value
         name = info.field_name or ""
-        optional = type(None) in typing.get_args(cls.model_fields[name].annotation)
+        optional = cls.may_be_none(name)
         wanted = _DATA_FIELD_TAKES.get(name, "a column's name")
         raise ValueError(f"empty: give {wanted}{', or null for none' if optional else ''}")
+
+    @classmethod
+    def may_be_none(cls, name: str) -> bool:
+        """Whether data field ``name`` may be left out (``null``): ``text_pair`` may, ``text``
+        may not. False for a name that is no field."""
+        field = cls.model_fields.get(name)
+        return field is not None and type(None) in typing.get_args(field.annotation)
 
     @property
     def instructions(self) -> bool:
@@ -648,14 +655,12 @@ def _blank_as_none(stored: dict[str, Any]) -> dict[str, Any]:
     data = stored.get("data")
     if not isinstance(data, dict):
         return stored
-    fields = DataSpec.model_fields
     read = {
         key: None
-        if isinstance(value, str) and not value.strip() and key in fields
-        and type(None) in typing.get_args(fields[key].annotation)
+        if isinstance(value, str) and not value.strip() and DataSpec.may_be_none(key)
         else value
         for key, value in data.items()
-    }  # fmt: skip
+    }
     return {**stored, "data": read}
 
 
