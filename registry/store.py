@@ -208,6 +208,10 @@ def get_version(session: Session, ref: Ref | str) -> AdapterVersion:
     return _entities(session, [row])[0]
 
 
+# The largest LIMIT both databases take (a signed 64-bit integer); no registry holds more rows.
+_LARGEST_LIMIT = 2**63 - 1
+
+
 def find_versions(
     session: Session,
     *,
@@ -255,7 +259,7 @@ def find_versions(
         query = query.order_by(direction.nulls_last(), VersionRow.id.desc())
     else:
         query = query.order_by(AdapterRow.name, VersionRow.version)
-    if limit is not None:
+    if limit is not None and limit <= _LARGEST_LIMIT:  # a larger one (10**20) holds every row
         query = query.limit(limit)
     found = _entities(session, list(session.execute(query)))
     if metric_required and order_by is not None and found and order_by not in found[0].metrics:

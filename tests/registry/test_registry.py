@@ -733,6 +733,10 @@ class TestLookups:
         for limit in (0, -1):  # SQLite read LIMIT -1 as every version, PostgreSQL refused it
             with pytest.raises(rg.RegistryError, match=rf"^limit must be at least 1, got {limit}$"):
                 registry.find(base_model=BASE, limit=limit)
+        every = [v.ref for v in registry.find(base_model=BASE)]
+        assert len(every) == 4
+        for limit in (2**63 - 1, 2**63, 10**20):  # `ls --limit 10**20`: an OverflowError traceback
+            assert [v.ref for v in registry.find(base_model=BASE, limit=limit)] == every
         chosen = registry.resolve(base_model=BASE, task="sst2", language="en", metric="bleu")
         assert [v.ref for v in chosen.versions] == ["en-lora@1"]  # resolve still answers
 
