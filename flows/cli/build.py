@@ -71,6 +71,7 @@ ProcessesOption = Annotated[
     typer.Option(
         "--processes",
         min=1,
+        max=1024,  # as the spec's train.processes (flows.spec imports torch: not at start-up)
         help="How many processes will train (default: the spec's train.processes; under "
         "torchrun, --nproc_per_node x nodes): with train.sharding fsdp the step's peak is one "
         "process's (its shard of the weights, what it gathers, its own rows).",

@@ -111,6 +111,10 @@ class TestPlan:
         assert "step peak per process" in table.stdout and "one of 4 (FSDP)" in table.stdout
         refused = adapterops("plan", str(spec), "--processes", "0")
         assert refused.returncode == 2 and "--processes" in refused.stderr
+        too_many = adapterops("plan", str(spec), "--processes", str(10**20))  # was: a plan
+        assert too_many.returncode == 2 and too_many.stderr.startswith(
+            "error: Invalid value for '--processes': Input should be less than or equal to 1024."
+        ), too_many.stderr
 
     def test_gpus_say_where_evaluation_would_put_the_base(self, tmp_path):
         import transformers as T
