@@ -543,6 +543,8 @@ def answer_windows(
         raise DataError(f"the batch size must be at least 1; got {batch_size}")
     if specs[0].head.type == "masked-lm":
         _check_masks(tokenizer, texts)  # every text, before the first window is answered
+    if specs[0].head.type == "causal-lm":
+        _check_room(model, tokenizer, texts, specs[0], max_new_tokens)  # likewise
     per_batch = max(1, batch_size // len(specs))
     model.eval()
     for first in range(0, len(texts), window):
@@ -644,6 +646,31 @@ def _check_masks(tokenizer: Any, texts: Iterable[str]) -> None:
     missing = next((t for t in texts if mask not in t), None)  # the first one
     if missing is not None:
         raise DataError(f"a masked-LM adapter fills {mask}: put it in each text ({missing!r})")
+
+
+def _check_room(
+    model: Any, tokenizer: Any, texts: Iterable[str], spec: AdapterSpec, new_tokens: int
+) -> None:
+    """Every prompt and its continuation fit the base model's learned positions (GPT-2: 1,024);
+    one token past them was an IndexError deep inside generate. A rotary base has no such
+    table: longer inputs run (and degrade), as they would anywhere."""
+    limit = pc.position_limit(model)
+    if limit is None:
+        return
+    if new_tokens >= limit:
+        raise DataError(
+            f"max_new_tokens (--max-new-tokens) {new_tokens} leaves no room for a prompt in the "
+            f"{limit:,} positions the base model holds: give fewer than {limit:,}"
+        )
+    for number, text in enumerate(texts, start=1):
+        length = len(_prompt(tokenizer, text, spec))
+        if length + new_tokens - 1 > limit:  # the last new token is never read back
+            raise DataError(
+                f"text {number} ({str(text)[:40]!r}) is {length:,} tokens: with {new_tokens} "
+                f"new tokens it passes the {limit:,} positions the base model holds; shorten it "
+                f"to at most {limit - new_tokens + 1:,} tokens, or lower max_new_tokens "
+                "(--max-new-tokens)"
+            )
 
 
 def _fill_masks(

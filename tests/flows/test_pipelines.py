@@ -567,6 +567,26 @@ class TestLanguageModelTasks:
         result = pipelines.build(str(spec_path), output=str(tmp_path / "out"))
         assert 1.0 < result["metrics"]["perplexity"] < 2 * len(tokenizer)
 
+        # predict fits each prompt and its continuation in GPT-2's 64 learned positions: one
+        # token past them was an IndexError from inside generate
+        from flows.errors import DataError
+        from flows.predict_job import predict
+
+        text = "a fine film"
+        prompt = len(tokenizer(text)["input_ids"])  # 5: [CLS] a fine film [SEP]
+        most = 64 - prompt + 1  # the last new token is never read back: it takes no position
+        _, [fits] = predict(Registry(), "tiny-clm@1", [text], max_new_tokens=most)
+        assert len(fits.continuation.split()) >= 10  # (never its end token: every one taken)
+        with pytest.raises(DataError) as past:
+            predict(Registry(), "tiny-clm@1", ["ok", text], max_new_tokens=most + 1)
+        assert str(past.value) == (
+            f"text 2 ('a fine film') is {prompt} tokens: with {most + 1} new tokens it passes "
+            f"the 64 positions the base model holds; shorten it to at most {prompt - 1} tokens, "
+            "or lower max_new_tokens (--max-new-tokens)"
+        )
+        with pytest.raises(DataError, match=r"^max_new_tokens \(--max-new-tokens\) 64 leaves no "):
+            predict(Registry(), "tiny-clm@1", [text], max_new_tokens=64)
+
 
 class TestAnyPeftMethodThroughTheFlow:
     """``method: {type: peft, config: ...}``: peft's own methods build, register in the PEFT
