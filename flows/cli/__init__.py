@@ -21,17 +21,11 @@ from registry.redaction import RedactingStream
 from ..stopping import StopRequested, raise_on_sigterm
 from ..unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
 from . import build, database, lifecycle, operate, registry, review
-from .common import (
-    EXIT_FAILURE,
-    emit_json,
-    errors,
-    full_or_read_only_disk,
-    labelled,
-    remember_stack_env,
-)
+from .common import EXIT_FAILURE, full_or_read_only_disk, remember_stack_env
 from .compositions import composition_app
 from .empty_values import refuse_empty_values
 from .help import plain_value_names
+from .output import emit_json, errors, labelled
 from .quick_exit import exit_without_teardown
 from .quiet import plain_warnings, quiet_foreign_deprecations, quiet_mlflow, quiet_optional_kernels
 from .stack import stack_app
@@ -190,8 +184,8 @@ def use_our_prefect_home() -> None:
     """Prefect's temporary server (no ``PREFECT_API_URL``) keeps its state under
     ``$ADAPTEROPS_HOME/prefect``, not ``~/.prefect``, and sends no telemetry: offline machines got
     a long telemetry traceback on every build; it may take 90 s to start. Variables already set
-    win. The folder itself is made only when a flow runs (``common.prefect_answers``): ``--help``
-    and the registry's commands write nothing."""
+    win. The folder itself is made only when a flow runs (``prefect_server.prefect_answers``):
+    ``--help`` and the registry's commands write nothing."""
     from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
 
     with suppress(HomeNotAFolderError):  # said in one line by the command that uses the home
@@ -199,7 +193,7 @@ def use_our_prefect_home() -> None:
             os.environ["PREFECT_HOME"] = str(adapterops_home() / "prefect")
             # Prefect makes its home when imported, but not the folders above it: a new user's
             # first `quickstart` warned "Failed to create the Prefect home directory". Ours is
-            # made, parents too, before a flow needs it (common.prefect_answers).
+            # made, parents too, before a flow needs it (prefect_server.prefect_answers).
             warnings.filterwarnings(
                 "ignore", "Failed to create the Prefect home directory", UserWarning
             )

@@ -21,21 +21,11 @@ if TYPE_CHECKING:
     from ..inference_placement import InferencePlacement, Memory
     from ..spec import PlanSpec
 
-from .common import (
-    LOADING_FLOW_LIBRARIES,
-    JsonOption,
-    console,
-    emit_json,
-    errors,
-    human_bytes,
-    open_registry,
-    prefect_answers,
-    prefect_settings_valid,
-    require_spec_file,
-    start_temporary_prefect,
-    user_errors,
-    waiting,
-)
+from .common import open_registry, require_spec_file, user_errors
+from .options import JsonOption
+from .output import console, emit_json, errors, human_bytes
+from .prefect_server import prefect_answers, prefect_settings_valid, start_temporary_prefect
+from .progress import LOADING_FLOW_LIBRARIES, waiting
 from .quiet import quiet_libraries
 
 # torch, transformers and datasets load inside the commands that need them (marked noqa below), so

@@ -21,35 +21,14 @@ from registry.names import check_new_alias
 from ..errors import DataError, TrackingUnavailableError
 from ..export_target import checked_export_target, vllm_rank_limit
 from .common import (
-    LOADING_LIBRARIES,
-    BatchSizeOption,
-    JsonOption,
-    LabelColumnOption,
-    MaxNewTokensOption,
-    MetricOption,
-    PredictDataOption,
-    PredictionsOutOption,
-    ReplaceOption,
-    SkipProbeOption,
-    TextColumnOption,
-    TextOption,
-    console,
     drop_mirror,
-    emit_json,
-    metric_values,
-    metrics_text,
     mlflow_after_sync,
     mlflow_client,
     open_registry,
-    print_card,
-    print_columns,
     refuse_a_version,
     require_known,
     require_spec_file,
     user_errors,
-    waiting,
-    waiting_for_a_gate,
-    warn,
 )
 from .operate import (
     AnswersOutOption,
@@ -65,6 +44,22 @@ from .operate import (
     show_evaluation,
     show_export,
 )
+from .options import (
+    BatchSizeOption,
+    JsonOption,
+    LabelColumnOption,
+    MaxNewTokensOption,
+    MetricOption,
+    PredictDataOption,
+    PredictionsOutOption,
+    ReplaceOption,
+    SkipProbeOption,
+    TextColumnOption,
+    TextOption,
+    metric_values,
+)
+from .output import console, emit_json, metrics_text, print_card, print_columns, warn
+from .progress import LOADING_LIBRARIES, waiting, waiting_for_a_gate
 from .quiet import quiet_libraries
 from .registry import RefArgument
 from .review import (

@@ -14,18 +14,10 @@ import typer
 
 from registry import RegistryError, Settings
 
-from .common import (
-    JsonOption,
-    bytes_to_come,
-    console,
-    emit_json,
-    errors,
-    from_stack_env,
-    human_bytes,
-    note,
-    open_registry,
-    user_errors,
-)
+from .common import from_stack_env, open_registry, user_errors
+from .options import JsonOption
+from .output import console, emit_json, errors, human_bytes, note
+from .progress import bytes_to_come
 from .quiet import quiet_libraries
 
 if TYPE_CHECKING:

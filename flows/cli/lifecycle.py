@@ -22,25 +22,19 @@ from registry.names import check_new_alias
 from ..mlflow_links import review_url
 from .build import OutOption, SetOption, SpecArgument, checking, progress
 from .common import (
-    LOADING_FLOW_LIBRARIES,
-    JsonOption,
     checkable_before_mlflow,
-    console,
-    emit_json,
     mlflow_client,
     open_registry,
-    prefect_answers,
-    prefect_settings_valid,
     require_known,
     require_spec_file,
     spec_files,
-    start_temporary_prefect,
     telling_a_new_registry,
     user_errors,
-    waiting,
-    waiting_for_a_gate,
-    warn,
 )
+from .options import JsonOption
+from .output import console, emit_json, warn
+from .prefect_server import prefect_answers, prefect_settings_valid, start_temporary_prefect
+from .progress import LOADING_FLOW_LIBRARIES, waiting, waiting_for_a_gate
 from .quiet import quiet_libraries
 
 if TYPE_CHECKING:

@@ -18,7 +18,13 @@ from ..mlflow_links import run_url
 from ..prediction_files import Written, check_predictions_path, write_predictions
 from .common import (
     EXIT_FAILURE,
-    LOADING_LIBRARIES,
+    from_stack_env,
+    open_registry,
+    require_known,
+    spec_files,
+    user_errors,
+)
+from .options import (
     BatchSizeOption,
     JsonOption,
     LabelColumnOption,
@@ -29,22 +35,11 @@ from .common import (
     SkipProbeOption,
     TextColumnOption,
     TextOption,
-    console,
-    counting_with_steps,
-    emit_json,
-    errors,
-    from_stack_env,
     input_texts,
-    labelled,
-    open_registry,
-    prefect_settings_valid,
-    print_columns,
-    require_known,
-    spec_files,
-    user_errors,
-    waiting,
-    warn,
 )
+from .output import console, emit_json, errors, labelled, print_columns, warn
+from .prefect_server import prefect_settings_valid
+from .progress import LOADING_LIBRARIES, counting_with_steps, waiting
 from .quiet import quiet_libraries
 
 __all__ = ["app"]

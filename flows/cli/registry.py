@@ -23,32 +23,22 @@ from registry.redaction import redact
 from ..errors import DataError
 from .build import SetOption
 from .common import (
-    JsonOption,
-    MetricOption,
-    byte_progress,
     checkable_before_mlflow,
-    console,
-    counting,
     drop_mirror,
-    emit_json,
-    human_bytes,
-    metric_values,
-    metrics_text,
     mlflow_after_sync,
     mlflow_client,
     open_registry,
-    print_card,
-    print_columns,
     registry_now_or_once_done,
     registry_with_adapter,
     require_known,
     require_spec_file,
     telling_a_new_registry,
     user_errors,
-    waiting_for_a_gate,
-    warn,
 )
 from .database import db_app
+from .options import JsonOption, MetricOption, metric_values
+from .output import console, emit_json, human_bytes, metrics_text, print_card, print_columns, warn
+from .progress import byte_progress, counting, waiting_for_a_gate
 from .quiet import quiet_libraries
 
 __all__ = ["app", "db_app"]

@@ -16,16 +16,9 @@ import registry as rg
 
 from ..errors import DataError
 from ..out_files import check_out_file
-from .common import (
-    JsonOption,
-    console,
-    emit_json,
-    open_registry,
-    print_columns,
-    registry_with_adapter,
-    require_spec_file,
-    user_errors,
-)
+from .common import open_registry, registry_with_adapter, require_spec_file, user_errors
+from .options import JsonOption
+from .output import console, emit_json, print_columns
 
 if TYPE_CHECKING:
     from ..trend import Trend

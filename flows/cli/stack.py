@@ -15,7 +15,9 @@ from infra.stack.errors import StackError
 from infra.stack.local import StackPorts
 from registry import RegistryError
 
-from .common import JsonOption, console, emit_json, errors, note, user_errors, warn
+from .common import user_errors
+from .options import JsonOption
+from .output import console, emit_json, errors, note, warn
 
 __all__ = ["stack_app"]
 

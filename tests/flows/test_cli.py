@@ -396,7 +396,7 @@ class TestBasics:
         table, and an error's "[q, v]" vanished: rich read them as styles."""
         from rich.table import Table
 
-        from flows.cli.common import console, labelled
+        from flows.cli.output import console, labelled
 
         table = Table()
         table.add_column("text")
@@ -845,7 +845,7 @@ class TestBasics:
 
 def test_prefects_home_is_made_under_a_new_adapterops_home_when_a_flow_runs(tmp_path, monkeypatch):
     from flows.cli import use_our_prefect_home
-    from flows.cli.common import prefect_answers
+    from flows.cli.prefect_server import prefect_answers
 
     home = tmp_path / "new" / "home"
     monkeypatch.setenv("ADAPTEROPS_HOME", str(home))
@@ -883,7 +883,7 @@ def test_the_temporary_prefect_server_started_before_a_flow_is_the_one_flows_use
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    from flows.cli.common import start_temporary_prefect
+    from flows.cli.prefect_server import start_temporary_prefect
 
     said: list[str] = []
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import registry as rg
-from flows.cli.common import human_bytes
+from flows.cli.output import human_bytes
 from registry.artifacts import open_store
 from tests.helpers import empty_registry, home_with_fake_adapters, run_cli, run_cli_in_a_terminal
 from tests.registry.conftest import fresh_bucket_url, fresh_postgres_url

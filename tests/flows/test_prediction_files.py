@@ -154,7 +154,7 @@ def test_lines_piped_to_text_dash_wait_in_a_temporary_file_not_a_list(monkeypatc
     import io
     import tracemalloc
 
-    from flows.cli.common import input_texts
+    from flows.cli.options import input_texts
     from flows.text_sequences import SpooledTexts
 
     texts = SpooledTexts(["multi\nline", "", "café ☕", "last"])
