@@ -337,8 +337,9 @@ def train_tracked(build: Build) -> tuple[TrainReport, str]:
             tracker.on_resumed(
                 report.resumed_from_step, report.losses, report.learning_rates, report.evaluations
             )
-    for line in outcome_lines(report, report.steps, spec.train.patience) if build.on_phase else []:
-        build.on_phase(line)
+    if build.on_phase is not None:
+        for line in outcome_lines(report, report.steps, spec.train.patience):
+            build.on_phase(line)
     return report, tracker.run_id
 
 

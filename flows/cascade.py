@@ -168,7 +168,7 @@ def _gated_stack(
         metrics={f"current_{policy.metric}": before, f"candidate_{policy.metric}": after},
         tags={"adapterops.cascade": trigger.ref, "adapterops.decision": decision.reason},
     )
-    status = "promoted" if decision.promote else "not promoted"
+    status: Literal["promoted", "not promoted"] = "promoted" if decision.promote else "not promoted"
     scores = {f"current_{policy.metric}": before, f"candidate_{policy.metric}": after}
     return CascadeOutcome(
         item.ref, status, decision.reason, candidate, item.candidate_members, scores

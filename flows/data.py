@@ -256,7 +256,7 @@ def _from_dataset_id(
         hint = (  # a folder here is not reached over the network: the hub's words would mislead
             "give a folder of data files (csv, json, parquet, ...) or one "
             "DatasetDict.save_to_disk wrote"
-            if Path(data.dataset).is_dir()
+            if Path(str(data.dataset)).is_dir()
             else "offline, only datasets in the local Hugging Face cache or local folders can "
             "be read"
         )
@@ -328,7 +328,7 @@ def make_loader(
         collator = DataCollatorWithPadding(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset,  # type: ignore[arg-type]
+        dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=collator,
@@ -624,6 +624,7 @@ def _tokenize_instructions(
             whole = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
             response = list(whole[len(prompt) :])
         else:
+            assert data.response is not None  # the spec requires it beside data.prompt
             prompt = tokenizer(data.prompt_text(example))["input_ids"]
             answer = tokenizer(str(example[data.response]), add_special_tokens=False)
             end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

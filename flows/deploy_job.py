@@ -17,11 +17,12 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import OrchestrationError
 
 if TYPE_CHECKING:
+    from prefect import Flow
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.responses import DeploymentResponse
 
@@ -412,6 +413,12 @@ def _check_base_found_by_runs(spec: AdapterSpec, path: Path) -> None:
     )
 
 
+def _from_source(flow: Flow[..., Any], entrypoint: str) -> Flow[..., Any]:
+    """``flow`` as a worker loads it: from this checkout, by ``entrypoint``. (Prefect's
+    ``from_source`` answers a coroutine inside an event loop; called from sync code, a Flow.)"""
+    return cast("Flow[..., Any]", flow.from_source(source=str(_ROOT), entrypoint=entrypoint))
+
+
 def deploy_specs(
     spec_paths: list[Path],
     *,
@@ -445,8 +452,8 @@ def deploy_specs(
     specs = [(path.resolve(), load_spec(path)) for path in spec_paths]  # all errors before work
     for path, spec in specs:
         _check_base_found_by_runs(spec, path)
-    for path, why in shared_names(specs).items():  # the second deployment replaced the first
-        raise SpecError(path, [("name", why)])
+    for shared, why in shared_names(specs).items():  # the second deployment replaced the first
+        raise SpecError(shared, [("name", why)])
     _check_names_bound_alike(specs)
     planned: dict[str, str | None] = {f"build/{spec.name}": str(path) for path, spec in specs}
     identity_now = this_registry(create=False)  # the registry is created once nothing is refused
@@ -467,7 +474,7 @@ def deploy_specs(
     # raises, so nothing it would say is lost); the caller lists them all once.
     for path, spec in specs:
         with redirect_stdout(io.StringIO()):
-            deployment_id = build.from_source(source=str(_ROOT), entrypoint=ENTRYPOINT).deploy(
+            deployment_id = _from_source(build, ENTRYPOINT).deploy(
                 name=spec.name,
                 work_pool_name=pool,
                 cron=spec.schedule.cron,
@@ -489,7 +496,7 @@ def deploy_specs(
         )
         deployed.append(info)
     if sync_every:
-        syncing = sync.from_source(source=str(_ROOT), entrypoint=SYNC_ENTRYPOINT)
+        syncing = _from_source(sync, SYNC_ENTRYPOINT)
         with redirect_stdout(io.StringIO()):
             deployment_id = syncing.deploy(
                 name=sync_name,

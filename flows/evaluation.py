@@ -106,7 +106,7 @@ def evaluate(
         return _classification(model, batches, tell, outcomes)
     metrics = _language_model(model, batches, tell, causal=head == "causal-lm", outcomes=outcomes)
     if pad_token_id is not None:
-        generated = [] if outcomes is not None else None
+        generated: list[RowOutcome] | None = [] if outcomes is not None else None
         metrics |= exact_match(
             model, batches, pad_token_id=pad_token_id, on_rows=tell, outcomes=generated
         )
@@ -250,7 +250,8 @@ def _classification(
     on_rows: RowsCallback,
     outcomes: list[RowOutcome] | None,
 ) -> dict[str, Any]:
-    num_labels = int(model.config.num_labels)
+    config: Any = model.config  # a transformers model's
+    num_labels = int(config.num_labels)
     matrix = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for batch in on_device(model, batches):
         logits = model(**batch).logits

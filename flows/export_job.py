@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
@@ -528,7 +528,9 @@ def _convert(
         labels = classifier_size(stored, modules, version.ref) if head == "classification" else None
         if labels:
             config.num_labels = labels
-        pc.convert_adapter(stored, folder, config, head=head, format=format, dtype=dtype)
+        pc.convert_adapter(
+            stored, folder, config, head=cast("pc.HeadKind", head), format=format, dtype=dtype
+        )
 
 
 def _write_merged(

@@ -49,7 +49,7 @@ def serving_spec(registry: Registry, version: AdapterVersion, command: str) -> A
     if version.spec:
         return spec_of_version(version, command)
     if version.head in ("causal-lm", "masked-lm"):  # read from its files when registered
-        head = HeadSpec(type=version.head)  # (a language model's head has no size to read)
+        head = HeadSpec.model_validate({"type": version.head})  # (no size to read: an LM head)
     else:
         with tempfile.TemporaryDirectory(prefix="adapterops-spec-") as scratch:
             folder = registry.fetch(version.ref, Path(scratch) / "adapter")
@@ -77,7 +77,7 @@ def _head_of(folder: Path, version: AdapterVersion, command: str) -> HeadSpec:
     """The head ``folder``'s adapter answers with; a classifier's size from its weights."""
     kind, modules, trained = stated_head(folder)
     if kind in ("causal-lm", "masked-lm"):
-        return HeadSpec(type=kind)
+        return HeadSpec.model_validate({"type": kind})
     if kind != "classification":
         missing = "head"
     elif not trained:

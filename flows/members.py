@@ -26,7 +26,9 @@ LINEAGE_KEY = FUSION_MEMBERS  # the registry refuses to delete a version a fusio
 
 def members_of_spec(spec: AdapterSpec) -> list[str]:
     """The member references a spec names (empty unless its method is a fusion)."""
-    return list(spec.method.members) if spec.method.type == "fusion" else []
+    from .spec import FusionSpec  # noqa: PLC0415 - the spec module imports this one
+
+    return list(spec.method.members) if isinstance(spec.method, FusionSpec) else []
 
 
 def members_of_version(version: AdapterVersion) -> list[str]:

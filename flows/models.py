@@ -11,7 +11,7 @@ import json
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from huggingface_hub import snapshot_download
 
@@ -21,6 +21,8 @@ from registry.bundles import PEFT_TASK_HEADS, saved_fingerprint
 from .errors import BaseModelNotFound
 
 if TYPE_CHECKING:
+    from peft_core import HeadKind
+
     from .spec import AdapterSpec, PlanSpec
 
 __all__ = [
@@ -203,7 +205,7 @@ def _check_peft_folder_fits(folder: Path, base_model: str) -> None:
             keys = list(tensors.keys())
     except Exception:  # a damaged folder: registering it says what is wrong, in its words
         return
-    head = PEFT_TASK_HEADS.get(str(config.get("task_type")), "none")
+    head = cast("HeadKind", PEFT_TASK_HEADS.get(str(config.get("task_type")), "none"))
     try:
         skeleton = build_on_meta(AutoConfig.from_pretrained(path), head)
     except Exception:  # an architecture transformers cannot build here: nothing to compare

@@ -100,7 +100,8 @@ def set_progress(callback: StepCallback | None) -> None:
 
 def run_as_task(name: str, step: Callable[..., T], *args: Any) -> T:
     """The flow's step runner: each step of the chain is a Prefect task run."""
-    as_task = task(step, name=name, cache_policy=NO_CACHE, **_TASK_OPTIONS.get(name, {}))
+    options = _TASK_OPTIONS.get(name, {})  # (Prefect's overloads cannot see through **options)
+    as_task = task(step, name=name, cache_policy=NO_CACHE, **options)  # type: ignore[call-overload]
     result: T = as_task(*args)
     summary = getattr(result, "summary", None)
     if callable(summary):
@@ -183,8 +184,8 @@ def retrain(spec_paths: list[str], output: str = "out") -> list[dict[str, Any]]:
 def _retrain_one(path: str, registry: Registry, output: Path) -> RetrainOutcome:
     try:
         spec = load_spec(path)
-        report = _progress.get()
-        if report is not None and hasattr(report, "begin"):  # the CLI's progress: per spec
+        report: Any = _progress.get()  # the CLI's progress has begin() and phase(): per spec
+        if report is not None and hasattr(report, "begin"):
             report.begin(spec.name)
             report.phase("check what changed")
         reason = due_reason(spec, registry)

@@ -120,7 +120,9 @@ def plan_spec(spec: AdapterSpec | PlanSpec) -> pc.Plan:
     # they were built from (registry metadata only; no weights are read).
     from registry import Registry  # noqa: PLC0415
 
-    from .spec import member_name, spec_of_version  # noqa: PLC0415
+    from .spec import FusionSpec, member_name, spec_of_version  # noqa: PLC0415
+
+    assert isinstance(spec.method, FusionSpec)  # (its type is "fusion")
 
     model = pc.build_on_meta(config, spec.head.type, dtype=dtype)
     registry = Registry(create=False)  # its members are registered already, or it is a typo

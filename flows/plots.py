@@ -107,7 +107,7 @@ def trend_plot(trend: Trend, path: Path) -> Path:
                 textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8, color="#c73",
             )  # fmt: skip
     best = trend.best()
-    if best is not None:
+    if best is not None and best.value is not None:
         axis.scatter(
             [best.version], [best.value], s=160, facecolors="none", edgecolors="#2a2",
             linewidths=2, label=f"best: version {best.version}",

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from cronsim import CronSim, CronSimError
 from pydantic import (
@@ -116,6 +116,9 @@ class HeadSpec(_Strict):
 
 
 class _MethodSpec(_Strict):
+    if TYPE_CHECKING:  # each method's model declares it, as a Literal of its own name
+        type: str
+
     def to_config(self) -> pc.MethodConfig:
         """The peft_core configuration this spec describes."""
         return pc.config_from_dict(self.model_dump())
@@ -166,7 +169,7 @@ def _spec_model(method: pc.Method) -> type[_MethodSpec]:
         __doc__=(config_class.__doc__ or "").strip().split("\n")[0],
         **fields,
     )
-    return cast(type[_MethodSpec], model)
+    return model
 
 
 def _as_yaml_type(hint: Any) -> Any:
@@ -187,10 +190,13 @@ METHOD_SPECS: dict[str, type[_MethodSpec]] = {
 }
 # Module attributes under their own names, so pickling (Prefect hashes task inputs) finds them.
 globals().update({model.__name__: model for model in METHOD_SPECS.values()})
-MethodSpec = Annotated[
-    Union[tuple(METHOD_SPECS.values())],  # type: ignore[valid-type]  # noqa: UP007 - built at run time
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:  # one of the methods' models, chosen by its ``type``
+    MethodSpec: TypeAlias = _MethodSpec
+else:
+    MethodSpec = Annotated[
+        Union[tuple(METHOD_SPECS.values())],  # noqa: UP007 - built at run time
+        Field(discriminator="type"),
+    ]
 
 
 PROMPT_SEPARATOR = "\n\n"  # between the values of several prompt columns

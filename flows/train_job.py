@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -341,7 +341,9 @@ def train_from_spec(
     if not where.is_main:
         return report
     # Adapters peft runs are written in its layout, which peft, vLLM and LoRAX read directly.
-    layout = "peft" if pc.method_of(config).places_itself else "adapterops"
+    layout: Literal["peft", "adapterops"] = (
+        "peft" if pc.method_of(config).places_itself else "adapterops"
+    )
     on_phase(f"save into {output}")
     folder = pc.save_adapter(model, spec.name, output, format=layout, tokenizer=tokenizer)
     if probes is not None:

@@ -64,7 +64,7 @@ class Trend:
 
 
 def metric_trend(
-    versions: Sequence[AdapterVersion] | Sequence[Composition], metric: str | None = None
+    versions: Sequence[AdapterVersion | Composition], metric: str | None = None
 ) -> Trend:
     """The trend of ``metric`` over ``versions`` (one adapter's or one composition's, any
     order). Without ``metric``: the one the newest version's spec (a composition's evaluation
@@ -81,7 +81,7 @@ def metric_trend(
     return Trend(name, chosen, points)
 
 
-def _default_metric(ordered: list[AdapterVersion] | list[Composition], recorded: list[str]) -> str:
+def _default_metric(ordered: list[AdapterVersion | Composition], recorded: list[str]) -> str:
     """The metric the newest spec's gate compares on, else the only one that is not a count."""
     newest = ordered[-1]
     spec = newest.spec if isinstance(newest, AdapterVersion) else newest.evaluation

@@ -94,9 +94,9 @@ def _validation_loss_measure(
         # the same masked-LM masks each time, so the losses compare (pc.train keeps
         # training's random numbers apart)
         torch.manual_seed(seed)
-        total, count = validation_loss_sum(model, loader, head=head)
+        mine = validation_loss_sum(model, loader, head=head)  # (loss summed, rows)
         filler_forwards(model, rows, tokenizer, head=head, done=len(loader), where=where)
-        total, count = summed([total, count], where)
+        total, count = summed(list(mine), where)
         return total / max(count, 1)
 
     return measure

@@ -111,9 +111,9 @@ def _run_command() -> None:
             errors.print("Aborted.", highlight=False)
         sys.exit(1)
     except OSError as exc:  # a full disk is the machine's state, not a bug: one line, exit 1
-        stop = _stop_behind(exc)
-        if stop is not None:  # a write to a terminal SIGHUP closed (EIO) while unwinding
-            sys.exit(_report_stop(stop, json_output=json_output))
+        behind = _stop_behind(exc)
+        if behind is not None:  # a write to a terminal SIGHUP closed (EIO) while unwinding
+            sys.exit(_report_stop(behind, json_output=json_output))
         message = full_or_read_only_disk(exc)
         if message is None:
             raise

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import peft_core as pc
 
     from ..inference_placement import InferencePlacement, Memory
-    from ..spec import PlanSpec
+    from ..spec import AdapterSpec, PlanSpec
 
 from .common import open_registry, require_spec_file, user_errors
 from .options import JsonOption
@@ -160,7 +160,9 @@ def plan(
     console.print(table)
 
 
-def _placement(spec: PlanSpec, machine: Memory) -> InferencePlacement | dict[str, str]:
+def _placement(
+    spec: AdapterSpec | PlanSpec, machine: Memory
+) -> InferencePlacement | dict[str, str]:
     """Where evaluation would put the base on ``machine``, or ``{"error": why it cannot}``."""
     from ..errors import DataError  # noqa: PLC0415
     from ..inference_placement import place_for_inference  # noqa: PLC0415
@@ -172,7 +174,7 @@ def _placement(spec: PlanSpec, machine: Memory) -> InferencePlacement | dict[str
 
 
 def _plan_rows(
-    spec: PlanSpec,
+    spec: AdapterSpec | PlanSpec,
     result: pc.Plan,
     processes: int,
     peak: pc.StepMemory | None,
@@ -221,7 +223,7 @@ def methods(as_json: JsonOption = False) -> None:
 
     import peft_core as pc  # noqa: PLC0415
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "type": kind,
             "summary": method.summary,

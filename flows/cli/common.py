@@ -277,12 +277,13 @@ def from_stack_env(setting: str) -> bool:
 
 def _unreachable_hint(exc: Exception) -> str:
     """For a service that cannot be reached at an address the local stack gave: the way on."""
-    setting = {
+    variables: dict[type[Exception], str] = {
         rg.DatabaseUnavailableError: "ADAPTEROPS_REGISTRY_URL",
         rg.StorageUnavailableError: "ADAPTEROPS_ARTIFACTS_URL",
         TrackingUnavailableError: "MLFLOW_TRACKING_URI",
         OrchestrationError: "PREFECT_API_URL",
-    }.get(type(exc))
+    }
+    setting = variables.get(type(exc))
     if setting not in _from_stack_env:
         return ""
     return (

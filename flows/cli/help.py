@@ -32,7 +32,7 @@ def plain_value_names(command: Any, help_names: tuple[str, ...] = ("-h", "--help
             name = _type_name(param)
             if name is not None:  # an argument's metavar is its name; its type column changes
                 shown = f"{name}..." if param.nargs != 1 else name
-                param.display_type_rich = lambda ctx, shown=shown: shown  # type: ignore[method-assign]
+                param.display_type_rich = lambda ctx, shown=shown: shown  # type: ignore[method-assign,misc]
         elif param is not None and param.metavar is None:  # an option the author left unnamed
             name = "" if param.is_flag else _type_name(param)  # --json, --help: nothing follows
             if name is not None:

@@ -213,7 +213,10 @@ def run_predict(
         # a composition: one version from here on, however its aliases move
         pinned = registry.composition(refs[0]) if composition else None
         versions = list(pinned.members) if pinned is not None else refs
-        as_itself = pinned is not None and not answers_per_member(pinned.definition)
+        # a composition answering as one model (not once per member, as Parallel does)
+        itself = (
+            pinned if pinned is not None and not answers_per_member(pinned.definition) else None
+        )
         texts, pairs = job.gather_inputs(
             registry, pinned.ref if pinned is not None else refs[0], texts, data,
             composition=composition, text_column=text_column,
@@ -225,12 +228,12 @@ def run_predict(
             }  # fmt: skip
             if out is not None:
                 stream = (
-                    job.composition_stream(registry, pinned.ref, texts, **options) if as_itself
+                    job.composition_stream(registry, itself.ref, texts, **options) if itself
                     else job.predict_stream(registry, versions, texts, **options)
                 )  # fmt: skip
                 written = write_predictions(out, stream, with_pairs=pairs is not None)
-            elif as_itself:
-                results = [job.predict_composition(registry, pinned.ref, texts, **options)]
+            elif itself is not None:
+                results = [job.predict_composition(registry, itself.ref, texts, **options)]
             else:
                 results = job.predict_many(registry, versions, texts, **options)
     if out is not None:
