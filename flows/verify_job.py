@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import peft_core as pc
-from registry import AdapterVersion, BaseModelMismatchError, Registry
+from registry import AdapterVersion, BaseModelMismatchError, CorruptArtifactError, Registry
 
 from .errors import BaseModelNotFound, DataError
 from .files_spec import spec_from_files, stated_head
@@ -41,28 +41,44 @@ def probe_versions(
     *,
     on_version: Callable[[str, int], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    whole: set[str] | None = None,
 ) -> list[ProbeOutcome]:
-    """Each version of ``refs`` (whose files were verified whole) loaded onto its base model
-    here and its golden probes re-run, as ``pull --verify`` does; the outcomes in ``refs``'
-    order. Versions built from a spec on one base model, head and load settings share one load
-    of it: each is loaded beside it, probed and taken out again (a 7B base loads once, not
-    once per adapter). A full fine-tune, an adapter peft places, a fusion and a version pushed
-    without a spec load a model of their own. A base model not on this machine, or a version
-    without probes (a fusion, one registered before they existed; found before any base
-    loads), is "not checked"; a deviation beyond the band, or a base of another architecture
-    than the one it was trained on, is "failed". ``on_version(ref, index)`` is told each version
-    before its probes run, ``on_phase`` each base model before it loads."""
+    """Each version of ``refs`` loaded onto its base model here and its golden probes re-run,
+    as ``pull --verify`` does; the outcomes in ``refs``' order. Versions built from a spec on
+    one base model, head and load settings share one load of it: each is loaded beside it,
+    probed and taken out again (a 7B base loads once, not once per adapter). A full
+    fine-tune, an adapter peft places, a fusion and a version pushed without a spec load a
+    model of their own. A base model not on this machine, or a version without probes (a
+    fusion, one registered before they existed; found before any base loads), is "not
+    checked"; a deviation beyond the band, or a base of another architecture than the one it
+    was trained on, is "failed". ``on_version(ref, index)`` is told each version before its
+    probes run, ``on_phase`` each base model before it loads.
+
+    With ``whole`` (``db verify --probes``, whose digest check comes after), a version whose
+    files are damaged or missing has no outcome (the digest check names its files), and each
+    version downloaded whole is added to ``whole``: a download checks every digest, so its
+    files need not be read again. Without, such a version raises
+    :class:`~registry.CorruptArtifactError`."""
     versions = [registry.get(ref) for ref in refs]
     outcomes: dict[str, ProbeOutcome] = {}
+    told = 0  # versions told to on_version so far
     with tempfile.TemporaryDirectory(prefix="adapterops-probes-") as scratch:
         for spec, group in _sharing_a_model(versions):
             probed = _ProbedGroup(registry, spec, Path(scratch), on_phase or (lambda _: None))
             for version in group:
                 if on_version is not None:  # in the order they are probed: group by group
-                    on_version(version.ref, len(outcomes))
-                outcomes[version.ref] = probed.outcome(version)
+                    on_version(version.ref, told)
+                    told += 1
+                try:
+                    outcomes[version.ref] = probed.outcome(version)
+                except CorruptArtifactError:
+                    if whole is None:
+                        raise
+                    continue
+                if whole is not None:
+                    whole.add(version.ref)
             probed.close()
-    return [outcomes[version.ref] for version in versions]
+    return [outcomes[version.ref] for version in versions if version.ref in outcomes]
 
 
 def _sharing_a_model(

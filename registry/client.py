@@ -27,7 +27,7 @@ import math
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -714,6 +714,7 @@ class Registry:
         quick: bool = False,
         on_total: Callable[[int], None] | None = None,
         on_bytes: BytesMoved | None = None,
+        known_whole: Collection[str] = (),
     ) -> Verification:
         """Read back every file of the versions ``refs`` name (``name``: all its versions,
         ``name@3``/``name@champion``: one; a composition's name or ref: its members' versions;
@@ -722,20 +723,15 @@ class Registry:
         versions it breaks (:class:`~registry.verification.Verification`), not raised:
         registering the folder a damaged file came from again replaces it. ``quick``: each
         file's presence and size alone, from the store's listing (no download; altered bytes
-        of the right size go unseen). ``on_total`` is told the bytes to read, ``on_bytes`` the
-        bytes as they arrive. A store this registry never wrote to, holding none of them, is
-        :class:`StorageUnavailableError` (the settings name another store), not damage."""
-        if isinstance(refs, str) or not isinstance(refs, Sequence):
-            raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
-        for ref in refs:
-            _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
-        asked: Sequence[str | None] = refs or [None]  # None: every version
-        chosen = {  # each version once
-            version.ref: version for ref in asked for version in self._versions_named(ref)
-        }
+        of the right size go unseen). ``known_whole``: versions (``name@N``) just downloaded
+        whole (:meth:`fetch` checks every digest), whose files are not read again. ``on_total``
+        is told the bytes to read, ``on_bytes`` the bytes as they arrive. A store this registry
+        never wrote to, holding none of them, is :class:`StorageUnavailableError` (the settings
+        name another store), not damage."""
+        chosen = {version.ref: version for version in self.versions_of(refs)}
         report = verify_versions(
             self.artifacts, sorted((ref, v.digest) for ref, v in chosen.items()), quick=quick,
-            on_total=on_total, on_bytes=on_bytes,
+            on_total=on_total, on_bytes=on_bytes, known_whole=set(known_whole),
         )  # fmt: skip
         # none found in a store this registry never wrote to: "push every folder again" would
         # be the wrong advice (one version's lost manifest, in its own store, is damage)
@@ -749,6 +745,20 @@ class Registry:
                 "(if it is that store, everything was removed from it outside adapterops)"
             )
         return report
+
+    def versions_of(self, refs: Sequence[str] = ()) -> list[AdapterVersion]:
+        """The versions ``refs`` name, each once, as :meth:`verify` reads them: ``name``, all
+        its versions; ``name@3``/``name@champion``, one; a composition's name or ref, its
+        members' versions; none given, every version."""
+        if isinstance(refs, str) or not isinstance(refs, Sequence):
+            raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
+        for ref in refs:
+            _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
+        asked: Sequence[str | None] = refs or [None]  # None: every version
+        chosen = {  # each version once
+            version.ref: version for ref in asked for version in self._versions_named(ref)
+        }
+        return list(chosen.values())
 
     def _versions_named(self, ref: str | None) -> list[AdapterVersion]:
         """``name@3``: that version; ``name``: every version of it (none there: NotFoundError

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +79,16 @@ def verify_versions(
     quick: bool = False,
     on_total: Callable[[int], None] | None = None,
     on_bytes: BytesMoved | None = None,
+    known_whole: Collection[str] = (),
 ) -> Verification:
     """Check ``versions`` (``(name@N, manifest digest)`` pairs): each manifest, then each file
     it lists, downloaded and hashed; ``quick``: each file's presence and size alone, from the
     store's listing (no download: a missing or truncated file is found, altered bytes are not).
-    ``on_total`` is told the bytes to check once the manifests are read, ``on_bytes`` the bytes
-    as they arrive. A store that cannot be reached raises
-    :class:`~registry.errors.StorageUnavailableError`; damage is reported, not raised."""
+    The files of the versions in ``known_whole`` (just downloaded whole: a download checks
+    every digest) count as whole without another download. ``on_total`` is told the bytes to
+    download once the manifests are read, ``on_bytes`` the bytes as they arrive. A store that
+    cannot be reached raises :class:`~registry.errors.StorageUnavailableError`; damage is
+    reported, not raised."""
     refs_of: dict[str, list[str]] = defaultdict(list)  # manifest digest -> its versions
     for ref, digest in versions:
         refs_of[digest].append(ref)
@@ -101,20 +104,22 @@ def verify_versions(
                 listed = files.setdefault(file_digest, _Listed(size))
                 listed.versions.update(dict.fromkeys(refs))
                 listed.names[name] = None
+                listed.whole = listed.whole or any(ref in known_whole for ref in refs)
         total = sum(listed.size for listed in files.values())
+        unread = [digest for digest, listed in files.items() if not listed.whole]
         if on_total is not None:
-            on_total(total)
+            on_total(sum(files[digest].size for digest in unread))
         if quick:
-            stored = _stored_sizes(store, list(files), pool)
-            problems = [_size_problem(stored, d, listed.size) for d, listed in files.items()]
+            stored = _stored_sizes(store, unread, pool)
+            problem_of = {d: _size_problem(stored, d, files[d].size) for d in unread}
         else:
             with tempfile.TemporaryDirectory(prefix="adapterops-verify-") as scratch:
-                problems = list(
-                    pool.map(
-                        lambda d: _file_problem(store, d, files[d].size, Path(scratch), on_bytes),
-                        files,
-                    )
+                checked = pool.map(
+                    lambda d: _file_problem(store, d, files[d].size, Path(scratch), on_bytes),
+                    unread,
                 )
+                problem_of = dict(zip(unread, checked, strict=True))
+        problems = [problem_of.get(digest) for digest in files]
     for (digest, listed), problem in zip(files.items(), problems, strict=True):
         if problem is not None:
             names = " / ".join(listed.names)  # one file under two names: both
@@ -148,6 +153,7 @@ class _Listed:
     size: int
     versions: dict[str, None] = field(default_factory=dict)
     names: dict[str, None] = field(default_factory=dict)
+    whole: bool = False  # a version listing it was just downloaded whole
 
 
 def _manifest(store: ArtifactStore, digest: str) -> Manifest | str:

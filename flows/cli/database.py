@@ -136,10 +136,16 @@ def db_verify(
                 "--quick reads no file and --probes loads every version's: give one of them"
             )
         registry = open_registry()
+        # the probes first: each version they download is checked whole on the way (a download
+        # checks every digest), and the digest check then reads only the files left
+        whole: set[str] = set()
+        versions = [version.ref for version in registry.versions_of(refs or [])] if probes else []
+        outcomes = _probed(registry, versions, as_json, whole) if probes else []
         with bytes_to_come("verifying", enabled=not as_json and not quick) as bar:
             set_total, advance = bar if bar is not None else (None, None)
-            report = registry.verify(refs or [], quick=quick, on_total=set_total, on_bytes=advance)
-        outcomes = _probed(registry, report.whole, as_json) if probes else []
+            report = registry.verify(
+                refs or [], quick=quick, on_total=set_total, on_bytes=advance, known_whole=whole
+            )
     damaged = [vars(each) for each in report.damaged]
     failed = [o for o in outcomes if o.status == "failed"]
     if as_json:
@@ -170,8 +176,11 @@ def db_verify(
         raise typer.Exit(1)
 
 
-def _probed(registry: Registry, refs: Sequence[str], as_json: bool) -> list[ProbeOutcome]:
-    """Each version's golden probes re-run on its base model here (torch loads only now)."""
+def _probed(
+    registry: Registry, refs: Sequence[str], as_json: bool, whole: set[str]
+) -> list[ProbeOutcome]:
+    """Each version's golden probes re-run on its base model here (torch loads only now); the
+    versions downloaded whole go into ``whole``, those with damaged files get no outcome."""
     from ..verify_job import probe_versions  # noqa: PLC0415 - torch and transformers
 
     quiet_libraries()
@@ -183,7 +192,7 @@ def _probed(registry: Registry, refs: Sequence[str], as_json: bool) -> list[Prob
     return probe_versions(
         registry, refs,
         on_version=lambda ref, index: say(f"golden probes of {ref} ({index + 1}/{len(refs)})"),
-        on_phase=say,
+        on_phase=say, whole=whole,
     )  # fmt: skip
 
 

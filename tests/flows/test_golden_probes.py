@@ -202,3 +202,82 @@ def test_db_verify_probes_loads_each_base_model_once_and_says_each_versions_outc
     }  # fmt: skip
     assert said["a@1"][1].startswith("a@1 fails its golden probe ")
     assert "fingerprint" in said["c@1"][1] and str(second) in said["c@1"][1]
+
+
+def test_db_verify_probes_reads_each_file_once_and_names_a_damaged_version_without_probing_it(
+    embedded_home, tmp_path, monkeypatch
+):
+    """``db verify --probes`` downloaded every version twice: the digest check read every file
+    back, then the probes downloaded each version again (gigabytes twice for a full
+    fine-tune). The probes go first now, and a download checks every digest on the way: the
+    digest check reads only what they did not download whole. A version whose file is damaged
+    is left to the digest check, which names the file; it is not probed."""
+    import hashlib
+    from collections import Counter
+
+    from bench.probes_bench import llama_base, register_lora_versions
+    from registry.artifacts.local import LocalStore
+    from tests.helpers import store_from_outside
+
+    registry = Registry()
+    base = llama_base(tmp_path / "base", layers=1, width=64)
+    refs = register_lora_versions(registry, base, ["a", "b", "c"], tmp_path / "folders")
+    files = {  # each version's files: (name, digest)
+        ref: [
+            (name, digest)
+            for name, digest, _ in bundles.Manifest.from_bytes(
+                registry.artifacts.read_bytes(registry.get(ref).digest)
+            ).files
+        ]
+        for ref in refs
+    }  # fmt: skip
+    tensors = dict(files["c@1"])["adapter.safetensors"]
+    damaged = bytearray(registry.artifacts.read_bytes(tensors))
+    damaged[-1] ^= 0xFF  # same size: only a digest finds it
+    store_from_outside(registry, tensors, bytes(damaged), tmp_path)
+    assert hashlib.sha256(damaged).hexdigest() != tensors
+
+    reads: list[str] = []
+    real_get = LocalStore.get_file
+    monkeypatch.setattr(
+        LocalStore, "get_file", lambda self, key, *a, **k: reads.append(key) or real_get(self, key, *a, **k)
+    )  # fmt: skip
+    whole: set[str] = set()
+    outcomes = verify_job.probe_versions(registry, refs, whole=whole)
+    assert [(o.ref, o.status) for o in outcomes] == [("a@1", "passed"), ("b@1", "passed")]
+    assert whole == {"a@1", "b@1"}
+    probed = Counter(reads)
+    reads.clear()
+    report = registry.verify(refs, known_whole=whole)
+    assert [(d.versions, d.file, d.problem) for d in report.damaged] == [
+        (("c@1",), "adapter.safetensors", "corrupted")
+    ]
+    assert report.whole == ("a@1", "b@1") and report.files == len(
+        {d for f in files.values() for _, d in f}
+    )
+    of_whole = {digest for ref in ("a@1", "b@1") for _, digest in files[ref]}
+    assert set(reads) == {digest for _, digest in files["c@1"]} - of_whole  # c's alone, again
+    assert all(probed[digest] >= 1 for digest in of_whole)  # read by the probes' downloads
+    reads.clear()
+    registry.verify(refs)  # without known_whole: every file (what db verify alone reads)
+    assert set(reads) == {digest for f in files.values() for _, digest in f}
+
+    # the command: a and b probed, c named by the digest check, exit 1
+    env = {**os.environ, "COLUMNS": "200"}
+    result = run_cli("db", "verify", "--probes", "--json", env=env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert [(p["ref"], p["status"]) for p in document["probes"]] == [
+        ("a@1", "passed"), ("b@1", "passed"),
+    ]  # fmt: skip
+    assert [(d["versions"], d["file"]) for d in document["damaged"]] == [
+        (["c@1"], "adapter.safetensors")
+    ]
+    text = run_cli("db", "verify", "--probes", env=env)
+    assert text.returncode == 1, text.stderr[-2000:]
+    lines = text.stdout.splitlines()
+    assert lines[1].startswith("  adapter.safetensors of c@1: corrupted (sha256 ")
+    assert lines[-3] == (
+        "golden probes of 2 version(s) with whole files, on the base models here: 2 passed, "
+        "0 failed, 0 not checked"
+    )
