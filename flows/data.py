@@ -110,6 +110,11 @@ def _root_cause(exc: BaseException) -> str:
     ("An error occurred while generating the dataset"); the innermost says what is wrong."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
+    if isinstance(exc, UnicodeDecodeError):  # (its position counts within a chunk, not the file)
+        return (
+            f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x}: {exc.reason}): save it "
+            "as UTF-8 (`iconv -f latin1 -t utf-8 FILE > NEW` converts a Latin-1 file)"
+        )
     text = " ".join(str(exc).split())
     if "corresponds to no data" in text:  # datasets' words for a header without rows
         return "it has a header but no rows"

@@ -751,9 +751,9 @@ class Registry:
         its versions; ``name@3``/``name@champion``, one; a composition's name or ref, its
         members' versions; none given, every version."""
         if isinstance(refs, str) or not isinstance(refs, Sequence):
-            raise TypeError(f"verify: refs is a list of names or refs, not {refs!r:.60}")
+            raise TypeError(f"refs is a list of names or refs (names, name@3), not {refs!r:.60}")
         for ref in refs:
-            _check_type("verify: ref", ref, str, "a name or name@VERSION", optional=False)
+            _check_type("a ref", ref, str, "a name or name@VERSION", optional=False)
         asked: Sequence[str | None] = refs or [None]  # None: every version
         chosen = {  # each version once
             version.ref: version for ref in asked for version in self._versions_named(ref)

@@ -58,6 +58,23 @@ def test_a_malformed_file_is_one_line_that_says_why(tmp_path, caplog, name, cont
     assert [r for r in caplog.records if r.name.startswith("datasets")] == []  # said once
 
 
+@pytest.mark.parametrize(
+    ("name", "row"), [("latin.tsv", b"na\xefve\t1"), ("latin.csv", b"na\xefve,1")]
+)
+def test_a_file_that_is_not_utf8_is_said_as_such(tmp_path, name, row):
+    """A Latin-1 export (a spreadsheet's default) was "'utf-8' codec can't decode byte 0xef in
+    position 2: invalid continuation byte": a codec's words, a position within a chunk."""
+    file = tmp_path / name
+    header = b"sentence\tlabel\n" if name.endswith(".tsv") else b"sentence,label\n"
+    file.write_bytes(header + row + b"\n")
+    with pytest.raises(DataError) as raised:
+        load_split(str(file))
+    assert str(raised.value) == (
+        f"cannot read {file}: it is not UTF-8 text (byte 0xef: invalid continuation byte): save "
+        "it as UTF-8 (`iconv -f latin1 -t utf-8 FILE > NEW` converts a Latin-1 file)"
+    )
+
+
 def test_a_folder_is_not_a_data_file(tmp_path):
     with pytest.raises(DataError, match=r"is a folder: name a file \(\.tsv, \.csv, \.json"):
         load_split(str(tmp_path))
