@@ -115,6 +115,7 @@ def input_texts(texts: list[str] | None) -> Sequence[str]:
                 f"--text {text!r} is empty (an unset shell variable?): give the text to answer, "
                 "or --text - to read one per line from standard input"
             )
+        _check_utf8(text, "--text")
     if "-" not in texts:
         return texts
     found = SpooledTexts(_with_standard_input(texts))
@@ -132,9 +133,25 @@ def _with_standard_input(texts: list[str]) -> Iterator[str]:
                     "reading texts from standard input, one per line: Ctrl-D ends them",
                     style="dim", highlight=False,
                 )  # fmt: skip
-            yield from (line.rstrip("\r\n") for line in sys.stdin if line.strip())
+            for number, line in enumerate(sys.stdin, start=1):
+                if line.strip():
+                    yield _check_utf8(line.rstrip("\r\n"), f"line {number} of standard input")
         else:
             yield text
+
+
+def _check_utf8(text: str, where: str) -> str:
+    """``text``, when it is UTF-8: Python reads other bytes (a Latin-1 file piped in) as lone
+    surrogates, which the tokenizer refused with a TypeError traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(text[exc.start]) - 0xDC00  # surrogateescape keeps byte B as U+DC00 + B
+        raise DataError(
+            f"{where} is not UTF-8 text (byte {byte:#04x}): convert it to UTF-8 "
+            "(`iconv -f latin1 -t utf-8` converts Latin-1)"
+        ) from None
+    return text
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]

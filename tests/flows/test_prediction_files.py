@@ -182,6 +182,18 @@ def test_lines_piped_to_text_dash_wait_in_a_temporary_file_not_a_list(monkeypatc
     with pytest.raises(DataError, match=r"--text '' is empty \(an unset shell variable\?\)"):
         input_texts(["-", ""])  # refused before standard input is read
     assert sys.stdin.read() == "never read\n"
+    # bytes that are not UTF-8 (a Latin-1 file piped in) reach Python as lone surrogates, which
+    # the tokenizer refused with a TypeError traceback: one line naming where they are
+    latin = io.TextIOWrapper(io.BytesIO(b"ok\n\nna\xefve\n"), errors="surrogateescape")
+    monkeypatch.setattr("sys.stdin", latin)
+    with pytest.raises(DataError) as raised:
+        input_texts(["-"])
+    assert str(raised.value) == (
+        "line 3 of standard input is not UTF-8 text (byte 0xef): convert it to UTF-8 "
+        "(`iconv -f latin1 -t utf-8` converts Latin-1)"
+    )
+    with pytest.raises(DataError, match=r"^--text is not UTF-8 text \(byte 0xef\): "):
+        input_texts(["na\udcefve"])  # an argument's bytes, as Python decodes them
 
     lines = "".join(f"a review of about forty characters, no {i}\n" for i in range(200_000))
 
