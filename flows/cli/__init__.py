@@ -23,12 +23,12 @@ from ..unresponsive_runs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
 from . import build, database, lifecycle, operate, registry, review
 from .common import EXIT_FAILURE, full_or_read_only_disk, remember_stack_env
 from .compositions import composition_app
-from .empty_values import refuse_empty_values
 from .help import plain_value_names
 from .output import emit_json, errors, labelled
 from .quick_exit import exit_without_teardown
 from .quiet import plain_warnings, quiet_foreign_deprecations, quiet_mlflow, quiet_optional_kernels
 from .stack import stack_app
+from .typed_values import refuse_unusable_values
 
 __all__ = ["app", "main"]
 
@@ -97,7 +97,7 @@ def _run_command() -> None:
     plain_warnings()
     # whatever prints (we, rich, Prefect, MLflow's run links), no password or key shows
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    command = refuse_empty_values(plain_value_names(typer.main.get_command(app)))
+    command = refuse_unusable_values(plain_value_names(typer.main.get_command(app)))
     json_output = "--json" in sys.argv[1:]
     raise_on_sigterm()  # a supervisor's stop unwinds the command: its cleanup runs
     try:

@@ -115,7 +115,6 @@ def input_texts(texts: list[str] | None) -> Sequence[str]:
                 f"--text {text!r} is empty (an unset shell variable?): give the text to answer, "
                 "or --text - to read one per line from standard input"
             )
-        _check_utf8(text, "--text")
     if "-" not in texts:
         return texts
     found = SpooledTexts(_with_standard_input(texts))
@@ -142,7 +141,8 @@ def _with_standard_input(texts: list[str]) -> Iterator[str]:
 
 def _check_utf8(text: str, where: str) -> str:
     """``text``, when it is UTF-8: Python reads other bytes (a Latin-1 file piped in) as lone
-    surrogates, which the tokenizer refused with a TypeError traceback."""
+    surrogates, which the tokenizer refused with a TypeError traceback. (A --text value is
+    checked with every option's: :mod:`.typed_values`.)"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

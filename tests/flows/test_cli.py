@@ -38,6 +38,7 @@ def adapterops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 EMPTY = "'' is empty (an unset shell variable?): give"
+NOT_UTF8 = "is not UTF-8 text (each byte that is not shows as \ufffd): type it in UTF-8"
 
 
 class TestPlan:
@@ -783,6 +784,17 @@ class TestBasics:
             ),
             (("evaluate", "x", "--text-column", " "), "Invalid value for '--text-column': ' ' is"),
             (("ls", "--task", ""), f"Invalid value for '--task': {EMPTY} a value"),
+            # bytes that are not UTF-8 (a Latin-1 terminal): a UnicodeEncodeError traceback
+            # from the SQL driver; the tokenizer's TypeError traceback
+            (("ls", "--task", "t\udcff"), f"Invalid value for '--task': 't\ufffd' {NOT_UTF8}"),
+            (
+                ("predict", "x", "--text", "na\udcefve"),
+                f"Invalid value for '--text': 'na\ufffdve' {NOT_UTF8}",
+            ),
+            (
+                ("push", "f", "--description", "caf\udce9"),
+                "Invalid value for '--description': 'caf",
+            ),
         ],
     )
     def test_a_usage_error_is_one_line(self, args, error, tmp_path):
