@@ -31,6 +31,8 @@ from ..spec_document import SpecError, read_spec_document
 from .output import emit_json, errors, labelled, note, warn
 from .progress import READING_MLFLOW, waiting, waiting_for_a_gate
 
+# Exit codes: 0 done, 1 a failure (nothing typed is wrong), 2 bad input (nothing was done).
+EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -255,9 +257,6 @@ def spec_files(paths: list[Path], *, nothing: str = "nothing was built") -> list
         else:
             raise DataError(f"{path}: no such spec file or folder ({nothing})")
     return found
-
-
-EXIT_FAILURE = 1
 
 
 # The variables the local stack's stack.env gave this process (those the user set win over it),

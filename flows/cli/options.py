@@ -16,6 +16,8 @@ from ..errors import (
 from ..text_sequences import SpooledTexts
 from .output import errors
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
+
 # What predict commands take: the texts, and whether to skip the golden probes.
 TextOption = Annotated[
     list[str] | None,
@@ -152,9 +154,6 @@ def _check_utf8(text: str, where: str) -> str:
             "(`iconv -f latin1 -t utf-8` converts Latin-1)"
         ) from None
     return text
-
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
 
 
 MetricOption = Annotated[

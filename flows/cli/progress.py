@@ -54,8 +54,6 @@ def counting_with_steps(
 
 # What a command waits on before its first line of its own (``waiting``'s text).
 LOADING_FLOW_LIBRARIES = "loading torch, transformers and Prefect"
-
-
 LOADING_LIBRARIES = "loading torch and transformers"
 
 
