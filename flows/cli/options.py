@@ -10,11 +10,10 @@ from typing import Annotated
 
 import typer
 
-from ..errors import (
-    DataError,
-)
+from ..errors import DataError
 from ..text_sequences import SpooledTexts
 from .output import errors
+from .typed_values import not_utf8_byte
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document, for scripts.")]
 
@@ -25,8 +24,6 @@ TextOption = Annotated[
         "--text", help="Input text (repeatable; - reads one text per line from standard input)."
     ),
 ]
-
-
 PredictDataOption = Annotated[
     Path | None,
     typer.Option(
@@ -36,8 +33,6 @@ PredictDataOption = Annotated[
         "(data.text, and data.text_pair for pairs).",
     ),
 ]
-
-
 PredictionsOutOption = Annotated[
     Path | None,
     typer.Option(
@@ -47,13 +42,9 @@ PredictionsOutOption = Annotated[
         "they come, instead of printing them: for a --data file of any length.",
     ),
 ]
-
-
 ReplaceOption = Annotated[
     bool, typer.Option("--force", help="Replace the --out file if it exists.")
 ]
-
-
 TextColumnOption = Annotated[
     str | None,
     typer.Option(
@@ -63,8 +54,6 @@ TextColumnOption = Annotated[
         "(a version pushed without a spec reads `sentence`).",
     ),
 ]
-
-
 LabelColumnOption = Annotated[
     str | None,
     typer.Option(
@@ -74,16 +63,12 @@ LabelColumnOption = Annotated[
         "the spec reads (a version pushed without a spec reads `label`).",
     ),
 ]
-
-
 SkipProbeOption = Annotated[
     bool,
     typer.Option(
         "--skip-probe", help="Do not re-run the golden probes that catch wrong base weights."
     ),
 ]
-
-
 BatchSizeOption = Annotated[
     int,
     typer.Option(
@@ -91,8 +76,6 @@ BatchSizeOption = Annotated[
         help="Rows per forward pass (each text takes a row per REF); lower it if memory runs out.",
     ),
 ]
-
-
 MaxNewTokensOption = Annotated[
     int | None,
     typer.Option(
@@ -145,14 +128,12 @@ def _check_utf8(text: str, where: str) -> str:
     """``text``, when it is UTF-8: Python reads other bytes (a Latin-1 file piped in) as lone
     surrogates, which the tokenizer refused with a TypeError traceback. (A --text value is
     checked with every option's: :mod:`.typed_values`.)"""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        byte = ord(text[exc.start]) - 0xDC00  # surrogateescape keeps byte B as U+DC00 + B
+    byte = not_utf8_byte(text)
+    if byte is not None:
         raise DataError(
             f"{where} is not UTF-8 text (byte {byte:#04x}): convert it to UTF-8 "
             "(`iconv -f latin1 -t utf-8` converts Latin-1)"
-        ) from None
+        )
     return text
 
 

@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from .help import element_type
 
-__all__ = ["refuse_unusable_values"]
+__all__ = ["not_utf8_byte", "refuse_unusable_values"]
 
 # Parameters where a blank value is not refused here: an empty description is a description
 # (none), and --text and --pool say of a blank value more than this module can (how to read
@@ -81,7 +81,7 @@ def _refusing(
                     ctx=ctx,
                     param=param,
                 )
-            if utf8 and not _is_utf8(one):
+            if utf8 and not_utf8_byte(one) is not None:
                 shown = one.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 raise typer.BadParameter(
                     f"{shown!r} is not UTF-8 text (each byte that is not shows as \ufffd): "
@@ -94,10 +94,11 @@ def _refusing(
     return process
 
 
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` holds no lone surrogate (how Python reads bytes that are not UTF-8)."""
+def not_utf8_byte(text: str) -> int | None:
+    """The first byte of ``text`` that was not UTF-8, or None: Python reads such bytes (from
+    arguments, standard input) as lone surrogates, byte B as U+DC00 + B (surrogateescape)."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    except UnicodeEncodeError as exc:
+        return ord(text[exc.start]) - 0xDC00
+    return None
