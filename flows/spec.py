@@ -38,6 +38,7 @@ from registry.names import (
     NAME_WORDS,
     base_model_name,
     check_new_alias,
+    check_storable_text,
     member_name,
 )
 
@@ -513,12 +514,15 @@ def _named_base(value: str) -> str:
     one (an unset variable) was read as the folder ``.``, "not a model"."""
     if not value.strip():
         raise ValueError("empty: give a Hugging Face model id or a folder with its config.json")
+    check_storable_text(value, "base model", one_line=True)  # refused at registering, too late
     return base_model_name(value)
 
 
 # A base model folder written with a trailing "/" (a shell's completion) is the folder without
 # it: one name in the registry, whichever way the spec spells it.
 BaseModelName = Annotated[str, AfterValidator(_named_base)]
+# text the registry stores as given: refused here, not after training (a NUL, a lone surrogate)
+StoredText = Annotated[str, AfterValidator(lambda text: check_storable_text(text, "text"))]
 
 
 class AdapterSpec(_Strict):
@@ -528,7 +532,7 @@ class AdapterSpec(_Strict):
     base_model: BaseModelName
     task: str = Field(pattern=NAME_PATTERN)
     language: str = Field(pattern=LANGUAGE_PATTERN)
-    description: str = ""
+    description: StoredText = ""
     head: HeadSpec
     method: MethodSpec
     data: DataSpec

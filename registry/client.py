@@ -72,6 +72,7 @@ from .names import (
     check_key,
     check_language,
     check_name,
+    check_storable_text,
     member_name,
     parse_ref,
 )
@@ -166,6 +167,8 @@ class Registry:
         check_language(language)
         if not base_model.strip() or len(base_model) > 256:  # '  ' was stored as a base's name
             raise InvalidNameError(f"invalid base model name {base_model!r}")
+        check_storable_text(base_model, "base model", one_line=True)  # 'b\x00' was stored
+        check_storable_text(description, "description")
         base_model = base_model_name(base_model)
         metrics = _checked_metrics(metrics or {})
         _check_json(lineage or {}, "lineage")
@@ -298,6 +301,7 @@ class Registry:
         if isinstance(definition, dict):  # any other shape is canonical_definition's line
             _check_json(definition, "definition")
         _check_json(evaluation or {}, "evaluation")
+        check_storable_text(description, "description")
         checked = _checked_metrics(metrics or {})
         return self._write(
             lambda s: composition_store.register_composition(
@@ -872,6 +876,8 @@ def _check_type(what: str, value: Any, kind: type, spelled: str, *, optional: bo
     if not fits and not (optional and value is None):
         allowed = f"{spelled} or None" if optional else spelled
         raise TypeError(f"{what} is {allowed}, not {type(value).__name__} {value!r:.40}")
+    if isinstance(value, str):  # text the database cannot hold failed inside its driver
+        check_storable_text(value, what)
 
 
 def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -904,6 +910,21 @@ def _check_json(value: Mapping[str, Any], what: str) -> None:
             f"{what} must be plain JSON (strings, numbers, booleans, lists and dicts with string "
             f"keys): {exc}"
         ) from None
+    for text in _strings_in(value):  # stored escaped, they failed where the record was shown
+        check_storable_text(text, f"{what} text")
+
+
+def _strings_in(value: Any) -> Iterator[str]:
+    """Every string in a JSON value: its dicts' keys and its leaves."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield key
+            yield from _strings_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings_in(item)
 
 
 def _check_event_kind(kind: str, *, composition: bool) -> None:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import (
     DatabaseUnavailableError,
     ForeignDatabaseError,
+    InvalidNameError,
     NewerSchemaError,
     NoRegistryError,
     NotMigratedError,
@@ -265,6 +266,12 @@ def translate_db_errors(url: str) -> Iterator[None]:
         ) from None
     except SQLAlchemyError as exc:
         raise _translated(exc, url) from None
+    except UnicodeEncodeError as exc:  # text the API did not check: the driver's own words
+        raise InvalidNameError(
+            f"{exc.object!r} is not UTF-8 text: {exc.object[exc.start : exc.end]!r} at position "
+            f"{exc.start} stands for a byte that was not decoded (a file, terminal or variable "
+            "in another encoding?); give it as UTF-8 (nothing was written)"
+        ) from None
 
 
 def _translated(exc: SQLAlchemyError, url: str) -> RegistryError:

@@ -7,6 +7,7 @@ Names become file names, S3 keys and MLflow model names, so they are restricted 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ __all__ = [
     "check_language",
     "check_name",
     "check_new_alias",
+    "check_storable_text",
     "member_name",
     "parse_ref",
 ]
@@ -55,6 +57,28 @@ def base_model_name(value: str) -> str:
     """The name a base model is registered under: a folder written with a trailing ``/`` (a
     shell's completion adds one) is the same folder, so the same base, as the one without."""
     return value.rstrip("/") or value
+
+
+def check_storable_text(value: str, what: str, *, one_line: bool = False) -> str:
+    """Return ``value`` if a registry database can hold it, else raise :class:`InvalidNameError`
+    naming the character. A lone surrogate (a byte Python could not decode: a file, terminal or
+    variable in another encoding) failed inside the SQL driver with ``UnicodeEncodeError``; a NUL
+    was stored by SQLite and refused by PostgreSQL. ``one_line`` refuses every control
+    character (a base model's name: a hub id or a folder)."""
+    for position, char in enumerate(value):
+        if "\ud800" <= char <= "\udfff":
+            raise InvalidNameError(
+                f"{what} {value!r} is not UTF-8 text: {char!r} at position {position} stands "
+                "for a byte that was not decoded (a file, terminal or variable in another "
+                "encoding?); give it as UTF-8"
+            )
+        if char == "\x00" or (one_line and unicodedata.category(char) == "Cc"):
+            held_by = "no registry database stores" if char == "\x00" else "no name holds"
+            raise InvalidNameError(
+                f"{what} {value!r} holds the control character {char!r} at position "
+                f"{position}, which {held_by}; remove it"
+            )
+    return value
 
 
 def check_name(value: str, what: str = "adapter name") -> str:

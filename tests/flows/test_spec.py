@@ -301,6 +301,17 @@ class TestInvalidSpecs:
         ``base_model: ''`` was the folder ``.``, "not a model"."""
         assert problems(with_(**changes)) == dict([told])
 
+    def test_text_the_registry_cannot_store_is_refused_before_training(self):
+        """A NUL in the base model's name was stored by SQLite (refused by PostgreSQL) and a
+        lone surrogate failed in the SQL driver: both after the whole build had trained."""
+        assert problems(with_(base_model="base\x00", description="caf\udce9")) == {
+            "base_model": "base model 'base\\x00' holds the control character '\\x00' at "
+            "position 4, which no registry database stores; remove it",
+            "description": "text 'caf\\udce9' is not UTF-8 text: '\\udce9' at position 3 stands "
+            "for a byte that was not decoded (a file, terminal or variable in another "
+            "encoding?); give it as UTF-8",
+        }
+
     def test_a_stored_spec_with_a_blank_field_that_may_be_none_reads_as_it_built(self):
         """A version registered before blank fields were refused (``text_pair: ''``, which its
         training took for none) still has a readable spec; a blank field no build got past

@@ -393,6 +393,95 @@ class TestBadInput:
         assert words in str(raised.value)
         assert registry.find() == [] and {b.digest for b in registry.artifacts.blobs()} == blobs
 
+    @pytest.mark.parametrize(
+        ("arguments", "words"),
+        [
+            pytest.param(
+                {"base_model": "base\x00"},
+                "base model 'base\\x00' holds the control character",
+                id="base-nul",
+            ),
+            pytest.param(
+                {"base_model": "base\nmodel"},
+                "base model 'base\\nmodel' holds the control",
+                id="base-newline",
+            ),
+            pytest.param(
+                {"base_model": "caf\udce9"},
+                "base model 'caf\\udce9' is not UTF-8 text: '\\udce9'",
+                id="base-surrogate",
+            ),
+            pytest.param(
+                {"description": "caf\udce9"},
+                "description 'caf\\udce9' is not UTF-8 text",
+                id="description-surrogate",
+            ),
+            pytest.param(
+                {"description": "a\x00b"},
+                "description 'a\\x00b' holds the control character",
+                id="description-nul",
+            ),
+            pytest.param(
+                {"lineage": {"dataset": "caf\udce9"}},
+                "lineage text 'caf\\udce9' is not UTF-8",
+                id="lineage-surrogate",
+            ),
+            pytest.param(
+                {"spec": {"data\x00": 1}},
+                "spec text 'data\\x00' holds the control character",
+                id="spec-key-nul",
+            ),
+        ],
+    )
+    def test_text_no_database_holds_is_refused_before_any_byte_is_uploaded(
+        self, registry, make_adapter, arguments, words
+    ):
+        """A lone surrogate (a byte Python could not decode) failed inside the SQL driver with a
+        UnicodeEncodeError; a NUL in a base model's name was stored by SQLite; JSON stored them
+        escaped, to fail where the record was printed."""
+        blobs = {b.digest for b in registry.artifacts.blobs()}
+        with pytest.raises(rg.InvalidNameError) as raised:
+            register(registry, make_adapter(1), **arguments)
+        assert str(raised.value).startswith(words)
+        assert registry.find() == [] and {b.digest for b in registry.artifacts.blobs()} == blobs
+
+    def test_queries_name_text_no_database_holds(self, registry, make_adapter):
+        """find, resolve and the composition reads failed inside the SQL driver on a lone
+        surrogate (UnicodeEncodeError) and, on PostgreSQL, on a NUL."""
+        register(registry, make_adapter(), name="kept")
+        for call, message in [
+            (lambda: registry.find(task="t\udcff"), "find: task 't\\udcff' is not UTF-8 text: "
+             "'\\udcff' at position 1 stands for a byte that was not decoded (a file, terminal "
+             "or variable in another encoding?); give it as UTF-8"),
+            (lambda: registry.find(base_model="b\x00"), "find: base_model 'b\\x00' holds the "
+             "control character '\\x00' at position 1, which no registry database stores; "
+             "remove it"),
+            (lambda: registry.resolve(base_model="b", task="t\udcff", language="en"),
+             "resolve: task 't\\udcff' is not UTF-8 text"),
+            (lambda: registry.composition_versions("c\udcff"),
+             "composition_versions: name 'c\\udcff' is not UTF-8 text"),
+        ]:  # fmt: skip
+            with pytest.raises(rg.InvalidNameError) as raised:
+                call()
+            assert str(raised.value).startswith(message)
+        assert [v.ref for v in registry.find(task="sst2")] == ["kept@1"]
+
+    def test_text_no_check_saw_is_one_line_from_the_driver_and_nothing_is_written(
+        self, registry, make_adapter
+    ):
+        """What the API's checks miss (here an event's origin) is still one line, not the
+        driver's UnicodeEncodeError."""
+        version = register(registry, make_adapter(), name="kept")
+        with pytest.raises(rg.InvalidNameError) as raised:
+            registry.set_alias(version.ref, "staging", origin="ci\udcff")
+        assert str(raised.value) == (
+            "'ci\\udcff' is not UTF-8 text: '\\udcff' at position 2 stands for a byte that was "
+            "not decoded (a file, terminal or variable in another encoding?); give it as UTF-8 "
+            "(nothing was written)"
+        )
+        assert registry.get(version.ref).aliases == ()
+        assert [e.kind for e in registry.history("kept")] == ["registered"]
+
     def test_fetch_into_a_file_or_a_failed_fetch_leaves_nothing_behind(
         self, registry, make_adapter, tmp_path
     ):
