@@ -78,6 +78,8 @@ def load_split(
     file = check_data_file(path)
     builder = _BUILDERS[file.suffix]
     options: dict[str, Any] = {"delimiter": "\t", "quoting": 3} if file.suffix == ".tsv" else {}
+    if builder == "json":
+        _check_utf8_lines(file)
     try:
         # datasets logs each failure before raising it: our one line says it, with the cause
         with _datasets_logging(logging.CRITICAL):
@@ -105,16 +107,33 @@ def _datasets_logging(level: int) -> Iterator[None]:
         datasets.logging.set_verbosity(before)
 
 
+def _check_utf8_lines(file: Path) -> None:
+    """JSON Lines that are not UTF-8: Arrow's JSON reader takes their bytes as they are, and
+    the first row read failed with a ``UnicodeDecodeError`` traceback, after the model loaded
+    (the CSV reader checks, and :func:`_root_cause` says it)."""
+    with file.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"cannot read {file}: line {number} {_not_utf8(exc)}") from None
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """What to say of text that is not UTF-8, and how to convert it."""
+    return (
+        f"is not UTF-8 text (byte {exc.object[exc.start]:#04x}: {exc.reason}): save it "
+        "as UTF-8 (`iconv -f latin1 -t utf-8 FILE > NEW` converts a Latin-1 file)"
+    )
+
+
 def _root_cause(exc: BaseException) -> str:
     """datasets wraps the parser's error ("JSON parse error: ... in row 1") in a generic one
     ("An error occurred while generating the dataset"); the innermost says what is wrong."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, UnicodeDecodeError):  # (its position counts within a chunk, not the file)
-        return (
-            f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x}: {exc.reason}): save it "
-            "as UTF-8 (`iconv -f latin1 -t utf-8 FILE > NEW` converts a Latin-1 file)"
-        )
+        return f"it {_not_utf8(exc)}"
     text = " ".join(str(exc).split())
     if "corresponds to no data" in text:  # datasets' words for a header without rows
         return "it has a header but no rows"

@@ -75,6 +75,22 @@ def test_a_file_that_is_not_utf8_is_said_as_such(tmp_path, name, row):
     )
 
 
+@pytest.mark.parametrize("name", ["latin.jsonl", "latin.json"])
+def test_json_lines_that_are_not_utf8_name_the_line(tmp_path, name):
+    """Arrow's JSON reader took the bytes as they were: the first row read raised a
+    UnicodeDecodeError traceback, after the model had loaded."""
+    file = tmp_path / name
+    file.write_bytes(b'{"sentence": "fine", "label": 1}\n{"sentence": "na\xefve", "label": 1}\n')
+    with pytest.raises(DataError) as raised:
+        load_split(str(file))
+    assert str(raised.value) == (
+        f"cannot read {file}: line 2 is not UTF-8 text (byte 0xef: invalid continuation byte): "
+        "save it as UTF-8 (`iconv -f latin1 -t utf-8 FILE > NEW` converts a Latin-1 file)"
+    )
+    file.write_bytes(b'{"sentence": "na\xc3\xafve", "label": 1}\n')  # the same, as UTF-8
+    assert load_split(str(file))["sentence"] == ["na\u00efve"]
+
+
 def test_a_folder_is_not_a_data_file(tmp_path):
     with pytest.raises(DataError, match=r"is a folder: name a file \(\.tsv, \.csv, \.json"):
         load_split(str(tmp_path))
