@@ -19,7 +19,6 @@ from registry.metrics import unrecorded_metric
 from registry.names import check_new_alias
 
 from ..errors import DataError, TrackingUnavailableError
-from ..export_target import checked_export_target, vllm_rank_limit
 from .common import (
     drop_mirror,
     mlflow_after_sync,
@@ -40,9 +39,9 @@ from .operate import (
     OutFolderOption,
     check_evaluation_arguments,
     evaluate_with_steps,
+    run_export,
     run_predict,
     show_evaluation,
-    show_export,
 )
 from .options import (
     BatchSizeOption,
@@ -59,8 +58,7 @@ from .options import (
     metric_values,
 )
 from .output import console, emit_json, metrics_text, print_card, print_columns, warn
-from .progress import LOADING_LIBRARIES, waiting, waiting_for_a_gate
-from .quiet import quiet_libraries
+from .progress import waiting, waiting_for_a_gate
 from .registry import RefArgument
 from .review import (
     PlotOutOption,
@@ -471,20 +469,7 @@ def export(
     """Write a composition for a serving engine that serves one adapter: a stack or an average
     of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
     (peft, vllm, lorax), or is merged into a full checkpoint (merged). Anything else is refused."""
-    with user_errors(as_json):
-        checked_export_target(out, engine)  # before torch loads (the job checks it again)
-        rank_limit = vllm_rank_limit(engine, max_lora_rank, warn)
-        registry = open_registry()
-        require_known(registry, [ref], compositions=True)
-        with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
-            from ..export_job import export_composition  # noqa: PLC0415 - torch
-
-            quiet_libraries()
-            say(f"export {ref} for {engine}")
-            result = export_composition(
-                registry, ref, engine, out, max_lora_rank=rank_limit, force=force
-            )
-    show_export(result, as_json)
+    run_export(ref, engine, out, max_lora_rank, force=force, as_json=as_json, composition=True)
 
 
 def _print(compositions: list[Composition], as_json: bool, *, single: bool = False) -> None:

@@ -535,20 +535,33 @@ def export(
 ) -> None:
     """Write a version for a serving engine, after listing what that engine would refuse or
     silently ignore (nothing is written then, unless --force)."""
+    run_export(ref, engine, out, max_lora_rank, force=force, as_json=as_json)
 
+
+def run_export(
+    ref: str,
+    engine: str,
+    out: Path,
+    max_lora_rank: int | None,
+    *,
+    force: bool,
+    as_json: bool,
+    composition: bool = False,
+) -> None:
+    """``export`` and ``composition export``: the destination and engine checked before torch
+    loads, then the version (or ``composition``) written, and what was written shown."""
     with user_errors(as_json):
         checked_export_target(out, engine)  # before torch loads (the job checks it again)
         rank_limit = vllm_rank_limit(engine, max_lora_rank, warn)
         registry = open_registry()
-        require_known(registry, [ref])
+        require_known(registry, [ref], compositions=composition)
         with waiting(f"export {ref}: {LOADING_LIBRARIES}", enabled=not as_json) as say:
-            from ..export_job import export as export_version  # noqa: PLC0415 - torch
+            from .. import export_job  # noqa: PLC0415 - torch
 
             quiet_libraries()
             say(f"export {ref} for {engine}")
-            result = export_version(
-                registry, ref, engine, out, max_lora_rank=rank_limit, force=force
-            )
+            write = export_job.export_composition if composition else export_job.export
+            result = write(registry, ref, engine, out, max_lora_rank=rank_limit, force=force)
     show_export(result, as_json)
 
 
