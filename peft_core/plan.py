@@ -102,6 +102,12 @@ def plan(
     if isinstance(model_or_config, PretrainedConfig):
         model = build_on_meta(model_or_config, head or "none", dtype=dtype)
     else:
+        if not isinstance(model_or_config, nn.Module):  # "bert" was "no attribute 'config'"
+            raise TypeError(
+                "plan takes a transformers model or its configuration (AutoConfig."
+                f"from_pretrained(...)), got {type(model_or_config).__name__} "
+                f"{model_or_config!r:.40}"
+            )
         with torch.device("meta"):
             model = type(model_or_config)(model_or_config.config)
         if dtype is not None:

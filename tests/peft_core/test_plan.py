@@ -71,6 +71,16 @@ def test_plan_from_a_model_leaves_it_untouched(tiny_model):
     assert from_model == pc.plan(model.config, pc.LoRA(), head="classification")
 
 
+def test_plan_of_what_is_neither_a_model_nor_a_configuration_says_what_it_takes():
+    """A model's name was "'str' object has no attribute 'config'"."""
+    with pytest.raises(TypeError) as raised:
+        pc.plan("bert-base-uncased", pc.LoRA())  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "plan takes a transformers model or its configuration (AutoConfig.from_pretrained(...)), "
+        "got str 'bert-base-uncased'"
+    )
+
+
 @pytest.mark.parametrize(
     ("family", "head", "limit"),
     [
