@@ -150,12 +150,24 @@ class RowRouting:
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         if y.shape[0] != self.rows:
-            raise ConfigError(
-                f"per_row was given {self.rows} row names for a batch of {y.shape[0]} rows"
-            )
+            raise ConfigError(_row_count_mismatch(self.rows, y.shape[0]))
         for step in self.steps:
             y = step(x, y)
         return y
+
+
+def _row_count_mismatch(names: int, rows: int) -> str:
+    """What to say when a batch has another number of rows than ``per_row`` has names."""
+    said = f"per_row was given {names} row names for a batch of {rows} rows"
+    if not names or rows % names or rows < names:
+        return said
+    # generate() repeats each prompt num_beams (or num_return_sequences) times, side by side
+    times = rows // names
+    return (
+        f"{said}: generate with num_beams or num_return_sequences {times} repeats each row "
+        f"{times} times; give each row's name {times} times too "
+        f"([name for name in names for _ in range({times})])"
+    )
 
 
 class _IndexTensors:

@@ -309,6 +309,37 @@ class TestPerRow:
         assert differs_from_base == [True, True, False, True]  # the adapters change the answer
         assert set(picked) == ({"triton", "gather"} if kernel == "auto" else set())
 
+    def test_beam_search_takes_each_rows_name_once_per_beam(self, tiny_model):
+        """generate repeats each prompt num_beams times: names for the prompts alone were "2 row
+        names for a batch of 4 rows"; said with the fix, and the fix gives each row's beams."""
+        model = tiny_model("llama", "causal-lm")
+        for scale, name, config in ((0.5, "a", pc.LoRA(rank=2)), (0.8, "b", pc.Pfeiffer())):
+            pc.add_adapter(model, name, config)
+            perturb_adapter(model, name, scale=scale)
+        prompts = torch.tensor([[5, 6, 7], [8, 9, 10]])
+        options = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "num_beams": 2}
+        with (
+            torch.no_grad(),
+            pc.per_row(model, ["a", "b"]),
+            pytest.raises(pc.ConfigError) as raised,
+        ):
+            model.generate(input_ids=prompts, **options)
+        assert str(raised.value) == (
+            "per_row was given 2 row names for a batch of 4 rows: generate with num_beams or "
+            "num_return_sequences 2 repeats each row 2 times; give each row's name 2 times too "
+            "([name for name in names for _ in range(2)])"
+        )
+        with torch.no_grad(), pc.per_row(model, ["a", "a", "b", "b"]):
+            together = model.generate(input_ids=prompts, **options)
+        for row, name in enumerate(["a", "b"]):
+            answers = {}
+            for adapter in ("a", "b"):
+                pc.set_active(model, adapter)
+                with torch.no_grad():
+                    answers[adapter] = model.generate(input_ids=prompts[row : row + 1], **options)
+            assert together[row].tolist() == answers[name][0].tolist(), name
+            assert answers["a"].tolist() != answers["b"].tolist()  # the row's adapter decides
+
     def test_many_loras_in_one_batch(self, tiny_model):
         model = tiny_model("bert", "classification")
         names = [f"a{i}" for i in range(8)]
