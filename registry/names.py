@@ -7,7 +7,6 @@ Names become file names, S3 keys and MLflow model names, so they are restricted 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,20 +64,25 @@ def check_storable_text(value: str, what: str, *, one_line: bool = False) -> str
     variable in another encoding) failed inside the SQL driver with ``UnicodeEncodeError``; a NUL
     was stored by SQLite and refused by PostgreSQL. ``one_line`` refuses every control
     character (a base model's name: a hub id or a folder)."""
-    for position, char in enumerate(value):
-        if "\ud800" <= char <= "\udfff":
-            raise InvalidNameError(
-                f"{what} {value!r} is not UTF-8 text: {char!r} at position {position} stands "
-                "for a byte that was not decoded (a file, terminal or variable in another "
-                "encoding?); give it as UTF-8"
-            )
-        if char == "\x00" or (one_line and unicodedata.category(char) == "Cc"):
-            held_by = "no registry database stores" if char == "\x00" else "no name holds"
-            raise InvalidNameError(
-                f"{what} {value!r} holds the control character {char!r} at position "
-                f"{position}, which {held_by}; remove it"
-            )
-    return value
+    found = (_CONTROL_OR_SURROGATE if one_line else _NUL_OR_SURROGATE).search(value)
+    if found is None:
+        return value
+    char, position = found.group(), found.start()
+    if "\ud800" <= char <= "\udfff":
+        raise InvalidNameError(
+            f"{what} {value!r} is not UTF-8 text: {char!r} at position {position} stands for a "
+            "byte that was not decoded (a file, terminal or variable in another encoding?); "
+            "give it as UTF-8"
+        )
+    held_by = "no registry database stores" if char == "\x00" else "no name holds"
+    raise InvalidNameError(
+        f"{what} {value!r} holds the control character {char!r} at position {position}, which "
+        f"{held_by}; remove it"
+    )
+
+
+_NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Cc: C0, DEL, C1
 
 
 def check_name(value: str, what: str = "adapter name") -> str:
