@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .errors import AdapterFormatError, BaseModelMismatchError
 from .inject import prepare_adapter
-from .io import load_into_prepared
+from .io import load_into_prepared, read_json_object
 from .methods.base import MethodConfig
 from .methods.bottleneck import Houlsby, Pfeiffer
 from .offload import input_device
@@ -77,12 +77,11 @@ _OURS = {
 def is_adapterhub_folder(folder: Path) -> bool:
     """Whether ``folder``'s ``adapter_config.json`` was written by AdapterHub (not by peft)."""
     try:
-        saved = json.loads((folder / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError):
+        saved = read_json_object(folder / CONFIG)
+    except (OSError, AdapterFormatError):  # loading it as a PEFT folder says what is wrong
         return False
     return (
-        isinstance(saved, dict)
-        and isinstance(saved.get("config"), dict)
+        isinstance(saved.get("config"), dict)
         and "peft_type" not in saved
         and str(saved.get("version", "")).startswith("adapters.")
     )
@@ -101,7 +100,7 @@ class _Layout:
 def adapterhub_method(folder: Path) -> str:
     """The method the AdapterHub adapter in ``folder`` loads as (``houlsby`` or ``pfeiffer``),
     from its config alone (no model): what it refuses to read is refused here too."""
-    saved = json.loads((folder / CONFIG).read_text())
+    saved = read_json_object(folder / CONFIG)
     return _layout(saved["config"], _hidden_size(saved, folder), folder).config.type
 
 
@@ -109,7 +108,7 @@ def read_adapterhub(
     model: nn.Module, folder: Path, *, name: str | None, force: bool = False
 ) -> AdapterRecord:
     """Load the AdapterHub bottleneck adapter in ``folder`` into ``model`` and activate it."""
-    saved = json.loads((folder / CONFIG).read_text())
+    saved = read_json_object(folder / CONFIG)
     hidden_size = _hidden_size(saved, folder)
     _check_base(model, saved, folder, force)
     layout = _layout(saved["config"], hidden_size, folder)

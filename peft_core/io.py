@@ -144,12 +144,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     require_adapter_folder(folder)
     for file_name in (ADAPTER_META, "adapterops.json"):
         if (folder / file_name).is_file():
-            try:
-                data: dict[str, Any] = json.loads((folder / file_name).read_text())
-            except json.JSONDecodeError as exc:
-                raise AdapterFormatError(f"{folder / file_name} is not valid JSON: {exc}") from exc
-            return data
+            return read_json_object(folder / file_name)
     raise AdapterFormatError(f"{folder} has no {ADAPTER_META}: not an adapter saved by peft_core")
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """An adapter folder's JSON file, one object: broken JSON, bytes that are not UTF-8 or
+    another JSON value is an :class:`AdapterFormatError` naming the file (they were the
+    decoder's ``JSONDecodeError`` or ``UnicodeDecodeError``, or a ``KeyError`` further on)."""
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterFormatError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise AdapterFormatError(f"{file} is not a JSON object: {type(data).__name__}")
+    return data
 
 
 def read_ours(

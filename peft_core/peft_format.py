@@ -24,7 +24,13 @@ from torch import nn
 from .errors import AdapterFormatError, ConfigError
 from .heads import adapter_head
 from .inject import prepare_adapter
-from .io import check_fingerprint, file_tensors, load_into_prepared, load_self_placed
+from .io import (
+    check_fingerprint,
+    file_tensors,
+    load_into_prepared,
+    load_self_placed,
+    read_json_object,
+)
 from .layer import named_base_modules
 from .methods import Method, all_methods, method_of
 from .methods.lora import with_one_rank
@@ -102,7 +108,7 @@ def one_rank_in_place(folder: Path) -> dict[str, Any]:
     """Rewrite the LoRA in PEFT files ``folder`` with one rank and alpha for every module
     (:func:`peft_core.methods.lora.with_one_rank`; other methods and LoRAs without
     ``rank_pattern``/``alpha_pattern`` are left alone); returns the configuration now there."""
-    peft_config = _read_config(folder)
+    peft_config = read_json_object(folder / PEFT_CONFIG)
     if peft_config.get("peft_type") != "LORA":
         return peft_config
     weights = folder / PEFT_WEIGHTS
@@ -123,10 +129,10 @@ def read_peft(
     force: bool = False,
 ) -> AdapterRecord:
     """Load an adapter saved by peft (or by :func:`write_peft`) into ``model``."""
-    peft_config = _read_config(folder)
+    peft_config = read_json_object(folder / PEFT_CONFIG)
     method = _method_for(peft_config, folder)
     if (folder / OUR_METADATA).is_file():
-        meta = json.loads((folder / OUR_METADATA).read_text())
+        meta = read_json_object(folder / OUR_METADATA)
         check_fingerprint(model, meta, tokenizer=tokenizer, force=force)
         name = name or meta.get("name")
     weights = folder / PEFT_WEIGHTS
@@ -181,16 +187,6 @@ def _without_prefix(key: str, children: set[str]) -> str:
         return key.removeprefix(PEFT_PREFIX)
     inner = key.removeprefix(TUNER_PREFIX)
     return inner if inner.split(".", 1)[0] in children else key
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    try:
-        config: dict[str, Any] = json.loads((folder / PEFT_CONFIG).read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterFormatError(f"{folder / PEFT_CONFIG} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise AdapterFormatError(f"{folder / PEFT_CONFIG} is not a JSON object")
-    return config
 
 
 def _method_for(peft_config: dict[str, Any], folder: Path) -> Method:

@@ -458,6 +458,33 @@ class TestLoadErrors:
             load()
         assert_untouched(model, before, modules)
 
+    @pytest.mark.parametrize(
+        ("file", "content", "said"),
+        [
+            pytest.param("adapter.json", b"{broken", "is not valid JSON: Expecting property name",
+                         id="ours-broken"),
+            pytest.param("adapter.json", b"[1, 2]", "is not a JSON object: list", id="ours-list"),
+            pytest.param("adapterops.json", b"\xff\xfe", "is not valid JSON: 'utf-8' codec can't "
+                         "decode byte 0xff", id="peft-metadata-not-utf8"),
+            pytest.param("adapter_config.json", b"{broken", "is not valid JSON: Expecting",
+                         id="peft-config-broken"),
+        ],
+    )  # fmt: skip
+    def test_a_damaged_json_file_is_named(self, tiny_model, saved, file, content, said):
+        """A PEFT folder's adapterops.json that was not JSON, or not UTF-8, was the decoder's
+        JSONDecodeError or UnicodeDecodeError; an adapter.json holding a list, a TypeError."""
+        if file != "adapter.json":  # the files of our PEFT export, which carries our metadata
+            model = tiny_model("bert", "classification")
+            pc.load_adapter(model, saved)
+            shutil.rmtree(saved)
+            pc.save_adapter(model, "a", saved, format="peft")
+        (saved / file).write_bytes(content)
+        model, before, modules, load = self.load_fresh(tiny_model, saved)
+        with pytest.raises(pc.AdapterFormatError) as raised:
+            load()
+        assert str(raised.value).startswith(f"{saved / file} {said}")
+        assert_untouched(model, before, modules)
+
     def test_missing_weights_file(self, tiny_model, saved):
         (saved / "adapter.safetensors").unlink()
         model, before, modules, load = self.load_fresh(tiny_model, saved)
