@@ -95,6 +95,55 @@ def test_stack_down_leaves_an_unrelated_process_with_a_stale_pid_alone(tmp_path:
             unrelated.wait()
 
 
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        pytest.param('{"ports": {"postgres": 15', "JSONDecodeError: Expecting ',' "
+                     "delimiter: line 1 column 26 (char 25)",
+                     id="cut-short"),
+        pytest.param("[]", "TypeError: expected an object, got list", id="a-list"),
+        pytest.param('{"ports": {"postgres": "x"}}', "TypeError: 'postgres' is 'x', not a whole "
+                     "number", id="a-port-as-text"),
+    ],
+)  # fmt: skip
+def test_a_damaged_stack_state_is_one_line_saying_what_to_do(tmp_path: Path, written, reason):
+    """A stack.json cut short (a full disk, a kill while it was written) was "error:
+    JSONDecodeError: ..." from every stack command, naming no file; a list, a traceback."""
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "stack.json").write_text(written)
+    with pytest.raises(StackError) as raised:
+        LocalStack(home=tmp_path)
+    root = tmp_path / "stack"
+    assert str(raised.value) == (
+        f"{root / 'stack.json'} is damaged ({reason}): it records the stack's ports and the processes it started. Move it away and run "
+        "`adapterops stack up` again (with the ports given before); services it started that "
+        f"still run are not stopped by `stack down` then: `pgrep -af {root}` lists them"
+    )
+
+
+def test_a_stack_state_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
+    """Written in place, a write cut short (here: the disk full half-way) left JSON no command
+    could read; staged beside and moved over, the state before stays whole."""
+    stack = LocalStack(home=tmp_path)
+    stack.state.pids = {"mlflow": 4242}
+    stack._save_state()
+    real_write = Path.write_text
+
+    def disk_full_half_way(path: Path, text: str, *args, **kwargs) -> int:
+        real_write(path, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full_half_way)
+    stack.state.pids = {"mlflow": 4242, "prefect": 4343}
+    with pytest.raises(OSError, match="No space left"):
+        stack._save_state()
+    monkeypatch.undo()
+    assert LocalStack(home=tmp_path).state.pids == {"mlflow": 4242}
+    stack._save_state()
+    assert sorted(p.name for p in (tmp_path / "stack").iterdir()) == ["stack.json"]
+    assert LocalStack(home=tmp_path).state.pids == {"mlflow": 4242, "prefect": 4343}
+
+
 def test_stack_down_waits_while_another_command_changes_the_stack(tmp_path: Path):
     """`stack up` and `stack down` each read the stack's state, start or stop services and
     write it back; a `stack up` beside another failed naming a port nothing ran on ("postgres

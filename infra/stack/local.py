@@ -115,6 +115,16 @@ class _State:
     started: dict[str, int] = field(default_factory=dict)
 
 
+def _numbers(value: Any) -> dict[str, int]:
+    """One of stack.json's maps (service to port, PID or start time), checked."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    for key, number in value.items():
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise TypeError(f"{key!r} is {number!r}, not a whole number")
+    return dict(value)
+
+
 @contextmanager
 def stack_lock(home: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the stack's lock (``stack.lock`` in ``home``) for the block: ``stack up`` and
@@ -393,10 +403,22 @@ class LocalStack:
         path = self.root / "stack.json"
         if not path.is_file():
             return _State()
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"expected an object, got {type(data).__name__}")
+            port_numbers = _numbers(data["ports"])
+            pids, started = _numbers(data.get("pids", {})), _numbers(data.get("started", {}))
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise StackError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}): it records the stack's ports "
+                "and the processes it started. Move it away and run `adapterops stack up` "
+                f"again (with the ports given before); services it started that still run are "
+                f"not stopped by `stack down` then: `pgrep -af {self.root}` lists them"
+            ) from None
         known = {f.name for f in fields(StackPorts)}
-        ports = StackPorts(**{k: v for k, v in data["ports"].items() if k in known})
-        return _State(ports=ports, pids=dict(data["pids"]), started=dict(data.get("started", {})))
+        ports = StackPorts(**{k: v for k, v in port_numbers.items() if k in known})
+        return _State(ports=ports, pids=pids, started=started)
 
     def _save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -405,7 +427,10 @@ class LocalStack:
             "pids": self.state.pids,
             "started": self.state.started,
         }
-        (self.root / "stack.json").write_text(json.dumps(document, indent=2) + "\n")
+        # replaced whole: a write cut short (a full disk, a kill) left JSON no command could read
+        staged = self.root / "stack.json.new"
+        staged.write_text(json.dumps(document, indent=2) + "\n")
+        staged.replace(self.root / "stack.json")
 
     def _write_env_file(self) -> None:
         lines = [f"{key}={value}" for key, value in self.client_env().items()]
