@@ -115,6 +115,17 @@ class _State:
     started: dict[str, int] = field(default_factory=dict)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by its owner only (stack.env holds the database
+    password): staged beside it, then renamed over it, so a write cut short (a full disk, a
+    kill) leaves the file before, not half a file no command can read."""
+    staged = path.with_name(f"{path.name}.new")
+    staged.touch(mode=0o600)
+    staged.chmod(0o600)
+    staged.write_text(text)
+    staged.replace(path)
+
+
 def _numbers(value: Any) -> dict[str, int]:
     """One of stack.json's maps (service to port, PID or start time), checked."""
     if not isinstance(value, dict):
@@ -427,18 +438,12 @@ class LocalStack:
             "pids": self.state.pids,
             "started": self.state.started,
         }
-        # replaced whole: a write cut short (a full disk, a kill) left JSON no command could read
-        staged = self.root / "stack.json.new"
-        staged.write_text(json.dumps(document, indent=2) + "\n")
-        staged.replace(self.root / "stack.json")
+        _write_whole(self.root / "stack.json", json.dumps(document, indent=2) + "\n")
 
     def _write_env_file(self) -> None:
         lines = [f"{key}={value}" for key, value in self.client_env().items()]
         header = "# Written by `adapterops stack up`: the local stack's client configuration.\n"
-        path = env_file(self.home)
-        path.touch(mode=0o600)
-        path.chmod(0o600)  # it holds the database password
-        path.write_text(header + "\n".join(lines) + "\n")
+        _write_whole(env_file(self.home), header + "\n".join(lines) + "\n")
 
 
 def _boto_credentials() -> dict[str, str]:
