@@ -18,22 +18,51 @@ from .errors import RegistryError
 
 __all__ = [
     "HomeNotAFolderError",
+    "NotUtf8SettingError",
+    "SettingError",
     "Settings",
     "adapterops_home",
     "set_but_blank",
 ]
 
 
-class HomeNotAFolderError(RegistryError, ValueError):
+class SettingError(RegistryError, ValueError):
+    """A registry setting from the environment that cannot be used."""
+
+
+class HomeNotAFolderError(SettingError):
     """``ADAPTEROPS_HOME`` names something that is not a folder (a file)."""
+
+
+class NotUtf8SettingError(SettingError):
+    """A registry setting (``ADAPTEROPS_HOME``, a URL), or the folder the default home is in,
+    is not UTF-8 text: the database URL made of it cannot be (SQL drivers take UTF-8 only)."""
 
 
 def setting(name: str) -> str:
     """The variable ``name``, stripped; empty or blank counts as unset (``""``): written as
     ``ADAPTEROPS_HOME=${DIR}`` in a shell or compose file with ``DIR`` unset, it is empty, and
     an empty home put the registry in the current folder itself (a blank artifacts URL, in a
-    folder named ``%20``)."""
-    return os.environ.get(name, "").strip()
+    folder named ``%20``). Bytes that are not UTF-8 are refused (:func:`_utf8`)."""
+    value = os.environ.get(name, "").strip()
+    home = name == "ADAPTEROPS_HOME"
+    return _utf8(value, name, "give a folder whose name is UTF-8" if home else "write it in UTF-8")
+
+
+def _utf8(value: str, named: str, advice: str) -> str:
+    """``value`` if it is UTF-8 text, else :class:`NotUtf8SettingError` naming its first byte
+    that is not (Python reads such bytes from the environment as lone surrogates, which failed
+    in a ``UnicodeEncodeError`` traceback where the database URL was quoted)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(value[exc.start]) - 0xDC00
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise NotUtf8SettingError(
+            f"{named} {shown!r} is not UTF-8 (byte {byte:#04x} at position {exc.start}, shown "
+            f"as \ufffd): the registry's URLs are made of it, and take UTF-8 only; {advice}"
+        ) from None
+    return value
 
 
 def set_but_blank(name: str) -> bool:
@@ -48,6 +77,9 @@ def adapterops_home() -> Path:
     anything is made under it."""
     value = setting("ADAPTEROPS_HOME")
     home = Path(value or ".adapterops").expanduser().resolve()
+    if not value:  # the current folder's name, then
+        advice = "set ADAPTEROPS_HOME to a folder whose name is UTF-8"
+        _utf8(str(home), "the default home (ADAPTEROPS_HOME unset)", advice)
     if home.exists() and not home.is_dir():
         named = f"ADAPTEROPS_HOME={value}" if value else "./.adapterops (ADAPTEROPS_HOME unset)"
         raise HomeNotAFolderError(

@@ -186,9 +186,9 @@ def use_our_prefect_home() -> None:
     a long telemetry traceback on every build; it may take 90 s to start. Variables already set
     win. The folder itself is made only when a flow runs (``prefect_server.prefect_answers``):
     ``--help`` and the registry's commands write nothing."""
-    from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
+    from registry.settings import SettingError, adapterops_home  # noqa: PLC0415
 
-    with suppress(HomeNotAFolderError):  # said in one line by the command that uses the home
+    with suppress(SettingError):  # said in one line by the command that uses the home
         if "PREFECT_HOME" not in os.environ:
             os.environ["PREFECT_HOME"] = str(adapterops_home() / "prefect")
             # Prefect makes its home when imported, but not the folders above it: a new user's
@@ -214,11 +214,11 @@ def load_stack_env() -> None:
     variables already set in the environment win."""
     from dotenv import dotenv_values, load_dotenv  # noqa: PLC0415
 
-    from registry.settings import HomeNotAFolderError, adapterops_home  # noqa: PLC0415
+    from registry.settings import SettingError, adapterops_home  # noqa: PLC0415
 
     try:
         path = adapterops_home() / "stack.env"
-    except HomeNotAFolderError:  # said in one line by the command that uses the home
+    except SettingError:  # said in one line by the command that uses the home
         return
     if path.is_file():
         remember_stack_env(path, [key for key in dotenv_values(path) if key not in os.environ])

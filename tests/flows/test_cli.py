@@ -949,6 +949,32 @@ def test_help_and_registry_reads_leave_a_new_home_unwritten(tmp_path):
     assert not home.exists()
 
 
+def test_a_home_or_url_that_is_not_utf8_is_one_line_before_anything_is_made(tmp_path):
+    """A folder named in Latin-1 (bytes a filesystem takes) as ADAPTEROPS_HOME, or as the
+    current folder with it unset, and a registry URL holding such bytes: a UnicodeEncodeError
+    traceback where the database URL was quoted, from every command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ADAPTEROPS_"))}
+    env.pop("PREFECT_HOME", None)
+    latin = tmp_path / "caf\udce9"  # the byte 0xe9, as Python reads it from the environment
+    latin.mkdir()
+    tail = "is not UTF-8 (byte 0xe9 at position {}, shown as \ufffd): the registry's URLs are made of it, and take UTF-8 only; {}\n"  # fmt: skip
+    shown = str(tmp_path / "caf\ufffd")
+    for extra, cwd, said in [
+        ({"ADAPTEROPS_HOME": str(latin)}, tmp_path,
+         f"error: ADAPTEROPS_HOME {shown!r} " + tail.format(len(shown) - 1, "give a folder whose name is UTF-8")),
+        ({}, latin,
+         f"error: the default home (ADAPTEROPS_HOME unset) '{shown}/.adapterops' "
+         + tail.format(len(shown) - 1, "set ADAPTEROPS_HOME to a folder whose name is UTF-8")),
+        ({"ADAPTEROPS_REGISTRY_URL": f"sqlite:///{latin}/r.db", "ADAPTEROPS_HOME": str(tmp_path)}, tmp_path,
+         f"error: ADAPTEROPS_REGISTRY_URL 'sqlite:///{shown}/r.db' "
+         + tail.format(len(shown) + 9, "write it in UTF-8")),
+    ]:  # fmt: skip
+        for args in (["ls"], ["db", "upgrade"]):
+            result = run_cli(*args, env=env | extra | {"HF_HUB_OFFLINE": "1"}, cwd=cwd)
+            assert (result.returncode, result.stderr) == (2, said), (args, extra)
+    assert list(latin.iterdir()) == []  # nothing made there
+
+
 def test_a_home_that_is_a_file_or_empty(tmp_path):
     """ADAPTEROPS_HOME naming a file was FileExistsError's traceback (`db upgrade`) or "no
     registry there, build starts one here" (`ls`); an empty ADAPTEROPS_HOME (a shell variable
