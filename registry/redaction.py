@@ -91,8 +91,14 @@ def secrets_in_environment() -> list[str]:
     for name in URL_VARIABLES:
         for match in _URL_PASSWORD.finditer(os.environ.get(name, "")):
             found.add(match["password"])
-    values = {form for value in found for form in (value, unquote(value), quote(value, safe=""))}
+    values = {form for value in found for form in _written_forms(value)}
     return sorted(filter(_maskable, values), key=len, reverse=True)
+
+
+def _written_forms(secret: str) -> tuple[str, str, str]:
+    """A secret as given, percent-decoded and percent-encoded (its bytes that are not UTF-8,
+    read from the environment as surrogates, encoded as they were: they failed to encode)."""
+    return secret, unquote(secret), quote(secret, safe="", errors="surrogateescape")
 
 
 class RedactedError(Exception):

@@ -45,22 +45,24 @@ def setting(name: str) -> str:
     an empty home put the registry in the current folder itself (a blank artifacts URL, in a
     folder named ``%20``). Bytes that are not UTF-8 are refused (:func:`_utf8`)."""
     value = os.environ.get(name, "").strip()
-    home = name == "ADAPTEROPS_HOME"
-    return _utf8(value, name, "give a folder whose name is UTF-8" if home else "write it in UTF-8")
+    if name == "ADAPTEROPS_HOME":
+        return _utf8(value, name, "give a folder whose name is UTF-8")
+    return _utf8(value, name, "write it in UTF-8", shown=False)  # a URL may hold a password
 
 
-def _utf8(value: str, named: str, advice: str) -> str:
+def _utf8(value: str, named: str, advice: str, *, shown: bool = True) -> str:
     """``value`` if it is UTF-8 text, else :class:`NotUtf8SettingError` naming its first byte
     that is not (Python reads such bytes from the environment as lone surrogates, which failed
-    in a ``UnicodeEncodeError`` traceback where the database URL was quoted)."""
+    in a ``UnicodeEncodeError`` traceback where the database URL was quoted); ``shown``: the
+    value is said, each such byte as \ufffd."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         byte = ord(value[exc.start]) - 0xDC00
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        said = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         raise NotUtf8SettingError(
-            f"{named} {shown!r} is not UTF-8 (byte {byte:#04x} at position {exc.start}, shown "
-            f"as \ufffd): the registry's URLs are made of it, and take UTF-8 only; {advice}"
+            f"{named}{f' {said!r}' if shown else ''} is not UTF-8 (byte {byte:#04x} at position "
+            f"{exc.start}): the registry's URLs are made of it, and take UTF-8 only; {advice}"
         ) from None
     return value
 

@@ -28,7 +28,7 @@ from .output import emit_json, errors, labelled
 from .quick_exit import exit_without_teardown
 from .quiet import plain_warnings, quiet_foreign_deprecations, quiet_mlflow, quiet_optional_kernels
 from .stack import stack_app
-from .typed_values import refuse_unusable_values
+from .typed_values import not_utf8_setting, refuse_unusable_values
 
 __all__ = ["app", "main"]
 
@@ -101,6 +101,9 @@ def _run_command() -> None:
     json_output = "--json" in sys.argv[1:]
     raise_on_sigterm()  # a supervisor's stop unwinds the command: its cleanup runs
     try:
+        unusable = not_utf8_setting(os.environ)
+        if unusable is not None and not {"--help", "-h", "--version"} & set(sys.argv[1:]):
+            raise typer.BadParameter(unusable)
         outcome = command.main(standalone_mode=False)
     except StopRequested as stop:
         sys.exit(_report_stop(stop, json_output=json_output))

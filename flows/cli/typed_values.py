@@ -17,7 +17,7 @@ that is not UTF-8. A path may hold any bytes a filesystem takes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from .help import element_type
 
-__all__ = ["not_utf8_byte", "refuse_unusable_values"]
+__all__ = ["not_utf8_byte", "not_utf8_setting", "refuse_unusable_values"]
 
 # Parameters where a blank value is not refused here: an empty description is a description
 # (none), and --text and --pool say of a blank value more than this module can (how to read
@@ -101,4 +101,29 @@ def not_utf8_byte(text: str) -> int | None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         return ord(text[exc.start]) - 0xDC00
+    return None
+
+
+# The settings adapterops and the libraries it drives read from the environment: the
+# registry's, MLflow's, Prefect's, S3's (boto3) and the Hugging Face hub's. The registry's own
+# locations are said by registry.settings, with what to give (a folder; from Python too).
+_SETTING_PREFIXES = ("ADAPTEROPS_", "MLFLOW_", "PREFECT_", "AWS_", "HF_")
+_SAID_BY_THE_REGISTRY = frozenset(
+    {"ADAPTEROPS_HOME", "ADAPTEROPS_REGISTRY_URL", "ADAPTEROPS_ARTIFACTS_URL"}
+)
+
+
+def not_utf8_setting(environment: Mapping[str, str]) -> str | None:
+    """What to say of the first setting in ``environment`` that is not UTF-8 text, or None.
+    Its value is not shown: it may be a secret. ``MLFLOW_TRACKING_URI`` with a Latin-1 byte
+    was a ``UnicodeEncodeError`` traceback from inside MLflow's client."""
+    for name, value in sorted(environment.items()):
+        ours = name.startswith(_SETTING_PREFIXES) and name not in _SAID_BY_THE_REGISTRY
+        byte = not_utf8_byte(value) if ours else None
+        if byte is not None:
+            position = value.index(chr(0xDC00 + byte))
+            return (
+                f"the environment variable {name} is not UTF-8 text (byte {byte:#04x} at "
+                f"position {position}): set it in UTF-8"
+            )
     return None
