@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -421,11 +422,12 @@ class LocalStack:
             port_numbers = _numbers(data["ports"])
             pids, started = _numbers(data.get("pids", {})), _numbers(data.get("started", {}))
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            listing = f"pgrep -af {shlex.quote(str(self.root))}"
             raise StackError(
                 f"{path} is damaged ({type(exc).__name__}: {exc}): it records the stack's ports "
                 "and the processes it started. Move it away and run `adapterops stack up` "
-                f"again (with the ports given before); services it started that still run are "
-                f"not stopped by `stack down` then: `pgrep -af {self.root}` lists them"
+                "again (with the ports given before); services it started that still run are "
+                f"not stopped by `stack down` then: `{listing}` lists them"
             ) from None
         known = {f.name for f in fields(StackPorts)}
         ports = StackPorts(**{k: v for k, v in port_numbers.items() if k in known})
