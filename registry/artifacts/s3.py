@@ -9,6 +9,7 @@ Endpoint and credentials come from the usual AWS variables (``AWS_ENDPOINT_URL_S
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
@@ -31,6 +32,8 @@ T = TypeVar("T")
 MULTIPART = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
+# what botocore's parameter check lets through (S3 servers other than AWS take more than AWS)
+_BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")
 
 
 class S3Store:
@@ -40,6 +43,12 @@ class S3Store:
         parsed = urlparse(url)
         if not parsed.netloc:
             raise StorageUnavailableError(f"S3 URL {url!r} names no bucket: use s3://bucket/prefix")
+        if not _BUCKET_NAME.fullmatch(parsed.netloc):  # was "cannot reach S3", at the upload
+            raise StorageUnavailableError(
+                f"S3 URL {url!r}: {parsed.netloc!r} is not a bucket's name (letters, digits, "
+                "'.', '-' and '_'; on AWS 3 to 63 lowercase letters, digits, '.' and '-'): use "
+                "s3://bucket/prefix"
+            )
         self.url = url.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")

@@ -52,6 +52,13 @@ def test_invalid_urls(tmp_path):
     assert (tmp_path / "a-file").read_text() == "mine"
     with pytest.raises(rg.StorageUnavailableError, match="unsupported artifacts URL"):
         Registry(f"sqlite:///{tmp_path}/r.db", "ftp://x/y")
+    with pytest.raises(rg.StorageUnavailableError) as bad_bucket:  # was "cannot reach S3" at a push
+        Registry(f"sqlite:///{tmp_path}/r.db", "s3://my bucket/adapters")
+    assert str(bad_bucket.value) == (
+        "S3 URL 's3://my bucket/adapters': 'my bucket' is not a bucket's name (letters, digits, "
+        "'.', '-' and '_'; on AWS 3 to 63 lowercase letters, digits, '.' and '-'): use "
+        "s3://bucket/prefix"
+    )
     with pytest.raises(
         rg.DatabaseUnavailableError, match="runs on SQLite or PostgreSQL, not mysql"
     ):
