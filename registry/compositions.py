@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from .errors import InvalidCompositionError
+from .names import member_name
 
 __all__ = [
     "BLOCK_KINDS",
@@ -62,6 +63,7 @@ def canonical_definition(definition: dict[str, Any], refs: list[str]) -> dict[st
             f"the definition has {count} adapter(s) but {len(refs)} member(s) were given "
             f"({', '.join(refs)}); list each member once, in the order of the definition's leaves"
         )
+    _check_leaves_follow_members(_leaves(renamed), refs)
     exact = with_leaves(renamed, leaves)
     import peft_core as pc  # noqa: PLC0415 - torch only when a composition is written
 
@@ -138,6 +140,29 @@ def _count_leaves(node: Any) -> int:
     if isinstance(node, dict):
         return sum(_count_leaves(child) for child in node.get(CHILDREN) or [])
     return 1
+
+
+def _leaves(node: Any) -> list[Any]:
+    """A definition's leaves, in order."""
+    if isinstance(node, dict):
+        return [leaf for child in node.get(CHILDREN) or [] for leaf in _leaves(child)]
+    return [node]
+
+
+def _check_leaves_follow_members(leaves: list[Any], refs: list[str]) -> None:
+    """The members fill the leaves in order, whatever the leaves say; a leaf that names
+    another member than the one in its place (``children: [b, a]`` with members ``a b``) was
+    silently swapped, and a stack's order is what it computes."""
+    named = {member_name(ref): ref for ref in refs}
+    meant = [named.get(member_name(leaf)) if isinstance(leaf, str) else None for leaf in leaves]
+    for place, (leaf, ref, member) in enumerate(zip(leaves, refs, meant, strict=True), start=1):
+        if member is not None and member != ref:
+            reordered = " ".join(m for m in meant if m) if all(meant) else ""
+            raise InvalidCompositionError(
+                f"the definition's leaf {place} is {leaf!r}, but the member in that place is "
+                f"{ref}: the members fill the leaves in the order they are given"
+                + (f"; give them as the definition orders them: {reordered}" if reordered else "")
+            )
 
 
 def with_leaves(node: Any, leaves: Any) -> Any:

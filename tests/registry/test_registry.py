@@ -1658,6 +1658,11 @@ class TestCompositions:
             "old", {"type": "stack", "members": ["a", "b"]}, ["a", "b"]
         )
         assert old_shape.definition == {"type": "stack", "children": ["a@1", "b@1"]}
+        # leaves are placeholders the members fill in order: any name that is no other member's
+        placeheld = registry.register_composition(
+            "held", {"type": "stack", "children": ["x", "b@7"]}, ["a", "b"]
+        )
+        assert placeheld.definition == {"type": "stack", "children": ["a@1", "b@1"]}
 
     @pytest.mark.parametrize(
         ("definition", "words"),
@@ -1683,6 +1688,18 @@ class TestCompositions:
             (
                 {"type": "stack", "children": ["a", {"type": "fuse", "children": ["b"]}]},
                 "a composition cannot hold a Fuse block",
+            ),
+            # the members fill the leaves in order: ["b", "a"] over members a b was a b, swapped
+            (
+                {"type": "stack", "children": ["b", "a@1"]},
+                "the definition's leaf 1 is 'b', but the member in that place is a@1: the members "
+                "fill the leaves in the order they are given; give them as the definition orders "
+                "them: b@1 a@1",
+            ),
+            (
+                {"type": "stack", "children": ["x", "a"]},
+                "the definition's leaf 2 is 'a', but the member in that place is b@1: the members "
+                "fill the leaves in the order they are given",
             ),
         ],
     )
