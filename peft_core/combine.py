@@ -34,7 +34,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from .composition import Average, Block, CompositionError, Stack, leaves
+from .composition import Average, Block, CompositionError, Stack, leaves, weight_value
 from .errors import ConfigError
 from .heads import HeadSwitch, adapter_head
 from .inject import add_adapter
@@ -101,7 +101,10 @@ def _combine(
         raise ConfigError("how='svd' needs rank >= 1 (the rank of the merged LoRA)")
     if method.combination is None:
         raise ConfigError(f"{first.config.type} adapters cannot be combined into a new adapter")
-    factors = {source: float(weight) for source, weight in weights.items()}
+    factors = {
+        source: weight_value(weight, f"combine_adapters' weight of {source!r}")
+        for source, weight in weights.items()
+    }
     if not all(math.isfinite(factor) for factor in factors.values()):
         raise ConfigError(f"combine_adapters weights must be finite numbers, got {factors}")
     targets, sources_at = _union_of_targets(records)

@@ -16,6 +16,7 @@ as versioned records over exact member versions.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -40,6 +41,17 @@ __all__ = [
 
 class CompositionError(ConfigError):
     """An invalid composition: an illegal nesting, an unknown adapter, bad weights."""
+
+
+def weight_value(weight: object, what: str) -> float:
+    """``weight`` as a float, or a CompositionError naming ``what`` and the value: a real number
+    or a string holding one (a JSON definition may quote it); not a bool (True read as 1.0)."""
+    if not isinstance(weight, bool) and isinstance(weight, numbers.Real | str):
+        try:
+            return float(weight)
+        except ValueError:  # a string that is not a number: Python's line named no argument
+            pass
+    raise CompositionError(f"{what} must be a number, got {weight!r:.40}")
 
 
 @dataclass(frozen=True, init=False)
@@ -97,7 +109,11 @@ class Average(_Block):
             raise CompositionError(
                 f"Average weights are a list of numbers, one per adapter, got {weights!r:.40}"
             )
-        values = tuple(float(w) for w in weights) if weights is not None else None
+        values = (
+            tuple(weight_value(w, "each Average weight") for w in weights)
+            if weights is not None
+            else None
+        )
         if values is None:
             values = tuple(1.0 / len(children) for _ in children)
         if len(values) != len(children):

@@ -40,6 +40,15 @@ class TestBlocks:
                 pc.Average("a", "b", weights=(weight, 1))
         with pytest.raises(pc.CompositionError, match="weights must be finite numbers"):
             pc.block_from_dict({"type": "average", "children": ["a", "b"], "weights": [1, "NaN"]})
+        # were Python's "could not convert string to float: 'x'" and float()'s TypeError; True
+        # was read as 1.0
+        for weight in ("x", None, [1], True):
+            with pytest.raises(
+                pc.CompositionError,
+                match=rf"^each Average weight must be a number, got {re.escape(repr(weight))}$",
+            ):
+                pc.Average("a", "b", weights=(weight, 1))  # type: ignore[arg-type]
+        assert pc.Average("a", "b", weights=("0.25", 0.75)).weights == (0.25, 0.75)  # JSON's
         for weights in ("12", 0.5):  # "12" was read digit by digit: weights (1.0, 2.0)
             with pytest.raises(
                 pc.CompositionError,
@@ -498,6 +507,9 @@ class TestMergeAdapters:
         assert str(raised.value) == (
             "combine_adapters weights must be finite numbers, got {'a': nan, 'b': 0.5}"
         )
+        with pytest.raises(pc.ConfigError) as raised:  # Python's "could not convert string"
+            pc.combine_adapters(model, {"a": "x", "b": 0.5}, name="bad")  # type: ignore[dict-item]
+        assert str(raised.value) == "combine_adapters' weight of 'a' must be a number, got 'x'"
         assert "bad" not in pc.list_adapters(model)
 
 
