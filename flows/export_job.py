@@ -40,7 +40,7 @@ from typing import Any, Literal, cast
 import peft_core as pc
 from peft_core.methods.hf_peft import portable_config
 from peft_core.tensor_files import readable_as_new
-from registry import AdapterVersion, Registry
+from registry import AdapterVersion, Composition, Registry
 from registry.bundles import new_folders, read_json_object
 
 from .errors import DataError
@@ -299,6 +299,7 @@ def export_composition(
             "LoRA or BitFit adapter and AdapterHub's format holds bottleneck adapters; export "
             "its members one at a time instead"
         )
+    _check_flattens(registry, composition)
     from .predict_job import spec_of_composition  # noqa: PLC0415
     from .train_job import load_inference_model  # noqa: PLC0415 - transformers is heavy
 
@@ -337,6 +338,31 @@ _AUTO_CLASSES = {
     "masked-lm": "AutoModelForMaskedLM",
     "causal-lm": "AutoModelForCausalLM",
 }
+
+
+def _check_flattens(registry: Registry, composition: Composition) -> None:
+    """Refuse, from the registry's records and before any model loads, a composition that
+    flattens into no single adapter (``pc.flatten_composition`` says so too, but only after
+    every member loaded, and in its own words: "cannot flatten")."""
+    refuse = f"{composition.ref} cannot be exported as one adapter"
+    try:
+        pc.leaf_weights(pc.block_from_dict(composition.definition))
+    except pc.CompositionError as exc:  # a Parallel or a Fuse: outputs that do not add up
+        raise DataError(f"{refuse}: {exc}; export its members one at a time instead") from None
+    methods = {member: registry.get(member).method for member in composition.members}
+    if len(set(methods.values())) > 1:
+        used = ", ".join(f"{member} ({method})" for member, method in methods.items())
+        raise DataError(
+            f"{refuse}: its members use different methods ({used}) and one adapter holds one; "
+            "export its members one at a time instead"
+        )
+    method = next(iter(methods.values()))
+    if pc.methods.method_of(method).combination != "exact":
+        raise DataError(
+            f"{refuse}: {method} adapters' outputs do not add up, so a stack or an average of "
+            "them is no single adapter (LoRA and BitFit ones are); export its members one at a "
+            "time instead"
+        )
 
 
 def serving_hint(

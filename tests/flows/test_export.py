@@ -533,7 +533,23 @@ def test_a_lora_composition_exports_as_the_one_adapter_it_computes(
 
     refused = run_cli("composition", "export", "bottlenecks", "--for", "peft", "--out", str(tmp_path / "b"))  # fmt: skip
     assert refused.returncode == 2 and refused.stdout == "" and not (tmp_path / "b").exists()
-    assert refused.stderr == (
-        "error: cannot flatten 'lang' (lora) with 'bottleneck' (pfeiffer): "
-        "sources must use the same method\n"
+    assert refused.stderr == (  # was peft_core's "cannot flatten", once every member loaded
+        "error: bottlenecks@1 cannot be exported as one adapter: its members use different "
+        "methods (lang@1 (lora), bottleneck@1 (pfeiffer)) and one adapter holds one; export its "
+        "members one at a time instead\n"
     )
+    registry.register_composition("side", {"type": "parallel"}, ["lang", "task"])
+    registry.register_composition("one", {"type": "stack"}, ["bottleneck"])
+    for name, reason in {
+        "side": "a Parallel block does not flatten into one adapter (its outputs do not add "
+        "up); only Stack and Average do",
+        "one": "pfeiffer adapters' outputs do not add up, so a stack or an average of them is "
+        "no single adapter (LoRA and BitFit ones are)",
+    }.items():
+        with pytest.raises(DataError) as raised:
+            export_composition(registry, name, "peft", tmp_path / name)
+        assert str(raised.value) == (
+            f"{name}@1 cannot be exported as one adapter: {reason}; export its members one at "
+            "a time instead"
+        )
+        assert not (tmp_path / name).exists()
