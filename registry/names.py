@@ -187,6 +187,11 @@ def parse_ref(text: str | Ref) -> Ref:
     check_name(name)
     if not sep or suffix.lower() == "latest":  # MLflow's word for it, never an alias here
         return Ref(name)
+    if not suffix:  # was "invalid alias ''": the '@' was the mistake, not an alias
+        raise InvalidNameError(
+            f"invalid reference {text!r}: give a version or an alias after '@' ({name}@1, "
+            f"{name}@champion), or the name alone for its newest version"
+        )
     suffix = _MLFLOW_VERSION.sub(r"\1", suffix)  # name@v3, as MLflow's UI writes version 3
     if _DIGITS.fullmatch(suffix.removeprefix("-")):  # name@-1 was "invalid alias '-1'"
         version = int(suffix)

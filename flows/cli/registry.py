@@ -175,7 +175,7 @@ def list_versions(
             help="Order by this metric, best first (lowest first: perplexity, losses, errors)."
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 100,
+    limit: Annotated[int, typer.Option(help="At most this many rows.", min=1)] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List versions (by name and version, or best first with --order-by), of one adapter or

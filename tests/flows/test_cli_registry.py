@@ -363,6 +363,8 @@ def test_bad_input_exits_2_with_one_clear_line(environment, tmp_path):
         (("gc", "--older-than-minutes", "inf"), "--older-than-minutes must be a number"),
         (("gc", "--older-than-minutes", "nan"), "--older-than-minutes must be a number"),
         (("show", "x:3"), "write x@3 (name@VERSION or name@ALIAS)"),
+        (("show", "x@"), "invalid reference 'x@': give a version or an alias after '@'"),
+        (("ls", "--limit", "0"), "Invalid value for '--limit'"),  # was "limit must be at least"
         (("rollback", "nothing"), "no adapter named 'nothing'"),  # not "no previous version"
         (("promote", "nothing@1"), "no adapter named 'nothing'"),
         # a mistyped folder is told first (was "push needs --base-model, --task, ...")
