@@ -467,8 +467,9 @@ def export(
     as_json: JsonOption = False,
 ) -> None:
     """Write a composition for a serving engine that serves one adapter: a stack or an average
-    of LoRA (or BitFit) adapters on the same modules becomes the one adapter computing the same
-    (peft, vllm, lorax), or is merged into a full checkpoint (merged). Anything else is refused."""
+    of LoRA (or BitFit) adapters becomes the one adapter computing the same (peft, vllm, lorax;
+    over every module a member adapts), or is merged into a full checkpoint (merged). Anything
+    else is refused, before any member loads."""
     run_export(ref, engine, out, max_lora_rank, force=force, as_json=as_json, composition=True)
 
 
