@@ -139,6 +139,8 @@ def test_a_stack_state_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatc
         stack._save_state()
     monkeypatch.undo()
     assert LocalStack(home=tmp_path).state.pids == {"mlflow": 4242}
+    # the half-written stack.json.new was left beside it until the next save
+    assert sorted(p.name for p in (tmp_path / "stack").iterdir()) == ["stack.json"]
     stack._save_state()
     assert sorted(p.name for p in (tmp_path / "stack").iterdir()) == ["stack.json"]
     assert LocalStack(home=tmp_path).state.pids == {"mlflow": 4242, "prefect": 4343}

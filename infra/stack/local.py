@@ -121,10 +121,14 @@ def _write_whole(path: Path, text: str) -> None:
     password): staged beside it, then renamed over it, so a write cut short (a full disk, a
     kill) leaves the file before, not half a file no command can read."""
     staged = path.with_name(f"{path.name}.new")
-    staged.touch(mode=0o600)
-    staged.chmod(0o600)
-    staged.write_text(text)
-    staged.replace(path)
+    try:
+        staged.touch(mode=0o600)
+        staged.chmod(0o600)
+        staged.write_text(text)
+        staged.replace(path)
+    except BaseException:  # a full disk: no half-written copy left beside the file either
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def _numbers(value: Any) -> dict[str, int]:
