@@ -170,6 +170,12 @@ def convert_adapter(
         raise AdapterFormatError(
             f"{folder} has no {ADAPTER_META}: convert_adapter reads our format"
         )
+    if Path(out).exists() and Path(out).resolve() == folder.resolve():
+        # a save replaces the destination's files: the source adapter was deleted for its copy
+        raise ConfigError(
+            f"convert_adapter would write into {folder}, the folder it reads, replacing the "
+            "adapter there; give another destination folder"
+        )
     skeleton = build_on_meta(base, head, dtype=dtype)
     record = read_ours(skeleton, folder, tokenizer=tokenizer, weightless=True)
     return save_adapter(skeleton, record.name, out, format=format, tokenizer=tokenizer)

@@ -62,3 +62,12 @@ def test_what_needs_the_real_base_is_refused_in_one_line(tmp_path: Path) -> None
     with pytest.raises(pc.AdapterFormatError, match=r"has no adapter\.json"):
         pc.convert_adapter(tmp_path, tmp_path / "out", other)
     assert not (tmp_path / "out").exists()
+    before = {p.name: p.read_bytes() for p in lora.iterdir()}
+    for into in (lora, tmp_path / "l" / ".." / "l"):  # was converted in place: its files gone
+        with pytest.raises(pc.ConfigError) as raised:
+            pc.convert_adapter(lora, into, TINY_CONFIGS["bert"](), head="classification")
+        assert str(raised.value) == (
+            f"convert_adapter would write into {lora}, the folder it reads, replacing the "
+            "adapter there; give another destination folder"
+        )
+    assert {p.name: p.read_bytes() for p in lora.iterdir()} == before
