@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from .common import open_registry, require_spec_file, user_errors
 from .options import JsonOption
-from .output import console, emit_json, errors, human_bytes
+from .output import console, emit_json, errors, human_bytes, print_columns
 from .prefect_server import prefect_answers, prefect_settings_valid, start_temporary_prefect
 from .progress import LOADING_FLOW_LIBRARIES, waiting
 from .quiet import quiet_libraries
@@ -466,7 +466,8 @@ def _next_steps(rows: list[dict[str, Any]]) -> None:
         f"Score it on a file:        adapterops evaluate {name}@champion --data FILE",
         f"Build your own:            adapterops build {Path(rows[0]['spec'])}",
     ]
-    console.print("\n".join(lines), highlight=False)
+    # whole lines, however narrow the terminal: a command folded by us is copied in pieces
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 def _headline(metrics: dict[str, Any]) -> str:
@@ -480,24 +481,24 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 def _report_table(reports: list[dict[str, Any]]) -> None:
-    table = Table(title="Adapters")
+    """One row per adapter built, what a person compares methods by leftmost. At 80 columns (a
+    CI log, a small terminal) the names fold and the last columns go (every cell was cut to
+    fit: "quickst…", "champi…")."""
     versioned = all("ref" in r for r in reports)
-    columns = ["version" if versioned else "adapter", "method", "trainable", "size", "metric"]
-    for column in [*columns, "steps", "time", *(["alias"] if versioned else [])]:
-        table.add_column(column, justify="left" if column in ("version", "adapter") else "right")
-    for r in reports:
-        metric = _headline(r["metrics"])
-        table.add_row(
-            r["ref"] if versioned else r["name"],
-            r["method"],
-            f"{r['trainable_params']:,}",
-            human_bytes(r["adapter_bytes"]),
-            metric,
-            str(r.get("stopped_at") or r["steps"]),  # an early stop: the steps trained
-            f"{r['train_seconds']:.0f} s",
-            *([r["alias"]] if versioned else []),
-        )
-    console.print(table)
+    named = "version" if versioned else "adapter"
+    rows = {
+        named: [r["ref"] if versioned else r["name"] for r in reports],
+        "method": [r["method"] for r in reports],
+        "trainable": [f"{r['trainable_params']:,}" for r in reports],
+        "size": [human_bytes(r["adapter_bytes"]) for r in reports],
+        "metric": [_headline(r["metrics"]) for r in reports],
+        "time": [f"{r['train_seconds']:.0f} s" for r in reports],
+        **({"alias": [r["alias"] or "" for r in reports]} if versioned else {}),
+        # an early stop: the steps trained
+        "steps": [str(r.get("stopped_at") or r["steps"]) for r in reports],
+    }
+    numbers = ("trainable", "size", "time", "steps")
+    print_columns(rows, keep=2, numbers=numbers, title="Adapters", fold=(named,))
 
 
 def __getattr__(name: str) -> Any:

@@ -48,35 +48,64 @@ def human_bytes(size: int) -> str:
     return f"{size} B"
 
 
+FOLDED_WIDTH = 20  # the least a folding column is given before columns are dropped
+
+
 def print_columns(
-    rows: dict[str, list[str]], *, keep: int = 3, numbers: Collection[str] = ()
+    rows: dict[str, list[str]],
+    *,
+    keep: int = 3,
+    numbers: Collection[str] = (),
+    title: str | None = None,
+    fold: Collection[str] = (),
 ) -> None:
     """A table of ``rows`` (column name -> cells), most wanted column first: columns that do
     not fit the terminal (CI logs are 80 wide) are dropped from the end, at least ``keep``
-    stay, and a note names the dropped ones. The columns named in ``numbers`` are right-aligned."""
+    stay, and a note names the dropped ones. The columns named in ``numbers`` are right-aligned.
+    Given ``fold``, only those columns fold their cells (down to :data:`FOLDED_WIDTH`) to make
+    room, the others keep theirs whole on one line."""
     shown = list(rows)
-    while len(shown) > keep and _table_width(rows, shown, numbers) > console.width:
+    while len(shown) > keep and _table_width(rows, shown, numbers, fold) > console.width:
         shown.pop()
-    console.print(_table(rows, shown, numbers))
+    console.print(_table(rows, shown, numbers, fold, title=title))
     if len(shown) < len(rows):
         hidden = ", ".join(c for c in rows if c not in shown)
         note = f"not shown at this width: {hidden} (--json has every field)"
         console.print(note, style="dim", soft_wrap=True)
 
 
-def _table(rows: dict[str, list[str]], columns: list[str], numbers: Collection[str]) -> Table:
-    table = Table()
+def _table(
+    rows: dict[str, list[str]],
+    columns: list[str],
+    numbers: Collection[str],
+    fold: Collection[str],
+    *,
+    title: str | None = None,
+    folded_width: int | None = None,
+) -> Table:
+    table = Table(title=title)
     for column in columns:
-        table.add_column(column, overflow="fold", justify="right" if column in numbers else "left")
+        folds = not fold or column in fold
+        table.add_column(
+            column,
+            overflow="fold",
+            justify="right" if column in numbers else "left",
+            no_wrap=not folds,
+            max_width=folded_width if folds and fold else None,
+        )
     for row in zip(*(rows[c] for c in columns), strict=True):
         table.add_row(*row)
     return table
 
 
-def _table_width(rows: dict[str, list[str]], columns: list[str], numbers: Collection[str]) -> int:
-    """Columns of the terminal the table takes without wrapping any cell."""
+def _table_width(
+    rows: dict[str, list[str]], columns: list[str], numbers: Collection[str], fold: Collection[str]
+) -> int:
+    """Columns of the terminal the table takes without wrapping any cell (``fold`` columns'
+    cells folded to :data:`FOLDED_WIDTH`)."""
     unbounded = console.options.update(max_width=100_000)
-    return Measurement.get(console, unbounded, _table(rows, columns, numbers)).maximum
+    table = _table(rows, columns, numbers, fold, folded_width=FOLDED_WIDTH)
+    return Measurement.get(console, unbounded, table).maximum
 
 
 def metrics_text(metrics: dict[str, Any], between: str = "\n") -> str:

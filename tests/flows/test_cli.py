@@ -267,6 +267,50 @@ def test_a_builds_bar_counts_the_evaluations_rows_after_the_steps(monkeypatch):
     assert "200/200 rows scored" in shown and "4/4 steps" in shown
 
 
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_adapters_table_keeps_whole_names_and_the_methods_figures_at_80_columns(
+    monkeypatch, width
+):
+    """quickstart's table at 80 columns (a CI log, a small terminal) cut every cell to fit:
+    "quickst…" for all three versions, "champi…", "trainab…"."""
+    import io
+
+    from rich.console import Console
+
+    from flows.cli import output
+    from flows.cli.build import _report_table
+
+    screen = Console(file=io.StringIO(), width=width, record=True)
+    monkeypatch.setattr(output, "console", screen)
+    reports = [
+        {"ref": f"quickstart-sentiment-en-{method}@1", "name": f"quickstart-sentiment-en-{method}",
+         "method": method, "metrics": {"accuracy": 0.9975}, "alias": "champion",
+         "trainable_params": params, "adapter_bytes": 455_000, "steps": 150, "train_seconds": 20.4}
+        for method, params in (("lora", 74_498), ("bitfit", 26_882), ("pfeiffer", 113_810))
+    ]  # fmt: skip
+    _report_table(reports)
+    shown = screen.export_text()
+    assert "…" not in shown
+    cells = [
+        [c.strip() for c in line.split("│")[1:-1]] for line in shown.splitlines() if "│" in line
+    ]
+    # each version's name whole (folded at 80: read down its rows), its method's figures beside it
+    folded = "".join(row[0] for row in cells)
+    assert all(report["ref"] in folded for report in reports), shown
+    rows = [row for row in cells if row[1]]
+    assert [row[1:6] for row in rows] == [
+        ["lora", "74,498", "444.3 KB", "acc 0.998", "20 s"],
+        ["bitfit", "26,882", "444.3 KB", "acc 0.998", "20 s"],
+        ["pfeiffer", "113,810", "444.3 KB", "acc 0.998", "20 s"],
+    ]
+    if width == 80:
+        assert shown.rstrip().endswith(
+            "not shown at this width: alias, steps (--json has every field)"
+        )
+    else:
+        assert [row[6:] for row in rows] == [["champion", "150"]] * 3
+
+
 def test_a_logs_lines_count_the_evaluations_rows_at_every_tenth(capsys):
     from flows.cli.build import LineProgress
 
