@@ -152,9 +152,9 @@ def plan(
             else (f"evaluation on {gpus} GiB", placed.summary(), placed.describe())
         )
     table = Table(title=f"{spec.name}: {spec.method.type} on {spec.base_model}", show_header=False)
-    table.add_column("")
-    table.add_column("", justify="right")
-    table.add_column("", style="dim")
+    table.add_column("", overflow="fold")
+    table.add_column("", justify="right", overflow="fold")
+    table.add_column("", style="dim", overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -240,7 +240,7 @@ def methods(as_json: JsonOption = False) -> None:
         return
     table = Table(title="methods (spec method.type)")
     for column in ("type", "what it does", "fields", "merges", "PEFT file"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             row["type"],

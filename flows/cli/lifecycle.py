@@ -266,7 +266,7 @@ def _print_retraining(outcomes: list[dict[str, Any]], as_json: bool, *, dry_run:
             else ("spec", "status", "reason", "version", "gate")
         )
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for o in outcomes:
             gate = f"{o['alias']}: {o['decision']}" if o["alias"] else ""
             row = [Path(o["spec"]).name, o["status"], o["reason"], o["ref"], gate]
@@ -313,7 +313,7 @@ def cascade(
     else:
         table = Table(title=f"Cascade of {champion.ref}")
         for column in ("composition", "status", "candidate", "members", "reason"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for o in outcomes:
             members = ", ".join(o["members"])
             table.add_row(o["composition"], o["status"], o["candidate"], members, o["reason"])
@@ -331,7 +331,7 @@ def _print_stale(champion: str, stale: list[dict[str, object]], as_json: bool) -
         return
     table = Table(title=f"Would re-evaluate with {champion}")
     for column in ("composition", "kind", "members now", "candidate members", "note"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in stale:
         now, then = ", ".join(s["members"]), ", ".join(s["candidate_members"])  # type: ignore[arg-type]
         table.add_row(str(s["ref"]), str(s["kind"]), now, then, str(s["reason"]))

@@ -126,7 +126,7 @@ def deploy(
         return
     table = Table(title=f"Deployments on work pool {pool}")
     for column in ("deployment", "schedule", "spec"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for d in deployed:
         table.add_row(d.name, d.schedule, d.spec or "(all adapters and compositions)")
     console.print(table)
@@ -281,7 +281,7 @@ def show_predictions(results: list[tuple[str, list[Any]]], as_json: bool) -> Non
         emit_json({"ok": True, **one})
         return
     table = Table(title=", ".join(ref for ref, _ in results))
-    table.add_column("text")
+    table.add_column("text", overflow="fold")
     for ref, _ in results:
         # folded, not cut: "quickstart-sentiment-e…" and "…-en…" could not be told apart
         table.add_column(ref if len(results) > 1 else "prediction", overflow="fold")
@@ -470,8 +470,8 @@ def show_evaluation(result: Any, as_json: bool) -> None:
     # a line of its own: as the table's title it wrapped a file's path to the table's width
     console.print(f"{result.ref} on {result.data}", highlight=False, soft_wrap=True)
     table = Table()
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for metric, value in result.metrics.items():
         if isinstance(value, float):
             table.add_row(metric, f"{value:.4f}")
@@ -494,9 +494,9 @@ def confusion_table(matrix: list[list[int]], label_names: list[str]) -> Table:
     bare rows of counts left a reader to remember which label came first."""
     names = label_names if len(label_names) == len(matrix) else [str(i) for i in range(len(matrix))]
     table = Table(title="confusion matrix")
-    table.add_column("true \\ predicted")
+    table.add_column("true \\ predicted", overflow="fold")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", overflow="fold")
     for name, row in zip(names, matrix, strict=True):
         table.add_row(name, *(str(count) for count in row))
     return table

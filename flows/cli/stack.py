@@ -194,7 +194,7 @@ def _show(statuses: list, as_json: bool, env_file: str | None = None) -> None:
         return
     table = Table(title="AdapterOps local stack")
     for column in ("service", "url", "state"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in statuses:
         state = Text("running", style="green") if s.running else Text("stopped", style="red")
         table.add_row(s.name, s.url, Text.assemble(state, f" {s.detail}".rstrip()))

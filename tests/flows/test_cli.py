@@ -1122,6 +1122,10 @@ class TestMethods:
         }
         peft = next(r for r in rows if r["type"] == "peft")
         assert (peft["mergeable"], peft["merges"]) == (True, "tuners, not prompt methods")
+        # at 80 columns each cell folds whole ("reduction_facto…" was all of Houlsby's fields)
+        table = run_cli("methods", env={**os.environ, "COLUMNS": "80"}).stdout
+        assert "…" not in table
+        assert "original_ln_before" in re.sub(r"[│\s]", "", table)  # folded: read down the rows
 
     def test_a_new_method_plans_from_a_spec(self, tmp_path):
         document = example_document()
