@@ -17,7 +17,9 @@ FUSION_MEMBERS = "fusion_members"
 
 @dataclass(frozen=True)
 class AdapterVersion:
-    """One immutable version of an adapter and everything known about it."""
+    """One immutable version of an adapter and everything known about it. Its repr (a list of
+    versions printed in a notebook) shows what tells versions apart; the digest, storage URI,
+    spec and lineage are left to the fields (they filled a screen per version)."""
 
     name: str
     version: int
@@ -26,17 +28,17 @@ class AdapterVersion:
     language: str
     method: str
     head: str
-    digest: str
+    digest: str = field(repr=False)
     size: int
-    artifact_uri: str
-    created_at: datetime
+    artifact_uri: str = field(repr=False)
+    created_at: datetime = field(repr=False)
     description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-    spec: dict[str, Any] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict, repr=False)
+    lineage: dict[str, Any] = field(default_factory=dict, repr=False)
     aliases: tuple[str, ...] = ()
-    base_model_fingerprint: str | None = None
-    base_model_revision: str | None = None
+    base_model_fingerprint: str | None = field(default=None, repr=False)
+    base_model_revision: str | None = field(default=None, repr=False)
 
     @property
     def ref(self) -> str:

@@ -118,6 +118,13 @@ class TestRegister:
         ):
             assert key in data
         json.dumps(data)
+        # printed in a notebook: what tells versions apart, not a screen of digests and spec
+        assert repr(version) == (
+            f"AdapterVersion(name='tiny-sst2-en-lora', version=1, base_model="
+            f"{version.base_model!r}, task='sst2', language='en', method='lora', "
+            f"head='classification', size={version.size}, description='', "
+            "metrics={'accuracy': 0.81}, aliases=())"
+        )
 
     def test_versions_count_up_and_same_bytes_are_the_same_version(self, registry, make_adapter):
         first = register(registry, make_adapter(1))
