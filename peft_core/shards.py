@@ -18,30 +18,37 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
-__all__ = ["has_shards", "local_part", "local_part_of_whole", "whole_from_local_part"]
+__all__ = [
+    "has_shards",
+    "is_shard",
+    "local_part",
+    "local_part_of_whole",
+    "whole_from_local_part",
+]
 
 
-def _is_shard(tensor: Tensor) -> TypeGuard[DTensor]:
+def is_shard(tensor: Tensor) -> TypeGuard[DTensor]:
+    """Whether ``tensor`` is a DTensor (an FSDP2 shard), without importing DTensor's module."""
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(tensor, module.DTensor)
 
 
 def has_shards(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is a DTensor shard (FSDP2)."""
-    return any(_is_shard(p) for p in model.parameters())
+    return any(is_shard(p) for p in model.parameters())
 
 
 def local_part(param: Tensor) -> Tensor:
     """What this process holds of ``param``: its shard's rows (a view: writing into it writes
     the parameter), or ``param`` itself when it is not sharded."""
-    return param.to_local() if _is_shard(param) else param
+    return param.to_local() if is_shard(param) else param
 
 
 def whole_from_local_part(param: Tensor, part: Tensor) -> Tensor:
     """The whole tensor, on the CPU, whose shards sit in the processes as ``param``'s do, this
     process holding ``part``. A collective when sharded: every process calls it, in the same
     order."""
-    if not _is_shard(param):
+    if not is_shard(param):
         return part.cpu()
     sharded = type(param).from_local(
         part.to(param.device), param.device_mesh, param.placements,
@@ -53,7 +60,7 @@ def whole_from_local_part(param: Tensor, part: Tensor) -> Tensor:
 def local_part_of_whole(param: Tensor, whole: Tensor) -> Tensor:
     """This process's part of ``whole`` (on the CPU), cut as ``param`` is sharded; every process
     holds ``whole`` already, so nothing is sent."""
-    if not _is_shard(param):
+    if not is_shard(param):
         return whole
     from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415
 
