@@ -830,6 +830,14 @@ class Registry:
         """Release database connections."""
         self.database.dispose()
 
+    def __enter__(self) -> Registry:
+        """``with Registry() as registry:``: its connections released at the end of the block
+        (a script or a scheduled job opening a registry per task left them to the collector)."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # --- sessions -----------------------------------------------------------------------------
 
     def _read(self, operation: Callable[[Session], T]) -> T:

@@ -668,9 +668,10 @@ class TestBadInput:
         with pytest.raises(TypeError, match=r"^Registry: database_url is a URL or None, not Posix"):
             rg.Registry(tmp_path / "r.db")  # type: ignore[arg-type]
         assert not (tmp_path / "r.db").exists()
-        opened = rg.Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "artifacts")
-        assert opened.artifacts.url == (tmp_path / "artifacts").as_uri()
-        opened.close()
+        with rg.Registry(f"sqlite:///{tmp_path}/r.db", tmp_path / "artifacts") as opened:
+            assert opened.artifacts.url == (tmp_path / "artifacts").as_uri()
+            assert opened.find() == [] and opened.database.engine.pool.checkedin() == 1
+        assert opened.database.engine.pool.checkedin() == 0  # released when the block ended
 
     def test_metrics_given_as_pairs_are_named_before_anything_is_stored(
         self, registry, make_adapter
