@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, text
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 POLL_SECONDS = 0.5  # how often a PostgreSQL waiter tries the lock again
+# How long a lock is tried before ``on_wait`` says that it waits: a probe (lock_is_held) holds
+# a free lock for a moment, and a build starting then said "waiting" for nothing
+GRACE_SECONDS = 0.5
 KEEPALIVE_SECONDS = 1.0  # how often a held PostgreSQL lock's transaction runs a statement
 
 
@@ -140,7 +144,7 @@ def file_lock_if_writable(
     try:
         Path(path).parent.mkdir(exist_ok=True)
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=GRACE_SECONDS, poll_interval=GRACE_SECONDS / 10)
         except Timeout:  # (a TimeoutError, so an OSError: caught here, not below)
             if on_wait is not None:
                 on_wait()
@@ -182,12 +186,22 @@ def take_xact_lock(
     query = text(f"SELECT {function}(:key)")
     if _server_version(connection) >= (17,):  # its transaction lasts as long as the work
         connection.execute(text("SET LOCAL transaction_timeout = 0"))
-    if connection.execute(query, {"key": key}).scalar_one():
+    if _taken_within(connection, query, key, GRACE_SECONDS):
         return
     if on_wait is not None:
         on_wait()
     while not connection.execute(query, {"key": key}).scalar_one():
         time.sleep(POLL_SECONDS)
+
+
+def _taken_within(connection: Connection | Session, query: Any, key: int, seconds: float) -> bool:
+    """Try the lock ``query`` takes until ``seconds`` have passed; whether it was taken."""
+    deadline = time.monotonic() + seconds
+    while not connection.execute(query, {"key": key}).scalar_one():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(seconds / 10)
+    return True
 
 
 @contextmanager

@@ -4,6 +4,7 @@ and lose nothing — on SQLite and on PostgreSQL. Real processes, real servers."
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import pytest
 
@@ -107,6 +108,30 @@ def test_a_lock_held_elsewhere_is_said_once_before_waiting_for_it(locations):
         assert release.is_set()  # taken only once the other let go
     other.join(60)
     assert said == ["held"]
+    registry.close()
+
+
+def test_a_lock_held_for_a_moment_is_taken_without_saying_it_waits(locations):
+    """``Registry.building`` probes a build's lock by taking it and letting go at once: a build
+    starting in that moment said "waiting for another build" and waited for nothing."""
+    import threading
+
+    registry = Registry(*locations)
+    holding = threading.Event()
+    said: list[str] = []
+
+    def a_probe() -> None:
+        with Registry(*locations).alias_lock("probed"):
+            holding.set()
+            time.sleep(0.1)  # far longer than a probe holds it
+
+    other = threading.Thread(target=a_probe)
+    other.start()
+    assert holding.wait(30)
+    with registry.alias_lock("probed", on_wait=lambda: said.append("probed")):
+        pass
+    other.join(30)
+    assert said == []
     registry.close()
 
 
