@@ -111,8 +111,8 @@ def shard(model: nn.Module, where: Placement) -> nn.Module:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether ``model``'s parameters are FSDP2 shards."""
-    # without importing DTensor's module (0.4 s, for every predict and export): without it
-    # imported, nothing can be a shard
+    # peft_core.shards' one check: it does not import DTensor's module (until it is imported,
+    # nothing can be a shard)
     return has_shards(model)
 
 
